@@ -1,0 +1,71 @@
+"""stabilizer: production-grade WebSockets for FastAPI, across many replicas.
+
+Every name fastapi-websocket-stabilizer 1.1.0 documents imports from here, so switching is a
+one-line change: ``from stabilizer import WebSocketConnectionManager, WebSocketConfig``.
+"""
+
+from stabilizer.backends.base import Backend, Presence
+from stabilizer.backends.memory import MemoryBackend, MemoryHub
+from stabilizer.config import (
+    CloseCode,
+    CompressionMode,
+    HeartbeatType,
+    MemoryEvictionPolicy,
+    ShutdownMode,
+    WebSocketConfig,
+    should_reconnect,
+)
+from stabilizer.errors import (
+    BackendUnavailable,
+    BroadcastFailedError,
+    ConfigError,
+    ConnectionLimitExceededError,
+    ConnectionNotFoundError,
+    ConnectionTimeoutError,
+    InvalidClientIdError,
+    InvalidTokenError,
+    MemoryLimitExceededError,
+    ShutdownError,
+    TokenError,
+    TokenExpiredError,
+    WebSocketStabilizerError,
+    WireError,
+)
+from stabilizer.manager import WebSocketConnectionManager
+from stabilizer.results import BroadcastResult, ShutdownReport
+from stabilizer.session import Session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "BroadcastFailedError",
+    "BroadcastResult",
+    "CloseCode",
+    "CompressionMode",
+    "ConfigError",
+    "ConnectionLimitExceededError",
+    "ConnectionNotFoundError",
+    "ConnectionTimeoutError",
+    "HeartbeatType",
+    "InvalidClientIdError",
+    "InvalidTokenError",
+    "MemoryBackend",
+    "MemoryEvictionPolicy",
+    "MemoryHub",
+    "MemoryLimitExceededError",
+    "Presence",
+    "Session",
+    "ShutdownError",
+    "ShutdownMode",
+    "ShutdownReport",
+    "TokenError",
+    "TokenExpiredError",
+    "WebSocketConfig",
+    "WebSocketConnectionManager",
+    "WebSocketStabilizerError",
+    "WireError",
+    "__version__",
+    "should_reconnect",
+]

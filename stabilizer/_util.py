@@ -1,0 +1,104 @@
+"""Small helpers shared by several modules: ids, validation, message encoding, backoff."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, TypeAlias
+
+from stabilizer.errors import InvalidClientIdError
+
+#: What a caller may send: text, binary, or a JSON object/array (serialized once).
+Message: TypeAlias = str | bytes | Mapping[str, Any] | Sequence[Any]
+JSONValue: TypeAlias = Any
+
+MAX_CLOSE_REASON_BYTES: Final = 123
+
+
+def default_node_id() -> str:
+    """Return an id unique per process: host name, pid and 4 random hex digits."""
+    host = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname())
+    return f"{host[:40] or 'node'}-{os.getpid()}-{os.urandom(2).hex()}"
+
+
+def is_text(value: object) -> bool:
+    """True for a str (client ids come from users; the annotation is not a guarantee)."""
+    return isinstance(value, str)
+
+
+def check_client_id(client_id: object, max_length: int) -> str:
+    """Return `client_id` if usable as a client id.
+
+    Raises:
+        InvalidClientIdError: not a string, empty, longer than `max_length` characters, or
+            not encodable as UTF-8 (lone surrogates).
+    """
+    if not isinstance(client_id, str):
+        raise InvalidClientIdError(f"client_id must be a string, got {type(client_id).__name__}")
+    if not client_id:
+        raise InvalidClientIdError("client_id cannot be empty")
+    if len(client_id) > max_length:
+        raise InvalidClientIdError(
+            f"client_id is {len(client_id)} characters; the limit is {max_length}"
+        )
+    if not client_id.isascii():
+        try:
+            client_id.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidClientIdError("client_id is not valid Unicode text") from exc
+    return client_id
+
+
+def encode_message(message: object) -> str | bytes:
+    """Serialize a message once: text and bytes pass through, JSON values become text.
+
+    Raises:
+        TypeError: for a value that is neither text, bytes nor JSON-serializable.
+    """
+    if isinstance(message, str | bytes):
+        return message
+    if isinstance(message, bytearray | memoryview):
+        return bytes(message)
+    if isinstance(message, Mapping | list | tuple):
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    raise TypeError(f"message must be str, bytes, dict or list, got {type(message).__name__}")
+
+
+def truncate_reason(reason: str) -> str:
+    """Cut a close reason to the 123 UTF-8 bytes a close frame allows."""
+    raw = reason.encode("utf-8", "replace")
+    if len(raw) <= MAX_CLOSE_REASON_BYTES:
+        return reason
+    return raw[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
+
+
+def backoff_delay(failures: int, *, base: float = 0.1, cap: float = 5.0) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**failures)]."""
+    return random.uniform(0, min(cap, base * (2 ** min(failures, 16))))
+
+
+class RateLimitedLog:
+    """Log a recurring problem at most once per `interval` seconds, counting the rest."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last = 0.0
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: object, exc: BaseException | None = None) -> None:
+        """Log a warning unless one was logged within the interval."""
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg = f"{msg} ({self._suppressed} similar suppressed)"
+        self._logger.warning(msg, *args, exc_info=exc)
+        self._last = now
+        self._suppressed = 0

@@ -1,0 +1,229 @@
+"""In-process backend: the embedded default for one node.
+
+Several managers may share one MemoryHub in the same event loop; they then behave as nodes
+of one cluster (presence, routing, kicks, tokens, liveness), which is how the backend
+contract tests run the same scenarios on memory and on Redis. Without a hub argument every
+backend gets a private hub, i.e. a single node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Final
+
+from stabilizer.backends.base import Presence, Registration
+from stabilizer.errors import BackendUnavailable, ConnectionLimitExceededError
+from stabilizer.wire import Envelope, Kind, encode
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_QUEUE: Final = 10_000
+
+
+class MemoryHub:
+    """State shared by the memory backends of one process (one event loop)."""
+
+    def __init__(self) -> None:
+        self.presence: dict[str, Presence] = {}
+        self.node_clients: dict[str, set[str]] = {}
+        self.node_deadlines: dict[str, float] = {}
+        self.inboxes: dict[str, asyncio.Queue[bytes]] = {}
+        self.used_nonces: dict[str, float] = {}
+        self.secret = secrets.token_bytes(32)
+        self.dropped = 0
+
+    def deliver(self, node_id: str, envelope: bytes) -> bool:
+        """Put an envelope in a node's inbox; drop (and count) when the inbox is full."""
+        inbox = self.inboxes.get(node_id)
+        if inbox is None:
+            return False
+        try:
+            inbox.put_nowait(envelope)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            logger.warning("memory inbox of node %s is full; envelope dropped", node_id)
+            return False
+        return True
+
+    def drop_presence(self, client_id: str, conn_id: str | None = None) -> bool:
+        """Remove a client's presence (only if it names `conn_id`, when given)."""
+        current = self.presence.get(client_id)
+        if current is None or (conn_id is not None and current.conn_id != conn_id):
+            return False
+        del self.presence[client_id]
+        owned = self.node_clients.get(current.node_id)
+        if owned is not None:
+            owned.discard(client_id)
+        return True
+
+
+class MemoryBackend:
+    """A node's view of a MemoryHub."""
+
+    def __init__(self, hub: MemoryHub | None = None, *, inbox_size: int = _DEFAULT_QUEUE) -> None:
+        self._hub = hub if hub is not None else MemoryHub()
+        self._shared = hub is not None
+        self._inbox_size = inbox_size
+        self._node_id = ""
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        """``memory``."""
+        return "memory"
+
+    @property
+    def is_shared(self) -> bool:
+        """True when built on a hub that other managers may share."""
+        return self._shared
+
+    @property
+    def available(self) -> bool:
+        """Always True until closed."""
+        return not self._closed
+
+    @property
+    def hub(self) -> MemoryHub:
+        """The hub this backend uses."""
+        return self._hub
+
+    def _check(self) -> None:
+        if self._closed:
+            raise BackendUnavailable("memory backend is closed")
+
+    async def open(self, node_id: str) -> None:
+        """Join the hub as `node_id`."""
+        self._node_id = node_id
+        self._closed = False
+        self._hub.inboxes[node_id] = asyncio.Queue(self._inbox_size)
+        self._hub.node_clients.setdefault(node_id, set())
+        self._hub.node_deadlines[node_id] = float("inf")
+
+    async def aclose(self) -> None:
+        """Leave the hub (presence stays, as after a crash, unless unregister_node ran)."""
+        self._closed = True
+        self._hub.inboxes.pop(self._node_id, None)
+
+    async def deliveries(self) -> AsyncIterator[bytes]:
+        """Yield envelopes other nodes addressed to this node."""
+        self._check()
+        inbox = self._hub.inboxes[self._node_id]
+        while True:
+            yield await inbox.get()
+
+    async def register(self, presence: Presence, *, max_cluster: int | None) -> Registration:
+        """Record presence; kick a previous socket on another node."""
+        self._check()
+        hub = self._hub
+        previous = hub.presence.get(presence.client_id)
+        if previous is None and max_cluster is not None and len(hub.presence) >= max_cluster:
+            raise ConnectionLimitExceededError(
+                f"cluster connection limit ({max_cluster}) reached"
+            )
+        if previous is not None:
+            hub.drop_presence(previous.client_id)
+            if previous.node_id != presence.node_id:
+                kick = Envelope(Kind.KICK, presence.node_id, presence.client_id,
+                                ref=previous.conn_id)
+                hub.deliver(previous.node_id, encode(kick))
+        hub.presence[presence.client_id] = presence
+        hub.node_clients.setdefault(presence.node_id, set()).add(presence.client_id)
+        return Registration(previous)
+
+    async def unregister(self, client_id: str, conn_id: str) -> bool:
+        """Remove presence if it still names `conn_id`."""
+        self._check()
+        return self._hub.drop_presence(client_id, conn_id)
+
+    async def publish(self, envelope: bytes) -> int:
+        """Deliver to every other node's inbox."""
+        self._check()
+        reached = 0
+        for node_id in list(self._hub.inboxes):
+            if node_id != self._node_id and self._hub.deliver(node_id, envelope):
+                reached += 1
+        return reached
+
+    async def route(self, client_id: str, envelope: bytes) -> bool:
+        """Deliver to the node owning `client_id`."""
+        self._check()
+        owner = self._hub.presence.get(client_id)
+        if owner is None:
+            return False
+        return self._hub.deliver(owner.node_id, envelope)
+
+    async def consume_token(self, nonce: str, expires_at: float) -> bool:
+        """Mark a nonce used; False if it already was."""
+        self._check()
+        used = self._hub.used_nonces
+        now = time.time()
+        if len(used) > 1024:
+            for key in [k for k, exp in used.items() if exp <= now]:
+                del used[key]
+        if nonce in used:
+            return False
+        used[nonce] = expires_at
+        return True
+
+    async def shared_secret(self) -> bytes:
+        """The hub's random key (lives as long as the process)."""
+        return self._hub.secret
+
+    async def count(self) -> int:
+        """Clients present on any node of the hub."""
+        self._check()
+        return len(self._hub.presence)
+
+    async def scan(self, batch: int = 500) -> AsyncIterator[Presence]:
+        """Yield every presence entry."""
+        self._check()
+        for presence in list(self._hub.presence.values()):
+            yield presence
+
+    async def locate(self, client_id: str) -> Presence | None:
+        """Where `client_id` is connected."""
+        self._check()
+        return self._hub.presence.get(client_id)
+
+    async def keepalive(self, node_ttl: float) -> list[str]:
+        """Refresh this node; reap nodes that stopped refreshing."""
+        self._check()
+        hub = self._hub
+        now = time.monotonic()
+        hub.node_deadlines[self._node_id] = now + node_ttl
+        reaped = [node for node, deadline in hub.node_deadlines.items() if deadline <= now]
+        for node in reaped:
+            del hub.node_deadlines[node]
+            for client_id in list(hub.node_clients.pop(node, ())):
+                current = hub.presence.get(client_id)
+                if current is not None and current.node_id == node:
+                    del hub.presence[client_id]
+        return reaped
+
+    async def resync(self, local: Sequence[Presence]) -> None:
+        """Re-register local presence (a no-op in memory: it cannot be lost)."""
+        self._check()
+        for presence in local:
+            current = self._hub.presence.get(presence.client_id)
+            if current is None:
+                self._hub.presence[presence.client_id] = presence
+                self._hub.node_clients.setdefault(presence.node_id, set()).add(
+                    presence.client_id
+                )
+
+    async def unregister_node(self) -> None:
+        """Remove this node and its presence."""
+        hub = self._hub
+        for client_id in list(hub.node_clients.pop(self._node_id, ())):
+            current = hub.presence.get(client_id)
+            if current is not None and current.node_id == self._node_id:
+                del hub.presence[client_id]
+        hub.node_deadlines.pop(self._node_id, None)
+
+    async def nodes(self) -> list[str]:
+        """Nodes that joined the hub and were not reaped."""
+        return sorted(self._hub.node_deadlines)

@@ -1,0 +1,304 @@
+"""WebSocketConfig: every option, validated on creation; from_env reads STABILIZER_* variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum, IntEnum, StrEnum
+from typing import Any, Final, get_type_hints
+
+from stabilizer.errors import ConfigError
+
+ENV_PREFIX: Final = "STABILIZER_"
+_NODE_ID_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NAMESPACE_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class CompressionMode(StrEnum):
+    """Per-message deflate: negotiated by the ASGI server, see ``uvicorn_options``."""
+
+    DEFLATE = "deflate"
+    NONE = "none"
+
+
+class MemoryEvictionPolicy(StrEnum):
+    """Which connection goes first when max_total_memory is exceeded.
+
+    LRU: least recent inbound or outbound activity. FIFO and OLDEST: earliest connected
+    (the seed treats them alike; so do we).
+    """
+
+    LRU = "lru"
+    FIFO = "fifo"
+    OLDEST = "oldest"
+
+
+class HeartbeatType(StrEnum):
+    """``ping``: the node sends ``{"type": "ping", ...}`` frames and expects pongs.
+
+    ``custom``: the node sends nothing; the application's own traffic (any inbound frame, or
+    ``handle_pong``) must arrive within heartbeat_timeout or the client is closed.
+    """
+
+    PING = "ping"
+    CUSTOM = "custom"
+
+
+class ShutdownMode(StrEnum):
+    """What graceful_shutdown tells clients: ``stop`` closes 1001, ``restart`` closes 1012."""
+
+    STOP = "stop"
+    RESTART = "restart"
+
+
+class CloseCode(IntEnum):
+    """Every close code stabilizer sends.
+
+    4000-4499 mean "reconnect (with backoff)"; 4500-4999 mean "do not reconnect as is".
+    """
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    # reconnect half
+    HEARTBEAT_TIMEOUT = 4000
+    MEMORY_EVICTED = 4001
+    BACKEND_UNAVAILABLE = 4002
+    # do-not-reconnect half
+    REPLACED = 4500
+    INVALID_TOKEN = 4501
+    TOKEN_EXPIRED = 4502
+    INVALID_CLIENT_ID = 4503
+    TOKEN_CLIENT_MISMATCH = 4504
+
+    @property
+    def should_reconnect(self) -> bool:
+        """True for codes after which a client should reconnect (with backoff)."""
+        return should_reconnect(int(self))
+
+
+def should_reconnect(code: int) -> bool:
+    """Tell whether a client receiving close `code` should try again."""
+    if 4000 <= code <= 4499:
+        return True
+    if 4500 <= code <= 4999:
+        return False
+    return code in (1001, 1006, 1011, 1012, 1013, 1014)
+
+
+def _positive(name: str, value: float | int | None, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _coerce_enum(name: str, enum_type: type[Enum], value: object) -> Enum:
+    if isinstance(value, enum_type):
+        return value
+    if isinstance(value, str):
+        try:
+            return enum_type(value.lower())
+        except ValueError:
+            pass
+    allowed = [str(member.value) for member in enum_type]
+    raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    """All settings of a manager; the first seventeen are fastapi-websocket-stabilizer's.
+
+    Raises:
+        ConfigError (a ValueError): when a value breaks its rule.
+    """
+
+    # --- fastapi-websocket-stabilizer 1.1.0 options, same defaults ---
+    heartbeat_interval: float = 30.0
+    heartbeat_timeout: float = 60.0
+    heartbeat_type: HeartbeatType = HeartbeatType.PING
+    max_connections: int | None = None
+    max_message_size: int = 1024 * 1024
+    reconnect_token_ttl: timedelta = field(default_factory=lambda: timedelta(hours=1))
+    enable_reconnect: bool = True
+    compression: CompressionMode = CompressionMode.DEFLATE
+    log_level: str = "INFO"
+    enable_metrics: bool = False
+    num_shards: int = 16
+    max_concurrent_cleanup: int = 100
+    max_concurrent_broadcast: int = 1000
+    memory_check_interval: float = 60.0
+    memory_eviction_policy: MemoryEvictionPolicy = MemoryEvictionPolicy.LRU
+    max_memory_per_connection: int | None = None
+    max_total_memory: int | None = None
+
+    # --- stabilizer: one node ---
+    max_queue_size: int = 1024
+    write_timeout: float = 10.0
+    close_timeout: float = 2.0
+    shutdown_mode: ShutdownMode = ShutdownMode.STOP
+    max_client_id_length: int = 256
+    token_secret: str | tuple[str, ...] | None = None
+
+    # --- stabilizer: many nodes (Redis) ---
+    redis_url: str | None = None
+    namespace: str = "stabilizer"
+    node_id: str | None = None
+    node_ttl: float = 10.0
+    max_cluster_connections: int | None = None
+    op_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        self._validate_numbers()
+        self._coerce_enums()
+        ttl: object = self.reconnect_token_ttl  # seconds are accepted too
+        if isinstance(ttl, int | float) and not isinstance(ttl, bool):
+            object.__setattr__(self, "reconnect_token_ttl", timedelta(seconds=ttl))
+        elif not isinstance(ttl, timedelta):
+            raise ConfigError(f"reconnect_token_ttl must be a timedelta or seconds, got {ttl!r}")
+        if self.reconnect_token_ttl.total_seconds() <= 0:
+            raise ConfigError("reconnect_token_ttl must be positive")
+        level = str(self.log_level).upper()
+        if level not in _LOG_LEVELS:
+            raise ConfigError(
+                f"log_level must be one of {list(_LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        object.__setattr__(self, "log_level", level)
+        self._validate_identity()
+
+    def _validate_numbers(self) -> None:
+        for name in ("heartbeat_interval", "heartbeat_timeout", "memory_check_interval",
+                     "write_timeout", "close_timeout", "node_ttl", "op_timeout"):
+            _positive(name, getattr(self, name))
+        for name in ("max_message_size", "num_shards", "max_concurrent_cleanup",
+                     "max_concurrent_broadcast", "max_queue_size", "max_client_id_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            _positive(name, value)
+        for name in ("max_connections", "max_memory_per_connection", "max_total_memory",
+                     "max_cluster_connections"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ConfigError(f"{name} must be an integer or None, got {value!r}")
+            _positive(name, value, optional=True)
+        if self.node_ttl < 1.0:
+            raise ConfigError("node_ttl must be at least 1 second")
+
+    def _coerce_enums(self) -> None:
+        for name, enum_type in (("heartbeat_type", HeartbeatType),
+                                ("compression", CompressionMode),
+                                ("memory_eviction_policy", MemoryEvictionPolicy),
+                                ("shutdown_mode", ShutdownMode)):
+            object.__setattr__(self, name, _coerce_enum(name, enum_type, getattr(self, name)))
+
+    def _validate_identity(self) -> None:
+        if not _NAMESPACE_RE.match(self.namespace):
+            raise ConfigError(
+                f"namespace must be 1-64 characters of letters, digits and ._:-, got "
+                f"{self.namespace!r}"
+            )
+        if self.node_id is not None and not _NODE_ID_RE.match(self.node_id):
+            raise ConfigError(
+                f"node_id must be 1-64 characters of letters, digits and ._-, got {self.node_id!r}"
+            )
+        secret = self.token_secret
+        if isinstance(secret, str):
+            secret = (secret,)
+        if secret is not None:
+            secret = tuple(secret)
+            if not secret or any(not isinstance(key, str) or len(key) < 16 for key in secret):
+                raise ConfigError("token_secret must be one or more strings of 16+ characters")
+        object.__setattr__(self, "token_secret", secret)
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://", "redis+sentinel://")
+        ):
+            raise ConfigError(
+                "redis_url must be a redis://, rediss://, unix:// or redis+sentinel:// URL"
+            )
+
+    @property
+    def shutdown_close_code(self) -> CloseCode:
+        """The close code graceful_shutdown sends by default."""
+        if self.shutdown_mode is ShutdownMode.RESTART:
+            return CloseCode.SERVICE_RESTART
+        return CloseCode.GOING_AWAY
+
+    @property
+    def token_keys(self) -> tuple[str, ...]:
+        """The configured token keyring (first key signs, all verify); empty when unset."""
+        secret = self.token_secret
+        if secret is None:
+            return ()
+        return (secret,) if isinstance(secret, str) else secret
+
+    @property
+    def token_ttl_seconds(self) -> float:
+        """reconnect_token_ttl in seconds."""
+        return self.reconnect_token_ttl.total_seconds()
+
+    def apply_log_level(self) -> None:
+        """Set the level of the ``stabilizer`` logger hierarchy (no handler is added)."""
+        logging.getLogger("stabilizer").setLevel(self.log_level)
+
+    def replace(self, **changes: Any) -> WebSocketConfig:
+        """Return a copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> WebSocketConfig:
+        """Build a config from ``STABILIZER_<FIELD>`` variables; keyword overrides win.
+
+        Raises:
+            ConfigError: for an unknown STABILIZER_ variable or a value that does not parse.
+        """
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            name = key[len(ENV_PREFIX):].lower()
+            if name not in names:
+                raise ConfigError(f"unknown setting {key}; known: {sorted(names)}")
+            values[name] = _parse_env_value(key, raw, hints[name])
+        values.update(overrides)
+        return cls(**values)
+
+
+def _parse_env_value(key: str, raw: str, hint: object) -> Any:
+    text = raw.strip()
+    optional = "None" in str(hint)
+    if optional and text.lower() in ("", "none", "null"):
+        return None
+    try:
+        if hint is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if hint is timedelta:
+            return timedelta(seconds=float(text))
+        if hint is float:
+            return float(text)
+        if hint is int or str(hint) == "int | None":
+            return int(text)
+        if "tuple" in str(hint):
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{key}={raw!r} does not parse as {hint}") from exc
+    return text

@@ -1,0 +1,79 @@
+"""Every exception stabilizer raises on purpose, rooted at WebSocketStabilizerError.
+
+The nine names documented by fastapi-websocket-stabilizer 1.1.0 keep their meaning; the
+others are leaves of those (or of the root) so existing ``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stabilizer.results import BroadcastResult
+
+
+class WebSocketStabilizerError(Exception):
+    """Root of every exception stabilizer raises on purpose."""
+
+
+class ConnectionNotFoundError(WebSocketStabilizerError):
+    """The client is not connected (on this node, or anywhere for cluster-wide calls)."""
+
+
+class InvalidClientIdError(ConnectionNotFoundError, ValueError):
+    """A client id is not a usable string (empty, too long, or not valid UTF-8).
+
+    It subclasses ConnectionNotFoundError because the seed raised that for an empty id.
+    """
+
+
+class ConnectionLimitExceededError(WebSocketStabilizerError):
+    """A node or cluster connection limit refuses a new connection."""
+
+
+class ConnectionTimeoutError(WebSocketStabilizerError):
+    """A client did not answer a ping within the heartbeat timeout."""
+
+
+class TokenError(WebSocketStabilizerError):
+    """Base of the reconnect-token errors."""
+
+
+class TokenExpiredError(TokenError):
+    """A reconnect token is past its lifetime."""
+
+
+class InvalidTokenError(TokenError):
+    """A reconnect token is forged, malformed, for another namespace, or already used."""
+
+
+class BroadcastFailedError(WebSocketStabilizerError):
+    """A broadcast reached nobody although it had recipients; `result` tells who failed."""
+
+    def __init__(self, message: str, result: BroadcastResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class ShutdownError(WebSocketStabilizerError):
+    """The node is shutting down: it admits no new connection, or shutdown itself failed."""
+
+
+class MemoryLimitExceededError(WebSocketStabilizerError):
+    """A per-connection or total memory limit refuses a connection or a piece of user data."""
+
+
+class ConfigError(WebSocketStabilizerError, ValueError):
+    """A configuration value is invalid; the message names the field and the rule."""
+
+
+class MessageTooLargeError(WebSocketStabilizerError, ValueError):
+    """An outgoing message is larger than max_message_size."""
+
+
+class WireError(WebSocketStabilizerError):
+    """A peer sent an envelope we cannot decode."""
+
+
+class BackendUnavailable(WebSocketStabilizerError):
+    """The shared backend (Redis) cannot be reached right now; loops retry, callers may too."""

@@ -1,0 +1,135 @@
+"""FastAPI integration: serve a socket in one call, a lifespan, and an ops router.
+
+The smallest chat endpoint::
+
+    manager = WebSocketConnectionManager(WebSocketConfig.from_env())
+    app = FastAPI(lifespan=lifespan(manager))
+    app.include_router(router(manager))
+
+    @app.websocket("/ws/{client_id}")
+    async def chat(websocket: WebSocket, client_id: str) -> None:
+        async with session(manager, websocket, client_id) as conn:
+            async for text in conn:
+                await manager.broadcast({"user": client_id, "message": text})
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, WebSocket
+from fastapi.responses import JSONResponse
+
+from stabilizer.config import CompressionMode, WebSocketConfig
+from stabilizer.errors import BackendUnavailable
+from stabilizer.manager import Phase, WebSocketConnectionManager
+from stabilizer.session import Session
+
+MessageHandler = Callable[[str | bytes], Awaitable[None]]
+
+
+def session(
+    manager: WebSocketConnectionManager,
+    websocket: WebSocket,
+    client_id: str,
+    *,
+    metadata: dict[str, Any] | None = None,
+    welcome: bool = True,
+) -> Session:
+    """Return a Session for `websocket`; a ``token`` query parameter resumes a session."""
+    token = websocket.query_params.get("token") or None
+    return manager.open_session(websocket, client_id, metadata=metadata, token=token,
+                                welcome=welcome)
+
+
+async def serve(
+    manager: WebSocketConnectionManager,
+    websocket: WebSocket,
+    client_id: str,
+    on_message: MessageHandler | None = None,
+    *,
+    metadata: dict[str, Any] | None = None,
+    welcome: bool = True,
+) -> Session:
+    """Serve `websocket` until the client leaves, passing each message to `on_message`.
+
+    Accepts, validates a ``token`` query parameter, registers, answers heartbeats, enforces
+    max_message_size and always unregisters. Returns the finished Session (``refused`` tells
+    why a socket was turned away).
+    """
+    async with session(manager, websocket, client_id, metadata=metadata,
+                       welcome=welcome) as current:
+        async for message in current:
+            if on_message is not None:
+                await on_message(message)
+    return current
+
+
+def lifespan(
+    manager: WebSocketConnectionManager,
+    *,
+    shutdown_timeout: float = 30.0,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Return a FastAPI lifespan that starts the manager and shuts it down gracefully."""
+
+    @asynccontextmanager
+    async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await manager.start()
+        try:
+            yield
+        finally:
+            await manager.graceful_shutdown(timeout=shutdown_timeout)
+
+    return _lifespan
+
+
+def router(manager: WebSocketConnectionManager, *, prefix: str = "") -> APIRouter:
+    """Return an APIRouter with GET /health (503 while draining) and GET /stats."""
+    api = APIRouter(prefix=prefix, tags=["stabilizer"])
+
+    @api.get("/health")
+    async def health() -> JSONResponse:
+        backend = manager.backend
+        body = {
+            "status": "ok" if manager.phase is Phase.RUNNING else manager.phase.value,
+            "node_id": manager.node_id,
+            "connections": manager.get_connection_count(),
+            "backend": backend.name,
+            "backend_available": backend.available,
+        }
+        ready = manager.phase in (Phase.RUNNING, Phase.NEW)
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @api.get("/stats")
+    async def stats() -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "node_id": manager.node_id,
+            "phase": manager.phase.value,
+            "active_connections": manager.get_connection_count(),
+            "memory": manager.get_memory_usage(),
+            "counters": manager.stats.as_dict(),
+            "backend": manager.backend.name,
+        }
+        if manager.backend.is_shared:
+            try:
+                body["cluster_connections"] = await manager.get_cluster_connection_count()
+            except BackendUnavailable:
+                body["cluster_connections"] = None
+        return body
+
+    return api
+
+
+def uvicorn_options(config: WebSocketConfig) -> dict[str, Any]:
+    """Map the options the ASGI server must apply onto uvicorn.run / uvicorn.Config keywords.
+
+    Compression is negotiated by the server during the handshake, so ``compression`` is
+    honoured here; ``max_message_size`` is enforced by the session, and uvicorn's own cap
+    is set just above it so the session can answer with 1009 itself.
+    """
+    return {
+        "ws_per_message_deflate": config.compression is CompressionMode.DEFLATE,
+        "ws_max_size": config.max_message_size + 1024,
+    }

@@ -1,0 +1,168 @@
+"""Heartbeat: deadline bookkeeping (pure) and the one loop per node that acts on it.
+
+No task or timer exists per connection. One heap holds every connection's next ping time and,
+while a ping is unanswered, its pong deadline; the loop sleeps until the earliest entry,
+pings every connection that is due in one batch (one serialized frame), and reports the
+connections whose deadline passed. Any inbound frame counts as an answer.
+
+The deadline runs from the *first* unanswered ping: with interval 30 and timeout 60 a silent
+client is pinged at 30 and 60 and closed at 90. (fastapi-websocket-stabilizer closed it at the
+next interval whatever the timeout.) In ``custom`` mode no ping is sent and a client must be
+heard from at least every ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Final, Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+_IDLE_WAKE: Final = 3600.0
+
+
+class _Entry:
+    __slots__ = ("deadline", "last_seen", "next_ping")
+
+    def __init__(self, now: float) -> None:
+        self.last_seen = now
+        self.next_ping = 0.0
+        self.deadline: float | None = None
+
+
+class HeartbeatSchedule(Generic[K]):
+    """When to ping which connection, and which ones missed their deadline. Pure."""
+
+    def __init__(self, interval: float, timeout: float, *, send_pings: bool = True) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.send_pings = send_pings
+        # Pings due within this window are sent together, so one wake-up serves many.
+        self.coalesce = min(0.05, interval / 50, timeout / 50)
+        self._entries: dict[K, _Entry] = {}
+        self._heap: list[tuple[float, int, K]] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _push(self, when: float, key: K) -> bool:
+        earliest = not self._heap or when < self._heap[0][0]
+        heapq.heappush(self._heap, (when, next(self._seq), key))
+        return earliest
+
+    def track(self, key: K, now: float) -> bool:
+        """Start watching `key`; True when this moved the earliest wake-up forward."""
+        entry = _Entry(now)
+        self._entries[key] = entry
+        if self.send_pings:
+            entry.next_ping = now + self.interval
+            return self._push(entry.next_ping, key)
+        entry.deadline = now + self.timeout
+        return self._push(entry.deadline, key)
+
+    def forget(self, key: K) -> None:
+        """Stop watching `key` (its heap entries are dropped lazily)."""
+        self._entries.pop(key, None)
+
+    def seen(self, key: K, now: float) -> None:
+        """Record that `key` answered or sent something: it is alive as of `now`."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.last_seen = now
+        if self.send_pings:
+            entry.deadline = None
+
+    def next_wake(self) -> float | None:
+        """The loop-clock time of the earliest entry, or None when nothing is tracked."""
+        while self._heap and self._heap[0][2] not in self._entries:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def due(self, now: float) -> tuple[list[K], list[K]]:
+        """Pop what is due at `now`: (keys to ping now, keys whose deadline passed).
+
+        Expired keys are forgotten; pinged keys get their next ping and, if none was
+        outstanding, a pong deadline.
+        """
+        horizon = now + self.coalesce
+        to_ping: list[K] = []
+        expired: list[K] = []
+        heap = self._heap
+        while heap and heap[0][0] <= horizon:
+            _, _, key = heapq.heappop(heap)
+            entry = self._entries.get(key)
+            if entry is None:
+                continue
+            if self._expired(entry, now):
+                expired.append(key)
+                del self._entries[key]
+            elif self.send_pings and entry.next_ping <= horizon:
+                to_ping.append(key)
+                self._schedule_after_ping(key, entry, now)
+            elif not self.send_pings and entry.deadline is not None:
+                # custom mode: traffic moved the deadline; wait until the moved one
+                entry.deadline = entry.last_seen + self.timeout
+                self._push(entry.deadline, key)
+        return to_ping, expired
+
+    def _expired(self, entry: _Entry, now: float) -> bool:
+        if self.send_pings:
+            return entry.deadline is not None and entry.deadline <= now
+        return entry.last_seen + self.timeout <= now
+
+    def _schedule_after_ping(self, key: K, entry: _Entry, now: float) -> None:
+        # Keep the phase (no drift) unless the loop fell far behind.
+        entry.next_ping = max(entry.next_ping + self.interval, now + self.interval / 2)
+        self._push(entry.next_ping, key)
+        if entry.deadline is None:
+            entry.deadline = now + self.timeout
+            self._push(entry.deadline, key)
+
+
+class Heartbeat(Generic[K]):
+    """The loop that sleeps until the schedule's next entry and acts on what is due."""
+
+    def __init__(
+        self,
+        schedule: HeartbeatSchedule[K],
+        on_ping: Callable[[list[K]], Awaitable[None]],
+        on_expire: Callable[[list[K]], Awaitable[None]],
+    ) -> None:
+        self.schedule = schedule
+        self._on_ping = on_ping
+        self._on_expire = on_expire
+        self._wakeup = asyncio.Event()
+
+    def track(self, key: K, now: float) -> None:
+        """Watch a new connection, waking the loop if it is now the earliest."""
+        if self.schedule.track(key, now):
+            self._wakeup.set()
+
+    async def run(self) -> None:
+        """Ping and expire connections until cancelled; survives errors in the callbacks."""
+        loop = asyncio.get_running_loop()
+        while True:
+            wake = self.schedule.next_wake()
+            delay = _IDLE_WAKE if wake is None else wake - loop.time()
+            if delay > 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wakeup.wait()
+                continue
+            to_ping, expired = self.schedule.due(loop.time())
+            try:
+                if expired:
+                    await self._on_expire(expired)
+                if to_ping:
+                    await self._on_ping(to_ping)
+            except Exception:
+                logger.exception("heartbeat callback failed; the loop goes on")

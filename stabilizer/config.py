@@ -157,6 +157,7 @@ class WebSocketConfig:
     node_ttl: float = 10.0
     max_cluster_connections: int | None = None
     op_timeout: float = 2.0
+    presence_buckets: int = 1
 
     def __post_init__(self) -> None:
         self._validate_numbers()
@@ -181,7 +182,8 @@ class WebSocketConfig:
                      "write_timeout", "close_timeout", "node_ttl", "op_timeout"):
             _positive(name, getattr(self, name))
         for name in ("max_message_size", "num_shards", "max_concurrent_cleanup",
-                     "max_concurrent_broadcast", "max_queue_size", "max_client_id_length"):
+                     "max_concurrent_broadcast", "max_queue_size", "max_client_id_length",
+                     "presence_buckets"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
@@ -194,6 +196,13 @@ class WebSocketConfig:
             _positive(name, value, optional=True)
         if self.node_ttl < 1.0:
             raise ConfigError("node_ttl must be at least 1 second")
+        if self.presence_buckets > 1024:
+            raise ConfigError("presence_buckets must be at most 1024")
+        if self.presence_buckets > 1 and self.max_cluster_connections is not None:
+            raise ConfigError(
+                "max_cluster_connections needs presence_buckets=1 (the limit is enforced "
+                "atomically on one slot)"
+            )
 
     def _coerce_enums(self) -> None:
         for name, enum_type in (("heartbeat_type", HeartbeatType),

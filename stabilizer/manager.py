@@ -119,6 +119,7 @@ class WebSocketConnectionManager:
         )
         self._admitting: dict[str, asyncio.Future[None]] = {}
         self._needs_resync = False
+        self._joined = False
         self._backend_log = RateLimitedLog(logger)
         self._wire_log = RateLimitedLog(logger)
         self.stats = NodeStats()
@@ -807,14 +808,24 @@ class WebSocketConnectionManager:
             await asyncio.sleep(min(delay, max(0.0, next_memory - loop.time())) or 0.01)
 
     async def _maintain_backend(self) -> None:
-        async with asyncio.timeout(self.config.op_timeout * 2):
-            reaped = await self._backend.keepalive(self.config.node_ttl)
-            if reaped:
-                logger.warning("reaped presence of dead nodes %s", ", ".join(reaped))
+        async with asyncio.timeout(self.config.op_timeout * 4):
+            liveness = await self._backend.keepalive(self.config.node_ttl)
+            if liveness.reaped:
+                logger.warning("reaped presence of dead nodes %s", ", ".join(liveness.reaped))
+            if liveness.rejoined and self._joined:
+                logger.warning("node %s had vanished from the registry; re-registering",
+                               self._node_id)
+                self._needs_resync = True
+            self._joined = True
             if self._needs_resync:
                 self._needs_resync = False
-                await self._backend.resync(self._local_presence())
+                lost = await self._backend.resync(self._local_presence())
                 logger.info("presence of %d local clients re-registered", len(self._pool))
+                for client_id in lost:
+                    conn = self._pool.get(client_id)
+                    if conn is not None:
+                        self._retire(conn, CloseCode.REPLACED,
+                                     "replaced by a connection on another node")
             if self._codec is None:
                 await self._fetch_shared_key()
 

@@ -29,6 +29,16 @@ class Registration:
     previous: Presence | None
 
 
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """The outcome of a keepalive: nodes reaped now, and whether this node had vanished
+    from the registry (Redis restarted empty, or this node was reaped after a long pause),
+    in which case its presence must be re-registered."""
+
+    reaped: tuple[str, ...] = ()
+    rejoined: bool = False
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Presence, routing, pub/sub, single-use tokens and node liveness, shared by all nodes."""
@@ -109,12 +119,16 @@ class Backend(Protocol):
         """Return where `client_id` is connected, or None."""
         ...
 
-    async def keepalive(self, node_ttl: float) -> list[str]:
-        """Refresh this node's liveness; reap nodes whose entry expired; return their ids."""
+    async def keepalive(self, node_ttl: float) -> Liveness:
+        """Refresh this node's liveness and reap nodes whose entry expired."""
         ...
 
-    async def resync(self, local: Sequence[Presence]) -> None:
-        """Re-register this node's clients after the store came back (or was wiped)."""
+    async def resync(self, local: Sequence[Presence]) -> list[str]:
+        """Re-register this node's clients after the store came back (or was wiped).
+
+        Returns the client ids that meanwhile connected to another node: their local
+        sockets are stale and the caller closes them as replaced.
+        """
         ...
 
     async def unregister_node(self) -> None:

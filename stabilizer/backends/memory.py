@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
-from stabilizer.backends.base import Presence, Registration
+from stabilizer.backends.base import Liveness, Presence, Registration
 from stabilizer.errors import BackendUnavailable, ConnectionLimitExceededError
 from stabilizer.wire import Envelope, Kind, encode
 
@@ -189,11 +189,12 @@ class MemoryBackend:
         self._check()
         return self._hub.presence.get(client_id)
 
-    async def keepalive(self, node_ttl: float) -> list[str]:
+    async def keepalive(self, node_ttl: float) -> Liveness:
         """Refresh this node; reap nodes that stopped refreshing."""
         self._check()
         hub = self._hub
         now = time.monotonic()
+        rejoined = self._node_id not in hub.node_deadlines
         hub.node_deadlines[self._node_id] = now + node_ttl
         reaped = [node for node, deadline in hub.node_deadlines.items() if deadline <= now]
         for node in reaped:
@@ -202,18 +203,22 @@ class MemoryBackend:
                 current = hub.presence.get(client_id)
                 if current is not None and current.node_id == node:
                     del hub.presence[client_id]
-        return reaped
+        return Liveness(tuple(reaped), rejoined)
 
-    async def resync(self, local: Sequence[Presence]) -> None:
-        """Re-register local presence (a no-op in memory: it cannot be lost)."""
+    async def resync(self, local: Sequence[Presence]) -> list[str]:
+        """Re-register local presence; return ids another node holds now."""
         self._check()
+        lost: list[str] = []
         for presence in local:
             current = self._hub.presence.get(presence.client_id)
-            if current is None:
+            if current is None or current.node_id == presence.node_id:
                 self._hub.presence[presence.client_id] = presence
                 self._hub.node_clients.setdefault(presence.node_id, set()).add(
                     presence.client_id
                 )
+            else:
+                lost.append(presence.client_id)
+        return lost
 
     async def unregister_node(self) -> None:
         """Remove this node and its presence."""

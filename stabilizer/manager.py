@@ -8,6 +8,7 @@ delivery path: broadcast and send hand frames to bounded outboxes and return.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -167,6 +168,11 @@ class WebSocketConnectionManager:
         try:
             await self._open_backend()
             self._spawn_loops()
+            if self._backend.is_shared:
+                # Ready means subscribed: a broadcast from another node now reaches us.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.op_timeout):
+                        await self._backend.subscribed.wait()
         finally:
             self._starting.set_result(None)
             self._starting = None
@@ -565,7 +571,9 @@ class WebSocketConnectionManager:
 
     @staticmethod
     def _ping_frame() -> Frame:
-        return Frame.text(json.dumps({"type": "ping", "timestamp": time.time()}))
+        return Frame.text(
+            json.dumps({"type": "ping", "timestamp": time.time()}, separators=(",", ":"))
+        )
 
     async def _send_pings(self, conns: list[Connection]) -> None:
         frame = self._ping_frame()

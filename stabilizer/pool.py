@@ -184,7 +184,7 @@ class Connection:
 
     async def flush(self, deadline: float) -> int:
         """Wait until the outbox is written or the loop clock passes `deadline`; return frames
-        still queued."""
+        not yet written (the one in flight included)."""
         task = self._drain_task
         if task is not None:
             remaining = deadline - asyncio.get_running_loop().time()
@@ -192,7 +192,7 @@ class Connection:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     async with asyncio.timeout(remaining):
                         await asyncio.shield(task)
-        return len(self.outbox)
+        return len(self.outbox) + (1 if self.writing else 0)
 
     def _fail(self, code: CloseCode, reason: str) -> None:
         if self.state is State.OPEN:
@@ -262,6 +262,9 @@ async def resume(coro: Coroutine[Any, Any, None], yielded: object) -> None:
         while True:
             try:
                 if isinstance(yielded, asyncio.Future):
+                    # The coroutine yielded the future "blocking"; a Task clears that flag
+                    # when it takes the future over, and so must we before awaiting it.
+                    yielded._asyncio_future_blocking = False
                     await yielded
                 else:  # a bare yield asks for one turn of the loop
                     await asyncio.sleep(0)

@@ -7,6 +7,7 @@ manager can degrade: keep local sockets, deliver locally, re-register later.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -56,6 +57,11 @@ class Backend(Protocol):
     @property
     def available(self) -> bool:
         """False while the shared store is known to be unreachable."""
+        ...
+
+    @property
+    def subscribed(self) -> asyncio.Event:
+        """Set while deliveries() is subscribed and receiving; cleared when it is lost."""
         ...
 
     async def open(self, node_id: str) -> None:

@@ -70,6 +70,7 @@ class MemoryBackend:
         self._inbox_size = inbox_size
         self._node_id = ""
         self._closed = False
+        self._subscribed = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -87,6 +88,11 @@ class MemoryBackend:
         return not self._closed
 
     @property
+    def subscribed(self) -> asyncio.Event:
+        """Set while deliveries() runs."""
+        return self._subscribed
+
+    @property
     def hub(self) -> MemoryHub:
         """The hub this backend uses."""
         return self._hub
@@ -101,7 +107,6 @@ class MemoryBackend:
         self._closed = False
         self._hub.inboxes[node_id] = asyncio.Queue(self._inbox_size)
         self._hub.node_clients.setdefault(node_id, set())
-        self._hub.node_deadlines[node_id] = float("inf")
 
     async def aclose(self) -> None:
         """Leave the hub (presence stays, as after a crash, unless unregister_node ran)."""
@@ -112,8 +117,12 @@ class MemoryBackend:
         """Yield envelopes other nodes addressed to this node."""
         self._check()
         inbox = self._hub.inboxes[self._node_id]
-        while True:
-            yield await inbox.get()
+        self._subscribed.set()
+        try:
+            while True:
+                yield await inbox.get()
+        finally:
+            self._subscribed.clear()
 
     async def register(self, presence: Presence, *, max_cluster: int | None) -> Registration:
         """Record presence; kick a previous socket on another node."""

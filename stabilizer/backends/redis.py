@@ -88,7 +88,7 @@ class RedisBackend:
         self._publish_cmd = "SPUBLISH" if self._cluster else "PUBLISH"
         self._node_id = ""
         self._available = False
-        self._subscribed = False
+        self._subscribed = asyncio.Event()
         self._register = client.register_script(lua.REGISTER)
         self._unregister = client.register_script(lua.UNREGISTER)
         self._route = client.register_script(lua.ROUTE)
@@ -160,6 +160,11 @@ class RedisBackend:
         return self._available
 
     @property
+    def subscribed(self) -> asyncio.Event:
+        """Set once every channel's subscription is confirmed; cleared when lost."""
+        return self._subscribed
+
+    @property
     def client(self) -> Redis | RedisCluster:
         """The underlying redis.asyncio client."""
         return self._client
@@ -211,21 +216,19 @@ class RedisBackend:
             except (RedisError, OSError, TimeoutError) as exc:
                 self._available = False
                 raise BackendUnavailable(f"subscribe failed: {exc!r}") from exc
-            self._subscribed = True
-            self._available = True
-            logger.info("node %s subscribed to %d channels", self._node_id, len(channels))
-            async for data in self._read(pubsub):
+            async for data in self._read(pubsub, len(channels)):
                 yield data
         finally:
-            self._subscribed = False
+            self._subscribed.clear()
             try:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py lacks hints
             except (RedisError, OSError, RuntimeError):
                 logger.debug("error closing pubsub", exc_info=True)
 
-    async def _read(self, pubsub: Any) -> AsyncIterator[bytes]:
+    async def _read(self, pubsub: Any, channels: int) -> AsyncIterator[bytes]:
         """Yield message payloads; ping when idle and fail if Redis stays silent."""
         awaiting_pong = False
+        confirmed = 0
         while True:
             try:
                 message = await pubsub.get_message(timeout=_IDLE_PING)
@@ -242,10 +245,17 @@ class RedisBackend:
                 self._available = False
                 raise BackendUnavailable(f"pub/sub connection lost: {exc!r}") from exc
             awaiting_pong = False  # any reply (message, pong, confirmation) proves liveness
-            if message.get("type") in ("message", "smessage"):
+            kind = message.get("type")
+            if kind in ("message", "smessage"):
                 data = message.get("data")
                 if isinstance(data, bytes):
                     yield data
+            elif kind in ("subscribe", "ssubscribe"):
+                confirmed += 1
+                if confirmed == channels:
+                    self._available = True
+                    self._subscribed.set()
+                    logger.info("node %s subscribed to %d channels", self._node_id, channels)
 
     async def publish(self, envelope: bytes) -> int:
         """PUBLISH once to every node; return how many *other* nodes received it."""
@@ -253,7 +263,7 @@ class RedisBackend:
             receivers = await self._call(self._client.spublish(self.broadcast_channel, envelope))
         else:
             receivers = await self._call(self._client.publish(self.broadcast_channel, envelope))
-        return max(int(receivers) - (1 if self._subscribed else 0), 0)
+        return max(int(receivers) - (1 if self._subscribed.is_set() else 0), 0)
 
     async def route(self, client_id: str, envelope: bytes) -> bool:
         """One script: look up the owner and publish to its channel."""

@@ -1,0 +1,457 @@
+"""Side-by-side benchmark of raw FastAPI sockets, fastapi-websocket-stabilizer and stabilizer.
+
+Usage::
+
+    python -m bench.core --quick     # small counts, one repetition: a smoke check (< 2 min)
+    python -m bench.core             # full run: 3 repetitions, medians (< 15 min)
+
+Scenarios (each run starts a fresh server process and fresh load generators):
+
+* fan-out: K broadcasts of one 64-byte text message to N idle clients (N = 1,000 and
+  5,000), heartbeat off. Server CPU time (user + system, from psutil) is read before the
+  broadcast request and after the load generators have counted every delivery (or a
+  timeout passed: the shortfall is reported as loss).
+* memory: in the 5,000-client fan-out run, before any broadcast: (RSS with 5,000 clients -
+  RSS with 0 clients after a warm-up) / 5,000, gc.collect() before both readings.
+* heartbeat: 5,000 idle clients that answer every ping, heartbeat_interval=1s,
+  heartbeat_timeout=10s; after the clients connected and a settling pause, server CPU and
+  the pings counted at the clients over a fixed window.
+
+Figures are medians over the repetitions. Raw results (every repetition) are written as
+JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+
+from bench.harness import REPO, BenchError, Fleet, Server, free_port, install_cleanup, stop_all
+from bench.servers import KINDS
+
+RESULTS: Final = REPO / "bench" / "results"
+HEARTBEAT_KINDS: Final = ("raw", "seed", "stabilizer")
+SCENARIOS: Final = ("fanout", "heartbeat")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one benchmark run."""
+
+    fanout: tuple[tuple[int, int], ...]  # (clients, broadcasts K)
+    memory_clients: int  # the fan-out run with this many clients also measures memory
+    message_size: int
+    heartbeat_clients: int
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    heartbeat_settle: float
+    heartbeat_window: float
+    reps: int
+    generators: int = 4
+    warmup_clients: int = 20
+    delivery_timeout: float = 120.0
+
+
+FULL: Final = Plan(
+    fanout=((1000, 200), (5000, 40)),
+    memory_clients=5000,
+    message_size=64,
+    heartbeat_clients=5000,
+    heartbeat_interval=1.0,
+    heartbeat_timeout=10.0,
+    heartbeat_settle=5.0,
+    heartbeat_window=20.0,
+    reps=3,
+)
+QUICK: Final = Plan(
+    fanout=((200, 50), (1000, 10)),
+    memory_clients=1000,
+    message_size=64,
+    heartbeat_clients=1000,
+    heartbeat_interval=1.0,
+    heartbeat_timeout=10.0,
+    heartbeat_settle=2.0,
+    heartbeat_window=5.0,
+    reps=1,
+    delivery_timeout=30.0,
+)
+
+
+@dataclass
+class Run:
+    """One measurement of one server in one scenario."""
+
+    scenario: str
+    kind: str
+    clients: int
+    rep: int
+    values: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def mode_of(kind: str) -> str:
+    return "sio" if kind == "socketio" else "ws"
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def wait_for(fleet: Fleet, key: str, expected: int, timeout: float,
+             poll: float = 0.01) -> dict[str, Any]:
+    """Poll the generators until counter `key` reaches `expected` or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = fleet.stats(light=True)
+        if stats[key] >= expected or time.monotonic() > deadline:
+            return stats
+        time.sleep(poll)
+
+
+def warm_up(server: Server, fleet: Fleet, plan: Plan, mode: str) -> None:
+    """Connect a few clients, broadcast twice, disconnect them: code paths and imports warm."""
+    before = fleet.stats(light=True)["bcast"]
+    fleet.connect(server.port, plan.warmup_clients, mode=mode, prefix="w")
+    if server.wait_count(plan.warmup_clients) != plan.warmup_clients:
+        raise BenchError("warm-up clients not registered")
+    server.request("POST", f"/bench/broadcast?k=2&size={plan.message_size}")
+    wait_for(fleet, "bcast", before + 2 * plan.warmup_clients, 10.0)
+    fleet.close()
+    left = server.wait_count(0, timeout=30.0)
+    if left:
+        raise BenchError(f"{left} warm-up clients still registered after closing")
+
+
+def fanout_run(kind: str, clients: int, broadcasts: int, plan: Plan, rep: int,
+               log_dir: Path) -> Run:
+    run = Run("fanout", kind, clients, rep)
+    mode = mode_of(kind)
+    port = free_port()
+    with Server(kind, port, log_dir) as server, Fleet(plan.generators, log_dir) as fleet:
+        server.wait_ready()
+        warm_up(server, fleet, plan, mode)
+        server.request("POST", "/bench/gc")
+        time.sleep(0.5)
+        rss_empty = server.rss()
+        opened = fleet.connect(port, clients, mode=mode)
+        registered = server.wait_count(clients)
+        if registered != clients:
+            raise BenchError(f"server registered {registered} of {clients} clients")
+        run.notes["connect_seconds"] = round(opened["seconds"], 2)
+        if clients == plan.memory_clients:
+            server.request("POST", "/bench/gc")
+            time.sleep(1.0)
+            rss_full = server.rss()
+            run.values["rss_empty_mb"] = rss_empty / 1e6
+            run.values["rss_full_mb"] = rss_full / 1e6
+            run.values["kb_per_conn"] = (rss_full - rss_empty) / clients / 1024
+
+        # Priming broadcast (not measured): first use of the send path on every socket.
+        base = fleet.stats(light=True)
+        server.request("POST", f"/bench/broadcast?k=1&size={plan.message_size}")
+        base = wait_for(fleet, "bcast", base["bcast"] + clients, plan.delivery_timeout)
+
+        expected = base["bcast"] + clients * broadcasts
+        cpu_before = server.cpu_seconds()
+        started = time.monotonic()
+        reply = server.request(
+            "POST", f"/bench/broadcast?k={broadcasts}&size={plan.message_size}"
+        )
+        after = wait_for(fleet, "bcast", expected, plan.delivery_timeout)
+        cpu_after = server.cpu_seconds()
+        wall = time.monotonic() - started
+
+        delivered = after["bcast"] - base["bcast"]
+        cpu = cpu_after - cpu_before
+        run.values.update({
+            "deliveries": delivered,
+            "lost": clients * broadcasts - delivered,
+            "cpu_s": cpu,
+            "wall_s": wall,
+            "call_s": float(reply["seconds"]),
+            "ms_per_1k": cpu / max(delivered, 1) * 1e6,  # CPU ms per 1,000 deliveries
+            "other_frames": after["other"] - base["other"] + after["ping"] - base["ping"],
+            "closed_by_server": after["closed"] - base["closed"],
+        })
+    return run
+
+
+def heartbeat_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
+    clients = plan.heartbeat_clients
+    run = Run("heartbeat", kind, clients, rep)
+    port = free_port()
+    with Server(kind, port, log_dir, heartbeat_interval=plan.heartbeat_interval,
+                heartbeat_timeout=plan.heartbeat_timeout) as server, \
+            Fleet(plan.generators, log_dir) as fleet:
+        server.wait_ready()
+        opened = fleet.connect(port, clients, mode=mode_of(kind))
+        registered = server.wait_count(clients)
+        if registered != clients:
+            raise BenchError(f"server registered {registered} of {clients} clients")
+        run.notes["connect_seconds"] = round(opened["seconds"], 2)
+        time.sleep(plan.heartbeat_settle)
+
+        fleet.mark()
+        before = fleet.stats()
+        cpu_before = server.cpu_seconds()
+        started = time.monotonic()
+        time.sleep(plan.heartbeat_window)
+        after = fleet.stats()
+        cpu_after = server.cpu_seconds()
+        wall = time.monotonic() - started
+        still = server.count()
+
+        pings = after["ping"] - before["ping"]
+        cpu = cpu_after - cpu_before
+        run.values.update({
+            "cpu_pct": cpu / wall * 100,
+            "pings": pings,
+            "pings_per_conn_s": pings / clients / wall,
+            "min_conn_pings_per_s": after["ping_min"] / wall,
+            "max_conn_pings_per_s": after["ping_max"] / wall,
+            "us_per_ping": cpu / max(pings, 1) * 1e6,
+            "cpu_s": cpu,
+            "wall_s": wall,
+            "closed_by_server": after["closed"] - before["closed"] + after["lost"]
+            - before["lost"],
+            "server_count_end": still,
+            "other_frames": after["other"] - before["other"],
+        })
+    return run
+
+
+def guarded(make: Callable[[], Run], scenario: str, kind: str, clients: int, rep: int) -> Run:
+    """Run one measurement; a failure is recorded (and shown) rather than ending the run."""
+    label = f"{scenario} {kind} n={clients} rep {rep + 1}"
+    log(f"{label} ...")
+    try:
+        run = make()
+    except BenchError as exc:
+        log(f"{label} FAILED: {exc}")
+        return Run(scenario, kind, clients, rep, error=str(exc))
+    finally:
+        stop_all()  # backstop: nothing of this run survives it
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in run.values.items())
+    log(f"{label}: {shown}")
+    return run
+
+
+def rotated(kinds: Sequence[str], rep: int) -> list[str]:
+    """Vary the order of servers between repetitions so drift does not favour one."""
+    shift = rep % len(kinds)
+    return list(kinds[shift:]) + list(kinds[:shift])
+
+
+def run_all(plan: Plan, kinds: Sequence[str], scenarios: Sequence[str],
+            log_dir: Path) -> list[Run]:
+    runs: list[Run] = []
+    for rep in range(plan.reps):
+        if "fanout" in scenarios:
+            for clients, broadcasts in plan.fanout:
+                for kind in rotated(kinds, rep):
+                    runs.append(guarded(
+                        lambda k=kind, c=clients, b=broadcasts, r=rep:
+                        fanout_run(k, c, b, plan, r, log_dir),
+                        "fanout", kind, clients, rep,
+                    ))
+        if "heartbeat" in scenarios:
+            for kind in rotated([k for k in kinds if k in HEARTBEAT_KINDS], rep):
+                runs.append(guarded(
+                    lambda k=kind, r=rep: heartbeat_run(k, plan, r, log_dir),
+                    "heartbeat", kind, plan.heartbeat_clients, rep,
+                ))
+    return runs
+
+
+# --------------------------------------------------------------------------- report
+
+
+def median_of(runs: Iterable[Run], scenario: str, kind: str, clients: int,
+              key: str) -> float | None:
+    values = [r.values[key] for r in runs
+              if r.scenario == scenario and r.kind == kind and r.clients == clients
+              and r.error is None and key in r.values]
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None or base == 0:
+        return "n/a"
+    return f"{value / base:.2f}x"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(runs: list[Run], plan: Plan, kinds: Sequence[str],
+           scenarios: Sequence[str]) -> str:
+    parts: list[str] = []
+    if "fanout" in scenarios:
+        header = ["server"]
+        for clients, broadcasts in plan.fanout:
+            header += [f"{clients:,} conns × {broadcasts}: ms CPU / 1k deliveries",
+                       "vs raw", "lost"]
+        rows = []
+        for kind in kinds:
+            row = [kind]
+            for clients, _ in plan.fanout:
+                value = median_of(runs, "fanout", kind, clients, "ms_per_1k")
+                base = median_of(runs, "fanout", "raw", clients, "ms_per_1k")
+                lost = [r.values.get("lost", 0) for r in runs
+                        if r.scenario == "fanout" and r.kind == kind and r.clients == clients
+                        and r.error is None]
+                row += [fmt(value), ratio(value, base), fmt(max(lost, default=None), 0)]
+            rows.append(row)
+        parts.append("### Fan-out: server CPU per 1,000 deliveries (median)\n\n"
+                     + table(header, rows))
+
+        clients = plan.memory_clients
+        rows = []
+        for kind in kinds:
+            kb = median_of(runs, "fanout", kind, clients, "kb_per_conn")
+            rows.append([
+                kind,
+                fmt(median_of(runs, "fanout", kind, clients, "rss_empty_mb"), 1),
+                fmt(median_of(runs, "fanout", kind, clients, "rss_full_mb"), 1),
+                fmt(kb, 1),
+                ratio(kb, median_of(runs, "fanout", "raw", clients, "kb_per_conn")),
+            ])
+        parts.append(f"### Memory: RSS per idle connection at {clients:,} (median)\n\n" + table(
+            ["server", "RSS, 0 conns (MB)", f"RSS, {clients:,} conns (MB)", "KB / conn",
+             "vs raw"], rows))
+
+    if "heartbeat" in scenarios:
+        rows = []
+        hb_kinds = [k for k in kinds if k in HEARTBEAT_KINDS]
+        seed_us = median_of(runs, "heartbeat", "seed", plan.heartbeat_clients, "us_per_ping")
+        for kind in hb_kinds:
+            def med(key: str, k: str = kind) -> float | None:
+                return median_of(runs, "heartbeat", k, plan.heartbeat_clients, key)
+
+            us = med("us_per_ping")
+            rows.append([kind, fmt(med("cpu_pct"), 1), fmt(med("pings_per_conn_s")),
+                         fmt(med("min_conn_pings_per_s")), fmt(us, 1), ratio(us, seed_us),
+                         fmt(med("closed_by_server"), 0)])
+        parts.append(
+            f"### Heartbeat: {plan.heartbeat_clients:,} idle clients, interval "
+            f"{plan.heartbeat_interval:g}s, timeout {plan.heartbeat_timeout:g}s, "
+            f"{plan.heartbeat_window:g}s window (median)\n\n" + table(
+                ["server", "CPU % of a core", "pings / conn / s", "slowest conn pings/s",
+                 "µs CPU / ping", "vs seed", "conns closed"], rows))
+    failures = [r for r in runs if r.error]
+    if failures:
+        parts.append("### Failed runs\n\n" + "\n".join(
+            f"- {r.scenario} {r.kind} n={r.clients} rep {r.rep + 1}: {r.error}"
+            for r in failures))
+    return "\n\n".join(parts)
+
+
+def environment() -> dict[str, Any]:
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    cpu_model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": psutil.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **{name: version(name) for name in (
+            "uvicorn", "websockets", "fastapi", "starlette", "fastapi-websocket-stabilizer",
+            "fastapi-stabilizer", "python-socketio", "python-engineio", "psutil")},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.core",
+        description="Benchmark raw FastAPI sockets, fastapi-websocket-stabilizer 1.1.0, "
+                    "stabilizer and python-socketio side by side.")
+    parser.add_argument("--quick", action="store_true",
+                        help="small counts and one repetition (a smoke check)")
+    parser.add_argument("--reps", type=int, help="repetitions (default: 3, quick: 1)")
+    parser.add_argument("--servers", default=",".join(KINDS),
+                        help=f"comma-separated subset of {','.join(KINDS)}")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated subset of fanout,heartbeat (memory is measured "
+                             "in the largest fan-out run)")
+    parser.add_argument("--out", type=Path, help="JSON results file (default: bench/results/)")
+    args = parser.parse_args(argv)
+
+    plan = QUICK if args.quick else FULL
+    if args.reps is not None:
+        plan = Plan(**{**asdict(plan), "reps": args.reps})
+    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [k for k in kinds if k not in KINDS] + [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown server or scenario: {unknown}")
+    if "raw" not in kinds:
+        kinds.insert(0, "raw")  # every ratio is to raw
+
+    install_cleanup()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = RESULTS / f"logs-{stamp}"
+    env = environment()
+    log(f"environment: {json.dumps(env)}")
+    started = time.monotonic()
+    try:
+        runs = run_all(plan, kinds, scenarios, log_dir)
+    finally:
+        stop_all()
+    elapsed = time.monotonic() - started
+
+    text = report(runs, plan, kinds, scenarios)
+    out = args.out or RESULTS / f"{'quick' if args.quick else 'full'}-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "environment": env,
+        "plan": asdict(plan),
+        "command": " ".join(["python -m bench.core", *(argv or sys.argv[1:])]),
+        "elapsed_s": round(elapsed, 1),
+        "runs": [asdict(r) for r in runs],
+        "report": text,
+    }, indent=1))
+    print(f"\nMachine: {env['cpus']} × {env['cpu_model']}, Python {env['python']}, uvicorn "
+          f"{env['uvicorn']}, websockets {env['websockets']}; total {elapsed:.0f}s\n")
+    print(text)
+    print(f"\nAll repetitions: {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    return 1 if any(r.error for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

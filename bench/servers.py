@@ -1,0 +1,249 @@
+"""The servers under test: one small FastAPI app per kind, each run by uvicorn alone.
+
+Kinds:
+
+* ``raw``: a plain list of sockets; broadcast is ``for ws in conns: await ws.send_text(m)``;
+  with a heartbeat interval, a naive loop sends a JSON ping to every socket, then sleeps.
+* ``seed``: fastapi-websocket-stabilizer 1.1.0 exactly as its README's Quick Start.
+* ``stabilizer``: this repository's ``session`` + ``manager.broadcast``.
+* ``socketio``: python-socketio's AsyncServer as an ASGI app, ``sio.emit`` to everybody.
+
+Every kind also serves ``GET /bench/count`` (connected sockets), ``POST /bench/gc``
+(gc.collect, before memory readings) and ``POST /bench/broadcast?k=K&size=S`` (K broadcasts
+of one S-byte text message, in sequence; returns when the last broadcast call returns).
+
+Every kind runs under the same uvicorn settings (``UVICORN_OPTIONS``): per-message deflate
+off, uvicorn's own protocol-level keepalive pings off, logs at warning, no access log.
+
+Run as ``python -m bench.servers --kind raw --port 8000``; the process stops by itself when
+its stdin closes or its lifetime ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import uvicorn
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from bench._common import HOST, exit_with_parent, raise_nofile_limit
+
+KINDS: Final = ("raw", "seed", "stabilizer", "socketio")
+UVICORN_OPTIONS: Final[dict[str, Any]] = {
+    "ws_per_message_deflate": False,
+    "ws_ping_interval": None,
+    "ws_ping_timeout": None,
+    "log_level": "warning",
+    "access_log": False,
+    "lifespan": "on",
+    "backlog": 4096,
+    "timeout_graceful_shutdown": 3,
+}
+
+Broadcast = Callable[[str], Awaitable[Any]]
+
+
+def message_of(size: int, seq: int = 0) -> str:
+    """A broadcast message of `size` bytes; load generators count text starting with "b"."""
+    head = f"b{seq:08d}:"
+    return head + "x" * max(size - len(head), 0)
+
+
+def add_bench_routes(app: FastAPI, broadcast: Broadcast, count: Callable[[], int]) -> None:
+    """The control endpoints every kind serves, identical for all."""
+
+    @app.get("/bench/count")
+    async def bench_count() -> dict[str, int]:
+        return {"count": count()}
+
+    @app.post("/bench/gc")
+    async def bench_gc() -> dict[str, int]:
+        return {"collected": gc.collect()}
+
+    @app.post("/bench/broadcast")
+    async def bench_broadcast(k: int = 1, size: int = 64) -> dict[str, Any]:
+        started = time.perf_counter()
+        last: Any = None
+        for seq in range(k):
+            last = await broadcast(message_of(size, seq))
+        return {"k": k, "seconds": time.perf_counter() - started, "last": repr(last)[:200]}
+
+
+# --------------------------------------------------------------------------- raw
+
+
+def raw_app(heartbeat_interval: float | None) -> FastAPI:
+    conns: list[WebSocket] = []
+
+    async def ping_loop(interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            ping = json.dumps({"type": "ping", "timestamp": time.time()})
+            for ws in tuple(conns):
+                # A socket that went away raises; its handler removes it from the list.
+                with contextlib.suppress(Exception):
+                    await ws.send_text(ping)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(ping_loop(heartbeat_interval)) if heartbeat_interval else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.websocket("/ws/{client_id}")
+    async def websocket_endpoint(websocket: WebSocket, client_id: str) -> None:
+        await websocket.accept()
+        conns.append(websocket)
+        try:
+            while True:
+                await websocket.receive_text()  # pongs are read and dropped
+        except WebSocketDisconnect:
+            pass
+        finally:
+            conns.remove(websocket)
+
+    async def broadcast(m: str) -> None:
+        for ws in tuple(conns):
+            await ws.send_text(m)
+
+    add_bench_routes(app, broadcast, lambda: len(conns))
+    return app
+
+
+# --------------------------------------------------------------------------- seed
+
+
+def seed_app(heartbeat_interval: float, heartbeat_timeout: float) -> FastAPI:
+    from fastapi_websocket_stabilizer import WebSocketConfig, WebSocketConnectionManager
+
+    # The README's Quick Start, with max_connections lifted and the heartbeat as configured.
+    ws_config = WebSocketConfig(
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        max_connections=None,
+    )
+    ws_manager = WebSocketConnectionManager(ws_config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await ws_manager.start()
+        yield
+        await ws_manager.graceful_shutdown(timeout=2.0)
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.websocket("/ws/{client_id}")
+    async def websocket_endpoint(websocket: WebSocket, client_id: str) -> None:
+        await websocket.accept()
+        try:
+            await ws_manager.connect(client_id, websocket)
+            while True:
+                data = await websocket.receive_text()
+                if data == "pong":
+                    await ws_manager.handle_pong(client_id)
+                    continue
+                # (The Quick Start broadcasts client messages here; our clients send none.)
+        except WebSocketDisconnect:
+            await ws_manager.disconnect(client_id)
+
+    add_bench_routes(app, ws_manager.broadcast, ws_manager.get_connection_count)
+    return app
+
+
+# --------------------------------------------------------------------------- stabilizer
+
+
+def stabilizer_app(heartbeat_interval: float, heartbeat_timeout: float) -> FastAPI:
+    from stabilizer import WebSocketConfig, WebSocketConnectionManager
+    from stabilizer.fastapi import lifespan, session
+
+    manager = WebSocketConnectionManager(WebSocketConfig(
+        heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
+    ))
+    app = FastAPI(lifespan=lifespan(manager, shutdown_timeout=2.0))
+
+    @app.websocket("/ws/{client_id}")
+    async def ws(websocket: WebSocket, client_id: str) -> None:
+        async with session(manager, websocket, client_id, welcome=False) as conn:
+            async for _text in conn:  # pongs are consumed by the session
+                pass
+
+    add_bench_routes(app, manager.broadcast, manager.get_connection_count)
+    return app
+
+
+# --------------------------------------------------------------------------- socketio
+
+
+def socketio_app(heartbeat_interval: float, heartbeat_timeout: float) -> Any:
+    import socketio
+
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        ping_interval=heartbeat_interval,
+        ping_timeout=heartbeat_timeout,
+        logger=False,
+        engineio_logger=False,
+    )
+    connected: set[str] = set()
+
+    @sio.event
+    async def connect(sid: str, environ: dict[str, Any]) -> None:
+        connected.add(sid)
+
+    @sio.event
+    async def disconnect(sid: str, *args: Any) -> None:
+        connected.discard(sid)
+
+    async def broadcast(m: str) -> None:
+        await sio.emit("msg", m)
+
+    api = FastAPI()
+    add_bench_routes(api, broadcast, lambda: len(connected))
+    return socketio.ASGIApp(sio, other_asgi_app=api)
+
+
+def build_app(kind: str, heartbeat_interval: float | None, heartbeat_timeout: float) -> Any:
+    """Return the ASGI app of `kind`; no heartbeat interval means the heartbeat is off."""
+    if kind == "raw":
+        return raw_app(heartbeat_interval)
+    # "Off" for the libraries: an interval far longer than any run.
+    interval = heartbeat_interval or 3600.0
+    if kind == "seed":
+        return seed_app(interval, heartbeat_timeout)
+    if kind == "stabilizer":
+        return stabilizer_app(interval, heartbeat_timeout)
+    if kind == "socketio":
+        return socketio_app(interval, heartbeat_timeout)
+    raise ValueError(f"unknown server kind {kind!r}; choose from {KINDS}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run one benchmark server under uvicorn.")
+    parser.add_argument("--kind", choices=KINDS, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--heartbeat-interval", type=float, default=None,
+                        help="seconds between pings; omitted: heartbeat off")
+    parser.add_argument("--heartbeat-timeout", type=float, default=7200.0)
+    parser.add_argument("--max-seconds", type=float, default=900.0,
+                        help="exit by itself after this long (default 900)")
+    args = parser.parse_args()
+    raise_nofile_limit()
+    exit_with_parent(args.max_seconds)
+    app = build_app(args.kind, args.heartbeat_interval, args.heartbeat_timeout)
+    uvicorn.run(app, host=HOST, port=args.port, **UVICORN_OPTIONS)
+
+
+if __name__ == "__main__":
+    main()

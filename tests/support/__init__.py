@@ -1,0 +1,1 @@
+"""Shared test helpers: a real Redis server, fake sockets, uvicorn processes, ws clients."""

@@ -1,0 +1,65 @@
+"""A fake WebSocket speaking the part of the Starlette API the manager uses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import MutableMapping
+from typing import Any
+
+
+class FakeSocket:
+    """Records frames; `gate` (when cleared) makes send() block like a paused transport."""
+
+    def __init__(self, name: str = "fake", *, fail_sends: bool = False) -> None:
+        self.name = name
+        self.frames: asyncio.Queue[str | bytes] = asyncio.Queue()
+        self.sent: list[str | bytes] = []
+        self.closed: tuple[int, str | None] | None = None
+        self.closed_event = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_sends = fail_sends
+        self.send_started = asyncio.Event()
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        self.send_started.set()
+        if self.fail_sends:
+            raise OSError("connection reset by peer")
+        await self.gate.wait()
+        payload = message.get("text")
+        if payload is None:
+            payload = message["bytes"]
+        self.sent.append(payload)
+        self.frames.put_nowait(payload)
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        if self.closed is None:
+            self.closed = (code, reason)
+            self.closed_event.set()
+
+    async def next(self, timeout: float = 3.0) -> str | bytes:
+        """Return the next frame sent to this socket (skipping nothing)."""
+        async with asyncio.timeout(timeout):
+            return await self.frames.get()
+
+    async def next_json(self, timeout: float = 3.0, *, skip_pings: bool = True) -> Any:
+        """Return the next JSON frame, skipping heartbeat pings by default."""
+        while True:
+            frame = await self.next(timeout)
+            assert isinstance(frame, str)
+            value = json.loads(frame)
+            if skip_pings and isinstance(value, dict) and value.get("type") == "ping":
+                continue
+            return value
+
+    async def wait_closed(self, timeout: float = 3.0) -> tuple[int, str | None]:
+        """Wait until the manager closed this socket; return (code, reason)."""
+        async with asyncio.timeout(timeout):
+            await self.closed_event.wait()
+        assert self.closed is not None
+        return self.closed
+
+    def texts(self) -> list[str]:
+        """Every text frame sent so far, pings excluded."""
+        return [f for f in self.sent if isinstance(f, str) and '"type":"ping"' not in f]

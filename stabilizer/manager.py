@@ -121,6 +121,7 @@ class WebSocketConnectionManager:
         self._admitting: dict[str, asyncio.Future[None]] = {}
         self._needs_resync = False
         self._joined = False
+        self._shutdown_code = self.config.shutdown_close_code
         self._backend_log = RateLimitedLog(logger)
         self._wire_log = RateLimitedLog(logger)
         self.stats = NodeStats()
@@ -141,6 +142,11 @@ class WebSocketConnectionManager:
     def phase(self) -> Phase:
         """new, running, draining (shutting down) or stopped."""
         return self._phase
+
+    @property
+    def shutdown_close_code(self) -> CloseCode:
+        """The code sockets get when this node shuts down (or refuses them while it does)."""
+        return self._shutdown_code
 
     @property
     def is_accepting(self) -> bool:
@@ -904,7 +910,8 @@ class WebSocketConnectionManager:
         else:
             code = CloseCode.SERVICE_RESTART if restart else CloseCode.GOING_AWAY
         if self._phase in (Phase.DRAINING, Phase.STOPPED):
-            return ShutdownReport(0, 0, 0.0, close_code=int(code))
+            return ShutdownReport(0, 0, 0.0, close_code=int(self._shutdown_code))
+        self._shutdown_code = code
         self._phase = Phase.DRAINING
         logger.info("node %s shutting down: %d connections, close code %d", self._node_id,
                     len(self._pool), code)

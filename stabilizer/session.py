@@ -106,7 +106,7 @@ class Session:
         except InvalidTokenError as exc:
             await self._refuse(CloseCode.INVALID_TOKEN, str(exc))
         except ShutdownError:
-            await self._refuse(self.manager.config.shutdown_close_code,
+            await self._refuse(self.manager.shutdown_close_code,
                                "server shutting down; reconnect elsewhere")
         except (ConnectionLimitExceededError, MemoryLimitExceededError,
                 BackendUnavailable) as exc:

@@ -43,6 +43,12 @@ class FakeSocket:
         async with asyncio.timeout(timeout):
             return await self.frames.get()
 
+    async def expect(self, wanted: str | bytes, timeout: float = 3.0) -> None:
+        """Wait for a frame equal to `wanted`, skipping any other frames before it."""
+        async with asyncio.timeout(timeout):
+            while await self.frames.get() != wanted:
+                pass
+
     async def next_json(self, timeout: float = 3.0, *, skip_pings: bool = True) -> Any:
         """Return the next JSON frame, skipping heartbeat pings by default."""
         while True:

@@ -1,0 +1,157 @@
+"""Several managers acting as one: the same scenarios on a shared memory hub and on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from stabilizer import (
+    CloseCode,
+    ConnectionLimitExceededError,
+    InvalidTokenError,
+    MemoryBackend,
+    MemoryHub,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
+from tests.support.fakes import FakeSocket
+
+QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+Cluster = Callable[..., WebSocketConnectionManager]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def cluster(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Cluster]:
+    """Return a factory of started-on-demand managers that share one backend store."""
+    hub = MemoryHub()
+    made: list[WebSocketConnectionManager] = []
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+
+    def node(node_id: str, **overrides: object) -> WebSocketConnectionManager:
+        options: dict[str, object] = {**QUIET, "node_id": node_id, "namespace": namespace}
+        options.update(overrides)
+        if redis_url is not None:
+            manager = WebSocketConnectionManager(WebSocketConfig(redis_url=redis_url, **options))  # type: ignore[arg-type]
+        else:
+            manager = WebSocketConnectionManager(
+                WebSocketConfig(**options), backend=MemoryBackend(hub)  # type: ignore[arg-type]
+            )
+        made.append(manager)
+        return manager
+
+    yield node
+    for manager in made:
+        await manager.graceful_shutdown(timeout=2.0)
+
+
+async def started(*managers: WebSocketConnectionManager) -> None:
+    for manager in managers:
+        await manager.start()
+
+
+async def test_broadcast_from_one_node_reaches_clients_on_all_nodes(cluster: Cluster) -> None:
+    a, b, c = cluster("a"), cluster("b"), cluster("c")
+    await started(a, b, c)
+    socks = {name: FakeSocket(name) for name in ("on-a", "on-b", "on-c", "sender")}
+    await a.connect("on-a", socks["on-a"])
+    await b.connect("on-b", socks["on-b"])
+    await c.connect("on-c", socks["on-c"])
+    await b.connect("sender", socks["sender"])
+
+    result = await a.broadcast({"n": 1}, exclude_client="sender")
+
+    assert result.remote_nodes == 2
+    for name in ("on-a", "on-b", "on-c"):
+        assert await socks[name].next_json() == {"n": 1}
+    await a.broadcast({"n": 2})  # a second broadcast: the excluded one only missed the first
+    assert await socks["sender"].next_json() == {"n": 2}
+
+
+async def test_send_to_client_reaches_another_node(cluster: Cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    await started(a, b)
+    bob = FakeSocket("bob")
+    await b.connect("bob:1*", bob)
+    assert await a.send_to_client("bob:1*", {"hi": "bob"}) is True
+    assert await bob.next_json() == {"hi": "bob"}
+    assert await a.send_to_client("nobody", "x") is False
+
+
+async def test_connecting_an_id_live_on_another_node_closes_the_old_socket(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster("a"), cluster("b")
+    await started(a, b)
+    old, new = FakeSocket("old"), FakeSocket("new")
+    await a.connect("alice", old)
+    await b.connect("alice", new)
+    code, _ = await old.wait_closed()
+    assert code == CloseCode.REPLACED
+    assert await a.locate_client("alice") == "b"
+    assert not a.is_connected("alice")
+    assert await a.send_to_client("alice", "where?")
+    assert await new.next() == "where?"
+    assert await a.get_cluster_connection_count() == 1
+
+
+async def test_cluster_counts_and_listing(cluster: Cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    await started(a, b)
+    for i in range(5):
+        await (a if i % 2 else b).connect(f"user-{i}", FakeSocket())
+    assert a.get_connection_count() == 2  # local only, like the seed
+    assert await a.get_cluster_connection_count() == 5
+    listed = {p.client_id: p.node_id async for p in b.get_cluster_connections()}
+    assert listed == {f"user-{i}": ("a" if i % 2 else "b") for i in range(5)}
+    assert await b.locate_client("user-1") == "a"
+    assert await b.locate_client("ghost") is None
+    await a.disconnect("user-1")
+    assert await b.locate_client("user-1") is None
+
+
+async def test_token_from_one_node_validates_once_on_another(cluster: Cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    await started(a, b)
+    token = a.generate_reconnect_token("alice")
+    outcomes = await asyncio.gather(
+        a.validate_reconnect_token(token), b.validate_reconnect_token(token),
+        return_exceptions=True,
+    )
+    assert sorted(type(o).__name__ for o in outcomes) == ["InvalidTokenError", "str"]
+    assert "alice" in outcomes
+    with pytest.raises(InvalidTokenError):
+        await b.validate_reconnect_token(token)
+
+
+async def test_cluster_connection_limit(cluster: Cluster) -> None:
+    a, b = cluster("a", max_cluster_connections=2), cluster("b", max_cluster_connections=2)
+    await started(a, b)
+    await a.connect("one", FakeSocket())
+    await b.connect("two", FakeSocket())
+    with pytest.raises(ConnectionLimitExceededError):
+        await a.connect("three", FakeSocket())
+    assert not a.is_connected("three")
+    await b.connect("one", FakeSocket())  # moving an existing client is allowed
+
+
+async def test_a_crashed_node_is_reaped_by_the_survivors(cluster: Cluster) -> None:
+    a, b = cluster("a", node_ttl=1.0), cluster("b", node_ttl=1.0)
+    await started(a, b)
+    for i in range(3):
+        await b.connect(f"b{i}", FakeSocket())
+    await a.connect("moved", FakeSocket())
+    assert await a.get_cluster_connection_count() == 4
+
+    # SIGKILL leaves no goodbye: stop b's loops and connections without unregistering.
+    for task in b._loops:
+        task.cancel()
+    await asyncio.gather(*b._loops, return_exceptions=True)
+    b._loops.clear()
+
+    async with asyncio.timeout(15):
+        while await a.get_cluster_connection_count() != 1:
+            await asyncio.sleep(0.1)  # bounded poll: reaping is driven by the TTL clock
+    assert await a.locate_client("moved") == "a"
+    assert "b" not in await a.get_nodes()

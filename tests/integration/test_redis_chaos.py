@@ -1,0 +1,167 @@
+"""Redis-only chaos: outages, garbage on the channels, nodes on separate event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from stabilizer import BackendUnavailable, WebSocketConfig, WebSocketConnectionManager
+from tests.support.fakes import FakeSocket
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+Factory = Callable[..., WebSocketConnectionManager]
+
+
+@pytest.fixture
+async def nodes_on(namespace: str) -> AsyncIterator[Callable[[str, str], WebSocketConnectionManager]]:
+    made: list[WebSocketConnectionManager] = []
+
+    def node(url: str, node_id: str) -> WebSocketConnectionManager:
+        manager = WebSocketConnectionManager(WebSocketConfig(
+            redis_url=url, namespace=namespace, node_id=node_id, node_ttl=1.0, op_timeout=0.5,
+            **QUIET,  # type: ignore[arg-type]
+        ))
+        made.append(manager)
+        return manager
+
+    yield node
+    for manager in made:
+        await manager.graceful_shutdown(timeout=2.0)
+
+
+async def eventually(check: Callable[[], Coroutine[Any, Any, bool]], timeout: float = 15.0) -> None:
+    """Poll an observable condition until it holds (bounded); for clock-driven recovery."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.1)
+
+
+async def test_redis_outage_keeps_local_sockets_and_recovers_by_itself(
+    private_redis: RedisServer, nodes_on: Callable[[str, str], WebSocketConnectionManager]
+) -> None:
+    a, b = nodes_on(private_redis.url, "a"), nodes_on(private_redis.url, "b")
+    await a.start()
+    await b.start()
+    local, remote = FakeSocket("local"), FakeSocket("remote")
+    await a.connect("local", local)
+    await b.connect("remote", remote)
+
+    private_redis.stop(kill=True)
+
+    # local delivery keeps working; the broadcast reports that other nodes were not reached
+    result = await a.broadcast("during outage")
+    assert result.succeeded == 1
+    assert result.remote_error is not None
+    assert await local.next() == "during outage"
+    assert await a.send_to_client("local", "direct") is True
+    assert await local.next() == "direct"
+    # cross-node operations fail fast or degrade as documented
+    assert await a.send_to_client("remote", "lost") is False
+    with pytest.raises(BackendUnavailable):
+        await a.get_cluster_connection_count()
+    # a client connecting during the outage is admitted locally
+    late = FakeSocket("late")
+    await a.connect("late", late)
+    assert local.closed is None and remote.closed is None
+
+    private_redis.start()  # empty: every key is gone
+
+    async def delivered_again() -> bool:
+        await a.broadcast("after")
+        try:
+            while True:
+                frame = await remote.next(timeout=0.2)
+                if frame == "after":
+                    return True
+        except TimeoutError:
+            return False
+
+    await eventually(delivered_again)
+    # presence was re-registered by each node without any help
+    await eventually(lambda: _count_is(a, 3))
+    assert await b.locate_client("late") == "a"
+    assert await b.send_to_client("late", "welcome back") is True
+    await late.expect("welcome back")
+
+
+async def _count_is(manager: WebSocketConnectionManager, expected: int) -> bool:
+    try:
+        return await manager.get_cluster_connection_count() == expected
+    except BackendUnavailable:
+        return False
+
+
+async def test_garbage_on_the_channels_is_dropped_and_the_listener_survives(
+    redis_url: str, namespace: str,
+    nodes_on: Callable[[str, str], WebSocketConnectionManager],
+) -> None:
+    a, b = nodes_on(redis_url, "a"), nodes_on(redis_url, "b")
+    await a.start()
+    await b.start()
+    sock = FakeSocket()
+    await b.connect("bob", sock)
+    raw = Redis.from_url(redis_url)
+    try:
+        for channel in (f"{{{namespace}}}:all", f"{{{namespace}}}:n:b"):
+            for junk in (b"", b"\xff\xfe", b"not msgpack", b"\x93\x01\x02\x03",
+                         b"\x97\x09\x01\xa1x\xc0\xa1y\xc0\xc0", b"\x97\x01\x63\xa1x\xc0\xc0\xc0\xc0",
+                         b"\x81\xa1a\x01" * 1000):
+                await raw.publish(channel, junk)
+    finally:
+        await raw.aclose()
+    await a.broadcast("still alive")
+    assert await sock.next() == "still alive"
+    assert b.stats.wire_errors >= 12
+
+
+async def test_nodes_on_separate_event_loops(redis_url: str, namespace: str) -> None:
+    """Two managers, each on its own thread and event loop, share presence and messages."""
+    received: list[str | bytes] = []
+    ready = threading.Event()
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def node_b() -> None:
+        async def run() -> None:
+            manager = WebSocketConnectionManager(WebSocketConfig(
+                redis_url=redis_url, namespace=namespace, node_id="b", **QUIET,  # type: ignore[arg-type]
+            ))
+            sock = FakeSocket("bob")
+            await manager.connect("bob", sock)
+            ready.set()
+            received.append(await sock.next(timeout=10))
+            received.append(await sock.next(timeout=10))
+            await manager.graceful_shutdown(timeout=2)
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=node_b, daemon=True)
+    thread.start()
+    a = WebSocketConnectionManager(WebSocketConfig(
+        redis_url=redis_url, namespace=namespace, node_id="a", **QUIET,  # type: ignore[arg-type]
+    ))
+    try:
+        await a.start()
+        await asyncio.to_thread(ready.wait, 10)
+        assert await a.locate_client("bob") == "b"
+        assert await a.send_to_client("bob", "direct") is True
+        await a.broadcast("everyone")
+        await asyncio.to_thread(done.wait, 15)
+    finally:
+        await a.graceful_shutdown(timeout=2)
+        thread.join(timeout=5)
+    assert errors == []
+    assert received == ["direct", "everyone"]

@@ -1,0 +1,117 @@
+"""Run an ASGI app in a real uvicorn process on loopback, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.support.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class UvicornProcess:
+    """One uvicorn process serving `app` with STABILIZER_* settings from `env`."""
+
+    def __init__(self, app: str = "tests.e2e.app:app", env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.app = app
+        self.env = env or {}
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix="stabilizer-uvicorn-", suffix=".log")[1])
+
+    @property
+    def base(self) -> str:
+        """http://127.0.0.1:<port>"""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        """ws://127.0.0.1:<port>"""
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> UvicornProcess:
+        """Start uvicorn and wait until /health answers 200."""
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
+        cmd = [sys.executable, "-m", "tests.e2e.serve", self.app, str(self.port)]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"uvicorn exited early:\n{self.log()}")
+            try:
+                if self.get("/health")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not become healthy:\n{self.log()}")
+            time.sleep(0.05)
+
+    def request(self, method: str, path: str, body: Any = None,
+                timeout: float = 10.0) -> tuple[int, Any]:
+        """Send an HTTP request; return (status, parsed JSON or text)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as err:
+            raw, status = err.read(), err.code
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def get(self, path: str) -> tuple[int, Any]:
+        """GET `path`."""
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        """POST `path` and return the JSON body (asserting a 2xx status)."""
+        status, payload = self.request("POST", path, body)
+        assert 200 <= status < 300, (status, payload)
+        return payload
+
+    def stop(self, *, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        """Send `sig` (SIGTERM: graceful) and wait; SIGKILL after `timeout`."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: the replica vanishes without a goodbye."""
+        self.stop(sig=signal.SIGKILL)
+
+    def log(self) -> str:
+        """The process output so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> UvicornProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

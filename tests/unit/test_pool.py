@@ -1,0 +1,670 @@
+"""Frame, Pool and Connection.offer with fake sockets; resume(); abort_transport; estimate_size."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+
+from stabilizer.config import CloseCode
+from stabilizer.pool import (
+    AsgiMessage,
+    Connection,
+    Frame,
+    OutboxLimits,
+    Pool,
+    State,
+    abort_transport,
+    estimate_size,
+    resume,
+)
+
+BOUND = 2.0  # seconds: an upper bound on waits that should end almost at once
+
+
+class FakeSocket:
+    """A socket whose send completes at once, or waits for `gate`, or raises `error`.
+
+    Sends numbered `hang_from` and later wait forever (a peer that stopped reading).
+    """
+
+    def __init__(
+        self,
+        *,
+        gate: asyncio.Event | None = None,
+        error: Exception | None = None,
+        hang_from: int | None = None,
+    ) -> None:
+        self.gate = gate
+        self.error = error
+        self.hang_from = hang_from
+        self.started = 0
+        self.sent: list[AsgiMessage] = []
+        self.interrupted: list[type[BaseException]] = []
+        self.unwound = asyncio.Event()  # a send ended without delivering its frame
+        self.closed: list[tuple[int, str | None]] = []
+
+    async def send(self, message: AsgiMessage) -> None:
+        number = self.started
+        self.started += 1
+        delivered = False
+        try:
+            if self.hang_from is not None and number >= self.hang_from:
+                await asyncio.Event().wait()
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.error is not None:
+                raise self.error
+            self.sent.append(message)
+            delivered = True
+        except BaseException as exc:
+            self.interrupted.append(type(exc))
+            raise
+        finally:
+            if not delivered:
+                self.unwound.set()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed.append((code, reason))
+
+    def texts(self) -> list[str]:
+        return [message["text"] for message in self.sent]
+
+
+class Failures:
+    """The fail handler: records each call; closes the connection like the manager does."""
+
+    def __init__(self, *, close: bool = True) -> None:
+        self.calls: list[tuple[CloseCode, str]] = []
+        self.called = asyncio.Event()
+        self.close = close
+
+    def __call__(self, conn: Connection, code: CloseCode, reason: str) -> None:
+        self.calls.append((code, reason))
+        self.called.set()
+        if self.close:
+            conn.begin_close()
+
+    @property
+    def codes(self) -> list[CloseCode]:
+        return [code for code, _ in self.calls]
+
+
+def connect(
+    socket: FakeSocket,
+    failures: Failures,
+    *,
+    max_frames: int = 16,
+    max_bytes: int | None = None,
+    write_timeout: float = BOUND,
+) -> Connection:
+    return Connection("alice", socket, OutboxLimits(max_frames, max_bytes, write_timeout),
+                      failures)
+
+
+def texts(*values: str) -> list[Frame]:
+    return [Frame.text(value) for value in values]
+
+
+async def flushed(conn: Connection) -> int:
+    return await conn.flush(asyncio.get_running_loop().time() + BOUND)
+
+
+# ----------------------------------------------------------------------------- Frame
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("", 0), ("hello", 5), ("é", 2), ("€", 3), ("🙂", 4), ("aé€🙂", 10)]
+)
+def test_text_frame_size_is_utf8_bytes(text: str, size: int) -> None:
+    frame = Frame.text(text)
+    assert frame.size == size
+    assert frame.message == {"type": "websocket.send", "text": text}
+
+
+def test_binary_frame_size_is_its_length() -> None:
+    frame = Frame.binary(b"\x00" * 7)
+    assert frame.size == 7
+    assert frame.message == {"type": "websocket.send", "bytes": b"\x00" * 7}
+
+
+# ----------------------------------------------------------------------------- Pool
+
+
+def make_conn(client_id: str) -> Connection:
+    return Connection(client_id, FakeSocket(), OutboxLimits(4, None, 1.0), Failures())
+
+
+@pytest.mark.parametrize("num_shards", [1, 3, 16])
+def test_pool_holds_one_connection_per_client(num_shards: int) -> None:
+    pool = Pool(num_shards)
+    conns = [make_conn(f"client-{n}") for n in range(50)]
+    for conn in conns:
+        assert pool.put(conn) is None
+    assert len(pool) == 50
+    assert sorted(pool.client_ids()) == sorted(conn.client_id for conn in conns)
+    assert all(pool.get(conn.client_id) is conn for conn in conns)
+    assert {id(conn) for conn in pool.connections()} == {id(conn) for conn in conns}
+    assert sum(len(shard) for shard in pool.shards()) == 50
+
+
+def test_put_replaces_and_returns_the_previous_connection() -> None:
+    pool = Pool(4)
+    old, new = make_conn("alice"), make_conn("alice")
+    pool.put(old)
+    assert pool.put(new) is old
+    assert len(pool) == 1
+    assert pool.get("alice") is new
+
+
+def test_remove_only_removes_the_registered_connection() -> None:
+    pool = Pool(4)
+    old, new = make_conn("alice"), make_conn("alice")
+    pool.put(old)
+    pool.put(new)
+    assert pool.remove(old) is False  # a replaced socket's cleanup must not drop its successor
+    assert pool.get("alice") is new
+    assert len(pool) == 1
+    assert pool.remove(new) is True
+    assert pool.get("alice") is None
+    assert len(pool) == 0
+    assert pool.remove(new) is False
+    assert len(pool) == 0
+
+
+def test_get_of_an_unknown_client_is_none() -> None:
+    assert Pool(4).get("nobody") is None
+
+
+def test_shards_are_copies() -> None:
+    pool = Pool(1)
+    pool.put(make_conn("a"))
+    shard = next(pool.shards())
+    pool.put(make_conn("b"))
+    assert len(shard) == 1
+
+
+def test_conn_ids_are_unique() -> None:
+    ids = {make_conn("alice").conn_id for _ in range(1000)}
+    assert len(ids) == 1000
+
+
+# ----------------------------------------------------------------------------- offer: fast path
+
+
+async def test_offer_to_a_ready_socket_delivers_synchronously_without_a_task() -> None:
+    socket, failures = FakeSocket(), Failures()
+    conn = connect(socket, failures)
+    tasks_before = asyncio.all_tasks()
+    assert conn.offer(Frame.text("hi"), now=12.5) is True
+    assert socket.texts() == ["hi"]  # no await since the offer
+    assert asyncio.all_tasks() == tasks_before
+    assert conn.last_activity == 12.5
+    assert failures.calls == []
+
+
+async def test_many_offers_to_a_ready_socket_arrive_in_order() -> None:
+    socket = FakeSocket()
+    conn = connect(socket, Failures(), max_frames=1)
+    assert all([conn.offer(frame, now=0.0) for frame in texts(*map(str, range(100)))])
+    assert socket.texts() == [str(n) for n in range(100)]
+
+
+async def test_binary_frames_are_sent_as_bytes() -> None:
+    socket = FakeSocket()
+    conn = connect(socket, Failures())
+    assert conn.offer(Frame.binary(b"\x01\x02"), now=0.0)
+    assert socket.sent == [{"type": "websocket.send", "bytes": b"\x01\x02"}]
+
+
+# ----------------------------------------------------------------------------- offer: slow peer
+
+
+async def test_blocked_send_returns_at_once_and_later_frames_queue_in_order() -> None:
+    socket = FakeSocket(gate=asyncio.Event())
+    failures = Failures()
+    conn = connect(socket, failures)
+    assert [conn.offer(frame, now=0.0) for frame in texts("a", "b", "c", "d")] == [True] * 4
+    assert socket.sent == []
+    assert socket.started == 1  # one send in flight, three frames waiting
+    socket.gate.set()
+    assert await flushed(conn) == 0
+    assert socket.texts() == ["a", "b", "c", "d"]
+    assert failures.calls == []
+
+
+async def test_after_the_backlog_drains_sends_are_synchronous_again() -> None:
+    socket = FakeSocket(gate=asyncio.Event())
+    conn = connect(socket, Failures())
+    conn.offer(Frame.text("a"), now=0.0)
+    conn.offer(Frame.text("b"), now=0.0)
+    socket.gate.set()
+    assert await flushed(conn) == 0
+    tasks_before = asyncio.all_tasks()
+    assert conn.offer(Frame.text("c"), now=0.0)
+    assert socket.texts() == ["a", "b", "c"]
+    assert asyncio.all_tasks() == tasks_before
+
+
+async def test_flush_returns_the_frames_still_queued_at_the_deadline() -> None:
+    socket = FakeSocket(gate=asyncio.Event())
+    conn = connect(socket, Failures())
+    for frame in texts("a", "b", "c"):
+        conn.offer(frame, now=0.0)
+    assert await conn.flush(asyncio.get_running_loop().time() + 0.02) == 2
+    socket.gate.set()
+    assert await flushed(conn) == 0
+
+
+async def test_flush_without_a_backlog_returns_zero() -> None:
+    conn = connect(FakeSocket(), Failures())
+    assert await conn.flush(0.0) == 0
+
+
+# ----------------------------------------------------------------------------- offer: limits
+
+
+async def test_outbox_over_max_frames_fails_the_connection_with_try_again_later() -> None:
+    socket = FakeSocket(gate=asyncio.Event())
+    failures = Failures(close=False)
+    conn = connect(socket, failures, max_frames=3)
+    accepted = [conn.offer(frame, now=0.0) for frame in texts("a", "b", "c", "d")]
+    assert accepted == [True] * 4  # one in flight, three queued
+    assert failures.calls == []
+    assert conn.offer(Frame.text("e"), now=0.0) is False
+    assert failures.codes == [CloseCode.TRY_AGAIN_LATER]
+    assert conn.offer(Frame.text("f"), now=0.0) is False
+    socket.gate.set()
+    assert await flushed(conn) == 0
+    assert socket.texts() == ["a", "b", "c", "d"]  # the refused frames never go out
+
+
+async def test_overflow_with_the_managers_handler_closes_and_refuses_more() -> None:
+    socket = FakeSocket(gate=asyncio.Event())
+    failures = Failures(close=True)
+    conn = connect(socket, failures, max_frames=3)
+    for frame in texts("a", "b", "c", "d"):
+        conn.offer(frame, now=0.0)
+    assert conn.offer(Frame.text("e"), now=0.0) is False
+    assert conn.offer(Frame.text("f"), now=0.0) is False
+    assert failures.codes == [CloseCode.TRY_AGAIN_LATER]  # reported once
+    assert not conn.is_open
+
+
+async def test_outbox_over_max_bytes_fails_with_try_again_later() -> None:
+    socket = FakeSocket(gate=asyncio.Event())
+    failures = Failures(close=False)
+    conn = connect(socket, failures, max_frames=100, max_bytes=10)
+    assert conn.offer(Frame.text("x" * 50), now=0.0)  # in flight: handed to the socket
+    assert conn.offer(Frame.text("12345"), now=0.0)
+    assert conn.offer(Frame.text("é€"), now=0.0)  # 5 bytes: exactly at the limit
+    assert failures.calls == []
+    assert conn.offer(Frame.text("z"), now=0.0) is False
+    assert failures.codes == [CloseCode.TRY_AGAIN_LATER]
+    socket.gate.set()
+    assert await flushed(conn) == 0
+    assert socket.texts() == ["x" * 50, "12345", "é€"]
+
+
+async def test_user_data_counts_against_max_bytes() -> None:
+    socket = FakeSocket(gate=asyncio.Event())
+    failures = Failures(close=False)
+    conn = connect(socket, failures, max_frames=100, max_bytes=10)
+    conn.user_data_bytes = 8
+    conn.offer(Frame.text("in flight"), now=0.0)
+    assert conn.offer(Frame.text("12"), now=0.0) is True
+    assert conn.offer(Frame.text("3"), now=0.0) is False
+    assert failures.codes == [CloseCode.TRY_AGAIN_LATER]
+
+
+async def test_queued_bytes_are_released_as_frames_are_written() -> None:
+    socket = FakeSocket(gate=asyncio.Event())
+    failures = Failures(close=False)
+    conn = connect(socket, failures, max_frames=100, max_bytes=10)
+    for _ in range(3):
+        conn.offer(Frame.text("first"), now=0.0)
+        assert conn.offer(Frame.text("0123456789"), now=0.0)
+        socket.gate.set()
+        assert await flushed(conn) == 0
+        socket.gate.clear()
+    assert failures.calls == []
+    assert len(socket.sent) == 6
+
+
+# ----------------------------------------------------------------------------- offer: failures
+
+
+async def test_send_blocked_past_write_timeout_fails_with_try_again_later() -> None:
+    socket = FakeSocket(gate=asyncio.Event())
+    failures = Failures()
+    conn = connect(socket, failures, write_timeout=0.05)
+    assert conn.offer(Frame.text("a"), now=0.0) is True
+    async with asyncio.timeout(BOUND):
+        await failures.called.wait()
+        await socket.unwound.wait()
+    assert failures.codes == [CloseCode.TRY_AGAIN_LATER]
+    assert socket.interrupted == [asyncio.CancelledError]  # the stuck send was cancelled
+    assert socket.sent == []
+
+
+async def test_a_queued_frame_that_blocks_past_write_timeout_fails_too() -> None:
+    socket = FakeSocket(gate=asyncio.Event(), hang_from=1)
+    failures = Failures()
+    conn = connect(socket, failures, write_timeout=0.05)
+    conn.offer(Frame.text("a"), now=0.0)
+    conn.offer(Frame.text("b"), now=0.0)
+    socket.gate.set()
+    async with asyncio.timeout(BOUND):
+        await failures.called.wait()
+    assert failures.codes == [CloseCode.TRY_AGAIN_LATER]
+    assert socket.texts() == ["a"]
+
+
+async def test_send_that_raises_at_once_fails_with_internal_error() -> None:
+    socket = FakeSocket(error=ConnectionResetError("peer gone"))
+    failures = Failures()
+    conn = connect(socket, failures)
+    tasks_before = asyncio.all_tasks()
+    assert conn.offer(Frame.text("a"), now=0.0) is False
+    assert failures.codes == [CloseCode.INTERNAL_ERROR]
+    assert "ConnectionResetError" in failures.calls[0][1]
+    assert asyncio.all_tasks() == tasks_before
+
+
+async def test_send_that_raises_after_blocking_fails_with_internal_error() -> None:
+    socket = FakeSocket(gate=asyncio.Event(), error=RuntimeError("transport closed"))
+    failures = Failures()
+    conn = connect(socket, failures)
+    assert conn.offer(Frame.text("a"), now=0.0) is True
+    conn.offer(Frame.text("b"), now=0.0)
+    socket.gate.set()
+    async with asyncio.timeout(BOUND):
+        await failures.called.wait()
+    assert failures.codes == [CloseCode.INTERNAL_ERROR]
+    assert socket.sent == []
+
+
+async def test_offer_after_close_is_refused_without_sending() -> None:
+    socket = FakeSocket()
+    failures = Failures()
+    conn = connect(socket, failures)
+    assert conn.begin_close() == 0
+    assert conn.offer(Frame.text("a"), now=0.0) is False
+    assert socket.started == 0
+    assert failures.calls == []
+    assert conn.state is State.CLOSING
+
+
+# ----------------------------------------------------------------------------- begin_close
+
+
+async def test_begin_close_drops_queued_frames_and_cancels_the_writer() -> None:
+    socket = FakeSocket(gate=asyncio.Event())
+    failures = Failures()
+    conn = connect(socket, failures)
+    for frame in texts("a", "b", "c", "d"):
+        conn.offer(frame, now=0.0)
+    assert conn.begin_close() == 3
+    async with asyncio.timeout(BOUND):
+        await socket.unwound.wait()  # the in-flight send is ended, not left hanging
+    socket.gate.set()
+    assert await flushed(conn) == 0
+    assert socket.sent == []
+    assert socket.started == 1
+    assert failures.calls == []
+    assert conn.queued_bytes == 0
+
+
+async def test_begin_close_with_a_running_writer_cancels_its_send() -> None:
+    socket = FakeSocket(gate=asyncio.Event())
+    conn = connect(socket, Failures())
+    conn.offer(Frame.text("a"), now=0.0)
+    conn.offer(Frame.text("b"), now=0.0)
+    # Let the writer task start and suspend on the gate; the flush deadline passes at once.
+    assert await conn.flush(asyncio.get_running_loop().time() + 0.01) == 1
+    assert conn.begin_close() == 1
+    async with asyncio.timeout(BOUND):
+        await socket.unwound.wait()
+    assert socket.interrupted == [asyncio.CancelledError]
+    socket.gate.set()
+    assert await flushed(conn) == 0
+    assert socket.sent == []
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def step(coro: Coroutine[Any, Any, None]) -> object:
+    """Start a coroutine by hand as Connection.offer does; return what it yielded."""
+    return coro.send(None)
+
+
+async def test_resume_finishes_a_coroutine_through_bare_yields_and_futures() -> None:
+    log: list[object] = []
+    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def work() -> None:
+        log.append("start")
+        await asyncio.sleep(0)  # a bare yield
+        log.append("after bare yield")
+        log.append(await future)
+        await asyncio.sleep(0)
+        log.append("end")
+
+    coro = work()
+    runner = asyncio.create_task(resume(coro, step(coro)))
+    future.set_result("future result")
+    async with asyncio.timeout(BOUND):
+        await runner
+    assert log == ["start", "after bare yield", "future result", "end"]
+
+
+async def test_resume_starting_on_a_future_waits_for_it() -> None:
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    results: list[int] = []
+
+    async def work() -> None:
+        results.append(await future)
+
+    coro = work()
+    yielded = step(coro)
+    assert yielded is future
+    runner = asyncio.create_task(resume(coro, yielded))
+    asyncio.get_running_loop().call_soon(future.set_result, 7)
+    async with asyncio.timeout(BOUND):
+        await runner
+    assert results == [7]
+
+
+async def test_resume_lets_the_coroutine_see_its_futures_exception() -> None:
+    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    seen: list[BaseException] = []
+
+    async def work() -> None:
+        try:
+            await future
+        except ValueError as exc:
+            seen.append(exc)
+
+    coro = work()
+    runner = asyncio.create_task(resume(coro, step(coro)))
+    error = ValueError("boom")
+    future.set_exception(error)
+    async with asyncio.timeout(BOUND):
+        await runner
+    assert seen == [error]
+
+
+async def test_resume_propagates_an_exception_the_coroutine_does_not_handle() -> None:
+    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def work() -> None:
+        await future
+
+    coro = work()
+    runner = asyncio.create_task(resume(coro, step(coro)))
+    future.set_exception(ConnectionResetError("gone"))
+    async with asyncio.timeout(BOUND):
+        with pytest.raises(ConnectionResetError, match="gone"):
+            await runner
+
+
+@pytest.mark.parametrize("waits_on", ["future", "bare-yield"])
+async def test_cancelling_resume_cancels_the_coroutine_and_runs_its_finally(
+    waits_on: str,
+) -> None:
+    running = asyncio.Event()
+    unwound: list[type[BaseException]] = []
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def work() -> None:
+        await asyncio.sleep(0)  # started by hand on a bare yield
+        running.set()
+        try:
+            if waits_on == "future":
+                await future
+            else:
+                while True:
+                    await asyncio.sleep(0)
+        except BaseException as exc:
+            unwound.append(type(exc))
+            raise
+
+    coro = work()
+    runner = asyncio.create_task(resume(coro, step(coro)))
+    async with asyncio.timeout(BOUND):
+        await running.wait()
+    runner.cancel()
+    async with asyncio.timeout(BOUND):
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+    assert unwound == [asyncio.CancelledError]
+
+
+async def test_a_coroutine_may_handle_the_cancellation_and_finish() -> None:
+    running = asyncio.Event()
+    log: list[str] = []
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    cleanup: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def work() -> None:
+        await asyncio.sleep(0)
+        running.set()
+        try:
+            await future
+        except asyncio.CancelledError:
+            log.append(await cleanup)  # an await inside the handler is driven too
+
+    coro = work()
+    runner = asyncio.create_task(resume(coro, step(coro)))
+    async with asyncio.timeout(BOUND):
+        await running.wait()
+    runner.cancel()
+    asyncio.get_running_loop().call_soon(cleanup.set_result, "cleaned up")
+    async with asyncio.timeout(BOUND):
+        await asyncio.gather(runner, return_exceptions=True)
+    assert log == ["cleaned up"]
+
+
+# ----------------------------------------------------------------------------- abort_transport
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.aborted = 0
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+class FakeProtocol:
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+
+    async def receive(self) -> None: ...
+
+    async def send(self, message: object) -> None: ...
+
+
+class FakeWebSocket:
+    def __init__(self, *, receive: object = None, send: object = None) -> None:
+        if receive is not None:
+            self._receive = receive
+        if send is not None:
+            self._send = send
+
+
+def test_abort_transport_aborts_through_the_receive_callable() -> None:
+    transport = FakeTransport()
+    assert abort_transport(FakeWebSocket(receive=FakeProtocol(transport).receive)) is True
+    assert transport.aborted == 1
+
+
+def test_abort_transport_falls_back_to_the_send_callable() -> None:
+    transport = FakeTransport()
+    socket = FakeWebSocket(receive=lambda: None, send=FakeProtocol(transport).send)
+    assert abort_transport(socket) is True
+    assert transport.aborted == 1
+
+
+@pytest.mark.parametrize(
+    "socket",
+    [
+        object(),
+        FakeWebSocket(),
+        FakeWebSocket(receive=lambda: None),
+        FakeWebSocket(receive=FakeProtocol(None).receive),
+        FakeWebSocket(receive=FakeProtocol(object()).receive),
+        FakeWebSocket(receive=FakeProtocol(FakeProtocol(None)).receive),
+    ],
+    ids=["plain-object", "no-callables", "function", "no-transport", "transport-without-abort",
+         "abort-not-callable"],
+)
+def test_abort_transport_returns_false_when_there_is_no_transport(socket: object) -> None:
+    assert abort_transport(socket) is False
+
+
+# ----------------------------------------------------------------------------- estimate_size
+
+
+@pytest.mark.parametrize(
+    ("small", "large"),
+    [
+        ("x", "x" * 100),
+        (b"x", b"x" * 100),
+        ({"a": 1}, {"a": 1, "b": 2}),
+        ({"a": "x"}, {"a": "x" * 1000}),
+        ([1], [1, 2, 3]),
+        ((1,), (1, "two")),
+        ({"nested": {"deep": [1]}}, {"nested": {"deep": [1, "x" * 500]}}),
+    ],
+    ids=["str", "bytes", "dict-keys", "dict-values", "list", "tuple", "nested"],
+)
+def test_estimate_size_grows_with_content(small: object, large: object) -> None:
+    assert 0 < estimate_size(small) < estimate_size(large)
+
+
+def test_estimate_size_counts_long_strings_by_length() -> None:
+    assert estimate_size("x" * 10_000) - estimate_size("") == 10_000
+
+
+def test_estimate_size_of_a_cycle_is_finite() -> None:
+    cycle: dict[str, object] = {}
+    cycle["self"] = cycle
+    assert 0 < estimate_size(cycle) < 10_000
+
+
+def test_memory_estimate_includes_queued_frames() -> None:
+    async def scenario() -> tuple[int, int]:
+        conn = connect(FakeSocket(gate=asyncio.Event()), Failures())
+        before = conn.memory_estimate()
+        conn.offer(Frame.text("in flight"), now=0.0)
+        conn.offer(Frame.text("x" * 1000), now=0.0)
+        after = conn.memory_estimate()
+        conn.begin_close()
+        return before, after
+
+    before, after = asyncio.run(scenario())
+    assert after - before == 1000

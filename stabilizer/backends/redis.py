@@ -108,7 +108,9 @@ class RedisBackend:
                 config.redis_url,
                 socket_connect_timeout=config.op_timeout,
                 socket_timeout=None,
-                retry=Retry(NoBackoff(), 0),
+                # one immediate retry: a pooled connection that died with a Redis restart
+                # is replaced transparently; op_timeout still bounds the whole call
+                retry=Retry(NoBackoff(), 1),
                 health_check_interval=0,
             )
         return cls(client, namespace=config.namespace, presence_buckets=config.presence_buckets,

@@ -1,0 +1,103 @@
+"""An nginx reverse proxy in front of several replicas, configured as the deployment guide
+says (WebSocket upgrade headers, long read/send timeouts)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.redis_server import free_port
+
+TEMPLATE = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    upstream replicas {{
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://replicas;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+            proxy_next_upstream error timeout http_502;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    """Return the nginx path or raise (installed by .ci/run with apt-get)."""
+    for candidate in ("nginx", "/usr/sbin/nginx"):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise RuntimeError("nginx not found: apt-get install nginx")
+
+
+class Nginx:
+    """nginx in the foreground, proxying to the given upstream ports."""
+
+    def __init__(self, upstream_ports: list[int]) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="stabilizer-nginx-"))
+        servers = "\n".join(f"        server 127.0.0.1:{p};" for p in upstream_ports)
+        self.conf = self.dir / "nginx.conf"
+        self.conf.write_text(TEMPLATE.format(dir=self.dir, port=self.port, servers=servers))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ws(self) -> str:
+        """ws://127.0.0.1:<port>"""
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> Nginx:
+        """Start nginx and wait until it accepts connections."""
+        import socket
+
+        self.process = subprocess.Popen(
+            [nginx_binary(), "-c", str(self.conf), "-p", str(self.dir), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.dir / "error.log").read_text(errors="replace") if (
+                        self.dir / "error.log").exists() else ""
+                    raise RuntimeError(f"nginx did not start: {log}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop nginx."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -148,10 +148,12 @@ def fanout_run(kind: str, clients: int, broadcasts: int, plan: Plan, rep: int,
         server.request("POST", "/bench/gc")
         time.sleep(0.5)
         rss_empty = server.rss()
+        cpu_before = server.cpu_seconds()
         opened = fleet.connect(port, clients, mode=mode)
         registered = server.wait_count(clients)
         if registered != clients:
             raise BenchError(f"server registered {registered} of {clients} clients")
+        run.values["connect_us"] = (server.cpu_seconds() - cpu_before) / clients * 1e6
         run.notes["connect_seconds"] = round(opened["seconds"], 2)
         if clients == plan.memory_clients:
             server.request("POST", "/bench/gc")
@@ -332,16 +334,19 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str],
         rows = []
         for kind in kinds:
             kb = median_of(runs, "fanout", kind, clients, "kb_per_conn")
+            connect = median_of(runs, "fanout", kind, clients, "connect_us")
             rows.append([
                 kind,
                 fmt(median_of(runs, "fanout", kind, clients, "rss_empty_mb"), 1),
                 fmt(median_of(runs, "fanout", kind, clients, "rss_full_mb"), 1),
                 fmt(kb, 1),
                 ratio(kb, median_of(runs, "fanout", "raw", clients, "kb_per_conn")),
+                fmt(connect, 0),
+                ratio(connect, median_of(runs, "fanout", "raw", clients, "connect_us")),
             ])
         parts.append(f"### Memory: RSS per idle connection at {clients:,} (median)\n\n" + table(
             ["server", "RSS, 0 conns (MB)", f"RSS, {clients:,} conns (MB)", "KB / conn",
-             "vs raw"], rows))
+             "vs raw", "connect: server CPU µs / conn", "vs raw"], rows))
 
     if "heartbeat" in scenarios:
         rows = []

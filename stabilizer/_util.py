@@ -65,16 +65,28 @@ def encode_message(message: object) -> str | bytes:
     if isinstance(message, bytearray | memoryview):
         return bytes(message)
     if isinstance(message, Mapping | list | tuple):
-        return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        try:
+            return json.dumps(message, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+        except ValueError as exc:  # circular reference, NaN or infinity
+            raise TypeError(f"message is not JSON-serializable: {exc}") from exc
     raise TypeError(f"message must be str, bytes, dict or list, got {type(message).__name__}")
 
 
 def truncate_reason(reason: str) -> str:
     """Cut a close reason to the 123 UTF-8 bytes a close frame allows."""
-    raw = reason.encode("utf-8", "replace")
-    if len(raw) <= MAX_CLOSE_REASON_BYTES:
-        return reason
+    raw = reason.encode("utf-8", "replace")  # lone surrogates become "?"
     return raw[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
+
+
+def retry_advice(jitter: float, *, floor: float = 0.25) -> str:
+    """A close reason telling one client when to come back: ``{"retry_ms": N}``.
+
+    N is drawn uniformly from [floor, floor + jitter] seconds, so the clients of a node that
+    restarts spread their reconnects over the window instead of stampeding.
+    """
+    delay_ms = int((floor + random.uniform(0, jitter)) * 1000)
+    return json.dumps({"retry_ms": delay_ms}, separators=(",", ":"))
 
 
 def backoff_delay(failures: int, *, base: float = 0.1, cap: float = 5.0) -> float:
@@ -88,7 +100,7 @@ class RateLimitedLog:
     def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
         self._logger = logger
         self._interval = interval
-        self._last = 0.0
+        self._last = float("-inf")
         self._suppressed = 0
 
     def warning(self, msg: str, *args: object, exc: BaseException | None = None) -> None:

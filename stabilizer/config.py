@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -15,8 +16,8 @@ from typing import Any, Final, get_type_hints
 from stabilizer.errors import ConfigError
 
 ENV_PREFIX: Final = "STABILIZER_"
-_NODE_ID_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_NAMESPACE_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NAMESPACE_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -99,8 +100,9 @@ def should_reconnect(code: int) -> bool:
 def _positive(name: str, value: float | int | None, *, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            or not math.isfinite(value)):
+        raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def _coerce_enum(name: str, enum_type: type[Enum], value: object) -> Enum:
@@ -148,6 +150,7 @@ class WebSocketConfig:
     close_timeout: float = 2.0
     shutdown_mode: ShutdownMode = ShutdownMode.STOP
     max_client_id_length: int = 256
+    retry_jitter: float = 5.0
     token_secret: str | tuple[str, ...] | None = None
 
     # --- stabilizer: many nodes (Redis) ---
@@ -164,11 +167,19 @@ class WebSocketConfig:
         self._coerce_enums()
         ttl: object = self.reconnect_token_ttl  # seconds are accepted too
         if isinstance(ttl, int | float) and not isinstance(ttl, bool):
-            object.__setattr__(self, "reconnect_token_ttl", timedelta(seconds=ttl))
+            _positive("reconnect_token_ttl", ttl)
+            try:
+                ttl = timedelta(seconds=ttl)
+            except OverflowError as exc:
+                raise ConfigError(f"reconnect_token_ttl is too large: {ttl!r}") from exc
+            object.__setattr__(self, "reconnect_token_ttl", ttl)
         elif not isinstance(ttl, timedelta):
             raise ConfigError(f"reconnect_token_ttl must be a timedelta or seconds, got {ttl!r}")
         if self.reconnect_token_ttl.total_seconds() <= 0:
             raise ConfigError("reconnect_token_ttl must be positive")
+        for name in ("enable_reconnect", "enable_metrics"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         level = str(self.log_level).upper()
         if level not in _LOG_LEVELS:
             raise ConfigError(
@@ -179,7 +190,8 @@ class WebSocketConfig:
 
     def _validate_numbers(self) -> None:
         for name in ("heartbeat_interval", "heartbeat_timeout", "memory_check_interval",
-                     "write_timeout", "close_timeout", "node_ttl", "op_timeout"):
+                     "write_timeout", "close_timeout", "node_ttl", "op_timeout",
+                     "retry_jitter"):
             _positive(name, getattr(self, name))
         for name in ("max_message_size", "num_shards", "max_concurrent_cleanup",
                      "max_concurrent_broadcast", "max_queue_size", "max_client_id_length",
@@ -212,23 +224,29 @@ class WebSocketConfig:
             object.__setattr__(self, name, _coerce_enum(name, enum_type, getattr(self, name)))
 
     def _validate_identity(self) -> None:
-        if not _NAMESPACE_RE.match(self.namespace):
+        if not isinstance(self.namespace, str) or not _NAMESPACE_RE.fullmatch(self.namespace):
             raise ConfigError(
                 f"namespace must be 1-64 characters of letters, digits and ._:-, got "
                 f"{self.namespace!r}"
             )
-        if self.node_id is not None and not _NODE_ID_RE.match(self.node_id):
+        if self.node_id is not None and (
+            not isinstance(self.node_id, str) or not _NODE_ID_RE.fullmatch(self.node_id)
+        ):
             raise ConfigError(
                 f"node_id must be 1-64 characters of letters, digits and ._-, got {self.node_id!r}"
             )
-        secret = self.token_secret
+        secret: object = self.token_secret
         if isinstance(secret, str):
             secret = (secret,)
         if secret is not None:
+            if not isinstance(secret, tuple | list):
+                raise ConfigError("token_secret must be a string or a sequence of strings")
             secret = tuple(secret)
             if not secret or any(not isinstance(key, str) or len(key) < 16 for key in secret):
                 raise ConfigError("token_secret must be one or more strings of 16+ characters")
         object.__setattr__(self, "token_secret", secret)
+        if self.redis_url is not None and not isinstance(self.redis_url, str):
+            raise ConfigError(f"redis_url must be a string, got {self.redis_url!r}")
         if self.redis_url is not None and not self.redis_url.startswith(
             ("redis://", "rediss://", "unix://", "redis+sentinel://")
         ):
@@ -301,7 +319,7 @@ def _parse_env_value(key: str, raw: str, hint: object) -> Any:
                 return False
             raise ValueError(text)
         if hint is timedelta:
-            return timedelta(seconds=float(text))
+            return float(text)  # validated (and converted) by the constructor
         if hint is float:
             return float(text)
         if hint is int or str(hint) == "int | None":

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from stabilizer.config import CompressionMode, WebSocketConfig
 from stabilizer.errors import BackendUnavailable
@@ -28,6 +29,7 @@ from stabilizer.manager import Phase, WebSocketConnectionManager
 from stabilizer.session import Session
 
 MessageHandler = Callable[[str | bytes], Awaitable[None]]
+STATIC = Path(__file__).parent / "static"
 
 
 def session(
@@ -86,7 +88,8 @@ def lifespan(
 
 
 def router(manager: WebSocketConnectionManager, *, prefix: str = "") -> APIRouter:
-    """Return an APIRouter with GET /health (503 while draining) and GET /stats."""
+    """Return an APIRouter with GET /health (503 while draining), GET /stats and
+    GET /stabilizer.js (the browser client)."""
     api = APIRouter(prefix=prefix, tags=["stabilizer"])
 
     @api.get("/health")
@@ -101,6 +104,10 @@ def router(manager: WebSocketConnectionManager, *, prefix: str = "") -> APIRoute
         }
         ready = manager.phase in (Phase.RUNNING, Phase.NEW)
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    @api.get("/stabilizer.js", include_in_schema=False)
+    async def browser_client() -> FileResponse:
+        return FileResponse(STATIC / "stabilizer.js", media_type="text/javascript")
 
     @api.get("/stats")
     async def stats() -> dict[str, Any]:

@@ -90,14 +90,16 @@ class HeartbeatSchedule(Generic[K]):
         """Pop what is due at `now`: (keys to ping now, keys whose deadline passed).
 
         Expired keys are forgotten; pinged keys get their next ping and, if none was
-        outstanding, a pong deadline.
+        outstanding, a pong deadline. Pings due within the coalescing window are sent now;
+        deadlines are never brought forward.
         """
         horizon = now + self.coalesce
         to_ping: list[K] = []
         expired: list[K] = []
+        later: list[tuple[float, K]] = []
         heap = self._heap
         while heap and heap[0][0] <= horizon:
-            _, _, key = heapq.heappop(heap)
+            when, _, key = heapq.heappop(heap)
             entry = self._entries.get(key)
             if entry is None:
                 continue
@@ -106,11 +108,15 @@ class HeartbeatSchedule(Generic[K]):
                 del self._entries[key]
             elif self.send_pings and entry.next_ping <= horizon:
                 to_ping.append(key)
-                self._schedule_after_ping(key, entry, now)
-            elif not self.send_pings and entry.deadline is not None:
-                # custom mode: traffic moved the deadline; wait until the moved one
-                entry.deadline = entry.last_seen + self.timeout
-                self._push(entry.deadline, key)
+                self._schedule_after_ping(key, entry, now, later)
+            elif self.send_pings:
+                if entry.deadline is not None and entry.deadline > now:
+                    later.append((entry.deadline, key))  # not passed yet: keep it
+            else:
+                # custom mode: the deadline follows the last traffic
+                later.append((entry.last_seen + self.timeout, key))
+        for when, key in later:
+            self._push(when, key)
         return to_ping, expired
 
     def _expired(self, entry: _Entry, now: float) -> bool:
@@ -118,13 +124,17 @@ class HeartbeatSchedule(Generic[K]):
             return entry.deadline is not None and entry.deadline <= now
         return entry.last_seen + self.timeout <= now
 
-    def _schedule_after_ping(self, key: K, entry: _Entry, now: float) -> None:
+    def _schedule_after_ping(
+        self, key: K, entry: _Entry, now: float, later: list[tuple[float, K]]
+    ) -> None:
         # Keep the phase (no drift) unless the loop fell far behind.
         entry.next_ping = max(entry.next_ping + self.interval, now + self.interval / 2)
-        self._push(entry.next_ping, key)
+        later.append((entry.next_ping, key))
         if entry.deadline is None:
             entry.deadline = now + self.timeout
-            self._push(entry.deadline, key)
+            later.append((entry.deadline, key))
+        elif entry.deadline > now:
+            later.append((entry.deadline, key))
 
 
 class Heartbeat(Generic[K]):

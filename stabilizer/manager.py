@@ -26,6 +26,7 @@ from stabilizer._util import (
     default_node_id,
     encode_message,
     is_text,
+    retry_advice,
     truncate_reason,
 )
 from stabilizer.backends.base import Backend, Presence
@@ -399,9 +400,10 @@ class WebSocketConnectionManager:
         task.add_done_callback(self._closers.discard)
 
     def _on_conn_failed(self, conn: Connection, code: int, reason: str) -> None:
+        logger.info("closing client %r (conn %s): %s", conn.client_id, conn.conn_id, reason)
         if code == CloseCode.TRY_AGAIN_LATER:
             self.stats.overflow_closes += 1
-        logger.info("closing client %r (conn %s): %s", conn.client_id, conn.conn_id, reason)
+            reason = retry_advice(self.config.retry_jitter)
         self._retire(conn, code, reason)
 
     async def _finish_close(
@@ -947,7 +949,9 @@ class WebSocketConnectionManager:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
                 async with asyncio.timeout(max(remaining, 0.05)):
-                    clean = await self._close_socket(conn, code, _shutdown_reason(code))
+                    clean = await self._close_socket(
+                        conn, code, _shutdown_reason(code, self.config.retry_jitter)
+                    )
             except TimeoutError:
                 abort_transport(conn.socket)
                 clean = False
@@ -997,9 +1001,9 @@ class WebSocketConnectionManager:
                        welcome=welcome)
 
 
-def _shutdown_reason(code: int) -> str:
+def _shutdown_reason(code: int, jitter: float) -> str:
     if code == CloseCode.SERVICE_RESTART:
-        return "server restarting; reconnect"
+        return retry_advice(jitter)
     return "server shutting down"
 
 

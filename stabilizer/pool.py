@@ -144,10 +144,19 @@ class Connection:
             self._fail(CloseCode.INTERNAL_ERROR, f"send failed: {type(exc).__name__}")
             return False
         self.writing = True
-        self._drain_task = asyncio.get_running_loop().create_task(
+        task = asyncio.get_running_loop().create_task(
             self._drain(coro, yielded), name=f"stabilizer-writer-{self.conn_id}"
         )
+        task.add_done_callback(lambda _: self._drain_done(coro))
+        self._drain_task = task
         return True
+
+    def _drain_done(self, coro: Coroutine[Any, Any, None]) -> None:
+        # If the writer was cancelled before its first step, the hand-started send was never
+        # resumed: close it so its finally blocks run and the transport waiter is released.
+        coro.close()
+        self.writing = False
+        self._drain_task = None
 
     def _enqueue(self, frame: Frame) -> bool:
         limits = self.limits

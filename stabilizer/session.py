@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from stabilizer._util import Message, encode_message, truncate_reason
+from stabilizer._util import Message, encode_message, retry_advice, truncate_reason
 from stabilizer.config import CloseCode
 from stabilizer.errors import (
     BackendUnavailable,
@@ -106,11 +106,14 @@ class Session:
         except InvalidTokenError as exc:
             await self._refuse(CloseCode.INVALID_TOKEN, str(exc))
         except ShutdownError:
-            await self._refuse(self.manager.shutdown_close_code,
-                               "server shutting down; reconnect elsewhere")
+            code = self.manager.shutdown_close_code
+            await self._refuse(code, retry_advice(self.manager.config.retry_jitter)
+                               if code == CloseCode.SERVICE_RESTART else "server shutting down")
         except (ConnectionLimitExceededError, MemoryLimitExceededError,
                 BackendUnavailable) as exc:
-            await self._refuse(CloseCode.TRY_AGAIN_LATER, str(exc))
+            logger.info("refusing client %r: %s", self.client_id, exc)
+            await self._refuse(CloseCode.TRY_AGAIN_LATER,
+                               retry_advice(self.manager.config.retry_jitter))
         return self
 
     async def _admit(self) -> None:

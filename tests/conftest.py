@@ -56,7 +56,9 @@ async def make_manager() -> AsyncIterator[ManagerFactory]:
     """Build managers (started lazily by the test); every one is shut down at teardown."""
     made: list[WebSocketConnectionManager] = []
 
-    def factory(config: WebSocketConfig | None = None, **kwargs: object) -> WebSocketConnectionManager:
+    def factory(
+        config: WebSocketConfig | None = None, **kwargs: object
+    ) -> WebSocketConnectionManager:
         manager = WebSocketConnectionManager(config, **kwargs)  # type: ignore[arg-type]
         made.append(manager)
         return manager

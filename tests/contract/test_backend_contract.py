@@ -102,7 +102,8 @@ async def test_reregistering_on_another_node_kicks_the_old_socket(open_node: Nod
         Kind.KICK, "alice", "old-conn", "node-b"
     )
     located = await a.locate("alice")
-    assert located is not None and located.node_id == "node-b"
+    assert located is not None
+    assert located.node_id == "node-b"
     # the old node's late unregister must not remove the new registration
     assert await a.unregister("alice", "old-conn") is False
     assert await a.count() == 1
@@ -193,7 +194,8 @@ async def test_a_dead_node_is_reaped_but_moved_clients_stay(open_node: NodeFacto
     assert await a.locate("d1") is None
     assert await a.locate("d2") is None
     moved = await a.locate("d0")
-    assert moved is not None and moved.node_id == "node-a"
+    assert moved is not None
+    assert moved.node_id == "node-a"
     assert await a.nodes() == ["node-a"]
 
 
@@ -213,7 +215,8 @@ async def test_resync_restores_presence_except_what_moved(open_node: NodeFactory
     assert lost == ["a2"]
     for p in mine[:2]:
         located = await a.locate(p.client_id)
-        assert located is not None and located.conn_id == p.conn_id
+        assert located is not None
+        assert located.conn_id == p.conn_id
 
 
 async def test_unregister_node_removes_all_of_its_presence(open_node: NodeFactory) -> None:

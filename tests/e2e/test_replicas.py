@@ -29,7 +29,9 @@ def replicas(redis_server: RedisServer) -> Iterator[Replicas]:
     """Start N replicas sharing one namespace on `redis_url` (default: the session server)."""
     started: list[UvicornProcess] = []
 
-    def start(count: int = 3, redis_url: str | None = None, **settings: object) -> list[UvicornProcess]:
+    def start(
+        count: int = 3, redis_url: str | None = None, **settings: object
+    ) -> list[UvicornProcess]:
         namespace = f"e2e{os.getpid()}-{next(_RUN)}"
         procs = []
         for index in range(count):
@@ -68,7 +70,8 @@ async def test_broadcast_and_direct_messages_cross_replicas(replicas: Replicas) 
         assert hello_b["node_id"] == "replica-1"
         result = await asyncio.to_thread(a.post, "/admin/broadcast",
                                          {"message": {"n": 1}, "exclude": "carol"})
-        assert result["remote_nodes"] == 2 and result["remote_error"] is None
+        assert result["remote_nodes"] == 2
+        assert result["remote_error"] is None
         assert await recv_json(on_b) == {"n": 1}
         assert await recv_json(on_a) == {"n": 1}
         # carol was excluded cluster-wide: her next frame is the direct message below
@@ -94,7 +97,8 @@ async def test_token_from_one_replica_resumes_on_another_once(replicas: Replicas
     first, hello = await open_client(f"{a.ws}/ws/alice")
     await first.close()
     resumed, again = await open_client(f"{b.ws}/ws/alice?token={hello['token']}")
-    assert again["resumed"] is True and again["node_id"] == "replica-1"
+    assert again["resumed"] is True
+    assert again["node_id"] == "replica-1"
     replay = await connect(f"{c.ws}/ws/alice?token={hello['token']}")
     assert await closed_with(replay) == CloseCode.INVALID_TOKEN
     await resumed.close()

@@ -25,7 +25,8 @@ async def test_chat_broadcast_with_exclude_and_direct_send(launch: Launcher) -> 
     alice, hello_a = await open_client(f"{server.ws}/ws/alice")
     bob, _ = await open_client(f"{server.ws}/ws/bob")
     try:
-        assert hello_a["client_id"] == "alice" and hello_a["resumed"] is False
+        assert hello_a["client_id"] == "alice"
+        assert hello_a["resumed"] is False
         await alice.send("hi all")
         assert await recv_json(bob) == {"from": "alice", "text": "hi all"}
         assert (await asyncio.to_thread(server.post, "/admin/send/alice",
@@ -222,4 +223,5 @@ async def test_graceful_shutdown_closes_reports_and_refuses(
     late = await connect(f"{server.ws}/ws/late")
     assert await closed_with(late) == code
     status, health = await asyncio.to_thread(server.get, "/health")
-    assert status == 503 and health["status"] == "stopped"
+    assert status == 503
+    assert health["status"] == "stopped"

@@ -136,7 +136,9 @@ async def test_disconnect_closes_with_normal_code_and_forgets_the_client(
 
 
 @pytest.mark.parametrize("bad", ["", "x" * 300, "\ud800", 42])
-async def test_connect_rejects_unusable_client_ids(make_manager: ManagerFactory, bad: object) -> None:
+async def test_connect_rejects_unusable_client_ids(
+    make_manager: ManagerFactory, bad: object
+) -> None:
     manager = make_manager(WebSocketConfig(**QUIET))
     with pytest.raises(InvalidClientIdError) as info:
         await manager.connect(bad, FakeSocket())  # type: ignore[arg-type]
@@ -236,7 +238,8 @@ async def test_tampered_token_is_invalid(make_manager: ManagerFactory) -> None:
     manager = make_manager(WebSocketConfig(**QUIET))
     token = manager.generate_reconnect_token("alice")
     head, kid, payload, sig = token.split(".")
-    forged = ".".join([head, kid, payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1], sig])
+    flipped = "A" if payload[-2] != "A" else "B"
+    forged = ".".join([head, kid, payload[:-2] + flipped + payload[-1], sig])
     with pytest.raises(InvalidTokenError):
         await manager.validate_reconnect_token(forged)
 

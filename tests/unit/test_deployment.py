@@ -1,0 +1,40 @@
+"""compose.yaml and the nginx config stay in step with the topology the e2e tests run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from stabilizer import WebSocketConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_replica_in_compose_has_a_valid_config() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    replicas = {name: svc for name, svc in compose["services"].items()
+                if name.startswith("replica-")}
+    assert len(replicas) == 3
+    node_ids = set()
+    for service in replicas.values():
+        env = {key: str(value) for key, value in service["environment"].items()}
+        env = {k: v.replace("${STABILIZER_TOKEN_SECRET:-", "").rstrip("}") for k, v in env.items()}
+        config = WebSocketConfig.from_env(env)  # unknown or malformed settings raise
+        assert config.redis_url == "redis://redis:6379/0"
+        assert config.shutdown_close_code == 1012
+        node_ids.add(config.node_id)
+    assert node_ids == {"replica-1", "replica-2", "replica-3"}
+
+
+def test_nginx_configs_forward_the_websocket_upgrade() -> None:
+    from tests.support.nginx import TEMPLATE
+
+    for text in ((ROOT / "examples/cluster/nginx.conf").read_text(), TEMPLATE):
+        assert "proxy_http_version 1.1;" in text
+        assert "proxy_set_header Upgrade $http_upgrade;" in text
+        assert "proxy_set_header Connection $connection_upgrade;" in text
+        timeouts = [int(t) for t in re.findall(r"proxy_(?:read|send)_timeout (\d+)s;", text)]
+        assert len(timeouts) == 2
+        assert min(timeouts) > 2 * 60  # far above the heartbeat interval

@@ -58,6 +58,13 @@ class ShutdownMode(StrEnum):
     RESTART = "restart"
 
 
+class RateLimitAction(StrEnum):
+    """What happens to a message over the inbound rate limit."""
+
+    DROP = "drop"  # dropped, the client gets {"type": "error", "code": "rate_limited"}
+    CLOSE = "close"  # the connection is closed with 1008
+
+
 class CloseCode(IntEnum):
     """Every close code stabilizer sends.
 
@@ -152,6 +159,15 @@ class WebSocketConfig:
     max_client_id_length: int = 256
     retry_jitter: float = 5.0
     token_secret: str | tuple[str, ...] | None = None
+    rate_limit_messages: int | None = None
+    rate_limit_window: float = 1.0
+    rate_limit_action: RateLimitAction = RateLimitAction.DROP
+
+    # --- stabilizer: history and resumable sessions (history_size > 0 enables them) ---
+    history_size: int = 0
+    history_ttl: float = 300.0
+    session_ttl: float = 120.0
+    cluster_events: bool = False
 
     # --- stabilizer: many nodes (Redis) ---
     redis_url: str | None = None
@@ -177,7 +193,7 @@ class WebSocketConfig:
             raise ConfigError(f"reconnect_token_ttl must be a timedelta or seconds, got {ttl!r}")
         if self.reconnect_token_ttl.total_seconds() <= 0:
             raise ConfigError("reconnect_token_ttl must be positive")
-        for name in ("enable_reconnect", "enable_metrics"):
+        for name in ("enable_reconnect", "enable_metrics", "cluster_events"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         level = str(self.log_level).upper()
@@ -191,7 +207,7 @@ class WebSocketConfig:
     def _validate_numbers(self) -> None:
         for name in ("heartbeat_interval", "heartbeat_timeout", "memory_check_interval",
                      "write_timeout", "close_timeout", "node_ttl", "op_timeout",
-                     "retry_jitter"):
+                     "retry_jitter", "rate_limit_window", "history_ttl", "session_ttl"):
             _positive(name, getattr(self, name))
         for name in ("max_message_size", "num_shards", "max_concurrent_cleanup",
                      "max_concurrent_broadcast", "max_queue_size", "max_client_id_length",
@@ -200,8 +216,13 @@ class WebSocketConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
             _positive(name, value)
+        if isinstance(self.history_size, bool) or not isinstance(self.history_size, int) or (
+            self.history_size < 0
+        ):
+            raise ConfigError(f"history_size must be 0 (off) or a positive integer, got "
+                              f"{self.history_size!r}")
         for name in ("max_connections", "max_memory_per_connection", "max_total_memory",
-                     "max_cluster_connections"):
+                     "max_cluster_connections", "rate_limit_messages"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ConfigError(f"{name} must be an integer or None, got {value!r}")
@@ -220,7 +241,8 @@ class WebSocketConfig:
         for name, enum_type in (("heartbeat_type", HeartbeatType),
                                 ("compression", CompressionMode),
                                 ("memory_eviction_policy", MemoryEvictionPolicy),
-                                ("shutdown_mode", ShutdownMode)):
+                                ("shutdown_mode", ShutdownMode),
+                                ("rate_limit_action", RateLimitAction)):
             object.__setattr__(self, name, _coerce_enum(name, enum_type, getattr(self, name)))
 
     def _validate_identity(self) -> None:
@@ -260,6 +282,11 @@ class WebSocketConfig:
         if self.shutdown_mode is ShutdownMode.RESTART:
             return CloseCode.SERVICE_RESTART
         return CloseCode.GOING_AWAY
+
+    @property
+    def history_enabled(self) -> bool:
+        """True when messages carry positions and sessions are resumable."""
+        return self.history_size > 0
 
     @property
     def token_keys(self) -> tuple[str, ...]:

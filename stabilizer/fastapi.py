@@ -40,10 +40,12 @@ def session(
     metadata: dict[str, Any] | None = None,
     welcome: bool = True,
 ) -> Session:
-    """Return a Session for `websocket`; a ``token`` query parameter resumes a session."""
-    token = websocket.query_params.get("token") or None
-    return manager.open_session(websocket, client_id, metadata=metadata, token=token,
-                                welcome=welcome)
+    """Return a Session for `websocket`; ``token`` (and, with history, ``positions``) query
+    parameters resume a session."""
+    params = websocket.query_params
+    return manager.open_session(websocket, client_id, metadata=metadata,
+                                token=params.get("token") or None,
+                                positions=params.get("positions") or None, welcome=welcome)
 
 
 async def serve(

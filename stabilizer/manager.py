@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from enum import Enum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import msgpack
 
 from stabilizer._util import (
     Message,
@@ -29,9 +32,10 @@ from stabilizer._util import (
     retry_advice,
     truncate_reason,
 )
-from stabilizer.backends.base import Backend, Presence
+from stabilizer.backends.base import Backend, Presence, SessionState
 from stabilizer.backends.memory import MemoryBackend
 from stabilizer.config import CloseCode, HeartbeatType, MemoryEvictionPolicy, WebSocketConfig
+from stabilizer.delivery import Delivery, check_group
 from stabilizer.errors import (
     BackendUnavailable,
     BroadcastFailedError,
@@ -43,7 +47,6 @@ from stabilizer.errors import (
     MemoryLimitExceededError,
     ShutdownError,
     WebSocketStabilizerError,
-    WireError,
 )
 from stabilizer.heartbeat import Heartbeat, HeartbeatSchedule
 from stabilizer.pool import (
@@ -56,10 +59,14 @@ from stabilizer.pool import (
     abort_transport,
     estimate_size,
 )
-from stabilizer.results import BroadcastResult, ShutdownReport
+from stabilizer.results import (
+    BroadcastResult,
+    ClusterEvent,
+    ConnectionEvent,
+    ShutdownReport,
+)
 from stabilizer.stats import NodeStats
 from stabilizer.tokens import TokenCodec
-from stabilizer.wire import Envelope, Kind, decode, encode
 
 if TYPE_CHECKING:
     from stabilizer.session import Session
@@ -77,8 +84,7 @@ class Phase(Enum):
     STOPPED = "stopped"
 
 
-def _frame_of(payload: str | bytes) -> Frame:
-    return Frame.text(payload) if isinstance(payload, str) else Frame.binary(payload)
+Hook = Callable[[ConnectionEvent], Any]
 
 
 class WebSocketConnectionManager:
@@ -124,8 +130,13 @@ class WebSocketConnectionManager:
         self._joined = False
         self._shutdown_code = self.config.shutdown_close_code
         self._backend_log = RateLimitedLog(logger)
-        self._wire_log = RateLimitedLog(logger)
+        self._connect_hooks: list[Hook] = []
+        self._disconnect_hooks: list[Hook] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.stats = NodeStats()
+        self.delivery = Delivery(self)
+        if self.config.cluster_events and hasattr(self._backend, "events"):
+            self._backend.events = True
 
     # ------------------------------------------------------------------ properties
 
@@ -138,6 +149,11 @@ class WebSocketConnectionManager:
     def backend(self) -> Backend:
         """The backend this manager talks to."""
         return self._backend
+
+    @property
+    def pool(self) -> Pool:
+        """This node's connections."""
+        return self._pool
 
     @property
     def phase(self) -> Phase:
@@ -175,7 +191,7 @@ class WebSocketConnectionManager:
         try:
             await self._open_backend()
             self._spawn_loops()
-            if self._backend.is_shared:
+            if self._backend.is_shared or self.config.history_enabled:
                 # Ready means subscribed: a broadcast from another node now reaches us.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.config.op_timeout):
@@ -204,8 +220,10 @@ class WebSocketConnectionManager:
         loop = asyncio.get_running_loop()
         self._loops.append(loop.create_task(self._heartbeat.run(), name="stabilizer-heartbeat"))
         self._loops.append(loop.create_task(self._maintain(), name="stabilizer-maintenance"))
-        if self._backend.is_shared:
-            self._loops.append(loop.create_task(self._listen(), name="stabilizer-listener"))
+        if self._backend.is_shared or self.config.history_enabled:
+            self._loops.append(
+                loop.create_task(self.delivery.listen(), name="stabilizer-listener")
+            )
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -245,8 +263,14 @@ class WebSocketConnectionManager:
         client_id: str,
         websocket: SocketLike,
         metadata: dict[str, Any] | None = None,
+        *,
+        resuming: bool = False,
     ) -> Connection:
-        """Like connect(), but return the Connection handle (used by Session)."""
+        """Like connect(), but return the Connection handle (used by Session).
+
+        With history enabled and `resuming`, live frames are held until resume() replays
+        what the client missed; otherwise any earlier session of the client ends.
+        """
         check_client_id(client_id, self.config.max_client_id_length)
         if not self.is_accepting:
             raise ShutdownError("node is shutting down; connect to another node")
@@ -258,19 +282,24 @@ class WebSocketConnectionManager:
         done = asyncio.get_running_loop().create_future()
         self._admitting[client_id] = done
         try:
-            return await self._admit_locked(client_id, websocket, metadata)
+            return await self._admit_locked(client_id, websocket, metadata, resuming)
         finally:
             del self._admitting[client_id]
             done.set_result(None)
 
     async def _admit_locked(
-        self, client_id: str, websocket: SocketLike, metadata: dict[str, Any] | None
+        self, client_id: str, websocket: SocketLike, metadata: dict[str, Any] | None,
+        resuming: bool,
     ) -> Connection:
         owner = asyncio.current_task()
         conn = Connection(client_id, websocket, self._limits, self._on_conn_failed,
                           metadata=metadata, owner=owner)
         self._check_local_limits(conn)
+        if self.config.history_enabled and resuming:
+            conn.hold = []
         await self._register_presence(conn)
+        if self.config.history_enabled:
+            await self._open_session(conn, resuming)
         if not self.is_accepting:  # shutdown began while we waited on the backend
             await self._unregister_presence(conn)
             raise ShutdownError("node is shutting down; connect to another node")
@@ -285,7 +314,56 @@ class WebSocketConnectionManager:
         self.stats.connects += 1
         logger.info("client %r connected (conn %s, node %s)", client_id, conn.conn_id,
                     self._node_id)
+        await self._run_hooks(self._connect_hooks, ConnectionEvent(
+            client_id, conn.conn_id, self._node_id, resumed=resuming))
+        await self.delivery.publish_event("connect", client_id)
         return conn
+
+    async def _open_session(self, conn: Connection, resuming: bool) -> None:
+        try:
+            async with asyncio.timeout(self.config.op_timeout * 2):
+                if not resuming:  # a fresh session: whatever the client had before ends
+                    await self._backend.end_session(conn.client_id)
+                await self._backend.open_session(conn.client_id)
+        except (BackendUnavailable, TimeoutError) as exc:
+            self._backend_log.warning("session of %r not opened (backend unavailable)",
+                                      conn.client_id, exc=exc)
+
+    async def resume(
+        self, conn: Connection, positions: dict[str, tuple[int, str]]
+    ) -> tuple[bool, int, list[str]]:
+        """Restore a resumed client's groups and user data, replay what it missed since
+        `positions`, then let live traffic through. Returns (recovered, replayed, failed).
+
+        Only the client's own streams are replayed: ``all``, its groups, ``c:<client_id>``.
+        """
+        try:
+            state = await self._backend_call(self._backend.load_session(conn.client_id))
+        except BackendUnavailable:
+            state = None
+        if state is None:  # session expired or lost: nothing can be vouched for
+            failed = sorted(positions) or ["*"]
+            conn.hold = None
+            conn.offer(Frame.text(json.dumps(
+                {"type": "resume", "recovered": False, "replayed": 0, "failed": failed},
+                separators=(",", ":"))), time.monotonic())
+            return False, 0, failed
+        await self._restore(conn, state)
+        streams = {"all", f"c:{conn.client_id}", *(f"g:{g}" for g in state.groups)}
+        replayed, failed = await self.delivery.replay(conn, positions, streams)
+        return not failed, replayed, failed
+
+    async def _restore(self, conn: Connection, state: SessionState) -> None:
+        for group in state.groups:
+            await self.delivery.join_local(conn, group)
+        for key, raw in state.user_data.items():
+            try:
+                value = msgpack.unpackb(raw)
+            except (ValueError, msgpack.UnpackException):
+                logger.warning("user data %r of %r is unreadable; dropped", key, conn.client_id)
+                continue
+            conn.user_data[key] = value
+            conn.user_data_bytes += estimate_size(key) + estimate_size(value)
 
     def _check_local_limits(self, conn: Connection) -> None:
         config = self.config
@@ -338,6 +416,53 @@ class WebSocketConnectionManager:
             self._backend_log.warning("presence of %r not removed (backend unavailable)",
                                       conn.client_id, exc=exc)
 
+    # ------------------------------------------------------------------ hooks
+
+    def on_connect(self, hook: Hook) -> Hook:
+        """Register a callback (sync or async) run once per local connect; usable as a
+        decorator. It receives a ConnectionEvent."""
+        self._connect_hooks.append(hook)
+        return hook
+
+    def on_disconnect(self, hook: Hook) -> Hook:
+        """Register a callback run once per local disconnect (code and reason included)."""
+        self._disconnect_hooks.append(hook)
+        return hook
+
+    def on_cluster_event(
+        self, listener: Callable[[ClusterEvent], Any]
+    ) -> Callable[[ClusterEvent], Any]:
+        """Register a callback for cluster-wide connect/disconnect/join/leave events.
+
+        Raises:
+            ConfigError: cluster_events is not enabled in the config.
+        """
+        if not self.config.cluster_events:
+            raise ConfigError("set cluster_events=True to receive cluster events")
+        self.delivery.event_listeners.append(listener)
+        return listener
+
+    async def _run_hooks(self, hooks: list[Hook], event: ConnectionEvent) -> None:
+        for hook in hooks:
+            try:
+                outcome = hook(event)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                logger.exception("%s hook %r failed", "connect" if event.code is None
+                                 else "disconnect", hook)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run a background task owned by this manager (cancelled at shutdown)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def request_resync(self) -> None:
+        """Re-register local presence at the next maintenance step."""
+        self._needs_resync = True
+
     # ------------------------------------------------------------------ removal
 
     async def disconnect(
@@ -363,15 +488,25 @@ class WebSocketConnectionManager:
         conn = self._pool.get(client_id) if is_text(client_id) else None
         if conn is None:
             raise ConnectionNotFoundError(f"client {client_id!r} is not connected to this node")
-        await self.release(conn, code=code, reason=reason)
+        await self.release(conn, code=code, reason=reason, keep_session=False)
 
     async def release(
-        self, conn: Connection, *, code: int = CloseCode.NORMAL, reason: str = "normal closure"
+        self,
+        conn: Connection,
+        *,
+        code: int = CloseCode.NORMAL,
+        reason: str = "normal closure",
+        keep_session: bool | None = None,
     ) -> bool:
-        """Close `conn` (this exact socket) and drop its presence; False if already closed."""
+        """Close `conn` (this exact socket) and drop its presence; False if already closed.
+
+        With history, the session stays resumable for session_ttl unless `keep_session` is
+        False (an explicit end; the default for a normal closure); without history the
+        client leaves its groups now.
+        """
         if not self._detach(conn):
             return False
-        await self._finish_close(conn, code, reason)
+        await self._finish_close(conn, code, reason, keep_session=keep_session)
         return True
 
     def _detach(self, conn: Connection, *, in_pool: bool = True) -> bool:
@@ -399,6 +534,14 @@ class WebSocketConnectionManager:
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
 
+    def retire(self, conn: Connection, code: int, reason: str) -> None:
+        """Close `conn` in the background with `code` (used by delivery for kicks)."""
+        self._retire(conn, code, reason)
+
+    def offer(self, conn: Connection, frame: Frame) -> bool:
+        """Give `conn` a frame now (counted in the node's stats)."""
+        return self._offer(conn, frame, time.monotonic())
+
     def _on_conn_failed(self, conn: Connection, code: int, reason: str) -> None:
         logger.info("closing client %r (conn %s): %s", conn.client_id, conn.conn_id, reason)
         if code == CloseCode.TRY_AGAIN_LATER:
@@ -407,17 +550,47 @@ class WebSocketConnectionManager:
         self._retire(conn, code, reason)
 
     async def _finish_close(
-        self, conn: Connection, code: int, reason: str, *, presence: bool = True
+        self, conn: Connection, code: int, reason: str, *, presence: bool = True,
+        keep_session: bool | None = None,
     ) -> bool:
         async with self._cleanup_slots:
             if presence:
                 await self._unregister_presence(conn)
             clean = await self._close_socket(conn, code, reason)
+        await self._after_close(conn, code, reason, keep_session)
+        return clean
+
+    async def _after_close(
+        self, conn: Connection, code: int, reason: str, keep_session: bool | None
+    ) -> None:
+        """Bookkeeping once a socket is closed: groups, session, hooks, events (once)."""
         conn.state = State.CLOSED
         self.stats.disconnects += 1
         logger.info("client %r disconnected (conn %s, code %d)", conn.client_id, conn.conn_id,
                     code)
-        return clean
+        had_groups = bool(conn.groups)
+        await self.delivery.forget_connection(conn)
+        if code != CloseCode.REPLACED:
+            await self._settle_session(conn, code, keep_session, had_groups)
+        await self._run_hooks(self._disconnect_hooks, ConnectionEvent(
+            conn.client_id, conn.conn_id, self._node_id, code=code, reason=reason))
+        if code != CloseCode.REPLACED:
+            await self.delivery.publish_event("disconnect", conn.client_id)
+
+    async def _settle_session(
+        self, conn: Connection, code: int, keep_session: bool | None, had_groups: bool
+    ) -> None:
+        if keep_session is None:
+            keep_session = code != CloseCode.NORMAL
+        try:
+            async with asyncio.timeout(self.config.op_timeout):
+                if self.config.history_enabled and keep_session:
+                    await self._backend.suspend_session(conn.client_id, self.config.session_ttl)
+                elif self.config.history_enabled or had_groups:
+                    await self._backend.end_session(conn.client_id)
+        except (BackendUnavailable, TimeoutError) as exc:
+            self._backend_log.warning("session of %r not settled (backend unavailable)",
+                                      conn.client_id, exc=exc)
 
     async def _close_socket(self, conn: Connection, code: int, reason: str) -> bool:
         """Send a close frame within close_timeout; abort the transport if it cannot go."""
@@ -434,27 +607,16 @@ class WebSocketConnectionManager:
     # ------------------------------------------------------------------ delivery
 
     async def send_to_client(self, client_id: str, message: Message) -> bool:
-        """Send to one client on any node; True if a node holds it and took the frame.
+        """Send to one client on any node; True if a node holds it and took the frame (with
+        history: or the message is kept for its resumable session).
 
         Never raises for delivery problems: an unknown, invalid or unreachable client gives
         False. A message that is not text, bytes or JSON-serializable raises TypeError.
         """
         payload = encode_message(message)
-        if not is_text(client_id):
+        if not is_text(client_id) or not client_id:
             return False
-        conn = self._pool.get(client_id)
-        if conn is not None:
-            return self._offer(conn, _frame_of(payload), time.monotonic())
-        if not self._backend.is_shared or not client_id:
-            return False
-        envelope = encode(Envelope(Kind.DIRECT, self._node_id, client_id, payload))
-        try:
-            async with asyncio.timeout(self.config.op_timeout):
-                return await self._backend.route(client_id, envelope)
-        except (BackendUnavailable, TimeoutError) as exc:
-            self._backend_log.warning("send_to_client(%r) not routed: backend unavailable",
-                                      client_id, exc=exc)
-            return False
+        return await self.delivery.send(client_id, payload)
 
     def _offer(self, conn: Connection, frame: Frame, now: float) -> bool:
         if conn.offer(frame, now):
@@ -475,20 +637,7 @@ class WebSocketConnectionManager:
                 (every local one failed and no other node was reached). `.result` has details.
         """
         payload = encode_message(message)
-        publish: asyncio.Task[int] | None = None
-        if self._backend.is_shared:
-            envelope = encode(Envelope(Kind.BROADCAST, self._node_id, None, payload,
-                                       exclude_client))
-            publish = asyncio.get_running_loop().create_task(self._publish(envelope))
-            await asyncio.sleep(0)  # let the publish reach the wire before the local fan-out
-        result = await self._fan_out(_frame_of(payload), exclude_client)
-        if publish is not None:
-            try:
-                result.remote_nodes = await publish
-            except (BackendUnavailable, TimeoutError) as exc:
-                result.remote_error = f"other nodes not reached: {exc or type(exc).__name__}"
-                self._backend_log.warning("broadcast delivered locally only: %s",
-                                          result.remote_error)
+        result = await self.delivery.broadcast(payload, exclude_client)
         self.stats.broadcasts += 1
         if result.total > 0 and result.succeeded == 0 and result.remote_nodes == 0:
             raise BroadcastFailedError(
@@ -496,33 +645,62 @@ class WebSocketConnectionManager:
             )
         return result
 
-    async def _publish(self, envelope: bytes) -> int:
-        async with asyncio.timeout(self.config.op_timeout):
-            return await self._backend.publish(envelope)
+    # ------------------------------------------------------------------ groups
 
-    async def _fan_out(self, frame: Frame, exclude: str | None) -> BroadcastResult:
-        """Offer one frame to every local connection, yielding to the loop between slices."""
-        result = BroadcastResult(0, 0, 0)
-        slice_size = self.config.max_concurrent_broadcast
-        budget = slice_size
-        for shard in self._pool.shards():
-            now = time.monotonic()
-            for conn in shard:
-                if conn.client_id == exclude:
-                    continue
-                result.total += 1
-                if conn.offer(frame, now):
-                    result.succeeded += 1
-                else:
-                    result.failed += 1
-                    result.errors.append((conn.client_id, "outbox full or connection closing"))
-                budget -= 1
-            if budget <= 0:
-                budget = slice_size
-                await asyncio.sleep(0)
-        self.stats.messages_out += result.succeeded
-        self.stats.bytes_out += result.succeeded * frame.size
-        return result
+    async def join_group(self, client_id: str, group: str) -> None:
+        """Add a client connected to any node to `group` (cluster-wide).
+
+        Raises:
+            ValueError: the group name is empty, too long or not text.
+            ConnectionNotFoundError: the client is not connected anywhere.
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        check_group(group)
+        check_client_id(client_id, self.config.max_client_id_length)
+        await self.delivery.join(client_id, group)
+
+    async def leave_group(self, client_id: str, group: str) -> None:
+        """Remove a client from `group` (no error if it was not a member).
+
+        Raises:
+            ValueError: the group name is not usable.
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        check_group(group)
+        check_client_id(client_id, self.config.max_client_id_length)
+        await self.delivery.leave(client_id, group)
+
+    async def send_to_group(
+        self, group: str, message: Message, exclude_client: str | None = None
+    ) -> BroadcastResult:
+        """Send to every member of `group` on every node; serialize once.
+
+        Only nodes with local members receive it. The result counts local members.
+
+        Raises:
+            ValueError: the group name is not usable.
+        """
+        check_group(group)
+        payload = encode_message(message)
+        return await self.delivery.send_to_group(group, payload, exclude_client)
+
+    async def get_group_members(self, group: str) -> list[str]:
+        """Return the members of `group` on every node (while a session is resumable its
+        client stays a member).
+
+        Raises:
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        check_group(group)
+        return await self._backend_call(self._backend.group_members(group))
+
+    async def get_client_groups(self, client_id: str) -> list[str]:
+        """Return the groups `client_id` belongs to (cluster-wide).
+
+        Raises:
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        return await self._backend_call(self._backend.client_groups(client_id))
 
     # ------------------------------------------------------------------ inbound
 
@@ -761,6 +939,19 @@ class WebSocketConnectionManager:
                 f"user data {key!r} would take client {client_id!r} to "
                 f"{conn.memory_estimate() - old_size + new_size} bytes; limit is {limit}"
             )
+        if self.config.history_enabled:  # the session keeps it for a resume
+            try:
+                packed = msgpack.packb(value, use_bin_type=True)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"user data {key!r} must be msgpack-serializable when history is enabled"
+                ) from exc
+            try:
+                await self._backend_call(
+                    self._backend.save_user_data(client_id, key, packed))
+            except BackendUnavailable as exc:
+                self._backend_log.warning("user data %r of %r kept locally only", key,
+                                          client_id, exc=exc)
         conn.user_data[key] = value
         conn.user_data_bytes += new_size - old_size
 
@@ -825,7 +1016,9 @@ class WebSocketConnectionManager:
 
     async def _maintain_backend(self) -> None:
         async with asyncio.timeout(self.config.op_timeout * 4):
-            liveness = await self._backend.keepalive(self.config.node_ttl)
+            session_ttl = self.config.session_ttl if self.config.history_enabled else 0.0
+            liveness = await self._backend.keepalive(self.config.node_ttl, session_ttl)
+            await self._backend.sweep_sessions()
             if liveness.reaped:
                 logger.warning("reaped presence of dead nodes %s", ", ".join(liveness.reaped))
             if liveness.rejoined and self._joined:
@@ -848,48 +1041,6 @@ class WebSocketConnectionManager:
     def _local_presence(self) -> list[Presence]:
         return [Presence(c.client_id, self._node_id, c.conn_id, c.created_at)
                 for c in self._pool.connections()]
-
-    async def _listen(self) -> None:
-        """Deliver what other nodes send; survives bad input and backend loss."""
-        failures = 0
-        while True:
-            try:
-                async for raw in self._backend.deliveries():
-                    failures = 0
-                    await self._dispatch(raw)
-            except BackendUnavailable as exc:
-                failures += 1
-                self._needs_resync = True
-                delay = backoff_delay(failures)
-                self._backend_log.warning("subscription lost; resubscribing in %.2fs", delay,
-                                          exc=exc)
-                await asyncio.sleep(delay)
-            except Exception:
-                failures += 1
-                logger.exception("listener failed unexpectedly; restarting it")
-                await asyncio.sleep(backoff_delay(failures))
-
-    async def _dispatch(self, raw: bytes) -> None:
-        try:
-            envelope = decode(raw)
-        except WireError as exc:
-            self.stats.wire_errors += 1
-            self._wire_log.warning("dropped an undecodable message from the backend: %s", exc)
-            return
-        if envelope.origin == self._node_id:
-            return
-        kind = envelope.kind
-        if kind is Kind.BROADCAST and envelope.payload is not None:
-            await self._fan_out(_frame_of(envelope.payload), envelope.exclude)
-        elif kind is Kind.DIRECT and envelope.payload is not None and envelope.target:
-            conn = self._pool.get(envelope.target)
-            if conn is not None:
-                self._offer(conn, _frame_of(envelope.payload), time.monotonic())
-        elif kind is Kind.KICK and envelope.target:
-            conn = self._pool.get(envelope.target)
-            if conn is not None and (envelope.ref is None or conn.conn_id == envelope.ref):
-                self._retire(conn, CloseCode.REPLACED,
-                             "replaced by a newer connection on another node")
 
     # ------------------------------------------------------------------ shutdown
 
@@ -955,8 +1106,7 @@ class WebSocketConnectionManager:
             except TimeoutError:
                 abort_transport(conn.socket)
                 clean = False
-            conn.state = State.CLOSED
-            self.stats.disconnects += 1
+            await self._after_close(conn, code, "shutdown", None)
             return clean, max(queued - left, 0), left
 
     async def _stop_everything(self, deadline: float) -> list[str]:
@@ -968,6 +1118,9 @@ class WebSocketConnectionManager:
             if isinstance(outcome, Exception):
                 problems.append(f"{task.get_name()}: {outcome!r}")
         self._loops.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.1)
         if self._closers:
             _, pending = await asyncio.wait(list(self._closers), timeout=remaining)
@@ -992,13 +1145,14 @@ class WebSocketConnectionManager:
         *,
         metadata: dict[str, Any] | None = None,
         token: str | None = None,
+        positions: str | None = None,
         welcome: bool = True,
     ) -> Session:
         """Return a Session that serves one socket from admission to release."""
         from stabilizer.session import Session
 
         return Session(self, websocket, client_id, metadata=metadata, token=token,
-                       welcome=welcome)
+                       positions=positions, welcome=welcome)
 
 
 def _shutdown_reason(code: int, jitter: float) -> str:

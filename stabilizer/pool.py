@@ -84,8 +84,9 @@ class Connection:
 
     __slots__ = (
         "__weakref__", "_drain_task", "_on_fail", "_send", "client_id", "conn_id", "created_at",
-        "last_activity", "limits", "metadata", "outbox", "owner", "pong_waiters", "queued_bytes",
-        "socket", "state", "user_data", "user_data_bytes", "writing",
+        "groups", "hold", "last_activity", "limits", "metadata", "outbox", "owner",
+        "pong_waiters", "queued_bytes", "socket", "state", "user_data", "user_data_bytes",
+        "writing",
     )
 
     def __init__(
@@ -116,6 +117,10 @@ class Connection:
         self.created_at = time.time()
         self.last_activity = time.monotonic()
         self.pong_waiters: list[asyncio.Future[float]] | None = None
+        self.groups: set[str] | None = None
+        # While a resuming client is replayed its history, live frames wait here with their
+        # (stream, offset) so that none is delivered twice or out of order.
+        self.hold: list[tuple[str | None, int | None, Frame]] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id!r} {self.conn_id} {self.state.name}>"
@@ -124,6 +129,14 @@ class Connection:
     def is_open(self) -> bool:
         """True until the connection starts closing."""
         return self.state is State.OPEN
+
+    def deliver(self, frame: Frame, now: float, stream: str | None = None,
+                offset: int | None = None) -> bool:
+        """Like offer(), but a frame arriving during a resume replay waits its turn."""
+        if self.hold is not None and self.state is State.OPEN:
+            self.hold.append((stream, offset, frame))
+            return True
+        return self.offer(frame, now)
 
     def offer(self, frame: Frame, now: float) -> bool:
         """Hand a frame to the socket without waiting; False if the connection cannot take it.

@@ -18,6 +18,9 @@ class BroadcastResult:
     - ``remote_nodes``: other nodes the message was handed to (0 on the embedded backend).
     - ``remote_error``: ``None``, or why the message could not be handed to other nodes (for
       example Redis being down); local clients got it anyway.
+    - ``offset`` / ``epoch``: with history enabled, the message's position in its stream.
+      Delivery then goes through every node's ordered listener, this one included, so the
+      local counts are 0 and ``remote_nodes`` counts the other nodes that received it.
     """
 
     total: int
@@ -26,6 +29,8 @@ class BroadcastResult:
     errors: list[tuple[str, str]] = field(default_factory=list)
     remote_nodes: int = 0
     remote_error: str | None = None
+    offset: int | None = None
+    epoch: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -51,3 +56,29 @@ class ShutdownReport:
     drained_frames: int = 0
     dropped_frames: int = 0
     close_code: int = 1001
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """What on_connect / on_disconnect hooks receive.
+
+    ``code`` and ``reason`` are set for disconnects: the close code sent (or received) and
+    why; ``resumed`` tells whether a connect resumed a session with a token.
+    """
+
+    client_id: str
+    conn_id: str
+    node_id: str
+    resumed: bool = False
+    code: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterEvent:
+    """A cluster-wide event: ``connect``, ``disconnect``, ``join`` or ``leave`` (a group)."""
+
+    event: str
+    client_id: str
+    group: str | None
+    node_id: str

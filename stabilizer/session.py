@@ -19,10 +19,10 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from stabilizer._util import Message, encode_message, retry_advice, truncate_reason
-from stabilizer.config import CloseCode
+from stabilizer.config import CloseCode, RateLimitAction, WebSocketConfig
 from stabilizer.errors import (
     BackendUnavailable,
     ConnectionLimitExceededError,
@@ -33,6 +33,7 @@ from stabilizer.errors import (
     TokenExpiredError,
 )
 from stabilizer.pool import Connection, Frame
+from stabilizer.streams import PositionsError, parse_positions
 
 if TYPE_CHECKING:
     from stabilizer.manager import WebSocketConnectionManager
@@ -72,6 +73,35 @@ def utf8_size_over(text: str, limit: int) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
+class TokenBucket:
+    """Inbound rate limit: `capacity` messages, refilled at capacity/window per second."""
+
+    __slots__ = ("capacity", "rate", "stamp", "tokens")
+
+    def __init__(self, capacity: int, window: float) -> None:
+        self.capacity = float(capacity)
+        self.rate = capacity / window
+        self.tokens = float(capacity)
+        self.stamp: float | None = None
+
+    @classmethod
+    def from_config(cls, config: WebSocketConfig) -> TokenBucket | None:
+        """A bucket for the configured limit, or None when there is no limit."""
+        if config.rate_limit_messages is None:
+            return None
+        return cls(config.rate_limit_messages, config.rate_limit_window)
+
+    def take(self, now: float) -> bool:
+        """Spend one token at time `now`; False when the bucket is empty."""
+        if self.stamp is not None:
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
 class Session:
     """Serves one WebSocket: admits it, yields its messages, and always releases it."""
 
@@ -83,6 +113,7 @@ class Session:
         *,
         metadata: dict[str, Any] | None = None,
         token: str | None = None,
+        positions: str | None = None,
         welcome: bool = True,
     ) -> None:
         self.manager = manager
@@ -92,15 +123,20 @@ class Session:
         self.refused: CloseCode | None = None
         self.resumed = False
         self.client_close_code: int | None = None
+        self.recovered: bool | None = None
         self._metadata = metadata
         self._token = token
+        self._positions = positions
         self._welcome = welcome
+        self._bucket = TokenBucket.from_config(manager.config)
 
     async def __aenter__(self) -> Self:
         try:
             await self._admit()
         except InvalidClientIdError as exc:
             await self._refuse(CloseCode.INVALID_CLIENT_ID, str(exc))
+        except PositionsError as exc:
+            await self._refuse(CloseCode.POLICY_VIOLATION, f"bad positions: {exc}")
         except TokenExpiredError as exc:
             await self._refuse(CloseCode.TOKEN_EXPIRED, str(exc))
         except InvalidTokenError as exc:
@@ -120,16 +156,20 @@ class Session:
         manager = self.manager
         if not manager.is_accepting:
             raise ShutdownError("node is shutting down")
+        positions = parse_positions(self._positions) if self._token else {}
         if self._token:
             claimed = await manager.validate_reconnect_token(self._token)
             if claimed != self.client_id:
                 raise InvalidTokenError("token was issued to another client")
             self.resumed = True
-        self.conn = await manager.admit(self.client_id, self.websocket, self._metadata)
+        self.conn = await manager.admit(self.client_id, self.websocket, self._metadata,
+                                        resuming=self.resumed)
         if self.resumed:
             manager.stats.resumed_sessions += 1
         if self._welcome:
             self._send_welcome(self.conn)
+        if self.resumed and manager.config.history_enabled:
+            self.recovered, _, _ = await manager.resume(self.conn, positions)
 
     def _send_welcome(self, conn: Connection) -> None:
         manager = self.manager
@@ -145,6 +185,7 @@ class Session:
             "resumed": self.resumed,
             "token": token,
             "heartbeat_interval": manager.config.heartbeat_interval,
+            "history": manager.config.history_enabled,
         }
         conn.offer(Frame.text(json.dumps(frame, separators=(",", ":"))), time.monotonic())
 
@@ -170,11 +211,16 @@ class Session:
     ) -> None:
         if self.conn is None:
             return
+        # The client went away (or the server is going): its session stays resumable. The
+        # application ending the loop itself ends the session.
+        went_away = self.client_close_code is not None
         if exc is None or isinstance(exc, asyncio.CancelledError):
             code, reason = CloseCode.NORMAL, "session ended"
         else:
             code, reason = CloseCode.INTERNAL_ERROR, "server error"
-        await asyncio.shield(self.manager.release(self.conn, code=code, reason=reason))
+            went_away = True
+        await asyncio.shield(self.manager.release(
+            self.conn, code=code, reason=reason, keep_session=went_away))
 
     def __aiter__(self) -> AsyncIterator[str | bytes]:
         return self._messages()
@@ -218,12 +264,34 @@ class Session:
                 if control == "ping":
                     conn.offer(Frame.text('{"type":"pong"}'), time.monotonic())
                     continue
-                manager.stats.messages_in += 1
-                return text
-            if data is not None:
-                manager.stats.messages_in += 1
-                return data
+            if data is None and text is None:
+                continue
+            verdict = await self._within_rate(conn)
+            if verdict == "closed":
+                return None
+            if verdict == "drop":
+                continue
+            manager.stats.messages_in += 1
+            return text if text is not None else data
         return None
+
+    async def _within_rate(self, conn: Connection) -> Literal["pass", "drop", "closed"]:
+        """Apply the inbound rate limit to one message."""
+        bucket = self._bucket
+        if bucket is None or bucket.take(time.monotonic()):
+            return "pass"
+        manager = self.manager
+        manager.stats.rate_limited += 1
+        config = manager.config
+        detail = f"over {config.rate_limit_messages} messages per {config.rate_limit_window:g}s"
+        if config.rate_limit_action is RateLimitAction.CLOSE:
+            await manager.release(conn, code=CloseCode.POLICY_VIOLATION,
+                                  reason=f"rate limit: {detail}", keep_session=False)
+            return "closed"
+        frame = json.dumps({"type": "error", "code": "rate_limited", "detail": detail},
+                           separators=(",", ":"))
+        conn.offer(Frame.text(frame), time.monotonic())
+        return "drop"
 
     async def send(self, message: Message) -> bool:
         """Send to this session's client without waiting on its socket; False if closed."""

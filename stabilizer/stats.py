@@ -27,6 +27,9 @@ class NodeStats:
     resumed_sessions: int = 0
     refused_connections: int = 0
     wire_errors: int = 0
+    stream_gaps: int = 0
+    gaps_filled: int = 0
+    rate_limited: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Return the counters as a plain dict."""

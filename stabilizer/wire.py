@@ -1,8 +1,9 @@
 """Node-to-node envelopes: versioned msgpack, no pickle. Pure.
 
-An envelope is the msgpack array ``[version, kind, origin, target, payload, exclude, ref]``.
-Later versions may append fields; a decoder ignores trailing fields it does not know and
-rejects any other version. Text payloads travel as msgpack str, binary ones as bin, so the
+An envelope is the msgpack array ``[version, kind, origin, target, payload, exclude, ref]``,
+followed by ``offset, epoch`` when the message was sequenced into a history stream. Later
+versions may append fields; a decoder ignores trailing fields it does not know and rejects
+any other version. Text payloads travel as msgpack str, binary ones as bin, so the
 receiving node gets the exact frame type back without a second decoding step.
 """
 
@@ -27,7 +28,8 @@ class Kind(IntEnum):
     DIRECT = 2  # deliver `payload` to local client `target`
     KICK = 3  # close local client `target` if its conn_id is `ref` (it was replaced)
     GROUP = 4  # deliver `payload` to local members of group `target` except `exclude`
-    EVENT = 5  # a cluster event (join/leave); `payload` is msgpack of the event
+    EVENT = 5  # a cluster event; `payload` is its JSON text
+    MEMBERSHIP = 6  # local client `target` joins (`ref` "join") or leaves group `payload`
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +42,42 @@ class Envelope:
     payload: str | bytes | None = None
     exclude: str | None = None
     ref: str | None = None
+    offset: int | None = None
+    epoch: str | None = None
+
+    @property
+    def stream(self) -> str | None:
+        """The history stream this envelope belongs to: ``all``, ``g:<group>``, ``c:<id>``."""
+        if self.kind is Kind.BROADCAST:
+            return "all"
+        if self.kind is Kind.GROUP and self.target is not None:
+            return f"g:{self.target}"
+        if self.kind is Kind.DIRECT and self.target is not None:
+            return f"c:{self.target}"
+        return None
+
+
+def _fields(envelope: Envelope) -> list[object]:
+    return [WIRE_VERSION, int(envelope.kind), envelope.origin, envelope.target,
+            envelope.payload, envelope.exclude, envelope.ref]
 
 
 def encode(envelope: Envelope) -> bytes:
     """Serialize an envelope once; the bytes go to every node unchanged."""
-    packed: bytes = msgpack.packb(
-        [WIRE_VERSION, int(envelope.kind), envelope.origin, envelope.target,
-         envelope.payload, envelope.exclude, envelope.ref],
-        use_bin_type=True,
-    )
+    fields = _fields(envelope)
+    if envelope.offset is not None:
+        fields += [envelope.offset, envelope.epoch]
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
     return packed
+
+
+def sequenced_prefix(envelope: Envelope) -> bytes:
+    """The bytes of a 9-field envelope up to (excluding) offset and epoch.
+
+    A Redis script appends the msgpack of the offset and epoch it assigns, so the envelope
+    it stores and publishes is complete without a second round trip.
+    """
+    return b"\x99" + b"".join(msgpack.packb(f, use_bin_type=True) for f in _fields(envelope))
 
 
 def _optional_str(value: object, name: str) -> str | None:
@@ -83,6 +111,14 @@ def decode(raw: object) -> Envelope:
         raise WireError("envelope origin must be a non-empty string")
     if payload is not None and not isinstance(payload, str | bytes):
         raise WireError("envelope payload must be text, binary or nil")
+    offset: int | None = None
+    epoch: str | None = None
+    if len(fields) >= _FIELDS + 2 and fields[_FIELDS] is not None:
+        offset, epoch = fields[_FIELDS], fields[_FIELDS + 1]
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 1:
+            raise WireError("envelope offset must be a positive integer")
+        if not isinstance(epoch, str) or not epoch:
+            raise WireError("envelope epoch must be a non-empty string")
     return Envelope(
         kind,
         origin,
@@ -90,4 +126,6 @@ def decode(raw: object) -> Envelope:
         payload,
         _optional_str(exclude, "exclude"),
         _optional_str(ref, "ref"),
+        offset,
+        epoch,
     )

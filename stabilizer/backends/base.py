@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from stabilizer.wire import Envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,50 @@ class Registration:
     """The outcome of registering a connection: who held the client id before, if anyone."""
 
     previous: Presence | None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a sequenced message goes: everyone, a group, or one client."""
+
+    kind: Literal["all", "group", "client"]
+    name: str = ""
+
+    @property
+    def stream(self) -> str:
+        """The history stream name: ``all``, ``g:<group>`` or ``c:<client_id>``."""
+        if self.kind == "all":
+            return "all"
+        return f"{'g' if self.kind == 'group' else 'c'}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Sequenced:
+    """A message appended to its stream: its position and how many nodes it reached."""
+
+    offset: int
+    epoch: str
+    receivers: int
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The envelopes of a stream after a position, or why they cannot be had.
+
+    ``covered`` is False when the stream lost part of the range (trimmed, expired, or a new
+    epoch): the client must resync.
+    """
+
+    envelopes: list[bytes]
+    covered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """What a resumable session keeps while its client is away."""
+
+    groups: list[str] = field(default_factory=list)
+    user_data: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +172,9 @@ class Backend(Protocol):
         """Return where `client_id` is connected, or None."""
         ...
 
-    async def keepalive(self, node_ttl: float) -> Liveness:
-        """Refresh this node's liveness and reap nodes whose entry expired."""
+    async def keepalive(self, node_ttl: float, session_ttl: float = 0.0) -> Liveness:
+        """Refresh this node's liveness and reap nodes whose entry expired; the sessions of
+        reaped clients end after `session_ttl` unless they come back."""
         ...
 
     async def resync(self, local: Sequence[Presence]) -> list[str]:
@@ -143,4 +191,81 @@ class Backend(Protocol):
 
     async def nodes(self) -> list[str]:
         """Return the ids of live nodes."""
+        ...
+
+    # --- groups -------------------------------------------------------------------
+
+    async def publish_group(self, group: str, envelope: bytes) -> int:
+        """Hand `envelope` to the nodes with local members of `group`; return how many."""
+        ...
+
+    async def join_group(self, client_id: str, group: str) -> bool:
+        """Add a member cluster-wide; False if it already was one."""
+        ...
+
+    async def leave_group(self, client_id: str, group: str) -> bool:
+        """Remove a member cluster-wide; False if it was not one."""
+        ...
+
+    async def group_members(self, group: str) -> list[str]:
+        """Return the members of `group` on every node."""
+        ...
+
+    async def client_groups(self, client_id: str) -> list[str]:
+        """Return the groups `client_id` belongs to."""
+        ...
+
+    async def subscribe_group(self, group: str) -> None:
+        """Start receiving `group`'s messages on this node (first local member joined)."""
+        ...
+
+    async def unsubscribe_group(self, group: str) -> None:
+        """Stop receiving `group`'s messages on this node (last local member left)."""
+        ...
+
+    # --- history ------------------------------------------------------------------
+
+    async def sequence(
+        self, target: Target, envelope: Envelope, *, size: int, ttl: float, meta_ttl: float
+    ) -> Sequenced:
+        """Assign the next offset of `target`'s stream, append and publish, in one step.
+
+        The stream keeps `size` entries for `ttl` seconds after its last message; its offset
+        and epoch live `meta_ttl` seconds (at least the session TTL, so that a missing stream
+        means "nothing was published since").
+
+        For a client target the message is kept only if the client is connected or its
+        session is resumable (receivers 0 and offset 0 otherwise).
+        """
+        ...
+
+    async def history(self, stream: str, after: int, epoch: str) -> History:
+        """Return the envelopes of `stream` with offsets after `after` in `epoch` (an empty
+        epoch with `after` 0 asks for everything the stream still holds)."""
+        ...
+
+    # --- sessions -----------------------------------------------------------------
+
+    async def load_session(self, client_id: str) -> SessionState | None:
+        """Return the resumable session of `client_id`, or None."""
+        ...
+
+    async def open_session(self, client_id: str) -> None:
+        """Mark the session live (no expiry while connected)."""
+        ...
+
+    async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
+        """Store one user-data value in the session."""
+        ...
+
+    async def suspend_session(self, client_id: str, ttl: float) -> None:
+        """The client left: keep its session `ttl` seconds, then end it."""
+        ...
+
+    async def end_session(self, client_id: str) -> list[str]:
+        """Drop the session and every group membership now; return the groups left."""
+        ...
+
+    async def sweep_sessions(self, limit: int = 100) -> list[str]:
+        """End sessions whose time ran out; return their client ids."""
         ...

@@ -9,13 +9,23 @@ backend gets a private hub, i.e. a single node.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
-from stabilizer.backends.base import Liveness, Presence, Registration
+from stabilizer.backends.base import (
+    History,
+    Liveness,
+    Presence,
+    Registration,
+    Sequenced,
+    SessionState,
+    Target,
+)
 from stabilizer.errors import BackendUnavailable, ConnectionLimitExceededError
 from stabilizer.wire import Envelope, Kind, encode
 
@@ -24,10 +34,37 @@ logger = logging.getLogger(__name__)
 _DEFAULT_QUEUE: Final = 10_000
 
 
+class _Stream:
+    """One history stream: epoch, last offset, bounded entries, expiry times."""
+
+    __slots__ = ("entries", "entries_until", "epoch", "offset", "until")
+
+    def __init__(self) -> None:
+        self.epoch = secrets.token_urlsafe(6)
+        self.offset = 0
+        self.entries: deque[tuple[int, bytes]] = deque()
+        self.entries_until = 0.0
+        self.until = 0.0
+
+
+class _Session:
+    __slots__ = ("until", "user_data")
+
+    def __init__(self) -> None:
+        self.user_data: dict[str, bytes] = {}
+        self.until: float | None = None
+
+
 class MemoryHub:
     """State shared by the memory backends of one process (one event loop)."""
 
     def __init__(self) -> None:
+        self.groups: dict[str, set[str]] = {}
+        self.client_groups: dict[str, set[str]] = {}
+        self.group_nodes: dict[str, set[str]] = {}
+        self.streams: dict[str, _Stream] = {}
+        self.sessions: dict[str, _Session] = {}
+        self.away: dict[str, float] = {}
         self.presence: dict[str, Presence] = {}
         self.node_clients: dict[str, set[str]] = {}
         self.node_deadlines: dict[str, float] = {}
@@ -48,6 +85,36 @@ class MemoryHub:
             logger.warning("memory inbox of node %s is full; envelope dropped", node_id)
             return False
         return True
+
+    def stream(self, name: str, now: float) -> _Stream | None:
+        """The live state of a stream, forgetting it once its time ran out."""
+        state = self.streams.get(name)
+        if state is not None and state.until <= now:
+            del self.streams[name]
+            return None
+        if state is not None and state.entries_until <= now:
+            state.entries.clear()
+        return state
+
+    def session(self, client_id: str, now: float) -> _Session | None:
+        """The session of `client_id` if it is live or still resumable."""
+        record = self.sessions.get(client_id)
+        if record is not None and record.until is not None and record.until <= now:
+            return None
+        return record
+
+    def end_session(self, client_id: str) -> list[str]:
+        """Drop a session and its group memberships; return the groups left."""
+        self.sessions.pop(client_id, None)
+        self.away.pop(client_id, None)
+        left = sorted(self.client_groups.pop(client_id, set()))
+        for group in left:
+            members = self.groups.get(group)
+            if members is not None:
+                members.discard(client_id)
+                if not members:
+                    del self.groups[group]
+        return left
 
     def drop_presence(self, client_id: str, conn_id: str | None = None) -> bool:
         """Remove a client's presence (only if it names `conn_id`, when given)."""
@@ -198,8 +265,9 @@ class MemoryBackend:
         self._check()
         return self._hub.presence.get(client_id)
 
-    async def keepalive(self, node_ttl: float) -> Liveness:
-        """Refresh this node; reap nodes that stopped refreshing."""
+    async def keepalive(self, node_ttl: float, session_ttl: float = 0.0) -> Liveness:
+        """Refresh this node; reap nodes that stopped refreshing (their clients' sessions
+        then run out after `session_ttl`)."""
         self._check()
         hub = self._hub
         now = time.monotonic()
@@ -212,6 +280,10 @@ class MemoryBackend:
                 current = hub.presence.get(client_id)
                 if current is not None and current.node_id == node:
                     del hub.presence[client_id]
+                    hub.away[client_id] = time.time() + session_ttl
+                    record = hub.sessions.get(client_id)
+                    if record is not None:
+                        record.until = time.time() + session_ttl
         return Liveness(tuple(reaped), rejoined)
 
     async def resync(self, local: Sequence[Presence]) -> list[str]:
@@ -241,3 +313,161 @@ class MemoryBackend:
     async def nodes(self) -> list[str]:
         """Nodes that joined the hub and were not reaped."""
         return sorted(self._hub.node_deadlines)
+
+    # ------------------------------------------------------------------ groups
+
+    async def publish_group(self, group: str, envelope: bytes) -> int:
+        """Deliver to the other nodes subscribed to `group`."""
+        self._check()
+        reached = 0
+        for node_id in list(self._hub.group_nodes.get(group, ())):
+            if node_id != self._node_id and self._hub.deliver(node_id, envelope):
+                reached += 1
+        return reached
+
+    async def join_group(self, client_id: str, group: str) -> bool:
+        """Add a member."""
+        self._check()
+        members = self._hub.groups.setdefault(group, set())
+        added = client_id not in members
+        members.add(client_id)
+        self._hub.client_groups.setdefault(client_id, set()).add(group)
+        return added
+
+    async def leave_group(self, client_id: str, group: str) -> bool:
+        """Remove a member."""
+        self._check()
+        members = self._hub.groups.get(group, set())
+        removed = client_id in members
+        members.discard(client_id)
+        if not members:
+            self._hub.groups.pop(group, None)
+        self._hub.client_groups.get(client_id, set()).discard(group)
+        return removed
+
+    async def group_members(self, group: str) -> list[str]:
+        """Members of `group`."""
+        self._check()
+        return sorted(self._hub.groups.get(group, ()))
+
+    async def client_groups(self, client_id: str) -> list[str]:
+        """Groups of `client_id`."""
+        self._check()
+        return sorted(self._hub.client_groups.get(client_id, ()))
+
+    async def subscribe_group(self, group: str) -> None:
+        """Receive `group`'s messages on this node."""
+        self._hub.group_nodes.setdefault(group, set()).add(self._node_id)
+
+    async def unsubscribe_group(self, group: str) -> None:
+        """Stop receiving `group`'s messages on this node."""
+        nodes = self._hub.group_nodes.get(group)
+        if nodes is not None:
+            nodes.discard(self._node_id)
+            if not nodes:
+                del self._hub.group_nodes[group]
+
+    # ------------------------------------------------------------------ history
+
+    async def sequence(
+        self, target: Target, envelope: Envelope, *, size: int, ttl: float,
+        meta_ttl: float = 0.0,
+    ) -> Sequenced:
+        """Assign the next offset, append, deliver (to this node too)."""
+        self._check()
+        hub = self._hub
+        now = time.time()
+        if target.kind == "client":
+            owner = hub.presence.get(target.name)
+            if owner is None and hub.session(target.name, now) is None:
+                return Sequenced(0, "", 0)
+        state = hub.stream(target.stream, now)
+        if state is None:
+            state = hub.streams[target.stream] = _Stream()
+        state.offset += 1
+        raw = encode(dataclasses.replace(envelope, offset=state.offset, epoch=state.epoch))
+        state.entries.append((state.offset, raw))
+        while len(state.entries) > size:
+            state.entries.popleft()
+        state.entries_until = now + ttl
+        state.until = now + max(ttl, meta_ttl)
+        if target.kind == "all":
+            nodes = list(hub.inboxes)
+        elif target.kind == "group":
+            nodes = list(hub.group_nodes.get(target.name, ()))
+        else:
+            owner = hub.presence.get(target.name)
+            nodes = [owner.node_id] if owner is not None else []
+        reached = sum(1 for node in nodes if hub.deliver(node, raw))
+        return Sequenced(state.offset, state.epoch, reached)
+
+    async def history(self, stream: str, after: int, epoch: str) -> History:
+        """Entries after `after`, if the stream still holds all of them."""
+        self._check()
+        state = self._hub.stream(stream, time.time())
+        if state is None:
+            return History([], True)  # nothing was published since the client left
+        if (epoch and state.epoch != epoch) or after > state.offset:
+            return History([], False)
+        if after == state.offset:
+            return History([], True)
+        entries = [raw for offset, raw in state.entries if offset > after]
+        first = state.entries[0][0] if state.entries else state.offset + 1
+        return History(entries, first <= after + 1)
+
+    # ------------------------------------------------------------------ sessions
+
+    async def load_session(self, client_id: str) -> SessionState | None:
+        """The session if it is live or still resumable."""
+        self._check()
+        record = self._hub.session(client_id, time.time())
+        if record is None:
+            return None
+        groups = sorted(self._hub.client_groups.get(client_id, ()))
+        return SessionState(groups, dict(record.user_data))
+
+    async def open_session(self, client_id: str) -> None:
+        """Create or revive the session; it does not expire while connected."""
+        self._check()
+        hub = self._hub
+        record = hub.session(client_id, time.time())
+        if record is None:
+            hub.end_session(client_id)
+            record = hub.sessions[client_id] = _Session()
+        record.until = None
+        hub.away.pop(client_id, None)
+
+    async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
+        """Store one user-data value."""
+        self._check()
+        record = self._hub.sessions.get(client_id)
+        if record is not None:
+            record.user_data[key] = value
+
+    async def suspend_session(self, client_id: str, ttl: float) -> None:
+        """Keep the session `ttl` more seconds."""
+        self._check()
+        until = time.time() + ttl
+        record = self._hub.sessions.get(client_id)
+        if record is not None:
+            record.until = until
+        self._hub.away[client_id] = until
+
+    async def end_session(self, client_id: str) -> list[str]:
+        """Drop the session and memberships now."""
+        self._check()
+        return self._hub.end_session(client_id)
+
+    async def sweep_sessions(self, limit: int = 100) -> list[str]:
+        """End sessions whose time ran out (unless the client came back)."""
+        self._check()
+        hub = self._hub
+        now = time.time()
+        due = [cid for cid, until in hub.away.items() if until <= now][:limit]
+        ended = []
+        for client_id in due:
+            hub.away.pop(client_id, None)
+            if client_id not in hub.presence:
+                hub.end_session(client_id)
+                ended.append(client_id)
+        return ended

@@ -31,10 +31,18 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from stabilizer.backends import redis_scripts as lua
-from stabilizer.backends.base import Liveness, Presence, Registration
+from stabilizer.backends.base import (
+    History,
+    Liveness,
+    Presence,
+    Registration,
+    Sequenced,
+    SessionState,
+    Target,
+)
 from stabilizer.config import WebSocketConfig
 from stabilizer.errors import BackendUnavailable, ConnectionLimitExceededError
-from stabilizer.wire import WIRE_VERSION, Kind
+from stabilizer.wire import WIRE_VERSION, Envelope, Kind, sequenced_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +105,18 @@ class RedisBackend:
         self._forget_node = client.register_script(lua.FORGET_NODE)
         self._live_nodes = client.register_script(lua.LIVE_NODES)
         self._resync = client.register_script(lua.RESYNC)
-
+        self._reap_clients = client.register_script(lua.REAP_CLIENTS)
+        self._suspend = client.register_script(lua.SUSPEND)
+        self._load_session = client.register_script(lua.LOAD_SESSION)
+        self._open_session = client.register_script(lua.OPEN_SESSION)
+        self._end_session = client.register_script(lua.END_SESSION)
+        self._sweep = client.register_script(lua.SWEEP)
+        self._membership = client.register_script(lua.MEMBERSHIP)
+        self._sequence = client.register_script(lua.SEQUENCE)
+        self._history = client.register_script(lua.HISTORY)
+        self._pubsub: Any = None
+        self._groups: set[str] = set()
+        self.events = False
     @classmethod
     def from_config(cls, config: WebSocketConfig, client: Any = None) -> RedisBackend:
         """Build from config.redis_url, or wrap an existing redis.asyncio client."""
@@ -143,6 +162,26 @@ class RedisBackend:
     def broadcast_channel(self) -> str:
         """The channel every node subscribes to for broadcasts."""
         return f"{self._global}:all"
+
+    @property
+    def events_channel(self) -> str:
+        """The channel of cluster events (join/leave/connect/disconnect)."""
+        return f"{self._global}:events"
+
+    def group_channel(self, group: str) -> str:
+        """The channel of one group's messages."""
+        return f"{self._global}:gc:{group}"
+
+    def _k(self, kind: str, name: str | None = None) -> str:
+        """A key in the namespace slot: ``{ns}:<kind>`` or ``{ns}:<kind>:<name>``."""
+        return f"{self._global}:{kind}" if name is None else f"{self._global}:{kind}:{name}"
+
+    def _event_args(self) -> list[str | bytes]:
+        if not self.events:
+            return ["", b""]
+        head = [WIRE_VERSION, int(Kind.EVENT), self._node_id, None]
+        prefix = b"\x97" + b"".join(msgpack.packb(item, use_bin_type=True) for item in head)
+        return [self.events_channel, prefix]
 
     # ------------------------------------------------------------------ state
 
@@ -206,8 +245,11 @@ class RedisBackend:
         """Subscribe to the broadcast channel and this node's channels; yield envelopes."""
         channels = [self.broadcast_channel] + [
             self._node_channel(b, self._node_id) for b in range(self._buckets)
-        ]
+        ] + [self.group_channel(g) for g in sorted(self._groups)]
+        if self.events:
+            channels.append(self.events_channel)
         pubsub = self._client.pubsub()
+        self._pubsub = pubsub
         try:
             try:
                 async with asyncio.timeout(self._op_timeout):
@@ -222,6 +264,7 @@ class RedisBackend:
                 yield data
         finally:
             self._subscribed.clear()
+            self._pubsub = None
             try:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py lacks hints
             except (RedisError, OSError, RuntimeError):
@@ -358,7 +401,7 @@ class RedisBackend:
 
     # ------------------------------------------------------------------ liveness
 
-    async def keepalive(self, node_ttl: float) -> Liveness:
+    async def keepalive(self, node_ttl: float, session_ttl: float = 0.0) -> Liveness:
         """Refresh our deadline and reap nodes whose deadline passed.
 
         ``rejoined`` is True when our own entry had vanished (Redis restarted empty, or we
@@ -372,20 +415,26 @@ class RedisBackend:
         for node in expired:
             if node == self._node_id:
                 continue
-            await self._reap_node(node)
+            await self._reap_node(node, session_ttl)
             reaped.append(node)
         return Liveness(tuple(reaped), bool(added))
 
-    async def _reap_node(self, node: str) -> None:
+    async def _reap_node(self, node: str, session_ttl: float) -> None:
         removed = 0
         for bucket in range(self._buckets):
             remaining = 1
             while remaining:
-                got, remaining = await self._call(self._reap(
+                reply = await self._call(self._reap_clients(
                     keys=[self._presence_key(bucket), self._node_set(bucket, node)],
                     args=[node, _REAP_BATCH],
                 ))
-                removed += int(got)
+                remaining, clients = int(reply[0]), reply[1:]
+                removed += len(clients)
+                if clients:  # their sessions (and group memberships) end after session_ttl
+                    await self._call(self._suspend(
+                        keys=[self._k("away")],
+                        args=[int(session_ttl * 1000), self._k("s", ""), *clients],
+                    ))
         await self._call(self._forget_node(keys=[f"{self._global}:nodes"], args=[node]))
         logger.warning("reaped node %s: %d stale presence entries removed", node, removed)
 
@@ -422,6 +471,179 @@ class RedisBackend:
         """Live node ids by the Redis clock."""
         reply = await self._call(self._live_nodes(keys=[f"{self._global}:nodes"], args=[]))
         return sorted(_text(node) for node in reply)
+
+
+    # ------------------------------------------------------------------ groups
+
+    async def publish_group(self, group: str, envelope: bytes) -> int:
+        """PUBLISH to the group's channel; return how many other nodes received it."""
+        channel = self.group_channel(group)
+        if self._cluster:
+            receivers = await self._call(self._client.spublish(channel, envelope))
+        else:
+            receivers = await self._call(self._client.publish(channel, envelope))
+        mine = 1 if group in self._groups and self._subscribed.is_set() else 0
+        return max(int(receivers) - mine, 0)
+
+    async def _change_membership(self, client_id: str, group: str, action: str) -> bool:
+        changed = await self._call(self._membership(
+            keys=[self._k("g", group), self._k("cg", client_id)],
+            args=[client_id, group, *self._event_args(), self._node_id, self._publish_cmd,
+                  action],
+        ))
+        return bool(changed)
+
+    async def join_group(self, client_id: str, group: str) -> bool:
+        """SADD to the group and the client's group set (one script)."""
+        return await self._change_membership(client_id, group, "join")
+
+    async def leave_group(self, client_id: str, group: str) -> bool:
+        """SREM from the group and the client's group set (one script)."""
+        return await self._change_membership(client_id, group, "leave")
+
+    async def _members(self, key: str) -> list[str]:
+        found: list[str] = []
+        cursor = 0
+        while True:
+            cursor, batch = await self._call(self._client.sscan(key, cursor=cursor, count=500))
+            found.extend(_text(member) for member in batch)
+            if int(cursor) == 0:
+                return sorted(found)
+
+    async def group_members(self, group: str) -> list[str]:
+        """SSCAN the group's member set."""
+        return await self._members(self._k("g", group))
+
+    async def client_groups(self, client_id: str) -> list[str]:
+        """SSCAN the client's group set."""
+        return await self._members(self._k("cg", client_id))
+
+    async def subscribe_group(self, group: str) -> None:
+        """Add the group channel to this node's subscription."""
+        self._groups.add(group)
+        pubsub = self._pubsub
+        if pubsub is not None and self._subscribed.is_set():
+            try:
+                async with asyncio.timeout(self._op_timeout):
+                    if self._cluster:
+                        await pubsub.ssubscribe(self.group_channel(group))
+                    else:
+                        await pubsub.subscribe(self.group_channel(group))
+            except (RedisError, OSError, TimeoutError) as exc:
+                # the listener resubscribes everything in self._groups when it reconnects
+                raise BackendUnavailable(f"subscribe to group failed: {exc!r}") from exc
+
+    async def unsubscribe_group(self, group: str) -> None:
+        """Remove the group channel from this node's subscription."""
+        self._groups.discard(group)
+        pubsub = self._pubsub
+        if pubsub is not None and self._subscribed.is_set():
+            try:
+                async with asyncio.timeout(self._op_timeout):
+                    if self._cluster:
+                        await pubsub.sunsubscribe(self.group_channel(group))
+                    else:
+                        await pubsub.unsubscribe(self.group_channel(group))
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise BackendUnavailable(f"unsubscribe from group failed: {exc!r}") from exc
+
+    # ------------------------------------------------------------------ history
+
+    async def sequence(
+        self, target: Target, envelope: Envelope, *, size: int, ttl: float, meta_ttl: float
+    ) -> Sequenced:
+        """One script: next offset, XADD (trimmed), PUBLISH the complete envelope."""
+        stream = target.stream
+        client = target.name if target.kind == "client" else ""
+        if target.kind == "all":
+            channel = self.broadcast_channel
+        elif target.kind == "group":
+            channel = self.group_channel(target.name)
+        else:
+            channel = ""
+        bucket = self._bucket(client)
+        reply = await self._call(self._sequence(
+            keys=[self._k("h", stream), self._k("hm", stream), self._presence_key(bucket),
+                  self._k("s", client)],
+            args=[target.kind, sequenced_prefix(envelope), size, int(ttl * 1000),
+                  int(max(ttl, meta_ttl) * 1000), secrets.token_urlsafe(6),
+                  self._publish_cmd, channel, client, f"{self._tag(bucket)}:n:"],
+        ))
+        return Sequenced(int(reply[0]), _text(reply[1]), int(reply[2]))
+
+    async def history(self, stream: str, after: int, epoch: str) -> History:
+        """One script: check the epoch and coverage, return the entries after `after`."""
+        reply = await self._call(self._history(
+            keys=[self._k("h", stream), self._k("hm", stream)], args=[after, epoch],
+        ))
+        return History([bytes(raw) for raw in reply[1:]], bool(int(reply[0])))
+
+    # ------------------------------------------------------------------ sessions
+
+    async def load_session(self, client_id: str) -> SessionState | None:
+        """One script: the session's groups and user data, if it exists."""
+        reply = await self._call(self._load_session(
+            keys=[self._k("s", client_id), self._k("cg", client_id), self._k("away")],
+            args=[client_id],
+        ))
+        if not int(reply[0]):
+            return None
+        groups = sorted(_text(g) for g in reply[1])
+        pairs = reply[2:]
+        user_data = {_text(pairs[i]): bytes(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        return SessionState(groups, user_data)
+
+    async def open_session(self, client_id: str) -> None:
+        """Create the session hash (no expiry) and take the client off the away list."""
+        await self._call(self._open_session(
+            keys=[self._k("s", client_id), self._k("away")], args=[client_id],
+        ))
+
+    async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
+        """HSET one user-data field."""
+        await self._call(self._client.hset(self._k("s", client_id), f"u:{key}", value))
+
+    async def suspend_session(self, client_id: str, ttl: float) -> None:
+        """Expire the session after `ttl` and put the client on the away list."""
+        await self._call(self._suspend(
+            keys=[self._k("away")], args=[int(ttl * 1000), self._k("s", ""), client_id],
+        ))
+
+    async def end_session(self, client_id: str) -> list[str]:
+        """One script: leave every group, drop the session."""
+        reply = await self._call(self._end_session(
+            keys=[self._k("cg", client_id), self._k("s", client_id), self._k("away")],
+            args=[client_id, self._k("g", ""), *self._event_args(), self._node_id,
+                  self._publish_cmd],
+        ))
+        return sorted(_text(g) for g in reply)
+
+    async def sweep_sessions(self, limit: int = 100) -> list[str]:
+        """One script: end the sessions whose time ran out."""
+        if self._buckets != 1:
+            return await self._sweep_across_slots(limit)
+        reply = await self._call(self._sweep(
+            keys=[self._k("away"), self._presence_key(0)],
+            args=[limit, self._k("cg", ""), self._k("g", ""), self._k("s", "")],
+        ))
+        return [_text(cid) for cid in reply]
+
+
+    async def _sweep_across_slots(self, limit: int) -> list[str]:
+        """The sweep when presence lives in other hash slots: a few round trips per client
+        (sessions end rarely; no script may span slots)."""
+        now_ms = int(time.time() * 1000)
+        due = await self._call(self._client.zrangebyscore(
+            self._k("away"), "-inf", now_ms, start=0, num=limit
+        ))
+        ended = []
+        for raw in due:
+            client_id = _text(raw)
+            await self._call(self._client.zrem(self._k("away"), client_id))
+            if await self.locate(client_id) is None:
+                await self.end_session(client_id)
+                ended.append(client_id)
+        return ended
 
 
 __all__ = ["RedisBackend", "kick_prefix", "parse_entry"]

@@ -115,3 +115,155 @@ for i = 2, #ARGV, 2 do
 end
 return lost
 """
+
+# KEYS: presence hash, dead node's set. ARGV: dead node id, batch size.
+# Like REAP_BATCH but returns {remaining, removed client ids...} so sessions can be suspended.
+REAP_CLIENTS: Final = """
+local members = redis.call('SPOP', KEYS[2], tonumber(ARGV[2]))
+local out = {0}
+for _, cid in ipairs(members) do
+  local cur = redis.call('HGET', KEYS[1], cid)
+  if cur and string.match(cur, '^([^|]*)|') == ARGV[1] then
+    redis.call('HDEL', KEYS[1], cid)
+    table.insert(out, cid)
+  end
+end
+out[1] = redis.call('SCARD', KEYS[2])
+return out
+"""
+
+# KEYS: away zset. ARGV: ttl_ms, session-key prefix, client ids...
+# The clients left (or their node died): their sessions end after ttl unless they return.
+SUSPEND: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+  redis.call('PEXPIRE', ARGV[2] .. ARGV[i], ttl + 1000)
+end
+return #ARGV - 2
+"""
+
+# KEYS: session hash, client's group set, away zset. ARGV: client id.
+# Returns {exists, groups, user-data field/value pairs...} for a live or resumable session.
+LOAD_SESSION: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local out = {1, redis.call('SMEMBERS', KEYS[2])}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 2) == 'u:' then
+    table.insert(out, string.sub(fields[i], 3))
+    table.insert(out, fields[i + 1])
+  end
+end
+return out
+"""
+
+# KEYS: session hash, away zset. ARGV: client id. The session lives while connected.
+OPEN_SESSION: Final = """
+redis.call('HSET', KEYS[1], '_', '1')
+redis.call('PERSIST', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: client's group set, session hash, away zset.
+# ARGV: client id, group-set prefix, events channel ('' = none), event prefix, node id,
+#       publish command. Ends the session: leaves every group. Returns the groups left.
+END_SESSION: Final = """
+local groups = redis.call('SMEMBERS', KEYS[1])
+for _, g in ipairs(groups) do
+  redis.call('SREM', ARGV[2] .. g, ARGV[1])
+  if ARGV[3] ~= '' then
+    local ev = cjson.encode({event = 'leave', client_id = ARGV[1], group = g, node_id = ARGV[5]})
+    redis.call(ARGV[6], ARGV[3], ARGV[4] .. cmsgpack.pack(ev) .. '\\192\\192')
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return groups
+"""
+
+# KEYS: away zset, presence hash. ARGV: limit, client-group-set prefix, group-set prefix,
+#       session prefix. Ends sessions whose deadline passed (unless the client is back).
+SWEEP: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local ended = {}
+for _, cid in ipairs(due) do
+  redis.call('ZREM', KEYS[1], cid)
+  if not redis.call('HGET', KEYS[2], cid) then
+    local groups = redis.call('SMEMBERS', ARGV[2] .. cid)
+    for _, g in ipairs(groups) do redis.call('SREM', ARGV[3] .. g, cid) end
+    redis.call('DEL', ARGV[2] .. cid, ARGV[4] .. cid)
+    table.insert(ended, cid)
+  end
+end
+return ended
+"""
+
+# KEYS: group set, client's group set. ARGV: client id, group, events channel ('' = none),
+#       event prefix, node id, publish command, 'join' or 'leave'.
+MEMBERSHIP: Final = """
+local changed
+if ARGV[7] == 'join' then
+  changed = redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('SADD', KEYS[2], ARGV[2])
+else
+  changed = redis.call('SREM', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
+end
+if changed == 1 and ARGV[3] ~= '' then
+  local ev = cjson.encode({event = ARGV[7], client_id = ARGV[1], group = ARGV[2],
+                           node_id = ARGV[5]})
+  redis.call(ARGV[6], ARGV[3], ARGV[4] .. cmsgpack.pack(ev) .. '\\192\\192')
+end
+return changed
+"""
+
+# KEYS: stream, meta hash, presence hash, session hash.
+# ARGV: target kind, envelope prefix, max entries, stream ttl ms, meta ttl ms, new epoch,
+#       publish command, channel (all/group), client id, node-channel prefix.
+# Returns {offset, epoch, receivers}; {0, '', 0} when a client target is gone for good.
+SEQUENCE: Final = """
+local channel = ARGV[8]
+if ARGV[1] == 'client' then
+  local cur = redis.call('HGET', KEYS[3], ARGV[9])
+  local node = cur and string.match(cur, '^([^|]*)|')
+  if not node and redis.call('EXISTS', KEYS[4]) == 0 then return {0, '', 0} end
+  channel = node and (ARGV[10] .. node) or ''
+end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
+local env = ARGV[2] .. cmsgpack.pack(offset) .. cmsgpack.pack(epoch)
+redis.call('XADD', KEYS[1], 'MAXLEN', tonumber(ARGV[3]), offset .. '-0', 'e', env)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))
+local receivers = 0
+if channel ~= '' then receivers = redis.call(ARGV[7], channel, env) end
+return {offset, epoch, receivers}
+"""
+
+# KEYS: stream, meta hash. ARGV: after offset, epoch ('' with offset 0: from the start).
+# Returns {1, envelopes...} when the stream covers everything after `after`, else {0}.
+HISTORY: Final = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then return {1} end
+if ARGV[2] ~= '' and epoch ~= ARGV[2] then return {0} end
+local last = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
+local after = tonumber(ARGV[1])
+if after > last then return {0} end
+if after == last then return {1} end
+local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+')
+if #entries == 0 or entries[1][1] ~= string.format('%d-0', after + 1) then return {0} end
+local out = {1}
+for _, entry in ipairs(entries) do table.insert(out, entry[2][2]) end
+return out
+"""

@@ -58,8 +58,23 @@ def test_decode_accepts_any_bytes_like(wrap: type) -> None:
 
 
 def test_trailing_fields_from_a_later_version_are_ignored() -> None:
-    raw = pack([*valid_fields(), "new-field", {"nested": [1, 2]}, None])
+    # fields 8 and 9 are offset and epoch (nil: not sequenced); later ones are unknown
+    raw = pack([*valid_fields(), None, None, "new-field", {"nested": [1, 2]}, None])
     assert decode(raw) == Envelope(Kind.DIRECT, "node-a", "alice", "hi")
+
+
+def test_offset_and_epoch_follow_the_seven_base_fields() -> None:
+    raw = pack([*valid_fields(), 42, "ep0ch"])
+    decoded = decode(raw)
+    assert (decoded.offset, decoded.epoch, decoded.stream) == (42, "ep0ch", "c:alice")
+    assert decode(encode(decoded)) == decoded
+
+
+@pytest.mark.parametrize("position", [[0, "e"], [-1, "e"], [True, "e"], [1.5, "e"], [3, ""],
+                                      [3, 7]])
+def test_malformed_positions_are_rejected(position: list[object]) -> None:
+    with pytest.raises(WireError):
+        decode(pack([*valid_fields(), *position]))
 
 
 def test_encoding_is_stable() -> None:
@@ -123,7 +138,7 @@ def _with(index: int, value: object) -> list[object]:
         _with(0, None),
         _with(0, [1]),
         _with(1, 0),
-        _with(1, 6),
+        _with(1, 99),
         _with(1, "DIRECT"),
         _with(1, None),
         _with(1, [2]),

@@ -1,0 +1,771 @@
+"""Python client for stabilizer servers: pongs, reconnects, tokens and positions.
+
+It speaks docs/protocol.md over the ``websockets`` library (extra ``client``)::
+
+    from stabilizer.client import RetryPolicy, connect
+
+    async with connect("ws://host/ws/{client_id}", client_id="alice",
+                       retry=RetryPolicy(base=0.5, cap=30.0)) as conn:
+        await conn.send("hello")            # waits while reconnecting, up to send_timeout
+        async for message in conn:          # application messages only: str or bytes
+            ...
+
+What it does for you:
+
+- answers ``ping`` frames with ``pong`` and never yields a control frame (session, ping,
+  pong, resume, error): ``on_control`` sees each of them, ``conn.session`` is the newest
+  session frame (``conn.node_id``, ``conn.token``);
+- reconnects when the close code allows it (protocol section 5): after the server's
+  ``{"retry_ms": N}`` advice for 1012/1013, else after capped full-jitter backoff
+  (``RetryPolicy``). With several URLs, each attempt uses the next one (failover);
+- resumes with the newest reconnect token, and with history sends ``positions``, drops
+  duplicates and unwraps ``data``/``data_b64``; after 4501/4502 it retries once without the
+  token (a fresh session);
+- after every reconnect calls ``on_resume`` (also ``conn.last_resume``): ``recovered`` false
+  means messages were missed (``failed`` streams, or no history, or ``session_resumed``
+  false: the server forgot the session) and the application must resync.
+
+States: ``conn.state``, and ``on_state(StateChange)`` at every change and every scheduled
+retry::
+
+    CONNECTING -> OPEN -> RECONNECTING -> OPEN -> ... -> CLOSED
+
+CONNECTING until the first connection opens (``async with`` / ``start()`` return then);
+RECONNECTING while a lost connection is re-established, one StateChange per scheduled
+attempt with its ``delay`` and the ``close_code`` that caused it; CLOSED once, at the end.
+A connection is open when its session frame arrives (``welcome=False``: at the handshake).
+
+Ends: after ``aclose()`` iteration stops and ``recv`` raises ClientClosedError. A close code
+that forbids reconnecting (1000, 1008, 1009, 4500-4999) raises ServerClosedError from
+``start``, ``recv``, iteration and ``send``; so do RetriesExhaustedError (``max_attempts``
+failed attempts in a row) and HandshakeRejectedError. ``send`` raises SendTimeoutError when
+no connection opens within its timeout: a message is sent or an exception says why.
+Callbacks run in the client's task: keep them short (``queue.put_nowait`` is ideal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import copy
+import itertools
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from types import TracebackType
+from typing import Final, Self, TypeVar
+from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as open_websocket
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidProxy,
+    InvalidStatus,
+    InvalidURI,
+    WebSocketException,
+)
+
+from stabilizer._util import JSONValue, backoff_delay
+from stabilizer.config import CloseCode, should_reconnect
+from stabilizer.errors import ConfigError, WebSocketStabilizerError, WireError
+
+__all__ = [
+    "ClientClosedError", "ClientError", "CloseAction", "Connection", "ConnectionState",
+    "HandshakeRejectedError", "Positions", "ResumeResult", "RetriesExhaustedError",
+    "RetryPolicy", "SendTimeoutError", "ServerClosedError", "SessionInfo", "StateChange",
+    "build_url", "close_action", "connect", "retry_advice_seconds", "retry_delay", "unwrap",
+]
+
+logger = logging.getLogger(__name__)
+
+Frame = dict[str, JSONValue]
+T = TypeVar("T")
+
+CONTROL_TYPES: Final = frozenset({"session", "ping", "pong", "resume", "error"})
+ADVISED_CODES: Final = frozenset({CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER})
+RETRYABLE_HTTP: Final = frozenset({408, 429, 500, 502, 503, 504})
+_OWN_PARAMS: Final = frozenset({"token", "positions"})
+_LOST: Final = 1006
+
+
+class ClientError(WebSocketStabilizerError):
+    """Base of the errors stabilizer.client raises."""
+
+
+class ClientClosedError(ClientError):
+    """The connection is closed for good: nothing more is sent or received."""
+
+    def __init__(self, message: str, *, code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class ServerClosedError(ClientClosedError):
+    """The server closed with a code that forbids reconnecting (1000, 1008, 1009, 4500+)."""
+
+
+class RetriesExhaustedError(ClientClosedError):
+    """``RetryPolicy.max_attempts`` attempts in a row failed to open a connection."""
+
+
+class HandshakeRejectedError(ClientClosedError):
+    """The URL is unusable, the upgrade was refused for good (HTTP 403, 404...), or the
+    server's session belongs to another client id."""
+
+
+class SendTimeoutError(ClientError, TimeoutError):
+    """``send`` found no open connection, or could not finish, within its timeout."""
+
+
+class ConnectionState(StrEnum):
+    """Where the client is in its life: see the module docstring."""
+
+    CONNECTING = "connecting"
+    OPEN = "open"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+class CloseAction(Enum):
+    """What a close code tells the client to do next."""
+
+    RETRY = "retry"
+    RETRY_WITHOUT_TOKEN = "retry_without_token"
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Capped exponential backoff with full jitter, optionally bounded in attempts.
+
+    ``max_attempts`` counts attempts in a row that fail to open (None: never give up);
+    ``max_advice`` bounds the delay a server may ask for in a 1012/1013 close reason.
+    """
+
+    base: float = 0.25
+    cap: float = 30.0
+    max_attempts: int | None = None
+    max_advice: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("base", "cap", "max_advice"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    value > 0 and math.isfinite(value)):
+                raise ConfigError(f"RetryPolicy.{name} must be a positive number, got {value!r}")
+        if self.max_attempts is not None and (
+                isinstance(self.max_attempts, bool) or self.max_attempts < 1):
+            raise ConfigError(f"RetryPolicy.max_attempts must be >= 1 or None, "
+                              f"got {self.max_attempts!r}")
+
+    def delay(self, failures: int) -> float:
+        """Seconds before the next attempt after `failures` failed attempts in a row."""
+        return backoff_delay(failures, base=self.base, cap=self.cap)
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One state change, or one more scheduled attempt while (re)connecting."""
+
+    state: ConnectionState
+    failures: int = 0              # attempts in a row that failed to open
+    delay: float = 0.0             # seconds until the next attempt
+    close_code: int | None = None  # why the last socket ended (1006: no close frame)
+    close_reason: str = ""
+    url: str | None = None         # the URL just opened or just lost (never with a token)
+    error: ClientClosedError | None = None  # what ended the client (CLOSED); None: aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """The server's ``session`` frame."""
+
+    client_id: str
+    conn_id: str
+    node_id: str
+    resumed: bool
+    token: str | None
+    heartbeat_interval: float | None
+    history: bool
+
+    @classmethod
+    def from_frame(cls, frame: Mapping[str, JSONValue]) -> SessionInfo:
+        """Read a session frame, tolerating missing fields."""
+        token = frame.get("token")
+        interval = frame.get("heartbeat_interval")
+        return cls(
+            client_id=str(frame.get("client_id", "")), conn_id=str(frame.get("conn_id", "")),
+            node_id=str(frame.get("node_id", "")), resumed=frame.get("resumed") is True,
+            token=token if isinstance(token, str) and token else None,
+            heartbeat_interval=float(interval) if isinstance(interval, int | float) else None,
+            history=frame.get("history") is True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeResult:
+    """What a reconnect recovered; ``recovered`` false means: resync from your own source."""
+
+    recovered: bool
+    replayed: int = 0
+    failed: tuple[str, ...] = ()   # streams the server could not replay
+    session_resumed: bool = True   # false: the token was refused, this is a fresh session
+
+
+@dataclass(frozen=True, slots=True)
+class Wrapped:
+    """An application message as a history ``message`` frame carries it."""
+
+    stream: str
+    offset: int
+    epoch: str
+    payload: str | bytes
+
+
+class Positions:
+    """Per stream, the ``[offset, epoch]`` of the last message handed to the application."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, str]] = {}
+
+    def accept(self, stream: str, offset: int, epoch: str) -> bool:
+        """Record a message; False for a duplicate (same epoch, offset not greater)."""
+        last = self._last.get(stream)
+        if last is not None and last[1] == epoch and offset <= last[0]:
+            return False
+        if last is not None and last[1] == epoch and offset > last[0] + 1:
+            logger.warning("stream %r skipped offsets %d..%d", stream, last[0] + 1, offset - 1)
+        self._last[stream] = (offset, epoch)
+        return True
+
+    def snapshot(self) -> dict[str, tuple[int, str]]:
+        """A copy of the recorded positions."""
+        return dict(self._last)
+
+    def encode(self) -> str | None:
+        """The ``positions`` query value (JSON), or None when nothing was recorded."""
+        if not self._last:
+            return None
+        value = {stream: [offset, epoch] for stream, (offset, epoch) in self._last.items()}
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def close_action(code: int, *, used_token: bool) -> CloseAction:
+    """Decide from a close code alone what to do next (protocol section 5)."""
+    if code in (CloseCode.INVALID_TOKEN, CloseCode.TOKEN_EXPIRED):
+        return CloseAction.RETRY_WITHOUT_TOKEN if used_token else CloseAction.STOP
+    return CloseAction.RETRY if should_reconnect(code) else CloseAction.STOP
+
+
+def retry_advice_seconds(reason: str, *, limit: float = 60.0) -> float | None:
+    """Read ``{"retry_ms": N}`` from a close reason as seconds (at most `limit`).
+
+    None for free text, another JSON value, or a negative, non-finite or non-numeric N.
+    """
+    if not reason.startswith("{"):
+        return None
+    try:
+        value = json.loads(reason)
+    except ValueError:
+        return None
+    retry_ms = value.get("retry_ms") if isinstance(value, dict) else None
+    if isinstance(retry_ms, bool) or not isinstance(retry_ms, int | float):
+        return None
+    if not math.isfinite(retry_ms) or retry_ms < 0:
+        return None
+    return min(retry_ms / 1000, limit)
+
+
+def retry_delay(policy: RetryPolicy, failures: int, code: int, reason: str) -> float:
+    """Seconds before the next attempt: the server's advice for 1012/1013, else backoff."""
+    if code in ADVISED_CODES:
+        advice = retry_advice_seconds(reason, limit=policy.max_advice)
+        if advice is not None:
+            return advice
+    return policy.delay(failures)
+
+
+def build_url(url: str, *, token: str | None = None, positions: str | None = None) -> str:
+    """Merge the client's token and positions into `url`'s query string.
+
+    Other parameters are kept as written; a stale ``token`` or ``positions`` is replaced.
+    """
+    parts = urlsplit(url)
+    kept = [pair for pair in parts.query.split("&")
+            if pair and unquote_plus(pair.split("=", 1)[0]) not in _OWN_PARAMS]
+    if token is not None:
+        kept.append("token=" + quote(token, safe=""))
+    if positions is not None:
+        kept.append("positions=" + quote(positions, safe=""))
+    return urlunsplit(parts._replace(query="&".join(kept)))
+
+
+def control_frame(text: str, *, history: bool) -> Frame | None:
+    """Parse a text frame that is a control frame (or, with history, a wrapped message)."""
+    if not text.startswith("{") or '"type"' not in text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("type")
+    if kind in CONTROL_TYPES or (history and kind == "message"):
+        return value
+    return None
+
+
+def unwrap(frame: Mapping[str, JSONValue]) -> Wrapped:
+    """Read a history ``message`` frame.
+
+    Raises:
+        WireError: a field is missing or has the wrong type, or data_b64 is not base64.
+    """
+    stream, offset, epoch = frame.get("stream"), frame.get("offset"), frame.get("epoch")
+    if (not isinstance(stream, str) or not isinstance(epoch, str)
+            or isinstance(offset, bool) or not isinstance(offset, int)):
+        raise WireError("message frame without a valid stream, offset and epoch")
+    data = frame.get("data")
+    if isinstance(data, str):
+        return Wrapped(stream, offset, epoch, data)
+    encoded = frame.get("data_b64")
+    if not isinstance(encoded, str):
+        raise WireError(f"message frame on {stream!r} carries neither data nor data_b64")
+    try:
+        return Wrapped(stream, offset, epoch, base64.b64decode(encoded, validate=True))
+    except binascii.Error as exc:
+        raise WireError(f"message frame on {stream!r} has invalid data_b64") from exc
+
+
+def _url_source(url: str | Sequence[str] | Callable[[], str],
+                client_id: str | None) -> Callable[[], str]:
+    if callable(url):
+        return url
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ConfigError("connect() needs at least one URL")
+    if client_id is not None:
+        urls = [u.replace("{client_id}", quote(client_id, safe="")) for u in urls]
+    for each in urls:
+        if urlsplit(each).scheme not in ("ws", "wss"):
+            raise ConfigError(f"{each!r} is not a ws:// or wss:// URL")
+    rotation = itertools.cycle(urls)
+    return lambda: next(rotation)
+
+
+def _notify(callback: Callable[[T], object] | None, value: T) -> None:
+    if callback is None:
+        return
+    try:
+        callback(value)
+    except Exception:  # the application's bug must not end the connection
+        logger.error("stabilizer client callback %r failed", callback, exc_info=True)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    url: str
+    used_token: bool
+    opened: bool = False
+    code: int = _LOST
+    reason: str = ""
+
+
+class Connection:
+    """A WebSocket to a stabilizer server that survives restarts, failovers and outages."""
+
+    def __init__(
+        self,
+        url: str | Sequence[str] | Callable[[], str],
+        *,
+        client_id: str | None = None,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
+        send_timeout: float = 10.0,
+        open_timeout: float = 10.0,
+        close_timeout: float = 2.0,
+        max_inbox_messages: int = 1024,
+        max_message_size: int | None = 16 * 2**20,
+        welcome: bool = True,
+        headers: Mapping[str, str] | None = None,
+        on_state: Callable[[StateChange], object] | None = None,
+        on_control: Callable[[Frame], object] | None = None,
+        on_resume: Callable[[ResumeResult], object] | None = None,
+    ) -> None:
+        self._urls = _url_source(url, client_id)
+        self._client_id = client_id
+        self._token = token
+        self._retry = retry or RetryPolicy()
+        self._send_timeout = send_timeout
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._max_inbox = max_inbox_messages
+        self._max_message_size = max_message_size
+        self._welcome = welcome
+        self._headers = dict(headers or {})
+        self._on_state, self._on_control, self._on_resume = on_state, on_control, on_resume
+        self.state = ConnectionState.CONNECTING
+        self.session: SessionInfo | None = None
+        self.last_resume: ResumeResult | None = None
+        self._positions = Positions()
+        self._history = False
+        self._inbox: collections.deque[str | bytes] = collections.deque()
+        self._inbox_changed = asyncio.Condition()
+        self._state_changed = asyncio.Condition()
+        self._ws: ClientConnection | None = None
+        self._ever_opened = False
+        self._error: ClientClosedError | None = None
+        self._closed_by_app = False
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def client_id(self) -> str | None:
+        """The client id given to connect(), else the one in the last session frame."""
+        return self._client_id or (self.session.client_id if self.session else None)
+
+    @property
+    def node_id(self) -> str | None:
+        """The replica serving the current (or last) connection."""
+        return self.session.node_id if self.session else None
+
+    @property
+    def token(self) -> str | None:
+        """The newest reconnect token (persist it to resume from another process)."""
+        return self._token
+
+    @property
+    def positions(self) -> dict[str, tuple[int, str]]:
+        """Per stream, the ``(offset, epoch)`` of the last message handed over."""
+        return self._positions.snapshot()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Connect, retrying per the policy, and return once a connection is open.
+
+        Raises:
+            ClientClosedError: ServerClosedError, RetriesExhaustedError or
+                HandshakeRejectedError when no connection could be opened.
+        """
+        if self._runner is not None:
+            raise RuntimeError("this Connection was already started")
+        self._runner = asyncio.create_task(self._run(), name="stabilizer-client")
+        try:
+            async with self._state_changed:
+                await self._state_changed.wait_for(
+                    lambda: self._ever_opened or self._error is not None)
+        except BaseException:
+            await self.aclose()
+            raise
+        if not self._ever_opened:
+            await self.aclose()
+            raise self._closed_error()
+
+    async def aclose(self) -> None:
+        """Close for good (code 1000) and stop reconnecting; idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            await asyncio.wait([runner])
+        await self._finish(ClientClosedError("the application closed this connection"),
+                           by_app=True)
+
+    async def send(self, message: str | bytes, *, timeout: float | None = None) -> None:
+        """Send one message, waiting while reconnecting (up to `timeout`, else send_timeout).
+
+        Raises:
+            SendTimeoutError: no connection opened, or the send did not finish, in time.
+            ClientClosedError: the connection is closed for good (the subclass says why).
+        """
+        if not isinstance(message, str | bytes):
+            raise TypeError(f"send() takes str or bytes, got {type(message).__name__}")
+        limit = self._send_timeout if timeout is None else timeout
+        stale: ClientConnection | None = None
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    ws = await self._wait_open(stale)
+                    try:
+                        await ws.send(message)
+                        return
+                    except ConnectionClosed:
+                        stale = ws  # not written: send it on the next connection
+        except TimeoutError as exc:
+            raise SendTimeoutError(
+                f"send did not complete within {limit}s (state {self.state}); "
+                "the message may not have been sent"
+            ) from exc
+
+    async def recv(self) -> str | bytes:
+        """Return the next application message, waiting through reconnects.
+
+        Raises:
+            ClientClosedError: closed for good and every received message was returned.
+        """
+        async with self._inbox_changed:
+            await self._inbox_changed.wait_for(lambda: bool(self._inbox) or bool(self._error))
+            if self._inbox:
+                message = self._inbox.popleft()
+                self._inbox_changed.notify_all()
+                return message
+        raise self._closed_error()
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[str | bytes]:
+        while True:
+            try:
+                message = await self.recv()
+            except ClientClosedError:
+                if self._closed_by_app:
+                    return
+                raise
+            yield message
+
+    def _closed_error(self) -> ClientClosedError:
+        assert self._error is not None
+        return copy.copy(self._error)  # each raise gets its own traceback
+
+    async def _wait_open(self, stale: ClientConnection | None) -> ClientConnection:
+        async with self._state_changed:
+            await self._state_changed.wait_for(
+                lambda: self._error is not None or self._ws not in (None, stale))
+            if self._error is not None:
+                raise self._closed_error()
+            assert self._ws is not None
+            return self._ws
+
+    async def _run(self) -> None:
+        """Connect, serve and reconnect until closed for good; owns every socket."""
+        failures, delay = 0, 0.0
+        try:
+            await self._set_state(StateChange(ConnectionState.CONNECTING))
+            while True:
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                attempt = await self._attempt()
+                failures = 0 if attempt.opened else failures + 1
+                delay = await self._plan(attempt, failures)
+        except ClientClosedError as exc:
+            await self._finish(exc)
+        except Exception as exc:  # a bug: end the client loudly rather than hang its users
+            logger.error("stabilizer client failed", exc_info=True)
+            await self._finish(ClientClosedError(f"client failed unexpectedly: {exc!r}"))
+
+    async def _plan(self, attempt: _Attempt, failures: int) -> float:
+        """Return the delay before the next attempt; raise when there is none."""
+        code, reason = attempt.code, attempt.reason
+        action = close_action(code, used_token=attempt.used_token)
+        if action is CloseAction.STOP:
+            raise ServerClosedError(f"server closed with {_code_name(code)}"
+                                    f"{': ' + reason if reason else ''}; not reconnecting",
+                                    code=code, reason=reason)
+        limit = self._retry.max_attempts
+        if limit is not None and failures >= limit:
+            raise RetriesExhaustedError(f"{failures} attempts in a row failed; last: "
+                                        f"{_code_name(code)} {reason}", code=code, reason=reason)
+        if action is CloseAction.RETRY_WITHOUT_TOKEN:
+            logger.info("token refused (%s); reconnecting with a fresh session", code)
+            self._token, delay = None, 0.0
+        else:
+            delay = retry_delay(self._retry, failures, code, reason)
+        state = ConnectionState.RECONNECTING if self._ever_opened else ConnectionState.CONNECTING
+        await self._set_state(StateChange(state, failures=failures, delay=delay, close_code=code,
+                                          close_reason=reason, url=attempt.url))
+        return delay
+
+    async def _attempt(self) -> _Attempt:
+        """Open one socket and serve it until it closes; report how it ended."""
+        attempt = _Attempt(url=self._urls(), used_token=self._token is not None)
+        positions = self._positions.encode() if self._token is not None else None
+        target = build_url(attempt.url, token=self._token, positions=positions)
+        try:
+            ws = await open_websocket(
+                target, open_timeout=self._open_timeout, close_timeout=self._close_timeout,
+                max_size=self._max_message_size, additional_headers=self._headers or None)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status not in RETRYABLE_HTTP:
+                raise HandshakeRejectedError(
+                    f"{attempt.url} answered HTTP {status} to the upgrade; check the URL "
+                    "and credentials", reason=f"HTTP {status}") from exc
+            attempt.reason = f"HTTP {status}"
+            return attempt
+        except (InvalidURI, InvalidProxy) as exc:
+            raise HandshakeRejectedError(f"cannot connect to {attempt.url}: {exc}") from exc
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            attempt.reason = f"connect failed: {exc.__class__.__name__}: {exc}"
+            return attempt
+        try:
+            await self._serve(ws, attempt)
+        finally:
+            await self._drop(ws)
+        return attempt
+
+    async def _serve(self, ws: ClientConnection, attempt: _Attempt) -> None:
+        try:
+            if self._welcome:
+                async with asyncio.timeout(self._open_timeout):
+                    first = await ws.recv()
+                await self._handle(ws, first)  # the session frame: token, node id
+            await self._open(ws, attempt)
+            while True:
+                await self._handle(ws, await ws.recv())
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None:
+                attempt.code, attempt.reason = exc.rcvd.code, exc.rcvd.reason
+            else:
+                attempt.reason = "connection lost without a close frame"
+        except TimeoutError:
+            attempt.reason = "no session frame in time" if not attempt.opened else (
+                "could not write a pong in time")
+        finally:
+            async with self._state_changed:
+                if self._ws is ws:
+                    self._ws = None
+                    self._state_changed.notify_all()
+        if attempt.opened:
+            logger.info("stabilizer connection to %s closed: %d %s", self.node_id,
+                        attempt.code, attempt.reason)
+
+    async def _drop(self, ws: ClientConnection) -> None:
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await ws.close()
+        except (TimeoutError, OSError):
+            ws.transport.abort()
+
+    async def _open(self, ws: ClientConnection, attempt: _Attempt) -> None:
+        reconnect = self._ever_opened
+        attempt.opened = self._ever_opened = True
+        async with self._state_changed:
+            self._ws = ws
+            self._state_changed.notify_all()
+        logger.info("stabilizer connection open on node %s", self.node_id)
+        await self._set_state(StateChange(ConnectionState.OPEN, url=attempt.url))
+        session = self.session
+        if reconnect and not (session is not None and session.resumed and self._history):
+            # no resume frame will come: tell the application what it missed
+            self._resumed(ResumeResult(recovered=False, session_resumed=bool(
+                session is not None and session.resumed)))
+
+    async def _handle(self, ws: ClientConnection, raw: str | bytes) -> None:
+        frame = control_frame(raw, history=self._history) if isinstance(raw, str) else None
+        if frame is None:
+            await self._deliver(raw)
+            return
+        kind = frame["type"]
+        if kind == "message":
+            try:
+                wrapped = unwrap(frame)
+            except WireError as exc:
+                logger.warning("dropping a message frame: %s", exc)
+                return
+            if self._positions.accept(wrapped.stream, wrapped.offset, wrapped.epoch):
+                await self._deliver(wrapped.payload)
+            return
+        _notify(self._on_control, frame)
+        if kind == "ping":
+            async with asyncio.timeout(self._send_timeout):
+                await ws.send("pong")
+        elif kind == "session":
+            self._on_session(SessionInfo.from_frame(frame))
+        elif kind == "resume":
+            failed = frame.get("failed")
+            replayed = frame.get("replayed")
+            self._resumed(ResumeResult(
+                recovered=frame.get("recovered") is True,
+                replayed=replayed if isinstance(replayed, int) else 0,
+                failed=tuple(str(s) for s in failed) if isinstance(failed, list) else ()))
+        elif kind == "error":
+            logger.warning("server dropped a message: %s", frame.get("code"))
+
+    def _on_session(self, info: SessionInfo) -> None:
+        if self._client_id is not None and info.client_id != self._client_id:
+            raise HandshakeRejectedError(
+                f"server opened a session for client {info.client_id!r}, expected "
+                f"{self._client_id!r}; check the URL")
+        self.session, self._token, self._history = info, info.token, info.history
+
+    def _resumed(self, result: ResumeResult) -> None:
+        self.last_resume = result
+        _notify(self._on_resume, result)
+
+    async def _deliver(self, message: str | bytes) -> None:
+        async with self._inbox_changed:
+            # a slow application stops the reading here; the server ends up closing the
+            # socket (4000/1013) and the client reconnects, keeping what it buffered
+            await self._inbox_changed.wait_for(lambda: len(self._inbox) < self._max_inbox)
+            self._inbox.append(message)
+            self._inbox_changed.notify_all()
+
+    async def _set_state(self, change: StateChange) -> None:
+        async with self._state_changed:
+            self.state = change.state
+            self._state_changed.notify_all()
+        _notify(self._on_state, change)
+
+    async def _finish(self, error: ClientClosedError, *, by_app: bool = False) -> None:
+        if self._error is not None:
+            return
+        self._error, self._closed_by_app = error, by_app
+        async with self._inbox_changed:
+            self._inbox_changed.notify_all()
+        if not by_app:
+            logger.info("stabilizer client closed for good: %s", error)
+        await self._set_state(StateChange(ConnectionState.CLOSED, close_code=error.code,
+                                          close_reason=error.reason,
+                                          error=None if by_app else error))
+
+
+def _code_name(code: int) -> str:
+    try:
+        return f"{code} ({CloseCode(code).name})"
+    except ValueError:
+        return str(code)
+
+
+def connect(
+    url: str | Sequence[str] | Callable[[], str],
+    *,
+    client_id: str | None = None,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+    send_timeout: float = 10.0,
+    open_timeout: float = 10.0,
+    close_timeout: float = 2.0,
+    max_inbox_messages: int = 1024,
+    max_message_size: int | None = 16 * 2**20,
+    welcome: bool = True,
+    headers: Mapping[str, str] | None = None,
+    on_state: Callable[[StateChange], object] | None = None,
+    on_control: Callable[[Frame], object] | None = None,
+    on_resume: Callable[[ResumeResult], object] | None = None,
+) -> Connection:
+    """Return an unstarted Connection; ``async with`` (or ``await start()``) opens it.
+
+    `url` is a ws:// URL, a list tried in turn (failover), or a callable returning the URL
+    for each attempt; ``{client_id}`` in it is replaced by the quoted `client_id`, which the
+    session frame must then match. `token` resumes a session saved from an earlier process.
+    """
+    return Connection(
+        url, client_id=client_id, token=token, retry=retry, send_timeout=send_timeout,
+        open_timeout=open_timeout, close_timeout=close_timeout,
+        max_inbox_messages=max_inbox_messages, max_message_size=max_message_size,
+        welcome=welcome, headers=headers, on_state=on_state, on_control=on_control,
+        on_resume=on_resume)

@@ -481,17 +481,18 @@ class Delivery:
     async def replay(
         self, conn: Connection, positions: dict[str, tuple[int, str]], streams: set[str]
     ) -> tuple[int, list[str]]:
-        """Send `conn` what it missed on `streams` since `positions`, then release the frames
-        held meanwhile (without duplicates); return (replayed count, failed streams)."""
+        """Send `conn` what it missed on `streams` since `positions` (an empty epoch: from
+        the start of the stream), then release the frames held meanwhile without
+        duplicates; return (replayed count, failed streams)."""
         replayed = 0
         failed: list[str] = []
         delivered: dict[str, int] = {}
         now = time.monotonic()
         backend = self._m.backend
         for stream in sorted(streams):
-            after, epoch = positions.get(stream, (0, ""))
-            if not epoch and stream != f"c:{conn.client_id}":
-                continue  # never received anything on it: nothing to catch up
+            if stream not in positions:
+                continue  # no known starting point: nothing to catch up
+            after, epoch = positions[stream]
             try:
                 found = await self._bounded(backend.history(stream, after, epoch))
             except (BackendUnavailable, TimeoutError):
@@ -512,11 +513,8 @@ class Delivery:
                 if conn.offer(frame, now):
                     replayed += 1
         held, conn.hold = conn.hold or [], None
+        conn.replayed = delivered or None
         for stream_name, offset, frame in held:
-            if offset is not None and stream_name is not None and (
-                offset <= delivered.get(stream_name, 0)
-            ):
-                continue
-            conn.offer(frame, now)
+            conn.deliver(frame, now, stream_name, offset)
         conn.offer(Frame.text(resume_frame(replayed, failed)), now)
         return replayed, failed

@@ -66,6 +66,7 @@ from stabilizer.results import (
     ShutdownReport,
 )
 from stabilizer.stats import NodeStats
+from stabilizer.streams import resume_frame
 from stabilizer.tokens import TokenCodec
 
 if TYPE_CHECKING:
@@ -298,8 +299,8 @@ class WebSocketConnectionManager:
         if self.config.history_enabled and resuming:
             conn.hold = []
         await self._register_presence(conn)
-        if self.config.history_enabled:
-            await self._open_session(conn, resuming)
+        if self.config.history_enabled and not resuming:
+            await self._open_session(conn, fresh=True)
         if not self.is_accepting:  # shutdown began while we waited on the backend
             await self._unregister_presence(conn)
             raise ShutdownError("node is shutting down; connect to another node")
@@ -319,12 +320,12 @@ class WebSocketConnectionManager:
         await self.delivery.publish_event("connect", client_id)
         return conn
 
-    async def _open_session(self, conn: Connection, resuming: bool) -> None:
+    async def _open_session(self, conn: Connection, *, fresh: bool) -> None:
         try:
             async with asyncio.timeout(self.config.op_timeout * 2):
-                if not resuming:  # a fresh session: whatever the client had before ends
+                if fresh:  # a fresh session: whatever the client had before ends
                     await self._backend.end_session(conn.client_id)
-                await self._backend.open_session(conn.client_id)
+                await self._backend.open_session(conn.client_id, fresh=fresh)
         except (BackendUnavailable, TimeoutError) as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)
@@ -342,15 +343,23 @@ class WebSocketConnectionManager:
         except BackendUnavailable:
             state = None
         if state is None:  # session expired or lost: nothing can be vouched for
+            await self._open_session(conn, fresh=True)
             failed = sorted(positions) or ["*"]
-            conn.hold = None
-            conn.offer(Frame.text(json.dumps(
-                {"type": "resume", "recovered": False, "replayed": 0, "failed": failed},
-                separators=(",", ":"))), time.monotonic())
+            now = time.monotonic()
+            conn.offer(Frame.text(resume_frame(0, failed)), now)
+            held, conn.hold = conn.hold or [], None
+            for _, _, frame in held:  # live frames since admission, in order
+                conn.offer(frame, now)
             return False, 0, failed
+        await self._open_session(conn, fresh=False)
         await self._restore(conn, state)
         streams = {"all", f"c:{conn.client_id}", *(f"g:{g}" for g in state.groups)}
-        replayed, failed = await self.delivery.replay(conn, positions, streams)
+        # a stream the client holds no position for is replayed from where it stood when
+        # the session began (or the client joined the group)
+        starts = {stream: positions.get(stream) or state.baselines.get(stream)
+                  for stream in streams}
+        replayed, failed = await self.delivery.replay(
+            conn, {k: v for k, v in starts.items() if v is not None}, streams)
         return not failed, replayed, failed
 
     async def _restore(self, conn: Connection, state: SessionState) -> None:
@@ -474,6 +483,9 @@ class WebSocketConnectionManager:
     ) -> None:
         """Close and remove the client's connection on this node.
 
+        With history enabled, a normal closure (the default code) ends the client's
+        session; any other code leaves it resumable for session_ttl.
+
         Called from the handler whose socket was already replaced, timed out or evicted, it
         does nothing: connection identity decides, so it never closes a newer socket.
 
@@ -488,7 +500,7 @@ class WebSocketConnectionManager:
         conn = self._pool.get(client_id) if is_text(client_id) else None
         if conn is None:
             raise ConnectionNotFoundError(f"client {client_id!r} is not connected to this node")
-        await self.release(conn, code=code, reason=reason, keep_session=False)
+        await self.release(conn, code=code, reason=reason)
 
     async def release(
         self,

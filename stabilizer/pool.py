@@ -85,8 +85,8 @@ class Connection:
     __slots__ = (
         "__weakref__", "_drain_task", "_on_fail", "_send", "client_id", "conn_id", "created_at",
         "groups", "hold", "last_activity", "limits", "metadata", "outbox", "owner",
-        "pong_waiters", "queued_bytes", "socket", "state", "user_data", "user_data_bytes",
-        "writing",
+        "pong_waiters", "queued_bytes", "replayed", "socket", "state", "user_data",
+        "user_data_bytes", "writing",
     )
 
     def __init__(
@@ -121,6 +121,9 @@ class Connection:
         # While a resuming client is replayed its history, live frames wait here with their
         # (stream, offset) so that none is delivered twice or out of order.
         self.hold: list[tuple[str | None, int | None, Frame]] | None = None
+        # After a replay: the last offset replayed per stream, so that a live copy of a
+        # replayed message that the node delivers late is not sent twice.
+        self.replayed: dict[str, int] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id!r} {self.conn_id} {self.state.name}>"
@@ -132,9 +135,14 @@ class Connection:
 
     def deliver(self, frame: Frame, now: float, stream: str | None = None,
                 offset: int | None = None) -> bool:
-        """Like offer(), but a frame arriving during a resume replay waits its turn."""
+        """Like offer(), but a frame arriving during a resume replay waits its turn, and a
+        frame already replayed is not sent again."""
         if self.hold is not None and self.state is State.OPEN:
             self.hold.append((stream, offset, frame))
+            return True
+        if self.replayed is not None and stream is not None and offset is not None and (
+            offset <= self.replayed.get(stream, 0)
+        ):
             return True
         return self.offer(frame, now)
 

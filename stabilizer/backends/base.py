@@ -71,10 +71,16 @@ class History:
 
 @dataclass(frozen=True, slots=True)
 class SessionState:
-    """What a resumable session keeps while its client is away."""
+    """What a resumable session keeps while its client is away.
+
+    ``baselines`` are the positions of the client's streams when the session started (or
+    when it joined a group): a resuming client that holds no position for one of its streams
+    is replayed from there.
+    """
 
     groups: list[str] = field(default_factory=list)
     user_data: dict[str, bytes] = field(default_factory=dict)
+    baselines: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +206,8 @@ class Backend(Protocol):
         ...
 
     async def join_group(self, client_id: str, group: str) -> bool:
-        """Add a member cluster-wide; False if it already was one."""
+        """Add a member cluster-wide (recording the group stream's baseline in the client's
+        session, if it has one); False if it already was a member."""
         ...
 
     async def leave_group(self, client_id: str, group: str) -> bool:
@@ -250,8 +257,9 @@ class Backend(Protocol):
         """Return the resumable session of `client_id`, or None."""
         ...
 
-    async def open_session(self, client_id: str) -> None:
-        """Mark the session live (no expiry while connected)."""
+    async def open_session(self, client_id: str, *, fresh: bool) -> None:
+        """Mark the session live (no expiry while connected); a fresh one records the
+        baselines of the client's ``all`` and ``c:<client_id>`` streams."""
         ...
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import secrets
 import time
@@ -48,10 +49,11 @@ class _Stream:
 
 
 class _Session:
-    __slots__ = ("until", "user_data")
+    __slots__ = ("baselines", "until", "user_data")
 
     def __init__(self) -> None:
         self.user_data: dict[str, bytes] = {}
+        self.baselines: dict[str, tuple[int, str]] = {}
         self.until: float | None = None
 
 
@@ -103,6 +105,11 @@ class MemoryHub:
             return None
         return record
 
+    def position(self, stream: str, now: float) -> tuple[int, str]:
+        """Where `stream` stands now: (last offset, epoch), or (0, "") if it has none."""
+        state = self.stream(stream, now)
+        return (0, "") if state is None else (state.offset, state.epoch)
+
     def end_session(self, client_id: str) -> list[str]:
         """Drop a session and its group memberships; return the groups left."""
         self.sessions.pop(client_id, None)
@@ -138,6 +145,7 @@ class MemoryBackend:
         self._node_id = ""
         self._closed = False
         self._subscribed = asyncio.Event()
+        self.events = False
 
     @property
     def name(self) -> str:
@@ -328,10 +336,16 @@ class MemoryBackend:
     async def join_group(self, client_id: str, group: str) -> bool:
         """Add a member."""
         self._check()
-        members = self._hub.groups.setdefault(group, set())
+        hub = self._hub
+        members = hub.groups.setdefault(group, set())
         added = client_id not in members
         members.add(client_id)
-        self._hub.client_groups.setdefault(client_id, set()).add(group)
+        hub.client_groups.setdefault(client_id, set()).add(group)
+        record = hub.sessions.get(client_id)
+        if added and record is not None:
+            record.baselines[f"g:{group}"] = hub.position(f"g:{group}", time.time())
+        if added:
+            self._event("join", client_id, group)
         return added
 
     async def leave_group(self, client_id: str, group: str) -> bool:
@@ -343,6 +357,11 @@ class MemoryBackend:
         if not members:
             self._hub.groups.pop(group, None)
         self._hub.client_groups.get(client_id, set()).discard(group)
+        record = self._hub.sessions.get(client_id)
+        if record is not None:
+            record.baselines.pop(f"g:{group}", None)
+        if removed:
+            self._event("leave", client_id, group)
         return removed
 
     async def group_members(self, group: str) -> list[str]:
@@ -424,16 +443,20 @@ class MemoryBackend:
         if record is None:
             return None
         groups = sorted(self._hub.client_groups.get(client_id, ()))
-        return SessionState(groups, dict(record.user_data))
+        return SessionState(groups, dict(record.user_data), dict(record.baselines))
 
-    async def open_session(self, client_id: str) -> None:
+    async def open_session(self, client_id: str, *, fresh: bool) -> None:
         """Create or revive the session; it does not expire while connected."""
         self._check()
         hub = self._hub
-        record = hub.session(client_id, time.time())
+        now = time.time()
+        record = hub.session(client_id, now)
         if record is None:
             hub.end_session(client_id)
             record = hub.sessions[client_id] = _Session()
+        if fresh:
+            for stream in ("all", f"c:{client_id}"):
+                record.baselines[stream] = hub.position(stream, now)
         record.until = None
         hub.away.pop(client_id, None)
 
@@ -456,7 +479,21 @@ class MemoryBackend:
     async def end_session(self, client_id: str) -> list[str]:
         """Drop the session and memberships now."""
         self._check()
-        return self._hub.end_session(client_id)
+        left = self._hub.end_session(client_id)
+        for group in left:
+            self._event("leave", client_id, group)
+        return left
+
+    def _event(self, event: str, client_id: str, group: str) -> None:
+        """Tell the other nodes about a membership change (cluster_events)."""
+        if not self.events:
+            return
+        body = json.dumps({"event": event, "client_id": client_id, "group": group,
+                           "node_id": self._node_id})
+        raw = encode(Envelope(Kind.EVENT, self._node_id, None, body))
+        for node_id in list(self._hub.inboxes):
+            if node_id != self._node_id:
+                self._hub.deliver(node_id, raw)
 
     async def sweep_sessions(self, limit: int = 100) -> list[str]:
         """End sessions whose time ran out (unless the client came back)."""

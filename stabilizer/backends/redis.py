@@ -71,6 +71,21 @@ def parse_entry(client_id: str, raw: bytes | str) -> Presence | None:
     return Presence(client_id, parts[0], parts[1], since)
 
 
+def parse_position(raw: bytes) -> tuple[int, str] | None:
+    """Parse a stored ``offset|epoch`` baseline; None if malformed."""
+    offset, _, epoch = raw.decode("utf-8", "replace").partition("|")
+    try:
+        return int(offset), epoch
+    except ValueError:
+        return None
+
+
+def _channel_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
@@ -116,6 +131,7 @@ class RedisBackend:
         self._history = client.register_script(lua.HISTORY)
         self._pubsub: Any = None
         self._groups: set[str] = set()
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self.events = False
     @classmethod
     def from_config(cls, config: WebSocketConfig, client: Any = None) -> RedisBackend:
@@ -296,6 +312,9 @@ class RedisBackend:
                 if isinstance(data, bytes):
                     yield data
             elif kind in ("subscribe", "ssubscribe"):
+                waiter = self._confirmations.pop(_channel_bytes(message.get("channel")), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
                 confirmed += 1
                 if confirmed == channels:
                     self._available = True
@@ -487,7 +506,8 @@ class RedisBackend:
 
     async def _change_membership(self, client_id: str, group: str, action: str) -> bool:
         changed = await self._call(self._membership(
-            keys=[self._k("g", group), self._k("cg", client_id)],
+            keys=[self._k("g", group), self._k("cg", client_id), self._k("s", client_id),
+                  self._k("hm", f"g:{group}")],
             args=[client_id, group, *self._event_args(), self._node_id, self._publish_cmd,
                   action],
         ))
@@ -519,17 +539,23 @@ class RedisBackend:
         return await self._members(self._k("cg", client_id))
 
     async def subscribe_group(self, group: str) -> None:
-        """Add the group channel to this node's subscription."""
+        """Add the group channel to this node's subscription; return once Redis confirmed
+        it, so that a history read that follows cannot miss a message in between."""
         self._groups.add(group)
         pubsub = self._pubsub
         if pubsub is not None and self._subscribed.is_set():
+            channel = self.group_channel(group)
+            confirmed = asyncio.get_running_loop().create_future()
+            self._confirmations[channel.encode()] = confirmed
             try:
                 async with asyncio.timeout(self._op_timeout):
                     if self._cluster:
-                        await pubsub.ssubscribe(self.group_channel(group))
+                        await pubsub.ssubscribe(channel)
                     else:
-                        await pubsub.subscribe(self.group_channel(group))
+                        await pubsub.subscribe(channel)
+                    await confirmed
             except (RedisError, OSError, TimeoutError) as exc:
+                self._confirmations.pop(channel.encode(), None)
                 # the listener resubscribes everything in self._groups when it reconnects
                 raise BackendUnavailable(f"subscribe to group failed: {exc!r}") from exc
 
@@ -589,14 +615,24 @@ class RedisBackend:
         if not int(reply[0]):
             return None
         groups = sorted(_text(g) for g in reply[1])
+        user_data: dict[str, bytes] = {}
+        baselines: dict[str, tuple[int, str]] = {}
         pairs = reply[2:]
-        user_data = {_text(pairs[i]): bytes(pairs[i + 1]) for i in range(0, len(pairs), 2)}
-        return SessionState(groups, user_data)
+        for i in range(0, len(pairs) - 1, 2):
+            name, value = _text(pairs[i]), bytes(pairs[i + 1])
+            if name.startswith("u:"):
+                user_data[name[2:]] = value
+            elif (position := parse_position(value)) is not None:
+                baselines[name[2:]] = position
+        return SessionState(groups, user_data, baselines)
 
-    async def open_session(self, client_id: str) -> None:
-        """Create the session hash (no expiry) and take the client off the away list."""
+    async def open_session(self, client_id: str, *, fresh: bool) -> None:
+        """Create the session hash (no expiry), take the client off the away list, and for
+        a fresh session record its streams' baselines."""
         await self._call(self._open_session(
-            keys=[self._k("s", client_id), self._k("away")], args=[client_id],
+            keys=[self._k("s", client_id), self._k("away"), self._k("hm", "all"),
+                  self._k("hm", f"c:{client_id}")],
+            args=[client_id, "1" if fresh else "0"],
         ))
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:

@@ -146,25 +146,37 @@ return #ARGV - 2
 """
 
 # KEYS: session hash, client's group set, away zset. ARGV: client id.
-# Returns {exists, groups, user-data field/value pairs...} for a live or resumable session.
+# Returns {exists, groups, field/value pairs...} (user data "u:<key>", baselines
+# "p:<stream>" = "offset|epoch") for a live or resumable session.
 LOAD_SESSION: Final = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local out = {1, redis.call('SMEMBERS', KEYS[2])}
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 2) == 'u:' then
-    table.insert(out, string.sub(fields[i], 3))
+  local prefix = string.sub(fields[i], 1, 2)
+  if prefix == 'u:' or prefix == 'p:' then
+    table.insert(out, fields[i])
     table.insert(out, fields[i + 1])
   end
 end
 return out
 """
 
-# KEYS: session hash, away zset. ARGV: client id. The session lives while connected.
+# KEYS: session hash, away zset, meta of "all", meta of "c:<client>".
+# ARGV: client id, '1' for a fresh session. The session lives while connected; a fresh one
+# records where the client's streams stand now (its replay baselines).
 OPEN_SESSION: Final = """
 redis.call('HSET', KEYS[1], '_', '1')
 redis.call('PERSIST', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[2] == '1' then
+  local streams = {'all', 'c:' .. ARGV[1]}
+  for i = 3, 4 do
+    local epoch = redis.call('HGET', KEYS[i], 'epoch')
+    local offset = redis.call('HGET', KEYS[i], 'offset') or '0'
+    redis.call('HSET', KEYS[1], 'p:' .. streams[i - 2], offset .. '|' .. (epoch or ''))
+  end
+end
 return 1
 """
 
@@ -204,16 +216,24 @@ end
 return ended
 """
 
-# KEYS: group set, client's group set. ARGV: client id, group, events channel ('' = none),
-#       event prefix, node id, publish command, 'join' or 'leave'.
+# KEYS: group set, client's group set, client's session hash, group stream meta.
+# ARGV: client id, group, events channel ('' = none), event prefix, node id, publish
+#       command, 'join' or 'leave'. A join records the group stream's baseline position in
+#       the client's session (when it has one).
 MEMBERSHIP: Final = """
 local changed
 if ARGV[7] == 'join' then
   changed = redis.call('SADD', KEYS[1], ARGV[1])
   redis.call('SADD', KEYS[2], ARGV[2])
+  if changed == 1 and redis.call('EXISTS', KEYS[3]) == 1 then
+    local epoch = redis.call('HGET', KEYS[4], 'epoch')
+    local offset = redis.call('HGET', KEYS[4], 'offset') or '0'
+    redis.call('HSET', KEYS[3], 'p:g:' .. ARGV[2], offset .. '|' .. (epoch or ''))
+  end
 else
   changed = redis.call('SREM', KEYS[1], ARGV[1])
   redis.call('SREM', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[3], 'p:g:' .. ARGV[2])
 end
 if changed == 1 and ARGV[3] ~= '' then
   local ev = cjson.encode({event = ARGV[7], client_id = ARGV[1], group = ARGV[2],

@@ -1,0 +1,279 @@
+"""Groups, history, resume and hooks across several managers (memory hub and real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from stabilizer import CloseCode, MemoryBackend, WebSocketConnectionManager
+from stabilizer.results import ClusterEvent, ConnectionEvent
+from tests.integration.test_cluster import Cluster, cluster, started
+from tests.support.fakes import FakeSocket
+
+__all__ = ["cluster"]
+
+HISTORY = {"history_size": 100, "history_ttl": 60.0, "session_ttl": 60.0}
+
+
+async def messages(sock: FakeSocket, count: int) -> list[Any]:
+    """The next `count` application frames (history frames unwrapped to their data)."""
+    got = []
+    while len(got) < count:
+        frame = await sock.next_json()
+        got.append(frame)
+    return got
+
+
+async def subscribers(manager: WebSocketConnectionManager, group: str) -> int:
+    """How many nodes receive `group`'s channel (observable accounting)."""
+    backend = manager.backend
+    if isinstance(backend, MemoryBackend):
+        return len(backend.hub.group_nodes.get(group, ()))
+    client = Redis.from_url(manager.config.redis_url or "")
+    try:
+        channel = backend.group_channel(group)  # type: ignore[attr-defined]
+        [(_, count)] = await client.pubsub_numsub(channel)
+        return int(count)
+    finally:
+        await client.aclose()
+
+
+async def test_group_messages_reach_members_on_every_node(cluster: Cluster) -> None:
+    a, b, c = cluster("a"), cluster("b"), cluster("c")
+    await started(a, b, c)
+    socks = {name: FakeSocket(name) for name in ("m1", "m2", "m3", "outsider")}
+    await a.connect("m1", socks["m1"])
+    await b.connect("m2", socks["m2"])
+    await b.connect("m3", socks["m3"])
+    await c.connect("outsider", socks["outsider"])
+    for member in ("m1", "m2", "m3"):
+        await a.join_group(member, "room:α")  # m2 and m3 live on b: routed there
+
+    async with asyncio.timeout(5):
+        while await subscribers(b, "room:α") != 2:  # a and b subscribed, c not
+            await asyncio.sleep(0.02)
+    result = await c.send_to_group("room:α", {"hi": "room"}, exclude_client="m3")
+    assert result.remote_nodes == 2
+    assert await socks["m1"].next_json() == {"hi": "room"}
+    assert await socks["m2"].next_json() == {"hi": "room"}
+    assert await c.get_group_members("room:α") == ["m1", "m2", "m3"]
+    assert await b.get_client_groups("m2") == ["room:α"]
+    await c.broadcast("sentinel")
+    assert await socks["m3"].next() == "sentinel"  # m3 was excluded from the group message
+    assert await socks["outsider"].next() == "sentinel"
+
+
+async def test_a_node_unsubscribes_when_its_last_member_leaves(cluster: Cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    await started(a, b)
+    await a.connect("x", FakeSocket())
+    await a.connect("y", FakeSocket())
+    await a.join_group("x", "room")
+    await a.join_group("y", "room")
+    assert await subscribers(a, "room") == 1
+    await a.leave_group("x", "room")
+    assert await subscribers(a, "room") == 1
+    await a.disconnect("y")  # the last local member goes: no more traffic for this node
+    async with asyncio.timeout(5):
+        while await subscribers(a, "room") != 0:
+            await asyncio.sleep(0.02)
+    assert await b.get_group_members("room") == []  # no history: leaving on disconnect
+
+
+async def test_join_unknown_client_raises(cluster: Cluster) -> None:
+    from stabilizer import ConnectionNotFoundError
+
+    a = cluster("a")
+    await started(a)
+    with pytest.raises(ConnectionNotFoundError):
+        await a.join_group("ghost", "room")
+    with pytest.raises(ValueError, match="group"):
+        await a.join_group("ghost", "")
+
+
+async def test_history_frames_carry_consecutive_positions(cluster: Cluster) -> None:
+    a, b = cluster("a", **HISTORY), cluster("b", **HISTORY)
+    await started(a, b)
+    on_a, on_b = FakeSocket("on-a"), FakeSocket("on-b")
+    await a.connect("on-a", on_a)
+    await b.connect("on-b", on_b)
+    for i in range(3):
+        result = await (a if i % 2 else b).broadcast({"i": i})
+        assert result.offset == i + 1
+    for sock in (on_a, on_b):
+        frames = await messages(sock, 3)
+        assert [f["offset"] for f in frames] == [1, 2, 3]
+        assert [json.loads(f["data"]) for f in frames] == [{"i": 0}, {"i": 1}, {"i": 2}]
+        assert {f["stream"] for f in frames} == {"all"}
+        assert len({f["epoch"] for f in frames}) == 1
+
+
+async def resume_on(
+    manager: WebSocketConnectionManager, client_id: str, positions: dict[str, tuple[int, str]]
+) -> tuple[FakeSocket, tuple[bool, int, list[str]]]:
+    sock = FakeSocket(client_id)
+    conn = await manager.admit(client_id, sock, resuming=True)
+    return sock, await manager.resume(conn, positions)
+
+
+@pytest.mark.parametrize("same_node", [True, False])
+async def test_a_resumed_client_gets_every_missed_message_once_in_order(
+    cluster: Cluster, same_node: bool
+) -> None:
+    a, b = cluster("a", **HISTORY), cluster("b", **HISTORY)
+    await started(a, b)
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    await a.join_group("alice", "room")
+    await a.set_user_data("alice", "name", "Alice")
+    await b.broadcast("before")
+    seen = await alice.next_json()
+    positions = {"all": (seen["offset"], seen["epoch"])}
+    await a.disconnect("alice", code=CloseCode.GOING_AWAY, reason="network lost")
+
+    await b.broadcast("missed-1")
+    await b.send_to_group("room", "missed-2")
+    await b.send_to_client("alice", "missed-3")  # kept for the resumable session
+
+    target = a if same_node else b
+    sock, (recovered, replayed, failed) = await resume_on(target, "alice", positions)
+    assert (recovered, replayed, failed) == (True, 3, [])
+    frames = await messages(sock, 4)
+    assert sorted(f["data"] for f in frames[:3]) == ["missed-1", "missed-2", "missed-3"]
+    assert frames[3]["type"] == "resume"
+    await b.broadcast("live")
+    assert (await sock.next_json())["data"] == "live"
+    assert await target.get_user_data("alice", "name") == "Alice"
+    assert await target.get_group_members("room") == ["alice"]
+    await b.send_to_group("room", "group-live")
+    assert (await sock.next_json())["data"] == "group-live"
+
+
+async def test_resume_after_history_was_trimmed_says_recovery_failed(cluster: Cluster) -> None:
+    small = {**HISTORY, "history_size": 3}
+    a, b = cluster("a", **small), cluster("b", **small)
+    await started(a, b)
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    await b.broadcast("seen")
+    seen = await alice.next_json()
+    await a.disconnect("alice", code=CloseCode.GOING_AWAY)
+    for i in range(5):  # more than history_size while alice is away
+        await b.broadcast(f"lost-{i}")
+    sock, (recovered, replayed, failed) = await resume_on(
+        b, "alice", {"all": (seen["offset"], seen["epoch"])})
+    assert (recovered, replayed, failed) == (False, 0, ["all"])
+    final = await sock.next_json()
+    assert final == {"type": "resume", "recovered": False, "replayed": 0, "failed": ["all"]}
+
+
+async def test_resume_without_a_live_session_fails_explicitly(cluster: Cluster) -> None:
+    a = cluster("a", **HISTORY)
+    await started(a)
+    sock, (recovered, _, failed) = await resume_on(a, "stranger", {"all": (3, "old-epoch")})
+    assert recovered is False
+    assert failed == ["all"]
+    assert (await sock.next_json())["recovered"] is False
+
+
+async def test_positions_of_foreign_streams_are_ignored(cluster: Cluster) -> None:
+    a = cluster("a", **HISTORY)
+    await started(a)
+    insider = FakeSocket()
+    await a.connect("insider", insider)
+    await a.join_group("insider", "secret")
+    await a.send_to_group("secret", "classified")
+    epoch = (await insider.next_json())["epoch"]
+    await a.connect("spy", FakeSocket())
+    await a.disconnect("spy", code=CloseCode.GOING_AWAY)
+    sock, (_, replayed, _) = await resume_on(a, "spy", {"g:secret": (0, epoch)})
+    assert replayed == 0
+    assert (await sock.next_json())["type"] == "resume"
+    assert "classified" not in sock.texts()
+
+
+async def test_a_node_fills_a_gap_in_a_stream_from_history(make_manager: Any) -> None:
+    """Pub/sub is at-most-once: a node that misses a message recovers it from history."""
+    from stabilizer import MemoryHub, WebSocketConfig
+
+    hub = MemoryHub()
+    a = make_manager(WebSocketConfig(node_id="a", **HISTORY), backend=MemoryBackend(hub))
+    b = make_manager(WebSocketConfig(node_id="b", **HISTORY), backend=MemoryBackend(hub))
+    await started(a, b)
+    sock = FakeSocket()
+    await b.connect("bob", sock)
+    deliver = hub.deliver
+    dropped = []
+
+    def lossy(node_id: str, envelope: bytes) -> bool:
+        if node_id == "b" and not dropped and b"lost" in envelope:
+            dropped.append(envelope)
+            return True  # swallowed, as a dropped subscription would
+        return deliver(node_id, envelope)
+
+    hub.deliver = lossy  # type: ignore[method-assign]
+    for text in ("first", "lost", "third"):
+        await a.broadcast(text)
+    frames = await messages(sock, 3)
+    assert [f["data"] for f in frames] == ["first", "lost", "third"]
+    assert [f["offset"] for f in frames] == [1, 2, 3]
+    assert b.stats.gaps_filled == 1
+
+
+async def test_hooks_fire_exactly_once_per_connect_and_disconnect(cluster: Cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    await started(a, b)
+    events: list[tuple[str, str, int | None]] = []
+
+    @a.on_connect
+    def connected(event: ConnectionEvent) -> None:
+        events.append(("connect", event.client_id, event.code))
+
+    @a.on_disconnect
+    async def disconnected(event: ConnectionEvent) -> None:
+        events.append(("disconnect", event.client_id, event.code))
+
+    first, second = FakeSocket(), FakeSocket()
+    await a.connect("x", first)
+    await a.connect("x", second)  # replaces the first
+    await first.wait_closed()
+    await a.connect("y", FakeSocket())
+    await b.connect("y", FakeSocket())  # y moves to another node: kicked here
+    await a.disconnect("x")
+    async with asyncio.timeout(5):
+        while len(events) < 6:
+            await asyncio.sleep(0.01)
+    await a.graceful_shutdown(timeout=1)
+    assert sorted(events) == sorted([
+        ("connect", "x", None), ("connect", "x", None), ("connect", "y", None),
+        ("disconnect", "x", CloseCode.REPLACED), ("disconnect", "y", CloseCode.REPLACED),
+        ("disconnect", "x", CloseCode.NORMAL),
+    ])
+
+
+async def test_cluster_events_reach_every_node(cluster: Cluster) -> None:
+    a, b = cluster("a", cluster_events=True), cluster("b", cluster_events=True)
+    await started(a, b)
+    seen: list[ClusterEvent] = []
+    got_all = asyncio.Event()
+
+    def listener(event: ClusterEvent) -> None:
+        seen.append(event)
+        if len(seen) == 4:
+            got_all.set()
+
+    b.on_cluster_event(listener)
+    await a.connect("alice", FakeSocket())
+    await a.join_group("alice", "room")
+    await a.leave_group("alice", "room")
+    await a.disconnect("alice")
+    async with asyncio.timeout(5):
+        await got_all.wait()
+    assert [(e.event, e.client_id, e.group, e.node_id) for e in seen] == [
+        ("connect", "alice", None, "a"), ("join", "alice", "room", "a"),
+        ("leave", "alice", "room", "a"), ("disconnect", "alice", None, "a"),
+    ]

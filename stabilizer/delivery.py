@@ -150,6 +150,7 @@ class Delivery:
     ) -> BroadcastResult:
         """Give one frame to every local connection (or to `members`), yielding between
         slices of max_concurrent_broadcast recipients."""
+        started = time.perf_counter()
         result = BroadcastResult(0, 0, 0)
         slice_size = self._config.max_concurrent_broadcast
         budget = slice_size
@@ -172,6 +173,8 @@ class Delivery:
         stats = self._m.stats
         stats.messages_out += result.succeeded
         stats.bytes_out += result.succeeded * frame.size
+        if result.total:
+            stats.fanout_seconds.observe(time.perf_counter() - started)
         return result
 
     # ------------------------------------------------------------------ direct
@@ -338,6 +341,7 @@ class Delivery:
                     await self.dispatch(raw)
             except BackendUnavailable as exc:
                 failures += 1
+                self._m.stats.backend_reconnects += 1
                 self._m.request_resync()
                 delay = backoff_delay(failures)
                 self._backend_log.warning("subscription lost; resubscribing in %.2fs", delay,

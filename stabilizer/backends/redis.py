@@ -41,6 +41,7 @@ from stabilizer.backends.base import (
     Target,
 )
 from stabilizer.config import WebSocketConfig
+from stabilizer.stats import BackendStats
 from stabilizer.errors import BackendUnavailable, ConnectionLimitExceededError
 from stabilizer.wire import WIRE_VERSION, Envelope, Kind, sequenced_prefix
 
@@ -78,6 +79,27 @@ def parse_position(raw: bytes) -> tuple[int, str] | None:
         return int(offset), epoch
     except ValueError:
         return None
+
+
+_SCRIPT_NAMES: Final = {
+    lua.REGISTER: "register", lua.UNREGISTER: "unregister", lua.ROUTE: "route",
+    lua.KEEPALIVE: "keepalive", lua.SEQUENCE: "sequence", lua.HISTORY: "history",
+    lua.MEMBERSHIP: "membership",
+}
+
+
+def _operation_name(coro: Any) -> str:
+    """A short label for metrics: the script or command a coroutine runs."""
+    frame_locals = getattr(getattr(coro, "cr_frame", None), "f_locals", {}) or {}
+    owner = frame_locals.get("self")
+    script = getattr(owner, "script", None)
+    if isinstance(script, str | bytes):
+        text = script.decode() if isinstance(script, bytes) else script
+        return _SCRIPT_NAMES.get(text, "script")
+    args = frame_locals.get("args")
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0].lower()
+    return getattr(coro, "__name__", "command")
 
 
 def _channel_bytes(value: object) -> bytes:
@@ -132,6 +154,7 @@ class RedisBackend:
         self._pubsub: Any = None
         self._groups: set[str] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self.stats = BackendStats()
         self.events = False
     @classmethod
     def from_config(cls, config: WebSocketConfig, client: Any = None) -> RedisBackend:
@@ -228,14 +251,16 @@ class RedisBackend:
 
     async def _call(self, coro: Any) -> Any:
         """Await one Redis command under op_timeout; translate failures to ours."""
+        name = _operation_name(coro)
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._op_timeout):
                 result = await coro
-        except ConnectionLimitExceededError:
-            raise
         except (RedisError, OSError, TimeoutError) as exc:
             self._available = False
+            self.stats.observe(name, time.perf_counter() - started, False)
             raise BackendUnavailable(f"redis unavailable: {exc or type(exc).__name__}") from exc
+        self.stats.observe(name, time.perf_counter() - started, True)
         self._available = True
         return result
 

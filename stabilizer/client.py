@@ -40,7 +40,12 @@ that forbids reconnecting (1000, 1008, 1009, 4500-4999) raises ServerClosedError
 ``start``, ``recv``, iteration and ``send``; so do RetriesExhaustedError (``max_attempts``
 failed attempts in a row) and HandshakeRejectedError. ``send`` raises SendTimeoutError when
 no connection opens within its timeout: a message is sent or an exception says why.
-Callbacks run in the client's task: keep them short (``queue.put_nowait`` is ideal).
+Messages received before the end are still returned first. Callbacks run in the client's
+task: keep them short (``queue.put_nowait`` is ideal).
+
+Caveat: without history, an application message that is a JSON object whose "type" is a
+control type (session, ping, pong, resume, error) cannot be told from a control frame and
+is consumed as one; applications should not send such objects.
 """
 
 from __future__ import annotations
@@ -79,7 +84,8 @@ __all__ = [
     "ClientClosedError", "ClientError", "CloseAction", "Connection", "ConnectionState",
     "HandshakeRejectedError", "Positions", "ResumeResult", "RetriesExhaustedError",
     "RetryPolicy", "SendTimeoutError", "ServerClosedError", "SessionInfo", "StateChange",
-    "build_url", "close_action", "connect", "retry_advice_seconds", "retry_delay", "unwrap",
+    "Wrapped", "build_url", "close_action", "connect", "control_frame", "retry_advice_seconds",
+    "retry_delay", "unwrap",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,19 +152,23 @@ class RetryPolicy:
     """Capped exponential backoff with full jitter, optionally bounded in attempts.
 
     ``max_attempts`` counts attempts in a row that fail to open (None: never give up);
-    ``max_advice`` bounds the delay a server may ask for in a 1012/1013 close reason.
+    ``max_advice`` bounds the delay a server may ask for in a 1012/1013 close reason; a
+    connection closed before ``stable_after`` seconds counts as a failure for the backoff,
+    so a server that fails right after the handshake is not hammered.
     """
 
     base: float = 0.25
     cap: float = 30.0
     max_attempts: int | None = None
     max_advice: float = 60.0
+    stable_after: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("base", "cap", "max_advice"):
+        for name in ("base", "cap", "max_advice", "stable_after"):
             value = getattr(self, name)
+            lowest = 0.0 if name == "stable_after" else math.ulp(0.0)
             if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                    value > 0 and math.isfinite(value)):
+                    lowest <= value < math.inf):
                 raise ConfigError(f"RetryPolicy.{name} must be a positive number, got {value!r}")
         if self.max_attempts is not None and (
                 isinstance(self.max_attempts, bool) or self.max_attempts < 1):
@@ -175,7 +185,7 @@ class StateChange:
     """One state change, or one more scheduled attempt while (re)connecting."""
 
     state: ConnectionState
-    failures: int = 0              # attempts in a row that failed to open
+    failures: int = 0              # attempts in a row that failed or closed before stable_after
     delay: float = 0.0             # seconds until the next attempt
     close_code: int | None = None  # why the last socket ended (1006: no close frame)
     close_reason: str = ""
@@ -354,6 +364,8 @@ def _url_source(url: str | Sequence[str] | Callable[[], str],
         raise ConfigError("connect() needs at least one URL")
     if client_id is not None:
         urls = [u.replace("{client_id}", quote(client_id, safe="")) for u in urls]
+    elif any("{client_id}" in u for u in urls):
+        raise ConfigError("the URL has a {client_id} placeholder: pass client_id=")
     for each in urls:
         if urlsplit(each).scheme not in ("ws", "wss"):
             raise ConfigError(f"{each!r} is not a ws:// or wss:// URL")
@@ -375,6 +387,7 @@ class _Attempt:
     url: str
     used_token: bool
     opened: bool = False
+    stable: bool = False  # stayed open for RetryPolicy.stable_after seconds
     code: int = _LOST
     reason: str = ""
 
@@ -461,8 +474,8 @@ class Connection:
             ClientClosedError: ServerClosedError, RetriesExhaustedError or
                 HandshakeRejectedError when no connection could be opened.
         """
-        if self._runner is not None:
-            raise RuntimeError("this Connection was already started")
+        if self._runner is not None or self._error is not None:
+            raise RuntimeError("a Connection starts once; call connect() for a new one")
         self._runner = asyncio.create_task(self._run(), name="stabilizer-client")
         try:
             async with self._state_changed:
@@ -493,21 +506,26 @@ class Connection:
         """
         if not isinstance(message, str | bytes):
             raise TypeError(f"send() takes str or bytes, got {type(message).__name__}")
+        if self._runner is None and self._error is None:
+            raise RuntimeError("start the connection first (async with connect(...))")
         limit = self._send_timeout if timeout is None else timeout
         stale: ClientConnection | None = None
+        writing = False
         try:
             async with asyncio.timeout(limit):
                 while True:
                     ws = await self._wait_open(stale)
                     try:
+                        writing = True
                         await ws.send(message)
                         return
                     except ConnectionClosed:
-                        stale = ws  # not written: send it on the next connection
+                        stale, writing = ws, False  # not written: use the next connection
         except TimeoutError as exc:
             raise SendTimeoutError(
-                f"send did not complete within {limit}s (state {self.state}); "
-                "the message may not have been sent"
+                f"the socket did not take the message within {limit}s; it may be lost"
+                if writing else
+                f"no connection opened within {limit}s ({self.state}); the message was not sent"
             ) from exc
 
     async def recv(self) -> str | bytes:
@@ -516,8 +534,11 @@ class Connection:
         Raises:
             ClientClosedError: closed for good and every received message was returned.
         """
+        if self._runner is None and self._error is None:
+            raise RuntimeError("start the connection first (async with connect(...))")
         async with self._inbox_changed:
-            await self._inbox_changed.wait_for(lambda: bool(self._inbox) or bool(self._error))
+            await self._inbox_changed.wait_for(
+                lambda: bool(self._inbox) or self._error is not None)
             if self._inbox:
                 message = self._inbox.popleft()
                 self._inbox_changed.notify_all()
@@ -544,7 +565,8 @@ class Connection:
     async def _wait_open(self, stale: ClientConnection | None) -> ClientConnection:
         async with self._state_changed:
             await self._state_changed.wait_for(
-                lambda: self._error is not None or self._ws not in (None, stale))
+                lambda: self._error is not None or (
+                    self._ws is not None and self._ws is not stale))
             if self._error is not None:
                 raise self._closed_error()
             assert self._ws is not None
@@ -552,22 +574,23 @@ class Connection:
 
     async def _run(self) -> None:
         """Connect, serve and reconnect until closed for good; owns every socket."""
-        failures, delay = 0, 0.0
+        unopened, failures, delay = 0, 0, 0.0
         try:
             await self._set_state(StateChange(ConnectionState.CONNECTING))
             while True:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 attempt = await self._attempt()
-                failures = 0 if attempt.opened else failures + 1
-                delay = await self._plan(attempt, failures)
+                unopened = 0 if attempt.opened else unopened + 1
+                failures = 0 if attempt.stable else failures + 1
+                delay = await self._plan(attempt, unopened, failures)
         except ClientClosedError as exc:
             await self._finish(exc)
         except Exception as exc:  # a bug: end the client loudly rather than hang its users
             logger.error("stabilizer client failed", exc_info=True)
             await self._finish(ClientClosedError(f"client failed unexpectedly: {exc!r}"))
 
-    async def _plan(self, attempt: _Attempt, failures: int) -> float:
+    async def _plan(self, attempt: _Attempt, unopened: int, failures: int) -> float:
         """Return the delay before the next attempt; raise when there is none."""
         code, reason = attempt.code, attempt.reason
         action = close_action(code, used_token=attempt.used_token)
@@ -576,8 +599,8 @@ class Connection:
                                     f"{': ' + reason if reason else ''}; not reconnecting",
                                     code=code, reason=reason)
         limit = self._retry.max_attempts
-        if limit is not None and failures >= limit:
-            raise RetriesExhaustedError(f"{failures} attempts in a row failed; last: "
+        if limit is not None and unopened >= limit:
+            raise RetriesExhaustedError(f"{unopened} attempts in a row failed; last: "
                                         f"{_code_name(code)} {reason}", code=code, reason=reason)
         if action is CloseAction.RETRY_WITHOUT_TOKEN:
             logger.info("token refused (%s); reconnecting with a fresh session", code)
@@ -618,12 +641,15 @@ class Connection:
         return attempt
 
     async def _serve(self, ws: ClientConnection, attempt: _Attempt) -> None:
+        loop = asyncio.get_running_loop()
+        opened_at = math.inf
         try:
             if self._welcome:
                 async with asyncio.timeout(self._open_timeout):
                     first = await ws.recv()
                 await self._handle(ws, first)  # the session frame: token, node id
             await self._open(ws, attempt)
+            opened_at = loop.time()
             while True:
                 await self._handle(ws, await ws.recv())
         except ConnectionClosed as exc:
@@ -635,6 +661,7 @@ class Connection:
             attempt.reason = "no session frame in time" if not attempt.opened else (
                 "could not write a pong in time")
         finally:
+            attempt.stable = loop.time() - opened_at >= self._retry.stable_after
             async with self._state_changed:
                 if self._ws is ws:
                     self._ws = None
@@ -690,7 +717,7 @@ class Connection:
             replayed = frame.get("replayed")
             self._resumed(ResumeResult(
                 recovered=frame.get("recovered") is True,
-                replayed=replayed if isinstance(replayed, int) else 0,
+                replayed=replayed if type(replayed) is int else 0,
                 failed=tuple(str(s) for s in failed) if isinstance(failed, list) else ()))
         elif kind == "error":
             logger.warning("server dropped a message: %s", frame.get("code"))
@@ -760,8 +787,9 @@ def connect(
     """Return an unstarted Connection; ``async with`` (or ``await start()``) opens it.
 
     `url` is a ws:// URL, a list tried in turn (failover), or a callable returning the URL
-    for each attempt; ``{client_id}`` in it is replaced by the quoted `client_id`, which the
-    session frame must then match. `token` resumes a session saved from an earlier process.
+    for each attempt. ``{client_id}`` in a given URL is replaced by the quoted `client_id`;
+    a session frame for another client id then ends the client (HandshakeRejectedError).
+    `token` resumes a session saved from an earlier process.
     """
     return Connection(
         url, client_id=client_id, token=token, retry=retry, send_timeout=send_timeout,

@@ -101,7 +101,7 @@ def should_reconnect(code: int) -> bool:
         return True
     if 4500 <= code <= 4999:
         return False
-    return code in (1001, 1006, 1011, 1012, 1013, 1014)
+    return code in (1001, 1005, 1006, 1011, 1012, 1013, 1014)
 
 
 def _positive(name: str, value: float | int | None, *, optional: bool = False) -> None:

@@ -15,9 +15,14 @@ The smallest chat endpoint::
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, WebSocket
@@ -28,6 +33,7 @@ from stabilizer.errors import BackendUnavailable
 from stabilizer.manager import Phase, WebSocketConnectionManager
 from stabilizer.session import Session
 
+logger = logging.getLogger(__name__)
 MessageHandler = Callable[[str | bytes], Awaitable[None]]
 STATIC = Path(__file__).parent / "static"
 
@@ -75,18 +81,78 @@ def lifespan(
     manager: WebSocketConnectionManager,
     *,
     shutdown_timeout: float = 30.0,
+    drain_on_signal: bool = True,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """Return a FastAPI lifespan that starts the manager and shuts it down gracefully."""
+    """Return a FastAPI lifespan that starts the manager and shuts it down gracefully.
+
+    uvicorn answers SIGTERM/SIGINT by closing every WebSocket with a bare 1012 *before* the
+    lifespan shutdown runs, which would skip draining and retry advice. With
+    `drain_on_signal` the first SIGTERM or SIGINT first runs ``graceful_shutdown`` (refuse
+    new sockets, drain outboxes, close with 1001/1012 and jittered retry advice) and then
+    hands the signal to the server's own handler. A second signal skips the drain.
+    """
 
     @asynccontextmanager
     async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.start()
+        restore = _drain_before_server_exit(manager, shutdown_timeout) if drain_on_signal else None
         try:
             yield
         finally:
+            if restore is not None:
+                restore()
             await manager.graceful_shutdown(timeout=shutdown_timeout)
 
     return _lifespan
+
+
+def _drain_before_server_exit(
+    manager: WebSocketConnectionManager, timeout: float
+) -> Callable[[], None] | None:
+    """Chain a handler in front of the server's SIGTERM/SIGINT handlers; return an undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+    draining: list[asyncio.Task[Any]] = []
+
+    def pass_on(sig: int, frame: FrameType | None) -> None:
+        handler = previous.get(sig)
+        if callable(handler):
+            handler(sig, frame)
+        elif handler == signal.SIG_DFL:
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+
+    async def drain_then_exit(sig: int, frame: FrameType | None) -> None:
+        try:
+            await manager.graceful_shutdown(timeout=timeout)
+        except Exception:
+            logger.exception("graceful shutdown on signal %d failed", sig)
+        finally:
+            pass_on(sig, frame)
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        if draining:  # a second signal: do not wait any longer
+            pass_on(sig, frame)
+            return
+        logger.info("signal %d: draining WebSocket connections before the server stops", sig)
+        loop.call_soon_threadsafe(
+            lambda: draining.append(loop.create_task(drain_then_exit(sig, frame)))
+        )
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, on_signal)
+        except (ValueError, OSError):  # not allowed here: leave the server's handling alone
+            return None
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is on_signal:
+                signal.signal(sig, handler)
+
+    return restore
 
 
 def router(manager: WebSocketConnectionManager, *, prefix: str = "") -> APIRouter:

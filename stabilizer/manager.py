@@ -67,7 +67,7 @@ from stabilizer.results import (
 )
 from stabilizer.stats import NodeStats
 from stabilizer.streams import resume_frame
-from stabilizer.tokens import TokenCodec
+from stabilizer.tokens import TokenClaims, TokenCodec
 
 if TYPE_CHECKING:
     from stabilizer.session import Session
@@ -895,6 +895,11 @@ class WebSocketConnectionManager:
             TokenExpiredError: authentic but expired.
             BackendUnavailable: single use cannot be checked because Redis is unreachable.
         """
+        return (await self.consume_reconnect_token(token)).client_id
+
+    async def consume_reconnect_token(self, token: str) -> TokenClaims:
+        """validate_reconnect_token, returning all claims (restore_reconnect_token undoes
+        the consumption when the connection it was for is refused)."""
         if not self.config.enable_reconnect:
             raise InvalidTokenError("reconnect tokens are disabled (enable_reconnect)")
         if self._codec is None and not await self._fetch_shared_key():
@@ -906,7 +911,14 @@ class WebSocketConnectionManager:
         )
         if not fresh:
             raise InvalidTokenError("token was already used; request a new one")
-        return claims.client_id
+        return claims
+
+    async def restore_reconnect_token(self, claims: TokenClaims) -> None:
+        """Make a consumed token usable again (its connection was refused); best effort."""
+        try:
+            await self._backend_call(self._backend.restore_token(claims.nonce))
+        except BackendUnavailable:
+            logger.warning("token of %r could not be restored", claims.client_id)
 
     # ------------------------------------------------------------------ memory and user data
 

@@ -157,13 +157,19 @@ class Session:
         if not manager.is_accepting:
             raise ShutdownError("node is shutting down")
         positions = parse_positions(self._positions) if self._token else {}
+        claims = None
         if self._token:
-            claimed = await manager.validate_reconnect_token(self._token)
-            if claimed != self.client_id:
+            claims = await manager.consume_reconnect_token(self._token)
+            if claims.client_id != self.client_id:
                 raise InvalidTokenError("token was issued to another client")
             self.resumed = True
-        self.conn = await manager.admit(self.client_id, self.websocket, self._metadata,
-                                        resuming=self.resumed)
+        try:
+            self.conn = await manager.admit(self.client_id, self.websocket, self._metadata,
+                                            resuming=self.resumed)
+        except BaseException:
+            if claims is not None:  # refused (limits, shutdown): the token stays usable
+                await manager.restore_reconnect_token(claims)
+            raise
         if self.resumed:
             manager.stats.resumed_sessions += 1
         if self._welcome:

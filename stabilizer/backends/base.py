@@ -162,6 +162,10 @@ class Backend(Protocol):
         """Mark a token nonce used; False when it was already used (cluster-wide)."""
         ...
 
+    async def restore_token(self, nonce: str) -> None:
+        """Undo consume_token: the connection it was for could not be admitted."""
+        ...
+
     async def shared_secret(self) -> bytes:
         """Return the token key all nodes agree on, creating it once if needed."""
         ...

@@ -253,6 +253,10 @@ class MemoryBackend:
         used[nonce] = expires_at
         return True
 
+    async def restore_token(self, nonce: str) -> None:
+        """Forget that a nonce was used."""
+        self._hub.used_nonces.pop(nonce, None)
+
     async def shared_secret(self) -> bytes:
         """The hub's random key (lives as long as the process)."""
         return self._hub.secret

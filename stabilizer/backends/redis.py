@@ -41,8 +41,8 @@ from stabilizer.backends.base import (
     Target,
 )
 from stabilizer.config import WebSocketConfig
-from stabilizer.stats import BackendStats
 from stabilizer.errors import BackendUnavailable, ConnectionLimitExceededError
+from stabilizer.stats import BackendStats
 from stabilizer.wire import WIRE_VERSION, Envelope, Kind, sequenced_prefix
 
 logger = logging.getLogger(__name__)
@@ -433,6 +433,10 @@ class RedisBackend:
             self._client.set(f"{self._global}:tok:{nonce}", b"1", nx=True, px=ttl_ms)
         )
         return bool(created)
+
+    async def restore_token(self, nonce: str) -> None:
+        """DEL the consumed-token marker."""
+        await self._call(self._client.delete(f"{self._global}:tok:{nonce}"))
 
     async def shared_secret(self) -> bytes:
         """The key every node signs with: created once with SET NX, then read."""

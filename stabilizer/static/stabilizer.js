@@ -13,16 +13,18 @@
  *   conn.send("hi");                         // queued while not open; throws once closed
  *   conn.close();                            // for good: state "closed", no reconnect
  *
- * connect(url, options) returns a Connection. `url` is ws:, wss:, http:, https: or relative to
- * the page. Options (all optional):
+ * connect(url, options) returns a Connection; `url` is ws:, wss:, http:, https: or relative.
+ * Options (all optional):
  *   token            a reconnect token to resume with on the first connect
  *   maxQueue         frames send() keeps while not open (100); past it send() throws
- *   backoffBaseMs    full-jitter backoff: retry n waits uniform(0, min(cap, base * 2^n)) (250)
- *   backoffCapMs     (10000)
+ *   backoffBaseMs    full-jitter backoff: after n failures in a row a retry waits
+ *   backoffCapMs       uniform(0, min(cap, base * 2^n)) ms (250, 30000)
+ *   stableAfterMs    a connection closed sooner after opening counts as a failure for the
+ *                    backoff: a server failing right after the handshake is not hammered (5000)
+ *   maxAttempts      attempts in a row that fail to open before giving up (Infinity)
  *   maxAdviceMs      upper bound on the server's {"retry_ms": N} close-reason advice (60000)
  *   probeTimeoutMs   after 1.5 heartbeat intervals of silence the client sends {"type":"ping"};
- *                    no frame within this many ms means the link is dead: reconnect (10000;
- *                    0 turns the watchdog off)
+ *                    no frame within this many ms: the link is dead, reconnect (10000; 0: off)
  *   protocols        WebSocket subprotocols
  *
  * Connection: .state, .session (the last session frame), .token (the newest token),
@@ -30,24 +32,28 @@
  * .off(event, fn), .send(data) (string, ArrayBuffer, view or Blob; anything else is sent as
  * JSON; true when written now, false when queued), .close(code = 1000, reason = "").
  *
- * The connection becomes "open" on the server's session frame (or on its first frame when the
- * server sends none), answers pings with `pong`, keeps the newest token and reconnects with
- * ?token= (and ?positions= when history is on). Close codes (protocol section 5): 1000, 1008,
- * 1009 and 4500-4999 are final ("closed"); 4501/4502 after a connect that carried a token
- * reconnect once at once without it (a fresh session); 1012/1013 wait for the close-reason
- * advice {"retry_ms": N} when given; every other code reconnects with capped full-jitter
- * backoff. A frame sent just before an unannounced drop may be lost: the server acks nothing.
+ * The state is "connecting" until the first open, "reconnecting" after any drop. The
+ * connection opens on the server's session frame (or on its first frame when the server
+ * sends none), answers pings with `pong`, keeps the newest token and reconnects with ?token=
+ * (and ?positions= when history is on). Close codes (protocol section 5): 1001, 1006, 1011,
+ * 1012, 1013, 1014 and 4000-4499 reconnect, 1012/1013 after the close-reason advice
+ * {"retry_ms": N} when there is one, the others after the backoff; 4501/4502 after a connect
+ * that carried a token reconnect at once without it (a fresh session); any other code is
+ * final ("closed"). After a reconnect that cannot replay what was missed (no history, or the
+ * session was not resumed) the client emits "resume" with {recovered: false} itself, so one
+ * listener tells the application to resync. A frame sent just before an unannounced drop
+ * may be lost: the server acknowledges nothing.
  */
 
 const EVENTS = ["state", "session", "message", "resume", "error"];
-const FINAL_CODES = new Set([1000, 1008, 1009]);
+const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
 const TOKEN_CODES = new Set([4501, 4502]);
 const ADVICE_CODES = new Set([1012, 1013]);
 const CONTROL_TYPES = new Set(["session", "ping", "pong", "resume", "error", "message"]);
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const DEFAULTS = {
-  token: null, maxQueue: 100, backoffBaseMs: 250, backoffCapMs: 10000, maxAdviceMs: 60000,
-  probeTimeoutMs: 10000, protocols: undefined,
+  token: null, maxQueue: 100, backoffBaseMs: 250, backoffCapMs: 30000, stableAfterMs: 5000,
+  maxAttempts: Infinity, maxAdviceMs: 60000, probeTimeoutMs: 10000, protocols: undefined,
 };
 
 /** Open a stabilizer connection that reconnects by itself; see the comment above. */
@@ -58,8 +64,8 @@ export function connect(url, options = {}) {
 export class Connection {
   #url; #options; #ws = null; #state = "connecting"; #session = null; #token;
   #positions = {}; #history = false; #queue = []; #listeners = new Map();
-  #failures = 0; #sentToken = false; #retryTimer = null; #watchdog = null;
-  #lastSeen = 0; #probing = false;
+  #failures = 0; #unopened = 0; #sentToken = false; #openedAt = null; #everOpened = false;
+  #retryTimer = null; #watchdog = null; #lastSeen = 0; #probing = false;
 
   constructor(url, options = {}) {
     this.#url = webSocketUrl(url);
@@ -92,7 +98,8 @@ export class Connection {
     if (this.#state === "closed") {
       throw new Error("stabilizer: the connection is closed for good; call connect() again");
     }
-    const frame = isWireData(data) ? data : JSON.stringify(data);
+    const binary = data instanceof ArrayBuffer || ArrayBuffer.isView(data) || data instanceof Blob;
+    const frame = typeof data === "string" || binary ? data : JSON.stringify(data);
     if (this.#state === "open") {
       this.#ws.send(frame);
       return true;
@@ -111,13 +118,21 @@ export class Connection {
     const ws = this.#ws;
     this.#ws = null;
     this.#finish({ code, reason });
-    ws?.close(code, reason);
+    try {
+      ws?.close(code, reason);
+    } catch (err) {  // a code browsers may not send (only 1000, 3000-4999): close anyway
+      ws.close();
+      throw err;
+    }
   }
 
   #open() {
     this.#retryTimer = null;
     const url = new URL(this.#url);
+    url.searchParams.delete("token");
+    url.searchParams.delete("positions");
     this.#sentToken = Boolean(this.#token);
+    this.#openedAt = null;
     if (this.#token) {
       url.searchParams.set("token", this.#token);
       if (Object.keys(this.#positions).length) {
@@ -144,6 +159,7 @@ export class Connection {
       case "error": this.#emit("error", frame); return;
       case "message":
         if (this.#history && this.#unwrap(frame)) return;
+        break;
     }
     this.#deliver(data, null);
   }
@@ -153,13 +169,19 @@ export class Connection {
     this.#history = frame.history === true;
     this.#token = frame.token ?? null;
     if (!frame.resumed) this.#positions = {};
-    this.#failures = 0;
+    const reconnect = this.#everOpened;
     this.#emit("session", frame);
     this.#becomeOpen();
+    if (reconnect && !(frame.resumed && this.#history)) {  // no resume frame will come
+      this.#emit("resume", { type: "resume", recovered: false, replayed: 0, failed: [] });
+    }
   }
 
   #becomeOpen() {
     if (this.#state === "open" || this.#state === "closed") return;
+    this.#openedAt = Date.now();
+    this.#everOpened = true;
+    this.#unopened = 0;
     for (const frame of this.#queue.splice(0)) this.#ws.send(frame);
     this.#setState("open", null);
     this.#watch();
@@ -168,12 +190,20 @@ export class Connection {
   /** Deliver a history-wrapped message once; false when the frame is not one. */
   #unwrap(frame) {
     const { stream, offset, epoch } = frame;
-    if (typeof stream !== "string" || !Number.isInteger(offset)) return false;
-    const seen = this.#positions[stream];
-    if (seen && seen[1] === epoch && offset <= seen[0]) return true;  // a duplicate: drop it
-    this.#positions[stream] = [offset, epoch];
-    const data = typeof frame.data_b64 === "string" ? fromBase64(frame.data_b64) : frame.data;
-    this.#deliver(data, { stream, offset, epoch });
+    let data = frame.data;
+    try {
+      if (typeof frame.data_b64 === "string") data = fromBase64(frame.data_b64);
+    } catch {
+      console.warn(`stabilizer: dropped a message on ${stream} with invalid data_b64`);
+      return true;
+    }
+    if (typeof stream !== "string" || data === undefined) return false;
+    if (Number.isInteger(offset) && typeof epoch === "string") {
+      const seen = this.#positions[stream];
+      if (seen && seen[1] === epoch && offset <= seen[0]) return true;  // a duplicate
+      this.#positions[stream] = [offset, epoch];
+    }  // else the server could not sequence it (its store was down): deliver, record nothing
+    this.#deliver(data, { stream, offset: offset ?? null, epoch: epoch ?? null });
     return true;
   }
 
@@ -187,24 +217,30 @@ export class Connection {
     this.#ws = null;
     clearTimeout(this.#watchdog);
     const info = { code, reason };
+    const options = this.#options;
+    const stable = this.#openedAt !== null && Date.now() - this.#openedAt >= options.stableAfterMs;
+    this.#failures = stable ? 0 : this.#failures + 1;
+    if (this.#openedAt === null) this.#unopened += 1;
     if (TOKEN_CODES.has(code) && this.#sentToken) {
       this.#token = null;  // rejected: one fresh session without it
       this.#positions = {};
       this.#retry(0, info);
-    } else if (FINAL_CODES.has(code) || (code >= 4500 && code <= 4999)) {
+    } else if (!RETRY_CODES.has(code) && !(code >= 4000 && code <= 4499)) {
       this.#finish(info);
+    } else if (this.#unopened >= options.maxAttempts) {
+      this.#finish({ ...info, reason: `${this.#unopened} attempts in a row failed: ${reason}` });
     } else {
-      const { backoffBaseMs, backoffCapMs, maxAdviceMs } = this.#options;
-      const ceiling = Math.min(backoffCapMs, backoffBaseMs * 2 ** Math.min(this.#failures, 30));
-      this.#failures += 1;
+      const ceiling = Math.min(options.backoffCapMs,
+                               options.backoffBaseMs * 2 ** Math.min(this.#failures, 30));
       const advice = ADVICE_CODES.has(code) ? retryAdvice(reason) : null;
-      this.#retry(advice === null ? Math.random() * ceiling : Math.min(advice, maxAdviceMs),
-                  info);
+      this.#retry(advice === null ? Math.random() * ceiling
+                                  : Math.min(advice, options.maxAdviceMs), info);
     }
   }
 
   #retry(delayMs, info) {
-    this.#setState("reconnecting", { ...info, delay_ms: Math.round(delayMs) });
+    const state = this.#everOpened ? "reconnecting" : "connecting";
+    this.#setState(state, { ...info, delay_ms: Math.round(delayMs) });
     this.#retryTimer = setTimeout(() => this.#open(), delayMs);
   }
 
@@ -254,18 +290,12 @@ export class Connection {
 
 function webSocketUrl(url) {
   const parsed = new URL(url, globalThis.location?.href);
-  if (parsed.protocol === "http:") parsed.protocol = "ws:";
-  if (parsed.protocol === "https:") parsed.protocol = "wss:";
+  parsed.protocol = parsed.protocol.replace(/^http/, "ws");  // http: -> ws:, https: -> wss:
   if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
     throw new SyntaxError(`stabilizer: ${url} is not a ws:, wss:, http: or https: URL`);
   }
   parsed.hash = "";
   return parsed.href;
-}
-
-function isWireData(data) {
-  return typeof data === "string" || data instanceof ArrayBuffer || ArrayBuffer.isView(data) ||
-         (typeof Blob !== "undefined" && data instanceof Blob);
 }
 
 /** The protocol frame in `text`, or null when it is an application message. */

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
+import signal
 import socket
 import time
 
@@ -225,3 +227,38 @@ async def test_graceful_shutdown_closes_reports_and_refuses(
     status, health = await asyncio.to_thread(server.get, "/health")
     assert status == 503
     assert health["status"] == "stopped"
+
+
+async def test_sigterm_drains_and_sends_retry_advice_before_uvicorn_exits(
+    launch: Launcher,
+) -> None:
+    """uvicorn alone would close every socket with a bare 1012 before the lifespan ran."""
+    server = launch(shutdown_mode="restart", retry_jitter=2, **QUIET)
+    clients = [(await open_client(f"{server.ws}/ws/c{i}"))[0] for i in range(3)]
+    stopping = asyncio.create_task(asyncio.to_thread(server.stop))
+    reasons = []
+    for ws in clients:
+        code = await closed_with(ws)
+        assert code == CloseCode.SERVICE_RESTART
+        assert ws.close_reason is not None
+        reasons.append(json.loads(ws.close_reason))
+    assert all(0 < r["retry_ms"] <= 2250 for r in reasons)  # jittered advice, not bare
+    # uvicorn then exits as it does on SIGTERM (it re-raises the signal it captured)
+    assert await stopping in (0, -signal.SIGTERM)
+    assert "signal 15: draining" in server.log()
+
+
+async def test_a_token_spent_on_a_refused_connection_stays_valid(launch: Launcher) -> None:
+    server = launch(max_connections=1, **QUIET)
+    alice, hello = await open_client(f"{server.ws}/ws/alice")
+    await alice.close()
+    blocker, _ = await open_client(f"{server.ws}/ws/blocker")
+    refused = await connect(f"{server.ws}/ws/alice?token={hello['token']}")
+    assert await closed_with(refused) == CloseCode.TRY_AGAIN_LATER  # the node is full
+    await blocker.close()
+    async with asyncio.timeout(10):
+        while (await asyncio.to_thread(server.get, "/stats"))[1]["active_connections"]:
+            await asyncio.sleep(0.05)
+    back, again = await open_client(f"{server.ws}/ws/alice?token={hello['token']}")
+    assert again["resumed"] is True
+    await back.close()

@@ -1,0 +1,174 @@
+"""The client's pure decisions: backoff, retry advice, close codes, URLs, positions, unwrapping."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from stabilizer.client import (
+    CloseAction,
+    Positions,
+    RetryPolicy,
+    build_url,
+    close_action,
+    connect,
+    control_frame,
+    retry_advice_seconds,
+    retry_delay,
+    unwrap,
+)
+from stabilizer.errors import ConfigError, WireError
+
+
+@pytest.mark.parametrize("failures", [0, 1, 3, 10, 40])
+def test_backoff_stays_within_the_capped_exponential_bound(failures: int) -> None:
+    policy = RetryPolicy(base=0.1, cap=2.0)
+    bound = min(2.0, 0.1 * 2**failures)
+    delays = [policy.delay(failures) for _ in range(500)]
+    assert all(0.0 <= d <= bound for d in delays)
+    assert max(delays) > bound * 0.8  # full jitter spreads over the whole window
+
+
+def test_backoff_is_jittered_not_constant() -> None:
+    policy = RetryPolicy(base=1.0, cap=1.0)
+    assert len({policy.delay(5) for _ in range(50)}) > 40
+
+
+@pytest.mark.parametrize("bad", [{"base": 0}, {"cap": -1.0}, {"base": float("inf")},
+                                 {"max_attempts": 0}, {"max_advice": 0},
+                                 {"stable_after": -1.0}, {"cap": float("nan")}])
+def test_retry_policy_rejects_unusable_values(bad: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        RetryPolicy(**bad)  # type: ignore[arg-type]  # each value is deliberately wrong
+
+
+def test_retry_policy_accepts_an_immediately_stable_connection() -> None:
+    assert RetryPolicy(stable_after=0).stable_after == 0
+
+
+@pytest.mark.parametrize(("reason", "seconds"), [
+    ('{"retry_ms": 1830}', 1.83),
+    ('{"retry_ms":0}', 0.0),
+    ('{"retry_ms": 250.5, "extra": true}', 0.2505),
+    ('{"retry_ms": 9999999}', 60.0),         # a server cannot park clients for days
+    ("server shutting down", None),           # free text
+    ("", None),
+    ('{"retry_ms": -5}', None),
+    ('{"retry_ms": true}', None),
+    ('{"retry_ms": "100"}', None),
+    ('{"retry_ms": NaN}', None),
+    ('{"retry_ms": Infinity}', None),
+    ('{"retry', None),
+    ('{"other": 1}', None),
+])
+def test_retry_advice_parsing(reason: str, seconds: float | None) -> None:
+    assert retry_advice_seconds(reason) == seconds
+
+
+def test_retry_advice_applies_only_to_1012_and_1013() -> None:
+    policy = RetryPolicy(base=0.001, cap=0.001)
+    assert retry_delay(policy, 3, 1012, '{"retry_ms": 700}') == 0.7
+    assert retry_delay(policy, 0, 1013, '{"retry_ms": 50}') == 0.05
+    assert retry_delay(policy, 0, 1001, '{"retry_ms": 700}') <= 0.001
+    assert retry_delay(policy, 0, 1012, "restarting") <= 0.001  # no advice: own backoff
+
+
+@pytest.mark.parametrize(("code", "used_token", "action"), [
+    (1000, False, CloseAction.STOP),
+    (1001, False, CloseAction.RETRY),
+    (1006, True, CloseAction.RETRY),
+    (1008, False, CloseAction.STOP),
+    (1009, False, CloseAction.STOP),
+    (1011, False, CloseAction.RETRY),
+    (1012, True, CloseAction.RETRY),
+    (1013, False, CloseAction.RETRY),
+    (4000, True, CloseAction.RETRY),
+    (4002, False, CloseAction.RETRY),
+    (4499, False, CloseAction.RETRY),
+    (4500, True, CloseAction.STOP),
+    (4501, True, CloseAction.RETRY_WITHOUT_TOKEN),
+    (4502, True, CloseAction.RETRY_WITHOUT_TOKEN),
+    (4501, False, CloseAction.STOP),   # only once: the tokenless retry cannot be refused again
+    (4503, True, CloseAction.STOP),
+    (4999, False, CloseAction.STOP),
+])
+def test_close_codes_decide_the_next_step(code: int, used_token: bool,
+                                          action: CloseAction) -> None:
+    assert close_action(code, used_token=used_token) is action
+
+
+def _query(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query, keep_blank_values=True)
+
+
+def test_url_gets_token_and_positions_url_encoded() -> None:
+    positions = '{"g:room 1":[42,"hE3kQx"]}'
+    url = build_url("ws://h:8000/ws/alice", token="s1.a+b/c=", positions=positions)
+    assert url.startswith("ws://h:8000/ws/alice?token=s1.a%2Bb%2Fc%3D&positions=%7B")
+    assert _query(url) == {"token": ["s1.a+b/c="], "positions": [positions]}
+
+
+def test_url_keeps_its_own_query_and_replaces_stale_client_params() -> None:
+    url = build_url("wss://h/ws/a?v=2&lang=en%20gb&flag&token=old&positions=%7B%7D",
+                    token="new")
+    assert url == "wss://h/ws/a?v=2&lang=en%20gb&flag&token=new"
+    assert build_url("ws://h/ws/a?token=old") == "ws://h/ws/a"
+    assert build_url("ws://h/ws/a") == "ws://h/ws/a"
+
+
+def test_positions_track_the_last_offset_per_stream_and_drop_duplicates() -> None:
+    positions = Positions()
+    assert positions.encode() is None
+    assert [positions.accept("all", n, "e1") for n in (1, 2, 2, 1, 3)] == [
+        True, True, False, False, True]
+    assert positions.accept("g:room", 7, "e1")
+    assert positions.accept("all", 1, "e2")        # new epoch: offsets restarted
+    assert not positions.accept("all", 1, "e2")
+    assert positions.snapshot() == {"all": (1, "e2"), "g:room": (7, "e1")}
+    assert json.loads(positions.encode() or "") == {"all": [1, "e2"], "g:room": [7, "e1"]}
+
+
+def test_unwrap_returns_the_original_text_or_bytes() -> None:
+    text = unwrap({"type": "message", "stream": "all", "offset": 3, "epoch": "e",
+                   "data": '{"type": "ping"}'})
+    assert (text.stream, text.offset, text.epoch, text.payload) == (
+        "all", 3, "e", '{"type": "ping"}')
+    binary = unwrap({"type": "message", "stream": "c:bob", "offset": 1, "epoch": "e",
+                     "data_b64": "AP8Q"})
+    assert binary.payload == b"\x00\xff\x10"
+
+
+@pytest.mark.parametrize("frame", [
+    {"stream": "all", "offset": 1, "epoch": "e"},                    # no data
+    {"stream": "all", "offset": "1", "epoch": "e", "data": "x"},
+    {"stream": "all", "offset": True, "epoch": "e", "data": "x"},
+    {"offset": 1, "epoch": "e", "data": "x"},
+    {"stream": "all", "offset": 1, "epoch": "e", "data_b64": "***"},
+])
+def test_unwrap_rejects_malformed_frames(frame: dict[str, object]) -> None:
+    with pytest.raises(WireError):
+        unwrap(frame)
+
+
+def test_only_known_control_types_are_taken_from_the_application() -> None:
+    assert control_frame('{"type":"ping","timestamp":1.5}', history=False) == {
+        "type": "ping", "timestamp": 1.5}
+    assert control_frame('{"type":"chat","text":"hi"}', history=False) is None
+    assert control_frame('{"from":"a","text":"{\\"type\\""}', history=False) is None
+    assert control_frame("pong", history=False) is None
+    assert control_frame('["type"]', history=False) is None
+    wrapped = '{"type":"message","stream":"all","offset":1,"epoch":"e","data":"x"}'
+    assert control_frame(wrapped, history=False) is None  # without history: the app's JSON
+    assert control_frame(wrapped, history=True) is not None
+
+
+def test_connect_checks_its_urls_before_any_attempt() -> None:
+    with pytest.raises(ConfigError):
+        connect("http://h/ws/a")
+    with pytest.raises(ConfigError):
+        connect([])
+    with pytest.raises(ConfigError):
+        connect("ws://h/ws/{client_id}")
+    assert connect("ws://h/ws/{client_id}", client_id="a b/c").state.value == "connecting"

@@ -171,6 +171,7 @@ class WebSocketConfig:
 
     # --- stabilizer: many nodes (Redis) ---
     redis_url: str | None = None
+    redis_cluster: bool = False
     namespace: str = "stabilizer"
     node_id: str | None = None
     node_ttl: float = 10.0
@@ -193,7 +194,7 @@ class WebSocketConfig:
             raise ConfigError(f"reconnect_token_ttl must be a timedelta or seconds, got {ttl!r}")
         if self.reconnect_token_ttl.total_seconds() <= 0:
             raise ConfigError("reconnect_token_ttl must be positive")
-        for name in ("enable_reconnect", "enable_metrics", "cluster_events"):
+        for name in ("enable_reconnect", "enable_metrics", "cluster_events", "redis_cluster"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         level = str(self.log_level).upper()

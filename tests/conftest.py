@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
-from tests.support.redis_server import NoRedisServer, RedisServer
+from tests.support.redis_server import NoRedisServer, RedisClusterServers, RedisServer
 
 _NAMESPACES = itertools.count(1)
 
@@ -23,6 +23,17 @@ def redis_server() -> Iterator[RedisServer]:
         pytest.fail(str(exc), pytrace=False)
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A three-master Redis Cluster for the session (fails, never skips, without Redis)."""
+    try:
+        servers = RedisClusterServers()
+    except NoRedisServer as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with servers:
+        yield servers
 
 
 @pytest.fixture

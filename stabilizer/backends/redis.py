@@ -16,12 +16,14 @@ fields and set members, never part of a key or channel, so any string is safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, cast
+from urllib.parse import urlsplit
 
 import msgpack
 from redis.asyncio import Redis
@@ -41,7 +43,7 @@ from stabilizer.backends.base import (
     Target,
 )
 from stabilizer.config import WebSocketConfig
-from stabilizer.errors import BackendUnavailable, ConnectionLimitExceededError
+from stabilizer.errors import BackendUnavailable, ConfigError, ConnectionLimitExceededError
 from stabilizer.stats import BackendStats
 from stabilizer.wire import WIRE_VERSION, Envelope, Kind, sequenced_prefix
 
@@ -70,6 +72,49 @@ def parse_entry(client_id: str, raw: bytes | str) -> Presence | None:
     except ValueError:
         return None
     return Presence(client_id, parts[0], parts[1], since)
+
+
+def _client_for(config: WebSocketConfig) -> Redis | RedisCluster:
+    """A redis.asyncio client for config.redis_url: standalone, Cluster or Sentinel."""
+    url = config.redis_url
+    assert url is not None
+    if url.startswith("redis+sentinel://"):
+        return _sentinel_client(config, url)
+    if config.redis_cluster:
+        return RedisCluster.from_url(url, socket_connect_timeout=config.op_timeout)
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=config.op_timeout,
+        socket_timeout=None,
+        # one immediate retry: a pooled connection that died with a Redis restart is
+        # replaced transparently; op_timeout still bounds the whole call
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=0,
+    )
+
+
+def _sentinel_client(config: WebSocketConfig, url: str) -> Redis:
+    """``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``."""
+    from redis.asyncio.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    password = parts.password
+    hosts = []
+    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host or "127.0.0.1", int(port or 26379)))
+    path = [segment for segment in parts.path.split("/") if segment]
+    if not path:
+        raise ConfigError("redis+sentinel:// URLs need the service name: .../mymaster[/db]")
+    service, db = path[0], int(path[1]) if len(path) > 1 else 0
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py lacks hints here
+        hosts, socket_timeout=config.op_timeout,
+        sentinel_kwargs={"socket_timeout": config.op_timeout},
+    )
+    master: Redis = sentinel.master_for(service, db=db, password=password,
+                                        socket_connect_timeout=config.op_timeout,
+                                        retry=Retry(NoBackoff(), 1))
+    return master
 
 
 def parse_position(raw: bytes) -> tuple[int, str] | None:
@@ -110,6 +155,93 @@ def _channel_bytes(value: object) -> bytes:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+class ShardedSubscription:
+    """Sharded pub/sub over a Redis Cluster: one connection per shard, read concurrently.
+
+    redis-py's cluster pub/sub reads shards one after another, each with the full timeout,
+    so a message on one shard can wait behind another shard's idle wait. Here every shard
+    has its own reader task feeding one queue; a failing shard fails the whole subscription
+    (the listener then resubscribes everything against the refreshed topology).
+    """
+
+    def __init__(self, cluster: RedisCluster, op_timeout: float) -> None:
+        self._cluster = cluster
+        self._op_timeout = op_timeout
+        self._shards: dict[str, tuple[Redis, Any, asyncio.Task[None]]] = {}
+        self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+
+    def _owner(self, channel: str) -> Any:
+        node = self._cluster.get_node_from_key(channel)
+        if node is None:
+            raise BackendUnavailable(f"no cluster node serves channel {channel!r}")
+        return node
+
+    async def _shard(self, channel: str) -> Any:
+        node = self._owner(channel)
+        shard = self._shards.get(node.name)
+        if shard is None:
+            client = Redis(host=node.host, port=node.port,
+                           socket_connect_timeout=self._op_timeout,
+                           retry=Retry(NoBackoff(), 0))
+            pubsub = client.pubsub()
+            reader = asyncio.get_running_loop().create_task(
+                self._pump(pubsub), name=f"stabilizer-shard-{node.name}")
+            shard = self._shards[node.name] = (client, pubsub, reader)
+        return shard[1]
+
+    async def _pump(self, pubsub: Any) -> None:
+        try:
+            while True:
+                if not pubsub.subscribed:  # nothing to read before the first SSUBSCRIBE
+                    await asyncio.sleep(0.05)
+                    continue
+                message = await pubsub.get_message(timeout=None)
+                if message is not None:
+                    self._queue.put_nowait(message)
+        except (RedisError, OSError) as exc:
+            self._queue.put_nowait(exc)
+
+    async def subscribe(self, *channels: str) -> None:
+        """SSUBSCRIBE each channel on the shard that owns its slot."""
+        for channel in channels:
+            pubsub = await self._shard(channel)
+            await pubsub.ssubscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """SUNSUBSCRIBE a channel."""
+        node = self._owner(channel)
+        shard = self._shards.get(node.name)
+        if shard is not None:
+            await shard[1].sunsubscribe(channel)
+
+    async def get_message(self, timeout: float) -> dict[str, Any] | None:
+        """The next message from any shard, or None after `timeout` seconds of silence."""
+        try:
+            async with asyncio.timeout(timeout):
+                item = await self._queue.get()
+        except TimeoutError:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def ping(self) -> None:
+        """PING every shard connection (the replies arrive as messages)."""
+        for _, pubsub, _ in list(self._shards.values()):
+            await pubsub.ping()
+
+    async def aclose(self) -> None:
+        """Stop the readers and close every shard connection."""
+        for client, pubsub, reader in self._shards.values():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await reader
+            with contextlib.suppress(RedisError, OSError, RuntimeError):
+                await pubsub.aclose()
+                await client.aclose()
+        self._shards.clear()
 
 
 class RedisBackend:
@@ -161,16 +293,7 @@ class RedisBackend:
         """Build from config.redis_url, or wrap an existing redis.asyncio client."""
         owns = client is None
         if client is None:
-            assert config.redis_url is not None
-            client = Redis.from_url(
-                config.redis_url,
-                socket_connect_timeout=config.op_timeout,
-                socket_timeout=None,
-                # one immediate retry: a pooled connection that died with a Redis restart
-                # is replaced transparently; op_timeout still bounds the whole call
-                retry=Retry(NoBackoff(), 1),
-                health_check_interval=0,
-            )
+            client = _client_for(config)
         return cls(client, namespace=config.namespace, presence_buckets=config.presence_buckets,
                    owns_client=owns, op_timeout=config.op_timeout)
 
@@ -287,17 +410,19 @@ class RedisBackend:
         channels = [self.broadcast_channel] + [
             self._node_channel(b, self._node_id) for b in range(self._buckets)
         ] + [self.group_channel(g) for g in sorted(self._groups)]
+        if self._buckets > 1:  # sequenced direct messages use the namespace slot
+            channels.append(f"{self._global}:n:{self._node_id}")
         if self.events:
             channels.append(self.events_channel)
-        pubsub = self._client.pubsub()
+        pubsub: Any = (
+            ShardedSubscription(cast(RedisCluster, self._client), self._op_timeout)
+            if self._cluster else self._client.pubsub()
+        )
         self._pubsub = pubsub
         try:
             try:
                 async with asyncio.timeout(self._op_timeout):
-                    if self._cluster:
-                        await pubsub.ssubscribe(*channels)
-                    else:
-                        await pubsub.subscribe(*channels)
+                    await pubsub.subscribe(*channels)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._available = False
                 raise BackendUnavailable(f"subscribe failed: {exc!r}") from exc
@@ -307,7 +432,7 @@ class RedisBackend:
             self._subscribed.clear()
             self._pubsub = None
             try:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py lacks hints
+                await pubsub.aclose()
             except (RedisError, OSError, RuntimeError):
                 logger.debug("error closing pubsub", exc_info=True)
 
@@ -323,8 +448,7 @@ class RedisBackend:
                         raise BackendUnavailable(
                             "redis did not answer a ping on the pub/sub connection"
                         )
-                    async with asyncio.timeout(self._op_timeout):
-                        await pubsub.ping()
+                    await self._ping_pubsub(pubsub)
                     awaiting_pong = True
                     continue
             except (RedisError, OSError, TimeoutError) as exc:
@@ -345,6 +469,10 @@ class RedisBackend:
                     self._available = True
                     self._subscribed.set()
                     logger.info("node %s subscribed to %d channels", self._node_id, channels)
+
+    async def _ping_pubsub(self, pubsub: Any) -> None:
+        async with asyncio.timeout(self._op_timeout):
+            await pubsub.ping()
 
     async def publish(self, envelope: bytes) -> int:
         """PUBLISH once to every node; return how many *other* nodes received it."""
@@ -369,7 +497,13 @@ class RedisBackend:
         return f"{presence.node_id}|{presence.conn_id}|{int(presence.since * 1000)}"
 
     async def register(self, presence: Presence, *, max_cluster: int | None) -> Registration:
-        """One script: record presence, enforce the limit, kick a previous owner node."""
+        """One script: record presence, enforce the limit, kick a previous owner node.
+
+        Raises:
+            ConfigError: a cluster limit with presence spread over several buckets.
+        """
+        if max_cluster is not None and self._buckets > 1:
+            raise ConfigError("max_cluster_connections needs presence_buckets=1")
         bucket = self._bucket(presence.client_id)
         tag = self._tag(bucket)
         status, previous = await self._call(self._register(
@@ -578,10 +712,7 @@ class RedisBackend:
             self._confirmations[channel.encode()] = confirmed
             try:
                 async with asyncio.timeout(self._op_timeout):
-                    if self._cluster:
-                        await pubsub.ssubscribe(channel)
-                    else:
-                        await pubsub.subscribe(channel)
+                    await pubsub.subscribe(channel)
                     await confirmed
             except (RedisError, OSError, TimeoutError) as exc:
                 self._confirmations.pop(channel.encode(), None)
@@ -595,10 +726,7 @@ class RedisBackend:
         if pubsub is not None and self._subscribed.is_set():
             try:
                 async with asyncio.timeout(self._op_timeout):
-                    if self._cluster:
-                        await pubsub.sunsubscribe(self.group_channel(group))
-                    else:
-                        await pubsub.unsubscribe(self.group_channel(group))
+                    await pubsub.unsubscribe(self.group_channel(group))
             except (RedisError, OSError, TimeoutError) as exc:
                 raise BackendUnavailable(f"unsubscribe from group failed: {exc!r}") from exc
 
@@ -616,13 +744,18 @@ class RedisBackend:
             channel = self.group_channel(target.name)
         else:
             channel = ""
-        bucket = self._bucket(client)
+        owner = ""
+        if client and self._buckets > 1:
+            # presence lives in another slot than the stream: look the owner up first
+            located = await self.locate(client)
+            owner = located.node_id if located is not None else "-"
+        presence_key = self._k("p")  # with buckets > 1 this key stays empty (same slot)
         reply = await self._call(self._sequence(
-            keys=[self._k("h", stream), self._k("hm", stream), self._presence_key(bucket),
+            keys=[self._k("h", stream), self._k("hm", stream), presence_key,
                   self._k("s", client)],
             args=[target.kind, sequenced_prefix(envelope), size, int(ttl * 1000),
                   int(max(ttl, meta_ttl) * 1000), secrets.token_urlsafe(6),
-                  self._publish_cmd, channel, client, f"{self._tag(bucket)}:n:"],
+                  self._publish_cmd, channel, client, f"{self._global}:n:", owner],
         ))
         return Sequenced(int(reply[0]), _text(reply[1]), int(reply[2]))
 

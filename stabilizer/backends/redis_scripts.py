@@ -245,13 +245,19 @@ return changed
 
 # KEYS: stream, meta hash, presence hash, session hash.
 # ARGV: target kind, envelope prefix, max entries, stream ttl ms, meta ttl ms, new epoch,
-#       publish command, channel (all/group), client id, node-channel prefix.
+#       publish command, channel (all/group), client id, node-channel prefix, owner node
+#       ('' = look it up in the presence hash; '-' = known absent).
 # Returns {offset, epoch, receivers}; {0, '', 0} when a client target is gone for good.
 SEQUENCE: Final = """
 local channel = ARGV[8]
 if ARGV[1] == 'client' then
-  local cur = redis.call('HGET', KEYS[3], ARGV[9])
-  local node = cur and string.match(cur, '^([^|]*)|')
+  local node = nil
+  if ARGV[11] == '' then
+    local cur = redis.call('HGET', KEYS[3], ARGV[9])
+    node = cur and string.match(cur, '^([^|]*)|')
+  elseif ARGV[11] ~= '-' then
+    node = ARGV[11]
+  end
   if not node and redis.call('EXISTS', KEYS[4]) == 0 then return {0, '', 0} end
   channel = node and (ARGV[10] .. node) or ''
 end

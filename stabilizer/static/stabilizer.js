@@ -35,8 +35,8 @@
  * The state is "connecting" until the first open, "reconnecting" after any drop. The
  * connection opens on the server's session frame (or on its first frame when the server
  * sends none), answers pings with `pong`, keeps the newest token and reconnects with ?token=
- * (and ?positions= when history is on). Close codes (protocol section 5): 1001, 1006, 1011,
- * 1012, 1013, 1014 and 4000-4499 reconnect, 1012/1013 after the close-reason advice
+ * (and ?positions= when history is on). Close codes (protocol section 5): 1001, 1005, 1006,
+ * 1011, 1012, 1013, 1014 and 4000-4499 reconnect, 1012/1013 after the close-reason advice
  * {"retry_ms": N} when there is one, the others after the backoff; 4501/4502 after a connect
  * that carried a token reconnect at once without it (a fresh session); any other code is
  * final ("closed"). After a reconnect that cannot replay what was missed (no history, or the
@@ -46,7 +46,7 @@
  */
 
 const EVENTS = ["state", "session", "message", "resume", "error"];
-const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
+const RETRY_CODES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014]);
 const TOKEN_CODES = new Set([4501, 4502]);
 const ADVICE_CODES = new Set([1012, 1013]);
 const CONTROL_TYPES = new Set(["session", "ping", "pong", "resume", "error", "message"]);

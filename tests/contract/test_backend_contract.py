@@ -14,25 +14,38 @@ from stabilizer.backends.base import Backend
 from stabilizer.backends.redis import RedisBackend
 from stabilizer.wire import Envelope, Kind, decode, encode
 
-NodeFactory = Callable[[str], Awaitable[Backend]]
+NodeFactory = Callable[..., Awaitable[Backend]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def open_node(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[NodeFactory]:
-    """Open backends that share one store, as nodes of one cluster would."""
+    """Open backends that share one store, as nodes of one cluster would.
+
+    ``cluster`` is a real three-master Redis Cluster with sharded pub/sub and presence
+    spread over 4 hash-tagged buckets (pass buckets=1 for what needs one slot).
+    """
     opened: list[Backend] = []
     hub = MemoryHub()
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    url = ""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
 
-    async def factory(node_id: str) -> Backend:
+    async def factory(node_id: str, *, buckets: int | None = None) -> Backend:
         backend: Backend
         if request.param == "memory":
             backend = MemoryBackend(hub)
-        else:
+        elif request.param == "redis":
             from redis.asyncio import Redis
 
-            backend = RedisBackend(Redis.from_url(redis_url), namespace=namespace,
-                                   owns_client=True)
+            backend = RedisBackend(Redis.from_url(url), namespace=namespace,
+                                   owns_client=True, presence_buckets=buckets or 1)
+        else:
+            from redis.asyncio.cluster import RedisCluster
+
+            backend = RedisBackend(RedisCluster.from_url(url), namespace=namespace,
+                                   owns_client=True, presence_buckets=buckets or 4)
         await backend.open(node_id)
         opened.append(backend)
         return backend
@@ -133,7 +146,7 @@ async def test_publish_reaches_every_other_node_once(open_node: NodeFactory) -> 
 
 
 async def test_cluster_limit_is_atomic(open_node: NodeFactory) -> None:
-    a, b = await open_node("node-a"), await open_node("node-b")
+    a, b = await open_node("node-a", buckets=1), await open_node("node-b", buckets=1)
     attempts = [
         (a if i % 2 else b).register(presence(f"c{i}", "node-a" if i % 2 else "node-b",
                                               f"conn{i}"), max_cluster=5)

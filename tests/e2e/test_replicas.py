@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from stabilizer import CloseCode
 from tests.support.clients import closed_with, open_client, recv_json
 from tests.support.nginx import Nginx
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisClusterServers, RedisServer
 from tests.support.uvicorn_proc import UvicornProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -213,3 +213,30 @@ async def test_redis_restart_under_live_traffic(replicas: Replicas) -> None:
             await traffic
             for ws in (sender, listener, local_peer):
                 await ws.close()
+
+
+async def test_replicas_on_a_redis_cluster(
+    replicas: Replicas, redis_cluster: RedisClusterServers
+) -> None:
+    """The same topology on a three-master Redis Cluster with sharded pub/sub."""
+    a, b, c = replicas(3, redis_url=redis_cluster.url, redis_cluster="true",
+                       presence_buckets=4)
+    on_b, _ = await open_client(f"{b.ws}/ws/bob")
+    on_c, hello_c = await open_client(f"{c.ws}/ws/carol")
+    try:
+        result = await asyncio.to_thread(a.post, "/admin/broadcast", {"message": {"n": 1}})
+        assert result["remote_nodes"] == 2
+        assert await recv_json(on_b) == {"n": 1}
+        assert await recv_json(on_c) == {"n": 1}
+        assert (await asyncio.to_thread(a.post, "/admin/send/bob", {"message": "hi"}))["sent"]
+        assert await on_b.recv() == "hi"
+        moved, _ = await open_client(f"{a.ws}/ws/carol")  # carol moves: C kicks its socket
+        assert await closed_with(on_c) == CloseCode.REPLACED
+        view = await cluster_view(b)
+        assert view["clients"] == {"bob": "replica-1", "carol": "replica-0"}
+        await moved.close()
+        resumed, again = await open_client(f"{b.ws}/ws/carol?token={hello_c['token']}")
+        assert again["resumed"] is True
+        await resumed.close()
+    finally:
+        await on_b.close()

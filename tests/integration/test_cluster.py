@@ -22,18 +22,27 @@ QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 Cluster = Callable[..., WebSocketConnectionManager]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def cluster(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Cluster]:
-    """Return a factory of started-on-demand managers that share one backend store."""
+    """Return a factory of started-on-demand managers that share one backend store.
+
+    ``cluster``: a real three-master Redis Cluster, presence over 4 hash-tagged buckets.
+    """
     hub = MemoryHub()
     made: list[WebSocketConnectionManager] = []
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    redis: dict[str, object] = {}
+    if request.param == "redis":
+        redis = {"redis_url": request.getfixturevalue("redis_url")}
+    elif request.param == "cluster":
+        redis = {"redis_url": request.getfixturevalue("redis_cluster").url,
+                 "redis_cluster": True, "presence_buckets": 4}
 
     def node(node_id: str, **overrides: object) -> WebSocketConnectionManager:
-        options: dict[str, object] = {**QUIET, "node_id": node_id, "namespace": namespace}
+        options: dict[str, object] = {**QUIET, **redis, "node_id": node_id,
+                                      "namespace": namespace}
         options.update(overrides)
-        if redis_url is not None:
-            manager = WebSocketConnectionManager(WebSocketConfig(redis_url=redis_url, **options))  # type: ignore[arg-type]
+        if redis:
+            manager = WebSocketConnectionManager(WebSocketConfig(**options))  # type: ignore[arg-type]
         else:
             manager = WebSocketConnectionManager(
                 WebSocketConfig(**options), backend=MemoryBackend(hub)  # type: ignore[arg-type]
@@ -126,7 +135,8 @@ async def test_token_from_one_node_validates_once_on_another(cluster: Cluster) -
 
 
 async def test_cluster_connection_limit(cluster: Cluster) -> None:
-    a, b = cluster("a", max_cluster_connections=2), cluster("b", max_cluster_connections=2)
+    one_slot = {"max_cluster_connections": 2, "presence_buckets": 1}  # an atomic limit
+    a, b = cluster("a", **one_slot), cluster("b", **one_slot)
     await started(a, b)
     await a.connect("one", FakeSocket())
     await b.connect("two", FakeSocket())

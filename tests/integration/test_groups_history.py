@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from stabilizer import CloseCode, MemoryBackend, WebSocketConnectionManager
 from stabilizer.results import ClusterEvent, ConnectionEvent
@@ -33,9 +34,21 @@ async def subscribers(manager: WebSocketConnectionManager, group: str) -> int:
     backend = manager.backend
     if isinstance(backend, MemoryBackend):
         return len(backend.hub.group_nodes.get(group, ()))
+    channel = backend.group_channel(group)  # type: ignore[attr-defined]
+    if manager.config.redis_cluster:  # sharded channel: ask the shard that owns its slot
+        cluster = RedisCluster.from_url(manager.config.redis_url or "")
+        try:
+            await cluster.initialize()
+            node = cluster.get_node_from_key(channel)
+            assert node is not None
+            shard = Redis(host=node.host, port=node.port)
+            _, count = await shard.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+            await shard.aclose()
+            return int(count)
+        finally:
+            await cluster.aclose()
     client = Redis.from_url(manager.config.redis_url or "")
     try:
-        channel = backend.group_channel(group)  # type: ignore[attr-defined]
         [(_, count)] = await client.pubsub_numsub(channel)
         return int(count)
     finally:

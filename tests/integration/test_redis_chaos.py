@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -12,7 +13,7 @@ from redis.asyncio import Redis
 
 from stabilizer import BackendUnavailable, WebSocketConfig, WebSocketConnectionManager
 from tests.support.fakes import FakeSocket
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisClusterServers, RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -169,3 +170,47 @@ async def test_nodes_on_separate_event_loops(redis_url: str, namespace: str) -> 
         thread.join(timeout=5)
     assert errors == []
     assert received == ["direct", "everyone"]
+
+
+async def test_cluster_master_failover_under_live_sockets(namespace: str) -> None:
+    """A Redis Cluster master dies; its replica takes over; traffic resumes by itself."""
+    with RedisClusterServers(masters=3, replicas=1) as servers:
+        options = {"redis_url": servers.url, "redis_cluster": True, "presence_buckets": 4,
+                   "namespace": namespace, "node_ttl": 2.0, "op_timeout": 1.0, **QUIET}
+        a = WebSocketConnectionManager(WebSocketConfig(node_id="a", **options))  # type: ignore[arg-type]
+        b = WebSocketConnectionManager(WebSocketConfig(node_id="b", **options))  # type: ignore[arg-type]
+        try:
+            await a.start()
+            await b.start()
+            on_a, on_b = FakeSocket("on-a"), FakeSocket("on-b")
+            await a.connect("on-a", on_a)
+            await b.connect("on-b", on_b)
+            await a.broadcast("before")
+            await on_b.expect("before")
+
+            servers.master_of(f"{{{namespace}}}").stop(kill=True)  # the namespace's slot
+
+            async def broadcast_arrives() -> bool:
+                with contextlib.suppress(Exception):
+                    await a.broadcast("after")
+                try:
+                    await on_b.expect("after", timeout=0.5)
+                    return True
+                except TimeoutError:
+                    return False
+
+            await eventually(broadcast_arrives, timeout=40)
+
+            async def direct_arrives() -> bool:
+                with contextlib.suppress(Exception):
+                    if await a.send_to_client("on-b", "direct"):
+                        await on_b.expect("direct", timeout=0.5)
+                        return True
+                return False
+
+            await eventually(direct_arrives, timeout=40)
+            assert on_a.closed is None
+            assert on_b.closed is None
+        finally:
+            await a.graceful_shutdown(timeout=2)
+            await b.graceful_shutdown(timeout=2)

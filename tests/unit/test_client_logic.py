@@ -140,7 +140,16 @@ def test_unwrap_returns_the_original_text_or_bytes() -> None:
     assert binary.payload == b"\x00\xff\x10"
 
 
+def test_an_unsequenced_message_is_delivered_without_a_position() -> None:
+    """The server sends offset and epoch null when its backend could not sequence it."""
+    frame = unwrap({"type": "message", "stream": "all", "offset": None, "epoch": None,
+                    "data": "during an outage"})
+    assert (frame.offset, frame.epoch, frame.payload) == (None, None, "during an outage")
+
+
 @pytest.mark.parametrize("frame", [
+    {"stream": "all", "offset": None, "epoch": "e", "data": "x"},    # half sequenced
+    {"stream": "all", "offset": 1, "epoch": None, "data": "x"},
     {"stream": "all", "offset": 1, "epoch": "e"},                    # no data
     {"stream": "all", "offset": "1", "epoch": "e", "data": "x"},
     {"stream": "all", "offset": True, "epoch": "e", "data": "x"},

@@ -74,14 +74,15 @@ def parse_entry(client_id: str, raw: bytes | str) -> Presence | None:
     return Presence(client_id, parts[0], parts[1], since)
 
 
-def _client_for(config: WebSocketConfig) -> Redis | RedisCluster:
-    """A redis.asyncio client for config.redis_url: standalone, Cluster or Sentinel."""
+def _client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any]]:
+    """A redis.asyncio client for config.redis_url (standalone, Cluster or Sentinel), and
+    the other clients it made that must be closed with it."""
     url = config.redis_url
     assert url is not None
     if url.startswith("redis+sentinel://"):
         return _sentinel_client(config, url)
     if config.redis_cluster:
-        return RedisCluster.from_url(url, socket_connect_timeout=config.op_timeout)
+        return RedisCluster.from_url(url, socket_connect_timeout=config.op_timeout), []
     return Redis.from_url(
         url,
         socket_connect_timeout=config.op_timeout,
@@ -90,10 +91,10 @@ def _client_for(config: WebSocketConfig) -> Redis | RedisCluster:
         # replaced transparently; op_timeout still bounds the whole call
         retry=Retry(NoBackoff(), 1),
         health_check_interval=0,
-    )
+    ), []
 
 
-def _sentinel_client(config: WebSocketConfig, url: str) -> Redis:
+def _sentinel_client(config: WebSocketConfig, url: str) -> tuple[Redis, list[Any]]:
     """``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``."""
     from redis.asyncio.sentinel import Sentinel
 
@@ -114,7 +115,7 @@ def _sentinel_client(config: WebSocketConfig, url: str) -> Redis:
     master: Redis = sentinel.master_for(service, db=db, password=password,
                                         socket_connect_timeout=config.op_timeout,
                                         retry=Retry(NoBackoff(), 1))
-    return master
+    return master, list(sentinel.sentinels)
 
 
 def parse_position(raw: bytes) -> tuple[int, str] | None:
@@ -287,15 +288,20 @@ class RedisBackend:
         self._groups: set[str] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self.stats = BackendStats()
+        self._also_close: list[Any] = []
         self.events = False
     @classmethod
     def from_config(cls, config: WebSocketConfig, client: Any = None) -> RedisBackend:
         """Build from config.redis_url, or wrap an existing redis.asyncio client."""
         owns = client is None
+        extra: list[Any] = []
         if client is None:
-            client = _client_for(config)
-        return cls(client, namespace=config.namespace, presence_buckets=config.presence_buckets,
-                   owns_client=owns, op_timeout=config.op_timeout)
+            client, extra = _client_for(config)
+        backend = cls(client, namespace=config.namespace,
+                      presence_buckets=config.presence_buckets, owns_client=owns,
+                      op_timeout=config.op_timeout)
+        backend._also_close = extra
+        return backend
 
     # ------------------------------------------------------------------ keys
 
@@ -398,10 +404,11 @@ class RedisBackend:
         """Close the client if this backend created it."""
         self._available = False
         if self._owns_client:
-            try:
-                await self._client.aclose()
-            except (RedisError, OSError):
-                logger.debug("error closing redis client", exc_info=True)
+            for client in [self._client, *self._also_close]:
+                try:
+                    await client.aclose()
+                except (RedisError, OSError):
+                    logger.debug("error closing redis client", exc_info=True)
 
     # ------------------------------------------------------------------ pub/sub
 

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from stabilizer import BackendUnavailable, WebSocketConfig, WebSocketConnectionManager
 from tests.support.fakes import FakeSocket
-from tests.support.redis_server import RedisClusterServers, RedisServer
+from tests.support.redis_server import RedisClusterServers, RedisSentinelSetup, RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -210,6 +210,43 @@ async def test_cluster_master_failover_under_live_sockets(namespace: str) -> Non
 
             await eventually(direct_arrives, timeout=40)
             assert on_a.closed is None
+            assert on_b.closed is None
+        finally:
+            await a.graceful_shutdown(timeout=2)
+            await b.graceful_shutdown(timeout=2)
+
+
+async def test_sentinel_failover_under_live_sockets(namespace: str) -> None:
+    """The master behind a Sentinel dies; the replica is promoted; the nodes follow it."""
+    with RedisSentinelSetup() as setup:
+        options = {"redis_url": setup.url, "namespace": namespace, "node_ttl": 2.0,
+                   "op_timeout": 1.0, **QUIET}
+        a = WebSocketConnectionManager(WebSocketConfig(node_id="a", **options))  # type: ignore[arg-type]
+        b = WebSocketConnectionManager(WebSocketConfig(node_id="b", **options))  # type: ignore[arg-type]
+        try:
+            await a.start()
+            await b.start()
+            on_b = FakeSocket("on-b")
+            await b.connect("on-b", on_b)
+            await a.broadcast("before")
+            await on_b.expect("before")
+            old_master = setup.current_master_port()
+
+            setup.master.stop(kill=True)
+
+            async def broadcast_arrives() -> bool:
+                with contextlib.suppress(Exception):
+                    await a.broadcast("after")
+                try:
+                    await on_b.expect("after", timeout=0.5)
+                    return True
+                except TimeoutError:
+                    return False
+
+            await eventually(broadcast_arrives, timeout=40)
+            assert setup.current_master_port() != old_master
+            await eventually(lambda: _count_is(a, 1), timeout=20)  # presence on the new master
+            assert await a.locate_client("on-b") == "b"
             assert on_b.closed is None
         finally:
             await a.graceful_shutdown(timeout=2)

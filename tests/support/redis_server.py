@@ -209,3 +209,73 @@ def cluster_cli() -> str:
         if os.path.exists(path):
             return path
     raise NoRedisServer("Redis Cluster tests need redis-cli (apt-get install redis-tools)")
+
+
+class RedisSentinelSetup:
+    """A master, one replica and one sentinel (quorum 1) that fails over quickly."""
+
+    service = "stabilizer-master"
+
+    def __init__(self) -> None:
+        self.master = RedisServer()
+        self.replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(self.master.port)])
+        self.sentinel_port = free_port()
+        self._dir = tempfile.mkdtemp(prefix="stabilizer-sentinel-")
+        self.sentinel: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """redis+sentinel://127.0.0.1:<sentinel port>/<service>"""
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.service}"
+
+    def start(self) -> None:
+        """Start master, replica and sentinel; wait until the sentinel knows the replica."""
+        self.master.start()
+        self.replica.start()
+        conf = Path(self._dir) / "sentinel.conf"
+        conf.write_text(
+            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self._dir}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 5000\n"
+            f"sentinel parallel-syncs {self.service} 1\n"
+        )
+        with open(Path(self._dir) / "sentinel.log", "ab") as log:
+            self.sentinel = subprocess.Popen([redis_binary(), str(conf), "--sentinel"],
+                                             stdout=log, stderr=subprocess.STDOUT)
+        cli = cluster_cli()
+        deadline = time.monotonic() + 30
+        while True:
+            reply = subprocess.run(
+                [cli, "-p", str(self.sentinel_port), "sentinel", "replicas", self.service],
+                capture_output=True, text=True, timeout=10).stdout
+            if str(self.replica.port) in reply:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sentinel did not discover the replica: {reply!r}")
+            time.sleep(0.1)
+
+    def current_master_port(self) -> int:
+        """The port the sentinel currently names as master."""
+        reply = subprocess.run(
+            [cluster_cli(), "-p", str(self.sentinel_port), "sentinel",
+             "get-master-addr-by-name", self.service],
+            capture_output=True, text=True, timeout=10).stdout.split()
+        return int(reply[1])
+
+    def stop(self) -> None:
+        """Stop everything."""
+        if self.sentinel is not None and self.sentinel.poll() is None:
+            self.sentinel.kill()
+            self.sentinel.wait()
+        self.sentinel = None
+        self.master.stop()
+        self.replica.stop()
+
+    def __enter__(self) -> RedisSentinelSetup:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -18,8 +18,9 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMapping, Sequence
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from stabilizer.config import CloseCode
@@ -32,6 +33,7 @@ AsgiMessage = MutableMapping[str, Any]
 _CONN_SEQ = itertools.count(1)
 _CONN_PREFIX: Final = os.urandom(4).hex()
 _BASE_CONNECTION_BYTES: Final = 512
+_NO_METADATA: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 class SocketLike(Protocol):
@@ -83,9 +85,9 @@ class Connection:
     """One local socket: identity, bounded outbox, writer, liveness and user data."""
 
     __slots__ = (
-        "__weakref__", "_drain_task", "_on_fail", "_send", "client_id", "conn_id", "created_at",
-        "groups", "hold", "last_activity", "limits", "metadata", "outbox", "owner",
-        "pong_waiters", "queued_bytes", "replayed", "socket", "state", "user_data",
+        "__weakref__", "_drain_task", "_on_fail", "_outbox", "_send", "_user_data", "client_id",
+        "conn_id", "created_at", "groups", "hold", "last_activity", "limits", "metadata",
+        "owner", "pong_waiters", "queued_bytes", "replayed", "socket", "state",
         "user_data_bytes", "writing",
     )
 
@@ -105,11 +107,12 @@ class Connection:
         self._send = socket.send
         self.limits = limits
         self._on_fail = on_fail
-        self.metadata: dict[str, Any] = dict(metadata or {})
-        self.user_data: dict[str, Any] = {}
+        # Idle connections are the common case: what is empty is not allocated.
+        self.metadata: Mapping[str, Any] = dict(metadata) if metadata else _NO_METADATA
+        self._user_data: dict[str, Any] | None = None
         self.user_data_bytes = 0
         self.owner = owner
-        self.outbox: deque[Frame] = deque()
+        self._outbox: deque[Frame] | None = None
         self.queued_bytes = 0
         self.writing = False
         self._drain_task: asyncio.Task[None] | None = None
@@ -127,6 +130,18 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id!r} {self.conn_id} {self.state.name}>"
+
+    @property
+    def outbox(self) -> Sequence[Frame]:
+        """Frames waiting for the socket (read-only view)."""
+        return self._outbox if self._outbox is not None else ()
+
+    @property
+    def user_data(self) -> dict[str, Any]:
+        """Application data attached to this connection."""
+        if self._user_data is None:
+            self._user_data = {}
+        return self._user_data
 
     @property
     def is_open(self) -> bool:
@@ -181,7 +196,10 @@ class Connection:
 
     def _enqueue(self, frame: Frame) -> bool:
         limits = self.limits
-        if len(self.outbox) >= limits.max_frames:
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        if len(outbox) >= limits.max_frames:
             self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox full")
             return False
         if limits.max_bytes is not None and (
@@ -189,7 +207,7 @@ class Connection:
         ):
             self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox over memory limit")
             return False
-        self.outbox.append(frame)
+        outbox.append(frame)
         self.queued_bytes += frame.size
         return True
 
@@ -199,8 +217,8 @@ class Connection:
         try:
             async with asyncio.timeout(timeout):
                 await resume(coro, yielded)
-            while self.outbox and self.state is State.OPEN:
-                frame = self.outbox.popleft()
+            while self._outbox and self.state is State.OPEN:
+                frame = self._outbox.popleft()
                 self.queued_bytes -= frame.size
                 async with asyncio.timeout(timeout):
                     await self._send(frame.message)
@@ -232,7 +250,7 @@ class Connection:
         """Stop taking frames and stop the writer; return how many queued frames are dropped."""
         self.state = State.CLOSING
         dropped = len(self.outbox)
-        self.outbox.clear()
+        self._outbox = None
         self.queued_bytes = 0
         task = self._drain_task
         if task is not None and task is not asyncio.current_task():

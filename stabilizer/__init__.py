@@ -11,6 +11,7 @@ from stabilizer.config import (
     CompressionMode,
     HeartbeatType,
     MemoryEvictionPolicy,
+    RateLimitAction,
     ShutdownMode,
     WebSocketConfig,
     should_reconnect,
@@ -31,8 +32,9 @@ from stabilizer.errors import (
     WebSocketStabilizerError,
     WireError,
 )
+from stabilizer.logs import JsonFormatter, configure_logging
 from stabilizer.manager import WebSocketConnectionManager
-from stabilizer.results import BroadcastResult, ShutdownReport
+from stabilizer.results import BroadcastResult, ClusterEvent, ConnectionEvent, ShutdownReport
 from stabilizer.session import Session
 
 __version__ = "0.1.0"
@@ -43,19 +45,23 @@ __all__ = [
     "BroadcastFailedError",
     "BroadcastResult",
     "CloseCode",
+    "ClusterEvent",
     "CompressionMode",
     "ConfigError",
+    "ConnectionEvent",
     "ConnectionLimitExceededError",
     "ConnectionNotFoundError",
     "ConnectionTimeoutError",
     "HeartbeatType",
     "InvalidClientIdError",
     "InvalidTokenError",
+    "JsonFormatter",
     "MemoryBackend",
     "MemoryEvictionPolicy",
     "MemoryHub",
     "MemoryLimitExceededError",
     "Presence",
+    "RateLimitAction",
     "Session",
     "ShutdownError",
     "ShutdownMode",
@@ -67,5 +73,6 @@ __all__ = [
     "WebSocketStabilizerError",
     "WireError",
     "__version__",
+    "configure_logging",
     "should_reconnect",
 ]

@@ -636,7 +636,9 @@ class Connection:
             attempt.reason = f"HTTP {status}"
             return attempt
         except (InvalidURI, InvalidProxy) as exc:
-            raise HandshakeRejectedError(f"cannot connect to {attempt.url}: {exc}") from exc
+            # str(exc) would repeat the full URL, token included: keep only the reason
+            detail = getattr(exc, "msg", None) or type(exc).__name__
+            raise HandshakeRejectedError(f"cannot connect to {attempt.url}: {detail}") from exc
         except (OSError, TimeoutError, WebSocketException) as exc:
             attempt.reason = f"connect failed: {exc.__class__.__name__}: {exc}"
             return attempt

@@ -158,7 +158,7 @@ class WebSocketConfig:
     shutdown_mode: ShutdownMode = ShutdownMode.STOP
     max_client_id_length: int = 256
     retry_jitter: float = 5.0
-    token_secret: str | tuple[str, ...] | None = None
+    token_secret: str | tuple[str, ...] | None = field(default=None, repr=False)
     rate_limit_messages: int | None = None
     rate_limit_window: float = 1.0
     rate_limit_action: RateLimitAction = RateLimitAction.DROP
@@ -170,7 +170,7 @@ class WebSocketConfig:
     cluster_events: bool = False
 
     # --- stabilizer: many nodes (Redis) ---
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
     redis_cluster: bool = False
     namespace: str = "stabilizer"
     node_id: str | None = None

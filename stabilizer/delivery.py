@@ -393,10 +393,12 @@ class Delivery:
         conn = self._m.get_connection(envelope.target)
         if conn is None:
             return
+        # Subscribing waits for Redis to confirm, and only this listener reads confirmations:
+        # do it beside the listener, never inside it.
         if envelope.ref == "join":
-            await self.join_local(conn, envelope.payload)
+            self._m.spawn(self.join_local(conn, envelope.payload), name="stabilizer-join")
         elif envelope.ref == "leave":
-            await self.leave_local(conn, envelope.payload)
+            self._m.spawn(self.leave_local(conn, envelope.payload), name="stabilizer-leave")
 
     def _remote_event(self, payload: str) -> None:
         try:

@@ -156,8 +156,12 @@ def _drain_before_server_exit(
 
 
 def router(manager: WebSocketConnectionManager, *, prefix: str = "") -> APIRouter:
-    """Return an APIRouter with GET /health (503 while draining), GET /stats and
-    GET /stabilizer.js (the browser client)."""
+    """Return an APIRouter with GET /health (503 while draining), GET /stats,
+    GET /stabilizer.js (the browser client) and, with ``enable_metrics``, GET /metrics.
+
+    Raises:
+        ConfigError: enable_metrics is set but prometheus-client is not installed.
+    """
     api = APIRouter(prefix=prefix, tags=["stabilizer"])
 
     @api.get("/health")
@@ -193,6 +197,21 @@ def router(manager: WebSocketConnectionManager, *, prefix: str = "") -> APIRoute
             except BackendUnavailable:
                 body["cluster_connections"] = None
         return body
+
+    if manager.config.enable_metrics:
+        from fastapi.responses import Response
+
+        from stabilizer.errors import ConfigError
+
+        try:  # only now: prometheus-client is an optional extra
+            from stabilizer.metrics import CONTENT_TYPE, exporter_for
+        except ImportError as exc:
+            raise ConfigError(f"enable_metrics: {exc}") from exc
+        exporter = exporter_for(manager)
+
+        @api.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(await exporter.render(), media_type=CONTENT_TYPE)
 
     return api
 

@@ -45,7 +45,6 @@ class BackendStats:
 
     latency: dict[str, Histogram] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
-    reconnects: int = 0
 
     def observe(self, operation: str, seconds: float, ok: bool) -> None:
         """Record one backend operation."""
@@ -84,7 +83,6 @@ class NodeStats:
     backend_reconnects: int = 0
 
     fanout_seconds: Histogram = field(default_factory=Histogram)
-    backend: BackendStats = field(default_factory=BackendStats)
 
     def as_dict(self) -> dict[str, int]:
         """Return the counters as a plain dict."""

@@ -86,6 +86,12 @@ def _optional_str(value: object, name: str) -> str | None:
     raise WireError(f"envelope field {name} must be a string or nil, got {type(value).__name__}")
 
 
+def _short(value: object) -> str:
+    """A peer-supplied value for an error message: bounded, never a whole payload."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def decode(raw: object) -> Envelope:
     """Parse a peer's envelope.
 
@@ -102,11 +108,11 @@ def decode(raw: object) -> Envelope:
         raise WireError("envelope is not an array of at least 7 fields")
     version, kind, origin, target, payload, exclude, ref = fields[:_FIELDS]
     if version != WIRE_VERSION:
-        raise WireError(f"envelope version {version!r}, expected {WIRE_VERSION}")
+        raise WireError(f"envelope version {_short(version)}, expected {WIRE_VERSION}")
     try:
         kind = Kind(kind)
     except ValueError as exc:
-        raise WireError(f"unknown envelope kind {kind!r}") from exc
+        raise WireError(f"unknown envelope kind {_short(kind)}") from exc
     if not isinstance(origin, str) or not origin:
         raise WireError("envelope origin must be a non-empty string")
     if payload is not None and not isinstance(payload, str | bytes):

@@ -290,3 +290,23 @@ async def test_cluster_events_reach_every_node(cluster: Cluster) -> None:
         ("connect", "alice", None, "a"), ("join", "alice", "room", "a"),
         ("leave", "alice", "room", "a"), ("disconnect", "alice", None, "a"),
     ]
+
+
+async def test_a_remote_join_does_not_stall_the_owner_nodes_listener(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Subscribing waits for a confirmation only the listener reads: a join routed to the
+    owner node must not run inside that listener (it stalled it for op_timeout)."""
+    a, b = cluster("a", op_timeout=5.0), cluster("b", op_timeout=5.0)
+    await started(a, b)
+    sock = FakeSocket()
+    await b.connect("bob", sock)
+    await a.join_group("bob", "fresh-room")  # b has no member yet: it must subscribe
+    await a.broadcast("right after")
+    await sock.expect("right after")
+    async with asyncio.timeout(10):
+        while await subscribers(b, "fresh-room") != 1:
+            await asyncio.sleep(0.02)
+    assert await a.send_to_group("fresh-room", "hello room") is not None
+    await sock.expect("hello room")
+    assert "not subscribed yet" not in caplog.text

@@ -76,6 +76,7 @@ class Delivery:
         self.history = manager.config.history_enabled
         self.groups: dict[str, set[Connection]] = {}
         self.order = StreamOrder()
+        self._sequenced_lock = asyncio.Lock()
         self.event_listeners: list[Callable[[ClusterEvent], Any]] = []
         self._wire_log = RateLimitedLog(logger)
         self._backend_log = RateLimitedLog(logger)
@@ -336,6 +337,8 @@ class Delivery:
         backend = self._m.backend
         while True:
             try:
+                if failures and self.history:
+                    self._m.spawn(self._catch_up_once_subscribed(), name="stabilizer-catch-up")
                 async for raw in backend.deliveries():
                     failures = 0
                     await self.dispatch(raw)
@@ -351,6 +354,13 @@ class Delivery:
                 failures += 1
                 logger.exception("listener failed unexpectedly; restarting it")
                 await asyncio.sleep(backoff_delay(failures))
+
+    async def _catch_up_once_subscribed(self) -> None:
+        await self._m.backend.subscribed.wait()
+        try:
+            await self.catch_up()
+        except Exception:
+            logger.exception("catching up after a resubscription failed")
 
     async def dispatch(self, raw: bytes) -> None:
         """Act on one envelope from the backend."""
@@ -420,47 +430,62 @@ class Delivery:
         assert envelope.epoch is not None
         if stream is None or envelope.payload is None:
             return
-        step = self.order.classify(stream, envelope.offset, envelope.epoch)
-        if step is Step.DUPLICATE:
-            return
-        if step is Step.GAP:
-            await self._fill_gap(stream, envelope)
-        await self._deliver_sequenced(stream, envelope)
+        # One ordered path: the listener and a catch-up after a resubscription take turns.
+        async with self._sequenced_lock:
+            step = self.order.classify(stream, envelope.offset, envelope.epoch)
+            if step is Step.DUPLICATE:
+                return
+            if step is Step.GAP:
+                self._m.stats.stream_gaps += 1
+                await self._fill_from_history(stream, before=envelope.offset)
+            await self._deliver_sequenced(stream, envelope)
 
-    async def _fill_gap(self, stream: str, envelope: Envelope) -> None:
+    async def _fill_from_history(self, stream: str, *, before: int | None = None) -> None:
+        """Deliver what `stream` holds after the last offset delivered here (up to `before`);
+        tell the stream's local clients to resync when the history does not cover it."""
         last = self.order.last(stream)
-        assert last is not None
-        assert envelope.offset is not None
-        self._m.stats.stream_gaps += 1
+        if last is None:
+            return
         try:
             found = await self._bounded(self._m.backend.history(stream, last[0], last[1]))
         except (BackendUnavailable, TimeoutError):
             found = None
         if found is None or not found.covered:
-            logger.warning("gap on stream %s after offset %d could not be filled", stream,
-                           last[0])
-            self._tell_to_resync(stream, envelope)
+            logger.warning("stream %s after offset %d could not be recovered", stream, last[0])
+            self._tell_to_resync(stream)
             return
-        self._m.stats.gaps_filled += 1
+        filled = 0
         for raw in found.envelopes:
             missed = _sequenced_or_none(raw)
-            if missed is not None and missed.offset is not None and (
-                missed.offset < envelope.offset
+            if missed is None or missed.offset is None or missed.epoch is None or (
+                before is not None and missed.offset >= before
             ):
+                continue
+            if self.order.classify(stream, missed.offset, missed.epoch) is Step.DELIVER:
                 await self._deliver_sequenced(stream, missed)
+                filled += 1
+        if before is not None or filled:
+            self._m.stats.gaps_filled += 1
 
-    def _tell_to_resync(self, stream: str, envelope: Envelope) -> None:
+    async def catch_up(self) -> None:
+        """After a resubscription: deliver what every followed stream received meanwhile
+        (a gap at the end of a stream shows no later message to reveal it)."""
+        async with self._sequenced_lock:
+            for stream in self.order.streams():
+                await self._fill_from_history(stream)
+
+    def _tell_to_resync(self, stream: str) -> None:
         frame = Frame.text(resume_frame(0, [stream]))
         now = time.monotonic()
-        for conn in self._subscribers(stream, envelope):
+        for conn in self._subscribers(stream):
             conn.deliver(frame, now)
 
-    def _subscribers(self, stream: str, envelope: Envelope) -> list[Connection]:
-        if envelope.kind is Kind.BROADCAST:
+    def _subscribers(self, stream: str) -> list[Connection]:
+        if stream == "all":
             return list(self._m.pool.connections())
-        if envelope.kind is Kind.GROUP and envelope.target:
-            return list(self.groups.get(envelope.target, ()))
-        conn = self._m.get_connection(envelope.target or "")
+        if stream.startswith("g:"):
+            return list(self.groups.get(stream[2:], ()))
+        conn = self._m.get_connection(stream[2:])
         return [] if conn is None else [conn]
 
     async def _deliver_sequenced(self, stream: str, envelope: Envelope) -> None:

@@ -117,6 +117,10 @@ class StreamOrder:
         if last is None or last.epoch != epoch or offset > last.offset:
             self._last[stream] = _Last(epoch, offset)
 
+    def streams(self) -> list[str]:
+        """The streams followed, in no particular order."""
+        return list(self._last)
+
     def forget(self, stream: str) -> None:
         """Stop following `stream` (no local subscriber left)."""
         self._last.pop(stream, None)

@@ -447,6 +447,7 @@ class RedisBackend:
         """Yield message payloads; ping when idle and fail if Redis stays silent."""
         awaiting_pong = False
         confirmed = 0
+        seen: set[bytes] = set()
         while True:
             try:
                 message = await pubsub.get_message(timeout=_IDLE_PING)
@@ -468,7 +469,13 @@ class RedisBackend:
                 if isinstance(data, bytes):
                     yield data
             elif kind in ("subscribe", "ssubscribe"):
-                waiter = self._confirmations.pop(_channel_bytes(message.get("channel")), None)
+                channel = _channel_bytes(message.get("channel"))
+                if channel in seen:
+                    # redis-py reconnected and resubscribed by itself: whatever was published
+                    # in between is lost to pub/sub. Report it so the node catches up.
+                    raise BackendUnavailable("pub/sub connection was re-established")
+                seen.add(channel)
+                waiter = self._confirmations.pop(channel, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
                 confirmed += 1
@@ -476,6 +483,8 @@ class RedisBackend:
                     self._available = True
                     self._subscribed.set()
                     logger.info("node %s subscribed to %d channels", self._node_id, channels)
+            elif kind in ("unsubscribe", "sunsubscribe"):
+                seen.discard(_channel_bytes(message.get("channel")))
 
     async def _ping_pubsub(self, pubsub: Any) -> None:
         async with asyncio.timeout(self._op_timeout):

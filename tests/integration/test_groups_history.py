@@ -310,3 +310,55 @@ async def test_a_remote_join_does_not_stall_the_owner_nodes_listener(
     assert await a.send_to_group("fresh-room", "hello room") is not None
     await sock.expect("hello room")
     assert "not subscribed yet" not in caplog.text
+
+
+async def test_a_node_catches_up_a_stream_whose_last_message_it_missed(
+    make_manager: Any,
+) -> None:
+    """No later message reveals a gap at the end of a stream: catching up after a
+    resubscription must."""
+    from stabilizer import MemoryHub, WebSocketConfig
+
+    hub = MemoryHub()
+    a = make_manager(WebSocketConfig(node_id="a", **HISTORY), backend=MemoryBackend(hub))
+    b = make_manager(WebSocketConfig(node_id="b", **HISTORY), backend=MemoryBackend(hub))
+    await started(a, b)
+    sock = FakeSocket()
+    await b.connect("bob", sock)
+    await a.broadcast("first")
+    assert (await sock.next_json())["data"] == "first"
+    deliver = hub.deliver
+    hub.deliver = lambda node, raw: True if node == "b" else deliver(node, raw)  # type: ignore[method-assign]
+    await a.broadcast("missed while unsubscribed")
+    hub.deliver = deliver  # type: ignore[method-assign]
+    await b.delivery.catch_up()  # what the listener runs once it is subscribed again
+    frame = await sock.next_json()
+    assert (frame["data"], frame["offset"]) == ("missed while unsubscribed", 2)
+    await b.delivery.catch_up()  # idempotent: nothing twice
+    await a.broadcast("third")
+    assert (await sock.next_json())["offset"] == 3
+
+
+async def test_killed_subscription_is_restored_and_nothing_is_missed(
+    redis_url: str, namespace: str, make_manager: Any,
+) -> None:
+    from stabilizer import WebSocketConfig
+
+    options = {"redis_url": redis_url, "namespace": namespace, **HISTORY}
+    a = make_manager(WebSocketConfig(node_id="a", **options))
+    b = make_manager(WebSocketConfig(node_id="b", **options))
+    await started(a, b)
+    sock = FakeSocket()
+    await b.connect("bob", sock)
+    await a.broadcast("before")
+    assert (await sock.next_json())["data"] == "before"
+    raw = Redis.from_url(redis_url)
+    try:
+        await raw.client_kill_filter(_type="pubsub")  # every node's subscription drops
+    finally:
+        await raw.aclose()
+    for i in range(3):
+        await a.broadcast(f"during-{i}")
+    frames = [await sock.next_json(timeout=15) for _ in range(3)]
+    assert [f["data"] for f in frames] == ["during-0", "during-1", "during-2"]
+    assert [f["offset"] for f in frames] == [2, 3, 4]

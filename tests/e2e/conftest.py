@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.support.redis_server import RedisServer
 from tests.support.uvicorn_proc import UvicornProcess
 
 pytestmark = pytest.mark.e2e
@@ -23,6 +26,40 @@ def launch() -> Iterator[Launcher]:
         proc = UvicornProcess(env=env).start()
         started.append(proc)
         return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+_RUN = itertools.count(1)
+Replicas = Callable[..., list[UvicornProcess]]
+
+
+@pytest.fixture
+def replicas(redis_server: RedisServer) -> Iterator[Replicas]:
+    """Start N replicas sharing one namespace on `redis_url` (default: the session server)."""
+    started: list[UvicornProcess] = []
+
+    def start(
+        count: int = 3, redis_url: str | None = None, **settings: object
+    ) -> list[UvicornProcess]:
+        namespace = f"e2e{os.getpid()}-{next(_RUN)}"
+        procs = []
+        for index in range(count):
+            env = {
+                "STABILIZER_REDIS_URL": redis_url or redis_server.url,
+                "STABILIZER_NAMESPACE": namespace,
+                "STABILIZER_NODE_ID": f"replica-{index}",
+                "STABILIZER_HEARTBEAT_INTERVAL": "3600",
+                "STABILIZER_HEARTBEAT_TIMEOUT": "3600",
+                **{f"STABILIZER_{k.upper()}": str(v) for k, v in settings.items()},
+            }
+            procs.append(UvicornProcess(env=env))
+        for proc in procs:
+            proc.start()
+            started.append(proc)
+        return procs
 
     yield start
     for proc in started:

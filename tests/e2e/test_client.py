@@ -7,7 +7,6 @@ import base64
 import contextlib
 import itertools
 import json
-import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -30,7 +29,7 @@ from stabilizer.client import (
     connect,
     retry_advice_seconds,
 )
-from tests.e2e.conftest import Launcher
+from tests.e2e.conftest import Launcher, Replicas
 from tests.support.clients import closed_with, open_client, recv_json
 from tests.support.redis_server import RedisServer
 from tests.support.uvicorn_proc import UvicornProcess
@@ -264,38 +263,6 @@ async def test_retries_stop_after_max_attempts(refuser: UvicornProcess) -> None:
 
 # ---------------------------------------------------------------- replicas on Redis
 
-_RUN = itertools.count(1)
-Replicas = Callable[..., list[UvicornProcess]]
-
-
-@pytest.fixture
-def replicas(redis_server: RedisServer) -> Iterator[Replicas]:
-    """Start N replicas sharing one namespace (the pattern of tests/e2e/test_replicas.py)."""
-    started: list[UvicornProcess] = []
-
-    def start(
-        count: int = 2, redis_url: str | None = None, **settings: object
-    ) -> list[UvicornProcess]:
-        namespace = f"client{os.getpid()}-{next(_RUN)}"
-        procs = []
-        for index in range(count):
-            env = {
-                "STABILIZER_REDIS_URL": redis_url or redis_server.url,
-                "STABILIZER_NAMESPACE": namespace,
-                "STABILIZER_NODE_ID": f"replica-{index}",
-                "STABILIZER_HEARTBEAT_INTERVAL": "3600",
-                "STABILIZER_HEARTBEAT_TIMEOUT": "3600",
-                **{f"STABILIZER_{k.upper()}": str(v) for k, v in settings.items()},
-            }
-            procs.append(UvicornProcess(env=env))
-        for proc in procs:
-            proc.start()
-            started.append(proc)
-        return procs
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 @pytest.mark.redis

@@ -10,11 +10,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from stabilizer import CloseCode
-from tests.e2e.conftest import Launcher
-from tests.e2e.test_replicas import Replicas, replicas
+from tests.e2e.conftest import Launcher, Replicas
 from tests.support.clients import closed_with, open_client, recv_json
-
-__all__ = ["replicas"]
 
 QUIET = {"heartbeat_interval": 3600, "heartbeat_timeout": 3600}
 HISTORY = {"history_size": 100, "session_ttl": 60, **QUIET}

@@ -4,55 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import os
 import urllib.parse
-from collections.abc import Callable, Iterator
 
 import pytest
 from websockets.asyncio.client import connect
 
 from stabilizer import CloseCode
+from tests.e2e.conftest import Replicas
 from tests.support.clients import closed_with, open_client, recv_json
 from tests.support.nginx import Nginx
 from tests.support.redis_server import RedisClusterServers, RedisServer
 from tests.support.uvicorn_proc import UvicornProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
-
-_RUN = itertools.count(1)
-Replicas = Callable[..., list[UvicornProcess]]
-
-
-@pytest.fixture
-def replicas(redis_server: RedisServer) -> Iterator[Replicas]:
-    """Start N replicas sharing one namespace on `redis_url` (default: the session server)."""
-    started: list[UvicornProcess] = []
-
-    def start(
-        count: int = 3, redis_url: str | None = None, **settings: object
-    ) -> list[UvicornProcess]:
-        namespace = f"e2e{os.getpid()}-{next(_RUN)}"
-        procs = []
-        for index in range(count):
-            env = {
-                "STABILIZER_REDIS_URL": redis_url or redis_server.url,
-                "STABILIZER_NAMESPACE": namespace,
-                "STABILIZER_NODE_ID": f"replica-{index}",
-                "STABILIZER_HEARTBEAT_INTERVAL": "3600",
-                "STABILIZER_HEARTBEAT_TIMEOUT": "3600",
-                **{f"STABILIZER_{k.upper()}": str(v) for k, v in settings.items()},
-            }
-            procs.append(UvicornProcess(env=env))
-        for proc in procs:
-            proc.start()
-            started.append(proc)
-        return procs
-
-    yield start
-    for proc in started:
-        proc.stop()
-
 
 async def cluster_view(proc: UvicornProcess) -> dict[str, object]:
     status, body = await asyncio.to_thread(proc.get, "/admin/cluster")

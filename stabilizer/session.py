@@ -31,6 +31,7 @@ from stabilizer.errors import (
     MemoryLimitExceededError,
     ShutdownError,
     TokenExpiredError,
+    WebSocketStabilizerError,
 )
 from stabilizer.pool import Connection, Frame
 from stabilizer.streams import PositionsError, parse_positions
@@ -150,6 +151,12 @@ class Session:
             logger.info("refusing client %r: %s", self.client_id, exc)
             await self._refuse(CloseCode.TRY_AGAIN_LATER,
                                retry_advice(self.manager.config.retry_jitter))
+        except BaseException:
+            # __aexit__ does not run when __aenter__ fails: never leave an admitted socket
+            if self.conn is not None:
+                await asyncio.shield(self.manager.release(
+                    self.conn, code=CloseCode.INTERNAL_ERROR, reason="server error"))
+            raise
         return self
 
     async def _admit(self) -> None:
@@ -179,10 +186,12 @@ class Session:
 
     def _send_welcome(self, conn: Connection) -> None:
         manager = self.manager
-        token = (
-            manager.generate_reconnect_token(conn.client_id)
-            if manager.config.enable_reconnect else None
-        )
+        token = None
+        if manager.config.enable_reconnect:
+            try:
+                token = manager.generate_reconnect_token(conn.client_id)
+            except WebSocketStabilizerError as exc:  # no key yet (Redis down since start)
+                logger.warning("no reconnect token for %r: %s", conn.client_id, exc)
         frame = {
             "type": "session",
             "client_id": conn.client_id,

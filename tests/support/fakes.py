@@ -69,3 +69,31 @@ class FakeSocket:
     def texts(self) -> list[str]:
         """Every text frame sent so far, pings excluded."""
         return [f for f in self.sent if isinstance(f, str) and '"type":"ping"' not in f]
+
+
+class FakeWebSocket(FakeSocket):
+    """A FakeSocket that also accepts and receives, for Session tests."""
+
+    def __init__(self, name: str = "fake-ws") -> None:
+        super().__init__(name)
+        self.inbound: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.accepted = False
+        self.query_params: dict[str, str] = {}
+
+    async def accept(self) -> None:
+        self.accepted = True
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.inbound.get()
+
+    def client_says(self, text: str) -> None:
+        """Queue a text frame from the client."""
+        self.inbound.put_nowait({"type": "websocket.receive", "text": text})
+
+    def client_leaves(self, code: int = 1001) -> None:
+        """Queue the client's disconnect."""
+        self.inbound.put_nowait({"type": "websocket.disconnect", "code": code})
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        await super().close(code, reason)
+        self.client_leaves(code)

@@ -1,4 +1,4 @@
-"""Local connections: Connection (socket + bounded outbox + writer) and the sharded Pool.
+"""Local connections: Connection (socket + bounded outbox + writer) and the Pool.
 
 Writing never makes the caller wait on a socket. ``Connection.offer`` starts the ASGI send
 coroutine in place: when the transport can take the frame (the usual case) the send finishes
@@ -347,58 +347,56 @@ def estimate_size(value: object, depth: int = 0) -> int:
 
 
 class Pool:
-    """This node's connections by client id, split into shards.
+    """This node's connections by client id, in the order they connected.
 
-    Shards bound the work of one scheduling slice: a broadcast copies one shard's connections
-    at a time and yields to the event loop between slices, so a large fan-out never stalls the
-    loop and never holds a full snapshot of the node.
+    A fan-out visits connections in that order (the order their sockets and buffers were
+    allocated: measurably cheaper than a hash-scattered walk at thousands of sockets) and
+    cuts its snapshot into ``num_shards`` slices. An asyncio node has one thread, so there is
+    no lock to shard; the fan-out itself yields to the loop every max_concurrent_broadcast
+    recipients, so a large fan-out never stalls the loop.
     """
 
-    __slots__ = ("_count", "_shards")
+    __slots__ = ("_conns", "_slices")
 
     def __init__(self, num_shards: int) -> None:
-        self._shards: list[dict[str, Connection]] = [{} for _ in range(num_shards)]
-        self._count = 0
-
-    def _shard(self, client_id: str) -> dict[str, Connection]:
-        return self._shards[hash(client_id) % len(self._shards)]
+        self._conns: dict[str, Connection] = {}
+        self._slices = num_shards
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._conns)
 
     def get(self, client_id: str) -> Connection | None:
         """Return the live connection of `client_id`, if any."""
-        return self._shard(client_id).get(client_id)
+        return self._conns.get(client_id)
 
     def put(self, conn: Connection) -> Connection | None:
         """Add `conn`, returning the connection it replaces (same client id), if any."""
-        shard = self._shard(conn.client_id)
-        previous = shard.get(conn.client_id)
-        shard[conn.client_id] = conn
-        if previous is None:
-            self._count += 1
+        previous = self._conns.get(conn.client_id)
+        if previous is not None:  # the newcomer takes the end of the order
+            del self._conns[conn.client_id]
+        self._conns[conn.client_id] = conn
         return previous
 
     def remove(self, conn: Connection) -> bool:
         """Remove `conn` only if it is still the one registered for its client id."""
-        shard = self._shard(conn.client_id)
-        if shard.get(conn.client_id) is not conn:
+        if self._conns.get(conn.client_id) is not conn:
             return False
-        del shard[conn.client_id]
-        self._count -= 1
+        del self._conns[conn.client_id]
         return True
 
     def shards(self) -> Iterator[list[Connection]]:
-        """Yield a copy of each non-empty shard's connections."""
-        for shard in self._shards:
-            if shard:
-                yield list(shard.values())
+        """Yield the connections as of now, in connection order, in ``num_shards`` slices."""
+        snapshot = list(self._conns.values())
+        if not snapshot:
+            return
+        size = -(-len(snapshot) // self._slices)
+        for start in range(0, len(snapshot), size):
+            yield snapshot[start:start + size]
 
     def client_ids(self) -> list[str]:
         """Return every local client id."""
-        return [cid for shard in self._shards for cid in shard]
+        return list(self._conns)
 
     def connections(self) -> Iterator[Connection]:
         """Iterate every connection (do not await while iterating)."""
-        for shard in self._shards:
-            yield from shard.values()
+        return iter(self._conns.values())

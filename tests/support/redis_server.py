@@ -17,6 +17,10 @@ import time
 from pathlib import Path
 
 
+class PortTaken(RuntimeError):
+    """The port was taken between picking it and binding it."""
+
+
 class NoRedisServer(RuntimeError):
     """No redis-server binary could be found."""
 
@@ -61,10 +65,14 @@ def _answers_ping(port: int) -> bool:
 class RedisServer:
     """One redis-server process on a fixed loopback port; can be stopped and restarted."""
 
-    def __init__(self, port: int | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(self, port: int | None = None, extra_args: list[str] | None = None,
+                 *, cluster: bool = False) -> None:
         self.binary = redis_binary()
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.extra_args = extra_args or []
+        self.cluster = cluster
+        self.cluster_port = free_port() if cluster else 0
         self._dir = tempfile.mkdtemp(prefix="stabilizer-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -74,15 +82,36 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers PING.
+
+        A port picked by free_port() can be taken by someone else before the server binds
+        it (client sockets use the same range): then another port is tried.
+        """
+        for _ in range(5):
+            try:
+                self._start_once(timeout)
+                return
+            except PortTaken:
+                if self._fixed_port:
+                    raise
+                self.port = free_port()
+                self.cluster_port = free_port() if self.cluster else 0
+        raise RuntimeError("no free port for redis-server after 5 attempts")
+
+    def _start_once(self, timeout: float) -> None:
+        cluster_args = ["--cluster-port", str(self.cluster_port)] if self.cluster else []
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", self._dir,
-                "--protected-mode", "no", *self.extra_args]
+                "--protected-mode", "no", *cluster_args, *self.extra_args]
         with open(Path(self._dir) / "server.log", "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not _answers_ping(self.port):
             if self.process.poll() is not None:
+                log = (Path(self._dir) / "server.log").read_text(errors="replace")
+                self.process = None
+                if "Address already in use" in log:
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"redis-server exited: see {self._dir}/server.log")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not answer within {timeout}s")
@@ -122,11 +151,10 @@ class RedisClusterServers:
     def __init__(self, masters: int = 3, replicas: int = 0) -> None:
         self.replicas = replicas
         self.nodes = [
+            # cluster=True: an explicit bus port (the default, port + 10000, may not exist)
             RedisServer(extra_args=["--cluster-enabled", "yes",
                                     "--cluster-config-file", "nodes.conf",
-                                    "--cluster-node-timeout", "2000",
-                                    # the default bus port (port + 10000) may not exist
-                                    "--cluster-port", str(free_port())])
+                                    "--cluster-node-timeout", "2000"], cluster=True)
             for _ in range(masters * (1 + replicas))
         ]
 

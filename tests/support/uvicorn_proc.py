@@ -19,6 +19,10 @@ from tests.support.redis_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class PortTakenError(RuntimeError):
+    """The port was taken between picking it and binding it."""
+
+
 class UvicornProcess:
     """One uvicorn process serving `app` with STABILIZER_* settings from `env`."""
 
@@ -26,6 +30,7 @@ class UvicornProcess:
                  port: int | None = None) -> None:
         self.app = app
         self.env = env or {}
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="stabilizer-uvicorn-", suffix=".log")[1])
@@ -41,7 +46,18 @@ class UvicornProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> UvicornProcess:
-        """Start uvicorn and wait until /health answers 200."""
+        """Start uvicorn and wait until /health answers 200 (on another port if the picked
+        one was taken meanwhile)."""
+        for _ in range(5):
+            try:
+                return self._start_once(timeout)
+            except PortTakenError:
+                if self._fixed_port:
+                    raise
+                self.port = free_port()
+        raise RuntimeError("no free port for uvicorn after 5 attempts")
+
+    def _start_once(self, timeout: float) -> UvicornProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         cmd = [sys.executable, "-m", "tests.e2e.serve", self.app, str(self.port)]
         with open(self.log_path, "ab") as log:
@@ -50,6 +66,9 @@ class UvicornProcess:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
+                self.process = None
+                if "address already in use" in self.log().lower():
+                    raise PortTakenError(self.port)
                 raise RuntimeError(f"uvicorn exited early:\n{self.log()}")
             try:
                 if self.get("/health")[0] == 200:

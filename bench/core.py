@@ -24,20 +24,34 @@ JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
 import psutil
 
-from bench.harness import REPO, BenchError, Fleet, Server, free_port, install_cleanup, stop_all
+from bench.harness import (
+    REPO,
+    BenchError,
+    Fleet,
+    ForeignLoad,
+    Server,
+    free_port,
+    install_cleanup,
+    stop_all,
+)
 from bench.servers import KINDS
 
 RESULTS: Final = REPO / "bench" / "results"
@@ -61,6 +75,43 @@ class Plan:
     generators: int = 4
     warmup_clients: int = 20
     delivery_timeout: float = 120.0
+    stabilizer_config: str | None = None  # JSON of extra WebSocketConfig fields
+    stabilizer_path: str | None = None  # folder holding the snapshot of stabilizer/
+
+
+def server_args(kind: str, plan: Plan) -> list[str]:
+    args: list[str] = []
+    if kind == "stabilizer" and plan.stabilizer_config:
+        args += ["--stabilizer-config", plan.stabilizer_config]
+    if kind == "stabilizer" and plan.stabilizer_path:
+        args += ["--stabilizer-path", plan.stabilizer_path]
+    return args
+
+
+def snapshot_stabilizer(dest: Path) -> dict[str, Any]:
+    """Copy stabilizer/ to `dest`, so every server of this run imports the same code even if
+    the work tree changes meanwhile; return what identifies that code."""
+    shutil.copytree(REPO / "stabilizer", dest / "stabilizer",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    digest = hashlib.sha256()
+    for path in sorted((dest / "stabilizer").rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(dest).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return "unknown"
+        return done.stdout.strip()
+
+    return {
+        "stabilizer_commit": git("rev-parse", "--short", "HEAD"),
+        "stabilizer_uncommitted": git("status", "--porcelain", "--", "stabilizer").splitlines(),
+        "stabilizer_sha256": digest.hexdigest()[:16],
+    }
 
 
 FULL: Final = Plan(
@@ -75,7 +126,7 @@ FULL: Final = Plan(
     reps=3,
 )
 QUICK: Final = Plan(
-    fanout=((200, 50), (1000, 10)),
+    fanout=((200, 100), (1000, 20)),
     memory_clients=1000,
     message_size=64,
     heartbeat_clients=1000,
@@ -142,7 +193,8 @@ def fanout_run(kind: str, clients: int, broadcasts: int, plan: Plan, rep: int,
     run = Run("fanout", kind, clients, rep)
     mode = mode_of(kind)
     port = free_port()
-    with Server(kind, port, log_dir) as server, Fleet(plan.generators, log_dir) as fleet:
+    with Server(kind, port, log_dir, extra_args=server_args(kind, plan)) as server, \
+            Fleet(plan.generators, log_dir) as fleet:
         server.wait_ready()
         warm_up(server, fleet, plan, mode)
         server.request("POST", "/bench/gc")
@@ -169,26 +221,30 @@ def fanout_run(kind: str, clients: int, broadcasts: int, plan: Plan, rep: int,
         base = wait_for(fleet, "bcast", base["bcast"] + clients, plan.delivery_timeout)
 
         expected = base["bcast"] + clients * broadcasts
-        cpu_before = server.cpu_seconds()
+        foreign = ForeignLoad([server.pid, *fleet.pids])
+        user_before, sys_before = server.cpu_split()
         started = time.monotonic()
         reply = server.request(
             "POST", f"/bench/broadcast?k={broadcasts}&size={plan.message_size}"
         )
         after = wait_for(fleet, "bcast", expected, plan.delivery_timeout)
-        cpu_after = server.cpu_seconds()
+        user_after, sys_after = server.cpu_split()
         wall = time.monotonic() - started
 
         delivered = after["bcast"] - base["bcast"]
-        cpu = cpu_after - cpu_before
+        cpu = (user_after - user_before) + (sys_after - sys_before)
         run.values.update({
             "deliveries": delivered,
             "lost": clients * broadcasts - delivered,
             "cpu_s": cpu,
+            "cpu_user_s": user_after - user_before,
+            "cpu_sys_s": sys_after - sys_before,
             "wall_s": wall,
             "call_s": float(reply["seconds"]),
             "ms_per_1k": cpu / max(delivered, 1) * 1e6,  # CPU ms per 1,000 deliveries
             "other_frames": after["other"] - base["other"] + after["ping"] - base["ping"],
             "closed_by_server": after["closed"] - base["closed"],
+            "foreign_pct": foreign.percent(),
         })
     return run
 
@@ -198,7 +254,8 @@ def heartbeat_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
     run = Run("heartbeat", kind, clients, rep)
     port = free_port()
     with Server(kind, port, log_dir, heartbeat_interval=plan.heartbeat_interval,
-                heartbeat_timeout=plan.heartbeat_timeout) as server, \
+                heartbeat_timeout=plan.heartbeat_timeout,
+                extra_args=server_args(kind, plan)) as server, \
             Fleet(plan.generators, log_dir) as fleet:
         server.wait_ready()
         opened = fleet.connect(port, clients, mode=mode_of(kind))
@@ -210,16 +267,18 @@ def heartbeat_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
 
         fleet.mark()
         before = fleet.stats()
-        cpu_before = server.cpu_seconds()
+        foreign = ForeignLoad([server.pid, *fleet.pids])
+        user_before, sys_before = server.cpu_split()
         started = time.monotonic()
         time.sleep(plan.heartbeat_window)
         after = fleet.stats()
-        cpu_after = server.cpu_seconds()
+        user_after, sys_after = server.cpu_split()
         wall = time.monotonic() - started
+        foreign_pct = foreign.percent()
         still = server.count()
 
         pings = after["ping"] - before["ping"]
-        cpu = cpu_after - cpu_before
+        cpu = (user_after - user_before) + (sys_after - sys_before)
         run.values.update({
             "cpu_pct": cpu / wall * 100,
             "pings": pings,
@@ -228,11 +287,14 @@ def heartbeat_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
             "max_conn_pings_per_s": after["ping_max"] / wall,
             "us_per_ping": cpu / max(pings, 1) * 1e6,
             "cpu_s": cpu,
+            "cpu_user_s": user_after - user_before,
+            "cpu_sys_s": sys_after - sys_before,
             "wall_s": wall,
             "closed_by_server": after["closed"] - before["closed"] + after["lost"]
             - before["lost"],
             "server_count_end": still,
             "other_frames": after["other"] - before["other"],
+            "foreign_pct": foreign_pct,
         })
     return run
 
@@ -246,6 +308,10 @@ def guarded(make: Callable[[], Run], scenario: str, kind: str, clients: int, rep
     except BenchError as exc:
         log(f"{label} FAILED: {exc}")
         return Run(scenario, kind, clients, rep, error=str(exc))
+    except Exception as exc:  # an unexpected failure of one run must not lose the others
+        traceback.print_exc()
+        log(f"{label} FAILED: {exc!r}")
+        return Run(scenario, kind, clients, rep, error=repr(exc))
     finally:
         stop_all()  # backstop: nothing of this run survives it
     shown = ", ".join(f"{k}={v:.4g}" for k, v in run.values.items())
@@ -267,14 +333,13 @@ def run_all(plan: Plan, kinds: Sequence[str], scenarios: Sequence[str],
             for clients, broadcasts in plan.fanout:
                 for kind in rotated(kinds, rep):
                     runs.append(guarded(
-                        lambda k=kind, c=clients, b=broadcasts, r=rep:
-                        fanout_run(k, c, b, plan, r, log_dir),
+                        partial(fanout_run, kind, clients, broadcasts, plan, rep, log_dir),
                         "fanout", kind, clients, rep,
                     ))
         if "heartbeat" in scenarios:
             for kind in rotated([k for k in kinds if k in HEARTBEAT_KINDS], rep):
                 runs.append(guarded(
-                    lambda k=kind, r=rep: heartbeat_run(k, plan, r, log_dir),
+                    partial(heartbeat_run, kind, plan, rep, log_dir),
                     "heartbeat", kind, plan.heartbeat_clients, rep,
                 ))
     return runs
@@ -366,6 +431,12 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str],
             f"{plan.heartbeat_window:g}s window (median)\n\n" + table(
                 ["server", "CPU % of a core", "pings / conn / s", "slowest conn pings/s",
                  "µs CPU / ping", "vs seed", "conns closed"], rows))
+    foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
+    if foreign:
+        parts.append(
+            "Other processes on the machine (user CPU, % of one core, during the measured "
+            f"windows): median {statistics.median(foreign):.1f}%, max {max(foreign):.1f}%."
+        )
     failures = [r for r in runs if r.error]
     if failures:
         parts.append("### Failed runs\n\n" + "\n".join(
@@ -414,12 +485,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated subset of fanout,heartbeat (memory is measured "
                              "in the largest fan-out run)")
+    parser.add_argument("--stabilizer-config", metavar="JSON",
+                        help='extra WebSocketConfig fields for the stabilizer server only, for '
+                             'experiments, e.g. \'{"num_shards": 1}\'')
     parser.add_argument("--out", type=Path, help="JSON results file (default: bench/results/)")
     args = parser.parse_args(argv)
 
     plan = QUICK if args.quick else FULL
     if args.reps is not None:
         plan = Plan(**{**asdict(plan), "reps": args.reps})
+    if args.stabilizer_config:
+        if not isinstance(json.loads(args.stabilizer_config), dict):
+            parser.error("--stabilizer-config must be a JSON object")
+        plan = Plan(**{**asdict(plan), "stabilizer_config": args.stabilizer_config})
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [k for k in kinds if k not in KINDS] + [s for s in scenarios if s not in SCENARIOS]
@@ -431,7 +509,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_cleanup()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = RESULTS / f"logs-{stamp}"
-    env = environment()
+    snapshot = RESULTS / f"snapshot-{stamp}"
+    env = {**environment(), **snapshot_stabilizer(snapshot)}
+    plan = Plan(**{**asdict(plan), "stabilizer_path": str(snapshot)})
     log(f"environment: {json.dumps(env)}")
     started = time.monotonic()
     try:
@@ -451,8 +531,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": [asdict(r) for r in runs],
         "report": text,
     }, indent=1))
+    dirty = " + uncommitted changes" if env["stabilizer_uncommitted"] else ""
     print(f"\nMachine: {env['cpus']} × {env['cpu_model']}, Python {env['python']}, uvicorn "
-          f"{env['uvicorn']}, websockets {env['websockets']}; total {elapsed:.0f}s\n")
+          f"{env['uvicorn']}, websockets {env['websockets']}; stabilizer at "
+          f"{env['stabilizer_commit']}{dirty} (sha256 {env['stabilizer_sha256']}); "
+          f"total {elapsed:.0f}s\n")
+    if plan.stabilizer_config:
+        print(f"stabilizer config overrides: {plan.stabilizer_config}\n")
     print(text)
     print(f"\nAll repetitions: {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     return 1 if any(r.error for r in runs) else 0

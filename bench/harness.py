@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Self
@@ -119,9 +119,10 @@ class Server(Child):
 
     def __init__(self, kind: str, port: int, log_dir: Path, *,
                  heartbeat_interval: float | None = None,
-                 heartbeat_timeout: float | None = None, max_seconds: float = 900.0) -> None:
+                 heartbeat_timeout: float | None = None, max_seconds: float = 900.0,
+                 extra_args: Sequence[str] = ()) -> None:
         argv = [sys.executable, "-m", "bench.servers", "--kind", kind, "--port", str(port),
-                "--max-seconds", str(max_seconds)]
+                "--max-seconds", str(max_seconds), *extra_args]
         if heartbeat_interval is not None:
             argv += ["--heartbeat-interval", str(heartbeat_interval)]
         if heartbeat_timeout is not None:
@@ -183,8 +184,39 @@ class Server(Child):
         times = self._ps.cpu_times()
         return float(times.user + times.system)
 
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the server."""
+        times = self._ps.cpu_times()
+        return float(times.user), float(times.system)
+
     def rss(self) -> int:
         return int(self._ps.memory_info().rss)
+
+
+class ForeignLoad:
+    """User CPU time spent during a window by processes other than `pids` (and this one).
+
+    The machine is small and may be shared: this tells how much a measurement was disturbed.
+    Kernel time is left out, as loopback traffic is partly accounted to no process.
+    """
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self._procs = [psutil.Process(pid) for pid in (*pids, os.getpid())]
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        system = psutil.cpu_times()
+        ours = 0.0
+        for proc in self._procs:
+            with contextlib.suppress(psutil.Error):
+                ours += proc.cpu_times().user
+        return system.user + system.nice, ours, time.monotonic()
+
+    def percent(self) -> float:
+        """Foreign user CPU since creation, in % of one core."""
+        total, ours, now = self._read()
+        total0, ours0, then = self._start
+        return max((total - total0) - (ours - ours0), 0.0) / max(now - then, 1e-9) * 100
 
 
 class LoadGen(Child):
@@ -240,6 +272,10 @@ class Fleet:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        return [gen.pid for gen in self.gens]
 
     def stop(self) -> None:
         for gen in self.gens:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -164,12 +165,14 @@ def seed_app(heartbeat_interval: float, heartbeat_timeout: float) -> FastAPI:
 # --------------------------------------------------------------------------- stabilizer
 
 
-def stabilizer_app(heartbeat_interval: float, heartbeat_timeout: float) -> FastAPI:
+def stabilizer_app(heartbeat_interval: float, heartbeat_timeout: float,
+                   overrides: dict[str, Any] | None = None) -> FastAPI:
     from stabilizer import WebSocketConfig, WebSocketConnectionManager
     from stabilizer.fastapi import lifespan, session
 
     manager = WebSocketConnectionManager(WebSocketConfig(
         heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
+        **(overrides or {}),
     ))
     app = FastAPI(lifespan=lifespan(manager, shutdown_timeout=2.0))
 
@@ -214,8 +217,12 @@ def socketio_app(heartbeat_interval: float, heartbeat_timeout: float) -> Any:
     return socketio.ASGIApp(sio, other_asgi_app=api)
 
 
-def build_app(kind: str, heartbeat_interval: float | None, heartbeat_timeout: float) -> Any:
-    """Return the ASGI app of `kind`; no heartbeat interval means the heartbeat is off."""
+def build_app(kind: str, heartbeat_interval: float | None, heartbeat_timeout: float,
+              stabilizer_config: dict[str, Any] | None = None) -> Any:
+    """Return the ASGI app of `kind`; no heartbeat interval means the heartbeat is off.
+
+    `stabilizer_config`: extra WebSocketConfig fields for the stabilizer (experiments).
+    """
     if kind == "raw":
         return raw_app(heartbeat_interval)
     # "Off" for the libraries: an interval far longer than any run.
@@ -223,7 +230,7 @@ def build_app(kind: str, heartbeat_interval: float | None, heartbeat_timeout: fl
     if kind == "seed":
         return seed_app(interval, heartbeat_timeout)
     if kind == "stabilizer":
-        return stabilizer_app(interval, heartbeat_timeout)
+        return stabilizer_app(interval, heartbeat_timeout, stabilizer_config)
     if kind == "socketio":
         return socketio_app(interval, heartbeat_timeout)
     raise ValueError(f"unknown server kind {kind!r}; choose from {KINDS}")
@@ -236,12 +243,22 @@ def main() -> None:
     parser.add_argument("--heartbeat-interval", type=float, default=None,
                         help="seconds between pings; omitted: heartbeat off")
     parser.add_argument("--heartbeat-timeout", type=float, default=7200.0)
+    parser.add_argument("--stabilizer-config", type=json.loads, default=None,
+                        help='JSON object of extra WebSocketConfig fields, e.g. {"num_shards": 1}')
+    parser.add_argument("--stabilizer-path", default=None,
+                        help="import the stabilizer package from this folder (a snapshot)")
     parser.add_argument("--max-seconds", type=float, default=900.0,
                         help="exit by itself after this long (default 900)")
     args = parser.parse_args()
     raise_nofile_limit()
     exit_with_parent(args.max_seconds)
-    app = build_app(args.kind, args.heartbeat_interval, args.heartbeat_timeout)
+    if args.stabilizer_path:
+        sys.path.insert(0, args.stabilizer_path)
+    app = build_app(args.kind, args.heartbeat_interval, args.heartbeat_timeout,
+                    args.stabilizer_config)
+    if "stabilizer" in sys.modules:
+        print(f"stabilizer imported from {sys.modules['stabilizer'].__file__}", file=sys.stderr,
+              flush=True)
     uvicorn.run(app, host=HOST, port=args.port, **UVICORN_OPTIONS)
 
 

@@ -51,20 +51,14 @@ is consumed as one; applications should not send such objects.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import copy
-import itertools
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum, StrEnum
 from types import TracebackType
-from typing import Final, Self, TypeVar
-from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
+from typing import Self, TypeVar
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as open_websocket
@@ -76,9 +70,34 @@ from websockets.exceptions import (
     WebSocketException,
 )
 
-from stabilizer._util import JSONValue, backoff_delay
-from stabilizer.config import CloseCode, should_reconnect
-from stabilizer.errors import ConfigError, WebSocketStabilizerError, WireError
+from stabilizer.client_protocol import (
+    _LOST,
+    RETRYABLE_HTTP,
+    ClientClosedError,
+    ClientError,
+    CloseAction,
+    ConnectionState,
+    Frame,
+    HandshakeRejectedError,
+    Positions,
+    ResumeResult,
+    RetriesExhaustedError,
+    RetryPolicy,
+    SendTimeoutError,
+    ServerClosedError,
+    SessionInfo,
+    StateChange,
+    Wrapped,
+    build_url,
+    close_action,
+    control_frame,
+    retry_advice_seconds,
+    retry_delay,
+    unwrap,
+    url_source,
+)
+from stabilizer.config import CloseCode
+from stabilizer.errors import WireError
 
 __all__ = [
     "ClientClosedError", "ClientError", "CloseAction", "Connection", "ConnectionState",
@@ -90,293 +109,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Frame = dict[str, JSONValue]
 T = TypeVar("T")
-
-CONTROL_TYPES: Final = frozenset({"session", "ping", "pong", "resume", "error"})
-ADVISED_CODES: Final = frozenset({CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER})
-RETRYABLE_HTTP: Final = frozenset({408, 429, 500, 502, 503, 504})
-_OWN_PARAMS: Final = frozenset({"token", "positions"})
-_LOST: Final = 1006
-
-
-class ClientError(WebSocketStabilizerError):
-    """Base of the errors stabilizer.client raises."""
-
-
-class ClientClosedError(ClientError):
-    """The connection is closed for good: nothing more is sent or received."""
-
-    def __init__(self, message: str, *, code: int | None = None, reason: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-
-
-class ServerClosedError(ClientClosedError):
-    """The server closed with a code that forbids reconnecting (1000, 1008, 1009, 4500+)."""
-
-
-class RetriesExhaustedError(ClientClosedError):
-    """``RetryPolicy.max_attempts`` attempts in a row failed to open a connection."""
-
-
-class HandshakeRejectedError(ClientClosedError):
-    """The URL is unusable, the upgrade was refused for good (HTTP 403, 404...), or the
-    server's session belongs to another client id."""
-
-
-class SendTimeoutError(ClientError, TimeoutError):
-    """``send`` found no open connection, or could not finish, within its timeout."""
-
-
-class ConnectionState(StrEnum):
-    """Where the client is in its life: see the module docstring."""
-
-    CONNECTING = "connecting"
-    OPEN = "open"
-    RECONNECTING = "reconnecting"
-    CLOSED = "closed"
-
-
-class CloseAction(Enum):
-    """What a close code tells the client to do next."""
-
-    RETRY = "retry"
-    RETRY_WITHOUT_TOKEN = "retry_without_token"
-    STOP = "stop"
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Capped exponential backoff with full jitter, optionally bounded in attempts.
-
-    ``max_attempts`` counts attempts in a row that fail to open (None: never give up);
-    ``max_advice`` bounds the delay a server may ask for in a 1012/1013 close reason; a
-    connection closed before ``stable_after`` seconds counts as a failure for the backoff,
-    so a server that fails right after the handshake is not hammered.
-    """
-
-    base: float = 0.25
-    cap: float = 30.0
-    max_attempts: int | None = None
-    max_advice: float = 60.0
-    stable_after: float = 5.0
-
-    def __post_init__(self) -> None:
-        for name in ("base", "cap", "max_advice", "stable_after"):
-            value = getattr(self, name)
-            lowest = 0.0 if name == "stable_after" else math.ulp(0.0)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                    lowest <= value < math.inf):
-                raise ConfigError(f"RetryPolicy.{name} must be a positive number, got {value!r}")
-        if self.max_attempts is not None and (
-                isinstance(self.max_attempts, bool) or self.max_attempts < 1):
-            raise ConfigError(f"RetryPolicy.max_attempts must be >= 1 or None, "
-                              f"got {self.max_attempts!r}")
-
-    def delay(self, failures: int) -> float:
-        """Seconds before the next attempt after `failures` failed attempts in a row."""
-        return backoff_delay(failures, base=self.base, cap=self.cap)
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """One state change, or one more scheduled attempt while (re)connecting."""
-
-    state: ConnectionState
-    failures: int = 0              # attempts in a row that failed or closed before stable_after
-    delay: float = 0.0             # seconds until the next attempt
-    close_code: int | None = None  # why the last socket ended (1006: no close frame)
-    close_reason: str = ""
-    url: str | None = None         # the URL just opened or just lost (never with a token)
-    error: ClientClosedError | None = None  # what ended the client (CLOSED); None: aclose()
-
-
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    """The server's ``session`` frame."""
-
-    client_id: str
-    conn_id: str
-    node_id: str
-    resumed: bool
-    token: str | None
-    heartbeat_interval: float | None
-    history: bool
-
-    @classmethod
-    def from_frame(cls, frame: Mapping[str, JSONValue]) -> SessionInfo:
-        """Read a session frame, tolerating missing fields."""
-        token = frame.get("token")
-        interval = frame.get("heartbeat_interval")
-        return cls(
-            client_id=str(frame.get("client_id", "")), conn_id=str(frame.get("conn_id", "")),
-            node_id=str(frame.get("node_id", "")), resumed=frame.get("resumed") is True,
-            token=token if isinstance(token, str) and token else None,
-            heartbeat_interval=float(interval) if isinstance(interval, int | float) else None,
-            history=frame.get("history") is True,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ResumeResult:
-    """What a reconnect recovered; ``recovered`` false means: resync from your own source."""
-
-    recovered: bool
-    replayed: int = 0
-    failed: tuple[str, ...] = ()   # streams the server could not replay
-    session_resumed: bool = True   # false: the token was refused, this is a fresh session
-
-
-@dataclass(frozen=True, slots=True)
-class Wrapped:
-    """An application message as a history ``message`` frame carries it.
-
-    ``offset`` and ``epoch`` are None when the server could not sequence the message (its
-    backend was down): it is delivered but moves no position.
-    """
-
-    stream: str
-    offset: int | None
-    epoch: str | None
-    payload: str | bytes
-
-
-class Positions:
-    """Per stream, the ``[offset, epoch]`` of the last message handed to the application."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[int, str]] = {}
-
-    def accept(self, stream: str, offset: int, epoch: str) -> bool:
-        """Record a message; False for a duplicate (same epoch, offset not greater)."""
-        last = self._last.get(stream)
-        if last is not None and last[1] == epoch and offset <= last[0]:
-            return False
-        if last is not None and last[1] == epoch and offset > last[0] + 1:
-            logger.warning("stream %r skipped offsets %d..%d", stream, last[0] + 1, offset - 1)
-        self._last[stream] = (offset, epoch)
-        return True
-
-    def snapshot(self) -> dict[str, tuple[int, str]]:
-        """A copy of the recorded positions."""
-        return dict(self._last)
-
-    def encode(self) -> str | None:
-        """The ``positions`` query value (JSON), or None when nothing was recorded."""
-        if not self._last:
-            return None
-        value = {stream: [offset, epoch] for stream, (offset, epoch) in self._last.items()}
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def close_action(code: int, *, used_token: bool) -> CloseAction:
-    """Decide from a close code alone what to do next (protocol section 5)."""
-    if code in (CloseCode.INVALID_TOKEN, CloseCode.TOKEN_EXPIRED):
-        return CloseAction.RETRY_WITHOUT_TOKEN if used_token else CloseAction.STOP
-    return CloseAction.RETRY if should_reconnect(code) else CloseAction.STOP
-
-
-def retry_advice_seconds(reason: str, *, limit: float = 60.0) -> float | None:
-    """Read ``{"retry_ms": N}`` from a close reason as seconds (at most `limit`).
-
-    None for free text, another JSON value, or a negative, non-finite or non-numeric N.
-    """
-    if not reason.startswith("{"):
-        return None
-    try:
-        value = json.loads(reason)
-    except ValueError:
-        return None
-    retry_ms = value.get("retry_ms") if isinstance(value, dict) else None
-    if isinstance(retry_ms, bool) or not isinstance(retry_ms, int | float):
-        return None
-    if not math.isfinite(retry_ms) or retry_ms < 0:
-        return None
-    return min(retry_ms / 1000, limit)
-
-
-def retry_delay(policy: RetryPolicy, failures: int, code: int, reason: str) -> float:
-    """Seconds before the next attempt: the server's advice for 1012/1013, else backoff."""
-    if code in ADVISED_CODES:
-        advice = retry_advice_seconds(reason, limit=policy.max_advice)
-        if advice is not None:
-            return advice
-    return policy.delay(failures)
-
-
-def build_url(url: str, *, token: str | None = None, positions: str | None = None) -> str:
-    """Merge the client's token and positions into `url`'s query string.
-
-    Other parameters are kept as written; a stale ``token`` or ``positions`` is replaced.
-    """
-    parts = urlsplit(url)
-    kept = [pair for pair in parts.query.split("&")
-            if pair and unquote_plus(pair.split("=", 1)[0]) not in _OWN_PARAMS]
-    if token is not None:
-        kept.append("token=" + quote(token, safe=""))
-    if positions is not None:
-        kept.append("positions=" + quote(positions, safe=""))
-    return urlunsplit(parts._replace(query="&".join(kept)))
-
-
-def control_frame(text: str, *, history: bool) -> Frame | None:
-    """Parse a text frame that is a control frame (or, with history, a wrapped message)."""
-    if not text.startswith("{") or '"type"' not in text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    kind = value.get("type")
-    if kind in CONTROL_TYPES or (history and kind == "message"):
-        return value
-    return None
-
-
-def unwrap(frame: Mapping[str, JSONValue]) -> Wrapped:
-    """Read a history ``message`` frame.
-
-    Raises:
-        WireError: a field is missing or has the wrong type, or data_b64 is not base64.
-    """
-    stream, offset, epoch = frame.get("stream"), frame.get("offset"), frame.get("epoch")
-    unsequenced = offset is None and epoch is None
-    if not isinstance(stream, str) or not (unsequenced or (
-        isinstance(epoch, str) and isinstance(offset, int) and not isinstance(offset, bool)
-    )):
-        raise WireError("message frame without a valid stream, offset and epoch")
-    data = frame.get("data")
-    if isinstance(data, str):
-        return Wrapped(stream, offset, epoch, data)
-    encoded = frame.get("data_b64")
-    if not isinstance(encoded, str):
-        raise WireError(f"message frame on {stream!r} carries neither data nor data_b64")
-    try:
-        return Wrapped(stream, offset, epoch, base64.b64decode(encoded, validate=True))
-    except binascii.Error as exc:
-        raise WireError(f"message frame on {stream!r} has invalid data_b64") from exc
-
-
-def _url_source(url: str | Sequence[str] | Callable[[], str],
-                client_id: str | None) -> Callable[[], str]:
-    if callable(url):
-        return url
-    urls = [url] if isinstance(url, str) else list(url)
-    if not urls:
-        raise ConfigError("connect() needs at least one URL")
-    if client_id is not None:
-        urls = [u.replace("{client_id}", quote(client_id, safe="")) for u in urls]
-    elif any("{client_id}" in u for u in urls):
-        raise ConfigError("the URL has a {client_id} placeholder: pass client_id=")
-    for each in urls:
-        if urlsplit(each).scheme not in ("ws", "wss"):
-            raise ConfigError(f"{each!r} is not a ws:// or wss:// URL")
-    rotation = itertools.cycle(urls)
-    return lambda: next(rotation)
 
 
 def _notify(callback: Callable[[T], object] | None, value: T) -> None:
@@ -419,7 +152,7 @@ class Connection:
         on_control: Callable[[Frame], object] | None = None,
         on_resume: Callable[[ResumeResult], object] | None = None,
     ) -> None:
-        self._urls = _url_source(url, client_id)
+        self._urls = url_source(url, client_id)
         self._client_id = client_id
         self._token = token
         self._retry = retry or RetryPolicy()

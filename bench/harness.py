@@ -120,14 +120,16 @@ class Server(Child):
     def __init__(self, kind: str, port: int, log_dir: Path, *,
                  heartbeat_interval: float | None = None,
                  heartbeat_timeout: float | None = None, max_seconds: float = 900.0,
-                 extra_args: Sequence[str] = ()) -> None:
-        argv = [sys.executable, "-m", "bench.servers", "--kind", kind, "--port", str(port),
+                 extra_args: Sequence[str] = (), module: str = "bench.servers",
+                 name: str | None = None) -> None:
+        argv = [sys.executable, "-m", module, "--kind", kind, "--port", str(port),
                 "--max-seconds", str(max_seconds), *extra_args]
         if heartbeat_interval is not None:
             argv += ["--heartbeat-interval", str(heartbeat_interval)]
         if heartbeat_timeout is not None:
             argv += ["--heartbeat-timeout", str(heartbeat_timeout)]
-        super().__init__(argv, log_dir / f"server-{kind}-{port}.log", stdout_pipe=False)
+        label = f"{kind}-{name}" if name else kind
+        super().__init__(argv, log_dir / f"server-{label}-{port}.log", stdout_pipe=False)
         self.kind = kind
         self.port = port
         self._ps = psutil.Process(self.pid)
@@ -222,8 +224,9 @@ class ForeignLoad:
 class LoadGen(Child):
     """One load generator process (``python -m bench.loadgen``), driven by JSON lines."""
 
-    def __init__(self, index: int, log_dir: Path, max_seconds: float = 1800.0) -> None:
-        argv = [sys.executable, "-m", "bench.loadgen", "--max-seconds", str(max_seconds)]
+    def __init__(self, index: int, log_dir: Path, max_seconds: float = 1800.0,
+                 module: str = "bench.loadgen") -> None:
+        argv = [sys.executable, "-m", module, "--max-seconds", str(max_seconds)]
         super().__init__(argv, log_dir / f"loadgen-{index}.log", stdout_pipe=True)
         self.index = index
         self._replies: queue.Queue[bytes] = queue.Queue()
@@ -256,11 +259,11 @@ class LoadGen(Child):
 class Fleet:
     """Several load generators used as one."""
 
-    def __init__(self, size: int, log_dir: Path) -> None:
+    def __init__(self, size: int, log_dir: Path, module: str = "bench.loadgen") -> None:
         self.gens: list[LoadGen] = []
         try:
             for index in range(size):
-                self.gens.append(LoadGen(index, log_dir))
+                self.gens.append(LoadGen(index, log_dir, module=module))
         except BaseException:
             self.stop()
             raise

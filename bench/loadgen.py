@@ -192,12 +192,24 @@ class Client(asyncio.Protocol):
 
 
 class Generator:
-    """All clients of this process and the commands the controller sends."""
+    """All clients of this process and the commands the controller sends.
+
+    Subclasses may use another client class and answer more commands (``command``).
+    """
+
+    client_class: type[Client] = Client
 
     def __init__(self) -> None:
-        self.counters = Counters()
+        self.counters = self.make_counters()
         self.clients: list[Client] = []
         self.marks: list[int] = []
+
+    def make_counters(self) -> Counters:
+        return Counters()
+
+    async def command(self, name: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Answer a command this class does not know (subclasses add their own)."""
+        return {"error": f"unknown command {name!r}"}
 
     async def connect(self, cmd: dict[str, Any]) -> dict[str, Any]:
         port = int(cmd["port"])
@@ -236,7 +248,7 @@ class Generator:
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode("ascii")
-        client = Client(request, mode, self.counters, ready)
+        client = self.client_class(request, mode, self.counters, ready)
         async with asyncio.timeout(timeout):
             await loop.create_connection(lambda: client, HOST, port)
             try:
@@ -284,11 +296,11 @@ class Generator:
         return {"closed": count}
 
 
-async def serve(max_seconds: float) -> None:
+async def serve(max_seconds: float, generator: Generator | None = None) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    generator = Generator()
+    generator = generator if generator is not None else Generator()
     deadline = loop.time() + max_seconds
     while True:
         try:
@@ -316,7 +328,7 @@ async def serve(max_seconds: float) -> None:
             sys.stdout.flush()
             break
         else:
-            reply = {"error": f"unknown command {name!r}"}
+            reply = await generator.command(str(name), cmd)
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
     await generator.close()

@@ -177,6 +177,7 @@ class WebSocketConfig:
     node_ttl: float = 10.0
     max_cluster_connections: int | None = None
     op_timeout: float = 2.0
+    redis_pool_size: int = 64
     presence_buckets: int = 1
 
     def __post_init__(self) -> None:
@@ -212,7 +213,7 @@ class WebSocketConfig:
             _positive(name, getattr(self, name))
         for name in ("max_message_size", "num_shards", "max_concurrent_cleanup",
                      "max_concurrent_broadcast", "max_queue_size", "max_client_id_length",
-                     "presence_buckets"):
+                     "presence_buckets", "redis_pool_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")

@@ -299,8 +299,17 @@ class MemoryBackend:
         return Liveness(tuple(reaped), rejoined)
 
     async def resync(self, local: Sequence[Presence]) -> list[str]:
-        """Re-register local presence; return ids another node holds now."""
+        """Re-register local presence, forget what this node no longer holds; return ids
+        another node holds now."""
         self._check()
+        hub = self._hub
+        mine = {presence.client_id for presence in local}
+        for client_id in list(hub.node_clients.get(self._node_id, ())):
+            if client_id not in mine:  # an unregister that failed: forget it now
+                current = hub.presence.get(client_id)
+                if current is not None and current.node_id == self._node_id:
+                    hub.drop_presence(client_id)
+                hub.node_clients[self._node_id].discard(client_id)
         lost: list[str] = []
         for presence in local:
             current = self._hub.presence.get(presence.client_id)

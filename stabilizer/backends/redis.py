@@ -26,7 +26,7 @@ from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import msgpack
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -83,15 +83,20 @@ def _client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any
         return _sentinel_client(config, url)
     if config.redis_cluster:
         return RedisCluster.from_url(url, socket_connect_timeout=config.op_timeout), []
-    return Redis.from_url(
+    # A blocking pool: a burst of connects waits for a connection (bounded by op_timeout)
+    # instead of failing with "Too many connections".
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=config.redis_pool_size,
+        timeout=config.op_timeout,
         socket_connect_timeout=config.op_timeout,
         socket_timeout=None,
         # one immediate retry: a pooled connection that died with a Redis restart is
         # replaced transparently; op_timeout still bounds the whole call
         retry=Retry(NoBackoff(), 1),
         health_check_interval=0,
-    ), []
+    )
+    return Redis.from_pool(pool), []
 
 
 def _sentinel_client(config: WebSocketConfig, url: str) -> tuple[Redis, list[Any]]:
@@ -276,6 +281,7 @@ class RedisBackend:
         self._live_nodes = client.register_script(lua.LIVE_NODES)
         self._resync = client.register_script(lua.RESYNC)
         self._reap_clients = client.register_script(lua.REAP_CLIENTS)
+        self._prune = client.register_script(lua.PRUNE)
         self._suspend = client.register_script(lua.SUSPEND)
         self._load_session = client.register_script(lua.LOAD_SESSION)
         self._open_session = client.register_script(lua.OPEN_SESSION)
@@ -637,7 +643,9 @@ class RedisBackend:
         logger.warning("reaped node %s: %d stale presence entries removed", node, removed)
 
     async def resync(self, local: Sequence[Presence]) -> list[str]:
-        """Re-register local presence; return client ids another node now holds."""
+        """Re-register local presence and forget entries this node no longer holds; return
+        client ids another node now holds."""
+        await self._prune_stale({presence.client_id for presence in local})
         lost: list[str] = []
         by_bucket: dict[int, list[Presence]] = {}
         for presence in local:
@@ -653,6 +661,26 @@ class RedisBackend:
                 ))
                 lost += [_text(cid) for cid in reply]
         return lost
+
+    async def _prune_stale(self, local: set[str]) -> None:
+        for bucket in range(self._buckets):
+            key = self._node_set(bucket, self._node_id)
+            stale: list[str] = []
+            cursor = 0
+            while True:
+                cursor, members = await self._call(
+                    self._client.sscan(key, cursor=cursor, count=_RESYNC_BATCH))
+                stale += [cid for cid in map(_text, members) if cid not in local]
+                if int(cursor) == 0:
+                    break
+            for start in range(0, len(stale), _RESYNC_BATCH):
+                removed = await self._call(self._prune(
+                    keys=[self._presence_key(bucket), key],
+                    args=[self._node_id, *stale[start:start + _RESYNC_BATCH]],
+                ))
+                if removed:
+                    logger.info("forgot %d stale presence entries of node %s", removed,
+                                self._node_id)
 
     async def unregister_node(self) -> None:
         """Remove our presence and liveness entry (clean shutdown)."""

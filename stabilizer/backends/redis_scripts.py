@@ -293,3 +293,18 @@ local out = {1}
 for _, entry in ipairs(entries) do table.insert(out, entry[2][2]) end
 return out
 """
+
+# KEYS: presence hash, own node set. ARGV: node id, client ids...
+# Forgets clients this node no longer holds (an unregister that failed during an outage).
+PRUNE: Final = """
+local removed = 0
+for i = 2, #ARGV do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur and string.match(cur, '^([^|]*)|') == ARGV[1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+  redis.call('SREM', KEYS[2], ARGV[i])
+end
+return removed
+"""

@@ -244,3 +244,20 @@ async def test_unregister_node_removes_all_of_its_presence(open_node: NodeFactor
     await a.unregister_node()
     assert await b.count() == 1
     assert await b.nodes() == ["node-b"]
+
+
+async def test_resync_forgets_entries_the_node_no_longer_holds(open_node: NodeFactory) -> None:
+    """An unregister lost during an outage leaves an entry behind; resync removes it."""
+    a, b = await open_node("node-a"), await open_node("node-b")
+    for client in ("kept", "gone", "moved"):
+        await a.register(presence(client, "node-a", f"conn-{client}"), max_cluster=None)
+    await b.register(presence("moved", "node-b", "conn-b"), max_cluster=None)
+    lost = await a.resync([presence("kept", "node-a", "conn-kept")])
+    assert lost == []
+    assert await a.locate("gone") is None
+    kept, moved = await a.locate("kept"), await a.locate("moved")
+    assert kept is not None
+    assert kept.node_id == "node-a"
+    assert moved is not None
+    assert moved.node_id == "node-b"
+    assert await a.count() == 2

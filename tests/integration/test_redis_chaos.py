@@ -251,3 +251,22 @@ async def test_sentinel_failover_under_live_sockets(namespace: str) -> None:
         finally:
             await a.graceful_shutdown(timeout=2)
             await b.graceful_shutdown(timeout=2)
+
+
+async def test_a_burst_of_connects_waits_for_redis_connections_instead_of_failing(
+    redis_url: str, namespace: str,
+) -> None:
+    """redis-py's plain pool raises "Too many connections" past its cap; the node's pool
+    blocks (up to op_timeout) so that every client of a burst is registered."""
+    manager = WebSocketConnectionManager(WebSocketConfig(
+        redis_url=redis_url, namespace=namespace, redis_pool_size=4, op_timeout=10.0,
+        **QUIET,  # type: ignore[arg-type]
+    ))
+    try:
+        await manager.start()
+        await asyncio.gather(*(manager.connect(f"c{i}", FakeSocket()) for i in range(300)))
+        assert await manager.get_cluster_connection_count() == 300
+        await asyncio.gather(*(manager.join_group(f"c{i}", "room") for i in range(300)))
+        assert len(await manager.get_group_members("room")) == 300
+    finally:
+        await manager.graceful_shutdown(timeout=5)

@@ -28,16 +28,22 @@ _IDLE_WAKE: Final = 3600.0
 
 
 class _Entry:
-    __slots__ = ("deadline", "last_seen", "next_ping")
+    __slots__ = ("deadline", "last_seen", "next_ping", "scheduled")
 
     def __init__(self, now: float) -> None:
         self.last_seen = now
         self.next_ping = 0.0
         self.deadline: float | None = None
+        self.scheduled = 0.0  # the time of this key's one live heap entry
 
 
 class HeartbeatSchedule(Generic[K]):
-    """When to ping which connection, and which ones missed their deadline. Pure."""
+    """When to ping which connection, and which ones missed their deadline. Pure.
+
+    Each key has one live heap entry, at its next event (its next ping, or its pong
+    deadline if that comes first); an entry whose time is not the key's ``scheduled`` time
+    is stale and skipped. A pong does not touch the heap at all.
+    """
 
     def __init__(self, interval: float, timeout: float, *, send_pings: bool = True) -> None:
         self.interval = interval
@@ -52,23 +58,32 @@ class HeartbeatSchedule(Generic[K]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _push(self, when: float, key: K) -> bool:
+    def heap_size(self) -> int:
+        """Heap entries, stale ones included (about one per tracked key)."""
+        return len(self._heap)
+
+    def _schedule(self, key: K, entry: _Entry, when: float) -> bool:
+        entry.scheduled = when
         earliest = not self._heap or when < self._heap[0][0]
         heapq.heappush(self._heap, (when, next(self._seq), key))
         return earliest
+
+    def _next_event(self, entry: _Entry) -> float:
+        if not self.send_pings:
+            return entry.last_seen + self.timeout
+        if entry.deadline is not None and entry.deadline < entry.next_ping:
+            return entry.deadline
+        return entry.next_ping
 
     def track(self, key: K, now: float) -> bool:
         """Start watching `key`; True when this moved the earliest wake-up forward."""
         entry = _Entry(now)
         self._entries[key] = entry
-        if self.send_pings:
-            entry.next_ping = now + self.interval
-            return self._push(entry.next_ping, key)
-        entry.deadline = now + self.timeout
-        return self._push(entry.deadline, key)
+        entry.next_ping = now + self.interval
+        return self._schedule(key, entry, self._next_event(entry))
 
     def forget(self, key: K) -> None:
-        """Stop watching `key` (its heap entries are dropped lazily)."""
+        """Stop watching `key` (its heap entry is dropped lazily)."""
         self._entries.pop(key, None)
 
     def seen(self, key: K, now: float) -> None:
@@ -82,9 +97,14 @@ class HeartbeatSchedule(Generic[K]):
 
     def next_wake(self) -> float | None:
         """The loop-clock time of the earliest entry, or None when nothing is tracked."""
-        while self._heap and self._heap[0][2] not in self._entries:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
+        heap = self._heap
+        while heap:
+            when, _, key = heap[0]
+            entry = self._entries.get(key)
+            if entry is not None and entry.scheduled == when:
+                return when
+            heapq.heappop(heap)
+        return None
 
     def due(self, now: float) -> tuple[list[K], list[K]]:
         """Pop what is due at `now`: (keys to ping now, keys whose deadline passed).
@@ -96,45 +116,33 @@ class HeartbeatSchedule(Generic[K]):
         horizon = now + self.coalesce
         to_ping: list[K] = []
         expired: list[K] = []
-        later: list[tuple[float, K]] = []
+        later: list[tuple[K, _Entry]] = []
         heap = self._heap
         while heap and heap[0][0] <= horizon:
             when, _, key = heapq.heappop(heap)
             entry = self._entries.get(key)
-            if entry is None:
-                continue
+            if entry is None or entry.scheduled != when:
+                continue  # stale
             if self._expired(entry, now):
                 expired.append(key)
                 del self._entries[key]
-            elif self.send_pings and entry.next_ping <= horizon:
+                continue
+            if self.send_pings and entry.next_ping <= horizon:
                 to_ping.append(key)
-                self._schedule_after_ping(key, entry, now, later)
-            elif self.send_pings:
-                if entry.deadline is not None and entry.deadline > now:
-                    later.append((entry.deadline, key))  # not passed yet: keep it
-            else:
-                # custom mode: the deadline follows the last traffic
-                later.append((entry.last_seen + self.timeout, key))
-        for when, key in later:
-            self._push(when, key)
+                # keep the phase (no drift) unless the loop fell far behind
+                entry.next_ping = max(entry.next_ping + self.interval,
+                                      now + self.interval / 2)
+                if entry.deadline is None:
+                    entry.deadline = now + self.timeout
+            later.append((key, entry))
+        for key, entry in later:
+            self._schedule(key, entry, self._next_event(entry))
         return to_ping, expired
 
     def _expired(self, entry: _Entry, now: float) -> bool:
         if self.send_pings:
             return entry.deadline is not None and entry.deadline <= now
         return entry.last_seen + self.timeout <= now
-
-    def _schedule_after_ping(
-        self, key: K, entry: _Entry, now: float, later: list[tuple[float, K]]
-    ) -> None:
-        # Keep the phase (no drift) unless the loop fell far behind.
-        entry.next_ping = max(entry.next_ping + self.interval, now + self.interval / 2)
-        later.append((entry.next_ping, key))
-        if entry.deadline is None:
-            entry.deadline = now + self.timeout
-            later.append((entry.deadline, key))
-        elif entry.deadline > now:
-            later.append((entry.deadline, key))
 
 
 class Heartbeat(Generic[K]):

@@ -313,3 +313,33 @@ def test_track_tells_whether_the_earliest_wake_moved_forward() -> None:
     assert schedule.track("b", now=20.0) is False
     assert schedule.track("c", now=5.0) is True
     assert schedule.next_wake() == 35.0
+
+
+def test_answered_pings_leave_one_heap_entry_per_connection() -> None:
+    """A pong must not leave a stale deadline entry behind for the whole timeout: at 10k
+    connections, 11 entries each made the heap the heartbeat's main cost."""
+    schedule: HeartbeatSchedule[str] = HeartbeatSchedule(1.0, 10.0)
+    keys = [f"c{i}" for i in range(100)]
+    for key in keys:
+        schedule.track(key, now=0.0)
+    now = 0.0
+    for _ in range(30):  # 30 rounds of ping + immediate pong
+        now += 1.0
+        pinged, expired = schedule.due(now)
+        assert expired == []
+        assert sorted(pinged) == sorted(keys)
+        for key in pinged:
+            schedule.seen(key, now)
+    assert schedule.heap_size() <= len(keys)
+
+
+def test_a_short_timeout_still_expires_on_time_with_one_entry_per_key() -> None:
+    schedule: HeartbeatSchedule[str] = HeartbeatSchedule(10.0, 2.0)
+    schedule.track("quiet", now=0.0)
+    schedule.track("polite", now=0.0)
+    assert sorted(schedule.due(10.0)[0]) == ["polite", "quiet"]
+    schedule.seen("polite", 10.5)
+    assert schedule.next_wake() == 12.0
+    assert schedule.due(12.0) == ([], ["quiet"])
+    assert schedule.next_wake() == 20.0
+    assert schedule.heap_size() == 1

@@ -82,7 +82,9 @@ def _client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any
     if url.startswith("redis+sentinel://"):
         return _sentinel_client(config, url)
     if config.redis_cluster:
-        return RedisCluster.from_url(url, socket_connect_timeout=config.op_timeout), []
+        # per node; the backend keeps calls in flight below this (see RedisBackend._call)
+        return RedisCluster.from_url(url, socket_connect_timeout=config.op_timeout,
+                                     max_connections=config.redis_pool_size + 8), []
     # A blocking pool: a burst of connects waits for a connection (bounded by op_timeout)
     # instead of failing with "Too many connections".
     pool = BlockingConnectionPool.from_url(
@@ -250,6 +252,62 @@ class ShardedSubscription:
         self._shards.clear()
 
 
+class _ScriptBatcher:
+    """Runs the calls of one script made in the same loop turn as one pipeline.
+
+    The first call of a turn runs right away when it is alone; calls that arrive while a
+    round trip is in flight are queued and sent together as soon as it returns. Results
+    (and exceptions) go back to each caller; every call is bounded by op_timeout.
+    """
+
+    def __init__(self, backend: RedisBackend, script: Any) -> None:
+        self._backend = backend
+        self._script = script
+        self._queue: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._running = False
+
+    async def submit(self, keys: list[str], args: list[Any]) -> Any:
+        """Queue one call; return its result (or raise BackendUnavailable)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((keys, args, future))
+        if not self._running:
+            self._running = True
+            self._backend.spawn_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._run(batch)
+        finally:
+            self._running = False
+
+    async def _run(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        backend = self._backend
+        try:
+            if len(batch) == 1:
+                keys, args, _ = batch[0]
+                results: list[Any] = [await backend.call(self._script(keys=keys, args=args))]
+            else:
+                pipe = backend.client.pipeline(transaction=False)
+                for keys, args, _ in batch:
+                    await self._script(keys=keys, args=args, client=pipe)
+                results = await backend.call(pipe.execute(raise_on_error=False))
+        except BackendUnavailable as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(BackendUnavailable(f"redis error: {result!r}"))
+            else:
+                future.set_result(result)
+
+
 class RedisBackend:
     """A node's view of the shared Redis (standalone, or Cluster with sharded pub/sub)."""
 
@@ -261,6 +319,7 @@ class RedisBackend:
         presence_buckets: int = 1,
         owns_client: bool = False,
         op_timeout: float = 2.0,
+        pool_size: int = 64,
     ) -> None:
         self._client = client
         self._owns_client = owns_client
@@ -295,6 +354,9 @@ class RedisBackend:
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self.stats = BackendStats()
         self._also_close: list[Any] = []
+        self._helper_tasks: set[asyncio.Task[Any]] = set()
+        self._in_flight = asyncio.Semaphore(pool_size)
+        self._routes = _ScriptBatcher(self, self._route)
         self.events = False
     @classmethod
     def from_config(cls, config: WebSocketConfig, client: Any = None) -> RedisBackend:
@@ -305,7 +367,7 @@ class RedisBackend:
             client, extra = _client_for(config)
         backend = cls(client, namespace=config.namespace,
                       presence_buckets=config.presence_buckets, owns_client=owns,
-                      op_timeout=config.op_timeout)
+                      op_timeout=config.op_timeout, pool_size=config.redis_pool_size)
         backend._also_close = extra
         return backend
 
@@ -384,17 +446,36 @@ class RedisBackend:
         """The underlying redis.asyncio client."""
         return self._client
 
-    async def _call(self, coro: Any) -> Any:
+    async def call(self, coro: Any) -> Any:
         """Await one Redis command under op_timeout; translate failures to ours."""
+        return await self._call(coro)
+
+    def spawn_task(self, coro: Any) -> None:
+        """Run a short helper task (pipelined batches), keeping a reference until done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._helper_tasks.add(task)
+        task.add_done_callback(self._helper_tasks.discard)
+
+    async def _call(self, coro: Any) -> Any:
+        """Await one Redis command under op_timeout; translate failures to ours.
+
+        At most ``pool_size`` calls are in flight: beyond that they wait (within
+        op_timeout) instead of making the client's pool raise "Too many connections".
+        """
         name = _operation_name(coro)
         started = time.perf_counter()
+        awaited = False
         try:
-            async with asyncio.timeout(self._op_timeout):
+            async with asyncio.timeout(self._op_timeout), self._in_flight:
+                awaited = True
                 result = await coro
         except (RedisError, OSError, TimeoutError) as exc:
             self._available = False
             self.stats.observe(name, time.perf_counter() - started, False)
             raise BackendUnavailable(f"redis unavailable: {exc or type(exc).__name__}") from exc
+        finally:
+            if not awaited:  # timed out or cancelled while waiting for a slot
+                coro.close()
         self.stats.observe(name, time.perf_counter() - started, True)
         self._available = True
         return result
@@ -505,12 +586,18 @@ class RedisBackend:
         return max(int(receivers) - (1 if self._subscribed.is_set() else 0), 0)
 
     async def route(self, client_id: str, envelope: bytes) -> bool:
-        """One script: look up the owner and publish to its channel."""
+        """One script: look up the owner and publish to its channel.
+
+        Concurrent calls made in the same event-loop turn share one pipelined round trip
+        (standalone Redis), so many senders cost far fewer socket reads and writes.
+        """
         bucket = self._bucket(client_id)
-        received = await self._call(self._route(
-            keys=[self._presence_key(bucket)],
-            args=[client_id, f"{self._tag(bucket)}:n:", envelope, self._publish_cmd],
-        ))
+        keys = [self._presence_key(bucket)]
+        args: list[Any] = [client_id, f"{self._tag(bucket)}:n:", envelope, self._publish_cmd]
+        if self._cluster:
+            received = await self._call(self._route(keys=keys, args=args))
+        else:
+            received = await self._routes.submit(keys, args)
         return int(received) > 0
 
     # ------------------------------------------------------------------ presence

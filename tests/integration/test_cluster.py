@@ -165,3 +165,20 @@ async def test_a_crashed_node_is_reaped_by_the_survivors(cluster: Cluster) -> No
             await asyncio.sleep(0.1)  # bounded poll: reaping is driven by the TTL clock
     assert await a.locate_client("moved") == "a"
     assert "b" not in await a.get_nodes()
+
+
+async def test_concurrent_direct_sends_across_nodes_all_arrive(cluster: Cluster) -> None:
+    """Many send_to_client calls in flight at once (pipelined together on Redis): each
+    gets its own answer, and every message arrives."""
+    a, b = cluster("a"), cluster("b")
+    await started(a, b)
+    socks = [FakeSocket(f"c{i}") for i in range(50)]
+    for i, sock in enumerate(socks):
+        await b.connect(f"c{i}", sock)
+    sends = [a.send_to_client(f"c{i % 50}", f"m{i}") for i in range(500)]
+    sends.append(a.send_to_client("nobody", "lost"))
+    outcomes = await asyncio.gather(*sends)
+    assert outcomes == [True] * 500 + [False]
+    for i, sock in enumerate(socks):
+        got = [await sock.next() for _ in range(10)]
+        assert sorted(got) == sorted(f"m{j}" for j in range(i, 500, 50))

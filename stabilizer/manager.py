@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import time
+import traceback
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from enum import Enum
@@ -1135,16 +1136,10 @@ class WebSocketConnectionManager:
 
     async def _stop_everything(self, deadline: float) -> list[str]:
         problems: list[str] = []
-        for task in self._loops:
-            task.cancel()
-        results = await asyncio.gather(*self._loops, return_exceptions=True)
-        for task, outcome in zip(self._loops, results, strict=True):
-            if isinstance(outcome, Exception):
-                problems.append(f"{task.get_name()}: {outcome!r}")
+        grace = self.config.close_timeout
+        problems += await _cancel_and_wait(self._loops, grace)
         self._loops.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        problems += await _cancel_and_wait(list(self._tasks), grace)
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.1)
         if self._closers:
             _, pending = await asyncio.wait(list(self._closers), timeout=remaining)
@@ -1157,7 +1152,8 @@ class WebSocketConnectionManager:
         except (BackendUnavailable, TimeoutError) as exc:
             problems.append(f"presence not removed: {exc!r}")
         try:
-            await self._backend.aclose()
+            async with asyncio.timeout(self.config.op_timeout):
+                await self._backend.aclose()
         except Exception as exc:
             problems.append(f"backend close: {exc!r}")
         return problems
@@ -1177,6 +1173,31 @@ class WebSocketConnectionManager:
 
         return Session(self, websocket, client_id, metadata=metadata, token=token,
                        positions=positions, welcome=welcome)
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[Any]], grace: float) -> list[str]:
+    """Cancel `tasks` and wait up to `grace` seconds; describe any that failed or hung."""
+    if not tasks:
+        return []
+    pending: set[asyncio.Task[Any]] = set(tasks)
+    for attempt in range(3):  # some libraries swallow a cancellation: ask again
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=grace / 3)
+        if not pending:
+            break
+        logger.warning("%d task(s) ignored cancellation %d: %s", len(pending), attempt + 1,
+                       ", ".join(task.get_name() for task in pending))
+    done = [task for task in tasks if task.done()]
+    problems = [f"{task.get_name()} did not stop within {grace:g}s" for task in pending]
+    for task in pending:
+        logger.error("task %s does not stop; its stack:\n%s", task.get_name(),
+                     "".join(traceback.format_stack(task.get_stack()[-1]))
+                     if task.get_stack() else "(none)")
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            problems.append(f"{task.get_name()}: {task.exception()!r}")
+    return problems
 
 
 def _shutdown_reason(code: int, jitter: float) -> str:

@@ -241,15 +241,18 @@ class ShardedSubscription:
             await pubsub.ping()
 
     async def aclose(self) -> None:
-        """Stop the readers and close every shard connection."""
-        for client, pubsub, reader in self._shards.values():
+        """Stop the readers and close every shard connection (bounded by op_timeout)."""
+        shards, self._shards = list(self._shards.values()), {}
+        readers = [reader for _, _, reader in shards]
+        for reader in readers:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                await reader
-            with contextlib.suppress(RedisError, OSError, RuntimeError):
-                await pubsub.aclose()
-                await client.aclose()
-        self._shards.clear()
+        if readers:
+            await asyncio.wait(readers, timeout=self._op_timeout)
+        for client, pubsub, _ in shards:
+            with contextlib.suppress(RedisError, OSError, RuntimeError, TimeoutError):
+                async with asyncio.timeout(self._op_timeout):
+                    await pubsub.aclose()
+                    await client.aclose()
 
 
 class _ScriptBatcher:
@@ -355,6 +358,7 @@ class RedisBackend:
         self.stats = BackendStats()
         self._also_close: list[Any] = []
         self._helper_tasks: set[asyncio.Task[Any]] = set()
+        self._lost_subscription = False
         self._in_flight = asyncio.Semaphore(pool_size)
         self._routes = _ScriptBatcher(self, self._route)
         self.events = False
@@ -508,6 +512,8 @@ class RedisBackend:
             channels.append(f"{self._global}:n:{self._node_id}")
         if self.events:
             channels.append(self.events_channel)
+        if self._cluster and self._lost_subscription:
+            await self._refresh_topology()
         pubsub: Any = (
             ShardedSubscription(cast(RedisCluster, self._client), self._op_timeout)
             if self._cluster else self._client.pubsub()
@@ -524,10 +530,12 @@ class RedisBackend:
                 yield data
         finally:
             self._subscribed.clear()
+            self._lost_subscription = True  # the next subscription re-reads the topology
             self._pubsub = None
             try:
-                await pubsub.aclose()
-            except (RedisError, OSError, RuntimeError):
+                async with asyncio.timeout(self._op_timeout):
+                    await pubsub.aclose()
+            except (RedisError, OSError, RuntimeError, TimeoutError):
                 logger.debug("error closing pubsub", exc_info=True)
 
     async def _read(self, pubsub: Any, channels: int) -> AsyncIterator[bytes]:
@@ -568,10 +576,20 @@ class RedisBackend:
                 confirmed += 1
                 if confirmed == channels:
                     self._available = True
+                    self._lost_subscription = False
                     self._subscribed.set()
                     logger.info("node %s subscribed to %d channels", self._node_id, channels)
             elif kind in ("unsubscribe", "sunsubscribe"):
                 seen.discard(_channel_bytes(message.get("channel")))
+
+    async def _refresh_topology(self) -> None:
+        """After losing a shard (a failover), re-read which node serves which slot: the
+        cached slot map would point the new subscription at the dead master."""
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                await cast(RedisCluster, self._client).nodes_manager.initialize()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BackendUnavailable(f"cluster topology unavailable: {exc!r}") from exc
 
     async def _ping_pubsub(self, pubsub: Any) -> None:
         async with asyncio.timeout(self._op_timeout):

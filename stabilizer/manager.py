@@ -15,7 +15,7 @@ import logging
 import time
 import traceback
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from enum import Enum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -1225,11 +1225,6 @@ def _make_backend(config: WebSocketConfig, redis: Any) -> Backend:
             "redis_url needs the redis extra: pip install 'fastapi-stabilizer[redis]'"
         ) from exc
     return RedisBackend.from_config(config, client=redis)
-
-
-def iter_connections(manager: WebSocketConnectionManager) -> Iterable[Connection]:
-    """Iterate a manager's local connections (for tests and tooling)."""
-    return manager._pool.connections()
 
 
 __all__ = ["Phase", "WebSocketConnectionManager"]

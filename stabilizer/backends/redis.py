@@ -263,9 +263,10 @@ class _ScriptBatcher:
     (and exceptions) go back to each caller; every call is bounded by op_timeout.
     """
 
-    def __init__(self, backend: RedisBackend, script: Any) -> None:
+    def __init__(self, backend: RedisBackend, script: Any, op: str) -> None:
         self._backend = backend
         self._script = script
+        self._op = op
         self._queue: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
         self._running = False
 
@@ -291,12 +292,13 @@ class _ScriptBatcher:
         try:
             if len(batch) == 1:
                 keys, args, _ = batch[0]
-                results: list[Any] = [await backend.call(self._script(keys=keys, args=args))]
+                results: list[Any] = [
+                    await backend.call(self._script(keys=keys, args=args), self._op)]
             else:
                 pipe = backend.client.pipeline(transaction=False)
                 for keys, args, _ in batch:
                     await self._script(keys=keys, args=args, client=pipe)
-                results = await backend.call(pipe.execute(raise_on_error=False))
+                results = await backend.call(pipe.execute(raise_on_error=False), self._op)
         except BackendUnavailable as exc:
             for _, _, future in batch:
                 if not future.done():
@@ -360,7 +362,7 @@ class RedisBackend:
         self._helper_tasks: set[asyncio.Task[Any]] = set()
         self._lost_subscription = False
         self._in_flight = asyncio.Semaphore(pool_size)
-        self._routes = _ScriptBatcher(self, self._route)
+        self._routes = _ScriptBatcher(self, self._route, "route")
         self.events = False
     @classmethod
     def from_config(cls, config: WebSocketConfig, client: Any = None) -> RedisBackend:
@@ -450,9 +452,9 @@ class RedisBackend:
         """The underlying redis.asyncio client."""
         return self._client
 
-    async def call(self, coro: Any) -> Any:
+    async def call(self, coro: Any, op: str | None = None) -> Any:
         """Await one Redis command under op_timeout; translate failures to ours."""
-        return await self._call(coro)
+        return await self._call(coro, op)
 
     def spawn_task(self, coro: Any) -> None:
         """Run a short helper task (pipelined batches), keeping a reference until done."""
@@ -460,13 +462,14 @@ class RedisBackend:
         self._helper_tasks.add(task)
         task.add_done_callback(self._helper_tasks.discard)
 
-    async def _call(self, coro: Any) -> Any:
+    async def _call(self, coro: Any, op: str | None = None) -> Any:
         """Await one Redis command under op_timeout; translate failures to ours.
 
         At most ``pool_size`` calls are in flight: beyond that they wait (within
         op_timeout) instead of making the client's pool raise "Too many connections".
         """
-        name = _operation_name(coro)
+        # hot paths name their operation; the rest is labelled by looking at the coroutine
+        name = op or _operation_name(coro)
         started = time.perf_counter()
         awaited = False
         try:
@@ -598,9 +601,11 @@ class RedisBackend:
     async def publish(self, envelope: bytes) -> int:
         """PUBLISH once to every node; return how many *other* nodes received it."""
         if self._cluster:
-            receivers = await self._call(self._client.spublish(self.broadcast_channel, envelope))
+            receivers = await self._call(
+                self._client.spublish(self.broadcast_channel, envelope), "publish")
         else:
-            receivers = await self._call(self._client.publish(self.broadcast_channel, envelope))
+            receivers = await self._call(
+                self._client.publish(self.broadcast_channel, envelope), "publish")
         return max(int(receivers) - (1 if self._subscribed.is_set() else 0), 0)
 
     async def route(self, client_id: str, envelope: bytes) -> bool:
@@ -613,7 +618,7 @@ class RedisBackend:
         keys = [self._presence_key(bucket)]
         args: list[Any] = [client_id, f"{self._tag(bucket)}:n:", envelope, self._publish_cmd]
         if self._cluster:
-            received = await self._call(self._route(keys=keys, args=args))
+            received = await self._call(self._route(keys=keys, args=args), "route")
         else:
             received = await self._routes.submit(keys, args)
         return int(received) > 0
@@ -638,7 +643,7 @@ class RedisBackend:
             args=[presence.client_id, self._entry(presence), presence.node_id,
                   max_cluster or 0, f"{tag}:nc:", f"{tag}:n:",
                   kick_prefix(presence.node_id, presence.client_id), self._publish_cmd],
-        ))
+        ), "register")
         if int(status) == -1:
             raise ConnectionLimitExceededError(
                 f"cluster connection limit ({max_cluster}) reached"
@@ -652,7 +657,7 @@ class RedisBackend:
         removed = await self._call(self._unregister(
             keys=[self._presence_key(bucket), self._node_set(bucket, self._node_id)],
             args=[client_id, conn_id],
-        ))
+        ), "unregister")
         return bool(removed)
 
     async def count(self) -> int:
@@ -810,9 +815,9 @@ class RedisBackend:
         """PUBLISH to the group's channel; return how many other nodes received it."""
         channel = self.group_channel(group)
         if self._cluster:
-            receivers = await self._call(self._client.spublish(channel, envelope))
+            receivers = await self._call(self._client.spublish(channel, envelope), "publish")
         else:
-            receivers = await self._call(self._client.publish(channel, envelope))
+            receivers = await self._call(self._client.publish(channel, envelope), "publish")
         mine = 1 if group in self._groups and self._subscribed.is_set() else 0
         return max(int(receivers) - mine, 0)
 
@@ -822,7 +827,7 @@ class RedisBackend:
                   self._k("hm", f"g:{group}")],
             args=[client_id, group, *self._event_args(), self._node_id, self._publish_cmd,
                   action],
-        ))
+        ), "membership")
         return bool(changed)
 
     async def join_group(self, client_id: str, group: str) -> bool:
@@ -905,7 +910,7 @@ class RedisBackend:
             args=[target.kind, sequenced_prefix(envelope), size, int(ttl * 1000),
                   int(max(ttl, meta_ttl) * 1000), secrets.token_urlsafe(6),
                   self._publish_cmd, channel, client, f"{self._global}:n:", owner],
-        ))
+        ), "sequence")
         return Sequenced(int(reply[0]), _text(reply[1]), int(reply[2]))
 
     async def history(self, stream: str, after: int, epoch: str) -> History:

@@ -15,23 +15,17 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, NoReturn, TextIO, TypeVar, cast
+from typing import Any, Final, NoReturn, TextIO
 from urllib.parse import urlsplit
-
-from redis.asyncio import Redis
-from redis.asyncio.connection import parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from stabilizer.backends.base import Presence
 from stabilizer.backends.redis import RedisBackend
+from stabilizer.backends.redis.inspect import RedisInspector, check_url, open_backend
 from stabilizer.config import WebSocketConfig
 from stabilizer.errors import BackendUnavailable, ConfigError
 
 PROG: Final = "python -m stabilizer"
 EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
-T = TypeVar("T")
 Row = dict[str, Any]
 
 
@@ -42,60 +36,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 class Inspector:
-    """Read-only queries over one namespace; every Redis call is bounded by `timeout`."""
+    """The commands: read-only queries over one namespace, every Redis call bounded."""
 
     def __init__(self, backend: RedisBackend, args: argparse.Namespace, out: TextIO) -> None:
-        self.backend, self.client, self.out = backend, backend.client, out
-        self.timeout, self.buckets = args.timeout, args.presence_buckets
-
-    async def ask(self, awaitable: Awaitable[T]) -> T:
-        """Await one Redis command; raise BackendUnavailable when it fails or times out."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await awaitable
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise BackendUnavailable(str(exc) or f"no answer within {self.timeout:g}s") from exc
+        self.backend, self.out = backend, out
+        self.redis = RedisInspector(backend, args.timeout)
 
     async def live_nodes(self) -> list[Row]:
-        """Nodes whose deadline (Redis clock) has not passed, with their client counts."""
-        seconds, micros = await self.ask(self.client.time())
-        now_ms = seconds * 1000 + micros // 1000
-        # The key layout lives in RedisBackend; reuse it rather than restate it here.
-        entries = cast(list[tuple[bytes, float]], await self.ask(self.client.zrangebyscore(
-            self.backend._k("nodes"), now_ms, "+inf", withscores=True)))  # redis-py: a union
-        rows = []
-        for raw, deadline in entries:
-            node_id, clients = _text(raw), 0
-            for bucket in range(self.buckets):
-                key = self.backend._node_set(bucket, node_id)
-                clients += int(await self.ask(self.client.scard(key)))
-            rows.append({"node_id": node_id, "clients": clients, "deadline": _iso(deadline),
-                         "expires_in": round((deadline - now_ms) / 1000, 3)})
-        return sorted(rows, key=lambda row: str(row["node_id"]))
+        """Live nodes with their client counts and deadlines."""
+        return [{"node_id": row.node_id, "clients": row.clients,
+                 "deadline": _iso(row.deadline_ms),
+                 "expires_in": round((row.deadline_ms - row.now_ms) / 1000, 3)}
+                for row in await self.redis.live_nodes()]
 
     async def groups(self) -> list[Row]:
-        """Every group with members: SCAN MATCH on the group sets, then SCARD in batches."""
-        prefix = self.backend._k("g", "")
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
-        keys: dict[str, bytes] = {}
-        cursor = 0
-        while True:
-            cursor, batch = cast(tuple[int, list[bytes]], await self.ask(  # redis-py: a union
-                self.client.scan(cursor, match=pattern, count=1000)))
-            keys.update((_text(key)[len(prefix):], key) for key in batch)  # raw user strings
-            if int(cursor) == 0:
-                break
-        names = sorted(keys)
-        rows = []
-        for start in range(0, len(names), 500):
-            chunk = names[start:start + 500]
-            async with self.client.pipeline(transaction=False) as pipe:
-                for name in chunk:
-                    pipe.scard(keys[name])
-                counts = await self.ask(pipe.execute(raise_on_error=False))
-            rows += [{"group": name, "members": count} for name, count in zip(chunk, counts,
-                     strict=True) if isinstance(count, int) and count > 0]
-        return rows
+        """Every group with members."""
+        return [{"group": name, "members": count}
+                for name, count in await self.redis.group_counts()]
 
     async def nodes(self, args: argparse.Namespace) -> int:
         self.emit(await self.live_nodes(), ["node_id", "clients", "deadline", "expires_in"],
@@ -109,7 +66,7 @@ class Inspector:
         write = self.out.write
         write("[" if args.json else f"{'SINCE':<24}  {'CONN_ID':<16}  "
               f"{'NODE_ID':<{width}}  CLIENT_ID\n")
-        async for presence in self.backend.scan(min(limit or 500, 500)):
+        async for presence in self.backend.presence.scan(min(limit or 500, 500)):
             row = _presence_row(presence)
             if args.json:
                 write(("," if shown else "") + "\n" + json.dumps(row))
@@ -127,7 +84,7 @@ class Inspector:
         return 0
 
     async def locate(self, args: argparse.Namespace) -> int:
-        presence = await self.backend.locate(args.client_id)
+        presence = await self.backend.presence.locate(args.client_id)
         if presence is None:
             self.out.write(json.dumps({"client_id": args.client_id, "node_id": None}) + "\n"
                            if args.json else f"client {_show(args.client_id)} is not connected\n")
@@ -138,8 +95,9 @@ class Inspector:
         return 0
 
     async def stats(self, args: argparse.Namespace) -> int:
-        totals = {"connections": await self.backend.count(),
-                  "nodes": len(await self.backend.nodes()), "groups": len(await self.groups())}
+        backend = self.backend
+        totals = {"connections": await backend.presence.count(),
+                  "nodes": len(await backend.liveness.nodes()), "groups": len(await self.groups())}
         table = [{"stat": name, "value": value} for name, value in totals.items()]
         self.emit(totals if args.json else table, ["stat", "value"], args.json)
         return 0
@@ -156,10 +114,6 @@ class Inspector:
         for row in cells:
             padded = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
             self.out.write("  ".join([*padded, row[-1]]) + "\n")
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
 
 
 def _iso(ms: float) -> str:
@@ -216,10 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def run(args: argparse.Namespace, out: TextIO) -> int:
     """Connect, run the command, close."""
-    client = Redis.from_url(args.redis_url, socket_connect_timeout=args.timeout,
-                            socket_timeout=args.timeout, retry=Retry(NoBackoff(), 0))
-    backend = RedisBackend(client, namespace=args.namespace, owns_client=True,
-                           presence_buckets=args.presence_buckets, op_timeout=args.timeout)
+    backend = open_backend(args.redis_url, args.namespace, args.presence_buckets, args.timeout)
     command: Callable[[Inspector, argparse.Namespace], Awaitable[int]] = args.command
     try:
         return await command(Inspector(backend, args, out), args)
@@ -236,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         presence_buckets=args.presence_buckets, op_timeout=args.timeout)
         if getattr(args, "limit", 0) < 0:
             raise ConfigError("--limit must be 0 (all) or positive")
-        parse_url(args.redis_url)  # rejects unknown schemes before anything runs
+        check_url(args.redis_url)  # rejects unknown schemes before anything runs
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
     try:

@@ -26,11 +26,12 @@ from types import FrameType
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, WebSocket
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from stabilizer.config import CompressionMode, WebSocketConfig
-from stabilizer.errors import BackendUnavailable
-from stabilizer.manager import Phase, WebSocketConnectionManager
+from stabilizer.errors import BackendUnavailable, ConfigError
+from stabilizer.manager import WebSocketConnectionManager
+from stabilizer.node.context import Phase
 from stabilizer.session import Session
 
 logger = logging.getLogger(__name__)
@@ -199,21 +200,21 @@ def router(manager: WebSocketConnectionManager, *, prefix: str = "") -> APIRoute
         return body
 
     if manager.config.enable_metrics:
-        from fastapi.responses import Response
-
-        from stabilizer.errors import ConfigError
-
-        try:  # only now: prometheus-client is an optional extra
-            from stabilizer.metrics import CONTENT_TYPE, exporter_for
-        except ImportError as exc:
-            raise ConfigError(f"enable_metrics: {exc}") from exc
-        exporter = exporter_for(manager)
-
-        @api.get("/metrics", include_in_schema=False)
-        async def metrics() -> Response:
-            return Response(await exporter.render(), media_type=CONTENT_TYPE)
-
+        _serve_metrics(api, manager)
     return api
+
+
+def _serve_metrics(api: APIRouter, manager: WebSocketConnectionManager) -> None:
+    """Add GET /metrics (prometheus-client is an optional extra: imported only now)."""
+    try:
+        from stabilizer.metrics import CONTENT_TYPE, exporter_for
+    except ImportError as exc:
+        raise ConfigError(f"enable_metrics: {exc}") from exc
+    exporter = exporter_for(manager)
+
+    @api.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(await exporter.render(), media_type=CONTENT_TYPE)
 
 
 def uvicorn_options(config: WebSocketConfig) -> dict[str, Any]:

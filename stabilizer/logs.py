@@ -15,6 +15,7 @@ import datetime as dt
 import json as jsonlib
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Final, TextIO
@@ -117,5 +118,27 @@ def configure_logging(
     return handler
 
 
-__all__ = ["ROOT", "JsonFormatter", "bind_node_id", "configure_logging", "get_logger",
-           "node_id_var"]
+class RateLimitedLog:
+    """Log a recurring problem at most once per `interval` seconds, counting the rest."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: object, exc: BaseException | None = None) -> None:
+        """Log a warning unless one was logged within the interval."""
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg = f"{msg} ({self._suppressed} similar suppressed)"
+        self._logger.warning(msg, *args, exc_info=exc)
+        self._last = now
+        self._suppressed = 0
+
+
+__all__ = ["ROOT", "JsonFormatter", "RateLimitedLog", "bind_node_id", "configure_logging",
+           "get_logger", "node_id_var"]

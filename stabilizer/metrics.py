@@ -39,7 +39,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from stabilizer import __version__
 from stabilizer.errors import BackendUnavailable
-from stabilizer.manager import Phase, WebSocketConnectionManager
+from stabilizer.manager import WebSocketConnectionManager
+from stabilizer.node.context import Phase
 from stabilizer.stats import BackendStats, Histogram, NodeStats
 
 logger = logging.getLogger(__name__)
@@ -195,9 +196,7 @@ class StabilizerCollector:
         yield _histogram("stabilizer_broadcast_fanout_seconds",
                          "Time to hand one broadcast to every local recipient.",
                          ["node_id"], [([node], manager.stats.fanout_seconds)])
-        stats = getattr(manager.backend, "stats", None)
-        if isinstance(stats, BackendStats):
-            yield from _backend_metrics(stats, node)
+        yield from _backend_metrics(manager.backend.stats, node)
 
     def _gauges(self, manager: WebSocketConnectionManager, node: str) -> Iterator[Metric]:
         pool, self._pool = self._pool, None  # a survey is used by one scrape only

@@ -1,19 +1,23 @@
-"""The Backend protocol: what a node needs from the state shared by all nodes.
+"""What a node needs from the state all nodes share, as small role protocols.
 
-The manager never talks to Redis; it talks to a Backend. Every method that may need the
-network raises BackendUnavailable (quickly) when the shared store cannot be reached, so the
-manager can degrade: keep local sockets, deliver locally, re-register later.
+A ``Backend`` bundles one object per role: presence, routing, groups, history, sessions,
+tokens, liveness and events. Services use the roles they need, never a concrete backend.
+Every method that may need the network raises BackendUnavailable (quickly) when the shared
+store cannot be reached, so the node can degrade: keep local sockets, deliver locally,
+re-register later. tests/contract runs one suite over every implementation.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from stabilizer.wire import Envelope
+from stabilizer.pure.streams import Target
+from stabilizer.pure.wire import Envelope
+from stabilizer.results import ClusterEvent
+from stabilizer.stats import BackendStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,21 +35,6 @@ class Registration:
     """The outcome of registering a connection: who held the client id before, if anyone."""
 
     previous: Presence | None
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a sequenced message goes: everyone, a group, or one client."""
-
-    kind: Literal["all", "group", "client"]
-    name: str = ""
-
-    @property
-    def stream(self) -> str:
-        """The history stream name: ``all``, ``g:<group>`` or ``c:<client_id>``."""
-        if self.kind == "all":
-            return "all"
-        return f"{'g' if self.kind == 'group' else 'c'}:{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,52 +82,18 @@ class Liveness:
     rejoined: bool = False
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """Presence, routing, pub/sub, single-use tokens and node liveness, shared by all nodes."""
+class TaskSpawner(Protocol):
+    """Who starts a backend's background tasks, and cancels them when the node stops."""
 
-    @property
-    def name(self) -> str:
-        """A short name for logs and /health: ``memory`` or ``redis``."""
-        ...
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]: ...
 
-    @property
-    def is_shared(self) -> bool:
-        """True when other nodes may be reached through this backend."""
-        ...
 
-    @property
-    def available(self) -> bool:
-        """False while the shared store is known to be unreachable."""
-        ...
-
-    @property
-    def subscribed(self) -> asyncio.Event:
-        """Set while deliveries() is subscribed and receiving; cleared when it is lost."""
-        ...
-
-    async def open(self, node_id: str) -> None:
-        """Connect and subscribe for `node_id`; retry happens in deliveries().
-
-        Raises:
-            BackendUnavailable: the store cannot be reached now (the node still starts).
-        """
-        ...
-
-    async def aclose(self) -> None:
-        """Release connections and subscriptions; idempotent."""
-        ...
-
-    def deliveries(self) -> AsyncIterator[bytes]:
-        """Yield raw envelopes addressed to this node until cancelled.
-
-        Raises:
-            BackendUnavailable: the subscription was lost; call again after a backoff.
-        """
-        ...
+class PresenceStore(Protocol):
+    """Who is connected where."""
 
     async def register(self, presence: Presence, *, max_cluster: int | None) -> Registration:
-        """Record `presence` in one round trip; tell a previous owner node to close its socket.
+        """Record `presence` in one round trip; tell a previous owner node (another one) to
+        close its socket of the client with a KICK naming that socket's conn id.
 
         Raises:
             ConnectionLimitExceededError: the cluster already holds `max_cluster` clients.
@@ -148,26 +103,6 @@ class Backend(Protocol):
 
     async def unregister(self, client_id: str, conn_id: str) -> bool:
         """Remove the client's presence only if it still names `conn_id`."""
-        ...
-
-    async def publish(self, envelope: bytes) -> int:
-        """Hand `envelope` to every other node; return how many nodes received it."""
-        ...
-
-    async def route(self, client_id: str, envelope: bytes) -> bool:
-        """Hand `envelope` to the node owning `client_id`; False when no node owns it."""
-        ...
-
-    async def consume_token(self, nonce: str, expires_at: float) -> bool:
-        """Mark a token nonce used; False when it was already used (cluster-wide)."""
-        ...
-
-    async def restore_token(self, nonce: str) -> None:
-        """Undo consume_token: the connection it was for could not be admitted."""
-        ...
-
-    async def shared_secret(self) -> bytes:
-        """Return the token key all nodes agree on, creating it once if needed."""
         ...
 
     async def count(self) -> int:
@@ -182,13 +117,149 @@ class Backend(Protocol):
         """Return where `client_id` is connected, or None."""
         ...
 
+
+class Routing(Protocol):
+    """Envelopes between nodes: to all of them, or to the one that holds a client."""
+
+    @property
+    def subscribed(self) -> asyncio.Event:
+        """Set while deliveries() is subscribed and receiving; cleared when it is lost."""
+        ...
+
+    def deliveries(self) -> AsyncIterator[bytes]:
+        """Yield raw envelopes addressed to this node until cancelled.
+
+        Raises:
+            BackendUnavailable: the subscription was lost; call again after a backoff.
+        """
+        ...
+
+    async def publish(self, envelope: bytes) -> int:
+        """Hand `envelope` to every other node; return how many nodes received it."""
+        ...
+
+    async def route(self, client_id: str, envelope: bytes) -> bool:
+        """Hand `envelope` to the node owning `client_id`; False when no node owns it."""
+        ...
+
+
+class GroupStore(Protocol):
+    """Cluster-wide group membership, and the group channels nodes subscribe to."""
+
+    async def publish(self, group: str, envelope: bytes) -> int:
+        """Hand `envelope` to the other nodes with local members of `group`; return how
+        many."""
+        ...
+
+    async def join(self, client_id: str, group: str) -> bool:
+        """Add a member (recording the group stream's baseline in the client's session, if
+        it has one); False if it already was a member."""
+        ...
+
+    async def leave(self, client_id: str, group: str) -> bool:
+        """Remove a member; False if it was not one."""
+        ...
+
+    async def members(self, group: str) -> list[str]:
+        """Return the members of `group` on every node."""
+        ...
+
+    async def of_client(self, client_id: str) -> list[str]:
+        """Return the groups `client_id` belongs to."""
+        ...
+
+    async def subscribe(self, group: str) -> None:
+        """Start receiving `group`'s messages on this node (first local member joined)."""
+        ...
+
+    async def unsubscribe(self, group: str) -> None:
+        """Stop receiving `group`'s messages on this node (last local member left)."""
+        ...
+
+
+class HistoryStore(Protocol):
+    """Sequenced streams: offsets, bounded history, epochs."""
+
+    async def sequence(
+        self, target: Target, envelope: Envelope, *, size: int, ttl: float, meta_ttl: float
+    ) -> Sequenced:
+        """Assign the next offset of `target`'s stream, append and publish, in one step.
+
+        The stream keeps `size` entries for `ttl` seconds after its last message; its offset
+        and epoch live `meta_ttl` seconds (at least the session TTL, so that a missing stream
+        means "nothing was published since"). The publication reaches every node that
+        follows the target, this one included. For a client target the message is kept only
+        if the client is connected or its session is resumable (offset 0 otherwise).
+        """
+        ...
+
+    async def read(self, stream: str, after: int, epoch: str) -> History:
+        """Return the envelopes of `stream` with offsets after `after` in `epoch` (an empty
+        epoch with `after` 0 asks for everything the stream still holds)."""
+        ...
+
+
+class SessionStore(Protocol):
+    """Resumable sessions: groups, user data and stream baselines kept while away."""
+
+    async def load(self, client_id: str) -> SessionState | None:
+        """Return the live or resumable session of `client_id`, or None."""
+        ...
+
+    async def activate(self, client_id: str, *, fresh: bool) -> None:
+        """Mark the session live (no expiry while connected); a fresh one starts empty and
+        records the baselines of the client's ``all`` and ``c:<client_id>`` streams."""
+        ...
+
+    async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
+        """Store one user-data value in the session."""
+        ...
+
+    async def suspend(self, client_id: str, ttl: float) -> None:
+        """The client left: keep its session `ttl` seconds, then end it."""
+        ...
+
+    async def end(self, client_id: str) -> list[str]:
+        """Drop the session and every group membership now; return the groups left."""
+        ...
+
+    async def sweep(self, limit: int = 100) -> list[str]:
+        """End sessions whose time ran out (unless the client came back); return their ids."""
+        ...
+
+
+class TokenStore(Protocol):
+    """Single use of reconnect tokens, and the key every node signs them with."""
+
+    @property
+    def known_secret(self) -> bytes | None:
+        """A signing key usable before open() (the embedded backend's), else None."""
+        ...
+
+    async def consume(self, nonce: str, expires_at: float) -> bool:
+        """Mark a token nonce used; False when it was already used (cluster-wide)."""
+        ...
+
+    async def restore(self, nonce: str) -> None:
+        """Undo consume: the connection it was for could not be admitted."""
+        ...
+
+    async def shared_secret(self) -> bytes:
+        """Return the token key all nodes agree on, creating it once if needed."""
+        ...
+
+
+class NodeRegistry(Protocol):
+    """Node liveness: keepalives, reaping dead nodes, re-registering after an outage."""
+
     async def keepalive(self, node_ttl: float, session_ttl: float = 0.0) -> Liveness:
         """Refresh this node's liveness and reap nodes whose entry expired; the sessions of
         reaped clients end after `session_ttl` unless they come back."""
         ...
 
     async def resync(self, local: Sequence[Presence]) -> list[str]:
-        """Re-register this node's clients after the store came back (or was wiped).
+        """Re-register this node's clients after the store came back (or was wiped) and
+        forget entries this node no longer holds.
 
         Returns the client ids that meanwhile connected to another node: their local
         sockets are stale and the caller closes them as replaced.
@@ -203,81 +274,89 @@ class Backend(Protocol):
         """Return the ids of live nodes."""
         ...
 
-    # --- groups -------------------------------------------------------------------
 
-    async def publish_group(self, group: str, envelope: bytes) -> int:
-        """Hand `envelope` to the nodes with local members of `group`; return how many."""
+class EventBus(Protocol):
+    """Cluster events (``cluster_events``): connects, disconnects, joins and leaves."""
+
+    async def publish(self, event: ClusterEvent) -> None:
+        """Tell every other node about a connect or disconnect of this node's client.
+        (Joins and leaves are published by the group and session stores themselves.)"""
         ...
 
-    async def join_group(self, client_id: str, group: str) -> bool:
-        """Add a member cluster-wide (recording the group stream's baseline in the client's
-        session, if it has one); False if it already was a member."""
+
+class Backend(Protocol):
+    """The state shared by all nodes: one object per role, opened once per node."""
+
+    @property
+    def presence(self) -> PresenceStore:
+        """Role: who is connected where."""
         ...
 
-    async def leave_group(self, client_id: str, group: str) -> bool:
-        """Remove a member cluster-wide; False if it was not one."""
+    @property
+    def routing(self) -> Routing:
+        """Role: envelopes between nodes."""
         ...
 
-    async def group_members(self, group: str) -> list[str]:
-        """Return the members of `group` on every node."""
+    @property
+    def groups(self) -> GroupStore:
+        """Role: group membership and channels."""
         ...
 
-    async def client_groups(self, client_id: str) -> list[str]:
-        """Return the groups `client_id` belongs to."""
+    @property
+    def history(self) -> HistoryStore:
+        """Role: sequenced streams."""
         ...
 
-    async def subscribe_group(self, group: str) -> None:
-        """Start receiving `group`'s messages on this node (first local member joined)."""
+    @property
+    def sessions(self) -> SessionStore:
+        """Role: resumable sessions."""
         ...
 
-    async def unsubscribe_group(self, group: str) -> None:
-        """Stop receiving `group`'s messages on this node (last local member left)."""
+    @property
+    def tokens(self) -> TokenStore:
+        """Role: single-use tokens and the shared key."""
         ...
 
-    # --- history ------------------------------------------------------------------
+    @property
+    def liveness(self) -> NodeRegistry:
+        """Role: node liveness and reaping."""
+        ...
 
-    async def sequence(
-        self, target: Target, envelope: Envelope, *, size: int, ttl: float, meta_ttl: float
-    ) -> Sequenced:
-        """Assign the next offset of `target`'s stream, append and publish, in one step.
+    @property
+    def events(self) -> EventBus:
+        """Role: cluster events."""
+        ...
 
-        The stream keeps `size` entries for `ttl` seconds after its last message; its offset
-        and epoch live `meta_ttl` seconds (at least the session TTL, so that a missing stream
-        means "nothing was published since").
 
-        For a client target the message is kept only if the client is connected or its
-        session is resumable (receivers 0 and offset 0 otherwise).
+    @property
+    def name(self) -> str:
+        """A short name for logs and /health: ``memory``, ``redis`` or ``redis-cluster``."""
+        ...
+
+    @property
+    def is_shared(self) -> bool:
+        """True when other nodes may be reached through this backend."""
+        ...
+
+    @property
+    def available(self) -> bool:
+        """False while the shared store is known to be unreachable."""
+        ...
+
+    @property
+    def stats(self) -> BackendStats:
+        """What each operation cost and how often it failed."""
+        ...
+
+    async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False) -> None:
+        """Connect for `node_id`; `tasks` owns any background task the backend needs;
+        with `events`, membership changes are published as cluster events.
+
+        Raises:
+            BackendUnavailable: the store cannot be reached now (the node still starts).
         """
         ...
 
-    async def history(self, stream: str, after: int, epoch: str) -> History:
-        """Return the envelopes of `stream` with offsets after `after` in `epoch` (an empty
-        epoch with `after` 0 asks for everything the stream still holds)."""
-        ...
-
-    # --- sessions -----------------------------------------------------------------
-
-    async def load_session(self, client_id: str) -> SessionState | None:
-        """Return the resumable session of `client_id`, or None."""
-        ...
-
-    async def open_session(self, client_id: str, *, fresh: bool) -> None:
-        """Mark the session live (no expiry while connected); a fresh one records the
-        baselines of the client's ``all`` and ``c:<client_id>`` streams."""
-        ...
-
-    async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
-        """Store one user-data value in the session."""
-        ...
-
-    async def suspend_session(self, client_id: str, ttl: float) -> None:
-        """The client left: keep its session `ttl` seconds, then end it."""
-        ...
-
-    async def end_session(self, client_id: str) -> list[str]:
-        """Drop the session and every group membership now; return the groups left."""
-        ...
-
-    async def sweep_sessions(self, limit: int = 100) -> list[str]:
-        """End sessions whose time ran out; return their client ids."""
+    async def aclose(self) -> None:
+        """Release connections and subscriptions; idempotent."""
         ...

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from stabilizer.backends.base import Target
-from stabilizer.wire import Envelope, Kind, decode, encode
+from stabilizer.pure.streams import Target
+from stabilizer.pure.wire import Envelope, Kind, decode, encode
 from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node, presence
 
 __all__ = ["open_node"]  # the fixture, re-exported for pytest
@@ -25,8 +25,8 @@ async def test_sequence_assigns_consecutive_offsets_and_reaches_every_node(
 ) -> None:
     a, b = await open_node("node-a"), await open_node("node-b")
     async with Inbox(a) as inbox_a, Inbox(b) as inbox_b:
-        first = await a.sequence(Target("all"), env(Kind.BROADCAST, None, "one"), **OPTS)
-        second = await b.sequence(Target("all"), env(Kind.BROADCAST, None, "two"), **OPTS)
+        first = await a.history.sequence(Target("all"), env(Kind.BROADCAST, None, "one"), **OPTS)
+        second = await b.history.sequence(Target("all"), env(Kind.BROADCAST, None, "two"), **OPTS)
         assert (first.offset, second.offset) == (1, 2)
         assert first.epoch == second.epoch
         assert first.receivers == 2  # every node, the publisher included
@@ -40,16 +40,16 @@ async def test_history_returns_what_came_after_a_position(open_node: NodeFactory
     a = await open_node("node-a")
     epoch = ""
     for i in range(1, 5):
-        epoch = (await a.sequence(Target("group", "room"), env(Kind.GROUP, "room", f"m{i}"),
+        epoch = (await a.history.sequence(Target("group", "room"), env(Kind.GROUP, "room", f"m{i}"),
                                   **OPTS)).epoch
-    found = await a.history("g:room", 1, epoch)
+    found = await a.history.read("g:room", 1, epoch)
     assert found.covered
     assert [decode(raw).payload for raw in found.envelopes] == ["m2", "m3", "m4"]
-    assert (await a.history("g:room", 4, epoch)).envelopes == []
-    assert (await a.history("g:room", 4, epoch)).covered
-    assert not (await a.history("g:room", 2, "another-epoch")).covered
-    assert not (await a.history("g:room", 9, epoch)).covered  # ahead of the stream
-    everything = await a.history("g:room", 0, "")
+    assert (await a.history.read("g:room", 4, epoch)).envelopes == []
+    assert (await a.history.read("g:room", 4, epoch)).covered
+    assert not (await a.history.read("g:room", 2, "another-epoch")).covered
+    assert not (await a.history.read("g:room", 9, epoch)).covered  # ahead of the stream
+    everything = await a.history.read("g:room", 0, "")
     assert [decode(raw).offset for raw in everything.envelopes] == [1, 2, 3, 4]
 
 
@@ -57,10 +57,10 @@ async def test_trimmed_history_does_not_cover_an_old_position(open_node: NodeFac
     a = await open_node("node-a")
     epoch = ""
     for i in range(1, 9):  # size 5: offsets 1..3 are trimmed away
-        epoch = (await a.sequence(Target("all"), env(Kind.BROADCAST, None, f"m{i}"),
+        epoch = (await a.history.sequence(Target("all"), env(Kind.BROADCAST, None, f"m{i}"),
                                   **OPTS)).epoch
-    assert not (await a.history("all", 1, epoch)).covered
-    covered = await a.history("all", 3, epoch)
+    assert not (await a.history.read("all", 1, epoch)).covered
+    covered = await a.history.read("all", 3, epoch)
     assert covered.covered
     assert [decode(raw).offset for raw in covered.envelopes] == [4, 5, 6, 7, 8]
 
@@ -69,43 +69,46 @@ async def test_direct_messages_are_kept_only_for_present_or_resumable_clients(
     open_node: NodeFactory,
 ) -> None:
     a, b = await open_node("node-a"), await open_node("node-b")
-    gone = await a.sequence(Target("client", "ghost"), env(Kind.DIRECT, "ghost", "x"), **OPTS)
+    gone = await a.history.sequence(Target("client", "ghost"), env(Kind.DIRECT, "ghost", "x"),
+                                    **OPTS)
     assert gone.offset == 0
-    await b.register(presence("bob", "node-b"), max_cluster=None)
-    await b.open_session("bob", fresh=True)
+    await b.presence.register(presence("bob", "node-b"), max_cluster=None)
+    await b.sessions.activate("bob", fresh=True)
     async with Inbox(b) as inbox_b:
-        live = await a.sequence(Target("client", "bob"), env(Kind.DIRECT, "bob", "hi"), **OPTS)
+        live = await a.history.sequence(Target("client", "bob"),
+                                        env(Kind.DIRECT, "bob", "hi"), **OPTS)
         assert (live.offset, live.receivers) == (1, 1)
         assert (await inbox_b.next()).payload == "hi"
-    await b.unregister("bob", "c0000000000000001")
-    await b.suspend_session("bob", 60)
-    kept = await a.sequence(Target("client", "bob"), env(Kind.DIRECT, "bob", "later"), **OPTS)
+    await b.presence.unregister("bob", "c0000000000000001")
+    await b.sessions.suspend("bob", 60)
+    kept = await a.history.sequence(Target("client", "bob"),
+                                    env(Kind.DIRECT, "bob", "later"), **OPTS)
     assert (kept.offset, kept.receivers) == (2, 0)
-    found = await a.history("c:bob", 1, kept.epoch)
+    found = await a.history.read("c:bob", 1, kept.epoch)
     assert [decode(raw).payload for raw in found.envelopes] == ["later"]
 
 
 async def test_group_membership_is_cluster_wide(open_node: NodeFactory) -> None:
     a, b = await open_node("node-a"), await open_node("node-b")
-    assert await a.join_group("alice", "room:1*") is True
-    assert await a.join_group("alice", "room:1*") is False
-    assert await b.join_group("bob", "room:1*") is True
-    assert await a.group_members("room:1*") == ["alice", "bob"]
-    assert await b.client_groups("alice") == ["room:1*"]
-    assert await b.leave_group("alice", "room:1*") is True
-    assert await a.leave_group("alice", "room:1*") is False
-    assert await a.group_members("room:1*") == ["bob"]
+    assert await a.groups.join("alice", "room:1*") is True
+    assert await a.groups.join("alice", "room:1*") is False
+    assert await b.groups.join("bob", "room:1*") is True
+    assert await a.groups.members("room:1*") == ["alice", "bob"]
+    assert await b.groups.of_client("alice") == ["room:1*"]
+    assert await b.groups.leave("alice", "room:1*") is True
+    assert await a.groups.leave("alice", "room:1*") is False
+    assert await a.groups.members("room:1*") == ["bob"]
 
 
 async def test_group_messages_reach_only_subscribed_nodes(open_node: NodeFactory) -> None:
     a, b, c = await open_node("node-a"), await open_node("node-b"), await open_node("node-c")
     async with Inbox(a), Inbox(b) as inbox_b, Inbox(c) as inbox_c:
-        await b.subscribe_group("room")  # returns once the subscription is active
-        assert await a.publish_group("room", encode(env(Kind.GROUP, "room", "x"))) == 1
+        await b.groups.subscribe("room")  # returns once the subscription is active
+        assert await a.groups.publish("room", encode(env(Kind.GROUP, "room", "x"))) == 1
         assert (await inbox_b.next()).payload == "x"
-        await b.unsubscribe_group("room")
+        await b.groups.unsubscribe("room")
         async with asyncio.timeout(5):
-            while await a.publish_group("room", encode(env(Kind.GROUP, "room", "y"))) != 0:
+            while await a.groups.publish("room", encode(env(Kind.GROUP, "room", "y"))) != 0:
                 pass  # UNSUBSCRIBE takes effect asynchronously on the pub/sub connection
         assert inbox_c.queue.empty()
 
@@ -114,51 +117,51 @@ async def test_sessions_keep_groups_and_user_data_until_they_end(
     open_node: NodeFactory,
 ) -> None:
     a = await open_node("node-a")
-    assert await a.load_session("alice") is None
-    await a.open_session("alice", fresh=True)
-    await a.join_group("alice", "room")
-    await a.save_user_data("alice", "name", b"\xa5Alice")
-    state = await a.load_session("alice")
+    assert await a.sessions.load("alice") is None
+    await a.sessions.activate("alice", fresh=True)
+    await a.groups.join("alice", "room")
+    await a.sessions.save_user_data("alice", "name", b"\xa5Alice")
+    state = await a.sessions.load("alice")
     assert state is not None
     assert (state.groups, state.user_data) == (["room"], {"name": b"\xa5Alice"})
-    await a.suspend_session("alice", 60)
-    assert await a.load_session("alice") is not None  # still resumable
-    assert await a.end_session("alice") == ["room"]
-    assert await a.load_session("alice") is None
-    assert await a.group_members("room") == []
+    await a.sessions.suspend("alice", 60)
+    assert await a.sessions.load("alice") is not None  # still resumable
+    assert await a.sessions.end("alice") == ["room"]
+    assert await a.sessions.load("alice") is None
+    assert await a.groups.members("room") == []
 
 
 async def test_sweep_ends_sessions_whose_time_ran_out(open_node: NodeFactory) -> None:
     a = await open_node("node-a")
     for client in ("gone", "back"):
-        await a.open_session(client, fresh=True)
-        await a.join_group(client, "room")
-        await a.suspend_session(client, 0.05)
-    await a.register(presence("back", "node-a"), max_cluster=None)  # reconnected meanwhile
+        await a.sessions.activate(client, fresh=True)
+        await a.groups.join(client, "room")
+        await a.sessions.suspend(client, 0.05)
+    await a.presence.register(presence("back", "node-a"), max_cluster=None)  # reconnected meanwhile
     ended: list[str] = []
     async with asyncio.timeout(5):
         while "gone" not in ended:  # bounded poll on a clock-driven expiry
-            ended += await a.sweep_sessions()
+            ended += await a.sessions.sweep()
             await asyncio.sleep(0.02)
     assert "back" not in ended
-    assert await a.group_members("room") == ["back"]
+    assert await a.groups.members("room") == ["back"]
 
 
 async def test_reaping_a_dead_node_suspends_its_clients_sessions(open_node: NodeFactory) -> None:
     a, dead = await open_node("node-a"), await open_node("node-dead")
-    await dead.keepalive(0.2)
-    await a.keepalive(30)
-    await dead.register(presence("d1", "node-dead"), max_cluster=None)
-    await dead.open_session("d1", fresh=True)
-    await dead.join_group("d1", "room")
+    await dead.liveness.keepalive(0.2)
+    await a.liveness.keepalive(30)
+    await dead.presence.register(presence("d1", "node-dead"), max_cluster=None)
+    await dead.sessions.activate("d1", fresh=True)
+    await dead.groups.join("d1", "room")
     deadline = time.monotonic() + 5
-    while "node-dead" not in (await a.keepalive(30, session_ttl=0.05)).reaped:
+    while "node-dead" not in (await a.liveness.keepalive(30, session_ttl=0.05)).reaped:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     async with asyncio.timeout(5):
-        while "d1" not in await a.sweep_sessions():
+        while "d1" not in await a.sessions.sweep():
             await asyncio.sleep(0.02)
-    assert await a.group_members("room") == []
+    assert await a.groups.members("room") == []
 
 
 @pytest.mark.parametrize("size", [1, 3])
@@ -166,9 +169,9 @@ async def test_history_size_bounds_every_stream(open_node: NodeFactory, size: in
     a = await open_node("node-a")
     epoch = ""
     for i in range(10):
-        epoch = (await a.sequence(Target("all"), env(Kind.BROADCAST, None, str(i)),
+        epoch = (await a.history.sequence(Target("all"), env(Kind.BROADCAST, None, str(i)),
                                   size=size, ttl=60, meta_ttl=60)).epoch
-    found = await a.history("all", 10 - size, epoch)
+    found = await a.history.read("all", 10 - size, epoch)
     assert found.covered
     assert len(found.envelopes) == size
-    assert not (await a.history("all", 10 - size - 1, epoch)).covered
+    assert not (await a.history.read("all", 10 - size - 1, epoch)).covered

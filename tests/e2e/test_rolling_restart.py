@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from stabilizer.client import Connection, RetryPolicy, connect
+from stabilizer.client import ClientConnection, RetryPolicy, connect
 from tests.support.nginx import Nginx
 from tests.support.redis_server import RedisServer
 from tests.support.uvicorn_proc import UvicornProcess
@@ -40,11 +40,11 @@ async def test_rolling_restart_loses_and_duplicates_nothing(redis_server: RedisS
     proxy = Nginx([r.port for r in replicas]).start()
     received: dict[str, list[int]] = {f"user{i}": [] for i in range(CLIENTS)}
     not_recovered: list[str] = []
-    clients: list[Connection] = []
+    clients: list[ClientConnection] = []
     sent = 0
     stop = asyncio.Event()
 
-    async def consume(name: str, conn: Connection) -> None:
+    async def consume(name: str, conn: ClientConnection) -> None:
         async for message in conn:
             received[name].append(json.loads(message)["n"])
 

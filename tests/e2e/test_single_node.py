@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from stabilizer import CloseCode
-from stabilizer.tokens import TokenCodec
+from stabilizer.pure.tokens import TokenCodec
 from tests.e2e.conftest import Launcher
 from tests.support.clients import closed_with, open_client, recv_json
 

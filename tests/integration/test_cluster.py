@@ -154,11 +154,14 @@ async def test_a_crashed_node_is_reaped_by_the_survivors(cluster: Cluster) -> No
     await a.connect("moved", FakeSocket())
     assert await a.get_cluster_connection_count() == 4
 
-    # SIGKILL leaves no goodbye: stop b's loops and connections without unregistering.
-    for task in b._loops:
+    # SIGKILL leaves no goodbye: stop b's loops without unregistering anything.
+    loops = [task for task in asyncio.all_tasks()
+             if task.get_name().startswith("stabilizer-loop-")
+             and task.get_name().endswith(f":{b.node_id}")]
+    assert len(loops) == 3  # heartbeat, maintenance, listener
+    for task in loops:
         task.cancel()
-    await asyncio.gather(*b._loops, return_exceptions=True)
-    b._loops.clear()
+    await asyncio.gather(*loops, return_exceptions=True)
 
     async with asyncio.timeout(15):
         while await a.get_cluster_connection_count() != 1:

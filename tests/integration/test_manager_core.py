@@ -22,7 +22,7 @@ from stabilizer import (
     WebSocketConfig,
     WebSocketStabilizerError,
 )
-from stabilizer.tokens import TokenCodec
+from stabilizer.pure.tokens import TokenCodec
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket
 
@@ -292,11 +292,10 @@ async def test_token_rotation_keeps_old_tokens_valid(make_manager: ManagerFactor
 
 
 async def test_token_ttl_is_honoured(make_manager: ManagerFactory) -> None:
-    manager = make_manager(WebSocketConfig(reconnect_token_ttl=timedelta(seconds=30), **QUIET))
+    manager = make_manager(WebSocketConfig(reconnect_token_ttl=timedelta(seconds=30),
+                                           token_secret="k" * 32, **QUIET))
     token = manager.generate_reconnect_token("alice")
-    codec = manager._codec
-    assert codec is not None
-    claims = codec.verify(token, now=time.time())
+    claims = TokenCodec([b"k" * 32], "stabilizer").verify(token, now=time.time())
     assert claims.expires_at - claims.issued_at == pytest.approx(30, abs=0.01)
 
 
@@ -330,13 +329,15 @@ async def test_metadata_over_the_per_connection_limit_is_refused(
 async def test_total_memory_limit_evicts_by_policy(
     make_manager: ManagerFactory, policy: str, evicted: str
 ) -> None:
-    manager = make_manager(WebSocketConfig(memory_eviction_policy=policy, **QUIET))
+    probe = make_manager(WebSocketConfig(**QUIET))  # what one such connection takes
+    await probe.connect("a", FakeSocket("a"))
+    per_conn = probe.get_memory_usage()["per_connection_average"]
+    manager = make_manager(WebSocketConfig(memory_eviction_policy=policy,
+                                           max_total_memory=int(per_conn * 3.5), **QUIET))
     sockets = {cid: FakeSocket(cid) for cid in ("a", "b", "c")}
     for cid in ("a", "b", "c"):
         await manager.connect(cid, sockets[cid])
     await manager.send_to_client("a", "activity")  # a is now the most recently used
-    per_conn = manager.get_memory_usage()["per_connection_average"]
-    manager.config = manager.config.replace(max_total_memory=int(per_conn * 3.5))
 
     await manager.connect("d", FakeSocket("d"))
 

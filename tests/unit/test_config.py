@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from stabilizer._util import default_node_id
 from stabilizer.config import (
     CloseCode,
     CompressionMode,
@@ -19,6 +18,7 @@ from stabilizer.config import (
     should_reconnect,
 )
 from stabilizer.errors import ConfigError, WebSocketStabilizerError
+from stabilizer.node.context import default_node_id
 
 KEY_A = "a" * 16
 KEY_B = "b" * 32

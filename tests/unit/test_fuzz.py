@@ -16,15 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from stabilizer._util import (
+from stabilizer.errors import InvalidClientIdError, TokenError, WireError
+from stabilizer.pure.text import (
     MAX_CLOSE_REASON_BYTES,
     check_client_id,
     encode_message,
     truncate_reason,
 )
-from stabilizer.errors import InvalidClientIdError, TokenError, WireError
-from stabilizer.tokens import TokenClaims, TokenCodec, key_id
-from stabilizer.wire import Envelope, Kind, decode, encode
+from stabilizer.pure.tokens import TokenClaims, TokenCodec, key_id
+from stabilizer.pure.wire import Envelope, Kind, decode, encode
 
 # Hypothesis caches (constants, unicode tables) go to the temp dir, not the checkout; no example
 # database and derandomize: every machine runs the same examples.

@@ -6,7 +6,7 @@ from collections.abc import Hashable, Iterable
 
 import pytest
 
-from stabilizer.heartbeat import HeartbeatSchedule
+from stabilizer.pure.schedule import HeartbeatSchedule
 
 Event = tuple[float, str, Hashable]
 

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from stabilizer.errors import InvalidTokenError, TokenError, TokenExpiredError
-from stabilizer.tokens import MAX_TOKEN_LENGTH, TokenClaims, TokenCodec, key_id
+from stabilizer.pure.tokens import MAX_TOKEN_LENGTH, TokenClaims, TokenCodec, key_id
 
 OLD_KEY = b"o" * 32
 NEW_KEY = b"n" * 32

@@ -9,20 +9,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from stabilizer._util import (
-    MAX_CLOSE_REASON_BYTES,
-    RateLimitedLog,
-    backoff_delay,
-    check_client_id,
-    default_node_id,
-    encode_message,
-    is_text,
-    truncate_reason,
-)
 from stabilizer.errors import (
     ConnectionNotFoundError,
     InvalidClientIdError,
     WebSocketStabilizerError,
+)
+from stabilizer.logs import RateLimitedLog
+from stabilizer.node.context import default_node_id
+from stabilizer.pure.text import (
+    MAX_CLOSE_REASON_BYTES,
+    backoff_delay,
+    check_client_id,
+    encode_message,
+    is_text,
+    truncate_reason,
 )
 
 # ----------------------------------------------------------------------------- check_client_id
@@ -204,7 +204,7 @@ def test_backoff_of_a_huge_failure_count_stays_capped() -> None:
 
 
 class FakeMonotonic:
-    """Stands in for time.monotonic in stabilizer._util (RateLimitedLog reads no clock argument)."""
+    """Stands in for time.monotonic in stabilizer.logs (RateLimitedLog reads no clock argument)."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -217,7 +217,7 @@ def test_rate_limited_log_logs_once_per_interval_and_counts_the_rest(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeMonotonic(100_000.0)
-    monkeypatch.setattr("stabilizer._util.time.monotonic", clock)
+    monkeypatch.setattr("stabilizer.logs.time.monotonic", clock)
     log = RateLimitedLog(logging.getLogger("stabilizer.test"), interval=10.0)
     with caplog.at_level(logging.WARNING, logger="stabilizer.test"):
         for _ in range(5):
@@ -235,7 +235,7 @@ def test_rate_limited_log_logs_once_per_interval_and_counts_the_rest(
 def test_rate_limited_log_logs_the_first_warning_on_a_freshly_booted_host(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("stabilizer._util.time.monotonic", lambda: 5.0)  # 5 s since boot
+    monkeypatch.setattr("stabilizer.logs.time.monotonic", lambda: 5.0)  # 5 s since boot
     log = RateLimitedLog(logging.getLogger("stabilizer.test"), interval=10.0)
     with caplog.at_level(logging.WARNING, logger="stabilizer.test"):
         log.warning("backend lost")

@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 from stabilizer.errors import WireError
-from stabilizer.wire import WIRE_VERSION, Envelope, Kind, decode, encode
+from stabilizer.pure.wire import WIRE_VERSION, Envelope, Kind, decode, encode
 
 
 def pack(fields: object) -> bytes:

@@ -1,13 +1,10 @@
-"""Small helpers shared by several modules: ids, validation, message encoding, backoff."""
+"""Text rules shared by every layer (pure): id validation, message encoding, close reasons,
+retry advice and backoff."""
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import random
-import socket
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
@@ -18,12 +15,7 @@ Message: TypeAlias = str | bytes | Mapping[str, Any] | Sequence[Any]
 JSONValue: TypeAlias = Any
 
 MAX_CLOSE_REASON_BYTES: Final = 123
-
-
-def default_node_id() -> str:
-    """Return an id unique per process: host name, pid and 4 random hex digits."""
-    host = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname())
-    return f"{host[:40] or 'node'}-{os.getpid()}-{os.urandom(2).hex()}"
+MAX_GROUP_LENGTH: Final = 256
 
 
 def is_text(value: object) -> bool:
@@ -52,6 +44,18 @@ def check_client_id(client_id: object, max_length: int) -> str:
         except UnicodeEncodeError as exc:
             raise InvalidClientIdError("client_id is not valid Unicode text") from exc
     return client_id
+
+
+def check_group(group: object) -> str:
+    """Return `group` if usable as a group name (the client id rules, 256 characters).
+
+    Raises:
+        ValueError: not a non-empty string of at most 256 characters.
+    """
+    try:
+        return check_client_id(group, MAX_GROUP_LENGTH)
+    except InvalidClientIdError as exc:
+        raise ValueError(str(exc).replace("client_id", "group")) from exc
 
 
 def encode_message(message: object) -> str | bytes:
@@ -92,25 +96,3 @@ def retry_advice(jitter: float, *, floor: float = 0.25) -> str:
 def backoff_delay(failures: int, *, base: float = 0.1, cap: float = 5.0) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**failures)]."""
     return random.uniform(0, min(cap, base * (2 ** min(failures, 16))))
-
-
-class RateLimitedLog:
-    """Log a recurring problem at most once per `interval` seconds, counting the rest."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._last = float("-inf")
-        self._suppressed = 0
-
-    def warning(self, msg: str, *args: object, exc: BaseException | None = None) -> None:
-        """Log a warning unless one was logged within the interval."""
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg = f"{msg} ({self._suppressed} similar suppressed)"
-        self._logger.warning(msg, *args, exc_info=exc)
-        self._last = now
-        self._suppressed = 0

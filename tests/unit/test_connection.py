@@ -1,25 +1,16 @@
-"""Frame, Pool and Connection.offer with fake sockets; resume(); abort_transport; estimate_size."""
+"""Frame, Pool and Connection with fake sockets; abort_transport; estimate_size."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
 
 import pytest
 
 from stabilizer.config import CloseCode
-from stabilizer.pool import (
-    AsgiMessage,
-    Connection,
-    Frame,
-    OutboxLimits,
-    Pool,
-    State,
-    abort_transport,
-    estimate_size,
-    resume,
-)
+from stabilizer.connection.connection import Connection, OutboxLimits, State
+from stabilizer.connection.pool import Pool
+from stabilizer.connection.sockets import AsgiMessage, Frame, abort_transport
+from stabilizer.pure.sizes import estimate_size
 
 BOUND = 2.0  # seconds: an upper bound on waits that should end almost at once
 
@@ -314,7 +305,7 @@ async def test_user_data_counts_against_max_bytes() -> None:
     socket = FakeSocket(blocked=True)
     failures = Failures(close=False)
     conn = connect(socket, failures, max_frames=100, max_bytes=10)
-    conn.user_data_bytes = 8
+    conn.put_user_data("k", "v", 8)
     conn.offer(Frame.text("in flight"), now=0.0)
     assert conn.offer(Frame.text("12"), now=0.0) is True
     assert conn.offer(Frame.text("3"), now=0.0) is False
@@ -433,141 +424,6 @@ async def test_begin_close_before_the_writer_ran_still_cancels_the_send() -> Non
         await socket.unwound.wait()
     assert len(socket.interrupted) == 1  # cancelled or closed: either way its finally ran
     assert await flushed(conn) == 0
-
-
-# ----------------------------------------------------------------------------- resume
-
-
-def step(coro: Coroutine[Any, Any, None]) -> object:
-    """Start a coroutine by hand as Connection.offer does; return what it yielded."""
-    return coro.send(None)
-
-
-async def test_resume_finishes_a_coroutine_through_bare_yields_and_futures() -> None:
-    log: list[object] = []
-    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def work() -> None:
-        log.append("start")
-        await asyncio.sleep(0)  # a bare yield
-        log.append("after bare yield")
-        log.append(await future)
-        await asyncio.sleep(0)
-        log.append("end")
-
-    coro = work()
-    runner = asyncio.create_task(resume(coro, step(coro)))
-    future.set_result("future result")
-    async with asyncio.timeout(BOUND):
-        await runner
-    assert log == ["start", "after bare yield", "future result", "end"]
-
-
-async def test_resume_starting_on_a_future_waits_for_it() -> None:
-    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    results: list[int] = []
-
-    async def work() -> None:
-        results.append(await future)
-
-    coro = work()
-    yielded = step(coro)
-    assert yielded is future
-    runner = asyncio.create_task(resume(coro, yielded))
-    asyncio.get_running_loop().call_soon(future.set_result, 7)
-    async with asyncio.timeout(BOUND):
-        await runner
-    assert results == [7]
-
-
-async def test_resume_lets_the_coroutine_see_its_futures_exception() -> None:
-    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    seen: list[BaseException] = []
-
-    async def work() -> None:
-        try:
-            await future
-        except ValueError as exc:
-            seen.append(exc)
-
-    coro = work()
-    runner = asyncio.create_task(resume(coro, step(coro)))
-    error = ValueError("boom")
-    future.set_exception(error)
-    async with asyncio.timeout(BOUND):
-        await runner
-    assert seen == [error]
-
-
-async def test_resume_propagates_an_exception_the_coroutine_does_not_handle() -> None:
-    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def work() -> None:
-        await future
-
-    coro = work()
-    runner = asyncio.create_task(resume(coro, step(coro)))
-    future.set_exception(ConnectionResetError("gone"))
-    async with asyncio.timeout(BOUND):
-        with pytest.raises(ConnectionResetError, match="gone"):
-            await runner
-
-
-@pytest.mark.parametrize("waits_on", ["future", "bare-yield"])
-async def test_cancelling_resume_cancels_the_coroutine_and_runs_its_finally(
-    waits_on: str,
-) -> None:
-    running = asyncio.Event()
-    unwound: list[type[BaseException]] = []
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def work() -> None:
-        await asyncio.sleep(0)  # started by hand on a bare yield
-        running.set()
-        try:
-            if waits_on == "future":
-                await future
-            else:
-                while True:
-                    await asyncio.sleep(0)
-        except BaseException as exc:
-            unwound.append(type(exc))
-            raise
-
-    coro = work()
-    runner = asyncio.create_task(resume(coro, step(coro)))
-    async with asyncio.timeout(BOUND):
-        await running.wait()
-    runner.cancel()
-    async with asyncio.timeout(BOUND):
-        with pytest.raises(asyncio.CancelledError):
-            await runner
-    assert unwound == [asyncio.CancelledError]
-
-
-async def test_a_coroutine_may_handle_the_cancellation_and_finish() -> None:
-    running = asyncio.Event()
-    log: list[str] = []
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    cleanup: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def work() -> None:
-        await asyncio.sleep(0)
-        running.set()
-        try:
-            await future
-        except asyncio.CancelledError:
-            log.append(await cleanup)  # an await inside the handler is driven too
-
-    coro = work()
-    runner = asyncio.create_task(resume(coro, step(coro)))
-    async with asyncio.timeout(BOUND):
-        await running.wait()
-    runner.cancel()
-    asyncio.get_running_loop().call_soon(cleanup.set_result, "cleaned up")
-    async with asyncio.timeout(BOUND):
-        await asyncio.gather(runner, return_exceptions=True)
-    assert log == ["cleaned up"]
 
 
 # ----------------------------------------------------------------------------- abort_transport

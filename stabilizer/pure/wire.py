@@ -9,6 +9,8 @@ receiving node gets the exact frame type back without a second decoding step.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
@@ -16,6 +18,8 @@ from typing import Final
 import msgpack
 
 from stabilizer.errors import WireError
+from stabilizer.pure.streams import Target
+from stabilizer.results import ClusterEvent
 
 WIRE_VERSION: Final = 1
 _FIELDS: Final = 7
@@ -46,15 +50,21 @@ class Envelope:
     epoch: str | None = None
 
     @property
+    def destination(self) -> Target | None:
+        """Who a message envelope is for; None for the other kinds."""
+        if self.kind is Kind.BROADCAST:
+            return Target("all")
+        if self.kind is Kind.GROUP and self.target is not None:
+            return Target("group", self.target)
+        if self.kind is Kind.DIRECT and self.target is not None:
+            return Target("client", self.target)
+        return None
+
+    @property
     def stream(self) -> str | None:
         """The history stream this envelope belongs to: ``all``, ``g:<group>``, ``c:<id>``."""
-        if self.kind is Kind.BROADCAST:
-            return "all"
-        if self.kind is Kind.GROUP and self.target is not None:
-            return f"g:{self.target}"
-        if self.kind is Kind.DIRECT and self.target is not None:
-            return f"c:{self.target}"
-        return None
+        destination = self.destination
+        return None if destination is None else destination.stream
 
 
 def _fields(envelope: Envelope) -> list[object]:
@@ -71,13 +81,51 @@ def encode(envelope: Envelope) -> bytes:
     return packed
 
 
-def sequenced_prefix(envelope: Envelope) -> bytes:
-    """The bytes of a 9-field envelope up to (excluding) offset and epoch.
+def array_prefix(fields: Sequence[object], total: int) -> bytes:
+    """The msgpack bytes of an array of `total` items up to its first ``len(fields)``.
 
-    A Redis script appends the msgpack of the offset and epoch it assigns, so the envelope
-    it stores and publishes is complete without a second round trip.
+    A Redis script appends the rest (with ``cmsgpack.pack``), so an envelope whose last
+    fields only Redis knows is still built in one round trip.
     """
-    return b"\x99" + b"".join(msgpack.packb(f, use_bin_type=True) for f in _fields(envelope))
+    packer = msgpack.Packer(use_bin_type=True)
+    header: bytes = packer.pack_array_header(total)
+    return header + b"".join(packer.pack(f) for f in fields)
+
+
+def sequenced_prefix(envelope: Envelope) -> bytes:
+    """A 9-field envelope up to (excluding) the offset and epoch the script assigns."""
+    return array_prefix(_fields(envelope), _FIELDS + 2)
+
+
+def kick_prefix(origin: str, client_id: str) -> bytes:
+    """A KICK envelope up to its last field, the replaced conn id, which only Redis knows."""
+    return array_prefix([WIRE_VERSION, int(Kind.KICK), origin, client_id, None, None], _FIELDS)
+
+
+def event_prefix(origin: str) -> bytes:
+    """An EVENT envelope up to its payload: a script appends the event body and two nils."""
+    return array_prefix([WIRE_VERSION, int(Kind.EVENT), origin, None], _FIELDS)
+
+
+def event_body(event: ClusterEvent) -> str:
+    """The JSON payload of an EVENT envelope (Redis scripts build the same object)."""
+    return json.dumps({"event": event.event, "client_id": event.client_id,
+                       "group": event.group, "node_id": event.node_id})
+
+
+def event_of(payload: str) -> ClusterEvent:
+    """Parse the payload of an EVENT envelope.
+
+    Raises:
+        WireError: not the JSON object event_body writes.
+    """
+    try:
+        body = json.loads(payload)
+        group = body.get("group")
+        return ClusterEvent(str(body["event"]), str(body["client_id"]),
+                            None if group is None else str(group), str(body["node_id"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WireError("malformed cluster event") from exc
 
 
 def _optional_str(value: object, name: str) -> str | None:

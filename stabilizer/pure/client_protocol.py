@@ -18,20 +18,20 @@ from enum import Enum, StrEnum
 from typing import Final, TypeVar
 from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
-from stabilizer._util import JSONValue, backoff_delay
 from stabilizer.config import CloseCode, should_reconnect
 from stabilizer.errors import ConfigError, WebSocketStabilizerError, WireError
+from stabilizer.pure.text import JSONValue, backoff_delay
 
 logger = logging.getLogger("stabilizer.client")
 
-Frame = dict[str, JSONValue]
+ControlFrame = dict[str, JSONValue]
 T = TypeVar("T")
 
 CONTROL_TYPES: Final = frozenset({"session", "ping", "pong", "resume", "error"})
 ADVISED_CODES: Final = frozenset({CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER})
 RETRYABLE_HTTP: Final = frozenset({408, 429, 500, 502, 503, 504})
 _OWN_PARAMS: Final = frozenset({"token", "positions"})
-_LOST: Final = 1006
+LOST: Final = 1006  # the code a dropped connection reports (no close frame)
 
 
 class ClientError(WebSocketStabilizerError):
@@ -205,6 +205,14 @@ class Positions:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def code_name(code: int) -> str:
+    """A close code for messages: ``4500 (REPLACED)``, or the bare number."""
+    try:
+        return f"{code} ({CloseCode(code).name})"
+    except ValueError:
+        return str(code)
+
+
 def close_action(code: int, *, used_token: bool) -> CloseAction:
     """Decide from a close code alone what to do next (protocol section 5)."""
     if code in (CloseCode.INVALID_TOKEN, CloseCode.TOKEN_EXPIRED):
@@ -255,7 +263,7 @@ def build_url(url: str, *, token: str | None = None, positions: str | None = Non
     return urlunsplit(parts._replace(query="&".join(kept)))
 
 
-def control_frame(text: str, *, history: bool) -> Frame | None:
+def control_frame(text: str, *, history: bool) -> ControlFrame | None:
     """Parse a text frame that is a control frame (or, with history, a wrapped message)."""
     if not text.startswith("{") or '"type"' not in text:
         return None

@@ -1,8 +1,9 @@
 """Lua scripts of the Redis backend. Each touches keys of one hash slot only.
 
 A presence entry is the string ``<node_id>|<conn_id>|<since_ms>``: node ids and conn ids
-never contain "|" (config validation and new_conn_id guarantee it), and client ids are only
-ever hash fields and set members, never part of a key or a channel name.
+never contain "|" (config validation and new_conn_id guarantee it). Client ids, group and
+stream names arrive as arguments and are only used as hash fields, set members, or after a
+fixed key prefix (see keys.py); they are never patterns.
 """
 
 from typing import Final

@@ -1,0 +1,28 @@
+"""Pick the backend a config asks for: Redis with ``redis_url`` (or a client), else the
+embedded in-process one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stabilizer.backends.base import Backend
+from stabilizer.backends.memory import MemoryBackend
+from stabilizer.config import WebSocketConfig
+from stabilizer.errors import ConfigError
+
+
+def backend_for(config: WebSocketConfig, redis: Any = None) -> Backend:
+    """The backend for `config`; `redis` is an existing redis.asyncio client to use.
+
+    Raises:
+        ConfigError: Redis is asked for but the ``redis`` extra is not installed.
+    """
+    if redis is None and config.redis_url is None:
+        return MemoryBackend()
+    try:
+        from stabilizer.backends.redis import RedisBackend
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise ConfigError(
+            "redis_url needs the redis extra: pip install 'fastapi-stabilizer[redis]'"
+        ) from exc
+    return RedisBackend.from_config(config, client=redis)

@@ -1,0 +1,130 @@
+"""The state the memory backends of one process share: presence, groups, streams, sessions,
+tokens, node liveness and one inbox per node.
+
+Several managers may share one MemoryHub in the same event loop; they then behave as nodes
+of one cluster, which is how the backend contract tests run the same scenarios on memory and
+on Redis. Without a hub argument every backend gets a private hub, i.e. a single node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import deque
+
+from stabilizer.backends.base import Presence
+
+logger = logging.getLogger(__name__)
+
+
+class StreamRecord:
+    """One history stream: epoch, last offset, bounded entries, expiry times."""
+
+    __slots__ = ("entries", "entries_until", "epoch", "offset", "until")
+
+    def __init__(self) -> None:
+        self.epoch = secrets.token_urlsafe(6)
+        self.offset = 0
+        self.entries: deque[tuple[int, bytes]] = deque()
+        self.entries_until = 0.0
+        self.until = 0.0
+
+
+class SessionRecord:
+    __slots__ = ("baselines", "until", "user_data")
+
+    def __init__(self) -> None:
+        self.user_data: dict[str, bytes] = {}
+        self.baselines: dict[str, tuple[int, str]] = {}
+        self.until: float | None = None
+
+
+class MemoryHub:
+    """State shared by the memory backends of one process (one event loop)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, set[str]] = {}
+        self.client_groups: dict[str, set[str]] = {}
+        self.group_nodes: dict[str, set[str]] = {}
+        self.streams: dict[str, StreamRecord] = {}
+        self.sessions: dict[str, SessionRecord] = {}
+        self.away: dict[str, float] = {}
+        self.presence: dict[str, Presence] = {}
+        self.node_clients: dict[str, set[str]] = {}
+        self.node_deadlines: dict[str, float] = {}
+        # None in an inbox stands for a lost subscription (cut_subscription)
+        self.inboxes: dict[str, asyncio.Queue[bytes | None]] = {}
+        self.used_nonces: dict[str, float] = {}
+        self.secret = secrets.token_bytes(32)
+        self.dropped = 0
+
+    def deliver(self, node_id: str, envelope: bytes) -> bool:
+        """Put an envelope in a node's inbox; drop (and count) when the inbox is full."""
+        inbox = self.inboxes.get(node_id)
+        if inbox is None:
+            return False
+        try:
+            inbox.put_nowait(envelope)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            logger.warning("memory inbox of node %s is full; envelope dropped", node_id)
+            return False
+        return True
+
+    def cut_subscription(self, node_id: str) -> bool:
+        """Make `node_id`'s deliveries() fail as a lost Redis subscription would (what was
+        delivered to it until then stays queued); False when its inbox is missing or full."""
+        inbox = self.inboxes.get(node_id)
+        if inbox is None or inbox.full():
+            return False
+        inbox.put_nowait(None)
+        return True
+
+    def stream(self, name: str, now: float) -> StreamRecord | None:
+        """The live state of a stream, forgetting it once its time ran out."""
+        state = self.streams.get(name)
+        if state is not None and state.until <= now:
+            del self.streams[name]
+            return None
+        if state is not None and state.entries_until <= now:
+            state.entries.clear()
+        return state
+
+    def session(self, client_id: str, now: float) -> SessionRecord | None:
+        """The session of `client_id` if it is live or still resumable."""
+        record = self.sessions.get(client_id)
+        if record is not None and record.until is not None and record.until <= now:
+            return None
+        return record
+
+    def position(self, stream: str, now: float) -> tuple[int, str]:
+        """Where `stream` stands now: (last offset, epoch), or (0, "") if it has none."""
+        state = self.stream(stream, now)
+        return (0, "") if state is None else (state.offset, state.epoch)
+
+    def end_session(self, client_id: str) -> list[str]:
+        """Drop a session and its group memberships; return the groups left."""
+        self.sessions.pop(client_id, None)
+        self.away.pop(client_id, None)
+        left = sorted(self.client_groups.pop(client_id, set()))
+        for group in left:
+            members = self.groups.get(group)
+            if members is not None:
+                members.discard(client_id)
+                if not members:
+                    del self.groups[group]
+        return left
+
+    def drop_presence(self, client_id: str, conn_id: str | None = None) -> bool:
+        """Remove a client's presence (only if it names `conn_id`, when given)."""
+        current = self.presence.get(client_id)
+        if current is None or (conn_id is not None and current.conn_id != conn_id):
+            return False
+        del self.presence[client_id]
+        owned = self.node_clients.get(current.node_id)
+        if owned is not None:
+            owned.discard(client_id)
+        return True
+
+

@@ -1,0 +1,236 @@
+"""The node-level roles of the in-process backend: presence, routing, tokens, events and
+liveness, each a view of one MemoryHub for one node."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from stabilizer.backends.base import Liveness, Presence, Registration
+from stabilizer.backends.memory.hub import MemoryHub
+from stabilizer.errors import BackendUnavailable, ConnectionLimitExceededError
+from stabilizer.pure.wire import Envelope, Kind, encode, event_body
+from stabilizer.results import ClusterEvent
+
+
+class MemoryNode:
+    """What the roles of one node share: the hub, the node id, open or closed."""
+
+    def __init__(self, hub: MemoryHub) -> None:
+        self.hub = hub
+        self.node_id = ""
+        self.closed = False
+        self.events = False
+        self.subscribed = asyncio.Event()
+
+    def check(self) -> None:
+        """Raise BackendUnavailable once the backend is closed."""
+        if self.closed:
+            raise BackendUnavailable("memory backend is closed")
+
+    def tell_others(self, envelope: bytes) -> int:
+        """Put `envelope` in every other node's inbox; return how many took it."""
+        hub = self.hub
+        return sum(1 for node in list(hub.inboxes)
+                   if node != self.node_id and hub.deliver(node, envelope))
+
+    def membership_event(self, event: str, client_id: str, group: str) -> None:
+        """Tell the other nodes about a join or leave (cluster_events only)."""
+        if self.events:
+            body = event_body(ClusterEvent(event, client_id, group, self.node_id))
+            self.tell_others(encode(Envelope(Kind.EVENT, self.node_id, None, body)))
+
+
+class MemoryPresence:
+    """Presence in the hub; a replaced client's old node gets a KICK in its inbox."""
+
+    def __init__(self, node: MemoryNode) -> None:
+        self._node = node
+
+    async def register(self, presence: Presence, *, max_cluster: int | None) -> Registration:
+        """Record presence; kick a previous socket on another node."""
+        self._node.check()
+        hub = self._node.hub
+        previous = hub.presence.get(presence.client_id)
+        if previous is None and max_cluster is not None and len(hub.presence) >= max_cluster:
+            raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
+        if previous is not None:
+            hub.drop_presence(previous.client_id)
+            if previous.node_id != presence.node_id:
+                kick = Envelope(Kind.KICK, presence.node_id, presence.client_id,
+                                ref=previous.conn_id)
+                hub.deliver(previous.node_id, encode(kick))
+        hub.presence[presence.client_id] = presence
+        hub.node_clients.setdefault(presence.node_id, set()).add(presence.client_id)
+        return Registration(previous)
+
+    async def unregister(self, client_id: str, conn_id: str) -> bool:
+        """Remove presence if it still names `conn_id`."""
+        self._node.check()
+        return self._node.hub.drop_presence(client_id, conn_id)
+
+    async def count(self) -> int:
+        """Clients present on any node of the hub."""
+        self._node.check()
+        return len(self._node.hub.presence)
+
+    async def scan(self, batch: int = 500) -> AsyncIterator[Presence]:
+        """Yield every presence entry."""
+        self._node.check()
+        for presence in list(self._node.hub.presence.values()):
+            yield presence
+
+    async def locate(self, client_id: str) -> Presence | None:
+        """Where `client_id` is connected."""
+        self._node.check()
+        return self._node.hub.presence.get(client_id)
+
+
+class MemoryRouting:
+    """Envelopes through the nodes' inboxes."""
+
+    def __init__(self, node: MemoryNode) -> None:
+        self._node = node
+
+    @property
+    def subscribed(self) -> asyncio.Event:
+        """Set while deliveries() runs."""
+        return self._node.subscribed
+
+    async def deliveries(self) -> AsyncIterator[bytes]:
+        """Yield envelopes other nodes addressed to this node."""
+        node = self._node
+        node.check()
+        inbox = node.hub.inboxes[node.node_id]
+        node.subscribed.set()
+        try:
+            while (envelope := await inbox.get()) is not None:
+                yield envelope
+            raise BackendUnavailable("subscription cut")
+        finally:
+            node.subscribed.clear()
+
+    async def publish(self, envelope: bytes) -> int:
+        """Deliver to every other node's inbox."""
+        self._node.check()
+        return self._node.tell_others(envelope)
+
+    async def route(self, client_id: str, envelope: bytes) -> bool:
+        """Deliver to the node owning `client_id`."""
+        self._node.check()
+        owner = self._node.hub.presence.get(client_id)
+        return owner is not None and self._node.hub.deliver(owner.node_id, envelope)
+
+
+class MemoryTokens:
+    """Used nonces and the hub's key (which lives as long as the process)."""
+
+    def __init__(self, node: MemoryNode) -> None:
+        self._node = node
+
+    @property
+    def known_secret(self) -> bytes:
+        """The hub's random key: usable before open()."""
+        return self._node.hub.secret
+
+    async def consume(self, nonce: str, expires_at: float) -> bool:
+        """Mark a nonce used; False if it already was."""
+        self._node.check()
+        used = self._node.hub.used_nonces
+        now = time.time()
+        if len(used) > 1024:
+            for key in [k for k, exp in used.items() if exp <= now]:
+                del used[key]
+        if nonce in used:
+            return False
+        used[nonce] = expires_at
+        return True
+
+    async def restore(self, nonce: str) -> None:
+        """Forget that a nonce was used."""
+        self._node.hub.used_nonces.pop(nonce, None)
+
+    async def shared_secret(self) -> bytes:
+        """The hub's random key."""
+        return self._node.hub.secret
+
+
+class MemoryEvents:
+    """Cluster events through the other nodes' inboxes."""
+
+    def __init__(self, node: MemoryNode) -> None:
+        self._node = node
+
+    async def publish(self, event: ClusterEvent) -> None:
+        """Tell every other node."""
+        self._node.check()
+        body = event_body(event)
+        self._node.tell_others(encode(Envelope(Kind.EVENT, self._node.node_id, None, body)))
+
+
+class MemoryLiveness:
+    """Node deadlines on the loop's monotonic clock; reaping of nodes that stopped."""
+
+    def __init__(self, node: MemoryNode) -> None:
+        self._node = node
+
+    async def keepalive(self, node_ttl: float, session_ttl: float = 0.0) -> Liveness:
+        """Refresh this node; reap nodes that stopped refreshing (their clients' sessions
+        then run out after `session_ttl`)."""
+        self._node.check()
+        hub = self._node.hub
+        me = self._node.node_id
+        now = time.monotonic()
+        rejoined = me not in hub.node_deadlines
+        hub.node_deadlines[me] = now + node_ttl
+        reaped = [node for node, deadline in hub.node_deadlines.items() if deadline <= now]
+        for node in reaped:
+            del hub.node_deadlines[node]
+            for client_id in list(hub.node_clients.pop(node, ())):
+                current = hub.presence.get(client_id)
+                if current is not None and current.node_id == node:
+                    del hub.presence[client_id]
+                    until = time.time() + session_ttl
+                    hub.away[client_id] = until
+                    record = hub.sessions.get(client_id)
+                    if record is not None:
+                        record.until = until
+        return Liveness(tuple(reaped), rejoined)
+
+    async def resync(self, local: Sequence[Presence]) -> list[str]:
+        """Re-register local presence, forget what this node no longer holds; return ids
+        another node holds now."""
+        self._node.check()
+        hub = self._node.hub
+        me = self._node.node_id
+        mine = {presence.client_id for presence in local}
+        for client_id in list(hub.node_clients.get(me, ())):
+            if client_id not in mine:  # an unregister that failed: forget it now
+                current = hub.presence.get(client_id)
+                if current is not None and current.node_id == me:
+                    hub.drop_presence(client_id)
+                hub.node_clients[me].discard(client_id)
+        lost: list[str] = []
+        for presence in local:
+            current = hub.presence.get(presence.client_id)
+            if current is None or current.node_id == presence.node_id:
+                hub.presence[presence.client_id] = presence
+                hub.node_clients.setdefault(presence.node_id, set()).add(presence.client_id)
+            else:
+                lost.append(presence.client_id)
+        return lost
+
+    async def unregister_node(self) -> None:
+        """Remove this node and its presence."""
+        hub = self._node.hub
+        me = self._node.node_id
+        for client_id in list(hub.node_clients.pop(me, ())):
+            current = hub.presence.get(client_id)
+            if current is not None and current.node_id == me:
+                del hub.presence[client_id]
+        hub.node_deadlines.pop(me, None)
+
+    async def nodes(self) -> list[str]:
+        """Nodes that joined the hub and were not reaped."""
+        return sorted(self._node.hub.node_deadlines)

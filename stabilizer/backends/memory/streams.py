@@ -1,0 +1,204 @@
+"""The stream-level roles of the in-process backend: groups, history and sessions."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from stabilizer.backends.base import History, Sequenced, SessionState
+from stabilizer.backends.memory.hub import SessionRecord, StreamRecord
+from stabilizer.backends.memory.nodes import MemoryNode
+from stabilizer.pure.streams import ALL, Target, client_stream, group_stream
+from stabilizer.pure.wire import Envelope, encode
+
+
+class MemoryGroups:
+    """Group membership and which nodes follow each group."""
+
+    def __init__(self, node: MemoryNode) -> None:
+        self._node = node
+
+    async def publish(self, group: str, envelope: bytes) -> int:
+        """Deliver to the other nodes subscribed to `group`."""
+        node = self._node
+        node.check()
+        return sum(1 for other in list(node.hub.group_nodes.get(group, ()))
+                   if other != node.node_id and node.hub.deliver(other, envelope))
+
+    async def join(self, client_id: str, group: str) -> bool:
+        """Add a member."""
+        self._node.check()
+        hub = self._node.hub
+        members = hub.groups.setdefault(group, set())
+        added = client_id not in members
+        members.add(client_id)
+        hub.client_groups.setdefault(client_id, set()).add(group)
+        record = hub.sessions.get(client_id)
+        if added:
+            if record is not None:
+                stream = group_stream(group)
+                record.baselines[stream] = hub.position(stream, time.time())
+            self._node.membership_event("join", client_id, group)
+        return added
+
+    async def leave(self, client_id: str, group: str) -> bool:
+        """Remove a member."""
+        self._node.check()
+        hub = self._node.hub
+        members = hub.groups.get(group, set())
+        removed = client_id in members
+        members.discard(client_id)
+        if not members:
+            hub.groups.pop(group, None)
+        hub.client_groups.get(client_id, set()).discard(group)
+        record = hub.sessions.get(client_id)
+        if record is not None:
+            record.baselines.pop(group_stream(group), None)
+        if removed:
+            self._node.membership_event("leave", client_id, group)
+        return removed
+
+    async def members(self, group: str) -> list[str]:
+        """Members of `group`."""
+        self._node.check()
+        return sorted(self._node.hub.groups.get(group, ()))
+
+    async def of_client(self, client_id: str) -> list[str]:
+        """Groups of `client_id`."""
+        self._node.check()
+        return sorted(self._node.hub.client_groups.get(client_id, ()))
+
+    async def subscribe(self, group: str) -> None:
+        """Receive `group`'s messages on this node."""
+        self._node.hub.group_nodes.setdefault(group, set()).add(self._node.node_id)
+
+    async def unsubscribe(self, group: str) -> None:
+        """Stop receiving `group`'s messages on this node."""
+        nodes = self._node.hub.group_nodes.get(group)
+        if nodes is not None:
+            nodes.discard(self._node.node_id)
+            if not nodes:
+                del self._node.hub.group_nodes[group]
+
+
+class MemoryHistory:
+    """Bounded streams with offsets and epochs."""
+
+    def __init__(self, node: MemoryNode) -> None:
+        self._node = node
+
+    async def sequence(
+        self, target: Target, envelope: Envelope, *, size: int, ttl: float, meta_ttl: float
+    ) -> Sequenced:
+        """Assign the next offset, append, deliver (to this node too)."""
+        self._node.check()
+        hub = self._node.hub
+        now = time.time()
+        owner = hub.presence.get(target.name) if target.kind == "client" else None
+        if target.kind == "client" and owner is None and hub.session(target.name, now) is None:
+            return Sequenced(0, "", 0)
+        state = hub.stream(target.stream, now)
+        if state is None:
+            state = hub.streams[target.stream] = StreamRecord()
+        state.offset += 1
+        raw = encode(dataclasses.replace(envelope, offset=state.offset, epoch=state.epoch))
+        state.entries.append((state.offset, raw))
+        while len(state.entries) > size:
+            state.entries.popleft()
+        state.entries_until = now + ttl
+        state.until = now + max(ttl, meta_ttl)
+        if target.kind == "all":
+            nodes = list(hub.inboxes)
+        elif target.kind == "group":
+            nodes = list(hub.group_nodes.get(target.name, ()))
+        else:
+            nodes = [owner.node_id] if owner is not None else []
+        reached = sum(1 for node in nodes if hub.deliver(node, raw))
+        return Sequenced(state.offset, state.epoch, reached)
+
+    async def read(self, stream: str, after: int, epoch: str) -> History:
+        """Entries after `after`, if the stream still holds all of them."""
+        self._node.check()
+        state = self._node.hub.stream(stream, time.time())
+        if state is None:
+            return History([], True)  # nothing was published since the client left
+        if (epoch and state.epoch != epoch) or after > state.offset:
+            return History([], False)
+        if after == state.offset:
+            return History([], True)
+        entries = [raw for offset, raw in state.entries if offset > after]
+        first = state.entries[0][0] if state.entries else state.offset + 1
+        return History(entries, first <= after + 1)
+
+
+class MemorySessions:
+    """Session records, the away list and their sweep."""
+
+    def __init__(self, node: MemoryNode) -> None:
+        self._node = node
+
+    async def load(self, client_id: str) -> SessionState | None:
+        """The session if it is live or still resumable."""
+        self._node.check()
+        hub = self._node.hub
+        record = hub.session(client_id, time.time())
+        if record is None:
+            return None
+        groups = sorted(hub.client_groups.get(client_id, ()))
+        return SessionState(groups, dict(record.user_data), dict(record.baselines))
+
+    async def activate(self, client_id: str, *, fresh: bool) -> None:
+        """Create or revive the session; it does not expire while connected."""
+        self._node.check()
+        hub = self._node.hub
+        now = time.time()
+        record = None if fresh else hub.session(client_id, now)
+        if record is None:
+            self._end(client_id)
+            record = hub.sessions[client_id] = SessionRecord()
+        if fresh:
+            for stream in (ALL, client_stream(client_id)):
+                record.baselines[stream] = hub.position(stream, now)
+        record.until = None
+        hub.away.pop(client_id, None)
+
+    async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
+        """Store one user-data value."""
+        self._node.check()
+        record = self._node.hub.sessions.get(client_id)
+        if record is not None:
+            record.user_data[key] = value
+
+    async def suspend(self, client_id: str, ttl: float) -> None:
+        """Keep the session `ttl` more seconds."""
+        self._node.check()
+        until = time.time() + ttl
+        record = self._node.hub.sessions.get(client_id)
+        if record is not None:
+            record.until = until
+        self._node.hub.away[client_id] = until
+
+    async def end(self, client_id: str) -> list[str]:
+        """Drop the session and memberships now."""
+        self._node.check()
+        return self._end(client_id)
+
+    def _end(self, client_id: str) -> list[str]:
+        left = self._node.hub.end_session(client_id)
+        for group in left:
+            self._node.membership_event("leave", client_id, group)
+        return left
+
+    async def sweep(self, limit: int = 100) -> list[str]:
+        """End sessions whose time ran out (unless the client came back)."""
+        self._node.check()
+        hub = self._node.hub
+        now = time.time()
+        due = [cid for cid, until in hub.away.items() if until <= now][:limit]
+        ended = []
+        for client_id in due:
+            hub.away.pop(client_id, None)
+            if client_id not in hub.presence:
+                self._end(client_id)
+                ended.append(client_id)
+        return ended

@@ -1,0 +1,198 @@
+"""What every Redis role shares: the client, the key layout, the scripts, and one bounded,
+measured way to run a command.
+
+Every call names its operation for the latency histogram, runs under ``op_timeout``, waits
+for one of ``pool_size`` slots (so a burst waits instead of making the client's pool raise
+"Too many connections"), and turns redis and socket errors into BackendUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from stabilizer.backends.base import TaskSpawner
+from stabilizer.backends.redis import scripts as lua
+from stabilizer.backends.redis.keys import KeyLayout
+from stabilizer.errors import BackendUnavailable
+from stabilizer.pure.wire import event_prefix
+from stabilizer.stats import BackendStats
+
+
+class Scripts:
+    """The Lua scripts, registered once on the client (EVALSHA, loaded on first use)."""
+
+    def __init__(self, client: Redis | RedisCluster) -> None:
+        register = client.register_script
+        self.register = register(lua.REGISTER)
+        self.unregister = register(lua.UNREGISTER)
+        self.route = register(lua.ROUTE)
+        self.keepalive = register(lua.KEEPALIVE)
+        self.reap = register(lua.REAP_BATCH)
+        self.forget_node = register(lua.FORGET_NODE)
+        self.live_nodes = register(lua.LIVE_NODES)
+        self.resync = register(lua.RESYNC)
+        self.reap_clients = register(lua.REAP_CLIENTS)
+        self.prune = register(lua.PRUNE)
+        self.suspend = register(lua.SUSPEND)
+        self.load_session = register(lua.LOAD_SESSION)
+        self.open_session = register(lua.OPEN_SESSION)
+        self.end_session = register(lua.END_SESSION)
+        self.sweep = register(lua.SWEEP)
+        self.membership = register(lua.MEMBERSHIP)
+        self.sequence = register(lua.SEQUENCE)
+        self.history = register(lua.HISTORY)
+
+
+class RedisCore:
+    """The client, key layout, scripts and node identity one backend's roles share."""
+
+    def __init__(
+        self, client: Redis | RedisCluster, keys: KeyLayout, *, op_timeout: float,
+        pool_size: int,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.op_timeout = op_timeout
+        self.cluster = isinstance(client, RedisCluster)
+        self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
+        self.scripts = Scripts(client)
+        self.stats = BackendStats()
+        self.node_id = ""
+        self.events = False
+        self.available = False
+        self.tasks: TaskSpawner | None = None
+        self._in_flight = asyncio.Semaphore(pool_size)
+
+    def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
+        """Start a helper task owned by the node (open() must have run)."""
+        if self.tasks is None:
+            coro.close()
+            raise BackendUnavailable("the backend is not open")
+        return self.tasks.spawn(coro, name=name)
+
+    async def call(self, awaitable: Awaitable[Any], op: str) -> Any:
+        """Await one Redis command or script as operation `op`; translate failures.
+
+        Raises:
+            BackendUnavailable: Redis failed, or did not answer within op_timeout.
+        """
+        started = time.perf_counter()
+        awaited = False
+        try:
+            async with asyncio.timeout(self.op_timeout), self._in_flight:
+                awaited = True
+                result = await awaitable
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.available = False
+            self.stats.observe(op, time.perf_counter() - started, False)
+            raise BackendUnavailable(f"redis unavailable: {exc or type(exc).__name__}") from exc
+        finally:
+            if not awaited and asyncio.iscoroutine(awaitable):
+                awaitable.close()  # timed out or cancelled while waiting for a slot
+        self.stats.observe(op, time.perf_counter() - started, True)
+        self.available = True
+        return result
+
+    async def publish(self, channel: str, payload: bytes, op: str = "publish") -> int:
+        """PUBLISH (SPUBLISH on a Cluster); return how many subscribers received it."""
+        if self.cluster:
+            return int(await self.call(self.client.spublish(channel, payload), op))
+        return int(await self.call(self.client.publish(channel, payload), op))
+
+    async def scan_set(self, key: str, op: str) -> list[str]:
+        """Every member of a set, SSCAN in batches, sorted."""
+        found: list[str] = []
+        cursor = 0
+        while True:
+            cursor, batch = await self.call(
+                self.client.sscan(key, cursor=cursor, count=500), op)
+            found.extend(text(member) for member in batch)
+            if int(cursor) == 0:
+                return sorted(found)
+
+    def event_args(self) -> list[str | bytes]:
+        """The events channel and envelope prefix scripts publish membership events with
+        ('' and b'' when cluster events are off)."""
+        if not self.events:
+            return ["", b""]
+        return [self.keys.events_channel, event_prefix(self.node_id)]
+
+
+class ScriptBatcher:
+    """Runs the calls of one script made in the same loop turn as one pipeline.
+
+    The first call of a turn runs right away when it is alone; calls that arrive while a
+    round trip is in flight are queued and sent together as soon as it returns. Results
+    (and exceptions) go back to each caller; every call is bounded by op_timeout.
+    """
+
+    def __init__(self, core: RedisCore, script: AsyncScript, op: str) -> None:
+        self._core = core
+        self._script = script
+        self._op = op
+        self._queue: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._running = False
+
+    async def submit(self, keys: list[str], args: list[Any]) -> Any:
+        """Queue one call; return its result (or raise BackendUnavailable)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((keys, args, future))
+        if not self._running:
+            self._running = True
+            try:
+                self._core.spawn(self._drain(), name=f"stabilizer-redis-{self._op}-batch")
+            except BackendUnavailable:
+                self._running = False
+                self._queue.clear()
+                raise
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._run(batch)
+        finally:
+            self._running = False
+            for _, _, future in self._queue:  # cancelled with calls still queued
+                future.cancel()
+            self._queue = []
+
+    async def _run(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        core = self._core
+        try:
+            if len(batch) == 1:
+                keys, args, _ = batch[0]
+                results: list[Any] = [await core.call(self._script(keys=keys, args=args),
+                                                      self._op)]
+            else:
+                pipe: Pipeline = core.client.pipeline(transaction=False)  # type: ignore[assignment]  # standalone only
+                for keys, args, _ in batch:
+                    await self._script(keys=keys, args=args, client=pipe)
+                results = await core.call(pipe.execute(raise_on_error=False), self._op)
+        except BackendUnavailable as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(BackendUnavailable(f"redis error: {result!r}"))
+            else:
+                future.set_result(result)
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (ids may hold any character: undecodable bytes survive)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value

@@ -1,0 +1,56 @@
+"""Groups in Redis: a member set per group and a group set per client, changed by one script
+each way; a group's messages go over its own channel to the nodes that follow it."""
+
+from __future__ import annotations
+
+from stabilizer.backends.redis.core import RedisCore
+from stabilizer.backends.redis.routing import RedisRouting
+from stabilizer.pure.streams import group_stream
+
+
+class RedisGroups:
+    """Cluster-wide membership, and this node's group channels."""
+
+    def __init__(self, core: RedisCore, routing: RedisRouting) -> None:
+        self._core = core
+        self._routing = routing
+
+    async def publish(self, group: str, envelope: bytes) -> int:
+        """PUBLISH to the group's channel; return how many other nodes received it."""
+        receivers = await self._core.publish(self._core.keys.group_channel(group), envelope)
+        return max(receivers - (1 if self._routing.follows(group) else 0), 0)
+
+    async def _change(self, client_id: str, group: str, action: str) -> bool:
+        core = self._core
+        keys = core.keys
+        changed = await core.call(core.scripts.membership(
+            keys=[keys.group(group), keys.client_groups(client_id), keys.session(client_id),
+                  keys.stream_meta(group_stream(group))],
+            args=[client_id, group, *core.event_args(), core.node_id, core.publish_command,
+                  action],
+        ), "membership")
+        return bool(changed)
+
+    async def join(self, client_id: str, group: str) -> bool:
+        """One script: SADD to the group and the client's group set."""
+        return await self._change(client_id, group, "join")
+
+    async def leave(self, client_id: str, group: str) -> bool:
+        """One script: SREM from the group and the client's group set."""
+        return await self._change(client_id, group, "leave")
+
+    async def members(self, group: str) -> list[str]:
+        """SSCAN the group's member set."""
+        return await self._core.scan_set(self._core.keys.group(group), "members")
+
+    async def of_client(self, client_id: str) -> list[str]:
+        """SSCAN the client's group set."""
+        return await self._core.scan_set(self._core.keys.client_groups(client_id), "groups")
+
+    async def subscribe(self, group: str) -> None:
+        """Follow the group's channel (confirmed by Redis before this returns)."""
+        await self._routing.follow_group(group)
+
+    async def unsubscribe(self, group: str) -> None:
+        """Stop following the group's channel."""
+        await self._routing.unfollow_group(group)

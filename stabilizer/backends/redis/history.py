@@ -1,0 +1,56 @@
+"""History in Redis: per stream, a trimmed Redis stream of envelopes and a meta hash with the
+offset and epoch; one script appends and publishes."""
+
+from __future__ import annotations
+
+import secrets
+
+from stabilizer.backends.base import History, Sequenced
+from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.presence import RedisPresence
+from stabilizer.pure.streams import Target
+from stabilizer.pure.wire import Envelope, sequenced_prefix
+
+
+class RedisHistory:
+    """Sequencing and reading the streams."""
+
+    def __init__(self, core: RedisCore, presence: RedisPresence) -> None:
+        self._core = core
+        self._presence = presence
+
+    async def sequence(
+        self, target: Target, envelope: Envelope, *, size: int, ttl: float, meta_ttl: float
+    ) -> Sequenced:
+        """One script: next offset, XADD (trimmed), PUBLISH the complete envelope."""
+        core = self._core
+        keys = core.keys
+        stream = target.stream
+        client = target.name if target.kind == "client" else ""
+        if target.kind == "all":
+            channel = keys.broadcast_channel
+        elif target.kind == "group":
+            channel = keys.group_channel(target.name)
+        else:
+            channel = ""
+        owner = ""
+        if client and keys.buckets > 1:
+            # presence lives in another slot than the stream: look the owner up first
+            located = await self._presence.locate(client)
+            owner = located.node_id if located is not None else "-"
+        reply = await core.call(core.scripts.sequence(
+            keys=[keys.stream(stream), keys.stream_meta(stream), keys.slot_presence,
+                  keys.session(client)],
+            args=[target.kind, sequenced_prefix(envelope), size, int(ttl * 1000),
+                  int(max(ttl, meta_ttl) * 1000), secrets.token_urlsafe(6),
+                  core.publish_command, channel, client, keys.sequenced_direct_prefix, owner],
+        ), "sequence")
+        return Sequenced(int(reply[0]), text(reply[1]), int(reply[2]))
+
+    async def read(self, stream: str, after: int, epoch: str) -> History:
+        """One script: check the epoch and coverage, return the entries after `after`."""
+        core = self._core
+        reply = await core.call(core.scripts.history(
+            keys=[core.keys.stream(stream), core.keys.stream_meta(stream)], args=[after, epoch],
+        ), "history")
+        return History([bytes(raw) for raw in reply[1:]], bool(int(reply[0])))

@@ -1,0 +1,169 @@
+"""The Redis key layout of one namespace: every key and channel the backend uses, in one place.
+
+``{ns}`` is the namespace inside a hash tag, so every key of a standalone script lands in one
+slot of a Redis Cluster. With ``presence_buckets`` > 1, presence, the per-node sets and the
+per-node channels are spread over buckets tagged ``{ns:<b>}``.
+
+Client ids, group names and stream names are user input. They appear in keys only after a
+fixed prefix that ends with ":" (``{ns}:s:<client>``, ``{ns}:cg:<client>``, ``{ns}:g:<group>``,
+``{ns}:h:<stream>``, ``{ns}:gc:<group>``, ...), as hash fields, or as set members; they are
+never used as a pattern (the CLI escapes them before SCAN MATCH). A "{" or "}" inside them
+cannot move a key to another slot, because the hash tag is the *first* ``{...}`` of the key,
+and that is always the namespace's.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from stabilizer.backends.base import Presence
+
+
+def entry_of(presence: Presence) -> str:
+    """The presence hash value of a connection: ``node|conn|since_ms``."""
+    return f"{presence.node_id}|{presence.conn_id}|{int(presence.since * 1000)}"
+
+
+def parse_entry(client_id: str, raw: bytes | str) -> Presence | None:
+    """Parse ``node|conn|since_ms``; None for anything malformed."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    parts = text.split("|")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        return None
+    try:
+        since = int(parts[2]) / 1000
+    except ValueError:
+        return None
+    return Presence(client_id, parts[0], parts[1], since)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """Names of the keys and channels of `namespace` (public: the CLI reads through it)."""
+
+    namespace: str
+    buckets: int = 1
+
+    @property
+    def tag(self) -> str:
+        """The namespace's hash tag: every key not spread over buckets starts with it."""
+        return f"{{{self.namespace}}}"
+
+    def bucket_tag(self, bucket: int) -> str:
+        """The hash tag of one presence bucket (the namespace's own with one bucket)."""
+        return self.tag if self.buckets == 1 else f"{{{self.namespace}:{bucket}}}"
+
+    def bucket_of(self, client_id: str) -> int:
+        """Which presence bucket holds `client_id`."""
+        if self.buckets == 1:
+            return 0
+        return zlib.crc32(client_id.encode("utf-8", "surrogatepass")) % self.buckets
+
+    # --- presence and nodes (per bucket) ---------------------------------------------
+
+    def presence(self, bucket: int) -> str:
+        """Hash: client_id -> ``node|conn|since_ms``."""
+        return f"{self.bucket_tag(bucket)}:p"
+
+    @property
+    def slot_presence(self) -> str:
+        """The presence hash as seen from the namespace's slot: the real one with one bucket,
+        a key that stays empty otherwise (a script may only touch keys of one slot)."""
+        return f"{self.tag}:p"
+
+    def node_set_prefix(self, bucket: int) -> str:
+        """Prefix of the node sets of one bucket (scripts append a node id)."""
+        return f"{self.bucket_tag(bucket)}:nc:"
+
+    def node_set(self, bucket: int, node_id: str) -> str:
+        """Set: the clients `node_id` holds in one bucket (for reaping)."""
+        return self.node_set_prefix(bucket) + node_id
+
+    def node_channel_prefix(self, bucket: int) -> str:
+        """Prefix of the per-node channels of one bucket (scripts append a node id)."""
+        return f"{self.bucket_tag(bucket)}:n:"
+
+    def node_channel(self, bucket: int, node_id: str) -> str:
+        """Channel: direct messages and kicks for `node_id`."""
+        return self.node_channel_prefix(bucket) + node_id
+
+    @property
+    def nodes(self) -> str:
+        """Sorted set: node_id -> liveness deadline (ms, Redis clock)."""
+        return f"{self.tag}:nodes"
+
+    # --- tokens -------------------------------------------------------------------
+
+    def token(self, nonce: str) -> str:
+        """String: a consumed token's marker (expires with the token)."""
+        return f"{self.tag}:tok:{nonce}"
+
+    @property
+    def secret(self) -> str:
+        """String: the shared signing key, created once with SET NX."""
+        return f"{self.tag}:secret"
+
+    # --- channels -----------------------------------------------------------------
+
+    @property
+    def broadcast_channel(self) -> str:
+        """Channel every node subscribes to for broadcasts."""
+        return f"{self.tag}:all"
+
+    @property
+    def events_channel(self) -> str:
+        """Channel of cluster events (connect, disconnect, join, leave)."""
+        return f"{self.tag}:events"
+
+    def group_channel(self, group: str) -> str:
+        """Channel of one group's messages."""
+        return f"{self.tag}:gc:{group}"
+
+    @property
+    def sequenced_direct_prefix(self) -> str:
+        """Prefix of the per-node channels of sequenced direct messages, in the namespace's
+        slot (the same as node_channel_prefix with one bucket)."""
+        return f"{self.tag}:n:"
+
+    # --- groups, sessions, history (the namespace's slot) -------------------------
+
+    def group(self, group: str) -> str:
+        """Set: the members of `group`."""
+        return self.group_prefix + group
+
+    @property
+    def group_prefix(self) -> str:
+        """Prefix of the group member sets."""
+        return f"{self.tag}:g:"
+
+    def client_groups(self, client_id: str) -> str:
+        """Set: the groups of `client_id`."""
+        return self.client_groups_prefix + client_id
+
+    @property
+    def client_groups_prefix(self) -> str:
+        """Prefix of the per-client group sets."""
+        return f"{self.tag}:cg:"
+
+    def session(self, client_id: str) -> str:
+        """Hash: a session's user data (``u:<key>``) and stream baselines (``p:<stream>``)."""
+        return self.session_prefix + client_id
+
+    @property
+    def session_prefix(self) -> str:
+        """Prefix of the session hashes."""
+        return f"{self.tag}:s:"
+
+    @property
+    def away(self) -> str:
+        """Sorted set: client_id -> time its session ends (clients that left)."""
+        return f"{self.tag}:away"
+
+    def stream(self, stream: str) -> str:
+        """Stream: history entries of `stream`, ids ``<offset>-0``."""
+        return f"{self.tag}:h:{stream}"
+
+    def stream_meta(self, stream: str) -> str:
+        """Hash: the offset and epoch of `stream`."""
+        return f"{self.tag}:hm:{stream}"

@@ -1,0 +1,120 @@
+"""Node liveness in Redis: a sorted set of deadlines on the Redis clock, reaping of nodes
+that stopped refreshing, and re-registration after an outage."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Final
+
+from stabilizer.backends.base import Liveness, Presence
+from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.keys import entry_of
+
+logger = logging.getLogger(__name__)
+
+_REAP_BATCH: Final = 500
+_RESYNC_BATCH: Final = 200
+
+
+class RedisLiveness:
+    """Keepalives, reaping and resync for one node."""
+
+    def __init__(self, core: RedisCore) -> None:
+        self._core = core
+
+    async def keepalive(self, node_ttl: float, session_ttl: float = 0.0) -> Liveness:
+        """Refresh our deadline and reap nodes whose deadline passed.
+
+        ``rejoined`` is True when our own entry had vanished (Redis restarted empty, or we
+        were reaped after a long pause): the caller must re-register its presence.
+        """
+        core = self._core
+        reply = await core.call(core.scripts.keepalive(
+            keys=[core.keys.nodes], args=[core.node_id, int(node_ttl * 1000)],
+        ), "keepalive")
+        added, expired = int(reply[0]), [text(node) for node in reply[1:]]
+        reaped: list[str] = []
+        for node in expired:
+            if node != core.node_id:
+                await self._reap_node(node, session_ttl)
+                reaped.append(node)
+        return Liveness(tuple(reaped), bool(added))
+
+    async def _reap_node(self, node: str, session_ttl: float) -> None:
+        core = self._core
+        keys = core.keys
+        removed = 0
+        for bucket in range(keys.buckets):
+            remaining = 1
+            while remaining:
+                reply = await core.call(core.scripts.reap_clients(
+                    keys=[keys.presence(bucket), keys.node_set(bucket, node)],
+                    args=[node, _REAP_BATCH],
+                ), "reap")
+                remaining, clients = int(reply[0]), reply[1:]
+                removed += len(clients)
+                if clients:  # their sessions (and group memberships) end after session_ttl
+                    await core.call(core.scripts.suspend(
+                        keys=[keys.away],
+                        args=[int(session_ttl * 1000), keys.session_prefix, *clients],
+                    ), "suspend")
+        await core.call(core.scripts.forget_node(keys=[keys.nodes], args=[node]), "reap")
+        logger.warning("reaped node %s: %d stale presence entries removed", node, removed)
+
+    async def resync(self, local: Sequence[Presence]) -> list[str]:
+        """Re-register local presence and forget entries this node no longer holds; return
+        client ids another node now holds."""
+        core = self._core
+        keys = core.keys
+        await self._prune_stale({presence.client_id for presence in local})
+        lost: list[str] = []
+        by_bucket: dict[int, list[Presence]] = {}
+        for presence in local:
+            by_bucket.setdefault(keys.bucket_of(presence.client_id), []).append(presence)
+        for bucket, entries in by_bucket.items():
+            for start in range(0, len(entries), _RESYNC_BATCH):
+                args: list[str] = [core.node_id]
+                for presence in entries[start:start + _RESYNC_BATCH]:
+                    args += [presence.client_id, entry_of(presence)]
+                reply = await core.call(core.scripts.resync(
+                    keys=[keys.presence(bucket), keys.node_set(bucket, core.node_id)],
+                    args=args,
+                ), "resync")
+                lost += [text(cid) for cid in reply]
+        return lost
+
+    async def _prune_stale(self, local: set[str]) -> None:
+        core = self._core
+        keys = core.keys
+        for bucket in range(keys.buckets):
+            key = keys.node_set(bucket, core.node_id)
+            stale = [cid for cid in await core.scan_set(key, "resync") if cid not in local]
+            for start in range(0, len(stale), _RESYNC_BATCH):
+                removed = await core.call(core.scripts.prune(
+                    keys=[keys.presence(bucket), key],
+                    args=[core.node_id, *stale[start:start + _RESYNC_BATCH]],
+                ), "resync")
+                if removed:
+                    logger.info("forgot %d stale presence entries of node %s", removed,
+                                core.node_id)
+
+    async def unregister_node(self) -> None:
+        """Remove our presence and liveness entry (clean shutdown)."""
+        core = self._core
+        keys = core.keys
+        for bucket in range(keys.buckets):
+            remaining = 1
+            while remaining:
+                _, remaining = await core.call(core.scripts.reap(
+                    keys=[keys.presence(bucket), keys.node_set(bucket, core.node_id)],
+                    args=[core.node_id, _REAP_BATCH],
+                ), "unregister_node")
+        await core.call(core.client.zrem(keys.nodes, core.node_id), "unregister_node")
+
+    async def nodes(self) -> list[str]:
+        """Live node ids by the Redis clock."""
+        core = self._core
+        reply = await core.call(core.scripts.live_nodes(keys=[core.keys.nodes], args=[]),
+                                "nodes")
+        return sorted(text(node) for node in reply)

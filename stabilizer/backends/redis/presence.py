@@ -1,0 +1,83 @@
+"""Presence in Redis: one hash per bucket (client_id -> ``node|conn|since_ms``) and one set
+of clients per node and bucket; one script per connect and per disconnect."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from stabilizer.backends.base import Presence, Registration
+from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.keys import entry_of, parse_entry
+from stabilizer.errors import ConfigError, ConnectionLimitExceededError
+from stabilizer.pure.wire import kick_prefix
+
+
+class RedisPresence:
+    """Who is connected where, cluster-wide."""
+
+    def __init__(self, core: RedisCore) -> None:
+        self._core = core
+
+    async def register(self, presence: Presence, *, max_cluster: int | None) -> Registration:
+        """One script: record presence, enforce the limit, and publish a KICK naming the
+        previous conn id to the previous owner node, if that is another node.
+
+        Raises:
+            ConfigError: a cluster limit with presence spread over several buckets.
+            ConnectionLimitExceededError: the cluster is full.
+        """
+        core = self._core
+        keys = core.keys
+        if max_cluster is not None and keys.buckets > 1:
+            raise ConfigError("max_cluster_connections needs presence_buckets=1")
+        bucket = keys.bucket_of(presence.client_id)
+        status, previous = await core.call(core.scripts.register(
+            keys=[keys.presence(bucket), keys.node_set(bucket, presence.node_id)],
+            args=[presence.client_id, entry_of(presence), presence.node_id, max_cluster or 0,
+                  keys.node_set_prefix(bucket), keys.node_channel_prefix(bucket),
+                  kick_prefix(presence.node_id, presence.client_id), core.publish_command],
+        ), "register")
+        if int(status) == -1:
+            raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
+        return Registration(parse_entry(presence.client_id, previous) if previous else None)
+
+    async def unregister(self, client_id: str, conn_id: str) -> bool:
+        """One script: remove presence if it still names `conn_id`."""
+        core = self._core
+        bucket = core.keys.bucket_of(client_id)
+        removed = await core.call(core.scripts.unregister(
+            keys=[core.keys.presence(bucket), core.keys.node_set(bucket, core.node_id)],
+            args=[client_id, conn_id],
+        ), "unregister")
+        return bool(removed)
+
+    async def count(self) -> int:
+        """HLEN over the presence buckets."""
+        core = self._core
+        total = 0
+        for bucket in range(core.keys.buckets):
+            total += int(await core.call(core.client.hlen(core.keys.presence(bucket)), "count"))
+        return total
+
+    async def scan(self, batch: int = 500) -> AsyncIterator[Presence]:
+        """HSCAN each presence bucket, `batch` entries per round trip."""
+        core = self._core
+        for bucket in range(core.keys.buckets):
+            key = core.keys.presence(bucket)
+            cursor = 0
+            while True:
+                cursor, entries = await core.call(
+                    core.client.hscan(key, cursor=cursor, count=batch), "scan")
+                for field, value in entries.items():
+                    presence = parse_entry(text(field), value)
+                    if presence is not None:
+                        yield presence
+                if int(cursor) == 0:
+                    break
+
+    async def locate(self, client_id: str) -> Presence | None:
+        """HGET the client's entry."""
+        core = self._core
+        key = core.keys.presence(core.keys.bucket_of(client_id))
+        raw = await core.call(core.client.hget(key, client_id), "locate")
+        return None if raw is None else parse_entry(client_id, raw)

@@ -1,0 +1,196 @@
+"""Envelopes between nodes over Redis pub/sub: the node's subscription, broadcasts, direct
+routing to a client's node, and the group channels the node follows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+from redis.exceptions import RedisError
+
+from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
+from stabilizer.backends.redis.sharded import ShardedSubscription
+from stabilizer.errors import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+_IDLE_PING: Final = 5.0
+
+
+def _channel_bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+class RedisRouting:
+    """One subscription per node: the broadcast channel, the node's own channels, the
+    channels of the groups it has local members of, and (with events) the events channel.
+
+    Pub/sub is at-most-once. A lost subscription ends deliveries() with
+    BackendUnavailable; the caller subscribes again (and, with history, catches up).
+    """
+
+    def __init__(self, core: RedisCore) -> None:
+        self._core = core
+        self._subscribed = asyncio.Event()
+        self._pubsub: Any = None
+        self._groups: set[str] = set()
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self._lost_subscription = False
+        self._routes = ScriptBatcher(core, core.scripts.route, "route")
+
+    @property
+    def subscribed(self) -> asyncio.Event:
+        """Set once every channel's subscription is confirmed; cleared when lost."""
+        return self._subscribed
+
+    def follows(self, group: str) -> bool:
+        """True while this node receives `group`'s channel."""
+        return group in self._groups and self._subscribed.is_set()
+
+    def _channels(self) -> list[str]:
+        keys, node = self._core.keys, self._core.node_id
+        channels = [keys.broadcast_channel]
+        channels += [keys.node_channel(b, node) for b in range(keys.buckets)]
+        channels += [keys.group_channel(g) for g in sorted(self._groups)]
+        if keys.buckets > 1:  # sequenced direct messages use the namespace slot
+            channels.append(keys.sequenced_direct_prefix + node)
+        if self._core.events:
+            channels.append(keys.events_channel)
+        return channels
+
+    async def deliveries(self) -> AsyncIterator[bytes]:
+        """Subscribe to every channel of this node; yield envelopes."""
+        core = self._core
+        channels = self._channels()
+        if core.cluster and self._lost_subscription:
+            await self._refresh_topology()
+        pubsub: Any = ShardedSubscription(core) if core.cluster else core.client.pubsub()
+        self._pubsub = pubsub
+        try:
+            try:
+                async with asyncio.timeout(core.op_timeout):
+                    await pubsub.subscribe(*channels)
+            except (RedisError, OSError, TimeoutError) as exc:
+                core.available = False
+                raise BackendUnavailable(f"subscribe failed: {exc!r}") from exc
+            async for data in self._read(pubsub, len(channels)):
+                yield data
+        finally:
+            self._subscribed.clear()
+            self._lost_subscription = True  # the next subscription re-reads the topology
+            self._pubsub = None
+            try:
+                async with asyncio.timeout(core.op_timeout):
+                    await pubsub.aclose()
+            except (RedisError, OSError, RuntimeError, TimeoutError):
+                logger.debug("error closing pubsub", exc_info=True)
+
+    async def _read(self, pubsub: Any, channels: int) -> AsyncIterator[bytes]:
+        """Yield message payloads; ping when idle and fail if Redis stays silent."""
+        awaiting_pong = False
+        confirmed = 0
+        seen: set[bytes] = set()
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=_IDLE_PING)
+                if message is None:  # nothing at all within the idle period
+                    if awaiting_pong:
+                        raise BackendUnavailable(
+                            "redis did not answer a ping on the pub/sub connection")
+                    async with asyncio.timeout(self._core.op_timeout):
+                        await pubsub.ping()
+                    awaiting_pong = True
+                    continue
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._core.available = False
+                raise BackendUnavailable(f"pub/sub connection lost: {exc!r}") from exc
+            awaiting_pong = False  # any reply (message, pong, confirmation) proves liveness
+            kind = message.get("type")
+            if kind in ("message", "smessage"):
+                data = message.get("data")
+                if isinstance(data, bytes):
+                    yield data
+            elif kind in ("subscribe", "ssubscribe"):
+                channel = _channel_bytes(message.get("channel"))
+                if channel in seen:
+                    # redis-py reconnected and resubscribed by itself: whatever was published
+                    # in between is lost to pub/sub. Report it so the node catches up.
+                    raise BackendUnavailable("pub/sub connection was re-established")
+                seen.add(channel)
+                waiter = self._confirmations.pop(channel, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                confirmed += 1
+                if confirmed == channels:
+                    self._on_subscribed(channels)
+            elif kind in ("unsubscribe", "sunsubscribe"):
+                seen.discard(_channel_bytes(message.get("channel")))
+
+    def _on_subscribed(self, channels: int) -> None:
+        self._core.available = True
+        self._lost_subscription = False
+        self._subscribed.set()
+        logger.info("node %s subscribed to %d channels", self._core.node_id, channels)
+
+    async def _refresh_topology(self) -> None:
+        """After losing a shard (a failover), re-read which node serves which slot: the
+        cached slot map would point the new subscription at the dead master."""
+        try:
+            async with asyncio.timeout(self._core.op_timeout):
+                await self._core.client.nodes_manager.initialize()  # type: ignore[union-attr]  # cluster only
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BackendUnavailable(f"cluster topology unavailable: {exc!r}") from exc
+
+    async def publish(self, envelope: bytes) -> int:
+        """PUBLISH once to every node; return how many *other* nodes received it."""
+        receivers = await self._core.publish(self._core.keys.broadcast_channel, envelope)
+        return max(receivers - (1 if self._subscribed.is_set() else 0), 0)
+
+    async def route(self, client_id: str, envelope: bytes) -> bool:
+        """One script: look up the owner and publish to its channel.
+
+        Concurrent calls made in the same event-loop turn share one pipelined round trip
+        (standalone Redis), so many senders cost far fewer socket reads and writes.
+        """
+        core = self._core
+        bucket = core.keys.bucket_of(client_id)
+        keys = [core.keys.presence(bucket)]
+        args: list[Any] = [client_id, core.keys.node_channel_prefix(bucket), envelope,
+                           core.publish_command]
+        if core.cluster:
+            received = await core.call(core.scripts.route(keys=keys, args=args), "route")
+        else:
+            received = await self._routes.submit(keys, args)
+        return int(received) > 0
+
+    async def follow_group(self, group: str) -> None:
+        """Add the group's channel to the subscription; return once Redis confirmed it, so
+        that a history read that follows cannot miss a message in between."""
+        self._groups.add(group)
+        pubsub = self._pubsub
+        if pubsub is None or not self._subscribed.is_set():
+            return  # the next subscription includes it
+        channel = self._core.keys.group_channel(group)
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirmations[channel.encode()] = confirmed
+        try:
+            async with asyncio.timeout(self._core.op_timeout):
+                await pubsub.subscribe(channel)
+                await confirmed
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._confirmations.pop(channel.encode(), None)
+            raise BackendUnavailable(f"subscribe to group failed: {exc!r}") from exc
+
+    async def unfollow_group(self, group: str) -> None:
+        """Remove the group's channel from the subscription."""
+        self._groups.discard(group)
+        pubsub = self._pubsub
+        if pubsub is None or not self._subscribed.is_set():
+            return
+        try:
+            async with asyncio.timeout(self._core.op_timeout):
+                await pubsub.unsubscribe(self._core.keys.group_channel(group))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BackendUnavailable(f"unsubscribe from group failed: {exc!r}") from exc

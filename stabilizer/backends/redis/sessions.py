@@ -1,0 +1,115 @@
+"""Sessions in Redis: a hash per client (user data, stream baselines) and an ``away`` sorted
+set of clients whose session ends at a time; any node sweeps it."""
+
+from __future__ import annotations
+
+import time
+
+from stabilizer.backends.base import SessionState
+from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.presence import RedisPresence
+from stabilizer.pure.streams import ALL, client_stream
+
+
+def parse_position(raw: bytes) -> tuple[int, str] | None:
+    """Parse a stored ``offset|epoch`` baseline; None if malformed."""
+    offset, _, epoch = raw.decode("utf-8", "replace").partition("|")
+    try:
+        return int(offset), epoch
+    except ValueError:
+        return None
+
+
+class RedisSessions:
+    """Resumable sessions, cluster-wide."""
+
+    def __init__(self, core: RedisCore, presence: RedisPresence) -> None:
+        self._core = core
+        self._presence = presence
+
+    async def load(self, client_id: str) -> SessionState | None:
+        """One script: the session's groups and user data, if it exists."""
+        core = self._core
+        keys = core.keys
+        reply = await core.call(core.scripts.load_session(
+            keys=[keys.session(client_id), keys.client_groups(client_id), keys.away],
+            args=[client_id],
+        ), "load_session")
+        if not int(reply[0]):
+            return None
+        groups = sorted(text(g) for g in reply[1])
+        user_data: dict[str, bytes] = {}
+        baselines: dict[str, tuple[int, str]] = {}
+        pairs = reply[2:]
+        for i in range(0, len(pairs) - 1, 2):
+            name, value = text(pairs[i]), bytes(pairs[i + 1])
+            if name.startswith("u:"):
+                user_data[name[2:]] = value
+            elif (position := parse_position(value)) is not None:
+                baselines[name[2:]] = position
+        return SessionState(groups, user_data, baselines)
+
+    async def activate(self, client_id: str, *, fresh: bool) -> None:
+        """Mark the session live; a fresh one first ends any earlier session (its groups
+        included) and records the baselines of the client's streams."""
+        core = self._core
+        keys = core.keys
+        if fresh:
+            await self.end(client_id)
+        await core.call(core.scripts.open_session(
+            keys=[keys.session(client_id), keys.away, keys.stream_meta(ALL),
+                  keys.stream_meta(client_stream(client_id))],
+            args=[client_id, "1" if fresh else "0"],
+        ), "open_session")
+
+    async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
+        """HSET one user-data field."""
+        core = self._core
+        await core.call(core.client.hset(core.keys.session(client_id), f"u:{key}", value),
+                        "save_user_data")
+
+    async def suspend(self, client_id: str, ttl: float) -> None:
+        """Expire the session after `ttl` and put the client on the away list."""
+        core = self._core
+        await core.call(core.scripts.suspend(
+            keys=[core.keys.away], args=[int(ttl * 1000), core.keys.session_prefix, client_id],
+        ), "suspend")
+
+    async def end(self, client_id: str) -> list[str]:
+        """One script: leave every group, drop the session."""
+        core = self._core
+        keys = core.keys
+        reply = await core.call(core.scripts.end_session(
+            keys=[keys.client_groups(client_id), keys.session(client_id), keys.away],
+            args=[client_id, keys.group_prefix, *core.event_args(), core.node_id,
+                  core.publish_command],
+        ), "end_session")
+        return sorted(text(g) for g in reply)
+
+    async def sweep(self, limit: int = 100) -> list[str]:
+        """One script: end the sessions whose time ran out."""
+        core = self._core
+        keys = core.keys
+        if keys.buckets != 1:
+            return await self._sweep_across_slots(limit)
+        reply = await core.call(core.scripts.sweep(
+            keys=[keys.away, keys.presence(0)],
+            args=[limit, keys.client_groups_prefix, keys.group_prefix, keys.session_prefix],
+        ), "sweep")
+        return [text(cid) for cid in reply]
+
+    async def _sweep_across_slots(self, limit: int) -> list[str]:
+        """The sweep when presence lives in other hash slots: a few round trips per client
+        (sessions end rarely; no script may span slots)."""
+        core = self._core
+        now_ms = int(time.time() * 1000)
+        due = await core.call(core.client.zrangebyscore(
+            core.keys.away, "-inf", now_ms, start=0, num=limit), "sweep")
+        ended = []
+        for raw in due:
+            client_id = text(raw)
+            await core.call(core.client.zrem(core.keys.away, client_id), "sweep")
+            if await self._presence.locate(client_id) is None:
+                await self.end(client_id)
+                ended.append(client_id)
+        return ended

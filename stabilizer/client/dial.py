@@ -1,0 +1,60 @@
+"""One attempt to open a socket to a server: what it was, how it ended, and the dial itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from websockets.asyncio.client import ClientConnection as WebSocket
+from websockets.asyncio.client import connect as open_websocket
+from websockets.exceptions import InvalidProxy, InvalidStatus, InvalidURI, WebSocketException
+
+from stabilizer.pure.client_protocol import LOST, RETRYABLE_HTTP, HandshakeRejectedError
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One connection attempt: where it went and how it ended."""
+
+    url: str
+    used_token: bool
+    opened: bool = False
+    stable: bool = False  # stayed open for RetryPolicy.stable_after seconds
+    code: int = LOST
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DialOptions:
+    """How every socket of a client is opened."""
+
+    open_timeout: float
+    close_timeout: float
+    max_message_size: int | None
+    headers: dict[str, str]
+
+
+async def dial(attempt: Attempt, target: str, options: DialOptions) -> WebSocket | None:
+    """Open a socket to `target` (the attempt's URL with token and positions); None, with
+    ``attempt.reason`` set, when the failure is worth another attempt.
+
+    Raises:
+        HandshakeRejectedError: the server refused the upgrade for good, or the URL is bad.
+    """
+    try:
+        return await open_websocket(
+            target, open_timeout=options.open_timeout, close_timeout=options.close_timeout,
+            max_size=options.max_message_size, additional_headers=options.headers or None)
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        if status not in RETRYABLE_HTTP:
+            raise HandshakeRejectedError(
+                f"{attempt.url} answered HTTP {status} to the upgrade; check the URL "
+                "and credentials", reason=f"HTTP {status}") from exc
+        attempt.reason = f"HTTP {status}"
+    except (InvalidURI, InvalidProxy) as exc:
+        # str(exc) would repeat the full URL, token included: keep only the reason
+        detail = getattr(exc, "msg", None) or type(exc).__name__
+        raise HandshakeRejectedError(f"cannot connect to {attempt.url}: {detail}") from exc
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        attempt.reason = f"connect failed: {exc.__class__.__name__}: {exc}"
+    return None

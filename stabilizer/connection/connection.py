@@ -1,0 +1,349 @@
+"""Connection: one local socket with its identity, bounded outbox, writer and state machine.
+
+Writing never makes the caller wait on a socket. ``offer`` starts the send coroutine in place
+(connection/stepping.py): when the transport can take the frame (the usual case) the send
+finishes within that first step and no task is created. Only when the send suspends (the
+transport is paused because the peer reads slowly) does the connection start one writer
+task, which finishes that send and drains the outbox. Frames offered meanwhile queue in the
+outbox, bounded in frames (max_queue_size) and bytes (max_memory_per_connection): overflow
+fails the connection with 1013, so a slow reader costs bounded memory and never delays the
+others.
+
+Every change of a connection's state is a method here: open -> closing -> closed, held
+during a resume replay -> released, pong waiters, group membership, user data. Other
+modules read these fields; none assigns them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from enum import Enum
+from types import MappingProxyType
+from typing import Any, Final
+
+from stabilizer.config import CloseCode
+from stabilizer.connection.sockets import Frame, SocketLike, sender_for
+from stabilizer.connection.stepping import Suspended, finish_send, start_send
+from stabilizer.pure.sizes import estimate_size
+
+_CONN_SEQ = itertools.count(1)
+_CONN_PREFIX: Final = os.urandom(4).hex()
+_BASE_CONNECTION_BYTES: Final = 512
+_NO_METADATA: Final[Mapping[str, Any]] = MappingProxyType({})
+_NO_USER_DATA: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
+class State(Enum):
+    """Lifecycle of one connection."""
+
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+def new_conn_id() -> str:
+    """Return an id unique to one socket across nodes and restarts (16 ASCII characters)."""
+    return f"{_CONN_PREFIX}{next(_CONN_SEQ) % 16**8:08x}"
+
+
+FailHandler = Callable[["Connection", CloseCode, str], None]
+#: A frame waiting out a replay, with the (stream, offset) it carries, if sequenced.
+Held = tuple[str | None, int | None, Frame]
+
+
+class OutboxLimits:
+    """Bounds shared by every connection of a node."""
+
+    __slots__ = ("max_bytes", "max_frames", "write_timeout")
+
+    def __init__(self, max_frames: int, max_bytes: int | None, write_timeout: float) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.write_timeout = write_timeout
+
+
+class Connection:
+    """One local socket: identity, bounded outbox, writer, liveness, groups and user data."""
+
+    __slots__ = (
+        "__weakref__", "_drain_task", "_groups", "_held", "_last_activity", "_limits",
+        "_on_fail", "_outbox", "_pong_waiters", "_queued_bytes", "_replayed", "_send",
+        "_state", "_user_data", "_user_data_bytes", "_writing", "client_id", "conn_id",
+        "created_at", "metadata", "owner", "socket",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        socket: SocketLike,
+        limits: OutboxLimits,
+        on_fail: FailHandler,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        owner: asyncio.Task[Any] | None = None,
+        hold: bool = False,
+    ) -> None:
+        self.client_id = client_id
+        self.conn_id = new_conn_id()
+        self.socket = socket
+        self.owner = owner
+        self.created_at = time.time()
+        # Idle connections are the common case: what is empty is not allocated.
+        self.metadata: Mapping[str, Any] = dict(metadata) if metadata else _NO_METADATA
+        self._send = sender_for(socket)
+        self._limits = limits
+        self._on_fail = on_fail
+        self._state = State.OPEN
+        self._last_activity = time.monotonic()
+        self._outbox: deque[Frame] | None = None
+        self._queued_bytes = 0
+        self._writing = False
+        self._drain_task: asyncio.Task[None] | None = None
+        self._user_data: dict[str, Any] | None = None
+        self._user_data_bytes = 0
+        self._pong_waiters: list[asyncio.Future[float]] | None = None
+        self._groups: set[str] | None = None
+        # While a resuming client is replayed its history, live frames wait here so that
+        # none is delivered twice or out of order.
+        self._held: list[Held] | None = [] if hold else None
+        # After a replay: the last offset replayed per stream, so that a live copy of a
+        # replayed message that the node delivers late is not sent twice.
+        self._replayed: dict[str, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.client_id!r} {self.conn_id} {self._state.name}>"
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def state(self) -> State:
+        """open, closing or closed."""
+        return self._state
+
+    @property
+    def is_open(self) -> bool:
+        """True until the connection starts closing."""
+        return self._state is State.OPEN
+
+    @property
+    def outbox(self) -> Sequence[Frame]:
+        """Frames waiting for the socket (read-only view)."""
+        return self._outbox if self._outbox is not None else ()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the outbox."""
+        return self._queued_bytes
+
+    @property
+    def writing(self) -> bool:
+        """True while a writer task finishes a suspended send or drains the outbox."""
+        return self._writing
+
+    @property
+    def last_activity(self) -> float:
+        """Monotonic time of the last frame in or out."""
+        return self._last_activity
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups this connection is a local member of."""
+        return frozenset(self._groups) if self._groups else frozenset()
+
+    @property
+    def user_data(self) -> Mapping[str, Any]:
+        """Application data attached to this connection (read-only view)."""
+        return self._user_data if self._user_data is not None else _NO_USER_DATA
+
+    @property
+    def user_data_bytes(self) -> int:
+        """Estimated bytes of the user data."""
+        return self._user_data_bytes
+
+    def memory_estimate(self) -> int:
+        """Approximate bytes this connection holds: bookkeeping, metadata, user data, outbox."""
+        return (
+            _BASE_CONNECTION_BYTES + len(self.client_id) + self._user_data_bytes
+            + self._queued_bytes + estimate_size(self.metadata)
+        )
+
+    # ------------------------------------------------------------------ writing
+
+    def deliver(self, frame: Frame, now: float, stream: str | None = None,
+                offset: int | None = None) -> bool:
+        """Like offer(), but a frame arriving during a resume replay waits its turn, and a
+        frame already replayed is not sent again."""
+        if self._held is not None and self._state is State.OPEN:
+            self._held.append((stream, offset, frame))
+            return True
+        if self._replayed is not None and stream is not None and offset is not None and (
+            offset <= self._replayed.get(stream, 0)
+        ):
+            return True
+        return self.offer(frame, now)
+
+    def offer(self, frame: Frame, now: float) -> bool:
+        """Hand a frame to the socket without waiting; False if the connection cannot take it.
+
+        On overflow the connection is failed with 1013 (TRY_AGAIN_LATER) and False returned.
+        """
+        if self._state is not State.OPEN:
+            return False
+        self._last_activity = now
+        if self._writing:
+            return self._enqueue(frame)
+        try:
+            suspended = start_send(self._send(frame.message))
+        except Exception as exc:
+            self._fail(CloseCode.INTERNAL_ERROR, f"send failed: {type(exc).__name__}")
+            return False
+        if suspended is not None:
+            self._start_writer(suspended)
+        return True
+
+    def _start_writer(self, suspended: Suspended) -> None:
+        self._writing = True
+        task = asyncio.get_running_loop().create_task(
+            self._drain(suspended), name=f"stabilizer-writer-{self.conn_id}"
+        )
+        # A writer cancelled before its first step never resumed the send: close it so its
+        # finally blocks run and the transport waiter is released.
+        task.add_done_callback(lambda _: self._writer_done(suspended))
+        self._drain_task = task
+
+    def _writer_done(self, suspended: Suspended) -> None:
+        suspended.close()
+        self._writing = False
+        self._drain_task = None
+
+    def _enqueue(self, frame: Frame) -> bool:
+        limits = self._limits
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        if len(outbox) >= limits.max_frames:
+            self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox full")
+            return False
+        if limits.max_bytes is not None and (
+            self._queued_bytes + frame.size + self._user_data_bytes > limits.max_bytes
+        ):
+            self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox over memory limit")
+            return False
+        outbox.append(frame)
+        self._queued_bytes += frame.size
+        return True
+
+    async def _drain(self, suspended: Suspended) -> None:
+        """Finish the suspended send, then write queued frames in order until none is left."""
+        timeout = self._limits.write_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await finish_send(suspended)
+            while self._outbox and self._state is State.OPEN:
+                frame = self._outbox.popleft()
+                self._queued_bytes -= frame.size
+                async with asyncio.timeout(timeout):
+                    await self._send(frame.message)
+        except TimeoutError:
+            self._fail(CloseCode.TRY_AGAIN_LATER, f"too slow: a write took over {timeout:g}s")
+        except Exception as exc:
+            self._fail(CloseCode.INTERNAL_ERROR, f"send failed: {type(exc).__name__}")
+        finally:
+            self._writing = False
+            self._drain_task = None
+
+    async def flush(self, deadline: float) -> int:
+        """Wait until the outbox is written or the loop clock passes `deadline`; return frames
+        not yet written (the one in flight included)."""
+        task = self._drain_task
+        if task is not None:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    async with asyncio.timeout(remaining):
+                        await asyncio.shield(task)
+        return len(self.outbox) + (1 if self._writing else 0)
+
+    def _fail(self, code: CloseCode, reason: str) -> None:
+        if self._state is State.OPEN:
+            self._on_fail(self, code, reason)
+
+    # ------------------------------------------------------------------ state changes
+
+    def begin_close(self) -> int:
+        """Open -> closing: stop taking frames, stop the writer, cancel pong waiters; return
+        how many queued frames are dropped."""
+        self._state = State.CLOSING
+        dropped = len(self.outbox)
+        self._outbox = None
+        self._queued_bytes = 0
+        self._held = None
+        task = self._drain_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        if self._pong_waiters:
+            for waiter in self._pong_waiters:
+                if not waiter.done():
+                    waiter.cancel()
+            self._pong_waiters = None
+        return dropped
+
+    def finish_close(self) -> None:
+        """Closing -> closed: the socket is closed and the node's bookkeeping done."""
+        self._state = State.CLOSED
+
+    def release_held(self, replayed: Mapping[str, int], now: float) -> None:
+        """End a replay: remember what it sent per stream, then deliver the live frames held
+        meanwhile, in order, skipping those the replay already sent."""
+        held, self._held = self._held or [], None
+        self._replayed = dict(replayed) or None
+        for stream, offset, frame in held:
+            self.deliver(frame, now, stream, offset)
+
+    def heard(self, now: float) -> None:
+        """Inbound traffic at monotonic time `now`: answers every pending ping()."""
+        self._last_activity = now
+        waiters, self._pong_waiters = self._pong_waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(now)
+
+    def pong_waiter(self) -> asyncio.Future[float]:
+        """A future resolved with the monotonic time of the next inbound frame."""
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if self._pong_waiters is None:
+            self._pong_waiters = []
+        self._pong_waiters.append(waiter)
+        return waiter
+
+    def join(self, group: str) -> None:
+        """Record local membership of `group`."""
+        if self._groups is None:
+            self._groups = set()
+        self._groups.add(group)
+
+    def leave(self, group: str) -> None:
+        """Drop local membership of `group`."""
+        if self._groups is not None:
+            self._groups.discard(group)
+
+    def put_user_data(self, key: str, value: Any, size: int) -> None:
+        """Store `value` under `key`; `size` is its estimate (key included)."""
+        if self._user_data is None:
+            self._user_data = {}
+        old = self._user_data.get(key, _NO_USER_DATA)
+        if old is not _NO_USER_DATA:
+            self._user_data_bytes -= estimate_size(key) + estimate_size(old)
+        self._user_data[key] = value
+        self._user_data_bytes += size
+
+    def restore_user_data(self, items: Iterable[tuple[str, Any]]) -> None:
+        """Put back user data a resumed session kept."""
+        for key, value in items:
+            self.put_user_data(key, value, estimate_size(key) + estimate_size(value))

@@ -1,0 +1,1 @@
+"""A node's shared context and the owner of its background tasks."""

@@ -1,0 +1,91 @@
+"""NodeContext: what every service of one node shares, and nothing more.
+
+The node's id and config, its backend, its pool of local connections, its counters, its task
+owner and its phase. Services receive the context and each other explicitly; none of them
+sees the manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable
+from enum import Enum
+from typing import TypeVar
+
+from stabilizer.backends.base import Backend
+from stabilizer.config import CloseCode, WebSocketConfig
+from stabilizer.connection.connection import OutboxLimits
+from stabilizer.connection.pool import Pool
+from stabilizer.errors import BackendUnavailable
+from stabilizer.node.tasks import TaskOwner
+from stabilizer.stats import NodeStats
+
+T = TypeVar("T")
+
+
+class Phase(Enum):
+    """Lifecycle of a node."""
+
+    NEW = "new"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+def default_node_id() -> str:
+    """Return an id unique per process: host name, pid and 4 random hex digits."""
+    host = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname())
+    return f"{host[:40] or 'node'}-{os.getpid()}-{os.urandom(2).hex()}"
+
+
+class NodeContext:
+    """The state one node's services share."""
+
+    def __init__(self, config: WebSocketConfig, backend: Backend) -> None:
+        self.config = config
+        self.node_id = config.node_id or default_node_id()
+        self.backend = backend
+        self.pool = Pool(config.num_shards)
+        self.stats = NodeStats()
+        self.tasks = TaskOwner()
+        self.limits = OutboxLimits(config.max_queue_size, config.max_memory_per_connection,
+                                   config.write_timeout)
+        self.phase = Phase.NEW
+        self.shutdown_code: CloseCode = config.shutdown_close_code
+        self._resync_wanted = False
+
+    @property
+    def is_accepting(self) -> bool:
+        """True while new connections are admitted."""
+        return self.phase in (Phase.NEW, Phase.RUNNING)
+
+    @property
+    def follows_others(self) -> bool:
+        """True when the node must listen to the backend: other nodes exist, or history
+        sequences every message through it."""
+        return self.backend.is_shared or self.config.history_enabled
+
+    def want_resync(self) -> None:
+        """Ask for local presence to be re-registered at the next maintenance step (the
+        backend was unreachable when it changed)."""
+        self._resync_wanted = True
+
+    def take_resync(self) -> bool:
+        """True (once) if a resync was asked for since the last call."""
+        wanted, self._resync_wanted = self._resync_wanted, False
+        return wanted
+
+    async def ask(self, awaitable: Awaitable[T], *, round_trips: int = 1) -> T:
+        """Await a backend operation of `round_trips` round trips within op_timeout each.
+
+        Raises:
+            BackendUnavailable: the backend failed or did not answer in time.
+        """
+        limit = self.config.op_timeout * round_trips
+        try:
+            async with asyncio.timeout(limit):
+                return await awaitable
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"backend did not answer within {limit:g}s") from exc

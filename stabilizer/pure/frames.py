@@ -1,0 +1,87 @@
+"""Every frame the server writes to a client, and the test for the heartbeat frames a client
+sends (pure). docs/protocol.md describes each of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Final
+
+PONG: Final = "pong"
+PING: Final = "ping"
+PONG_FRAME: Final = '{"type":"pong"}'
+_SMALL_CONTROL: Final = 256
+
+
+def _dump(body: dict[str, object]) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def session_frame(
+    *, client_id: str, conn_id: str, node_id: str, resumed: bool, token: str | None,
+    heartbeat_interval: float, history: bool,
+) -> str:
+    """The first frame of a session: who the client is, where, and its reconnect token."""
+    body = {"type": "session", "client_id": client_id, "conn_id": conn_id, "node_id": node_id,
+            "resumed": resumed, "token": token, "heartbeat_interval": heartbeat_interval,
+            "history": history}
+    return json.dumps(body, separators=(",", ":"))  # ASCII: ids may hold any character
+
+
+def ping_frame(timestamp: float) -> str:
+    """A heartbeat ping; the client answers ``pong`` (any frame counts)."""
+    return _dump({"type": PING, "timestamp": timestamp})
+
+
+def rate_limited_frame(detail: str) -> str:
+    """Tells a client that a message over its rate limit was dropped."""
+    return _dump({"type": "error", "code": "rate_limited", "detail": detail})
+
+
+def message_frame(stream: str, offset: int | None, epoch: str | None,
+                  payload: str | bytes) -> str:
+    """A sequenced message, built once per message (offset and epoch are null when it could
+    not be sequenced because the backend was down)."""
+    body: dict[str, object] = {"type": "message", "stream": stream, "offset": offset,
+                               "epoch": epoch}
+    if isinstance(payload, str):
+        body["data"] = payload
+    else:
+        body["data_b64"] = base64.b64encode(payload).decode("ascii")
+    return _dump(body)
+
+
+def resume_frame(replayed: int, failed: list[str]) -> str:
+    """Ends a replay: whether everything was recovered, how much, and what could not be."""
+    return _dump({"type": "resume", "recovered": not failed, "replayed": replayed,
+                  "failed": failed})
+
+
+def control_type(text: str) -> str | None:
+    """Return "pong" or "ping" for a heartbeat frame from a client, else None.
+
+    Heartbeat frames are the text ``pong`` or a small JSON object whose "type" is "pong" or
+    "ping". Anything else is an application message.
+    """
+    if text == PONG:
+        return PONG
+    if len(text) > _SMALL_CONTROL or not text.startswith("{") or '"type"' not in text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(value, dict) and value.get("type") in (PONG, PING):
+        return str(value["type"])
+    return None
+
+
+def utf8_size_over(text: str, limit: int) -> bool:
+    """True when `text` takes more than `limit` bytes in UTF-8 (cheap for ASCII)."""
+    length = len(text)
+    if length > limit:
+        return True
+    if length * 4 <= limit or text.isascii():
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit

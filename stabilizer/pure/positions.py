@@ -1,0 +1,88 @@
+"""The ``positions`` a resuming client sends (pure): parsed with bounds on size and depth
+before any work is done.
+
+The shape is ``{"<stream>": [offset, "<epoch>"], ...}``: at most 1,000 streams in at most
+64 KiB of text, nested exactly two deep. Anything else raises PositionsError, which the
+session turns into a 1008 refusal.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+MAX_POSITIONS: Final = 1000
+MAX_POSITIONS_TEXT: Final = 64 * 1024
+MAX_EPOCH_LENGTH: Final = 64
+#: Offsets are Lua numbers (doubles) in Redis scripts: beyond 2**53 they lose precision.
+MAX_OFFSET: Final = 2**53
+_DEPTH: Final = 2
+
+Positions = dict[str, tuple[int, str]]
+
+
+class PositionsError(ValueError):
+    """A client sent positions that are not the documented shape."""
+
+
+def nesting_within(text: str, limit: int) -> bool:
+    """True when no array or object in the JSON `text` nests deeper than `limit`.
+
+    A linear scan that skips string contents: it runs before the JSON parser, which would
+    otherwise recurse once per level of an arbitrarily deep input.
+    """
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif char in "]}":
+            depth -= 1
+    return True
+
+
+def parse_positions(text: str | None) -> Positions:
+    """Parse the ``positions`` query parameter: ``{"stream": [offset, "epoch"], ...}``.
+
+    Raises:
+        PositionsError: for anything else (the server closes with 1008).
+    """
+    if not text:
+        return {}
+    if len(text) > MAX_POSITIONS_TEXT:
+        raise PositionsError(f"positions longer than {MAX_POSITIONS_TEXT} characters")
+    if not nesting_within(text, _DEPTH):
+        raise PositionsError("positions nest deeper than {\"stream\": [offset, \"epoch\"]}")
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:  # malformed JSON, or an integer of over 4,300 digits
+        raise PositionsError("positions is not JSON") from exc
+    if not isinstance(raw, dict) or len(raw) > MAX_POSITIONS:
+        raise PositionsError(f"positions must be an object of at most {MAX_POSITIONS} streams")
+    parsed: Positions = {}
+    for stream, position in raw.items():
+        if not _is_position(position):
+            raise PositionsError(f"position of stream {stream[:40]!r} must be [offset, \"epoch\"]")
+        parsed[stream] = (position[0], position[1])
+    return parsed
+
+
+def _is_position(value: object) -> bool:
+    if not isinstance(value, list) or len(value) != 2:
+        return False
+    offset, epoch = value
+    return (
+        isinstance(offset, int) and not isinstance(offset, bool) and 0 <= offset <= MAX_OFFSET
+        and isinstance(epoch, str) and 0 < len(epoch) <= MAX_EPOCH_LENGTH
+    )

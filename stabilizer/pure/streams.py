@@ -1,0 +1,111 @@
+"""History streams (pure): their names, where a sequenced message goes, and the order a node
+delivers each stream in.
+
+Every sequenced message belongs to one stream: ``all`` (broadcasts), ``g:<group>`` (a
+group's messages) or ``c:<client_id>`` (direct messages to one client). Redis pub/sub is
+at-most-once; every sequenced message carries (offset, epoch) and offsets grow by exactly one
+per stream, so a node that remembers the last offset it delivered per stream sees a gap as
+soon as a later message arrives, and fills it from history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final, Literal
+
+ALL: Final = "all"
+_GROUP_PREFIX: Final = "g:"
+_CLIENT_PREFIX: Final = "c:"
+
+TargetKind = Literal["all", "group", "client"]
+
+
+def group_stream(group: str) -> str:
+    """The stream of one group's messages."""
+    return _GROUP_PREFIX + group
+
+
+def client_stream(client_id: str) -> str:
+    """The stream of one client's direct messages."""
+    return _CLIENT_PREFIX + client_id
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a message goes: everyone, the members of a group, or one client."""
+
+    kind: TargetKind
+    name: str = ""
+
+    @property
+    def stream(self) -> str:
+        """The history stream of this target."""
+        if self.kind == "all":
+            return ALL
+        return group_stream(self.name) if self.kind == "group" else client_stream(self.name)
+
+    @classmethod
+    def of_stream(cls, stream: str) -> Target | None:
+        """The target a stream name belongs to; None for a name no target has."""
+        if stream == ALL:
+            return cls("all")
+        if stream.startswith(_GROUP_PREFIX) and len(stream) > len(_GROUP_PREFIX):
+            return cls("group", stream[len(_GROUP_PREFIX):])
+        if stream.startswith(_CLIENT_PREFIX) and len(stream) > len(_CLIENT_PREFIX):
+            return cls("client", stream[len(_CLIENT_PREFIX):])
+        return None
+
+
+class Step(Enum):
+    """What to do with a sequenced message, given what this node delivered before."""
+
+    DELIVER = 1  # next in line (or the first seen, or a new epoch)
+    DUPLICATE = 2  # already delivered: drop
+    GAP = 3  # messages are missing before it: fill from history first
+
+
+@dataclass(slots=True)
+class _Last:
+    epoch: str
+    offset: int
+
+
+class StreamOrder:
+    """The last offset this node delivered on each stream it follows."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, _Last] = {}
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def classify(self, stream: str, offset: int, epoch: str) -> Step:
+        """Decide what to do with (offset, epoch) on `stream`."""
+        last = self._last.get(stream)
+        if last is None or last.epoch != epoch:
+            return Step.DELIVER
+        if offset <= last.offset:
+            return Step.DUPLICATE
+        if offset == last.offset + 1:
+            return Step.DELIVER
+        return Step.GAP
+
+    def last(self, stream: str) -> tuple[int, str] | None:
+        """(offset, epoch) of the last delivered message on `stream`, if any."""
+        last = self._last.get(stream)
+        return None if last is None else (last.offset, last.epoch)
+
+    def advance(self, stream: str, offset: int, epoch: str) -> None:
+        """Record that (offset, epoch) was delivered."""
+        last = self._last.get(stream)
+        if last is None or last.epoch != epoch or offset > last.offset:
+            self._last[stream] = _Last(epoch, offset)
+
+    def streams(self) -> list[str]:
+        """The streams followed, in no particular order."""
+        return list(self._last)
+
+    def forget(self, stream: str) -> None:
+        """Stop following `stream` (no local subscriber left)."""
+        self._last.pop(stream, None)

@@ -1,0 +1,150 @@
+"""Admission: from an accepted socket to a registered connection, one client id at a time.
+
+One client, one socket, under any interleaving. On this node, admissions of one client id
+take turns, and a newer connection replaces the older one in the pool. Across nodes, the
+backend's register step tells the previous owner node to close its socket (a KICK naming the
+old conn id). That kick can arrive while the old connection is still being admitted on its
+node (its register reply and the kick travel on different Redis connections): a connection
+is therefore known by its conn id from before its register step, and a kick for it is kept
+and carried out as soon as its admission completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from stabilizer.backends.base import Presence
+from stabilizer.config import CloseCode
+from stabilizer.connection.connection import Connection
+from stabilizer.connection.sockets import SocketLike, accept_if_needed
+from stabilizer.errors import BackendUnavailable, ShutdownError
+from stabilizer.logs import RateLimitedLog
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.text import check_client_id
+from stabilizer.services.closing import Closing
+from stabilizer.services.events import Events
+from stabilizer.services.liveness import Liveness
+from stabilizer.services.memory import MemoryGuard
+
+logger = logging.getLogger(__name__)
+
+
+class Admission:
+    """Admits connections and carries out kicks from other nodes."""
+
+    def __init__(self, ctx: NodeContext, closing: Closing, liveness: Liveness,
+                 memory: MemoryGuard, events: Events,
+                 ensure_started: Callable[[], Awaitable[None]]) -> None:
+        self._ctx = ctx
+        self._closing = closing
+        self._liveness = liveness
+        self._memory = memory
+        self._events = events
+        self._ensure_started = ensure_started
+        self._turns: dict[str, asyncio.Future[None]] = {}
+        self._pending: dict[str, Connection] = {}  # by conn id, until admitted or refused
+        self._kicked: set[str] = set()  # pending conn ids another node replaced meanwhile
+        self._backend_log = RateLimitedLog(logger)
+
+    async def admit(self, client_id: str, websocket: SocketLike,
+                    metadata: dict[str, Any] | None = None, *,
+                    resuming: bool = False) -> Connection:
+        """Register an (accepted, or accepted here) socket for `client_id`; any earlier
+        connection of the client, on any node, is closed with REPLACED (4500).
+
+        With history and `resuming`, live frames are held until the resume replay ends.
+
+        Raises:
+            InvalidClientIdError: the id is empty, too long or not text.
+            ConnectionLimitExceededError: max_connections or max_cluster_connections reached.
+            MemoryLimitExceededError: the metadata or the node would exceed a memory limit.
+            ShutdownError: the node is shutting down.
+        """
+        check_client_id(client_id, self._ctx.config.max_client_id_length)
+        if not self._ctx.is_accepting:
+            raise ShutdownError("node is shutting down; connect to another node")
+        await self._ensure_started()
+        await accept_if_needed(websocket)
+        while (turn := self._turns.get(client_id)) is not None:
+            await asyncio.shield(turn)
+        done = asyncio.get_running_loop().create_future()
+        self._turns[client_id] = done
+        try:
+            return await self._admit(client_id, websocket, metadata, resuming)
+        finally:
+            del self._turns[client_id]
+            done.set_result(None)
+
+    async def _admit(self, client_id: str, websocket: SocketLike,
+                     metadata: dict[str, Any] | None, resuming: bool) -> Connection:
+        ctx = self._ctx
+        owner = asyncio.current_task()
+        history = ctx.config.history_enabled
+        conn = Connection(client_id, websocket, ctx.limits, self._closing.on_conn_failed,
+                          metadata=metadata, owner=owner, hold=history and resuming)
+        self._memory.admit(conn)
+        self._pending[conn.conn_id] = conn
+        try:
+            await self._register(conn)
+            if history and not resuming:  # a fresh session: whatever the client had ends
+                await self._start_session(conn)
+            if not ctx.is_accepting:  # shutdown began while we waited on the backend
+                await self._closing.unregister(conn)
+                raise ShutdownError("node is shutting down; connect to another node")
+        except BaseException:
+            self._kicked.discard(conn.conn_id)
+            raise
+        finally:
+            del self._pending[conn.conn_id]
+        kicked = conn.conn_id in self._kicked
+        self._kicked.discard(conn.conn_id)
+        replaced = ctx.pool.put(conn)
+        if replaced is not None:
+            self._closing.retire(replaced, CloseCode.REPLACED, "replaced by a newer connection",
+                                 in_pool=False)
+        self._closing.readmitted(owner, client_id)
+        self._liveness.track(conn)
+        ctx.stats.connects += 1
+        logger.info("client %r connected (conn %s, node %s)", client_id, conn.conn_id,
+                    ctx.node_id)
+        await self._events.connected(conn, resumed=resuming)
+        if kicked:
+            logger.info("client %r (conn %s) was replaced on another node while admitted here",
+                        client_id, conn.conn_id)
+            self._closing.kick(conn)
+        return conn
+
+    def kick(self, client_id: str, conn_id: str | None) -> None:
+        """Another node registered `client_id`: close our connection `conn_id` of it, now
+        or as soon as its admission completes."""
+        pending = self._pending.get(conn_id) if conn_id is not None else None
+        if pending is not None and pending.client_id == client_id:
+            self._kicked.add(pending.conn_id)
+            return
+        conn = self._ctx.pool.get(client_id)
+        if conn is not None and (conn_id is None or conn.conn_id == conn_id):
+            self._closing.kick(conn)
+
+    async def _register(self, conn: Connection) -> None:
+        ctx = self._ctx
+        presence = Presence(conn.client_id, ctx.node_id, conn.conn_id, conn.created_at)
+        try:
+            await ctx.ask(ctx.backend.presence.register(
+                presence, max_cluster=ctx.config.max_cluster_connections))
+        except BackendUnavailable as exc:
+            # Degrade: the socket works locally; presence is re-registered when we reconnect.
+            ctx.want_resync()
+            self._backend_log.warning("presence of %r not registered (backend unavailable); "
+                                      "will re-register", conn.client_id, exc=exc)
+
+    async def _start_session(self, conn: Connection) -> None:
+        ctx = self._ctx
+        try:
+            await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=True),
+                          round_trips=2)
+        except BackendUnavailable as exc:
+            self._backend_log.warning("session of %r not opened (backend unavailable)",
+                                      conn.client_id, exc=exc)

@@ -1,0 +1,182 @@
+"""Closing and release: take a connection out of service, close its socket, and settle what
+the node and the cluster know about it (presence, groups, session, hooks, events), exactly
+once per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Any
+
+from stabilizer.config import CloseCode
+from stabilizer.connection.connection import Connection, State
+from stabilizer.connection.sockets import abort_transport
+from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
+from stabilizer.logs import RateLimitedLog
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.text import retry_advice, truncate_reason
+from stabilizer.services.delivery.groups import Membership
+from stabilizer.services.events import Events
+from stabilizer.services.liveness import Liveness
+
+logger = logging.getLogger(__name__)
+
+
+class Closing:
+    """Every way a local connection ends goes through here."""
+
+    def __init__(self, ctx: NodeContext, liveness: Liveness, membership: Membership,
+                 events: Events) -> None:
+        self._ctx = ctx
+        self._liveness = liveness
+        self._membership = membership
+        self._events = events
+        self._slots = asyncio.Semaphore(ctx.config.max_concurrent_cleanup)
+        # Handlers whose connection the node closed behind their back (replaced, timed out,
+        # evicted): their later disconnect(client_id) must not close a newer socket.
+        self._departed: weakref.WeakKeyDictionary[asyncio.Task[Any], set[str]] = (
+            weakref.WeakKeyDictionary())
+        self._backend_log = RateLimitedLog(logger)
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        """Bounds how many sockets close at once (max_concurrent_cleanup)."""
+        return self._slots
+
+    async def disconnect(self, client_id: str, code: int, reason: str) -> None:
+        """The seed's disconnect(client_id): close this node's connection of the client,
+        unless called from a handler whose connection was already closed by the node.
+
+        Raises:
+            ConnectionNotFoundError: no connection of `client_id` exists on this node.
+        """
+        task = asyncio.current_task()
+        gone = self._departed.get(task) if task is not None else None
+        if gone is not None and client_id in gone:
+            gone.discard(client_id)
+            return
+        conn = self._ctx.pool.get(client_id)
+        if conn is None:
+            raise ConnectionNotFoundError(f"client {client_id!r} is not connected to this node")
+        await self.release(conn, code=code, reason=reason)
+
+    def readmitted(self, owner: asyncio.Task[Any] | None, client_id: str) -> None:
+        """A handler task connected `client_id` again: its disconnect acts again."""
+        if owner is not None and (gone := self._departed.get(owner)) is not None:
+            gone.discard(client_id)
+
+    async def release(self, conn: Connection, *, code: int = CloseCode.NORMAL,
+                      reason: str = "normal closure", keep_session: bool | None = None) -> bool:
+        """Close `conn` (this exact socket) and drop its presence; False if already closed.
+
+        With history, the session stays resumable for session_ttl unless `keep_session` is
+        False (an explicit end; the default for a normal closure).
+        """
+        if not self.detach(conn):
+            return False
+        async with self._slots:
+            await self.unregister(conn)
+            await self.close_socket(conn, code, reason)
+        await self.settle(conn, code, reason, keep_session)
+        return True
+
+    def detach(self, conn: Connection, *, in_pool: bool = True) -> bool:
+        """Synchronously take `conn` out of service; False if it already was."""
+        if conn.state is not State.OPEN:
+            return False
+        conn.begin_close()
+        if in_pool:
+            self._ctx.pool.remove(conn)
+        self._liveness.forget(conn)
+        owner = conn.owner
+        if owner is not None and owner is not asyncio.current_task() and not owner.done():
+            self._departed.setdefault(owner, set()).add(conn.client_id)
+        return True
+
+    def retire(self, conn: Connection, code: int, reason: str, *, in_pool: bool = True) -> None:
+        """Take `conn` out of service now and close its socket in a task of the node."""
+        if not self.detach(conn, in_pool=in_pool):
+            return
+        if code == CloseCode.REPLACED:
+            self._ctx.stats.replaced += 1
+        self._ctx.tasks.spawn(self._finish(conn, code, reason),
+                              name=f"stabilizer-close-{conn.conn_id}")
+
+    def on_conn_failed(self, conn: Connection, code: CloseCode, reason: str) -> None:
+        """A connection's outbox overflowed or its socket failed."""
+        logger.info("closing client %r (conn %s): %s", conn.client_id, conn.conn_id, reason)
+        if code == CloseCode.TRY_AGAIN_LATER:
+            self._ctx.stats.overflow_closes += 1
+            reason = retry_advice(self._ctx.config.retry_jitter)
+        self.retire(conn, code, reason)
+
+    def on_timeout(self, conn: Connection) -> None:
+        """A connection missed its heartbeat deadline."""
+        self.retire(conn, CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+
+    def kick(self, conn: Connection) -> None:
+        """Another node (or a resync) found a newer connection of this client."""
+        self.retire(conn, CloseCode.REPLACED, "replaced by a connection on another node")
+
+    async def _finish(self, conn: Connection, code: int, reason: str) -> None:
+        async with self._slots:
+            if code != CloseCode.REPLACED:  # presence names the newer connection now
+                await self.unregister(conn)
+            await self.close_socket(conn, code, reason)
+        await self.settle(conn, code, reason, None)
+
+    async def unregister(self, conn: Connection) -> None:
+        """Drop the presence of `conn` (if it still names this socket)."""
+        ctx = self._ctx
+        if not ctx.backend.available:
+            ctx.want_resync()
+            return
+        try:
+            await ctx.ask(ctx.backend.presence.unregister(conn.client_id, conn.conn_id))
+        except BackendUnavailable as exc:
+            ctx.want_resync()
+            self._backend_log.warning("presence of %r not removed (backend unavailable)",
+                                      conn.client_id, exc=exc)
+
+    async def close_socket(self, conn: Connection, code: int, reason: str) -> bool:
+        """Send a close frame within close_timeout; abort the transport if it cannot go.
+        False when it had to be aborted."""
+        try:
+            async with asyncio.timeout(self._ctx.config.close_timeout):
+                await conn.socket.close(code=int(code), reason=truncate_reason(reason))
+        except TimeoutError:
+            abort_transport(conn.socket)
+            return False
+        except Exception:  # the peer is already gone: nothing left to close
+            logger.debug("close of %s raised; peer already gone", conn.conn_id, exc_info=True)
+        return True
+
+    async def settle(self, conn: Connection, code: int, reason: str,
+                     keep_session: bool | None) -> None:
+        """Bookkeeping once a socket is closed: groups, session, hooks, events (once)."""
+        conn.finish_close()
+        self._ctx.stats.disconnects += 1
+        logger.info("client %r disconnected (conn %s, code %d)", conn.client_id, conn.conn_id,
+                    code)
+        had_groups = bool(conn.groups)
+        await self._membership.forget(conn)
+        if code != CloseCode.REPLACED:
+            await self._settle_session(conn, code, keep_session, had_groups)
+        await self._events.disconnected(conn, code, reason)
+
+    async def _settle_session(self, conn: Connection, code: int, keep_session: bool | None,
+                              had_groups: bool) -> None:
+        ctx = self._ctx
+        history = ctx.config.history_enabled
+        if keep_session is None:
+            keep_session = code != CloseCode.NORMAL
+        sessions = ctx.backend.sessions
+        try:
+            if history and keep_session:
+                await ctx.ask(sessions.suspend(conn.client_id, ctx.config.session_ttl))
+            elif history or had_groups:
+                await ctx.ask(sessions.end(conn.client_id))
+        except BackendUnavailable as exc:
+            self._backend_log.warning("session of %r not settled (backend unavailable)",
+                                      conn.client_id, exc=exc)

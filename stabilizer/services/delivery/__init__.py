@@ -1,0 +1,1 @@
+"""Delivery: group membership, local fan-out, the two delivery modes and the listener."""

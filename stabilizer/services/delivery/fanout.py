@@ -1,0 +1,85 @@
+"""Local fan-out: one frame to the local recipients of a target, without waiting on a socket.
+
+The one place that picks recipients (everyone, a group's local members, one client) for
+both delivery modes. A large fan-out yields to the loop every max_concurrent_broadcast
+recipients, so it never stalls the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+from stabilizer.connection.connection import Connection
+from stabilizer.connection.sockets import Frame
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.streams import Target
+from stabilizer.results import BroadcastResult
+from stabilizer.services.delivery.groups import Membership
+
+
+class FanOut:
+    """Gives frames to local connections and counts what they took."""
+
+    def __init__(self, ctx: NodeContext, membership: Membership) -> None:
+        self._ctx = ctx
+        self._membership = membership
+
+    def offer(self, conn: Connection, frame: Frame) -> bool:
+        """Give `conn` a frame now (counted in the node's stats)."""
+        if conn.offer(frame, time.monotonic()):
+            self._ctx.stats.messages_out += 1
+            self._ctx.stats.bytes_out += frame.size
+            return True
+        return False
+
+    async def deliver(
+        self, target: Target, frame: Frame, exclude: str | None = None, *,
+        stream: str | None = None, offset: int | None = None,
+    ) -> BroadcastResult:
+        """Give `frame` to the local recipients of `target` except `exclude`; a sequenced
+        frame carries its (stream, offset) so a resuming client gets it exactly once."""
+        if target.kind == "client":
+            conn = self._ctx.pool.get(target.name)
+            if conn is None:
+                return BroadcastResult(0, 0, 0)
+            shards: Iterable[list[Connection]] = [[conn]]
+        elif target.kind == "group":
+            members = self._membership.local_members(target.name)
+            if not members:
+                return BroadcastResult(0, 0, 0)
+            shards = [list(members)]
+        else:
+            shards = self._ctx.pool.shards()
+        return await self._fan_out(shards, frame, exclude, stream, offset)
+
+    async def _fan_out(
+        self, shards: Iterable[list[Connection]], frame: Frame, exclude: str | None,
+        stream: str | None, offset: int | None,
+    ) -> BroadcastResult:
+        started = time.perf_counter()
+        result = BroadcastResult(0, 0, 0)
+        slice_size = self._ctx.config.max_concurrent_broadcast
+        budget = slice_size
+        for shard in shards:
+            now = time.monotonic()
+            for conn in shard:
+                if conn.client_id == exclude:
+                    continue
+                result.total += 1
+                if conn.deliver(frame, now, stream, offset):
+                    result.succeeded += 1
+                else:
+                    result.failed += 1
+                    result.errors.append((conn.client_id, "outbox full or connection closing"))
+                budget -= 1
+            if budget <= 0:
+                budget = slice_size
+                await asyncio.sleep(0)
+        stats = self._ctx.stats
+        stats.messages_out += result.succeeded
+        stats.bytes_out += result.succeeded * frame.size
+        if result.total:
+            stats.fanout_seconds.observe(time.perf_counter() - started)
+        return result

@@ -1,0 +1,133 @@
+"""Group membership: cluster-wide in the backend, local in a table of connections per group.
+
+A node follows a group's channel while it has local members: it subscribes on the first
+local member and unsubscribes on the last. A client on another node joins or leaves through
+a MEMBERSHIP envelope routed to its node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from stabilizer.connection.connection import Connection
+from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
+from stabilizer.logs import RateLimitedLog
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.streams import client_stream, group_stream
+from stabilizer.pure.wire import Envelope, Kind, encode
+from stabilizer.services.events import Events
+
+logger = logging.getLogger(__name__)
+
+_JOIN, _LEAVE = "join", "leave"
+
+
+class Membership:
+    """Which local connections belong to which group, kept in step with the backend."""
+
+    def __init__(self, ctx: NodeContext, events: Events,
+                 on_unfollow: Callable[[str], None]) -> None:
+        self._ctx = ctx
+        self._events = events
+        self._on_unfollow = on_unfollow  # a stream no local connection follows any more
+        self._members: dict[str, set[Connection]] = {}
+        self._backend_log = RateLimitedLog(logger)
+
+    def local_members(self, group: str) -> set[Connection]:
+        """The local members of `group` (empty when there are none)."""
+        return self._members.get(group, set())
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    async def join(self, client_id: str, group: str) -> None:
+        """Add a client on any node to a group.
+
+        Raises:
+            ConnectionNotFoundError: the client is not connected anywhere.
+            BackendUnavailable: the backend cannot be reached.
+        """
+        ctx = self._ctx
+        conn = ctx.pool.get(client_id)
+        backend = ctx.backend
+        if conn is None:
+            owner = await ctx.ask(backend.presence.locate(client_id)) if backend.is_shared else None
+            if owner is None:
+                raise ConnectionNotFoundError(f"client {client_id!r} is not connected")
+            await ctx.ask(backend.groups.join(client_id, group))
+            await self._tell_owner(client_id, group, _JOIN)
+            return
+        await self.join_local(conn, group)
+        if await ctx.ask(backend.groups.join(client_id, group)):
+            self._events.membership(_JOIN, client_id, group)
+
+    async def leave(self, client_id: str, group: str) -> None:
+        """Remove a client on any node from a group (no error if it was not a member).
+
+        Raises:
+            BackendUnavailable: the backend cannot be reached.
+        """
+        ctx = self._ctx
+        conn = ctx.pool.get(client_id)
+        left = await ctx.ask(ctx.backend.groups.leave(client_id, group))
+        if conn is not None:
+            await self.leave_local(conn, group)
+            if left:
+                self._events.membership(_LEAVE, client_id, group)
+        elif ctx.backend.is_shared:
+            await self._tell_owner(client_id, group, _LEAVE)
+
+    async def _tell_owner(self, client_id: str, group: str, action: str) -> None:
+        ctx = self._ctx
+        envelope = Envelope(Kind.MEMBERSHIP, ctx.node_id, client_id, group, ref=action)
+        await ctx.ask(ctx.backend.routing.route(client_id, encode(envelope)))
+
+    def apply(self, envelope: Envelope) -> None:
+        """Act on a MEMBERSHIP envelope for a local client, beside the listener (subscribing
+        waits for a confirmation that only the listener reads)."""
+        conn = self._ctx.pool.get(envelope.target) if envelope.target else None
+        group = envelope.payload
+        if conn is None or not isinstance(group, str):
+            return
+        if envelope.ref == _JOIN:
+            self._ctx.tasks.spawn(self.join_local(conn, group), name="stabilizer-join")
+        elif envelope.ref == _LEAVE:
+            self._ctx.tasks.spawn(self.leave_local(conn, group), name="stabilizer-leave")
+
+    async def join_local(self, conn: Connection, group: str) -> None:
+        """Record local membership; follow the group's channel on its first local member."""
+        conn.join(group)
+        members = self._members.get(group)
+        if members is None:
+            members = self._members[group] = set()
+            try:
+                await self._ctx.ask(self._ctx.backend.groups.subscribe(group))
+            except BackendUnavailable as exc:
+                self._backend_log.warning("group %r not subscribed yet (backend down); the "
+                                          "listener resubscribes when it reconnects", group,
+                                          exc=exc)
+        members.add(conn)
+
+    async def leave_local(self, conn: Connection, group: str) -> None:
+        """Drop local membership; stop following the group when its last local member left."""
+        conn.leave(group)
+        members = self._members.get(group)
+        if members is None:
+            return
+        members.discard(conn)
+        if members:
+            return
+        del self._members[group]
+        self._on_unfollow(group_stream(group))
+        try:
+            await self._ctx.ask(self._ctx.backend.groups.unsubscribe(group))
+        except BackendUnavailable as exc:
+            self._backend_log.warning("group %r not unsubscribed (backend down)", group, exc=exc)
+
+    async def forget(self, conn: Connection) -> None:
+        """A connection closed: drop its local memberships (its cluster membership is the
+        closing service's decision: kept while the session is resumable)."""
+        for group in conn.groups:
+            await self.leave_local(conn, group)
+        self._on_unfollow(client_stream(conn.client_id))

@@ -1,0 +1,86 @@
+"""The listener: the one loop that reads what the backend hands this node and dispatches it.
+
+It survives bad input (logged, counted, dropped) and a lost backend (resubscribes with
+capped, jittered backoff); only cancellation ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from stabilizer.errors import BackendUnavailable, WireError
+from stabilizer.logs import RateLimitedLog
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.text import backoff_delay
+from stabilizer.pure.wire import Kind, decode
+from stabilizer.services.delivery.groups import Membership
+from stabilizer.services.delivery.router import Router
+from stabilizer.services.events import Events
+
+logger = logging.getLogger(__name__)
+
+#: Closes the local connection of a client if its conn id matches (a replacement elsewhere).
+KickHandler = Callable[[str, str | None], None]
+
+_MESSAGES = frozenset({Kind.BROADCAST, Kind.GROUP, Kind.DIRECT})
+
+
+class Listener:
+    """Dispatches envelopes: messages to the router, kicks to admission, memberships to the
+    group table, events to the listeners."""
+
+    def __init__(self, ctx: NodeContext, router: Router, membership: Membership,
+                 events: Events, on_kick: KickHandler) -> None:
+        self._ctx = ctx
+        self._router = router
+        self._membership = membership
+        self._events = events
+        self._on_kick = on_kick
+        self._wire_log = RateLimitedLog(logger)
+        self._backend_log = RateLimitedLog(logger)
+
+    async def run(self) -> None:
+        """Deliver what the backend hands this node until cancelled."""
+        ctx = self._ctx
+        failures = 0
+        while True:
+            try:
+                if failures:
+                    self._router.resubscribing()
+                async for raw in ctx.backend.routing.deliveries():
+                    failures = 0
+                    await self.dispatch(raw)
+            except BackendUnavailable as exc:
+                failures += 1
+                ctx.stats.backend_reconnects += 1
+                ctx.want_resync()
+                delay = backoff_delay(failures)
+                self._backend_log.warning("subscription lost; resubscribing in %.2fs", delay,
+                                          exc=exc)
+                await asyncio.sleep(delay)
+            except Exception:
+                failures += 1
+                logger.exception("listener failed unexpectedly; restarting it")
+                await asyncio.sleep(backoff_delay(failures))
+
+    async def dispatch(self, raw: bytes) -> None:
+        """Act on one envelope from the backend."""
+        try:
+            envelope = decode(raw)
+        except WireError as exc:
+            self._ctx.stats.wire_errors += 1
+            self._wire_log.warning("dropped an undecodable message from the backend: %s", exc)
+            return
+        kind = envelope.kind
+        if kind in _MESSAGES:
+            await self._router.receive(envelope)
+        elif envelope.origin == self._ctx.node_id:
+            return
+        elif kind is Kind.KICK and envelope.target:
+            self._on_kick(envelope.target, envelope.ref)
+        elif kind is Kind.MEMBERSHIP:
+            self._membership.apply(envelope)
+        elif kind is Kind.EVENT and isinstance(envelope.payload, str):
+            self._events.received(envelope.payload)

@@ -1,0 +1,93 @@
+"""LiveRouter: delivery without history. The origin node delivers to its own clients at once
+and hands the message to the other nodes in one publish; nodes drop their own publications."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from stabilizer.connection.sockets import Frame
+from stabilizer.errors import BackendUnavailable
+from stabilizer.logs import RateLimitedLog
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.streams import Target
+from stabilizer.pure.wire import Envelope, Kind, encode
+from stabilizer.results import BroadcastResult
+from stabilizer.services.delivery.fanout import FanOut
+
+logger = logging.getLogger(__name__)
+
+
+class LiveRouter:
+    """At-most-once delivery across nodes, immediate delivery on this one."""
+
+    def __init__(self, ctx: NodeContext, fanout: FanOut) -> None:
+        self._ctx = ctx
+        self._fanout = fanout
+        self._backend_log = RateLimitedLog(logger)
+
+    async def publish(self, target: Target, payload: str | bytes,
+                      exclude: str | None) -> BroadcastResult:
+        """Hand the message to the other nodes and deliver it to local recipients; the
+        publish is on the wire before the local fan-out starts, and is cancelled with the
+        caller."""
+        ctx = self._ctx
+        publish: asyncio.Task[int] | None = None
+        if ctx.backend.is_shared:
+            kind = Kind.BROADCAST if target.kind == "all" else Kind.GROUP
+            raw = encode(Envelope(kind, ctx.node_id, target.name or None, payload, exclude))
+            backend = ctx.backend
+            sending = (backend.routing.publish(raw) if target.kind == "all"
+                       else backend.groups.publish(target.name, raw))
+            publish = ctx.tasks.spawn(ctx.ask(sending), name="stabilizer-publish")
+        try:
+            if publish is not None:
+                await asyncio.sleep(0)  # let the publish reach the wire first
+            result = await self._fanout.deliver(target, Frame.of(payload), exclude)
+            if publish is not None:
+                try:
+                    result.remote_nodes = await publish
+                except BackendUnavailable as exc:
+                    result.remote_error = f"other nodes not reached: {exc}"
+                    self._backend_log.warning("delivered locally only: %s", result.remote_error)
+            return result
+        finally:
+            if publish is not None and not publish.done():
+                publish.cancel()
+
+    async def send(self, client_id: str, payload: str | bytes) -> bool:
+        """A local hit costs no round trip; otherwise one script routes it to the owner."""
+        ctx = self._ctx
+        conn = ctx.pool.get(client_id)
+        if conn is not None:
+            return self._fanout.offer(conn, Frame.of(payload))
+        if not ctx.backend.is_shared:
+            return False
+        envelope = encode(Envelope(Kind.DIRECT, ctx.node_id, client_id, payload))
+        try:
+            return await ctx.ask(ctx.backend.routing.route(client_id, envelope))
+        except BackendUnavailable as exc:
+            self._backend_log.warning("send to %r not routed: backend unavailable", client_id,
+                                      exc=exc)
+            return False
+
+    async def receive(self, envelope: Envelope) -> None:
+        """Deliver another node's message to the local recipients."""
+        destination = envelope.destination
+        if envelope.origin == self._ctx.node_id or destination is None or (
+            envelope.payload is None
+        ):
+            return
+        frame = Frame.of(envelope.payload)
+        if destination.kind == "client":
+            conn = self._ctx.pool.get(destination.name)
+            if conn is not None:
+                self._fanout.offer(conn, frame)
+            return
+        await self._fanout.deliver(destination, frame, envelope.exclude)
+
+    def resubscribing(self) -> None:
+        """Nothing to catch up: live delivery is at-most-once."""
+
+    def unfollow(self, stream: str) -> None:
+        """Nothing is tracked per stream."""

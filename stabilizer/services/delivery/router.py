@@ -1,0 +1,41 @@
+"""How messages travel between nodes: one Router per node, picked once at start.
+
+LiveRouter (history off): the origin delivers to its own clients at once and hands the
+message to the other nodes in one publish. SequencedRouter (history on): every message is
+sequenced by the backend and reaches every node, the origin included, through its
+subscription, so all nodes deliver each stream in the same order.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from stabilizer.pure.streams import Target
+from stabilizer.pure.wire import Envelope
+from stabilizer.results import BroadcastResult
+
+
+class Router(Protocol):
+    """The delivery mode of a node."""
+
+    async def publish(self, target: Target, payload: str | bytes,
+                      exclude: str | None) -> BroadcastResult:
+        """Deliver to every recipient of an ``all`` or ``group`` target on every node."""
+        ...
+
+    async def send(self, client_id: str, payload: str | bytes) -> bool:
+        """Deliver to one client wherever it is; True if some node took it (with history:
+        or it is kept for the client's resumable session)."""
+        ...
+
+    async def receive(self, envelope: Envelope) -> None:
+        """Deliver a BROADCAST, GROUP or DIRECT envelope the listener received."""
+        ...
+
+    def resubscribing(self) -> None:
+        """The listener lost its subscription and is about to subscribe again."""
+        ...
+
+    def unfollow(self, stream: str) -> None:
+        """No local connection receives `stream` any more."""
+        ...

@@ -1,0 +1,173 @@
+"""Start and graceful shutdown of a node.
+
+Start: open the backend (degrading to local service when it cannot be reached), start the
+loops (heartbeat, maintenance and, when other nodes or history exist, the listener), and
+return once subscribed. Shutdown, in order: refuse new sockets; drain every outbox until the
+deadline and close each socket with 1001 or 1012 (with retry advice), aborting what cannot
+close; stop every task of the node; drop the node's presence; close the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from stabilizer.config import CloseCode
+from stabilizer.connection.connection import Connection
+from stabilizer.connection.sockets import abort_transport
+from stabilizer.errors import BackendUnavailable, ShutdownError
+from stabilizer.logs import RateLimitedLog
+from stabilizer.node.context import NodeContext, Phase
+from stabilizer.pure.text import retry_advice
+from stabilizer.results import ShutdownReport
+from stabilizer.services.closing import Closing
+from stabilizer.services.tokens import TokenService
+
+logger = logging.getLogger(__name__)
+
+Loop = Callable[[], Coroutine[Any, Any, None]]
+_LOOP_PREFIX = "stabilizer-loop-"
+_CLOSER_PREFIX = "stabilizer-close-"
+
+
+def shutdown_reason(code: int, jitter: float) -> str:
+    """The close reason of a shutdown: retry advice when the node restarts."""
+    if code == CloseCode.SERVICE_RESTART:
+        return retry_advice(jitter)
+    return "server shutting down"
+
+
+class Lifecycle:
+    """new -> running -> draining -> stopped, for one node."""
+
+    def __init__(self, ctx: NodeContext, closing: Closing, tokens: TokenService,
+                 loops: dict[str, Loop]) -> None:
+        self._ctx = ctx
+        self._closing = closing
+        self._tokens = tokens
+        self._loops = loops  # the node's loops by name, started once
+        self._starting: asyncio.Future[None] | None = None
+        self._backend_log = RateLimitedLog(logger)
+
+    async def start(self) -> None:
+        """Start the node's loops; idempotent.
+
+        Raises:
+            ShutdownError: the node was already shut down.
+        """
+        ctx = self._ctx
+        if ctx.phase is Phase.RUNNING:
+            if self._starting is not None:
+                await asyncio.shield(self._starting)
+            return
+        if ctx.phase is not Phase.NEW:
+            raise ShutdownError("this manager was shut down; create a new one")
+        ctx.phase = Phase.RUNNING
+        self._starting = asyncio.get_running_loop().create_future()
+        try:
+            await self._open_backend()
+            for name, loop in self._loops.items():
+                ctx.tasks.spawn(loop(), name=f"{_LOOP_PREFIX}{name}:{ctx.node_id}")
+            if ctx.follows_others:  # ready means subscribed: other nodes' messages arrive
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ctx.config.op_timeout):
+                        await ctx.backend.routing.subscribed.wait()
+        finally:
+            self._starting.set_result(None)
+            self._starting = None
+        logger.info("stabilizer node %s started (backend %s)", ctx.node_id, ctx.backend.name)
+
+    async def _open_backend(self) -> None:
+        ctx = self._ctx
+        try:
+            await ctx.ask(ctx.backend.open(ctx.node_id, ctx.tasks,
+                                           events=ctx.config.cluster_events), round_trips=2)
+        except BackendUnavailable as exc:
+            ctx.want_resync()
+            self._backend_log.warning("backend %s unreachable at start; node runs locally and "
+                                      "retries", ctx.backend.name, exc=exc)
+        if not self._tokens.has_key:
+            await self._tokens.fetch_shared_key()
+        if not ctx.config.token_keys and not ctx.backend.is_shared:
+            logger.info("no token_secret configured: reconnect tokens are valid only until "
+                        "this process exits")
+
+    async def shutdown(self, timeout: float, restart: bool | None) -> ShutdownReport:
+        """Drain and close every socket, stop everything; idempotent (a second call returns
+        an empty report).
+
+        Raises:
+            ShutdownError: a task or the backend failed to stop (after everything else).
+        """
+        ctx = self._ctx
+        started = time.monotonic()
+        if ctx.phase in (Phase.DRAINING, Phase.STOPPED):
+            return ShutdownReport(0, 0, 0.0, close_code=int(ctx.shutdown_code))
+        if restart is not None:
+            ctx.shutdown_code = CloseCode.SERVICE_RESTART if restart else CloseCode.GOING_AWAY
+        code = ctx.shutdown_code
+        ctx.phase = Phase.DRAINING
+        logger.info("node %s shutting down: %d connections, close code %d", ctx.node_id,
+                    len(ctx.pool), code)
+        deadline = asyncio.get_running_loop().time() + timeout
+        outcomes = await asyncio.gather(
+            *(self._close_one(conn, int(code), deadline) for conn in list(ctx.pool.connections())))
+        problems = await self._stop_everything(deadline)
+        report = ShutdownReport(
+            closed_count=sum(1 for clean, _, _ in outcomes if clean),
+            failed_count=sum(1 for clean, _, _ in outcomes if not clean),
+            duration_seconds=time.monotonic() - started,
+            drained_frames=sum(drained for _, drained, _ in outcomes),
+            dropped_frames=sum(dropped for _, _, dropped in outcomes),
+            close_code=int(code),
+        )
+        ctx.phase = Phase.STOPPED
+        logger.info("node %s stopped: closed=%d failed=%d in %.2fs", ctx.node_id,
+                    report.closed_count, report.failed_count, report.duration_seconds)
+        if problems:
+            raise ShutdownError("shutdown finished with errors: " + "; ".join(problems))
+        return report
+
+    async def _close_one(self, conn: Connection, code: int,
+                         deadline: float) -> tuple[bool, int, int]:
+        """Drain `conn` until the deadline, then close it: (clean, drained, dropped)."""
+        closing = self._closing
+        async with closing.slots:
+            queued = len(conn.outbox) + (1 if conn.writing else 0)
+            left = await conn.flush(deadline)
+            if not closing.detach(conn):
+                return True, 0, 0
+            remaining = deadline - asyncio.get_running_loop().time()
+            reason = shutdown_reason(code, self._ctx.config.retry_jitter)
+            try:
+                async with asyncio.timeout(max(remaining, 0.05)):
+                    clean = await closing.close_socket(conn, code, reason)
+            except TimeoutError:
+                abort_transport(conn.socket)
+                clean = False
+            await closing.settle(conn, code, "shutdown", None)
+            return clean, max(queued - left, 0), left
+
+    async def _stop_everything(self, deadline: float) -> list[str]:
+        ctx = self._ctx
+        grace = ctx.config.close_timeout
+        tasks = ctx.tasks
+        problems = await tasks.stop(grace, prefix=_LOOP_PREFIX)
+        remaining = max(deadline - asyncio.get_running_loop().time(), 0.1)
+        await tasks.wait(tasks.running(_CLOSER_PREFIX), remaining)
+        problems += await tasks.stop(grace)
+        try:
+            if ctx.backend.available:
+                await ctx.ask(ctx.backend.liveness.unregister_node(), round_trips=4)
+        except BackendUnavailable as exc:
+            problems.append(f"presence not removed: {exc!r}")
+        try:
+            async with asyncio.timeout(ctx.config.op_timeout):
+                await ctx.backend.aclose()
+        except Exception as exc:
+            problems.append(f"backend close: {exc!r}")
+        return problems

@@ -1,0 +1,105 @@
+"""Maintenance: the loop that keeps a node registered and healthy.
+
+Every ``node_ttl / 3`` seconds: refresh the node's liveness (reaping dead nodes), end expired
+sessions, re-register local presence after an outage (closing sockets another node took
+meanwhile), fetch the shared token key if it is still missing; every
+``memory_check_interval`` seconds: enforce max_total_memory. Backend failures back off with
+jitter; nothing but cancellation ends the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from stabilizer.backends.base import Presence
+from stabilizer.errors import BackendUnavailable
+from stabilizer.logs import RateLimitedLog
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.text import backoff_delay
+from stabilizer.services.closing import Closing
+from stabilizer.services.memory import MemoryGuard
+from stabilizer.services.tokens import TokenService
+
+logger = logging.getLogger(__name__)
+
+
+class Maintenance:
+    """Keepalive, reaping, resync, session sweep, token key and memory checks."""
+
+    def __init__(self, ctx: NodeContext, closing: Closing, memory: MemoryGuard,
+                 tokens: TokenService) -> None:
+        self._ctx = ctx
+        self._closing = closing
+        self._memory = memory
+        self._tokens = tokens
+        self._joined = False
+        self._backend_log = RateLimitedLog(logger)
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        config = self._ctx.config
+        loop = asyncio.get_running_loop()
+        keep_every = config.node_ttl / 3
+        memory_every = config.memory_check_interval
+        next_memory = loop.time() + memory_every
+        failures = 0
+        while True:
+            try:
+                await self.step()
+                failures = 0
+            except BackendUnavailable as exc:
+                failures += 1
+                self._ctx.want_resync()
+                self._backend_log.warning("backend maintenance failed", exc=exc)
+            except Exception:
+                logger.exception("maintenance step failed; the loop goes on")
+            if loop.time() >= next_memory:
+                next_memory = loop.time() + memory_every
+                try:
+                    self._memory.check()
+                except Exception:
+                    logger.exception("memory check failed; the loop goes on")
+            delay = keep_every if failures == 0 else min(keep_every, backoff_delay(failures))
+            await asyncio.sleep(min(delay, max(0.0, next_memory - loop.time())) or 0.01)
+
+    async def step(self) -> None:
+        """One round of backend upkeep.
+
+        Raises:
+            BackendUnavailable: the backend failed (the loop retries with backoff).
+        """
+        ctx = self._ctx
+        config = ctx.config
+        backend = ctx.backend
+        session_ttl = config.session_ttl if config.history_enabled else 0.0
+        liveness = await ctx.ask(backend.liveness.keepalive(config.node_ttl, session_ttl),
+                                 round_trips=4)
+        await ctx.ask(backend.sessions.sweep())
+        if liveness.reaped:
+            logger.warning("reaped presence of dead nodes %s", ", ".join(liveness.reaped))
+        if liveness.rejoined and self._joined:
+            logger.warning("node %s had vanished from the registry; re-registering",
+                           ctx.node_id)
+            ctx.want_resync()
+        self._joined = True
+        if ctx.take_resync():
+            await self._resync()
+        if not self._tokens.has_key:
+            await self._tokens.fetch_shared_key()
+
+    async def _resync(self) -> None:
+        ctx = self._ctx
+        local = [Presence(c.client_id, ctx.node_id, c.conn_id, c.created_at)
+                 for c in ctx.pool.connections()]
+        try:
+            lost = await ctx.ask(ctx.backend.liveness.resync(local),
+                                 round_trips=4 + len(local) // 200)
+        except BaseException:
+            ctx.want_resync()
+            raise
+        logger.info("presence of %d local clients re-registered", len(local))
+        for client_id in lost:
+            conn = ctx.pool.get(client_id)
+            if conn is not None:
+                self._closing.kick(conn)

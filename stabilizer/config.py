@@ -81,13 +81,11 @@ class CloseCode(IntEnum):
     # reconnect half
     HEARTBEAT_TIMEOUT = 4000
     MEMORY_EVICTED = 4001
-    BACKEND_UNAVAILABLE = 4002
     # do-not-reconnect half
     REPLACED = 4500
     INVALID_TOKEN = 4501
     TOKEN_EXPIRED = 4502
     INVALID_CLIENT_ID = 4503
-    TOKEN_CLIENT_MISMATCH = 4504
 
     @property
     def should_reconnect(self) -> bool:

@@ -67,10 +67,6 @@ class ConfigError(WebSocketStabilizerError, ValueError):
     """A configuration value is invalid; the message names the field and the rule."""
 
 
-class MessageTooLargeError(WebSocketStabilizerError, ValueError):
-    """An outgoing message is larger than max_message_size."""
-
-
 class WireError(WebSocketStabilizerError):
     """A peer sent an envelope we cannot decode."""
 

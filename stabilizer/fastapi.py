@@ -9,8 +9,9 @@ The smallest chat endpoint::
     @app.websocket("/ws/{client_id}")
     async def chat(websocket: WebSocket, client_id: str) -> None:
         async with session(manager, websocket, client_id) as conn:
-            async for text in conn:
-                await manager.broadcast({"user": client_id, "message": text})
+            async for message in conn:        # str (text frame) or bytes (binary frame)
+                if isinstance(message, str):
+                    await manager.broadcast({"user": client_id, "message": message})
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ app.include_router(router(manager))
 @app.websocket("/ws/{client_id}")
 async def chat(websocket: WebSocket, client_id: str) -> None:
     async with session(manager, websocket, client_id) as conn:
-        async for text in conn:
-            await manager.broadcast({"user": client_id, "message": text})
+        async for message in conn:  # str for a text frame, bytes for a binary one
+            if isinstance(message, str):  # the chat page sends text; binary frames are ignored
+                await manager.broadcast({"user": client_id, "message": message})
 
 
 @app.get("/")

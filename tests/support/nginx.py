@@ -30,14 +30,16 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
+        large_client_header_buffers 4 8k;
+        client_header_timeout 10s;
         location / {{
             proxy_pass http://replicas;
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
             proxy_set_header Host $host;
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
+            proxy_read_timeout 180s;
+            proxy_send_timeout 180s;
             proxy_next_upstream error timeout http_502;
         }}
     }}

@@ -34,7 +34,8 @@ async def open_node(request: pytest.FixtureRequest, namespace: str) -> AsyncIter
     elif request.param == "cluster":
         url = request.getfixturevalue("redis_cluster").url
 
-    async def factory(node_id: str, *, buckets: int | None = None) -> Backend:
+    async def factory(node_id: str, *, buckets: int | None = None,
+                      events: bool = False) -> Backend:
         backend: Backend
         if request.param == "memory":
             backend = MemoryBackend(hub)
@@ -48,7 +49,7 @@ async def open_node(request: pytest.FixtureRequest, namespace: str) -> AsyncIter
 
             backend = RedisBackend(RedisCluster.from_url(url), namespace=namespace,
                                    owns_client=True, presence_buckets=buckets or 4)
-        await backend.open(node_id, tasks)
+        await backend.open(node_id, tasks, events=events)
         opened.append(backend)
         return backend
 

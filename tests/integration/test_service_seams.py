@@ -1,0 +1,95 @@
+"""Seams between services, driven step by step on the embedded backend."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from stabilizer import CloseCode, MemoryBackend, MemoryHub, WebSocketConfig
+from stabilizer.backends.base import Presence, Registration
+from tests.conftest import ManagerFactory
+from tests.support.fakes import FakeSocket
+
+QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+
+
+async def test_a_kick_that_arrives_before_the_register_reply_closes_the_socket(
+    make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The interleaving behind the split brain, made deterministic: node a's register is
+    done in the store but its reply is late; node b registers the same id and kicks a's
+    connection, which is not in a's pool yet."""
+    hub = MemoryHub()
+    a = make_manager(WebSocketConfig(node_id="a", **QUIET), backend=MemoryBackend(hub))
+    b = make_manager(WebSocketConfig(node_id="b", **QUIET), backend=MemoryBackend(hub))
+    await a.start()
+    await b.start()
+    registered, reply = asyncio.Event(), asyncio.Event()
+    register = a.backend.presence.register
+
+    async def late_reply(presence: Presence, *, max_cluster: int | None) -> Registration:
+        outcome = await register(presence, max_cluster=max_cluster)
+        registered.set()
+        await reply.wait()
+        return outcome
+
+    monkeypatch.setattr(a.backend.presence, "register", late_reply)
+    on_a, on_b = FakeSocket("on-a"), FakeSocket("on-b")
+    admitting = asyncio.create_task(a.connect("x", on_a))
+    async with asyncio.timeout(3):
+        await registered.wait()
+        await b.connect("x", on_b)
+        while hub.inboxes["a"].qsize():  # a's listener takes the kick while a admits
+            await asyncio.sleep(0)
+    reply.set()
+    await admitting
+    assert (await on_a.wait_closed())[0] == CloseCode.REPLACED
+    assert on_b.closed is None
+    assert await a.locate_client("x") == "b"
+    assert not a.is_connected("x")
+
+
+async def test_a_cancelled_broadcast_cancels_its_publish(
+    make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager = make_manager(WebSocketConfig(**QUIET), backend=MemoryBackend(MemoryHub()))
+    await manager.start()
+    started, outcome = asyncio.Event(), asyncio.get_running_loop().create_future()
+
+    async def hanging_publish(envelope: bytes) -> int:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            outcome.set_result("cancelled")
+            raise
+        return 0
+
+    monkeypatch.setattr(manager.backend.routing, "publish", hanging_publish)
+    broadcast = asyncio.create_task(manager.broadcast("hello"))
+    async with asyncio.timeout(3):
+        await started.wait()
+        broadcast.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await broadcast
+        assert await outcome == "cancelled"
+
+
+async def test_shutdown_stops_every_task_the_node_started(
+    make_manager: ManagerFactory,
+) -> None:
+    hub = MemoryHub()
+    manager = make_manager(WebSocketConfig(node_id="solo", **QUIET), backend=MemoryBackend(hub))
+    await manager.start()
+    await manager.connect("alice", FakeSocket("alice"))
+
+    def of_node() -> list[asyncio.Task[Any]]:
+        return [task for task in asyncio.all_tasks() if task.get_name().endswith(":solo")]
+
+    assert sorted(task.get_name() for task in of_node()) == [
+        "stabilizer-loop-heartbeat:solo", "stabilizer-loop-listener:solo",
+        "stabilizer-loop-maintenance:solo"]
+    await manager.graceful_shutdown(timeout=2.0)
+    assert of_node() == []

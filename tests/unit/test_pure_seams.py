@@ -1,0 +1,164 @@
+"""Pure seams of the layout: stream names and targets, positions bounds, envelope prefixes
+that Redis scripts complete, cluster-event bodies, and the schedule letting go of keys."""
+
+from __future__ import annotations
+
+import gc
+import json
+import weakref
+
+import msgpack
+import pytest
+
+from stabilizer.errors import WireError
+from stabilizer.pure.positions import (
+    MAX_OFFSET,
+    MAX_POSITIONS_TEXT,
+    PositionsError,
+    nesting_within,
+    parse_positions,
+)
+from stabilizer.pure.schedule import HeartbeatSchedule
+from stabilizer.pure.streams import ALL, Target, client_stream, group_stream
+from stabilizer.pure.wire import (
+    Envelope,
+    Kind,
+    decode,
+    event_body,
+    event_of,
+    event_prefix,
+    kick_prefix,
+    sequenced_prefix,
+)
+from stabilizer.results import ClusterEvent
+
+# ----------------------------------------------------------------------------- streams
+
+
+@pytest.mark.parametrize("target", [Target("all"), Target("group", "room:1"),
+                                    Target("client", "c:weird|id"), Target("group", "g:")])
+def test_a_target_and_its_stream_name_round_trip(target: Target) -> None:
+    assert Target.of_stream(target.stream) == target
+
+
+def test_stream_names_are_the_documented_ones() -> None:
+    assert (ALL, group_stream("room"), client_stream("bob")) == ("all", "g:room", "c:bob")
+
+
+@pytest.mark.parametrize("name", ["", "g:", "c:", "x:y", "All"])
+def test_a_name_no_target_has_is_none(name: str) -> None:
+    assert Target.of_stream(name) is None
+
+
+def test_an_envelope_knows_its_destination_and_stream() -> None:
+    direct = Envelope(Kind.DIRECT, "n", "bob", "hi")
+    assert (direct.destination, direct.stream) == (Target("client", "bob"), "c:bob")
+    assert Envelope(Kind.KICK, "n", "bob").stream is None
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+@pytest.mark.parametrize(("text", "limit", "within"), [
+    ('{"all": [1, "e"]}', 2, True),
+    ('{"all": [[1], "e"]}', 2, False),
+    ('{"[[[[": [1, "{{{{"]}', 2, True),  # brackets inside strings do not nest
+    ('{"a\\"[[[": [1, "e"]}', 2, True),  # nor after an escaped quote
+    ("[" * 100_000, 2, False),
+    ("", 2, True),
+])
+def test_nesting_is_measured_outside_strings(text: str, limit: int, within: bool) -> None:
+    assert nesting_within(text, limit) is within
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 1500, '{"a":' * 1500, '{"all": [[1], "e"]}',  # too deep
+    "x" * (MAX_POSITIONS_TEXT + 1),  # too long
+    json.dumps({"all": [MAX_OFFSET + 1, "e"]}),  # an offset Lua cannot hold exactly
+    json.dumps({"all": [1, "e" * 65]}), json.dumps({"all": [True, "e"]}),
+])
+def test_out_of_bounds_positions_are_refused(text: str) -> None:
+    with pytest.raises(PositionsError):
+        parse_positions(text)
+
+
+def test_positions_within_bounds_parse() -> None:
+    text = json.dumps({"all": [MAX_OFFSET, "e" * 64], "g:[x]": [0, "e"]})
+    assert parse_positions(text) == {"all": (MAX_OFFSET, "e" * 64), "g:[x]": (0, "e")}
+
+
+# ----------------------------------------------------------------------------- wire prefixes
+
+
+def complete(prefix: bytes, *rest: object) -> Envelope:
+    """Append what a Redis script appends (cmsgpack.pack of each value) and decode."""
+    return decode(prefix + b"".join(msgpack.packb(item, use_bin_type=True) for item in rest))
+
+
+def test_a_kick_prefix_completed_with_the_old_conn_id_decodes() -> None:
+    kick = complete(kick_prefix("node-b", "alice"), "conn-7")
+    assert (kick.kind, kick.origin, kick.target, kick.ref) == (Kind.KICK, "node-b", "alice",
+                                                              "conn-7")
+
+
+def test_an_event_prefix_completed_with_a_body_and_two_nils_decodes() -> None:
+    event = ClusterEvent("join", "alice", "room", "node-a")
+    got = complete(event_prefix("node-a"), event_body(event), None, None)
+    assert (got.kind, got.origin) == (Kind.EVENT, "node-a")
+    assert isinstance(got.payload, str)
+    assert event_of(got.payload) == event
+
+
+def test_a_sequenced_prefix_completed_with_offset_and_epoch_decodes() -> None:
+    envelope = Envelope(Kind.GROUP, "node-a", "room", b"\x00bin", "alice")
+    got = complete(sequenced_prefix(envelope), 42, "ep0ch")
+    assert got == Envelope(Kind.GROUP, "node-a", "room", b"\x00bin", "alice", None, 42, "ep0ch")
+
+
+@pytest.mark.parametrize("payload", ["not json", "[]", '{"event": "x"}', "null", "{",
+                                     '{"client_id": "a", "node_id": "n"}'])
+def test_a_malformed_event_body_is_a_wire_error(payload: str) -> None:
+    with pytest.raises(WireError):
+        event_of(payload)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+class Key:
+    """A hashable stand-in for a connection that can be weakly referenced."""
+
+
+def test_a_forgotten_key_is_not_held_by_the_schedule() -> None:
+    schedule: HeartbeatSchedule[Key] = HeartbeatSchedule(30.0, 60.0)
+    key = Key()
+    schedule.track(key, now=0.0)
+    schedule.track(Key(), now=0.0)  # another entry keeps the heap non-empty
+    ref = weakref.ref(key)
+    schedule.forget(key)
+    del key
+    gc.collect()
+    assert ref() is None
+
+
+def test_stale_heap_items_are_swept_when_they_outnumber_live_ones() -> None:
+    schedule: HeartbeatSchedule[int] = HeartbeatSchedule(30.0, 60.0)
+    for key in range(1000):
+        schedule.track(key, now=0.0)
+    for key in range(1000):
+        if key % 10:
+            schedule.forget(key)
+    assert len(schedule) == 100
+    assert schedule.heap_size() <= max(64, 2 * len(schedule)) + 1
+    pinged, _ = schedule.due(30.0)
+    assert sorted(pinged) == list(range(0, 1000, 10))
+
+
+def test_tracking_a_key_again_leaves_one_live_entry() -> None:
+    schedule: HeartbeatSchedule[str] = HeartbeatSchedule(10.0, 20.0)
+    schedule.track("a", now=0.0)
+    schedule.track("a", now=5.0)
+    pinged, _ = schedule.due(10.0)
+    assert pinged == []
+    pinged, _ = schedule.due(15.0)
+    assert pinged == ["a"]

@@ -4,6 +4,16 @@ Usage::
 
     python -m bench.cluster --quick   # small counts, one repetition: a smoke check
     python -m bench.cluster           # full run: 3 repetitions, medians
+    python -m bench.cluster --servers raw,stabilizer --baseline 13bff3a   # before/after
+
+``--baseline REV`` adds a contender ``stabilizer@<short REV>``: the same replica app as
+``stabilizer`` (bench/replicas.py), importing the ``stabilizer/`` folder of git revision REV
+(exported with ``git archive`` to bench/results/baseline-<short REV>-<stamp>/; the
+``stabilizer`` contender is the work tree, copied to bench/results/snapshot-<stamp>/). It
+takes part in cross, groups and resume, in the same rotation of order between repetitions,
+appears in every table next to the stabilizer, and the report ends with a before/after
+table (stabilizer / baseline). The JSON results record the revision
+(``environment.baseline``).
 
 Scenarios (each repetition of each contender starts its own redis-server, replicas and load
 generators; see BENCHMARKS.md for the method):
@@ -17,9 +27,13 @@ generators; see BENCHMARKS.md for the method):
 * ``groups``: one group of M members spread over 3 replicas, ``send_to_group`` (Socket.IO:
   a room; raw: a group channel) issued on replica R0 at a fixed rate: CPU per delivery on
   every replica and end-to-end latency.
-* ``resume`` (stabilizer only): clients with history miss K broadcasts and resume on another
-  replica with token + positions: time to the ``resume`` frame, server and Redis CPU, and
-  the Redis round trips (``redis-cli MONITOR``).
+* ``resume`` (stabilizer and its baseline only): clients with history miss K broadcasts and
+  resume on another replica with token + positions: time to the ``resume`` frame, server
+  and Redis CPU, and the Redis round trips (``redis-cli MONITOR``; EVALSHA named after the
+  Lua scripts of the code each contender imports).
+
+Tables give ratios to raw (the floor) on their main figure: p99 latency, delivered rate,
+B CPU per broadcast delivery, replica CPU per group delivery.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ import argparse
 import asyncio
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import statistics
@@ -38,21 +53,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 from bench._common import HOST, raise_nofile_limit
 from bench.core import (
     RESULTS,
     Run,
+    app_kind,
+    code_path,
+    compare_table,
+    describe_code,
     environment,
+    export_baseline,
     fmt,
     guarded,
     log,
+    log_name,
     median_of,
+    ratio,
     rotated,
     snapshot_stabilizer,
     table,
+    with_baseline,
 )
 from bench.harness import (
     REPO,
@@ -94,6 +117,13 @@ class Plan:
     delivery_timeout: float = 120.0
     stall_timeout: float = 10.0
     stabilizer_path: str | None = None
+    baseline_label: str | None = None  # stabilizer@<short rev>, with --baseline
+    baseline_path: str | None = None  # folder holding the export of that revision
+
+
+def code_of(kind: str, plan: Plan) -> str | None:
+    """The folder `kind` imports stabilizer from (None: not a stabilizer contender)."""
+    return code_path(kind, plan.stabilizer_path, plan.baseline_label, plan.baseline_path)
 
 
 FULL: Final = Plan(reps=3)
@@ -109,10 +139,12 @@ QUICK: Final = Plan(reps=1, cross_clients=100, latency_messages=1000, throughput
 def replica(kind: str, name: str, redis: RedisProc, plan: Plan, log_dir: Path,
             *extra: str) -> Server:
     args = ["--name", name, "--redis-url", redis.url, *extra]
-    if kind == "stabilizer" and plan.stabilizer_path:
-        args += ["--stabilizer-path", plan.stabilizer_path]
-    return Server(kind, free_port(), log_dir, module="bench.replicas", name=name,
-                  extra_args=args)
+    path = code_of(kind, plan)
+    if path:
+        args += ["--stabilizer-path", path]
+    suffix = log_name(kind)
+    return Server(app_kind(kind), free_port(), log_dir, module="bench.replicas",
+                  name=f"{name}-{suffix}" if suffix else name, extra_args=args)
 
 
 def client_paths(kind: str, ids: Sequence[str], group: str | None = None) -> list[str]:
@@ -391,6 +423,8 @@ def group_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
                     run.values.update(lat_values(f"r{index}", lat))
                 run.values.update(lat_values("all", every))
                 run.values["redis_us"] = spent["redis"] / (k * len(ids)) * 1e6
+                run.values["replicas_us"] = sum(spent[f"r{i}"] for i in range(count)) / (
+                    k * len(ids)) * 1e6
                 run.values["foreign_pct"] = foreign.percent()
         finally:
             for server in servers:
@@ -494,15 +528,33 @@ class Resumable:
         return seen
 
 
-def script_names() -> dict[str, str]:
-    """SHA1 of each Lua script of the Redis backend -> its name (for MONITOR lines)."""
-    from stabilizer.backends import redis_scripts
+#: Where the Redis backend's Lua scripts live: since the reorganisation (6fcc2a8), before it.
+SCRIPT_MODULES: Final = ("stabilizer/backends/redis/scripts.py",
+                         "stabilizer/backends/redis_scripts.py")
 
+
+def script_names(root: Path) -> dict[str, str]:
+    """SHA1 of each Lua script of the Redis backend under `root` (a snapshot or baseline
+    export holding stabilizer/) -> its name (for MONITOR lines).
+
+    The module is loaded from its file alone (it needs nothing but typing), so the
+    controller never imports a stabilizer package, and either layout works.
+    """
+    path = next((root / name for name in SCRIPT_MODULES if (root / name).is_file()), None)
+    if path is None:
+        raise BenchError(f"no Lua scripts module under {root} (looked for {SCRIPT_MODULES})")
+    spec = importlib.util.spec_from_file_location("_bench_lua_scripts", path)
+    if spec is None or spec.loader is None:
+        raise BenchError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     names = {}
-    for name in dir(redis_scripts):
-        value = getattr(redis_scripts, name)
+    for name in dir(module):
+        value = getattr(module, name)
         if name.isupper() and isinstance(value, str):
             names[hashlib.sha1(value.encode()).hexdigest()] = name.lower()
+    if not names:
+        raise BenchError(f"no Lua scripts found in {path}")
     return names
 
 
@@ -545,22 +597,26 @@ def close_all(clients: list[Resumable]) -> None:
             client.ws = None
 
 
-def resume_run(plan: Plan, rep: int, log_dir: Path) -> Run:
+def resume_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
     wait_idle(log)
-    run = Run("resume", "stabilizer", plan.resume_missed, rep)
+    run = Run("resume", kind, plan.resume_missed, rep)
+    code = code_of(kind, plan)
+    scripts = script_names(Path(code) if code else REPO)
     extra = ("--history", str(plan.resume_history),
              "--stabilizer-config", json.dumps({"node_ttl": 60.0, "session_ttl": 300.0}))
     with RedisProc(log_dir) as redis, \
-            replica("stabilizer", "A", redis, plan, log_dir, *extra) as a, \
-            replica("stabilizer", "B", redis, plan, log_dir, *extra) as b:
+            replica(kind, "A", redis, plan, log_dir, *extra) as a, \
+            replica(kind, "B", redis, plan, log_dir, *extra) as b:
         a.wait_ready()
         b.wait_ready()
-        run.values.update(asyncio.run(_resume_phases(plan, redis, a, b, log_dir, rep)))
+        monitor_name = f"monitor-{log_name(kind) or kind}-rep{rep}.log"
+        run.values.update(asyncio.run(
+            _resume_phases(plan, redis, a, b, log_dir / monitor_name, scripts)))
     return run
 
 
-async def _resume_phases(plan: Plan, redis: RedisProc, a: Server, b: Server, log_dir: Path,
-                         rep: int) -> dict[str, float]:
+async def _resume_phases(plan: Plan, redis: RedisProc, a: Server, b: Server,
+                         monitor_path: Path, scripts: dict[str, str]) -> dict[str, float]:
     missed = plan.resume_missed
     clients = [Resumable(f"r{i}") for i in range(1, plan.resume_clients + 1)]
     for client in clients:  # a fresh session on A, then one message on "all"
@@ -612,7 +668,7 @@ async def _resume_phases(plan: Plan, redis: RedisProc, a: Server, b: Server, log
     await asyncio.to_thread(post_json, a.port, "/bench/send",
                             {"mode": "broadcast", "n": missed, "size": plan.message_size})
     watched = clients[:plan.monitor_clients]
-    path = log_dir / f"monitor-rep{rep}.log"
+    path = monitor_path
     monitor = redis.monitor(path)
     try:
         outcomes = await resume_all(watched, b.port)
@@ -621,7 +677,7 @@ async def _resume_phases(plan: Plan, redis: RedisProc, a: Server, b: Server, log
         monitor.stop()
     if any(seen != missed for _, seen, _ in outcomes):
         raise BenchError(f"a monitored resume did not replay {missed} messages: {outcomes}")
-    commands = parse_monitor(path, script_names())
+    commands = parse_monitor(path, scripts)
     per_resume = {name: count / len(watched) for name, count in commands.items()
                   if name not in BACKGROUND}
     values["round_trips"] = sum(per_resume.values())
@@ -661,6 +717,7 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str], scenarios: Sequenc
                 return med(runs, "cross", k, key)
 
             rows.append([kind, fmt(m("direct_p50_ms")), fmt(m("direct_p99_ms")),
+                         ratio(m("direct_p99_ms"), med(runs, "cross", "raw", "direct_p99_ms")),
                          fmt(m("direct_max_ms")), fmt(m("direct_rate"), 0),
                          fmt(worst(runs, "cross", kind, "direct_lost"), 0),
                          fmt(m("direct_a_us"), 0), fmt(m("direct_b_us"), 0),
@@ -668,7 +725,7 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str], scenarios: Sequenc
         parts.append(
             f"### Cross-replica direct messages at {plan.latency_rate:,.0f}/s "
             f"({plan.latency_messages:,} messages, A → {n:,} clients on B)\n\n" + table(
-                ["contender", "p50 ms", "p99 ms", "max ms", "sent/s", "lost",
+                ["contender", "p50 ms", "p99 ms", "p99 vs raw", "max ms", "sent/s", "lost",
                  "A CPU µs/msg", "B CPU µs/msg", "Redis CPU µs/msg"], rows))
 
         rows = []
@@ -678,6 +735,7 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str], scenarios: Sequenc
                     return med(runs, "cross", k, f"tput{s}_{key}")
 
                 rows.append([kind, str(senders), fmt(t("delivered_per_s"), 0),
+                             ratio(t("delivered_per_s"), t("delivered_per_s", "raw")),
                              fmt(t("sent_per_s"), 0),
                              fmt(worst(runs, "cross", kind, f"tput{senders}_lost"), 0),
                              fmt(t("p50_ms"), 1), fmt(t("p99_ms"), 1),
@@ -686,7 +744,7 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str], scenarios: Sequenc
         parts.append(
             f"### Cross-replica direct messages, as fast as A sends ({plan.throughput_messages:,}"
             " messages)\n\n" + table(
-                ["contender", "sender tasks on A", "delivered/s", "sent/s", "lost",
+                ["contender", "sender tasks on A", "delivered/s", "vs raw", "sent/s", "lost",
                  "latency p50 ms", "p99 ms", "A CPU %", "B CPU %", "Redis CPU %"], rows))
 
         rows = []
@@ -694,14 +752,17 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str], scenarios: Sequenc
             cross = med(runs, "cross", kind, "bcast_cross_b_us")
             local = med(runs, "cross", kind, "bcast_local_b_us")
             ratio_text = "n/a" if cross is None or not local else f"{cross / local:.2f}x"
-            rows.append([kind, fmt(cross), fmt(local), ratio_text,
+            rows.append([kind, fmt(cross),
+                         ratio(cross, med(runs, "cross", "raw", "bcast_cross_b_us")),
+                         fmt(local), ratio_text,
                          fmt(med(runs, "cross", kind, "bcast_cross_a_ms"), 2),
                          fmt(max((worst(runs, "cross", kind, f"bcast_{w}_lost") or 0)
                                  for w in ("cross", "local")), 0)])
         parts.append(
             f"### Broadcast to {n:,} clients on B ({plan.broadcasts} broadcasts back to back): "
             "server CPU on B per delivery\n\n" + table(
-                ["contender", "issued on A: B µs/delivery", "issued on B: µs/delivery",
+                ["contender", "issued on A: B µs/delivery", "vs raw",
+                 "issued on B: µs/delivery",
                  "cross / local", "A CPU ms / broadcast (cross)", "lost"], rows))
         lags = [(r.kind, r.values["presence_lag_s"]) for r in runs
                 if r.scenario == "cross" and "presence_lag_s" in r.values
@@ -720,14 +781,17 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str], scenarios: Sequenc
                 return med(runs, "groups", k, key)
 
             rows.append([kind] + [fmt(g(f"r{i}_us")) for i in range(plan.group_replicas)]
-                        + [fmt(g("redis_us")), fmt(g("all_p50_ms")), fmt(g("all_p99_ms")),
+                        + [fmt(g("replicas_us")),
+                           ratio(g("replicas_us"), med(runs, "groups", "raw", "replicas_us")),
+                           fmt(g("redis_us")), fmt(g("all_p50_ms")), fmt(g("all_p99_ms")),
                            fmt(g("r0_p99_ms")), fmt(g("r1_p99_ms")),
                            fmt(worst(runs, "groups", kind, "lost"), 0),
                            fmt(g("join_errors"), 0), fmt(g("presence_lag_s"), 1)])
         header = (["contender"]
                   + [f"R{i}{' (sender)' if i == 0 else ''} µs/delivery"
                      for i in range(plan.group_replicas)]
-                  + ["Redis µs/delivery", "latency p50 ms", "p99 ms", "p99 on R0 (local)",
+                  + ["all replicas µs/delivery", "vs raw",
+                     "Redis µs/delivery", "latency p50 ms", "p99 ms", "p99 on R0 (local)",
                      "p99 on R1", "lost", "join_group errors (retried)",
                      "presence lag s"])
         parts.append(
@@ -737,30 +801,40 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str], scenarios: Sequenc
 
     if "resume" in scenarios:
         rows = []
-        for label, title in (("missed", f"{plan.resume_missed:,} missed"),
-                             ("none", "0 missed")):
-            def r(key: str, lb: str = label) -> float | None:
-                return med(runs, "resume", "stabilizer", f"{lb}_{key}")
+        resumers = resume_kinds(plan)
+        for kind in resumers:
+            for label, title in (("missed", f"{plan.resume_missed:,} missed"),
+                                 ("none", "0 missed")):
+                def r(key: str, lb: str = label, k: str = kind) -> float | None:
+                    return med(runs, "resume", k, f"{lb}_{key}")
 
-            rows.append([title, fmt(r("ms_p50"), 1), fmt(r("ms_max"), 1), fmt(r("b_cpu_ms"), 1),
-                         fmt(r("redis_cpu_ms"), 2), fmt(r("evalsha"), 1),
-                         fmt(worst(runs, "resume", "stabilizer", f"{label}_wrong"), 0)])
+                rows.append(([kind] if len(resumers) > 1 else []) + [
+                    title, fmt(r("ms_p50"), 1), fmt(r("ms_max"), 1), fmt(r("b_cpu_ms"), 1),
+                    fmt(r("redis_cpu_ms"), 2), fmt(r("evalsha"), 1),
+                    fmt(worst(runs, "resume", kind, f"{label}_wrong"), 0)])
         parts.append(
             f"### Resume ({plan.resume_clients} clients in turn, history_size "
             f"{plan.resume_history:,}, session on A, resumed on B)\n\n" + table(
-                ["case", "connect → resume frame p50 ms", "max ms", "B CPU ms / resume",
-                 "Redis CPU ms / resume", "EVALSHA / resume (commandstats)",
-                 "wrong replays"], rows))
-        trips = [r for r in runs if r.scenario == "resume" and "round_trips" in r.values]
-        if trips:
-            last = trips[-1].values
-            listing = ", ".join(f"{k[3:]} × {v:g}" for k, v in last.items() if k.startswith("rt "))
-            parts.append(f"Redis round trips per resume ({plan.resume_missed:,} missed, "
-                         f"MONITOR, {plan.monitor_clients} resumes): "
-                         f"**{last['round_trips']:g}**: {listing}.")
+                (["contender"] if len(resumers) > 1 else [])
+                + ["case", "connect → resume frame p50 ms", "max ms", "B CPU ms / resume",
+                   "Redis CPU ms / resume", "EVALSHA / resume (commandstats)",
+                   "wrong replays"], rows))
+        for kind in resumers:
+            trips = [r for r in runs if r.scenario == "resume" and r.kind == kind
+                     and "round_trips" in r.values]
+            if trips:
+                last = trips[-1].values
+                listing = ", ".join(f"{k[3:]} × {v:g}" for k, v in last.items()
+                                    if k.startswith("rt "))
+                who = f"{kind}: " if len(resumers) > 1 else ""
+                parts.append(f"{who}Redis round trips per resume ({plan.resume_missed:,} "
+                             f"missed, MONITOR, {plan.monitor_clients} resumes): "
+                             f"**{last['round_trips']:g}**: {listing}.")
     if "cross" in scenarios:
         parts.append("### Against the targets\n\n" + table(
             ["target", "measured here", "verdict"], targets(runs, plan)))
+    if plan.baseline_label and plan.baseline_label in kinds:
+        parts.append(before_after(runs, plan, scenarios, plan.baseline_label))
     foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
     if foreign:
         parts.append(
@@ -771,6 +845,43 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str], scenarios: Sequenc
         parts.append("### Failed runs\n\n" + "\n".join(
             f"- {r.scenario} {r.kind} rep {r.rep + 1}: {r.error}" for r in failures))
     return "\n\n".join(parts)
+
+
+def resume_kinds(plan: Plan) -> list[str]:
+    """Contenders of the resume scenario: the stabilizer, and its baseline if any."""
+    return ["stabilizer", *([plan.baseline_label] if plan.baseline_label else [])]
+
+
+def before_after(runs: list[Run], plan: Plan, scenarios: Sequence[str], label: str) -> str:
+    """Medians of the baseline and of the stabilizer side by side, with their ratio."""
+    items: list[tuple[str, float | None, float | None, int]] = []
+
+    def add(metric: str, scenario: str, key: str, digits: int) -> None:
+        items.append((metric, med(runs, scenario, label, key),
+                      med(runs, scenario, "stabilizer", key), digits))
+
+    if "cross" in scenarios:
+        rate = f"{plan.latency_rate:,.0f}/s"
+        add(f"direct at {rate}: p50 ms", "cross", "direct_p50_ms", 2)
+        add(f"direct at {rate}: p99 ms", "cross", "direct_p99_ms", 2)
+        add(f"direct at {rate}: A CPU µs/msg", "cross", "direct_a_us", 0)
+        add(f"direct at {rate}: B CPU µs/msg", "cross", "direct_b_us", 0)
+        add(f"direct at {rate}: Redis CPU µs/msg", "cross", "direct_redis_us", 0)
+        for senders in plan.throughput_senders:
+            add(f"direct, {senders} sender tasks: delivered/s (higher is better)", "cross",
+                f"tput{senders}_delivered_per_s", 0)
+        add("broadcast issued on A: B µs/delivery", "cross", "bcast_cross_b_us", 2)
+        add("broadcast issued on B: µs/delivery", "cross", "bcast_local_b_us", 2)
+    if "groups" in scenarios:
+        add("group: all replicas µs/delivery", "groups", "replicas_us", 2)
+        add("group: latency p99 ms", "groups", "all_p99_ms", 2)
+    if "resume" in scenarios:
+        add(f"resume, {plan.resume_missed:,} missed: ms p50", "resume", "missed_ms_p50", 1)
+        add(f"resume, {plan.resume_missed:,} missed: B CPU ms", "resume", "missed_b_cpu_ms", 1)
+        add("resume, 0 missed: ms p50", "resume", "none_ms_p50", 1)
+        add("resume: Redis round trips", "resume", "round_trips", 0)
+    return (f"### Before/after: stabilizer (work tree) vs {label} (median; CPU, latency: "
+            "lower is better)\n\n" + compare_table(label, items))
 
 
 def best_rate(runs: list[Run], kind: str, plan: Plan) -> tuple[float | None, int]:
@@ -824,8 +935,9 @@ def run_all(plan: Plan, kinds: Sequence[str], scenarios: Sequence[str],
                 runs.append(guarded(partial(group_run, kind, plan, rep, log_dir),
                                     "groups", kind, plan.group_clients, rep))
         if "resume" in scenarios:
-            runs.append(guarded(partial(resume_run, plan, rep, log_dir),
-                                "resume", "stabilizer", plan.resume_missed, rep))
+            for kind in rotated(resume_kinds(plan), rep):
+                runs.append(guarded(partial(resume_run, kind, plan, rep, log_dir),
+                                    "resume", kind, plan.resume_missed, rep))
     return runs
 
 
@@ -837,6 +949,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated subset of {','.join(CONTENDERS)}")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run the stabilizer replicas on stabilizer/ as of git "
+                             "revision REV (exported with git archive to bench/results/"
+                             "baseline-*), as the contender stabilizer@<short REV>, in every "
+                             "scenario and table next to stabilizer (the work tree), plus a "
+                             "before/after table")
     parser.add_argument("--out", type=Path, help="JSON results file (default: bench/results/)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -853,9 +971,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_cleanup()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = RESULTS / f"logs-cluster-{stamp}"
+    env: dict[str, Any] = {}
+    if args.baseline:
+        try:
+            env["baseline"] = export_baseline(args.baseline, stamp)
+        except BenchError as exc:
+            parser.error(str(exc))
+        kinds = with_baseline(kinds, env["baseline"]["label"])
+        plan = replace(plan, baseline_label=env["baseline"]["label"],
+                       baseline_path=env["baseline"]["path"])
     snapshot = RESULTS / f"snapshot-{stamp}"
-    env = {**environment(), **snapshot_stabilizer(snapshot)}
-    sys.path.insert(0, str(snapshot))  # script hashes for MONITOR come from the same code
+    env = {**environment(), **snapshot_stabilizer(snapshot), **env}
+    # (script hashes for MONITOR are read from each contender's own copy: script_names)
     plan = replace(plan, stabilizer_path=str(snapshot))
     log(f"environment: {json.dumps(env)}")
     started = time.monotonic()
@@ -873,9 +1000,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "elapsed_s": round(elapsed, 1), "runs": [asdict(r) for r in runs], "report": text,
     }, indent=1))
     print(f"\nMachine: {env['cpus']} × {env['cpu_model']}, Python {env['python']}, redis-py "
-          f"{_version('redis')}, python-socketio {env['python-socketio']}; stabilizer at "
-          f"{env['stabilizer_commit']} (sha256 {env['stabilizer_sha256']}); total "
-          f"{elapsed:.0f}s\n")
+          f"{_version('redis')}, python-socketio {env['python-socketio']}; total "
+          f"{elapsed:.0f}s\n{describe_code(env)}\n")
     print(text)
     print(f"\nAll repetitions: {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     return 1 if any(r.error for r in runs) else 0

@@ -4,6 +4,16 @@ Usage::
 
     python -m bench.core --quick     # small counts, one repetition: a smoke check (< 2 min)
     python -m bench.core             # full run: 3 repetitions, medians (< 15 min)
+    python -m bench.core --servers raw,stabilizer --baseline 13bff3a   # before/after
+
+``--baseline REV`` adds a contender ``stabilizer@<short REV>``: the same server app as
+``stabilizer`` (same code in bench/servers.py, same config overrides), importing the
+``stabilizer/`` folder of git revision REV, exported with ``git archive`` to
+bench/results/baseline-<short REV>-<stamp>/. The ``stabilizer`` contender is the work tree
+(copied to bench/results/snapshot-<stamp>/ at the start). The baseline takes part in every
+scenario the stabilizer takes part in, in the same rotation of order between repetitions,
+appears in every table next to it, and the report ends with a before/after table
+(stabilizer / baseline). The JSON results record the revision (``environment.baseline``).
 
 Scenarios (each run starts a fresh server process and fresh load generators):
 
@@ -25,12 +35,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import platform
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -57,6 +69,8 @@ from bench.servers import KINDS
 RESULTS: Final = REPO / "bench" / "results"
 HEARTBEAT_KINDS: Final = ("raw", "seed", "stabilizer")
 SCENARIOS: Final = ("fanout", "heartbeat")
+#: A baseline contender is labelled stabilizer@<short rev> and runs the stabilizer's app.
+BASELINE_PREFIX: Final = "stabilizer@"
 
 
 @dataclass(frozen=True)
@@ -77,15 +91,58 @@ class Plan:
     delivery_timeout: float = 120.0
     stabilizer_config: str | None = None  # JSON of extra WebSocketConfig fields
     stabilizer_path: str | None = None  # folder holding the snapshot of stabilizer/
+    baseline_label: str | None = None  # stabilizer@<short rev>, with --baseline
+    baseline_path: str | None = None  # folder holding the export of that revision
+
+
+def app_kind(kind: str) -> str:
+    """The server app of a contender: a baseline (stabilizer@REV) runs the stabilizer's."""
+    return "stabilizer" if kind.startswith(BASELINE_PREFIX) else kind
+
+
+def code_path(kind: str, stabilizer_path: str | None, baseline_label: str | None,
+              baseline_path: str | None) -> str | None:
+    """The folder a contender imports stabilizer from (None: the default import path)."""
+    if kind == "stabilizer":
+        return stabilizer_path
+    if baseline_label is not None and kind == baseline_label:
+        return baseline_path
+    return None
+
+
+def log_name(kind: str) -> str | None:
+    """Distinguishes a baseline's server logs from the stabilizer's (server-stabilizer-
+    baseline-<rev>-<port>.log)."""
+    return f"baseline-{kind.removeprefix(BASELINE_PREFIX)}" if kind != app_kind(kind) else None
 
 
 def server_args(kind: str, plan: Plan) -> list[str]:
     args: list[str] = []
-    if kind == "stabilizer" and plan.stabilizer_config:
+    if app_kind(kind) == "stabilizer" and plan.stabilizer_config:
         args += ["--stabilizer-config", plan.stabilizer_config]
-    if kind == "stabilizer" and plan.stabilizer_path:
-        args += ["--stabilizer-path", plan.stabilizer_path]
+    path = code_path(kind, plan.stabilizer_path, plan.baseline_label, plan.baseline_path)
+    if path:
+        args += ["--stabilizer-path", path]
     return args
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
+def code_digest(dest: Path) -> str:
+    """Hash of the files of dest/stabilizer/ (names and contents), as printed by the runs."""
+    digest = hashlib.sha256()
+    for path in sorted((dest / "stabilizer").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(dest).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def snapshot_stabilizer(dest: Path) -> dict[str, Any]:
@@ -93,25 +150,72 @@ def snapshot_stabilizer(dest: Path) -> dict[str, Any]:
     the work tree changes meanwhile; return what identifies that code."""
     shutil.copytree(REPO / "stabilizer", dest / "stabilizer",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    digest = hashlib.sha256()
-    for path in sorted((dest / "stabilizer").rglob("*")):
-        if path.is_file():
-            digest.update(path.relative_to(dest).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes())
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                                  timeout=10, check=True)
-        except (OSError, subprocess.SubprocessError):
-            return "unknown"
-        return done.stdout.strip()
-
     return {
-        "stabilizer_commit": git("rev-parse", "--short", "HEAD"),
-        "stabilizer_uncommitted": git("status", "--porcelain", "--", "stabilizer").splitlines(),
-        "stabilizer_sha256": digest.hexdigest()[:16],
+        "stabilizer_commit": _git("rev-parse", "--short", "HEAD"),
+        "stabilizer_uncommitted": _git("status", "--porcelain", "--", "stabilizer").splitlines(),
+        "stabilizer_sha256": code_digest(dest),
     }
+
+
+def export_baseline(rev: str, stamp: str) -> dict[str, Any]:
+    """Export stabilizer/ of git revision `rev` (``git archive``) to
+    bench/results/baseline-<short rev>-<stamp>/; return what identifies it (label, path)."""
+    commit = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if commit == "unknown":
+        raise BenchError(f"--baseline: {rev!r} is not a git revision of {REPO}")
+    short = _git("rev-parse", "--short", commit)
+    try:
+        archive = subprocess.run(["git", "archive", "--format=tar", commit, "stabilizer"],
+                                 cwd=REPO, capture_output=True, timeout=60, check=True).stdout
+    except subprocess.CalledProcessError as exc:
+        detail = exc.stderr.decode(errors="replace").strip() if exc.stderr else str(exc)
+        raise BenchError(f"--baseline: cannot export stabilizer/ at {rev!r}: {detail}"
+                         ) from None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"--baseline: cannot export stabilizer/ at {rev!r}: {exc}") from None
+    dest = RESULTS / f"baseline-{short}-{stamp}"
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    if not (dest / "stabilizer" / "__init__.py").is_file():
+        raise BenchError(f"revision {rev!r} has no stabilizer/__init__.py")
+    return {
+        "rev": rev,
+        "commit": commit,
+        "label": BASELINE_PREFIX + short,
+        "subject": _git("log", "-1", "--format=%s", commit),
+        "date": _git("log", "-1", "--format=%cI", commit),
+        "path": str(dest),
+        "sha256": code_digest(dest),
+    }
+
+
+def with_baseline(kinds: list[str], label: str) -> list[str]:
+    """`kinds` with the baseline right after stabilizer (or last, without stabilizer)."""
+    kinds = [k for k in kinds if k != label]
+    at = kinds.index("stabilizer") + 1 if "stabilizer" in kinds else len(kinds)
+    return [*kinds[:at], label, *kinds[at:]]
+
+
+def describe_code(env: dict[str, Any]) -> str:
+    """One line per stabilizer code measured: the work tree snapshot and the baseline."""
+    dirty = " + uncommitted changes" if env.get("stabilizer_uncommitted") else ""
+    lines = [f"stabilizer: work tree at {env['stabilizer_commit']}{dirty} "
+             f"(sha256 {env['stabilizer_sha256']})"]
+    base = env.get("baseline")
+    if base:
+        lines.append(f"{base['label']}: the same app importing stabilizer/ of commit "
+                     f"{base['commit'][:12]} ({base['date'][:10]}, \"{base['subject'][:80]}\"; "
+                     f"--baseline {base['rev']}; sha256 {base['sha256']})")
+    return "\n".join(lines)
+
+
+def compare_table(label: str, items: Iterable[tuple[str, float | None, float | None, int]]
+                  ) -> str:
+    """Before/after: (metric, baseline value, stabilizer value, digits) per row."""
+    rows = [[metric, fmt(before, digits), fmt(after, digits), ratio(after, before)]
+            for metric, before, after, digits in items]
+    return table(["metric", label, "stabilizer", f"stabilizer / {label}"], rows)
 
 
 FULL: Final = Plan(
@@ -193,7 +297,8 @@ def fanout_run(kind: str, clients: int, broadcasts: int, plan: Plan, rep: int,
     run = Run("fanout", kind, clients, rep)
     mode = mode_of(kind)
     port = free_port()
-    with Server(kind, port, log_dir, extra_args=server_args(kind, plan)) as server, \
+    with Server(app_kind(kind), port, log_dir, extra_args=server_args(kind, plan),
+                name=log_name(kind)) as server, \
             Fleet(plan.generators, log_dir) as fleet:
         server.wait_ready()
         warm_up(server, fleet, plan, mode)
@@ -253,9 +358,9 @@ def heartbeat_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
     clients = plan.heartbeat_clients
     run = Run("heartbeat", kind, clients, rep)
     port = free_port()
-    with Server(kind, port, log_dir, heartbeat_interval=plan.heartbeat_interval,
+    with Server(app_kind(kind), port, log_dir, heartbeat_interval=plan.heartbeat_interval,
                 heartbeat_timeout=plan.heartbeat_timeout,
-                extra_args=server_args(kind, plan)) as server, \
+                extra_args=server_args(kind, plan), name=log_name(kind)) as server, \
             Fleet(plan.generators, log_dir) as fleet:
         server.wait_ready()
         opened = fleet.connect(port, clients, mode=mode_of(kind))
@@ -337,7 +442,7 @@ def run_all(plan: Plan, kinds: Sequence[str], scenarios: Sequence[str],
                         "fanout", kind, clients, rep,
                     ))
         if "heartbeat" in scenarios:
-            for kind in rotated([k for k in kinds if k in HEARTBEAT_KINDS], rep):
+            for kind in rotated([k for k in kinds if app_kind(k) in HEARTBEAT_KINDS], rep):
                 runs.append(guarded(
                     partial(heartbeat_run, kind, plan, rep, log_dir),
                     "heartbeat", kind, plan.heartbeat_clients, rep,
@@ -415,22 +520,25 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str],
 
     if "heartbeat" in scenarios:
         rows = []
-        hb_kinds = [k for k in kinds if k in HEARTBEAT_KINDS]
+        hb_kinds = [k for k in kinds if app_kind(k) in HEARTBEAT_KINDS]
         seed_us = median_of(runs, "heartbeat", "seed", plan.heartbeat_clients, "us_per_ping")
+        raw_us = median_of(runs, "heartbeat", "raw", plan.heartbeat_clients, "us_per_ping")
         for kind in hb_kinds:
             def med(key: str, k: str = kind) -> float | None:
                 return median_of(runs, "heartbeat", k, plan.heartbeat_clients, key)
 
             us = med("us_per_ping")
             rows.append([kind, fmt(med("cpu_pct"), 1), fmt(med("pings_per_conn_s")),
-                         fmt(med("min_conn_pings_per_s")), fmt(us, 1), ratio(us, seed_us),
-                         fmt(med("closed_by_server"), 0)])
+                         fmt(med("min_conn_pings_per_s")), fmt(us, 1), ratio(us, raw_us),
+                         ratio(us, seed_us), fmt(med("closed_by_server"), 0)])
         parts.append(
             f"### Heartbeat: {plan.heartbeat_clients:,} idle clients, interval "
             f"{plan.heartbeat_interval:g}s, timeout {plan.heartbeat_timeout:g}s, "
             f"{plan.heartbeat_window:g}s window (median)\n\n" + table(
                 ["server", "CPU % of a core", "pings / conn / s", "slowest conn pings/s",
-                 "µs CPU / ping", "vs seed", "conns closed"], rows))
+                 "µs CPU / ping", "vs raw", "vs seed", "conns closed"], rows))
+    if plan.baseline_label and plan.baseline_label in kinds:
+        parts.append(before_after(runs, plan, scenarios, plan.baseline_label))
     foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
     if foreign:
         parts.append(
@@ -443,6 +551,32 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str],
             f"- {r.scenario} {r.kind} n={r.clients} rep {r.rep + 1}: {r.error}"
             for r in failures))
     return "\n\n".join(parts)
+
+
+def before_after(runs: list[Run], plan: Plan, scenarios: Sequence[str], label: str) -> str:
+    """Medians of the baseline and of the stabilizer side by side, with their ratio."""
+    items: list[tuple[str, float | None, float | None, int]] = []
+
+    def both(scenario: str, clients: int, key: str) -> tuple[float | None, float | None]:
+        return (median_of(runs, scenario, label, clients, key),
+                median_of(runs, scenario, "stabilizer", clients, key))
+
+    if "fanout" in scenarios:
+        for clients, broadcasts in plan.fanout:
+            items.append((f"fan-out {clients:,} conns × {broadcasts}: ms CPU / 1k deliveries",
+                          *both("fanout", clients, "ms_per_1k"), 2))
+        n = plan.memory_clients
+        items.append((f"memory at {n:,}: KB / conn", *both("fanout", n, "kb_per_conn"), 1))
+        items.append((f"connect at {n:,}: server CPU µs / conn",
+                      *both("fanout", n, "connect_us"), 0))
+    if "heartbeat" in scenarios:
+        n = plan.heartbeat_clients
+        items.append((f"heartbeat {n:,} conns: µs CPU / ping",
+                      *both("heartbeat", n, "us_per_ping"), 1))
+        items.append((f"heartbeat {n:,} conns: pings / conn / s",
+                      *both("heartbeat", n, "pings_per_conn_s"), 2))
+    return (f"### Before/after: stabilizer (work tree) vs {label} (median; CPU: lower is "
+            "better)\n\n" + compare_table(label, items))
 
 
 def environment() -> dict[str, Any]:
@@ -476,7 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.core",
         description="Benchmark raw FastAPI sockets, fastapi-websocket-stabilizer 1.1.0, "
-                    "stabilizer and python-socketio side by side.")
+                    "stabilizer and python-socketio side by side; with --baseline REV, the "
+                    "stabilizer of git revision REV too (before/after).")
     parser.add_argument("--quick", action="store_true",
                         help="small counts and one repetition (a smoke check)")
     parser.add_argument("--reps", type=int, help="repetitions (default: 3, quick: 1)")
@@ -486,8 +621,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated subset of fanout,heartbeat (memory is measured "
                              "in the largest fan-out run)")
     parser.add_argument("--stabilizer-config", metavar="JSON",
-                        help='extra WebSocketConfig fields for the stabilizer server only, for '
-                             'experiments, e.g. \'{"num_shards": 1}\'')
+                        help='extra WebSocketConfig fields for the stabilizer server only (and '
+                             'the --baseline one), for experiments, e.g. \'{"num_shards": 1}\'')
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run the stabilizer app on stabilizer/ as of git revision REV "
+                             "(exported with git archive to bench/results/baseline-*), as the "
+                             "contender stabilizer@<short REV>, in every scenario and table "
+                             "next to stabilizer (the work tree), plus a before/after table")
     parser.add_argument("--out", type=Path, help="JSON results file (default: bench/results/)")
     args = parser.parse_args(argv)
 
@@ -509,8 +649,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_cleanup()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = RESULTS / f"logs-{stamp}"
+    env: dict[str, Any] = {}
+    if args.baseline:
+        try:
+            env["baseline"] = export_baseline(args.baseline, stamp)
+        except BenchError as exc:
+            parser.error(str(exc))
+        kinds = with_baseline(kinds, env["baseline"]["label"])
+        plan = Plan(**{**asdict(plan), "baseline_label": env["baseline"]["label"],
+                       "baseline_path": env["baseline"]["path"]})
     snapshot = RESULTS / f"snapshot-{stamp}"
-    env = {**environment(), **snapshot_stabilizer(snapshot)}
+    env = {**environment(), **snapshot_stabilizer(snapshot), **env}
     plan = Plan(**{**asdict(plan), "stabilizer_path": str(snapshot)})
     log(f"environment: {json.dumps(env)}")
     started = time.monotonic()
@@ -531,11 +680,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": [asdict(r) for r in runs],
         "report": text,
     }, indent=1))
-    dirty = " + uncommitted changes" if env["stabilizer_uncommitted"] else ""
     print(f"\nMachine: {env['cpus']} × {env['cpu_model']}, Python {env['python']}, uvicorn "
-          f"{env['uvicorn']}, websockets {env['websockets']}; stabilizer at "
-          f"{env['stabilizer_commit']}{dirty} (sha256 {env['stabilizer_sha256']}); "
-          f"total {elapsed:.0f}s\n")
+          f"{env['uvicorn']}, websockets {env['websockets']}; total {elapsed:.0f}s\n"
+          f"{describe_code(env)}\n")
     if plan.stabilizer_config:
         print(f"stabilizer config overrides: {plan.stabilizer_config}\n")
     print(text)

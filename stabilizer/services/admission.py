@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from stabilizer.backends.base import Presence
+from stabilizer.backends.base import Presence, Registration
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import SocketLike, accept_if_needed
@@ -88,9 +88,12 @@ class Admission:
         self._memory.admit(conn)
         self._pending[conn.conn_id] = conn
         try:
-            await self._register(conn)
+            registration = await self._register(conn)
             if history and not resuming:  # a fresh session: whatever the client had ends
                 await self._start_session(conn)
+            elif not history and registration is not None and registration.previous:
+                # the connection it replaces is gone: its groups end, as after a disconnect
+                await self._end_memberships(conn)
             if not ctx.is_accepting:  # shutdown began while we waited on the backend
                 await self._closing.unregister(conn)
                 raise ShutdownError("node is shutting down; connect to another node")
@@ -128,17 +131,26 @@ class Admission:
         if conn is not None and (conn_id is None or conn.conn_id == conn_id):
             self._closing.kick(conn)
 
-    async def _register(self, conn: Connection) -> None:
+    async def _register(self, conn: Connection) -> Registration | None:
         ctx = self._ctx
         presence = Presence(conn.client_id, ctx.node_id, conn.conn_id, conn.created_at)
         try:
-            await ctx.ask(ctx.backend.presence.register(
+            return await ctx.ask(ctx.backend.presence.register(
                 presence, max_cluster=ctx.config.max_cluster_connections))
         except BackendUnavailable as exc:
             # Degrade: the socket works locally; presence is re-registered when we reconnect.
             ctx.want_resync()
             self._backend_log.warning("presence of %r not registered (backend unavailable); "
                                       "will re-register", conn.client_id, exc=exc)
+            return None
+
+    async def _end_memberships(self, conn: Connection) -> None:
+        ctx = self._ctx
+        try:
+            await ctx.ask(ctx.backend.sessions.end(conn.client_id))
+        except BackendUnavailable as exc:
+            self._backend_log.warning("groups of replaced %r not left (backend unavailable)",
+                                      conn.client_id, exc=exc)
 
     async def _start_session(self, conn: Connection) -> None:
         ctx = self._ctx

@@ -81,8 +81,8 @@ class Resume:
 
     async def _replay(self, conn: Connection,
                       starts: dict[str, tuple[int, str]]) -> tuple[int, list[str]]:
-        """Send what `conn` missed on each stream after its start, release the frames held
-        meanwhile without duplicates, and end with the resume frame."""
+        """Send what `conn` missed on each stream after its start, then the resume frame,
+        then the live frames held meanwhile (without those the replay already sent)."""
         ctx = self._ctx
         replayed = 0
         failed: list[str] = []
@@ -107,6 +107,6 @@ class Resume:
                 if missed.exclude != conn.client_id and conn.offer(
                         history_frame(stream, missed), now):
                     replayed += 1
-        conn.release_held(delivered, now)
         conn.offer(Frame.text(resume_frame(replayed, failed)), now)
+        conn.release_held(delivered, now)  # live frames held meanwhile, none twice
         return replayed, failed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from stabilizer import CloseCode, MemoryBackend, MemoryHub, WebSocketConfig
 from stabilizer.backends.base import Presence, Registration
 from tests.conftest import ManagerFactory
-from tests.support.fakes import FakeSocket
+from tests.support.fakes import FakeSocket, FakeWebSocket
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 
@@ -93,3 +94,72 @@ async def test_shutdown_stops_every_task_the_node_started(
         "stabilizer-loop-maintenance:solo"]
     await manager.graceful_shutdown(timeout=2.0)
     assert of_node() == []
+
+
+@pytest.mark.parametrize("same_node", [True, False])
+async def test_a_replaced_connection_leaves_its_groups_without_history(
+    make_manager: ManagerFactory, same_node: bool,
+) -> None:
+    """A new connection of a client starts with no groups, as after a disconnect; the old
+    membership must not linger in the store (where nothing would ever remove it)."""
+    hub = MemoryHub()
+    a = make_manager(WebSocketConfig(node_id="a", **QUIET), backend=MemoryBackend(hub))
+    b = make_manager(WebSocketConfig(node_id="b", **QUIET), backend=MemoryBackend(hub))
+    await a.connect("x", FakeSocket("old"))
+    await a.join_group("x", "room")
+    newer = FakeSocket("new")
+    await (a if same_node else b).connect("x", newer)
+    assert await a.get_client_groups("x") == []
+    assert await a.get_group_members("room") == []
+    await (a if same_node else b).join_group("x", "room")
+    result = await (b if same_node else a).send_to_group("room", "hello")
+    assert result.remote_nodes + result.succeeded == 1
+    assert await newer.next() == "hello"
+    await (a if same_node else b).disconnect("x")
+    assert await a.get_group_members("room") == []
+
+
+async def test_live_messages_during_a_replay_follow_the_resume_frame(
+    make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replayed messages, then the resume frame, then what arrived live meanwhile (once)."""
+    history = {"history_size": 100, **QUIET}
+    hub = MemoryHub()
+    a = make_manager(WebSocketConfig(node_id="a", **history), backend=MemoryBackend(hub))
+    b = make_manager(WebSocketConfig(node_id="b", **history), backend=MemoryBackend(hub))
+    await a.start()
+    await b.start()
+    first = FakeWebSocket("first")
+    async with a.open_session(first, "alice") as session:
+        welcome = json.loads(await first.next())
+        seen = json.loads(await await_broadcast(a, "before", first))
+        positions = {"all": [seen["offset"], seen["epoch"]]}
+        first.client_leaves()  # the client goes away: its session stays resumable
+        async for _ in session:
+            pass
+    await a.broadcast("missed")
+    read = b.backend.history.read
+
+    async def live_traffic_after_the_read(stream: str, after: int, epoch: str) -> Any:
+        found = await read(stream, after, epoch)
+        if stream == "all":
+            await a.broadcast("live")  # after the replay read it: held for alice on b
+            while hub.inboxes["b"].qsize():
+                await asyncio.sleep(0)
+        return found
+
+    monkeypatch.setattr(b.backend.history, "read", live_traffic_after_the_read)
+    second = FakeWebSocket("second")
+    resumed = b.open_session(second, "alice", token=welcome["token"],
+                             positions=json.dumps(positions), welcome=False)
+    await resumed.__aenter__()
+    frames = [json.loads(await second.next()) for _ in range(3)]
+    assert [(f["type"], f.get("data")) for f in frames] == [
+        ("message", "missed"), ("resume", None), ("message", "live")]
+    await resumed.__aexit__(None, None, None)
+
+
+async def await_broadcast(manager: Any, text: str, sock: FakeWebSocket) -> str:
+    """Broadcast `text` and return the frame `sock` receives for it."""
+    await manager.broadcast(text)
+    return await sock.next()

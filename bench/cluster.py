@@ -868,7 +868,8 @@ def before_after(runs: list[Run], plan: Plan, scenarios: Sequence[str], label: s
         add(f"direct at {rate}: B CPU µs/msg", "cross", "direct_b_us", 0)
         add(f"direct at {rate}: Redis CPU µs/msg", "cross", "direct_redis_us", 0)
         for senders in plan.throughput_senders:
-            add(f"direct, {senders} sender tasks: delivered/s (higher is better)", "cross",
+            tasks = f"{senders} sender task{'s' if senders > 1 else ''}"
+            add(f"direct, {tasks} on A: delivered/s (higher is better)", "cross",
                 f"tput{senders}_delivered_per_s", 0)
         add("broadcast issued on A: B µs/delivery", "cross", "bcast_cross_b_us", 2)
         add("broadcast issued on B: µs/delivery", "cross", "bcast_local_b_us", 2)

@@ -7,11 +7,14 @@ import json
 import urllib.parse
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from stabilizer import CloseCode
 from tests.e2e.conftest import Launcher, Replicas
 from tests.support.clients import closed_with, open_client, recv_json
+
+pytestmark = pytest.mark.e2e
 
 QUIET = {"heartbeat_interval": 3600, "heartbeat_timeout": 3600}
 HISTORY = {"history_size": 100, "session_ttl": 60, **QUIET}
@@ -29,6 +32,7 @@ def positions_of(frames: list[dict[str, Any]]) -> str:
     return urllib.parse.quote(json.dumps(latest))
 
 
+@pytest.mark.redis
 async def test_resume_on_another_replica_replays_what_was_missed(replicas: Replicas) -> None:
     a, b = replicas(2, **HISTORY)
     alice, hello = await open_client(f"{a.ws}/ws/alice")

@@ -18,6 +18,8 @@ from stabilizer.tokens import TokenCodec
 from tests.e2e.conftest import Launcher
 from tests.support.clients import closed_with, open_client, recv_json
 
+pytestmark = pytest.mark.e2e
+
 QUIET = {"heartbeat_interval": 3600, "heartbeat_timeout": 3600}
 SECRET = "e2e-secret-" + "z" * 20
 

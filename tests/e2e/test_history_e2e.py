@@ -96,7 +96,10 @@ async def test_rate_limit_drop_answers_with_error_frames(launch: Launcher) -> No
     assert echoes == ["echo:0", "echo:1", "echo:2"]
     assert [e["code"] for e in errors] == ["rate_limited", "rate_limited"]
     await ws.send("pong")  # heartbeat answers are never rate limited nor answered
+    await ws.send('{"type":"ping"}')  # answered in order: the "pong" above was handled first
+    assert json.loads(await ws.recv()) == {"type": "pong"}  # no error frame for the "pong"
     stats = (await asyncio.to_thread(server.get, "/stats"))[1]
+    assert stats["counters"]["pongs"] == 1
     assert stats["counters"]["rate_limited"] == 2
     await ws.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,26 @@ from stabilizer import WebSocketConfig, WebSocketConnectionManager
 from tests.support.redis_server import NoRedisServer, RedisClusterServers, RedisServer
 
 _NAMESPACES = itertools.count(1)
+_E2E = Path(__file__).resolve().parent / "e2e"
+#: Fixtures that start or hand out a real Redis: a test asking for one is marked `redis`.
+REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "redis_cluster", "private_redis",
+                            "private_cluster"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the markers true, so that `-m "not e2e"` really starts no server: every test in
+    tests/e2e is marked `e2e` and every test that asks for a Redis fixture is marked
+    `redis` (a pytestmark in a conftest applies to nothing, so mark the test modules)."""
+    problems = []
+    for item in items:
+        if _E2E in Path(str(item.path)).parents and item.get_closest_marker("e2e") is None:
+            problems.append(f"{item.nodeid}: in tests/e2e but not marked e2e")
+        uses = REDIS_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if uses and item.get_closest_marker("redis") is None:
+            problems.append(f"{item.nodeid}: uses {sorted(uses)} but not marked redis")
+    if problems:
+        raise pytest.UsageError("unmarked tests:\n  " + "\n  ".join(problems))
 
 
 @pytest.fixture(scope="session")

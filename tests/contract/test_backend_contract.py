@@ -18,7 +18,8 @@ from stabilizer.pure.wire import Envelope, Kind, decode, encode
 NodeFactory = Callable[..., Awaitable[Backend]]
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis),
+                        pytest.param("cluster", marks=pytest.mark.redis)])
 async def open_node(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[NodeFactory]:
     """Open backends that share one store, as nodes of one cluster would.
 

@@ -11,8 +11,6 @@ import pytest
 from tests.support.redis_server import RedisServer
 from tests.support.uvicorn_proc import UvicornProcess
 
-pytestmark = pytest.mark.e2e
-
 Launcher = Callable[..., UvicornProcess]
 
 

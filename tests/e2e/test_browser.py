@@ -305,14 +305,15 @@ async def test_history_positions_dedupe_and_queued_sends_survive_a_reconnect(
 
 async def test_a_silent_link_is_probed_then_dropped_and_reconnected(page: Page) -> None:
     async with ScriptedServer() as server:
-        tab = await Tab.open(page, server, probeTimeoutMs=800)
+        # 3 s for the scripted server to answer the probe: a loaded machine does not drop it
+        tab = await Tab.open(page, server, probeTimeoutMs=3000)
         ws = await server.accept()
         await ws.send(session_frame("t1", heartbeat_interval=0.2))
         await tab.wait_state("open")
         assert await recv(ws) == '{"type":"ping"}'  # silence: the client asks for a pong
         await ws.send('{"type":"pong"}')
         assert await recv(ws) == '{"type":"ping"}'  # answered, so it keeps the link...
-        again = await server.accept()  # ...until a probe goes unanswered
+        again = await server.accept(timeout=15.0)  # ...until a probe goes unanswered
         assert query(again) == {"token": "t1"}
         state, info = (await tab.events("state"))[-1]
         assert (state, info["code"]) == ("reconnecting", 1006)

@@ -7,11 +7,14 @@ import json
 import urllib.parse
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from stabilizer import CloseCode
 from tests.e2e.conftest import Launcher, Replicas
 from tests.support.clients import closed_with, open_client, recv_json
+
+pytestmark = pytest.mark.e2e
 
 QUIET = {"heartbeat_interval": 3600, "heartbeat_timeout": 3600}
 HISTORY = {"history_size": 100, "session_ttl": 60, **QUIET}
@@ -29,6 +32,7 @@ def positions_of(frames: list[dict[str, Any]]) -> str:
     return urllib.parse.quote(json.dumps(latest))
 
 
+@pytest.mark.redis
 async def test_resume_on_another_replica_replays_what_was_missed(replicas: Replicas) -> None:
     a, b = replicas(2, **HISTORY)
     alice, hello = await open_client(f"{a.ws}/ws/alice")
@@ -92,7 +96,10 @@ async def test_rate_limit_drop_answers_with_error_frames(launch: Launcher) -> No
     assert echoes == ["echo:0", "echo:1", "echo:2"]
     assert [e["code"] for e in errors] == ["rate_limited", "rate_limited"]
     await ws.send("pong")  # heartbeat answers are never rate limited nor answered
+    await ws.send('{"type":"ping"}')  # answered in order: the "pong" above was handled first
+    assert json.loads(await ws.recv()) == {"type": "pong"}  # no error frame for the "pong"
     stats = (await asyncio.to_thread(server.get, "/stats"))[1]
+    assert stats["counters"]["pongs"] == 1
     assert stats["counters"]["rate_limited"] == 2
     await ws.close()
 

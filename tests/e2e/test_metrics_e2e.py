@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Launcher
 from tests.support.clients import open_client, recv_json
 from tests.support.uvicorn_proc import UvicornProcess
+
+pytestmark = pytest.mark.e2e
 
 QUIET = {"heartbeat_interval": 3600, "heartbeat_timeout": 3600}
 Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -36,6 +39,7 @@ def operations(scraped: Scrape) -> dict[str, float]:
             if name == "stabilizer_backend_operation_seconds_count"}
 
 
+@pytest.mark.redis
 async def test_metrics_parse_and_counters_move_with_traffic(
     launch: Launcher, redis_url: str, namespace: str,
 ) -> None:

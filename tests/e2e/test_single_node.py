@@ -18,6 +18,8 @@ from stabilizer.pure.tokens import TokenCodec
 from tests.e2e.conftest import Launcher
 from tests.support.clients import closed_with, open_client, recv_json
 
+pytestmark = pytest.mark.e2e
+
 QUIET = {"heartbeat_interval": 3600, "heartbeat_timeout": 3600}
 SECRET = "e2e-secret-" + "z" * 20
 
@@ -77,7 +79,8 @@ async def test_seed_pattern_reconnect_race_keeps_the_new_socket(launch: Launcher
 
 
 async def test_heartbeat_evicts_a_client_that_never_answers(launch: Launcher) -> None:
-    server = launch(heartbeat_interval=0.2, heartbeat_timeout=0.5)
+    # pinged every 0.2 s; 3 s to answer, so a loaded machine never fails the polite client
+    server = launch(heartbeat_interval=0.2, heartbeat_timeout=3.0)
     silent = await connect(f"{server.ws}/ws/silent")  # reads, never answers pings
     polite, _ = await open_client(f"{server.ws}/ws/polite")
 

@@ -22,7 +22,8 @@ QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 Cluster = Callable[..., WebSocketConnectionManager]
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis),
+                        pytest.param("cluster", marks=pytest.mark.redis)])
 async def cluster(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Cluster]:
     """Return a factory of started-on-demand managers that share one backend store.
 

@@ -355,6 +355,7 @@ async def test_a_node_catches_up_a_stream_whose_last_message_it_missed(
     assert (await sock.next_json())["offset"] == 3
 
 
+@pytest.mark.redis
 async def test_killed_subscription_is_restored_and_nothing_is_missed(
     redis_url: str, namespace: str, make_manager: Any,
 ) -> None:

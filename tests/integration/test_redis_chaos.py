@@ -15,7 +15,7 @@ from stabilizer import BackendUnavailable, WebSocketConfig, WebSocketConnectionM
 from tests.support.fakes import FakeSocket
 from tests.support.redis_server import RedisClusterServers, RedisSentinelSetup, RedisServer
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 Factory = Callable[..., WebSocketConnectionManager]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -12,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
@@ -202,11 +202,39 @@ def test_a_truncated_or_extended_envelope_raises_only_wire_error(
 # ----------------------------------------------------------------------------- _util
 
 
+def is_usable_client_id(value: object) -> bool:
+    """The README's rule: any non-empty string of at most 256 characters that is text
+    (no lone surrogates)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 256:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+with_lone_surrogate = st.builds(
+    lambda head, surrogate, tail: head + surrogate + tail,
+    st.text(max_size=5), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+    st.text(max_size=5))
+
+
 @FUZZ
-@given(st.text(max_size=300) | st.binary(max_size=10) | st.integers() | st.none())
+@given(st.text(max_size=300) | with_lone_surrogate | st.binary(max_size=10) | st.integers()
+       | st.none())
+@example("alice")
+@example("a" * 256)
+@example("a" * 257)
+@example("")
+@example("\ud800")
 def test_check_client_id_returns_the_id_or_raises_invalid_client_id(client_id: object) -> None:
-    with contextlib.suppress(InvalidClientIdError):
+    """Accepts exactly the usable ids (a validator that refused everything fails here)."""
+    if is_usable_client_id(client_id):
         assert check_client_id(client_id, 256) == client_id
+    else:
+        with pytest.raises(InvalidClientIdError):
+            check_client_id(client_id, 256)
 
 
 @FUZZ

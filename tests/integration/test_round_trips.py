@@ -1,0 +1,385 @@
+"""Round trips counted by Redis itself: what the README says each operation costs.
+
+"One round trip per operation. Connect, disconnect and send_to_client are one Lua script
+each; a broadcast is one PUBLISH ... Concurrent send_to_client calls made in the same
+event-loop turn share one pipelined round trip, and at most redis_pool_size Redis calls are
+in flight." Every count here comes from the servers (MONITOR and their read counter, see
+tests/support/redis_commands.py), on a dedicated Redis and on a dedicated three-master
+Cluster, never from the library's own counters.
+
+Each measured operation runs once before its window: the first call of a script on a server
+costs three round trips (EVALSHA answered NOSCRIPT, SCRIPT LOAD, EVALSHA again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from tests.conftest import ManagerFactory
+from tests.support.fakes import FakeSocket, FakeWebSocket
+from tests.support.redis_commands import CommandWatch, Seen, settled
+from tests.support.redis_server import NoRedisServer, RedisClusterServers, RedisServer
+
+pytestmark = pytest.mark.redis
+
+#: No maintenance inside a window: one pass at start, the next an hour later.
+QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0, "node_ttl": 3600.0,
+         "memory_check_interval": 3600.0}
+HISTORY = {"history_size": 100, "history_ttl": 600.0, "session_ttl": 600.0}
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where the managers keep their state: one Redis, or every master of a Cluster."""
+
+    kind: str
+    servers: list[RedisServer]
+    options: dict[str, object]
+
+    @property
+    def publish(self) -> str:
+        """The command a broadcast costs: sharded pub/sub on a Cluster."""
+        return "SPUBLISH" if self.kind == "cluster" else "PUBLISH"
+
+
+@pytest.fixture(scope="module")
+def private_cluster() -> Iterator[RedisClusterServers]:
+    """A three-master Cluster only this module's tests use (fails, never skips)."""
+    try:
+        servers = RedisClusterServers()
+    except NoRedisServer as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with servers:
+        yield servers
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def store(request: pytest.FixtureRequest) -> Store:
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("private_redis")
+        return Store("redis", [server], {"redis_url": server.url})
+    cluster: RedisClusterServers = request.getfixturevalue("private_cluster")
+    return Store("cluster", list(cluster.nodes), {"redis_url": cluster.url,
+                                                  "redis_cluster": True})
+
+
+Node = Callable[..., WebSocketConnectionManager]
+
+
+@pytest.fixture
+def node(store: Store, namespace: str, make_manager: ManagerFactory) -> Node:
+    """Build a manager on `store` with this test's namespace."""
+
+    def build(node_id: str, **overrides: Any) -> WebSocketConnectionManager:
+        options = {**QUIET, **store.options, "namespace": namespace, "node_id": node_id,
+                   **overrides}
+        return make_manager(WebSocketConfig(**options))
+
+    return build
+
+
+@pytest.fixture
+async def watch(store: Store) -> AsyncIterator[CommandWatch]:
+    async with CommandWatch(store.servers) as commands:
+        yield commands
+
+
+def costs(seen: Seen, round_trips: int, **commands: int) -> None:
+    """Assert the exact commands and round trips of a window (a readable failure)."""
+    assert (seen.round_trips, seen.names()) == (round_trips, Counter(commands)), seen.describe()
+
+
+# ----------------------------------------------------------------------------- presence
+
+
+async def test_connect_and_disconnect_are_one_script_each(
+    node: Node, watch: CommandWatch
+) -> None:
+    a = node("a")
+    await settled(a)
+    await a.connect("warm-up", FakeSocket())
+    await a.disconnect("warm-up")
+
+    async with watch.window() as connect:
+        await a.connect("alice", FakeSocket())
+    async with watch.window() as disconnect:
+        await a.disconnect("alice")
+
+    costs(connect, 1, EVALSHA=1)
+    costs(disconnect, 1, EVALSHA=1)
+
+
+async def test_connecting_an_id_live_on_another_node_is_still_one_script(
+    node: Node, watch: CommandWatch
+) -> None:
+    """The kick of the old socket travels inside the register script."""
+    a, b = node("a"), node("b")
+    await settled(a, b)
+    await a.connect("warm-up", FakeSocket())
+    await b.connect("warm-up", FakeSocket())
+    old = FakeSocket("old")
+    await a.connect("alice", old)
+
+    async with watch.window() as seen:
+        await b.connect("alice", FakeSocket("new"))
+        await old.wait_closed()
+
+    costs(seen, 1, EVALSHA=1)
+
+
+# ----------------------------------------------------------------------------- delivery
+
+
+async def test_send_to_a_remote_client_is_one_script_and_to_a_local_one_is_none(
+    node: Node, watch: CommandWatch
+) -> None:
+    a, b = node("a"), node("b")
+    await settled(a, b)
+    bob, alice = FakeSocket("bob"), FakeSocket("alice")
+    await b.connect("bob", bob)
+    await a.connect("alice", alice)
+    assert await a.send_to_client("bob", "warm-up")
+    await bob.next()
+
+    async with watch.window() as remote:
+        assert await a.send_to_client("bob", "hi")
+        assert await bob.next() == "hi"
+    async with watch.window() as local:
+        assert await a.send_to_client("alice", "hi")
+        assert await alice.next() == "hi"
+
+    costs(remote, 1, EVALSHA=1)
+    costs(local, 0)
+
+
+async def test_broadcast_is_one_publish(store: Store, node: Node, watch: CommandWatch) -> None:
+    a, b, c = node("a"), node("b"), node("c")
+    await settled(a, b, c)
+    socks = [FakeSocket(f"on-{n.node_id}") for n in (a, b, c)]
+    for manager, sock in zip((a, b, c), socks, strict=True):
+        await manager.connect(sock.name, sock)
+
+    async with watch.window() as seen:
+        result = await a.broadcast("everyone")
+        for sock in socks:
+            assert await sock.next() == "everyone"
+
+    assert result.remote_nodes == 2
+    costs(seen, 1, **{store.publish: 1})
+
+
+async def test_group_send_is_one_publish(store: Store, node: Node, watch: CommandWatch) -> None:
+    a, b = node("a"), node("b")
+    await settled(a, b)
+    bob = FakeSocket("bob")
+    await b.connect("bob", bob)
+    await b.join_group("bob", "room")
+
+    async with watch.window() as seen:
+        await a.send_to_group("room", "to the room")
+        assert await bob.next() == "to the room"
+
+    costs(seen, 1, **{store.publish: 1})
+
+
+async def test_concurrent_sends_in_one_loop_turn_travel_in_one_pipeline(
+    private_redis: RedisServer, namespace: str, make_manager: ManagerFactory,
+) -> None:
+    """Ten send_to_client calls started together: the ten scripts reach Redis in one read.
+
+    redis-py also asks SCRIPT EXISTS before a pipeline that holds a script; that probe is
+    set apart here (the promise of a single round trip is the strict xfail below).
+    """
+    options = {**QUIET, "redis_url": private_redis.url, "namespace": namespace}
+    a = make_manager(WebSocketConfig(node_id="a", **options))
+    b = make_manager(WebSocketConfig(node_id="b", **options))
+    await settled(a, b)
+    socks = [FakeSocket(f"c{i}") for i in range(10)]
+    for sock in socks:
+        await b.connect(sock.name, sock)
+    assert await a.send_to_client("c0", "warm-up")
+    await socks[0].next()
+
+    async with CommandWatch([private_redis]) as watch, watch.window() as seen:
+        sent = await asyncio.gather(*(a.send_to_client(s.name, "hi") for s in socks))
+        for sock in socks:
+            assert await sock.next() == "hi"
+
+    assert sent == [True] * 10
+    assert seen.names()["EVALSHA"] == 10, seen.describe()
+    assert seen.round_trips - seen.names()["SCRIPT EXISTS"] == 1, seen.describe()
+
+
+@pytest.mark.parametrize("store", [
+    pytest.param("redis", marks=pytest.mark.xfail(strict=True, reason=(
+        "README: one pipelined round trip; redis-py sends SCRIPT EXISTS before every "
+        "pipeline holding a script, so it costs two"))),
+    pytest.param("cluster", marks=pytest.mark.xfail(strict=True, reason=(
+        "README: one pipelined round trip; on a Cluster route() is not batched at all: "
+        "ten sends cost ten round trips"))),
+], indirect=True)
+async def test_concurrent_sends_in_one_loop_turn_share_one_round_trip(
+    node: Node, watch: CommandWatch
+) -> None:
+    a, b = node("a"), node("b")
+    await settled(a, b)
+    socks = [FakeSocket(f"c{i}") for i in range(10)]
+    for sock in socks:
+        await b.connect(sock.name, sock)
+    for _ in range(2):  # warm-up: scripts loaded, and as many connections as a burst opens
+        assert all(await asyncio.gather(*(a.send_to_client(s.name, "x") for s in socks)))
+        for sock in socks:
+            await sock.next()
+
+    async with watch.window() as seen:
+        await asyncio.gather(*(a.send_to_client(s.name, "hi") for s in socks))
+
+    assert seen.round_trips == 1, seen.describe()
+
+
+async def test_a_burst_keeps_at_most_redis_pool_size_calls_in_flight_and_none_fails(
+    store: Store, node: Node, watch: CommandWatch
+) -> None:
+    """200 connects at once with redis_pool_size=4: Redis sees at most 4 connections of the
+    node issue commands (each call in flight needs its own), and every client is registered
+    (the others waited instead of failing)."""
+    a = node("a", redis_pool_size=4, op_timeout=10.0)  # waiting never times out on a busy box
+    await settled(a)
+    await a.connect("warm-up", FakeSocket())
+
+    async with watch.window() as seen:
+        await asyncio.gather(*(a.connect(f"c{i}", FakeSocket()) for i in range(200)))
+
+    for server in range(len(store.servers)):
+        in_flight = seen.clients(server)
+        assert len(in_flight) <= 4, f"{len(in_flight)} connections issued commands"
+    assert seen.names()["EVALSHA"] == 200, seen.describe()
+    assert await a.get_cluster_connection_count() == 201
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+async def test_a_resume_is_the_token_check_and_one_script(
+    node: Node, watch: CommandWatch
+) -> None:
+    """Without history: SET NX (single use, cluster-wide) + the register script."""
+    a, b = node("a"), node("b")
+    await settled(a, b)
+    for client_id in ("warm-up", "alice"):
+        token = await leave_with_token(a, client_id)
+        ws = FakeWebSocket()
+        # the window closes first, the session after it
+        async with contextlib.AsyncExitStack() as session, watch.window() as seen:
+            await session.enter_async_context(b.open_session(ws, client_id, token=token))
+            assert json.loads(await ws.next())["resumed"] is True
+
+    costs(seen, 2, SET=1, EVALSHA=1)
+
+
+async def leave_with_token(manager: WebSocketConnectionManager, client_id: str) -> str:
+    """Open a session, keep its reconnect token, and let the client go away."""
+    ws = FakeWebSocket()
+    async with manager.open_session(ws, client_id) as session:
+        welcome = json.loads(await ws.next())
+        ws.client_leaves()
+        assert await session.receive() is None
+    return str(welcome["token"])
+
+
+# ----------------------------------------------------------------------------- history
+
+
+async def test_with_history_each_message_is_one_script_even_to_a_local_client(
+    node: Node, watch: CommandWatch
+) -> None:
+    """Sequencing (offset, stream append, publish) is one script per message."""
+    a, b = node("a", **HISTORY), node("b", **HISTORY)
+    await settled(a, b)
+    bob, alice = FakeSocket("bob"), FakeSocket("alice")
+    await b.connect("bob", bob)
+    await a.connect("alice", alice)
+    await b.join_group("bob", "room")
+    await a.broadcast("warm-up")
+    await a.send_to_group("room", "warm-up")
+    await a.send_to_client("bob", "warm-up")
+    for _ in range(3):
+        await bob.next_json()
+    await alice.next_json()
+
+    async with watch.window() as broadcast:
+        await a.broadcast("all")
+        assert (await bob.next_json())["data"] == "all"
+        assert (await alice.next_json())["data"] == "all"
+    async with watch.window() as group:
+        await a.send_to_group("room", "room")
+        assert (await bob.next_json())["data"] == "room"
+    async with watch.window() as remote:
+        assert await a.send_to_client("bob", "direct")
+        assert (await bob.next_json())["data"] == "direct"
+    async with watch.window() as local:
+        assert await a.send_to_client("alice", "direct")
+        assert (await alice.next_json())["data"] == "direct"
+
+    for seen in (broadcast, group, remote, local):
+        costs(seen, 1, EVALSHA=1)
+
+
+async def test_with_history_a_disconnect_costs_one_more_round_trip(
+    node: Node, watch: CommandWatch
+) -> None:
+    """Unregister, then end the session (a normal closure) or suspend it (a drop)."""
+    a = node("a", **HISTORY)
+    await settled(a)
+    for client_id in ("warm-up", "alice"):
+        await a.connect(client_id, FakeSocket())
+        async with watch.window() as seen:
+            await a.disconnect(client_id)
+
+    costs(seen, 2, EVALSHA=2)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "README: with history a connect costs one more round trip (the session record); a fresh "
+    "connect runs register, end_session and open_session: three scripts"))
+async def test_with_history_a_connect_costs_one_more_round_trip(
+    node: Node, watch: CommandWatch
+) -> None:
+    a = node("a", **HISTORY)
+    await settled(a)
+    for client_id in ("warm-up", "alice"):
+        async with watch.window() as seen:
+            await a.connect(client_id, FakeSocket())
+
+    costs(seen, 2, EVALSHA=2)
+
+
+async def test_with_history_a_resume_costs_six_round_trips(
+    node: Node, watch: CommandWatch
+) -> None:
+    """The count today, the guard for the redesign: SET NX (the token), register, load the
+    session, reopen it, and one history read per stream the client follows (here "all" and
+    its own "c:alice"); what it missed then arrives with no further round trip."""
+    a, b = node("a", **HISTORY), node("b", **HISTORY)
+    await settled(a, b)
+    for client_id in ("warm-up", "alice"):
+        token = await leave_with_token(a, client_id)
+        await a.broadcast(f"missed by {client_id}")
+        ws = FakeWebSocket()
+        # the window closes first, the session after it
+        async with contextlib.AsyncExitStack() as session, watch.window() as seen:
+            await session.enter_async_context(b.open_session(ws, client_id, token=token))
+            assert json.loads(await ws.next())["resumed"] is True
+            assert (await ws.next_json())["data"] == f"missed by {client_id}"
+            assert (await ws.next_json())["type"] == "resume"
+
+    costs(seen, 6, SET=1, EVALSHA=5)

@@ -32,9 +32,11 @@ class Presence:
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """The outcome of registering a connection: who held the client id before, if anyone."""
+    """The outcome of registering a connection: who held the client id before, if anyone,
+    and whether that connection's group memberships were ended in the same step."""
 
     previous: Presence | None
+    groups_ended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +93,12 @@ class TaskSpawner(Protocol):
 class PresenceStore(Protocol):
     """Who is connected where."""
 
-    async def register(self, presence: Presence, *, max_cluster: int | None) -> Registration:
+    async def register(self, presence: Presence, *, max_cluster: int | None,
+                       end_groups: bool = False) -> Registration:
         """Record `presence` in one round trip; tell a previous owner node (another one) to
-        close its socket of the client with a KICK naming that socket's conn id.
+        close its socket of the client with a KICK naming that socket's conn id. With
+        `end_groups`, a previous connection's group memberships end too, in the same step
+        when the store can (``groups_ended`` says whether it did).
 
         Raises:
             ConnectionLimitExceededError: the cluster already holds `max_cluster` clients.

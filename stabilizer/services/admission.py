@@ -88,10 +88,11 @@ class Admission:
         self._memory.admit(conn)
         self._pending[conn.conn_id] = conn
         try:
-            registration = await self._register(conn)
+            registration = await self._register(conn, end_groups=not history)
             if history and not resuming:  # a fresh session: whatever the client had ends
                 await self._start_session(conn)
-            elif not history and registration is not None and registration.previous:
+            elif registration is not None and registration.previous and not (
+                    history or registration.groups_ended):
                 # the connection it replaces is gone: its groups end, as after a disconnect
                 await self._end_memberships(conn)
             if not ctx.is_accepting:  # shutdown began while we waited on the backend
@@ -131,12 +132,13 @@ class Admission:
         if conn is not None and (conn_id is None or conn.conn_id == conn_id):
             self._closing.kick(conn)
 
-    async def _register(self, conn: Connection) -> Registration | None:
+    async def _register(self, conn: Connection, *, end_groups: bool) -> Registration | None:
         ctx = self._ctx
         presence = Presence(conn.client_id, ctx.node_id, conn.conn_id, conn.created_at)
         try:
             return await ctx.ask(ctx.backend.presence.register(
-                presence, max_cluster=ctx.config.max_cluster_connections))
+                presence, max_cluster=ctx.config.max_cluster_connections,
+                end_groups=end_groups))
         except BackendUnavailable as exc:
             # Degrade: the socket works locally; presence is re-registered when we reconnect.
             ctx.want_resync()
@@ -155,8 +157,7 @@ class Admission:
     async def _start_session(self, conn: Connection) -> None:
         ctx = self._ctx
         try:
-            await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=True),
-                          round_trips=2)
+            await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=True))
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)

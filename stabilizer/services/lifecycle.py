@@ -163,8 +163,9 @@ class Lifecycle:
         try:
             if ctx.backend.available:
                 await ctx.ask(ctx.backend.liveness.unregister_node(), round_trips=4)
-        except BackendUnavailable as exc:
-            problems.append(f"presence not removed: {exc!r}")
+        except BackendUnavailable as exc:  # not a failure to stop: survivors reap it
+            logger.warning("presence of node %s not removed (backend unavailable); other "
+                           "nodes reap it after node_ttl: %s", ctx.node_id, exc)
         try:
             async with asyncio.timeout(ctx.config.op_timeout):
                 await ctx.backend.aclose()

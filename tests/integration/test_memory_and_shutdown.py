@@ -58,21 +58,24 @@ async def test_the_memory_check_loop_evicts_a_node_that_grew_over_its_limit(
 async def test_a_task_that_will_not_stop_makes_shutdown_raise_after_closing_everything(
     make_manager: ManagerFactory,
 ) -> None:
-    manager = make_manager(WebSocketConfig(close_timeout=0.3, **QUIET))
-    sock = FakeSocket()
-    await manager.connect("alice", sock)
-    release = asyncio.Event()
+    manager = make_manager(WebSocketConfig(close_timeout=0.3, cluster_events=True, **QUIET))
+    release, running = asyncio.Event(), asyncio.Event()
 
-    async def stubborn() -> None:  # a library that swallows cancellation
+    @manager.on_cluster_event
+    async def stubborn(event: object) -> None:  # a listener that swallows cancellation
+        running.set()
         while not release.is_set():
             try:
                 await release.wait()
             except asyncio.CancelledError:
                 continue
 
-    manager.spawn(stubborn(), name="stubborn-helper")
+    sock = FakeSocket()
+    await manager.connect("alice", sock)  # its connect event starts the listener's task
+    async with asyncio.timeout(3):
+        await running.wait()
     try:
-        with pytest.raises(ShutdownError, match="stubborn-helper did not stop"):
+        with pytest.raises(ShutdownError, match="stabilizer-event did not stop"):
             await manager.graceful_shutdown(timeout=2.0)
     finally:
         release.set()
@@ -113,11 +116,6 @@ async def test_a_clean_shutdown_on_redis_reports_and_does_not_raise(
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(strict=True, reason=(
-    "README: ShutdownError only if a loop or the backend failed to stop; when Redis stops "
-    "answering just before a shutdown, the presence that cannot be removed is reported as "
-    "a ShutdownError ('presence not removed'), though every loop stopped and the backend "
-    "closed"))
 async def test_redis_unreachable_at_shutdown_is_no_shutdown_error(
     private_redis: RedisServer, namespace: str, make_manager: ManagerFactory,
 ) -> None:

@@ -72,10 +72,6 @@ async def test_a_client_taken_over_while_its_node_was_cut_off_is_closed_there_as
     assert await fresh.next() == "found you"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README 'one client, one socket': the newer socket must win. A client admitted while "
-    "its node was cut off is closed as REPLACED when that node resyncs, because the RESYNC "
-    "script keeps whatever entry Redis holds (here the older socket on the other node)"))
 async def test_a_client_admitted_while_its_node_was_cut_off_keeps_the_newer_socket(
     private_redis: RedisServer, proxy: TcpProxy, node: Node
 ) -> None:

@@ -30,8 +30,8 @@ async def test_a_kick_that_arrives_before_the_register_reply_closes_the_socket(
     registered, reply = asyncio.Event(), asyncio.Event()
     register = a.backend.presence.register
 
-    async def late_reply(presence: Presence, *, max_cluster: int | None) -> Registration:
-        outcome = await register(presence, max_cluster=max_cluster)
+    async def late_reply(presence: Presence, **options: Any) -> Registration:
+        outcome = await register(presence, **options)
         registered.set()
         await reply.wait()
         return outcome

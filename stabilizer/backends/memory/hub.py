@@ -107,6 +107,10 @@ class MemoryHub:
         """Drop a session and its group memberships; return the groups left."""
         self.sessions.pop(client_id, None)
         self.away.pop(client_id, None)
+        return self.leave_groups(client_id)
+
+    def leave_groups(self, client_id: str) -> list[str]:
+        """Drop every group membership of a client; return the groups left."""
         left = sorted(self.client_groups.pop(client_id, set()))
         for group in left:
             members = self.groups.get(group)

@@ -48,10 +48,13 @@ class MemoryPresence:
     def __init__(self, node: MemoryNode) -> None:
         self._node = node
 
-    async def register(self, presence: Presence, *, max_cluster: int | None) -> Registration:
-        """Record presence; kick a previous socket on another node."""
-        self._node.check()
-        hub = self._node.hub
+    async def register(self, presence: Presence, *, max_cluster: int | None,
+                       end_groups: bool = False) -> Registration:
+        """Record presence; kick a previous socket on another node; with `end_groups`, the
+        previous connection's groups end in the same step."""
+        node = self._node
+        node.check()
+        hub = node.hub
         previous = hub.presence.get(presence.client_id)
         if previous is None and max_cluster is not None and len(hub.presence) >= max_cluster:
             raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
@@ -61,9 +64,12 @@ class MemoryPresence:
                 kick = Envelope(Kind.KICK, presence.node_id, presence.client_id,
                                 ref=previous.conn_id)
                 hub.deliver(previous.node_id, encode(kick))
+            if end_groups:
+                for group in hub.leave_groups(presence.client_id):
+                    node.membership_event("leave", presence.client_id, group)
         hub.presence[presence.client_id] = presence
         hub.node_clients.setdefault(presence.node_id, set()).add(presence.client_id)
-        return Registration(previous)
+        return Registration(previous, groups_ended=end_groups and previous is not None)
 
     async def unregister(self, client_id: str, conn_id: str) -> bool:
         """Remove presence if it still names `conn_id`."""
@@ -199,8 +205,9 @@ class MemoryLiveness:
         return Liveness(tuple(reaped), rejoined)
 
     async def resync(self, local: Sequence[Presence]) -> list[str]:
-        """Re-register local presence, forget what this node no longer holds; return ids
-        another node holds now."""
+        """Re-register local presence (the newer connection of a client wins; the other
+        node's older socket is kicked), forget what this node no longer holds; return ids
+        another node holds with a newer connection."""
         self._node.check()
         hub = self._node.hub
         me = self._node.node_id
@@ -214,11 +221,15 @@ class MemoryLiveness:
         lost: list[str] = []
         for presence in local:
             current = hub.presence.get(presence.client_id)
-            if current is None or current.node_id == presence.node_id:
-                hub.presence[presence.client_id] = presence
-                hub.node_clients.setdefault(presence.node_id, set()).add(presence.client_id)
-            else:
-                lost.append(presence.client_id)
+            if current is not None and current.node_id != me:
+                if current.since >= presence.since:  # the other node's socket is newer
+                    lost.append(presence.client_id)
+                    continue
+                hub.drop_presence(current.client_id)  # ours is newer: take the client over
+                kick = Envelope(Kind.KICK, me, current.client_id, ref=current.conn_id)
+                hub.deliver(current.node_id, encode(kick))
+            hub.presence[presence.client_id] = presence
+            hub.node_clients.setdefault(me, set()).add(presence.client_id)
         return lost
 
     async def unregister_node(self) -> None:

@@ -101,12 +101,14 @@ class RedisBackend:
         return self._core.client
 
     async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False) -> None:
-        """Take the node's identity and task owner; check that Redis answers."""
+        """Take the node's identity and task owner; check that Redis answers and load the
+        scripts."""
         core = self._core
         core.node_id = node_id
         core.tasks = tasks
         core.events = events
         await core.call(core.client.ping(), "ping")
+        await core.load_scripts()
 
     async def aclose(self) -> None:
         """Close the client if this backend created it (helper tasks belong to the node's

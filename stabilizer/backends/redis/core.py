@@ -14,10 +14,9 @@ from collections.abc import Awaitable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from stabilizer.backends.base import TaskSpawner
 from stabilizer.backends.redis import scripts as lua
@@ -28,7 +27,8 @@ from stabilizer.stats import BackendStats
 
 
 class Scripts:
-    """The Lua scripts, registered once on the client (EVALSHA, loaded on first use)."""
+    """The Lua scripts, registered on the client (EVALSHA; loaded at open, and again by
+    redis-py when a server answers NOSCRIPT, e.g. after a restart)."""
 
     def __init__(self, client: Redis | RedisCluster) -> None:
         register = client.register_script
@@ -50,6 +50,10 @@ class Scripts:
         self.membership = register(lua.MEMBERSHIP)
         self.sequence = register(lua.SEQUENCE)
         self.history = register(lua.HISTORY)
+
+    def all(self) -> list[AsyncScript]:
+        """Every script."""
+        return [value for value in vars(self).values() if isinstance(value, AsyncScript)]
 
 
 class RedisCore:
@@ -101,6 +105,18 @@ class RedisCore:
         self.stats.observe(op, time.perf_counter() - started, True)
         self.available = True
         return result
+
+    async def load_scripts(self) -> None:
+        """SCRIPT LOAD every script (on every master of a Cluster), so that the first call
+        of each, and a pipeline of them, needs no extra round trip."""
+        if self.cluster:
+            await asyncio.gather(*(self.call(self.client.script_load(script.script),
+                                             "script_load") for script in self.scripts.all()))
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for script in self.scripts.all():
+            pipe.script_load(script.script)
+        await self.call(pipe.execute(), "script_load")
 
     async def publish(self, channel: str, payload: bytes, op: str = "publish") -> int:
         """PUBLISH (SPUBLISH on a Cluster); return how many subscribers received it."""
@@ -175,10 +191,7 @@ class ScriptBatcher:
                 results: list[Any] = [await core.call(self._script(keys=keys, args=args),
                                                       self._op)]
             else:
-                pipe: Pipeline = core.client.pipeline(transaction=False)  # type: ignore[assignment]  # standalone only
-                for keys, args, _ in batch:
-                    await self._script(keys=keys, args=args, client=pipe)
-                results = await core.call(pipe.execute(raise_on_error=False), self._op)
+                results = await self._pipelined(batch)
         except BackendUnavailable as exc:
             for _, _, future in batch:
                 if not future.done():
@@ -191,6 +204,22 @@ class ScriptBatcher:
                 future.set_exception(BackendUnavailable(f"redis error: {result!r}"))
             else:
                 future.set_result(result)
+
+    async def _pipelined(
+        self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        """One round trip of raw EVALSHA calls (the scripts were loaded at open: redis-py
+        would check with SCRIPT EXISTS first); a server that answers NOSCRIPT (it restarted)
+        gets those calls again through the script object, which loads it."""
+        core = self._core
+        pipe: Any = core.client.pipeline(transaction=False)
+        for keys, args, _ in batch:  # (a Cluster pipeline refuses evalsha() by name)
+            pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        results: list[Any] = await core.call(pipe.execute(raise_on_error=False), self._op)
+        for index, ((keys, args, _), result) in enumerate(zip(batch, results, strict=True)):
+            if isinstance(result, NoScriptError):
+                results[index] = await core.call(self._script(keys=keys, args=args), self._op)
+        return results
 
 
 def text(value: bytes | str) -> str:

@@ -10,6 +10,7 @@ from typing import Final
 from stabilizer.backends.base import Liveness, Presence
 from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.keys import entry_of
+from stabilizer.pure.wire import kick_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ class RedisLiveness:
         logger.warning("reaped node %s: %d stale presence entries removed", node, removed)
 
     async def resync(self, local: Sequence[Presence]) -> list[str]:
-        """Re-register local presence and forget entries this node no longer holds; return
-        client ids another node now holds."""
+        """Re-register local presence (the newer connection of a client wins, the other
+        node's older socket is kicked) and forget entries this node no longer holds; return
+        client ids another node holds with a newer connection."""
         core = self._core
         keys = core.keys
         await self._prune_stale({presence.client_id for presence in local})
@@ -74,9 +76,12 @@ class RedisLiveness:
             by_bucket.setdefault(keys.bucket_of(presence.client_id), []).append(presence)
         for bucket, entries in by_bucket.items():
             for start in range(0, len(entries), _RESYNC_BATCH):
-                args: list[str] = [core.node_id]
+                args: list[str | bytes] = [
+                    core.node_id, keys.node_set_prefix(bucket),
+                    keys.node_channel_prefix(bucket), core.publish_command]
                 for presence in entries[start:start + _RESYNC_BATCH]:
-                    args += [presence.client_id, entry_of(presence)]
+                    args += [presence.client_id, entry_of(presence),
+                             kick_prefix(core.node_id, presence.client_id)]
                 reply = await core.call(core.scripts.resync(
                     keys=[keys.presence(bucket), keys.node_set(bucket, core.node_id)],
                     args=args,

@@ -18,9 +18,12 @@ class RedisPresence:
     def __init__(self, core: RedisCore) -> None:
         self._core = core
 
-    async def register(self, presence: Presence, *, max_cluster: int | None) -> Registration:
+    async def register(self, presence: Presence, *, max_cluster: int | None,
+                       end_groups: bool = False) -> Registration:
         """One script: record presence, enforce the limit, and publish a KICK naming the
-        previous conn id to the previous owner node, if that is another node.
+        previous conn id to the previous owner node, if that is another node; with
+        `end_groups` and one presence bucket (the group sets share the slot), the previous
+        connection's groups end in the same script.
 
         Raises:
             ConfigError: a cluster limit with presence spread over several buckets.
@@ -31,15 +34,21 @@ class RedisPresence:
         if max_cluster is not None and keys.buckets > 1:
             raise ConfigError("max_cluster_connections needs presence_buckets=1")
         bucket = keys.bucket_of(presence.client_id)
-        status, previous = await core.call(core.scripts.register(
-            keys=[keys.presence(bucket), keys.node_set(bucket, presence.node_id)],
-            args=[presence.client_id, entry_of(presence), presence.node_id, max_cluster or 0,
-                  keys.node_set_prefix(bucket), keys.node_channel_prefix(bucket),
-                  kick_prefix(presence.node_id, presence.client_id), core.publish_command],
-        ), "register")
+        in_script = end_groups and keys.buckets == 1
+        script_keys = [keys.presence(bucket), keys.node_set(bucket, presence.node_id)]
+        args: list[str | bytes | int] = [
+            presence.client_id, entry_of(presence), presence.node_id, max_cluster or 0,
+            keys.node_set_prefix(bucket), keys.node_channel_prefix(bucket),
+            kick_prefix(presence.node_id, presence.client_id), core.publish_command]
+        if in_script:
+            script_keys.append(keys.client_groups(presence.client_id))
+            args += ["1", keys.group_prefix, *core.event_args()]
+        status, previous = await core.call(
+            core.scripts.register(keys=script_keys, args=args), "register")
         if int(status) == -1:
             raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
-        return Registration(parse_entry(presence.client_id, previous) if previous else None)
+        before = parse_entry(presence.client_id, previous) if previous else None
+        return Registration(before, groups_ended=in_script and before is not None)
 
     async def unregister(self, client_id: str, conn_id: str) -> bool:
         """One script: remove presence if it still names `conn_id`."""

@@ -151,19 +151,15 @@ class RedisRouting:
     async def route(self, client_id: str, envelope: bytes) -> bool:
         """One script: look up the owner and publish to its channel.
 
-        Concurrent calls made in the same event-loop turn share one pipelined round trip
-        (standalone Redis), so many senders cost far fewer socket reads and writes.
+        Calls made while a round trip is in flight share the next pipelined one (on a
+        Cluster, one per master), so many senders cost far fewer socket reads and writes.
         """
         core = self._core
         bucket = core.keys.bucket_of(client_id)
         keys = [core.keys.presence(bucket)]
         args: list[Any] = [client_id, core.keys.node_channel_prefix(bucket), envelope,
                            core.publish_command]
-        if core.cluster:
-            received = await core.call(core.scripts.route(keys=keys, args=args), "route")
-        else:
-            received = await self._routes.submit(keys, args)
-        return int(received) > 0
+        return int(await self._routes.submit(keys, args)) > 0
 
     async def follow_group(self, group: str) -> None:
         """Add the group's channel to the subscription; return once Redis confirmed it, so

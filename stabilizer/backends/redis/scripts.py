@@ -8,11 +8,30 @@ fixed key prefix (see keys.py); they are never patterns.
 
 from typing import Final
 
-# KEYS: presence hash, own node set
+# A Lua function prepended to the scripts that end a client's group memberships: removes
+# the client from each of its groups (publishing a "leave" event for each when the events
+# channel is not ''), deletes its group set, and returns the groups it left.
+_LEAVE_ALL: Final = """
+local function leave_all(cg, group_prefix, cid, channel, event_prefix, node, publish)
+  local groups = redis.call('SMEMBERS', cg)
+  for _, g in ipairs(groups) do
+    redis.call('SREM', group_prefix .. g, cid)
+    if channel ~= '' then
+      local ev = cjson.encode({event = 'leave', client_id = cid, group = g, node_id = node})
+      redis.call(publish, channel, event_prefix .. cmsgpack.pack(ev) .. '\\192\\192')
+    end
+  end
+  redis.call('DEL', cg)
+  return groups
+end
+"""
+
+# KEYS: presence hash, own node set[, client's group set (when ARGV[9] is '1')]
 # ARGV: client_id, entry, node_id, max_cluster (0 = none), node-set prefix, node-channel
-#       prefix, kick envelope prefix, publish command
+#       prefix, kick envelope prefix, publish command, '1' to end the groups of a replaced
+#       connection (history off, one slot), group-set prefix, events channel, event prefix
 # Returns {status, previous entry or false}; status -1 = cluster limit reached.
-REGISTER: Final = """
+REGISTER: Final = _LEAVE_ALL + """
 local prev = redis.call('HGET', KEYS[1], ARGV[1])
 if not prev then
   local limit = tonumber(ARGV[4])
@@ -28,10 +47,79 @@ if prev then
     redis.call('SREM', ARGV[5] .. node, ARGV[1])
     redis.call(ARGV[8], ARGV[6] .. node, ARGV[7] .. cmsgpack.pack(conn))
   end
+  if ARGV[9] == '1' then
+    leave_all(KEYS[3], ARGV[10], ARGV[1], ARGV[11], ARGV[12], ARGV[3], ARGV[8])
+  end
   return {1, prev}
 end
 return {0, false}
 """
+
+# KEYS: presence hash, own node set.
+# ARGV: node_id, node-set prefix, node-channel prefix, publish command, then (client_id,
+#       entry, kick envelope prefix) triples.
+# Re-registers entries that are absent or still ours. Where another node holds a client,
+# the newer connection wins: if ours connected later (a client admitted while this node was
+# cut off), it takes the client over and the other node gets a KICK for its older socket;
+# else the client id is returned (our local socket is the stale one and must close).
+RESYNC: Final = """
+local lost = {}
+for i = 5, #ARGV, 3 do
+  local cid, entry = ARGV[i], ARGV[i + 1]
+  local cur = redis.call('HGET', KEYS[1], cid)
+  local node, conn, since
+  if cur then node, conn, since = string.match(cur, '^([^|]*)|([^|]*)|(%d+)$') end
+  local mine = tonumber(string.match(entry, '|(%d+)$'))
+  if (not cur) or node == ARGV[1] then
+    redis.call('HSET', KEYS[1], cid, entry)
+    redis.call('SADD', KEYS[2], cid)
+  elseif node and since and mine and mine > tonumber(since) then
+    redis.call('HSET', KEYS[1], cid, entry)
+    redis.call('SADD', KEYS[2], cid)
+    redis.call('SREM', ARGV[2] .. node, cid)
+    redis.call(ARGV[4], ARGV[3] .. node, ARGV[i + 2] .. cmsgpack.pack(conn))
+  else
+    table.insert(lost, cid)
+  end
+end
+return lost
+"""
+
+# KEYS: session hash, away zset, meta of "all", meta of "c:<client>", client's group set.
+# ARGV: client id, '1' for a fresh session, group-set prefix, events channel, event
+#       prefix, node id, publish command.
+# The session lives while connected. A fresh one first ends whatever the client had (its
+# groups and session data), then records where the client's streams stand now (its replay
+# baselines).
+OPEN_SESSION: Final = _LEAVE_ALL + """
+if ARGV[2] == '1' then
+  leave_all(KEYS[5], ARGV[3], ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], '_', '1')
+redis.call('PERSIST', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[2] == '1' then
+  local streams = {'all', 'c:' .. ARGV[1]}
+  for i = 3, 4 do
+    local epoch = redis.call('HGET', KEYS[i], 'epoch')
+    local offset = redis.call('HGET', KEYS[i], 'offset') or '0'
+    redis.call('HSET', KEYS[1], 'p:' .. streams[i - 2], offset .. '|' .. (epoch or ''))
+  end
+end
+return 1
+"""
+
+# KEYS: client's group set, session hash, away zset.
+# ARGV: client id, group-set prefix, events channel ('' = none), event prefix, node id,
+#       publish command. Ends the session: leaves every group. Returns the groups left.
+END_SESSION: Final = _LEAVE_ALL + """
+local groups = leave_all(KEYS[1], ARGV[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return groups
+"""
+
 
 # KEYS: presence hash, own node set. ARGV: client_id, conn_id. Returns 1 if removed.
 UNREGISTER: Final = """
@@ -98,24 +186,6 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 """
 
-# KEYS: presence hash, own node set. ARGV: node_id, then (client_id, entry) pairs.
-# Re-registers entries that are absent or still ours; returns client ids now held by
-# another node (their local sockets are stale and must close).
-RESYNC: Final = """
-local lost = {}
-for i = 2, #ARGV, 2 do
-  local cid = ARGV[i]
-  local cur = redis.call('HGET', KEYS[1], cid)
-  local node = cur and string.match(cur, '^([^|]*)|')
-  if (not cur) or node == ARGV[1] then
-    redis.call('HSET', KEYS[1], cid, ARGV[i + 1])
-    redis.call('SADD', KEYS[2], cid)
-  else
-    table.insert(lost, cid)
-  end
-end
-return lost
-"""
 
 # KEYS: presence hash, dead node's set. ARGV: dead node id, batch size.
 # Like REAP_BATCH but returns {remaining, removed client ids...} so sessions can be suspended.
@@ -163,40 +233,7 @@ end
 return out
 """
 
-# KEYS: session hash, away zset, meta of "all", meta of "c:<client>".
-# ARGV: client id, '1' for a fresh session. The session lives while connected; a fresh one
-# records where the client's streams stand now (its replay baselines).
-OPEN_SESSION: Final = """
-redis.call('HSET', KEYS[1], '_', '1')
-redis.call('PERSIST', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[2] == '1' then
-  local streams = {'all', 'c:' .. ARGV[1]}
-  for i = 3, 4 do
-    local epoch = redis.call('HGET', KEYS[i], 'epoch')
-    local offset = redis.call('HGET', KEYS[i], 'offset') or '0'
-    redis.call('HSET', KEYS[1], 'p:' .. streams[i - 2], offset .. '|' .. (epoch or ''))
-  end
-end
-return 1
-"""
 
-# KEYS: client's group set, session hash, away zset.
-# ARGV: client id, group-set prefix, events channel ('' = none), event prefix, node id,
-#       publish command. Ends the session: leaves every group. Returns the groups left.
-END_SESSION: Final = """
-local groups = redis.call('SMEMBERS', KEYS[1])
-for _, g in ipairs(groups) do
-  redis.call('SREM', ARGV[2] .. g, ARGV[1])
-  if ARGV[3] ~= '' then
-    local ev = cjson.encode({event = 'leave', client_id = ARGV[1], group = g, node_id = ARGV[5]})
-    redis.call(ARGV[6], ARGV[3], ARGV[4] .. cmsgpack.pack(ev) .. '\\192\\192')
-  end
-end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return groups
-"""
 
 # KEYS: away zset, presence hash. ARGV: limit, client-group-set prefix, group-set prefix,
 #       session prefix. Ends sessions whose deadline passed (unless the client is back).

@@ -50,16 +50,15 @@ class RedisSessions:
         return SessionState(groups, user_data, baselines)
 
     async def activate(self, client_id: str, *, fresh: bool) -> None:
-        """Mark the session live; a fresh one first ends any earlier session (its groups
-        included) and records the baselines of the client's streams."""
+        """One script: mark the session live; a fresh one first ends any earlier session
+        (its groups included) and records the baselines of the client's streams."""
         core = self._core
         keys = core.keys
-        if fresh:
-            await self.end(client_id)
         await core.call(core.scripts.open_session(
             keys=[keys.session(client_id), keys.away, keys.stream_meta(ALL),
-                  keys.stream_meta(client_stream(client_id))],
-            args=[client_id, "1" if fresh else "0"],
+                  keys.stream_meta(client_stream(client_id)), keys.client_groups(client_id)],
+            args=[client_id, "1" if fresh else "0", keys.group_prefix, *core.event_args(),
+                  core.node_id, core.publish_command],
         ), "open_session")
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:

@@ -62,7 +62,7 @@ class RateLimitAction(StrEnum):
     """What happens to a message over the inbound rate limit."""
 
     DROP = "drop"  # dropped, the client gets {"type": "error", "code": "rate_limited"}
-    CLOSE = "close"  # the connection is closed with 1008
+    CLOSE = "close"  # the connection is closed with 1013 and retry advice (come back later)
 
 
 class CloseCode(IntEnum):
@@ -103,11 +103,13 @@ def should_reconnect(code: int) -> bool:
 
 
 def _positive(name: str, value: float | int | None, *, optional: bool = False) -> None:
+    """Messages start as fastapi-websocket-stabilizer's did ("num_shards must be positive")."""
     if value is None and optional:
         return
     if (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
             or not math.isfinite(value)):
-        raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+        rule = "must be positive or None" if optional else "must be positive"
+        raise ConfigError(f"{name} {rule} (a finite number), got {value!r}")
 
 
 def _coerce_enum(name: str, enum_type: type[Enum], value: object) -> Enum:
@@ -119,7 +121,7 @@ def _coerce_enum(name: str, enum_type: type[Enum], value: object) -> Enum:
         except ValueError:
             pass
     allowed = [str(member.value) for member in enum_type]
-    raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+    raise ConfigError(f"{name} must be one of: {allowed}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +200,8 @@ class WebSocketConfig:
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         level = str(self.log_level).upper()
         if level not in _LOG_LEVELS:
-            raise ConfigError(
-                f"log_level must be one of {list(_LOG_LEVELS)}, got {self.log_level!r}"
-            )
+            raise ConfigError(f"log_level must be a valid logging level, one of "
+                              f"{list(_LOG_LEVELS)}; got {self.log_level!r}")
         object.__setattr__(self, "log_level", level)
         self._validate_identity()
 

@@ -218,6 +218,18 @@ def _serve_metrics(api: APIRouter, manager: WebSocketConnectionManager) -> None:
         return Response(await exporter.render(), media_type=CONTENT_TYPE)
 
 
+def run(app: Any, manager: WebSocketConnectionManager, **uvicorn_settings: Any) -> None:
+    """Serve `app` with uvicorn and the options the manager's config asks of the server
+    (``compression``, the frame-size cap); other keywords go to ``uvicorn.run``.
+
+    With the uvicorn command line instead, pass the same settings yourself (see
+    uvicorn_options): the server, not the manager, negotiates compression.
+    """
+    import uvicorn  # only here: the server is the application's choice
+
+    uvicorn.run(app, **{**uvicorn_options(manager.config), **uvicorn_settings})
+
+
 def uvicorn_options(config: WebSocketConfig) -> dict[str, Any]:
     """Map the options the ASGI server must apply onto uvicorn.run / uvicorn.Config keywords.
 

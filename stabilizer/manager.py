@@ -20,7 +20,14 @@ from stabilizer.connection.sockets import SocketLike
 from stabilizer.errors import BroadcastFailedError, ConnectionNotFoundError
 from stabilizer.node.context import NodeContext, Phase
 from stabilizer.pure.streams import Target
-from stabilizer.pure.text import Message, check_client_id, check_group, encode_message, is_text
+from stabilizer.pure.text import (
+    Message,
+    check_client_id,
+    check_group,
+    encode_message,
+    is_text,
+    json_value,
+)
 from stabilizer.results import BroadcastResult, ShutdownReport
 from stabilizer.services.admission import Admission
 from stabilizer.services.closing import Closing
@@ -211,7 +218,7 @@ class WebSocketConnectionManager:
         payload = encode_message(message)
         if not is_text(client_id) or not client_id:
             return False
-        return await self._router.send(client_id, payload)
+        return await self._router.send(client_id, payload, json_value(message))
 
     async def broadcast(self, message: Message,
                         exclude_client: str | None = None) -> BroadcastResult:
@@ -221,7 +228,7 @@ class WebSocketConnectionManager:
             BroadcastFailedError: there were recipients and the message reached none of them.
         """
         result = await self._router.publish(Target("all"), encode_message(message),
-                                            exclude_client)
+                                            exclude_client, json_value(message))
         self._ctx.stats.broadcasts += 1
         if result.total > 0 and result.succeeded == 0 and result.remote_nodes == 0:
             raise BroadcastFailedError(
@@ -237,7 +244,7 @@ class WebSocketConnectionManager:
         """
         payload = encode_message(message)
         return await self._router.publish(Target("group", check_group(group)), payload,
-                                          exclude_client)
+                                          exclude_client, json_value(message))
 
     async def join_group(self, client_id: str, group: str) -> None:
         """Add a client connected to any node to `group` (cluster-wide).

@@ -43,7 +43,8 @@ class ShutdownReport:
     """What graceful_shutdown did.
 
     - ``closed_count``: sockets that received their close frame before the deadline.
-    - ``failed_count``: sockets that had to be aborted (their close could not be sent in time).
+    - ``failed_count``: sockets whose close frame did not go out: aborted because it could not
+      be sent in time, or the socket raised (as fastapi-websocket-stabilizer counted them).
     - ``duration_seconds``: wall time of the whole shutdown.
     - ``drained_frames``: frames still queued at shutdown that were written before closing.
     - ``dropped_frames``: frames still queued when the deadline passed, thrown away.

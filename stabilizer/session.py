@@ -50,6 +50,7 @@ from stabilizer.pure.text import (
     Message,
     check_client_id,
     encode_message,
+    json_value,
     retry_advice,
     truncate_reason,
 )
@@ -272,9 +273,10 @@ class Session:
         config = ctx.config
         detail = f"over {config.rate_limit_messages} messages per {config.rate_limit_window:g}s"
         if config.rate_limit_action is RateLimitAction.CLOSE:
+            # come back later (1013, after at least a window): the session stays resumable
             await self._services.closing.release(
-                conn, code=CloseCode.POLICY_VIOLATION, reason=f"rate limit: {detail}",
-                keep_session=False)
+                conn, code=CloseCode.TRY_AGAIN_LATER,
+                reason=retry_advice(config.retry_jitter, floor=config.rate_limit_window))
             return "closed"
         conn.offer(Frame.text(rate_limited_frame(detail)), time.monotonic())
         return "drop"
@@ -284,4 +286,5 @@ class Session:
         conn = self.conn
         if conn is None:
             return False
-        return conn.offer(Frame.of(encode_message(message)), time.monotonic())
+        return conn.offer(Frame.of(encode_message(message), json_value(message)),
+                          time.monotonic())

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
-from tests.support.redis_server import NoRedisServer, RedisClusterServers, RedisServer
+from tests.support.redis_server import (
+    EXTERNAL_URL_ENV,
+    ExternalRedis,
+    NoRedisServer,
+    RedisClusterServers,
+    RedisServer,
+)
 
 _NAMESPACES = itertools.count(1)
 _E2E = Path(__file__).resolve().parent / "e2e"
@@ -36,14 +42,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for the session. Fails (never skips) when none can be started."""
+def redis_server() -> Iterator[RedisServer | ExternalRedis]:
+    """One Redis for the session: $STABILIZER_TEST_REDIS_URL, else a server started here.
+    Fails (never skips) when none can be had."""
+    external = os.environ.get(EXTERNAL_URL_ENV)
     try:
-        server = RedisServer()
+        server: RedisServer | ExternalRedis = (
+            ExternalRedis(external) if external else RedisServer())
+        with server:
+            yield server
     except NoRedisServer as exc:
         pytest.fail(str(exc), pytrace=False)
-    with server:
-        yield server
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +67,7 @@ def redis_cluster() -> Iterator[RedisClusterServers]:
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
+def redis_url(redis_server: RedisServer | ExternalRedis) -> str:
     """The session server's URL (each test still gets its own namespace)."""
     return redis_server.url
 

@@ -3,9 +3,7 @@
 import argparse
 import os
 
-import uvicorn
-
-from stabilizer.fastapi import uvicorn_options
+from stabilizer.fastapi import run
 
 from .app import app, manager
 
@@ -13,4 +11,4 @@ parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
 parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
 args = parser.parse_args()
-uvicorn.run(app, host=args.host, port=args.port, **uvicorn_options(manager.config))
+run(app, manager, host=args.host, port=args.port)  # applies compression and the frame cap

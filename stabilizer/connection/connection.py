@@ -22,13 +22,19 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from enum import Enum
 from types import MappingProxyType
 from typing import Any, Final
 
 from stabilizer.config import CloseCode
-from stabilizer.connection.sockets import Frame, SocketLike, sender_for
+from stabilizer.connection.sockets import (
+    Frame,
+    FrameSender,
+    SocketLike,
+    asgi_sender,
+    method_sender,
+)
 from stabilizer.connection.stepping import Suspended, finish_send, start_send
 from stabilizer.pure.sizes import estimate_size
 
@@ -72,8 +78,8 @@ class Connection:
     """One local socket: identity, bounded outbox, writer, liveness, groups and user data."""
 
     __slots__ = (
-        "__weakref__", "_drain_task", "_groups", "_held", "_last_activity", "_limits",
-        "_on_fail", "_outbox", "_pong_waiters", "_queued_bytes", "_replayed", "_send",
+        "__weakref__", "_by_method", "_drain_task", "_groups", "_held", "_last_activity",
+        "_limits", "_on_fail", "_outbox", "_pong_waiters", "_queued_bytes", "_replayed", "_send",
         "_state", "_user_data", "_user_data_bytes", "_writing", "client_id", "conn_id",
         "created_at", "metadata", "owner", "socket",
     )
@@ -96,7 +102,9 @@ class Connection:
         self.created_at = time.time()
         # Idle connections are the common case: what is empty is not allocated.
         self.metadata: Mapping[str, Any] = dict(metadata) if metadata else _NO_METADATA
-        self._send = sender_for(socket)
+        self._send = asgi_sender(socket)
+        self._by_method: FrameSender | None = (
+            method_sender(socket) if self._send is None else None)
         self._limits = limits
         self._on_fail = on_fail
         self._state = State.OPEN
@@ -198,14 +206,20 @@ class Connection:
         self._last_activity = now
         if self._writing:
             return self._enqueue(frame)
+        send = self._send
         try:
-            suspended = start_send(self._send(frame.message))
+            suspended = start_send(
+                send(frame.message) if send is not None else self._send_by_method(frame))
         except Exception as exc:
             self._fail(CloseCode.INTERNAL_ERROR, f"send failed: {type(exc).__name__}")
             return False
         if suspended is not None:
             self._start_writer(suspended)
         return True
+
+    def _send_by_method(self, frame: Frame) -> Coroutine[Any, Any, None]:
+        assert self._by_method is not None  # set when the socket has no ASGI send
+        return self._by_method(frame)
 
     def _start_writer(self, suspended: Suspended) -> None:
         self._writing = True
@@ -248,8 +262,10 @@ class Connection:
             while self._outbox and self._state is State.OPEN:
                 frame = self._outbox.popleft()
                 self._queued_bytes -= frame.size
+                send = self._send
                 async with asyncio.timeout(timeout):
-                    await self._send(frame.message)
+                    await (send(frame.message) if send is not None
+                           else self._send_by_method(frame))
         except TimeoutError:
             self._fail(CloseCode.TRY_AGAIN_LATER, f"too slow: a write took over {timeout:g}s")
         except Exception as exc:

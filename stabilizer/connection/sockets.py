@@ -2,21 +2,23 @@
 close and, when a peer stops reading, how to drop the TCP connection.
 
 A Starlette WebSocket is written through its ASGI ``send`` with a message built once per
-frame and shared by every recipient. Any other object (a test double, another framework's
-wrapper) is driven through its own ``send_text`` / ``send_bytes`` methods when it has them,
-as fastapi-websocket-stabilizer did, else through an ASGI-style ``send``.
+frame and shared by every recipient. Any other object (a test double such as an AsyncMock,
+another framework's wrapper) is driven through its own ``send_json`` / ``send_text`` /
+``send_bytes`` methods when it has them, exactly as fastapi-websocket-stabilizer did (a JSON
+message goes to ``send_json`` as the object it was), else through an ASGI-style ``send``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, MutableMapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from starlette.websockets import WebSocket, WebSocketState
 
 #: An ASGI websocket message, built once and shared by every recipient.
 AsgiMessage = MutableMapping[str, Any]
 Sender = Callable[[AsgiMessage], Coroutine[Any, Any, None]]
+FrameSender = Callable[["Frame"], Coroutine[Any, Any, None]]
 
 
 class SocketLike(Protocol):
@@ -29,13 +31,15 @@ class SocketLike(Protocol):
 
 
 class Frame:
-    """One outgoing websocket frame: the ASGI message plus its size in bytes."""
+    """One outgoing websocket frame: the ASGI message plus its size in bytes, and, for a
+    JSON message, the object it was serialized from (for sockets driven by send_json)."""
 
-    __slots__ = ("message", "size")
+    __slots__ = ("message", "size", "value")
 
-    def __init__(self, message: AsgiMessage, size: int) -> None:
+    def __init__(self, message: AsgiMessage, size: int, value: object = None) -> None:
         self.message = message
         self.size = size
+        self.value = value
 
     @classmethod
     def text(cls, text: str) -> Frame:
@@ -49,32 +53,56 @@ class Frame:
         return cls({"type": "websocket.send", "bytes": data}, len(data))
 
     @classmethod
-    def of(cls, payload: str | bytes) -> Frame:
-        """A text frame for text, a binary frame for bytes."""
-        return cls.text(payload) if isinstance(payload, str) else cls.binary(payload)
+    def of(cls, payload: str | bytes, value: object = None) -> Frame:
+        """A text frame for text, a binary frame for bytes; `value` is the JSON object the
+        text was serialized from, if it was one."""
+        frame = cls.text(payload) if isinstance(payload, str) else cls.binary(payload)
+        frame.value = value
+        return frame
 
 
-def sender_for(socket: SocketLike) -> Sender:
-    """How frames reach `socket`: its ASGI send, or its own send_text/send_bytes."""
-    if isinstance(socket, WebSocket):
+def is_starlette(socket: object) -> bool:
+    """True for a real Starlette WebSocket (a mock made with spec=WebSocket is not one: its
+    type is the mock's, whatever isinstance says)."""
+    return issubclass(type(socket), WebSocket)
+
+
+def asgi_sender(socket: SocketLike) -> Sender | None:
+    """The ASGI send of `socket`, or None when it is driven by its own methods."""
+    if is_starlette(socket):
         return socket.send
-    send_text = getattr(socket, "send_text", None)
-    send_bytes = getattr(socket, "send_bytes", None)
-    if callable(send_text) and callable(send_bytes):
-        async def send_by_method(message: AsgiMessage) -> None:
-            text = message.get("text")
-            if text is not None:
-                await send_text(text)
-            else:
-                await send_bytes(message["bytes"])
-        return send_by_method
+    if callable(getattr(socket, "send_text", None)) and callable(
+            getattr(socket, "send_bytes", None)):
+        return None
     return socket.send
+
+
+def method_sender(socket: object) -> FrameSender:
+    """Drive `socket` by its send_json (for JSON messages, when it has one), send_text and
+    send_bytes methods, as fastapi-websocket-stabilizer did."""
+    send_json = getattr(socket, "send_json", None)
+    send_text = getattr(socket, "send_text")  # noqa: B009 - asgi_sender checked it exists
+    send_bytes = getattr(socket, "send_bytes")  # noqa: B009
+
+    async def send(frame: Frame) -> None:
+        if frame.value is not None and callable(send_json):
+            await send_json(frame.value)
+            return
+        text = frame.message.get("text")
+        if text is not None:
+            await send_text(text)
+        else:
+            await send_bytes(frame.message["bytes"])
+
+    return send
 
 
 async def accept_if_needed(socket: object) -> None:
     """Accept a Starlette WebSocket that is still CONNECTING (the seed required accept())."""
-    if isinstance(socket, WebSocket) and socket.application_state is WebSocketState.CONNECTING:
-        await socket.accept()
+    if is_starlette(socket):
+        websocket = cast(WebSocket, socket)  # is_starlette checked the type
+        if websocket.application_state is WebSocketState.CONNECTING:
+            await websocket.accept()
 
 
 def abort_transport(socket: object) -> bool:

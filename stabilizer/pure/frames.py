@@ -29,9 +29,14 @@ def session_frame(
     return json.dumps(body, separators=(",", ":"))  # ASCII: ids may hold any character
 
 
+def ping_body(timestamp: float) -> dict[str, object]:
+    """A heartbeat ping as an object; the client answers ``pong`` (any frame counts)."""
+    return {"type": PING, "timestamp": timestamp}
+
+
 def ping_frame(timestamp: float) -> str:
-    """A heartbeat ping; the client answers ``pong`` (any frame counts)."""
-    return _dump({"type": PING, "timestamp": timestamp})
+    """A heartbeat ping as the text the server sends."""
+    return _dump(ping_body(timestamp))
 
 
 def rate_limited_frame(detail: str) -> str:

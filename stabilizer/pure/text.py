@@ -77,6 +77,12 @@ def encode_message(message: object) -> str | bytes:
     raise TypeError(f"message must be str, bytes, dict or list, got {type(message).__name__}")
 
 
+def json_value(message: object) -> object:
+    """The JSON object or array a message is, else None (text and bytes are sent as they
+    are; a socket driven by its own send_json gets the object, as the seed did)."""
+    return message if isinstance(message, Mapping | list | tuple) else None
+
+
 def truncate_reason(reason: str) -> str:
     """Cut a close reason to the 123 UTF-8 bytes a close frame allows."""
     raw = reason.encode("utf-8", "replace")  # lone surrogates become "?"

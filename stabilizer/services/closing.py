@@ -141,15 +141,16 @@ class Closing:
 
     async def close_socket(self, conn: Connection, code: int, reason: str) -> bool:
         """Send a close frame within close_timeout; abort the transport if it cannot go.
-        False when it had to be aborted."""
+        False when the close frame did not go out (aborted, or the socket raised)."""
         try:
             async with asyncio.timeout(self._ctx.config.close_timeout):
                 await conn.socket.close(code=int(code), reason=truncate_reason(reason))
         except TimeoutError:
             abort_transport(conn.socket)
             return False
-        except Exception:  # the peer is already gone: nothing left to close
-            logger.debug("close of %s raised; peer already gone", conn.conn_id, exc_info=True)
+        except Exception:  # typically the peer is already gone: nothing left to close
+            logger.debug("close of %s raised", conn.conn_id, exc_info=True)
+            return False
         return True
 
     async def settle(self, conn: Connection, code: int, reason: str,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -32,6 +34,19 @@ logger = logging.getLogger(__name__)
 Loop = Callable[[], Coroutine[Any, Any, None]]
 _LOOP_PREFIX = "stabilizer-loop-"
 _CLOSER_PREFIX = "stabilizer-close-"
+
+
+def sibling_workers() -> str | None:
+    """How many server workers this process runs beside, when it can tell: a worker that
+    uvicorn or gunicorn started ("several" when only a parent process shows it), else None."""
+    declared = os.environ.get("WEB_CONCURRENCY", "")
+    if declared.isdigit() and int(declared) > 1:
+        return declared
+    if multiprocessing.parent_process() is not None:  # uvicorn --workers spawns its workers
+        return "several"
+    if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
+        return "several"
+    return None
 
 
 def shutdown_reason(code: int, jitter: float) -> str:
@@ -95,6 +110,12 @@ class Lifecycle:
         if not ctx.config.token_keys and not ctx.backend.is_shared:
             logger.info("no token_secret configured: reconnect tokens are valid only until "
                         "this process exits")
+        if not ctx.backend.is_shared and (workers := sibling_workers()):
+            logger.warning(
+                "the embedded backend serves one process, and this is one of %s server "
+                "workers: each worker has its own clients, broadcasts reach only its own and "
+                "send_to_client misses the others'. Set redis_url (STABILIZER_REDIS_URL) to "
+                "share them, or run one worker", workers)
 
     async def shutdown(self, timeout: float, restart: bool | None) -> ShutdownReport:
         """Drain and close every socket, stop everything; idempotent (a second call returns

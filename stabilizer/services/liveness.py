@@ -19,7 +19,7 @@ from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import ConnectionNotFoundError, ConnectionTimeoutError
 from stabilizer.node.context import NodeContext
-from stabilizer.pure.frames import ping_frame
+from stabilizer.pure.frames import ping_body, ping_frame
 from stabilizer.pure.schedule import HeartbeatSchedule
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Liveness:
         """
         waiter = conn.pong_waiter()
         sent_at = time.monotonic()
-        self._offer(conn, Frame.text(ping_frame(time.time())), sent_at)
+        self._offer(conn, self._ping(), sent_at)
         limit = self._ctx.config.heartbeat_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
@@ -113,7 +113,7 @@ class Liveness:
             logger.exception("heartbeat step failed; the loop goes on")
 
     async def _send_pings(self, conns: list[Connection]) -> None:
-        frame = Frame.text(ping_frame(time.time()))
+        frame = self._ping()
         now = time.monotonic()
         stats = self._ctx.stats
         slice_size = self._ctx.config.max_concurrent_broadcast
@@ -123,6 +123,11 @@ class Liveness:
             stats.pings_sent += min(slice_size, len(conns) - start)
             if start + slice_size < len(conns):
                 await asyncio.sleep(0)
+
+    @staticmethod
+    def _ping() -> Frame:
+        now = time.time()
+        return Frame.of(ping_frame(now), ping_body(now))  # the body for send_json sockets
 
     def _offer(self, conn: Connection, frame: Frame, now: float) -> None:
         if conn.offer(frame, now):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support.redis_server import RedisServer
-from tests.support.uvicorn_proc import UvicornProcess
+from tests.support.uvicorn_proc import UvicornProcess, start_all
 
 Launcher = Callable[..., UvicornProcess]
 
@@ -54,9 +54,8 @@ def replicas(redis_server: RedisServer) -> Iterator[Replicas]:
                 **{f"STABILIZER_{k.upper()}": str(v) for k, v in settings.items()},
             }
             procs.append(UvicornProcess(env=env))
-        for proc in procs:
-            proc.start()
-            started.append(proc)
+        start_all(procs)  # a failure stops the ones it started, then raises
+        started.extend(procs)
         return procs
 
     yield start

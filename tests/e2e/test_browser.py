@@ -24,7 +24,7 @@ from tests.support.browser import Browser, Page, ScriptedServer, chromium
 from tests.support.clients import ClientConnection, open_client, recv_json
 from tests.support.nginx import Nginx
 from tests.support.redis_server import RedisServer
-from tests.support.uvicorn_proc import ROOT, UvicornProcess
+from tests.support.uvicorn_proc import ROOT, UvicornProcess, start_all
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -339,9 +339,8 @@ def chat_replicas(redis_server: RedisServer) -> Iterator[ChatReplicas]:
             "STABILIZER_HEARTBEAT_INTERVAL": "0.5",  # the page must answer real pings
             "STABILIZER_HEARTBEAT_TIMEOUT": "3600",  # the Python clients never do
         }) for index in range(2)]
-        for proc in procs:
-            started.append(proc)
-            proc.start()
+        start_all(procs)  # a failure stops the ones it started, then raises
+        started.extend(procs)
         return procs
 
     yield start

@@ -104,10 +104,14 @@ async def test_rate_limit_drop_answers_with_error_frames(launch: Launcher) -> No
     await ws.close()
 
 
-async def test_rate_limit_close_uses_1008(launch: Launcher) -> None:
+async def test_rate_limit_close_tells_the_client_to_come_back_later(launch: Launcher) -> None:
+    """1013 with retry advice of at least one window, not 1008 (which clients treat as
+    final)."""
     server = launch(rate_limit_messages=2, rate_limit_window=60, rate_limit_action="close",
                     **QUIET)
     ws, _ = await open_client(f"{server.ws}/ws/flooder")
     for i in range(3):
         await ws.send(f"echo:{i}")
-    assert await closed_with(ws) == CloseCode.POLICY_VIOLATION
+    assert await closed_with(ws) == CloseCode.TRY_AGAIN_LATER
+    assert ws.close_reason is not None
+    assert json.loads(ws.close_reason)["retry_ms"] >= 60_000

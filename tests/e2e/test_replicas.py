@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import urllib.parse
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from stabilizer import CloseCode
 from tests.e2e.conftest import Replicas
@@ -204,3 +206,26 @@ async def test_replicas_on_a_redis_cluster(
         await resumed.close()
     finally:
         await on_b.close()
+
+
+async def test_a_resume_with_long_positions_passes_nginx_and_uvicorn(
+    replicas: Replicas,
+) -> None:
+    """A client that follows many streams resumes with a handshake line of tens of KB: the
+    deployment settings (nginx's 128k buffers, the replicas' WEBSOCKETS_MAX_LINE_LENGTH) let
+    it through; a line over nginx's limit gets an HTTP refusal, never a hanging socket."""
+    procs = replicas(2, history_size=100)
+    with Nginx([p.port for p in procs]) as proxy:
+        first, hello = await open_client(f"{proxy.ws}/ws/follower")
+        await first.close()
+        positions = {f"g:room-with-a-long-name-{i:04d}": [i, "ep0ch"] for i in range(900)}
+        query = urllib.parse.urlencode({"token": hello["token"], "positions": json.dumps(
+            positions, separators=(",", ":"))})
+        assert 30_000 < len(query) < 70_000
+        resumed, again = await open_client(f"{proxy.ws}/ws/follower?{query}")
+        assert again["resumed"] is True
+        await resumed.close()
+        with pytest.raises(InvalidStatus) as refused:  # over 128k: refused, not left open
+            async with asyncio.timeout(10):
+                await connect(f"{proxy.ws}/ws/follower?padding={'x' * 140_000}")
+        assert refused.value.response.status_code in (400, 414)

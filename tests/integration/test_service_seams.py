@@ -163,3 +163,21 @@ async def await_broadcast(manager: Any, text: str, sock: FakeWebSocket) -> str:
     """Broadcast `text` and return the frame `sock` receives for it."""
     await manager.broadcast(text)
     return await sock.next()
+
+
+@pytest.mark.parametrize(("environ", "warned"), [
+    ({"WEB_CONCURRENCY": "4"}, True), ({"SERVER_SOFTWARE": "gunicorn/23.0"}, True),
+    ({"WEB_CONCURRENCY": "1"}, False), ({}, False)])
+async def test_the_embedded_backend_warns_under_several_server_workers(
+    make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, environ: dict[str, str], warned: bool,
+) -> None:
+    for name in ("WEB_CONCURRENCY", "SERVER_SOFTWARE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with caplog.at_level("WARNING", logger="stabilizer"):
+        await make_manager(WebSocketConfig(**QUIET)).start()
+        await make_manager(WebSocketConfig(**QUIET), backend=MemoryBackend(MemoryHub())).start()
+    warnings = [r for r in caplog.records if "server workers" in r.getMessage()]
+    assert len(warnings) == (1 if warned else 0)  # never for a backend other nodes share

@@ -30,7 +30,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
-        large_client_header_buffers 4 8k;
+        large_client_header_buffers 4 128k;
         client_header_timeout 10s;
         location / {{
             proxy_pass http://replicas;
@@ -72,34 +72,49 @@ class Nginx:
         """ws://127.0.0.1:<port>"""
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self) -> Nginx:
-        """Start nginx and wait until it accepts connections."""
+    def start(self, timeout: float = 10.0) -> Nginx:
+        """Start nginx and wait until it accepts connections; a start that fails stops what
+        it started before raising."""
         import socket
 
         self.process = subprocess.Popen(
             [nginx_binary(), "-c", str(self.conf), "-p", str(self.dir), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = (self.dir / "error.log").read_text(errors="replace") if (
-                        self.dir / "error.log").exists() else ""
-                    raise RuntimeError(f"nginx did not start: {log}") from None
-                time.sleep(0.05)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                    return self
+                except OSError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        log = (self.dir / "error.log").read_text(errors="replace") if (
+                            self.dir / "error.log").exists() else ""
+                        raise RuntimeError(f"nginx did not start: {log}") from None
+                    time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> Nginx:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
-        """Stop nginx."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)
+        """Stop nginx (and reap it)."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGQUIT)
             try:
-                self.process.wait(timeout=5)
+                process.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                process.kill()
+                process.wait()
+        self.process = None
         self.process = None
         shutil.rmtree(self.dir, ignore_errors=True)

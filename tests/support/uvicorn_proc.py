@@ -58,11 +58,21 @@ class UvicornProcess:
         raise RuntimeError("no free port for uvicorn after 5 attempts")
 
     def _start_once(self, timeout: float) -> UvicornProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
+        # as compose.yaml runs the replicas: handshake lines up to 128 KB (a resume's positions)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "WEBSOCKETS_MAX_LINE_LENGTH": "131072",
+               **self.env}
         cmd = [sys.executable, "-m", "tests.e2e.serve", self.app, str(self.port)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return self._wait_healthy(timeout)
+        except BaseException:
+            self.kill()  # never leave a half-started replica behind
+            raise
+
+    def _wait_healthy(self, timeout: float) -> UvicornProcess:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
@@ -134,3 +144,17 @@ class UvicornProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_all(procs: list[UvicornProcess]) -> list[UvicornProcess]:
+    """Start every process; if one fails, stop those already started, then re-raise."""
+    started: list[UvicornProcess] = []
+    try:
+        for proc in procs:
+            proc.start()
+            started.append(proc)
+    except BaseException:
+        for proc in started:
+            proc.kill()
+        raise
+    return procs

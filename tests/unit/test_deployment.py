@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from stabilizer import WebSocketConfig
@@ -38,3 +39,36 @@ def test_nginx_configs_forward_the_websocket_upgrade() -> None:
         timeouts = [int(t) for t in re.findall(r"proxy_(?:read|send)_timeout (\d+)s;", text)]
         assert len(timeouts) == 2
         assert min(timeouts) > 2 * 60  # far above the heartbeat interval
+
+
+def test_a_resume_handshake_fits_through_nginx_and_uvicorn_alike() -> None:
+    """nginx refuses request lines over its buffer; uvicorn never answers lines over
+    WEBSOCKETS_MAX_LINE_LENGTH: both must take the longest positions a client may send,
+    URL-encoded (JSON positions grow about 1.5x; pathological ones that escape every
+    character get nginx's 414), and nginx must refuse before uvicorn would hang."""
+    from stabilizer.pure.positions import MAX_POSITIONS_TEXT
+    from tests.support.nginx import TEMPLATE
+
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    uvicorn_limit = int(compose["x-replica"]["environment"]["WEBSOCKETS_MAX_LINE_LENGTH"])
+    for text in ((ROOT / "examples/cluster/nginx.conf").read_text(), TEMPLATE):
+        found = re.search(r"large_client_header_buffers \d+ (\d+)k;", text)
+        assert found is not None
+        nginx_limit = int(found.group(1)) * 1024
+        assert MAX_POSITIONS_TEXT * 1.5 + 1024 < nginx_limit <= uvicorn_limit
+
+
+def test_run_hands_the_server_the_options_the_config_asks_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+
+    from stabilizer import WebSocketConfig, WebSocketConnectionManager
+    from stabilizer.fastapi import run
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options))
+    manager = WebSocketConnectionManager(WebSocketConfig(compression="none",
+                                                         max_message_size=4096))
+    run(object(), manager, port=9000, ws_max_size=10_000)
+    assert seen == {"ws_per_message_deflate": False, "ws_max_size": 10_000, "port": 9000}

@@ -26,8 +26,8 @@ class LiveRouter:
         self._fanout = fanout
         self._backend_log = RateLimitedLog(logger)
 
-    async def publish(self, target: Target, payload: str | bytes,
-                      exclude: str | None) -> BroadcastResult:
+    async def publish(self, target: Target, payload: str | bytes, exclude: str | None,
+                      value: object = None) -> BroadcastResult:
         """Hand the message to the other nodes and deliver it to local recipients; the
         publish is on the wire before the local fan-out starts, and is cancelled with the
         caller."""
@@ -43,7 +43,7 @@ class LiveRouter:
         try:
             if publish is not None:
                 await asyncio.sleep(0)  # let the publish reach the wire first
-            result = await self._fanout.deliver(target, Frame.of(payload), exclude)
+            result = await self._fanout.deliver(target, Frame.of(payload, value), exclude)
             if publish is not None:
                 try:
                     result.remote_nodes = await publish
@@ -55,12 +55,12 @@ class LiveRouter:
             if publish is not None and not publish.done():
                 publish.cancel()
 
-    async def send(self, client_id: str, payload: str | bytes) -> bool:
+    async def send(self, client_id: str, payload: str | bytes, value: object = None) -> bool:
         """A local hit costs no round trip; otherwise one script routes it to the owner."""
         ctx = self._ctx
         conn = ctx.pool.get(client_id)
         if conn is not None:
-            return self._fanout.offer(conn, Frame.of(payload))
+            return self._fanout.offer(conn, Frame.of(payload, value))
         if not ctx.backend.is_shared:
             return False
         envelope = encode(Envelope(Kind.DIRECT, ctx.node_id, client_id, payload))

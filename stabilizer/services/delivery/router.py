@@ -18,12 +18,13 @@ from stabilizer.results import BroadcastResult
 class Router(Protocol):
     """The delivery mode of a node."""
 
-    async def publish(self, target: Target, payload: str | bytes,
-                      exclude: str | None) -> BroadcastResult:
-        """Deliver to every recipient of an ``all`` or ``group`` target on every node."""
+    async def publish(self, target: Target, payload: str | bytes, exclude: str | None,
+                      value: object = None) -> BroadcastResult:
+        """Deliver to every recipient of an ``all`` or ``group`` target on every node;
+        `value` is the JSON object `payload` was serialized from, if any."""
         ...
 
-    async def send(self, client_id: str, payload: str | bytes) -> bool:
+    async def send(self, client_id: str, payload: str | bytes, value: object = None) -> bool:
         """Deliver to one client wherever it is; True if some node took it (with history:
         or it is kept for the client's resumable session)."""
         ...

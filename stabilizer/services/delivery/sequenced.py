@@ -59,15 +59,15 @@ class SequencedRouter:
         self._lock = asyncio.Lock()  # the listener and a catch-up take turns
         self._backend_log = RateLimitedLog(logger)
 
-    async def publish(self, target: Target, payload: str | bytes,
-                      exclude: str | None) -> BroadcastResult:
+    async def publish(self, target: Target, payload: str | bytes, exclude: str | None,
+                      value: object = None) -> BroadcastResult:
         """Sequence through the backend (every node delivers it from its subscription); if
         the backend is down, deliver to local recipients without a position."""
         kind = Kind.BROADCAST if target.kind == "all" else Kind.GROUP
         envelope = Envelope(kind, self._ctx.node_id, target.name or None, payload, exclude)
         return await self._sequence(target, envelope)
 
-    async def send(self, client_id: str, payload: str | bytes) -> bool:
+    async def send(self, client_id: str, payload: str | bytes, value: object = None) -> bool:
         """Sequence on the client's stream: kept for it while its session is resumable."""
         envelope = Envelope(Kind.DIRECT, self._ctx.node_id, client_id, payload)
         result = await self._sequence(Target("client", client_id), envelope)

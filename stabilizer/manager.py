@@ -83,8 +83,6 @@ class WebSocketConnectionManager:
             ctx, self._admission, self._closing, self._liveness, self._tokens,
             Resume(ctx, self._membership) if config.history_enabled else None)
 
-    # ------------------------------------------------------------------ state
-
     @property
     def config(self) -> WebSocketConfig:
         """This node's configuration (frozen)."""
@@ -125,8 +123,6 @@ class WebSocketConnectionManager:
         """True while new connections are admitted."""
         return self._ctx.is_accepting
 
-    # ------------------------------------------------------------------ lifecycle
-
     async def start(self) -> None:
         """Start the heartbeat, maintenance and (with other nodes or history) listener loops;
         idempotent, and connect() calls it if the application did not.
@@ -160,8 +156,6 @@ class WebSocketConnectionManager:
         """Return a Session that serves one socket from admission to release."""
         return Session(self._sessions, websocket, client_id, metadata=metadata, token=token,
                        positions=positions, welcome=welcome)
-
-    # ------------------------------------------------------------------ connections
 
     async def connect(self, client_id: str, websocket: SocketLike,
                       metadata: dict[str, Any] | None = None) -> None:
@@ -204,8 +198,6 @@ class WebSocketConnectionManager:
     def get_connection_count(self) -> int:
         """Return how many clients are connected to this node."""
         return len(self._ctx.pool)
-
-    # ------------------------------------------------------------------ delivery
 
     async def send_to_client(self, client_id: str, message: Message) -> bool:
         """Send to one client on any node; True if a node took the frame (with history: or
@@ -286,8 +278,6 @@ class WebSocketConnectionManager:
         """
         return await self._ctx.ask(self._ctx.backend.groups.of_client(client_id))
 
-    # ------------------------------------------------------------------ liveness
-
     async def handle_pong(self, client_id: str) -> None:
         """Record a pong from `client_id` (unknown ids are ignored)."""
         if is_text(client_id):
@@ -304,8 +294,6 @@ class WebSocketConnectionManager:
         if conn is None or not conn.is_open:
             raise ConnectionNotFoundError(f"client {client_id!r} is not connected to this node")
         return await self._liveness.ping(conn, timeout)
-
-    # ------------------------------------------------------------------ the cluster
 
     async def get_cluster_connection_count(self) -> int:
         """Count clients connected to any node.
@@ -339,8 +327,6 @@ class WebSocketConnectionManager:
         """Return the ids of live nodes."""
         return await self._ctx.ask(self._ctx.backend.liveness.nodes())
 
-    # ------------------------------------------------------------------ tokens
-
     def generate_reconnect_token(self, client_id: str) -> str:
         """Return a signed single-use token that any node validates within its TTL.
 
@@ -360,8 +346,6 @@ class WebSocketConnectionManager:
             BackendUnavailable: single use cannot be checked because Redis is unreachable.
         """
         return (await self._tokens.consume(token)).client_id
-
-    # ------------------------------------------------------------------ memory and user data
 
     def total_memory(self) -> int:
         """Approximate bytes held by all local connections."""
@@ -388,8 +372,6 @@ class WebSocketConnectionManager:
     async def get_user_data(self, client_id: str, key: str) -> Any | None:
         """Return the value stored under `key` for the client, or None."""
         return self._memory.get_user_data(client_id, key)
-
-    # ------------------------------------------------------------------ hooks
 
     def on_connect(self, hook: Hook) -> Hook:
         """Register a callback (sync or async) run once per local connect; usable as a

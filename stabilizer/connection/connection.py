@@ -17,7 +17,6 @@ modules read these fields; none assigns them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import time
@@ -59,8 +58,8 @@ def new_conn_id() -> str:
 
 
 FailHandler = Callable[["Connection", CloseCode, str], None]
-#: A frame waiting out a replay, with the (stream, offset) it carries, if sequenced.
-Held = tuple[str | None, int | None, Frame]
+#: A frame waiting out a replay, with the (stream, offset, epoch) it carries, if sequenced.
+Held = tuple[str | None, int | None, str | None, Frame]
 
 
 class OutboxLimits:
@@ -120,9 +119,10 @@ class Connection:
         # While a resuming client is replayed its history, live frames wait here so that
         # none is delivered twice or out of order.
         self._held: list[Held] | None = [] if hold else None
-        # After a replay: the last offset replayed per stream, so that a live copy of a
-        # replayed message that the node delivers late is not sent twice.
-        self._replayed: dict[str, int] | None = None
+        # After a replay: the (epoch, last offset) replayed per stream, so that a live copy
+        # of a replayed message that the node delivers late is not sent twice. A stream's
+        # entry goes once a later message (or another epoch) of it is delivered.
+        self._replayed: dict[str, tuple[str, int]] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id!r} {self.conn_id} {self._state.name}>"
@@ -184,16 +184,19 @@ class Connection:
     # ------------------------------------------------------------------ writing
 
     def deliver(self, frame: Frame, now: float, stream: str | None = None,
-                offset: int | None = None) -> bool:
+                offset: int | None = None, epoch: str | None = None) -> bool:
         """Like offer(), but a frame arriving during a resume replay waits its turn, and a
-        frame already replayed is not sent again."""
+        frame already replayed (same stream, epoch and an offset not after the replay's) is
+        not sent again."""
         if self._held is not None and self._state is State.OPEN:
-            self._held.append((stream, offset, frame))
+            self._held.append((stream, offset, epoch, frame))
             return True
-        if self._replayed is not None and stream is not None and offset is not None and (
-            offset <= self._replayed.get(stream, 0)
-        ):
-            return True
+        if self._replayed is not None and stream is not None and offset is not None:
+            last = self._replayed.get(stream)
+            if last is not None:
+                if last[0] == epoch and offset <= last[1]:
+                    return True
+                del self._replayed[stream]  # past the replay: in order from here on
         return self.offer(frame, now)
 
     def offer(self, frame: Frame, now: float) -> bool:
@@ -226,15 +229,17 @@ class Connection:
         task = asyncio.get_running_loop().create_task(
             self._drain(suspended), name=f"stabilizer-writer-{self.conn_id}"
         )
-        # A writer cancelled before its first step never resumed the send: close it so its
-        # finally blocks run and the transport waiter is released.
-        task.add_done_callback(lambda _: self._writer_done(suspended))
+        task.add_done_callback(lambda done: self._writer_done(done, suspended))
         self._drain_task = task
 
-    def _writer_done(self, suspended: Suspended) -> None:
+    def _writer_done(self, task: asyncio.Task[None], suspended: Suspended) -> None:
+        # A writer cancelled before its first step never resumed the send: close it so its
+        # finally blocks run and the transport waiter is released. Only that writer's own
+        # state is reset: a newer writer may have started since this one ended.
         suspended.close()
-        self._writing = False
-        self._drain_task = None
+        if self._drain_task is task:
+            self._writing = False
+            self._drain_task = None
 
     def _enqueue(self, frame: Frame) -> bool:
         limits = self._limits
@@ -281,9 +286,15 @@ class Connection:
         if task is not None:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining > 0:
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                try:
                     async with asyncio.timeout(remaining):
                         await asyncio.shield(task)
+                except TimeoutError:
+                    pass
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # our caller was cancelled, not the writer
         return len(self.outbox) + (1 if self._writing else 0)
 
     def _fail(self, code: CloseCode, reason: str) -> None:
@@ -314,13 +325,13 @@ class Connection:
         """Closing -> closed: the socket is closed and the node's bookkeeping done."""
         self._state = State.CLOSED
 
-    def release_held(self, replayed: Mapping[str, int], now: float) -> None:
-        """End a replay: remember what it sent per stream, then deliver the live frames held
-        meanwhile, in order, skipping those the replay already sent."""
+    def release_held(self, replayed: Mapping[str, tuple[str, int]], now: float) -> None:
+        """End a replay: remember what it sent per stream, as (epoch, last offset), then
+        deliver the live frames held meanwhile, in order, skipping those already sent."""
         held, self._held = self._held or [], None
         self._replayed = dict(replayed) or None
-        for stream, offset, frame in held:
-            self.deliver(frame, now, stream, offset)
+        for stream, offset, epoch, frame in held:
+            self.deliver(frame, now, stream, offset, epoch)
 
     def heard(self, now: float) -> None:
         """Inbound traffic at monotonic time `now`: answers every pending ping()."""

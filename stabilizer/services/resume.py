@@ -86,7 +86,7 @@ class Resume:
         ctx = self._ctx
         replayed = 0
         failed: list[str] = []
-        delivered: dict[str, int] = {}
+        delivered: dict[str, tuple[str, int]] = {}
         now = time.monotonic()
         for stream in sorted(starts):
             after, epoch = starts[stream]
@@ -103,7 +103,8 @@ class Resume:
                 if missed is None:
                     continue
                 assert missed.offset is not None
-                delivered[stream] = missed.offset
+                assert missed.epoch is not None
+                delivered[stream] = (missed.epoch, missed.offset)
                 if missed.exclude != conn.client_id and conn.offer(
                         history_frame(stream, missed), now):
                     replayed += 1

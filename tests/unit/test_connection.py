@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -522,3 +523,77 @@ async def test_memory_estimate_includes_queued_frames() -> None:
     assert conn.memory_estimate() - before == 1000
     conn.begin_close()
     assert conn.memory_estimate() == before
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+class GatedSocket:
+    """Every send waits for a gate the test opens; counts sends in flight at once."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.gates: list[asyncio.Future[None]] = []
+        self.after_send: Any = None
+
+    async def send(self, message: AsgiMessage) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        try:
+            await gate
+        finally:
+            self.in_flight -= 1
+        if self.after_send is not None:  # a step of another task, ready in the same turn
+            hook, self.after_send = self.after_send, None
+            asyncio.get_running_loop().call_soon(hook)
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        return None
+
+
+async def test_a_finished_writer_does_not_reset_the_state_of_a_newer_one() -> None:
+    """The done callback of writer 1 runs a turn after it ends; a send that suspended in
+    between started writer 2, whose state must survive (else two sends run at once)."""
+    sock = GatedSocket()
+    conn = Connection("alice", sock, OutboxLimits(100, None, 10.0), lambda *_: None)
+    conn.offer(Frame.text("1"), 0.0)  # suspends: writer 1
+    await asyncio.sleep(0)
+    sock.after_send = lambda: conn.offer(Frame.text("2"), 0.0)  # suspends: writer 2
+    sock.gates[0].set_result(None)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert conn.writing
+    conn.offer(Frame.text("3"), 0.0)  # must queue behind writer 2
+    await asyncio.sleep(0)
+    assert sock.max_in_flight == 1
+    conn.begin_close()  # cancels writer 2, which is still tracked
+    await asyncio.sleep(0)
+    assert sock.in_flight == 0
+
+
+async def test_a_new_epoch_after_a_replay_is_delivered() -> None:
+    """The replay's positions stop at its epoch: the same offsets in a new epoch (the
+    stream expired and started again) are new messages, not duplicates."""
+    sock = FakeSocket()
+    conn = Connection("alice", sock, OutboxLimits(16, None, BOUND), Failures(), hold=True)
+    conn.release_held({"c:alice": ("epoch-a", 5)}, 0.0)
+    assert conn.deliver(Frame.text("old copy"), 0.0, "c:alice", 5, "epoch-a")
+    for offset in (1, 2):
+        assert conn.deliver(Frame.text(f"new {offset}"), 0.0, "c:alice", offset, "epoch-b")
+    assert sock.texts() == ["new 1", "new 2"]
+
+
+async def test_flush_passes_a_cancellation_of_its_caller_on() -> None:
+    sock = GatedSocket()
+    conn = Connection("alice", sock, OutboxLimits(100, None, 10.0), lambda *_: None)
+    conn.offer(Frame.text("stuck"), 0.0)  # a writer that waits forever
+    deadline = asyncio.get_running_loop().time() + 60.0
+    flushing = asyncio.create_task(conn.flush(deadline))
+    await asyncio.sleep(0)
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    conn.begin_close()

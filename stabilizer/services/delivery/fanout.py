@@ -36,10 +36,11 @@ class FanOut:
 
     async def deliver(
         self, target: Target, frame: Frame, exclude: str | None = None, *,
-        stream: str | None = None, offset: int | None = None,
+        stream: str | None = None, offset: int | None = None, epoch: str | None = None,
     ) -> BroadcastResult:
         """Give `frame` to the local recipients of `target` except `exclude`; a sequenced
-        frame carries its (stream, offset) so a resuming client gets it exactly once."""
+        frame carries its (stream, offset, epoch) so a resuming client gets it exactly
+        once."""
         if target.kind == "client":
             conn = self._ctx.pool.get(target.name)
             if conn is None:
@@ -52,11 +53,11 @@ class FanOut:
             shards = [list(members)]
         else:
             shards = self._ctx.pool.shards()
-        return await self._fan_out(shards, frame, exclude, stream, offset)
+        return await self._fan_out(shards, frame, exclude, stream, offset, epoch)
 
     async def _fan_out(
         self, shards: Iterable[list[Connection]], frame: Frame, exclude: str | None,
-        stream: str | None, offset: int | None,
+        stream: str | None, offset: int | None, epoch: str | None,
     ) -> BroadcastResult:
         started = time.perf_counter()
         result = BroadcastResult(0, 0, 0)
@@ -68,7 +69,7 @@ class FanOut:
                 if conn.client_id == exclude:
                     continue
                 result.total += 1
-                if conn.deliver(frame, now, stream, offset):
+                if conn.deliver(frame, now, stream, offset, epoch):
                     result.succeeded += 1
                 else:
                     result.failed += 1

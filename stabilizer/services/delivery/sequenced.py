@@ -122,7 +122,7 @@ class SequencedRouter:
         destination = envelope.destination
         if destination is not None:
             await self._fanout.deliver(destination, frame, envelope.exclude, stream=stream,
-                                       offset=envelope.offset)
+                                       offset=envelope.offset, epoch=envelope.epoch)
 
     async def _fill(self, stream: str, *, before: int | None = None) -> None:
         """Deliver what `stream` holds after the last offset delivered here (up to `before`);

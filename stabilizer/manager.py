@@ -73,7 +73,9 @@ class WebSocketConnectionManager:
                                     self._events, ensure_started=self.start)
         listener = Listener(ctx, self._router, self._membership, self._events,
                             on_kick=self._admission.kick)
-        maintenance = Maintenance(ctx, self._closing, self._memory, self._tokens)
+        maintenance = Maintenance(ctx, self._memory, self._tokens,
+                                  connections=self._admission.connections,
+                                  kick=self._admission.kick)
         loops: dict[str, Loop] = {"heartbeat": self._liveness.run,
                                   "maintenance": maintenance.run}
         if ctx.follows_others:

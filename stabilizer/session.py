@@ -152,7 +152,7 @@ class Session:
             ctx.stats.resumed_sessions += 1
         if self._welcome:
             self._send_welcome(self.conn)
-        if self.resumed and services.resume is not None:
+        if self.resumed and services.resume is not None and self.conn.is_open:
             self.recovered, _, _ = await services.resume.resume(self.conn, positions)
 
     async def _spend_token(self) -> TokenClaims:

@@ -10,7 +10,7 @@ re-register later. tests/contract runs one suite over every implementation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -262,12 +262,18 @@ class NodeRegistry(Protocol):
         reaped clients end after `session_ttl` unless they come back."""
         ...
 
-    async def resync(self, local: Sequence[Presence]) -> list[str]:
+    async def resync(self, local: Sequence[Presence], *,
+                     claims: Collection[str] = ()) -> list[str]:
         """Re-register this node's clients after the store came back (or was wiped) and
         forget entries this node no longer holds.
 
-        Returns the client ids that meanwhile connected to another node: their local
-        sockets are stale and the caller closes them as replaced.
+        A client that another node holds keeps its entry there, unless it is in `claims`
+        (its local connection was admitted while the store was unreachable, so it never
+        overwrote anything) and its local connection is the newer one: then it is taken
+        over and the other node gets a KICK for its older socket.
+
+        Returns the client ids another node keeps: their local sockets are stale and the
+        caller closes them as replaced.
         """
         ...
 

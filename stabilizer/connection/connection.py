@@ -78,7 +78,8 @@ class Connection:
 
     __slots__ = (
         "__weakref__", "_by_method", "_drain_task", "_groups", "_held", "_last_activity",
-        "_limits", "_on_fail", "_outbox", "_pong_waiters", "_queued_bytes", "_replayed", "_send",
+        "_limits", "_on_fail", "_outbox", "_pong_waiters", "_queued_bytes", "_registered",
+        "_replayed", "_send",
         "_state", "_user_data", "_user_data_bytes", "_writing", "client_id", "conn_id",
         "created_at", "metadata", "owner", "socket",
     )
@@ -107,6 +108,7 @@ class Connection:
         self._limits = limits
         self._on_fail = on_fail
         self._state = State.OPEN
+        self._registered = False  # the shared store recorded it (False while degraded)
         self._last_activity = time.monotonic()
         self._outbox: deque[Frame] | None = None
         self._queued_bytes = 0
@@ -143,6 +145,11 @@ class Connection:
     def outbox(self) -> Sequence[Frame]:
         """Frames waiting for the socket (read-only view)."""
         return self._outbox if self._outbox is not None else ()
+
+    @property
+    def registered(self) -> bool:
+        """True once the shared store has recorded this connection's presence."""
+        return self._registered
 
     @property
     def queued_bytes(self) -> int:
@@ -320,6 +327,10 @@ class Connection:
                     waiter.cancel()
             self._pong_waiters = None
         return dropped
+
+    def mark_registered(self) -> None:
+        """The shared store recorded this connection's presence."""
+        self._registered = True
 
     def finish_close(self) -> None:
         """Closing -> closed: the socket is closed and the node's bookkeeping done."""

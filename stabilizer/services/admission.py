@@ -81,23 +81,14 @@ class Admission:
     async def _admit(self, client_id: str, websocket: SocketLike,
                      metadata: dict[str, Any] | None, resuming: bool) -> Connection:
         ctx = self._ctx
-        owner = asyncio.current_task()
         history = ctx.config.history_enabled
         conn = Connection(client_id, websocket, ctx.limits, self._closing.on_conn_failed,
-                          metadata=metadata, owner=owner, hold=history and resuming)
+                          metadata=metadata, owner=asyncio.current_task(),
+                          hold=history and resuming)
         self._memory.admit(conn)
         self._pending[conn.conn_id] = conn
         try:
-            registration = await self._register(conn, end_groups=not history)
-            if history and not resuming:  # a fresh session: whatever the client had ends
-                await self._start_session(conn)
-            elif registration is not None and registration.previous and not (
-                    history or registration.groups_ended):
-                # the connection it replaces is gone: its groups end, as after a disconnect
-                await self._end_memberships(conn)
-            if not ctx.is_accepting:  # shutdown began while we waited on the backend
-                await self._closing.unregister(conn)
-                raise ShutdownError("node is shutting down; connect to another node")
+            await self._record(conn, resuming)
         except BaseException:
             self._kicked.discard(conn.conn_id)
             raise
@@ -109,17 +100,45 @@ class Admission:
         if replaced is not None:
             self._closing.retire(replaced, CloseCode.REPLACED, "replaced by a newer connection",
                                  in_pool=False)
-        self._closing.readmitted(owner, client_id)
-        self._liveness.track(conn)
-        ctx.stats.connects += 1
-        logger.info("client %r connected (conn %s, node %s)", client_id, conn.conn_id,
-                    ctx.node_id)
-        await self._events.connected(conn, resumed=resuming)
+        try:
+            await self._announce(conn, resuming)
+        except BaseException:  # cancelled during the hooks: never leave it in the pool
+            await asyncio.shield(self._closing.release(
+                conn, code=CloseCode.INTERNAL_ERROR, reason="server error"))
+            raise
         if kicked:
             logger.info("client %r (conn %s) was replaced on another node while admitted here",
                         client_id, conn.conn_id)
             self._closing.kick(conn)
         return conn
+
+    async def _record(self, conn: Connection, resuming: bool) -> None:
+        """Register presence (and settle what the client had before) in the shared store."""
+        ctx = self._ctx
+        history = ctx.config.history_enabled
+        registration = await self._register(conn, end_groups=not history)
+        if history and not resuming:  # a fresh session: whatever the client had ends
+            await self._start_session(conn)
+        elif registration is not None and registration.previous and not (
+                history or registration.groups_ended):
+            # the connection it replaces is gone: its groups end, as after a disconnect
+            await self._end_memberships(conn)
+        if not ctx.is_accepting:  # shutdown began while we waited on the backend
+            await self._closing.unregister(conn)
+            raise ShutdownError("node is shutting down; connect to another node")
+
+    async def _announce(self, conn: Connection, resuming: bool) -> None:
+        ctx = self._ctx
+        self._closing.readmitted(conn.owner, conn.client_id)
+        self._liveness.track(conn)
+        ctx.stats.connects += 1
+        logger.info("client %r connected (conn %s, node %s)", conn.client_id, conn.conn_id,
+                    ctx.node_id)
+        await self._events.connected(conn, resumed=resuming)
+
+    def connections(self) -> list[Connection]:
+        """Every local connection: in the pool, and still being admitted (after those)."""
+        return [*self._ctx.pool.connections(), *self._pending.values()]
 
     def kick(self, client_id: str, conn_id: str | None) -> None:
         """Another node registered `client_id`: close our connection `conn_id` of it, now
@@ -136,7 +155,7 @@ class Admission:
         ctx = self._ctx
         presence = Presence(conn.client_id, ctx.node_id, conn.conn_id, conn.created_at)
         try:
-            return await ctx.ask(ctx.backend.presence.register(
+            registration = await ctx.ask(ctx.backend.presence.register(
                 presence, max_cluster=ctx.config.max_cluster_connections,
                 end_groups=end_groups))
         except BackendUnavailable as exc:
@@ -145,6 +164,8 @@ class Admission:
             self._backend_log.warning("presence of %r not registered (backend unavailable); "
                                       "will re-register", conn.client_id, exc=exc)
             return None
+        conn.mark_registered()
+        return registration
 
     async def _end_memberships(self, conn: Connection) -> None:
         ctx = self._ctx

@@ -75,11 +75,19 @@ class Closing:
         """
         if not self.detach(conn):
             return False
+        # the rest runs to its end even if the caller is cancelled: a detached connection
+        # must be closed and settled, or its hooks never run and its groups keep it
+        await asyncio.shield(self._ctx.tasks.spawn(
+            self._close_and_settle(conn, code, reason, keep_session),
+            name=f"stabilizer-close-{conn.conn_id}"))
+        return True
+
+    async def _close_and_settle(self, conn: Connection, code: int, reason: str,
+                                keep_session: bool | None) -> None:
         async with self._slots:
             await self.unregister(conn)
             await self.close_socket(conn, code, reason)
         await self.settle(conn, code, reason, keep_session)
-        return True
 
     def detach(self, conn: Connection, *, in_pool: bool = True) -> bool:
         """Synchronously take `conn` out of service; False if it already was."""
@@ -89,15 +97,22 @@ class Closing:
         if in_pool:
             self._ctx.pool.remove(conn)
         self._liveness.forget(conn)
-        owner = conn.owner
-        if owner is not None and owner is not asyncio.current_task() and not owner.done():
-            self._departed.setdefault(owner, set()).add(conn.client_id)
+        if conn.owner is not asyncio.current_task():
+            self._departed_from(conn)  # closed behind its handler's back
         return True
 
+    def _departed_from(self, conn: Connection) -> None:
+        owner = conn.owner
+        if owner is not None and not owner.done():
+            self._departed.setdefault(owner, set()).add(conn.client_id)
+
     def retire(self, conn: Connection, code: int, reason: str, *, in_pool: bool = True) -> None:
-        """Take `conn` out of service now and close its socket in a task of the node."""
+        """The node closes `conn` (replaced, timed out, evicted, failed): take it out of
+        service now and close its socket in a task of the node. Its handler's later
+        disconnect() of the client does nothing."""
         if not self.detach(conn, in_pool=in_pool):
             return
+        self._departed_from(conn)
         if code == CloseCode.REPLACED:
             self._ctx.stats.replaced += 1
         self._ctx.tasks.spawn(self._finish(conn, code, reason),

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from stabilizer.backends.base import Presence
+from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.text import backoff_delay
-from stabilizer.services.closing import Closing
 from stabilizer.services.memory import MemoryGuard
 from stabilizer.services.tokens import TokenService
 
@@ -27,12 +28,14 @@ logger = logging.getLogger(__name__)
 class Maintenance:
     """Keepalive, reaping, resync, session sweep, token key and memory checks."""
 
-    def __init__(self, ctx: NodeContext, closing: Closing, memory: MemoryGuard,
-                 tokens: TokenService) -> None:
+    def __init__(self, ctx: NodeContext, memory: MemoryGuard, tokens: TokenService,
+                 connections: Callable[[], list[Connection]],
+                 kick: Callable[[str, str | None], None]) -> None:
         self._ctx = ctx
-        self._closing = closing
         self._memory = memory
         self._tokens = tokens
+        self._connections = connections  # admitted, and still being admitted
+        self._kick = kick  # closes a local connection another node holds the client of
         self._joined = False
         self._backend_log = RateLimitedLog(logger)
 
@@ -90,16 +93,21 @@ class Maintenance:
 
     async def _resync(self) -> None:
         ctx = self._ctx
-        local = [Presence(c.client_id, ctx.node_id, c.conn_id, c.created_at)
-                 for c in ctx.pool.connections()]
+        conns = self._connections()
+        local = [Presence(c.client_id, ctx.node_id, c.conn_id, c.created_at) for c in conns]
+        # a connection the store never recorded (admitted while it was unreachable) may take
+        # its client back from an older connection elsewhere; a recorded one was overwritten
+        claims = {c.client_id for c in conns if not c.registered}
         try:
-            lost = await ctx.ask(ctx.backend.liveness.resync(local),
+            lost = await ctx.ask(ctx.backend.liveness.resync(local, claims=claims),
                                  round_trips=4 + len(local) // 200)
         except BaseException:
             ctx.want_resync()
             raise
         logger.info("presence of %d local clients re-registered", len(local))
-        for client_id in lost:
-            conn = ctx.pool.get(client_id)
-            if conn is not None:
-                self._closing.kick(conn)
+        kept = set(lost)
+        for conn in conns:
+            if conn.client_id in kept:
+                self._kick(conn.client_id, conn.conn_id)
+            else:
+                conn.mark_registered()

@@ -40,6 +40,8 @@ class Resume:
         session began (or the client joined the group).
         """
         ctx = self._ctx
+        if not conn.is_open:  # replaced or closed meanwhile: there is nothing to bring back
+            return False, 0, []
         try:
             state = await ctx.ask(ctx.backend.sessions.load(conn.client_id))
         except BackendUnavailable:
@@ -70,7 +72,7 @@ class Resume:
 
     async def _restore(self, conn: Connection, state: SessionState) -> None:
         for group in state.groups:
-            await self._membership.join_local(conn, group)
+            await self._membership.join_local(conn, group)  # (skips a closed connection)
         values = []
         for key, raw in state.user_data.items():
             try:

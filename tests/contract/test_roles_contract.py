@@ -3,7 +3,10 @@ known secret, cluster events, and the backend's own state (shared, available, st
 
 from __future__ import annotations
 
+import asyncio
 import time
+
+import pytest
 
 from stabilizer.backends.base import Presence
 from stabilizer.pure.wire import Kind, event_of
@@ -86,27 +89,50 @@ async def test_state_after_open_and_after_close(open_node: NodeFactory) -> None:
     await a.aclose()  # idempotent
 
 
-async def test_a_resync_with_a_newer_connection_takes_the_client_over(
-    open_node: NodeFactory,
+@pytest.mark.parametrize("claims", [True, False])
+async def test_a_resync_takes_a_client_over_only_for_a_newer_claiming_connection(
+    open_node: NodeFactory, claims: bool,
 ) -> None:
-    """After an outage the newer connection of a client wins: the node that admitted it
-    while cut off takes the client over and the other node is told to close its socket."""
+    """After an outage a connection admitted while its node was cut off (it claims) and
+    newer than the other node's takes the client over, and the other node is told to close
+    its older socket; a connection the store had recorded never does (it was overwritten
+    by a later registration, whatever the clocks say)."""
     a, b = await open_node("node-a"), await open_node("node-b")
     now = time.time()
     await b.presence.register(Presence("x", "node-b", "conn-old", now - 10), max_cluster=None)
     await b.presence.register(Presence("y", "node-b", "conn-new", now + 10), max_cluster=None)
+    local = [Presence("x", "node-a", "conn-a", now), Presence("y", "node-a", "conn-a2", now)]
     async with Inbox(b) as inbox_b:
-        lost = await a.liveness.resync([Presence("x", "node-a", "conn-a", now),
-                                        Presence("y", "node-a", "conn-a2", now)])
-        kick = await inbox_b.next()
-    assert lost == ["y"]  # b's connection of y is the newer one: a's socket is stale
-    assert (kick.kind, kick.target, kick.ref, kick.origin) == (Kind.KICK, "x", "conn-old",
-                                                               "node-a")
+        lost = await a.liveness.resync(local, claims={"x", "y"} if claims else set())
+        if claims:
+            kick = await inbox_b.next()
+            assert (kick.kind, kick.target, kick.ref, kick.origin) == (
+                Kind.KICK, "x", "conn-old", "node-a")
+    assert lost == (["y"] if claims else ["x", "y"])
     x, y = await a.presence.locate("x"), await a.presence.locate("y")
     assert x is not None
-    assert (x.node_id, x.conn_id) == ("node-a", "conn-a")
     assert y is not None
+    assert (x.node_id, x.conn_id) == (("node-a", "conn-a") if claims else ("node-b", "conn-old"))
     assert y.node_id == "node-b"
+
+
+async def test_a_swept_session_leaves_its_groups_with_events(open_node: NodeFactory) -> None:
+    a, b = await open_node("node-a", events=True), await open_node("node-b", events=True)
+    await a.sessions.activate("gone", fresh=True)
+    await a.groups.join("gone", "room")
+    await a.sessions.suspend("gone", 0.001)
+    async with Inbox(b) as inbox_b:
+        async with asyncio.timeout(5):
+            while "gone" not in await a.sessions.sweep():
+                await asyncio.sleep(0.01)  # bounded poll of a clock-driven expiry
+            events = []
+            while not events or events[-1].event != "leave":  # (an inbox may hold the join)
+                got = await inbox_b.next()
+                assert got.kind is Kind.EVENT
+                assert isinstance(got.payload, str)
+                events.append(event_of(got.payload))
+    assert events[-1] == ClusterEvent("leave", "gone", "room", "node-a")
+    assert await a.groups.members("room") == []
 
 
 async def test_registering_with_end_groups_ends_the_previous_connections_groups(

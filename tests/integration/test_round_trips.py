@@ -241,8 +241,11 @@ async def test_pipelined_sends_survive_a_flushed_script_cache(
 
 
 async def test_concurrent_sends_in_one_loop_turn_share_one_round_trip(
-    node: Node, watch: CommandWatch
+    store: Store, node: Node, watch: CommandWatch
 ) -> None:
+    """One pipelined round trip on Redis. On a Cluster each send is its own round trip, made
+    concurrently: redis-py retries a cluster pipeline after a connection error, which could
+    deliver a direct message twice (README, "What the Redis backend guarantees")."""
     a, b = node("a"), node("b")
     await settled(a, b)
     socks = [FakeSocket(f"c{i}") for i in range(10)]
@@ -256,7 +259,10 @@ async def test_concurrent_sends_in_one_loop_turn_share_one_round_trip(
     async with watch.window() as seen:
         await asyncio.gather(*(a.send_to_client(s.name, "hi") for s in socks))
 
-    assert seen.round_trips == 1, seen.describe()
+    if store.kind == "redis":
+        costs(seen, 1, EVALSHA=10)
+    else:
+        costs(seen, 10, EVALSHA=10)
 
 
 async def test_a_burst_keeps_at_most_redis_pool_size_calls_in_flight_and_none_fails(

@@ -181,3 +181,142 @@ async def test_the_embedded_backend_warns_under_several_server_workers(
         await make_manager(WebSocketConfig(**QUIET), backend=MemoryBackend(MemoryHub())).start()
     warnings = [r for r in caplog.records if "server workers" in r.getMessage()]
     assert len(warnings) == (1 if warned else 0)  # never for a backend other nodes share
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+async def early_kick(a: Any, b: Any, hub: MemoryHub, monkeypatch: pytest.MonkeyPatch,
+                     admit: Any, take: Any = None) -> Any:
+    """Run `admit()` on node a while node b takes the same client id (`take()`, by default
+    a plain connect) between a's register and its reply, so a's pending connection is
+    kicked; return what `admit()` returned."""
+    registered, reply = asyncio.Event(), asyncio.Event()
+    register = a.backend.presence.register
+
+    async def late_reply(presence: Presence, **options: Any) -> Registration:
+        outcome = await register(presence, **options)
+        registered.set()
+        await reply.wait()
+        return outcome
+
+    monkeypatch.setattr(a.backend.presence, "register", late_reply)
+    admitting = asyncio.create_task(admit())
+    async with asyncio.timeout(3):
+        await registered.wait()
+        monkeypatch.setattr(a.backend.presence, "register", register)
+        await (take() if take is not None else b.connect("x", FakeSocket("on-b")))
+        while hub.inboxes["a"].qsize():
+            await asyncio.sleep(0)
+        reply.set()
+        return await admitting
+
+
+async def test_after_an_early_kick_the_handlers_own_disconnect_does_nothing(
+    make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub = MemoryHub()
+    a = make_manager(WebSocketConfig(node_id="a", **QUIET), backend=MemoryBackend(hub))
+    b = make_manager(WebSocketConfig(node_id="b", **QUIET), backend=MemoryBackend(hub))
+    await a.start()
+    await b.start()
+    sock = FakeSocket("on-a")
+
+    async def seed_style_handler() -> None:
+        await a.connect("x", sock)
+        assert (await sock.wait_closed())[0] == CloseCode.REPLACED
+        await a.disconnect("x")  # its cleanup after its socket ended: a no-op
+
+    await early_kick(a, b, hub, monkeypatch, seed_style_handler)
+
+
+async def test_a_resume_kicked_while_admitted_joins_no_group(
+    make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A closed connection must not be put back in its groups by the resume that follows."""
+    history = {"history_size": 50, **QUIET}
+    hub = MemoryHub()
+    a = make_manager(WebSocketConfig(node_id="a", **history), backend=MemoryBackend(hub))
+    b = make_manager(WebSocketConfig(node_id="b", **history), backend=MemoryBackend(hub))
+    await a.start()
+    await b.start()
+    first = FakeWebSocket("first")
+    async with a.open_session(first, "x") as session:
+        await a.join_group("x", "room")
+        token = a.generate_reconnect_token("x")
+        first.client_leaves()
+        async for _ in session:
+            pass
+
+    second = FakeWebSocket("second")
+    load = a.backend.sessions.load
+
+    async def load_after_the_close(client_id: str) -> Any:
+        # the session loads while the kicked connection's closer runs to its end
+        await second.closed_event.wait()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return await load(client_id)
+
+    monkeypatch.setattr(a.backend.sessions, "load", load_after_the_close)
+
+    async def resume() -> Any:
+        resumed = a.open_session(second, "x", token=token, welcome=False)
+        await resumed.__aenter__()
+        return resumed
+
+    async def resume_on_b() -> None:  # keeps the session (and its groups) alive
+        other = b.open_session(FakeWebSocket("on-b"), "x", welcome=False,
+                               token=a.generate_reconnect_token("x"))
+        await other.__aenter__()
+
+    resumed = await early_kick(a, b, hub, monkeypatch, resume, resume_on_b)
+    assert resumed.conn is not None
+    assert not resumed.conn.is_open
+    async with asyncio.timeout(3):
+        while a.get_connection("x") is not None or "a" in hub.group_nodes.get("room", ()):
+            await asyncio.sleep(0.01)
+    result = await a.send_to_group("room", "anyone here?")
+    assert result.total == 0  # no local member left behind on a
+
+
+async def test_a_handler_cancelled_during_the_connect_hooks_leaves_nothing_behind(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = make_manager(WebSocketConfig(**QUIET))
+    in_hook = asyncio.Event()
+
+    @manager.on_connect
+    async def slow_hook(event: object) -> None:
+        in_hook.set()
+        await asyncio.Event().wait()
+
+    handler = asyncio.create_task(manager.connect("alice", FakeSocket("alice")))
+    async with asyncio.timeout(3):
+        await in_hook.wait()
+    handler.cancel()
+    await asyncio.gather(handler, return_exceptions=True)
+    assert manager.get_connection("alice") is None
+    assert manager.get_connection_count() == 0
+
+
+async def test_a_broadcast_when_the_node_stops_reports_instead_of_raising(
+    make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager = make_manager(WebSocketConfig(**QUIET), backend=MemoryBackend(MemoryHub()))
+    await manager.start()
+    started = asyncio.Event()
+
+    async def hanging_publish(envelope: bytes) -> int:
+        started.set()
+        await asyncio.Event().wait()
+        return 0
+
+    monkeypatch.setattr(manager.backend.routing, "publish", hanging_publish)
+    broadcast = asyncio.create_task(manager.broadcast("hello"))
+    async with asyncio.timeout(5):
+        await started.wait()
+        await manager.graceful_shutdown(timeout=1.0)  # stops the node's tasks, the publish too
+        result = await broadcast
+    assert result.remote_error is not None
+    assert "stopping" in result.remote_error

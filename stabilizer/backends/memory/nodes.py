@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 
 from stabilizer.backends.base import Liveness, Presence, Registration
 from stabilizer.backends.memory.hub import MemoryHub
@@ -155,6 +155,7 @@ class MemoryTokens:
 
     async def restore(self, nonce: str) -> None:
         """Forget that a nonce was used."""
+        self._node.check()
         self._node.hub.used_nonces.pop(nonce, None)
 
     async def shared_secret(self) -> bytes:
@@ -204,10 +205,11 @@ class MemoryLiveness:
                         record.until = until
         return Liveness(tuple(reaped), rejoined)
 
-    async def resync(self, local: Sequence[Presence]) -> list[str]:
-        """Re-register local presence (the newer connection of a client wins; the other
-        node's older socket is kicked), forget what this node no longer holds; return ids
-        another node holds with a newer connection."""
+    async def resync(self, local: Sequence[Presence], *,
+                     claims: Collection[str] = ()) -> list[str]:
+        """Re-register local presence (a claiming connection that is newer takes its client
+        over; the other node's older socket is kicked), forget what this node no longer
+        holds; return ids another node keeps."""
         self._node.check()
         hub = self._node.hub
         me = self._node.node_id
@@ -222,7 +224,8 @@ class MemoryLiveness:
         for presence in local:
             current = hub.presence.get(presence.client_id)
             if current is not None and current.node_id != me:
-                if current.since >= presence.since:  # the other node's socket is newer
+                newer = int(presence.since * 1000) > int(current.since * 1000)  # as Redis: ms
+                if presence.client_id not in claims or not newer:
                     lost.append(presence.client_id)
                     continue
                 hub.drop_presence(current.client_id)  # ours is newer: take the client over

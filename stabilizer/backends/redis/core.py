@@ -143,53 +143,74 @@ class RedisCore:
         return [self.keys.events_channel, event_prefix(self.node_id)]
 
 
-class ScriptBatcher:
-    """Runs the calls of one script made in the same loop turn as one pipeline.
+Call = tuple[list[str], list[Any], "asyncio.Future[Any]"]
 
-    The first call of a turn runs right away when it is alone; calls that arrive while a
-    round trip is in flight are queued and sent together as soon as it returns. Results
-    (and exceptions) go back to each caller; every call is bounded by op_timeout.
+
+class ScriptBatcher:
+    """Runs the calls of one script that meet in time as one pipelined round trip.
+
+    A call runs right away when none is in flight; calls that arrive while a round trip is
+    in flight are queued and sent together as soon as it returns. Results (and exceptions)
+    go back to each caller; every call is bounded by op_timeout. The batches run in a task
+    of the node's task owner; before the backend is opened (a manager that was never
+    started) a call simply runs alone. On a Cluster the calls of a batch run concurrently,
+    one round trip each: redis-py's cluster pipeline retries a batch after a connection
+    error, which could deliver a direct message twice.
     """
 
     def __init__(self, core: RedisCore, script: AsyncScript, op: str) -> None:
         self._core = core
         self._script = script
         self._op = op
-        self._queue: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
-        self._running = False
+        self._queue: list[Call] = []
+        self._task: asyncio.Task[Any] | None = None
 
     async def submit(self, keys: list[str], args: list[Any]) -> Any:
         """Queue one call; return its result (or raise BackendUnavailable)."""
+        core = self._core
+        if core.tasks is None:
+            return await core.call(self._script(keys=keys, args=args), self._op)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((keys, args, future))
-        if not self._running:
-            self._running = True
-            try:
-                self._core.spawn(self._drain(), name=f"stabilizer-redis-{self._op}-batch")
-            except BackendUnavailable:
-                self._running = False
-                self._queue.clear()
-                raise
+        if self._task is None:
+            task = self._task = core.spawn(self._drain(), name=f"stabilizer-redis-{self._op}")
+            task.add_done_callback(self._drained)
         return await future
 
     async def _drain(self) -> None:
+        batch: list[Call] = []
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
                 await self._run(batch)
+            batch = []
+        except BaseException:  # cancelled (the node stops): no caller may wait forever
+            queued, self._queue = self._queue, []
+            _fail(batch + queued, "the node stopped before this call was answered")
+            raise
         finally:
-            self._running = False
-            for _, _, future in self._queue:  # cancelled with calls still queued
-                future.cancel()
-            self._queue = []
+            if self._task is asyncio.current_task():
+                self._task = None
 
-    async def _run(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+    def _drained(self, task: asyncio.Task[Any]) -> None:
+        # A task cancelled before its first step never ran its finally: its queue is failed
+        # here (a newer task, if one started, owns the queue then).
+        if self._task is task:
+            self._task = None
+            queued, self._queue = self._queue, []
+            _fail(queued, "the node stopped before this call was sent")
+
+    async def _run(self, batch: list[Call]) -> None:
         core = self._core
         try:
             if len(batch) == 1:
                 keys, args, _ = batch[0]
                 results: list[Any] = [await core.call(self._script(keys=keys, args=args),
                                                       self._op)]
+            elif core.cluster:
+                results = await asyncio.gather(
+                    *(core.call(self._script(keys=keys, args=args), self._op)
+                      for keys, args, _ in batch), return_exceptions=True)
             else:
                 results = await self._pipelined(batch)
         except BackendUnavailable as exc:
@@ -200,26 +221,36 @@ class ScriptBatcher:
         for (_, _, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
-            if isinstance(result, Exception):
+            if isinstance(result, BackendUnavailable):
+                future.set_exception(result)
+            elif isinstance(result, BaseException):
                 future.set_exception(BackendUnavailable(f"redis error: {result!r}"))
             else:
                 future.set_result(result)
 
-    async def _pipelined(
-        self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
-    ) -> list[Any]:
+    async def _pipelined(self, batch: list[Call]) -> list[Any]:
         """One round trip of raw EVALSHA calls (the scripts were loaded at open: redis-py
         would check with SCRIPT EXISTS first); a server that answers NOSCRIPT (it restarted)
-        gets those calls again through the script object, which loads it."""
+        gets those calls again, one by one, through the script object, which loads it."""
         core = self._core
         pipe: Any = core.client.pipeline(transaction=False)
-        for keys, args, _ in batch:  # (a Cluster pipeline refuses evalsha() by name)
+        for keys, args, _ in batch:
             pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
         results: list[Any] = await core.call(pipe.execute(raise_on_error=False), self._op)
         for index, ((keys, args, _), result) in enumerate(zip(batch, results, strict=True)):
             if isinstance(result, NoScriptError):
-                results[index] = await core.call(self._script(keys=keys, args=args), self._op)
+                try:
+                    results[index] = await core.call(self._script(keys=keys, args=args),
+                                                     self._op)
+                except BackendUnavailable as exc:
+                    results[index] = exc
         return results
+
+
+def _fail(calls: list[Call], reason: str) -> None:
+    for _, _, future in calls:
+        if not future.done():
+            future.set_exception(BackendUnavailable(reason))
 
 
 def text(value: bytes | str) -> str:

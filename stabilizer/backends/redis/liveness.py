@@ -4,7 +4,7 @@ that stopped refreshing, and re-registration after an outage."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Final
 
 from stabilizer.backends.base import Liveness, Presence
@@ -63,10 +63,11 @@ class RedisLiveness:
         await core.call(core.scripts.forget_node(keys=[keys.nodes], args=[node]), "reap")
         logger.warning("reaped node %s: %d stale presence entries removed", node, removed)
 
-    async def resync(self, local: Sequence[Presence]) -> list[str]:
-        """Re-register local presence (the newer connection of a client wins, the other
-        node's older socket is kicked) and forget entries this node no longer holds; return
-        client ids another node holds with a newer connection."""
+    async def resync(self, local: Sequence[Presence], *,
+                     claims: Collection[str] = ()) -> list[str]:
+        """Re-register local presence (a claiming connection that is newer takes its client
+        over, the other node's older socket is kicked) and forget entries this node no
+        longer holds; return client ids another node keeps."""
         core = self._core
         keys = core.keys
         await self._prune_stale({presence.client_id for presence in local})
@@ -81,7 +82,8 @@ class RedisLiveness:
                     keys.node_channel_prefix(bucket), core.publish_command]
                 for presence in entries[start:start + _RESYNC_BATCH]:
                     args += [presence.client_id, entry_of(presence),
-                             kick_prefix(core.node_id, presence.client_id)]
+                             kick_prefix(core.node_id, presence.client_id),
+                             "1" if presence.client_id in claims else "0"]
                 reply = await core.call(core.scripts.resync(
                     keys=[keys.presence(bucket), keys.node_set(bucket, core.node_id)],
                     args=args,

@@ -57,14 +57,15 @@ return {0, false}
 
 # KEYS: presence hash, own node set.
 # ARGV: node_id, node-set prefix, node-channel prefix, publish command, then (client_id,
-#       entry, kick envelope prefix) triples.
+#       entry, kick envelope prefix, '1' if it may claim) quadruples.
 # Re-registers entries that are absent or still ours. Where another node holds a client,
-# the newer connection wins: if ours connected later (a client admitted while this node was
-# cut off), it takes the client over and the other node gets a KICK for its older socket;
-# else the client id is returned (our local socket is the stale one and must close).
+# that entry stays, unless ours may claim (it was admitted while this node was cut off, so
+# it never overwrote anything) and connected later: then it takes the client over and the
+# other node gets a KICK for its older socket. Returns the client ids another node keeps
+# (our local sockets of them are stale and must close).
 RESYNC: Final = """
 local lost = {}
-for i = 5, #ARGV, 3 do
+for i = 5, #ARGV, 4 do
   local cid, entry = ARGV[i], ARGV[i + 1]
   local cur = redis.call('HGET', KEYS[1], cid)
   local node, conn, since
@@ -73,7 +74,7 @@ for i = 5, #ARGV, 3 do
   if (not cur) or node == ARGV[1] then
     redis.call('HSET', KEYS[1], cid, entry)
     redis.call('SADD', KEYS[2], cid)
-  elseif node and since and mine and mine > tonumber(since) then
+  elseif ARGV[i + 3] == '1' and node and since and mine and mine > tonumber(since) then
     redis.call('HSET', KEYS[1], cid, entry)
     redis.call('SADD', KEYS[2], cid)
     redis.call('SREM', ARGV[2] .. node, cid)
@@ -236,8 +237,10 @@ return out
 
 
 # KEYS: away zset, presence hash. ARGV: limit, client-group-set prefix, group-set prefix,
-#       session prefix. Ends sessions whose deadline passed (unless the client is back).
-SWEEP: Final = """
+#       session prefix, events channel ('' = none), event prefix, node id, publish command.
+# Ends the sessions whose deadline passed (unless the client is back), leaving their groups
+# (with "leave" events, as END_SESSION). Returns the client ids whose sessions ended.
+SWEEP: Final = _LEAVE_ALL + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
@@ -245,9 +248,8 @@ local ended = {}
 for _, cid in ipairs(due) do
   redis.call('ZREM', KEYS[1], cid)
   if not redis.call('HGET', KEYS[2], cid) then
-    local groups = redis.call('SMEMBERS', ARGV[2] .. cid)
-    for _, g in ipairs(groups) do redis.call('SREM', ARGV[3] .. g, cid) end
-    redis.call('DEL', ARGV[2] .. cid, ARGV[4] .. cid)
+    leave_all(ARGV[2] .. cid, ARGV[3], cid, ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+    redis.call('DEL', ARGV[4] .. cid)
     table.insert(ended, cid)
   end
 end

@@ -93,7 +93,8 @@ class RedisSessions:
             return await self._sweep_across_slots(limit)
         reply = await core.call(core.scripts.sweep(
             keys=[keys.away, keys.presence(0)],
-            args=[limit, keys.client_groups_prefix, keys.group_prefix, keys.session_prefix],
+            args=[limit, keys.client_groups_prefix, keys.group_prefix, keys.session_prefix,
+                  *core.event_args(), core.node_id, core.publish_command],
         ), "sweep")
         return [text(cid) for cid in reply]
 

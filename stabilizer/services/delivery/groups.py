@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from stabilizer.connection.connection import Connection
+from stabilizer.connection.connection import Connection, State
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
@@ -96,7 +96,10 @@ class Membership:
             self._ctx.tasks.spawn(self.leave_local(conn, group), name="stabilizer-leave")
 
     async def join_local(self, conn: Connection, group: str) -> None:
-        """Record local membership; follow the group's channel on its first local member."""
+        """Record local membership; follow the group's channel on its first local member.
+        A connection that is closing joins nothing (its memberships were forgotten)."""
+        if not conn.is_open:
+            return
         conn.join(group)
         members = self._members.get(group)
         if members is None:
@@ -107,7 +110,10 @@ class Membership:
                 self._backend_log.warning("group %r not subscribed yet (backend down); the "
                                           "listener resubscribes when it reconnects", group,
                                           exc=exc)
-        members.add(conn)
+        if conn.state is State.OPEN:  # (the subscribe was awaited: it may have closed)
+            members.add(conn)
+        elif not members and self._members.get(group) is members:
+            await self._unfollow(group)  # it closed while we subscribed
 
     async def leave_local(self, conn: Connection, group: str) -> None:
         """Drop local membership; stop following the group when its last local member left."""
@@ -116,8 +122,10 @@ class Membership:
         if members is None:
             return
         members.discard(conn)
-        if members:
-            return
+        if not members:
+            await self._unfollow(group)
+
+    async def _unfollow(self, group: str) -> None:
         del self._members[group]
         self._on_unfollow(group_stream(group))
         try:

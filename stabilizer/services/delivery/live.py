@@ -50,6 +50,11 @@ class LiveRouter:
                 except BackendUnavailable as exc:
                     result.remote_error = f"other nodes not reached: {exc}"
                     self._backend_log.warning("delivered locally only: %s", result.remote_error)
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # our caller was cancelled
+                    result.remote_error = "other nodes not reached: the node is stopping"
             return result
         finally:
             if publish is not None and not publish.done():

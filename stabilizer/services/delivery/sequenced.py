@@ -57,6 +57,7 @@ class SequencedRouter:
         self._membership = membership
         self.order = StreamOrder()
         self._lock = asyncio.Lock()  # the listener and a catch-up take turns
+        self._catching_up: asyncio.Task[None] | None = None
         self._backend_log = RateLimitedLog(logger)
 
     async def publish(self, target: Target, payload: str | bytes, exclude: str | None,
@@ -154,8 +155,11 @@ class SequencedRouter:
             self._ctx.stats.gaps_filled += 1
 
     def resubscribing(self) -> None:
-        """Catch up every followed stream once the new subscription is confirmed."""
-        self._ctx.tasks.spawn(self._catch_up_when_subscribed(), name="stabilizer-catch-up")
+        """Catch up every followed stream once the new subscription is confirmed (one
+        catch-up pending at a time, however often the subscription is lost meanwhile)."""
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = self._ctx.tasks.spawn(self._catch_up_when_subscribed(),
+                                                      name="stabilizer-catch-up")
 
     async def _catch_up_when_subscribed(self) -> None:
         await self._ctx.backend.routing.subscribed.wait()

@@ -1,7 +1,8 @@
 """stabilizer: production-grade WebSockets for FastAPI, across many replicas.
 
-Every name fastapi-websocket-stabilizer 1.1.0 documents imports from here, so switching is a
-one-line change: ``from stabilizer import WebSocketConnectionManager, WebSocketConfig``.
+Every name fastapi-websocket-stabilizer 1.1.0 documents imports from here, so switching starts
+with ``from stabilizer import WebSocketConnectionManager, WebSocketConfig``; the deliberate
+differences are in docs/migration.md.
 """
 
 from stabilizer.backends.base import Backend, Presence

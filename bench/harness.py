@@ -235,8 +235,11 @@ class LoadGen(Child):
     def _pump(self) -> None:
         stdout = self.proc.stdout
         assert stdout is not None
-        for line in stdout:
-            self._replies.put(line)
+        try:
+            for line in stdout:
+                self._replies.put(line)
+        except (ValueError, OSError):
+            pass  # the pipe was closed under us by stop(): the generator is gone either way
         self._replies.put(b"")
 
     def send(self, cmd: dict[str, Any]) -> None:

@@ -128,8 +128,8 @@ class Session:
         except BaseException:
             # __aexit__ does not run when __aenter__ fails: never leave an admitted socket
             if self.conn is not None:
-                await asyncio.shield(self._services.closing.release(
-                    self.conn, code=CloseCode.INTERNAL_ERROR, reason="server error"))
+                await self._services.closing.release(
+                    self.conn, code=CloseCode.INTERNAL_ERROR, reason="server error")
             raise
         return self
 
@@ -208,8 +208,9 @@ class Session:
         else:
             code, reason = CloseCode.INTERNAL_ERROR, "server error"
             went_away = True
-        await asyncio.shield(self._services.closing.release(
-            self.conn, code=code, reason=reason, keep_session=went_away))
+        # release() finishes the close in a task of the node even if this is cancelled
+        await self._services.closing.release(self.conn, code=code, reason=reason,
+                                             keep_session=went_away)
 
     def __aiter__(self) -> AsyncIterator[str | bytes]:
         return self._messages()

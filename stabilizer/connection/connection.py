@@ -77,9 +77,9 @@ class Connection:
     """One local socket: identity, bounded outbox, writer, liveness, groups and user data."""
 
     __slots__ = (
-        "__weakref__", "_by_method", "_drain_task", "_groups", "_held", "_last_activity",
-        "_limits", "_on_fail", "_outbox", "_pong_waiters", "_queued_bytes", "_registered",
-        "_replayed", "_send",
+        "__weakref__", "_by_method", "_close_waiter", "_drain_task", "_groups", "_held",
+        "_last_activity", "_limits", "_on_fail", "_outbox", "_pong_waiters", "_queued_bytes",
+        "_registered", "_replayed", "_send", "_socket_closed",
         "_state", "_user_data", "_user_data_bytes", "_writing", "client_id", "conn_id",
         "created_at", "metadata", "owner", "socket",
     )
@@ -108,6 +108,8 @@ class Connection:
         self._limits = limits
         self._on_fail = on_fail
         self._state = State.OPEN
+        self._socket_closed = False  # the node's close of the socket has ended
+        self._close_waiter: asyncio.Event | None = None  # made when someone waits for it
         self._registered = False  # the shared store recorded it (False while degraded)
         self._last_activity = time.monotonic()
         self._outbox: deque[Frame] | None = None
@@ -332,9 +334,28 @@ class Connection:
         """The shared store recorded this connection's presence."""
         self._registered = True
 
+    def socket_done(self) -> None:
+        """The node's close of the socket ended (close frame sent, or transport aborted)."""
+        self._socket_closed = True
+        if self._close_waiter is not None:
+            self._close_waiter.set()
+
+    async def socket_closed(self) -> None:
+        """Wait until the node's close of the socket has ended (at once if it has).
+
+        A handler whose connection the node is closing (replaced, timed out, shut down)
+        waits here before it returns: an ASGI app that returns first makes the server drop
+        the socket without the close frame (the client sees 1006 instead of the code)."""
+        if self._socket_closed:
+            return
+        if self._close_waiter is None:
+            self._close_waiter = asyncio.Event()
+        await self._close_waiter.wait()
+
     def finish_close(self) -> None:
         """Closing -> closed: the socket is closed and the node's bookkeeping done."""
         self._state = State.CLOSED
+        self.socket_done()
 
     def release_held(self, replayed: Mapping[str, tuple[str, int]], now: float) -> None:
         """End a replay: remember what it sent per stream, as (epoch, last offset), then

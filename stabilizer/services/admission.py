@@ -103,8 +103,8 @@ class Admission:
         try:
             await self._announce(conn, resuming)
         except BaseException:  # cancelled during the hooks: never leave it in the pool
-            await asyncio.shield(self._closing.release(
-                conn, code=CloseCode.INTERNAL_ERROR, reason="server error"))
+            await self._closing.release(conn, code=CloseCode.INTERNAL_ERROR,
+                                        reason="server error")
             raise
         if kicked:
             logger.info("client %r (conn %s) was replaced on another node while admitted here",

@@ -74,6 +74,9 @@ class Closing:
         False (an explicit end; the default for a normal closure).
         """
         if not self.detach(conn):
+            # the node is closing it already (replaced, timed out, shutting down): the
+            # caller, typically the handler on its way out, waits for the close frame
+            await conn.socket_closed()
             return False
         # the rest runs to its end even if the caller is cancelled: a detached connection
         # must be closed and settled, or its hooks never run and its groups keep it
@@ -83,10 +86,14 @@ class Closing:
         return True
 
     async def _close_and_settle(self, conn: Connection, code: int, reason: str,
-                                keep_session: bool | None) -> None:
-        async with self._slots:
-            await self.unregister(conn)
-            await self.close_socket(conn, code, reason)
+                                keep_session: bool | None, *, unregister: bool = True) -> None:
+        try:
+            async with self._slots:
+                if unregister:
+                    await self.unregister(conn)
+                await self.close_socket(conn, code, reason)
+        finally:  # cancelled before the close: nobody may wait for a close that never comes
+            conn.socket_done()
         await self.settle(conn, code, reason, keep_session)
 
     def detach(self, conn: Connection, *, in_pool: bool = True) -> bool:
@@ -115,8 +122,11 @@ class Closing:
         self._departed_from(conn)
         if code == CloseCode.REPLACED:
             self._ctx.stats.replaced += 1
-        self._ctx.tasks.spawn(self._finish(conn, code, reason),
-                              name=f"stabilizer-close-{conn.conn_id}")
+        # a replaced connection's presence names the newer connection already
+        self._ctx.tasks.spawn(
+            self._close_and_settle(conn, code, reason, None,
+                                   unregister=code != CloseCode.REPLACED),
+            name=f"stabilizer-close-{conn.conn_id}")
 
     def on_conn_failed(self, conn: Connection, code: CloseCode, reason: str) -> None:
         """A connection's outbox overflowed or its socket failed."""
@@ -133,13 +143,6 @@ class Closing:
     def kick(self, conn: Connection) -> None:
         """Another node (or a resync) found a newer connection of this client."""
         self.retire(conn, CloseCode.REPLACED, "replaced by a connection on another node")
-
-    async def _finish(self, conn: Connection, code: int, reason: str) -> None:
-        async with self._slots:
-            if code != CloseCode.REPLACED:  # presence names the newer connection now
-                await self.unregister(conn)
-            await self.close_socket(conn, code, reason)
-        await self.settle(conn, code, reason, None)
 
     async def unregister(self, conn: Connection) -> None:
         """Drop the presence of `conn` (if it still names this socket)."""
@@ -166,6 +169,8 @@ class Closing:
         except Exception:  # typically the peer is already gone: nothing left to close
             logger.debug("close of %s raised", conn.conn_id, exc_info=True)
             return False
+        finally:
+            conn.socket_done()
         return True
 
     async def settle(self, conn: Connection, code: int, reason: str,

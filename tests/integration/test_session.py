@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -59,3 +60,55 @@ async def test_pongs_and_client_pings_never_reach_the_application(
         assert await session.receive() == "hello"
         assert json.loads(await ws.next()) == {"type": "pong"}
         assert manager.stats.pongs == 2
+
+
+class StuckCloseSocket(FakeWebSocket):
+    """A socket whose close() waits until `unstick` is set (a peer that never answers)."""
+
+    def __init__(self) -> None:
+        super().__init__("stuck")
+        self.unstick = asyncio.Event()
+        self.closing = asyncio.Event()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closing.set()
+        await self.unstick.wait()
+        await super().close(code, reason)
+
+
+async def test_a_handler_whose_connection_is_being_replaced_waits_for_the_close_frame(
+    make_manager: ManagerFactory,
+) -> None:
+    """The node closes a replaced connection in a task of its own, which may wait for a
+    close slot. The replaced handler must not return before the 4500 goes out: an ASGI app
+    that returns first lets the server drop the socket, and the client sees 1006 (found by
+    the two-replica test after a change that removed one loop iteration from __aexit__)."""
+    manager = make_manager(WebSocketConfig(max_concurrent_cleanup=1, close_timeout=5.0,
+                                           **QUIET))
+    stuck = StuckCloseSocket()
+    await manager.connect("stuck", stuck)
+    holder = asyncio.ensure_future(manager.disconnect("stuck"))  # takes the only slot
+    await stuck.closing.wait()
+
+    first, second = FakeWebSocket("first"), FakeWebSocket("second")
+    admitted = asyncio.Event()
+
+    async def handler() -> None:
+        async with manager.open_session(first, "alice", welcome=False) as session:
+            admitted.set()
+            while await session.receive() is not None:
+                pass
+
+    task = asyncio.ensure_future(handler())
+    await admitted.wait()
+    async with manager.open_session(second, "alice", welcome=False):
+        first.client_says("still here")  # wakes the first handler's receive()
+        for _ in range(20):  # let the first handler run as far as it can
+            await asyncio.sleep(0)
+        assert not task.done(), "the replaced handler returned before its close frame"
+        assert first.closed is None
+        stuck.unstick.set()
+        await task
+        assert first.closed is not None
+        assert first.closed[0] == 4500
+    await holder

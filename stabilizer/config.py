@@ -81,11 +81,14 @@ class CloseCode(IntEnum):
     # reconnect half
     HEARTBEAT_TIMEOUT = 4000
     MEMORY_EVICTED = 4001
+    AUTH_EXPIRED = 4003  # credentials expired: reconnect with fresh ones
+    USER_LIMIT = 4004  # the user holds max_connections_per_user connections: retry later
     # do-not-reconnect half
     REPLACED = 4500
     INVALID_TOKEN = 4501
     TOKEN_EXPIRED = 4502
     INVALID_CLIENT_ID = 4503
+    AUTH_FAILED = 4505  # credentials missing, malformed, forged or not for this server
 
     @property
     def should_reconnect(self) -> bool:

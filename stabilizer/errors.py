@@ -73,3 +73,18 @@ class WireError(WebSocketStabilizerError):
 
 class BackendUnavailable(WebSocketStabilizerError):
     """The shared backend (Redis) cannot be reached right now; loops retry, callers may too."""
+
+
+class AuthenticationError(WebSocketStabilizerError):
+    """A client's credentials do not prove an identity (missing, malformed, forged, for
+    another audience or issuer, or signed with an unknown key); it is closed with
+    AUTH_FAILED (4505)."""
+
+
+class CredentialsExpiredError(AuthenticationError):
+    """A client's credentials were valid but are past their lifetime; it is closed with
+    AUTH_EXPIRED (4003) and should reconnect with fresh ones."""
+
+
+class UserConnectionLimitError(ConnectionLimitExceededError):
+    """A user already holds max_connections_per_user connections across the cluster."""

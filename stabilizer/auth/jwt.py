@@ -1,0 +1,418 @@
+"""JWTAuthenticator: JSON Web Tokens as identities; the only module importing PyJWT.
+
+Each key verifies only algorithms of its own type, so an HS token is never checked against
+an RSA key's PEM text (algorithm confusion), and "none" is never accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, NamedTuple
+
+import jwt
+
+from stabilizer.auth.identity import Credentials, Identity
+from stabilizer.errors import AuthenticationError, ConfigError, CredentialsExpiredError
+from stabilizer.pure.text import JSONValue
+
+logger = logging.getLogger(__name__)
+
+#: The longest token accepted (characters); longer input is refused before any parsing.
+MAX_TOKEN_LENGTH: Final = 16_384
+#: The longest ``kid`` header looked up in a JWKS.
+MAX_KID_LENGTH: Final = 256
+#: Every accepted algorithm and the JWK key type (``kty``) that verifies it.
+ALGORITHM_KEY_TYPES: Final[Mapping[str, str]] = {
+    "HS256": "oct", "HS384": "oct", "HS512": "oct",
+    "RS256": "RSA", "RS384": "RSA", "RS512": "RSA",
+    "PS256": "RSA", "PS384": "RSA", "PS512": "RSA",
+    "ES256": "EC", "ES384": "EC", "ES512": "EC", "EdDSA": "OKP",
+}
+#: What a PEM key verifies by default, tried in order to recognise the key.
+_PEM_DEFAULTS: Final = ("RS256", "ES256", "ES384", "ES512", "EdDSA")
+_JWKS_DEFAULTS: Final = ("RS256", "ES256")
+_INSTALL: Final = "pip install 'fastapi-stabilizer[jwt]'"
+# PyJWT's refusals, most specific first, and what we say instead of its words.
+_REFUSALS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
+    (jwt.ImmatureSignatureError, "token is not valid yet (nbf or iat in the future)"),
+    (jwt.InvalidAudienceError, "token is for another audience"),
+    (jwt.InvalidIssuerError, "token is from another issuer"),
+    (jwt.InvalidAlgorithmError, "token algorithm does not match its key"),
+    (jwt.InvalidIssuedAtError, "token has an invalid iat claim"),
+    (jwt.exceptions.InvalidSubjectError, "token claim 'sub' must be a string"),
+    (jwt.exceptions.InvalidJTIError, "token claim 'jti' must be a string"),
+    (jwt.InvalidTokenError, "token is malformed or invalid"),
+)
+
+
+class _PublicKey(NamedTuple):
+    alg: str  # what the key verifies by default
+    kty: str  # its JWK key type: the algorithms it may verify
+    key: Any  # a cryptography public key
+
+
+class JWTAuthenticator:
+    """An Authenticator that accepts signed JWTs.
+
+    Keys: ``secret`` (HS256 keyring: the first key signs ``issue()``, every key verifies),
+    ``public_key`` (PEM: RSA, EC or Ed25519; several for rotation), ``jwks_url`` (keys by
+    ``kid``, cached ``jwks_lifespan`` seconds, at most one fetch per
+    ``jwks_refetch_interval``, each bounded by ``jwks_timeout``; ``clock`` drives the cache).
+    ``algorithms`` defaults to what the keys imply. Claims: ``exp`` is required (``require``
+    lists the claims a token must carry; ``()`` admits tokens that never expire); ``nbf``
+    and ``iat`` are checked when present, ``aud`` and ``iss`` when configured (a token with
+    an ``aud`` is refused when no ``audience`` is); ``leeway`` seconds absorb clock skew.
+    ``user_claim`` is the user id, ``info_claim`` (a JSON object) the connection's info.
+    The token comes from the frame, else (``header``) an ``Authorization: Bearer`` header,
+    else the ``cookie`` named; never from the URL.
+    """
+
+    def __init__(
+        self, *, secret: str | Sequence[str] | None = None,
+        public_key: str | bytes | Sequence[str | bytes] | None = None,
+        jwks_url: str | None = None, algorithms: Sequence[str] | None = None,
+        audience: str | Sequence[str] | None = None, issuer: str | None = None,
+        leeway: float = 0.0, user_claim: str = "sub", info_claim: str | None = None,
+        require: Sequence[str] = ("exp",), header: bool = True, cookie: str | None = None,
+        jwks_lifespan: float = 300.0, jwks_refetch_interval: float = 10.0,
+        jwks_timeout: float = 5.0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Check and keep the options (see the class docstring).
+
+        Raises:
+            ConfigError: no key source, a short secret, an unreadable or private PEM, an
+                unknown algorithm (or "none"), or an algorithm no configured key can verify.
+        """
+        self._secrets = tuple(key.encode() for key in _key_list("secret", secret, str))
+        self._pems = [_load_pem(pem) for pem in _key_list("public_key", public_key, str | bytes)]
+        self._jwks = None if jwks_url is None else _JWKS(
+            jwks_url, lifespan=jwks_lifespan, refetch_interval=jwks_refetch_interval,
+            timeout=jwks_timeout, clock=clock)
+        if not (self._secrets or self._pems or self._jwks):
+            raise ConfigError("JWTAuthenticator needs a secret, a public_key or a jwks_url")
+        self._algorithms = self._check_algorithms(algorithms)
+        self._audience = _audience(audience)
+        for name, value in (("user_claim", user_claim), ("info_claim", info_claim),
+                            ("cookie", cookie), ("issuer", issuer)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+        if isinstance(leeway, bool) or not isinstance(leeway, int | float) or not (
+                0 <= leeway < math.inf):
+            raise ConfigError(f"leeway must be seconds >= 0, got {leeway!r}")
+        if isinstance(require, str) or not all(isinstance(c, str) for c in require):
+            raise ConfigError("require must be a sequence of claim names, e.g. ('exp',)")
+        self._issuer, self._leeway, self._require = issuer, float(leeway), list(require)
+        self._user_claim, self._info_claim = user_claim, info_claim
+        self._header, self._cookie = header, cookie
+
+    def _check_algorithms(self, algorithms: Sequence[str] | None) -> tuple[str, ...]:
+        """The accepted algorithms: the given ones, each with a key that can verify it, or
+        those the keys imply."""
+        if algorithms is None:
+            implied = ["HS256"] if self._secrets else []
+            implied += [pem.alg for pem in self._pems]
+            implied += list(_JWKS_DEFAULTS) if self._jwks else []
+            algorithms = list(dict.fromkeys(implied))
+        if isinstance(algorithms, str) or not algorithms:
+            raise ConfigError("algorithms must be a non-empty sequence such as ['RS256']")
+        key_types = {pem.kty for pem in self._pems} | ({"oct"} if self._secrets else set())
+        key_types |= {"RSA", "EC", "OKP"} if self._jwks else set()
+        for alg in algorithms:
+            if alg not in ALGORITHM_KEY_TYPES:
+                raise ConfigError(f"algorithm {alg!r} is not supported; use one of "
+                                  f"{', '.join(ALGORITHM_KEY_TYPES)}")
+            if ALGORITHM_KEY_TYPES[alg] not in key_types:
+                need = "a secret" if alg.startswith("HS") else "a matching public_key or jwks_url"
+                raise ConfigError(f"algorithm {alg} has no key to verify it: give {need}")
+            _check_key_lengths(alg, self._secrets, self._pems)
+        return tuple(algorithms)
+
+    async def authenticate(self, credentials: Credentials) -> Identity:
+        """Return the identity a valid token proves (a refresh is checked the same way).
+
+        Raises:
+            CredentialsExpiredError: the token is past its ``exp`` (beyond ``leeway``).
+            AuthenticationError: no token, or a malformed, forged, unknown-key, not-yet-valid
+                or wrong-audience/issuer one, or unusable ``sub`` or info claims.
+        """
+        token = self._token_of(credentials)
+        try:  # unverified: only alg and kid are read, to pick the keys
+            header = jwt.get_unverified_header(token)
+        except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:
+            raise AuthenticationError("token is malformed (not a signed JWT)") from exc
+        alg = header.get("alg")
+        if alg not in self._algorithms:
+            raise AuthenticationError(
+                f"token algorithm is not accepted; use {', '.join(self._algorithms)}")
+        keys = await self._keys_for(alg, header.get("kid"))
+        return self._identity(self._decode(token, alg, keys))
+
+    def _token_of(self, credentials: Credentials) -> str:
+        """The token: the frame's, else the socket's Bearer header or cookie (never the
+        query string: URLs end up in access logs)."""
+        token = credentials.token
+        if token is None and (token := self._socket_token(credentials.websocket)) is None:
+            places = ["the connect frame"] + ["an Authorization: Bearer header"] * self._header
+            places += [f"the {self._cookie!r} cookie"] if self._cookie else []
+            raise AuthenticationError(f"no token; send one in {' or '.join(places)}")
+        if not isinstance(token, str) or not token:
+            raise AuthenticationError("the token must be a non-empty string")
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise AuthenticationError(f"the token is over {MAX_TOKEN_LENGTH} characters")
+        return token
+
+    def _socket_token(self, websocket: object) -> str | None:
+        if self._header:
+            value = _get(getattr(websocket, "headers", None), "authorization", "Authorization")
+            if isinstance(value, str):
+                scheme, _, rest = value.strip().partition(" ")
+                if scheme.lower() == "bearer" and rest.strip():
+                    return rest.strip()
+        if self._cookie is not None:
+            value = _get(getattr(websocket, "cookies", None), self._cookie)
+            if isinstance(value, str) and value:
+                return value
+        return None
+
+    async def _keys_for(self, alg: str, kid: object) -> list[Any]:
+        """The keys that may have signed an `alg` token: only keys of alg's own type."""
+        kty = ALGORITHM_KEY_TYPES[alg]
+        if kty == "oct":
+            return list(self._secrets)
+        keys: list[Any] = [pem.key for pem in self._pems if pem.kty == kty]
+        if self._jwks is None:
+            return keys
+        if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
+            if keys:
+                return keys
+            raise AuthenticationError("token has no usable kid header; the JWKS needs one")
+        try:
+            found = await self._jwks.key(kid)
+        except AuthenticationError:
+            if not keys:
+                raise
+            found = None  # the JWKS is out of reach: the PEM keys may still verify
+        if found is not None and found.key_type == kty:
+            keys.append(found)
+        if not keys:
+            raise AuthenticationError("token is signed with a key the JWKS does not publish")
+        return keys
+
+    def _decode(self, token: str, alg: str, keys: list[Any]) -> dict[str, Any]:
+        """The verified claims, trying each key; PyJWT's refusals become ours."""
+        for key in keys:
+            try:
+                return jwt.decode(
+                    token, key, algorithms=[alg], audience=self._audience,
+                    issuer=self._issuer, leeway=self._leeway,
+                    options={"require": self._require})
+            except (jwt.InvalidSignatureError, jwt.InvalidKeyError):
+                continue  # another key of the ring may match
+            except jwt.ExpiredSignatureError as exc:
+                raise CredentialsExpiredError(_expired_message(token)) from exc
+            except jwt.MissingRequiredClaimError as exc:
+                raise AuthenticationError(f"token lacks the {exc.claim!r} claim") from exc
+            except jwt.PyJWTError as exc:  # say what is wrong, never in PyJWT's words
+                reason = next((why for kind, why in _REFUSALS if isinstance(exc, kind)),
+                              "token cannot be verified")
+                raise AuthenticationError(reason) from exc
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise AuthenticationError("token is malformed") from exc
+        raise AuthenticationError("token signature matches no configured key")
+
+    def _identity(self, claims: Mapping[str, Any]) -> Identity:
+        user_id = claims.get(self._user_claim)
+        if user_id is None:
+            raise AuthenticationError(f"token has no {self._user_claim!r} claim")
+        if not isinstance(user_id, str):
+            raise AuthenticationError(f"token claim {self._user_claim!r} must be a string")
+        info = None
+        if self._info_claim is not None:
+            info = claims.get(self._info_claim)
+            if info is not None and not isinstance(info, dict):
+                raise AuthenticationError(
+                    f"token claim {self._info_claim!r} must be a JSON object")
+        exp = claims.get("exp")
+        expires_at = float(exp) if isinstance(exp, int | float) else None
+        return Identity(user_id, info, expires_at)
+
+    def issue(self, user_id: str, *, ttl: float, info: Mapping[str, JSONValue] | None = None,
+              **claims: JSONValue) -> str:
+        """Sign an HS token for `user_id` valid `ttl` seconds from now, with the configured
+        audience and issuer, `info` under ``info_claim`` and `claims` on top (tests, examples).
+
+        Raises:
+            ConfigError: no secret, no HS algorithm accepted, or `info` without info_claim.
+        """
+        hs = [alg for alg in self._algorithms if alg.startswith("HS")]
+        if not self._secrets or not hs:
+            raise ConfigError("issue() signs with an HS algorithm and needs a secret")
+        now = time.time()
+        payload: dict[str, JSONValue] = {self._user_claim: user_id, "iat": int(now),
+                                         "exp": int(now + ttl)}
+        if self._audience:
+            payload["aud"] = self._audience[0]
+        if self._issuer is not None:
+            payload["iss"] = self._issuer
+        if info is not None:
+            if self._info_claim is None:
+                raise ConfigError("issue(info=...) needs info_claim to be set")
+            payload[self._info_claim] = dict(info)
+        payload.update(claims)
+        return jwt.encode(payload, self._secrets[0], algorithm=hs[0])
+
+
+class _JWKS:
+    """The signing keys a JWKS URL publishes, cached for `lifespan` seconds.
+
+    One rule bounds the load on the server: at most one fetch per `refetch_interval`, be
+    it the first, a refresh of expired keys, or a refetch for an unknown kid. When a
+    refresh fails the last keys stay in use for up to another lifespan.
+    """
+
+    def __init__(self, url: str, *, lifespan: float, refetch_interval: float, timeout: float,
+                 clock: Callable[[], float]) -> None:
+        for name, value in (("jwks_lifespan", lifespan), ("jwks_timeout", timeout),
+                            ("jwks_refetch_interval", refetch_interval)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"{name} must be seconds > 0, got {value!r}")
+        try:  # PyJWT's own cache would read its own clock: ours is injected
+            self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout)
+        except jwt.PyJWKClientError as exc:
+            raise ConfigError(f"jwks_url must be an http(s) URL, got {url!r}") from exc
+        self._url = url
+        self._lifespan, self._interval, self._timeout = lifespan, refetch_interval, timeout
+        self._clock = clock
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None  # last successful fetch
+        self._attempted_at: float | None = None  # last fetch, successful or not
+        self._lock = asyncio.Lock()  # one fetch at a time; waiters then see its result
+
+    def _age(self, now: float) -> float:
+        return float("inf") if self._fetched_at is None else now - self._fetched_at
+
+    async def key(self, kid: str) -> jwt.PyJWK | None:
+        """The published key named `kid`, or None.
+
+        Raises:
+            AuthenticationError: the JWKS cannot be fetched and no recent keys are known.
+        """
+        if self._age(self._clock()) < self._lifespan and kid in self._keys:
+            return self._keys[kid]
+        async with self._lock:
+            now = self._clock()
+            if self._age(now) >= self._lifespan or kid not in self._keys:
+                await self._refresh(now)
+            if self._age(now) >= 2 * self._lifespan:
+                raise AuthenticationError("cannot fetch the signing keys (JWKS); try again "
+                                          "shortly")
+            return self._keys.get(kid)
+
+    async def _refresh(self, now: float) -> None:
+        """Fetch the keys unless a fetch was attempted within the refetch interval."""
+        if self._attempted_at is not None and now - self._attempted_at < self._interval:
+            return
+        self._attempted_at = now
+        try:
+            async with asyncio.timeout(self._timeout):
+                keys = await asyncio.to_thread(self._fetch)
+        except (jwt.PyJWTError, OSError, ValueError) as exc:  # OSError covers TimeoutError
+            logger.warning("JWKS fetch from %s failed (%s: %s); next try in %.0fs at the earliest",
+                           self._url, type(exc).__name__, exc, self._interval)
+            return
+        self._keys, self._fetched_at = keys, now
+        logger.info("JWKS fetched from %s: %d signing keys", self._url, len(keys))
+
+    def _fetch(self) -> dict[str, jwt.PyJWK]:
+        """Blocking: the asymmetric signing keys with a kid, first of each kid wins."""
+        keys: dict[str, jwt.PyJWK] = {}
+        for jwk in self._client.get_jwk_set().keys:
+            kid, usable = jwk.key_id, jwk.public_key_use in ("sig", None)
+            if not kid or not usable or jwk.key_type not in ("RSA", "EC", "OKP"):
+                continue  # never take a symmetric (oct) key from a published set
+            if (weak := jwk.Algorithm.check_key_length(jwk.key)) is not None:
+                logger.warning("JWKS key %r ignored: %s", kid, weak)
+                continue
+            keys.setdefault(kid, jwk)
+        if not keys:
+            raise jwt.PyJWKSetError("the JWKS has no usable asymmetric signing key")
+        return keys
+
+
+def _key_list(name: str, value: object, kind: Any) -> list[Any]:
+    """One key or a non-empty sequence of keys, each a `kind`, as a list (None: none)."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str | bytes) else value
+    if not isinstance(items, Sequence) or not items or not all(
+            isinstance(item, kind) for item in items):
+        raise ConfigError(f"{name} must be a key or a non-empty sequence of keys "
+                          f"({'strings' if kind is str else 'PEM text'})")
+    return list(items)
+
+
+def _load_pem(pem: str | bytes) -> _PublicKey:
+    """Recognise a PEM public key.
+
+    Raises:
+        ConfigError: not a public key of a supported type (a private key is refused: only
+            the signer should hold it).
+    """
+    if "PRIVATE KEY" in (pem.decode("ascii", "replace") if isinstance(pem, bytes) else pem):
+        raise ConfigError("public_key got a private key; pass its public half")
+    for alg in _PEM_DEFAULTS:
+        try:
+            key = jwt.get_algorithm_by_name(alg).prepare_key(pem)
+        except NotImplementedError as exc:
+            raise ConfigError(f"{alg} keys need cryptography: {_INSTALL}") from exc
+        except Exception:  # not this type; cryptography's own errors are not importable here
+            continue
+        return _PublicKey(alg, ALGORITHM_KEY_TYPES[alg], key)
+    raise ConfigError("public_key is not an RSA, EC (P-256/384/521) or Ed25519 public key PEM")
+
+
+def _check_key_lengths(alg: str, secrets: Sequence[bytes], pems: Sequence[_PublicKey]) -> None:
+    """Refuse keys PyJWT deems too short for `alg` (RFC 7518: an HS256 secret has 32+ bytes)."""
+    algorithm = jwt.get_algorithm_by_name(alg)
+    kty = ALGORITHM_KEY_TYPES[alg]
+    keys = list(secrets) if kty == "oct" else [pem.key for pem in pems if pem.kty == kty]
+    for key in keys:
+        try:
+            weak = algorithm.check_key_length(key)
+        except (TypeError, AttributeError):  # an EC key of another curve: not alg's key
+            continue
+        if weak is not None:
+            raise ConfigError(f"a key is too short for {alg}: {weak}")
+
+
+def _audience(audience: str | Sequence[str] | None) -> list[str] | None:
+    if audience is None:
+        return None
+    items = [audience] if isinstance(audience, str) else list(audience)
+    if not items or not all(isinstance(item, str) and item for item in items):
+        raise ConfigError("audience must be a non-empty string or sequence of strings")
+    return items
+
+
+def _get(mapping: object, *names: str) -> object:
+    getter = getattr(mapping, "get", None)
+    if not callable(getter):
+        return None
+    for name in names:
+        if (value := getter(name)) is not None:
+            return value
+    return None
+
+
+def _expired_message(token: str) -> str:
+    """How long ago a token whose signature verified expired."""
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        exp = None
+    ago = f" {max(0.0, time.time() - exp):.0f}s ago" if isinstance(exp, int | float) else ""
+    return f"token expired{ago}; connect again with a fresh one"

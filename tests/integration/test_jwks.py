@@ -1,0 +1,338 @@
+"""JWTAuthenticator against a real JWKS endpoint on loopback: caching, rotation, outages and
+floods of unknown key ids, counted on the server; the cache's clock is driven by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from stabilizer.auth import Credentials, JWTAuthenticator
+from stabilizer.errors import AuthenticationError
+
+LIFESPAN = 300.0
+REFETCH = 10.0
+SECRET = "a-shared-secret-of-32-characters"
+
+
+class Clock:
+    """The JWKS cache's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class JWKSServer:
+    """A JWKS endpoint on 127.0.0.1 that counts the requests it answers."""
+
+    def __init__(self) -> None:
+        self.keys: list[dict[str, Any]] = []
+        self.status = 200
+        self._requests = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_port}/.well-known/jwks.json"
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return self._requests
+
+    def publish(self, *keys: Key) -> None:
+        with self._lock:
+            self.keys = [key.jwk for key in keys]
+
+    def _answer(self) -> tuple[int, bytes]:
+        with self._lock:
+            self._requests += 1
+            return self.status, json.dumps({"keys": self.keys}).encode()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = server._answer()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class Key:
+    """A signing key pair with a kid, its public JWK, and tokens it signs."""
+
+    def __init__(self, alg: str = "RS256") -> None:
+        self.alg, self.kid = alg, uuid.uuid4().hex
+        if alg == "RS256":
+            self.private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            jwk = RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
+        else:
+            self.private = ec.generate_private_key(ec.SECP256R1())
+            jwk = ECAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
+        self.jwk = {**jwk, "kid": self.kid, "use": "sig", "alg": alg}
+
+    def token(self, sub: str = "alice", *, kid: str | None = None) -> str:
+        claims = {"sub": sub, "exp": int(time.time()) + 3600}
+        return jwt.encode(claims, self.private, algorithm=self.alg,
+                          headers={"kid": self.kid if kid is None else kid})
+
+
+@pytest.fixture(scope="module")
+def key_1() -> Key:
+    return Key()
+
+
+@pytest.fixture(scope="module")
+def key_2() -> Key:
+    return Key()
+
+
+@pytest.fixture
+def server() -> Iterator[JWKSServer]:
+    jwks = JWKSServer()
+    yield jwks
+    jwks.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def authenticator(url: str, clock: Clock, **options: Any) -> JWTAuthenticator:
+    return JWTAuthenticator(jwks_url=url, jwks_lifespan=LIFESPAN, jwks_refetch_interval=REFETCH,
+                            clock=clock, **options)
+
+
+async def user_of(auth: JWTAuthenticator, token: str) -> str:
+    async with asyncio.timeout(10):  # a bound, not a wait
+        return (await auth.authenticate(Credentials(token, None))).user_id
+
+
+async def refused(auth: JWTAuthenticator, token: str) -> str:
+    with pytest.raises(AuthenticationError) as caught:
+        await user_of(auth, token)
+    assert caught.value.__traceback__ is not None
+    assert token not in str(caught.value)
+    return str(caught.value)
+
+
+async def test_published_keys_verify_and_are_cached(
+    server: JWKSServer, clock: Clock, key_1: Key
+) -> None:
+    server.publish(key_1)
+    auth = authenticator(server.url, clock)
+    for name in ("alice", "bob", "carol"):
+        assert await user_of(auth, key_1.token(name)) == name
+    clock.advance(LIFESPAN - 1)
+    assert await user_of(auth, key_1.token()) == "alice"
+    assert server.requests == 1
+
+
+async def test_concurrent_first_tokens_share_one_fetch(
+    server: JWKSServer, clock: Clock, key_1: Key
+) -> None:
+    server.publish(key_1)
+    auth = authenticator(server.url, clock)
+    names = [f"user-{n}" for n in range(20)]
+    async with asyncio.timeout(20):
+        users = await asyncio.gather(*(user_of(auth, key_1.token(name)) for name in names))
+    assert users == names
+    assert server.requests == 1
+
+
+async def test_an_ec_key_from_the_jwks_verifies(server: JWKSServer, clock: Clock) -> None:
+    key = Key("ES256")
+    server.publish(key)
+    assert await user_of(authenticator(server.url, clock), key.token("eve")) == "eve"
+
+
+async def test_a_rotated_in_key_is_accepted_after_exactly_one_refetch(
+    server: JWKSServer, clock: Clock, key_1: Key, key_2: Key
+) -> None:
+    server.publish(key_1)
+    auth = authenticator(server.url, clock)
+    assert await user_of(auth, key_1.token()) == "alice"
+    server.publish(key_1, key_2)
+    # the first fetch was just now: an unknown kid may not refetch yet
+    assert "does not publish" in await refused(auth, key_2.token())
+    assert server.requests == 1
+    clock.advance(REFETCH)
+    assert await user_of(auth, key_2.token("bob")) == "bob"
+    assert server.requests == 2
+    for token in (key_2.token(), key_1.token(), key_2.token()):
+        await user_of(auth, token)
+    assert server.requests == 2
+
+
+async def test_a_removed_key_stops_verifying_after_the_lifespan(
+    server: JWKSServer, clock: Clock, key_1: Key, key_2: Key
+) -> None:
+    server.publish(key_1, key_2)
+    auth = authenticator(server.url, clock)
+    assert await user_of(auth, key_1.token()) == "alice"
+    server.publish(key_2)
+    clock.advance(LIFESPAN - 1)
+    assert await user_of(auth, key_1.token()) == "alice"  # still cached
+    assert server.requests == 1
+    clock.advance(1)
+    assert "does not publish" in await refused(auth, key_1.token())
+    assert server.requests == 2
+    assert await user_of(auth, key_2.token("bob")) == "bob"
+    assert server.requests == 2
+
+
+async def test_a_server_that_is_down_refuses_cleanly(
+    clock: Clock, key_1: Key, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/jwks.json"
+    auth = authenticator(url, clock)
+    with caplog.at_level(logging.WARNING, logger="stabilizer.auth.jwt"):
+        message = await refused(auth, key_1.token())
+    assert message == "cannot fetch the signing keys (JWKS); try again shortly"
+    [record] = [r for r in caplog.records if r.name == "stabilizer.auth.jwt"]
+    assert record.levelno == logging.WARNING
+    assert "JWKS fetch from" in record.getMessage()
+    assert record.exc_info is None
+    assert "Traceback" not in caplog.text
+
+
+async def test_pem_keys_still_verify_while_the_jwks_is_unreachable(
+    clock: Clock, key_1: Key
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/jwks.json"
+    public_pem = key_1.private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    auth = authenticator(url, clock, public_key=public_pem)
+    assert await user_of(auth, key_1.token("pem-user")) == "pem-user"
+    assert "matches no configured key" in await refused(auth, Key().token())
+
+
+async def test_a_failing_server_is_asked_at_most_once_per_interval(
+    server: JWKSServer, clock: Clock, key_1: Key
+) -> None:
+    server.status = 500
+    auth = authenticator(server.url, clock)
+    for _ in range(20):
+        await refused(auth, key_1.token())
+    assert server.requests == 1
+    clock.advance(REFETCH)
+    server.status = 200
+    server.publish(key_1)
+    assert await user_of(auth, key_1.token()) == "alice"
+    assert server.requests == 2
+
+
+async def test_known_keys_outlive_a_short_outage_but_not_a_long_one(
+    server: JWKSServer, clock: Clock, key_1: Key
+) -> None:
+    server.publish(key_1)
+    auth = authenticator(server.url, clock)
+    assert await user_of(auth, key_1.token()) == "alice"
+    server.status = 503
+    clock.advance(LIFESPAN)
+    assert await user_of(auth, key_1.token()) == "alice"  # the refresh failed: keep the keys
+    assert server.requests == 2
+    clock.advance(LIFESPAN)
+    assert "cannot fetch" in await refused(auth, key_1.token())
+    assert server.requests == 3
+
+
+async def test_a_flood_of_unknown_kids_fetches_a_bounded_number_of_times(
+    server: JWKSServer, clock: Clock, key_1: Key
+) -> None:
+    server.publish(key_1)
+    auth = authenticator(server.url, clock)
+    intruder = Key()
+
+    async def flood() -> list[BaseException | str]:
+        tokens = [intruder.token(kid=uuid.uuid4().hex) for _ in range(100)]
+        async with asyncio.timeout(20):
+            return await asyncio.gather(*(user_of(auth, t) for t in tokens),
+                                        return_exceptions=True)
+
+    results = await flood()  # from a cold cache: one fetch for them all
+    assert all(isinstance(result, AuthenticationError) for result in results)
+    assert server.requests == 1
+    clock.advance(REFETCH)
+    results = await flood()
+    assert all(isinstance(result, AuthenticationError) for result in results)
+    assert server.requests == 2
+    assert await user_of(auth, key_1.token()) == "alice"
+    assert server.requests == 2
+
+
+async def test_symmetric_keys_in_the_jwks_are_never_used(
+    server: JWKSServer, clock: Clock, key_1: Key
+) -> None:
+    raw = b"published-oct-secret-of-32-bytes"
+    oct_jwk = {"kty": "oct", "kid": "hmac", "k": base64.urlsafe_b64encode(raw).decode()}
+    server.publish(key_1)
+    server.keys.append(oct_jwk)
+    auth = authenticator(server.url, clock, secret=SECRET, algorithms=["HS256", "RS256"])
+    forged = jwt.encode({"sub": "mallory", "exp": int(time.time()) + 60}, raw,
+                        algorithm="HS256", headers={"kid": "hmac"})
+    assert "matches no configured key" in await refused(auth, forged)
+    # and an RS256 token naming the oct key's kid finds no RSA key either
+    assert "does not publish" in await refused(auth, key_1.token(kid="hmac"))
+
+
+async def test_a_token_without_a_kid_is_refused(
+    server: JWKSServer, clock: Clock, key_1: Key
+) -> None:
+    server.publish(key_1)
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, key_1.private,
+                       algorithm="RS256")
+    assert "kid" in await refused(authenticator(server.url, clock), token)
+    assert server.requests == 0
+
+
+async def test_a_server_that_never_answers_is_bounded_by_the_timeout(
+    clock: Clock, key_1: Key
+) -> None:
+    with socket.socket() as silent:  # accepts connections (backlog), never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/jwks.json"
+        auth = authenticator(url, clock, jwks_timeout=0.2)
+        assert "cannot fetch" in await refused(auth, key_1.token())

@@ -5,6 +5,12 @@ with ``from stabilizer import WebSocketConnectionManager, WebSocketConfig``; the
 differences are in docs/migration.md.
 """
 
+from stabilizer.auth.identity import (
+    Authenticator,
+    CallableAuthenticator,
+    Credentials,
+    Identity,
+)
 from stabilizer.backends.base import Backend, Presence
 from stabilizer.backends.memory import MemoryBackend, MemoryHub
 from stabilizer.config import (
@@ -18,18 +24,21 @@ from stabilizer.config import (
     should_reconnect,
 )
 from stabilizer.errors import (
+    AuthenticationError,
     BackendUnavailable,
     BroadcastFailedError,
     ConfigError,
     ConnectionLimitExceededError,
     ConnectionNotFoundError,
     ConnectionTimeoutError,
+    CredentialsExpiredError,
     InvalidClientIdError,
     InvalidTokenError,
     MemoryLimitExceededError,
     ShutdownError,
     TokenError,
     TokenExpiredError,
+    UserConnectionLimitError,
     WebSocketStabilizerError,
     WireError,
 )
@@ -41,10 +50,13 @@ from stabilizer.session import Session
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
+    "Authenticator",
     "Backend",
     "BackendUnavailable",
     "BroadcastFailedError",
     "BroadcastResult",
+    "CallableAuthenticator",
     "CloseCode",
     "ClusterEvent",
     "CompressionMode",
@@ -53,7 +65,10 @@ __all__ = [
     "ConnectionLimitExceededError",
     "ConnectionNotFoundError",
     "ConnectionTimeoutError",
+    "Credentials",
+    "CredentialsExpiredError",
     "HeartbeatType",
+    "Identity",
     "InvalidClientIdError",
     "InvalidTokenError",
     "JsonFormatter",
@@ -69,6 +84,7 @@ __all__ = [
     "ShutdownReport",
     "TokenError",
     "TokenExpiredError",
+    "UserConnectionLimitError",
     "WebSocketConfig",
     "WebSocketConnectionManager",
     "WebSocketStabilizerError",

@@ -166,6 +166,11 @@ class WebSocketConfig:
     rate_limit_window: float = 1.0
     rate_limit_action: RateLimitAction = RateLimitAction.DROP
 
+    # --- stabilizer: users and protocol v2 ---
+    max_connections_per_user: int | None = None
+    connect_timeout: float = 10.0
+    auth_refresh_grace: float = 10.0
+
     # --- stabilizer: history and resumable sessions (history_size > 0 enables them) ---
     history_size: int = 0
     history_ttl: float = 300.0
@@ -211,7 +216,8 @@ class WebSocketConfig:
     def _validate_numbers(self) -> None:
         for name in ("heartbeat_interval", "heartbeat_timeout", "memory_check_interval",
                      "write_timeout", "close_timeout", "node_ttl", "op_timeout",
-                     "retry_jitter", "rate_limit_window", "history_ttl", "session_ttl"):
+                     "retry_jitter", "rate_limit_window", "history_ttl", "session_ttl",
+                     "connect_timeout", "auth_refresh_grace"):
             _positive(name, getattr(self, name))
         for name in ("max_message_size", "num_shards", "max_concurrent_cleanup",
                      "max_concurrent_broadcast", "max_queue_size", "max_client_id_length",
@@ -226,7 +232,8 @@ class WebSocketConfig:
             raise ConfigError(f"history_size must be 0 (off) or a positive integer, got "
                               f"{self.history_size!r}")
         for name in ("max_connections", "max_memory_per_connection", "max_total_memory",
-                     "max_cluster_connections", "rate_limit_messages"):
+                     "max_cluster_connections", "rate_limit_messages",
+                     "max_connections_per_user"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ConfigError(f"{name} must be an integer or None, got {value!r}")
@@ -235,11 +242,12 @@ class WebSocketConfig:
             raise ConfigError("node_ttl must be at least 1 second")
         if self.presence_buckets > 1024:
             raise ConfigError("presence_buckets must be at most 1024")
-        if self.presence_buckets > 1 and self.max_cluster_connections is not None:
-            raise ConfigError(
-                "max_cluster_connections needs presence_buckets=1 (the limit is enforced "
-                "atomically on one slot)"
-            )
+        for limit in ("max_cluster_connections", "max_connections_per_user"):
+            if self.presence_buckets > 1 and getattr(self, limit) is not None:
+                raise ConfigError(
+                    f"{limit} needs presence_buckets=1 (the limit is enforced atomically on "
+                    "one slot)"
+                )
 
     def _coerce_enums(self) -> None:
         for name, enum_type in (("heartbeat_type", HeartbeatType),

@@ -20,15 +20,16 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, WebSocket
+from fastapi import APIRouter, FastAPI, WebSocket, params
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from stabilizer.auth.identity import Identity
 from stabilizer.config import CompressionMode, WebSocketConfig
 from stabilizer.errors import BackendUnavailable, ConfigError
 from stabilizer.manager import WebSocketConnectionManager
@@ -43,36 +44,46 @@ STATIC = Path(__file__).parent / "static"
 def session(
     manager: WebSocketConnectionManager,
     websocket: WebSocket,
-    client_id: str,
+    client_id: str | None = None,
     *,
     metadata: dict[str, Any] | None = None,
     welcome: bool = True,
+    identity: Identity | None = None,
 ) -> Session:
-    """Return a Session for `websocket`; ``token`` (and, with history, ``positions``) query
-    parameters resume a session."""
-    params = websocket.query_params
+    """Return a Session for `websocket`.
+
+    A plain client resumes with ``token`` (and, with history, ``positions``) query
+    parameters; a v2 client sends them in its connect frame. Without `client_id` a v2
+    client is named by its device (under its user), a plain one gets a generated id.
+    `identity` is a user the application authenticated itself (a dependency); otherwise
+    the manager's authenticator, if any, runs.
+    """
+    query = websocket.query_params
     return manager.open_session(websocket, client_id, metadata=metadata,
-                                token=params.get("token") or None,
-                                positions=params.get("positions") or None, welcome=welcome)
+                                token=query.get("token") or None,
+                                positions=query.get("positions") or None, welcome=welcome,
+                                identity=identity)
 
 
 async def serve(
     manager: WebSocketConnectionManager,
     websocket: WebSocket,
-    client_id: str,
+    client_id: str | None = None,
     on_message: MessageHandler | None = None,
     *,
     metadata: dict[str, Any] | None = None,
     welcome: bool = True,
+    identity: Identity | None = None,
 ) -> Session:
     """Serve `websocket` until the client leaves, passing each message to `on_message`.
 
-    Accepts, validates a ``token`` query parameter, registers, answers heartbeats, enforces
-    max_message_size and always unregisters. Returns the finished Session (``refused`` tells
-    why a socket was turned away).
+    Accepts (choosing protocol v2 when offered), authenticates, validates a reconnect
+    token, registers, answers heartbeats, enforces max_message_size and always
+    unregisters. Returns the finished Session (``refused`` tells why a socket was turned
+    away).
     """
     async with session(manager, websocket, client_id, metadata=metadata,
-                       welcome=welcome) as current:
+                       welcome=welcome, identity=identity) as current:
         async for message in current:
             if on_message is not None:
                 await on_message(message)
@@ -157,14 +168,20 @@ def _drain_before_server_exit(
     return restore
 
 
-def router(manager: WebSocketConnectionManager, *, prefix: str = "") -> APIRouter:
-    """Return an APIRouter with GET /health (503 while draining), GET /stats,
-    GET /stabilizer.js (the browser client) and, with ``enable_metrics``, GET /metrics.
+def router(manager: WebSocketConnectionManager, *, prefix: str = "",
+           dependencies: Sequence[params.Depends] | None = None) -> APIRouter:
+    """Return an APIRouter with GET /health (503 while draining), GET /stabilizer.js (the
+    browser client), GET /stats and, with ``enable_metrics``, GET /metrics.
+
+    `dependencies` (FastAPI's ``Depends(...)``) guard /stats and /metrics, which show
+    client counts and node ids; /health and /stabilizer.js stay open for load balancers
+    and browsers.
 
     Raises:
         ConfigError: enable_metrics is set but prometheus-client is not installed.
     """
     api = APIRouter(prefix=prefix, tags=["stabilizer"])
+    guarded = APIRouter(dependencies=list(dependencies or ()))
 
     @api.get("/health")
     async def health() -> JSONResponse:
@@ -183,7 +200,7 @@ def router(manager: WebSocketConnectionManager, *, prefix: str = "") -> APIRoute
     async def browser_client() -> FileResponse:
         return FileResponse(STATIC / "stabilizer.js", media_type="text/javascript")
 
-    @api.get("/stats")
+    @guarded.get("/stats")
     async def stats() -> dict[str, Any]:
         body: dict[str, Any] = {
             "node_id": manager.node_id,
@@ -201,7 +218,8 @@ def router(manager: WebSocketConnectionManager, *, prefix: str = "") -> APIRoute
         return body
 
     if manager.config.enable_metrics:
-        _serve_metrics(api, manager)
+        _serve_metrics(guarded, manager)
+    api.include_router(guarded)
     return api
 
 

@@ -10,18 +10,12 @@ It never sees a reconnect token: those are stabilizer's own and checked elsewher
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from stabilizer.errors import AuthenticationError
-
-#: The largest identity ``info`` (as compact JSON) a connection may carry: it is stored in
-#: the user's presence entry on every connect.
-MAX_INFO_BYTES: Final = 2048
-#: The longest user id (characters).
-MAX_USER_ID_LENGTH: Final = 256
+from stabilizer.pure.users import check_user_id, info_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,42 +100,3 @@ def as_authenticator(value: Authenticator | AuthFunction | None) -> Authenticato
     if callable(value):
         return CallableAuthenticator(value)
     raise TypeError(f"authenticator must be an Authenticator or a callable, got {value!r}")
-
-
-def check_user_id(user_id: object) -> str:
-    """Return `user_id` if usable: a non-empty string of at most 256 characters, valid
-    UTF-8.
-
-    Raises:
-        AuthenticationError: it is not.
-    """
-    if not isinstance(user_id, str) or not user_id:
-        raise AuthenticationError("the user id must be a non-empty string")
-    if len(user_id) > MAX_USER_ID_LENGTH:
-        raise AuthenticationError(f"the user id is over {MAX_USER_ID_LENGTH} characters")
-    if not user_id.isascii():
-        try:
-            user_id.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise AuthenticationError("the user id is not valid Unicode text") from exc
-    return user_id
-
-
-def info_json(info: Mapping[str, Any] | None) -> str:
-    """The compact JSON of an identity's info ("" for none).
-
-    Raises:
-        AuthenticationError: not a JSON object, or over MAX_INFO_BYTES.
-    """
-    if info is None:
-        return ""
-    if not isinstance(info, Mapping):
-        raise AuthenticationError("identity info must be a JSON object")
-    try:
-        text = json.dumps(dict(info), separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise AuthenticationError(f"identity info is not JSON-serializable: {exc}") from exc
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_INFO_BYTES:
-        raise AuthenticationError(f"identity info is over {MAX_INFO_BYTES} bytes as JSON")
-    return text

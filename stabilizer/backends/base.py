@@ -1,7 +1,7 @@
 """What a node needs from the state all nodes share, as small role protocols.
 
-A ``Backend`` bundles one object per role: presence, routing, groups, history, sessions,
-tokens, liveness and events. Services use the roles they need, never a concrete backend.
+A ``Backend`` bundles one object per role: presence, users, routing, groups, history,
+sessions, tokens, liveness and events. Services use the roles they need, never a concrete backend.
 Every method that may need the network raises BackendUnavailable (quickly) when the shared
 store cannot be reached, so the node can degrade: keep local sockets, deliver locally,
 re-register later. tests/contract runs one suite over every implementation.
@@ -10,7 +10,7 @@ re-register later. tests/contract runs one suite over every implementation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
+from collections.abc import AsyncIterator, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,12 +22,18 @@ from stabilizer.stats import BackendStats
 
 @dataclass(frozen=True, slots=True)
 class Presence:
-    """Where one client is connected: which node, which socket, since when (wall seconds)."""
+    """Where one client is connected: which node, which socket, since when (wall seconds),
+    and the user it belongs to, if it authenticated.
+
+    ``info`` is the user's public info (the identity's); only get_user_connections fills it.
+    """
 
     client_id: str
     node_id: str
     conn_id: str
     since: float
+    user_id: str | None = None
+    info: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,24 +96,37 @@ class TaskSpawner(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Seat:
+    """A connection's place among its user's connections: the user's public info (compact
+    JSON, "" for none) and the user's connection limit (None: no limit)."""
+
+    info: str = ""
+    max_connections: int | None = None
+
+
 class PresenceStore(Protocol):
-    """Who is connected where."""
+    """Who is connected where (and, for authenticated connections, for which user)."""
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
-                       end_groups: bool = False) -> Registration:
+                       end_groups: bool = False, seat: Seat | None = None) -> Registration:
         """Record `presence` in one round trip; tell a previous owner node (another one) to
         close its socket of the client with a KICK naming that socket's conn id. With
         `end_groups`, a previous connection's group memberships end too, in the same step
-        when the store can (``groups_ended`` says whether it did).
+        when the store can (``groups_ended`` says whether it did). A presence with a
+        ``user_id`` also takes a `seat` among that user's connections, checked against the
+        seat's limit in the same step.
 
         Raises:
+            UserConnectionLimitError: the user already holds `seat.max_connections`.
             ConnectionLimitExceededError: the cluster already holds `max_cluster` clients.
             BackendUnavailable: the store cannot be reached.
         """
         ...
 
     async def unregister(self, client_id: str, conn_id: str) -> bool:
-        """Remove the client's presence only if it still names `conn_id`."""
+        """Remove the client's presence (and its user's seat) only if it still names
+        `conn_id`."""
         ...
 
     async def count(self) -> int:
@@ -120,6 +139,24 @@ class PresenceStore(Protocol):
 
     async def locate(self, client_id: str) -> Presence | None:
         """Return where `client_id` is connected, or None."""
+        ...
+
+
+class UserStore(Protocol):
+    """The connections of each user, cluster-wide (kept by register and unregister, reaped
+    with their nodes)."""
+
+    async def connections(self, user_id: str) -> list[Presence]:
+        """Return the presence (with ``info``) of every connection of `user_id`."""
+        ...
+
+    async def count(self) -> int:
+        """Count users with at least one connection anywhere."""
+        ...
+
+    async def route(self, user_id: str, envelope: bytes) -> int:
+        """Hand `envelope` to every other node holding a connection of `user_id`, in one
+        round trip; return how many of the user's connections those nodes hold."""
         ...
 
 
@@ -194,7 +231,9 @@ class HistoryStore(Protocol):
         and epoch live `meta_ttl` seconds (at least the session TTL, so that a missing stream
         means "nothing was published since"). The publication reaches every node that
         follows the target, this one included. For a client target the message is kept only
-        if the client is connected or its session is resumable (offset 0 otherwise).
+        if the client is connected or its session is resumable (offset 0 otherwise). For a
+        user target it reaches the nodes holding the user's connections, and ``receivers``
+        counts those connections.
         """
         ...
 
@@ -211,9 +250,10 @@ class SessionStore(Protocol):
         """Return the live or resumable session of `client_id`, or None."""
         ...
 
-    async def activate(self, client_id: str, *, fresh: bool) -> None:
+    async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None) -> None:
         """Mark the session live (no expiry while connected); a fresh one starts empty and
-        records the baselines of the client's ``all`` and ``c:<client_id>`` streams."""
+        records the baselines of the client's ``all``, ``c:<client_id>`` and (for a user's
+        connection) ``u:<user_id>`` streams."""
         ...
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
@@ -301,6 +341,11 @@ class Backend(Protocol):
     @property
     def presence(self) -> PresenceStore:
         """Role: who is connected where."""
+        ...
+
+    @property
+    def users(self) -> UserStore:
+        """Role: the connections of each user."""
         ...
 
     @property

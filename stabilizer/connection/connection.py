@@ -77,11 +77,36 @@ class Connection:
     """One local socket: identity, bounded outbox, writer, liveness, groups and user data."""
 
     __slots__ = (
-        "__weakref__", "_by_method", "_close_waiter", "_drain_task", "_groups", "_held",
-        "_last_activity", "_limits", "_on_fail", "_outbox", "_pong_waiters", "_queued_bytes",
-        "_registered", "_replayed", "_send", "_socket_closed",
-        "_state", "_user_data", "_user_data_bytes", "_writing", "client_id", "conn_id",
-        "created_at", "metadata", "owner", "socket",
+        "__weakref__",
+        "_by_method",
+        "_close_waiter",
+        "_drain_task",
+        "_groups",
+        "_held",
+        "_last_activity",
+        "_limits",
+        "_on_fail",
+        "_outbox",
+        "_pong_waiters",
+        "_queued_bytes",
+        "_registered",
+        "_replayed",
+        "_send",
+        "_socket_closed",
+        "_state",
+        "_user_data",
+        "_user_data_bytes",
+        "_wraps",
+        "_writing",
+        "client_id",
+        "conn_id",
+        "created_at",
+        "info",
+        "metadata",
+        "owner",
+        "protocol",
+        "socket",
+        "user_id",
     )
 
     def __init__(
@@ -94,8 +119,15 @@ class Connection:
         metadata: Mapping[str, Any] | None = None,
         owner: asyncio.Task[Any] | None = None,
         hold: bool = False,
+        user_id: str | None = None,
+        info: str = "",
+        protocol: int = 1,
     ) -> None:
         self.client_id = client_id
+        self.user_id = user_id  # the authenticated user, if any
+        self.info = info  # that user's public info as compact JSON ("" for none)
+        self.protocol = protocol
+        self._wraps = protocol >= 2  # v2: application text arrives in `message` frames
         self.conn_id = new_conn_id()
         self.socket = socket
         self.owner = owner
@@ -216,6 +248,8 @@ class Connection:
         if self._state is not State.OPEN:
             return False
         self._last_activity = now
+        if self._wraps:
+            frame = frame.wrapped()
         if self._writing:
             return self._enqueue(frame)
         send = self._send

@@ -17,11 +17,12 @@ class Pool:
     recipients, so a large fan-out never stalls the loop.
     """
 
-    __slots__ = ("_conns", "_slices")
+    __slots__ = ("_conns", "_slices", "_users")
 
     def __init__(self, num_shards: int) -> None:
         self._conns: dict[str, Connection] = {}
         self._slices = num_shards
+        self._users: dict[str, dict[str, Connection]] = {}  # user -> client id -> conn
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -35,7 +36,10 @@ class Pool:
         previous = self._conns.get(conn.client_id)
         if previous is not None:  # the newcomer takes the end of the order
             del self._conns[conn.client_id]
+            self._unseat(previous)
         self._conns[conn.client_id] = conn
+        if conn.user_id is not None:
+            self._users.setdefault(conn.user_id, {})[conn.client_id] = conn
         return previous
 
     def remove(self, conn: Connection) -> bool:
@@ -43,7 +47,26 @@ class Pool:
         if self._conns.get(conn.client_id) is not conn:
             return False
         del self._conns[conn.client_id]
+        self._unseat(conn)
         return True
+
+    def _unseat(self, conn: Connection) -> None:
+        if conn.user_id is None:
+            return
+        seats = self._users.get(conn.user_id)
+        if seats is not None and seats.get(conn.client_id) is conn:
+            del seats[conn.client_id]
+            if not seats:
+                del self._users[conn.user_id]
+
+    def of_user(self, user_id: str) -> list[Connection]:
+        """Return the local connections of `user_id`."""
+        seats = self._users.get(user_id)
+        return list(seats.values()) if seats else []
+
+    def user_ids(self) -> list[str]:
+        """Return every user with a local connection."""
+        return list(self._users)
 
     def shards(self) -> Iterator[list[Connection]]:
         """Yield the connections as of now, in connection order, in ``num_shards`` slices."""

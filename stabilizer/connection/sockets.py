@@ -15,6 +15,8 @@ from typing import Any, Protocol, cast
 
 from starlette.websockets import WebSocket, WebSocketState
 
+from stabilizer.pure.frames import app_message_frame
+
 #: An ASGI websocket message, built once and shared by every recipient.
 AsgiMessage = MutableMapping[str, Any]
 Sender = Callable[[AsgiMessage], Coroutine[Any, Any, None]]
@@ -32,14 +34,30 @@ class SocketLike(Protocol):
 
 class Frame:
     """One outgoing websocket frame: the ASGI message plus its size in bytes, and, for a
-    JSON message, the object it was serialized from (for sockets driven by send_json)."""
+    JSON message, the object it was serialized from (for sockets driven by send_json).
 
-    __slots__ = ("message", "size", "value")
+    ``app`` marks an application's own text, which v2 connections receive wrapped in a
+    ``message`` frame; the wrapped frame is built once per frame, on first use, and shared
+    by every v2 recipient.
+    """
+
+    __slots__ = ("_wrapped", "app", "message", "size", "value")
 
     def __init__(self, message: AsgiMessage, size: int, value: object = None) -> None:
         self.message = message
         self.size = size
         self.value = value
+        self.app = False
+        self._wrapped: Frame | None = None
+
+    def wrapped(self) -> Frame:
+        """This frame as a v2 connection receives it."""
+        if not self.app:
+            return self
+        wrapped = self._wrapped
+        if wrapped is None:
+            wrapped = self._wrapped = Frame.text(app_message_frame(self.message["text"]))
+        return wrapped
 
     @classmethod
     def text(cls, text: str) -> Frame:
@@ -56,7 +74,11 @@ class Frame:
     def of(cls, payload: str | bytes, value: object = None) -> Frame:
         """A text frame for text, a binary frame for bytes; `value` is the JSON object the
         text was serialized from, if it was one."""
-        frame = cls.text(payload) if isinstance(payload, str) else cls.binary(payload)
+        if isinstance(payload, str):
+            frame = cls.text(payload)
+            frame.app = True
+        else:
+            frame = cls.binary(payload)
         frame.value = value
         return frame
 
@@ -97,12 +119,25 @@ def method_sender(socket: object) -> FrameSender:
     return send
 
 
-async def accept_if_needed(socket: object) -> None:
-    """Accept a Starlette WebSocket that is still CONNECTING (the seed required accept())."""
+async def accept_if_needed(socket: object, subprotocol: str | None = None) -> None:
+    """Accept a Starlette WebSocket that is still CONNECTING (the seed required accept()),
+    choosing `subprotocol` if given."""
     if is_starlette(socket):
         websocket = cast(WebSocket, socket)  # is_starlette checked the type
         if websocket.application_state is WebSocketState.CONNECTING:
-            await websocket.accept()
+            await websocket.accept(subprotocol=subprotocol)
+
+
+def offered_subprotocols(socket: object) -> list[str]:
+    """The subprotocols a Starlette WebSocket's client offered (none for other sockets, and
+    none once the application accepted it itself: it can no longer choose one)."""
+    if not is_starlette(socket):
+        return []
+    websocket = cast(WebSocket, socket)  # is_starlette checked the type
+    if websocket.application_state is not WebSocketState.CONNECTING:
+        return []
+    offered = websocket.scope.get("subprotocols")
+    return [p for p in offered if isinstance(p, str)] if isinstance(offered, list) else []
 
 
 def abort_transport(socket: object) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from typing import Final
 
 PONG: Final = "pong"
@@ -20,12 +21,16 @@ def _dump(body: dict[str, object]) -> str:
 
 def session_frame(
     *, client_id: str, conn_id: str, node_id: str, resumed: bool, token: str | None,
-    heartbeat_interval: float, history: bool,
+    heartbeat_interval: float, history: bool, v2: Mapping[str, object] | None = None,
 ) -> str:
-    """The first frame of a session: who the client is, where, and its reconnect token."""
-    body = {"type": "session", "client_id": client_id, "conn_id": conn_id, "node_id": node_id,
-            "resumed": resumed, "token": token, "heartbeat_interval": heartbeat_interval,
-            "history": history}
+    """The first frame of a session: who the client is, where, and its reconnect token;
+    `v2` adds the fields of protocol v2 (protocol, device, user_id, expires_at)."""
+    body: dict[str, object] = {
+        "type": "session", "client_id": client_id, "conn_id": conn_id, "node_id": node_id,
+        "resumed": resumed, "token": token, "heartbeat_interval": heartbeat_interval,
+        "history": history}
+    if v2 is not None:
+        body.update(v2)
     return json.dumps(body, separators=(",", ":"))  # ASCII: ids may hold any character
 
 
@@ -41,7 +46,7 @@ def ping_frame(timestamp: float) -> str:
 
 def rate_limited_frame(detail: str) -> str:
     """Tells a client that a message over its rate limit was dropped."""
-    return _dump({"type": "error", "code": "rate_limited", "detail": detail})
+    return error_frame("rate_limited", detail)
 
 
 def message_frame(stream: str, offset: int | None, epoch: str | None,
@@ -55,6 +60,26 @@ def message_frame(stream: str, offset: int | None, epoch: str | None,
     else:
         body["data_b64"] = base64.b64encode(payload).decode("ascii")
     return _dump(body)
+
+
+def app_message_frame(text: str) -> str:
+    """An application's text message as a v2 client receives it (history off)."""
+    return _dump({"type": "message", "data": text})
+
+
+def refresh_frame(expires_at: float) -> str:
+    """Asks a v2 client for fresh credentials before `expires_at` (Unix seconds) passes."""
+    return _dump({"type": "refresh", "expires_at": expires_at})
+
+
+def refreshed_frame(expires_at: float | None) -> str:
+    """Confirms a v2 client's fresh credentials."""
+    return _dump({"type": "refreshed", "expires_at": expires_at})
+
+
+def error_frame(code: str, detail: str) -> str:
+    """Tells a client one of its frames was dropped, and why."""
+    return _dump({"type": "error", "code": code, "detail": detail})
 
 
 def resume_frame(replayed: int, failed: list[str]) -> str:

@@ -68,6 +68,15 @@ def parse_positions(text: str | None) -> Positions:
         raw = json.loads(text)
     except ValueError as exc:  # malformed JSON, or an integer of over 4,300 digits
         raise PositionsError("positions is not JSON") from exc
+    return positions_of(raw)
+
+
+def positions_of(raw: object) -> Positions:
+    """Check decoded positions (a v2 ``connect`` frame's ``positions`` field).
+
+    Raises:
+        PositionsError: not ``{"stream": [offset, "epoch"], ...}`` within the bounds.
+    """
     if not isinstance(raw, dict) or len(raw) > MAX_POSITIONS:
         raise PositionsError(f"positions must be an object of at most {MAX_POSITIONS} streams")
     parsed: Positions = {}

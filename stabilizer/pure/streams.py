@@ -2,7 +2,8 @@
 delivers each stream in.
 
 Every sequenced message belongs to one stream: ``all`` (broadcasts), ``g:<group>`` (a
-group's messages) or ``c:<client_id>`` (direct messages to one client). Redis pub/sub is
+group's messages), ``c:<client_id>`` (direct messages to one client) or ``u:<user_id>``
+(messages to every connection of one user). Redis pub/sub is
 at-most-once; every sequenced message carries (offset, epoch) and offsets grow by exactly one
 per stream, so a node that remembers the last offset it delivered per stream sees a gap as
 soon as a later message arrives, and fills it from history.
@@ -17,8 +18,9 @@ from typing import Final, Literal
 ALL: Final = "all"
 _GROUP_PREFIX: Final = "g:"
 _CLIENT_PREFIX: Final = "c:"
+_USER_PREFIX: Final = "u:"
 
-TargetKind = Literal["all", "group", "client"]
+TargetKind = Literal["all", "group", "client", "user"]
 
 
 def group_stream(group: str) -> str:
@@ -31,9 +33,15 @@ def client_stream(client_id: str) -> str:
     return _CLIENT_PREFIX + client_id
 
 
+def user_stream(user_id: str) -> str:
+    """The stream of the messages to one user (every connection of the user follows it)."""
+    return _USER_PREFIX + user_id
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a message goes: everyone, the members of a group, or one client."""
+    """Where a message goes: everyone, the members of a group, one client, or every
+    connection of one user."""
 
     kind: TargetKind
     name: str = ""
@@ -43,7 +51,9 @@ class Target:
         """The history stream of this target."""
         if self.kind == "all":
             return ALL
-        return group_stream(self.name) if self.kind == "group" else client_stream(self.name)
+        if self.kind == "group":
+            return group_stream(self.name)
+        return client_stream(self.name) if self.kind == "client" else user_stream(self.name)
 
     @classmethod
     def of_stream(cls, stream: str) -> Target | None:
@@ -54,6 +64,8 @@ class Target:
             return cls("group", stream[len(_GROUP_PREFIX):])
         if stream.startswith(_CLIENT_PREFIX) and len(stream) > len(_CLIENT_PREFIX):
             return cls("client", stream[len(_CLIENT_PREFIX):])
+        if stream.startswith(_USER_PREFIX) and len(stream) > len(_USER_PREFIX):
+            return cls("user", stream[len(_USER_PREFIX):])
         return None
 
 

@@ -34,6 +34,9 @@ class Kind(IntEnum):
     GROUP = 4  # deliver `payload` to local members of group `target` except `exclude`
     EVENT = 5  # a cluster event; `payload` is its JSON text
     MEMBERSHIP = 6  # local client `target` joins (`ref` "join") or leaves group `payload`
+    USER = 7  # deliver `payload` to every local connection of user `target`
+    USER_CLOSE = 8  # close every local connection of user `target`; `payload` is
+    # the JSON {"code": int, "reason": str}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +61,14 @@ class Envelope:
             return Target("group", self.target)
         if self.kind is Kind.DIRECT and self.target is not None:
             return Target("client", self.target)
+        if self.kind is Kind.USER and self.target is not None:
+            return Target("user", self.target)
         return None
 
     @property
     def stream(self) -> str | None:
-        """The history stream this envelope belongs to: ``all``, ``g:<group>``, ``c:<id>``."""
+        """The history stream this envelope belongs to: ``all``, ``g:<group>``, ``c:<id>``,
+        ``u:<user>``."""
         destination = self.destination
         return None if destination is None else destination.stream
 
@@ -183,3 +189,25 @@ def decode(raw: object) -> Envelope:
         offset,
         epoch,
     )
+
+
+def close_body(code: int, reason: str) -> str:
+    """The JSON payload of a USER_CLOSE envelope."""
+    return json.dumps({"code": code, "reason": reason})
+
+
+def close_of(payload: str) -> tuple[int, str]:
+    """Parse the payload of a USER_CLOSE envelope: (code, reason).
+
+    Raises:
+        WireError: not the JSON object close_body writes, or a code outside 1000-4999.
+    """
+    try:
+        body = json.loads(payload)
+        code, reason = body["code"], body["reason"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WireError("malformed user close") from exc
+    if (isinstance(code, bool) or not isinstance(code, int) or not 1000 <= code <= 4999
+            or not isinstance(reason, str)):
+        raise WireError("malformed user close")
+    return code, reason

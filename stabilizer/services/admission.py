@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
-from stabilizer.backends.base import Presence, Registration
+from stabilizer.backends.base import Presence, Registration, Seat
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import SocketLike, accept_if_needed
@@ -30,6 +31,19 @@ from stabilizer.services.liveness import Liveness
 from stabilizer.services.memory import MemoryGuard
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Seated:
+    """Who a connection is for, beyond its client id: the authenticated user (None when
+    anonymous), that user's public info as compact JSON, and the protocol version."""
+
+    user_id: str | None = None
+    info: str = ""
+    protocol: int = 1
+
+
+_ANONYMOUS: Final = Seated()
 
 
 class Admission:
@@ -51,14 +65,17 @@ class Admission:
 
     async def admit(self, client_id: str, websocket: SocketLike,
                     metadata: dict[str, Any] | None = None, *,
-                    resuming: bool = False) -> Connection:
+                    resuming: bool = False, user: Seated | None = None) -> Connection:
         """Register an (accepted, or accepted here) socket for `client_id`; any earlier
         connection of the client, on any node, is closed with REPLACED (4500).
 
         With history and `resuming`, live frames are held until the resume replay ends.
+        With `user`, the connection is one of that user's (within max_connections_per_user
+        across the cluster).
 
         Raises:
             InvalidClientIdError: the id is empty, too long or not text.
+            UserConnectionLimitError: the user holds max_connections_per_user already.
             ConnectionLimitExceededError: max_connections or max_cluster_connections reached.
             MemoryLimitExceededError: the metadata or the node would exceed a memory limit.
             ShutdownError: the node is shutting down.
@@ -73,18 +90,21 @@ class Admission:
         done = asyncio.get_running_loop().create_future()
         self._turns[client_id] = done
         try:
-            return await self._admit(client_id, websocket, metadata, resuming)
+            return await self._admit(client_id, websocket, metadata, resuming,
+                                     user or _ANONYMOUS)
         finally:
             del self._turns[client_id]
             done.set_result(None)
 
     async def _admit(self, client_id: str, websocket: SocketLike,
-                     metadata: dict[str, Any] | None, resuming: bool) -> Connection:
+                     metadata: dict[str, Any] | None, resuming: bool,
+                     user: Seated) -> Connection:
         ctx = self._ctx
         history = ctx.config.history_enabled
         conn = Connection(client_id, websocket, ctx.limits, self._closing.on_conn_failed,
                           metadata=metadata, owner=asyncio.current_task(),
-                          hold=history and resuming)
+                          hold=history and resuming, user_id=user.user_id, info=user.info,
+                          protocol=user.protocol)
         self._memory.admit(conn)
         self._pending[conn.conn_id] = conn
         try:
@@ -153,11 +173,14 @@ class Admission:
 
     async def _register(self, conn: Connection, *, end_groups: bool) -> Registration | None:
         ctx = self._ctx
-        presence = Presence(conn.client_id, ctx.node_id, conn.conn_id, conn.created_at)
+        presence = Presence(conn.client_id, ctx.node_id, conn.conn_id, conn.created_at,
+                            conn.user_id)
+        seat = (Seat(conn.info, ctx.config.max_connections_per_user)
+                if conn.user_id is not None else None)
         try:
             registration = await ctx.ask(ctx.backend.presence.register(
                 presence, max_cluster=ctx.config.max_cluster_connections,
-                end_groups=end_groups))
+                end_groups=end_groups, seat=seat))
         except BackendUnavailable as exc:
             # Degrade: the socket works locally; presence is re-registered when we reconnect.
             ctx.want_resync()
@@ -178,7 +201,8 @@ class Admission:
     async def _start_session(self, conn: Connection) -> None:
         ctx = self._ctx
         try:
-            await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=True))
+            await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=True,
+                                                        user_id=conn.user_id))
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)

@@ -19,6 +19,7 @@ from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.text import backoff_delay
+from stabilizer.pure.users import parse_info
 from stabilizer.services.memory import MemoryGuard
 from stabilizer.services.tokens import TokenService
 
@@ -94,7 +95,8 @@ class Maintenance:
     async def _resync(self) -> None:
         ctx = self._ctx
         conns = self._connections()
-        local = [Presence(c.client_id, ctx.node_id, c.conn_id, c.created_at) for c in conns]
+        local = [Presence(c.client_id, ctx.node_id, c.conn_id, c.created_at, c.user_id,
+                          parse_info(c.info)) for c in conns]
         # a connection the store never recorded (admitted while it was unreachable) may take
         # its client back from an older connection elsewhere; a recorded one was overwritten
         claims = {c.client_id for c in conns if not c.registered}

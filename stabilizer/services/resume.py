@@ -16,7 +16,7 @@ from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import resume_frame
 from stabilizer.pure.positions import Positions
-from stabilizer.pure.streams import ALL, client_stream, group_stream
+from stabilizer.pure.streams import ALL, client_stream, group_stream, user_stream
 from stabilizer.services.delivery.groups import Membership
 from stabilizer.services.delivery.sequenced import history_frame, stored_envelope
 
@@ -35,7 +35,8 @@ class Resume:
                      positions: Positions) -> tuple[bool, int, list[str]]:
         """Replay what `conn` missed; return (recovered, replayed, failed streams).
 
-        Only the client's own streams are replayed: ``all``, its groups, ``c:<client_id>``.
+        Only the client's own streams are replayed: ``all``, its groups, ``c:<client_id>``
+        and, for a user's connection, ``u:<user_id>``.
         A stream the client holds no position for is replayed from where it stood when the
         session began (or the client joined the group).
         """
@@ -56,6 +57,8 @@ class Resume:
         await self._activate(conn, fresh=False)
         await self._restore(conn, state)
         streams = {ALL, client_stream(conn.client_id), *map(group_stream, state.groups)}
+        if conn.user_id is not None:
+            streams.add(user_stream(conn.user_id))
         starts = {stream: start for stream in streams
                   if (start := positions.get(stream) or state.baselines.get(stream))}
         replayed, failed = await self._replay(conn, starts)
@@ -64,7 +67,8 @@ class Resume:
     async def _activate(self, conn: Connection, *, fresh: bool) -> None:
         ctx = self._ctx
         try:
-            await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=fresh),
+            await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=fresh,
+                                                        user_id=conn.user_id),
                           round_trips=2)
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",

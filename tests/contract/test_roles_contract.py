@@ -116,6 +116,23 @@ async def test_a_resync_takes_a_client_over_only_for_a_newer_claiming_connection
     assert y.node_id == "node-b"
 
 
+async def test_a_claiming_connection_under_a_millisecond_newer_takes_the_client_over(
+    open_node: NodeFactory,
+) -> None:
+    """Two connects of one client on two nodes can be less than a millisecond apart: the
+    newer one still wins the resync (entries used to hold milliseconds, so such a pair tied
+    and the newer socket was closed as replaced: a flaky outage test showed it)."""
+    a, b = await open_node("node-a"), await open_node("node-b")
+    start = float(int(time.time())) + 0.0001  # both inside one millisecond
+    await b.presence.register(Presence("x", "node-b", "conn-old", start), max_cluster=None)
+    lost = await a.liveness.resync([Presence("x", "node-a", "conn-a", start + 0.0006)],
+                                   claims={"x"})
+    assert lost == []
+    found = await a.presence.locate("x")
+    assert found is not None
+    assert (found.node_id, found.conn_id) == ("node-a", "conn-a")
+
+
 async def test_a_swept_session_leaves_its_groups_with_events(open_node: NodeFactory) -> None:
     a, b = await open_node("node-a", events=True), await open_node("node-b", events=True)
     await a.sessions.activate("gone", fresh=True)

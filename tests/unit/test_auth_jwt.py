@@ -23,8 +23,9 @@ from starlette.websockets import WebSocket
 
 import stabilizer.auth
 from stabilizer.auth import Credentials, Identity, JWTAuthenticator
-from stabilizer.auth.identity import MAX_INFO_BYTES, Authenticator
+from stabilizer.auth.identity import Authenticator
 from stabilizer.errors import AuthenticationError, ConfigError, CredentialsExpiredError
+from stabilizer.pure.users import MAX_INFO_BYTES
 
 KEY_A = "a-first-secret-of-32-characters!"
 KEY_B = "b-second-secret-of-32-characters"

@@ -442,10 +442,10 @@ def test_custom_close_codes_sit_in_the_half_that_matches_their_property(
 
 def test_named_close_codes_land_in_the_documented_half() -> None:
     reconnect = {CloseCode.HEARTBEAT_TIMEOUT, CloseCode.MEMORY_EVICTED,
-                 CloseCode.SERVICE_RESTART,
+                 CloseCode.AUTH_EXPIRED, CloseCode.USER_LIMIT, CloseCode.SERVICE_RESTART,
                  CloseCode.TRY_AGAIN_LATER, CloseCode.GOING_AWAY, CloseCode.INTERNAL_ERROR}
     final = {CloseCode.REPLACED, CloseCode.INVALID_TOKEN, CloseCode.TOKEN_EXPIRED,
-             CloseCode.INVALID_CLIENT_ID, CloseCode.NORMAL,
+             CloseCode.INVALID_CLIENT_ID, CloseCode.AUTH_FAILED, CloseCode.NORMAL,
              CloseCode.POLICY_VIOLATION, CloseCode.MESSAGE_TOO_BIG}
     assert reconnect | final == set(CloseCode)
     assert all(code.should_reconnect for code in reconnect)

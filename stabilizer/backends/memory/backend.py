@@ -17,6 +17,7 @@ from stabilizer.backends.memory.nodes import (
     MemoryTokens,
 )
 from stabilizer.backends.memory.streams import MemoryGroups, MemoryHistory, MemorySessions
+from stabilizer.backends.memory.users import MemoryUsers
 from stabilizer.stats import BackendStats
 
 _DEFAULT_QUEUE: Final = 10_000
@@ -31,6 +32,7 @@ class MemoryBackend:
         self._inbox_size = inbox_size
         self._stats = BackendStats()
         self.presence = MemoryPresence(self._node)
+        self.users = MemoryUsers(self._node)
         self.routing = MemoryRouting(self._node)
         self.groups = MemoryGroups(self._node)
         self.history = MemoryHistory(self._node)

@@ -1,5 +1,5 @@
-"""The state the memory backends of one process share: presence, groups, streams, sessions,
-tokens, node liveness and one inbox per node.
+"""The state the memory backends of one process share: presence, users, groups, streams,
+sessions, tokens, node liveness and one inbox per node.
 
 Several managers may share one MemoryHub in the same event loop; they then behave as nodes
 of one cluster, which is how the backend contract tests run the same scenarios on memory and
@@ -51,6 +51,7 @@ class MemoryHub:
         self.sessions: dict[str, SessionRecord] = {}
         self.away: dict[str, float] = {}
         self.presence: dict[str, Presence] = {}
+        self.users: dict[str, dict[str, Presence]] = {}  # user -> client -> presence
         self.node_clients: dict[str, set[str]] = {}
         self.node_deadlines: dict[str, float] = {}
         # None in an inbox stands for a lost subscription (cut_subscription)
@@ -120,8 +121,16 @@ class MemoryHub:
                     del self.groups[group]
         return left
 
+    def set_presence(self, presence: Presence) -> None:
+        """Record a client's presence (replacing any other), and its user's seat."""
+        self.drop_presence(presence.client_id)
+        self.presence[presence.client_id] = presence
+        self.node_clients.setdefault(presence.node_id, set()).add(presence.client_id)
+        if presence.user_id is not None:
+            self.users.setdefault(presence.user_id, {})[presence.client_id] = presence
+
     def drop_presence(self, client_id: str, conn_id: str | None = None) -> bool:
-        """Remove a client's presence (only if it names `conn_id`, when given)."""
+        """Remove a client's presence and seat (only if it names `conn_id`, when given)."""
         current = self.presence.get(client_id)
         if current is None or (conn_id is not None and current.conn_id != conn_id):
             return False
@@ -129,6 +138,12 @@ class MemoryHub:
         owned = self.node_clients.get(current.node_id)
         if owned is not None:
             owned.discard(client_id)
+        if current.user_id is not None:
+            seats = self.users.get(current.user_id)
+            if seats is not None:
+                seats.pop(client_id, None)
+                if not seats:
+                    del self.users[current.user_id]
         return True
 
 

@@ -4,12 +4,15 @@ liveness, each a view of one MemoryHub for one node."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 
-from stabilizer.backends.base import Liveness, Presence, Registration
+from stabilizer.backends.base import Liveness, Presence, Registration, Seat
 from stabilizer.backends.memory.hub import MemoryHub
+from stabilizer.backends.memory.users import check_seat, public
 from stabilizer.errors import BackendUnavailable, ConnectionLimitExceededError
+from stabilizer.pure.users import parse_info
 from stabilizer.pure.wire import Envelope, Kind, encode, event_body
 from stabilizer.results import ClusterEvent
 
@@ -49,13 +52,16 @@ class MemoryPresence:
         self._node = node
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
-                       end_groups: bool = False) -> Registration:
-        """Record presence; kick a previous socket on another node; with `end_groups`, the
-        previous connection's groups end in the same step."""
+                       end_groups: bool = False, seat: Seat | None = None) -> Registration:
+        """Record presence (and the user's seat); kick a previous socket on another node;
+        with `end_groups`, the previous connection's groups end in the same step."""
         node = self._node
         node.check()
         hub = node.hub
         previous = hub.presence.get(presence.client_id)
+        if presence.user_id is not None and seat is not None:
+            check_seat(hub, presence, seat)
+            presence = dataclasses.replace(presence, info=parse_info(seat.info))
         if previous is None and max_cluster is not None and len(hub.presence) >= max_cluster:
             raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
         if previous is not None:
@@ -67,9 +73,9 @@ class MemoryPresence:
             if end_groups:
                 for group in hub.leave_groups(presence.client_id):
                     node.membership_event("leave", presence.client_id, group)
-        hub.presence[presence.client_id] = presence
-        hub.node_clients.setdefault(presence.node_id, set()).add(presence.client_id)
-        return Registration(previous, groups_ended=end_groups and previous is not None)
+        hub.set_presence(presence)
+        before = None if previous is None else public(previous)
+        return Registration(before, groups_ended=end_groups and previous is not None)
 
     async def unregister(self, client_id: str, conn_id: str) -> bool:
         """Remove presence if it still names `conn_id`."""
@@ -85,12 +91,13 @@ class MemoryPresence:
         """Yield every presence entry."""
         self._node.check()
         for presence in list(self._node.hub.presence.values()):
-            yield presence
+            yield public(presence)
 
     async def locate(self, client_id: str) -> Presence | None:
         """Where `client_id` is connected."""
         self._node.check()
-        return self._node.hub.presence.get(client_id)
+        found = self._node.hub.presence.get(client_id)
+        return None if found is None else public(found)
 
 
 class MemoryRouting:
@@ -197,7 +204,7 @@ class MemoryLiveness:
             for client_id in list(hub.node_clients.pop(node, ())):
                 current = hub.presence.get(client_id)
                 if current is not None and current.node_id == node:
-                    del hub.presence[client_id]
+                    hub.drop_presence(client_id)
                     until = time.time() + session_ttl
                     hub.away[client_id] = until
                     record = hub.sessions.get(client_id)
@@ -224,25 +231,25 @@ class MemoryLiveness:
         for presence in local:
             current = hub.presence.get(presence.client_id)
             if current is not None and current.node_id != me:
-                newer = int(presence.since * 1000) > int(current.since * 1000)  # as Redis: ms
+                newer = presence.since > current.since
                 if presence.client_id not in claims or not newer:
                     lost.append(presence.client_id)
                     continue
                 hub.drop_presence(current.client_id)  # ours is newer: take the client over
                 kick = Envelope(Kind.KICK, me, current.client_id, ref=current.conn_id)
                 hub.deliver(current.node_id, encode(kick))
-            hub.presence[presence.client_id] = presence
-            hub.node_clients.setdefault(me, set()).add(presence.client_id)
+            hub.set_presence(presence)
         return lost
 
     async def unregister_node(self) -> None:
         """Remove this node and its presence."""
         hub = self._node.hub
         me = self._node.node_id
-        for client_id in list(hub.node_clients.pop(me, ())):
+        for client_id in list(hub.node_clients.get(me, ())):
             current = hub.presence.get(client_id)
             if current is not None and current.node_id == me:
-                del hub.presence[client_id]
+                hub.drop_presence(client_id)
+        hub.node_clients.pop(me, None)
         hub.node_deadlines.pop(me, None)
 
     async def nodes(self) -> list[str]:

@@ -6,9 +6,9 @@ import dataclasses
 import time
 
 from stabilizer.backends.base import History, Sequenced, SessionState
-from stabilizer.backends.memory.hub import SessionRecord, StreamRecord
+from stabilizer.backends.memory.hub import MemoryHub, SessionRecord, StreamRecord
 from stabilizer.backends.memory.nodes import MemoryNode
-from stabilizer.pure.streams import ALL, Target, client_stream, group_stream
+from stabilizer.pure.streams import ALL, Target, client_stream, group_stream, user_stream
 from stabilizer.pure.wire import Envelope, encode
 
 
@@ -107,6 +107,8 @@ class MemoryHistory:
             state.entries.popleft()
         state.entries_until = now + ttl
         state.until = now + max(ttl, meta_ttl)
+        if target.kind == "user":
+            return Sequenced(state.offset, state.epoch, _to_user(hub, target.name, raw))
         if target.kind == "all":
             nodes = list(hub.inboxes)
         elif target.kind == "group":
@@ -131,6 +133,14 @@ class MemoryHistory:
         return History(entries, first <= after + 1)
 
 
+def _to_user(hub: MemoryHub, user_id: str, raw: bytes) -> int:
+    """Deliver to every node holding a connection of the user; count those connections."""
+    per_node: dict[str, int] = {}
+    for presence in hub.users.get(user_id, {}).values():
+        per_node[presence.node_id] = per_node.get(presence.node_id, 0) + 1
+    return sum(count for node, count in per_node.items() if hub.deliver(node, raw))
+
+
 class MemorySessions:
     """Session records, the away list and their sweep."""
 
@@ -147,7 +157,7 @@ class MemorySessions:
         groups = sorted(hub.client_groups.get(client_id, ()))
         return SessionState(groups, dict(record.user_data), dict(record.baselines))
 
-    async def activate(self, client_id: str, *, fresh: bool) -> None:
+    async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None) -> None:
         """Create or revive the session; it does not expire while connected."""
         self._node.check()
         hub = self._node.hub
@@ -157,7 +167,10 @@ class MemorySessions:
             self._end(client_id)
             record = hub.sessions[client_id] = SessionRecord()
         if fresh:
-            for stream in (ALL, client_stream(client_id)):
+            streams = [ALL, client_stream(client_id)]
+            if user_id is not None:
+                streams.append(user_stream(user_id))
+            for stream in streams:
                 record.baselines[stream] = hub.position(stream, now)
         record.until = None
         hub.away.pop(client_id, None)

@@ -26,6 +26,7 @@ from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.routing import RedisRouting
 from stabilizer.backends.redis.sessions import RedisSessions
 from stabilizer.backends.redis.tokens import RedisEvents, RedisTokens
+from stabilizer.backends.redis.users import RedisUsers
 from stabilizer.config import WebSocketConfig
 from stabilizer.stats import BackendStats
 
@@ -51,6 +52,7 @@ class RedisBackend:
         self._owns_client = owns_client
         self._also_close = also_close or []
         self.presence = RedisPresence(core)
+        self.users = RedisUsers(core)
         self.routing = RedisRouting(core)
         self.groups = RedisGroups(core, self.routing)
         self.history = RedisHistory(core, self.presence)

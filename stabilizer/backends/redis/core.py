@@ -20,6 +20,8 @@ from redis.exceptions import NoScriptError, RedisError
 
 from stabilizer.backends.base import TaskSpawner
 from stabilizer.backends.redis import scripts as lua
+from stabilizer.backends.redis import stream_scripts as streams_lua
+from stabilizer.backends.redis import user_scripts as users_lua
 from stabilizer.backends.redis.keys import KeyLayout
 from stabilizer.errors import BackendUnavailable
 from stabilizer.pure.wire import event_prefix
@@ -42,14 +44,16 @@ class Scripts:
         self.resync = register(lua.RESYNC)
         self.reap_clients = register(lua.REAP_CLIENTS)
         self.prune = register(lua.PRUNE)
-        self.suspend = register(lua.SUSPEND)
-        self.load_session = register(lua.LOAD_SESSION)
-        self.open_session = register(lua.OPEN_SESSION)
-        self.end_session = register(lua.END_SESSION)
-        self.sweep = register(lua.SWEEP)
-        self.membership = register(lua.MEMBERSHIP)
-        self.sequence = register(lua.SEQUENCE)
-        self.history = register(lua.HISTORY)
+        self.suspend = register(streams_lua.SUSPEND)
+        self.load_session = register(streams_lua.LOAD_SESSION)
+        self.open_session = register(streams_lua.OPEN_SESSION)
+        self.end_session = register(streams_lua.END_SESSION)
+        self.sweep = register(streams_lua.SWEEP)
+        self.membership = register(streams_lua.MEMBERSHIP)
+        self.sequence = register(streams_lua.SEQUENCE)
+        self.history = register(streams_lua.HISTORY)
+        self.seats = register(users_lua.SEATS)
+        self.user_route = register(users_lua.USER_ROUTE)
 
     def all(self) -> list[AsyncScript]:
         """Every script."""
@@ -134,6 +138,19 @@ class RedisCore:
             found.extend(text(member) for member in batch)
             if int(cursor) == 0:
                 return sorted(found)
+
+    def seat_args(self) -> list[str]:
+        """What the presence scripts need to keep the user hashes: the user-hash prefix, the
+        users set, and '1' when those share the presence slot."""
+        keys = self.keys
+        return [keys.user_prefix, keys.users, "1" if keys.seats_here else "0"]
+
+    async def follow_seats(self, ops: list[str], op: str) -> None:
+        """Apply seat changes a presence script left for the namespace's slot (several
+        presence buckets): flat (op, user, client, arg) quadruples, see SEATS."""
+        if ops:
+            await self.call(self.scripts.seats(
+                keys=[self.keys.users], args=[self.keys.user_prefix, *ops]), op)
 
     def event_args(self) -> list[str | bytes]:
         """The events channel and envelope prefix scripts publish membership events with

@@ -38,8 +38,9 @@ class RedisHistory:
             # presence lives in another slot than the stream: look the owner up first
             located = await self._presence.locate(client)
             owner = located.node_id if located is not None else "-"
+        where = keys.user(target.name) if target.kind == "user" else keys.slot_presence
         reply = await core.call(core.scripts.sequence(
-            keys=[keys.stream(stream), keys.stream_meta(stream), keys.slot_presence,
+            keys=[keys.stream(stream), keys.stream_meta(stream), where,
                   keys.session(client)],
             args=[target.kind, sequenced_prefix(envelope), size, int(ttl * 1000),
                   int(max(ttl, meta_ttl) * 1000), secrets.token_urlsafe(6),

@@ -4,9 +4,10 @@
 slot of a Redis Cluster. With ``presence_buckets`` > 1, presence, the per-node sets and the
 per-node channels are spread over buckets tagged ``{ns:<b>}``.
 
-Client ids, group names and stream names are user input. They appear in keys only after a
-fixed prefix that ends with ":" (``{ns}:s:<client>``, ``{ns}:cg:<client>``, ``{ns}:g:<group>``,
-``{ns}:h:<stream>``, ``{ns}:gc:<group>``, ...), as hash fields, or as set members; they are
+Client ids, user ids, group names and stream names are user input. They appear in keys only
+after a fixed prefix that ends with ":" (``{ns}:s:<client>``, ``{ns}:cg:<client>``,
+``{ns}:g:<group>``, ``{ns}:h:<stream>``, ``{ns}:gc:<group>``, ``{ns}:u:<user>``, ...), as hash
+fields, or as set members; they are
 never used as a pattern (the CLI escapes them before SCAN MATCH). A "{" or "}" inside them
 cannot move a key to another slot, because the hash tag is the *first* ``{...}`` of the key,
 and that is always the namespace's.
@@ -18,24 +19,59 @@ import zlib
 from dataclasses import dataclass
 
 from stabilizer.backends.base import Presence
+from stabilizer.pure.users import parse_info
 
 
 def entry_of(presence: Presence) -> str:
-    """The presence hash value of a connection: ``node|conn|since_ms``."""
-    return f"{presence.node_id}|{presence.conn_id}|{int(presence.since * 1000)}"
+    """The presence hash value of a connection: ``node|conn|since_us``, followed by
+    ``|user_id`` for a user's connection (the user id comes last: it may hold "|").
+
+    ``since_us`` (microseconds) orders two connections of one client made on two nodes
+    (RESYNC: the newer one wins); milliseconds left ties between connects a millisecond
+    apart.
+    """
+    entry = f"{presence.node_id}|{presence.conn_id}|{since_us(presence.since)}"
+    return entry if presence.user_id is None else f"{entry}|{presence.user_id}"
+
+
+def seat_of(presence: Presence, info: str) -> str:
+    """The value of a connection in its user's hash: ``node|conn|since_us|info_json``."""
+    return f"{presence.node_id}|{presence.conn_id}|{since_us(presence.since)}|{info}"
+
+
+def since_us(since: float) -> int:
+    """Wall seconds as the integer microseconds entries hold."""
+    return int(since * 1_000_000)
+
+
+def _split(raw: bytes | str) -> tuple[str, str, float, str | None] | None:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    parts = text.split("|", 3)
+    if len(parts) < 3 or not parts[0] or not parts[1]:
+        return None
+    try:
+        since = int(parts[2]) / 1_000_000
+    except ValueError:
+        return None
+    return parts[0], parts[1], since, parts[3] if len(parts) == 4 else None
 
 
 def parse_entry(client_id: str, raw: bytes | str) -> Presence | None:
-    """Parse ``node|conn|since_ms``; None for anything malformed."""
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    parts = text.split("|")
-    if len(parts) != 3 or not parts[0] or not parts[1]:
+    """Parse ``node|conn|since_us[|user_id]``; None for anything malformed."""
+    parts = _split(raw)
+    if parts is None:
         return None
-    try:
-        since = int(parts[2]) / 1000
-    except ValueError:
+    node, conn, since, user = parts
+    return Presence(client_id, node, conn, since, user or None)
+
+
+def parse_seat(user_id: str, client_id: str, raw: bytes | str) -> Presence | None:
+    """Parse a user hash value ``node|conn|since_us|info_json``; None if malformed."""
+    parts = _split(raw)
+    if parts is None:
         return None
-    return Presence(client_id, parts[0], parts[1], since)
+    node, conn, since, info = parts
+    return Presence(client_id, node, conn, since, user_id, parse_info(info or ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +99,7 @@ class KeyLayout:
     # --- presence and nodes (per bucket) ---------------------------------------------
 
     def presence(self, bucket: int) -> str:
-        """Hash: client_id -> ``node|conn|since_ms``."""
+        """Hash: client_id -> ``node|conn|since_us``."""
         return f"{self.bucket_tag(bucket)}:p"
 
     @property
@@ -92,6 +128,29 @@ class KeyLayout:
     def nodes(self) -> str:
         """Sorted set: node_id -> liveness deadline (ms, Redis clock)."""
         return f"{self.tag}:nodes"
+
+    # --- users (the namespace's slot) ---------------------------------------------
+
+    def user(self, user_id: str) -> str:
+        """Hash: client_id -> ``node|conn|since_us|info_json``, one field per connection of
+        the user."""
+        return self.user_prefix + user_id
+
+    @property
+    def user_prefix(self) -> str:
+        """Prefix of the user hashes (scripts append a user id)."""
+        return f"{self.tag}:u:"
+
+    @property
+    def users(self) -> str:
+        """Set: the ids of users with at least one connection."""
+        return f"{self.tag}:users"
+
+    @property
+    def seats_here(self) -> bool:
+        """True when presence and the user hashes share one slot, so one script keeps both
+        (one presence bucket); otherwise a second script follows in the namespace's slot."""
+        return self.buckets == 1
 
     # --- tokens -------------------------------------------------------------------
 

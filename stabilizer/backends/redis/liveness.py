@@ -9,7 +9,8 @@ from typing import Final
 
 from stabilizer.backends.base import Liveness, Presence
 from stabilizer.backends.redis.core import RedisCore, text
-from stabilizer.backends.redis.keys import entry_of
+from stabilizer.backends.redis.keys import entry_of, seat_of
+from stabilizer.pure.users import info_json
 from stabilizer.pure.wire import kick_prefix
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,10 @@ class RedisLiveness:
             while remaining:
                 reply = await core.call(core.scripts.reap_clients(
                     keys=[keys.presence(bucket), keys.node_set(bucket, node)],
-                    args=[node, _REAP_BATCH],
+                    args=[node, _REAP_BATCH, *core.seat_args()],
                 ), "reap")
-                remaining, clients = int(reply[0]), reply[1:]
+                remaining, clients = int(reply[0]), list(reply[1])
+                await core.follow_seats(_drops(reply[2]), "reap")
                 removed += len(clients)
                 if clients:  # their sessions (and group memberships) end after session_ttl
                     await core.call(core.scripts.suspend(
@@ -77,18 +79,22 @@ class RedisLiveness:
             by_bucket.setdefault(keys.bucket_of(presence.client_id), []).append(presence)
         for bucket, entries in by_bucket.items():
             for start in range(0, len(entries), _RESYNC_BATCH):
+                batch = entries[start:start + _RESYNC_BATCH]
                 args: list[str | bytes] = [
                     core.node_id, keys.node_set_prefix(bucket),
-                    keys.node_channel_prefix(bucket), core.publish_command]
-                for presence in entries[start:start + _RESYNC_BATCH]:
+                    keys.node_channel_prefix(bucket), core.publish_command, *core.seat_args()]
+                for presence in batch:
                     args += [presence.client_id, entry_of(presence),
                              kick_prefix(core.node_id, presence.client_id),
-                             "1" if presence.client_id in claims else "0"]
+                             "1" if presence.client_id in claims else "0", _seat(presence)]
                 reply = await core.call(core.scripts.resync(
                     keys=[keys.presence(bucket), keys.node_set(bucket, core.node_id)],
                     args=args,
                 ), "resync")
-                lost += [text(cid) for cid in reply]
+                kept = {text(cid) for cid in reply}
+                lost += sorted(kept)
+                if not keys.seats_here:
+                    await core.follow_seats(_seat_sets(batch, kept), "resync")
         return lost
 
     async def _prune_stale(self, local: set[str]) -> None:
@@ -98,10 +104,12 @@ class RedisLiveness:
             key = keys.node_set(bucket, core.node_id)
             stale = [cid for cid in await core.scan_set(key, "resync") if cid not in local]
             for start in range(0, len(stale), _RESYNC_BATCH):
-                removed = await core.call(core.scripts.prune(
+                reply = await core.call(core.scripts.prune(
                     keys=[keys.presence(bucket), key],
-                    args=[core.node_id, *stale[start:start + _RESYNC_BATCH]],
+                    args=[core.node_id, *core.seat_args(), *stale[start:start + _RESYNC_BATCH]],
                 ), "resync")
+                removed = int(reply[0])
+                await core.follow_seats(_drops(reply[1]), "resync")
                 if removed:
                     logger.info("forgot %d stale presence entries of node %s", removed,
                                 core.node_id)
@@ -113,10 +121,11 @@ class RedisLiveness:
         for bucket in range(keys.buckets):
             remaining = 1
             while remaining:
-                _, remaining = await core.call(core.scripts.reap(
+                _, remaining, later = await core.call(core.scripts.reap(
                     keys=[keys.presence(bucket), keys.node_set(bucket, core.node_id)],
-                    args=[core.node_id, _REAP_BATCH],
+                    args=[core.node_id, _REAP_BATCH, *core.seat_args()],
                 ), "unregister_node")
+                await core.follow_seats(_drops(later), "unregister_node")
         await core.call(core.client.zrem(keys.nodes, core.node_id), "unregister_node")
 
     async def nodes(self) -> list[str]:
@@ -125,3 +134,26 @@ class RedisLiveness:
         reply = await core.call(core.scripts.live_nodes(keys=[core.keys.nodes], args=[]),
                                 "nodes")
         return sorted(text(node) for node in reply)
+
+
+def _seat(presence: Presence) -> str:
+    """The user seat of a local connection ('' for an anonymous one)."""
+    return seat_of(presence, info_json(presence.info)) if presence.user_id else ""
+
+
+def _seat_sets(batch: Sequence[Presence], lost: set[str]) -> list[str]:
+    """SEATS operations recording the seats of the resynced connections we still hold."""
+    ops: list[str] = []
+    for presence in batch:
+        if presence.user_id is not None and presence.client_id not in lost:
+            ops += ["s", presence.user_id, presence.client_id, _seat(presence)]
+    return ops
+
+
+def _drops(later: Sequence[bytes | str]) -> list[str]:
+    """SEATS operations dropping the (user, client, conn) triples a script left."""
+    ops: list[str] = []
+    items = [text(item) for item in later]
+    for i in range(0, len(items) - 2, 3):
+        ops += ["d", *items[i:i + 3]]
+    return ops

@@ -1,14 +1,15 @@
-"""Presence in Redis: one hash per bucket (client_id -> ``node|conn|since_ms``) and one set
-of clients per node and bucket; one script per connect and per disconnect."""
+"""Presence in Redis: one hash per bucket (client_id -> ``node|conn|since_us[|user]``) and
+one set of clients per node and bucket; one script per connect and per disconnect, which
+also keeps the user hashes (users.py) when they share the slot."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from stabilizer.backends.base import Presence, Registration
+from stabilizer.backends.base import Presence, Registration, Seat
 from stabilizer.backends.redis.core import RedisCore, text
-from stabilizer.backends.redis.keys import entry_of, parse_entry
-from stabilizer.errors import ConfigError, ConnectionLimitExceededError
+from stabilizer.backends.redis.keys import entry_of, parse_entry, seat_of
+from stabilizer.errors import ConfigError, ConnectionLimitExceededError, UserConnectionLimitError
 from stabilizer.pure.wire import kick_prefix
 
 
@@ -19,46 +20,62 @@ class RedisPresence:
         self._core = core
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
-                       end_groups: bool = False) -> Registration:
-        """One script: record presence, enforce the limit, and publish a KICK naming the
-        previous conn id to the previous owner node, if that is another node; with
-        `end_groups` and one presence bucket (the group sets share the slot), the previous
-        connection's groups end in the same script.
+                       end_groups: bool = False, seat: Seat | None = None) -> Registration:
+        """One script: record presence (and the user's seat), enforce the limits, and publish
+        a KICK naming the previous conn id to the previous owner node, if that is another
+        node; with `end_groups` and one presence bucket (the group sets share the slot), the
+        previous connection's groups end in the same script. With several buckets the seat
+        follows in a second script, and no user limit can be enforced.
 
         Raises:
-            ConfigError: a cluster limit with presence spread over several buckets.
+            ConfigError: a cluster or user limit with presence spread over several buckets.
+            UserConnectionLimitError: the user holds its limit of connections.
             ConnectionLimitExceededError: the cluster is full.
         """
         core = self._core
         keys = core.keys
-        if max_cluster is not None and keys.buckets > 1:
-            raise ConfigError("max_cluster_connections needs presence_buckets=1")
+        user_limit = seat.max_connections if seat is not None else None
+        if keys.buckets > 1 and (max_cluster is not None or user_limit is not None):
+            raise ConfigError("connection limits across the cluster need presence_buckets=1")
         bucket = keys.bucket_of(presence.client_id)
         in_script = end_groups and keys.buckets == 1
         script_keys = [keys.presence(bucket), keys.node_set(bucket, presence.node_id)]
+        if in_script:
+            script_keys.append(keys.client_groups(presence.client_id))
+        user = presence.user_id or ""
+        value = seat_of(presence, seat.info if seat is not None else "") if user else ""
         args: list[str | bytes | int] = [
             presence.client_id, entry_of(presence), presence.node_id, max_cluster or 0,
             keys.node_set_prefix(bucket), keys.node_channel_prefix(bucket),
-            kick_prefix(presence.node_id, presence.client_id), core.publish_command]
-        if in_script:
-            script_keys.append(keys.client_groups(presence.client_id))
-            args += ["1", keys.group_prefix, *core.event_args()]
+            kick_prefix(presence.node_id, presence.client_id), core.publish_command,
+            "1" if in_script else "0", keys.group_prefix, *core.event_args(),
+            user, value, user_limit or 0, *core.seat_args()]
         status, previous = await core.call(
             core.scripts.register(keys=script_keys, args=args), "register")
         if int(status) == -1:
             raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
+        if int(status) == -2:
+            raise UserConnectionLimitError(
+                f"user {presence.user_id!r} already holds {user_limit} connections")
         before = parse_entry(presence.client_id, previous) if previous else None
+        if not keys.seats_here:
+            await core.follow_seats(_seat_moves(presence, value, before), "register")
         return Registration(before, groups_ended=in_script and before is not None)
 
     async def unregister(self, client_id: str, conn_id: str) -> bool:
-        """One script: remove presence if it still names `conn_id`."""
+        """One script: remove presence (and the user's seat) if it still names `conn_id`."""
         core = self._core
         bucket = core.keys.bucket_of(client_id)
         removed = await core.call(core.scripts.unregister(
             keys=[core.keys.presence(bucket), core.keys.node_set(bucket, core.node_id)],
-            args=[client_id, conn_id],
+            args=[client_id, conn_id, *core.seat_args()],
         ), "unregister")
-        return bool(removed)
+        if not removed:
+            return False
+        entry = parse_entry(client_id, removed)
+        if not core.keys.seats_here and entry is not None and entry.user_id is not None:
+            await core.follow_seats(["d", entry.user_id, client_id, conn_id], "unregister")
+        return True
 
     async def count(self) -> int:
         """HLEN over the presence buckets."""
@@ -90,3 +107,14 @@ class RedisPresence:
         key = core.keys.presence(core.keys.bucket_of(client_id))
         raw = await core.call(core.client.hget(key, client_id), "locate")
         return None if raw is None else parse_entry(client_id, raw)
+
+
+def _seat_moves(presence: Presence, value: str, before: Presence | None) -> list[str]:
+    """The seat changes a register leaves for the namespace's slot: the new seat, and the
+    previous connection's if it belonged to another user."""
+    ops: list[str] = []
+    if presence.user_id is not None:
+        ops += ["s", presence.user_id, presence.client_id, value]
+    if before is not None and before.user_id is not None and before.user_id != presence.user_id:
+        ops += ["d", before.user_id, presence.client_id, before.conn_id]
+    return ops

@@ -8,7 +8,7 @@ import time
 from stabilizer.backends.base import SessionState
 from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.presence import RedisPresence
-from stabilizer.pure.streams import ALL, client_stream
+from stabilizer.pure.streams import ALL, client_stream, user_stream
 
 
 def parse_position(raw: bytes) -> tuple[int, str] | None:
@@ -49,16 +49,19 @@ class RedisSessions:
                 baselines[name[2:]] = position
         return SessionState(groups, user_data, baselines)
 
-    async def activate(self, client_id: str, *, fresh: bool) -> None:
+    async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None) -> None:
         """One script: mark the session live; a fresh one first ends any earlier session
         (its groups included) and records the baselines of the client's streams."""
         core = self._core
         keys = core.keys
+        script_keys = [keys.session(client_id), keys.away, keys.stream_meta(ALL),
+                       keys.stream_meta(client_stream(client_id)), keys.client_groups(client_id)]
+        if user_id is not None:
+            script_keys.append(keys.stream_meta(user_stream(user_id)))
         await core.call(core.scripts.open_session(
-            keys=[keys.session(client_id), keys.away, keys.stream_meta(ALL),
-                  keys.stream_meta(client_stream(client_id)), keys.client_groups(client_id)],
+            keys=script_keys,
             args=[client_id, "1" if fresh else "0", keys.group_prefix, *core.event_args(),
-                  core.node_id, core.publish_command],
+                  core.node_id, core.publish_command, user_id or ""],
         ), "open_session")
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:

@@ -1,8 +1,8 @@
 """Local fan-out: one frame to the local recipients of a target, without waiting on a socket.
 
-The one place that picks recipients (everyone, a group's local members, one client) for
-both delivery modes. A large fan-out yields to the loop every max_concurrent_broadcast
-recipients, so it never stalls the node.
+The one place that picks recipients (everyone, a group's local members, one client, one
+user's connections) for both delivery modes. A large fan-out yields to the loop every
+max_concurrent_broadcast recipients, so it never stalls the node.
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ class FanOut:
             if not members:
                 return BroadcastResult(0, 0, 0)
             shards = [list(members)]
+        elif target.kind == "user":
+            seats = self._ctx.pool.of_user(target.name)
+            if not seats:
+                return BroadcastResult(0, 0, 0)
+            shards = [seats]
         else:
             shards = self._ctx.pool.shards()
         return await self._fan_out(shards, frame, exclude, stream, offset, epoch)

@@ -14,7 +14,7 @@ from stabilizer.connection.connection import Connection, State
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
-from stabilizer.pure.streams import client_stream, group_stream
+from stabilizer.pure.streams import client_stream, group_stream, user_stream
 from stabilizer.pure.wire import Envelope, Kind, encode
 from stabilizer.services.events import Events
 
@@ -139,3 +139,5 @@ class Membership:
         for group in conn.groups:
             await self.leave_local(conn, group)
         self._on_unfollow(client_stream(conn.client_id))
+        if conn.user_id is not None and not self._ctx.pool.of_user(conn.user_id):
+            self._on_unfollow(user_stream(conn.user_id))

@@ -14,7 +14,7 @@ from stabilizer.errors import BackendUnavailable, WireError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.text import backoff_delay
-from stabilizer.pure.wire import Kind, decode
+from stabilizer.pure.wire import Kind, close_of, decode
 from stabilizer.services.delivery.groups import Membership
 from stabilizer.services.delivery.router import Router
 from stabilizer.services.events import Events
@@ -24,20 +24,24 @@ logger = logging.getLogger(__name__)
 #: Closes the local connection of a client if its conn id matches (a replacement elsewhere).
 KickHandler = Callable[[str, str | None], None]
 
-_MESSAGES = frozenset({Kind.BROADCAST, Kind.GROUP, Kind.DIRECT})
+#: Closes the local connections of a user with (code, reason) (disconnect_user elsewhere).
+UserCloseHandler = Callable[[str, int, str], object]
+
+_MESSAGES = frozenset({Kind.BROADCAST, Kind.GROUP, Kind.DIRECT, Kind.USER})
 
 
 class Listener:
     """Dispatches envelopes: messages to the router, kicks to admission, memberships to the
-    group table, events to the listeners."""
+    group table, events to the listeners, user closes to the users service."""
 
     def __init__(self, ctx: NodeContext, router: Router, membership: Membership,
-                 events: Events, on_kick: KickHandler) -> None:
+                 events: Events, on_kick: KickHandler, on_user_close: UserCloseHandler) -> None:
         self._ctx = ctx
         self._router = router
         self._membership = membership
         self._events = events
         self._on_kick = on_kick
+        self._on_user_close = on_user_close
         self._wire_log = RateLimitedLog(logger)
         self._backend_log = RateLimitedLog(logger)
 
@@ -84,3 +88,14 @@ class Listener:
             self._membership.apply(envelope)
         elif kind is Kind.EVENT and isinstance(envelope.payload, str):
             self._events.received(envelope.payload)
+        elif kind is Kind.USER_CLOSE and envelope.target and isinstance(envelope.payload, str):
+            self._close_user(envelope.target, envelope.payload)
+
+    def _close_user(self, user_id: str, payload: str) -> None:
+        try:
+            code, reason = close_of(payload)
+        except WireError as exc:
+            self._ctx.stats.wire_errors += 1
+            self._wire_log.warning("dropped a malformed user close: %s", exc)
+            return
+        self._on_user_close(user_id, code, reason)

@@ -76,6 +76,23 @@ class LiveRouter:
                                       exc=exc)
             return False
 
+    async def send_to_user(self, user_id: str, payload: str | bytes,
+                           value: object = None) -> int:
+        """Local connections at once; one script hands it to the other nodes holding the
+        user's connections."""
+        ctx = self._ctx
+        frame = Frame.of(payload, value)
+        reached = sum(1 for conn in ctx.pool.of_user(user_id) if self._fanout.offer(conn, frame))
+        if not ctx.backend.is_shared:
+            return reached
+        envelope = encode(Envelope(Kind.USER, ctx.node_id, user_id, payload))
+        try:
+            return reached + await ctx.ask(ctx.backend.users.route(user_id, envelope))
+        except BackendUnavailable as exc:
+            self._backend_log.warning("send to user %r reached this node only: backend "
+                                      "unavailable", user_id, exc=exc)
+            return reached
+
     async def receive(self, envelope: Envelope) -> None:
         """Deliver another node's message to the local recipients."""
         destination = envelope.destination

@@ -29,8 +29,15 @@ class Router(Protocol):
         or it is kept for the client's resumable session)."""
         ...
 
+    async def send_to_user(self, user_id: str, payload: str | bytes,
+                           value: object = None) -> int:
+        """Deliver to every connection of a user wherever it is; return how many
+        connections it reached (with history: how many the user had when it was
+        sequenced)."""
+        ...
+
     async def receive(self, envelope: Envelope) -> None:
-        """Deliver a BROADCAST, GROUP or DIRECT envelope the listener received."""
+        """Deliver a BROADCAST, GROUP, DIRECT or USER envelope the listener received."""
         ...
 
     def resubscribing(self) -> None:

@@ -74,6 +74,14 @@ class SequencedRouter:
         result = await self._sequence(Target("client", client_id), envelope)
         return bool(result.offset) or result.succeeded > 0
 
+    async def send_to_user(self, user_id: str, payload: str | bytes,
+                           value: object = None) -> int:
+        """Sequence on the user's stream; every node holding one of its connections delivers
+        it (this one included, from its subscription)."""
+        envelope = Envelope(Kind.USER, self._ctx.node_id, user_id, payload)
+        result = await self._sequence(Target("user", user_id), envelope)
+        return result.succeeded if result.offset is None else result.remote_nodes
+
     async def _sequence(self, target: Target, envelope: Envelope) -> BroadcastResult:
         ctx = self._ctx
         config = ctx.config
@@ -90,7 +98,7 @@ class SequencedRouter:
             return result
         result = BroadcastResult(0, 0, 0)
         result.offset, result.epoch = done.offset, done.epoch
-        result.remote_nodes = done.receivers if target.kind == "client" else max(
+        result.remote_nodes = done.receivers if target.kind in ("client", "user") else max(
             done.receivers - 1, 0)
         return result
 
@@ -192,5 +200,7 @@ class SequencedRouter:
             return list(self._ctx.pool.connections())
         if target.kind == "group":
             return list(self._membership.local_members(target.name))
+        if target.kind == "user":
+            return self._ctx.pool.of_user(target.name)
         conn = self._ctx.pool.get(target.name)
         return [] if conn is None else [conn]

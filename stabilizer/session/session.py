@@ -1,4 +1,5 @@
-"""Session: one socket served from admission to release (accept, token, pongs, limits).
+"""Session: one socket served from handshake to release (accept, credentials, token, pongs,
+limits, and for v2 clients their control frames).
 
 Used through ``stabilizer.fastapi.serve`` / ``session`` or ``manager.open_session``::
 
@@ -6,10 +7,11 @@ Used through ``stabilizer.fastapi.serve`` / ``session`` or ``manager.open_sessio
         async for message in session:      # str for a text frame, bytes for a binary one
             ...
 
-Every value the client supplies (client id, token, positions) is checked before any
-backend work. An admission that fails (bad token, limits, shutdown) closes the socket with
-its CloseCode and leaves ``session.refused`` set; iterating such a session yields nothing, so
-endpoints need no exception handling for expected refusals.
+Every value the client supplies (client id, credentials, token, positions, frames) is
+checked before any backend work. An admission that fails (bad credentials or token,
+limits, shutdown) closes the socket with its CloseCode and leaves ``session.refused`` set;
+iterating such a session yields nothing, so endpoints need no exception handling for
+expected refusals.
 """
 
 from __future__ import annotations
@@ -22,30 +24,26 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from stabilizer.auth.identity import Identity
 from stabilizer.config import CloseCode, RateLimitAction
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame, accept_if_needed
 from stabilizer.errors import (
+    AuthenticationError,
     BackendUnavailable,
     ConnectionLimitExceededError,
+    CredentialsExpiredError,
     InvalidClientIdError,
     InvalidTokenError,
     MemoryLimitExceededError,
     ShutdownError,
     TokenExpiredError,
+    UserConnectionLimitError,
     WebSocketStabilizerError,
 )
 from stabilizer.node.context import NodeContext
-from stabilizer.pure.frames import (
-    PONG,
-    PONG_FRAME,
-    control_type,
-    rate_limited_frame,
-    session_frame,
-    utf8_size_over,
-)
-from stabilizer.pure.positions import PositionsError, parse_positions
-from stabilizer.pure.rate import TokenBucket
+from stabilizer.pure.frames import rate_limited_frame, utf8_size_over
+from stabilizer.pure.positions import PositionsError
 from stabilizer.pure.text import (
     Message,
     check_client_id,
@@ -55,12 +53,17 @@ from stabilizer.pure.text import (
     truncate_reason,
 )
 from stabilizer.pure.tokens import TokenClaims
-from stabilizer.services.admission import Admission
+from stabilizer.pure.users import info_json
+from stabilizer.pure.v2 import ProtocolError
+from stabilizer.services.admission import Admission, Seated
+from stabilizer.services.auth import Auth, Expiry
 from stabilizer.services.closing import Closing
 from stabilizer.services.lifecycle import shutdown_reason
 from stabilizer.services.liveness import Liveness
 from stabilizer.services.resume import Resume
 from stabilizer.services.tokens import TokenService
+from stabilizer.session.handshake import Asked, ClientGone, Greeting, greet
+from stabilizer.session.inbound import Inbound, welcome_frame
 
 logger = logging.getLogger(__name__)
 
@@ -75,21 +78,27 @@ class SessionServices:
     liveness: Liveness
     tokens: TokenService
     resume: Resume | None  # only with history
+    auth: Auth
 
 
 class Session:
-    """Serves one WebSocket: admits it, yields its messages, and always releases it."""
+    """Serves one WebSocket: admits it, yields its messages, and always releases it.
+
+    ``client_id`` may be None: a v2 client is then named by its device (under its user),
+    a plain one gets a generated id; the ``session`` frame tells the client.
+    """
 
     def __init__(
         self,
         services: SessionServices,
         websocket: Any,
-        client_id: str,
+        client_id: str | None,
         *,
         metadata: dict[str, Any] | None = None,
         token: str | None = None,
         positions: str | None = None,
         welcome: bool = True,
+        identity: Identity | None = None,
     ) -> None:
         self._services = services
         self._ctx = services.ctx
@@ -100,31 +109,29 @@ class Session:
         self.resumed = False
         self.client_close_code: int | None = None
         self.recovered: bool | None = None
+        self.identity: Identity | None = identity
+        self.protocol = 1
+        self._asked = Asked(client_id, token, positions, identity)
         self._metadata = metadata
-        self._token = token
-        self._positions = positions
         self._welcome = welcome
-        self._bucket = TokenBucket.from_config(services.ctx.config)
+        self._expiry: Expiry | None = None
+        self._inbound = Inbound(services, self)
+
+    @property
+    def user_id(self) -> str | None:
+        """The authenticated user of this connection, if any."""
+        return self.identity.user_id if self.identity is not None else None
 
     async def __aenter__(self) -> Self:
         try:
             await self._admit()
-        except InvalidClientIdError as exc:
-            await self._refuse(CloseCode.INVALID_CLIENT_ID, str(exc))
-        except PositionsError as exc:
-            await self._refuse(CloseCode.POLICY_VIOLATION, f"bad positions: {exc}")
-        except TokenExpiredError as exc:
-            await self._refuse(CloseCode.TOKEN_EXPIRED, str(exc))
-        except InvalidTokenError as exc:
-            await self._refuse(CloseCode.INVALID_TOKEN, str(exc))
-        except ShutdownError:
-            code = self._ctx.shutdown_code
-            await self._refuse(code, shutdown_reason(code, self._ctx.config.retry_jitter))
-        except (ConnectionLimitExceededError, MemoryLimitExceededError,
+        except ClientGone as gone:
+            self.client_close_code = gone.code
+        except (InvalidClientIdError, ProtocolError, PositionsError, AuthenticationError,
+                InvalidTokenError, TokenExpiredError, ShutdownError,
+                ConnectionLimitExceededError, MemoryLimitExceededError,
                 BackendUnavailable) as exc:
-            logger.info("refusing client %r: %s", self.client_id, exc)
-            await self._refuse(CloseCode.TRY_AGAIN_LATER,
-                               retry_advice(self._ctx.config.retry_jitter))
+            await self._refuse(*self._refusal(exc))
         except BaseException:
             # __aexit__ does not run when __aenter__ fails: never leave an admitted socket
             if self.conn is not None:
@@ -133,52 +140,80 @@ class Session:
             raise
         return self
 
+    def _refusal(self, exc: Exception) -> tuple[CloseCode, str]:
+        """The close code and reason of an expected refusal."""
+        jitter = self._ctx.config.retry_jitter
+        if isinstance(exc, InvalidClientIdError):
+            return CloseCode.INVALID_CLIENT_ID, str(exc)
+        if isinstance(exc, ProtocolError | PositionsError):
+            detail = f"bad positions: {exc}" if isinstance(exc, PositionsError) else str(exc)
+            return CloseCode.POLICY_VIOLATION, detail
+        if isinstance(exc, CredentialsExpiredError):
+            return CloseCode.AUTH_EXPIRED, "credentials expired"
+        if isinstance(exc, AuthenticationError):
+            return CloseCode.AUTH_FAILED, str(exc)
+        if isinstance(exc, TokenExpiredError):
+            return CloseCode.TOKEN_EXPIRED, str(exc)
+        if isinstance(exc, InvalidTokenError):
+            return CloseCode.INVALID_TOKEN, str(exc)
+        if isinstance(exc, ShutdownError):
+            code = self._ctx.shutdown_code
+            return code, shutdown_reason(code, jitter)
+        logger.info("refusing client %r: %s", self.client_id, exc)
+        if isinstance(exc, UserConnectionLimitError):
+            return CloseCode.USER_LIMIT, retry_advice(jitter)
+        return CloseCode.TRY_AGAIN_LATER, retry_advice(jitter)
+
     async def _admit(self) -> None:
         services = self._services
         ctx = self._ctx
         if not ctx.is_accepting:
             raise ShutdownError("node is shutting down")
+        greeting = await greet(ctx, services.auth, self.websocket, self._asked)
+        self.client_id, self.identity = greeting.client_id, greeting.identity
+        self.protocol = greeting.protocol
         check_client_id(self.client_id, ctx.config.max_client_id_length)
-        positions = parse_positions(self._positions) if self._token else {}
-        claims = await self._spend_token() if self._token else None
+        claims = await self._spend_token(greeting) if greeting.token else None
+        identity = self.identity
+        seated = Seated(identity.user_id if identity else None,
+                        info_json(identity.info) if identity else "", greeting.protocol)
         try:
             self.conn = await services.admission.admit(
-                self.client_id, self.websocket, self._metadata, resuming=self.resumed)
+                self.client_id, self.websocket, self._metadata, resuming=self.resumed,
+                user=seated)
         except BaseException:
             if claims is not None:  # refused (limits, shutdown): the token stays usable
                 await services.tokens.restore(claims)
             raise
         if self.resumed:
             ctx.stats.resumed_sessions += 1
-        if self._welcome:
-            self._send_welcome(self.conn)
+        if self._welcome or self.protocol >= 2:
+            self._send_welcome(self.conn, greeting)
+        if identity is not None:
+            self._expiry = services.auth.watch(self.conn, identity)
         if self.resumed and services.resume is not None and self.conn.is_open:
-            self.recovered, _, _ = await services.resume.resume(self.conn, positions)
+            self.recovered, _, _ = await services.resume.resume(self.conn, greeting.positions)
 
-    async def _spend_token(self) -> TokenClaims:
+    async def _spend_token(self, greeting: Greeting) -> TokenClaims:
         """Verify the token, check that it was issued to this client, and only then spend
         it: a token shown for another client id stays usable by its owner."""
-        assert self._token is not None
+        assert greeting.token is not None
         tokens = self._services.tokens
-        claims = await tokens.verify(self._token)
-        if claims.client_id != self.client_id:
+        claims = await tokens.verify(greeting.token)
+        if claims.client_id != greeting.client_id:
             raise InvalidTokenError("token was issued to another client")
         await tokens.spend(claims)
         self.resumed = True
         return claims
 
-    def _send_welcome(self, conn: Connection) -> None:
-        ctx = self._ctx
+    def _send_welcome(self, conn: Connection, greeting: Greeting) -> None:
         token = None
-        if ctx.config.enable_reconnect:
+        if self._ctx.config.enable_reconnect:
             try:
                 token = self._services.tokens.issue(conn.client_id)
             except WebSocketStabilizerError as exc:  # no key yet (Redis down since start)
                 logger.warning("no reconnect token for %r: %s", conn.client_id, exc)
-        frame = session_frame(
-            client_id=conn.client_id, conn_id=conn.conn_id, node_id=ctx.node_id,
-            resumed=self.resumed, token=token, heartbeat_interval=ctx.config.heartbeat_interval,
-            history=ctx.config.history_enabled)
+        frame = welcome_frame(self._ctx, conn, greeting, resumed=self.resumed, token=token)
         conn.offer(Frame.text(frame), time.monotonic())
 
     async def _refuse(self, code: CloseCode, reason: str) -> None:
@@ -198,6 +233,8 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self.conn is None:
             return
         # The client went away (or the server is going): its session stays resumable. The
@@ -246,12 +283,8 @@ class Session:
                 return None
             self._services.liveness.heard_from(conn)
             if text is not None:
-                control = control_type(text)
-                if control == PONG:
-                    ctx.stats.pongs += 1
-                    continue
-                if control is not None:  # a ping from the client
-                    conn.offer(Frame.text(PONG_FRAME), time.monotonic())
+                text = await self._inbound.text(conn, text)
+                if text is None:
                     continue
             elif data is None:
                 continue
@@ -264,9 +297,17 @@ class Session:
             return text if text is not None else data
         return None
 
+    def refreshed(self, identity: Identity) -> None:
+        """A v2 client presented fresh credentials: keep them and re-arm the timers."""
+        self.identity = identity
+        if self._expiry is not None:
+            self._expiry.set(identity.expires_at)
+        elif self.conn is not None:
+            self._expiry = self._services.auth.watch(self.conn, identity)
+
     async def _within_rate(self, conn: Connection) -> Literal["pass", "drop", "closed"]:
         """Apply the inbound rate limit to one message."""
-        bucket = self._bucket
+        bucket = self._inbound.bucket
         if bucket is None or bucket.take(time.monotonic()):
             return "pass"
         ctx = self._ctx

@@ -1,0 +1,56 @@
+"""Users in the in-process backend: each user's connections, from the hub's presence."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from stabilizer.backends.base import Presence, Seat
+from stabilizer.backends.memory.hub import MemoryHub
+from stabilizer.errors import UserConnectionLimitError
+
+if TYPE_CHECKING:
+    from stabilizer.backends.memory.nodes import MemoryNode
+
+
+def check_seat(hub: MemoryHub, presence: Presence, seat: Seat) -> None:
+    """Refuse a connection that would take its user over the seat's limit."""
+    limit = seat.max_connections
+    assert presence.user_id is not None
+    seats = hub.users.get(presence.user_id, {})
+    if limit is not None and presence.client_id not in seats and len(seats) >= limit:
+        raise UserConnectionLimitError(
+            f"user {presence.user_id!r} already holds {limit} connections")
+
+
+def public(presence: Presence) -> Presence:
+    """Presence as locate and scan return it: the user's info only comes with connections()."""
+    return presence if presence.info is None else dataclasses.replace(presence, info=None)
+
+
+class MemoryUsers:
+    """Each user's connections, from the hub's presence."""
+
+    def __init__(self, node: MemoryNode) -> None:
+        self._node = node
+
+    async def connections(self, user_id: str) -> list[Presence]:
+        """Every connection of `user_id`, with the user's info."""
+        self._node.check()
+        return list(self._node.hub.users.get(user_id, {}).values())
+
+    async def count(self) -> int:
+        """Users with a connection."""
+        self._node.check()
+        return len(self._node.hub.users)
+
+    async def route(self, user_id: str, envelope: bytes) -> int:
+        """Deliver to every other node holding a connection of the user."""
+        node = self._node
+        node.check()
+        per_node: dict[str, int] = {}
+        for presence in node.hub.users.get(user_id, {}).values():
+            if presence.node_id != node.node_id:
+                per_node[presence.node_id] = per_node.get(presence.node_id, 0) + 1
+        return sum(count for target, count in per_node.items()
+                   if node.hub.deliver(target, envelope))

@@ -1,0 +1,189 @@
+"""Lua scripts of sessions, groups and history (the namespace's slot). Client ids, group
+and stream names arrive as arguments and are only used as hash fields, set members, or
+after a fixed key prefix (see keys.py); they are never patterns.
+"""
+
+from typing import Final
+
+from stabilizer.backends.redis.scripts import LEAVE_ALL
+
+# KEYS: session hash, away zset, meta of "all", meta of "c:<client>", client's group set
+#       [, meta of "u:<user>" (when ARGV[8] is not '')].
+# ARGV: client id, '1' for a fresh session, group-set prefix, events channel, event
+#       prefix, node id, publish command, user id ('' = none).
+# The session lives while connected. A fresh one first ends whatever the client had (its
+# groups and session data), then records where the client's streams stand now (its replay
+# baselines).
+OPEN_SESSION: Final = LEAVE_ALL + """
+if ARGV[2] == '1' then
+  leave_all(KEYS[5], ARGV[3], ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], '_', '1')
+redis.call('PERSIST', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[2] == '1' then
+  local streams = {[3] = 'all', [4] = 'c:' .. ARGV[1]}
+  if ARGV[8] ~= '' then streams[6] = 'u:' .. ARGV[8] end
+  for i, stream in pairs(streams) do
+    local epoch = redis.call('HGET', KEYS[i], 'epoch')
+    local offset = redis.call('HGET', KEYS[i], 'offset') or '0'
+    redis.call('HSET', KEYS[1], 'p:' .. stream, offset .. '|' .. (epoch or ''))
+  end
+end
+return 1
+"""
+
+# KEYS: client's group set, session hash, away zset.
+# ARGV: client id, group-set prefix, events channel ('' = none), event prefix, node id,
+#       publish command. Ends the session: leaves every group. Returns the groups left.
+END_SESSION: Final = LEAVE_ALL + """
+local groups = leave_all(KEYS[1], ARGV[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return groups
+"""
+
+# KEYS: away zset. ARGV: ttl_ms, session-key prefix, client ids...
+# The clients left (or their node died): their sessions end after ttl unless they return.
+SUSPEND: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+  redis.call('PEXPIRE', ARGV[2] .. ARGV[i], ttl + 1000)
+end
+return #ARGV - 2
+"""
+
+# KEYS: session hash, client's group set, away zset. ARGV: client id.
+# Returns {exists, groups, field/value pairs...} (user data "u:<key>", baselines
+# "p:<stream>" = "offset|epoch") for a live or resumable session.
+LOAD_SESSION: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local out = {1, redis.call('SMEMBERS', KEYS[2])}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local prefix = string.sub(fields[i], 1, 2)
+  if prefix == 'u:' or prefix == 'p:' then
+    table.insert(out, fields[i])
+    table.insert(out, fields[i + 1])
+  end
+end
+return out
+"""
+
+# KEYS: away zset, presence hash. ARGV: limit, client-group-set prefix, group-set prefix,
+#       session prefix, events channel ('' = none), event prefix, node id, publish command.
+# Ends the sessions whose deadline passed (unless the client is back), leaving their groups
+# (with "leave" events, as END_SESSION). Returns the client ids whose sessions ended.
+SWEEP: Final = LEAVE_ALL + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local ended = {}
+for _, cid in ipairs(due) do
+  redis.call('ZREM', KEYS[1], cid)
+  if not redis.call('HGET', KEYS[2], cid) then
+    leave_all(ARGV[2] .. cid, ARGV[3], cid, ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+    redis.call('DEL', ARGV[4] .. cid)
+    table.insert(ended, cid)
+  end
+end
+return ended
+"""
+
+# KEYS: group set, client's group set, client's session hash, group stream meta.
+# ARGV: client id, group, events channel ('' = none), event prefix, node id, publish
+#       command, 'join' or 'leave'. A join records the group stream's baseline position in
+#       the client's session (when it has one).
+MEMBERSHIP: Final = """
+local changed
+if ARGV[7] == 'join' then
+  changed = redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('SADD', KEYS[2], ARGV[2])
+  if changed == 1 and redis.call('EXISTS', KEYS[3]) == 1 then
+    local epoch = redis.call('HGET', KEYS[4], 'epoch')
+    local offset = redis.call('HGET', KEYS[4], 'offset') or '0'
+    redis.call('HSET', KEYS[3], 'p:g:' .. ARGV[2], offset .. '|' .. (epoch or ''))
+  end
+else
+  changed = redis.call('SREM', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[3], 'p:g:' .. ARGV[2])
+end
+if changed == 1 and ARGV[3] ~= '' then
+  local ev = cjson.encode({event = ARGV[7], client_id = ARGV[1], group = ARGV[2],
+                           node_id = ARGV[5]})
+  redis.call(ARGV[6], ARGV[3], ARGV[4] .. cmsgpack.pack(ev) .. '\\192\\192')
+end
+return changed
+"""
+
+# KEYS: stream, meta hash, presence hash (a user target: the user's hash), session hash.
+# ARGV: target kind, envelope prefix, max entries, stream ttl ms, meta ttl ms, new epoch,
+#       publish command, channel (all/group), client id, node-channel prefix, owner node
+#       ('' = look it up in the presence hash; '-' = known absent).
+# A user target's message goes to every node holding a connection of the user, and
+# `receivers` counts those connections.
+# Returns {offset, epoch, receivers}; {0, '', 0} when a client target is gone for good.
+SEQUENCE: Final = """
+local channel = ARGV[8]
+local per_node = nil
+if ARGV[1] == 'client' then
+  local node = nil
+  if ARGV[11] == '' then
+    local cur = redis.call('HGET', KEYS[3], ARGV[9])
+    node = cur and string.match(cur, '^([^|]*)|')
+  elseif ARGV[11] ~= '-' then
+    node = ARGV[11]
+  end
+  if not node and redis.call('EXISTS', KEYS[4]) == 0 then return {0, '', 0} end
+  channel = node and (ARGV[10] .. node) or ''
+elseif ARGV[1] == 'user' then
+  per_node = {}
+  local entries = redis.call('HGETALL', KEYS[3])
+  for i = 2, #entries, 2 do
+    local node = string.match(entries[i], '^([^|]*)|')
+    if node then per_node[node] = (per_node[node] or 0) + 1 end
+  end
+end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
+local env = ARGV[2] .. cmsgpack.pack(offset) .. cmsgpack.pack(epoch)
+redis.call('XADD', KEYS[1], 'MAXLEN', tonumber(ARGV[3]), offset .. '-0', 'e', env)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))
+local receivers = 0
+if per_node then
+  for node, n in pairs(per_node) do
+    if redis.call(ARGV[7], ARGV[10] .. node, env) > 0 then receivers = receivers + n end
+  end
+elseif channel ~= '' then
+  receivers = redis.call(ARGV[7], channel, env)
+end
+return {offset, epoch, receivers}
+"""
+
+# KEYS: stream, meta hash. ARGV: after offset, epoch ('' with offset 0: from the start).
+# Returns {1, envelopes...} when the stream covers everything after `after`, else {0}.
+HISTORY: Final = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then return {1} end
+if ARGV[2] ~= '' and epoch ~= ARGV[2] then return {0} end
+local last = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
+local after = tonumber(ARGV[1])
+if after > last then return {0} end
+if after == last then return {1} end
+local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+')
+if #entries == 0 or entries[1][1] ~= string.format('%d-0', after + 1) then return {0} end
+local out = {1}
+for _, entry in ipairs(entries) do table.insert(out, entry[2][2]) end
+return out
+"""

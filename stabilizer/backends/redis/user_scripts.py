@@ -1,0 +1,64 @@
+"""Lua for users: each user's connections live in ``{ns}:u:<user>`` (client id ->
+``node|conn|since_us|info_json``), the ids of users with a connection in ``{ns}:users``.
+
+With one presence bucket the presence scripts keep the user hashes in the same step
+(SEATS_LIB is prepended to them); with several, presence lives in other slots and SEATS
+follows in the namespace's slot.
+"""
+
+from typing import Final
+
+# entry_user: the user id of a presence entry ``node|conn|since_us|user`` (nil without).
+# seat_drop: remove client `cid` from `user`'s hash if its seat names `conn` ('' = any), and
+# the user from the users set once it has no connection left.
+# seat_set: record client `cid` in `user`'s hash.
+SEATS_LIB: Final = """
+local function entry_user(entry)
+  return string.match(entry, '^[^|]*|[^|]*|%d+|(.+)$')
+end
+local function seat_drop(uprefix, users, user, cid, conn)
+  local ukey = uprefix .. user
+  if conn ~= '' then
+    local cur = redis.call('HGET', ukey, cid)
+    if not cur or string.match(cur, '^[^|]*|([^|]*)|') ~= conn then return 0 end
+  end
+  redis.call('HDEL', ukey, cid)
+  if redis.call('HLEN', ukey) == 0 then redis.call('SREM', users, user) end
+  return 1
+end
+local function seat_set(uprefix, users, user, cid, value)
+  redis.call('HSET', uprefix .. user, cid, value)
+  redis.call('SADD', users, user)
+end
+"""
+
+# KEYS: users set. ARGV: user-hash prefix, then (op, user, client id, arg) quadruples: op
+# 's' records the seat `arg`, op 'd' drops the seat if it names conn `arg` ('' = any).
+# The follow-up of the presence scripts when presence lives in other slots.
+SEATS: Final = SEATS_LIB + """
+for i = 2, #ARGV, 4 do
+  if ARGV[i] == 's' then
+    seat_set(ARGV[1], KEYS[1], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  else
+    seat_drop(ARGV[1], KEYS[1], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  end
+end
+return 1
+"""
+
+# KEYS: the user's hash. ARGV: node-channel prefix (namespace slot), envelope, publish
+# command, this node's id. Publishes the envelope once to every other node holding a
+# connection of the user; returns how many of the user's connections those nodes hold.
+USER_ROUTE: Final = """
+local entries = redis.call('HGETALL', KEYS[1])
+local counts = {}
+for i = 2, #entries, 2 do
+  local node = string.match(entries[i], '^([^|]*)|')
+  if node and node ~= ARGV[4] then counts[node] = (counts[node] or 0) + 1 end
+end
+local reached = 0
+for node, n in pairs(counts) do
+  if redis.call(ARGV[3], ARGV[1] .. node, ARGV[2]) > 0 then reached = reached + n end
+end
+return reached
+"""

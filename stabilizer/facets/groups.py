@@ -1,0 +1,63 @@
+"""Groups: cluster-wide membership and sends to members."""
+
+from __future__ import annotations
+
+from stabilizer.facets.base import Facet
+from stabilizer.pure.streams import Target
+from stabilizer.pure.text import Message, check_client_id, check_group, encode_message, json_value
+from stabilizer.results import BroadcastResult
+
+
+class GroupsFacet(Facet):
+    """Named groups of clients, on every node."""
+
+    async def send_to_group(self, group: str, message: Message,
+                            exclude_client: str | None = None) -> BroadcastResult:
+        """Send to every member of `group` on every node; the result counts local members.
+
+        Raises:
+            ValueError: the group name is not usable.
+        """
+        payload = encode_message(message)
+        return await self._node.router.publish(Target("group", check_group(group)), payload,
+                                               exclude_client, json_value(message))
+
+    async def join_group(self, client_id: str, group: str) -> None:
+        """Add a client connected to any node to `group` (cluster-wide).
+
+        Raises:
+            ValueError: the group name is empty, too long or not text.
+            ConnectionNotFoundError: the client is not connected anywhere.
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        check_group(group)
+        check_client_id(client_id, self._ctx.config.max_client_id_length)
+        await self._node.membership.join(client_id, group)
+
+    async def leave_group(self, client_id: str, group: str) -> None:
+        """Remove a client from `group` (no error if it was not a member).
+
+        Raises:
+            ValueError: the group name is not usable.
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        check_group(group)
+        check_client_id(client_id, self._ctx.config.max_client_id_length)
+        await self._node.membership.leave(client_id, group)
+
+    async def get_group_members(self, group: str) -> list[str]:
+        """Return the members of `group` on every node (a resumable session's client stays
+        a member).
+
+        Raises:
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        return await self._ctx.ask(self._ctx.backend.groups.members(check_group(group)))
+
+    async def get_client_groups(self, client_id: str) -> list[str]:
+        """Return the groups `client_id` belongs to (cluster-wide).
+
+        Raises:
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        return await self._ctx.ask(self._ctx.backend.groups.of_client(client_id))

@@ -1,0 +1,50 @@
+"""Users: every connection of an authenticated user, on any node."""
+
+from __future__ import annotations
+
+from stabilizer.backends.base import Presence
+from stabilizer.config import CloseCode
+from stabilizer.facets.base import Facet
+from stabilizer.pure.text import Message, encode_message, json_value
+
+
+class UsersFacet(Facet):
+    """Sends to, disconnects and lists a user's connections (tabs, devices) cluster-wide."""
+
+    async def send_to_user(self, user_id: str, message: Message) -> int:
+        """Send to every connection of `user_id` on every node; return how many
+        connections it reached (with history: how many the user had, each gets it in
+        order and again on resume). 0 for an unknown or invalid user.
+
+        Raises:
+            TypeError: the message is not text, bytes or JSON-serializable.
+        """
+        payload = encode_message(message)
+        return await self._node.users.send(user_id, payload, json_value(message))
+
+    async def disconnect_user(self, user_id: str, *, code: int = CloseCode.NORMAL,
+                              reason: str = "disconnected by the server") -> int:
+        """Close every connection of `user_id` on every node with `code`; return how many.
+        With the default 1000 the clients do not reconnect and their sessions end.
+
+        Raises:
+            ValueError: `code` cannot be sent (1000, 1001, 1008, 1011-1013, 3000-4999 can).
+        """
+        return await self._node.users.disconnect(user_id, int(code), reason)
+
+    async def get_user_connections(self, user_id: str) -> list[Presence]:
+        """Return every connection of `user_id` (client id, node, connected since, the
+        user's info), oldest first.
+
+        Raises:
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        return await self._node.users.connections(user_id)
+
+    async def get_cluster_user_count(self) -> int:
+        """Count users with at least one connection on any node.
+
+        Raises:
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        return await self._node.users.count()

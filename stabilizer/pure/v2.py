@@ -1,0 +1,122 @@
+"""Protocol v2, the client's side of it (pure): the subprotocol name, the ``connect``
+frame and the frames a v2 client sends afterwards. docs/protocol.md, section 6.
+
+Everything here is client input: each value is checked for type and size, JSON nesting is
+bounded before the parser runs, and every refusal is a ProtocolError whose message names
+the problem (it becomes the reason of a 1008 close or of an ``error`` frame).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from stabilizer.pure.positions import Positions, PositionsError, nesting_within, positions_of
+from stabilizer.pure.users import is_device
+
+SUBPROTOCOL: Final = "stabilizer.v2"
+#: How deep a v2 client frame may nest (``params`` is the application's).
+MAX_DEPTH: Final = 16
+MAX_TOKEN_LENGTH: Final = 16 * 1024
+
+
+class ProtocolError(ValueError):
+    """A v2 client sent a frame that is not the documented shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """What a v2 client's ``connect`` frame asks for."""
+
+    token: str | None = None
+    reconnect_token: str | None = None
+    positions: Positions = field(default_factory=dict)
+    device: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def offered(subprotocols: object) -> bool:
+    """True when the client offered the v2 subprotocol in its handshake."""
+    return isinstance(subprotocols, list | tuple) and SUBPROTOCOL in subprotocols
+
+
+def client_frame(text: str) -> tuple[str, dict[str, Any]]:
+    """Decode a v2 client text frame into (type, body).
+
+    Raises:
+        ProtocolError: not a JSON object with a string ``type`` (or nested too deep).
+    """
+    if not text.startswith("{") or not nesting_within(text, MAX_DEPTH):
+        raise ProtocolError("a frame must be a JSON object (nested at most 16 deep)")
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("a frame must be a JSON object") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        raise ProtocolError('a frame must be a JSON object with a string "type"')
+    return body["type"], body
+
+
+def _optional_text(body: Mapping[str, Any], name: str, limit: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ProtocolError(f"connect: {name} must be a non-empty string of at most "
+                            f"{limit} characters")
+    return value
+
+
+def parse_connect(text: str) -> ConnectRequest:
+    """Decode the first frame of a v2 connection.
+
+    Raises:
+        ProtocolError: not a ``connect`` frame, or a field of the wrong type or size.
+    """
+    kind, body = client_frame(text)
+    if kind != "connect":
+        raise ProtocolError(f"the first frame must be connect, got {kind[:40]!r}")
+    device = body.get("device")
+    if device is not None and not is_device(device):
+        raise ProtocolError("connect: device must be 1-64 characters of A-Z a-z 0-9 . _ ~ -")
+    params = body.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ProtocolError("connect: params must be an object")
+    positions: Positions = {}
+    if body.get("positions") is not None:
+        try:
+            positions = positions_of(body["positions"])
+        except PositionsError as exc:
+            raise ProtocolError(f"connect: {exc}") from exc
+    return ConnectRequest(
+        token=_optional_text(body, "token", MAX_TOKEN_LENGTH),
+        reconnect_token=_optional_text(body, "reconnect_token", MAX_TOKEN_LENGTH),
+        positions=positions, device=device, params=params)
+
+
+def refresh_token(body: Mapping[str, Any]) -> str:
+    """The token of a ``refresh`` frame.
+
+    Raises:
+        ProtocolError: missing, not a string, or too long.
+    """
+    token = _optional_text(body, "token", MAX_TOKEN_LENGTH)
+    if token is None:
+        raise ProtocolError("refresh: token is missing")
+    return token
+
+
+def message_data(body: Mapping[str, Any]) -> str:
+    """The application text of a ``message`` frame.
+
+    Raises:
+        ProtocolError: ``data`` is not a string.
+    """
+    data = body.get("data")
+    if not isinstance(data, str):
+        raise ProtocolError("message: data must be a string")
+    return data

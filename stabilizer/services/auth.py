@@ -1,0 +1,135 @@
+"""Authentication at connect and during a connection: the application's authenticator,
+bounded in time, and the timers of connections whose credentials expire.
+
+A v2 connection is asked for fresh credentials ``auth_refresh_grace`` seconds before they
+expire and closed with AUTH_EXPIRED (4003) if none came by the same grace after; a plain
+connection cannot refresh and is closed at that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from stabilizer.auth.identity import Authenticator, Credentials, Identity
+from stabilizer.config import CloseCode
+from stabilizer.connection.connection import Connection
+from stabilizer.connection.sockets import Frame
+from stabilizer.errors import AuthenticationError, BackendUnavailable, CredentialsExpiredError
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.frames import refresh_frame
+from stabilizer.services.closing import Closing
+
+logger = logging.getLogger(__name__)
+
+
+class Expiry:
+    """The refresh request and the close of one connection whose credentials expire."""
+
+    def __init__(self, conn: Connection, grace: float, *, can_refresh: bool,
+                 on_expired: Callable[[Connection], None]) -> None:
+        self._conn = conn
+        self._grace = grace
+        self._can_refresh = can_refresh
+        self._on_expired = on_expired
+        self._handles: list[asyncio.TimerHandle] = []
+        self.expires_at: float | None = None
+
+    def set(self, expires_at: float | None) -> None:
+        """(Re)arm the timers for credentials expiring at `expires_at` (None: never)."""
+        self.cancel()
+        self.expires_at = expires_at
+        if expires_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        left = expires_at - time.time()
+        if self._can_refresh:
+            self._handles.append(loop.call_later(max(left - self._grace, 0.0), self._ask))
+        self._handles.append(loop.call_later(max(left + self._grace, 0.0), self._expire))
+
+    def cancel(self) -> None:
+        """Disarm the timers (the connection ended, or got fresh credentials)."""
+        for handle in self._handles:
+            handle.cancel()
+        self._handles.clear()
+
+    def _ask(self) -> None:
+        if self.expires_at is not None:
+            self._conn.offer(Frame.text(refresh_frame(self.expires_at)), time.monotonic())
+
+    def _expire(self) -> None:
+        self._handles.clear()
+        if self._conn.is_open:
+            logger.info("credentials of client %r expired", self._conn.client_id)
+            self._on_expired(self._conn)
+
+
+class Auth:
+    """Runs the application's authenticator and watches expiring credentials."""
+
+    def __init__(self, ctx: NodeContext, authenticator: Authenticator | None,
+                 closing: Closing) -> None:
+        self._ctx = ctx
+        self._authenticator = authenticator
+        self._closing = closing
+
+    @property
+    def enabled(self) -> bool:
+        """True when the node has an authenticator."""
+        return self._authenticator is not None
+
+    async def authenticate(self, credentials: Credentials) -> Identity | None:
+        """The identity `credentials` prove; None when the node has no authenticator.
+
+        Raises:
+            CredentialsExpiredError: valid but expired credentials.
+            AuthenticationError: anything else the authenticator refused.
+            BackendUnavailable: the authenticator did not answer within connect_timeout.
+        """
+        authenticator = self._authenticator
+        if authenticator is None:
+            return None
+        limit = self._ctx.config.connect_timeout
+        try:
+            async with asyncio.timeout(limit):
+                identity = await authenticator.authenticate(credentials)
+        except AuthenticationError:
+            raise
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"the authenticator did not answer within {limit:g}s") \
+                from exc
+        except Exception as exc:  # the application's code failed: refuse, keep the detail here
+            logger.exception("the authenticator raised; refusing the connection")
+            raise AuthenticationError("authentication failed") from exc
+        if not isinstance(identity, Identity):
+            raise AuthenticationError("authentication failed")
+        if identity.expires_at is not None and identity.expires_at <= time.time():
+            raise CredentialsExpiredError("the credentials have expired")
+        return identity
+
+    async def refresh(self, conn: Connection, credentials: Credentials) -> Identity:
+        """Check fresh credentials of a live connection: the same user, not expired.
+
+        Raises:
+            CredentialsExpiredError: the new credentials are expired too.
+            AuthenticationError: invalid, or they prove another user.
+            BackendUnavailable: the authenticator did not answer in time.
+        """
+        identity = await self.authenticate(credentials)
+        if identity is None or identity.user_id != conn.user_id:
+            raise AuthenticationError("the fresh credentials are for another user")
+        return identity
+
+    def watch(self, conn: Connection, identity: Identity) -> Expiry | None:
+        """Arm the expiry timers of `conn` (None when its credentials never expire)."""
+        if identity.expires_at is None:
+            return None
+        expiry = Expiry(conn, self._ctx.config.auth_refresh_grace,
+                        can_refresh=conn.protocol >= 2, on_expired=self._expired)
+        expiry.set(identity.expires_at)
+        return expiry
+
+    def _expired(self, conn: Connection) -> None:
+        self._closing.retire(conn, CloseCode.AUTH_EXPIRED, "credentials expired")

@@ -1,0 +1,108 @@
+"""Users: every connection of an authenticated user, reached and closed cluster-wide.
+
+A user's connections are distinct clients (tabs, devices) that share a ``user_id``. Sends
+go through the router (live: local connections at once and one script for the other
+nodes; history: one sequenced message on the user's stream); a disconnect closes the local
+connections here and hands one USER_CLOSE envelope to every other node holding one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from stabilizer.backends.base import Presence
+from stabilizer.errors import BackendUnavailable
+from stabilizer.logs import RateLimitedLog
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.users import MAX_USER_ID_LENGTH
+from stabilizer.pure.wire import Envelope, Kind, close_body, encode
+from stabilizer.services.closing import Closing
+from stabilizer.services.delivery.router import Router
+
+logger = logging.getLogger(__name__)
+
+#: Close codes an application may close a user's connections with (RFC 6455: 1000, the
+#: server-side codes, and the 3000-4999 ranges for libraries and applications).
+_SENDABLE = frozenset({1000, 1001, 1008, 1011, 1012, 1013})
+
+
+def is_user_id(user_id: object) -> bool:
+    """True for a string a user id can be (what the API accepts without raising)."""
+    return isinstance(user_id, str) and 0 < len(user_id) <= MAX_USER_ID_LENGTH
+
+
+def check_close_code(code: object) -> int:
+    """Return `code` if a server may close a WebSocket with it.
+
+    Raises:
+        ValueError: it is not 1000, a server-side code (1001, 1008, 1011-1013) or 3000-4999.
+    """
+    if isinstance(code, bool) or not isinstance(code, int) or not (
+            code in _SENDABLE or 3000 <= code <= 4999):
+        raise ValueError(f"close code must be 1000, 1001, 1008, 1011-1013 or 3000-4999, "
+                         f"got {code!r}")
+    return code
+
+
+class Users:
+    """Sends to, closes and lists the connections of users, cluster-wide."""
+
+    def __init__(self, ctx: NodeContext, router: Router, closing: Closing) -> None:
+        self._ctx = ctx
+        self._router = router
+        self._closing = closing
+        self._backend_log = RateLimitedLog(logger)
+
+    async def send(self, user_id: str, payload: str | bytes, value: object = None) -> int:
+        """Deliver to every connection of `user_id`; return how many it reached."""
+        if not is_user_id(user_id):
+            return 0
+        return await self._router.send_to_user(user_id, payload, value)
+
+    async def disconnect(self, user_id: str, code: int, reason: str) -> int:
+        """Close every connection of `user_id` on every node; return how many.
+
+        Raises:
+            ValueError: `code` cannot be sent.
+        """
+        check_close_code(code)
+        if not is_user_id(user_id):
+            return 0
+        closed = self.close_local(user_id, code, reason)
+        ctx = self._ctx
+        if not ctx.backend.is_shared:
+            return closed
+        envelope = encode(Envelope(Kind.USER_CLOSE, ctx.node_id, user_id,
+                                   close_body(code, reason)))
+        try:
+            return closed + await ctx.ask(ctx.backend.users.route(user_id, envelope))
+        except BackendUnavailable as exc:
+            self._backend_log.warning("user %r disconnected on this node only: backend "
+                                      "unavailable", user_id, exc=exc)
+            return closed
+
+    def close_local(self, user_id: str, code: int, reason: str) -> int:
+        """Close this node's connections of `user_id` (a USER_CLOSE from another node too)."""
+        conns = self._ctx.pool.of_user(user_id)
+        for conn in conns:
+            logger.info("closing client %r of user %r (code %d)", conn.client_id, user_id, code)
+            self._closing.retire(conn, code, reason)
+        return len(conns)
+
+    async def connections(self, user_id: str) -> list[Presence]:
+        """Every connection of `user_id` on every node, oldest first.
+
+        Raises:
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        if not is_user_id(user_id):
+            return []
+        return await self._ctx.ask(self._ctx.backend.users.connections(user_id))
+
+    async def count(self) -> int:
+        """Users with a connection on any node.
+
+        Raises:
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        return await self._ctx.ask(self._ctx.backend.users.count())

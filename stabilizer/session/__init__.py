@@ -1,0 +1,5 @@
+"""Sessions: one socket from handshake to release."""
+
+from stabilizer.session.session import Session, SessionServices
+
+__all__ = ["Session", "SessionServices"]

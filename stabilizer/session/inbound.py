@@ -1,0 +1,118 @@
+"""What a session does with a client's text frames before the application sees them:
+heartbeats, and for v2 clients the envelope of every frame (``message``, ``ping``,
+``pong``, ``refresh``); also the first frame the server sends.
+
+A v2 frame that is not what docs/protocol.md describes gets an ``error`` frame and is
+dropped; the connection stays open.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from stabilizer.auth.identity import Credentials
+from stabilizer.config import CloseCode
+from stabilizer.connection.connection import Connection
+from stabilizer.connection.sockets import Frame
+from stabilizer.errors import AuthenticationError, BackendUnavailable, CredentialsExpiredError
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.frames import (
+    PONG,
+    PONG_FRAME,
+    control_type,
+    error_frame,
+    refreshed_frame,
+    session_frame,
+)
+from stabilizer.pure.rate import TokenBucket
+from stabilizer.pure.v2 import ProtocolError, client_frame, message_data, refresh_token
+
+if TYPE_CHECKING:
+    from stabilizer.session.handshake import Greeting
+    from stabilizer.session.session import Session, SessionServices
+
+
+def welcome_frame(ctx: NodeContext, conn: Connection, greeting: Greeting, *, resumed: bool,
+                  token: str | None) -> str:
+    """The ``session`` frame of a new connection (with the v2 fields for a v2 client)."""
+    identity = greeting.identity
+    v2 = None
+    if greeting.protocol >= 2:
+        v2 = {"protocol": 2, "device": greeting.device,
+              "user_id": identity.user_id if identity else None,
+              "expires_at": identity.expires_at if identity else None}
+    return session_frame(
+        client_id=conn.client_id, conn_id=conn.conn_id, node_id=ctx.node_id, resumed=resumed,
+        token=token, heartbeat_interval=ctx.config.heartbeat_interval,
+        history=ctx.config.history_enabled, v2=v2)
+
+
+class Inbound:
+    """Sorts one session's text frames into control frames and application text."""
+
+    def __init__(self, services: SessionServices, session: Session) -> None:
+        self._services = services
+        self._session = session
+        self.bucket = TokenBucket.from_config(services.ctx.config)
+
+    async def text(self, conn: Connection, text: str) -> str | None:
+        """Handle a control frame (None) or return the application's text."""
+        if conn.protocol < 2:
+            control = control_type(text)
+            if control is None:
+                return text
+            self._heartbeat(conn, control)
+            return None
+        if text == PONG:
+            self._heartbeat(conn, PONG)
+            return None
+        try:
+            kind, body = client_frame(text)
+            if kind == "message":
+                return message_data(body)
+        except ProtocolError as exc:
+            self._error(conn, "bad_frame", str(exc))
+            return None
+        if kind in ("ping", "pong"):
+            self._heartbeat(conn, kind)
+        elif kind == "refresh":
+            await self._refresh(conn, body.get("token"))
+        else:
+            self._error(conn, "unknown_type", f"unknown frame type {kind[:40]!r}")
+        return None
+
+    def _heartbeat(self, conn: Connection, control: str) -> None:
+        if control == PONG:
+            self._services.ctx.stats.pongs += 1
+        else:  # a ping from the client
+            conn.offer(Frame.text(PONG_FRAME), time.monotonic())
+
+    def _error(self, conn: Connection, code: str, detail: str) -> None:
+        conn.offer(Frame.text(error_frame(code, detail)), time.monotonic())
+
+    async def _refresh(self, conn: Connection, token: object) -> None:
+        services = self._services
+        if not services.auth.enabled:
+            self._error(conn, "refresh_unsupported", "this server has no authenticator")
+            return
+        try:
+            fresh = refresh_token({"token": token})
+        except ProtocolError as exc:
+            self._error(conn, "bad_frame", str(exc))
+            return
+        credentials = Credentials(fresh, self._session.websocket, refreshing=True)
+        try:
+            identity = await services.auth.refresh(conn, credentials)
+        except CredentialsExpiredError:
+            await services.closing.release(conn, code=CloseCode.AUTH_EXPIRED,
+                                           reason="credentials expired")
+            return
+        except AuthenticationError as exc:
+            await services.closing.release(conn, code=CloseCode.AUTH_FAILED, reason=str(exc))
+            return
+        except BackendUnavailable as exc:  # try again: the close waits until the grace ends
+            self._error(conn, "refresh_failed", str(exc))
+            return
+        self._session.refreshed(identity)
+        conn.offer(Frame.text(refreshed_frame(identity.expires_at)), time.monotonic())

@@ -1,0 +1,89 @@
+"""Wiring: one node's services, built once and connected to each other.
+
+The facade (``WebSocketConnectionManager``) holds the result and delegates to it; nothing
+here has behaviour of its own beyond choosing the router and the loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from stabilizer.auth.identity import Authenticator
+from stabilizer.backends.base import Backend
+from stabilizer.config import WebSocketConfig
+from stabilizer.node.context import NodeContext
+from stabilizer.services.admission import Admission
+from stabilizer.services.auth import Auth
+from stabilizer.services.closing import Closing
+from stabilizer.services.delivery.fanout import FanOut
+from stabilizer.services.delivery.groups import Membership
+from stabilizer.services.delivery.listener import Listener
+from stabilizer.services.delivery.live import LiveRouter
+from stabilizer.services.delivery.router import Router
+from stabilizer.services.delivery.sequenced import SequencedRouter
+from stabilizer.services.events import Events
+from stabilizer.services.lifecycle import Lifecycle, Loop
+from stabilizer.services.liveness import Liveness
+from stabilizer.services.maintenance import Maintenance
+from stabilizer.services.memory import MemoryGuard
+from stabilizer.services.resume import Resume
+from stabilizer.services.tokens import TokenService
+from stabilizer.services.users import Users
+from stabilizer.session import SessionServices
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """The services of one node."""
+
+    ctx: NodeContext
+    events: Events
+    liveness: Liveness
+    membership: Membership
+    router: Router
+    closing: Closing
+    memory: MemoryGuard
+    tokens: TokenService
+    admission: Admission
+    users: Users
+    lifecycle: Lifecycle
+    sessions: SessionServices
+
+
+def assemble(config: WebSocketConfig, backend: Backend, *,
+             authenticator: Authenticator | None,
+             ensure_started: Callable[[], Awaitable[None]]) -> Node:
+    """Build and connect every service of a node over `backend`."""
+    ctx = NodeContext(config, backend)
+    events = Events(ctx)
+    closing_ref: list[Closing] = []
+    router_ref: list[Router] = []
+    liveness = Liveness(ctx, on_timeout=lambda conn: closing_ref[0].on_timeout(conn))
+    membership = Membership(ctx, events,
+                            on_unfollow=lambda stream: router_ref[0].unfollow(stream))
+    fanout = FanOut(ctx, membership)
+    router: Router = (SequencedRouter(ctx, fanout, membership) if config.history_enabled
+                      else LiveRouter(ctx, fanout))
+    router_ref.append(router)
+    closing = Closing(ctx, liveness, membership, events)
+    closing_ref.append(closing)
+    memory = MemoryGuard(ctx, closing)
+    tokens = TokenService(ctx)
+    admission = Admission(ctx, closing, liveness, memory, events,
+                          ensure_started=ensure_started)
+    users = Users(ctx, router, closing)
+    listener = Listener(ctx, router, membership, events, on_kick=admission.kick,
+                        on_user_close=users.close_local)
+    maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
+                              kick=admission.kick)
+    loops: dict[str, Loop] = {"heartbeat": liveness.run, "maintenance": maintenance.run}
+    if ctx.follows_others:
+        loops["listener"] = listener.run
+    lifecycle = Lifecycle(ctx, closing, tokens, loops)
+    sessions = SessionServices(
+        ctx, admission, closing, liveness, tokens,
+        Resume(ctx, membership) if config.history_enabled else None,
+        Auth(ctx, authenticator, closing))
+    return Node(ctx, events, liveness, membership, router, closing, memory, tokens,
+                admission, users, lifecycle, sessions)

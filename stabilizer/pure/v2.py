@@ -26,6 +26,10 @@ class ProtocolError(ValueError):
     """A v2 client sent a frame that is not the documented shape."""
 
 
+class FrameTooBigError(ProtocolError):
+    """A v2 client's handshake frame is over max_message_size (closed with 1009)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectRequest:
     """What a v2 client's ``connect`` frame asks for."""

@@ -18,7 +18,13 @@ from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import utf8_size_over
 from stabilizer.pure.positions import Positions, parse_positions
 from stabilizer.pure.users import client_id_of, new_device
-from stabilizer.pure.v2 import SUBPROTOCOL, ConnectRequest, ProtocolError, parse_connect
+from stabilizer.pure.v2 import (
+    SUBPROTOCOL,
+    ConnectRequest,
+    FrameTooBigError,
+    ProtocolError,
+    parse_connect,
+)
 from stabilizer.services.auth import Auth
 
 
@@ -90,6 +96,7 @@ async def read_connect(websocket: Any, timeout: float, max_size: int) -> Connect
     """Wait for a v2 client's first frame and decode it.
 
     Raises:
+        FrameTooBigError: it is over `max_size` bytes.
         ProtocolError: none came within `timeout`, or it is not a valid connect frame.
         ClientGone: the client closed first.
     """
@@ -106,7 +113,7 @@ async def read_connect(websocket: Any, timeout: float, max_size: int) -> Connect
                 if not isinstance(text, str):
                     raise ProtocolError("the connect frame must be a text frame")
                 if utf8_size_over(text, max_size):
-                    raise ProtocolError(f"the connect frame is over {max_size} bytes")
+                    raise FrameTooBigError(f"the connect frame is over {max_size} bytes")
                 return parse_connect(text)
     except TimeoutError:
         raise ProtocolError(f"no connect frame within {timeout:g}s") from None

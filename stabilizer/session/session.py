@@ -54,7 +54,7 @@ from stabilizer.pure.text import (
 )
 from stabilizer.pure.tokens import TokenClaims
 from stabilizer.pure.users import info_json
-from stabilizer.pure.v2 import ProtocolError
+from stabilizer.pure.v2 import FrameTooBigError, ProtocolError
 from stabilizer.services.admission import Admission, Seated
 from stabilizer.services.auth import Auth, Expiry
 from stabilizer.services.closing import Closing
@@ -145,6 +145,8 @@ class Session:
         jitter = self._ctx.config.retry_jitter
         if isinstance(exc, InvalidClientIdError):
             return CloseCode.INVALID_CLIENT_ID, str(exc)
+        if isinstance(exc, FrameTooBigError):
+            return CloseCode.MESSAGE_TOO_BIG, str(exc)
         if isinstance(exc, ProtocolError | PositionsError):
             detail = f"bad positions: {exc}" if isinstance(exc, PositionsError) else str(exc)
             return CloseCode.POLICY_VIOLATION, detail

@@ -90,11 +90,13 @@ class UvicornProcess:
             time.sleep(0.05)
 
     def request(self, method: str, path: str, body: Any = None,
-                timeout: float = 10.0) -> tuple[int, Any]:
+                timeout: float = 10.0,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """Send an HTTP request; return (status, parsed JSON or text)."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json",
+                                              **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()

@@ -1,0 +1,206 @@
+"""Contract of the users role, on memory, Redis (one presence bucket: seats kept in the
+presence scripts) and Redis Cluster (four buckets: seats kept by a follow-up script)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from stabilizer.backends.base import Presence, Seat
+from stabilizer.errors import ConfigError, UserConnectionLimitError
+from stabilizer.pure.streams import Target
+from stabilizer.pure.wire import Envelope, Kind, encode
+from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node
+
+__all__ = ["open_node"]  # the fixture, re-exported for pytest
+
+INFO = '{"name":"Ann"}'
+
+
+def seat_of(client_id: str, node_id: str, user: str | None = "ann",
+            conn_id: str | None = None) -> Presence:
+    return Presence(client_id, node_id, conn_id or f"conn-{client_id}", time.time(), user)
+
+
+async def test_a_users_connections_are_listed_with_info_and_counted(
+    open_node: NodeFactory,
+) -> None:
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await a.presence.register(seat_of("ann/tab1", "node-a"), max_cluster=None,
+                              seat=Seat(INFO))
+    await b.presence.register(seat_of("ann/tab2", "node-b"), max_cluster=None,
+                              seat=Seat(INFO))
+    await b.presence.register(seat_of("bob/tab1", "node-b", "bob"), max_cluster=None,
+                              seat=Seat())
+    await a.presence.register(seat_of("anonymous", "node-a", None), max_cluster=None)
+    found = await b.users.connections("ann")
+    assert [(p.client_id, p.node_id, p.user_id, p.info) for p in found] == [
+        ("ann/tab1", "node-a", "ann", {"name": "Ann"}),
+        ("ann/tab2", "node-b", "ann", {"name": "Ann"})]
+    assert await a.users.count() == 2
+    located = await a.presence.locate("ann/tab2")
+    assert located is not None
+    assert (located.user_id, located.info) == ("ann", None)  # info only via connections()
+    assert await a.users.connections("nobody") == []
+
+
+async def test_unregister_frees_the_seat_and_the_last_one_the_user(
+    open_node: NodeFactory,
+) -> None:
+    a = await open_node("node-a")
+    for tab in ("tab1", "tab2"):
+        await a.presence.register(seat_of(f"ann/{tab}", "node-a"), max_cluster=None,
+                                  seat=Seat())
+    assert await a.presence.unregister("ann/tab1", "someone-else") is False
+    assert len(await a.users.connections("ann")) == 2
+    assert await a.presence.unregister("ann/tab1", "conn-ann/tab1") is True
+    assert [p.client_id for p in await a.users.connections("ann")] == ["ann/tab2"]
+    assert await a.users.count() == 1
+    assert await a.presence.unregister("ann/tab2", "conn-ann/tab2") is True
+    assert await a.users.connections("ann") == []
+    assert await a.users.count() == 0
+
+
+async def test_a_client_id_taken_by_another_user_leaves_the_old_users_seats(
+    open_node: NodeFactory,
+) -> None:
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await a.presence.register(seat_of("shared", "node-a", "ann"), max_cluster=None,
+                              seat=Seat())
+    await b.presence.register(seat_of("shared", "node-b", "bob", "conn-2"),
+                              max_cluster=None, seat=Seat())
+    assert await a.users.connections("ann") == []
+    assert [p.node_id for p in await a.users.connections("bob")] == ["node-b"]
+    assert await a.users.count() == 1
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+async def test_the_user_limit_holds_under_concurrent_registrations(
+    open_node: NodeFactory, limit: int,
+) -> None:
+    """Ten tabs of one user register at once on two nodes: exactly `limit` get in; a
+    tab that reconnects (same client id) is not a new connection."""
+    a, b = await open_node("node-a", buckets=1), await open_node("node-b", buckets=1)
+
+    async def tab(index: int) -> bool:
+        node, name = (a, "node-a") if index % 2 else (b, "node-b")
+        try:
+            await node.presence.register(seat_of(f"ann/t{index}", name), max_cluster=None,
+                                         seat=Seat("", limit))
+        except UserConnectionLimitError:
+            return False
+        return True
+
+    admitted = await asyncio.gather(*(tab(i) for i in range(10)))
+    assert sum(admitted) == limit
+    inside = [i for i, ok in enumerate(admitted) if ok]
+    again = seat_of(f"ann/t{inside[0]}", "node-a", conn_id="conn-again")
+    await a.presence.register(again, max_cluster=None, seat=Seat("", limit))
+    assert len(await a.users.connections("ann")) == limit
+
+
+async def test_a_user_limit_with_several_buckets_is_refused(open_node: NodeFactory,
+                                                           request: pytest.FixtureRequest,
+                                                           ) -> None:
+    if "memory" in request.node.callspec.id:
+        pytest.skip("the memory backend has no presence buckets")
+    a = await open_node("node-a", buckets=4)
+    with pytest.raises(ConfigError, match="presence_buckets=1"):
+        await a.presence.register(seat_of("ann/x", "node-a"), max_cluster=None,
+                                  seat=Seat("", 2))
+
+
+async def test_route_reaches_every_other_node_of_the_user_once(open_node: NodeFactory) -> None:
+    a, b, c = (await open_node("node-a"), await open_node("node-b"),
+               await open_node("node-c"))
+    for client, node in (("ann/1", "node-a"), ("ann/2", "node-b"), ("ann/3", "node-b"),
+                         ("bob/1", "node-c")):
+        await a.presence.register(seat_of(client, node, client.split("/")[0]),
+                                  max_cluster=None, seat=Seat())
+    envelope = encode(Envelope(Kind.USER, "node-a", "ann", "hi"))
+    async with Inbox(a) as inbox_a, Inbox(b) as inbox_b, Inbox(c) as inbox_c:
+        assert await a.users.route("ann", envelope) == 2  # node-b's two; node-a is us
+        got = await inbox_b.next()
+        assert (got.kind, got.target, got.payload) == (Kind.USER, "ann", "hi")
+        await b.routing.publish(b"marker")  # anything the route sent came before it
+        assert await inbox_c.queue.get() == b"marker"  # node-c has no seat of ann
+        assert await inbox_a.queue.get() == b"marker"  # node-a is the sender
+    assert await a.users.route("nobody", envelope) == 0
+
+
+async def test_a_dead_nodes_seats_are_reaped(open_node: NodeFactory) -> None:
+    a, dead = await open_node("node-a"), await open_node("node-dead")
+    await dead.liveness.keepalive(0.2)
+    await a.liveness.keepalive(30)
+    await dead.presence.register(seat_of("ann/1", "node-dead"), max_cluster=None, seat=Seat())
+    await a.presence.register(seat_of("ann/2", "node-a"), max_cluster=None, seat=Seat())
+    await dead.presence.register(seat_of("bob/1", "node-dead", "bob"), max_cluster=None,
+                                 seat=Seat())
+    reaped: tuple[str, ...] = ()
+    async with asyncio.timeout(5):
+        while "node-dead" not in reaped:  # bounded poll of a clock-driven expiry
+            reaped = (await a.liveness.keepalive(30)).reaped
+            await asyncio.sleep(0.05)
+    assert [p.client_id for p in await a.users.connections("ann")] == ["ann/2"]
+    assert await a.users.connections("bob") == []
+    assert await a.users.count() == 1
+
+
+async def test_a_clean_shutdown_frees_the_nodes_seats(open_node: NodeFactory) -> None:
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await a.liveness.keepalive(30)
+    await a.presence.register(seat_of("ann/1", "node-a"), max_cluster=None, seat=Seat())
+    await b.presence.register(seat_of("ann/2", "node-b"), max_cluster=None, seat=Seat())
+    await a.liveness.unregister_node()
+    assert [p.client_id for p in await b.users.connections("ann")] == ["ann/2"]
+
+
+async def test_resync_restores_seats_and_forgets_stale_ones(open_node: NodeFactory) -> None:
+    a = await open_node("node-a")
+    kept = dataclasses.replace(seat_of("ann/1", "node-a"), info={"name": "Ann"})
+    await a.presence.register(seat_of("ann/gone", "node-a"), max_cluster=None, seat=Seat())
+    await a.presence.register(seat_of("ann/1", "node-a"), max_cluster=None, seat=Seat(INFO))
+    await a.presence.unregister("ann/1", "conn-ann/1")  # as if the store lost it
+    lost = await a.liveness.resync([kept])
+    assert lost == []
+    found = await a.users.connections("ann")
+    assert [(p.client_id, p.info) for p in found] == [("ann/1", {"name": "Ann"})]
+
+
+async def test_a_user_stream_reaches_the_nodes_of_the_users_connections(
+    open_node: NodeFactory,
+) -> None:
+    a, b, c = (await open_node("node-a"), await open_node("node-b"),
+               await open_node("node-c"))
+    await a.presence.register(seat_of("ann/1", "node-a"), max_cluster=None, seat=Seat())
+    await b.presence.register(seat_of("ann/2", "node-b"), max_cluster=None, seat=Seat())
+    await b.presence.register(seat_of("ann/3", "node-b"), max_cluster=None, seat=Seat())
+    envelope = Envelope(Kind.USER, "node-c", "ann", "hello")
+    async with Inbox(a) as inbox_a, Inbox(b) as inbox_b, Inbox(c) as inbox_c:
+        done = await c.history.sequence(Target("user", "ann"), envelope, size=10, ttl=60,
+                                        meta_ttl=60)
+        assert (done.offset, done.receivers) == (1, 3)
+        for inbox in (inbox_a, inbox_b):
+            got = await inbox.next()
+            assert (got.kind, got.target, got.offset, got.stream) == (
+                Kind.USER, "ann", 1, "u:ann")
+        await a.routing.publish(b"marker")
+        assert await inbox_c.queue.get() == b"marker"  # node-c has no seat of ann
+    history = await a.history.read("u:ann", 0, done.epoch)
+    assert history.covered
+    assert len(history.envelopes) == 1
+
+
+async def test_a_fresh_session_of_a_user_records_the_user_stream_baseline(
+    open_node: NodeFactory,
+) -> None:
+    a = await open_node("node-a")
+    await a.history.sequence(Target("user", "ann"), Envelope(Kind.USER, "node-a", "ann", "x"),
+                             size=10, ttl=60, meta_ttl=60)
+    await a.sessions.activate("ann/1", fresh=True, user_id="ann")
+    state = await a.sessions.load("ann/1")
+    assert state is not None
+    assert state.baselines["u:ann"][0] == 1

@@ -3,12 +3,17 @@ outlives a failed start (a leftover would warn, and turn an unrelated test red).
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import psutil
 import pytest
 
 from tests.support import nginx as nginx_support
 from tests.support.nginx import Nginx
-from tests.support.uvicorn_proc import UvicornProcess, start_all
+from tests.support.uvicorn_proc import PortTakenError, UvicornProcess, start_all
 
 pytestmark = pytest.mark.e2e
 
@@ -59,3 +64,53 @@ def test_a_missing_nginx_fails_before_anything_is_started(
     with pytest.raises(RuntimeError, match="nginx not found"):
         Nginx([1]).start()
     assert our_children("nginx") == []
+
+
+@contextlib.contextmanager
+def foreign_server() -> Iterator[int]:
+    """Another process's HTTP server on a loopback port, answering 200 to everything (what
+    a concurrent test run's server on a reused port looks like to a readiness probe)."""
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_nginx_is_not_ready_because_someone_else_answers_on_its_port() -> None:
+    """Seen under a loaded machine: the port free_port() picked was taken by another
+    process, the probe connected to it, start() returned, and our nginx (which could not
+    bind) was leaked into later tests."""
+    with foreign_server() as port:
+        proxy = Nginx([1])
+        proxy.port = port
+        proxy.conf.write_text(proxy.conf.read_text().replace(
+            "listen 127.0.0.1:", f"listen 127.0.0.1:{port}; #"))
+        with pytest.raises(RuntimeError, match="nginx did not start"):
+            proxy.start(timeout=5.0)
+        assert proxy.process is None
+        assert our_children(str(proxy.conf)) == []
+
+
+def test_a_replica_is_not_healthy_because_someone_else_answers_health() -> None:
+    with foreign_server() as port:
+        proc = UvicornProcess(port=port)
+        with pytest.raises(PortTakenError):
+            proc.start(timeout=20.0)
+        assert our_children(f"tests.e2e.serve tests.e2e.app:app {port}") == []

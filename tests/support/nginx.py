@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.redis_server import free_port
+from tests.support.redis_server import free_port, listens_on
 
 TEMPLATE = """
 worker_processes 1;
@@ -86,6 +86,8 @@ class Nginx:
             while True:
                 try:
                     socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                    if not listens_on(self.process.pid, self.port):  # someone else's port
+                        raise OSError("the port answers, but not from our nginx")
                     return self
                 except OSError:
                     if self.process.poll() is not None or time.monotonic() > deadline:
@@ -115,6 +117,5 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        self.process = None
         self.process = None
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -110,6 +110,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """True when process `pid` itself holds a listening socket on 127.0.0.1:`port`.
+
+    Answering on a port proves nothing about who answers: between free_port() and a bind,
+    another process (another test run, a client socket) may take the port, and a readiness
+    probe would then talk to it while our process fails to bind and exits.
+    """
+    import psutil
+
+    try:
+        sockets = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(sock.status == psutil.CONN_LISTEN and sock.laddr and sock.laddr.port == port
+               for sock in sockets)
+
+
 def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -169,7 +186,7 @@ class RedisServer:
         with open(Path(self._dir) / "server.log", "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while not _answers_ping(self.port):
+        while not (_answers_ping(self.port) and listens_on(self.process.pid, self.port)):
             if self.process.poll() is not None:
                 log = (Path(self._dir) / "server.log").read_text(errors="replace")
                 self.process = None

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support.redis_server import free_port
+from tests.support.redis_server import free_port, listens_on
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,8 +81,8 @@ class UvicornProcess:
                     raise PortTakenError(self.port)
                 raise RuntimeError(f"uvicorn exited early:\n{self.log()}")
             try:
-                if self.get("/health")[0] == 200:
-                    return self
+                if self.get("/health")[0] == 200 and listens_on(self.process.pid, self.port):
+                    return self  # (a foreign server on a reused port answers /health too)
             except OSError:
                 pass
             if time.monotonic() > deadline:

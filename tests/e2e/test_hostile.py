@@ -9,9 +9,11 @@ import asyncio
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
@@ -194,15 +196,20 @@ async def test_the_documented_chat_survives_a_binary_frame(tmp_path: Path,
     """Issue 10, defect 5: the README's quick start (taken literally from README.md) and
     the chat example it points to, served by uvicorn: a client that sends a binary frame is
     not closed with 1011, keeps chatting, and the server logs no traceback."""
+    secret = "a-quick-start-secret-of-32-chars-or-more"
+    headers: dict[str, str] = {}
+    path = "/ws/alice"
     if source == "readme":
         (tmp_path / "quick_start_app.py").write_text(readme_quick_start(), encoding="utf-8")
         app = "quick_start_app:app"
+        token = jwt.encode({"sub": "alice", "exp": time.time() + 600}, secret, "HS256")
+        headers, path = {"Authorization": f"Bearer {token}"}, "/ws"
     else:
         app = "examples.chat.app:app"
-    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]), "JWT_SECRET": secret,
            "STABILIZER_HEARTBEAT_INTERVAL": "3600", "STABILIZER_HEARTBEAT_TIMEOUT": "3600"}
     with UvicornProcess(app=app, env=env) as server:
-        ws, _ = await open_client(f"{server.ws}/ws/alice")
+        ws, _ = await open_client(f"{server.ws}{path}", additional_headers=headers)
         try:
             await ws.send(b"\x00\x01 binary \xff")
             await ws.send("after the binary frame")

@@ -13,8 +13,8 @@ It speaks docs/protocol.md over the ``websockets`` library (extra ``client``)::
 What it does for you:
 
 - answers ``ping`` frames with ``pong`` and never yields a control frame (session, ping,
-  pong, resume, error): ``on_control`` sees each of them, ``conn.session`` is the newest
-  session frame (``conn.node_id``, ``conn.token``);
+  pong, resume, error; with v2 also refresh, refreshed): ``on_control`` sees each of them,
+  ``conn.session`` is the newest session frame (``conn.node_id``, ``conn.token``);
 - reconnects when the close code allows it (protocol section 5): after the server's
   ``{"retry_ms": N}`` advice for 1012/1013, else after capped full-jitter backoff
   (``RetryPolicy``). With several URLs, each attempt uses the next one (failover);
@@ -45,7 +45,28 @@ task: keep them short (``queue.put_nowait`` is ideal).
 
 Caveat: without history, an application message that is a JSON object whose "type" is a
 control type (session, ping, pong, resume, error) cannot be told from a control frame and
-is consumed as one; applications should not send such objects.
+is consumed as one; applications should not send such objects. Protocol v2 has no such
+caveat.
+
+Protocol v2 (docs/protocol.md, section 6) is opt-in::
+
+    async with connect("wss://host/ws", protocol=2, get_token=fetch_jwt) as conn:
+        print(conn.user_id, conn.device, conn.client_id, conn.expires_at)
+
+It offers the subprotocol ``stabilizer.v2`` and fails with HandshakeRejectedError when the
+server does not choose it (it never falls back to plain). ``get_token`` (sync or async,
+returning a str or None; bounded by ``open_timeout``) is called before every connect and
+reconnect and whenever the server sends ``refresh``; its token, the reconnect token and
+the positions travel in the ``connect`` frame, never in the URL. A get_token that raises
+fails that attempt (the next one asks again); one that fails on refresh sends nothing, so
+the server closes with 4003 when the credentials expire and the client reconnects with a
+new token. ``device`` is sent on every connect: the given one, else the one the server
+chose in the first session frame, so a reconnect resumes the same client
+(``<user_id>/<device>``). ``params`` goes to the server's authenticator. Close codes: 4003
+(credentials expired) reconnects, asking get_token again; 4004 (too many connections of
+the user) reconnects after the retry advice; 4505 (credentials refused) is final
+(ServerClosedError). To resume from another process, keep ``conn.token`` and
+``conn.device`` and pass both back.
 """
 
 from __future__ import annotations
@@ -53,6 +74,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from stabilizer.client.connection import ClientConnection
+from stabilizer.client.v2 import TokenSource
 from stabilizer.pure.client_protocol import (
     ClientClosedError,
     ClientError,
@@ -76,6 +98,7 @@ from stabilizer.pure.client_protocol import (
     retry_delay,
     unwrap,
 )
+from stabilizer.pure.text import JSONValue
 
 __all__ = [
     "ClientClosedError",
@@ -92,6 +115,7 @@ __all__ = [
     "ServerClosedError",
     "SessionInfo",
     "StateChange",
+    "TokenSource",
     "Wrapped",
     "build_url",
     "close_action",
@@ -119,6 +143,10 @@ def connect(
     on_state: Callable[[StateChange], object] | None = None,
     on_control: Callable[[ControlFrame], object] | None = None,
     on_resume: Callable[[ResumeResult], object] | None = None,
+    protocol: int = 1,
+    get_token: TokenSource | None = None,
+    device: str | None = None,
+    params: Mapping[str, JSONValue] | None = None,
 ) -> ClientConnection:
     """Return an unstarted ClientConnection; ``async with`` (or ``await start()``) opens it.
 
@@ -126,10 +154,19 @@ def connect(
     for each attempt. ``{client_id}`` in a given URL is replaced by the quoted `client_id`;
     a session frame for another client id then ends the client (HandshakeRejectedError).
     `token` resumes a session saved from an earlier process.
+
+    ``protocol=2`` speaks protocol v2: `get_token` supplies the access token on every
+    connect, reconnect and refresh, `device` names this client instance (default: the one
+    the server picks, kept across reconnects), `params` goes to the authenticator.
+
+    Raises:
+        ConfigError: a bad URL, or v2 options that do not fit (``get_token`` without
+            ``protocol=2``, an invalid device).
     """
     return ClientConnection(
         url, client_id=client_id, token=token, retry=retry, send_timeout=send_timeout,
         open_timeout=open_timeout, close_timeout=close_timeout,
         max_inbox_messages=max_inbox_messages, max_message_size=max_message_size,
         welcome=welcome, headers=headers, on_state=on_state, on_control=on_control,
-        on_resume=on_resume)
+        on_resume=on_resume, protocol=protocol, get_token=get_token, device=device,
+        params=params)

@@ -1,5 +1,6 @@
 """ClientConnection: one logical connection to a stabilizer server, kept open across
-restarts, failovers and outages (the I/O half of the client; pure/client_protocol.py decides)."""
+restarts, failovers and outages (the I/O half of the client; pure/client_protocol.py decides,
+client/v2.py adds what protocol v2 presents)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,20 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Self
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
-from stabilizer.client.dial import Attempt, DialOptions, dial
+from stabilizer.client.dial import Attempt, DialOptions, dial, hang_up
+from stabilizer.client.frames import Frames, notify
 from stabilizer.client.inbox import Inbox
-from stabilizer.errors import WireError
+from stabilizer.client.v2 import SUBPROTOCOL, ProtocolV2, TokenSource, check_options
 from stabilizer.pure.client_protocol import (
     ClientClosedError,
     CloseAction,
     ConnectionState,
     ControlFrame,
-    HandshakeRejectedError,
-    Positions,
     ResumeResult,
     RetriesExhaustedError,
     RetryPolicy,
@@ -34,25 +34,13 @@ from stabilizer.pure.client_protocol import (
     build_url,
     close_action,
     code_name,
-    control_frame,
+    outgoing,
     retry_delay,
-    unwrap,
     url_source,
 )
+from stabilizer.pure.text import JSONValue
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-def _notify(callback: Callable[[T], object] | None, value: T) -> None:
-    if callback is None:
-        return
-    try:
-        callback(value)
-    except Exception:  # the application's bug must not end the connection
-        logger.error("stabilizer client callback %r failed", callback, exc_info=True)
-
 
 class ClientConnection:
     """A WebSocket to a stabilizer server that survives restarts, failovers and outages."""
@@ -74,24 +62,31 @@ class ClientConnection:
         on_state: Callable[[StateChange], object] | None = None,
         on_control: Callable[[ControlFrame], object] | None = None,
         on_resume: Callable[[ResumeResult], object] | None = None,
+        protocol: int = 1,
+        get_token: TokenSource | None = None,
+        device: str | None = None,
+        params: Mapping[str, JSONValue] | None = None,
     ) -> None:
+        check_options(protocol, get_token=get_token, device=device, params=params,
+                      welcome=welcome)
         self._urls = url_source(url, client_id)
         self._client_id = client_id
-        self._token = token
         self._retry = retry or RetryPolicy()
         self._send_timeout = send_timeout
         self._open_timeout = open_timeout
         self._close_timeout = close_timeout
+        self._v2 = None if protocol < 2 else ProtocolV2(get_token, device=device, params=params,
+                                                        timeout=open_timeout)
         self._dial_options = DialOptions(open_timeout, close_timeout, max_message_size,
-                                         dict(headers or {}))
+                                         dict(headers or {}),
+                                         (SUBPROTOCOL,) if self._v2 else None)
         self._welcome = welcome
-        self._on_state, self._on_control, self._on_resume = on_state, on_control, on_resume
+        self._on_state = on_state
         self.state = ConnectionState.CONNECTING
-        self.session: SessionInfo | None = None
-        self.last_resume: ResumeResult | None = None
-        self._positions = Positions()
-        self._history = False
         self._inbox = Inbox(max_inbox_messages)
+        self._frames = Frames(self._inbox, client_id=client_id, token=token, v2=self._v2,
+                              send_timeout=send_timeout, on_control=on_control,
+                              on_resume=on_resume)
         self._state_changed = asyncio.Condition()
         self._ws: WebSocket | None = None
         self._ever_opened = False
@@ -105,6 +100,36 @@ class ClientConnection:
         return self._client_id or (self.session.client_id if self.session else None)
 
     @property
+    def session(self) -> SessionInfo | None:
+        """The newest session frame (None until the first connection opens)."""
+        return self._frames.session
+
+    @property
+    def last_resume(self) -> ResumeResult | None:
+        """What the last reconnect recovered (see ``on_resume``)."""
+        return self._frames.last_resume
+
+    @property
+    def protocol(self) -> int:
+        """2 with ``protocol=2`` (the server speaks stabilizer.v2), else 1."""
+        return 1 if self._v2 is None else 2
+
+    @property
+    def user_id(self) -> str | None:
+        """The authenticated user of the current (or last) session; None when anonymous."""
+        return self.session.user_id if self.session else None
+
+    @property
+    def device(self) -> str | None:
+        """v2: the device given to connect(), else the one the server chose (kept)."""
+        return self._v2.device if self._v2 else None
+
+    @property
+    def expires_at(self) -> float | None:
+        """v2: when the credentials expire (Unix seconds; moved on by each refresh)."""
+        return self._v2.expires_at if self._v2 else None
+
+    @property
     def node_id(self) -> str | None:
         """The replica serving the current (or last) connection."""
         return self.session.node_id if self.session else None
@@ -112,12 +137,12 @@ class ClientConnection:
     @property
     def token(self) -> str | None:
         """The newest reconnect token (persist it to resume from another process)."""
-        return self._token
+        return self._frames.token
 
     @property
     def positions(self) -> dict[str, tuple[int, str]]:
         """Per stream, the ``(offset, epoch)`` of the last message handed over."""
-        return self._positions.snapshot()
+        return self._frames.positions.snapshot()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -177,7 +202,7 @@ class ClientConnection:
                     ws = await self._wait_open(stale)
                     try:
                         writing = True
-                        await ws.send(message)
+                        await ws.send(outgoing(message, self.protocol))
                         return
                     except ConnectionClosed:
                         stale, writing = ws, False  # not written: use the next connection
@@ -260,7 +285,7 @@ class ClientConnection:
                                         f"{code_name(code)} {reason}", code=code, reason=reason)
         if action is CloseAction.RETRY_WITHOUT_TOKEN:
             logger.info("token refused (%s); reconnecting with a fresh session", code)
-            self._token, delay = None, 0.0
+            self._frames.token, delay = None, 0.0
         else:
             delay = retry_delay(self._retry, failures, code, reason)
         state = ConnectionState.RECONNECTING if self._ever_opened else ConnectionState.CONNECTING
@@ -270,30 +295,49 @@ class ClientConnection:
 
     async def _attempt(self) -> Attempt:
         """Open one socket and serve it until it closes; report how it ended."""
-        attempt = Attempt(url=self._urls(), used_token=self._token is not None)
-        positions = self._positions.encode() if self._token is not None else None
-        ws = await dial(attempt, build_url(attempt.url, token=self._token, positions=positions),
-                        self._dial_options)
+        frames = self._frames
+        attempt = Attempt(url=self._urls(), used_token=frames.token is not None)
+        access_token = None
+        if self._v2 is not None:  # credentials and the reconnect token go in the connect frame
+            target = build_url(attempt.url)
+            try:
+                access_token = await self._v2.token()
+            except ClientClosedError:
+                raise
+            except Exception as exc:  # the next attempt asks again
+                logger.warning("get_token failed; retrying", exc_info=True)
+                attempt.reason = f"get_token failed: {exc!r}"
+                return attempt
+        else:
+            positions = frames.positions.encode() if frames.token is not None else None
+            target = build_url(attempt.url, token=frames.token, positions=positions)
+        ws = await dial(attempt, target, self._dial_options)
         if ws is None:
             return attempt
         try:
-            await self._serve(ws, attempt)
+            await self._serve(ws, attempt, access_token)
         finally:
-            await self._drop(ws)
+            if self._v2 is not None:
+                await self._v2.stop()
+            await hang_up(ws, self._close_timeout)
         return attempt
 
-    async def _serve(self, ws: WebSocket, attempt: Attempt) -> None:
+    async def _serve(self, ws: WebSocket, attempt: Attempt, access_token: str | None) -> None:
         loop = asyncio.get_running_loop()
         opened_at = math.inf
         try:
+            if self._v2 is not None:
+                await self._v2.greet(ws, attempt.url, token=access_token,
+                                     reconnect_token=self._frames.token,
+                                     positions=self._frames.positions.snapshot())
             if self._welcome:
                 async with asyncio.timeout(self._open_timeout):
                     first = await ws.recv()
-                await self._handle(ws, first)  # the session frame: token, node id
+                await self._frames.handle(ws, first)  # the session frame: token, node id
             await self._open(ws, attempt)
             opened_at = loop.time()
             while True:
-                await self._handle(ws, await ws.recv())
+                await self._frames.handle(ws, await ws.recv())
         except ConnectionClosed as exc:
             if exc.rcvd is not None:
                 attempt.code, attempt.reason = exc.rcvd.code, exc.rcvd.reason
@@ -312,13 +356,6 @@ class ClientConnection:
             logger.info("stabilizer connection to %s closed: %d %s", self.node_id,
                         attempt.code, attempt.reason)
 
-    async def _drop(self, ws: WebSocket) -> None:
-        try:
-            async with asyncio.timeout(self._close_timeout):
-                await ws.close()
-        except (TimeoutError, OSError):
-            ws.transport.abort()
-
     async def _open(self, ws: WebSocket, attempt: Attempt) -> None:
         reconnect = self._ever_opened
         attempt.opened = self._ever_opened = True
@@ -327,66 +364,14 @@ class ClientConnection:
             self._state_changed.notify_all()
         logger.info("stabilizer connection open on node %s", self.node_id)
         await self._set_state(StateChange(ConnectionState.OPEN, url=attempt.url))
-        session = self.session
-        if reconnect and not (session is not None and session.resumed and self._history):
-            # no resume frame will come: tell the application what it missed
-            self._resumed(ResumeResult(recovered=False, session_resumed=bool(
-                session is not None and session.resumed)))
-
-    async def _handle(self, ws: WebSocket, raw: str | bytes) -> None:
-        frame = control_frame(raw, history=self._history) if isinstance(raw, str) else None
-        if frame is None:
-            await self._deliver(raw)
-            return
-        kind = frame["type"]
-        if kind == "message":
-            try:
-                wrapped = unwrap(frame)
-            except WireError as exc:
-                logger.warning("dropping a message frame: %s", exc)
-                return
-            if wrapped.offset is None or wrapped.epoch is None or self._positions.accept(
-                wrapped.stream, wrapped.offset, wrapped.epoch
-            ):
-                await self._deliver(wrapped.payload)
-            return
-        _notify(self._on_control, frame)
-        if kind == "ping":
-            async with asyncio.timeout(self._send_timeout):
-                await ws.send("pong")
-        elif kind == "session":
-            self._on_session(SessionInfo.from_frame(frame))
-        elif kind == "resume":
-            failed = frame.get("failed")
-            replayed = frame.get("replayed")
-            self._resumed(ResumeResult(
-                recovered=frame.get("recovered") is True,
-                replayed=replayed if type(replayed) is int else 0,
-                failed=tuple(str(s) for s in failed) if isinstance(failed, list) else ()))
-        elif kind == "error":
-            logger.warning("server dropped a message: %s", frame.get("code"))
-
-    def _on_session(self, info: SessionInfo) -> None:
-        if self._client_id is not None and info.client_id != self._client_id:
-            raise HandshakeRejectedError(
-                f"server opened a session for client {info.client_id!r}, expected "
-                f"{self._client_id!r}; check the URL")
-        self.session, self._token, self._history = info, info.token, info.history
-
-    def _resumed(self, result: ResumeResult) -> None:
-        self.last_resume = result
-        _notify(self._on_resume, result)
-
-    async def _deliver(self, message: str | bytes) -> None:
-        # a slow application stops the reading here; the server ends up closing the
-        # socket (4000/1013) and the client reconnects, keeping what it buffered
-        await self._inbox.put(message)
+        if reconnect:
+            self._frames.reopened()
 
     async def _set_state(self, change: StateChange) -> None:
         async with self._state_changed:
             self.state = change.state
             self._state_changed.notify_all()
-        _notify(self._on_state, change)
+        notify(self._on_state, change)
 
     async def _finish(self, error: ClientClosedError, *, by_app: bool = False) -> None:
         if self._error is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect as open_websocket
 from websockets.exceptions import InvalidProxy, InvalidStatus, InvalidURI, WebSocketException
+from websockets.typing import Subprotocol
 
 from stabilizer.pure.client_protocol import LOST, RETRYABLE_HTTP, HandshakeRejectedError
 
@@ -31,6 +33,7 @@ class DialOptions:
     close_timeout: float
     max_message_size: int | None
     headers: dict[str, str]
+    subprotocols: tuple[str, ...] | None = None  # ("stabilizer.v2",) for protocol v2
 
 
 async def dial(attempt: Attempt, target: str, options: DialOptions) -> WebSocket | None:
@@ -40,10 +43,13 @@ async def dial(attempt: Attempt, target: str, options: DialOptions) -> WebSocket
     Raises:
         HandshakeRejectedError: the server refused the upgrade for good, or the URL is bad.
     """
+    subprotocols = None if options.subprotocols is None else [
+        Subprotocol(name) for name in options.subprotocols]
     try:
         return await open_websocket(
             target, open_timeout=options.open_timeout, close_timeout=options.close_timeout,
-            max_size=options.max_message_size, additional_headers=options.headers or None)
+            max_size=options.max_message_size, additional_headers=options.headers or None,
+            subprotocols=subprotocols)
     except InvalidStatus as exc:
         status = exc.response.status_code
         if status not in RETRYABLE_HTTP:
@@ -58,3 +64,12 @@ async def dial(attempt: Attempt, target: str, options: DialOptions) -> WebSocket
     except (OSError, TimeoutError, WebSocketException) as exc:
         attempt.reason = f"connect failed: {exc.__class__.__name__}: {exc}"
     return None
+
+
+async def hang_up(ws: WebSocket, timeout: float) -> None:
+    """Close `ws` politely, or abort it when the close handshake takes over `timeout`."""
+    try:
+        async with asyncio.timeout(timeout):
+            await ws.close()
+    except (TimeoutError, OSError):
+        ws.transport.abort()

@@ -1,7 +1,8 @@
-"""The client's pure half: close-code decisions, retry timing, URLs, frames, positions.
+"""The client's pure half: close-code decisions, retry timing, URLs, frames, positions, and
+the frames of protocol v2 (docs/protocol.md, section 6).
 
 No I/O here (``stabilizer.client`` does the networking); everything is tested with plain
-calls in tests/unit/test_client_logic.py.
+calls in tests/unit/test_client_logic.py and tests/unit/test_client_v2.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 from stabilizer.config import CloseCode, should_reconnect
 from stabilizer.errors import ConfigError, WebSocketStabilizerError, WireError
 from stabilizer.pure.text import JSONValue, backoff_delay
+from stabilizer.pure.v2 import SUBPROTOCOL
 
 logger = logging.getLogger("stabilizer.client")
 
@@ -28,7 +30,8 @@ ControlFrame = dict[str, JSONValue]
 T = TypeVar("T")
 
 CONTROL_TYPES: Final = frozenset({"session", "ping", "pong", "resume", "error"})
-ADVISED_CODES: Final = frozenset({CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER})
+ADVISED_CODES: Final = frozenset({CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER,
+                                  CloseCode.USER_LIMIT})
 RETRYABLE_HTTP: Final = frozenset({408, 429, 500, 502, 503, 504})
 _OWN_PARAMS: Final = frozenset({"token", "positions"})
 LOST: Final = 1006  # the code a dropped connection reports (no close frame)
@@ -48,7 +51,8 @@ class ClientClosedError(ClientError):
 
 
 class ServerClosedError(ClientClosedError):
-    """The server closed with a code that forbids reconnecting (1000, 1008, 1009, 4500+)."""
+    """The server closed with a code that forbids reconnecting (1000, 1008, 1009, 4500+;
+    4505 AUTH_FAILED: the credentials were refused)."""
 
 
 class RetriesExhaustedError(ClientClosedError):
@@ -56,8 +60,9 @@ class RetriesExhaustedError(ClientClosedError):
 
 
 class HandshakeRejectedError(ClientClosedError):
-    """The URL is unusable, the upgrade was refused for good (HTTP 403, 404...), or the
-    server's session belongs to another client id."""
+    """The URL is unusable, the upgrade was refused for good (HTTP 403, 404...), the
+    server's session belongs to another client id, or (``protocol=2``) the server does not
+    speak protocol v2."""
 
 
 class SendTimeoutError(ClientError, TimeoutError):
@@ -129,7 +134,8 @@ class StateChange:
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """The server's ``session`` frame."""
+    """The server's ``session`` frame (``protocol``, ``device``, ``user_id`` and
+    ``expires_at`` come with protocol v2; they are 1 and None from a plain server)."""
 
     client_id: str
     conn_id: str
@@ -138,19 +144,35 @@ class SessionInfo:
     token: str | None
     heartbeat_interval: float | None
     history: bool
+    protocol: int = 1
+    device: str | None = None
+    user_id: str | None = None
+    expires_at: float | None = None  # Unix seconds: when the credentials expire
 
     @classmethod
     def from_frame(cls, frame: Mapping[str, JSONValue]) -> SessionInfo:
         """Read a session frame, tolerating missing fields."""
         token = frame.get("token")
-        interval = frame.get("heartbeat_interval")
+        protocol = frame.get("protocol")
         return cls(
             client_id=str(frame.get("client_id", "")), conn_id=str(frame.get("conn_id", "")),
             node_id=str(frame.get("node_id", "")), resumed=frame.get("resumed") is True,
             token=token if isinstance(token, str) and token else None,
-            heartbeat_interval=float(interval) if isinstance(interval, int | float) else None,
+            heartbeat_interval=_number(frame.get("heartbeat_interval")),
             history=frame.get("history") is True,
+            protocol=protocol if type(protocol) is int else 1,
+            device=_text(frame.get("device")), user_id=_text(frame.get("user_id")),
+            expires_at=_number(frame.get("expires_at")),
         )
+
+
+def _number(value: JSONValue) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else None
+
+
+def _text(value: JSONValue) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +262,8 @@ def retry_advice_seconds(reason: str, *, limit: float = 60.0) -> float | None:
 
 
 def retry_delay(policy: RetryPolicy, failures: int, code: int, reason: str) -> float:
-    """Seconds before the next attempt: the server's advice for 1012/1013, else backoff."""
+    """Seconds before the next attempt: the server's advice for 1012/1013/4004, else
+    backoff."""
     if code in ADVISED_CODES:
         advice = retry_advice_seconds(reason, limit=policy.max_advice)
         if advice is not None:
@@ -291,16 +314,7 @@ def unwrap(frame: Mapping[str, JSONValue]) -> Wrapped:
         isinstance(epoch, str) and isinstance(offset, int) and not isinstance(offset, bool)
     )):
         raise WireError("message frame without a valid stream, offset and epoch")
-    data = frame.get("data")
-    if isinstance(data, str):
-        return Wrapped(stream, offset, epoch, data)
-    encoded = frame.get("data_b64")
-    if not isinstance(encoded, str):
-        raise WireError(f"message frame on {stream!r} carries neither data nor data_b64")
-    try:
-        return Wrapped(stream, offset, epoch, base64.b64decode(encoded, validate=True))
-    except binascii.Error as exc:
-        raise WireError(f"message frame on {stream!r} has invalid data_b64") from exc
+    return Wrapped(stream, offset, epoch, message_payload(frame, f" on {stream!r}"))
 
 
 def url_source(url: str | Sequence[str] | Callable[[], str],
@@ -319,3 +333,93 @@ def url_source(url: str | Sequence[str] | Callable[[], str],
             raise ConfigError(f"{each!r} is not a ws:// or wss:// URL")
     rotation = itertools.cycle(urls)
     return lambda: next(rotation)
+
+
+# ---------------------------------------------------------------- protocol v2 (section 6)
+
+def require_v2(subprotocol: str | None, url: str) -> None:
+    """Accept a handshake only when the server chose protocol v2.
+
+    Raises:
+        HandshakeRejectedError: it chose none (an older server, or an endpoint that
+            accepts the socket itself): it would not understand the connect frame.
+    """
+    if subprotocol != SUBPROTOCOL:
+        raise HandshakeRejectedError(
+            f"{url} does not speak stabilizer protocol v2 (it selected subprotocol "
+            f"{subprotocol!r}, not {SUBPROTOCOL!r}); upgrade the server or connect with "
+            "protocol=1", reason="protocol v2 not supported")
+
+
+def checked_token(value: object) -> str | None:
+    """What get_token returned, if usable: a non-empty str, or None (no token).
+
+    Raises:
+        TypeError: anything else.
+    """
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise TypeError(f"get_token must return a non-empty str or None, got {value!r:.40}")
+
+
+def _dump(body: Mapping[str, JSONValue]) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def connect_frame(*, token: str | None, device: str | None,
+                  reconnect_token: str | None = None,
+                  positions: Mapping[str, tuple[int, str]] | None = None,
+                  params: Mapping[str, JSONValue] | None = None) -> str:
+    """The first frame of a v2 connection; positions go only with a reconnect token."""
+    body: dict[str, JSONValue] = {"type": "connect"}
+    for name, value in (("token", token), ("reconnect_token", reconnect_token),
+                        ("device", device)):
+        if value is not None:
+            body[name] = value
+    if reconnect_token is not None and positions:
+        body["positions"] = {stream: [offset, epoch]
+                             for stream, (offset, epoch) in positions.items()}
+    if params:
+        body["params"] = dict(params)
+    return _dump(body)
+
+
+def refresh_frame(token: str) -> str:
+    """Fresh credentials for a live v2 connection."""
+    return _dump({"type": "refresh", "token": token})
+
+
+def outgoing(message: str | bytes, protocol: int) -> str | bytes:
+    """What goes on the wire for an application message: v2 wraps text."""
+    if protocol >= 2 and isinstance(message, str):
+        return _dump({"type": "message", "data": message})
+    return message
+
+
+def v2_frame(text: str) -> ControlFrame | None:
+    """A v2 server text frame (every one is a JSON object with a string type); None
+    for anything else."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(value, dict) and isinstance(value.get("type"), str):
+        return value
+    return None
+
+
+def message_payload(frame: Mapping[str, JSONValue], where: str = "") -> str | bytes:
+    """The application message of a ``message`` frame: ``data``, or ``data_b64`` decoded.
+
+    Raises:
+        WireError: neither a string ``data`` nor a valid base64 ``data_b64``.
+    """
+    data, encoded = frame.get("data"), frame.get("data_b64")
+    if isinstance(data, str):
+        return data
+    if not isinstance(encoded, str):
+        raise WireError(f"message frame{where} carries neither data nor data_b64")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except binascii.Error as exc:
+        raise WireError(f"message frame{where} has invalid data_b64") from exc

@@ -1,6 +1,7 @@
 /**
- * stabilizer.js: the browser client of stabilizer (client protocol version 1, docs/protocol.md).
- * One dependency-free ES module, served by stabilizer's router at GET /stabilizer.js.
+ * stabilizer.js: the browser client of stabilizer (client protocol versions 1 and 2,
+ * docs/protocol.md). One dependency-free ES module, served by stabilizer's router at
+ * GET /stabilizer.js.
  *
  *   import { connect } from "/stabilizer.js";
  *   const conn = connect(`wss://${location.host}/ws/alice`);
@@ -26,9 +27,19 @@
  *   probeTimeoutMs   after 1.5 heartbeat intervals of silence the client sends {"type":"ping"};
  *                    no frame within this many ms: the link is dead, reconnect (10000; 0: off)
  *   protocols        WebSocket subprotocols
+ *   protocol         2 speaks protocol v2 (section 6); 1, the default, the plain protocol
+ *   getToken         v2: a function returning the access token (a string, null for none, or
+ *                    a Promise of one); called before every connect and reconnect and when
+ *                    the server asks for a refresh
+ *   device           v2: this client instance's id (1-64 of A-Z a-z 0-9 . _ ~ -); default: one
+ *                    made up per tab and URL, kept in sessionStorage with the newest token so
+ *                    that a reload resumes the session
+ *   params           v2: an object for the server's authenticator
  *
  * Connection: .state, .session (the last session frame), .token (the newest token),
- * .positions ({stream: [offset, epoch]}), .on(event, fn) (returns an unsubscribe function),
+ * .positions ({stream: [offset, epoch]}), .protocol, .clientId, .userId (null when
+ * anonymous), .device and .expiresAt (v2: Unix seconds, moved on by each refresh; null
+ * without expiry), .on(event, fn) (returns an unsubscribe function),
  * .off(event, fn), .send(data) (string, ArrayBuffer, view or Blob; anything else is sent as
  * JSON; true when written now, false when queued), .close(code = 1000, reason = "").
  *
@@ -43,17 +54,36 @@
  * session was not resumed) the client emits "resume" with {recovered: false} itself, so one
  * listener tells the application to resync. A frame sent just before an unannounced drop
  * may be lost: the server acknowledges nothing.
+ *
+ * Protocol v2 (`protocol: 2`) offers the subprotocol stabilizer.v2 and sends the token, the
+ * device, the reconnect token and the positions in a first `connect` frame, never in the URL;
+ * text is sent and received wrapped in `message` frames (any JSON the application sends is
+ * just data). A `refresh` frame is answered with a fresh token from getToken; if getToken
+ * fails (or gives none) nothing is sent, the server closes with 4003 when the credentials
+ * expire, and the reconnect asks getToken again. 4003 reconnects after the backoff, 4004 (the
+ * user has too many connections) after the close-reason advice, 4505 (credentials refused) is
+ * final. A getToken that throws fails that attempt (retried with the backoff); one that
+ * returns something other than a string or null closes the connection with code null. So does
+ * a server that opens the socket without choosing stabilizer.v2; Chromium refuses such a
+ * handshake itself, so there it shows as a connection that never opens (code 1006). The
+ * default device is guarded with the Web Locks API (secure contexts): a duplicated tab, whose
+ * sessionStorage is a copy, makes up its own device instead of taking over the original's
+ * session.
  */
 
 const EVENTS = ["state", "session", "message", "resume", "error"];
 const RETRY_CODES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014]);
 const TOKEN_CODES = new Set([4501, 4502]);
-const ADVICE_CODES = new Set([1012, 1013]);
+const ADVICE_CODES = new Set([1012, 1013, 4004]);
 const CONTROL_TYPES = new Set(["session", "ping", "pong", "resume", "error", "message"]);
 const MAX_TIMER_MS = 2 ** 31 - 1;
+const SUBPROTOCOL = "stabilizer.v2";
+const DEVICE = /^[A-Za-z0-9._~-]{1,64}$/;
+const HELD = new Map();  // device -> release(): the default devices this page holds
 const DEFAULTS = {
   token: null, maxQueue: 100, backoffBaseMs: 250, backoffCapMs: 30000, stableAfterMs: 5000,
   maxAttempts: Infinity, maxAdviceMs: 60000, probeTimeoutMs: 10000, protocols: undefined,
+  protocol: 1, getToken: null, device: null, params: null,
 };
 
 /** Open a stabilizer connection that reconnects by itself; see the comment above. */
@@ -66,10 +96,14 @@ export class Connection {
   #positions = {}; #history = false; #queue = []; #listeners = new Map();
   #failures = 0; #unopened = 0; #sentToken = false; #openedAt = null; #everOpened = false;
   #retryTimer = null; #watchdog = null; #lastSeen = 0; #probing = false;
+  #v2; #device; #claimed = false; #storeKey = null; #expiresAt = null; #refreshing = false;
 
   constructor(url, options = {}) {
     this.#url = webSocketUrl(url);
     this.#options = { ...DEFAULTS, ...options };
+    checkOptions(this.#options);
+    this.#v2 = this.#options.protocol === 2;
+    this.#device = this.#options.device || null;
     this.#token = this.#options.token || null;
     for (const event of EVENTS) this.#listeners.set(event, new Set());
     this.#open();
@@ -79,6 +113,11 @@ export class Connection {
   get session() { return this.#session; }
   get token() { return this.#token; }
   get positions() { return structuredClone(this.#positions); }
+  get protocol() { return this.#v2 ? 2 : 1; }
+  get clientId() { return this.#session?.client_id ?? null; }
+  get userId() { return this.#session?.user_id ?? null; }
+  get device() { return this.#device; }
+  get expiresAt() { return this.#expiresAt; }
 
   /** Call `fn` on `event`; return a function that removes it. */
   on(event, fn) {
@@ -99,7 +138,8 @@ export class Connection {
       throw new Error("stabilizer: the connection is closed for good; call connect() again");
     }
     const binary = data instanceof ArrayBuffer || ArrayBuffer.isView(data) || data instanceof Blob;
-    const frame = typeof data === "string" || binary ? data : JSON.stringify(data);
+    let frame = typeof data === "string" || binary ? data : JSON.stringify(data);
+    if (this.#v2 && !binary) frame = JSON.stringify({ type: "message", data: frame });
     if (this.#state === "open") {
       this.#ws.send(frame);
       return true;
@@ -128,11 +168,16 @@ export class Connection {
 
   #open() {
     this.#retryTimer = null;
+    this.#openedAt = null;
+    if (this.#v2) {
+      this.#sentToken = false;  // set when the connect frame carries the reconnect token
+      this.#prepare();
+      return;
+    }
     const url = new URL(this.#url);
     url.searchParams.delete("token");
     url.searchParams.delete("positions");
     this.#sentToken = Boolean(this.#token);
-    this.#openedAt = null;
     if (this.#token) {
       url.searchParams.set("token", this.#token);
       if (Object.keys(this.#positions).length) {
@@ -146,20 +191,154 @@ export class Connection {
     this.#ws = ws;
   }
 
+  /** v2: claim the device and get a token, then open the socket (no credentials in it). */
+  async #prepare() {
+    let token;
+    try {
+      if (this.#device === null) await this.#claimDevice();
+      token = await this.#fetchToken();
+    } catch (err) {
+      if (this.#state === "closed") return this.#releaseDevice();
+      if (err instanceof BadToken) {
+        this.#finish({ code: null, reason: err.message });
+      } else {  // the next attempt asks again
+        console.warn("stabilizer: getToken failed; retrying", err);
+        this.#lost(1006, `getToken failed: ${err?.message ?? err}`);
+      }
+      return;
+    }
+    if (this.#state === "closed") return this.#releaseDevice();  // closed meanwhile
+    const url = new URL(this.#url);
+    url.searchParams.delete("token");
+    url.searchParams.delete("positions");
+    const extra = [].concat(this.#options.protocols ?? []).filter((p) => p !== SUBPROTOCOL);
+    const ws = new WebSocket(url, [SUBPROTOCOL, ...extra]);
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => this.#greet(ws, token);
+    ws.onmessage = (event) => this.#receive(ws, event.data);
+    ws.onclose = (event) => this.#closed(ws, event.code, event.reason);
+    this.#ws = ws;
+  }
+
+  /** v2: the first frame, once the server has chosen stabilizer.v2. */
+  #greet(ws, token) {
+    if (ws !== this.#ws) return;
+    if (ws.protocol !== SUBPROTOCOL) {
+      this.#ws = null;
+      this.#finish({ code: null, reason: `${this.#url} does not speak stabilizer protocol ` +
+                     "v2 (no stabilizer.v2 subprotocol); upgrade it or use protocol 1" });
+      ws.close();
+      return;
+    }
+    const frame = { type: "connect", device: this.#device };
+    if (token) frame.token = token;
+    if (this.#token) {
+      frame.reconnect_token = this.#token;
+      this.#sentToken = true;
+      if (Object.keys(this.#positions).length) frame.positions = this.#positions;
+    }
+    if (this.#options.params) frame.params = this.#options.params;
+    ws.send(JSON.stringify(frame));
+  }
+
+  async #fetchToken() {
+    const { getToken } = this.#options;
+    const token = getToken ? await getToken() : null;
+    if (token === null || token === undefined) return null;
+    if (typeof token !== "string" || !token) {
+      throw new BadToken(`stabilizer: getToken must give a non-empty string or null, ` +
+                         `got ${typeof token}`);
+    }
+    return token;
+  }
+
+  /** v2: the device and token this tab used before (a reload), unless another tab holds
+   * them (a duplicated tab copies sessionStorage); else a new device. */
+  async #claimDevice() {
+    const where = new URL(this.#url);
+    const key = `stabilizer.v2 ${where.origin}${where.pathname}`;
+    const saved = readStored(key);
+    const mine = saved && DEVICE.test(saved.device) && !HELD.has(saved.device)
+      && await hold(saved.device);
+    if (mine) {
+      this.#device = saved.device;
+      if (!this.#token && typeof saved.token === "string") this.#token = saved.token;
+    } else {
+      this.#device = newDevice();
+      await hold(this.#device);
+    }
+    this.#claimed = true;
+    // another connection of this page owns the stored slot: leave it to that one
+    this.#storeKey = saved && HELD.has(saved.device) && !mine ? null : key;
+    this.#save();
+  }
+
+  #save() {
+    if (!this.#storeKey) return;
+    try {
+      sessionStorage.setItem(this.#storeKey,
+                             JSON.stringify({ device: this.#device, token: this.#token }));
+    } catch {  // storage disabled or full: the session just does not survive a reload
+    }
+  }
+
+  /** v2: answer the server's refresh request with a fresh token. */
+  async #refresh(ws) {
+    if (this.#refreshing) return;
+    this.#refreshing = true;
+    try {
+      const token = await this.#fetchToken();
+      if (!token) {
+        console.warn("stabilizer: getToken gave no token to refresh the credentials with");
+      } else if (ws === this.#ws && ws.readyState === WebSocket.OPEN) {
+        ws.send(JSON.stringify({ type: "refresh", token }));
+      }
+    } catch (err) {  // nothing sent: the server closes with 4003, the reconnect asks again
+      console.warn("stabilizer: getToken failed while refreshing the credentials", err);
+    } finally {
+      this.#refreshing = false;
+    }
+  }
+
   #receive(ws, data) {
     if (ws !== this.#ws) return;
     this.#lastSeen = Date.now();
     this.#probing = false;
-    const frame = typeof data === "string" ? controlFrame(data) : null;
+    const text = typeof data === "string";
+    const frame = text ? (this.#v2 ? v2Frame(data) : controlFrame(data)) : null;
+    if (this.#v2 && text && frame === null) {
+      console.warn("stabilizer: dropped a text frame that is not a v2 frame");
+      return;
+    }
     switch (frame?.type) {
-      case "ping": ws.send("pong"); return;
+      case "ping": ws.send(this.#v2 ? '{"type":"pong"}' : "pong"); return;
       case "pong": return;
       case "session": this.#welcome(frame); return;
       case "resume": this.#emit("resume", frame); return;
       case "error": this.#emit("error", frame); return;
+      case "refresh": this.#refresh(ws); return;
+      case "refreshed": this.#expiresAt = numberOrNull(frame.expires_at); return;
       case "message":
         if (this.#history && this.#unwrap(frame)) return;
+        if (this.#v2) {
+          this.#deliverData(frame);
+          return;
+        }
         break;
+      default:
+        if (this.#v2 && frame) return;  // a frame type from a later server
+    }
+    this.#deliver(data, null);
+  }
+
+  /** v2 without history: a message frame's data (or data_b64). */
+  #deliverData(frame) {
+    let data = frame.data;
+    try {
+      if (typeof data !== "string") data = fromBase64(frame.data_b64);
+    } catch {
+      console.warn("stabilizer: dropped a message frame without valid data");
+      return;
     }
     this.#deliver(data, null);
   }
@@ -168,6 +347,11 @@ export class Connection {
     this.#session = frame;
     this.#history = frame.history === true;
     this.#token = frame.token ?? null;
+    if (this.#v2) {
+      this.#expiresAt = numberOrNull(frame.expires_at);
+      if (typeof frame.device === "string" && frame.device) this.#device = frame.device;
+      this.#save();
+    }
     if (!frame.resumed) this.#positions = {};
     const reconnect = this.#everOpened;
     this.#emit("session", frame);
@@ -215,6 +399,11 @@ export class Connection {
   #closed(ws, code, reason) {
     if (ws !== this.#ws) return;
     this.#ws = null;
+    this.#lost(code, reason);
+  }
+
+  /** Decide from the close code what comes next: a retry (when), or the end. */
+  #lost(code, reason) {
     clearTimeout(this.#watchdog);
     const info = { code, reason };
     const options = this.#options;
@@ -248,7 +437,13 @@ export class Connection {
     clearTimeout(this.#retryTimer);
     clearTimeout(this.#watchdog);
     this.#queue = [];
+    this.#releaseDevice();
     this.#setState("closed", info);
+  }
+
+  #releaseDevice() {
+    if (this.#claimed) release(this.#device);
+    this.#claimed = false;
   }
 
   /** Probe a silent link with a ping; drop it when the probe gets no answer either. */
@@ -288,6 +483,66 @@ export class Connection {
   }
 }
 
+class BadToken extends TypeError {}
+
+function checkOptions(options) {
+  const { protocol, getToken, device, params } = options;
+  if (protocol !== 1 && protocol !== 2) {
+    throw new TypeError(`stabilizer: protocol must be 1 or 2, got ${protocol}`);
+  }
+  if (protocol === 1 && (getToken || device || params)) {
+    throw new TypeError("stabilizer: getToken, device and params need protocol: 2");
+  }
+  if (getToken && typeof getToken !== "function") {
+    throw new TypeError("stabilizer: getToken must be a function");
+  }
+  if (device && !DEVICE.test(device)) {
+    throw new TypeError(`stabilizer: device must be 1-64 characters of A-Z a-z 0-9 . _ ~ -`);
+  }
+}
+
+/** Hold a Web Lock named after `device` while this page uses it; false when another page
+ * (a duplicated tab) holds it. Without Web Locks (insecure contexts) only this page counts. */
+function hold(device) {
+  HELD.set(device, () => {});
+  const locks = globalThis.navigator?.locks;
+  if (!locks) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    locks.request(`stabilizer.device ${device}`, { ifAvailable: true }, (lock) => {
+      if (!lock) {
+        HELD.delete(device);
+        resolve(false);
+        return undefined;
+      }
+      resolve(true);
+      return new Promise((done) => HELD.set(device, done));  // held until release()
+    }).catch(() => resolve(true));  // no lock to be had: go on without
+  });
+}
+
+function release(device) {
+  HELD.get(device)?.();
+  HELD.delete(device);
+}
+
+function readStored(key) {
+  try {
+    const value = JSON.parse(sessionStorage.getItem(key));
+    return value && typeof value === "object" ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+function newDevice() {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function numberOrNull(value) {
+  return Number.isFinite(value) ? value : null;
+}
+
 function webSocketUrl(url) {
   const parsed = new URL(url, globalThis.location?.href);
   parsed.protocol = parsed.protocol.replace(/^http/, "ws");  // http: -> ws:, https: -> wss:
@@ -309,7 +564,17 @@ function controlFrame(text) {
   }
 }
 
-/** The delay a 1012/1013 close reason asks for, in ms, or null for free text. */
+/** A v2 server text frame: a JSON object with a string type, else null. */
+function v2Frame(text) {
+  try {
+    const value = JSON.parse(text);
+    return value && typeof value === "object" && typeof value.type === "string" ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The delay a 1012/1013/4004 close reason asks for, in ms, or null for free text. */
 function retryAdvice(reason) {
   try {
     const ms = JSON.parse(reason)?.retry_ms;
@@ -320,5 +585,6 @@ function retryAdvice(reason) {
 }
 
 function fromBase64(text) {
+  if (typeof text !== "string") throw new TypeError("stabilizer: no base64 text");
   return Uint8Array.from(atob(text), (char) => char.charCodeAt(0)).buffer;
 }

@@ -1,0 +1,141 @@
+"""What the client does with each frame a server sends, and what it learns from them: the
+session, the newest reconnect token, history positions, and (v2) device and expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from websockets.asyncio.client import ClientConnection as WebSocket
+
+from stabilizer.client.inbox import Inbox
+from stabilizer.client.v2 import ProtocolV2
+from stabilizer.errors import WireError
+from stabilizer.pure.client_protocol import (
+    ControlFrame,
+    HandshakeRejectedError,
+    Positions,
+    ResumeResult,
+    SessionInfo,
+    control_frame,
+    message_payload,
+    unwrap,
+    v2_frame,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def notify(callback: Callable[[T], object] | None, value: T) -> None:
+    """Call an application callback; its failure is logged, never raised into the client."""
+    if callback is None:
+        return
+    try:
+        callback(value)
+    except Exception:  # the application's bug must not end the connection
+        logger.error("stabilizer client callback %r failed", callback, exc_info=True)
+
+
+class Frames:
+    """Sorts a server's frames into control frames (handled here) and application messages
+    (into the inbox), and keeps what the control frames said."""
+
+    def __init__(self, inbox: Inbox, *, client_id: str | None, token: str | None,
+                 v2: ProtocolV2 | None, send_timeout: float,
+                 on_control: Callable[[ControlFrame], object] | None,
+                 on_resume: Callable[[ResumeResult], object] | None) -> None:
+        self._inbox = inbox
+        self._client_id = client_id
+        self._v2 = v2
+        self._send_timeout = send_timeout
+        self._on_control, self._on_resume = on_control, on_resume
+        self.token = token
+        self.session: SessionInfo | None = None
+        self.last_resume: ResumeResult | None = None
+        self.positions = Positions()
+        self.history = False
+
+    async def handle(self, ws: WebSocket, raw: str | bytes) -> None:
+        """Act on one frame from `ws`: answer, remember, or deliver it.
+
+        Raises:
+            HandshakeRejectedError: a session frame for another client id than the given one.
+        """
+        if isinstance(raw, bytes):
+            await self._deliver(raw)
+            return
+        v2 = self._v2
+        frame = control_frame(raw, history=self.history) if v2 is None else v2_frame(raw)
+        if frame is None:
+            if v2 is None:
+                await self._deliver(raw)
+            else:
+                logger.warning("dropping a text frame that is not a v2 frame")
+            return
+        kind = frame["type"]
+        if kind == "message":
+            await self._message(frame)
+            return
+        notify(self._on_control, frame)
+        if kind == "ping":
+            async with asyncio.timeout(self._send_timeout):
+                await ws.send("pong" if v2 is None else '{"type":"pong"}')
+        elif kind == "session":
+            self._on_session(SessionInfo.from_frame(frame))
+        elif kind == "resume":
+            failed = frame.get("failed")
+            replayed = frame.get("replayed")
+            self.resumed(ResumeResult(
+                recovered=frame.get("recovered") is True,
+                replayed=replayed if type(replayed) is int else 0,
+                failed=tuple(str(s) for s in failed) if isinstance(failed, list) else ()))
+        elif kind == "error":
+            logger.warning("server dropped a frame: %s", frame.get("code"))
+        elif v2 is not None and kind == "refresh":
+            v2.ask(ws)
+        elif v2 is not None and kind == "refreshed":
+            v2.on_refreshed(frame)
+
+    def reopened(self) -> None:
+        """After a reconnect: when no resume frame will come, say what was missed."""
+        session = self.session
+        if not (session is not None and session.resumed and self.history):
+            self.resumed(ResumeResult(recovered=False, session_resumed=bool(
+                session is not None and session.resumed)))
+
+    def resumed(self, result: ResumeResult) -> None:
+        """Record a reconnect's outcome and tell the application."""
+        self.last_resume = result
+        notify(self._on_resume, result)
+
+    async def _message(self, frame: ControlFrame) -> None:
+        try:
+            if not self.history:  # v2 without history: only the data
+                await self._deliver(message_payload(frame))
+                return
+            wrapped = unwrap(frame)
+        except WireError as exc:
+            logger.warning("dropping a message frame: %s", exc)
+            return
+        if wrapped.offset is None or wrapped.epoch is None or self.positions.accept(
+            wrapped.stream, wrapped.offset, wrapped.epoch
+        ):
+            await self._deliver(wrapped.payload)
+
+    def _on_session(self, info: SessionInfo) -> None:
+        if self._client_id is not None and info.client_id != self._client_id:
+            raise HandshakeRejectedError(
+                f"server opened a session for client {info.client_id!r}, expected "
+                f"{self._client_id!r}; check the URL")
+        self.session, self.token, self.history = info, info.token, info.history
+        if self._v2 is not None:
+            self._v2.on_session(info)
+
+    async def _deliver(self, message: str | bytes) -> None:
+        # a slow application stops the reading here; the server ends up closing the
+        # socket (4000/1013) and the client reconnects, keeping what it buffered
+        await self._inbox.put(message)

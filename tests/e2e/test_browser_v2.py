@@ -1,0 +1,303 @@
+"""The browser client (GET /stabilizer.js) speaking protocol v2 in headless Chromium: against
+real uvicorn serving tests/e2e/v2_app.py (JWT users), and against a scripted v2 server for
+the exact frames on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.typing import Subprotocol
+
+from tests.support.browser import Browser, Page, ScriptedServer, chromium
+from tests.support.uvicorn_proc import UvicornProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+SECRET = "v2-browser-e2e-secret-" + "b" * 24
+WAIT_MS = 10_000  # the bound on every wait for the page; none is a sleep
+
+# Loads the module, connects with protocol 2 and records every event. getToken fetches a
+# token from the page's own server (POST /admin/token/alice), or, with `scripted`, returns
+# "jwt-1", "jwt-2", ... (a `window.badToken` value instead, when set).
+SETUP = """async ([url, options, scripted]) => {
+  const { connect } = await import("/stabilizer.js");
+  const plain = (v) => (v instanceof ArrayBuffer ? Array.from(new Uint8Array(v)) : v);
+  window.log = [];
+  window.tokenCalls = 0;
+  const getToken = async () => {
+    window.tokenCalls += 1;
+    if (window.badToken !== undefined) return window.badToken;
+    if (scripted) return `jwt-${window.tokenCalls}`;
+    const reply = await fetch("/admin/token/alice", { method: "POST" });
+    return (await reply.json()).token;
+  };
+  window.conn = connect(url, { ...options, protocol: 2, getToken });
+  for (const event of ["state", "session", "message", "resume", "error"]) {
+    window.conn.on(event, (...args) => window.log.push([event, ...args.map(plain)]));
+  }
+  window.conn.on("state", (state) => {
+    const shown = document.getElementById("user");  // v2_app's page has one
+    if (state === "open" && shown) shown.textContent = window.conn.userId;
+  });
+}"""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as launched:
+        yield launched
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    """A fresh browser context; any uncaught error on the page fails the test."""
+    context = await browser.new_context()
+    opened = await context.new_page()
+    errors: list[object] = []
+    opened.on("pageerror", lambda error: errors.append(error))
+    yield opened
+    await context.close()
+    assert errors == [], f"uncaught errors on the page: {errors}"
+
+
+@pytest.fixture
+def v2_server() -> Iterator[UvicornProcess]:
+    env = {"V2_APP_JWT_SECRET": SECRET, "STABILIZER_HEARTBEAT_INTERVAL": "3600",
+           "STABILIZER_HEARTBEAT_TIMEOUT": "3600"}
+    with UvicornProcess(app="tests.e2e.v2_app:app", env=env) as proc:
+        yield proc
+
+
+class Tab:
+    """A page running stabilizer.js with protocol 2."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+
+    @classmethod
+    async def open(cls, page: Page, base: str, url: str = "/ws", *, scripted: bool = False,
+                   **options: Any) -> Tab:
+        await page.goto(base + "/")
+        await page.evaluate(SETUP, [url, options, scripted])
+        return cls(page)
+
+    async def until(self, expression: str, arg: Any = None) -> None:
+        """Wait (bounded) until the JS `expression` (a function of `arg`) is truthy."""
+        await self.page.wait_for_function(expression, arg=arg, timeout=WAIT_MS, polling=20)
+
+    async def wait_state(self, state: str) -> None:
+        await self.until("(s) => window.conn.state === s", state)
+
+    async def value(self, expression: str) -> Any:
+        return await self.page.evaluate(expression)
+
+    async def events(self, kind: str) -> list[list[Any]]:
+        log = await self.page.evaluate("window.log")
+        return [entry[1:] for entry in log if entry[0] == kind]
+
+    async def wait_events(self, kind: str, count: int) -> list[list[Any]]:
+        await self.until("([k, n]) => window.log.filter((e) => e[0] === k).length >= n",
+                         [kind, count])
+        return await self.events(kind)
+
+
+# --- real uvicorn, JWT users ----------------------------------------------------------------
+
+
+async def test_a_page_connects_with_get_token_shows_its_user_and_resumes_after_reload(
+    page: Page, v2_server: UvicornProcess
+) -> None:
+    tab = await Tab.open(page, v2_server.base)
+    await tab.wait_state("open")
+    assert await page.text_content("#user") == "alice"
+    device = await tab.value("window.conn.device")
+    assert await tab.value("[window.conn.protocol, window.conn.clientId, window.tokenCalls]") \
+        == [2, f"alice/{device}", 1]
+    assert await tab.value("window.conn.expiresAt") > 0
+    await tab.value("window.conn.send('hello')")
+    await tab.value("window.conn.send({type: 'session', note: 'just data'})")
+    reached = await asyncio.to_thread(v2_server.post, "/admin/send_user/alice",
+                                      {"message": {"type": "ping", "from": "admin"}})
+    assert reached == {"reached": 1}
+    messages = await tab.wait_events("message", 3)
+    assert sorted(message for message, _ in messages) == sorted([
+        f"alice/{device}: hello",
+        f'alice/{device}: {{"type":"session","note":"just data"}}',
+        '{"type":"ping","from":"admin"}'])  # the application's JSON, never a control frame
+    [[first]] = await tab.events("session")
+    assert (first["user_id"], first["device"], first["resumed"]) == ("alice", device, False)
+
+    # load the page again in the same tab: sessionStorage keeps the device and the token
+    tab = await Tab.open(page, v2_server.base)
+    await tab.wait_state("open")
+    [[again]] = await tab.events("session")
+    assert (again["device"], again["client_id"], again["resumed"]) == (
+        device, f"alice/{device}", True)
+    assert await page.text_content("#user") == "alice"
+    users = (await asyncio.to_thread(v2_server.get, "/admin/users/alice"))[1]
+    assert users == [f"alice/{device}"]
+
+
+async def test_a_server_close_reconnects_with_a_new_token(
+    page: Page, v2_server: UvicornProcess
+) -> None:
+    tab = await Tab.open(page, v2_server.base, backoffBaseMs=10)
+    await tab.wait_state("open")
+    device = await tab.value("window.conn.device")
+    closed = await asyncio.to_thread(v2_server.post, "/admin/disconnect_user/alice?code=4003")
+    assert closed == {"closed": 1}
+    sessions = await tab.wait_events("session", 2)
+    await tab.wait_state("open")
+    assert [(s["device"], s["resumed"]) for [s] in sessions] == [(device, False),
+                                                                 (device, True)]
+    assert await tab.value("window.tokenCalls") == 2
+    state, info = (await tab.events("state"))[1]
+    assert (state, info["code"]) == ("reconnecting", 4003)
+
+
+async def test_a_duplicated_tab_takes_its_own_device(
+    page: Page, v2_server: UvicornProcess
+) -> None:
+    tab = await Tab.open(page, v2_server.base)
+    await tab.wait_state("open")
+    device = await tab.value("window.conn.device")
+    stored = await tab.value("JSON.stringify(Object.entries(sessionStorage))")
+    copy = await page.context.new_page()  # what "duplicate tab" does: a copy of the storage
+    await copy.goto(v2_server.base + "/")
+    await copy.evaluate("(s) => { for (const [k, v] of JSON.parse(s)) sessionStorage[k] = v }",
+                        stored)
+    twin = await Tab.open(copy, v2_server.base)
+    await twin.wait_state("open")
+    twin_device = await twin.value("window.conn.device")
+    assert twin_device != device
+    users = (await asyncio.to_thread(v2_server.get, "/admin/users/alice"))[1]
+    assert sorted(users) == sorted([f"alice/{device}", f"alice/{twin_device}"])
+    assert await tab.value("window.conn.state") == "open"  # the original was not replaced
+    assert [state for state, _ in await tab.events("state")] == ["open"]
+
+
+async def test_a_v2_page_does_not_open_on_a_plain_endpoint(
+    page: Page, v2_server: UvicornProcess
+) -> None:
+    # Chromium itself refuses a handshake that chose no subprotocol: no open, code 1006
+    tab = await Tab.open(page, v2_server.base, "/plain", maxAttempts=2, backoffBaseMs=10)
+    await tab.wait_state("closed")
+    [(state, info)] = await tab.events("state")
+    assert (state, info["code"]) == ("closed", 1006)
+    assert await tab.events("message") == []
+
+
+# --- a scripted v2 server -------------------------------------------------------------------
+
+
+class ScriptedV2Server(ScriptedServer):
+    """A ScriptedServer that chooses the subprotocol stabilizer.v2 when offered."""
+
+    async def __aenter__(self) -> ScriptedV2Server:
+        self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._http,
+                                   subprotocols=[Subprotocol("stabilizer.v2")])
+        return self
+
+
+async def frame_of(ws: ServerConnection) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        value = json.loads(await ws.recv())
+    assert isinstance(value, dict)
+    return value
+
+
+def session_frame(token: str, device: str, *, resumed: bool = False, history: bool = False,
+                  expires_at: float | None = 1795482348.0) -> str:
+    return json.dumps({"type": "session", "protocol": 2, "client_id": f"alice/{device}",
+                       "device": device, "user_id": "alice", "conn_id": token,
+                       "node_id": "scripted", "resumed": resumed, "token": token,
+                       "heartbeat_interval": 30.0, "history": history,
+                       "expires_at": expires_at})
+
+
+def path(ws: ServerConnection) -> str:
+    assert ws.request is not None
+    return ws.request.path
+
+
+async def test_frames_on_the_wire_refresh_and_close_codes(page: Page) -> None:
+    async with ScriptedV2Server() as server:
+        tab = await Tab.open(page, server.base, f"{server.ws}/ws?room=1&token=leak",
+                             scripted=True, device="tab-7", params={"tenant": "acme"},
+                             backoffBaseMs=10)
+        ws = await server.accept()
+        assert path(ws) == "/ws?room=1"  # no credentials in the URL
+        assert await frame_of(ws) == {"type": "connect", "device": "tab-7", "token": "jwt-1",
+                                      "params": {"tenant": "acme"}}
+        await tab.value("window.conn.send('early')")  # queued until the session opens
+        await ws.send(session_frame("r1", "tab-7", history=True))
+        assert await frame_of(ws) == {"type": "message", "data": "early"}
+        await ws.send(json.dumps({"type": "ping", "timestamp": 1.0}))
+        assert await frame_of(ws) == {"type": "pong"}
+        await ws.send(json.dumps({"type": "message", "stream": "all", "offset": 4,
+                                  "epoch": "e1", "data": "four"}))
+        await ws.send(json.dumps({"type": "message", "data": "unsequenced"}))
+        await ws.send(json.dumps({"type": "novelty"}))  # a later server's frame: ignored
+        await ws.send(b"\x01\x02")
+        assert await tab.wait_events("message", 3) == [
+            ["four", {"stream": "all", "offset": 4, "epoch": "e1"}],
+            ["unsequenced", None], [[1, 2], None]]
+
+        await ws.send(json.dumps({"type": "refresh", "expires_at": 1795482348.0}))
+        assert await frame_of(ws) == {"type": "refresh", "token": "jwt-2"}
+        await ws.send(json.dumps({"type": "refreshed", "expires_at": 1795485948.0}))
+        await tab.until("() => window.conn.expiresAt === 1795485948")
+
+        await ws.close(4003, "credentials expired")  # reconnect with fresh credentials
+        ws = await server.accept()
+        assert await frame_of(ws) == {"type": "connect", "device": "tab-7", "token": "jwt-3",
+                                      "reconnect_token": "r1", "positions": {"all": [4, "e1"]},
+                                      "params": {"tenant": "acme"}}
+        await ws.send(session_frame("r3", "tab-7", resumed=True, history=True))
+        await tab.until("() => window.conn.session?.conn_id === 'r3'")
+        await ws.close(4004, '{"retry_ms": 300}')  # the user's limit: after the advice
+        ws = await server.accept()
+        state, info = (await tab.events("state"))[-1]
+        assert (state, info["code"], info["delay_ms"]) == ("reconnecting", 4004, 300)
+        assert (await frame_of(ws))["token"] == "jwt-4"
+        await ws.close(4501, "token already used")  # once more without the reconnect token
+        ws = await server.accept()
+        fresh = await frame_of(ws)
+        assert "reconnect_token" not in fresh
+        assert (fresh["device"], fresh["token"]) == ("tab-7", "jwt-5")
+        await ws.send(session_frame("r5", "tab-7"))
+        await tab.until("() => window.conn.session?.conn_id === 'r5'")
+        await ws.close(4505, "credentials refused")  # final
+        await tab.wait_state("closed")
+        assert (await tab.events("state"))[-1] == ["closed", {"code": 4505,
+                                                              "reason": "credentials refused"}]
+        assert server.connections.empty()
+
+
+async def test_a_get_token_that_gives_no_string_ends_the_connection(page: Page) -> None:
+    async with ScriptedV2Server() as server:
+        await page.goto(server.base + "/")
+        await page.evaluate("window.badToken = 42")
+        tab = Tab(page)
+        await page.evaluate(SETUP, [f"{server.ws}/ws", {}, True])
+        await tab.wait_state("closed")
+        [(state, info)] = await tab.events("state")
+        assert (state, info["code"]) == ("closed", None)
+        assert "getToken must give a non-empty string or null" in info["reason"]
+        assert server.connections.empty()  # no socket was opened
+
+
+async def test_v2_options_without_protocol_2_are_refused(page: Page) -> None:
+    async with ScriptedServer() as server:
+        await page.goto(server.base + "/")
+        error = await page.evaluate("""async () => {
+            const { connect } = await import("/stabilizer.js");
+            try { connect("/ws", { getToken: () => "t" }); } catch (e) { return e.message; }
+        }""")
+        assert "need protocol: 2" in error

@@ -1,0 +1,70 @@
+"""A server with users for the protocol v2 client tests: JWT authentication, an echo
+endpoint named by the server (``<user>/<device>``), a plain endpoint that knows nothing of
+v2, and an admin API to issue tokens and reach users.
+
+The JWT secret comes from ``V2_APP_JWT_SECRET``; STABILIZER_* variables configure the node.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import Body, FastAPI, WebSocket
+from fastapi.responses import HTMLResponse
+
+from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer.auth import JWTAuthenticator
+from stabilizer.fastapi import lifespan, router, session
+
+authenticator = JWTAuthenticator(secret=os.environ["V2_APP_JWT_SECRET"])
+manager = WebSocketConnectionManager(WebSocketConfig.from_env(), authenticator=authenticator)
+app = FastAPI(lifespan=lifespan(manager))
+app.include_router(router(manager))
+
+PAGE = "<!doctype html><meta charset=utf-8><title>stabilizer v2</title><p id=user></p>"
+
+
+@app.websocket("/ws")
+async def echo(websocket: WebSocket) -> None:
+    """Echoes every text as ``<client_id>: <text>``; binary frames come back as they are."""
+    async with session(manager, websocket) as s:
+        async for message in s:
+            if isinstance(message, bytes):
+                await s.send(message)
+            else:
+                await s.send(f"{s.client_id}: {message}")
+
+
+@app.websocket("/plain")
+async def plain(websocket: WebSocket) -> None:
+    """An endpoint that accepts the socket itself, as before protocol v2: no subprotocol."""
+    await websocket.accept()
+    await websocket.send_text("hello from a plain endpoint")
+    await websocket.receive()
+
+
+@app.get("/", response_class=HTMLResponse)
+async def page() -> str:
+    return PAGE
+
+
+@app.post("/admin/token/{user_id}")
+async def issue(user_id: str, ttl: float = 3600.0) -> dict[str, str]:
+    return {"token": authenticator.issue(user_id, ttl=ttl)}
+
+
+@app.post("/admin/send_user/{user_id}")
+async def send_user(user_id: str, body: dict[str, Any] = Body(...)) -> dict[str, int]:
+    return {"reached": await manager.send_to_user(user_id, body["message"])}
+
+
+@app.post("/admin/disconnect_user/{user_id}")
+async def disconnect_user(user_id: str, code: int = 1000) -> dict[str, int]:
+    return {"closed": await manager.disconnect_user(user_id, code=code,
+                                                    reason="closed by the admin")}
+
+
+@app.get("/admin/users/{user_id}")
+async def user_connections(user_id: str) -> list[str]:
+    return [p.client_id for p in await manager.get_user_connections(user_id)]

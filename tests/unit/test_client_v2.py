@@ -1,0 +1,163 @@
+"""The client's pure decisions for protocol v2: frames, close codes, options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stabilizer.client import (
+    CloseAction,
+    HandshakeRejectedError,
+    RetryPolicy,
+    SessionInfo,
+    close_action,
+    connect,
+    retry_delay,
+)
+from stabilizer.errors import ConfigError, WireError
+from stabilizer.pure.client_protocol import (
+    checked_token,
+    connect_frame,
+    message_payload,
+    outgoing,
+    refresh_frame,
+    require_v2,
+    v2_frame,
+)
+from stabilizer.pure.v2 import parse_connect, refresh_token
+
+
+def test_a_first_connect_frame_carries_only_what_the_client_has() -> None:
+    assert json.loads(connect_frame(token=None, device=None)) == {"type": "connect"}
+    frame = connect_frame(token="jwt", device="tab-1", params={"tenant": "acme"})
+    assert json.loads(frame) == {"type": "connect", "token": "jwt", "device": "tab-1",
+                                 "params": {"tenant": "acme"}}
+
+
+def test_positions_go_only_with_a_reconnect_token() -> None:
+    positions = {"all": (12, "hE3kQx"), "g:room 1": (3, "e")}
+    resuming = json.loads(connect_frame(token="jwt", device="d", reconnect_token="s1.x",
+                                        positions=positions))
+    assert resuming["reconnect_token"] == "s1.x"
+    assert resuming["positions"] == {"all": [12, "hE3kQx"], "g:room 1": [3, "e"]}
+    fresh = json.loads(connect_frame(token="jwt", device="d", positions=positions))
+    assert "positions" not in fresh
+    assert "reconnect_token" not in fresh
+
+
+def test_the_server_reads_the_frames_the_client_writes() -> None:
+    """What connect_frame and refresh_frame produce is what the server's parser accepts."""
+    text = connect_frame(token="jwt", device="tab-1", reconnect_token="s1.x",
+                         positions={"all": (1, "e")}, params={"k": [1, 2]})
+    request = parse_connect(text)
+    assert (request.token, request.device, request.reconnect_token) == ("jwt", "tab-1", "s1.x")
+    assert request.positions == {"all": (1, "e")}
+    assert request.params == {"k": [1, 2]}
+    assert refresh_token(json.loads(refresh_frame("fresh"))) == "fresh"
+
+
+def test_v2_wraps_application_text_and_leaves_binary_and_plain_alone() -> None:
+    assert json.loads(outgoing('{"type":"pong"}', 2)) == {"type": "message",
+                                                           "data": '{"type":"pong"}'}
+    assert outgoing(b"\x00", 2) == b"\x00"
+    assert outgoing('{"type":"pong"}', 1) == '{"type":"pong"}'
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('{"type":"message","data":"hi"}', {"type": "message", "data": "hi"}),
+    ('{"type":"refresh","expires_at":1.5}', {"type": "refresh", "expires_at": 1.5}),
+    ('{"type":"something-new"}', {"type": "something-new"}),  # handled as unknown, not data
+    ("pong", None),
+    ('{"type": 7}', None),
+    ('["type"]', None),
+    ("{" * 100_000, None),  # a hostile server cannot crash the client's parser
+])
+def test_every_v2_text_frame_is_an_object_with_a_type(
+    text: str, expected: dict[str, object] | None
+) -> None:
+    assert v2_frame(text) == expected
+
+
+def test_an_unsequenced_message_gives_its_data_or_its_bytes() -> None:
+    assert message_payload({"type": "message", "data": "hi"}) == "hi"
+    assert message_payload({"type": "message", "data_b64": "AP8="}) == b"\x00\xff"
+    for bad in ({"type": "message"}, {"type": "message", "data": 1},
+                {"type": "message", "data_b64": "***"}):
+        with pytest.raises(WireError):
+            message_payload(bad)
+
+
+def test_session_frames_of_both_versions_are_read() -> None:
+    v2 = SessionInfo.from_frame({
+        "type": "session", "protocol": 2, "client_id": "alice/tab", "device": "tab",
+        "user_id": "alice", "conn_id": "c", "node_id": "n", "resumed": True, "token": "s1",
+        "heartbeat_interval": 30, "history": False, "expires_at": 1795482348})
+    assert (v2.protocol, v2.device, v2.user_id, v2.expires_at) == (2, "tab", "alice",
+                                                                   1795482348.0)
+    anonymous = SessionInfo.from_frame({"type": "session", "protocol": 2, "user_id": None,
+                                        "expires_at": None, "device": "d"})
+    assert (anonymous.user_id, anonymous.expires_at) == (None, None)
+    plain = SessionInfo.from_frame({"type": "session", "client_id": "alice", "token": "s1"})
+    assert (plain.protocol, plain.device, plain.user_id, plain.expires_at) == (
+        1, None, None, None)
+    odd = SessionInfo.from_frame({"protocol": True, "expires_at": True, "user_id": 5})
+    assert (odd.protocol, odd.expires_at, odd.user_id) == (1, None, None)
+
+
+@pytest.mark.parametrize(("code", "action"), [
+    (4003, CloseAction.RETRY),  # credentials expired: reconnect, get_token asked again
+    (4004, CloseAction.RETRY),  # the user's limit: after the advice
+    (4505, CloseAction.STOP),   # credentials refused: final
+])
+def test_v2_close_codes(code: int, action: CloseAction) -> None:
+    assert close_action(code, used_token=True) is action
+    assert close_action(code, used_token=False) is action
+
+
+def test_the_user_limit_waits_for_the_servers_advice() -> None:
+    policy = RetryPolicy(base=0.001, cap=0.001)
+    assert retry_delay(policy, 0, 4004, '{"retry_ms": 1500}') == 1.5
+    assert retry_delay(policy, 0, 4003, '{"retry_ms": 1500}') <= 0.001  # backoff only
+
+
+def test_a_server_that_does_not_choose_v2_is_refused_clearly() -> None:
+    require_v2("stabilizer.v2", "ws://h/ws")
+    for chosen in (None, "other"):
+        with pytest.raises(HandshakeRejectedError, match="does not speak stabilizer protocol"):
+            require_v2(chosen, "ws://h/ws")
+
+
+def test_get_token_must_give_a_token_or_none() -> None:
+    assert checked_token("jwt") == "jwt"
+    assert checked_token(None) is None
+    for bad in ("", b"jwt", 42):
+        with pytest.raises(TypeError):
+            checked_token(bad)
+
+
+@pytest.mark.parametrize("options", [
+    {"protocol": 3},
+    {"protocol": True},
+    {"get_token": lambda: "jwt"},              # v2 options without protocol=2
+    {"device": "tab-1"},
+    {"params": {"a": 1}},
+    {"protocol": 2, "get_token": "jwt"},       # not callable
+    {"protocol": 2, "device": "has/slash"},
+    {"protocol": 2, "device": "x" * 65},
+    {"protocol": 2, "device": ""},
+    {"protocol": 2, "params": ["a"]},
+    {"protocol": 2, "welcome": False},
+])
+def test_connect_refuses_v2_options_that_do_not_fit(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        connect("ws://h/ws", **options)  # type: ignore[arg-type]  # deliberately wrong
+
+
+def test_connect_accepts_v2_options() -> None:
+    conn = connect("ws://h/ws", protocol=2, get_token=lambda: None, device="Tab_1.~-",
+                   params={"a": 1})
+    assert (conn.protocol, conn.device, conn.user_id, conn.expires_at) == (
+        2, "Tab_1.~-", None, None)
+    plain = connect("ws://h/ws")
+    assert (plain.protocol, plain.device) == (1, None)

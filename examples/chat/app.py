@@ -1,28 +1,55 @@
-"""Chat on stabilizer: the seed's example without manual pong or disconnect handling.
+"""Chat on stabilizer: users log in, get a JWT, connect with protocol v2; every tab of a
+user is its own connection, and "@name text" reaches every tab of that user.
 
-Run: python -m examples.chat   (then open http://127.0.0.1:8000)
-With STABILIZER_REDIS_URL set, every replica shares presence and broadcasts.
+Run: python -m examples.chat   (then open http://127.0.0.1:8000, in two tabs if you like)
+With STABILIZER_REDIS_URL set, every replica shares presence, users and broadcasts; set
+CHAT_JWT_SECRET (32+ characters) to the same value on every replica.
 """
 
+import os
+import re
+import secrets
 from pathlib import Path
 
-from fastapi import FastAPI, WebSocket
+from fastapi import Body, FastAPI, HTTPException, WebSocket
 from fastapi.responses import HTMLResponse
 
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer.auth import JWTAuthenticator
 from stabilizer.fastapi import lifespan, router, session
 
-manager = WebSocketConnectionManager(WebSocketConfig.from_env())
+# A demo secret: one per process unless configured (tokens then die with the process).
+auth = JWTAuthenticator(secret=os.environ.get("CHAT_JWT_SECRET") or secrets.token_urlsafe(32),
+                        info_claim="info")
+manager = WebSocketConnectionManager(WebSocketConfig.from_env(), authenticator=auth)
 app = FastAPI(lifespan=lifespan(manager))
 app.include_router(router(manager))
+NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
-@app.websocket("/ws/{client_id}")
-async def chat(websocket: WebSocket, client_id: str) -> None:
-    async with session(manager, websocket, client_id) as conn:
+@app.post("/login")
+async def login(name: str = Body(..., embed=True)) -> dict[str, str]:
+    """A demo login: any name, no password. A real app checks credentials here (or its
+    identity provider issues the JWT) and keeps the secret to itself."""
+    if not NAME.fullmatch(name):
+        raise HTTPException(422, "a name is 1-32 letters, digits, _ or -")
+    return {"token": auth.issue(name, ttl=3600, info={"name": name})}
+
+
+@app.websocket("/ws")
+async def chat(websocket: WebSocket) -> None:
+    async with session(manager, websocket) as conn:  # authenticated, or closed with 4505
         async for message in conn:  # str for a text frame, bytes for a binary one
-            if isinstance(message, str):  # the chat page sends text; binary frames are ignored
-                await manager.broadcast({"user": client_id, "message": message})
+            if not isinstance(message, str):  # the chat page sends text; binary is ignored
+                continue
+            if message.startswith("@"):  # "@ann hello": to every tab of ann, and of us
+                to, _, text = message[1:].partition(" ")
+                note = {"user": conn.user_id, "to": to, "message": text}
+                await manager.send_to_user(to, note)
+                if to != conn.user_id:
+                    await manager.send_to_user(conn.user_id, note)
+            else:
+                await manager.broadcast({"user": conn.user_id, "message": message})
 
 
 @app.get("/")

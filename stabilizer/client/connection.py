@@ -34,9 +34,11 @@ from stabilizer.pure.client_protocol import (
     build_url,
     close_action,
     code_name,
-    outgoing,
     retry_delay,
     url_source,
+)
+from stabilizer.pure.client_v2 import (
+    outgoing,
 )
 from stabilizer.pure.text import JSONValue
 

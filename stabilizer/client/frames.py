@@ -22,6 +22,8 @@ from stabilizer.pure.client_protocol import (
     control_frame,
     message_payload,
     unwrap,
+)
+from stabilizer.pure.client_v2 import (
     v2_frame,
 )
 

@@ -21,6 +21,8 @@ from stabilizer.pure.client_protocol import (
     ClientClosedError,
     ControlFrame,
     SessionInfo,
+)
+from stabilizer.pure.client_v2 import (
     checked_token,
     connect_frame,
     refresh_frame,

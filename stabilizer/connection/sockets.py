@@ -66,6 +66,14 @@ class Frame:
         return cls({"type": "websocket.send", "text": text}, size)
 
     @classmethod
+    def control(cls, text: str, value: object = None) -> Frame:
+        """A frame of stabilizer's own (never wrapped for v2), with the object it was
+        serialized from, for sockets driven by send_json."""
+        frame = cls.text(text)
+        frame.value = value
+        return frame
+
+    @classmethod
     def binary(cls, data: bytes) -> Frame:
         """Build a binary frame."""
         return cls({"type": "websocket.send", "bytes": data}, len(data))

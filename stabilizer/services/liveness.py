@@ -127,7 +127,8 @@ class Liveness:
     @staticmethod
     def _ping() -> Frame:
         now = time.time()
-        return Frame.of(ping_frame(now), ping_body(now))  # the body for send_json sockets
+        # a control frame (v2 clients get it as is); the body is for send_json sockets
+        return Frame.control(ping_frame(now), ping_body(now))
 
     def _offer(self, conn: Connection, frame: Frame, now: float) -> None:
         if conn.offer(frame, now):

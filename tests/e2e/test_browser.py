@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 WAIT_MS = 10_000  # the bound on every wait for the page; none is a sleep
 _RUN = itertools.count(1)
+CHAT_SECRET = "a-chat-secret-for-the-browser-tests-32+"
 ChatReplicas = Callable[[int], list[UvicornProcess]]
 
 # Loads the module into the blank page of a ScriptedServer and records every event.
@@ -338,6 +339,7 @@ def chat_replicas(redis_server: RedisServer) -> Iterator[ChatReplicas]:
             "STABILIZER_HISTORY_SIZE": str(history_size),
             "STABILIZER_HEARTBEAT_INTERVAL": "0.5",  # the page must answer real pings
             "STABILIZER_HEARTBEAT_TIMEOUT": "3600",  # the Python clients never do
+            "CHAT_JWT_SECRET": CHAT_SECRET,  # a token from one replica works on the other
         }) for index in range(2)]
         start_all(procs)  # a failure stops the ones it started, then raises
         started.extend(procs)
@@ -346,6 +348,14 @@ def chat_replicas(redis_server: RedisServer) -> Iterator[ChatReplicas]:
     yield start
     for proc in started:
         proc.stop()
+
+
+async def chat_peer(proc: UvicornProcess, name: str) -> ClientConnection:
+    """A plain Python client of the chat, logged in as `name` (a bearer token)."""
+    token = (await asyncio.to_thread(proc.post, "/login", {"name": name}))["token"]
+    peer, _ = await open_client(f"{proc.ws}/ws",
+                                additional_headers={"Authorization": f"Bearer {token}"})
+    return peer
 
 
 async def chat_lines(page: Page) -> list[str]:
@@ -410,7 +420,7 @@ async def test_chat_page_survives_a_restart_of_its_replica_behind_nginx(
             window.chat.on("resume", (r) => window.resumes.push(r));
         }""")
 
-        peer, _ = await open_client(f"{survivor.ws}/ws/python")
+        peer = await chat_peer(survivor, "python")
         await peer.send("before the restart")
         await say(page, "hello from the browser")
         assert (await next_chat(peer, "browser"))["message"] == "hello from the browser"
@@ -433,7 +443,7 @@ async def test_chat_page_survives_a_restart_of_its_replica_behind_nginx(
         assert (await next_chat(peer, "browser"))["message"] == "still here"
 
         await asyncio.to_thread(victim.start)  # the same port again
-        rejoined, _ = await open_client(f"{victim.ws}/ws/rejoined")
+        rejoined = await chat_peer(victim, "rejoined")
         try:
             await rejoined.send(f"{node} is back")  # crosses replicas to reach the page
             await wait_lines(page, f"rejoined: {node} is back")
@@ -473,3 +483,40 @@ async def test_chat_page_survives_a_restart_of_its_replica_behind_nginx(
         if peer is not None:
             await peer.close()
         proxy.stop()
+
+
+@pytest.mark.redis
+async def test_two_tabs_of_one_user_on_two_replicas_both_get_what_is_sent_to_the_user(
+    page: Page, chat_replicas: ChatReplicas,
+) -> None:
+    """Issue 11: the chat example logs in with a JWT and connects with protocol v2; two tabs
+    of ann (one per replica) are two connections, and "@ann ..." from bob reaches both."""
+    replicas = chat_replicas(0)
+    second = await page.context.new_page()
+    bob: ClientConnection | None = None
+    try:
+        await page.goto(f"http://127.0.0.1:{replicas[0].port}/?name=ann")
+        await second.goto(f"http://127.0.0.1:{replicas[1].port}/?name=ann")
+        for tab, node in ((page, "replica-0"), (second, "replica-1")):
+            await wait_open_on(tab, node)
+        devices = [await tab.text_content("#device") for tab in (page, second)]
+        assert devices[0] != devices[1]  # a second tab is a second connection, not a kick
+        bob = await chat_peer(replicas[1], "bob")
+        await bob.send("@ann psst")
+        for tab in (page, second):
+            await wait_lines(tab, "bob → ann: psst")
+        mine = await recv_json(bob)  # the sender's own tabs get a copy
+        assert (mine["user"], mine["to"], mine["message"]) == ("bob", "ann", "psst")
+        await say(second, "@bob thanks")  # to bob, and to every tab of ann
+        line = await recv_json(bob)
+        assert (line["user"], line["to"], line["message"]) == ("ann", "bob", "thanks")
+        await wait_lines(page, "ann → bob: thanks")
+        for tab in (page, second):
+            assert await tab.text_content("#state") == "open"
+            assert await tab.text_content("#me") == "ann"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await second.screenshot(path=str(ARTIFACTS / "browser-two-tabs.png"), full_page=True)
+    finally:
+        if bob is not None:
+            await bob.close()
+        await second.close()

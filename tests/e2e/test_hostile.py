@@ -206,9 +206,13 @@ async def test_the_documented_chat_survives_a_binary_frame(tmp_path: Path,
         headers, path = {"Authorization": f"Bearer {token}"}, "/ws"
     else:
         app = "examples.chat.app:app"
+        path = "/ws"
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]), "JWT_SECRET": secret,
            "STABILIZER_HEARTBEAT_INTERVAL": "3600", "STABILIZER_HEARTBEAT_TIMEOUT": "3600"}
     with UvicornProcess(app=app, env=env) as server:
+        if source != "readme":  # the example's own login hands out the token
+            token = (await asyncio.to_thread(server.post, "/login", {"name": "alice"}))["token"]
+            headers = {"Authorization": f"Bearer {token}"}
         ws, _ = await open_client(f"{server.ws}{path}", additional_headers=headers)
         try:
             await ws.send(b"\x00\x01 binary \xff")

@@ -369,3 +369,23 @@ async def test_a_key_rotated_into_the_jwks_is_accepted_by_a_running_server(
         assert_no_traceback(server)
     finally:
         jwks.close()
+
+
+# ---------------------------------------------------------------- heartbeats on v2
+
+
+async def test_a_v2_client_gets_real_pings_and_its_pongs_count(servers: Servers) -> None:
+    """Pings are control frames for v2 clients too, never wrapped as application
+    messages (the heartbeat built its ping like an application's JSON message, so a v2
+    client got {"type":"message","data":"{\\"type\\":\\"ping\\"..."} and never answered)."""
+    (server,) = servers(heartbeat_interval=0.2, heartbeat_timeout=3600)
+    ws, _ = await welcomed(server, "ann")
+    async with asyncio.timeout(10):
+        raw = await ws.recv()
+    first = json.loads(raw)
+    assert first["type"] == "ping", first
+    await ws.send(json.dumps({"type": "pong"}))
+    async with asyncio.timeout(10):
+        while (await asyncio.to_thread(server.get, "/admin/pongs"))[1]["pongs"] < 1:
+            await asyncio.sleep(0.05)  # bounded poll of a counter
+    await ws.close()

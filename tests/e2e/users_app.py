@@ -71,3 +71,8 @@ async def user_connections(user_id: str) -> list[dict[str, Any]]:
 @app.get("/admin/user_count")
 async def user_count() -> dict[str, int]:
     return {"users": await manager.get_cluster_user_count()}
+
+
+@app.get("/admin/pongs")
+async def pongs() -> dict[str, int]:
+    return {"pongs": manager.stats.pongs}

@@ -17,9 +17,11 @@ from stabilizer.client import (
 )
 from stabilizer.errors import ConfigError, WireError
 from stabilizer.pure.client_protocol import (
+    message_payload,
+)
+from stabilizer.pure.client_v2 import (
     checked_token,
     connect_frame,
-    message_payload,
     outgoing,
     refresh_frame,
     require_v2,

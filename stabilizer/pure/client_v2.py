@@ -1,0 +1,86 @@
+"""The client's pure half of protocol v2 (docs/protocol.md, section 6): the handshake
+check, what get_token may return, and the frames a v2 client writes and reads.
+
+No I/O here (``stabilizer.client.v2`` does the networking); tested with plain calls in
+tests/unit/test_client_v2.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from stabilizer.pure.client_protocol import ControlFrame, HandshakeRejectedError
+from stabilizer.pure.text import JSONValue
+from stabilizer.pure.v2 import SUBPROTOCOL
+
+
+def require_v2(subprotocol: str | None, url: str) -> None:
+    """Accept a handshake only when the server chose protocol v2.
+
+    Raises:
+        HandshakeRejectedError: it chose none (an older server, or an endpoint that
+            accepts the socket itself): it would not understand the connect frame.
+    """
+    if subprotocol != SUBPROTOCOL:
+        raise HandshakeRejectedError(
+            f"{url} does not speak stabilizer protocol v2 (it selected subprotocol "
+            f"{subprotocol!r}, not {SUBPROTOCOL!r}); upgrade the server or connect with "
+            "protocol=1", reason="protocol v2 not supported")
+
+
+def checked_token(value: object) -> str | None:
+    """What get_token returned, if usable: a non-empty str, or None (no token).
+
+    Raises:
+        TypeError: anything else.
+    """
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise TypeError(f"get_token must return a non-empty str or None, got {value!r:.40}")
+
+
+def _dump(body: Mapping[str, JSONValue]) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def connect_frame(*, token: str | None, device: str | None,
+                  reconnect_token: str | None = None,
+                  positions: Mapping[str, tuple[int, str]] | None = None,
+                  params: Mapping[str, JSONValue] | None = None) -> str:
+    """The first frame of a v2 connection; positions go only with a reconnect token."""
+    body: dict[str, JSONValue] = {"type": "connect"}
+    for name, value in (("token", token), ("reconnect_token", reconnect_token),
+                        ("device", device)):
+        if value is not None:
+            body[name] = value
+    if reconnect_token is not None and positions:
+        body["positions"] = {stream: [offset, epoch]
+                             for stream, (offset, epoch) in positions.items()}
+    if params:
+        body["params"] = dict(params)
+    return _dump(body)
+
+
+def refresh_frame(token: str) -> str:
+    """Fresh credentials for a live v2 connection."""
+    return _dump({"type": "refresh", "token": token})
+
+
+def outgoing(message: str | bytes, protocol: int) -> str | bytes:
+    """What goes on the wire for an application message: v2 wraps text."""
+    if protocol >= 2 and isinstance(message, str):
+        return _dump({"type": "message", "data": message})
+    return message
+
+
+def v2_frame(text: str) -> ControlFrame | None:
+    """A v2 server text frame (every one is a JSON object with a string type); None
+    for anything else."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(value, dict) and isinstance(value.get("type"), str):
+        return value
+    return None

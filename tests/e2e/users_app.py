@@ -19,7 +19,7 @@ ISSUER = "tests"
 
 jwks_url = os.environ.get("USERS_APP_JWKS_URL")
 authenticator = (JWTAuthenticator(jwks_url=jwks_url, audience=AUDIENCE, issuer=ISSUER,
-                                  info_claim="info", jwks_refetch_interval=0.01)
+                                  info_claim="info", jwks_refetch_interval=0.05)
                  if jwks_url else
                  JWTAuthenticator(secret=SECRET, audience=AUDIENCE, issuer=ISSUER,
                                   info_claim="info"))

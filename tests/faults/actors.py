@@ -165,11 +165,11 @@ class Clients:
                 if live.record.client == client:
                     live.reading.set()
             return "reading"
-        live = self.newest(client)
-        if live is None:
+        newest = self.newest(client)
+        if newest is None:
             return "no open socket"
-        live.reading.clear()
-        return f"sid {live.record.sid} stalled"
+        newest.reading.clear()
+        return f"sid {newest.record.sid} stalled"
 
     def resume_all(self) -> None:
         """Every socket reads again."""

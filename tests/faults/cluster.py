@@ -71,6 +71,10 @@ def replica_settings(*, history: bool, namespace: str, node_id: str,
     return {f"STABILIZER_{key}": value for key, value in settings.items()}
 
 
+async def _members(store: Redis, key: str) -> set[str]:
+    return {str(member) for member in await store.smembers(key)}
+
+
 class Cluster:
     """Redis, proxies and replicas for one run; every fault it injects it can heal."""
 
@@ -213,16 +217,16 @@ class Cluster:
         tag = "{" + self.namespace + "}"
         try:
             for client, entry in (await store.hgetall(f"{tag}:p")).items():
-                node, conn = ([*entry.split("|"), "", ""])[:2]
-                view.presence[client] = (node, conn)
+                node, conn = ([*str(entry).split("|"), "", ""])[:2]
+                view.presence[str(client)] = (node, conn)
             for node in self.node_ids:
-                view.node_sets[node] = set(await store.smembers(f"{tag}:nc:{node}"))
+                view.node_sets[node] = await _members(store, f"{tag}:nc:{node}")
             for group in GROUPS:
-                view.groups[group] = set(await store.smembers(f"{tag}:g:{group}"))
+                view.groups[group] = await _members(store, f"{tag}:g:{group}")
             for client in {*view.presence, *(c for m in view.groups.values() for c in m)}:
-                view.client_groups[client] = set(await store.smembers(f"{tag}:cg:{client}"))
-            view.away = set(await store.zrange(f"{tag}:away", 0, -1))
-            view.nodes = sorted(await store.zrange(f"{tag}:nodes", 0, -1))
+                view.client_groups[client] = await _members(store, f"{tag}:cg:{client}")
+            view.away = {str(c) for c in await store.zrange(f"{tag}:away", 0, -1)}
+            view.nodes = sorted(str(n) for n in await store.zrange(f"{tag}:nodes", 0, -1))
             channels = [f"gc:{g}" for g in GROUPS] + ["all"] + [f"n:{n}" for n in self.node_ids]
             counts = await store.pubsub_numsub(*(f"{tag}:{name}" for name in channels))
             view.subscribers = {name: int(count) for name, (_, count)

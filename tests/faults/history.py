@@ -84,6 +84,21 @@ class OpRecord:
     outcome: str = ""
 
 
+@dataclass(slots=True)
+class FaultRecord:
+    """A fault the runner injected or healed (target -1: redis-server itself)."""
+
+    at: float
+    kind: str
+    target: int
+    heal: bool
+    done: str
+
+
+#: Faults under which a replica may admit a client without Redis (it cannot register it).
+ADMISSION_FAULTS = frozenset({"latency", "stall", "cut", "pause", "restart"})
+
+
 @dataclass
 class History:
     """Everything observed in one run."""
@@ -95,7 +110,26 @@ class History:
     ops: list[OpRecord] = field(default_factory=list)
     memberships: list[tuple[float, float, str, str, bool, int | None]] = field(
         default_factory=list)  # (started, ended, client, group, join, status)
-    faults: list[tuple[float, str]] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
+
+    def degraded(self, record: SocketRecord, margin: float = 1.0) -> bool:
+        """Whether `record`'s replica may have admitted it without Redis: a fault that
+        cuts the replica off from Redis was on (or ended less than `margin` seconds ago)
+        while it connected. Such a socket is served locally, with weaker guarantees."""
+        until = record.welcomed if record.welcomed is not None else record.started
+        began: dict[tuple[str, int], float] = {}
+        for fault in self.faults:
+            key = (fault.kind, fault.target)
+            if fault.kind not in ADMISSION_FAULTS or fault.target not in (-1, record.replica):
+                continue
+            if not fault.heal:
+                began[key] = fault.at
+                if fault.kind == "restart" and record.started - margin <= fault.at <= until:
+                    return True
+            elif key in began and began.pop(key) <= until and fault.at >= (
+                    record.started - margin):
+                return True
+        return any(start <= until for start in began.values())
 
     def open_sockets(self) -> list[SocketRecord]:
         """Sockets the client side still holds open."""
@@ -108,6 +142,7 @@ class History:
             "sockets": [dataclasses.asdict(record) for record in self.sockets],
             "messages": [dataclasses.asdict(record) for record in self.messages.values()],
             "ops": [dataclasses.asdict(record) for record in self.ops],
-            "memberships": self.memberships, "faults": self.faults,
+            "memberships": self.memberships,
+            "faults": [dataclasses.asdict(record) for record in self.faults],
         }
         path.write_text(json.dumps(body, indent=1, default=str), encoding="utf-8")

@@ -21,7 +21,7 @@ from pathlib import Path
 from tests.faults import checker
 from tests.faults.actors import Clients
 from tests.faults.cluster import NODE_TTL, SESSION_TTL, Cluster
-from tests.faults.history import History, MessageRecord, OpRecord
+from tests.faults.history import FaultRecord, History, MessageRecord, OpRecord
 from tests.faults.schedule import (
     GROUPS,
     Connect,
@@ -107,7 +107,8 @@ class Runner:
             return await self.send(op.via, op.target, bulk=op.bulk)
         if isinstance(op, Fault):
             done = await self.cluster.fault(op.kind, op.target, heal=op.heal, latency=op.latency)
-            self.history.faults.append((time.monotonic(), done))
+            self.history.faults.append(FaultRecord(time.monotonic(), op.kind, op.target,
+                                                   op.heal, done))
             return done
         if isinstance(op, Pause):
             await asyncio.sleep(op.seconds)  # part of the schedule: lets faults bite
@@ -148,7 +149,9 @@ class Runner:
             record.ended, record.status = time.monotonic(), status
             record.definite = status == 200 and result.get("remote_error") is None and (
                 result.get("sent", True) is True) and not result.get("failed_all")
-            record.offset, record.epoch = result.get("offset"), result.get("epoch")
+            offset, epoch = result.get("offset"), result.get("epoch")
+            record.offset = offset if isinstance(offset, int) else None
+            record.epoch = epoch if isinstance(epoch, str) else None
         return f"m{number}: {status} {str(answer)[:100]}"
 
     async def markers(self, quiet: Snapshot) -> dict[str, int]:
@@ -183,12 +186,17 @@ def _results(answer: object, repeat: int) -> list[dict[str, object]]:
 
 
 def consistent(snap: Snapshot, history: History) -> bool:
-    """The quiet condition: every replica answers with its backend up, and presence, the
-    replicas' views and their pools all match the sockets the clients hold open."""
+    """The quiet condition: every replica answers with its backend up and its subscriptions
+    back, and presence, the replicas' views and their pools all match the sockets the
+    clients hold open."""
     if snap.redis.error or not all(view.answered for view in snap.replicas):
         return False
     opened = {r.client: (r.node_id, r.conn_id) for r in history.open_sockets()}
     if len(opened) != len(history.open_sockets()) or snap.redis.presence != opened:
+        return False
+    subscribers = snap.redis.subscribers  # every replica hears broadcasts and its own channel
+    if subscribers.get("all") != len(snap.replicas) or any(
+            subscribers.get(f"n:{view.node_id}") != 1 for view in snap.replicas):
         return False
     for view in snap.replicas:
         assert view.cluster is not None

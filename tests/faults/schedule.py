@@ -153,7 +153,7 @@ def generate(seed: int, ops: int = DEFAULT_OPS) -> Schedule:
 
 
 def _heal_due(model: _Model) -> list[Op]:
-    healed = []
+    healed: list[Op] = []
     for key in sorted(model.faults):
         model.faults[key] -= 1
         if model.faults[key] <= 0:

@@ -140,13 +140,14 @@ def _rejoined(history: History, record: SocketRecord, stream: str, since: float,
 
 def _fresh_start(record: SocketRecord, history: History, seen: _Seen) -> list[str]:
     """A socket that started a fresh session gets every broadcast and direct message sent
-    (and sequenced) after its welcome, up to its close."""
-    if record.resumed or record.welcomed is None:
+    (and sequenced) after its welcome, up to its close, unless it was told the stream was
+    lost first, or its replica admitted it without Redis (served locally, the older socket
+    of the client keeps its direct messages until the outage heals)."""
+    if record.resumed or record.welcomed is None or history.degraded(record):
         return []
     problems = []
     for stream in ("all", f"c:{record.client}"):
-        first = next((slot for frame in record.frames
-                      if (slot := _slot(frame)) is not None and slot[0] == stream), None)
+        first = _first_after_loss(record, stream)
         if first is None:
             continue
         for message in history.messages.values():
@@ -160,6 +161,19 @@ def _fresh_start(record: SocketRecord, history: History, seen: _Seen) -> list[st
                                 f"(offset {slot[2]}) sent after its welcome; its first "
                                 f"{stream} message was offset {first[2]}")
     return problems
+
+
+def _first_after_loss(record: SocketRecord, stream: str) -> Slot | None:
+    """The socket's first position on `stream`; None if it has none, or if a loss of the
+    stream was reported before it."""
+    for frame in record.frames:
+        if frame.kind == "resume" and not frame.recovered and (
+                stream in frame.failed or "*" in frame.failed):
+            return None
+        slot = _slot(frame)
+        if slot is not None and slot[0] == stream:
+            return slot
+    return None
 
 
 def _sender_order(record: SocketRecord, messages: dict[MessageKey, MessageRecord]) -> list[str]:

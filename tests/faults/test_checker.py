@@ -4,7 +4,7 @@ same history without it (so a clean fixed-seed run means something)."""
 from __future__ import annotations
 
 from tests.faults.checker import check_drained, check_final, check_logs
-from tests.faults.history import History, MessageRecord, Received, SocketRecord
+from tests.faults.history import FaultRecord, History, MessageRecord, Received, SocketRecord
 from tests.faults.streams import check_messages
 from tests.faults.views import RedisView, ReplicaView, Snapshot
 
@@ -182,3 +182,23 @@ def test_errors_and_stray_tracebacks_in_logs_are_flagged_but_warnings_are_not() 
     uvicorn = "ERROR:    Exception in ASGI application\nTraceback (most recent call last):\n"
     assert len(check_logs([("r0", uvicorn)])) == 1
     assert len(check_logs([("r0", "Traceback (most recent call last):\nboom\n")])) == 1
+
+
+def test_a_fresh_socket_gets_what_was_sent_after_its_welcome_unless_told_or_degraded() -> None:
+    def history_with(first_frames: list[Received]) -> History:
+        history = History(seed=4, history=True)
+        witness = socket(0, "c1", 1, "b1", frames=[sequenced(2, 1, "all", 1),
+                                                   sequenced(3, 2, "all", 2)], closed=True)
+        fresh = socket(1, "c0", 0, "a1", frames=first_frames, closed=True)  # welcomed at 1.5
+        history.sockets = [witness, fresh]
+        history.messages = {(n, 0): MessageRecord((n, 0), None, 1, 1.8 + n) for n in (1, 2)}
+        return history
+
+    missed = history_with([sequenced(4, 2, "all", 2)])
+    assert any("missed all message (1, 0)" in p for p in check_messages(missed, {}))
+    told = history_with([Received(3.5, "resume", recovered=False, failed=("all",)),
+                         sequenced(4, 2, "all", 2)])
+    assert check_messages(told, {}) == []
+    missed.faults = [FaultRecord(1.0, "stall", 0, False, "proxy 0 stalled"),
+                     FaultRecord(1.6, "stall", 0, True, "proxy 0 restored")]
+    assert check_messages(missed, {}) == []  # admitted without Redis: served locally

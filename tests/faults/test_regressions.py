@@ -26,9 +26,9 @@ from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
-FAST = {"node_ttl": 1.5, "op_timeout": 0.5}  # maintenance every 0.5 s
-HISTORY = {"history_size": 100, "session_ttl": 60.0}
+QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+FAST: dict[str, Any] = {"node_ttl": 1.5, "op_timeout": 0.5}  # maintenance every 0.5 s
+HISTORY: dict[str, Any] = {"history_size": 100, "session_ttl": 60.0}
 RECOVERY = 6.0  # a bound: recovery takes about a second (maintenance every 0.5 s)
 NOTICE = 15.0  # a node notices a silently dropped pub/sub connection at its next idle ping
 
@@ -302,7 +302,7 @@ async def test_a_resumed_client_gets_nothing_at_or_before_its_position(
         assert session.refused is None
         proxy.restore()  # node a resubscribes and catches up on `all`
         await b.broadcast("three")
-        offsets = []
+        offsets: list[int] = []
         async with asyncio.timeout(RECOVERY):
             while not offsets or offsets[-1] < second["offset"] + 1:
                 frame = await resumed.next_json()
@@ -317,3 +317,38 @@ async def test_a_resumed_client_gets_nothing_at_or_before_its_position(
 
 async def _fewer(url: str, channel: str, count: int) -> bool:
     return await subscribers(url, channel) < count
+
+
+@defect("a join that lands on a client's socket while it is being replaced is recorded in "
+        "Redis but never reaches the client's live socket")
+async def test_a_join_that_lands_on_a_replaced_socket_reaches_the_live_one(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    """Seed 868729023: c2 connected on replica-0 while replica-2 still held its older
+    socket (the kick had not arrived); join_group(c2, g1) through replica-2 joined that older
+    socket and Redis; the older socket was then closed as replaced, which rightly keeps the
+    client's groups, but c2's live socket never joined g1: Redis lists c2, c2 never gets
+    g1's messages."""
+    a, b = node("a", proxy.url), node("b")
+    await a.start()
+    await b.start()
+    await a.connect("alice", FakeSocket("older"))
+    await proxy.drop_subscriptions(hold=True)  # the kick for a's socket will wait
+    assert await until(lambda: _unsubscribed(private_redis.url, f"{{{namespace}}}:n:a"))
+    live = FakeSocket("live")
+    await b.connect("alice", live)
+    await a.join_group("alice", "room")  # a still holds alice's older socket: joins that
+    proxy.restore()
+
+    async def consistent() -> bool:
+        await b.send_to_group("room", "hello room")
+        try:
+            await live.expect("hello room", timeout=0.5)
+            received = True
+        except TimeoutError:
+            received = False
+        return received == ("alice" in await b.get_group_members("room"))
+
+    assert await until(consistent), (
+        f"room lists {await b.get_group_members('room')}, but alice's live socket does not "
+        "receive the room")

@@ -265,7 +265,7 @@ async def run_schedule(schedule: Schedule, *, log: Callable[[str], None] = print
                        sum(n for k, n in counts.items() if k.startswith("fault:")),
                        violations, time.monotonic() - started, code, counts=counts)
     if violations:
-        result.kept = _keep(runner.history, cluster, keep)
+        result.kept = _keep(runner.history, cluster, keep, violations)
     else:
         cluster.discard_logs()
     return result
@@ -287,10 +287,12 @@ async def _judge(runner: Runner, log: Callable[[str], None]) -> list[str]:
     return violations + checker.check_drained(history, empty)
 
 
-def _keep(history: History, cluster: Cluster, keep: Path | None) -> Path:
+def _keep(history: History, cluster: Cluster, keep: Path | None,
+          violations: list[str]) -> Path:
     folder = keep or Path(tempfile.mkdtemp(prefix=f"faults-seed{history.seed}-"))
     folder.mkdir(parents=True, exist_ok=True)
     history.to_json(folder / "history.json")
+    (folder / "violations.txt").write_text("\n".join(violations) + "\n", encoding="utf-8")
     for label, text in cluster.log_texts():
         (folder / f"{label}.log").write_text(text, encoding="utf-8")
     return folder

@@ -352,3 +352,29 @@ async def test_a_join_that_lands_on_a_replaced_socket_reaches_the_live_one(
     assert await until(consistent), (
         f"room lists {await b.get_group_members('room')}, but alice's live socket does not "
         "receive the room")
+
+
+@defect("a sequenced send that times out is delivered locally without a position, and "
+        "again when the late script lands: local clients get it twice")
+async def test_a_broadcast_that_times_out_reaches_a_local_client_once(
+    node: Node, proxy: FaultProxy,
+) -> None:
+    """Seed 57 (--ops 60): with history on, replica-0's Redis answered slower than
+    op_timeout; broadcast() gave up on the SEQUENCE script, delivered the message to its
+    own clients with offset null ("not sequenced, delivered locally only") and reported
+    remote_error, but the script had reached Redis and ran: the message went out with
+    offset 1 as well, and c5 on replica-0 received it twice."""
+    a = node("a", proxy.url, **HISTORY)
+    await a.start()
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    proxy.set_latency(0.4)  # each way: a round trip takes longer than op_timeout (0.5 s)
+    result = await a.broadcast("only once")
+    assert result.remote_error is not None  # a gave up waiting for Redis
+    proxy.restore()
+
+    async def twice() -> bool:
+        return sum('"only once"' in str(frame) for frame in alice.sent) > 1
+
+    assert not await until(twice, 3.0), "alice received the broadcast twice: " + "; ".join(
+        str(frame) for frame in alice.sent if '"only once"' in str(frame))

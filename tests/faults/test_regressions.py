@@ -1,0 +1,380 @@
+"""LIBRARY DEFECTS the randomized fault checker found on current code (issue 16).
+
+Each test pins one interleaving the checker hit, deterministically, with the seed that found
+it (`python -m tests.faults --seed S` replays that schedule; being timing-dependent, a
+replay usually but not always hits the defect again). They are expected to FAIL until the
+library is fixed: `xfail(strict=True)`, so a fix turns them into an XPASS failure, and the
+marker must then be removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from stabilizer import CloseCode, WebSocketConfig, WebSocketConnectionManager
+from tests.conftest import ManagerFactory
+from tests.support.fakes import FakeSocket, FakeWebSocket
+from tests.support.fault_proxy import FaultProxy
+from tests.support.redis_server import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+FAST: dict[str, Any] = {"node_ttl": 1.5, "op_timeout": 0.5}  # maintenance every 0.5 s
+HISTORY: dict[str, Any] = {"history_size": 100, "session_ttl": 60.0}
+RECOVERY = 6.0  # a bound: recovery takes about a second (maintenance every 0.5 s)
+NOTICE = 15.0  # a node notices a silently dropped pub/sub connection at its next idle ping
+
+Node = Callable[..., WebSocketConnectionManager]
+
+
+def defect(summary: str) -> pytest.MarkDecorator:
+    """A library defect found by the fault checker, open until fixed in main."""
+    return pytest.mark.xfail(strict=True, reason=f"library defect (issue 16): {summary}")
+
+
+@pytest.fixture
+async def proxy(private_redis: RedisServer) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(private_redis.port) as forwarder:
+        yield forwarder
+
+
+@pytest.fixture
+def node(namespace: str, make_manager: ManagerFactory, private_redis: RedisServer) -> Node:
+    def build(node_id: str, url: str | None = None, **extra: Any) -> WebSocketConnectionManager:
+        return make_manager(WebSocketConfig(redis_url=url or private_redis.url,
+                                            namespace=namespace, node_id=node_id,
+                                            **QUIET, **FAST, **extra))
+    return build
+
+
+async def until(check: Callable[[], Awaitable[bool]], limit: float = RECOVERY) -> bool:
+    """Poll `check` until it holds or `limit` seconds pass; return whether it held."""
+    try:
+        async with asyncio.timeout(limit):
+            while not await check():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def subscribers(url: str, channel: str) -> int:
+    """How many connections Redis says subscribe to `channel`."""
+    client = Redis.from_url(url)
+    try:
+        [(_, count)] = await client.pubsub_numsub(channel)
+        return int(count)
+    finally:
+        await client.aclose()
+
+
+def resyncs(caplog: pytest.LogCaptureFixture) -> int:
+    """How many presence resyncs the nodes logged so far."""
+    return sum(1 for record in caplog.records if record.getMessage().startswith(
+        "presence of ") and "re-registered" in record.getMessage())
+
+
+@defect("a kick published while a node resubscribes is lost for good (split brain)")
+async def test_a_kick_sent_while_its_node_resubscribes_still_closes_the_older_socket(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seed 1188478465: after a Redis outage, c1 connected on replica-1 and replica-2 at
+    once; replica-2's register kicked replica-1's socket while replica-1 was still
+    resubscribing, and both sockets stayed open for good. The resync that should cover a
+    lost kick runs when the subscription is lost, not after it is back: a kick published in
+    between is never carried out."""
+    caplog.set_level(logging.INFO, logger="stabilizer")
+    a, b = node("a", proxy.url), node("b")
+    await a.start()
+    await b.start()
+    stale = FakeSocket("stale")
+    await a.connect("alice", stale)
+    before = resyncs(caplog)
+    await proxy.drop_subscriptions(hold=True)  # a's pub/sub drops; its resubscribe waits
+    assert await until(lambda: _true(resyncs(caplog) > before), NOTICE), "a never resynced"
+    assert await subscribers(private_redis.url, f"{{{namespace}}}:n:a") == 0
+
+    fresh = FakeSocket("fresh")
+    await b.connect("alice", fresh)  # its kick goes to a's channel: nobody listens
+    assert await b.locate_client("alice") == "b"
+    proxy.restore()  # a's held subscribe goes through
+    assert await until(lambda: _subscribed(private_redis.url, f"{{{namespace}}}:n:a"))
+
+    closed = await until(lambda: _true(stale.closed is not None))
+    assert closed, "both sockets of alice stay open: the missed kick was never carried out"
+    assert stale.closed is not None
+    assert stale.closed[0] == CloseCode.REPLACED
+    assert fresh.closed is None
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _subscribed(url: str, channel: str) -> bool:
+    return await subscribers(url, channel) == 1
+
+
+@defect("a resync that overlaps a disconnect re-registers the departed client for good")
+async def test_a_client_that_leaves_during_a_resync_leaves_no_presence_behind(
+    node: Node, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seed 1628904753: replica-0 resynced after a stall while c5 disconnected; the resync,
+    working from the list of connections it took before the disconnect, wrote c5's presence
+    back after UNREGISTER had removed it, and nothing removes it again: the cluster counts
+    a client that is gone. Here the resync is held between taking its list and writing."""
+    a, b = node("a", proxy.url), node("b")
+    await a.start()
+    await b.start()
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    liveness = a.backend.liveness
+    original = liveness.resync
+    listed, go_on, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def held_resync(local: Any, **kwargs: Any) -> list[str]:
+        if not any(presence.client_id == "alice" for presence in local):
+            return list(await original(local, **kwargs))
+        listed.set()
+        await go_on.wait()
+        try:
+            return list(await original(local, **kwargs))
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(liveness, "resync", held_resync)
+    await proxy.drop_subscriptions(hold=True)  # once noticed, a resync is wanted (once)
+    async with asyncio.timeout(NOTICE):
+        await listed.wait()
+    await a.disconnect("alice")  # UNREGISTER while the resync holds its stale list
+    assert await b.locate_client("alice") is None
+    go_on.set()
+    proxy.restore()  # the held subscription goes through: nothing else fails
+    async with asyncio.timeout(RECOVERY):
+        await finished.wait()
+
+    async def gone() -> bool:
+        return await b.locate_client("alice") is None and (
+            await b.get_cluster_connection_count() == 0)
+
+    assert await until(gone), (f"presence still names {await b.locate_client('alice')} for "
+                               "alice, who left")
+
+
+@defect("a replica restarted under its node id keeps its predecessor's clients: their "
+        "presence until a backend failure makes it resync, their groups for good")
+async def test_a_replica_restarted_with_its_node_id_ends_its_predecessors_groups(
+    node: Node, proxy: FaultProxy,
+) -> None:
+    """Seed 1518580700: replica-2 was SIGKILLed and started again as replica-2 before its
+    liveness entry expired, so the survivors never reap it. The new process kept its
+    predecessor's presence entries until a backend failure made it resync ("forgot 3 stale
+    presence entries"), and that prune ended none of those clients' group memberships:
+    they stayed in Redis for good."""
+    first, b = node("a", proxy.url), node("b")
+    await first.start()
+    await b.start()
+    await first.connect("alice", FakeSocket("alice"))
+    await b.join_group("alice", "room")
+    assert await b.get_group_members("room") == ["alice"]
+    await proxy.cut()  # the first process of node a is gone (as after SIGKILL)
+    second = node("a")
+    await second.start()  # the replica comes back under the same node id
+
+    async def no_presence() -> bool:
+        return await b.locate_client("alice") is None
+
+    assert await until(no_presence), "the restarted node did not forget alice's presence"
+
+    async def no_membership() -> bool:
+        return await b.get_group_members("room") == []
+
+    assert await until(no_membership), (
+        f"alice is gone but still a member: {await b.get_group_members('room')}")
+
+
+@defect("after Redis restarts empty, nodes re-register presence but not group memberships")
+async def test_group_members_and_deliveries_agree_after_redis_restarts_empty(
+    node: Node, private_redis: RedisServer,
+) -> None:
+    """Seeds 938009075, 1027582001, 1248449566: after redis-server restarted (no
+    persistence), the node re-registered its clients' presence, kept their local group
+    memberships and went on delivering the groups' messages to them, while every node's
+    get_group_members() said the groups were empty."""
+    a = node("a")
+    await a.start()
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    await a.join_group("alice", "room")
+    await asyncio.to_thread(private_redis.restart)
+
+    async def presence_back() -> bool:
+        try:
+            return await a.locate_client("alice") == "a"
+        except Exception:
+            return False
+
+    assert await until(presence_back), "presence was not re-registered"
+    await a.send_to_group("room", "after the restart")
+    try:
+        await alice.expect("after the restart", timeout=2.0)
+        received = True
+    except TimeoutError:
+        received = False
+    listed = "alice" in await a.get_group_members("room")
+    assert received == listed, (f"alice {'receives' if received else 'does not receive'} "
+                                f"room's messages but is {'' if listed else 'not '}listed")
+
+
+@defect("a remote join whose MEMBERSHIP message is lost with the owner's subscription is "
+        "recorded in Redis but never applied on the owner node")
+async def test_a_remote_join_lost_with_the_owners_subscription_is_not_half_done(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    """Seed 432182337: join_group(c5, g1) through replica-0 while c5's replica had lost its
+    pub/sub: the call succeeded and Redis listed c5 in g1, but c5's replica never learnt
+    of it, so c5 never received g1's messages (nothing reconciles after resubscribing)."""
+    a, b = node("a", proxy.url), node("b")
+    await a.start()
+    await b.start()
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    channel = f"{{{namespace}}}:n:a"
+    await proxy.drop_subscriptions(hold=True)
+    assert await until(lambda: _unsubscribed(private_redis.url, channel))
+    await b.join_group("alice", "room")  # routed to node a's channel: nobody listens
+    proxy.restore()
+    assert await until(lambda: _subscribed(private_redis.url, channel))
+
+    async def consistent() -> bool:
+        await b.send_to_group("room", "hello room")
+        try:
+            await alice.expect("hello room", timeout=0.5)
+            received = True
+        except TimeoutError:
+            received = False
+        return received == ("alice" in await b.get_group_members("room"))
+
+    assert await until(consistent), (
+        f"Redis lists {await b.get_group_members('room')} in room, but alice's node never "
+        "added her: she does not receive the room")
+
+
+async def _unsubscribed(url: str, channel: str) -> bool:
+    return await subscribers(url, channel) == 0
+
+
+@defect("a client that resumes on a node whose listener lags behind its position gets "
+        "messages it already had")
+async def test_a_resumed_client_gets_nothing_at_or_before_its_position(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    """Seed 1746475418: c3 resumed on replica-2 at offset 6 of `all`; replica-2's listener
+    had lost its subscription and was still at offset 4, and when it caught up it delivered
+    offsets 5 and 6 to c3 again (the protocol: "without duplicates")."""
+    lagging, b = node("a", proxy.url, **HISTORY), node("b", **HISTORY)
+    await lagging.start()
+    await b.start()
+    alice = FakeSocket("alice")
+    await b.connect("alice", alice)
+    await b.broadcast("one")
+    first = await alice.next_json()
+    await proxy.drop_subscriptions(hold=True)  # node a stops hearing the stream
+    assert await until(lambda: _fewer(private_redis.url, f"{{{namespace}}}:all", 2))
+    await b.broadcast("two")
+    second = await alice.next_json()
+    await b.disconnect("alice", code=CloseCode.GOING_AWAY)
+    resumed = FakeWebSocket("alice-again")
+    session = lagging.open_session(
+        resumed, "alice", token=lagging.generate_reconnect_token("alice"),
+        positions=json.dumps({"all": [second["offset"], second["epoch"]]}), welcome=False)
+    await session.__aenter__()
+    try:
+        assert session.refused is None
+        proxy.restore()  # node a resubscribes and catches up on `all`
+        await b.broadcast("three")
+        offsets: list[int] = []
+        async with asyncio.timeout(RECOVERY):
+            while not offsets or offsets[-1] < second["offset"] + 1:
+                frame = await resumed.next_json()
+                if frame.get("type") == "message":
+                    offsets.append(frame["offset"])
+        assert first["offset"] < second["offset"]
+        assert offsets == [second["offset"] + 1], (
+            f"resumed at offset {second['offset']}, then received offsets {offsets}")
+    finally:
+        await session.__aexit__(None, None, None)
+
+
+async def _fewer(url: str, channel: str, count: int) -> bool:
+    return await subscribers(url, channel) < count
+
+
+@defect("a join that lands on a client's socket while it is being replaced is recorded in "
+        "Redis but never reaches the client's live socket")
+async def test_a_join_that_lands_on_a_replaced_socket_reaches_the_live_one(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    """Seed 868729023: c2 connected on replica-0 while replica-2 still held its older
+    socket (the kick had not arrived); join_group(c2, g1) through replica-2 joined that older
+    socket and Redis; the older socket was then closed as replaced, which rightly keeps the
+    client's groups, but c2's live socket never joined g1: Redis lists c2, c2 never gets
+    g1's messages."""
+    a, b = node("a", proxy.url), node("b")
+    await a.start()
+    await b.start()
+    await a.connect("alice", FakeSocket("older"))
+    await proxy.drop_subscriptions(hold=True)  # the kick for a's socket will wait
+    assert await until(lambda: _unsubscribed(private_redis.url, f"{{{namespace}}}:n:a"))
+    live = FakeSocket("live")
+    await b.connect("alice", live)
+    await a.join_group("alice", "room")  # a still holds alice's older socket: joins that
+    proxy.restore()
+
+    async def consistent() -> bool:
+        await b.send_to_group("room", "hello room")
+        try:
+            await live.expect("hello room", timeout=0.5)
+            received = True
+        except TimeoutError:
+            received = False
+        return received == ("alice" in await b.get_group_members("room"))
+
+    assert await until(consistent), (
+        f"room lists {await b.get_group_members('room')}, but alice's live socket does not "
+        "receive the room")
+
+
+@defect("a sequenced send that times out is delivered locally without a position, and "
+        "again when the late script lands: local clients get it twice")
+async def test_a_broadcast_that_times_out_reaches_a_local_client_once(
+    node: Node, proxy: FaultProxy,
+) -> None:
+    """Seed 57 (--ops 60): with history on, replica-0's Redis answered slower than
+    op_timeout; broadcast() gave up on the SEQUENCE script, delivered the message to its
+    own clients with offset null ("not sequenced, delivered locally only") and reported
+    remote_error, but the script had reached Redis and ran: the message went out with
+    offset 1 as well, and c5 on replica-0 received it twice."""
+    a = node("a", proxy.url, **HISTORY)
+    await a.start()
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    proxy.set_latency(0.4)  # each way: a round trip takes longer than op_timeout (0.5 s)
+    result = await a.broadcast("only once")
+    assert result.remote_error is not None  # a gave up waiting for Redis
+    proxy.restore()
+
+    async def twice() -> bool:
+        return sum('"only once"' in str(frame) for frame in alice.sent) > 1
+
+    assert not await until(twice, 3.0), "alice received the broadcast twice: " + "; ".join(
+        str(frame) for frame in alice.sent if '"only once"' in str(frame))

@@ -124,9 +124,38 @@ class RedisRouting:
                     waiter.set_result(None)
                 confirmed += 1
                 if confirmed == channels:
-                    self._on_subscribed(channels)
+                    # groups followed or left while this subscription was being made
+                    wanted = self._channels()
+                    missing = [c for c in wanted if c.encode() not in seen]
+                    extra = seen - {c.encode() for c in wanted}
+                    if extra:
+                        await self._unsubscribe(pubsub, extra)
+                        seen -= extra
+                        channels -= len(extra)
+                        confirmed -= len(extra)
+                    if missing:
+                        await self._subscribe_more(pubsub, missing)
+                        channels += len(missing)
+                    else:
+                        self._on_subscribed(channels)
             elif kind in ("unsubscribe", "sunsubscribe"):
                 seen.discard(_channel_bytes(message.get("channel")))
+
+    async def _subscribe_more(self, pubsub: Any, channels: list[str]) -> None:
+        try:
+            async with asyncio.timeout(self._core.op_timeout):
+                await pubsub.subscribe(*channels)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._core.available = False
+            raise BackendUnavailable(f"subscribe failed: {exc!r}") from exc
+
+    async def _unsubscribe(self, pubsub: Any, channels: set[bytes]) -> None:
+        try:
+            async with asyncio.timeout(self._core.op_timeout):
+                await pubsub.unsubscribe(*sorted(channels))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._core.available = False
+            raise BackendUnavailable(f"unsubscribe failed: {exc!r}") from exc
 
     def _on_subscribed(self, channels: int) -> None:
         self._core.available = True

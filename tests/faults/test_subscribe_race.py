@@ -1,0 +1,91 @@
+"""A group followed while the node's subscription is being made is part of it.
+
+Found by the fault checker (seed 10, 60 operations): a client joined g0 on replica-1 while
+replica-1 was resubscribing after a lost pub/sub connection; the new subscription had been
+built from the channels before the join, the join saw a subscription in progress and left
+the channel to "the next subscription", and no subscription came: the group's channel had no
+subscriber while the replica held a member.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from tests.conftest import ManagerFactory
+from tests.faults.test_regressions import FAST, NOTICE, QUIET, subscribers, until
+from tests.support.fakes import FakeSocket
+from tests.support.fault_proxy import FaultProxy
+from tests.support.redis_server import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+async def resubscribing(manager: WebSocketConnectionManager) -> bool:
+    """The node noticed its lost subscription and its new subscribe is under way."""
+    routing: Any = manager.backend.routing
+    return not routing.subscribed.is_set() and routing._pubsub is not None
+
+
+async def test_a_group_joined_while_the_node_resubscribes_is_subscribed(
+    private_redis: RedisServer, namespace: str, make_manager: ManagerFactory,
+) -> None:
+    async with FaultProxy(private_redis.port) as proxy:
+        manager = make_manager(WebSocketConfig(redis_url=proxy.url, namespace=namespace,
+                                               node_id="a", **QUIET, **FAST))
+        await manager.start()
+        alice = FakeSocket("alice")
+        await manager.connect("alice", alice)
+        node_channel = f"{{{namespace}}}:n:a"
+        group_channel = f"{{{namespace}}}:gc:room"
+
+        async def node_unsubscribed() -> bool:
+            return await subscribers(private_redis.url, node_channel) == 0
+
+        await proxy.drop_subscriptions(hold=True)
+        assert await until(node_unsubscribed, NOTICE)
+        assert await until(lambda: resubscribing(manager), NOTICE)
+        await manager.join_group("alice", "room")  # while the subscription is in progress
+        proxy.restore()
+
+        async def node_subscribed() -> bool:
+            return await subscribers(private_redis.url, node_channel) == 1
+
+        assert await until(node_subscribed, NOTICE)
+
+        async def group_subscribed() -> bool:
+            return await subscribers(private_redis.url, group_channel) == 1
+
+        assert await until(group_subscribed), "room's channel has no subscriber"
+        await manager.send_to_group("room", "hello room")
+        await alice.expect("hello room", timeout=5.0)
+
+
+async def test_a_group_left_while_the_node_resubscribes_is_unsubscribed(
+    private_redis: RedisServer, namespace: str, make_manager: ManagerFactory,
+) -> None:
+    async with FaultProxy(private_redis.port) as proxy:
+        manager = make_manager(WebSocketConfig(redis_url=proxy.url, namespace=namespace,
+                                               node_id="a", **QUIET, **FAST))
+        await manager.start()
+        await manager.connect("alice", FakeSocket("alice"))
+        await manager.join_group("alice", "room")
+        group_channel = f"{{{namespace}}}:gc:room"
+        assert await subscribers(private_redis.url, group_channel) == 1
+        routing = manager.backend.routing
+        await proxy.drop_subscriptions(hold=True)
+        assert await until(lambda: resubscribing(manager), NOTICE)
+        await manager.leave_group("alice", "room")
+        proxy.restore()
+        assert await until(lambda: _true(routing.subscribed.is_set()), NOTICE)
+
+        async def group_unsubscribed() -> bool:
+            return await subscribers(private_redis.url, group_channel) == 0
+
+        assert await until(group_unsubscribed), "room's channel is followed with no member"
+
+
+async def _true(value: bool) -> bool:
+    return value

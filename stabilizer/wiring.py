@@ -74,7 +74,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
                           ensure_started=ensure_started)
     users = Users(ctx, router, closing)
     listener = Listener(ctx, router, membership, events, on_kick=admission.kick,
-                        on_user_close=users.close_local)
+                        on_user_close=users.close_local, on_client_close=closing.close_client)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
                               kick=admission.kick)
     loops: dict[str, Loop] = {"heartbeat": liveness.run, "maintenance": maintenance.run}

@@ -37,6 +37,7 @@ class Kind(IntEnum):
     USER = 7  # deliver `payload` to every local connection of user `target`
     USER_CLOSE = 8  # close every local connection of user `target`; `payload` is
     # the JSON {"code": int, "reason": str}
+    CLIENT_CLOSE = 9  # close local client `target`; `payload` as USER_CLOSE's
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,12 +193,12 @@ def decode(raw: object) -> Envelope:
 
 
 def close_body(code: int, reason: str) -> str:
-    """The JSON payload of a USER_CLOSE envelope."""
+    """The JSON payload of a USER_CLOSE or CLIENT_CLOSE envelope."""
     return json.dumps({"code": code, "reason": reason})
 
 
 def close_of(payload: str) -> tuple[int, str]:
-    """Parse the payload of a USER_CLOSE envelope: (code, reason).
+    """Parse the payload of a USER_CLOSE or CLIENT_CLOSE envelope: (code, reason).
 
     Raises:
         WireError: not the JSON object close_body writes, or a code outside 1000-4999.

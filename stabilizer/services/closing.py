@@ -140,6 +140,14 @@ class Closing:
         """A connection missed its heartbeat deadline."""
         self.retire(conn, CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
 
+    def close_client(self, client_id: str, code: int, reason: str) -> None:
+        """Close this node's connection of `client_id`, if any (a CLIENT_CLOSE envelope: an
+        emitter's disconnect_client); with history, 1000 ends its session."""
+        conn = self._ctx.pool.get(client_id)
+        if conn is not None:
+            logger.info("closing client %r on request (code %d)", client_id, code)
+            self.retire(conn, code, reason)
+
     def kick(self, conn: Connection) -> None:
         """Another node (or a resync) found a newer connection of this client."""
         self.retire(conn, CloseCode.REPLACED, "replaced by a connection on another node")

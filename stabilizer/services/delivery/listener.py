@@ -27,6 +27,10 @@ KickHandler = Callable[[str, str | None], None]
 #: Closes the local connections of a user with (code, reason) (disconnect_user elsewhere).
 UserCloseHandler = Callable[[str, int, str], object]
 
+#: Closes the local connection of a client with (code, reason) (an emitter's
+#: disconnect_client).
+ClientCloseHandler = Callable[[str, int, str], object]
+
 _MESSAGES = frozenset({Kind.BROADCAST, Kind.GROUP, Kind.DIRECT, Kind.USER})
 
 
@@ -35,13 +39,15 @@ class Listener:
     group table, events to the listeners, user closes to the users service."""
 
     def __init__(self, ctx: NodeContext, router: Router, membership: Membership,
-                 events: Events, on_kick: KickHandler, on_user_close: UserCloseHandler) -> None:
+                 events: Events, on_kick: KickHandler, on_user_close: UserCloseHandler,
+                 on_client_close: ClientCloseHandler | None = None) -> None:
         self._ctx = ctx
         self._router = router
         self._membership = membership
         self._events = events
         self._on_kick = on_kick
         self._on_user_close = on_user_close
+        self._on_client_close = on_client_close
         self._wire_log = RateLimitedLog(logger)
         self._backend_log = RateLimitedLog(logger)
 
@@ -89,13 +95,17 @@ class Listener:
         elif kind is Kind.EVENT and isinstance(envelope.payload, str):
             self._events.received(envelope.payload)
         elif kind is Kind.USER_CLOSE and envelope.target and isinstance(envelope.payload, str):
-            self._close_user(envelope.target, envelope.payload)
+            self._close(self._on_user_close, envelope.target, envelope.payload)
+        elif (kind is Kind.CLIENT_CLOSE and envelope.target and self._on_client_close
+              and isinstance(envelope.payload, str)):
+            self._close(self._on_client_close, envelope.target, envelope.payload)
 
-    def _close_user(self, user_id: str, payload: str) -> None:
+    def _close(self, handler: Callable[[str, int, str], object], target: str,
+               payload: str) -> None:
         try:
             code, reason = close_of(payload)
         except WireError as exc:
             self._ctx.stats.wire_errors += 1
-            self._wire_log.warning("dropped a malformed user close: %s", exc)
+            self._wire_log.warning("dropped a malformed close request: %s", exc)
             return
-        self._on_user_close(user_id, code, reason)
+        handler(target, code, reason)

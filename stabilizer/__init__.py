@@ -23,6 +23,7 @@ from stabilizer.config import (
     WebSocketConfig,
     should_reconnect,
 )
+from stabilizer.emitter import Emitter, SyncEmitter
 from stabilizer.errors import (
     AuthenticationError,
     BackendUnavailable,
@@ -67,6 +68,7 @@ __all__ = [
     "ConnectionTimeoutError",
     "Credentials",
     "CredentialsExpiredError",
+    "Emitter",
     "HeartbeatType",
     "Identity",
     "InvalidClientIdError",
@@ -82,6 +84,7 @@ __all__ = [
     "ShutdownError",
     "ShutdownMode",
     "ShutdownReport",
+    "SyncEmitter",
     "TokenError",
     "TokenExpiredError",
     "UserConnectionLimitError",

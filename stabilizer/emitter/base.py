@@ -1,0 +1,161 @@
+"""What every part of the emitter shares: its settings, its origin, the backend it opens on
+first use, and one bounded way to ask the backend."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+from stabilizer.backends.base import Backend
+from stabilizer.backends.factory import backend_for
+from stabilizer.config import WebSocketConfig
+from stabilizer.errors import (
+    AuthenticationError,
+    BackendUnavailable,
+    ConfigError,
+    WebSocketStabilizerError,
+)
+from stabilizer.node.tasks import TaskOwner
+from stabilizer.pure.text import check_client_id
+from stabilizer.pure.users import check_user_id
+
+T = TypeVar("T")
+
+_STOP_GRACE: Final = 2.0
+
+
+def emitter_origin() -> str:
+    """An origin for an emitter's envelopes: ``emitter:<host>-<pid>-<random>``; no node id
+    can equal it (node ids never contain ":"), so no replica takes it for its own."""
+    host = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname())
+    return f"emitter:{host[:40] or 'host'}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def check_user(user_id: object) -> str:
+    """Return `user_id` if usable as a user id.
+
+    Raises:
+        ValueError: not a non-empty string of at most 256 characters.
+    """
+    try:
+        return check_user_id(user_id)
+    except AuthenticationError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def emitter_config(redis_url: str | None, namespace: str | None, client: Any,
+                   config: WebSocketConfig | None,
+                   settings: dict[str, object]) -> WebSocketConfig:
+    """The config an emitter runs with: `config` (else the defaults) with `redis_url`,
+    `namespace` and the other `settings` (config fields) replaced.
+
+    Raises:
+        ConfigError: no Redis is named, or a setting is invalid or unknown.
+    """
+    changes = dict(settings)
+    if redis_url is not None:
+        changes["redis_url"] = redis_url
+    if namespace is not None:
+        changes["namespace"] = namespace
+    try:
+        built = (config if config is not None else WebSocketConfig()).replace(**changes)
+    except TypeError as exc:  # a keyword that is no config field, or a value of no sense
+        raise ConfigError(f"invalid Emitter setting: {exc}") from exc
+    if client is None and built.redis_url is None:
+        raise ConfigError("an Emitter needs the replicas' Redis: redis_url=... or client=...")
+    return built
+
+
+class EmitterBase:
+    """The settings, origin and backend of an emitter (see Emitter)."""
+
+    def __init__(self, redis_url: str | None = None, *, namespace: str | None = None,
+                 client: Any = None, config: WebSocketConfig | None = None,
+                 **settings: object) -> None:
+        self._config = emitter_config(redis_url, namespace, client, config, settings)
+        self._backend: Backend = backend_for(self._config, client)
+        self._origin = emitter_origin()
+        self._tasks = TaskOwner()  # the backend's helper tasks (pipelined script batches)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opening: asyncio.Lock | None = None
+        self._opened = False
+        self._closed = False
+
+    @property
+    def config(self) -> WebSocketConfig:
+        """The settings this emitter shares with the replicas (frozen)."""
+        return self._config
+
+    @property
+    def origin(self) -> str:
+        """The origin its envelopes carry (``emitter:<host>-<pid>-<random>``)."""
+        return self._origin
+
+    @property
+    def history(self) -> bool:
+        """True when messages are sequenced into history streams (history_size > 0)."""
+        return self._config.history_enabled
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop its helper tasks and close the Redis client it made (a client passed in
+        stays open); a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._tasks.stop(_STOP_GRACE)
+        await self._backend.aclose()
+
+    async def _ready(self) -> Backend:
+        """The backend, opened on first use (a failed open is tried again next time).
+
+        Raises:
+            WebSocketStabilizerError: the emitter is closed, or used from another loop.
+            BackendUnavailable: Redis cannot be reached.
+        """
+        if self._closed:
+            raise WebSocketStabilizerError("this Emitter is closed; make a new one")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise WebSocketStabilizerError(
+                "an Emitter serves the event loop it first ran on; make one per loop "
+                "(or use SyncEmitter from blocking code)")
+        if not self._opened:
+            if self._opening is None:
+                self._opening = asyncio.Lock()
+            async with self._opening:
+                if not self._opened:  # PING and SCRIPT LOAD: two round trips
+                    await self._ask(self._backend.open(
+                        self._origin, self._tasks, events=self._config.cluster_events),
+                        round_trips=2)
+                    self._opened = True
+        return self._backend
+
+    async def _ask(self, awaitable: Awaitable[T], *, round_trips: int = 1) -> T:
+        """Await a backend operation of `round_trips` round trips within op_timeout each.
+
+        Raises:
+            BackendUnavailable: the backend failed or did not answer in time.
+        """
+        limit = self._config.op_timeout * round_trips
+        try:
+            async with asyncio.timeout(limit):
+                return await awaitable
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"redis did not answer within {limit:g}s") from exc
+
+    def _client(self, client_id: object) -> str:
+        """Return `client_id` if usable (InvalidClientIdError otherwise)."""
+        return check_client_id(client_id, self._config.max_client_id_length)

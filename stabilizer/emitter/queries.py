@@ -1,0 +1,99 @@
+"""The emitter's questions about the cluster: who is connected, where, in which groups, and
+which users; the same reads a replica's cluster-wide queries make."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from stabilizer.backends.base import Presence
+from stabilizer.emitter.base import EmitterBase, check_user
+from stabilizer.pure.text import check_group
+
+
+class ClusterQueries(EmitterBase):
+    """Cluster-wide queries, answered by Redis."""
+
+    async def get_cluster_connection_count(self) -> int:
+        """Count clients connected to any node.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        backend = await self._ready()
+        return await self._ask(backend.presence.count(),
+                               round_trips=self._config.presence_buckets)
+
+    async def get_cluster_connections(self, batch: int = 500) -> AsyncIterator[Presence]:
+        """Yield the presence of every client on every node, a batch per round trip.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        backend = await self._ready()
+        async for presence in backend.presence.scan(batch):  # each round trip bounded
+            yield presence
+
+    async def locate_client(self, client_id: str) -> str | None:
+        """Return the id of the node holding `client_id`, or None.
+
+        Raises:
+            InvalidClientIdError: the client id is empty, too long or not text.
+            BackendUnavailable: Redis cannot be reached.
+        """
+        client = self._client(client_id)
+        backend = await self._ready()
+        presence = await self._ask(backend.presence.locate(client))
+        return None if presence is None else presence.node_id
+
+    async def get_group_members(self, group: str) -> list[str]:
+        """Return the members of `group` on every node, sorted (a resumable session's
+        client stays a member).
+
+        Raises:
+            ValueError: the group name is not usable.
+            BackendUnavailable: Redis cannot be reached.
+        """
+        name = check_group(group)
+        backend = await self._ready()
+        return await backend.groups.members(name)  # SSCAN batches, each bounded
+
+    async def get_client_groups(self, client_id: str) -> list[str]:
+        """Return the groups `client_id` belongs to, sorted.
+
+        Raises:
+            InvalidClientIdError: the client id is empty, too long or not text.
+            BackendUnavailable: Redis cannot be reached.
+        """
+        client = self._client(client_id)
+        backend = await self._ready()
+        return await backend.groups.of_client(client)  # SSCAN batches, each bounded
+
+    async def get_user_connections(self, user_id: str) -> list[Presence]:
+        """Return every connection of `user_id` (client id, node, since, the user's info),
+        oldest first.
+
+        Raises:
+            ValueError: the user id is not usable.
+            BackendUnavailable: Redis cannot be reached.
+        """
+        user = check_user(user_id)
+        backend = await self._ready()
+        return await self._ask(backend.users.connections(user))
+
+    async def get_cluster_user_count(self) -> int:
+        """Count users with at least one connection on any node.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        backend = await self._ready()
+        return await self._ask(backend.users.count())
+
+    async def get_nodes(self) -> list[str]:
+        """Return the ids of live nodes (an emitter is never one).
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        backend = await self._ready()
+        return await self._ask(backend.liveness.nodes())

@@ -1,0 +1,187 @@
+"""SyncEmitter: the Emitter for blocking code (a Celery task, a Django view, a script).
+
+It runs one Emitter on a private event loop in a daemon thread and waits for each call, so
+both share one implementation. The thread and the Redis connections are made on first use,
+in the process that uses them: a SyncEmitter made at import time in a Celery parent works
+in each forked worker (a child that inherits one already started starts its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+from stabilizer.backends.base import Presence
+from stabilizer.config import CloseCode, WebSocketConfig
+from stabilizer.emitter.base import emitter_config
+from stabilizer.emitter.emitter import Emitter
+from stabilizer.errors import BackendUnavailable, WebSocketStabilizerError
+from stabilizer.pure.text import Message
+from stabilizer.results import BroadcastResult
+
+T = TypeVar("T")
+
+#: Bound on one call beyond the round trips it is allowed (each is bounded inside).
+_SLACK: Final = 2.0
+_ROUND_TRIPS: Final = 4  # the longest operation: open (2) and a two-round-trip sequence
+
+
+class _Runner:
+    """A private event loop in a daemon thread, and the emitter that lives on it."""
+
+    def __init__(self, make: Callable[[], Emitter]) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                       name="stabilizer-sync-emitter")
+        self.thread.start()
+        self.emitter = make()
+
+    def run(self, call: Callable[[Emitter], Awaitable[T]], timeout: float | None) -> T:
+        async def job() -> T:
+            return await call(self.emitter)
+
+        future = asyncio.run_coroutine_threadsafe(job(), self.loop)
+        try:
+            return future.result(timeout)
+        except FutureTimeout as exc:
+            future.cancel()
+            raise BackendUnavailable(f"the emitter did not answer within {timeout:g}s") from exc
+
+    def stop(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.emitter.aclose(), self.loop).result(10.0)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10.0)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+
+class SyncEmitter:
+    """A blocking Emitter: the same operations, arguments, results and exceptions, called
+    from code that is not async. Close it with close() (or ``with``).
+
+    Raises:
+        ConfigError: as Emitter (checked here, before any thread starts).
+    """
+
+    def __init__(self, redis_url: str | None = None, *, namespace: str | None = None,
+                 client: Any = None, config: WebSocketConfig | None = None,
+                 **settings: object) -> None:
+        def make() -> Emitter:
+            return Emitter(redis_url, namespace=namespace, client=client, config=config,
+                           **settings)
+
+        self._make = make
+        self._config = emitter_config(redis_url, namespace, client, config, settings)
+        self._runner: _Runner | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def config(self) -> WebSocketConfig:
+        """The settings this emitter shares with the replicas (frozen)."""
+        return self._config
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the emitter and stop its thread; a second call does nothing."""
+        with self._lock:
+            self._closed = True
+            runner, self._runner = self._runner, None
+        if runner is not None and runner.pid == os.getpid():
+            runner.stop()
+
+    def _run(self, call: Callable[[Emitter], Awaitable[T]], *, bounded: bool = True) -> T:
+        with self._lock:
+            if self._closed:
+                raise WebSocketStabilizerError("this SyncEmitter is closed; make a new one")
+            runner = self._runner
+            if runner is None or runner.pid != os.getpid():  # first use, or a forked child
+                runner = self._runner = _Runner(self._make)
+        if threading.current_thread() is runner.thread:
+            raise WebSocketStabilizerError("a SyncEmitter cannot be called from its own loop")
+        timeout = self._config.op_timeout * _ROUND_TRIPS + _SLACK if bounded else None
+        return runner.run(call, timeout)
+
+    def broadcast(self, message: Message, exclude_client: str | None = None) -> BroadcastResult:
+        """Emitter.broadcast, blocking."""
+        return self._run(lambda e: e.broadcast(message, exclude_client))
+
+    def send_to_group(self, group: str, message: Message,
+                      exclude_client: str | None = None) -> BroadcastResult:
+        """Emitter.send_to_group, blocking."""
+        return self._run(lambda e: e.send_to_group(group, message, exclude_client))
+
+    def send_to_client(self, client_id: str, message: Message) -> bool:
+        """Emitter.send_to_client, blocking."""
+        return self._run(lambda e: e.send_to_client(client_id, message))
+
+    def send_to_user(self, user_id: str, message: Message) -> int:
+        """Emitter.send_to_user, blocking."""
+        return self._run(lambda e: e.send_to_user(user_id, message))
+
+    def disconnect_user(self, user_id: str, *, code: int = CloseCode.NORMAL,
+                        reason: str = "disconnected by the server") -> int:
+        """Emitter.disconnect_user, blocking."""
+        return self._run(lambda e: e.disconnect_user(user_id, code=code, reason=reason))
+
+    def disconnect_client(self, client_id: str, *, code: int = CloseCode.NORMAL,
+                          reason: str = "disconnected by the server") -> bool:
+        """Emitter.disconnect_client, blocking."""
+        return self._run(lambda e: e.disconnect_client(client_id, code=code, reason=reason))
+
+    def join_group(self, client_id: str, group: str) -> None:
+        """Emitter.join_group, blocking."""
+        self._run(lambda e: e.join_group(client_id, group))
+
+    def leave_group(self, client_id: str, group: str) -> None:
+        """Emitter.leave_group, blocking."""
+        self._run(lambda e: e.leave_group(client_id, group))
+
+    def get_cluster_connection_count(self) -> int:
+        """Emitter.get_cluster_connection_count, blocking."""
+        return self._run(lambda e: e.get_cluster_connection_count())
+
+    def get_cluster_connections(self, batch: int = 500) -> list[Presence]:
+        """Every client's presence (Emitter.get_cluster_connections, collected)."""
+        async def collect(emitter: Emitter) -> list[Presence]:
+            return [p async for p in emitter.get_cluster_connections(batch)]
+
+        return self._run(collect, bounded=False)  # any number of batches, each bounded
+
+    def locate_client(self, client_id: str) -> str | None:
+        """Emitter.locate_client, blocking."""
+        return self._run(lambda e: e.locate_client(client_id))
+
+    def get_group_members(self, group: str) -> list[str]:
+        """Emitter.get_group_members, blocking."""
+        return self._run(lambda e: e.get_group_members(group), bounded=False)
+
+    def get_client_groups(self, client_id: str) -> list[str]:
+        """Emitter.get_client_groups, blocking."""
+        return self._run(lambda e: e.get_client_groups(client_id), bounded=False)
+
+    def get_user_connections(self, user_id: str) -> list[Presence]:
+        """Emitter.get_user_connections, blocking."""
+        return self._run(lambda e: e.get_user_connections(user_id))
+
+    def get_cluster_user_count(self) -> int:
+        """Emitter.get_cluster_user_count, blocking."""
+        return self._run(lambda e: e.get_cluster_user_count())
+
+    def get_nodes(self) -> list[str]:
+        """Emitter.get_nodes, blocking."""
+        return self._run(lambda e: e.get_nodes())

@@ -1,0 +1,67 @@
+"""The emitter's pure parts and its checks that run before any Redis is asked: its origin,
+the CLIENT_CLOSE envelope, settings and argument validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from stabilizer import ConfigError, Emitter, InvalidClientIdError, SyncEmitter, WebSocketConfig
+from stabilizer.emitter.base import emitter_origin
+from stabilizer.pure.wire import Envelope, Kind, close_body, close_of, decode, encode
+from tests.support.redis_server import free_port
+
+NOWHERE = f"redis://127.0.0.1:{free_port()}"  # nothing listens: any Redis call would fail
+
+
+def test_an_emitters_origin_can_never_be_a_node_id() -> None:
+    origin = emitter_origin()
+    assert origin.startswith("emitter:")
+    assert origin != emitter_origin()
+    with pytest.raises(ConfigError, match="node_id"):
+        WebSocketConfig(node_id=origin)
+
+
+def test_a_client_close_envelope_round_trips() -> None:
+    envelope = Envelope(Kind.CLIENT_CLOSE, "emitter:h-1-abc", "bob/phone",
+                        close_body(4403, "banned ✋"))
+    decoded = decode(encode(envelope))
+    assert decoded == envelope
+    assert isinstance(decoded.payload, str)
+    assert close_of(decoded.payload) == (4403, "banned ✋")
+    assert decoded.destination is None  # not a message: the listener hands it to closing
+
+
+def test_settings_are_checked_when_the_emitter_is_made() -> None:
+    with pytest.raises(ConfigError, match="redis_url"):
+        Emitter()
+    with pytest.raises(ConfigError, match="redis_url"):
+        SyncEmitter(namespace="chat")
+    with pytest.raises(ConfigError, match="setting"):
+        Emitter(NOWHERE, history=True)
+    with pytest.raises(ConfigError, match="history_size"):
+        Emitter(NOWHERE, history_size=-1)
+    with pytest.raises(ConfigError, match="redis_url"):
+        Emitter("http://example.com")
+    emitter = Emitter(NOWHERE, namespace="chat", history_size=5, presence_buckets=4)
+    assert (emitter.config.namespace, emitter.history, emitter.config.presence_buckets) == (
+        "chat", True, 4)
+    base = WebSocketConfig(redis_url=NOWHERE, namespace="app", history_size=9)
+    assert Emitter(config=base, namespace="other").config.namespace == "other"
+    assert Emitter(config=base).config.history_size == 9
+
+
+async def test_bad_arguments_are_refused_before_redis_is_asked() -> None:
+    emitter = Emitter(NOWHERE, op_timeout=0.2)
+    with pytest.raises(InvalidClientIdError):
+        await emitter.send_to_client("", "x")
+    with pytest.raises(InvalidClientIdError, match="limit is 8"):
+        await Emitter(NOWHERE, max_client_id_length=8).send_to_client("x" * 9, "x")
+    with pytest.raises(ValueError, match="group"):
+        await emitter.send_to_group("", "x")
+    with pytest.raises(ValueError, match="user id"):
+        await emitter.send_to_user("", "x")
+    with pytest.raises(ValueError, match="close code"):
+        await emitter.disconnect_client("bob", code=1006)
+    with pytest.raises(TypeError, match="message"):
+        await emitter.broadcast(3.5)  # type: ignore[arg-type]
+    await emitter.aclose()

@@ -302,19 +302,27 @@ class NodeRegistry(Protocol):
         reaped clients end after `session_ttl` unless they come back."""
         ...
 
-    async def resync(self, local: Sequence[Presence], *,
-                     claims: Collection[str] = ()) -> list[str]:
+    async def resync(self, local: Sequence[Presence], *, claims: Collection[str] = (),
+                     session_ttl: float = 0.0, listed_at: float | None = None) -> list[str]:
         """Re-register this node's clients after the store came back (or was wiped) and
         forget entries this node no longer holds.
 
         A client that another node holds keeps its entry there, unless it is in `claims`
         (its local connection was admitted while the store was unreachable, so it never
         overwrote anything) and its local connection is the newer one: then it is taken
-        over and the other node gets a KICK for its older socket.
+        over and the other node gets a KICK for its older socket. Entries of this node's
+        connections made at or after `listed_at` (admitted meanwhile) stay; forgotten ones
+        end as reaped ones do (see forget_predecessor).
 
         Returns the client ids another node keeps: their local sockets are stale and the
         caller closes them as replaced.
         """
+        ...
+
+    async def forget_predecessor(self, session_ttl: float = 0.0) -> int:
+        """Before admitting anything, end what an earlier process under this node id left
+        (no survivor reaps a node alive again), as reaping does: presence and seats now,
+        sessions and groups after `session_ttl` unless the client returns; return a count."""
         ...
 
     async def unregister_node(self) -> None:

@@ -105,6 +105,8 @@ class Lifecycle:
             ctx.want_resync()
             self._backend_log.warning("backend %s unreachable at start; node runs locally and "
                                       "retries", ctx.backend.name, exc=exc)
+        else:
+            await self._forget_predecessor()
         if not self._tokens.has_key:
             await self._tokens.fetch_shared_key()
         if not ctx.config.token_keys and not ctx.backend.is_shared:
@@ -116,6 +118,20 @@ class Lifecycle:
                 "workers: each worker has its own clients, broadcasts reach only its own and "
                 "send_to_client misses the others'. Set redis_url (STABILIZER_REDIS_URL) to "
                 "share them, or run one worker", workers)
+
+    async def _forget_predecessor(self) -> None:
+        """End what an earlier process under this node id left (a crash, then a restart
+        before its liveness entry expired: no other node reaps it), before admitting."""
+        ctx = self._ctx
+        config = ctx.config
+        session_ttl = config.session_ttl if config.history_enabled else 0.0
+        try:
+            await ctx.ask(ctx.backend.liveness.forget_predecessor(session_ttl), round_trips=4)
+        except BackendUnavailable as exc:  # the resync's prune forgets them instead
+            ctx.want_resync()
+            self._backend_log.warning("what an earlier process of node %s left was not "
+                                      "forgotten (backend unavailable); will retry",
+                                      ctx.node_id, exc=exc)
 
     async def shutdown(self, timeout: float, restart: bool | None) -> ShutdownReport:
         """Drain and close every socket, stop everything; idempotent (a second call returns

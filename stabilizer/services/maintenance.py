@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from stabilizer.backends.base import Presence
@@ -94,6 +95,7 @@ class Maintenance:
 
     async def _resync(self) -> None:
         ctx = self._ctx
+        listed_at = time.time()  # connections created from now on are not in the list
         conns = self._connections()
         local = [Presence(c.client_id, ctx.node_id, c.conn_id, c.created_at, c.user_id,
                           parse_info(c.info)) for c in conns]
@@ -101,8 +103,9 @@ class Maintenance:
         # its client back from an older connection elsewhere; a recorded one was overwritten
         claims = {c.client_id for c in conns if not c.registered}
         try:
-            lost = await ctx.ask(ctx.backend.liveness.resync(local, claims=claims),
-                                 round_trips=4 + len(local) // 200)
+            lost = await ctx.ask(ctx.backend.liveness.resync(
+                local, claims=claims, session_ttl=self._session_ttl(), listed_at=listed_at),
+                round_trips=4 + len(local) // 200)
         except BaseException:
             ctx.want_resync()
             raise
@@ -113,3 +116,30 @@ class Maintenance:
                 self._kick(conn.client_id, conn.conn_id)
             else:
                 conn.mark_registered()
+        await self._forget_departed(conns)
+
+    async def _forget_departed(self, listed: list[Connection]) -> None:
+        """Undo the resync for connections that left while it ran: their unregister may
+        have come first, and the resync wrote them back. Each removal names the conn id,
+        so a newer connection of the same client is never removed."""
+        ctx = self._ctx
+        here = {conn.conn_id for conn in self._connections()}
+        departed = [conn for conn in listed if conn.conn_id not in here]
+        if not departed:
+            return
+        presence = ctx.backend.presence
+        outcomes = await asyncio.gather(  # one pipeline: calls made in one loop turn share it
+            *(ctx.ask(presence.unregister(conn.client_id, conn.conn_id)) for conn in departed),
+            return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BackendUnavailable):
+                ctx.want_resync()  # the next resync forgets what is left
+                self._backend_log.warning("presence of a client that left during a resync "
+                                          "not removed (backend unavailable)", exc=outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+
+    def _session_ttl(self) -> float:
+        """How long a reaped or forgotten client's session stays resumable."""
+        config = self._ctx.config
+        return config.session_ttl if config.history_enabled else 0.0

@@ -124,7 +124,6 @@ async def _subscribed(url: str, channel: str) -> bool:
     return await subscribers(url, channel) == 1
 
 
-@defect("a resync that overlaps a disconnect re-registers the departed client for good")
 async def test_a_client_that_leaves_during_a_resync_leaves_no_presence_behind(
     node: Node, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -170,8 +169,6 @@ async def test_a_client_that_leaves_during_a_resync_leaves_no_presence_behind(
                                "alice, who left")
 
 
-@defect("a replica restarted under its node id keeps its predecessor's clients: their "
-        "presence until a backend failure makes it resync, their groups for good")
 async def test_a_replica_restarted_with_its_node_id_ends_its_predecessors_groups(
     node: Node, proxy: FaultProxy,
 ) -> None:

@@ -202,34 +202,57 @@ class MemoryLiveness:
         for node in reaped:
             del hub.node_deadlines[node]
             for client_id in list(hub.node_clients.pop(node, ())):
-                current = hub.presence.get(client_id)
-                if current is not None and current.node_id == node:
-                    hub.drop_presence(client_id)
-                    until = time.time() + session_ttl
-                    hub.away[client_id] = until
-                    record = hub.sessions.get(client_id)
-                    if record is not None:
-                        record.until = until
+                self._forget(client_id, node, session_ttl)
         return Liveness(tuple(reaped), rejoined)
 
-    async def resync(self, local: Sequence[Presence], *,
-                     claims: Collection[str] = ()) -> list[str]:
+    def _forget(self, client_id: str, node: str, session_ttl: float) -> bool:
+        """Drop the client's presence if it names `node`; its session (and groups) then
+        end after `session_ttl` unless it comes back."""
+        hub = self._node.hub
+        current = hub.presence.get(client_id)
+        if current is None or current.node_id != node:
+            return False
+        hub.drop_presence(client_id)
+        until = time.time() + session_ttl
+        hub.away[client_id] = until
+        record = hub.sessions.get(client_id)
+        if record is not None:
+            record.until = until
+        return True
+
+    async def forget_predecessor(self, session_ttl: float = 0.0) -> int:
+        """End what an earlier node under this node id left, as reaping does; return how
+        many presence entries it removed."""
+        self._node.check()
+        me = self._node.node_id
+        clients = self._node.hub.node_clients.get(me, set())
+        removed = sum(1 for client_id in list(clients) if self._forget(client_id, me, session_ttl))
+        clients.clear()
+        return removed
+
+    async def resync(self, local: Sequence[Presence], *, claims: Collection[str] = (),
+                     session_ttl: float = 0.0, listed_at: float | None = None) -> list[str]:
         """Re-register local presence (a claiming connection that is newer takes its client
         over; the other node's older socket is kicked), forget what this node no longer
-        holds; return ids another node keeps."""
+        holds (but connections made at or after `listed_at`); return ids another node
+        keeps."""
         self._node.check()
         hub = self._node.hub
         me = self._node.node_id
         mine = {presence.client_id for presence in local}
         for client_id in list(hub.node_clients.get(me, ())):
-            if client_id not in mine:  # an unregister that failed: forget it now
-                current = hub.presence.get(client_id)
-                if current is not None and current.node_id == me:
-                    hub.drop_presence(client_id)
-                hub.node_clients[me].discard(client_id)
+            current = hub.presence.get(client_id)
+            if client_id in mine or (current is not None and current.node_id == me and
+                                     listed_at is not None and current.since >= listed_at):
+                continue  # listed, or admitted while the caller listed its connections
+            self._forget(client_id, me, session_ttl)  # an unregister that failed, or older
+            hub.node_clients[me].discard(client_id)
         lost: list[str] = []
         for presence in local:
             current = hub.presence.get(presence.client_id)
+            if current is not None and current.node_id == me and (
+                    current.conn_id != presence.conn_id and current.since > presence.since):
+                continue  # a newer connection of this node holds it now
             if current is not None and current.node_id != me:
                 newer = presence.since > current.since
                 if presence.client_id not in claims or not newer:

@@ -9,7 +9,7 @@ from typing import Final
 
 from stabilizer.backends.base import Liveness, Presence
 from stabilizer.backends.redis.core import RedisCore, text
-from stabilizer.backends.redis.keys import entry_of, seat_of
+from stabilizer.backends.redis.keys import entry_of, seat_of, since_us
 from stabilizer.pure.users import info_json
 from stabilizer.pure.wire import kick_prefix
 
@@ -45,6 +45,14 @@ class RedisLiveness:
 
     async def _reap_node(self, node: str, session_ttl: float) -> None:
         core = self._core
+        removed = await self._reap_clients(node, session_ttl)
+        await core.call(core.scripts.forget_node(keys=[core.keys.nodes], args=[node]), "reap")
+        logger.warning("reaped node %s: %d stale presence entries removed", node, removed)
+
+    async def _reap_clients(self, node: str, session_ttl: float) -> int:
+        """Remove the presence entries (and seats) that still name `node`; their clients'
+        sessions and group memberships end after `session_ttl` unless they come back."""
+        core = self._core
         keys = core.keys
         removed = 0
         for bucket in range(keys.buckets):
@@ -54,25 +62,45 @@ class RedisLiveness:
                     keys=[keys.presence(bucket), keys.node_set(bucket, node)],
                     args=[node, _REAP_BATCH, *core.seat_args()],
                 ), "reap")
-                remaining, clients = int(reply[0]), list(reply[1])
+                remaining, clients = int(reply[0]), [text(cid) for cid in reply[1]]
                 await core.follow_seats(_drops(reply[2]), "reap")
                 removed += len(clients)
-                if clients:  # their sessions (and group memberships) end after session_ttl
-                    await core.call(core.scripts.suspend(
-                        keys=[keys.away],
-                        args=[int(session_ttl * 1000), keys.session_prefix, *clients],
-                    ), "suspend")
-        await core.call(core.scripts.forget_node(keys=[keys.nodes], args=[node]), "reap")
-        logger.warning("reaped node %s: %d stale presence entries removed", node, removed)
+                await self._suspend(clients, session_ttl)
+        return removed
 
-    async def resync(self, local: Sequence[Presence], *,
-                     claims: Collection[str] = ()) -> list[str]:
-        """Re-register local presence (a claiming connection that is newer takes its client
-        over, the other node's older socket is kicked) and forget entries this node no
-        longer holds; return client ids another node keeps."""
+    async def _suspend(self, clients: Sequence[str], session_ttl: float) -> None:
+        """Put clients whose presence was removed on the away list: their sessions (and
+        group memberships) end after `session_ttl` unless they come back."""
+        if not clients:
+            return
         core = self._core
         keys = core.keys
-        await self._prune_stale({presence.client_id for presence in local})
+        await core.call(core.scripts.suspend(
+            keys=[keys.away], args=[int(session_ttl * 1000), keys.session_prefix, *clients],
+        ), "suspend")
+
+    async def forget_predecessor(self, session_ttl: float = 0.0) -> int:
+        """End what an earlier process under this node id left (it crashed, and this one
+        started before its liveness entry expired, so no survivor reaps it): its presence
+        and seats now, its clients' sessions and group memberships after `session_ttl`
+        unless they come back. Return how many entries it removed. Call it before this
+        process admits a connection."""
+        removed = await self._reap_clients(self._core.node_id, session_ttl)
+        if removed:
+            logger.warning("node %s: forgot %d presence entries an earlier process left",
+                           self._core.node_id, removed)
+        return removed
+
+    async def resync(self, local: Sequence[Presence], *, claims: Collection[str] = (),
+                     session_ttl: float = 0.0, listed_at: float | None = None) -> list[str]:
+        """Re-register local presence (a claiming connection that is newer takes its client
+        over, the other node's older socket is kicked) and forget entries this node no
+        longer holds, except those made at or after `listed_at`; return client ids another
+        node keeps."""
+        core = self._core
+        keys = core.keys
+        await self._prune_stale({presence.client_id for presence in local}, session_ttl,
+                                listed_at)
         lost: list[str] = []
         by_bucket: dict[int, list[Presence]] = {}
         for presence in local:
@@ -97,21 +125,25 @@ class RedisLiveness:
                     await core.follow_seats(_seat_sets(batch, kept), "resync")
         return lost
 
-    async def _prune_stale(self, local: set[str]) -> None:
+    async def _prune_stale(self, local: set[str], session_ttl: float,
+                           listed_at: float | None) -> None:
         core = self._core
         keys = core.keys
+        cutoff = "" if listed_at is None else str(since_us(listed_at))
         for bucket in range(keys.buckets):
             key = keys.node_set(bucket, core.node_id)
             stale = [cid for cid in await core.scan_set(key, "resync") if cid not in local]
             for start in range(0, len(stale), _RESYNC_BATCH):
                 reply = await core.call(core.scripts.prune(
                     keys=[keys.presence(bucket), key],
-                    args=[core.node_id, *core.seat_args(), *stale[start:start + _RESYNC_BATCH]],
+                    args=[core.node_id, cutoff, *core.seat_args(),
+                          *stale[start:start + _RESYNC_BATCH]],
                 ), "resync")
-                removed = int(reply[0])
+                removed = [text(cid) for cid in reply[0]]
                 await core.follow_seats(_drops(reply[1]), "resync")
+                await self._suspend(removed, session_ttl)
                 if removed:
-                    logger.info("forgot %d stale presence entries of node %s", removed,
+                    logger.info("forgot %d stale presence entries of node %s", len(removed),
                                 core.node_id)
 
     async def unregister_node(self) -> None:

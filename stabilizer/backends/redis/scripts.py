@@ -81,8 +81,10 @@ return {0, false}
 # Re-registers entries that are absent or still ours (and their users' seats). Where
 # another node holds a client, that entry stays, unless ours may claim (it was admitted
 # while this node was cut off, so it never overwrote anything) and connected later: then
-# it takes the client over and the other node gets a KICK for its older socket. Returns
-# the client ids another node keeps (our local sockets of them are stale and must close).
+# it takes the client over and the other node gets a KICK for its older socket. An entry
+# of this node naming a newer connection (admitted while the caller listed its connections)
+# stays as it is. Returns the client ids another node keeps (our local sockets of them are
+# stale and must close).
 RESYNC: Final = SEATS_LIB + """
 local lost = {}
 local seats = ARGV[7] == '1'
@@ -91,8 +93,11 @@ for i = 8, #ARGV, 5 do
   local cur = redis.call('HGET', KEYS[1], cid)
   local node, conn, since
   if cur then node, conn, since = string.match(cur, '^([^|]*)|([^|]*)|(%d+)') end
-  local mine = tonumber(string.match(entry, '^[^|]*|[^|]*|(%d+)'))
-  local take = (not cur) or node == ARGV[1]
+  local mconn, mine = string.match(entry, '^[^|]*|([^|]*)|(%d+)')
+  mine = tonumber(mine)
+  local newer_here = node == ARGV[1] and conn ~= mconn and since and mine
+    and tonumber(since) > mine
+  local take = (not cur) or (node == ARGV[1] and not newer_here)
   if not take and ARGV[i + 3] == '1' and node and since and mine
       and mine > tonumber(since) then
     take = true
@@ -107,7 +112,7 @@ for i = 8, #ARGV, 5 do
       if old and old ~= user then seat_drop(ARGV[5], ARGV[6], old, cid, conn or '') end
       if user then seat_set(ARGV[5], ARGV[6], user, cid, ARGV[i + 4]) end
     end
-  else
+  elseif not newer_here then
     table.insert(lost, cid)
   end
 end
@@ -221,20 +226,29 @@ return {redis.call('SCARD', KEYS[2]), removed, later}
 """
 
 
-# KEYS: presence hash, own node set. ARGV: node id, user-hash prefix, users set, '1' when
-# the user hashes share this slot, client ids...
-# Forgets clients this node no longer holds (an unregister that failed during an outage).
-# Returns {removed, {seats left to drop}}.
+# KEYS: presence hash, own node set. ARGV: node id, listed-at cutoff (since_us; '' = none),
+# user-hash prefix, users set, '1' when the user hashes share this slot, client ids...
+# Forgets clients this node no longer holds (an unregister that failed during an outage, or
+# what an earlier process under this node id left), except entries of connections made at
+# or after the cutoff (admitted while the caller listed its connections).
+# Returns {{removed client ids}, {seats left to drop}}: their sessions end after a while.
 PRUNE: Final = _DROP_SEAT + """
-local removed, later = 0, {}
-for i = 5, #ARGV do
-  local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if cur and string.match(cur, '^([^|]*)|') == ARGV[1] then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-    drop_seat(cur, ARGV[i], ARGV[2], ARGV[3], ARGV[4] == '1', later)
-    removed = removed + 1
+local removed, later = {}, {}
+local cutoff = tonumber(ARGV[2])
+for i = 6, #ARGV do
+  local cid = ARGV[i]
+  local cur = redis.call('HGET', KEYS[1], cid)
+  local node, since
+  if cur then node, since = string.match(cur, '^([^|]*)|[^|]*|(%d+)') end
+  local mine = cur and node == ARGV[1]
+  if not (mine and cutoff and since and tonumber(since) >= cutoff) then
+    if mine then
+      redis.call('HDEL', KEYS[1], cid)
+      drop_seat(cur, cid, ARGV[3], ARGV[4], ARGV[5] == '1', later)
+      table.insert(removed, cid)
+    end
+    redis.call('SREM', KEYS[2], cid)
   end
-  redis.call('SREM', KEYS[2], ARGV[i])
 end
 return {removed, later}
 """

@@ -273,8 +273,6 @@ async def _unsubscribed(url: str, channel: str) -> bool:
     return await subscribers(url, channel) == 0
 
 
-@defect("a client that resumes on a node whose listener lags behind its position gets "
-        "messages it already had")
 async def test_a_resumed_client_gets_nothing_at_or_before_its_position(
     node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
 ) -> None:

@@ -182,6 +182,11 @@ class SequencedRouter:
             for stream in self.order.streams():
                 await self._fill(stream)
 
+    def follow(self, stream: str, offset: int, epoch: str) -> None:
+        """A resumed client holds (offset, epoch) on `stream`: follow it from there if this
+        node does not yet, so that a catch-up covers what is lost after it."""
+        self.order.start(stream, offset, epoch)
+
     def unfollow(self, stream: str) -> None:
         """Forget the order of a stream no local connection receives."""
         self.order.forget(stream)

@@ -352,8 +352,6 @@ async def test_a_join_that_lands_on_a_replaced_socket_reaches_the_live_one(
         "receive the room")
 
 
-@defect("a sequenced send that times out is delivered locally without a position, and "
-        "again when the late script lands: local clients get it twice")
 async def test_a_broadcast_that_times_out_reaches_a_local_client_once(
     node: Node, proxy: FaultProxy,
 ) -> None:

@@ -75,6 +75,11 @@ class BackendUnavailable(WebSocketStabilizerError):
     """The shared backend (Redis) cannot be reached right now; loops retry, callers may too."""
 
 
+class BackendNotReached(BackendUnavailable):
+    """The backend was certainly not reached (no connection could be had): the operation
+    did not take effect. A plain BackendUnavailable from a write may mean that it did."""
+
+
 class AuthenticationError(WebSocketStabilizerError):
     """A client's credentials do not prove an identity (missing, malformed, forged, for
     another audience or issuer, or signed with an unknown key); it is closed with

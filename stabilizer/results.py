@@ -17,7 +17,11 @@ class BroadcastResult:
     - ``errors``: one ``(client_id, reason)`` per failure.
     - ``remote_nodes``: other nodes the message was handed to (0 on the embedded backend).
     - ``remote_error``: ``None``, or why the message could not be handed to other nodes (for
-      example Redis being down); local clients got it anyway.
+      example Redis being down); local clients got it anyway. With history, only when Redis
+      certainly was not reached (``"not sequenced, delivered locally only: ..."``); when it
+      took the message but did not answer in time (``"outcome unknown, ..."``) nothing was
+      delivered locally: if it was sequenced, every node delivers it from its stream, this
+      one included, and otherwise it is lost.
     - ``offset`` / ``epoch``: with history enabled, the message's position in its stream.
       Delivery then goes through every node's ordered listener, this one included, so the
       local counts are 0 and ``remote_nodes`` counts the other nodes that received it.

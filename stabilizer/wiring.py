@@ -63,8 +63,8 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     membership = Membership(ctx, events,
                             on_unfollow=lambda stream: router_ref[0].unfollow(stream))
     fanout = FanOut(ctx, membership)
-    router: Router = (SequencedRouter(ctx, fanout, membership) if config.history_enabled
-                      else LiveRouter(ctx, fanout))
+    sequenced = SequencedRouter(ctx, fanout, membership) if config.history_enabled else None
+    router: Router = sequenced or LiveRouter(ctx, fanout)
     router_ref.append(router)
     closing = Closing(ctx, liveness, membership, events)
     closing_ref.append(closing)
@@ -83,7 +83,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     lifecycle = Lifecycle(ctx, closing, tokens, loops)
     sessions = SessionServices(
         ctx, admission, closing, liveness, tokens,
-        Resume(ctx, membership) if config.history_enabled else None,
+        Resume(ctx, membership, sequenced) if sequenced is not None else None,
         Auth(ctx, authenticator, closing))
     return Node(ctx, events, liveness, membership, router, closing, memory, tokens,
                 admission, users, lifecycle, sessions)

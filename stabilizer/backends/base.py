@@ -234,6 +234,10 @@ class HistoryStore(Protocol):
         if the client is connected or its session is resumable (offset 0 otherwise). For a
         user target it reaches the nodes holding the user's connections, and ``receivers``
         counts those connections.
+
+        Raises:
+            BackendNotReached: the backend was not reached: nothing was sequenced.
+            BackendUnavailable: no answer in time: it may have been sequenced (and published).
         """
         ...
 

@@ -36,6 +36,7 @@ from stabilizer.connection.sockets import (
 )
 from stabilizer.connection.stepping import Suspended, finish_send, start_send
 from stabilizer.pure.sizes import estimate_size
+from stabilizer.pure.streams import ClientPositions
 
 _CONN_SEQ = itertools.count(1)
 _CONN_PREFIX: Final = os.urandom(4).hex()
@@ -88,9 +89,9 @@ class Connection:
         "_on_fail",
         "_outbox",
         "_pong_waiters",
+        "_positions",
         "_queued_bytes",
         "_registered",
-        "_replayed",
         "_send",
         "_socket_closed",
         "_state",
@@ -155,10 +156,9 @@ class Connection:
         # While a resuming client is replayed its history, live frames wait here so that
         # none is delivered twice or out of order.
         self._held: list[Held] | None = [] if hold else None
-        # After a replay: the (epoch, last offset) replayed per stream, so that a live copy
-        # of a replayed message that the node delivers late is not sent twice. A stream's
-        # entry goes once a later message (or another epoch) of it is delivered.
-        self._replayed: dict[str, tuple[str, int]] | None = None
+        # The position the client holds per stream (from its first sequenced frame, or its
+        # resume): nothing at or before it is sent again, however late the node delivers it.
+        self._positions: ClientPositions | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id!r} {self.conn_id} {self._state.name}>"
@@ -227,18 +227,20 @@ class Connection:
     def deliver(self, frame: Frame, now: float, stream: str | None = None,
                 offset: int | None = None, epoch: str | None = None) -> bool:
         """Like offer(), but a frame arriving during a resume replay waits its turn, and a
-        frame already replayed (same stream, epoch and an offset not after the replay's) is
-        not sent again."""
+        sequenced frame at or before the position the client holds on its stream (same
+        epoch) is not sent: the client has it (True is returned, as for a frame sent)."""
         if self._held is not None and self._state is State.OPEN:
             self._held.append((stream, offset, epoch, frame))
             return True
-        if self._replayed is not None and stream is not None and offset is not None:
-            last = self._replayed.get(stream)
-            if last is not None:
-                if last[0] == epoch and offset <= last[1]:
-                    return True
-                del self._replayed[stream]  # past the replay: in order from here on
+        if (stream is not None and offset is not None and epoch is not None
+                and not self._held_positions().admit(stream, offset, epoch)):
+            return True
         return self.offer(frame, now)
+
+    def _held_positions(self) -> ClientPositions:
+        if self._positions is None:
+            self._positions = ClientPositions()
+        return self._positions
 
     def offer(self, frame: Frame, now: float) -> bool:
         """Hand a frame to the socket without waiting; False if the connection cannot take it.
@@ -391,11 +393,13 @@ class Connection:
         self._state = State.CLOSED
         self.socket_done()
 
-    def release_held(self, replayed: Mapping[str, tuple[str, int]], now: float) -> None:
-        """End a replay: remember what it sent per stream, as (epoch, last offset), then
-        deliver the live frames held meanwhile, in order, skipping those already sent."""
+    def release_held(self, positions: Mapping[str, tuple[int, str]], now: float) -> None:
+        """End a replay: the client now holds `positions`, (offset, epoch) per stream (its
+        own, advanced by the replay); deliver the live frames held meanwhile, in order,
+        skipping those at or before them."""
         held, self._held = self._held or [], None
-        self._replayed = dict(replayed) or None
+        for name, (last, since) in positions.items():
+            self._held_positions().admit(name, last, since)
         for stream, offset, epoch, frame in held:
             self.deliver(frame, now, stream, offset, epoch)
 

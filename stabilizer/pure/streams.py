@@ -114,6 +114,11 @@ class StreamOrder:
         if last is None or last.epoch != epoch or offset > last.offset:
             self._last[stream] = _Last(epoch, offset)
 
+    def start(self, stream: str, offset: int, epoch: str) -> None:
+        """Follow `stream` from (offset, epoch) unless it is followed already."""
+        if stream not in self._last:
+            self._last[stream] = _Last(epoch, offset)
+
     def streams(self) -> list[str]:
         """The streams followed, in no particular order."""
         return list(self._last)
@@ -121,3 +126,38 @@ class StreamOrder:
     def forget(self, stream: str) -> None:
         """Stop following `stream` (no local subscriber left)."""
         self._last.pop(stream, None)
+
+
+class ClientPositions:
+    """The position one connection holds on each stream it receives: where its client said
+    it stood when it resumed, then the last message it was sent.
+
+    The node's stream order is not enough: a client may resume on a node whose listener
+    lags behind the client (it lost its subscription), and when that node catches up it
+    delivers what the client already has. A message at or before the held position, in the
+    same epoch, is one of those; a new epoch starts the stream again.
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: dict[str, _Last] = {}
+
+    def admit(self, stream: str, offset: int, epoch: str) -> bool:
+        """True, and the position moves to (offset, epoch), when the message is past the
+        position held on `stream`; False for one the client already has."""
+        last = self._held.get(stream)
+        if last is None:
+            self._held[stream] = _Last(epoch, offset)
+        elif last.epoch != epoch:
+            last.epoch, last.offset = epoch, offset
+        elif offset > last.offset:
+            last.offset = offset
+        else:
+            return False
+        return True
+
+    def held(self, stream: str) -> tuple[int, str] | None:
+        """(offset, epoch) held on `stream`, if any."""
+        last = self._held.get(stream)
+        return None if last is None else (last.offset, last.epoch)

@@ -18,7 +18,11 @@ from stabilizer.pure.frames import resume_frame
 from stabilizer.pure.positions import Positions
 from stabilizer.pure.streams import ALL, client_stream, group_stream, user_stream
 from stabilizer.services.delivery.groups import Membership
-from stabilizer.services.delivery.sequenced import history_frame, stored_envelope
+from stabilizer.services.delivery.sequenced import (
+    SequencedRouter,
+    history_frame,
+    stored_envelope,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +30,11 @@ logger = logging.getLogger(__name__)
 class Resume:
     """Brings a resumed connection up to date; its live frames are held meanwhile."""
 
-    def __init__(self, ctx: NodeContext, membership: Membership) -> None:
+    def __init__(self, ctx: NodeContext, membership: Membership,
+                 router: SequencedRouter) -> None:
         self._ctx = ctx
         self._membership = membership
+        self._router = router
         self._backend_log = RateLimitedLog(logger)
 
     async def resume(self, conn: Connection,
@@ -47,18 +53,20 @@ class Resume:
             state = await ctx.ask(ctx.backend.sessions.load(conn.client_id))
         except BackendUnavailable:
             state = None
+        streams = {ALL, client_stream(conn.client_id)}
+        if conn.user_id is not None:
+            streams.add(user_stream(conn.user_id))
         if state is None:  # session expired or lost: nothing can be vouched for
             await self._activate(conn, fresh=True)
             failed = sorted(positions) or ["*"]
             now = time.monotonic()
             conn.offer(Frame.text(resume_frame(0, failed)), now)
-            conn.release_held({}, now)  # live frames since admission, in order
+            self._release(conn, {stream: positions[stream] for stream in streams
+                                 if stream in positions}, now)
             return False, 0, failed
         await self._activate(conn, fresh=False)
         await self._restore(conn, state)
-        streams = {ALL, client_stream(conn.client_id), *map(group_stream, state.groups)}
-        if conn.user_id is not None:
-            streams.add(user_stream(conn.user_id))
+        streams.update(map(group_stream, state.groups))
         starts = {stream: start for stream in streams
                   if (start := positions.get(stream) or state.baselines.get(stream))}
         replayed, failed = await self._replay(conn, starts)
@@ -88,11 +96,11 @@ class Resume:
     async def _replay(self, conn: Connection,
                       starts: dict[str, tuple[int, str]]) -> tuple[int, list[str]]:
         """Send what `conn` missed on each stream after its start, then the resume frame,
-        then the live frames held meanwhile (without those the replay already sent)."""
+        then the live frames held meanwhile (none at or before the start or the replay)."""
         ctx = self._ctx
         replayed = 0
         failed: list[str] = []
-        delivered: dict[str, tuple[str, int]] = {}
+        held = dict(starts)  # what the client holds: its start, then what it is replayed
         now = time.monotonic()
         for stream in sorted(starts):
             after, epoch = starts[stream]
@@ -110,10 +118,19 @@ class Resume:
                     continue
                 assert missed.offset is not None
                 assert missed.epoch is not None
-                delivered[stream] = (missed.epoch, missed.offset)
+                held[stream] = (missed.offset, missed.epoch)
                 if missed.exclude != conn.client_id and conn.offer(
                         history_frame(stream, missed), now):
                     replayed += 1
         conn.offer(Frame.text(resume_frame(replayed, failed)), now)
-        conn.release_held(delivered, now)  # live frames held meanwhile, none twice
+        self._release(conn, held, now)
         return replayed, failed
+
+    def _release(self, conn: Connection, held: dict[str, tuple[int, str]], now: float) -> None:
+        """Let live frames through, in order, none at or before what the client holds; the
+        node follows the client's streams from there if it did not (its listener may lag:
+        a catch-up then covers what the subscription loses after the client's position)."""
+        conn.release_held(held, now)
+        if conn.is_open:  # (a closed one's streams are unfollowed already)
+            for stream, (offset, epoch) in held.items():
+                self._router.follow(stream, offset, epoch)

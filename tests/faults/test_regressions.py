@@ -270,8 +270,6 @@ async def _unsubscribed(url: str, channel: str) -> bool:
     return await subscribers(url, channel) == 0
 
 
-@defect("a client that resumes on a node whose listener lags behind its position gets "
-        "messages it already had")
 async def test_a_resumed_client_gets_nothing_at_or_before_its_position(
     node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
 ) -> None:
@@ -351,8 +349,6 @@ async def test_a_join_that_lands_on_a_replaced_socket_reaches_the_live_one(
         "receive the room")
 
 
-@defect("a sequenced send that times out is delivered locally without a position, and "
-        "again when the late script lands: local clients get it twice")
 async def test_a_broadcast_that_times_out_reaches_a_local_client_once(
     node: Node, proxy: FaultProxy,
 ) -> None:

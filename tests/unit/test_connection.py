@@ -579,11 +579,35 @@ async def test_a_new_epoch_after_a_replay_is_delivered() -> None:
     stream expired and started again) are new messages, not duplicates."""
     sock = FakeSocket()
     conn = Connection("alice", sock, OutboxLimits(16, None, BOUND), Failures(), hold=True)
-    conn.release_held({"c:alice": ("epoch-a", 5)}, 0.0)
+    conn.release_held({"c:alice": (5, "epoch-a")}, 0.0)
     assert conn.deliver(Frame.text("old copy"), 0.0, "c:alice", 5, "epoch-a")
     for offset in (1, 2):
         assert conn.deliver(Frame.text(f"new {offset}"), 0.0, "c:alice", offset, "epoch-b")
     assert sock.texts() == ["new 1", "new 2"]
+
+
+async def test_a_resumed_client_is_sent_nothing_at_or_before_its_position() -> None:
+    """The node's listener may lag behind the position the client resumed at: when it
+    catches up, what the client already has is not sent, held during the replay or not."""
+    sock = FakeSocket()
+    conn = Connection("alice", sock, OutboxLimits(16, None, BOUND), Failures(), hold=True)
+    conn.deliver(Frame.text("held 5"), 0.0, "all", 5, "e")
+    conn.deliver(Frame.text("held 7"), 0.0, "all", 7, "e")
+    conn.release_held({"all": (6, "e")}, 0.0)  # the client's position: nothing replayed
+    for offset in (5, 6, 7, 8):  # the lagging listener catches up, then goes on live
+        assert conn.deliver(Frame.text(f"late {offset}"), 0.0, "all", offset, "e")
+    assert sock.texts() == ["held 7", "late 8"]
+
+
+async def test_a_live_connection_is_never_sent_a_sequenced_frame_twice() -> None:
+    sock = FakeSocket()
+    conn = Connection("alice", sock, OutboxLimits(16, None, BOUND), Failures())
+    for offset in (1, 2, 2, 1, 3):
+        conn.deliver(Frame.text(f"all {offset}"), 0.0, "all", offset, "e")
+    conn.deliver(Frame.text("g 1"), 0.0, "g:room", 1, "e")  # another stream: its own
+    conn.deliver(Frame.text("unsequenced"), 0.0, "all", None, None)
+    conn.deliver(Frame.text("unsequenced"), 0.0, "all", None, None)
+    assert sock.texts() == ["all 1", "all 2", "all 3", "g 1", "unsequenced", "unsequenced"]
 
 
 async def test_flush_passes_a_cancellation_of_its_caller_on() -> None:

@@ -19,7 +19,14 @@ from stabilizer.pure.positions import (
     parse_positions,
 )
 from stabilizer.pure.schedule import HeartbeatSchedule
-from stabilizer.pure.streams import ALL, Target, client_stream, group_stream
+from stabilizer.pure.streams import (
+    ALL,
+    ClientPositions,
+    StreamOrder,
+    Target,
+    client_stream,
+    group_stream,
+)
 from stabilizer.pure.wire import (
     Envelope,
     Kind,
@@ -54,6 +61,32 @@ def test_an_envelope_knows_its_destination_and_stream() -> None:
     direct = Envelope(Kind.DIRECT, "n", "bob", "hi")
     assert (direct.destination, direct.stream) == (Target("client", "bob"), "c:bob")
     assert Envelope(Kind.KICK, "n", "bob").stream is None
+
+
+def test_a_client_is_admitted_nothing_at_or_before_the_position_it_holds() -> None:
+    positions = ClientPositions()
+    assert positions.admit("all", 6, "e1")  # the resumed client's own position
+    assert [offset for offset in (4, 5, 6, 7, 7, 8) if positions.admit("all", offset, "e1")] == [
+        7, 8]
+    assert positions.held("all") == (8, "e1")
+
+
+def test_a_new_epoch_starts_a_client_position_again() -> None:
+    positions = ClientPositions()
+    positions.admit("g:room", 9, "old")
+    assert positions.admit("g:room", 1, "new")
+    assert not positions.admit("g:room", 1, "new")
+    assert positions.admit("all", 1, "old")  # streams are independent
+    assert positions.held("g:room") == (1, "new")
+    assert positions.held("c:bob") is None
+
+
+def test_a_node_starts_following_a_stream_only_where_it_does_not_yet() -> None:
+    order = StreamOrder()
+    order.advance("all", 4, "e1")
+    order.start("all", 6, "e1")  # a client resumed ahead of the node: its order stays
+    order.start("g:room", 2, "e1")
+    assert (order.last("all"), order.last("g:room")) == ((4, "e1"), (2, "e1"))
 
 
 # ----------------------------------------------------------------------------- positions

@@ -11,7 +11,11 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from stabilizer.backends.base import Liveness, Presence, Registration, Seat
 from stabilizer.backends.memory.hub import MemoryHub
 from stabilizer.backends.memory.users import check_seat, public
-from stabilizer.errors import BackendUnavailable, ConnectionLimitExceededError
+from stabilizer.errors import (
+    BackendNotReached,
+    BackendUnavailable,
+    ConnectionLimitExceededError,
+)
 from stabilizer.pure.users import parse_info
 from stabilizer.pure.wire import Envelope, Kind, encode, event_body
 from stabilizer.results import ClusterEvent
@@ -28,9 +32,9 @@ class MemoryNode:
         self.subscribed = asyncio.Event()
 
     def check(self) -> None:
-        """Raise BackendUnavailable once the backend is closed."""
+        """Raise BackendNotReached once the backend is closed."""
         if self.closed:
-            raise BackendUnavailable("memory backend is closed")
+            raise BackendNotReached("memory backend is closed")
 
     def tell_others(self, envelope: bytes) -> int:
         """Put `envelope` in every other node's inbox; return how many took it."""

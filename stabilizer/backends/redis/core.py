@@ -23,7 +23,7 @@ from stabilizer.backends.redis import scripts as lua
 from stabilizer.backends.redis import stream_scripts as streams_lua
 from stabilizer.backends.redis import user_scripts as users_lua
 from stabilizer.backends.redis.keys import KeyLayout
-from stabilizer.errors import BackendUnavailable
+from stabilizer.errors import BackendNotReached, BackendUnavailable
 from stabilizer.pure.wire import event_prefix
 from stabilizer.stats import BackendStats
 
@@ -109,6 +109,46 @@ class RedisCore:
         self.stats.observe(op, time.perf_counter() - started, True)
         self.available = True
         return result
+
+    async def run_once(self, script: AsyncScript, keys: list[str], args: list[Any],
+                       op: str) -> Any:
+        """Run a script that must not run twice, nor be thought undone when it may have run,
+        as operation `op`.
+
+        redis-py's retry is bypassed: after a lost reply it would run the script again.
+
+        Raises:
+            BackendNotReached: no connection could be had: the script certainly did not run.
+            BackendUnavailable: it was sent but not answered in time: it may have run (on a
+                Cluster every failure counts as this: its client connects while it sends).
+        """
+        client = self.client
+        if isinstance(client, RedisCluster):
+            return await self.call(script(keys=keys, args=args), op)
+        sent = False
+
+        async def run() -> Any:
+            nonlocal sent
+            pool = client.connection_pool
+            # connected and checked, nothing sent yet (redis-py lacks hints here)
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                sent = True
+                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                try:
+                    return await conn.read_response()
+                except NoScriptError:  # (Redis restarted empty) it did not run: send it whole
+                    await conn.send_command("EVAL", script.script, len(keys), *keys, *args)
+                    return await conn.read_response()
+            finally:
+                await pool.release(conn)
+
+        try:
+            return await self.call(run(), op)
+        except BackendUnavailable as exc:
+            if sent:
+                raise
+            raise BackendNotReached(str(exc)) from exc.__cause__
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD every script (on every master of a Cluster), so that the first call

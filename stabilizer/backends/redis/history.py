@@ -8,6 +8,7 @@ import secrets
 from stabilizer.backends.base import History, Sequenced
 from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.presence import RedisPresence
+from stabilizer.errors import BackendNotReached, BackendUnavailable
 from stabilizer.pure.streams import Target
 from stabilizer.pure.wire import Envelope, sequenced_prefix
 
@@ -22,7 +23,8 @@ class RedisHistory:
     async def sequence(
         self, target: Target, envelope: Envelope, *, size: int, ttl: float, meta_ttl: float
     ) -> Sequenced:
-        """One script: next offset, XADD (trimmed), PUBLISH the complete envelope."""
+        """One script: next offset, XADD (trimmed), PUBLISH the complete envelope; run at
+        most once (BackendNotReached: it did not run; BackendUnavailable: it may have)."""
         core = self._core
         keys = core.keys
         stream = target.stream
@@ -36,16 +38,19 @@ class RedisHistory:
         owner = ""
         if client and keys.buckets > 1:
             # presence lives in another slot than the stream: look the owner up first
-            located = await self._presence.locate(client)
+            try:
+                located = await self._presence.locate(client)
+            except BackendUnavailable as exc:  # a read: the script was not sent
+                raise BackendNotReached(str(exc)) from exc
             owner = located.node_id if located is not None else "-"
         where = keys.user(target.name) if target.kind == "user" else keys.slot_presence
-        reply = await core.call(core.scripts.sequence(
-            keys=[keys.stream(stream), keys.stream_meta(stream), where,
-                  keys.session(client)],
+        reply = await core.run_once(
+            core.scripts.sequence,
+            keys=[keys.stream(stream), keys.stream_meta(stream), where, keys.session(client)],
             args=[target.kind, sequenced_prefix(envelope), size, int(ttl * 1000),
                   int(max(ttl, meta_ttl) * 1000), secrets.token_urlsafe(6),
                   core.publish_command, channel, client, keys.sequenced_direct_prefix, owner],
-        ), "sequence")
+            op="sequence")
         return Sequenced(int(reply[0]), text(reply[1]), int(reply[2]))
 
     async def read(self, stream: str, after: int, epoch: str) -> History:

@@ -17,7 +17,7 @@ import time
 from stabilizer.backends.base import History
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
-from stabilizer.errors import BackendUnavailable, WireError
+from stabilizer.errors import BackendNotReached, BackendUnavailable, WireError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import message_frame, resume_frame
@@ -63,7 +63,8 @@ class SequencedRouter:
     async def publish(self, target: Target, payload: str | bytes, exclude: str | None,
                       value: object = None) -> BroadcastResult:
         """Sequence through the backend (every node delivers it from its subscription); if
-        the backend is down, deliver to local recipients without a position."""
+        the backend certainly was not reached, deliver to local recipients without a
+        position; if it did not answer, deliver nothing here (see _sequence)."""
         kind = Kind.BROADCAST if target.kind == "all" else Kind.GROUP
         envelope = Envelope(kind, self._ctx.node_id, target.name or None, payload, exclude)
         return await self._sequence(target, envelope)
@@ -89,12 +90,20 @@ class SequencedRouter:
             done = await ctx.ask(ctx.backend.history.sequence(
                 target, envelope, size=config.history_size, ttl=config.history_ttl,
                 meta_ttl=max(config.history_ttl, config.session_ttl) + 60.0))
-        except BackendUnavailable as exc:
+        except BackendNotReached as exc:  # certainly not sequenced: local clients only
             assert envelope.payload is not None
             frame = Frame.text(message_frame(target.stream, None, None, envelope.payload))
             result = await self._fanout.deliver(target, frame, envelope.exclude)
-            result.remote_error = f"not sequenced, delivered locally only: {exc!r}"
+            result.remote_error = f"not sequenced, delivered locally only: {exc}"
             self._backend_log.warning("history unavailable: %s", result.remote_error)
+            return result
+        except BackendUnavailable as exc:
+            # Sent but not answered: if the script ran, every node (this one included)
+            # delivers the message from its stream, so a local copy now would be a second.
+            result = BroadcastResult(0, 0, 0)
+            result.remote_error = (f"outcome unknown, not delivered locally: {exc}; if it was "
+                                   "sequenced, every node delivers it from its stream")
+            self._backend_log.warning("history did not answer: %s", result.remote_error)
             return result
         result = BroadcastResult(0, 0, 0)
         result.offset, result.epoch = done.offset, done.epoch
@@ -181,6 +190,11 @@ class SequencedRouter:
         async with self._lock:
             for stream in self.order.streams():
                 await self._fill(stream)
+
+    def follow(self, stream: str, offset: int, epoch: str) -> None:
+        """A resumed client holds (offset, epoch) on `stream`: follow it from there if this
+        node does not yet, so that a catch-up covers what is lost after it."""
+        self.order.start(stream, offset, epoch)
 
     def unfollow(self, stream: str) -> None:
         """Forget the order of a stream no local connection receives."""

@@ -1,13 +1,7 @@
 """Connection: one local socket with its identity, bounded outbox, writer and state machine.
 
-Writing never makes the caller wait on a socket. ``offer`` starts the send coroutine in place
-(connection/stepping.py): when the transport can take the frame (the usual case) the send
-finishes within that first step and no task is created. Only when the send suspends (the
-transport is paused because the peer reads slowly) does the connection start one writer
-task, which finishes that send and drains the outbox. Frames offered meanwhile queue in the
-outbox, bounded in frames (max_queue_size) and bytes (max_memory_per_connection): overflow
-fails the connection with 1013, so a slow reader costs bounded memory and never delays the
-others.
+Writing never makes the caller wait on a socket: the outbox and writer are in
+connection/writer.py.
 
 Every change of a connection's state is a method here: open -> closing -> closed, held
 during a resume replay -> released, pong waiters, group membership, user data. Other
@@ -20,37 +14,23 @@ import asyncio
 import itertools
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from enum import Enum
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
 from stabilizer.config import CloseCode
-from stabilizer.connection.sockets import (
-    Frame,
-    FrameSender,
-    SocketLike,
-    asgi_sender,
-    method_sender,
-)
-from stabilizer.connection.stepping import Suspended, finish_send, start_send
+from stabilizer.connection.sockets import Frame, SocketLike, asgi_sender, method_sender
+from stabilizer.connection.writer import OutboxLimits, SocketWriter, State
 from stabilizer.pure.sizes import estimate_size
 from stabilizer.pure.streams import ClientPositions
+
+__all__ = ["Connection", "FailHandler", "Held", "OutboxLimits", "State", "new_conn_id"]
 
 _CONN_SEQ = itertools.count(1)
 _CONN_PREFIX: Final = os.urandom(4).hex()
 _BASE_CONNECTION_BYTES: Final = 512
 _NO_METADATA: Final[Mapping[str, Any]] = MappingProxyType({})
 _NO_USER_DATA: Final[Mapping[str, Any]] = MappingProxyType({})
-
-
-class State(Enum):
-    """Lifecycle of one connection."""
-
-    OPEN = 1
-    CLOSING = 2
-    CLOSED = 3
 
 
 def new_conn_id() -> str:
@@ -63,44 +43,21 @@ FailHandler = Callable[["Connection", CloseCode, str], None]
 Held = tuple[str | None, int | None, str | None, Frame]
 
 
-class OutboxLimits:
-    """Bounds shared by every connection of a node."""
-
-    __slots__ = ("max_bytes", "max_frames", "write_timeout")
-
-    def __init__(self, max_frames: int, max_bytes: int | None, write_timeout: float) -> None:
-        self.max_frames = max_frames
-        self.max_bytes = max_bytes
-        self.write_timeout = write_timeout
-
-
-class Connection:
+class Connection(SocketWriter):
     """One local socket: identity, bounded outbox, writer, liveness, groups and user data."""
 
     __slots__ = (
         "__weakref__",
-        "_by_method",
         "_close_waiter",
-        "_drain_task",
         "_groups",
         "_held",
-        "_last_activity",
-        "_limits",
         "_on_fail",
-        "_outbox",
         "_pong_waiters",
         "_positions",
-        "_queued_bytes",
         "_registered",
-        "_send",
         "_socket_closed",
-        "_state",
         "_user_data",
-        "_user_data_bytes",
-        "_wraps",
-        "_writing",
         "client_id",
-        "conn_id",
         "created_at",
         "info",
         "metadata",
@@ -136,7 +93,7 @@ class Connection:
         # Idle connections are the common case: what is empty is not allocated.
         self.metadata: Mapping[str, Any] = dict(metadata) if metadata else _NO_METADATA
         self._send = asgi_sender(socket)
-        self._by_method: FrameSender | None = (
+        self._by_method = (
             method_sender(socket) if self._send is None else None)
         self._limits = limits
         self._on_fail = on_fail
@@ -145,7 +102,7 @@ class Connection:
         self._close_waiter: asyncio.Event | None = None  # made when someone waits for it
         self._registered = False  # the shared store recorded it (False while degraded)
         self._last_activity = time.monotonic()
-        self._outbox: deque[Frame] | None = None
+        self._outbox = None
         self._queued_bytes = 0
         self._writing = False
         self._drain_task: asyncio.Task[None] | None = None
@@ -176,24 +133,9 @@ class Connection:
         return self._state is State.OPEN
 
     @property
-    def outbox(self) -> Sequence[Frame]:
-        """Frames waiting for the socket (read-only view)."""
-        return self._outbox if self._outbox is not None else ()
-
-    @property
     def registered(self) -> bool:
         """True once the shared store has recorded this connection's presence."""
         return self._registered
-
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes waiting in the outbox."""
-        return self._queued_bytes
-
-    @property
-    def writing(self) -> bool:
-        """True while a writer task finishes a suspended send or drains the outbox."""
-        return self._writing
 
     @property
     def last_activity(self) -> float:
@@ -241,106 +183,6 @@ class Connection:
         if self._positions is None:
             self._positions = ClientPositions()
         return self._positions
-
-    def offer(self, frame: Frame, now: float) -> bool:
-        """Hand a frame to the socket without waiting; False if the connection cannot take it.
-
-        On overflow the connection is failed with 1013 (TRY_AGAIN_LATER) and False returned.
-        """
-        if self._state is not State.OPEN:
-            return False
-        self._last_activity = now
-        if self._wraps:
-            frame = frame.wrapped()
-        if self._writing:
-            return self._enqueue(frame)
-        send = self._send
-        try:
-            suspended = start_send(
-                send(frame.message) if send is not None else self._send_by_method(frame))
-        except Exception as exc:
-            self._fail(CloseCode.INTERNAL_ERROR, f"send failed: {type(exc).__name__}")
-            return False
-        if suspended is not None:
-            self._start_writer(suspended)
-        return True
-
-    def _send_by_method(self, frame: Frame) -> Coroutine[Any, Any, None]:
-        assert self._by_method is not None  # set when the socket has no ASGI send
-        return self._by_method(frame)
-
-    def _start_writer(self, suspended: Suspended) -> None:
-        self._writing = True
-        task = asyncio.get_running_loop().create_task(
-            self._drain(suspended), name=f"stabilizer-writer-{self.conn_id}"
-        )
-        task.add_done_callback(lambda done: self._writer_done(done, suspended))
-        self._drain_task = task
-
-    def _writer_done(self, task: asyncio.Task[None], suspended: Suspended) -> None:
-        # A writer cancelled before its first step never resumed the send: close it so its
-        # finally blocks run and the transport waiter is released. Only that writer's own
-        # state is reset: a newer writer may have started since this one ended.
-        suspended.close()
-        if self._drain_task is task:
-            self._writing = False
-            self._drain_task = None
-
-    def _enqueue(self, frame: Frame) -> bool:
-        limits = self._limits
-        outbox = self._outbox
-        if outbox is None:
-            outbox = self._outbox = deque()
-        if len(outbox) >= limits.max_frames:
-            self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox full")
-            return False
-        if limits.max_bytes is not None and (
-            self._queued_bytes + frame.size + self._user_data_bytes > limits.max_bytes
-        ):
-            self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox over memory limit")
-            return False
-        outbox.append(frame)
-        self._queued_bytes += frame.size
-        return True
-
-    async def _drain(self, suspended: Suspended) -> None:
-        """Finish the suspended send, then write queued frames in order until none is left."""
-        timeout = self._limits.write_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                await finish_send(suspended)
-            while self._outbox and self._state is State.OPEN:
-                frame = self._outbox.popleft()
-                self._queued_bytes -= frame.size
-                send = self._send
-                async with asyncio.timeout(timeout):
-                    await (send(frame.message) if send is not None
-                           else self._send_by_method(frame))
-        except TimeoutError:
-            self._fail(CloseCode.TRY_AGAIN_LATER, f"too slow: a write took over {timeout:g}s")
-        except Exception as exc:
-            self._fail(CloseCode.INTERNAL_ERROR, f"send failed: {type(exc).__name__}")
-        finally:
-            self._writing = False
-            self._drain_task = None
-
-    async def flush(self, deadline: float) -> int:
-        """Wait until the outbox is written or the loop clock passes `deadline`; return frames
-        not yet written (the one in flight included)."""
-        task = self._drain_task
-        if task is not None:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining > 0:
-                try:
-                    async with asyncio.timeout(remaining):
-                        await asyncio.shield(task)
-                except TimeoutError:
-                    pass
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise  # our caller was cancelled, not the writer
-        return len(self.outbox) + (1 if self._writing else 0)
 
     def _fail(self, code: CloseCode, reason: str) -> None:
         if self._state is State.OPEN:

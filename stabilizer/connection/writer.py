@@ -1,0 +1,193 @@
+"""The writing half of a connection: frames reach the socket without making the caller wait.
+
+``offer`` starts the send coroutine in place (connection/stepping.py): when the transport
+can take the frame (the usual case) the send finishes within that first step and no task is
+created. Only when the send suspends (the transport is paused because the peer reads
+slowly) does the connection start one writer task, which finishes that send and drains the
+outbox. Frames offered meanwhile queue in the outbox, bounded in frames (max_queue_size)
+and bytes (max_memory_per_connection, user data included): overflow fails the connection
+with 1013, so a slow reader costs bounded memory and never delays the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from enum import Enum
+from typing import Any
+
+from stabilizer.config import CloseCode
+from stabilizer.connection.sockets import Frame, FrameSender
+from stabilizer.connection.stepping import Suspended, finish_send, start_send
+
+
+class State(Enum):
+    """Lifecycle of one connection."""
+
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class OutboxLimits:
+    """Bounds shared by every connection of a node."""
+
+    __slots__ = ("max_bytes", "max_frames", "write_timeout")
+
+    def __init__(self, max_frames: int, max_bytes: int | None, write_timeout: float) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.write_timeout = write_timeout
+
+
+class SocketWriter:
+    """The outbox and writer of a Connection (which sets these fields and decides what a
+    failure means in `_fail`)."""
+
+    __slots__ = (
+        "_by_method",
+        "_drain_task",
+        "_last_activity",
+        "_limits",
+        "_outbox",
+        "_queued_bytes",
+        "_send",
+        "_state",
+        "_user_data_bytes",
+        "_wraps",
+        "_writing",
+        "conn_id",
+    )
+
+    _by_method: FrameSender | None
+    _drain_task: asyncio.Task[None] | None
+    _last_activity: float
+    _limits: OutboxLimits
+    _outbox: deque[Frame] | None
+    _queued_bytes: int
+    _send: Any  # the ASGI send of the socket, or None to send through its methods
+    _state: State
+    _user_data_bytes: int  # counted against the byte bound
+    _wraps: bool  # protocol v2: application text goes out in `message` frames
+    _writing: bool
+    conn_id: str
+
+    @property
+    def outbox(self) -> Sequence[Frame]:
+        """Frames waiting for the socket (read-only view)."""
+        return self._outbox if self._outbox is not None else ()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the outbox."""
+        return self._queued_bytes
+
+    @property
+    def writing(self) -> bool:
+        """True while a writer task finishes a suspended send or drains the outbox."""
+        return self._writing
+
+
+    def offer(self, frame: Frame, now: float) -> bool:
+        """Hand a frame to the socket without waiting; False if the connection cannot take it.
+
+        On overflow the connection is failed with 1013 (TRY_AGAIN_LATER) and False returned.
+        """
+        if self._state is not State.OPEN:
+            return False
+        self._last_activity = now
+        if self._wraps:
+            frame = frame.wrapped()
+        if self._writing:
+            return self._enqueue(frame)
+        send = self._send
+        try:
+            suspended = start_send(
+                send(frame.message) if send is not None else self._send_by_method(frame))
+        except Exception as exc:
+            self._fail(CloseCode.INTERNAL_ERROR, f"send failed: {type(exc).__name__}")
+            return False
+        if suspended is not None:
+            self._start_writer(suspended)
+        return True
+
+    def _send_by_method(self, frame: Frame) -> Coroutine[Any, Any, None]:
+        assert self._by_method is not None  # set when the socket has no ASGI send
+        return self._by_method(frame)
+
+    def _start_writer(self, suspended: Suspended) -> None:
+        self._writing = True
+        task = asyncio.get_running_loop().create_task(
+            self._drain(suspended), name=f"stabilizer-writer-{self.conn_id}"
+        )
+        task.add_done_callback(lambda done: self._writer_done(done, suspended))
+        self._drain_task = task
+
+    def _writer_done(self, task: asyncio.Task[None], suspended: Suspended) -> None:
+        # A writer cancelled before its first step never resumed the send: close it so its
+        # finally blocks run and the transport waiter is released. Only that writer's own
+        # state is reset: a newer writer may have started since this one ended.
+        suspended.close()
+        if self._drain_task is task:
+            self._writing = False
+            self._drain_task = None
+
+    def _enqueue(self, frame: Frame) -> bool:
+        limits = self._limits
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        if len(outbox) >= limits.max_frames:
+            self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox full")
+            return False
+        if limits.max_bytes is not None and (
+            self._queued_bytes + frame.size + self._user_data_bytes > limits.max_bytes
+        ):
+            self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox over memory limit")
+            return False
+        outbox.append(frame)
+        self._queued_bytes += frame.size
+        return True
+
+    async def _drain(self, suspended: Suspended) -> None:
+        """Finish the suspended send, then write queued frames in order until none is left."""
+        timeout = self._limits.write_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await finish_send(suspended)
+            while self._outbox and self._state is State.OPEN:
+                frame = self._outbox.popleft()
+                self._queued_bytes -= frame.size
+                send = self._send
+                async with asyncio.timeout(timeout):
+                    await (send(frame.message) if send is not None
+                           else self._send_by_method(frame))
+        except TimeoutError:
+            self._fail(CloseCode.TRY_AGAIN_LATER, f"too slow: a write took over {timeout:g}s")
+        except Exception as exc:
+            self._fail(CloseCode.INTERNAL_ERROR, f"send failed: {type(exc).__name__}")
+        finally:
+            self._writing = False
+            self._drain_task = None
+
+    async def flush(self, deadline: float) -> int:
+        """Wait until the outbox is written or the loop clock passes `deadline`; return frames
+        not yet written (the one in flight included)."""
+        task = self._drain_task
+        if task is not None:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining > 0:
+                try:
+                    async with asyncio.timeout(remaining):
+                        await asyncio.shield(task)
+                except TimeoutError:
+                    pass
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # our caller was cancelled, not the writer
+        return len(self.outbox) + (1 if self._writing else 0)
+
+    def _fail(self, code: CloseCode, reason: str) -> None:
+        raise NotImplementedError  # Connection decides

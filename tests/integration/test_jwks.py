@@ -150,10 +150,10 @@ async def test_a_server_that_is_down_refuses_cleanly(
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}/jwks.json"
     auth = authenticator(url, clock)
-    with caplog.at_level(logging.WARNING, logger="stabilizer.auth.jwt"):
+    with caplog.at_level(logging.WARNING, logger="stabilizer.auth.keys"):
         message = await refused(auth, key_1.token())
     assert message == "cannot fetch the signing keys (JWKS); try again shortly"
-    [record] = [r for r in caplog.records if r.name == "stabilizer.auth.jwt"]
+    [record] = [r for r in caplog.records if r.name == "stabilizer.auth.keys"]
     assert record.levelno == logging.WARNING
     assert "JWKS fetch from" in record.getMessage()
     assert record.exc_info is None

@@ -9,18 +9,51 @@ record their latency and the time the last one arrived.
 
 Extra commands (JSON lines on stdin, like ``bench.loadgen``): ``lat`` returns the latencies
 recorded since the last ``lat`` with ``"reset": true`` (in µs) and the arrival time of the
-last stamped frame (``last_ns``); ``reset`` forgets them.
+last stamped frame (``last_ns``); ``reset`` forgets them. The reply to ``connect`` also
+holds ``connect_us``: for every client it connected, the µs from before its TCP connect until
+it was ready.
+
+Two more connect modes (``bench.identity``), where a client is ready only once it received
+the server's first text frame (the ``session`` frame), and each entry of ``paths`` is
+``[path, first frame text or null]``:
+
+* ``welcome``: a plain client of a server that sends a welcome (``session``) frame;
+* ``v2``: protocol v2: the handshake offers ``Sec-WebSocket-Protocol: stabilizer.v2`` and
+  the client sends its ``connect`` frame right after the 101. Messages then arrive as
+  ``{"type":"message","data":"b<seq>:<ns>:..."}``: the stamp is read inside ``data``.
+
+The first frame counts as ``other``; afterwards these clients count frames like ``ws`` ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import os
 import time
-from typing import Any
+from typing import Any, Final
 
-from bench._common import raise_nofile_limit
+from bench._common import HOST, raise_nofile_limit
 from bench.loadgen import Client, Counters, Generator, serve
+
+V2_SUBPROTOCOL: Final = "stabilizer.v2"
+#: How a v2 server wraps an application text message (history off).
+V2_MESSAGE: Final = b'{"type":"message","data":"'
+SESSION_FRAME: Final = b'{"type":"session"'
+
+
+def client_text_frame(text: str) -> bytes:
+    """A masked client text frame (zero masking key: the payload goes as is)."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x81, 0x80 | size))
+    elif size < 65536:
+        head = bytes((0x81, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0x80 | 127)) + size.to_bytes(8, "big")
+    return head + b"\x00\x00\x00\x00" + payload
 
 
 class ProbeCounters(Counters):
@@ -57,13 +90,89 @@ class ProbeClient(Client):
         super()._message(buf, start, end)
 
 
+class GreetedClient(ProbeClient):
+    """A ``welcome`` or ``v2`` client: sends its first frame (v2) after the 101 and is ready
+    when the server's first text frame (the session frame) arrives."""
+
+    __slots__ = ("first", "wrapped")
+
+    def __init__(self, request: bytes, mode: str, counters: Counters,
+                 ready: asyncio.Future[None], first: bytes | None) -> None:
+        super().__init__(request, mode, counters, ready)
+        self.first = first
+        self.wrapped = mode == "v2"
+
+    def data_received(self, data: bytes) -> None:
+        handshaking = self.head is not None
+        super().data_received(data)
+        if handshaking and self.head is None and self.first is not None:  # the 101 came
+            self._write(self.first)
+            self.first = None
+
+    def _message(self, buf: bytes, start: int, end: int) -> None:
+        if not self.ready.done():
+            if buf.startswith(SESSION_FRAME, start, end):
+                self.counters.other += 1
+                self.mode = "ws"  # from here on, frames are counted as a plain client's
+                self.ready.set_result(None)
+            else:
+                self._fail(f"first frame is not a session frame: {buf[start:start + 80]!r}")
+            return
+        if self.wrapped and buf.startswith(V2_MESSAGE, start, end):
+            start += len(V2_MESSAGE)
+        super()._message(buf, start, end)
+
+
 class ProbeGenerator(Generator):
-    """Generator whose clients record latencies."""
+    """Generator whose clients record latencies, and the time every connect took."""
 
     client_class = ProbeClient
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.connect_us: list[int] = []
+
     def make_counters(self) -> Counters:
         return ProbeCounters()
+
+    async def connect(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """As Generator.connect, plus ``connect_us``: per connected client, µs from before its
+        TCP connect until it was ready (for ``welcome`` and ``v2``: its first frame came)."""
+        self.connect_us = []
+        reply = await super().connect(cmd)
+        reply["connect_us"] = self.connect_us
+        return reply
+
+    async def _open(self, port: int, path: Any, mode: str, timeout: float) -> None:
+        started = time.monotonic_ns()
+        if mode in ("welcome", "v2"):
+            await self._open_greeted(port, path, mode, timeout)
+        else:
+            await super()._open(port, path, mode, timeout)
+        self.connect_us.append((time.monotonic_ns() - started) // 1000)
+
+    async def _open_greeted(self, port: int, path: Any, mode: str, timeout: float) -> None:
+        target, first = path
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        offer = f"Sec-WebSocket-Protocol: {V2_SUBPROTOCOL}\r\n" if mode == "v2" else ""
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{offer}"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode("ascii")
+        frame = client_text_frame(first) if first is not None else None
+        client = GreetedClient(request, mode, self.counters, ready, frame)
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(lambda: client, HOST, port)
+            try:
+                await ready
+            except BaseException:
+                if client.transport is not None:
+                    client.transport.abort()
+                raise
+        self.clients.append(client)
 
     async def command(self, name: str, cmd: dict[str, Any]) -> dict[str, Any]:
         counters = self.counters

@@ -16,12 +16,20 @@ Kinds (every replica of a run has the same kind and a name: A, B, R0, ...):
   ``await ws.send_text(text)``; a replica ignores its own publications. Local clients of the
   sender get a broadcast from a plain loop too.
 
+Users (``bench.identity``): with ``--jwt-secret`` the stabilizer replica's manager has a
+``JWTAuthenticator`` (HS256) and serves ``/v2``, ``session(manager, websocket)``: protocol
+v2 clients named ``<user>/<device>``; ``"mode": "user"`` sends with
+``manager.send_to_user(user, text)``. With ``--users`` the raw replica keeps a per-user dict
+of sockets (``?user=<id>`` in the URL) and SUBSCRIBEs ``raw:u:<its name>``; a user message is
+a plain loop over the local sockets of the user plus one PUBLISH per other node holding one
+(the sender is told which: the target's node is ``"B,C"``), sent in one pipeline.
+
 Control endpoints (the controller drives them over loopback HTTP):
 
 * ``GET /bench/count``: ``{"count": local sockets, "joined": local group joins done}``, and
   for the stabilizer ``"cluster"``: the clients in Redis presence, every replica's
 * ``POST /bench/gc``
-* ``POST /bench/send`` with a JSON body ``{"mode": "direct"|"broadcast"|"group", "n": N,
+* ``POST /bench/send`` with a JSON body ``{"mode": "direct"|"broadcast"|"group"|"user", "n": N,
   "rate": msgs/s (0: as fast as possible), "concurrency": C, "targets": [[cid, node], ...],
   "group": name, "size": bytes}``: N messages from C sender tasks, each awaiting its library
   call before the next; with a rate, message i is due at start + i/rate. Every message is
@@ -136,7 +144,12 @@ def stabilizer_app(args: argparse.Namespace) -> FastAPI:
         "heartbeat_timeout": 7200.0, "compression": "none", "token_secret": TOKEN_SECRET,
         "history_size": args.history, "log_level": "WARNING", **overrides,
     })
-    manager = WebSocketConnectionManager(config)
+    authenticator: Any = None
+    if args.jwt_secret:
+        from stabilizer.auth import JWTAuthenticator
+
+        authenticator = JWTAuthenticator(secret=args.jwt_secret)
+    manager = WebSocketConnectionManager(config, authenticator=authenticator)
     app = FastAPI(lifespan=lifespan(manager, shutdown_timeout=2.0))
     counts = Counts()
     counts.count = manager.get_connection_count
@@ -163,10 +176,19 @@ def stabilizer_app(args: argparse.Namespace) -> FastAPI:
             async for _text in conn:
                 pass
 
+    @app.websocket("/v2")
+    async def ws_v2(websocket: WebSocket) -> None:
+        async with session(manager, websocket) as conn:
+            async for _text in conn:
+                pass
+
     async def send(mode: str, target: str | None, node: str | None, text: str) -> Any:
         if mode == "direct":
             assert target is not None
             return await manager.send_to_client(target, text)
+        if mode == "user":
+            assert target is not None
+            return await manager.send_to_user(target, text)
         if mode == "group":
             assert target is not None
             return await manager.send_to_group(target, text)
@@ -237,6 +259,8 @@ def raw_app(args: argparse.Namespace) -> FastAPI:
     name: str = args.name
     conns: dict[str, WebSocket] = {}
     groups: dict[str, dict[str, WebSocket]] = {}
+    users: dict[str, dict[str, WebSocket]] = {}
+    user_channel = f"raw:u:{name}".encode() if args.users else None
     counts = Counts()
     counts.count = lambda: len(conns)
     redis = Redis.from_url(args.redis_url)
@@ -261,6 +285,9 @@ def raw_app(args: argparse.Namespace) -> FastAPI:
             elif channel == b"raw:all":
                 for ws in list(conns.values()):
                     await ws.send_text(text)
+            elif channel == user_channel:
+                for ws in list(users.get(target.decode(), {}).values()):
+                    await ws.send_text(text)
             else:
                 for ws in list(groups.get(target.decode(), {}).values()):
                     await ws.send_text(text)
@@ -270,6 +297,8 @@ def raw_app(args: argparse.Namespace) -> FastAPI:
         await pubsub.subscribe("raw:all", f"raw:n:{name}")
         if args.group:
             await pubsub.subscribe(f"raw:g:{args.group}")
+        if user_channel is not None:
+            await pubsub.subscribe(user_channel)
         task = asyncio.create_task(listen())
         yield
         task.cancel()
@@ -281,11 +310,14 @@ def raw_app(args: argparse.Namespace) -> FastAPI:
     @app.websocket("/ws/{client_id}")
     async def ws_endpoint(websocket: WebSocket, client_id: str) -> None:
         group = websocket.query_params.get("group")
+        user = websocket.query_params.get("user")
         await websocket.accept()
         conns[client_id] = websocket
         if group:
             groups.setdefault(group, {})[client_id] = websocket
             counts.joined += 1
+        if user:
+            users.setdefault(user, {})[client_id] = websocket
         try:
             while True:
                 await websocket.receive_text()
@@ -295,6 +327,8 @@ def raw_app(args: argparse.Namespace) -> FastAPI:
             conns.pop(client_id, None)
             if group:
                 groups.get(group, {}).pop(client_id, None)
+            if user:
+                users.get(user, {}).pop(client_id, None)
 
     async def send(mode: str, target: str | None, node: str | None, text: str) -> Any:
         if mode == "direct":
@@ -305,6 +339,18 @@ def raw_app(args: argparse.Namespace) -> FastAPI:
                 return True
             body = origin + b"\0" + target.encode() + b"\0" + text.encode()
             return await redis.publish(f"raw:n:{node}", body) > 0
+        if mode == "user":
+            assert target is not None
+            local = list(users.get(target, {}).values())
+            for ws in local:
+                await ws.send_text(text)
+            body = origin + b"\0" + target.encode() + b"\0" + text.encode()
+            async with redis.pipeline(transaction=False) as pipe:
+                for other in (node or "").split(","):
+                    if other:
+                        pipe.publish(f"raw:u:{other}", body)
+                reached = await pipe.execute()
+            return len(local) + sum(reached)
         if mode == "group":
             assert target is not None
             for ws in list(groups.get(target, {}).values()):
@@ -326,6 +372,10 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="replica name (node id)")
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--group", default=None, help="raw: the group channel to follow")
+    parser.add_argument("--users", action="store_true",
+                        help="raw: keep sockets per user (?user=) and follow raw:u:<name>")
+    parser.add_argument("--jwt-secret", default=None,
+                        help="stabilizer: a JWTAuthenticator (HS256) with this secret; /v2")
     parser.add_argument("--history", type=int, default=0,
                         help="stabilizer: history_size (0: history off)")
     parser.add_argument("--join-attempts", type=int, default=100,

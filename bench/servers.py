@@ -8,6 +8,18 @@ Kinds:
 * ``stabilizer``: this repository's ``session`` + ``manager.broadcast``.
 * ``socketio``: python-socketio's AsyncServer as an ASGI app, ``sio.emit`` to everybody.
 
+``raw`` also serves ``/hello/{client_id}``: the same endpoint, which sends one small JSON
+text frame right after accepting (``bench.identity`` times connects up to the first frame).
+
+``bench.identity`` adds one kind, not part of ``bench.core``'s default set:
+
+* ``stabilizer-id``: ``/ws/{client_id}`` is ``session(manager, websocket, client_id)``
+  (plain, with its welcome frame) and ``/v2`` is ``session(manager, websocket)`` (protocol
+  v2: the client sends a connect frame); with ``--auth hs256|rs256`` the manager has a
+  ``JWTAuthenticator`` keyed by ``--auth-key-file`` (the secret, or a PEM public key).
+  ``POST /bench/verify`` (body ``{"token": ..., "n": N}``) times N verifications in this
+  process: the authenticator's and PyJWT's own ``jwt.decode``.
+
 Every kind also serves ``GET /bench/count`` (connected sockets), ``POST /bench/gc``
 (gc.collect, before memory readings) and ``POST /bench/broadcast?k=K&size=S`` (K broadcasts
 of one S-byte text message, in sequence; returns when the last broadcast call returns).
@@ -33,11 +45,14 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import uvicorn
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 
 from bench._common import HOST, exit_with_parent, raise_nofile_limit
 
 KINDS: Final = ("raw", "seed", "stabilizer", "socketio")
+#: Kinds only bench.identity runs (outside KINDS, bench.core's default contenders).
+IDENTITY_KINDS: Final = ("stabilizer-id",)
+AUTH_MODES: Final = ("none", "hs256", "rs256")
 UVICORN_OPTIONS: Final[dict[str, Any]] = {
     "ws_per_message_deflate": False,
     "ws_ping_interval": None,
@@ -109,6 +124,21 @@ def raw_app(heartbeat_interval: float | None) -> FastAPI:
         try:
             while True:
                 await websocket.receive_text()  # pongs are read and dropped
+        except WebSocketDisconnect:
+            pass
+        finally:
+            conns.remove(websocket)
+
+    @app.websocket("/hello/{client_id}")
+    async def hello_endpoint(websocket: WebSocket, client_id: str) -> None:
+        """As /ws/{client_id}, with one first frame (bench.identity's floor for a welcome)."""
+        await websocket.accept()
+        await websocket.send_text(json.dumps({"type": "session", "client_id": client_id},
+                                             separators=(",", ":")))
+        conns.append(websocket)
+        try:
+            while True:
+                await websocket.receive_text()
         except WebSocketDisconnect:
             pass
         finally:
@@ -186,6 +216,76 @@ def stabilizer_app(heartbeat_interval: float, heartbeat_timeout: float,
     return app
 
 
+# --------------------------------------------------------------------------- stabilizer-id
+
+
+def stabilizer_id_app(auth: str, key_file: str | None,
+                      overrides: dict[str, Any] | None = None) -> FastAPI:
+    """Plain and v2 endpoints on one manager, with a JWTAuthenticator unless `auth` is none."""
+    from stabilizer import WebSocketConfig, WebSocketConnectionManager
+    from stabilizer.fastapi import lifespan, session
+
+    authenticator: Any = None
+    verify_key: Any = None
+    algorithm = auth.upper()
+    if auth != "none":
+        from stabilizer.auth import JWTAuthenticator
+
+        if key_file is None:
+            raise SystemExit(f"--auth {auth} needs --auth-key-file")
+        with open(key_file) as handle:
+            key_text = handle.read()
+        if auth == "hs256":
+            authenticator = JWTAuthenticator(secret=key_text)
+            verify_key = key_text.encode()
+        else:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+            authenticator = JWTAuthenticator(public_key=key_text, algorithms=[algorithm])
+            verify_key = load_pem_public_key(key_text.encode())
+    manager = WebSocketConnectionManager(WebSocketConfig(**{
+        "heartbeat_interval": 3600.0, "heartbeat_timeout": 7200.0, **(overrides or {}),
+    }), authenticator=authenticator)
+    app = FastAPI(lifespan=lifespan(manager, shutdown_timeout=2.0))
+
+    @app.websocket("/ws/{client_id}")
+    async def plain(websocket: WebSocket, client_id: str) -> None:
+        async with session(manager, websocket, client_id) as conn:
+            async for _text in conn:
+                pass
+
+    @app.websocket("/v2")
+    async def v2(websocket: WebSocket) -> None:
+        async with session(manager, websocket) as conn:
+            async for _text in conn:
+                pass
+
+    @app.post("/bench/verify")
+    async def bench_verify(request: Request) -> dict[str, Any]:
+        """N verifications of one token: the authenticator's, then PyJWT's alone (µs each)."""
+        import jwt
+
+        from stabilizer.auth import Credentials
+
+        body = await request.json()
+        token, n = str(body["token"]), int(body.get("n", 1000))
+        if authenticator is None:
+            return {"error": "no authenticator"}
+        credentials = Credentials(token, None)
+        started = time.process_time()
+        for _ in range(n):
+            await authenticator.authenticate(credentials)
+        ours = time.process_time() - started
+        started = time.process_time()
+        for _ in range(n):
+            jwt.decode(token, verify_key, algorithms=[algorithm], options={"require": ["exp"]})
+        floor = time.process_time() - started
+        return {"n": n, "authenticator_us": ours / n * 1e6, "pyjwt_us": floor / n * 1e6}
+
+    add_bench_routes(app, manager.broadcast, manager.get_connection_count)
+    return app
+
+
 # --------------------------------------------------------------------------- socketio
 
 
@@ -218,11 +318,15 @@ def socketio_app(heartbeat_interval: float, heartbeat_timeout: float) -> Any:
 
 
 def build_app(kind: str, heartbeat_interval: float | None, heartbeat_timeout: float,
-              stabilizer_config: dict[str, Any] | None = None) -> Any:
+              stabilizer_config: dict[str, Any] | None = None, auth: str = "none",
+              auth_key_file: str | None = None) -> Any:
     """Return the ASGI app of `kind`; no heartbeat interval means the heartbeat is off.
 
     `stabilizer_config`: extra WebSocketConfig fields for the stabilizer (experiments).
+    `auth`, `auth_key_file`: the authenticator of ``stabilizer-id``.
     """
+    if kind == "stabilizer-id":
+        return stabilizer_id_app(auth, auth_key_file, stabilizer_config)
     if kind == "raw":
         return raw_app(heartbeat_interval)
     # "Off" for the libraries: an interval far longer than any run.
@@ -238,8 +342,12 @@ def build_app(kind: str, heartbeat_interval: float | None, heartbeat_timeout: fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run one benchmark server under uvicorn.")
-    parser.add_argument("--kind", choices=KINDS, required=True)
+    parser.add_argument("--kind", choices=KINDS + IDENTITY_KINDS, required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--auth", choices=AUTH_MODES, default="none",
+                        help="stabilizer-id: JWTAuthenticator algorithm (none: no authenticator)")
+    parser.add_argument("--auth-key-file", default=None,
+                        help="stabilizer-id: file holding the HS256 secret or the PEM public key")
     parser.add_argument("--heartbeat-interval", type=float, default=None,
                         help="seconds between pings; omitted: heartbeat off")
     parser.add_argument("--heartbeat-timeout", type=float, default=7200.0)
@@ -255,7 +363,7 @@ def main() -> None:
     if args.stabilizer_path:
         sys.path.insert(0, args.stabilizer_path)
     app = build_app(args.kind, args.heartbeat_interval, args.heartbeat_timeout,
-                    args.stabilizer_config)
+                    args.stabilizer_config, args.auth, args.auth_key_file)
     if "stabilizer" in sys.modules:
         print(f"stabilizer imported from {sys.modules['stabilizer'].__file__}", file=sys.stderr,
               flush=True)

@@ -3,8 +3,9 @@
 * ``RedisProc``: a redis-server on a free loopback port, run as a ``harness.Child`` (own
   process group, stopped by ``stop_all`` like every other child), as the test suite starts
   them (tests/support/redis_server.py): no persistence, loopback only.
-* ``wait_idle``: wait until no other benchmark (``bench.core``) or test run (pytest) uses
-  the CPU, so measurements do not overlap with them.
+* ``wait_idle``: wait until no other benchmark (``bench.core``; ``bench.cluster``,
+  ``scale``, ``identity`` or ``burst`` started earlier), test run (pytest) or fault campaign
+  (``tests.faults``) uses the CPU, so measurements do not overlap with them.
 * ``post_json``, ``quantile``: small utilities.
 """
 
@@ -28,7 +29,10 @@ from bench._common import HOST
 from bench.harness import BenchError, Child, free_port
 
 #: Processes whose CPU use would distort a measurement (matched in the command line).
-BUSY_MARKERS: Final = ("bench.core", "pytest")
+BUSY_MARKERS: Final = ("bench.core", "pytest", "tests.faults")
+#: Benchmark controllers that wait too: a run waits only for those started before it, so two
+#: of them never wait for each other (the older one measures, the younger one waits).
+BENCH_MARKERS: Final = ("bench.cluster", "bench.scale", "bench.identity", "bench.burst")
 
 
 def redis_binary() -> str:
@@ -155,12 +159,15 @@ def busy_processes() -> list[str]:
     with contextlib.suppress(psutil.Error):
         own.update(p.pid for p in psutil.Process().parents())
         own.update(p.pid for p in psutil.Process().children(recursive=True))
+    started = psutil.Process().create_time()
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
         cmdline = " ".join(proc.info.get("cmdline") or ())
-        if proc.info["pid"] in own or not cmdline:
+        if proc.info["pid"] in own or not cmdline or "pgrep" in cmdline:
             continue
-        if any(marker in cmdline for marker in BUSY_MARKERS) and "pgrep" not in cmdline:
+        older = (proc.info.get("create_time") or started) < started
+        if any(marker in cmdline for marker in BUSY_MARKERS) or (
+                older and any(marker in cmdline for marker in BENCH_MARKERS)):
             found.append(f"{proc.info['pid']}: {cmdline[:100]}")
     return found
 

@@ -1,0 +1,71 @@
+"""Local group memberships agree with Redis again after what the regressions pin, the other
+way round: a leave lost with the owner's subscription, and a join through a node whose
+socket of the client is replaced by a newer one on the same node."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from stabilizer import WebSocketConnectionManager
+from tests.faults.test_regressions import (
+    Node,
+    _subscribed,
+    _unsubscribed,
+    node,
+    proxy,
+    until,
+)
+from tests.support.fakes import FakeSocket
+from tests.support.fault_proxy import FaultProxy
+from tests.support.redis_server import RedisServer
+
+__all__ = ["node", "proxy"]  # the fixtures, re-exported for pytest
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+async def agree(sender: WebSocketConnectionManager, socket: FakeSocket, text: str) -> bool:
+    """True when `socket` receives the room's messages exactly if Redis lists alice."""
+    await sender.send_to_group("room", text)
+    try:
+        await socket.expect(text, timeout=0.5)
+        received = True
+    except TimeoutError:
+        received = False
+    return received == ("alice" in await sender.get_group_members("room"))
+
+
+async def test_a_remote_leave_lost_with_the_owners_subscription_is_carried_out(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    a, b = node("a", proxy.url), node("b")
+    await a.start()
+    await b.start()
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    await a.join_group("alice", "room")
+    channel = f"{{{namespace}}}:n:a"
+    await proxy.drop_subscriptions(hold=True)
+    assert await until(lambda: _unsubscribed(private_redis.url, channel))
+    await b.leave_group("alice", "room")  # routed to node a's channel: nobody listens
+    proxy.restore()
+    assert await until(lambda: _subscribed(private_redis.url, channel))
+    assert await until(lambda: agree(b, alice, "still here?")), (
+        "Redis no longer lists alice in room, but her node keeps delivering it to her")
+
+
+async def test_a_join_through_a_socket_replaced_on_its_own_node_reaches_the_new_one(
+    node: Node,
+) -> None:
+    a = node("a")
+    await a.start()
+    older, newer = FakeSocket("older"), FakeSocket("newer")
+    await a.connect("alice", older)
+    joining = asyncio.create_task(a.join_group("alice", "room"))
+    await a.connect("alice", newer)  # the join's steps interleave with the replacement's
+    await joining
+    assert await until(lambda: agree(a, newer, "hello room")), (
+        f"room lists {await a.get_group_members('room')}, but alice's newer socket does not "
+        "receive the room")

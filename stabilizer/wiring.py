@@ -78,7 +78,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
                               kick=admission.kick,
                               settle_groups=lambda conns, restore: membership.settle(
-                                  conns, restore=restore))
+                                  conns, restore=restore, node_wide=True))
     loops: dict[str, Loop] = {"heartbeat": liveness.run, "maintenance": maintenance.run}
     if ctx.follows_others:
         loops["listener"] = listener.run

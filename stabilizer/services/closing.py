@@ -183,7 +183,9 @@ class Closing:
         self._ctx.stats.disconnects += 1
         logger.info("client %r disconnected (conn %s, code %d)", conn.client_id, conn.conn_id,
                     code)
-        had_groups = bool(conn.groups)
+        # with a doubt (a MEMBERSHIP envelope lost with the subscription), the backend may
+        # list groups this node never applied: leave them there all the same
+        had_groups = bool(conn.groups) or self._membership.in_doubt
         await self._membership.forget(conn)
         if code != CloseCode.REPLACED:
             await self._settle_session(conn, code, keep_session, had_groups)

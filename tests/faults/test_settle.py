@@ -10,6 +10,7 @@ import pytest
 
 from stabilizer import WebSocketConnectionManager
 from tests.faults.test_regressions import (
+    NOTICE,
     Node,
     _subscribed,
     _unsubscribed,
@@ -69,3 +70,29 @@ async def test_a_join_through_a_socket_replaced_on_its_own_node_reaches_the_new_
     assert await until(lambda: agree(a, newer, "hello room")), (
         f"room lists {await a.get_group_members('room')}, but alice's newer socket does not "
         "receive the room")
+
+
+async def test_a_client_leaving_before_its_lost_join_is_settled_leaves_the_group(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    """Seed 1564657396: c0's node missed a remote join (its subscription was cut) and c0
+    disconnected before any settle; the node, knowing no group of c0's, left none in Redis,
+    and c0 stayed a member of g1 for good."""
+    a, b = node("a", proxy.url), node("b")
+    await a.start()
+    await b.start()
+    await a.connect("alice", FakeSocket("alice"))
+    channel = f"{{{namespace}}}:n:a"
+    await proxy.drop_subscriptions(hold=True)
+    assert await until(lambda: _unsubscribed(private_redis.url, channel))
+    assert await until(lambda: _false(a.backend.routing.subscribed.is_set()), NOTICE)
+    await b.join_group("alice", "room")  # routed to node a's channel: nobody listens
+    assert await b.get_group_members("room") == ["alice"]
+    await a.disconnect("alice")
+    assert await b.get_group_members("room") == []
+    assert await b.get_client_groups("alice") == []
+    proxy.restore()
+
+
+async def _false(value: bool) -> bool:
+    return not value

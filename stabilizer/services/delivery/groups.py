@@ -44,6 +44,8 @@ class Membership:
         self._on_unfollow = on_unfollow  # a stream no local connection follows any more
         self._members: dict[str, set[Connection]] = {}
         self._turns = Turns()  # one change of a client's local memberships at a time
+        self._losses = 0  # subscriptions lost: MEMBERSHIP envelopes may have gone with them
+        self._settled = 0  # the losses a node-wide settle after resubscribing covered
         self._backend_log = RateLimitedLog(logger)
 
     def local_members(self, group: str) -> set[Connection]:
@@ -52,6 +54,17 @@ class Membership:
 
     def __len__(self) -> int:
         return len(self._members)
+
+    def subscription_lost(self) -> None:
+        """The listener lost its subscription: a MEMBERSHIP envelope may be lost with it."""
+        self._losses += 1
+
+    @property
+    def in_doubt(self) -> bool:
+        """True from a lost subscription until a node-wide settle once it is back: local
+        memberships may miss one the backend lists (a closing client must leave its groups
+        in the backend even if it has none here)."""
+        return self._losses != self._settled
 
     async def join(self, client_id: str, group: str) -> None:
         """Add a client on any node to a group.
@@ -165,25 +178,30 @@ class Membership:
         if conn.user_id is not None and not self._ctx.pool.of_user(conn.user_id):
             self._on_unfollow(user_stream(conn.user_id))
 
-    async def settle(self, conns: Sequence[Connection], *, restore: bool = False) -> None:
+    async def settle(self, conns: Sequence[Connection], *, restore: bool = False,
+                     node_wide: bool = False) -> None:
         """Make the local memberships of `conns` agree with the groups the backend lists
         for their clients (one round trip per batch). With `restore` (the backend lost this
         node's state: it restarted empty, or reaped the node), the backend first takes the
-        local memberships back.
+        local memberships back. A `node_wide` settle (of every local connection) that began
+        while subscribed ends the doubt of the subscription losses before it.
 
         Raises:
             BackendUnavailable: the backend cannot be reached (nothing changed locally).
         """
         ctx = self._ctx
+        losses = self._losses
+        subscribed = not ctx.follows_others or ctx.backend.routing.subscribed.is_set()
         open_conns = [conn for conn in conns if conn.is_open]
-        if not open_conns:
-            return
-        async with self._turns.hold(*(conn.client_id for conn in open_conns)):
-            local = {conn.client_id: conn.groups for conn in open_conns}
-            listed = await ctx.ask(ctx.backend.groups.reconcile(local, restore=restore),
-                                   round_trips=1 + len(local) // _SETTLE_BATCH)
-            for conn in open_conns:
-                await self._agree(conn, listed.get(conn.client_id, []))
+        if open_conns:
+            async with self._turns.hold(*(conn.client_id for conn in open_conns)):
+                local = {conn.client_id: conn.groups for conn in open_conns}
+                listed = await ctx.ask(ctx.backend.groups.reconcile(local, restore=restore),
+                                       round_trips=1 + len(local) // _SETTLE_BATCH)
+                for conn in open_conns:
+                    await self._agree(conn, listed.get(conn.client_id, []))
+        if node_wide and subscribed:
+            self._settled = max(self._settled, losses)
 
     async def _agree(self, conn: Connection, listed: list[str]) -> None:
         wanted = set(listed)

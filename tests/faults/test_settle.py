@@ -13,6 +13,7 @@ from tests.faults.test_regressions import (
     NOTICE,
     Node,
     _subscribed,
+    _true,
     _unsubscribed,
     node,
     proxy,
@@ -96,3 +97,23 @@ async def test_a_client_leaving_before_its_lost_join_is_settled_leaves_the_group
 
 async def _false(value: bool) -> bool:
     return not value
+
+
+async def test_a_group_followed_while_the_subscription_is_confirmed_is_subscribed_too(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    """Seed 10 (tests/faults/test_seeds.py): c0 joined g0 on replica-1 while its new
+    subscription (computed before the join) waited for Redis's confirmations; the join left
+    g0's channel to "the next subscription", which had already been sent without it, and
+    replica-1 never received g0's messages from other replicas."""
+    a = node("a", proxy.url)
+    await a.start()
+    await a.connect("alice", FakeSocket("alice"))
+    await proxy.drop_subscriptions(hold=True)  # every subscribe waits at the proxy
+    assert await until(lambda: _false(a.backend.routing.subscribed.is_set()), NOTICE)
+    held = proxy.counters.held
+    assert await until(lambda: _true(proxy.counters.held > held), NOTICE)  # node a's own
+    await a.join_group("alice", "room")  # while node a's new subscription is unconfirmed
+    proxy.restore()
+    assert await until(lambda: _subscribed(private_redis.url, f"{{{namespace}}}:gc:room")), (
+        "node a has a member of room but does not subscribe to its channel")

@@ -76,7 +76,9 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     listener = Listener(ctx, router, membership, events, on_kick=admission.kick,
                         on_user_close=users.close_local, on_client_close=closing.close_client)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
-                              kick=admission.kick)
+                              kick=admission.kick,
+                              settle_groups=lambda conns, restore: membership.settle(
+                                  conns, restore=restore, node_wide=True))
     loops: dict[str, Loop] = {"heartbeat": liveness.run, "maintenance": maintenance.run}
     if ctx.follows_others:
         loops["listener"] = listener.run

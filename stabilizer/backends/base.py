@@ -210,6 +210,15 @@ class GroupStore(Protocol):
         """Return the groups `client_id` belongs to."""
         ...
 
+    async def reconcile(self, local: Mapping[str, Collection[str]], *,
+                        restore: bool = False) -> dict[str, list[str]]:
+        """Return the groups each client of `local` belongs to, for many clients at once
+        (a round trip per few hundred). With `restore` (the store lost this node's state:
+        it restarted empty, or reaped the node), each client first becomes a member of
+        the groups `local` lists for it, atomically per batch, without events or stream
+        baselines: the memberships were not new, only forgotten."""
+        ...
+
     async def subscribe(self, group: str) -> None:
         """Start receiving `group`'s messages on this node (first local member joined)."""
         ...

@@ -122,6 +122,9 @@ class Closing:
         self._departed_from(conn)
         if code == CloseCode.REPLACED:
             self._ctx.stats.replaced += 1
+            if conn.groups:  # joins it took after the replacement are the live socket's
+                self._ctx.tasks.spawn(self._membership.hand_over(conn.client_id),
+                                      name=f"stabilizer-hand-over-{conn.conn_id}")
         # a replaced connection's presence names the newer connection already
         self._ctx.tasks.spawn(
             self._close_and_settle(conn, code, reason, None,
@@ -188,7 +191,9 @@ class Closing:
         self._ctx.stats.disconnects += 1
         logger.info("client %r disconnected (conn %s, code %d)", conn.client_id, conn.conn_id,
                     code)
-        had_groups = bool(conn.groups)
+        # with a doubt (a MEMBERSHIP envelope lost with the subscription), the backend may
+        # list groups this node never applied: leave them there all the same
+        had_groups = bool(conn.groups) or self._membership.in_doubt
         await self._membership.forget(conn)
         if code != CloseCode.REPLACED:
             await self._settle_session(conn, code, keep_session, had_groups)

@@ -5,6 +5,12 @@ sessions, re-register local presence after an outage (closing sockets another no
 meanwhile), fetch the shared token key if it is still missing; every
 ``memory_check_interval`` seconds: enforce max_total_memory. Backend failures back off with
 jitter; nothing but cancellation ends the loop.
+
+An outage is settled when it is noticed, and again once the node's subscription is back,
+because a kick or a MEMBERSHIP envelope published in between reached nobody. Settling makes
+the local group memberships agree with the backend's (first giving the backend back the
+memberships it lost, when it restarted empty or reaped this node), then re-registers
+presence (closing sockets another node took meanwhile).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from stabilizer.backends.base import Presence
 from stabilizer.connection.connection import Connection
@@ -26,19 +32,26 @@ from stabilizer.services.tokens import TokenService
 
 logger = logging.getLogger(__name__)
 
+#: Makes local group memberships agree with the backend's (restoring them there first).
+GroupSettler = Callable[[Sequence[Connection], bool], Awaitable[None]]
+
 
 class Maintenance:
     """Keepalive, reaping, resync, session sweep, token key and memory checks."""
 
     def __init__(self, ctx: NodeContext, memory: MemoryGuard, tokens: TokenService,
                  connections: Callable[[], list[Connection]],
-                 kick: Callable[[str, str | None], None]) -> None:
+                 kick: Callable[[str, str | None], None],
+                 settle_groups: GroupSettler | None = None) -> None:
         self._ctx = ctx
         self._memory = memory
         self._tokens = tokens
         self._connections = connections  # admitted, and still being admitted
         self._kick = kick  # closes a local connection another node holds the client of
+        self._settle_groups = settle_groups
         self._joined = False
+        self._settle_due = False  # settle again once the subscription is back
+        self._restore_groups = False  # the backend lost our memberships: give them back
         self._backend_log = RateLimitedLog(logger)
 
     async def run(self) -> None:
@@ -87,11 +100,39 @@ class Maintenance:
             logger.warning("node %s had vanished from the registry; re-registering",
                            ctx.node_id)
             ctx.want_resync()
+            self._restore_groups = True
         self._joined = True
         if ctx.take_resync():
-            await self._resync()
+            self._settle_due = True
+            if not self._is_subscribed():
+                await self._settle()  # now, and again once the subscription is back
+        if self._settle_due and self._is_subscribed():
+            self._settle_due = False
+            try:
+                await self._settle()
+            except BaseException:
+                self._settle_due = True
+                raise
         if not self._tokens.has_key:
             await self._tokens.fetch_shared_key()
+
+    def _is_subscribed(self) -> bool:
+        ctx = self._ctx
+        return not ctx.follows_others or ctx.backend.routing.subscribed.is_set()
+
+    async def _settle(self) -> None:
+        """Groups first (restored before the presence that tells a client is back), then
+        presence: a socket another node took closes and hands its memberships over."""
+        if self._settle_groups is not None:
+            restore = self._restore_groups
+            try:
+                await self._settle_groups(list(self._ctx.pool.connections()), restore)
+            except BaseException:
+                self._ctx.want_resync()
+                raise
+            if restore:
+                self._restore_groups = False
+        await self._resync()
 
     async def _resync(self) -> None:
         ctx = self._ctx

@@ -82,7 +82,6 @@ def resyncs(caplog: pytest.LogCaptureFixture) -> int:
         "presence of ") and "re-registered" in record.getMessage())
 
 
-@defect("a kick published while a node resubscribes is lost for good (split brain)")
 async def test_a_kick_sent_while_its_node_resubscribes_still_closes_the_older_socket(
     node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
     caplog: pytest.LogCaptureFixture,
@@ -199,7 +198,6 @@ async def test_a_replica_restarted_with_its_node_id_ends_its_predecessors_groups
         f"alice is gone but still a member: {await b.get_group_members('room')}")
 
 
-@defect("after Redis restarts empty, nodes re-register presence but not group memberships")
 async def test_group_members_and_deliveries_agree_after_redis_restarts_empty(
     node: Node, private_redis: RedisServer,
 ) -> None:
@@ -232,8 +230,6 @@ async def test_group_members_and_deliveries_agree_after_redis_restarts_empty(
                                 f"room's messages but is {'' if listed else 'not '}listed")
 
 
-@defect("a remote join whose MEMBERSHIP message is lost with the owner's subscription is "
-        "recorded in Redis but never applied on the owner node")
 async def test_a_remote_join_lost_with_the_owners_subscription_is_not_half_done(
     node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
 ) -> None:
@@ -314,8 +310,6 @@ async def _fewer(url: str, channel: str, count: int) -> bool:
     return await subscribers(url, channel) < count
 
 
-@defect("a join that lands on a client's socket while it is being replaced is recorded in "
-        "Redis but never reaches the client's live socket")
 async def test_a_join_that_lands_on_a_replaced_socket_reaches_the_live_one(
     node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
 ) -> None:

@@ -36,6 +36,7 @@ class ProxyCounters:
     reset: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    held: int = 0  # subscribe commands kept waiting (drop_subscriptions with hold)
 
 
 _SUBSCRIBE = re.compile(rb"(?i)\b[SP]?SUBSCRIBE\b")
@@ -67,6 +68,8 @@ class _Link:
                     self.subscriber = True
                     if self._proxy.subscriptions_dropped and not self._proxy.holding:
                         return  # reset: the finally clause aborts both sides
+                    if not self._proxy.subscribing.is_set():
+                        self._proxy.counters.held += 1
                     await self._proxy.subscribing.wait()
                 due = asyncio.get_running_loop().time() + self._proxy.latency
                 await queue.put((due, data))

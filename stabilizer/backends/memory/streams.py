@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Collection, Mapping
 
 from stabilizer.backends.base import History, Sequenced, SessionState
 from stabilizer.backends.memory.hub import MemoryHub, SessionRecord, StreamRecord
@@ -67,6 +68,19 @@ class MemoryGroups:
         """Groups of `client_id`."""
         self._node.check()
         return sorted(self._node.hub.client_groups.get(client_id, ()))
+
+    async def reconcile(self, local: Mapping[str, Collection[str]], *,
+                        restore: bool = False) -> dict[str, list[str]]:
+        """Groups of each client of `local`, after adding it back to its local groups
+        with `restore` (no events, no baselines)."""
+        self._node.check()
+        hub = self._node.hub
+        if restore:
+            for client_id, groups in local.items():
+                for group in groups:
+                    hub.groups.setdefault(group, set()).add(client_id)
+                    hub.client_groups.setdefault(client_id, set()).add(group)
+        return {client_id: sorted(hub.client_groups.get(client_id, ())) for client_id in local}
 
     async def subscribe(self, group: str) -> None:
         """Receive `group`'s messages on this node."""

@@ -19,6 +19,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from stabilizer.backends.base import TaskSpawner
+from stabilizer.backends.redis import group_scripts as groups_lua
 from stabilizer.backends.redis import scripts as lua
 from stabilizer.backends.redis import stream_scripts as streams_lua
 from stabilizer.backends.redis import user_scripts as users_lua
@@ -54,6 +55,7 @@ class Scripts:
         self.history = register(streams_lua.HISTORY)
         self.seats = register(users_lua.SEATS)
         self.user_route = register(users_lua.USER_ROUTE)
+        self.reconcile_groups = register(groups_lua.RECONCILE_GROUPS)
 
     def all(self) -> list[AsyncScript]:
         """Every script."""

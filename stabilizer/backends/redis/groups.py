@@ -3,9 +3,14 @@ each way; a group's messages go over its own channel to the nodes that follow it
 
 from __future__ import annotations
 
-from stabilizer.backends.redis.core import RedisCore
+from collections.abc import Collection, Mapping
+from typing import Final
+
+from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.routing import RedisRouting
 from stabilizer.pure.streams import group_stream
+
+_RECONCILE_BATCH: Final = 200
 
 
 class RedisGroups:
@@ -46,6 +51,27 @@ class RedisGroups:
     async def of_client(self, client_id: str) -> list[str]:
         """SSCAN the client's group set."""
         return await self._core.scan_set(self._core.keys.client_groups(client_id), "groups")
+
+    async def reconcile(self, local: Mapping[str, Collection[str]], *,
+                        restore: bool = False) -> dict[str, list[str]]:
+        """One script per batch of clients: SMEMBERS of each client's group set, after
+        SADDs of its local groups with `restore`."""
+        core = self._core
+        keys = core.keys
+        clients = sorted(local)
+        listed: dict[str, list[str]] = {}
+        for start in range(0, len(clients), _RECONCILE_BATCH):
+            batch = clients[start:start + _RECONCILE_BATCH]
+            args: list[str] = [keys.group_prefix, "1" if restore else "0"]
+            for client_id in batch:
+                groups = sorted(local[client_id]) if restore else []
+                args += [client_id, str(len(groups)), *groups]
+            reply = await core.call(core.scripts.reconcile_groups(
+                keys=[keys.client_groups(client_id) for client_id in batch], args=args,
+            ), "reconcile_groups")
+            for client_id, groups in zip(batch, reply, strict=True):
+                listed[client_id] = sorted(text(group) for group in groups)
+        return listed
 
     async def subscribe(self, group: str) -> None:
         """Follow the group's channel (confirmed by Redis before this returns)."""

@@ -124,38 +124,35 @@ class RedisRouting:
                     waiter.set_result(None)
                 confirmed += 1
                 if confirmed == channels:
-                    # groups followed or left while this subscription was being made
-                    wanted = self._channels()
-                    missing = [c for c in wanted if c.encode() not in seen]
-                    extra = seen - {c.encode() for c in wanted}
-                    if extra:
-                        await self._unsubscribe(pubsub, extra)
-                        seen -= extra
-                        channels -= len(extra)
-                        confirmed -= len(extra)
-                    if missing:
-                        await self._subscribe_more(pubsub, missing)
-                        channels += len(missing)
-                    else:
-                        self._on_subscribed(channels)
+                    channels += await self._catch_up(pubsub, seen)
+                if confirmed == channels:
+                    self._on_subscribed(channels)
             elif kind in ("unsubscribe", "sunsubscribe"):
                 seen.discard(_channel_bytes(message.get("channel")))
 
-    async def _subscribe_more(self, pubsub: Any, channels: list[str]) -> None:
+    async def _catch_up(self, pubsub: Any, seen: set[bytes]) -> int:
+        """Groups followed or left while the subscription was being confirmed (follow_group
+        and unfollow_group leave those to it): subscribe to the channels of the first,
+        unsubscribe from those of the second; return how many more confirmations to await.
+        """
+        keys = self._core.keys
+        prefix = keys.group_channel("")
+        wanted = {keys.group_channel(group) for group in self._groups}
+        have = {channel.decode("utf-8", "surrogateescape") for channel in seen}
+        missing = sorted(wanted - have)
+        stale = sorted(c for c in have - wanted if c.startswith(prefix))
+        if not missing and not stale:
+            return 0
         try:
             async with asyncio.timeout(self._core.op_timeout):
-                await pubsub.subscribe(*channels)
+                if missing:
+                    await pubsub.subscribe(*missing)
+                for channel in stale:
+                    await pubsub.unsubscribe(channel)
         except (RedisError, OSError, TimeoutError) as exc:
             self._core.available = False
-            raise BackendUnavailable(f"subscribe failed: {exc!r}") from exc
-
-    async def _unsubscribe(self, pubsub: Any, channels: set[bytes]) -> None:
-        try:
-            async with asyncio.timeout(self._core.op_timeout):
-                await pubsub.unsubscribe(*sorted(channels))
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._core.available = False
-            raise BackendUnavailable(f"unsubscribe failed: {exc!r}") from exc
+            raise BackendUnavailable(f"subscribe to groups failed: {exc!r}") from exc
+        return len(missing)
 
     def _on_subscribed(self, channels: int) -> None:
         self._core.available = True

@@ -3,12 +3,20 @@
 A node follows a group's channel while it has local members: it subscribes on the first
 local member and unsubscribes on the last. A client on another node joins or leaves through
 a MEMBERSHIP envelope routed to its node.
+
+The backend is the truth; local membership follows it. Where the two can part (a MEMBERSHIP
+envelope lost with a subscription, a join that lands on a socket another one replaces, a
+store that restarts empty), ``settle`` makes them agree again: a client's local groups
+become the ones the backend lists, after giving the backend back what it lost, if it did.
+Changes of one client's memberships on this node take turns, so that a settle never reads
+the backend between a local change and its write.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Final
 
 from stabilizer.connection.connection import Connection, State
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
@@ -16,11 +24,14 @@ from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.streams import client_stream, group_stream, user_stream
 from stabilizer.pure.wire import Envelope, Kind, encode
+from stabilizer.services.delivery.turns import Turns
 from stabilizer.services.events import Events
 
 logger = logging.getLogger(__name__)
 
 _JOIN, _LEAVE = "join", "leave"
+_SETTLE: Final = "settle"  # a MEMBERSHIP ref: take the groups the backend lists
+_SETTLE_BATCH: Final = 200  # clients per round trip of GroupStore.reconcile
 
 
 class Membership:
@@ -32,6 +43,9 @@ class Membership:
         self._events = events
         self._on_unfollow = on_unfollow  # a stream no local connection follows any more
         self._members: dict[str, set[Connection]] = {}
+        self._turns = Turns()  # one change of a client's local memberships at a time
+        self._losses = 0  # subscriptions lost: MEMBERSHIP envelopes may have gone with them
+        self._settled = 0  # the losses a node-wide settle after resubscribing covered
         self._backend_log = RateLimitedLog(logger)
 
     def local_members(self, group: str) -> set[Connection]:
@@ -40,6 +54,17 @@ class Membership:
 
     def __len__(self) -> int:
         return len(self._members)
+
+    def subscription_lost(self) -> None:
+        """The listener lost its subscription: a MEMBERSHIP envelope may be lost with it."""
+        self._losses += 1
+
+    @property
+    def in_doubt(self) -> bool:
+        """True from a lost subscription until a node-wide settle once it is back: local
+        memberships may miss one the backend lists (a closing client must leave its groups
+        in the backend even if it has none here)."""
+        return self._losses != self._settled
 
     async def join(self, client_id: str, group: str) -> None:
         """Add a client on any node to a group.
@@ -58,9 +83,13 @@ class Membership:
             await ctx.ask(backend.groups.join(client_id, group))
             await self._tell_owner(client_id, group, _JOIN)
             return
-        await self.join_local(conn, group)
-        if await ctx.ask(backend.groups.join(client_id, group)):
+        async with self._turns.hold(client_id):
+            await self.join_local(conn, group)
+            joined = await ctx.ask(backend.groups.join(client_id, group))
+        if joined:
             self._events.membership(_JOIN, client_id, group)
+        if not conn.is_open:  # replaced meanwhile: the live socket may be on another node
+            await self.hand_over(client_id)
 
     async def leave(self, client_id: str, group: str) -> None:
         """Remove a client on any node from a group (no error if it was not a member).
@@ -70,13 +99,18 @@ class Membership:
         """
         ctx = self._ctx
         conn = ctx.pool.get(client_id)
-        left = await ctx.ask(ctx.backend.groups.leave(client_id, group))
-        if conn is not None:
+        if conn is None:
+            await ctx.ask(ctx.backend.groups.leave(client_id, group))
+            if ctx.backend.is_shared:
+                await self._tell_owner(client_id, group, _LEAVE)
+            return
+        async with self._turns.hold(client_id):
+            left = await ctx.ask(ctx.backend.groups.leave(client_id, group))
             await self.leave_local(conn, group)
-            if left:
-                self._events.membership(_LEAVE, client_id, group)
-        elif ctx.backend.is_shared:
-            await self._tell_owner(client_id, group, _LEAVE)
+        if left:
+            self._events.membership(_LEAVE, client_id, group)
+        if not conn.is_open:  # replaced meanwhile: the live socket may be on another node
+            await self.hand_over(client_id)
 
     async def _tell_owner(self, client_id: str, group: str, action: str) -> None:
         ctx = self._ctx
@@ -90,7 +124,9 @@ class Membership:
         group = envelope.payload
         if conn is None or not isinstance(group, str):
             return
-        if envelope.ref == _JOIN:
+        if envelope.ref == _SETTLE:
+            self._ctx.tasks.spawn(self._settle_quietly(conn), name="stabilizer-settle")
+        elif envelope.ref == _JOIN:
             self._ctx.tasks.spawn(self.join_local(conn, group), name="stabilizer-join")
         elif envelope.ref == _LEAVE:
             self._ctx.tasks.spawn(self.leave_local(conn, group), name="stabilizer-leave")
@@ -141,3 +177,63 @@ class Membership:
         self._on_unfollow(client_stream(conn.client_id))
         if conn.user_id is not None and not self._ctx.pool.of_user(conn.user_id):
             self._on_unfollow(user_stream(conn.user_id))
+
+    async def settle(self, conns: Sequence[Connection], *, restore: bool = False,
+                     node_wide: bool = False) -> None:
+        """Make the local memberships of `conns` agree with the groups the backend lists
+        for their clients (one round trip per batch). With `restore` (the backend lost this
+        node's state: it restarted empty, or reaped the node), the backend first takes the
+        local memberships back. A `node_wide` settle (of every local connection) that began
+        while subscribed ends the doubt of the subscription losses before it.
+
+        Raises:
+            BackendUnavailable: the backend cannot be reached (nothing changed locally).
+        """
+        ctx = self._ctx
+        losses = self._losses
+        subscribed = not ctx.follows_others or ctx.backend.routing.subscribed.is_set()
+        open_conns = [conn for conn in conns if conn.is_open]
+        if open_conns:
+            async with self._turns.hold(*(conn.client_id for conn in open_conns)):
+                local = {conn.client_id: conn.groups for conn in open_conns}
+                listed = await ctx.ask(ctx.backend.groups.reconcile(local, restore=restore),
+                                       round_trips=1 + len(local) // _SETTLE_BATCH)
+                for conn in open_conns:
+                    await self._agree(conn, listed.get(conn.client_id, []))
+        if node_wide and subscribed:
+            self._settled = max(self._settled, losses)
+
+    async def _agree(self, conn: Connection, listed: list[str]) -> None:
+        wanted = set(listed)
+        joined = sorted(wanted - conn.groups)
+        left = sorted(conn.groups - wanted)
+        for group in joined:
+            await self.join_local(conn, group)
+        for group in left:
+            await self.leave_local(conn, group)
+        if joined or left:
+            logger.warning("memberships of %r disagreed with the backend: joined %s, left %s",
+                           conn.client_id, joined, left)
+
+    async def hand_over(self, client_id: str) -> None:
+        """A socket of `client_id` was replaced while it held or changed memberships: the
+        live socket, on this node or the one presence names, takes what the backend lists."""
+        ctx = self._ctx
+        live = ctx.pool.get(client_id)
+        try:
+            if live is not None:
+                await self.settle([live])
+            elif ctx.backend.is_shared:
+                await self._tell_owner(client_id, "", _SETTLE)
+        except BackendUnavailable as exc:
+            ctx.want_resync()
+            self._backend_log.warning("groups of %r not handed over (backend down); the "
+                                      "resync after it settles them", client_id, exc=exc)
+
+    async def _settle_quietly(self, conn: Connection) -> None:
+        try:
+            await self.settle([conn])
+        except BackendUnavailable as exc:
+            self._ctx.want_resync()
+            self._backend_log.warning("groups of %r not settled (backend down); the resync "
+                                      "after it settles them", conn.client_id, exc=exc)

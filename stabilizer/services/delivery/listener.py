@@ -66,6 +66,7 @@ class Listener:
                 failures += 1
                 ctx.stats.backend_reconnects += 1
                 ctx.want_resync()
+                self._membership.subscription_lost()
                 delay = backoff_delay(failures)
                 self._backend_log.warning("subscription lost; resubscribing in %.2fs", delay,
                                           exc=exc)

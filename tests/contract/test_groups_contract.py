@@ -1,0 +1,52 @@
+"""Contract of GroupStore.reconcile: what a node reads (and, after the store forgot it,
+gives back) to make its local memberships agree with the store's."""
+
+from __future__ import annotations
+
+from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node
+
+__all__ = ["open_node"]  # the fixture, re-exported for pytest
+
+
+async def test_reconcile_lists_the_groups_of_each_client_without_changing_them(
+    open_node: NodeFactory,
+) -> None:
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await b.groups.join("alice", "room:1*")
+    await b.groups.join("alice", "hall")
+    await b.groups.join("bob", "hall")
+    listed = await a.groups.reconcile({"alice": {"kitchen"}, "bob": (), "carol": {"x"}})
+    assert listed == {"alice": ["hall", "room:1*"], "bob": ["hall"], "carol": []}
+    assert await a.groups.members("kitchen") == []  # without restore, nothing is written
+    assert await a.groups.of_client("carol") == []
+
+
+async def test_reconcile_with_restore_gives_the_store_back_what_it_lost(
+    open_node: NodeFactory,
+) -> None:
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await b.groups.join("alice", "hall")
+    listed = await a.groups.reconcile({"alice": {"room", "hall"}, "{odd}|id": {"room"}},
+                                      restore=True)
+    assert listed == {"alice": ["hall", "room"], "{odd}|id": ["room"]}
+    assert await b.groups.members("room") == ["alice", "{odd}|id"]
+    assert await b.groups.of_client("alice") == ["hall", "room"]
+    assert await a.groups.reconcile({"alice": ()}, restore=True) == {"alice": ["hall", "room"]}
+
+
+async def test_reconcile_with_restore_is_silent_even_with_events(open_node: NodeFactory) -> None:
+    a, b = await open_node("node-a", events=True), await open_node("node-b", events=True)
+    async with Inbox(b) as inbox_b:
+        await a.groups.reconcile({"alice": {"room"}}, restore=True)
+        await a.routing.publish(b"marker")  # an event the restore published would come first
+        assert await inbox_b.queue.get() == b"marker"
+        assert inbox_b.queue.empty()
+
+
+async def test_reconcile_covers_more_clients_than_one_batch(open_node: NodeFactory) -> None:
+    a = await open_node("node-a")
+    local = {f"client-{n}": {f"g{n % 3}"} for n in range(450)}
+    listed = await a.groups.reconcile(local, restore=True)
+    assert listed == {client: sorted(groups) for client, groups in local.items()}
+    assert len(await a.groups.members("g0")) == 150
+    assert await a.groups.reconcile({}) == {}

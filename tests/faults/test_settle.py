@@ -1,0 +1,119 @@
+"""Local group memberships agree with Redis again after what the regressions pin, the other
+way round: a leave lost with the owner's subscription, and a join through a node whose
+socket of the client is replaced by a newer one on the same node."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from stabilizer import WebSocketConnectionManager
+from tests.faults.test_regressions import (
+    NOTICE,
+    Node,
+    _subscribed,
+    _true,
+    _unsubscribed,
+    node,
+    proxy,
+    until,
+)
+from tests.support.fakes import FakeSocket
+from tests.support.fault_proxy import FaultProxy
+from tests.support.redis_server import RedisServer
+
+__all__ = ["node", "proxy"]  # the fixtures, re-exported for pytest
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+async def agree(sender: WebSocketConnectionManager, socket: FakeSocket, text: str) -> bool:
+    """True when `socket` receives the room's messages exactly if Redis lists alice."""
+    await sender.send_to_group("room", text)
+    try:
+        await socket.expect(text, timeout=0.5)
+        received = True
+    except TimeoutError:
+        received = False
+    return received == ("alice" in await sender.get_group_members("room"))
+
+
+async def test_a_remote_leave_lost_with_the_owners_subscription_is_carried_out(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    a, b = node("a", proxy.url), node("b")
+    await a.start()
+    await b.start()
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    await a.join_group("alice", "room")
+    channel = f"{{{namespace}}}:n:a"
+    await proxy.drop_subscriptions(hold=True)
+    assert await until(lambda: _unsubscribed(private_redis.url, channel))
+    await b.leave_group("alice", "room")  # routed to node a's channel: nobody listens
+    proxy.restore()
+    assert await until(lambda: _subscribed(private_redis.url, channel))
+    assert await until(lambda: agree(b, alice, "still here?")), (
+        "Redis no longer lists alice in room, but her node keeps delivering it to her")
+
+
+async def test_a_join_through_a_socket_replaced_on_its_own_node_reaches_the_new_one(
+    node: Node,
+) -> None:
+    a = node("a")
+    await a.start()
+    older, newer = FakeSocket("older"), FakeSocket("newer")
+    await a.connect("alice", older)
+    joining = asyncio.create_task(a.join_group("alice", "room"))
+    await a.connect("alice", newer)  # the join's steps interleave with the replacement's
+    await joining
+    assert await until(lambda: agree(a, newer, "hello room")), (
+        f"room lists {await a.get_group_members('room')}, but alice's newer socket does not "
+        "receive the room")
+
+
+async def test_a_client_leaving_before_its_lost_join_is_settled_leaves_the_group(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    """Seed 1564657396: c0's node missed a remote join (its subscription was cut) and c0
+    disconnected before any settle; the node, knowing no group of c0's, left none in Redis,
+    and c0 stayed a member of g1 for good."""
+    a, b = node("a", proxy.url), node("b")
+    await a.start()
+    await b.start()
+    await a.connect("alice", FakeSocket("alice"))
+    channel = f"{{{namespace}}}:n:a"
+    await proxy.drop_subscriptions(hold=True)
+    assert await until(lambda: _unsubscribed(private_redis.url, channel))
+    assert await until(lambda: _false(a.backend.routing.subscribed.is_set()), NOTICE)
+    await b.join_group("alice", "room")  # routed to node a's channel: nobody listens
+    assert await b.get_group_members("room") == ["alice"]
+    await a.disconnect("alice")
+    assert await b.get_group_members("room") == []
+    assert await b.get_client_groups("alice") == []
+    proxy.restore()
+
+
+async def _false(value: bool) -> bool:
+    return not value
+
+
+async def test_a_group_followed_while_the_subscription_is_confirmed_is_subscribed_too(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    """Seed 10 (tests/faults/test_seeds.py): c0 joined g0 on replica-1 while its new
+    subscription (computed before the join) waited for Redis's confirmations; the join left
+    g0's channel to "the next subscription", which had already been sent without it, and
+    replica-1 never received g0's messages from other replicas."""
+    a = node("a", proxy.url)
+    await a.start()
+    await a.connect("alice", FakeSocket("alice"))
+    await proxy.drop_subscriptions(hold=True)  # every subscribe waits at the proxy
+    assert await until(lambda: _false(a.backend.routing.subscribed.is_set()), NOTICE)
+    held = proxy.counters.held
+    assert await until(lambda: _true(proxy.counters.held > held), NOTICE)  # node a's own
+    await a.join_group("alice", "room")  # while node a's new subscription is unconfirmed
+    proxy.restore()
+    assert await until(lambda: _subscribed(private_redis.url, f"{{{namespace}}}:gc:room")), (
+        "node a has a member of room but does not subscribe to its channel")

@@ -177,19 +177,31 @@ def _first_after_loss(record: SocketRecord, stream: str) -> Slot | None:
 
 
 def _sender_order(record: SocketRecord, messages: dict[MessageKey, MessageRecord]) -> list[str]:
-    last: dict[tuple[int, str | None], MessageKey] = {}
+    """Messages of one sender to one target arrive in the order they were sent: within one
+    call in its order, and a call that ended before another began before that one's. Two
+    calls in flight together have no order between them."""
+    received: dict[tuple[int, str | None], list[tuple[MessageKey, MessageRecord]]] = {}
     problems = []
     for frame in record.frames:
-        message = messages.get(frame.key) if frame.key is not None else None
-        if message is None or not message.definite:
+        key = frame.key
+        message = messages.get(key) if key is not None else None
+        if key is None or message is None or not message.definite:
             continue
-        sender = (message.via, message.target)
-        previous = last.get(sender)
-        if previous is not None and frame.key is not None and frame.key < previous:
-            problems.append(f"{_who(record)} received {frame.key} after {previous}, both "
-                            f"sent by replica-{message.via} to {message.target or 'everyone'}")
-        last[sender] = max(previous or (0, 0), frame.key or (0, 0))
+        earlier = received.setdefault((message.via, message.target), [])
+        for previous, sent in earlier:
+            if _sent_before(key, message, previous, sent):
+                problems.append(f"{_who(record)} received {key} after {previous}, both "
+                                f"sent by replica-{message.via} to {message.target or 'everyone'}")
+                break
+        earlier.append((key, message))
     return problems
+
+
+def _sent_before(key: MessageKey, message: MessageRecord, other: MessageKey,
+                 other_message: MessageRecord) -> bool:
+    if key[0] == other[0]:  # one call: its messages in order
+        return key[1] < other[1]
+    return message.ended is not None and message.ended < other_message.started
 
 
 def _markers(history: History, markers: dict[str, int]) -> list[str]:

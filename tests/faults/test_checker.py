@@ -155,11 +155,25 @@ def test_an_epoch_change_must_start_at_one_after_the_old_epoch_ended() -> None:
 def test_without_history_one_senders_messages_keep_their_order() -> None:
     history = History(seed=3, history=False)
     history.sockets = [socket(0, "c0", 0, "a1", frames=marker_frames(2, 1), closed=True)]
-    for number in (1, 2):
-        history.messages[(number, 0)] = MessageRecord((number, 0), None, 0, 0.0, definite=True)
+    for number in (1, 2):  # the call that sent 1 ended before the one that sent 2 began
+        history.messages[(number, 0)] = MessageRecord((number, 0), None, 0, float(number),
+                                                      ended=number + 0.5, definite=True)
     assert any("received (1, 0) after (2, 0)" in p for p in check_messages(history, {}))
     history.messages[(1, 0)].via = 1  # another sender: no order between them
     assert check_messages(history, {}) == []
+
+
+def test_calls_in_flight_together_have_no_order_but_each_keeps_its_own() -> None:
+    history = History(seed=3, history=False)
+    frames = [Received(100.0 + i, "message", key=key)
+              for i, key in enumerate([(2, 0), (1, 0), (2, 1), (1, 1)])]
+    history.sockets = [socket(0, "c0", 0, "a1", frames=frames, closed=True)]
+    for key in ((1, 0), (1, 1), (2, 0), (2, 1)):  # both calls from 1.0 to 3.0
+        history.messages[key] = MessageRecord(key, None, 0, 1.0, ended=3.0, definite=True)
+    assert check_messages(history, {}) == []
+    history.sockets[0].frames = [Received(100.0, "message", key=(1, 1)),
+                                 Received(101.0, "message", key=(1, 0))]
+    assert any("received (1, 0) after (1, 1)" in p for p in check_messages(history, {}))
 
 
 def test_leftovers_after_every_client_left_are_flagged() -> None:

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from tests.support import nginx as nginx_support
+from tests.support import uvicorn_proc as uvicorn_support
 from tests.support.nginx import Nginx
 from tests.support.uvicorn_proc import PortTakenError, UvicornProcess, start_all
 
@@ -30,10 +31,14 @@ def our_children(marker: str) -> list[psutil.Process]:
     return found
 
 
-def test_a_replica_that_does_not_become_healthy_in_time_is_killed() -> None:
+def test_a_replica_that_does_not_become_healthy_in_time_is_killed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # its port is never taken for its own: however fast it starts, it is never healthy
+    monkeypatch.setattr(uvicorn_support, "listens_on", lambda pid, port: False)
     proc = UvicornProcess()
     with pytest.raises(RuntimeError, match="did not become healthy"):
-        proc.start(timeout=0.01)  # far less than an import of the app takes
+        proc.start(timeout=0.3)
     assert our_children(f"tests.e2e.serve tests.e2e.app:app {proc.port}") == []
 
 
@@ -46,10 +51,13 @@ def test_a_failed_replica_stops_the_ones_started_before_it() -> None:
     assert our_children("tests.e2e.serve") == []
 
 
-def test_nginx_that_does_not_start_in_time_is_stopped() -> None:
+def test_nginx_that_does_not_start_in_time_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # nginx itself starts (on a busy machine it may even listen before the first probe):
+    # its port is never taken for its own, so the start times out with nginx running
+    monkeypatch.setattr(nginx_support, "listens_on", lambda pid, port: False)
     proxy = Nginx([1])
     with pytest.raises(RuntimeError, match="nginx did not start"):
-        proxy.start(timeout=0.0)
+        proxy.start(timeout=0.3)
     assert proxy.process is None
     assert our_children(str(proxy.conf)) == []
 

@@ -9,6 +9,8 @@ subscriber while the replica held a member.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -89,3 +91,41 @@ async def test_a_group_left_while_the_node_resubscribes_is_unsubscribed(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.parametrize("torn_down", [True, False], ids=["listener-closed-it", "still-current"])
+async def test_a_pubsub_command_failing_with_a_non_redis_error_still_releases_the_client(
+    private_redis: RedisServer, namespace: str, make_manager: ManagerFactory, torn_down: bool,
+) -> None:
+    """Found by the fault checker (seed 2018342692): a client's group was left (its socket
+    closed) while the listener closed its lost pub/sub connection; redis-py raised
+    AttributeError from the unsubscribe, which escaped the close: the connection was never
+    released (its other group kept it) and the ASGI app logged the exception."""
+    manager = make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
+                                           node_id="a", **QUIET, **FAST))
+    await manager.start()
+    await manager.connect("alice", FakeSocket("alice"))
+    for group in ("room", "hall"):
+        await manager.join_group("alice", group)
+    conn = manager.get_connection("alice")
+    assert conn is not None
+    released = weakref.ref(conn)
+    del conn
+    routing: Any = manager.backend.routing
+    pubsub = routing._pubsub
+
+    async def unsubscribe(*channels: str) -> Any:
+        if torn_down:  # as the listener does with a lost subscription, before closing it
+            routing._pubsub = None
+        raise AttributeError("'NoneType' object has no attribute 'credential_provider'")
+
+    pubsub.unsubscribe = unsubscribe
+    try:
+        await manager.disconnect("alice")  # leaves both groups locally
+    finally:
+        routing._pubsub = pubsub  # (as after the listener's next subscription)
+    assert manager.get_connection_count() == 0
+    assert await manager.get_group_members("room") == []
+    assert await manager.get_group_members("hall") == []
+    gc.collect()
+    assert released() is None, "the node still holds alice's Connection"

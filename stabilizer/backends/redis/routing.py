@@ -17,6 +17,10 @@ from stabilizer.errors import BackendUnavailable
 logger = logging.getLogger(__name__)
 
 _IDLE_PING: Final = 5.0
+#: What a command on the pub/sub connection raises when it fails. redis-py also raises
+#: AttributeError or RuntimeError when the connection is closed or re-established under the
+#: command (the listener closing a lost subscription while a group is followed or left).
+_PUBSUB_FAILURES: Final = (RedisError, OSError, TimeoutError, AttributeError, RuntimeError)
 
 
 def _channel_bytes(value: object) -> bytes:
@@ -103,7 +107,7 @@ class RedisRouting:
                         await pubsub.ping()
                     awaiting_pong = True
                     continue
-            except (RedisError, OSError, TimeoutError) as exc:
+            except _PUBSUB_FAILURES as exc:
                 self._core.available = False
                 raise BackendUnavailable(f"pub/sub connection lost: {exc!r}") from exc
             awaiting_pong = False  # any reply (message, pong, confirmation) proves liveness
@@ -201,8 +205,10 @@ class RedisRouting:
             async with asyncio.timeout(self._core.op_timeout):
                 await pubsub.subscribe(channel)
                 await confirmed
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _PUBSUB_FAILURES as exc:
             self._confirmations.pop(channel.encode(), None)
+            if self._pubsub is not pubsub:
+                return  # the subscription was lost meanwhile: the next one includes it
             raise BackendUnavailable(f"subscribe to group failed: {exc!r}") from exc
 
     async def unfollow_group(self, group: str) -> None:
@@ -214,5 +220,7 @@ class RedisRouting:
         try:
             async with asyncio.timeout(self._core.op_timeout):
                 await pubsub.unsubscribe(self._core.keys.group_channel(group))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _PUBSUB_FAILURES as exc:
+            if self._pubsub is not pubsub:
+                return  # the subscription was lost meanwhile: the next one leaves it out
             raise BackendUnavailable(f"unsubscribe from group failed: {exc!r}") from exc

@@ -48,6 +48,7 @@ class Connection(SocketWriter):
 
     __slots__ = (
         "__weakref__",
+        "_changed_groups",
         "_close_waiter",
         "_groups",
         "_held",
@@ -110,6 +111,7 @@ class Connection(SocketWriter):
         self._user_data_bytes = 0
         self._pong_waiters: list[asyncio.Future[float]] | None = None
         self._groups: set[str] | None = None
+        self._changed_groups = False
         # While a resuming client is replayed its history, live frames wait here so that
         # none is delivered twice or out of order.
         self._held: list[Held] | None = [] if hold else None
@@ -146,6 +148,12 @@ class Connection(SocketWriter):
     def groups(self) -> frozenset[str]:
         """The groups this connection is a local member of."""
         return frozenset(self._groups) if self._groups else frozenset()
+
+    @property
+    def changed_groups(self) -> bool:
+        """True once a join or leave went through this connection (one of a group it was
+        not in included): replaced, it hands the client's memberships to the live socket."""
+        return self._changed_groups
 
     @property
     def user_data(self) -> Mapping[str, Any]:
@@ -266,9 +274,11 @@ class Connection(SocketWriter):
         if self._groups is None:
             self._groups = set()
         self._groups.add(group)
+        self._changed_groups = True
 
     def leave(self, group: str) -> None:
         """Drop local membership of `group`."""
+        self._changed_groups = True
         if self._groups is not None:
             self._groups.discard(group)
 

@@ -122,7 +122,9 @@ class Closing:
         self._departed_from(conn)
         if code == CloseCode.REPLACED:
             self._ctx.stats.replaced += 1
-            if conn.groups:  # joins it took after the replacement are the live socket's
+            # what it joined or left through a node that still held it after the
+            # replacement is the live socket's: hand the memberships over
+            if conn.groups or conn.changed_groups:
                 self._ctx.tasks.spawn(self._membership.hand_over(conn.client_id),
                                       name=f"stabilizer-hand-over-{conn.conn_id}")
         # a replaced connection's presence names the newer connection already

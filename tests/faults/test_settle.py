@@ -117,3 +117,28 @@ async def test_a_group_followed_while_the_subscription_is_confirmed_is_subscribe
     proxy.restore()
     assert await until(lambda: _subscribed(private_redis.url, f"{{{namespace}}}:gc:room")), (
         "node a has a member of room but does not subscribe to its channel")
+
+
+async def test_a_leave_that_lands_on_a_replaced_socket_reaches_the_live_one(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    """Seed 574562604: c0 connected on replica-0 and replica-1 at once while replica-0's
+    subscription was gone (the kick of its socket waited for the settle after it came
+    back); c0 joined g0 through replica-1 (its live socket), then left g0 through
+    replica-0, which still held the older socket: Redis dropped c0 from g0, the live socket
+    kept receiving g0. The older socket held no group when it was replaced, so it handed
+    nothing over."""
+    a, b = node("a", proxy.url), node("b")
+    await a.start()
+    await b.start()
+    await a.connect("alice", FakeSocket("older"))
+    await proxy.drop_subscriptions(hold=True)  # the kick for a's socket will wait
+    assert await until(lambda: _unsubscribed(private_redis.url, f"{{{namespace}}}:n:a"))
+    live = FakeSocket("live")
+    await b.connect("alice", live)
+    await b.join_group("alice", "room")  # the live socket joins
+    await a.leave_group("alice", "room")  # a still holds the older socket: leaves through it
+    proxy.restore()
+    assert await until(lambda: agree(b, live, "still here?")), (
+        f"room lists {await b.get_group_members('room')}, but alice's live socket "
+        "receives the room")

@@ -282,9 +282,16 @@ async def test_unreachable_redis_exits_3_with_one_line(args: list[str]) -> None:
     assert "s3cret" not in run.err
 
 
-async def test_an_unreachable_sentinel_exits_3() -> None:
-    run = await cli("--redis-url", f"redis+sentinel://127.0.0.1:{free_port()}/mymaster",
-                    "--timeout", "1", "nodes")
+@pytest.mark.parametrize("options", [
+    pytest.param(["--redis-url", "redis+sentinel://127.0.0.1:{port}/mymaster"], id="sentinel"),
+    pytest.param(["--redis-url", "redis://127.0.0.1:{port}", "--cluster"], id="cluster"),
+])
+@pytest.mark.parametrize("command", [["nodes"], ["send", "alice", "hi"]], ids=" ".join)
+async def test_an_unreachable_sentinel_or_cluster_exits_3(options: list[str],
+                                                          command: list[str]) -> None:
+    port = free_port()
+    run = await cli(*(part.format(port=port) for part in options), "--timeout", "1", *command)
 
     assert (run.code, run.out) == (3, "")
     assert run.err.count("\n") == 1
+    assert run.err.startswith("python -m stabilizer: cannot reach Redis at ")

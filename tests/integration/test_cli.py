@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +10,7 @@ from typing import Any
 import pytest
 
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from tests.support.cli import Run, cli
 from tests.support.fakes import FakeSocket
 from tests.support.redis_server import free_port
 
@@ -20,16 +19,6 @@ pytestmark = pytest.mark.redis
 QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 ODD_CLIENT = "carol\n\u00e9*[x]"        # any string is a valid client id
 ODD_GROUP = "lobby *?[x]\\ \u00fc"       # glob characters and all: only a raw suffix
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
 
 
 @dataclass
@@ -52,17 +41,6 @@ class Cluster:
                 assert conn is not None
                 found.append((client_id, manager.node_id, conn.conn_id))
         return sorted(found)
-
-
-async def cli(*args: str) -> Run:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stabilizer", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(20.0):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return Run(process.returncode, out.decode(), err.decode())
 
 
 @pytest.fixture

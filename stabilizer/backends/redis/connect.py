@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -41,20 +42,47 @@ def client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any]
     return Redis.from_pool(pool), []
 
 
+def check_url(url: str) -> None:
+    """Parse `url` as client_for would, without connecting.
+
+    Raises:
+        ConfigError: a redis+sentinel:// URL without a service name or with a bad port.
+        ValueError: a URL redis-py would not accept (an unknown scheme, a bad port, ...).
+    """
+    if url.startswith("redis+sentinel://"):
+        sentinel_address(url)
+    else:
+        parse_url(url)
+
+
+def sentinel_address(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:
+    """The sentinels, service, db and password of a
+    ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]`` URL.
+
+    Raises:
+        ConfigError: no service name, or a port or db that is not a number.
+    """
+    parts = urlsplit(url)
+    hosts = []
+    try:
+        for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+            host, _, port = item.rpartition(":")
+            hosts.append((host or "127.0.0.1", int(port or 26379)))
+        path = [segment for segment in parts.path.split("/") if segment]
+        if not path:
+            raise ConfigError("redis+sentinel:// URLs need the service name: .../mymaster[/db]")
+        db = int(path[1]) if len(path) > 1 else 0
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"redis+sentinel:// URL does not parse: {exc}") from exc
+    return hosts, path[0], db, parts.password
+
+
 def _sentinel_client(config: WebSocketConfig, url: str) -> tuple[Redis, list[Any]]:
-    """``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``."""
     from redis.asyncio.sentinel import Sentinel
 
-    parts = urlsplit(url)
-    password = parts.password
-    hosts = []
-    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = item.rpartition(":")
-        hosts.append((host or "127.0.0.1", int(port or 26379)))
-    path = [segment for segment in parts.path.split("/") if segment]
-    if not path:
-        raise ConfigError("redis+sentinel:// URLs need the service name: .../mymaster[/db]")
-    service, db = path[0], int(path[1]) if len(path) > 1 else 0
+    hosts, service, db, password = sentinel_address(url)
     sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py lacks hints here
         hosts, socket_timeout=config.op_timeout,
         sentinel_kwargs={"socket_timeout": config.op_timeout},

@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from stabilizer.backends.base import TaskSpawner
 from stabilizer.backends.redis import group_scripts as groups_lua
@@ -101,7 +101,8 @@ class RedisCore:
             async with asyncio.timeout(self.op_timeout), self._in_flight:
                 awaited = True
                 result = await awaitable
-        except (RedisError, OSError, TimeoutError) as exc:
+        # RedisClusterException: a Cluster client that could reach none of its nodes
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             self.available = False
             self.stats.observe(op, time.perf_counter() - started, False)
             raise BackendUnavailable(f"redis unavailable: {exc or type(exc).__name__}") from exc

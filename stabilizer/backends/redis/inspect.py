@@ -8,14 +8,12 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from redis.asyncio import Redis
-from redis.asyncio.connection import parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from stabilizer.backends.redis.backend import RedisBackend
+from stabilizer.backends.redis.connect import check_url
 from stabilizer.backends.redis.core import text
+from stabilizer.config import WebSocketConfig
 from stabilizer.errors import BackendUnavailable
 
 T = TypeVar("T")
@@ -31,17 +29,13 @@ class NodeRow:
     now_ms: float
 
 
-def check_url(url: str) -> None:
-    """Raise ValueError for a URL redis-py would not accept (an unknown scheme, ...)."""
-    parse_url(url)
+__all__ = ["NodeRow", "RedisInspector", "check_url", "open_backend"]
 
 
-def open_backend(url: str, namespace: str, buckets: int, timeout: float) -> RedisBackend:
-    """A backend over a client that fails fast (no retry, `timeout` on every socket call)."""
-    client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
-                            retry=Retry(NoBackoff(), 0))
-    return RedisBackend(client, namespace=namespace, owns_client=True,
-                        presence_buckets=buckets, op_timeout=timeout)
+def open_backend(config: WebSocketConfig) -> RedisBackend:
+    """A backend for config.redis_url (standalone, Cluster or Sentinel, as the replicas
+    connect); it connects on its first call."""
+    return RedisBackend.from_config(config)
 
 
 class RedisInspector:
@@ -57,14 +51,18 @@ class RedisInspector:
         try:
             async with asyncio.timeout(self._timeout):
                 return await awaitable
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise BackendUnavailable(str(exc) or f"no answer within {self._timeout:g}s") from exc
+
+    async def now_ms(self) -> float:
+        """The Redis clock, in milliseconds (the clock node deadlines are set on)."""
+        seconds, micros = await self.ask(self._client.time())
+        return float(seconds * 1000 + micros // 1000)
 
     async def live_nodes(self) -> list[NodeRow]:
         """Nodes whose deadline (Redis clock) has not passed, with their client counts."""
         client, keys = self._client, self._keys
-        seconds, micros = await self.ask(client.time())
-        now_ms = seconds * 1000 + micros // 1000
+        now_ms = await self.now_ms()
         entries = cast(list[tuple[bytes, float]], await self.ask(client.zrangebyscore(
             keys.nodes, now_ms, "+inf", withscores=True)))  # redis-py: a union
         rows = []
@@ -81,13 +79,14 @@ class RedisInspector:
         prefix = self._keys.group_prefix
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
         keys: dict[str, bytes] = {}
-        cursor = 0
+        # scan_iter: one SCAN cursor, or one per master of a Cluster (redis-py walks them)
+        found = client.scan_iter(match=pattern, count=1000)
         while True:
-            cursor, batch = cast(tuple[int, list[bytes]], await self.ask(  # redis-py: a union
-                client.scan(cursor, match=pattern, count=1000)))
-            keys.update((text(key)[len(prefix):], key) for key in batch)  # raw user strings
-            if int(cursor) == 0:
+            try:
+                key = await self.ask(anext(found))
+            except StopAsyncIteration:
                 break
+            keys[text(key)[len(prefix):]] = key  # raw user strings
         names = sorted(keys)
         rows = []
         for start in range(0, len(names), 500):
@@ -99,3 +98,10 @@ class RedisInspector:
             rows += [(name, count) for name, count in zip(chunk, counts, strict=True)
                      if isinstance(count, int) and count > 0]
         return rows
+
+    async def broadcast_offset(self) -> int | None:
+        """How many broadcasts the history stream has sequenced (None: history is off, or
+        nothing was broadcast yet)."""
+        raw = await self.ask(cast(Awaitable[bytes | None],  # redis-py: a union
+                                  self._client.hget(self._keys.stream_meta("all"), "offset")))
+        return None if raw is None else int(raw)

@@ -1,0 +1,62 @@
+"""What every command shares: exit statuses, the one-line argument errors, and output."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from typing import Any, Final, NoReturn, TextIO
+from urllib.parse import urlsplit
+
+PROG: Final = "python -m stabilizer"
+EXIT_OK: Final = 0
+EXIT_NOT_FOUND: Final = 1     # locate, send, kick: no node holds the client; broadcast: none
+EXIT_USAGE: Final = 2         # bad arguments, URL, client id, close code, settings
+EXIT_UNAVAILABLE: Final = 3   # Redis unreachable or not answering in time
+Row = dict[str, Any]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Report bad arguments on one line (argparse would print the usage first)."""
+        self.exit(EXIT_USAGE, f"{PROG}: {message} (see {PROG} --help)\n")
+
+
+def iso(ms: float) -> str:
+    """Milliseconds since the epoch as an ISO 8601 UTC instant."""
+    moment = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def show(text: str) -> str:
+    """Ids are raw user strings: escape what would break a table line or the terminal."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def redacted(url: str) -> str:
+    """`url` without its credentials."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
+def emit(out: TextIO, data: list[Row] | Row, columns: list[str], as_json: bool) -> None:
+    """Write `data` as JSON, or as a table whose last column is left unpadded."""
+    if as_json:
+        out.write(json.dumps(data, indent=2) + "\n")
+        return
+    out.write(table(data if isinstance(data, list) else [data], columns))
+
+
+def table(rows: list[Row], columns: list[str]) -> str:
+    """`rows` as aligned text lines under upper-cased column names."""
+    cells = [[c.upper() for c in columns]] + [[show(str(r[c])) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = []
+    for row in cells:
+        padded = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        lines.append("  ".join([*padded, row[-1]]) + "\n")
+    return "".join(lines)

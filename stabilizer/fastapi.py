@@ -26,11 +26,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, WebSocket, params
+from fastapi import APIRouter, FastAPI, Request, WebSocket, params
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from stabilizer.auth.identity import Identity
 from stabilizer.config import CompressionMode, WebSocketConfig
+from stabilizer.dashboard import search, snapshot
 from stabilizer.errors import BackendUnavailable, ConfigError
 from stabilizer.manager import WebSocketConnectionManager
 from stabilizer.node.context import Phase
@@ -169,13 +170,15 @@ def _drain_before_server_exit(
 
 
 def router(manager: WebSocketConnectionManager, *, prefix: str = "",
-           dependencies: Sequence[params.Depends] | None = None) -> APIRouter:
+           dependencies: Sequence[params.Depends] | None = None,
+           dashboard: bool = False) -> APIRouter:
     """Return an APIRouter with GET /health (503 while draining), GET /stabilizer.js (the
-    browser client), GET /stats and, with ``enable_metrics``, GET /metrics.
+    browser client), GET /stats and, with ``enable_metrics``, GET /metrics; with
+    `dashboard`, the live dashboard at GET /dashboard (see _serve_dashboard).
 
-    `dependencies` (FastAPI's ``Depends(...)``) guard /stats and /metrics, which show
-    client counts and node ids; /health and /stabilizer.js stay open for load balancers
-    and browsers.
+    `dependencies` (FastAPI's ``Depends(...)``) guard /stats, /metrics and the dashboard,
+    which show client counts and node ids; /health, /stabilizer.js and /dashboard.js (static
+    code, no data) stay open for load balancers and browsers.
 
     Raises:
         ConfigError: enable_metrics is set but prometheus-client is not installed.
@@ -219,8 +222,55 @@ def router(manager: WebSocketConnectionManager, *, prefix: str = "",
 
     if manager.config.enable_metrics:
         _serve_metrics(guarded, manager)
+    if dashboard:
+        _serve_dashboard(api, guarded, manager)
     api.include_router(guarded)
     return api
+
+
+def _serve_dashboard(api: APIRouter, guarded: APIRouter,
+                     manager: WebSocketConnectionManager) -> None:
+    """GET /dashboard (the page), /dashboard.js (its script, open), /dashboard/data (the
+    cluster as JSON), /dashboard/clients?q= (search) and POST /dashboard/disconnect (a
+    JSON body ``{"client_id": ...}``; any other content type is refused with 415, so a
+    cross-site form cannot post it)."""
+    @api.get("/dashboard.js", include_in_schema=False)
+    async def dashboard_script() -> FileResponse:
+        return FileResponse(STATIC / "dashboard.js", media_type="text/javascript")
+
+    @guarded.get("/dashboard", include_in_schema=False)
+    async def dashboard_page() -> FileResponse:
+        return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+
+    @guarded.get("/dashboard/data")
+    async def dashboard_data() -> dict[str, Any]:
+        return await snapshot(manager)
+
+    @guarded.get("/dashboard/clients")
+    async def dashboard_clients(q: str) -> JSONResponse:
+        try:
+            return JSONResponse(await search(manager, q))
+        except BackendUnavailable:
+            return JSONResponse({"error": "backend unavailable"}, status_code=503)
+
+    @guarded.post("/dashboard/disconnect")
+    async def dashboard_disconnect(request: Request) -> JSONResponse:
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return JSONResponse({"error": "send application/json"}, status_code=415)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        client_id = body.get("client_id") if isinstance(body, dict) else None
+        if not isinstance(client_id, str) or not client_id:
+            return JSONResponse({"error": "client_id (a string) is required"},
+                                status_code=422)
+        try:
+            done = await manager.disconnect_client(client_id,
+                                                   reason="disconnected from the dashboard")
+        except BackendUnavailable:
+            return JSONResponse({"error": "backend unavailable"}, status_code=503)
+        return JSONResponse({"client_id": client_id, "disconnected": done})
 
 
 def _serve_metrics(api: APIRouter, manager: WebSocketConnectionManager) -> None:

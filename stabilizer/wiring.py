@@ -27,6 +27,7 @@ from stabilizer.services.lifecycle import Lifecycle, Loop
 from stabilizer.services.liveness import Liveness
 from stabilizer.services.maintenance import Maintenance
 from stabilizer.services.memory import MemoryGuard
+from stabilizer.services.reports import Reporter
 from stabilizer.services.resume import Resume
 from stabilizer.services.tokens import TokenService
 from stabilizer.services.users import Users
@@ -49,6 +50,7 @@ class Node:
     users: Users
     lifecycle: Lifecycle
     sessions: SessionServices
+    reporter: Reporter
 
 
 def assemble(config: WebSocketConfig, backend: Backend, *,
@@ -75,10 +77,12 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     users = Users(ctx, router, closing)
     listener = Listener(ctx, router, membership, events, on_kick=admission.kick,
                         on_user_close=users.close_local, on_client_close=closing.close_client)
+    reporter = Reporter(ctx)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
                               kick=admission.kick,
                               settle_groups=lambda conns, restore: membership.settle(
-                                  conns, restore=restore, node_wide=True))
+                                  conns, restore=restore, node_wide=True),
+                              reporter=reporter)
     loops: dict[str, Loop] = {"heartbeat": liveness.run, "maintenance": maintenance.run}
     if ctx.follows_others:
         loops["listener"] = listener.run
@@ -88,4 +92,4 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
         Resume(ctx, membership, sequenced) if sequenced is not None else None,
         Auth(ctx, authenticator, closing))
     return Node(ctx, events, liveness, membership, router, closing, memory, tokens,
-                admission, users, lifecycle, sessions)
+                admission, users, lifecycle, sessions, reporter)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from stabilizer.backends.records import (
     History,
     Liveness,
+    NodeReport,
     Presence,
     Registration,
     Seat,
@@ -29,7 +30,7 @@ from stabilizer.stats import BackendStats
 
 __all__ = [
     "Backend", "EventBus", "GroupStore", "History", "HistoryStore", "Liveness",
-    "NodeRegistry", "Presence", "PresenceStore", "Registration", "Routing", "Seat",
+    "NodeRegistry", "NodeReport", "Presence", "PresenceStore", "Registration", "Routing", "Seat",
     "Sequenced", "SessionState", "SessionStore", "TaskSpawner", "TokenStore", "UserStore",
 ]
 
@@ -279,6 +280,16 @@ class NodeRegistry(Protocol):
 
     async def nodes(self) -> list[str]:
         """Return the ids of live nodes."""
+        ...
+
+    async def report(self, report: NodeReport) -> None:
+        """Keep this node's latest report (written with each keepalive, never per message;
+        it goes when the node unregisters or is reaped)."""
+        ...
+
+    async def reports(self) -> list[NodeReport]:
+        """Return the latest report of every node that wrote one and was not reaped or
+        unregistered since (a node that died may still be listed until it is reaped)."""
         ...
 
 

@@ -1,9 +1,11 @@
 """The records the backend roles exchange with a node: presence entries, registrations,
-sequenced positions, a stream's history, a session's state, a liveness round, a user's seat.
+sequenced positions, a stream's history, a session's state, a liveness round, a user's seat,
+a node's report.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,3 +88,66 @@ class Seat:
 
     info: str = ""
     max_connections: int | None = None
+
+
+#: The NodeReport fields that are counts (non-negative integers).
+_REPORT_COUNTS = ("connections", "messages_in", "messages_out", "broadcasts",
+                  "outbox_frames", "outbox_max_frames")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    """What a node tells the others about itself with each keepalive (every node_ttl / 3):
+    its phase, its counters (monotonic since it started), its outbox pressure, the mean
+    latency of its backend operations over the last interval (None: none ran) and the
+    connected members of its largest local groups.
+
+    ``at`` is the node's wall clock (seconds) when it wrote the report.
+    """
+
+    node_id: str
+    phase: str
+    at: float
+    connections: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    broadcasts: int = 0
+    outbox_frames: int = 0
+    outbox_max_frames: int = 0
+    backend_latency_ms: float | None = None
+    groups: Mapping[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The report as compact JSON (what the store keeps)."""
+        body = {"node_id": self.node_id, "phase": self.phase, "at": self.at,
+                "backend_latency_ms": self.backend_latency_ms, "groups": dict(self.groups)}
+        body.update((name, getattr(self, name)) for name in _REPORT_COUNTS)
+        return json.dumps(body, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> NodeReport | None:
+        """Parse what to_json wrote; None for anything else (a report is advisory)."""
+        try:
+            body = json.loads(raw)
+            counts = {name: body[name] for name in _REPORT_COUNTS}
+            node_id, phase, at = body["node_id"], body["phase"], body["at"]
+            latency, groups = body["backend_latency_ms"], body["groups"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not (isinstance(node_id, str) and isinstance(phase, str)
+                and _is_number(at) and (latency is None or _is_number(latency))
+                and all(_is_count(value) for value in counts.values())
+                and isinstance(groups, dict)
+                and all(isinstance(k, str) and _is_count(v) for k, v in groups.items())):
+            return None
+        return cls(node_id, phase, float(at), **counts,
+                   backend_latency_ms=None if latency is None else float(latency),
+                   groups=groups)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

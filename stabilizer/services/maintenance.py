@@ -1,10 +1,10 @@
 """Maintenance: the loop that keeps a node registered and healthy.
 
-Every ``node_ttl / 3`` seconds: refresh the node's liveness (reaping dead nodes), end expired
-sessions, re-register local presence after an outage (closing sockets another node took
-meanwhile), fetch the shared token key if it is still missing; every
-``memory_check_interval`` seconds: enforce max_total_memory. Backend failures back off with
-jitter; nothing but cancellation ends the loop.
+Every ``node_ttl / 3`` seconds: refresh the node's liveness (reaping dead nodes), write its
+report (counters for the dashboard), end expired sessions, re-register local presence after
+an outage (closing sockets another node took meanwhile), fetch the shared token key if it is
+still missing; every ``memory_check_interval`` seconds: enforce max_total_memory. Backend
+failures back off with jitter; nothing but cancellation ends the loop.
 
 An outage is settled when it is noticed, and again once the node's subscription is back,
 because a kick or a MEMBERSHIP envelope published in between reached nobody. Settling makes
@@ -28,6 +28,7 @@ from stabilizer.node.context import NodeContext
 from stabilizer.pure.text import backoff_delay
 from stabilizer.pure.users import parse_info
 from stabilizer.services.memory import MemoryGuard
+from stabilizer.services.reports import Reporter
 from stabilizer.services.tokens import TokenService
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ class Maintenance:
     def __init__(self, ctx: NodeContext, memory: MemoryGuard, tokens: TokenService,
                  connections: Callable[[], list[Connection]],
                  kick: Callable[[str, str | None], None],
-                 settle_groups: GroupSettler | None = None) -> None:
+                 settle_groups: GroupSettler | None = None,
+                 reporter: Reporter | None = None) -> None:
         self._ctx = ctx
+        self._reporter = reporter
         self._memory = memory
         self._tokens = tokens
         self._connections = connections  # admitted, and still being admitted
@@ -93,6 +96,8 @@ class Maintenance:
         session_ttl = config.session_ttl if config.history_enabled else 0.0
         liveness = await ctx.ask(backend.liveness.keepalive(config.node_ttl, session_ttl),
                                  round_trips=4)
+        if self._reporter is not None:
+            await ctx.ask(backend.liveness.report(self._reporter.next()))
         await ctx.ask(backend.sessions.sweep())
         if liveness.reaped:
             logger.warning("reaped presence of dead nodes %s", ", ".join(liveness.reaped))

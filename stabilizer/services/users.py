@@ -3,7 +3,9 @@
 A user's connections are distinct clients (tabs, devices) that share a ``user_id``. Sends
 go through the router (live: local connections at once and one script for the other
 nodes; history: one sequenced message on the user's stream); a disconnect closes the local
-connections here and hands one USER_CLOSE envelope to every other node holding one.
+connections here and hands one USER_CLOSE envelope to every other node holding one. One
+client is closed the same way, wherever it is: here, or by one CLIENT_CLOSE envelope routed
+to the node that holds it (what an emitter's disconnect_client sends).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from stabilizer.backends.base import Presence
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
+from stabilizer.pure.text import is_text
 from stabilizer.pure.users import MAX_USER_ID_LENGTH
 from stabilizer.pure.wire import Envelope, Kind, close_body, encode
 from stabilizer.services.closing import Closing
@@ -80,6 +83,27 @@ class Users:
             self._backend_log.warning("user %r disconnected on this node only: backend "
                                       "unavailable", user_id, exc=exc)
             return closed
+
+    async def disconnect_client(self, client_id: str, code: int, reason: str) -> bool:
+        """Close the connection of `client_id` on whichever node holds it; True if this
+        node closed it or the node holding it received the request.
+
+        Raises:
+            ValueError: `code` cannot be sent.
+            BackendUnavailable: the client is not here and the store cannot be reached.
+        """
+        check_close_code(code)
+        if not is_text(client_id) or not client_id:
+            return False
+        ctx = self._ctx
+        if ctx.pool.get(client_id) is not None:
+            self._closing.close_client(client_id, code, reason)
+            return True
+        if not ctx.backend.is_shared:
+            return False
+        envelope = encode(Envelope(Kind.CLIENT_CLOSE, ctx.node_id, client_id,
+                                   close_body(code, reason)))
+        return await ctx.ask(ctx.backend.routing.route(client_id, envelope))
 
     def close_local(self, user_id: str, code: int, reason: str) -> int:
         """Close this node's connections of `user_id` (a USER_CLOSE from another node too)."""

@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections import deque
 
-from stabilizer.backends.base import Presence
+from stabilizer.backends.base import NodeReport, Presence
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class MemoryHub:
         self.users: dict[str, dict[str, Presence]] = {}  # user -> client -> presence
         self.node_clients: dict[str, set[str]] = {}
         self.node_deadlines: dict[str, float] = {}
+        self.node_reports: dict[str, NodeReport] = {}
         # None in an inbox stands for a lost subscription (cut_subscription)
         self.inboxes: dict[str, asyncio.Queue[bytes | None]] = {}
         self.used_nonces: dict[str, float] = {}

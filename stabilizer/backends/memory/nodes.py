@@ -8,7 +8,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 
-from stabilizer.backends.base import Liveness, Presence, Registration, Seat
+from stabilizer.backends.base import Liveness, NodeReport, Presence, Registration, Seat
 from stabilizer.backends.memory.hub import MemoryHub
 from stabilizer.backends.memory.users import check_seat, public
 from stabilizer.errors import (
@@ -205,6 +205,7 @@ class MemoryLiveness:
         reaped = [node for node, deadline in hub.node_deadlines.items() if deadline <= now]
         for node in reaped:
             del hub.node_deadlines[node]
+            hub.node_reports.pop(node, None)
             for client_id in list(hub.node_clients.pop(node, ())):
                 self._forget(client_id, node, session_ttl)
         return Liveness(tuple(reaped), rejoined)
@@ -278,7 +279,18 @@ class MemoryLiveness:
                 hub.drop_presence(client_id)
         hub.node_clients.pop(me, None)
         hub.node_deadlines.pop(me, None)
+        hub.node_reports.pop(me, None)
 
     async def nodes(self) -> list[str]:
         """Nodes that joined the hub and were not reaped."""
         return sorted(self._node.hub.node_deadlines)
+
+    async def report(self, report: NodeReport) -> None:
+        """Keep this node's report in the hub."""
+        self._node.check()
+        self._node.hub.node_reports[self._node.node_id] = report
+
+    async def reports(self) -> list[NodeReport]:
+        """Every report in the hub, by node id."""
+        self._node.check()
+        return [report for _, report in sorted(self._node.hub.node_reports.items())]

@@ -129,6 +129,12 @@ class KeyLayout:
         """Sorted set: node_id -> liveness deadline (ms, Redis clock)."""
         return f"{self.tag}:nodes"
 
+    @property
+    def node_reports(self) -> str:
+        """Hash: node_id -> the node's latest report (JSON, see NodeReport), written with
+        its keepalive and removed when it unregisters or is reaped."""
+        return f"{self.tag}:nodereports"
+
     # --- users (the namespace's slot) ---------------------------------------------
 
     def user(self, user_id: str) -> str:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import Final
 
-from stabilizer.backends.base import Liveness, Presence
+from stabilizer.backends.base import Liveness, NodeReport, Presence
 from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.keys import entry_of, seat_of, since_us
 from stabilizer.pure.users import info_json
@@ -47,6 +47,7 @@ class RedisLiveness:
         core = self._core
         removed = await self._reap_clients(node, session_ttl)
         await core.call(core.scripts.forget_node(keys=[core.keys.nodes], args=[node]), "reap")
+        await core.call(core.client.hdel(core.keys.node_reports, node), "reap")
         logger.warning("reaped node %s: %d stale presence entries removed", node, removed)
 
     async def _reap_clients(self, node: str, session_ttl: float) -> int:
@@ -159,6 +160,7 @@ class RedisLiveness:
                 ), "unregister_node")
                 await core.follow_seats(_drops(later), "unregister_node")
         await core.call(core.client.zrem(keys.nodes, core.node_id), "unregister_node")
+        await core.call(core.client.hdel(keys.node_reports, core.node_id), "unregister_node")
 
     async def nodes(self) -> list[str]:
         """Live node ids by the Redis clock."""
@@ -166,6 +168,20 @@ class RedisLiveness:
         reply = await core.call(core.scripts.live_nodes(keys=[core.keys.nodes], args=[]),
                                 "nodes")
         return sorted(text(node) for node in reply)
+
+
+    async def report(self, report: NodeReport) -> None:
+        """HSET this node's report (one command per keepalive)."""
+        core = self._core
+        await core.call(core.client.hset(core.keys.node_reports, core.node_id,
+                                         report.to_json()), "report")
+
+    async def reports(self) -> list[NodeReport]:
+        """HGETALL the reports; a malformed one is skipped."""
+        core = self._core
+        raw = await core.call(core.client.hgetall(core.keys.node_reports), "reports")
+        parsed = (NodeReport.from_json(value) for value in raw.values())
+        return sorted((r for r in parsed if r is not None), key=lambda r: r.node_id)
 
 
 def _seat(presence: Presence) -> str:

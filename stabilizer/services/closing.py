@@ -193,12 +193,15 @@ class Closing:
         self._ctx.stats.disconnects += 1
         logger.info("client %r disconnected (conn %s, code %d)", conn.client_id, conn.conn_id,
                     code)
-        # with a doubt (a MEMBERSHIP envelope lost with the subscription), the backend may
-        # list groups this node never applied: leave them there all the same
-        had_groups = bool(conn.groups) or self._membership.in_doubt
-        await self._membership.forget(conn)
-        if code != CloseCode.REPLACED:
-            await self._settle_session(conn, code, keep_session, had_groups)
+        # a join or leave in flight finishes first: its backend write must not land after
+        # the session's end (the client would stay a member for good)
+        async with self._membership.turn(conn.client_id):
+            # with a doubt (a MEMBERSHIP envelope lost with the subscription), the backend
+            # may list groups this node never applied: leave them there all the same
+            had_groups = bool(conn.groups) or self._membership.in_doubt
+            await self._membership.forget(conn)
+            if code != CloseCode.REPLACED:
+                await self._settle_session(conn, code, keep_session, had_groups)
         await self._events.disconnected(conn, code, reason)
 
     async def _settle_session(self, conn: Connection, code: int, keep_session: bool | None,

@@ -95,7 +95,8 @@ class Cluster:
     async def start(self) -> None:
         """Start Redis, the proxies, then every replica (at once)."""
         await asyncio.to_thread(self.redis.start)
-        self._store = Redis(port=self.redis.port, socket_timeout=3.0, decode_responses=True)
+        self._store = Redis(host="127.0.0.1", port=self.redis.port, socket_timeout=3.0,
+                            decode_responses=True)  # (a bare machine may not resolve localhost)
         for node_id in self.node_ids:
             proxy = FaultProxy(self.redis.port)
             await proxy.start()

@@ -142,3 +142,38 @@ async def test_a_leave_that_lands_on_a_replaced_socket_reaches_the_live_one(
     assert await until(lambda: agree(b, live, "still here?")), (
         f"room lists {await b.get_group_members('room')}, but alice's live socket "
         "receives the room")
+
+
+async def test_a_join_that_lands_while_its_client_disconnects_leaves_nothing_behind(
+    node: Node, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seed 129177783: c0 connected and joined g1 through the same replica at once, then
+    left for good (1000, history off). The join had followed g1's channel (a round trip)
+    while the client closed; its Redis write came after the close had settled, and Redis
+    listed c0 in g1 for good."""
+    a = node("a")
+    await a.start()
+    await a.connect("alice", FakeSocket("alice"))
+    groups = a.backend.groups
+    subscribe = groups.subscribe
+    following, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_subscribe(group: str) -> None:
+        following.set()
+        await go_on.wait()
+        await subscribe(group)
+
+    monkeypatch.setattr(groups, "subscribe", slow_subscribe)
+    joining = asyncio.ensure_future(a.join_group("alice", "room"))
+    await following.wait()  # the join follows room's channel...
+    closing = asyncio.ensure_future(a.disconnect("alice"))  # ...as alice leaves for good
+    await asyncio.sleep(0)
+    go_on.set()
+    await asyncio.gather(joining, closing, return_exceptions=True)
+
+    async def nothing_left() -> bool:
+        return (await a.get_group_members("room") == []
+                and await a.get_client_groups("alice") == [])
+
+    assert await until(nothing_left), (
+        f"alice left, but room lists {await a.get_group_members('room')}")

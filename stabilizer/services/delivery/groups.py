@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Final
 
 from stabilizer.connection.connection import Connection, State
@@ -58,6 +59,11 @@ class Membership:
     def subscription_lost(self) -> None:
         """The listener lost its subscription: a MEMBERSHIP envelope may be lost with it."""
         self._losses += 1
+
+    def turn(self, client_id: str) -> AbstractAsyncContextManager[None]:
+        """The client's turn: a change of its memberships (locally and in the backend) runs
+        whole before or after another one, the bookkeeping of its close included."""
+        return self._turns.hold(client_id)
 
     @property
     def in_doubt(self) -> bool:

@@ -177,3 +177,43 @@ async def test_a_join_that_lands_while_its_client_disconnects_leaves_nothing_beh
 
     assert await until(nothing_left), (
         f"alice left, but room lists {await a.get_group_members('room')}")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "library defect (issue 16, open): the owner applies a remote join as its MEMBERSHIP "
+    "envelope says, not as the backend lists it once the envelope arrives; settling from the "
+    "backend instead costs a round trip that widens the window in which a group message sent "
+    "right after join_group misses the client (tests/integration/test_emitter.py)"))
+async def test_a_remote_join_undone_in_redis_before_it_lands_is_not_applied(
+    node: Node, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seed 361383291: join_group(c0, g2) through another replica raced c0's resume, which
+    found its session gone and opened a fresh one; the fresh session ended every earlier
+    membership in Redis after the join wrote it, then the MEMBERSHIP envelope reached c0's
+    node, which joined c0 to g2 as the envelope said: Redis did not list c0, c0 received g2.
+    """
+    a, b = node("a", history_size=100, session_ttl=60.0), node("b", history_size=100,
+                                                              session_ttl=60.0)
+    await a.start()
+    await b.start()
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    groups = b.backend.groups
+    join = groups.join
+
+    async def join_then_fresh_session(client_id: str, group: str) -> bool:
+        joined = await join(client_id, group)
+        await a.backend.sessions.activate(client_id, fresh=True)  # the racing resume
+        return joined
+
+    monkeypatch.setattr(groups, "join", join_then_fresh_session)
+    await b.join_group("alice", "room")
+    conn = a.get_connection("alice")
+    assert conn is not None
+
+    async def member_here_only() -> bool:  # her node delivers room, Redis does not list her
+        return "room" in conn.groups and "alice" not in await b.get_group_members("room")
+
+    assert not await until(member_here_only, 2.0), (
+        "Redis does not list alice in room, but her node joined her to it")
+    assert await agree(b, alice, "in the room?")

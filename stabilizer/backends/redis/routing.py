@@ -153,7 +153,7 @@ class RedisRouting:
                     await pubsub.subscribe(*missing)
                 for channel in stale:
                     await pubsub.unsubscribe(channel)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _PUBSUB_FAILURES as exc:
             self._core.available = False
             raise BackendUnavailable(f"subscribe to groups failed: {exc!r}") from exc
         return len(missing)

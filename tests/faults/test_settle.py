@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from stabilizer import WebSocketConnectionManager
+from stabilizer.errors import BackendUnavailable
 from tests.faults.test_regressions import (
     NOTICE,
     Node,
@@ -217,3 +218,26 @@ async def test_a_remote_join_undone_in_redis_before_it_lands_is_not_applied(
     assert not await until(member_here_only, 2.0), (
         "Redis does not list alice in room, but her node joined her to it")
     assert await agree(b, alice, "in the room?")
+
+
+async def test_a_join_that_the_backend_refuses_is_not_kept_locally(
+    node: Node, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seed 10: join_group(c0, g2) through c0's own replica while redis-server was paused
+    raised BackendUnavailable, but c0 had joined g2 locally first and stayed a member
+    there: c0 received g2, which Redis never listed."""
+    a = node("a")
+    await a.start()
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    groups = a.backend.groups
+
+    async def unavailable(client_id: str, group: str) -> bool:
+        raise BackendUnavailable("backend did not answer within 0.5s")
+
+    monkeypatch.setattr(groups, "join", unavailable)
+    with pytest.raises(BackendUnavailable):
+        await a.join_group("alice", "room")
+    conn = a.get_connection("alice")
+    assert conn is not None
+    assert "room" not in conn.groups, "the refused join was kept on alice's socket"

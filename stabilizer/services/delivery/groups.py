@@ -90,8 +90,17 @@ class Membership:
             await self._tell_owner(client_id, group, _JOIN)
             return
         async with self._turns.hold(client_id):
+            had = group in conn.groups
             await self.join_local(conn, group)
-            joined = await ctx.ask(backend.groups.join(client_id, group))
+            try:
+                joined = await ctx.ask(backend.groups.join(client_id, group))
+            except BaseException:
+                # the write failed or its outcome is unknown: not a member here until the
+                # settle that follows (when the backend answers again) reads what it lists
+                ctx.want_resync()
+                if not had:
+                    await self.leave_local(conn, group)
+                raise
         if joined:
             self._events.membership(_JOIN, client_id, group)
         if not conn.is_open:  # replaced meanwhile: the live socket may be on another node

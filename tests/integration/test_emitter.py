@@ -456,18 +456,26 @@ async def test_sync_emitter_does_what_the_emitter_does(replicas: Build, redis_ur
     await b.connect("bob", bob)
     sync = SyncEmitter(redis_url, namespace=namespace, **HISTORY)
 
+    def join() -> list[object]:
+        return [sync.send_to_client("bob", {"from": "celery"}),
+                sync.join_group("bob", "room")]
+
     def work() -> list[object]:
         with sync:
-            return [sync.send_to_client("bob", {"from": "celery"}),
-                    sync.join_group("bob", "room"),
-                    sync.send_to_group("room", "to the room").offset,
+            return [sync.send_to_group("room", "to the room").offset,
                     sync.get_group_members("room"), sync.get_client_groups("bob"),
                     sync.get_cluster_connection_count(),
                     [p.client_id for p in sync.get_cluster_connections()],
                     sync.locate_client("bob"), sorted(sync.get_nodes())]
 
-    assert await asyncio.to_thread(work) == [True, None, 1, ["bob"], ["room"], 1, ["bob"],
-                                             "node-b", ["node-a", "node-b"]]
+    assert await asyncio.to_thread(join) == [True, None]
+    conn = b.get_connection("bob")
+    assert conn is not None
+    async with asyncio.timeout(5):  # a remote join takes effect when bob's node applies it
+        while "room" not in conn.groups:
+            await asyncio.sleep(0.01)
+    assert await asyncio.to_thread(work) == [1, ["bob"], ["room"], 1, ["bob"], "node-b",
+                                             ["node-a", "node-b"]]
     assert json.loads((await bob.next_json())["data"]) == {"from": "celery"}
     assert (await bob.next_json())["data"] == "to the room"
     with pytest.raises(WebSocketStabilizerError, match="closed"):

@@ -252,5 +252,7 @@ def check_logs(logs: list[tuple[str, str]]) -> list[str]:
 def _judge(label: str, level: str, lines: list[str]) -> list[str]:
     text = "\n".join(lines)
     if level in ("ERROR", "CRITICAL") or ("Traceback" in text and level != "WARNING"):
-        return [f"{label} logged: " + text[:1500]]
+        if len(text) > 1500:  # a traceback's last lines name the error: keep those
+            text = text[:300] + "\n  [...]\n" + text[-1200:]
+        return [f"{label} logged: " + text]
     return []

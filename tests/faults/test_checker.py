@@ -196,6 +196,10 @@ def test_errors_and_stray_tracebacks_in_logs_are_flagged_but_warnings_are_not() 
     uvicorn = "ERROR:    Exception in ASGI application\nTraceback (most recent call last):\n"
     assert len(check_logs([("r0", uvicorn)])) == 1
     assert len(check_logs([("r0", "Traceback (most recent call last):\nboom\n")])) == 1
+    long = uvicorn + '  File "x.py", line 1, in f\n    g()\n' * 200 + "RuntimeError: the cause\n"
+    [flagged] = check_logs([("r0", long)])
+    assert "Exception in ASGI application" in flagged
+    assert "RuntimeError: the cause" in flagged
 
 
 def test_a_fresh_socket_gets_what_was_sent_after_its_welcome_unless_told_or_degraded() -> None:

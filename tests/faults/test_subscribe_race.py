@@ -9,11 +9,14 @@ subscriber while the replica held a member.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import weakref
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
 from tests.conftest import ManagerFactory
@@ -129,3 +132,61 @@ async def test_a_pubsub_command_failing_with_a_non_redis_error_still_releases_th
     assert await manager.get_group_members("hall") == []
     gc.collect()
     assert released() is None, "the node still holds alice's Connection"
+
+
+async def _pubsub_clients(url: str) -> int:
+    client = Redis.from_url(url)
+    try:
+        return len(await client.client_list(_type="pubsub"))
+    finally:
+        await client.aclose()
+
+
+async def test_a_lost_subscription_is_closed_only_after_a_group_command_in_flight_on_it(
+    private_redis: RedisServer, namespace: str, make_manager: ManagerFactory,
+) -> None:
+    """Found by the fault checker (seed 13, in CI): a group's SUBSCRIBE was in flight on the
+    pub/sub connection when the listener closed it after a Redis restart. Closing handed the
+    connection back to the client's pool while the SUBSCRIBE was still re-establishing it;
+    a script then read the same socket as that handshake ("read() called while another
+    coroutine is already waiting") and the broadcast failed with an ASGI error. A command
+    that resumed after the close opened a fresh pub/sub connection no one ever read or
+    closed."""
+    manager = make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
+                                           node_id="a", **QUIET, **FAST))
+    await manager.start()
+    await manager.connect("alice", FakeSocket("alice"))
+    routing: Any = manager.backend.routing
+    pubsub = routing._pubsub
+    pool = manager.backend.client.connection_pool
+    pubsub_connection = pubsub.connection
+    group_channel = f"{{{namespace}}}:gc:room"
+    in_flight, released = asyncio.Event(), asyncio.Event()
+    subscribe, release = pubsub.subscribe, pool.release
+
+    async def stalled_subscribe(*channels: Any) -> Any:
+        if channels == (group_channel,):
+            in_flight.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(NOTICE):
+                    await released.wait()  # the close, had it not waited for this command
+        return await subscribe(*channels)
+
+    async def watched_release(connection: Any) -> None:
+        if connection is pubsub_connection:
+            released.set()
+        await release(connection)
+
+    pubsub.subscribe, pool.release = stalled_subscribe, watched_release
+    joining = asyncio.create_task(manager.join_group("alice", "room"))
+    await in_flight.wait()
+    killer = Redis.from_url(private_redis.url)
+    try:
+        await killer.client_kill_filter(_type="pubsub")
+    finally:
+        await killer.aclose()
+    await joining
+    assert await until(lambda: _true(routing.subscribed.is_set()
+                                     and routing._pubsub is not pubsub), NOTICE)
+    assert await _pubsub_clients(private_redis.url) == 1, "a pub/sub connection leaked"
+    assert await subscribers(private_redis.url, group_channel) == 1

@@ -42,6 +42,9 @@ class RedisRouting:
         self._groups: set[str] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._lost_subscription = False
+        # held by a group's (un)subscribe on the pub/sub connection: closing the subscription
+        # waits for it, or the connection would go back to the pool while still in use
+        self._commands = asyncio.Lock()
         self._routes = ScriptBatcher(core, core.scripts.route, "route")
 
     @property
@@ -85,11 +88,19 @@ class RedisRouting:
             self._subscribed.clear()
             self._lost_subscription = True  # the next subscription re-reads the topology
             self._pubsub = None
-            try:
-                async with asyncio.timeout(core.op_timeout):
-                    await pubsub.aclose()
-            except (RedisError, OSError, RuntimeError, TimeoutError):
-                logger.debug("error closing pubsub", exc_info=True)
+            for waiter in self._confirmations.values():  # their subscription is gone
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._confirmations.clear()
+            # A group's command in flight may be re-establishing this very connection;
+            # closing hands it back to the client's pool, where a script would then read the
+            # socket that command reads. It ends within op_timeout: wait for it.
+            async with self._commands:
+                try:
+                    async with asyncio.timeout(core.op_timeout):
+                        await pubsub.aclose()
+                except (RedisError, OSError, RuntimeError, TimeoutError):
+                    logger.debug("error closing pubsub", exc_info=True)
 
     async def _read(self, pubsub: Any, channels: int) -> AsyncIterator[bytes]:
         """Yield message payloads; ping when idle and fail if Redis stays silent."""
@@ -148,7 +159,7 @@ class RedisRouting:
         if not missing and not stale:
             return 0
         try:
-            async with asyncio.timeout(self._core.op_timeout):
+            async with self._commands, asyncio.timeout(self._core.op_timeout):
                 if missing:
                     await pubsub.subscribe(*missing)
                 for channel in stale:
@@ -203,13 +214,18 @@ class RedisRouting:
         self._confirmations[channel.encode()] = confirmed
         try:
             async with asyncio.timeout(self._core.op_timeout):
-                await pubsub.subscribe(channel)
-                await confirmed
+                async with self._commands:
+                    if self._pubsub is not pubsub:
+                        return  # lost meanwhile: the next subscription includes it
+                    await pubsub.subscribe(channel)
+                await confirmed  # (or the subscription was lost: the next one includes it)
         except _PUBSUB_FAILURES as exc:
-            self._confirmations.pop(channel.encode(), None)
             if self._pubsub is not pubsub:
                 return  # the subscription was lost meanwhile: the next one includes it
             raise BackendUnavailable(f"subscribe to group failed: {exc!r}") from exc
+        finally:
+            if self._confirmations.get(channel.encode()) is confirmed:
+                del self._confirmations[channel.encode()]
 
     async def unfollow_group(self, group: str) -> None:
         """Remove the group's channel from the subscription."""
@@ -218,7 +234,9 @@ class RedisRouting:
         if pubsub is None or not self._subscribed.is_set():
             return
         try:
-            async with asyncio.timeout(self._core.op_timeout):
+            async with asyncio.timeout(self._core.op_timeout), self._commands:
+                if self._pubsub is not pubsub:
+                    return  # lost meanwhile: the next subscription leaves it out
                 await pubsub.unsubscribe(self._core.keys.group_channel(group))
         except _PUBSUB_FAILURES as exc:
             if self._pubsub is not pubsub:

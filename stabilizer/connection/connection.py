@@ -31,6 +31,10 @@ _CONN_PREFIX: Final = os.urandom(4).hex()
 _BASE_CONNECTION_BYTES: Final = 512
 _NO_METADATA: Final[Mapping[str, Any]] = MappingProxyType({})
 _NO_USER_DATA: Final[Mapping[str, Any]] = MappingProxyType({})
+# what the shared store knows of a connection's presence
+_UNRECORDED: Final = 0  # nothing yet (or it was unreachable: the next resync writes it)
+_RECORDED: Final = 1  # its registration recorded it
+_RESYNCED: Final = 2  # a resync wrote it back (see Connection.resynced)
 
 
 def new_conn_id() -> str:
@@ -101,7 +105,7 @@ class Connection(SocketWriter):
         self._state = State.OPEN
         self._socket_closed = False  # the node's close of the socket has ended
         self._close_waiter: asyncio.Event | None = None  # made when someone waits for it
-        self._registered = False  # the shared store recorded it (False while degraded)
+        self._registered = _UNRECORDED  # what the shared store knows of it
         self._last_activity = time.monotonic()
         self._outbox = None
         self._queued_bytes = 0
@@ -137,7 +141,14 @@ class Connection(SocketWriter):
     @property
     def registered(self) -> bool:
         """True once the shared store has recorded this connection's presence."""
-        return self._registered
+        return self._registered != _UNRECORDED
+
+    @property
+    def resynced(self) -> bool:
+        """A presence resync wrote this connection back. It may have done so after a
+        newer connection elsewhere took the client and left again, so a close as replaced
+        cannot assume that presence names the newer connection."""
+        return self._registered == _RESYNCED
 
     @property
     def last_activity(self) -> float:
@@ -216,9 +227,9 @@ class Connection(SocketWriter):
             self._pong_waiters = None
         return dropped
 
-    def mark_registered(self) -> None:
-        """The shared store recorded this connection's presence."""
-        self._registered = True
+    def mark_registered(self, *, by_resync: bool = False) -> None:
+        """The shared store recorded this connection's presence (a resync wrote it)."""
+        self._registered = max(self._registered, _RESYNCED if by_resync else _RECORDED)
 
     def socket_done(self) -> None:
         """The node's close of the socket ended (close frame sent, or transport aborted)."""

@@ -127,10 +127,12 @@ class Closing:
             if conn.groups or conn.changed_groups:
                 self._ctx.tasks.spawn(self._membership.hand_over(conn.client_id),
                                       name=f"stabilizer-hand-over-{conn.conn_id}")
-        # a replaced connection's presence names the newer connection already
+        # a replaced connection's presence names the newer connection already, unless a
+        # resync wrote it back after that: then removing it (if it still names this
+        # socket) costs a round trip, which an ordinary takeover does not pay
         self._ctx.tasks.spawn(
             self._close_and_settle(conn, code, reason, None,
-                                   unregister=code != CloseCode.REPLACED),
+                                   unregister=code != CloseCode.REPLACED or conn.resynced),
             name=f"stabilizer-close-{conn.conn_id}")
 
     def on_conn_failed(self, conn: Connection, code: CloseCode, reason: str) -> None:

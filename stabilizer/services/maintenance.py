@@ -161,7 +161,7 @@ class Maintenance:
             if conn.client_id in kept:
                 self._kick(conn.client_id, conn.conn_id)
             else:
-                conn.mark_registered()
+                conn.mark_registered(by_resync=True)
         await self._forget_departed(conns)
 
     async def _forget_departed(self, listed: list[Connection]) -> None:

@@ -365,3 +365,50 @@ async def test_a_broadcast_that_times_out_reaches_a_local_client_once(
 
     assert not await until(twice, 3.0), "alice received the broadcast twice: " + "; ".join(
         str(frame) for frame in alice.sent if '"only once"' in str(frame))
+
+
+async def test_a_socket_replaced_after_a_resync_wrote_it_back_leaves_no_presence(
+    node: Node, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seed 10: after an empty Redis restart, c4 connected on replica-0 and replica-1 at
+    once; replica-0's resync wrote c4's presence for its socket after replica-1 had taken
+    the client, then replica-0 closed that socket as replaced. A replaced socket's close
+    leaves presence alone (it is taken to name the newer connection), so presence named a
+    socket that no longer existed, for good. Here the kick reaches node a late: after the
+    newer connection left and a's resync wrote the older one back."""
+    caplog.set_level(logging.INFO, logger="stabilizer")
+    a, b = node("a"), node("b")
+    await a.start()
+    await b.start()
+    stale = FakeSocket("stale")
+    await a.connect("alice", stale)
+    closing: Any = a._node.closing
+    late: list[Any] = []
+    kicked = asyncio.Event()
+
+    def held_kick(conn: Any) -> None:
+        late.append(conn)
+        kicked.set()
+
+    closing.kick = held_kick
+    await b.connect("alice", FakeSocket("fresh"))
+    async with asyncio.timeout(RECOVERY):
+        await kicked.wait()
+    await b.disconnect("alice")  # presence is empty now, as an empty restart leaves it
+    before = resyncs(caplog)
+    a._node.ctx.want_resync()
+    assert await until(lambda: _true(resyncs(caplog) > before)), "a never resynced"
+    assert await b.locate_client("alice") == "a"  # written back by the resync
+    del closing.kick
+    for conn in late:
+        closing.kick(conn)
+    assert await until(lambda: _true(stale.closed is not None))
+    assert stale.closed is not None
+    assert stale.closed[0] == CloseCode.REPLACED
+
+    async def gone() -> bool:
+        return await b.locate_client("alice") is None and (
+            await b.get_cluster_connection_count() == 0)
+
+    assert await until(gone), (f"presence still names {await b.locate_client('alice')} for "
+                               "alice, whose sockets are all closed")

@@ -2,9 +2,9 @@
 
 Each test pins one interleaving the checker hit, deterministically, with the seed that found
 it (`python -m tests.faults --seed S` replays that schedule; being timing-dependent, a
-replay usually but not always hits the defect again). They are expected to FAIL until the
-library is fixed: `xfail(strict=True)`, so a fix turns them into an XPASS failure, and the
-marker must then be removed.
+replay usually but not always hits the defect again). Each failed on the code before its
+fix. A defect found but not fixed yet is pinned with `defect(...)`, a strict xfail, so its
+fix turns it into an XPASS failure and the marker must then be removed.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from stabilizer.errors import (
     InvalidClientIdError,
     InvalidTokenError,
     MemoryLimitExceededError,
+    RPCError,
     ShutdownError,
     TokenError,
     TokenExpiredError,
@@ -46,6 +47,7 @@ from stabilizer.errors import (
 from stabilizer.logs import JsonFormatter, configure_logging
 from stabilizer.manager import WebSocketConnectionManager
 from stabilizer.results import BroadcastResult, ClusterEvent, ConnectionEvent, ShutdownReport
+from stabilizer.rpc import RPCCall
 from stabilizer.session import Session
 
 __version__ = "0.1.0"
@@ -79,6 +81,8 @@ __all__ = [
     "MemoryHub",
     "MemoryLimitExceededError",
     "Presence",
+    "RPCCall",
+    "RPCError",
     "RateLimitAction",
     "Session",
     "ShutdownError",

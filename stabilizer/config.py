@@ -170,6 +170,8 @@ class WebSocketConfig:
     max_connections_per_user: int | None = None
     connect_timeout: float = 10.0
     auth_refresh_grace: float = 10.0
+    rpc_timeout: float = 30.0  # a procedure still running after this is cancelled
+    rpc_max_in_flight: int = 16  # calls one connection may have running at once
 
     # --- stabilizer: history and resumable sessions (history_size > 0 enables them) ---
     history_size: int = 0
@@ -217,11 +219,11 @@ class WebSocketConfig:
         for name in ("heartbeat_interval", "heartbeat_timeout", "memory_check_interval",
                      "write_timeout", "close_timeout", "node_ttl", "op_timeout",
                      "retry_jitter", "rate_limit_window", "history_ttl", "session_ttl",
-                     "connect_timeout", "auth_refresh_grace"):
+                     "connect_timeout", "auth_refresh_grace", "rpc_timeout"):
             _positive(name, getattr(self, name))
         for name in ("max_message_size", "num_shards", "max_concurrent_cleanup",
                      "max_concurrent_broadcast", "max_queue_size", "max_client_id_length",
-                     "presence_buckets", "redis_pool_size"):
+                     "presence_buckets", "redis_pool_size", "rpc_max_in_flight"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")

@@ -6,7 +6,7 @@ others are leaves of those (or of the root) so existing ``except`` clauses keep 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stabilizer.results import BroadcastResult
@@ -93,3 +93,22 @@ class CredentialsExpiredError(AuthenticationError):
 
 class UserConnectionLimitError(ConnectionLimitExceededError):
     """A user already holds max_connections_per_user connections across the cluster."""
+
+
+class RPCError(WebSocketStabilizerError):
+    """A remote procedure call did not return a value.
+
+    A procedure raises it to answer with a code, a message and JSON data of its own; any
+    other exception is answered with the code ``internal``. The client raises it with the
+    server's answer, or with ``timeout`` (no reply in time) or ``disconnected`` (the socket
+    closed before the reply: the call may have run). docs/protocol.md, section 6.5, lists
+    the codes.
+    """
+
+    def __init__(self, code: str, message: str = "", data: Any = None) -> None:
+        if not isinstance(code, str) or not 0 < len(code) <= 64:
+            raise ValueError(f"an RPCError code is a string of 1 to 64 characters, got {code!r}")
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+        self.data = data

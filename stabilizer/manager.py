@@ -7,8 +7,9 @@ holds no logic of theirs; each method is one call into the service that owns the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from stabilizer.auth.identity import Authenticator, AuthFunction, Identity, as_authenticator
 from stabilizer.backends.base import Backend
@@ -25,10 +26,13 @@ from stabilizer.node.context import Phase
 from stabilizer.pure.streams import Target
 from stabilizer.pure.text import Message, encode_message, is_text, json_value
 from stabilizer.results import BroadcastResult, ShutdownReport
+from stabilizer.rpc import RPCHandler
 from stabilizer.services.events import ClusterListener, Hook
 from stabilizer.session import Session
 from stabilizer.stats import NodeStats
 from stabilizer.wiring import assemble
+
+H = TypeVar("H", bound=RPCHandler)
 
 
 class WebSocketConnectionManager(GroupsFacet, ClusterFacet, UsersFacet):
@@ -273,6 +277,27 @@ class WebSocketConnectionManager(GroupsFacet, ClusterFacet, UsersFacet):
             ConfigError: cluster_events is not enabled in the config.
         """
         return self._node.events.on_cluster_event(listener)
+
+    def rpc(self, method: str) -> Callable[[H], H]:
+        """Register the decorated function as the remote procedure `method` of this node.
+
+        A v2 client's ``rpc(method, params)`` runs it with an RPCCall (params, client id,
+        user id) and gets its return value (a JSON value), or an RPCError: the one it
+        raised, or ``internal``, ``timeout`` (rpc_timeout) or ``unknown_method``. It runs
+        on the node that holds the client's socket; register it on every replica.
+
+        Raises:
+            ConfigError: a name a client cannot send (1-128 characters of A-Z a-z 0-9 and
+                ``. _ : / -``), or one registered already.
+        """
+        def register(handler: H) -> H:
+            self.add_rpc(method, handler)
+            return handler
+        return register
+
+    def add_rpc(self, method: str, handler: RPCHandler) -> None:
+        """Register `handler` as the remote procedure `method` (see rpc())."""
+        self._node.sessions.procedures.register(method, handler)
 
 
 __all__ = ["Phase", "WebSocketConnectionManager"]

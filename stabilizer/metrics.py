@@ -80,6 +80,9 @@ COUNTERS: Final[dict[str, tuple[str, str]]] = {
                      "Inbound messages over the per-client rate limit."),
     "backend_reconnects": ("stabilizer_backend_reconnects",
                            "Times the subscription to the backend was lost and restarted."),
+    "rpc_calls": ("stabilizer_rpc_calls", "Remote procedure calls answered."),
+    "rpc_failures": ("stabilizer_rpc_failures",
+                     "Remote procedure calls answered with an error."),
 }
 
 

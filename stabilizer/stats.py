@@ -81,6 +81,8 @@ class NodeStats:
     gaps_filled: int = 0
     rate_limited: int = 0
     backend_reconnects: int = 0
+    rpc_calls: int = 0
+    rpc_failures: int = 0  # calls answered with an error
 
     fanout_seconds: Histogram = field(default_factory=Histogram)
 

@@ -29,6 +29,7 @@ from stabilizer.services.maintenance import Maintenance
 from stabilizer.services.memory import MemoryGuard
 from stabilizer.services.reports import Reporter
 from stabilizer.services.resume import Resume
+from stabilizer.services.rpc import Procedures
 from stabilizer.services.tokens import TokenService
 from stabilizer.services.users import Users
 from stabilizer.session import SessionServices
@@ -90,6 +91,6 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     sessions = SessionServices(
         ctx, admission, closing, liveness, tokens,
         Resume(ctx, membership, sequenced) if sequenced is not None else None,
-        Auth(ctx, authenticator, closing))
+        Auth(ctx, authenticator, closing), Procedures(ctx))
     return Node(ctx, events, liveness, membership, router, closing, memory, tokens,
                 admission, users, lifecycle, sessions, reporter)

@@ -67,6 +67,11 @@ chose in the first session frame, so a reconnect resumes the same client
 the user) reconnects after the retry advice; 4505 (credentials refused) is final
 (ServerClosedError). To resume from another process, keep ``conn.token`` and
 ``conn.device`` and pass both back.
+
+``await conn.rpc(method, params, timeout=30.0)`` (v2) calls a procedure the server
+registered with ``@manager.rpc(method)`` and returns its result, or raises RPCError: the
+server's code, or ``timeout`` / ``disconnected`` (the call may have run; it is never sent
+twice). A call made while reconnecting is sent once the connection is open.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Self
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
+from stabilizer.client.calls import PendingCalls
 from stabilizer.client.dial import Attempt, DialOptions, dial, hang_up
 from stabilizer.client.frames import Frames, notify
 from stabilizer.client.inbox import Inbox
@@ -86,9 +87,10 @@ class ClientConnection:
         self._on_state = on_state
         self.state = ConnectionState.CONNECTING
         self._inbox = Inbox(max_inbox_messages)
+        self._calls = PendingCalls()
         self._frames = Frames(self._inbox, client_id=client_id, token=token, v2=self._v2,
                               send_timeout=send_timeout, on_control=on_control,
-                              on_resume=on_resume)
+                              on_resume=on_resume, calls=self._calls)
         self._state_changed = asyncio.Condition()
         self._ws: WebSocket | None = None
         self._ever_opened = False
@@ -214,6 +216,22 @@ class ClientConnection:
                 if writing else
                 f"no connection opened within {limit}s ({self.state}); the message was not sent"
             ) from exc
+
+    async def rpc(self, method: str, params: JSONValue = None, *,
+                  timeout: float = 30.0) -> JSONValue:
+        """Call the server's procedure `method` with `params` (any JSON value) and return
+        its result; waits while reconnecting. Protocol v2 only (docs/protocol.md 6.5).
+
+        Raises:
+            RPCError: the server's error, ``timeout`` or ``disconnected`` (PendingCalls.call).
+            ValueError, TypeError: a method name the server refuses, or params not JSON.
+            ClientClosedError: closed for good before the call was sent.
+        """
+        if self._v2 is None:
+            raise RuntimeError("rpc() needs protocol=2")
+        if self._runner is None and self._error is None:
+            raise RuntimeError("start the connection first (async with connect(...))")
+        return await self._calls.call(self._wait_open, method, params, timeout)
 
     async def recv(self) -> str | bytes:
         """Return the next application message, waiting through reconnects.
@@ -349,6 +367,7 @@ class ClientConnection:
             attempt.reason = "no session frame in time" if not attempt.opened else (
                 "could not write a pong in time")
         finally:
+            self._calls.lost(ws)
             attempt.stable = loop.time() - opened_at >= self._retry.stable_after
             async with self._state_changed:
                 if self._ws is ws:

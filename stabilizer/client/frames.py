@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 
+from stabilizer.client.calls import PendingCalls
 from stabilizer.client.inbox import Inbox
 from stabilizer.client.v2 import ProtocolV2
 from stabilizer.errors import WireError
@@ -49,8 +50,10 @@ class Frames:
     def __init__(self, inbox: Inbox, *, client_id: str | None, token: str | None,
                  v2: ProtocolV2 | None, send_timeout: float,
                  on_control: Callable[[ControlFrame], object] | None,
-                 on_resume: Callable[[ResumeResult], object] | None) -> None:
+                 on_resume: Callable[[ResumeResult], object] | None,
+                 calls: PendingCalls | None = None) -> None:
         self._inbox = inbox
+        self._calls = calls
         self._client_id = client_id
         self._v2 = v2
         self._send_timeout = send_timeout
@@ -101,6 +104,8 @@ class Frames:
             v2.ask(ws)
         elif v2 is not None and kind == "refreshed":
             v2.on_refreshed(frame)
+        elif v2 is not None and kind == "reply" and self._calls is not None:
+            self._calls.settle(frame)
 
     def reopened(self) -> None:
         """After a reconnect: when no resume frame will come, say what was missed."""

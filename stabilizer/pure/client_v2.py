@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from stabilizer.errors import RPCError
 from stabilizer.pure.client_protocol import ControlFrame, HandshakeRejectedError
 from stabilizer.pure.text import JSONValue
-from stabilizer.pure.v2 import SUBPROTOCOL
+from stabilizer.pure.v2 import SUBPROTOCOL, is_method
 
 
 def require_v2(subprotocol: str | None, url: str) -> None:
@@ -84,3 +85,36 @@ def v2_frame(text: str) -> ControlFrame | None:
     if isinstance(value, dict) and isinstance(value.get("type"), str):
         return value
     return None
+
+
+def rpc_frame(call_id: int, method: str, params: JSONValue) -> str:
+    """A call of the server's procedure `method` (docs/protocol.md 6.5).
+
+    Raises:
+        ValueError: a method name the server would refuse, or params that are not JSON.
+        TypeError: params that are not JSON.
+    """
+    if not is_method(method):
+        raise ValueError(f"an RPC method name is 1-128 characters of A-Z a-z 0-9 and "
+                         f". _ : / -, got {method!r:.60}")
+    body: dict[str, JSONValue] = {"type": "rpc", "id": call_id, "method": method}
+    if params is not None:
+        body["params"] = params
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def reply_outcome(frame: ControlFrame) -> tuple[int | str | None, JSONValue, RPCError | None]:
+    """A ``reply`` frame's call id, result, and error (None when the call returned)."""
+    ident = frame.get("id")
+    if not (type(ident) is int or isinstance(ident, str)):
+        ident = None
+    error = frame.get("error")
+    if error is None:
+        return ident, frame.get("result"), None
+    if not isinstance(error, dict):
+        return ident, None, RPCError("bad_reply", "the server's reply has a malformed error")
+    code, message = error.get("code"), error.get("message")
+    if not isinstance(code, str) or not 0 < len(code) <= 64:
+        code = "bad_reply"
+    return ident, None, RPCError(code, message if isinstance(message, str) else "",
+                                 error.get("data"))

@@ -82,6 +82,25 @@ def error_frame(code: str, detail: str) -> str:
     return _dump({"type": "error", "code": code, "detail": detail})
 
 
+def reply_frame(call_id: int | str, result: object) -> str:
+    """The answer to a v2 client's ``rpc``: the procedure's return value.
+
+    Raises:
+        TypeError, ValueError: the result is not a JSON value (or nests without end).
+    """
+    return json.dumps({"type": "reply", "id": call_id, "result": result},
+                      separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def reply_error_frame(call_id: int | str, code: str, message: str,
+                      data: object = None) -> str:
+    """The answer to a v2 client's ``rpc`` that returned no value (``data`` must be JSON)."""
+    error: dict[str, object] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return _dump({"type": "reply", "id": call_id, "error": error})
+
+
 def resume_frame(replayed: int, failed: list[str]) -> str:
     """Ends a replay: whether everything was recovered, how much, and what could not be."""
     return _dump({"type": "resume", "recovered": not failed, "replayed": replayed,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from stabilizer.pure.positions import Positions, PositionsError, nesting_within, positions_of
 from stabilizer.pure.users import is_device
@@ -124,3 +124,67 @@ def message_data(body: Mapping[str, Any]) -> str:
     if not isinstance(data, str):
         raise ProtocolError("message: data must be a string")
     return data
+
+
+#: The largest integer call id (JavaScript's Number.MAX_SAFE_INTEGER).
+MAX_CALL_ID: Final = 2**53 - 1
+MAX_METHOD_LENGTH: Final = 128
+_METHOD_CHARS: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:/-")
+
+#: A call id: what the client chose, echoed in the reply.
+CallId = int | str
+
+
+class BadCallError(ProtocolError):
+    """An ``rpc`` frame with a usable id but a bad method or params: answered with a
+    ``reply`` carrying the error ``bad_request``."""
+
+    def __init__(self, call_id: CallId, problem: str) -> None:
+        super().__init__(problem)
+        self.call_id = call_id
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    """What a v2 client's ``rpc`` frame asks for."""
+
+    call_id: CallId
+    method: str
+    params: Any
+
+
+def is_method(name: object) -> TypeGuard[str]:
+    """1 to 128 characters of A-Z a-z 0-9 and ``. _ : / -``."""
+    return (isinstance(name, str) and 0 < len(name) <= MAX_METHOD_LENGTH
+            and all(char in _METHOD_CHARS for char in name))
+
+
+def call_id(value: object) -> CallId:
+    """A call id as the client sent it.
+
+    Raises:
+        ProtocolError: not an integer from 0 to 2**53 - 1 nor a string of 1 to 64
+            characters (no reply can name it).
+    """
+    if type(value) is int and 0 <= value <= MAX_CALL_ID:
+        return value
+    if isinstance(value, str) and 0 < len(value) <= 64:
+        return value
+    raise ProtocolError("rpc: id must be an integer from 0 to 2**53-1 or a string of 1 to "
+                        "64 characters")
+
+
+def parse_rpc(body: Mapping[str, Any]) -> CallRequest:
+    """The call an ``rpc`` frame asks for (``params`` may be any JSON value, or absent).
+
+    Raises:
+        ProtocolError: the id is unusable (the frame gets an ``error`` frame).
+        BadCallError: the id is fine but the method is not (the frame gets a ``reply``).
+    """
+    ident = call_id(body.get("id"))
+    method = body.get("method")
+    if not is_method(method):
+        raise BadCallError(ident, "rpc: method must be 1-128 characters of A-Z a-z 0-9 "
+                                  "and . _ : / -")
+    return CallRequest(ident, method, body.get("params"))

@@ -61,6 +61,7 @@ from stabilizer.services.closing import Closing
 from stabilizer.services.lifecycle import shutdown_reason
 from stabilizer.services.liveness import Liveness
 from stabilizer.services.resume import Resume
+from stabilizer.services.rpc import Procedures
 from stabilizer.services.tokens import TokenService
 from stabilizer.session.handshake import Asked, ClientGone, Greeting, greet
 from stabilizer.session.inbound import Inbound, welcome_frame
@@ -79,6 +80,7 @@ class SessionServices:
     tokens: TokenService
     resume: Resume | None  # only with history
     auth: Auth
+    procedures: Procedures
 
 
 class Session:
@@ -239,6 +241,7 @@ class Session:
             self._expiry.cancel()
         if self.conn is None:
             return
+        self._inbound.calls.cancel()  # their client is gone
         # The client went away (or the server is going): its session stays resumable. The
         # application ending the loop itself ends the session.
         went_away = self.client_close_code is not None

@@ -12,6 +12,8 @@
  *   conn.on("resume", (frame) => {});        // {recovered, replayed, failed}: resync if !recovered
  *   conn.on("error", (frame) => {});         // {code, detail}: the server dropped a message
  *   conn.send("hi");                         // queued while not open; throws once closed
+ *   await conn.rpc("add", {a: 1, b: 2});     // v2: the server procedure's result, or an
+ *                                            //   RPCError {code, message, data}
  *   conn.close();                            // for good: state "closed", no reconnect
  *
  * connect(url, options) returns a Connection; `url` is ws:, wss:, http:, https: or relative.
@@ -41,7 +43,12 @@
  * anonymous), .device and .expiresAt (v2: Unix seconds, moved on by each refresh; null
  * without expiry), .on(event, fn) (returns an unsubscribe function),
  * .off(event, fn), .send(data) (string, ArrayBuffer, view or Blob; anything else is sent as
- * JSON; true when written now, false when queued), .close(code = 1000, reason = "").
+ * JSON; true when written now, false when queued), .close(code = 1000, reason = ""),
+ * .rpc(method, params = null, {timeoutMs = 30000}) (v2: a Promise of the result of the
+ * server's procedure `method`; it waits while reconnecting and rejects with an RPCError
+ * whose code is the server's, or "timeout" (no reply in time) or "disconnected" (the socket
+ * closed before the reply; in both the call may have run, and it is never sent twice), or
+ * "closed" (closed for good before it was sent)).
  *
  * The state is "connecting" until the first open, "reconnecting" after any drop. The
  * connection opens on the server's session frame (or on its first frame when the server
@@ -86,6 +93,17 @@ const DEFAULTS = {
   protocol: 1, getToken: null, device: null, params: null,
 };
 
+/** A remote procedure call that returned no value: the server's error, or the client's
+ * "timeout", "disconnected" or "closed" (see rpc above). */
+export class RPCError extends Error {
+  constructor(code, message = "", data = null) {
+    super(message ? `${code}: ${message}` : code);
+    this.name = "RPCError";
+    this.code = code;
+    this.data = data;
+  }
+}
+
 /** Open a stabilizer connection that reconnects by itself; see the comment above. */
 export function connect(url, options = {}) {
   return new Connection(url, options);
@@ -97,6 +115,7 @@ export class Connection {
   #failures = 0; #unopened = 0; #sentToken = false; #openedAt = null; #everOpened = false;
   #retryTimer = null; #watchdog = null; #lastSeen = 0; #probing = false;
   #v2; #device; #claimed = false; #storeKey = null; #expiresAt = null; #refreshing = false;
+  #calls = new Map(); #nextCall = 1;  // call id -> {ws (null until sent), frame, settle}
 
   constructor(url, options = {}) {
     this.#url = webSocketUrl(url);
@@ -150,6 +169,68 @@ export class Connection {
     }
     this.#queue.push(frame);
     return false;
+  }
+
+  /** v2: call the server's procedure `method`; a Promise of its result (see above). */
+  rpc(method, params = null, { timeoutMs = 30000 } = {}) {
+    if (!this.#v2) return Promise.reject(new TypeError("stabilizer: rpc needs protocol: 2"));
+    if (this.#state === "closed") {
+      return Promise.reject(new RPCError("closed", "the connection is closed for good"));
+    }
+    const id = this.#nextCall++;
+    const body = { type: "rpc", id, method };
+    if (params !== null && params !== undefined) body.params = params;
+    const frame = JSON.stringify(body);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this.#settle(id, null, new RPCError(
+        "timeout", `no reply within ${timeoutMs} ms; the call may have run`)), timeoutMs);
+      const settle = (result, error) => {
+        clearTimeout(timer);
+        if (error) reject(error); else resolve(result);
+      };
+      const call = { ws: null, frame, settle };
+      this.#calls.set(id, call);
+      if (this.#state === "open") this.#sendCall(call);
+    });
+  }
+
+  #sendCall(call) {
+    call.ws = this.#ws;
+    call.ws.send(call.frame);
+  }
+
+  #settle(id, result, error) {
+    const call = this.#calls.get(id);
+    if (!call) return;
+    this.#calls.delete(id);
+    call.settle(result, error);
+  }
+
+  #reply(ws, frame) {
+    const call = this.#calls.get(frame.id);
+    if (!call || call.ws !== ws) return;  // timed out already, or not sent on this socket
+    const { error } = frame;
+    if (error === undefined || error === null) {
+      this.#settle(frame.id, frame.result ?? null, null);
+      return;
+    }
+    const code = typeof error?.code === "string" && error.code ? error.code : "bad_reply";
+    const message = typeof error?.message === "string" ? error.message : "";
+    this.#settle(frame.id, null, new RPCError(code, message, error?.data ?? null));
+  }
+
+  /** A socket closed: its calls get no reply; with `forGood`, neither do unsent ones. */
+  #failCalls(ws, forGood) {
+    for (const [id, call] of [...this.#calls]) {
+      if (call.ws !== null && call.ws === ws) {
+        this.#settle(id, null, new RPCError(
+          "disconnected", "the connection closed before the reply; the call may have run"));
+      } else if (forGood) {
+        this.#settle(id, null, call.ws === null
+          ? new RPCError("closed", "the connection closed for good; the call was not sent")
+          : new RPCError("disconnected", "the connection closed before the reply"));
+      }
+    }
   }
 
   /** Close for good: no reconnect, queued frames are dropped, the state becomes "closed". */
@@ -318,6 +399,7 @@ export class Connection {
       case "error": this.#emit("error", frame); return;
       case "refresh": this.#refresh(ws); return;
       case "refreshed": this.#expiresAt = numberOrNull(frame.expires_at); return;
+      case "reply": if (this.#v2) { this.#reply(ws, frame); return; } break;
       case "message":
         if (this.#history && this.#unwrap(frame)) return;
         if (this.#v2) {
@@ -367,6 +449,7 @@ export class Connection {
     this.#everOpened = true;
     this.#unopened = 0;
     for (const frame of this.#queue.splice(0)) this.#ws.send(frame);
+    for (const call of this.#calls.values()) if (call.ws === null) this.#sendCall(call);
     this.#setState("open", null);
     this.#watch();
   }
@@ -399,6 +482,7 @@ export class Connection {
   #closed(ws, code, reason) {
     if (ws !== this.#ws) return;
     this.#ws = null;
+    this.#failCalls(ws, false);
     this.#lost(code, reason);
   }
 
@@ -437,6 +521,7 @@ export class Connection {
     clearTimeout(this.#retryTimer);
     clearTimeout(this.#watchdog);
     this.#queue = [];
+    this.#failCalls(null, true);
     this.#releaseDevice();
     this.#setState("closed", info);
   }

@@ -144,6 +144,47 @@ async def test_a_page_connects_with_get_token_shows_its_user_and_resumes_after_r
     assert users == [f"alice/{device}"]
 
 
+# Runs window.conn.rpc(method, params, options); resolves to ["ok", result] or
+# ["error", name, code, message, data] (the rejection, as plain data).
+CALL = """async ([method, params, options]) => {
+  try {
+    return ["ok", await window.conn.rpc(method, params, options)];
+  } catch (err) {
+    return ["error", err.name, err.code ?? null, err.message, err.data ?? null];
+  }
+}"""
+
+
+async def test_rpc_returns_values_and_errors_and_fails_calls_a_lost_socket_carried(
+    page: Page, v2_server: UvicornProcess
+) -> None:
+    tab = await Tab.open(page, v2_server.base, backoffBaseMs=10)
+    queued = page.evaluate(CALL, ["add", {"a": 2, "b": 3}, {}])  # sent once open
+    assert await queued == ["ok", 5]
+    await tab.wait_state("open")
+    device = await tab.value("window.conn.device")
+    assert await page.evaluate(CALL, ["whoami", None, {}]) == [
+        "ok", {"client_id": f"alice/{device}", "user_id": "alice", "params": None}]
+    assert await page.evaluate(CALL, ["refuse", None, {}]) == [
+        "error", "RPCError", "forbidden", "forbidden: not for you", {"needed": "admin"}]
+    assert (await page.evaluate(CALL, ["crash", None, {}]))[2] == "internal"
+    assert (await page.evaluate(CALL, ["hold", None, {"timeoutMs": 200}]))[2] == "timeout"
+
+    await page.evaluate("() => { window.holding = window.conn.rpc('hold')"
+                        ".catch((err) => ['error', err.code]); }")
+    async with asyncio.timeout(10):
+        while (await asyncio.to_thread(v2_server.get, "/admin/held"))[1]["running"] < 2:
+            await asyncio.sleep(0.02)
+    await asyncio.to_thread(v2_server.post, "/admin/disconnect_user/alice?code=1012")
+    assert await page.evaluate("window.holding") == ["error", "disconnected"]
+    await tab.until("() => window.log.filter((e) => e[0] === 'state' && e[1] === 'open')"
+                    ".length >= 2")
+    assert await page.evaluate(CALL, ["add", {"a": 1, "b": 1}, {}]) == ["ok", 2]
+
+    await page.evaluate("window.conn.close()")
+    assert (await page.evaluate(CALL, ["add", {"a": 1, "b": 1}, {}]))[2] == "closed"
+
+
 async def test_a_server_close_reconnects_with_a_new_token(
     page: Page, v2_server: UvicornProcess
 ) -> None:

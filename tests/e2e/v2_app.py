@@ -1,19 +1,20 @@
 """A server with users for the protocol v2 client tests: JWT authentication, an echo
 endpoint named by the server (``<user>/<device>``), a plain endpoint that knows nothing of
-v2, and an admin API to issue tokens and reach users.
+v2, remote procedures, and an admin API to issue tokens and reach users.
 
 The JWT secret comes from ``V2_APP_JWT_SECRET``; STABILIZER_* variables configure the node.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
 from fastapi import Body, FastAPI, WebSocket
 from fastapi.responses import HTMLResponse
 
-from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer import RPCCall, RPCError, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.auth import JWTAuthenticator
 from stabilizer.fastapi import lifespan, router, session
 
@@ -42,6 +43,61 @@ async def plain(websocket: WebSocket) -> None:
     await websocket.accept()
     await websocket.send_text("hello from a plain endpoint")
     await websocket.receive()
+
+
+# --- remote procedures (protocol v2, section 6.5) ---
+released = asyncio.Event()  # set by the "release" procedure: "hold" calls return then
+held: dict[str, int] = {"running": 0, "cancelled": 0}
+
+
+@manager.rpc("add")
+async def add(call: RPCCall) -> float:
+    return float(call.params["a"] + call.params["b"])
+
+
+@manager.rpc("whoami")
+def whoami(call: RPCCall) -> dict[str, Any]:  # a plain function works too
+    return {"client_id": call.client_id, "user_id": call.user_id, "params": call.params}
+
+
+@manager.rpc("refuse")
+async def refuse(call: RPCCall) -> None:
+    raise RPCError("forbidden", "not for you", {"needed": "admin"})
+
+
+@manager.rpc("crash")
+async def crash(call: RPCCall) -> None:
+    raise ValueError("a bug in the procedure")
+
+
+@manager.rpc("not_json")
+async def not_json(call: RPCCall) -> object:
+    return {1, 2}
+
+
+@manager.rpc("hold")
+async def hold(call: RPCCall) -> str:
+    """Runs until "release" is called (or the call is cancelled)."""
+    held["running"] += 1
+    try:
+        await released.wait()
+        return "released"
+    except asyncio.CancelledError:
+        held["cancelled"] += 1
+        raise
+    finally:
+        held["running"] -= 1
+
+
+@manager.rpc("release")
+async def release(call: RPCCall) -> int:
+    released.set()
+    return held["running"]
+
+
+@app.get("/admin/held")
+async def held_calls() -> dict[str, int]:
+    return dict(held)
 
 
 @app.get("/", response_class=HTMLResponse)

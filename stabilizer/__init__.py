@@ -13,6 +13,7 @@ from stabilizer.auth.identity import (
 )
 from stabilizer.backends.base import Backend, Presence
 from stabilizer.backends.memory import MemoryBackend, MemoryHub
+from stabilizer.channels import PublishRequest, SubscribeRequest
 from stabilizer.config import (
     CloseCode,
     CompressionMode,
@@ -25,6 +26,8 @@ from stabilizer.config import (
 )
 from stabilizer.emitter import Emitter, SyncEmitter
 from stabilizer.errors import (
+    AckTimeoutError,
+    AckUnsupportedError,
     AuthenticationError,
     BackendUnavailable,
     BroadcastFailedError,
@@ -53,6 +56,8 @@ from stabilizer.session import Session
 __version__ = "0.1.0"
 
 __all__ = [
+    "AckTimeoutError",
+    "AckUnsupportedError",
     "AuthenticationError",
     "Authenticator",
     "Backend",
@@ -81,6 +86,7 @@ __all__ = [
     "MemoryHub",
     "MemoryLimitExceededError",
     "Presence",
+    "PublishRequest",
     "RPCCall",
     "RPCError",
     "RateLimitAction",
@@ -88,6 +94,7 @@ __all__ = [
     "ShutdownError",
     "ShutdownMode",
     "ShutdownReport",
+    "SubscribeRequest",
     "SyncEmitter",
     "TokenError",
     "TokenExpiredError",

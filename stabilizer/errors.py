@@ -112,3 +112,13 @@ class RPCError(WebSocketStabilizerError):
         self.code = code
         self.message = message
         self.data = data
+
+
+class AckTimeoutError(ConnectionTimeoutError):
+    """``send_to_client(..., ack=True)``: the message was sent (or kept for the client's
+    resumable session) but not acknowledged within the timeout. It may still arrive."""
+
+
+class AckUnsupportedError(WebSocketStabilizerError):
+    """``send_to_client(..., ack=True)`` reached a plain-protocol client: it got the message
+    but cannot acknowledge it (acknowledgements need protocol v2)."""

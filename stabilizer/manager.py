@@ -14,6 +14,7 @@ from typing import Any, Self, TypeVar
 from stabilizer.auth.identity import Authenticator, AuthFunction, Identity, as_authenticator
 from stabilizer.backends.base import Backend
 from stabilizer.backends.factory import backend_for
+from stabilizer.channels import PublishHook, SubscribeHook
 from stabilizer.config import CloseCode, WebSocketConfig
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.pool import Pool
@@ -170,17 +171,27 @@ class WebSocketConnectionManager(GroupsFacet, ClusterFacet, UsersFacet):
         """Return how many clients are connected to this node."""
         return len(self._ctx.pool)
 
-    async def send_to_client(self, client_id: str, message: Message) -> bool:
+    async def send_to_client(self, client_id: str, message: Message, *, ack: bool = False,
+                             timeout: float = 10.0) -> bool:
         """Send to one client on any node; True if a node took the frame (with history: or
         it is kept for the client's resumable session). False for an unknown, invalid or
         unreachable client.
 
+        With ``ack=True``, return True only once the client acknowledged the message (a v2
+        client does after its handler returned), within `timeout` seconds.
+
         Raises:
             TypeError: the message is not text, bytes or JSON-serializable.
+            AckTimeoutError: (ack) sent, but not acknowledged in time.
+            AckUnsupportedError: (ack) the client speaks the plain protocol: it got the
+                message but cannot acknowledge it.
         """
         payload = encode_message(message)
         if not is_text(client_id) or not client_id:
             return False
+        if ack:
+            return await self._node.sessions.acks.send(client_id, payload, json_value(message),
+                                                       timeout)
         return await self._node.router.send(client_id, payload, json_value(message))
 
     async def broadcast(self, message: Message,
@@ -298,6 +309,28 @@ class WebSocketConnectionManager(GroupsFacet, ClusterFacet, UsersFacet):
     def add_rpc(self, method: str, handler: RPCHandler) -> None:
         """Register `handler` as the remote procedure `method` (see rpc())."""
         self._node.sessions.procedures.register(method, handler)
+
+    def on_subscribe(self, hook: SubscribeHook) -> SubscribeHook:
+        """Set the hook (sync or async; usable as a decorator) that decides a v2 client's
+        ``subscribe`` to a channel (a group): it gets a SubscribeRequest; None or True
+        allows (the client joins the group), False refuses (``forbidden``), an RPCError
+        refuses with its code. Without it, clients cannot subscribe themselves.
+
+        Raises:
+            ConfigError: a hook is set already.
+        """
+        return self._node.sessions.channels.on_subscribe(hook)
+
+    def on_publish(self, hook: PublishHook) -> PublishHook:
+        """Set the hook that decides a v2 client's ``publish`` to a channel: it gets a
+        PublishRequest and returns what to send to the group's members (``data`` as the
+        client sent it, or a rewrite); False, None or an RPCError refuses. Without it,
+        clients cannot publish.
+
+        Raises:
+            ConfigError: a hook is set already.
+        """
+        return self._node.sessions.channels.on_publish(hook)
 
 
 __all__ = ["Phase", "WebSocketConnectionManager"]

@@ -13,8 +13,10 @@ from stabilizer.auth.identity import Authenticator
 from stabilizer.backends.base import Backend
 from stabilizer.config import WebSocketConfig
 from stabilizer.node.context import NodeContext
+from stabilizer.services.acks import Acks
 from stabilizer.services.admission import Admission
 from stabilizer.services.auth import Auth
+from stabilizer.services.channels import Channels
 from stabilizer.services.closing import Closing
 from stabilizer.services.delivery.fanout import FanOut
 from stabilizer.services.delivery.groups import Membership
@@ -76,8 +78,11 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     admission = Admission(ctx, closing, liveness, memory, events,
                           ensure_started=ensure_started)
     users = Users(ctx, router, closing)
+    acks = Acks(ctx, router)
+    fanout.on_unackable = acks.unackable
     listener = Listener(ctx, router, membership, events, on_kick=admission.kick,
-                        on_user_close=users.close_local, on_client_close=closing.close_client)
+                        on_user_close=users.close_local, on_client_close=closing.close_client,
+                        on_ack=acks.settle)
     reporter = Reporter(ctx)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
                               kick=admission.kick,
@@ -91,6 +96,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     sessions = SessionServices(
         ctx, admission, closing, liveness, tokens,
         Resume(ctx, membership, sequenced) if sequenced is not None else None,
-        Auth(ctx, authenticator, closing), Procedures(ctx))
+        Auth(ctx, authenticator, closing), Procedures(ctx), Channels(ctx, membership, router),
+        acks)
     return Node(ctx, events, liveness, membership, router, closing, memory, tokens,
                 admission, users, lifecycle, sessions, reporter)

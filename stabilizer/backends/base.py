@@ -120,6 +120,11 @@ class Routing(Protocol):
         """Hand `envelope` to the node owning `client_id`; False when no node owns it."""
         ...
 
+    async def to_node(self, node_id: str, envelope: bytes) -> bool:
+        """Hand `envelope` to node `node_id`; False when it does not receive (gone, or its
+        subscription is down)."""
+        ...
+
 
 class GroupStore(Protocol):
     """Cluster-wide group membership, and the group channels nodes subscribe to."""

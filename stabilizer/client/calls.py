@@ -1,6 +1,7 @@
-"""The client's remote procedure calls in flight (protocol v2, docs/protocol.md 6.5): each
-waits for the ``reply`` with its id on the socket it was sent on. A call whose socket
-closes first fails with ``disconnected``: it may have run, so it is never sent again."""
+"""The client's requests in flight (protocol v2: rpc, subscribe, unsubscribe, publish;
+docs/protocol.md 6.5 and 6.6): each waits for the ``reply`` with its id on the socket it
+was sent on. One whose socket closes first fails with ``disconnected``: it may have taken
+effect, so it is never sent again."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from stabilizer.errors import RPCError
 from stabilizer.pure.client_protocol import ControlFrame
-from stabilizer.pure.client_v2 import reply_outcome, rpc_frame
+from stabilizer.pure.client_v2 import reply_outcome
 from stabilizer.pure.text import JSONValue
 
 logger = logging.getLogger(__name__)
@@ -28,17 +29,18 @@ class PendingCalls:
         self._waiting: dict[int, tuple[WebSocket, asyncio.Future[JSONValue]]] = {}
 
     async def call(self, open_socket: Callable[[WebSocket | None], Awaitable[WebSocket]],
-                   method: str, params: JSONValue, timeout: float) -> JSONValue:
-        """Send the call on an open socket (`open_socket(stale)` waits for one other than
-        `stale`) and return the result its reply carries, all within `timeout`.
+                   build: Callable[[int], str], timeout: float) -> JSONValue:
+        """Send the request `build(call_id)` makes on an open socket (`open_socket(stale)`
+        waits for one other than `stale`) and return the result its reply carries, all
+        within `timeout`.
 
         Raises:
             RPCError: the server's error, ``timeout`` or ``disconnected``.
-            ValueError, TypeError: a bad method name, or params that are not JSON.
-            ClientClosedError: closed for good before the call was sent.
+            ValueError, TypeError: what `build` raises for a bad request.
+            ClientClosedError: closed for good before the request was sent.
         """
         call_id = next(self._ids)
-        frame = rpc_frame(call_id, method, params)
+        frame = build(call_id)
         stale: WebSocket | None = None
         try:
             async with asyncio.timeout(timeout):

@@ -17,8 +17,9 @@ from websockets.exceptions import ConnectionClosed
 
 from stabilizer.client.calls import PendingCalls
 from stabilizer.client.dial import Attempt, DialOptions, dial, hang_up
-from stabilizer.client.frames import Frames, notify
-from stabilizer.client.inbox import Inbox
+from stabilizer.client.frames import Frames, notify, send_ack
+from stabilizer.client.inbox import Inbox, Owed
+from stabilizer.client.requests import Requests, Subscriptions
 from stabilizer.client.v2 import SUBPROTOCOL, ProtocolV2, TokenSource, check_options
 from stabilizer.pure.client_protocol import (
     ClientClosedError,
@@ -45,7 +46,7 @@ from stabilizer.pure.text import JSONValue
 
 logger = logging.getLogger(__name__)
 
-class ClientConnection:
+class ClientConnection(Requests):
     """A WebSocket to a stabilizer server that survives restarts, failovers and outages."""
 
     def __init__(
@@ -88,9 +89,13 @@ class ClientConnection:
         self.state = ConnectionState.CONNECTING
         self._inbox = Inbox(max_inbox_messages)
         self._calls = PendingCalls()
+        self._subscriptions = Subscriptions()
         self._frames = Frames(self._inbox, client_id=client_id, token=token, v2=self._v2,
                               send_timeout=send_timeout, on_control=on_control,
-                              on_resume=on_resume, calls=self._calls)
+                              on_resume=on_resume, calls=self._calls,
+                              subscriptions=self._subscriptions)
+        self._resubscriber: asyncio.Task[None] | None = None
+        self._owed: Owed | None = None  # the ack of the message recv() returned last
         self._state_changed = asyncio.Condition()
         self._ws: WebSocket | None = None
         self._ever_opened = False
@@ -179,10 +184,13 @@ class ClientConnection:
 
     async def aclose(self) -> None:
         """Close for good (code 1000) and stop reconnecting; idempotent."""
+        await self._acknowledge()  # the last message returned was handled
         runner, self._runner = self._runner, None
-        if runner is not None:
-            runner.cancel()
-            await asyncio.wait([runner])
+        tasks = [task for task in (runner, self._resubscriber) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         await self._finish(ClientClosedError("the application closed this connection"),
                            by_app=True)
 
@@ -217,22 +225,6 @@ class ClientConnection:
                 f"no connection opened within {limit}s ({self.state}); the message was not sent"
             ) from exc
 
-    async def rpc(self, method: str, params: JSONValue = None, *,
-                  timeout: float = 30.0) -> JSONValue:
-        """Call the server's procedure `method` with `params` (any JSON value) and return
-        its result; waits while reconnecting. Protocol v2 only (docs/protocol.md 6.5).
-
-        Raises:
-            RPCError: the server's error, ``timeout`` or ``disconnected`` (PendingCalls.call).
-            ValueError, TypeError: a method name the server refuses, or params not JSON.
-            ClientClosedError: closed for good before the call was sent.
-        """
-        if self._v2 is None:
-            raise RuntimeError("rpc() needs protocol=2")
-        if self._runner is None and self._error is None:
-            raise RuntimeError("start the connection first (async with connect(...))")
-        return await self._calls.call(self._wait_open, method, params, timeout)
-
     async def recv(self) -> str | bytes:
         """Return the next application message, waiting through reconnects.
 
@@ -241,10 +233,17 @@ class ClientConnection:
         """
         if self._runner is None and self._error is None:
             raise RuntimeError("start the connection first (async with connect(...))")
-        message = await self._inbox.get(lambda: self._error is not None)
-        if message is None:
+        await self._acknowledge()  # the previous message was handled
+        item = await self._inbox.get(lambda: self._error is not None)
+        if item is None:
             raise self._closed_error()
+        message, self._owed = item
         return message
+
+    async def _acknowledge(self) -> None:
+        owed, self._owed = self._owed, None
+        if owed is not None:
+            await send_ack(owed, self._send_timeout)
 
     def __aiter__(self) -> AsyncIterator[str | bytes]:
         return self._messages()
@@ -387,6 +386,11 @@ class ClientConnection:
         await self._set_state(StateChange(ConnectionState.OPEN, url=attempt.url))
         if reconnect:
             self._frames.reopened()
+            session = self._frames.session
+            kept = session is not None and session.resumed and session.history
+            if self._subscriptions.active and not kept:  # groups end without history
+                self._resubscriber = asyncio.create_task(  # reading must go on meanwhile
+                    self._subscribe_again(self._send_timeout), name="stabilizer-resubscribe")
 
     async def _set_state(self, change: StateChange) -> None:
         async with self._state_changed:

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from websockets.asyncio.client import ClientConnection as WebSocket
+from websockets.exceptions import ConnectionClosed
 
 from stabilizer.client.calls import PendingCalls
-from stabilizer.client.inbox import Inbox
+from stabilizer.client.inbox import Inbox, Owed
+from stabilizer.client.requests import Subscriptions
 from stabilizer.client.v2 import ProtocolV2
 from stabilizer.errors import WireError
 from stabilizer.pure.client_protocol import (
@@ -24,9 +26,7 @@ from stabilizer.pure.client_protocol import (
     message_payload,
     unwrap,
 )
-from stabilizer.pure.client_v2 import (
-    v2_frame,
-)
+from stabilizer.pure.client_v2 import ack_frame, v2_frame
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,11 @@ class Frames:
                  v2: ProtocolV2 | None, send_timeout: float,
                  on_control: Callable[[ControlFrame], object] | None,
                  on_resume: Callable[[ResumeResult], object] | None,
-                 calls: PendingCalls | None = None) -> None:
+                 calls: PendingCalls | None = None,
+                 subscriptions: Subscriptions | None = None) -> None:
         self._inbox = inbox
         self._calls = calls
+        self._subscriptions = subscriptions
         self._client_id = client_id
         self._v2 = v2
         self._send_timeout = send_timeout
@@ -83,7 +85,7 @@ class Frames:
             return
         kind = frame["type"]
         if kind == "message":
-            await self._message(frame)
+            await self._message(ws, frame)
             return
         notify(self._on_control, frame)
         if kind == "ping":
@@ -119,10 +121,14 @@ class Frames:
         self.last_resume = result
         notify(self._on_resume, result)
 
-    async def _message(self, frame: ControlFrame) -> None:
+    async def _message(self, ws: WebSocket, frame: ControlFrame) -> None:
+        token = frame.get("ack")  # (v2) acknowledge once the application handled it
+        owed = (token, ws) if isinstance(token, str) and self._v2 is not None else None
         try:
-            if not self.history:  # v2 without history: only the data
-                await self._deliver(message_payload(frame))
+            if not self.history:  # v2 without history: only the data (and its channel)
+                channel = frame.get("channel")
+                await self._deliver(message_payload(frame),
+                                    channel if isinstance(channel, str) else None, owed)
                 return
             wrapped = unwrap(frame)
         except WireError as exc:
@@ -131,7 +137,11 @@ class Frames:
         if wrapped.offset is None or wrapped.epoch is None or self.positions.accept(
             wrapped.stream, wrapped.offset, wrapped.epoch
         ):
-            await self._deliver(wrapped.payload)
+            stream = wrapped.stream
+            await self._deliver(wrapped.payload,
+                                stream[2:] if stream.startswith("g:") else None, owed)
+        elif owed is not None:  # a duplicate: the application handled it already
+            await send_ack(owed)
 
     def _on_session(self, info: SessionInfo) -> None:
         if self._client_id is not None and info.client_id != self._client_id:
@@ -142,7 +152,22 @@ class Frames:
         if self._v2 is not None:
             self._v2.on_session(info)
 
-    async def _deliver(self, message: str | bytes) -> None:
+    async def _deliver(self, message: str | bytes, channel: str | None = None,
+                       owed: Owed | None = None) -> None:
+        if self._subscriptions is not None and self._subscriptions.route(channel, message):
+            if owed is not None:
+                await send_ack(owed)
+            return  # its subscription's on_message took it
         # a slow application stops the reading here; the server ends up closing the
         # socket (4000/1013) and the client reconnects, keeping what it buffered
-        await self._inbox.put(message)
+        await self._inbox.put(message, owed)
+
+
+async def send_ack(owed: Owed, timeout: float = 2.0) -> None:
+    """Acknowledge a handled message on the socket it came on (lost if that closed)."""
+    token, ws = owed
+    try:
+        async with asyncio.timeout(timeout):
+            await ws.send(ack_frame(token))
+    except (ConnectionClosed, TimeoutError):
+        logger.info("an acknowledgement was lost with its socket")

@@ -1,10 +1,15 @@
-"""The client's inbox: application messages waiting for recv(), bounded."""
+"""The client's inbox: application messages waiting for recv(), bounded; each with the
+acknowledgement it owes once the application handled it, if any."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 from collections.abc import Callable
+from typing import Any
+
+#: An acknowledgement owed: the token and the socket the message came on.
+Owed = tuple[str, Any]
 
 
 class Inbox:
@@ -12,18 +17,20 @@ class Inbox:
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._messages: collections.deque[str | bytes] = collections.deque()
+        self._messages: collections.deque[tuple[str | bytes, Owed | None]] = collections.deque()
         self._changed = asyncio.Condition()
 
-    async def put(self, message: str | bytes) -> None:
+    async def put(self, message: str | bytes, owed: Owed | None = None) -> None:
         """Add a message, waiting while the inbox is full."""
         async with self._changed:
             await self._changed.wait_for(lambda: len(self._messages) < self._limit)
-            self._messages.append(message)
+            self._messages.append((message, owed))
             self._changed.notify_all()
 
-    async def get(self, closed: Callable[[], bool]) -> str | bytes | None:
-        """The oldest message, waiting for one; None once `closed()` and nothing is left."""
+    async def get(self, closed: Callable[[], bool]
+                  ) -> tuple[str | bytes, Owed | None] | None:
+        """The oldest message and its acknowledgement, waiting for one; None once
+        `closed()` and nothing is left."""
         async with self._changed:
             await self._changed.wait_for(lambda: bool(self._messages) or closed())
             if not self._messages:

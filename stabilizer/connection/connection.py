@@ -35,6 +35,7 @@ _NO_USER_DATA: Final[Mapping[str, Any]] = MappingProxyType({})
 _UNRECORDED: Final = 0  # nothing yet (or it was unreachable: the next resync writes it)
 _RECORDED: Final = 1  # its registration recorded it
 _RESYNCED: Final = 2  # a resync wrote it back (see Connection.resynced)
+_MAX_ACKS: Final = 1024  # unacknowledged ack tokens a connection remembers
 
 
 def new_conn_id() -> str:
@@ -52,6 +53,7 @@ class Connection(SocketWriter):
 
     __slots__ = (
         "__weakref__",
+        "_acks",
         "_changed_groups",
         "_close_waiter",
         "_groups",
@@ -106,6 +108,7 @@ class Connection(SocketWriter):
         self._socket_closed = False  # the node's close of the socket has ended
         self._close_waiter: asyncio.Event | None = None  # made when someone waits for it
         self._registered = _UNRECORDED  # what the shared store knows of it
+        self._acks: dict[str, None] | None = None  # ack tokens of frames sent, oldest first
         self._last_activity = time.monotonic()
         self._outbox = None
         self._queued_bytes = 0
@@ -197,6 +200,23 @@ class Connection(SocketWriter):
                 and not self._held_positions().admit(stream, offset, epoch)):
             return True
         return self.offer(frame, now)
+
+    def _expect_ack(self, token: str) -> None:
+        acks = self._acks
+        if acks is None:
+            acks = self._acks = {}
+        elif len(acks) >= _MAX_ACKS:  # a client that never acks: forget the oldest
+            del acks[next(iter(acks))]
+        acks[token] = None
+
+    def take_ack(self, token: str) -> bool:
+        """The client acknowledged `token`: True if it was sent a frame carrying it (each
+        token is taken once)."""
+        acks = self._acks
+        if acks is None or token not in acks:
+            return False
+        del acks[token]
+        return True
 
     def _held_positions(self) -> ClientPositions:
         if self._positions is None:

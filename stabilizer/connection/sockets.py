@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from stabilizer.pure.frames import app_message_frame
+from stabilizer.pure.frames import app_message_frame, binary_message_frame
 
 #: An ASGI websocket message, built once and shared by every recipient.
 AsgiMessage = MutableMapping[str, Any]
@@ -37,17 +37,19 @@ class Frame:
     JSON message, the object it was serialized from (for sockets driven by send_json).
 
     ``app`` marks an application's own text, which v2 connections receive wrapped in a
-    ``message`` frame; the wrapped frame is built once per frame, on first use, and shared
-    by every v2 recipient.
+    ``message`` frame (naming the ``channel`` when it was sent to a group); the wrapped
+    frame is built once per frame, on first use, and shared by every v2 recipient.
     """
 
-    __slots__ = ("_wrapped", "app", "message", "size", "value")
+    __slots__ = ("_wrapped", "ack", "app", "channel", "message", "size", "value")
 
     def __init__(self, message: AsgiMessage, size: int, value: object = None) -> None:
         self.message = message
         self.size = size
         self.value = value
         self.app = False
+        self.channel: str | None = None  # the group it was sent to, if any
+        self.ack: str | None = None  # the token its one recipient acknowledges it with
         self._wrapped: Frame | None = None
 
     def wrapped(self) -> Frame:
@@ -56,8 +58,19 @@ class Frame:
             return self
         wrapped = self._wrapped
         if wrapped is None:
-            wrapped = self._wrapped = Frame.text(app_message_frame(self.message["text"]))
+            text = self.message.get("text")
+            wrapped = self._wrapped = Frame.text(
+                app_message_frame(text, self.channel, self.ack) if text is not None else
+                binary_message_frame(self.message["bytes"], self.ack))
+            wrapped.ack = self.ack
         return wrapped
+
+    def asking_ack(self, token: str) -> Frame:
+        """This frame, carrying `token` for its one recipient to acknowledge it with (a v2
+        connection then gets even a binary message in a ``message`` frame)."""
+        self.ack = token
+        self.app = True
+        return self
 
     @classmethod
     def text(cls, text: str) -> Frame:

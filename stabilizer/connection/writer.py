@@ -99,6 +99,8 @@ class SocketWriter:
         self._last_activity = now
         if self._wraps:
             frame = frame.wrapped()
+            if frame.ack is not None:
+                self._expect_ack(frame.ack)
         if self._writing:
             return self._enqueue(frame)
         send = self._send
@@ -191,3 +193,6 @@ class SocketWriter:
 
     def _fail(self, code: CloseCode, reason: str) -> None:
         raise NotImplementedError  # Connection decides
+
+    def _expect_ack(self, token: str) -> None:
+        raise NotImplementedError  # Connection keeps the tokens

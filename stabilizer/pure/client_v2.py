@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from stabilizer.errors import RPCError
 from stabilizer.pure.client_protocol import ControlFrame, HandshakeRejectedError
-from stabilizer.pure.text import JSONValue
+from stabilizer.pure.text import JSONValue, check_group
 from stabilizer.pure.v2 import SUBPROTOCOL, is_method
 
 
@@ -118,3 +118,30 @@ def reply_outcome(frame: ControlFrame) -> tuple[int | str | None, JSONValue, RPC
         code = "bad_reply"
     return ident, None, RPCError(code, message if isinstance(message, str) else "",
                                  error.get("data"))
+
+
+def channel_frame(kind: str, call_id: int, channel: str, value: JSONValue = None) -> str:
+    """A ``subscribe`` (value: params), ``unsubscribe`` or ``publish`` (value: data) frame
+    (docs/protocol.md 6.6).
+
+    Raises:
+        ValueError: a channel the server would refuse, or a value that is not JSON.
+        TypeError: a value that is not JSON, or publish data that is not a str, dict or list.
+    """
+    try:
+        check_group(channel)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("group", "channel")) from exc
+    body: dict[str, JSONValue] = {"type": kind, "id": call_id, "channel": channel}
+    if kind == "publish":
+        if not isinstance(value, str | dict | list):
+            raise TypeError("publish data must be a str, a dict or a list")
+        body["data"] = value
+    elif kind == "subscribe" and value is not None:
+        body["params"] = value
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def ack_frame(token: str) -> str:
+    """Acknowledges a message frame that carried `token` in its ``ack``."""
+    return _dump({"type": "ack", "id": token})

@@ -50,11 +50,13 @@ def rate_limited_frame(detail: str) -> str:
 
 
 def message_frame(stream: str, offset: int | None, epoch: str | None,
-                  payload: str | bytes) -> str:
+                  payload: str | bytes, ack: str | None = None) -> str:
     """A sequenced message, built once per message (offset and epoch are null when it could
-    not be sequenced because the backend was down)."""
+    not be sequenced because the backend was down); `ack` asks the client to acknowledge."""
     body: dict[str, object] = {"type": "message", "stream": stream, "offset": offset,
                                "epoch": epoch}
+    if ack is not None:
+        body["ack"] = ack
     if isinstance(payload, str):
         body["data"] = payload
     else:
@@ -62,9 +64,24 @@ def message_frame(stream: str, offset: int | None, epoch: str | None,
     return _dump(body)
 
 
-def app_message_frame(text: str) -> str:
-    """An application's text message as a v2 client receives it (history off)."""
-    return _dump({"type": "message", "data": text})
+def app_message_frame(text: str, channel: str | None = None, ack: str | None = None) -> str:
+    """An application's text message as a v2 client receives it (history off), with the
+    channel (group) it was sent to, and the token to acknowledge it with, if any."""
+    body: dict[str, object] = {"type": "message", "data": text}
+    if channel is not None:
+        body["channel"] = channel
+    if ack is not None:
+        body["ack"] = ack
+    return _dump(body)
+
+
+def binary_message_frame(data: bytes, ack: str | None) -> str:
+    """An application's binary message in a v2 ``message`` frame (to carry its ``ack``)."""
+    body: dict[str, object] = {"type": "message",
+                               "data_b64": base64.b64encode(data).decode("ascii")}
+    if ack is not None:
+        body["ack"] = ack
+    return _dump(body)
 
 
 def refresh_frame(expires_at: float) -> str:

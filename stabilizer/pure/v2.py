@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
 from stabilizer.pure.positions import Positions, PositionsError, nesting_within, positions_of
+from stabilizer.pure.text import check_group
 from stabilizer.pure.users import is_device
 
 SUBPROTOCOL: Final = "stabilizer.v2"
@@ -188,3 +189,35 @@ def parse_rpc(body: Mapping[str, Any]) -> CallRequest:
         raise BadCallError(ident, "rpc: method must be 1-128 characters of A-Z a-z 0-9 "
                                   "and . _ : / -")
     return CallRequest(ident, method, body.get("params"))
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRequest:
+    """What a v2 client's ``subscribe``, ``unsubscribe`` or ``publish`` frame asks for:
+    ``value`` is the subscribe's ``params`` or the publish's ``data`` (None otherwise)."""
+
+    call_id: CallId
+    channel: str
+    value: Any
+
+
+def parse_channel_request(kind: str, body: Mapping[str, Any]) -> ChannelRequest:
+    """The request of a ``subscribe``, ``unsubscribe`` or ``publish`` frame.
+
+    Raises:
+        ProtocolError: the id is unusable (the frame gets an ``error`` frame).
+        BadCallError: the channel is not a usable group name, or a publish has no data.
+    """
+    ident = call_id(body.get("id"))
+    try:
+        channel = check_group(body.get("channel"))
+    except ValueError as exc:
+        raise BadCallError(ident, f"{kind}: {str(exc).replace('group', 'channel')}") from exc
+    value = None
+    if kind == "subscribe":
+        value = body.get("params")
+    elif kind == "publish":
+        value = body.get("data")
+        if not isinstance(value, str | dict | list):
+            raise BadCallError(ident, "publish: data must be a string, an object or an array")
+    return ChannelRequest(ident, channel, value)

@@ -38,6 +38,8 @@ class Kind(IntEnum):
     USER_CLOSE = 8  # close every local connection of user `target`; `payload` is
     # the JSON {"code": int, "reason": str}
     CLIENT_CLOSE = 9  # close local client `target`; `payload` as USER_CLOSE's
+    ACK = 10  # a client acknowledged message `ref` of the receiving node (`payload` nil),
+    # or cannot: `payload` "unsupported" (a plain client)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 from stabilizer.errors import ConfigError, RPCError
 from stabilizer.node.context import NodeContext
@@ -63,48 +64,42 @@ class Procedures:
             stats.rpc_failures += 1
             return reply_error_frame(call_id, UNKNOWN_METHOD,
                                      f"no procedure named {call.method!r}")
-        try:
-            result = await self._run(handler, call)
-        except RPCError as exc:
-            stats.rpc_failures += 1
-            return self._refusal(call_id, call, exc)
-        except _Late:
-            stats.rpc_failures += 1
-            logger.warning("RPC %r of client %r ran past rpc_timeout (%gs) and was cancelled",
-                           call.method, call.client_id, self._ctx.config.rpc_timeout)
-            return reply_error_frame(call_id, TIMEOUT, "the procedure did not finish in time")
-        except Exception:
-            stats.rpc_failures += 1
-            logger.error("RPC %r of client %r failed", call.method, call.client_id,
-                         exc_info=True)
-            return reply_error_frame(call_id, INTERNAL, "internal error")
-        try:
-            return reply_frame(call_id, result)
-        except (TypeError, ValueError, RecursionError) as exc:
-            stats.rpc_failures += 1
-            logger.error("RPC %r returned a value that is not JSON: %s", call.method, exc)
-            return reply_error_frame(call_id, INTERNAL, "internal error")
+        result, refusal = await guarded(self._ctx, call_id, f"RPC {call.method!r}",
+                                        call.client_id, lambda: handler(call))
+        if refusal is None:
+            try:
+                return reply_frame(call_id, result)
+            except (TypeError, ValueError, RecursionError) as exc:
+                logger.error("RPC %r returned a value that is not JSON: %s", call.method, exc)
+                refusal = reply_error_frame(call_id, INTERNAL, "internal error")
+        stats.rpc_failures += 1
+        return refusal
 
-    async def _run(self, handler: RPCHandler, call: RPCCall) -> object:
-        try:
-            async with asyncio.timeout(self._ctx.config.rpc_timeout) as deadline:
-                result = handler(call)
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
-        except TimeoutError:
-            if deadline.expired():
-                raise _Late from None
-            raise  # the procedure's own TimeoutError: an exception like any other
 
-    def _refusal(self, call_id: int | str, call: RPCCall, exc: RPCError) -> str:
+async def guarded(ctx: NodeContext, call_id: int | str, what: str, client_id: str,
+                  work: Callable[[], Awaitable[Any] | Any]) -> tuple[Any, str | None]:
+    """Run the application's code for a client's call, bounded by rpc_timeout: (its value,
+    None), or (None, the ``reply`` frame that refuses the call): the RPCError it raised,
+    ``timeout``, or ``internal`` for any other exception (logged here, not sent)."""
+    try:
+        async with asyncio.timeout(ctx.config.rpc_timeout) as deadline:
+            result = work()
+            if inspect.isawaitable(result):
+                result = await result
+            return result, None
+    except RPCError as exc:
         try:
-            return reply_error_frame(call_id, exc.code, exc.message, exc.data)
+            return None, reply_error_frame(call_id, exc.code, exc.message, exc.data)
         except (TypeError, ValueError, RecursionError):
-            logger.error("RPC %r raised an RPCError whose data is not JSON: %r", call.method,
-                         exc.data)
-            return reply_error_frame(call_id, exc.code, exc.message)
-
-
-class _Late(Exception):
-    """The procedure ran past rpc_timeout."""
+            logger.error("%s raised an RPCError whose data is not JSON: %r", what, exc.data)
+            return None, reply_error_frame(call_id, exc.code, exc.message)
+    except TimeoutError:
+        if not deadline.expired():  # the code's own TimeoutError: like any other exception
+            logger.error("%s of client %r failed", what, client_id, exc_info=True)
+            return None, reply_error_frame(call_id, INTERNAL, "internal error")
+        logger.warning("%s of client %r ran past rpc_timeout (%gs) and was cancelled", what,
+                       client_id, ctx.config.rpc_timeout)
+        return None, reply_error_frame(call_id, TIMEOUT, "it did not finish in time")
+    except Exception:
+        logger.error("%s of client %r failed", what, client_id, exc_info=True)
+        return None, reply_error_frame(call_id, INTERNAL, "internal error")

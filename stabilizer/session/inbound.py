@@ -1,6 +1,7 @@
 """What a session does with a client's text frames before the application sees them:
 heartbeats, and for v2 clients the envelope of every frame (``message``, ``ping``,
-``pong``, ``refresh``, ``rpc``); also the first frame the server sends.
+``pong``, ``refresh``, ``ack``, and the requests that get a ``reply``: ``rpc``,
+``subscribe``, ``unsubscribe``, ``publish``); also the first frame the server sends.
 
 A v2 frame that is not what docs/protocol.md describes gets an ``error`` frame and is
 dropped; the connection stays open.
@@ -27,7 +28,7 @@ from stabilizer.pure.frames import (
 )
 from stabilizer.pure.rate import TokenBucket
 from stabilizer.pure.v2 import ProtocolError, client_frame, message_data, refresh_token
-from stabilizer.session.calls import Calls
+from stabilizer.session.calls import REQUESTS, Calls
 
 if TYPE_CHECKING:
     from stabilizer.session.handshake import Greeting
@@ -56,7 +57,7 @@ class Inbound:
         self._services = services
         self._session = session
         self.bucket = TokenBucket.from_config(services.ctx.config)
-        self.calls = Calls(services.ctx, services.procedures)
+        self.calls = Calls(services.ctx, services.procedures, services.channels)
 
     async def text(self, conn: Connection, text: str) -> str | None:
         """Handle a control frame (None) or return the application's text."""
@@ -78,8 +79,10 @@ class Inbound:
             return None
         if kind in ("ping", "pong"):
             self._heartbeat(conn, kind)
-        elif kind == "rpc":
-            self.calls.start(conn, body, self.bucket)
+        elif kind in REQUESTS:
+            self.calls.start(conn, kind, body, self.bucket)
+        elif kind == "ack":  # (a token it was not sent, or acknowledged already: nothing)
+            self._services.acks.acked(conn, body.get("id"))
         elif kind == "refresh":
             await self._refresh(conn, body.get("token"))
         else:

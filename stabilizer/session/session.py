@@ -55,8 +55,10 @@ from stabilizer.pure.text import (
 from stabilizer.pure.tokens import TokenClaims
 from stabilizer.pure.users import info_json
 from stabilizer.pure.v2 import FrameTooBigError, ProtocolError
+from stabilizer.services.acks import Acks
 from stabilizer.services.admission import Admission, Seated
 from stabilizer.services.auth import Auth, Expiry
+from stabilizer.services.channels import Channels
 from stabilizer.services.closing import Closing
 from stabilizer.services.lifecycle import shutdown_reason
 from stabilizer.services.liveness import Liveness
@@ -81,6 +83,8 @@ class SessionServices:
     resume: Resume | None  # only with history
     auth: Auth
     procedures: Procedures
+    channels: Channels
+    acks: Acks
 
 
 class Session:

@@ -48,7 +48,14 @@
  * server's procedure `method`; it waits while reconnecting and rejects with an RPCError
  * whose code is the server's, or "timeout" (no reply in time) or "disconnected" (the socket
  * closed before the reply; in both the call may have run, and it is never sent twice), or
- * "closed" (closed for good before it was sent)).
+ * "closed" (closed for good before it was sent)). A v2 message frame that asks to be
+ * acknowledged (the server's send_to_client(..., ack=True)) is acknowledged once the
+ * listeners it went to returned. .subscribe(channel, onMessage = null,
+ * {params, timeoutMs}) (v2: join `channel` if the server's on_subscribe hook allows;
+ * onMessage(data, position) then gets its messages instead of the "message" listeners; after
+ * a reconnect that kept no memberships (no history, or a fresh session) it subscribes again), .unsubscribe(channel) and
+ * .publish(channel, data) (v2: through the server's on_publish hook); the three are Promises
+ * rejected with an RPCError as rpc is.
  *
  * The state is "connecting" until the first open, "reconnecting" after any drop. The
  * connection opens on the server's session frame (or on its first frame when the server
@@ -116,6 +123,7 @@ export class Connection {
   #retryTimer = null; #watchdog = null; #lastSeen = 0; #probing = false;
   #v2; #device; #claimed = false; #storeKey = null; #expiresAt = null; #refreshing = false;
   #calls = new Map(); #nextCall = 1;  // call id -> {ws (null until sent), frame, settle}
+  #channels = new Map();  // subscribed channel -> {onMessage, params}
 
   constructor(url, options = {}) {
     this.#url = webSocketUrl(url);
@@ -173,14 +181,56 @@ export class Connection {
 
   /** v2: call the server's procedure `method`; a Promise of its result (see above). */
   rpc(method, params = null, { timeoutMs = 30000 } = {}) {
-    if (!this.#v2) return Promise.reject(new TypeError("stabilizer: rpc needs protocol: 2"));
+    const body = { type: "rpc", method };
+    if (params !== null && params !== undefined) body.params = params;
+    return this.#request(body, timeoutMs);
+  }
+
+  /** v2: join `channel` if the server's on_subscribe hook allows it; `onMessage(data,
+   * position)` then gets its messages instead of the "message" listeners. */
+  async subscribe(channel, onMessage = null, { params = null, timeoutMs = 30000 } = {}) {
+    const body = { type: "subscribe", channel };
+    if (params !== null && params !== undefined) body.params = params;
+    await this.#request(body, timeoutMs);
+    this.#channels.set(channel, { onMessage, params });
+  }
+
+  /** v2: leave `channel`. */
+  async unsubscribe(channel, { timeoutMs = 30000 } = {}) {
+    this.#channels.delete(channel);
+    await this.#request({ type: "unsubscribe", channel }, timeoutMs);
+  }
+
+  /** v2: send `data` (a string, or an object or array sent as JSON) to `channel`'s members
+   * if the server's on_publish hook allows it. */
+  async publish(channel, data, { timeoutMs = 30000 } = {}) {
+    await this.#request({ type: "publish", channel, data }, timeoutMs);
+  }
+
+  /** After a reconnect into a fresh session the server forgot the subscriptions. */
+  async #subscribeAgain() {
+    for (const [channel, entry] of [...this.#channels]) {
+      const body = { type: "subscribe", channel };
+      if (entry.params !== null && entry.params !== undefined) body.params = entry.params;
+      try {
+        await this.#request(body, 30000);
+      } catch (err) {
+        if (["timeout", "disconnected", "unavailable", "closed"].includes(err.code)) continue;
+        console.warn(`stabilizer: channel ${channel} was not subscribed again: ${err.message}`);
+        if (this.#channels.get(channel) === entry) this.#channels.delete(channel);
+      }
+    }
+  }
+
+  #request(fields, timeoutMs) {
+    if (!this.#v2) {
+      return Promise.reject(new TypeError(`stabilizer: ${fields.type} needs protocol: 2`));
+    }
     if (this.#state === "closed") {
       return Promise.reject(new RPCError("closed", "the connection is closed for good"));
     }
     const id = this.#nextCall++;
-    const body = { type: "rpc", id, method };
-    if (params !== null && params !== undefined) body.params = params;
-    const frame = JSON.stringify(body);
+    const frame = JSON.stringify({ ...fields, id });
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => this.#settle(id, null, new RPCError(
         "timeout", `no reply within ${timeoutMs} ms; the call may have run`)), timeoutMs);
@@ -413,7 +463,8 @@ export class Connection {
     this.#deliver(data, null);
   }
 
-  /** v2 without history: a message frame's data (or data_b64). */
+  /** v2 without history: a message frame's data (or data_b64), to its channel's
+   * subscription when it has one. */
   #deliverData(frame) {
     let data = frame.data;
     try {
@@ -422,7 +473,16 @@ export class Connection {
       console.warn("stabilizer: dropped a message frame without valid data");
       return;
     }
-    this.#deliver(data, null);
+    this.#deliver(data, null, typeof frame.channel === "string" ? frame.channel : null);
+    this.#acknowledge(frame);
+  }
+
+  /** v2: a message frame that asks for it is acknowledged once its listeners returned. */
+  #acknowledge(frame) {
+    const ws = this.#ws;
+    if (this.#v2 && typeof frame.ack === "string" && ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify({ type: "ack", id: frame.ack }));
+    }
   }
 
   #welcome(frame) {
@@ -441,6 +501,8 @@ export class Connection {
     if (reconnect && !(frame.resumed && this.#history)) {  // no resume frame will come
       this.#emit("resume", { type: "resume", recovered: false, replayed: 0, failed: [] });
     }
+    const kept = frame.resumed && this.#history;  // groups end with a session w/o history
+    if (reconnect && !kept && this.#channels.size) this.#subscribeAgain();
   }
 
   #becomeOpen() {
@@ -467,16 +529,30 @@ export class Connection {
     if (typeof stream !== "string" || data === undefined) return false;
     if (Number.isInteger(offset) && typeof epoch === "string") {
       const seen = this.#positions[stream];
-      if (seen && seen[1] === epoch && offset <= seen[0]) return true;  // a duplicate
+      if (seen && seen[1] === epoch && offset <= seen[0]) {  // a duplicate: handled already
+        this.#acknowledge(frame);
+        return true;
+      }
       this.#positions[stream] = [offset, epoch];
     }  // else the server could not sequence it (its store was down): deliver, record nothing
-    this.#deliver(data, { stream, offset: offset ?? null, epoch: epoch ?? null });
+    this.#deliver(data, { stream, offset: offset ?? null, epoch: epoch ?? null },
+                  stream.startsWith("g:") ? stream.slice(2) : null);
+    this.#acknowledge(frame);
     return true;
   }
 
-  #deliver(data, position) {
+  #deliver(data, position, channel = null) {
     this.#becomeOpen();  // a server that sends no session frame is open on its first frame
-    this.#emit("message", data, position);
+    const onMessage = channel === null ? null : this.#channels.get(channel)?.onMessage;
+    if (!onMessage) {
+      this.#emit("message", data, position);
+      return;
+    }
+    try {
+      onMessage(data, position);
+    } catch (err) {
+      queueMicrotask(() => { throw err; });  // report it, keep the connection going
+    }
   }
 
   #closed(ws, code, reason) {

@@ -139,6 +139,17 @@ async def test_route_reaches_only_the_owner_node(open_node: NodeFactory) -> None
         assert inbox_c.queue.empty()
 
 
+async def test_to_node_reaches_that_node_only(open_node: NodeFactory) -> None:
+    a, b, c = await open_node("node-a"), await open_node("node-b"), await open_node("node-c")
+    envelope = encode(Envelope(Kind.ACK, "node-a", None, None, ref="0123456789abcdef"))
+    async with Inbox(b) as inbox_b, Inbox(c) as inbox_c:
+        assert await a.routing.to_node("node-b", envelope) is True
+        assert await a.routing.to_node("node-gone", envelope) is False
+        got = await inbox_b.next()
+        assert (got.kind, got.origin, got.ref) == (Kind.ACK, "node-a", "0123456789abcdef")
+        assert inbox_c.queue.empty()
+
+
 async def test_publish_reaches_every_other_node_once(open_node: NodeFactory) -> None:
     a, b, c = await open_node("node-a"), await open_node("node-b"), await open_node("node-c")
     envelope = encode(Envelope(Kind.BROADCAST, "node-a", None, b"\x00bin"))

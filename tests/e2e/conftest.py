@@ -61,3 +61,34 @@ def replicas(redis_server: RedisServer) -> Iterator[Replicas]:
     yield start
     for proc in started:
         proc.stop()
+
+
+V2Replicas = Callable[..., list[UvicornProcess]]
+V2_SECRET = "v2-client-e2e-secret-" + "s" * 24  # tests/e2e/v2_app.py's JWT key in the tests
+
+
+@pytest.fixture
+def v2_replicas(request: pytest.FixtureRequest) -> Iterator[V2Replicas]:
+    """Start N replicas of tests/e2e/v2_app.py with STABILIZER_* settings (heartbeats off);
+    N > 1 share a namespace on the session's Redis (mark such a test `redis`)."""
+    started: list[UvicornProcess] = []
+
+    def start(count: int = 1, **settings: object) -> list[UvicornProcess]:
+        namespace = f"v2-{os.getpid()}-{next(_RUN)}"
+        quiet = {"heartbeat_interval": 3600, "heartbeat_timeout": 3600}
+        procs = []
+        for index in range(count):
+            env = {"V2_APP_JWT_SECRET": V2_SECRET, "STABILIZER_NODE_ID": f"replica-{index}",
+                   **{f"STABILIZER_{key.upper()}": str(value)
+                      for key, value in {**quiet, **settings}.items()}}
+            if count > 1:
+                redis: RedisServer = request.getfixturevalue("redis_server")
+                env.update(STABILIZER_REDIS_URL=redis.url, STABILIZER_NAMESPACE=namespace)
+            procs.append(UvicornProcess(app="tests.e2e.v2_app:app", env=env))
+        start_all(procs)
+        started.extend(procs)
+        return procs
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -185,6 +185,68 @@ async def test_rpc_returns_values_and_errors_and_fails_calls_a_lost_socket_carri
     assert (await page.evaluate(CALL, ["add", {"a": 1, "b": 1}, {}]))[2] == "closed"
 
 
+async def test_subscribe_routes_a_channels_messages_publish_and_resubscribe(
+    page: Page, v2_server: UvicornProcess
+) -> None:
+    tab = await Tab.open(page, v2_server.base, backoffBaseMs=10)
+    await tab.wait_state("open")
+    await page.evaluate("""async () => {
+      window.room = [];
+      await window.conn.subscribe("public:room", (data, position) =>
+        window.room.push([data, position]));
+    }""")
+    assert await page.evaluate(
+        "window.conn.subscribe('private:bob').then(() => 'ok', (err) => err.code)"
+    ) == "forbidden"
+    assert await page.evaluate(
+        "window.conn.subscribe('nothing').then(() => 'ok', (err) => [err.code, err.data])"
+    ) == ["no_such_channel", {"channel": "nothing"}]
+    await page.evaluate("window.conn.publish('public:room', 'hi all')")
+    await tab.until("() => window.room.length >= 1")
+    assert await page.evaluate("window.room") == [['{"from":"alice","text":"hi all"}', None]]
+    assert await tab.events("message") == []  # the subscription took it
+
+    await asyncio.to_thread(v2_server.post, "/admin/disconnect_user/alice?code=1012")
+    await tab.until("() => window.log.filter((e) => e[0] === 'state' && e[1] === 'open')"
+                    ".length >= 2")
+
+    async def subscribed_again() -> None:
+        while (await asyncio.to_thread(v2_server.get, "/admin/asked"))[1] != [
+                "public:room", "private:bob", "nothing", "public:room"]:
+            await asyncio.sleep(0.02)
+
+    async with asyncio.timeout(10):
+        await subscribed_again()
+    async with asyncio.timeout(10):
+        while not (await asyncio.to_thread(v2_server.get, "/admin/groups/public:room"))[1]:
+            await asyncio.sleep(0.02)
+    await asyncio.to_thread(v2_server.post, "/admin/send_group/public:room",
+                            {"message": "after the reconnect"})
+    await tab.until("() => window.room.length >= 2")
+    assert (await page.evaluate("window.room"))[1] == ["after the reconnect", None]
+
+    await page.evaluate("window.conn.unsubscribe('public:room')")
+    assert (await asyncio.to_thread(v2_server.get, "/admin/groups/public:room"))[1] == []
+
+
+async def test_a_message_asking_for_an_ack_is_acknowledged_after_its_listeners(
+    page: Page, v2_server: UvicornProcess
+) -> None:
+    tab = await Tab.open(page, v2_server.base)
+    await tab.wait_state("open")
+    await page.evaluate("""() => window.conn.on("message", (data) => {
+      if (data === "hold it") window.holding = true;   // no ack until this listener returns
+    })""")
+    client_id = await tab.value("window.conn.clientId")
+    asked = asyncio.create_task(asyncio.to_thread(
+        v2_server.post, f"/admin/send_acked/{client_id}?timeout=10", {"message": "hold it"}))
+    async with asyncio.timeout(15):
+        assert await asked == {"acked": True}
+    assert await tab.value("window.holding") is True
+    [[data, position]] = await tab.events("message")
+    assert (data, position) == ("hold it", None)
+
+
 async def test_a_server_close_reconnects_with_a_new_token(
     page: Page, v2_server: UvicornProcess
 ) -> None:

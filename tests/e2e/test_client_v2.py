@@ -26,11 +26,12 @@ from stabilizer.client import (
     connect,
     retry_advice_seconds,
 )
+from tests.e2e.conftest import V2_SECRET
 from tests.support.uvicorn_proc import UvicornProcess
 
 pytestmark = pytest.mark.e2e
 
-SECRET = "v2-client-e2e-secret-" + "s" * 24
+SECRET = V2_SECRET
 JWT = JWTAuthenticator(secret=SECRET)
 QUIET = {"heartbeat_interval": 3600, "heartbeat_timeout": 3600}
 FAST = RetryPolicy(base=0.05, cap=0.3)

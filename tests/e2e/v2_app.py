@@ -14,7 +14,16 @@ from typing import Any
 from fastapi import Body, FastAPI, WebSocket
 from fastapi.responses import HTMLResponse
 
-from stabilizer import RPCCall, RPCError, WebSocketConfig, WebSocketConnectionManager
+from stabilizer import (
+    AckTimeoutError,
+    AckUnsupportedError,
+    PublishRequest,
+    RPCCall,
+    RPCError,
+    SubscribeRequest,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
 from stabilizer.auth import JWTAuthenticator
 from stabilizer.fastapi import lifespan, router, session
 
@@ -93,6 +102,63 @@ async def hold(call: RPCCall) -> str:
 async def release(call: RPCCall) -> int:
     released.set()
     return held["running"]
+
+
+# --- channels clients subscribe to and publish on themselves (section 6.6) ---
+asked: list[str] = []  # every channel on_subscribe was asked about, in order
+
+
+@manager.on_subscribe
+async def may_subscribe(request: SubscribeRequest) -> bool:
+    """public:* for everyone, private:<user> for that user, readonly:* for everyone;
+    "boom" is a bug in the hook; anything else is refused with the hook's own code."""
+    asked.append(request.channel)
+    channel = request.channel
+    if channel == "boom":
+        raise ValueError("a bug in the hook")
+    if channel.startswith("private:"):
+        return channel == f"private:{request.user_id}"
+    if channel.startswith(("public:", "readonly:")):
+        return True
+    raise RPCError("no_such_channel", f"{channel} does not exist", {"channel": channel})
+
+
+@manager.on_publish
+async def may_publish(request: PublishRequest) -> object:
+    """Text on public:* is sent as {"from": user, "text": ...}; readonly:* is refused."""
+    if request.channel.startswith("readonly:"):
+        raise RPCError("read_only", "nobody publishes here")
+    if isinstance(request.data, str):
+        return {"from": request.user_id, "text": request.data}
+    return request.data
+
+
+@app.get("/admin/asked")
+async def asked_channels() -> list[str]:
+    return asked
+
+
+@app.post("/admin/send_group/{group}")
+async def send_group(group: str, body: dict[str, Any] = Body(...)) -> dict[str, int]:
+    return {"local": (await manager.send_to_group(group, body["message"])).succeeded}
+
+
+@app.get("/admin/groups/{group}")
+async def group_members(group: str) -> list[str]:
+    return await manager.get_group_members(group)
+
+
+@app.post("/admin/send_acked/{client_id:path}")
+async def send_acked(client_id: str, timeout: float = 5.0,
+                     body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    """send_to_client with ack=True: {"acked": bool}, or {"error": the exception's name};
+    {"binary": true} sends the message's UTF-8 bytes."""
+    message = body["message"].encode() if body.get("binary") else body["message"]
+    try:
+        return {"acked": await manager.send_to_client(client_id, message, ack=True,
+                                                      timeout=timeout)}
+    except (AckTimeoutError, AckUnsupportedError) as exc:
+        return {"error": type(exc).__name__}
 
 
 @app.get("/admin/held")

@@ -139,6 +139,11 @@ class MemoryRouting:
         owner = self._node.hub.presence.get(client_id)
         return owner is not None and self._node.hub.deliver(owner.node_id, envelope)
 
+    async def to_node(self, node_id: str, envelope: bytes) -> bool:
+        """Deliver to node `node_id`'s inbox."""
+        self._node.check()
+        return self._node.hub.deliver(node_id, envelope)
+
 
 class MemoryTokens:
     """Used nonces and the hub's key (which lives as long as the process)."""

@@ -202,6 +202,11 @@ class RedisRouting:
                            core.publish_command]
         return int(await self._routes.submit(keys, args)) > 0
 
+    async def to_node(self, node_id: str, envelope: bytes) -> bool:
+        """PUBLISH on the node's own channel (of bucket 0: it follows every bucket's)."""
+        channel = self._core.keys.node_channel(0, node_id)
+        return await self._core.publish(channel, envelope, "to_node") > 0
+
     async def follow_group(self, group: str) -> None:
         """Add the group's channel to the subscription; return once Redis confirmed it, so
         that a history read that follows cannot miss a message in between."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
@@ -25,9 +25,13 @@ class FanOut:
     def __init__(self, ctx: NodeContext, membership: Membership) -> None:
         self._ctx = ctx
         self._membership = membership
+        #: told the ack token of a frame whose recipient cannot acknowledge (plain protocol)
+        self.on_unackable: Callable[[str], None] = _ignore
 
     def offer(self, conn: Connection, frame: Frame) -> bool:
         """Give `conn` a frame now (counted in the node's stats)."""
+        if frame.ack is not None and conn.protocol < 2:
+            self.on_unackable(frame.ack)
         if conn.offer(frame, time.monotonic()):
             self._ctx.stats.messages_out += 1
             self._ctx.stats.bytes_out += frame.size
@@ -51,6 +55,7 @@ class FanOut:
             if not members:
                 return BroadcastResult(0, 0, 0)
             shards = [list(members)]
+            frame.channel = target.name  # v2 clients are told (with history: the stream)
         elif target.kind == "user":
             seats = self._ctx.pool.of_user(target.name)
             if not seats:
@@ -68,11 +73,14 @@ class FanOut:
         result = BroadcastResult(0, 0, 0)
         slice_size = self._ctx.config.max_concurrent_broadcast
         budget = slice_size
+        ack = frame.ack
         for shard in shards:
             now = time.monotonic()
             for conn in shard:
                 if conn.client_id == exclude:
                     continue
+                if ack is not None and conn.protocol < 2:
+                    self.on_unackable(ack)
                 result.total += 1
                 if conn.deliver(frame, now, stream, offset, epoch):
                     result.succeeded += 1
@@ -89,3 +97,7 @@ class FanOut:
         if result.total:
             stats.fanout_seconds.observe(time.perf_counter() - started)
         return result
+
+
+def _ignore(token: str) -> None:
+    """No one waits for acknowledgements."""

@@ -30,6 +30,8 @@ UserCloseHandler = Callable[[str, int, str], object]
 #: Closes the local connection of a client with (code, reason) (an emitter's
 #: disconnect_client).
 ClientCloseHandler = Callable[[str, int, str], object]
+#: Settles the acknowledgement this node waits for under `ref` (None: acknowledged).
+AckHandler = Callable[[str | None, str | None], None]
 
 _MESSAGES = frozenset({Kind.BROADCAST, Kind.GROUP, Kind.DIRECT, Kind.USER})
 
@@ -40,8 +42,10 @@ class Listener:
 
     def __init__(self, ctx: NodeContext, router: Router, membership: Membership,
                  events: Events, on_kick: KickHandler, on_user_close: UserCloseHandler,
-                 on_client_close: ClientCloseHandler | None = None) -> None:
+                 on_client_close: ClientCloseHandler | None = None,
+                 on_ack: AckHandler | None = None) -> None:
         self._ctx = ctx
+        self._on_ack = on_ack
         self._router = router
         self._membership = membership
         self._events = events
@@ -100,6 +104,9 @@ class Listener:
         elif (kind is Kind.CLIENT_CLOSE and envelope.target and self._on_client_close
               and isinstance(envelope.payload, str)):
             self._close(self._on_client_close, envelope.target, envelope.payload)
+        elif kind is Kind.ACK and self._on_ack is not None and (
+                envelope.payload is None or isinstance(envelope.payload, str)):
+            self._on_ack(envelope.ref, envelope.payload)
 
     def _close(self, handler: Callable[[str, int, str], object], target: str,
                payload: str) -> None:

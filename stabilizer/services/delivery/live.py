@@ -10,6 +10,7 @@ from stabilizer.connection.sockets import Frame
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
+from stabilizer.pure.acks import ack_token
 from stabilizer.pure.streams import Target
 from stabilizer.pure.wire import Envelope, Kind, encode
 from stabilizer.results import BroadcastResult
@@ -60,15 +61,19 @@ class LiveRouter:
             if publish is not None and not publish.done():
                 publish.cancel()
 
-    async def send(self, client_id: str, payload: str | bytes, value: object = None) -> bool:
+    async def send(self, client_id: str, payload: str | bytes, value: object = None,
+                   ack: str | None = None) -> bool:
         """A local hit costs no round trip; otherwise one script routes it to the owner."""
         ctx = self._ctx
         conn = ctx.pool.get(client_id)
         if conn is not None:
-            return self._fanout.offer(conn, Frame.of(payload, value))
+            frame = Frame.of(payload, value)
+            if ack is not None:
+                frame.asking_ack(ack_token(ctx.node_id, ack))
+            return self._fanout.offer(conn, frame)
         if not ctx.backend.is_shared:
             return False
-        envelope = encode(Envelope(Kind.DIRECT, ctx.node_id, client_id, payload))
+        envelope = encode(Envelope(Kind.DIRECT, ctx.node_id, client_id, payload, ref=ack))
         try:
             return await ctx.ask(ctx.backend.routing.route(client_id, envelope))
         except BackendUnavailable as exc:
@@ -104,6 +109,8 @@ class LiveRouter:
         if destination.kind == "client":
             conn = self._ctx.pool.get(destination.name)
             if conn is not None:
+                if envelope.ref is not None:
+                    frame.asking_ack(ack_token(envelope.origin, envelope.ref))
                 self._fanout.offer(conn, frame)
             return
         await self._fanout.deliver(destination, frame, envelope.exclude)

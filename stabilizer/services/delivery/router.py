@@ -24,9 +24,11 @@ class Router(Protocol):
         `value` is the JSON object `payload` was serialized from, if any."""
         ...
 
-    async def send(self, client_id: str, payload: str | bytes, value: object = None) -> bool:
+    async def send(self, client_id: str, payload: str | bytes, value: object = None,
+                   ack: str | None = None) -> bool:
         """Deliver to one client wherever it is; True if some node took it (with history:
-        or it is kept for the client's resumable session)."""
+        or it is kept for the client's resumable session). With `ack` (a reference of this
+        node) the client is asked to acknowledge it (see services/acks.py)."""
         ...
 
     async def send_to_user(self, user_id: str, payload: str | bytes,

@@ -20,6 +20,7 @@ from stabilizer.connection.sockets import Frame
 from stabilizer.errors import BackendNotReached, BackendUnavailable, WireError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
+from stabilizer.pure.acks import ack_token
 from stabilizer.pure.frames import message_frame, resume_frame
 from stabilizer.pure.streams import Step, StreamOrder, Target
 from stabilizer.pure.wire import Envelope, Kind, decode
@@ -43,9 +44,15 @@ def stored_envelope(raw: bytes) -> Envelope | None:
 
 
 def history_frame(stream: str, envelope: Envelope) -> Frame:
-    """The client frame of a sequenced envelope."""
+    """The client frame of a sequenced envelope (a direct message sent with an ack
+    reference asks its client to acknowledge it)."""
     assert envelope.payload is not None
-    return Frame.text(message_frame(stream, envelope.offset, envelope.epoch, envelope.payload))
+    token = (ack_token(envelope.origin, envelope.ref)
+             if envelope.kind is Kind.DIRECT and envelope.ref is not None else None)
+    frame = Frame.text(message_frame(stream, envelope.offset, envelope.epoch,
+                                     envelope.payload, token))
+    frame.ack = token
+    return frame
 
 
 class SequencedRouter:
@@ -69,9 +76,10 @@ class SequencedRouter:
         envelope = Envelope(kind, self._ctx.node_id, target.name or None, payload, exclude)
         return await self._sequence(target, envelope)
 
-    async def send(self, client_id: str, payload: str | bytes, value: object = None) -> bool:
+    async def send(self, client_id: str, payload: str | bytes, value: object = None,
+                   ack: str | None = None) -> bool:
         """Sequence on the client's stream: kept for it while its session is resumable."""
-        envelope = Envelope(Kind.DIRECT, self._ctx.node_id, client_id, payload)
+        envelope = Envelope(Kind.DIRECT, self._ctx.node_id, client_id, payload, ref=ack)
         result = await self._sequence(Target("client", client_id), envelope)
         return bool(result.offset) or result.succeeded > 0
 
@@ -92,7 +100,7 @@ class SequencedRouter:
                 meta_ttl=max(config.history_ttl, config.session_ttl) + 60.0))
         except BackendNotReached as exc:  # certainly not sequenced: local clients only
             assert envelope.payload is not None
-            frame = Frame.text(message_frame(target.stream, None, None, envelope.payload))
+            frame = history_frame(target.stream, envelope)  # (no offset: not sequenced)
             result = await self._fanout.deliver(target, frame, envelope.exclude)
             result.remote_error = f"not sequenced, delivered locally only: {exc}"
             self._backend_log.warning("history unavailable: %s", result.remote_error)

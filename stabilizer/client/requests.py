@@ -1,0 +1,146 @@
+"""What a v2 client asks of the server and gets a ``reply`` to: remote procedure calls
+and its own channel subscriptions and publications (docs/protocol.md 6.5 and 6.6).
+
+A subscription with an ``on_message`` callback takes its channel's messages out of the
+inbox: they go to the callback instead. Subscriptions are the server's group memberships,
+so a session resumed with history keeps them; after any other reconnect (no history, or a
+fresh session) the client subscribes again to each (the server's hook decides again; a
+refusal ends that subscription, with a warning in the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection as WebSocket
+
+from stabilizer.client.calls import PendingCalls
+from stabilizer.client.v2 import ProtocolV2
+from stabilizer.errors import RPCError
+from stabilizer.pure.client_protocol import ClientClosedError
+from stabilizer.pure.client_v2 import channel_frame, rpc_frame
+from stabilizer.pure.text import JSONValue
+
+logger = logging.getLogger(__name__)
+
+#: Called with each message of a subscribed channel (str or bytes).
+OnMessage = Callable[[str | bytes], object]
+
+
+class Subscriptions:
+    """The channels this client subscribed to, with their callbacks and params."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, tuple[OnMessage | None, JSONValue]] = {}
+
+    def route(self, channel: str | None, message: str | bytes) -> bool:
+        """Hand a channel's message to its callback; False when it goes to the inbox."""
+        entry = self.active.get(channel) if channel is not None else None
+        if entry is None or entry[0] is None:
+            return False
+        try:
+            entry[0](message)
+        except Exception:  # the application's bug must not end the connection
+            logger.error("on_message of channel %r failed", channel, exc_info=True)
+        return True
+
+
+class Requests:
+    """rpc, subscribe, unsubscribe and publish for ClientConnection (protocol v2)."""
+
+    _calls: PendingCalls
+    _subscriptions: Subscriptions
+    _v2: ProtocolV2 | None
+    _runner: asyncio.Task[None] | None
+    _error: ClientClosedError | None
+    _wait_open: Callable[[WebSocket | None], Awaitable[WebSocket]]
+
+    async def rpc(self, method: str, params: JSONValue = None, *,
+                  timeout: float = 30.0) -> JSONValue:
+        """Call the server's procedure `method` with `params` (any JSON value) and return
+        its result; waits while reconnecting (docs/protocol.md 6.5).
+
+        Raises:
+            RPCError: the server's error (``code``, ``message``, ``data``), or ``timeout``
+                (no reply within `timeout` seconds) or ``disconnected`` (the socket closed
+                before the reply): in both the call may have run; it is never sent twice.
+            ValueError, TypeError: a method name the server refuses, or params not JSON.
+            ClientClosedError: closed for good before the call was sent.
+        """
+        self._ready("rpc")
+        return await self._calls.call(self._wait_open,
+                                      lambda ident: rpc_frame(ident, method, params), timeout)
+
+    async def subscribe(self, channel: str, on_message: OnMessage | None = None, *,
+                        params: JSONValue = None, timeout: float = 30.0) -> None:
+        """Join `channel` (a group) if the server's ``on_subscribe`` hook allows it;
+        `on_message` then gets the channel's messages (else they arrive as any other).
+
+        Raises:
+            RPCError: refused (``forbidden`` or the hook's own code), ``unavailable``,
+                ``timeout`` or ``disconnected`` (as for rpc).
+            ValueError, TypeError: a channel name the server refuses, or params not JSON.
+        """
+        self._ready("subscribe")
+        await self._calls.call(
+            self._wait_open,
+            lambda ident: channel_frame("subscribe", ident, channel, params), timeout)
+        self._subscriptions.active[channel] = (on_message, params)
+
+    async def unsubscribe(self, channel: str, *, timeout: float = 30.0) -> None:
+        """Leave `channel`; its messages stop (any already on their way still arrive).
+
+        Raises:
+            RPCError: ``unavailable``, ``timeout`` or ``disconnected``.
+        """
+        self._ready("unsubscribe")
+        self._subscriptions.active.pop(channel, None)
+        await self._calls.call(
+            self._wait_open, lambda ident: channel_frame("unsubscribe", ident, channel),
+            timeout)
+
+    async def publish(self, channel: str, data: str | dict[str, Any] | list[Any], *,
+                      timeout: float = 30.0) -> None:
+        """Send `data` to every member of `channel` if the server's ``on_publish`` hook
+        allows it (it may rewrite it); return once the server sent it.
+
+        Raises:
+            RPCError: refused (``forbidden`` or the hook's own code), ``unavailable``
+                (not sent to other replicas), ``timeout`` or ``disconnected``.
+            ValueError, TypeError: a bad channel name, or data that is not a str, dict or
+                list of JSON.
+        """
+        self._ready("publish")
+        await self._calls.call(
+            self._wait_open, lambda ident: channel_frame("publish", ident, channel, data),
+            timeout)
+
+    async def _subscribe_again(self, timeout: float) -> None:
+        """After a reconnect that kept no memberships: subscribe to every channel again."""
+        for channel, (on_message, params) in list(self._subscriptions.active.items()):
+            try:
+                await self._calls.call(
+                    self._wait_open, functools.partial(_subscribe_frame, channel, params),
+                    timeout)
+            except RPCError as exc:
+                if exc.code in ("timeout", "disconnected", "unavailable"):
+                    continue  # the next fresh session tries again
+                logger.warning("channel %r was not subscribed again: %s", channel, exc)
+                if self._subscriptions.active.get(channel) == (on_message, params):
+                    del self._subscriptions.active[channel]
+            except ClientClosedError:
+                return
+
+    def _ready(self, what: str) -> None:
+        if self._v2 is None:
+            raise RuntimeError(f"{what}() needs protocol=2")
+        if self._runner is None and self._error is None:
+            raise RuntimeError("start the connection first (async with connect(...))")
+
+
+def _subscribe_frame(channel: str, params: JSONValue, call_id: int) -> str:
+    return channel_frame("subscribe", call_id, channel, params)

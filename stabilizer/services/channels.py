@@ -1,0 +1,116 @@
+"""Channels a v2 client subscribes to and publishes on itself (docs/protocol.md 6.6),
+through the application's hooks: a channel is a group, so a subscription is a membership
+like any other (cluster-wide, kept across a resume) and a publish is a send to the group.
+
+Without an ``on_subscribe`` (``on_publish``) hook, every subscribe (publish) is refused:
+a client reaches only what the application lets it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from stabilizer.channels import PublishHook, PublishRequest, SubscribeHook, SubscribeRequest
+from stabilizer.connection.connection import Connection
+from stabilizer.errors import BackendUnavailable, ConfigError, ConnectionNotFoundError
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.frames import reply_error_frame, reply_frame
+from stabilizer.pure.streams import Target
+from stabilizer.pure.text import encode_message, json_value
+from stabilizer.pure.v2 import ChannelRequest
+from stabilizer.services.delivery.groups import Membership
+from stabilizer.services.delivery.router import Router
+from stabilizer.services.rpc import guarded
+
+logger = logging.getLogger(__name__)
+
+FORBIDDEN: Final = "forbidden"
+UNAVAILABLE: Final = "unavailable"
+
+
+class Channels:
+    """Subscribe, unsubscribe and publish for v2 clients, as the hooks allow."""
+
+    def __init__(self, ctx: NodeContext, membership: Membership, router: Router) -> None:
+        self._ctx = ctx
+        self._membership = membership
+        self._router = router
+        self._on_subscribe: SubscribeHook | None = None
+        self._on_publish: PublishHook | None = None
+
+    def on_subscribe(self, hook: SubscribeHook) -> SubscribeHook:
+        """Set the hook that allows or refuses a client's subscribe.
+
+        Raises:
+            ConfigError: one is set already, or it is not callable.
+        """
+        if not callable(hook) or self._on_subscribe is not None:
+            raise ConfigError("on_subscribe takes one callable hook, once")
+        self._on_subscribe = hook
+        return hook
+
+    def on_publish(self, hook: PublishHook) -> PublishHook:
+        """Set the hook that allows, rewrites or refuses a client's publish.
+
+        Raises:
+            ConfigError: one is set already, or it is not callable.
+        """
+        if not callable(hook) or self._on_publish is not None:
+            raise ConfigError("on_publish takes one callable hook, once")
+        self._on_publish = hook
+        return hook
+
+    async def subscribe(self, conn: Connection, request: ChannelRequest) -> str:
+        """Ask the hook; join the channel if it allows. Return the reply frame."""
+        ident, channel = request.call_id, request.channel
+        hook = self._on_subscribe
+        if hook is None:
+            return reply_error_frame(ident, FORBIDDEN, "this server takes no subscriptions")
+        asked = SubscribeRequest(channel, request.value, conn.client_id, conn.user_id,
+                                 conn.conn_id, conn.metadata)
+        verdict, refusal = await guarded(self._ctx, ident, f"on_subscribe({channel!r})",
+                                         conn.client_id, lambda: hook(asked))
+        if refusal is not None:
+            return refusal
+        if verdict is False:
+            return reply_error_frame(ident, FORBIDDEN, f"not allowed to subscribe to {channel!r}")
+        try:
+            await self._membership.join(conn.client_id, channel)
+        except (BackendUnavailable, ConnectionNotFoundError) as exc:
+            return reply_error_frame(ident, UNAVAILABLE, f"not subscribed: {exc}")
+        return reply_frame(ident, {"channel": channel})
+
+    async def unsubscribe(self, conn: Connection, request: ChannelRequest) -> str:
+        """Leave the channel (any group the client is in: it need not listen to any)."""
+        try:
+            await self._membership.leave(conn.client_id, request.channel)
+        except BackendUnavailable as exc:
+            return reply_error_frame(request.call_id, UNAVAILABLE, f"not unsubscribed: {exc}")
+        return reply_frame(request.call_id, {"channel": request.channel})
+
+    async def publish(self, conn: Connection, request: ChannelRequest) -> str:
+        """Ask the hook what to publish; send it to the channel's members everywhere."""
+        ident, channel = request.call_id, request.channel
+        hook = self._on_publish
+        if hook is None:
+            return reply_error_frame(ident, FORBIDDEN, "this server takes no publications")
+        asked = PublishRequest(channel, request.value, conn.client_id, conn.user_id,
+                               conn.conn_id, conn.metadata)
+        data, refusal = await guarded(self._ctx, ident, f"on_publish({channel!r})",
+                                      conn.client_id, lambda: hook(asked))
+        if refusal is not None:
+            return refusal
+        if data is False or data is None:
+            return reply_error_frame(ident, FORBIDDEN, f"not allowed to publish to {channel!r}")
+        try:
+            payload = encode_message(data)
+        except (TypeError, ValueError) as exc:
+            logger.error("on_publish(%r) returned what cannot be sent: %s", channel, exc)
+            return reply_error_frame(ident, "internal", "internal error")
+        result = await self._router.publish(Target("group", channel), payload, None,
+                                            json_value(data))
+        if result.remote_error is not None:
+            return reply_error_frame(ident, UNAVAILABLE,
+                                     f"not sent to other replicas: {result.remote_error}")
+        return reply_frame(ident, {"channel": channel})

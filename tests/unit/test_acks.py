@@ -1,0 +1,87 @@
+"""Acknowledged sends on one embedded node (docs/protocol.md 6.7): tokens, the frames that
+carry them, what a connection remembers, and send_to_client(..., ack=True) against fake
+sockets of both protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from stabilizer import AckTimeoutError, AckUnsupportedError, WebSocketConnectionManager
+from stabilizer.connection.sockets import Frame
+from stabilizer.pure.acks import ack_token, parse_ack_token
+from stabilizer.pure.frames import app_message_frame, binary_message_frame, message_frame
+from stabilizer.pure.v2 import ProtocolError
+from stabilizer.pure.wire import Envelope, Kind, decode, encode
+from tests.support.fakes import FakeSocket
+
+
+def test_tokens_name_the_asking_node_and_its_reference() -> None:
+    token = ack_token("replica-2", "0123456789abcdef")
+    assert token == "0123456789abcdef@replica-2"
+    assert parse_ack_token(token) == ("replica-2", "0123456789abcdef")
+    for bad in ("", "0123@replica", "0123456789abcdeF@r", "0123456789abcdef@", "x" * 30,
+                "0123456789abcdef@bad node", None, 12, ["0123456789abcdef@r"]):
+        with pytest.raises(ProtocolError):
+            parse_ack_token(bad)
+
+
+def test_frames_carry_the_token_and_ack_envelopes_round_trip() -> None:
+    assert json.loads(app_message_frame("hi", None, "t")) == {"type": "message", "data": "hi",
+                                                              "ack": "t"}
+    assert json.loads(binary_message_frame(b"\x00", "t")) == {
+        "type": "message", "data_b64": "AA==", "ack": "t"}
+    assert json.loads(message_frame("c:a", 3, "e", "hi", "t"))["ack"] == "t"
+    assert "ack" not in json.loads(message_frame("c:a", 3, "e", "hi"))
+    frame = Frame.of(b"\x01").asking_ack("t")
+    assert json.loads(frame.wrapped().message["text"]) == {
+        "type": "message", "data_b64": "AQ==", "ack": "t"}
+    assert Frame.of(b"\x01").wrapped().message == {"type": "websocket.send",
+                                                   "bytes": b"\x01"}  # no ack: raw binary
+    back = decode(encode(Envelope(Kind.ACK, "n1", None, None, ref="0123456789abcdef")))
+    assert (back.kind, back.origin, back.ref, back.payload) == (
+        Kind.ACK, "n1", "0123456789abcdef", None)
+
+
+async def test_a_connection_takes_each_token_it_was_sent_once_and_remembers_a_bounded_number(
+) -> None:
+    async with WebSocketConnectionManager() as manager:
+        await manager.connect("alice", FakeSocket("alice"))
+        conn = manager.get_connection("alice")
+        assert conn is not None
+        conn.protocol, conn._wraps = 2, True  # as a v2 connection
+        now = asyncio.get_running_loop().time()
+        for n in range(1030):
+            assert conn.offer(Frame.of(f"m{n}").asking_ack(f"t{n}"), now)
+        assert not conn.take_ack("t0")  # the oldest were forgotten (1024 are kept)
+        assert conn.take_ack("t1029")
+        assert not conn.take_ack("t1029")
+        assert not conn.take_ack("never-sent")
+
+
+async def test_ack_send_waits_for_a_v2_client_and_refuses_a_plain_one() -> None:
+    async with WebSocketConnectionManager() as manager:
+        plain = FakeSocket("plain")
+        await manager.connect("plain", plain)
+        with pytest.raises(AckUnsupportedError, match="plain protocol"):
+            await manager.send_to_client("plain", "hi", ack=True, timeout=5)
+        await plain.expect("hi")  # delivered all the same
+
+        v2 = FakeSocket("v2")
+        await manager.connect("v2", v2)
+        conn = manager.get_connection("v2")
+        assert conn is not None
+        conn.protocol, conn._wraps = 2, True  # as a v2 connection (e2e: real clients)
+        with pytest.raises(AckTimeoutError):
+            await manager.send_to_client("v2", {"n": 1}, ack=True, timeout=0.05)
+        asking = asyncio.create_task(manager.send_to_client("v2", "ack me", ack=True,
+                                                            timeout=10))
+        assert (await v2.next_json())["data"] == '{"n":1}'  # the one that timed out
+        frame = await v2.next_json()
+        assert frame["data"] == "ack me"
+        assert manager._node.sessions.acks.acked(conn, frame["ack"])
+        assert await asking is True
+        assert not manager._node.sessions.acks.acked(conn, frame["ack"])  # once
+        assert await manager.send_to_client("nobody", "x", ack=True, timeout=1) is False

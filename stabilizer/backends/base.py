@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from stabilizer.backends.records import (
     History,
     Liveness,
+    MembershipChange,
     NodeReport,
     Presence,
     Registration,
@@ -30,8 +31,9 @@ from stabilizer.stats import BackendStats
 
 __all__ = [
     "Backend", "EventBus", "GroupStore", "History", "HistoryStore", "Liveness",
-    "NodeRegistry", "NodeReport", "Presence", "PresenceStore", "Registration", "Routing", "Seat",
-    "Sequenced", "SessionState", "SessionStore", "TaskSpawner", "TokenStore", "UserStore",
+    "MembershipChange", "NodeRegistry", "NodeReport", "Presence", "PresenceStore",
+    "Registration", "Routing", "Seat", "Sequenced", "SessionState", "SessionStore",
+    "TaskSpawner", "TokenStore", "UserStore",
 ]
 
 
@@ -134,13 +136,24 @@ class GroupStore(Protocol):
         many."""
         ...
 
-    async def join(self, client_id: str, group: str) -> bool:
+    async def join(self, client_id: str, group: str) -> MembershipChange:
         """Add a member (recording the group stream's baseline in the client's session, if
-        it has one); False if it already was a member."""
+        it has one); ``changed`` is False if it already was a member. The change names the
+        connection that held the client's memberships as it was written."""
         ...
 
-    async def leave(self, client_id: str, group: str) -> bool:
-        """Remove a member; False if it was not one."""
+    async def leave(self, client_id: str, group: str) -> MembershipChange:
+        """Remove a member; ``changed`` is False if it was not one. The change names the
+        connection that held the client's memberships as it was written."""
+        ...
+
+    async def route_change(self, client_id: str, group: str, *, member: bool,
+                           envelope: bytes) -> bool:
+        """Hand a MEMBERSHIP `envelope` to the node owning `client_id` while the store
+        still lists the client in `group` exactly when `member` says so, checked in the same
+        step (where presence shares the group keys' slot; with presence in other slots it
+        is handed over unchecked). False when no node owns the client, or the change was
+        undone since it was written: then there is nothing to carry out."""
         ...
 
     async def members(self, group: str) -> list[str]:
@@ -204,10 +217,12 @@ class SessionStore(Protocol):
         """Return the live or resumable session of `client_id`, or None."""
         ...
 
-    async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None) -> None:
-        """Mark the session live (no expiry while connected); a fresh one starts empty and
-        records the baselines of the client's ``all``, ``c:<client_id>`` and (for a user's
-        connection) ``u:<user_id>`` streams."""
+    async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None,
+                       conn_id: str | None = None) -> None:
+        """Mark the session live (no expiry while connected) and held by connection
+        `conn_id` (None: by none); a fresh one starts empty and records the baselines of
+        the client's ``all``, ``c:<client_id>`` and (for a user's connection)
+        ``u:<user_id>`` streams. Membership changes written from then on name `conn_id`."""
         ...
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
@@ -376,9 +391,12 @@ class Backend(Protocol):
         """What each operation cost and how often it failed."""
         ...
 
-    async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False) -> None:
+    async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False,
+                   sessions: bool = False) -> None:
         """Connect for `node_id`; `tasks` owns any background task the backend needs;
-        with `events`, membership changes are published as cluster events.
+        with `events`, membership changes are published as cluster events; with `sessions`
+        (history on), a membership change names its client's session holder, else the
+        connection presence names.
 
         Raises:
             BackendUnavailable: the store cannot be reached now (the node still starts).

@@ -1,6 +1,6 @@
 """The records the backend roles exchange with a node: presence entries, registrations,
-sequenced positions, a stream's history, a session's state, a liveness round, a user's seat,
-a node's report.
+membership changes, sequenced positions, a stream's history, a session's state, a liveness
+round, a user's seat, a node's report.
 """
 
 from __future__ import annotations
@@ -34,6 +34,22 @@ class Registration:
 
     previous: Presence | None
     groups_ended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """The outcome of a join or leave: whether it changed anything, and the connection that
+    held the client's memberships when the store wrote it (``holder``, a conn id: with
+    sessions, the connection that opened or resumed the client's session; without, the one
+    presence names; ``""`` when none did; None when the store cannot tell in the same step).
+
+    A node that holds another connection of the client must not carry the change out as
+    it was written: an earlier session's end, or a newer connection's start, may have
+    undone it since.
+    """
+
+    changed: bool
+    holder: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

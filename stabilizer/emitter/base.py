@@ -138,8 +138,8 @@ class EmitterBase:
             async with self._opening:
                 if not self._opened:  # PING and SCRIPT LOAD: two round trips
                     await self._ask(self._backend.open(
-                        self._origin, self._tasks, events=self._config.cluster_events),
-                        round_trips=2)
+                        self._origin, self._tasks, events=self._config.cluster_events,
+                        sessions=self._config.history_enabled), round_trips=2)
                     self._opened = True
         return self._backend
 

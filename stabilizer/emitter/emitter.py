@@ -163,8 +163,8 @@ class Emitter(ClusterQueries):
         backend = await self._ready()
         if await self._ask(backend.presence.locate(client)) is None:
             raise ConnectionNotFoundError(f"client {client!r} is not connected")
-        await self._ask(backend.groups.join(client, name))
-        await self._tell_owner(client, name, _JOIN)
+        change = await self._ask(backend.groups.join(client, name))
+        await self._tell_owner(client, name, _JOIN, change.holder)
 
     async def leave_group(self, client_id: str, group: str) -> None:
         """Remove a client from `group` (no error if it was not a member).
@@ -176,12 +176,17 @@ class Emitter(ClusterQueries):
         """
         client, name = self._client(client_id), check_group(group)
         backend = await self._ready()
-        await self._ask(backend.groups.leave(client, name))
-        await self._tell_owner(client, name, _LEAVE)
+        change = await self._ask(backend.groups.leave(client, name))
+        await self._tell_owner(client, name, _LEAVE, change.holder)
 
-    async def _tell_owner(self, client_id: str, group: str, action: str) -> None:
-        envelope = Envelope(Kind.MEMBERSHIP, self._origin, client_id, group, ref=action)
-        await self._ask(self._backend.routing.route(client_id, encode(envelope)))
+    async def _tell_owner(self, client_id: str, group: str, action: str,
+                          holder: str | None) -> None:
+        """Route the change to the client's node while it stands, naming the connection it
+        was written for (the node takes what Redis lists for any other)."""
+        envelope = Envelope(Kind.MEMBERSHIP, self._origin, client_id, group, ref=action,
+                            holder=holder)
+        await self._ask(self._backend.groups.route_change(
+            client_id, group, member=action == _JOIN, envelope=encode(envelope)))
 
     # --- the machinery ----------------------------------------------------------------
 

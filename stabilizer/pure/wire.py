@@ -1,9 +1,10 @@
 """Node-to-node envelopes: versioned msgpack, no pickle. Pure.
 
 An envelope is the msgpack array ``[version, kind, origin, target, payload, exclude, ref]``,
-followed by ``offset, epoch`` when the message was sequenced into a history stream. Later
-versions may append fields; a decoder ignores trailing fields it does not know and rejects
-any other version. Text payloads travel as msgpack str, binary ones as bin, so the
+followed by ``offset, epoch`` when the message was sequenced into a history stream, and by
+``nil, nil, holder`` when a MEMBERSHIP envelope names the connection its change was written
+for. Later versions may append fields; a decoder ignores trailing fields it does not know
+and rejects any other version. Text payloads travel as msgpack str, binary ones as bin, so the
 receiving node gets the exact frame type back without a second decoding step.
 """
 
@@ -33,7 +34,10 @@ class Kind(IntEnum):
     KICK = 3  # close local client `target` if its conn_id is `ref` (it was replaced)
     GROUP = 4  # deliver `payload` to local members of group `target` except `exclude`
     EVENT = 5  # a cluster event; `payload` is its JSON text
-    MEMBERSHIP = 6  # local client `target` joins (`ref` "join") or leaves group `payload`
+    MEMBERSHIP = 6  # local client `target` joins (`ref` "join") or leaves group `payload`;
+    # `holder`, when set, is the conn id that held the client's memberships when the backend
+    # wrote the change ("" none): another connection of the client takes what the backend
+    # lists instead
     USER = 7  # deliver `payload` to every local connection of user `target`
     USER_CLOSE = 8  # close every local connection of user `target`; `payload` is
     # the JSON {"code": int, "reason": str}
@@ -54,6 +58,7 @@ class Envelope:
     ref: str | None = None
     offset: int | None = None
     epoch: str | None = None
+    holder: str | None = None
 
     @property
     def destination(self) -> Target | None:
@@ -84,8 +89,10 @@ def _fields(envelope: Envelope) -> list[object]:
 def encode(envelope: Envelope) -> bytes:
     """Serialize an envelope once; the bytes go to every node unchanged."""
     fields = _fields(envelope)
-    if envelope.offset is not None:
+    if envelope.offset is not None or envelope.holder is not None:
         fields += [envelope.offset, envelope.epoch]
+    if envelope.holder is not None:
+        fields.append(envelope.holder)
     packed: bytes = msgpack.packb(fields, use_bin_type=True)
     return packed
 
@@ -182,6 +189,7 @@ def decode(raw: object) -> Envelope:
             raise WireError("envelope offset must be a positive integer")
         if not isinstance(epoch, str) or not epoch:
             raise WireError("envelope epoch must be a non-empty string")
+    holder = fields[_FIELDS + 2] if len(fields) > _FIELDS + 2 else None
     return Envelope(
         kind,
         origin,
@@ -191,6 +199,7 @@ def decode(raw: object) -> Envelope:
         _optional_str(ref, "ref"),
         offset,
         epoch,
+        _optional_str(holder, "holder"),
     )
 
 

@@ -202,7 +202,8 @@ class Admission:
         ctx = self._ctx
         try:
             await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=True,
-                                                        user_id=conn.user_id))
+                                                        user_id=conn.user_id,
+                                                        conn_id=conn.conn_id))
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)

@@ -100,7 +100,8 @@ class Lifecycle:
         ctx = self._ctx
         try:
             await ctx.ask(ctx.backend.open(ctx.node_id, ctx.tasks,
-                                           events=ctx.config.cluster_events), round_trips=2)
+                                           events=ctx.config.cluster_events,
+                                           sessions=ctx.config.history_enabled), round_trips=2)
         except BackendUnavailable as exc:
             ctx.want_resync()
             self._backend_log.warning("backend %s unreachable at start; node runs locally and "

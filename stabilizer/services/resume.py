@@ -46,41 +46,57 @@ class Resume:
         A stream the client holds no position for is replayed from where it stood when the
         session began (or the client joined the group).
         """
-        ctx = self._ctx
         if not conn.is_open:  # replaced or closed meanwhile: there is nothing to bring back
             return False, 0, []
-        try:
-            state = await ctx.ask(ctx.backend.sessions.load(conn.client_id))
-        except BackendUnavailable:
-            state = None
+        state = await self._take_session(conn)
         streams = {ALL, client_stream(conn.client_id)}
         if conn.user_id is not None:
             streams.add(user_stream(conn.user_id))
         if state is None:  # session expired or lost: nothing can be vouched for
-            await self._activate(conn, fresh=True)
             failed = sorted(positions) or ["*"]
             now = time.monotonic()
             conn.offer(Frame.text(resume_frame(0, failed)), now)
             self._release(conn, {stream: positions[stream] for stream in streams
                                  if stream in positions}, now)
             return False, 0, failed
-        await self._activate(conn, fresh=False)
-        await self._restore(conn, state)
         streams.update(map(group_stream, state.groups))
         starts = {stream: start for stream in streams
                   if (start := positions.get(stream) or state.baselines.get(stream))}
         replayed, failed = await self._replay(conn, starts)
         return not failed, replayed, failed
 
-    async def _activate(self, conn: Connection, *, fresh: bool) -> None:
+    async def _take_session(self, conn: Connection) -> SessionState | None:
+        """Load the client's session and take it over, its groups joined here, or open a
+        fresh one (None) when there is none. In the client's membership turn: a join or
+        leave written meanwhile for the session's earlier holder reaches `conn` after this,
+        settled from what the backend lists then."""
+        ctx = self._ctx
+        async with self._membership.turn(conn.client_id):
+            try:
+                state = await ctx.ask(ctx.backend.sessions.load(conn.client_id))
+            except BackendUnavailable:
+                state = None
+            if state is None:
+                if await self._activate(conn, fresh=True):
+                    # it ended every earlier membership, one a settle gave `conn` included
+                    await self._membership.start_afresh(conn)
+                return None
+            await self._activate(conn, fresh=False)
+            await self._restore(conn, state)
+        return state
+
+    async def _activate(self, conn: Connection, *, fresh: bool) -> bool:
         ctx = self._ctx
         try:
             await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=fresh,
-                                                        user_id=conn.user_id),
+                                                        user_id=conn.user_id,
+                                                        conn_id=conn.conn_id),
                           round_trips=2)
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)
+            return False
+        return True
 
     async def _restore(self, conn: Connection, state: SessionState) -> None:
         for group in state.groups:

@@ -36,7 +36,7 @@ async def open_node(request: pytest.FixtureRequest, namespace: str) -> AsyncIter
         url = request.getfixturevalue("redis_cluster").url
 
     async def factory(node_id: str, *, buckets: int | None = None,
-                      events: bool = False) -> Backend:
+                      events: bool = False, sessions: bool = False) -> Backend:
         backend: Backend
         if request.param == "memory":
             backend = MemoryBackend(hub)
@@ -50,7 +50,7 @@ async def open_node(request: pytest.FixtureRequest, namespace: str) -> AsyncIter
 
             backend = RedisBackend(RedisCluster.from_url(url), namespace=namespace,
                                    owns_client=True, presence_buckets=buckets or 4)
-        await backend.open(node_id, tasks, events=events)
+        await backend.open(node_id, tasks, events=events, sessions=sessions)
         opened.append(backend)
         return backend
 

@@ -1,9 +1,13 @@
 """Contract of GroupStore.reconcile: what a node reads (and, after the store forgot it,
-gives back) to make its local memberships agree with the store's."""
+gives back) to make its local memberships agree with the store's; and of what a remote join
+or leave tells the client's node: the connection it was written for, and only while it
+stands."""
 
 from __future__ import annotations
 
-from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node
+from stabilizer.backends.base import MembershipChange
+from stabilizer.pure.wire import Envelope, Kind, encode
+from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node, presence
 
 __all__ = ["open_node"]  # the fixture, re-exported for pytest
 
@@ -50,3 +54,44 @@ async def test_reconcile_covers_more_clients_than_one_batch(open_node: NodeFacto
     assert listed == {client: sorted(groups) for client, groups in local.items()}
     assert len(await a.groups.members("g0")) == 150
     assert await a.groups.reconcile({}) == {}
+
+
+async def test_a_change_names_the_session_holder_with_sessions(open_node: NodeFactory) -> None:
+    a = await open_node("node-a", sessions=True)
+    b = await open_node("node-b", sessions=True)
+    assert (await b.groups.join("alice", "room")).holder == ""  # no session: no holder
+    await a.sessions.activate("alice", fresh=True, conn_id="conn-1")
+    assert await b.groups.join("alice", "room") == MembershipChange(True, "conn-1")
+    await a.sessions.suspend("alice", 60)
+    await a.sessions.activate("alice", fresh=False, conn_id="conn-2")  # resumed elsewhere
+    assert await b.groups.join("alice", "room") == MembershipChange(False, "conn-2")
+    await a.sessions.activate("alice", fresh=True, conn_id="conn-3")  # ends the membership
+    assert await b.groups.leave("alice", "room") == MembershipChange(False, "conn-3")
+
+
+async def test_a_change_names_the_connection_presence_names_without_sessions(
+    open_node: NodeFactory,
+) -> None:
+    a, b = await open_node("node-a", buckets=1), await open_node("node-b", buckets=1)
+    assert (await b.groups.join("alice", "room")).holder == ""  # not connected
+    await a.presence.register(presence("alice", "node-a", "conn-1"), max_cluster=None)
+    assert await b.groups.leave("alice", "room") == MembershipChange(True, "conn-1")
+    await b.presence.register(presence("alice", "node-b", "conn-2"), max_cluster=None)
+    assert await a.groups.join("alice", "room") == MembershipChange(True, "conn-2")
+
+
+async def test_a_change_reaches_the_owner_only_while_it_stands(open_node: NodeFactory) -> None:
+    a, b = await open_node("node-a", buckets=1), await open_node("node-b", buckets=1)
+    joined = encode(Envelope(Kind.MEMBERSHIP, "node-a", "alice", "room", ref="join"))
+    left = encode(Envelope(Kind.MEMBERSHIP, "node-a", "alice", "room", ref="leave"))
+    assert await a.groups.route_change("alice", "room", member=True, envelope=joined) is False
+    await b.presence.register(presence("alice", "node-b", "conn-1"), max_cluster=None)
+    async with Inbox(b) as inbox_b:
+        await a.groups.join("alice", "room")
+        assert await a.groups.route_change("alice", "room", member=True, envelope=joined)
+        assert await inbox_b.queue.get() == joined
+        await a.groups.leave("alice", "room")  # the join no longer stands: not carried out
+        assert not await a.groups.route_change("alice", "room", member=True, envelope=joined)
+        assert await a.groups.route_change("alice", "room", member=False, envelope=left)
+        assert await inbox_b.queue.get() == left
+        assert inbox_b.queue.empty()

@@ -90,13 +90,13 @@ async def test_direct_messages_are_kept_only_for_present_or_resumable_clients(
 
 async def test_group_membership_is_cluster_wide(open_node: NodeFactory) -> None:
     a, b = await open_node("node-a"), await open_node("node-b")
-    assert await a.groups.join("alice", "room:1*") is True
-    assert await a.groups.join("alice", "room:1*") is False
-    assert await b.groups.join("bob", "room:1*") is True
+    assert (await a.groups.join("alice", "room:1*")).changed is True
+    assert (await a.groups.join("alice", "room:1*")).changed is False
+    assert (await b.groups.join("bob", "room:1*")).changed is True
     assert await a.groups.members("room:1*") == ["alice", "bob"]
     assert await b.groups.of_client("alice") == ["room:1*"]
-    assert await b.groups.leave("alice", "room:1*") is True
-    assert await a.groups.leave("alice", "room:1*") is False
+    assert (await b.groups.leave("alice", "room:1*")).changed is True
+    assert (await a.groups.leave("alice", "room:1*")).changed is False
     assert await a.groups.members("room:1*") == ["bob"]
 
 

@@ -50,9 +50,9 @@ async def test_a_published_event_reaches_every_other_node(open_node: NodeFactory
 async def test_membership_changes_are_events_when_enabled(open_node: NodeFactory) -> None:
     a, b = await open_node("node-a", events=True), await open_node("node-b", events=True)
     async with Inbox(b) as inbox_b:
-        assert await a.groups.join("alice", "room") is True
-        assert await a.groups.join("alice", "room") is False  # no change, no event
-        assert await a.groups.join("alice", "hall") is True
+        assert (await a.groups.join("alice", "room")).changed is True
+        assert (await a.groups.join("alice", "room")).changed is False  # no change, no event
+        assert (await a.groups.join("alice", "hall")).changed is True
         await a.sessions.end("alice")  # leaves both groups
         seen = []
         for _ in range(4):

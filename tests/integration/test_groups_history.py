@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from stabilizer import CloseCode, MemoryBackend, WebSocketConnectionManager
+from stabilizer.backends.base import SessionState
 from stabilizer.backends.redis import RedisBackend
 from stabilizer.results import ClusterEvent, ConnectionEvent
 from tests.integration.test_cluster import Cluster, cluster, started
@@ -218,6 +219,82 @@ async def test_positions_of_foreign_streams_are_ignored(cluster: Cluster) -> Non
     assert replayed == 0
     assert (await sock.next_json())["type"] == "resume"
     assert "classified" not in sock.texts()
+
+
+async def test_a_remote_join_that_lands_after_its_clients_fresh_session_is_not_applied(
+    make_manager: Any,
+) -> None:
+    """Issue 16, seed 361383291, in the order tests/faults/test_settle.py does not pin: a
+    join through another node, written while alice's older connection held her session,
+    reached her node only after she connected there again and her fresh session ended
+    every earlier membership. Her node joined the newer connection to a group the backend
+    no longer listed for her."""
+    from stabilizer import MemoryHub, WebSocketConfig
+
+    hub = MemoryHub()
+    a = make_manager(WebSocketConfig(node_id="a", **HISTORY), backend=MemoryBackend(hub))
+    b = make_manager(WebSocketConfig(node_id="b", **HISTORY), backend=MemoryBackend(hub))
+    await started(a, b)
+    await a.connect("alice", FakeSocket("older"))
+    deliver = hub.deliver
+    held: list[bytes] = []
+
+    def hold_for_a(node_id: str, envelope: bytes) -> bool:
+        if node_id != "a":
+            return deliver(node_id, envelope)
+        held.append(envelope)  # on its way, as behind a lagging listener
+        return True
+
+    hub.deliver = hold_for_a  # type: ignore[method-assign]
+    await b.join_group("alice", "room")
+    newer = FakeSocket("newer")
+    await a.connect("alice", newer)  # a fresh session: every earlier membership ends
+    hub.deliver = deliver  # type: ignore[method-assign]
+    for envelope in held:
+        assert deliver("a", envelope)
+    await b.join_group("alice", "hall")  # carried out after the held join was decided
+    conn = a.get_connection("alice")
+    assert conn is not None
+    async with asyncio.timeout(2.0):
+        while "hall" not in conn.groups:
+            await asyncio.sleep(0.01)
+    assert await b.get_group_members("room") == []
+    assert sorted(conn.groups) == ["hall"], (
+        "alice's newer connection joined a group the backend no longer lists for her")
+
+
+async def test_a_resume_that_finds_no_session_hands_over_no_group_it_ended(
+    make_manager: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 16, seed 361383291: alice's session was gone (Redis restarted empty; the
+    resync gave her memberships back, not her session) when she resumed on the node of her
+    older socket. That socket's groups were handed over to the newer one, a settle from
+    the backend, while the resume opened a fresh session, which ended them: a settle that
+    read the backend before the fresh session began joined her newer socket to them."""
+    from stabilizer import MemoryHub, WebSocketConfig
+
+    hub = MemoryHub()
+    a = make_manager(WebSocketConfig(node_id="a", **HISTORY), backend=MemoryBackend(hub))
+    await started(a)
+    await a.connect("alice", FakeSocket("older"))
+    await a.join_group("alice", "room")
+    del hub.sessions["alice"]  # lost with the restart; her membership was given back
+    load = a.backend.sessions.load
+
+    async def round_trip(client_id: str) -> SessionState | None:
+        for _ in range(10):  # the hand-over's settle runs meanwhile, or waits its turn
+            await asyncio.sleep(0)
+        return await load(client_id)
+
+    monkeypatch.setattr(a.backend.sessions, "load", round_trip)
+    _, (recovered, _, _) = await resume_on(a, "alice", {})
+    assert not recovered
+    await a.join_group("alice", "hall")  # after the hand-over in the client's turns
+    conn = a.get_connection("alice")
+    assert conn is not None
+    assert await a.get_group_members("room") == []
+    assert sorted(conn.groups) == ["hall"], (
+        "the fresh session ended alice's membership of room, but her newer socket joined it")
 
 
 async def test_a_node_fills_a_gap_in_a_stream_from_history(make_manager: Any) -> None:

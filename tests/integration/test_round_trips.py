@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
 from tests.conftest import ManagerFactory
+from tests.integration.test_groups_history import subscribers
 from tests.support.fakes import FakeSocket, FakeWebSocket
 from tests.support.redis_commands import CommandWatch, Seen, settled
 from tests.support.redis_server import NoRedisServer, RedisClusterServers, RedisServer
@@ -190,6 +191,33 @@ async def test_group_send_is_one_publish(store: Store, node: Node, watch: Comman
         assert await bob.next() == "to the room"
 
     costs(seen, 1, **{store.publish: 1})
+
+
+@pytest.mark.parametrize("settings", [{}, HISTORY], ids=["live", "history"])
+async def test_a_remote_join_costs_the_clients_node_only_following_the_group(
+    store: Store, node: Node, watch: CommandWatch, settings: dict[str, Any]
+) -> None:
+    """The joining node locates the client, writes the join and routes it (an HGET and two
+    scripts); the MEMBERSHIP envelope names the connection the join was written for, so the
+    client's node carries it out without asking Redis: it only follows the group."""
+    a, b = node("a", **settings), node("b", **settings)
+    await settled(a, b)
+    await a.connect("alice", FakeSocket("alice"))
+    await b.join_group("alice", "warm-up")
+    async with asyncio.timeout(5.0):  # a bound: node a follows warm-up once it applied it
+        while await subscribers(a, "warm-up") != 1:
+            await asyncio.sleep(0.01)
+    conn = a.get_connection("alice")
+    assert conn is not None
+
+    async with watch.window() as seen:
+        await b.join_group("alice", "room")
+        async with asyncio.timeout(5.0):  # a bound: the envelope is on its way
+            while "room" not in conn.groups:
+                await asyncio.sleep(0.01)
+
+    subscribe = "SSUBSCRIBE" if store.kind == "cluster" else "SUBSCRIBE"
+    costs(seen, 4, HGET=1, EVALSHA=2, **{subscribe: 1})
 
 
 async def test_concurrent_sends_in_one_loop_turn_travel_in_one_pipeline(

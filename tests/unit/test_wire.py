@@ -58,9 +58,26 @@ def test_decode_accepts_any_bytes_like(wrap: type) -> None:
 
 
 def test_trailing_fields_from_a_later_version_are_ignored() -> None:
-    # fields 8 and 9 are offset and epoch (nil: not sequenced); later ones are unknown
-    raw = pack([*valid_fields(), None, None, "new-field", {"nested": [1, 2]}, None])
+    # fields 8 and 9 are offset and epoch (nil: not sequenced), 10 a MEMBERSHIP envelope's
+    # holder (nil: none); later ones are unknown
+    raw = pack([*valid_fields(), None, None, None, "new-field", {"nested": [1, 2]}, None])
     assert decode(raw) == Envelope(Kind.DIRECT, "node-a", "alice", "hi")
+
+
+def test_a_membership_change_names_its_holder_after_nil_positions() -> None:
+    envelope = Envelope(Kind.MEMBERSHIP, "node-a", "alice", "room", ref="join",
+                        holder="c0000000000000001")
+    fields = msgpack.unpackb(encode(envelope))
+    assert fields[7:] == [None, None, "c0000000000000001"]
+    assert decode(encode(envelope)) == envelope
+    assert decode(encode(Envelope(Kind.MEMBERSHIP, "n", "alice", "room", holder=""))).holder == ""
+    older = pack([WIRE_VERSION, int(Kind.MEMBERSHIP), "node-a", "alice", "room", None, "join"])
+    assert decode(older).holder is None  # an older sender names no connection
+
+
+def test_a_holder_that_is_not_text_is_rejected() -> None:
+    with pytest.raises(WireError, match="holder"):
+        decode(pack([*valid_fields(), None, None, 7]))
 
 
 def test_offset_and_epoch_follow_the_seven_base_fields() -> None:

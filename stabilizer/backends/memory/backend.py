@@ -66,12 +66,14 @@ class MemoryBackend:
         """The hub this backend uses."""
         return self._node.hub
 
-    async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False) -> None:
+    async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False,
+                   sessions: bool = False) -> None:
         """Join the hub as `node_id` (this backend starts no task of its own)."""
         node = self._node
         node.node_id = node_id
         node.closed = False
         node.events = events
+        node.sessions = sessions
         node.hub.inboxes[node_id] = asyncio.Queue(self._inbox_size)
         node.hub.node_clients.setdefault(node_id, set())
 

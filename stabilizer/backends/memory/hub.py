@@ -32,12 +32,13 @@ class StreamRecord:
 
 
 class SessionRecord:
-    __slots__ = ("baselines", "until", "user_data")
+    __slots__ = ("baselines", "holder", "until", "user_data")
 
     def __init__(self) -> None:
         self.user_data: dict[str, bytes] = {}
         self.baselines: dict[str, tuple[int, str]] = {}
         self.until: float | None = None
+        self.holder = ""  # the conn id that opened or resumed it last ("" none)
 
 
 class MemoryHub:

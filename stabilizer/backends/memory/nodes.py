@@ -29,6 +29,7 @@ class MemoryNode:
         self.node_id = ""
         self.closed = False
         self.events = False
+        self.sessions = False  # a membership change names the session's holder
         self.subscribed = asyncio.Event()
 
     def check(self) -> None:

@@ -6,7 +6,7 @@ import dataclasses
 import time
 from collections.abc import Collection, Mapping
 
-from stabilizer.backends.base import History, Sequenced, SessionState
+from stabilizer.backends.base import History, MembershipChange, Sequenced, SessionState
 from stabilizer.backends.memory.hub import MemoryHub, SessionRecord, StreamRecord
 from stabilizer.backends.memory.nodes import MemoryNode
 from stabilizer.pure.streams import ALL, Target, client_stream, group_stream, user_stream
@@ -26,7 +26,17 @@ class MemoryGroups:
         return sum(1 for other in list(node.hub.group_nodes.get(group, ()))
                    if other != node.node_id and node.hub.deliver(other, envelope))
 
-    async def join(self, client_id: str, group: str) -> bool:
+    def _holder(self, client_id: str) -> str:
+        """The connection that holds the client's memberships: its session's, with
+        sessions, else the one presence names ("" none)."""
+        hub = self._node.hub
+        if self._node.sessions:
+            record = hub.session(client_id, time.time())
+            return "" if record is None else record.holder
+        presence = hub.presence.get(client_id)
+        return "" if presence is None else presence.conn_id
+
+    async def join(self, client_id: str, group: str) -> MembershipChange:
         """Add a member."""
         self._node.check()
         hub = self._node.hub
@@ -40,9 +50,9 @@ class MemoryGroups:
                 stream = group_stream(group)
                 record.baselines[stream] = hub.position(stream, time.time())
             self._node.membership_event("join", client_id, group)
-        return added
+        return MembershipChange(added, self._holder(client_id))
 
-    async def leave(self, client_id: str, group: str) -> bool:
+    async def leave(self, client_id: str, group: str) -> MembershipChange:
         """Remove a member."""
         self._node.check()
         hub = self._node.hub
@@ -57,7 +67,17 @@ class MemoryGroups:
             record.baselines.pop(group_stream(group), None)
         if removed:
             self._node.membership_event("leave", client_id, group)
-        return removed
+        return MembershipChange(removed, self._holder(client_id))
+
+    async def route_change(self, client_id: str, group: str, *, member: bool,
+                           envelope: bytes) -> bool:
+        """Deliver to the node owning `client_id` if the change still stands."""
+        self._node.check()
+        hub = self._node.hub
+        owner = hub.presence.get(client_id)
+        if owner is None or (group in hub.client_groups.get(client_id, ())) != member:
+            return False
+        return hub.deliver(owner.node_id, envelope)
 
     async def members(self, group: str) -> list[str]:
         """Members of `group`."""
@@ -171,8 +191,10 @@ class MemorySessions:
         groups = sorted(hub.client_groups.get(client_id, ()))
         return SessionState(groups, dict(record.user_data), dict(record.baselines))
 
-    async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None) -> None:
-        """Create or revive the session; it does not expire while connected."""
+    async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None,
+                       conn_id: str | None = None) -> None:
+        """Create or revive the session, held by `conn_id`; it does not expire while
+        connected."""
         self._node.check()
         hub = self._node.hub
         now = time.time()
@@ -187,6 +209,7 @@ class MemorySessions:
             for stream in streams:
                 record.baselines[stream] = hub.position(stream, now)
         record.until = None
+        record.holder = conn_id or ""
         hub.away.pop(client_id, None)
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:

@@ -102,13 +102,15 @@ class RedisBackend:
         """The underlying redis.asyncio client."""
         return self._core.client
 
-    async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False) -> None:
+    async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False,
+                   sessions: bool = False) -> None:
         """Take the node's identity and task owner; check that Redis answers and load the
         scripts."""
         core = self._core
         core.node_id = node_id
         core.tasks = tasks
         core.events = events
+        core.sessions = sessions
         await core.call(core.client.ping(), "ping")
         await core.load_scripts()
 

@@ -56,6 +56,7 @@ class Scripts:
         self.seats = register(users_lua.SEATS)
         self.user_route = register(users_lua.USER_ROUTE)
         self.reconcile_groups = register(groups_lua.RECONCILE_GROUPS)
+        self.route_change = register(groups_lua.ROUTE_CHANGE)
 
     def all(self) -> list[AsyncScript]:
         """Every script."""
@@ -78,6 +79,7 @@ class RedisCore:
         self.stats = BackendStats()
         self.node_id = ""
         self.events = False
+        self.sessions = False  # a membership change names the session's holder
         self.available = False
         self.tasks: TaskSpawner | None = None
         self._in_flight = asyncio.Semaphore(pool_size)

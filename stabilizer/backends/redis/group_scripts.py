@@ -27,3 +27,20 @@ for k = 1, #KEYS do
 end
 return listed
 """
+
+# KEYS: presence hash, client's group set (one slot: presence is not spread over buckets).
+# ARGV: client id, group, '1' when the client must be a member (a join) else '0',
+#       node-channel prefix, envelope, publish command.
+# ROUTE for a MEMBERSHIP envelope, only while the change it carries still stands: a join
+# or leave undone since it was written (a fresh session ended it, another node left or
+# joined again) is not carried out. Returns the number of subscribers that received it (0
+# when no node owns the client or the change no longer stands).
+ROUTE_CHANGE: Final = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local node = string.match(cur, '^([^|]*)|')
+if not node then return 0 end
+local member = redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1
+if member ~= (ARGV[3] == '1') then return 0 end
+return redis.call(ARGV[6], ARGV[4] .. node, ARGV[5])
+"""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Final
 
+from stabilizer.backends.records import MembershipChange
 from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.routing import RedisRouting
 from stabilizer.pure.streams import group_stream
@@ -25,24 +26,47 @@ class RedisGroups:
         receivers = await self._core.publish(self._core.keys.group_channel(group), envelope)
         return max(receivers - (1 if self._routing.follows(group) else 0), 0)
 
-    async def _change(self, client_id: str, group: str, action: str) -> bool:
+    async def _change(self, client_id: str, group: str, action: str) -> MembershipChange:
         core = self._core
         keys = core.keys
-        changed = await core.call(core.scripts.membership(
-            keys=[keys.group(group), keys.client_groups(client_id), keys.session(client_id),
-                  keys.stream_meta(group_stream(group))],
+        script_keys = [keys.group(group), keys.client_groups(client_id),
+                       keys.session(client_id), keys.stream_meta(group_stream(group))]
+        if core.sessions:
+            holder_in = "s"
+        elif keys.buckets == 1:  # presence shares the namespace's slot
+            holder_in = "p"
+            script_keys.append(keys.presence(0))
+        else:
+            holder_in = ""
+        changed, holder = await core.call(core.scripts.membership(
+            keys=script_keys,
             args=[client_id, group, *core.event_args(), core.node_id, core.publish_command,
-                  action],
+                  action, holder_in],
         ), "membership")
-        return bool(changed)
+        return MembershipChange(bool(changed), None if holder is None else text(holder))
 
-    async def join(self, client_id: str, group: str) -> bool:
-        """One script: SADD to the group and the client's group set."""
+    async def join(self, client_id: str, group: str) -> MembershipChange:
+        """One script: SADD to the group and the client's group set; read the holder."""
         return await self._change(client_id, group, "join")
 
-    async def leave(self, client_id: str, group: str) -> bool:
-        """One script: SREM from the group and the client's group set."""
+    async def leave(self, client_id: str, group: str) -> MembershipChange:
+        """One script: SREM from the group and the client's group set; read the holder."""
         return await self._change(client_id, group, "leave")
+
+    async def route_change(self, client_id: str, group: str, *, member: bool,
+                           envelope: bytes) -> bool:
+        """One script (ROUTE_CHANGE): check the client's group set, look up the owner and
+        publish; with presence in other slots, the plain ROUTE."""
+        core = self._core
+        keys = core.keys
+        if keys.buckets != 1:  # presence lives in other slots: no script can check both
+            return await self._routing.route(client_id, envelope)
+        reached = await core.call(core.scripts.route_change(
+            keys=[keys.presence(0), keys.client_groups(client_id)],
+            args=[client_id, group, "1" if member else "0", keys.node_channel_prefix(0),
+                  envelope, core.publish_command],
+        ), "route_change")
+        return int(reached) > 0
 
     async def members(self, group: str) -> list[str]:
         """SSCAN the group's member set."""

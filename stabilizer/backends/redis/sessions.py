@@ -49,9 +49,11 @@ class RedisSessions:
                 baselines[name[2:]] = position
         return SessionState(groups, user_data, baselines)
 
-    async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None) -> None:
-        """One script: mark the session live; a fresh one first ends any earlier session
-        (its groups included) and records the baselines of the client's streams."""
+    async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None,
+                       conn_id: str | None = None) -> None:
+        """One script: mark the session live and held by `conn_id`; a fresh one first ends
+        any earlier session (its groups included) and records the baselines of the client's
+        streams."""
         core = self._core
         keys = core.keys
         script_keys = [keys.session(client_id), keys.away, keys.stream_meta(ALL),
@@ -61,7 +63,7 @@ class RedisSessions:
         await core.call(core.scripts.open_session(
             keys=script_keys,
             args=[client_id, "1" if fresh else "0", keys.group_prefix, *core.event_args(),
-                  core.node_id, core.publish_command, user_id or ""],
+                  core.node_id, core.publish_command, user_id or "", conn_id or ""],
         ), "open_session")
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:

@@ -10,16 +10,18 @@ from stabilizer.backends.redis.scripts import LEAVE_ALL
 # KEYS: session hash, away zset, meta of "all", meta of "c:<client>", client's group set
 #       [, meta of "u:<user>" (when ARGV[8] is not '')].
 # ARGV: client id, '1' for a fresh session, group-set prefix, events channel, event
-#       prefix, node id, publish command, user id ('' = none).
-# The session lives while connected. A fresh one first ends whatever the client had (its
-# groups and session data), then records where the client's streams stand now (its replay
-# baselines).
+#       prefix, node id, publish command, user id ('' = none), the holder's conn id ('' =
+#       none).
+# The session lives while connected, held by one connection (field '_': MEMBERSHIP names
+# it in every change written from then on). A fresh one first ends whatever the client had
+# (its groups and session data), then records where the client's streams stand now (its
+# replay baselines).
 OPEN_SESSION: Final = LEAVE_ALL + """
 if ARGV[2] == '1' then
   leave_all(KEYS[5], ARGV[3], ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
   redis.call('DEL', KEYS[1])
 end
-redis.call('HSET', KEYS[1], '_', '1')
+redis.call('HSET', KEYS[1], '_', ARGV[9])
 redis.call('PERSIST', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if ARGV[2] == '1' then
@@ -94,10 +96,14 @@ end
 return ended
 """
 
-# KEYS: group set, client's group set, client's session hash, group stream meta.
+# KEYS: group set, client's group set, client's session hash, group stream meta
+#       [, presence hash (when ARGV[8] is 'p')].
 # ARGV: client id, group, events channel ('' = none), event prefix, node id, publish
-#       command, 'join' or 'leave'. A join records the group stream's baseline position in
-#       the client's session (when it has one).
+#       command, 'join' or 'leave', where the holder is read ('s' the session's '_' field,
+#       'p' the client's presence entry, '' nowhere). A join records the group stream's
+#       baseline position in the client's session (when it has one).
+# Returns {1 if it changed anything else 0, the holder's conn id ('' = none; false when
+# read nowhere)}.
 MEMBERSHIP: Final = """
 local changed
 if ARGV[7] == 'join' then
@@ -118,7 +124,14 @@ if changed == 1 and ARGV[3] ~= '' then
                            node_id = ARGV[5]})
   redis.call(ARGV[6], ARGV[3], ARGV[4] .. cmsgpack.pack(ev) .. '\\192\\192')
 end
-return changed
+local holder = false
+if ARGV[8] == 's' then
+  holder = redis.call('HGET', KEYS[3], '_') or ''
+elseif ARGV[8] == 'p' then
+  local cur = redis.call('HGET', KEYS[5], ARGV[1])
+  holder = cur and string.match(cur, '^[^|]*|([^|]*)|') or ''
+end
+return {changed, holder}
 """
 
 # KEYS: stream, meta hash, presence hash (a user target: the user's hash), session hash.

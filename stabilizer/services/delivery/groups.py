@@ -2,7 +2,12 @@
 
 A node follows a group's channel while it has local members: it subscribes on the first
 local member and unsubscribes on the last. A client on another node joins or leaves through
-a MEMBERSHIP envelope routed to its node.
+a MEMBERSHIP envelope routed to its node, while the change still stands in the backend. The
+envelope names the connection that held the client's memberships when the backend wrote the
+change (its session's holder, or the one presence named): the client's node carries the
+change out as it says only for that connection. For another one (a newer connection whose
+start, or a fresh session, may have undone the change since) it takes what the backend
+lists, a round trip that only a change racing a new connection costs.
 
 The backend is the truth; local membership follows it. Where the two can part (a MEMBERSHIP
 envelope lost with a subscription, a join that lands on a socket another one replaces, a
@@ -86,14 +91,14 @@ class Membership:
             owner = await ctx.ask(backend.presence.locate(client_id)) if backend.is_shared else None
             if owner is None:
                 raise ConnectionNotFoundError(f"client {client_id!r} is not connected")
-            await ctx.ask(backend.groups.join(client_id, group))
-            await self._tell_owner(client_id, group, _JOIN)
+            change = await ctx.ask(backend.groups.join(client_id, group))
+            await self._tell_owner(client_id, group, _JOIN, change.holder)
             return
         async with self._turns.hold(client_id):
             had = group in conn.groups
             await self.join_local(conn, group)
             try:
-                joined = await ctx.ask(backend.groups.join(client_id, group))
+                joined = (await ctx.ask(backend.groups.join(client_id, group))).changed
             except BaseException:
                 # the write failed or its outcome is unknown: not a member here until the
                 # settle that follows (when the backend answers again) reads what it lists
@@ -115,22 +120,25 @@ class Membership:
         ctx = self._ctx
         conn = ctx.pool.get(client_id)
         if conn is None:
-            await ctx.ask(ctx.backend.groups.leave(client_id, group))
+            change = await ctx.ask(ctx.backend.groups.leave(client_id, group))
             if ctx.backend.is_shared:
-                await self._tell_owner(client_id, group, _LEAVE)
+                await self._tell_owner(client_id, group, _LEAVE, change.holder)
             return
         async with self._turns.hold(client_id):
-            left = await ctx.ask(ctx.backend.groups.leave(client_id, group))
+            left = (await ctx.ask(ctx.backend.groups.leave(client_id, group))).changed
             await self.leave_local(conn, group)
         if left:
             self._events.membership(_LEAVE, client_id, group)
         if not conn.is_open:  # replaced meanwhile: the live socket may be on another node
             await self.hand_over(client_id)
 
-    async def _tell_owner(self, client_id: str, group: str, action: str) -> None:
+    async def _tell_owner(self, client_id: str, group: str, action: str,
+                          holder: str | None) -> None:
         ctx = self._ctx
-        envelope = Envelope(Kind.MEMBERSHIP, ctx.node_id, client_id, group, ref=action)
-        await ctx.ask(ctx.backend.routing.route(client_id, encode(envelope)))
+        envelope = Envelope(Kind.MEMBERSHIP, ctx.node_id, client_id, group, ref=action,
+                            holder=holder)
+        await ctx.ask(ctx.backend.groups.route_change(
+            client_id, group, member=action == _JOIN, envelope=encode(envelope)))
 
     def apply(self, envelope: Envelope) -> None:
         """Act on a MEMBERSHIP envelope for a local client, beside the listener (subscribing
@@ -141,10 +149,25 @@ class Membership:
             return
         if envelope.ref == _SETTLE:
             self._ctx.tasks.spawn(self._settle_quietly(conn), name="stabilizer-settle")
-        elif envelope.ref == _JOIN:
-            self._ctx.tasks.spawn(self.join_local(conn, group), name="stabilizer-join")
-        elif envelope.ref == _LEAVE:
-            self._ctx.tasks.spawn(self.leave_local(conn, group), name="stabilizer-leave")
+        elif envelope.ref in (_JOIN, _LEAVE):
+            self._ctx.tasks.spawn(self._carry_out(conn, group, envelope.ref, envelope.holder),
+                                  name=f"stabilizer-{envelope.ref}")
+
+    async def _carry_out(self, conn: Connection, group: str, action: str,
+                         holder: str | None) -> None:
+        """A join or leave another node wrote: as it says when it was written for `conn`
+        (or for no connection the sender could tell: presence in other slots, an older
+        version); else what the backend lists now."""
+        if holder is not None and holder != conn.conn_id:
+            logger.debug("a %s of %r in %r was written for connection %r, not %s: settling",
+                         action, conn.client_id, group, holder, conn.conn_id)
+            await self._settle_quietly(conn)
+            return
+        async with self._turns.hold(conn.client_id):  # after a change of it in flight here
+            if action == _JOIN:
+                await self.join_local(conn, group)
+            else:
+                await self.leave_local(conn, group)
 
     async def join_local(self, conn: Connection, group: str) -> None:
         """Record local membership; follow the group's channel on its first local member.
@@ -183,6 +206,12 @@ class Membership:
             await self._ctx.ask(self._ctx.backend.groups.unsubscribe(group))
         except BackendUnavailable as exc:
             self._backend_log.warning("group %r not unsubscribed (backend down)", group, exc=exc)
+
+    async def start_afresh(self, conn: Connection) -> None:
+        """The backend ended every membership of `conn`'s client (a fresh session): `conn`
+        keeps none here either, not even one applied before the session began. Call it in
+        the client's turn."""
+        await self._agree(conn, [])
 
     async def forget(self, conn: Connection) -> None:
         """A connection closed: drop its local memberships (its cluster membership is the
@@ -239,7 +268,8 @@ class Membership:
             if live is not None:
                 await self.settle([live])
             elif ctx.backend.is_shared:
-                await self._tell_owner(client_id, "", _SETTLE)
+                envelope = Envelope(Kind.MEMBERSHIP, ctx.node_id, client_id, "", ref=_SETTLE)
+                await ctx.ask(ctx.backend.routing.route(client_id, encode(envelope)))
         except BackendUnavailable as exc:
             ctx.want_resync()
             self._backend_log.warning("groups of %r not handed over (backend down); the "

@@ -199,10 +199,13 @@ class SessionStore(Protocol):
         """Return the live or resumable session of `client_id`, or None."""
         ...
 
-    async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None) -> None:
+    async def activate(self, client_id: str, *, fresh: bool,
+                       user_id: str | None = None) -> dict[str, tuple[int, str]]:
         """Mark the session live (no expiry while connected); a fresh one starts empty and
         records the baselines of the client's ``all``, ``c:<client_id>`` and (for a user's
-        connection) ``u:<user_id>`` streams."""
+        connection) ``u:<user_id>`` streams, and returns them: stream -> (offset, epoch),
+        epoch ``""`` (offset 0) for a stream with no message yet. A revived one returns
+        none."""
         ...
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:

@@ -57,12 +57,13 @@ class Resume:
         if conn.user_id is not None:
             streams.add(user_stream(conn.user_id))
         if state is None:  # session expired or lost: nothing can be vouched for
-            await self._activate(conn, fresh=True)
+            baselines = await self._activate(conn, fresh=True)
             failed = sorted(positions) or ["*"]
             now = time.monotonic()
             conn.offer(Frame.text(resume_frame(0, failed)), now)
-            self._release(conn, {stream: positions[stream] for stream in streams
-                                 if stream in positions}, now)
+            held = {stream: positions[stream] for stream in streams if stream in positions}
+            # the fresh session's promise begins at its baselines, not the lost positions
+            self._release(conn, held, now, follow=baselines)
             return False, 0, failed
         await self._activate(conn, fresh=False)
         await self._restore(conn, state)
@@ -72,15 +73,17 @@ class Resume:
         replayed, failed = await self._replay(conn, starts)
         return not failed, replayed, failed
 
-    async def _activate(self, conn: Connection, *, fresh: bool) -> None:
+    async def _activate(self, conn: Connection, *, fresh: bool) -> dict[str, tuple[int, str]]:
+        """Open (or revive) the session; return a fresh one's baselines."""
         ctx = self._ctx
         try:
-            await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=fresh,
-                                                        user_id=conn.user_id),
-                          round_trips=2)
+            return await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=fresh,
+                                                               user_id=conn.user_id),
+                                 round_trips=2)
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)
+            return {}
 
     async def _restore(self, conn: Connection, state: SessionState) -> None:
         for group in state.groups:
@@ -123,14 +126,17 @@ class Resume:
                         history_frame(stream, missed), now):
                     replayed += 1
         conn.offer(Frame.text(resume_frame(replayed, failed)), now)
-        self._release(conn, held, now)
+        # (a stream it was told it lost starts again with its next message)
+        self._release(conn, held, now,
+                      follow={stream: at for stream, at in held.items() if stream not in failed})
         return replayed, failed
 
-    def _release(self, conn: Connection, held: dict[str, tuple[int, str]], now: float) -> None:
+    def _release(self, conn: Connection, held: dict[str, tuple[int, str]], now: float, *,
+                 follow: dict[str, tuple[int, str]]) -> None:
         """Let live frames through, in order, none at or before what the client holds; the
-        node follows the client's streams from there if it did not (its listener may lag:
-        a catch-up then covers what the subscription loses after the client's position)."""
+        node follows the client's streams from `follow` if it did not (its listener may
+        lag: a catch-up then covers what the subscription loses after that)."""
         conn.release_held(held, now)
         if conn.is_open:  # (a closed one's streams are unfollowed already)
-            for stream, (offset, epoch) in held.items():
+            for stream, (offset, epoch) in follow.items():
                 self._router.follow(stream, offset, epoch)

@@ -75,7 +75,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     closing_ref.append(closing)
     memory = MemoryGuard(ctx, closing)
     tokens = TokenService(ctx)
-    admission = Admission(ctx, closing, liveness, memory, events,
+    admission = Admission(ctx, closing, liveness, memory, events, router,
                           ensure_started=ensure_started)
     users = Users(ctx, router, closing)
     acks = Acks(ctx, router)

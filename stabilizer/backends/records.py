@@ -66,11 +66,13 @@ class History:
     """The envelopes of a stream after a position, or why they cannot be had.
 
     ``covered`` is False when the stream lost part of the range (trimmed, expired, or a new
-    epoch): the client must resync.
+    epoch): the client must resync. ``epoch`` is then the stream's epoch when it is not the
+    one asked for (the old one ended: what it held is gone), else None.
     """
 
     envelopes: list[bytes]
     covered: bool
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

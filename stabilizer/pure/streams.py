@@ -72,7 +72,7 @@ class Target:
 class Step(Enum):
     """What to do with a sequenced message, given what this node delivered before."""
 
-    DELIVER = 1  # next in line (or the first seen, or a new epoch)
+    DELIVER = 1  # next in line (or the first seen, or the first of a new epoch)
     DUPLICATE = 2  # already delivered: drop
     GAP = 3  # messages are missing before it: fill from history first
 
@@ -84,7 +84,13 @@ class _Last:
 
 
 class StreamOrder:
-    """The last offset this node delivered on each stream it follows."""
+    """The last offset this node delivered on each stream it follows.
+
+    A stream may be followed from offset 0 of epoch ``""``: from before its first message,
+    whatever epoch that message begins (a session that began before the stream had one).
+    A new epoch starts at offset 1, so a later first message of an epoch reveals a gap
+    like any other.
+    """
 
     def __init__(self) -> None:
         self._last: dict[str, _Last] = {}
@@ -95,8 +101,10 @@ class StreamOrder:
     def classify(self, stream: str, offset: int, epoch: str) -> Step:
         """Decide what to do with (offset, epoch) on `stream`."""
         last = self._last.get(stream)
-        if last is None or last.epoch != epoch:
+        if last is None:
             return Step.DELIVER
+        if last.epoch != epoch:
+            return Step.DELIVER if offset == 1 else Step.GAP
         if offset <= last.offset:
             return Step.DUPLICATE
         if offset == last.offset + 1:
@@ -118,6 +126,11 @@ class StreamOrder:
         """Follow `stream` from (offset, epoch) unless it is followed already."""
         if stream not in self._last:
             self._last[stream] = _Last(epoch, offset)
+
+    def start_over(self, stream: str, epoch: str) -> None:
+        """Follow `stream` from before the first message of `epoch` (the epoch it was on
+        ended)."""
+        self._last[stream] = _Last(epoch, 0)
 
     def streams(self) -> list[str]:
         """The streams followed, in no particular order."""

@@ -26,6 +26,7 @@ from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.text import check_client_id
 from stabilizer.services.closing import Closing
+from stabilizer.services.delivery.router import Router
 from stabilizer.services.events import Events
 from stabilizer.services.liveness import Liveness
 from stabilizer.services.memory import MemoryGuard
@@ -50,13 +51,14 @@ class Admission:
     """Admits connections and carries out kicks from other nodes."""
 
     def __init__(self, ctx: NodeContext, closing: Closing, liveness: Liveness,
-                 memory: MemoryGuard, events: Events,
+                 memory: MemoryGuard, events: Events, router: Router,
                  ensure_started: Callable[[], Awaitable[None]]) -> None:
         self._ctx = ctx
         self._closing = closing
         self._liveness = liveness
         self._memory = memory
         self._events = events
+        self._router = router
         self._ensure_started = ensure_started
         self._turns: dict[str, asyncio.Future[None]] = {}
         self._pending: dict[str, Connection] = {}  # by conn id, until admitted or refused
@@ -108,7 +110,7 @@ class Admission:
         self._memory.admit(conn)
         self._pending[conn.conn_id] = conn
         try:
-            await self._record(conn, resuming)
+            baselines = await self._record(conn, resuming)
         except BaseException:
             self._kicked.discard(conn.conn_id)
             raise
@@ -120,6 +122,10 @@ class Admission:
         if replaced is not None:
             self._closing.retire(replaced, CloseCode.REPLACED, "replaced by a newer connection",
                                  in_pool=False)
+        for stream, (offset, epoch) in baselines.items():
+            # the node follows the client's streams from where its session begins, so that
+            # a catch-up after a lost subscription covers them (its forget() unfollows them)
+            self._router.follow(stream, offset, epoch)
         try:
             await self._announce(conn, resuming)
         except BaseException:  # cancelled during the hooks: never leave it in the pool
@@ -132,13 +138,15 @@ class Admission:
             self._closing.kick(conn)
         return conn
 
-    async def _record(self, conn: Connection, resuming: bool) -> None:
-        """Register presence (and settle what the client had before) in the shared store."""
+    async def _record(self, conn: Connection, resuming: bool) -> dict[str, tuple[int, str]]:
+        """Register presence (and settle what the client had before) in the shared store;
+        return the baselines of a fresh session's streams (with history)."""
         ctx = self._ctx
         history = ctx.config.history_enabled
         registration = await self._register(conn, end_groups=not history)
+        baselines: dict[str, tuple[int, str]] = {}
         if history and not resuming:  # a fresh session: whatever the client had ends
-            await self._start_session(conn)
+            baselines = await self._start_session(conn)
         elif registration is not None and registration.previous and not (
                 history or registration.groups_ended):
             # the connection it replaces is gone: its groups end, as after a disconnect
@@ -146,6 +154,7 @@ class Admission:
         if not ctx.is_accepting:  # shutdown began while we waited on the backend
             await self._closing.unregister(conn)
             raise ShutdownError("node is shutting down; connect to another node")
+        return baselines
 
     async def _announce(self, conn: Connection, resuming: bool) -> None:
         ctx = self._ctx
@@ -198,12 +207,13 @@ class Admission:
             self._backend_log.warning("groups of replaced %r not left (backend unavailable)",
                                       conn.client_id, exc=exc)
 
-    async def _start_session(self, conn: Connection) -> None:
+    async def _start_session(self, conn: Connection) -> dict[str, tuple[int, str]]:
         ctx = self._ctx
         try:
-            await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=True,
-                                                        user_id=conn.user_id,
-                                                        conn_id=conn.conn_id))
+            return await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=True,
+                                                               user_id=conn.user_id,
+                                                               conn_id=conn.conn_id))
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)
+            return {}

@@ -48,7 +48,7 @@ class Resume:
         """
         if not conn.is_open:  # replaced or closed meanwhile: there is nothing to bring back
             return False, 0, []
-        state = await self._take_session(conn)
+        state, baselines = await self._take_session(conn)
         streams = {ALL, client_stream(conn.client_id)}
         if conn.user_id is not None:
             streams.add(user_stream(conn.user_id))
@@ -56,8 +56,9 @@ class Resume:
             failed = sorted(positions) or ["*"]
             now = time.monotonic()
             conn.offer(Frame.text(resume_frame(0, failed)), now)
-            self._release(conn, {stream: positions[stream] for stream in streams
-                                 if stream in positions}, now)
+            held = {stream: positions[stream] for stream in streams if stream in positions}
+            # the fresh session's promise begins at its baselines, not the lost positions
+            self._release(conn, held, now, follow=baselines)
             return False, 0, failed
         streams.update(map(group_stream, state.groups))
         starts = {stream: start for stream in streams
@@ -65,11 +66,13 @@ class Resume:
         replayed, failed = await self._replay(conn, starts)
         return not failed, replayed, failed
 
-    async def _take_session(self, conn: Connection) -> SessionState | None:
-        """Load the client's session and take it over, its groups joined here, or open a
-        fresh one (None) when there is none. In the client's membership turn: a join or
-        leave written meanwhile for the session's earlier holder reaches `conn` after this,
-        settled from what the backend lists then."""
+    async def _take_session(
+        self, conn: Connection,
+    ) -> tuple[SessionState | None, dict[str, tuple[int, str]]]:
+        """Load the client's session and take it over, its groups joined here; or open a
+        fresh one when there is none: (None, its baselines). In the client's membership
+        turn: a join or leave written meanwhile for the session's earlier holder reaches
+        `conn` after this, settled from what the backend lists then."""
         ctx = self._ctx
         async with self._membership.turn(conn.client_id):
             try:
@@ -77,26 +80,29 @@ class Resume:
             except BackendUnavailable:
                 state = None
             if state is None:
-                if await self._activate(conn, fresh=True):
+                baselines = await self._activate(conn, fresh=True)
+                if baselines is not None:
                     # it ended every earlier membership, one a settle gave `conn` included
                     await self._membership.start_afresh(conn)
-                return None
+                return None, baselines or {}
             await self._activate(conn, fresh=False)
             await self._restore(conn, state)
-        return state
+        return state, {}
 
-    async def _activate(self, conn: Connection, *, fresh: bool) -> bool:
+    async def _activate(self, conn: Connection, *,
+                        fresh: bool) -> dict[str, tuple[int, str]] | None:
+        """Open (or revive) the session held by `conn`; return a fresh one's baselines
+        (none for a revived one), or None when the backend could not be reached."""
         ctx = self._ctx
         try:
-            await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=fresh,
-                                                        user_id=conn.user_id,
-                                                        conn_id=conn.conn_id),
-                          round_trips=2)
+            return await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=fresh,
+                                                               user_id=conn.user_id,
+                                                               conn_id=conn.conn_id),
+                                 round_trips=2)
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)
-            return False
-        return True
+            return None
 
     async def _restore(self, conn: Connection, state: SessionState) -> None:
         for group in state.groups:
@@ -139,14 +145,17 @@ class Resume:
                         history_frame(stream, missed), now):
                     replayed += 1
         conn.offer(Frame.text(resume_frame(replayed, failed)), now)
-        self._release(conn, held, now)
+        # (a stream it was told it lost starts again with its next message)
+        self._release(conn, held, now,
+                      follow={stream: at for stream, at in held.items() if stream not in failed})
         return replayed, failed
 
-    def _release(self, conn: Connection, held: dict[str, tuple[int, str]], now: float) -> None:
+    def _release(self, conn: Connection, held: dict[str, tuple[int, str]], now: float, *,
+                 follow: dict[str, tuple[int, str]]) -> None:
         """Let live frames through, in order, none at or before what the client holds; the
-        node follows the client's streams from there if it did not (its listener may lag:
-        a catch-up then covers what the subscription loses after the client's position)."""
+        node follows the client's streams from `follow` if it did not (its listener may
+        lag: a catch-up then covers what the subscription loses after that)."""
         conn.release_held(held, now)
         if conn.is_open:  # (a closed one's streams are unfollowed already)
-            for stream, (offset, epoch) in held.items():
+            for stream, (offset, epoch) in follow.items():
                 self._router.follow(stream, offset, epoch)

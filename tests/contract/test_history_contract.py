@@ -47,8 +47,10 @@ async def test_history_returns_what_came_after_a_position(open_node: NodeFactory
     assert [decode(raw).payload for raw in found.envelopes] == ["m2", "m3", "m4"]
     assert (await a.history.read("g:room", 4, epoch)).envelopes == []
     assert (await a.history.read("g:room", 4, epoch)).covered
-    assert not (await a.history.read("g:room", 2, "another-epoch")).covered
-    assert not (await a.history.read("g:room", 9, epoch)).covered  # ahead of the stream
+    moved_on = await a.history.read("g:room", 2, "another-epoch")
+    assert (moved_on.covered, moved_on.epoch) == (False, epoch)  # the epoch it is in now
+    ahead = await a.history.read("g:room", 9, epoch)
+    assert (ahead.covered, ahead.epoch) == (False, None)  # ahead of the stream
     everything = await a.history.read("g:room", 0, "")
     assert [decode(raw).offset for raw in everything.envelopes] == [1, 2, 3, 4]
 
@@ -59,7 +61,8 @@ async def test_trimmed_history_does_not_cover_an_old_position(open_node: NodeFac
     for i in range(1, 9):  # size 5: offsets 1..3 are trimmed away
         epoch = (await a.history.sequence(Target("all"), env(Kind.BROADCAST, None, f"m{i}"),
                                   **OPTS)).epoch
-    assert not (await a.history.read("all", 1, epoch)).covered
+    trimmed = await a.history.read("all", 1, epoch)
+    assert (trimmed.covered, trimmed.epoch) == (False, None)  # the same epoch, trimmed
     covered = await a.history.read("all", 3, epoch)
     assert covered.covered
     assert [decode(raw).offset for raw in covered.envelopes] == [4, 5, 6, 7, 8]
@@ -86,6 +89,19 @@ async def test_direct_messages_are_kept_only_for_present_or_resumable_clients(
     assert (kept.offset, kept.receivers) == (2, 0)
     found = await a.history.read("c:bob", 1, kept.epoch)
     assert [decode(raw).payload for raw in found.envelopes] == ["later"]
+
+
+async def test_a_fresh_session_returns_the_baselines_it_records(
+    open_node: NodeFactory,
+) -> None:
+    a = await open_node("node-a")
+    sent = await a.history.sequence(Target("all"), env(Kind.BROADCAST, None, "one"), **OPTS)
+    baselines = await a.sessions.activate("ann/1", fresh=True, user_id="ann")
+    assert baselines == {"all": (1, sent.epoch), "c:ann/1": (0, ""), "u:ann": (0, "")}
+    state = await a.sessions.load("ann/1")
+    assert state is not None
+    assert state.baselines == baselines
+    assert await a.sessions.activate("ann/1", fresh=False, user_id="ann") == {}  # revived
 
 
 async def test_group_membership_is_cluster_wide(open_node: NodeFactory) -> None:

@@ -22,6 +22,7 @@ from stabilizer.pure.schedule import HeartbeatSchedule
 from stabilizer.pure.streams import (
     ALL,
     ClientPositions,
+    Step,
     StreamOrder,
     Target,
     client_stream,
@@ -87,6 +88,25 @@ def test_a_node_starts_following_a_stream_only_where_it_does_not_yet() -> None:
     order.start("all", 6, "e1")  # a client resumed ahead of the node: its order stays
     order.start("g:room", 2, "e1")
     assert (order.last("all"), order.last("g:room")) == ((4, "e1"), (2, "e1"))
+
+
+def test_a_new_epoch_is_next_in_line_only_from_its_first_offset() -> None:
+    order = StreamOrder()
+    order.advance("all", 7, "old")
+    assert order.classify("all", 1, "new") is Step.DELIVER  # the old epoch ended, all seen
+    assert order.classify("all", 2, "new") is Step.GAP  # offset 1 of the new one is missing
+    order.start_over("all", "new")
+    assert order.last("all") == (0, "new")
+    assert order.classify("all", 1, "new") is Step.DELIVER
+
+
+def test_a_stream_followed_from_before_its_first_message_waits_for_offset_one() -> None:
+    order = StreamOrder()
+    order.start("all", 0, "")  # a session began before `all` had any message
+    assert order.classify("all", 1, "e1") is Step.DELIVER
+    assert order.classify("all", 2, "e1") is Step.GAP
+    order.advance("all", 1, "e1")
+    assert order.last("all") == (1, "e1")
 
 
 # ----------------------------------------------------------------------------- positions

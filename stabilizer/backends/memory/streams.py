@@ -158,7 +158,9 @@ class MemoryHistory:
         state = self._node.hub.stream(stream, time.time())
         if state is None:
             return History([], True)  # nothing was published since the client left
-        if (epoch and state.epoch != epoch) or after > state.offset:
+        if epoch and state.epoch != epoch:
+            return History([], False, state.epoch)
+        if after > state.offset:
             return History([], False)
         if after == state.offset:
             return History([], True)
@@ -192,9 +194,9 @@ class MemorySessions:
         return SessionState(groups, dict(record.user_data), dict(record.baselines))
 
     async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None,
-                       conn_id: str | None = None) -> None:
+                       conn_id: str | None = None) -> dict[str, tuple[int, str]]:
         """Create or revive the session, held by `conn_id`; it does not expire while
-        connected."""
+        connected. Return the baselines a fresh one records."""
         self._node.check()
         hub = self._node.hub
         now = time.time()
@@ -202,15 +204,17 @@ class MemorySessions:
         if record is None:
             self._end(client_id)
             record = hub.sessions[client_id] = SessionRecord()
+        baselines: dict[str, tuple[int, str]] = {}
         if fresh:
             streams = [ALL, client_stream(client_id)]
             if user_id is not None:
                 streams.append(user_stream(user_id))
             for stream in streams:
-                record.baselines[stream] = hub.position(stream, now)
+                baselines[stream] = record.baselines[stream] = hub.position(stream, now)
         record.until = None
         record.holder = conn_id or ""
         hub.away.pop(client_id, None)
+        return baselines
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
         """Store one user-data value."""

@@ -59,4 +59,6 @@ class RedisHistory:
         reply = await core.call(core.scripts.history(
             keys=[core.keys.stream(stream), core.keys.stream_meta(stream)], args=[after, epoch],
         ), "history")
-        return History([bytes(raw) for raw in reply[1:]], bool(int(reply[0])))
+        if not int(reply[0]):
+            return History([], False, text(reply[1]) if len(reply) > 1 else None)
+        return History([bytes(raw) for raw in reply[1:]], True)

@@ -50,9 +50,10 @@ class RedisSessions:
         return SessionState(groups, user_data, baselines)
 
     async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None,
-                       conn_id: str | None = None) -> None:
+                       conn_id: str | None = None) -> dict[str, tuple[int, str]]:
         """One script: mark the session live and held by `conn_id`; a fresh one first ends
-        any earlier session (its groups included) and records the baselines of the client's
+        any earlier session (its groups included) and records (and returns) the baselines
+        of the client's
         streams."""
         core = self._core
         keys = core.keys
@@ -60,11 +61,13 @@ class RedisSessions:
                        keys.stream_meta(client_stream(client_id)), keys.client_groups(client_id)]
         if user_id is not None:
             script_keys.append(keys.stream_meta(user_stream(user_id)))
-        await core.call(core.scripts.open_session(
+        reply = await core.call(core.scripts.open_session(
             keys=script_keys,
             args=[client_id, "1" if fresh else "0", keys.group_prefix, *core.event_args(),
                   core.node_id, core.publish_command, user_id or "", conn_id or ""],
         ), "open_session")
+        return {text(reply[i]): position for i in range(0, len(reply) - 1, 2)
+                if (position := parse_position(bytes(reply[i + 1]))) is not None}
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
         """HSET one user-data field."""

@@ -15,7 +15,8 @@ from stabilizer.backends.redis.scripts import LEAVE_ALL
 # The session lives while connected, held by one connection (field '_': MEMBERSHIP names
 # it in every change written from then on). A fresh one first ends whatever the client had
 # (its groups and session data), then records where the client's streams stand now (its
-# replay baselines).
+# replay baselines) and returns them: {stream, "offset|epoch", ...} (nothing for a revived
+# one).
 OPEN_SESSION: Final = LEAVE_ALL + """
 if ARGV[2] == '1' then
   leave_all(KEYS[5], ARGV[3], ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
@@ -24,16 +25,20 @@ end
 redis.call('HSET', KEYS[1], '_', ARGV[9])
 redis.call('PERSIST', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+local baselines = {}
 if ARGV[2] == '1' then
   local streams = {[3] = 'all', [4] = 'c:' .. ARGV[1]}
   if ARGV[8] ~= '' then streams[6] = 'u:' .. ARGV[8] end
   for i, stream in pairs(streams) do
     local epoch = redis.call('HGET', KEYS[i], 'epoch')
     local offset = redis.call('HGET', KEYS[i], 'offset') or '0'
-    redis.call('HSET', KEYS[1], 'p:' .. stream, offset .. '|' .. (epoch or ''))
+    local position = offset .. '|' .. (epoch or '')
+    redis.call('HSET', KEYS[1], 'p:' .. stream, position)
+    table.insert(baselines, stream)
+    table.insert(baselines, position)
   end
 end
-return 1
+return baselines
 """
 
 # KEYS: client's group set, session hash, away zset.
@@ -185,11 +190,12 @@ return {offset, epoch, receivers}
 """
 
 # KEYS: stream, meta hash. ARGV: after offset, epoch ('' with offset 0: from the start).
-# Returns {1, envelopes...} when the stream covers everything after `after`, else {0}.
+# Returns {1, envelopes...} when the stream covers everything after `after`, {0, epoch}
+# when the stream is in another epoch than the one asked for, else {0}.
 HISTORY: Final = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then return {1} end
-if ARGV[2] ~= '' and epoch ~= ARGV[2] then return {0} end
+if ARGV[2] ~= '' and epoch ~= ARGV[2] then return {0, epoch} end
 local last = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
 local after = tonumber(ARGV[1])
 if after > last then return {0} end

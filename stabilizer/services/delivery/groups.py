@@ -218,7 +218,8 @@ class Membership:
         closing service's decision: kept while the session is resumable)."""
         for group in conn.groups:
             await self.leave_local(conn, group)
-        self._on_unfollow(client_stream(conn.client_id))
+        if self._ctx.pool.get(conn.client_id) in (None, conn):  # (not replaced here)
+            self._on_unfollow(client_stream(conn.client_id))
         if conn.user_id is not None and not self._ctx.pool.of_user(conn.user_id):
             self._on_unfollow(user_stream(conn.user_id))
 

@@ -118,5 +118,8 @@ class LiveRouter:
     def resubscribing(self) -> None:
         """Nothing to catch up: live delivery is at-most-once."""
 
+    def follow(self, stream: str, offset: int, epoch: str) -> None:
+        """Nothing is tracked per stream."""
+
     def unfollow(self, stream: str) -> None:
         """Nothing is tracked per stream."""

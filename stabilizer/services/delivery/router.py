@@ -46,6 +46,10 @@ class Router(Protocol):
         """The listener lost its subscription and is about to subscribe again."""
         ...
 
+    def follow(self, stream: str, offset: int, epoch: str) -> None:
+        """A local connection receives `stream` from (offset, epoch) on."""
+        ...
+
     def unfollow(self, stream: str) -> None:
         """No local connection receives `stream` any more."""
         ...

@@ -5,7 +5,12 @@ reaches every node, this one included, through its subscription, so all nodes de
 stream in the same order. A node that sees a gap in a stream's offsets fills it from history
 before going on, and tells its clients to resync when it cannot; after a resubscription it
 catches up every stream it follows (the last message of a stream has no successor to reveal
-its loss).
+its loss), each before the stream's next live message.
+
+A node follows every stream a local connection receives from where the connection's promise
+begins: a fresh session's baselines, a resumed client's positions. A new epoch (the stream
+expired, or Redis lost it) starts at offset 1; a node that missed some of a new epoch lost
+what the old one held after its last message too, and tells the stream's clients so.
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ class SequencedRouter:
         self.order = StreamOrder()
         self._lock = asyncio.Lock()  # the listener and a catch-up take turns
         self._catching_up: asyncio.Task[None] | None = None
+        # followed streams not read from history since the subscription was last lost: each
+        # is caught up before its next live message (or by the catch-up task, if none comes)
+        self._stale: set[str] = set()
         self._backend_log = RateLimitedLog(logger)
 
     async def publish(self, target: Target, payload: str | bytes, exclude: str | None,
@@ -130,12 +138,15 @@ class SequencedRouter:
                 await self._deliver(stream, envelope, Frame.of(envelope.payload))
             return
         async with self._lock:
+            if stream in self._stale:  # what the lost subscription missed comes first
+                self._stale.discard(stream)
+                await self._fill(stream, epoch=envelope.epoch)
             step = self.order.classify(stream, envelope.offset, envelope.epoch)
             if step is Step.DUPLICATE:
                 return
             if step is Step.GAP:
                 self._ctx.stats.stream_gaps += 1
-                await self._fill(stream, before=envelope.offset)
+                await self._fill(stream, before=envelope.offset, epoch=envelope.epoch)
             await self._deliver_in_order(stream, envelope)
 
     async def _deliver_in_order(self, stream: str, envelope: Envelope) -> None:
@@ -150,20 +161,28 @@ class SequencedRouter:
             await self._fanout.deliver(destination, frame, envelope.exclude, stream=stream,
                                        offset=envelope.offset, epoch=envelope.epoch)
 
-    async def _fill(self, stream: str, *, before: int | None = None) -> None:
-        """Deliver what `stream` holds after the last offset delivered here (up to `before`);
-        tell the stream's local clients to resync when the history does not cover it."""
+    async def _fill(self, stream: str, *, before: int | None = None,
+                    epoch: str | None = None) -> None:
+        """Deliver what `stream` holds after the last offset delivered here (up to `before`,
+        when a message of `epoch` revealed the gap); tell the stream's local clients to
+        resync when the history does not cover it."""
         last = self.order.last(stream)
         if last is None:
             return
-        found: History | None
-        try:
-            found = await self._ctx.ask(self._ctx.backend.history.read(stream, *last))
-        except BackendUnavailable:
-            found = None
+        ended = False
+        if epoch is not None and last[1] not in ("", epoch):
+            ended = True  # part of a new epoch was missed: the old one's end may have been
+            self._epoch_ended(stream, last, epoch)
+        found = await self._read(stream)
+        if found is not None and found.epoch is not None and not ended:
+            ended = True
+            self._epoch_ended(stream, last, found.epoch)
+            found = await self._read(stream)
         if found is None or not found.covered:
-            logger.warning("stream %s after offset %d could not be recovered", stream, last[0])
-            self._tell_to_resync(stream)
+            if not ended:  # (the clients were told already)
+                logger.warning("stream %s after offset %d could not be recovered", stream,
+                               last[0])
+                self._tell_to_resync(stream)
             return
         filled = 0
         for raw in found.envelopes:
@@ -179,34 +198,68 @@ class SequencedRouter:
         if before is not None or filled:
             self._ctx.stats.gaps_filled += 1
 
+    async def _read(self, stream: str) -> History | None:
+        """The history of `stream` after its last offset delivered here; None when the
+        backend did not answer."""
+        last = self.order.last(stream)
+        assert last is not None
+        try:
+            return await self._ctx.ask(self._ctx.backend.history.read(stream, *last))
+        except BackendUnavailable:
+            return None
+
+    def _epoch_ended(self, stream: str, last: tuple[int, str], epoch: str) -> None:
+        """`stream` went on in `epoch` after this node's last message of the one before: what
+        that one held after it is gone. Its clients resync; the new one is delivered from
+        its start."""
+        logger.warning("stream %s began epoch %s after offset %d of epoch %s, not all of "
+                       "which this node delivered", stream, epoch, last[0], last[1])
+        self._tell_to_resync(stream)
+        self.order.start_over(stream, epoch)
+
     def resubscribing(self) -> None:
         """Catch up every followed stream once the new subscription is confirmed (one
-        catch-up pending at a time, however often the subscription is lost meanwhile)."""
+        catch-up task at a time, however often the subscription is lost meanwhile)."""
+        self._stale.update(self.order.streams())
+        self._catch_up_soon()
+
+    def _catch_up_soon(self) -> None:
         if self._catching_up is None or self._catching_up.done():
             self._catching_up = self._ctx.tasks.spawn(self._catch_up_when_subscribed(),
                                                       name="stabilizer-catch-up")
 
     async def _catch_up_when_subscribed(self) -> None:
-        await self._ctx.backend.routing.subscribed.wait()
-        try:
-            await self.catch_up()
-        except Exception:
-            logger.exception("catching up after a resubscription failed")
+        subscribed = self._ctx.backend.routing.subscribed
+        while self._stale:  # (a loss during a catch-up makes streams stale again)
+            await subscribed.wait()
+            try:
+                await self.catch_up()
+            except Exception:
+                logger.exception("catching up after a resubscription failed")
+                return
 
     async def catch_up(self) -> None:
-        """Deliver what every followed stream received while the subscription was down."""
+        """Deliver what every followed stream received while the subscription was down
+        (those its listener has not caught up already)."""
+        subscribed = self._ctx.backend.routing.subscribed
         async with self._lock:
-            for stream in self.order.streams():
-                await self._fill(stream)
+            while self._stale and subscribed.is_set():
+                await self._fill(self._stale.pop())
 
     def follow(self, stream: str, offset: int, epoch: str) -> None:
-        """A resumed client holds (offset, epoch) on `stream`: follow it from there if this
-        node does not yet, so that a catch-up covers what is lost after it."""
-        self.order.start(stream, offset, epoch)
+        """A local connection receives `stream` from (offset, epoch) on (a fresh session's
+        baseline, a resumed client's position): follow it from there if this node does not
+        yet, so that a catch-up covers what is lost after it."""
+        if self.order.last(stream) is None:
+            self.order.start(stream, offset, epoch)
+            if not self._ctx.backend.routing.subscribed.is_set():
+                self._stale.add(stream)  # (what the subscription loses meanwhile)
+                self._catch_up_soon()
 
     def unfollow(self, stream: str) -> None:
         """Forget the order of a stream no local connection receives."""
         self.order.forget(stream)
+        self._stale.discard(stream)
 
     def _tell_to_resync(self, stream: str) -> None:
         frame = Frame.text(resume_frame(0, [stream]))

@@ -15,14 +15,15 @@ from tests.support.redis_server import (
     ExternalRedis,
     NoRedisServer,
     RedisClusterServers,
+    RedisSentinelSetup,
     RedisServer,
 )
 
 _NAMESPACES = itertools.count(1)
 _E2E = Path(__file__).resolve().parent / "e2e"
 #: Fixtures that start or hand out a real Redis: a test asking for one is marked `redis`.
-REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "redis_cluster", "private_redis",
-                            "private_cluster"})
+REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "redis_cluster", "redis_sentinel",
+                            "private_redis", "private_cluster"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
@@ -64,6 +65,18 @@ def redis_cluster() -> Iterator[RedisClusterServers]:
         pytest.fail(str(exc), pytrace=False)
     with servers:
         yield servers
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinelSetup]:
+    """A master, a replica and a sentinel for the session (fails, never skips, without
+    Redis); `url` is its redis+sentinel:// URL."""
+    try:
+        setup = RedisSentinelSetup()
+    except NoRedisServer as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with setup:
+        yield setup
 
 
 @pytest.fixture

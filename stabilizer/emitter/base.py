@@ -54,8 +54,16 @@ def emitter_config(redis_url: str | None, namespace: str | None, client: Any,
     `namespace` and the other `settings` (config fields) replaced.
 
     Raises:
-        ConfigError: no Redis is named, or a setting is invalid or unknown.
+        ConfigError: no Redis is named, `client` is no redis.asyncio client, or a setting
+            is invalid or unknown.
     """
+    if client is not None and not callable(getattr(client, "register_script", None)):
+        # e.g. a MemoryHub: its replicas share one process and no Redis, so nothing outside
+        # that process can reach them (the RedisBackend would fail on it with AttributeError)
+        raise ConfigError(
+            f"an Emitter's client must be a redis.asyncio client (Redis, RedisCluster or a "
+            f"Sentinel's master), not {type(client).__name__}; replicas on a MemoryHub are "
+            "reached through their manager")
     changes = dict(settings)
     if redis_url is not None:
         changes["redis_url"] = redis_url

@@ -307,6 +307,10 @@ class Connection(SocketWriter):
         self._groups.add(group)
         self._changed_groups = True
 
+    def changing_groups(self) -> None:
+        """A change of its local memberships began (it lists a joined group once done)."""
+        self._changed_groups = True
+
     def leave(self, group: str) -> None:
         """Drop local membership of `group`."""
         self._changed_groups = True

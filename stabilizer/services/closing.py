@@ -199,8 +199,11 @@ class Closing:
         # the session's end (the client would stay a member for good)
         async with self._membership.turn(conn.client_id):
             # with a doubt (a MEMBERSHIP envelope lost with the subscription), the backend
-            # may list groups this node never applied: leave them there all the same
-            had_groups = bool(conn.groups) or self._membership.in_doubt
+            # may list groups this node never applied: leave them there all the same; so
+            # for a join that wrote the backend but found the socket closing (it lists a
+            # group only once its node follows it)
+            had_groups = (bool(conn.groups) or conn.changed_groups
+                          or self._membership.in_doubt)
             await self._membership.forget(conn)
             if code != CloseCode.REPLACED:
                 await self._settle_session(conn, code, keep_session, had_groups)

@@ -195,10 +195,6 @@ async def test_join_and_leave_a_group_for_a_client_on_a_replica(replicas: Build)
         await emitter.join_group("ghost", "room")
 
 
-@pytest.mark.xfail(reason="defect: Connection.groups lists a remote join before its node "
-                          "subscribed and added the connection to the group's fan-out "
-                          "(services/delivery/groups.py join_local), so a message sent once "
-                          "it shows can miss the client; fails in most runs", strict=False)
 async def test_a_remote_join_is_in_effect_once_the_connection_lists_it(
     replicas: Build,
 ) -> None:

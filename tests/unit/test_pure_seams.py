@@ -119,6 +119,8 @@ def test_a_stream_followed_from_before_its_first_message_waits_for_offset_one() 
     ('{"a\\"[[[": [1, "e"]}', 2, True),  # nor after an escaped quote
     ("[" * 100_000, 2, False),
     ("", 2, True),
+    ("[[]]", 2, True), ("[[[]]]", 2, False),  # as many brackets as the limit: no scan
+    ('["' + "x" * 10_000 + '"]', 1, True),
 ])
 def test_nesting_is_measured_outside_strings(text: str, limit: int, within: bool) -> None:
     assert nesting_within(text, limit) is within

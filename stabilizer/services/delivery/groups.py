@@ -19,6 +19,7 @@ the backend between a local change and its write.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -49,6 +50,8 @@ class Membership:
         self._events = events
         self._on_unfollow = on_unfollow  # a stream no local connection follows any more
         self._members: dict[str, set[Connection]] = {}
+        # groups whose channel is being subscribed: their next joiners wait for it too
+        self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._turns = Turns()  # one change of a client's local memberships at a time
         self._losses = 0  # subscriptions lost: MEMBERSHIP envelopes may have gone with them
         self._settled = 0  # the losses a node-wide settle after resubscribing covered
@@ -171,20 +174,30 @@ class Membership:
 
     async def join_local(self, conn: Connection, group: str) -> None:
         """Record local membership; follow the group's channel on its first local member.
-        A connection that is closing joins nothing (its memberships were forgotten)."""
+        The connection lists the group once this node receives it (the subscribe was
+        confirmed), so a message sent after it shows reaches the client. A connection
+        that is closing joins nothing (its memberships were forgotten)."""
         if not conn.is_open:
             return
-        conn.join(group)
+        conn.changing_groups()  # (a socket replaced meanwhile hands its groups over)
         members = self._members.get(group)
         if members is None:
             members = self._members[group] = set()
+            subscribed = self._subscribing[group] = asyncio.get_running_loop().create_future()
             try:
                 await self._ctx.ask(self._ctx.backend.groups.subscribe(group))
             except BackendUnavailable as exc:
                 self._backend_log.warning("group %r not subscribed yet (backend down); the "
                                           "listener resubscribes when it reconnects", group,
                                           exc=exc)
+            finally:
+                if self._subscribing.get(group) is subscribed:
+                    del self._subscribing[group]
+                subscribed.set_result(None)
+        elif (subscribing := self._subscribing.get(group)) is not None:
+            await asyncio.shield(subscribing)
         if conn.state is State.OPEN:  # (the subscribe was awaited: it may have closed)
+            conn.join(group)
             members.add(conn)
         elif not members and self._members.get(group) is members:
             await self._unfollow(group)  # it closed while we subscribed

@@ -206,8 +206,8 @@ class Membership:
         """Drop local membership; stop following the group when its last local member left."""
         conn.leave(group)
         members = self._members.get(group)
-        if members is None:
-            return
+        if members is None or conn not in members:
+            return  # (not a member here: a first member's subscribe may be under way)
         members.discard(conn)
         if not members:
             await self._unfollow(group)

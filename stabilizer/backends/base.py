@@ -394,11 +394,12 @@ class Backend(Protocol):
         ...
 
     async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False,
-                   sessions: bool = False) -> None:
+                   sessions: bool = False, receives: bool = True) -> None:
         """Connect for `node_id`; `tasks` owns any background task the backend needs;
         with `events`, membership changes are published as cluster events; with `sessions`
         (history on), a membership change names its client's session holder, else the
-        connection presence names.
+        connection presence names. Without `receives` (an emitter) nothing is ever
+        delivered to `node_id`.
 
         Raises:
             BackendUnavailable: the store cannot be reached now (the node still starts).

@@ -12,6 +12,7 @@ from typing import Any, Final, Self, TypeVar
 
 from stabilizer.backends.base import Backend
 from stabilizer.backends.factory import backend_for
+from stabilizer.backends.memory import MemoryBackend, MemoryHub
 from stabilizer.config import WebSocketConfig
 from stabilizer.errors import (
     AuthenticationError,
@@ -54,16 +55,15 @@ def emitter_config(redis_url: str | None, namespace: str | None, client: Any,
     `namespace` and the other `settings` (config fields) replaced.
 
     Raises:
-        ConfigError: no Redis is named, `client` is no redis.asyncio client, or a setting
-            is invalid or unknown.
+        ConfigError: no Redis (nor hub) is named, `client` is neither a redis.asyncio
+            client nor a MemoryHub, or a setting is invalid or unknown.
     """
-    if client is not None and not callable(getattr(client, "register_script", None)):
-        # e.g. a MemoryHub: its replicas share one process and no Redis, so nothing outside
-        # that process can reach them (the RedisBackend would fail on it with AttributeError)
+    hub = isinstance(client, MemoryHub)
+    if client is not None and not hub and not callable(
+            getattr(client, "register_script", None)):
         raise ConfigError(
             f"an Emitter's client must be a redis.asyncio client (Redis, RedisCluster or a "
-            f"Sentinel's master), not {type(client).__name__}; replicas on a MemoryHub are "
-            "reached through their manager")
+            f"Sentinel's master) or the replicas' MemoryHub, not {type(client).__name__}")
     changes = dict(settings)
     if redis_url is not None:
         changes["redis_url"] = redis_url
@@ -74,7 +74,10 @@ def emitter_config(redis_url: str | None, namespace: str | None, client: Any,
     except TypeError as exc:  # a keyword that is no config field, or a value of no sense
         raise ConfigError(f"invalid Emitter setting: {exc}") from exc
     if client is None and built.redis_url is None:
-        raise ConfigError("an Emitter needs the replicas' Redis: redis_url=... or client=...")
+        raise ConfigError("an Emitter needs the replicas' Redis (redis_url=... or client=...),"
+                          " or, in their process, their MemoryHub (client=hub)")
+    if hub and built.redis_url is not None:
+        raise ConfigError("an Emitter on a MemoryHub takes no redis_url")
     return built
 
 
@@ -85,7 +88,8 @@ class EmitterBase:
                  client: Any = None, config: WebSocketConfig | None = None,
                  **settings: object) -> None:
         self._config = emitter_config(redis_url, namespace, client, config, settings)
-        self._backend: Backend = backend_for(self._config, client)
+        self._backend: Backend = (MemoryBackend(client) if isinstance(client, MemoryHub)
+                                  else backend_for(self._config, client))
         self._origin = emitter_origin()
         self._tasks = TaskOwner()  # the backend's helper tasks (pipelined script batches)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,7 +151,8 @@ class EmitterBase:
                 if not self._opened:  # PING and SCRIPT LOAD: two round trips
                     await self._ask(self._backend.open(
                         self._origin, self._tasks, events=self._config.cluster_events,
-                        sessions=self._config.history_enabled), round_trips=2)
+                        sessions=self._config.history_enabled, receives=False),
+                        round_trips=2)
                     self._opened = True
         return self._backend
 

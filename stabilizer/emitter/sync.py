@@ -17,10 +17,11 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from stabilizer.backends.base import Presence
+from stabilizer.backends.memory import MemoryHub
 from stabilizer.config import CloseCode, WebSocketConfig
 from stabilizer.emitter.base import emitter_config
 from stabilizer.emitter.emitter import Emitter
-from stabilizer.errors import BackendUnavailable, WebSocketStabilizerError
+from stabilizer.errors import BackendUnavailable, ConfigError, WebSocketStabilizerError
 from stabilizer.pure.text import Message
 from stabilizer.results import BroadcastResult
 
@@ -78,6 +79,9 @@ class SyncEmitter:
             return Emitter(redis_url, namespace=namespace, client=client, config=config,
                            **settings)
 
+        if isinstance(client, MemoryHub):  # its queues belong to the replicas' event loop
+            raise ConfigError("a SyncEmitter runs its own event loop, which a MemoryHub's "
+                              "replicas do not share: use an Emitter in their loop")
         self._make = make
         self._config = emitter_config(redis_url, namespace, client, config, settings)
         self._runner: _Runner | None = None

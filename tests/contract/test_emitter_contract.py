@@ -1,7 +1,7 @@
 """One emitter contract, run on every topology the replicas can use: plain Redis, Redis
-Cluster (sharded pub/sub, presence over 4 buckets) and Sentinel, each with two replicas
-(managers on fake sockets) and an emitter given their settings. Replicas on a MemoryHub
-share one process and no Redis: an emitter cannot reach them, and says so."""
+Cluster (sharded pub/sub, presence over 4 buckets), Sentinel, and a MemoryHub (replicas in
+one process: the emitter shares their event loop and their hub), each with two replicas
+(managers on fake sockets) and an emitter given their settings."""
 
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ from tests.support.redis_server import (
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 HISTORY = {"history_size": 100, "history_ttl": 60.0, "session_ttl": 60.0}
-TOPOLOGIES = [pytest.param(name, marks=pytest.mark.redis) for name in
-              ("redis", "cluster", "sentinel")]
+REDIS_TOPOLOGIES = [pytest.param(name, marks=pytest.mark.redis) for name in
+                    ("redis", "cluster", "sentinel")]
+TOPOLOGIES = [*REDIS_TOPOLOGIES, "memory-hub"]
 
 Replicas = tuple[WebSocketConnectionManager, WebSocketConnectionManager, Emitter]
 Build = Callable[..., Awaitable[Replicas]]
@@ -53,6 +54,8 @@ def topology(request: pytest.FixtureRequest) -> dict[str, object]:
     if request.param == "cluster":
         return {"redis_url": request.getfixturevalue("redis_cluster").url,
                 "redis_cluster": True, "presence_buckets": 4}
+    if request.param == "memory-hub":
+        return {"hub": MemoryHub()}
     return {"redis_url": request.getfixturevalue("redis_sentinel").url}
 
 
@@ -64,11 +67,13 @@ async def replicas(make_manager: ManagerFactory, topology: dict[str, object],
 
     async def build(**settings: Any) -> Replicas:
         shared = {**topology, "namespace": namespace, **settings}
-        a, b = (make_manager(WebSocketConfig(node_id=f"node-{name}", **QUIET, **shared))
+        hub = shared.pop("hub", None)
+        a, b = (make_manager(WebSocketConfig(node_id=f"node-{name}", **QUIET, **shared),
+                             backend=MemoryBackend(hub) if hub is not None else None)
                 for name in "ab")
         await a.start()
         await b.start()
-        emitter = Emitter(**shared)  # type: ignore[arg-type]  # config fields, checked there
+        emitter = Emitter(client=hub, **shared)  # type: ignore[arg-type]  # checked there
         emitters.append(emitter)
         return a, b, emitter
 
@@ -289,6 +294,7 @@ async def test_with_history_emitted_messages_are_sequenced_and_resumed(replicas:
 # --- the blocking emitter ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("topology", REDIS_TOPOLOGIES, indirect=True)
 async def test_sync_emitter_reaches_replicas_from_a_worker_thread(
     replicas: Build, topology: dict[str, object], namespace: str
 ) -> None:
@@ -406,7 +412,7 @@ async def test_an_unreachable_redis_raises_backend_unavailable(settings: dict[st
 # --- memory ----------------------------------------------------------------------------
 
 
-async def test_replicas_on_a_memory_hub_cannot_have_an_emitter(
+async def test_on_a_memory_hub_only_an_emitter_in_the_replicas_loop_reaches_them(
     make_manager: ManagerFactory, namespace: str
 ) -> None:
     hub = MemoryHub()
@@ -415,15 +421,17 @@ async def test_replicas_on_a_memory_hub_cannot_have_an_emitter(
     await a.start()
     assert a.backend.name == "memory"
     with pytest.raises(ConfigError, match="needs the replicas' Redis"):
-        Emitter(config=a.config)
-    with pytest.raises(ConfigError, match="needs the replicas' Redis"):
-        SyncEmitter(config=a.config)
-    for store in (hub, a.backend):  # not a Redis client, however shared
-        with pytest.raises(ConfigError, match=r"redis\.asyncio client"):
-            Emitter(client=store, namespace=namespace)
-        with pytest.raises(ConfigError, match=r"redis\.asyncio client"):
-            SyncEmitter(client=store, namespace=namespace)
+        Emitter(config=a.config)  # no Redis, no hub: nothing to reach the replicas by
+    with pytest.raises(ConfigError, match="its own event loop"):
+        SyncEmitter(client=hub, namespace=namespace)
+    with pytest.raises(ConfigError, match=r"redis\.asyncio client"):
+        Emitter(client=a.backend, namespace=namespace)  # a backend is not the hub
+    with pytest.raises(ConfigError, match="no redis_url"):
+        Emitter("redis://127.0.0.1:1", client=hub, namespace=namespace)
     sock = FakeSocket("x")
     await a.connect("x", sock)
-    assert await a.send_to_client("x", "the manager is the way in") is True
-    assert await sock.next() == "the manager is the way in"
+    async with Emitter(client=hub, namespace=namespace) as emitter:
+        assert await emitter.send_to_client("x", "through the hub") is True
+        assert await sock.next() == "through the hub"
+        assert await emitter.get_nodes() == [a.node_id]  # the emitter is no node
+    assert hub.inboxes.keys() == {a.node_id}

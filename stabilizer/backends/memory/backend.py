@@ -67,15 +67,17 @@ class MemoryBackend:
         return self._node.hub
 
     async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False,
-                   sessions: bool = False) -> None:
-        """Join the hub as `node_id` (this backend starts no task of its own)."""
+                   sessions: bool = False, receives: bool = True) -> None:
+        """Join the hub as `node_id` (this backend starts no task of its own); without
+        `receives` (an emitter) it gets no inbox and holds no clients."""
         node = self._node
         node.node_id = node_id
         node.closed = False
         node.events = events
         node.sessions = sessions
-        node.hub.inboxes[node_id] = asyncio.Queue(self._inbox_size)
-        node.hub.node_clients.setdefault(node_id, set())
+        if receives:
+            node.hub.inboxes[node_id] = asyncio.Queue(self._inbox_size)
+            node.hub.node_clients.setdefault(node_id, set())
 
     async def aclose(self) -> None:
         """Leave the hub (presence stays, as after a crash, unless unregister_node ran)."""

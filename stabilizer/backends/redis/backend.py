@@ -103,9 +103,10 @@ class RedisBackend:
         return self._core.client
 
     async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False,
-                   sessions: bool = False) -> None:
+                   sessions: bool = False, receives: bool = True) -> None:
         """Take the node's identity and task owner; check that Redis answers and load the
-        scripts."""
+        scripts (a node receives only once its listener subscribes: `receives` changes
+        nothing here)."""
         core = self._core
         core.node_id = node_id
         core.tasks = tasks

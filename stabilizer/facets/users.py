@@ -6,20 +6,30 @@ from stabilizer.backends.base import Presence
 from stabilizer.config import CloseCode
 from stabilizer.facets.base import Facet
 from stabilizer.pure.text import Message, encode_message, json_value
+from stabilizer.pure.users import is_user_id
 
 
 class UsersFacet(Facet):
     """Sends to, disconnects and lists a user's connections (tabs, devices) cluster-wide."""
 
-    async def send_to_user(self, user_id: str, message: Message) -> int:
+    async def send_to_user(self, user_id: str, message: Message, *, ack: bool = False,
+                           timeout: float = 10.0) -> int:
         """Send to every connection of `user_id` on every node; return how many
         connections it reached (with history: how many the user had, each gets it in
         order and again on resume). 0 for an unknown or invalid user.
+
+        With ``ack=True``, wait (up to `timeout` seconds) until every connection it reached
+        acknowledged it, and return how many did (a plain-protocol client cannot).
 
         Raises:
             TypeError: the message is not text, bytes or JSON-serializable.
         """
         payload = encode_message(message)
+        if ack:
+            if not is_user_id(user_id):
+                return 0
+            return await self._node.sessions.acks.send_to_user(
+                user_id, payload, json_value(message), timeout)
         return await self._node.users.send(user_id, payload, json_value(message))
 
     async def disconnect_user(self, user_id: str, *, code: int = CloseCode.NORMAL,

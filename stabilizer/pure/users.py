@@ -26,6 +26,11 @@ DEVICE_SEPARATOR: Final = "/"
 _DEVICE: Final = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 
 
+def is_user_id(user_id: object) -> bool:
+    """True for a string a user id can be (what the API accepts without raising)."""
+    return isinstance(user_id, str) and 0 < len(user_id) <= MAX_USER_ID_LENGTH
+
+
 def check_user_id(user_id: object) -> str:
     """Return `user_id` if usable: a non-empty string of at most 256 characters, valid
     UTF-8.

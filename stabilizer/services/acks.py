@@ -26,13 +26,36 @@ from stabilizer.services.delivery.router import Router
 logger = logging.getLogger(__name__)
 
 
+class _Waiting:
+    """What came back for one reference: acknowledgements, and refusals (plain clients)."""
+
+    __slots__ = ("acked", "expected", "refused", "settled")
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.refused = 0
+        self.expected: int | None = None  # how many connections it reached, once known
+        self.settled = asyncio.Event()
+
+    def count(self, outcome: str | None) -> None:
+        if outcome == UNSUPPORTED:
+            self.refused += 1
+        else:
+            self.acked += 1
+        self.check()
+
+    def check(self) -> None:
+        if self.expected is not None and self.acked + self.refused >= self.expected:
+            self.settled.set()
+
+
 class Acks:
     """The acknowledgements this node waits for, and those its clients send back."""
 
     def __init__(self, ctx: NodeContext, router: Router) -> None:
         self._ctx = ctx
         self._router = router
-        self._waiting: dict[str, asyncio.Future[str | None]] = {}
+        self._waiting: dict[str, _Waiting] = {}
         self._backend_log = RateLimitedLog(logger)
 
     async def send(self, client_id: str, payload: str | bytes, value: object,
@@ -45,30 +68,50 @@ class Acks:
             AckUnsupportedError: delivered to a plain client, which cannot acknowledge.
         """
         ref = secrets.token_hex(8)
-        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._waiting[ref] = answer
+        waiting = self._waiting[ref] = _Waiting()
         try:
             if not await self._router.send(client_id, payload, value, ack=ref):
                 return False
-            try:
-                async with asyncio.timeout(timeout):
-                    outcome = await answer
-            except TimeoutError as exc:
+            if not await self._settled(waiting, 1, timeout):
                 raise AckTimeoutError(
-                    f"client {client_id!r} did not acknowledge within {timeout:g}s") from exc
+                    f"client {client_id!r} did not acknowledge within {timeout:g}s")
         finally:
-            self._waiting.pop(ref, None)
-        if outcome == UNSUPPORTED:
+            del self._waiting[ref]
+        if waiting.refused:
             raise AckUnsupportedError(
                 f"client {client_id!r} got the message but cannot acknowledge it (plain "
                 "protocol: acknowledgements need protocol v2)")
         return True
 
+    async def send_to_user(self, user_id: str, payload: str | bytes, value: object,
+                           timeout: float) -> int:
+        """Send to every connection of `user_id`; wait up to `timeout` seconds for each
+        one it reached to acknowledge it; return how many did (plain clients cannot)."""
+        ref = secrets.token_hex(8)
+        waiting = self._waiting[ref] = _Waiting()
+        try:
+            reached = await self._router.send_to_user(user_id, payload, value, ack=ref)
+            await self._settled(waiting, reached, timeout)
+        finally:
+            del self._waiting[ref]
+        return waiting.acked
+
+    @staticmethod
+    async def _settled(waiting: _Waiting, expected: int, timeout: float) -> bool:
+        waiting.expected = expected
+        waiting.check()
+        try:
+            async with asyncio.timeout(timeout):
+                await waiting.settled.wait()
+        except TimeoutError:
+            return False
+        return True
+
     def settle(self, ref: str | None, outcome: str | None) -> None:
         """An ACK envelope (or this node's own client) answered reference `ref`."""
-        answer = self._waiting.get(ref) if ref is not None else None
-        if answer is not None and not answer.done():
-            answer.set_result(outcome)
+        waiting = self._waiting.get(ref) if ref is not None else None
+        if waiting is not None:
+            waiting.count(outcome)
 
     def acked(self, conn: Connection, token: object) -> bool:
         """`conn`'s client acknowledged `token`; False when it is no token it was sent."""

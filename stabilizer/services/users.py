@@ -17,7 +17,7 @@ from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.text import is_text
-from stabilizer.pure.users import MAX_USER_ID_LENGTH
+from stabilizer.pure.users import is_user_id
 from stabilizer.pure.wire import Envelope, Kind, close_body, encode
 from stabilizer.services.closing import Closing
 from stabilizer.services.delivery.router import Router
@@ -27,11 +27,6 @@ logger = logging.getLogger(__name__)
 #: Close codes an application may close a user's connections with (RFC 6455: 1000, the
 #: server-side codes, and the 3000-4999 ranges for libraries and applications).
 _SENDABLE = frozenset({1000, 1001, 1008, 1011, 1012, 1013})
-
-
-def is_user_id(user_id: object) -> bool:
-    """True for a string a user id can be (what the API accepts without raising)."""
-    return isinstance(user_id, str) and 0 < len(user_id) <= MAX_USER_ID_LENGTH
 
 
 def check_close_code(code: object) -> int:

@@ -105,3 +105,33 @@ async def test_only_a_token_the_socket_was_sent_acknowledges(v2_replicas: V2Repl
         await ws.send(json.dumps({"type": "ack", "id": frame["ack"]}))
         async with asyncio.timeout(10):
             assert await asking == {"acked": True}
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("history", [0, 100], ids=["live", "history"])
+async def test_a_users_send_counts_the_connections_that_handled_it(
+    v2_replicas: V2Replicas, history: int,
+) -> None:
+    left, right = v2_replicas(2, history_size=history)
+    token = left.post("/admin/token/alice")["token"]
+    async with user(left, "alice") as tab, user(right, "alice") as other_tab, raw_connect(
+            f"{left.ws}/ws", additional_headers={"Authorization": f"Bearer {token}"}) as plain:
+        assert json.loads(await plain.recv())["type"] == "session"
+        asking = asyncio.create_task(asyncio.to_thread(
+            right.post, "/admin/send_user_acked/alice?timeout=10", {"message": "for all"}))
+        async with asyncio.timeout(10):
+            assert await tab.recv() == "for all"
+            assert await other_tab.recv() == "for all"
+            assert "for all" in await plain.recv()  # a plain client: delivered, no ack
+        assert not asking.done()
+        following = [await handled(tab), await handled(other_tab)]
+        async with asyncio.timeout(15):
+            assert await asking == {"acked": 2}
+        for task in following:
+            task.cancel()
+        hurried = await asyncio.to_thread(
+            right.post, "/admin/send_user_acked/alice?timeout=0.3", {"message": "fast"})
+        assert hurried == {"acked": 0}  # nobody handled it in time
+        assert await asyncio.to_thread(
+            right.post, "/admin/send_user_acked/nobody?timeout=1", {"message": "x"}) == {
+            "acked": 0}

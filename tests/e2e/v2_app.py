@@ -161,6 +161,14 @@ async def send_acked(client_id: str, timeout: float = 5.0,
         return {"error": type(exc).__name__}
 
 
+@app.post("/admin/send_user_acked/{user_id}")
+async def send_user_acked(user_id: str, timeout: float = 5.0,
+                          body: dict[str, Any] = Body(...)) -> dict[str, int]:
+    """send_to_user with ack=True: how many of the user's connections acknowledged."""
+    return {"acked": await manager.send_to_user(user_id, body["message"], ack=True,
+                                                timeout=timeout)}
+
+
 @app.get("/admin/held")
 async def held_calls() -> dict[str, int]:
     return dict(held)

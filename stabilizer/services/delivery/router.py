@@ -32,10 +32,10 @@ class Router(Protocol):
         ...
 
     async def send_to_user(self, user_id: str, payload: str | bytes,
-                           value: object = None) -> int:
+                           value: object = None, ack: str | None = None) -> int:
         """Deliver to every connection of a user wherever it is; return how many
         connections it reached (with history: how many the user had when it was
-        sequenced)."""
+        sequenced). With `ack`, each connection is asked to acknowledge it."""
         ...
 
     async def receive(self, envelope: Envelope) -> None:

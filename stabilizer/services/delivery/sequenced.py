@@ -52,8 +52,8 @@ def history_frame(stream: str, envelope: Envelope) -> Frame:
     """The client frame of a sequenced envelope (a direct message sent with an ack
     reference asks its client to acknowledge it)."""
     assert envelope.payload is not None
-    token = (ack_token(envelope.origin, envelope.ref)
-             if envelope.kind is Kind.DIRECT and envelope.ref is not None else None)
+    token = (ack_token(envelope.origin, envelope.ref) if envelope.ref is not None
+             and envelope.kind in (Kind.DIRECT, Kind.USER) else None)
     frame = Frame.text(message_frame(stream, envelope.offset, envelope.epoch,
                                      envelope.payload, token))
     frame.ack = token
@@ -92,10 +92,10 @@ class SequencedRouter:
         return bool(result.offset) or result.succeeded > 0
 
     async def send_to_user(self, user_id: str, payload: str | bytes,
-                           value: object = None) -> int:
+                           value: object = None, ack: str | None = None) -> int:
         """Sequence on the user's stream; every node holding one of its connections delivers
         it (this one included, from its subscription)."""
-        envelope = Envelope(Kind.USER, self._ctx.node_id, user_id, payload)
+        envelope = Envelope(Kind.USER, self._ctx.node_id, user_id, payload, ref=ack)
         result = await self._sequence(Target("user", user_id), envelope)
         return result.succeeded if result.offset is None else result.remote_nodes
 

@@ -1,5 +1,6 @@
 """Chat on stabilizer: users log in, get a JWT, connect with protocol v2; every tab of a
-user is its own connection, and "@name text" reaches every tab of that user.
+user is its own connection, "@name text" reaches every tab of that user, and "/who" calls
+a remote procedure that lists who is online on every replica.
 
 Run: python -m examples.chat   (then open http://127.0.0.1:8000, in two tabs if you like)
 With STABILIZER_REDIS_URL set, every replica shares presence, users and broadcasts; set
@@ -14,7 +15,7 @@ from pathlib import Path
 from fastapi import Body, FastAPI, HTTPException, WebSocket
 from fastapi.responses import HTMLResponse
 
-from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer import RPCCall, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.auth import JWTAuthenticator
 from stabilizer.fastapi import lifespan, router, session
 
@@ -50,6 +51,18 @@ async def chat(websocket: WebSocket) -> None:
                     await manager.send_to_user(conn.user_id, note)
             else:
                 await manager.broadcast({"user": conn.user_id, "message": message})
+
+
+@manager.rpc("who")
+async def who(call: RPCCall) -> list[str]:
+    """The users online on every replica (the first 100), for the page's "/who"."""
+    users: set[str] = set()
+    async for presence in manager.get_cluster_connections():
+        if presence.user_id is not None:
+            users.add(presence.user_id)
+            if len(users) == 100:
+                break
+    return sorted(users)
 
 
 @app.get("/")

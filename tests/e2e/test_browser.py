@@ -441,6 +441,8 @@ async def test_chat_page_survives_a_restart_of_its_replica_behind_nginx(
         await wait_lines(page, *(f"python: {text}" for text in meanwhile))
         await say(page, "still here")
         assert (await next_chat(peer, "browser"))["message"] == "still here"
+        await say(page, "/who")  # a remote procedure: users on every replica
+        await wait_lines(page, "online: browser, python")
 
         await asyncio.to_thread(victim.start)  # the same port again
         rejoined = await chat_peer(victim, "rejoined")

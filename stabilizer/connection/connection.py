@@ -56,6 +56,7 @@ class Connection(SocketWriter):
         "_acks",
         "_changed_groups",
         "_close_waiter",
+        "_forgotten",
         "_groups",
         "_held",
         "_on_fail",
@@ -109,6 +110,7 @@ class Connection(SocketWriter):
         self._close_waiter: asyncio.Event | None = None  # made when someone waits for it
         self._registered = _UNRECORDED  # what the shared store knows of it
         self._acks: dict[str, None] | None = None  # ack tokens of frames sent, oldest first
+        self._forgotten: list[str] | None = None  # tokens dropped from `_acks`, to report
         self._last_activity = time.monotonic()
         self._outbox = None
         self._queued_bytes = 0
@@ -205,9 +207,19 @@ class Connection(SocketWriter):
         acks = self._acks
         if acks is None:
             acks = self._acks = {}
-        elif len(acks) >= _MAX_ACKS:  # a client that never acks: forget the oldest
-            del acks[next(iter(acks))]
+        elif len(acks) >= _MAX_ACKS:  # too many unacknowledged: forget the oldest
+            oldest = next(iter(acks))
+            del acks[oldest]
+            if self._forgotten is None:
+                self._forgotten = []
+            self._forgotten.append(oldest)
         acks[token] = None
+
+    def take_forgotten(self) -> list[str]:
+        """The ack tokens forgotten since the last call (over the _MAX_ACKS it keeps): an
+        acknowledgement of them is no longer taken, so their senders must be told."""
+        forgotten, self._forgotten = self._forgotten, None
+        return forgotten or []
 
     def take_ack(self, token: str) -> bool:
         """The client acknowledged `token`: True if it was sent a frame carrying it (each

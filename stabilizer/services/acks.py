@@ -18,7 +18,7 @@ from stabilizer.connection.connection import Connection
 from stabilizer.errors import AckTimeoutError, AckUnsupportedError, BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
-from stabilizer.pure.acks import UNSUPPORTED, parse_ack_token
+from stabilizer.pure.acks import FORGOTTEN, UNSUPPORTED, parse_ack_token
 from stabilizer.pure.v2 import ProtocolError
 from stabilizer.pure.wire import Envelope, Kind, encode
 from stabilizer.services.delivery.router import Router
@@ -29,23 +29,27 @@ logger = logging.getLogger(__name__)
 class _Waiting:
     """What came back for one reference: acknowledgements, and refusals (plain clients)."""
 
-    __slots__ = ("acked", "expected", "refused", "settled")
+    __slots__ = ("acked", "expected", "forgotten", "refused", "settled")
 
     def __init__(self) -> None:
         self.acked = 0
         self.refused = 0
+        self.forgotten = 0
         self.expected: int | None = None  # how many connections it reached, once known
         self.settled = asyncio.Event()
 
     def count(self, outcome: str | None) -> None:
         if outcome == UNSUPPORTED:
             self.refused += 1
+        elif outcome == FORGOTTEN:
+            self.forgotten += 1
         else:
             self.acked += 1
         self.check()
 
     def check(self) -> None:
-        if self.expected is not None and self.acked + self.refused >= self.expected:
+        answered = self.acked + self.refused + self.forgotten
+        if self.expected is not None and answered >= self.expected:
             self.settled.set()
 
 
@@ -77,6 +81,10 @@ class Acks:
                     f"client {client_id!r} did not acknowledge within {timeout:g}s")
         finally:
             del self._waiting[ref]
+        if waiting.forgotten:
+            raise AckTimeoutError(
+                f"client {client_id!r} had too many messages unacknowledged: its node stopped "
+                "awaiting this one's acknowledgement (it keeps the newest 1024)")
         if waiting.refused:
             raise AckUnsupportedError(
                 f"client {client_id!r} got the message but cannot acknowledge it (plain "
@@ -120,9 +128,10 @@ class Acks:
         self._answer(token, None)
         return True
 
-    def unackable(self, token: str) -> None:
-        """A frame asking for `token` went to a client that cannot acknowledge."""
-        self._answer(token, UNSUPPORTED)
+    def unackable(self, token: str, outcome: str) -> None:
+        """A frame asking for `token` went to a client that cannot acknowledge it
+        (UNSUPPORTED), or its acknowledgement is no longer awaited (FORGOTTEN)."""
+        self._answer(token, outcome)
 
     def _answer(self, token: str, outcome: str | None) -> None:
         try:

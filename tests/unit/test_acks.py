@@ -85,3 +85,27 @@ async def test_ack_send_waits_for_a_v2_client_and_refuses_a_plain_one() -> None:
         assert await asking is True
         assert not manager._node.sessions.acks.acked(conn, frame["ack"])  # once
         assert await manager.send_to_client("nobody", "x", ack=True, timeout=1) is False
+
+
+async def test_a_send_whose_token_the_connection_forgot_fails_at_once() -> None:
+    """Found by the acked-send benchmark: with more than 1,024 acknowledged sends in flight
+    to one client, the connection forgot the oldest tokens and their sends waited out their
+    whole timeout, though the client acknowledged every message it handled."""
+    async with WebSocketConnectionManager() as manager:
+        sock = FakeSocket("v2")
+        await manager.connect("v2", sock)
+        conn = manager.get_connection("v2")
+        assert conn is not None
+        conn.protocol, conn._wraps = 2, True  # as a v2 connection
+        sends = [asyncio.create_task(manager.send_to_client("v2", f"m{n}", ack=True,
+                                                            timeout=60))
+                 for n in range(1030)]
+        frames = [await sock.next_json() for _ in range(1030)]
+        async with asyncio.timeout(10):  # not the 60 s timeout: the node says so at once
+            early = await asyncio.gather(*sends[:6], return_exceptions=True)
+        assert all(isinstance(outcome, AckTimeoutError) for outcome in early)
+        assert "too many messages unacknowledged" in str(early[0])
+        acks = manager._node.sessions.acks
+        assert [acks.acked(conn, frame["ack"]) for frame in frames] == [False] * 6 + [True] * 1024
+        async with asyncio.timeout(10):
+            assert await asyncio.gather(*sends[6:]) == [True] * 1024

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
 from stabilizer.node.context import NodeContext
+from stabilizer.pure.acks import FORGOTTEN, UNSUPPORTED
 from stabilizer.pure.streams import Target
 from stabilizer.results import BroadcastResult
 from stabilizer.services.delivery.groups import Membership
@@ -25,18 +26,35 @@ class FanOut:
     def __init__(self, ctx: NodeContext, membership: Membership) -> None:
         self._ctx = ctx
         self._membership = membership
-        #: told the ack token of a frame whose recipient cannot acknowledge (plain protocol)
-        self.on_unackable: Callable[[str], None] = _ignore
+        #: told the ack token of a frame whose recipient cannot acknowledge it (a plain
+        #: client: UNSUPPORTED) or no longer can (too many unacknowledged: FORGOTTEN)
+        self.on_unackable: Callable[[str, str], None] = _ignore
 
     def offer(self, conn: Connection, frame: Frame) -> bool:
         """Give `conn` a frame now (counted in the node's stats)."""
-        if frame.ack is not None and conn.protocol < 2:
-            self.on_unackable(frame.ack)
-        if conn.offer(frame, time.monotonic()):
+        if frame.ack is not None:
+            self._asking(conn, frame.ack)
+            try:
+                return self._count(conn.offer(frame, time.monotonic()), frame)
+            finally:
+                self._report_forgotten(conn)
+        return self._count(conn.offer(frame, time.monotonic()), frame)
+
+    def _count(self, offered: bool, frame: Frame) -> bool:
+        if offered:
             self._ctx.stats.messages_out += 1
             self._ctx.stats.bytes_out += frame.size
             return True
         return False
+
+    def _asking(self, conn: Connection, token: str) -> None:
+        """`conn` is about to get a frame asking for `token`: a plain client cannot."""
+        if conn.protocol < 2:
+            self.on_unackable(token, UNSUPPORTED)
+
+    def _report_forgotten(self, conn: Connection) -> None:
+        for token in conn.take_forgotten():
+            self.on_unackable(token, FORGOTTEN)
 
     async def deliver(
         self, target: Target, frame: Frame, exclude: str | None = None, *,
@@ -79,10 +97,13 @@ class FanOut:
             for conn in shard:
                 if conn.client_id == exclude:
                     continue
-                if ack is not None and conn.protocol < 2:
-                    self.on_unackable(ack)
+                if ack is not None:
+                    self._asking(conn, ack)
                 result.total += 1
-                if conn.deliver(frame, now, stream, offset, epoch):
+                delivered = conn.deliver(frame, now, stream, offset, epoch)
+                if ack is not None:
+                    self._report_forgotten(conn)
+                if delivered:
                     result.succeeded += 1
                 else:
                     result.failed += 1
@@ -99,5 +120,5 @@ class FanOut:
         return result
 
 
-def _ignore(token: str) -> None:
+def _ignore(token: str, outcome: str) -> None:
     """No one waits for acknowledgements."""

@@ -41,7 +41,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from importlib import metadata
@@ -242,41 +242,62 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
-    parser = argparse.ArgumentParser(prog="python -m bench.rpc", description=__doc__,
+@dataclass(frozen=True)
+class Benchmark:
+    """A one-node benchmark run by ``run_benchmark``: its plans, one measurement, the report.
+
+    Its plans are dataclasses with ``reps``, ``concurrency``, ``max_wait`` and
+    ``stabilizer_path`` fields (``bench.rpc``'s and ``bench.acks``').
+    """
+
+    name: str  # python -m bench.<name>; results/<name>-*.json
+    doc: str
+    kinds: Sequence[str]
+    full: Any
+    quick: Any
+    measure: Callable[[str, Any, int, Path], Run]  # kind, plan, rep, log dir
+    report: Callable[[list[Run], Any, Sequence[str]], str]  # runs, plan, kinds
+    concurrency_help: str = "calls in flight (default 16)"
+
+
+def parse(bench: Benchmark, argv: Sequence[str] | None) -> tuple[argparse.Namespace, Any]:
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{bench.name}",
+                                     description=bench.doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small counts, one repetition")
     parser.add_argument("--reps", type=int, help="repetitions (default: 3, quick: 1)")
-    parser.add_argument("--servers", default=",".join(KINDS),
-                        help=f"comma-separated subset of {','.join(KINDS)} (raw is always "
-                             "measured)")
-    parser.add_argument("--concurrency", type=int, help="calls in flight (default 16)")
+    parser.add_argument("--servers", default=",".join(bench.kinds),
+                        help=f"comma-separated subset of {','.join(bench.kinds)} (raw is "
+                             "always measured)")
+    parser.add_argument("--concurrency", type=int, help=bench.concurrency_help)
     parser.add_argument("--max-wait", type=float, default=None,
                         help="seconds to wait for other benchmarks or test runs to end "
                              "before each measurement (default 1800; then measure anyway)")
     parser.add_argument("--out", type=Path, help="JSON results file (default: bench/results/)")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    plan = bench.quick if args.quick else bench.full
     changes: dict[str, Any] = {"reps": args.reps, "concurrency": args.concurrency,
                                "max_wait": args.max_wait}
     plan = replace(plan, **{k: v for k, v in changes.items() if v is not None})
     args.servers = ["raw", *[k.strip() for k in args.servers.split(",")
                              if k.strip() not in ("", "raw")]]
-    unknown = [k for k in args.servers if k not in KINDS]
+    unknown = [k for k in args.servers if k not in bench.kinds]
     if unknown:
         parser.error(f"unknown server: {unknown}")
     return args, plan
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args, plan = parse(argv)
+def run_benchmark(bench: Benchmark, argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, measure every contender in every repetition, report."""
+    args, plan = parse(bench, argv)
     kinds: list[str] = args.servers
     raise_nofile_limit()
     install_cleanup()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_dir = RESULTS / f"logs-rpc-{stamp}"
+    log_dir = RESULTS / f"logs-{bench.name}-{stamp}"
     snapshot = RESULTS / f"snapshot-{stamp}"
-    env = {**environment(), **snapshot_stabilizer(snapshot), "aiohttp": _version("aiohttp")}
+    env = {**environment(), **snapshot_stabilizer(snapshot),
+           "aiohttp": package_version("aiohttp")}
     plan = replace(plan, stabilizer_path=str(snapshot))
     log(f"environment: {json.dumps(env)}")
     started = time.monotonic()
@@ -284,17 +305,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for rep in range(plan.reps):
             for kind in rotated(kinds, rep):  # drift favours no contender
-                runs.append(guarded(partial(rpc_run, kind, plan, rep, log_dir),
-                                    SCENARIO, kind, 1, rep))
+                runs.append(guarded(partial(bench.measure, kind, plan, rep, log_dir),
+                                    bench.name, kind, 1, rep))
     finally:
         stop_all()
     elapsed = time.monotonic() - started
-    text = report(runs, plan, kinds)
-    out = args.out or RESULTS / f"rpc-{'quick' if args.quick else 'full'}-{stamp}.json"
+    text = bench.report(runs, plan, kinds)
+    out = args.out or RESULTS / f"{bench.name}-{'quick' if args.quick else 'full'}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "environment": env, "plan": asdict(plan),
-        "command": " ".join(["python -m bench.rpc", *(argv or sys.argv[1:])]),
+        "command": " ".join([f"python -m bench.{bench.name}", *(argv or sys.argv[1:])]),
         "elapsed_s": round(elapsed, 1), "runs": [asdict(r) for r in runs], "report": text,
     }, indent=1))
     print(f"\nMachine: {env['cpus']} × {env['cpu_model']}, Python {env['python']}, uvicorn "
@@ -306,11 +327,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if any(r.error for r in runs) else 0
 
 
-def _version(name: str) -> str:
+def package_version(name: str) -> str:
+    """The installed version of distribution `name`, or "not installed"."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+RPC: Final = Benchmark(SCENARIO, __doc__ or "", KINDS, FULL, QUICK, rpc_run, report)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_benchmark(RPC, argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from bench._common import HOST, raise_nofile_limit
 from bench.loadgen import Generator, serve
@@ -41,12 +41,17 @@ from bench.loadgen import Generator, serve
 CALL_TIMEOUT: Final = 30.0
 
 
-class Caller(Protocol):
+class Opener(Protocol):
     async def open(self, port: int) -> None: ...
 
+    async def aclose(self) -> None: ...
+
+
+class Caller(Opener, Protocol):
     async def call(self, params: dict[str, int]) -> Any: ...
 
-    async def aclose(self) -> None: ...
+
+C = TypeVar("C", bound=Opener)
 
 
 class RawCaller:
@@ -147,12 +152,12 @@ class Failures:
         try:
             result = await caller.call({"a": seq, "b": 1})
         except Exception as exc:  # counted and reported: a failed call must not end the run
-            self._add(repr(exc))
+            self.add(repr(exc))
             return
         if result != seq + 1:
-            self._add(f"call {seq}: {result!r}, expected {seq + 1}")
+            self.add(f"call {seq}: {result!r}, expected {seq + 1}")
 
-    def _add(self, text: str) -> None:
+    def add(self, text: str) -> None:
         self.count += 1
         if self.first is None:
             self.first = text[:300]
@@ -161,34 +166,52 @@ class Failures:
         return {"failed": self.count, "first_error": self.first}
 
 
-class RPCGenerator(Generator):
-    """One client, and the commands that time its calls."""
+class OneClient(Generator, Generic[C]):
+    """One client of one library, opened by ``connect`` and closed by ``close``."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.caller: Caller | None = None
+        self.client: C | None = None
+
+    def make_client(self, kind: str) -> C:
+        """A client of `kind`, not open yet."""
+        raise NotImplementedError
 
     async def connect(self, cmd: dict[str, Any]) -> dict[str, Any]:
         if cmd.get("stabilizer_path"):
             sys.path.insert(0, str(cmd["stabilizer_path"]))  # the run's snapshot
-        caller = CALLERS[str(cmd["kind"])]()
+        client = self.make_client(str(cmd["kind"]))
         started = time.perf_counter()
         try:
             async with asyncio.timeout(float(cmd.get("timeout", 30.0))):
-                await caller.open(int(cmd["port"]))
+                await client.open(int(cmd["port"]))
         except Exception as exc:  # reported to the controller, which fails the run
             return {"connected": 0, "errors": [repr(exc)]}
-        self.caller = caller
+        self.client = client
         return {"connected": 1, "errors": [], "connect_ms": (time.perf_counter() - started)
                 * 1e3}
 
+    async def close(self) -> dict[str, Any]:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        return {"closed": 0 if client is None else 1}
+
+
+class RPCGenerator(OneClient[Caller]):
+    """One client, and the commands that time its calls."""
+
+    def make_client(self, kind: str) -> Caller:
+        return CALLERS[kind]()
+
     async def command(self, name: str, cmd: dict[str, Any]) -> dict[str, Any]:
-        if self.caller is None:
+        if self.client is None:
             return {"error": "not connected"}
         if name == "serial":
-            return await self._serial(self.caller, int(cmd["n"]))
+            return await self._serial(self.client, int(cmd["n"]))
         if name == "concurrent":
-            return await self._concurrent(self.caller, int(cmd["n"]), int(cmd["concurrency"]))
+            return await self._concurrent(self.client, int(cmd["n"]), int(cmd["concurrency"]))
         return await super().command(name, cmd)
 
     @staticmethod
@@ -219,14 +242,6 @@ class RPCGenerator(Generator):
                 tasks.create_task(worker())
         return {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu0,
                 **failures.as_dict()}
-
-    async def close(self) -> dict[str, Any]:
-        caller, self.caller = self.caller, None
-        if caller is not None:
-            with contextlib.suppress(Exception):
-                await caller.aclose()
-        return {"closed": 0 if caller is None else 1}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -22,13 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from bench._common import HOST, exit_with_parent, raise_nofile_limit
 from bench.servers import UVICORN_OPTIONS, add_bench_routes
+
+if TYPE_CHECKING:  # imported at run time from the run's snapshot (--stabilizer-path)
+    from stabilizer import WebSocketConnectionManager
 
 KINDS: Final = ("raw", "stabilizer", "socketio")
 
@@ -66,14 +70,24 @@ def raw_app() -> FastAPI:
     return app
 
 
-def stabilizer_app(overrides: dict[str, Any] | None) -> FastAPI:
-    from stabilizer import RPCCall, WebSocketConfig, WebSocketConnectionManager
-    from stabilizer.fastapi import lifespan, session
+def stabilizer_node(
+    overrides: dict[str, Any] | None,
+) -> tuple[WebSocketConnectionManager, FastAPI]:
+    """A manager (heartbeat off, embedded backend) and a FastAPI app whose lifespan runs it."""
+    from stabilizer import WebSocketConfig, WebSocketConnectionManager
+    from stabilizer.fastapi import lifespan
 
     manager = WebSocketConnectionManager(WebSocketConfig(**{
         "heartbeat_interval": 3600.0, "heartbeat_timeout": 7200.0, **(overrides or {}),
     }))
-    app = FastAPI(lifespan=lifespan(manager, shutdown_timeout=2.0))
+    return manager, FastAPI(lifespan=lifespan(manager, shutdown_timeout=2.0))
+
+
+def stabilizer_app(overrides: dict[str, Any] | None) -> FastAPI:
+    from stabilizer import RPCCall
+    from stabilizer.fastapi import session
+
+    manager, app = stabilizer_node(overrides)
 
     @manager.rpc("add")
     async def add_call(call: RPCCall) -> Any:
@@ -89,7 +103,8 @@ def stabilizer_app(overrides: dict[str, Any] | None) -> FastAPI:
     return app
 
 
-def socketio_app() -> Any:
+def socketio_server() -> tuple[Any, set[str]]:
+    """An AsyncServer (ASGI mode, heartbeat off) and the sids connected to it."""
     import socketio
 
     # The heartbeat "off" as bench.servers has it: an interval far longer than any run.
@@ -105,6 +120,14 @@ def socketio_app() -> Any:
     async def disconnect(sid: str, *args: Any) -> None:
         connected.discard(sid)
 
+    return sio, connected
+
+
+def socketio_app() -> Any:
+    import socketio
+
+    sio, connected = socketio_server()
+
     @sio.on("add")
     async def add_event(sid: str, params: Any) -> Any:
         return add(params)  # the return value is the ack: the client's call() gets it
@@ -114,9 +137,20 @@ def socketio_app() -> Any:
     return socketio.ASGIApp(sio, other_asgi_app=api)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=KINDS, required=True)
+def build(kind: str, stabilizer_config: dict[str, Any] | None) -> Any:
+    """The ASGI app of `kind`."""
+    if kind == "raw":
+        return raw_app()
+    if kind == "stabilizer":
+        return stabilizer_app(stabilizer_config)
+    return socketio_app()
+
+
+def serve_kinds(kinds: Sequence[str], make_app: Callable[[str, dict[str, Any] | None], Any],
+                description: str) -> None:
+    """Parse a server's command line, build the app of its kind and run it under uvicorn."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--kind", choices=kinds, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--stabilizer-config", type=json.loads, default=None,
                         help="stabilizer: JSON object of extra WebSocketConfig fields")
@@ -128,16 +162,15 @@ def main() -> None:
     exit_with_parent(args.max_seconds)
     if args.stabilizer_path:
         sys.path.insert(0, args.stabilizer_path)
-    if args.kind == "raw":
-        app: Any = raw_app()
-    elif args.kind == "stabilizer":
-        app = stabilizer_app(args.stabilizer_config)
-    else:
-        app = socketio_app()
+    app = make_app(args.kind, args.stabilizer_config)
     if "stabilizer" in sys.modules:
         print(f"stabilizer imported from {sys.modules['stabilizer'].__file__}", file=sys.stderr,
               flush=True)
     uvicorn.run(app, host=HOST, port=args.port, **UVICORN_OPTIONS)
+
+
+def main() -> None:
+    serve_kinds(KINDS, build, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

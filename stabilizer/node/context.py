@@ -55,6 +55,9 @@ class NodeContext:
         self.phase = Phase.NEW
         self.shutdown_code: CloseCode = config.shutdown_close_code
         self._resync_wanted = False
+        # clients whose session a close could not settle (the backend was unreachable):
+        # client id -> how long their session is kept (0: it ends), for maintenance to retry
+        self._unsettled: dict[str, float] = {}
 
     @property
     def is_accepting(self) -> bool:
@@ -76,6 +79,17 @@ class NodeContext:
         """True (once) if a resync was asked for since the last call."""
         wanted, self._resync_wanted = self._resync_wanted, False
         return wanted
+
+    def unsettled(self, client_id: str, session_ttl: float) -> None:
+        """A close could not suspend or end `client_id`'s session: maintenance suspends it
+        for `session_ttl` seconds (0: the next sweep ends it, groups included) once the
+        backend answers, so that nothing of it is left for good."""
+        self._unsettled[client_id] = session_ttl
+
+    def take_unsettled(self) -> dict[str, float]:
+        """The sessions left unsettled since the last call (see unsettled())."""
+        taken, self._unsettled = self._unsettled, {}
+        return taken
 
     async def ask(self, awaitable: Awaitable[T], *, round_trips: int = 1) -> T:
         """Await a backend operation of `round_trips` round trips within op_timeout each.

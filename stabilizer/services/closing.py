@@ -222,5 +222,9 @@ class Closing:
             elif history or had_groups:
                 await ctx.ask(sessions.end(conn.client_id))
         except BackendUnavailable as exc:
-            self._backend_log.warning("session of %r not settled (backend unavailable)",
-                                      conn.client_id, exc=exc)
+            # maintenance puts it on the away list once the backend answers: the sweep then
+            # ends it (and its groups) unless the client came back meanwhile
+            ctx.unsettled(conn.client_id,
+                          ctx.config.session_ttl if history and keep_session else 0.0)
+            self._backend_log.warning("session of %r not settled (backend unavailable); "
+                                      "maintenance settles it later", conn.client_id, exc=exc)

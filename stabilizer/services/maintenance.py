@@ -98,6 +98,7 @@ class Maintenance:
                                  round_trips=4)
         if self._reporter is not None:
             await ctx.ask(backend.liveness.report(self._reporter.next()))
+        await self._settle_sessions()
         await ctx.ask(backend.sessions.sweep())
         if liveness.reaped:
             logger.warning("reaped presence of dead nodes %s", ", ".join(liveness.reaped))
@@ -120,6 +121,22 @@ class Maintenance:
                 raise
         if not self._tokens.has_key:
             await self._tokens.fetch_shared_key()
+
+    async def _settle_sessions(self) -> None:
+        """Put on the away list the sessions closes could not settle (the sweep that follows
+        ends those due); a client connected again meanwhile owns its session: left alone."""
+        ctx = self._ctx
+        backend = ctx.backend
+        unsettled = ctx.take_unsettled()
+        for client_id, session_ttl in list(unsettled.items()):
+            try:
+                if await ctx.ask(backend.presence.locate(client_id)) is None:
+                    await ctx.ask(backend.sessions.suspend(client_id, session_ttl))
+            except BaseException:
+                for left, ttl in unsettled.items():  # this one and the rest: next step
+                    ctx.unsettled(left, ttl)
+                raise
+            del unsettled[client_id]
 
     def _is_subscribed(self) -> bool:
         ctx = self._ctx

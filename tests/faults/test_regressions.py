@@ -412,3 +412,40 @@ async def test_a_socket_replaced_after_a_resync_wrote_it_back_leaves_no_presence
 
     assert await until(gone), (f"presence still names {await b.locate_client('alice')} for "
                                "alice, whose sockets are all closed")
+
+
+async def test_a_close_whose_session_end_fails_still_ends_the_clients_groups(
+    node: Node, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seed 1206652975 (history off): c3's socket dropped as its replica's Redis connections
+    were cut. The close removed c3's presence (its reply lost or not) but could not end its
+    session, which is what ends a client's groups without history; the resync that follows
+    an outage only ends the groups of clients whose presence it prunes, and c3 had none
+    left: Redis listed c3 in g2 for good. Here the session end fails once, the rest works."""
+    from stabilizer.errors import BackendUnavailable
+
+    a = node("a")
+    await a.start()
+    await a.connect("alice", FakeSocket("alice"))
+    await a.join_group("alice", "room")
+    sessions = a.backend.sessions
+    end = sessions.end
+    failed = asyncio.Event()
+
+    async def cut_end(client_id: str) -> list[str]:
+        if not failed.is_set():
+            failed.set()
+            raise BackendUnavailable("redis unavailable: connection reset (as a cut)")
+        return list(await end(client_id))
+
+    monkeypatch.setattr(sessions, "end", cut_end)
+    await a.disconnect("alice")
+    assert failed.is_set()
+    assert await a.locate_client("alice") is None  # the presence went
+
+    async def no_groups() -> bool:
+        return (await a.get_group_members("room") == []
+                and await a.get_client_groups("alice") == [])
+
+    assert await until(no_groups), (
+        f"alice left, but room lists {await a.get_group_members('room')}")

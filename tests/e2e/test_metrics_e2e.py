@@ -51,7 +51,15 @@ async def test_metrics_parse_and_counters_move_with_traffic(
         content_type, before = await asyncio.to_thread(scrape, server)
         await alice.send("hello")
         assert await recv_json(bob) == {"from": "alice", "text": "hello"}
-        _, after = await asyncio.to_thread(scrape, server)
+        # bob has it once the local fan-out ran; the broadcast (and its counters) ends
+        # after its PUBLISH to the other nodes returned: wait for that, bounded
+        async with asyncio.timeout(5):
+            while True:
+                _, after = await asyncio.to_thread(scrape, server)
+                if sample(after, "stabilizer_broadcasts_total") > sample(
+                        before, "stabilizer_broadcasts_total"):
+                    break
+                await asyncio.sleep(0.02)
     finally:
         await alice.close()
         await bob.close()

@@ -5,7 +5,11 @@ stands."""
 
 from __future__ import annotations
 
-from stabilizer.backends.base import MembershipChange
+import asyncio
+
+import pytest
+
+from stabilizer.backends.base import Backend, MembershipChange
 from stabilizer.pure.wire import Envelope, Kind, encode
 from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node, presence
 
@@ -95,3 +99,44 @@ async def test_a_change_reaches_the_owner_only_while_it_stands(open_node: NodeFa
         assert await a.groups.route_change("alice", "room", member=False, envelope=left)
         assert await inbox_b.queue.get() == left
         assert inbox_b.queue.empty()
+
+
+async def _swept(node: Backend, client_id: str) -> bool:
+    """Sweep until `client_id`'s session is ended (bounded: the grace is 0.2 s here)."""
+    async with asyncio.timeout(5.0):
+        while client_id not in await node.sessions.sweep():
+            await asyncio.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("sessions", [False, True], ids=["presence", "sessions"])
+async def test_a_join_of_a_client_the_store_does_not_know_ends_unless_it_is_claimed(
+    open_node: NodeFactory, sessions: bool,
+) -> None:
+    """A store that lost a client (it restarted empty) may get a join for it from the
+    client's node before that node registers it again; should the node die first, nothing
+    would ever end that membership: the join puts the client on the away list instead."""
+    a = await open_node("node-a", sessions=sessions)
+    await a.liveness.keepalive(0.1)  # the grace is twice node_ttl
+    await a.presence.register(presence("bob", "node-a", "conn-b"), max_cluster=None)
+    if sessions:
+        await a.sessions.activate("bob", fresh=True, conn_id="conn-b")
+    await a.groups.join("ghost", "room")
+    await a.groups.join("bob", "room")
+    assert await a.groups.members("room") == ["bob", "ghost"]
+    assert await _swept(a, "ghost")
+    assert await a.groups.members("room") == ["bob"]  # bob is known: never on the list
+    assert await a.groups.of_client("ghost") == []
+
+
+async def test_a_client_registered_within_the_grace_keeps_its_membership(
+    open_node: NodeFactory,
+) -> None:
+    a = await open_node("node-a")
+    await a.liveness.keepalive(0.1)
+    await a.groups.reconcile({"alice": {"room"}, "carol": set()}, restore=True)
+    await a.groups.join("dave", "room")
+    await a.presence.register(presence("alice", "node-a", "conn-a"), max_cluster=None)
+    assert await _swept(a, "dave")  # due, and nobody registered dave
+    assert await a.groups.members("room") == ["alice"]  # alice was claimed in time
+    assert await a.groups.of_client("alice") == ["room"]

@@ -449,3 +449,72 @@ async def test_a_close_whose_session_end_fails_still_ends_the_clients_groups(
 
     assert await until(no_groups), (
         f"alice left, but room lists {await a.get_group_members('room')}")
+
+
+async def _hang(*_: object, **__: object) -> Any:
+    await asyncio.Event().wait()  # never set: the call never returns (as a dying process)
+
+
+@pytest.mark.parametrize("extra", [{}, HISTORY], ids=["live", "history"])
+async def test_a_join_written_into_an_emptied_redis_ends_when_its_node_dies(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, extra: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seed 1033052387: redis-server restarted empty; c0 joined g0 through its own replica
+    before that replica's next keepalive re-registered it, and the replica was SIGKILLed
+    then. The join wrote the membership for a client the store no longer knew (no presence,
+    no session): nothing reaps a client no node set names, so Redis listed it for good."""
+    a, b = node("a", proxy.url, **extra), node("b", **extra)
+    await a.start()
+    await b.start()
+    await a.connect("alice", FakeSocket("alice"))
+    monkeypatch.setattr(a.backend.liveness, "keepalive", _hang)  # a never re-registers
+    await _flush(private_redis)  # as a restart without persistence
+    await a.join_group("alice", "room")
+    assert await b.get_group_members("room") == ["alice"]
+    await proxy.cut()  # a is gone (as after SIGKILL)
+
+    async def no_membership() -> bool:
+        return (await b.get_group_members("room") == []
+                and await b.get_client_groups("alice") == [])
+
+    assert await until(no_membership, RECOVERY + 3.0), (  # + the grace: 2 x node_ttl
+        f"alice's node died, but room lists {await b.get_group_members('room')}")
+
+
+@pytest.mark.parametrize("extra", [{}, HISTORY], ids=["live", "history"])
+async def test_memberships_restored_by_a_node_that_dies_before_its_resync_end(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, extra: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same hole one step later: a node that finds the store emptied gives its
+    memberships back first and re-registers presence after; dying in between left those
+    memberships with no presence and no session behind them."""
+    a, b = node("a", proxy.url, **extra), node("b", **extra)
+    await a.start()
+    await b.start()
+    await a.connect("alice", FakeSocket("alice"))
+    await a.join_group("alice", "room")
+    monkeypatch.setattr(a.backend.liveness, "resync", _hang)  # a dies before re-registering
+    await _flush(private_redis)
+
+    async def restored() -> bool:
+        return await b.get_group_members("room") == ["alice"]
+
+    assert await until(restored), "a never gave its memberships back"
+    assert await b.locate_client("alice") is None
+    await proxy.cut()
+
+    async def no_membership() -> bool:
+        return await b.get_group_members("room") == []
+
+    assert await until(no_membership, RECOVERY + 3.0), (
+        f"alice's node died, but room lists {await b.get_group_members('room')}")
+
+
+async def _flush(server: RedisServer) -> None:
+    client = Redis.from_url(server.url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()

@@ -30,6 +30,7 @@ class MemoryNode:
         self.closed = False
         self.events = False
         self.sessions = False  # a membership change names the session's holder
+        self.orphan_grace = 20.0  # see RedisCore.orphan_grace_ms (keepalive updates it)
         self.subscribed = asyncio.Event()
 
     def check(self) -> None:
@@ -205,6 +206,7 @@ class MemoryLiveness:
         self._node.check()
         hub = self._node.hub
         me = self._node.node_id
+        self._node.orphan_grace = node_ttl * 2
         now = time.monotonic()
         rejoined = me not in hub.node_deadlines
         hub.node_deadlines[me] = now + node_ttl

@@ -26,15 +26,21 @@ class MemoryGroups:
         return sum(1 for other in list(node.hub.group_nodes.get(group, ()))
                    if other != node.node_id and node.hub.deliver(other, envelope))
 
-    def _holder(self, client_id: str) -> str:
+    def _holder(self, client_id: str) -> str | None:
         """The connection that holds the client's memberships: its session's, with
-        sessions, else the one presence names ("" none)."""
+        sessions, else the one presence names ("" none; None when the store does not know
+        the client at all)."""
         hub = self._node.hub
         if self._node.sessions:
             record = hub.session(client_id, time.time())
-            return "" if record is None else record.holder
+            return None if record is None else record.holder
         presence = hub.presence.get(client_id)
-        return "" if presence is None else presence.conn_id
+        return None if presence is None else presence.conn_id
+
+    def _await_claim(self, client_id: str) -> None:
+        """A client the store does not know got a membership: on the away list (unless
+        it is already), so the sweep ends it if nobody registers the client in time."""
+        self._node.hub.away.setdefault(client_id, time.time() + self._node.orphan_grace)
 
     async def join(self, client_id: str, group: str) -> MembershipChange:
         """Add a member."""
@@ -50,7 +56,10 @@ class MemoryGroups:
                 stream = group_stream(group)
                 record.baselines[stream] = hub.position(stream, time.time())
             self._node.membership_event("join", client_id, group)
-        return MembershipChange(added, self._holder(client_id))
+        holder = self._holder(client_id)
+        if holder is None:
+            self._await_claim(client_id)
+        return MembershipChange(added, holder or "")
 
     async def leave(self, client_id: str, group: str) -> MembershipChange:
         """Remove a member."""
@@ -67,7 +76,7 @@ class MemoryGroups:
             record.baselines.pop(group_stream(group), None)
         if removed:
             self._node.membership_event("leave", client_id, group)
-        return MembershipChange(removed, self._holder(client_id))
+        return MembershipChange(removed, self._holder(client_id) or "")
 
     async def route_change(self, client_id: str, group: str, *, member: bool,
                            envelope: bytes) -> bool:
@@ -100,6 +109,8 @@ class MemoryGroups:
                 for group in groups:
                     hub.groups.setdefault(group, set()).add(client_id)
                     hub.client_groups.setdefault(client_id, set()).add(group)
+                if groups:  # its presence is registered next (see RECONCILE_GROUPS)
+                    self._await_claim(client_id)
         return {client_id: sorted(hub.client_groups.get(client_id, ())) for client_id in local}
 
     async def subscribe(self, group: str) -> None:

@@ -54,7 +54,7 @@ class RedisBackend:
         self.presence = RedisPresence(core)
         self.users = RedisUsers(core)
         self.routing = RedisRouting(core)
-        self.groups = RedisGroups(core, self.routing)
+        self.groups = RedisGroups(core, self.routing, self.presence)
         self.history = RedisHistory(core, self.presence)
         self.sessions = RedisSessions(core, self.presence)
         self.tokens = RedisTokens(core)

@@ -80,6 +80,9 @@ class RedisCore:
         self.node_id = ""
         self.events = False
         self.sessions = False  # a membership change names the session's holder
+        # how long a membership the store wrote for a client it does not know waits for the
+        # client's presence before the sweep ends it (twice node_ttl: keepalive updates it)
+        self.orphan_grace_ms = 20_000
         self.available = False
         self.tasks: TaskSpawner | None = None
         self._in_flight = asyncio.Semaphore(pool_size)

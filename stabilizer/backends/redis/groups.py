@@ -3,11 +3,13 @@ each way; a group's messages go over its own channel to the nodes that follow it
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping
 from typing import Final
 
 from stabilizer.backends.records import MembershipChange
 from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.routing import RedisRouting
 from stabilizer.pure.streams import group_stream
 
@@ -17,9 +19,10 @@ _RECONCILE_BATCH: Final = 200
 class RedisGroups:
     """Cluster-wide membership, and this node's group channels."""
 
-    def __init__(self, core: RedisCore, routing: RedisRouting) -> None:
+    def __init__(self, core: RedisCore, routing: RedisRouting, presence: RedisPresence) -> None:
         self._core = core
         self._routing = routing
+        self._presence = presence
 
     async def publish(self, group: str, envelope: bytes) -> int:
         """PUBLISH to the group's channel; return how many other nodes received it."""
@@ -30,7 +33,8 @@ class RedisGroups:
         core = self._core
         keys = core.keys
         script_keys = [keys.group(group), keys.client_groups(client_id),
-                       keys.session(client_id), keys.stream_meta(group_stream(group))]
+                       keys.session(client_id), keys.stream_meta(group_stream(group)),
+                       keys.away]
         if core.sessions:
             holder_in = "s"
         elif keys.buckets == 1:  # presence shares the namespace's slot
@@ -41,9 +45,20 @@ class RedisGroups:
         changed, holder = await core.call(core.scripts.membership(
             keys=script_keys,
             args=[client_id, group, *core.event_args(), core.node_id, core.publish_command,
-                  action, holder_in],
+                  action, holder_in, core.orphan_grace_ms],
         ), "membership")
+        if holder is None and action == "join":  # presence lives in other slots
+            await self._await_claim(client_id)
         return MembershipChange(bool(changed), None if holder is None else text(holder))
+
+    async def _await_claim(self, client_id: str) -> None:
+        """What MEMBERSHIP does for a client the store does not know, where no script can
+        read its presence (one more round trip, or two: only for such a client)."""
+        core = self._core
+        if await self._presence.locate(client_id) is None:
+            due = int(time.time() * 1000) + core.orphan_grace_ms
+            await core.call(core.client.zadd(core.keys.away, {client_id: due}, nx=True),
+                            "membership")
 
     async def join(self, client_id: str, group: str) -> MembershipChange:
         """One script: SADD to the group and the client's group set; read the holder."""
@@ -86,12 +101,14 @@ class RedisGroups:
         listed: dict[str, list[str]] = {}
         for start in range(0, len(clients), _RECONCILE_BATCH):
             batch = clients[start:start + _RECONCILE_BATCH]
-            args: list[str] = [keys.group_prefix, "1" if restore else "0"]
+            args: list[str | int] = [keys.group_prefix, "1" if restore else "0",
+                                     core.orphan_grace_ms]
             for client_id in batch:
                 groups = sorted(local[client_id]) if restore else []
                 args += [client_id, str(len(groups)), *groups]
             reply = await core.call(core.scripts.reconcile_groups(
-                keys=[keys.client_groups(client_id) for client_id in batch], args=args,
+                keys=[keys.away, *(keys.client_groups(client_id) for client_id in batch)],
+                args=args,
             ), "reconcile_groups")
             for client_id, groups in zip(batch, reply, strict=True):
                 listed[client_id] = sorted(text(group) for group in groups)

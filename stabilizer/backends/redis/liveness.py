@@ -32,6 +32,7 @@ class RedisLiveness:
         were reaped after a long pause): the caller must re-register its presence.
         """
         core = self._core
+        core.orphan_grace_ms = int(node_ttl * 2000)
         reply = await core.call(core.scripts.keepalive(
             keys=[core.keys.nodes], args=[core.node_id, int(node_ttl * 1000)],
         ), "keepalive")

@@ -101,12 +101,16 @@ end
 return ended
 """
 
-# KEYS: group set, client's group set, client's session hash, group stream meta
+# KEYS: group set, client's group set, client's session hash, group stream meta, away zset
 #       [, presence hash (when ARGV[8] is 'p')].
 # ARGV: client id, group, events channel ('' = none), event prefix, node id, publish
 #       command, 'join' or 'leave', where the holder is read ('s' the session's '_' field,
-#       'p' the client's presence entry, '' nowhere). A join records the group stream's
-#       baseline position in the client's session (when it has one).
+#       'p' the client's presence entry, '' nowhere), grace ms. A join records the group
+#       stream's baseline position in the client's session (when it has one). A join for a
+#       client the store does not know (no session, or no presence: the store lost it, and
+#       its node has not registered it again yet) also puts the client on the away list,
+#       due after the grace unless it already is: if its node dies before it registers the
+#       client again, the sweep ends the membership instead of keeping it for good.
 # Returns {1 if it changed anything else 0, the holder's conn id ('' = none; false when
 # read nowhere)}.
 MEMBERSHIP: Final = """
@@ -129,12 +133,19 @@ if changed == 1 and ARGV[3] ~= '' then
                            node_id = ARGV[5]})
   redis.call(ARGV[6], ARGV[3], ARGV[4] .. cmsgpack.pack(ev) .. '\\192\\192')
 end
-local holder = false
+local holder, known = false, true
 if ARGV[8] == 's' then
   holder = redis.call('HGET', KEYS[3], '_') or ''
+  known = redis.call('EXISTS', KEYS[3]) == 1
 elseif ARGV[8] == 'p' then
-  local cur = redis.call('HGET', KEYS[5], ARGV[1])
+  local cur = redis.call('HGET', KEYS[6], ARGV[1])
   holder = cur and string.match(cur, '^[^|]*|([^|]*)|') or ''
+  known = cur ~= false
+end
+if ARGV[7] == 'join' and not known then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[5], 'NX', now + tonumber(ARGV[9]), ARGV[1])
 end
 return {changed, holder}
 """

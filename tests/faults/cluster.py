@@ -4,7 +4,7 @@ Replicas import the `stabilizer` package the runner imported (run from a directo
 `stabilizer` is another version, and the replicas run that version). Faults: a replica's
 Redis connections slowed, stalled, cut, or only its pub/sub ones cut (its proxy);
 redis-server paused (SIGSTOP) or restarted empty; a replica SIGKILLed and started again
-with the same node id and port.
+with the same node id and port (another port if something else took it meanwhile).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.faults.schedule import GROUPS, PROXY_FAULTS
 from tests.faults.views import RedisView, ReplicaView, Snapshot
 from tests.support.fault_proxy import FaultProxy
 from tests.support.redis_server import RedisServer
-from tests.support.uvicorn_proc import UvicornProcess
+from tests.support.uvicorn_proc import PortTakenError, UvicornProcess
 
 APP = "tests.faults.app:app"
 SESSION_TTL = 4.0
@@ -160,10 +160,19 @@ class Cluster:
         if self.procs[target] is not None:
             return f"replica {target} already up"
         proc = ReplicaProcess(app=APP, env=self._envs[target], port=self.ports[target])
-        self.logs[target].append(proc.log_path)
-        await asyncio.to_thread(proc.start)
+        moved = ""
+        try:
+            await asyncio.to_thread(proc.start)
+        except PortTakenError:  # another process on the machine took it while it was down
+            # (that attempt's log holds only uvicorn's bind error: not the library's)
+            proc = ReplicaProcess(app=APP, env=self._envs[target])  # (retries other ports)
+            await asyncio.to_thread(proc.start)
+            self.ports[target] = proc.port  # the clients' list: they follow it
+            moved = f" on port {proc.port} (its own was taken)"
+        finally:
+            self.logs[target].append(proc.log_path)
         self.procs[target] = proc
-        return f"replica {target} started again"
+        return f"replica {target} started again{moved}"
 
     async def heal_all(self) -> None:
         """End every fault: proxies restored, Redis running and resumed, replicas up."""

@@ -41,4 +41,4 @@ async def test_a_fixed_schedule_keeps_every_invariant(seed: int) -> None:
     assert not result.violations, "\n".join([
         f"seed {seed} broke {len(result.violations)} invariant(s); replay with "
         f"`python -m tests.faults --seed {seed} --ops {OPS} -v`; history and replica logs "
-        f"in {result.kept}", *result.violations])
+        f"in {result.kept}", *result.violations, "the run:", *lines])

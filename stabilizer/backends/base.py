@@ -10,7 +10,7 @@ re-register later. tests/contract runs one suite over every implementation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
 from typing import Any, Protocol
 
 from stabilizer.backends.records import (
@@ -24,8 +24,7 @@ from stabilizer.backends.records import (
     Sequenced,
     SessionState,
 )
-from stabilizer.pure.streams import Target
-from stabilizer.pure.wire import Envelope
+from stabilizer.backends.stream_roles import GroupStore, HistoryStore, SessionStore
 from stabilizer.results import ClusterEvent
 from stabilizer.stats import BackendStats
 
@@ -125,122 +124,6 @@ class Routing(Protocol):
     async def to_node(self, node_id: str, envelope: bytes) -> bool:
         """Hand `envelope` to node `node_id`; False when it does not receive (gone, or its
         subscription is down)."""
-        ...
-
-
-class GroupStore(Protocol):
-    """Cluster-wide group membership, and the group channels nodes subscribe to."""
-
-    async def publish(self, group: str, envelope: bytes) -> int:
-        """Hand `envelope` to the other nodes with local members of `group`; return how
-        many."""
-        ...
-
-    async def join(self, client_id: str, group: str) -> MembershipChange:
-        """Add a member (recording the group stream's baseline in the client's session, if
-        it has one); ``changed`` is False if it already was a member. The change names the
-        connection that held the client's memberships as it was written."""
-        ...
-
-    async def leave(self, client_id: str, group: str) -> MembershipChange:
-        """Remove a member; ``changed`` is False if it was not one. The change names the
-        connection that held the client's memberships as it was written."""
-        ...
-
-    async def route_change(self, client_id: str, group: str, *, member: bool,
-                           envelope: bytes) -> bool:
-        """Hand a MEMBERSHIP `envelope` to the node owning `client_id` while the store
-        still lists the client in `group` exactly when `member` says so, checked in the same
-        step (where presence shares the group keys' slot; with presence in other slots it
-        is handed over unchecked). False when no node owns the client, or the change was
-        undone since it was written: then there is nothing to carry out."""
-        ...
-
-    async def members(self, group: str) -> list[str]:
-        """Return the members of `group` on every node."""
-        ...
-
-    async def of_client(self, client_id: str) -> list[str]:
-        """Return the groups `client_id` belongs to."""
-        ...
-
-    async def reconcile(self, local: Mapping[str, Collection[str]], *,
-                        restore: bool = False) -> dict[str, list[str]]:
-        """Return the groups each client of `local` belongs to, for many clients at once
-        (a round trip per few hundred). With `restore` (the store lost this node's state:
-        it restarted empty, or reaped the node), each client first becomes a member of
-        the groups `local` lists for it, atomically per batch, without events or stream
-        baselines: the memberships were not new, only forgotten."""
-        ...
-
-    async def subscribe(self, group: str) -> None:
-        """Start receiving `group`'s messages on this node (first local member joined)."""
-        ...
-
-    async def unsubscribe(self, group: str) -> None:
-        """Stop receiving `group`'s messages on this node (last local member left)."""
-        ...
-
-
-class HistoryStore(Protocol):
-    """Sequenced streams: offsets, bounded history, epochs."""
-
-    async def sequence(
-        self, target: Target, envelope: Envelope, *, size: int, ttl: float, meta_ttl: float
-    ) -> Sequenced:
-        """Assign the next offset of `target`'s stream, append and publish, in one step.
-
-        The stream keeps `size` entries for `ttl` seconds after its last message; its offset
-        and epoch live `meta_ttl` seconds (at least the session TTL, so that a missing stream
-        means "nothing was published since"). The publication reaches every node that
-        follows the target, this one included. For a client target the message is kept only
-        if the client is connected or its session is resumable (offset 0 otherwise). For a
-        user target it reaches the nodes holding the user's connections, and ``receivers``
-        counts those connections.
-
-        Raises:
-            BackendNotReached: the backend was not reached: nothing was sequenced.
-            BackendUnavailable: no answer in time: it may have been sequenced (and published).
-        """
-        ...
-
-    async def read(self, stream: str, after: int, epoch: str) -> History:
-        """Return the envelopes of `stream` with offsets after `after` in `epoch` (an empty
-        epoch with `after` 0 asks for everything the stream still holds)."""
-        ...
-
-
-class SessionStore(Protocol):
-    """Resumable sessions: groups, user data and stream baselines kept while away."""
-
-    async def load(self, client_id: str) -> SessionState | None:
-        """Return the live or resumable session of `client_id`, or None."""
-        ...
-
-    async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None,
-                       conn_id: str | None = None) -> dict[str, tuple[int, str]]:
-        """Mark the session live (no expiry while connected) and held by connection
-        `conn_id` (None: by none); a fresh one starts empty and records the baselines of
-        the client's ``all``, ``c:<client_id>`` and (for a user's connection)
-        ``u:<user_id>`` streams, and returns them: stream -> (offset, epoch), epoch ``""``
-        (offset 0) for a stream with no message yet. A revived one returns none.
-        Membership changes written from then on name `conn_id`."""
-        ...
-
-    async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
-        """Store one user-data value in the session."""
-        ...
-
-    async def suspend(self, client_id: str, ttl: float) -> None:
-        """The client left: keep its session `ttl` seconds, then end it."""
-        ...
-
-    async def end(self, client_id: str) -> list[str]:
-        """Drop the session and every group membership now; return the groups left."""
-        ...
-
-    async def sweep(self, limit: int = 100) -> list[str]:
-        """End sessions whose time ran out (unless the client came back); return their ids."""
         ...
 
 

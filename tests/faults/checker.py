@@ -164,7 +164,11 @@ def check_groups(history: History, snap: Snapshot, markers: dict[str, int]) -> l
         following = {r.client for rs in opened.values() for r in rs
                      if marker is not None and _got(r, marker)}
         listed_open = members & set(opened)
-        if following != listed_open:
+        sent = history.messages.get((marker, 0)) if marker is not None else None
+        if sent is not None and not sent.definite:  # (sent again: runner.MARKER_TRIES)
+            problems.append(f"group {group}: its final message {marker} was never accepted "
+                            f"after the cluster healed (status {sent.status})")
+        elif following != listed_open:
             problems.append(f"group {group}: members with an open socket {sorted(listed_open)}"
                             f", but the sockets that receive it belong to {sorted(following)}")
         stray = members - set(opened) - (redis.away if history.history else set())

@@ -214,6 +214,11 @@ def _markers(history: History, markers: dict[str, int]) -> list[str]:
             number = markers.get(name)
             if number is not None and (number, 0) not in got:
                 what = "broadcast" if name == "all" else "direct message"
+                sent = history.messages.get((number, 0))
+                if sent is not None and not sent.definite:
+                    problems.append(f"the final {what} {number} to {_who(record)} was never "
+                                    f"accepted after the cluster healed (status {sent.status})")
+                    continue
                 problems.append(f"{_who(record)} (open) never received the final {what} "
                                 f"{number} sent after the cluster healed")
     return problems

@@ -220,3 +220,16 @@ def test_a_fresh_socket_gets_what_was_sent_after_its_welcome_unless_told_or_degr
     missed.faults = [FaultRecord(1.0, "stall", 0, False, "proxy 0 stalled"),
                      FaultRecord(1.6, "stall", 0, True, "proxy 0 restored")]
     assert check_messages(missed, {}) == []  # admitted without Redis: served locally
+
+
+def test_a_final_message_the_library_refused_is_reported_as_refused_not_lost() -> None:
+    history = healthy_history()
+    history.sockets[1].frames = marker_frames(90)  # c1 lacks its direct marker 92
+    history.messages[(92, 0)] = MessageRecord((92, 0), "c1", 0, 99.0, marker=True)
+    history.messages[(92, 0)].status, history.messages[(92, 0)].definite = 500, False
+    [problem] = check_final(history, quiet_cluster(history), MARKERS)
+    assert "92" in problem
+    assert "never accepted" in problem
+    history.messages[(92, 0)].status, history.messages[(92, 0)].definite = 200, True
+    [problem] = check_final(history, quiet_cluster(history), MARKERS)
+    assert "never received the final direct message 92" in problem

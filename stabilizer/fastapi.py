@@ -24,9 +24,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
-from fastapi import APIRouter, FastAPI, Request, WebSocket, params
+from fastapi import APIRouter, FastAPI, HTTPException, Request, WebSocket, params
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from stabilizer.auth.identity import Identity
@@ -40,6 +40,10 @@ from stabilizer.session import Session
 logger = logging.getLogger(__name__)
 MessageHandler = Callable[[str | bytes], Awaitable[None]]
 STATIC = Path(__file__).parent / "static"
+#: The browser client's parts, by name: the only files GET /stabilizer/{name}.js serves.
+BROWSER_PARTS: Final[dict[str, Path]] = {
+    path.stem: path for path in sorted((STATIC / "stabilizer").glob("*.js")) if path.is_file()
+}
 
 
 def session(
@@ -172,13 +176,14 @@ def _drain_before_server_exit(
 def router(manager: WebSocketConnectionManager, *, prefix: str = "",
            dependencies: Sequence[params.Depends] | None = None,
            dashboard: bool = False) -> APIRouter:
-    """Return an APIRouter with GET /health (503 while draining), GET /stabilizer.js (the
-    browser client), GET /stats and, with ``enable_metrics``, GET /metrics; with
-    `dashboard`, the live dashboard at GET /dashboard (see _serve_dashboard).
+    """Return an APIRouter with GET /health (503 while draining), GET /stabilizer.js and
+    /stabilizer/{name}.js (the browser client and its parts), GET /stats and, with
+    ``enable_metrics``, GET /metrics; with `dashboard`, the live dashboard at GET /dashboard
+    (see _serve_dashboard).
 
     `dependencies` (FastAPI's ``Depends(...)``) guard /stats, /metrics and the dashboard,
-    which show client counts and node ids; /health, /stabilizer.js and /dashboard.js (static
-    code, no data) stay open for load balancers and browsers.
+    which show client counts and node ids; /health, the browser client's modules and
+    /dashboard.js (static code, no data) stay open for load balancers and browsers.
 
     Raises:
         ConfigError: enable_metrics is set but prometheus-client is not installed.
@@ -199,9 +204,7 @@ def router(manager: WebSocketConnectionManager, *, prefix: str = "",
         ready = manager.phase in (Phase.RUNNING, Phase.NEW)
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @api.get("/stabilizer.js", include_in_schema=False)
-    async def browser_client() -> FileResponse:
-        return FileResponse(STATIC / "stabilizer.js", media_type="text/javascript")
+    _serve_browser_client(api)
 
     @guarded.get("/stats")
     async def stats() -> dict[str, Any]:
@@ -226,6 +229,21 @@ def router(manager: WebSocketConnectionManager, *, prefix: str = "",
         _serve_dashboard(api, guarded, manager)
     api.include_router(guarded)
     return api
+
+
+def _serve_browser_client(api: APIRouter) -> None:
+    """GET /stabilizer.js (the browser client, an ES module) and /stabilizer/{name}.js, the
+    parts it imports by relative URLs: only those in BROWSER_PARTS, 404 for any other name."""
+    @api.get("/stabilizer.js", include_in_schema=False)
+    async def browser_client() -> FileResponse:
+        return FileResponse(STATIC / "stabilizer.js", media_type="text/javascript")
+
+    @api.get("/stabilizer/{name}.js", include_in_schema=False)
+    async def browser_client_part(name: str) -> FileResponse:
+        part = BROWSER_PARTS.get(name)  # the path comes from the list, never from the URL
+        if part is None:
+            raise HTTPException(status_code=404)
+        return FileResponse(part, media_type="text/javascript")
 
 
 def _serve_dashboard(api: APIRouter, guarded: APIRouter,

@@ -19,7 +19,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from stabilizer.fastapi import STATIC
+from stabilizer.fastapi import BROWSER_PARTS, STATIC
 
 __all__ = ["Browser", "Page", "ScriptedServer", "chromium", "chromium_binary"]
 
@@ -56,7 +56,8 @@ async def chromium() -> AsyncIterator[Browser]:
 
 
 class ScriptedServer:
-    """Serves a blank page and /stabilizer.js over HTTP, and hands each WebSocket to the test.
+    """Serves a blank page and the browser client (/stabilizer.js and its parts,
+    /stabilizer/{name}.js) over HTTP, and hands each WebSocket to the test.
 
     The test plays the stabilizer server by hand: `await server.accept()` returns the next
     connection (its request path tells which query parameters the client sent), then the
@@ -98,6 +99,8 @@ class ScriptedServer:
         files: dict[str, tuple[bytes, str]] = {
             "/": (BLANK_PAGE, "text/html; charset=utf-8"),
             "/stabilizer.js": (Path(STATIC, "stabilizer.js").read_bytes(), "text/javascript"),
+            **{f"/stabilizer/{name}.js": (part.read_bytes(), "text/javascript")
+               for name, part in BROWSER_PARTS.items()},
         }
         if request.path not in files:
             return connection.respond(404, "not found\n")

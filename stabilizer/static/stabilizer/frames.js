@@ -1,0 +1,123 @@
+/**
+ * stabilizer/frames.js: the wire, pure: which text frames are protocol frames, what a close
+ * code and its reason ask for, base64 data, the URLs a connection opens. No state, no I/O.
+ */
+
+export const SUBPROTOCOL = "stabilizer.v2";
+export const TOKEN_CODES = new Set([4501, 4502]);
+const RETRY_CODES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014]);
+const ADVICE_CODES = new Set([1012, 1013, 4004]);
+const CONTROL_TYPES = new Set(["session", "ping", "pong", "resume", "error", "message"]);
+
+/** The protocol frame in `text`, or null when it is an application message. */
+export function controlFrame(text) {
+  if (!text.startsWith("{") || !text.includes('"type"')) return null;
+  try {
+    const value = JSON.parse(text);
+    return value && CONTROL_TYPES.has(value.type) ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A v2 server text frame: a JSON object with a string type, else null. */
+export function v2Frame(text) {
+  try {
+    const value = JSON.parse(text);
+    return value && typeof value === "object" && typeof value.type === "string" ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+/** What send(data) writes: binary data as it is; text, and anything else as JSON, wrapped in
+ * a message frame in v2. */
+export function outgoingFrame(data, v2) {
+  const binary = data instanceof ArrayBuffer || ArrayBuffer.isView(data) || data instanceof Blob;
+  const frame = typeof data === "string" || binary ? data : JSON.stringify(data);
+  return v2 && !binary ? JSON.stringify({ type: "message", data: frame }) : frame;
+}
+
+/** Record a history message at `offset` of `epoch` on `stream` in `positions` ({stream:
+ * [offset, epoch]}); false when it is a duplicate, one handled already. */
+export function advance(positions, stream, offset, epoch) {
+  if (!Number.isInteger(offset) || typeof epoch !== "string") {
+    return true;  // the server could not sequence it (its store was down): record nothing
+  }
+  const seen = positions[stream];
+  if (seen && seen[1] === epoch && offset <= seen[0]) return false;
+  positions[stream] = [offset, epoch];
+  return true;
+}
+
+/** The v2 connect frame: the device, the access token, the reconnect token with the
+ * positions to resume from, and the authenticator's params (each only when there is one). */
+export function connectFrame(device, token, reconnectToken, positions, params) {
+  const frame = { type: "connect", device };
+  if (token) frame.token = token;
+  if (reconnectToken) {
+    frame.reconnect_token = reconnectToken;
+    if (Object.keys(positions).length) frame.positions = positions;
+  }
+  if (params) frame.params = params;
+  return frame;
+}
+
+/** Whether a socket closed with `code` is opened again (else the connection ends). */
+export function reconnects(code) {
+  return RETRY_CODES.has(code) || (code >= 4000 && code <= 4499);
+}
+
+/** The ms to wait before reconnecting after `failures` failures in a row: the advice of a
+ * 1012/1013/4004 close reason (at most maxAdviceMs), else the full-jitter backoff. */
+export function retryDelay(code, reason, failures, options) {
+  const ceiling = Math.min(options.backoffCapMs,
+                           options.backoffBaseMs * 2 ** Math.min(failures, 30));
+  const advice = ADVICE_CODES.has(code) ? retryAdvice(reason) : null;
+  return advice === null ? Math.random() * ceiling : Math.min(advice, options.maxAdviceMs);
+}
+
+/** The delay a 1012/1013/4004 close reason asks for, in ms, or null for free text. */
+export function retryAdvice(reason) {
+  try {
+    const ms = JSON.parse(reason)?.retry_ms;
+    return Number.isFinite(ms) && ms >= 0 ? ms : null;
+  } catch {
+    return null;
+  }
+}
+
+export function fromBase64(text) {
+  if (typeof text !== "string") throw new TypeError("stabilizer: no base64 text");
+  return Uint8Array.from(atob(text), (char) => char.charCodeAt(0)).buffer;
+}
+
+export function numberOrNull(value) {
+  return Number.isFinite(value) ? value : null;
+}
+
+/** `url` (ws:, wss:, http:, https: or relative) as the ws: or wss: URL to connect to. */
+export function webSocketUrl(url) {
+  const parsed = new URL(url, globalThis.location?.href);
+  parsed.protocol = parsed.protocol.replace(/^http/, "ws");  // http: -> ws:, https: -> wss:
+  if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
+    throw new SyntaxError(`stabilizer: ${url} is not a ws:, wss:, http: or https: URL`);
+  }
+  parsed.hash = "";
+  return parsed.href;
+}
+
+/** `base` without token and positions parameters; with `token`, protocol 1's resume
+ * parameters: ?token= and, when there are any, ?positions=. */
+export function socketUrl(base, token = null, positions = {}) {
+  const url = new URL(base);
+  url.searchParams.delete("token");
+  url.searchParams.delete("positions");
+  if (token) {
+    url.searchParams.set("token", token);
+    if (Object.keys(positions).length) {
+      url.searchParams.set("positions", JSON.stringify(positions));
+    }
+  }
+  return url;
+}

@@ -20,6 +20,7 @@ from stabilizer.client.dial import Attempt, DialOptions, dial, hang_up
 from stabilizer.client.frames import Frames, notify, send_ack
 from stabilizer.client.inbox import Inbox, Owed
 from stabilizer.client.requests import Requests, Subscriptions
+from stabilizer.client.session_view import SessionView
 from stabilizer.client.v2 import SUBPROTOCOL, ProtocolV2, TokenSource, check_options
 from stabilizer.pure.client_protocol import (
     ClientClosedError,
@@ -31,7 +32,6 @@ from stabilizer.pure.client_protocol import (
     RetryPolicy,
     SendTimeoutError,
     ServerClosedError,
-    SessionInfo,
     StateChange,
     build_url,
     close_action,
@@ -46,7 +46,7 @@ from stabilizer.pure.text import JSONValue
 
 logger = logging.getLogger(__name__)
 
-class ClientConnection(Requests):
+class ClientConnection(SessionView, Requests):
     """A WebSocket to a stabilizer server that survives restarts, failovers and outages."""
 
     def __init__(
@@ -102,56 +102,6 @@ class ClientConnection(Requests):
         self._error: ClientClosedError | None = None
         self._closed_by_app = False
         self._runner: asyncio.Task[None] | None = None
-
-    @property
-    def client_id(self) -> str | None:
-        """The client id given to connect(), else the one in the last session frame."""
-        return self._client_id or (self.session.client_id if self.session else None)
-
-    @property
-    def session(self) -> SessionInfo | None:
-        """The newest session frame (None until the first connection opens)."""
-        return self._frames.session
-
-    @property
-    def last_resume(self) -> ResumeResult | None:
-        """What the last reconnect recovered (see ``on_resume``)."""
-        return self._frames.last_resume
-
-    @property
-    def protocol(self) -> int:
-        """2 with ``protocol=2`` (the server speaks stabilizer.v2), else 1."""
-        return 1 if self._v2 is None else 2
-
-    @property
-    def user_id(self) -> str | None:
-        """The authenticated user of the current (or last) session; None when anonymous."""
-        return self.session.user_id if self.session else None
-
-    @property
-    def device(self) -> str | None:
-        """v2: the device given to connect(), else the one the server chose (kept)."""
-        return self._v2.device if self._v2 else None
-
-    @property
-    def expires_at(self) -> float | None:
-        """v2: when the credentials expire (Unix seconds; moved on by each refresh)."""
-        return self._v2.expires_at if self._v2 else None
-
-    @property
-    def node_id(self) -> str | None:
-        """The replica serving the current (or last) connection."""
-        return self.session.node_id if self.session else None
-
-    @property
-    def token(self) -> str | None:
-        """The newest reconnect token (persist it to resume from another process)."""
-        return self._frames.token
-
-    @property
-    def positions(self) -> dict[str, tuple[int, str]]:
-        """Per stream, the ``(offset, epoch)`` of the last message handed over."""
-        return self._frames.positions.snapshot()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -29,6 +29,7 @@ from stabilizer.connection.connection import Connection, State
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
+from stabilizer.pure.presence import entry_text
 from stabilizer.pure.streams import client_stream, group_stream, user_stream
 from stabilizer.pure.wire import Envelope, Kind, encode
 from stabilizer.services.delivery.turns import Turns
@@ -80,8 +81,9 @@ class Membership:
         in the backend even if it has none here)."""
         return self._losses != self._settled
 
-    async def join(self, client_id: str, group: str) -> None:
-        """Add a client on any node to a group.
+    async def join(self, client_id: str, group: str, meta_json: str | None = None) -> None:
+        """Add a client on any node to a group (with its presence metadata, as JSON text,
+        when there is some).
 
         Raises:
             ConnectionNotFoundError: the client is not connected anywhere.
@@ -94,14 +96,17 @@ class Membership:
             owner = await ctx.ask(backend.presence.locate(client_id)) if backend.is_shared else None
             if owner is None:
                 raise ConnectionNotFoundError(f"client {client_id!r} is not connected")
-            change = await ctx.ask(backend.groups.join(client_id, group))
+            entry = None if meta_json is None else entry_text(client_id, owner.user_id,
+                                                               meta_json)
+            change = await ctx.ask(backend.groups.join(client_id, group, entry))
             await self._tell_owner(client_id, group, _JOIN, change.holder)
             return
+        entry = None if meta_json is None else entry_text(client_id, conn.user_id, meta_json)
         async with self._turns.hold(client_id):
             had = group in conn.groups
             await self.join_local(conn, group)
             try:
-                joined = (await ctx.ask(backend.groups.join(client_id, group))).changed
+                joined = (await ctx.ask(backend.groups.join(client_id, group, entry))).changed
             except BaseException:
                 # the write failed or its outcome is unknown: not a member here until the
                 # settle that follows (when the backend answers again) reads what it lists

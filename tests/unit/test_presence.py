@@ -192,3 +192,31 @@ async def test_a_subscribe_with_presence_gets_the_state_then_the_changes() -> No
         refused = json.loads(await channels.subscribe(  # type: ignore[arg-type]
             conn, ChannelRequest(2, "odd", None)))
         assert refused["error"]["code"] == "internal"  # the hook's metadata is not JSON
+
+
+async def test_the_clients_presence_helper_applies_frames_and_reports_changes() -> None:
+    from stabilizer.client.presence import ChannelPresence
+    from stabilizer.pure.client_v2 import channel_frame
+
+    assert json.loads(channel_frame("subscribe", 1, "room", presence=True)) == {
+        "type": "subscribe", "id": 1, "channel": "room", "presence": True}
+    assert "presence" not in json.loads(channel_frame("subscribe", 1, "room"))
+    room = ChannelPresence("room")
+    seen: list[tuple[Any, Any]] = []
+
+    @room.on_change
+    def record(joins: Any, leaves: Any) -> None:
+        seen.append((joins, leaves))
+
+    room.on_change(lambda joins, leaves: 1 / 0)  # an application's bug is logged only
+    alice = {"client_id": "a", "meta": {}}
+    waiter = asyncio.ensure_future(room.until(lambda p: "bob" in p))
+    await room.apply({"type": "presence_state", "channel": "room",
+                      "presence": {"alice": [alice]}})
+    assert not waiter.done()
+    bob = {"client_id": "b", "meta": {"x": 1}}
+    await room.apply({"type": "presence_diff", "channel": "room", "joins": {"bob": [bob]},
+                      "leaves": {"alice": [alice]}})
+    assert await waiter == {"bob": [bob]}
+    assert room.count() == 1
+    assert seen == [({"alice": [alice]}, {}), ({"bob": [bob]}, {"alice": [alice]})]

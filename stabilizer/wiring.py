@@ -68,7 +68,8 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     liveness = Liveness(ctx, on_timeout=lambda conn: closing_ref[0].on_timeout(conn))
     watch = PresenceWatch(ctx)
     membership = Membership(ctx, events,
-                            on_unfollow=lambda stream: _unfollow(router_ref[0], watch, stream))
+                            on_unfollow=lambda stream: _unfollow(router_ref[0], watch, stream),
+                            on_forget=watch.forget)
     fanout = FanOut(ctx, membership)
     sequenced = SequencedRouter(ctx, fanout, membership) if config.history_enabled else None
     router: Router = sequenced or LiveRouter(ctx, fanout)
@@ -84,7 +85,8 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     fanout.on_unackable = acks.unackable
     listener = Listener(ctx, router, membership, events, on_kick=admission.kick,
                         on_user_close=users.close_local, on_client_close=closing.close_client,
-                        on_ack=acks.settle, on_presence=watch.receive)
+                        on_ack=acks.settle, on_presence=watch.receive,
+                        on_resubscribing=watch.resubscribing)
     reporter = Reporter(ctx)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
                               kick=admission.kick,

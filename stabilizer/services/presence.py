@@ -6,7 +6,9 @@ envelope, in the backend's order, with a growing version. A watcher starts *pend
 collects the changes that arrive while its subscribe reads the group's state (with the
 version that state stands at). Once ready, it gets the state, then what it collected past
 that version, then, one frame per window (``presence_diff_window``), every later change
-past what it has seen: each change exactly once, in order.
+past what it has seen: each change exactly once, in order. When the node's subscription is
+lost (changes may be lost with it), every watcher starts over: the state again, once the
+subscription is back, then the changes past it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from dataclasses import dataclass, field
 
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
+from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import presence_diff_frame, presence_state_frame
 from stabilizer.pure.presence import Change, coalesce, parse_change, parse_entry, presence_of
 from stabilizer.pure.streams import Target
+from stabilizer.pure.text import backoff_delay
 from stabilizer.pure.wire import Envelope
 
 logger = logging.getLogger(__name__)
@@ -48,18 +52,31 @@ class PresenceWatch:
     def __init__(self, ctx: NodeContext) -> None:
         self._ctx = ctx
         self._groups: dict[str, _Group] = {}
+        self._followed: dict[Connection, set[str]] = {}  # the groups each one follows
         self._wire_log = RateLimitedLog(logger)
+        self._backend_log = RateLimitedLog(logger)
+        self._stale: list[str] = []  # groups whose state watchers get again
+        self._resync: asyncio.Task[None] | None = None
 
     def begin(self, conn: Connection, group: str) -> None:
         """Start collecting `group`'s changes for `conn` (before reading the state)."""
         self._groups.setdefault(group, _Group()).watchers[conn] = _Watcher()
+        self._followed.setdefault(conn, set()).add(group)
 
     def abort(self, conn: Connection, group: str) -> None:
         """`conn` does not follow `group`'s presence (any more)."""
+        self._unlist(conn, group)
         state = self._groups.get(group)
         if state is not None:
             state.watchers.pop(conn, None)
             self._drop_if_idle(group, state)
+
+    def _unlist(self, conn: Connection, group: str) -> None:
+        followed = self._followed.get(conn)
+        if followed is not None:
+            followed.discard(group)
+            if not followed:
+                del self._followed[conn]
 
     def ready(self, conn: Connection, group: str, version: int,
               entries: Mapping[str, str]) -> list[str]:
@@ -73,12 +90,51 @@ class PresenceWatch:
         frames = [presence_state_frame(group, presence)]
         if watcher is None:  # (aborted meanwhile)
             return frames
+        if watcher.seen is not None:  # a resync gave it a newer state meanwhile
+            return []
+        if group in self._stale:  # read before a lost subscription: a newer state follows
+            return frames
         newer = [change for change in watcher.backlog if change.version > version]
         watcher.backlog = []
         watcher.seen = max([version, *(change.version for change in newer)])
         if newer and (diff := coalesce(newer)) is not None:
             frames.append(presence_diff_frame(group, diff))
         return frames
+
+    def resubscribing(self) -> None:
+        """The listener lost its subscription (changes may be lost with it) and subscribes
+        again: every watcher starts over, pending, and gets the state again (read once the
+        subscription is confirmed), then the changes past it."""
+        for group, state in self._groups.items():
+            for watcher in state.watchers.values():
+                watcher.seen, watcher.backlog = None, []
+            if state.watchers and group not in self._stale:
+                self._stale.append(group)
+        if self._stale and (self._resync is None or self._resync.done()):
+            self._resync = self._ctx.tasks.spawn(self._resync_when_subscribed(),
+                                                 name="stabilizer-presence-resync")
+
+    async def _resync_when_subscribed(self) -> None:
+        ctx = self._ctx
+        failures = 0
+        while self._stale:
+            await ctx.backend.routing.subscribed.wait()
+            group = self._stale[0]
+            try:
+                version, entries = await ctx.ask(ctx.backend.groups.presence_state(group))
+            except BackendUnavailable as exc:
+                failures += 1
+                self._backend_log.warning("presence of %r not read again yet", group, exc=exc)
+                await asyncio.sleep(backoff_delay(failures))
+                continue
+            failures = 0
+            self._stale.pop(0)
+            state = self._groups.get(group)
+            now = time.monotonic()
+            for conn, watcher in list(state.watchers.items()) if state else ():
+                if watcher.seen is None:
+                    for frame in self.ready(conn, group, version, entries):
+                        conn.offer(Frame.text(frame), now)
 
     def receive(self, envelope: Envelope) -> None:
         """A PRESENCE envelope from the group's channel."""
@@ -100,14 +156,23 @@ class PresenceWatch:
             state.timer = loop.call_later(self._ctx.config.presence_diff_window,
                                           self._flush, group)
 
+    def forget(self, conn: Connection) -> None:
+        """`conn` closed: it follows no presence any more."""
+        for group in list(self._followed.get(conn, ())):
+            self.abort(conn, group)
+
     def unfollow(self, stream: str) -> None:
         """No local connection follows `stream` any more: for a group's, forget its
         watchers."""
         target = Target.of_stream(stream)
         if target is not None and target.kind == "group":
             state = self._groups.pop(target.name, None)
-            if state is not None and state.timer is not None:
+            if state is None:
+                return
+            if state.timer is not None:
                 state.timer.cancel()
+            for conn in state.watchers:
+                self._unlist(conn, target.name)
 
     def _flush(self, group: str) -> None:
         state = self._groups.get(group)
@@ -119,6 +184,7 @@ class PresenceWatch:
         for conn, watcher in list(state.watchers.items()):
             if not conn.is_open:
                 del state.watchers[conn]
+                self._unlist(conn, group)
                 continue
             if watcher.seen is None:
                 continue

@@ -9,10 +9,16 @@ import asyncio
 import json
 from typing import Any
 
-from stabilizer import SubscribeRequest, WebSocketConnectionManager
+from stabilizer import (
+    MemoryBackend,
+    MemoryHub,
+    SubscribeRequest,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
 from stabilizer.pure.presence import PresenceSync
 from stabilizer.pure.v2 import ChannelRequest
-from tests.integration.test_cluster import Cluster, cluster, started
+from tests.integration.test_cluster import QUIET, Cluster, cluster, started
 from tests.support.fakes import FakeSocket
 
 __all__ = ["cluster"]  # the fixture, re-exported for pytest
@@ -27,6 +33,7 @@ class Follower:
         self.socket = FakeSocket(client_id)
         self.sync = PresenceSync()
         self.diffs: list[dict[str, Any]] = []
+        self.states = 0  # presence_state frames after the subscribe's
 
     async def subscribe(self, group: str, meta: dict[str, Any] | None = None) -> None:
         await self.manager.connect(self.client_id, self.socket)
@@ -59,6 +66,9 @@ class Follower:
                 frame = await self.socket.next_json(timeout=timeout)
                 if frame.get("type") == "presence_diff":
                     self.apply(frame)
+                elif frame.get("type") == "presence_state":
+                    self.states += 1
+                    self.sync.sync_state(frame["presence"])
 
 
 def item(client_id: str, **meta: Any) -> dict[str, Any]:
@@ -120,3 +130,34 @@ async def test_the_members_of_a_dead_node_leave_with_a_diff(cluster: Cluster) ->
     assert await a.count_presence("room") == 1
     left = sorted(key for diff in alice.diffs for key in diff["leaves"])
     assert left == ["b0", "b1", "b2"]
+
+
+async def test_a_lost_subscription_gives_followers_the_state_again() -> None:
+    """Changes published while a node's subscription is down may be lost to pub/sub: once
+    it is back, its followers get the state again, then the changes past it (the memory
+    hub cuts a subscription as Redis would lose it, deterministically)."""
+    hub = MemoryHub()
+    config = {**QUIET, "presence_diff_window": 0.01}
+    async with (WebSocketConnectionManager(WebSocketConfig(node_id="a", **config),
+                                           backend=MemoryBackend(hub)) as a,
+                WebSocketConnectionManager(WebSocketConfig(node_id="b", **config),
+                                           backend=MemoryBackend(hub)) as b):
+        alice = Follower(a, "alice")
+        await alice.subscribe("room", {"name": "Alice"})
+        await b.connect("bob", FakeSocket("bob"))
+        assert hub.cut_subscription("a")
+        await b.join_group("bob", "room", presence={"name": "Bob"})
+        robert = {"alice": [item("alice", name="Alice")], "bob": [item("bob", name="Robert")]}
+        await b.update_presence("bob", "room", {"name": "Robert"})
+        await alice.until(robert)
+        async with asyncio.timeout(15):
+            while not alice.states:  # the state again, once the subscription is back
+                frame = await alice.socket.next_json(timeout=15)
+                if frame["type"] == "presence_state":
+                    alice.states += 1
+                    alice.sync.sync_state(frame["presence"])
+                else:
+                    alice.apply(frame)
+        assert alice.sync.list() == robert
+        await b.leave_group("bob", "room")
+        await alice.until({"alice": [item("alice", name="Alice")]})

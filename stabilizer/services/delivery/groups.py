@@ -46,10 +46,12 @@ class Membership:
     """Which local connections belong to which group, kept in step with the backend."""
 
     def __init__(self, ctx: NodeContext, events: Events,
-                 on_unfollow: Callable[[str], None]) -> None:
+                 on_unfollow: Callable[[str], None],
+                 on_forget: Callable[[Connection], None] | None = None) -> None:
         self._ctx = ctx
         self._events = events
         self._on_unfollow = on_unfollow  # a stream no local connection follows any more
+        self._on_forget = on_forget  # a connection closed
         self._members: dict[str, set[Connection]] = {}
         # groups whose channel is being subscribed: their next joiners wait for it too
         self._subscribing: dict[str, asyncio.Future[None]] = {}
@@ -234,6 +236,8 @@ class Membership:
     async def forget(self, conn: Connection) -> None:
         """A connection closed: drop its local memberships (its cluster membership is the
         closing service's decision: kept while the session is resumable)."""
+        if self._on_forget is not None:
+            self._on_forget(conn)
         for group in conn.groups:
             await self.leave_local(conn, group)
         if self._ctx.pool.get(conn.client_id) in (None, conn):  # (not replaced here)

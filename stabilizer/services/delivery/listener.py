@@ -46,9 +46,11 @@ class Listener:
                  events: Events, on_kick: KickHandler, on_user_close: UserCloseHandler,
                  on_client_close: ClientCloseHandler | None = None,
                  on_ack: AckHandler | None = None,
-                 on_presence: PresenceHandler | None = None) -> None:
+                 on_presence: PresenceHandler | None = None,
+                 on_resubscribing: Callable[[], None] | None = None) -> None:
         self._ctx = ctx
         self._on_presence = on_presence
+        self._on_resubscribing = on_resubscribing
         self._on_ack = on_ack
         self._router = router
         self._membership = membership
@@ -67,6 +69,8 @@ class Listener:
             try:
                 if failures:
                     self._router.resubscribing()
+                    if self._on_resubscribing is not None:
+                        self._on_resubscribing()
                 async for raw in ctx.backend.routing.deliveries():
                     failures = 0
                     await self.dispatch(raw)

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Final
 
+from stabilizer.backends.base import GroupStore, MembershipChange
 from stabilizer.connection.connection import Connection, State
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
@@ -100,7 +101,7 @@ class Membership:
                 raise ConnectionNotFoundError(f"client {client_id!r} is not connected")
             entry = None if meta_json is None else entry_text(client_id, owner.user_id,
                                                                meta_json)
-            change = await ctx.ask(backend.groups.join(client_id, group, entry))
+            change = await ctx.ask(_join(backend.groups, client_id, group, entry))
             await self._tell_owner(client_id, group, _JOIN, change.holder)
             return
         entry = None if meta_json is None else entry_text(client_id, conn.user_id, meta_json)
@@ -108,7 +109,7 @@ class Membership:
             had = group in conn.groups
             await self.join_local(conn, group)
             try:
-                joined = (await ctx.ask(backend.groups.join(client_id, group, entry))).changed
+                joined = (await ctx.ask(_join(backend.groups, client_id, group, entry))).changed
             except BaseException:
                 # the write failed or its outcome is unknown: not a member here until the
                 # settle that follows (when the backend answers again) reads what it lists
@@ -305,3 +306,11 @@ class Membership:
             self._ctx.want_resync()
             self._backend_log.warning("groups of %r not settled (backend down); the resync "
                                       "after it settles them", conn.client_id, exc=exc)
+
+
+def _join(groups: GroupStore, client_id: str, group: str,
+          entry: str | None) -> Awaitable[MembershipChange]:
+    """A plain join asks exactly what it always did; one with presence adds the entry."""
+    if entry is None:
+        return groups.join(client_id, group)
+    return groups.join(client_id, group, presence=entry)

@@ -2,7 +2,11 @@
 (docs/protocol.md 6.6). A channel is a group: subscribing joins it, publishing sends to it.
 
 ``@manager.on_subscribe``: return None (or True) to allow, False to refuse (``forbidden``),
-or raise RPCError to refuse with a code, message and data of its own.
+or raise RPCError to refuse with a code, message and data of its own. Return a dict to
+allow with presence metadata: the client joins the channel listed in its presence with
+that dict (a JSON object of at most 1 KiB; see ``manager.get_presence``).
+``SubscribeRequest.presence`` says whether the client asked to follow the channel's
+presence (a ``presence_state`` frame, then ``presence_diff`` frames; docs/protocol.md 6.8).
 ``@manager.on_publish``: return what to publish (the request's ``data`` as sent, or
 something else to rewrite it), or raise RPCError (or return False) to refuse.
 Without the hook, clients can neither subscribe nor publish.
@@ -25,6 +29,7 @@ class SubscribeRequest:
     user_id: str | None
     conn_id: str
     metadata: Mapping[str, Any]
+    presence: bool = False  # it asked to follow the channel's presence
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,5 +44,7 @@ class PublishRequest:
     metadata: Mapping[str, Any]
 
 
-SubscribeHook: TypeAlias = Callable[[SubscribeRequest], Awaitable[bool | None] | bool | None]
+SubscribeVerdict: TypeAlias = bool | dict[str, Any] | None
+SubscribeHook: TypeAlias = Callable[[SubscribeRequest],
+                                    Awaitable[SubscribeVerdict] | SubscribeVerdict]
 PublishHook: TypeAlias = Callable[[PublishRequest], Awaitable[Any] | Any]

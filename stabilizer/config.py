@@ -172,6 +172,7 @@ class WebSocketConfig:
     auth_refresh_grace: float = 10.0
     rpc_timeout: float = 30.0  # a procedure still running after this is cancelled
     rpc_max_in_flight: int = 16  # calls one connection may have running at once
+    presence_diff_window: float = 0.05  # presence changes within it go out as one diff
 
     # --- stabilizer: history and resumable sessions (history_size > 0 enables them) ---
     history_size: int = 0
@@ -228,6 +229,10 @@ class WebSocketConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
             _positive(name, value)
+        window = self.presence_diff_window
+        if isinstance(window, bool) or not isinstance(window, int | float) or not (
+                0 <= window <= 60):
+            raise ConfigError(f"presence_diff_window must be 0 to 60 seconds, got {window!r}")
         if isinstance(self.history_size, bool) or not isinstance(self.history_size, int) or (
             self.history_size < 0
         ):

@@ -20,6 +20,10 @@ class ConnectionNotFoundError(WebSocketStabilizerError):
     """The client is not connected (on this node, or anywhere for cluster-wide calls)."""
 
 
+class NotAMemberError(WebSocketStabilizerError, LookupError):
+    """The client is not a member of the group an operation needs it in."""
+
+
 class InvalidClientIdError(ConnectionNotFoundError, ValueError):
     """A client id is not a usable string (empty, too long, or not valid UTF-8).
 

@@ -22,6 +22,7 @@ from stabilizer.connection.sockets import SocketLike
 from stabilizer.errors import BroadcastFailedError, ConnectionNotFoundError
 from stabilizer.facets.cluster import ClusterFacet
 from stabilizer.facets.groups import GroupsFacet
+from stabilizer.facets.presence import PresenceFacet
 from stabilizer.facets.users import UsersFacet
 from stabilizer.node.context import Phase
 from stabilizer.pure.streams import Target
@@ -36,7 +37,7 @@ from stabilizer.wiring import assemble
 H = TypeVar("H", bound=RPCHandler)
 
 
-class WebSocketConnectionManager(GroupsFacet, ClusterFacet, UsersFacet):
+class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, UsersFacet):
     """Tracks this node's WebSocket connections and reaches clients on every node.
 
     Drop-in for fastapi-websocket-stabilizer's manager: same methods, same defaults.

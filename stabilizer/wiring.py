@@ -29,6 +29,7 @@ from stabilizer.services.lifecycle import Lifecycle, Loop
 from stabilizer.services.liveness import Liveness
 from stabilizer.services.maintenance import Maintenance
 from stabilizer.services.memory import MemoryGuard
+from stabilizer.services.presence import PresenceWatch
 from stabilizer.services.reports import Reporter
 from stabilizer.services.resume import Resume
 from stabilizer.services.rpc import Procedures
@@ -65,8 +66,10 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     closing_ref: list[Closing] = []
     router_ref: list[Router] = []
     liveness = Liveness(ctx, on_timeout=lambda conn: closing_ref[0].on_timeout(conn))
+    watch = PresenceWatch(ctx)
     membership = Membership(ctx, events,
-                            on_unfollow=lambda stream: router_ref[0].unfollow(stream))
+                            on_unfollow=lambda stream: _unfollow(router_ref[0], watch, stream),
+                            on_forget=watch.forget)
     fanout = FanOut(ctx, membership)
     sequenced = SequencedRouter(ctx, fanout, membership) if config.history_enabled else None
     router: Router = sequenced or LiveRouter(ctx, fanout)
@@ -82,21 +85,28 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     fanout.on_unackable = acks.unackable
     listener = Listener(ctx, router, membership, events, on_kick=admission.kick,
                         on_user_close=users.close_local, on_client_close=closing.close_client,
-                        on_ack=acks.settle)
+                        on_ack=acks.settle, on_presence=watch.receive,
+                        on_resubscribing=watch.resubscribing)
     reporter = Reporter(ctx)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
                               kick=admission.kick,
                               settle_groups=lambda conns, restore: membership.settle(
                                   conns, restore=restore, node_wide=True),
                               reporter=reporter)
-    loops: dict[str, Loop] = {"heartbeat": liveness.run, "maintenance": maintenance.run}
-    if ctx.follows_others:
-        loops["listener"] = listener.run
+    # the listener runs on one node alone too: the backend hands it its own presence
+    # changes, in the backend's order (on one node, nothing else arrives)
+    loops: dict[str, Loop] = {"heartbeat": liveness.run, "maintenance": maintenance.run,
+                              "listener": listener.run}
     lifecycle = Lifecycle(ctx, closing, tokens, loops)
     sessions = SessionServices(
         ctx, admission, closing, liveness, tokens,
         Resume(ctx, membership, sequenced) if sequenced is not None else None,
-        Auth(ctx, authenticator, closing), Procedures(ctx), Channels(ctx, membership, router),
-        acks)
+        Auth(ctx, authenticator, closing), Procedures(ctx),
+        Channels(ctx, membership, router, watch), acks)
     return Node(ctx, events, liveness, membership, router, closing, memory, tokens,
                 admission, users, lifecycle, sessions, reporter)
+
+
+def _unfollow(router: Router, watch: PresenceWatch, stream: str) -> None:
+    router.unfollow(stream)
+    watch.unfollow(stream)

@@ -21,17 +21,38 @@ class GroupStore(Protocol):
         many."""
         ...
 
-    async def join(self, client_id: str, group: str) -> MembershipChange:
+    async def join(self, client_id: str, group: str,
+                   presence: str | None = None) -> MembershipChange:
         """Add a member (recording the group stream's baseline in the client's session, if
         it has one); ``changed`` is False if it already was a member. The change names the
         connection that held the client's memberships as it was written. A client the
         store does not know (no session, or no presence) goes on the away list for twice
         the last keepalive's node_ttl, unless already there: the sweep ends the membership
-        if no node registers the client meanwhile (its node died after the store lost it)."""
+        if no node registers the client meanwhile (its node died after the store lost it).
+        With `presence` (an entry, pure/presence.py), the member's presence entry in the
+        group is set in the same step, and the change published to the nodes following the
+        group, as every later change of it (updates; its removal by any end of the
+        membership: a leave, a replaced or ended session, a sweep)."""
+        ...
+
+    async def update_presence(self, client_id: str, group: str, presence: str) -> bool:
+        """Set a member's presence entry (publishing the change); False when the client is
+        not a member of `group`."""
+        ...
+
+    async def presence_state(self, group: str) -> tuple[int, dict[str, str]]:
+        """Return the version of the group's last presence change (0: it has no presence)
+        and its entries by client id, read in one step: every published change with a
+        higher version happened after."""
+        ...
+
+    async def count_presence(self, group: str) -> int:
+        """Return how many members of `group` have a presence entry (O(1))."""
         ...
 
     async def leave(self, client_id: str, group: str) -> MembershipChange:
-        """Remove a member; ``changed`` is False if it was not one. The change names the
+        """Remove a member (and its presence entry); ``changed`` is False if it was not one.
+        The change names the
         connection that held the client's memberships as it was written."""
         ...
 

@@ -338,9 +338,11 @@ class ClientConnection(SessionView, Requests):
             self._frames.reopened()
             session = self._frames.session
             kept = session is not None and session.resumed and session.history
-            if self._subscriptions.active and not kept:  # groups end without history
+            # groups end without history; presence is followed per connection
+            if self._subscriptions.active and (not kept or self._subscriptions.presences):
                 self._resubscriber = asyncio.create_task(  # reading must go on meanwhile
-                    self._subscribe_again(self._send_timeout), name="stabilizer-resubscribe")
+                    self._subscribe_again(self._send_timeout, presence_only=kept),
+                    name="stabilizer-resubscribe")
 
     async def _set_state(self, change: StateChange) -> None:
         async with self._state_changed:

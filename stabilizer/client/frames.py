@@ -108,6 +108,9 @@ class Frames:
             v2.on_refreshed(frame)
         elif v2 is not None and kind == "reply" and self._calls is not None:
             self._calls.settle(frame)
+        elif (v2 is not None and kind in ("presence_state", "presence_diff")
+              and self._subscriptions is not None):
+            await self._subscriptions.presence_frame(frame)
 
     def reopened(self) -> None:
         """After a reconnect: when no resume frame will come, say what was missed."""

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 
 from stabilizer.client.calls import PendingCalls
+from stabilizer.client.presence import ChannelPresence
 from stabilizer.client.v2 import ProtocolV2
 from stabilizer.errors import RPCError
 from stabilizer.pure.client_protocol import ClientClosedError
@@ -36,6 +37,14 @@ class Subscriptions:
 
     def __init__(self) -> None:
         self.active: dict[str, tuple[OnMessage | None, JSONValue]] = {}
+        self.presences: dict[str, ChannelPresence] = {}  # subscribed with presence
+
+    async def presence_frame(self, frame: Mapping[str, Any]) -> None:
+        """Hand a ``presence_state`` or ``presence_diff`` frame to its channel's copy."""
+        channel = frame.get("channel")
+        presence = self.presences.get(channel) if isinstance(channel, str) else None
+        if presence is not None:
+            await presence.apply(frame)
 
     def route(self, channel: str | None, message: str | bytes) -> bool:
         """Hand a channel's message to its callback; False when it goes to the inbox."""
@@ -76,9 +85,11 @@ class Requests:
                                       lambda ident: rpc_frame(ident, method, params), timeout)
 
     async def subscribe(self, channel: str, on_message: OnMessage | None = None, *,
-                        params: JSONValue = None, timeout: float = 30.0) -> None:
+                        params: JSONValue = None, presence: bool = False,
+                        timeout: float = 30.0) -> None:
         """Join `channel` (a group) if the server's ``on_subscribe`` hook allows it;
         `on_message` then gets the channel's messages (else they arrive as any other).
+        With `presence`, ``presence(channel)`` then follows who is in the channel.
 
         Raises:
             RPCError: refused (``forbidden`` or the hook's own code), ``unavailable``,
@@ -86,10 +97,29 @@ class Requests:
             ValueError, TypeError: a channel name the server refuses, or params not JSON.
         """
         self._ready("subscribe")
-        await self._calls.call(
-            self._wait_open,
-            lambda ident: channel_frame("subscribe", ident, channel, params), timeout)
-        self._subscriptions.active[channel] = (on_message, params)
+        subscriptions = self._subscriptions
+        if presence:  # before the reply: the state follows it at once
+            subscriptions.presences.setdefault(channel, ChannelPresence(channel))
+        try:
+            await self._calls.call(
+                self._wait_open, lambda ident: channel_frame(
+                    "subscribe", ident, channel, params, presence=presence), timeout)
+        except BaseException:
+            if presence and channel not in subscriptions.active:
+                subscriptions.presences.pop(channel, None)
+            raise
+        subscriptions.active[channel] = (on_message, params)
+
+    def presence(self, channel: str) -> ChannelPresence:
+        """The presence of `channel`, which this client subscribed to with presence=True.
+
+        Raises:
+            KeyError: it did not.
+        """
+        try:
+            return self._subscriptions.presences[channel]
+        except KeyError:
+            raise KeyError(f"not subscribed to {channel!r} with presence=True") from None
 
     async def unsubscribe(self, channel: str, *, timeout: float = 30.0) -> None:
         """Leave `channel`; its messages stop (any already on their way still arrive).
@@ -99,6 +129,7 @@ class Requests:
         """
         self._ready("unsubscribe")
         self._subscriptions.active.pop(channel, None)
+        self._subscriptions.presences.pop(channel, None)
         await self._calls.call(
             self._wait_open, lambda ident: channel_frame("unsubscribe", ident, channel),
             timeout)
@@ -119,19 +150,25 @@ class Requests:
             self._wait_open, lambda ident: channel_frame("publish", ident, channel, data),
             timeout)
 
-    async def _subscribe_again(self, timeout: float) -> None:
-        """After a reconnect that kept no memberships: subscribe to every channel again."""
+    async def _subscribe_again(self, timeout: float, *, presence_only: bool = False) -> None:
+        """After a reconnect that kept no memberships: subscribe to every channel again;
+        after one that kept them, to those that follow presence (the server follows it
+        per connection), which sends their state again."""
         for channel, (on_message, params) in list(self._subscriptions.active.items()):
+            presence = channel in self._subscriptions.presences
+            if presence_only and not presence:
+                continue
             try:
                 await self._calls.call(
-                    self._wait_open, functools.partial(_subscribe_frame, channel, params),
-                    timeout)
+                    self._wait_open,
+                    functools.partial(_subscribe_frame, channel, params, presence), timeout)
             except RPCError as exc:
                 if exc.code in ("timeout", "disconnected", "unavailable"):
                     continue  # the next fresh session tries again
                 logger.warning("channel %r was not subscribed again: %s", channel, exc)
                 if self._subscriptions.active.get(channel) == (on_message, params):
                     del self._subscriptions.active[channel]
+                    self._subscriptions.presences.pop(channel, None)
             except ClientClosedError:
                 return
 
@@ -142,5 +179,5 @@ class Requests:
             raise RuntimeError("start the connection first (async with connect(...))")
 
 
-def _subscribe_frame(channel: str, params: JSONValue, call_id: int) -> str:
-    return channel_frame("subscribe", call_id, channel, params)
+def _subscribe_frame(channel: str, params: JSONValue, presence: bool, call_id: int) -> str:
+    return channel_frame("subscribe", call_id, channel, params, presence=presence)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from stabilizer.facets.base import Facet
+from stabilizer.pure.presence import encode_meta
 from stabilizer.pure.streams import Target
 from stabilizer.pure.text import Message, check_client_id, check_group, encode_message, json_value
 from stabilizer.results import BroadcastResult
@@ -22,17 +25,22 @@ class GroupsFacet(Facet):
         return await self._node.router.publish(Target("group", check_group(group)), payload,
                                                exclude_client, json_value(message))
 
-    async def join_group(self, client_id: str, group: str) -> None:
-        """Add a client connected to any node to `group` (cluster-wide).
+    async def join_group(self, client_id: str, group: str,
+                         presence: dict[str, Any] | None = None) -> None:
+        """Add a client connected to any node to `group` (cluster-wide); with `presence`
+        (a JSON object of at most 1 KiB), the member is listed in the group's presence
+        with that metadata until its membership ends (see get_presence).
 
         Raises:
-            ValueError: the group name is empty, too long or not text.
+            ValueError: the group name is empty, too long or not text, or `presence` is
+                not a dict, not JSON-serialisable or too big.
             ConnectionNotFoundError: the client is not connected anywhere.
             BackendUnavailable: the shared store cannot be reached.
         """
         check_group(group)
         check_client_id(client_id, self._ctx.config.max_client_id_length)
-        await self._node.membership.join(client_id, group)
+        meta_json = None if presence is None else encode_meta(presence)
+        await self._node.membership.join(client_id, group, meta_json)
 
     async def leave_group(self, client_id: str, group: str) -> None:
         """Remove a client from `group` (no error if it was not a member).

@@ -120,9 +120,10 @@ def reply_outcome(frame: ControlFrame) -> tuple[int | str | None, JSONValue, RPC
                                  error.get("data"))
 
 
-def channel_frame(kind: str, call_id: int, channel: str, value: JSONValue = None) -> str:
-    """A ``subscribe`` (value: params), ``unsubscribe`` or ``publish`` (value: data) frame
-    (docs/protocol.md 6.6).
+def channel_frame(kind: str, call_id: int, channel: str, value: JSONValue = None, *,
+                  presence: bool = False) -> str:
+    """A ``subscribe`` (value: params; `presence` to follow the channel's presence),
+    ``unsubscribe`` or ``publish`` (value: data) frame (docs/protocol.md 6.6, 6.8).
 
     Raises:
         ValueError: a channel the server would refuse, or a value that is not JSON.
@@ -139,6 +140,8 @@ def channel_frame(kind: str, call_id: int, channel: str, value: JSONValue = None
         body["data"] = value
     elif kind == "subscribe" and value is not None:
         body["params"] = value
+    if kind == "subscribe" and presence:
+        body["presence"] = True
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 

@@ -151,3 +151,14 @@ def utf8_size_over(text: str, limit: int) -> bool:
     if length * 4 <= limit or text.isascii():
         return False
     return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def presence_state_frame(channel: str, presence: Mapping[str, object]) -> str:
+    """A channel's whole presence, once after a ``subscribe`` with ``presence: true``."""
+    return _dump({"type": "presence_state", "channel": channel, "presence": presence})
+
+
+def presence_diff_frame(channel: str, diff: Mapping[str, object]) -> str:
+    """The changes of a channel's presence since the last frame: ``joins`` and ``leaves``."""
+    return _dump({"type": "presence_diff", "channel": channel, "joins": diff["joins"],
+                  "leaves": diff["leaves"]})

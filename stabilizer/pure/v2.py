@@ -199,6 +199,7 @@ class ChannelRequest:
     call_id: CallId
     channel: str
     value: Any
+    presence: bool = False  # a subscribe that follows the channel's presence
 
 
 def parse_channel_request(kind: str, body: Mapping[str, Any]) -> ChannelRequest:
@@ -214,10 +215,14 @@ def parse_channel_request(kind: str, body: Mapping[str, Any]) -> ChannelRequest:
     except ValueError as exc:
         raise BadCallError(ident, f"{kind}: {str(exc).replace('group', 'channel')}") from exc
     value = None
+    presence = False
     if kind == "subscribe":
         value = body.get("params")
+        presence = body.get("presence", False)
+        if not isinstance(presence, bool):
+            raise BadCallError(ident, "subscribe: presence must be true or false")
     elif kind == "publish":
         value = body.get("data")
         if not isinstance(value, str | dict | list):
             raise BadCallError(ident, "publish: data must be a string, an object or an array")
-    return ChannelRequest(ident, channel, value)
+    return ChannelRequest(ident, channel, value, presence)

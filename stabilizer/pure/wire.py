@@ -44,6 +44,8 @@ class Kind(IntEnum):
     CLIENT_CLOSE = 9  # close local client `target`; `payload` as USER_CLOSE's
     ACK = 10  # a client acknowledged message `ref` of the receiving node (`payload` nil),
     # or cannot: `payload` "unsupported" (a plain client)
+    PRESENCE = 11  # the presence of a member of group `target` changed: `payload` is the
+    # JSON [old entry, new entry] (pure/presence.py), `ref` the change's version (decimal)
 
 
 @dataclass(frozen=True, slots=True)

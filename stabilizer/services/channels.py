@@ -16,11 +16,13 @@ from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable, ConfigError, ConnectionNotFoundError
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import reply_error_frame, reply_frame
+from stabilizer.pure.presence import encode_meta
 from stabilizer.pure.streams import Target
 from stabilizer.pure.text import encode_message, json_value
 from stabilizer.pure.v2 import ChannelRequest
 from stabilizer.services.delivery.groups import Membership
 from stabilizer.services.delivery.router import Router
+from stabilizer.services.presence import PresenceWatch
 from stabilizer.services.rpc import guarded
 
 logger = logging.getLogger(__name__)
@@ -32,8 +34,10 @@ UNAVAILABLE: Final = "unavailable"
 class Channels:
     """Subscribe, unsubscribe and publish for v2 clients, as the hooks allow."""
 
-    def __init__(self, ctx: NodeContext, membership: Membership, router: Router) -> None:
+    def __init__(self, ctx: NodeContext, membership: Membership, router: Router,
+                 watch: PresenceWatch) -> None:
         self._ctx = ctx
+        self._watch = watch
         self._membership = membership
         self._router = router
         self._on_subscribe: SubscribeHook | None = None
@@ -61,28 +65,51 @@ class Channels:
         self._on_publish = hook
         return hook
 
-    async def subscribe(self, conn: Connection, request: ChannelRequest) -> str:
-        """Ask the hook; join the channel if it allows. Return the reply frame."""
+    async def subscribe(self, conn: Connection, request: ChannelRequest) -> str | list[str]:
+        """Ask the hook; join the channel (with the presence metadata it gave, if any) if
+        it allows. Return the reply frame, followed by the channel's presence for a
+        subscribe that follows it."""
         ident, channel = request.call_id, request.channel
         hook = self._on_subscribe
         if hook is None:
             return reply_error_frame(ident, FORBIDDEN, "this server takes no subscriptions")
         asked = SubscribeRequest(channel, request.value, conn.client_id, conn.user_id,
-                                 conn.conn_id, conn.metadata)
+                                 conn.conn_id, conn.metadata, request.presence)
         verdict, refusal = await guarded(self._ctx, ident, f"on_subscribe({channel!r})",
                                          conn.client_id, lambda: hook(asked))
         if refusal is not None:
             return refusal
         if verdict is False:
             return reply_error_frame(ident, FORBIDDEN, f"not allowed to subscribe to {channel!r}")
+        meta_json = None
+        if isinstance(verdict, dict):
+            try:
+                meta_json = encode_meta(verdict)
+            except ValueError as exc:
+                logger.error("on_subscribe(%r) returned unusable presence metadata: %s",
+                             channel, exc)
+                return reply_error_frame(ident, "internal", "internal error")
+        if request.presence:
+            self._watch.begin(conn, channel)
         try:
-            await self._membership.join(conn.client_id, channel)
+            await self._membership.join(conn.client_id, channel, meta_json)
+            if request.presence:
+                version, entries = await self._ctx.ask(
+                    self._ctx.backend.groups.presence_state(channel))
         except (BackendUnavailable, ConnectionNotFoundError) as exc:
+            self._watch.abort(conn, channel)
             return reply_error_frame(ident, UNAVAILABLE, f"not subscribed: {exc}")
-        return reply_frame(ident, {"channel": channel})
+        except BaseException:
+            self._watch.abort(conn, channel)
+            raise
+        reply = reply_frame(ident, {"channel": channel})
+        if not request.presence:
+            return reply
+        return [reply, *self._watch.ready(conn, channel, version, entries)]
 
     async def unsubscribe(self, conn: Connection, request: ChannelRequest) -> str:
         """Leave the channel (any group the client is in: it need not listen to any)."""
+        self._watch.abort(conn, request.channel)
         try:
             await self._membership.leave(conn.client_id, request.channel)
         except BackendUnavailable as exc:

@@ -72,7 +72,7 @@ class Calls:
             task.add_done_callback(lambda done: self._finished(ident, done))
 
     def _work(self, conn: Connection, kind: str,
-              body: Mapping[str, Any]) -> tuple[CallId, Callable[[], Awaitable[str]]]:
+              body: Mapping[str, Any]) -> tuple[CallId, Callable[[], Awaitable[str | list[str]]]]:
         if kind == "rpc":
             call = parse_rpc(body)
             asked = RPCCall(method=call.method, params=call.params, client_id=conn.client_id,
@@ -88,8 +88,11 @@ class Calls:
         if self._running.get(ident) is task:
             del self._running[ident]
 
-    async def _answer(self, conn: Connection, work: Callable[[], Awaitable[str]]) -> None:
-        self._reply(conn, await work())
+    async def _answer(self, conn: Connection,
+                      work: Callable[[], Awaitable[str | list[str]]]) -> None:
+        answer = await work()  # (the reply first; a subscribe may add frames that follow it)
+        for frame in [answer] if isinstance(answer, str) else answer:
+            self._reply(conn, frame)
 
     @staticmethod
     def _reply(conn: Connection, frame: str) -> None:

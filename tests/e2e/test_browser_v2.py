@@ -229,6 +229,41 @@ async def test_subscribe_routes_a_channels_messages_publish_and_resubscribe(
     assert (await asyncio.to_thread(v2_server.get, "/admin/groups/public:room"))[1] == []
 
 
+async def test_a_page_follows_a_channels_presence(
+    page: Page, v2_server: UvicornProcess
+) -> None:
+    tab = await Tab.open(page, v2_server.base, backoffBaseMs=10)
+    await tab.wait_state("open")
+    await page.evaluate("""async () => {
+      window.changes = [];
+      await window.conn.subscribe("presence:room", null, { presence: true });
+      window.conn.presence("presence:room").onChange((joins, leaves) =>
+        window.changes.push([Object.keys(joins), Object.keys(leaves)]));
+    }""")
+    names = ("() => { const p = window.conn.presence('presence:room').list();"
+             " return JSON.stringify(Object.fromEntries(Object.entries(p).map(([k, v]) =>"
+             " [k, v.map((i) => i.meta.name)]))); }")
+    await tab.until(f"() => ({names})() === JSON.stringify({{alice: ['alice']}})")
+    token = str(v2_server.post("/admin/token/bob")["token"])
+    from stabilizer.client import connect
+
+    async with connect(f"{v2_server.ws}/ws", protocol=2, get_token=lambda: token) as bob:
+        await bob.subscribe("presence:room", presence=True)
+        await tab.until(f"() => ({names})() === JSON.stringify({{alice: ['alice'], bob: ['bob']}})")
+        await asyncio.to_thread(
+            v2_server.post, f"/admin/update_presence/presence:room/{bob.client_id}",
+            {"name": "Bob"})
+        await tab.until(f"() => ({names})() === JSON.stringify({{alice: ['alice'], bob: ['Bob']}})")
+    await tab.until(f"() => ({names})() === JSON.stringify({{alice: ['alice']}})")
+    assert await page.evaluate("window.conn.presence('presence:room').count()") == 1
+    changes = await page.evaluate("window.changes")
+    if changes[0] == [["alice"], []]:  # the state, when it came after the reply's turn
+        changes = changes[1:]
+    assert changes == [[["bob"], []], [["bob"], ["bob"]], [[], ["bob"]]]
+    await page.evaluate("window.conn.unsubscribe('presence:room')")
+    assert await page.evaluate("window.conn.presence('presence:room')") is None
+
+
 async def test_a_message_asking_for_an_ack_is_acknowledged_after_its_listeners(
     page: Page, v2_server: UvicornProcess
 ) -> None:

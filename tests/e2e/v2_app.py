@@ -109,13 +109,16 @@ asked: list[str] = []  # every channel on_subscribe was asked about, in order
 
 
 @manager.on_subscribe
-async def may_subscribe(request: SubscribeRequest) -> bool:
-    """public:* for everyone, private:<user> for that user, readonly:* for everyone;
-    "boom" is a bug in the hook; anything else is refused with the hook's own code."""
+async def may_subscribe(request: SubscribeRequest) -> bool | dict[str, Any]:
+    """public:* for everyone, private:<user> for that user, readonly:* for everyone,
+    presence:* for everyone with the presence metadata {"name": user}; "boom" is a bug in
+    the hook; anything else is refused with the hook's own code."""
     asked.append(request.channel)
     channel = request.channel
     if channel == "boom":
         raise ValueError("a bug in the hook")
+    if channel.startswith("presence:"):
+        return {"name": request.user_id}
     if channel.startswith("private:"):
         return channel == f"private:{request.user_id}"
     if channel.startswith(("public:", "readonly:")):
@@ -141,6 +144,13 @@ async def asked_channels() -> list[str]:
 @app.post("/admin/send_group/{group}")
 async def send_group(group: str, body: dict[str, Any] = Body(...)) -> dict[str, int]:
     return {"local": (await manager.send_to_group(group, body["message"])).succeeded}
+
+
+@app.post("/admin/update_presence/{group}/{client_id:path}")
+async def update_presence(group: str, client_id: str,
+                          body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    await manager.update_presence(client_id, group, body)
+    return await manager.get_presence(group)
 
 
 @app.get("/admin/groups/{group}")

@@ -85,8 +85,9 @@ async def group_send(group: str, body: dict[str, Any] = Body(...)) -> dict[str, 
 
 @app.post("/faults/group/{group}/join/{client_id}")
 async def join(group: str, client_id: str) -> dict[str, Any]:
-    """Add a client on any replica to `group`."""
-    await manager.join_group(client_id, group)
+    """Add a client on any replica to `group`, listed in its presence (so that every end
+    of a membership must remove a presence entry too)."""
+    await manager.join_group(client_id, group, presence={"client": client_id})
     return {"joined": True, "local": manager.is_connected(client_id)}
 
 

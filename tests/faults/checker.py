@@ -175,6 +175,14 @@ def check_groups(history: History, snap: Snapshot, markers: dict[str, int]) -> l
         if stray:
             problems.append(f"group {group}: members {sorted(stray)} have no open socket"
                             + (" and no suspended session" if history.history else ""))
+        listed = redis.group_presence.get(group, set())
+        if listed - members:  # (a restored membership has no entry: a subset, not equal)
+            problems.append(f"group {group}: its presence lists {sorted(listed - members)}, "
+                            f"which are not members")
+        if bool(listed) != (group in redis.presence_versions):
+            problems.append(f"group {group}: presence version key "
+                            f"{'present' if group in redis.presence_versions else 'missing'}"
+                            f" with {len(listed)} entries")
         for view in snap.replicas:
             if view.groups is not None and set(view.groups.get(group, [])) != members:
                 problems.append(f"{view.node_id} reports members of {group} as "
@@ -211,6 +219,9 @@ def check_drained(history: History, snap: Snapshot) -> list[str]:
                  **{f"per-node set {n}": sorted(s) for n, s in redis.node_sets.items()},
                  **{f"group {g}": sorted(m) for g, m in redis.groups.items()},
                  **{f"groups of {c}": sorted(g) for c, g in redis.client_groups.items()},
+                 **{f"presence of group {g}": sorted(m)
+                    for g, m in redis.group_presence.items()},
+                 **{f"presence version of group {g}": [g] for g in redis.presence_versions},
                  **{f"subscribers of gc:{g}": redis.subscribers.get(f"gc:{g}", 0)
                     for g in GROUPS}}
     for what, left in leftovers.items():

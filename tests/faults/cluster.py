@@ -233,6 +233,10 @@ class Cluster:
                 view.node_sets[node] = await _members(store, f"{tag}:nc:{node}")
             for group in GROUPS:
                 view.groups[group] = await _members(store, f"{tag}:g:{group}")
+                view.group_presence[group] = {
+                    str(c) for c in await store.hkeys(f"{tag}:gp:{group}")}
+                if await store.exists(f"{tag}:gv:{group}"):
+                    view.presence_versions.add(group)
             for client in {*view.presence, *(c for m in view.groups.values() for c in m)}:
                 view.client_groups[client] = await _members(store, f"{tag}:cg:{client}")
             view.away = {str(c) for c in await store.zrange(f"{tag}:away", 0, -1)}

@@ -105,6 +105,13 @@ def test_group_members_must_be_the_sockets_that_receive_the_group() -> None:
         assert view.groups is not None
         view.groups["g0"] = ["c0"]
     assert check_final(history, snap, markers) == []
+    snap.redis.group_presence["g0"] = {"c0", "c9"}  # an entry that outlived a membership
+    snap.redis.presence_versions.add("g0")
+    assert check_final(history, snap, markers) == [
+        "group g0: its presence lists ['c9'], which are not members"]
+    snap.redis.group_presence["g0"] = set()
+    assert check_final(history, snap, markers) == [
+        "group g0: presence version key present with 0 entries"]
 
 
 def sequenced(at: float, key: int, stream: str, offset: int, epoch: str = "e1") -> Received:
@@ -185,6 +192,10 @@ def test_leftovers_after_every_client_left_are_flagged() -> None:
     snap.redis.groups["g1"] = {"c1"}
     assert check_drained(history, snap) == ["after every client left, group g1 still holds "
                                             "['c1']"]
+    snap.redis.groups["g1"] = set()
+    snap.redis.group_presence["g1"] = {"c1"}
+    assert check_drained(history, snap) == ["after every client left, presence of group g1 "
+                                            "still holds ['c1']"]
 
 
 def test_errors_and_stray_tracebacks_in_logs_are_flagged_but_warnings_are_not() -> None:

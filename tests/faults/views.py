@@ -36,6 +36,8 @@ class RedisView:
     node_sets: dict[str, set[str]] = field(default_factory=dict)  # node -> cids
     groups: dict[str, set[str]] = field(default_factory=dict)  # group -> members
     client_groups: dict[str, set[str]] = field(default_factory=dict)  # cid -> groups
+    group_presence: dict[str, set[str]] = field(default_factory=dict)  # group -> cids listed
+    presence_versions: set[str] = field(default_factory=set)  # groups with a version key
     away: set[str] = field(default_factory=set)  # clients with a suspended session
     subscribers: dict[str, int] = field(default_factory=dict)  # channel suffix -> count
     nodes: list[str] = field(default_factory=list)

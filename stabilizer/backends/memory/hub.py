@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import deque
 
 from stabilizer.backends.base import NodeReport, Presence
+from stabilizer.pure.wire import Envelope, Kind, encode
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ class MemoryHub:
 
     def __init__(self) -> None:
         self.groups: dict[str, set[str]] = {}
+        self.group_presence: dict[str, dict[str, str]] = {}  # group -> client -> entry
+        self.presence_versions: dict[str, int] = {}  # while the group has presence
         self.client_groups: dict[str, set[str]] = {}
         self.group_nodes: dict[str, set[str]] = {}
         self.streams: dict[str, StreamRecord] = {}
@@ -112,10 +116,38 @@ class MemoryHub:
         self.away.pop(client_id, None)
         return self.leave_groups(client_id)
 
-    def leave_groups(self, client_id: str) -> list[str]:
-        """Drop every group membership of a client; return the groups left."""
+    def set_group_presence(self, group: str, client_id: str, entry: str | None,
+                           origin: str) -> None:
+        """Set (or with None remove) a member's presence entry; when it changed, bump the
+        group's version and deliver the change to every node following the group (as
+        PRESENCE_LIB does in Redis: versions start at the clock in microseconds)."""
+        entries = self.group_presence.get(group, {})
+        old = entries.get(client_id)
+        if old == entry:
+            return
+        if entry is None:
+            del entries[client_id]
+        else:
+            entries[client_id] = entry
+            self.group_presence[group] = entries
+        version = self.presence_versions.get(group)
+        version = int(time.time() * 1_000_000) if version is None else version + 1
+        if entries:
+            self.presence_versions[group] = version
+        else:
+            self.group_presence.pop(group, None)
+            self.presence_versions.pop(group, None)
+        payload = f"[{old or 'null'},{entry or 'null'}]"
+        raw = encode(Envelope(Kind.PRESENCE, origin, group, payload, ref=str(version)))
+        for node in list(self.group_nodes.get(group, ())):
+            self.deliver(node, raw)
+
+    def leave_groups(self, client_id: str, origin: str = "memory") -> list[str]:
+        """Drop every group membership of a client (and its presence entries); return the
+        groups left."""
         left = sorted(self.client_groups.pop(client_id, set()))
         for group in left:
+            self.set_group_presence(group, client_id, None, origin)
             members = self.groups.get(group)
             if members is not None:
                 members.discard(client_id)

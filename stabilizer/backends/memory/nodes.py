@@ -77,7 +77,7 @@ class MemoryPresence:
                                 ref=previous.conn_id)
                 hub.deliver(previous.node_id, encode(kick))
             if end_groups:
-                for group in hub.leave_groups(presence.client_id):
+                for group in hub.leave_groups(presence.client_id, presence.node_id):
                     node.membership_event("leave", presence.client_id, group)
         hub.set_presence(presence)
         before = None if previous is None else public(previous)

@@ -42,14 +42,17 @@ class MemoryGroups:
         it is already), so the sweep ends it if nobody registers the client in time."""
         self._node.hub.away.setdefault(client_id, time.time() + self._node.orphan_grace)
 
-    async def join(self, client_id: str, group: str) -> MembershipChange:
-        """Add a member."""
+    async def join(self, client_id: str, group: str,
+                   presence: str | None = None) -> MembershipChange:
+        """Add a member (with its presence entry, when there is one)."""
         self._node.check()
         hub = self._node.hub
         members = hub.groups.setdefault(group, set())
         added = client_id not in members
         members.add(client_id)
         hub.client_groups.setdefault(client_id, set()).add(group)
+        if presence is not None:
+            hub.set_group_presence(group, client_id, presence, self._node.node_id)
         record = hub.sessions.get(client_id)
         if added:
             if record is not None:
@@ -71,12 +74,33 @@ class MemoryGroups:
         if not members:
             hub.groups.pop(group, None)
         hub.client_groups.get(client_id, set()).discard(group)
+        hub.set_group_presence(group, client_id, None, self._node.node_id)
         record = hub.sessions.get(client_id)
         if record is not None:
             record.baselines.pop(group_stream(group), None)
         if removed:
             self._node.membership_event("leave", client_id, group)
         return MembershipChange(removed, self._holder(client_id) or "")
+
+    async def update_presence(self, client_id: str, group: str, presence: str) -> bool:
+        """Set a member's presence entry; False when the client is not a member."""
+        self._node.check()
+        hub = self._node.hub
+        if client_id not in hub.groups.get(group, ()):
+            return False
+        hub.set_group_presence(group, client_id, presence, self._node.node_id)
+        return True
+
+    async def presence_state(self, group: str) -> tuple[int, dict[str, str]]:
+        """The group's presence version (0: none) and entries."""
+        self._node.check()
+        hub = self._node.hub
+        return hub.presence_versions.get(group, 0), dict(hub.group_presence.get(group, {}))
+
+    async def count_presence(self, group: str) -> int:
+        """How many members of the group have a presence entry."""
+        self._node.check()
+        return len(self._node.hub.group_presence.get(group, ()))
 
     async def route_change(self, client_id: str, group: str, *, member: bool,
                            envelope: bytes) -> bool:

@@ -51,6 +51,7 @@ class Scripts:
         self.end_session = register(streams_lua.END_SESSION)
         self.sweep = register(streams_lua.SWEEP)
         self.membership = register(streams_lua.MEMBERSHIP)
+        self.presence_state = register(streams_lua.PRESENCE_STATE)
         self.sequence = register(streams_lua.SEQUENCE)
         self.history = register(streams_lua.HISTORY)
         self.seats = register(users_lua.SEATS)

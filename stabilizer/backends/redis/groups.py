@@ -29,7 +29,8 @@ class RedisGroups:
         receivers = await self._core.publish(self._core.keys.group_channel(group), envelope)
         return max(receivers - (1 if self._routing.follows(group) else 0), 0)
 
-    async def _change(self, client_id: str, group: str, action: str) -> MembershipChange:
+    async def _change(self, client_id: str, group: str, action: str,
+                      entry: str | None = None) -> MembershipChange:
         core = self._core
         keys = core.keys
         script_keys = [keys.group(group), keys.client_groups(client_id),
@@ -45,7 +46,7 @@ class RedisGroups:
         changed, holder = await core.call(core.scripts.membership(
             keys=script_keys,
             args=[client_id, group, *core.event_args(), core.node_id, core.publish_command,
-                  action, holder_in, core.orphan_grace_ms],
+                  action, holder_in, core.orphan_grace_ms, keys.group_prefix, entry or ""],
         ), "membership")
         if holder is None and action == "join":  # presence lives in other slots
             await self._await_claim(client_id)
@@ -60,12 +61,37 @@ class RedisGroups:
             await core.call(core.client.zadd(core.keys.away, {client_id: due}, nx=True),
                             "membership")
 
-    async def join(self, client_id: str, group: str) -> MembershipChange:
-        """One script: SADD to the group and the client's group set; read the holder."""
-        return await self._change(client_id, group, "join")
+    async def join(self, client_id: str, group: str,
+                   presence: str | None = None) -> MembershipChange:
+        """One script: SADD to the group and the client's group set (and HSET the presence
+        entry, publishing the change, when there is one); read the holder."""
+        return await self._change(client_id, group, "join", presence)
+
+    async def update_presence(self, client_id: str, group: str, presence: str) -> bool:
+        """One script (MEMBERSHIP's update): HSET the entry of a member, publishing the
+        change; False when the client is not a member."""
+        return (await self._change(client_id, group, "update", presence)).changed
+
+    async def presence_state(self, group: str) -> tuple[int, dict[str, str]]:
+        """One script: the group's presence version and entries, read at once."""
+        core = self._core
+        keys = core.keys
+        reply = await core.call(core.scripts.presence_state(
+            keys=[keys.group_presence(group), keys.group_presence_version(group)], args=[],
+        ), "presence_state")
+        pairs = reply[1:]
+        return int(reply[0]), {text(pairs[i]): text(pairs[i + 1])
+                               for i in range(0, len(pairs) - 1, 2)}
+
+    async def count_presence(self, group: str) -> int:
+        """HLEN of the group's presence hash."""
+        core = self._core
+        return int(await core.call(core.client.hlen(core.keys.group_presence(group)),
+                                   "count_presence"))
 
     async def leave(self, client_id: str, group: str) -> MembershipChange:
-        """One script: SREM from the group and the client's group set; read the holder."""
+        """One script: SREM from the group and the client's group set (HDEL its presence
+        entry, publishing the change, if it had one); read the holder."""
         return await self._change(client_id, group, "leave")
 
     async def route_change(self, client_id: str, group: str, *, member: bool,

@@ -6,7 +6,8 @@ per-node channels are spread over buckets tagged ``{ns:<b>}``.
 
 Client ids, user ids, group names and stream names are user input. They appear in keys only
 after a fixed prefix that ends with ":" (``{ns}:s:<client>``, ``{ns}:cg:<client>``,
-``{ns}:g:<group>``, ``{ns}:h:<stream>``, ``{ns}:gc:<group>``, ``{ns}:u:<user>``, ...), as hash
+``{ns}:g:<group>``, ``{ns}:h:<stream>``, ``{ns}:gc:<group>``, ``{ns}:gp:<group>``,
+``{ns}:gv:<group>``, ``{ns}:u:<user>``, ...), as hash
 fields, or as set members; they are
 never used as a pattern (the CLI escapes them before SCAN MATCH). A "{" or "}" inside them
 cannot move a key to another slot, because the hash tag is the *first* ``{...}`` of the key,
@@ -199,8 +200,18 @@ class KeyLayout:
 
     @property
     def group_prefix(self) -> str:
-        """Prefix of the group member sets."""
+        """Prefix of the group member sets (PRESENCE_LIB names the group presence keys and
+        channels from it: ``g:`` becomes ``gp:``, ``gv:``, ``gc:``)."""
         return f"{self.tag}:g:"
+
+    def group_presence(self, group: str) -> str:
+        """Hash: client_id -> the member's presence entry (pure/presence.py), for members
+        that joined with metadata only."""
+        return f"{self.tag}:gp:{group}"
+
+    def group_presence_version(self, group: str) -> str:
+        """String: the version of the group's last presence change (while it has one)."""
+        return f"{self.tag}:gv:{group}"
 
     def client_groups(self, client_id: str) -> str:
         """Set: the groups of `client_id`."""

@@ -10,14 +10,47 @@ from typing import Final
 
 from stabilizer.backends.redis.user_scripts import SEATS_LIB
 
+# A Lua function that sets (`new` an entry) or removes (`new` false) a member's presence
+# entry in group `g`: the keys are named from the group-set prefix ``{ns}:g:`` (keys.py:
+# ``{ns}:gp:<group>``, ``{ns}:gv:<group>``, channel ``{ns}:gc:<group>``). When the entry
+# changed, it bumps the group's presence version and publishes a PRESENCE envelope
+# ``[1, 11, node, g, "[old,new]", nil, "<version>"]`` on the group's channel. A version key
+# starts at the Redis time in microseconds and goes when the group's presence empties, so
+# versions keep growing across that (a million changes a second would be needed to catch up
+# with the clock). Returns nothing; touches nothing when there is nothing to change.
+PRESENCE_LIB: Final = """
+local function presence_set(group_prefix, g, cid, new, node, publish)
+  local base = string.sub(group_prefix, 1, -3)
+  local pkey = base .. 'gp:' .. g
+  local old = redis.call('HGET', pkey, cid)
+  if (not old and not new) or old == new then return end
+  if new then redis.call('HSET', pkey, cid, new) else redis.call('HDEL', pkey, cid) end
+  local vkey = base .. 'gv:' .. g
+  local version
+  if redis.call('EXISTS', vkey) == 1 then
+    version = string.format('%d', redis.call('INCR', vkey))
+  else
+    local t = redis.call('TIME')
+    version = t[1] .. string.sub('000000' .. t[2], -6)
+    redis.call('SET', vkey, version)
+  end
+  if redis.call('EXISTS', pkey) == 0 then redis.call('DEL', vkey) end
+  local payload = '[' .. (old or 'null') .. ',' .. (new or 'null') .. ']'
+  redis.call(publish, base .. 'gc:' .. g, '\\151\\001\\011' .. cmsgpack.pack(node)
+    .. cmsgpack.pack(g) .. cmsgpack.pack(payload) .. '\\192' .. cmsgpack.pack(version))
+end
+"""
+
 # A Lua function prepended to the scripts that end a client's group memberships: removes
 # the client from each of its groups (publishing a "leave" event for each when the events
-# channel is not ''), deletes its group set, and returns the groups it left.
-LEAVE_ALL: Final = """
+# channel is not '', and a presence change where it had an entry), deletes its group set,
+# and returns the groups it left.
+LEAVE_ALL: Final = PRESENCE_LIB + """
 local function leave_all(cg, group_prefix, cid, channel, event_prefix, node, publish)
   local groups = redis.call('SMEMBERS', cg)
   for _, g in ipairs(groups) do
     redis.call('SREM', group_prefix .. g, cid)
+    presence_set(group_prefix, g, cid, false, node, publish)
     if channel ~= '' then
       local ev = cjson.encode({event = 'leave', client_id = cid, group = g, node_id = node})
       redis.call(publish, channel, event_prefix .. cmsgpack.pack(ev) .. '\\192\\192')

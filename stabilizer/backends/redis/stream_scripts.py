@@ -5,7 +5,7 @@ after a fixed key prefix (see keys.py); they are never patterns.
 
 from typing import Final
 
-from stabilizer.backends.redis.scripts import LEAVE_ALL
+from stabilizer.backends.redis.scripts import LEAVE_ALL, PRESENCE_LIB
 
 # KEYS: session hash, away zset, meta of "all", meta of "c:<client>", client's group set
 #       [, meta of "u:<user>" (when ARGV[8] is not '')].
@@ -104,8 +104,11 @@ return ended
 # KEYS: group set, client's group set, client's session hash, group stream meta, away zset
 #       [, presence hash (when ARGV[8] is 'p')].
 # ARGV: client id, group, events channel ('' = none), event prefix, node id, publish
-#       command, 'join' or 'leave', where the holder is read ('s' the session's '_' field,
-#       'p' the client's presence entry, '' nowhere), grace ms. A join records the group
+#       command, 'join', 'leave' or 'update', where the holder is read ('s' the session's
+#       '_' field, 'p' the client's presence entry, '' nowhere), grace ms, group-set prefix,
+#       presence entry ('' = none). A join with an entry sets the member's presence entry
+#       (PRESENCE_LIB); a leave removes it; an update sets it only for a member (``changed``
+#       then says whether it is one), and changes nothing else. A join records the group
 #       stream's baseline position in the client's session (when it has one). A join for a
 #       client the store does not know (no session, or no presence: the store lost it, and
 #       its node has not registered it again yet) also puts the client on the away list,
@@ -113,9 +116,15 @@ return ended
 #       client again, the sweep ends the membership instead of keeping it for good.
 # Returns {1 if it changed anything else 0, the holder's conn id ('' = none; false when
 # read nowhere)}.
-MEMBERSHIP: Final = """
+MEMBERSHIP: Final = PRESENCE_LIB + """
 local changed
-if ARGV[7] == 'join' then
+if ARGV[7] == 'update' then
+  changed = redis.call('SISMEMBER', KEYS[1], ARGV[1])
+  if changed == 1 then
+    presence_set(ARGV[10], ARGV[2], ARGV[1], ARGV[11], ARGV[5], ARGV[6])
+  end
+  return {changed, false}
+elseif ARGV[7] == 'join' then
   changed = redis.call('SADD', KEYS[1], ARGV[1])
   redis.call('SADD', KEYS[2], ARGV[2])
   if changed == 1 and redis.call('EXISTS', KEYS[3]) == 1 then
@@ -123,10 +132,14 @@ if ARGV[7] == 'join' then
     local offset = redis.call('HGET', KEYS[4], 'offset') or '0'
     redis.call('HSET', KEYS[3], 'p:g:' .. ARGV[2], offset .. '|' .. (epoch or ''))
   end
+  if ARGV[11] ~= '' then
+    presence_set(ARGV[10], ARGV[2], ARGV[1], ARGV[11], ARGV[5], ARGV[6])
+  end
 else
   changed = redis.call('SREM', KEYS[1], ARGV[1])
   redis.call('SREM', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[3], 'p:g:' .. ARGV[2])
+  presence_set(ARGV[10], ARGV[2], ARGV[1], false, ARGV[5], ARGV[6])
 end
 if changed == 1 and ARGV[3] ~= '' then
   local ev = cjson.encode({event = ARGV[7], client_id = ARGV[1], group = ARGV[2],
@@ -215,5 +228,15 @@ local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+')
 if #entries == 0 or entries[1][1] ~= string.format('%d-0', after + 1) then return {0} end
 local out = {1}
 for _, entry in ipairs(entries) do table.insert(out, entry[2][2]) end
+return out
+"""
+
+# KEYS: a group's presence hash, its presence version key.
+# Returns {version ('0' when the group has no presence), field/value pairs...}: the state
+# every change up to that version made, read at once.
+PRESENCE_STATE: Final = """
+local version = redis.call('GET', KEYS[2]) or '0'
+local out = redis.call('HGETALL', KEYS[1])
+table.insert(out, 1, version)
 return out
 """

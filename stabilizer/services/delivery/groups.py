@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Final
 
+from stabilizer.backends.base import GroupStore, MembershipChange
 from stabilizer.connection.connection import Connection, State
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
+from stabilizer.pure.presence import entry_text
 from stabilizer.pure.streams import client_stream, group_stream, user_stream
 from stabilizer.pure.wire import Envelope, Kind, encode
 from stabilizer.services.delivery.turns import Turns
@@ -45,10 +47,12 @@ class Membership:
     """Which local connections belong to which group, kept in step with the backend."""
 
     def __init__(self, ctx: NodeContext, events: Events,
-                 on_unfollow: Callable[[str], None]) -> None:
+                 on_unfollow: Callable[[str], None],
+                 on_forget: Callable[[Connection], None] | None = None) -> None:
         self._ctx = ctx
         self._events = events
         self._on_unfollow = on_unfollow  # a stream no local connection follows any more
+        self._on_forget = on_forget  # a connection closed
         self._members: dict[str, set[Connection]] = {}
         # groups whose channel is being subscribed: their next joiners wait for it too
         self._subscribing: dict[str, asyncio.Future[None]] = {}
@@ -80,8 +84,9 @@ class Membership:
         in the backend even if it has none here)."""
         return self._losses != self._settled
 
-    async def join(self, client_id: str, group: str) -> None:
-        """Add a client on any node to a group.
+    async def join(self, client_id: str, group: str, meta_json: str | None = None) -> None:
+        """Add a client on any node to a group (with its presence metadata, as JSON text,
+        when there is some).
 
         Raises:
             ConnectionNotFoundError: the client is not connected anywhere.
@@ -94,14 +99,17 @@ class Membership:
             owner = await ctx.ask(backend.presence.locate(client_id)) if backend.is_shared else None
             if owner is None:
                 raise ConnectionNotFoundError(f"client {client_id!r} is not connected")
-            change = await ctx.ask(backend.groups.join(client_id, group))
+            entry = None if meta_json is None else entry_text(client_id, owner.user_id,
+                                                               meta_json)
+            change = await ctx.ask(_join(backend.groups, client_id, group, entry))
             await self._tell_owner(client_id, group, _JOIN, change.holder)
             return
+        entry = None if meta_json is None else entry_text(client_id, conn.user_id, meta_json)
         async with self._turns.hold(client_id):
             had = group in conn.groups
             await self.join_local(conn, group)
             try:
-                joined = (await ctx.ask(backend.groups.join(client_id, group))).changed
+                joined = (await ctx.ask(_join(backend.groups, client_id, group, entry))).changed
             except BaseException:
                 # the write failed or its outcome is unknown: not a member here until the
                 # settle that follows (when the backend answers again) reads what it lists
@@ -229,6 +237,8 @@ class Membership:
     async def forget(self, conn: Connection) -> None:
         """A connection closed: drop its local memberships (its cluster membership is the
         closing service's decision: kept while the session is resumable)."""
+        if self._on_forget is not None:
+            self._on_forget(conn)
         for group in conn.groups:
             await self.leave_local(conn, group)
         if self._ctx.pool.get(conn.client_id) in (None, conn):  # (not replaced here)
@@ -296,3 +306,11 @@ class Membership:
             self._ctx.want_resync()
             self._backend_log.warning("groups of %r not settled (backend down); the resync "
                                       "after it settles them", conn.client_id, exc=exc)
+
+
+def _join(groups: GroupStore, client_id: str, group: str,
+          entry: str | None) -> Awaitable[MembershipChange]:
+    """A plain join asks exactly what it always did; one with presence adds the entry."""
+    if entry is None:
+        return groups.join(client_id, group)
+    return groups.join(client_id, group, presence=entry)

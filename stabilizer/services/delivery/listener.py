@@ -14,7 +14,7 @@ from stabilizer.errors import BackendUnavailable, WireError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.text import backoff_delay
-from stabilizer.pure.wire import Kind, close_of, decode
+from stabilizer.pure.wire import Envelope, Kind, close_of, decode
 from stabilizer.services.delivery.groups import Membership
 from stabilizer.services.delivery.router import Router
 from stabilizer.services.events import Events
@@ -32,6 +32,8 @@ UserCloseHandler = Callable[[str, int, str], object]
 ClientCloseHandler = Callable[[str, int, str], object]
 #: Settles the acknowledgement this node waits for under `ref` (None: acknowledged).
 AckHandler = Callable[[str | None, str | None], None]
+#: Takes a PRESENCE envelope (a change of a group's presence, this node's own included).
+PresenceHandler = Callable[[Envelope], None]
 
 _MESSAGES = frozenset({Kind.BROADCAST, Kind.GROUP, Kind.DIRECT, Kind.USER})
 
@@ -43,8 +45,12 @@ class Listener:
     def __init__(self, ctx: NodeContext, router: Router, membership: Membership,
                  events: Events, on_kick: KickHandler, on_user_close: UserCloseHandler,
                  on_client_close: ClientCloseHandler | None = None,
-                 on_ack: AckHandler | None = None) -> None:
+                 on_ack: AckHandler | None = None,
+                 on_presence: PresenceHandler | None = None,
+                 on_resubscribing: Callable[[], None] | None = None) -> None:
         self._ctx = ctx
+        self._on_presence = on_presence
+        self._on_resubscribing = on_resubscribing
         self._on_ack = on_ack
         self._router = router
         self._membership = membership
@@ -63,6 +69,8 @@ class Listener:
             try:
                 if failures:
                     self._router.resubscribing()
+                    if self._on_resubscribing is not None:
+                        self._on_resubscribing()
                 async for raw in ctx.backend.routing.deliveries():
                     failures = 0
                     await self.dispatch(raw)
@@ -91,6 +99,9 @@ class Listener:
         kind = envelope.kind
         if kind in _MESSAGES:
             await self._router.receive(envelope)
+        elif kind is Kind.PRESENCE:
+            if self._on_presence is not None:
+                self._on_presence(envelope)
         elif envelope.origin == self._ctx.node_id:
             return
         elif kind is Kind.KICK and envelope.target:

@@ -1,21 +1,29 @@
 /**
  * stabilizer/channels.js: protocol v2's channel subscriptions as the client keeps them: the
- * function that gets each channel's messages, and subscribing again after a reconnect into
- * a session that kept no memberships.
+ * function that gets each channel's messages, the presence it follows, and subscribing
+ * again after a reconnect into a session that kept no memberships (or, for those that
+ * follow presence, after any reconnect).
  */
+import { Presence } from "./presence.js";
 
 /** A subscribe request (without its id). */
-export function subscribeFrame(channel, params) {
+export function subscribeFrame(channel, params, presence = false) {
   const body = { type: "subscribe", channel };
   if (params !== null && params !== undefined) body.params = params;
+  if (presence) body.presence = true;
   return body;
 }
 
 /** One connection's subscribed channels. */
 export class Channels {
   #channels = new Map();  // subscribed channel -> {onMessage, params}
+  #presences = new Map();  // channel -> Presence, for those that follow it
 
   get size() { return this.#channels.size; }
+
+  get followsPresence() { return this.#presences.size > 0; }
+
+  has(channel) { return this.#channels.has(channel); }
 
   add(channel, onMessage, params) {
     this.#channels.set(channel, { onMessage, params });
@@ -23,6 +31,19 @@ export class Channels {
 
   delete(channel) {
     this.#channels.delete(channel);
+    this.#presences.delete(channel);
+  }
+
+  /** The presence of `channel`, made on first use (before the subscribe is sent: its
+   * state follows the reply at once). */
+  presence(channel, create = false) {
+    if (create && !this.#presences.has(channel)) this.#presences.set(channel, new Presence(channel));
+    return this.#presences.get(channel) ?? null;
+  }
+
+  /** A "presence_state" or "presence_diff" frame: to its channel's copy. */
+  presenceFrame(frame) {
+    this.#presences.get(frame.channel)?.apply(frame);
   }
 
   /** The function that gets `channel`'s messages instead of the "message" listeners. */
@@ -32,15 +53,17 @@ export class Channels {
 
   /** After a reconnect into a fresh session the server forgot the subscriptions: send each
    * again with `request(body, timeoutMs)`; forget the ones the server refuses now. */
-  async subscribeAgain(request) {
+  async subscribeAgain(request, presenceOnly = false) {
     for (const [channel, entry] of [...this.#channels]) {
-      const body = subscribeFrame(channel, entry.params);
+      const presence = this.#presences.has(channel);
+      if (presenceOnly && !presence) continue;
+      const body = subscribeFrame(channel, entry.params, presence);
       try {
         await request(body, 30000);
       } catch (err) {
         if (["timeout", "disconnected", "unavailable", "closed"].includes(err.code)) continue;
         console.warn(`stabilizer: channel ${channel} was not subscribed again: ${err.message}`);
-        if (this.#channels.get(channel) === entry) this.#channels.delete(channel);
+        if (this.#channels.get(channel) === entry) this.delete(channel);
       }
     }
   }

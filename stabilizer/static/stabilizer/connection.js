@@ -89,11 +89,22 @@ export class Connection {
   }
 
   /** v2: join `channel` if the server's on_subscribe hook allows it; `onMessage(data,
-   * position)` then gets its messages instead of the "message" listeners. */
-  async subscribe(channel, onMessage = null, { params = null, timeoutMs = 30000 } = {}) {
-    await this.#request(subscribeFrame(channel, params), timeoutMs);
+   * position)` then gets its messages instead of the "message" listeners. With `presence`,
+   * `presence(channel)` then follows who is in it. */
+  async subscribe(channel, onMessage = null,
+                  { params = null, presence = false, timeoutMs = 30000 } = {}) {
+    if (presence) this.#channels.presence(channel, true);
+    try {
+      await this.#request(subscribeFrame(channel, params, presence), timeoutMs);
+    } catch (err) {
+      if (presence && !this.#channels.has(channel)) this.#channels.delete(channel);
+      throw err;
+    }
     this.#channels.add(channel, onMessage, params);
   }
+
+  /** v2: the presence of a channel subscribed with `presence: true` (else null). */
+  presence(channel) { return this.#channels.presence(channel); }
 
   /** v2: leave `channel`. */
   async unsubscribe(channel, { timeoutMs = 30000 } = {}) {
@@ -210,6 +221,8 @@ export class Connection {
       case "refresh": this.#refresher.refresh(ws, () => this.#ws); return;
       case "refreshed": this.#expiresAt = numberOrNull(frame.expires_at); return;
       case "reply": if (this.#v2) { this.#calls.reply(ws, frame); return; } break;
+      case "presence_state": case "presence_diff":
+        if (this.#v2) { this.#channels.presenceFrame(frame); return; } break;
       case "message":
         if (this.#history && this.#unwrap(frame)) return;
         if (this.#v2) {
@@ -262,8 +275,8 @@ export class Connection {
       this.#emit("resume", { type: "resume", recovered: false, replayed: 0, failed: [] });
     }
     const kept = frame.resumed && this.#history;  // groups end with a session w/o history
-    if (reconnect && !kept && this.#channels.size) {
-      this.#channels.subscribeAgain((body, timeoutMs) => this.#request(body, timeoutMs));
+    if (reconnect && this.#channels.size && (!kept || this.#channels.followsPresence)) {
+      this.#channels.subscribeAgain((body, timeoutMs) => this.#request(body, timeoutMs), kept);
     }
   }
 

@@ -1,0 +1,207 @@
+"""Presence diffs for the local connections that follow a group's presence (a v2
+``subscribe`` with ``presence: true``).
+
+Every change of a group's presence reaches each node following the group as a PRESENCE
+envelope, in the backend's order, with a growing version. A watcher starts *pending*: it
+collects the changes that arrive while its subscribe reads the group's state (with the
+version that state stands at). Once ready, it gets the state, then what it collected past
+that version, then, one frame per window (``presence_diff_window``), every later change
+past what it has seen: each change exactly once, in order. When the node's subscription is
+lost (changes may be lost with it), every watcher starts over: the state again, once the
+subscription is back, then the changes past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from stabilizer.connection.connection import Connection
+from stabilizer.connection.sockets import Frame
+from stabilizer.errors import BackendUnavailable
+from stabilizer.logs import RateLimitedLog
+from stabilizer.node.context import NodeContext
+from stabilizer.pure.frames import presence_diff_frame, presence_state_frame
+from stabilizer.pure.presence import Change, coalesce, parse_change, parse_entry, presence_of
+from stabilizer.pure.streams import Target
+from stabilizer.pure.text import backoff_delay
+from stabilizer.pure.wire import Envelope
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Watcher:
+    seen: int | None = None  # the last version it got (None: pending)
+    backlog: list[Change] = field(default_factory=list)  # collected while pending
+
+
+@dataclass(slots=True)
+class _Group:
+    watchers: dict[Connection, _Watcher] = field(default_factory=dict)
+    window: list[Change] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+class PresenceWatch:
+    """The local connections following each group's presence, and their diffs."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
+        self._groups: dict[str, _Group] = {}
+        self._followed: dict[Connection, set[str]] = {}  # the groups each one follows
+        self._wire_log = RateLimitedLog(logger)
+        self._backend_log = RateLimitedLog(logger)
+        self._stale: list[str] = []  # groups whose state watchers get again
+        self._resync: asyncio.Task[None] | None = None
+
+    def begin(self, conn: Connection, group: str) -> None:
+        """Start collecting `group`'s changes for `conn` (before reading the state)."""
+        self._groups.setdefault(group, _Group()).watchers[conn] = _Watcher()
+        self._followed.setdefault(conn, set()).add(group)
+
+    def abort(self, conn: Connection, group: str) -> None:
+        """`conn` does not follow `group`'s presence (any more)."""
+        self._unlist(conn, group)
+        state = self._groups.get(group)
+        if state is not None:
+            state.watchers.pop(conn, None)
+            self._drop_if_idle(group, state)
+
+    def _unlist(self, conn: Connection, group: str) -> None:
+        followed = self._followed.get(conn)
+        if followed is not None:
+            followed.discard(group)
+            if not followed:
+                del self._followed[conn]
+
+    def ready(self, conn: Connection, group: str, version: int,
+              entries: Mapping[str, str]) -> list[str]:
+        """The state read at `version`: return the frames `conn` gets now, in order (the
+        state, and a diff of what arrived past it meanwhile); later changes follow in
+        diffs. Call it right before offering them: nothing may run in between."""
+        state = self._groups.get(group)
+        watcher = None if state is None else state.watchers.get(conn)
+        presence = presence_of(entry for raw in entries.values()
+                               if (entry := parse_entry(raw)) is not None)
+        frames = [presence_state_frame(group, presence)]
+        if watcher is None:  # (aborted meanwhile)
+            return frames
+        if watcher.seen is not None:  # a resync gave it a newer state meanwhile
+            return []
+        if group in self._stale:  # read before a lost subscription: a newer state follows
+            return frames
+        newer = [change for change in watcher.backlog if change.version > version]
+        watcher.backlog = []
+        watcher.seen = max([version, *(change.version for change in newer)])
+        if newer and (diff := coalesce(newer)) is not None:
+            frames.append(presence_diff_frame(group, diff))
+        return frames
+
+    def resubscribing(self) -> None:
+        """The listener lost its subscription (changes may be lost with it) and subscribes
+        again: every watcher starts over, pending, and gets the state again (read once the
+        subscription is confirmed), then the changes past it."""
+        for group, state in self._groups.items():
+            for watcher in state.watchers.values():
+                watcher.seen, watcher.backlog = None, []
+            if state.watchers and group not in self._stale:
+                self._stale.append(group)
+        if self._stale and (self._resync is None or self._resync.done()):
+            self._resync = self._ctx.tasks.spawn(self._resync_when_subscribed(),
+                                                 name="stabilizer-presence-resync")
+
+    async def _resync_when_subscribed(self) -> None:
+        ctx = self._ctx
+        failures = 0
+        while self._stale:
+            await ctx.backend.routing.subscribed.wait()
+            group = self._stale[0]
+            try:
+                version, entries = await ctx.ask(ctx.backend.groups.presence_state(group))
+            except BackendUnavailable as exc:
+                failures += 1
+                self._backend_log.warning("presence of %r not read again yet", group, exc=exc)
+                await asyncio.sleep(backoff_delay(failures))
+                continue
+            failures = 0
+            self._stale.pop(0)
+            state = self._groups.get(group)
+            now = time.monotonic()
+            for conn, watcher in list(state.watchers.items()) if state else ():
+                if watcher.seen is None:
+                    for frame in self.ready(conn, group, version, entries):
+                        conn.offer(Frame.text(frame), now)
+
+    def receive(self, envelope: Envelope) -> None:
+        """A PRESENCE envelope from the group's channel."""
+        group = envelope.target
+        state = self._groups.get(group) if group is not None else None
+        if state is None or group is None:
+            return
+        change = parse_change(envelope.payload, envelope.ref)
+        if change is None:
+            self._ctx.stats.wire_errors += 1
+            self._wire_log.warning("dropped a malformed presence change of %r", group)
+            return
+        for watcher in state.watchers.values():
+            if watcher.seen is None:
+                watcher.backlog.append(change)
+        state.window.append(change)
+        if state.timer is None:
+            loop = asyncio.get_running_loop()
+            state.timer = loop.call_later(self._ctx.config.presence_diff_window,
+                                          self._flush, group)
+
+    def forget(self, conn: Connection) -> None:
+        """`conn` closed: it follows no presence any more."""
+        for group in list(self._followed.get(conn, ())):
+            self.abort(conn, group)
+
+    def unfollow(self, stream: str) -> None:
+        """No local connection follows `stream` any more: for a group's, forget its
+        watchers."""
+        target = Target.of_stream(stream)
+        if target is not None and target.kind == "group":
+            state = self._groups.pop(target.name, None)
+            if state is None:
+                return
+            if state.timer is not None:
+                state.timer.cancel()
+            for conn in state.watchers:
+                self._unlist(conn, target.name)
+
+    def _flush(self, group: str) -> None:
+        state = self._groups.get(group)
+        if state is None:
+            return
+        window, state.window, state.timer = state.window, [], None
+        frames: dict[int, str | None] = {}  # diffs by the index of their first change
+        now = time.monotonic()
+        for conn, watcher in list(state.watchers.items()):
+            if not conn.is_open:
+                del state.watchers[conn]
+                self._unlist(conn, group)
+                continue
+            if watcher.seen is None:
+                continue
+            seen = watcher.seen
+            start = next((i for i, change in enumerate(window) if change.version > seen),
+                         len(window))
+            if start == len(window):
+                continue
+            if start not in frames:
+                diff = coalesce(window[start:])
+                frames[start] = None if diff is None else presence_diff_frame(group, diff)
+            watcher.seen = window[-1].version
+            frame = frames[start]
+            if frame is not None:
+                conn.offer(Frame.text(frame), now)
+        self._drop_if_idle(group, state)
+
+    def _drop_if_idle(self, group: str, state: _Group) -> None:
+        if not state.watchers and state.timer is None:
+            self._groups.pop(group, None)

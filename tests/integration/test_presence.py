@@ -1,0 +1,163 @@
+"""Presence with state across nodes: joins, updates and leaves made on any node reach a
+client following the group's presence on another, once each and in order, and the members
+of a node that died leave it (their reaped clients' memberships end), with a diff that
+says so. On a shared memory hub, on Redis and on a Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from stabilizer import (
+    MemoryBackend,
+    MemoryHub,
+    SubscribeRequest,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
+from stabilizer.pure.presence import PresenceSync
+from stabilizer.pure.v2 import ChannelRequest
+from tests.integration.test_cluster import QUIET, Cluster, cluster, started
+from tests.support.fakes import FakeSocket
+
+__all__ = ["cluster"]  # the fixture, re-exported for pytest
+
+
+class Follower:
+    """A client following a group's presence on one node: its copy, and every diff it got."""
+
+    def __init__(self, manager: WebSocketConnectionManager, client_id: str) -> None:
+        self.manager = manager
+        self.client_id = client_id
+        self.socket = FakeSocket(client_id)
+        self.sync = PresenceSync()
+        self.diffs: list[dict[str, Any]] = []
+        self.states = 0  # presence_state frames after the subscribe's
+
+    async def subscribe(self, group: str, meta: dict[str, Any] | None = None) -> None:
+        await self.manager.connect(self.client_id, self.socket)
+
+        @self.manager.on_subscribe
+        def allow(request: SubscribeRequest) -> dict[str, Any] | None:
+            return meta
+
+        conn = self.manager.get_connection(self.client_id)
+        assert conn is not None
+        frames = await self.manager._node.sessions.channels.subscribe(
+            conn, ChannelRequest(1, group, None, presence=True))
+        assert isinstance(frames, list)
+        reply, state = (json.loads(frame) for frame in frames[:2])
+        assert reply["result"] == {"channel": group}
+        assert state["type"] == "presence_state"
+        self.sync.sync_state(state["presence"])
+        for frame in frames[2:]:
+            self.apply(json.loads(frame))
+
+    def apply(self, frame: dict[str, Any]) -> None:
+        assert frame["type"] == "presence_diff"
+        self.diffs.append(frame)
+        self.sync.sync_diff(frame)
+
+    async def until(self, wanted: dict[str, Any], timeout: float = 15.0) -> None:
+        """Apply the diffs that arrive until the copy lists `wanted`."""
+        async with asyncio.timeout(timeout):
+            while self.sync.list() != wanted:
+                frame = await self.socket.next_json(timeout=timeout)
+                if frame.get("type") == "presence_diff":
+                    self.apply(frame)
+                elif frame.get("type") == "presence_state":
+                    self.states += 1
+                    self.sync.sync_state(frame["presence"])
+
+
+def item(client_id: str, **meta: Any) -> dict[str, Any]:
+    return {"client_id": client_id, "meta": meta}
+
+
+async def test_joins_updates_and_leaves_on_any_node_reach_a_follower(cluster: Cluster) -> None:
+    a, b = cluster("a", presence_diff_window=0.01), cluster("b", presence_diff_window=0.01)
+    await started(a, b)
+    alice = Follower(a, "alice")
+    await alice.subscribe("room", {"name": "Alice"})
+    me = {"alice": [item("alice", name="Alice")]}
+    assert alice.sync.list() == me
+    await b.connect("bob", FakeSocket("bob"))
+    await b.connect("carol", FakeSocket("carol"))
+    await b.join_group("bob", "room", presence={"name": "Bob"})  # on its own node
+    await a.join_group("carol", "room", presence={"name": "Carol"})  # from another node
+    await alice.until({**me, "bob": [item("bob", name="Bob")],
+                       "carol": [item("carol", name="Carol")]})
+    assert await b.get_presence("room") == alice.sync.list()
+    assert await a.count_presence("room") == 3
+    await a.update_presence("bob", "room", {"name": "Robert"})  # a member on another node
+    await alice.until({**me, "bob": [item("bob", name="Robert")],
+                       "carol": [item("carol", name="Carol")]})
+    await b.leave_group("carol", "room")
+    await b.disconnect("bob")  # no resumable session: its memberships end
+    await alice.until(me)
+    assert await b.get_presence("room") == me
+    # each change once: every join, update and leave was applied to a copy that had (or
+    # lacked) exactly what it named
+    joined = [key for diff in alice.diffs for key in diff["joins"]]
+    left = [key for diff in alice.diffs for key in diff["leaves"]]
+    assert sorted(joined) == ["bob", "bob", "carol"]
+    assert sorted(left) == ["bob", "bob", "carol"]
+
+
+async def test_the_members_of_a_dead_node_leave_with_a_diff(cluster: Cluster) -> None:
+    a, b = cluster("a", node_ttl=1.0), cluster("b", node_ttl=1.0)
+    await started(a, b)
+    alice = Follower(a, "alice")
+    await alice.subscribe("room", {"name": "Alice"})
+    for n in range(3):
+        await b.connect(f"b{n}", FakeSocket(f"b{n}"))
+        await b.join_group(f"b{n}", "room", presence={"n": n})
+    await alice.until({"alice": [item("alice", name="Alice")],
+                       **{f"b{n}": [item(f"b{n}", n=n)] for n in range(3)}})
+
+    # SIGKILL leaves no goodbye: stop b's loops without unregistering anything
+    loops = [task for task in asyncio.all_tasks()
+             if task.get_name().startswith("stabilizer-loop-")
+             and task.get_name().endswith(f":{b.node_id}")]
+    assert len(loops) == 3
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
+
+    await alice.until({"alice": [item("alice", name="Alice")]}, timeout=20.0)
+    assert await a.get_presence("room") == {"alice": [item("alice", name="Alice")]}
+    assert await a.count_presence("room") == 1
+    left = sorted(key for diff in alice.diffs for key in diff["leaves"])
+    assert left == ["b0", "b1", "b2"]
+
+
+async def test_a_lost_subscription_gives_followers_the_state_again() -> None:
+    """Changes published while a node's subscription is down may be lost to pub/sub: once
+    it is back, its followers get the state again, then the changes past it (the memory
+    hub cuts a subscription as Redis would lose it, deterministically)."""
+    hub = MemoryHub()
+    config = {**QUIET, "presence_diff_window": 0.01}
+    async with (WebSocketConnectionManager(WebSocketConfig(node_id="a", **config),
+                                           backend=MemoryBackend(hub)) as a,
+                WebSocketConnectionManager(WebSocketConfig(node_id="b", **config),
+                                           backend=MemoryBackend(hub)) as b):
+        alice = Follower(a, "alice")
+        await alice.subscribe("room", {"name": "Alice"})
+        await b.connect("bob", FakeSocket("bob"))
+        assert hub.cut_subscription("a")
+        await b.join_group("bob", "room", presence={"name": "Bob"})
+        robert = {"alice": [item("alice", name="Alice")], "bob": [item("bob", name="Robert")]}
+        await b.update_presence("bob", "room", {"name": "Robert"})
+        await alice.until(robert)
+        async with asyncio.timeout(15):
+            while not alice.states:  # the state again, once the subscription is back
+                frame = await alice.socket.next_json(timeout=15)
+                if frame["type"] == "presence_state":
+                    alice.states += 1
+                    alice.sync.sync_state(frame["presence"])
+                else:
+                    alice.apply(frame)
+        assert alice.sync.list() == robert
+        await b.leave_group("bob", "room")
+        await alice.until({"alice": [item("alice", name="Alice")]})

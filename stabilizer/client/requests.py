@@ -19,7 +19,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection as WebSocket
 
 from stabilizer.client.calls import PendingCalls
-from stabilizer.client.presence import ChannelPresence
+from stabilizer.client.presence import ChannelPresence, OnPresenceChange
 from stabilizer.client.v2 import ProtocolV2
 from stabilizer.errors import RPCError
 from stabilizer.pure.client_protocol import ClientClosedError
@@ -86,20 +86,27 @@ class Requests:
 
     async def subscribe(self, channel: str, on_message: OnMessage | None = None, *,
                         params: JSONValue = None, presence: bool = False,
+                        on_presence: OnPresenceChange | None = None,
                         timeout: float = 30.0) -> None:
         """Join `channel` (a group) if the server's ``on_subscribe`` hook allows it;
         `on_message` then gets the channel's messages (else they arrive as any other).
-        With `presence`, ``presence(channel)`` then follows who is in the channel.
+        With `presence`, ``presence(channel)`` then follows who is in the channel, and
+        `on_presence(joins, leaves)` is called for every change from the first state on
+        (the state may arrive before this returns: a callback added after can miss it).
 
         Raises:
             RPCError: refused (``forbidden`` or the hook's own code), ``unavailable``,
                 ``timeout`` or ``disconnected`` (as for rpc).
             ValueError, TypeError: a channel name the server refuses, or params not JSON.
         """
+        if on_presence is not None and not presence:
+            raise ValueError("on_presence needs presence=True")
         self._ready("subscribe")
         subscriptions = self._subscriptions
         if presence:  # before the reply: the state follows it at once
-            subscriptions.presences.setdefault(channel, ChannelPresence(channel))
+            copy = subscriptions.presences.setdefault(channel, ChannelPresence(channel))
+            if on_presence is not None:
+                copy.on_change(on_presence)
         try:
             await self._calls.call(
                 self._wait_open, lambda ident: channel_frame(

@@ -29,10 +29,10 @@ async def test_clients_on_two_replicas_see_each_other_join_update_and_leave(
 ) -> None:
     one, two = v2_replicas(2, presence_diff_window=0.02)
     async with user(one, "alice") as alice:
-        await alice.subscribe(ROOM, presence=True)
-        seen = alice.presence(ROOM)
         changes: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        seen.on_change(lambda joins, leaves: changes.append((joins, leaves)))
+        await alice.subscribe(ROOM, presence=True,  # (the state may come before it returns)
+                              on_presence=lambda joins, leaves: changes.append((joins, leaves)))
+        seen = alice.presence(ROOM)
         await seen.until(lambda p: names(p) == {"alice": [{"name": "alice"}]})
         async with user(two, "bob") as bob:
             await bob.subscribe(ROOM, presence=True)

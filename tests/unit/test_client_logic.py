@@ -181,3 +181,12 @@ def test_connect_checks_its_urls_before_any_attempt() -> None:
     with pytest.raises(ConfigError):
         connect("ws://h/ws/{client_id}")
     assert connect("ws://h/ws/{client_id}", client_id="a b/c").state.value == "connecting"
+
+
+async def test_an_on_presence_callback_without_presence_is_refused_before_anything_is_sent(
+) -> None:
+    from stabilizer.client import ClientConnection
+
+    conn = ClientConnection("ws://127.0.0.1:9/ws", protocol=2, get_token=lambda: "t")
+    with pytest.raises(ValueError, match="on_presence needs presence=True"):
+        await conn.subscribe("room", on_presence=lambda joins, leaves: None)

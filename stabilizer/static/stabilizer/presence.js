@@ -27,12 +27,12 @@ export class Presence {
 
   /** The presence now: {key: [{client_id, meta}, ...]}, keys and items in order. */
   list() {
-    const out = {};
-    for (const key of [...this.#state.keys()].sort()) {
+    // fromEntries defines own properties: a key such as "__proto__" (user ids are user
+    // input) is listed like any other instead of replacing the object's prototype
+    return Object.fromEntries([...this.#state.keys()].sort().map((key) => {
       const held = this.#state.get(key);
-      out[key] = [...held.keys()].sort().map((id) => held.get(id));
-    }
-    return out;
+      return [key, [...held.keys()].sort().map((id) => held.get(id))];
+    }));
   }
 
   /** How many connections the copy lists. */
@@ -89,11 +89,12 @@ export class Presence {
 
 /** The items of `a` that `b` does not hold (compared as JSON), by key. */
 function missing(a, b) {
-  const out = {};
+  const out = [];
   for (const [key, list] of Object.entries(a)) {
-    const other = new Set((b[key] || []).map((item) => JSON.stringify(item)));
+    const kept = Object.hasOwn(b, key) ? b[key] : [];  // b["__proto__"] alone is a prototype
+    const other = new Set(kept.map((item) => JSON.stringify(item)));
     const gone = list.filter((item) => !other.has(JSON.stringify(item)));
-    if (gone.length) out[key] = gone;
+    if (gone.length) out.push([key, gone]);
   }
-  return out;
+  return Object.fromEntries(out);
 }

@@ -1,6 +1,8 @@
 """Chat on stabilizer: users log in, get a JWT, connect with protocol v2; every tab of a
 user is its own connection, "@name text" reaches every tab of that user, and "/who" calls
-a remote procedure that lists who is online on every replica.
+a remote procedure that lists who is online on every replica. Each page follows the
+presence of the one room, "lobby": a live member list with each member's status ("typing"
+while a tab holds unsent text, else "online"), which a tab sets with the "status" procedure.
 
 Run: python -m examples.chat   (then open http://127.0.0.1:8000, in two tabs if you like)
 With STABILIZER_REDIS_URL set, every replica shares presence, users and broadcasts; set
@@ -15,7 +17,14 @@ from pathlib import Path
 from fastapi import Body, FastAPI, HTTPException, WebSocket
 from fastapi.responses import HTMLResponse
 
-from stabilizer import RPCCall, WebSocketConfig, WebSocketConnectionManager
+from stabilizer import (
+    NotAMemberError,
+    RPCCall,
+    RPCError,
+    SubscribeRequest,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
 from stabilizer.auth import JWTAuthenticator
 from stabilizer.fastapi import lifespan, router, session
 
@@ -26,6 +35,8 @@ manager = WebSocketConnectionManager(WebSocketConfig.from_env(), authenticator=a
 app = FastAPI(lifespan=lifespan(manager))
 app.include_router(router(manager))
 NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+ROOM = "lobby"  # the room every page joins, with presence
+STATUSES = ("online", "typing")
 
 
 @app.post("/login")
@@ -63,6 +74,25 @@ async def who(call: RPCCall) -> list[str]:
             if len(users) == 100:
                 break
     return sorted(users)
+
+
+@manager.on_subscribe
+async def may_join(request: SubscribeRequest) -> dict[str, str] | bool:
+    """Anyone may join the room; a member starts "online" (its presence metadata)."""
+    return {"status": "online"} if request.channel == ROOM else False
+
+
+@manager.rpc("status")
+async def status(call: RPCCall) -> str:
+    """Set the caller's status in the room (params: "online" or "typing"); every page that
+    follows the room's presence, on any replica, sees the change."""
+    if call.params not in STATUSES:
+        raise RPCError("bad_status", f"a status is one of {', '.join(STATUSES)}")
+    try:
+        await manager.update_presence(call.client_id, ROOM, {"status": call.params})
+    except NotAMemberError as exc:
+        raise RPCError("not_in_room", f"join {ROOM!r} first") from exc
+    return str(call.params)
 
 
 @app.get("/")

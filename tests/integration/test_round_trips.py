@@ -293,6 +293,64 @@ async def test_concurrent_sends_in_one_loop_turn_share_one_round_trip(
         costs(seen, 10, EVALSHA=10)
 
 
+async def test_concurrent_connects_and_disconnects_share_one_round_trip_each(
+    store: Store, node: Node, watch: CommandWatch
+) -> None:
+    """A reconnect storm's registrations made in one loop turn travel in one pipeline, and
+    so do its disconnects (on a Cluster: one concurrent round trip each, as for sends)."""
+    a = node("a")
+    await settled(a)
+    names = [f"c{i}" for i in range(10)]
+    for _ in range(2):  # warm-up: scripts loaded, and as many connections as a burst opens
+        await asyncio.gather(*(a.connect(name, FakeSocket(name)) for name in names))
+        await asyncio.gather(*(a.disconnect(name) for name in names))
+
+    async with watch.window() as connects:
+        await asyncio.gather(*(a.connect(name, FakeSocket(name)) for name in names))
+    async with watch.window() as disconnects:
+        await asyncio.gather(*(a.disconnect(name) for name in names))
+
+    assert sorted(a.get_active_connections()) == []
+    for seen in (connects, disconnects):
+        if store.kind == "redis":
+            costs(seen, 1, EVALSHA=10)
+        else:
+            costs(seen, 10, EVALSHA=10)
+
+
+async def test_with_history_concurrent_resumes_share_their_session_round_trips(
+    node: Node, store: Store, watch: CommandWatch
+) -> None:
+    """Ten clients resume at once on another node: the token checks, registrations, session
+    loads and reopenings of the ten travel as one pipeline each (the history reads are one
+    per client and stream, as for a single resume)."""
+    a, b = node("a", **HISTORY), node("b", **HISTORY)
+    await settled(a, b)
+    for round_ in ("warm-up", "measured"):
+        names = [f"{round_}-{i}" for i in range(10)]
+        tokens = {}
+        for name in names:
+            tokens[name] = await leave_with_token(a, name)
+        sockets = {name: FakeWebSocket() for name in names}
+
+        async def resume(name: str, stack: contextlib.AsyncExitStack) -> None:
+            ws = sockets[name]
+            await stack.enter_async_context(b.open_session(ws, name, token=tokens[name]))
+            assert json.loads(await ws.next())["resumed"] is True
+            assert (await ws.next_json())["type"] == "resume"
+
+        async with contextlib.AsyncExitStack() as stack, watch.window() as seen:
+            await asyncio.gather(*(resume(name, stack) for name in names))
+
+    assert seen.names() == Counter(SET=10, EVALSHA=50), seen.describe()
+    if store.kind == "redis":
+        # a SET NX per token (not batched), then one pipeline each for the registrations,
+        # the session loads, the reopenings and each of the two streams' history reads
+        assert seen.round_trips == 10 + 5, seen.describe()
+    else:
+        assert seen.round_trips == 60, seen.describe()
+
+
 async def test_a_burst_keeps_at_most_redis_pool_size_calls_in_flight_and_none_fails(
     store: Store, node: Node, watch: CommandWatch
 ) -> None:

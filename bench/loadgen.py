@@ -13,7 +13,8 @@ Every frame is counted by kind:
 * ``other``: anything else.
 
 The controller talks JSON lines: one command on stdin, one reply on stdout. Commands:
-``connect`` (port, paths, mode, concurrency, timeout), ``stats``, ``mark``, ``close``,
+``connect`` (port, paths, mode, concurrency, timeout; ``latencies``: also return each
+client's handshake time), ``stats``, ``mark``, ``close``,
 ``quit``. The process exits on ``quit``, when stdin closes, or after --max-seconds.
 """
 
@@ -217,13 +218,16 @@ class Generator:
         timeout = float(cmd.get("timeout", 30.0))
         gate = asyncio.Semaphore(int(cmd.get("concurrency", 64)))
         errors: list[str] = []
+        latencies: list[float] = []  # seconds from TCP connect to the 101, per client
         started = time.monotonic()
 
         async def one(path: str) -> bool:
             async with gate:
                 for attempt in range(3):
                     try:
+                        opened = time.monotonic()
                         await self._open(port, path, mode, timeout)
+                        latencies.append(time.monotonic() - opened)
                         return True
                     except (OSError, TimeoutError) as exc:
                         if attempt == 2 and len(errors) < 5:
@@ -237,6 +241,7 @@ class Generator:
             "failed": len(results) - sum(results),
             "errors": errors,
             "seconds": time.monotonic() - started,
+            **({"latencies": [round(t, 6) for t in latencies]} if cmd.get("latencies") else {}),
         }
 
     async def _open(self, port: int, path: str, mode: str, timeout: float) -> None:

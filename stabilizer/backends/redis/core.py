@@ -38,6 +38,7 @@ class Scripts:
         self.register = register(lua.REGISTER)
         self.unregister = register(lua.UNREGISTER)
         self.route = register(lua.ROUTE)
+        self.spend_token = register(lua.SPEND_TOKEN)
         self.keepalive = register(lua.KEEPALIVE)
         self.reap = register(lua.REAP_BATCH)
         self.forget_node = register(lua.FORGET_NODE)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 
 from stabilizer.backends.base import History, Sequenced
-from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.errors import BackendNotReached, BackendUnavailable
 from stabilizer.pure.streams import Target
@@ -19,6 +19,8 @@ class RedisHistory:
     def __init__(self, core: RedisCore, presence: RedisPresence) -> None:
         self._core = core
         self._presence = presence
+        # the resumes of a reconnect storm read their streams in shared round trips
+        self._reads = ScriptBatcher(core, core.scripts.history, "history")
 
     async def sequence(
         self, target: Target, envelope: Envelope, *, size: int, ttl: float, meta_ttl: float
@@ -55,10 +57,9 @@ class RedisHistory:
 
     async def read(self, stream: str, after: int, epoch: str) -> History:
         """One script: check the epoch and coverage, return the entries after `after`."""
-        core = self._core
-        reply = await core.call(core.scripts.history(
-            keys=[core.keys.stream(stream), core.keys.stream_meta(stream)], args=[after, epoch],
-        ), "history")
+        keys = self._core.keys
+        reply = await self._reads.submit([keys.stream(stream), keys.stream_meta(stream)],
+                                         [after, epoch])
         if not int(reply[0]):
             return History([], False, text(reply[1]) if len(reply) > 1 else None)
         return History([bytes(raw) for raw in reply[1:]], True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from stabilizer.backends.base import Presence, Registration, Seat
-from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
 from stabilizer.backends.redis.keys import entry_of, parse_entry, seat_of
 from stabilizer.errors import ConfigError, ConnectionLimitExceededError, UserConnectionLimitError
 from stabilizer.pure.wire import kick_prefix
@@ -18,6 +18,9 @@ class RedisPresence:
 
     def __init__(self, core: RedisCore) -> None:
         self._core = core
+        # concurrent connects (a reconnect storm) and disconnects share round trips
+        self._registers = ScriptBatcher(core, core.scripts.register, "register")
+        self._unregisters = ScriptBatcher(core, core.scripts.unregister, "unregister")
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
                        end_groups: bool = False, seat: Seat | None = None) -> Registration:
@@ -50,8 +53,7 @@ class RedisPresence:
             kick_prefix(presence.node_id, presence.client_id), core.publish_command,
             "1" if in_script else "0", keys.group_prefix, *core.event_args(),
             user, value, user_limit or 0, *core.seat_args()]
-        status, previous = await core.call(
-            core.scripts.register(keys=script_keys, args=args), "register")
+        status, previous = await self._registers.submit(script_keys, args)
         if int(status) == -1:
             raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
         if int(status) == -2:
@@ -66,10 +68,9 @@ class RedisPresence:
         """One script: remove presence (and the user's seat) if it still names `conn_id`."""
         core = self._core
         bucket = core.keys.bucket_of(client_id)
-        removed = await core.call(core.scripts.unregister(
-            keys=[core.keys.presence(bucket), core.keys.node_set(bucket, core.node_id)],
-            args=[client_id, conn_id, *core.seat_args()],
-        ), "unregister")
+        removed = await self._unregisters.submit(
+            [core.keys.presence(bucket), core.keys.node_set(bucket, core.node_id)],
+            [client_id, conn_id, *core.seat_args()])
         if not removed:
             return False
         entry = parse_entry(client_id, removed)

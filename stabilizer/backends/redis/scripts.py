@@ -177,6 +177,14 @@ if not node then return 0 end
 return redis.call(ARGV[4], ARGV[2] .. node, ARGV[3])
 """
 
+# KEYS: the token's marker. ARGV: its expiry in ms. SET NX as a script, so that the token
+# checks of a reconnect storm share pipelined round trips like the other connect scripts.
+# Returns 1 for the first caller, 0 after.
+SPEND_TOKEN: Final = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+return 0
+"""
+
 # KEYS: nodes zset. ARGV: node_id, ttl_ms.
 # Returns {1 if this node was (re)added rather than refreshed, expired node ids...}.
 KEEPALIVE: Final = """

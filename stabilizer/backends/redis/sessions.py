@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from stabilizer.backends.base import SessionState
-from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.pure.streams import ALL, client_stream, user_stream
 
@@ -26,15 +26,16 @@ class RedisSessions:
     def __init__(self, core: RedisCore, presence: RedisPresence) -> None:
         self._core = core
         self._presence = presence
+        # the resumes of a reconnect storm share round trips
+        self._loads = ScriptBatcher(core, core.scripts.load_session, "load_session")
+        self._opens = ScriptBatcher(core, core.scripts.open_session, "open_session")
 
     async def load(self, client_id: str) -> SessionState | None:
         """One script: the session's groups and user data, if it exists."""
         core = self._core
         keys = core.keys
-        reply = await core.call(core.scripts.load_session(
-            keys=[keys.session(client_id), keys.client_groups(client_id), keys.away],
-            args=[client_id],
-        ), "load_session")
+        reply = await self._loads.submit(
+            [keys.session(client_id), keys.client_groups(client_id), keys.away], [client_id])
         if not int(reply[0]):
             return None
         groups = sorted(text(g) for g in reply[1])
@@ -61,11 +62,10 @@ class RedisSessions:
                        keys.stream_meta(client_stream(client_id)), keys.client_groups(client_id)]
         if user_id is not None:
             script_keys.append(keys.stream_meta(user_stream(user_id)))
-        reply = await core.call(core.scripts.open_session(
-            keys=script_keys,
-            args=[client_id, "1" if fresh else "0", keys.group_prefix, *core.event_args(),
-                  core.node_id, core.publish_command, user_id or "", conn_id or ""],
-        ), "open_session")
+        reply = await self._opens.submit(
+            script_keys,
+            [client_id, "1" if fresh else "0", keys.group_prefix, *core.event_args(),
+             core.node_id, core.publish_command, user_id or "", conn_id or ""])
         return {text(reply[i]): position for i in range(0, len(reply) - 1, 2)
                 if (position := parse_position(bytes(reply[i + 1]))) is not None}
 

@@ -7,7 +7,7 @@ import secrets
 import time
 from typing import cast
 
-from stabilizer.backends.redis.core import RedisCore
+from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
 from stabilizer.errors import BackendUnavailable
 from stabilizer.pure.wire import Envelope, Kind, encode, event_body
 from stabilizer.results import ClusterEvent
@@ -18,6 +18,7 @@ class RedisTokens:
 
     def __init__(self, core: RedisCore) -> None:
         self._core = core
+        self._spends = ScriptBatcher(core, core.scripts.spend_token, "consume_token")
 
     @property
     def known_secret(self) -> None:
@@ -25,12 +26,10 @@ class RedisTokens:
         return None
 
     async def consume(self, nonce: str, expires_at: float) -> bool:
-        """SET NX with the token's expiry: the first caller wins, cluster-wide."""
+        """SET NX with the token's expiry (a script, batched with concurrent ones): the first
+        caller wins, cluster-wide."""
         ttl_ms = max(int((expires_at - time.time()) * 1000), 1) + 1000
-        core = self._core
-        created = await core.call(
-            core.client.set(core.keys.token(nonce), b"1", nx=True, px=ttl_ms), "consume_token")
-        return bool(created)
+        return bool(int(await self._spends.submit([self._core.keys.token(nonce)], [ttl_ms])))
 
     async def restore(self, nonce: str) -> None:
         """DEL the consumed-token marker."""

@@ -1,0 +1,236 @@
+"""Reconnect storm: a replica dies and all its clients reconnect to a survivor at once.
+
+Two replicas of one kind (``bench.replicas``) share a redis-server started for the run. N
+clients (raw protocol clients of ``bench.loadgen``, spread over G generator processes)
+connect to replica A. A is SIGKILLed; every generator then reconnects all of its clients,
+with the same client ids, to replica B at once (``--concurrency`` handshakes in flight per
+generator). Measured during the storm:
+
+* **time until every client is back** (the slowest generator's wall time) and the
+  handshake latency of each client (TCP connect to the 101 response), p50 and p99;
+* **B's server CPU per connect** (user + system of the process), against the ``raw``
+  replica doing the same (the cost of a plain FastAPI accept: no registry at all);
+* **Redis round trips and commands per connect**: ``INFO stats`` ``total_reads_processed``
+  (one read event per round trip a client makes, pipelined commands included) and
+  ``total_commands_processed`` deltas over the storm, divided by N;
+* **refused**: clients that did not get back in 3 attempts (there is no connection limit,
+  so any is a failure).
+
+For the stabilizer the dead replica's presence entries are still in Redis when the
+clients come back (its node_ttl has not expired): each registration replaces an entry that
+names a dead node, as in a real crash.
+
+``python -m bench.storm [--quick] [--servers raw,stabilizer] [--baseline REV]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+from bench._common import raise_nofile_limit
+from bench.cluster import Plan as ClusterPlan
+from bench.cluster import client_paths, connect, replica
+from bench.core import (
+    RESULTS,
+    Run,
+    compare_table,
+    describe_code,
+    environment,
+    export_baseline,
+    fmt,
+    guarded,
+    median_of,
+    ratio,
+    rotated,
+    snapshot_stabilizer,
+    table,
+    with_baseline,
+)
+from bench.harness import BenchError, Fleet, ForeignLoad, install_cleanup, stop_all
+from bench.support import RedisProc, quantile
+
+CONTENDERS: Final = ("raw", "stabilizer")
+
+
+@dataclass(frozen=True)
+class Plan:
+    reps: int
+    clients: int
+    generators: int
+    concurrency: int = 250  # handshakes in flight per generator during the storm
+    stabilizer_path: str | None = None
+    baseline_label: str | None = None
+    baseline_path: str | None = None
+
+
+FULL: Final = Plan(reps=3, clients=10_000, generators=5)
+QUICK: Final = Plan(reps=1, clients=1_000, generators=2)
+
+
+def redis_stats(redis: RedisProc) -> tuple[int, int]:
+    """(total_reads_processed, total_commands_processed) of the server."""
+    import redis as redis_py
+
+    with redis_py.Redis(host="127.0.0.1", port=redis.port) as client:
+        info = client.info("stats")
+    return int(info["total_reads_processed"]), int(info["total_commands_processed"])
+
+
+def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
+    cluster_plan = ClusterPlan(reps=1, stabilizer_path=plan.stabilizer_path,
+                               baseline_label=plan.baseline_label,
+                               baseline_path=plan.baseline_path)
+    n = plan.clients
+    ids = [f"s{rep}x{i}" for i in range(n)]
+    paths = client_paths(kind, ids)
+    gens = list(range(plan.generators))
+    with RedisProc(log_dir) as redis, Fleet(plan.generators, log_dir) as fleet:
+        first = replica(kind, "A", redis, cluster_plan, log_dir)
+        survivor = replica(kind, "B", redis, cluster_plan, log_dir)
+        first.wait_ready()
+        survivor.wait_ready()
+        connect(fleet, gens, first.port, kind, paths)
+        if first.wait_count(n) != n:
+            raise BenchError(f"replica A holds {first.count()} of {n} clients")
+        shares = [paths[i::len(gens)] for i in gens]
+        first.proc.kill()  # SIGKILL: no goodbye, presence left behind
+        first.proc.wait(10)
+        time.sleep(0.5)  # the generators see their sockets end
+        reads0, commands0 = redis_stats(redis)
+        cpu0 = survivor.cpu_seconds()
+        load = ForeignLoad([survivor.pid, redis.pid, *fleet.pids])
+        started = time.monotonic()
+        for index, share in zip(gens, shares, strict=True):
+            fleet.gens[index].send({"cmd": "connect", "port": survivor.port, "paths": share,
+                                    "mode": "ws", "concurrency": plan.concurrency,
+                                    "timeout": 60.0, "latencies": True})
+        replies = [fleet.gens[index].reply(300.0) for index in gens]
+        back = time.monotonic() - started
+        held = survivor.wait_count(sum(r["connected"] for r in replies), timeout=60.0)
+        cpu = survivor.cpu_seconds() - cpu0
+        reads, commands = redis_stats(redis)
+        foreign = load.percent()
+    latencies = sorted(t for r in replies for t in r["latencies"])
+    connected = sum(r["connected"] for r in replies)
+    refused = sum(r["failed"] for r in replies)
+    if connected == 0:
+        raise BenchError(f"no client reconnected: {[e for r in replies for e in r['errors']]}")
+    return Run("storm", kind, n, rep, values={
+        "back_s": back,
+        "p50_ms": (quantile(latencies, 0.5) or 0.0) * 1000,
+        "p99_ms": (quantile(latencies, 0.99) or 0.0) * 1000,
+        "cpu_us_per_connect": cpu / connected * 1e6,
+        "round_trips_per_connect": (reads - reads0) / connected,
+        "commands_per_connect": (commands - commands0) / connected,
+        "refused": float(refused),
+        "held": float(held),
+        "foreign_pct": foreign,
+    }, notes={"errors": [e for r in replies for e in r["errors"]][:5]})
+
+
+def report(runs: list[Run], plan: Plan, kinds: list[str]) -> str:
+    def med(kind: str, key: str) -> float | None:
+        return median_of(runs, "storm", kind, plan.clients, key)
+
+    def spread(kind: str, key: str) -> str:
+        values = [r.values[key] for r in runs if r.kind == kind and r.error is None]
+        if len(values) < 2:
+            return ""
+        return f" ({min(values):,.0f}–{max(values):,.0f})"
+
+    rows = []
+    for kind in kinds:
+        rows.append([
+            kind, fmt(med(kind, "back_s"), 2), fmt(med(kind, "p50_ms"), 1),
+            fmt(med(kind, "p99_ms"), 1),
+            fmt(med(kind, "cpu_us_per_connect"), 0) + spread(kind, "cpu_us_per_connect"),
+            ratio(med(kind, "cpu_us_per_connect"), med("raw", "cpu_us_per_connect")),
+            fmt(med(kind, "round_trips_per_connect"), 2),
+            fmt(med(kind, "commands_per_connect"), 2),
+            fmt(med(kind, "refused"), 0), fmt(med(kind, "foreign_pct"), 0),
+        ])
+    text = (f"Reconnect storm: {plan.clients:,} clients of a SIGKILLed replica reconnect to "
+            f"the survivor ({plan.generators} generators, {plan.concurrency} handshakes in "
+            f"flight each), median of {plan.reps}\n\n" + table(
+                ["server", "all back (s)", "p50 connect (ms)", "p99 connect (ms)",
+                 "server CPU µs / connect", "vs raw", "Redis round trips / connect",
+                 "Redis commands / connect (scripts' included)", "refused",
+                 "other load % of a core"], rows))
+    failed = [r for r in runs if r.error]
+    if plan.baseline_label and "stabilizer" in kinds:
+        text += "\n\n" + compare_table(plan.baseline_label, [
+            (metric, med(plan.baseline_label, key), med("stabilizer", key), digits)
+            for metric, key, digits in (
+                ("server CPU µs / connect", "cpu_us_per_connect", 0),
+                ("Redis round trips / connect", "round_trips_per_connect", 2),
+                ("p99 connect (ms)", "p99_ms", 1), ("all back (s)", "back_s", 2))])
+    if failed:
+        text += "\n\nFailed runs:\n" + "\n".join(
+            f"- {r.kind} rep {r.rep + 1}: {r.error}" for r in failed)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.storm", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="1,000 clients, one repetition")
+    parser.add_argument("--reps", type=int)
+    parser.add_argument("--clients", type=int)
+    parser.add_argument("--servers", default=",".join(CONTENDERS))
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run stabilizer/ as of git revision REV (stabilizer@REV)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.reps is not None:
+        plan = replace(plan, reps=args.reps)
+    if args.clients is not None:
+        plan = replace(plan, clients=args.clients)
+    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+    if unknown := [k for k in kinds if k not in CONTENDERS]:
+        parser.error(f"unknown contender: {unknown}")
+    raise_nofile_limit()
+    install_cleanup()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = RESULTS / f"logs-storm-{stamp}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env: dict[str, Any] = {}
+    if args.baseline:
+        env["baseline"] = export_baseline(args.baseline, stamp)
+        kinds = with_baseline(kinds, env["baseline"]["label"])
+        plan = replace(plan, baseline_label=env["baseline"]["label"],
+                       baseline_path=env["baseline"]["path"])
+    snapshot = RESULTS / f"snapshot-{stamp}"
+    env = {**environment(), **snapshot_stabilizer(snapshot), **env}
+    plan = replace(plan, stabilizer_path=str(snapshot))
+    started = time.monotonic()
+    runs: list[Run] = []
+    try:
+        for rep in range(plan.reps):
+            for kind in rotated(kinds, rep):
+                runs.append(guarded(partial(storm_run, kind, plan, rep, log_dir),
+                                    "storm", kind, plan.clients, rep))
+    finally:
+        stop_all()
+    text = report(runs, plan, kinds)
+    out = args.out or RESULTS / f"storm-{'quick' if args.quick else 'full'}-{stamp}.json"
+    out.write_text(json.dumps({
+        "environment": env, "plan": asdict(plan),
+        "command": " ".join(["python -m bench.storm", *(argv or sys.argv[1:])]),
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "runs": [asdict(r) for r in runs], "report": text}, indent=1))
+    print(f"\nMachine: {env['cpus']} × {env['cpu_model']}, Python {env['python']}\n"
+          f"{describe_code(env)}\n")
+    print(text)
+    print(f"\nAll repetitions: {out}")
+    return 1 if any(r.error for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

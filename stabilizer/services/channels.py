@@ -3,7 +3,9 @@ through the application's hooks: a channel is a group, so a subscription is a me
 like any other (cluster-wide, kept across a resume) and a publish is a send to the group.
 
 Without an ``on_subscribe`` (``on_publish``) hook, every subscribe (publish) is refused:
-a client reaches only what the application lets it.
+a client reaches only what the application lets it. A channel's namespace
+(``channel_namespaces``) narrows it further: who may publish (the hook, members only, or
+nobody), and whether presence may be asked for.
 """
 
 from __future__ import annotations

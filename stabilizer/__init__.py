@@ -13,6 +13,7 @@ from stabilizer.auth.identity import (
 )
 from stabilizer.backends.base import Backend, Presence
 from stabilizer.backends.memory import MemoryBackend, MemoryHub
+from stabilizer.channel_options import ChannelOptions
 from stabilizer.channels import PublishRequest, SubscribeRequest
 from stabilizer.config import (
     CloseCode,
@@ -40,6 +41,7 @@ from stabilizer.errors import (
     InvalidTokenError,
     MemoryLimitExceededError,
     NotAMemberError,
+    PresenceDisabledError,
     RPCError,
     ShutdownError,
     TokenError,
@@ -66,6 +68,7 @@ __all__ = [
     "BroadcastFailedError",
     "BroadcastResult",
     "CallableAuthenticator",
+    "ChannelOptions",
     "CloseCode",
     "ClusterEvent",
     "CompressionMode",
@@ -88,6 +91,7 @@ __all__ = [
     "MemoryLimitExceededError",
     "NotAMemberError",
     "Presence",
+    "PresenceDisabledError",
     "PublishRequest",
     "RPCCall",
     "RPCError",

@@ -9,7 +9,9 @@ that dict (a JSON object of at most 1 KiB; see ``manager.get_presence``).
 presence (a ``presence_state`` frame, then ``presence_diff`` frames; docs/protocol.md 6.8).
 ``@manager.on_publish``: return what to publish (the request's ``data`` as sent, or
 something else to rewrite it), or raise RPCError (or return False) to refuse.
-Without the hook, clients can neither subscribe nor publish.
+Without the hook, clients can neither subscribe nor publish, except members publishing to
+a channel whose namespace lets them (``WebSocketConfig.channel_namespaces``, which may also
+refuse every client's publish, and turn a channel's presence or history off).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -13,6 +14,7 @@ from datetime import timedelta
 from enum import Enum, IntEnum, StrEnum
 from typing import Any, Final, get_type_hints
 
+from stabilizer.channel_options import ChannelNamespaces, ChannelOptions, check_namespaces
 from stabilizer.errors import ConfigError
 
 ENV_PREFIX: Final = "STABILIZER_"
@@ -191,6 +193,10 @@ class WebSocketConfig:
     redis_pool_size: int = 64
     presence_buckets: int = 1
 
+    # --- stabilizer: channel options per namespace ---
+    # group-name prefix -> ChannelOptions (longest prefix wins; see channel_options.py)
+    channel_namespaces: Mapping[str, ChannelOptions] = field(default_factory=ChannelNamespaces)
+
     def __post_init__(self) -> None:
         self._validate_numbers()
         self._coerce_enums()
@@ -214,6 +220,8 @@ class WebSocketConfig:
             raise ConfigError(f"log_level must be a valid logging level, one of "
                               f"{list(_LOG_LEVELS)}; got {self.log_level!r}")
         object.__setattr__(self, "log_level", level)
+        object.__setattr__(self, "channel_namespaces",
+                           check_namespaces(self.channel_namespaces))
         self._validate_identity()
 
     def _validate_numbers(self) -> None:
@@ -307,6 +315,16 @@ class WebSocketConfig:
         """True when messages carry positions and sessions are resumable."""
         return self.history_size > 0
 
+    def channel_options(self, group: str) -> ChannelOptions:
+        """The options of `group`: its longest namespace prefix's, else the global ones."""
+        namespaces = self.channel_namespaces
+        assert isinstance(namespaces, ChannelNamespaces)  # (made one on creation)
+        return namespaces.options_for(group)
+
+    def keeps_history(self, group: str) -> bool:
+        """True when messages sent to `group` are sequenced into its history stream."""
+        return self.history_size > 0 and self.channel_options(group).history
+
     @property
     def token_keys(self) -> tuple[str, ...]:
         """The configured token keyring (first key signs, all verify); empty when unset."""
@@ -370,6 +388,8 @@ def _parse_env_value(key: str, raw: str, hint: object) -> Any:
             return float(text)
         if hint is int or str(hint) == "int | None":
             return int(text)
+        if "Mapping" in str(hint):
+            return json.loads(text)  # validated (and converted) by the constructor
         if "tuple" in str(hint):
             return tuple(part.strip() for part in text.split(",") if part.strip())
     except ValueError as exc:

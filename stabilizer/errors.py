@@ -71,6 +71,11 @@ class ConfigError(WebSocketStabilizerError, ValueError):
     """A configuration value is invalid; the message names the field and the rule."""
 
 
+class PresenceDisabledError(WebSocketStabilizerError, ValueError):
+    """The group's namespace turns presence off (``ChannelOptions(presence=False)``): it
+    takes no presence metadata and answers no presence query."""
+
+
 class WireError(WebSocketStabilizerError):
     """A peer sent an envelope we cannot decode."""
 

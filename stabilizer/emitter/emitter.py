@@ -7,7 +7,8 @@ message from another replica's, except by its origin, which no node id can equal
 never contain ":"). With history on, messages are sequenced by the same script, so they
 take the next offset of their stream and a resuming client replays them like any other.
 The cluster does not store its settings: give the emitter the replicas' config (at least
-their namespace, history settings, presence_buckets and cluster_events).
+their namespace, history settings, channel_namespaces, presence_buckets and
+cluster_events).
 
 Unlike a replica, an emitter has no local clients to fall back on: when Redis cannot be
 reached every operation raises BackendUnavailable.
@@ -66,7 +67,9 @@ class Emitter(ClusterQueries):
 
     async def send_to_group(self, group: str, message: Message,
                             exclude_client: str | None = None) -> BroadcastResult:
-        """Send to every member of `group` on every node except `exclude_client`.
+        """Send to every member of `group` on every node except `exclude_client` (with
+        history: sequenced, unless the group's namespace keeps no history; see
+        ``channel_namespaces``).
 
         Raises:
             ValueError: the group name is not usable.
@@ -194,7 +197,8 @@ class Emitter(ClusterQueries):
 
     async def _publish(self, target: Target, envelope: Envelope) -> BroadcastResult:
         backend = await self._ready()
-        if self.history:
+        if self.history and (target.kind != "group"
+                             or self._config.keeps_history(target.name)):
             done = await self._sequence(target, envelope)
             return BroadcastResult(0, 0, 0, remote_nodes=done.receivers, offset=done.offset,
                                    epoch=done.epoch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stabilizer.channel_options import require_presence
 from stabilizer.facets.base import Facet
 from stabilizer.pure.presence import encode_meta
 from stabilizer.pure.streams import Target
@@ -16,7 +17,8 @@ class GroupsFacet(Facet):
 
     async def send_to_group(self, group: str, message: Message,
                             exclude_client: str | None = None) -> BroadcastResult:
-        """Send to every member of `group` on every node; the result counts local members.
+        """Send to every member of `group` on every node; the result counts local members
+        (with history: sequenced, unless the group's namespace keeps no history).
 
         Raises:
             ValueError: the group name is not usable.
@@ -34,11 +36,15 @@ class GroupsFacet(Facet):
         Raises:
             ValueError: the group name is empty, too long or not text, or `presence` is
                 not a dict, not JSON-serialisable or too big.
+            PresenceDisabledError: `presence` is given for a group whose namespace turns
+                presence off.
             ConnectionNotFoundError: the client is not connected anywhere.
             BackendUnavailable: the shared store cannot be reached.
         """
         check_group(group)
         check_client_id(client_id, self._ctx.config.max_client_id_length)
+        if presence is not None:
+            require_presence(self._ctx.config.channel_options(group), group)
         meta_json = None if presence is None else encode_meta(presence)
         await self._node.membership.join(client_id, group, meta_json)
 

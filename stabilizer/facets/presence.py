@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stabilizer.channel_options import require_presence
 from stabilizer.errors import ConnectionNotFoundError, NotAMemberError
 from stabilizer.facets.base import Facet
 from stabilizer.pure.presence import PresenceMap, encode_meta, entry_text, parse_entry, presence_of
@@ -22,9 +23,10 @@ class PresenceFacet(Facet):
                 JSON-serialisable or over 1 KiB as JSON.
             ConnectionNotFoundError: the client is not connected anywhere.
             NotAMemberError: the client is not a member of `group`.
+            PresenceDisabledError: the group's namespace turns presence off.
             BackendUnavailable: the shared store cannot be reached.
         """
-        check_group(group)
+        self._require_presence(check_group(group))
         check_client_id(client_id, self._ctx.config.max_client_id_length)
         meta_json = encode_meta(meta)
         ctx = self._ctx
@@ -49,10 +51,11 @@ class PresenceFacet(Facet):
 
         Raises:
             ValueError: the group name is not usable.
+            PresenceDisabledError: the group's namespace turns presence off.
             BackendUnavailable: the shared store cannot be reached.
         """
-        _, entries = await self._ctx.ask(
-            self._ctx.backend.groups.presence_state(check_group(group)))
+        name = self._require_presence(check_group(group))
+        _, entries = await self._ctx.ask(self._ctx.backend.groups.presence_state(name))
         return presence_of(entry for raw in entries.values()
                            if (entry := parse_entry(raw)) is not None)
 
@@ -61,6 +64,12 @@ class PresenceFacet(Facet):
 
         Raises:
             ValueError: the group name is not usable.
+            PresenceDisabledError: the group's namespace turns presence off.
             BackendUnavailable: the shared store cannot be reached.
         """
-        return await self._ctx.ask(self._ctx.backend.groups.count_presence(check_group(group)))
+        name = self._require_presence(check_group(group))
+        return await self._ctx.ask(self._ctx.backend.groups.count_presence(name))
+
+    def _require_presence(self, group: str) -> str:
+        require_presence(self._ctx.config.channel_options(group), group)
+        return group

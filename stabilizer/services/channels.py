@@ -3,7 +3,9 @@ through the application's hooks: a channel is a group, so a subscription is a me
 like any other (cluster-wide, kept across a resume) and a publish is a send to the group.
 
 Without an ``on_subscribe`` (``on_publish``) hook, every subscribe (publish) is refused:
-a client reaches only what the application lets it.
+a client reaches only what the application lets it. A channel's namespace
+(``channel_namespaces``) narrows it further: who may publish (the hook, members only, or
+nobody), and whether presence may be asked for.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from stabilizer.services.rpc import guarded
 logger = logging.getLogger(__name__)
 
 FORBIDDEN: Final = "forbidden"
+BAD_REQUEST: Final = "bad_request"
 UNAVAILABLE: Final = "unavailable"
 
 
@@ -73,6 +76,10 @@ class Channels:
         hook = self._on_subscribe
         if hook is None:
             return reply_error_frame(ident, FORBIDDEN, "this server takes no subscriptions")
+        has_presence = self._ctx.config.channel_options(channel).presence
+        if request.presence and not has_presence:
+            return reply_error_frame(ident, BAD_REQUEST, f"channel {channel!r} has no "
+                                     "presence to follow (its namespace turns it off)")
         asked = SubscribeRequest(channel, request.value, conn.client_id, conn.user_id,
                                  conn.conn_id, conn.metadata, request.presence)
         verdict, refusal = await guarded(self._ctx, ident, f"on_subscribe({channel!r})",
@@ -83,6 +90,10 @@ class Channels:
             return reply_error_frame(ident, FORBIDDEN, f"not allowed to subscribe to {channel!r}")
         meta_json = None
         if isinstance(verdict, dict):
+            if not has_presence:
+                logger.error("on_subscribe(%r) returned presence metadata for a channel whose "
+                             "namespace turns presence off", channel)
+                return reply_error_frame(ident, "internal", "internal error")
             try:
                 meta_json = encode_meta(verdict)
             except ValueError as exc:
@@ -117,15 +128,20 @@ class Channels:
         return reply_frame(request.call_id, {"channel": request.channel})
 
     async def publish(self, conn: Connection, request: ChannelRequest) -> str:
-        """Ask the hook what to publish; send it to the channel's members everywhere."""
+        """As the channel's namespace allows: ask the hook what to publish (for a member,
+        or anyone); send it to the channel's members everywhere."""
         ident, channel = request.call_id, request.channel
+        mode = self._ctx.config.channel_options(channel).publish
         hook = self._on_publish
-        if hook is None:
+        if mode == "nobody":
+            return reply_error_frame(ident, FORBIDDEN, f"clients may not publish to "
+                                     f"{channel!r} (its namespace takes no publications)")
+        if mode == "members" and channel not in conn.groups:
+            return reply_error_frame(ident, FORBIDDEN, f"only members publish to {channel!r}; "
+                                     "subscribe first")
+        if hook is None and mode == "hook":
             return reply_error_frame(ident, FORBIDDEN, "this server takes no publications")
-        asked = PublishRequest(channel, request.value, conn.client_id, conn.user_id,
-                               conn.conn_id, conn.metadata)
-        data, refusal = await guarded(self._ctx, ident, f"on_publish({channel!r})",
-                                      conn.client_id, lambda: hook(asked))
+        data, refusal = await self._ask_publish(conn, request)
         if refusal is not None:
             return refusal
         if data is False or data is None:
@@ -141,3 +157,16 @@ class Channels:
             return reply_error_frame(ident, UNAVAILABLE,
                                      f"not sent to other replicas: {result.remote_error}")
         return reply_frame(ident, {"channel": channel})
+
+    async def _ask_publish(self, conn: Connection,
+                           request: ChannelRequest) -> tuple[object, str | None]:
+        """What the hook makes of a publish: (data, None), or (None, the refusal's reply);
+        with no hook (a members-only namespace) the data as sent."""
+        hook = self._on_publish
+        if hook is None:
+            return request.value, None
+        channel = request.channel
+        asked = PublishRequest(channel, request.value, conn.client_id, conn.user_id,
+                               conn.conn_id, conn.metadata)
+        return await guarded(self._ctx, request.call_id, f"on_publish({channel!r})",
+                             conn.client_id, lambda: hook(asked))

@@ -41,8 +41,9 @@ class Resume:
                      positions: Positions) -> tuple[bool, int, list[str]]:
         """Replay what `conn` missed; return (recovered, replayed, failed streams).
 
-        Only the client's own streams are replayed: ``all``, its groups, ``c:<client_id>``
-        and, for a user's connection, ``u:<user_id>``.
+        Only the client's own streams are replayed: ``all``, its groups (but those of a
+        namespace without history), ``c:<client_id>`` and, for a user's connection,
+        ``u:<user_id>``.
         A stream the client holds no position for is replayed from where it stood when the
         session began (or the client joined the group).
         """
@@ -60,7 +61,10 @@ class Resume:
             # the fresh session's promise begins at its baselines, not the lost positions
             self._release(conn, held, now, follow=baselines)
             return False, 0, failed
-        streams.update(map(group_stream, state.groups))
+        # a group whose namespace keeps no history has nothing to replay: its membership
+        # is restored (above), and its messages come live from now on
+        streams.update(group_stream(group) for group in state.groups
+                       if self._ctx.config.keeps_history(group))
         starts = {stream: start for stream in streams
                   if (start := positions.get(stream) or state.baselines.get(stream))}
         replayed, failed = await self._replay(conn, starts)

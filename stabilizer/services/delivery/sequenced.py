@@ -28,7 +28,7 @@ from stabilizer.node.context import NodeContext
 from stabilizer.pure.acks import ack_token
 from stabilizer.pure.frames import message_frame, resume_frame
 from stabilizer.pure.streams import Step, StreamOrder, Target
-from stabilizer.pure.wire import Envelope, Kind, decode
+from stabilizer.pure.wire import Envelope, Kind, decode, encode
 from stabilizer.results import BroadcastResult
 from stabilizer.services.delivery.fanout import FanOut
 from stabilizer.services.delivery.groups import Membership
@@ -82,7 +82,36 @@ class SequencedRouter:
         position; if it did not answer, deliver nothing here (see _sequence)."""
         kind = Kind.BROADCAST if target.kind == "all" else Kind.GROUP
         envelope = Envelope(kind, self._ctx.node_id, target.name or None, payload, exclude)
+        if target.kind == "group" and not self._ctx.config.keeps_history(target.name):
+            return await self._publish_live(target, envelope)
         return await self._sequence(target, envelope)
+
+    async def _publish_live(self, target: Target, envelope: Envelope) -> BroadcastResult:
+        """A group whose namespace keeps no history: no position, no stream entry. The
+        other nodes get the envelope in one publish (their listener delivers it as it
+        comes); local members get it at once, with null offset and epoch (section 4 of
+        docs/protocol.md: deliver it, record no position)."""
+        ctx = self._ctx
+        sending = ctx.backend.groups.publish(target.name, encode(envelope))
+        publish = ctx.tasks.spawn(ctx.ask(sending), name="stabilizer-publish")
+        try:
+            await asyncio.sleep(0)  # let the publish reach the wire first
+            result = await self._fanout.deliver(target, history_frame(target.stream, envelope),
+                                                envelope.exclude)
+            try:
+                result.remote_nodes = await publish
+            except BackendUnavailable as exc:
+                result.remote_error = f"other nodes not reached: {exc}"
+                self._backend_log.warning("delivered locally only: %s", result.remote_error)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # our caller was cancelled
+                result.remote_error = "other nodes not reached: the node is stopping"
+            return result
+        finally:
+            if not publish.done():
+                publish.cancel()
 
     async def send(self, client_id: str, payload: str | bytes, value: object = None,
                    ack: str | None = None) -> bool:
@@ -135,7 +164,7 @@ class SequencedRouter:
             return
         if envelope.offset is None or envelope.epoch is None:
             if envelope.origin != self._ctx.node_id:
-                await self._deliver(stream, envelope, Frame.of(envelope.payload))
+                await self._deliver(stream, envelope, self._unsequenced_frame(stream, envelope))
             return
         async with self._lock:
             if stream in self._stale:  # what the lost subscription missed comes first
@@ -148,6 +177,17 @@ class SequencedRouter:
                 self._ctx.stats.stream_gaps += 1
                 await self._fill(stream, before=envelope.offset, epoch=envelope.epoch)
             await self._deliver_in_order(stream, envelope)
+
+    def _unsequenced_frame(self, stream: str, envelope: Envelope) -> Frame:
+        """A group's message of a namespace without history comes with null positions, as
+        the sender's own clients got it; another unsequenced one (from a node with history
+        off) as it was sent."""
+        assert envelope.payload is not None
+        destination = envelope.destination
+        if (destination is not None and destination.kind == "group"
+                and not self._ctx.config.keeps_history(destination.name)):
+            return history_frame(stream, envelope)
+        return Frame.of(envelope.payload)
 
     async def _deliver_in_order(self, stream: str, envelope: Envelope) -> None:
         assert envelope.offset is not None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from stabilizer.auth import JWTAuthenticator
@@ -44,20 +45,6 @@ async def open_v2(server: UvicornProcess, user_id: str, device: str | None = Non
         raise
 
 
-async def subscribe(ws: ClientConnection, channel: str, presence: bool = False,
-                    timeout: float = 30.0) -> None:
-    """Send a subscribe and read until its reply (for a socket nobody else reads)."""
-    request_id = next(_IDS)
-    await ws.send(json.dumps({"type": "subscribe", "id": request_id, "channel": channel,
-                              "presence": presence}))
-    async with asyncio.timeout(timeout):
-        while True:
-            frame = json.loads(await ws.recv())
-            if frame.get("type") == "reply" and frame.get("id") == request_id:
-                assert "result" in frame, frame
-                return
-
-
 @dataclass
 class Follower:
     """A v2 connection that follows channels' presence: every frame it got, in order, and
@@ -68,6 +55,24 @@ class Follower:
     frames: list[dict[str, Any]] = field(default_factory=list)
     copies: dict[str, PresenceSync] = field(default_factory=dict)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, server: UvicornProcess, user_id: str,
+                   device: str | None = None) -> Follower:
+        """Connect as `user_id` (on `device`) and read in the background until aclose()."""
+        ws, client_id = await open_v2(server, user_id, device)
+        watcher = cls(ws, client_id)
+        watcher.reader = asyncio.create_task(watcher.read(), name=f"follower-{client_id}")
+        return watcher
+
+    async def aclose(self) -> None:
+        """Close the socket and stop reading."""
+        await self.ws.close()
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reader
 
     def presence(self, channel: str) -> PresenceMap:
         """This follower's copy of `channel`'s presence."""
@@ -84,18 +89,31 @@ class Follower:
         async with asyncio.timeout(timeout), self.changed:
             await self.changed.wait_for(predicate)
 
-    async def follow(self, channel: str, timeout: float = 30.0) -> None:
-        """Subscribe with presence; return once the channel's presence_state arrived."""
+    async def subscribe(self, channel: str, presence: bool = False,
+                        timeout: float = 60.0) -> None:
+        """Join `channel`; return once the reply came (and with `presence`, the state)."""
         request_id = next(_IDS)
         await self.ws.send(json.dumps({"type": "subscribe", "id": request_id,
-                                       "channel": channel, "presence": True}))
-        await self.until(lambda: any(
-            frame.get("type") == "presence_state" and frame.get("channel") == channel
-            for frame in self.frames), timeout)
+                                       "channel": channel, "presence": presence}))
+
+        def answered() -> bool:
+            reply = next((frame for frame in self.frames if frame.get("type") == "reply"
+                          and frame.get("id") == request_id), None)
+            if reply is not None:
+                assert "result" in reply, reply
+            return reply is not None and (not presence or any(
+                frame.get("type") == "presence_state" and frame.get("channel") == channel
+                for frame in self.frames))
+
+        await self.until(answered, timeout)
+
+    async def follow(self, channel: str, timeout: float = 60.0) -> None:
+        """Subscribe with presence; return once the channel's presence_state arrived."""
+        await self.subscribe(channel, presence=True, timeout=timeout)
 
     async def read(self) -> None:
         """Take frames until the socket closes."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(ConnectionClosed):
             async for raw in self.ws:
                 frame = json.loads(raw)
                 self.frames.append(frame)
@@ -112,16 +130,11 @@ class Follower:
 @contextlib.asynccontextmanager
 async def follower(server: UvicornProcess, user_id: str) -> AsyncIterator[Follower]:
     """A Follower of `user_id` on `server`, reading in the background while in use."""
-    ws, client_id = await open_v2(server, user_id)
-    watcher = Follower(ws, client_id)
-    reader = asyncio.create_task(watcher.read(), name=f"follower-{user_id}")
+    watcher = await Follower.open(server, user_id)
     try:
         yield watcher
     finally:
-        await ws.close()
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await watcher.aclose()
 
 
 def changes_by_client(frames: list[dict[str, Any]], channel: str) -> dict[str, list[str]]:

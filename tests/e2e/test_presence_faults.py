@@ -32,6 +32,11 @@ def client_ids(presence: dict[str, list[dict[str, Any]]]) -> set[str]:
     return {item["client_id"] for items in presence.values() for item in items}
 
 
+async def _close_all(clients: list[Follower]) -> None:
+    for one in clients:
+        await one.aclose()
+
+
 async def server_presence(server: UvicornProcess, group: str) -> dict[str, Any]:
     status, body = await asyncio.to_thread(server.get, f"/admin/presence/{group}")
     assert status == 200, body
@@ -94,3 +99,84 @@ async def test_the_members_of_a_sigkilled_replica_leave_once_in_one_diff_per_cha
                 for client_id in killed[group]:
                     assert history[client_id] == ["join", "leave"], (
                         client_id, history[client_id])
+
+
+STORM = "presence:storm"
+CLIENTS = 500
+
+
+def names_in(presence: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """client id -> the name in its metadata."""
+    return {item["client_id"]: item["meta"]["name"] for items in presence.values()
+            for item in items}
+
+
+def alternates(history: list[str]) -> bool:
+    """join, leave, join, ... as a presence of one connection must go."""
+    return all(event == ("join" if n % 2 == 0 else "leave") for n, event in enumerate(history))
+
+
+async def test_a_reconnect_storm_of_500_members_ends_in_the_exact_presence(
+    v2_replicas: V2Replicas,
+) -> None:
+    left, right = v2_replicas(2)
+    scene = asyncio.Semaphore(25)  # sockets opening at once while the scene is set
+
+    async def member(server: UvicornProcess, n: int, slots: asyncio.Semaphore) -> Follower:
+        """Storm member n (user s<n> on device d): every 25th follows the presence too."""
+        async with slots:
+            one = await Follower.open(server, f"s{n}", device="d")
+            if n % 25 == 0:
+                await one.follow(STORM)
+            else:
+                await one.subscribe(STORM)
+            return one
+
+    async with contextlib.AsyncExitStack() as stack:
+        watchers = [await stack.enter_async_context(follower(server, f"watch-{n}"))
+                    for n, server in enumerate((left, right))]
+        for watcher in watchers:
+            await watcher.follow(STORM)
+        members = await asyncio.gather(*(member(left, n, scene) for n in range(CLIENTS)))
+        stack.push_async_callback(lambda: _close_all(members))
+        everyone = {m.client_id: f"s{n}" for n, m in enumerate(members)}
+        everyone.update({w.client_id: f"watch-{n}" for n, w in enumerate(watchers)})
+        followers = [m for n, m in enumerate(members) if n % 25 == 0]
+        for one in [*watchers, *followers]:
+            await one.until(lambda o=one: names_in(o.presence(STORM)) == everyone)  # type: ignore[misc]
+
+        for one in members:  # the storm: every member's connection drops at once ...
+            one.ws.transport.abort()
+        for one in members:
+            assert one.reader is not None
+            await one.reader
+        # ... and comes back on the other replica, as the same client (same device)
+        storm = asyncio.Semaphore(CLIENTS)  # all at once
+        members[:] = await asyncio.gather(*(member(right, n, storm) for n in range(CLIENTS)))
+        assert {m.client_id for m in members} == set(everyone) - {w.client_id for w in watchers}
+        followers = [m for n, m in enumerate(members) if n % 25 == 0]
+        for one in [*watchers, *followers]:
+            await one.until(lambda o=one: names_in(o.presence(STORM)) == everyone,  # type: ignore[misc]
+                            timeout=120)
+
+        # A barrier: a later join reaches each follower after anything the storm sent.
+        sentinel = await stack.enter_async_context(follower(left, "sentinel"))
+        await sentinel.subscribe(STORM)
+        final = {**everyone, sentinel.client_id: "sentinel"}
+        for one in [*watchers, *followers]:
+            await one.until(lambda o=one: names_in(o.presence(STORM)) == final)  # type: ignore[misc]
+
+        on_server = [await server_presence(server, STORM) for server in (left, right)]
+        assert on_server[0] == on_server[1]
+        assert names_in(on_server[0]) == final
+        for one in [*watchers, *followers]:
+            assert one.presence(STORM) == on_server[0]
+            diffs = one.diffs(STORM)
+            assert all(diff["joins"] or diff["leaves"] for diff in diffs)  # none is empty
+            history = changes_by_client(one.frames, STORM)
+            assert set(history) == set(final)
+            for client_id, events in history.items():
+                # each change once: a drop is one leave and the return one join (or neither,
+                # when both fell in one window), never a repeat
+                assert alternates(events), (client_id, events)
+                assert len(events) in (1, 3), (client_id, events)

@@ -37,6 +37,13 @@ async def _close_all(clients: list[Follower]) -> None:
         await one.aclose()
 
 
+async def sees(one: Follower, expected: dict[str, set[str]]) -> None:
+    """Wait until `one`'s copy of each channel lists exactly the client ids expected."""
+    def holds() -> bool:
+        return all(client_ids(one.presence(group)) == ids for group, ids in expected.items())
+    await one.until(holds)
+
+
 async def server_presence(server: UvicornProcess, group: str) -> dict[str, Any]:
     status, body = await asyncio.to_thread(server.get, f"/admin/presence/{group}")
     assert status == 200, body
@@ -58,8 +65,7 @@ async def test_the_members_of_a_sigkilled_replica_leave_once_in_one_diff_per_cha
                 placed.append((replica, member, groups_of(index)))
         everyone = {group: {m.client_id for _, m, gs in placed if group in gs} for group in (A, B)}
         for _, member, groups in placed:
-            await member.until(lambda m=member, gs=groups: all(  # type: ignore[misc]
-                client_ids(m.presence(g)) == everyone[g] for g in gs))
+            await sees(member, {group: everyone[group] for group in groups})
 
         survivors = [(m, gs) for replica, m, gs in placed if replica != 2]
         killed = {group: {m.client_id for r, m, gs in placed if r == 2 and group in gs}
@@ -68,8 +74,7 @@ async def test_the_members_of_a_sigkilled_replica_leave_once_in_one_diff_per_cha
         marks = {m.client_id: len(m.frames) for m, _ in survivors}
         await asyncio.to_thread(servers[2].kill)
         for member, groups in survivors:
-            await member.until(lambda m=member, gs=groups: all(  # type: ignore[misc]
-                client_ids(m.presence(g)) == left[g] for g in gs))
+            await sees(member, {group: left[group] for group in groups})
 
         # A barrier: a later join reaches each follower after anything the reaping sent.
         sentinel = await stack.enter_async_context(follower(servers[0], "sentinel"))
@@ -77,8 +82,7 @@ async def test_the_members_of_a_sigkilled_replica_leave_once_in_one_diff_per_cha
             await sentinel.follow(group)
         final = {group: left[group] | {sentinel.client_id} for group in (A, B)}
         for member, groups in survivors:
-            await member.until(lambda m=member, gs=groups: all(  # type: ignore[misc]
-                client_ids(m.presence(g)) == final[g] for g in gs))
+            await sees(member, {group: final[group] for group in groups})
 
         for group in (A, B):
             on_server = [await server_presence(server, group) for server in servers[:2]]
@@ -111,6 +115,13 @@ def names_in(presence: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
             for item in items}
 
 
+async def sees_names(one: Follower, expected: dict[str, str], timeout: float = 60.0) -> None:
+    """Wait until `one`'s copy of the storm's channel is exactly `expected`."""
+    def holds() -> bool:
+        return names_in(one.presence(STORM)) == expected
+    await one.until(holds, timeout)
+
+
 def alternates(history: list[str]) -> bool:
     """join, leave, join, ... as a presence of one connection must go."""
     return all(event == ("join" if n % 2 == 0 else "leave") for n, event in enumerate(history))
@@ -138,12 +149,12 @@ async def test_a_reconnect_storm_of_500_members_ends_in_the_exact_presence(
         for watcher in watchers:
             await watcher.follow(STORM)
         members = await asyncio.gather(*(member(left, n, scene) for n in range(CLIENTS)))
-        stack.push_async_callback(lambda: _close_all(members))
+        stack.push_async_callback(_close_all, members)
         everyone = {m.client_id: f"s{n}" for n, m in enumerate(members)}
         everyone.update({w.client_id: f"watch-{n}" for n, w in enumerate(watchers)})
         followers = [m for n, m in enumerate(members) if n % 25 == 0]
         for one in [*watchers, *followers]:
-            await one.until(lambda o=one: names_in(o.presence(STORM)) == everyone)  # type: ignore[misc]
+            await sees_names(one, everyone)
 
         for one in members:  # the storm: every member's connection drops at once ...
             one.ws.transport.abort()
@@ -156,23 +167,24 @@ async def test_a_reconnect_storm_of_500_members_ends_in_the_exact_presence(
         assert {m.client_id for m in members} == set(everyone) - {w.client_id for w in watchers}
         followers = [m for n, m in enumerate(members) if n % 25 == 0]
         for one in [*watchers, *followers]:
-            await one.until(lambda o=one: names_in(o.presence(STORM)) == everyone,  # type: ignore[misc]
-                            timeout=120)
+            await sees_names(one, everyone, timeout=90)
 
         # A barrier: a later join reaches each follower after anything the storm sent.
         sentinel = await stack.enter_async_context(follower(left, "sentinel"))
         await sentinel.subscribe(STORM)
         final = {**everyone, sentinel.client_id: "sentinel"}
         for one in [*watchers, *followers]:
-            await one.until(lambda o=one: names_in(o.presence(STORM)) == final)  # type: ignore[misc]
+            await sees_names(one, final)
 
         on_server = [await server_presence(server, STORM) for server in (left, right)]
         assert on_server[0] == on_server[1]
         assert names_in(on_server[0]) == final
         for one in [*watchers, *followers]:
             assert one.presence(STORM) == on_server[0]
+            # How many diffs the changes took depends on when they reached each replica
+            # (each drop and return is a script of its own): only that none is empty holds.
             diffs = one.diffs(STORM)
-            assert all(diff["joins"] or diff["leaves"] for diff in diffs)  # none is empty
+            assert all(diff["joins"] or diff["leaves"] for diff in diffs)
             history = changes_by_client(one.frames, STORM)
             assert set(history) == set(final)
             for client_id, events in history.items():

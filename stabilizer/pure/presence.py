@@ -4,9 +4,11 @@ publishes, their coalescing into Phoenix-like diffs, and a client's copy of the 
 A member's **entry** is stored per group and client id as the compact JSON text
 ``{"c": client_id, "u": user_id or null, "m": meta}``. A **change** is the JSON array
 ``[old entry or null, new entry or null]`` the backend publishes (a PRESENCE envelope) with
-a version that grows in the backend's order. A **presence** (what get_presence returns and
-the ``presence_state`` frame carries) maps a key (the user id of the member's connection,
-else its client id) to a list of ``{"client_id": ..., "meta": {...}}``, one per connection.
+a version that grows in the backend's order; one envelope may carry a batch of a group's
+changes that one backend step made (a sweep ending many sessions), so they go out in one
+diff. A **presence** (what get_presence returns and the ``presence_state`` frame carries)
+maps a key (the user id of the member's connection, else its client id) to a list of
+``{"client_id": ..., "meta": {...}}``, one per connection.
 A **diff** is ``{"joins": presence, "leaves": presence}``; an update is a leave of the old
 entry and a join of the new one, as in Phoenix.
 """
@@ -102,23 +104,55 @@ class Change:
     new: Entry | None
 
 
-def parse_change(payload: object, version: object) -> Change | None:
-    """Parse a PRESENCE envelope's payload and version (its ref); None if malformed."""
+def _decoded(payload: object, version: object) -> tuple[object, int | None]:
+    """A PRESENCE envelope's payload as JSON and its version (None where malformed)."""
     try:
         number = int(version) if isinstance(version, str) else None
         body = json.loads(payload) if isinstance(payload, str | bytes) else None
     except ValueError:
-        return None
-    if number is None or not isinstance(body, list) or len(body) != 2:
-        return None
-    old = None if body[0] is None else parse_entry(body[0])
-    new = None if body[1] is None else parse_entry(body[1])
-    if (body[0] is not None and old is None) or (body[1] is not None and new is None):
+        return None, None
+    return body, number
+
+
+def _change(version: int, old_raw: object, new_raw: object) -> Change | None:
+    old = None if old_raw is None else parse_entry(old_raw)
+    new = None if new_raw is None else parse_entry(new_raw)
+    if (old_raw is not None and old is None) or (new_raw is not None and new is None):
         return None
     either = new or old
     if either is None:
         return None
-    return Change(number, either.client_id, old, new)
+    return Change(version, either.client_id, old, new)
+
+
+def parse_change(payload: object, version: object) -> Change | None:
+    """Parse a PRESENCE envelope of one change (``[old, new]``) and its version (the
+    envelope's ref); None if malformed."""
+    body, number = _decoded(payload, version)
+    if number is None or not isinstance(body, list) or len(body) != 2:
+        return None
+    return _change(number, body[0], body[1])
+
+
+def parse_changes(payload: object, version: object) -> list[Change] | None:
+    """Parse a PRESENCE envelope: one change, or a batch of the changes one backend step
+    made to the group (``[[version, old, new], ...]``, versions growing, the ref the last
+    one's); None if malformed."""
+    body, number = _decoded(payload, version)
+    if number is None or not isinstance(body, list) or not body:
+        return None
+    if not isinstance(body[0], list):
+        one = _change(number, body[0], body[1]) if len(body) == 2 else None
+        return None if one is None else [one]
+    changes: list[Change] = []
+    for item in body:
+        if not (isinstance(item, list) and len(item) == 3 and type(item[0]) is int):
+            return None
+        change = _change(item[0], item[1], item[2])
+        if change is None or (changes and change.version <= changes[-1].version):
+            return None
+        changes.append(change)
+    return changes if changes[-1].version == number else None
 
 
 def coalesce(changes: Sequence[Change]) -> dict[str, PresenceMap] | None:

@@ -1,8 +1,9 @@
 """Presence diffs for the local connections that follow a group's presence (a v2
 ``subscribe`` with ``presence: true``).
 
-Every change of a group's presence reaches each node following the group as a PRESENCE
-envelope, in the backend's order, with a growing version. A watcher starts *pending*: it
+Every change of a group's presence reaches each node following the group in a PRESENCE
+envelope (one change, or a batch one backend step made), in the backend's order, with a
+growing version. A watcher starts *pending*: it
 collects the changes that arrive while its subscribe reads the group's state (with the
 version that state stands at). Once ready, it gets the state, then what it collected past
 that version, then, one frame per window (``presence_diff_window``), every later change
@@ -25,7 +26,7 @@ from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import presence_diff_frame, presence_state_frame
-from stabilizer.pure.presence import Change, coalesce, parse_change, parse_entry, presence_of
+from stabilizer.pure.presence import Change, coalesce, parse_changes, parse_entry, presence_of
 from stabilizer.pure.streams import Target
 from stabilizer.pure.text import backoff_delay
 from stabilizer.pure.wire import Envelope
@@ -142,15 +143,15 @@ class PresenceWatch:
         state = self._groups.get(group) if group is not None else None
         if state is None or group is None:
             return
-        change = parse_change(envelope.payload, envelope.ref)
-        if change is None:
+        changes = parse_changes(envelope.payload, envelope.ref)
+        if changes is None:
             self._ctx.stats.wire_errors += 1
             self._wire_log.warning("dropped a malformed presence change of %r", group)
             return
         for watcher in state.watchers.values():
             if watcher.seen is None:
-                watcher.backlog.append(change)
-        state.window.append(change)
+                watcher.backlog.extend(changes)
+        state.window.extend(changes)  # a batch: all in this window, so in one diff
         if state.timer is None:
             loop = asyncio.get_running_loop()
             state.timer = loop.call_later(self._ctx.config.presence_diff_window,

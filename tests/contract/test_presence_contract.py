@@ -1,14 +1,23 @@
 """Contract of presence with state in GroupStore: a member's entry is written with its join,
 changed by an update, and removed by every end of the membership (a leave, an ended,
 replaced or fresh session, a sweep after a node died); each change is published on the
-group's channel with a growing version."""
+group's channel with a growing version, the changes one sweep makes to a group in one
+envelope."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from stabilizer.backends.base import Backend
-from stabilizer.pure.presence import Change, entry_text, parse_change, parse_entry
+from stabilizer.pure.presence import (
+    Change,
+    entry_text,
+    parse_change,
+    parse_changes,
+    parse_entry,
+)
 from stabilizer.pure.wire import Kind
 from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node, presence
 
@@ -30,6 +39,16 @@ async def next_change(inbox: Inbox) -> Change:
             change = parse_change(envelope.payload, envelope.ref)
             assert change is not None
             return change
+
+
+async def next_batch(inbox: Inbox) -> tuple[str | None, list[Change]]:
+    """The group and the changes of the next PRESENCE envelope (others are skipped)."""
+    while True:
+        envelope = await inbox.next()
+        if envelope.kind is Kind.PRESENCE:
+            changes = parse_changes(envelope.payload, envelope.ref)
+            assert changes is not None
+            return envelope.target, changes
 
 
 async def no_more_changes(inbox: Inbox, other: Backend) -> None:
@@ -174,10 +193,56 @@ async def test_the_sweep_after_a_node_died_removes_its_clients_entries(
             while len(ended) < 2:
                 ended += await a.sessions.sweep()
                 await asyncio.sleep(0.05)
-        left = {(await next_change(inbox)).client_id, (await next_change(inbox)).client_id}
-        assert left == {"d1", "d2"}
+        left: list[str] = []
+        while len(left) < 2:
+            left += [change.client_id for change in (await next_batch(inbox))[1]]
+        assert sorted(left) == ["d1", "d2"]
     assert (await a.groups.presence_state(GROUP))[1] == {"alive": entry("alive", "here")}
     assert await a.groups.count_presence(GROUP) == 1
+
+
+async def test_one_sweep_publishes_one_change_per_group_for_all_its_sessions(
+    open_node: NodeFactory, request: pytest.FixtureRequest,
+) -> None:
+    other = "room:{2}*"
+    a = await open_node("node-a", sessions=True)
+    dead = await open_node("node-dead", sessions=True)
+    await dead.liveness.keepalive(0.2)
+    await a.liveness.keepalive(30)
+    for client, groups in (("d1", [GROUP]), ("d2", [GROUP, other]), ("d3", [other])):
+        await dead.presence.register(presence(client, "node-dead", f"conn-{client}"),
+                                     max_cluster=None)
+        await dead.sessions.activate(client, fresh=True, conn_id=f"conn-{client}")
+        for group in groups:
+            await dead.groups.join(client, group, entry(client, client))
+    await a.groups.join("alive", GROUP, entry("alive", "here"))
+    await a.groups.subscribe(other)
+    async with await following(a) as inbox:
+        async with asyncio.timeout(5):
+            while "node-dead" not in (await a.liveness.keepalive(30, session_ttl=0.05)).reaped:
+                await asyncio.sleep(0.05)  # bounded poll of a clock-driven expiry
+            ended: list[str] = []
+            while not ended:
+                ended = await a.sessions.sweep()
+                await asyncio.sleep(0.05)  # bounded poll: the sessions run out on a clock
+        left: dict[str | None, list[str]] = {}
+        batches: dict[str | None, int] = {}
+        while sum(len(clients) for clients in left.values()) < 4:
+            group, changes = await next_batch(inbox)
+            assert all(change.new is None for change in changes)
+            assert [change.version for change in changes] == sorted(
+                {change.version for change in changes})
+            left.setdefault(group, []).extend(change.client_id for change in changes)
+            batches[group] = batches.get(group, 0) + 1
+        assert {group: sorted(clients) for group, clients in left.items()} == {
+            GROUP: ["d1", "d2"], other: ["d2", "d3"]}
+        if request.node.callspec.params["open_node"] != "cluster":
+            # one script ends them all (a Cluster ends each session in its own slot's steps)
+            assert sorted(ended) == ["d1", "d2", "d3"]
+            assert batches == {GROUP: 1, other: 1}
+        await no_more_changes(inbox, dead)
+    assert (await a.groups.presence_state(GROUP))[1] == {"alive": entry("alive", "here")}
+    assert (await a.groups.presence_state(other))[1] == {}
 
 
 async def test_many_members_are_counted(open_node: NodeFactory) -> None:

@@ -153,6 +153,11 @@ async def update_presence(group: str, client_id: str,
     return await manager.get_presence(group)
 
 
+@app.get("/admin/presence/{group}")
+async def group_presence(group: str) -> dict[str, Any]:
+    return await manager.get_presence(group)
+
+
 @app.get("/admin/groups/{group}")
 async def group_members(group: str) -> list[str]:
     return await manager.get_group_members(group)

@@ -26,6 +26,7 @@ from stabilizer.pure.presence import (
     encode_meta,
     entry_text,
     parse_change,
+    parse_changes,
     parse_entry,
 )
 from stabilizer.pure.v2 import BadCallError, ChannelRequest, parse_channel_request
@@ -57,6 +58,22 @@ def test_entries_and_changes_parse_strictly() -> None:
                              ("[null,null]", "1"), ("[1,2]", "1"), ("{}", "1"),
                              (f"[{raw}]", "1"), ("nope", "1")):
         assert parse_change(payload, version) is None
+
+
+def test_a_batch_of_changes_parses_strictly() -> None:
+    a, b = entry_text("a", None, '{"n":1}'), entry_text("b", "u", "{}")
+    assert parse_changes(f"[{a},null]", "5") == [Change(5, "a", parse_entry(a), None)]
+    batch = parse_changes(f"[[7,{a},null],[8,null,{b}],[10,{b},null]]", "10")
+    assert batch == [Change(7, "a", parse_entry(a), None), Change(8, "b", None, parse_entry(b)),
+                     Change(10, "b", parse_entry(b), None)]
+    for payload, version in ((f"[[7,{a},null]]", "8"),  # the ref is not the last version
+                             (f"[[7,{a},null],[7,{b},null]]", "7"),  # versions must grow
+                             (f"[[8,{a},null],[7,{b},null]]", "7"),
+                             (f"[[true,{a},null]]", "1"), (f'[["7",{a},null]]', "7"),
+                             (f"[[7,{a}]]", "7"), ("[[7,null,null]]", "7"), ("[]", "1"),
+                             (f"[[7,{a},null],{a}]", "7"), (f"[[7,{a},null]]", None),
+                             ('[[7,{"c":1},null]]', "7"), ("[[7,1,null]]", "7")):
+        assert parse_changes(payload, version) is None, payload
 
 
 def change(version: int, client_id: str, old: str | None, new: str | None,

@@ -9,10 +9,12 @@ on Redis. Without a hub argument every backend gets a private hub, i.e. a single
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Iterator
 
 from stabilizer.backends.base import NodeReport, Presence
 from stabilizer.pure.wire import Envelope, Kind, encode
@@ -65,6 +67,8 @@ class MemoryHub:
         self.used_nonces: dict[str, float] = {}
         self.secret = secrets.token_bytes(32)
         self.dropped = 0
+        # while a batch is open: group -> the (version, old, new) changes it collected
+        self._presence_batch: dict[str, list[tuple[int, str | None, str | None]]] | None = None
 
     def deliver(self, node_id: str, envelope: bytes) -> bool:
         """Put an envelope in a node's inbox; drop (and count) when the inbox is full."""
@@ -137,10 +141,30 @@ class MemoryHub:
         else:
             self.group_presence.pop(group, None)
             self.presence_versions.pop(group, None)
+        if self._presence_batch is not None:
+            self._presence_batch.setdefault(group, []).append((version, old, entry))
+            return
         payload = f"[{old or 'null'},{entry or 'null'}]"
+        self._deliver_presence(group, payload, version, origin)
+
+    def _deliver_presence(self, group: str, payload: str, version: int, origin: str) -> None:
         raw = encode(Envelope(Kind.PRESENCE, origin, group, payload, ref=str(version)))
         for node in list(self.group_nodes.get(group, ())):
             self.deliver(node, raw)
+
+    @contextlib.contextmanager
+    def presence_batch(self, origin: str = "memory") -> Iterator[None]:
+        """Collect the presence changes made inside into one envelope per group, delivered
+        at the end (as a Redis SWEEP does): their followers get them in one diff."""
+        self._presence_batch = {}
+        try:
+            yield
+        finally:
+            batch, self._presence_batch = self._presence_batch, None
+            for group, changes in batch.items():
+                payload = ",".join(f"[{version},{old or 'null'},{new or 'null'}]"
+                                   for version, old, new in changes)
+                self._deliver_presence(group, f"[{payload}]", changes[-1][0], origin)
 
     def leave_groups(self, client_id: str, origin: str = "memory") -> list[str]:
         """Drop every group membership of a client (and its presence entries); return the

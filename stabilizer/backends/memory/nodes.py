@@ -211,22 +211,22 @@ class MemoryLiveness:
         rejoined = me not in hub.node_deadlines
         hub.node_deadlines[me] = now + node_ttl
         reaped = [node for node, deadline in hub.node_deadlines.items() if deadline <= now]
+        until = time.time() + session_ttl  # one deadline: one sweep ends them all
         for node in reaped:
             del hub.node_deadlines[node]
             hub.node_reports.pop(node, None)
             for client_id in list(hub.node_clients.pop(node, ())):
-                self._forget(client_id, node, session_ttl)
+                self._forget(client_id, node, until)
         return Liveness(tuple(reaped), rejoined)
 
-    def _forget(self, client_id: str, node: str, session_ttl: float) -> bool:
+    def _forget(self, client_id: str, node: str, until: float) -> bool:
         """Drop the client's presence if it names `node`; its session (and groups) then
-        end after `session_ttl` unless it comes back."""
+        end at `until` (time.time()) unless it comes back."""
         hub = self._node.hub
         current = hub.presence.get(client_id)
         if current is None or current.node_id != node:
             return False
         hub.drop_presence(client_id)
-        until = time.time() + session_ttl
         hub.away[client_id] = until
         record = hub.sessions.get(client_id)
         if record is not None:
@@ -239,7 +239,8 @@ class MemoryLiveness:
         self._node.check()
         me = self._node.node_id
         clients = self._node.hub.node_clients.get(me, set())
-        removed = sum(1 for client_id in list(clients) if self._forget(client_id, me, session_ttl))
+        until = time.time() + session_ttl
+        removed = sum(1 for client_id in list(clients) if self._forget(client_id, me, until))
         clients.clear()
         return removed
 
@@ -258,7 +259,7 @@ class MemoryLiveness:
             if client_id in mine or (current is not None and current.node_id == me and
                                      listed_at is not None and current.since >= listed_at):
                 continue  # listed, or admitted while the caller listed its connections
-            self._forget(client_id, me, session_ttl)  # an unregister that failed, or older
+            self._forget(client_id, me, time.time() + session_ttl)  # a failed unregister, or older
             hub.node_clients[me].discard(client_id)
         lost: list[str] = []
         for presence in local:

@@ -285,9 +285,10 @@ class MemorySessions:
         now = time.time()
         due = [cid for cid, until in hub.away.items() if until <= now][:limit]
         ended = []
-        for client_id in due:
-            hub.away.pop(client_id, None)
-            if client_id not in hub.presence:
-                self._end(client_id)
-                ended.append(client_id)
+        with hub.presence_batch():  # their members leave in one diff per group
+            for client_id in due:
+                hub.away.pop(client_id, None)
+                if client_id not in hub.presence:
+                    self._end(client_id)
+                    ended.append(client_id)
         return ended

@@ -18,8 +18,24 @@ from stabilizer.backends.redis.user_scripts import SEATS_LIB
 # starts at the Redis time in microseconds and goes when the group's presence empties, so
 # versions keep growing across that (a million changes a second would be needed to catch up
 # with the clock). Returns nothing; touches nothing when there is nothing to change.
+# Given a `batch` (presence_batch()), it collects the change there instead of publishing it:
+# presence_flush then publishes one envelope per group with all of that group's changes,
+# ``[[version, old, new], ...]`` and the last one's version, so followers get them in one
+# diff (a sweep ending many sessions at once).
 PRESENCE_LIB: Final = """
-local function presence_set(group_prefix, g, cid, new, node, publish)
+local function presence_batch() return {groups = {}, items = {}, last = {}} end
+local function presence_envelope(base, g, node, payload, version, publish)
+  redis.call(publish, base .. 'gc:' .. g, '\\151\\001\\011' .. cmsgpack.pack(node)
+    .. cmsgpack.pack(g) .. cmsgpack.pack(payload) .. '\\192' .. cmsgpack.pack(version))
+end
+local function presence_flush(group_prefix, batch, node, publish)
+  local base = string.sub(group_prefix, 1, -3)
+  for _, g in ipairs(batch.groups) do
+    local payload = '[' .. table.concat(batch.items[g], ',') .. ']'
+    presence_envelope(base, g, node, payload, batch.last[g], publish)
+  end
+end
+local function presence_set(group_prefix, g, cid, new, node, publish, batch)
   local base = string.sub(group_prefix, 1, -3)
   local pkey = base .. 'gp:' .. g
   local old = redis.call('HGET', pkey, cid)
@@ -35,22 +51,31 @@ local function presence_set(group_prefix, g, cid, new, node, publish)
     redis.call('SET', vkey, version)
   end
   if redis.call('EXISTS', pkey) == 0 then redis.call('DEL', vkey) end
+  if batch then
+    if not batch.items[g] then
+      batch.items[g] = {}
+      table.insert(batch.groups, g)
+    end
+    table.insert(batch.items[g], '[' .. version .. ',' .. (old or 'null') .. ','
+      .. (new or 'null') .. ']')
+    batch.last[g] = version
+    return
+  end
   local payload = '[' .. (old or 'null') .. ',' .. (new or 'null') .. ']'
-  redis.call(publish, base .. 'gc:' .. g, '\\151\\001\\011' .. cmsgpack.pack(node)
-    .. cmsgpack.pack(g) .. cmsgpack.pack(payload) .. '\\192' .. cmsgpack.pack(version))
+  presence_envelope(base, g, node, payload, version, publish)
 end
 """
 
 # A Lua function prepended to the scripts that end a client's group memberships: removes
 # the client from each of its groups (publishing a "leave" event for each when the events
 # channel is not '', and a presence change where it had an entry), deletes its group set,
-# and returns the groups it left.
+# and returns the groups it left; with a `batch`, the presence changes are collected there.
 LEAVE_ALL: Final = PRESENCE_LIB + """
-local function leave_all(cg, group_prefix, cid, channel, event_prefix, node, publish)
+local function leave_all(cg, group_prefix, cid, channel, event_prefix, node, publish, batch)
   local groups = redis.call('SMEMBERS', cg)
   for _, g in ipairs(groups) do
     redis.call('SREM', group_prefix .. g, cid)
-    presence_set(group_prefix, g, cid, false, node, publish)
+    presence_set(group_prefix, g, cid, false, node, publish, batch)
     if channel ~= '' then
       local ev = cjson.encode({event = 'leave', client_id = cid, group = g, node_id = node})
       redis.call(publish, channel, event_prefix .. cmsgpack.pack(ev) .. '\\192\\192')

@@ -84,20 +84,23 @@ return out
 # KEYS: away zset, presence hash. ARGV: limit, client-group-set prefix, group-set prefix,
 #       session prefix, events channel ('' = none), event prefix, node id, publish command.
 # Ends the sessions whose deadline passed (unless the client is back), leaving their groups
-# (with "leave" events, as END_SESSION). Returns the client ids whose sessions ended.
+# (with "leave" events, as END_SESSION); the presence changes go out as one envelope per
+# group (PRESENCE_LIB's batch), so the members of a dead node leave in one diff.
+# Returns the client ids whose sessions ended.
 SWEEP: Final = LEAVE_ALL + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-local ended = {}
+local ended, batch = {}, presence_batch()
 for _, cid in ipairs(due) do
   redis.call('ZREM', KEYS[1], cid)
   if not redis.call('HGET', KEYS[2], cid) then
-    leave_all(ARGV[2] .. cid, ARGV[3], cid, ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+    leave_all(ARGV[2] .. cid, ARGV[3], cid, ARGV[5], ARGV[6], ARGV[7], ARGV[8], batch)
     redis.call('DEL', ARGV[4] .. cid)
     table.insert(ended, cid)
   end
 end
+presence_flush(ARGV[3], batch, ARGV[7], ARGV[8])
 return ended
 """
 

@@ -33,6 +33,12 @@ from stabilizer.services.tokens import TokenService
 
 logger = logging.getLogger(__name__)
 
+#: Sessions one sweep script ends at most (it blocks Redis while it runs), and sweeps one
+#: step runs at most: the clients of a dead node end within one step, so their presence
+#: leaves arrive together (within presence_diff_window) instead of one batch per step.
+SWEEP_LIMIT = 100
+SWEEP_ROUNDS = 100
+
 #: Makes local group memberships agree with the backend's (restoring them there first).
 GroupSettler = Callable[[Sequence[Connection], bool], Awaitable[None]]
 
@@ -99,7 +105,9 @@ class Maintenance:
         if self._reporter is not None:
             await ctx.ask(backend.liveness.report(self._reporter.next()))
         await self._settle_sessions()
-        await ctx.ask(backend.sessions.sweep())
+        for _ in range(SWEEP_ROUNDS):
+            if len(await ctx.ask(backend.sessions.sweep(SWEEP_LIMIT))) < SWEEP_LIMIT:
+                break
         if liveness.reaped:
             logger.warning("reaped presence of dead nodes %s", ", ".join(liveness.reaped))
         if liveness.rejoined and self._joined:

@@ -320,3 +320,34 @@ async def test_a_broadcast_when_the_node_stops_reports_instead_of_raising(
         result = await broadcast
     assert result.remote_error is not None
     assert "stopping" in result.remote_error
+
+
+async def test_one_maintenance_step_sweeps_until_no_more_sessions_are_due(
+    make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dead replica's clients can outnumber one sweep's limit: the step sweeps again
+    while a sweep ended as many as it may, so they all end (and leave their channels)
+    together, not one batch per step (node_ttl / 3 apart)."""
+    from stabilizer.services.maintenance import SWEEP_LIMIT
+
+    manager = make_manager(WebSocketConfig(**QUIET, node_ttl=3600.0),
+                           backend=MemoryBackend(MemoryHub()))
+    due = [f"gone-{n}" for n in range(2 * SWEEP_LIMIT + 37)]
+    limits: list[int] = []
+    last = asyncio.Event()
+
+    async def sweep(limit: int = SWEEP_LIMIT) -> list[str]:
+        limits.append(limit)
+        ended, due[:] = due[:limit], due[limit:]
+        if len(ended) < limit:
+            last.set()
+        return ended
+
+    monkeypatch.setattr(manager.backend.sessions, "sweep", sweep)
+    await manager.start()  # the first maintenance step runs at once
+    async with asyncio.timeout(5):
+        await last.wait()
+    # the step went on (or stopped) without suspending after the short sweep: a fourth
+    # call would be here by now
+    assert limits == [SWEEP_LIMIT] * 3
+    assert due == []

@@ -1,0 +1,86 @@
+"""Presence after the store lost it: when Redis restarts empty, each node gives back its
+clients' memberships together with their presence entries (as they last were, whichever
+node wrote them), and a client following the group's presence ends with the state it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from stabilizer import BackendUnavailable, WebSocketConfig, WebSocketConnectionManager
+from tests.integration.test_presence import Follower, item
+from tests.support.fakes import FakeSocket
+from tests.support.redis_server import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+Nodes = Callable[[str], WebSocketConnectionManager]
+
+
+@pytest.fixture
+async def nodes(private_redis: RedisServer, namespace: str) -> AsyncIterator[Nodes]:
+    made: list[WebSocketConnectionManager] = []
+
+    def node(node_id: str) -> WebSocketConnectionManager:
+        manager = WebSocketConnectionManager(WebSocketConfig(
+            redis_url=private_redis.url, namespace=namespace, node_id=node_id, node_ttl=1.0,
+            op_timeout=0.5, presence_diff_window=0.01, **QUIET,  # type: ignore[arg-type]
+        ))
+        made.append(manager)
+        return manager
+
+    yield node
+    for manager in made:
+        await manager.graceful_shutdown(timeout=2.0)
+
+
+async def answers(query: Callable[[], Awaitable[Any]], expected: object) -> bool:
+    try:
+        return bool(await query() == expected)
+    except BackendUnavailable:
+        return False
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    """Poll an observable condition until it holds (bounded): recovery runs on the nodes'
+    maintenance schedule."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.1)
+
+
+async def test_an_empty_restart_gives_back_presence_with_the_memberships(
+    private_redis: RedisServer, nodes: Nodes
+) -> None:
+    a, b = nodes("a"), nodes("b")
+    await a.start()
+    await b.start()
+    alice = Follower(a, "alice")
+    await alice.subscribe("room", {"name": "Alice"})  # a local join with metadata
+    for name in ("bob", "carol", "dave"):
+        await b.connect(name, FakeSocket(name))
+    await b.join_group("bob", "room", presence={"name": "Bob"})  # on its own node
+    await a.join_group("carol", "room", presence={"name": "Carol"})  # from another node
+    await a.update_presence("bob", "room", {"name": "Robert"})  # from another node
+    await b.join_group("dave", "room")  # a member without metadata
+    before = {"alice": [item("alice", name="Alice")], "bob": [item("bob", name="Robert")],
+              "carol": [item("carol", name="Carol")]}
+    await alice.until(before)
+    assert await a.get_presence("room") == before
+
+    private_redis.stop(kill=True)
+    private_redis.start()  # empty: every key is gone
+
+    await eventually(lambda: answers(lambda: a.get_group_members("room"),
+                                     ["alice", "bob", "carol", "dave"]))
+    await eventually(lambda: answers(lambda: b.get_presence("room"), before))
+    assert await a.count_presence("room") == 3
+    await alice.until(before)  # the state again (maybe partial), then the joins past it
+    # still a live presence: the next change reaches the follower as a diff
+    await b.update_presence("dave", "room", {"name": "Dave"})
+    await alice.until({**before, "dave": [item("dave", name="Dave")]})

@@ -89,6 +89,12 @@ class GroupStore(Protocol):
         has stays as it is."""
         ...
 
+    async def presence_entries(self, client_id: str,
+                               groups: Collection[str]) -> dict[str, str]:
+        """Return the presence entries of `client_id` by group, in those of `groups` where
+        it has one (one round trip)."""
+        ...
+
     async def subscribe(self, group: str) -> None:
         """Start receiving `group`'s messages on this node (first local member joined)."""
         ...

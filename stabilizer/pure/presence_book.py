@@ -3,12 +3,13 @@ give them back to a store that lost them (it restarted empty, or reaped the node
 
 Two sources feed it. The changes the store publishes (PRESENCE envelopes, in the store's
 order with growing versions) reach the node for every group it follows, which is every
-group with a local member: the newest version wins, whichever node wrote it. A write this
-node made (a join with metadata, an update) counts too, for the case where its change never
-arrived (the subscription was down): it is taken only if no change of that member's entry
-was heard while the write was in flight, since anything heard then is the write itself or
-newer. An ended membership keeps its version with no entry, so a late change from before
-the end cannot bring the entry back.
+group with a local member: the newest version wins, whichever node wrote it. What the node
+itself writes (a join with metadata, an update) or reads (the entry of a member whose
+change went out before the node followed its group) counts too: it is taken only if no
+change of that member's entry was heard while the write or read was in flight (the node
+follows the group by then, so anything heard meanwhile is as new or newer), which also
+covers a change that never arrived (the subscription was down). An ended membership keeps
+its version with no entry, so a late change from before the end cannot bring it back.
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ class PresenceBook(Generic[K]):
         if version > slot.version:
             slot.entry, slot.version = entry, version
 
-    def writing(self, key: K, group: str) -> int:
-        """A write of the member's entry starts: return the mark to give wrote()."""
+    def begin(self, key: K, group: str) -> int:
+        """A write or read of the member's entry starts: return the mark for learned()."""
         return self._slot(key, group).heard
 
-    def wrote(self, key: K, group: str, entry: str, mark: int) -> None:
-        """The write begun at `mark` stored `entry`; kept unless a change was heard since."""
+    def learned(self, key: K, group: str, entry: str | None, mark: int) -> None:
+        """The write or read begun at `mark` found `entry` stored (None: none); kept
+        unless a change was heard since."""
         slot = self._slot(key, group)
         if slot.heard == mark:
             slot.entry = entry

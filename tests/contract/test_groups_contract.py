@@ -86,6 +86,19 @@ async def test_reconcile_with_restore_gives_back_the_missing_presence_entries(
     assert (await a.groups.presence_state(GROUP))[1]["alice"] == entry("alice", "Alice", "u1")
 
 
+async def test_presence_entries_reads_a_client_s_entries_in_the_groups_asked(
+    open_node: NodeFactory,
+) -> None:
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await b.groups.join("alice", GROUP, entry("alice", "Alice", "u1"))
+    await b.groups.join("alice", "hall")  # a member with no entry
+    await b.groups.join("bob", "kitchen", entry("bob", "Bob"))
+    assert await a.groups.presence_entries("alice", [GROUP, "hall", "kitchen", GROUP]) == {
+        GROUP: entry("alice", "Alice", "u1")}
+    assert await a.groups.presence_entries("alice", []) == {}
+    assert await a.groups.presence_entries("ghost", [GROUP]) == {}
+
+
 async def test_reconcile_covers_more_clients_than_one_batch(open_node: NodeFactory) -> None:
     a = await open_node("node-a")
     local = {f"client-{n}": {f"g{n % 3}"} for n in range(450)}

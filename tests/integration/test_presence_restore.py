@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from stabilizer import BackendUnavailable, WebSocketConfig, WebSocketConnectionManager
+from stabilizer import (
+    BackendUnavailable,
+    CloseCode,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
+from tests.integration.test_groups_history import resume_on
 from tests.integration.test_presence import Follower, item
 from tests.support.fakes import FakeSocket
 from tests.support.redis_server import RedisServer
@@ -19,17 +25,18 @@ from tests.support.redis_server import RedisServer
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
-Nodes = Callable[[str], WebSocketConnectionManager]
+HISTORY = {"history_size": 100, "history_ttl": 60.0, "session_ttl": 60.0}
+Nodes = Callable[..., WebSocketConnectionManager]
 
 
 @pytest.fixture
 async def nodes(private_redis: RedisServer, namespace: str) -> AsyncIterator[Nodes]:
     made: list[WebSocketConnectionManager] = []
 
-    def node(node_id: str) -> WebSocketConnectionManager:
+    def node(node_id: str, **settings: Any) -> WebSocketConnectionManager:
         manager = WebSocketConnectionManager(WebSocketConfig(
             redis_url=private_redis.url, namespace=namespace, node_id=node_id, node_ttl=1.0,
-            op_timeout=0.5, presence_diff_window=0.01, **QUIET,  # type: ignore[arg-type]
+            op_timeout=0.5, presence_diff_window=0.01, **QUIET, **settings,
         ))
         made.append(manager)
         return manager
@@ -84,3 +91,52 @@ async def test_an_empty_restart_gives_back_presence_with_the_memberships(
     # still a live presence: the next change reaches the follower as a diff
     await b.update_presence("dave", "room", {"name": "Dave"})
     await alice.until({**before, "dave": [item("dave", name="Dave")]})
+
+
+async def test_a_remote_join_into_a_group_its_node_did_not_follow_is_given_back(
+    private_redis: RedisServer, nodes: Nodes
+) -> None:
+    """The join's change is published before the client's node follows the group (it
+    starts to when it carries the join out), so that node reads the entry instead."""
+    a, b = nodes("a"), nodes("b")
+    await a.start()
+    await b.start()
+    await b.connect("carol", FakeSocket("carol"))
+    await a.join_group("carol", "room", presence={"name": "Carol"})
+    conn = b.get_connection("carol")
+    assert conn is not None
+    await eventually(lambda: _listed(conn.groups, "room"))
+    expected = {"carol": [item("carol", name="Carol")]}
+    assert await a.get_presence("room") == expected
+
+    private_redis.stop(kill=True)
+    private_redis.start()  # empty: every key is gone
+
+    await eventually(lambda: answers(lambda: a.get_group_members("room"), ["carol"]))
+    await eventually(lambda: answers(lambda: a.get_presence("room"), expected))
+
+
+async def _listed(groups: frozenset[str], group: str) -> bool:
+    return group in groups
+
+
+async def test_a_session_resumed_on_another_node_is_given_back_with_its_entry(
+    private_redis: RedisServer, nodes: Nodes
+) -> None:
+    """The entry was set before the resuming connection began, on another node: the node
+    it resumes on reads it."""
+    a, b = nodes("a", **HISTORY), nodes("b", **HISTORY)
+    await a.start()
+    await b.start()
+    await a.connect("alice", FakeSocket("alice"))
+    await a.join_group("alice", "room", presence={"name": "Alice"})
+    await a.disconnect("alice", code=CloseCode.GOING_AWAY, reason="network lost")
+    await resume_on(b, "alice", {})
+    expected = {"alice": [item("alice", name="Alice")]}
+    assert await b.get_presence("room") == expected  # kept with the session
+
+    private_redis.stop(kill=True)
+    private_redis.start()  # empty: every key is gone
+
+    await eventually(lambda: answers(lambda: a.get_group_members("room"), ["alice"]))
+    await eventually(lambda: answers(lambda: a.get_presence("room"), expected))

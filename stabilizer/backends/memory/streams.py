@@ -144,6 +144,14 @@ class MemoryGroups:
                     self._await_claim(client_id)
         return {client_id: sorted(hub.client_groups.get(client_id, ())) for client_id in local}
 
+    async def presence_entries(self, client_id: str,
+                               groups: Collection[str]) -> dict[str, str]:
+        """The client's presence entries in `groups`, where it has one."""
+        self._node.check()
+        hub = self._node.hub
+        return {group: entry for group in groups
+                if (entry := hub.group_presence.get(group, {}).get(client_id)) is not None}
+
     async def subscribe(self, group: str) -> None:
         """Receive `group`'s messages on this node."""
         self._node.hub.group_nodes.setdefault(group, set()).add(self._node.node_id)

@@ -63,3 +63,11 @@ local member = redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1
 if member ~= (ARGV[3] == '1') then return 0 end
 return redis.call(ARGV[6], ARGV[4] .. node, ARGV[5])
 """
+
+# KEYS: the presence hash of each group asked about (the namespace's slot). ARGV: client id.
+# Returns the client's entry in each, in order ('' where it has none).
+PRESENCE_ENTRIES: Final = """
+local found = {}
+for k = 1, #KEYS do found[k] = redis.call('HGET', KEYS[k], ARGV[1]) or '' end
+return found
+"""

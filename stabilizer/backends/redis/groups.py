@@ -145,6 +145,19 @@ class RedisGroups:
                 listed[client_id] = sorted(text(group) for group in groups)
         return listed
 
+    async def presence_entries(self, client_id: str,
+                               groups: Collection[str]) -> dict[str, str]:
+        """One script (PRESENCE_ENTRIES): HGET the client's entry in each group's presence
+        hash."""
+        core = self._core
+        wanted = sorted(set(groups))
+        if not wanted:
+            return {}
+        reply = await core.call(core.scripts.presence_entries(
+            keys=[core.keys.group_presence(group) for group in wanted], args=[client_id],
+        ), "presence_entries")
+        return {group: text(raw) for group, raw in zip(wanted, reply, strict=True) if raw}
+
     async def subscribe(self, group: str) -> None:
         """Follow the group's channel (confirmed by Redis before this returns)."""
         await self._routing.follow_group(group)

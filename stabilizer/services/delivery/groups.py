@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Final
 
@@ -112,7 +112,7 @@ class Membership:
         async with self._turns.hold(client_id):
             had = group in conn.groups
             await self.join_local(conn, group)
-            mark = self._book.writing(conn, group)
+            mark = self._book.begin(conn, group)
             try:
                 joined = (await ctx.ask(_join(backend.groups, client_id, group, entry))).changed
             except BaseException:
@@ -123,7 +123,7 @@ class Membership:
                     await self.leave_local(conn, group)
                 raise
             if entry is not None:
-                self._book.wrote(conn, group, entry, mark)
+                self._book.learned(conn, group, entry, mark)
         if joined:
             self._events.membership(_JOIN, client_id, group)
         if not conn.is_open:  # replaced meanwhile: the live socket may be on another node
@@ -160,10 +160,10 @@ class Membership:
         conn = ctx.pool.get(client_id)
         if conn is None:
             return await ctx.ask(ctx.backend.groups.update_presence(client_id, group, entry))
-        mark = self._book.writing(conn, group)
+        mark = self._book.begin(conn, group)
         updated = await ctx.ask(ctx.backend.groups.update_presence(client_id, group, entry))
         if updated:
-            self._book.wrote(conn, group, entry, mark)
+            self._book.learned(conn, group, entry, mark)
         return updated
 
     def heard(self, envelope: Envelope) -> None:
@@ -208,9 +208,36 @@ class Membership:
             return
         async with self._turns.hold(conn.client_id):  # after a change of it in flight here
             if action == _JOIN:
-                await self.join_local(conn, group)
+                await self._join_written(conn, group)
             else:
                 await self.leave_local(conn, group)
+
+    async def _join_written(self, conn: Connection, group: str) -> None:
+        """Join `conn` locally to a group another node (or a lost envelope) made it a member
+        of. If this node did not follow the group yet, the change that set the member's
+        presence entry went out before it listened: it reads the entry, for the book."""
+        followed = group in self._members
+        await self.join_local(conn, group)
+        if not followed:
+            await self.learn(conn, [group])
+
+    async def learn(self, conn: Connection, groups: Collection[str]) -> None:
+        """Read the presence entries of `conn`'s client in those of `groups` it is a local
+        member of (this node follows them), for the book: a member whose entry was set
+        before the node followed the group, or before `conn` began (a resumed session)."""
+        ctx = self._ctx
+        wanted = sorted(group for group in groups if group in conn.groups)
+        if not wanted:
+            return
+        marks = [self._book.begin(conn, group) for group in wanted]
+        try:
+            entries = await ctx.ask(ctx.backend.groups.presence_entries(conn.client_id, wanted))
+        except BackendUnavailable as exc:
+            self._backend_log.warning("presence entries of %r not read (backend down)",
+                                      conn.client_id, exc=exc)
+            return
+        for group, mark in zip(wanted, marks, strict=True):
+            self._book.learned(conn, group, entries.get(group), mark)
 
     async def join_local(self, conn: Connection, group: str) -> None:
         """Record local membership; follow the group's channel on its first local member.
@@ -319,7 +346,7 @@ class Membership:
         joined = sorted(wanted - conn.groups)
         left = sorted(conn.groups - wanted)
         for group in joined:
-            await self.join_local(conn, group)
+            await self._join_written(conn, group)
         for group in left:
             await self.leave_local(conn, group)
         if joined or left:

@@ -8,8 +8,13 @@ itself writes (a join with metadata, an update) or reads (the entry of a member 
 change went out before the node followed its group) counts too: it is taken only if no
 change of that member's entry was heard while the write or read was in flight (the node
 follows the group by then, so anything heard meanwhile is as new or newer), which also
-covers a change that never arrived (the subscription was down). An ended membership keeps
-its version with no entry, so a late change from before the end cannot bring it back.
+covers a change that never arrived (the subscription was down).
+
+An entry goes only when the node ends the membership here (ended()): a published removal
+alone keeps it, since the store removes a local member's entry without the node only when
+it took the node for dead (it reaped it, and ended its clients' memberships), which is when
+the node gives the memberships back, with their entries. An ended membership keeps its
+version, so a late change from before the end cannot bring the entry back.
 """
 
 from __future__ import annotations
@@ -37,11 +42,14 @@ class PresenceBook(Generic[K]):
         return self._slots.setdefault(key, {}).setdefault(group, _Slot())
 
     def heard(self, key: K, group: str, version: int, entry: str | None) -> None:
-        """The store published a change of the member's entry (None: removed)."""
+        """The store published a change of the member's entry (None: removed, which
+        leaves the entry the membership had until ended())."""
         slot = self._slot(key, group)
         slot.heard += 1
         if version > slot.version:
-            slot.entry, slot.version = entry, version
+            slot.version = version
+            if entry is not None:
+                slot.entry = entry
 
     def begin(self, key: K, group: str) -> int:
         """A write or read of the member's entry starts: return the mark for learned()."""

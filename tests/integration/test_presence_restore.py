@@ -1,6 +1,7 @@
-"""Presence after the store lost it: when Redis restarts empty, each node gives back its
-clients' memberships together with their presence entries (as they last were, whichever
-node wrote them), and a client following the group's presence ends with the state it had.
+"""Presence after the store lost it: when Redis restarts empty (or the store took a node
+for dead and ended its clients' memberships), each node gives back its clients'
+memberships together with their presence entries (as they last were, whichever node wrote
+them), and a client following the group's presence ends with the state it had.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import pytest
 from stabilizer import (
     BackendUnavailable,
     CloseCode,
+    MemoryBackend,
+    MemoryHub,
     WebSocketConfig,
     WebSocketConnectionManager,
 )
+from tests.conftest import ManagerFactory
 from tests.integration.test_groups_history import resume_on
 from tests.integration.test_presence import Follower, item
 from tests.support.fakes import FakeSocket
 from tests.support.redis_server import RedisServer
-
-pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 HISTORY = {"history_size": 100, "history_ttl": 60.0, "session_ttl": 60.0}
@@ -61,6 +63,8 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0
             await asyncio.sleep(0.1)
 
 
+@pytest.mark.redis
+@pytest.mark.slow
 async def test_an_empty_restart_gives_back_presence_with_the_memberships(
     private_redis: RedisServer, nodes: Nodes
 ) -> None:
@@ -93,6 +97,8 @@ async def test_an_empty_restart_gives_back_presence_with_the_memberships(
     await alice.until({**before, "dave": [item("dave", name="Dave")]})
 
 
+@pytest.mark.redis
+@pytest.mark.slow
 async def test_a_remote_join_into_a_group_its_node_did_not_follow_is_given_back(
     private_redis: RedisServer, nodes: Nodes
 ) -> None:
@@ -120,6 +126,8 @@ async def _listed(groups: frozenset[str], group: str) -> bool:
     return group in groups
 
 
+@pytest.mark.redis
+@pytest.mark.slow
 async def test_a_session_resumed_on_another_node_is_given_back_with_its_entry(
     private_redis: RedisServer, nodes: Nodes
 ) -> None:
@@ -140,3 +148,34 @@ async def test_a_session_resumed_on_another_node_is_given_back_with_its_entry(
 
     await eventually(lambda: answers(lambda: a.get_group_members("room"), ["alice"]))
     await eventually(lambda: answers(lambda: a.get_presence("room"), expected))
+
+
+async def test_a_node_taken_for_dead_gives_back_the_entries_the_sweep_removed(
+    make_manager: ManagerFactory,
+) -> None:
+    """On a memory hub: node b is reaped while alive and its clients' memberships are
+    swept (their removals reach b, which still follows the group); when b registers again
+    it gives back the memberships with the entries they had."""
+    hub = MemoryHub()
+    a, b = (make_manager(WebSocketConfig(node_id=name, node_ttl=1.0, presence_diff_window=0.01,
+                                         **QUIET),  # type: ignore[arg-type]
+                         backend=MemoryBackend(hub))
+            for name in "ab")
+    await a.start()
+    await b.start()
+    alice = Follower(a, "alice")
+    await alice.subscribe("room", {"name": "Alice"})
+    await b.connect("bob", FakeSocket("bob"))
+    await b.join_group("bob", "room", presence={"name": "Bob"})
+    before = {"alice": [item("alice", name="Alice")], "bob": [item("bob", name="Bob")]}
+    await alice.until(before)
+
+    backend = a._node.ctx.backend
+    hub.node_deadlines["b"] = 0.0  # b missed its deadline: a reaps it at once
+    assert (await backend.liveness.keepalive(1.0)).reaped == ("b",)
+    assert await backend.sessions.sweep() == ["bob"]  # no session: its memberships end
+    await alice.until({"alice": before["alice"]})
+
+    await eventually(lambda: answers(lambda: a.get_presence("room"), before))
+    await alice.until(before)
+    assert await a.get_group_members("room") == ["alice", "bob"]

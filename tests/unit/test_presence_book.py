@@ -11,7 +11,17 @@ def test_the_newest_published_change_wins_whatever_order_it_arrives_in() -> None
     book.heard("conn", "room", 5, "B")
     book.heard("conn", "room", 4, "A")  # older: ignored
     assert book.entries("conn") == {"room": "B"}
-    book.heard("conn", "room", 6, None)  # removed
+
+
+def test_a_removal_the_node_did_not_carry_out_keeps_the_entry_until_the_membership_ends(
+) -> None:
+    book: PresenceBook[str] = PresenceBook()
+    book.heard("conn", "room", 5, "B")
+    book.heard("conn", "room", 6, None)  # a sweep took the node for dead: given back later
+    assert book.entries("conn") == {"room": "B"}
+    book.heard("conn", "room", 5, "older")  # still ordered by version
+    assert book.entries("conn") == {"room": "B"}
+    book.ended("conn", "room")  # the membership ends here
     assert book.entries("conn") == {}
 
 

@@ -122,7 +122,7 @@ class Membership:
                 if not had:
                     await self.leave_local(conn, group)
                 raise
-            if entry is not None:
+            if entry is not None and conn.is_open:  # (a closed one's book is forgotten)
                 self._book.learned(conn, group, entry, mark)
         if joined:
             self._events.membership(_JOIN, client_id, group)
@@ -162,7 +162,7 @@ class Membership:
             return await ctx.ask(ctx.backend.groups.update_presence(client_id, group, entry))
         mark = self._book.begin(conn, group)
         updated = await ctx.ask(ctx.backend.groups.update_presence(client_id, group, entry))
-        if updated:
+        if updated and conn.is_open:
             self._book.learned(conn, group, entry, mark)
         return updated
 
@@ -171,7 +171,8 @@ class Membership:
         (the presence watch logs and counts a malformed one)."""
         change = parse_change(envelope.payload, envelope.ref)
         conn = None if change is None else self._ctx.pool.get(change.client_id)
-        if conn is not None and change is not None and envelope.target is not None:
+        if (conn is not None and conn.is_open and change is not None
+                and envelope.target is not None):
             self._book.heard(conn, envelope.target, change.version,
                              None if change.new is None else change.new.text())
 
@@ -235,6 +236,8 @@ class Membership:
         except BackendUnavailable as exc:
             self._backend_log.warning("presence entries of %r not read (backend down)",
                                       conn.client_id, exc=exc)
+            return
+        if not conn.is_open:
             return
         for group, mark in zip(wanted, marks, strict=True):
             self._book.learned(conn, group, entries.get(group), mark)

@@ -13,6 +13,7 @@ from stabilizer.auth.identity import Authenticator
 from stabilizer.backends.base import Backend
 from stabilizer.config import WebSocketConfig
 from stabilizer.node.context import NodeContext
+from stabilizer.pure.wire import Envelope
 from stabilizer.services.acks import Acks
 from stabilizer.services.admission import Admission
 from stabilizer.services.auth import Auth
@@ -85,7 +86,8 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     fanout.on_unackable = acks.unackable
     listener = Listener(ctx, router, membership, events, on_kick=admission.kick,
                         on_user_close=users.close_local, on_client_close=closing.close_client,
-                        on_ack=acks.settle, on_presence=watch.receive,
+                        on_ack=acks.settle,
+                        on_presence=lambda envelope: _presence(membership, watch, envelope),
                         on_resubscribing=watch.resubscribing)
     reporter = Reporter(ctx)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
@@ -105,6 +107,11 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
         Channels(ctx, membership, router, watch), acks)
     return Node(ctx, events, liveness, membership, router, closing, memory, tokens,
                 admission, users, lifecycle, sessions, reporter)
+
+
+def _presence(membership: Membership, watch: PresenceWatch, envelope: Envelope) -> None:
+    membership.heard(envelope)  # what the node gives back if the backend loses it
+    watch.receive(envelope)
 
 
 def _unfollow(router: Router, watch: PresenceWatch, stream: str) -> None:

@@ -74,13 +74,25 @@ class GroupStore(Protocol):
         ...
 
     async def reconcile(self, local: Mapping[str, Collection[str]], *,
-                        restore: bool = False) -> dict[str, list[str]]:
+                        restore: bool = False,
+                        presence: Mapping[str, Mapping[str, str]] | None = None,
+                        ) -> dict[str, list[str]]:
         """Return the groups each client of `local` belongs to, for many clients at once
         (a round trip per few hundred). With `restore` (the store lost this node's state:
         it restarted empty, or reaped the node), each client first becomes a member of
         the groups `local` lists for it, atomically per batch, without events or stream
         baselines (the memberships were not new, only forgotten), and goes on the away list
-        as a join of an unknown client does, until this node registers it again."""
+        as a join of an unknown client does, until this node registers it again. In the
+        same step, each of those memberships that `presence` gives an entry for (client id
+        -> group -> entry text) and that has none in the store gets it back, published as
+        any presence change is (a join to the group's followers); an entry the store still
+        has stays as it is."""
+        ...
+
+    async def presence_entries(self, client_id: str,
+                               groups: Collection[str]) -> dict[str, str]:
+        """Return the presence entries of `client_id` by group, in those of `groups` where
+        it has one (one round trip)."""
         ...
 
     async def subscribe(self, group: str) -> None:

@@ -32,8 +32,8 @@ _JOIN, _LEAVE = "join", "leave"
 
 class Emitter(ClusterQueries):
     """Publish-only access to a running cluster: broadcast, direct, user and group sends,
-    disconnects, group membership and cluster queries, with no presence, heartbeat or node
-    registration.
+    disconnects, group membership, presence and cluster queries, with no presence of its
+    own, heartbeat or node registration.
 
     ``Emitter(redis_url=..., namespace=...)``, ``Emitter(client=redis_client,
     namespace=...)`` or ``Emitter(config=WebSocketConfig.from_env())``; any other keyword

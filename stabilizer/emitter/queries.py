@@ -1,5 +1,5 @@
-"""The emitter's questions about the cluster: who is connected, where, in which groups, and
-which users; the same reads a replica's cluster-wide queries make."""
+"""The emitter's questions about the cluster: who is connected, where, in which groups with
+which presence, and which users; the same reads a replica's cluster-wide queries make."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from stabilizer.backends.base import Presence
 from stabilizer.emitter.base import EmitterBase, check_user
+from stabilizer.pure.presence import PresenceMap, parse_entry, presence_of
 from stabilizer.pure.text import check_group
 
 
@@ -67,6 +68,33 @@ class ClusterQueries(EmitterBase):
         client = self._client(client_id)
         backend = await self._ready()
         return await backend.groups.of_client(client)  # SSCAN batches, each bounded
+
+    async def get_presence(self, group: str) -> PresenceMap:
+        """Return the presence of `group` as the replicas' get_presence does: per key (the
+        user id of a member's connection, else its client id) a list of
+        ``{"client_id", "meta"}``, one per connection, for the members that joined with
+        metadata.
+
+        Raises:
+            ValueError: the group name is not usable.
+            BackendUnavailable: Redis cannot be reached.
+        """
+        name = check_group(group)
+        backend = await self._ready()
+        _, entries = await self._ask(backend.groups.presence_state(name))
+        return presence_of(entry for raw in entries.values()
+                           if (entry := parse_entry(raw)) is not None)
+
+    async def count_presence(self, group: str) -> int:
+        """Return how many connections the presence of `group` lists (O(1)).
+
+        Raises:
+            ValueError: the group name is not usable.
+            BackendUnavailable: Redis cannot be reached.
+        """
+        name = check_group(group)
+        backend = await self._ready()
+        return await self._ask(backend.groups.count_presence(name))
 
     async def get_user_connections(self, user_id: str) -> list[Presence]:
         """Return every connection of `user_id` (client id, node, since, the user's info),

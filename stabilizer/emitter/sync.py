@@ -22,6 +22,7 @@ from stabilizer.config import CloseCode, WebSocketConfig
 from stabilizer.emitter.base import emitter_config
 from stabilizer.emitter.emitter import Emitter
 from stabilizer.errors import BackendUnavailable, ConfigError, WebSocketStabilizerError
+from stabilizer.pure.presence import PresenceMap
 from stabilizer.pure.text import Message
 from stabilizer.results import BroadcastResult
 
@@ -177,6 +178,14 @@ class SyncEmitter:
     def get_client_groups(self, client_id: str) -> list[str]:
         """Emitter.get_client_groups, blocking."""
         return self._run(lambda e: e.get_client_groups(client_id), bounded=False)
+
+    def get_presence(self, group: str) -> PresenceMap:
+        """Emitter.get_presence, blocking."""
+        return self._run(lambda e: e.get_presence(group))
+
+    def count_presence(self, group: str) -> int:
+        """Emitter.count_presence, blocking."""
+        return self._run(lambda e: e.count_presence(group))
 
     def get_user_connections(self, user_id: str) -> list[Presence]:
         """Emitter.get_user_connections, blocking."""

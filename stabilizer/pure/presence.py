@@ -69,6 +69,11 @@ class Entry:
         """The entry as a presence lists it."""
         return {"client_id": self.client_id, "meta": self.meta}
 
+    def text(self) -> str:
+        """The entry as it is stored (entry_text)."""
+        meta_json = json.dumps(self.meta, separators=(",", ":"), ensure_ascii=False)
+        return entry_text(self.client_id, self.user_id, meta_json)
+
 
 def parse_entry(raw: object) -> Entry | None:
     """Parse a stored entry (text or an already decoded object); None if malformed."""

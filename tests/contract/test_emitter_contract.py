@@ -261,6 +261,38 @@ async def test_cluster_queries_see_every_replica(replicas: Build) -> None:
         await asyncio.gather(tab.task, return_exceptions=True)
 
 
+async def test_presence_queries_answer_as_the_replicas_do(replicas: Build) -> None:
+    a, b, emitter = await replicas()
+    await a.connect("x", FakeSocket("x"))
+    await b.connect("y", FakeSocket("y"))
+    tab = Tab(b, "ann/1", Identity("ann"))
+    try:
+        await tab.ready()
+        assert await emitter.get_presence("room") == {}
+        assert await emitter.count_presence("room") == 0
+        await a.join_group("x", "room", presence={"name": "X"})
+        await b.join_group("ann/1", "room", presence={"name": "Ann"})
+        await b.join_group("y", "room")  # a member with no metadata: not in the presence
+        await a.update_presence("x", "room", {"name": "X", "typing": True})
+        expected = {"ann": [{"client_id": "ann/1", "meta": {"name": "Ann"}}],
+                    "x": [{"client_id": "x", "meta": {"name": "X", "typing": True}}]}
+        assert await emitter.get_presence("room") == expected
+        assert await emitter.get_presence("room") == await a.get_presence("room")
+        assert await emitter.count_presence("room") == 2 == await b.count_presence("room")
+        await emitter.leave_group("x", "room")
+        assert await emitter.get_presence("room") == {"ann": expected["ann"]}
+        assert await emitter.count_presence("room") == 1
+        assert await emitter.get_presence("elsewhere") == {}
+        for group in ("", "g" * 257, None):
+            with pytest.raises(ValueError, match="group"):
+                await emitter.get_presence(group)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="group"):
+                await emitter.count_presence(group)  # type: ignore[arg-type]
+    finally:
+        tab.task.cancel()
+        await asyncio.gather(tab.task, return_exceptions=True)
+
+
 # --- history -------------------------------------------------------------------------
 
 
@@ -314,6 +346,9 @@ async def test_sync_emitter_reaches_replicas_from_a_worker_thread(
                 sync.locate_client("y"), sorted(sync.get_nodes()),
                 sorted(p.client_id for p in sync.get_cluster_connections())]
 
+    def presence() -> list[object]:
+        return [sync.get_presence("room"), sync.count_presence("room")]
+
     def kick() -> list[object]:
         with sync:
             return [sync.leave_group("y", "room"), sync.get_client_groups("y"),
@@ -327,6 +362,9 @@ async def test_sync_emitter_reaches_replicas_from_a_worker_thread(
         assert await asyncio.to_thread(queries) == [1, ["y"], 2, "node-b",
                                                     ["node-a", "node-b"], ["x", "y"]]
         assert await y.next() == "to the room"
+        await b.update_presence("y", "room", {"name": "Y"})
+        assert await asyncio.to_thread(presence) == [
+            {"y": [{"client_id": "y", "meta": {"name": "Y"}}]}, 1]
         assert await asyncio.to_thread(kick) == [None, [], True]
         assert await x.wait_closed() == (4400, "kicked")
     finally:
@@ -368,7 +406,8 @@ def every_operation(emitter: Emitter) -> list[Callable[[], Awaitable[object]]]:
         emitter.get_cluster_connection_count, lambda: emitter.locate_client("bob"),
         lambda: emitter.get_group_members("room"), lambda: emitter.get_client_groups("bob"),
         lambda: emitter.get_user_connections("ann"), emitter.get_cluster_user_count,
-        emitter.get_nodes]
+        emitter.get_nodes, lambda: emitter.get_presence("room"),
+        lambda: emitter.count_presence("room")]
 
 
 @pytest.mark.parametrize("name", TOPOLOGIES)

@@ -10,8 +10,16 @@ import asyncio
 import pytest
 
 from stabilizer.backends.base import Backend, MembershipChange
+from stabilizer.pure.presence import parse_entry
 from stabilizer.pure.wire import Envelope, Kind, encode
 from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node, presence
+from tests.contract.test_presence_contract import (
+    GROUP,
+    entry,
+    following,
+    next_change,
+    no_more_changes,
+)
 
 __all__ = ["open_node"]  # the fixture, re-exported for pytest
 
@@ -49,6 +57,46 @@ async def test_reconcile_with_restore_is_silent_even_with_events(open_node: Node
         await a.routing.publish(b"marker")  # an event the restore published would come first
         assert await inbox_b.queue.get() == b"marker"
         assert inbox_b.queue.empty()
+
+
+async def test_reconcile_with_restore_gives_back_the_missing_presence_entries(
+    open_node: NodeFactory,
+) -> None:
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await b.groups.join("carol", GROUP, entry("carol", "Kept"))  # the store still has it
+    async with await following(b) as inbox:
+        listed = await a.groups.reconcile(
+            {"alice": {GROUP, "hall"}, "bob": {GROUP}, "carol": {GROUP}, "dave": {GROUP}},
+            restore=True,
+            presence={"alice": {GROUP: entry("alice", "Alice", "u1"), "elsewhere": "x"},
+                      "carol": {GROUP: entry("carol", "Stale")}, "dave": {}})
+        assert listed == {"alice": ["hall", GROUP], "bob": [GROUP], "carol": [GROUP],
+                          "dave": [GROUP]}
+        change = await next_change(inbox)  # a join for the followers, as any change
+        assert (change.old, change.new) == (None, parse_entry(entry("alice", "Alice", "u1")))
+        await no_more_changes(inbox, a)  # nothing for the entry kept, or the ones not given
+    version, entries = await b.groups.presence_state(GROUP)
+    assert version == change.version
+    assert entries == {"alice": entry("alice", "Alice", "u1"), "carol": entry("carol", "Kept")}
+    assert await a.groups.of_client("alice") == ["hall", GROUP]  # no group from `presence` alone
+    assert await a.groups.count_presence("hall") == 0
+    assert await a.groups.reconcile({"alice": {GROUP}},
+                                    presence={"alice": {GROUP: entry("alice", "New")}}) == {
+        "alice": ["hall", GROUP]}  # without restore, nothing is written
+    assert (await a.groups.presence_state(GROUP))[1]["alice"] == entry("alice", "Alice", "u1")
+
+
+async def test_presence_entries_reads_a_client_s_entries_in_the_groups_asked(
+    open_node: NodeFactory,
+) -> None:
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await b.groups.join("alice", GROUP, entry("alice", "Alice", "u1"))
+    await b.groups.join("alice", "hall")  # a member with no entry
+    await b.groups.join("bob", "kitchen", entry("bob", "Bob"))
+    assert await a.groups.presence_entries("alice", [GROUP, "hall", "kitchen", GROUP]) == {
+        GROUP: entry("alice", "Alice", "u1")}
+    assert await a.groups.presence_entries("alice", []) == {}
+    assert await a.groups.presence_entries("ghost", [GROUP]) == {}
 
 
 async def test_reconcile_covers_more_clients_than_one_batch(open_node: NodeFactory) -> None:

@@ -176,7 +176,7 @@ def check_groups(history: History, snap: Snapshot, markers: dict[str, int]) -> l
             problems.append(f"group {group}: members {sorted(stray)} have no open socket"
                             + (" and no suspended session" if history.history else ""))
         listed = redis.group_presence.get(group, set())
-        if listed - members:  # (a restored membership has no entry: a subset, not equal)
+        if listed - members:  # (a join without metadata lists no entry: a subset)
             problems.append(f"group {group}: its presence lists {sorted(listed - members)}, "
                             f"which are not members")
         if bool(listed) != (group in redis.presence_versions):

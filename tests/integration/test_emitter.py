@@ -359,6 +359,10 @@ async def test_bad_input_gets_a_clear_exception(replicas: Build,
             await emitter.leave_group("bob", group)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="group"):
             await emitter.get_group_members(group)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="group"):
+            await emitter.get_presence(group)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="group"):
+            await emitter.count_presence(group)  # type: ignore[arg-type]
     for user in ("", "u" * 257, 7):
         with pytest.raises(ValueError, match="user id"):
             await emitter.send_to_user(user, "x")  # type: ignore[arg-type]

@@ -199,7 +199,10 @@ async def test_a_remote_join_costs_the_clients_node_only_following_the_group(
 ) -> None:
     """The joining node locates the client, writes the join and routes it (an HGET and two
     scripts); the MEMBERSHIP envelope names the connection the join was written for, so the
-    client's node carries it out without asking Redis: it only follows the group."""
+    client's node carries it out without asking Redis which groups the client has: it
+    follows the group, then reads the client's presence entry there (PRESENCE_ENTRIES, one
+    script), which was set, or changed, before the node listened to the group's changes,
+    so that it can give it back if Redis loses it."""
     a, b = node("a", **settings), node("b", **settings)
     await settled(a, b)
     await a.connect("alice", FakeSocket("alice"))
@@ -217,7 +220,7 @@ async def test_a_remote_join_costs_the_clients_node_only_following_the_group(
                 await asyncio.sleep(0.01)
 
     subscribe = "SSUBSCRIBE" if store.kind == "cluster" else "SUBSCRIBE"
-    costs(seen, 4, HGET=1, EVALSHA=2, **{subscribe: 1})
+    costs(seen, 5, HGET=1, EVALSHA=3, **{subscribe: 1})
 
 
 async def test_concurrent_sends_in_one_loop_turn_travel_in_one_pipeline(

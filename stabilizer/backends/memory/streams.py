@@ -123,19 +123,34 @@ class MemoryGroups:
         return sorted(self._node.hub.client_groups.get(client_id, ()))
 
     async def reconcile(self, local: Mapping[str, Collection[str]], *,
-                        restore: bool = False) -> dict[str, list[str]]:
+                        restore: bool = False,
+                        presence: Mapping[str, Mapping[str, str]] | None = None,
+                        ) -> dict[str, list[str]]:
         """Groups of each client of `local`, after adding it back to its local groups
-        with `restore` (no events, no baselines)."""
+        with `restore` (no events, no baselines; the missing presence entries `presence`
+        gives, published)."""
         self._node.check()
         hub = self._node.hub
         if restore:
             for client_id, groups in local.items():
+                entries = (presence or {}).get(client_id, {})
                 for group in groups:
                     hub.groups.setdefault(group, set()).add(client_id)
                     hub.client_groups.setdefault(client_id, set()).add(group)
+                    entry = entries.get(group)
+                    if entry is not None and client_id not in hub.group_presence.get(group, {}):
+                        hub.set_group_presence(group, client_id, entry, self._node.node_id)
                 if groups:  # its presence is registered next (see RECONCILE_GROUPS)
                     self._await_claim(client_id)
         return {client_id: sorted(hub.client_groups.get(client_id, ())) for client_id in local}
+
+    async def presence_entries(self, client_id: str,
+                               groups: Collection[str]) -> dict[str, str]:
+        """The client's presence entries in `groups`, where it has one."""
+        self._node.check()
+        hub = self._node.hub
+        return {group: entry for group in groups
+                if (entry := hub.group_presence.get(group, {}).get(client_id)) is not None}
 
     async def subscribe(self, group: str) -> None:
         """Receive `group`'s messages on this node."""

@@ -59,6 +59,7 @@ class Scripts:
         self.user_route = register(users_lua.USER_ROUTE)
         self.reconcile_groups = register(groups_lua.RECONCILE_GROUPS)
         self.route_change = register(groups_lua.ROUTE_CHANGE)
+        self.presence_entries = register(groups_lua.PRESENCE_ENTRIES)
 
     def all(self) -> list[AsyncScript]:
         """Every script."""

@@ -5,34 +5,44 @@ fixed key prefix (see keys.py); they are never patterns.
 
 from typing import Final
 
+from stabilizer.backends.redis.scripts import PRESENCE_LIB
+
 # KEYS: the away zset, then the group set of each client of the batch, in order.
-# ARGV: 1 group-set prefix, 2 '1' to restore, 3 grace ms, then per client: client id, n,
-#       n groups (n is 0 without restore).
+# ARGV: 1 group-set prefix, 2 '1' to restore, 3 grace ms, 4 node id, 5 publish command,
+#       then per client: client id, n, n (group, presence entry or '') pairs (n is 0
+#       without restore).
 # With restore, each client becomes a member of its n groups again (the store lost them);
-# no events, no baselines. A restored client is also put on the away list, due after the
-# grace unless it already is: its node registers its presence right after this, and if the
-# node dies first, the sweep ends what this wrote. Returns, per client in order, the groups
-# it belongs to.
-RECONCILE_GROUPS: Final = """
+# no events, no baselines. A membership given an entry gets it back when its group's
+# presence hash has none for the client (PRESENCE_LIB: the change is published, a join for
+# the followers); one the store still has stays. A restored client is also put on the away
+# list, due after the grace unless it already is: its node registers its presence right
+# after this, and if the node dies first, the sweep ends what this wrote. Returns, per
+# client in order, the groups it belongs to.
+RECONCILE_GROUPS: Final = PRESENCE_LIB + """
 local prefix, restore = ARGV[1], ARGV[2] == '1'
+local base = string.sub(prefix, 1, -3)
 local due = 0
 if restore then
   local t = redis.call('TIME')
   due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
 end
 local listed = {}
-local i = 4
+local i = 6
 for k = 2, #KEYS do
   local cid, n = ARGV[i], tonumber(ARGV[i + 1])
   if restore then
-    for j = i + 2, i + 1 + n do
-      redis.call('SADD', prefix .. ARGV[j], cid)
-      redis.call('SADD', KEYS[k], ARGV[j])
+    for j = i + 2, i + 2 * n, 2 do
+      local g, entry = ARGV[j], ARGV[j + 1]
+      redis.call('SADD', prefix .. g, cid)
+      redis.call('SADD', KEYS[k], g)
+      if entry ~= '' and redis.call('HEXISTS', base .. 'gp:' .. g, cid) == 0 then
+        presence_set(prefix, g, cid, entry, ARGV[4], ARGV[5])
+      end
     end
     if n > 0 then redis.call('ZADD', KEYS[1], 'NX', due, cid) end
   end
   listed[k - 1] = redis.call('SMEMBERS', KEYS[k])
-  i = i + 2 + n
+  i = i + 2 + 2 * n
 end
 return listed
 """
@@ -52,4 +62,12 @@ if not node then return 0 end
 local member = redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1
 if member ~= (ARGV[3] == '1') then return 0 end
 return redis.call(ARGV[6], ARGV[4] .. node, ARGV[5])
+"""
+
+# KEYS: the presence hash of each group asked about (the namespace's slot). ARGV: client id.
+# Returns the client's entry in each, in order ('' where it has none).
+PRESENCE_ENTRIES: Final = """
+local found = {}
+for k = 1, #KEYS do found[k] = redis.call('HGET', KEYS[k], ARGV[1]) or '' end
+return found
 """

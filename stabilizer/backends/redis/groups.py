@@ -118,9 +118,11 @@ class RedisGroups:
         return await self._core.scan_set(self._core.keys.client_groups(client_id), "groups")
 
     async def reconcile(self, local: Mapping[str, Collection[str]], *,
-                        restore: bool = False) -> dict[str, list[str]]:
+                        restore: bool = False,
+                        presence: Mapping[str, Mapping[str, str]] | None = None,
+                        ) -> dict[str, list[str]]:
         """One script per batch of clients: SMEMBERS of each client's group set, after
-        SADDs of its local groups with `restore`."""
+        SADDs of its local groups (and the missing presence entries) with `restore`."""
         core = self._core
         keys = core.keys
         clients = sorted(local)
@@ -128,10 +130,13 @@ class RedisGroups:
         for start in range(0, len(clients), _RECONCILE_BATCH):
             batch = clients[start:start + _RECONCILE_BATCH]
             args: list[str | int] = [keys.group_prefix, "1" if restore else "0",
-                                     core.orphan_grace_ms]
+                                     core.orphan_grace_ms, core.node_id, core.publish_command]
             for client_id in batch:
                 groups = sorted(local[client_id]) if restore else []
-                args += [client_id, str(len(groups)), *groups]
+                entries = (presence or {}).get(client_id, {})
+                args += [client_id, str(len(groups))]
+                for group in groups:
+                    args += [group, entries.get(group, "")]
             reply = await core.call(core.scripts.reconcile_groups(
                 keys=[keys.away, *(keys.client_groups(client_id) for client_id in batch)],
                 args=args,
@@ -139,6 +144,19 @@ class RedisGroups:
             for client_id, groups in zip(batch, reply, strict=True):
                 listed[client_id] = sorted(text(group) for group in groups)
         return listed
+
+    async def presence_entries(self, client_id: str,
+                               groups: Collection[str]) -> dict[str, str]:
+        """One script (PRESENCE_ENTRIES): HGET the client's entry in each group's presence
+        hash."""
+        core = self._core
+        wanted = sorted(set(groups))
+        if not wanted:
+            return {}
+        reply = await core.call(core.scripts.presence_entries(
+            keys=[core.keys.group_presence(group) for group in wanted], args=[client_id],
+        ), "presence_entries")
+        return {group: text(raw) for group, raw in zip(wanted, reply, strict=True) if raw}
 
     async def subscribe(self, group: str) -> None:
         """Follow the group's channel (confirmed by Redis before this returns)."""

@@ -12,7 +12,9 @@ lists, a round trip that only a change racing a new connection costs.
 The backend is the truth; local membership follows it. Where the two can part (a MEMBERSHIP
 envelope lost with a subscription, a join that lands on a socket another one replaces, a
 store that restarts empty), ``settle`` makes them agree again: a client's local groups
-become the ones the backend lists, after giving the backend back what it lost, if it did.
+become the ones the backend lists, after giving the backend back what it lost, if it did:
+the memberships, and the presence entries this node's book (pure/presence_book.py) holds
+for them.
 Changes of one client's memberships on this node take turns, so that a settle never reads
 the backend between a local change and its write.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Final
 
@@ -30,7 +32,8 @@ from stabilizer.connection.connection import Connection, State
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
-from stabilizer.pure.presence import entry_text
+from stabilizer.pure.presence import entry_text, parse_changes
+from stabilizer.pure.presence_book import PresenceBook
 from stabilizer.pure.streams import client_stream, group_stream, user_stream
 from stabilizer.pure.wire import Envelope, Kind, encode
 from stabilizer.services.delivery.turns import Turns
@@ -60,6 +63,7 @@ class Membership:
         self._losses = 0  # subscriptions lost: MEMBERSHIP envelopes may have gone with them
         self._settled = 0  # the losses a node-wide settle after resubscribing covered
         self._backend_log = RateLimitedLog(logger)
+        self._book: PresenceBook[Connection] = PresenceBook()  # local members' entries
 
     def local_members(self, group: str) -> set[Connection]:
         """The local members of `group` (empty when there are none)."""
@@ -108,6 +112,7 @@ class Membership:
         async with self._turns.hold(client_id):
             had = group in conn.groups
             await self.join_local(conn, group)
+            mark = self._book.begin(conn, group)
             try:
                 joined = (await ctx.ask(_join(backend.groups, client_id, group, entry))).changed
             except BaseException:
@@ -117,6 +122,8 @@ class Membership:
                 if not had:
                     await self.leave_local(conn, group)
                 raise
+            if entry is not None and conn.is_open:  # (a closed one's book is forgotten)
+                self._book.learned(conn, group, entry, mark)
         if joined:
             self._events.membership(_JOIN, client_id, group)
         if not conn.is_open:  # replaced meanwhile: the live socket may be on another node
@@ -142,6 +149,34 @@ class Membership:
             self._events.membership(_LEAVE, client_id, group)
         if not conn.is_open:  # replaced meanwhile: the live socket may be on another node
             await self.hand_over(client_id)
+
+    async def update_presence(self, client_id: str, group: str, entry: str) -> bool:
+        """Set the presence entry of a member on any node; False when it is not a member.
+
+        Raises:
+            BackendUnavailable: the backend cannot be reached.
+        """
+        ctx = self._ctx
+        conn = ctx.pool.get(client_id)
+        if conn is None:
+            return await ctx.ask(ctx.backend.groups.update_presence(client_id, group, entry))
+        mark = self._book.begin(conn, group)
+        updated = await ctx.ask(ctx.backend.groups.update_presence(client_id, group, entry))
+        if updated and conn.is_open:
+            self._book.learned(conn, group, entry, mark)
+        return updated
+
+    def heard(self, envelope: Envelope) -> None:
+        """A PRESENCE envelope: note the change when it is one of a local client's entry
+        (the presence watch logs and counts a malformed one)."""
+        group = envelope.target
+        if group is None:
+            return
+        for change in parse_changes(envelope.payload, envelope.ref) or ():
+            conn = self._ctx.pool.get(change.client_id)
+            if conn is not None and conn.is_open:
+                self._book.heard(conn, group, change.version,
+                                 None if change.new is None else change.new.text())
 
     async def _tell_owner(self, client_id: str, group: str, action: str,
                           holder: str | None) -> None:
@@ -176,9 +211,38 @@ class Membership:
             return
         async with self._turns.hold(conn.client_id):  # after a change of it in flight here
             if action == _JOIN:
-                await self.join_local(conn, group)
+                await self._join_written(conn, group)
             else:
                 await self.leave_local(conn, group)
+
+    async def _join_written(self, conn: Connection, group: str) -> None:
+        """Join `conn` locally to a group another node (or a lost envelope) made it a member
+        of. If this node did not follow the group yet, the change that set the member's
+        presence entry went out before it listened: it reads the entry, for the book."""
+        followed = group in self._members
+        await self.join_local(conn, group)
+        if not followed:
+            await self.learn(conn, [group])
+
+    async def learn(self, conn: Connection, groups: Collection[str]) -> None:
+        """Read the presence entries of `conn`'s client in those of `groups` it is a local
+        member of (this node follows them), for the book: a member whose entry was set
+        before the node followed the group, or before `conn` began (a resumed session)."""
+        ctx = self._ctx
+        wanted = sorted(group for group in groups if group in conn.groups)
+        if not wanted:
+            return
+        marks = [self._book.begin(conn, group) for group in wanted]
+        try:
+            entries = await ctx.ask(ctx.backend.groups.presence_entries(conn.client_id, wanted))
+        except BackendUnavailable as exc:
+            self._backend_log.warning("presence entries of %r not read (backend down)",
+                                      conn.client_id, exc=exc)
+            return
+        if not conn.is_open:
+            return
+        for group, mark in zip(wanted, marks, strict=True):
+            self._book.learned(conn, group, entries.get(group), mark)
 
     async def join_local(self, conn: Connection, group: str) -> None:
         """Record local membership; follow the group's channel on its first local member.
@@ -213,6 +277,7 @@ class Membership:
     async def leave_local(self, conn: Connection, group: str) -> None:
         """Drop local membership; stop following the group when its last local member left."""
         conn.leave(group)
+        self._book.ended(conn, group)
         members = self._members.get(group)
         if members is None or conn not in members:
             return  # (not a member here: a first member's subscribe may be under way)
@@ -239,6 +304,7 @@ class Membership:
         closing service's decision: kept while the session is resumable)."""
         if self._on_forget is not None:
             self._on_forget(conn)
+        self._book.forget(conn)
         for group in conn.groups:
             await self.leave_local(conn, group)
         if self._ctx.pool.get(conn.client_id) in (None, conn):  # (not replaced here)
@@ -251,8 +317,9 @@ class Membership:
         """Make the local memberships of `conns` agree with the groups the backend lists
         for their clients (one round trip per batch). With `restore` (the backend lost this
         node's state: it restarted empty, or reaped the node), the backend first takes the
-        local memberships back. A `node_wide` settle (of every local connection) that began
-        while subscribed ends the doubt of the subscription losses before it.
+        local memberships back, with the presence entries this node knows of them. A
+        `node_wide` settle (of every local connection) that began while subscribed ends the
+        doubt of the subscription losses before it.
 
         Raises:
             BackendUnavailable: the backend cannot be reached (nothing changed locally).
@@ -264,19 +331,27 @@ class Membership:
         if open_conns:
             async with self._turns.hold(*(conn.client_id for conn in open_conns)):
                 local = {conn.client_id: conn.groups for conn in open_conns}
-                listed = await ctx.ask(ctx.backend.groups.reconcile(local, restore=restore),
-                                       round_trips=1 + len(local) // _SETTLE_BATCH)
+                presence = {conn.client_id: self._entries(conn) for conn in open_conns}
+                listed = await ctx.ask(
+                    ctx.backend.groups.reconcile(local, restore=restore,
+                                                 presence=presence if restore else None),
+                    round_trips=1 + len(local) // _SETTLE_BATCH)
                 for conn in open_conns:
                     await self._agree(conn, listed.get(conn.client_id, []))
         if node_wide and subscribed:
             self._settled = max(self._settled, losses)
+
+    def _entries(self, conn: Connection) -> dict[str, str]:
+        """The presence entries of `conn`'s local memberships, as far as this node knows."""
+        return {group: entry for group, entry in self._book.entries(conn).items()
+                if group in conn.groups}
 
     async def _agree(self, conn: Connection, listed: list[str]) -> None:
         wanted = set(listed)
         joined = sorted(wanted - conn.groups)
         left = sorted(conn.groups - wanted)
         for group in joined:
-            await self.join_local(conn, group)
+            await self._join_written(conn, group)
         for group in left:
             await self.leave_local(conn, group)
         if joined or left:

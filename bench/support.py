@@ -4,8 +4,9 @@
   process group, stopped by ``stop_all`` like every other child), as the test suite starts
   them (tests/support/redis_server.py): no persistence, loopback only.
 * ``wait_idle``: wait until no other benchmark (``bench.core``; ``bench.cluster``,
-  ``scale``, ``identity``, ``burst``, ``rpc``, ``acks`` or ``presence`` started earlier), test run (pytest) or
-  fault campaign (``tests.faults``) uses the CPU, so measurements do not overlap with them.
+  ``scale``, ``identity``, ``burst``, ``rpc``, ``acks`` or ``presence`` started earlier),
+  test run (pytest) or fault campaign (``tests.faults``) uses the CPU, so measurements do
+  not overlap with them.
 * ``post_json``, ``quantile``: small utilities.
 """
 

@@ -4,7 +4,7 @@ Usage::
 
     python -m bench.presence --quick     # small counts, one repetition: about 40 s
     python -m bench.presence             # 3 repetitions, medians and their range
-    python -m bench.presence --scenarios storm --windows 0,0.05,0.2
+    python -m bench.presence --scenarios storm --windows 0,0.05,0.2 --storm-clients 2000
 
 Every measurement starts its own redis-server (``bench.support.RedisProc``), server
 (uvicorn, ``bench/presence_servers.py``) and client processes, so the server's CPU (user +
@@ -291,12 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"a subset of {','.join(SCENARIOS)}")
     parser.add_argument("--windows", help="storm: presence_diff_window values, e.g. 0,0.05")
+    parser.add_argument("--storm-clients", type=int, help="storm: clients (default: 1,000, "
+                        "quick: 300)")
     parser.add_argument("--max-wait", type=float, help="seconds to wait for other benchmarks "
                         "or test runs to end before each measurement (default 1800)")
     parser.add_argument("--out", type=Path, help="JSON results file (default: bench/results/)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    changes: dict[str, Any] = {"reps": args.reps, "max_wait": args.max_wait}
+    changes: dict[str, Any] = {"reps": args.reps, "max_wait": args.max_wait,
+                               "storm_clients": args.storm_clients}
     if args.windows:
         changes["windows"] = tuple(float(w) for w in args.windows.split(","))
     plan = replace(plan, **{k: v for k, v in changes.items() if v is not None})

@@ -5,10 +5,12 @@ Raw asyncio protocols, as in ``bench.loadgen``: a client is one small object tha
 ``stabilizer.v2``, sends ``{"type": "connect", "device": <its id>}``, and on the ``session``
 frame ``{"type": "subscribe", "id": 1, "channel": <group>, "presence": true, "params":
 {"gen": g}}`` (the observer, and clients connected with ``listed`` false, send no
-``params``: they follow without being listed). It is
-ready at the subscribe's ``reply``. From then on it counts what it receives: frames and
-bytes, and of those the ``presence_state`` and ``presence_diff`` frames. Nothing is parsed
-but the frame type, except by the observer, which applies every ``presence_state`` and
+``params``: they follow without being listed). It is ready at the subscribe's ``reply``;
+a reply ``unavailable`` (the server could not reach Redis within ``op_timeout``) is
+counted and the subscribe sent again after a jittered pause, as an application would (up
+to ``MAX_REFUSALS`` times). From then on it counts what it receives: frames and bytes, and
+of those the ``presence_state`` and ``presence_diff`` frames. Nothing is parsed but the
+frame type, except by the observer, which applies every ``presence_state`` and
 ``presence_diff`` to its copy of the presence (``client_id`` -> ``gen``), notes each diff's
 size and arrival time, and the moment its copy is *exact*: every one of the n clients
 listed with the generation armed, and nobody else.
@@ -17,8 +19,8 @@ Driven like ``bench.loadgen`` (whose ``serve`` loop it reuses): JSON lines on st
 reply each on stdout. Commands: ``connect`` (port, ids, gen, group, observer, listed,
 concurrency); ``storm`` (gen, concurrency): drop every client (``transport.abort()``: no
 close frame, as a lost network would) and reconnect them all at once with generation gen;
-``stats``; ``arm`` (gen, n) and ``wait`` (timeout, quiet): the observer's exactness; ``close``,
-``quit``.
+``stats``; ``arm`` (gen, n) and ``wait`` (timeout, quiet): the observer's exactness;
+``close``, ``quit``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import time
 from typing import Any, Final
 
@@ -35,6 +38,7 @@ from bench._common import HOST, raise_nofile_limit
 from bench.loadgen import Client, Counters, Generator, serve
 
 SUBPROTOCOL: Final = "stabilizer.v2"
+MAX_REFUSALS: Final = 20  # "unavailable" replies to one client's subscribe before it fails
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -48,10 +52,11 @@ def text_frame(payload: bytes) -> bytes:
 class PresenceCounters(Counters):
     """Counters plus the presence frames."""
 
-    __slots__ = ("diff_bytes", "diffs", "frames", "state_bytes", "states")
+    __slots__ = ("diff_bytes", "diffs", "frames", "refused", "state_bytes", "states")
 
     def __init__(self) -> None:
         super().__init__()
+        self.refused = 0  # subscribes answered "unavailable" (and sent again)
         self.frames = 0
         self.diffs = 0
         self.diff_bytes = 0
@@ -133,7 +138,7 @@ class Observed:
 class V2Client(Client):
     """One v2 client following the presence of one channel."""
 
-    __slots__ = ("observed", "subscribe", "subscribed")
+    __slots__ = ("observed", "refusals", "subscribe", "subscribed")
 
     def __init__(self, request: bytes, subscribe: bytes, counters: PresenceCounters,
                  ready: asyncio.Future[None], observed: Observed | None) -> None:
@@ -141,6 +146,7 @@ class V2Client(Client):
         self.subscribe = subscribe
         self.observed = observed
         self.subscribed = False
+        self.refusals = 0
 
     def _message(self, buf: bytes, start: int, end: int) -> None:
         counters = self.counters
@@ -150,11 +156,20 @@ class V2Client(Client):
             if head.startswith(b'{"type":"session"'):
                 self._write(self.subscribe)
             elif head.startswith(b'{"type":"reply"'):
-                self.subscribed = True
-                if b'"error"' in buf[start:end]:
-                    self._fail(f"subscribe refused: {buf[start:end][:200]!r}")
-                elif not self.ready.done():
-                    self.ready.set_result(None)
+                reply = buf[start:end]
+                if b'"unavailable"' in reply and self.refusals < MAX_REFUSALS:
+                    # the server could not reach Redis in time: send it again, as an
+                    # application would, after a jittered pause
+                    self.refusals += 1
+                    counters.refused += 1
+                    delay = random.uniform(0.05, 0.25) * self.refusals
+                    asyncio.get_running_loop().call_later(delay, self._write, self.subscribe)
+                elif b'"error"' in reply:
+                    self._fail(f"subscribe refused: {reply[:200]!r}")
+                else:
+                    self.subscribed = True
+                    if not self.ready.done():
+                        self.ready.set_result(None)
             return
         size = end - start
         counters.frames += 1
@@ -260,7 +275,8 @@ class PresenceGenerator(Generator):
         assert isinstance(counters, PresenceCounters)
         return {"frames": counters.frames, "bytes": counters.bytes, "diffs": counters.diffs,
                 "diff_bytes": counters.diff_bytes, "states": counters.states,
-                "state_bytes": counters.state_bytes, "lost": counters.lost,
+                "state_bytes": counters.state_bytes, "refused": counters.refused,
+                "lost": counters.lost,
                 "closed": counters.closed, "open": len(self.clients)}
 
     async def command(self, name: str, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -159,6 +159,7 @@ def storm_values(storms: list[dict[str, Any]], seen: dict[str, Any], before: dic
         "diffs_per_s": len(diffs) / span if span > 0 else float(len(diffs)),
         "frames_all": after["frames"] - before["frames"],
         "mb_all": (after["bytes"] - before["bytes"]) / 1e6,
+        "refused": after["refused"] - before["refused"],
     }
     if seen["exact"]:
         values["exact_s"] = seen["exact_at"] - t0
@@ -182,7 +183,7 @@ def storm_table(runs: list[Run], plan: Plan) -> str:
                      m("reconnected_s", 2), m("diffs"), m("diff_mean_b"), m("diff_max_b"),
                      m("diffs_per_s"), m("server_cpu_s", 2),
                      spread(runs, "storm", kind, "server_cpu_s", 2), m("redis_cpu_s", 2),
-                     m("frames_all"), m("mb_all", 1)])
+                     m("frames_all"), m("mb_all", 1), m("refused")])
 
 
     return (f"### Reconnect storm: {plan.storm_clients:,} v2 clients following one "
@@ -190,4 +191,5 @@ def storm_table(runs: list[Run], plan: Plan) -> str:
             + table(["presence_diff_window", "exact again", "s until exact", "range",
                      "s until all reconnected", "diff frames", "mean bytes", "max bytes",
                      "diffs / s", "server CPU s", "range", "Redis CPU s",
-                     "frames to all clients", "MB to all clients"], rows))
+                     "frames to all clients", "MB to all clients",
+                     "subscribes refused (unavailable), sent again"], rows))

@@ -4,8 +4,9 @@
   process group, stopped by ``stop_all`` like every other child), as the test suite starts
   them (tests/support/redis_server.py): no persistence, loopback only.
 * ``wait_idle``: wait until no other benchmark (``bench.core``; ``bench.cluster``,
-  ``scale``, ``identity``, ``burst``, ``rpc`` or ``acks`` started earlier), test run (pytest) or
-  fault campaign (``tests.faults``) uses the CPU, so measurements do not overlap with them.
+  ``scale``, ``identity``, ``burst``, ``rpc``, ``acks`` or ``presence`` started earlier),
+  test run (pytest) or fault campaign (``tests.faults``) uses the CPU, so measurements do
+  not overlap with them.
 * ``post_json``, ``quantile``: small utilities.
 """
 
@@ -33,7 +34,7 @@ BUSY_MARKERS: Final = ("bench.core", "pytest", "tests.faults")
 #: Benchmark controllers that wait too: a run waits only for those started before it, so two
 #: of them never wait for each other (the older one measures, the younger one waits).
 BENCH_MARKERS: Final = ("bench.cluster", "bench.scale", "bench.identity", "bench.burst",
-                         "bench.rpc", "bench.acks")
+                         "bench.rpc", "bench.acks", "bench.presence")
 
 
 def redis_binary() -> str:

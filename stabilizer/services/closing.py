@@ -205,7 +205,11 @@ class Closing:
             had_groups = (bool(conn.groups) or conn.changed_groups
                           or self._membership.in_doubt)
             await self._membership.forget(conn)
-            if code != CloseCode.REPLACED:
+            # a newer socket of the client admitted here while this one was closing owns the
+            # session now (a fresh one ended this socket's groups already): ending it would
+            # end what the newer socket joined, as a replacement's would
+            newer = self._ctx.pool.get(conn.client_id) not in (None, conn)
+            if code != CloseCode.REPLACED and not newer:
                 await self._settle_session(conn, code, keep_session, had_groups)
         await self._events.disconnected(conn, code, reason)
 

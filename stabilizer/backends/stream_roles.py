@@ -153,12 +153,15 @@ class SessionStore(Protocol):
         """Store one user-data value in the session."""
         ...
 
-    async def suspend(self, client_id: str, ttl: float) -> None:
-        """The client left: keep its session `ttl` seconds, then end it."""
+    async def suspend(self, client_id: str, ttl: float, *, conn_id: str | None = None) -> None:
+        """The client left: keep its session `ttl` seconds, then end it. With `conn_id` (the
+        connection that closed): nothing when the client's presence names another
+        connection, a newer socket of the client (on any node) that owns the session."""
         ...
 
-    async def end(self, client_id: str) -> list[str]:
-        """Drop the session and every group membership now; return the groups left."""
+    async def end(self, client_id: str, *, conn_id: str | None = None) -> list[str]:
+        """Drop the session and every group membership now; return the groups left. With
+        `conn_id`: nothing (and []) when the client's presence names another connection."""
         ...
 
     async def sweep(self, limit: int = 100) -> list[str]:

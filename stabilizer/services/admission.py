@@ -202,7 +202,7 @@ class Admission:
     async def _end_memberships(self, conn: Connection) -> None:
         ctx = self._ctx
         try:
-            await ctx.ask(ctx.backend.sessions.end(conn.client_id))
+            await ctx.ask(ctx.backend.sessions.end(conn.client_id, conn_id=conn.conn_id))
         except BackendUnavailable as exc:
             self._backend_log.warning("groups of replaced %r not left (backend unavailable)",
                                       conn.client_id, exc=exc)

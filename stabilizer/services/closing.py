@@ -221,10 +221,12 @@ class Closing:
             keep_session = code != CloseCode.NORMAL
         sessions = ctx.backend.sessions
         try:
+            # (a newer socket of the client on another node owns the session: left alone)
             if history and keep_session:
-                await ctx.ask(sessions.suspend(conn.client_id, ctx.config.session_ttl))
+                await ctx.ask(sessions.suspend(conn.client_id, ctx.config.session_ttl,
+                                               conn_id=conn.conn_id))
             elif history or had_groups:
-                await ctx.ask(sessions.end(conn.client_id))
+                await ctx.ask(sessions.end(conn.client_id, conn_id=conn.conn_id))
         except BackendUnavailable as exc:
             # maintenance puts it on the away list once the backend answers: the sweep then
             # ends it (and its groups) unless the client came back meanwhile

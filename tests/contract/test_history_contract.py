@@ -147,6 +147,31 @@ async def test_sessions_keep_groups_and_user_data_until_they_end(
     assert await a.groups.members("room") == []
 
 
+async def test_a_closing_connection_leaves_a_newer_connections_session_alone(
+    open_node: NodeFactory,
+) -> None:
+    """end with the closing connection's id does nothing while the client's presence
+    names another connection (its newer socket, on any node): that one owns the session.
+    With no presence, or presence naming that connection, it ends it. (suspend's guard:
+    tests/integration/test_reconnect_race.py, which waits out its clock.)"""
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await b.presence.register(presence("alice", "node-b", "conn-new"), max_cluster=None)
+    await b.sessions.activate("alice", fresh=True, conn_id="conn-new")
+    await b.groups.join("alice", "room")
+    assert await a.sessions.end("alice", conn_id="conn-old") == []
+    state = await b.sessions.load("alice")
+    assert state is not None
+    assert state.groups == ["room"]
+    assert await b.groups.members("room") == ["alice"]
+
+    assert await b.sessions.end("alice", conn_id="conn-new") == ["room"]  # its own: ends
+    assert await b.groups.members("room") == []
+    await b.presence.unregister("alice", "conn-new")
+    await b.sessions.activate("alice", fresh=True, conn_id="conn-new")
+    await b.groups.join("alice", "room")
+    assert await a.sessions.end("alice", conn_id="conn-old") == ["room"]  # no presence: ends
+
+
 async def test_sweep_ends_sessions_whose_time_ran_out(open_node: NodeFactory) -> None:
     a = await open_node("node-a")
     for client in ("gone", "back"):

@@ -48,3 +48,58 @@ async def test_a_reconnect_during_the_old_release_keeps_its_memberships(
     conn = node.get_connection("x")
     assert conn is not None
     assert "room" in conn.groups
+
+
+async def test_a_reconnect_to_another_node_during_the_old_release_keeps_its_memberships(
+        cluster: Cluster) -> None:
+    """The same race across replicas: the old socket's node must not end the session the
+    client's new socket (on another node) owns: its presence names that socket."""
+    a, b = cluster("a"), cluster("b")
+    await started(a, b)
+    old = SlowToClose("old")
+    await a.connect("x", old)
+    await a.join_group("x", "room", presence={"gen": 1})
+    dropping = asyncio.create_task(a.disconnect("x", code=CloseCode.GOING_AWAY))
+    async with asyncio.timeout(5.0):
+        await old.closing.wait()
+    new = FakeSocket("new")
+    await b.connect("x", new)  # back, on the other replica, on a fresh session
+    await b.join_group("x", "room", presence={"gen": 2})
+    old.release.set()
+    async with asyncio.timeout(5.0):
+        await dropping
+    for node in (a, b):
+        assert await node.get_group_members("room") == ["x"]
+        assert await node.get_presence("room") == {
+            "x": [{"client_id": "x", "meta": {"gen": 2}}]}
+    conn = b.get_connection("x")
+    assert conn is not None
+    assert "room" in conn.groups
+    assert new.closed is None
+
+
+async def test_with_history_a_reconnect_to_another_node_keeps_its_live_session(
+        cluster: Cluster) -> None:
+    """With history the old socket's release suspends its session (it may resume): it
+    must not put the session of the client's newer socket on another node on a clock."""
+    options: dict[str, float] = {"history_size": 10, "session_ttl": 0.5}
+    a, b = cluster("a", **options), cluster("b", **options)
+    await started(a, b)
+    old = SlowToClose("old")
+    await a.connect("x", old)
+    await a.join_group("x", "room")
+    dropping = asyncio.create_task(a.disconnect("x", code=CloseCode.GOING_AWAY))
+    async with asyncio.timeout(5.0):
+        await old.closing.wait()
+    await b.connect("x", FakeSocket("new"))
+    await b.join_group("x", "room")
+    old.release.set()
+    async with asyncio.timeout(5.0):
+        await dropping
+    # a suspended session expires session_ttl (+ 1 s on Redis) after the suspend: wait
+    # past that clock, then the live one must still be there
+    await asyncio.sleep(options["session_ttl"] + 1.2)
+    state = await b.backend.sessions.load("x")
+    assert state is not None
+    assert state.groups == ["room"]
+    assert await b.get_group_members("room") == ["x"]

@@ -273,19 +273,28 @@ class MemorySessions:
         if record is not None:
             record.user_data[key] = value
 
-    async def suspend(self, client_id: str, ttl: float) -> None:
-        """Keep the session `ttl` more seconds."""
+    async def suspend(self, client_id: str, ttl: float, *, conn_id: str | None = None) -> None:
+        """Keep the session `ttl` more seconds (unless another connection owns it)."""
         self._node.check()
+        if self._owned_elsewhere(client_id, conn_id):
+            return
         until = time.time() + ttl
         record = self._node.hub.sessions.get(client_id)
         if record is not None:
             record.until = until
         self._node.hub.away[client_id] = until
 
-    async def end(self, client_id: str) -> list[str]:
-        """Drop the session and memberships now."""
+    async def end(self, client_id: str, *, conn_id: str | None = None) -> list[str]:
+        """Drop the session and memberships now (unless another connection owns them)."""
         self._node.check()
+        if self._owned_elsewhere(client_id, conn_id):
+            return []
         return self._end(client_id)
+
+    def _owned_elsewhere(self, client_id: str, conn_id: str | None) -> bool:
+        """A newer connection of the client than the closing `conn_id` holds its presence."""
+        current = self._node.hub.presence.get(client_id)
+        return conn_id is not None and current is not None and current.conn_id != conn_id
 
     def _end(self, client_id: str) -> list[str]:
         left = self._node.hub.end_session(client_id)

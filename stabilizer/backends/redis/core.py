@@ -47,6 +47,7 @@ class Scripts:
         self.reap_clients = register(lua.REAP_CLIENTS)
         self.prune = register(lua.PRUNE)
         self.suspend = register(streams_lua.SUSPEND)
+        self.suspend_session = register(streams_lua.SUSPEND_SESSION)
         self.load_session = register(streams_lua.LOAD_SESSION)
         self.open_session = register(streams_lua.OPEN_SESSION)
         self.end_session = register(streams_lua.END_SESSION)

@@ -75,23 +75,50 @@ class RedisSessions:
         await core.call(core.client.hset(core.keys.session(client_id), f"u:{key}", value),
                         "save_user_data")
 
-    async def suspend(self, client_id: str, ttl: float) -> None:
-        """Expire the session after `ttl` and put the client on the away list."""
-        core = self._core
-        await core.call(core.scripts.suspend(
-            keys=[core.keys.away], args=[int(ttl * 1000), core.keys.session_prefix, client_id],
-        ), "suspend")
-
-    async def end(self, client_id: str) -> list[str]:
-        """One script: leave every group, drop the session."""
+    async def suspend(self, client_id: str, ttl: float, *, conn_id: str | None = None) -> None:
+        """Expire the session after `ttl` and put the client on the away list; with
+        `conn_id` (the closing connection), nothing if the client's presence names another
+        connection (in the script, or read first when presence lives in other slots)."""
         core = self._core
         keys = core.keys
+        if conn_id is None:
+            await core.call(core.scripts.suspend(
+                keys=[keys.away], args=[int(ttl * 1000), keys.session_prefix, client_id],
+            ), "suspend")
+            return
+        presence = await self._guard(client_id, conn_id)
+        if presence is None:
+            return
+        await core.call(core.scripts.suspend_session(
+            keys=[keys.away, keys.session(client_id), *presence],
+            args=[int(ttl * 1000), client_id, conn_id],
+        ), "suspend")
+
+    async def end(self, client_id: str, *, conn_id: str | None = None) -> list[str]:
+        """One script: leave every group, drop the session; with `conn_id` (the closing
+        connection), nothing if the client's presence names another connection."""
+        core = self._core
+        keys = core.keys
+        presence = [] if conn_id is None else await self._guard(client_id, conn_id)
+        if presence is None:
+            return []
         reply = await core.call(core.scripts.end_session(
-            keys=[keys.client_groups(client_id), keys.session(client_id), keys.away],
+            keys=[keys.client_groups(client_id), keys.session(client_id), keys.away,
+                  *presence],
             args=[client_id, keys.group_prefix, *core.event_args(), core.node_id,
-                  core.publish_command],
+                  core.publish_command, conn_id or ""],
         ), "end_session")
         return sorted(text(g) for g in reply)
+
+    async def _guard(self, client_id: str, conn_id: str) -> list[str] | None:
+        """The presence key a guarded script checks in its own slot ([] when presence lives
+        in other slots: then it is read first, one more round trip and not atomic with the
+        script); None when another connection of the client owns the session."""
+        keys = self._core.keys
+        if keys.buckets == 1:
+            return [keys.presence(0)]
+        located = await self._presence.locate(client_id)
+        return None if located is not None and located.conn_id != conn_id else []
 
     async def sweep(self, limit: int = 100) -> list[str]:
         """One script: end the sessions whose time ran out."""

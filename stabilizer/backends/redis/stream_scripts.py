@@ -41,10 +41,25 @@ end
 return baselines
 """
 
-# KEYS: client's group set, session hash, away zset.
+# A guard for the scripts a closing socket runs: true when the client's presence entry (in
+# `presence`, when the caller could pass it: same slot) names another connection than
+# `conn` ('' = no guard), a newer socket of the client that owns the session now.
+OWNED_ELSEWHERE: Final = """
+local function owned_elsewhere(presence, client, conn)
+  if not presence or conn == '' then return false end
+  local cur = redis.call('HGET', presence, client)
+  if not cur then return false end
+  return string.match(cur, '^[^|]*|([^|]*)|') ~= conn
+end
+"""
+
+# KEYS: client's group set, session hash, away zset[, presence hash].
 # ARGV: client id, group-set prefix, events channel ('' = none), event prefix, node id,
-#       publish command. Ends the session: leaves every group. Returns the groups left.
-END_SESSION: Final = LEAVE_ALL + """
+#       publish command, the closing connection ('' = none: end it regardless).
+# Ends the session: leaves every group; nothing when a newer connection of the client owns
+# it (OWNED_ELSEWHERE). Returns the groups left.
+END_SESSION: Final = LEAVE_ALL + OWNED_ELSEWHERE + """
+if owned_elsewhere(KEYS[4], ARGV[1], ARGV[7] or '') then return {} end
 local groups = leave_all(KEYS[1], ARGV[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -62,6 +77,19 @@ for i = 3, #ARGV do
   redis.call('PEXPIRE', ARGV[2] .. ARGV[i], ttl + 1000)
 end
 return #ARGV - 2
+"""
+
+# KEYS: away zset, session hash[, presence hash]. ARGV: ttl_ms, client id, the closing
+# connection. The client left: its session ends after ttl unless it returns; nothing when
+# a newer connection of the client owns the session (OWNED_ELSEWHERE). Returns 1 if done.
+SUSPEND_SESSION: Final = OWNED_ELSEWHERE + """
+if owned_elsewhere(KEYS[3], ARGV[2], ARGV[3]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ttl + 1000)
+return 1
 """
 
 # KEYS: session hash, client's group set, away zset. ARGV: client id.

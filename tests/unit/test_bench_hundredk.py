@@ -1,0 +1,112 @@
+"""The 100k harness: source addresses for the load generators and the sizes it derives."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench.harness import BenchError
+from bench.hundredk import (
+    check_nofile,
+    generators_needed,
+    port_range,
+    source_addresses,
+    sources_needed,
+)
+from bench.loadgen import Generator
+
+BROADCAST_FRAME = b"\x81\x05b0001"
+
+
+async def handshake_server(peers: list[str]) -> asyncio.Server:
+    """Answer every upgrade with a 101 and one broadcast frame; record the peer address."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peername")[0])
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\n\r\n" + BROADCAST_FRAME)
+        await writer.drain()
+        await reader.read()  # until the client goes
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_clients_bind_to_the_sources_in_turn() -> None:
+    peers: list[str] = []
+    server = await handshake_server(peers)
+    port = server.sockets[0].getsockname()[1]
+    sources = ["127.0.9.1", "127.0.9.2", "127.0.9.3"]
+    generator = Generator()
+    started = time.monotonic()
+    try:
+        reply = await generator.connect({"port": port, "paths": [f"/ws/{i}" for i in range(9)],
+                                         "sources": sources, "timeout": 5.0})
+        stats = generator.stats(light=True)
+    finally:
+        await generator.close()
+        server.close()
+        await server.wait_closed()
+    assert reply["connected"] == 9, reply["errors"]
+    assert reply["by_source"] == dict.fromkeys(sources, 3)
+    assert Counter(peers) == dict.fromkeys(sources, 3)
+    assert stats["bcast"] == 9
+    assert stats["bcast_at"] >= started
+
+
+async def test_without_sources_clients_use_the_default_address() -> None:
+    peers: list[str] = []
+    server = await handshake_server(peers)
+    port = server.sockets[0].getsockname()[1]
+    generator = Generator()
+    try:
+        reply = await generator.connect({"port": port, "paths": ["/ws/a", "/ws/b"]})
+    finally:
+        await generator.close()
+        server.close()
+        await server.wait_closed()
+    assert reply["connected"] == 2
+    assert "by_source" not in reply
+    assert peers == ["127.0.0.1", "127.0.0.1"]
+
+
+def test_source_addresses_differ_between_measurements() -> None:
+    first, second = source_addresses(4, 1), source_addresses(4, 2)
+    assert len(set(first)) == 4
+    assert not set(first) & set(second)
+    assert "127.0.0.1" not in first + source_addresses(250, 250)
+    with pytest.raises(ValueError, match="251 source addresses"):
+        source_addresses(251, 1)
+
+
+def test_sources_cover_the_connections_with_spare_ports() -> None:
+    ports = (32768, 60999)  # 28,232 ports; 22,585 planned per address
+    assert sources_needed(20_000, ports) == 1
+    assert sources_needed(100_000, ports) == 5
+    assert sources_needed(100_000, (50000, 50999)) == 125
+
+
+def test_generators_follow_the_descriptor_limit() -> None:
+    assert generators_needed(100_000, 1 << 20) == 8
+    assert generators_needed(2_000, 1 << 20) == 4
+    assert generators_needed(100_000, 10_256) == 10
+    with pytest.raises(BenchError):
+        generators_needed(10, 100)
+
+
+def test_a_low_descriptor_limit_is_refused_with_what_to_do() -> None:
+    check_nofile(18_000, 20_000)
+    with pytest.raises(BenchError, match="ulimit -Hn"):
+        check_nofile(100_000, 20_000)
+
+
+def test_port_range_reads_the_kernel_setting(tmp_path: Path) -> None:
+    setting = tmp_path / "range"
+    setting.write_text("1024\t65535\n")
+    assert port_range(setting) == (1024, 65535)
+    assert port_range(tmp_path / "missing") == (32768, 60999)

@@ -19,7 +19,8 @@ generators (``bench.loadgen``), in this order:
   30 s; timeout 60 s) for every server, over a window of at least one interval (default
   two): CPU % of a core, pings per connection per interval, connections closed;
 * broadcast: two broadcasts of one 64-byte message to all N, one after the other (the
-  first touches every socket's send path for the first time). Wall time runs from the
+  first touches every socket's send path for the first time), each started when a round
+  of pings has just ended (at most one interval + 10 s later). Wall time runs from the
   request until the last client received the message (the generators' CLOCK_MONOTONIC
   stamp of the last broadcast frame); server CPU from before the request until every
   client counted it. The heartbeat keeps running meanwhile: the pings counted in that
@@ -94,7 +95,7 @@ class Settings:
     connections: int
     sources: int  # source addresses per measurement
     concurrency: int  # connects in flight per generator
-    quiet_wait: float  # at most this long for a pause in the pings before a broadcast
+    quiet_wait: float  # at most this long for the end of a ping round before a broadcast
 
 
 def port_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int]:
@@ -113,13 +114,15 @@ def sources_needed(connections: int, ports: tuple[int, int]) -> int:
 
 
 def source_addresses(count: int, measurement: int) -> list[str]:
-    """`count` loopback addresses for one measurement, none shared with another one's.
+    """`count` loopback addresses for one measurement: 127.A.B.1 to 127.A.B.count, with A.B
+    taken from `measurement` (modulo 62,500 blocks), so that other measurements use others.
 
     127.0.0.1 (the server's) is never used; Linux routes all of 127/8 to lo.
     """
     if not 1 <= count <= 250:
-        raise ValueError(f"{count} source addresses; 1 to 250 fit one 127.0.X.0/24")
-    return [f"127.0.{1 + measurement % 250}.{1 + i}" for i in range(count)]
+        raise ValueError(f"{count} source addresses; 1 to 250 fit one block")
+    block = measurement % 62_500
+    return [f"127.{1 + block // 250}.{block % 250}.{1 + i}" for i in range(count)]
 
 
 def generators_needed(connections: int, nofile: int) -> int:
@@ -143,17 +146,21 @@ def check_nofile(connections: int, nofile: int) -> None:
 
 
 def wait_quiet(fleet: Fleet, max_wait: float, gap: float = 0.5) -> float:
-    """Wait up to `max_wait` for `gap` seconds without a ping at the clients (raw and seed
-    ping everybody in one burst per interval); return the seconds waited."""
+    """Wait until a run of pings has ended (`gap` seconds without one after some came), at
+    most `max_wait`; return the seconds waited.
+
+    raw and the seed ping every client in one round per interval; a broadcast started in
+    the quiet that follows a round is not slowed down by the next one.
+    """
     started = time.monotonic()
     last = fleet.stats(light=True)["ping"]
-    since = started
+    since, seen = started, False
     while time.monotonic() - started < max_wait:
         time.sleep(gap / 4)
         now = fleet.stats(light=True)["ping"]
         if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= gap:
+            last, since, seen = now, time.monotonic(), True
+        elif seen and time.monotonic() - since >= gap:
             break
     return time.monotonic() - started
 
@@ -308,7 +315,9 @@ def measured(kind: str, settings: Settings, rep: int, measurement: int, log_dir:
 def run_all(settings: Settings, kinds: Sequence[str], log_dir: Path,
             idle_wait: bool = True) -> list[Run]:
     runs: list[Run] = []
-    measurement = 0
+    # Source addresses from the clock: the sockets a run just before this one closed keep
+    # their ports in TIME_WAIT for a minute, on addresses a new run must not reuse.
+    measurement = int(time.time())
     for rep in range(settings.core.reps):
         for kind in rotated(kinds, rep):
             measurement += 1
@@ -342,7 +351,7 @@ def settings_from(args: argparse.Namespace, nofile: int) -> Settings:
         generators=args.generators or generators_needed(n, nofile),
         delivery_timeout=max(60.0, n / 500), stabilizer_config=args.stabilizer_config)
     return Settings(core=core, connections=n, sources=sources,
-                    concurrency=args.concurrency, quiet_wait=min(interval / 2, 10.0))
+                    concurrency=args.concurrency, quiet_wait=interval + 10.0)
 
 
 def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:

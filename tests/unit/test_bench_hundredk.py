@@ -16,6 +16,7 @@ from bench.hundredk import (
     port_range,
     source_addresses,
     sources_needed,
+    wait_quiet,
 )
 from bench.loadgen import Generator
 
@@ -79,7 +80,11 @@ def test_source_addresses_differ_between_measurements() -> None:
     first, second = source_addresses(4, 1), source_addresses(4, 2)
     assert len(set(first)) == 4
     assert not set(first) & set(second)
-    assert "127.0.0.1" not in first + source_addresses(250, 250)
+    every_block = {addr for block in range(62_500) for addr in source_addresses(1, block)}
+    assert len(every_block) == 62_500
+    assert "127.0.0.1" not in every_block
+    assert all(addr.startswith("127.") and int(addr.split(".")[1]) <= 250
+               for addr in every_block)
     with pytest.raises(ValueError, match="251 source addresses"):
         source_addresses(251, 1)
 
@@ -110,3 +115,25 @@ def test_port_range_reads_the_kernel_setting(tmp_path: Path) -> None:
     setting.write_text("1024\t65535\n")
     assert port_range(setting) == (1024, 65535)
     assert port_range(tmp_path / "missing") == (32768, 60999)
+
+
+class PingingFleet:
+    """Stands in for a Fleet: quiet for `quiet` polls, then `burst` more pings on each of
+    the next `rounds` polls, then quiet again."""
+
+    def __init__(self, quiet: int, rounds: int, burst: int = 100) -> None:
+        self.polls = 0
+        self.quiet = quiet
+        self.rounds = rounds
+        self.burst = burst
+
+    def stats(self, *, light: bool = False) -> dict[str, int]:
+        self.polls += 1
+        return {"ping": self.burst * min(max(self.polls - self.quiet, 0), self.rounds)}
+
+
+def test_a_broadcast_waits_for_the_next_ping_round_to_end() -> None:
+    # The quiet before the round is longer than the gap: it must not count.
+    fleet = PingingFleet(quiet=12, rounds=4)
+    wait_quiet(fleet, max_wait=60.0, gap=0.02)  # type: ignore[arg-type]
+    assert fleet.polls > 12 + 4  # through the round, then a quiet gap after it

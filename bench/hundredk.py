@@ -25,7 +25,10 @@ generators (``bench.loadgen``), in this order:
   stamp of the last broadcast frame); server CPU from before the request until every
   client counted it. The heartbeat keeps running meanwhile: the pings counted in that
   window, at the CPU per ping measured just before, are subtracted (``net``); both the raw
-  and the net figures are recorded. Delivered must equal N, or the run reports the loss.
+  and the net figures are recorded. That is exact for raw (its pings are all its heartbeat
+  costs) and for the stabilizer (one heap schedule), not for the seed, whose heartbeat
+  also wakes one task per ping ``timeout`` seconds later: those stay in its figures.
+  Delivered must equal N, or the run reports the loss.
 
 Connections per core: one replica is one process with one event loop, so the N it holds
 are held on one core; the heartbeat's share of that core and the N at which the heartbeat

@@ -83,13 +83,14 @@ def broadcast_table(runs: Sequence[Run], n: int, kinds: Sequence[str]) -> str:
     rows = []
     for kind, w, c in zip(kinds, wall, cpu, strict=True):
         lost = [v for key in ("b1_lost", "b2_lost") for v in values_of(runs, kind, key)]
-        rows.append([kind, cell(runs, kind, "b1_wall_s", 3), *w, *c,
+        rows.append([kind, cell(runs, kind, "b1_wall_s", 3), *w,
+                     cell(runs, kind, "b2_cpu_s", 3), *c,
                      cell(runs, kind, "b2_us_per_delivery", 2),
                      cell(runs, kind, "b2_pings", 0),
                      fmt(max(lost), 0) if lost else "n/a"])
     return (f"### One 64-byte broadcast to all {n:,}\n\n" + table(
         ["server", "first: s to the last client", "second: s to the last client", *vs,
-         "second: server CPU s (net of pings)", *vs_c, "µs CPU / delivery",
+         "second: server CPU s", "net of the pings in it", *vs_c, "µs CPU (net) / delivery",
          "pings in the window", "lost (either)"], rows))
 
 

@@ -19,8 +19,11 @@ generators (``bench.loadgen``), in this order:
   30 s; timeout 60 s) for every server, over a window of at least one interval (default
   two): CPU % of a core, pings per connection per interval, connections closed;
 * broadcast: two broadcasts of one 64-byte message to all N, one after the other (the
-  first touches every socket's send path for the first time), each started when a round
-  of pings has just ended (at most one interval + 10 s later). Wall time runs from the
+  first touches every socket's send path for the first time), each started when the
+  heartbeat is calm: after a round of pings, once the server has read the pongs (raw and
+  the seed ping everybody at once), and when the server's CPU over half a second is at
+  most 1.5 times its heartbeat average + 5 points (at most one interval + 10 s later).
+  Wall time runs from the
   request until the last client received the message (the generators' CLOCK_MONOTONIC
   stamp of the last broadcast frame); server CPU from before the request until every
   client counted it. The heartbeat keeps running meanwhile: the pings counted in that
@@ -88,6 +91,8 @@ PORT_SHARE: Final = 0.8
 #: File descriptors a process needs beyond its sockets (pipes, epoll, imports, logs).
 FD_SPARE: Final = 256
 CLIENTS_PER_GENERATOR: Final = 12_500
+#: Servers whose heartbeat pings every client in one round per interval (bench/servers.py).
+ROUND_PINGERS: Final = ("raw", "seed")
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ class Settings:
     connections: int
     sources: int  # source addresses per measurement
     concurrency: int  # connects in flight per generator
-    quiet_wait: float  # at most this long for the end of a ping round before a broadcast
+    quiet_wait: float  # at most this long for a calm heartbeat before a broadcast
 
 
 def port_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int]:
@@ -148,23 +153,34 @@ def check_nofile(connections: int, nofile: int) -> None:
             f"or run fewer --connections.")
 
 
-def wait_quiet(fleet: Fleet, max_wait: float, gap: float = 0.5) -> float:
-    """Wait until a run of pings has ended (`gap` seconds without one after some came), at
-    most `max_wait`; return the seconds waited.
+def wait_calm(fleet: Fleet, server: Server, *, rounds: bool, limit_pct: float,
+              max_wait: float, gap: float = 0.5) -> float:
+    """Wait until the server's heartbeat is between two bursts of work, at most `max_wait`;
+    return the seconds waited.
 
-    raw and the seed ping every client in one round per interval; a broadcast started in
-    the quiet that follows a round is not slowed down by the next one.
+    `rounds`: the server pings everybody in one round per interval (raw, the seed): wait
+    for a round to end (`gap` seconds without a ping at the clients) and for the server to
+    have read the pongs (its CPU over `gap` seconds at most `limit_pct` % of a core). A
+    heartbeat spread over the interval (the stabilizer's) has no round: only the CPU counts.
     """
     started = time.monotonic()
     last = fleet.stats(light=True)["ping"]
-    since, seen = started, False
+    seen = not rounds
+    cpu_then, then = server.cpu_seconds(), started
     while time.monotonic() - started < max_wait:
         time.sleep(gap / 4)
-        now = fleet.stats(light=True)["ping"]
-        if now != last:
-            last, since, seen = now, time.monotonic(), True
-        elif seen and time.monotonic() - since >= gap:
+        pings = fleet.stats(light=True)["ping"]
+        now = time.monotonic()
+        if rounds and pings != last:
+            last, seen = pings, True
+            cpu_then, then = server.cpu_seconds(), now
+            continue
+        if not seen or now - then < gap:
+            continue
+        cpu = server.cpu_seconds()
+        if (cpu - cpu_then) / (now - then) * 100 <= limit_pct:
             break
+        cpu_then, then = cpu, now
     return time.monotonic() - started
 
 
@@ -240,7 +256,10 @@ def broadcast_once(run: Run, server: Server, fleet: Fleet, settings: Settings,
     """One broadcast of one message to all N: wall time to the last client, server CPU
     (less the heartbeat's, at the CPU per ping measured before), and what was lost."""
     n, plan = settings.connections, settings.core
-    run.values[f"{prefix}_quiet_wait_s"] = wait_quiet(fleet, settings.quiet_wait)
+    limit = 1.5 * run.values.get("hb_cpu_pct", 0.0) + 5.0
+    run.values[f"{prefix}_calm_wait_s"] = wait_calm(
+        fleet, server, rounds=app_kind(run.kind) in ROUND_PINGERS, limit_pct=limit,
+        max_wait=settings.quiet_wait)
     base = fleet.stats(light=True)
     foreign = ForeignLoad([server.pid, *fleet.pids])
     user0, sys0 = server.cpu_split()

@@ -16,7 +16,7 @@ from bench.hundredk import (
     port_range,
     source_addresses,
     sources_needed,
-    wait_quiet,
+    wait_calm,
 )
 from bench.loadgen import Generator
 
@@ -132,8 +132,29 @@ class PingingFleet:
         return {"ping": self.burst * min(max(self.polls - self.quiet, 0), self.rounds)}
 
 
-def test_a_broadcast_waits_for_the_next_ping_round_to_end() -> None:
+class BusyServer:
+    """Stands in for a Server: a second of CPU more on each of its first `busy` readings."""
+
+    def __init__(self, busy: int) -> None:
+        self.readings = 0
+        self.busy = busy
+
+    def cpu_seconds(self) -> float:
+        self.readings += 1
+        return float(min(self.readings, self.busy))
+
+
+def test_a_broadcast_waits_for_the_ping_round_and_its_pongs() -> None:
     # The quiet before the round is longer than the gap: it must not count.
-    fleet = PingingFleet(quiet=12, rounds=4)
-    wait_quiet(fleet, max_wait=60.0, gap=0.02)  # type: ignore[arg-type]
-    assert fleet.polls > 12 + 4  # through the round, then a quiet gap after it
+    fleet, server = PingingFleet(quiet=12, rounds=4), BusyServer(busy=8)
+    wait_calm(fleet, server, rounds=True, limit_pct=10.0, max_wait=60.0,  # type: ignore[arg-type]
+              gap=0.02)
+    assert fleet.polls > 12 + 4  # through the round
+    assert server.readings > 8  # and through the pongs after it
+
+
+def test_a_spread_heartbeat_waits_for_the_cpu_only() -> None:
+    fleet, server = PingingFleet(quiet=0, rounds=10**6), BusyServer(busy=3)
+    wait_calm(fleet, server, rounds=False, limit_pct=10.0, max_wait=60.0,  # type: ignore[arg-type]
+              gap=0.02)
+    assert server.readings > 3

@@ -17,7 +17,9 @@ generators (``bench.loadgen``), in this order:
 * memory: RSS with N clients minus RSS with none, after ``gc.collect()``, per connection;
 * heartbeat: at the library's default interval (``WebSocketConfig().heartbeat_interval``,
   30 s; timeout 60 s) for every server, over a window of at least one interval (default
-  two): CPU % of a core, pings per connection per interval, connections closed;
+  three: raw and the seed ping every interval + the time a round takes, so a window holds
+  one round more or less for some clients): CPU % of a core, CPU per ping, pings per
+  connection per interval, connections closed;
 * broadcast: two broadcasts of one 64-byte message to all N, one after the other (the
   first touches every socket's send path for the first time), each started when the
   heartbeat is calm: after a round of pings, once the server has read the pongs (raw and
@@ -34,8 +36,9 @@ generators (``bench.loadgen``), in this order:
   Delivered must equal N, or the run reports the loss.
 
 Connections per core: one replica is one process with one event loop, so the N it holds
-are held on one core; the heartbeat's share of that core and the N at which the heartbeat
-alone would fill it are reported next to Phoenix's 50,000 per core (2 million on 40).
+are held on one core; the heartbeat's share of that core and the N at which one ping per
+connection per interval would fill it (at the CPU per ping measured) are reported next to
+Phoenix's 50,000 per core (2 million on 40).
 """
 
 from __future__ import annotations
@@ -362,7 +365,7 @@ def settings_from(args: argparse.Namespace, nofile: int) -> Settings:
     interval = args.heartbeat_interval or interval
     if args.heartbeat_interval:
         timeout = 2 * interval
-    window = args.heartbeat_window or 2 * interval
+    window = args.heartbeat_window or 3 * interval
     n = args.connections
     ports = port_range()
     sources = args.sources or sources_needed(n, ports)
@@ -386,7 +389,7 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--heartbeat-interval", type=float,
                         help="seconds (default: the library's, 30; the timeout is twice it)")
     parser.add_argument("--heartbeat-window", type=float,
-                        help="seconds measured, at least one interval (default: two)")
+                        help="seconds measured, at least one interval (default: three)")
     parser.add_argument("--generators", type=int, help="load generators (default: auto)")
     parser.add_argument("--sources", type=int,
                         help="loopback source addresses per measurement (default: enough for "

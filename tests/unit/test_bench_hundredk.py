@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from bench.harness import BenchError
-from bench.hundredk import (
+from bench.hundredk_limits import (
     check_nofile,
     generators_needed,
     port_range,
     source_addresses,
     sources_needed,
-    wait_calm,
 )
+from bench.hundredk_steps import wait_calm
 from bench.loadgen import Generator
 
 BROADCAST_FRAME = b"\x81\x05b0001"

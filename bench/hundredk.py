@@ -11,9 +11,11 @@ One measurement per server and repetition, in a fresh server process with fresh 
 generators (``bench.loadgen``), in this order:
 
 * connect: N clients (wall time until the server counts them all, server CPU per connect),
-  their sockets bound in turn to several loopback source addresses (``plan.sources``), so
-  that N is not capped by one address's ephemeral ports; every measurement uses addresses
-  of its own, as the previous one's closed sockets keep theirs in TIME_WAIT for a minute;
+  their sockets bound in turn to several loopback source addresses (``--sources``; by
+  default enough for 80% of ip_local_port_range each: 5 for 100,000 with Linux's default
+  28,232 ports), so that N is not capped by one address's ports; every measurement uses
+  addresses of its own, as the previous one's closed sockets keep theirs in TIME_WAIT for
+  a minute;
 * memory: RSS with N clients minus RSS with none, after ``gc.collect()``, per connection;
 * heartbeat: at the library's default interval (``WebSocketConfig().heartbeat_interval``,
   30 s; timeout 60 s) for every server, over a window of at least one interval (default
@@ -25,14 +27,14 @@ generators (``bench.loadgen``), in this order:
   heartbeat is calm: after a round of pings, once the server has read the pongs (raw and
   the seed ping everybody at once), and when the server's CPU over half a second is at
   most 1.5 times its heartbeat average + 5 points (at most one interval + 10 s later).
-  Wall time runs from the
-  request until the last client received the message (the generators' CLOCK_MONOTONIC
-  stamp of the last broadcast frame); server CPU from before the request until every
-  client counted it. The heartbeat keeps running meanwhile: the pings counted in that
-  window, at the CPU per ping measured just before, are subtracted (``net``); both the raw
-  and the net figures are recorded. That is exact for raw (its pings are all its heartbeat
-  costs) and for the stabilizer (one heap schedule), not for the seed, whose heartbeat
-  also wakes one task per ping ``timeout`` seconds later: those stay in its figures.
+  Wall time runs from the request until the last client received the message (the
+  generators' CLOCK_MONOTONIC stamp of the last broadcast frame); server CPU from before
+  the request until every client counted it. The heartbeat keeps running meanwhile: the
+  pings counted in that window, at the CPU per ping measured just before, are subtracted
+  (``net``); both the raw and the net figures are recorded. That is exact for raw (its
+  pings are all its heartbeat costs) and for the stabilizer (one heap schedule), not for
+  the seed, whose heartbeat also wakes one task per ping ``timeout`` seconds later: those
+  stay in its figures.
   Delivered must equal N, or the run reports the loss.
 
 Connections per core: one replica is one process with one event loop, so the N it holds

@@ -297,19 +297,33 @@ class Fleet:
         return [gen.reply(timeout) for gen in self.gens]
 
     def connect(self, port: int, count: int, *, mode: str = "ws", prefix: str = "c",
-                concurrency: int = 64, timeout: float = 120.0) -> dict[str, Any]:
-        """Open `count` clients spread over the generators; raise unless all connected."""
+                concurrency: int = 64, timeout: float = 120.0,
+                sources: Sequence[str] = ()) -> dict[str, Any]:
+        """Open `count` clients spread over the generators; raise unless all connected.
+
+        `sources`: local addresses the clients' sockets are bound to, spread evenly (each
+        generator starts at another one); the reply's ``by_source`` counts them.
+        """
         paths = list(self._paths(count, mode, prefix))
-        shares = [paths[i::len(self.gens)] for i in range(len(self.gens))]
+        size = len(self.gens)
+        shares = [paths[i::size] for i in range(size)]
         cmds = [{"cmd": "connect", "port": port, "paths": share, "mode": mode,
-                 "concurrency": concurrency, "timeout": 30.0} for share in shares]
+                 "concurrency": concurrency, "timeout": 30.0,
+                 **({"sources": [*sources[i % len(sources):], *sources[:i % len(sources)]]}
+                    if sources else {})}
+                for i, share in enumerate(shares)]
         started = time.monotonic()
         replies = self._all(cmds, timeout)
         connected = sum(r["connected"] for r in replies)
         if connected != count:
             errors = [e for r in replies for e in r["errors"]][:5]
             raise BenchError(f"only {connected} of {count} clients connected: {errors}")
-        return {"connected": connected, "seconds": time.monotonic() - started}
+        by_source: dict[str, int] = {}
+        for reply in replies:
+            for addr, opened in reply.get("by_source", {}).items():
+                by_source[addr] = by_source.get(addr, 0) + opened
+        return {"connected": connected, "seconds": time.monotonic() - started,
+                **({"by_source": by_source} if sources else {})}
 
     def _paths(self, count: int, mode: str, prefix: str) -> Iterator[str]:
         for _ in range(count):
@@ -320,7 +334,8 @@ class Fleet:
                 yield f"/ws/{prefix}{self._next_id}"
 
     def stats(self, *, light: bool = False, timeout: float = 30.0) -> dict[str, Any]:
-        """Sum the generators' counters (ping_min/ping_max: min/max over all clients).
+        """Sum the generators' counters (ping_min/ping_max: min/max over all clients;
+        bcast_at: the latest of the generators').
 
         `light` skips the per-client figures (open, ping_min, ping_max): cheap enough to
         poll while a measurement runs.
@@ -332,7 +347,7 @@ class Fleet:
             for key, value in reply.items():
                 if key == "ping_min":
                     total[key] = min(total.get(key, value), value)
-                elif key == "ping_max":
+                elif key in ("ping_max", "bcast_at"):
                     total[key] = max(total.get(key, value), value)
                 else:
                     total[key] = total.get(key, 0) + value

@@ -14,8 +14,11 @@ Every frame is counted by kind:
 
 The controller talks JSON lines: one command on stdin, one reply on stdout. Commands:
 ``connect`` (port, paths, mode, concurrency, timeout; ``latencies``: also return each
-client's handshake time), ``stats``, ``mark``, ``close``,
-``quit``. The process exits on ``quit``, when stdin closes, or after --max-seconds.
+client's handshake time; ``sources``: loopback addresses to bind the clients' sockets to, in
+turn, so that more clients than one address has ephemeral ports can connect; the reply
+counts the clients opened from each), ``stats`` (``bcast_at``: CLOCK_MONOTONIC time of the
+last broadcast received), ``mark``, ``close``, ``quit``. The process exits on ``quit``,
+when stdin closes, or after --max-seconds.
 """
 
 from __future__ import annotations
@@ -46,10 +49,11 @@ OP_PING: Final = 9
 class Counters:
     """Frames received by every client of this process, by kind."""
 
-    __slots__ = ("bcast", "bytes", "closed", "lost", "other", "ping")
+    __slots__ = ("bcast", "bcast_at", "bytes", "closed", "lost", "other", "ping")
 
     def __init__(self) -> None:
         self.bcast = 0
+        self.bcast_at = 0.0  # time.monotonic() of the last broadcast frame
         self.ping = 0
         self.other = 0
         self.bytes = 0
@@ -154,6 +158,7 @@ class Client(asyncio.Protocol):
         if self.mode == "ws":
             if first == 0x62:  # b"b"
                 counters.bcast += 1
+                counters.bcast_at = time.monotonic()
             elif first == 0x7B and b'"ping"' in buf[start:start + 32]:  # b"{"
                 counters.ping += 1
                 self.pings += 1
@@ -164,6 +169,7 @@ class Client(asyncio.Protocol):
         # Socket.IO over engine.io 4
         if first == 0x34 and end - start > 1 and buf[start + 1] == 0x32:  # b"42"
             counters.bcast += 1
+            counters.bcast_at = time.monotonic()
         elif first == 0x32 and end - start == 1:  # b"2": engine.io ping
             counters.ping += 1
             self.pings += 1
@@ -217,16 +223,21 @@ class Generator:
         mode = str(cmd.get("mode", "ws"))
         timeout = float(cmd.get("timeout", 30.0))
         gate = asyncio.Semaphore(int(cmd.get("concurrency", 64)))
+        sources = [str(addr) for addr in cmd.get("sources") or ()]
+        by_source = dict.fromkeys(sources, 0)
         errors: list[str] = []
         latencies: list[float] = []  # seconds from TCP connect to the 101, per client
         started = time.monotonic()
 
-        async def one(path: str) -> bool:
+        async def one(index: int, path: str) -> bool:
+            source = sources[index % len(sources)] if sources else None
             async with gate:
                 for attempt in range(3):
                     try:
                         opened = time.monotonic()
-                        await self._open(port, path, mode, timeout)
+                        await self._open(port, path, mode, timeout, source)
+                        if source is not None:
+                            by_source[source] += 1
                         latencies.append(time.monotonic() - opened)
                         return True
                     except (OSError, TimeoutError) as exc:
@@ -235,16 +246,19 @@ class Generator:
                         await asyncio.sleep(0.05 * (attempt + 1))
                 return False
 
-        results = await asyncio.gather(*(one(path) for path in cmd["paths"]))
+        results = await asyncio.gather(*(one(i, path) for i, path in enumerate(cmd["paths"])))
         return {
             "connected": sum(results),
             "failed": len(results) - sum(results),
             "errors": errors,
             "seconds": time.monotonic() - started,
+            **({"by_source": by_source} if sources else {}),
             **({"latencies": [round(t, 6) for t in latencies]} if cmd.get("latencies") else {}),
         }
 
-    async def _open(self, port: int, path: str, mode: str, timeout: float) -> None:
+    async def _open(self, port: int, path: str, mode: str, timeout: float,
+                    source: str | None = None) -> None:
+        """Open one client; `source`: the local address its socket is bound to."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
         key = base64.b64encode(os.urandom(16)).decode("ascii")
@@ -255,7 +269,9 @@ class Generator:
         ).encode("ascii")
         client = self.client_class(request, mode, self.counters, ready)
         async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: client, HOST, port)
+            await loop.create_connection(
+                lambda: client, HOST, port,
+                local_addr=(source, 0) if source is not None else None)
             try:
                 await ready
             except BaseException:
@@ -273,6 +289,7 @@ class Generator:
             "bytes": counters.bytes,
             "closed": counters.closed,
             "lost": counters.lost,
+            "bcast_at": counters.bcast_at,
         }
         if light:
             return totals

@@ -143,15 +143,17 @@ class ProbeGenerator(Generator):
         reply["connect_us"] = self.connect_us
         return reply
 
-    async def _open(self, port: int, path: Any, mode: str, timeout: float) -> None:
+    async def _open(self, port: int, path: Any, mode: str, timeout: float,
+                    source: str | None = None) -> None:
         started = time.monotonic_ns()
         if mode in ("welcome", "v2"):
-            await self._open_greeted(port, path, mode, timeout)
+            await self._open_greeted(port, path, mode, timeout, source)
         else:
-            await super()._open(port, path, mode, timeout)
+            await super()._open(port, path, mode, timeout, source)
         self.connect_us.append((time.monotonic_ns() - started) // 1000)
 
-    async def _open_greeted(self, port: int, path: Any, mode: str, timeout: float) -> None:
+    async def _open_greeted(self, port: int, path: Any, mode: str, timeout: float,
+                            source: str | None = None) -> None:
         target, first = path
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
@@ -165,7 +167,9 @@ class ProbeGenerator(Generator):
         frame = client_text_frame(first) if first is not None else None
         client = GreetedClient(request, mode, self.counters, ready, frame)
         async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: client, HOST, port)
+            await loop.create_connection(
+                lambda: client, HOST, port,
+                local_addr=(source, 0) if source is not None else None)
             try:
                 await ready
             except BaseException:

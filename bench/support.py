@@ -34,7 +34,8 @@ BUSY_MARKERS: Final = ("bench.core", "pytest", "tests.faults")
 #: Benchmark controllers that wait too: a run waits only for those started before it, so two
 #: of them never wait for each other (the older one measures, the younger one waits).
 BENCH_MARKERS: Final = ("bench.cluster", "bench.scale", "bench.identity", "bench.burst",
-                         "bench.rpc", "bench.acks", "bench.presence")
+                         "bench.rpc", "bench.acks", "bench.presence", "bench.hundredk",
+                         "bench.storm")
 
 
 def redis_binary() -> str:

@@ -1,0 +1,156 @@
+"""Prepared writes: a frame framed once (``Frame.wire``) and written as is to the transport of
+every recipient whose server lets us, instead of through one ASGI send per recipient.
+
+One small adapter per server implementation knows where that server keeps the transport
+and the state of the WebSocket connection. It is found once per connection, when the
+connection is made (``prepared_writer``), and then, for each frame, checks that the bytes
+are exactly what the server's own send would write now:
+
+- the handshake is done and the connection open: no close frame sent or received, the
+  transport neither lost nor closing;
+- no extension negotiated on this socket: permessage-deflate compresses with a context per
+  socket, so only the server's own send can frame it;
+- no fragmented message in progress (uvicorn never fragments; checked all the same);
+- the transport is not paused over its high-water mark.
+
+When a check fails the adapter writes nothing and the caller takes the ASGI send, which
+does whatever the server does (compress, wait for the transport to drain, refuse after a
+close); while that send waits, the connection's later frames queue in its outbox in order.
+Close frames always take the ASGI send: the server must record that it sent one.
+
+The server's state machine need not see the frames written here: in each implementation
+below, sending one whole uncompressed data frame changes no state (websockets tracks only a
+fragmented message in progress, wsproto likewise), and every write of theirs is one
+synchronous ``transport.write`` of whole frames, so ours never lands inside one of theirs.
+
+Known servers: uvicorn's three implementations (``ws="websockets-sansio"``, the default of
+``ws="auto"``; ``"websockets"``; ``"wsproto"``). Any other server, a middleware that wraps
+the ASGI send, or a release of uvicorn that keeps its state elsewhere gets no adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from stabilizer.connection.sockets import Frame, is_starlette
+
+#: Writes a frame's prepared bytes and returns True, or writes nothing and returns False
+#: (the caller then sends the frame through the ASGI send).
+PreparedWriter = Callable[[Frame], bool]
+
+_UVICORN: Final = "uvicorn.protocols.websockets."
+# Wrappers between an app and its server that pass every websocket message on unchanged.
+_PASS_THROUGH: Final = frozenset({
+    ("starlette._exception_handler", "wrap_app_handling_exceptions.<locals>.wrapped_app"
+                                     ".<locals>.sender"),
+})
+_MAX_WRAPPERS: Final = 8
+
+
+def _sansio(server: Any) -> PreparedWriter:
+    """uvicorn's websockets-sansio: a websockets ``ServerProtocol`` in ``server.conn``."""
+    protocol = server.conn
+    transport = server.transport
+    writable = server.writable  # cleared while the transport is paused
+    opened = type(protocol.state).OPEN
+    _ = (protocol.extensions, protocol.expect_continuation_frame, server.close_sent,
+         server.disconnected)  # read once here: an AttributeError means another release
+
+    def write(frame: Frame) -> bool:
+        if (protocol.state is not opened or server.close_sent or server.disconnected
+                or not writable.is_set() or protocol.extensions
+                or protocol.expect_continuation_frame or transport.is_closing()):
+            return False
+        transport.write(frame.wire())
+        return True
+
+    return write
+
+
+def _legacy(server: Any) -> PreparedWriter:
+    """uvicorn's websockets (legacy): the server is a websockets legacy protocol itself."""
+    transport = server.transport
+    closed = server.closed_event
+    opened = type(server.state).OPEN
+    _ = (server._paused, server._fragmented_message_waiter, server.extensions)
+
+    def write(frame: Frame) -> bool:
+        # transfer_data_task exists once the state is OPEN (connection_open sets both)
+        if (server.state is not opened or closed.is_set() or server._paused
+                or server.extensions or server._fragmented_message_waiter is not None
+                or server.transfer_data_task.done() or transport.is_closing()):
+            return False
+        transport.write(frame.wire())
+        return True
+
+    return write
+
+
+def _wsproto(server: Any) -> PreparedWriter | None:
+    """uvicorn's wsproto: a wsproto ``Connection`` once the handshake was accepted."""
+    connection = server.conn.connection
+    if connection is None:
+        return None  # not accepted by the server yet
+    frames = connection._proto  # the FrameProtocol: negotiated extensions, outbound state
+    transport = server.transport
+    writable = server.writable
+    opened = type(connection.state).OPEN
+    _ = (frames.extensions, frames._outbound_opcode, server.close_sent, server.disconnected)
+
+    def write(frame: Frame) -> bool:
+        if (connection.state is not opened or server.close_sent or server.disconnected
+                or not writable.is_set() or frames.extensions
+                or frames._outbound_opcode is not None or transport.is_closing()):
+            return False
+        transport.write(frame.wire())
+        return True
+
+    return write
+
+
+#: server class -> (the name of its ASGI send method, its adapter)
+_ADAPTERS: Final[dict[str, tuple[str, Callable[[Any], PreparedWriter | None]]]] = {
+    f"{_UVICORN}websockets_sansio_impl.WebSocketsSansIOProtocol": ("send", _sansio),
+    f"{_UVICORN}websockets_impl.WebSocketProtocol": ("asgi_send", _legacy),
+    f"{_UVICORN}wsproto_impl.WSProtocol": ("send", _wsproto),
+}
+
+
+def prepared_writer(socket: object) -> PreparedWriter | None:
+    """The prepared write of an accepted Starlette WebSocket whose server has an adapter
+    here; None for every other socket (its frames all take the ASGI send)."""
+    if not is_starlette(socket):
+        return None
+    server = getattr(getattr(socket, "_receive", None), "__self__", None)
+    if server is None:
+        return None
+    kind = type(server)  # exactly the server's class: a subclass may send otherwise
+    entry = _ADAPTERS.get(f"{kind.__module__}.{kind.__qualname__}")
+    if entry is None:
+        return None
+    method, adapter = entry
+    if not _sends_straight_to(getattr(socket, "_send", None), server, method):
+        return None  # something between the app and the server sees every message
+    try:
+        return adapter(server)
+    except AttributeError:  # another release of the server keeps its state elsewhere
+        return None
+
+
+def _sends_straight_to(send: Any, server: object, method: str) -> bool:
+    """True when `send` is `server`'s own ASGI send, possibly behind wrappers known to pass
+    every message on unchanged."""
+    for _ in range(_MAX_WRAPPERS):
+        if getattr(send, "__self__", None) is server:
+            return getattr(send, "__func__", None) is getattr(type(server), method, None)
+        code = getattr(send, "__code__", None)
+        name = (getattr(send, "__module__", None), getattr(send, "__qualname__", None))
+        if code is None or name not in _PASS_THROUGH:
+            return False
+        cells = dict(zip(code.co_freevars, send.__closure__ or (), strict=False))
+        inner = cells.get("send")
+        if inner is None:
+            return False
+        send = inner.cell_contents
+    return False

@@ -40,6 +40,9 @@ from stabilizer.connection.sockets import Frame, is_starlette
 PreparedWriter = Callable[[Frame], bool]
 
 _UVICORN: Final = "uvicorn.protocols.websockets."
+SANSIO: Final = f"{_UVICORN}websockets_sansio_impl.WebSocketsSansIOProtocol"
+LEGACY: Final = f"{_UVICORN}websockets_impl.WebSocketProtocol"
+WSPROTO: Final = f"{_UVICORN}wsproto_impl.WSProtocol"
 # Wrappers between an app and its server that pass every websocket message on unchanged.
 _PASS_THROUGH: Final = frozenset({
     ("starlette._exception_handler", "wrap_app_handling_exceptions.<locals>.wrapped_app"
@@ -111,29 +114,43 @@ def _wsproto(server: Any) -> PreparedWriter | None:
 
 #: server class -> (the name of its ASGI send method, its adapter)
 _ADAPTERS: Final[dict[str, tuple[str, Callable[[Any], PreparedWriter | None]]]] = {
-    f"{_UVICORN}websockets_sansio_impl.WebSocketsSansIOProtocol": ("send", _sansio),
-    f"{_UVICORN}websockets_impl.WebSocketProtocol": ("asgi_send", _legacy),
-    f"{_UVICORN}wsproto_impl.WSProtocol": ("send", _wsproto),
+    SANSIO: ("send", _sansio),
+    LEGACY: ("asgi_send", _legacy),
+    WSPROTO: ("send", _wsproto),
 }
 
 
-def prepared_writer(socket: object) -> PreparedWriter | None:
-    """The prepared write of an accepted Starlette WebSocket whose server has an adapter
-    here; None for every other socket (its frames all take the ASGI send)."""
+#: server class -> the name of its ASGI send method
+_SEND_METHODS: Final = {name: method for name, (method, _) in _ADAPTERS.items()}
+
+
+def known_server(socket: object) -> tuple[str, Any] | None:
+    """(class name, server object) of a Starlette WebSocket served by one of the servers
+    named here, the app's messages reaching it unchanged; None for any other socket."""
     if not is_starlette(socket):
         return None
     server = getattr(getattr(socket, "_receive", None), "__self__", None)
     if server is None:
         return None
     kind = type(server)  # exactly the server's class: a subclass may send otherwise
-    entry = _ADAPTERS.get(f"{kind.__module__}.{kind.__qualname__}")
-    if entry is None:
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    method = _SEND_METHODS.get(name)
+    if method is None:
         return None
-    method, adapter = entry
     if not _sends_straight_to(getattr(socket, "_send", None), server, method):
         return None  # something between the app and the server sees every message
+    return name, server
+
+
+def prepared_writer(socket: object) -> PreparedWriter | None:
+    """The prepared write of an accepted Starlette WebSocket whose server has an adapter
+    here; None for every other socket (its frames all take the ASGI send)."""
+    found = known_server(socket)
+    if found is None:
+        return None
+    name, server = found
     try:
-        return adapter(server)
+        return _ADAPTERS[name][1](server)
     except AttributeError:  # another release of the server keeps its state elsewhere
         return None
 

@@ -1,8 +1,10 @@
 """Liveness: the one heartbeat loop of a node, pongs, and ping() round trips.
 
 The loop sleeps until the schedule's next entry (pure/schedule.py), pings every connection
-that is due with one serialized frame, and hands the ones whose deadline passed to
-`on_timeout`. Any inbound frame counts as an answer.
+that is due with one frame, serialized and framed once (a prepared frame where the server
+allows: connection/transports.py), and hands the ones whose deadline passed to
+`on_timeout`. Any inbound frame counts as an answer; a session's pongs are taken where its
+server reads them when it allows (connection/pongs.py).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Final
 
 from stabilizer.config import HeartbeatType
 from stabilizer.connection.connection import Connection
+from stabilizer.connection.pongs import watch_pongs
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import ConnectionNotFoundError, ConnectionTimeoutError
 from stabilizer.node.context import NodeContext
@@ -53,6 +57,19 @@ class Liveness:
         """Inbound traffic on `conn`: it is alive, and answers any pending ping()."""
         conn.heard(time.monotonic())
         self.schedule.seen(conn, asyncio.get_running_loop().time())
+
+    def take_pongs(self, conn: Connection) -> bool:
+        """Count `conn`'s pongs where its server reads them (connection/pongs.py), so they
+        never wake its session's receive loop; False when its server does not allow it."""
+        ref = weakref.ref(conn)  # the server's protocol object must not keep it alive
+
+        def answered() -> None:
+            answering = ref()
+            if answering is not None and answering.is_open:
+                self._ctx.stats.pongs += 1
+                self.heard_from(answering)
+
+        return watch_pongs(conn.socket, answered)
 
     def pong(self, client_id: str) -> None:
         """A pong from a local client (unknown ids are ignored)."""

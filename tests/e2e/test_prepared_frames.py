@@ -23,21 +23,25 @@ pytestmark = pytest.mark.e2e
 
 # uvicorn's deprecated `websockets` implementation builds websockets' legacy server, which
 # warns at every connection
-IMPLS = [pytest.param(ws, marks=pytest.mark.filterwarnings("ignore::DeprecationWarning"))
-         if ws == "websockets" else ws for ws in sorted(IMPLEMENTATIONS)]
+LEGACY_WARNS = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+IMPLS = [pytest.param(ws, marks=LEGACY_WARNS) if ws == "websockets" else ws
+         for ws in sorted(IMPLEMENTATIONS)]
 BOUND = 5.0  # seconds: a bound on waits that end at once when all is well
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 
 
-def make_app(manager: WebSocketConnectionManager, wrap_send: bool = False) -> Any:
-    """A FastAPI app: /ws/{client_id} holds a session until the client leaves."""
+def make_app(manager: WebSocketConnectionManager, wrap_send: bool = False,
+             received: asyncio.Queue[str | bytes] | None = None) -> Any:
+    """A FastAPI app: /ws/{client_id} holds a session until the client leaves, putting the
+    application messages it yields in `received`."""
     app = FastAPI(lifespan=lifespan(manager))
 
     @app.websocket("/ws/{client_id}")
     async def endpoint(websocket: WebSocket, client_id: str) -> None:
         async with session(manager, websocket, client_id) as conn:
-            async for _ in conn:
-                pass
+            async for message in conn:
+                if received is not None:
+                    received.put_nowait(message)
 
     if not wrap_send:
         return app
@@ -170,4 +174,57 @@ async def test_nothing_is_written_after_the_close_handshake_began(
             assert echo.opcode == 8
             assert write(Frame.text("after close")) is False
             assert await client.at_eof()
+        await client.aclose()
+
+
+@pytest.mark.parametrize("ws", IMPLS)
+async def test_heartbeat_pings_are_prepared_frames(
+        ws: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = WebSocketConnectionManager(WebSocketConfig(heartbeat_interval=0.2,
+                                                         heartbeat_timeout=30.0))
+    async with served(make_app(manager), ws, monkeypatch) as server:
+        clients = [await joined(server, f"p{i}") for i in range(2)]
+        before = len(server.data_sends())
+        pings = []
+        async with asyncio.timeout(BOUND):
+            for client in clients:
+                pings.append(await client.frame())
+        for ping in pings:
+            body = json.loads(ping.payload)
+            assert body["type"] == "ping"
+            assert ping.raw == data_frame(ping.payload, text=True)
+        assert len(server.data_sends()) == before  # no ping took the ASGI send
+        for client in clients:
+            await client.aclose()
+
+
+@pytest.mark.parametrize(("ws", "below"), [("websockets-sansio", True), ("wsproto", True),
+                                            pytest.param("websockets", False, marks=LEGACY_WARNS)])
+async def test_pongs_are_taken_where_the_server_reads_them(
+        ws: str, below: bool, manager: WebSocketConnectionManager,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    received: asyncio.Queue[str | bytes] = asyncio.Queue()
+    async with served(make_app(manager, received=received), ws, monkeypatch) as server:
+        client = await joined(server, "answering")
+        async with asyncio.timeout(BOUND):
+            for pong in ("pong", '{"type":"pong"}'):
+                rtt = asyncio.create_task(manager.ping("answering"))
+                ping = await client.frame()
+                assert json.loads(ping.payload)["type"] == "ping"
+                client.send_text(pong)
+                assert await rtt >= 0.0  # the pong answered the ping
+        assert manager.stats.pongs == 2
+        # taken below the application, its pongs never reached the ASGI receive
+        assert len(server.data_receives()) == (0 if below else 2)
+        async with asyncio.timeout(BOUND):
+            # a pong in two fragments, then an application message: both reach the app
+            rtt = asyncio.create_task(manager.ping("answering"))
+            await client.frame()
+            client.send_frame(0x1, b"po", fin=False)
+            client.send_frame(0x0, b"ng")
+            await rtt
+            client.send_text("pong?")
+            assert await received.get() == "pong?"  # the only message the session yields
+        assert [m.get("text") for m in server.data_receives()][-2:] == ["pong", "pong?"]
+        assert manager.stats.pongs == 3
         await client.aclose()

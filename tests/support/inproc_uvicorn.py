@@ -14,22 +14,28 @@ import pytest
 import uvicorn
 from uvicorn.config import UvicornDeprecationWarning
 
-#: uvicorn's implementations and, for each, its protocol class and ASGI send method
+#: uvicorn's implementations and, for each, its protocol class, ASGI send and receive
 IMPLEMENTATIONS = {
     "websockets-sansio": ("uvicorn.protocols.websockets.websockets_sansio_impl",
-                          "WebSocketsSansIOProtocol", "send"),
+                          "WebSocketsSansIOProtocol", "send", "receive"),
     "websockets": ("uvicorn.protocols.websockets.websockets_impl", "WebSocketProtocol",
-                   "asgi_send"),
-    "wsproto": ("uvicorn.protocols.websockets.wsproto_impl", "WSProtocol", "send"),
+                   "asgi_send", "asgi_receive"),
+    "wsproto": ("uvicorn.protocols.websockets.wsproto_impl", "WSProtocol", "send", "receive"),
 }
 
 
 @dataclass
 class Served:
-    """A running server: its port and the messages that went through its ASGI send."""
+    """A running server: its port and the messages that went through its ASGI send and
+    receive."""
 
     port: int
     asgi_sends: list[dict[str, Any]] = field(default_factory=list)
+    asgi_receives: list[dict[str, Any]] = field(default_factory=list)
+
+    def data_receives(self) -> list[dict[str, Any]]:
+        """The websocket.receive messages the app was handed."""
+        return [m for m in self.asgi_receives if m["type"] == "websocket.receive"]
 
     def data_sends(self) -> list[dict[str, Any]]:
         """The websocket.send messages that took the ASGI send."""
@@ -46,7 +52,7 @@ async def served(app: Any, ws: str, monkeypatch: pytest.MonkeyPatch, *,
         config = uvicorn.Config(app, ws=ws, ws_per_message_deflate=deflate,
                                 log_level="warning", lifespan="on", ws_ping_interval=None)
         config.load()
-    module, name, method = IMPLEMENTATIONS[ws]
+    module, name, method, receive = IMPLEMENTATIONS[ws]
     protocol = getattr(__import__(module, fromlist=[name]), name)
     assert config.ws_protocol_class is protocol
     record = Served(0)
@@ -56,8 +62,16 @@ async def served(app: Any, ws: str, monkeypatch: pytest.MonkeyPatch, *,
         record.asgi_sends.append(dict(message))
         await original(self, message)
 
-    # the class keeps its identity: only the method is wrapped, as a server's own
+    original_receive = getattr(protocol, receive)
+
+    async def recording_receive(self: Any) -> Any:
+        message = await original_receive(self)
+        record.asgi_receives.append(dict(message))
+        return message
+
+    # the class keeps its identity: only the methods are wrapped, as a server's own
     monkeypatch.setattr(protocol, method, recording_send)
+    monkeypatch.setattr(protocol, receive, recording_receive)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

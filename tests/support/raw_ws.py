@@ -77,12 +77,21 @@ class RawClient:
         return WireFrame(head + extended + payload, head[0] & 0x0F, bool(head[0] & 0x40),
                          payload)
 
-    def send_close(self, code: int = 1000) -> None:
-        """Write a (masked) close frame."""
+    def send_frame(self, opcode: int, body: bytes, *, fin: bool = True) -> None:
+        """Write one masked frame (a body under 126 bytes)."""
+        assert len(body) < 126
         mask = os.urandom(4)
-        body = struct.pack("!H", code)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
-        self.writer.write(bytes((0x88, 0x80 | len(body))) + mask + masked)
+        self.writer.write(bytes(((0x80 if fin else 0) | opcode, 0x80 | len(body))) + mask
+                          + masked)
+
+    def send_text(self, text: str) -> None:
+        """Write a short text message in one frame."""
+        self.send_frame(0x1, text.encode())
+
+    def send_close(self, code: int = 1000) -> None:
+        """Write a close frame."""
+        self.send_frame(0x8, struct.pack("!H", code))
 
     async def at_eof(self) -> bool:
         """True when the server closed the stream with nothing more written."""

@@ -13,6 +13,7 @@ from wsproto.frame_protocol import FrameProtocol
 
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection, OutboxLimits
+from stabilizer.connection.pongs import watch_pongs
 from stabilizer.connection.sockets import AsgiMessage, Frame
 from stabilizer.connection.transports import prepared_writer
 from stabilizer.pure.framing import data_frame, text_frame
@@ -67,11 +68,16 @@ def _fail(conn: Connection, code: CloseCode, reason: str) -> None:
     raise AssertionError(f"failed: {code} {reason}")
 
 
+def _never() -> None:
+    raise AssertionError("no pong was expected")
+
+
 async def test_an_unknown_server_takes_the_asgi_send() -> None:
     server = UnknownServer()
     socket = websocket_of(server)
     await socket.accept()
     assert prepared_writer(socket) is None
+    assert watch_pongs(socket, _never) is False
     conn = Connection("c", socket, OutboxLimits(10, None, 1.0), _fail)
     assert conn.offer(Frame.text("hello"), 0.0)
     assert server.sent[-1] == {"type": "websocket.send", "text": "hello"}
@@ -83,6 +89,8 @@ def test_a_server_like_uvicorns_but_built_otherwise_gets_no_adapter() -> None:
         "__module__": "uvicorn.protocols.websockets.websockets_sansio_impl"})
     server = impostor()
     assert prepared_writer(websocket_of(server)) is None
+    assert watch_pongs(websocket_of(server), _never) is False
+    assert "handle_text" not in vars(server)
 
 
 def test_a_subclass_of_a_uvicorn_protocol_gets_no_adapter() -> None:

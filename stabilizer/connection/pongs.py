@@ -19,9 +19,11 @@ watcher: its pongs take the receive loop, as do those of any other server.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
+from stabilizer.connection.connection import Connection
 from stabilizer.connection.transports import SANSIO, WSPROTO, known_server
 
 logger = logging.getLogger(__name__)
@@ -30,65 +32,89 @@ _PONGS: Final = ("pong", '{"type":"pong"}')
 _PONG_BYTES: Final = tuple(pong.encode("ascii") for pong in _PONGS)
 _LONGEST: Final = max(len(pong) for pong in _PONGS)
 
-OnPong = Callable[[], None]
+#: told of each pong of a connection (one callable shared by every connection of a node)
+OnPong = Callable[[Connection], None]
 
 
-def _answer(on_pong: OnPong) -> None:
-    try:
-        on_pong()
-    except Exception:  # the server's read path must never see our failure
-        logger.exception("pong handler failed; the pong is dropped")
+class _Taker:
+    """Stands in for one server object's method: answers pongs, passes the rest on. It holds
+    the server and the connection weakly: the server holds it, and the connection's socket
+    holds the server."""
 
+    __slots__ = ("_conn", "_on_pong", "_server")
 
-def _sansio(server: Any, on_pong: OnPong) -> None:
-    handle_text = server.handle_text  # the bound method, called for everything else
-    _ = server.close_sent
+    def __init__(self, server: Any, conn: Connection, on_pong: OnPong) -> None:
+        self._server = weakref.ref(server)
+        self._conn = weakref.ref(conn)
+        self._on_pong = on_pong
 
-    def taking_pongs(event: Any) -> None:
-        data = event.data
-        if (len(data) <= _LONGEST and event.fin and not server.close_sent
-                and data in _PONG_BYTES):  # bytes or bytearray: compared by value
-            _answer(on_pong)
+    def _answer(self) -> None:
+        conn = self._conn()
+        if conn is None or not conn.is_open:
             return
-        handle_text(event)
+        try:
+            self._on_pong(conn)
+        except Exception:  # the server's read path must never see our failure
+            logger.exception("pong handler failed; the pong is dropped")
 
-    server.handle_text = taking_pongs
+
+class _SansioTaker(_Taker):
+    """websockets-sansio's ``handle_text``: a text frame with FIN is a whole message (a
+    fragmented one arrives through ``handle_cont`` and is never taken)."""
+
+    __slots__ = ()
+
+    def __call__(self, event: Any) -> None:
+        server = self._server()
+        if server is None:
+            return
+        data = event.data  # bytes or bytearray: compared by value
+        if (len(data) <= _LONGEST and event.fin and not server.close_sent
+                and data in _PONG_BYTES):
+            self._answer()
+            return
+        type(server).handle_text(server, event)
 
 
-def _wsproto(server: Any, on_pong: OnPong) -> None:
-    handle_message = server.handle_message
-    buffer = server.buffer  # holds the start of a fragmented message, if any
-    _ = (server.close_sent, buffer.value)
+class _WsprotoTaker(_Taker):
+    """wsproto's ``handle_message``: taken only when no fragmented message is buffered."""
 
-    def taking_pongs(event: Any) -> None:
+    __slots__ = ()
+
+    def __call__(self, event: Any) -> None:
+        server = self._server()
+        if server is None:
+            return
         data = event.data
         if (isinstance(data, str) and len(data) <= _LONGEST and event.message_finished
-                and buffer.value is None and not server.close_sent and data in _PONGS):
-            _answer(on_pong)
+                and server.buffer.value is None and not server.close_sent
+                and data in _PONGS):
+            self._answer()
             return
-        handle_message(event)
-
-    server.handle_message = taking_pongs
+        type(server).handle_message(server, event)
 
 
-_WATCHERS: Final[dict[str, Callable[[Any, OnPong], None]]] = {
-    SANSIO: _sansio,
-    WSPROTO: _wsproto,
+#: server class -> (the method replaced, the stand-in, what it reads of the server)
+_TAKERS: Final[dict[str, tuple[str, type[_Taker], tuple[str, ...]]]] = {
+    SANSIO: ("handle_text", _SansioTaker, ("close_sent",)),
+    WSPROTO: ("handle_message", _WsprotoTaker, ("close_sent", "buffer")),
 }
 
 
-def watch_pongs(socket: object, on_pong: OnPong) -> bool:
-    """Call `on_pong` for each pong `socket`'s server reads, instead of passing it to the
-    application; False (nothing changed) when the server does not allow it."""
-    found = known_server(socket)
+def watch_pongs(conn: Connection, on_pong: OnPong) -> bool:
+    """Call `on_pong(conn)` for each pong the server of `conn`'s socket reads, instead of
+    handing it to the application; False (nothing changed) when the server does not allow
+    it."""
+    found = known_server(conn.socket)
     if found is None:
         return False
     name, server = found
-    watcher = _WATCHERS.get(name)
-    if watcher is None:
+    entry = _TAKERS.get(name)
+    if entry is None:
         return False
-    try:
-        watcher(server, on_pong)
-    except AttributeError:  # another release of the server keeps its state elsewhere
-        return False
+    method, taker, reads = entry
+    if not callable(getattr(type(server), method, None)) or not all(
+            hasattr(server, attribute) for attribute in reads):
+        return False  # another release of the server keeps its state elsewhere
+    setattr(server, method, taker(server, conn, on_pong))
     return True

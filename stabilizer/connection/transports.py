@@ -31,13 +31,19 @@ the ASGI send, or a release of uvicorn that keeps its state elsewhere gets no ad
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from stabilizer.connection.sockets import Frame, is_starlette
 
-#: Writes a frame's prepared bytes and returns True, or writes nothing and returns False
-#: (the caller then sends the frame through the ASGI send).
-PreparedWriter = Callable[[Frame], bool]
+
+class PreparedWriter(Protocol):
+    """One connection's prepared write (a small slotted object: one per connection)."""
+
+    def write(self, frame: Frame) -> bool:
+        """Write `frame`'s prepared bytes and return True, or write nothing and return False
+        (the caller then sends the frame through the ASGI send)."""
+        ...
+
 
 _UVICORN: Final = "uvicorn.protocols.websockets."
 SANSIO: Final = f"{_UVICORN}websockets_sansio_impl.WebSocketsSansIOProtocol"
@@ -51,72 +57,87 @@ _PASS_THROUGH: Final = frozenset({
 _MAX_WRAPPERS: Final = 8
 
 
-def _sansio(server: Any) -> PreparedWriter:
+class _Sansio:
     """uvicorn's websockets-sansio: a websockets ``ServerProtocol`` in ``server.conn``."""
-    protocol = server.conn
-    transport = server.transport
-    writable = server.writable  # cleared while the transport is paused
-    opened = type(protocol.state).OPEN
-    _ = (protocol.extensions, protocol.expect_continuation_frame, server.close_sent,
-         server.disconnected)  # read once here: an AttributeError means another release
 
-    def write(frame: Frame) -> bool:
-        if (protocol.state is not opened or server.close_sent or server.disconnected
-                or not writable.is_set() or protocol.extensions
+    __slots__ = ("_opened", "_protocol", "_server", "_transport", "_writable")
+
+    def __init__(self, server: Any) -> None:
+        protocol = server.conn
+        self._server = server
+        self._protocol = protocol
+        self._transport = server.transport
+        self._writable = server.writable  # cleared while the transport is paused
+        self._opened = type(protocol.state).OPEN
+        _ = (protocol.extensions, protocol.expect_continuation_frame, server.close_sent,
+             server.disconnected)  # read once here: an AttributeError means another release
+
+    def write(self, frame: Frame) -> bool:
+        server, protocol, transport = self._server, self._protocol, self._transport
+        if (protocol.state is not self._opened or server.close_sent or server.disconnected
+                or not self._writable.is_set() or protocol.extensions
                 or protocol.expect_continuation_frame or transport.is_closing()):
             return False
         transport.write(frame.wire())
         return True
 
-    return write
 
-
-def _legacy(server: Any) -> PreparedWriter:
+class _Legacy:
     """uvicorn's websockets (legacy): the server is a websockets legacy protocol itself."""
-    transport = server.transport
-    closed = server.closed_event
-    opened = type(server.state).OPEN
-    _ = (server._paused, server._fragmented_message_waiter, server.extensions)
 
-    def write(frame: Frame) -> bool:
+    __slots__ = ("_closed", "_opened", "_server", "_transport")
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self._transport = server.transport
+        self._closed = server.closed_event
+        self._opened = type(server.state).OPEN
+        _ = (server._paused, server._fragmented_message_waiter, server.extensions)
+
+    def write(self, frame: Frame) -> bool:
+        server, transport = self._server, self._transport
         # transfer_data_task exists once the state is OPEN (connection_open sets both)
-        if (server.state is not opened or closed.is_set() or server._paused
+        if (server.state is not self._opened or self._closed.is_set() or server._paused
                 or server.extensions or server._fragmented_message_waiter is not None
                 or server.transfer_data_task.done() or transport.is_closing()):
             return False
         transport.write(frame.wire())
         return True
 
-    return write
 
-
-def _wsproto(server: Any) -> PreparedWriter | None:
+class _Wsproto:
     """uvicorn's wsproto: a wsproto ``Connection`` once the handshake was accepted."""
-    connection = server.conn.connection
-    if connection is None:
-        return None  # not accepted by the server yet
-    frames = connection._proto  # the FrameProtocol: negotiated extensions, outbound state
-    transport = server.transport
-    writable = server.writable
-    opened = type(connection.state).OPEN
-    _ = (frames.extensions, frames._outbound_opcode, server.close_sent, server.disconnected)
 
-    def write(frame: Frame) -> bool:
-        if (connection.state is not opened or server.close_sent or server.disconnected
-                or not writable.is_set() or frames.extensions
+    __slots__ = ("_connection", "_frames", "_opened", "_server", "_transport", "_writable")
+
+    def __init__(self, server: Any) -> None:
+        connection = server.conn.connection
+        if connection is None:
+            raise AttributeError("not accepted by the server yet")
+        self._server = server
+        self._connection = connection
+        self._frames = connection._proto  # the FrameProtocol: extensions, outbound state
+        self._transport = server.transport
+        self._writable = server.writable
+        self._opened = type(connection.state).OPEN
+        _ = (self._frames.extensions, self._frames._outbound_opcode, server.close_sent,
+             server.disconnected)
+
+    def write(self, frame: Frame) -> bool:
+        server, frames, transport = self._server, self._frames, self._transport
+        if (self._connection.state is not self._opened or server.close_sent
+                or server.disconnected or not self._writable.is_set() or frames.extensions
                 or frames._outbound_opcode is not None or transport.is_closing()):
             return False
         transport.write(frame.wire())
         return True
 
-    return write
-
 
 #: server class -> (the name of its ASGI send method, its adapter)
-_ADAPTERS: Final[dict[str, tuple[str, Callable[[Any], PreparedWriter | None]]]] = {
-    SANSIO: ("send", _sansio),
-    LEGACY: ("asgi_send", _legacy),
-    WSPROTO: ("send", _wsproto),
+_ADAPTERS: Final[dict[str, tuple[str, Callable[[Any], PreparedWriter]]]] = {
+    SANSIO: ("send", _Sansio),
+    LEGACY: ("asgi_send", _Legacy),
+    WSPROTO: ("send", _Wsproto),
 }
 
 

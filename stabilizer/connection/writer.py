@@ -111,7 +111,7 @@ class SocketWriter:
         send = self._send
         prepared = self._prepared
         try:
-            if prepared is not None and prepared(frame):
+            if prepared is not None and prepared.write(frame):
                 return True
             suspended = start_send(
                 send(frame.message) if send is not None else self._send_by_method(frame))
@@ -170,7 +170,7 @@ class SocketWriter:
                 frame = self._outbox.popleft()
                 self._queued_bytes -= frame.size
                 prepared = self._prepared
-                if prepared is not None and prepared(frame):
+                if prepared is not None and prepared.write(frame):
                     continue
                 send = self._send
                 async with asyncio.timeout(timeout):

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -43,6 +42,7 @@ class Liveness:
             send_pings=config.heartbeat_type is HeartbeatType.PING,
         )
         self._wakeup = asyncio.Event()
+        self._on_pong = self._answered  # one bound method, shared by every connection
 
     def track(self, conn: Connection) -> None:
         """Watch a new connection, waking the loop if it is now the earliest."""
@@ -61,15 +61,11 @@ class Liveness:
     def take_pongs(self, conn: Connection) -> bool:
         """Count `conn`'s pongs where its server reads them (connection/pongs.py), so they
         never wake its session's receive loop; False when its server does not allow it."""
-        ref = weakref.ref(conn)  # the server's protocol object must not keep it alive
+        return watch_pongs(conn, self._on_pong)
 
-        def answered() -> None:
-            answering = ref()
-            if answering is not None and answering.is_open:
-                self._ctx.stats.pongs += 1
-                self.heard_from(answering)
-
-        return watch_pongs(conn.socket, answered)
+    def _answered(self, conn: Connection) -> None:
+        self._ctx.stats.pongs += 1
+        self.heard_from(conn)
 
     def pong(self, client_id: str) -> None:
         """A pong from a local client (unknown ids are ignored)."""

@@ -164,15 +164,15 @@ async def test_nothing_is_written_after_the_close_handshake_began(
         client = await joined(server, "leaving")
         conn = manager.get_connection("leaving")
         assert conn is not None
-        write = prepared_writer(conn.socket)
-        assert write is not None
-        assert write(Frame.text("while open")) is True
+        prepared = prepared_writer(conn.socket)
+        assert prepared is not None
+        assert prepared.write(Frame.text("while open")) is True
         async with asyncio.timeout(BOUND):
             assert (await client.frame()).payload == b"while open"
             client.send_close(1000)
             echo = await client.frame()
             assert echo.opcode == 8
-            assert write(Frame.text("after close")) is False
+            assert prepared.write(Frame.text("after close")) is False
             assert await client.at_eof()
         await client.aclose()
 

@@ -68,8 +68,12 @@ def _fail(conn: Connection, code: CloseCode, reason: str) -> None:
     raise AssertionError(f"failed: {code} {reason}")
 
 
-def _never() -> None:
+def _never(conn: Connection) -> None:
     raise AssertionError("no pong was expected")
+
+
+def conn_of(socket: WebSocket) -> Connection:
+    return Connection("c", socket, OutboxLimits(10, None, 1.0), _fail)
 
 
 async def test_an_unknown_server_takes_the_asgi_send() -> None:
@@ -77,7 +81,7 @@ async def test_an_unknown_server_takes_the_asgi_send() -> None:
     socket = websocket_of(server)
     await socket.accept()
     assert prepared_writer(socket) is None
-    assert watch_pongs(socket, _never) is False
+    assert watch_pongs(conn_of(socket), _never) is False
     conn = Connection("c", socket, OutboxLimits(10, None, 1.0), _fail)
     assert conn.offer(Frame.text("hello"), 0.0)
     assert server.sent[-1] == {"type": "websocket.send", "text": "hello"}
@@ -89,7 +93,7 @@ def test_a_server_like_uvicorns_but_built_otherwise_gets_no_adapter() -> None:
         "__module__": "uvicorn.protocols.websockets.websockets_sansio_impl"})
     server = impostor()
     assert prepared_writer(websocket_of(server)) is None
-    assert watch_pongs(websocket_of(server), _never) is False
+    assert watch_pongs(conn_of(websocket_of(server)), _never) is False
     assert "handle_text" not in vars(server)
 
 

@@ -48,14 +48,17 @@ class _Taker:
         self._conn = weakref.ref(conn)
         self._on_pong = on_pong
 
-    def _answer(self) -> None:
+    def _answer(self) -> bool:
+        """Count a pong; False when the connection is gone or closing (the server then
+        hands the pong to the application as before)."""
         conn = self._conn()
         if conn is None or not conn.is_open:
-            return
+            return False
         try:
             self._on_pong(conn)
         except Exception:  # the server's read path must never see our failure
             logger.exception("pong handler failed; the pong is dropped")
+        return True
 
 
 class _SansioTaker(_Taker):
@@ -70,8 +73,7 @@ class _SansioTaker(_Taker):
             return
         data = event.data  # bytes or bytearray: compared by value
         if (len(data) <= _LONGEST and event.fin and not server.close_sent
-                and data in _PONG_BYTES):
-            self._answer()
+                and data in _PONG_BYTES and self._answer()):
             return
         type(server).handle_text(server, event)
 
@@ -88,8 +90,7 @@ class _WsprotoTaker(_Taker):
         data = event.data
         if (isinstance(data, str) and len(data) <= _LONGEST and event.message_finished
                 and server.buffer.value is None and not server.close_sent
-                and data in _PONGS):
-            self._answer()
+                and data in _PONGS and self._answer()):
             return
         type(server).handle_message(server, event)
 

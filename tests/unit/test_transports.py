@@ -120,3 +120,43 @@ def test_a_wrapped_send_gets_no_adapter() -> None:
 
 def test_sockets_that_are_not_starlettes_get_no_adapter() -> None:
     assert prepared_writer(UnknownServer()) is None
+
+
+class SansioLike:
+    """What the pong taker reads of uvicorn's websockets-sansio protocol."""
+
+    def __init__(self) -> None:
+        self.close_sent = False
+        self.handed: list[bytes] = []
+
+    def handle_text(self, event: Any) -> None:
+        self.handed.append(bytes(event.data))
+
+
+class TextEvent:
+    def __init__(self, data: bytes | bytearray, fin: bool = True) -> None:
+        self.data = data
+        self.fin = fin
+
+
+def test_the_pong_taker_answers_whole_pongs_and_hands_on_the_rest() -> None:
+    from stabilizer.connection.pongs import _SansioTaker
+
+    server = SansioLike()
+    conn = conn_of(websocket_of(UnknownServer()))
+    answered: list[Connection] = []
+    taker = _SansioTaker(server, conn, answered.append)
+    for data in (b"pong", bytearray(b'{"type":"pong"}')):
+        taker(TextEvent(data))
+    taker(TextEvent(b"pong", fin=False))  # the start of a fragmented message
+    taker(TextEvent(b"pongs"))
+    taker(TextEvent(b'{"type": "pong"}'))  # a pong the session recognises itself
+    assert answered == [conn, conn]
+    assert server.handed == [b"pong", b"pongs", b'{"type": "pong"}']
+    server.close_sent = True
+    taker(TextEvent(b"pong"))
+    conn.begin_close()
+    server.close_sent = False
+    taker(TextEvent(b"pong"))  # a closing connection: the application may still read it
+    assert answered == [conn, conn]
+    assert server.handed[-2:] == [b"pong", b"pong"]

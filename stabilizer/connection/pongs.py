@@ -12,6 +12,10 @@ answers a pong itself and passes every other message on, unchanged and in order:
   one arrives through ``handle_cont`` and is never taken);
 - wsproto: ``handle_message``, only when no fragmented message is being buffered.
 
+A pong after the server sent its close, or of a connection that is closing or gone, is
+handed on as before. Only the exact texts above are taken; another spelling of the JSON
+answer is read by the session, which counts it the same.
+
 uvicorn's ``websockets`` (legacy) implementation reads in a task of its own and gets no
 watcher: its pongs take the receive loop, as do those of any other server.
 """

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from stabilizer.config import CloseCode
 from stabilizer.connection.sockets import Frame, SocketLike, asgi_sender, method_sender
+from stabilizer.connection.transports import prepared_writer
 from stabilizer.connection.writer import OutboxLimits, SocketWriter, State
 from stabilizer.pure.sizes import estimate_size
 from stabilizer.pure.streams import ClientPositions
@@ -103,6 +104,7 @@ class Connection(SocketWriter):
         self._send = asgi_sender(socket)
         self._by_method = (
             method_sender(socket) if self._send is None else None)
+        self._prepared = prepared_writer(socket)
         self._limits = limits
         self._on_fail = on_fail
         self._state = State.OPEN

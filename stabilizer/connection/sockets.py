@@ -2,10 +2,12 @@
 close and, when a peer stops reading, how to drop the TCP connection.
 
 A Starlette WebSocket is written through its ASGI ``send`` with a message built once per
-frame and shared by every recipient. Any other object (a test double such as an AsyncMock,
-another framework's wrapper) is driven through its own ``send_json`` / ``send_text`` /
-``send_bytes`` methods when it has them, exactly as fastapi-websocket-stabilizer did (a JSON
-message goes to ``send_json`` as the object it was), else through an ASGI-style ``send``.
+frame and shared by every recipient, or, where the server lets us, with the frame's bytes,
+framed once, written straight to its transport (connection/transports.py). Any other
+object (a test double such as an AsyncMock, another framework's wrapper) is driven through
+its own ``send_json`` / ``send_text`` / ``send_bytes`` methods when it has them, exactly as
+fastapi-websocket-stabilizer did (a JSON message goes to ``send_json`` as the object it
+was), else through an ASGI-style ``send``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Protocol, cast
 from starlette.websockets import WebSocket, WebSocketState
 
 from stabilizer.pure.frames import app_message_frame, binary_message_frame
+from stabilizer.pure.framing import data_frame, text_frame
 
 #: An ASGI websocket message, built once and shared by every recipient.
 AsgiMessage = MutableMapping[str, Any]
@@ -41,7 +44,7 @@ class Frame:
     frame is built once per frame, on first use, and shared by every v2 recipient.
     """
 
-    __slots__ = ("_wrapped", "ack", "app", "channel", "message", "size", "value")
+    __slots__ = ("_wire", "_wrapped", "ack", "app", "channel", "message", "size", "value")
 
     def __init__(self, message: AsgiMessage, size: int, value: object = None) -> None:
         self.message = message
@@ -51,6 +54,21 @@ class Frame:
         self.channel: str | None = None  # the group it was sent to, if any
         self.ack: str | None = None  # the token its one recipient acknowledges it with
         self._wrapped: Frame | None = None
+        self._wire: bytes | None = None
+
+    def wire(self) -> bytes:
+        """The frame as a server writes it (unmasked, uncompressed), framed on first use and
+        shared by every recipient a prepared write reaches (connection/transports.py).
+
+        Raises:
+            UnicodeEncodeError: the text holds a lone surrogate.
+        """
+        wire = self._wire
+        if wire is None:
+            text = self.message.get("text")
+            wire = self._wire = (text_frame(text) if text is not None
+                                 else data_frame(self.message["bytes"], text=False))
+        return wire
 
     def wrapped(self) -> Frame:
         """This frame as a v2 connection receives it."""

@@ -1,12 +1,14 @@
 """The writing half of a connection: frames reach the socket without making the caller wait.
 
-``offer`` starts the send coroutine in place (connection/stepping.py): when the transport
-can take the frame (the usual case) the send finishes within that first step and no task is
-created. Only when the send suspends (the transport is paused because the peer reads
-slowly) does the connection start one writer task, which finishes that send and drains the
-outbox. Frames offered meanwhile queue in the outbox, bounded in frames (max_queue_size)
-and bytes (max_memory_per_connection, user data included): overflow fails the connection
-with 1013, so a slow reader costs bounded memory and never delays the others.
+``offer`` writes the frame's prepared bytes straight to the transport where the server
+lets us (connection/transports.py); otherwise it starts the ASGI send coroutine in place
+(connection/stepping.py): when the transport can take the frame (the usual case) the send
+finishes within that first step and no task is created. Only when the send suspends (the
+transport is paused because the peer reads slowly) does the connection start one writer
+task, which finishes that send and drains the outbox. Frames offered meanwhile queue in the
+outbox, bounded in frames (max_queue_size) and bytes (max_memory_per_connection, user data
+included): overflow fails the connection with 1013, so a slow reader costs bounded memory
+and never delays the others.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from stabilizer.config import CloseCode
 from stabilizer.connection.sockets import Frame, FrameSender
 from stabilizer.connection.stepping import Suspended, finish_send, start_send
+from stabilizer.connection.transports import PreparedWriter
 
 
 class State(Enum):
@@ -51,6 +54,7 @@ class SocketWriter:
         "_last_activity",
         "_limits",
         "_outbox",
+        "_prepared",
         "_queued_bytes",
         "_send",
         "_state",
@@ -65,6 +69,7 @@ class SocketWriter:
     _last_activity: float
     _limits: OutboxLimits
     _outbox: deque[Frame] | None
+    _prepared: PreparedWriter | None  # writes a frame's bytes to the transport, if allowed
     _queued_bytes: int
     _send: Any  # the ASGI send of the socket, or None to send through its methods
     _state: State
@@ -104,7 +109,10 @@ class SocketWriter:
         if self._writing:
             return self._enqueue(frame)
         send = self._send
+        prepared = self._prepared
         try:
+            if prepared is not None and prepared.write(frame):
+                return True
             suspended = start_send(
                 send(frame.message) if send is not None else self._send_by_method(frame))
         except Exception as exc:
@@ -161,6 +169,9 @@ class SocketWriter:
             while self._outbox and self._state is State.OPEN:
                 frame = self._outbox.popleft()
                 self._queued_bytes -= frame.size
+                prepared = self._prepared
+                if prepared is not None and prepared.write(frame):
+                    continue
                 send = self._send
                 async with asyncio.timeout(timeout):
                     await (send(frame.message) if send is not None

@@ -1,8 +1,10 @@
 """Liveness: the one heartbeat loop of a node, pongs, and ping() round trips.
 
 The loop sleeps until the schedule's next entry (pure/schedule.py), pings every connection
-that is due with one serialized frame, and hands the ones whose deadline passed to
-`on_timeout`. Any inbound frame counts as an answer.
+that is due with one frame, serialized and framed once (a prepared frame where the server
+allows: connection/transports.py), and hands the ones whose deadline passed to
+`on_timeout`. Any inbound frame counts as an answer; a session's pongs are taken where its
+server reads them when it allows (connection/pongs.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Final
 
 from stabilizer.config import HeartbeatType
 from stabilizer.connection.connection import Connection
+from stabilizer.connection.pongs import watch_pongs
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import ConnectionNotFoundError, ConnectionTimeoutError
 from stabilizer.node.context import NodeContext
@@ -39,6 +42,7 @@ class Liveness:
             send_pings=config.heartbeat_type is HeartbeatType.PING,
         )
         self._wakeup = asyncio.Event()
+        self._on_pong = self._answered  # one bound method, shared by every connection
 
     def track(self, conn: Connection) -> None:
         """Watch a new connection, waking the loop if it is now the earliest."""
@@ -53,6 +57,15 @@ class Liveness:
         """Inbound traffic on `conn`: it is alive, and answers any pending ping()."""
         conn.heard(time.monotonic())
         self.schedule.seen(conn, asyncio.get_running_loop().time())
+
+    def take_pongs(self, conn: Connection) -> bool:
+        """Count `conn`'s pongs where its server reads them (connection/pongs.py), so they
+        never wake its session's receive loop; False when its server does not allow it."""
+        return watch_pongs(conn, self._on_pong)
+
+    def _answered(self, conn: Connection) -> None:
+        self._ctx.stats.pongs += 1
+        self.heard_from(conn)
 
     def pong(self, client_id: str) -> None:
         """A pong from a local client (unknown ids are ignored)."""

@@ -193,6 +193,7 @@ class Session:
             if claims is not None:  # refused (limits, shutdown): the token stays usable
                 await services.tokens.restore(claims)
             raise
+        services.liveness.take_pongs(self.conn)  # the session would drop them anyway
         if self.resumed:
             ctx.stats.resumed_sessions += 1
         if self._welcome or self.protocol >= 2:

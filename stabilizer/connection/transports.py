@@ -1,0 +1,194 @@
+"""Prepared writes: a frame framed once (``Frame.wire``) and written as is to the transport of
+every recipient whose server lets us, instead of through one ASGI send per recipient.
+
+One small adapter per server implementation knows where that server keeps the transport
+and the state of the WebSocket connection. It is found once per connection, when the
+connection is made (``prepared_writer``), and then, for each frame, checks that the bytes
+are exactly what the server's own send would write now:
+
+- the handshake is done and the connection open: no close frame sent or received, the
+  transport neither lost nor closing;
+- no extension negotiated on this socket: permessage-deflate compresses with a context per
+  socket, so only the server's own send can frame it;
+- no fragmented message in progress (uvicorn never fragments; checked all the same);
+- the transport is not paused over its high-water mark.
+
+When a check fails the adapter writes nothing and the caller takes the ASGI send, which
+does whatever the server does (compress, wait for the transport to drain, refuse after a
+close); while that send waits, the connection's later frames queue in its outbox in order.
+Close frames always take the ASGI send: the server must record that it sent one.
+
+The server's state machine need not see the frames written here: in each implementation
+below, sending one whole uncompressed data frame changes no state (websockets tracks only a
+fragmented message in progress, wsproto likewise), and every write of theirs is one
+synchronous ``transport.write`` of whole frames, so ours never lands inside one of theirs.
+
+Known servers: uvicorn's three implementations (``ws="websockets-sansio"``, the default of
+``ws="auto"``; ``"websockets"``; ``"wsproto"``). Any other server, a middleware that wraps
+the ASGI send, or a release of uvicorn that keeps its state elsewhere gets no adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from stabilizer.connection.sockets import Frame, is_starlette
+
+
+class PreparedWriter(Protocol):
+    """One connection's prepared write (a small slotted object: one per connection)."""
+
+    def write(self, frame: Frame) -> bool:
+        """Write `frame`'s prepared bytes and return True, or write nothing and return False
+        (the caller then sends the frame through the ASGI send)."""
+        ...
+
+
+_UVICORN: Final = "uvicorn.protocols.websockets."
+SANSIO: Final = f"{_UVICORN}websockets_sansio_impl.WebSocketsSansIOProtocol"
+LEGACY: Final = f"{_UVICORN}websockets_impl.WebSocketProtocol"
+WSPROTO: Final = f"{_UVICORN}wsproto_impl.WSProtocol"
+# Wrappers between an app and its server that pass every websocket message on unchanged.
+_PASS_THROUGH: Final = frozenset({
+    ("starlette._exception_handler", "wrap_app_handling_exceptions.<locals>.wrapped_app"
+                                     ".<locals>.sender"),
+})
+_MAX_WRAPPERS: Final = 8
+
+
+class _Sansio:
+    """uvicorn's websockets-sansio: a websockets ``ServerProtocol`` in ``server.conn``."""
+
+    __slots__ = ("_opened", "_protocol", "_server", "_transport", "_writable")
+
+    def __init__(self, server: Any) -> None:
+        protocol = server.conn
+        self._server = server
+        self._protocol = protocol
+        self._transport = server.transport
+        self._writable = server.writable  # cleared while the transport is paused
+        self._opened = type(protocol.state).OPEN
+        _ = (protocol.extensions, protocol.expect_continuation_frame, server.close_sent,
+             server.disconnected)  # read once here: an AttributeError means another release
+
+    def write(self, frame: Frame) -> bool:
+        server, protocol, transport = self._server, self._protocol, self._transport
+        if (protocol.state is not self._opened or server.close_sent or server.disconnected
+                or not self._writable.is_set() or protocol.extensions
+                or protocol.expect_continuation_frame or transport.is_closing()):
+            return False
+        transport.write(frame.wire())
+        return True
+
+
+class _Legacy:
+    """uvicorn's websockets (legacy): the server is a websockets legacy protocol itself."""
+
+    __slots__ = ("_closed", "_opened", "_server", "_transport")
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self._transport = server.transport
+        self._closed = server.closed_event
+        self._opened = type(server.state).OPEN
+        _ = (server._paused, server._fragmented_message_waiter, server.extensions)
+
+    def write(self, frame: Frame) -> bool:
+        server, transport = self._server, self._transport
+        # transfer_data_task exists once the state is OPEN (connection_open sets both)
+        if (server.state is not self._opened or self._closed.is_set() or server._paused
+                or server.extensions or server._fragmented_message_waiter is not None
+                or server.transfer_data_task.done() or transport.is_closing()):
+            return False
+        transport.write(frame.wire())
+        return True
+
+
+class _Wsproto:
+    """uvicorn's wsproto: a wsproto ``Connection`` once the handshake was accepted."""
+
+    __slots__ = ("_connection", "_frames", "_opened", "_server", "_transport", "_writable")
+
+    def __init__(self, server: Any) -> None:
+        connection = server.conn.connection
+        if connection is None:
+            raise AttributeError("not accepted by the server yet")
+        self._server = server
+        self._connection = connection
+        self._frames = connection._proto  # the FrameProtocol: extensions, outbound state
+        self._transport = server.transport
+        self._writable = server.writable
+        self._opened = type(connection.state).OPEN
+        _ = (self._frames.extensions, self._frames._outbound_opcode, server.close_sent,
+             server.disconnected)
+
+    def write(self, frame: Frame) -> bool:
+        server, frames, transport = self._server, self._frames, self._transport
+        if (self._connection.state is not self._opened or server.close_sent
+                or server.disconnected or not self._writable.is_set() or frames.extensions
+                or frames._outbound_opcode is not None or transport.is_closing()):
+            return False
+        transport.write(frame.wire())
+        return True
+
+
+#: server class -> (the name of its ASGI send method, its adapter)
+_ADAPTERS: Final[dict[str, tuple[str, Callable[[Any], PreparedWriter]]]] = {
+    SANSIO: ("send", _Sansio),
+    LEGACY: ("asgi_send", _Legacy),
+    WSPROTO: ("send", _Wsproto),
+}
+
+
+#: server class -> the name of its ASGI send method
+_SEND_METHODS: Final = {name: method for name, (method, _) in _ADAPTERS.items()}
+
+
+def known_server(socket: object) -> tuple[str, Any] | None:
+    """(class name, server object) of a Starlette WebSocket served by one of the servers
+    named here, the app's messages reaching it unchanged; None for any other socket."""
+    if not is_starlette(socket):
+        return None
+    server = getattr(getattr(socket, "_receive", None), "__self__", None)
+    if server is None:
+        return None
+    kind = type(server)  # exactly the server's class: a subclass may send otherwise
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    method = _SEND_METHODS.get(name)
+    if method is None:
+        return None
+    if not _sends_straight_to(getattr(socket, "_send", None), server, method):
+        return None  # something between the app and the server sees every message
+    return name, server
+
+
+def prepared_writer(socket: object) -> PreparedWriter | None:
+    """The prepared write of an accepted Starlette WebSocket whose server has an adapter
+    here; None for every other socket (its frames all take the ASGI send)."""
+    found = known_server(socket)
+    if found is None:
+        return None
+    name, server = found
+    try:
+        return _ADAPTERS[name][1](server)
+    except AttributeError:  # another release of the server keeps its state elsewhere
+        return None
+
+
+def _sends_straight_to(send: Any, server: object, method: str) -> bool:
+    """True when `send` is `server`'s own ASGI send, possibly behind wrappers known to pass
+    every message on unchanged."""
+    for _ in range(_MAX_WRAPPERS):
+        if getattr(send, "__self__", None) is server:
+            return getattr(send, "__func__", None) is getattr(type(server), method, None)
+        code = getattr(send, "__code__", None)
+        name = (getattr(send, "__module__", None), getattr(send, "__qualname__", None))
+        if code is None or name not in _PASS_THROUGH:
+            return False
+        cells = dict(zip(code.co_freevars, send.__closure__ or (), strict=False))
+        inner = cells.get("send")
+        if inner is None:
+            return False
+        send = inner.cell_contents
+    return False

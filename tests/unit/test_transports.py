@@ -1,0 +1,162 @@
+"""Prepared frames without a server: the framing against websockets' and wsproto's own, and
+which sockets get no prepared write (their frames take the ASGI send)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.websockets import WebSocket
+from websockets.frames import Frame as WebsocketsFrame
+from websockets.frames import Opcode
+from wsproto.frame_protocol import FrameProtocol
+
+from stabilizer.config import CloseCode
+from stabilizer.connection.connection import Connection, OutboxLimits
+from stabilizer.connection.pongs import watch_pongs
+from stabilizer.connection.sockets import AsgiMessage, Frame
+from stabilizer.connection.transports import prepared_writer
+from stabilizer.pure.framing import data_frame, text_frame
+
+SIZES = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_frames_are_the_bytes_websockets_and_wsproto_write(size: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+    text = "é" * (size // 2)
+    for opcode, body, ours in ((Opcode.BINARY, payload, data_frame(payload, text=False)),
+                               (Opcode.TEXT, text.encode(), text_frame(text))):
+        assert ours == WebsocketsFrame(opcode, body).serialize(mask=False)
+        protocol = FrameProtocol(client=False, extensions=[])
+        sent = body if opcode is Opcode.BINARY else text
+        assert ours == bytes(protocol.send_data(sent, fin=True))
+
+
+def test_a_frame_is_framed_once_for_all_its_recipients() -> None:
+    frame = Frame.text("hé")
+    assert frame.wire() is frame.wire()
+    assert frame.wire() == text_frame("hé")
+    assert Frame.binary(b"\x00").wire() == b"\x82\x01\x00"
+
+
+def test_a_lone_surrogate_cannot_be_framed() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        Frame.text("\ud800").wire()
+
+
+class UnknownServer:
+    """An ASGI server stabilizer has no adapter for."""
+
+    def __init__(self) -> None:
+        self.sent: list[AsgiMessage] = []
+        self.transport = object()
+
+    async def receive(self) -> AsgiMessage:
+        return {"type": "websocket.connect"}
+
+    async def send(self, message: AsgiMessage) -> None:
+        self.sent.append(message)
+
+
+def websocket_of(server: Any, send: Any = None) -> WebSocket:
+    scope = {"type": "websocket", "path": "/", "headers": [], "query_string": b""}
+    return WebSocket(scope, server.receive, send or server.send)
+
+
+def _fail(conn: Connection, code: CloseCode, reason: str) -> None:
+    raise AssertionError(f"failed: {code} {reason}")
+
+
+def _never(conn: Connection) -> None:
+    raise AssertionError("no pong was expected")
+
+
+def conn_of(socket: WebSocket) -> Connection:
+    return Connection("c", socket, OutboxLimits(10, None, 1.0), _fail)
+
+
+async def test_an_unknown_server_takes_the_asgi_send() -> None:
+    server = UnknownServer()
+    socket = websocket_of(server)
+    await socket.accept()
+    assert prepared_writer(socket) is None
+    assert watch_pongs(conn_of(socket), _never) is False
+    conn = Connection("c", socket, OutboxLimits(10, None, 1.0), _fail)
+    assert conn.offer(Frame.text("hello"), 0.0)
+    assert server.sent[-1] == {"type": "websocket.send", "text": "hello"}
+
+
+def test_a_server_like_uvicorns_but_built_otherwise_gets_no_adapter() -> None:
+    # the name of uvicorn's class, not its attributes: another release, say
+    impostor = type("WebSocketsSansIOProtocol", (UnknownServer,), {
+        "__module__": "uvicorn.protocols.websockets.websockets_sansio_impl"})
+    server = impostor()
+    assert prepared_writer(websocket_of(server)) is None
+    assert watch_pongs(conn_of(websocket_of(server)), _never) is False
+    assert "handle_text" not in vars(server)
+
+
+def test_a_subclass_of_a_uvicorn_protocol_gets_no_adapter() -> None:
+    from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+
+    class Custom(WSProtocol):
+        pass
+
+    server = Custom.__new__(Custom)  # never connected: only its type is looked at
+    assert prepared_writer(websocket_of(server)) is None
+
+
+def test_a_wrapped_send_gets_no_adapter() -> None:
+    from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+
+    server = WSProtocol.__new__(WSProtocol)
+
+    async def middleware_send(message: AsgiMessage) -> None:
+        await server.send(message)  # type: ignore[arg-type]
+
+    assert prepared_writer(websocket_of(server, middleware_send)) is None
+
+
+def test_sockets_that_are_not_starlettes_get_no_adapter() -> None:
+    assert prepared_writer(UnknownServer()) is None
+
+
+class SansioLike:
+    """What the pong taker reads of uvicorn's websockets-sansio protocol."""
+
+    def __init__(self) -> None:
+        self.close_sent = False
+        self.handed: list[bytes] = []
+
+    def handle_text(self, event: Any) -> None:
+        self.handed.append(bytes(event.data))
+
+
+class TextEvent:
+    def __init__(self, data: bytes | bytearray, fin: bool = True) -> None:
+        self.data = data
+        self.fin = fin
+
+
+def test_the_pong_taker_answers_whole_pongs_and_hands_on_the_rest() -> None:
+    from stabilizer.connection.pongs import _SansioTaker
+
+    server = SansioLike()
+    conn = conn_of(websocket_of(UnknownServer()))
+    answered: list[Connection] = []
+    taker = _SansioTaker(server, conn, answered.append)
+    for data in (b"pong", bytearray(b'{"type":"pong"}')):
+        taker(TextEvent(data))
+    taker(TextEvent(b"pong", fin=False))  # the start of a fragmented message
+    taker(TextEvent(b"pongs"))
+    taker(TextEvent(b'{"type": "pong"}'))  # a pong the session recognises itself
+    assert answered == [conn, conn]
+    assert server.handed == [b"pong", b"pongs", b'{"type": "pong"}']
+    server.close_sent = True
+    taker(TextEvent(b"pong"))
+    conn.begin_close()
+    server.close_sent = False
+    taker(TextEvent(b"pong"))  # a closing connection: the application may still read it
+    assert answered == [conn, conn]
+    assert server.handed[-2:] == [b"pong", b"pong"]

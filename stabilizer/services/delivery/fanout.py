@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
+from stabilizer.errors import BackendUnavailable
+from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.acks import FORGOTTEN, UNSUPPORTED
 from stabilizer.pure.streams import Target
@@ -82,6 +84,36 @@ class FanOut:
         else:
             shards = self._ctx.pool.shards()
         return await self._fan_out(shards, frame, exclude, stream, offset, epoch)
+
+    async def deliver_publishing(self, target: Target, frame: Frame, exclude: str | None,
+                                 sending: Awaitable[int] | None,
+                                 log: RateLimitedLog) -> BroadcastResult:
+        """Deliver `frame` locally while `sending` (the publish to the other nodes, if any)
+        runs: the publish is on the wire before the local fan-out starts, its outcome goes
+        into the result (`remote_nodes`, or `remote_error`, logged to `log`), and it is
+        cancelled with the caller."""
+        ctx = self._ctx
+        publish = (None if sending is None
+                   else ctx.tasks.spawn(ctx.ask(sending), name="stabilizer-publish"))
+        try:
+            if publish is not None:
+                await asyncio.sleep(0)  # let the publish reach the wire first
+            result = await self.deliver(target, frame, exclude)
+            if publish is not None:
+                try:
+                    result.remote_nodes = await publish
+                except BackendUnavailable as exc:
+                    result.remote_error = f"other nodes not reached: {exc}"
+                    log.warning("delivered locally only: %s", result.remote_error)
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # our caller was cancelled
+                    result.remote_error = "other nodes not reached: the node is stopping"
+            return result
+        finally:
+            if publish is not None and not publish.done():
+                publish.cancel()
 
     async def _fan_out(
         self, shards: Iterable[list[Connection]], frame: Frame, exclude: str | None,

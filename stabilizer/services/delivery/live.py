@@ -3,7 +3,6 @@ and hands the message to the other nodes in one publish; nodes drop their own pu
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from stabilizer.connection.sockets import Frame
@@ -33,33 +32,15 @@ class LiveRouter:
         publish is on the wire before the local fan-out starts, and is cancelled with the
         caller."""
         ctx = self._ctx
-        publish: asyncio.Task[int] | None = None
+        sending = None
         if ctx.backend.is_shared:
             kind = Kind.BROADCAST if target.kind == "all" else Kind.GROUP
             raw = encode(Envelope(kind, ctx.node_id, target.name or None, payload, exclude))
             backend = ctx.backend
             sending = (backend.routing.publish(raw) if target.kind == "all"
                        else backend.groups.publish(target.name, raw))
-            publish = ctx.tasks.spawn(ctx.ask(sending), name="stabilizer-publish")
-        try:
-            if publish is not None:
-                await asyncio.sleep(0)  # let the publish reach the wire first
-            result = await self._fanout.deliver(target, Frame.of(payload, value), exclude)
-            if publish is not None:
-                try:
-                    result.remote_nodes = await publish
-                except BackendUnavailable as exc:
-                    result.remote_error = f"other nodes not reached: {exc}"
-                    self._backend_log.warning("delivered locally only: %s", result.remote_error)
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise  # our caller was cancelled
-                    result.remote_error = "other nodes not reached: the node is stopping"
-            return result
-        finally:
-            if publish is not None and not publish.done():
-                publish.cancel()
+        return await self._fanout.deliver_publishing(target, Frame.of(payload, value), exclude,
+                                                     sending, self._backend_log)
 
     async def send(self, client_id: str, payload: str | bytes, value: object = None,
                    ack: str | None = None) -> bool:

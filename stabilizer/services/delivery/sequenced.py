@@ -91,27 +91,10 @@ class SequencedRouter:
         other nodes get the envelope in one publish (their listener delivers it as it
         comes); local members get it at once, with null offset and epoch (section 4 of
         docs/protocol.md: deliver it, record no position)."""
-        ctx = self._ctx
-        sending = ctx.backend.groups.publish(target.name, encode(envelope))
-        publish = ctx.tasks.spawn(ctx.ask(sending), name="stabilizer-publish")
-        try:
-            await asyncio.sleep(0)  # let the publish reach the wire first
-            result = await self._fanout.deliver(target, history_frame(target.stream, envelope),
-                                                envelope.exclude)
-            try:
-                result.remote_nodes = await publish
-            except BackendUnavailable as exc:
-                result.remote_error = f"other nodes not reached: {exc}"
-                self._backend_log.warning("delivered locally only: %s", result.remote_error)
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # our caller was cancelled
-                result.remote_error = "other nodes not reached: the node is stopping"
-            return result
-        finally:
-            if not publish.done():
-                publish.cancel()
+        sending = self._ctx.backend.groups.publish(target.name, encode(envelope))
+        return await self._fanout.deliver_publishing(
+            target, history_frame(target.stream, envelope), envelope.exclude, sending,
+            self._backend_log)
 
     async def send(self, client_id: str, payload: str | bytes, value: object = None,
                    ack: str | None = None) -> bool:

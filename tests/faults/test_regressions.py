@@ -432,11 +432,11 @@ async def test_a_close_whose_session_end_fails_still_ends_the_clients_groups(
     end = sessions.end
     failed = asyncio.Event()
 
-    async def cut_end(client_id: str) -> list[str]:
+    async def cut_end(client_id: str, **options: Any) -> list[str]:
         if not failed.is_set():
             failed.set()
             raise BackendUnavailable("redis unavailable: connection reset (as a cut)")
-        return list(await end(client_id))
+        return list(await end(client_id, **options))
 
     monkeypatch.setattr(sessions, "end", cut_end)
     await a.disconnect("alice")

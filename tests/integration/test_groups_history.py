@@ -325,6 +325,42 @@ async def test_a_node_fills_a_gap_in_a_stream_from_history(make_manager: Any) ->
     assert b.stats.gaps_filled == 1
 
 
+async def test_a_gap_the_history_no_longer_holds_tells_the_clients_to_resync(
+    make_manager: Any,
+) -> None:
+    """Seed 984503690: a node missed offset 2 of a stream (its subscription was down), then
+    the store lost the stream (Redis restarted empty) before the node read it back. The
+    read found no stream, which reads as "nothing to recover", and offset 3 went out as if
+    nothing was missing. A gap that the history cannot fill is a loss: the clients are
+    told (recovered: false) before the message after it."""
+    from stabilizer import MemoryHub, WebSocketConfig
+
+    hub = MemoryHub()
+    a = make_manager(WebSocketConfig(node_id="a", **HISTORY), backend=MemoryBackend(hub))
+    b = make_manager(WebSocketConfig(node_id="b", **HISTORY), backend=MemoryBackend(hub))
+    await started(a, b)
+    sock = FakeSocket()
+    await b.connect("bob", sock)
+    deliver = hub.deliver
+
+    def lossy(node_id: str, envelope: bytes) -> bool:
+        if node_id == "b" and b"lost" in envelope:
+            return True  # swallowed, as a dropped subscription would
+        if node_id == "b" and b"third" in envelope:
+            hub.streams.clear()  # the store restarted empty before b reads the gap back
+        return deliver(node_id, envelope)
+
+    hub.deliver = lossy  # type: ignore[method-assign]
+    for text in ("first", "lost", "third"):
+        await a.broadcast(text)
+    first = await sock.next_json()
+    assert (first["data"], first["offset"]) == ("first", 1)
+    told = await sock.next_json()
+    assert (told["type"], told["recovered"], told["failed"]) == ("resume", False, ["all"])
+    third = await sock.next_json()
+    assert (third["data"], third["offset"]) == ("third", 3)
+
+
 async def test_hooks_fire_exactly_once_per_connect_and_disconnect(cluster: Cluster) -> None:
     a, b = cluster("a"), cluster("b")
     await started(a, b)

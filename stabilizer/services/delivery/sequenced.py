@@ -218,6 +218,15 @@ class SequencedRouter:
             if self.order.classify(stream, missed.offset, missed.epoch) is Step.DELIVER:
                 await self._deliver_in_order(stream, missed)
                 filled += 1
+        reached = self.order.last(stream)
+        if (before is not None and reached is not None and reached[1] == epoch
+                and reached[0] < before - 1):
+            # the stream is gone (the store lost it) or holds less than the gap: whatever
+            # came between is lost, which the clients must be told before what follows it
+            logger.warning("stream %s: offsets %d to %d of epoch %s are gone", stream,
+                           reached[0] + 1, before - 1, epoch)
+            self._tell_to_resync(stream)
+            return
         if before is not None or filled:
             self._ctx.stats.gaps_filled += 1
 

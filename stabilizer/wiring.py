@@ -110,8 +110,9 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
 
 
 def _presence(membership: Membership, watch: PresenceWatch, envelope: Envelope) -> None:
-    membership.heard(envelope)  # what the node gives back if the backend loses it
-    watch.receive(envelope)
+    changes = watch.receive(envelope)  # parsed once for both
+    if changes and envelope.target is not None:
+        membership.heard(envelope.target, changes)  # what the node gives back if lost
 
 
 def _unfollow(router: Router, watch: PresenceWatch, stream: str) -> None:

@@ -137,17 +137,19 @@ class PresenceWatch:
                     for frame in self.ready(conn, group, version, entries):
                         conn.offer(Frame.text(frame), now)
 
-    def receive(self, envelope: Envelope) -> None:
-        """A PRESENCE envelope from the group's channel."""
+    def receive(self, envelope: Envelope) -> list[Change] | None:
+        """A PRESENCE envelope from the group's channel: return its changes (parsed once
+        for the node: the membership's book reads them too); None if malformed."""
         group = envelope.target
+        changes = (parse_changes(envelope.payload, envelope.ref) if group is not None
+                   else None)
         state = self._groups.get(group) if group is not None else None
         if state is None or group is None:
-            return
-        changes = parse_changes(envelope.payload, envelope.ref)
+            return changes
         if changes is None:
             self._ctx.stats.wire_errors += 1
             self._wire_log.warning("dropped a malformed presence change of %r", group)
-            return
+            return None
         for watcher in state.watchers.values():
             if watcher.seen is None:
                 watcher.backlog.extend(changes)
@@ -156,6 +158,7 @@ class PresenceWatch:
             loop = asyncio.get_running_loop()
             state.timer = loop.call_later(self._ctx.config.presence_diff_window,
                                           self._flush, group)
+        return changes
 
     def forget(self, conn: Connection) -> None:
         """`conn` closed: it follows no presence any more."""

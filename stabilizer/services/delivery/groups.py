@@ -32,7 +32,7 @@ from stabilizer.connection.connection import Connection, State
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
-from stabilizer.pure.presence import entry_text, parse_changes
+from stabilizer.pure.presence import Change, entry_text
 from stabilizer.pure.presence_book import PresenceBook
 from stabilizer.pure.streams import client_stream, group_stream, user_stream
 from stabilizer.pure.wire import Envelope, Kind, encode
@@ -166,13 +166,10 @@ class Membership:
             self._book.learned(conn, group, entry, mark)
         return updated
 
-    def heard(self, envelope: Envelope) -> None:
-        """A PRESENCE envelope: note the change when it is one of a local client's entry
-        (the presence watch logs and counts a malformed one)."""
-        group = envelope.target
-        if group is None:
-            return
-        for change in parse_changes(envelope.payload, envelope.ref) or ():
+    def heard(self, group: str, changes: list[Change]) -> None:
+        """The changes of a PRESENCE envelope of `group`: note those of a local client's
+        entry (the presence watch parsed them, and logs and counts a malformed one)."""
+        for change in changes:
             conn = self._ctx.pool.get(change.client_id)
             if conn is not None and conn.is_open:
                 self._book.heard(conn, group, change.version,

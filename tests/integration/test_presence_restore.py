@@ -6,7 +6,6 @@ them), and a client following the group's presence ends with the state it had.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from stabilizer import (
 from tests.conftest import ManagerFactory
 from tests.integration.test_groups_history import resume_on
 from tests.integration.test_presence import Follower, item
+from tests.integration.test_redis_chaos import eventually
 from tests.support.fakes import FakeSocket
 from tests.support.redis_server import RedisServer
 
@@ -53,14 +53,6 @@ async def answers(query: Callable[[], Awaitable[Any]], expected: object) -> bool
         return bool(await query() == expected)
     except BackendUnavailable:
         return False
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    """Poll an observable condition until it holds (bounded): recovery runs on the nodes'
-    maintenance schedule."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.1)
 
 
 @pytest.mark.redis

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -40,7 +39,7 @@ async def nodes_on(
         await manager.graceful_shutdown(timeout=2.0)
 
 
-async def eventually(check: Callable[[], Coroutine[Any, Any, bool]], timeout: float = 15.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
     """Poll an observable condition until it holds (bounded); for clock-driven recovery."""
     async with asyncio.timeout(timeout):
         while not await check():

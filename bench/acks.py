@@ -52,7 +52,7 @@ from typing import Any, Final
 import psutil
 
 from bench.acks_servers import KINDS
-from bench.core import Run, fmt, log, ratio, table
+from bench.core import Run, fmt, log, ratio, report_tail, table
 from bench.harness import BenchError, ForeignLoad, LoadGen, Server, free_port
 from bench.identity.common import med, spread
 from bench.rpc import Benchmark, ask, run_benchmark
@@ -228,15 +228,7 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str]) -> str:
         + table(["contender", "acked sends / s", "range", "vs raw", "server CPU µs / send",
                  "range", "vs raw", "user / sys µs", "client CPU µs / msg", "vs raw"],
                 third)]
-    foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
-    if foreign:
-        parts.append(
-            "Other processes on the machine (user CPU, % of one core, during the measured "
-            f"windows): median {statistics.median(foreign):.1f}%, max {max(foreign):.1f}%.")
-    failures = [r for r in runs if r.error]
-    if failures:
-        parts.append("### Failed runs\n\n" + "\n".join(
-            f"- {r.kind} rep {r.rep + 1}: {r.error}" for r in failures))
+    parts += report_tail(runs)
     return "\n\n".join(parts)
 
 

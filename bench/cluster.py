@@ -72,7 +72,9 @@ from bench.core import (
     log_name,
     median_of,
     ratio,
+    report_tail,
     rotated,
+    scenario_label,
     snapshot_stabilizer,
     table,
     with_baseline,
@@ -835,15 +837,7 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str], scenarios: Sequenc
             ["target", "measured here", "verdict"], targets(runs, plan)))
     if plan.baseline_label and plan.baseline_label in kinds:
         parts.append(before_after(runs, plan, scenarios, plan.baseline_label))
-    foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
-    if foreign:
-        parts.append(
-            "Other processes on the machine (user CPU, % of one core, during the measured "
-            f"windows): median {statistics.median(foreign):.1f}%, max {max(foreign):.1f}%.")
-    failures = [r for r in runs if r.error]
-    if failures:
-        parts.append("### Failed runs\n\n" + "\n".join(
-            f"- {r.scenario} {r.kind} rep {r.rep + 1}: {r.error}" for r in failures))
+    parts += report_tail(runs, label=scenario_label)
     return "\n\n".join(parts)
 
 

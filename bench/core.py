@@ -471,6 +471,41 @@ def ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}x"
 
 
+def run_label(run: Run) -> str:
+    """How a failed run is named in a report: contender and repetition."""
+    return f"{run.kind} rep {run.rep + 1}"
+
+
+def scenario_label(run: Run) -> str:
+    """A failed run of a benchmark with several scenarios."""
+    return f"{run.scenario} {run.kind} rep {run.rep + 1}"
+
+
+def sized_label(run: Run) -> str:
+    """A failed run of a benchmark with several scenarios and sizes."""
+    return f"{run.scenario} {run.kind} n={run.clients} rep {run.rep + 1}"
+
+
+def report_tail(runs: Sequence[Run], *, label: Callable[[Run], str] = run_label,
+                foreign: Sequence[float] | None = None, load_note: str = "") -> list[str]:
+    """The last parts of every benchmark's report: how busy the rest of the machine was
+    during the measured windows (each run's ``foreign_pct`` unless `foreign` is given), and
+    the runs that failed."""
+    parts: list[str] = []
+    if foreign is None:
+        foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
+    if foreign:
+        parts.append(
+            "Other processes on the machine (user CPU, % of one core, during the measured "
+            f"windows{load_note}): median {statistics.median(foreign):.1f}%, max "
+            f"{max(foreign):.1f}%.")
+    failures = [r for r in runs if r.error]
+    if failures:
+        parts.append("### Failed runs\n\n" + "\n".join(
+            f"- {label(r)}: {r.error}" for r in failures))
+    return parts
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
@@ -539,17 +574,7 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str],
                  "µs CPU / ping", "vs raw", "vs seed", "conns closed"], rows))
     if plan.baseline_label and plan.baseline_label in kinds:
         parts.append(before_after(runs, plan, scenarios, plan.baseline_label))
-    foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
-    if foreign:
-        parts.append(
-            "Other processes on the machine (user CPU, % of one core, during the measured "
-            f"windows): median {statistics.median(foreign):.1f}%, max {max(foreign):.1f}%."
-        )
-    failures = [r for r in runs if r.error]
-    if failures:
-        parts.append("### Failed runs\n\n" + "\n".join(
-            f"- {r.scenario} {r.kind} n={r.clients} rep {r.rep + 1}: {r.error}"
-            for r in failures))
+    parts += report_tail(runs, label=sized_label)
     return "\n\n".join(parts)
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -73,6 +72,7 @@ from bench.core import (
     guarded,
     log,
     ratio,
+    report_tail,
     rotated,
     snapshot_stabilizer,
     table,
@@ -281,19 +281,11 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str]) -> str:
     if lags:
         parts.append("Clients missing from Redis presence after connecting: waited "
                      + ", ".join(lags) + ".")
-    foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
-    if foreign:
-        parts.append(
-            "Other processes on the machine (user CPU, % of one core, during the measured "
-            f"windows): median {statistics.median(foreign):.1f}%, max {max(foreign):.1f}%.")
     waited = [r.values["waited_s"] for r in runs if r.values.get("waited_s", 0) >= 1]
     if waited:
         parts.append(f"Waited for other benchmarks or test runs to end: {sum(waited):.0f}s "
                      f"before {len(waited)} of {len(runs)} measurements.")
-    failures = [r for r in runs if r.error]
-    if failures:
-        parts.append("### Failed runs\n\n" + "\n".join(
-            f"- {r.kind} rep {r.rep + 1}: {r.error}" for r in failures))
+    parts += report_tail(runs)
     return "\n\n".join(parts)
 
 

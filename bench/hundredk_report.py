@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Final
 
-from bench.core import Plan, Run, fmt, ratio, table
+from bench.core import Plan, Run, fmt, ratio, report_tail, table
 
 #: Phoenix's published 2 million connections on 40 cores.
 PHOENIX_PER_CORE: Final = 50_000
@@ -131,13 +131,6 @@ def report(runs: list[Run], n: int, plan: Plan, kinds: Sequence[str]) -> str:
                              f"{run.values.get('server_count_end')}"))
     if checks:
         parts.append("### Nothing dropped?\n\n" + "\n".join(checks))
-    foreign = [v for r in runs for k, v in r.values.items() if k.endswith("foreign_pct")]
-    if foreign:
-        parts.append("Other processes on the machine (user CPU, % of one core, during the "
-                     f"measured windows): median {statistics.median(foreign):.1f}%, max "
-                     f"{max(foreign):.1f}%.")
-    failures = [r for r in runs if r.error]
-    if failures:
-        parts.append("### Failed runs\n\n" + "\n".join(
-            f"- {r.kind} rep {r.rep + 1}: {r.error}" for r in failures))
+    parts += report_tail(runs, foreign=[
+        v for r in runs for k, v in r.values.items() if k.endswith("foreign_pct")])
     return "\n\n".join(parts)

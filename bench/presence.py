@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -63,7 +62,9 @@ from bench.core import (
     fmt,
     guarded,
     log,
+    report_tail,
     rotated,
+    scenario_label,
     snapshot_stabilizer,
     table,
 )
@@ -266,15 +267,7 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str], scenarios: Sequenc
                          + "\n".join(lines))
     if "storm" in scenarios:
         parts.append(storm_table(runs, plan))
-    foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
-    if foreign:
-        parts.append("Other processes on the machine (user CPU, % of one core, during the "
-                     f"measured windows): median {statistics.median(foreign):.1f}%, max "
-                     f"{max(foreign):.1f}%.")
-    failures = [r for r in runs if r.error]
-    if failures:
-        parts.append("### Failed runs\n\n" + "\n".join(
-            f"- {r.scenario} {r.kind} rep {r.rep + 1}: {r.error}" for r in failures))
+    parts += report_tail(runs, label=scenario_label)
     return "\n\n".join(parts)
 
 

@@ -59,6 +59,7 @@ from bench.core import (
     log,
     median_of,
     ratio,
+    report_tail,
     rotated,
     snapshot_stabilizer,
     table,
@@ -227,15 +228,7 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str]) -> str:
         + table(["contender", "calls / s", "range", "vs raw", "server CPU µs / call",
                  "range", "vs raw", "user / sys µs", "client CPU µs / call", "vs raw"],
                 second)]
-    foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
-    if foreign:
-        parts.append(
-            "Other processes on the machine (user CPU, % of one core, during the measured "
-            f"windows): median {statistics.median(foreign):.1f}%, max {max(foreign):.1f}%.")
-    failures = [r for r in runs if r.error]
-    if failures:
-        parts.append("### Failed runs\n\n" + "\n".join(
-            f"- {r.kind} rep {r.rep + 1}: {r.error}" for r in failures))
+    parts += report_tail(runs)
     return "\n\n".join(parts)
 
 

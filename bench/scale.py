@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +44,9 @@ from bench.core import (
     log,
     median_of,
     ratio,
+    report_tail,
     rotated,
+    sized_label,
     snapshot_stabilizer,
     table,
 )
@@ -172,17 +173,8 @@ def report(runs: list[Run], plan: Plan, kinds: Sequence[str], scenarios: Sequenc
     if rows:
         parts.append("### Against the targets\n\n" + table(["target", "measured here",
                                                               "verdict"], rows))
-    foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
-    if foreign:
-        parts.append(
-            "Other processes on the machine (user CPU, % of one core, during the measured "
-            f"windows; for stabilizer-redis this includes its redis-server): median "
-            f"{statistics.median(foreign):.1f}%, max {max(foreign):.1f}%.")
-    failures = [r for r in runs if r.error]
-    if failures:
-        parts.append("### Failed runs\n\n" + "\n".join(
-            f"- {r.scenario} {r.kind} n={r.clients} rep {r.rep + 1}: {r.error}"
-            for r in failures))
+    parts += report_tail(runs, label=sized_label,
+                         load_note="; for stabilizer-redis this includes its redis-server")
     return "\n\n".join(parts)
 
 

@@ -48,6 +48,7 @@ from bench.core import (
     guarded,
     median_of,
     ratio,
+    report_tail,
     rotated,
     snapshot_stabilizer,
     table,
@@ -163,7 +164,6 @@ def report(runs: list[Run], plan: Plan, kinds: list[str]) -> str:
                  "server CPU µs / connect", "vs raw", "Redis round trips / connect",
                  "Redis commands / connect (scripts' included)", "refused",
                  "other load % of a core"], rows))
-    failed = [r for r in runs if r.error]
     if plan.baseline_label and "stabilizer" in kinds:
         text += "\n\n" + compare_table(plan.baseline_label, [
             (metric, med(plan.baseline_label, key), med("stabilizer", key), digits)
@@ -171,9 +171,9 @@ def report(runs: list[Run], plan: Plan, kinds: list[str]) -> str:
                 ("server CPU µs / connect", "cpu_us_per_connect", 0),
                 ("Redis round trips / connect", "round_trips_per_connect", 2),
                 ("p99 connect (ms)", "p99_ms", 1), ("all back (s)", "back_s", 2))])
-    if failed:
-        text += "\n\nFailed runs:\n" + "\n".join(
-            f"- {r.kind} rep {r.rep + 1}: {r.error}" for r in failed)
+    tail = report_tail(runs, foreign=[])  # (the table shows the other load per run)
+    if tail:
+        text += "\n\n" + "\n\n".join(tail)
     return text
 
 

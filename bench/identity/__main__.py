@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +33,9 @@ from bench.core import (
     environment,
     guarded,
     log,
+    report_tail,
     rotated,
+    scenario_label,
     snapshot_stabilizer,
 )
 from bench.harness import REPO, install_cleanup, stop_all
@@ -67,15 +68,7 @@ def report(runs: list[Run], plan: Plan, cons: Sequence[connect.Contender],
         parts += connect.connect_report(runs, plan, cons)
     if "user" in scenarios:
         parts += users.user_report(runs, plan, users.KINDS)
-    foreign = [r.values["foreign_pct"] for r in runs if "foreign_pct" in r.values]
-    if foreign:
-        parts.append(
-            "Other processes on the machine (user CPU, % of one core, during the measured "
-            f"windows): median {statistics.median(foreign):.1f}%, max {max(foreign):.1f}%.")
-    failures = [r for r in runs if r.error]
-    if failures:
-        parts.append("### Failed runs\n\n" + "\n".join(
-            f"- {r.scenario} {r.kind} rep {r.rep + 1}: {r.error}" for r in failures))
+    parts += report_tail(runs, label=scenario_label)
     return "\n\n".join(parts)
 
 

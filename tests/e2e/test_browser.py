@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from websockets.asyncio.server import ServerConnection
 
-from tests.support.browser import Browser, Page, ScriptedServer, chromium
+from tests.support.browser import Browser, Page, ScriptedServer, checked_page, chromium
 from tests.support.clients import ClientConnection, open_client, recv_json
 from tests.support.nginx import Nginx
 from tests.support.redis_server import RedisServer
@@ -55,13 +55,8 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def page(browser: Browser) -> AsyncIterator[Page]:
     """A fresh browser context; any uncaught error on the page fails the test."""
-    context = await browser.new_context(viewport={"width": 900, "height": 700})
-    opened = await context.new_page()
-    errors: list[object] = []
-    opened.on("pageerror", lambda error: errors.append(error))
-    yield opened
-    await context.close()
-    assert errors == [], f"uncaught errors on the page: {errors}"
+    async with checked_page(browser, viewport={"width": 900, "height": 700}) as opened:
+        yield opened
 
 
 class Tab:

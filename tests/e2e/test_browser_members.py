@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.support.browser import Browser, Page, ScriptedServer, chromium
+from tests.support.browser import Browser, Page, ScriptedServer, checked_page, chromium
 from tests.support.redis_server import RedisServer
 from tests.support.uvicorn_proc import ROOT, UvicornProcess, start_all
 
@@ -36,13 +36,8 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def page(browser: Browser) -> AsyncIterator[Page]:
     """A fresh browser context; any uncaught error on the page fails the test."""
-    context = await browser.new_context(viewport={"width": 900, "height": 700})
-    opened = await context.new_page()
-    errors: list[object] = []
-    opened.on("pageerror", lambda error: errors.append(error))
-    yield opened
-    await context.close()
-    assert errors == [], f"uncaught errors on the page: {errors}"
+    async with checked_page(browser, viewport={"width": 900, "height": 700}) as opened:
+        yield opened
 
 
 # --- presence.js on its own -----------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest_asyncio
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from tests.support.browser import Browser, Page, ScriptedServer, chromium
+from tests.support.browser import Browser, Page, ScriptedServer, checked_page, chromium
 from tests.support.uvicorn_proc import UvicornProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -57,13 +57,8 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def page(browser: Browser) -> AsyncIterator[Page]:
     """A fresh browser context; any uncaught error on the page fails the test."""
-    context = await browser.new_context()
-    opened = await context.new_page()
-    errors: list[object] = []
-    opened.on("pageerror", lambda error: errors.append(error))
-    yield opened
-    await context.close()
-    assert errors == [], f"uncaught errors on the page: {errors}"
+    async with checked_page(browser) as opened:
+        yield opened
 
 
 @pytest.fixture

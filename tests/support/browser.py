@@ -55,6 +55,19 @@ async def chromium() -> AsyncIterator[Browser]:
             await browser.close()
 
 
+@contextlib.asynccontextmanager
+async def checked_page(browser: Browser, **options: Any) -> AsyncIterator[Page]:
+    """A page in a fresh browser context (`options` for the context); any uncaught error
+    on the page fails the test when it closes."""
+    context = await browser.new_context(**options)
+    opened = await context.new_page()
+    errors: list[object] = []
+    opened.on("pageerror", lambda error: errors.append(error))
+    yield opened
+    await context.close()
+    assert errors == [], f"uncaught errors on the page: {errors}"
+
+
 class ScriptedServer:
     """Serves a blank page and the browser client (/stabilizer.js and its parts,
     /stabilizer/{name}.js) over HTTP, and hands each WebSocket to the test.

@@ -328,10 +328,10 @@ class Membership:
         if open_conns:
             async with self._turns.hold(*(conn.client_id for conn in open_conns)):
                 local = {conn.client_id: conn.groups for conn in open_conns}
-                presence = {conn.client_id: self._entries(conn) for conn in open_conns}
+                presence = ({conn.client_id: self._entries(conn) for conn in open_conns}
+                            if restore else None)
                 listed = await ctx.ask(
-                    ctx.backend.groups.reconcile(local, restore=restore,
-                                                 presence=presence if restore else None),
+                    ctx.backend.groups.reconcile(local, restore=restore, presence=presence),
                     round_trips=1 + len(local) // _SETTLE_BATCH)
                 for conn in open_conns:
                     await self._agree(conn, listed.get(conn.client_id, []))

@@ -14,6 +14,7 @@ from stabilizer.backends.redis.keys import KeyLayout, entry_of, parse_entry
 from stabilizer.errors import BackendUnavailable
 from stabilizer.node.context import NodeContext
 from stabilizer.node.tasks import TaskOwner
+from stabilizer.pure.streams import client_stream, group_stream, user_stream
 
 # ----------------------------------------------------------------------------- TaskOwner
 
@@ -133,6 +134,42 @@ def test_one_bucket_keeps_presence_in_the_namespace_slot() -> None:
     keys = KeyLayout("chat")
     assert keys.presence(0) == keys.slot_presence == "{chat}:p"
     assert keys.node_channel_prefix(0) == keys.sequenced_direct_prefix
+
+
+def test_spread_keeps_each_group_and_each_client_in_one_slot_of_its_own() -> None:
+    keys = KeyLayout("chat", 4, spread=True)
+    for name in USER_INPUT:
+        group_keys = (keys.group(name), keys.group_presence(name),
+                      keys.group_presence_version(name), keys.group_channel(name),
+                      keys.stream(group_stream(name)), keys.stream_meta(group_stream(name)))
+        assert len({key_slot(key.encode()) for key in group_keys}) == 1, group_keys
+        client_keys = (keys.session(name), keys.client_groups(name), keys.leaving(name))
+        assert len({key_slot(key.encode()) for key in client_keys}) == 1, client_keys
+        assert keys.is_group_channel(keys.group_channel(name))
+        # what stays with the namespace: broadcasts, direct and user streams, the away list
+        for key in (keys.stream(client_stream(name)), keys.stream(user_stream(name)),
+                    keys.stream("all"), keys.away, keys.user(name), keys.events_channel):
+            assert key_slot(key.encode()) == key_slot(keys.tag.encode()), key
+    names = [keys.group(name) for name in USER_INPUT] + [
+        keys.group_presence(name) for name in USER_INPUT] + [
+        keys.session(name) for name in USER_INPUT] + [
+        keys.client_groups(name) for name in USER_INPUT]
+    assert len(set(names)) == len(names)  # no two names share a key
+    slots = {key_slot(keys.group(f"room-{i}").encode()) for i in range(300)}
+    assert len(slots) > 250  # groups land all over the slot space
+    assert not keys.is_group_channel(keys.broadcast_channel)
+    assert not keys.is_group_channel(keys.events_channel)
+
+
+def test_spread_group_keys_are_found_between_their_bounds() -> None:
+    for spread in (False, True):
+        keys = KeyLayout("chat", spread=spread)
+        start, end = keys.group_key_bounds
+        for name in USER_INPUT:
+            key = keys.group(name)
+            assert key.startswith(start)
+            assert key.endswith(end)
+            assert key[len(start):len(key) - len(end)] == name
 
 
 def test_a_presence_entry_round_trips_and_garbage_is_none() -> None:

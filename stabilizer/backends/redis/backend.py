@@ -25,6 +25,7 @@ from stabilizer.backends.redis.liveness import RedisLiveness
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.routing import RedisRouting
 from stabilizer.backends.redis.sessions import RedisSessions
+from stabilizer.backends.redis.spread import SpreadSteps
 from stabilizer.backends.redis.tokens import RedisEvents, RedisTokens
 from stabilizer.backends.redis.users import RedisUsers
 from stabilizer.config import WebSocketConfig
@@ -46,17 +47,21 @@ class RedisBackend:
         op_timeout: float = 2.0,
         pool_size: int = 64,
         also_close: list[Any] | None = None,
+        spread: bool | None = None,
     ) -> None:
-        self._core = core = RedisCore(client, KeyLayout(namespace, presence_buckets),
+        if spread is None:  # each group and client in its own slot: a Cluster's default
+            spread = isinstance(client, RedisCluster)
+        self._core = core = RedisCore(client, KeyLayout(namespace, presence_buckets, spread),
                                       op_timeout=op_timeout, pool_size=pool_size)
         self._owns_client = owns_client
         self._also_close = also_close or []
         self.presence = RedisPresence(core)
         self.users = RedisUsers(core)
         self.routing = RedisRouting(core)
-        self.groups = RedisGroups(core, self.routing, self.presence)
+        spread_steps = SpreadSteps(core, self.presence)
+        self.groups = RedisGroups(core, self.routing, self.presence, spread_steps)
         self.history = RedisHistory(core, self.presence)
-        self.sessions = RedisSessions(core, self.presence)
+        self.sessions = RedisSessions(core, self.presence, spread_steps)
         self.tokens = RedisTokens(core)
         self.liveness = RedisLiveness(core)
         self.events = RedisEvents(core)

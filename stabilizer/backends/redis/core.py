@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from stabilizer.backends.base import TaskSpawner
 from stabilizer.backends.redis import group_scripts as groups_lua
 from stabilizer.backends.redis import scripts as lua
+from stabilizer.backends.redis import spread_scripts as spread_lua
 from stabilizer.backends.redis import stream_scripts as streams_lua
 from stabilizer.backends.redis import user_scripts as users_lua
 from stabilizer.backends.redis.keys import KeyLayout
@@ -61,6 +62,13 @@ class Scripts:
         self.reconcile_groups = register(groups_lua.RECONCILE_GROUPS)
         self.route_change = register(groups_lua.ROUTE_CHANGE)
         self.presence_entries = register(groups_lua.PRESENCE_ENTRIES)
+        self.group_change = register(spread_lua.GROUP_CHANGE)
+        self.client_change = register(spread_lua.CLIENT_CHANGE)
+        self.client_end = register(spread_lua.CLIENT_END)
+        self.client_open = register(spread_lua.CLIENT_OPEN)
+        self.positions = register(spread_lua.POSITIONS)
+        self.sweep_due = register(spread_lua.SWEEP_DUE)
+        self.away_done = register(spread_lua.AWAY_DONE)
 
     def all(self) -> list[AsyncScript]:
         """Every script."""

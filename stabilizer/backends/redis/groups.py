@@ -11,6 +11,7 @@ from stabilizer.backends.records import MembershipChange
 from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.routing import RedisRouting
+from stabilizer.backends.redis.spread import SpreadSteps
 from stabilizer.pure.streams import group_stream
 
 _RECONCILE_BATCH: Final = 200
@@ -19,10 +20,12 @@ _RECONCILE_BATCH: Final = 200
 class RedisGroups:
     """Cluster-wide membership, and this node's group channels."""
 
-    def __init__(self, core: RedisCore, routing: RedisRouting, presence: RedisPresence) -> None:
+    def __init__(self, core: RedisCore, routing: RedisRouting, presence: RedisPresence,
+                 spread: SpreadSteps) -> None:
         self._core = core
         self._routing = routing
         self._presence = presence
+        self._spread = spread
 
     async def publish(self, group: str, envelope: bytes) -> int:
         """PUBLISH to the group's channel; return how many other nodes received it."""
@@ -33,6 +36,8 @@ class RedisGroups:
                       entry: str | None = None) -> MembershipChange:
         core = self._core
         keys = core.keys
+        if keys.spread:
+            return await self._spread.change(client_id, group, action, entry)
         script_keys = [keys.group(group), keys.client_groups(client_id),
                        keys.session(client_id), keys.stream_meta(group_stream(group)),
                        keys.away]
@@ -97,9 +102,16 @@ class RedisGroups:
     async def route_change(self, client_id: str, group: str, *, member: bool,
                            envelope: bytes) -> bool:
         """One script (ROUTE_CHANGE): check the client's group set, look up the owner and
-        publish; with presence in other slots, the plain ROUTE."""
+        publish; spread, the check and then ROUTE; with presence in other slots, the plain
+        ROUTE."""
         core = self._core
         keys = core.keys
+        if keys.spread:  # the client's group set first, then the route: two steps
+            listed = await core.call(core.client.sismember(keys.client_groups(client_id),
+                                                           group), "route_change")
+            if bool(int(listed)) != member:
+                return False
+            return await self._routing.route(client_id, envelope)
         if keys.buckets != 1:  # presence lives in other slots: no script can check both
             return await self._routing.route(client_id, envelope)
         reached = await core.call(core.scripts.route_change(
@@ -125,6 +137,8 @@ class RedisGroups:
         SADDs of its local groups (and the missing presence entries) with `restore`."""
         core = self._core
         keys = core.keys
+        if keys.spread:
+            return await self._spread.reconcile(local, restore, presence or {})
         clients = sorted(local)
         listed: dict[str, list[str]] = {}
         for start in range(0, len(clients), _RECONCILE_BATCH):
@@ -150,6 +164,8 @@ class RedisGroups:
         """One script (PRESENCE_ENTRIES): HGET the client's entry in each group's presence
         hash."""
         core = self._core
+        if core.keys.spread:
+            return await self._spread.presence_entries(client_id, groups)
         wanted = sorted(set(groups))
         if not wanted:
             return {}

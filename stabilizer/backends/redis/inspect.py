@@ -76,8 +76,8 @@ class RedisInspector:
     async def group_counts(self) -> list[tuple[str, int]]:
         """Every group with members: SCAN MATCH on the group sets, then SCARD in batches."""
         client = self._client
-        prefix = self._keys.group_prefix
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+        prefix, suffix = self._keys.group_key_bounds
+        pattern = _escaped(prefix) + "*" + _escaped(suffix)
         keys: dict[str, bytes] = {}
         # scan_iter: one SCAN cursor, or one per master of a Cluster (redis-py walks them)
         found = client.scan_iter(match=pattern, count=1000)
@@ -86,7 +86,8 @@ class RedisInspector:
                 key = await self.ask(anext(found))
             except StopAsyncIteration:
                 break
-            keys[text(key)[len(prefix):]] = key  # raw user strings
+            name = text(key)[len(prefix):len(text(key)) - len(suffix)]
+            keys[name] = key  # raw user strings
         names = sorted(keys)
         rows = []
         for start in range(0, len(names), 500):
@@ -105,3 +106,8 @@ class RedisInspector:
         raw = await self.ask(cast(Awaitable[bytes | None],  # redis-py: a union
                                   self._client.hget(self._keys.stream_meta("all"), "offset")))
         return None if raw is None else int(raw)
+
+
+def _escaped(literal: str) -> str:
+    """`literal` as a SCAN MATCH pattern that matches only itself."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in literal)

@@ -4,6 +4,13 @@
 slot of a Redis Cluster. With ``presence_buckets`` > 1, presence, the per-node sets and the
 per-node channels are spread over buckets tagged ``{ns:<b>}``.
 
+With ``spread`` (the default on a Redis Cluster) each group's keys and channel carry the
+group's own tag, ``{ns:g:<group>}``, and each client's session hash and group set the
+client's, ``{ns:c:<client>}``: the group traffic is spread over the shards, and no script
+spans two slots (spread.py runs the steps that used to be one script). A "}" in a name ends
+the tag early, at the same place in every key of that name, so all of them still share
+one slot; the fixed suffix after the tag keeps the names apart.
+
 Client ids, user ids, group names and stream names are user input. They appear in keys only
 after a fixed prefix that ends with ":" (``{ns}:s:<client>``, ``{ns}:cg:<client>``,
 ``{ns}:g:<group>``, ``{ns}:h:<stream>``, ``{ns}:gc:<group>``, ``{ns}:gp:<group>``,
@@ -81,11 +88,21 @@ class KeyLayout:
 
     namespace: str
     buckets: int = 1
+    spread: bool = False
 
     @property
     def tag(self) -> str:
         """The namespace's hash tag: every key not spread over buckets starts with it."""
         return f"{{{self.namespace}}}"
+
+    def group_tag(self, group: str) -> str:
+        """The hash tag of `group`'s keys and channel (spread), else the namespace's."""
+        return f"{{{self.namespace}:g:{group}}}" if self.spread else self.tag
+
+    def client_tag(self, client_id: str) -> str:
+        """The hash tag of `client_id`'s session and group set (spread), else the
+        namespace's."""
+        return f"{{{self.namespace}:c:{client_id}}}" if self.spread else self.tag
 
     def bucket_tag(self, bucket: int) -> str:
         """The hash tag of one presence bucket (the namespace's own with one bucket)."""
@@ -184,7 +201,15 @@ class KeyLayout:
 
     def group_channel(self, group: str) -> str:
         """Channel of one group's messages."""
+        if self.spread:
+            return f"{self.group_tag(group)}:c"
         return f"{self.tag}:gc:{group}"
+
+    def is_group_channel(self, channel: str) -> bool:
+        """True for the name of a group's channel (any group) of this namespace."""
+        if self.spread:
+            return channel.startswith(f"{{{self.namespace}:g:") and channel.endswith(":c")
+        return channel.startswith(f"{self.tag}:gc:")
 
     @property
     def sequenced_direct_prefix(self) -> str:
@@ -196,26 +221,48 @@ class KeyLayout:
 
     def group(self, group: str) -> str:
         """Set: the members of `group`."""
+        if self.spread:
+            return f"{self.group_tag(group)}:m"
         return self.group_prefix + group
 
     @property
     def group_prefix(self) -> str:
         """Prefix of the group member sets (PRESENCE_LIB names the group presence keys and
-        channels from it: ``g:`` becomes ``gp:``, ``gv:``, ``gc:``)."""
+        channels from it: ``g:`` becomes ``gp:``, ``gv:``, ``gc:``); not used when spread."""
         return f"{self.tag}:g:"
 
     def group_presence(self, group: str) -> str:
         """Hash: client_id -> the member's presence entry (pure/presence.py), for members
         that joined with metadata only."""
+        if self.spread:
+            return f"{self.group_tag(group)}:p"
         return f"{self.tag}:gp:{group}"
 
     def group_presence_version(self, group: str) -> str:
         """String: the version of the group's last presence change (while it has one)."""
+        if self.spread:
+            return f"{self.group_tag(group)}:v"
         return f"{self.tag}:gv:{group}"
+
+    @property
+    def group_key_bounds(self) -> tuple[str, str]:
+        """What every group member set's key starts and ends with (the group name lies
+        between)."""
+        if self.spread:
+            return f"{{{self.namespace}:g:", "}:m"
+        return self.group_prefix, ""
 
     def client_groups(self, client_id: str) -> str:
         """Set: the groups of `client_id`."""
+        if self.spread:
+            return f"{self.client_tag(client_id)}:g"
         return self.client_groups_prefix + client_id
+
+    def leaving(self, client_id: str) -> str:
+        """Set (spread only): the groups an ending session of `client_id` is still leaving;
+        kept until every group is left, so that a sweep can finish what a dead node began.
+        """
+        return f"{self.client_tag(client_id)}:gl"
 
     @property
     def client_groups_prefix(self) -> str:
@@ -224,6 +271,8 @@ class KeyLayout:
 
     def session(self, client_id: str) -> str:
         """Hash: a session's user data (``u:<key>``) and stream baselines (``p:<stream>``)."""
+        if self.spread:
+            return f"{self.client_tag(client_id)}:s"
         return self.session_prefix + client_id
 
     @property
@@ -237,9 +286,20 @@ class KeyLayout:
         return f"{self.tag}:away"
 
     def stream(self, stream: str) -> str:
-        """Stream: history entries of `stream`, ids ``<offset>-0``."""
+        """Stream: history entries of `stream`, ids ``<offset>-0`` (a group's in the group's
+        slot when spread; the others in the namespace's, next to the presence and user
+        hashes their script reads)."""
+        group = self._group_of(stream)
+        if group is not None:
+            return f"{self.group_tag(group)}:h"
         return f"{self.tag}:h:{stream}"
 
     def stream_meta(self, stream: str) -> str:
         """Hash: the offset and epoch of `stream`."""
+        group = self._group_of(stream)
+        if group is not None:
+            return f"{self.group_tag(group)}:hm"
         return f"{self.tag}:hm:{stream}"
+
+    def _group_of(self, stream: str) -> str | None:
+        return stream[2:] if self.spread and stream.startswith("g:") else None

@@ -10,6 +10,7 @@ from typing import Final
 from stabilizer.backends.base import Liveness, NodeReport, Presence
 from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.keys import entry_of, seat_of, since_us
+from stabilizer.backends.redis.spread import suspend
 from stabilizer.pure.users import info_json
 from stabilizer.pure.wire import kick_prefix
 
@@ -77,6 +78,9 @@ class RedisLiveness:
             return
         core = self._core
         keys = core.keys
+        if keys.spread:  # the sessions live in their clients' slots
+            await suspend(core, clients, int(session_ttl * 1000))
+            return
         await core.call(core.scripts.suspend(
             keys=[keys.away], args=[int(session_ttl * 1000), keys.session_prefix, *clients],
         ), "suspend")

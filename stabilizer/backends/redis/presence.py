@@ -41,7 +41,7 @@ class RedisPresence:
         if keys.buckets > 1 and (max_cluster is not None or user_limit is not None):
             raise ConfigError("connection limits across the cluster need presence_buckets=1")
         bucket = keys.bucket_of(presence.client_id)
-        in_script = end_groups and keys.buckets == 1
+        in_script = end_groups and keys.buckets == 1 and not keys.spread
         script_keys = [keys.presence(bucket), keys.node_set(bucket, presence.node_id)]
         if in_script:
             script_keys.append(keys.client_groups(presence.client_id))

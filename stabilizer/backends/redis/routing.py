@@ -151,11 +151,10 @@ class RedisRouting:
         unsubscribe from those of the second; return how many more confirmations to await.
         """
         keys = self._core.keys
-        prefix = keys.group_channel("")
         wanted = {keys.group_channel(group) for group in self._groups}
         have = {channel.decode("utf-8", "surrogateescape") for channel in seen}
         missing = sorted(wanted - have)
-        stale = sorted(c for c in have - wanted if c.startswith(prefix))
+        stale = sorted(c for c in have - wanted if keys.is_group_channel(c))
         if not missing and not stale:
             return 0
         try:

@@ -11,9 +11,11 @@ from typing import Final
 from stabilizer.backends.redis.user_scripts import SEATS_LIB
 
 # A Lua function that sets (`new` an entry) or removes (`new` false) a member's presence
-# entry in group `g`: the keys are named from the group-set prefix ``{ns}:g:`` (keys.py:
-# ``{ns}:gp:<group>``, ``{ns}:gv:<group>``, channel ``{ns}:gc:<group>``). When the entry
-# changed, it bumps the group's presence version and publishes a PRESENCE envelope
+# entry in group `g`: `keys_of` is the group-set prefix ``{ns}:g:``, which names the keys
+# (keys.py: ``{ns}:gp:<group>``, ``{ns}:gv:<group>``, channel ``{ns}:gc:<group>``), or a
+# function returning those three for a group (a spread layout's script passes its KEYS and
+# channel). When the entry changed, it bumps the group's presence version and publishes a
+# PRESENCE envelope
 # ``[1, 11, node, g, "[old,new]", nil, "<version>"]`` on the group's channel. A version key
 # starts at the Redis time in microseconds and goes when the group's presence empties, so
 # versions keep growing across that (a million changes a second would be needed to catch up
@@ -24,24 +26,28 @@ from stabilizer.backends.redis.user_scripts import SEATS_LIB
 # diff (a sweep ending many sessions at once).
 PRESENCE_LIB: Final = """
 local function presence_batch() return {groups = {}, items = {}, last = {}} end
-local function presence_envelope(base, g, node, payload, version, publish)
-  redis.call(publish, base .. 'gc:' .. g, '\\151\\001\\011' .. cmsgpack.pack(node)
+local function group_keys(keys_of)
+  if type(keys_of) ~= 'string' then return keys_of end
+  local base = string.sub(keys_of, 1, -3)
+  return function(g) return base .. 'gp:' .. g, base .. 'gv:' .. g, base .. 'gc:' .. g end
+end
+local function presence_envelope(channel, g, node, payload, version, publish)
+  redis.call(publish, channel, '\\151\\001\\011' .. cmsgpack.pack(node)
     .. cmsgpack.pack(g) .. cmsgpack.pack(payload) .. '\\192' .. cmsgpack.pack(version))
 end
-local function presence_flush(group_prefix, batch, node, publish)
-  local base = string.sub(group_prefix, 1, -3)
+local function presence_flush(keys_of, batch, node, publish)
+  keys_of = group_keys(keys_of)
   for _, g in ipairs(batch.groups) do
     local payload = '[' .. table.concat(batch.items[g], ',') .. ']'
-    presence_envelope(base, g, node, payload, batch.last[g], publish)
+    local _, _, channel = keys_of(g)
+    presence_envelope(channel, g, node, payload, batch.last[g], publish)
   end
 end
-local function presence_set(group_prefix, g, cid, new, node, publish, batch)
-  local base = string.sub(group_prefix, 1, -3)
-  local pkey = base .. 'gp:' .. g
+local function presence_set(keys_of, g, cid, new, node, publish, batch)
+  local pkey, vkey, channel = group_keys(keys_of)(g)
   local old = redis.call('HGET', pkey, cid)
   if (not old and not new) or old == new then return end
   if new then redis.call('HSET', pkey, cid, new) else redis.call('HDEL', pkey, cid) end
-  local vkey = base .. 'gv:' .. g
   local version
   if redis.call('EXISTS', vkey) == 1 then
     version = string.format('%d', redis.call('INCR', vkey))
@@ -62,7 +68,7 @@ local function presence_set(group_prefix, g, cid, new, node, publish, batch)
     return
   end
   local payload = '[' .. (old or 'null') .. ',' .. (new or 'null') .. ']'
-  presence_envelope(base, g, node, payload, version, publish)
+  presence_envelope(channel, g, node, payload, version, publish)
 end
 """
 

@@ -8,6 +8,7 @@ import time
 from stabilizer.backends.base import SessionState
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
 from stabilizer.backends.redis.presence import RedisPresence
+from stabilizer.backends.redis.spread import SpreadSteps
 from stabilizer.pure.streams import ALL, client_stream, user_stream
 
 
@@ -23,9 +24,10 @@ def parse_position(raw: bytes) -> tuple[int, str] | None:
 class RedisSessions:
     """Resumable sessions, cluster-wide."""
 
-    def __init__(self, core: RedisCore, presence: RedisPresence) -> None:
+    def __init__(self, core: RedisCore, presence: RedisPresence, spread: SpreadSteps) -> None:
         self._core = core
         self._presence = presence
+        self._spread = spread
         # the resumes of a reconnect storm share round trips
         self._loads = ScriptBatcher(core, core.scripts.load_session, "load_session")
         self._opens = ScriptBatcher(core, core.scripts.open_session, "open_session")
@@ -35,7 +37,7 @@ class RedisSessions:
         core = self._core
         keys = core.keys
         reply = await self._loads.submit(
-            [keys.session(client_id), keys.client_groups(client_id), keys.away], [client_id])
+            [keys.session(client_id), keys.client_groups(client_id)], [client_id])
         if not int(reply[0]):
             return None
         groups = sorted(text(g) for g in reply[1])
@@ -58,6 +60,11 @@ class RedisSessions:
         streams."""
         core = self._core
         keys = core.keys
+        if keys.spread:
+            raw = await self._spread.open(client_id, fresh=fresh, user_id=user_id,
+                                          conn_id=conn_id or "")
+            return {stream: position for stream, value in raw.items()
+                    if (position := parse_position(value.encode())) is not None}
         script_keys = [keys.session(client_id), keys.away, keys.stream_meta(ALL),
                        keys.stream_meta(client_stream(client_id)), keys.client_groups(client_id)]
         if user_id is not None:
@@ -81,6 +88,19 @@ class RedisSessions:
         connection (in the script, or read first when presence lives in other slots)."""
         core = self._core
         keys = core.keys
+        if keys.spread and conn_id is not None and keys.buckets == 1:
+            # the guard with the away list (both the namespace's), then the expiry
+            done = await core.call(core.scripts.suspend_session(
+                keys=[keys.away, keys.away, keys.presence(0)],
+                args=[int(ttl * 1000), client_id, conn_id, "1"]), "suspend")
+            if int(done):
+                await core.call(core.client.pexpire(keys.session(client_id),
+                                                    int(ttl * 1000) + 1000), "suspend")
+            return
+        if keys.spread:
+            if conn_id is None or await self._guard(client_id, conn_id) is not None:
+                await self._spread.suspend([client_id], int(ttl * 1000))
+            return
         if conn_id is None:
             await core.call(core.scripts.suspend(
                 keys=[keys.away], args=[int(ttl * 1000), keys.session_prefix, client_id],
@@ -102,6 +122,8 @@ class RedisSessions:
         presence = [] if conn_id is None else await self._guard(client_id, conn_id)
         if presence is None:
             return []
+        if keys.spread:
+            return await self._spread.end(client_id)
         reply = await core.call(core.scripts.end_session(
             keys=[keys.client_groups(client_id), keys.session(client_id), keys.away,
                   *presence],
@@ -115,7 +137,7 @@ class RedisSessions:
         in other slots: then it is read first, one more round trip and not atomic with the
         script); None when another connection of the client owns the session."""
         keys = self._core.keys
-        if keys.buckets == 1:
+        if keys.buckets == 1 and not keys.spread:
             return [keys.presence(0)]
         located = await self._presence.locate(client_id)
         return None if located is not None and located.conn_id != conn_id else []
@@ -124,6 +146,8 @@ class RedisSessions:
         """One script: end the sessions whose time ran out."""
         core = self._core
         keys = core.keys
+        if keys.spread:
+            return await self._spread.sweep(limit)
         if keys.buckets != 1:
             return await self._sweep_across_slots(limit)
         reply = await core.call(core.scripts.sweep(

@@ -66,7 +66,8 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 return groups
 """
 
-# KEYS: away zset. ARGV: ttl_ms, session-key prefix, client ids...
+# KEYS: away zset. ARGV: ttl_ms, session-key prefix ('' = the sessions' expiry is set by
+# the caller: spread layout), client ids...
 # The clients left (or their node died): their sessions end after ttl unless they return.
 SUSPEND: Final = """
 local t = redis.call('TIME')
@@ -74,25 +75,27 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 for i = 3, #ARGV do
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
-  redis.call('PEXPIRE', ARGV[2] .. ARGV[i], ttl + 1000)
+  if ARGV[2] ~= '' then redis.call('PEXPIRE', ARGV[2] .. ARGV[i], ttl + 1000) end
 end
 return #ARGV - 2
 """
 
-# KEYS: away zset, session hash[, presence hash]. ARGV: ttl_ms, client id, the closing
-# connection. The client left: its session ends after ttl unless it returns; nothing when
-# a newer connection of the client owns the session (OWNED_ELSEWHERE). Returns 1 if done.
+# KEYS: away zset, session hash (spread: the away zset again), presence hash (or none).
+# ARGV: ttl_ms, client id, the closing connection, '1' when the caller sets the session's
+# expiry (spread: it lives in another slot).
+# The client left: its session ends after ttl unless it returns; nothing when a newer
+# connection of the client owns the session (OWNED_ELSEWHERE). Returns 1 if done.
 SUSPEND_SESSION: Final = OWNED_ELSEWHERE + """
 if owned_elsewhere(KEYS[3], ARGV[2], ARGV[3]) then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ttl + 1000)
+if ARGV[4] ~= '1' then redis.call('PEXPIRE', KEYS[2], ttl + 1000) end
 return 1
 """
 
-# KEYS: session hash, client's group set, away zset. ARGV: client id.
+# KEYS: session hash, client's group set (one slot: the client's). ARGV: client id.
 # Returns {exists, groups, field/value pairs...} (user data "u:<key>", baselines
 # "p:<stream>" = "offset|epoch") for a live or resumable session.
 LOAD_SESSION: Final = """
@@ -197,10 +200,14 @@ return {changed, holder}
 # KEYS: stream, meta hash, presence hash (a user target: the user's hash), session hash.
 # ARGV: target kind, envelope prefix, max entries, stream ttl ms, meta ttl ms, new epoch,
 #       publish command, channel (all/group), client id, node-channel prefix, owner node
-#       ('' = look it up in the presence hash; '-' = known absent).
+#       ('' = look it up in the presence hash; '-' = known absent), '1' when the caller
+#       found the client's session, '?' when it could not look (spread layout: the session
+#       is in another slot).
 # A user target's message goes to every node holding a connection of the user, and
 # `receivers` counts those connections.
-# Returns {offset, epoch, receivers}; {0, '', 0} when a client target is gone for good.
+# Returns {offset, epoch, receivers}; {0, '', 0} when a client target is gone for good;
+# {-1, '', 0} (having done nothing) when it is not connected and its session was not looked
+# up ('?').
 SEQUENCE: Final = """
 local channel = ARGV[8]
 local per_node = nil
@@ -212,7 +219,10 @@ if ARGV[1] == 'client' then
   elseif ARGV[11] ~= '-' then
     node = ARGV[11]
   end
-  if not node and redis.call('EXISTS', KEYS[4]) == 0 then return {0, '', 0} end
+  if not node and ARGV[12] == '?' then return {-1, '', 0} end
+  if not node and ARGV[12] ~= '1' and redis.call('EXISTS', KEYS[4]) == 0 then
+    return {0, '', 0}
+  end
   channel = node and (ARGV[10] .. node) or ''
 elseif ARGV[1] == 'user' then
   per_node = {}

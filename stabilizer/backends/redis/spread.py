@@ -1,0 +1,290 @@
+"""Groups and sessions in the spread key layout (keys.py): what one script did across a
+group, a client and the namespace is done here in steps, one script per slot.
+
+Order keeps the store recoverable. A client's group set lists a group before the group's
+member set gets the client, and loses it only after; an ending session moves its groups to
+the client's ``leaving`` set, and the client is on the away list (with a lease) until every
+group is left. A node that dies between two steps leaves the client due on the away list,
+and the next sweep finishes the leaving. Concurrent changes of one client and group made
+by two nodes at once are not atomic here as they are with one slot: each step is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, Final
+
+from stabilizer.backends.base import Presence
+from stabilizer.backends.records import MembershipChange
+from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.presence import RedisPresence
+from stabilizer.pure.streams import ALL, client_stream, group_stream, user_stream
+from stabilizer.pure.wire import Envelope, Kind, encode, event_body
+from stabilizer.results import ClusterEvent
+
+# how long a sweep (or an end) holds a client before another sweep may finish it
+LEASE_MS: Final = 30_000
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def suspend(core: RedisCore, clients: Collection[str], ttl_ms: int) -> None:
+    """SUSPEND in steps: the clients go on the away list (the namespace's slot), then each
+    session gets its expiry (its own slot)."""
+    keys = core.keys
+    await core.call(core.scripts.suspend(keys=[keys.away], args=[ttl_ms, "", *clients]),
+                    "suspend")
+    await asyncio.gather(*(core.call(core.client.pexpire(keys.session(c), ttl_ms + 1000),
+                                     "suspend") for c in clients))
+
+
+class SpreadSteps:
+    """The multi-step forms of MEMBERSHIP, OPEN_SESSION, END_SESSION, SWEEP and
+    RECONCILE_GROUPS, for keys spread over the slots of groups and clients."""
+
+    def __init__(self, core: RedisCore, presence: RedisPresence) -> None:
+        self._core = core
+        self._presence = presence
+
+    # --- single steps ---------------------------------------------------------------
+
+    async def _group(self, group: str, action: str, clients: Iterable[str],
+                     entry: str = "") -> Any:
+        core = self._core
+        keys = core.keys
+        return await core.call(core.scripts.group_change(
+            keys=[keys.group(group), keys.group_presence(group),
+                  keys.group_presence_version(group), keys.stream_meta(group_stream(group))],
+            args=[action, group, core.node_id, core.publish_command, keys.group_channel(group),
+                  entry, *clients],
+        ), "membership")
+
+    async def _client(self, client_id: str, action: str, group: str,
+                      position: str | None = None) -> tuple[str, bool]:
+        core = self._core
+        keys = core.keys
+        args = [action, group] if position is None else [action, group, position]
+        holder, exists = await core.call(core.scripts.client_change(
+            keys=[keys.client_groups(client_id), keys.session(client_id)], args=args,
+        ), "membership")
+        return text(holder), bool(int(exists))
+
+    async def _events(self, event: str, pairs: Iterable[tuple[str, str]]) -> None:
+        """Publish a cluster event per (client, group) (cluster_events only)."""
+        core = self._core
+        if not core.events:
+            return
+        for client_id, group in pairs:
+            body = event_body(ClusterEvent(event, client_id, group, core.node_id))
+            await core.publish(core.keys.events_channel,
+                               encode(Envelope(Kind.EVENT, core.node_id, None, body)),
+                               "membership")
+
+    async def _away(self, client_id: str, due: int, op: str, *, only_new: bool = False) -> None:
+        core = self._core
+        await core.call(core.client.zadd(core.keys.away, {client_id: due}, nx=only_new), op)
+
+    # --- membership -----------------------------------------------------------------
+
+    async def change(self, client_id: str, group: str, action: str,
+                     entry: str | None) -> MembershipChange:
+        """A join, leave or presence update: the client's slot, then the group's (a join
+        records the group stream's baseline in the session after). The holder is the
+        session's, or without sessions the connection presence names (read alongside)."""
+        core = self._core
+        if action == "update":
+            member, _ = await self._group(group, "update", [client_id], entry or "")
+            return MembershipChange(bool(int(member)), None)
+        located = None
+        if action == "join":
+            (holder, exists), located = await asyncio.gather(
+                self._client(client_id, "join", group), self._locate(client_id))
+            changed, position = await self._group(group, "join", [client_id], entry or "")
+            changed = bool(int(changed))
+            if changed and exists:
+                holder, exists = await self._client(client_id, "join", group, text(position))
+            if not (exists if core.sessions else located):
+                # a client the store does not know: the sweep ends this if it never returns
+                await self._away(client_id, _now_ms() + core.orphan_grace_ms, "membership",
+                                 only_new=True)
+        else:
+            left, located = await asyncio.gather(self._group(group, "leave", [client_id]),
+                                                 self._locate(client_id))
+            changed = bool(left)
+            holder, exists = await self._client(client_id, "leave", group)
+        if changed:
+            await self._events(action, [(client_id, group)])
+        if not core.sessions:
+            holder = located.conn_id if located is not None else ""
+        return MembershipChange(changed, holder)
+
+    async def _locate(self, client_id: str) -> Presence | None:
+        """The client's presence when no session names its holder (else None unread)."""
+        return None if self._core.sessions else await self._presence.locate(client_id)
+
+    async def leave_groups(self, by_group: Mapping[str, Collection[str]]) -> None:
+        """Take the clients out of each group, one script per group (the presence changes
+        of one group in one envelope), concurrently."""
+        groups = sorted(by_group)
+        left = await asyncio.gather(*(self._group(g, "leave", sorted(by_group[g]))
+                                      for g in groups))
+        await self._events("leave", [(text(c), g) for g, gone in zip(groups, left, strict=True)
+                                     for c in gone])
+
+    # --- ending sessions --------------------------------------------------------------
+
+    async def _client_end(self, client_id: str, mode: str, held: bool,
+                          opening: list[str] | None = None) -> Any:
+        core = self._core
+        keys = core.keys
+        return await core.call(core.scripts.client_end(
+            keys=[keys.client_groups(client_id), keys.leaving(client_id),
+                  keys.session(client_id)],
+            args=[mode, "1" if held else "0", *(opening or [])],
+        ), "end_session")
+
+    async def finish(self, clients: Collection[str], deadline: int,
+                     mode: str) -> dict[str, list[str]]:
+        """End the sessions of `clients`, each held on the away list until `deadline`: move
+        each one's groups to its leaving set, leave them, then drop the leaving sets and
+        the away entries. Returns the groups each ended session left ('sweep': a client
+        whose session is live again is skipped)."""
+        core = self._core
+        keys = core.keys
+        order = sorted(clients)
+        replies = await asyncio.gather(*(self._client_end(c, mode, True) for c in order))
+        ended: dict[str, list[str]] = {}
+        by_group: dict[str, list[str]] = defaultdict(list)
+        for client_id, reply in zip(order, replies, strict=True):
+            if reply is None:  # live again (a resume)
+                continue
+            ended[client_id] = sorted(text(g) for g in reply[1:])
+            for group in ended[client_id]:
+                by_group[group].append(client_id)
+        await self.leave_groups(by_group)
+        await asyncio.gather(*(core.call(core.client.delete(keys.leaving(c)), "end_session")
+                               for c, groups in ended.items() if groups))
+        if order:
+            await core.call(core.scripts.away_done(
+                keys=[keys.away], args=[deadline, *order]), "end_session")
+        return ended
+
+    async def _lease(self, client_id: str, op: str) -> int:
+        """Put the client on the away list for the lease; return its deadline."""
+        deadline = _now_ms() + LEASE_MS
+        await self._away(client_id, deadline, op)
+        return deadline
+
+    async def end(self, client_id: str) -> list[str]:
+        """END_SESSION: a client with no group ends in one step; one with groups goes on the
+        away list for the lease first, so that a sweep finishes this if the node dies
+        halfway."""
+        if int((await self._client_end(client_id, "end", False))[0]) == 0:
+            return []
+        deadline = await self._lease(client_id, "end_session")
+        return (await self.finish([client_id], deadline, "end")).get(client_id, [])
+
+    async def sweep(self, limit: int) -> list[str]:
+        """SWEEP: the due clients, held for the lease; those whose presence is back leave
+        the list; the others' sessions end."""
+        core = self._core
+        keys = core.keys
+        here = keys.buckets == 1  # presence shares the away list's slot
+        reply = await core.call(core.scripts.sweep_due(
+            keys=[keys.away, keys.presence(0)] if here else [keys.away],
+            args=[limit, LEASE_MS]), "sweep")
+        deadline, due = int(reply[0]), [text(c) for c in reply[1:]]
+        if not here:
+            located = await asyncio.gather(*(self._presence.locate(c) for c in due))
+            back = [c for c, where in zip(due, located, strict=True) if where is not None]
+            if back:
+                await core.call(core.scripts.away_done(
+                    keys=[keys.away], args=[deadline, *back]), "sweep")
+            due = [c for c, where in zip(due, located, strict=True) if where is None]
+        return sorted(await self.finish(due, deadline, "sweep"))
+
+    async def suspend(self, clients: Collection[str], ttl_ms: int) -> None:
+        """SUSPEND (see suspend)."""
+        await suspend(self._core, clients, ttl_ms)
+
+    # --- opening sessions ------------------------------------------------------------
+
+    async def open(self, client_id: str, *, fresh: bool, user_id: str | None,
+                   conn_id: str) -> dict[str, str]:
+        """OPEN_SESSION. A resumed session: marked live, and off the away list. A fresh
+        one: off the away list and its streams' baselines read (the namespace's slot), then
+        it replaces the earlier session in one step when that had no groups; otherwise the
+        client is held for the lease while the earlier groups are left. Returns the raw
+        baselines by stream."""
+        core = self._core
+        keys = core.keys
+        session = [keys.session(client_id), keys.leaving(client_id)]
+        if not fresh:
+            await asyncio.gather(
+                core.call(core.scripts.client_open(keys=session, args=[conn_id, "0"]),
+                          "open_session"),
+                core.call(core.client.zrem(keys.away, client_id), "open_session"))
+            return {}
+        streams = [ALL, client_stream(client_id)]
+        if user_id is not None:
+            streams.append(user_stream(user_id))
+        positions = await core.call(core.scripts.positions(
+            keys=[keys.away, *(keys.stream_meta(s) for s in streams)], args=[client_id],
+        ), "open_session")
+        baselines = {stream: text(raw) for stream, raw in zip(streams, positions, strict=True)}
+        pairs = [part for pair in baselines.items() for part in pair]
+        if int((await self._client_end(client_id, "open", False, [conn_id, *pairs]))[0]) == 0:
+            return baselines
+        deadline = await self._lease(client_id, "open_session")
+        reply = await self._client_end(client_id, "open", True, [conn_id, *pairs])
+        if int(reply[0]) == 0:  # (its groups went meanwhile: it began in one step)
+            return baselines
+        await self.leave_groups({text(g): [client_id] for g in reply[1:]})
+        await core.call(core.scripts.client_open(keys=session, args=[conn_id, "1", *pairs]),
+                        "open_session")
+        await core.call(core.scripts.away_done(keys=[keys.away], args=[deadline, client_id]),
+                        "open_session")
+        return baselines
+
+    # --- reading and restoring ------------------------------------------------------------
+
+    async def reconcile(self, local: Mapping[str, Collection[str]], restore: bool,
+                        presence: Mapping[str, Mapping[str, str]]) -> dict[str, list[str]]:
+        """RECONCILE_GROUPS: each client's group set (after adding its local groups, with
+        `restore`); restored memberships go back to their groups' sets (with the entries
+        their presence hashes lost), and the restored clients on the away list."""
+        core = self._core
+        keys = core.keys
+        clients = sorted(local)
+        if restore:
+            await asyncio.gather(*(core.call(core.client.sadd(keys.client_groups(c),
+                                                              *sorted(local[c])),
+                                             "reconcile_groups")
+                                   for c in clients if local[c]))
+            by_group: dict[str, list[str]] = defaultdict(list)
+            for client_id in clients:
+                entries = presence.get(client_id, {})
+                for group in local[client_id]:
+                    by_group[group] += [client_id, entries.get(group, "")]
+            await asyncio.gather(*(self._group(g, "restore", pairs)
+                                   for g, pairs in sorted(by_group.items())))
+            due = _now_ms() + core.orphan_grace_ms
+            await asyncio.gather(*(self._away(c, due, "reconcile_groups", only_new=True)
+                                   for c in clients if local[c]))
+        listed = await asyncio.gather(*(core.call(core.client.smembers(keys.client_groups(c)),
+                                                  "reconcile_groups") for c in clients))
+        return {c: sorted(text(g) for g in groups)
+                for c, groups in zip(clients, listed, strict=True)}
+
+    async def presence_entries(self, client_id: str, groups: Collection[str]) -> dict[str, str]:
+        """The client's entry in each group's presence hash (one HGET per group)."""
+        core = self._core
+        wanted = sorted(set(groups))
+        found = await asyncio.gather(*(core.call(core.client.hget(
+            core.keys.group_presence(g), client_id), "presence_entries") for g in wanted))
+        return {g: text(raw) for g, raw in zip(wanted, found, strict=True) if raw}

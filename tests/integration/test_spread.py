@@ -1,0 +1,155 @@
+"""The spread key layout (keys.py): each group's keys and channel in the group's own slot,
+each client's session and group set in the client's, the default on a Redis Cluster.
+
+Real servers: a three-master Cluster, and a standalone Redis asked to spread (the same
+steps, one server). What is checked: the group traffic reaches every master, and the
+stepwise end of a session recovers from a node that stops halfway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from stabilizer.backends.base import Backend
+from stabilizer.backends.redis import RedisBackend
+from stabilizer.backends.redis import spread as spread_module
+from stabilizer.backends.redis.spread import SpreadSteps
+from stabilizer.errors import BackendUnavailable
+from stabilizer.node.tasks import TaskOwner
+from stabilizer.pure.streams import Target
+from stabilizer.pure.wire import Envelope, Kind, encode
+from tests.support.redis_server import RedisClusterServers
+
+pytestmark = pytest.mark.redis
+
+Opener = Callable[[str], Awaitable[Backend]]
+
+
+@pytest.fixture(params=["cluster", "standalone"])
+async def open_spread(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Opener]:
+    """Backends with the spread layout that share one store (sessions on)."""
+    tasks = TaskOwner()
+    opened: list[RedisBackend] = []
+
+    async def factory(node_id: str) -> Backend:
+        backend: RedisBackend
+        if request.param == "cluster":
+            url = request.getfixturevalue("redis_cluster").url
+            backend = RedisBackend(RedisCluster.from_url(url), namespace=namespace,
+                                   owns_client=True, presence_buckets=4)
+        else:
+            url = request.getfixturevalue("redis_url")
+            backend = RedisBackend(Redis.from_url(url), namespace=namespace,
+                                   owns_client=True, spread=True)
+        assert backend.keys.spread
+        await backend.open(node_id, tasks, sessions=True)
+        opened.append(backend)
+        return backend
+
+    yield factory
+    assert await tasks.stop(2.0) == []
+    for backend in opened:
+        await backend.aclose()
+
+
+async def test_group_traffic_reaches_every_master(redis_cluster: RedisClusterServers,
+                                                  namespace: str) -> None:
+    tasks = TaskOwner()
+    backend = RedisBackend(RedisCluster.from_url(redis_cluster.url), namespace=namespace,
+                           owns_client=True)
+    masters = [Redis.from_url(node.url) for node in redis_cluster.nodes]
+    try:
+        await backend.open("node-a", tasks, sessions=True)
+        for master in masters:
+            await master.config_resetstat()
+        for i in range(30):
+            group = f"room-{i}"
+            await backend.groups.join(f"client-{i}", group)
+            await backend.history.sequence(
+                Target("group", group), Envelope(Kind.GROUP, "node-a", group, "hello"),
+                size=10, ttl=60, meta_ttl=60)
+            await backend.groups.publish(
+                group, encode(Envelope(Kind.GROUP, "node-a", group, "live")))
+        for master in masters:
+            stats = await master.info("commandstats")
+            # every master sequenced and published some of the groups' messages
+            assert stats["cmdstat_xadd"]["calls"] > 0, stats
+            assert stats["cmdstat_spublish"]["calls"] > 0, stats
+            assert stats["cmdstat_sadd"]["calls"] > 0, stats
+    finally:
+        assert await tasks.stop(2.0) == []
+        await backend.aclose()
+        for master in masters:
+            await master.aclose()
+
+
+async def test_an_end_cut_short_is_finished_by_a_sweep(
+        open_spread: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spread_module, "LEASE_MS", 200)
+    a, b = await open_spread("node-a"), await open_spread("node-b")
+    await a.sessions.activate("alice", fresh=True, conn_id="conn-1")
+    for group in ("room", "lobby"):
+        await a.groups.join("alice", group)
+    leave_groups = SpreadSteps.leave_groups
+
+    async def stops_here(self: SpreadSteps, by_group: object) -> None:
+        raise BackendUnavailable("the node stopped here")
+
+    monkeypatch.setattr(SpreadSteps, "leave_groups", stops_here)
+    with pytest.raises(BackendUnavailable):
+        await a.sessions.end("alice")
+    monkeypatch.setattr(SpreadSteps, "leave_groups", leave_groups)
+    assert await b.groups.members("room") == ["alice"]  # the group still lists it
+    assert await b.sessions.load("alice") is None  # the session itself ended
+    async with asyncio.timeout(5.0):  # the lease runs out; another node's sweep finishes
+        while "alice" not in await b.sessions.sweep():
+            await asyncio.sleep(0.05)
+    assert await b.groups.members("room") == []
+    assert await b.groups.members("lobby") == []
+    assert await b.groups.of_client("alice") == []
+    assert await b.sessions.sweep() == []  # nothing left over
+
+
+async def test_a_sweep_spares_a_session_resumed_while_it_ran(
+        open_spread: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = await open_spread("node-a"), await open_spread("node-b")
+    await a.sessions.activate("bob", fresh=True, conn_id="conn-1")
+    await a.groups.join("bob", "room")
+    await a.sessions.suspend("bob", 0.01)
+    finish = SpreadSteps.finish
+    resumed = asyncio.Event()
+
+    async def resume_first(self: SpreadSteps, clients: list[str], deadline: int,
+                           mode: str) -> dict[str, list[str]]:
+        if "bob" in clients and not resumed.is_set():
+            resumed.set()  # bob comes back between the pick and the end
+            await a.sessions.activate("bob", fresh=False, conn_id="conn-2")
+        return await finish(self, clients, deadline, mode)
+
+    monkeypatch.setattr(SpreadSteps, "finish", resume_first)
+    async with asyncio.timeout(5.0):
+        while not resumed.is_set():
+            assert "bob" not in await b.sessions.sweep()
+            await asyncio.sleep(0.02)
+    assert await b.groups.members("room") == ["bob"]
+    state = await b.sessions.load("bob")
+    assert state is not None
+    assert state.groups == ["room"]
+
+
+async def test_a_fresh_session_leaves_the_groups_of_the_last_one(open_spread: Opener) -> None:
+    a, b = await open_spread("node-a"), await open_spread("node-b")
+    await a.sessions.activate("carol", fresh=True, conn_id="conn-1")
+    await a.groups.join("carol", "room", '{"status": "here"}')
+    assert await b.groups.count_presence("room") == 1
+    await b.sessions.activate("carol", fresh=True, conn_id="conn-2")
+    assert await a.groups.members("room") == []
+    assert await a.groups.count_presence("room") == 0
+    state = await a.sessions.load("carol")
+    assert state is not None
+    assert state.groups == []

@@ -1,5 +1,5 @@
-"""The pure half of ``bench.shards``: read what each Redis Cluster master reports (``CLUSTER
-NODES``, ``INFO commandstats``) and turn it into per-master shares and a verdict.
+"""The pure half of ``bench.shards``: its plan, and reading what each Redis Cluster master
+reports (``CLUSTER NODES``, ``INFO commandstats``) into per-master shares and a verdict.
 
 What is counted
 ---------------
@@ -28,6 +28,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+
+SCENARIOS: Final = ("history", "plain", "membership")
+REPLICAS: Final = 3
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one benchmark run."""
+
+    reps: int
+    groups: int = 300
+    members: int = 3  # per group, on replicas 0, 1, 2, 0, ...
+    seconds: float = 20.0
+    rate: float = 300.0  # operations per second over all replicas
+    history_size: int = 100
+    namespace: str = "bench"
+    delivery_timeout: float = 30.0
+
+
+FULL: Final = Plan(reps=3)
+QUICK: Final = Plan(reps=1, groups=30, seconds=3.0, rate=100.0)
+
 
 #: Commands that are not work on the workload's keys (matched on the part before ``|``).
 HOUSEKEEPING: Final = frozenset({
@@ -155,3 +177,21 @@ def within_goal(values: Iterable[float | None], masters: int = 3,
     goal = 100.0 / masters
     return all(abs(value - goal) <= tolerance for value in listed if value is not None)
 
+
+
+def master_values(per_master: Sequence[Mapping[str, Calls]]) -> dict[str, float]:
+    """The figures a run records, master by master (index i in slot order): for each kind
+    (``all``, ``data``, ``usec``, ``scripts``, ``publishes``) ``m<i>_<kind>_n``, the count,
+    and ``m<i>_<kind>_pct``, its share of the kind's total (left out when the total is 0)."""
+    tallies = [tally(calls) for calls in per_master]
+    values: dict[str, float] = {}
+    for kind, counts in (("all", [t.commands for t in tallies]),
+                         ("data", [t.data for t in tallies]),
+                         ("usec", [t.data_usec for t in tallies]),
+                         ("scripts", [t.scripts for t in tallies]),
+                         ("publishes", [t.publishes for t in tallies])):
+        for index, (count, share) in enumerate(zip(counts, shares(counts), strict=True)):
+            values[f"m{index}_{kind}_n"] = count
+            if share is not None:
+                values[f"m{index}_{kind}_pct"] = share
+    return values

@@ -14,7 +14,7 @@ from bench.shard_stats import GOAL_TOLERANCE, Master, within_goal
 TITLES: Final = {
     "history": "send_to_group, history on (the SEQUENCE script: XADD + SPUBLISH in Lua)",
     "plain": "send_to_group, history off (SPUBLISH on the group's channel)",
-    "membership": "membership churn: update_presence, leave_group + join_group (presence)",
+    "membership": "update_presence, and leave_group + join_group with presence, in turn",
 }
 #: (column, metric key) of the share columns.
 SHARES: Final = (("% all commands", "all"), ("% group commands", "data"),

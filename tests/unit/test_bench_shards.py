@@ -8,6 +8,7 @@ from bench.core import Run
 from bench.shard_stats import (
     Calls,
     command_calls,
+    master_values,
     parse_cluster_nodes,
     shares,
     tally,
@@ -100,3 +101,27 @@ def test_the_verdict_counts_the_repetitions_that_met_the_goal() -> None:
     assert "NOT met in 1 of 2" in text
     assert "0.0–100.0%" in text
     assert verdict([even], "publishes", 3) == "nothing of this kind ran"
+
+
+def test_each_master_gets_its_counts_and_shares_in_slot_order() -> None:
+    busy = command_calls({"cmdstat_evalsha": stat(3, 30), "cmdstat_xadd": stat(3, 9),
+                          "cmdstat_spublish": stat(3, 6), "cmdstat_ping": stat(1, 1)})
+    light = command_calls({"cmdstat_evalsha": stat(1, 10), "cmdstat_xadd": stat(1, 3),
+                           "cmdstat_spublish": stat(1, 2)})
+    idle = command_calls({"cmdstat_config|resetstat": stat(1, 5)})
+
+    values = master_values([busy, light, idle])
+
+    assert values["m0_data_n"] == 9
+    assert values["m0_data_pct"] == 75.0
+    assert values["m1_data_pct"] == 25.0
+    assert values["m2_data_pct"] == 0.0
+    assert values["m0_usec_pct"] == 75.0
+    assert values["m0_all_n"] == 10
+    assert values["m2_all_n"] == 1
+    assert values["m1_scripts_pct"] == 25.0
+    assert values["m0_publishes_pct"] == 75.0
+    assert "m0_scripts_pct" in values
+    no_scripts = master_values([idle, idle, idle])
+    assert "m0_scripts_pct" not in no_scripts  # nothing ran: no share, not 0%
+    assert no_scripts["m0_scripts_n"] == 0

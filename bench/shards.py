@@ -90,6 +90,18 @@ def code_identity(root: Path) -> dict[str, Any]:
             "stabilizer_uncommitted": changed.splitlines() if changed else []}
 
 
+def stored_report(path: Path) -> str:
+    """The report of a results file written earlier (re-rendered with this code)."""
+    data = json.loads(path.read_text())
+    runs = [Run(**run) for run in data["runs"]]
+    masters = [Master(m["port"], tuple((start, end) for start, end in m["slots"]))
+               for m in data["masters"]]
+    scenarios = list(dict.fromkeys(run.scenario for run in runs))
+    plan = data["plan"]
+    return report(runs, plan["groups"], scenarios, masters, data["namespace_slot"],
+                  plan["namespace"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.shards",
                                      description=__doc__.split("\n\n", 1)[0] if __doc__
@@ -105,7 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stabilizer-path", type=Path, metavar="DIR",
                         help="the folder holding the stabilizer/ to measure, put first on the "
                              "import path (default: the import path as it is)")
+    parser.add_argument("--report", type=Path, metavar="JSON",
+                        help="print the report of a results file instead of measuring")
     args = parser.parse_args(argv)
+    if args.report is not None:
+        print(stored_report(args.report))
+        return 0
     plan = QUICK if args.quick else FULL
     changes = {"groups": args.groups, "seconds": args.seconds, "reps": args.repetitions,
                "rate": args.rate}

@@ -4,6 +4,7 @@ even spread (each master 33% ± 10 points)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Final
@@ -29,13 +30,12 @@ def found(runs: Sequence[Run], key: str) -> list[float]:
 
 
 def cell(values: Sequence[float], digits: int = 1) -> str:
-    """The median, and the range (min to max) when there are several values."""
+    """The median, and the range (min to max) when the values differ (as shown)."""
     if not values:
         return "n/a"
     median = f"{statistics.median(values):,.{digits}f}"
-    if len(values) < 2:
-        return median
-    return f"{median} ({min(values):,.{digits}f}–{max(values):,.{digits}f})"
+    low, high = f"{min(values):,.{digits}f}", f"{max(values):,.{digits}f}"
+    return median if low == high else f"{median} ({low}–{high})"
 
 
 def verdict(runs: Sequence[Run], metric: str, masters: int) -> str:
@@ -74,10 +74,14 @@ def scenario_section(scenario: str, runs: Sequence[Run], masters: Sequence[Maste
     for key in ("sends", "joins", "leaves", "updates", "failed"):
         if any(found(runs, key)):
             ops.append(f"{key} {cell(found(runs, key), 0)}")
+    data = [sum(r.values.get(f"m{i}_data_n", 0.0) for i in range(len(masters))) for r in runs]
+    per_op = [total / r.values["operations"] for total, r in zip(data, runs, strict=True)
+              if r.values.get("operations")]
+    ops.append(f"group commands {cell(data, 0)} ({cell(per_op)} per operation)")
     if found(runs, "expected"):
         ops.append(f"frames delivered {cell(found(runs, 'delivered'), 0)} of "
                    f"{cell(found(runs, 'expected'), 0)}")
-    lines += ["; ".join(ops) + " (median (min–max) over the repetitions).", ""]
+    lines += ["; ".join(ops) + ".", ""]
     lines.append(table(["master (port)", "slots", *(c for c, _ in SHARES)], rows))
     lines.append("")
     lines += [f"- {label}: {verdict(runs, key, len(masters))}" for label, key in JUDGED]
@@ -85,6 +89,13 @@ def scenario_section(scenario: str, runs: Sequence[Run], masters: Sequence[Maste
               "a group, and of those naming a member):", ""]
     lines.append(table(["master (port)", "keys", "group keys", "member keys"], keys))
     return "\n".join(lines)
+
+
+def chance_points(groups: int, masters: int) -> float:
+    """The standard deviation, in points, of one master's share of `groups` equally busy
+    groups that each land on a master at random (binomial)."""
+    p = 1.0 / masters
+    return 100.0 * math.sqrt(p * (1.0 - p) / groups)
 
 
 def report(runs: Sequence[Run], groups: int, scenarios: Sequence[str],
@@ -95,7 +106,11 @@ def report(runs: Sequence[Run], groups: int, scenarios: Sequence[str],
              f"{{{namespace}}} is slot {ns_slot}, served by master #{owner} (\"ns\"). "
              "Group commands: every executed command but housekeeping, commands run by "
              "scripts included; all commands: housekeeping too, the benchmark's own CONFIG "
-             "RESETSTAT (one per master) included (definitions: bench/shard_stats.py)."]
+             "RESETSTAT (one per master) included (definitions: bench/shard_stats.py). "
+             "Figures: the median over the repetitions, and their range (min–max) where "
+             "they differ. With groups placed in random slots, chance alone moves a "
+             f"master's share by about {chance_points(groups, len(masters)):.1f} points (one "
+             "standard deviation)."]
     for scenario in scenarios:
         done = [r for r in runs if r.scenario == scenario and r.error is None]
         if done:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+from pathlib import Path
+
 import pytest
 
 from bench.core import Run
@@ -14,7 +18,8 @@ from bench.shard_stats import (
     tally,
     within_goal,
 )
-from bench.shards_report import verdict
+from bench.shards import stored_report
+from bench.shards_report import chance_points, verdict
 
 NODES = (
     "07c3 127.0.0.1:30002@40002 master - 0 1426238317239 2 connected 5461-10922\n"
@@ -125,3 +130,27 @@ def test_each_master_gets_its_counts_and_shares_in_slot_order() -> None:
     no_scripts = master_values([idle, idle, idle])
     assert "m0_scripts_pct" not in no_scripts  # nothing ran: no share, not 0%
     assert no_scripts["m0_scripts_n"] == 0
+
+
+def test_chance_alone_spreads_thirty_groups_three_times_wider_than_three_hundred() -> None:
+    assert chance_points(300, 3) == pytest.approx(2.72, abs=0.01)
+    assert chance_points(30, 3) == pytest.approx(8.61, abs=0.01)
+
+
+def test_a_stored_results_file_renders_its_report_again(tmp_path: Path) -> None:
+    run = Run("plain", "stabilizer", 300, 0, values={
+        "operations": 10.0, "m0_data_n": 10.0, "m1_data_n": 0.0,
+        "m0_data_pct": 100.0, "m1_data_pct": 0.0, "m0_publishes_pct": 100.0,
+        "m1_publishes_pct": 0.0, "m0_group_keys": 300.0, "m1_group_keys": 0.0})
+    stored = {"runs": [asdict(run)], "namespace_slot": 2933,
+              "masters": [{"port": 7000, "slots": [[0, 8191]]},
+                          {"port": 7001, "slots": [[8192, 16383]]}],
+              "plan": {"groups": 300, "namespace": "bench"}}
+    path = tmp_path / "shards.json"
+    path.write_text(json.dumps(stored))
+
+    text = stored_report(path)
+
+    assert "| #1 (7000) ns | 0-8191 (8192) | n/a | 100.0 |" in text
+    assert "goal 50% ± 10 each: NOT met in 0 of 1" in text
+    assert "| #1 (7000) ns | n/a | 300 | n/a |" in text

@@ -5,6 +5,8 @@ Usage::
     python -m bench.shards --quick    # 30 groups, 3 s windows, one repetition
     python -m bench.shards            # 300 groups, 20 s windows, 3 repetitions
     python -m bench.shards --groups 300 --seconds 20 --repetitions 3 --scenarios history
+    python -m bench.shards --stabilizer-path ../other-tree   # measure another tree's code
+    python -m bench.shards --report bench/results/shards-full-<stamp>.json   # print again
 
 It imports ``stabilizer`` from the import path, or from ``--stabilizer-path DIR`` (put first
 on it: with ``python -m``, the current directory comes before PYTHONPATH), so it measures
@@ -37,8 +39,14 @@ commands": everything but housekeeping, scripts' inner commands included; see
 bench/shard_stats.py for the definition), of their execution time (usec), of the top-level
 script calls, and of the publishes (``spublish`` + ``publish``), and its keys (DBSIZE, and a
 SCAN count of the keys naming a group or a member). The goal of a layout that puts each
-group in its own slot: each master's share 33% ± 10 points. Figures are medians over the
-repetitions with their range; every repetition goes to ``bench/results/shards-*.json``.
+group in its own slot: each master's share 33% ± 10 points. Where each group lands is up
+to its name's hash, so with equally busy groups chance alone moves a master's share by
+about 100·sqrt((1/3)(2/3)/groups) points: 2.7 with 300 groups, 8.6 with the 30 of
+``--quick`` (a smoke check, not a verdict). Figures are medians over the repetitions with
+their range; every repetition goes to ``bench/results/shards-*.json``.
+
+The benchmark's Redis servers are context-managed (stopped on exceptions, Ctrl-C and
+SIGTERM); sending SIGKILL to the controller leaves them running.
 """
 
 from __future__ import annotations

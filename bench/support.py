@@ -4,9 +4,9 @@
   process group, stopped by ``stop_all`` like every other child), as the test suite starts
   them (tests/support/redis_server.py): no persistence, loopback only.
 * ``wait_idle``: wait until no other benchmark (``bench.core``; ``bench.cluster``,
-  ``scale``, ``identity``, ``burst``, ``rpc``, ``acks`` or ``presence`` started earlier),
-  test run (pytest) or fault campaign (``tests.faults``) uses the CPU, so measurements do
-  not overlap with them.
+  ``scale``, ``identity``, ``burst``, ``rpc``, ``acks``, ``presence`` or ``shards`` started
+  earlier), test run (pytest) or fault campaign (``tests.faults``) uses the CPU, so
+  measurements do not overlap with them.
 * ``post_json``, ``quantile``: small utilities.
 """
 
@@ -35,7 +35,7 @@ BUSY_MARKERS: Final = ("bench.core", "pytest", "tests.faults")
 #: of them never wait for each other (the older one measures, the younger one waits).
 BENCH_MARKERS: Final = ("bench.cluster", "bench.scale", "bench.identity", "bench.burst",
                          "bench.rpc", "bench.acks", "bench.presence", "bench.hundredk",
-                         "bench.storm")
+                         "bench.storm", "bench.shards")
 
 
 def redis_binary() -> str:

@@ -192,6 +192,9 @@ class WebSocketConfig:
     op_timeout: float = 2.0
     redis_pool_size: int = 64
     presence_buckets: int = 1
+    # each group's keys in the group's own hash slot, each client's in the client's
+    # (backends/redis/keys.py); None: on with redis_cluster, off on one server
+    redis_spread_keys: bool | None = None
 
     # --- stabilizer: channel options per namespace ---
     # group-name prefix -> ChannelOptions (longest prefix wins; see channel_options.py)
@@ -215,6 +218,9 @@ class WebSocketConfig:
         for name in ("enable_reconnect", "enable_metrics", "cluster_events", "redis_cluster"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.redis_spread_keys is not None and not isinstance(self.redis_spread_keys, bool):
+            raise ConfigError(f"redis_spread_keys must be True, False or None, got "
+                              f"{self.redis_spread_keys!r}")
         level = str(self.log_level).upper()
         if level not in _LOG_LEVELS:
             raise ConfigError(f"log_level must be a valid logging level, one of "
@@ -376,7 +382,7 @@ def _parse_env_value(key: str, raw: str, hint: object) -> Any:
     if optional and text.lower() in ("", "none", "null"):
         return None
     try:
-        if hint is bool:
+        if hint is bool or str(hint) == "bool | None":
             if text.lower() in ("1", "true", "yes", "on"):
                 return True
             if text.lower() in ("0", "false", "no", "off"):

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 import stabilizer
+from stabilizer.backends.redis.keys import KeyLayout
 from tests.faults.schedule import GROUPS, PROXY_FAULTS
 from tests.faults.views import RedisView, ReplicaView, Snapshot
 from tests.support.fault_proxy import FaultProxy
@@ -220,11 +221,19 @@ class Cluster:
                 view.errors.append(f"{path}: {status} {str(body)[:200]}")
         return view
 
+    @property
+    def keys(self) -> KeyLayout:
+        """The replicas' key layout (spread when STABILIZER_REDIS_SPREAD_KEYS says so: the
+        replicas inherit the runner's environment)."""
+        spread = os.environ.get("STABILIZER_REDIS_SPREAD_KEYS", "").strip().lower()
+        return KeyLayout(self.namespace, spread=spread in ("1", "true", "yes", "on"))
+
     async def _redis_view(self) -> RedisView:
         view = RedisView()
         store = self._store
         assert store is not None
-        tag = "{" + self.namespace + "}"
+        keys = self.keys
+        tag = keys.tag
         try:
             for client, entry in (await store.hgetall(f"{tag}:p")).items():
                 node, conn = ([*str(entry).split("|"), "", ""])[:2]
@@ -232,17 +241,19 @@ class Cluster:
             for node in self.node_ids:
                 view.node_sets[node] = await _members(store, f"{tag}:nc:{node}")
             for group in GROUPS:
-                view.groups[group] = await _members(store, f"{tag}:g:{group}")
+                view.groups[group] = await _members(store, keys.group(group))
                 view.group_presence[group] = {
-                    str(c) for c in await store.hkeys(f"{tag}:gp:{group}")}
-                if await store.exists(f"{tag}:gv:{group}"):
+                    str(c) for c in await store.hkeys(keys.group_presence(group))}
+                if await store.exists(keys.group_presence_version(group)):
                     view.presence_versions.add(group)
             for client in {*view.presence, *(c for m in view.groups.values() for c in m)}:
-                view.client_groups[client] = await _members(store, f"{tag}:cg:{client}")
+                view.client_groups[client] = await _members(store, keys.client_groups(client))
             view.away = {str(c) for c in await store.zrange(f"{tag}:away", 0, -1)}
             view.nodes = sorted(str(n) for n in await store.zrange(f"{tag}:nodes", 0, -1))
             channels = [f"gc:{g}" for g in GROUPS] + ["all"] + [f"n:{n}" for n in self.node_ids]
-            counts = await store.pubsub_numsub(*(f"{tag}:{name}" for name in channels))
+            named = [keys.group_channel(g) for g in GROUPS] + [keys.broadcast_channel] + [
+                keys.node_channel(0, n) for n in self.node_ids]
+            counts = await store.pubsub_numsub(*named)
             view.subscribers = {name: int(count) for name, (_, count)
                                 in zip(channels, counts, strict=True)}
         except (RedisError, OSError) as exc:

@@ -336,6 +336,20 @@ def test_from_env_false_spellings(raw: str) -> None:
     assert WebSocketConfig.from_env(env).enable_reconnect is False
 
 
+@pytest.mark.parametrize(("raw", "spread"), [("1", True), ("off", False), ("none", None)])
+def test_from_env_reads_the_optional_spread_switch(raw: str, spread: bool | None) -> None:
+    env = {"STABILIZER_REDIS_SPREAD_KEYS": raw}
+    assert WebSocketConfig.from_env(env).redis_spread_keys is spread
+
+
+@pytest.mark.parametrize("bad", ["maybe", 1, "yes"])
+def test_the_spread_switch_is_a_bool_or_none(bad: object) -> None:
+    with pytest.raises(ConfigError, match="redis_spread_keys"):
+        WebSocketConfig(redis_spread_keys=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="REDIS_SPREAD_KEYS"):
+        WebSocketConfig.from_env({"STABILIZER_REDIS_SPREAD_KEYS": "maybe"})
+
+
 @pytest.mark.parametrize("raw", ["none", "None", "NULL", ""])
 def test_from_env_none_for_optional_ints(raw: str) -> None:
     env = {"STABILIZER_MAX_CONNECTIONS": raw, "STABILIZER_MAX_TOTAL_MEMORY": raw}

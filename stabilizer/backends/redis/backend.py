@@ -75,7 +75,8 @@ class RedisBackend:
             client, extra = client_for(config)
         return cls(client, namespace=config.namespace, presence_buckets=config.presence_buckets,
                    owns_client=owns, op_timeout=config.op_timeout,
-                   pool_size=config.redis_pool_size, also_close=extra)
+                   pool_size=config.redis_pool_size, also_close=extra,
+                   spread=config.redis_spread_keys)
 
     @property
     def name(self) -> str:

@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from stabilizer import WebSocketConfig
 from stabilizer.backends.base import Backend
 from stabilizer.backends.redis import RedisBackend
 from stabilizer.backends.redis import spread as spread_module
@@ -153,3 +154,17 @@ async def test_a_fresh_session_leaves_the_groups_of_the_last_one(open_spread: Op
     state = await a.sessions.load("carol")
     assert state is not None
     assert state.groups == []
+
+
+@pytest.mark.parametrize(("setting", "spread"), [(None, True), (False, False), (True, True)])
+async def test_a_cluster_spreads_unless_told_not_to(redis_cluster: RedisClusterServers,
+                                                    setting: bool | None, spread: bool) -> None:
+    config = WebSocketConfig(redis_url=redis_cluster.url, redis_cluster=True,
+                             redis_spread_keys=setting)
+    backend = RedisBackend.from_config(config)
+    try:
+        assert backend.keys.spread is spread
+        tag = backend.keys.tag
+        assert backend.keys.group("room").startswith(tag) is not spread
+    finally:
+        await backend.aclose()

@@ -68,11 +68,17 @@ class History:
     ``covered`` is False when the stream lost part of the range (trimmed, expired, or a new
     epoch): the client must resync. ``epoch`` is then the stream's epoch when it is not the
     one asked for (the old one ended: what it held is gone), else None.
+
+    ``absent`` is True when the store holds no offset or epoch for the stream at all. That
+    reads as covered (nothing was published since: the stream expired, which takes longer
+    than a session lasts) unless the reader knows the stream existed too recently to have
+    expired: then the store lost it.
     """
 
     envelopes: list[bytes]
     covered: bool
     epoch: str | None = None
+    absent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

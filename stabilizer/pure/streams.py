@@ -81,6 +81,7 @@ class Step(Enum):
 class _Last:
     epoch: str
     offset: int
+    advanced_at: float | None = None  # (StreamOrder) when a message of it was last delivered
 
 
 class StreamOrder:
@@ -90,6 +91,10 @@ class StreamOrder:
     whatever epoch that message begins (a session that began before the stream had one).
     A new epoch starts at offset 1, so a later first message of an epoch reveals a gap
     like any other.
+
+    It also keeps when (a monotonic clock reading, passed in) each stream last advanced: a
+    stream the store no longer holds cannot have expired if it advanced less than its meta
+    TTL ago (see lost_if_absent).
     """
 
     def __init__(self) -> None:
@@ -116,11 +121,28 @@ class StreamOrder:
         last = self._last.get(stream)
         return None if last is None else (last.offset, last.epoch)
 
-    def advance(self, stream: str, offset: int, epoch: str) -> None:
-        """Record that (offset, epoch) was delivered."""
+    def advance(self, stream: str, offset: int, epoch: str, now: float) -> None:
+        """Record that (offset, epoch) was delivered at `now`."""
         last = self._last.get(stream)
         if last is None or last.epoch != epoch or offset > last.offset:
-            self._last[stream] = _Last(epoch, offset)
+            self._last[stream] = _Last(epoch, offset, now)
+
+    def lost_if_absent(self, stream: str, now: float, meta_ttl: float) -> bool:
+        """True when a store that holds nothing of `stream` must have lost it: this node
+        delivered one of its messages less than `meta_ttl` seconds (the TTL of the stream's
+        offset and epoch, which every message renews) before `now`, so it cannot have
+        expired. False when it may have: nothing advanced it here for that long, or it
+        never did (followed from a baseline or a resumed position only).
+
+        Residual ambiguity, both ways: a message is sequenced a little before a node
+        delivers it, and a catch-up delivers old ones late, so a stream that expired just
+        now can read as lost (its clients resync for nothing; the safe side). And a stream
+        silent here for `meta_ttl`, then sent one message that the store lost before this
+        node read it back, reads as expired: only the store could tell, and it forgot.
+        """
+        last = self._last.get(stream)
+        return (last is not None and last.advanced_at is not None
+                and now - last.advanced_at < meta_ttl)
 
     def start(self, stream: str, offset: int, epoch: str) -> None:
         """Follow `stream` from (offset, epoch) unless it is followed already."""
@@ -129,7 +151,7 @@ class StreamOrder:
 
     def start_over(self, stream: str, epoch: str) -> None:
         """Follow `stream` from before the first message of `epoch` (the epoch it was on
-        ended)."""
+        ended; "": whichever epoch comes next, as the store lost the stream)."""
         self._last[stream] = _Last(epoch, 0)
 
     def streams(self) -> list[str]:

@@ -55,6 +55,21 @@ async def test_history_returns_what_came_after_a_position(open_node: NodeFactory
     assert [decode(raw).offset for raw in everything.envelopes] == [1, 2, 3, 4]
 
 
+async def test_a_stream_the_store_does_not_hold_reads_as_absent(open_node: NodeFactory) -> None:
+    """No offset or epoch at all (expired, lost, never sent) is told apart from a stream
+    that has nothing after the position: the node decides which it was (seed 1393242738)."""
+    a = await open_node("node-a")
+    for after, epoch in ((0, ""), (85, "an-epoch-the-store-forgot")):
+        gone = await a.history.read("g:never", after, epoch)
+        assert (gone.envelopes, gone.covered, gone.epoch, gone.absent) == ([], True, None, True)
+    done = await a.history.sequence(Target("group", "kept"), env(Kind.GROUP, "kept", "m1"),
+                                    **OPTS)
+    for after in (0, 1):
+        held = await a.history.read("g:kept", after, done.epoch)
+        assert (held.covered, held.absent) == (True, False)
+    assert not (await a.history.read("g:kept", 0, "another-epoch")).absent
+
+
 async def test_trimmed_history_does_not_cover_an_old_position(open_node: NodeFactory) -> None:
     a = await open_node("node-a")
     epoch = ""

@@ -81,6 +81,21 @@ async def _frames_until(socket: FakeSocket, last: str) -> list[dict[str, Any]]:
     return frames
 
 
+async def _resync_told(socket: FakeSocket) -> list[dict[str, Any]]:
+    """The message and resume frames `socket` receives up to its first `recovered: false`
+    (all of them, if none comes within RECOVERY)."""
+    frames: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(RECOVERY):
+            while not frames or frames[-1].get("recovered") is not False:
+                frame = await socket.next_json(timeout=RECOVERY)
+                if frame.get("type") in ("message", "resume"):
+                    frames.append(frame)
+    except TimeoutError:
+        pass
+    return frames
+
+
 def _all_stream(frames: list[dict[str, Any]]) -> list[tuple[str, int]]:
     """What a client may rely on for `all`: the messages after the last time it was told
     the stream was lost (as the fault checker judges it)."""
@@ -148,3 +163,38 @@ async def test_a_client_welcomed_before_an_empty_restart_misses_nothing_untold(
     assert kept in ([("one", 1), ("two", 2)], [("lost", 0), ("one", 1), ("two", 2)],
                     [("lost", 0), ("two", 2)]), (
         f"alice was welcomed before the restart and received {frames}")
+
+
+async def test_a_stream_the_store_lost_is_not_taken_for_one_that_expired(
+    node: Node, proxy: FaultProxy, private_redis: RedisServer, namespace: str,
+) -> None:
+    """Seed 1393242738: node a's subscription was down when `all` offset 2 went out, and
+    redis-server restarted empty before a read it back. a's catch-up found no stream, read
+    that as "expired, nothing new", and delivered the new epoch's offset 1 with offset 2
+    never reported. a delivered offset 1 a moment before, too recently for the stream to
+    have expired: it was lost, and a's client must be told before anything newer."""
+    b = node("b", **HISTORY)
+    await b.start()
+    lagging = node("a", proxy.url, **HISTORY)
+    await lagging.start()
+    alice = FakeSocket("alice")
+    await lagging.connect("alice", alice)
+    channel = f"{{{namespace}}}:all"
+    assert await until(lambda: _at_least(private_redis.url, channel, 2))
+    assert (await b.broadcast("zero")).offset == 1
+    assert _all_stream(await _frames_until(alice, "zero")) == [("zero", 1)]
+    losses = lagging.stats.backend_reconnects
+    await proxy.drop_subscriptions(hold=True)  # node a's resubscribe will wait
+    assert await until(lambda: _fewer(private_redis.url, channel, 2), NOTICE)
+    assert (await b.broadcast("missed")).offset == 2  # a hears nothing of it
+    await asyncio.to_thread(private_redis.restart)  # empty: offset 2 and its stream are gone
+    assert await until(lambda: _answers(private_redis.url))
+    assert await until(lambda: _at_least(private_redis.url, channel, 1))  # node b is back
+    proxy.restore()  # a resubscribes and catches `all` up: the store has nothing of it
+    assert await until(lambda: _resubscribed(lagging, losses), NOTICE)
+    assert await until(lambda: _at_least(private_redis.url, channel, 2))
+    told = await _resync_told(alice)  # the catch-up's verdict, before anything newer
+    assert (await b.broadcast("one")).offset == 1  # the new epoch's first message
+    frames = told + await _frames_until(alice, "one")
+    assert _all_stream(frames) == [("lost", 0), ("one", 1)], (
+        f"alice missed `all` offset 2 and received {frames}")

@@ -84,7 +84,7 @@ def test_a_new_epoch_starts_a_client_position_again() -> None:
 
 def test_a_node_starts_following_a_stream_only_where_it_does_not_yet() -> None:
     order = StreamOrder()
-    order.advance("all", 4, "e1")
+    order.advance("all", 4, "e1", 0.0)
     order.start("all", 6, "e1")  # a client resumed ahead of the node: its order stays
     order.start("g:room", 2, "e1")
     assert (order.last("all"), order.last("g:room")) == ((4, "e1"), (2, "e1"))
@@ -92,7 +92,7 @@ def test_a_node_starts_following_a_stream_only_where_it_does_not_yet() -> None:
 
 def test_a_new_epoch_is_next_in_line_only_from_its_first_offset() -> None:
     order = StreamOrder()
-    order.advance("all", 7, "old")
+    order.advance("all", 7, "old", 0.0)
     assert order.classify("all", 1, "new") is Step.DELIVER  # the old epoch ended, all seen
     assert order.classify("all", 2, "new") is Step.GAP  # offset 1 of the new one is missing
     order.start_over("all", "new")
@@ -105,7 +105,7 @@ def test_a_stream_followed_from_before_its_first_message_waits_for_offset_one() 
     order.start("all", 0, "")  # a session began before `all` had any message
     assert order.classify("all", 1, "e1") is Step.DELIVER
     assert order.classify("all", 2, "e1") is Step.GAP
-    order.advance("all", 1, "e1")
+    order.advance("all", 1, "e1", 0.0)
     assert order.last("all") == (1, "e1")
 
 
@@ -217,3 +217,17 @@ def test_tracking_a_key_again_leaves_one_live_entry() -> None:
     assert pinged == []
     pinged, _ = schedule.due(15.0)
     assert pinged == ["a"]
+
+
+def test_a_missing_stream_was_lost_only_if_it_advanced_within_its_meta_ttl() -> None:
+    order = StreamOrder()
+    order.advance("all", 85, "e1", 1000.0)
+    assert order.lost_if_absent("all", 1000.0 + 179.0, 180.0)  # too recent to have expired
+    assert not order.lost_if_absent("all", 1000.0 + 180.0, 180.0)  # it may have expired
+    order.start("g:room", 3, "e1")  # followed from a position: never advanced here
+    assert not order.lost_if_absent("g:room", 1000.0, 180.0)
+    assert not order.lost_if_absent("c:bob", 1000.0, 180.0)  # not followed at all
+    order.start_over("all", "")  # the store lost it: whatever epoch comes next
+    assert order.last("all") == (0, "")
+    assert not order.lost_if_absent("all", 1001.0, 180.0)  # nothing delivered since
+    assert order.classify("all", 1, "e2") is Step.DELIVER

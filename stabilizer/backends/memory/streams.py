@@ -206,8 +206,8 @@ class MemoryHistory:
         """Entries after `after`, if the stream still holds all of them."""
         self._node.check()
         state = self._node.hub.stream(stream, time.time())
-        if state is None:
-            return History([], True)  # nothing was published since the client left
+        if state is None:  # expired (nothing was published since) or lost
+            return History([], True, absent=True)
         if epoch and state.epoch != epoch:
             return History([], False, state.epoch)
         if after > state.offset:

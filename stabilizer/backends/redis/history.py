@@ -4,6 +4,7 @@ offset and epoch; one script appends and publishes."""
 from __future__ import annotations
 
 import secrets
+from typing import Final
 
 from stabilizer.backends.base import History, Sequenced
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
@@ -11,6 +12,8 @@ from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.errors import BackendNotReached, BackendUnavailable
 from stabilizer.pure.streams import Target
 from stabilizer.pure.wire import Envelope, sequenced_prefix
+
+_ABSENT: Final = 2  # the HISTORY script's status for a stream with no meta at all
 
 
 class RedisHistory:
@@ -96,6 +99,9 @@ class RedisHistory:
         keys = self._core.keys
         reply = await self._reads.submit([keys.stream(stream), keys.stream_meta(stream)],
                                          [after, epoch])
-        if not int(reply[0]):
+        status = int(reply[0])
+        if not status:
             return History([], False, text(reply[1]) if len(reply) > 1 else None)
+        if status == _ABSENT:
+            return History([], True, absent=True)
         return History([bytes(raw) for raw in reply[1:]], True)

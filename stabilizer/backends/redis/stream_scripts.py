@@ -255,11 +255,12 @@ return {offset, epoch, receivers}
 """
 
 # KEYS: stream, meta hash. ARGV: after offset, epoch ('' with offset 0: from the start).
-# Returns {1, envelopes...} when the stream covers everything after `after`, {0, epoch}
-# when the stream is in another epoch than the one asked for, else {0}.
+# Returns {1, envelopes...} when the stream covers everything after `after`, {2} when it has
+# no meta at all (expired or lost: a truthy status, so that it still reads as covered),
+# {0, epoch} when the stream is in another epoch than the one asked for, else {0}.
 HISTORY: Final = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then return {1} end
+if not epoch then return {2} end
 if ARGV[2] ~= '' and epoch ~= ARGV[2] then return {0, epoch} end
 local last = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
 local after = tonumber(ARGV[1])

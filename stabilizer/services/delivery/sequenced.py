@@ -10,7 +10,10 @@ its loss), each before the stream's next live message.
 A node follows every stream a local connection receives from where the connection's promise
 begins: a fresh session's baselines, a resumed client's positions. A new epoch (the stream
 expired, or Redis lost it) starts at offset 1; a node that missed some of a new epoch lost
-what the old one held after its last message too, and tells the stream's clients so.
+what the old one held after its last message too, and tells the stream's clients so. A
+stream the store no longer holds at all expired (nothing was sent for longer than its meta
+TTL) or was lost (Redis restarted empty, failed over, evicted it); the node tells the two
+apart by when it last delivered from that stream (see StreamOrder.lost_if_absent).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import time
 
 from stabilizer.backends.base import History
+from stabilizer.config import WebSocketConfig
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import BackendNotReached, BackendUnavailable, WireError
@@ -46,6 +50,12 @@ def stored_envelope(raw: bytes) -> Envelope | None:
     if envelope.offset is None or envelope.epoch is None or envelope.payload is None:
         return None
     return envelope
+
+
+def stream_meta_ttl(config: WebSocketConfig) -> float:
+    """How long a stream's offset and epoch outlive its last message: past a session's
+    life, so that a missing stream reads as "nothing was published since"."""
+    return max(config.history_ttl, config.session_ttl) + 60.0
 
 
 def history_frame(stream: str, envelope: Envelope) -> Frame:
@@ -117,7 +127,7 @@ class SequencedRouter:
         try:
             done = await ctx.ask(ctx.backend.history.sequence(
                 target, envelope, size=config.history_size, ttl=config.history_ttl,
-                meta_ttl=max(config.history_ttl, config.session_ttl) + 60.0))
+                meta_ttl=stream_meta_ttl(config)))
         except BackendNotReached as exc:  # certainly not sequenced: local clients only
             assert envelope.payload is not None
             frame = history_frame(target.stream, envelope)  # (no offset: not sequenced)
@@ -175,7 +185,7 @@ class SequencedRouter:
     async def _deliver_in_order(self, stream: str, envelope: Envelope) -> None:
         assert envelope.offset is not None
         assert envelope.epoch is not None
-        self.order.advance(stream, envelope.offset, envelope.epoch)
+        self.order.advance(stream, envelope.offset, envelope.epoch, time.monotonic())
         await self._deliver(stream, envelope, history_frame(stream, envelope))
 
     async def _deliver(self, stream: str, envelope: Envelope, frame: Frame) -> None:
@@ -201,6 +211,8 @@ class SequencedRouter:
             ended = True
             self._epoch_ended(stream, last, found.epoch)
             found = await self._read(stream)
+        if found is not None and found.absent and not ended and self._lost(stream, last):
+            return
         if found is None or not found.covered:
             if not ended:  # (the clients were told already)
                 logger.warning("stream %s after offset %d could not be recovered", stream,
@@ -239,6 +251,21 @@ class SequencedRouter:
             return await self._ctx.ask(self._ctx.backend.history.read(stream, *last))
         except BackendUnavailable:
             return None
+
+    def _lost(self, stream: str, last: tuple[int, str]) -> bool:
+        """The store holds nothing of `stream`: if this node delivered from it too recently
+        for it to have expired, the store lost it (with whatever came after `last`): tell its
+        clients to resync before anything newer, and follow it from the next epoch's start.
+        False (nothing done) when it may have expired: then nothing was sent since."""
+        if not self.order.lost_if_absent(stream, time.monotonic(),
+                                         stream_meta_ttl(self._ctx.config)):
+            return False
+        logger.warning("stream %s is gone from the store though this node delivered offset "
+                       "%d of epoch %s within its TTL: lost, its clients resync", stream,
+                       *last)
+        self._tell_to_resync(stream)
+        self.order.start_over(stream, "")
+        return True
 
     def _epoch_ended(self, stream: str, last: tuple[int, str], epoch: str) -> None:
         """`stream` went on in `epoch` after this node's last message of the one before: what

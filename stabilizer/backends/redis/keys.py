@@ -14,11 +14,13 @@ one slot; the fixed suffix after the tag keeps the names apart.
 Client ids, user ids, group names and stream names are user input. They appear in keys only
 after a fixed prefix that ends with ":" (``{ns}:s:<client>``, ``{ns}:cg:<client>``,
 ``{ns}:g:<group>``, ``{ns}:h:<stream>``, ``{ns}:gc:<group>``, ``{ns}:gp:<group>``,
-``{ns}:gv:<group>``, ``{ns}:u:<user>``, ...), as hash
-fields, or as set members; they are
-never used as a pattern (the CLI escapes them before SCAN MATCH). A "{" or "}" inside them
-cannot move a key to another slot, because the hash tag is the *first* ``{...}`` of the key,
-and that is always the namespace's.
+``{ns}:gv:<group>``, ``{ns}:u:<user>``, ...), as hash fields, or as set members; they are
+never used as a pattern (the CLI escapes them before SCAN MATCH). In the namespace layout a
+"{" or "}" inside them cannot move a key to another slot, because the hash tag is the
+*first* ``{...}`` of the key, and that is always the namespace's. Spread, a group name or
+client id is the end of its own tag (after the fixed ``{ns:g:`` or ``{ns:c:``): it picks the
+slot, the same one for every key of that name, and the fixed suffix behind the tag keeps
+one kind of key from ever equalling another.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ V2_SECRET = "v2-client-e2e-secret-" + "s" * 24  # tests/e2e/v2_app.py's JWT key 
 @pytest.fixture
 def v2_replicas(request: pytest.FixtureRequest) -> Iterator[V2Replicas]:
     """Start N replicas of tests/e2e/v2_app.py with STABILIZER_* settings (heartbeats off);
-    N > 1 share a namespace on the session's Redis (mark such a test `redis`)."""
+    N > 1 share a namespace on the session's Redis, or on the `redis_url` setting's (mark
+    such a test `redis`)."""
     started: list[UvicornProcess] = []
 
     def start(count: int = 1, **settings: object) -> list[UvicornProcess]:
@@ -81,7 +82,9 @@ def v2_replicas(request: pytest.FixtureRequest) -> Iterator[V2Replicas]:
             env = {"V2_APP_JWT_SECRET": V2_SECRET, "STABILIZER_NODE_ID": f"replica-{index}",
                    **{f"STABILIZER_{key.upper()}": str(value)
                       for key, value in {**quiet, **settings}.items()}}
-            if count > 1:
+            if "redis_url" in settings:  # another Redis (a Cluster): the caller's
+                env.update(STABILIZER_NAMESPACE=namespace)
+            elif count > 1:
                 redis: RedisServer = request.getfixturevalue("redis_server")
                 env.update(STABILIZER_REDIS_URL=redis.url, STABILIZER_NAMESPACE=namespace)
             procs.append(UvicornProcess(app="tests.e2e.v2_app:app", env=env))

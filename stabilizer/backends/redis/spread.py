@@ -5,8 +5,11 @@ Order keeps the store recoverable. A client's group set lists a group before the
 member set gets the client, and loses it only after; an ending session moves its groups to
 the client's ``leaving`` set, and the client is on the away list (with a lease) until every
 group is left. A node that dies between two steps leaves the client due on the away list,
-and the next sweep finishes the leaving. Concurrent changes of one client and group made
-by two nodes at once are not atomic here as they are with one slot: each step is.
+and the next sweep finishes the leaving. A join or leave cut short (Redis did not answer
+in time, yet ran the first step) leaves the client's group set listing a group whose set
+lacks the client: the settle that follows completes it (reconcile). Concurrent changes of
+one client and group made by two nodes at once are not atomic here as they are with one
+slot: each step is.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from stabilizer.pure.streams import ALL, client_stream, group_stream, user_strea
 from stabilizer.pure.wire import Envelope, Kind, encode, event_body
 from stabilizer.results import ClusterEvent
 
-# how long a sweep (or an end) holds a client before another sweep may finish it
-LEASE_MS: Final = 30_000
+# how long a sweep (or an end) holds a client before another sweep may finish it, in
+# op_timeouts: a few steps' worth (a second sweep doing the same leaves changes nothing)
+LEASE_OP_TIMEOUTS: Final = 4.0
 
 
 def _now_ms() -> int:
@@ -50,6 +54,11 @@ class SpreadSteps:
     def __init__(self, core: RedisCore, presence: RedisPresence) -> None:
         self._core = core
         self._presence = presence
+
+    @property
+    def lease_ms(self) -> int:
+        """How long an ending session holds its client on the away list."""
+        return int(LEASE_OP_TIMEOUTS * self._core.op_timeout * 1000)
 
     # --- single steps ---------------------------------------------------------------
 
@@ -176,7 +185,7 @@ class SpreadSteps:
 
     async def _lease(self, client_id: str, op: str) -> int:
         """Put the client on the away list for the lease; return its deadline."""
-        deadline = _now_ms() + LEASE_MS
+        deadline = _now_ms() + self.lease_ms
         await self._away(client_id, deadline, op)
         return deadline
 
@@ -197,7 +206,7 @@ class SpreadSteps:
         here = keys.buckets == 1  # presence shares the away list's slot
         reply = await core.call(core.scripts.sweep_due(
             keys=[keys.away, keys.presence(0)] if here else [keys.away],
-            args=[limit, LEASE_MS]), "sweep")
+            args=[limit, self.lease_ms]), "sweep")
         deadline, due = int(reply[0]), [text(c) for c in reply[1:]]
         if not here:
             located = await asyncio.gather(*(self._presence.locate(c) for c in due))
@@ -257,7 +266,8 @@ class SpreadSteps:
                         presence: Mapping[str, Mapping[str, str]]) -> dict[str, list[str]]:
         """RECONCILE_GROUPS: each client's group set (after adding its local groups, with
         `restore`); restored memberships go back to their groups' sets (with the entries
-        their presence hashes lost), and the restored clients on the away list."""
+        their presence hashes lost), and the restored clients on the away list. Then every
+        group a client's set lists gets the client too (`_complete`)."""
         core = self._core
         keys = core.keys
         clients = sorted(local)
@@ -276,10 +286,36 @@ class SpreadSteps:
             due = _now_ms() + core.orphan_grace_ms
             await asyncio.gather(*(self._away(c, due, "reconcile_groups", only_new=True)
                                    for c in clients if local[c]))
-        listed = await asyncio.gather(*(core.call(core.client.smembers(keys.client_groups(c)),
-                                                  "reconcile_groups") for c in clients))
-        return {c: sorted(text(g) for g in groups)
-                for c, groups in zip(clients, listed, strict=True)}
+        replies = await asyncio.gather(*(core.call(core.client.smembers(keys.client_groups(c)),
+                                                   "reconcile_groups") for c in clients))
+        listed = {c: sorted(text(g) for g in groups)
+                  for c, groups in zip(clients, replies, strict=True)}
+        await self._complete(listed)
+        return listed
+
+    async def _complete(self, listed: Mapping[str, Collection[str]]) -> None:
+        """Make each group a client's set lists hold the client: a join whose first step ran
+        but not its second (Redis stopped answering between them), or a leave the other way
+        round, ends as a membership, as the settle then has it locally. A membership added
+        here that the client's set no longer lists by then (a leave ran meanwhile) is taken
+        out again."""
+        core = self._core
+        by_group: dict[str, list[str]] = defaultdict(list)
+        for client_id, groups in listed.items():
+            for group in groups:
+                by_group[group] += [client_id, ""]
+        groups = sorted(by_group)
+        added = await asyncio.gather(*(self._group(g, "restore", by_group[g]) for g in groups))
+        repaired = [(text(c), g) for g, new in zip(groups, added, strict=True) for c in new]
+        if not repaired:
+            return
+        still = await asyncio.gather(*(core.call(core.client.sismember(
+            core.keys.client_groups(c), g), "reconcile_groups") for c, g in repaired))
+        undo: dict[str, list[str]] = defaultdict(list)
+        for (client_id, group), listed_now in zip(repaired, still, strict=True):
+            if not int(listed_now):
+                undo[group].append(client_id)
+        await asyncio.gather(*(self._group(g, "leave", clients) for g, clients in undo.items()))
 
     async def presence_entries(self, client_id: str, groups: Collection[str]) -> dict[str, str]:
         """The client's entry in each group's presence hash (one HGET per group)."""

@@ -20,7 +20,8 @@ from stabilizer.backends.redis.scripts import PRESENCE_LIB
 # update (one client): HSET the entry of a member; returns {1 if a member else 0, ''}.
 # leave (any number): SREM each and drop its entry, the presence changes of several in one
 #   envelope; returns the clients that were members.
-# restore: SADD each and give back its entry where the hash has none for it; returns {}.
+# restore: SADD each and give back its entry where the hash has none for it; returns the
+#   clients that were not members.
 GROUP_CHANGE: Final = PRESENCE_LIB + """
 local function keys_of(_) return KEYS[2], KEYS[3], ARGV[5] end
 local action, g, node, publish = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -35,13 +36,14 @@ if action == 'leave' then
   if batch then presence_flush(keys_of, batch, node, publish) end
   return left
 elseif action == 'restore' then
+  local added = {}
   for i = 7, #ARGV, 2 do
-    redis.call('SADD', KEYS[1], ARGV[i])
+    if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then table.insert(added, ARGV[i]) end
     if ARGV[i + 1] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
       presence_set(keys_of, g, ARGV[i], ARGV[i + 1], node, publish)
     end
   end
-  return {}
+  return added
 end
 local cid, entry = ARGV[7], ARGV[6]
 if action == 'update' then

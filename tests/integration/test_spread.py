@@ -197,3 +197,30 @@ async def test_a_join_cut_short_between_its_steps_is_completed_by_the_settle(
     await a.groups.leave("alice", "room")  # and it leaves like any other membership
     assert await a.groups.members("room") == []
     assert await a.groups.of_client("alice") == []
+
+
+async def test_an_end_cut_short_for_a_client_back_again_is_finished_by_its_settle(
+        open_spread: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replaced connection's groups were moved to the leaving set, then the end stopped;
+    the client is connected again (no sweep will pick it): the settle leaves them."""
+    a = await open_spread("node-a")
+    await a.sessions.activate("alice", fresh=True, conn_id="conn-1")
+    for group in ("room", "lobby"):
+        await a.groups.join("alice", group)
+    leave_groups = SpreadSteps.leave_groups
+
+    async def stops_here(self: SpreadSteps, by_group: object) -> None:
+        raise BackendUnavailable("the node stopped here")
+
+    monkeypatch.setattr(SpreadSteps, "leave_groups", stops_here)
+    with pytest.raises(BackendUnavailable):
+        await a.sessions.end("alice")
+    monkeypatch.setattr(SpreadSteps, "leave_groups", leave_groups)
+    await a.sessions.activate("alice", fresh=False, conn_id="conn-2")  # back (no session
+    await a.groups.join("alice", "lobby")  # any more: its node joins what it wants again)
+    assert await a.groups.members("room") == ["alice"]  # still listed: the end stopped
+
+    assert await a.groups.reconcile({"alice": {"lobby"}}) == {"alice": ["lobby"]}
+    assert await a.groups.members("room") == []
+    assert await a.groups.members("lobby") == ["alice"]
+    assert await a.groups.reconcile({"alice": {"lobby"}}) == {"alice": ["lobby"]}

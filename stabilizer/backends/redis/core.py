@@ -66,6 +66,7 @@ class Scripts:
         self.client_change = register(spread_lua.CLIENT_CHANGE)
         self.client_end = register(spread_lua.CLIENT_END)
         self.client_open = register(spread_lua.CLIENT_OPEN)
+        self.client_list = register(spread_lua.CLIENT_LIST)
         self.positions = register(spread_lua.POSITIONS)
         self.sweep_due = register(spread_lua.SWEEP_DUE)
         self.away_done = register(spread_lua.AWAY_DONE)

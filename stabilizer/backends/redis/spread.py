@@ -286,12 +286,29 @@ class SpreadSteps:
             due = _now_ms() + core.orphan_grace_ms
             await asyncio.gather(*(self._away(c, due, "reconcile_groups", only_new=True)
                                    for c in clients if local[c]))
-        replies = await asyncio.gather(*(core.call(core.client.smembers(keys.client_groups(c)),
-                                                   "reconcile_groups") for c in clients))
-        listed = {c: sorted(text(g) for g in groups)
-                  for c, groups in zip(clients, replies, strict=True)}
+        replies = await asyncio.gather(*(core.call(core.scripts.client_list(
+            keys=[keys.client_groups(c), keys.leaving(c)], args=[]), "reconcile_groups")
+            for c in clients))
+        listed = {c: sorted(text(g) for g in reply[0])
+                  for c, reply in zip(clients, replies, strict=True)}
+        leaving = {c: sorted({text(g) for g in reply[1]} - set(listed[c]))
+                   for c, reply in zip(clients, replies, strict=True) if reply[1]}
         await self._complete(listed)
+        await self._finish_leaving(leaving)
         return listed
+
+    async def _finish_leaving(self, leaving: Mapping[str, Collection[str]]) -> None:
+        """Leave what an end that was cut short still lists in a client's leaving set (one
+        whose client is connected again is never swept: its settle finishes it), then drop
+        the set."""
+        core = self._core
+        by_group: dict[str, list[str]] = defaultdict(list)
+        for client_id, groups in leaving.items():
+            for group in groups:
+                by_group[group].append(client_id)
+        await self.leave_groups(by_group)
+        await asyncio.gather(*(core.call(core.client.delete(core.keys.leaving(c)),
+                                         "reconcile_groups") for c in leaving))
 
     async def _complete(self, listed: Mapping[str, Collection[str]]) -> None:
         """Make each group a client's set lists hold the client: a join whose first step ran

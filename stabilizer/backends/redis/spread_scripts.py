@@ -116,6 +116,12 @@ for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], 'p:' .. ARGV[i], ARGV[i + 1])
 return 1
 """
 
+# KEYS: the client's group set, its leaving set (the client's slot).
+# Returns {the groups it lists, the groups an unfinished end still has to leave}.
+CLIENT_LIST: Final = """
+return {redis.call('SMEMBERS', KEYS[1]), redis.call('SMEMBERS', KEYS[2])}
+"""
+
 # KEYS: the away zset, then the stream meta hashes asked about (the namespace's slot).
 # ARGV: the client id of a session opening fresh.
 # Takes the client off the away list (its new session must not be swept) and returns the

@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Awaitable
 from enum import Enum
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from stabilizer.backends.base import Backend
 from stabilizer.config import CloseCode, WebSocketConfig
@@ -21,6 +21,13 @@ from stabilizer.connection.pool import Pool
 from stabilizer.errors import BackendUnavailable
 from stabilizer.node.tasks import TaskOwner
 from stabilizer.stats import NodeStats
+
+#: Round trips a membership change may take (ask's budget): one script on one slot, or,
+#: with a Redis layout spread over slots, the client's step, the group's and a baseline.
+MEMBERSHIP_ROUND_TRIPS: Final = 3
+#: Round trips opening, ending, suspending or sweeping sessions may take (spread: a guard
+#: read, the client's steps, a lease, the groups' leaves and the clean-up).
+SESSION_ROUND_TRIPS: Final = 6
 
 T = TypeVar("T")
 

@@ -23,7 +23,7 @@ from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import SocketLike, accept_if_needed
 from stabilizer.errors import BackendUnavailable, ShutdownError
 from stabilizer.logs import RateLimitedLog
-from stabilizer.node.context import NodeContext
+from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
 from stabilizer.pure.text import check_client_id
 from stabilizer.services.closing import Closing
 from stabilizer.services.delivery.router import Router
@@ -202,7 +202,8 @@ class Admission:
     async def _end_memberships(self, conn: Connection) -> None:
         ctx = self._ctx
         try:
-            await ctx.ask(ctx.backend.sessions.end(conn.client_id, conn_id=conn.conn_id))
+            await ctx.ask(ctx.backend.sessions.end(conn.client_id, conn_id=conn.conn_id),
+                          round_trips=SESSION_ROUND_TRIPS)
         except BackendUnavailable as exc:
             self._backend_log.warning("groups of replaced %r not left (backend unavailable)",
                                       conn.client_id, exc=exc)
@@ -212,7 +213,8 @@ class Admission:
         try:
             return await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=True,
                                                                user_id=conn.user_id,
-                                                               conn_id=conn.conn_id))
+                                                               conn_id=conn.conn_id),
+                                 round_trips=SESSION_ROUND_TRIPS)
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)

@@ -14,7 +14,7 @@ from stabilizer.connection.connection import Connection, State
 from stabilizer.connection.sockets import abort_transport
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
-from stabilizer.node.context import NodeContext
+from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
 from stabilizer.pure.text import retry_advice, truncate_reason
 from stabilizer.services.delivery.groups import Membership
 from stabilizer.services.events import Events
@@ -224,9 +224,11 @@ class Closing:
             # (a newer socket of the client on another node owns the session: left alone)
             if history and keep_session:
                 await ctx.ask(sessions.suspend(conn.client_id, ctx.config.session_ttl,
-                                               conn_id=conn.conn_id))
+                                               conn_id=conn.conn_id),
+                              round_trips=SESSION_ROUND_TRIPS)
             elif history or had_groups:
-                await ctx.ask(sessions.end(conn.client_id, conn_id=conn.conn_id))
+                await ctx.ask(sessions.end(conn.client_id, conn_id=conn.conn_id),
+                              round_trips=SESSION_ROUND_TRIPS)
         except BackendUnavailable as exc:
             # maintenance puts it on the away list once the backend answers: the sweep then
             # ends it (and its groups) unless the client came back meanwhile

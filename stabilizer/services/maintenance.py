@@ -24,7 +24,7 @@ from stabilizer.backends.base import Presence
 from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
-from stabilizer.node.context import NodeContext
+from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
 from stabilizer.pure.text import backoff_delay
 from stabilizer.pure.users import parse_info
 from stabilizer.services.memory import MemoryGuard
@@ -106,7 +106,8 @@ class Maintenance:
             await ctx.ask(backend.liveness.report(self._reporter.next()))
         await self._settle_sessions()
         for _ in range(SWEEP_ROUNDS):
-            if len(await ctx.ask(backend.sessions.sweep(SWEEP_LIMIT))) < SWEEP_LIMIT:
+            if len(await ctx.ask(backend.sessions.sweep(SWEEP_LIMIT),
+                                 round_trips=SESSION_ROUND_TRIPS)) < SWEEP_LIMIT:
                 break
         if liveness.reaped:
             logger.warning("reaped presence of dead nodes %s", ", ".join(liveness.reaped))

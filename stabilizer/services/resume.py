@@ -13,7 +13,7 @@ from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
-from stabilizer.node.context import NodeContext
+from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
 from stabilizer.pure.frames import resume_frame
 from stabilizer.pure.positions import Positions
 from stabilizer.pure.streams import ALL, client_stream, group_stream, user_stream
@@ -102,7 +102,7 @@ class Resume:
             return await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=fresh,
                                                                user_id=conn.user_id,
                                                                conn_id=conn.conn_id),
-                                 round_trips=2)
+                                 round_trips=SESSION_ROUND_TRIPS)
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)

@@ -31,7 +31,7 @@ from stabilizer.backends.base import GroupStore, MembershipChange
 from stabilizer.connection.connection import Connection, State
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
-from stabilizer.node.context import NodeContext
+from stabilizer.node.context import MEMBERSHIP_ROUND_TRIPS, NodeContext
 from stabilizer.pure.presence import Change, entry_text
 from stabilizer.pure.presence_book import PresenceBook
 from stabilizer.pure.streams import client_stream, group_stream, user_stream
@@ -105,7 +105,8 @@ class Membership:
                 raise ConnectionNotFoundError(f"client {client_id!r} is not connected")
             entry = None if meta_json is None else entry_text(client_id, owner.user_id,
                                                                meta_json)
-            change = await ctx.ask(_join(backend.groups, client_id, group, entry))
+            change = await ctx.ask(_join(backend.groups, client_id, group, entry),
+                                   round_trips=MEMBERSHIP_ROUND_TRIPS)
             await self._tell_owner(client_id, group, _JOIN, change.holder)
             return
         entry = None if meta_json is None else entry_text(client_id, conn.user_id, meta_json)
@@ -114,7 +115,8 @@ class Membership:
             await self.join_local(conn, group)
             mark = self._book.begin(conn, group)
             try:
-                joined = (await ctx.ask(_join(backend.groups, client_id, group, entry))).changed
+                joined = (await ctx.ask(_join(backend.groups, client_id, group, entry),
+                                        round_trips=MEMBERSHIP_ROUND_TRIPS)).changed
             except BaseException:
                 # the write failed or its outcome is unknown: not a member here until the
                 # settle that follows (when the backend answers again) reads what it lists
@@ -138,12 +140,14 @@ class Membership:
         ctx = self._ctx
         conn = ctx.pool.get(client_id)
         if conn is None:
-            change = await ctx.ask(ctx.backend.groups.leave(client_id, group))
+            change = await ctx.ask(ctx.backend.groups.leave(client_id, group),
+                                   round_trips=MEMBERSHIP_ROUND_TRIPS)
             if ctx.backend.is_shared:
                 await self._tell_owner(client_id, group, _LEAVE, change.holder)
             return
         async with self._turns.hold(client_id):
-            left = (await ctx.ask(ctx.backend.groups.leave(client_id, group))).changed
+            left = (await ctx.ask(ctx.backend.groups.leave(client_id, group),
+                                  round_trips=MEMBERSHIP_ROUND_TRIPS)).changed
             await self.leave_local(conn, group)
         if left:
             self._events.membership(_LEAVE, client_id, group)
@@ -332,7 +336,7 @@ class Membership:
                             if restore else None)
                 listed = await ctx.ask(
                     ctx.backend.groups.reconcile(local, restore=restore, presence=presence),
-                    round_trips=1 + len(local) // _SETTLE_BATCH)
+                    round_trips=MEMBERSHIP_ROUND_TRIPS + len(local) // _SETTLE_BATCH)
                 for conn in open_conns:
                     await self._agree(conn, listed.get(conn.client_id, []))
         if node_wide and subscribed:

@@ -61,9 +61,17 @@ class PresenceStore(Protocol):
         """
         ...
 
-    async def unregister(self, client_id: str, conn_id: str) -> bool:
+    async def unregister(self, client_id: str, conn_id: str, *,
+                         end_groups: bool = False) -> bool:
         """Remove the client's presence (and its user's seat) only if it still names
-        `conn_id`."""
+        `conn_id`; with `end_groups`, the client's group memberships end in the same step
+        when the store can (`ends_groups`), so that none written meanwhile outlives it.
+        True when the presence was removed."""
+        ...
+
+    @property
+    def ends_groups(self) -> bool:
+        """True when unregister(end_groups=True) ends the memberships in the same step."""
         ...
 
     async def count(self) -> int:

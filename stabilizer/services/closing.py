@@ -37,6 +37,8 @@ class Closing:
         # evicted): their later disconnect(client_id) must not close a newer socket.
         self._departed: weakref.WeakKeyDictionary[asyncio.Task[Any], set[str]] = (
             weakref.WeakKeyDictionary())
+        # conn ids whose unregister ended their client's memberships in the same step
+        self._groups_ended: set[str] = set()
         self._backend_log = RateLimitedLog(logger)
 
     @property
@@ -160,13 +162,20 @@ class Closing:
         self.retire(conn, CloseCode.REPLACED, "replaced by a connection on another node")
 
     async def unregister(self, conn: Connection) -> None:
-        """Drop the presence of `conn` (if it still names this socket)."""
+        """Drop the presence of `conn` (if it still names this socket). Without history the
+        client's memberships end in the same step where the store can: a join another node
+        wrote while this socket was closing (it found the client still present) ends with
+        it, though this socket never had that group."""
         ctx = self._ctx
         if not ctx.backend.available:
             ctx.want_resync()
             return
+        presence = ctx.backend.presence
+        end_groups = not ctx.config.history_enabled and presence.ends_groups
         try:
-            await ctx.ask(ctx.backend.presence.unregister(conn.client_id, conn.conn_id))
+            if await ctx.ask(presence.unregister(conn.client_id, conn.conn_id,
+                                                 end_groups=end_groups)) and end_groups:
+                self._groups_ended.add(conn.conn_id)
         except BackendUnavailable as exc:
             ctx.want_resync()
             self._backend_log.warning("presence of %r not removed (backend unavailable)",
@@ -204,6 +213,9 @@ class Closing:
             # group only once its node follows it)
             had_groups = (bool(conn.groups) or conn.changed_groups
                           or self._membership.in_doubt)
+            if conn.conn_id in self._groups_ended:  # they ended with its presence
+                self._groups_ended.discard(conn.conn_id)
+                had_groups = False
             await self._membership.forget(conn)
             # a newer socket of the client admitted here while this one was closing owns the
             # session now (a fresh one ended this socket's groups already): ending it would

@@ -421,16 +421,18 @@ async def test_a_close_whose_session_end_fails_still_ends_the_clients_groups(
     were cut. The close removed c3's presence (its reply lost or not) but could not end its
     session, which is what ends a client's groups without history; the resync that follows
     an outage only ends the groups of clients whose presence it prunes, and c3 had none
-    left: Redis listed c3 in g2 for good. Here the session end fails once, the rest works."""
+    left: Redis listed c3 in g2 for good. Here the session end fails once, the rest works.
+    (Where the store can, the unregister ends the groups in its own step: it is cut here
+    too, before it runs, so that the session end has to do it.)"""
     from stabilizer.errors import BackendUnavailable
 
     a = node("a")
     await a.start()
     await a.connect("alice", FakeSocket("alice"))
     await a.join_group("alice", "room")
-    sessions = a.backend.sessions
-    end = sessions.end
-    failed = asyncio.Event()
+    sessions, presence = a.backend.sessions, a.backend.presence
+    end, unregister = sessions.end, presence.unregister
+    failed, cut = asyncio.Event(), asyncio.Event()
 
     async def cut_end(client_id: str, **options: Any) -> list[str]:
         if not failed.is_set():
@@ -438,13 +440,21 @@ async def test_a_close_whose_session_end_fails_still_ends_the_clients_groups(
             raise BackendUnavailable("redis unavailable: connection reset (as a cut)")
         return list(await end(client_id, **options))
 
-    monkeypatch.setattr(sessions, "end", cut_end)
-    await a.disconnect("alice")
-    assert failed.is_set()
-    assert await a.locate_client("alice") is None  # the presence went
+    async def cut_unregister(client_id: str, conn_id: str, **options: Any) -> bool:
+        if not cut.is_set():
+            cut.set()
+            raise BackendUnavailable("redis unavailable: connection reset (as a cut)")
+        return bool(await unregister(client_id, conn_id, **options))
 
-    async def no_groups() -> bool:
-        return (await a.get_group_members("room") == []
+    monkeypatch.setattr(sessions, "end", cut_end)
+    monkeypatch.setattr(presence, "unregister", cut_unregister)
+    await a.disconnect("alice")
+    assert cut.is_set()
+    assert failed.is_set()
+
+    async def no_groups() -> bool:  # (the presence goes with the resync the cut asks for)
+        return (await a.locate_client("alice") is None
+                and await a.get_group_members("room") == []
                 and await a.get_client_groups("alice") == [])
 
     assert await until(no_groups), (

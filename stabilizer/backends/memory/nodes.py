@@ -83,10 +83,22 @@ class MemoryPresence:
         before = None if previous is None else public(previous)
         return Registration(before, groups_ended=end_groups and previous is not None)
 
-    async def unregister(self, client_id: str, conn_id: str) -> bool:
-        """Remove presence if it still names `conn_id`."""
-        self._node.check()
-        return self._node.hub.drop_presence(client_id, conn_id)
+    async def unregister(self, client_id: str, conn_id: str, *,
+                         end_groups: bool = False) -> bool:
+        """Remove presence if it still names `conn_id` (with `end_groups`, and the client's
+        memberships then)."""
+        node = self._node
+        node.check()
+        removed = node.hub.drop_presence(client_id, conn_id)
+        if removed and end_groups:
+            for group in node.hub.leave_groups(client_id, node.node_id):
+                node.membership_event("leave", client_id, group)
+        return removed
+
+    @property
+    def ends_groups(self) -> bool:
+        """Always: the hub changes in one step."""
+        return True
 
     async def count(self) -> int:
         """Clients present on any node of the hub."""

@@ -64,19 +64,32 @@ class RedisPresence:
             await core.follow_seats(_seat_moves(presence, value, before), "register")
         return Registration(before, groups_ended=in_script and before is not None)
 
-    async def unregister(self, client_id: str, conn_id: str) -> bool:
-        """One script: remove presence (and the user's seat) if it still names `conn_id`."""
+    async def unregister(self, client_id: str, conn_id: str, *,
+                         end_groups: bool = False) -> bool:
+        """One script: remove presence (and the user's seat) if it still names `conn_id`;
+        with `end_groups` and one slot for both, the client's groups end in it too."""
         core = self._core
-        bucket = core.keys.bucket_of(client_id)
-        removed = await self._unregisters.submit(
-            [core.keys.presence(bucket), core.keys.node_set(bucket, core.node_id)],
-            [client_id, conn_id, *core.seat_args()])
+        keys = core.keys
+        bucket = keys.bucket_of(client_id)
+        script_keys = [keys.presence(bucket), keys.node_set(bucket, core.node_id)]
+        args: list[str | bytes] = [client_id, conn_id, *core.seat_args()]
+        if end_groups and self.ends_groups:
+            script_keys.append(keys.client_groups(client_id))
+            args += ["1", keys.group_prefix, *core.event_args(), core.node_id,
+                     core.publish_command]
+        removed = await self._unregisters.submit(script_keys, args)
         if not removed:
             return False
         entry = parse_entry(client_id, removed)
         if not core.keys.seats_here and entry is not None and entry.user_id is not None:
             await core.follow_seats(["d", entry.user_id, client_id, conn_id], "unregister")
         return True
+
+    @property
+    def ends_groups(self) -> bool:
+        """True when presence and the group sets share one slot (one bucket, not spread)."""
+        keys = self._core.keys
+        return keys.buckets == 1 and not keys.spread
 
     async def count(self) -> int:
         """HLEN over the presence buckets."""

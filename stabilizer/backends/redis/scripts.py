@@ -184,9 +184,12 @@ return lost
 """
 
 
-# KEYS: presence hash, own node set. ARGV: client_id, conn_id, user-hash prefix, users set,
-# '1' when the user hashes share this slot. Returns the removed entry, or 0.
-UNREGISTER: Final = SEATS_LIB + """
+# KEYS: presence hash, own node set[, client's group set (when ARGV[6] is '1')].
+# ARGV: client_id, conn_id, user-hash prefix, users set, '1' when the user hashes share
+# this slot, '1' to end the client's groups too (history off, one slot), group-set prefix,
+# events channel, event prefix, node id, publish command.
+# Returns the removed entry, or 0.
+UNREGISTER: Final = LEAVE_ALL + SEATS_LIB + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local node, conn = string.match(cur, '^([^|]*)|([^|]*)|')
@@ -195,6 +198,9 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 local user = entry_user(cur)
 if user and ARGV[5] == '1' then seat_drop(ARGV[3], ARGV[4], user, ARGV[1], conn) end
+if ARGV[6] == '1' then
+  leave_all(KEYS[3], ARGV[7], ARGV[1], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+end
 return cur
 """
 

@@ -58,6 +58,23 @@ async def open_spread(request: pytest.FixtureRequest, namespace: str) -> AsyncIt
         await backend.aclose()
 
 
+async def end_cut_short(node: Backend, client_id: str, groups: list[str],
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open `client_id`'s session on `node`, join `groups`, then end the session with the
+    node stopping after the groups moved to the leaving set, before any was left."""
+    await node.sessions.activate(client_id, fresh=True, conn_id="conn-1")
+    for group in groups:
+        await node.groups.join(client_id, group)
+
+    async def stops_here(self: SpreadSteps, by_group: object) -> None:
+        raise BackendUnavailable("the node stopped here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SpreadSteps, "leave_groups", stops_here)
+        with pytest.raises(BackendUnavailable):
+            await node.sessions.end(client_id)
+
+
 async def test_group_traffic_reaches_every_master(redis_cluster: RedisClusterServers,
                                                   namespace: str) -> None:
     tasks = TaskOwner()
@@ -93,18 +110,7 @@ async def test_an_end_cut_short_is_finished_by_a_sweep(
         open_spread: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spread_module, "LEASE_OP_TIMEOUTS", 0.1)  # 0.2 s
     a, b = await open_spread("node-a"), await open_spread("node-b")
-    await a.sessions.activate("alice", fresh=True, conn_id="conn-1")
-    for group in ("room", "lobby"):
-        await a.groups.join("alice", group)
-    leave_groups = SpreadSteps.leave_groups
-
-    async def stops_here(self: SpreadSteps, by_group: object) -> None:
-        raise BackendUnavailable("the node stopped here")
-
-    monkeypatch.setattr(SpreadSteps, "leave_groups", stops_here)
-    with pytest.raises(BackendUnavailable):
-        await a.sessions.end("alice")
-    monkeypatch.setattr(SpreadSteps, "leave_groups", leave_groups)
+    await end_cut_short(a, "alice", ["room", "lobby"], monkeypatch)
     assert await b.groups.members("room") == ["alice"]  # the group still lists it
     assert await b.sessions.load("alice") is None  # the session itself ended
     async with asyncio.timeout(5.0):  # the lease runs out; another node's sweep finishes
@@ -204,18 +210,7 @@ async def test_an_end_cut_short_for_a_client_back_again_is_finished_by_its_settl
     """A replaced connection's groups were moved to the leaving set, then the end stopped;
     the client is connected again (no sweep will pick it): the settle leaves them."""
     a = await open_spread("node-a")
-    await a.sessions.activate("alice", fresh=True, conn_id="conn-1")
-    for group in ("room", "lobby"):
-        await a.groups.join("alice", group)
-    leave_groups = SpreadSteps.leave_groups
-
-    async def stops_here(self: SpreadSteps, by_group: object) -> None:
-        raise BackendUnavailable("the node stopped here")
-
-    monkeypatch.setattr(SpreadSteps, "leave_groups", stops_here)
-    with pytest.raises(BackendUnavailable):
-        await a.sessions.end("alice")
-    monkeypatch.setattr(SpreadSteps, "leave_groups", leave_groups)
+    await end_cut_short(a, "alice", ["room", "lobby"], monkeypatch)
     await a.sessions.activate("alice", fresh=False, conn_id="conn-2")  # back (no session
     await a.groups.join("alice", "lobby")  # any more: its node joins what it wants again)
     assert await a.groups.members("room") == ["alice"]  # still listed: the end stopped

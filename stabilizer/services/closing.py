@@ -37,8 +37,6 @@ class Closing:
         # evicted): their later disconnect(client_id) must not close a newer socket.
         self._departed: weakref.WeakKeyDictionary[asyncio.Task[Any], set[str]] = (
             weakref.WeakKeyDictionary())
-        # conn ids whose unregister ended their client's memberships in the same step
-        self._groups_ended: set[str] = set()
         self._backend_log = RateLimitedLog(logger)
 
     @property
@@ -89,14 +87,15 @@ class Closing:
 
     async def _close_and_settle(self, conn: Connection, code: int, reason: str,
                                 keep_session: bool | None, *, unregister: bool = True) -> None:
+        groups_ended = False
         try:
             async with self._slots:
                 if unregister:
-                    await self.unregister(conn)
+                    groups_ended = await self.unregister(conn)
                 await self.close_socket(conn, code, reason)
         finally:  # cancelled before the close: nobody may wait for a close that never comes
             conn.socket_done()
-        await self.settle(conn, code, reason, keep_session)
+        await self.settle(conn, code, reason, keep_session, groups_ended=groups_ended)
 
     def detach(self, conn: Connection, *, in_pool: bool = True) -> bool:
         """Synchronously take `conn` out of service; False if it already was."""
@@ -161,25 +160,26 @@ class Closing:
         """Another node (or a resync) found a newer connection of this client."""
         self.retire(conn, CloseCode.REPLACED, "replaced by a connection on another node")
 
-    async def unregister(self, conn: Connection) -> None:
+    async def unregister(self, conn: Connection) -> bool:
         """Drop the presence of `conn` (if it still names this socket). Without history the
         client's memberships end in the same step where the store can: a join another node
         wrote while this socket was closing (it found the client still present) ends with
-        it, though this socket never had that group."""
+        it, though this socket never had that group. True when they ended so."""
         ctx = self._ctx
         if not ctx.backend.available:
             ctx.want_resync()
-            return
+            return False
         presence = ctx.backend.presence
         end_groups = not ctx.config.history_enabled and presence.ends_groups
         try:
-            if await ctx.ask(presence.unregister(conn.client_id, conn.conn_id,
-                                                 end_groups=end_groups)) and end_groups:
-                self._groups_ended.add(conn.conn_id)
+            removed = await ctx.ask(presence.unregister(conn.client_id, conn.conn_id,
+                                                        end_groups=end_groups))
         except BackendUnavailable as exc:
             ctx.want_resync()
             self._backend_log.warning("presence of %r not removed (backend unavailable)",
                                       conn.client_id, exc=exc)
+            return False
+        return removed and end_groups
 
     async def close_socket(self, conn: Connection, code: int, reason: str) -> bool:
         """Send a close frame within close_timeout; abort the transport if it cannot go.
@@ -198,8 +198,9 @@ class Closing:
         return True
 
     async def settle(self, conn: Connection, code: int, reason: str,
-                     keep_session: bool | None) -> None:
-        """Bookkeeping once a socket is closed: groups, session, hooks, events (once)."""
+                     keep_session: bool | None, *, groups_ended: bool = False) -> None:
+        """Bookkeeping once a socket is closed: groups, session, hooks, events (once).
+        `groups_ended`: the unregister ended the client's memberships already."""
         conn.finish_close()
         self._ctx.stats.disconnects += 1
         logger.info("client %r disconnected (conn %s, code %d)", conn.client_id, conn.conn_id,
@@ -211,11 +212,8 @@ class Closing:
             # may list groups this node never applied: leave them there all the same; so
             # for a join that wrote the backend but found the socket closing (it lists a
             # group only once its node follows it)
-            had_groups = (bool(conn.groups) or conn.changed_groups
-                          or self._membership.in_doubt)
-            if conn.conn_id in self._groups_ended:  # they ended with its presence
-                self._groups_ended.discard(conn.conn_id)
-                had_groups = False
+            had_groups = not groups_ended and (bool(conn.groups) or conn.changed_groups
+                                               or self._membership.in_doubt)
             await self._membership.forget(conn)
             # a newer socket of the client admitted here while this one was closing owns the
             # session now (a fresh one ended this socket's groups already): ending it would

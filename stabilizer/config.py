@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -16,6 +15,7 @@ from typing import Any, Final, get_type_hints
 
 from stabilizer.channel_options import ChannelNamespaces, ChannelOptions, check_namespaces
 from stabilizer.errors import ConfigError
+from stabilizer.pure.env import parse_env_value
 
 ENV_PREFIX: Final = "STABILIZER_"
 _NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -371,33 +371,7 @@ class WebSocketConfig:
             name = key[len(ENV_PREFIX):].lower()
             if name not in names:
                 raise ConfigError(f"unknown setting {key}; known: {sorted(names)}")
-            values[name] = _parse_env_value(key, raw, hints[name])
+            values[name] = parse_env_value(key, raw, hints[name])
         values.update(overrides)
         return cls(**values)
 
-
-def _parse_env_value(key: str, raw: str, hint: object) -> Any:
-    text = raw.strip()
-    optional = "None" in str(hint)
-    if optional and text.lower() in ("", "none", "null"):
-        return None
-    try:
-        if hint is bool or str(hint) == "bool | None":
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if hint is timedelta:
-            return float(text)  # validated (and converted) by the constructor
-        if hint is float:
-            return float(text)
-        if hint is int or str(hint) == "int | None":
-            return int(text)
-        if "Mapping" in str(hint):
-            return json.loads(text)  # validated (and converted) by the constructor
-        if "tuple" in str(hint):
-            return tuple(part.strip() for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise ConfigError(f"{key}={raw!r} does not parse as {hint}") from exc
-    return text

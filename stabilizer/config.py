@@ -14,8 +14,8 @@ from enum import Enum, IntEnum, StrEnum
 from typing import Any, Final, get_type_hints
 
 from stabilizer.channel_options import ChannelNamespaces, ChannelOptions, check_namespaces
+from stabilizer.config_env import parse_env_value
 from stabilizer.errors import ConfigError
-from stabilizer.pure.env import parse_env_value
 
 ENV_PREFIX: Final = "STABILIZER_"
 _NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -297,8 +297,9 @@ async def test_a_resume_that_finds_no_session_hands_over_no_group_it_ended(
         "the fresh session ended alice's membership of room, but her newer socket joined it")
 
 
-async def test_a_node_fills_a_gap_in_a_stream_from_history(make_manager: Any) -> None:
-    """Pub/sub is at-most-once: a node that misses a message recovers it from history."""
+async def bob_on_b(make_manager: Any) -> tuple[Any, Any, Any, FakeSocket]:
+    """Two started nodes with history on one memory hub, and bob's socket on node b:
+    (hub, a, b, bob's socket)."""
     from stabilizer import MemoryHub, WebSocketConfig
 
     hub = MemoryHub()
@@ -307,6 +308,12 @@ async def test_a_node_fills_a_gap_in_a_stream_from_history(make_manager: Any) ->
     await started(a, b)
     sock = FakeSocket()
     await b.connect("bob", sock)
+    return hub, a, b, sock
+
+
+async def test_a_node_fills_a_gap_in_a_stream_from_history(make_manager: Any) -> None:
+    """Pub/sub is at-most-once: a node that misses a message recovers it from history."""
+    hub, a, b, sock = await bob_on_b(make_manager)
     deliver = hub.deliver
     dropped = []
 
@@ -333,14 +340,7 @@ async def test_a_gap_the_history_no_longer_holds_tells_the_clients_to_resync(
     read found no stream, which reads as "nothing to recover", and offset 3 went out as if
     nothing was missing. A gap that the history cannot fill is a loss: the clients are
     told (recovered: false) before the message after it."""
-    from stabilizer import MemoryHub, WebSocketConfig
-
-    hub = MemoryHub()
-    a = make_manager(WebSocketConfig(node_id="a", **HISTORY), backend=MemoryBackend(hub))
-    b = make_manager(WebSocketConfig(node_id="b", **HISTORY), backend=MemoryBackend(hub))
-    await started(a, b)
-    sock = FakeSocket()
-    await b.connect("bob", sock)
+    hub, a, _, sock = await bob_on_b(make_manager)
     deliver = hub.deliver
 
     def lossy(node_id: str, envelope: bytes) -> bool:

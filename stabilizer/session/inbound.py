@@ -53,14 +53,17 @@ def welcome_frame(ctx: NodeContext, conn: Connection, greeting: Greeting, *, res
 class Inbound:
     """Sorts one session's text frames into control frames and application text."""
 
-    def __init__(self, services: SessionServices, session: Session) -> None:
+    def __init__(self, services: SessionServices) -> None:
         self._services = services
-        self._session = session
         self.bucket = TokenBucket.from_config(services.ctx.config)
         self.calls = Calls(services.ctx, services.procedures, services.channels)
 
-    async def text(self, conn: Connection, text: str) -> str | None:
-        """Handle a control frame (None) or return the application's text."""
+    async def text(self, session: Session, conn: Connection, text: str) -> str | None:
+        """Handle a control frame (None) or return the application's text.
+
+        The session is an argument, not an attribute: holding it would make a reference
+        cycle, and every closed session's objects would wait for the cyclic collector.
+        """
         if conn.protocol < 2:
             control = control_type(text)
             if control is None:
@@ -84,7 +87,7 @@ class Inbound:
         elif kind == "ack":  # (a token it was not sent, or acknowledged already: nothing)
             self._services.acks.acked(conn, body.get("id"))
         elif kind == "refresh":
-            await self._refresh(conn, body.get("token"))
+            await self._refresh(session, conn, body.get("token"))
         else:
             self._error(conn, "unknown_type", f"unknown frame type {kind[:40]!r}")
         return None
@@ -98,7 +101,7 @@ class Inbound:
     def _error(self, conn: Connection, code: str, detail: str) -> None:
         conn.offer(Frame.text(error_frame(code, detail)), time.monotonic())
 
-    async def _refresh(self, conn: Connection, token: object) -> None:
+    async def _refresh(self, session: Session, conn: Connection, token: object) -> None:
         services = self._services
         if not services.auth.enabled:
             self._error(conn, "refresh_unsupported", "this server has no authenticator")
@@ -108,7 +111,7 @@ class Inbound:
         except ProtocolError as exc:
             self._error(conn, "bad_frame", str(exc))
             return
-        credentials = Credentials(fresh, self._session.websocket, refreshing=True)
+        credentials = Credentials(fresh, session.websocket, refreshing=True)
         try:
             identity = await services.auth.refresh(conn, credentials)
         except CredentialsExpiredError:
@@ -121,5 +124,5 @@ class Inbound:
         except BackendUnavailable as exc:  # try again: the close waits until the grace ends
             self._error(conn, "refresh_failed", str(exc))
             return
-        self._session.refreshed(identity)
+        session.refreshed(identity)
         conn.offer(Frame.text(refreshed_frame(identity.expires_at)), time.monotonic())

@@ -121,7 +121,7 @@ class Session:
         self._metadata = metadata
         self._welcome = welcome
         self._expiry: Expiry | None = None
-        self._inbound = Inbound(services, self)
+        self._inbound = Inbound(services)
 
     @property
     def user_id(self) -> str | None:
@@ -293,7 +293,7 @@ class Session:
                 return None
             self._services.liveness.heard_from(conn)
             if text is not None:
-                text = await self._inbound.text(conn, text)
+                text = await self._inbound.text(self, conn, text)
                 if text is None:
                     continue
             elif data is None:

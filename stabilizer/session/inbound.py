@@ -56,7 +56,7 @@ class Inbound:
     def __init__(self, services: SessionServices) -> None:
         self._services = services
         self.bucket = TokenBucket.from_config(services.ctx.config)
-        self.calls = Calls(services.ctx, services.procedures, services.channels)
+        self._calls: Calls | None = None  # made at the first request (v2 clients only)
 
     async def text(self, session: Session, conn: Connection, text: str) -> str | None:
         """Handle a control frame (None) or return the application's text.
@@ -83,7 +83,12 @@ class Inbound:
         if kind in ("ping", "pong"):
             self._heartbeat(conn, kind)
         elif kind in REQUESTS:
-            self.calls.start(conn, kind, body, self.bucket)
+            calls = self._calls
+            if calls is None:
+                services = self._services
+                calls = self._calls = Calls(services.ctx, services.procedures,
+                                            services.channels)
+            calls.start(conn, kind, body, self.bucket)
         elif kind == "ack":  # (a token it was not sent, or acknowledged already: nothing)
             self._services.acks.acked(conn, body.get("id"))
         elif kind == "refresh":
@@ -91,6 +96,11 @@ class Inbound:
         else:
             self._error(conn, "unknown_type", f"unknown frame type {kind[:40]!r}")
         return None
+
+    def cancel_calls(self) -> None:
+        """Cancel the client's running requests (its socket is gone)."""
+        if self._calls is not None:
+            self._calls.cancel()
 
     def _heartbeat(self, conn: Connection, control: str) -> None:
         if control == PONG:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -246,7 +245,7 @@ class Session:
             self._expiry.cancel()
         if self.conn is None:
             return
-        self._inbound.calls.cancel()  # their client is gone
+        self._inbound.cancel_calls()  # their client is gone
         # The client went away (or the server is going): its session stays resumable. The
         # application ending the loop itself ends the session.
         went_away = self.client_close_code is not None
@@ -259,12 +258,16 @@ class Session:
         await self._services.closing.release(self.conn, code=code, reason=reason,
                                              keep_session=went_away)
 
-    def __aiter__(self) -> AsyncIterator[str | bytes]:
-        return self._messages()
+    def __aiter__(self) -> Self:
+        return self
 
-    async def _messages(self) -> AsyncIterator[str | bytes]:
-        while (message := await self.receive()) is not None:
-            yield message
+    async def __anext__(self) -> str | bytes:
+        # A plain iterator, not an async generator: the event loop keeps no record of it
+        # and nothing needs finalising when the application's loop breaks off.
+        message = await self.receive()
+        if message is None:
+            raise StopAsyncIteration
+        return message
 
     async def receive(self) -> str | bytes | None:
         """Return the next application message (str for a text frame, bytes for a binary

@@ -16,11 +16,16 @@ generator). Measured during the storm:
 * **refused**: clients that did not get back in 3 attempts (there is no connection limit,
   so any is a failure).
 
+Then **churn** (``--waves``, default 1): every client leaves B with a clean close, and all
+come back at once again; B's server CPU per leave and per connect of that wave. B has now
+served and closed connections, so what the closed ones left behind (objects waiting for
+Python's cyclic collector, presence to remove) is paid here.
+
 For the stabilizer the dead replica's presence entries are still in Redis when the
 clients come back (its node_ttl has not expired): each registration replaces an entry that
 names a dead node, as in a real crash.
 
-``python -m bench.storm [--quick] [--servers raw,stabilizer] [--baseline REV]``
+``python -m bench.storm [--quick] [--waves K] [--servers raw,stabilizer] [--baseline REV]``
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class Plan:
     clients: int
     generators: int
     concurrency: int = 250  # handshakes in flight per generator during the storm
+    waves: int = 1  # churn after the storm: all leave B and come back, this many times
     stabilizer_path: str | None = None
     baseline_label: str | None = None
     baseline_path: str | None = None
@@ -117,6 +123,7 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
         held = survivor.wait_count(sum(r["connected"] for r in replies), timeout=60.0)
         cpu = survivor.cpu_seconds() - cpu0
         reads, commands = redis_stats(redis)
+        churn = [second_wave(survivor, fleet, gens, shares, plan) for _ in range(plan.waves)]
         foreign = load.percent()
     latencies = sorted(t for r in replies for t in r["latencies"])
     connected = sum(r["connected"] for r in replies)
@@ -131,9 +138,39 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
         "round_trips_per_connect": (reads - reads0) / connected,
         "commands_per_connect": (commands - commands0) / connected,
         "refused": float(refused),
+        **({"leave_cpu_us": quantile(sorted(c[0] for c in churn), 0.5) or 0.0,
+            "again_cpu_us": quantile(sorted(c[1] for c in churn), 0.5) or 0.0}
+           if churn else {}),
         "held": float(held),
         "foreign_pct": foreign,
     }, notes={"errors": [e for r in replies for e in r["errors"]][:5]})
+
+
+def second_wave(survivor: Any, fleet: Fleet, gens: list[int], shares: list[list[str]],
+                plan: Plan) -> tuple[float, float]:
+    """Every client leaves B (a clean close), then all come back at once: B's server CPU
+    per leave and per connect of that wave, in µs. Unlike the first wave, B has served
+    and closed connections before, so this is the cost under churn."""
+    n = sum(len(share) for share in shares)
+    cpu0 = survivor.cpu_seconds()
+    for index in gens:
+        fleet.gens[index].send({"cmd": "close"})
+    for index in gens:
+        fleet.gens[index].reply(120.0)
+    if survivor.wait_count(0, timeout=60.0) != 0:
+        raise BenchError(f"replica B still holds {survivor.count()} clients after they left")
+    time.sleep(1.0)  # the closes' last steps (presence, sessions) finish
+    leave = survivor.cpu_seconds() - cpu0
+    cpu1 = survivor.cpu_seconds()
+    for index, share in zip(gens, shares, strict=True):
+        fleet.gens[index].send({"cmd": "connect", "port": survivor.port, "paths": share,
+                                "mode": "ws", "concurrency": plan.concurrency,
+                                "timeout": 60.0})
+    replies = [fleet.gens[index].reply(300.0) for index in gens]
+    connected = sum(r["connected"] for r in replies)
+    if connected != n or survivor.wait_count(n, timeout=60.0) != n:
+        raise BenchError(f"the second wave brought back {connected} of {n} clients")
+    return leave / n * 1e6, (survivor.cpu_seconds() - cpu1) / n * 1e6
 
 
 def report(runs: list[Run], plan: Plan, kinds: list[str]) -> str:
@@ -164,11 +201,29 @@ def report(runs: list[Run], plan: Plan, kinds: list[str]) -> str:
                  "server CPU µs / connect", "vs raw", "Redis round trips / connect",
                  "Redis commands / connect (scripts' included)", "refused",
                  "other load % of a core"], rows))
+    churn_rows = []
+    for kind in kinds:
+        leave, again = med(kind, "leave_cpu_us"), med(kind, "again_cpu_us")
+        cycle = None if leave is None or again is None else leave + again
+        raw_leave, raw_again = med("raw", "leave_cpu_us"), med("raw", "again_cpu_us")
+        raw_cycle = None if raw_leave is None or raw_again is None else raw_leave + raw_again
+        churn_rows.append([
+            kind, fmt(leave, 0) + spread(kind, "leave_cpu_us"), ratio(leave, raw_leave),
+            fmt(again, 0) + spread(kind, "again_cpu_us"), ratio(again, raw_again),
+            fmt(cycle, 0), ratio(cycle, raw_cycle)])
+    if plan.waves:
+        text += (f"\n\nChurn: then every client leaves B (a clean close) and all come back "
+                 f"at once, {plan.waves} time(s); B's server CPU, median of the waves and "
+                 f"then of the repetitions\n\n" + table(
+                     ["server", "µs / leave", "vs raw", "µs / connect again", "vs raw",
+                      "µs / leave + connect", "vs raw"], churn_rows))
     if plan.baseline_label and "stabilizer" in kinds:
         text += "\n\n" + compare_table(plan.baseline_label, [
             (metric, med(plan.baseline_label, key), med("stabilizer", key), digits)
             for metric, key, digits in (
                 ("server CPU µs / connect", "cpu_us_per_connect", 0),
+                ("churn: µs / leave", "leave_cpu_us", 0),
+                ("churn: µs / connect again", "again_cpu_us", 0),
                 ("Redis round trips / connect", "round_trips_per_connect", 2),
                 ("p99 connect (ms)", "p99_ms", 1), ("all back (s)", "back_s", 2))])
     tail = report_tail(runs, foreign=[])  # (the table shows the other load per run)
@@ -182,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1,000 clients, one repetition")
     parser.add_argument("--reps", type=int)
     parser.add_argument("--clients", type=int)
+    parser.add_argument("--waves", type=int, help="churn waves after the storm (default 1)")
     parser.add_argument("--servers", default=",".join(CONTENDERS))
     parser.add_argument("--baseline", metavar="REV",
                         help="also run stabilizer/ as of git revision REV (stabilizer@REV)")
@@ -192,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, reps=args.reps)
     if args.clients is not None:
         plan = replace(plan, clients=args.clients)
+    if args.waves is not None:
+        plan = replace(plan, waves=args.waves)
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     if unknown := [k for k in kinds if k not in CONTENDERS]:
         parser.error(f"unknown contender: {unknown}")

@@ -55,6 +55,7 @@ class Admission:
                  ensure_started: Callable[[], Awaitable[None]]) -> None:
         self._ctx = ctx
         self._closing = closing
+        self._on_fail = closing.on_conn_failed  # one bound method, shared by every connection
         self._liveness = liveness
         self._memory = memory
         self._events = events
@@ -103,7 +104,7 @@ class Admission:
                      user: Seated) -> Connection:
         ctx = self._ctx
         history = ctx.config.history_enabled
-        conn = Connection(client_id, websocket, ctx.limits, self._closing.on_conn_failed,
+        conn = Connection(client_id, websocket, ctx.limits, self._on_fail,
                           metadata=metadata, owner=asyncio.current_task(),
                           hold=history and resuming, user_id=user.user_id, info=user.info,
                           protocol=user.protocol)

@@ -120,7 +120,7 @@ class Session:
         self._metadata = metadata
         self._welcome = welcome
         self._expiry: Expiry | None = None
-        self._inbound = Inbound(services)
+        self._inbound: Inbound | None = None  # made at the first message: idle ones need none
 
     @property
     def user_id(self) -> str | None:
@@ -245,7 +245,8 @@ class Session:
             self._expiry.cancel()
         if self.conn is None:
             return
-        self._inbound.cancel_calls()  # their client is gone
+        if self._inbound is not None:
+            self._inbound.cancel_calls()  # their client is gone
         # The client went away (or the server is going): its session stays resumable. The
         # application ending the loop itself ends the session.
         went_away = self.client_close_code is not None
@@ -296,7 +297,7 @@ class Session:
                 return None
             self._services.liveness.heard_from(conn)
             if text is not None:
-                text = await self._inbound.text(self, conn, text)
+                text = await self._sorter().text(self, conn, text)
                 if text is None:
                     continue
             elif data is None:
@@ -310,6 +311,12 @@ class Session:
             return text if text is not None else data
         return None
 
+    def _sorter(self) -> Inbound:
+        inbound = self._inbound
+        if inbound is None:
+            inbound = self._inbound = Inbound(self._services)
+        return inbound
+
     def refreshed(self, identity: Identity) -> None:
         """A v2 client presented fresh credentials: keep them and re-arm the timers."""
         self.identity = identity
@@ -320,7 +327,7 @@ class Session:
 
     async def _within_rate(self, conn: Connection) -> Literal["pass", "drop", "closed"]:
         """Apply the inbound rate limit to one message."""
-        bucket = self._inbound.bucket
+        bucket = self._sorter().bucket
         if bucket is None or bucket.take(time.monotonic()):
             return "pass"
         ctx = self._ctx

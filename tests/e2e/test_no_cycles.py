@@ -22,6 +22,7 @@ from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import connect as ws_connect
 
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer.auth import JWTAuthenticator
 from stabilizer.fastapi import lifespan, session
 from tests.support.inproc_uvicorn import IMPLEMENTATIONS, served
 
@@ -32,6 +33,7 @@ IMPLS = [pytest.param(ws, marks=LEGACY_WARNS) if ws == "websockets" else ws
          for ws in sorted(IMPLEMENTATIONS)]
 BOUND = 5.0  # seconds: a bound on waits that end at once when all is well
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+SECRET = "no-cycles-test-secret-" + "k" * 24
 
 
 class Kept:
@@ -124,3 +126,25 @@ async def test_a_closed_session_leaves_nothing_for_the_cyclic_collector(
                 assert json.loads(await v2.recv())["result"] == 3
             assert len(kept.refs) == 12
             assert await freed(kept, 4) == []
+
+
+@pytest.mark.parametrize("ws", IMPLS)
+async def test_an_authenticated_session_leaves_nothing_for_the_cyclic_collector(
+        ws: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a user's identity: its expiry is watched, and a refresh re-arms the watch
+    authenticator = JWTAuthenticator(secret=SECRET)
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET), authenticator=authenticator)
+    kept = Kept()
+    async with served(make_app(manager, kept), ws, monkeypatch) as server:
+        with collector_off():
+            for device in ("phone", "laptop"):
+                async with ws_connect(f"ws://127.0.0.1:{server.port}/v2",
+                                      subprotocols=["stabilizer.v2"]) as v2:
+                    await v2.send(json.dumps({"type": "connect", "device": device,
+                                              "token": authenticator.issue("ann", ttl=600)}))
+                    assert json.loads(await v2.recv())["type"] == "session"
+                    await v2.send(json.dumps({"type": "refresh", "token":
+                                              authenticator.issue("ann", ttl=900)}))
+                    assert json.loads(await v2.recv())["type"] == "refreshed"
+            assert len(kept.refs) == 6
+            assert await freed(kept, 2) == []

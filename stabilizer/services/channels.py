@@ -105,8 +105,7 @@ class Channels:
         try:
             await self._membership.join(conn.client_id, channel, meta_json)
             if request.presence:
-                version, entries = await self._ctx.ask(
-                    self._ctx.backend.groups.presence_state(channel))
+                version, entries = await self._watch.read_state(channel)
         except (BackendUnavailable, ConnectionNotFoundError) as exc:
             self._watch.abort(conn, channel)
             return reply_error_frame(ident, UNAVAILABLE, f"not subscribed: {exc}")

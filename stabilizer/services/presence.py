@@ -45,6 +45,22 @@ class _Group:
     watchers: dict[Connection, _Watcher] = field(default_factory=dict)
     window: list[Change] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    # the last state read and its frame: every watcher that got that read shares the frame
+    read: Mapping[str, str] | None = None
+    state_frame: str = ""
+
+
+State = tuple[int, Mapping[str, str]]
+
+
+@dataclass(slots=True)
+class _Reads:
+    """One group's state reads: whether one is being made, and the one that starts when it
+    ends (shared by everyone who asked meanwhile)."""
+
+    running: bool = False
+    reading: asyncio.Future[State | Exception] | None = None  # the read being made
+    next: asyncio.Future[State | Exception] | None = None
 
 
 class PresenceWatch:
@@ -58,6 +74,63 @@ class PresenceWatch:
         self._backend_log = RateLimitedLog(logger)
         self._stale: list[str] = []  # groups whose state watchers get again
         self._resync: asyncio.Task[None] | None = None
+        self._reads: dict[str, _Reads] = {}
+
+    async def read_state(self, group: str) -> State:
+        """The group's presence state (version, entries) for a watcher that began: the
+        subscribes of one group that meet in time share one backend read. A read asked
+        while another is being made waits for the next one, which starts after it was
+        asked: a state read before a watcher began could stand before changes it never
+        collected. Share the entries: read only.
+
+        Raises:
+            BackendUnavailable: the read failed or did not answer within op_timeout.
+        """
+        reads = self._reads.get(group)
+        if reads is None:
+            reads = self._reads[group] = _Reads()
+        slot = reads.next
+        if slot is None:
+            slot = reads.next = asyncio.get_running_loop().create_future()
+            if not reads.running:
+                reads.running = True
+                task = self._ctx.tasks.spawn(self._read_for(reads, group),
+                                             name="stabilizer-presence-read")
+                task.add_done_callback(lambda _: self._reads_ended(group, reads))
+        outcome = await asyncio.shield(slot)  # (a waiter cancelled leaves it to the others)
+        if isinstance(outcome, Exception):
+            raise BackendUnavailable(f"presence of {group!r} not read: {outcome}") \
+                from outcome
+        return outcome
+
+    async def _read_for(self, reads: _Reads, group: str) -> None:
+        """Make the group's reads one after the other while someone waits for one."""
+        ctx = self._ctx
+        while (slot := reads.next) is not None:
+            reads.next = None
+            reads.reading = slot
+            outcome: State | Exception
+            try:
+                outcome = await ctx.ask(ctx.backend.groups.presence_state(group))
+            except Exception as exc:  # (each waiter raises its own BackendUnavailable)
+                outcome = exc
+            slot.set_result(outcome)
+        # nobody waits (no await since the check): the next read_state starts afresh
+        reads.running, reads.reading = False, None
+        if self._reads.get(group) is reads:
+            del self._reads[group]
+
+    def _reads_ended(self, group: str, reads: _Reads) -> None:
+        """A reading task that did not end by itself (cancelled: the node is stopping,
+        perhaps before the task even began) tells whoever waits."""
+        if not reads.running:
+            return  # it ended by itself
+        for waiting in (reads.reading, reads.next):
+            if waiting is not None and not waiting.done():
+                waiting.set_result(BackendUnavailable("the node is stopping"))
+        reads.running, reads.reading, reads.next = False, None, None
+        if self._reads.get(group) is reads:
+            del self._reads[group]
 
     def begin(self, conn: Connection, group: str) -> None:
         """Start collecting `group`'s changes for `conn` (before reading the state)."""
@@ -86,9 +159,7 @@ class PresenceWatch:
         diffs. Call it right before offering them: nothing may run in between."""
         state = self._groups.get(group)
         watcher = None if state is None else state.watchers.get(conn)
-        presence = presence_of(entry for raw in entries.values()
-                               if (entry := parse_entry(raw)) is not None)
-        frames = [presence_state_frame(group, presence)]
+        frames = [self._state_frame(group, state, entries)]
         if watcher is None:  # (aborted meanwhile)
             return frames
         if watcher.seen is not None:  # a resync gave it a newer state meanwhile
@@ -101,6 +172,18 @@ class PresenceWatch:
         if newer and (diff := coalesce(newer)) is not None:
             frames.append(presence_diff_frame(group, diff))
         return frames
+
+    @staticmethod
+    def _state_frame(group: str, state: _Group | None, entries: Mapping[str, str]) -> str:
+        """The presence_state frame of a read, made once for every watcher that got it."""
+        if state is not None and state.read is entries:
+            return state.state_frame
+        presence = presence_of(entry for raw in entries.values()
+                               if (entry := parse_entry(raw)) is not None)
+        frame = presence_state_frame(group, presence)
+        if state is not None:
+            state.read, state.state_frame = entries, frame
+        return frame
 
     def resubscribing(self) -> None:
         """The listener lost its subscription (changes may be lost with it) and subscribes

@@ -9,6 +9,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from stabilizer import (
     MemoryBackend,
     MemoryHub,
@@ -16,6 +18,7 @@ from stabilizer import (
     WebSocketConfig,
     WebSocketConnectionManager,
 )
+from stabilizer.errors import BackendUnavailable
 from stabilizer.pure.presence import PresenceSync
 from stabilizer.pure.v2 import ChannelRequest
 from tests.integration.test_cluster import QUIET, Cluster, cluster, started
@@ -161,3 +164,104 @@ async def test_a_lost_subscription_gives_followers_the_state_again() -> None:
         assert alice.sync.list() == robert
         await b.leave_group("bob", "room")
         await alice.until({"alice": [item("alice", name="Alice")]})
+
+
+async def test_concurrent_subscribes_share_state_reads_and_every_copy_is_exact(
+        cluster: Cluster) -> None:
+    """A crowd following one channel's presence at once (a reconnect storm) reads the
+    state a few times, not once per follower, while members join on another node; each
+    follower's copy still ends exact."""
+    a, b = cluster("a", presence_diff_window=0.01), cluster("b", presence_diff_window=0.01)
+    await started(a, b)
+    groups = a._node.ctx.backend.groups
+    read = groups.presence_state
+    reads = 0
+
+    async def counted(group: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(group)
+
+    groups.presence_state = counted  # type: ignore[method-assign]  # counts the reads
+
+    @a.on_subscribe
+    def allow(request: SubscribeRequest) -> dict[str, Any] | None:
+        return {"name": request.client_id}
+
+    followers = [Follower(a, f"f{n}") for n in range(30)]
+    for follower in followers:
+        await a.connect(follower.client_id, follower.socket)
+    channels = a._node.sessions.channels
+
+    async def subscribe(follower: Follower) -> None:
+        conn = a.get_connection(follower.client_id)
+        assert conn is not None
+        frames = await channels.subscribe(conn, ChannelRequest(1, "room", None, presence=True))
+        assert isinstance(frames, list)
+        state = json.loads(frames[1])
+        assert state["type"] == "presence_state"
+        follower.sync.sync_state(state["presence"])
+        for frame in frames[2:]:
+            follower.apply(json.loads(frame))
+
+    async def members_join_on_b() -> None:
+        for n in range(5):
+            await b.connect(f"b{n}", FakeSocket(f"b{n}"))
+            await b.join_group(f"b{n}", "room", presence={"name": f"b{n}"})
+
+    await asyncio.gather(*(subscribe(f) for f in followers), members_join_on_b())
+    everyone = {name: [item(name, name=name)]
+                for name in [*(f.client_id for f in followers), *(f"b{n}" for n in range(5))]}
+    for follower in followers:
+        await follower.until(everyone)
+    assert 1 <= reads < len(followers)
+
+
+async def test_a_failed_shared_read_fails_each_waiter_and_the_next_read_is_fresh() -> None:
+    async with WebSocketConnectionManager(WebSocketConfig(**QUIET)) as manager:
+        watch = manager._node.sessions.channels._watch
+        groups = manager._node.ctx.backend.groups
+        read = groups.presence_state
+        gate = asyncio.Event()
+        calls = 0
+
+        async def failing_once(group: str) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await gate.wait()
+                raise BackendUnavailable("redis went away")
+            return await read(group)
+
+        groups.presence_state = failing_once  # type: ignore[method-assign]
+        first = asyncio.create_task(watch.read_state("room"))  # the read being made
+        await asyncio.sleep(0)
+        waiting = [asyncio.create_task(watch.read_state("room")) for _ in range(3)]
+        await asyncio.sleep(0)
+        gate.set()
+        with pytest.raises(BackendUnavailable, match="redis went away"):
+            await first
+        # those that asked meanwhile share the next read, which succeeds
+        outcomes = await asyncio.gather(*waiting)
+        assert [version for version, _ in outcomes] == [0, 0, 0]
+        assert calls == 2
+        assert watch._reads == {}  # nothing kept once nobody waits
+
+
+async def test_waiters_of_a_read_are_told_when_the_node_stops() -> None:
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET))
+    await manager.start()
+    watch = manager._node.sessions.channels._watch
+    groups = manager._node.ctx.backend.groups
+    never = asyncio.Event()
+
+    async def hangs(group: str) -> Any:
+        await never.wait()
+
+    groups.presence_state = hangs  # type: ignore[method-assign]
+    waiting = [asyncio.create_task(watch.read_state("room")) for _ in range(3)]
+    await asyncio.sleep(0)
+    await manager.graceful_shutdown(timeout=1.0)
+    async with asyncio.timeout(5):
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(outcome, BackendUnavailable) for outcome in outcomes), outcomes

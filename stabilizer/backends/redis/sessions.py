@@ -119,6 +119,11 @@ class RedisSessions:
         connection), nothing if the client's presence names another connection."""
         core = self._core
         keys = core.keys
+        if keys.spread and not core.sessions and conn_id is not None:
+            # no session to drop: the client's group set is read first, and the guard
+            # only for a client that has groups to leave
+            return await self._spread.end(
+                client_id, guard=lambda: self._guard(client_id, conn_id))
         presence = [] if conn_id is None else await self._guard(client_id, conn_id)
         if presence is None:
             return []

@@ -28,7 +28,7 @@ class Unregistered(enum.Enum):
     """What a close's unregister did with the client's presence."""
 
     KEPT = "kept"  # it named another socket, was gone already, or the backend did not answer
-    REMOVED = "removed"  # removed; the client's groups are the settle's to end
+    REMOVED = "removed"  # removed (or maybe: reply lost); the groups are the settle's to end
     WITH_GROUPS = "with groups"  # removed, and the client's groups ended in the same step
 
 
@@ -188,7 +188,10 @@ class Closing:
             ctx.want_resync()
             self._backend_log.warning("presence of %r not removed (backend unavailable)",
                                       conn.client_id, exc=exc)
-            return Unregistered.KEPT
+            # it may have run (its reply lost), after which no resync prunes the presence
+            # and ends the groups: where the unregister could not end them, the settle does
+            history = ctx.config.history_enabled
+            return Unregistered.KEPT if history or end_groups else Unregistered.REMOVED
         if not removed:
             return Unregistered.KEPT
         return Unregistered.WITH_GROUPS if end_groups else Unregistered.REMOVED

@@ -24,6 +24,7 @@ from stabilizer import WebSocketConnectionManager
 from stabilizer.backends.base import Presence
 from stabilizer.backends.redis import RedisBackend
 from stabilizer.backends.redis.spread import SpreadSteps
+from stabilizer.errors import BackendUnavailable
 from stabilizer.node.tasks import TaskOwner
 from tests.integration.test_cluster import Cluster, cluster, started
 from tests.support.fakes import FakeSocket
@@ -69,6 +70,25 @@ async def test_a_join_written_while_its_client_leaves_ends_with_it(
 async def test_a_join_written_while_its_client_leaves_ends_with_it_across_slots(
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
     a, b = cluster("a", **SPLIT[layout]), cluster("b", **SPLIT[layout])
+    await join_while_x_leaves(a, b, monkeypatch)
+    assert await b.get_group_members("room") == []
+    assert await b.get_client_groups("x") == []
+
+
+@pytest.mark.parametrize("cluster", ["redis"], indirect=True)
+@pytest.mark.parametrize("layout", sorted(SPLIT))
+async def test_an_unregister_whose_reply_is_lost_still_ends_a_join_written_meanwhile(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    """As above, but the unregister's reply is lost (it ran): the close cannot tell whether
+    the presence went, so it ends the client's groups all the same."""
+    a, b = cluster("a", **SPLIT[layout]), cluster("b", **SPLIT[layout])
+    unregister = a.backend.presence.unregister
+
+    async def reply_lost(*args: Any, **kwargs: Any) -> bool:
+        assert await unregister(*args, **kwargs)
+        raise BackendUnavailable("redis unavailable: connection reset (as a lost reply)")
+
+    monkeypatch.setattr(a.backend.presence, "unregister", reply_lost)
     await join_while_x_leaves(a, b, monkeypatch)
     assert await b.get_group_members("room") == []
     assert await b.get_client_groups("x") == []

@@ -5,6 +5,7 @@ once per connection."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import weakref
 from typing import Any
@@ -21,6 +22,14 @@ from stabilizer.services.events import Events
 from stabilizer.services.liveness import Liveness
 
 logger = logging.getLogger(__name__)
+
+
+class Unregistered(enum.Enum):
+    """What a close's unregister did with the client's presence."""
+
+    KEPT = "kept"  # it named another socket, was gone already, or the backend did not answer
+    REMOVED = "removed"  # removed (or maybe: reply lost); the groups are the settle's to end
+    WITH_GROUPS = "with groups"  # removed, and the client's groups ended in the same step
 
 
 class Closing:
@@ -87,15 +96,15 @@ class Closing:
 
     async def _close_and_settle(self, conn: Connection, code: int, reason: str,
                                 keep_session: bool | None, *, unregister: bool = True) -> None:
-        groups_ended = False
+        unregistered = Unregistered.KEPT
         try:
             async with self._slots:
                 if unregister:
-                    groups_ended = await self.unregister(conn)
+                    unregistered = await self.unregister(conn)
                 await self.close_socket(conn, code, reason)
         finally:  # cancelled before the close: nobody may wait for a close that never comes
             conn.socket_done()
-        await self.settle(conn, code, reason, keep_session, groups_ended=groups_ended)
+        await self.settle(conn, code, reason, keep_session, unregistered=unregistered)
 
     def detach(self, conn: Connection, *, in_pool: bool = True) -> bool:
         """Synchronously take `conn` out of service; False if it already was."""
@@ -160,15 +169,16 @@ class Closing:
         """Another node (or a resync) found a newer connection of this client."""
         self.retire(conn, CloseCode.REPLACED, "replaced by a connection on another node")
 
-    async def unregister(self, conn: Connection) -> bool:
+    async def unregister(self, conn: Connection) -> Unregistered:
         """Drop the presence of `conn` (if it still names this socket). Without history the
         client's memberships end in the same step where the store can: a join another node
         wrote while this socket was closing (it found the client still present) ends with
-        it, though this socket never had that group. True when they ended so."""
+        it, though this socket never had that group. Where it cannot (presence and the
+        group sets in different slots), the settle ends them after (REMOVED)."""
         ctx = self._ctx
         if not ctx.backend.available:
             ctx.want_resync()
-            return False
+            return Unregistered.KEPT
         presence = ctx.backend.presence
         end_groups = not ctx.config.history_enabled and presence.ends_groups
         try:
@@ -178,8 +188,13 @@ class Closing:
             ctx.want_resync()
             self._backend_log.warning("presence of %r not removed (backend unavailable)",
                                       conn.client_id, exc=exc)
-            return False
-        return removed and end_groups
+            # it may have run (its reply lost), after which no resync prunes the presence
+            # and ends the groups: where the unregister could not end them, the settle does
+            history = ctx.config.history_enabled
+            return Unregistered.KEPT if history or end_groups else Unregistered.REMOVED
+        if not removed:
+            return Unregistered.KEPT
+        return Unregistered.WITH_GROUPS if end_groups else Unregistered.REMOVED
 
     async def close_socket(self, conn: Connection, code: int, reason: str) -> bool:
         """Send a close frame within close_timeout; abort the transport if it cannot go.
@@ -198,9 +213,11 @@ class Closing:
         return True
 
     async def settle(self, conn: Connection, code: int, reason: str,
-                     keep_session: bool | None, *, groups_ended: bool = False) -> None:
+                     keep_session: bool | None, *,
+                     unregistered: Unregistered = Unregistered.KEPT) -> None:
         """Bookkeeping once a socket is closed: groups, session, hooks, events (once).
-        `groups_ended`: the unregister ended the client's memberships already."""
+        `unregistered`: what the close's unregister did (it may have ended the client's
+        memberships already)."""
         conn.finish_close()
         self._ctx.stats.disconnects += 1
         logger.info("client %r disconnected (conn %s, code %d)", conn.client_id, conn.conn_id,
@@ -211,9 +228,14 @@ class Closing:
             # with a doubt (a MEMBERSHIP envelope lost with the subscription), the backend
             # may list groups this node never applied: leave them there all the same; so
             # for a join that wrote the backend but found the socket closing (it lists a
-            # group only once its node follows it)
-            had_groups = not groups_ended and (bool(conn.groups) or conn.changed_groups
-                                               or self._membership.in_doubt)
+            # group only once its node follows it). Where the unregister could not end the
+            # client's groups in its own step, the end reads the client's group set after
+            # it, even for a socket that had none: a join another node wrote meanwhile (it
+            # found the client present) is ended here, and one it wrote after finds the
+            # presence gone (it reads it after its write) and goes on the away list
+            had_groups = unregistered is not Unregistered.WITH_GROUPS and (
+                bool(conn.groups) or conn.changed_groups or self._membership.in_doubt
+                or unregistered is Unregistered.REMOVED)
             await self._membership.forget(conn)
             # a newer socket of the client admitted here while this one was closing owns the
             # session now (a fresh one ended this socket's groups already): ending it would

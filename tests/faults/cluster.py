@@ -223,10 +223,13 @@ class Cluster:
 
     @property
     def keys(self) -> KeyLayout:
-        """The replicas' key layout (spread when STABILIZER_REDIS_SPREAD_KEYS says so: the
-        replicas inherit the runner's environment)."""
+        """The replicas' key layout (spread when STABILIZER_REDIS_SPREAD_KEYS says so, over
+        STABILIZER_PRESENCE_BUCKETS buckets: the replicas inherit the runner's
+        environment)."""
         spread = os.environ.get("STABILIZER_REDIS_SPREAD_KEYS", "").strip().lower()
-        return KeyLayout(self.namespace, spread=spread in ("1", "true", "yes", "on"))
+        buckets = int(os.environ.get("STABILIZER_PRESENCE_BUCKETS", "").strip() or 1)
+        return KeyLayout(self.namespace, buckets=buckets,
+                         spread=spread in ("1", "true", "yes", "on"))
 
     async def _redis_view(self) -> RedisView:
         view = RedisView()
@@ -235,11 +238,14 @@ class Cluster:
         keys = self.keys
         tag = keys.tag
         try:
-            for client, entry in (await store.hgetall(f"{tag}:p")).items():
-                node, conn = ([*str(entry).split("|"), "", ""])[:2]
-                view.presence[str(client)] = (node, conn)
+            buckets = range(keys.buckets)
+            for bucket in buckets:
+                for client, entry in (await store.hgetall(keys.presence(bucket))).items():
+                    node, conn = ([*str(entry).split("|"), "", ""])[:2]
+                    view.presence[str(client)] = (node, conn)
             for node in self.node_ids:
-                view.node_sets[node] = await _members(store, f"{tag}:nc:{node}")
+                view.node_sets[node] = set().union(*[
+                    await _members(store, keys.node_set(bucket, node)) for bucket in buckets])
             for group in GROUPS:
                 view.groups[group] = await _members(store, keys.group(group))
                 view.group_presence[group] = {

@@ -1,28 +1,45 @@
 """A remote join written while its client is disconnecting (no history) does not outlive
 the client: found by the fault checker (seed 1565161123). The join read the client's
 presence before the closing node removed it; the closing node, whose socket had no groups,
-then ended nothing, and the group kept the client for good. Now the unregister ends the
-client's memberships in the same step, where presence and groups share one slot (the
-memory backend, Redis with one presence bucket and the namespace layout). With presence
-buckets or the spread layout they do not, and the race is still open there (RELIABILITY.md).
+then ended nothing, and the group kept the client for good.
+
+Where presence and the client's group set share one slot (the memory backend, Redis with
+one presence bucket and the namespace layout), the unregister ends the client's memberships
+in the same step. Where they do not (presence buckets, the spread layout), each side writes
+and then reads what the other writes: the close ends the client's groups after removing
+its presence, from the client's group set, even for a socket that had none; the join reads
+the presence after its writes, and puts a client it finds gone on the away list.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
+from stabilizer import WebSocketConnectionManager
+from stabilizer.backends.base import Presence
+from stabilizer.backends.redis import RedisBackend
+from stabilizer.backends.redis.spread import SpreadSteps
+from stabilizer.errors import BackendUnavailable
+from stabilizer.node.tasks import TaskOwner
 from tests.integration.test_cluster import Cluster, cluster, started
 from tests.support.fakes import FakeSocket
 
 __all__ = ["cluster"]  # the fixture, re-exported for pytest
 
+#: The Redis layouts where presence and a client's group set live in different slots.
+SPLIT = {"spread": {"redis_spread_keys": True}, "buckets": {"presence_buckets": 2}}
 
-@pytest.mark.parametrize("cluster", ["memory", "redis"], indirect=True)
-async def test_a_join_written_while_its_client_leaves_ends_with_it(
-        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    a, b = cluster("a"), cluster("b")
+
+async def join_while_x_leaves(a: WebSocketConnectionManager, b: WebSocketConnectionManager,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connect x on a, then disconnect it there with b joining x to the room after a took
+    the socket out of its pool, before a removes x's presence: b finds x connected and
+    writes the membership, which a's socket never had."""
     await started(a, b)
     await a.connect("x", FakeSocket("x"))
     presence = a.backend.presence
@@ -30,8 +47,6 @@ async def test_a_join_written_while_its_client_leaves_ends_with_it(
     joined: list[bool] = []
 
     async def join_first(*args: Any, **kwargs: Any) -> bool:
-        # node b joins x to the room after a took the socket out of its pool, before a
-        # removes x's presence: b finds x connected and writes the membership
         await b.join_group("x", "room")
         joined.append(True)
         return await unregister(*args, **kwargs)
@@ -39,5 +54,83 @@ async def test_a_join_written_while_its_client_leaves_ends_with_it(
     monkeypatch.setattr(presence, "unregister", join_first)
     await a.disconnect("x")
     assert joined == [True]
+
+
+@pytest.mark.parametrize("cluster", ["memory", "redis"], indirect=True)
+async def test_a_join_written_while_its_client_leaves_ends_with_it(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = cluster("a"), cluster("b")
+    await join_while_x_leaves(a, b, monkeypatch)
     assert await b.get_group_members("room") == []
     assert await a.get_group_members("room") == []
+
+
+@pytest.mark.parametrize("cluster", ["redis"], indirect=True)
+@pytest.mark.parametrize("layout", sorted(SPLIT))
+async def test_a_join_written_while_its_client_leaves_ends_with_it_across_slots(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    a, b = cluster("a", **SPLIT[layout]), cluster("b", **SPLIT[layout])
+    await join_while_x_leaves(a, b, monkeypatch)
+    assert await b.get_group_members("room") == []
+    assert await b.get_client_groups("x") == []
+
+
+@pytest.mark.parametrize("cluster", ["redis"], indirect=True)
+@pytest.mark.parametrize("layout", sorted(SPLIT))
+async def test_an_unregister_whose_reply_is_lost_still_ends_a_join_written_meanwhile(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    """As above, but the unregister's reply is lost (it ran): the close cannot tell whether
+    the presence went, so it ends the client's groups all the same."""
+    a, b = cluster("a", **SPLIT[layout]), cluster("b", **SPLIT[layout])
+    unregister = a.backend.presence.unregister
+
+    async def reply_lost(*args: Any, **kwargs: Any) -> bool:
+        assert await unregister(*args, **kwargs)
+        raise BackendUnavailable("redis unavailable: connection reset (as a lost reply)")
+
+    monkeypatch.setattr(a.backend.presence, "unregister", reply_lost)
+    await join_while_x_leaves(a, b, monkeypatch)
+    assert await b.get_group_members("room") == []
+    assert await b.get_client_groups("x") == []
+
+
+@pytest.mark.redis
+async def test_a_spread_join_whose_client_left_between_its_steps_is_swept(
+        redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spread, no sessions: node b's join lists the room in x's group set; then x's whole
+    close runs on node a (presence removed, then the end, which finds the room listed and
+    drops the set); only then does b's join add x to the room's set. The join reads x's
+    presence after that, finds x gone, lists the room again and claims x for the sweep:
+    the sweep takes x out of the room."""
+    tasks = TaskOwner()
+    a, b = (RedisBackend(Redis.from_url(redis_url), namespace=namespace, owns_client=True,
+                         spread=True) for _ in range(2))
+    try:
+        await a.open("node-a", tasks)
+        await b.open("node-b", tasks)
+        await b.liveness.keepalive(0.1)  # an orphaned membership waits 0.2 s for its client
+        await a.presence.register(Presence("x", "node-a", "conn-1", time.time()),
+                                  max_cluster=None)
+        group_step = SpreadSteps._group
+        closed: list[bool] = []
+
+        async def close_first(self: SpreadSteps, group: str, action: str,
+                              *args: Any, **kwargs: Any) -> Any:
+            if action == "join" and not closed:
+                closed.append(True)  # what node a's close does in this layout
+                assert await a.presence.unregister("x", "conn-1")
+                assert await a.sessions.end("x", conn_id="conn-1") == ["room"]
+            return await group_step(self, group, action, *args, **kwargs)
+
+        monkeypatch.setattr(SpreadSteps, "_group", close_first)
+        await b.groups.join("x", "room")
+        assert closed == [True]
+        async with asyncio.timeout(5.0):  # a bound: the grace is 0.2 s
+            while "x" not in await b.sessions.sweep():
+                await asyncio.sleep(0.05)
+        assert await b.groups.members("room") == []
+        assert await b.groups.of_client("x") == []
+    finally:
+        assert await tasks.stop(2.0) == []
+        await a.aclose()
+        await b.aclose()

@@ -110,6 +110,12 @@ class KeyLayout:
         """The hash tag of one presence bucket (the namespace's own with one bucket)."""
         return self.tag if self.buckets == 1 else f"{{{self.namespace}:{bucket}}}"
 
+    @property
+    def split_presence(self) -> bool:
+        """True when presence and a client's group set live in different slots (presence
+        buckets, or the spread layout): no script reads or changes both."""
+        return self.buckets > 1 or self.spread
+
     def bucket_of(self, client_id: str) -> int:
         """Which presence bucket holds `client_id`."""
         if self.buckets == 1:

@@ -88,8 +88,7 @@ class RedisPresence:
     @property
     def ends_groups(self) -> bool:
         """True when presence and the group sets share one slot (one bucket, not spread)."""
-        keys = self._core.keys
-        return keys.buckets == 1 and not keys.spread
+        return not self._core.keys.split_presence
 
     async def count(self) -> int:
         """HLEN over the presence buckets."""

@@ -119,6 +119,15 @@ class RedisSessions:
         connection), nothing if the client's presence names another connection."""
         core = self._core
         keys = core.keys
+        if not core.sessions and conn_id is not None and keys.split_presence:
+            # no session to drop (and its presence is read apart): the client's group set
+            # is read first, the guard only for a client that has groups to leave
+            if keys.spread:
+                return await self._spread.end(
+                    client_id, guard=lambda: self._guard(client_id, conn_id))
+            if not int(await core.call(core.client.scard(keys.client_groups(client_id)),
+                                       "end_session")):
+                return []
         presence = [] if conn_id is None else await self._guard(client_id, conn_id)
         if presence is None:
             return []
@@ -137,7 +146,7 @@ class RedisSessions:
         in other slots: then it is read first, one more round trip and not atomic with the
         script); None when another connection of the client owns the session."""
         keys = self._core.keys
-        if keys.buckets == 1 and not keys.spread:
+        if not keys.split_presence:
             return [keys.presence(0)]
         located = await self._presence.locate(client_id)
         return None if located is not None and located.conn_id != conn_id else []

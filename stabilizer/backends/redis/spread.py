@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, Final
 
 from stabilizer.backends.base import Presence
@@ -104,23 +104,25 @@ class SpreadSteps:
                      entry: str | None) -> MembershipChange:
         """A join, leave or presence update: the client's slot, then the group's (a join
         records the group stream's baseline in the session after). The holder is the
-        session's, or without sessions the connection presence names (read alongside)."""
+        session's, or without sessions the connection presence names: read alongside a
+        leave, after a join's writes (`_claim`)."""
         core = self._core
         if action == "update":
             member, _ = await self._group(group, "update", [client_id], entry or "")
             return MembershipChange(bool(int(member)), None)
         located = None
         if action == "join":
-            (holder, exists), located = await asyncio.gather(
-                self._client(client_id, "join", group), self._locate(client_id))
+            holder, exists = await self._client(client_id, "join", group)
             changed, position = await self._group(group, "join", [client_id], entry or "")
             changed = bool(int(changed))
             if changed and exists:
                 holder, exists = await self._client(client_id, "join", group, text(position))
-            if not (exists if core.sessions else located):
-                # a client the store does not know: the sweep ends this if it never returns
-                await self._away(client_id, _now_ms() + core.orphan_grace_ms, "membership",
-                                 only_new=True)
+            if core.sessions:
+                if not exists:  # a client the store does not know: the sweep ends this
+                    await self._away(client_id, _now_ms() + core.orphan_grace_ms,
+                                     "membership", only_new=True)
+            else:
+                located = await self._claim(client_id, group)
         else:
             left, located = await asyncio.gather(self._group(group, "leave", [client_id]),
                                                  self._locate(client_id))
@@ -131,6 +133,22 @@ class SpreadSteps:
         if not core.sessions:
             holder = located.conn_id if located is not None else ""
         return MembershipChange(changed, holder)
+
+    async def _claim(self, client_id: str, group: str) -> Presence | None:
+        """Without sessions, after a join's writes: the client's presence, and for a client
+        the store does not know (it never connected, or it left while this join ran), the
+        sweep's claim on it. Read after the writes, so that a close whose end read the
+        client's group set before the join listed the group is seen gone here (each side
+        writes, then reads what the other wrote). An end that ran between the join's two
+        steps dropped the client's group set: the group goes back in it, and the client's
+        entry on the away list is replaced (a lease held there by that end would be taken
+        off at its end: the new due time keeps it), so that the sweep leaves the group."""
+        located = await self._presence.locate(client_id)
+        if located is None:
+            core = self._core
+            await self._client(client_id, "join", group)
+            await self._away(client_id, _now_ms() + core.orphan_grace_ms, "membership")
+        return located
 
     async def _locate(self, client_id: str) -> Presence | None:
         """The client's presence when no session names its holder (else None unread)."""
@@ -189,11 +207,15 @@ class SpreadSteps:
         await self._away(client_id, deadline, op)
         return deadline
 
-    async def end(self, client_id: str) -> list[str]:
+    async def end(self, client_id: str, *,
+                  guard: Callable[[], Awaitable[object | None]] | None = None) -> list[str]:
         """END_SESSION: a client with no group ends in one step; one with groups goes on the
         away list for the lease first, so that a sweep finishes this if the node dies
-        halfway."""
+        halfway. A `guard` answering None before that stops it (another connection of the
+        client owns its groups)."""
         if int((await self._client_end(client_id, "end", False))[0]) == 0:
+            return []
+        if guard is not None and await guard() is None:
             return []
         deadline = await self._lease(client_id, "end_session")
         return (await self.finish([client_id], deadline, "end")).get(client_id, [])

@@ -24,13 +24,10 @@ from websockets.asyncio.client import connect as ws_connect
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
 from stabilizer.auth import JWTAuthenticator
 from stabilizer.fastapi import lifespan, session
-from tests.support.inproc_uvicorn import IMPLEMENTATIONS, served
+from tests.support.inproc_uvicorn import IMPLS, served
 
 pytestmark = pytest.mark.e2e
 
-LEGACY_WARNS = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-IMPLS = [pytest.param(ws, marks=LEGACY_WARNS) if ws == "websockets" else ws
-         for ws in sorted(IMPLEMENTATIONS)]
 BOUND = 5.0  # seconds: a bound on waits that end at once when all is well
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 SECRET = "no-cycles-test-secret-" + "k" * 24

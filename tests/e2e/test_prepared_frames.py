@@ -16,16 +16,11 @@ from stabilizer.connection.sockets import Frame
 from stabilizer.connection.transports import prepared_writer
 from stabilizer.fastapi import lifespan, session
 from stabilizer.pure.framing import data_frame
-from tests.support.inproc_uvicorn import IMPLEMENTATIONS, Served, served
+from tests.support.inproc_uvicorn import IMPLS, LEGACY_WARNS, Served, served
 from tests.support.raw_ws import RawClient
 
 pytestmark = pytest.mark.e2e
 
-# uvicorn's deprecated `websockets` implementation builds websockets' legacy server, which
-# warns at every connection
-LEGACY_WARNS = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-IMPLS = [pytest.param(ws, marks=LEGACY_WARNS) if ws == "websockets" else ws
-         for ws in sorted(IMPLEMENTATIONS)]
 BOUND = 5.0  # seconds: a bound on waits that end at once when all is well
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 

@@ -22,6 +22,12 @@ IMPLEMENTATIONS = {
                    "asgi_send", "asgi_receive"),
     "wsproto": ("uvicorn.protocols.websockets.wsproto_impl", "WSProtocol", "send", "receive"),
 }
+# uvicorn's deprecated `websockets` implementation builds websockets' legacy server, which
+# warns at every connection
+LEGACY_WARNS = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+#: the implementations as test parameters (the legacy one with its warnings silenced)
+IMPLS = [pytest.param(ws, marks=LEGACY_WARNS) if ws == "websockets" else ws
+         for ws in sorted(IMPLEMENTATIONS)]
 
 
 @dataclass

@@ -45,8 +45,9 @@ class _Group:
     watchers: dict[Connection, _Watcher] = field(default_factory=dict)
     window: list[Change] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
-    # the last state read and its frame: every watcher that got that read shares the frame
-    read: Mapping[str, str] | None = None
+    # the last state read (its version and entries) and its frame: every watcher that got
+    # that read shares the frame
+    read: tuple[int, Mapping[str, str]] | None = None
     state_frame: str = ""
 
 
@@ -159,7 +160,7 @@ class PresenceWatch:
         diffs. Call it right before offering them: nothing may run in between."""
         state = self._groups.get(group)
         watcher = None if state is None else state.watchers.get(conn)
-        frames = [self._state_frame(group, state, entries)]
+        frames = [self._state_frame(group, state, version, entries)]
         if watcher is None:  # (aborted meanwhile)
             return frames
         if watcher.seen is not None:  # a resync gave it a newer state meanwhile
@@ -174,15 +175,17 @@ class PresenceWatch:
         return frames
 
     @staticmethod
-    def _state_frame(group: str, state: _Group | None, entries: Mapping[str, str]) -> str:
+    def _state_frame(group: str, state: _Group | None, version: int,
+                     entries: Mapping[str, str]) -> str:
         """The presence_state frame of a read, made once for every watcher that got it."""
-        if state is not None and state.read is entries:
+        read = None if state is None else state.read
+        if state is not None and read is not None and read[1] is entries and read[0] == version:
             return state.state_frame
         presence = presence_of(entry for raw in entries.values()
                                if (entry := parse_entry(raw)) is not None)
         frame = presence_state_frame(group, presence)
         if state is not None:
-            state.read, state.state_frame = entries, frame
+            state.read, state.state_frame = (version, entries), frame
         return frame
 
     def resubscribing(self) -> None:

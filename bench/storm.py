@@ -123,7 +123,7 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
         held = survivor.wait_count(sum(r["connected"] for r in replies), timeout=60.0)
         cpu = survivor.cpu_seconds() - cpu0
         reads, commands = redis_stats(redis)
-        churn = [second_wave(survivor, fleet, gens, shares, plan) for _ in range(plan.waves)]
+        churn = [churn_wave(survivor, fleet, gens, shares, plan) for _ in range(plan.waves)]
         foreign = load.percent()
     latencies = sorted(t for r in replies for t in r["latencies"])
     connected = sum(r["connected"] for r in replies)
@@ -146,7 +146,7 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
     }, notes={"errors": [e for r in replies for e in r["errors"]][:5]})
 
 
-def second_wave(survivor: Any, fleet: Fleet, gens: list[int], shares: list[list[str]],
+def churn_wave(survivor: Any, fleet: Fleet, gens: list[int], shares: list[list[str]],
                 plan: Plan) -> tuple[float, float]:
     """Every client leaves B (a clean close), then all come back at once: B's server CPU
     per leave and per connect of that wave, in µs. Unlike the first wave, B has served

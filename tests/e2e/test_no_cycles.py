@@ -34,11 +34,20 @@ SECRET = "no-cycles-test-secret-" + "k" * 24
 
 
 class Kept:
-    """Weak references to each session's objects, and an event per finished endpoint."""
+    """Weak references to each session's objects, an event per finished endpoint, and one
+    set when every object kept is gone (a weak reference's callback runs as it goes)."""
 
     def __init__(self) -> None:
         self.refs: list[tuple[str, weakref.ref[Any]]] = []
         self.ended = asyncio.Queue[str]()
+        self.all_gone = asyncio.Event()
+
+    def keep(self, name: str, thing: object) -> None:
+        self.refs.append((name, weakref.ref(thing, self._gone)))
+
+    def _gone(self, _: weakref.ref[Any]) -> None:
+        if not self.alive():
+            self.all_gone.set()
 
     def alive(self) -> list[str]:
         return [name for name, ref in self.refs if ref() is not None]
@@ -55,8 +64,9 @@ def make_app(manager: WebSocketConnectionManager, kept: Kept) -> FastAPI:
         try:
             async with session(manager, websocket, client_id) as conn:
                 assert conn.conn is not None
-                kept.refs += [("session", weakref.ref(conn)), ("connection", weakref.ref(
-                    conn.conn)), ("websocket", weakref.ref(websocket))]
+                kept.keep("session", conn)
+                kept.keep("connection", conn.conn)
+                kept.keep("websocket", websocket)
                 if client_id is not None:
                     await manager.join_group(client_id, "room")
                 async for _message in conn:
@@ -92,8 +102,7 @@ async def freed(kept: Kept, ended: int) -> list[str]:
             await kept.ended.get()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(BOUND):  # uvicorn lets go of its task after a turn or two
-            while kept.alive():
-                await asyncio.sleep(0.01)
+            await kept.all_gone.wait()
     return kept.alive()
 
 

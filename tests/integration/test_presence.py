@@ -222,22 +222,24 @@ async def test_a_failed_shared_read_fails_each_waiter_and_the_next_read_is_fresh
         watch = manager._node.sessions.channels._watch
         groups = manager._node.ctx.backend.groups
         read = groups.presence_state
-        gate = asyncio.Event()
+        reading, gate = asyncio.Event(), asyncio.Event()
         calls = 0
 
         async def failing_once(group: str) -> Any:
             nonlocal calls
             calls += 1
             if calls == 1:
+                reading.set()
                 await gate.wait()
                 raise BackendUnavailable("redis went away")
             return await read(group)
 
         groups.presence_state = failing_once  # type: ignore[method-assign]
         first = asyncio.create_task(watch.read_state("room"))  # the read being made
-        await asyncio.sleep(0)
+        await reading.wait()
         waiting = [asyncio.create_task(watch.read_state("room")) for _ in range(3)]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: the three ask (tasks start in order)
+        assert not any(task.done() for task in waiting)
         gate.set()
         with pytest.raises(BackendUnavailable, match="redis went away"):
             await first
@@ -253,14 +255,15 @@ async def test_waiters_of_a_read_are_told_when_the_node_stops() -> None:
     await manager.start()
     watch = manager._node.sessions.channels._watch
     groups = manager._node.ctx.backend.groups
-    never = asyncio.Event()
+    reading, never = asyncio.Event(), asyncio.Event()
 
     async def hangs(group: str) -> Any:
+        reading.set()  # (the three asked before the reading task began)
         await never.wait()
 
     groups.presence_state = hangs  # type: ignore[method-assign]
     waiting = [asyncio.create_task(watch.read_state("room")) for _ in range(3)]
-    await asyncio.sleep(0)
+    await reading.wait()
     await manager.graceful_shutdown(timeout=1.0)
     async with asyncio.timeout(5):
         outcomes = await asyncio.gather(*waiting, return_exceptions=True)

@@ -208,15 +208,31 @@ async def test_watch_redraws_a_table_per_refresh(replicas: Replicas) -> None:
     assert "connections/s +0.0" in frames[1]
 
 
+def _as_from_a_terminal() -> None:
+    """In the child, before exec: Ctrl-C as a terminal delivers it (default disposition,
+    not blocked), whatever the test runner's process inherited or set."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 async def test_watch_stops_cleanly_on_ctrl_c(replicas: Replicas) -> None:
+    parent = (signal.getsignal(signal.SIGINT),
+              signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "stabilizer", *replicas.options, "watch", "--interval", "0.2",
-        env=replicas.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        env={**replicas.env, "PYTHONFAULTHANDLER": "1"}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, preexec_fn=_as_from_a_terminal)
     assert process.stdout is not None
-    async with asyncio.timeout(20.0):
-        assert (await process.stdout.readline()).startswith(b"stabilizer watch")
-        process.send_signal(signal.SIGINT)
-        _, err = await process.communicate()
+    try:
+        async with asyncio.timeout(20.0):
+            assert (await process.stdout.readline()).startswith(b"stabilizer watch")
+            process.send_signal(signal.SIGINT)
+            _, err = await process.communicate()
+    except TimeoutError:  # say where it is stuck (faulthandler dumps its threads on SIGABRT)
+        process.send_signal(signal.SIGABRT)
+        _, stuck = await process.communicate()
+        raise AssertionError(f"watch did not stop (runner's SIGINT handler and blocked: "
+                             f"{parent}):\n{stuck.decode(errors='replace')[-6000:]}") from None
 
     assert process.returncode == 0
     assert err == b""

@@ -24,6 +24,7 @@ from stabilizer.backends.redis import scripts as lua
 from stabilizer.backends.redis import spread_scripts as spread_lua
 from stabilizer.backends.redis import stream_scripts as streams_lua
 from stabilizer.backends.redis import user_scripts as users_lua
+from stabilizer.backends.redis.exchange import evalsha_batch
 from stabilizer.backends.redis.keys import KeyLayout
 from stabilizer.errors import BackendNotReached, BackendUnavailable
 from stabilizer.pure.wire import event_prefix
@@ -281,12 +282,8 @@ class ScriptBatcher:
     async def _run(self, batch: list[Call]) -> None:
         core = self._core
         try:
-            if len(batch) == 1:
-                keys, args, _ = batch[0]
-                results: list[Any] = [await core.call(self._script(keys=keys, args=args),
-                                                      self._op)]
-            elif core.cluster:
-                results = await asyncio.gather(
+            if core.cluster:
+                results: list[Any] = await asyncio.gather(
                     *(core.call(self._script(keys=keys, args=args), self._op)
                       for keys, args, _ in batch), return_exceptions=True)
             else:
@@ -307,14 +304,14 @@ class ScriptBatcher:
                 future.set_result(result)
 
     async def _pipelined(self, batch: list[Call]) -> list[Any]:
-        """One round trip of raw EVALSHA calls (the scripts were loaded at open: redis-py
-        would check with SCRIPT EXISTS first); a server that answers NOSCRIPT (it restarted)
-        gets those calls again, one by one, through the script object, which loads it."""
+        """One round trip of raw EVALSHA calls, packed in C (exchange.py; the scripts were
+        loaded at open); a server that answers NOSCRIPT (it restarted) gets those calls
+        again, one by one, through the script object, which loads it."""
         core = self._core
-        pipe: Any = core.client.pipeline(transaction=False)
-        for keys, args, _ in batch:
-            pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-        results: list[Any] = await core.call(pipe.execute(raise_on_error=False), self._op)
+        client = core.client
+        assert not isinstance(client, RedisCluster)
+        results: list[Any] = await core.call(evalsha_batch(
+            client, self._script.sha, [(keys, args) for keys, args, _ in batch]), self._op)
         for index, ((keys, args, _), result) in enumerate(zip(batch, results, strict=True)):
             if isinstance(result, NoScriptError):
                 try:

@@ -1,0 +1,126 @@
+"""EVALSHA batches written straight to a pooled connection (backends/redis/exchange.py),
+against a real Redis: replies in order, an error reply in its own place, the same bytes
+whether hiredis or redis-py packs them, and a connection that broke mid-batch never
+returned to the pool still connected."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from stabilizer.backends.redis import exchange
+
+pytestmark = pytest.mark.redis
+
+#: echoes its key and arguments; an argument "fail" makes it answer an error reply
+ECHO = """
+if ARGV[1] == 'fail' then return redis.error_reply('ERR asked to fail') end
+local out = {KEYS[1]}
+for i = 1, #ARGV do out[#out + 1] = ARGV[i] end
+return out
+"""
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Redis]:
+    pool = BlockingConnectionPool.from_url(redis_url, max_connections=1)
+    redis = Redis.from_pool(pool)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture(params=["hiredis", "redis-py"])
+def packing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    assert exchange.C_PACKING, "hiredis is a dependency of the redis extra"
+    if request.param == "redis-py":
+        monkeypatch.setattr(exchange, "C_PACKING", False)
+    return str(request.param)
+
+
+async def test_a_batch_answers_each_call_in_order_with_an_error_reply_in_its_place(
+        client: Redis, packing: str) -> None:
+    sha = await client.script_load(ECHO)
+    calls: list[tuple[list[Any], list[Any]]] = [
+        (["k1"], ["a", 1]), (["k2"], ["fail"]), (["k3"], ["é", b"\xff\x00", 2.5])]
+    replies = await exchange.evalsha_batch(client, sha, calls)
+    assert replies[0] == [b"k1", b"a", b"1"]
+    assert isinstance(replies[1], ResponseError)
+    assert "asked to fail" in str(replies[1])
+    assert replies[2] == [b"k3", "é".encode(), b"\xff\x00", b"2.5"]
+    # the one pooled connection is back, in step: the next command reads its own reply
+    assert await client.echo("next") == b"next"
+
+
+async def test_an_unknown_script_is_answered_noscript_per_call(
+        client: Redis, packing: str) -> None:
+    sha = await client.script_load(ECHO)
+    await client.script_flush()
+    replies = await exchange.evalsha_batch(client, sha, [(["k"], ["a"]), (["k"], ["b"])])
+    assert all(isinstance(reply, NoScriptError) for reply in replies)
+    assert await client.echo("next") == b"next"
+
+
+def test_hiredis_packs_the_bytes_redis_py_would() -> None:
+    from redis.asyncio.connection import Connection
+
+    calls: list[tuple[list[Any], list[Any]]] = [
+        (["presence:{ns}", "node"], ["client é", b"\x00\xff", 0, 17, -3, 1.5, ""]),
+        ([], ["only args"])]
+    ours = exchange.packed("f" * 40, calls)
+    assert ours is not None
+    theirs = Connection().pack_commands(
+        [("EVALSHA", "f" * 40, len(keys), *keys, *args) for keys, args in calls])
+    assert b"".join(ours) == b"".join(theirs)
+
+
+class BrokenConnection:
+    """A pooled connection whose link breaks after the first of the batch's replies."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.replies = 0
+        self.dropped = False
+
+    async def send_packed_command(self, data: list[bytes]) -> None:
+        self.sent.extend(data)
+
+    async def read_response(self) -> Any:
+        self.replies += 1
+        if self.replies > 1:
+            raise RedisConnectionError("Connection closed by server.")
+        return b"first"
+
+    async def disconnect(self, nowait: bool = False) -> None:
+        self.dropped = True
+
+
+class OnePool:
+    def __init__(self, conn: BrokenConnection) -> None:
+        self.conn = conn
+        self.released: list[BrokenConnection] = []
+
+    async def get_connection(self) -> BrokenConnection:
+        return self.conn
+
+    async def release(self, conn: BrokenConnection) -> None:
+        self.released.append(conn)
+
+
+async def test_a_batch_whose_link_breaks_drops_the_connection_before_returning_it() -> None:
+    """A connection that failed mid-batch has replies in flight: it goes back to the pool
+    disconnected, so no later command can read this batch's replies as its own."""
+    conn = BrokenConnection()
+    pool = OnePool(conn)
+    client: Any = type("Client", (), {"connection_pool": pool})()
+    with pytest.raises(RedisConnectionError):
+        await exchange.evalsha_batch(client, "f" * 40, [(["k"], ["a"]), (["k"], ["b"])])
+    assert conn.dropped
+    assert pool.released == [conn]
+    assert len(conn.sent) == 2  # both calls went out in the one write

@@ -208,20 +208,26 @@ async def test_watch_redraws_a_table_per_refresh(replicas: Replicas) -> None:
     assert "connections/s +0.0" in frames[1]
 
 
-def _as_from_a_terminal() -> None:
-    """In the child, before exec: Ctrl-C as a terminal delivers it (default disposition,
-    not blocked), whatever the test runner's process inherited or set."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+#: `python -m stabilizer` as a terminal starts it: Ctrl-C raises KeyboardInterrupt and is
+#: not blocked, whatever the test runner's process inherited or set. Done in the child after
+#: exec (a preexec_fn runs between fork and exec, where a lock another thread of the runner
+#: held at the fork can hang the child).
+AS_FROM_A_TERMINAL = """
+import runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+sys.argv[0] = "stabilizer"
+runpy.run_module("stabilizer", run_name="__main__", alter_sys=True)
+"""
 
 
 async def test_watch_stops_cleanly_on_ctrl_c(replicas: Replicas) -> None:
     parent = (signal.getsignal(signal.SIGINT),
               signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stabilizer", *replicas.options, "watch", "--interval", "0.2",
-        env={**replicas.env, "PYTHONFAULTHANDLER": "1"}, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, preexec_fn=_as_from_a_terminal)
+        sys.executable, "-c", AS_FROM_A_TERMINAL, *replicas.options, "watch",
+        "--interval", "0.2", env={**replicas.env, "PYTHONFAULTHANDLER": "1"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert process.stdout is not None
     try:
         async with asyncio.timeout(20.0):

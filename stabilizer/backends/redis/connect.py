@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -13,6 +13,15 @@ from redis.backoff import NoBackoff
 
 from stabilizer.config import WebSocketConfig
 from stabilizer.errors import ConfigError
+
+
+#: Every command is sent once. redis-py would send a command again after a connection error,
+#: also one raised while reading its reply, after the command ran: a PUBLISH or a script
+#: that publishes would then deliver twice (tests/integration/test_lost_reply.py). A
+#: pooled connection the server closed (a restart, a failover) is replaced when it is
+#: taken from the pool, before anything is sent on it; a call that fails on the wire is
+#: BackendUnavailable, as any other.
+NO_RETRY: Final = Retry(NoBackoff(), 0)
 
 
 def client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any]]:
@@ -34,9 +43,7 @@ def client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any]
         timeout=config.op_timeout,
         socket_connect_timeout=config.op_timeout,
         socket_timeout=None,
-        # one immediate retry: a pooled connection that died with a Redis restart is
-        # replaced transparently; op_timeout still bounds the whole call
-        retry=Retry(NoBackoff(), 1),
+        retry=NO_RETRY,
         health_check_interval=0,
     )
     return Redis.from_pool(pool), []
@@ -89,5 +96,5 @@ def _sentinel_client(config: WebSocketConfig, url: str) -> tuple[Redis, list[Any
     )
     master: Redis = sentinel.master_for(service, db=db, password=password,
                                         socket_connect_timeout=config.op_timeout,
-                                        retry=Retry(NoBackoff(), 1))
+                                        retry=NO_RETRY)
     return master, list(sentinel.sentinels)

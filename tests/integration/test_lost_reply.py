@@ -1,0 +1,89 @@
+"""A send or a broadcast whose reply Redis sent but the replica never read (the connection
+broke after the command ran) is not sent again: remote clients get the message once.
+
+The client used to be built with one immediate redis-py retry (for pooled connections a
+Redis restart had killed), and redis-py retries a command after any connection error,
+also one raised while reading the reply: a script or a PUBLISH that had run then ran
+again and delivered twice (a send's script when it was alone in its batch; a broadcast's
+PUBLISH). Both tests fail on that code. Every command is now sent once
+(`backends/redis/connect.py`), and script batches are written straight to a pooled
+connection (`backends/redis/exchange.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from stabilizer import BroadcastFailedError, WebSocketConfig
+from tests.conftest import ManagerFactory
+from tests.support.fakes import FakeSocket
+from tests.support.fault_proxy import FaultProxy
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+
+
+@pytest.fixture
+async def proxy(private_redis: RedisServer) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(private_redis.port) as forwarder:
+        yield forwarder
+
+
+async def test_a_send_whose_reply_is_lost_reaches_its_client_once(
+    make_manager: ManagerFactory, proxy: FaultProxy, private_redis: RedisServer,
+    namespace: str,
+) -> None:
+    # the sender reaches Redis through the proxy; bob's replica directly
+    sender = make_manager(WebSocketConfig(redis_url=proxy.url, namespace=namespace,
+                                          node_id="a", op_timeout=10.0, **QUIET))
+    owner = make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
+                                         node_id="b", **QUIET))
+    await sender.start()
+    await owner.start()
+    bob = FakeSocket("bob")
+    await owner.connect("bob", bob)
+    assert await sender.send_to_client("bob", "warm")  # the script is loaded
+    assert await bob.next() == "warm"
+
+    proxy.set_latency(5.0)  # each way: the command lands in 5 s, its reply 5 s later
+    sending = asyncio.create_task(sender.send_to_client("bob", "once"))
+    assert await bob.next(timeout=8.0) == "once"  # the script ran: its publish reached b
+    await proxy.cut()  # its reply, still held in the proxy, goes with the connection
+    proxy.restore()
+
+    sent = await sending
+    assert await sender.send_to_client("bob", "after")
+    assert await bob.next() == "after"  # nothing in between: "once" arrived once
+    assert sent is False  # the sender cannot know it ran: it does not claim delivery
+
+
+async def test_a_broadcast_whose_reply_is_lost_reaches_remote_clients_once(
+    make_manager: ManagerFactory, proxy: FaultProxy, private_redis: RedisServer,
+    namespace: str,
+) -> None:
+    sender = make_manager(WebSocketConfig(redis_url=proxy.url, namespace=namespace,
+                                          node_id="a", op_timeout=10.0, **QUIET))
+    owner = make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
+                                         node_id="b", **QUIET))
+    await sender.start()
+    await owner.start()
+    bob = FakeSocket("bob")
+    await owner.connect("bob", bob)
+
+    proxy.set_latency(5.0)
+    sending = asyncio.create_task(sender.broadcast("once"))
+    assert await bob.next(timeout=8.0) == "once"  # the PUBLISH ran
+    await proxy.cut()  # its reply goes with the connection
+    proxy.restore()
+
+    with contextlib.suppress(BroadcastFailedError):  # (it reached nobody it knows of)
+        await sending
+    await sender.broadcast("after")
+    assert await bob.next() == "after"  # nothing in between: "once" arrived once

@@ -29,6 +29,9 @@ Control endpoints (the controller drives them over loopback HTTP):
 * ``GET /bench/count``: ``{"count": local sockets, "joined": local group joins done}``, and
   for the stabilizer ``"cluster"``: the clients in Redis presence, every replica's
 * ``POST /bench/gc``
+* ``GET /bench/collector``: ``{"seconds": CPU seconds spent in Python's cyclic collector
+  since the process started, "full": full (generation 2) collections}``, from
+  ``gc.callbacks``
 * ``POST /bench/send`` with a JSON body ``{"mode": "direct"|"broadcast"|"group"|"user", "n": N,
   "rate": msgs/s (0: as fast as possible), "concurrency": C, "targets": [[cid, node], ...],
   "group": name, "size": bytes}``: N messages from C sender tasks, each awaiting its library
@@ -112,6 +115,26 @@ async def run_sends(send: Send, spec: dict[str, Any]) -> dict[str, Any]:
     return {"t0_ns": t0, "t1_ns": time.monotonic_ns(), "sent": n, "failed": failed}
 
 
+class CollectorClock:
+    """Process CPU time spent in Python's cyclic collector, and its full collections
+    (a ``gc.callbacks`` entry: one process_time() read at each start and stop)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+            return
+        self.seconds += time.process_time() - self._started
+        self.full += info["generation"] == 2
+
+
+COLLECTOR: Final = CollectorClock()
+
+
 def add_routes(app: FastAPI, send: Send, counts: Counts) -> None:
     @app.get("/bench/count")
     async def bench_count() -> dict[str, int]:
@@ -124,6 +147,10 @@ def add_routes(app: FastAPI, send: Send, counts: Counts) -> None:
     @app.post("/bench/gc")
     async def bench_gc() -> dict[str, int]:
         return {"collected": gc.collect()}
+
+    @app.get("/bench/collector")
+    async def bench_collector() -> dict[str, float]:
+        return {"seconds": COLLECTOR.seconds, "full": COLLECTOR.full}
 
     @app.post("/bench/send")
     async def bench_send(request: Request) -> dict[str, Any]:
@@ -388,6 +415,7 @@ def main() -> None:
     args = parser.parse_args()
     raise_nofile_limit()
     exit_with_parent(args.max_seconds)
+    gc.callbacks.append(COLLECTOR)
     if args.stabilizer_path:
         sys.path.insert(0, args.stabilizer_path)
     builders = {"raw": raw_app, "socketio": socketio_app, "stabilizer": stabilizer_app}

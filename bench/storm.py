@@ -9,7 +9,11 @@ generator). Measured during the storm:
 * **time until every client is back** (the slowest generator's wall time) and the
   handshake latency of each client (TCP connect to the 101 response), p50 and p99;
 * **B's server CPU per connect** (user + system of the process), against the ``raw``
-  replica doing the same (the cost of a plain FastAPI accept: no registry at all);
+  replica doing the same (the cost of a plain FastAPI accept: no registry at all), and
+  how much of it Python's cyclic collector took (``gc.callbacks`` in the replica, read
+  over ``GET /bench/collector``): the collector walks every live object whenever enough
+  new ones survive, so its share moves with the heap and with when a full collection
+  falls, and the CPU outside it is the steadier figure;
 * **Redis round trips and commands per connect**: ``INFO stats`` ``total_reads_processed``
   (one read event per round trip a client makes, pipelined commands included) and
   ``total_commands_processed`` deltas over the storm, divided by N;
@@ -111,6 +115,7 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
         first.proc.wait(10)
         time.sleep(0.5)  # the generators see their sockets end
         reads0, commands0 = redis_stats(redis)
+        collector0 = collector_seconds(survivor)
         cpu0 = survivor.cpu_seconds()
         load = ForeignLoad([survivor.pid, redis.pid, *fleet.pids])
         started = time.monotonic()
@@ -122,6 +127,7 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
         back = time.monotonic() - started
         held = survivor.wait_count(sum(r["connected"] for r in replies), timeout=60.0)
         cpu = survivor.cpu_seconds() - cpu0
+        collector = collector_seconds(survivor) - collector0
         reads, commands = redis_stats(redis)
         churn = [churn_wave(survivor, fleet, gens, shares, plan) for _ in range(plan.waves)]
         foreign = load.percent()
@@ -135,15 +141,22 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
         "p50_ms": (quantile(latencies, 0.5) or 0.0) * 1000,
         "p99_ms": (quantile(latencies, 0.99) or 0.0) * 1000,
         "cpu_us_per_connect": cpu / connected * 1e6,
+        "collector_us_per_connect": collector / connected * 1e6,
         "round_trips_per_connect": (reads - reads0) / connected,
         "commands_per_connect": (commands - commands0) / connected,
         "refused": float(refused),
         **({"leave_cpu_us": quantile(sorted(c[0] for c in churn), 0.5) or 0.0,
             "again_cpu_us": quantile(sorted(c[1] for c in churn), 0.5) or 0.0}
            if churn else {}),
+        "outside_us_per_connect": (cpu - collector) / connected * 1e6,
         "held": float(held),
         "foreign_pct": foreign,
     }, notes={"errors": [e for r in replies for e in r["errors"]][:5]})
+
+
+def collector_seconds(server: Any) -> float:
+    """CPU seconds the server's process has spent in Python's cyclic collector."""
+    return float(server.request("GET", "/bench/collector", timeout=30.0)["seconds"])
 
 
 def churn_wave(survivor: Any, fleet: Fleet, gens: list[int], shares: list[list[str]],
@@ -190,6 +203,9 @@ def report(runs: list[Run], plan: Plan, kinds: list[str]) -> str:
             fmt(med(kind, "p99_ms"), 1),
             fmt(med(kind, "cpu_us_per_connect"), 0) + spread(kind, "cpu_us_per_connect"),
             ratio(med(kind, "cpu_us_per_connect"), med("raw", "cpu_us_per_connect")),
+            fmt(med(kind, "collector_us_per_connect"), 0),
+            fmt(med(kind, "outside_us_per_connect"), 0),
+            ratio(med(kind, "outside_us_per_connect"), med("raw", "outside_us_per_connect")),
             fmt(med(kind, "round_trips_per_connect"), 2),
             fmt(med(kind, "commands_per_connect"), 2),
             fmt(med(kind, "refused"), 0), fmt(med(kind, "foreign_pct"), 0),
@@ -198,7 +214,8 @@ def report(runs: list[Run], plan: Plan, kinds: list[str]) -> str:
             f"the survivor ({plan.generators} generators, {plan.concurrency} handshakes in "
             f"flight each), median of {plan.reps}\n\n" + table(
                 ["server", "all back (s)", "p50 connect (ms)", "p99 connect (ms)",
-                 "server CPU µs / connect", "vs raw", "Redis round trips / connect",
+                 "server CPU µs / connect", "vs raw", "of which the collector",
+                 "outside the collector", "vs raw", "Redis round trips / connect",
                  "Redis commands / connect (scripts' included)", "refused",
                  "other load % of a core"], rows))
     churn_rows = []
@@ -222,6 +239,8 @@ def report(runs: list[Run], plan: Plan, kinds: list[str]) -> str:
             (metric, med(plan.baseline_label, key), med("stabilizer", key), digits)
             for metric, key, digits in (
                 ("server CPU µs / connect", "cpu_us_per_connect", 0),
+                ("of which the collector", "collector_us_per_connect", 0),
+                ("outside the collector", "outside_us_per_connect", 0),
                 ("churn: µs / leave", "leave_cpu_us", 0),
                 ("churn: µs / connect again", "again_cpu_us", 0),
                 ("Redis round trips / connect", "round_trips_per_connect", 2),

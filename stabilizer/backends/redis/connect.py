@@ -17,10 +17,11 @@ from stabilizer.errors import ConfigError
 
 #: Every command is sent once. redis-py would send a command again after a connection error,
 #: also one raised while reading its reply, after the command ran: a PUBLISH or a script
-#: that publishes would then deliver twice (tests/integration/test_lost_reply.py). A
-#: pooled connection the server closed (a restart, a failover) is replaced when it is
-#: taken from the pool, before anything is sent on it; a call that fails on the wire is
-#: BackendUnavailable, as any other.
+#: that publishes would then deliver twice (tests/integration/test_lost_reply.py; the
+#: Cluster client retried three times by default). A call that fails on the wire is
+#: BackendUnavailable, as any other. A standalone or Sentinel pool replaces a connection the
+#: server closed (a restart, a failover) when it is taken, before anything is sent on it;
+#: a Cluster client finds out on its next call there, and maps the slots again.
 NO_RETRY: Final = Retry(NoBackoff(), 0)
 
 
@@ -34,7 +35,8 @@ def client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any]
     if config.redis_cluster:
         # per node; RedisCore.call keeps the calls in flight below this
         return RedisCluster.from_url(url, socket_connect_timeout=config.op_timeout,
-                                     max_connections=config.redis_pool_size + 8), []
+                                     max_connections=config.redis_pool_size + 8,
+                                     retry=NO_RETRY), []
     # A blocking pool: a burst of connects waits for a connection (bounded by op_timeout)
     # instead of failing with "Too many connections".
     pool = BlockingConnectionPool.from_url(

@@ -54,7 +54,8 @@ def info_json(info: Mapping[str, Any] | None) -> str:
     """The compact JSON of an identity's info ("" for none).
 
     Raises:
-        AuthenticationError: not a JSON object, or over MAX_INFO_BYTES.
+        AuthenticationError: not a JSON object, over MAX_INFO_BYTES, or holding text UTF-8
+            cannot encode (a lone surrogate, e.g. from a JSON "\\ud800" escape).
     """
     if info is None:
         return ""
@@ -65,7 +66,11 @@ def info_json(info: Mapping[str, Any] | None) -> str:
                           allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise AuthenticationError(f"identity info is not JSON-serializable: {exc}") from exc
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_INFO_BYTES:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise AuthenticationError("identity info is not valid Unicode text") from exc
+    if size > MAX_INFO_BYTES:
         raise AuthenticationError(f"identity info is over {MAX_INFO_BYTES} bytes as JSON")
     return text
 

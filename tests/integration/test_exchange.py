@@ -5,15 +5,21 @@ returned to the pool still connected."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 
 from stabilizer.backends.redis import exchange
+from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
+from stabilizer.backends.redis.keys import KeyLayout
+from stabilizer.errors import BackendUnavailable
+from stabilizer.node.tasks import TaskOwner
 
 pytestmark = pytest.mark.redis
 
@@ -68,16 +74,53 @@ async def test_an_unknown_script_is_answered_noscript_per_call(
 
 
 def test_hiredis_packs_the_bytes_redis_py_would() -> None:
-    from redis.asyncio.connection import Connection
-
     calls: list[tuple[list[Any], list[Any]]] = [
         (["presence:{ns}", "node"], ["client é", b"\x00\xff", 0, 17, -3, 1.5, ""]),
         ([], ["only args"])]
-    ours = exchange.packed("f" * 40, calls)
-    assert ours is not None
-    theirs = Connection().pack_commands(
+    redis_py = Connection()
+    ours = exchange.packed("f" * 40, calls, redis_py.pack_command)
+    theirs = redis_py.pack_commands(
         [("EVALSHA", "f" * 40, len(keys), *keys, *args) for keys, args in calls])
-    assert b"".join(ours) == b"".join(theirs)
+    assert b"".join(b"".join(command) for command in ours
+                    if not isinstance(command, Exception)) == b"".join(theirs)
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param("lone \ud800 surrogate", id="text-utf8-cannot-encode"),
+    pytest.param(None, id="not-a-redis-value"),
+])
+async def test_a_call_that_cannot_be_packed_fails_alone(
+        client: Redis, packing: str, bad: Any) -> None:
+    sha = await client.script_load(ECHO)
+    replies = await exchange.evalsha_batch(
+        client, sha, [(["k1"], ["a"]), (["k2"], ["b", bad]), (["k3"], ["c"])])
+    assert replies[0] == [b"k1", b"a"]
+    assert isinstance(replies[1], DataError | UnicodeEncodeError)
+    assert replies[2] == [b"k3", b"c"]
+    assert await client.echo("next") == b"next"
+
+
+async def test_a_batch_with_an_unencodable_call_answers_the_others(client: Redis) -> None:
+    """Calls that meet in the batcher travel together: one whose argument cannot be encoded
+    (text with a lone surrogate) fails alone, and the batcher goes on. It used to fail the
+    whole batch, and every caller in it heard that the node had stopped."""
+    sha = await client.script_load(ECHO)
+    core = RedisCore(client, KeyLayout("exchange"), op_timeout=5.0, pool_size=4)
+    core.tasks = TaskOwner()
+    script = client.register_script(ECHO)
+    assert script.sha == sha
+    batcher = ScriptBatcher(core, script, "register")
+    try:
+        answers = await asyncio.gather(
+            batcher.submit(["k1"], ["a"]), batcher.submit(["k2"], ["\ud800"]),
+            batcher.submit(["k3"], ["c"]), return_exceptions=True)
+        good, bad, other = answers
+        assert good == [b"k1", b"a"]
+        assert isinstance(bad, BackendUnavailable)
+        assert other == [b"k3", b"c"]
+        assert await batcher.submit(["k4"], ["d"]) == [b"k4", b"d"]
+    finally:
+        await core.tasks.stop(1.0)
 
 
 class BrokenConnection:
@@ -87,6 +130,9 @@ class BrokenConnection:
         self.sent: list[bytes] = []
         self.replies = 0
         self.dropped = False
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return Connection().pack_command(*args)
 
     async def send_packed_command(self, data: list[bytes]) -> None:
         self.sent.extend(data)

@@ -4,9 +4,11 @@ checked, and each refusal names its problem."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from stabilizer.auth.identity import Identity
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import AuthenticationError
 from stabilizer.pure.frames import app_message_frame, refresh_frame, refreshed_frame
@@ -119,6 +121,20 @@ def test_info_is_compact_bounded_json_and_parses_back() -> None:
         info_json({"x": float("nan")})
     with pytest.raises(AuthenticationError, match="object"):
         info_json(["a"])  # type: ignore[arg-type]  # a caller that ignores the types
+
+
+@pytest.mark.parametrize("info", [
+    pytest.param({"name": "\ud800"}, id="value"),
+    pytest.param({"\udcff": 1}, id="key"),
+    pytest.param({"nested": ["ok", {"deep": "x\ud83d"}]}, id="nested"),
+])
+def test_info_with_text_utf8_cannot_encode_is_refused(info: dict[str, Any]) -> None:
+    """A lone surrogate (JSON allows "\\ud800") could not be stored: every Redis command
+    carrying it would fail, and with it the other connects of its batch."""
+    with pytest.raises(AuthenticationError, match="Unicode"):
+        info_json(info)
+    with pytest.raises(AuthenticationError):
+        Identity("ann", info)
 
 
 def test_devices_and_the_client_ids_they_make() -> None:

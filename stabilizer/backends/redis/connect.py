@@ -14,7 +14,6 @@ from redis.backoff import NoBackoff
 from stabilizer.config import WebSocketConfig
 from stabilizer.errors import ConfigError
 
-
 #: Every command is sent once. redis-py would send a command again after a connection error,
 #: also one raised while reading its reply, after the command ran: a PUBLISH or a script
 #: that publishes would then deliver twice (tests/integration/test_lost_reply.py; the

@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from stabilizer import BroadcastFailedError, WebSocketConfig
+from stabilizer import BroadcastFailedError, WebSocketConfig, WebSocketConnectionManager
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket
 from tests.support.fault_proxy import FaultProxy
 from tests.support.redis_server import RedisClusterServers, RedisServer
 
 pytestmark = pytest.mark.redis
+
+T = TypeVar("T")
 
 QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 
@@ -38,11 +40,11 @@ async def proxy(private_redis: RedisServer) -> AsyncIterator[FaultProxy]:
         yield forwarder
 
 
-async def test_a_send_whose_reply_is_lost_reaches_its_client_once(
-    make_manager: ManagerFactory, proxy: FaultProxy, private_redis: RedisServer,
-    namespace: str,
-) -> None:
-    # the sender reaches Redis through the proxy; bob's replica directly
+async def sender_and_bob(make_manager: ManagerFactory, proxy: FaultProxy,
+                         private_redis: RedisServer,
+                         namespace: str) -> tuple[WebSocketConnectionManager, FakeSocket]:
+    """Replica a reaches Redis through the proxy; bob is on replica b, which reaches it
+    directly (so that what a's commands publish reaches bob at once)."""
     sender = make_manager(WebSocketConfig(redis_url=proxy.url, namespace=namespace,
                                           node_id="a", op_timeout=10.0, **QUIET))
     owner = make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
@@ -51,16 +53,31 @@ async def test_a_send_whose_reply_is_lost_reaches_its_client_once(
     await owner.start()
     bob = FakeSocket("bob")
     await owner.connect("bob", bob)
+    return sender, bob
+
+
+async def lose_the_reply(proxy: FaultProxy, bob: FakeSocket,
+                         call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Run `call` (which sends bob "once") so that Redis runs its command and the reply
+    is lost: held in the proxy, then dropped with the connection."""
+    proxy.set_latency(5.0)  # each way: the command lands in 5 s, its reply 5 s later
+    sending = asyncio.create_task(call)
+    assert await bob.next(timeout=8.0) == "once"  # the command ran: its publish reached b
+    await proxy.cut()
+    proxy.restore()
+    return sending
+
+
+async def test_a_send_whose_reply_is_lost_reaches_its_client_once(
+    make_manager: ManagerFactory, proxy: FaultProxy, private_redis: RedisServer,
+    namespace: str,
+) -> None:
+    sender, bob = await sender_and_bob(make_manager, proxy, private_redis, namespace)
     assert await sender.send_to_client("bob", "warm")  # the script is loaded
     assert await bob.next() == "warm"
 
-    proxy.set_latency(5.0)  # each way: the command lands in 5 s, its reply 5 s later
-    sending = asyncio.create_task(sender.send_to_client("bob", "once"))
-    assert await bob.next(timeout=8.0) == "once"  # the script ran: its publish reached b
-    await proxy.cut()  # its reply, still held in the proxy, goes with the connection
-    proxy.restore()
+    sent = await (await lose_the_reply(proxy, bob, sender.send_to_client("bob", "once")))
 
-    sent = await sending
     assert await sender.send_to_client("bob", "after")
     assert await bob.next() == "after"  # nothing in between: "once" arrived once
     assert sent is False  # the sender cannot know it ran: it does not claim delivery
@@ -70,23 +87,12 @@ async def test_a_broadcast_whose_reply_is_lost_reaches_remote_clients_once(
     make_manager: ManagerFactory, proxy: FaultProxy, private_redis: RedisServer,
     namespace: str,
 ) -> None:
-    sender = make_manager(WebSocketConfig(redis_url=proxy.url, namespace=namespace,
-                                          node_id="a", op_timeout=10.0, **QUIET))
-    owner = make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
-                                         node_id="b", **QUIET))
-    await sender.start()
-    await owner.start()
-    bob = FakeSocket("bob")
-    await owner.connect("bob", bob)
+    sender, bob = await sender_and_bob(make_manager, proxy, private_redis, namespace)
 
-    proxy.set_latency(5.0)
-    sending = asyncio.create_task(sender.broadcast("once"))
-    assert await bob.next(timeout=8.0) == "once"  # the PUBLISH ran
-    await proxy.cut()  # its reply goes with the connection
-    proxy.restore()
-
+    sending = await lose_the_reply(proxy, bob, sender.broadcast("once"))
     with contextlib.suppress(BroadcastFailedError):  # (it reached nobody it knows of)
         await sending
+
     await sender.broadcast("after")
     assert await bob.next() == "after"  # nothing in between: "once" arrived once
 

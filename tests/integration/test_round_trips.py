@@ -301,9 +301,9 @@ async def test_pipelined_sends_survive_a_flushed_script_cache(
 async def test_concurrent_sends_in_one_loop_turn_share_one_round_trip(
     store: Store, node: Node, watch: CommandWatch
 ) -> None:
-    """One pipelined round trip on Redis. On a Cluster each send is its own round trip, made
-    concurrently: redis-py retries a cluster pipeline after a connection error, which could
-    deliver a direct message twice (README, "What the Redis backend guarantees")."""
+    """One pipelined round trip, on Redis and on a Cluster (one pipeline per master: the
+    routes all read the presence slot here). redis-py's retry is off, so a pipeline is
+    never sent twice (README, "What the Redis backend guarantees")."""
     a, b = node("a"), node("b")
     await settled(a, b)
     socks = [FakeSocket(f"c{i}") for i in range(10)]
@@ -317,18 +317,16 @@ async def test_concurrent_sends_in_one_loop_turn_share_one_round_trip(
     async with watch.window() as seen:
         await asyncio.gather(*(a.send_to_client(s.name, "hi") for s in socks))
 
-    if store.kind == "redis":
-        costs(seen, 1, EVALSHA=10)
-    else:
-        costs(seen, 10, EVALSHA=10)
+    costs(seen, 1, EVALSHA=10)
 
 
 async def test_concurrent_connects_and_disconnects_share_one_round_trip_each(
     store: Store, node: Node, watch: CommandWatch
 ) -> None:
     """A reconnect storm's registrations made in one loop turn travel in one pipeline, and
-    so do its disconnects (on a Cluster: one concurrent round trip each, as for sends, and
-    each disconnect then ends the client's groups: a second script, none to leave here)."""
+    so do its disconnects (on a Cluster too, the presence slot's master's pipeline; there
+    each disconnect then ends the client's groups in the client's slot: a second script,
+    one round trip each, none to leave here)."""
     a = node("a")
     await settled(a)
     names = [f"c{i}" for i in range(10)]
@@ -342,12 +340,11 @@ async def test_concurrent_connects_and_disconnects_share_one_round_trip_each(
         await asyncio.gather(*(a.disconnect(name) for name in names))
 
     assert sorted(a.get_active_connections()) == []
+    costs(connects, 1, EVALSHA=10)
     if store.kind == "redis":
-        costs(connects, 1, EVALSHA=10)
         costs(disconnects, 1, EVALSHA=10)
     else:
-        costs(connects, 10, EVALSHA=10)
-        costs(disconnects, 20, EVALSHA=20)
+        costs(disconnects, 11, EVALSHA=20)
 
 
 async def resume(manager: WebSocketConnectionManager, stack: contextlib.AsyncExitStack,
@@ -363,8 +360,8 @@ async def test_with_history_concurrent_resumes_share_their_session_round_trips(
 ) -> None:
     """Ten clients resume at once on another node: the token checks, registrations, session
     loads, reopenings and history reads of the ten travel as one pipeline per step, so the
-    storm costs the round trips of one resume (on a Cluster: one concurrent round trip per
-    call)."""
+    storm costs the round trips of one resume (on a Cluster: one pipeline per master and
+    step, sent concurrently, where the clients' keys are spread over the masters)."""
     a, b = node("a", **HISTORY), node("b", **HISTORY)
     await settled(a, b)
     for round_ in ("warm-up", "measured"):
@@ -380,7 +377,9 @@ async def test_with_history_concurrent_resumes_share_their_session_round_trips(
 
     if store.kind == "cluster":  # spread: reopening is a script and a ZREM each
         assert seen.names() == Counter(EVALSHA=60, ZREM=10), seen.describe()
-        assert seen.round_trips == 70, seen.describe()
+        # the six scripted steps: at most one round trip per master each (which masters
+        # the clients' slots fall on depends on the namespace); a ZREM each
+        assert seen.round_trips <= 6 * 3 + 10, seen.describe()
         return
     assert seen.names() == Counter(EVALSHA=60), seen.describe()
     if store.kind == "redis":

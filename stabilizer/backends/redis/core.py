@@ -232,9 +232,9 @@ class ScriptBatcher:
     in flight are queued and sent together as soon as it returns. Results (and exceptions)
     go back to each caller; every call is bounded by op_timeout. The batches run in a task
     of the node's task owner; before the backend is opened (a manager that was never
-    started) a call simply runs alone. On a Cluster the calls of a batch run concurrently,
-    one round trip each: redis-py's cluster pipeline retries a batch after a connection
-    error, which could deliver a direct message twice.
+    started) a call simply runs alone. On a Cluster a batch is one pipeline per master,
+    sent concurrently; a call redirected (MOVED, ASK) is sent again alone, which is safe:
+    a redirected call did not run.
     """
 
     def __init__(self, core: RedisCore, script: AsyncScript, op: str) -> None:
@@ -282,12 +282,7 @@ class ScriptBatcher:
     async def _run(self, batch: list[Call]) -> None:
         core = self._core
         try:
-            if core.cluster:
-                results: list[Any] = await asyncio.gather(
-                    *(core.call(self._script(keys=keys, args=args), self._op)
-                      for keys, args, _ in batch), return_exceptions=True)
-            else:
-                results = await self._pipelined(batch)
+            results = await self._pipelined(batch)
         except BackendUnavailable as exc:
             for _, _, future in batch:
                 if not future.done():
@@ -304,14 +299,23 @@ class ScriptBatcher:
                 future.set_result(result)
 
     async def _pipelined(self, batch: list[Call]) -> list[Any]:
-        """One round trip of raw EVALSHA calls, packed in C (exchange.py; the scripts were
-        loaded at open); a server that answers NOSCRIPT (it restarted) gets those calls
-        again, one by one, through the script object, which loads it."""
+        """One round trip of raw EVALSHA calls (the scripts were loaded at open): packed in
+        C and written to one pooled connection (exchange.py), or on a Cluster one pipeline
+        per master, concurrently (redis-py's retry is off: connect.py); a server that
+        answers NOSCRIPT (it restarted) gets those calls again, one by one, through the
+        script object, which loads it."""
         core = self._core
         client = core.client
-        assert not isinstance(client, RedisCluster)
-        results: list[Any] = await core.call(evalsha_batch(
-            client, self._script.sha, [(keys, args) for keys, args, _ in batch]), self._op)
+        calls = [(keys, args) for keys, args, _ in batch]
+        if isinstance(client, RedisCluster):
+            pipe = client.pipeline()
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            results: list[Any] = await core.call(pipe.execute(raise_on_error=False),
+                                                 self._op)
+        else:
+            results = await core.call(evalsha_batch(client, self._script.sha, calls),
+                                      self._op)
         for index, ((keys, args, _), result) in enumerate(zip(batch, results, strict=True)):
             if isinstance(result, NoScriptError):
                 try:

@@ -280,7 +280,6 @@ class ScriptBatcher:
             _fail(queued, "the node stopped before this call was sent")
 
     async def _run(self, batch: list[Call]) -> None:
-        core = self._core
         try:
             results = await self._pipelined(batch)
         except BackendUnavailable as exc:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
@@ -20,6 +21,7 @@ from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
 from stabilizer.backends.redis.keys import KeyLayout
 from stabilizer.errors import BackendUnavailable
 from stabilizer.node.tasks import TaskOwner
+from tests.support.redis_server import RedisClusterServers
 
 pytestmark = pytest.mark.redis
 
@@ -100,19 +102,36 @@ async def test_a_call_that_cannot_be_packed_fails_alone(
     assert await client.echo("next") == b"next"
 
 
-async def test_a_batch_with_an_unencodable_call_answers_the_others(client: Redis) -> None:
-    """Calls that meet in the batcher travel together: one whose argument cannot be encoded
-    (text with a lone surrogate) fails alone, and the batcher goes on. It used to fail the
-    whole batch, and every caller in it heard that the node had stopped."""
-    sha = await client.script_load(ECHO)
-    core = RedisCore(client, KeyLayout("exchange"), op_timeout=5.0, pool_size=4)
+@pytest.fixture(params=["redis", "cluster"])
+async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Any]:
+    if request.param == "redis":
+        redis: Any = Redis.from_url(redis_url)
+    else:
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        redis = RedisCluster.from_url(cluster.url)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param("\ud800", id="text-utf8-cannot-encode"),
+    pytest.param(None, id="not-a-redis-value"),
+])
+async def test_a_batch_with_an_unencodable_call_answers_the_others(store: Any,
+                                                                  bad: Any) -> None:
+    """Calls that meet in the batcher travel together (a Cluster: one pipeline per
+    master): one whose argument cannot be encoded fails alone, and the batcher goes on. It
+    used to fail the whole batch, and every caller in it heard that the node had
+    stopped."""
+    await store.script_load(ECHO)
+    core = RedisCore(store, KeyLayout("exchange"), op_timeout=5.0, pool_size=4)
     core.tasks = TaskOwner()
-    script = client.register_script(ECHO)
-    assert script.sha == sha
-    batcher = ScriptBatcher(core, script, "register")
+    batcher = ScriptBatcher(core, store.register_script(ECHO), "register")
     try:
         answers = await asyncio.gather(
-            batcher.submit(["k1"], ["a"]), batcher.submit(["k2"], ["\ud800"]),
+            batcher.submit(["k1"], ["a"]), batcher.submit(["k2"], [bad]),
             batcher.submit(["k3"], ["c"]), return_exceptions=True)
         good, bad, other = answers
         assert good == [b"k1", b"a"]

@@ -24,7 +24,7 @@ from stabilizer.backends.redis import scripts as lua
 from stabilizer.backends.redis import spread_scripts as spread_lua
 from stabilizer.backends.redis import stream_scripts as streams_lua
 from stabilizer.backends.redis import user_scripts as users_lua
-from stabilizer.backends.redis.exchange import evalsha_batch
+from stabilizer.backends.redis.exchange import evalsha_batch, unpackable
 from stabilizer.backends.redis.keys import KeyLayout
 from stabilizer.errors import BackendNotReached, BackendUnavailable
 from stabilizer.pure.wire import event_prefix
@@ -307,11 +307,16 @@ class ScriptBatcher:
         client = core.client
         calls = [(keys, args) for keys, args, _ in batch]
         if isinstance(client, RedisCluster):
+            results: list[Any] = [unpackable(keys, args) for keys, args in calls]
             pipe = client.pipeline()
-            for keys, args in calls:
-                pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-            results: list[Any] = await core.call(pipe.execute(raise_on_error=False),
-                                                 self._op)
+            for (keys, args), refused in zip(calls, results, strict=True):
+                if refused is None:
+                    pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys,
+                                         *args)
+            if len(pipe):
+                answers = iter(await core.call(pipe.execute(raise_on_error=False), self._op))
+                results = [next(answers) if refused is None else refused
+                           for refused in results]
         else:
             results = await core.call(evalsha_batch(client, self._script.sha, calls),
                                       self._op)

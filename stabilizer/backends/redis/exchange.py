@@ -41,6 +41,22 @@ def _pack(sha: str, keys: Sequence[Any], args: Sequence[Any],
         raise DataError(str(exc)) from exc
 
 
+def unpackable(keys: Sequence[Any], args: Sequence[Any]) -> Exception | None:
+    """Why a call of these keys and arguments could not be packed, or None: a value that
+    is not str, bytes, int or float, or text UTF-8 cannot encode. (The Cluster's pipeline
+    packs a master's calls together: one such call would fail them all.)"""
+    for value in (*keys, *args):
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    return exc
+        elif isinstance(value, bool) or not isinstance(value, bytes | int | float):
+            return DataError(f"cannot send {type(value).__name__} to Redis")
+    return None
+
+
 def packed(sha: str, calls: Sequence[Script],
            fallback: Callable[..., list[bytes]]) -> list[list[bytes] | Exception]:
     """Each EVALSHA call of `calls` (keys, args) as protocol bytes (by hiredis, or by

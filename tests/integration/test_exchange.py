@@ -1,7 +1,8 @@
 """EVALSHA batches written straight to a pooled connection (backends/redis/exchange.py),
 against a real Redis: replies in order, an error reply in its own place, the same bytes
-whether hiredis or redis-py packs them, and a connection that broke mid-batch never
-returned to the pool still connected."""
+whether hiredis or redis-py packs them, a call that cannot be packed failing alone (also
+through the batcher, and in a real Cluster's per-master pipelines), and a connection
+that broke mid-batch never returned to the pool still connected."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stabilizer import BroadcastFailedError, WebSocketConfig, WebSocketConnectionManager
+from stabilizer.backends.redis.connect import client_for
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket
 from tests.support.fault_proxy import FaultProxy
@@ -132,3 +133,24 @@ async def test_on_a_cluster_a_broadcast_whose_reply_is_lost_reaches_remote_clien
     assert await bob.next() == "once"
     await sender.broadcast("after")
     assert await bob.next() == "after"  # nothing in between: "once" arrived once
+
+
+async def test_after_a_restart_the_first_calls_find_fresh_connections(
+    private_redis: RedisServer,
+) -> None:
+    """With no retry, nothing hides a stale pooled connection: each one a Redis restart
+    closed must be replaced when it is taken from the pool, before a command is sent on
+    it. redis-py 8 skips that check while its maintenance notifications are on ("auto",
+    the default), and a connection the restart closed then failed its next call."""
+    client, _ = client_for(WebSocketConfig(redis_url=private_redis.url, redis_pool_size=4))
+    try:
+        # every pooled connection in use at once: four of them open
+        assert await asyncio.gather(*(client.ping() for _ in range(8))) == [True] * 8
+        # the loop runs meanwhile, as a replica's does: it reads the server's goodbyes
+        await asyncio.to_thread(private_redis.stop, kill=True)
+        await asyncio.to_thread(private_redis.start)  # the same port, empty
+
+        for _ in range(8):  # one after another
+            assert await client.hlen("nothing") == 0
+    finally:
+        await client.aclose()

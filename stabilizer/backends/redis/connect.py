@@ -24,6 +24,19 @@ from stabilizer.errors import ConfigError
 NO_RETRY: Final = Retry(NoBackoff(), 0)
 
 
+def _checked_at_checkout() -> dict[str, Any]:
+    """Pool options under which redis-py checks a pooled connection when it is taken (and
+    replaces one the server closed). redis-py 8 skips that check while its maintenance
+    notifications are on ("auto" by default, a Redis Enterprise feature); with no retry to
+    hide it, every connection a Redis restart closed would fail its next call. Older
+    redis-py has no such notifications and always checks."""
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:  # redis-py before 7
+        return {}
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
 def client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any]]:
     """A client for config.redis_url, and the other clients it made that must be closed
     with it (a Sentinel's connections)."""
@@ -46,6 +59,7 @@ def client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any]
         socket_timeout=None,
         retry=NO_RETRY,
         health_check_interval=0,
+        **_checked_at_checkout(),
     )
     return Redis.from_pool(pool), []
 
@@ -97,5 +111,5 @@ def _sentinel_client(config: WebSocketConfig, url: str) -> tuple[Redis, list[Any
     )
     master: Redis = sentinel.master_for(service, db=db, password=password,
                                         socket_connect_timeout=config.op_timeout,
-                                        retry=NO_RETRY)
+                                        retry=NO_RETRY, **_checked_at_checkout())
     return master, list(sentinel.sentinels)

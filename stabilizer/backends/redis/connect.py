@@ -27,12 +27,13 @@ NO_RETRY: Final = Retry(NoBackoff(), 0)
 def _checked_at_checkout() -> dict[str, Any]:
     """Pool options under which redis-py checks a pooled connection when it is taken (and
     replaces one the server closed). redis-py 8 skips that check while its maintenance
-    notifications are on ("auto" by default, a Redis Enterprise feature); with no retry to
-    hide it, every connection a Redis restart closed would fail its next call. Older
-    redis-py has no such notifications and always checks."""
+    notifications (server pushes announcing a planned failover) are on, and "auto", its
+    default, counts as on; with no retry to hide it, every connection a Redis restart
+    closed would fail its next call. A redis-py without those notifications always
+    checks."""
     try:
         from redis.maint_notifications import MaintNotificationsConfig
-    except ImportError:  # redis-py before 7
+    except ImportError:  # a redis-py without maintenance notifications
         return {}
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 

@@ -151,6 +151,14 @@ def _local_state(history: History, view: ReplicaView, departed: set[str]) -> lis
     return problems
 
 
+def stray_members(history: History, snap: Snapshot, group: str) -> set[str]:
+    """Members of `group` in Redis with no open socket (with history: and no suspended
+    session either)."""
+    redis = snap.redis
+    return (redis.groups.get(group, set()) - set(open_by_client(history))
+            - (redis.away if history.history else set()))
+
+
 def check_groups(history: History, snap: Snapshot, markers: dict[str, int]) -> list[str]:
     """Group members (Redis and every replica) are the clients whose open socket follows
     the group (it received the group's marker), plus, with history, suspended sessions;
@@ -171,7 +179,7 @@ def check_groups(history: History, snap: Snapshot, markers: dict[str, int]) -> l
         elif following != listed_open:
             problems.append(f"group {group}: members with an open socket {sorted(listed_open)}"
                             f", but the sockets that receive it belong to {sorted(following)}")
-        stray = members - set(opened) - (redis.away if history.history else set())
+        stray = stray_members(history, snap, group)
         if stray:
             problems.append(f"group {group}: members {sorted(stray)} have no open socket"
                             + (" and no suspended session" if history.history else ""))

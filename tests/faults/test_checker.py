@@ -244,3 +244,22 @@ def test_a_final_message_the_library_refused_is_reported_as_refused_not_lost() -
     history.messages[(92, 0)].status, history.messages[(92, 0)].definite = 200, True
     [problem] = check_final(history, quiet_cluster(history), MARKERS)
     assert "never received the final direct message 92" in problem
+
+
+def test_the_cluster_is_not_quiet_while_a_group_lists_a_client_with_no_socket() -> None:
+    """A membership written for a client the store did not know (an empty Redis restart,
+    then its replica died) ends by design only after a grace: the checker waits for it,
+    bounded, instead of judging within the grace (seed 159379073 was flagged so)."""
+    from tests.faults.runner import consistent
+
+    history = healthy_history()
+    snap = quiet_cluster(history)
+    assert consistent(snap, history)
+    snap.redis.groups["g1"] = {"c9"}  # no socket, no session
+    assert not consistent(snap, history)
+    snap.redis.groups["g1"] = {"c1"}  # an open socket's membership is judged later
+    assert consistent(snap, history)
+    history.history = True
+    snap.redis.groups["g1"] = {"c9"}
+    snap.redis.away = {"c9"}  # with history: a suspended session keeps its groups
+    assert consistent(snap, history)

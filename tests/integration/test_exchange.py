@@ -77,6 +77,7 @@ async def test_an_unknown_script_is_answered_noscript_per_call(
 
 
 def test_hiredis_packs_the_bytes_redis_py_would() -> None:
+    assert exchange.C_PACKING  # (without hiredis this would compare redis-py with itself)
     calls: list[tuple[list[Any], list[Any]]] = [
         (["presence:{ns}", "node"], ["client é", b"\x00\xff", 0, 17, -3, 1.5, ""]),
         ([], ["only args"])]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+import subprocess
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -26,7 +27,12 @@ from stabilizer.backends.redis.connect import client_for
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket
 from tests.support.fault_proxy import FaultProxy
-from tests.support.redis_server import RedisClusterServers, RedisServer
+from tests.support.redis_server import (
+    NoRedisServer,
+    RedisClusterServers,
+    RedisServer,
+    cluster_cli,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -152,5 +158,49 @@ async def test_after_a_restart_the_first_calls_find_fresh_connections(
 
         for _ in range(8):  # one after another
             assert await client.hlen("nothing") == 0
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def own_cluster() -> Iterator[RedisClusterServers]:
+    """A three-master Cluster for this module alone: a test here closes every client
+    connection of its masters."""
+    try:
+        servers = RedisClusterServers()
+    except NoRedisServer as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with servers:
+        yield servers
+
+
+async def test_on_a_cluster_connections_the_server_closed_are_replaced_before_use(
+    own_cluster: RedisClusterServers,
+) -> None:
+    """A Cluster client has no pool check at checkout: redis-py takes a node's free
+    connection as it is. A connection the server closed (a restart, a failover, a
+    CLIENT KILL) then failed the first call sent on it, once per master. Such a
+    connection is now opened again before anything is sent on it."""
+    client, _ = client_for(WebSocketConfig(redis_url=own_cluster.url, redis_cluster=True))
+    try:
+        await client.initialize()
+        masters = {client.get_node_from_key(key).name: key
+                   for key in (f"key{index}" for index in range(60))}
+        assert len(masters) == 3  # a key on each master
+        keys = list(masters.values())
+        # two calls in flight per master: two connections on each
+        assert await asyncio.gather(*(client.get(key) for key in keys * 2)) == [None] * 6
+
+        def close_every_client() -> None:
+            for server in own_cluster.nodes:  # redis-cli's own connection is spared
+                subprocess.run([cluster_cli(), "-p", str(server.port), "client", "kill",
+                                "type", "normal"], check=True, capture_output=True,
+                               timeout=10)
+
+        # the loop runs meanwhile, as a replica's does: it reads the server's goodbyes
+        await asyncio.to_thread(close_every_client)
+
+        for key in keys * 2:  # one after another: each master's connections, in turn
+            assert await client.get(key) is None
     finally:
         await client.aclose()

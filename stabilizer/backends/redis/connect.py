@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -18,10 +19,43 @@ from stabilizer.errors import ConfigError
 #: also one raised while reading its reply, after the command ran: a PUBLISH or a script
 #: that publishes would then deliver twice (tests/integration/test_lost_reply.py; the
 #: Cluster client retried three times by default). A call that fails on the wire is
-#: BackendUnavailable, as any other. A standalone or Sentinel pool replaces a connection the
-#: server closed (a restart, a failover) when it is taken, before anything is sent on it;
-#: a Cluster client finds out on its next call there, and maps the slots again.
+#: BackendUnavailable, as any other. A connection the server closed (a restart, a failover)
+#: is replaced before anything is sent on it: by the pool when it is taken (standalone,
+#: Sentinel), by the connection itself when it sends (Cluster, below).
 NO_RETRY: Final = Retry(NoBackoff(), 0)
+
+
+async def _reopen_if_closed(connection: Connection) -> None:
+    """Disconnect `connection` if the server closed it (its reader saw the end of the
+    stream, or the link failed) while it waited in a pool: it connects again before it
+    sends, so the call is not lost on a link nothing was sent on."""
+    reader = connection._reader
+    if reader is not None and (reader.at_eof() or reader.exception() is not None):
+        await connection.disconnect(nowait=True)
+
+
+class _CheckedConnection(Connection):
+    """A Cluster node's connection. redis-py's Cluster client takes a node's free
+    connection as it is (no check at checkout), so this one checks before each send."""
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes],
+                                  check_health: bool = True) -> None:
+        await _reopen_if_closed(self)
+        await super().send_packed_command(command, check_health)
+
+
+class _CheckedSSLConnection(SSLConnection):
+    """_CheckedConnection over TLS (a rediss:// URL)."""
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes],
+                                  check_health: bool = True) -> None:
+        await _reopen_if_closed(self)
+        await super().send_packed_command(command, check_health)
+
+
+_CHECKED: Final[dict[type[Connection], type[Connection]]] = {
+    Connection: _CheckedConnection, SSLConnection: _CheckedSSLConnection,
+}
 
 
 def _checked_at_checkout() -> dict[str, Any]:
@@ -46,10 +80,7 @@ def client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any]
     if url.startswith("redis+sentinel://"):
         return _sentinel_client(config, url)
     if config.redis_cluster:
-        # per node; RedisCore.call keeps the calls in flight below this
-        return RedisCluster.from_url(url, socket_connect_timeout=config.op_timeout,
-                                     max_connections=config.redis_pool_size + 8,
-                                     retry=NO_RETRY), []
+        return _cluster_client(config, url), []
     # A blocking pool: a burst of connects waits for a connection (bounded by op_timeout)
     # instead of failing with "Too many connections".
     pool = BlockingConnectionPool.from_url(
@@ -63,6 +94,22 @@ def client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any]
         **_checked_at_checkout(),
     )
     return Redis.from_pool(pool), []
+
+
+def _cluster_client(config: WebSocketConfig, url: str) -> RedisCluster:
+    # max_connections is per node; RedisCore.call keeps the calls in flight below this
+    client = RedisCluster.from_url(url, socket_connect_timeout=config.op_timeout,
+                                   max_connections=config.redis_pool_size + 8,
+                                   retry=NO_RETRY)
+    # redis-py takes no connection class for a Cluster: the nodes it knows (the one of the
+    # URL) and those it will learn of are built from these arguments
+    nodes = client.nodes_manager
+    checked = _CHECKED.get(nodes.connection_kwargs.get("connection_class", Connection))
+    if checked is not None:
+        nodes.connection_kwargs["connection_class"] = checked
+        for node in nodes.startup_nodes.values():
+            node.connection_class = checked
+    return client
 
 
 def check_url(url: str) -> None:

@@ -24,7 +24,7 @@ from stabilizer.backends.redis import scripts as lua
 from stabilizer.backends.redis import spread_scripts as spread_lua
 from stabilizer.backends.redis import stream_scripts as streams_lua
 from stabilizer.backends.redis import user_scripts as users_lua
-from stabilizer.backends.redis.exchange import evalsha_batch, unpackable
+from stabilizer.backends.redis.exchange import evalsha_batch, evalsha_on, pooled, unpackable
 from stabilizer.backends.redis.keys import KeyLayout
 from stabilizer.errors import BackendNotReached, BackendUnavailable
 from stabilizer.pure.wire import event_prefix
@@ -151,19 +151,16 @@ class RedisCore:
 
         async def run() -> Any:
             nonlocal sent
-            pool = client.connection_pool
-            # connected and checked, nothing sent yet (redis-py lacks hints here)
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
+            async with pooled(client) as conn:  # connected and checked, nothing sent yet
                 sent = True
-                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                try:
-                    return await conn.read_response()
-                except NoScriptError:  # (Redis restarted empty) it did not run: send it whole
+                [reply] = await evalsha_on(conn, script.sha, [(keys, args)])
+                if isinstance(reply, NoScriptError):
+                    # (Redis restarted empty) it did not run: send it whole
                     await conn.send_command("EVAL", script.script, len(keys), *keys, *args)
                     return await conn.read_response()
-            finally:
-                await pool.release(conn)
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply
 
         try:
             return await self.call(run(), op)

@@ -10,15 +10,19 @@ replies. A call that cannot be packed (text UTF-8 cannot encode, a value Redis h
 for) is not sent and fails alone.
 
 Nothing is retried: a connection that fails mid-batch is dropped, and the caller learns
-that the calls may have run.
+that the calls may have run. The history's sequencing script (RedisCore.run_once) goes the
+same way, alone, on a pooled() connection: it tells "no connection could be had" (it did
+not run) from a failure after it was sent (it may have run).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import DataError, ResponseError
 
 try:
@@ -72,37 +76,60 @@ def packed(sha: str, calls: Sequence[Script],
     return out
 
 
+@asynccontextmanager
+async def pooled(client: Redis) -> AsyncIterator[Connection]:
+    """A connection of `client`'s pool, connected and checked (one the server closed is
+    replaced when it is taken), for the block; nothing is sent on it yet when the block
+    begins. It goes back to the pool after the block, or, if the block raised (a reply may
+    be left unread), it is dropped first.
+
+    Raises:
+        redis.exceptions.RedisError, OSError: no connection could be had (nothing sent).
+    """
+    pool = client.connection_pool
+    conn: Connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    clean = False
+    try:
+        yield conn
+        clean = True
+    finally:
+        if not clean:
+            await conn.disconnect(nowait=True)
+        await pool.release(conn)
+
+
+async def evalsha_on(conn: Connection, sha: str, calls: Sequence[Script]) -> list[Any]:
+    """Run the EVALSHA calls of `calls` on `conn` in one write; return each call's reply,
+    or in its place its ResponseError (e.g. NoScriptError) or the error that kept it from
+    being packed (it was not sent).
+
+    Raises:
+        redis.exceptions.RedisError, OSError: the connection failed; any of the calls may
+            have run.
+    """
+    commands = packed(sha, calls, conn.pack_command)
+    sent = [chunk for command in commands if not isinstance(command, Exception)
+            for chunk in command]
+    if sent:
+        await conn.send_packed_command(sent)
+    replies: list[Any] = []
+    for command in commands:
+        if isinstance(command, Exception):
+            replies.append(command)
+            continue
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:  # an error reply: the stream stays in step
+            replies.append(exc)
+    return replies
+
+
 async def evalsha_batch(client: Redis, sha: str, calls: Sequence[Script]) -> list[Any]:
-    """Run the EVALSHA calls of `calls` on one pooled connection in one write; return each
-    call's reply, or in its place its ResponseError (e.g. NoScriptError) or the error that
-    kept it from being packed (it was not sent).
+    """evalsha_on() on a pooled() connection of `client`.
 
     Raises:
         redis.exceptions.RedisError, OSError: the connection failed; any of the calls may
             have run. The connection is dropped, not returned to the pool half-read.
     """
-    pool = client.connection_pool
-    # connected and checked (a connection the server closed is replaced here)
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-    clean = False
-    try:
-        commands = packed(sha, calls, conn.pack_command)
-        sent = [chunk for command in commands if not isinstance(command, Exception)
-                for chunk in command]
-        if sent:
-            await conn.send_packed_command(sent)
-        replies: list[Any] = []
-        for command in commands:
-            if isinstance(command, Exception):
-                replies.append(command)
-                continue
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:  # an error reply: the stream stays in step
-                replies.append(exc)
-        clean = True
-        return replies
-    finally:
-        if not clean:
-            await conn.disconnect(nowait=True)
-        await pool.release(conn)
+    async with pooled(client) as conn:
+        return await evalsha_on(conn, sha, calls)

@@ -63,11 +63,13 @@ def session(
     `identity` is a user the application authenticated itself (a dependency); otherwise
     the manager's authenticator, if any, runs.
     """
-    query = websocket.query_params
-    return manager.open_session(websocket, client_id, metadata=metadata,
-                                token=query.get("token") or None,
-                                positions=query.get("positions") or None, welcome=welcome,
-                                identity=identity)
+    token = positions = None
+    if websocket.scope.get("query_string"):  # most clients send none: nothing to parse
+        query = websocket.query_params
+        token = query.get("token") or None
+        positions = query.get("positions") or None
+    return manager.open_session(websocket, client_id, metadata=metadata, token=token,
+                                positions=positions, welcome=welcome, identity=identity)
 
 
 async def serve(

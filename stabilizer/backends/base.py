@@ -52,12 +52,14 @@ class PresenceStore(Protocol):
         `end_groups`, a previous connection's group memberships end too, in the same step
         when the store can (``groups_ended`` says whether it did). A presence with a
         ``user_id`` also takes a `seat` among that user's connections, checked against the
-        seat's limit in the same step.
+        seat's limit in the same step. Bounded by the backend: it answers or raises
+        BackendUnavailable within op_timeout per round trip (a call batched with others
+        may first wait for the batch in flight), so admission sets no timer of its own.
 
         Raises:
             UserConnectionLimitError: the user already holds `seat.max_connections`.
             ConnectionLimitExceededError: the cluster already holds `max_cluster` clients.
-            BackendUnavailable: the store cannot be reached.
+            BackendUnavailable: the store cannot be reached, or did not answer in time.
         """
         ...
 

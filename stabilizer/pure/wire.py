@@ -10,6 +10,7 @@ receiving node gets the exact frame type back without a second decoding step.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,8 +117,18 @@ def sequenced_prefix(envelope: Envelope) -> bytes:
 
 
 def kick_prefix(origin: str, client_id: str) -> bytes:
-    """A KICK envelope up to its last field, the replaced conn id, which only Redis knows."""
-    return array_prefix([WIRE_VERSION, int(Kind.KICK), origin, client_id, None, None], _FIELDS)
+    """A KICK envelope up to its last field, the replaced conn id, which only Redis knows.
+    (One per connect: the part before the client id is the node's, packed once.)"""
+    packed_id: bytes = msgpack.packb(client_id, use_bin_type=True)
+    return _kick_head(origin) + packed_id + _TWO_NILS
+
+
+_TWO_NILS: Final[bytes] = msgpack.packb(None) * 2
+
+
+@functools.lru_cache(maxsize=16)
+def _kick_head(origin: str) -> bytes:
+    return array_prefix([WIRE_VERSION, int(Kind.KICK), origin], _FIELDS)
 
 
 def event_prefix(origin: str) -> bytes:

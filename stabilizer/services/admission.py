@@ -61,7 +61,9 @@ class Admission:
         self._events = events
         self._router = router
         self._ensure_started = ensure_started
-        self._turns: dict[str, asyncio.Future[None]] = {}
+        # client id -> None while one admission of it runs, or the future it resolves when
+        # it ends once another admission of the same id waits for it
+        self._turns: dict[str, asyncio.Future[None] | None] = {}
         self._pending: dict[str, Connection] = {}  # by conn id, until admitted or refused
         self._kicked: set[str] = set()  # pending conn ids another node replaced meanwhile
         self._backend_log = RateLimitedLog(logger)
@@ -88,16 +90,20 @@ class Admission:
             raise ShutdownError("node is shutting down; connect to another node")
         await self._ensure_started()
         await accept_if_needed(websocket)
-        while (turn := self._turns.get(client_id)) is not None:
+        turns = self._turns
+        while client_id in turns:  # another admission of this client id: wait for its end
+            turn = turns[client_id]
+            if turn is None:  # the first to wait makes the future the end resolves
+                turn = turns[client_id] = asyncio.get_running_loop().create_future()
             await asyncio.shield(turn)
-        done = asyncio.get_running_loop().create_future()
-        self._turns[client_id] = done
+        turns[client_id] = None
         try:
             return await self._admit(client_id, websocket, metadata, resuming,
                                      user or _ANONYMOUS)
         finally:
-            del self._turns[client_id]
-            done.set_result(None)
+            turn = turns.pop(client_id)
+            if turn is not None:
+                turn.set_result(None)
 
     async def _admit(self, client_id: str, websocket: SocketLike,
                      metadata: dict[str, Any] | None, resuming: bool,
@@ -188,9 +194,11 @@ class Admission:
         seat = (Seat(conn.info, ctx.config.max_connections_per_user)
                 if conn.user_id is not None else None)
         try:
-            registration = await ctx.ask(ctx.backend.presence.register(
+            # no ctx.ask(): register() is bounded by the backend itself (Presence.register),
+            # and a connect is cheaper without a timer of its own
+            registration = await ctx.backend.presence.register(
                 presence, max_cluster=ctx.config.max_cluster_connections,
-                end_groups=end_groups, seat=seat))
+                end_groups=end_groups, seat=seat)
         except BackendUnavailable as exc:
             # Degrade: the socket works locally; presence is re-registered when we reconnect.
             ctx.want_resync()

@@ -262,20 +262,21 @@ class Session:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> str | bytes:
-        # A plain iterator, not an async generator: the event loop keeps no record of it
-        # and nothing needs finalising when the application's loop breaks off.
-        message = await self.receive()
-        if message is None:
-            raise StopAsyncIteration
-        return message
-
     async def receive(self) -> str | bytes | None:
         """Return the next application message (str for a text frame, bytes for a binary
         one), or None once the client is gone."""
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    async def __anext__(self) -> str | bytes:
+        # A plain iterator, not an async generator: the event loop keeps no record of it
+        # and nothing needs finalising when the application's loop breaks off. The reading
+        # is here, not in receive(): an idle connection's `async for` waits in one frame.
         conn = self.conn
         if conn is None:
-            return None
+            raise StopAsyncIteration
         ctx = self._ctx
         limit = ctx.config.max_message_size
         while conn.is_open:
@@ -283,7 +284,7 @@ class Session:
             kind = event["type"]
             if kind == "websocket.disconnect":
                 self.client_close_code = event.get("code")
-                return None
+                raise StopAsyncIteration
             if kind != "websocket.receive":
                 continue
             text: str | None = event.get("text")
@@ -294,22 +295,21 @@ class Session:
                 ctx.stats.oversize_closes += 1
                 await self._services.closing.release(
                     conn, code=CloseCode.MESSAGE_TOO_BIG, reason=f"message over {limit} bytes")
-                return None
+                raise StopAsyncIteration
             self._services.liveness.heard_from(conn)
+            message: str | bytes | None = data
             if text is not None:
-                text = await self._sorter().text(self, conn, text)
-                if text is None:
-                    continue
-            elif data is None:
+                message = await self._sorter().text(self, conn, text)
+            if message is None:
                 continue
             verdict = await self._within_rate(conn)
             if verdict == "closed":
-                return None
+                raise StopAsyncIteration
             if verdict == "drop":
                 continue
             ctx.stats.messages_in += 1
-            return text if text is not None else data
-        return None
+            return message
+        raise StopAsyncIteration
 
     def _sorter(self) -> Inbound:
         inbound = self._inbound

@@ -85,7 +85,7 @@ def test_hiredis_packs_the_bytes_redis_py_would() -> None:
     ours = exchange.packed("f" * 40, calls, redis_py.pack_command)
     theirs = redis_py.pack_commands(
         [("EVALSHA", "f" * 40, len(keys), *keys, *args) for keys, args in calls])
-    assert b"".join(b"".join(command) for command in ours
+    assert b"".join(command for command in ours
                     if not isinstance(command, Exception)) == b"".join(theirs)
 
 

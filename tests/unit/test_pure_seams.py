@@ -29,8 +29,10 @@ from stabilizer.pure.streams import (
     group_stream,
 )
 from stabilizer.pure.wire import (
+    WIRE_VERSION,
     Envelope,
     Kind,
+    array_prefix,
     decode,
     event_body,
     event_of,
@@ -148,6 +150,13 @@ def test_positions_within_bounds_parse() -> None:
 def complete(prefix: bytes, *rest: object) -> Envelope:
     """Append what a Redis script appends (cmsgpack.pack of each value) and decode."""
     return decode(prefix + b"".join(msgpack.packb(item, use_bin_type=True) for item in rest))
+
+
+@pytest.mark.parametrize("client_id", ["alice", "", "é\U0001f600", "x" * 300])
+def test_a_kick_prefix_is_the_envelope_array_up_to_the_conn_id(client_id: str) -> None:
+    """kick_prefix packs the node's part once; the bytes are those of the whole array."""
+    fields = [WIRE_VERSION, int(Kind.KICK), "node-b", client_id, None, None]
+    assert kick_prefix("node-b", client_id) == array_prefix(fields, 7)
 
 
 def test_a_kick_prefix_completed_with_the_old_conn_id_decodes() -> None:

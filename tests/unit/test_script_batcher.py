@@ -61,9 +61,9 @@ def batcher(core: FakeCore, script: SlowScript) -> ScriptBatcher:
 async def test_calls_that_meet_in_time_share_a_batch_and_all_get_answers() -> None:
     script = SlowScript()
     b = batcher(FakeCore(TaskOwner()), script)
-    first = asyncio.create_task(b.submit(["k"], ["a"]))
+    first = asyncio.ensure_future(b.submit(["k"], ["a"]))
     await asyncio.sleep(0)
-    others = [asyncio.create_task(b.submit(["k"], [str(i)])) for i in range(5)]
+    others = [asyncio.ensure_future(b.submit(["k"], [str(i)])) for i in range(5)]
     await asyncio.sleep(0)
     script.release.set()
     async with asyncio.timeout(BOUND):
@@ -73,9 +73,9 @@ async def test_calls_that_meet_in_time_share_a_batch_and_all_get_answers() -> No
 async def test_callers_get_an_answer_when_the_node_stops_mid_batch() -> None:
     owner = TaskOwner()
     b = batcher(FakeCore(owner), SlowScript())
-    in_flight = asyncio.create_task(b.submit(["k"], ["a"]))
+    in_flight = asyncio.ensure_future(b.submit(["k"], ["a"]))
     await asyncio.sleep(0.01)
-    queued = asyncio.create_task(b.submit(["k"], ["b"]))
+    queued = asyncio.ensure_future(b.submit(["k"], ["b"]))
     await asyncio.sleep(0.01)
     assert await owner.stop(1.0) == []
     async with asyncio.timeout(BOUND):
@@ -88,7 +88,7 @@ async def test_a_batch_task_cancelled_before_it_ran_does_not_block_later_calls()
     owner = TaskOwner()
     script = SlowScript()
     b = batcher(FakeCore(owner), script)
-    orphan = asyncio.create_task(b.submit(["k"], ["a"]))
+    orphan = asyncio.ensure_future(b.submit(["k"], ["a"]))
     await asyncio.sleep(0)  # the batch task exists but has not run
     for task in owner.running():
         task.cancel()

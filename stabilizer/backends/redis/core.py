@@ -241,17 +241,19 @@ class ScriptBatcher:
         self._queue: list[Call] = []
         self._task: asyncio.Task[Any] | None = None
 
-    async def submit(self, keys: list[str], args: list[Any]) -> Any:
-        """Queue one call; return its result (or raise BackendUnavailable)."""
+    def submit(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """Queue one call; the awaitable returned gives its result (or raises
+        BackendUnavailable). (A future, not a coroutine: a call waiting for its batch keeps
+        no frame of its own alive.)"""
         core = self._core
         if core.tasks is None:
-            return await core.call(self._script(keys=keys, args=args), self._op)
+            return core.call(self._script(keys=keys, args=args), self._op)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((keys, args, future))
         if self._task is None:
             task = self._task = core.spawn(self._drain(), name=f"stabilizer-redis-{self._op}")
             task.add_done_callback(self._drained)
-        return await future
+        return future
 
     async def _drain(self) -> None:
         batch: list[Call] = []
@@ -302,11 +304,10 @@ class ScriptBatcher:
         script object, which loads it."""
         core = self._core
         client = core.client
-        calls = [(keys, args) for keys, args, _ in batch]
         if isinstance(client, RedisCluster):
-            results: list[Any] = [unpackable(keys, args) for keys, args in calls]
+            results: list[Any] = [unpackable(keys, args) for keys, args, _ in batch]
             pipe = client.pipeline()
-            for (keys, args), refused in zip(calls, results, strict=True):
+            for (keys, args, _), refused in zip(batch, results, strict=True):
                 if refused is None:
                     pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys,
                                          *args)
@@ -315,6 +316,7 @@ class ScriptBatcher:
                 results = [next(answers) if refused is None else refused
                            for refused in results]
         else:
+            calls = ((keys, args) for keys, args, _ in batch)  # packed, then let go
             results = await core.call(evalsha_batch(client, self._script.sha, calls),
                                       self._op)
         for index, ((keys, args, _), result) in enumerate(zip(batch, results, strict=True)):

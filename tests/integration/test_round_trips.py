@@ -298,6 +298,43 @@ async def test_pipelined_sends_survive_a_flushed_script_cache(
         assert await sock.next() == "after the flush"
 
 
+async def test_a_batch_answered_noscript_loads_the_scripts_once_and_is_sent_again_whole(
+    store: Store, node: Node, watch: CommandWatch
+) -> None:
+    """After a restart (here a SCRIPT FLUSH) a batch is answered NOSCRIPT call by call. It
+    used to run those calls again one by one, each its own round trip (the first also
+    loading the script): ten concurrent sends took 13 round trips. Now the scripts are
+    loaded once and the calls go again in one batch."""
+    a, b = node("a"), node("b")
+    await settled(a, b)
+    socks = [FakeSocket(f"c{i}") for i in range(10)]
+    for sock in socks:
+        await b.connect(sock.name, sock)
+    for _ in range(2):  # warm-up: scripts loaded, and as many connections as a burst opens
+        assert all(await asyncio.gather(*(a.send_to_client(s.name, "x") for s in socks)))
+        for sock in socks:
+            await sock.next()
+    for server in store.servers:
+        admin = Redis(port=server.port)
+        try:
+            await admin.script_flush()
+        finally:
+            await admin.aclose()
+
+    async with watch.window() as seen:
+        sent = await asyncio.gather(*(a.send_to_client(s.name, "hi") for s in socks))
+
+    assert sent == [True] * 10
+    for sock in socks:
+        assert await sock.next() == "hi"
+    assert seen.names()["EVALSHA"] == 20, seen.describe()  # ten answered NOSCRIPT, ten again
+    if store.kind == "redis":
+        # the batch, the SCRIPT LOADs (one pipeline; Redis may read a large one in more
+        # than one read), the batch again: not a round trip per call. (A Cluster loads
+        # each script on each master with a call of its own, all at once.)
+        assert seen.round_trips < len(socks), seen.describe()
+
+
 async def test_concurrent_sends_in_one_loop_turn_share_one_round_trip(
     store: Store, node: Node, watch: CommandWatch
 ) -> None:

@@ -299,9 +299,23 @@ class ScriptBatcher:
     async def _pipelined(self, batch: list[Call]) -> list[Any]:
         """One round trip of raw EVALSHA calls (the scripts were loaded at open): packed in
         C and written to one pooled connection (exchange.py), or on a Cluster one pipeline
-        per master, concurrently (redis-py's retry is off: connect.py); a server that
-        answers NOSCRIPT (it restarted) gets those calls again, one by one, through the
-        script object, which loads it."""
+        per master, concurrently (redis-py's retry is off: connect.py). A server that
+        answers NOSCRIPT (it restarted empty) gets every script loaded once, and those calls
+        again in one more round trip: they did not run."""
+        results = await self._send(batch)
+        again = [index for index, result in enumerate(results)
+                 if isinstance(result, NoScriptError)]
+        if again:
+            try:
+                await self._core.load_scripts()
+                answers = await self._send([batch[index] for index in again])
+            except BackendUnavailable as exc:
+                answers = [exc] * len(again)
+            for index, answer in zip(again, answers, strict=True):
+                results[index] = answer
+        return results
+
+    async def _send(self, batch: list[Call]) -> list[Any]:
         core = self._core
         client = core.client
         if isinstance(client, RedisCluster):
@@ -315,18 +329,11 @@ class ScriptBatcher:
                 answers = iter(await core.call(pipe.execute(raise_on_error=False), self._op))
                 results = [next(answers) if refused is None else refused
                            for refused in results]
-        else:
-            calls = ((keys, args) for keys, args, _ in batch)  # packed, then let go
-            results = await core.call(evalsha_batch(client, self._script.sha, calls),
-                                      self._op)
-        for index, ((keys, args, _), result) in enumerate(zip(batch, results, strict=True)):
-            if isinstance(result, NoScriptError):
-                try:
-                    results[index] = await core.call(self._script(keys=keys, args=args),
-                                                     self._op)
-                except BackendUnavailable as exc:
-                    results[index] = exc
-        return results
+            return results
+        calls = ((keys, args) for keys, args, _ in batch)  # packed, then let go
+        sent: list[Any] = await core.call(evalsha_batch(client, self._script.sha, calls),
+                                          self._op)
+        return sent
 
 
 def _fail(calls: list[Call], reason: str) -> None:

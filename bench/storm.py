@@ -29,13 +29,19 @@ For the stabilizer the dead replica's presence entries are still in Redis when t
 clients come back (its node_ttl has not expired): each registration replaces an entry that
 names a dead node, as in a real crash.
 
-``python -m bench.storm [--quick] [--waves K] [--servers raw,stabilizer] [--baseline REV]``
+With ``--pin`` the survivor runs alone on CPU 0 and everything else (Redis, the load
+generators, replica A, this controller) on the other CPUs, so that the survivor's CPU per
+connect is not shared with the processes that load it.
+
+``python -m bench.storm [--quick] [--waves K] [--pin] [--servers raw,stabilizer]
+[--baseline REV]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -76,6 +82,7 @@ class Plan:
     generators: int
     concurrency: int = 250  # handshakes in flight per generator during the storm
     waves: int = 1  # churn after the storm: all leave B and come back, this many times
+    pin: bool = False  # B alone on CPU 0; everything else (Redis, generators, A) on the rest
     stabilizer_path: str | None = None
     baseline_label: str | None = None
     baseline_path: str | None = None
@@ -83,6 +90,12 @@ class Plan:
 
 FULL: Final = Plan(reps=3, clients=10_000, generators=5)
 QUICK: Final = Plan(reps=1, clients=1_000, generators=2)
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Run every thread of process `pid` on `cpus` only."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
 
 
 def redis_stats(redis: RedisProc) -> tuple[int, int]:
@@ -107,6 +120,11 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
         survivor = replica(kind, "B", redis, cluster_plan, log_dir)
         first.wait_ready()
         survivor.wait_ready()
+        if plan.pin:
+            others = set(range(1, os.cpu_count() or 2))
+            pin(survivor.pid, {0})
+            for pid in (first.pid, redis.pid, *fleet.pids, os.getpid()):
+                pin(pid, others)
         connect(fleet, gens, first.port, kind, paths)
         if first.wait_count(n) != n:
             raise BenchError(f"replica A holds {first.count()} of {n} clients")
@@ -212,7 +230,8 @@ def report(runs: list[Run], plan: Plan, kinds: list[str]) -> str:
         ])
     text = (f"Reconnect storm: {plan.clients:,} clients of a SIGKILLed replica reconnect to "
             f"the survivor ({plan.generators} generators, {plan.concurrency} handshakes in "
-            f"flight each), median of {plan.reps}\n\n" + table(
+            f"flight each), median of {plan.reps}"
+            f"{'; the survivor alone on CPU 0' if plan.pin else ''}\n\n" + table(
                 ["server", "all back (s)", "p50 connect (ms)", "p99 connect (ms)",
                  "server CPU µs / connect", "vs raw", "of which the collector",
                  "outside the collector", "vs raw", "Redis round trips / connect",
@@ -260,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default=",".join(CONTENDERS))
     parser.add_argument("--baseline", metavar="REV",
                         help="also run stabilizer/ as of git revision REV (stabilizer@REV)")
+    parser.add_argument("--pin", action="store_true",
+                        help="run the survivor alone on CPU 0 and everything else on the "
+                             "other CPUs (needs 2 or more)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -269,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, clients=args.clients)
     if args.waves is not None:
         plan = replace(plan, waves=args.waves)
+    if args.pin:
+        if (os.cpu_count() or 1) < 2:
+            parser.error("--pin needs at least 2 CPUs")
+        plan = replace(plan, pin=True)
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     if unknown := [k for k in kinds if k not in CONTENDERS]:
         parser.error(f"unknown contender: {unknown}")

@@ -56,15 +56,19 @@ def redis_server() -> Iterator[RedisServer | ExternalRedis]:
         pytest.fail(str(exc), pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisClusterServers]:
-    """A three-master Redis Cluster for the session (fails, never skips, without Redis)."""
+def _three_masters() -> Iterator[RedisClusterServers]:
     try:
         servers = RedisClusterServers()
     except NoRedisServer as exc:
         pytest.fail(str(exc), pytrace=False)
     with servers:
         yield servers
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A three-master Redis Cluster for the session (fails, never skips, without Redis)."""
+    yield from _three_masters()
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +93,13 @@ def redis_url(redis_server: RedisServer | ExternalRedis) -> str:
 def namespace() -> str:
     """A key namespace no other test uses."""
     return f"t{os.getpid()}-{next(_NAMESPACES)}"
+
+
+@pytest.fixture(scope="module")
+def private_cluster() -> Iterator[RedisClusterServers]:
+    """A three-master Cluster only this module's tests use (for restarts, CLIENT KILL and
+    exact command counts; fails, never skips, without Redis)."""
+    yield from _three_masters()
 
 
 @pytest.fixture

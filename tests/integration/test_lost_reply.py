@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 import pytest
@@ -28,7 +28,6 @@ from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket
 from tests.support.fault_proxy import FaultProxy
 from tests.support.redis_server import (
-    NoRedisServer,
     RedisClusterServers,
     RedisServer,
     cluster_cli,
@@ -162,26 +161,14 @@ async def test_after_a_restart_the_first_calls_find_fresh_connections(
         await client.aclose()
 
 
-@pytest.fixture(scope="module")
-def own_cluster() -> Iterator[RedisClusterServers]:
-    """A three-master Cluster for this module alone: a test here closes every client
-    connection of its masters."""
-    try:
-        servers = RedisClusterServers()
-    except NoRedisServer as exc:
-        pytest.fail(str(exc), pytrace=False)
-    with servers:
-        yield servers
-
-
 async def test_on_a_cluster_connections_the_server_closed_are_replaced_before_use(
-    own_cluster: RedisClusterServers,
+    private_cluster: RedisClusterServers,
 ) -> None:
     """A Cluster client has no pool check at checkout: redis-py takes a node's free
     connection as it is. A connection the server closed (a restart, a failover, a
     CLIENT KILL) then failed the first call sent on it, once per master. Such a
     connection is now opened again before anything is sent on it."""
-    client, _ = client_for(WebSocketConfig(redis_url=own_cluster.url, redis_cluster=True))
+    client, _ = client_for(WebSocketConfig(redis_url=private_cluster.url, redis_cluster=True))
     try:
         await client.initialize()
         masters = {client.get_node_from_key(key).name: key
@@ -192,7 +179,7 @@ async def test_on_a_cluster_connections_the_server_closed_are_replaced_before_us
         assert await asyncio.gather(*(client.get(key) for key in keys * 2)) == [None] * 6
 
         def close_every_client() -> None:
-            for server in own_cluster.nodes:  # redis-cli's own connection is spared
+            for server in private_cluster.nodes:  # redis-cli's own connection is spared
                 subprocess.run([cluster_cli(), "-p", str(server.port), "client", "kill",
                                 "type", "normal"], check=True, capture_output=True,
                                timeout=10)

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from tests.conftest import ManagerFactory
 from tests.integration.test_groups_history import subscribers
 from tests.support.fakes import FakeSocket, FakeWebSocket
 from tests.support.redis_commands import CommandWatch, Seen, settled
-from tests.support.redis_server import NoRedisServer, RedisClusterServers, RedisServer
+from tests.support.redis_server import RedisClusterServers, RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -55,17 +55,6 @@ class Store:
     def publish(self) -> str:
         """The command a broadcast costs: sharded pub/sub on a Cluster."""
         return "SPUBLISH" if self.kind == "cluster" else "PUBLISH"
-
-
-@pytest.fixture(scope="module")
-def private_cluster() -> Iterator[RedisClusterServers]:
-    """A three-master Cluster only this module's tests use (fails, never skips)."""
-    try:
-        servers = RedisClusterServers()
-    except NoRedisServer as exc:
-        pytest.fail(str(exc), pytrace=False)
-    with servers:
-        yield servers
 
 
 @pytest.fixture(params=["redis", "cluster"])
@@ -298,6 +287,22 @@ async def test_pipelined_sends_survive_a_flushed_script_cache(
         assert await sock.next() == "after the flush"
 
 
+async def sender_and_ten_clients(node: Node) -> tuple[WebSocketConnectionManager,
+                                                     list[FakeSocket]]:
+    """Node a, and ten clients on node b that a has sent to twice (warm-up: the scripts
+    loaded, and as many connections open as a burst of ten takes)."""
+    a, b = node("a"), node("b")
+    await settled(a, b)
+    socks = [FakeSocket(f"c{i}") for i in range(10)]
+    for sock in socks:
+        await b.connect(sock.name, sock)
+    for _ in range(2):
+        assert all(await asyncio.gather(*(a.send_to_client(s.name, "x") for s in socks)))
+        for sock in socks:
+            await sock.next()
+    return a, socks
+
+
 async def test_a_batch_answered_noscript_loads_the_scripts_once_and_is_sent_again_whole(
     store: Store, node: Node, watch: CommandWatch
 ) -> None:
@@ -305,15 +310,7 @@ async def test_a_batch_answered_noscript_loads_the_scripts_once_and_is_sent_agai
     used to run those calls again one by one, each its own round trip (the first also
     loading the script): ten concurrent sends took 13 round trips. Now the scripts are
     loaded once and the calls go again in one batch."""
-    a, b = node("a"), node("b")
-    await settled(a, b)
-    socks = [FakeSocket(f"c{i}") for i in range(10)]
-    for sock in socks:
-        await b.connect(sock.name, sock)
-    for _ in range(2):  # warm-up: scripts loaded, and as many connections as a burst opens
-        assert all(await asyncio.gather(*(a.send_to_client(s.name, "x") for s in socks)))
-        for sock in socks:
-            await sock.next()
+    a, socks = await sender_and_ten_clients(node)
     for server in store.servers:
         admin = Redis(port=server.port)
         try:
@@ -341,15 +338,7 @@ async def test_concurrent_sends_in_one_loop_turn_share_one_round_trip(
     """One pipelined round trip, on Redis and on a Cluster (one pipeline per master: the
     routes all read the presence slot here). redis-py's retry is off, so a pipeline is
     never sent twice (README, "What the Redis backend guarantees")."""
-    a, b = node("a"), node("b")
-    await settled(a, b)
-    socks = [FakeSocket(f"c{i}") for i in range(10)]
-    for sock in socks:
-        await b.connect(sock.name, sock)
-    for _ in range(2):  # warm-up: scripts loaded, and as many connections as a burst opens
-        assert all(await asyncio.gather(*(a.send_to_client(s.name, "x") for s in socks)))
-        for sock in socks:
-            await sock.next()
+    a, socks = await sender_and_ten_clients(node)
 
     async with watch.window() as seen:
         await asyncio.gather(*(a.send_to_client(s.name, "hi") for s in socks))

@@ -312,7 +312,7 @@ async def test_a_batch_answered_noscript_loads_the_scripts_once_and_is_sent_agai
     loaded once and the calls go again in one batch."""
     a, socks = await sender_and_ten_clients(node)
     for server in store.servers:
-        admin = Redis(port=server.port)
+        admin = Redis(host="127.0.0.1", port=server.port)
         try:
             await admin.script_flush()
         finally:

@@ -277,12 +277,15 @@ class RedisClusterServers:
                        check=True, capture_output=True, timeout=60)
         deadline = time.monotonic() + 30
         while True:
-            info = subprocess.run([cli, "-p", str(self.nodes[0].port), "cluster", "info"],
-                                  capture_output=True, text=True, timeout=10).stdout
-            if "cluster_state:ok" in info and self._replicas_synced():
+            # every node, not only the first: until the configuration has reached a node,
+            # it answers CLUSTERDOWN (and no retry hides that from a client)
+            infos = [subprocess.run([cli, "-p", str(node.port), "cluster", "info"],
+                                    capture_output=True, text=True, timeout=10).stdout
+                     for node in self.nodes]
+            if all("cluster_state:ok" in info for info in infos) and self._replicas_synced():
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"cluster did not become ready: {info}")
+                raise RuntimeError(f"cluster did not become ready: {infos}")
             time.sleep(0.1)
 
     def _replicas_synced(self) -> bool:

@@ -23,12 +23,14 @@ class SlowScript:
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.in_flight = asyncio.Event()  # a round trip has begun
         self.calls = 0
 
     def __call__(self, keys: list[str], args: list[Any]) -> Coroutine[Any, Any, int]:
         self.calls += 1
 
         async def round_trip() -> int:
+            self.in_flight.set()
             await self.release.wait()
             return 1
 
@@ -62,9 +64,8 @@ async def test_calls_that_meet_in_time_share_a_batch_and_all_get_answers() -> No
     script = SlowScript()
     b = batcher(FakeCore(TaskOwner()), script)
     first = asyncio.ensure_future(b.submit(["k"], ["a"]))
-    await asyncio.sleep(0)
+    await script.in_flight.wait()
     others = [asyncio.ensure_future(b.submit(["k"], [str(i)])) for i in range(5)]
-    await asyncio.sleep(0)
     script.release.set()
     async with asyncio.timeout(BOUND):
         assert await asyncio.gather(first, *others) == [1] * 6
@@ -72,11 +73,11 @@ async def test_calls_that_meet_in_time_share_a_batch_and_all_get_answers() -> No
 
 async def test_callers_get_an_answer_when_the_node_stops_mid_batch() -> None:
     owner = TaskOwner()
-    b = batcher(FakeCore(owner), SlowScript())
+    script = SlowScript()
+    b = batcher(FakeCore(owner), script)
     in_flight = asyncio.ensure_future(b.submit(["k"], ["a"]))
-    await asyncio.sleep(0.01)
-    queued = asyncio.ensure_future(b.submit(["k"], ["b"]))
-    await asyncio.sleep(0.01)
+    await script.in_flight.wait()
+    queued = asyncio.ensure_future(b.submit(["k"], ["b"]))  # queued when submit returns
     assert await owner.stop(1.0) == []
     async with asyncio.timeout(BOUND):
         for caller in (in_flight, queued):
@@ -89,7 +90,8 @@ async def test_a_batch_task_cancelled_before_it_ran_does_not_block_later_calls()
     script = SlowScript()
     b = batcher(FakeCore(owner), script)
     orphan = asyncio.ensure_future(b.submit(["k"], ["a"]))
-    await asyncio.sleep(0)  # the batch task exists but has not run
+    # submit() queued the call and made the batch task, which has not run yet
+    assert not script.in_flight.is_set()
     for task in owner.running():
         task.cancel()
     async with asyncio.timeout(BOUND):

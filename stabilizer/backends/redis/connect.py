@@ -25,32 +25,23 @@ from stabilizer.errors import ConfigError
 NO_RETRY: Final = Retry(NoBackoff(), 0)
 
 
-async def _reopen_if_closed(connection: Connection) -> None:
-    """Disconnect `connection` if the server closed it (its reader saw the end of the
-    stream, or the link failed) while it waited in a pool: it connects again before it
-    sends, so the call is not lost on a link nothing was sent on."""
-    reader = connection._reader
-    if reader is not None and (reader.at_eof() or reader.exception() is not None):
-        await connection.disconnect(nowait=True)
-
-
 class _CheckedConnection(Connection):
     """A Cluster node's connection. redis-py's Cluster client takes a node's free
-    connection as it is (no check at checkout), so this one checks before each send."""
+    connection as it is (no check at checkout), so this one checks before each send: one
+    the server closed while it waited in the pool (its reader saw the end of the stream,
+    or the link failed) connects again first, so the call is not lost on a link nothing
+    was sent on."""
 
     async def send_packed_command(self, command: bytes | str | Iterable[bytes],
                                   check_health: bool = True) -> None:
-        await _reopen_if_closed(self)
+        reader = self._reader
+        if reader is not None and (reader.at_eof() or reader.exception() is not None):
+            await self.disconnect(nowait=True)
         await super().send_packed_command(command, check_health)
 
 
-class _CheckedSSLConnection(SSLConnection):
-    """_CheckedConnection over TLS (a rediss:// URL)."""
-
-    async def send_packed_command(self, command: bytes | str | Iterable[bytes],
-                                  check_health: bool = True) -> None:
-        await _reopen_if_closed(self)
-        await super().send_packed_command(command, check_health)
+class _CheckedSSLConnection(_CheckedConnection, SSLConnection):
+    """_CheckedConnection over TLS (a rediss:// URL): the check, then SSLConnection's."""
 
 
 _CHECKED: Final[dict[type[Connection], type[Connection]]] = {

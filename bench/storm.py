@@ -209,7 +209,8 @@ def report(runs: list[Run], plan: Plan, kinds: list[str]) -> str:
         return median_of(runs, "storm", kind, plan.clients, key)
 
     def spread(kind: str, key: str) -> str:
-        values = [r.values[key] for r in runs if r.kind == kind and r.error is None]
+        values = [r.values[key] for r in runs
+                  if r.kind == kind and r.error is None and key in r.values]
         if len(values) < 2:
             return ""
         return f" ({min(values):,.0f}–{max(values):,.0f})"

@@ -89,6 +89,20 @@ def test_hiredis_packs_the_bytes_redis_py_would() -> None:
                     if not isinstance(command, Exception)) == b"".join(theirs)
 
 
+def test_a_call_packed_ahead_is_sent_as_packed_and_a_bad_one_keeps_its_error() -> None:
+    """A batcher packs its calls as they are submitted (their lists do not wait for the
+    round trip); packed() then takes them as they are, next to calls not packed yet."""
+    assert exchange.C_PACKING
+    sha = "f" * 40
+    redis_py = Connection()
+    ahead = exchange.packed_ahead(sha, ["k"], ["client é", 3])
+    assert ahead == b"".join(redis_py.pack_command("EVALSHA", sha, 1, "k", "client é", 3))
+    refused = exchange.packed_ahead(sha, ["k"], ["lone \ud800"])
+    assert isinstance(refused, UnicodeEncodeError)
+    assert exchange.packed(sha, [ahead, refused, (["k"], ["later"])], redis_py.pack_command) \
+        == [ahead, refused, b"".join(redis_py.pack_command("EVALSHA", sha, 1, "k", "later"))]
+
+
 @pytest.mark.parametrize("bad", [
     pytest.param("lone \ud800 surrogate", id="text-utf8-cannot-encode"),
     pytest.param(None, id="not-a-redis-value"),

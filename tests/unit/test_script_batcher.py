@@ -38,6 +38,8 @@ class SlowScript:
 
 
 class FakeCore:
+    cluster = True  # the batch's calls keep their keys and arguments (none packed ahead)
+
     def __init__(self, tasks: TaskOwner | None) -> None:
         self.tasks = tasks
 
@@ -53,7 +55,7 @@ class OneByOne(ScriptBatcher):
     """The batcher, its round trip (a pipeline) replaced by the batch's script calls."""
 
     async def _pipelined(self, batch: list[Any]) -> list[Any]:
-        return [await self._script(keys=keys, args=args) for keys, args, _ in batch]
+        return [await self._script(keys=keys, args=args) for (keys, args), _ in batch]
 
 
 def batcher(core: FakeCore, script: SlowScript) -> ScriptBatcher:

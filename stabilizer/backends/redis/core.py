@@ -24,7 +24,14 @@ from stabilizer.backends.redis import scripts as lua
 from stabilizer.backends.redis import spread_scripts as spread_lua
 from stabilizer.backends.redis import stream_scripts as streams_lua
 from stabilizer.backends.redis import user_scripts as users_lua
-from stabilizer.backends.redis.exchange import evalsha_batch, evalsha_on, pooled, unpackable
+from stabilizer.backends.redis.exchange import Call as WireCall
+from stabilizer.backends.redis.exchange import (
+    evalsha_batch,
+    evalsha_on,
+    packed_ahead,
+    pooled,
+    unpackable,
+)
 from stabilizer.backends.redis.keys import KeyLayout
 from stabilizer.errors import BackendNotReached, BackendUnavailable
 from stabilizer.pure.wire import event_prefix
@@ -219,7 +226,9 @@ class RedisCore:
         return [self.keys.events_channel, event_prefix(self.node_id)]
 
 
-Call = tuple[list[str], list[Any], "asyncio.Future[Any]"]
+#: a call waiting for its round trip: its keys and arguments (packed ahead where it can be:
+#: exchange.packed_ahead), and its caller's future
+Call = tuple[WireCall, "asyncio.Future[Any]"]
 
 
 class ScriptBatcher:
@@ -249,7 +258,8 @@ class ScriptBatcher:
         if core.tasks is None:
             return core.call(self._script(keys=keys, args=args), self._op)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((keys, args, future))
+        call = (keys, args) if core.cluster else packed_ahead(self._script.sha, keys, args)
+        self._queue.append((call, future))
         if self._task is None:
             task = self._task = core.spawn(self._drain(), name=f"stabilizer-redis-{self._op}")
             task.add_done_callback(self._drained)
@@ -282,11 +292,11 @@ class ScriptBatcher:
         try:
             results = await self._pipelined(batch)
         except BackendUnavailable as exc:
-            for _, _, future in batch:
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, BackendUnavailable):
@@ -319,9 +329,10 @@ class ScriptBatcher:
         core = self._core
         client = core.client
         if isinstance(client, RedisCluster):
-            results: list[Any] = [unpackable(keys, args) for keys, args, _ in batch]
+            scripts = [call for call, _ in batch if isinstance(call, tuple)]  # (all of them)
+            results: list[Any] = [unpackable(keys, args) for keys, args in scripts]
             pipe = client.pipeline()
-            for (keys, args, _), refused in zip(batch, results, strict=True):
+            for (keys, args), refused in zip(scripts, results, strict=True):
                 if refused is None:
                     pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys,
                                          *args)
@@ -330,14 +341,14 @@ class ScriptBatcher:
                 results = [next(answers) if refused is None else refused
                            for refused in results]
             return results
-        calls = ((keys, args) for keys, args, _ in batch)  # packed, then let go
+        calls = (call for call, _ in batch)
         sent: list[Any] = await core.call(evalsha_batch(client, self._script.sha, calls),
                                           self._op)
         return sent
 
 
 def _fail(calls: list[Call], reason: str) -> None:
-    for _, _, future in calls:
+    for _, future in calls:
         if not future.done():
             future.set_exception(BackendUnavailable(reason))
 

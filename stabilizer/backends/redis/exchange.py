@@ -32,6 +32,8 @@ except ImportError:  # the plain `redis` package: redis-py packs
     C_PACKING = False
 
 Script = tuple[Sequence[Any], Sequence[Any]]
+#: a call as its keys and arguments, or packed ahead (its bytes, or why it cannot be packed)
+Call = Script | bytes | Exception
 
 
 def _pack(sha: str, keys: Sequence[Any], args: Sequence[Any],
@@ -62,16 +64,35 @@ def unpackable(keys: Sequence[Any], args: Sequence[Any]) -> Exception | None:
     return None
 
 
-def packed(sha: str, calls: Iterable[Script],
+def packed_ahead(sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Call:
+    """The EVALSHA call as packed() would pack it, when hiredis can pack it now (a call
+    waiting for its round trip then keeps bytes, no work for the cyclic collector, instead
+    of its lists); without hiredis the keys and arguments, packed when sent."""
+    if not C_PACKING:
+        return keys, args
+    try:
+        return _pack(sha, keys, args, _unused)
+    except (DataError, UnicodeEncodeError) as exc:
+        return exc
+
+
+def _unused(*_: Any) -> list[bytes]:
+    raise AssertionError("hiredis packs")
+
+
+def packed(sha: str, calls: Iterable[Call],
            fallback: Callable[..., list[bytes]]) -> list[bytes | Exception]:
     """Each EVALSHA call of `calls` (keys, args) as protocol bytes (by hiredis, or by
     `fallback`, redis-py's packer, without it), or in its place the error that packing it
     raised (an argument that is not str, bytes, int or float; text with a lone surrogate,
-    which UTF-8 cannot encode), so that one bad call fails alone. (Bytes are no work for
-    the cyclic collector, whatever the round trip's length: nothing else of a call is kept
-    here.)"""
+    which UTF-8 cannot encode), so that one bad call fails alone. A call packed ahead
+    (packed_ahead) is taken as it is."""
     out: list[bytes | Exception] = []
-    for keys, args in calls:
+    for call in calls:
+        if isinstance(call, bytes | Exception):
+            out.append(call)
+            continue
+        keys, args = call
         try:
             out.append(_pack(sha, keys, args, fallback))
         except (DataError, UnicodeEncodeError) as exc:
@@ -101,7 +122,7 @@ async def pooled(client: Redis) -> AsyncIterator[Connection]:
         await pool.release(conn)
 
 
-async def evalsha_on(conn: Connection, sha: str, calls: Iterable[Script]) -> list[Any]:
+async def evalsha_on(conn: Connection, sha: str, calls: Iterable[Call]) -> list[Any]:
     """Run the EVALSHA calls of `calls` on `conn` in one write; return each call's reply,
     or in its place its ResponseError (e.g. NoScriptError) or the error that kept it from
     being packed (it was not sent).
@@ -126,7 +147,7 @@ async def evalsha_on(conn: Connection, sha: str, calls: Iterable[Script]) -> lis
     return replies
 
 
-async def evalsha_batch(client: Redis, sha: str, calls: Iterable[Script]) -> list[Any]:
+async def evalsha_batch(client: Redis, sha: str, calls: Iterable[Call]) -> list[Any]:
     """evalsha_on() on a pooled() connection of `client`.
 
     Raises:

@@ -118,8 +118,10 @@ def watch_pongs(conn: Connection, on_pong: OnPong) -> bool:
     if entry is None:
         return False
     method, taker, reads = entry
-    if not callable(getattr(type(server), method, None)) or not all(
-            hasattr(server, attribute) for attribute in reads):
+    if not callable(getattr(type(server), method, None)):
         return False  # another release of the server keeps its state elsewhere
+    for attribute in reads:
+        if not hasattr(server, attribute):
+            return False
     setattr(server, method, taker(server, conn, on_pong))
     return True

@@ -125,7 +125,9 @@ class Frame:
 def is_starlette(socket: object) -> bool:
     """True for a real Starlette WebSocket (a mock made with spec=WebSocket is not one: its
     type is the mock's, whatever isinstance says)."""
-    return issubclass(type(socket), WebSocket)
+    kind = type(socket)
+    # (WebSocket is a Mapping, so issubclass asks the ABC machinery: the common case first)
+    return kind is WebSocket or issubclass(kind, WebSocket)
 
 
 def asgi_sender(socket: SocketLike) -> Sender | None:

@@ -153,14 +153,25 @@ def known_server(socket: object) -> tuple[str, Any] | None:
     server = getattr(getattr(socket, "_receive", None), "__self__", None)
     if server is None:
         return None
-    kind = type(server)  # exactly the server's class: a subclass may send otherwise
-    name = f"{kind.__module__}.{kind.__qualname__}"
-    method = _SEND_METHODS.get(name)
-    if method is None:
+    name = _known_name(type(server))  # exactly the server's class: a subclass may send otherwise
+    if name is None:
         return None
-    if not _sends_straight_to(getattr(socket, "_send", None), server, method):
+    if not _sends_straight_to(getattr(socket, "_send", None), server, _SEND_METHODS[name]):
         return None  # something between the app and the server sees every message
     return name, server
+
+
+def _known_name(kind: type) -> str | None:
+    """The qualified name of a server class named here, else None (made once per class)."""
+    try:
+        return _NAMES[kind]
+    except KeyError:
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        found = _NAMES[kind] = name if name in _SEND_METHODS else None
+        return found
+
+
+_NAMES: Final[dict[type, str | None]] = {}  # the server classes seen (a handful)
 
 
 def prepared_writer(socket: object) -> PreparedWriter | None:
@@ -184,11 +195,7 @@ def _sends_straight_to(send: Any, server: object, method: str) -> bool:
             return getattr(send, "__func__", None) is getattr(type(server), method, None)
         code = getattr(send, "__code__", None)
         name = (getattr(send, "__module__", None), getattr(send, "__qualname__", None))
-        if code is None or name not in _PASS_THROUGH:
+        if code is None or name not in _PASS_THROUGH or "send" not in code.co_freevars:
             return False
-        cells = dict(zip(code.co_freevars, send.__closure__ or (), strict=False))
-        inner = cells.get("send")
-        if inner is None:
-            return False
-        send = inner.cell_contents
+        send = send.__closure__[code.co_freevars.index("send")].cell_contents
     return False

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+_PLAIN_MAPPINGS: Final = (dict, MappingProxyType)
 
 
 def estimate_size(value: object, depth: int = 0) -> int:
     """Approximate the bytes a JSON-like value holds (bounded walk, like the seed's getsizeof)."""
+    if type(value) in _PLAIN_MAPPINGS and not value:  # no metadata (every connect asks)
+        return 64
     if isinstance(value, str):
         return 49 + len(value)
     if isinstance(value, bytes | bytearray):

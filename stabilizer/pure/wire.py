@@ -119,8 +119,25 @@ def sequenced_prefix(envelope: Envelope) -> bytes:
 def kick_prefix(origin: str, client_id: str) -> bytes:
     """A KICK envelope up to its last field, the replaced conn id, which only Redis knows.
     (One per connect: the part before the client id is the node's, packed once.)"""
-    packed_id: bytes = msgpack.packb(client_id, use_bin_type=True)
-    return _kick_head(origin) + packed_id + _TWO_NILS
+    return _kick_head(origin) + pack_str(client_id) + _TWO_NILS
+
+
+def pack_str(value: str) -> bytes:
+    """msgpack's encoding of a str (what ``msgpack.packb(value)`` returns, without making a
+    packer per call).
+
+    Raises:
+        UnicodeEncodeError: `value` holds a lone surrogate (msgpack refuses those too).
+    """
+    data = value.encode("utf-8")
+    size = len(data)
+    if size < 32:
+        return bytes((0xA0 | size,)) + data
+    if size < 0x100:
+        return b"\xd9" + bytes((size,)) + data
+    if size < 0x10000:
+        return b"\xda" + size.to_bytes(2, "big") + data
+    return b"\xdb" + size.to_bytes(4, "big") + data
 
 
 _TWO_NILS: Final[bytes] = msgpack.packb(None) * 2

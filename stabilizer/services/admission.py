@@ -44,7 +44,7 @@ class Seated:
     protocol: int = 1
 
 
-_ANONYMOUS: Final = Seated()
+ANONYMOUS: Final = Seated()  # an anonymous plain client
 
 
 class Admission:
@@ -99,7 +99,7 @@ class Admission:
         turns[client_id] = None
         try:
             return await self._admit(client_id, websocket, metadata, resuming,
-                                     user or _ANONYMOUS)
+                                     user or ANONYMOUS)
         finally:
             turn = turns.pop(client_id)
             if turn is not None:

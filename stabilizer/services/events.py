@@ -55,17 +55,21 @@ class Events:
         return listener
 
     async def connected(self, conn: Connection, *, resumed: bool) -> None:
-        """A connection was admitted on this node."""
-        await self._run(self._connect_hooks, ConnectionEvent(
-            conn.client_id, conn.conn_id, self._ctx.node_id, resumed=resumed))
-        await self._publish("connect", conn.client_id)
+        """A connection was admitted on this node. (Without hooks or cluster events, as in
+        most apps, nothing is made: this runs on every connect.)"""
+        if self._connect_hooks:
+            await self._run(self._connect_hooks, ConnectionEvent(
+                conn.client_id, conn.conn_id, self._ctx.node_id, resumed=resumed))
+        if self._ctx.config.cluster_events:
+            await self._publish("connect", conn.client_id)
 
     async def disconnected(self, conn: Connection, code: int, reason: str) -> None:
         """A connection of this node was closed (a replaced one is no cluster event: its
         client is still connected, elsewhere)."""
-        await self._run(self._disconnect_hooks, ConnectionEvent(
-            conn.client_id, conn.conn_id, self._ctx.node_id, code=code, reason=reason))
-        if code != CloseCode.REPLACED:
+        if self._disconnect_hooks:
+            await self._run(self._disconnect_hooks, ConnectionEvent(
+                conn.client_id, conn.conn_id, self._ctx.node_id, code=code, reason=reason))
+        if code != CloseCode.REPLACED and self._ctx.config.cluster_events:
             await self._publish("disconnect", conn.client_id)
 
     def membership(self, event: str, client_id: str, group: str) -> None:

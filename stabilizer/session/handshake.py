@@ -69,7 +69,9 @@ async def greet(ctx: NodeContext, auth: Auth, websocket: Any, asked: Asked) -> G
         ClientGone: the client left meanwhile.
     """
     if SUBPROTOCOL not in offered_subprotocols(websocket):
-        identity = asked.identity or await auth.authenticate(Credentials(None, websocket))
+        identity = asked.identity
+        if identity is None and auth.enabled:
+            identity = await auth.authenticate(Credentials(None, websocket))
         positions = parse_positions(asked.positions) if asked.token else {}
         device = None if asked.client_id is not None else new_device()
         return Greeting(_name(asked.client_id, identity, device), 1, identity, asked.token,

@@ -55,7 +55,7 @@ from stabilizer.pure.tokens import TokenClaims
 from stabilizer.pure.users import info_json
 from stabilizer.pure.v2 import FrameTooBigError, ProtocolError
 from stabilizer.services.acks import Acks
-from stabilizer.services.admission import Admission, Seated
+from stabilizer.services.admission import ANONYMOUS, Admission, Seated
 from stabilizer.services.auth import Auth, Expiry
 from stabilizer.services.channels import Channels
 from stabilizer.services.closing import Closing
@@ -182,8 +182,10 @@ class Session:
         check_client_id(self.client_id, ctx.config.max_client_id_length)
         claims = await self._spend_token(greeting) if greeting.token else None
         identity = self.identity
-        seated = Seated(identity.user_id if identity else None,
-                        info_json(identity.info) if identity else "", greeting.protocol)
+        if identity is not None:
+            seated = Seated(identity.user_id, info_json(identity.info), greeting.protocol)
+        else:
+            seated = Seated(protocol=greeting.protocol) if greeting.protocol != 1 else ANONYMOUS
         try:
             self.conn = await services.admission.admit(
                 self.client_id, self.websocket, self._metadata, resuming=self.resumed,

@@ -38,6 +38,7 @@ from stabilizer.pure.wire import (
     event_of,
     event_prefix,
     kick_prefix,
+    pack_str,
     sequenced_prefix,
 )
 from stabilizer.results import ClusterEvent
@@ -157,6 +158,22 @@ def test_a_kick_prefix_is_the_envelope_array_up_to_the_conn_id(client_id: str) -
     """kick_prefix packs the node's part once; the bytes are those of the whole array."""
     fields = [WIRE_VERSION, int(Kind.KICK), "node-b", client_id, None, None]
     assert kick_prefix("node-b", client_id) == array_prefix(fields, 7)
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 255, 256, 65_535, 65_536, 70_000])
+@pytest.mark.parametrize("char", ["x", "é", "\U0001f600"])
+def test_a_packed_str_is_what_msgpack_packs(size: int, char: str) -> None:
+    """Each length class of msgpack's str formats (fixstr, str8, str16, str32), counted in
+    UTF-8 bytes, not characters."""
+    value = char * (size // len(char.encode()))
+    assert pack_str(value) == msgpack.packb(value, use_bin_type=True)
+
+
+def test_a_str_with_a_lone_surrogate_is_refused_as_msgpack_refuses_it() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        msgpack.packb("a\udcff", use_bin_type=True)
+    with pytest.raises(UnicodeEncodeError):
+        pack_str("a\udcff")
 
 
 def test_a_kick_prefix_completed_with_the_old_conn_id_decodes() -> None:

@@ -26,7 +26,7 @@ one kind of key from ever equalling another.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stabilizer.backends.base import Presence
 from stabilizer.pure.users import parse_info
@@ -91,11 +91,16 @@ class KeyLayout:
     namespace: str
     buckets: int = 1
     spread: bool = False
+    # (made once: nearly every key starts with it, and a connect names several)
+    _tag: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_tag", f"{{{self.namespace}}}")
 
     @property
     def tag(self) -> str:
         """The namespace's hash tag: every key not spread over buckets starts with it."""
-        return f"{{{self.namespace}}}"
+        return self._tag
 
     def group_tag(self, group: str) -> str:
         """The hash tag of `group`'s keys and channel (spread), else the namespace's."""

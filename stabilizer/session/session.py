@@ -116,7 +116,8 @@ class Session:
         self.recovered: bool | None = None
         self.identity: Identity | None = identity
         self.protocol = 1
-        self._asked = Asked(client_id, token, positions, identity)
+        self._token = token  # what the URL asked (Asked is made when the handshake runs)
+        self._positions = positions
         self._metadata = metadata
         self._welcome = welcome
         self._expiry: Expiry | None = None
@@ -176,7 +177,8 @@ class Session:
         ctx = self._ctx
         if not ctx.is_accepting:
             raise ShutdownError("node is shutting down")
-        greeting = await greet(ctx, services.auth, self.websocket, self._asked)
+        greeting = await greet(ctx, services.auth, self.websocket,
+                               Asked(self.client_id, self._token, self._positions, self.identity))
         self.client_id, self.identity = greeting.client_id, greeting.identity
         self.protocol = greeting.protocol
         check_client_id(self.client_id, ctx.config.max_client_id_length)

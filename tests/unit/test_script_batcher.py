@@ -8,8 +8,12 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
-from stabilizer.backends.redis.core import ScriptBatcher
+from stabilizer.backends.records import Presence
+from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
+from stabilizer.backends.redis.keys import KeyLayout
+from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.errors import BackendUnavailable
 from stabilizer.node.tasks import TaskOwner
 
@@ -109,3 +113,43 @@ async def test_before_the_backend_is_opened_a_call_runs_alone() -> None:
     b = batcher(FakeCore(None), script)  # no task owner yet: the manager was never started
     assert await b.submit(["k"], ["a"]) == 1
     assert script.calls == 1
+
+
+@pytest.mark.parametrize("call", ["register", "unregister"])
+async def test_a_presence_call_waiting_for_its_round_trip_holds_bytes_not_lists(
+        call: str) -> None:
+    """While a connect's (or a disconnect's) script waits in a batch, what it keeps alive
+    is what the cyclic collector walks again and again in a reconnect storm: the batch
+    holds the call packed (bytes), and the caller's frame no list of keys or arguments."""
+    core = RedisCore(Redis(host="127.0.0.1", port=1), KeyLayout("t"), op_timeout=BOUND,
+                     pool_size=2)  # (never dialled: the round trip is the test's)
+    core.tasks, core.node_id = TaskOwner(), "n1"
+    presence = RedisPresence(core)
+    in_flight, release = asyncio.Event(), asyncio.Event()
+    batches: list[list[Any]] = []
+
+    async def held(batch: list[Any]) -> list[Any]:
+        batches.append(batch)
+        in_flight.set()
+        await release.wait()
+        return [[1, None] if call == "register" else b"n1|c1|1000000"] * len(batch)
+
+    batcher = presence._registers if call == "register" else presence._unregisters
+    batcher._pipelined = held  # type: ignore[method-assign]
+    waiting = (presence.register(Presence("alice", "n1", "c1", 1.0), max_cluster=None,
+                                 end_groups=True) if call == "register"
+               else presence.unregister("alice", "c1", end_groups=True))
+    task = asyncio.ensure_future(waiting)
+    try:
+        async with asyncio.timeout(BOUND):
+            await in_flight.wait()
+        assert [type(item) for item, _ in batches[0]] == [bytes]
+        frame = waiting.cr_frame
+        assert frame is not None
+        assert [name for name, value in frame.f_locals.items()
+                if isinstance(value, list | tuple | dict)] == []
+        release.set()
+        async with asyncio.timeout(BOUND):
+            assert await task
+    finally:
+        await core.tasks.stop(1.0)

@@ -5,6 +5,7 @@ also keeps the user hashes (users.py) when they share the slot."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from stabilizer.backends.base import Presence, Registration, Seat
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
@@ -40,20 +41,13 @@ class RedisPresence:
         user_limit = seat.max_connections if seat is not None else None
         if keys.buckets > 1 and (max_cluster is not None or user_limit is not None):
             raise ConfigError("connection limits across the cluster need presence_buckets=1")
-        bucket = keys.bucket_of(presence.client_id)
         in_script = end_groups and keys.buckets == 1 and not keys.spread
-        script_keys = [keys.presence(bucket), keys.node_set(bucket, presence.node_id)]
-        if in_script:
-            script_keys.append(keys.client_groups(presence.client_id))
-        user = presence.user_id or ""
-        value = seat_of(presence, seat.info if seat is not None else "") if user else ""
-        args: list[str | bytes | int] = [
-            presence.client_id, entry_of(presence), presence.node_id, max_cluster or 0,
-            keys.node_set_prefix(bucket), keys.node_channel_prefix(bucket),
-            kick_prefix(presence.node_id, presence.client_id), core.publish_command,
-            "1" if in_script else "0", keys.group_prefix, *core.event_args(),
-            user, value, user_limit or 0, *core.seat_args()]
-        status, previous = await self._registers.submit(script_keys, args)
+        value = ""
+        if presence.user_id:
+            value = seat_of(presence, seat.info if seat is not None else "")
+        # (the call's lists go straight to the batch: this frame keeps none while it waits)
+        status, previous = await self._registers.submit(
+            *self._register_call(presence, max_cluster, in_script, value, user_limit))
         if int(status) == -1:
             raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
         if int(status) == -2:
@@ -64,26 +58,49 @@ class RedisPresence:
             await core.follow_seats(_seat_moves(presence, value, before), "register")
         return Registration(before, groups_ended=in_script and before is not None)
 
+    def _register_call(self, presence: Presence, max_cluster: int | None, in_script: bool,
+                       value: str, user_limit: int | None) -> tuple[list[str], list[Any]]:
+        """REGISTER's keys and arguments."""
+        core = self._core
+        keys = core.keys
+        bucket = keys.bucket_of(presence.client_id)
+        script_keys = [keys.presence(bucket), keys.node_set(bucket, presence.node_id)]
+        if in_script:
+            script_keys.append(keys.client_groups(presence.client_id))
+        return script_keys, [
+            presence.client_id, entry_of(presence), presence.node_id, max_cluster or 0,
+            keys.node_set_prefix(bucket), keys.node_channel_prefix(bucket),
+            kick_prefix(presence.node_id, presence.client_id), core.publish_command,
+            "1" if in_script else "0", keys.group_prefix, *core.event_args(),
+            presence.user_id or "", value, user_limit or 0, *core.seat_args()]
+
     async def unregister(self, client_id: str, conn_id: str, *,
                          end_groups: bool = False) -> bool:
         """One script: remove presence (and the user's seat) if it still names `conn_id`;
         with `end_groups` and one slot for both, the client's groups end in it too."""
         core = self._core
-        keys = core.keys
-        bucket = keys.bucket_of(client_id)
-        script_keys = [keys.presence(bucket), keys.node_set(bucket, core.node_id)]
-        args: list[str | bytes] = [client_id, conn_id, *core.seat_args()]
-        if end_groups and self.ends_groups:
-            script_keys.append(keys.client_groups(client_id))
-            args += ["1", keys.group_prefix, *core.event_args(), core.node_id,
-                     core.publish_command]
-        removed = await self._unregisters.submit(script_keys, args)
+        removed = await self._unregisters.submit(
+            *self._unregister_call(client_id, conn_id, end_groups and self.ends_groups))
         if not removed:
             return False
         entry = parse_entry(client_id, removed)
         if not core.keys.seats_here and entry is not None and entry.user_id is not None:
             await core.follow_seats(["d", entry.user_id, client_id, conn_id], "unregister")
         return True
+
+    def _unregister_call(self, client_id: str, conn_id: str,
+                         end_groups: bool) -> tuple[list[str], list[str | bytes]]:
+        """UNREGISTER's keys and arguments."""
+        core = self._core
+        keys = core.keys
+        bucket = keys.bucket_of(client_id)
+        script_keys = [keys.presence(bucket), keys.node_set(bucket, core.node_id)]
+        args: list[str | bytes] = [client_id, conn_id, *core.seat_args()]
+        if end_groups:
+            script_keys.append(keys.client_groups(client_id))
+            args += ["1", keys.group_prefix, *core.event_args(), core.node_id,
+                     core.publish_command]
+        return script_keys, args
 
     @property
     def ends_groups(self) -> bool:

@@ -150,7 +150,16 @@ class Admission:
         return the baselines of a fresh session's streams (with history)."""
         ctx = self._ctx
         history = ctx.config.history_enabled
-        registration = await self._register(conn, end_groups=not history)
+        registration: Registration | None = None
+        try:
+            registration = await self._registering(conn, end_groups=not history)
+        except BackendUnavailable as exc:
+            # Degrade: the socket works locally; presence is re-registered when we reconnect.
+            ctx.want_resync()
+            self._backend_log.warning("presence of %r not registered (backend unavailable); "
+                                      "will re-register", conn.client_id, exc=exc)
+        else:
+            conn.mark_registered()
         baselines: dict[str, tuple[int, str]] = {}
         if history and not resuming:  # a fresh session: whatever the client had ends
             baselines = await self._start_session(conn)
@@ -187,26 +196,19 @@ class Admission:
         if conn is not None and (conn_id is None or conn.conn_id == conn_id):
             self._closing.kick(conn)
 
-    async def _register(self, conn: Connection, *, end_groups: bool) -> Registration | None:
+    def _registering(self, conn: Connection, *, end_groups: bool) -> Awaitable[Registration]:
+        """The backend's register call for `conn`. (Awaited by the caller: no frame of its
+        own stays alive while the call waits in a batch.)"""
         ctx = self._ctx
         presence = Presence(conn.client_id, ctx.node_id, conn.conn_id, conn.created_at,
                             conn.user_id)
         seat = (Seat(conn.info, ctx.config.max_connections_per_user)
                 if conn.user_id is not None else None)
-        try:
-            # no ctx.ask(): register() is bounded by the backend itself (Presence.register),
-            # and a connect is cheaper without a timer of its own
-            registration = await ctx.backend.presence.register(
-                presence, max_cluster=ctx.config.max_cluster_connections,
-                end_groups=end_groups, seat=seat)
-        except BackendUnavailable as exc:
-            # Degrade: the socket works locally; presence is re-registered when we reconnect.
-            ctx.want_resync()
-            self._backend_log.warning("presence of %r not registered (backend unavailable); "
-                                      "will re-register", conn.client_id, exc=exc)
-            return None
-        conn.mark_registered()
-        return registration
+        # no ctx.ask(): register() is bounded by the backend itself (Presence.register),
+        # and a connect is cheaper without a timer of its own
+        return ctx.backend.presence.register(
+            presence, max_cluster=ctx.config.max_cluster_connections, end_groups=end_groups,
+            seat=seat)
 
     async def _end_memberships(self, conn: Connection) -> None:
         ctx = self._ctx

@@ -64,6 +64,9 @@ class Membership:
         self._settled = 0  # the losses a node-wide settle after resubscribing covered
         self._backend_log = RateLimitedLog(logger)
         self._book: PresenceBook[Connection] = PresenceBook()  # local members' entries
+        # clients whose membership change here got no answer (it may have run in part):
+        # the next node-wide settle reconciles them, wherever they are connected now
+        self._doubted: set[str] = set()
 
     def local_members(self, group: str) -> set[Connection]:
         """The local members of `group` (empty when there are none)."""
@@ -105,8 +108,9 @@ class Membership:
                 raise ConnectionNotFoundError(f"client {client_id!r} is not connected")
             entry = None if meta_json is None else entry_text(client_id, owner.user_id,
                                                                meta_json)
-            change = await ctx.ask(_join(backend.groups, client_id, group, entry),
-                                   round_trips=MEMBERSHIP_ROUND_TRIPS)
+            change = await self._written(client_id, ctx.ask(
+                _join(backend.groups, client_id, group, entry),
+                round_trips=MEMBERSHIP_ROUND_TRIPS))
             await self._tell_owner(client_id, group, _JOIN, change.holder)
             return
         entry = None if meta_json is None else entry_text(client_id, conn.user_id, meta_json)
@@ -115,12 +119,12 @@ class Membership:
             await self.join_local(conn, group)
             mark = self._book.begin(conn, group)
             try:
-                joined = (await ctx.ask(_join(backend.groups, client_id, group, entry),
-                                        round_trips=MEMBERSHIP_ROUND_TRIPS)).changed
+                joined = (await self._written(client_id, ctx.ask(
+                    _join(backend.groups, client_id, group, entry),
+                    round_trips=MEMBERSHIP_ROUND_TRIPS))).changed
             except BaseException:
                 # the write failed or its outcome is unknown: not a member here until the
                 # settle that follows (when the backend answers again) reads what it lists
-                ctx.want_resync()
                 if not had:
                     await self.leave_local(conn, group)
                 raise
@@ -140,19 +144,32 @@ class Membership:
         ctx = self._ctx
         conn = ctx.pool.get(client_id)
         if conn is None:
-            change = await ctx.ask(ctx.backend.groups.leave(client_id, group),
-                                   round_trips=MEMBERSHIP_ROUND_TRIPS)
+            change = await self._written(client_id, ctx.ask(
+                ctx.backend.groups.leave(client_id, group), round_trips=MEMBERSHIP_ROUND_TRIPS))
             if ctx.backend.is_shared:
                 await self._tell_owner(client_id, group, _LEAVE, change.holder)
             return
         async with self._turns.hold(client_id):
-            left = (await ctx.ask(ctx.backend.groups.leave(client_id, group),
-                                  round_trips=MEMBERSHIP_ROUND_TRIPS)).changed
+            left = (await self._written(client_id, ctx.ask(
+                ctx.backend.groups.leave(client_id, group),
+                round_trips=MEMBERSHIP_ROUND_TRIPS))).changed
             await self.leave_local(conn, group)
         if left:
             self._events.membership(_LEAVE, client_id, group)
         if not conn.is_open:  # replaced meanwhile: the live socket may be on another node
             await self.hand_over(client_id)
+
+    async def _written(self, client_id: str,
+                       change: Awaitable[MembershipChange]) -> MembershipChange:
+        """Await a membership change of `client_id` in the backend. One that fails or is
+        cancelled may have run in part (spread: between its slots' steps): the next
+        node-wide settle reconciles the client, even if it has left this node by then."""
+        try:
+            return await change
+        except BaseException:
+            self._doubted.add(client_id)
+            self._ctx.want_resync()
+            raise
 
     async def update_presence(self, client_id: str, group: str, entry: str) -> bool:
         """Set the presence entry of a member on any node; False when it is not a member.
@@ -329,16 +346,25 @@ class Membership:
         losses = self._losses
         subscribed = not ctx.follows_others or ctx.backend.routing.subscribed.is_set()
         open_conns = [conn for conn in conns if conn.is_open]
-        if open_conns:
-            async with self._turns.hold(*(conn.client_id for conn in open_conns)):
-                local = {conn.client_id: conn.groups for conn in open_conns}
-                presence = ({conn.client_id: self._entries(conn) for conn in open_conns}
-                            if restore else None)
-                listed = await ctx.ask(
-                    ctx.backend.groups.reconcile(local, restore=restore, presence=presence),
-                    round_trips=MEMBERSHIP_ROUND_TRIPS + len(local) // _SETTLE_BATCH)
-                for conn in open_conns:
-                    await self._agree(conn, listed.get(conn.client_id, []))
+        doubted: set[str] = set()
+        if node_wide:  # (clients that left meanwhile too: nothing else would complete them)
+            doubted, self._doubted = self._doubted, set()
+        local: dict[str, Collection[str]] = dict.fromkeys(doubted, ())
+        local.update((conn.client_id, conn.groups) for conn in open_conns)
+        try:
+            if local:
+                async with self._turns.hold(*local):
+                    presence = ({conn.client_id: self._entries(conn) for conn in open_conns}
+                                if restore else None)
+                    listed = await ctx.ask(
+                        ctx.backend.groups.reconcile(local, restore=restore,
+                                                     presence=presence),
+                        round_trips=MEMBERSHIP_ROUND_TRIPS + len(local) // _SETTLE_BATCH)
+                    for conn in open_conns:
+                        await self._agree(conn, listed.get(conn.client_id, []))
+        except BaseException:
+            self._doubted |= doubted
+            raise
         if node_wide and subscribed:
             self._settled = max(self._settled, losses)
 

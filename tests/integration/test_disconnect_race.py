@@ -173,3 +173,36 @@ async def test_a_spread_join_cut_short_is_completed_after_its_client_left(
             await asyncio.sleep(0.05)
     assert await b.get_client_groups("x") == ["lobby", "room"]
     assert await b.get_group_members("lobby") == ["x"]
+
+
+@pytest.mark.parametrize("cluster", ["redis"], indirect=True)
+async def test_a_remote_spread_join_cut_short_reaches_the_clients_node(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, the client staying connected on node a: b's join got no answer for its
+    second step. b's settle completes the join, and a, which saw nothing fail, is told to
+    take what the backend lists: its socket gets the room's messages."""
+    spread = {**SPLIT["spread"], "node_ttl": 1.0}
+    a, b = cluster("a", **spread), cluster("b", **spread)
+    await started(a, b)
+    socket = FakeSocket("x")
+    await a.connect("x", socket)
+    group_step = SpreadSteps._group
+
+    async def no_answer(self: SpreadSteps, group: str, action: str,
+                        *args: Any, **kwargs: Any) -> Any:
+        if action == "join" and group == "room":
+            raise BackendUnavailable("redis unavailable: (no answer, as under a pause)")
+        return await group_step(self, group, action, *args, **kwargs)
+
+    monkeypatch.setattr(SpreadSteps, "_group", no_answer)
+    with pytest.raises(BackendUnavailable):
+        await b.join_group("x", "room")
+    monkeypatch.setattr(SpreadSteps, "_group", group_step)
+    conn = a.get_connection("x")
+    assert conn is not None
+    async with asyncio.timeout(10.0):  # a bound: maintenance runs every node_ttl / 3
+        while "room" not in conn.groups:
+            await asyncio.sleep(0.05)
+    assert await b.get_group_members("room") == ["x"]
+    await b.send_to_group("room", "hello")
+    await socket.expect("hello")

@@ -365,6 +365,8 @@ class Membership:
         except BaseException:
             self._doubted |= doubted
             raise
+        for client_id in sorted(doubted - {conn.client_id for conn in open_conns}):
+            await self.hand_over(client_id)  # its node (if any) takes what is listed now
         if node_wide and subscribed:
             self._settled = max(self._settled, losses)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -137,6 +138,21 @@ async def test_a_spread_join_whose_client_left_between_its_steps_is_swept(
         await b.aclose()
 
 
+def room_step_unanswered(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make a spread join of "room" get no answer for its second step (the room's set)
+    after its first ran (the client's set); return what puts the step back."""
+    group_step = SpreadSteps._group
+
+    async def no_answer(self: SpreadSteps, group: str, action: str,
+                        *args: Any, **kwargs: Any) -> Any:
+        if action == "join" and group == "room":
+            raise BackendUnavailable("redis unavailable: (no answer, as under a pause)")
+        return await group_step(self, group, action, *args, **kwargs)
+
+    monkeypatch.setattr(SpreadSteps, "_group", no_answer)
+    return lambda: monkeypatch.setattr(SpreadSteps, "_group", group_step)
+
+
 @pytest.mark.parametrize("cluster", ["redis"], indirect=True)
 @pytest.mark.parametrize("via", ["local", "remote"])
 async def test_a_spread_join_cut_short_is_completed_after_its_client_left(
@@ -153,18 +169,10 @@ async def test_a_spread_join_cut_short_is_completed_after_its_client_left(
     await started(a, b)
     await a.connect("x", FakeSocket("x"))
     await a.join_group("x", "lobby")
-    group_step = SpreadSteps._group
-
-    async def no_answer(self: SpreadSteps, group: str, action: str,
-                        *args: Any, **kwargs: Any) -> Any:
-        if action == "join" and group == "room":
-            raise BackendUnavailable("redis unavailable: (no answer, as under a pause)")
-        return await group_step(self, group, action, *args, **kwargs)
-
-    monkeypatch.setattr(SpreadSteps, "_group", no_answer)
+    restore = room_step_unanswered(monkeypatch)
     with pytest.raises(BackendUnavailable):
         await (a if via == "local" else b).join_group("x", "room")
-    monkeypatch.setattr(SpreadSteps, "_group", group_step)
+    restore()
     assert await b.get_client_groups("x") == ["lobby", "room"]  # the first step ran
     assert await b.get_group_members("room") == []
     await a.disconnect("x", code=CloseCode.GOING_AWAY)  # the session stays resumable
@@ -186,18 +194,10 @@ async def test_a_remote_spread_join_cut_short_reaches_the_clients_node(
     await started(a, b)
     socket = FakeSocket("x")
     await a.connect("x", socket)
-    group_step = SpreadSteps._group
-
-    async def no_answer(self: SpreadSteps, group: str, action: str,
-                        *args: Any, **kwargs: Any) -> Any:
-        if action == "join" and group == "room":
-            raise BackendUnavailable("redis unavailable: (no answer, as under a pause)")
-        return await group_step(self, group, action, *args, **kwargs)
-
-    monkeypatch.setattr(SpreadSteps, "_group", no_answer)
+    restore = room_step_unanswered(monkeypatch)
     with pytest.raises(BackendUnavailable):
         await b.join_group("x", "room")
-    monkeypatch.setattr(SpreadSteps, "_group", group_step)
+    restore()
     conn = a.get_connection("x")
     assert conn is not None
     async with asyncio.timeout(10.0):  # a bound: maintenance runs every node_ttl / 3

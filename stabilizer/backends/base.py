@@ -64,10 +64,13 @@ class PresenceStore(Protocol):
         ...
 
     async def unregister(self, client_id: str, conn_id: str, *,
-                         end_groups: bool = False) -> bool:
+                         end_groups: bool = False, away: float = 0.0) -> bool:
         """Remove the client's presence (and its user's seat) only if it still names
         `conn_id`; with `end_groups`, the client's group memberships end in the same step
-        when the store can (`ends_groups`), so that none written meanwhile outlives it.
+        when the store can (`ends_groups`), so that none written meanwhile outlives it;
+        with `away` (seconds; history), the client goes on the away list for that long in
+        the same step where the store can (one presence bucket), so that a node that dies
+        before it suspends or ends the session leaves it to the sweep, not for good.
         True when the presence was removed."""
         ...
 

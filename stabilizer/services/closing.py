@@ -174,23 +174,26 @@ class Closing:
         client's memberships end in the same step where the store can: a join another node
         wrote while this socket was closing (it found the client still present) ends with
         it, though this socket never had that group. Where it cannot (presence and the
-        group sets in different slots), the settle ends them after (REMOVED)."""
+        group sets in different slots), the settle ends them after (REMOVED). With history
+        the client goes on the away list in the same step (one presence bucket): a node
+        that dies before the settle suspends or ends the session leaves it to the sweep."""
         ctx = self._ctx
         if not ctx.backend.available:
             ctx.want_resync()
             return Unregistered.KEPT
         presence = ctx.backend.presence
-        end_groups = not ctx.config.history_enabled and presence.ends_groups
+        history = ctx.config.history_enabled
+        end_groups = not history and presence.ends_groups
         try:
-            removed = await ctx.ask(presence.unregister(conn.client_id, conn.conn_id,
-                                                        end_groups=end_groups))
+            removed = await ctx.ask(presence.unregister(
+                conn.client_id, conn.conn_id, end_groups=end_groups,
+                away=ctx.config.session_ttl if history else 0.0))
         except BackendUnavailable as exc:
             ctx.want_resync()
             self._backend_log.warning("presence of %r not removed (backend unavailable)",
                                       conn.client_id, exc=exc)
             # it may have run (its reply lost), after which no resync prunes the presence
             # and ends the groups: where the unregister could not end them, the settle does
-            history = ctx.config.history_enabled
             return Unregistered.KEPT if history or end_groups else Unregistered.REMOVED
         if not removed:
             return Unregistered.KEPT

@@ -206,3 +206,31 @@ async def test_a_remote_spread_join_cut_short_reaches_the_clients_node(
     assert await b.get_group_members("room") == ["x"]
     await b.send_to_group("room", "hello")
     await socket.expect("hello")
+
+
+@pytest.mark.parametrize("cluster", ["memory", "redis"], indirect=True)
+async def test_a_node_that_dies_between_a_close_and_its_session_settle_leaves_it_to_the_sweep(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With history (found by the fault checker, seed 1724822514): a close removes the
+    client's presence, then suspends (or ends) its session. A node killed between the two
+    left a client with groups, no presence and no place on the away list: no sweep ever
+    ended its session, and its groups kept it for good. The presence removal now puts the
+    client on the away list in the same step, so the sweep of any node ends the session
+    when it is due, unless the client comes back. (Not the spread layout: there a
+    session without an expiry counts as live, and its expiry lives in the client's slot.)"""
+    options = {"history_size": 10, "session_ttl": 1.0, "node_ttl": 1.0}
+    a, b = cluster("a", **options), cluster("b", **options)
+    await started(a, b)
+    await a.connect("x", FakeSocket("x"))
+    await a.join_group("x", "room")
+
+    async def killed(*args: Any, **kwargs: Any) -> None:
+        """Node a dies here: nothing after the presence removal runs."""
+
+    monkeypatch.setattr(a._node.closing, "settle", killed)
+    await a.disconnect("x", code=CloseCode.GOING_AWAY)
+    assert await b.locate_client("x") is None  # the presence removal ran
+    async with asyncio.timeout(10.0):  # a bound: due after session_ttl, swept per node_ttl / 3
+        while await b.get_group_members("room"):
+            await asyncio.sleep(0.05)
+    assert await b.get_client_groups("x") == []

@@ -84,12 +84,14 @@ class MemoryPresence:
         return Registration(before, groups_ended=end_groups and previous is not None)
 
     async def unregister(self, client_id: str, conn_id: str, *,
-                         end_groups: bool = False) -> bool:
+                         end_groups: bool = False, away: float = 0.0) -> bool:
         """Remove presence if it still names `conn_id` (with `end_groups`, and the client's
-        memberships then)."""
+        memberships then; with `away`, the client goes on the away list for so long)."""
         node = self._node
         node.check()
         removed = node.hub.drop_presence(client_id, conn_id)
+        if removed and away > 0:
+            node.hub.away[client_id] = time.time() + away
         if removed and end_groups:
             for group in node.hub.leave_groups(client_id, node.node_id):
                 node.membership_event("leave", client_id, group)

@@ -75,12 +75,15 @@ class RedisPresence:
             presence.user_id or "", value, user_limit or 0, *core.seat_args()]
 
     async def unregister(self, client_id: str, conn_id: str, *,
-                         end_groups: bool = False) -> bool:
+                         end_groups: bool = False, away: float = 0.0) -> bool:
         """One script: remove presence (and the user's seat) if it still names `conn_id`;
-        with `end_groups` and one slot for both, the client's groups end in it too."""
+        with `end_groups` and one slot for both, the client's groups end in it too; with
+        `away` and one presence bucket (the away list shares its slot), the client goes on
+        the away list in it too."""
         core = self._core
-        removed = await self._unregisters.submit(
-            *self._unregister_call(client_id, conn_id, end_groups and self.ends_groups))
+        away_ms = int(away * 1000) if core.keys.buckets == 1 else 0
+        removed = await self._unregisters.submit(*self._unregister_call(
+            client_id, conn_id, end_groups and self.ends_groups, away_ms))
         if not removed:
             return False
         entry = parse_entry(client_id, removed)
@@ -88,14 +91,15 @@ class RedisPresence:
             await core.follow_seats(["d", entry.user_id, client_id, conn_id], "unregister")
         return True
 
-    def _unregister_call(self, client_id: str, conn_id: str,
-                         end_groups: bool) -> tuple[list[str], list[str | bytes]]:
+    def _unregister_call(self, client_id: str, conn_id: str, end_groups: bool,
+                         away_ms: int) -> tuple[list[str], list[str | bytes | int]]:
         """UNREGISTER's keys and arguments."""
         core = self._core
         keys = core.keys
         bucket = keys.bucket_of(client_id)
-        script_keys = [keys.presence(bucket), keys.node_set(bucket, core.node_id)]
-        args: list[str | bytes] = [client_id, conn_id, *core.seat_args()]
+        script_keys = [keys.presence(bucket), keys.node_set(bucket, core.node_id),
+                       keys.away if away_ms else keys.presence(bucket)]
+        args: list[str | bytes | int] = [client_id, conn_id, *core.seat_args(), away_ms]
         if end_groups:
             script_keys.append(keys.client_groups(client_id))
             args += ["1", keys.group_prefix, *core.event_args(), core.node_id,

@@ -184,10 +184,12 @@ return lost
 """
 
 
-# KEYS: presence hash, own node set[, client's group set (when ARGV[6] is '1')].
+# KEYS: presence hash, own node set, away zset (the presence hash again when ARGV[6] is
+# '0'), client's group set (when ARGV[7] is '1').
 # ARGV: client_id, conn_id, user-hash prefix, users set, '1' when the user hashes share
-# this slot, '1' to end the client's groups too (history off, one slot), group-set prefix,
-# events channel, event prefix, node id, publish command.
+# this slot, ms on the away list ('0': none; history, one slot), '1' to end the client's
+# groups too (history off, one slot), group-set prefix, events channel, event prefix,
+# node id, publish command.
 # Returns the removed entry, or 0.
 UNREGISTER: Final = LEAVE_ALL + SEATS_LIB + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -198,8 +200,14 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 local user = entry_user(cur)
 if user and ARGV[5] == '1' then seat_drop(ARGV[3], ARGV[4], user, ARGV[1], conn) end
-if ARGV[6] == '1' then
-  leave_all(KEYS[3], ARGV[7], ARGV[1], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+local away = tonumber(ARGV[6])
+if away > 0 then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + away,
+             ARGV[1])
+end
+if ARGV[7] == '1' then
+  leave_all(KEYS[4], ARGV[8], ARGV[1], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
 end
 return cur
 """

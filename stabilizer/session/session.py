@@ -94,9 +94,9 @@ class Session:
     """
 
     # (one per connection: no __dict__, one object fewer for the cyclic collector to walk)
-    __slots__ = ("_ctx", "_expiry", "_inbound", "_metadata", "_positions", "_services",
-                 "_token", "_welcome", "client_close_code", "client_id", "conn", "identity",
-                 "protocol", "recovered", "refused", "resumed", "websocket")
+    __slots__ = ("__weakref__", "_ctx", "_expiry", "_inbound", "_metadata", "_positions",
+                 "_services", "_token", "_welcome", "client_close_code", "client_id", "conn",
+                 "identity", "protocol", "recovered", "refused", "resumed", "websocket")
 
     def __init__(
         self,

@@ -236,9 +236,9 @@ class Closing:
             # it, even for a socket that had none: a join another node wrote meanwhile (it
             # found the client present) is ended here, and one it wrote after finds the
             # presence gone (it reads it after its write) and goes on the away list
+            changed = bool(conn.groups) or conn.changed_groups
             had_groups = unregistered is not Unregistered.WITH_GROUPS and (
-                bool(conn.groups) or conn.changed_groups or self._membership.in_doubt
-                or unregistered is Unregistered.REMOVED)
+                changed or self._membership.in_doubt or unregistered is Unregistered.REMOVED)
             await self._membership.forget(conn)
             # a newer socket of the client admitted here while this one was closing owns the
             # session now (a fresh one ended this socket's groups already): ending it would
@@ -246,6 +246,11 @@ class Closing:
             newer = self._ctx.pool.get(conn.client_id) not in (None, conn)
             if code != CloseCode.REPLACED and not newer:
                 await self._settle_session(conn, code, keep_session, had_groups)
+        if changed and unregistered is Unregistered.KEPT and code != CloseCode.REPLACED:
+            # the store named another connection of the client (one this socket was never
+            # told of: it was admitted while the store was unreachable): what this socket
+            # joined or left is the live one's, wherever it is (a replaced one: retire())
+            await self._membership.hand_over(conn.client_id)
         await self._events.disconnected(conn, code, reason)
 
     async def _settle_session(self, conn: Connection, code: int, keep_session: bool | None,

@@ -234,3 +234,36 @@ async def test_a_node_that_dies_between_a_close_and_its_session_settle_leaves_it
         while await b.get_group_members("room"):
             await asyncio.sleep(0.05)
     assert await b.get_client_groups("x") == []
+
+
+@pytest.mark.parametrize("cluster", ["redis"], indirect=True)
+async def test_a_join_through_a_socket_the_store_never_recorded_reaches_the_live_socket(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With history (found by the fault checker, seed 902040690): x's socket on node a was
+    admitted while a could not reach Redis (its presence never recorded), and x connected
+    to node b too, which holds its presence. A join through a wrote the membership (the
+    client's, cluster-wide) and a's socket took it locally; then that socket closed. Its
+    close removed no presence (b's), and b's live socket never learned of the room. The
+    close now hands the memberships over to the live socket, as a replaced socket's
+    does."""
+    options = {"history_size": 10}
+    a, b = cluster("a", **options), cluster("b", **options)
+    await started(a, b)
+    register = a.backend.presence.register
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(a.backend.presence, "register", register)  # (once)
+        raise BackendUnavailable("redis unavailable: (as during a cut)")
+
+    monkeypatch.setattr(a.backend.presence, "register", unreachable)
+    await a.connect("x", FakeSocket("x-on-a"))
+    await b.connect("x", FakeSocket("x-on-b"))
+    await a.join_group("x", "room")
+    await a.disconnect("x", code=CloseCode.GOING_AWAY)
+    conn = b.get_connection("x")
+    assert conn is not None
+    assert conn.is_open
+    async with asyncio.timeout(5.0):  # a bound: the hand-over is one envelope
+        while "room" not in conn.groups:
+            await asyncio.sleep(0.02)
+    assert await b.get_group_members("room") == ["x"]

@@ -138,6 +138,23 @@ async def test_a_spread_join_whose_client_left_between_its_steps_is_swept(
         await b.aclose()
 
 
+def returns_of(monkeypatch: pytest.MonkeyPatch, owner: object,
+               name: str) -> asyncio.Queue[None]:
+    """A queue that gets an item each time the coroutine method `owner.name` returns (or
+    raises): what a test waits on instead of sleeping until a background step has run."""
+    done: asyncio.Queue[None] = asyncio.Queue()
+    method = getattr(owner, name)
+
+    async def spied(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            done.put_nowait(None)
+
+    monkeypatch.setattr(owner, name, spied)
+    return done
+
+
 def room_step_unanswered(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     """Make a spread join of "room" get no answer for its second step (the room's set)
     after its first ran (the client's set); return what puts the step back."""
@@ -169,16 +186,18 @@ async def test_a_spread_join_cut_short_is_completed_after_its_client_left(
     await started(a, b)
     await a.connect("x", FakeSocket("x"))
     await a.join_group("x", "lobby")
+    through = a if via == "local" else b
+    settled = returns_of(monkeypatch, through._node.membership, "settle")
     restore = room_step_unanswered(monkeypatch)
     with pytest.raises(BackendUnavailable):
-        await (a if via == "local" else b).join_group("x", "room")
+        await through.join_group("x", "room")
     restore()
     assert await b.get_client_groups("x") == ["lobby", "room"]  # the first step ran
     assert await b.get_group_members("room") == []
     await a.disconnect("x", code=CloseCode.GOING_AWAY)  # the session stays resumable
-    async with asyncio.timeout(10.0):  # a bound: maintenance runs every node_ttl / 3
+    async with asyncio.timeout(10.0):  # a bound: maintenance settles every node_ttl / 3
         while await b.get_group_members("room") != ["x"]:
-            await asyncio.sleep(0.05)
+            await settled.get()
     assert await b.get_client_groups("x") == ["lobby", "room"]
     assert await b.get_group_members("lobby") == ["x"]
 
@@ -194,15 +213,16 @@ async def test_a_remote_spread_join_cut_short_reaches_the_clients_node(
     await started(a, b)
     socket = FakeSocket("x")
     await a.connect("x", socket)
+    settled = returns_of(monkeypatch, a._node.membership, "settle")
     restore = room_step_unanswered(monkeypatch)
     with pytest.raises(BackendUnavailable):
         await b.join_group("x", "room")
     restore()
     conn = a.get_connection("x")
     assert conn is not None
-    async with asyncio.timeout(10.0):  # a bound: maintenance runs every node_ttl / 3
+    async with asyncio.timeout(10.0):  # a bound: b's maintenance settles every node_ttl / 3
         while "room" not in conn.groups:
-            await asyncio.sleep(0.05)
+            await settled.get()  # a's settle of the socket, which b's hand-over asks for
     assert await b.get_group_members("room") == ["x"]
     await b.send_to_group("room", "hello")
     await socket.expect("hello")
@@ -228,11 +248,12 @@ async def test_a_node_that_dies_between_a_close_and_its_session_settle_leaves_it
         """Node a dies here: nothing after the presence removal runs."""
 
     monkeypatch.setattr(a._node.closing, "settle", killed)
+    swept = returns_of(monkeypatch, b.backend.sessions, "sweep")
     await a.disconnect("x", code=CloseCode.GOING_AWAY)
     assert await b.locate_client("x") is None  # the presence removal ran
     async with asyncio.timeout(10.0):  # a bound: due after session_ttl, swept per node_ttl / 3
         while await b.get_group_members("room"):
-            await asyncio.sleep(0.05)
+            await swept.get()
     assert await b.get_client_groups("x") == []
 
 
@@ -257,7 +278,9 @@ async def test_a_join_through_a_socket_the_store_never_recorded_reaches_the_live
 
     monkeypatch.setattr(a.backend.presence, "register", unreachable)
     await a.connect("x", FakeSocket("x-on-a"))
-    await b.connect("x", FakeSocket("x-on-b"))
+    on_b = FakeSocket("x-on-b")
+    await b.connect("x", on_b)
+    settled = returns_of(monkeypatch, b._node.membership, "settle")
     await a.join_group("x", "room")
     await a.disconnect("x", code=CloseCode.GOING_AWAY)
     conn = b.get_connection("x")
@@ -265,5 +288,7 @@ async def test_a_join_through_a_socket_the_store_never_recorded_reaches_the_live
     assert conn.is_open
     async with asyncio.timeout(5.0):  # a bound: the hand-over is one envelope
         while "room" not in conn.groups:
-            await asyncio.sleep(0.02)
+            await settled.get()
     assert await b.get_group_members("room") == ["x"]
+    await a.send_to_group("room", "hello")
+    assert (await on_b.next_json())["data"] == "hello"

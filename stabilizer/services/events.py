@@ -99,9 +99,8 @@ class Events:
                 logger.exception("cluster event listener failed")
 
     async def _publish(self, event: str, client_id: str) -> None:
+        """(Called with cluster_events on.)"""
         ctx = self._ctx
-        if not ctx.config.cluster_events:
-            return
         cluster_event = ClusterEvent(event, client_id, None, ctx.node_id)
         self.emit(cluster_event)
         if ctx.backend.is_shared:

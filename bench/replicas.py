@@ -32,6 +32,8 @@ Control endpoints (the controller drives them over loopback HTTP):
 * ``GET /bench/collector``: ``{"seconds": CPU seconds spent in Python's cyclic collector
   since the process started, "full": full (generation 2) collections}``, from
   ``gc.callbacks``
+* ``GET /bench/objects?top=K``: after a full collection, ``{"tracked": objects the cyclic
+  collector tracks (what each of its full passes walks), "top": the K commonest types}``
 * ``POST /bench/send`` with a JSON body ``{"mode": "direct"|"broadcast"|"group"|"user", "n": N,
   "rate": msgs/s (0: as fast as possible), "concurrency": C, "targets": [[cid, node], ...],
   "group": name, "size": bytes}``: N messages from C sender tasks, each awaiting its library
@@ -52,6 +54,7 @@ import itertools
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -151,6 +154,13 @@ def add_routes(app: FastAPI, send: Send, counts: Counts) -> None:
     @app.get("/bench/collector")
     async def bench_collector() -> dict[str, float]:
         return {"seconds": COLLECTOR.seconds, "full": COLLECTOR.full}
+
+    @app.get("/bench/objects")
+    async def bench_objects(top: int = 0) -> dict[str, Any]:
+        gc.collect()
+        tracked = gc.get_objects()
+        by_type = Counter(type(o).__qualname__ for o in tracked).most_common(top)
+        return {"tracked": len(tracked), "top": by_type}
 
     @app.post("/bench/send")
     async def bench_send(request: Request) -> dict[str, Any]:

@@ -219,3 +219,80 @@ async def test_an_end_cut_short_for_a_client_back_again_is_finished_by_its_settl
     assert await a.groups.members("room") == []
     assert await a.groups.members("lobby") == ["alice"]
     assert await a.groups.reconcile({"alice": {"lobby"}}) == {"alice": ["lobby"]}
+
+
+async def test_a_settle_racing_a_leave_on_another_node_leaves_no_member_behind(
+        open_spread: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leave takes the client out of the group's set, then the group out of the client's.
+    A settle on another node (one that doubts the client: seed 1915023262 of the fault
+    checker) that read the client's set before the second step, and put the membership back
+    after the first, must not outlast the leave: the group's set ends without the client."""
+    a = await open_spread("node-a")
+    b = await open_spread("node-b")
+    await a.sessions.activate("alice", fresh=True, conn_id="conn-1")
+    await a.groups.join("alice", "room")
+    between = asyncio.Event()
+    go_on = asyncio.Event()
+    client_step = SpreadSteps._client
+
+    async def paused_leave(self: SpreadSteps, client_id: str, action: str,
+                           *args: object) -> tuple[str, bool]:
+        if action == "leave" and not go_on.is_set():
+            between.set()
+            await go_on.wait()
+        return await client_step(self, client_id, action, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SpreadSteps, "_client", paused_leave)
+    leaving = asyncio.create_task(a.groups.leave("alice", "room"))
+    await between.wait()
+    assert await a.groups.members("room") == []  # (its first step ran)
+    await b.groups.reconcile({"alice": ()})  # lists the room still: puts alice back
+    go_on.set()
+    await leaving
+
+    assert await a.groups.of_client("alice") == []
+    assert await a.groups.members("room") == []
+
+
+async def test_a_settle_whose_undo_got_no_answer_leaves_no_member_behind(
+        open_spread: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A settle read the client's set listing the group, a fresh session then left the
+    group, and the settle put the membership back: the step that takes it out again got no
+    answer (the node stalled). The settle marked what it was putting back first, so the
+    next settle of that client takes it out; before, nothing ever did."""
+    a = await open_spread("node-a")
+    b = await open_spread("node-b")
+    await a.sessions.activate("alice", fresh=True, conn_id="conn-1")
+    await a.groups.join("alice", "room")
+    listed = asyncio.Event()
+    go_on = asyncio.Event()
+    complete = SpreadSteps._complete
+    group_step = SpreadSteps._group
+    stalled = False
+
+    async def paused_complete(self: SpreadSteps, *args: object) -> None:
+        listed.set()
+        await go_on.wait()
+        await complete(self, *args)  # type: ignore[arg-type]
+
+    async def stalls(self: SpreadSteps, group: str, action: str, *args: object) -> object:
+        if stalled and action == "leave":
+            raise BackendUnavailable("backend did not answer")
+        return await group_step(self, group, action, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SpreadSteps, "_complete", paused_complete)
+    monkeypatch.setattr(SpreadSteps, "_group", stalls)
+    settling = asyncio.create_task(b.groups.reconcile({"alice": ()}))
+    await listed.wait()  # (it read alice's set: the room)
+    await a.sessions.activate("alice", fresh=True, conn_id="conn-2")  # leaves the room
+    assert await a.groups.members("room") == []
+    stalled = True
+    go_on.set()
+    with pytest.raises(BackendUnavailable):
+        await settling
+    stalled = False
+    assert await a.groups.members("room") == ["alice"]  # (put back, not taken out)
+
+    assert await b.groups.reconcile({"alice": ()}) == {"alice": []}
+    assert await a.groups.members("room") == []
+    assert await a.groups.of_client("alice") == []

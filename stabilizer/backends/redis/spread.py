@@ -102,8 +102,9 @@ class SpreadSteps:
 
     async def change(self, client_id: str, group: str, action: str,
                      entry: str | None) -> MembershipChange:
-        """A join, leave or presence update: the client's slot, then the group's (a join
-        records the group stream's baseline in the session after). The holder is the
+        """A join, leave or presence update. A join: the client's slot, then the group's
+        (then the group stream's baseline goes in the session). A leave: the group's slot,
+        the client's, and the group's again (`_complete` says why). The holder is the
         session's, or without sessions the connection presence names: read alongside a
         leave, after a join's writes (`_claim`)."""
         core = self._core
@@ -128,6 +129,7 @@ class SpreadSteps:
                                                  self._locate(client_id))
             changed = bool(left)
             holder, exists = await self._client(client_id, "leave", group)
+            await self._group(group, "leave", [client_id])  # (see _complete)
         if changed:
             await self._events(action, [(client_id, group)])
         if not core.sessions:
@@ -335,26 +337,51 @@ class SpreadSteps:
     async def _complete(self, listed: Mapping[str, Collection[str]]) -> None:
         """Make each group a client's set lists hold the client: a join whose first step ran
         but not its second (Redis stopped answering between them), or a leave the other way
-        round, ends as a membership, as the settle then has it locally. A membership added
-        here that the client's set no longer lists by then (a leave ran meanwhile) is taken
-        out again."""
+        round, ends as a membership, as the settle then has it locally.
+
+        Each group's set is read first; what it lacks is marked in the client's leaving
+        set, put back, and taken out again where the client's set no longer lists the group
+        by then (a leave or a fresh session ran meanwhile); then the marks go. A node that
+        stops after the marking leaves them for the next settle of the client, or the end
+        of its session, to finish (a mark the client's set does not list is left). A leave
+        on another node may unlist the group after the check, with the membership put back
+        after its own first step: so a leave takes the client out of the group's set once
+        more after its second step."""
         core = self._core
+        keys = core.keys
         by_group: dict[str, list[str]] = defaultdict(list)
         for client_id, groups in listed.items():
             for group in groups:
-                by_group[group] += [client_id, ""]
+                by_group[group].append(client_id)
         groups = sorted(by_group)
-        added = await asyncio.gather(*(self._group(g, "restore", by_group[g]) for g in groups))
-        repaired = [(text(c), g) for g, new in zip(groups, added, strict=True) for c in new]
-        if not repaired:
+        held = await asyncio.gather(*(core.call(core.client.smismember(
+            keys.group(g), by_group[g]), "reconcile_groups") for g in groups))
+        lacking: dict[str, list[str]] = defaultdict(list)  # client -> groups lacking it
+        for group, flags in zip(groups, held, strict=True):
+            for client_id, member in zip(by_group[group], flags, strict=True):
+                if not int(member):
+                    lacking[client_id].append(group)
+        if not lacking:
             return
-        still = await asyncio.gather(*(core.call(core.client.sismember(
-            core.keys.client_groups(c), g), "reconcile_groups") for c, g in repaired))
+        clients = sorted(lacking)
+        await asyncio.gather(*(core.call(core.client.sadd(keys.leaving(c), *lacking[c]),
+                                         "reconcile_groups") for c in clients))
+        restore: dict[str, list[str]] = defaultdict(list)
+        for client_id in clients:
+            for group in lacking[client_id]:
+                restore[group] += [client_id, ""]
+        await asyncio.gather(*(self._group(g, "restore", pairs)
+                               for g, pairs in sorted(restore.items())))
+        still = await asyncio.gather(*(core.call(core.client.smismember(
+            keys.client_groups(c), lacking[c]), "reconcile_groups") for c in clients))
         undo: dict[str, list[str]] = defaultdict(list)
-        for (client_id, group), listed_now in zip(repaired, still, strict=True):
-            if not int(listed_now):
-                undo[group].append(client_id)
-        await asyncio.gather(*(self._group(g, "leave", clients) for g, clients in undo.items()))
+        for client_id, flags in zip(clients, still, strict=True):
+            for group, listed_now in zip(lacking[client_id], flags, strict=True):
+                if not int(listed_now):
+                    undo[group].append(client_id)
+        await asyncio.gather(*(self._group(g, "leave", undone) for g, undone in undo.items()))
+        await asyncio.gather(*(core.call(core.client.srem(keys.leaving(c), *lacking[c]),
+                                         "reconcile_groups") for c in clients))
 
     async def presence_entries(self, client_id: str, groups: Collection[str]) -> dict[str, str]:
         """The client's entry in each group's presence hash (one HGET per group)."""

@@ -62,7 +62,8 @@ return {changed, offset .. '|' .. (epoch or '')}
 # ARGV: 'join' or 'leave', group[, position "offset|epoch" to record as the group stream's
 #       baseline when the session exists and has none for it].
 # A join lists the group first (before the group's set gets the client), a leave unlists
-# it last (after). Returns {the session's holder ('' = none), 1 if the session exists}.
+# it after the group's set lost the client (which loses it once more after this). Returns
+# {the session's holder ('' = none), 1 if the session exists}.
 CLIENT_CHANGE: Final = """
 if ARGV[1] == 'join' then
   redis.call('SADD', KEYS[1], ARGV[2])

@@ -1,13 +1,13 @@
 """Group membership: cluster-wide in the backend, local in a table of connections per group.
 
-A node follows a group's channel while it has local members: it subscribes on the first
-local member and unsubscribes on the last. A client on another node joins or leaves through
-a MEMBERSHIP envelope routed to its node, while the change still stands in the backend. The
-envelope names the connection that held the client's memberships when the backend wrote the
-change (its session's holder, or the one presence named): the client's node carries the
-change out as it says only for that connection. For another one (a newer connection whose
-start, or a fresh session, may have undone the change since) it takes what the backend
-lists, a round trip that only a change racing a new connection costs.
+The local table (local_groups.py) follows a group's channel while the group has local
+members. A client on another node joins or leaves through a MEMBERSHIP envelope routed to
+its node, while the change still stands in the backend. The envelope names the connection
+that held the client's memberships when the backend wrote the change (its session's
+holder, or the one presence named): the client's node carries the change out as it says
+only for that connection. For another one (a newer connection whose start, or a fresh
+session, may have undone the change since) it takes what the backend lists, a round trip
+that only a change racing a new connection costs.
 
 The backend is the truth; local membership follows it. Where the two can part (a MEMBERSHIP
 envelope lost with a subscription, a join that lands on a socket another one replaces, a
@@ -21,21 +21,21 @@ the backend between a local change and its write.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Final
 
 from stabilizer.backends.base import GroupStore, MembershipChange
-from stabilizer.connection.connection import Connection, State
+from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import MEMBERSHIP_ROUND_TRIPS, NodeContext
 from stabilizer.pure.presence import Change, entry_text
 from stabilizer.pure.presence_book import PresenceBook
-from stabilizer.pure.streams import client_stream, group_stream, user_stream
+from stabilizer.pure.streams import client_stream, user_stream
 from stabilizer.pure.wire import Envelope, Kind, encode
+from stabilizer.services.delivery.local_groups import LocalGroups
 from stabilizer.services.delivery.turns import Turns
 from stabilizer.services.events import Events
 
@@ -56,13 +56,11 @@ class Membership:
         self._events = events
         self._on_unfollow = on_unfollow  # a stream no local connection follows any more
         self._on_forget = on_forget  # a connection closed
-        self._members: dict[str, set[Connection]] = {}
-        # groups whose channel is being subscribed: their next joiners wait for it too
-        self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._turns = Turns()  # one change of a client's local memberships at a time
         self._losses = 0  # subscriptions lost: MEMBERSHIP envelopes may have gone with them
         self._settled = 0  # the losses a node-wide settle after resubscribing covered
         self._backend_log = RateLimitedLog(logger)
+        self._local = LocalGroups(ctx, on_unfollow, self._backend_log)
         self._book: PresenceBook[Connection] = PresenceBook()  # local members' entries
         # clients whose membership change here got no answer (it may have run in part):
         # the next node-wide settle reconciles them, wherever they are connected now
@@ -70,10 +68,10 @@ class Membership:
 
     def local_members(self, group: str) -> set[Connection]:
         """The local members of `group` (empty when there are none)."""
-        return self._members.get(group, set())
+        return self._local.members(group)
 
     def __len__(self) -> int:
-        return len(self._members)
+        return len(self._local)
 
     def subscription_lost(self) -> None:
         """The listener lost its subscription: a MEMBERSHIP envelope may be lost with it."""
@@ -237,7 +235,7 @@ class Membership:
         """Join `conn` locally to a group another node (or a lost envelope) made it a member
         of. If this node did not follow the group yet, the change that set the member's
         presence entry went out before it listened: it reads the entry, for the book."""
-        followed = group in self._members
+        followed = self._local.follows(group)
         await self.join_local(conn, group)
         if not followed:
             await self.learn(conn, [group])
@@ -263,53 +261,13 @@ class Membership:
             self._book.learned(conn, group, entries.get(group), mark)
 
     async def join_local(self, conn: Connection, group: str) -> None:
-        """Record local membership; follow the group's channel on its first local member.
-        The connection lists the group once this node receives it (the subscribe was
-        confirmed), so a message sent after it shows reaches the client. A connection
-        that is closing joins nothing (its memberships were forgotten)."""
-        if not conn.is_open:
-            return
-        conn.changing_groups()  # (a socket replaced meanwhile hands its groups over)
-        members = self._members.get(group)
-        if members is None:
-            members = self._members[group] = set()
-            subscribed = self._subscribing[group] = asyncio.get_running_loop().create_future()
-            try:
-                await self._ctx.ask(self._ctx.backend.groups.subscribe(group))
-            except BackendUnavailable as exc:
-                self._backend_log.warning("group %r not subscribed yet (backend down); the "
-                                          "listener resubscribes when it reconnects", group,
-                                          exc=exc)
-            finally:
-                if self._subscribing.get(group) is subscribed:
-                    del self._subscribing[group]
-                subscribed.set_result(None)
-        elif (subscribing := self._subscribing.get(group)) is not None:
-            await asyncio.shield(subscribing)
-        if conn.state is State.OPEN:  # (the subscribe was awaited: it may have closed)
-            conn.join(group)
-            members.add(conn)
-        elif not members and self._members.get(group) is members:
-            await self._unfollow(group)  # it closed while we subscribed
+        """Record local membership (see LocalGroups.join)."""
+        await self._local.join(conn, group)
 
     async def leave_local(self, conn: Connection, group: str) -> None:
-        """Drop local membership; stop following the group when its last local member left."""
-        conn.leave(group)
+        """Drop local membership (see LocalGroups.leave)."""
         self._book.ended(conn, group)
-        members = self._members.get(group)
-        if members is None or conn not in members:
-            return  # (not a member here: a first member's subscribe may be under way)
-        members.discard(conn)
-        if not members:
-            await self._unfollow(group)
-
-    async def _unfollow(self, group: str) -> None:
-        del self._members[group]
-        self._on_unfollow(group_stream(group))
-        try:
-            await self._ctx.ask(self._ctx.backend.groups.unsubscribe(group))
-        except BackendUnavailable as exc:
-            self._backend_log.warning("group %r not unsubscribed (backend down)", group, exc=exc)
+        await self._local.leave(conn, group)
 
     async def start_afresh(self, conn: Connection) -> None:
         """The backend ended every membership of `conn`'s client (a fresh session): `conn`

@@ -292,3 +292,42 @@ async def test_a_join_through_a_socket_the_store_never_recorded_reaches_the_live
     assert await b.get_group_members("room") == ["x"]
     await a.send_to_group("room", "hello")
     assert (await on_b.next_json())["data"] == "hello"
+
+
+@pytest.mark.parametrize("options", [{}, {"history_size": 10}], ids=["plain", "history"])
+async def test_a_join_through_a_socket_that_missed_its_kick_reaches_the_live_socket(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]) -> None:
+    """Found by the fault checker (seeds 1751875075, 153506052 and 1452719033): x connected
+    to nodes a and b at once, b's registration came last, and the kick for a's socket was
+    lost (a's subscription was held). A join through a found x there, wrote the membership
+    (the client's, cluster-wide) and a's socket took it; then a was killed, so no close
+    handed it over, and b's live socket never learned of the room. The write names the
+    connection that holds x's memberships (b's): a join through another socket now tells
+    that connection's node, as a join from a node without a socket of x does."""
+    a, b = cluster("a", **options), cluster("b", **options)
+    await started(a, b)
+    monkeypatch.setattr(a._node.closing, "kick", lambda conn: None)  # (the lost kick)
+    await a.connect("x", FakeSocket("x-on-a"))
+    on_b = FakeSocket("x-on-b")
+    await b.connect("x", on_b)
+    stale = a.get_connection("x")
+    assert stale is not None and stale.is_open  # (a still holds its socket)
+    carried_out = returns_of(monkeypatch, b._node.membership, "_carry_out")
+
+    await a.join_group("x", "room")
+    conn = b.get_connection("x")
+    assert conn is not None
+    async with asyncio.timeout(5.0):  # a bound: the change is one envelope
+        while "room" not in conn.groups:
+            await carried_out.get()
+    await b.send_to_group("room", "hello")
+    if options:  # (with history a message is an envelope)
+        assert (await on_b.next_json())["data"] == "hello"
+    else:
+        await on_b.expect("hello")
+
+    await a.leave_group("x", "room")  # and a leave the same way
+    async with asyncio.timeout(5.0):
+        while "room" in conn.groups:
+            await carried_out.get()
+    assert await b.get_group_members("room") == []

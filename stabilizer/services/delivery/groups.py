@@ -117,9 +117,9 @@ class Membership:
             await self.join_local(conn, group)
             mark = self._book.begin(conn, group)
             try:
-                joined = (await self._written(client_id, ctx.ask(
+                change = await self._written(client_id, ctx.ask(
                     _join(backend.groups, client_id, group, entry),
-                    round_trips=MEMBERSHIP_ROUND_TRIPS))).changed
+                    round_trips=MEMBERSHIP_ROUND_TRIPS))
             except BaseException:
                 # the write failed or its outcome is unknown: not a member here until the
                 # settle that follows (when the backend answers again) reads what it lists
@@ -128,10 +128,9 @@ class Membership:
                 raise
             if entry is not None and conn.is_open:  # (a closed one's book is forgotten)
                 self._book.learned(conn, group, entry, mark)
-        if joined:
+        if change.changed:
             self._events.membership(_JOIN, client_id, group)
-        if not conn.is_open:  # replaced meanwhile: the live socket may be on another node
-            await self.hand_over(client_id)
+        await self._after_local(conn, group, _JOIN, change.holder)
 
     async def leave(self, client_id: str, group: str) -> None:
         """Remove a client on any node from a group (no error if it was not a member).
@@ -148,14 +147,25 @@ class Membership:
                 await self._tell_owner(client_id, group, _LEAVE, change.holder)
             return
         async with self._turns.hold(client_id):
-            left = (await self._written(client_id, ctx.ask(
+            change = await self._written(client_id, ctx.ask(
                 ctx.backend.groups.leave(client_id, group),
-                round_trips=MEMBERSHIP_ROUND_TRIPS))).changed
+                round_trips=MEMBERSHIP_ROUND_TRIPS))
             await self.leave_local(conn, group)
-        if left:
+        if change.changed:
             self._events.membership(_LEAVE, client_id, group)
+        await self._after_local(conn, group, _LEAVE, change.holder)
+
+    async def _after_local(self, conn: Connection, group: str, action: str,
+                           holder: str | None) -> None:
+        """After a join or leave through the local socket `conn`: a socket replaced
+        meanwhile hands the client's memberships over to the live one; a change the
+        backend wrote for another connection (this socket's replacement elsewhere, whose
+        kick has not arrived, or never will) is carried out by that connection's node, as a
+        change from a node without a socket of the client is."""
         if not conn.is_open:  # replaced meanwhile: the live socket may be on another node
-            await self.hand_over(client_id)
+            await self.hand_over(conn.client_id)
+        elif holder and holder != conn.conn_id and self._ctx.backend.is_shared:
+            await self._tell_owner(conn.client_id, group, action, holder)
 
     async def _written(self, client_id: str,
                        change: Awaitable[MembershipChange]) -> MembershipChange:

@@ -23,6 +23,7 @@ from stabilizer.backends.records import (
     Seat,
     Sequenced,
     SessionState,
+    SessionTaken,
 )
 from stabilizer.backends.stream_roles import GroupStore, HistoryStore, SessionStore
 from stabilizer.results import ClusterEvent
@@ -32,6 +33,7 @@ __all__ = [
     "Backend", "EventBus", "GroupStore", "History", "HistoryStore", "Liveness",
     "MembershipChange", "NodeRegistry", "NodeReport", "Presence", "PresenceStore",
     "Registration", "Routing", "Seat", "Sequenced", "SessionState", "SessionStore",
+    "SessionTaken",
     "TaskSpawner", "TokenStore", "UserStore",
 ]
 

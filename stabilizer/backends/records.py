@@ -52,6 +52,12 @@ class MembershipChange:
     holder: str | None = None
 
 
+class SessionTaken(Exception):
+    """A connection asked to open or take over its client's session after another
+    connection of the client took presence (a newer socket, on any node): nothing changed,
+    and the asking one is replaced (its kick may be on its way, or lost)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Sequenced:
     """A message appended to its stream: its position and how many nodes it reached."""

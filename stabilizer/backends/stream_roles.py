@@ -146,7 +146,12 @@ class SessionStore(Protocol):
         the client's ``all``, ``c:<client_id>`` and (for a user's connection)
         ``u:<user_id>`` streams, and returns them: stream -> (offset, epoch), epoch ``""``
         (offset 0) for a stream with no message yet. A revived one returns none.
-        Membership changes written from then on name `conn_id`."""
+        Membership changes written from then on name `conn_id`.
+
+        Raises:
+            SessionTaken: the client's presence names another connection than `conn_id`
+                (checked in the same step where presence shares the session's slot, else
+                read just before): nothing changed."""
         ...
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:

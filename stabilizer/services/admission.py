@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from stabilizer.backends.base import Presence, Registration, Seat
+from stabilizer.backends.base import Presence, Registration, Seat, SessionTaken
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import SocketLike, accept_if_needed
@@ -229,4 +229,11 @@ class Admission:
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)
+            return {}
+        except SessionTaken:
+            # a newer socket registered after this one and opened first: this one is
+            # replaced (its kick may be lost), and must not end that socket's session
+            logger.info("client %r (conn %s) was replaced before its session opened",
+                        conn.client_id, conn.conn_id)
+            self._kicked.add(conn.conn_id)
             return {}

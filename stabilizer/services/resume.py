@@ -8,7 +8,7 @@ import time
 
 import msgpack
 
-from stabilizer.backends.base import SessionState
+from stabilizer.backends.base import SessionState, SessionTaken
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import BackendUnavailable
@@ -96,7 +96,8 @@ class Resume:
     async def _activate(self, conn: Connection, *,
                         fresh: bool) -> dict[str, tuple[int, str]] | None:
         """Open (or revive) the session held by `conn`; return a fresh one's baselines
-        (none for a revived one), or None when the backend could not be reached."""
+        (none for a revived one), or None when the backend could not be reached or a newer
+        connection of the client holds it (this one is replaced: its kick is due)."""
         ctx = self._ctx
         try:
             return await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=fresh,
@@ -106,6 +107,10 @@ class Resume:
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)
+            return None
+        except SessionTaken:
+            logger.info("session of %r not taken over: a newer connection holds it",
+                        conn.client_id)
             return None
 
     async def _restore(self, conn: Connection, state: SessionState) -> None:

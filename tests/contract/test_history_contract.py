@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from stabilizer.backends.base import SessionTaken
 from stabilizer.pure.streams import Target
 from stabilizer.pure.wire import Envelope, Kind, decode, encode
 from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node, presence
@@ -185,6 +186,28 @@ async def test_a_closing_connection_leaves_a_newer_connections_session_alone(
     await b.sessions.activate("alice", fresh=True, conn_id="conn-new")
     await b.groups.join("alice", "room")
     assert await a.sessions.end("alice", conn_id="conn-old") == ["room"]  # no presence: ends
+
+
+async def test_a_replaced_connection_cannot_open_or_take_the_session(
+    open_node: NodeFactory,
+) -> None:
+    """activate with a connection that presence no longer names (a newer socket took the
+    client, on any node) raises SessionTaken and changes nothing: a fresh open does not end
+    the newer socket's session, a revival does not take its holder."""
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await b.presence.register(presence("alice", "node-b", "conn-new"), max_cluster=None)
+    await b.sessions.activate("alice", fresh=True, conn_id="conn-new")
+    await b.groups.join("alice", "room")
+    for fresh in (True, False):
+        with pytest.raises(SessionTaken):
+            await a.sessions.activate("alice", fresh=fresh, conn_id="conn-old")
+    state = await b.sessions.load("alice")
+    assert state is not None
+    assert state.groups == ["room"]
+    assert (await a.groups.leave("alice", "room")).holder == "conn-new"
+    await b.sessions.activate("alice", fresh=False, conn_id="conn-new")  # its own: fine
+    await b.presence.unregister("alice", "conn-new")
+    assert await a.sessions.activate("alice", fresh=True, conn_id="conn-old") != {}  # none
 
 
 async def test_sweep_ends_sessions_whose_time_ran_out(open_node: NodeFactory) -> None:

@@ -311,7 +311,8 @@ async def test_a_join_through_a_socket_that_missed_its_kick_reaches_the_live_soc
     on_b = FakeSocket("x-on-b")
     await b.connect("x", on_b)
     stale = a.get_connection("x")
-    assert stale is not None and stale.is_open  # (a still holds its socket)
+    assert stale is not None
+    assert stale.is_open
     carried_out = returns_of(monkeypatch, b._node.membership, "_carry_out")
 
     await a.join_group("x", "room")
@@ -331,3 +332,43 @@ async def test_a_join_through_a_socket_that_missed_its_kick_reaches_the_live_soc
         while "room" in conn.groups:
             await carried_out.get()
     assert await b.get_group_members("room") == []
+
+
+async def test_a_socket_replaced_before_its_session_opened_does_not_end_the_live_one(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With history (the shape of seed 153506052): x's socket on a registered, then x's
+    socket on b took the client, opened its session and joined the lobby; a's session open
+    came last, with b's kick for it lost. It ended b's session (the lobby with it) and took
+    the session's holder, so that a join through a named a's socket. An open now checks
+    that presence still names the opening socket: a's does nothing, and a's socket is
+    closed as replaced."""
+    options = {"history_size": 10}
+    a, b = cluster("a", **options), cluster("b", **options)
+    await started(a, b)
+    monkeypatch.setattr(a._node.closing, "kick", lambda conn: None)  # (the lost kick...)
+    opening, b_done = asyncio.Event(), asyncio.Event()
+    activate = a.backend.sessions.activate
+
+    async def after_b(*args: Any, **kwargs: Any) -> Any:
+        opening.set()
+        await b_done.wait()
+        monkeypatch.undo()  # (...and a's own kick at the end of its admission works)
+        return await activate(*args, **kwargs)
+
+    monkeypatch.setattr(a.backend.sessions, "activate", after_b)
+    on_a, on_b = FakeSocket("x-on-a"), FakeSocket("x-on-b")
+    connecting = asyncio.create_task(a.connect("x", on_a))
+    await opening.wait()  # (a registered x)
+    await b.connect("x", on_b)
+    await b.join_group("x", "lobby")
+    b_done.set()
+    await connecting
+
+    assert (await on_a.wait_closed())[0] == CloseCode.REPLACED
+    assert await b.get_group_members("lobby") == ["x"]
+    conn = b.get_connection("x")
+    assert conn is not None
+    assert conn.is_open
+    assert "lobby" in conn.groups
+    await a.send_to_group("lobby", "hello")
+    assert (await on_b.next_json())["data"] == "hello"

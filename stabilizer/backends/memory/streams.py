@@ -6,7 +6,13 @@ import dataclasses
 import time
 from collections.abc import Collection, Mapping
 
-from stabilizer.backends.base import History, MembershipChange, Sequenced, SessionState
+from stabilizer.backends.base import (
+    History,
+    MembershipChange,
+    Sequenced,
+    SessionState,
+    SessionTaken,
+)
 from stabilizer.backends.memory.hub import MemoryHub, SessionRecord, StreamRecord
 from stabilizer.backends.memory.nodes import MemoryNode
 from stabilizer.pure.streams import ALL, Target, client_stream, group_stream, user_stream
@@ -246,8 +252,11 @@ class MemorySessions:
     async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None,
                        conn_id: str | None = None) -> dict[str, tuple[int, str]]:
         """Create or revive the session, held by `conn_id`; it does not expire while
-        connected. Return the baselines a fresh one records."""
+        connected. Return the baselines a fresh one records (SessionTaken: see
+        SessionStore)."""
         self._node.check()
+        if self._owned_elsewhere(client_id, conn_id):
+            raise SessionTaken(f"client {client_id!r} is held by another connection")
         hub = self._node.hub
         now = time.time()
         record = None if fresh else hub.session(client_id, now)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from stabilizer.backends.base import SessionState
+from stabilizer.backends.base import SessionState, SessionTaken
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.spread import SpreadSteps
@@ -56,23 +56,37 @@ class RedisSessions:
                        conn_id: str | None = None) -> dict[str, tuple[int, str]]:
         """One script: mark the session live and held by `conn_id`; a fresh one first ends
         any earlier session (its groups included) and records (and returns) the baselines
-        of the client's
-        streams."""
+        of the client's streams. Not when presence names another connection (in the
+        script, or read first where presence lives in other slots): SessionTaken."""
         core = self._core
         keys = core.keys
+        guard: list[str] = []
+        if conn_id and keys.spread and keys.buckets == 1:
+            guard = [keys.presence(0)]  # (the first step's slot: the namespace's)
+        elif conn_id:
+            found = await self._guard(client_id, conn_id)
+            if found is None:
+                raise SessionTaken(f"client {client_id!r} is held by another connection")
+            guard = found
         if keys.spread:
             raw = await self._spread.open(client_id, fresh=fresh, user_id=user_id,
-                                          conn_id=conn_id or "")
+                                          conn_id=conn_id or "", guard=guard)
+            if raw is None:
+                raise SessionTaken(f"client {client_id!r} is held by another connection")
             return {stream: position for stream, value in raw.items()
                     if (position := parse_position(value.encode())) is not None}
         script_keys = [keys.session(client_id), keys.away, keys.stream_meta(ALL),
                        keys.stream_meta(client_stream(client_id)), keys.client_groups(client_id)]
         if user_id is not None:
             script_keys.append(keys.stream_meta(user_stream(user_id)))
+        script_keys += guard
         reply = await self._opens.submit(
             script_keys,
             [client_id, "1" if fresh else "0", keys.group_prefix, *core.event_args(),
-             core.node_id, core.publish_command, user_id or "", conn_id or ""])
+             core.node_id, core.publish_command, user_id or "", conn_id or "",
+             str(len(script_keys)) if guard else ""])
+        if reply is None:
+            raise SessionTaken(f"client {client_id!r} is held by another connection")
         return {text(reply[i]): position for i in range(0, len(reply) - 1, 2)
                 if (position := parse_position(bytes(reply[i + 1]))) is not None}
 

@@ -248,27 +248,30 @@ class SpreadSteps:
     # --- opening sessions ------------------------------------------------------------
 
     async def open(self, client_id: str, *, fresh: bool, user_id: str | None,
-                   conn_id: str) -> dict[str, str]:
-        """OPEN_SESSION. A resumed session: marked live, and off the away list. A fresh
-        one: off the away list and its streams' baselines read (the namespace's slot), then
-        it replaces the earlier session in one step when that had no groups; otherwise the
-        client is held for the lease while the earlier groups are left. Returns the raw
-        baselines by stream."""
+                   conn_id: str, guard: Collection[str] = ()) -> dict[str, str] | None:
+        """OPEN_SESSION. First, in the namespace's slot: the presence `guard` (the presence
+        hash, when presence lives there: None, and nothing changed, if it names another
+        connection than `conn_id`), the client off the away list, and a fresh session's
+        streams' baselines. Then a resumed session is marked live; a fresh one replaces
+        the earlier session in one step when that had no groups; otherwise the client is
+        held for the lease while the earlier groups are left. Returns the raw baselines by
+        stream."""
         core = self._core
         keys = core.keys
         session = [keys.session(client_id), keys.leaving(client_id)]
-        if not fresh:
-            await asyncio.gather(
-                core.call(core.scripts.client_open(keys=session, args=[conn_id, "0"]),
-                          "open_session"),
-                core.call(core.client.zrem(keys.away, client_id), "open_session"))
-            return {}
-        streams = [ALL, client_stream(client_id)]
-        if user_id is not None:
+        streams = [ALL, client_stream(client_id)] if fresh else []
+        if fresh and user_id is not None:
             streams.append(user_stream(user_id))
         positions = await core.call(core.scripts.positions(
-            keys=[keys.away, *(keys.stream_meta(s) for s in streams)], args=[client_id],
+            keys=[keys.away, *(keys.stream_meta(s) for s in streams), *guard],
+            args=[client_id, conn_id, "1" if guard else "0"],
         ), "open_session")
+        if positions is None:
+            return None
+        if not fresh:
+            await core.call(core.scripts.client_open(keys=session, args=[conn_id, "0"]),
+                            "open_session")
+            return {}
         baselines = {stream: text(raw) for stream, raw in zip(streams, positions, strict=True)}
         pairs = [part for pair in baselines.items() for part in pair]
         if int((await self._client_end(client_id, "open", False, [conn_id, *pairs]))[0]) == 0:

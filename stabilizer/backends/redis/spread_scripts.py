@@ -9,6 +9,7 @@ used only as set members or hash fields.
 from typing import Final
 
 from stabilizer.backends.redis.scripts import PRESENCE_LIB
+from stabilizer.backends.redis.stream_scripts import OWNED_ELSEWHERE
 
 # KEYS: the group's member set, presence hash, presence version key, stream meta (one slot:
 #       the group's).
@@ -123,14 +124,23 @@ CLIENT_LIST: Final = """
 return {redis.call('SMEMBERS', KEYS[1]), redis.call('SMEMBERS', KEYS[2])}
 """
 
-# KEYS: the away zset, then the stream meta hashes asked about (the namespace's slot).
-# ARGV: the client id of a session opening fresh.
-# Takes the client off the away list (its new session must not be swept) and returns the
-# position "offset|epoch" of each stream, in order.
-POSITIONS: Final = """
+# KEYS: the away zset, then the stream meta hashes asked about[, then the presence hash]
+#       (the namespace's slot).
+# ARGV: the client id of a session opening, the opening conn id ('' = none), '1' when the
+#       last key is the presence hash.
+# False, and nothing changed, when the presence hash names another connection (a newer
+# socket took the client: OWNED_ELSEWHERE). Else takes the client off the away list (its
+# session must not be swept) and returns the position "offset|epoch" of each stream, in
+# order.
+POSITIONS: Final = OWNED_ELSEWHERE + """
+local last = #KEYS
+if ARGV[3] == '1' then
+  if owned_elsewhere(KEYS[last], ARGV[1], ARGV[2]) then return false end
+  last = last - 1
+end
 redis.call('ZREM', KEYS[1], ARGV[1])
 local out = {}
-for k = 2, #KEYS do
+for k = 2, last do
   local epoch = redis.call('HGET', KEYS[k], 'epoch')
   out[k - 1] = (redis.call('HGET', KEYS[k], 'offset') or '0') .. '|' .. (epoch or '')
 end

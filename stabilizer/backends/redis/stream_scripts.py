@@ -7,17 +7,35 @@ from typing import Final
 
 from stabilizer.backends.redis.scripts import LEAVE_ALL, PRESENCE_LIB
 
+# A guard for the scripts a closing (or opening) socket runs: true when the client's
+# presence entry (in `presence`, when the caller could pass it: same slot) names another
+# connection than `conn` ('' = no guard), a newer socket of the client that owns the
+# session now.
+OWNED_ELSEWHERE: Final = """
+local function owned_elsewhere(presence, client, conn)
+  if not presence or conn == '' then return false end
+  local cur = redis.call('HGET', presence, client)
+  if not cur then return false end
+  return string.match(cur, '^[^|]*|([^|]*)|') ~= conn
+end
+"""
+
 # KEYS: session hash, away zset, meta of "all", meta of "c:<client>", client's group set
-#       [, meta of "u:<user>" (when ARGV[8] is not '')].
+#       [, meta of "u:<user>" (when ARGV[8] is not '')][, the presence hash].
 # ARGV: client id, '1' for a fresh session, group-set prefix, events channel, event
 #       prefix, node id, publish command, user id ('' = none), the holder's conn id ('' =
-#       none).
+#       none), the presence hash's index in KEYS ('' = not passed: presence in other slots).
+# Nothing, and false, when the presence hash names another connection than the holder (a
+# newer socket took the client: OWNED_ELSEWHERE).
 # The session lives while connected, held by one connection (field '_': MEMBERSHIP names
 # it in every change written from then on). A fresh one first ends whatever the client had
 # (its groups and session data), then records where the client's streams stand now (its
 # replay baselines) and returns them: {stream, "offset|epoch", ...} (nothing for a revived
 # one).
-OPEN_SESSION: Final = LEAVE_ALL + """
+OPEN_SESSION: Final = LEAVE_ALL + OWNED_ELSEWHERE + """
+local presence = nil
+if ARGV[10] ~= '' then presence = KEYS[tonumber(ARGV[10])] end
+if owned_elsewhere(presence, ARGV[1], ARGV[9]) then return false end
 if ARGV[2] == '1' then
   leave_all(KEYS[5], ARGV[3], ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
   redis.call('DEL', KEYS[1])
@@ -39,18 +57,6 @@ if ARGV[2] == '1' then
   end
 end
 return baselines
-"""
-
-# A guard for the scripts a closing socket runs: true when the client's presence entry (in
-# `presence`, when the caller could pass it: same slot) names another connection than
-# `conn` ('' = no guard), a newer socket of the client that owns the session now.
-OWNED_ELSEWHERE: Final = """
-local function owned_elsewhere(presence, client, conn)
-  if not presence or conn == '' then return false end
-  local cur = redis.call('HGET', presence, client)
-  if not cur then return false end
-  return string.match(cur, '^[^|]*|([^|]*)|') ~= conn
-end
 """
 
 # KEYS: client's group set, session hash, away zset[, presence hash].

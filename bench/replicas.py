@@ -63,6 +63,7 @@ from urllib.parse import parse_qs
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 
+from bench import census
 from bench._common import HOST, exit_with_parent, raise_nofile_limit
 from bench.servers import UVICORN_OPTIONS
 
@@ -422,6 +423,9 @@ def main() -> None:
     parser.add_argument("--stabilizer-path", default=None,
                         help="import the stabilizer package from this folder (a snapshot)")
     parser.add_argument("--max-seconds", type=float, default=900.0)
+    parser.add_argument("--census", action="store_true",
+                        help="count the objects promoted to the oldest generation, by type "
+                             "(GET /bench/promoted; see bench.census)")
     args = parser.parse_args()
     raise_nofile_limit()
     exit_with_parent(args.max_seconds)
@@ -430,6 +434,8 @@ def main() -> None:
         sys.path.insert(0, args.stabilizer_path)
     builders = {"raw": raw_app, "socketio": socketio_app, "stabilizer": stabilizer_app}
     app = builders[args.kind](args)
+    if args.census:
+        census.install(app)
     if "stabilizer" in sys.modules:
         print(f"stabilizer imported from {sys.modules['stabilizer'].__file__}", file=sys.stderr,
               flush=True)

@@ -33,7 +33,11 @@ With ``--pin`` the survivor runs alone on CPU 0 and everything else (Redis, the 
 generators, replica A, this controller) on the other CPUs, so that the survivor's CPU per
 connect is not shared with the processes that load it.
 
-``python -m bench.storm [--quick] [--waves K] [--pin] [--servers raw,stabilizer]
+With ``--census`` the survivor also counts, by type, the objects it promotes to the
+collector's oldest generation (``bench.census``; the CPU figures of such a run are not
+comparable with a run without it).
+
+``python -m bench.storm [--quick] [--waves K] [--pin] [--census] [--servers raw,stabilizer]
 [--baseline REV]``
 """
 
@@ -49,6 +53,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
+from bench import census
 from bench._common import raise_nofile_limit
 from bench.cluster import Plan as ClusterPlan
 from bench.cluster import client_paths, connect, replica
@@ -86,6 +91,7 @@ class Plan:
     stabilizer_path: str | None = None
     baseline_label: str | None = None
     baseline_path: str | None = None
+    census: bool = False  # count what the survivor promotes (bench.census; CPU not comparable)
 
 
 FULL: Final = Plan(reps=3, clients=10_000, generators=5)
@@ -117,7 +123,8 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
     gens = list(range(plan.generators))
     with RedisProc(log_dir) as redis, Fleet(plan.generators, log_dir) as fleet:
         first = replica(kind, "A", redis, cluster_plan, log_dir)
-        survivor = replica(kind, "B", redis, cluster_plan, log_dir)
+        survivor = replica(kind, "B", redis, cluster_plan, log_dir,
+                           *(["--census"] if plan.census else []))
         first.wait_ready()
         survivor.wait_ready()
         if plan.pin:
@@ -134,6 +141,7 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
         time.sleep(0.5)  # the generators see their sockets end
         reads0, commands0 = redis_stats(redis)
         collector0 = collector_seconds(survivor)
+        promoted0 = promoted(survivor) if plan.census else None
         cpu0 = survivor.cpu_seconds()
         load = ForeignLoad([survivor.pid, redis.pid, *fleet.pids])
         started = time.monotonic()
@@ -146,6 +154,8 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
         held = survivor.wait_count(sum(r["connected"] for r in replies), timeout=60.0)
         cpu = survivor.cpu_seconds() - cpu0
         collector = collector_seconds(survivor) - collector0
+        by_type = (census.per_connect(promoted0, promoted(survivor), n)
+                   if promoted0 is not None else None)
         reads, commands = redis_stats(redis)
         churn = [churn_wave(survivor, fleet, gens, shares, plan) for _ in range(plan.waves)]
         foreign = load.percent()
@@ -169,7 +179,36 @@ def storm_run(kind: str, plan: Plan, rep: int, log_dir: Path) -> Run:
         "outside_us_per_connect": (cpu - collector) / connected * 1e6,
         "held": float(held),
         "foreign_pct": foreign,
-    }, notes={"errors": [e for r in replies for e in r["errors"]][:5]})
+        **({"promoted_per_connect": sum(by_type.values())} if by_type is not None else {}),
+    }, notes={"errors": [e for r in replies for e in r["errors"]][:5],
+              **({"promoted": by_type} if by_type is not None else {})})
+
+
+def promoted(server: Any) -> dict[str, Any]:
+    """The survivor's census so far (bench.census)."""
+    return dict(server.request("GET", "/bench/promoted", timeout=60.0))
+
+
+def census_report(runs: list[Run], kinds: list[str]) -> str:
+    """Promotions per connect by kind (the mean of the repetitions), and the types whose
+    figures differ most from raw's."""
+    by_kind: dict[str, dict[str, float]] = {}
+    for kind in kinds:
+        counted = [r.notes["promoted"] for r in runs
+                   if r.kind == kind and r.error is None and "promoted" in r.notes]
+        if counted:
+            names = {name for counts in counted for name in counts}
+            by_kind[kind] = {name: sum(c.get(name, 0.0) for c in counted) / len(counted)
+                             for name in names}
+    if "raw" not in by_kind:
+        return ""
+    rows = [["all objects", *(fmt(sum(by_kind[k].values()), 1) for k in by_kind)]]
+    rows += [[name, *(fmt(v, 2) for v in values)]
+             for name, values in census.largest_differences(by_kind, "raw")]
+    return ("Census: objects the survivor promoted to the oldest generation per connect, "
+            "by type (mean of the repetitions; the census's own cost is in the CPU figures "
+            "above, which are not comparable with a run without it)\n\n"
+            + table(["type", *by_kind], rows))
 
 
 def collector_seconds(server: Any) -> float:
@@ -265,6 +304,8 @@ def report(runs: list[Run], plan: Plan, kinds: list[str]) -> str:
                 ("churn: µs / connect again", "again_cpu_us", 0),
                 ("Redis round trips / connect", "round_trips_per_connect", 2),
                 ("p99 connect (ms)", "p99_ms", 1), ("all back (s)", "back_s", 2))])
+    if plan.census:
+        text += "\n\n" + census_report(runs, kinds)
     tail = report_tail(runs, foreign=[])  # (the table shows the other load per run)
     if tail:
         text += "\n\n" + "\n\n".join(tail)
@@ -283,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pin", action="store_true",
                         help="run the survivor alone on CPU 0 and everything else on the "
                              "other CPUs (needs 2 or more)")
+    parser.add_argument("--census", action="store_true",
+                        help="count what the survivor promotes to the collector's oldest "
+                             "generation, by type (bench.census; its CPU figures are then "
+                             "not comparable)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -292,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, clients=args.clients)
     if args.waves is not None:
         plan = replace(plan, waves=args.waves)
+    if args.census:
+        plan = replace(plan, census=True)
     if args.pin:
         if (os.cpu_count() or 1) < 2:
             parser.error("--pin needs at least 2 CPUs")

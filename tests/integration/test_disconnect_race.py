@@ -375,3 +375,27 @@ async def test_a_socket_replaced_before_its_session_opened_does_not_end_the_live
     assert "lobby" in conn.groups
     await a.send_to_group("lobby", "hello")
     assert (await on_b.next_json())["data"] == "hello"
+
+
+async def test_a_join_whose_route_to_the_holder_fails_is_still_written(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The join through a socket that missed its kick is written; telling the holder's
+    node fails (Redis stopped answering): the join does not fail for it, and the node
+    asks for a resync."""
+    a, b = cluster("a"), cluster("b")
+    await started(a, b)
+    monkeypatch.setattr(a._node.closing, "kick", lambda conn: None)  # (the lost kick)
+    await a.connect("x", FakeSocket("x-on-a"))
+    await b.connect("x", FakeSocket("x-on-b"))
+
+    async def unanswered(*args: Any, **kwargs: Any) -> Any:
+        raise BackendUnavailable("redis unavailable: (no answer)")
+
+    monkeypatch.setattr(a.backend.groups, "route_change", unanswered)
+    asked: list[None] = []
+    want_resync = a._node.ctx.want_resync
+    monkeypatch.setattr(a._node.ctx, "want_resync",
+                        lambda: (asked.append(None), want_resync())[1])
+    await a.join_group("x", "room")
+    assert await b.get_group_members("room") == ["x"]
+    assert asked == [None]

@@ -165,7 +165,13 @@ class Membership:
         if not conn.is_open:  # replaced meanwhile: the live socket may be on another node
             await self.hand_over(conn.client_id)
         elif holder and holder != conn.conn_id and self._ctx.backend.is_shared:
-            await self._tell_owner(conn.client_id, group, action, holder)
+            try:
+                await self._tell_owner(conn.client_id, group, action, holder)
+            except BackendUnavailable as exc:  # (the change itself is written)
+                self._ctx.want_resync()
+                self._backend_log.warning("%s of %r in %r not routed to its holder %s "
+                                          "(backend down)", action, conn.client_id, group,
+                                          holder, exc=exc)
 
     async def _written(self, client_id: str,
                        change: Awaitable[MembershipChange]) -> MembershipChange:

@@ -9,6 +9,7 @@ stepwise end of a session recovers from a node that stops halfway.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -16,7 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from stabilizer import WebSocketConfig
-from stabilizer.backends.base import Backend
+from stabilizer.backends.base import Backend, Presence
 from stabilizer.backends.redis import RedisBackend
 from stabilizer.backends.redis import spread as spread_module
 from stabilizer.backends.redis.spread import SpreadSteps
@@ -134,7 +135,9 @@ async def test_a_sweep_spares_a_session_resumed_while_it_ran(
     async def resume_first(self: SpreadSteps, clients: list[str], deadline: int,
                            mode: str) -> dict[str, list[str]]:
         if "bob" in clients and not resumed.is_set():
-            resumed.set()  # bob comes back between the pick and the end
+            resumed.set()  # bob comes back between the pick and the end (a resume
+            await a.presence.register(Presence("bob", "node-a", "conn-2", time.time()),
+                                      max_cluster=None)  # registers, then reopens)
             await a.sessions.activate("bob", fresh=False, conn_id="conn-2")
         return await finish(self, clients, deadline, mode)
 
@@ -145,6 +148,54 @@ async def test_a_sweep_spares_a_session_resumed_while_it_ran(
             await asyncio.sleep(0.02)
     assert await b.groups.members("room") == ["bob"]
     state = await b.sessions.load("bob")
+    assert state is not None
+    assert state.groups == ["room"]
+
+
+async def left_without_expiry(node: RedisBackend, client: str, conn_id: str) -> None:
+    """`client` connected through `conn_id` and joined the room; its node removed its
+    presence (which put it on the away list), then died before the session's expiry was
+    set: the session is live, and no presence names it. Made due now."""
+    await node.presence.register(Presence(client, "node-a", conn_id, time.time()),
+                                 max_cluster=None)
+    await node.sessions.activate(client, fresh=True, conn_id=conn_id)
+    await node.groups.join(client, "room")
+    assert await node.presence.unregister(client, conn_id, away=60.0)
+    await node.client.zadd(node.keys.away, {client: 0})  # (due now, not in a minute)
+
+
+async def test_a_sweep_ends_a_live_session_whose_client_has_no_presence(
+        open_spread: Opener) -> None:
+    """Before, the sweep skipped a live session and dropped the client from the list: the
+    room kept it for good."""
+    a = await open_spread("node-a")
+    assert isinstance(a, RedisBackend)
+    await left_without_expiry(a, "gone", "conn-1")
+    assert await a.sessions.sweep() == ["gone"]
+    assert await a.groups.members("room") == []
+    assert await a.sessions.load("gone") is None
+
+
+async def test_a_sweep_keeps_a_live_session_resumed_before_its_end(
+        open_spread: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, but the client resumed on another connection between the sweep's pick
+    and its end (a new holder): the session and its groups stay."""
+    a = await open_spread("node-a")
+    assert isinstance(a, RedisBackend)
+    await left_without_expiry(a, "back", "conn-1")
+    orphans = SpreadSteps._orphans
+
+    async def back_first(self: SpreadSteps, order: list[str], replies: list[object]) -> None:
+        await a.presence.register(Presence("back", "node-b", "conn-2", time.time()),
+                                  max_cluster=None)
+        await a.sessions.activate("back", fresh=False, conn_id="conn-2")
+        await a.presence.unregister("back", "conn-2")  # (gone again: only the holder tells)
+        await orphans(self, order, replies)
+
+    monkeypatch.setattr(SpreadSteps, "_orphans", back_first)
+    assert await a.sessions.sweep() == []
+    assert await a.groups.members("room") == ["back"]
+    state = await a.sessions.load("back")
     assert state is not None
     assert state.groups == ["room"]
 

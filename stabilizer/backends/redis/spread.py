@@ -186,11 +186,13 @@ class SpreadSteps:
         core = self._core
         keys = core.keys
         order = sorted(clients)
-        replies = await asyncio.gather(*(self._client_end(c, mode, True) for c in order))
+        replies = list(await asyncio.gather(*(self._client_end(c, mode, True) for c in order)))
+        if mode == "sweep":
+            await self._orphans(order, replies)
         ended: dict[str, list[str]] = {}
         by_group: dict[str, list[str]] = defaultdict(list)
         for client_id, reply in zip(order, replies, strict=True):
-            if reply is None:  # live again (a resume)
+            if int(reply[0]) == -1:  # live again (a resume)
                 continue
             ended[client_id] = sorted(text(g) for g in reply[1:])
             for group in ended[client_id]:
@@ -202,6 +204,22 @@ class SpreadSteps:
             await core.call(core.scripts.away_done(
                 keys=[keys.away], args=[deadline, *order]), "end_session")
         return ended
+
+    async def _orphans(self, order: list[str], replies: list[Any]) -> None:
+        """Sessions the sweep found live ({-1, holder}) whose client has no presence: its
+        node removed the presence and died before the session's expiry was set (in the
+        client's slot, which the removal cannot reach; it put the client on the away list).
+        Each is ended in place if its holder is still the one found, so that a resume
+        meanwhile (a new holder) keeps it."""
+        live = [(i, text(reply[1])) for i, reply in enumerate(replies)
+                if int(reply[0]) == -1 and reply[1]]
+        located = await asyncio.gather(*(self._presence.locate(order[i]) for i, _ in live))
+        orphans = [(i, holder) for (i, holder), where in zip(live, located, strict=True)
+                   if where is None]
+        again = await asyncio.gather(*(self._client_end(order[i], "sweep", True, [holder])
+                                       for i, holder in orphans))
+        for (i, _), reply in zip(orphans, again, strict=True):
+            replies[i] = reply
 
     async def _lease(self, client_id: str, op: str) -> int:
         """Put the client on the away list for the lease; return its deadline."""

@@ -79,17 +79,22 @@ return {redis.call('HGET', KEYS[2], '_') or '', redis.call('EXISTS', KEYS[2])}
 """
 
 # KEYS: the client's group set, its leaving set, its session hash (the client's slot).
-# ARGV: 1 'end', 'sweep' (nothing when the session is live again: it exists with no expiry,
-#       as a resume leaves it) or 'open' (a fresh session replaces it), 2 '1' when the
-#       client is on the away list for a lease (the caller put it there), 3 the new
-#       session's holder ('open'), then its (stream, position) baseline pairs.
+# ARGV: 1 'end', 'sweep' (nothing when the session is live: it exists with no expiry, as a
+#       resume leaves it; unless ARGV[3] names its holder) or 'open' (a fresh session
+#       replaces it), 2 '1' when the client is on the away list for a lease (the caller put
+#       it there), 3 the new session's holder ('open'), or the holder a live session may
+#       still have to be ended ('sweep': its client has no presence, see spread.py), then
+#       ('open') its (stream, position) baseline pairs.
 # A client with no group to leave ends at once (with 'open', the new session begins in its
 # place): returns {0}. Otherwise, without a lease, nothing changes and it returns {1}: the
 # caller takes one and calls again. With one, the groups move to the leaving set (which
 # keeps what an earlier, unfinished end left there), the group set and the session go, and
-# it returns {2, groups to leave...}. False for a live session ('sweep').
+# it returns {2, groups to leave...}. {-1, its holder} for a live session ('sweep').
 CLIENT_END: Final = """
-if ARGV[1] == 'sweep' and redis.call('PTTL', KEYS[3]) == -1 then return false end
+if ARGV[1] == 'sweep' and redis.call('PTTL', KEYS[3]) == -1 then
+  local holder = redis.call('HGET', KEYS[3], '_') or ''
+  if (ARGV[3] or '') == '' or holder ~= ARGV[3] then return {-1, holder} end
+end
 if redis.call('SCARD', KEYS[1]) == 0 and redis.call('SCARD', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[3])
   if ARGV[1] == 'open' then

@@ -272,16 +272,22 @@ async def test_an_end_cut_short_for_a_client_back_again_is_finished_by_its_settl
     assert await a.groups.reconcile({"alice": {"lobby"}}) == {"alice": ["lobby"]}
 
 
+async def alice_in_room(open_spread: Opener) -> tuple[Backend, Backend]:
+    """Two nodes; alice's session opened on the first, and alice in the room."""
+    a = await open_spread("node-a")
+    b = await open_spread("node-b")
+    await a.sessions.activate("alice", fresh=True, conn_id="conn-1")
+    await a.groups.join("alice", "room")
+    return a, b
+
+
 async def test_a_settle_racing_a_leave_on_another_node_leaves_no_member_behind(
         open_spread: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
     """A leave takes the client out of the group's set, then the group out of the client's.
     A settle on another node (one that doubts the client: seed 1915023262 of the fault
     checker) that read the client's set before the second step, and put the membership back
     after the first, must not outlast the leave: the group's set ends without the client."""
-    a = await open_spread("node-a")
-    b = await open_spread("node-b")
-    await a.sessions.activate("alice", fresh=True, conn_id="conn-1")
-    await a.groups.join("alice", "room")
+    a, b = await alice_in_room(open_spread)
     between = asyncio.Event()
     go_on = asyncio.Event()
     client_step = SpreadSteps._client
@@ -311,10 +317,7 @@ async def test_a_settle_whose_undo_got_no_answer_leaves_no_member_behind(
     group, and the settle put the membership back: the step that takes it out again got no
     answer (the node stalled). The settle marked what it was putting back first, so the
     next settle of that client takes it out; before, nothing ever did."""
-    a = await open_spread("node-a")
-    b = await open_spread("node-b")
-    await a.sessions.activate("alice", fresh=True, conn_id="conn-1")
-    await a.groups.join("alice", "room")
+    a, b = await alice_in_room(open_spread)
     listed = asyncio.Event()
     go_on = asyncio.Event()
     complete = SpreadSteps._complete

@@ -7,7 +7,8 @@ the client's ``leaving`` set, and the client is on the away list (with a lease) 
 group is left. A node that dies between two steps leaves the client due on the away list,
 and the next sweep finishes the leaving. A join or leave cut short (Redis did not answer
 in time, yet ran the first step) leaves the client's group set listing a group whose set
-lacks the client: the settle that follows completes it (reconcile). Concurrent changes of
+lacks the client: the settle that follows completes it (SlotSteps.reconcile, in
+spread_slots.py with the one-slot steps this builds on). Concurrent changes of
 one client and group made by two nodes at once are not atomic here as they are with one
 slot: each step is.
 """
@@ -15,26 +16,19 @@ slot: each step is.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
 
 from stabilizer.backends.base import Presence
 from stabilizer.backends.records import MembershipChange
 from stabilizer.backends.redis.core import RedisCore, text
-from stabilizer.backends.redis.presence import RedisPresence
-from stabilizer.pure.streams import ALL, client_stream, group_stream, user_stream
-from stabilizer.pure.wire import Envelope, Kind, encode, event_body
-from stabilizer.results import ClusterEvent
+from stabilizer.backends.redis.spread_slots import SlotSteps, now_ms
+from stabilizer.pure.streams import ALL, client_stream, user_stream
 
 # how long a sweep (or an end) holds a client before another sweep may finish it, in
 # op_timeouts: a few steps' worth (a second sweep doing the same leaves changes nothing)
 LEASE_OP_TIMEOUTS: Final = 4.0
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def suspend(core: RedisCore, clients: Collection[str], ttl_ms: int) -> None:
@@ -47,56 +41,14 @@ async def suspend(core: RedisCore, clients: Collection[str], ttl_ms: int) -> Non
                                      "suspend") for c in clients))
 
 
-class SpreadSteps:
-    """The multi-step forms of MEMBERSHIP, OPEN_SESSION, END_SESSION, SWEEP and
-    RECONCILE_GROUPS, for keys spread over the slots of groups and clients."""
-
-    def __init__(self, core: RedisCore, presence: RedisPresence) -> None:
-        self._core = core
-        self._presence = presence
+class SpreadSteps(SlotSteps):
+    """The multi-step forms of MEMBERSHIP, OPEN_SESSION, END_SESSION, SWEEP and (from
+    SlotSteps) RECONCILE_GROUPS, for keys spread over the slots of groups and clients."""
 
     @property
     def lease_ms(self) -> int:
         """How long an ending session holds its client on the away list."""
         return int(LEASE_OP_TIMEOUTS * self._core.op_timeout * 1000)
-
-    # --- single steps ---------------------------------------------------------------
-
-    async def _group(self, group: str, action: str, clients: Iterable[str],
-                     entry: str = "") -> Any:
-        core = self._core
-        keys = core.keys
-        return await core.call(core.scripts.group_change(
-            keys=[keys.group(group), keys.group_presence(group),
-                  keys.group_presence_version(group), keys.stream_meta(group_stream(group))],
-            args=[action, group, core.node_id, core.publish_command, keys.group_channel(group),
-                  entry, *clients],
-        ), "membership")
-
-    async def _client(self, client_id: str, action: str, group: str,
-                      position: str | None = None) -> tuple[str, bool]:
-        core = self._core
-        keys = core.keys
-        args = [action, group] if position is None else [action, group, position]
-        holder, exists = await core.call(core.scripts.client_change(
-            keys=[keys.client_groups(client_id), keys.session(client_id)], args=args,
-        ), "membership")
-        return text(holder), bool(int(exists))
-
-    async def _events(self, event: str, pairs: Iterable[tuple[str, str]]) -> None:
-        """Publish a cluster event per (client, group) (cluster_events only)."""
-        core = self._core
-        if not core.events:
-            return
-        for client_id, group in pairs:
-            body = event_body(ClusterEvent(event, client_id, group, core.node_id))
-            await core.publish(core.keys.events_channel,
-                               encode(Envelope(Kind.EVENT, core.node_id, None, body)),
-                               "membership")
-
-    async def _away(self, client_id: str, due: int, op: str, *, only_new: bool = False) -> None:
-        core = self._core
-        await core.call(core.client.zadd(core.keys.away, {client_id: due}, nx=only_new), op)
 
     # --- membership -----------------------------------------------------------------
 
@@ -120,7 +72,7 @@ class SpreadSteps:
                 holder, exists = await self._client(client_id, "join", group, text(position))
             if core.sessions:
                 if not exists:  # a client the store does not know: the sweep ends this
-                    await self._away(client_id, _now_ms() + core.orphan_grace_ms,
+                    await self._away(client_id, now_ms() + core.orphan_grace_ms,
                                      "membership", only_new=True)
             else:
                 located = await self._claim(client_id, group)
@@ -149,21 +101,12 @@ class SpreadSteps:
         if located is None:
             core = self._core
             await self._client(client_id, "join", group)
-            await self._away(client_id, _now_ms() + core.orphan_grace_ms, "membership")
+            await self._away(client_id, now_ms() + core.orphan_grace_ms, "membership")
         return located
 
     async def _locate(self, client_id: str) -> Presence | None:
         """The client's presence when no session names its holder (else None unread)."""
         return None if self._core.sessions else await self._presence.locate(client_id)
-
-    async def leave_groups(self, by_group: Mapping[str, Collection[str]]) -> None:
-        """Take the clients out of each group, one script per group (the presence changes
-        of one group in one envelope), concurrently."""
-        groups = sorted(by_group)
-        left = await asyncio.gather(*(self._group(g, "leave", sorted(by_group[g]))
-                                      for g in groups))
-        await self._events("leave", [(text(c), g) for g, gone in zip(groups, left, strict=True)
-                                     for c in gone])
 
     # --- ending sessions --------------------------------------------------------------
 
@@ -223,7 +166,7 @@ class SpreadSteps:
 
     async def _lease(self, client_id: str, op: str) -> int:
         """Put the client on the away list for the lease; return its deadline."""
-        deadline = _now_ms() + self.lease_ms
+        deadline = now_ms() + self.lease_ms
         await self._away(client_id, deadline, op)
         return deadline
 
@@ -304,110 +247,3 @@ class SpreadSteps:
         await core.call(core.scripts.away_done(keys=[keys.away], args=[deadline, client_id]),
                         "open_session")
         return baselines
-
-    # --- reading and restoring ------------------------------------------------------------
-
-    async def reconcile(self, local: Mapping[str, Collection[str]], restore: bool,
-                        presence: Mapping[str, Mapping[str, str]]) -> dict[str, list[str]]:
-        """RECONCILE_GROUPS: each client's group set (after adding its local groups, with
-        `restore`); restored memberships go back to their groups' sets (with the entries
-        their presence hashes lost), and the restored clients on the away list. Then every
-        group a client's set lists gets the client too (`_complete`)."""
-        core = self._core
-        keys = core.keys
-        clients = sorted(local)
-        if restore:
-            await asyncio.gather(*(core.call(core.client.sadd(keys.client_groups(c),
-                                                              *sorted(local[c])),
-                                             "reconcile_groups")
-                                   for c in clients if local[c]))
-            by_group: dict[str, list[str]] = defaultdict(list)
-            for client_id in clients:
-                entries = presence.get(client_id, {})
-                for group in local[client_id]:
-                    by_group[group] += [client_id, entries.get(group, "")]
-            await asyncio.gather(*(self._group(g, "restore", pairs)
-                                   for g, pairs in sorted(by_group.items())))
-            due = _now_ms() + core.orphan_grace_ms
-            await asyncio.gather(*(self._away(c, due, "reconcile_groups", only_new=True)
-                                   for c in clients if local[c]))
-        replies = await asyncio.gather(*(core.call(core.scripts.client_list(
-            keys=[keys.client_groups(c), keys.leaving(c)], args=[]), "reconcile_groups")
-            for c in clients))
-        listed = {c: sorted(text(g) for g in reply[0])
-                  for c, reply in zip(clients, replies, strict=True)}
-        leaving = {c: sorted({text(g) for g in reply[1]} - set(listed[c]))
-                   for c, reply in zip(clients, replies, strict=True) if reply[1]}
-        await self._complete(listed)
-        await self._finish_leaving(leaving)
-        return listed
-
-    async def _finish_leaving(self, leaving: Mapping[str, Collection[str]]) -> None:
-        """Leave what an end that was cut short still lists in a client's leaving set (one
-        whose client is connected again is never swept: its settle finishes it), then drop
-        the set."""
-        core = self._core
-        by_group: dict[str, list[str]] = defaultdict(list)
-        for client_id, groups in leaving.items():
-            for group in groups:
-                by_group[group].append(client_id)
-        await self.leave_groups(by_group)
-        await asyncio.gather(*(core.call(core.client.delete(core.keys.leaving(c)),
-                                         "reconcile_groups") for c in leaving))
-
-    async def _complete(self, listed: Mapping[str, Collection[str]]) -> None:
-        """Make each group a client's set lists hold the client: a join whose first step ran
-        but not its second (Redis stopped answering between them), or a leave the other way
-        round, ends as a membership, as the settle then has it locally.
-
-        Each group's set is read first; what it lacks is marked in the client's leaving
-        set, put back, and taken out again where the client's set no longer lists the group
-        by then (a leave or a fresh session ran meanwhile); then the marks go. A node that
-        stops after the marking leaves them for the next settle of the client, or the end
-        of its session, to finish (a mark the client's set does not list is left). A leave
-        on another node may unlist the group after the check, with the membership put back
-        after its own first step: so a leave takes the client out of the group's set once
-        more after its second step."""
-        core = self._core
-        keys = core.keys
-        by_group: dict[str, list[str]] = defaultdict(list)
-        for client_id, groups in listed.items():
-            for group in groups:
-                by_group[group].append(client_id)
-        groups = sorted(by_group)
-        held = await asyncio.gather(*(core.call(core.client.smismember(
-            keys.group(g), by_group[g]), "reconcile_groups") for g in groups))
-        lacking: dict[str, list[str]] = defaultdict(list)  # client -> groups lacking it
-        for group, flags in zip(groups, held, strict=True):
-            for client_id, member in zip(by_group[group], flags, strict=True):
-                if not int(member):
-                    lacking[client_id].append(group)
-        if not lacking:
-            return
-        clients = sorted(lacking)
-        await asyncio.gather(*(core.call(core.client.sadd(keys.leaving(c), *lacking[c]),
-                                         "reconcile_groups") for c in clients))
-        restore: dict[str, list[str]] = defaultdict(list)
-        for client_id in clients:
-            for group in lacking[client_id]:
-                restore[group] += [client_id, ""]
-        await asyncio.gather(*(self._group(g, "restore", pairs)
-                               for g, pairs in sorted(restore.items())))
-        still = await asyncio.gather(*(core.call(core.client.smismember(
-            keys.client_groups(c), lacking[c]), "reconcile_groups") for c in clients))
-        undo: dict[str, list[str]] = defaultdict(list)
-        for client_id, flags in zip(clients, still, strict=True):
-            for group, listed_now in zip(lacking[client_id], flags, strict=True):
-                if not int(listed_now):
-                    undo[group].append(client_id)
-        await asyncio.gather(*(self._group(g, "leave", undone) for g, undone in undo.items()))
-        await asyncio.gather(*(core.call(core.client.srem(keys.leaving(c), *lacking[c]),
-                                         "reconcile_groups") for c in clients))
-
-    async def presence_entries(self, client_id: str, groups: Collection[str]) -> dict[str, str]:
-        """The client's entry in each group's presence hash (one HGET per group)."""
-        core = self._core
-        wanted = sorted(set(groups))
-        found = await asyncio.gather(*(core.call(core.client.hget(
-            core.keys.group_presence(g), client_id), "presence_entries") for g in wanted))
-        return {g: text(raw) for g, raw in zip(wanted, found, strict=True) if raw}

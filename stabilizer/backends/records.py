@@ -57,6 +57,10 @@ class SessionTaken(Exception):
     connection of the client took presence (a newer socket, on any node): nothing changed,
     and the asking one is replaced (its kick may be on its way, or lost)."""
 
+    def __init__(self, client_id: str) -> None:
+        super().__init__(f"client {client_id!r} is held by another connection")
+        self.client_id = client_id
+
 
 @dataclass(frozen=True, slots=True)
 class Sequenced:

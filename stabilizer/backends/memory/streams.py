@@ -256,7 +256,7 @@ class MemorySessions:
         SessionStore)."""
         self._node.check()
         if self._owned_elsewhere(client_id, conn_id):
-            raise SessionTaken(f"client {client_id!r} is held by another connection")
+            raise SessionTaken(client_id)
         hub = self._node.hub
         now = time.time()
         record = None if fresh else hub.session(client_id, now)

@@ -66,13 +66,13 @@ class RedisSessions:
         elif conn_id:
             found = await self._guard(client_id, conn_id)
             if found is None:
-                raise SessionTaken(f"client {client_id!r} is held by another connection")
+                raise SessionTaken(client_id)
             guard = found
         if keys.spread:
             raw = await self._spread.open(client_id, fresh=fresh, user_id=user_id,
                                           conn_id=conn_id or "", guard=guard)
             if raw is None:
-                raise SessionTaken(f"client {client_id!r} is held by another connection")
+                raise SessionTaken(client_id)
             return {stream: position for stream, value in raw.items()
                     if (position := parse_position(value.encode())) is not None}
         script_keys = [keys.session(client_id), keys.away, keys.stream_meta(ALL),
@@ -86,7 +86,7 @@ class RedisSessions:
              core.node_id, core.publish_command, user_id or "", conn_id or "",
              str(len(script_keys)) if guard else ""])
         if reply is None:
-            raise SessionTaken(f"client {client_id!r} is held by another connection")
+            raise SessionTaken(client_id)
         return {text(reply[i]): position for i in range(0, len(reply) - 1, 2)
                 if (position := parse_position(bytes(reply[i + 1]))) is not None}
 

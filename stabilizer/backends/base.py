@@ -51,8 +51,10 @@ class PresenceStore(Protocol):
                        end_groups: bool = False, seat: Seat | None = None) -> Registration:
         """Record `presence` in one round trip; tell a previous owner node (another one) to
         close its socket of the client with a KICK naming that socket's conn id. With
-        `end_groups`, a previous connection's group memberships end too, in the same step
-        when the store can (``groups_ended`` says whether it did). A presence with a
+        `end_groups`, whatever group memberships the client has end too (a connection
+        without history begins with none: a previous connection's, or one an earlier
+        connection's node wrote after its client was swept), in the same step when the
+        store can (``groups_ended`` says whether it did). A presence with a
         ``user_id`` also takes a `seat` among that user's connections, checked against the
         seat's limit in the same step. Bounded by the backend: it answers or raises
         BackendUnavailable within op_timeout per round trip (a call batched with others

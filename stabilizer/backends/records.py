@@ -30,7 +30,7 @@ class Presence:
 @dataclass(frozen=True, slots=True)
 class Registration:
     """The outcome of registering a connection: who held the client id before, if anyone,
-    and whether that connection's group memberships were ended in the same step."""
+    and whether the client's group memberships were ended in the same step."""
 
     previous: Presence | None
     groups_ended: bool = False

@@ -163,9 +163,9 @@ class Admission:
         baselines: dict[str, tuple[int, str]] = {}
         if history and not resuming:  # a fresh session: whatever the client had ends
             baselines = await self._start_session(conn)
-        elif registration is not None and registration.previous and not (
-                history or registration.groups_ended):
-            # the connection it replaces is gone: its groups end, as after a disconnect
+        elif registration is not None and not (history or registration.groups_ended):
+            # without history a connection begins with no groups: a replaced connection's
+            # end, as after a disconnect, or what a reaped node's late join wrote
             await self._end_memberships(conn)
         if not ctx.is_accepting:  # shutdown began while we waited on the backend
             await self._closing.unregister(conn)
@@ -216,7 +216,7 @@ class Admission:
             await ctx.ask(ctx.backend.sessions.end(conn.client_id, conn_id=conn.conn_id),
                           round_trips=SESSION_ROUND_TRIPS)
         except BackendUnavailable as exc:
-            self._backend_log.warning("groups of replaced %r not left (backend unavailable)",
+            self._backend_log.warning("earlier groups of %r not left (backend unavailable)",
                                       conn.client_id, exc=exc)
 
     async def _start_session(self, conn: Connection) -> dict[str, tuple[int, str]]:

@@ -160,7 +160,7 @@ async def test_registering_with_end_groups_ends_the_previous_connections_groups(
     await a.groups.join("x", "room")
     first = await b.presence.register(Presence("fresh", "node-b", "c2", time.time()),
                                       max_cluster=None, end_groups=True)
-    assert first.groups_ended is False  # nothing was replaced
+    assert first.previous is None
     again = await b.presence.register(Presence("x", "node-b", "c3", time.time()),
                                       max_cluster=None, end_groups=True)
     assert again.previous is not None
@@ -169,3 +169,20 @@ async def test_registering_with_end_groups_ends_the_previous_connections_groups(
         assert await b.groups.members("room") == []
     else:  # the store could not do it in the same step (presence in another slot)
         assert await b.groups.of_client("x") == ["room"]
+
+
+async def test_registering_with_end_groups_ends_groups_no_connection_held(
+    open_node: NodeFactory,
+) -> None:
+    """A join written for a client no connection holds (a reaped node's late write): a
+    connection registered without history begins with none of its groups."""
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await a.groups.join("x", "room")
+    registered = await b.presence.register(Presence("x", "node-b", "c1", time.time()),
+                                           max_cluster=None, end_groups=True)
+    assert registered.previous is None
+    if not registered.groups_ended:  # (presence in another slot: the node ends them after)
+        assert await b.groups.of_client("x") == ["room"]
+        await b.sessions.end("x", conn_id="c1")
+    assert await b.groups.of_client("x") == []
+    assert await b.groups.members("room") == []

@@ -60,7 +60,7 @@ class MemoryPresence:
     async def register(self, presence: Presence, *, max_cluster: int | None,
                        end_groups: bool = False, seat: Seat | None = None) -> Registration:
         """Record presence (and the user's seat); kick a previous socket on another node;
-        with `end_groups`, the previous connection's groups end in the same step."""
+        with `end_groups`, whatever groups the client had end in the same step."""
         node = self._node
         node.check()
         hub = node.hub
@@ -76,12 +76,12 @@ class MemoryPresence:
                 kick = Envelope(Kind.KICK, presence.node_id, presence.client_id,
                                 ref=previous.conn_id)
                 hub.deliver(previous.node_id, encode(kick))
-            if end_groups:
-                for group in hub.leave_groups(presence.client_id, presence.node_id):
-                    node.membership_event("leave", presence.client_id, group)
+        if end_groups:
+            for group in hub.leave_groups(presence.client_id, presence.node_id):
+                node.membership_event("leave", presence.client_id, group)
         hub.set_presence(presence)
         before = None if previous is None else public(previous)
-        return Registration(before, groups_ended=end_groups and previous is not None)
+        return Registration(before, groups_ended=end_groups)
 
     async def unregister(self, client_id: str, conn_id: str, *,
                          end_groups: bool = False, away: float = 0.0) -> bool:

@@ -27,8 +27,8 @@ class RedisPresence:
                        end_groups: bool = False, seat: Seat | None = None) -> Registration:
         """One script: record presence (and the user's seat), enforce the limits, and publish
         a KICK naming the previous conn id to the previous owner node, if that is another
-        node; with `end_groups` and one presence bucket (the group sets share the slot), the
-        previous connection's groups end in the same script. With several buckets the seat
+        node; with `end_groups` and one presence bucket (the group sets share the slot),
+        whatever groups the client's set lists end in the same script. With several buckets the seat
         follows in a second script, and no user limit can be enforced.
 
         Raises:
@@ -56,7 +56,7 @@ class RedisPresence:
         before = parse_entry(presence.client_id, previous) if previous else None
         if not keys.seats_here:
             await core.follow_seats(_seat_moves(presence, value, before), "register")
-        return Registration(before, groups_ended=in_script and before is not None)
+        return Registration(before, groups_ended=in_script)
 
     def _register_call(self, presence: Presence, max_cluster: int | None, in_script: bool,
                        value: str, user_limit: int | None) -> tuple[list[str], list[Any]]:

@@ -94,11 +94,12 @@ end
 
 # KEYS: presence hash, own node set[, client's group set (when ARGV[9] is '1')]
 # ARGV: 1 client_id, 2 entry, 3 node_id, 4 max_cluster (0 = none), 5 node-set prefix,
-#       6 node-channel prefix, 7 kick envelope prefix, 8 publish command, 9 '1' to end the
-#       groups of a replaced connection (history off, one slot), 10 group-set prefix,
-#       11 events channel, 12 event prefix, 13 user id ('' = none), 14 the user seat,
-#       15 the user's connection limit (0 = none), 16 user-hash prefix, 17 users set,
-#       18 '1' when the user hashes share this slot.
+#       6 node-channel prefix, 7 kick envelope prefix, 8 publish command, 9 '1' to end
+#       whatever groups the client's set lists (history off, one slot: a connection begins
+#       with none, whether a replaced connection left them or a late write put them
+#       there), 10 group-set prefix, 11 events channel, 12 event prefix, 13 user id ('' =
+#       none), 14 the user seat, 15 the user's connection limit (0 = none), 16 user-hash
+#       prefix, 17 users set, 18 '1' when the user hashes share this slot.
 # Returns {status, previous entry or false}; status -1 = cluster limit reached, -2 = the
 # user's limit reached.
 REGISTER: Final = LEAVE_ALL + SEATS_LIB + """
@@ -130,11 +131,11 @@ if prev then
     redis.call('SREM', ARGV[5] .. node, cid)
     redis.call(ARGV[8], ARGV[6] .. node, ARGV[7] .. cmsgpack.pack(conn))
   end
-  if ARGV[9] == '1' then
-    leave_all(KEYS[3], ARGV[10], cid, ARGV[11], ARGV[12], ARGV[3], ARGV[8])
-  end
-  return {1, prev}
 end
+if ARGV[9] == '1' then
+  leave_all(KEYS[3], ARGV[10], cid, ARGV[11], ARGV[12], ARGV[3], ARGV[8])
+end
+if prev then return {1, prev} end
 return {0, false}
 """
 

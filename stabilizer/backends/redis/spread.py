@@ -22,7 +22,8 @@ from typing import Any, Final
 
 from stabilizer.backends.base import Presence
 from stabilizer.backends.records import MembershipChange
-from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
+from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.spread_slots import SlotSteps, now_ms
 from stabilizer.pure.streams import ALL, client_stream, user_stream
 
@@ -44,6 +45,12 @@ async def suspend(core: RedisCore, clients: Collection[str], ttl_ms: int) -> Non
 class SpreadSteps(SlotSteps):
     """The multi-step forms of MEMBERSHIP, OPEN_SESSION, END_SESSION, SWEEP and (from
     SlotSteps) RECONCILE_GROUPS, for keys spread over the slots of groups and clients."""
+
+    def __init__(self, core: RedisCore, presence: RedisPresence) -> None:
+        super().__init__(core, presence)
+        # an end's first step, which every connect without history also runs (a storm's
+        # share one round trip)
+        self._first_ends = ScriptBatcher(core, core.scripts.client_end, "end_session")
 
     @property
     def lease_ms(self) -> int:
@@ -176,7 +183,11 @@ class SpreadSteps(SlotSteps):
         away list for the lease first, so that a sweep finishes this if the node dies
         halfway. A `guard` answering None before that stops it (another connection of the
         client owns its groups)."""
-        if int((await self._client_end(client_id, "end", False))[0]) == 0:
+        keys = self._core.keys
+        first = await self._first_ends.submit(
+            [keys.client_groups(client_id), keys.leaving(client_id), keys.session(client_id)],
+            ["end", "0"])
+        if int(first[0]) == 0:
             return []
         if guard is not None and await guard() is None:
             return []

@@ -50,7 +50,6 @@ class Scripts:
         self.spend_token = register(lua.SPEND_TOKEN)
         self.keepalive = register(lua.KEEPALIVE)
         self.reap = register(lua.REAP_BATCH)
-        self.forget_node = register(lua.FORGET_NODE)
         self.live_nodes = register(lua.LIVE_NODES)
         self.resync = register(lua.RESYNC)
         self.reap_clients = register(lua.REAP_CLIENTS)

@@ -46,9 +46,13 @@ class RedisLiveness:
         return Liveness(tuple(reaped), bool(added))
 
     async def _reap_node(self, node: str, session_ttl: float) -> None:
+        """Remove a node found expired: its presence entries, then its liveness entry, even
+        when it refreshed that meanwhile (it was paused, not dead, and may have registered
+        its clients again before the entries went): its next keepalive then finds itself
+        gone and registers its connections again (``rejoined``)."""
         core = self._core
         removed = await self._reap_clients(node, session_ttl)
-        await core.call(core.scripts.forget_node(keys=[core.keys.nodes], args=[node]), "reap")
+        await core.call(core.client.zrem(core.keys.nodes, node), "reap")
         await core.call(core.client.hdel(core.keys.node_reports, node), "reap")
         logger.warning("reaped node %s: %d stale presence entries removed", node, removed)
 

@@ -277,15 +277,6 @@ end
 return {removed, redis.call('SCARD', KEYS[2]), later}
 """
 
-# KEYS: nodes zset. ARGV: node id. Removes it only if its deadline has passed.
-FORGET_NODE: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) > now then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-return 1
-"""
 
 # KEYS: nodes zset. Returns live node ids.
 LIVE_NODES: Final = """

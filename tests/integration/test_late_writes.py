@@ -1,5 +1,6 @@
-"""Writes that reach the store after their client was swept (the fault checker's seed
-1027700417, spread layout, history off).
+"""Memberships that no connection holds when a client connects afresh: writes that reach
+the store after their client was swept (the fault checker's seed 1027700417, spread layout,
+history off), and a join that outlived a close (seed 1555694165, defect 22's leftover).
 
 A node whose Redis link stalls can be reaped while it lives: its clients' presence goes and
 the sweep ends their groups. A join that node sent before the stall may still reach Redis
@@ -12,6 +13,7 @@ where one slot holds both, else in one more step before it is admitted.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -100,3 +102,34 @@ async def test_the_first_steps_of_many_connects_share_a_round_trip(
         assert await store.exists(backend.keys.client_groups("c0")) == 0
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("cluster", ["redis"], indirect=True)
+@pytest.mark.parametrize("layout", sorted(SPLIT))
+async def test_a_socket_registered_between_a_close_and_its_end_begins_without_its_groups(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    """Defect 22's leftover (seed 1555694165, spread layout): x's socket on a closes while b
+    joins x to the room (a's socket never had it); after a removed x's presence, x connects
+    again, to b, before a's end of x's groups: that end then sees a newer socket and ends
+    nothing. The new socket begins without the room, so the room must not keep x."""
+    a, b = cluster("a", **SPLIT[layout]), cluster("b", **SPLIT[layout])
+    await started(a, b)
+    await a.connect("x", FakeSocket("x"))
+    presence = a.backend.presence
+    unregister = presence.unregister
+    again = FakeSocket("x-again")
+
+    async def join_then_reconnect(*args: Any, **kwargs: Any) -> bool:
+        await b.join_group("x", "room")
+        removed = await unregister(*args, **kwargs)
+        await b.connect("x", again)
+        return removed
+
+    monkeypatch.setattr(presence, "unregister", join_then_reconnect)
+    await a.disconnect("x")
+    conn = b.get_connection("x")
+    assert conn is not None
+    assert conn.is_open
+    assert conn.groups == set()
+    assert await b.get_group_members("room") == []
+    assert await b.get_client_groups("x") == []

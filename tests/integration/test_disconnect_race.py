@@ -232,8 +232,10 @@ async def test_a_remote_spread_join_cut_short_reaches_the_clients_node(
 
 
 @pytest.mark.parametrize(("cluster", "layout"), [("memory", {}), ("redis", {}),
-                                                 ("redis", SPLIT["spread"])],
-                         indirect=["cluster"], ids=["memory", "redis", "redis-spread"])
+                                                 ("redis", SPLIT["spread"]),
+                                                 ("redis", SPLIT["buckets"]), ("cluster", {})],
+                         indirect=["cluster"],
+                         ids=["memory", "redis", "redis-spread", "redis-buckets", "cluster"])
 async def test_a_node_that_dies_between_a_close_and_its_session_settle_leaves_it_to_the_sweep(
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
     """With history (found by the fault checker, seed 1724822514): a close removes the
@@ -244,8 +246,9 @@ async def test_a_node_that_dies_between_a_close_and_its_session_settle_leaves_it
     when it is due, unless the client comes back. In the spread layout, where a session
     without an expiry counts as live (its expiry lives in the client's slot, which the
     presence removal cannot reach), the sweep ends a live session whose client has no
-    presence while the session's holder is still the connection it found.
-    (Not with presence buckets: presence and the away list are in different slots.)"""
+    presence while the session's holder is still the connection it found. With presence
+    buckets (the away list in another slot than the presence) the client goes on the away
+    list in a step before the removal."""
     options = {"history_size": 10, "session_ttl": 1.0, "node_ttl": 1.0, **layout}
     a, b = cluster("a", **options), cluster("b", **options)
     await started(a, b)

@@ -4,6 +4,7 @@ also keeps the user hashes (users.py) when they share the slot."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -78,10 +79,16 @@ class RedisPresence:
                          end_groups: bool = False, away: float = 0.0) -> bool:
         """One script: remove presence (and the user's seat) if it still names `conn_id`;
         with `end_groups` and one slot for both, the client's groups end in it too; with
-        `away` and one presence bucket (the away list shares its slot), the client goes on
-        the away list in it too."""
+        `away`, the client goes on the away list for so long: in the same script with one
+        presence bucket (the away list shares its slot), else in a step before it, so that
+        a node that dies after the removal leaves the session to the sweep either way (a
+        client that kept its presence there is taken off the list by the sweep)."""
         core = self._core
-        away_ms = int(away * 1000) if core.keys.buckets == 1 else 0
+        away_ms = int(away * 1000)
+        if away_ms and core.keys.buckets != 1:
+            due = int(time.time() * 1000) + away_ms
+            await core.call(core.client.zadd(core.keys.away, {client_id: due}), "unregister")
+            away_ms = 0
         removed = await self._unregisters.submit(*self._unregister_call(
             client_id, conn_id, end_groups and self.ends_groups, away_ms))
         if not removed:

@@ -77,15 +77,18 @@ async def test_a_fresh_connection_ends_a_spread_joins_first_step_that_came_late(
 
 @pytest.mark.redis
 @pytest.mark.parametrize("cluster", ["redis"], indirect=True)
+@pytest.mark.parametrize("layout", sorted(SPLIT))
 async def test_the_first_steps_of_many_connects_share_a_round_trip(
-        cluster: Cluster, redis_url: str) -> None:
-    """Spread, history off: every connect now reads its client's group set (the end's first
-    step); concurrent connects send theirs in one pipeline, as their registrations."""
-    a = cluster("a", redis_spread_keys=True)
+        cluster: Cluster, redis_url: str, layout: str) -> None:
+    """Presence in other slots than the group sets, history off: every connect now reads
+    its client's group set (the end's first step); concurrent connects send theirs in one
+    pipeline, as their registrations."""
+    a = cluster("a", **SPLIT[layout])
     await a.start()
     backend = a.backend
     assert isinstance(backend, RedisBackend)
-    batcher = backend.groups._spread._first_ends
+    batcher = (backend.groups._spread._first_ends if layout == "spread"
+               else backend.sessions._counts)
     sent: list[int] = []
     send = batcher._send
 

@@ -231,6 +231,12 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
 return 0
 """
 
+# KEYS: a client's group set. SCARD as a script, so that the ends of a reconnect storm's
+# connects and disconnects share pipelined round trips (presence in other slots).
+COUNT_GROUPS: Final = """
+return redis.call('SCARD', KEYS[1])
+"""
+
 # KEYS: nodes zset. ARGV: node_id, ttl_ms.
 # Returns {1 if this node was (re)added rather than refreshed, expired node ids...}.
 KEEPALIVE: Final = """

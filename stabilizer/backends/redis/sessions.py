@@ -31,6 +31,9 @@ class RedisSessions:
         # the resumes of a reconnect storm share round trips
         self._loads = ScriptBatcher(core, core.scripts.load_session, "load_session")
         self._opens = ScriptBatcher(core, core.scripts.open_session, "open_session")
+        # the first read of an end without history (every connect and disconnect when
+        # presence lives in other slots)
+        self._counts = ScriptBatcher(core, core.scripts.count_groups, "end_session")
 
     async def load(self, client_id: str) -> SessionState | None:
         """One script: the session's groups and user data, if it exists."""
@@ -139,8 +142,7 @@ class RedisSessions:
             if keys.spread:
                 return await self._spread.end(
                     client_id, guard=lambda: self._guard(client_id, conn_id))
-            if not int(await core.call(core.client.scard(keys.client_groups(client_id)),
-                                       "end_session")):
+            if not int(await self._counts.submit([keys.client_groups(client_id)], [])):
                 return []
         presence = [] if conn_id is None else await self._guard(client_id, conn_id)
         if presence is None:

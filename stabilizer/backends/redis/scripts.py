@@ -132,7 +132,7 @@ if prev then
     redis.call(ARGV[8], ARGV[6] .. node, ARGV[7] .. cmsgpack.pack(conn))
   end
 end
-if ARGV[9] == '1' then
+if ARGV[9] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
   leave_all(KEYS[3], ARGV[10], cid, ARGV[11], ARGV[12], ARGV[3], ARGV[8])
 end
 if prev then return {1, prev} end

@@ -29,8 +29,8 @@ class RedisPresence:
         """One script: record presence (and the user's seat), enforce the limits, and publish
         a KICK naming the previous conn id to the previous owner node, if that is another
         node; with `end_groups` and one presence bucket (the group sets share the slot),
-        whatever groups the client's set lists end in the same script. With several buckets the seat
-        follows in a second script, and no user limit can be enforced.
+        whatever groups the client's set lists end in the same script. With several
+        buckets the seat follows in a second script, and no user limit can be enforced.
 
         Raises:
             ConfigError: a cluster or user limit with presence spread over several buckets.

@@ -283,7 +283,6 @@ end
 return {removed, redis.call('SCARD', KEYS[2]), later}
 """
 
-
 # KEYS: nodes zset. Returns live node ids.
 LIVE_NODES: Final = """
 local t = redis.call('TIME')

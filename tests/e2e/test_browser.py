@@ -413,6 +413,18 @@ async def test_chat_page_survives_a_restart_of_its_replica_behind_nginx(
             window.chat.on("state", (state, info) => window.states.push([state, info]));
             window.chat.on("session", (s) => window.sessions.push(s));
             window.chat.on("resume", (r) => window.resumes.push(r));
+            // the tab's status calls (one per change of its input) are counted until
+            // answered: the restart below must not cut one short
+            window.unanswered = 0;
+            window.called = 0;
+            const rpc = window.chat.rpc.bind(window.chat);
+            window.chat.rpc = (...args) => {
+                window.called += 1;
+                window.unanswered += 1;
+                const reply = rpc(...args);
+                reply.finally(() => { window.unanswered -= 1; }).catch(() => {});
+                return reply;
+            };
         }""")
 
         peer = await chat_peer(survivor, "python")
@@ -420,6 +432,8 @@ async def test_chat_page_survives_a_restart_of_its_replica_behind_nginx(
         await say(page, "hello from the browser")
         assert (await next_chat(peer, "browser"))["message"] == "hello from the browser"
         await wait_lines(page, "python: before the restart", "browser: hello from the browser")
+        await page.wait_for_function("() => window.unanswered === 0", timeout=WAIT_MS)
+        assert await page.evaluate("window.called") >= 2  # typing, then online again
 
         meanwhile = [f"while {node} is down #{i}" for i in range(3)]
         if history_size:

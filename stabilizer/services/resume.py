@@ -133,6 +133,7 @@ class Resume:
         replayed = 0
         failed: list[str] = []
         held = dict(starts)  # what the client holds: its start, then what it is replayed
+        unknown: set[str] = set()  # streams the store holds nothing of: epochs unvouched
         now = time.monotonic()
         for stream in sorted(starts):
             after, epoch = starts[stream]
@@ -144,6 +145,8 @@ class Resume:
             if not found.covered:
                 failed.append(stream)
                 continue
+            if found.absent:
+                unknown.add(stream)
             for raw in found.envelopes:
                 missed = stored_envelope(raw)
                 if missed is None:
@@ -155,9 +158,11 @@ class Resume:
                         history_frame(stream, missed), now):
                     replayed += 1
         conn.offer(Frame.text(resume_frame(replayed, failed)), now)
-        # (a stream it was told it lost starts again with its next message)
+        # (a stream it was told it lost starts again with its next message; one the store
+        # holds nothing of is followed from before its next epoch, whatever the client said)
         self._release(conn, held, now,
-                      follow={stream: at for stream, at in held.items() if stream not in failed})
+                      follow={stream: (0, "") if stream in unknown else at
+                              for stream, at in held.items() if stream not in failed})
         return replayed, failed
 
     def _release(self, conn: Connection, held: dict[str, tuple[int, str]], now: float, *,

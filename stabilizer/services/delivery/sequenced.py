@@ -326,13 +326,20 @@ class SequencedRouter:
 
     def follow(self, stream: str, offset: int, epoch: str) -> None:
         """A local connection receives `stream` from (offset, epoch) on (a fresh session's
-        baseline, a resumed client's position): follow it from there if this node does not
-        yet, so that a catch-up covers what is lost after it."""
-        if self.order.last(stream) is None:
+        baseline, a resumed client's position the store vouched for): follow it from there
+        if this node does not yet, so that a catch-up covers what is lost after it. A
+        stream followed from before any epoch learns the epoch it is in (from its start:
+        what this node has not delivered of it comes as a gap, its connections skipping
+        what they hold), so that a late message of an earlier epoch is told from a newer
+        one (`_superseded`)."""
+        last = self.order.last(stream)
+        if last is None:
             self.order.start(stream, offset, epoch)
             if not self._ctx.backend.routing.subscribed.is_set():
                 self._stale.add(stream)  # (what the subscription loses meanwhile)
                 self._catch_up_soon()
+        elif last == (0, "") and epoch:
+            self.order.start_over(stream, epoch)
 
     def unfollow(self, stream: str) -> None:
         """Forget the order of a stream no local connection receives."""

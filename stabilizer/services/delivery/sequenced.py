@@ -164,8 +164,7 @@ class SequencedRouter:
                 self._stale.discard(stream)
                 await self._fill(stream, epoch=envelope.epoch)
             step = self.order.classify(stream, envelope.offset, envelope.epoch)
-            if step is Step.DUPLICATE or (step is Step.DELIVER
-                                          and await self._superseded(stream, envelope.epoch)):
+            if step is Step.DUPLICATE or await self._superseded(stream, envelope.epoch):
                 return
             if step is Step.GAP:
                 self._ctx.stats.stream_gaps += 1
@@ -173,12 +172,12 @@ class SequencedRouter:
             await self._deliver_in_order(stream, envelope)
 
     async def _superseded(self, stream: str, epoch: str) -> bool:
-        """Whether the first message of `epoch` on `stream`, which this node follows in
-        another epoch, belongs to an epoch the store has left: one sent before Redis lost
-        the stream and held up in the network (a slow link delivers it after the node
-        followed the new epoch, from a resume's positions or its first messages). Epochs
-        are not ordered, so the store is asked (one read per change of epoch): a message of
-        the epoch it holds now, or one it cannot tell (no answer, or nothing held), is new."""
+        """Whether a message of `epoch` on `stream`, which this node follows in another
+        epoch, belongs to an epoch the store has left: one sent before Redis lost the
+        stream and held up in the network (a slow link delivers it after the node followed
+        the new epoch, from a resume's positions or its first messages). Epochs are not
+        ordered, so the store is asked (one read per change of epoch): a message of the
+        epoch it holds now, or one it cannot tell (no answer, or nothing held), is new."""
         last = self.order.last(stream)
         if last is None or last[1] in ("", epoch):
             return False

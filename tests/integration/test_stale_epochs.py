@@ -11,6 +11,7 @@ epoch's first message now asks the store which epoch it holds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -40,21 +41,30 @@ async def lose_stream(manager: WebSocketConnectionManager, stream: str) -> None:
     assert await backend.client.delete(keys.stream(stream), keys.stream_meta(stream)) == 2
 
 
+def intercept(monkeypatch: pytest.MonkeyPatch, manager: WebSocketConnectionManager,
+              passes: Callable[[Envelope], bool]) -> list[Envelope]:
+    """Record every envelope `manager`'s router receives; pass on those `passes` lets
+    through (the others are lost, as on a cut link)."""
+    router = manager._node.router
+    receive = router.receive
+    seen: list[Envelope] = []
+
+    async def filtered(envelope: Envelope) -> None:
+        seen.append(envelope)
+        if passes(envelope):
+            await receive(envelope)
+
+    monkeypatch.setattr(router, "receive", filtered)
+    return seen
+
+
 async def test_a_late_message_of_an_epoch_the_store_left_is_dropped(
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = cluster("a", **HISTORY), cluster("b", **HISTORY)
     await started(a, b)
     bob = FakeSocket("bob")
     await b.connect("bob", bob)
-    router = b._node.router
-    receive = router.receive
-    heard: list[Envelope] = []
-
-    async def recorded(envelope: Envelope) -> Any:
-        heard.append(envelope)
-        return await receive(envelope)
-
-    monkeypatch.setattr(router, "receive", recorded)
+    heard = intercept(monkeypatch, b, lambda envelope: True)
     await a.broadcast("old")
     await a.broadcast("old 2")
     old = [await bob.next_json() for _ in range(2)]
@@ -70,7 +80,7 @@ async def test_a_late_message_of_an_epoch_the_store_left_is_dropped(
     assert fresh[0]["epoch"] != old[0]["epoch"]
 
     for envelope in late:  # the old epoch's messages, held up in the network
-        await router.receive(envelope)
+        await b._node.router.receive(envelope)
     await a.broadcast("new 3")
     after = await bob.next_json()  # (no resume frame: nothing was lost)
     assert (after["data"], after["offset"], after["epoch"]) == ("new 3", 3, fresh[0]["epoch"])
@@ -89,18 +99,8 @@ async def test_a_late_message_is_dropped_where_a_resume_told_the_node_the_epoch(
     await b.connect("carol", carol)  # ``all`` has no epoch yet
     bob = FakeSocket("bob")
     await a.connect("bob", bob)
-    router = b._node.router
-    receive = router.receive
-    withheld: list[Envelope] = []
-
-    async def cut_off(envelope: Envelope) -> Any:
-        if envelope.stream == ALL and not released:
-            withheld.append(envelope)  # b's link: nothing of ``all`` gets through
-            return None
-        return await receive(envelope)
-
-    released: list[bool] = []
-    monkeypatch.setattr(router, "receive", cut_off)
+    released: list[bool] = []  # until then b's link lets nothing of ``all`` through
+    withheld = intercept(monkeypatch, b, lambda envelope: envelope.stream != ALL or bool(released))
     await a.broadcast("old")
     old = await bob.next_json()
     await lose_stream(a, ALL)
@@ -114,7 +114,7 @@ async def test_a_late_message_is_dropped_where_a_resume_told_the_node_the_epoch(
     assert (recovered, replayed) == (True, 1)
     released.append(True)
     late = next(e for e in withheld if e.epoch == old["epoch"])
-    await router.receive(late)  # the old epoch's first message, held up in the network
+    await b._node.router.receive(late)  # the old epoch's first message, held up
     await a.broadcast("new 3")
     frames: list[dict[str, Any]] = []  # (the replay, the resume frame, then live ones)
     while not any(f.get("data") == "new 3" for f in frames):
@@ -140,17 +140,8 @@ async def test_an_epoch_a_resuming_client_names_for_a_stream_the_store_lacks_is_
     _, (recovered, _, _) = await resume_on(b, "bob", {ALL: (7, "made-up")})
     assert recovered is True  # (nothing was sent: nothing to miss)
 
-    router = b._node.router
-    receive = router.receive
-    dropped: list[Envelope] = []
-
-    async def loses_the_first(envelope: Envelope) -> Any:
-        if envelope.stream == ALL and not dropped:
-            dropped.append(envelope)  # lost with b's subscription: a gap at offset 1
-            return None
-        return await receive(envelope)
-
-    monkeypatch.setattr(router, "receive", loses_the_first)
+    # the first message of ``all`` is lost with b's subscription: a gap at offset 1
+    intercept(monkeypatch, b, lambda envelope: envelope.stream != ALL or envelope.offset != 1)
     await a.broadcast("first")
     await a.broadcast("second")
     got = [await carol.next_json() for _ in range(2)]

@@ -1,15 +1,18 @@
 """The checker's cluster harness itself: a replica it restarts finds another port when the
 machine took its own meanwhile (a bind race, not a library defect: RELIABILITY.md, seed
-58099531), and the clients follow it there."""
+58099531), and the clients follow it there; two restarts of Redis at once (a schedule's
+``Together``, seed 1275218636) run one after the other."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 
 import pytest
 
 from tests.faults.cluster import Cluster
+from tests.support.redis_server import RedisServer, _answers_ping
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -38,3 +41,12 @@ async def test_a_replica_whose_port_was_taken_while_it_was_down_starts_on_anothe
         assert not [text for label, text in cluster.log_texts() if "in use" in text.lower()]
     finally:
         await cluster.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_two_restarts_of_redis_at_once_both_complete() -> None:
+    with RedisServer() as server:
+        await asyncio.gather(*(asyncio.to_thread(server.restart) for _ in range(2)))
+        assert server.process is not None
+        assert server.process.poll() is None
+        assert _answers_ping(server.port)

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,9 @@ class RedisServer:
         self.cluster_port = free_port() if cluster else 0
         self._dir = tempfile.mkdtemp(prefix="stabilizer-redis-")
         self.process: subprocess.Popen[bytes] | None = None
+        # starts and stops come from threads (asyncio.to_thread): two at once (a fault
+        # schedule's restarts together) run one after the other
+        self._turn = threading.RLock()
 
     @property
     def url(self) -> str:
@@ -164,6 +168,10 @@ class RedisServer:
         A port picked by free_port() can be taken by someone else before the server binds
         it (client sockets use the same range): then another port is tried.
         """
+        with self._turn:
+            self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
         for _ in range(5):
             try:
                 self._start_once(timeout)
@@ -219,6 +227,10 @@ class RedisServer:
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGKILL when `kill`) and wait for it to exit."""
+        with self._turn:
+            self._stop(kill)
+
+    def _stop(self, kill: bool) -> None:
         if self._container is not None:
             self._stop_container()
             return
@@ -235,8 +247,9 @@ class RedisServer:
 
     def restart(self) -> None:
         """Stop and start again on the same port (data is gone: no persistence)."""
-        self.stop(kill=True)
-        self.start()
+        with self._turn:
+            self.stop(kill=True)
+            self.start()
 
     def __enter__(self) -> RedisServer:
         self.start()

@@ -353,6 +353,11 @@ def _fail(calls: list[Call], reason: str) -> None:
             future.set_exception(BackendUnavailable(reason))
 
 
+def now_ms() -> int:
+    """Wall-clock milliseconds (the away list's scores, where the node sets them)."""
+    return int(time.time() * 1000)
+
+
 def text(value: bytes | str) -> str:
     """A Redis reply as text (ids may hold any character: undecodable bytes survive)."""
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value

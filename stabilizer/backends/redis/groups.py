@@ -3,12 +3,11 @@ each way; a group's messages go over its own channel to the nodes that follow it
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Mapping
 from typing import Final
 
 from stabilizer.backends.records import MembershipChange
-from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.core import RedisCore, now_ms, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.routing import RedisRouting
 from stabilizer.backends.redis.spread import SpreadSteps
@@ -62,7 +61,7 @@ class RedisGroups:
         read its presence (one more round trip, or two: only for such a client)."""
         core = self._core
         if await self._presence.locate(client_id) is None:
-            due = int(time.time() * 1000) + core.orphan_grace_ms
+            due = now_ms() + core.orphan_grace_ms
             await core.call(core.client.zadd(core.keys.away, {client_id: due}, nx=True),
                             "membership")
 

@@ -3,10 +3,8 @@ set of clients whose session ends at a time; any node sweeps it."""
 
 from __future__ import annotations
 
-import time
-
 from stabilizer.backends.base import SessionState, SessionTaken
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
+from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, now_ms, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.spread import SpreadSteps
 from stabilizer.pure.streams import ALL, client_stream, user_stream
@@ -186,9 +184,8 @@ class RedisSessions:
         """The sweep when presence lives in other hash slots: a few round trips per client
         (sessions end rarely; no script may span slots)."""
         core = self._core
-        now_ms = int(time.time() * 1000)
         due = await core.call(core.client.zrangebyscore(
-            core.keys.away, "-inf", now_ms, start=0, num=limit), "sweep")
+            core.keys.away, "-inf", now_ms(), start=0, num=limit), "sweep")
         ended = []
         for raw in due:
             client_id = text(raw)

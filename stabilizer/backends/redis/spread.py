@@ -22,9 +22,9 @@ from typing import Any, Final
 
 from stabilizer.backends.base import Presence
 from stabilizer.backends.records import MembershipChange
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
+from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, now_ms, text
 from stabilizer.backends.redis.presence import RedisPresence
-from stabilizer.backends.redis.spread_slots import SlotSteps, now_ms
+from stabilizer.backends.redis.spread_slots import SlotSteps
 from stabilizer.pure.streams import ALL, client_stream, user_stream
 
 # how long a sweep (or an end) holds a client before another sweep may finish it, in
@@ -117,14 +117,16 @@ class SpreadSteps(SlotSteps):
 
     # --- ending sessions --------------------------------------------------------------
 
+    def _end_keys(self, client_id: str) -> list[str]:
+        """CLIENT_END's keys: the client's group set, leaving set and session."""
+        keys = self._core.keys
+        return [keys.client_groups(client_id), keys.leaving(client_id), keys.session(client_id)]
+
     async def _client_end(self, client_id: str, mode: str, held: bool,
                           opening: list[str] | None = None) -> Any:
         core = self._core
-        keys = core.keys
         return await core.call(core.scripts.client_end(
-            keys=[keys.client_groups(client_id), keys.leaving(client_id),
-                  keys.session(client_id)],
-            args=[mode, "1" if held else "0", *(opening or [])],
+            keys=self._end_keys(client_id), args=[mode, "1" if held else "0", *(opening or [])],
         ), "end_session")
 
     async def finish(self, clients: Collection[str], deadline: int,
@@ -183,10 +185,7 @@ class SpreadSteps(SlotSteps):
         away list for the lease first, so that a sweep finishes this if the node dies
         halfway. A `guard` answering None before that stops it (another connection of the
         client owns its groups)."""
-        keys = self._core.keys
-        first = await self._first_ends.submit(
-            [keys.client_groups(client_id), keys.leaving(client_id), keys.session(client_id)],
-            ["end", "0"])
+        first = await self._first_ends.submit(self._end_keys(client_id), ["end", "0"])
         if int(first[0]) == 0:
             return []
         if guard is not None and await guard() is None:

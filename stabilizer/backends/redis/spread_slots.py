@@ -7,21 +7,15 @@ in its docstring.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from stabilizer.backends.redis.core import RedisCore, text
+from stabilizer.backends.redis.core import RedisCore, now_ms, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.pure.streams import group_stream
 from stabilizer.pure.wire import Envelope, Kind, encode, event_body
 from stabilizer.results import ClusterEvent
-
-
-def now_ms() -> int:
-    """Wall-clock milliseconds (the away list's scores)."""
-    return int(time.time() * 1000)
 
 
 class SlotSteps:

@@ -48,6 +48,7 @@ class Scripts:
         self.unregister = register(lua.UNREGISTER)
         self.route = register(lua.ROUTE)
         self.spend_token = register(lua.SPEND_TOKEN)
+        self.away_at = register(lua.AWAY_AT)
         self.count_groups = register(lua.COUNT_GROUPS)
         self.keepalive = register(lua.KEEPALIVE)
         self.reap = register(lua.REAP_BATCH)

@@ -4,12 +4,11 @@ also keeps the user hashes (users.py) when they share the slot."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from stabilizer.backends.base import Presence, Registration, Seat
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
+from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, now_ms, text
 from stabilizer.backends.redis.keys import entry_of, parse_entry, seat_of
 from stabilizer.errors import ConfigError, ConnectionLimitExceededError, UserConnectionLimitError
 from stabilizer.pure.wire import kick_prefix
@@ -23,6 +22,7 @@ class RedisPresence:
         # concurrent connects (a reconnect storm) and disconnects share round trips
         self._registers = ScriptBatcher(core, core.scripts.register, "register")
         self._unregisters = ScriptBatcher(core, core.scripts.unregister, "unregister")
+        self._aways = ScriptBatcher(core, core.scripts.away_at, "unregister")
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
                        end_groups: bool = False, seat: Seat | None = None) -> Registration:
@@ -86,8 +86,7 @@ class RedisPresence:
         core = self._core
         away_ms = int(away * 1000)
         if away_ms and core.keys.buckets != 1:
-            due = int(time.time() * 1000) + away_ms
-            await core.call(core.client.zadd(core.keys.away, {client_id: due}), "unregister")
+            await self._aways.submit([core.keys.away], [now_ms() + away_ms, client_id])
             away_ms = 0
         removed = await self._unregisters.submit(*self._unregister_call(
             client_id, conn_id, end_groups and self.ends_groups, away_ms))

@@ -231,6 +231,12 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
 return 0
 """
 
+# KEYS: the away list. ARGV: due (ms), client id. ZADD as a script, so that the closes of a
+# storm share pipelined round trips (presence in other slots than the away list).
+AWAY_AT: Final = """
+return redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+"""
+
 # KEYS: a client's group set. SCARD as a script, so that the ends of a reconnect storm's
 # connects and disconnects share pipelined round trips (presence in other slots).
 COUNT_GROUPS: Final = """

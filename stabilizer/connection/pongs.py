@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from stabilizer.connection.connection import Connection
-from stabilizer.connection.transports import SANSIO, WSPROTO, known_server
+from stabilizer.connection.transports import SANSIO, WSPROTO
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +110,10 @@ def watch_pongs(conn: Connection, on_pong: OnPong) -> bool:
     """Call `on_pong(conn)` for each pong the server of `conn`'s socket reads, instead of
     handing it to the application; False (nothing changed) when the server does not allow
     it."""
-    found = known_server(conn.socket)
-    if found is None:
+    writer = conn.prepared  # found with the server once, when the connection was made
+    if writer is None:
         return False
-    name, server = found
+    name, server = writer.server
     entry = _TAKERS.get(name)
     if entry is None:
         return False

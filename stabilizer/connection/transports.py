@@ -39,6 +39,11 @@ from stabilizer.connection.sockets import Frame, is_starlette
 class PreparedWriter(Protocol):
     """One connection's prepared write (a small slotted object: one per connection)."""
 
+    @property
+    def server(self) -> tuple[str, Any]:
+        """(class name, server object) of the connection's server (as known_server())."""
+        ...
+
     def write(self, frame: Frame) -> bool:
         """Write `frame`'s prepared bytes and return True, or write nothing and return False
         (the caller then sends the frame through the ASGI send)."""
@@ -72,6 +77,10 @@ class _Sansio:
         _ = (protocol.extensions, protocol.expect_continuation_frame, server.close_sent,
              server.disconnected)  # read once here: an AttributeError means another release
 
+    @property
+    def server(self) -> tuple[str, Any]:
+        return SANSIO, self._server
+
     def write(self, frame: Frame) -> bool:
         server, protocol, transport = self._server, self._protocol, self._transport
         if (protocol.state is not self._opened or server.close_sent or server.disconnected
@@ -93,6 +102,10 @@ class _Legacy:
         self._closed = server.closed_event
         self._opened = type(server.state).OPEN
         _ = (server._paused, server._fragmented_message_waiter, server.extensions)
+
+    @property
+    def server(self) -> tuple[str, Any]:
+        return LEGACY, self._server
 
     def write(self, frame: Frame) -> bool:
         server, transport = self._server, self._transport
@@ -122,6 +135,10 @@ class _Wsproto:
         self._opened = type(connection.state).OPEN
         _ = (self._frames.extensions, self._frames._outbound_opcode, server.close_sent,
              server.disconnected)
+
+    @property
+    def server(self) -> tuple[str, Any]:
+        return WSPROTO, self._server
 
     def write(self, frame: Frame) -> bool:
         server, frames, transport = self._server, self._frames, self._transport

@@ -93,6 +93,12 @@ class SocketWriter:
         """True while a writer task finishes a suspended send or drains the outbox."""
         return self._writing
 
+    @property
+    def prepared(self) -> PreparedWriter | None:
+        """The prepared write of the socket's server (None: every frame takes the ASGI
+        send)."""
+        return self._prepared
+
 
     def offer(self, frame: Frame, now: float) -> bool:
         """Hand a frame to the socket without waiting; False if the connection cannot take it.

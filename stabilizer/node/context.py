@@ -61,6 +61,7 @@ class NodeContext:
         self.limits = OutboxLimits(config.max_queue_size, config.max_memory_per_connection,
                                    config.write_timeout)
         self.phase = Phase.NEW
+        self.started = False  # the node's start ran to its end (a later start does nothing)
         self.shutdown_code: CloseCode = config.shutdown_close_code
         self._resync_wanted = False
         # clients whose session a close could not settle (the backend was unreachable):

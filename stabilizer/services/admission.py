@@ -85,81 +85,75 @@ class Admission:
             MemoryLimitExceededError: the metadata or the node would exceed a memory limit.
             ShutdownError: the node is shutting down.
         """
-        check_client_id(client_id, self._ctx.config.max_client_id_length)
-        if not self._ctx.is_accepting:
+        ctx = self._ctx
+        check_client_id(client_id, ctx.config.max_client_id_length)
+        if not ctx.is_accepting:
             raise ShutdownError("node is shutting down; connect to another node")
-        await self._ensure_started()
+        if not ctx.started:  # the application did not start the manager (yet)
+            await self._ensure_started()
         await accept_if_needed(websocket)
+        if client_id in self._turns:  # another admission of this client id: wait for its end
+            await self._wait_turn(client_id)
+        self._turns[client_id] = None
+        try:
+            conn = self._pending_connection(client_id, websocket, metadata, resuming,
+                                            user or ANONYMOUS)
+            try:
+                try:
+                    # awaited here, in no helper of its own: while a reconnect storm's
+                    # registrations wait for their batch, each keeps as few frames alive
+                    # as it can (each one more for the cyclic collector to walk)
+                    registration: Registration | None = await self._registering(conn)
+                except BackendUnavailable as exc:
+                    registration = None
+                    self._unrecorded(conn, exc)
+                else:
+                    conn.mark_registered()
+                baselines = await self._settle(conn, resuming, registration)
+            except BaseException:
+                self._kicked.discard(conn.conn_id)
+                raise
+            finally:
+                del self._pending[conn.conn_id]
+            return await self._enter(conn, resuming, baselines)
+        finally:
+            turn = self._turns.pop(client_id)
+            if turn is not None:
+                turn.set_result(None)
+
+    async def _wait_turn(self, client_id: str) -> None:
         turns = self._turns
-        while client_id in turns:  # another admission of this client id: wait for its end
+        while client_id in turns:
             turn = turns[client_id]
             if turn is None:  # the first to wait makes the future the end resolves
                 turn = turns[client_id] = asyncio.get_running_loop().create_future()
             await asyncio.shield(turn)
-        turns[client_id] = None
-        try:
-            return await self._admit(client_id, websocket, metadata, resuming,
-                                     user or ANONYMOUS)
-        finally:
-            turn = turns.pop(client_id)
-            if turn is not None:
-                turn.set_result(None)
 
-    async def _admit(self, client_id: str, websocket: SocketLike,
-                     metadata: dict[str, Any] | None, resuming: bool,
-                     user: Seated) -> Connection:
+    def _pending_connection(self, client_id: str, websocket: SocketLike,
+                            metadata: dict[str, Any] | None, resuming: bool,
+                            user: Seated) -> Connection:
+        """A connection for `client_id`, known by its conn id until admitted or refused."""
         ctx = self._ctx
-        history = ctx.config.history_enabled
         conn = Connection(client_id, websocket, ctx.limits, self._on_fail,
                           metadata=metadata, owner=asyncio.current_task(),
-                          hold=history and resuming, user_id=user.user_id, info=user.info,
-                          protocol=user.protocol)
+                          hold=ctx.config.history_enabled and resuming,
+                          user_id=user.user_id, info=user.info, protocol=user.protocol)
         self._memory.admit(conn)
         self._pending[conn.conn_id] = conn
-        try:
-            baselines = await self._record(conn, resuming)
-        except BaseException:
-            self._kicked.discard(conn.conn_id)
-            raise
-        finally:
-            del self._pending[conn.conn_id]
-        kicked = conn.conn_id in self._kicked
-        self._kicked.discard(conn.conn_id)
-        replaced = ctx.pool.put(conn)
-        if replaced is not None:
-            self._closing.retire(replaced, CloseCode.REPLACED, "replaced by a newer connection",
-                                 in_pool=False)
-        for stream, (offset, epoch) in baselines.items():
-            # the node follows the client's streams from where its session begins, so that
-            # a catch-up after a lost subscription covers them (its forget() unfollows them)
-            self._router.follow(stream, offset, epoch)
-        try:
-            await self._announce(conn, resuming)
-        except BaseException:  # cancelled during the hooks: never leave it in the pool
-            await self._closing.release(conn, code=CloseCode.INTERNAL_ERROR,
-                                        reason="server error")
-            raise
-        if kicked:
-            logger.info("client %r (conn %s) was replaced on another node while admitted here",
-                        client_id, conn.conn_id)
-            self._closing.kick(conn)
         return conn
 
-    async def _record(self, conn: Connection, resuming: bool) -> dict[str, tuple[int, str]]:
-        """Register presence (and settle what the client had before) in the shared store;
-        return the baselines of a fresh session's streams (with history)."""
+    def _unrecorded(self, conn: Connection, exc: BackendUnavailable) -> None:
+        """Degrade: the socket works locally; presence is registered again at the resync."""
+        self._ctx.want_resync()
+        self._backend_log.warning("presence of %r not registered (backend unavailable); "
+                                  "will re-register", conn.client_id, exc=exc)
+
+    async def _settle(self, conn: Connection, resuming: bool,
+                      registration: Registration | None) -> dict[str, tuple[int, str]]:
+        """Settle what the client had before in the shared store; return the baselines of
+        a fresh session's streams (with history)."""
         ctx = self._ctx
         history = ctx.config.history_enabled
-        registration: Registration | None = None
-        try:
-            registration = await self._registering(conn, end_groups=not history)
-        except BackendUnavailable as exc:
-            # Degrade: the socket works locally; presence is re-registered when we reconnect.
-            ctx.want_resync()
-            self._backend_log.warning("presence of %r not registered (backend unavailable); "
-                                      "will re-register", conn.client_id, exc=exc)
-        else:
-            conn.mark_registered()
         baselines: dict[str, tuple[int, str]] = {}
         if history and not resuming:  # a fresh session: whatever the client had ends
             baselines = await self._start_session(conn)
@@ -172,14 +166,37 @@ class Admission:
             raise ShutdownError("node is shutting down; connect to another node")
         return baselines
 
-    async def _announce(self, conn: Connection, resuming: bool) -> None:
+    async def _enter(self, conn: Connection, resuming: bool,
+                     baselines: dict[str, tuple[int, str]]) -> Connection:
+        """Put a recorded connection in the pool and announce it."""
         ctx = self._ctx
-        self._closing.readmitted(conn.owner, conn.client_id)
-        self._liveness.track(conn)
-        ctx.stats.connects += 1
-        logger.info("client %r connected (conn %s, node %s)", conn.client_id, conn.conn_id,
-                    ctx.node_id)
-        await self._events.connected(conn, resumed=resuming)
+        kicked = conn.conn_id in self._kicked
+        self._kicked.discard(conn.conn_id)
+        replaced = ctx.pool.put(conn)
+        if replaced is not None:
+            self._closing.retire(replaced, CloseCode.REPLACED, "replaced by a newer connection",
+                                 in_pool=False)
+        for stream, (offset, epoch) in baselines.items():
+            # the node follows the client's streams from where its session begins, so that
+            # a catch-up after a lost subscription covers them (its forget() unfollows them)
+            self._router.follow(stream, offset, epoch)
+        try:
+            self._closing.readmitted(conn.owner, conn.client_id)
+            self._liveness.track(conn)
+            ctx.stats.connects += 1
+            logger.info("client %r connected (conn %s, node %s)", conn.client_id,
+                        conn.conn_id, ctx.node_id)
+            if self._events.follows_connects:
+                await self._events.connected(conn, resumed=resuming)
+        except BaseException:  # cancelled during the hooks: never leave it in the pool
+            await self._closing.release(conn, code=CloseCode.INTERNAL_ERROR,
+                                        reason="server error")
+            raise
+        if kicked:
+            logger.info("client %r (conn %s) was replaced on another node while admitted here",
+                        conn.client_id, conn.conn_id)
+            self._closing.kick(conn)
+        return conn
 
     def connections(self) -> list[Connection]:
         """Every local connection: in the pool, and still being admitted (after those)."""
@@ -196,9 +213,10 @@ class Admission:
         if conn is not None and (conn_id is None or conn.conn_id == conn_id):
             self._closing.kick(conn)
 
-    def _registering(self, conn: Connection, *, end_groups: bool) -> Awaitable[Registration]:
-        """The backend's register call for `conn`. (Awaited by the caller: no frame of its
-        own stays alive while the call waits in a batch.)"""
+    def _registering(self, conn: Connection) -> Awaitable[Registration]:
+        """The backend's register call for `conn` (without history, a connection begins with
+        no groups: whatever its client's set lists ends). (Awaited by the caller: no frame
+        of its own stays alive while the call waits in a batch.)"""
         ctx = self._ctx
         presence = Presence(conn.client_id, ctx.node_id, conn.conn_id, conn.created_at,
                             conn.user_id)
@@ -207,8 +225,8 @@ class Admission:
         # no ctx.ask(): register() is bounded by the backend itself (Presence.register),
         # and a connect is cheaper without a timer of its own
         return ctx.backend.presence.register(
-            presence, max_cluster=ctx.config.max_cluster_connections, end_groups=end_groups,
-            seat=seat)
+            presence, max_cluster=ctx.config.max_cluster_connections,
+            end_groups=not ctx.config.history_enabled, seat=seat)
 
     async def _end_memberships(self, conn: Connection) -> None:
         ctx = self._ctx

@@ -54,9 +54,14 @@ class Events:
         self._listeners.append(listener)
         return listener
 
+    @property
+    def follows_connects(self) -> bool:
+        """True when a connect has hooks to run or an event to publish (most apps have
+        neither, and their connects then skip connected() altogether)."""
+        return bool(self._connect_hooks) or self._ctx.config.cluster_events
+
     async def connected(self, conn: Connection, *, resumed: bool) -> None:
-        """A connection was admitted on this node. (Without hooks or cluster events, as in
-        most apps, nothing is made: this runs on every connect.)"""
+        """A connection was admitted on this node."""
         if self._connect_hooks:
             await self._run(self._connect_hooks, ConnectionEvent(
                 conn.client_id, conn.conn_id, self._ctx.node_id, resumed=resumed))

@@ -94,6 +94,7 @@ class Lifecycle:
         finally:
             self._starting.set_result(None)
             self._starting = None
+            ctx.started = True
         logger.info("stabilizer node %s started (backend %s)", ctx.node_id, ctx.backend.name)
 
     async def _open_backend(self) -> None:

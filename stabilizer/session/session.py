@@ -70,6 +70,14 @@ from stabilizer.session.inbound import Inbound, welcome_frame
 logger = logging.getLogger(__name__)
 
 
+def _seated(greeting: Greeting) -> Seated:
+    """Who a greeted connection is for, beyond its client id."""
+    identity = greeting.identity
+    if identity is not None:
+        return Seated(identity.user_id, info_json(identity.info), greeting.protocol)
+    return Seated(protocol=greeting.protocol) if greeting.protocol != 1 else ANONYMOUS
+
+
 @dataclass(frozen=True, slots=True)
 class SessionServices:
     """The part of a node a Session uses."""
@@ -135,7 +143,17 @@ class Session:
 
     async def __aenter__(self) -> Self:
         try:
-            await self._admit()
+            greeting, claims = await self._greet()
+            try:
+                # awaited here, in no helper of its own (see Admission.admit)
+                self.conn = await self._services.admission.admit(
+                    greeting.client_id, self.websocket, self._metadata, resuming=self.resumed,
+                    user=_seated(greeting))
+            except BaseException:
+                if claims is not None:  # refused (limits, shutdown): the token stays usable
+                    await self._services.tokens.restore(claims)
+                raise
+            await self._admitted(greeting)
         except ClientGone as gone:
             self.client_close_code = gone.code
         except (InvalidClientIdError, ProtocolError, PositionsError, AuthenticationError,
@@ -177,39 +195,33 @@ class Session:
             return CloseCode.USER_LIMIT, retry_advice(jitter)
         return CloseCode.TRY_AGAIN_LATER, retry_advice(jitter)
 
-    async def _admit(self) -> None:
-        services = self._services
+    async def _greet(self) -> tuple[Greeting, TokenClaims | None]:
+        """Run the handshake and spend the client's token, if it shows one (the claims are
+        restored if the admission refuses it)."""
         ctx = self._ctx
         if not ctx.is_accepting:
             raise ShutdownError("node is shutting down")
-        greeting = await greet(ctx, services.auth, self.websocket,
+        greeting = await greet(ctx, self._services.auth, self.websocket,
                                Asked(self.client_id, self._token, self._positions, self.identity))
         self.client_id, self.identity = greeting.client_id, greeting.identity
         self.protocol = greeting.protocol
         check_client_id(self.client_id, ctx.config.max_client_id_length)
         claims = await self._spend_token(greeting) if greeting.token else None
-        identity = self.identity
-        if identity is not None:
-            seated = Seated(identity.user_id, info_json(identity.info), greeting.protocol)
-        else:
-            seated = Seated(protocol=greeting.protocol) if greeting.protocol != 1 else ANONYMOUS
-        try:
-            self.conn = await services.admission.admit(
-                self.client_id, self.websocket, self._metadata, resuming=self.resumed,
-                user=seated)
-        except BaseException:
-            if claims is not None:  # refused (limits, shutdown): the token stays usable
-                await services.tokens.restore(claims)
-            raise
-        services.liveness.take_pongs(self.conn)  # the session would drop them anyway
+        return greeting, claims
+
+    async def _admitted(self, greeting: Greeting) -> None:
+        """The connection is in the pool: take its pongs, greet it and, resuming, replay."""
+        conn, services = self.conn, self._services
+        assert conn is not None
+        services.liveness.take_pongs(conn)  # the session would drop them anyway
         if self.resumed:
-            ctx.stats.resumed_sessions += 1
+            self._ctx.stats.resumed_sessions += 1
         if self._welcome or self.protocol >= 2:
-            self._send_welcome(self.conn, greeting)
-        if identity is not None:
-            self._expiry = services.auth.watch(self.conn, identity)
-        if self.resumed and services.resume is not None and self.conn.is_open:
-            self.recovered, _, _ = await services.resume.resume(self.conn, greeting.positions)
+            self._send_welcome(conn, greeting)
+        if self.identity is not None:
+            self._expiry = services.auth.watch(conn, self.identity)
+        if self.resumed and services.resume is not None and conn.is_open:
+            self.recovered, _, _ = await services.resume.resume(conn, greeting.positions)
 
     async def _spend_token(self, greeting: Greeting) -> TokenClaims:
         """Verify the token, check that it was issued to this client, and only then spend

@@ -5,13 +5,22 @@ also keeps the user hashes (users.py) when they share the slot."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from stabilizer.backends.base import Presence, Registration, Seat
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, now_ms, text
 from stabilizer.backends.redis.keys import entry_of, parse_entry, seat_of
 from stabilizer.errors import ConfigError, ConnectionLimitExceededError, UserConnectionLimitError
 from stabilizer.pure.wire import kick_prefix
+
+
+class _Shared(NamedTuple):
+    """The keys and arguments every REGISTER call of a node to one bucket shares."""
+
+    keys: tuple[str, str]  # the bucket's presence hash, the node's set there
+    node_prefixes: tuple[str, str]  # the node-set and node-channel prefixes
+    groups_and_events: tuple[str | bytes, ...]  # group prefix, events channel and prefix
+    seats: tuple[str, ...]  # core.seat_args()
 
 
 class RedisPresence:
@@ -23,6 +32,8 @@ class RedisPresence:
         self._registers = ScriptBatcher(core, core.scripts.register, "register")
         self._unregisters = ScriptBatcher(core, core.scripts.unregister, "unregister")
         self._aways = ScriptBatcher(core, core.scripts.away_at, "unregister")
+        # (bucket, node id, cluster events on) -> what REGISTER calls there share
+        self._shared: dict[tuple[int, str, bool], _Shared] = {}
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
                        end_groups: bool = False, seat: Seat | None = None) -> Registration:
@@ -63,17 +74,31 @@ class RedisPresence:
                        value: str, user_limit: int | None) -> tuple[list[str], list[Any]]:
         """REGISTER's keys and arguments."""
         core = self._core
-        keys = core.keys
-        bucket = keys.bucket_of(presence.client_id)
-        script_keys = [keys.presence(bucket), keys.node_set(bucket, presence.node_id)]
+        bucket = core.keys.bucket_of(presence.client_id)
+        shared = self._shared.get((bucket, presence.node_id, core.events))
+        if shared is None:
+            shared = self._share(bucket, presence.node_id)
+        script_keys = list(shared.keys)
         if in_script:
-            script_keys.append(keys.client_groups(presence.client_id))
+            script_keys.append(core.keys.client_groups(presence.client_id))
         return script_keys, [
             presence.client_id, entry_of(presence), presence.node_id, max_cluster or 0,
-            keys.node_set_prefix(bucket), keys.node_channel_prefix(bucket),
-            kick_prefix(presence.node_id, presence.client_id), core.publish_command,
-            "1" if in_script else "0", keys.group_prefix, *core.event_args(),
-            presence.user_id or "", value, user_limit or 0, *core.seat_args()]
+            *shared.node_prefixes, kick_prefix(presence.node_id, presence.client_id),
+            core.publish_command, "1" if in_script else "0", *shared.groups_and_events,
+            presence.user_id or "", value, user_limit or 0, *shared.seats]
+
+    def _share(self, bucket: int, node_id: str) -> _Shared:
+        """What every REGISTER call of a node to one bucket has in common, built once (a
+        reconnect storm makes thousands of calls)."""
+        core = self._core
+        keys = core.keys
+        shared = _Shared(
+            keys=(keys.presence(bucket), keys.node_set(bucket, node_id)),
+            node_prefixes=(keys.node_set_prefix(bucket), keys.node_channel_prefix(bucket)),
+            groups_and_events=(keys.group_prefix, *core.event_args()),
+            seats=tuple(core.seat_args()))
+        self._shared[(bucket, node_id, core.events)] = shared
+        return shared
 
     async def unregister(self, client_id: str, conn_id: str, *,
                          end_groups: bool = False, away: float = 0.0) -> bool:

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from stabilizer.config import CloseCode
-from stabilizer.connection.sockets import Frame, SocketLike, asgi_sender, method_sender
+from stabilizer.connection.sockets import Frame, SocketLike, method_sender, sends_asgi
 from stabilizer.connection.transports import prepared_writer
 from stabilizer.connection.writer import OutboxLimits, SocketWriter, State
 from stabilizer.pure.sizes import estimate_size
@@ -101,9 +101,8 @@ class Connection(SocketWriter):
         self.created_at = time.time()
         # Idle connections are the common case: what is empty is not allocated.
         self.metadata: Mapping[str, Any] = dict(metadata) if metadata else _NO_METADATA
-        self._send = asgi_sender(socket)
-        self._by_method = (
-            method_sender(socket) if self._send is None else None)
+        self._asgi = sends_asgi(socket)
+        self._by_method = None if self._asgi else method_sender(socket)
         self._prepared = prepared_writer(socket)
         self._limits = limits
         self._on_fail = on_fail

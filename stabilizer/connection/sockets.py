@@ -22,7 +22,6 @@ from stabilizer.pure.framing import data_frame, text_frame
 
 #: An ASGI websocket message, built once and shared by every recipient.
 AsgiMessage = MutableMapping[str, Any]
-Sender = Callable[[AsgiMessage], Coroutine[Any, Any, None]]
 FrameSender = Callable[["Frame"], Coroutine[Any, Any, None]]
 
 
@@ -130,14 +129,13 @@ def is_starlette(socket: object) -> bool:
     return kind is WebSocket or issubclass(kind, WebSocket)
 
 
-def asgi_sender(socket: SocketLike) -> Sender | None:
-    """The ASGI send of `socket`, or None when it is driven by its own methods."""
+def sends_asgi(socket: SocketLike) -> bool:
+    """True when `socket` is driven through its ASGI ``send``, False when through its own
+    send_text and send_bytes methods."""
     if is_starlette(socket):
-        return socket.send
-    if callable(getattr(socket, "send_text", None)) and callable(
-            getattr(socket, "send_bytes", None)):
-        return None
-    return socket.send
+        return True
+    return not (callable(getattr(socket, "send_text", None))
+                and callable(getattr(socket, "send_bytes", None)))
 
 
 def method_sender(socket: object) -> FrameSender:

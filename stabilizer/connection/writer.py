@@ -49,6 +49,7 @@ class SocketWriter:
     failure means in `_fail`)."""
 
     __slots__ = (
+        "_asgi",
         "_by_method",
         "_drain_task",
         "_last_activity",
@@ -56,7 +57,6 @@ class SocketWriter:
         "_outbox",
         "_prepared",
         "_queued_bytes",
-        "_send",
         "_state",
         "_user_data_bytes",
         "_wraps",
@@ -64,6 +64,7 @@ class SocketWriter:
         "conn_id",
     )
 
+    _asgi: bool  # frames go through the socket's ASGI send(), else through _by_method
     _by_method: FrameSender | None
     _drain_task: asyncio.Task[None] | None
     _last_activity: float
@@ -71,12 +72,12 @@ class SocketWriter:
     _outbox: deque[Frame] | None
     _prepared: PreparedWriter | None  # writes a frame's bytes to the transport, if allowed
     _queued_bytes: int
-    _send: Any  # the ASGI send of the socket, or None to send through its methods
     _state: State
     _user_data_bytes: int  # counted against the byte bound
     _wraps: bool  # protocol v2: application text goes out in `message` frames
     _writing: bool
     conn_id: str
+    socket: Any
 
     @property
     def outbox(self) -> Sequence[Frame]:
@@ -114,13 +115,11 @@ class SocketWriter:
                 self._expect_ack(frame.ack)
         if self._writing:
             return self._enqueue(frame)
-        send = self._send
         prepared = self._prepared
         try:
             if prepared is not None and prepared.write(frame):
                 return True
-            suspended = start_send(
-                send(frame.message) if send is not None else self._send_by_method(frame))
+            suspended = start_send(self._sending(frame))
         except Exception as exc:
             self._fail(CloseCode.INTERNAL_ERROR, f"send failed: {type(exc).__name__}")
             return False
@@ -128,7 +127,13 @@ class SocketWriter:
             self._start_writer(suspended)
         return True
 
-    def _send_by_method(self, frame: Frame) -> Coroutine[Any, Any, None]:
+    def _sending(self, frame: Frame) -> Coroutine[Any, Any, None]:
+        """The send of `frame` through the socket's ASGI send (a bound method made per
+        send, not kept: one object fewer per connection for the cyclic collector), or
+        through its methods."""
+        if self._asgi:
+            send: Coroutine[Any, Any, None] = self.socket.send(frame.message)
+            return send
         assert self._by_method is not None  # set when the socket has no ASGI send
         return self._by_method(frame)
 
@@ -178,10 +183,8 @@ class SocketWriter:
                 prepared = self._prepared
                 if prepared is not None and prepared.write(frame):
                     continue
-                send = self._send
                 async with asyncio.timeout(timeout):
-                    await (send(frame.message) if send is not None
-                           else self._send_by_method(frame))
+                    await self._sending(frame)
         except TimeoutError:
             self._fail(CloseCode.TRY_AGAIN_LATER, f"too slow: a write took over {timeout:g}s")
         except Exception as exc:

@@ -58,8 +58,8 @@ class FakeCore:
 class OneByOne(ScriptBatcher):
     """The batcher, its round trip (a pipeline) replaced by the batch's script calls."""
 
-    async def _pipelined(self, batch: list[Any]) -> list[Any]:
-        return [await self._script(keys=keys, args=args) for (keys, args), _ in batch]
+    async def _pipelined(self, calls: list[Any]) -> list[Any]:
+        return [await self._script(keys=keys, args=args) for keys, args in calls]
 
 
 def batcher(core: FakeCore, script: SlowScript) -> ScriptBatcher:
@@ -143,7 +143,7 @@ async def test_a_presence_call_waiting_for_its_round_trip_holds_bytes_not_lists(
     try:
         async with asyncio.timeout(BOUND):
             await in_flight.wait()
-        assert [type(item) for item, _ in batches[0]] == [bytes]
+        assert [type(item) for item in batches[0]] == [bytes]
         frame = waiting.cr_frame
         assert frame is not None
         assert [name for name, value in frame.f_locals.items()

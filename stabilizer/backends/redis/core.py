@@ -227,11 +227,6 @@ class RedisCore:
         return [self.keys.events_channel, event_prefix(self.node_id)]
 
 
-#: a call waiting for its round trip: its keys and arguments (packed ahead where it can be:
-#: exchange.packed_ahead), and its caller's future
-Call = tuple[WireCall, "asyncio.Future[Any]"]
-
-
 class ScriptBatcher:
     """Runs the calls of one script that meet in time as one pipelined round trip.
 
@@ -248,7 +243,11 @@ class ScriptBatcher:
         self._core = core
         self._script = script
         self._op = op
-        self._queue: list[Call] = []
+        # the calls waiting for their round trip (their keys and arguments, packed ahead
+        # where they can be: exchange.packed_ahead) and, at the same index, their callers'
+        # futures: two lists, not a pair per call, which a reconnect storm would keep alive
+        self._calls: list[WireCall] = []
+        self._futures: list[asyncio.Future[Any]] = []
         self._task: asyncio.Task[Any] | None = None
 
     def submit(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
@@ -259,23 +258,29 @@ class ScriptBatcher:
         if core.tasks is None:
             return core.call(self._script(keys=keys, args=args), self._op)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        call = (keys, args) if core.cluster else packed_ahead(self._script.sha, keys, args)
-        self._queue.append((call, future))
+        self._calls.append((keys, args) if core.cluster
+                           else packed_ahead(self._script.sha, keys, args))
+        self._futures.append(future)
         if self._task is None:
             task = self._task = core.spawn(self._drain(), name=f"stabilizer-redis-{self._op}")
             task.add_done_callback(self._drained)
         return future
 
+    def _take(self) -> list[asyncio.Future[Any]]:
+        """Empty the queue; return the futures of the calls it held."""
+        futures, self._calls, self._futures = self._futures, [], []
+        return futures
+
     async def _drain(self) -> None:
-        batch: list[Call] = []
+        futures: list[asyncio.Future[Any]] = []
         try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                await self._run(batch)
-            batch = []
+            while self._calls:
+                calls = self._calls
+                futures = self._take()
+                await self._run(calls, futures)
+            futures = []
         except BaseException:  # cancelled (the node stops): no caller may wait forever
-            queued, self._queue = self._queue, []
-            _fail(batch + queued, "the node stopped before this call was answered")
+            _fail(futures + self._take(), "the node stopped before this call was answered")
             raise
         finally:
             if self._task is asyncio.current_task():
@@ -286,18 +291,17 @@ class ScriptBatcher:
         # here (a newer task, if one started, owns the queue then).
         if self._task is task:
             self._task = None
-            queued, self._queue = self._queue, []
-            _fail(queued, "the node stopped before this call was sent")
+            _fail(self._take(), "the node stopped before this call was sent")
 
-    async def _run(self, batch: list[Call]) -> None:
+    async def _run(self, calls: list[WireCall], futures: list[asyncio.Future[Any]]) -> None:
         try:
-            results = await self._pipelined(batch)
+            results = await self._pipelined(calls)
         except BackendUnavailable as exc:
-            for _, future in batch:
+            for future in futures:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for future, result in zip(futures, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, BackendUnavailable):
@@ -307,30 +311,30 @@ class ScriptBatcher:
             else:
                 future.set_result(result)
 
-    async def _pipelined(self, batch: list[Call]) -> list[Any]:
+    async def _pipelined(self, calls: list[WireCall]) -> list[Any]:
         """One round trip of raw EVALSHA calls (the scripts were loaded at open): packed in
         C and written to one pooled connection (exchange.py), or on a Cluster one pipeline
         per master, concurrently (redis-py's retry is off: connect.py). A server that
         answers NOSCRIPT (it restarted empty) gets every script loaded once, and those calls
         again in one more round trip: they did not run."""
-        results = await self._send(batch)
+        results = await self._send(calls)
         again = [index for index, result in enumerate(results)
                  if isinstance(result, NoScriptError)]
         if again:
             try:
                 await self._core.load_scripts()
-                answers = await self._send([batch[index] for index in again])
+                answers = await self._send([calls[index] for index in again])
             except BackendUnavailable as exc:
                 answers = [exc] * len(again)
             for index, answer in zip(again, answers, strict=True):
                 results[index] = answer
         return results
 
-    async def _send(self, batch: list[Call]) -> list[Any]:
+    async def _send(self, calls: list[WireCall]) -> list[Any]:
         core = self._core
         client = core.client
         if isinstance(client, RedisCluster):
-            scripts = [call for call, _ in batch if isinstance(call, tuple)]  # (all of them)
+            scripts = [call for call in calls if isinstance(call, tuple)]  # (all of them)
             results: list[Any] = [unpackable(keys, args) for keys, args in scripts]
             pipe = client.pipeline()
             for (keys, args), refused in zip(scripts, results, strict=True):
@@ -342,14 +346,13 @@ class ScriptBatcher:
                 results = [next(answers) if refused is None else refused
                            for refused in results]
             return results
-        calls = (call for call, _ in batch)
         sent: list[Any] = await core.call(evalsha_batch(client, self._script.sha, calls),
                                           self._op)
         return sent
 
 
-def _fail(calls: list[Call], reason: str) -> None:
-    for _, future in calls:
+def _fail(futures: list[asyncio.Future[Any]], reason: str) -> None:
+    for future in futures:
         if not future.done():
             future.set_exception(BackendUnavailable(reason))
 

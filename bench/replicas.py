@@ -126,14 +126,21 @@ class CollectorClock:
     def __init__(self) -> None:
         self.seconds = 0.0
         self.full = 0
+        # per generation: [collections, seconds, cyclic garbage objects freed]
+        self.by_generation = [[0, 0.0, 0], [0, 0.0, 0], [0, 0.0, 0]]
         self._started = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.process_time()
             return
-        self.seconds += time.process_time() - self._started
+        spent = time.process_time() - self._started
+        self.seconds += spent
         self.full += info["generation"] == 2
+        generation = self.by_generation[info["generation"]]
+        generation[0] += 1
+        generation[1] += spent
+        generation[2] += info["collected"]
 
 
 COLLECTOR: Final = CollectorClock()
@@ -153,8 +160,9 @@ def add_routes(app: FastAPI, send: Send, counts: Counts) -> None:
         return {"collected": gc.collect()}
 
     @app.get("/bench/collector")
-    async def bench_collector() -> dict[str, float]:
-        return {"seconds": COLLECTOR.seconds, "full": COLLECTOR.full}
+    async def bench_collector() -> dict[str, Any]:
+        return {"seconds": COLLECTOR.seconds, "full": COLLECTOR.full,
+                "by_generation": COLLECTOR.by_generation}
 
     @app.get("/bench/objects")
     async def bench_objects(top: int = 0) -> dict[str, Any]:

@@ -12,8 +12,13 @@ answers a pong itself and passes every other message on, unchanged and in order:
   one arrives through ``handle_cont`` and is never taken);
 - wsproto: ``handle_message``, only when no fragmented message is being buffered.
 
-A pong after the server sent its close, or of a connection that is closing or gone, is
-handed on as before. Only the exact texts above are taken; another spelling of the JSON
+The stand-in is one bound method per connection (the connection and a taking function
+shared by the node's connections). The server holds it, it holds the connection, and the
+connection holds the server through its socket: unwatch() takes it off when the connection
+closes, so that a closed connection is freed without waiting for the cyclic collector.
+
+A pong after the server sent its close, or of a connection that is closing, is handed on
+as before. Only the exact texts above are taken; another spelling of the JSON
 answer is read by the session, which counts it the same.
 
 uvicorn's ``websockets`` (legacy) implementation reads in a task of its own and gets no
@@ -23,8 +28,8 @@ watcher: its pongs take the receive loop, as do those of any other server.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable
+from types import MethodType
 from typing import Any, Final
 
 from stabilizer.connection.connection import Connection
@@ -38,25 +43,58 @@ _LONGEST: Final = max(len(pong) for pong in _PONGS)
 
 #: told of each pong of a connection (one callable shared by every connection of a node)
 OnPong = Callable[[Connection], None]
+#: takes one message the server would hand to the application: (connection, event)
+Take = Callable[[Connection, Any], None]
 
 
-class _Taker:
-    """Stands in for one server object's method: answers pongs, passes the rest on. It holds
-    the server and the connection weakly: the server holds it, and the connection's socket
-    holds the server."""
+class PongWatch:
+    """Takes the pongs of a node's connections where their servers read them."""
 
-    __slots__ = ("_conn", "_on_pong", "_server")
+    __slots__ = ("_on_pong", "_takes")
 
-    def __init__(self, server: Any, conn: Connection, on_pong: OnPong) -> None:
-        self._server = weakref.ref(server)
-        self._conn = weakref.ref(conn)
+    def __init__(self, on_pong: OnPong) -> None:
         self._on_pong = on_pong
+        # server class -> (the method replaced, its stand-in, what that reads of the server)
+        self._takes: dict[str, tuple[str, Take, tuple[str, ...]]] = {
+            SANSIO: ("handle_text", self._sansio, ("close_sent",)),
+            WSPROTO: ("handle_message", self._wsproto, ("close_sent", "buffer")),
+        }
 
-    def _answer(self) -> bool:
-        """Count a pong; False when the connection is gone or closing (the server then
-        hands the pong to the application as before)."""
-        conn = self._conn()
-        if conn is None or not conn.is_open:
+    def watch(self, conn: Connection) -> bool:
+        """Call on_pong(conn) for each pong the server of `conn`'s socket reads, instead of
+        handing it to the application; False (nothing changed) when the server does not
+        allow it, or the connection is closing."""
+        writer = conn.prepared  # found with the server once, when the connection was made
+        if writer is None or not conn.is_open:
+            return False
+        entry = self._takes.get(writer.kind)
+        if entry is None:
+            return False
+        method, take, reads = entry
+        server = writer.server
+        if not callable(getattr(type(server), method, None)):
+            return False  # another release of the server keeps its state elsewhere
+        for attribute in reads:
+            if not hasattr(server, attribute):
+                return False
+        setattr(server, method, MethodType(take, conn))
+        return True
+
+    def unwatch(self, conn: Connection) -> None:
+        """Give the server of `conn` its own method back (the connection is closing)."""
+        writer = conn.prepared
+        entry = self._takes.get(writer.kind) if writer is not None else None
+        if writer is None or entry is None:
+            return
+        state = getattr(writer.server, "__dict__", {})
+        taker = state.get(entry[0])
+        if isinstance(taker, MethodType) and taker.__self__ is conn:
+            del state[entry[0]]
+
+    def _answered(self, conn: Connection) -> bool:
+        """Count a pong; False when the connection is closing (the server then hands the
+        pong to the application as before)."""
+        if not conn.is_open:
             return False
         try:
             self._on_pong(conn)
@@ -64,64 +102,29 @@ class _Taker:
             logger.exception("pong handler failed; the pong is dropped")
         return True
 
-
-class _SansioTaker(_Taker):
-    """websockets-sansio's ``handle_text``: a text frame with FIN is a whole message (a
-    fragmented one arrives through ``handle_cont`` and is never taken)."""
-
-    __slots__ = ()
-
-    def __call__(self, event: Any) -> None:
-        server = self._server()
-        if server is None:
-            return
+    def _sansio(self, conn: Connection, event: Any) -> None:
+        """websockets-sansio's ``handle_text``: a text frame with FIN is a whole message (a
+        fragmented one arrives through ``handle_cont`` and is never taken)."""
+        server = _server_of(conn)
         data = event.data  # bytes or bytearray: compared by value
         if (len(data) <= _LONGEST and event.fin and not server.close_sent
-                and data in _PONG_BYTES and self._answer()):
+                and data in _PONG_BYTES and self._answered(conn)):
             return
         type(server).handle_text(server, event)
 
-
-class _WsprotoTaker(_Taker):
-    """wsproto's ``handle_message``: taken only when no fragmented message is buffered."""
-
-    __slots__ = ()
-
-    def __call__(self, event: Any) -> None:
-        server = self._server()
-        if server is None:
-            return
+    def _wsproto(self, conn: Connection, event: Any) -> None:
+        """wsproto's ``handle_message``: taken only when no fragmented message is
+        buffered."""
+        server = _server_of(conn)
         data = event.data
         if (isinstance(data, str) and len(data) <= _LONGEST and event.message_finished
                 and server.buffer.value is None and not server.close_sent
-                and data in _PONGS and self._answer()):
+                and data in _PONGS and self._answered(conn)):
             return
         type(server).handle_message(server, event)
 
 
-#: server class -> (the method replaced, the stand-in, what it reads of the server)
-_TAKERS: Final[dict[str, tuple[str, type[_Taker], tuple[str, ...]]]] = {
-    SANSIO: ("handle_text", _SansioTaker, ("close_sent",)),
-    WSPROTO: ("handle_message", _WsprotoTaker, ("close_sent", "buffer")),
-}
-
-
-def watch_pongs(conn: Connection, on_pong: OnPong) -> bool:
-    """Call `on_pong(conn)` for each pong the server of `conn`'s socket reads, instead of
-    handing it to the application; False (nothing changed) when the server does not allow
-    it."""
-    writer = conn.prepared  # found with the server once, when the connection was made
-    if writer is None:
-        return False
-    name, server = writer.server
-    entry = _TAKERS.get(name)
-    if entry is None:
-        return False
-    method, taker, reads = entry
-    if not callable(getattr(type(server), method, None)):
-        return False  # another release of the server keeps its state elsewhere
-    for attribute in reads:
-        if not hasattr(server, attribute):
-            return False
-    setattr(server, method, taker(server, conn, on_pong))
-    return True
+def _server_of(conn: Connection) -> Any:
+    writer = conn.prepared
+    assert writer is not None  # watch() took pongs only for connections that have one
+    return writer.server

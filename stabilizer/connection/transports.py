@@ -40,8 +40,13 @@ class PreparedWriter(Protocol):
     """One connection's prepared write (a small slotted object: one per connection)."""
 
     @property
-    def server(self) -> tuple[str, Any]:
-        """(class name, server object) of the connection's server (as known_server())."""
+    def kind(self) -> str:
+        """The server's class name (SANSIO, LEGACY, WSPROTO)."""
+        ...
+
+    @property
+    def server(self) -> Any:
+        """The server's object of the connection (as known_server() found it)."""
         ...
 
     def write(self, frame: Frame) -> bool:
@@ -77,9 +82,11 @@ class _Sansio:
         _ = (protocol.extensions, protocol.expect_continuation_frame, server.close_sent,
              server.disconnected)  # read once here: an AttributeError means another release
 
+    kind: Final = SANSIO
+
     @property
-    def server(self) -> tuple[str, Any]:
-        return SANSIO, self._server
+    def server(self) -> Any:
+        return self._server
 
     def write(self, frame: Frame) -> bool:
         server, protocol, transport = self._server, self._protocol, self._transport
@@ -103,9 +110,11 @@ class _Legacy:
         self._opened = type(server.state).OPEN
         _ = (server._paused, server._fragmented_message_waiter, server.extensions)
 
+    kind: Final = LEGACY
+
     @property
-    def server(self) -> tuple[str, Any]:
-        return LEGACY, self._server
+    def server(self) -> Any:
+        return self._server
 
     def write(self, frame: Frame) -> bool:
         server, transport = self._server, self._transport
@@ -136,9 +145,11 @@ class _Wsproto:
         _ = (self._frames.extensions, self._frames._outbound_opcode, server.close_sent,
              server.disconnected)
 
+    kind: Final = WSPROTO
+
     @property
-    def server(self) -> tuple[str, Any]:
-        return WSPROTO, self._server
+    def server(self) -> Any:
+        return self._server
 
     def write(self, frame: Frame) -> bool:
         server, frames, transport = self._server, self._frames, self._transport

@@ -18,7 +18,7 @@ from typing import Final
 
 from stabilizer.config import HeartbeatType
 from stabilizer.connection.connection import Connection
-from stabilizer.connection.pongs import watch_pongs
+from stabilizer.connection.pongs import PongWatch
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import ConnectionNotFoundError, ConnectionTimeoutError
 from stabilizer.node.context import NodeContext
@@ -42,7 +42,7 @@ class Liveness:
             send_pings=config.heartbeat_type is HeartbeatType.PING,
         )
         self._wakeup = asyncio.Event()
-        self._on_pong = self._answered  # one bound method, shared by every connection
+        self._pongs = PongWatch(self._answered)
 
     def track(self, conn: Connection) -> None:
         """Watch a new connection, waking the loop if it is now the earliest."""
@@ -50,8 +50,9 @@ class Liveness:
             self._wakeup.set()
 
     def forget(self, conn: Connection) -> None:
-        """Stop watching `conn` (it is closing)."""
+        """Stop watching `conn` (it is closing); its server reads its pongs again."""
         self.schedule.forget(conn)
+        self._pongs.unwatch(conn)
 
     def heard_from(self, conn: Connection) -> None:
         """Inbound traffic on `conn`: it is alive, and answers any pending ping()."""
@@ -61,7 +62,7 @@ class Liveness:
     def take_pongs(self, conn: Connection) -> bool:
         """Count `conn`'s pongs where its server reads them (connection/pongs.py), so they
         never wake its session's receive loop; False when its server does not allow it."""
-        return watch_pongs(conn, self._on_pong)
+        return self._pongs.watch(conn)
 
     def _answered(self, conn: Connection) -> None:
         self._ctx.stats.pongs += 1

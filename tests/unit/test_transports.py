@@ -3,6 +3,8 @@ which sockets get no prepared write (their frames take the ASGI send)."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -13,9 +15,9 @@ from wsproto.frame_protocol import FrameProtocol
 
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection, OutboxLimits
-from stabilizer.connection.pongs import watch_pongs
+from stabilizer.connection.pongs import PongWatch
 from stabilizer.connection.sockets import AsgiMessage, Frame
-from stabilizer.connection.transports import prepared_writer
+from stabilizer.connection.transports import SANSIO, prepared_writer
 from stabilizer.pure.framing import data_frame, text_frame
 
 SIZES = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]
@@ -81,7 +83,7 @@ async def test_an_unknown_server_takes_the_asgi_send() -> None:
     socket = websocket_of(server)
     await socket.accept()
     assert prepared_writer(socket) is None
-    assert watch_pongs(conn_of(socket), _never) is False
+    assert PongWatch(_never).watch(conn_of(socket)) is False
     conn = Connection("c", socket, OutboxLimits(10, None, 1.0), _fail)
     assert conn.offer(Frame.text("hello"), 0.0)
     assert server.sent[-1] == {"type": "websocket.send", "text": "hello"}
@@ -93,7 +95,7 @@ def test_a_server_like_uvicorns_but_built_otherwise_gets_no_adapter() -> None:
         "__module__": "uvicorn.protocols.websockets.websockets_sansio_impl"})
     server = impostor()
     assert prepared_writer(websocket_of(server)) is None
-    assert watch_pongs(conn_of(websocket_of(server)), _never) is False
+    assert PongWatch(_never).watch(conn_of(websocket_of(server))) is False
     assert "handle_text" not in vars(server)
 
 
@@ -139,24 +141,75 @@ class TextEvent:
         self.fin = fin
 
 
-def test_the_pong_taker_answers_whole_pongs_and_hands_on_the_rest() -> None:
-    from stabilizer.connection.pongs import _SansioTaker
+class SansioWriter:
+    """A prepared writer of a SansioLike server (the pong watch finds the server in it)."""
 
-    server = SansioLike()
+    kind = SANSIO
+
+    def __init__(self, server: SansioLike) -> None:
+        self.server = server
+
+    def write(self, frame: Frame) -> bool:
+        return False
+
+
+def sansio_conn(server: SansioLike) -> Connection:
     conn = conn_of(websocket_of(UnknownServer()))
+    conn._prepared = SansioWriter(server)
+    return conn
+
+
+def test_the_pong_taker_answers_whole_pongs_and_hands_on_the_rest() -> None:
+    server = SansioLike()
+    conn = sansio_conn(server)
     answered: list[Connection] = []
-    taker = _SansioTaker(server, conn, answered.append)
+    assert PongWatch(answered.append).watch(conn) is True
     for data in (b"pong", bytearray(b'{"type":"pong"}')):
-        taker(TextEvent(data))
-    taker(TextEvent(b"pong", fin=False))  # the start of a fragmented message
-    taker(TextEvent(b"pongs"))
-    taker(TextEvent(b'{"type": "pong"}'))  # a pong the session recognises itself
+        server.handle_text(TextEvent(data))
+    server.handle_text(TextEvent(b"pong", fin=False))  # the start of a fragmented message
+    server.handle_text(TextEvent(b"pongs"))
+    server.handle_text(TextEvent(b'{"type": "pong"}'))  # a pong the session recognises
     assert answered == [conn, conn]
     assert server.handed == [b"pong", b"pongs", b'{"type": "pong"}']
     server.close_sent = True
-    taker(TextEvent(b"pong"))
+    server.handle_text(TextEvent(b"pong"))
     conn.begin_close()
     server.close_sent = False
-    taker(TextEvent(b"pong"))  # a closing connection: the application may still read it
+    server.handle_text(TextEvent(b"pong"))  # a closing connection: the application reads it
     assert answered == [conn, conn]
     assert server.handed[-2:] == [b"pong", b"pong"]
+
+
+def test_a_closing_connection_gives_its_server_the_method_back_and_is_freed_at_once() -> None:
+    """The taker the server holds refers to the connection, whose socket refers to the
+    server: a cycle until unwatch(), after which a closed connection needs no collector."""
+    server = SansioLike()
+    conn = sansio_conn(server)
+    watch = PongWatch(_never)
+    assert watch.watch(conn) is True
+    assert "handle_text" in vars(server)
+    gone = weakref.ref(conn)
+    conn.begin_close()
+    assert watch.watch(conn) is False  # a closing connection takes no pongs
+    watch.unwatch(conn)
+    assert "handle_text" not in vars(server)
+    server.handle_text(TextEvent(b"pong"))
+    assert server.handed == [b"pong"]
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        del conn
+        assert gone() is None
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def test_unwatch_leaves_a_method_another_connection_installed() -> None:
+    server = SansioLike()
+    first, second = sansio_conn(server), sansio_conn(server)
+    watch = PongWatch(_never)
+    assert watch.watch(first) is True
+    assert watch.watch(second) is True  # the server's newer connection (a test's shortcut)
+    watch.unwatch(first)
+    assert vars(server)["handle_text"].__self__ is second

@@ -167,16 +167,16 @@ async def accept_if_needed(socket: object, subprotocol: str | None = None) -> No
             await websocket.accept(subprotocol=subprotocol)
 
 
-def offered_subprotocols(socket: object) -> list[str]:
-    """The subprotocols a Starlette WebSocket's client offered (none for other sockets, and
-    none once the application accepted it itself: it can no longer choose one)."""
+def offers_subprotocol(socket: object, subprotocol: str) -> bool:
+    """True when the client of a Starlette WebSocket offered `subprotocol` (never for other
+    sockets, nor once the application accepted it itself: it can no longer choose one)."""
     if not is_starlette(socket):
-        return []
+        return False
     websocket = cast(WebSocket, socket)  # is_starlette checked the type
     if websocket.application_state is not WebSocketState.CONNECTING:
-        return []
+        return False
     offered = websocket.scope.get("subprotocols")
-    return [p for p in offered if isinstance(p, str)] if isinstance(offered, list) else []
+    return isinstance(offered, list) and subprotocol in offered
 
 
 def abort_transport(socket: object) -> bool:

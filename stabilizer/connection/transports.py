@@ -31,6 +31,7 @@ the ASGI send, or a release of uvicorn that keeps its state elsewhere gets no ad
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import CodeType
 from typing import Any, Final, Protocol
 
 from stabilizer.connection.sockets import Frame, is_starlette
@@ -222,8 +223,27 @@ def _sends_straight_to(send: Any, server: object, method: str) -> bool:
         if getattr(send, "__self__", None) is server:
             return getattr(send, "__func__", None) is getattr(type(server), method, None)
         code = getattr(send, "__code__", None)
-        name = (getattr(send, "__module__", None), getattr(send, "__qualname__", None))
-        if code is None or name not in _PASS_THROUGH or "send" not in code.co_freevars:
+        if code is None:
             return False
-        send = send.__closure__[code.co_freevars.index("send")].cell_contents
+        try:
+            cell = _SEND_CELLS[code]
+        except KeyError:
+            cell = _SEND_CELLS[code] = _send_cell(send, code)
+        if cell is None:
+            return False
+        send = send.__closure__[cell].cell_contents
     return False
+
+
+def _send_cell(function: Any, code: CodeType) -> int | None:
+    """Where a wrapper known to pass every message on keeps the send it wraps (the index
+    of its closure's ``send`` cell); None for any other function."""
+    name = (getattr(function, "__module__", None), getattr(function, "__qualname__", None))
+    if name not in _PASS_THROUGH or "send" not in code.co_freevars:
+        return None
+    return code.co_freevars.index("send")
+
+
+#: a function's code -> the index of its closure's ``send`` cell if it is a wrapper that
+#: passes every message on, else None (one entry per kind of wrapper seen: a handful)
+_SEND_CELLS: Final[dict[CodeType, int | None]] = {}

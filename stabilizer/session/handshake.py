@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stabilizer.auth.identity import Credentials, Identity
-from stabilizer.connection.sockets import accept_if_needed, offered_subprotocols
+from stabilizer.connection.sockets import accept_if_needed, offers_subprotocol
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import utf8_size_over
 from stabilizer.pure.positions import Positions, parse_positions
@@ -68,7 +68,7 @@ async def greet(ctx: NodeContext, auth: Auth, websocket: Any, asked: Asked) -> G
         BackendUnavailable: the authenticator did not answer in time.
         ClientGone: the client left meanwhile.
     """
-    if SUBPROTOCOL not in offered_subprotocols(websocket):
+    if not offers_subprotocol(websocket, SUBPROTOCOL):
         identity = asked.identity
         if identity is None and auth.enabled:
             identity = await auth.authenticate(Credentials(None, websocket))

@@ -34,6 +34,8 @@ class UvicornProcess:
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="stabilizer-uvicorn-", suffix=".log")[1])
+        # the logs of attempts that found their port taken (kept, but not this one's log)
+        self.set_aside: list[Path] = []
 
     @property
     def base(self) -> str:
@@ -54,6 +56,11 @@ class UvicornProcess:
             except PortTakenError:
                 if self._fixed_port:
                     raise
+                # that attempt's log holds a node that never served, and uvicorn's bind
+                # error: not what this replica logs (checkers read log())
+                aside = self.log_path.with_name(f"{self.log_path.stem}-port-{self.port}.log")
+                self.log_path.rename(aside)
+                self.set_aside.append(aside)
                 self.port = free_port()
         raise RuntimeError("no free port for uvicorn after 5 attempts")
 

@@ -156,8 +156,10 @@ def add_routes(app: FastAPI, send: Send, counts: Counts) -> None:
         return reply
 
     @app.post("/bench/gc")
-    async def bench_gc() -> dict[str, int]:
-        return {"collected": gc.collect()}
+    async def bench_gc() -> dict[str, Any]:
+        started = time.process_time()
+        collected = gc.collect()
+        return {"collected": collected, "seconds": time.process_time() - started}
 
     @app.get("/bench/collector")
     async def bench_collector() -> dict[str, Any]:

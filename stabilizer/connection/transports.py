@@ -68,26 +68,36 @@ _PASS_THROUGH: Final = frozenset({
 _MAX_WRAPPERS: Final = 8
 
 
-class _Sansio:
+class _Adapter:
+    """What every adapter keeps: its connection's server object."""
+
+    __slots__ = ("_server",)
+    kind: str  # the server's class name
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    @property
+    def server(self) -> Any:
+        """The server object of the connection."""
+        return self._server
+
+
+class _Sansio(_Adapter):
     """uvicorn's websockets-sansio: a websockets ``ServerProtocol`` in ``server.conn``."""
 
-    __slots__ = ("_opened", "_protocol", "_server", "_transport", "_writable")
+    __slots__ = ("_opened", "_protocol", "_transport", "_writable")
+    kind = SANSIO
 
     def __init__(self, server: Any) -> None:
         protocol = server.conn
-        self._server = server
+        super().__init__(server)
         self._protocol = protocol
         self._transport = server.transport
         self._writable = server.writable  # cleared while the transport is paused
         self._opened = type(protocol.state).OPEN
         _ = (protocol.extensions, protocol.expect_continuation_frame, server.close_sent,
              server.disconnected)  # read once here: an AttributeError means another release
-
-    kind: Final = SANSIO
-
-    @property
-    def server(self) -> Any:
-        return self._server
 
     def write(self, frame: Frame) -> bool:
         server, protocol, transport = self._server, self._protocol, self._transport
@@ -99,23 +109,18 @@ class _Sansio:
         return True
 
 
-class _Legacy:
+class _Legacy(_Adapter):
     """uvicorn's websockets (legacy): the server is a websockets legacy protocol itself."""
 
-    __slots__ = ("_closed", "_opened", "_server", "_transport")
+    __slots__ = ("_closed", "_opened", "_transport")
+    kind = LEGACY
 
     def __init__(self, server: Any) -> None:
-        self._server = server
+        super().__init__(server)
         self._transport = server.transport
         self._closed = server.closed_event
         self._opened = type(server.state).OPEN
         _ = (server._paused, server._fragmented_message_waiter, server.extensions)
-
-    kind: Final = LEGACY
-
-    @property
-    def server(self) -> Any:
-        return self._server
 
     def write(self, frame: Frame) -> bool:
         server, transport = self._server, self._transport
@@ -128,16 +133,17 @@ class _Legacy:
         return True
 
 
-class _Wsproto:
+class _Wsproto(_Adapter):
     """uvicorn's wsproto: a wsproto ``Connection`` once the handshake was accepted."""
 
-    __slots__ = ("_connection", "_frames", "_opened", "_server", "_transport", "_writable")
+    __slots__ = ("_connection", "_frames", "_opened", "_transport", "_writable")
+    kind = WSPROTO
 
     def __init__(self, server: Any) -> None:
         connection = server.conn.connection
         if connection is None:
             raise AttributeError("not accepted by the server yet")
-        self._server = server
+        super().__init__(server)
         self._connection = connection
         self._frames = connection._proto  # the FrameProtocol: extensions, outbound state
         self._transport = server.transport
@@ -145,12 +151,6 @@ class _Wsproto:
         self._opened = type(connection.state).OPEN
         _ = (self._frames.extensions, self._frames._outbound_opcode, server.close_sent,
              server.disconnected)
-
-    kind: Final = WSPROTO
-
-    @property
-    def server(self) -> Any:
-        return self._server
 
     def write(self, frame: Frame) -> bool:
         server, frames, transport = self._server, self._frames, self._transport

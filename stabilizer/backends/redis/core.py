@@ -266,21 +266,21 @@ class ScriptBatcher:
             task.add_done_callback(self._drained)
         return future
 
-    def _take(self) -> list[asyncio.Future[Any]]:
-        """Empty the queue; return the futures of the calls it held."""
-        futures, self._calls, self._futures = self._futures, [], []
-        return futures
+    def _take(self) -> tuple[list[WireCall], list[asyncio.Future[Any]]]:
+        """Empty the queue; return the calls it held and their futures."""
+        taken = self._calls, self._futures
+        self._calls, self._futures = [], []
+        return taken
 
     async def _drain(self) -> None:
         futures: list[asyncio.Future[Any]] = []
         try:
             while self._calls:
-                calls = self._calls
-                futures = self._take()
+                calls, futures = self._take()
                 await self._run(calls, futures)
             futures = []
         except BaseException:  # cancelled (the node stops): no caller may wait forever
-            _fail(futures + self._take(), "the node stopped before this call was answered")
+            _fail(futures + self._take()[1], "the node stopped before this call was answered")
             raise
         finally:
             if self._task is asyncio.current_task():
@@ -291,7 +291,7 @@ class ScriptBatcher:
         # here (a newer task, if one started, owns the queue then).
         if self._task is task:
             self._task = None
-            _fail(self._take(), "the node stopped before this call was sent")
+            _fail(self._take()[1], "the node stopped before this call was sent")
 
     async def _run(self, calls: list[WireCall], futures: list[asyncio.Future[Any]]) -> None:
         try:

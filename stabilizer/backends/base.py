@@ -173,6 +173,12 @@ class NodeRegistry(Protocol):
         reaped clients end after `session_ttl` unless they come back."""
         ...
 
+    async def incarnation(self) -> str | None:
+        """An opaque value that changes whenever the store may have lost writes it had
+        acknowledged: it restarted, or a replica took over from it. None when the store does
+        not tell (then any failure to reach it has to be taken as such a loss)."""
+        ...
+
     async def resync(self, local: Sequence[Presence], *, claims: Collection[str] = (),
                      session_ttl: float = 0.0, listed_at: float | None = None) -> list[str]:
         """Re-register this node's clients after the store came back (or was wiped) and

@@ -11,6 +11,11 @@ because a kick or a MEMBERSHIP envelope published in between reached nobody. Set
 the local group memberships agree with the backend's (first giving the backend back the
 memberships it lost, when it restarted empty or reaped this node), then re-registers
 presence (closing sockets another node took meanwhile).
+
+A step that fails is not an outage by itself: under a burst of connects a busy loop reads a
+reply late. Writes that failed asked for a resync each; writes that succeeded are lost only
+when the store restarts or fails over, which each step checks (the store's incarnation).
+Only a store that cannot tell makes every failed step ask for a resync.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class Maintenance:
         self._kick = kick  # closes a local connection another node holds the client of
         self._settle_groups = settle_groups
         self._joined = False
+        self._incarnation: str | None = None  # the store's, at the last step (None: unknown)
         self._settle_due = False  # settle again once the subscription is back
         self._restore_groups = False  # the backend lost our memberships: give them back
         self._backend_log = RateLimitedLog(logger)
@@ -77,7 +83,8 @@ class Maintenance:
                 failures = 0
             except BackendUnavailable as exc:
                 failures += 1
-                self._ctx.want_resync()
+                if self._incarnation is None:  # a failover would go unnoticed: resync
+                    self._ctx.want_resync()
                 self._backend_log.warning("backend maintenance failed", exc=exc)
             except Exception:
                 logger.exception("maintenance step failed; the loop goes on")
@@ -100,6 +107,7 @@ class Maintenance:
         config = ctx.config
         backend = ctx.backend
         session_ttl = config.session_ttl if config.history_enabled else 0.0
+        await self._check_incarnation()
         liveness = await ctx.ask(backend.liveness.keepalive(config.node_ttl, session_ttl),
                                  round_trips=4)
         if self._reporter is not None:
@@ -130,6 +138,18 @@ class Maintenance:
                 raise
         if not self._tokens.has_key:
             await self._tokens.fetch_shared_key()
+
+    async def _check_incarnation(self) -> None:
+        """Ask for a resync when the store may have lost writes since the last step: it
+        restarted, or a replica took over. A step that merely failed (a reply too slow for
+        a busy loop, an outage of the same store) asks for none: each write that failed
+        asked for its own."""
+        ctx = self._ctx
+        seen = await ctx.ask(ctx.backend.liveness.incarnation(), round_trips=2)
+        if self._incarnation is not None and seen != self._incarnation:
+            logger.warning("the backend restarted or failed over; re-registering presence")
+            ctx.want_resync()
+        self._incarnation = seen
 
     async def _settle_sessions(self) -> None:
         """Put on the away list the sessions closes could not settle (the sweep that follows

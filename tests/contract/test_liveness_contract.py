@@ -87,3 +87,15 @@ async def test_a_resync_keeps_connections_admitted_while_it_listed(
     assert bob is not None
     assert await a.presence.locate("stale") is None
     assert await a.presence.count() == 2
+
+
+async def test_the_store_keeps_its_incarnation_while_it_runs(open_node: NodeFactory) -> None:
+    """Nodes see one incarnation, and it stays while the store neither restarts nor fails
+    over: a maintenance step that failed for another reason asks for no resync."""
+    a, b = await open_node("node-a"), await open_node("node-b")
+    first = await a.liveness.incarnation()
+    assert first is not None
+    await a.presence.register(entry("c1", "node-a", time.time()), max_cluster=None,
+                              seat=Seat())
+    assert await a.liveness.incarnation() == first
+    assert await b.liveness.incarnation() == first

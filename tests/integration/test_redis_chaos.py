@@ -188,6 +188,7 @@ async def test_cluster_master_failover_under_live_sockets(namespace: str) -> Non
             await b.connect("on-b", on_b)
             await a.broadcast("before")
             await on_b.expect("before")
+            incarnation = await a.backend.liveness.incarnation()
 
             servers.master_of(f"{{{namespace}}}").stop(kill=True)  # the namespace's slot
 
@@ -210,6 +211,8 @@ async def test_cluster_master_failover_under_live_sockets(namespace: str) -> Non
                 return False
 
             await eventually(direct_arrives, timeout=40)
+            # a replica took over: the next maintenance step re-registers what it lacks
+            assert await a.backend.liveness.incarnation() != incarnation
             assert on_a.closed is None
             assert on_b.closed is None
         finally:

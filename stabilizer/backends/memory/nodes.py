@@ -233,6 +233,11 @@ class MemoryLiveness:
                 self._forget(client_id, node, until)
         return Liveness(tuple(reaped), rejoined)
 
+    async def incarnation(self) -> str | None:
+        """Always the same: the in-process store loses nothing while the process runs."""
+        self._node.check()
+        return "memory"
+
     def _forget(self, client_id: str, node: str, until: float) -> bool:
         """Drop the client's presence if it names `node`; its session (and groups) then
         end at `until` (time.time()) unless it comes back."""

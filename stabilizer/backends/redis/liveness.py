@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Sequence
-from typing import Final
+from typing import Any, Final
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from stabilizer.backends.base import Liveness, NodeReport, Presence
 from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.keys import entry_of, seat_of, since_us
 from stabilizer.backends.redis.spread import suspend
+from stabilizer.errors import BackendUnavailable
 from stabilizer.pure.users import info_json
 from stabilizer.pure.wire import kick_prefix
 
@@ -25,6 +29,7 @@ class RedisLiveness:
 
     def __init__(self, core: RedisCore) -> None:
         self._core = core
+        self._refused = False  # INFO was refused: the incarnation is unknown
 
     async def keepalive(self, node_ttl: float, session_ttl: float = 0.0) -> Liveness:
         """Refresh our deadline and reap nodes whose deadline passed.
@@ -44,6 +49,44 @@ class RedisLiveness:
                 await self._reap_node(node, session_ttl)
                 reaped.append(node)
         return Liveness(tuple(reaped), bool(added))
+
+    async def incarnation(self) -> str | None:
+        """Each master's run id (new with every start of the process) and replication id
+        (new when a replica is promoted), from INFO. None when INFO is refused (an ACL
+        without it, or the command renamed away)."""
+        if self._refused:
+            return None
+        try:
+            servers, replication = await self._info()
+        except BackendUnavailable as exc:
+            if not isinstance(exc.__cause__, ResponseError):
+                raise
+            self._refused = True
+            logger.warning("Redis refuses INFO (%s): a failover or restart cannot be told "
+                           "from a slow reply, so each failure to reach Redis is followed "
+                           "by a resync of this node's presence", exc.__cause__)
+            return None
+        return ",".join(sorted(f"{info.get('run_id')}/{replication[name].get('master_replid')}"
+                               for name, info in servers.items()))
+
+    async def _info(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """INFO server and INFO replication by master ("" names the only one): one round
+        trip, or one per master and section on a Cluster."""
+        core = self._core
+        client = core.client
+        if isinstance(client, RedisCluster):
+            servers = await core.call(client.info("server", target_nodes=client.PRIMARIES),
+                                      "incarnation")
+            replication = await core.call(
+                client.info("replication", target_nodes=client.PRIMARIES), "incarnation")
+            if "run_id" in servers:  # one master: its reply as it is
+                return {"": servers}, {"": replication}
+            return servers, replication
+        pipe = client.pipeline(transaction=False)
+        pipe.info("server")
+        pipe.info("replication")
+        server, replicas = await core.call(pipe.execute(), "incarnation")
+        return {"": server}, {"": replicas}
 
     async def _reap_node(self, node: str, session_ttl: float) -> None:
         """Remove a node found expired: its presence entries, then its liveness entry, even

@@ -1,0 +1,225 @@
+"""When a node re-registers its presence: after the store may have lost what it had
+acknowledged (it restarted, or it failed over to a replica that lagged), not after a mere
+slow reply.
+
+A reconnect storm keeps the survivors' loops so busy that a maintenance step's reply can
+come later than op_timeout. Treating that as an outage made each survivor re-register every
+local client in the middle of the storm. Each maintenance step now reads the store's
+incarnation (run id and replication id, from INFO) and resyncs when it changed; only a store
+that refuses INFO falls back to a resync after every failed step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer.backends.base import Liveness
+from tests.conftest import ManagerFactory
+from tests.support.fakes import FakeSocket
+from tests.support.fault_proxy import FaultProxy
+from tests.support.redis_server import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+RESYNCED = "re-registered"  # "presence of N local clients re-registered"
+FAILED = "backend maintenance failed"
+
+
+class LogWatch(logging.Handler):
+    """Queues the messages of stabilizer's log records as they are emitted."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: asyncio.Queue[str] = asyncio.Queue()
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record.getMessage())
+        self.messages.put_nowait(record.getMessage())
+
+    async def until(self, fragment: str, limit: float = 15.0) -> None:
+        """Wait for the next message that contains `fragment`."""
+        async with asyncio.timeout(limit):
+            while fragment not in await self.messages.get():
+                pass
+
+    def count(self, fragment: str) -> int:
+        return sum(1 for message in self.seen if fragment in message)
+
+
+@pytest.fixture
+def log() -> Iterator[LogWatch]:
+    watch = LogWatch()
+    logger = logging.getLogger("stabilizer")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(watch)
+    yield watch
+    logger.removeHandler(watch)
+    logger.setLevel(level)
+
+
+def keepalives(manager: WebSocketConnectionManager,
+               monkeypatch: pytest.MonkeyPatch) -> asyncio.Queue[bool]:
+    """The outcome of each of the manager's keepalives from now on (True: it succeeded)."""
+    outcomes: asyncio.Queue[bool] = asyncio.Queue()
+    liveness = manager.backend.liveness
+    original = liveness.keepalive
+
+    async def watched(*args: Any, **kwargs: Any) -> Liveness:
+        try:
+            result = await original(*args, **kwargs)
+        except BaseException:
+            outcomes.put_nowait(False)
+            raise
+        outcomes.put_nowait(True)
+        return result
+
+    monkeypatch.setattr(liveness, "keepalive", watched)
+    return outcomes
+
+
+async def succeeded(outcomes: asyncio.Queue[bool], count: int) -> None:
+    """Wait for `count` more keepalives that succeed."""
+    async with asyncio.timeout(20):
+        while count:
+            count -= await outcomes.get()
+
+
+async def test_a_step_slower_than_op_timeout_on_the_same_store_resyncs_nothing(
+    private_redis: RedisServer, namespace: str, make_manager: ManagerFactory,
+    log: LogWatch, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replies later than op_timeout (as a loop busy with a storm reads them) fail a step;
+    the store neither restarted nor failed over, nothing was written, so nothing is
+    re-registered once replies are on time again."""
+    async with FaultProxy(private_redis.port) as proxy:
+        manager = make_manager(WebSocketConfig(
+            redis_url=proxy.url, namespace=namespace, node_id="a", node_ttl=3.0,
+            op_timeout=0.3, **QUIET))
+        outcomes = keepalives(manager, monkeypatch)
+        await manager.start()
+        await manager.connect("alice", FakeSocket())
+        await succeeded(outcomes, 1)
+        before = log.count(RESYNCED)
+
+        proxy.set_latency(1.0)
+        await log.until(FAILED)
+        proxy.restore()
+        await succeeded(outcomes, 2)  # the step after the failure ran to its end
+
+        assert log.count(RESYNCED) == before
+        assert await manager.locate_client("alice") == "a"
+
+
+async def test_a_store_that_refuses_info_resyncs_after_a_slow_step(
+    private_redis: RedisServer, namespace: str, make_manager: ManagerFactory,
+    log: LogWatch, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without INFO (an ACL that leaves it out) a failover cannot be told from a slow reply:
+    a failed step is followed by a resync, as before incarnations were read."""
+    admin = Redis.from_url(private_redis.url)
+    await admin.execute_command("ACL", "SETUSER", "noinfo", "on", ">secret", "~*", "&*",
+                                "+@all", "-info")
+    async with FaultProxy(private_redis.port) as proxy:
+        manager = make_manager(WebSocketConfig(
+            redis_url=f"redis://noinfo:secret@127.0.0.1:{proxy.port}", namespace=namespace,
+            node_id="a", node_ttl=3.0, op_timeout=0.3, **QUIET))
+        assert await manager.backend.liveness.incarnation() is None
+        outcomes = keepalives(manager, monkeypatch)
+        await manager.start()
+        await manager.connect("alice", FakeSocket())
+        await succeeded(outcomes, 1)
+        assert log.count("refuses INFO") == 1
+
+        proxy.set_latency(1.0)
+        await log.until(FAILED)
+        proxy.restore()
+        await log.until(RESYNCED)
+        assert await manager.locate_client("alice") == "a"
+    await admin.aclose()
+
+
+async def test_the_incarnation_changes_when_the_store_restarts(
+    private_redis: RedisServer, namespace: str, make_manager: ManagerFactory,
+) -> None:
+    manager = make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
+                                           **QUIET))
+    await manager.start()
+    before = await manager.backend.liveness.incarnation()
+    assert before is not None
+    assert await manager.backend.liveness.incarnation() == before
+    await asyncio.to_thread(private_redis.restart)
+    after = None
+    async with asyncio.timeout(10):
+        while after is None:  # the first call may meet the connection the restart closed
+            with contextlib.suppress(Exception):
+                after = await manager.backend.liveness.incarnation()
+    assert after != before
+
+
+@pytest.fixture
+async def other_redis() -> AsyncIterator[RedisServer]:
+    server = RedisServer(extra_args=["--repl-diskless-sync-delay", "0"])
+    await asyncio.to_thread(server.start)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.__exit__)
+
+
+async def _replicating(replica: Redis) -> bool:
+    info = await replica.info("replication")
+    return bool(info.get("master_link_status") == "up")
+
+
+async def _until(check: Callable[[], Any], limit: float = 15.0) -> None:
+    """A bounded poll of Redis's own replication state (it sends no notice)."""
+    async with asyncio.timeout(limit):
+        while not await check():
+            await asyncio.sleep(0.02)
+
+
+async def test_writes_a_failover_lost_are_written_again_though_no_step_failed(
+    private_redis: RedisServer, other_redis: RedisServer, namespace: str,
+    make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica that stopped following its master takes over its data set, as a failover to
+    a lagging replica does: what the master acknowledged after the replica's last sync is
+    gone, while the node entry (older) is still there and no step failed. The store's new
+    replication id makes the next step re-register the lost client."""
+    store, replica = Redis.from_url(private_redis.url), Redis.from_url(other_redis.url)
+    manager = make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
+                                           node_id="a", node_ttl=6.0, **QUIET))
+    outcomes = keepalives(manager, monkeypatch)
+    try:
+        await store.config_set("repl-diskless-sync-delay", 0)
+        await manager.start()
+        await manager.connect("alice", FakeSocket())
+        await replica.replicaof("127.0.0.1", private_redis.port)
+        await _until(lambda: _replicating(replica))
+        assert await store.execute_command("WAIT", 1, 5000) == 1  # it has alice
+        await replica.replicaof("NO", "ONE")  # it lags from now on
+        await manager.connect("bob", FakeSocket())  # acknowledged by the master alone
+
+        await succeeded(outcomes, 1)  # the next step is node_ttl / 3 (2 s) away
+        await store.replicaof("127.0.0.1", other_redis.port)  # the lagging data set wins
+        await _until(lambda: _replicating(store))
+        await store.replicaof("NO", "ONE")
+        assert await manager.locate_client("bob") is None  # lost with the failover
+        assert await manager.locate_client("alice") == "a"
+
+        await succeeded(outcomes, 2)
+        assert await manager.locate_client("bob") == "a"
+    finally:
+        await store.aclose()
+        await replica.aclose()

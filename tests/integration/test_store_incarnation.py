@@ -167,6 +167,22 @@ async def test_the_incarnation_changes_when_the_store_restarts(
     assert after != before
 
 
+async def test_a_server_that_names_no_run_id_has_no_incarnation(
+    redis_url: str, namespace: str, make_manager: ManagerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that speaks the protocol but is not Redis itself may leave the run id out:
+    its incarnation is unknown, not one that never changes."""
+    manager = make_manager(WebSocketConfig(redis_url=redis_url, namespace=namespace, **QUIET))
+    liveness = manager.backend.liveness
+
+    async def info() -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"": {"redis_version": "7.2.0"}}, {"": {"role": "master"}}
+
+    monkeypatch.setattr(liveness, "_info", info)
+    assert await liveness.incarnation() is None
+
+
 @pytest.fixture
 async def other_redis() -> AsyncIterator[RedisServer]:
     server = RedisServer(extra_args=["--repl-diskless-sync-delay", "0"])

@@ -53,7 +53,7 @@ class RedisLiveness:
     async def incarnation(self) -> str | None:
         """Each master's run id (new with every start of the process) and replication id
         (new when a replica is promoted), from INFO. None when INFO is refused (an ACL
-        without it, or the command renamed away)."""
+        without it, or the command renamed away) or names no run id."""
         if self._refused:
             return None
         try:
@@ -66,7 +66,9 @@ class RedisLiveness:
                            "from a slow reply, so each failure to reach Redis is followed "
                            "by a resync of this node's presence", exc.__cause__)
             return None
-        return ",".join(sorted(f"{info.get('run_id')}/{replication[name].get('master_replid')}"
+        if not all(info.get("run_id") for info in servers.values()):
+            return None  # a server that does not say (not Redis itself): unknown
+        return ",".join(sorted(f"{info['run_id']}/{replication[name].get('master_replid')}"
                                for name, info in servers.items()))
 
     async def _info(self) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -10,36 +10,35 @@ client is pinged at 30 and 60 and closed at 90. (fastapi-websocket-stabilizer cl
 next interval whatever the timeout.) Without pings (``custom`` heartbeat) a client must be
 heard from at least every ``timeout`` seconds.
 
-A forgotten key is unreachable from the schedule at once: heap items hold an entry that
-drops its key when forgotten, so a closed connection is never kept alive until its entry
-would have come due. Stale items are swept out when they outnumber the live ones.
+A forgotten key is unreachable from the schedule at once: heap items name a slot, not the
+key, and a forgotten key's slot is emptied. Stale items are swept out when they outnumber the
+live ones.
+
+Nothing per key is an object the cyclic collector walks: a key's times live in arrays of
+floats at its slot, and a heap item is a pair of numbers (which the collector stops tracking).
+With 10,000 connections an entry object and a heap tuple each were 20,000 more objects that
+every full collection visited.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
+import math
+from array import array
 from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 _MIN_SWEEP: Final = 64
-
-
-class _Entry(Generic[K]):
-    __slots__ = ("deadline", "key", "last_seen", "next_ping", "scheduled")
-
-    def __init__(self, key: K, now: float) -> None:
-        self.key: K | None = key
-        self.last_seen = now
-        self.next_ping = 0.0
-        self.deadline: float | None = None
-        self.scheduled = 0.0  # the time of this entry's one live heap item
+_NONE: Final = math.inf  # no pong deadline outstanding
+_UNSCHEDULED: Final = math.nan  # equal to no time: every heap item of the slot is stale
 
 
 class HeartbeatSchedule(Generic[K]):
-    """Each tracked key has one live heap item at its next event; an item whose time is not
-    its entry's ``scheduled`` time, or whose entry was forgotten, is stale and skipped."""
+    """Each tracked key has a slot and one live heap item at its next event; an item whose
+    time is not its slot's scheduled time, or whose slot was emptied, is stale and skipped.
+    A slot is reused once emptied: an item left from its former key is stale unless it
+    names the very time the new key is scheduled for, and then it is that key's event."""
 
     def __init__(self, interval: float, timeout: float, *, send_pings: bool = True) -> None:
         self.interval = interval
@@ -47,68 +46,87 @@ class HeartbeatSchedule(Generic[K]):
         self.send_pings = send_pings
         # Pings due within this window are sent together, so one wake-up serves many.
         self.coalesce = min(0.05, interval / 50, timeout / 50)
-        self._entries: dict[K, _Entry[K]] = {}
-        self._heap: list[tuple[float, int, _Entry[K]]] = []
-        self._seq = itertools.count()
+        self._slots: dict[K, int] = {}
+        self._keys: list[K | None] = []  # by slot (None: empty)
+        self._free: list[int] = []
+        self._last_seen = array("d")
+        self._next_ping = array("d")
+        self._deadline = array("d")  # _NONE while no ping is unanswered
+        self._scheduled = array("d")  # the time of the slot's one live heap item
+        self._heap: list[tuple[float, int]] = []
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._slots)
 
     def heap_size(self) -> int:
         """Heap items, stale ones included (about one per tracked key)."""
         return len(self._heap)
 
-    def _schedule(self, entry: _Entry[K], when: float) -> bool:
-        entry.scheduled = when
+    def _schedule(self, slot: int, when: float) -> bool:
+        self._scheduled[slot] = when
         earliest = not self._heap or when < self._heap[0][0]
-        heapq.heappush(self._heap, (when, next(self._seq), entry))
+        heapq.heappush(self._heap, (when, slot))
         return earliest
 
-    def _next_event(self, entry: _Entry[K]) -> float:
+    def _next_event(self, slot: int) -> float:
         if not self.send_pings:
-            return entry.last_seen + self.timeout
-        if entry.deadline is not None and entry.deadline < entry.next_ping:
-            return entry.deadline
-        return entry.next_ping
+            return self._last_seen[slot] + self.timeout
+        return min(self._deadline[slot], self._next_ping[slot])
+
+    def _live(self, when: float, slot: int) -> bool:
+        return self._keys[slot] is not None and self._scheduled[slot] == when
 
     def track(self, key: K, now: float) -> bool:
         """Start watching `key`; True when this moved the earliest wake-up forward."""
         self.forget(key)
-        entry = _Entry(key, now)
-        self._entries[key] = entry
-        entry.next_ping = now + self.interval
-        return self._schedule(entry, self._next_event(entry))
+        if self._free:
+            slot = self._free.pop()
+            self._keys[slot] = key
+            self._last_seen[slot] = now
+            self._next_ping[slot] = now + self.interval
+            self._deadline[slot] = _NONE
+        else:
+            slot = len(self._keys)
+            self._keys.append(key)
+            self._last_seen.append(now)
+            self._next_ping.append(now + self.interval)
+            self._deadline.append(_NONE)
+            self._scheduled.append(_UNSCHEDULED)
+        self._slots[key] = slot
+        return self._schedule(slot, self._next_event(slot))
 
     def forget(self, key: K) -> None:
         """Stop watching `key`; the schedule holds no reference to it afterwards."""
-        entry = self._entries.pop(key, None)
-        if entry is None:
+        slot = self._slots.pop(key, None)
+        if slot is None:
             return
-        entry.key = None
-        if len(self._heap) > max(_MIN_SWEEP, 2 * len(self._entries)):
+        self._empty(slot)
+        if len(self._heap) > max(_MIN_SWEEP, 2 * len(self._slots)):
             self._sweep()
 
+    def _empty(self, slot: int) -> None:
+        self._keys[slot] = None
+        self._free.append(slot)
+
     def _sweep(self) -> None:
-        self._heap = [item for item in self._heap
-                      if item[2].key is not None and item[2].scheduled == item[0]]
+        self._heap = [item for item in self._heap if self._live(*item)]
         heapq.heapify(self._heap)
 
     def seen(self, key: K, now: float) -> None:
         """Record that `key` answered or sent something: it is alive as of `now`."""
-        entry = self._entries.get(key)
-        if entry is None:
+        slot = self._slots.get(key)
+        if slot is None:
             return
-        entry.last_seen = now
+        self._last_seen[slot] = now
         if self.send_pings:
-            entry.deadline = None
+            self._deadline[slot] = _NONE
 
     def next_wake(self) -> float | None:
         """The loop-clock time of the earliest live item, or None when nothing is tracked."""
         heap = self._heap
         while heap:
-            when, _, entry = heap[0]
-            if entry.key is not None and entry.scheduled == when:
-                return when
+            if self._live(*heap[0]):
+                return heap[0][0]
             heapq.heappop(heap)
         return None
 
@@ -122,31 +140,34 @@ class HeartbeatSchedule(Generic[K]):
         horizon = now + self.coalesce
         to_ping: list[K] = []
         expired: list[K] = []
-        later: list[_Entry[K]] = []
+        later: list[int] = []
         heap = self._heap
+        keys = self._keys
+        next_ping = self._next_ping
         while heap and heap[0][0] <= horizon:
-            when, _, entry = heapq.heappop(heap)
-            key = entry.key
-            if key is None or entry.scheduled != when:
+            when, slot = heapq.heappop(heap)
+            key = keys[slot]
+            if key is None or self._scheduled[slot] != when:
                 continue  # stale
-            if self._expired(entry, now):
+            if self._expired(slot, now):
                 expired.append(key)
-                del self._entries[key]
-                entry.key = None
+                del self._slots[key]
+                self._empty(slot)
                 continue
-            if self.send_pings and entry.next_ping <= horizon:
+            self._scheduled[slot] = _UNSCHEDULED  # until rescheduled below: another item
+            # of this slot and time (left by the slot's former key) is stale
+            if self.send_pings and next_ping[slot] <= horizon:
                 to_ping.append(key)
                 # keep the phase (no drift) unless the loop fell far behind
-                entry.next_ping = max(entry.next_ping + self.interval,
-                                      now + self.interval / 2)
-                if entry.deadline is None:
-                    entry.deadline = now + self.timeout
-            later.append(entry)
-        for entry in later:
-            self._schedule(entry, self._next_event(entry))
+                next_ping[slot] = max(next_ping[slot] + self.interval, now + self.interval / 2)
+                if self._deadline[slot] == _NONE:
+                    self._deadline[slot] = now + self.timeout
+            later.append(slot)
+        for slot in later:
+            self._schedule(slot, self._next_event(slot))
         return to_ping, expired
 
-    def _expired(self, entry: _Entry[K], now: float) -> bool:
+    def _expired(self, slot: int, now: float) -> bool:
         if self.send_pings:
-            return entry.deadline is not None and entry.deadline <= now
-        return entry.last_seen + self.timeout <= now
+            return self._deadline[slot] <= now
+        return self._last_seen[slot] + self.timeout <= now

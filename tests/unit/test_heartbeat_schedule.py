@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Hashable, Iterable
 
 import pytest
@@ -343,3 +344,44 @@ def test_a_short_timeout_still_expires_on_time_with_one_entry_per_key() -> None:
     assert schedule.due(12.0) == ([], ["quiet"])
     assert schedule.next_wake() == 20.0
     assert schedule.heap_size() == 1
+
+
+def test_a_slot_taken_over_by_another_key_has_one_live_item() -> None:
+    """A forgotten key's slot goes to the next key tracked; the former key's heap item may
+    name the very time the new key is due: that key is pinged once, and one item stays."""
+    schedule: HeartbeatSchedule[str] = HeartbeatSchedule(30.0, 60.0)
+    schedule.track("a", now=0.0)
+    schedule.forget("a")
+    schedule.track("b", now=0.0)  # due at 30, as "a" was
+    assert schedule.due(30.0) == (["b"], [])
+    assert schedule.heap_size() == 1
+    assert schedule.next_wake() == 60.0
+    assert schedule.due(60.0) == (["b"], [])
+
+
+def test_a_key_tracked_after_another_expired_takes_its_slot_cleanly() -> None:
+    schedule: HeartbeatSchedule[str] = HeartbeatSchedule(10.0, 5.0)
+    schedule.track("gone", now=0.0)
+    assert schedule.due(10.0) == (["gone"], [])
+    assert schedule.due(15.0) == ([], ["gone"])
+    schedule.track("next", now=15.0)
+    assert len(schedule) == 1
+    assert schedule.next_wake() == 25.0
+    assert schedule.due(25.0) == (["next"], [])
+    assert run_until(schedule, 40.0) == [(30.0, "expire", "next")]
+
+
+def test_tracked_keys_add_no_object_for_the_collector_to_walk() -> None:
+    """Every full collection walks each tracked object: at 10,000 connections an entry and
+    a heap item per key were 20,000 more. A key's times and heap item are numbers."""
+    keys = [object() for _ in range(1000)]
+    schedule: HeartbeatSchedule[object] = HeartbeatSchedule(1.0, 2.0)
+    schedule.track(keys[0], now=0.0)
+    gc.collect()
+    before = len(gc.get_objects())
+    for key in keys[1:]:
+        schedule.track(key, now=0.0)
+    pinged, _ = schedule.due(1.0)  # every item popped and pushed again
+    assert len(pinged) == len(keys)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 10

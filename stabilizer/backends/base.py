@@ -75,7 +75,11 @@ class PresenceStore(Protocol):
         with `away` (seconds; history), the client goes on the away list for that long in
         the same step where the store can (one presence bucket), so that a node that dies
         before it suspends or ends the session leaves it to the sweep, not for good.
-        True when the presence was removed."""
+        True when the presence was removed. Bounded by the backend, as register() is.
+
+        Raises:
+            BackendUnavailable: the store did not answer in time (the removal may have run).
+        """
         ...
 
     @property

@@ -101,12 +101,14 @@ class NodeContext:
         return taken
 
     async def ask(self, awaitable: Awaitable[T], *, round_trips: int = 1) -> T:
-        """Await a backend operation of `round_trips` round trips within op_timeout each.
+        """Await a backend operation of `round_trips` round trips within op_timeout each,
+        and one more: a call batched with others may first wait for the batch in flight
+        (the backend bounds each round trip itself; this is the backstop).
 
         Raises:
             BackendUnavailable: the backend failed or did not answer in time.
         """
-        limit = self.config.op_timeout * round_trips
+        limit = self.config.op_timeout * (round_trips + 1)
         try:
             async with asyncio.timeout(limit):
                 return await awaitable

@@ -185,9 +185,11 @@ class Closing:
         history = ctx.config.history_enabled
         end_groups = not history and presence.ends_groups
         try:
-            removed = await ctx.ask(presence.unregister(
+            # no ctx.ask(): unregister() is bounded by the backend itself, and its bound
+            # allows for the batch in flight before its own, which a timer here did not
+            removed = await presence.unregister(
                 conn.client_id, conn.conn_id, end_groups=end_groups,
-                away=ctx.config.session_ttl if history else 0.0))
+                away=ctx.config.session_ttl if history else 0.0)
         except BackendUnavailable as exc:
             ctx.want_resync()
             self._backend_log.warning("presence of %r not removed (backend unavailable)",

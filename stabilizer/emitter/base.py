@@ -157,12 +157,14 @@ class EmitterBase:
         return self._backend
 
     async def _ask(self, awaitable: Awaitable[T], *, round_trips: int = 1) -> T:
-        """Await a backend operation of `round_trips` round trips within op_timeout each.
+        """Await a backend operation of `round_trips` round trips within op_timeout each,
+        and one more for the batch in flight a batched call may wait for (as a node does:
+        NodeContext.ask).
 
         Raises:
             BackendUnavailable: the backend failed or did not answer in time.
         """
-        limit = self._config.op_timeout * round_trips
+        limit = self._config.op_timeout * (round_trips + 1)
         try:
             async with asyncio.timeout(limit):
                 return await awaitable

@@ -30,7 +30,9 @@ T = TypeVar("T")
 
 #: Bound on one call beyond the round trips it is allowed (each is bounded inside).
 _SLACK: Final = 2.0
-_ROUND_TRIPS: Final = 4  # the longest operation: open (2) and a two-round-trip sequence
+# the longest operation: open (2) and a two-round-trip sequence, each with one more for a
+# batch in flight (Emitter._ask)
+_ROUND_TRIPS: Final = 6
 
 
 class _Runner:

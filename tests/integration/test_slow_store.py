@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from stabilizer import WebSocketConfig
+from stabilizer import Emitter, WebSocketConfig
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket
 from tests.support.fault_proxy import FaultProxy
@@ -93,3 +93,35 @@ async def test_a_direct_send_queued_behind_a_slow_batch_still_arrives(
         proxy.restore()
         await socket.expect("one")
         await socket.expect("two")
+
+
+async def test_an_emitters_send_queued_behind_a_slow_batch_still_arrives(
+    private_redis: RedisServer, namespace: str, make_manager: ManagerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker's emitter batches its direct sends the same way, and bounds them the same."""
+    async with FaultProxy(private_redis.port) as proxy:
+        b = make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
+                                         node_id="b", node_ttl=3600.0, **QUIET))
+        await b.start()
+        socket = FakeSocket()
+        await b.connect("bob", socket)
+        async with Emitter(proxy.url, namespace=namespace, op_timeout=1.5) as emitter:
+            assert await emitter.send_to_client("bob", "zero")  # opened, scripts loaded
+            batcher = emitter._backend.routing._routes  # type: ignore[attr-defined]
+            original = batcher._send
+            in_flight = asyncio.Event()
+
+            async def send(calls: list[Any]) -> list[Any]:
+                in_flight.set()
+                return await original(calls)
+
+            monkeypatch.setattr(batcher, "_send", send)
+            proxy.set_latency(0.5)  # a round trip of about 1 s: within op_timeout (1.5 s)
+            first = asyncio.create_task(emitter.send_to_client("bob", "one"))
+            await in_flight.wait()
+            second = asyncio.create_task(emitter.send_to_client("bob", "two"))
+            assert await asyncio.gather(first, second) == [True, True]
+            proxy.restore()
+        for text in ("zero", "one", "two"):
+            await socket.expect(text)

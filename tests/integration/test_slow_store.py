@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,6 +25,40 @@ from tests.support.redis_server import RedisServer
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+T = TypeVar("T")
+
+
+def slowed(proxy: FaultProxy, batcher: Any, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Make Redis's round trip about 1 s (within op_timeout: 1.5 s in these tests); return
+    an event set when `batcher` (a ScriptBatcher) puts a batch on the wire."""
+    proxy.set_latency(0.5)
+    original = batcher._send
+    in_flight = asyncio.Event()
+
+    async def send(calls: list[Any]) -> list[Any]:
+        in_flight.set()
+        return await original(calls)
+
+    monkeypatch.setattr(batcher, "_send", send)
+    return in_flight
+
+
+async def one_behind_another(in_flight: asyncio.Event, first: Awaitable[T],
+                             second: Callable[[], Awaitable[T]]) -> list[T]:
+    """Await `first`, and once its batch is on the wire `second()`, which waits for it."""
+    ahead = asyncio.ensure_future(first)
+    await in_flight.wait()
+    return list(await asyncio.gather(ahead, second()))
+
+
+async def two_sends(proxy: FaultProxy, batcher: Any, monkeypatch: pytest.MonkeyPatch,
+                    send: Callable[[str, str], Awaitable[bool]]) -> list[bool]:
+    """"one" and "two" to bob through a slow Redis, the second made while the first's batch
+    is on the wire; what each send returned."""
+    in_flight = slowed(proxy, batcher, monkeypatch)
+    sent = await one_behind_another(in_flight, send("bob", "one"), lambda: send("bob", "two"))
+    proxy.restore()
+    return sent
 
 
 async def test_a_disconnect_queued_behind_a_slow_batch_is_not_taken_for_an_outage(
@@ -39,20 +74,11 @@ async def test_a_disconnect_queued_behind_a_slow_batch_is_not_taken_for_an_outag
         await manager.connect("c1", FakeSocket())
         await manager.connect("c2", FakeSocket())
         batcher = manager.backend.presence._unregisters  # type: ignore[attr-defined]
-        original = batcher._send
-        in_flight = asyncio.Event()
+        in_flight = slowed(proxy, batcher, monkeypatch)
 
-        async def send(calls: list[Any]) -> list[Any]:
-            in_flight.set()
-            return await original(calls)
-
-        monkeypatch.setattr(batcher, "_send", send)
-        proxy.set_latency(0.5)  # a round trip of about 1 s: within op_timeout (1.5 s)
-
-        first = asyncio.create_task(manager.disconnect("c1"))
-        await in_flight.wait()  # c1's removal is on the wire: c2's waits for it
-        second = asyncio.create_task(manager.disconnect("c2"))
-        await asyncio.gather(first, second)
+        # c2's removal is made while c1's is on the wire: it waits for it
+        await one_behind_another(in_flight, manager.disconnect("c1"),
+                                 lambda: manager.disconnect("c2"))
         proxy.restore()
 
         assert [r.getMessage() for r in caplog.records if "not removed" in r.getMessage()] == []
@@ -76,21 +102,7 @@ async def test_a_direct_send_queued_behind_a_slow_batch_still_arrives(
         socket = FakeSocket()
         await b.connect("bob", socket)
         batcher = a.backend.routing._routes  # type: ignore[attr-defined]
-        original = batcher._send
-        in_flight = asyncio.Event()
-
-        async def send(calls: list[Any]) -> list[Any]:
-            in_flight.set()
-            return await original(calls)
-
-        monkeypatch.setattr(batcher, "_send", send)
-        proxy.set_latency(0.5)  # a round trip of about 1 s: within op_timeout (1.5 s)
-
-        first = asyncio.create_task(a.send_to_client("bob", "one"))
-        await in_flight.wait()
-        second = asyncio.create_task(a.send_to_client("bob", "two"))
-        assert await asyncio.gather(first, second) == [True, True]
-        proxy.restore()
+        assert await two_sends(proxy, batcher, monkeypatch, a.send_to_client) == [True, True]
         await socket.expect("one")
         await socket.expect("two")
 
@@ -109,19 +121,7 @@ async def test_an_emitters_send_queued_behind_a_slow_batch_still_arrives(
         async with Emitter(proxy.url, namespace=namespace, op_timeout=1.5) as emitter:
             assert await emitter.send_to_client("bob", "zero")  # opened, scripts loaded
             batcher = emitter._backend.routing._routes  # type: ignore[attr-defined]
-            original = batcher._send
-            in_flight = asyncio.Event()
-
-            async def send(calls: list[Any]) -> list[Any]:
-                in_flight.set()
-                return await original(calls)
-
-            monkeypatch.setattr(batcher, "_send", send)
-            proxy.set_latency(0.5)  # a round trip of about 1 s: within op_timeout (1.5 s)
-            first = asyncio.create_task(emitter.send_to_client("bob", "one"))
-            await in_flight.wait()
-            second = asyncio.create_task(emitter.send_to_client("bob", "two"))
-            assert await asyncio.gather(first, second) == [True, True]
-            proxy.restore()
+            sent = await two_sends(proxy, batcher, monkeypatch, emitter.send_to_client)
+            assert sent == [True, True]
         for text in ("zero", "one", "two"):
             await socket.expect(text)

@@ -528,3 +528,35 @@ async def _flush(server: RedisServer) -> None:
         await client.flushall()
     finally:
         await client.aclose()
+
+
+@defect("split layouts without history: a node that dies after its close removed the "
+        "client's presence, and before the client's groups end, leaves them for good")
+@pytest.mark.parametrize("layout", [{"redis_spread_keys": True}, {"presence_buckets": 2}],
+                         ids=["spread", "buckets"])
+async def test_a_node_that_dies_between_a_closes_presence_removal_and_its_groups_end(
+    node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any],
+) -> None:
+    """Seed 1305320310 (spread layout, 2 presence buckets, history off): replica 2's Redis
+    was slow; c4's close removed its presence (the reply came too late, but it ran), the
+    end of its groups failed too, and replica 2 was killed before its maintenance settled
+    the session: g1 listed c4 for good. Where presence and the client's group set share a
+    slot the removal ends the groups itself; with history the client goes on the away list
+    first. Here the node dies right after the removal."""
+    a, b = node("a", **layout), node("b", **layout)
+    await a.start()
+    await b.start()
+    await a.connect("x", FakeSocket("x"))
+    await a.join_group("x", "room")
+
+    async def killed(*args: Any, **kwargs: Any) -> None:
+        """Node a dies here: nothing after the presence removal runs."""
+
+    monkeypatch.setattr(a._node.closing, "settle", killed)
+    await a.disconnect("x", code=CloseCode.NORMAL)
+    assert await b.locate_client("x") is None  # the removal ran
+
+    async def left() -> bool:
+        return await b.get_group_members("room") == []
+
+    assert await until(left), "the room keeps x, who has no socket and no presence"

@@ -16,10 +16,10 @@ from stabilizer.backends.memory import MemoryBackend, MemoryHub
 from stabilizer.config import WebSocketConfig
 from stabilizer.errors import (
     AuthenticationError,
-    BackendUnavailable,
     ConfigError,
     WebSocketStabilizerError,
 )
+from stabilizer.node.context import within_round_trips
 from stabilizer.node.tasks import TaskOwner
 from stabilizer.pure.text import check_client_id
 from stabilizer.pure.users import check_user_id
@@ -157,19 +157,14 @@ class EmitterBase:
         return self._backend
 
     async def _ask(self, awaitable: Awaitable[T], *, round_trips: int = 1) -> T:
-        """Await a backend operation of `round_trips` round trips within op_timeout each,
-        and one more for the batch in flight a batched call may wait for (as a node does:
-        NodeContext.ask).
+        """Await a backend operation of `round_trips` round trips, bounded as a node's are
+        (within_round_trips).
 
         Raises:
             BackendUnavailable: the backend failed or did not answer in time.
         """
-        limit = self._config.op_timeout * (round_trips + 1)
-        try:
-            async with asyncio.timeout(limit):
-                return await awaitable
-        except TimeoutError as exc:
-            raise BackendUnavailable(f"redis did not answer within {limit:g}s") from exc
+        return await within_round_trips(awaitable, self._config.op_timeout, round_trips,
+                                        "redis")
 
     def _client(self, client_id: object) -> str:
         """Return `client_id` if usable (InvalidClientIdError otherwise)."""

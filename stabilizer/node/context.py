@@ -33,6 +33,24 @@ SESSION_ROUND_TRIPS: Final = 6
 T = TypeVar("T")
 
 
+async def within_round_trips(awaitable: Awaitable[T], op_timeout: float, round_trips: int,
+                             what: str = "backend") -> T:
+    """Await a backend operation of `round_trips` round trips within op_timeout each, and
+    one more: a call batched with others may first wait for the batch in flight (the
+    backend bounds each round trip itself; this is the backstop). Shared by a node's
+    services (NodeContext.ask) and an emitter.
+
+    Raises:
+        BackendUnavailable: the backend failed or did not answer in time.
+    """
+    limit = op_timeout * (round_trips + 1)
+    try:
+        async with asyncio.timeout(limit):
+            return await awaitable
+    except TimeoutError as exc:
+        raise BackendUnavailable(f"{what} did not answer within {limit:g}s") from exc
+
+
 class Phase(Enum):
     """Lifecycle of a node."""
 
@@ -101,16 +119,9 @@ class NodeContext:
         return taken
 
     async def ask(self, awaitable: Awaitable[T], *, round_trips: int = 1) -> T:
-        """Await a backend operation of `round_trips` round trips within op_timeout each,
-        and one more: a call batched with others may first wait for the batch in flight
-        (the backend bounds each round trip itself; this is the backstop).
+        """Await a backend operation of `round_trips` round trips (within_round_trips).
 
         Raises:
             BackendUnavailable: the backend failed or did not answer in time.
         """
-        limit = self.config.op_timeout * (round_trips + 1)
-        try:
-            async with asyncio.timeout(limit):
-                return await awaitable
-        except TimeoutError as exc:
-            raise BackendUnavailable(f"backend did not answer within {limit:g}s") from exc
+        return await within_round_trips(awaitable, self.config.op_timeout, round_trips)

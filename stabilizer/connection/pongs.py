@@ -50,7 +50,7 @@ Take = Callable[[Connection, Any], None]
 class PongWatch:
     """Takes the pongs of a node's connections where their servers read them."""
 
-    __slots__ = ("_on_pong", "_takes")
+    __slots__ = ("_fits", "_on_pong", "_takes")
 
     def __init__(self, on_pong: OnPong) -> None:
         self._on_pong = on_pong
@@ -59,6 +59,9 @@ class PongWatch:
             SANSIO: ("handle_text", self._sansio, ("close_sent",)),
             WSPROTO: ("handle_message", self._wsproto, ("close_sent", "buffer")),
         }
+        # server class -> whether its objects have what the stand-in replaces and reads
+        # (looked at once per class, not at every connect)
+        self._fits: dict[type, bool] = {}
 
     def watch(self, conn: Connection) -> bool:
         """Call on_pong(conn) for each pong the server of `conn`'s socket reads, instead of
@@ -72,11 +75,12 @@ class PongWatch:
             return False
         method, take, reads = entry
         server = writer.server
-        if not callable(getattr(type(server), method, None)):
-            return False  # another release of the server keeps its state elsewhere
-        for attribute in reads:
-            if not hasattr(server, attribute):
-                return False
+        fits = self._fits.get(type(server))
+        if fits is None:  # another release of the server may keep its state elsewhere
+            fits = self._fits[type(server)] = callable(getattr(type(server), method, None)) \
+                and all(hasattr(server, attribute) for attribute in reads)
+        if not fits:
+            return False
         setattr(server, method, MethodType(take, conn))
         return True
 

@@ -213,3 +213,23 @@ def test_unwatch_leaves_a_method_another_connection_installed() -> None:
     assert watch.watch(second) is True  # the server's newer connection (a test's shortcut)
     watch.unwatch(first)
     assert vars(server)["handle_text"].__self__ is second
+
+
+class SansioElsewhere:
+    """A release of the server that keeps its close state under another name."""
+
+    def __init__(self) -> None:
+        self.closing = False
+
+    def handle_text(self, event: Any) -> None:
+        """Hands a message to the application."""
+
+
+def test_a_server_release_without_what_the_taker_reads_keeps_its_pongs() -> None:
+    """What a server class offers is looked at once per class (not per connection): every
+    connection of a class without it keeps its pongs, and another class is looked at."""
+    watch = PongWatch(_never)
+    servers = [SansioElsewhere(), SansioElsewhere()]
+    assert [watch.watch(sansio_conn(server)) for server in servers] == [False, False]  # type: ignore[arg-type]
+    assert all("handle_text" not in vars(server) for server in servers)
+    assert watch.watch(sansio_conn(SansioLike())) is True  # another class: looked at

@@ -106,9 +106,9 @@ class Maintenance:
         ctx = self._ctx
         config = ctx.config
         backend = ctx.backend
-        session_ttl = config.session_ttl if config.history_enabled else 0.0
         await self._check_incarnation()
-        liveness = await ctx.ask(backend.liveness.keepalive(config.node_ttl, session_ttl),
+        liveness = await ctx.ask(backend.liveness.keepalive(config.node_ttl,
+                                                            self._session_ttl()),
                                  round_trips=4)
         if self._reporter is not None:
             await ctx.ask(backend.liveness.report(self._reporter.next()))
@@ -145,7 +145,7 @@ class Maintenance:
         a busy loop, an outage of the same store) asks for none: each write that failed
         asked for its own."""
         ctx = self._ctx
-        seen = await ctx.ask(ctx.backend.liveness.incarnation(), round_trips=2)
+        seen = await ctx.ask(ctx.backend.liveness.incarnation())
         if self._incarnation is not None and seen != self._incarnation:
             logger.warning("the backend restarted or failed over; re-registering presence")
             ctx.want_resync()

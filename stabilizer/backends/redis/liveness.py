@@ -3,6 +3,7 @@ that stopped refreshing, and re-registration after an outage."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection, Sequence
 from typing import Any, Final
@@ -73,14 +74,13 @@ class RedisLiveness:
 
     async def _info(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """INFO server and INFO replication by master ("" names the only one): one round
-        trip, or one per master and section on a Cluster."""
+        trip (on a Cluster, both sections of every master at once)."""
         core = self._core
         client = core.client
         if isinstance(client, RedisCluster):
-            servers = await core.call(client.info("server", target_nodes=client.PRIMARIES),
-                                      "incarnation")
-            replication = await core.call(
-                client.info("replication", target_nodes=client.PRIMARIES), "incarnation")
+            servers, replication = await asyncio.gather(*(
+                core.call(client.info(section, target_nodes=client.PRIMARIES), "incarnation")
+                for section in ("server", "replication")))
             if "run_id" in servers:  # one master: its reply as it is
                 return {"": servers}, {"": replication}
             return servers, replication

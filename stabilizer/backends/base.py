@@ -29,6 +29,10 @@ from stabilizer.backends.stream_roles import GroupStore, HistoryStore, SessionSt
 from stabilizer.results import ClusterEvent
 from stabilizer.stats import BackendStats
 
+#: The orphan grace, in node_ttl: how long a store keeps a client it does not know (a
+#: membership with no presence behind it) on the away list before the sweep ends it.
+ORPHAN_GRACE_TTLS = 2.0
+
 __all__ = [
     "Backend", "EventBus", "GroupStore", "History", "HistoryStore", "Liveness",
     "MembershipChange", "NodeRegistry", "NodeReport", "Presence", "PresenceStore",
@@ -72,9 +76,10 @@ class PresenceStore(Protocol):
         """Remove the client's presence (and its user's seat) only if it still names
         `conn_id`; with `end_groups`, the client's group memberships end in the same step
         when the store can (`ends_groups`), so that none written meanwhile outlives it;
-        with `away` (seconds; history), the client goes on the away list for that long in
-        the same step where the store can (one presence bucket), so that a node that dies
-        before it suspends or ends the session leaves it to the sweep, not for good.
+        with `away` (seconds), the client goes on the away list for that long in the same
+        step where the store can (one presence bucket), else in a step before, so that a
+        node that dies before it suspends or ends the session (or, without history, ends
+        the groups `end_groups` could not) leaves that to the sweep, not for good.
         True when the presence was removed. Bounded by the backend, as register() is.
 
         Raises:

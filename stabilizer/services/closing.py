@@ -10,6 +10,7 @@ import logging
 import weakref
 from typing import Any
 
+from stabilizer.backends.base import ORPHAN_GRACE_TTLS
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection, State
 from stabilizer.connection.sockets import abort_transport
@@ -189,7 +190,7 @@ class Closing:
             # allows for the batch in flight before its own, which a timer here did not
             removed = await presence.unregister(
                 conn.client_id, conn.conn_id, end_groups=end_groups,
-                away=ctx.config.session_ttl if history else 0.0)
+                away=self._away_for(conn))
         except BackendUnavailable as exc:
             ctx.want_resync()
             self._backend_log.warning("presence of %r not removed (backend unavailable)",
@@ -200,6 +201,22 @@ class Closing:
         if not removed:
             return Unregistered.KEPT
         return Unregistered.WITH_GROUPS if end_groups else Unregistered.REMOVED
+
+    def _away_for(self, conn: Connection) -> float:
+        """How long the client goes on the away list before its presence is removed (0: not
+        at all). With history, the session's time to resume. Without, where the removal
+        cannot end the client's groups in its own step (presence and the group sets apart),
+        a client that may have groups is claimed for the orphan grace, the time a store
+        gives a client it does not know: if this node dies before the settle ends them,
+        the sweep does (the settle's end takes the claim off the list)."""
+        config = self._ctx.config
+        if config.history_enabled:
+            return config.session_ttl
+        if self._ctx.backend.presence.ends_groups:
+            return 0.0
+        if conn.groups or conn.changed_groups or self._membership.in_doubt:
+            return ORPHAN_GRACE_TTLS * config.node_ttl
+        return 0.0
 
     async def close_socket(self, conn: Connection, code: int, reason: str) -> bool:
         """Send a close frame within close_timeout; abort the transport if it cannot go.

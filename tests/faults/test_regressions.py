@@ -530,8 +530,6 @@ async def _flush(server: RedisServer) -> None:
         await client.aclose()
 
 
-@defect("split layouts without history: a node that dies after its close removed the "
-        "client's presence, and before the client's groups end, leaves them for good")
 @pytest.mark.parametrize("layout", [{"redis_spread_keys": True}, {"presence_buckets": 2}],
                          ids=["spread", "buckets"])
 async def test_a_node_that_dies_between_a_closes_presence_removal_and_its_groups_end(
@@ -542,7 +540,8 @@ async def test_a_node_that_dies_between_a_closes_presence_removal_and_its_groups
     end of its groups failed too, and replica 2 was killed before its maintenance settled
     the session: g1 listed c4 for good. Where presence and the client's group set share a
     slot the removal ends the groups itself; with history the client goes on the away list
-    first. Here the node dies right after the removal."""
+    first, and now without history too when it may have groups. Here the node dies right
+    after the removal."""
     a, b = node("a", **layout), node("b", **layout)
     await a.start()
     await b.start()

@@ -8,7 +8,14 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 
-from stabilizer.backends.base import Liveness, NodeReport, Presence, Registration, Seat
+from stabilizer.backends.base import (
+    ORPHAN_GRACE_TTLS,
+    Liveness,
+    NodeReport,
+    Presence,
+    Registration,
+    Seat,
+)
 from stabilizer.backends.memory.hub import MemoryHub
 from stabilizer.backends.memory.users import check_seat, public
 from stabilizer.errors import (
@@ -220,7 +227,7 @@ class MemoryLiveness:
         self._node.check()
         hub = self._node.hub
         me = self._node.node_id
-        self._node.orphan_grace = node_ttl * 2
+        self._node.orphan_grace = node_ttl * ORPHAN_GRACE_TTLS
         now = time.monotonic()
         rejoined = me not in hub.node_deadlines
         hub.node_deadlines[me] = now + node_ttl

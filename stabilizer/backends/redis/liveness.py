@@ -11,7 +11,7 @@ from typing import Any, Final
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from stabilizer.backends.base import Liveness, NodeReport, Presence
+from stabilizer.backends.base import ORPHAN_GRACE_TTLS, Liveness, NodeReport, Presence
 from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.keys import entry_of, seat_of, since_us
 from stabilizer.backends.redis.spread import suspend
@@ -39,7 +39,7 @@ class RedisLiveness:
         were reaped after a long pause): the caller must re-register its presence.
         """
         core = self._core
-        core.orphan_grace_ms = int(node_ttl * 2000)
+        core.orphan_grace_ms = int(node_ttl * ORPHAN_GRACE_TTLS * 1000)
         reply = await core.call(core.scripts.keepalive(
             keys=[core.keys.nodes], args=[core.node_id, int(node_ttl * 1000)],
         ), "keepalive")

@@ -1,0 +1,124 @@
+"""A close's claim on the away list, without history, in the split layouts.
+
+Where presence and the client's group set live in different hash slots (spread keys, or
+several presence buckets), the step that removes a closing client's presence cannot end its
+groups; the settle does that after. A node that died in between left the groups for good
+(defect 34, pinned in tests/faults/test_regressions.py). So a close of a client that may
+have groups first claims it on the away list for the orphan grace: if the settle never
+comes, the sweep ends the groups. These tests pin what the claim costs an ordinary close:
+it is made only for a client that may have groups, and the settle takes it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from stabilizer import CloseCode, WebSocketConfig, WebSocketConnectionManager
+from tests.conftest import ManagerFactory
+from tests.support.fakes import FakeSocket
+from tests.support.redis_server import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+FAST: dict[str, Any] = {"node_ttl": 1.5, "op_timeout": 0.5}  # maintenance every 0.5 s
+LAYOUTS = pytest.mark.parametrize(
+    "layout", [{"redis_spread_keys": True}, {"presence_buckets": 2}], ids=["spread", "buckets"])
+
+Node = Callable[..., WebSocketConnectionManager]
+
+
+@pytest.fixture
+def node(namespace: str, make_manager: ManagerFactory, private_redis: RedisServer) -> Node:
+    def build(node_id: str, **extra: Any) -> WebSocketConnectionManager:
+        return make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
+                                            node_id=node_id, **QUIET, **FAST, **extra))
+    return build
+
+
+async def away(manager: WebSocketConnectionManager) -> list[str]:
+    """The clients on the away list."""
+    backend: Any = manager.backend
+    return sorted(c.decode() for c in await backend.client.zrange(backend.keys.away, 0, -1))
+
+
+def away_at_settle(manager: WebSocketConnectionManager,
+                   monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record the away list each time a close of `manager` begins its settle (the presence
+    is removed by then, the groups not yet ended)."""
+    seen: list[list[str]] = []
+    closing: Any = manager._node.closing
+    original = closing.settle
+
+    async def settle(*args: Any, **kwargs: Any) -> None:
+        seen.append(await away(manager))
+        await original(*args, **kwargs)
+
+    monkeypatch.setattr(closing, "settle", settle)
+    return seen
+
+
+async def until(check: Callable[[], Awaitable[bool]], limit: float) -> bool:
+    """Poll `check` until it holds or `limit` seconds pass (no notice exists for a sweep
+    done by another node's maintenance)."""
+    try:
+        async with asyncio.timeout(limit):
+            while not await check():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        return False
+    return True
+
+
+@LAYOUTS
+async def test_a_member_is_claimed_until_its_close_ends_its_groups(
+        node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
+    a, b = node("a", **layout), node("b", **layout)
+    await a.start()
+    await b.start()
+    seen = away_at_settle(a, monkeypatch)
+    await a.connect("x", FakeSocket("x"))
+    await a.join_group("x", "room")
+    await a.disconnect("x", code=CloseCode.NORMAL)
+    assert seen == [["x"]], "no claim stood between the removal and the groups' end"
+    assert await b.get_group_members("room") == []
+    assert await away(a) == [], "the settle left its claim for the sweep"
+
+
+@LAYOUTS
+async def test_a_client_with_no_group_is_not_claimed(
+        node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
+    a = node("a", **layout)
+    await a.start()
+    seen = away_at_settle(a, monkeypatch)
+    await a.connect("x", FakeSocket("x"))
+    await a.disconnect("x", code=CloseCode.NORMAL)
+    assert seen == [[]]
+    assert await away(a) == []
+
+
+@LAYOUTS
+async def test_a_claim_the_settle_leaves_is_taken_off_by_the_sweep(
+        node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
+    """A client that left its groups before closing is claimed all the same (a join or
+    leave went through it); its end finds no group and leaves the claim, which the sweep
+    takes off once the orphan grace (2 x node_ttl) is over."""
+    a, b = node("a", **layout), node("b", **layout)
+    await a.start()
+    await b.start()
+    seen = away_at_settle(a, monkeypatch)
+    await a.connect("x", FakeSocket("x"))
+    await a.join_group("x", "room")
+    await a.leave_group("x", "room")
+    await a.disconnect("x", code=CloseCode.NORMAL)
+    assert seen == [["x"]]
+
+    async def swept() -> bool:
+        return await away(b) == []
+
+    assert await until(swept, 10.0), "the claim outlived the orphan grace"
+    assert await b.get_group_members("room") == []

@@ -208,15 +208,15 @@ class Closing:
         cannot end the client's groups in its own step (presence and the group sets apart),
         a client that may have groups is claimed for the orphan grace, the time a store
         gives a client it does not know: if this node dies before the settle ends them,
-        the sweep does (the settle's end takes the claim off the list)."""
+        the sweep does (the settle's end takes the claim off the list). One that left all
+        its groups is not: its settle would find none, and the claim would wait for the
+        sweep."""
         config = self._ctx.config
         if config.history_enabled:
             return config.session_ttl
         if self._ctx.backend.presence.ends_groups:
             return 0.0
-        if conn.groups or conn.changed_groups or self._membership.in_doubt:
-            return ORPHAN_GRACE_TTLS * config.node_ttl
-        return 0.0
+        return ORPHAN_GRACE_TTLS * config.node_ttl if self._membership.may_list(conn) else 0.0
 
     async def close_socket(self, conn: Connection, code: int, reason: str) -> bool:
         """Send a close frame within close_timeout; abort the transport if it cannot go.

@@ -46,16 +46,25 @@ async def away(manager: WebSocketConnectionManager) -> list[str]:
     return sorted(c.decode() for c in await backend.client.zrange(backend.keys.away, 0, -1))
 
 
+class Seen(list[list[str]]):
+    """The away list as each settle found it; `event` is set at the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = asyncio.Event()
+
+
 def away_at_settle(manager: WebSocketConnectionManager,
-                   monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+                   monkeypatch: pytest.MonkeyPatch) -> Seen:
     """Record the away list each time a close of `manager` begins its settle (the presence
     is removed by then, the groups not yet ended)."""
-    seen: list[list[str]] = []
+    seen = Seen()
     closing: Any = manager._node.closing
     original = closing.settle
 
     async def settle(*args: Any, **kwargs: Any) -> None:
         seen.append(await away(manager))
+        seen.event.set()
         await original(*args, **kwargs)
 
     monkeypatch.setattr(closing, "settle", settle)
@@ -102,23 +111,46 @@ async def test_a_client_with_no_group_is_not_claimed(
 
 
 @LAYOUTS
-async def test_a_claim_the_settle_leaves_is_taken_off_by_the_sweep(
+async def test_a_client_that_left_its_groups_is_not_claimed(
         node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
-    """A client that left its groups before closing is claimed all the same (a join or
-    leave went through it); its end finds no group and leaves the claim, which the sweep
-    takes off once the orphan grace (2 x node_ttl) is over."""
-    a, b = node("a", **layout), node("b", **layout)
+    """Its settle would find no group to end, so a claim would wait for the sweep."""
+    a = node("a", **layout)
     await a.start()
-    await b.start()
     seen = away_at_settle(a, monkeypatch)
     await a.connect("x", FakeSocket("x"))
     await a.join_group("x", "room")
     await a.leave_group("x", "room")
     await a.disconnect("x", code=CloseCode.NORMAL)
+    assert seen == [[]]
+    assert await away(a) == []
+
+
+@LAYOUTS
+async def test_a_join_under_way_when_the_close_begins_is_claimed(
+        node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
+    """The connection lists a joined group only once its node follows the group; a close
+    that begins before then still finds the join's write coming, and claims the client."""
+    a, b = node("a", **layout), node("b", **layout)
+    await a.start()
+    await b.start()
+    seen = away_at_settle(a, monkeypatch)
+    await a.connect("x", FakeSocket("x"))
+    groups: Any = a.backend.groups
+    subscribe = groups.subscribe
+    subscribing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(group: str) -> None:
+        subscribing.set()
+        await go_on.wait()
+        await subscribe(group)
+
+    monkeypatch.setattr(groups, "subscribe", held)
+    joining = asyncio.create_task(a.join_group("x", "room"))
+    await subscribing.wait()
+    closing = asyncio.create_task(a.disconnect("x", code=CloseCode.NORMAL))
+    await seen.event.wait()  # the close's settle begins (then waits for the join's turn)
+    go_on.set()
+    await asyncio.gather(joining, closing)
     assert seen == [["x"]]
-
-    async def swept() -> bool:
-        return await away(b) == []
-
-    assert await until(swept, 10.0), "the claim outlived the orphan grace"
     assert await b.get_group_members("room") == []
+    assert await away(a) == []

@@ -72,6 +72,26 @@ async def test_a_cancelled_waiter_leaves_no_turn_behind() -> None:
     assert len(turns) == 0
 
 
+async def test_a_key_is_in_while_its_turn_is_held() -> None:
+    turns = Turns()
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with turns.hold("alice"):
+            inside.set()
+            await release.wait()
+
+    assert "alice" not in turns
+    first = asyncio.create_task(holder())
+    await inside.wait()
+    waiter = asyncio.create_task(_enter(turns, "alice"))
+    assert "alice" in turns and "bob" not in turns
+    release.set()
+    await asyncio.gather(first, waiter)
+    assert "alice" not in turns
+
+
 async def _enter(turns: Turns, key: str) -> None:
     async with turns.hold(key):
         pass

@@ -82,6 +82,13 @@ class Membership:
         whole before or after another one, the bookkeeping of its close included."""
         return self._turns.hold(client_id)
 
+    def may_list(self, conn: Connection) -> bool:
+        """True when the backend may list groups of `conn`'s client: `conn` is a local member
+        of some, a change of the client's memberships is under way here (a join lists its
+        group on the connection only once subscribed), or one failed or was lost."""
+        return (bool(conn.groups) or conn.client_id in self._turns
+                or conn.client_id in self._doubted or self.in_doubt)
+
     @property
     def in_doubt(self) -> bool:
         """True from a lost subscription until a node-wide settle once it is back: local

@@ -18,6 +18,10 @@ class Turns:
     def __len__(self) -> int:
         return len(self._locks)
 
+    def __contains__(self, key: object) -> bool:
+        """True while a holder has `key`'s turn or waits for it."""
+        return key in self._users
+
     @contextlib.asynccontextmanager
     async def hold(self, *keys: str) -> AsyncIterator[None]:
         """Wait for the turn of every key in `keys`, and keep them until the block ends."""

@@ -1,0 +1,98 @@
+"""A sweeper that dies mid-sweep leaves its clients to the next one.
+
+With several presence buckets, presence lives in other hash slots than the away list, so a
+sweep takes a due client, reads its presence and then ends its session and groups, in
+separate steps. It took the client off the list first: a node that died (or hung) between
+that and the end left the client's groups for good, with nothing left to sweep. A sweep now
+holds the due clients on the list for a lease instead, as the spread layout's does, and the
+end takes them off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from stabilizer import CloseCode, WebSocketConfig, WebSocketConnectionManager
+from tests.conftest import ManagerFactory
+from tests.support.fakes import FakeSocket
+from tests.support.redis_server import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+FAST: dict[str, Any] = {"node_ttl": 1.5, "op_timeout": 0.5}  # maintenance every 0.5 s
+# the orphan grace (3 s), the lease (4 x op_timeout) and a few maintenance steps
+LIMIT = 12.0
+
+Node = Callable[..., WebSocketConnectionManager]
+
+
+@pytest.fixture
+def node(namespace: str, make_manager: ManagerFactory, private_redis: RedisServer) -> Node:
+    def build(node_id: str, **extra: Any) -> WebSocketConnectionManager:
+        return make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
+                                            node_id=node_id, presence_buckets=2, **QUIET,
+                                            **FAST, **extra))
+    return build
+
+
+class Stuck:
+    """A presence store whose lookups never return: its sweep hangs after taking its due
+    clients, as a node that dies there would leave them."""
+
+    def __init__(self, presence: Any, taken: asyncio.Event) -> None:
+        self._presence = presence
+        self._taken = taken
+
+    async def locate(self, client_id: str) -> None:
+        self._taken.set()
+        await asyncio.Event().wait()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._presence, name)
+
+
+def stick(manager: WebSocketConnectionManager, monkeypatch: pytest.MonkeyPatch,
+          taken: asyncio.Event) -> None:
+    sessions: Any = manager.backend.sessions
+    monkeypatch.setattr(sessions, "_presence", Stuck(sessions._presence, taken))
+
+
+async def until(check: Callable[[], Awaitable[bool]], limit: float) -> bool:
+    """Poll `check` until it holds or `limit` seconds pass (the sweep of another node's
+    maintenance sends no notice)."""
+    try:
+        async with asyncio.timeout(limit):
+            while not await check():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_a_sweeper_that_hangs_after_taking_a_client_leaves_it_to_the_next(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = node("a")
+    await a.start()
+    await a.connect("x", FakeSocket("x"))
+    await a.join_group("x", "room")
+
+    async def dead(*args: Any, **kwargs: Any) -> None:
+        """Node a dies after the presence removal: x is left to the sweep."""
+
+    monkeypatch.setattr(a._node.closing, "settle", dead)
+    taken = asyncio.Event()
+    stick(a, monkeypatch, taken)  # a's own sweep takes x, then hangs
+    await a.disconnect("x", code=CloseCode.NORMAL)
+    await taken.wait()
+    b = node("b")
+    await b.start()
+
+    async def left() -> bool:
+        return await b.get_group_members("room") == []
+
+    assert await until(left, LIMIT), "the room keeps x, whom a hung sweep took off the list"

@@ -12,7 +12,7 @@ it is made only for a client that may have groups, and the settle takes it off.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -69,18 +69,6 @@ def away_at_settle(manager: WebSocketConnectionManager,
 
     monkeypatch.setattr(closing, "settle", settle)
     return seen
-
-
-async def until(check: Callable[[], Awaitable[bool]], limit: float) -> bool:
-    """Poll `check` until it holds or `limit` seconds pass (no notice exists for a sweep
-    done by another node's maintenance)."""
-    try:
-        async with asyncio.timeout(limit):
-            while not await check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        return False
-    return True
 
 
 @LAYOUTS

@@ -159,7 +159,7 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--generators", type=int, help="load generators (default: auto)")
     parser.add_argument("--sources", type=int,
                         help="loopback source addresses per measurement (default: enough for "
-                             f"{PORT_SHARE:.0%} of the ephemeral port range each)")
+                             f"{PORT_SHARE:.0%}% of the ephemeral port range each)")
     parser.add_argument("--concurrency", type=int, default=64,
                         help="connects in flight per generator (default 64)")
     parser.add_argument("--stabilizer-config", metavar="JSON",

@@ -93,7 +93,8 @@ async def test_a_sweeper_that_hangs_after_taking_a_client_leaves_it_to_the_next(
     taken = asyncio.Event()
     stick(a, monkeypatch, taken)  # a's own sweep takes x, then hangs
     await a.disconnect("x", code=CloseCode.NORMAL)
-    await taken.wait()
+    async with asyncio.timeout(LIMIT):
+        await taken.wait()
     b = node("b")
     swept = ends(b, "x", monkeypatch)
     await b.start()

@@ -12,7 +12,7 @@ it is made only for a client that may have groups, and the settle takes it off.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -86,28 +86,27 @@ async def test_a_member_is_claimed_until_its_close_ends_its_groups(
     assert await away(a) == [], "the settle left its claim for the sweep"
 
 
+async def no_group(manager: WebSocketConnectionManager) -> None:
+    """Nothing joined."""
+
+
+async def left_them(manager: WebSocketConnectionManager) -> None:
+    """Joined and left: its settle would find no group to end, so a claim would wait for
+    the sweep."""
+    await manager.join_group("x", "room")
+    await manager.leave_group("x", "room")
+
+
 @LAYOUTS
-async def test_a_client_with_no_group_is_not_claimed(
-        node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
+@pytest.mark.parametrize("before", [no_group, left_them], ids=["no group", "left them"])
+async def test_a_client_without_groups_is_not_claimed(
+        node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any],
+        before: Callable[[WebSocketConnectionManager], Awaitable[None]]) -> None:
     a = node("a", **layout)
     await a.start()
     seen = away_at_settle(a, monkeypatch)
     await a.connect("x", FakeSocket("x"))
-    await a.disconnect("x", code=CloseCode.NORMAL)
-    assert seen == [[]]
-    assert await away(a) == []
-
-
-@LAYOUTS
-async def test_a_client_that_left_its_groups_is_not_claimed(
-        node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
-    """Its settle would find no group to end, so a claim would wait for the sweep."""
-    a = node("a", **layout)
-    await a.start()
-    seen = away_at_settle(a, monkeypatch)
-    await a.connect("x", FakeSocket("x"))
-    await a.join_group("x", "room")
-    await a.leave_group("x", "room")
+    await before(a)
     await a.disconnect("x", code=CloseCode.NORMAL)
     assert seen == [[]]
     assert await away(a) == []

@@ -51,18 +51,24 @@ async def test_holders_of_overlapping_keys_never_deadlock() -> None:
     assert len(turns) == 0
 
 
-async def test_a_cancelled_waiter_leaves_no_turn_behind() -> None:
-    turns = Turns()
+async def held(turns: Turns, key: str) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A task that holds `key`'s turn until the event returned is set."""
     inside = asyncio.Event()
     release = asyncio.Event()
 
     async def holder() -> None:
-        async with turns.hold("alice"):
+        async with turns.hold(key):
             inside.set()
             await release.wait()
 
-    first = asyncio.create_task(holder())
+    task = asyncio.create_task(holder())
     await inside.wait()
+    return task, release
+
+
+async def test_a_cancelled_waiter_leaves_no_turn_behind() -> None:
+    turns = Turns()
+    first, release = await held(turns, "alice")
     waiter = asyncio.create_task(_enter(turns, "alice"))
     await asyncio.sleep(0)
     waiter.cancel()
@@ -74,17 +80,8 @@ async def test_a_cancelled_waiter_leaves_no_turn_behind() -> None:
 
 async def test_a_key_is_in_while_its_turn_is_held() -> None:
     turns = Turns()
-    inside = asyncio.Event()
-    release = asyncio.Event()
-
-    async def holder() -> None:
-        async with turns.hold("alice"):
-            inside.set()
-            await release.wait()
-
     assert "alice" not in turns
-    first = asyncio.create_task(holder())
-    await inside.wait()
+    first, release = await held(turns, "alice")
     waiter = asyncio.create_task(_enter(turns, "alice"))
     assert "alice" in turns
     assert "bob" not in turns

@@ -40,26 +40,16 @@ def node(namespace: str, make_manager: ManagerFactory, private_redis: RedisServe
     return build
 
 
-class Stuck:
-    """A presence store whose lookups never return: its sweep hangs after taking its due
-    clients, as a node that dies there would leave them."""
-
-    def __init__(self, presence: Any, taken: asyncio.Event) -> None:
-        self._presence = presence
-        self._taken = taken
-
-    async def locate(self, client_id: str) -> None:
-        self._taken.set()
-        await asyncio.Event().wait()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._presence, name)
-
-
 def stick(manager: WebSocketConnectionManager, monkeypatch: pytest.MonkeyPatch,
           taken: asyncio.Event) -> None:
-    sessions: Any = manager.backend.sessions
-    monkeypatch.setattr(sessions, "_presence", Stuck(sessions._presence, taken))
+    """From now on the node's presence lookups never return: its sweep hangs after taking
+    its due clients, as a node that dies there would leave them; `taken` is set then."""
+
+    async def locate(client_id: str) -> None:
+        taken.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(manager.backend.presence, "locate", locate)
 
 
 def ends(manager: WebSocketConnectionManager, client_id: str,

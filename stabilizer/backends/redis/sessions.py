@@ -3,8 +3,6 @@ set of clients whose session ends at a time; any node sweeps it."""
 
 from __future__ import annotations
 
-import asyncio
-
 from stabilizer.backends.base import SessionState, SessionTaken
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
 from stabilizer.backends.redis.presence import RedisPresence
@@ -184,20 +182,10 @@ class RedisSessions:
 
     async def _sweep_across_slots(self, limit: int) -> list[str]:
         """The sweep when presence lives in other hash slots: a few round trips per client
-        (sessions end rarely; no script may span slots). The due clients stay on the list,
-        held for the lease, until their end takes them off, so that a node that dies
-        midway leaves them to the next sweep; those whose presence is back leave it."""
-        core = self._core
-        keys = core.keys
-        reply = await core.call(core.scripts.sweep_due(
-            keys=[keys.away], args=[limit, self._spread.lease_ms]), "sweep")
-        deadline, due = int(reply[0]), [text(c) for c in reply[1:]]
-        located = await asyncio.gather(*(self._presence.locate(c) for c in due))
-        back = [c for c, where in zip(due, located, strict=True) if where is not None]
-        if back:
-            await core.call(core.scripts.away_done(keys=[keys.away], args=[deadline, *back]),
-                            "sweep")
-        ended = [c for c, where in zip(due, located, strict=True) if where is None]
+        (sessions end rarely; no script may span slots). The due clients are taken as the
+        spread layout's sweep takes them (held for the lease until their end takes them
+        off the list), then each ends in one script."""
+        _, ended = await self._spread.take_due(limit)
         for client_id in ended:
             await self.end(client_id)
         return ended

@@ -194,8 +194,15 @@ class SpreadSteps(SlotSteps):
         return (await self.finish([client_id], deadline, "end")).get(client_id, [])
 
     async def sweep(self, limit: int) -> list[str]:
-        """SWEEP: the due clients, held for the lease; those whose presence is back leave
-        the list; the others' sessions end."""
+        """SWEEP: the due clients whose presence is gone (`take_due`) end."""
+        deadline, due = await self.take_due(limit)
+        return sorted(await self.finish(due, deadline, "sweep"))
+
+    async def take_due(self, limit: int) -> tuple[int, list[str]]:
+        """The clients due on the away list, held there for the lease until their end takes
+        them off (a sweeper that dies midway leaves them to the next sweep); those whose
+        presence is back leave the list. Returns the lease's deadline and the others.
+        (Also the sweep of the namespace layout with several presence buckets.)"""
         core = self._core
         keys = core.keys
         here = keys.buckets == 1  # presence shares the away list's slot
@@ -210,7 +217,7 @@ class SpreadSteps(SlotSteps):
                 await core.call(core.scripts.away_done(
                     keys=[keys.away], args=[deadline, *back]), "sweep")
             due = [c for c, where in zip(due, located, strict=True) if where is None]
-        return sorted(await self.finish(due, deadline, "sweep"))
+        return deadline, due
 
     async def suspend(self, clients: Collection[str], ttl_ms: int) -> None:
         """SUSPEND (see suspend)."""

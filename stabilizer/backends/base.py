@@ -22,6 +22,7 @@ from stabilizer.backends.records import (
     Registration,
     Seat,
     Sequenced,
+    SessionGone,
     SessionState,
     SessionTaken,
 )
@@ -36,8 +37,8 @@ ORPHAN_GRACE_TTLS = 2.0
 __all__ = [
     "Backend", "EventBus", "GroupStore", "History", "HistoryStore", "Liveness",
     "MembershipChange", "NodeRegistry", "NodeReport", "Presence", "PresenceStore",
-    "Registration", "Routing", "Seat", "Sequenced", "SessionState", "SessionStore",
-    "SessionTaken",
+    "Registration", "Routing", "Seat", "Sequenced", "SessionGone", "SessionState",
+    "SessionStore", "SessionTaken",
     "TaskSpawner", "TokenStore", "UserStore",
 ]
 

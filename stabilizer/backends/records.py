@@ -62,6 +62,16 @@ class SessionTaken(Exception):
         self.client_id = client_id
 
 
+class SessionGone(Exception):
+    """A resume asked to take over a session that ended after it was loaded (its time ran
+    out, and a sweep ended it between the two steps): nothing changed, and the resume
+    begins a fresh session instead."""
+
+    def __init__(self, client_id: str) -> None:
+        super().__init__(f"the session of client {client_id!r} ended before its resume")
+        self.client_id = client_id
+
+
 @dataclass(frozen=True, slots=True)
 class Sequenced:
     """A message appended to its stream: its position and how many nodes it reached."""

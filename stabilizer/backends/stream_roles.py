@@ -151,7 +151,9 @@ class SessionStore(Protocol):
         Raises:
             SessionTaken: the client's presence names another connection than `conn_id`
                 (checked in the same step where presence shares the session's slot, else
-                read just before): nothing changed."""
+                read just before): nothing changed.
+            SessionGone: (not `fresh`) the session no longer exists: it ended after the
+                resume loaded it. Nothing changed."""
         ...
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
@@ -164,9 +166,13 @@ class SessionStore(Protocol):
         connection, a newer socket of the client (on any node) that owns the session."""
         ...
 
-    async def end(self, client_id: str, *, conn_id: str | None = None) -> list[str]:
+    async def end(self, client_id: str, *, conn_id: str | None = None,
+                  opening: bool = False) -> list[str]:
         """Drop the session and every group membership now; return the groups left. With
-        `conn_id`: nothing (and []) when the client's presence names another connection."""
+        `conn_id`: nothing (and []) when the client's presence names another connection.
+        `opening`: `conn_id` is a new connection ending what its client had before (without
+        history): a sweep of the client under way stands down (its end would take what the
+        new connection joins from now on)."""
         ...
 
     async def sweep(self, limit: int = 100) -> list[str]:

@@ -231,7 +231,8 @@ class Admission:
     async def _end_memberships(self, conn: Connection) -> None:
         ctx = self._ctx
         try:
-            await ctx.ask(ctx.backend.sessions.end(conn.client_id, conn_id=conn.conn_id),
+            await ctx.ask(ctx.backend.sessions.end(conn.client_id, conn_id=conn.conn_id,
+                                                   opening=True),
                           round_trips=SESSION_ROUND_TRIPS)
         except BackendUnavailable as exc:
             self._backend_log.warning("earlier groups of %r not left (backend unavailable)",

@@ -8,7 +8,7 @@ import time
 
 import msgpack
 
-from stabilizer.backends.base import SessionState, SessionTaken
+from stabilizer.backends.base import SessionGone, SessionState, SessionTaken
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import BackendUnavailable
@@ -83,21 +83,26 @@ class Resume:
                 state = await ctx.ask(ctx.backend.sessions.load(conn.client_id))
             except BackendUnavailable:
                 state = None
-            if state is None:
-                baselines = await self._activate(conn, fresh=True)
-                if baselines is not None:
-                    # it ended every earlier membership, one a settle gave `conn` included
-                    await self._membership.start_afresh(conn)
-                return None, baselines or {}
-            await self._activate(conn, fresh=False)
-            await self._restore(conn, state)
-        return state, {}
+            if state is not None:
+                try:
+                    await self._activate(conn, fresh=False)
+                except SessionGone:  # a sweep ended it after the load: begin afresh
+                    logger.info("session of %r ended while it resumed", conn.client_id)
+                else:
+                    await self._restore(conn, state)
+                    return state, {}
+            baselines = await self._activate(conn, fresh=True)
+            if baselines is not None:
+                # it ended every earlier membership, one a settle gave `conn` included
+                await self._membership.start_afresh(conn)
+            return None, baselines or {}
 
     async def _activate(self, conn: Connection, *,
                         fresh: bool) -> dict[str, tuple[int, str]] | None:
         """Open (or revive) the session held by `conn`; return a fresh one's baselines
         (none for a revived one), or None when the backend could not be reached or a newer
-        connection of the client holds it (this one is replaced: its kick is due)."""
+        connection of the client holds it (this one is replaced: its kick is due).
+        SessionGone (a revived one) passes through."""
         ctx = self._ctx
         try:
             return await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=fresh,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from stabilizer.backends.base import SessionTaken
+from stabilizer.backends.base import SessionGone, SessionTaken
 from stabilizer.pure.streams import Target
 from stabilizer.pure.wire import Envelope, Kind, decode, encode
 from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node, presence
@@ -208,6 +208,25 @@ async def test_a_replaced_connection_cannot_open_or_take_the_session(
     await b.sessions.activate("alice", fresh=False, conn_id="conn-new")  # its own: fine
     await b.presence.unregister("alice", "conn-new")
     assert await a.sessions.activate("alice", fresh=True, conn_id="conn-old") != {}  # none
+
+
+async def test_a_session_that_ended_after_its_load_cannot_be_revived(
+    open_node: NodeFactory,
+) -> None:
+    """A resume loads the session, then revives it: if it ended in between (a sweep), the
+    revival raises SessionGone and changes nothing (it used to open an empty session while
+    the resume restored the loaded groups on its node only)."""
+    a = await open_node("node-a")
+    await a.sessions.activate("alice", fresh=True)
+    await a.groups.join("alice", "room")
+    await a.sessions.suspend("alice", 60.0)
+    assert await a.sessions.load("alice") is not None  # the resume's first step
+    assert await a.sessions.end("alice") == ["room"]  # the sweep's, meanwhile
+    with pytest.raises(SessionGone):
+        await a.sessions.activate("alice", fresh=False, conn_id="conn-1")
+    assert await a.sessions.load("alice") is None
+    assert await a.groups.members("room") == []
+    assert await a.sessions.activate("alice", fresh=True, conn_id="conn-1") != {}
 
 
 async def test_sweep_ends_sessions_whose_time_ran_out(open_node: NodeFactory) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from stabilizer import WebSocketConfig
-from stabilizer.backends.base import Backend, Presence
+from stabilizer.backends.base import Backend, Presence, SessionGone
 from stabilizer.backends.redis import RedisBackend
 from stabilizer.backends.redis.spread import SpreadSteps
 from stabilizer.errors import BackendUnavailable
@@ -136,13 +137,13 @@ async def test_a_sweep_spares_a_session_resumed_while_it_ran(
     resumed = asyncio.Event()
 
     async def resume_first(self: SpreadSteps, clients: list[str], deadline: int,
-                           mode: str) -> dict[str, list[str]]:
+                           mode: str, **kwargs: Any) -> dict[str, list[str]]:
         if "bob" in clients and not resumed.is_set():
             resumed.set()  # bob comes back between the pick and the end (a resume
             await a.presence.register(Presence("bob", "node-a", "conn-2", time.time()),
                                       max_cluster=None)  # registers, then reopens)
             await a.sessions.activate("bob", fresh=False, conn_id="conn-2")
-        return await finish(self, clients, deadline, mode)
+        return await finish(self, clients, deadline, mode, **kwargs)
 
     monkeypatch.setattr(SpreadSteps, "finish", resume_first)
     assert "bob" not in await b.sessions.sweep()
@@ -263,8 +264,13 @@ async def test_an_end_cut_short_for_a_client_back_again_is_finished_by_its_settl
     the client is connected again (no sweep will pick it): the settle leaves them."""
     a = await open_spread("node-a")
     await end_cut_short(a, "alice", ["room", "lobby"], monkeypatch)
-    await a.sessions.activate("alice", fresh=False, conn_id="conn-2")  # back (no session
-    await a.groups.join("alice", "lobby")  # any more: its node joins what it wants again)
+    assert isinstance(a, RedisBackend)
+    # back, on a live session again (a revival cannot bring back the ended one: SessionGone;
+    # its node joins what it wants again)
+    with pytest.raises(SessionGone):
+        await a.sessions.activate("alice", fresh=False, conn_id="conn-2")
+    await a.client.hset(a.keys.session("alice"), "_", "conn-2")
+    await a.groups.join("alice", "lobby")
     assert await a.groups.members("room") == ["alice"]  # still listed: the end stopped
 
     assert await a.groups.reconcile({"alice": {"lobby"}}) == {"alice": ["lobby"]}

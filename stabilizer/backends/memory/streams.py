@@ -10,6 +10,7 @@ from stabilizer.backends.base import (
     History,
     MembershipChange,
     Sequenced,
+    SessionGone,
     SessionState,
     SessionTaken,
 )
@@ -252,7 +253,7 @@ class MemorySessions:
     async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None,
                        conn_id: str | None = None) -> dict[str, tuple[int, str]]:
         """Create or revive the session, held by `conn_id`; it does not expire while
-        connected. Return the baselines a fresh one records (SessionTaken: see
+        connected. Return the baselines a fresh one records (SessionTaken, SessionGone: see
         SessionStore)."""
         self._node.check()
         if self._owned_elsewhere(client_id, conn_id):
@@ -261,6 +262,8 @@ class MemorySessions:
         now = time.time()
         record = None if fresh else hub.session(client_id, now)
         if record is None:
+            if not fresh:  # it ended (or its time ran out) since the resume loaded it
+                raise SessionGone(client_id)
             self._end(client_id)
             record = hub.sessions[client_id] = SessionRecord()
         baselines: dict[str, tuple[int, str]] = {}
@@ -293,8 +296,10 @@ class MemorySessions:
             record.until = until
         self._node.hub.away[client_id] = until
 
-    async def end(self, client_id: str, *, conn_id: str | None = None) -> list[str]:
-        """Drop the session and memberships now (unless another connection owns them)."""
+    async def end(self, client_id: str, *, conn_id: str | None = None,
+                  opening: bool = False) -> list[str]:
+        """Drop the session and memberships now (unless another connection owns them).
+        (`opening` changes nothing here: a sweep is one step.)"""
         self._node.check()
         if self._owned_elsewhere(client_id, conn_id):
             return []

@@ -277,6 +277,11 @@ class KeyLayout:
         """
         return f"{self.client_tag(client_id)}:gl"
 
+    def fence(self, client_id: str) -> str:
+        """String (spread only): the token of a sweep that found `client_id` gone, which
+        the client's next connection drops (spread_scripts.CLIENT_END)."""
+        return f"{self.client_tag(client_id)}:sf"
+
     @property
     def client_groups_prefix(self) -> str:
         """Prefix of the per-client group sets."""

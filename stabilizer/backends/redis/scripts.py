@@ -237,9 +237,14 @@ AWAY_AT: Final = """
 return redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 """
 
-# KEYS: a client's group set. SCARD as a script, so that the ends of a reconnect storm's
-# connects and disconnects share pipelined round trips (presence in other slots).
+# KEYS: a client's group set[, the away zset]. ARGV: [the client id].
+# SCARD as a script, so that the ends of a reconnect storm's connects and disconnects share
+# pipelined round trips (presence in other slots). With the away zset (a new connection's
+# start, without history): the client also leaves the away list, so that a sweep that read
+# its presence before the connection registered stands down (END_SESSION's lease check)
+# rather than end what the connection joins.
 COUNT_GROUPS: Final = """
+if KEYS[2] then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return redis.call('SCARD', KEYS[1])
 """
 

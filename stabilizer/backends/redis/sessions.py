@@ -3,7 +3,7 @@ set of clients whose session ends at a time; any node sweeps it."""
 
 from __future__ import annotations
 
-from stabilizer.backends.base import SessionState, SessionTaken
+from stabilizer.backends.base import SessionGone, SessionState, SessionTaken
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.spread import SpreadSteps
@@ -58,7 +58,8 @@ class RedisSessions:
         """One script: mark the session live and held by `conn_id`; a fresh one first ends
         any earlier session (its groups included) and records (and returns) the baselines
         of the client's streams. Not when presence names another connection (in the
-        script, or read first where presence lives in other slots): SessionTaken."""
+        script, or read first where presence lives in other slots): SessionTaken; nor (not
+        `fresh`) when the session ended since it was loaded: SessionGone."""
         core = self._core
         keys = core.keys
         guard: list[str] = []
@@ -88,6 +89,8 @@ class RedisSessions:
              str(len(script_keys)) if guard else ""])
         if reply is None:
             raise SessionTaken(client_id)
+        if reply == 0:
+            raise SessionGone(client_id)
         return {text(reply[i]): position for i in range(0, len(reply) - 1, 2)
                 if (position := parse_position(bytes(reply[i + 1]))) is not None}
 
@@ -129,18 +132,26 @@ class RedisSessions:
             args=[int(ttl * 1000), client_id, conn_id],
         ), "suspend")
 
-    async def end(self, client_id: str, *, conn_id: str | None = None) -> list[str]:
+    async def end(self, client_id: str, *, conn_id: str | None = None,
+                  opening: bool = False, held_until: int | None = None) -> list[str]:
         """One script: leave every group, drop the session; with `conn_id` (the closing
-        connection), nothing if the client's presence names another connection."""
+        connection, or an `opening` one ending what its client had), nothing if the
+        client's presence names another connection. `held_until` (the buckets layout's
+        sweep): nothing unless the client is still held on the away list until then."""
         core = self._core
         keys = core.keys
         if not core.sessions and conn_id is not None and keys.split_presence:
             # no session to drop (and its presence is read apart): the client's group set
-            # is read first, the guard only for a client that has groups to leave
+            # is read first, the guard only for a client that has groups to leave (an
+            # opening connection also takes the client off the away list there: see
+            # COUNT_GROUPS; spread: its first step drops the sweep's fence)
             if keys.spread:
                 return await self._spread.end(
                     client_id, guard=lambda: self._guard(client_id, conn_id))
-            if not int(await self._counts.submit([keys.client_groups(client_id)], [])):
+            count = (self._counts.submit([keys.client_groups(client_id), keys.away],
+                                         [client_id]) if opening
+                     else self._counts.submit([keys.client_groups(client_id)], []))
+            if not int(await count):
                 return []
         presence = [] if conn_id is None else await self._guard(client_id, conn_id)
         if presence is None:
@@ -151,9 +162,10 @@ class RedisSessions:
             keys=[keys.client_groups(client_id), keys.session(client_id), keys.away,
                   *presence],
             args=[client_id, keys.group_prefix, *core.event_args(), core.node_id,
-                  core.publish_command, conn_id or ""],
+                  core.publish_command, conn_id or "",
+                  "" if held_until is None else held_until],
         ), "end_session")
-        return sorted(text(g) for g in reply)
+        return [] if reply is None else sorted(text(g) for g in reply)
 
     async def _guard(self, client_id: str, conn_id: str) -> list[str] | None:
         """The presence key a guarded script checks in its own slot ([] when presence lives
@@ -184,8 +196,9 @@ class RedisSessions:
         """The sweep when presence lives in other hash slots: a few round trips per client
         (sessions end rarely; no script may span slots). The due clients are taken as the
         spread layout's sweep takes them (held for the lease until their end takes them
-        off the list), then each ends in one script."""
-        _, ended = await self._spread.take_due(limit)
-        for client_id in ended:
-            await self.end(client_id)
-        return ended
+        off the list), then each ends in one script, unless a connection of it began since
+        its presence was read (it took the client off the list: the end stands down)."""
+        deadline, due = await self._spread.take_due(limit)
+        for client_id in due:
+            await self.end(client_id, held_until=deadline)
+        return due

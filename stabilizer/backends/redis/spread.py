@@ -16,11 +16,12 @@ slot: each step is.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
 
-from stabilizer.backends.base import Presence
+from stabilizer.backends.base import Presence, SessionGone
 from stabilizer.backends.records import MembershipChange
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, now_ms, text
 from stabilizer.backends.redis.presence import RedisPresence
@@ -118,9 +119,10 @@ class SpreadSteps(SlotSteps):
     # --- ending sessions --------------------------------------------------------------
 
     def _end_keys(self, client_id: str) -> list[str]:
-        """CLIENT_END's keys: the client's group set, leaving set and session."""
+        """CLIENT_END's keys: the client's group set, leaving set, session and fence."""
         keys = self._core.keys
-        return [keys.client_groups(client_id), keys.leaving(client_id), keys.session(client_id)]
+        return [keys.client_groups(client_id), keys.leaving(client_id), keys.session(client_id),
+                keys.fence(client_id)]
 
     async def _client_end(self, client_id: str, mode: str, held: bool,
                           opening: list[str] | None = None) -> Any:
@@ -129,22 +131,25 @@ class SpreadSteps(SlotSteps):
             keys=self._end_keys(client_id), args=[mode, "1" if held else "0", *(opening or [])],
         ), "end_session")
 
-    async def finish(self, clients: Collection[str], deadline: int,
-                     mode: str) -> dict[str, list[str]]:
+    async def finish(self, clients: Collection[str], deadline: int, mode: str, *,
+                     fence: str = "") -> dict[str, list[str]]:
         """End the sessions of `clients`, each held on the away list until `deadline`: move
         each one's groups to its leaving set, leave them, then drop the leaving sets and
         the away entries. Returns the groups each ended session left ('sweep': a client
-        whose session is live again is skipped)."""
+        whose session is live again, or whose `fence` token a new connection dropped, is
+        skipped)."""
         core = self._core
         keys = core.keys
         order = sorted(clients)
-        replies = list(await asyncio.gather(*(self._client_end(c, mode, True) for c in order)))
+        after = ["", fence] if fence else None
+        replies = list(await asyncio.gather(*(self._client_end(c, mode, True, after)
+                                              for c in order)))
         if mode == "sweep":
             await self._orphans(order, replies)
         ended: dict[str, list[str]] = {}
         by_group: dict[str, list[str]] = defaultdict(list)
         for client_id, reply in zip(order, replies, strict=True):
-            if int(reply[0]) == -1:  # live again (a resume)
+            if int(reply[0]) < 0:  # live again (a resume), or back since (the fence)
                 continue
             ended[client_id] = sorted(text(g) for g in reply[1:])
             for group in ended[client_id]:
@@ -194,15 +199,22 @@ class SpreadSteps(SlotSteps):
         return (await self.finish([client_id], deadline, "end")).get(client_id, [])
 
     async def sweep(self, limit: int) -> list[str]:
-        """SWEEP: the due clients whose presence is gone (`take_due`) end."""
-        deadline, due = await self.take_due(limit)
-        return sorted(await self.finish(due, deadline, "sweep"))
+        """SWEEP: the due clients whose presence is gone (`take_due`) end. Without sessions
+        (which mark a client's return) each is fenced first: see take_due."""
+        fence = "" if self._core.sessions else f"{self._core.node_id}:{uuid.uuid4().hex}"
+        deadline, due = await self.take_due(limit, fence)
+        return sorted(await self.finish(due, deadline, "sweep", fence=fence))
 
-    async def take_due(self, limit: int) -> tuple[int, list[str]]:
+    async def take_due(self, limit: int, fence: str = "") -> tuple[int, list[str]]:
         """The clients due on the away list, held there for the lease until their end takes
         them off (a sweeper that dies midway leaves them to the next sweep); those whose
         presence is back leave the list. Returns the lease's deadline and the others.
-        (Also the sweep of the namespace layout with several presence buckets.)"""
+        (Also the sweep of the namespace layout with several presence buckets.)
+
+        With a `fence` token, each due client's fence is set to it before its presence is
+        read (again, where SWEEP_DUE read it): a connection that registers after that read
+        drops the fence in its first step, before it can join anything, so the sweep's end
+        (which checks the token in the same step) cannot take what it joins."""
         core = self._core
         keys = core.keys
         here = keys.buckets == 1  # presence shares the away list's slot
@@ -210,7 +222,10 @@ class SpreadSteps(SlotSteps):
             keys=[keys.away, keys.presence(0)] if here else [keys.away],
             args=[limit, self.lease_ms]), "sweep")
         deadline, due = int(reply[0]), [text(c) for c in reply[1:]]
-        if not here:
+        if fence and due:
+            await asyncio.gather(*(core.call(core.client.set(keys.fence(c), fence), "sweep")
+                                   for c in due))
+        if fence or not here:
             located = await asyncio.gather(*(self._presence.locate(c) for c in due))
             back = [c for c, where in zip(due, located, strict=True) if where is not None]
             if back:
@@ -247,8 +262,10 @@ class SpreadSteps(SlotSteps):
         if positions is None:
             return None
         if not fresh:
-            await core.call(core.scripts.client_open(keys=session, args=[conn_id, "0"]),
-                            "open_session")
+            if not int(await core.call(core.scripts.client_open(keys=session,
+                                                                args=[conn_id, "0"]),
+                                       "open_session")):
+                raise SessionGone(client_id)
             return {}
         baselines = {stream: text(raw) for stream, raw in zip(streams, positions, strict=True)}
         pairs = [part for pair in baselines.items() for part in pair]

@@ -78,23 +78,33 @@ end
 return {redis.call('HGET', KEYS[2], '_') or '', redis.call('EXISTS', KEYS[2])}
 """
 
-# KEYS: the client's group set, its leaving set, its session hash (the client's slot).
+# KEYS: the client's group set, its leaving set, its session hash, its sweep fence (the
+#       client's slot).
 # ARGV: 1 'end', 'sweep' (nothing when the session is live: it exists with no expiry, as a
 #       resume leaves it; unless ARGV[3] names its holder) or 'open' (a fresh session
 #       replaces it), 2 '1' when the client is on the away list for a lease (the caller put
 #       it there), 3 the new session's holder ('open'), or the holder a live session may
 #       still have to be ended ('sweep': its client has no presence, see spread.py), then
-#       ('open') its (stream, position) baseline pairs.
+#       ('open') its (stream, position) baseline pairs, or ('sweep') the sweep's fence
+#       token ('' = none).
+# A sweep without sessions sets its token in the fence before it reads the client's
+# presence; every 'end' and 'open' (the first step of each connection's start and close)
+# drops the fence, so that a sweep whose token is gone (-2) stands down: the client came
+# back after the sweep read its presence, and what it joins since is its own.
 # A client with no group to leave ends at once (with 'open', the new session begins in its
 # place): returns {0}. Otherwise, without a lease, nothing changes and it returns {1}: the
 # caller takes one and calls again. With one, the groups move to the leaving set (which
 # keeps what an earlier, unfinished end left there), the group set and the session go, and
 # it returns {2, groups to leave...}. {-1, its holder} for a live session ('sweep').
 CLIENT_END: Final = """
-if ARGV[1] == 'sweep' and redis.call('PTTL', KEYS[3]) == -1 then
-  local holder = redis.call('HGET', KEYS[3], '_') or ''
-  if (ARGV[3] or '') == '' or holder ~= ARGV[3] then return {-1, holder} end
+if ARGV[1] == 'sweep' then
+  if redis.call('PTTL', KEYS[3]) == -1 then
+    local holder = redis.call('HGET', KEYS[3], '_') or ''
+    if (ARGV[3] or '') == '' or holder ~= ARGV[3] then return {-1, holder} end
+  end
+  if (ARGV[4] or '') ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {-2} end
 end
+redis.call('DEL', KEYS[4])
 if redis.call('SCARD', KEYS[1]) == 0 and redis.call('SCARD', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[3])
   if ARGV[1] == 'open' then
@@ -114,9 +124,15 @@ return out
 # KEYS: the client's session hash, its leaving set (the client's slot).
 # ARGV: the holder's conn id, '1' for a fresh session, then (stream, position) pairs.
 # Marks the session live and held by the connection; a fresh one (whose earlier groups were
-# left) drops the leaving set and records its streams' baselines.
+# left) drops the leaving set and records its streams' baselines. Returns 1; 0, and nothing
+# changed, for a resumed session that no longer exists (a sweep ended it after the resume
+# loaded it).
 CLIENT_OPEN: Final = """
-if ARGV[2] == '1' then redis.call('DEL', KEYS[1], KEYS[2]) end
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+elseif redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
 redis.call('HSET', KEYS[1], '_', ARGV[1])
 redis.call('PERSIST', KEYS[1])
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], 'p:' .. ARGV[i], ARGV[i + 1]) end

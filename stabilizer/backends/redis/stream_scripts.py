@@ -31,7 +31,8 @@ end
 # it in every change written from then on). A fresh one first ends whatever the client had
 # (its groups and session data), then records where the client's streams stand now (its
 # replay baselines) and returns them: {stream, "offset|epoch", ...} (nothing for a revived
-# one).
+# one). A revived one that no longer exists (a sweep ended it, or its time ran out, after
+# the resume loaded it): 0, and nothing changed.
 OPEN_SESSION: Final = LEAVE_ALL + OWNED_ELSEWHERE + """
 local presence = nil
 if ARGV[10] ~= '' then presence = KEYS[tonumber(ARGV[10])] end
@@ -39,6 +40,8 @@ if owned_elsewhere(presence, ARGV[1], ARGV[9]) then return false end
 if ARGV[2] == '1' then
   leave_all(KEYS[5], ARGV[3], ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
   redis.call('DEL', KEYS[1])
+elseif redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
 end
 redis.call('HSET', KEYS[1], '_', ARGV[9])
 redis.call('PERSIST', KEYS[1])
@@ -61,11 +64,19 @@ return baselines
 
 # KEYS: client's group set, session hash, away zset[, presence hash].
 # ARGV: client id, group-set prefix, events channel ('' = none), event prefix, node id,
-#       publish command, the closing connection ('' = none: end it regardless).
+#       publish command, the closing connection ('' = none: end it regardless), the lease
+#       deadline a sweep holds the client on the away list until ('' = not a sweep's).
 # Ends the session: leaves every group; nothing when a newer connection of the client owns
-# it (OWNED_ELSEWHERE). Returns the groups left.
+# it (OWNED_ELSEWHERE), or (a sweep's) when the client is no longer held for that lease: a
+# connection of it began since the sweep read its presence (a session's open, or a start
+# without history, takes the client off the list: COUNT_GROUPS). Returns the groups left
+# (false: the sweep's lease was gone).
 END_SESSION: Final = LEAVE_ALL + OWNED_ELSEWHERE + """
 if owned_elsewhere(KEYS[4], ARGV[1], ARGV[7] or '') then return {} end
+if (ARGV[8] or '') ~= '' and tonumber(redis.call('ZSCORE', KEYS[3], ARGV[1]) or -1) ~=
+    tonumber(ARGV[8]) then
+  return false
+end
 local groups = leave_all(KEYS[1], ARGV[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])

@@ -35,6 +35,7 @@ from stabilizer.pure.presence import Change, entry_text
 from stabilizer.pure.presence_book import PresenceBook
 from stabilizer.pure.streams import client_stream, user_stream
 from stabilizer.pure.wire import Envelope, Kind, encode
+from stabilizer.services.delivery.doubts import Doubts
 from stabilizer.services.delivery.local_groups import LocalGroups
 from stabilizer.services.delivery.turns import Turns
 from stabilizer.services.events import Events
@@ -57,14 +58,10 @@ class Membership:
         self._on_unfollow = on_unfollow  # a stream no local connection follows any more
         self._on_forget = on_forget  # a connection closed
         self._turns = Turns()  # one change of a client's local memberships at a time
-        self._losses = 0  # subscriptions lost: MEMBERSHIP envelopes may have gone with them
-        self._settled = 0  # the losses a node-wide settle after resubscribing covered
+        self._doubts = Doubts()
         self._backend_log = RateLimitedLog(logger)
         self._local = LocalGroups(ctx, on_unfollow, self._backend_log)
         self._book: PresenceBook[Connection] = PresenceBook()  # local members' entries
-        # clients whose membership change here got no answer (it may have run in part):
-        # the next node-wide settle reconciles them, wherever they are connected now
-        self._doubted: set[str] = set()
 
     def local_members(self, group: str) -> set[Connection]:
         """The local members of `group` (empty when there are none)."""
@@ -75,7 +72,7 @@ class Membership:
 
     def subscription_lost(self) -> None:
         """The listener lost its subscription: a MEMBERSHIP envelope may be lost with it."""
-        self._losses += 1
+        self._doubts.subscription_lost()
 
     def turn(self, client_id: str) -> AbstractAsyncContextManager[None]:
         """The client's turn: a change of its memberships (locally and in the backend) runs
@@ -87,14 +84,14 @@ class Membership:
         of some, a change of the client's memberships is under way here (a join lists its
         group on the connection only once subscribed), or one failed or was lost."""
         return (bool(conn.groups) or conn.client_id in self._turns
-                or conn.client_id in self._doubted or self.in_doubt)
+                or conn.client_id in self._doubts or self.in_doubt)
 
     @property
     def in_doubt(self) -> bool:
         """True from a lost subscription until a node-wide settle once it is back: local
         memberships may miss one the backend lists (a closing client must leave its groups
         in the backend even if it has none here)."""
-        return self._losses != self._settled
+        return self._doubts.node_wide
 
     async def join(self, client_id: str, group: str, meta_json: str | None = None) -> None:
         """Add a client on any node to a group (with its presence metadata, as JSON text,
@@ -188,7 +185,7 @@ class Membership:
         try:
             return await change
         except BaseException:
-            self._doubted.add(client_id)
+            self._doubts.change_failed(client_id)
             self._ctx.want_resync()
             raise
 
@@ -324,12 +321,11 @@ class Membership:
             BackendUnavailable: the backend cannot be reached (nothing changed locally).
         """
         ctx = self._ctx
-        losses = self._losses
         subscribed = not ctx.follows_others or ctx.backend.routing.subscribed.is_set()
         open_conns = [conn for conn in conns if conn.is_open]
-        doubted: set[str] = set()
+        losses, doubted = 0, set[str]()
         if node_wide:  # (clients that left meanwhile too: nothing else would complete them)
-            doubted, self._doubted = self._doubted, set()
+            losses, doubted = self._doubts.begin_settle()
         local: dict[str, Collection[str]] = dict.fromkeys(doubted, ())
         local.update((conn.client_id, conn.groups) for conn in open_conns)
         try:
@@ -344,12 +340,12 @@ class Membership:
                     for conn in open_conns:
                         await self._agree(conn, listed.get(conn.client_id, []))
         except BaseException:
-            self._doubted |= doubted
+            self._doubts.give_back(doubted)
             raise
         for client_id in sorted(doubted - {conn.client_id for conn in open_conns}):
             await self.hand_over(client_id)  # its node (if any) takes what is listed now
         if node_wide and subscribed:
-            self._settled = max(self._settled, losses)
+            self._doubts.settled(losses)
 
     def _entries(self, conn: Connection) -> dict[str, str]:
         """The presence entries of `conn`'s local memberships, as far as this node knows."""

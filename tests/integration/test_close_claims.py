@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 FAST: dict[str, Any] = {"node_ttl": 1.5, "op_timeout": 0.5}  # maintenance every 0.5 s
+# the orphan grace (3 s), the lease (4 x op_timeout) and a few maintenance steps
+LIMIT = 12.0
 LAYOUTS = pytest.mark.parametrize(
     "layout", [{"redis_spread_keys": True}, {"presence_buckets": 2}], ids=["spread", "buckets"])
 
@@ -141,3 +143,50 @@ async def test_a_join_under_way_when_the_close_begins_is_claimed(
     assert seen == [["x"]]
     assert await b.get_group_members("room") == []
     assert await away(a) == []
+
+
+@LAYOUTS
+async def test_a_remote_join_into_a_closing_client_is_claimed_by_the_joiner(
+        node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
+    """A close of a client with no group makes no claim. Another node's join that lands
+    before the close removes the client's presence lists a group the close never knew of;
+    if the closing node dies before its end, the joiner's claim is what leaves the group
+    to the sweep."""
+    a, b = node("a", **layout), node("b", **layout)
+    await a.start()
+    await b.start()
+    await a.connect("x", FakeSocket("x"))
+    presence: Any = a.backend.presence
+    unregister = presence.unregister
+    removing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        removing.set()  # the close made its claim decision: none
+        await go_on.wait()
+        return await unregister(*args, **kwargs)
+
+    async def dead(*args: Any, **kwargs: Any) -> None:
+        """a dies after the presence removal, before its end."""
+
+    monkeypatch.setattr(presence, "unregister", held)
+    monkeypatch.setattr(a._node.closing, "settle", dead)
+    swept = asyncio.Event()
+    for manager in (a, b):
+        sessions: Any = manager.backend.sessions
+
+        async def watched(limit: int = 100, sweep: Any = sessions.sweep) -> list[str]:
+            ended: list[str] = await sweep(limit)
+            if "x" in ended:
+                swept.set()
+            return ended
+
+        monkeypatch.setattr(sessions, "sweep", watched)
+    closing = asyncio.create_task(a.disconnect("x", code=CloseCode.NORMAL))
+    async with asyncio.timeout(5.0):
+        await removing.wait()
+    await b.join_group("x", "room")
+    go_on.set()
+    await closing
+    async with asyncio.timeout(LIMIT):  # (the old code: nothing on the away list)
+        await swept.wait()
+    assert await b.get_group_members("room") == []

@@ -10,7 +10,7 @@ from stabilizer.backends.records import MembershipChange
 from stabilizer.backends.redis.core import RedisCore, now_ms, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.routing import RedisRouting
-from stabilizer.backends.redis.spread import SpreadSteps
+from stabilizer.backends.redis.spread import SpreadSteps, claims_remote
 from stabilizer.pure.streams import group_stream
 
 _RECONCILE_BATCH: Final = 200
@@ -58,9 +58,11 @@ class RedisGroups:
 
     async def _await_claim(self, client_id: str) -> None:
         """What MEMBERSHIP does for a client the store does not know, where no script can
-        read its presence (one more round trip, or two: only for such a client)."""
+        read its presence (one more round trip, or two: only for such a client, or one on
+        another node: claims_remote)."""
         core = self._core
-        if await self._presence.locate(client_id) is None:
+        located = await self._presence.locate(client_id)
+        if located is None or claims_remote(located, core.node_id):
             due = now_ms() + core.orphan_grace_ms
             await core.call(core.client.zadd(core.keys.away, {client_id: due}, nx=True),
                             "membership")

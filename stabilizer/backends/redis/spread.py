@@ -33,6 +33,15 @@ from stabilizer.pure.streams import ALL, client_stream, user_stream
 LEASE_OP_TIMEOUTS: Final = 4.0
 
 
+def claims_remote(located: Presence, node_id: str) -> bool:
+    """Whether a join written here (without sessions, presence in other slots) claims a
+    client that `located` places on another node: its node may be closing it, having made
+    no claim of its own (it knew of no group of the client), and die between the removal of
+    its presence and the end of its groups. The claim leaves the group to the sweep then;
+    while the client stays present the sweep only takes it off the list."""
+    return located.node_id != node_id
+
+
 async def suspend(core: RedisCore, clients: Collection[str], ttl_ms: int) -> None:
     """SUSPEND in steps: the clients go on the away list (the namespace's slot), then each
     session gets its expiry (its own slot)."""
@@ -104,12 +113,16 @@ class SpreadSteps(SlotSteps):
         writes, then reads what the other wrote). An end that ran between the join's two
         steps dropped the client's group set: the group goes back in it, and the client's
         entry on the away list is replaced (a lease held there by that end would be taken
-        off at its end: the new due time keeps it), so that the sweep leaves the group."""
+        off at its end: the new due time keeps it), so that the sweep leaves the group.
+        A client on another node is claimed too (see claims_remote)."""
         located = await self._presence.locate(client_id)
+        core = self._core
         if located is None:
-            core = self._core
             await self._client(client_id, "join", group)
             await self._away(client_id, now_ms() + core.orphan_grace_ms, "membership")
+        elif claims_remote(located, core.node_id):
+            await self._away(client_id, now_ms() + core.orphan_grace_ms, "membership",
+                             only_new=True)
         return located
 
     async def _locate(self, client_id: str) -> Presence | None:

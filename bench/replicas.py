@@ -167,11 +167,20 @@ def add_routes(app: FastAPI, send: Send, counts: Counts) -> None:
                 "by_generation": COLLECTOR.by_generation}
 
     @app.get("/bench/objects")
-    async def bench_objects(top: int = 0) -> dict[str, Any]:
+    async def bench_objects(top: int = 0, referents: bool = False) -> dict[str, Any]:
+        """The tracked objects, by type; with `referents`, also the references a full
+        collection follows from them (what it visits besides the objects themselves)."""
         gc.collect()
         tracked = gc.get_objects()
         by_type = Counter(type(o).__qualname__ for o in tracked).most_common(top)
-        return {"tracked": len(tracked), "top": by_type}
+        reply: dict[str, Any] = {"tracked": len(tracked), "top": by_type}
+        if referents:
+            edges: Counter[str] = Counter()
+            for o in tracked:
+                edges[type(o).__qualname__] += len(gc.get_referents(o))
+            reply["referents"] = sum(edges.values())
+            reply["top_referents"] = edges.most_common(top)
+        return reply
 
     @app.post("/bench/send")
     async def bench_send(request: Request) -> dict[str, Any]:

@@ -224,8 +224,8 @@ class SpreadSteps(SlotSteps):
         presence is back leave the list. Returns the lease's deadline and the others.
         (Also the sweep of the namespace layout with several presence buckets.)
 
-        With a `fence` token, each due client's fence is set to it before its presence is
-        read (again, where SWEEP_DUE read it): a connection that registers after that read
+        With a `fence` token, each due client still gone has its fence set to it, and its
+        presence is read once more after that: a connection that registers after that read
         drops the fence in its first step, before it can join anything, so the sweep's end
         (which checks the token in the same step) cannot take what it joins."""
         core = self._core
@@ -235,17 +235,24 @@ class SpreadSteps(SlotSteps):
             keys=[keys.away, keys.presence(0)] if here else [keys.away],
             args=[limit, self.lease_ms]), "sweep")
         deadline, due = int(reply[0]), [text(c) for c in reply[1:]]
+        if not here:
+            due = await self._still_gone(deadline, due)
         if fence and due:
             await asyncio.gather(*(core.call(core.client.set(keys.fence(c), fence), "sweep")
                                    for c in due))
-        if fence or not here:
-            located = await asyncio.gather(*(self._presence.locate(c) for c in due))
-            back = [c for c, where in zip(due, located, strict=True) if where is not None]
-            if back:
-                await core.call(core.scripts.away_done(
-                    keys=[keys.away], args=[deadline, *back]), "sweep")
-            due = [c for c, where in zip(due, located, strict=True) if where is None]
+            due = await self._still_gone(deadline, due)
         return deadline, due
+
+    async def _still_gone(self, deadline: int, clients: list[str]) -> list[str]:
+        """The `clients` with no presence; those back leave the away list (if the lease
+        until `deadline` is still theirs)."""
+        core = self._core
+        located = await asyncio.gather(*(self._presence.locate(c) for c in clients))
+        back = [c for c, where in zip(clients, located, strict=True) if where is not None]
+        if back:
+            await core.call(core.scripts.away_done(
+                keys=[core.keys.away], args=[deadline, *back]), "sweep")
+        return [c for c, where in zip(clients, located, strict=True) if where is None]
 
     async def suspend(self, clients: Collection[str], ttl_ms: int) -> None:
         """SUSPEND (see suspend)."""

@@ -17,29 +17,16 @@ from typing import Any
 
 import pytest
 
-from stabilizer import CloseCode, WebSocketConfig, WebSocketConnectionManager
-from tests.conftest import ManagerFactory
+from stabilizer import CloseCode, WebSocketConnectionManager
 from tests.support.fakes import FakeSocket
-from tests.support.redis_server import RedisServer
+from tests.support.fast_nodes import LIMIT, Node, node
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
-FAST: dict[str, Any] = {"node_ttl": 1.5, "op_timeout": 0.5}  # maintenance every 0.5 s
-# the orphan grace (3 s), the lease (4 x op_timeout) and a few maintenance steps
-LIMIT = 12.0
 LAYOUTS = pytest.mark.parametrize(
     "layout", [{"redis_spread_keys": True}, {"presence_buckets": 2}], ids=["spread", "buckets"])
 
-Node = Callable[..., WebSocketConnectionManager]
-
-
-@pytest.fixture
-def node(namespace: str, make_manager: ManagerFactory, private_redis: RedisServer) -> Node:
-    def build(node_id: str, **extra: Any) -> WebSocketConnectionManager:
-        return make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
-                                            node_id=node_id, **QUIET, **FAST, **extra))
-    return build
+__all__ = ["node"]  # the fixture, re-exported for pytest
 
 
 async def away(manager: WebSocketConnectionManager) -> list[str]:

@@ -21,40 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from stabilizer import CloseCode, WebSocketConfig, WebSocketConnectionManager
+from stabilizer import CloseCode, WebSocketConnectionManager
 from stabilizer.backends.redis.sessions import RedisSessions
 from stabilizer.backends.redis.spread import SpreadSteps
-from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket, FakeWebSocket
-from tests.support.redis_server import RedisServer
+from tests.support.fast_nodes import LIMIT, Node, node
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
-FAST: dict[str, Any] = {"node_ttl": 1.5, "op_timeout": 0.5}  # maintenance every 0.5 s
 HISTORY: dict[str, Any] = {"history_size": 10, "session_ttl": 0.3}
-# the orphan grace (3 s), the lease (4 x op_timeout) and a few maintenance steps
-LIMIT = 12.0
 LAYOUTS = pytest.mark.parametrize("layout", [
     {"redis_spread_keys": True},
     {"redis_spread_keys": True, "presence_buckets": 2},
     {"presence_buckets": 2},
 ], ids=["spread", "spread-buckets", "buckets"])
 
-Node = Callable[..., WebSocketConnectionManager]
-
-
-@pytest.fixture
-def node(namespace: str, make_manager: ManagerFactory, private_redis: RedisServer) -> Node:
-    def build(node_id: str, **extra: Any) -> WebSocketConnectionManager:
-        return make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
-                                            node_id=node_id, **QUIET, **FAST, **extra))
-    return build
+__all__ = ["node"]  # the fixture, re-exported for pytest
 
 
 class Gate:
@@ -171,18 +157,26 @@ async def test_a_join_after_a_reconnect_outlives_a_sweep_that_found_the_client_g
     assert await b.get_group_members("room") == []
 
 
-@LAYOUTS
-async def test_a_resume_completed_while_a_sweep_waits_keeps_its_session(
-        node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
+async def left_resumable(node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any],
+                         ) -> tuple[WebSocketConnectionManager, Gate]:
+    """Nodes a and b with history; x joined the room on a and left it resumable (for
+    session_ttl), and a sweep (held) is about to end its session. Returns b and the gate."""
     a, b = node("a", **layout, **HISTORY), node("b", **layout, **HISTORY)
     await a.start()
     await b.start()
     await a.connect("x", FakeSocket("x"))
     await a.join_group("x", "room")
     gate = hold_sweep_end(monkeypatch, "x")
-    await a.disconnect("x", code=CloseCode.GOING_AWAY)  # resumable for session_ttl
+    await a.disconnect("x", code=CloseCode.GOING_AWAY)
     async with asyncio.timeout(LIMIT):
         await gate.reached.wait()
+    return b, gate
+
+
+@LAYOUTS
+async def test_a_resume_completed_while_a_sweep_waits_keeps_its_session(
+        node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
+    b, gate = await left_resumable(node, monkeypatch, layout)
     _, recovered = await resume(b, "x")
     assert recovered
     gate.opened.set()
@@ -197,15 +191,7 @@ async def test_a_resume_completed_while_a_sweep_waits_keeps_its_session(
 @LAYOUTS
 async def test_a_resume_whose_session_a_sweep_ends_after_its_load_begins_afresh(
         node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
-    a, b = node("a", **layout, **HISTORY), node("b", **layout, **HISTORY)
-    await a.start()
-    await b.start()
-    await a.connect("x", FakeSocket("x"))
-    await a.join_group("x", "room")
-    sweep = hold_sweep_end(monkeypatch, "x")
-    await a.disconnect("x", code=CloseCode.GOING_AWAY)
-    async with asyncio.timeout(LIMIT):
-        await sweep.reached.wait()
+    b, sweep = await left_resumable(node, monkeypatch, layout)
     load = hold_after_load(monkeypatch, "x")
     resuming = asyncio.create_task(resume(b, "x"))
     async with asyncio.timeout(LIMIT):

@@ -11,33 +11,19 @@ end takes them off.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from stabilizer import CloseCode, WebSocketConfig, WebSocketConnectionManager
-from tests.conftest import ManagerFactory
+from stabilizer import CloseCode, WebSocketConnectionManager
 from tests.support.fakes import FakeSocket
-from tests.support.redis_server import RedisServer
+from tests.support.fast_nodes import LIMIT, Node, node
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
-FAST: dict[str, Any] = {"node_ttl": 1.5, "op_timeout": 0.5}  # maintenance every 0.5 s
-# the orphan grace (3 s), the lease (4 x op_timeout) and a few maintenance steps
-LIMIT = 12.0
+BUCKETS: dict[str, Any] = {"presence_buckets": 2}
 
-Node = Callable[..., WebSocketConnectionManager]
-
-
-@pytest.fixture
-def node(namespace: str, make_manager: ManagerFactory, private_redis: RedisServer) -> Node:
-    def build(node_id: str, **extra: Any) -> WebSocketConnectionManager:
-        return make_manager(WebSocketConfig(redis_url=private_redis.url, namespace=namespace,
-                                            node_id=node_id, presence_buckets=2, **QUIET,
-                                            **FAST, **extra))
-    return build
+__all__ = ["node"]  # the fixture, re-exported for pytest
 
 
 def stick(manager: WebSocketConnectionManager, monkeypatch: pytest.MonkeyPatch,
@@ -71,7 +57,7 @@ def ends(manager: WebSocketConnectionManager, client_id: str,
 
 async def test_a_sweeper_that_hangs_after_taking_a_client_leaves_it_to_the_next(
         node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = node("a")
+    a = node("a", **BUCKETS)
     await a.start()
     await a.connect("x", FakeSocket("x"))
     await a.join_group("x", "room")
@@ -85,7 +71,7 @@ async def test_a_sweeper_that_hangs_after_taking_a_client_leaves_it_to_the_next(
     await a.disconnect("x", code=CloseCode.NORMAL)
     async with asyncio.timeout(LIMIT):
         await taken.wait()
-    b = node("b")
+    b = node("b", **BUCKETS)
     swept = ends(b, "x", monkeypatch)
     await b.start()
     async with asyncio.timeout(LIMIT):  # (fails on the old code: nothing left to sweep)

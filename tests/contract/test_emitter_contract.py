@@ -33,7 +33,7 @@ from tests.support.redis_server import (
     RedisClusterServers,
     RedisSentinelSetup,
     RedisServer,
-    free_port,
+    refusing_port,
 )
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
@@ -433,19 +433,20 @@ async def test_redis_going_down_raises_backend_unavailable(name: str, namespace:
 
 
 @pytest.mark.parametrize("settings", [
-    pytest.param({"redis_url": f"redis://127.0.0.1:{free_port()}"}, id="redis"),
-    pytest.param({"redis_url": f"redis://127.0.0.1:{free_port()}", "redis_cluster": True},
+    pytest.param({"redis_url": "redis://127.0.0.1:{port}"}, id="redis"),
+    pytest.param({"redis_url": "redis://127.0.0.1:{port}", "redis_cluster": True},
                  id="cluster"),
-    pytest.param({"redis_url": f"redis+sentinel://127.0.0.1:{free_port()}/nowhere"},
-                 id="sentinel"),
+    pytest.param({"redis_url": "redis+sentinel://127.0.0.1:{port}/nowhere"}, id="sentinel"),
 ])
 async def test_an_unreachable_redis_raises_backend_unavailable(settings: dict[str, object],
                                                                namespace: str) -> None:
-    async with Emitter(namespace=namespace, op_timeout=0.5,
-                       **settings) as emitter:  # type: ignore[arg-type]
-        for operation in every_operation(emitter):  # the first use, then every next one
-            with pytest.raises(BackendUnavailable):
-                await operation()
+    with refusing_port() as port:  # (a port picked free at collection could be taken since)
+        url = str(settings["redis_url"]).format(port=port)
+        async with Emitter(namespace=namespace, op_timeout=0.5,
+                           **{**settings, "redis_url": url}) as emitter:  # type: ignore[arg-type]
+            for operation in every_operation(emitter):  # the first use, then every next one
+                with pytest.raises(BackendUnavailable):
+                    await operation()
 
 
 # --- memory ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from stabilizer import CloseCode, WebSocketConfig, WebSocketConnectionManager
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket, FakeWebSocket
+from tests.support.fast_nodes import dies_after_removal, sweep_ends
 from tests.support.fault_proxy import FaultProxy
 from tests.support.redis_server import RedisServer
 
@@ -547,22 +548,8 @@ async def test_a_node_that_dies_between_a_closes_presence_removal_and_its_groups
     await b.start()
     await a.connect("x", FakeSocket("x"))
     await a.join_group("x", "room")
-
-    async def killed(*args: Any, **kwargs: Any) -> None:
-        """Node a dies here: nothing after the presence removal runs."""
-
-    monkeypatch.setattr(a._node.closing, "settle", killed)
-    swept = asyncio.Event()  # set when either node's sweep ends x
-    for manager in (a, b):
-        sessions: Any = manager.backend.sessions
-
-        async def sweep(limit: int = 100, *, original: Any = sessions.sweep) -> list[str]:
-            ended: list[str] = await original(limit)
-            if "x" in ended:
-                swept.set()
-            return ended
-
-        monkeypatch.setattr(sessions, "sweep", sweep)
+    dies_after_removal(a, monkeypatch)  # node a dies right after the removal
+    swept = sweep_ends((a, b), "x", monkeypatch)
     await a.disconnect("x", code=CloseCode.NORMAL)
     assert await b.locate_client("x") is None  # the removal ran
     try:

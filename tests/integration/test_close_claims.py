@@ -19,7 +19,14 @@ import pytest
 
 from stabilizer import CloseCode, WebSocketConnectionManager
 from tests.support.fakes import FakeSocket
-from tests.support.fast_nodes import LIMIT, Node, node
+from tests.support.fast_nodes import (
+    LIMIT,
+    Node,
+    dies_after_removal,
+    node,
+    started_pair,
+    sweep_ends,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -63,9 +70,7 @@ def away_at_settle(manager: WebSocketConnectionManager,
 @LAYOUTS
 async def test_a_member_is_claimed_until_its_close_ends_its_groups(
         node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
-    a, b = node("a", **layout), node("b", **layout)
-    await a.start()
-    await b.start()
+    a, b = await started_pair(node, **layout)
     seen = away_at_settle(a, monkeypatch)
     await a.connect("x", FakeSocket("x"))
     await a.join_group("x", "room")
@@ -106,9 +111,7 @@ async def test_a_join_under_way_when_the_close_begins_is_claimed(
         node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
     """The connection lists a joined group only once its node follows the group; a close
     that begins before then still finds the join's write coming, and claims the client."""
-    a, b = node("a", **layout), node("b", **layout)
-    await a.start()
-    await b.start()
+    a, b = await started_pair(node, **layout)
     seen = away_at_settle(a, monkeypatch)
     await a.connect("x", FakeSocket("x"))
     groups: Any = a.backend.groups
@@ -139,9 +142,7 @@ async def test_a_remote_join_into_a_closing_client_is_claimed_by_the_joiner(
     before the close removes the client's presence lists a group the close never knew of;
     if the closing node dies before its end, the joiner's claim is what leaves the group
     to the sweep."""
-    a, b = node("a", **layout), node("b", **layout)
-    await a.start()
-    await b.start()
+    a, b = await started_pair(node, **layout)
     await a.connect("x", FakeSocket("x"))
     presence: Any = a.backend.presence
     unregister = presence.unregister
@@ -152,22 +153,9 @@ async def test_a_remote_join_into_a_closing_client_is_claimed_by_the_joiner(
         await go_on.wait()
         return await unregister(*args, **kwargs)
 
-    async def dead(*args: Any, **kwargs: Any) -> None:
-        """a dies after the presence removal, before its end."""
-
     monkeypatch.setattr(presence, "unregister", held)
-    monkeypatch.setattr(a._node.closing, "settle", dead)
-    swept = asyncio.Event()
-    for manager in (a, b):
-        sessions: Any = manager.backend.sessions
-
-        async def watched(limit: int = 100, sweep: Any = sessions.sweep) -> list[str]:
-            ended: list[str] = await sweep(limit)
-            if "x" in ended:
-                swept.set()
-            return ended
-
-        monkeypatch.setattr(sessions, "sweep", watched)
+    dies_after_removal(a, monkeypatch)  # before its end
+    swept = sweep_ends((a, b), "x", monkeypatch)
     closing = asyncio.create_task(a.disconnect("x", code=CloseCode.NORMAL))
     async with asyncio.timeout(5.0):
         await removing.wait()

@@ -20,7 +20,6 @@ agree.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
@@ -28,8 +27,9 @@ import pytest
 from stabilizer import CloseCode, WebSocketConnectionManager
 from stabilizer.backends.redis.sessions import RedisSessions
 from stabilizer.backends.redis.spread import SpreadSteps
-from tests.support.fakes import FakeSocket, FakeWebSocket
-from tests.support.fast_nodes import LIMIT, Node, node
+from tests.integration.test_groups_history import resume_on
+from tests.support.fakes import FakeSocket
+from tests.support.fast_nodes import LIMIT, Node, dies_after_removal, node, started_pair
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -106,25 +106,6 @@ def hold_after_load(monkeypatch: pytest.MonkeyPatch, client_id: str) -> Gate:
     return gate
 
 
-async def dead(*args: Any, **kwargs: Any) -> None:
-    """A settle that never comes: the closing node died after removing the presence."""
-
-
-async def resume(manager: WebSocketConnectionManager,
-                 client_id: str) -> tuple[FakeWebSocket, bool]:
-    """Resume `client_id` on `manager` as a returning client does; return its socket and
-    whether the resume frame says it recovered."""
-    sock = FakeWebSocket(client_id)
-    session = manager.open_session(sock, client_id,
-                                   token=manager.generate_reconnect_token(client_id),
-                                   positions=json.dumps({}), welcome=False)
-    await session.__aenter__()
-    assert session.refused is None
-    frame = next(json.loads(frame) for frame in sock.sent
-                 if isinstance(frame, str) and frame.startswith('{"type":"resume"'))
-    return sock, bool(frame["recovered"])
-
-
 async def agree(manager: WebSocketConnectionManager, client_id: str, group: str) -> bool:
     """Whether the store lists `client_id` in `group` exactly when its connection on
     `manager` is a member there; returns the membership."""
@@ -138,12 +119,10 @@ async def agree(manager: WebSocketConnectionManager, client_id: str, group: str)
 @LAYOUTS
 async def test_a_join_after_a_reconnect_outlives_a_sweep_that_found_the_client_gone(
         node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
-    a, b = node("a", **layout), node("b", **layout)
-    await a.start()
-    await b.start()
+    a, b = await started_pair(node, **layout)
     await a.connect("x", FakeSocket("x"))
     await a.join_group("x", "room")
-    monkeypatch.setattr(a._node.closing, "settle", dead)  # x's groups go to the sweep
+    dies_after_removal(a, monkeypatch)  # x's groups go to the sweep
     gate = hold_sweep_end(monkeypatch, "x")
     await a.disconnect("x", code=CloseCode.NORMAL)
     async with asyncio.timeout(LIMIT):
@@ -161,9 +140,7 @@ async def left_resumable(node: Node, monkeypatch: pytest.MonkeyPatch, layout: di
                          ) -> tuple[WebSocketConnectionManager, Gate]:
     """Nodes a and b with history; x joined the room on a and left it resumable (for
     session_ttl), and a sweep (held) is about to end its session. Returns b and the gate."""
-    a, b = node("a", **layout, **HISTORY), node("b", **layout, **HISTORY)
-    await a.start()
-    await b.start()
+    a, b = await started_pair(node, **layout, **HISTORY)
     await a.connect("x", FakeSocket("x"))
     await a.join_group("x", "room")
     gate = hold_sweep_end(monkeypatch, "x")
@@ -177,7 +154,7 @@ async def left_resumable(node: Node, monkeypatch: pytest.MonkeyPatch, layout: di
 async def test_a_resume_completed_while_a_sweep_waits_keeps_its_session(
         node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
     b, gate = await left_resumable(node, monkeypatch, layout)
-    _, recovered = await resume(b, "x")
+    _, (recovered, _, _) = await resume_on(b, "x", {})
     assert recovered
     gate.opened.set()
     async with asyncio.timeout(LIMIT):
@@ -193,7 +170,7 @@ async def test_a_resume_whose_session_a_sweep_ends_after_its_load_begins_afresh(
         node: Node, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]) -> None:
     b, sweep = await left_resumable(node, monkeypatch, layout)
     load = hold_after_load(monkeypatch, "x")
-    resuming = asyncio.create_task(resume(b, "x"))
+    resuming = asyncio.create_task(resume_on(b, "x", {}))
     async with asyncio.timeout(LIMIT):
         await load.reached.wait()  # the resume read the session, groups and all
     sweep.opened.set()
@@ -201,7 +178,7 @@ async def test_a_resume_whose_session_a_sweep_ends_after_its_load_begins_afresh(
         await sweep.done.wait()  # and the sweep ended it
     load.opened.set()
     async with asyncio.timeout(LIMIT):
-        _, recovered = await resuming
+        _, (recovered, _, _) = await resuming
     # the old code told the client it recovered, its group restored on its node only
     assert not recovered
     assert not await agree(b, "x", "room")

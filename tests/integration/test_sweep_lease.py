@@ -17,7 +17,7 @@ import pytest
 
 from stabilizer import CloseCode, WebSocketConnectionManager
 from tests.support.fakes import FakeSocket
-from tests.support.fast_nodes import LIMIT, Node, node
+from tests.support.fast_nodes import LIMIT, Node, dies_after_removal, node, sweep_ends
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -38,41 +38,20 @@ def stick(manager: WebSocketConnectionManager, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(manager.backend.presence, "locate", locate)
 
 
-def ends(manager: WebSocketConnectionManager, client_id: str,
-         monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """An event set when a sweep of `manager` ends `client_id`'s session."""
-    ended = asyncio.Event()
-    sessions: Any = manager.backend.sessions
-    sweep = sessions.sweep
-
-    async def watched(limit: int = 100) -> list[str]:
-        swept: list[str] = await sweep(limit)
-        if client_id in swept:
-            ended.set()
-        return swept
-
-    monkeypatch.setattr(sessions, "sweep", watched)
-    return ended
-
-
 async def test_a_sweeper_that_hangs_after_taking_a_client_leaves_it_to_the_next(
         node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     a = node("a", **BUCKETS)
     await a.start()
     await a.connect("x", FakeSocket("x"))
     await a.join_group("x", "room")
-
-    async def dead(*args: Any, **kwargs: Any) -> None:
-        """Node a dies after the presence removal: x is left to the sweep."""
-
-    monkeypatch.setattr(a._node.closing, "settle", dead)
+    dies_after_removal(a, monkeypatch)  # x is left to the sweep
     taken = asyncio.Event()
     stick(a, monkeypatch, taken)  # a's own sweep takes x, then hangs
     await a.disconnect("x", code=CloseCode.NORMAL)
     async with asyncio.timeout(LIMIT):
         await taken.wait()
     b = node("b", **BUCKETS)
-    swept = ends(b, "x", monkeypatch)
+    swept = sweep_ends([b], "x", monkeypatch)
     await b.start()
     async with asyncio.timeout(LIMIT):  # (fails on the old code: nothing left to sweep)
         await swept.wait()

@@ -16,7 +16,6 @@ slot: each step is.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
@@ -214,17 +213,23 @@ class SpreadSteps(SlotSteps):
     async def sweep(self, limit: int) -> list[str]:
         """SWEEP: the due clients whose presence is gone (`take_due`) end. Without sessions
         (which mark a client's return) each is fenced first: see take_due."""
-        fence = "" if self._core.sessions else f"{self._core.node_id}:{uuid.uuid4().hex}"
-        deadline, due = await self.take_due(limit, fence)
+        fenced = not self._core.sessions
+        deadline, due = await self.take_due(limit, fenced=fenced)
+        fence = self._fence_token(deadline) if fenced else ""
         return sorted(await self.finish(due, deadline, "sweep", fence=fence))
 
-    async def take_due(self, limit: int, fence: str = "") -> tuple[int, list[str]]:
+    def _fence_token(self, deadline: int) -> str:
+        """A sweep's fence token: its node and its lease's deadline (a node's sweeps run one
+        after another, and a due client is leased to one sweep at a time)."""
+        return f"{self._core.node_id}:{deadline}"
+
+    async def take_due(self, limit: int, *, fenced: bool = False) -> tuple[int, list[str]]:
         """The clients due on the away list, held there for the lease until their end takes
         them off (a sweeper that dies midway leaves them to the next sweep); those whose
         presence is back leave the list. Returns the lease's deadline and the others.
         (Also the sweep of the namespace layout with several presence buckets.)
 
-        With a `fence` token, each due client still gone has its fence set to it, and its
+        `fenced`: each due client still gone has its fence set to the sweep's token, and its
         presence is read once more after that: a connection that registers after that read
         drops the fence in its first step, before it can join anything, so the sweep's end
         (which checks the token in the same step) cannot take what it joins."""
@@ -237,8 +242,9 @@ class SpreadSteps(SlotSteps):
         deadline, due = int(reply[0]), [text(c) for c in reply[1:]]
         if not here:
             due = await self._still_gone(deadline, due)
-        if fence and due:
-            await asyncio.gather(*(core.call(core.client.set(keys.fence(c), fence), "sweep")
+        if fenced and due:
+            token = self._fence_token(deadline)
+            await asyncio.gather(*(core.call(core.client.set(keys.fence(c), token), "sweep")
                                    for c in due))
             due = await self._still_gone(deadline, due)
         return deadline, due

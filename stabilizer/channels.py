@@ -4,7 +4,9 @@
 ``@manager.on_subscribe``: return None (or True) to allow, False to refuse (``forbidden``),
 or raise RPCError to refuse with a code, message and data of its own. Return a dict to
 allow with presence metadata: the client joins the channel listed in its presence with
-that dict (a JSON object of at most 1 KiB; see ``manager.get_presence``).
+that dict (a JSON object of at most 1 KiB; see ``manager.get_presence``). Anything else
+(0, "", [] or a string) is a mistake, not an allowance: the client is refused with
+``internal`` and the error logged.
 ``SubscribeRequest.presence`` says whether the client asked to follow the channel's
 presence (a ``presence_state`` frame, then ``presence_diff`` frames; docs/protocol.md 6.8).
 ``@manager.on_publish``: return what to publish (the request's ``data`` as sent, or

@@ -107,6 +107,12 @@ def should_reconnect(code: int) -> bool:
     return code in (1001, 1005, 1006, 1011, 1012, 1013, 1014)
 
 
+#: The longest duration a setting takes (100 years): every one of them ends up as Redis
+#: milliseconds or an event loop timer, and "forever" written as 1e16 must not overflow
+#: those at run time, where it would pass for the backend being down.
+MAX_SECONDS: Final = 100 * 365.25 * 86400
+
+
 def _positive(name: str, value: float | int | None, *, optional: bool = False) -> None:
     """Messages start as fastapi-websocket-stabilizer's did ("num_shards must be positive")."""
     if value is None and optional:
@@ -236,6 +242,9 @@ class WebSocketConfig:
                      "retry_jitter", "rate_limit_window", "history_ttl", "session_ttl",
                      "connect_timeout", "auth_refresh_grace", "rpc_timeout"):
             _positive(name, getattr(self, name))
+            if getattr(self, name) > MAX_SECONDS:
+                raise ConfigError(f"{name} must be at most {MAX_SECONDS:.0f} seconds (100 "
+                                  f"years), got {getattr(self, name)!r}")
         for name in ("max_message_size", "num_shards", "max_concurrent_cleanup",
                      "max_concurrent_broadcast", "max_queue_size", "max_client_id_length",
                      "presence_buckets", "redis_pool_size", "rpc_max_in_flight"):

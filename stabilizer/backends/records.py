@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stabilizer.pure.json_input import loads
+
 
 @dataclass(frozen=True, slots=True)
 class Presence:
@@ -137,6 +139,8 @@ class Seat:
 #: The NodeReport fields that are counts (non-negative integers).
 _REPORT_COUNTS = ("connections", "messages_in", "messages_out", "broadcasts",
                   "outbox_frames", "outbox_max_frames")
+#: How deep a stored report nests (an object of counts per group, one level down).
+_REPORT_DEPTH = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +176,7 @@ class NodeReport:
     def from_json(cls, raw: str | bytes) -> NodeReport | None:
         """Parse what to_json wrote; None for anything else (a report is advisory)."""
         try:
-            body = json.loads(raw)
+            body = loads(raw, _REPORT_DEPTH)
             counts = {name: body[name] for name in _REPORT_COUNTS}
             node_id, phase, at = body["node_id"], body["phase"], body["at"]
             latency, groups = body["backend_latency_ms"], body["groups"]

@@ -12,7 +12,7 @@ from stabilizer.cli.common import EXIT_NOT_FOUND, EXIT_OK, show
 from stabilizer.config import WebSocketConfig
 from stabilizer.emitter import Emitter
 from stabilizer.emitter.base import check_user
-from stabilizer.services.users import check_close_code
+from stabilizer.pure.text import check_close_code
 
 
 def check(args: argparse.Namespace) -> None:

@@ -57,11 +57,7 @@ class Frame:
 
     def wire(self) -> bytes:
         """The frame as a server writes it (unmasked, uncompressed), framed on first use and
-        shared by every recipient a prepared write reaches (connection/transports.py).
-
-        Raises:
-            UnicodeEncodeError: the text holds a lone surrogate.
-        """
+        shared by every recipient a prepared write reaches (connection/transports.py)."""
         wire = self._wire
         if wire is None:
             text = self.message.get("text")
@@ -91,8 +87,13 @@ class Frame:
 
     @classmethod
     def text(cls, text: str) -> Frame:
-        """Build a text frame (size counted in UTF-8 bytes)."""
-        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        """Build a text frame (size counted in UTF-8 bytes).
+
+        Raises:
+            UnicodeEncodeError: the text holds a lone surrogate: no socket could be written
+                this frame, so none is built (the caller hears of it, not each recipient).
+        """
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
         return cls({"type": "websocket.send", "text": text}, size)
 
     @classmethod

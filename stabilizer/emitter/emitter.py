@@ -22,10 +22,9 @@ from stabilizer.emitter.base import check_user
 from stabilizer.emitter.queries import ClusterQueries
 from stabilizer.errors import ConnectionNotFoundError
 from stabilizer.pure.streams import Target
-from stabilizer.pure.text import Message, check_group, encode_message
+from stabilizer.pure.text import Message, check_close_code, check_group, encode_message
 from stabilizer.pure.wire import Envelope, Kind, close_body, encode
 from stabilizer.results import BroadcastResult
-from stabilizer.services.users import check_close_code
 
 _JOIN, _LEAVE = "join", "leave"
 

@@ -95,18 +95,24 @@ def refreshed_frame(expires_at: float | None) -> str:
 
 
 def error_frame(code: str, detail: str) -> str:
-    """Tells a client one of its frames was dropped, and why."""
-    return _dump({"type": "error", "code": code, "detail": detail})
+    """Tells a client one of its frames was dropped, and why (ASCII: a detail may quote
+    what the client sent)."""
+    return json.dumps({"type": "error", "code": code, "detail": detail},
+                      separators=(",", ":"))
 
 
 def reply_frame(call_id: int | str, result: object) -> str:
     """The answer to a v2 client's ``rpc``: the procedure's return value.
 
     Raises:
-        TypeError, ValueError: the result is not a JSON value (or nests without end).
+        TypeError, ValueError: the result is not a JSON value (or nests without end), or
+            holds text UTF-8 cannot encode (a lone surrogate).
     """
-    return json.dumps({"type": "reply", "id": call_id, "result": result},
+    text = json.dumps({"type": "reply", "id": call_id, "result": result},
                       separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        text.encode("utf-8")  # (UnicodeEncodeError is a ValueError)
+    return text
 
 
 def reply_error_frame(call_id: int | str, code: str, message: str,
@@ -115,7 +121,9 @@ def reply_error_frame(call_id: int | str, code: str, message: str,
     error: dict[str, object] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return _dump({"type": "reply", "id": call_id, "error": error})
+    # ASCII: a message or data the application wrote always has a frame that carries it
+    return json.dumps({"type": "reply", "id": call_id, "error": error},
+                      separators=(",", ":"), allow_nan=False)
 
 
 def resume_frame(replayed: int, failed: list[str]) -> str:

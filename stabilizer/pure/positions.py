@@ -8,8 +8,9 @@ session turns into a 1008 refusal.
 
 from __future__ import annotations
 
-import json
 from typing import Final
+
+from stabilizer.pure.json_input import loads
 
 MAX_POSITIONS: Final = 1000
 MAX_POSITIONS_TEXT: Final = 64 * 1024
@@ -17,43 +18,14 @@ MAX_EPOCH_LENGTH: Final = 64
 #: Offsets are Lua numbers (doubles) in Redis scripts: beyond 2**53 they lose precision.
 MAX_OFFSET: Final = 2**53
 _DEPTH: Final = 2
+#: The characters an entry takes besides its stream and epoch: ``"":[<offset>,""],``.
+_ENTRY_OVERHEAD: Final = 10
 
 Positions = dict[str, tuple[int, str]]
 
 
 class PositionsError(ValueError):
     """A client sent positions that are not the documented shape."""
-
-
-def nesting_within(text: str, limit: int) -> bool:
-    """True when no array or object in the JSON `text` nests deeper than `limit`.
-
-    A linear scan that skips string contents: it runs before the JSON parser, which would
-    otherwise recurse once per level of an arbitrarily deep input. Text with at most
-    `limit` opening brackets in all cannot nest deeper, and skips the scan (two C-speed
-    counts instead of a Python loop over every character).
-    """
-    if text.count("[") + text.count("{") <= limit:
-        return True
-    depth = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return False
-        elif char in "]}":
-            depth -= 1
-    return True
 
 
 def parse_positions(text: str | None) -> Positions:
@@ -66,12 +38,10 @@ def parse_positions(text: str | None) -> Positions:
         return {}
     if len(text) > MAX_POSITIONS_TEXT:
         raise PositionsError(f"positions longer than {MAX_POSITIONS_TEXT} characters")
-    if not nesting_within(text, _DEPTH):
-        raise PositionsError("positions nest deeper than {\"stream\": [offset, \"epoch\"]}")
     try:
-        raw = json.loads(text)
-    except ValueError as exc:  # malformed JSON, or an integer of over 4,300 digits
-        raise PositionsError("positions is not JSON") from exc
+        raw = loads(text, _DEPTH)
+    except ValueError as exc:  # malformed, too deep, or a lone surrogate
+        raise PositionsError(f"positions must be JSON ({exc})") from exc
     return positions_of(raw)
 
 
@@ -84,9 +54,13 @@ def positions_of(raw: object) -> Positions:
     if not isinstance(raw, dict) or len(raw) > MAX_POSITIONS:
         raise PositionsError(f"positions must be an object of at most {MAX_POSITIONS} streams")
     parsed: Positions = {}
+    size = 0
     for stream, position in raw.items():
         if not _is_position(position):
             raise PositionsError(f"position of stream {stream[:40]!r} must be [offset, \"epoch\"]")
+        size += len(stream) + len(position[1]) + _ENTRY_OVERHEAD
+        if size > MAX_POSITIONS_TEXT:  # (a v2 connect frame's, parsed with the frame)
+            raise PositionsError(f"positions longer than {MAX_POSITIONS_TEXT} characters")
         parsed[stream] = (position[0], position[1])
     return parsed
 

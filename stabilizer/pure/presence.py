@@ -20,8 +20,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
+from stabilizer.pure.json_input import loads, nesting_within
+
 #: The largest presence metadata, as compact UTF-8 JSON.
 MAX_META_BYTES: Final = 1024
+#: How deep metadata may nest (a stored entry holds it one level down).
+MAX_META_DEPTH: Final = 32
+_ENTRY_DEPTH: Final = MAX_META_DEPTH + 1
 
 #: key -> one item per connection: {"client_id": str, "meta": dict}
 PresenceMap: TypeAlias = dict[str, list[dict[str, Any]]]
@@ -31,7 +36,8 @@ def encode_meta(meta: object) -> str:
     """Return `meta` as compact JSON text.
 
     Raises:
-        ValueError: not a dict, not JSON-serialisable, or over MAX_META_BYTES encoded.
+        ValueError: not a dict, not JSON-serialisable, over MAX_META_BYTES encoded,
+            nested deeper than MAX_META_DEPTH, or holding text UTF-8 cannot encode.
     """
     if not isinstance(meta, dict):
         raise ValueError(f"presence metadata must be a dict, got {type(meta).__name__}")
@@ -39,10 +45,15 @@ def encode_meta(meta: object) -> str:
         text = json.dumps(meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"presence metadata must be JSON-serialisable: {exc}") from exc
-    size = len(text.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError("presence metadata holds a lone surrogate") from exc
     if size > MAX_META_BYTES:
         raise ValueError(f"presence metadata is {size} bytes as JSON; the limit is "
                          f"{MAX_META_BYTES}")
+    if not nesting_within(text, MAX_META_DEPTH):
+        raise ValueError(f"presence metadata nests deeper than {MAX_META_DEPTH} levels")
     return text
 
 
@@ -78,7 +89,7 @@ class Entry:
 def parse_entry(raw: object) -> Entry | None:
     """Parse a stored entry (text or an already decoded object); None if malformed."""
     try:
-        body = json.loads(raw) if isinstance(raw, str | bytes) else raw
+        body = loads(raw, _ENTRY_DEPTH) if isinstance(raw, str | bytes) else raw
     except ValueError:
         return None
     if not isinstance(body, dict):
@@ -113,7 +124,7 @@ def _decoded(payload: object, version: object) -> tuple[object, int | None]:
     """A PRESENCE envelope's payload as JSON and its version (None where malformed)."""
     try:
         number = int(version) if isinstance(version, str) else None
-        body = json.loads(payload) if isinstance(payload, str | bytes) else None
+        body = loads(payload, _ENTRY_DEPTH + 1) if isinstance(payload, str | bytes) else None
     except ValueError:
         return None, None
     return body, number

@@ -62,19 +62,34 @@ def encode_message(message: object) -> str | bytes:
     """Serialize a message once: text and bytes pass through, JSON values become text.
 
     Raises:
-        TypeError: for a value that is neither text, bytes nor JSON-serializable.
+        TypeError: for a value that is neither text, bytes nor JSON-serializable, or text
+            that no text frame can carry (a lone surrogate, which UTF-8 cannot encode).
     """
-    if isinstance(message, str | bytes):
+    if isinstance(message, bytes):
         return message
+    if isinstance(message, str):
+        return _sendable(message)
     if isinstance(message, bytearray | memoryview):
         return bytes(message)
     if isinstance(message, Mapping | list | tuple):
         try:
-            return json.dumps(message, separators=(",", ":"), ensure_ascii=False,
+            text = json.dumps(message, separators=(",", ":"), ensure_ascii=False,
                               allow_nan=False)
-        except ValueError as exc:  # circular reference, NaN or infinity
+        except (ValueError, RecursionError) as exc:  # circular, too deep, NaN or infinity
             raise TypeError(f"message is not JSON-serializable: {exc}") from exc
+        return _sendable(text)
     raise TypeError(f"message must be str, bytes, dict or list, got {type(message).__name__}")
+
+
+def _sendable(text: str) -> str:
+    """`text` if UTF-8 encodes it: checked once per message, not once per recipient."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise TypeError("message text holds a lone surrogate (UTF-8 cannot encode it; "
+                            "no text frame can carry it)") from exc
+    return text
 
 
 def json_value(message: object) -> object:
@@ -102,3 +117,21 @@ def retry_advice(jitter: float, *, floor: float = 0.25) -> str:
 def backoff_delay(failures: int, *, base: float = 0.1, cap: float = 5.0) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**failures)]."""
     return random.uniform(0, min(cap, base * (2 ** min(failures, 16))))
+
+
+#: Close codes an application may close a user's connections with (RFC 6455: 1000, the
+#: server-side codes, and the 3000-4999 ranges for libraries and applications).
+_SENDABLE: Final = frozenset({1000, 1001, 1008, 1011, 1012, 1013})
+
+
+def check_close_code(code: object) -> int:
+    """Return `code` if a server may close a WebSocket with it.
+
+    Raises:
+        ValueError: it is not 1000, a server-side code (1001, 1008, 1011-1013) or 3000-4999.
+    """
+    if isinstance(code, bool) or not isinstance(code, int) or not (
+            code in _SENDABLE or 3000 <= code <= 4999):
+        raise ValueError(f"close code must be 1000, 1001, 1008, 1011-1013 or 3000-4999, "
+                         f"got {code!r}")
+    return code

@@ -16,11 +16,14 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from stabilizer.errors import AuthenticationError
+from stabilizer.pure.json_input import loads
 
 MAX_USER_ID_LENGTH: Final = 256
 #: The largest identity ``info`` (as compact JSON): stored with each of the user's
 #: connections, so it stays small.
 MAX_INFO_BYTES: Final = 2048
+#: How deep stored info is read back (info_json bounds its size, which bounds this).
+_INFO_DEPTH: Final = MAX_INFO_BYTES // 2
 MAX_DEVICE_LENGTH: Final = 64
 DEVICE_SEPARATOR: Final = "/"
 _DEVICE: Final = re.compile(r"[A-Za-z0-9._~-]{1,64}")
@@ -64,7 +67,7 @@ def info_json(info: Mapping[str, Any] | None) -> str:
     try:
         text = json.dumps(dict(info), separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise AuthenticationError(f"identity info is not JSON-serializable: {exc}") from exc
     try:
         size = len(text.encode("utf-8"))
@@ -80,8 +83,8 @@ def parse_info(text: str) -> dict[str, Any] | None:
     if not text:
         return None
     try:
-        value = json.loads(text)
-    except ValueError:
+        value = loads(text, _INFO_DEPTH)
+    except ValueError:  # (not what info_json writes: a peer's, or a record damaged)
         return None
     return value if isinstance(value, dict) else None
 

@@ -8,12 +8,12 @@ the problem (it becomes the reason of a 1008 close or of an ``error`` frame).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
-from stabilizer.pure.positions import Positions, PositionsError, nesting_within, positions_of
+from stabilizer.pure.json_input import loads
+from stabilizer.pure.positions import Positions, PositionsError, positions_of
 from stabilizer.pure.text import check_group
 from stabilizer.pure.users import is_device
 
@@ -53,23 +53,24 @@ def client_frame(text: str) -> tuple[str, dict[str, Any]]:
     Raises:
         ProtocolError: not a JSON object with a string ``type`` (or nested too deep).
     """
-    if not text.startswith("{") or not nesting_within(text, MAX_DEPTH):
+    if not text.startswith("{"):
         raise ProtocolError("a frame must be a JSON object (nested at most 16 deep)")
     try:
-        body = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError("a frame must be a JSON object") from exc
+        body = loads(text, MAX_DEPTH)
+    except ValueError as exc:
+        raise ProtocolError(f"a frame must be a JSON object ({exc})") from exc
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         raise ProtocolError('a frame must be a JSON object with a string "type"')
     return body["type"], body
 
 
-def _optional_text(body: Mapping[str, Any], name: str, limit: int) -> str | None:
+def _optional_text(body: Mapping[str, Any], name: str, limit: int,
+                   frame: str = "connect") -> str | None:
     value = body.get(name)
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > limit:
-        raise ProtocolError(f"connect: {name} must be a non-empty string of at most "
+        raise ProtocolError(f"{frame}: {name} must be a non-empty string of at most "
                             f"{limit} characters")
     return value
 
@@ -109,7 +110,7 @@ def refresh_token(body: Mapping[str, Any]) -> str:
     Raises:
         ProtocolError: missing, not a string, or too long.
     """
-    token = _optional_text(body, "token", MAX_TOKEN_LENGTH)
+    token = _optional_text(body, "token", MAX_TOKEN_LENGTH, "refresh")
     if token is None:
         raise ProtocolError("refresh: token is missing")
     return token

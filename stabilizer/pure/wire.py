@@ -20,11 +20,15 @@ from typing import Final
 import msgpack
 
 from stabilizer.errors import WireError
+from stabilizer.pure.json_input import loads
 from stabilizer.pure.streams import Target
+from stabilizer.pure.text import check_close_code
 from stabilizer.results import ClusterEvent
 
 WIRE_VERSION: Final = 1
 _FIELDS: Final = 7
+#: How deep the JSON payload of an EVENT, USER_CLOSE or CLIENT_CLOSE may nest (one level).
+_PAYLOAD_DEPTH: Final = 2
 
 
 class Kind(IntEnum):
@@ -166,7 +170,7 @@ def event_of(payload: str) -> ClusterEvent:
         WireError: not the JSON object event_body writes.
     """
     try:
-        body = json.loads(payload)
+        body = loads(payload, _PAYLOAD_DEPTH)
         group = body.get("group")
         return ClusterEvent(str(body["event"]), str(body["client_id"]),
                             None if group is None else str(group), str(body["node_id"]))
@@ -242,14 +246,14 @@ def close_of(payload: str) -> tuple[int, str]:
     """Parse the payload of a USER_CLOSE or CLIENT_CLOSE envelope: (code, reason).
 
     Raises:
-        WireError: not the JSON object close_body writes, or a code outside 1000-4999.
+        WireError: not the JSON object close_body writes, or a code no sender may use
+            (check_close_code: a close with another would be no valid close frame).
     """
     try:
-        body = json.loads(payload)
-        code, reason = body["code"], body["reason"]
+        body = loads(payload, _PAYLOAD_DEPTH)
+        code, reason = check_close_code(body["code"]), body["reason"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise WireError("malformed user close") from exc
-    if (isinstance(code, bool) or not isinstance(code, int) or not 1000 <= code <= 4999
-            or not isinstance(reason, str)):
-        raise WireError("malformed user close")
+        raise WireError(f"malformed close request: {exc}") from exc
+    if not isinstance(reason, str):
+        raise WireError("malformed close request: the reason is not text")
     return code, reason

@@ -88,6 +88,17 @@ class Channels:
             return refusal
         if verdict is False:
             return reply_error_frame(ident, FORBIDDEN, f"not allowed to subscribe to {channel!r}")
+        if not (verdict is None or verdict is True or isinstance(verdict, dict)):
+            # (0, "" or [] must not pass for an allowance: a hook's slip fails closed)
+            logger.error("on_subscribe(%r) returned a %s, which is no verdict (None or True "
+                         "allows, False refuses, a dict allows with presence metadata)",
+                         channel, type(verdict).__name__)
+            return reply_error_frame(ident, "internal", "internal error")
+        if not conn.is_open or self._ctx.pool.get(conn.client_id) is not conn:
+            # closed or replaced while the hook ran: the join would land on the client's
+            # newer connection, for which the hook was never asked
+            return reply_error_frame(ident, UNAVAILABLE, "not subscribed: the connection "
+                                     "closed")
         meta_json = None
         if isinstance(verdict, dict):
             if not has_presence:

@@ -229,13 +229,13 @@ class PresenceWatch:
         group = envelope.target
         changes = (parse_changes(envelope.payload, envelope.ref) if group is not None
                    else None)
-        state = self._groups.get(group) if group is not None else None
-        if state is None or group is None:
-            return changes
-        if changes is None:
+        if changes is None or group is None:
             self._ctx.stats.wire_errors += 1
             self._wire_log.warning("dropped a malformed presence change of %r", group)
             return None
+        state = self._groups.get(group)
+        if state is None:
+            return changes
         for watcher in state.watchers.values():
             if watcher.seen is None:
                 watcher.backlog.extend(changes)

@@ -8,6 +8,7 @@ the message rate limit, and those still running when the session ends are cancel
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -27,6 +28,8 @@ from stabilizer.pure.v2 import (
 from stabilizer.rpc import RPCCall
 from stabilizer.services.channels import Channels
 from stabilizer.services.rpc import Procedures
+
+logger = logging.getLogger("stabilizer.rpc")
 
 #: The v2 frame types answered with a ``reply``.
 REQUESTS: Final = frozenset({"rpc", "subscribe", "unsubscribe", "publish"})
@@ -66,7 +69,7 @@ class Calls:
             self._reply(conn, reply_error_frame(ident, "rate_limited",
                                                 "over the connection's message rate"))
         else:
-            task = ctx.tasks.spawn(self._answer(conn, work),
+            task = ctx.tasks.spawn(self._answer(conn, kind, ident, work),
                                    name=f"stabilizer-{kind}-{conn.conn_id}")
             self._running[ident] = task
             task.add_done_callback(lambda done: self._finished(ident, done))
@@ -88,15 +91,27 @@ class Calls:
         if self._running.get(ident) is task:
             del self._running[ident]
 
-    async def _answer(self, conn: Connection,
+    async def _answer(self, conn: Connection, kind: str, ident: CallId,
                       work: Callable[[], Awaitable[str | list[str]]]) -> None:
-        answer = await work()  # (the reply first; a subscribe may add frames that follow it)
+        """Run a request and send its reply: every request whose id could be read gets one,
+        even when something of ours failed under it (logged here, not sent)."""
+        try:
+            answer = await work()  # (the reply first; a subscribe may add frames after it)
+        except Exception:
+            logger.exception("%s %r of client %r failed", kind, ident, conn.client_id)
+            answer = reply_error_frame(ident, "internal", "internal error")
         for frame in [answer] if isinstance(answer, str) else answer:
             self._reply(conn, frame)
 
     @staticmethod
     def _reply(conn: Connection, frame: str) -> None:
-        conn.offer(Frame.text(frame), time.monotonic())  # (nothing if it closed meanwhile)
+        try:
+            built = Frame.text(frame)
+        except UnicodeEncodeError:  # (what the frame carries was checked where it came in)
+            logger.error("a reply to client %r could not be encoded; sent none",
+                         conn.client_id, exc_info=True)
+            return
+        conn.offer(built, time.monotonic())  # (nothing if it closed meanwhile)
 
     def cancel(self) -> None:
         """The session ended: cancel the requests still running (they end in the node's

@@ -11,11 +11,11 @@ import msgpack
 import pytest
 
 from stabilizer.errors import WireError
+from stabilizer.pure.json_input import nesting_within
 from stabilizer.pure.positions import (
     MAX_OFFSET,
     MAX_POSITIONS_TEXT,
     PositionsError,
-    nesting_within,
     parse_positions,
 )
 from stabilizer.pure.schedule import HeartbeatSchedule

@@ -61,7 +61,7 @@ def _split(raw: bytes | str) -> tuple[str, str, float, str | None] | None:
         return None
     try:
         since = int(parts[2]) / 1_000_000
-    except ValueError:
+    except (ValueError, OverflowError):  # not digits, or too many to be a time
         return None
     return parts[0], parts[1], since, parts[3] if len(parts) == 4 else None
 

@@ -47,8 +47,11 @@ class Listener:
                  on_client_close: ClientCloseHandler | None = None,
                  on_ack: AckHandler | None = None,
                  on_presence: PresenceHandler | None = None,
-                 on_resubscribing: Callable[[], None] | None = None) -> None:
+                 on_resubscribing: Callable[[], None] | None = None,
+                 on_membership: Callable[[Envelope], None] | None = None) -> None:
         self._ctx = ctx
+        # a MEMBERSHIP envelope: the membership's, unless the node wants it first
+        self._on_membership = on_membership or membership.apply
         self._on_presence = on_presence
         self._on_resubscribing = on_resubscribing
         self._on_ack = on_ack
@@ -73,7 +76,7 @@ class Listener:
                         self._on_resubscribing()
                 async for raw in ctx.backend.routing.deliveries():
                     failures = 0
-                    await self.dispatch(raw)
+                    await self._dispatch_one(raw)
             except BackendUnavailable as exc:
                 failures += 1
                 ctx.stats.backend_reconnects += 1
@@ -85,8 +88,24 @@ class Listener:
                 await asyncio.sleep(delay)
             except Exception:
                 failures += 1
+                # whatever came meanwhile is lost to this node, as after a lost subscription
+                ctx.want_resync()
+                self._membership.subscription_lost()
                 logger.exception("listener failed unexpectedly; restarting it")
                 await asyncio.sleep(backoff_delay(failures))
+
+    async def _dispatch_one(self, raw: bytes) -> None:
+        """Dispatch one envelope; one whose handling fails (neither the backend nor a
+        cancellation) is dropped and logged, and the subscription carries on: one bad
+        message never costs the node the messages that follow it."""
+        try:
+            await self.dispatch(raw)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            self._ctx.stats.wire_errors += 1
+            self._wire_log.warning("dropped a message from the backend that could not be "
+                                   "handled: %r", exc, exc=exc)
 
     async def dispatch(self, raw: bytes) -> None:
         """Act on one envelope from the backend."""
@@ -107,7 +126,7 @@ class Listener:
         elif kind is Kind.KICK and envelope.target:
             self._on_kick(envelope.target, envelope.ref)
         elif kind is Kind.MEMBERSHIP:
-            self._membership.apply(envelope)
+            self._on_membership(envelope)
         elif kind is Kind.EVENT and isinstance(envelope.payload, str):
             self._events.received(envelope.payload)
         elif kind is Kind.USER_CLOSE and envelope.target and isinstance(envelope.payload, str):
@@ -125,6 +144,6 @@ class Listener:
             code, reason = close_of(payload)
         except WireError as exc:
             self._ctx.stats.wire_errors += 1
-            self._wire_log.warning("dropped a malformed close request: %s", exc)
+            self._wire_log.warning("dropped a close request: %s", exc)
             return
         handler(target, code, reason)

@@ -80,15 +80,17 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     memory = MemoryGuard(ctx, closing)
     tokens = TokenService(ctx)
     admission = Admission(ctx, closing, liveness, memory, events, router,
-                          ensure_started=ensure_started)
-    users = Users(ctx, router, closing)
+                          ensure_started=ensure_started, apply_membership=membership.apply)
+    users = Users(ctx, router, closing, admission.retire_pending)
     acks = Acks(ctx, router)
     fanout.on_unackable = acks.unackable
     listener = Listener(ctx, router, membership, events, on_kick=admission.kick,
-                        on_user_close=users.close_local, on_client_close=closing.close_client,
+                        on_user_close=users.close_local, on_client_close=users.close_client_local,
                         on_ack=acks.settle,
                         on_presence=lambda envelope: _presence(membership, watch, envelope),
-                        on_resubscribing=watch.resubscribing)
+                        on_resubscribing=watch.resubscribing,
+                        on_membership=lambda envelope: _membership(admission, membership,
+                                                                   envelope))
     reporter = Reporter(ctx)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
                               kick=admission.kick,
@@ -107,6 +109,11 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
         Channels(ctx, membership, router, watch), acks)
     return Node(ctx, events, liveness, membership, router, closing, memory, tokens,
                 admission, users, lifecycle, sessions, reporter)
+
+
+def _membership(admission: Admission, membership: Membership, envelope: Envelope) -> None:
+    if not admission.defer_membership(envelope):  # (kept for a client being admitted)
+        membership.apply(envelope)
 
 
 def _presence(membership: Membership, watch: PresenceWatch, envelope: Envelope) -> None:

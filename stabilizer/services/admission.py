@@ -25,6 +25,7 @@ from stabilizer.errors import BackendUnavailable, ShutdownError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
 from stabilizer.pure.text import check_client_id
+from stabilizer.pure.wire import Envelope
 from stabilizer.services.closing import Closing
 from stabilizer.services.delivery.router import Router
 from stabilizer.services.events import Events
@@ -45,6 +46,8 @@ class Seated:
 
 
 ANONYMOUS: Final = Seated()  # an anonymous plain client
+_REPLACED: Final = (int(CloseCode.REPLACED), "replaced by a connection on another node")
+_MAX_DEFERRED: Final = 64  # MEMBERSHIP envelopes kept per client being admitted
 
 
 class Admission:
@@ -52,8 +55,10 @@ class Admission:
 
     def __init__(self, ctx: NodeContext, closing: Closing, liveness: Liveness,
                  memory: MemoryGuard, events: Events, router: Router,
-                 ensure_started: Callable[[], Awaitable[None]]) -> None:
+                 ensure_started: Callable[[], Awaitable[None]],
+                 apply_membership: Callable[[Envelope], None] | None = None) -> None:
         self._ctx = ctx
+        self._apply_membership = apply_membership
         self._closing = closing
         self._on_fail = closing.on_conn_failed  # one bound method, shared by every connection
         self._liveness = liveness
@@ -65,7 +70,12 @@ class Admission:
         # it ends once another admission of the same id waits for it
         self._turns: dict[str, asyncio.Future[None] | None] = {}
         self._pending: dict[str, Connection] = {}  # by conn id, until admitted or refused
-        self._kicked: set[str] = set()  # pending conn ids another node replaced meanwhile
+        # pending conn ids closed meanwhile (replaced on another node, or a disconnect of
+        # their client or user), with the close they get once admitted
+        self._retired: dict[str, tuple[int, str]] = {}
+        # client id -> MEMBERSHIP envelopes that came while it had no connection in the pool
+        # and one being admitted: acted on once that admission ends
+        self._deferred: dict[str, list[Envelope]] = {}
         self._backend_log = RateLimitedLog(logger)
 
     async def admit(self, client_id: str, websocket: SocketLike,
@@ -111,7 +121,7 @@ class Admission:
                     conn.mark_registered()
                 baselines = await self._settle(conn, resuming, registration)
             except BaseException:
-                self._kicked.discard(conn.conn_id)
+                self._retired.pop(conn.conn_id, None)
                 raise
             finally:
                 del self._pending[conn.conn_id]
@@ -120,6 +130,10 @@ class Admission:
             turn = self._turns.pop(client_id)
             if turn is not None:
                 turn.set_result(None)
+            deferred = self._deferred.pop(client_id, None)
+            if deferred and self._apply_membership is not None:
+                for envelope in deferred:  # (with no connection admitted they go unused)
+                    self._apply_membership(envelope)
 
     async def _wait_turn(self, client_id: str) -> None:
         turns = self._turns
@@ -138,7 +152,7 @@ class Admission:
                           metadata=metadata, owner=asyncio.current_task(),
                           hold=ctx.config.history_enabled and resuming,
                           user_id=user.user_id, info=user.info, protocol=user.protocol)
-        self._memory.admit(conn)
+        self._memory.admit(conn, len(self._pending))
         self._pending[conn.conn_id] = conn
         return conn
 
@@ -170,8 +184,7 @@ class Admission:
                      baselines: dict[str, tuple[int, str]]) -> Connection:
         """Put a recorded connection in the pool and announce it."""
         ctx = self._ctx
-        kicked = conn.conn_id in self._kicked
-        self._kicked.discard(conn.conn_id)
+        retired = self._retired.pop(conn.conn_id, None)
         replaced = ctx.pool.put(conn)
         if replaced is not None:
             self._closing.retire(replaced, CloseCode.REPLACED, "replaced by a newer connection",
@@ -192,22 +205,49 @@ class Admission:
             await self._closing.release(conn, code=CloseCode.INTERNAL_ERROR,
                                         reason="server error")
             raise
-        if kicked:
-            logger.info("client %r (conn %s) was replaced on another node while admitted here",
-                        conn.client_id, conn.conn_id)
-            self._closing.kick(conn)
+        if retired is not None:
+            code, reason = retired
+            logger.info("client %r (conn %s) was closed (code %d) while admitted here",
+                        conn.client_id, conn.conn_id, code)
+            self._closing.retire(conn, code, reason)
         return conn
 
     def connections(self) -> list[Connection]:
         """Every local connection: in the pool, and still being admitted (after those)."""
         return [*self._ctx.pool.connections(), *self._pending.values()]
 
+    def defer_membership(self, envelope: Envelope) -> bool:
+        """Keep a MEMBERSHIP envelope for a client that has no connection in the pool but
+        one being admitted (registered already, so another node may have written a join
+        for it), to act on when the admission ends; False when it is not such a client."""
+        client_id = envelope.target
+        if (client_id is None or client_id not in self._turns
+                or self._ctx.pool.get(client_id) is not None):
+            return False
+        deferred = self._deferred.setdefault(client_id, [])
+        if len(deferred) < _MAX_DEFERRED:
+            deferred.append(envelope)
+        else:  # a flood: the settle reconciles the client from what the backend lists
+            self._ctx.want_resync()
+        return True
+
+    def retire_pending(self, match: Callable[[Connection], bool], code: int,
+                       reason: str) -> int:
+        """Close the connections still being admitted that `match` (a disconnect of their
+        client or user) as soon as each admission completes; return how many. Registered
+        already, they are what the rest of the cluster sees: a disconnect that skipped them
+        would report them closed and leave them open."""
+        doomed = [conn for conn in self._pending.values() if match(conn)]
+        for conn in doomed:
+            self._retired.setdefault(conn.conn_id, (code, reason))
+        return len(doomed)
+
     def kick(self, client_id: str, conn_id: str | None) -> None:
         """Another node registered `client_id`: close our connection `conn_id` of it, now
         or as soon as its admission completes."""
         pending = self._pending.get(conn_id) if conn_id is not None else None
         if pending is not None and pending.client_id == client_id:
-            self._kicked.add(pending.conn_id)
+            self._retired[pending.conn_id] = _REPLACED
             return
         conn = self._ctx.pool.get(client_id)
         if conn is not None and (conn_id is None or conn.conn_id == conn_id):
@@ -254,5 +294,5 @@ class Admission:
             # replaced (its kick may be lost), and must not end that socket's session
             logger.info("client %r (conn %s) was replaced before its session opened",
                         conn.client_id, conn.conn_id)
-            self._kicked.add(conn.conn_id)
+            self._retired[conn.conn_id] = _REPLACED
             return {}

@@ -26,7 +26,7 @@ from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext, Phase
 from stabilizer.pure.text import retry_advice
 from stabilizer.results import ShutdownReport
-from stabilizer.services.closing import Closing
+from stabilizer.services.closing import Closing, Unregistered
 from stabilizer.services.tokens import TokenService
 
 logger = logging.getLogger(__name__)
@@ -180,15 +180,22 @@ class Lifecycle:
             left = await conn.flush(deadline)
             if not closing.detach(conn):
                 return True, 0, 0
-            remaining = deadline - asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
             reason = shutdown_reason(code, self._ctx.config.retry_jitter)
+            # as any close: the presence goes first (with the groups, where one step can), so
+            # a join another node makes meanwhile finds the client gone, not a membership
+            # that outlives it (the node's own removal at the end is for what is left)
+            unregistered = Unregistered.KEPT
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(deadline - loop.time(), 0.05)):
+                    unregistered = await closing.unregister(conn)
             try:
-                async with asyncio.timeout(max(remaining, 0.05)):
+                async with asyncio.timeout(max(deadline - loop.time(), 0.05)):
                     clean = await closing.close_socket(conn, code, reason)
             except TimeoutError:
                 abort_transport(conn.socket)
                 clean = False
-            await closing.settle(conn, code, "shutdown", None)
+            await closing.settle(conn, code, "shutdown", None, unregistered=unregistered)
             return clean, max(queued - left, 0), left
 
     async def _stop_everything(self, deadline: float) -> list[str]:

@@ -47,8 +47,10 @@ class MemoryGuard:
                 "per_connection_average": total / count if count else 0.0,
                 "queued_bytes": queued}
 
-    def admit(self, conn: Connection) -> None:
-        """Check a new connection against the node's limits, evicting others if needed.
+    def admit(self, conn: Connection, pending: int = 0) -> None:
+        """Check a new connection against the node's limits, evicting others if needed;
+        `pending` connections are being admitted besides those in the pool (each waits for
+        its registration: counted, or a burst of connects would all pass one check).
 
         Raises:
             ConnectionLimitExceededError: max_connections reached.
@@ -62,7 +64,8 @@ class MemoryGuard:
             raise MemoryLimitExceededError(
                 f"connection needs {size} bytes; max_memory_per_connection is {per_conn}")
         is_new = pool.get(conn.client_id) is None
-        if is_new and config.max_connections is not None and len(pool) >= config.max_connections:
+        if (is_new and config.max_connections is not None
+                and len(pool) + pending >= config.max_connections):
             raise ConnectionLimitExceededError(
                 f"maximum connections ({config.max_connections}) reached on node "
                 f"{self._ctx.node_id}")

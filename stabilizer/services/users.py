@@ -11,12 +11,15 @@ to the node that holds it (what an emitter's disconnect_client sends).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeAlias
 
 from stabilizer.backends.base import Presence
+from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
-from stabilizer.pure.text import is_text
+from stabilizer.pure.text import check_close_code, is_text
 from stabilizer.pure.users import is_user_id
 from stabilizer.pure.wire import Envelope, Kind, close_body, encode
 from stabilizer.services.closing import Closing
@@ -24,31 +27,20 @@ from stabilizer.services.delivery.router import Router
 
 logger = logging.getLogger(__name__)
 
-#: Close codes an application may close a user's connections with (RFC 6455: 1000, the
-#: server-side codes, and the 3000-4999 ranges for libraries and applications).
-_SENDABLE = frozenset({1000, 1001, 1008, 1011, 1012, 1013})
-
-
-def check_close_code(code: object) -> int:
-    """Return `code` if a server may close a WebSocket with it.
-
-    Raises:
-        ValueError: it is not 1000, a server-side code (1001, 1008, 1011-1013) or 3000-4999.
-    """
-    if isinstance(code, bool) or not isinstance(code, int) or not (
-            code in _SENDABLE or 3000 <= code <= 4999):
-        raise ValueError(f"close code must be 1000, 1001, 1008, 1011-1013 or 3000-4999, "
-                         f"got {code!r}")
-    return code
+#: Close the connections still being admitted that match; return how many.
+RetirePending: TypeAlias = Callable[[Callable[[Connection], bool], int, str], int]
 
 
 class Users:
     """Sends to, closes and lists the connections of users, cluster-wide."""
 
-    def __init__(self, ctx: NodeContext, router: Router, closing: Closing) -> None:
+    def __init__(self, ctx: NodeContext, router: Router, closing: Closing,
+                 retire_pending: RetirePending | None = None) -> None:
         self._ctx = ctx
         self._router = router
         self._closing = closing
+        # the admission's: connections registered here and not yet admitted
+        self._retire_pending = retire_pending
         self._backend_log = RateLimitedLog(logger)
 
     async def send(self, user_id: str, payload: str | bytes, value: object = None) -> int:
@@ -91,8 +83,7 @@ class Users:
         if not is_text(client_id) or not client_id:
             return False
         ctx = self._ctx
-        if ctx.pool.get(client_id) is not None:
-            self._closing.close_client(client_id, code, reason)
+        if self.close_client_local(client_id, code, reason):
             return True
         if not ctx.backend.is_shared:
             return False
@@ -101,12 +92,26 @@ class Users:
         return await ctx.ask(ctx.backend.routing.route(client_id, envelope))
 
     def close_local(self, user_id: str, code: int, reason: str) -> int:
-        """Close this node's connections of `user_id` (a USER_CLOSE from another node too)."""
+        """Close this node's connections of `user_id` (a USER_CLOSE from another node too),
+        those still being admitted included."""
         conns = self._ctx.pool.of_user(user_id)
         for conn in conns:
             logger.info("closing client %r of user %r (code %d)", conn.client_id, user_id, code)
             self._closing.retire(conn, code, reason)
-        return len(conns)
+        pending = (self._retire_pending(lambda conn: conn.user_id == user_id, code, reason)
+                   if self._retire_pending is not None else 0)
+        return len(conns) + pending
+
+    def close_client_local(self, client_id: str, code: int, reason: str) -> bool:
+        """Close this node's connection of `client_id` (a CLIENT_CLOSE from another node
+        too), or the one still being admitted; True if there was one."""
+        pending = (self._retire_pending(lambda conn: conn.client_id == client_id, code,
+                                        reason)
+                   if self._retire_pending is not None else 0)
+        if self._ctx.pool.get(client_id) is not None:
+            self._closing.close_client(client_id, code, reason)
+            return True
+        return pending > 0
 
     async def connections(self, user_id: str) -> list[Presence]:
         """Every connection of `user_id` on every node, oldest first.

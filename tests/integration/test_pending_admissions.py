@@ -1,0 +1,165 @@
+"""A connection registered in the shared store but not yet in its node's pool (its admission
+waits for the register's reply, which travels on another Redis connection than the pub/sub
+messages) is one the rest of the cluster already sees. What other nodes ask of it meanwhile
+is kept and carried out when the admission ends, as a kick was: a join (before, the
+MEMBERSHIP envelope was dropped and the client never got the group's messages though every
+view listed it), a disconnect of its user or of the client (before, reported done and the
+socket stayed open). And the node's own max_connections counts connections being admitted
+(before, connects that arrived together all passed one check). The other way round, a node
+that shuts down takes each connection's presence away before it closes it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from stabilizer import (
+    ConnectionLimitExceededError,
+    ConnectionNotFoundError,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
+from stabilizer.services.admission import Seated
+from tests.conftest import ManagerFactory
+from tests.integration.test_emitter import until
+from tests.support.fakes import FakeSocket
+
+pytestmark = pytest.mark.redis
+
+
+async def pair(make_manager: ManagerFactory, redis_url: str, namespace: str,
+               **settings: Any) -> tuple[WebSocketConnectionManager, WebSocketConnectionManager]:
+    config = WebSocketConfig(redis_url=redis_url, namespace=namespace,
+                             heartbeat_interval=3600, heartbeat_timeout=7200, **settings)
+    a, b = make_manager(config), make_manager(config)
+    await a.start()
+    await b.start()
+    return a, b
+
+
+@asynccontextmanager
+async def admitting(a: WebSocketConnectionManager, b: WebSocketConnectionManager,
+                    monkeypatch: pytest.MonkeyPatch,
+                    admit: Callable[[], Awaitable[Any]]) -> AsyncIterator[None]:
+    """Run `admit` on A with its register reply held until the block ends; inside the
+    block the connection is registered in Redis and not yet in A's pool. On exit, whatever
+    B sent A meanwhile has reached A's listener before the reply is let through: a marker
+    broadcast after it reached a client of A (one subscription delivers in order)."""
+    witness = FakeSocket("witness")
+    await a.connect("witness", witness)
+    register = a.backend.presence.register
+    registered, release = asyncio.Event(), asyncio.Event()
+
+    async def held_reply(*args: Any, **kwargs: Any) -> Any:
+        reply = await register(*args, **kwargs)
+        registered.set()
+        await release.wait()
+        return reply
+
+    monkeypatch.setattr(a.backend.presence, "register", held_reply)
+    task = asyncio.create_task(admit())
+    await registered.wait()
+    monkeypatch.setattr(a.backend.presence, "register", register)
+    yield
+    await b.broadcast("marker")
+    await witness.expect("marker")
+    release.set()
+    await task
+
+
+async def test_a_join_written_while_the_client_is_being_admitted_reaches_it(
+        make_manager: ManagerFactory, redis_url: str, namespace: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = await pair(make_manager, redis_url, namespace)
+    sock = FakeSocket("c1")
+    async with admitting(a, b, monkeypatch, lambda: a.connect("c1", sock)):
+        assert a.get_connection("c1") is None
+        await b.join_group("c1", "room")  # B finds c1 on A: the store lists it there
+    conn = a.get_connection("c1")
+    assert conn is not None
+
+    async def joined() -> bool:  # (A joins in a task of its own, once subscribed)
+        return conn.groups == {"room"}
+
+    await until(joined)
+    await b.send_to_group("room", "hello room")
+    await sock.expect("hello room")
+
+
+@pytest.mark.parametrize("how", ["user", "client"])
+async def test_a_disconnect_reaches_a_connection_being_admitted(
+        make_manager: ManagerFactory, redis_url: str, namespace: str,
+        monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A ban ("log out everywhere") must not miss the tab that is connecting."""
+    a, b = await pair(make_manager, redis_url, namespace)
+    sock = FakeSocket("mallory")
+    admission = a._node.admission
+    async with admitting(a, b, monkeypatch, lambda: admission.admit(
+            "mallory/d1", sock, user=Seated("mallory"))):
+        if how == "user":
+            assert await b.disconnect_user("mallory", code=4403, reason="banned") == 1
+        else:
+            assert await b.disconnect_client("mallory/d1", code=4403, reason="banned")
+    assert await sock.wait_closed() == (4403, "banned")
+    assert not a.is_connected("mallory/d1")
+
+
+async def test_a_disconnect_on_the_same_node_reaches_a_connection_being_admitted(
+        make_manager: ManagerFactory, redis_url: str, namespace: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = await pair(make_manager, redis_url, namespace)
+    sock = FakeSocket("c2")
+    async with admitting(a, b, monkeypatch, lambda: a.connect("c2", sock)):
+        assert await a.disconnect_client("c2", code=4000, reason="bye")
+    assert await sock.wait_closed() == (4000, "bye")
+
+
+async def test_max_connections_holds_for_connects_that_arrive_together(
+        make_manager: ManagerFactory, redis_url: str, namespace: str) -> None:
+    a, _b = await pair(make_manager, redis_url, namespace, max_connections=2)
+    outcomes = await asyncio.gather(
+        *(a.connect(f"c{i}", FakeSocket(f"c{i}")) for i in range(6)), return_exceptions=True)
+    admitted = [o for o in outcomes if o is None]
+    refused = [o for o in outcomes if isinstance(o, ConnectionLimitExceededError)]
+    assert (len(admitted), len(refused)) == (2, 4)
+    assert a.get_connection_count() == 2
+    # a reconnect of an admitted client replaces it, at the limit too
+    await a.connect(next(f"c{i}" for i, o in enumerate(outcomes) if o is None), FakeSocket())
+    assert a.get_connection_count() == 2
+
+
+class SlowClose(FakeSocket):
+    """A socket whose close frame takes a while to go out (a slow peer)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.closing, self.may_close = asyncio.Event(), asyncio.Event()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closing.set()
+        await self.may_close.wait()
+        await super().close(code, reason)
+
+
+@pytest.mark.parametrize("layout", ["namespace", "spread"])
+async def test_a_join_while_the_node_shuts_down_finds_its_client_gone(
+        make_manager: ManagerFactory, redis_url: str, namespace: str, layout: str) -> None:
+    """A graceful shutdown closes each connection as any close does: its presence goes
+    first. Before, presence named the stopping node until its very end, so a join another
+    node (or an emitter) made meanwhile was written, and its membership and presence entry
+    outlived the client for good (the node's final removal ends no group)."""
+    a, b = await pair(make_manager, redis_url, namespace, redis_spread_keys=layout == "spread")
+    sock = SlowClose("c1")
+    await a.connect("c1", sock)
+    shutdown = asyncio.create_task(a.graceful_shutdown(5))
+    await sock.closing.wait()  # A is closing c1: its close frame is on its way
+    with pytest.raises(ConnectionNotFoundError):
+        await b.join_group("c1", "room", presence={"name": "c1"})
+    sock.may_close.set()
+    await shutdown
+    assert await b.get_group_members("room") == []
+    assert await b.get_presence("room") == {}

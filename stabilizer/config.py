@@ -180,6 +180,9 @@ class WebSocketConfig:
     auth_refresh_grace: float = 10.0
     rpc_timeout: float = 30.0  # a procedure still running after this is cancelled
     rpc_max_in_flight: int = 16  # calls one connection may have running at once
+    # channels a v2 client may subscribe one connection to (the application's joins too
+    # count towards it, but are never refused)
+    max_channels_per_connection: int | None = 128
     presence_diff_window: float = 0.05  # presence changes within it go out as one diff
 
     # --- stabilizer: history and resumable sessions (history_size > 0 enables them) ---
@@ -263,7 +266,7 @@ class WebSocketConfig:
                               f"{self.history_size!r}")
         for name in ("max_connections", "max_memory_per_connection", "max_total_memory",
                      "max_cluster_connections", "rate_limit_messages",
-                     "max_connections_per_user"):
+                     "max_connections_per_user", "max_channels_per_connection"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ConfigError(f"{name} must be an integer or None, got {value!r}")

@@ -167,6 +167,11 @@ class Connection(SocketWriter):
         return frozenset(self._groups) if self._groups else frozenset()
 
     @property
+    def group_count(self) -> int:
+        """How many groups this connection is a local member of."""
+        return len(self._groups) if self._groups else 0
+
+    @property
     def changed_groups(self) -> bool:
         """True once a join or leave went through this connection (one of a group it was
         not in included): replaced, it hands the client's memberships to the live socket."""

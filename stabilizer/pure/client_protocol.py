@@ -291,7 +291,7 @@ def control_frame(text: str, *, history: bool) -> ControlFrame | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested past the parser: an application's text)
         return None
     if not isinstance(value, dict):
         return None

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 FORBIDDEN: Final = "forbidden"
 BAD_REQUEST: Final = "bad_request"
 UNAVAILABLE: Final = "unavailable"
+LIMIT_EXCEEDED: Final = "limit_exceeded"
 
 
 class Channels:
@@ -76,6 +77,10 @@ class Channels:
         hook = self._on_subscribe
         if hook is None:
             return reply_error_frame(ident, FORBIDDEN, "this server takes no subscriptions")
+        limit = self._ctx.config.max_channels_per_connection
+        if limit is not None and conn.group_count >= limit and channel not in conn.groups:
+            return reply_error_frame(ident, LIMIT_EXCEEDED, f"a connection may be in at most "
+                                     f"{limit} channels; unsubscribe from one first")
         has_presence = self._ctx.config.channel_options(channel).presence
         if request.presence and not has_presence:
             return reply_error_frame(ident, BAD_REQUEST, f"channel {channel!r} has no "

@@ -208,3 +208,28 @@ async def test_the_documented_verdicts_allow(monkeypatch: pytest.MonkeyPatch,
         assert manager.get_connection("anon").groups == {"room"}  # type: ignore[union-attr]
         await ws.close()
 
+
+
+async def test_a_client_subscribes_to_at_most_max_channels_per_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each channel costs the node a membership and a pub/sub subscription: a client
+    cannot make them without end (3,000 went through before)."""
+    config = WebSocketConfig(heartbeat_interval=60, heartbeat_timeout=120,
+                             max_channels_per_connection=2)
+    async with chat_server(config, monkeypatch) as (url, manager, _relayed):
+        ws = await v2_client(url, "greedy")
+        for ident, channel in enumerate(("a", "b"), start=1):
+            reply = await call(ws, json.dumps({"type": "subscribe", "id": ident,
+                                               "channel": channel}))
+            assert reply["result"] == {"channel": channel}
+        over = await call(ws, '{"type":"subscribe","id":3,"channel":"c"}')
+        assert over["error"]["code"] == "limit_exceeded"
+        again = await call(ws, '{"type":"subscribe","id":4,"channel":"a"}')  # one it holds
+        assert again["result"] == {"channel": "a"}
+        left = await call(ws, '{"type":"unsubscribe","id":5,"channel":"b"}')
+        assert left["result"] == {"channel": "b"}
+        now = await call(ws, '{"type":"subscribe","id":6,"channel":"c"}')
+        assert now["result"] == {"channel": "c"}
+        await manager.join_group("greedy", "d")  # the application's joins are not refused
+        assert manager.get_connection("greedy").groups == {"a", "c", "d"}  # type: ignore[union-attr]
+        await ws.close()

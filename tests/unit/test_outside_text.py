@@ -14,6 +14,7 @@ from stabilizer.backends.redis.keys import parse_entry as parse_presence_entry
 from stabilizer.backends.redis.keys import parse_seat
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import ConfigError, WireError
+from stabilizer.pure.client_protocol import control_frame
 from stabilizer.pure.frames import error_frame, reply_error_frame, reply_frame
 from stabilizer.pure.json_input import JSONInputError, encodable, loads
 from stabilizer.pure.positions import PositionsError, parse_positions
@@ -199,3 +200,16 @@ def test_a_duration_too_long_for_redis_or_a_timer_is_refused_at_construction(
         name: str) -> None:
     with pytest.raises(ConfigError, match="100 years"):
         WebSocketConfig(**{name: 1e16})  # type: ignore[arg-type]
+
+
+def test_the_python_client_takes_a_server_frame_nested_past_the_parser_for_text() -> None:
+    """What a (hostile or broken) server sends cannot stop the client's reading loop."""
+    assert control_frame('{"type":' + "[" * 100_000, history=False) is None
+
+
+def test_max_channels_per_connection_is_128_by_default_and_validated() -> None:
+    assert WebSocketConfig().max_channels_per_connection == 128
+    assert WebSocketConfig(max_channels_per_connection=None).max_channels_per_connection is None
+    for bad in (0, -1, 1.5, "10", True):
+        with pytest.raises(ConfigError, match="max_channels_per_connection"):
+            WebSocketConfig(max_channels_per_connection=bad)  # type: ignore[arg-type]

@@ -79,8 +79,10 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     closing_ref.append(closing)
     memory = MemoryGuard(ctx, closing)
     tokens = TokenService(ctx)
+    resume = Resume(ctx, membership, sequenced) if sequenced is not None else None
     admission = Admission(ctx, closing, liveness, memory, events, router,
-                          ensure_started=ensure_started, apply_membership=membership.apply)
+                          ensure_started=ensure_started, apply_membership=membership.apply,
+                          catch_up=resume.catch_up if resume is not None else None)
     users = Users(ctx, router, closing, admission.retire_pending)
     acks = Acks(ctx, router)
     fanout.on_unackable = acks.unackable
@@ -89,8 +91,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
                         on_ack=acks.settle,
                         on_presence=lambda envelope: _presence(membership, watch, envelope),
                         on_resubscribing=watch.resubscribing,
-                        on_membership=lambda envelope: _membership(admission, membership,
-                                                                   envelope))
+                        keeps_membership=admission.defer_membership)
     reporter = Reporter(ctx)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
                               kick=admission.kick,
@@ -104,16 +105,11 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     lifecycle = Lifecycle(ctx, closing, tokens, loops)
     sessions = SessionServices(
         ctx, admission, closing, liveness, tokens,
-        Resume(ctx, membership, sequenced) if sequenced is not None else None,
+        resume,
         Auth(ctx, authenticator, closing), Procedures(ctx),
         Channels(ctx, membership, router, watch), acks)
     return Node(ctx, events, liveness, membership, router, closing, memory, tokens,
                 admission, users, lifecycle, sessions, reporter)
-
-
-def _membership(admission: Admission, membership: Membership, envelope: Envelope) -> None:
-    if not admission.defer_membership(envelope):  # (kept for a client being admitted)
-        membership.apply(envelope)
 
 
 def _presence(membership: Membership, watch: PresenceWatch, envelope: Envelope) -> None:

@@ -167,6 +167,11 @@ class Connection(SocketWriter):
         return frozenset(self._groups) if self._groups else frozenset()
 
     @property
+    def holding(self) -> bool:
+        """True while its live frames wait for a replay to end (release_held)."""
+        return self._held is not None
+
+    @property
     def group_count(self) -> int:
         """How many groups this connection is a local member of."""
         return len(self._groups) if self._groups else 0

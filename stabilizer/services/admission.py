@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -48,6 +49,9 @@ class Seated:
 ANONYMOUS: Final = Seated()  # an anonymous plain client
 _REPLACED: Final = (int(CloseCode.REPLACED), "replaced by a connection on another node")
 _MAX_DEFERRED: Final = 64  # MEMBERSHIP envelopes kept per client being admitted
+#: Send a fresh session's connection what its node delivered of its streams after where
+#: each began, then release its held frames (Resume.catch_up).
+CatchUp = Callable[[Connection, dict[str, tuple[int, str]]], Awaitable[None]]
 
 
 class Admission:
@@ -56,8 +60,10 @@ class Admission:
     def __init__(self, ctx: NodeContext, closing: Closing, liveness: Liveness,
                  memory: MemoryGuard, events: Events, router: Router,
                  ensure_started: Callable[[], Awaitable[None]],
-                 apply_membership: Callable[[Envelope], None] | None = None) -> None:
+                 apply_membership: Callable[[Envelope], None] | None = None,
+                 catch_up: CatchUp | None = None) -> None:
         self._ctx = ctx
+        self._catch_up = catch_up
         self._apply_membership = apply_membership
         self._closing = closing
         self._on_fail = closing.on_conn_failed  # one bound method, shared by every connection
@@ -150,7 +156,7 @@ class Admission:
         ctx = self._ctx
         conn = Connection(client_id, websocket, ctx.limits, self._on_fail,
                           metadata=metadata, owner=asyncio.current_task(),
-                          hold=ctx.config.history_enabled and resuming,
+                          hold=ctx.config.history_enabled,
                           user_id=user.user_id, info=user.info, protocol=user.protocol)
         self._memory.admit(conn, len(self._pending))
         self._pending[conn.conn_id] = conn
@@ -194,6 +200,8 @@ class Admission:
             # a catch-up after a lost subscription covers them (its forget() unfollows them)
             self._router.follow(stream, offset, epoch)
         try:
+            if not resuming and conn.holding:  # (a resume's replay releases it)
+                await self._caught_up(conn, baselines)
             self._closing.readmitted(conn.owner, conn.client_id)
             self._liveness.track(conn)
             ctx.stats.connects += 1
@@ -211,6 +219,19 @@ class Admission:
                         conn.client_id, conn.conn_id, code)
             self._closing.retire(conn, code, reason)
         return conn
+
+    async def _caught_up(self, conn: Connection,
+                         baselines: dict[str, tuple[int, str]]) -> None:
+        """A fresh session with history: its node's listener, which never waits for the
+        register's reply, may have delivered messages of the session's streams past where
+        it began while the connection was not in the pool yet. Send it those (held live
+        frames wait), then let live frames through."""
+        missed = {stream: base for stream, base in baselines.items()
+                  if self._router.delivered_after(stream, *base)}
+        if missed and self._catch_up is not None:
+            await self._catch_up(conn, missed)
+        else:
+            conn.release_held({}, time.monotonic())
 
     def connections(self) -> list[Connection]:
         """Every local connection: in the pool, and still being admitted (after those)."""

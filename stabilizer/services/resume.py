@@ -130,16 +130,43 @@ class Resume:
                 logger.warning("user data %r of %r is unreadable; dropped", key, conn.client_id)
         conn.restore_user_data(values)
 
+    async def catch_up(self, conn: Connection, starts: dict[str, tuple[int, str]]) -> None:
+        """A fresh session's connection, admitted after its node delivered messages of
+        its streams past where the session began (they reached the node while it waited
+        for its registration and its session): send it those, then the live frames held
+        meanwhile. What the store cannot give back, the client is told of (a ``resume``
+        frame naming the stream, as when a node loses part of a stream)."""
+        now = time.monotonic()
+        _, failed, held, _ = await self._send_missed(conn, starts, now)
+        if failed:
+            conn.offer(Frame.text(resume_frame(0, failed)), now)
+        conn.release_held(held, now)
+
     async def _replay(self, conn: Connection,
                       starts: dict[str, tuple[int, str]]) -> tuple[int, list[str]]:
         """Send what `conn` missed on each stream after its start, then the resume frame,
         then the live frames held meanwhile (none at or before the start or the replay)."""
+        now = time.monotonic()
+        replayed, failed, held, unknown = await self._send_missed(conn, starts, now)
+        conn.offer(Frame.text(resume_frame(replayed, failed)), now)
+        # (a stream it was told it lost starts again with its next message; one the store
+        # holds nothing of is followed from before its next epoch, whatever the client said)
+        self._release(conn, held, now,
+                      follow={stream: (0, "") if stream in unknown else at
+                              for stream, at in held.items() if stream not in failed})
+        return replayed, failed
+
+    async def _send_missed(
+        self, conn: Connection, starts: dict[str, tuple[int, str]], now: float,
+    ) -> tuple[int, list[str], dict[str, tuple[int, str]], set[str]]:
+        """Send what `conn` missed on each stream after its start: (how many frames, the
+        streams the store could not give back, what the client holds after them, the
+        streams the store holds nothing of)."""
         ctx = self._ctx
         replayed = 0
         failed: list[str] = []
         held = dict(starts)  # what the client holds: its start, then what it is replayed
         unknown: set[str] = set()  # streams the store holds nothing of: epochs unvouched
-        now = time.monotonic()
         for stream in sorted(starts):
             after, epoch = starts[stream]
             try:
@@ -162,13 +189,7 @@ class Resume:
                 if missed.exclude != conn.client_id and conn.offer(
                         history_frame(stream, missed), now):
                     replayed += 1
-        conn.offer(Frame.text(resume_frame(replayed, failed)), now)
-        # (a stream it was told it lost starts again with its next message; one the store
-        # holds nothing of is followed from before its next epoch, whatever the client said)
-        self._release(conn, held, now,
-                      follow={stream: (0, "") if stream in unknown else at
-                              for stream, at in held.items() if stream not in failed})
-        return replayed, failed
+        return replayed, failed, held, unknown
 
     def _release(self, conn: Connection, held: dict[str, tuple[int, str]], now: float, *,
                  follow: dict[str, tuple[int, str]]) -> None:

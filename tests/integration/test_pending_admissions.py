@@ -71,14 +71,19 @@ async def admitting(a: WebSocketConnectionManager, b: WebSocketConnectionManager
     await task
 
 
+@pytest.mark.parametrize("joiner", ["other node", "same node"])
 async def test_a_join_written_while_the_client_is_being_admitted_reaches_it(
         make_manager: ManagerFactory, redis_url: str, namespace: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, joiner: str) -> None:
+    """From another node; or from A itself, where the join finds no connection in the pool
+    and takes the remote path (A used to drop its own MEMBERSHIP envelope, seed
+    1756799326 of the fault checker)."""
     a, b = await pair(make_manager, redis_url, namespace)
     sock = FakeSocket("c1")
     async with admitting(a, b, monkeypatch, lambda: a.connect("c1", sock)):
         assert a.get_connection("c1") is None
-        await b.join_group("c1", "room")  # B finds c1 on A: the store lists it there
+        # the store lists c1 on A: the join is written, and A is told
+        await (b if joiner == "other node" else a).join_group("c1", "room")
     conn = a.get_connection("c1")
     assert conn is not None
 
@@ -163,3 +168,45 @@ async def test_a_join_while_the_node_shuts_down_finds_its_client_gone(
     await shutdown
     assert await b.get_group_members("room") == []
     assert await b.get_presence("room") == {}
+
+
+async def test_with_history_what_comes_while_a_fresh_session_is_admitted_reaches_it(
+        make_manager: ManagerFactory, redis_url: str, namespace: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session opened, so what is sent to the client after its start is owed to it;
+    B's listener delivered it while the connection was not in the pool yet (the session's
+    reply and the pub/sub message travel on different Redis connections). Before, B's
+    stream order moved past it and the connection never got it, nor a `recovered: false`."""
+    a, b = await pair(make_manager, redis_url, namespace, history_size=50,
+                      history_ttl=60.0, session_ttl=60.0)
+    sessions = b.backend.sessions
+    activate = sessions.activate
+    opened, release = asyncio.Event(), asyncio.Event()
+
+    async def held_open(client_id: str, **kwargs: Any) -> Any:
+        baselines = await activate(client_id, **kwargs)
+        if kwargs.get("fresh") and client_id == "c1":
+            opened.set()
+            await release.wait()
+        return baselines
+
+    monkeypatch.setattr(sessions, "activate", held_open)
+    sock = FakeSocket("c1")
+    admitting_c1 = asyncio.create_task(b.connect("c1", sock))
+    await opened.wait()  # registered, and the session began: not in B's pool yet
+    assert await a.send_to_client("c1", "owed")
+    order = b._node.router.order  # type: ignore[attr-defined]
+
+    async def delivered() -> bool:  # B's listener took it, and found nobody to give it to
+        last = order.last("c:c1")
+        return last is not None and last[0] >= 1
+
+    await until(delivered)
+    release.set()
+    await admitting_c1
+    got = await sock.next_json()
+    assert (got["type"], got["data"]) == ("message", "owed")
+    assert await a.send_to_client("c1", "next")
+    after = await sock.next_json()
+    assert after["data"] == "next"
+    assert after["offset"] == got["offset"] + 1

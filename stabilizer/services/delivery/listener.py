@@ -48,10 +48,10 @@ class Listener:
                  on_ack: AckHandler | None = None,
                  on_presence: PresenceHandler | None = None,
                  on_resubscribing: Callable[[], None] | None = None,
-                 on_membership: Callable[[Envelope], None] | None = None) -> None:
+                 keeps_membership: Callable[[Envelope], bool] | None = None) -> None:
         self._ctx = ctx
-        # a MEMBERSHIP envelope: the membership's, unless the node wants it first
-        self._on_membership = on_membership or membership.apply
+        # True when the node keeps a MEMBERSHIP envelope (for a connection being admitted)
+        self._keeps_membership = keeps_membership
         self._on_presence = on_presence
         self._on_resubscribing = on_resubscribing
         self._on_ack = on_ack
@@ -121,12 +121,17 @@ class Listener:
         elif kind is Kind.PRESENCE:
             if self._on_presence is not None:
                 self._on_presence(envelope)
+        elif (kind is Kind.MEMBERSHIP and self._keeps_membership is not None
+              and self._keeps_membership(envelope)):
+            # kept for a connection being admitted, one this node wrote included: a join
+            # made here for a client not in the pool yet took the path of a remote one
+            return
         elif envelope.origin == self._ctx.node_id:
             return
         elif kind is Kind.KICK and envelope.target:
             self._on_kick(envelope.target, envelope.ref)
         elif kind is Kind.MEMBERSHIP:
-            self._on_membership(envelope)
+            self._membership.apply(envelope)
         elif kind is Kind.EVENT and isinstance(envelope.payload, str):
             self._events.received(envelope.payload)
         elif kind is Kind.USER_CLOSE and envelope.target and isinstance(envelope.payload, str):

@@ -106,5 +106,9 @@ class LiveRouter:
     def follow(self, stream: str, offset: int, epoch: str) -> None:
         """Nothing is tracked per stream."""
 
+    def delivered_after(self, stream: str, offset: int, epoch: str) -> bool:
+        """Nothing is tracked per stream (and nothing is owed: at-most-once)."""
+        return False
+
     def unfollow(self, stream: str) -> None:
         """Nothing is tracked per stream."""

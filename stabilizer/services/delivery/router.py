@@ -50,6 +50,11 @@ class Router(Protocol):
         """A local connection receives `stream` from (offset, epoch) on."""
         ...
 
+    def delivered_after(self, stream: str, offset: int, epoch: str) -> bool:
+        """True when this node delivered messages of `stream` after (offset, epoch)
+        already (a connection admitted meanwhile, whose session began there, missed them)."""
+        ...
+
     def unfollow(self, stream: str) -> None:
         """No local connection receives `stream` any more."""
         ...

@@ -340,6 +340,13 @@ class SequencedRouter:
         elif last == (0, "") and epoch:
             self.order.start_over(stream, epoch)
 
+    def delivered_after(self, stream: str, offset: int, epoch: str) -> bool:
+        """True when this node delivered messages of `stream` after (offset, epoch) already:
+        of that epoch, or of any when the stream held nothing then (epoch "")."""
+        last = self.order.last(stream)
+        return (last is not None and last[0] > offset
+                and (last[1] == epoch or (not epoch and bool(last[1]))))
+
     def unfollow(self, stream: str) -> None:
         """Forget the order of a stream no local connection receives."""
         self.order.forget(stream)

@@ -95,6 +95,7 @@ class ClientConnection(SessionView, Requests):
                               on_resume=on_resume, calls=self._calls,
                               subscriptions=self._subscriptions)
         self._resubscriber: asyncio.Task[None] | None = None
+        self._frames.on_session_lost = self._session_lost
         self._owed: Owed | None = None  # the ack of the message recv() returned last
         self._state_changed = asyncio.Condition()
         self._ws: WebSocket | None = None
@@ -298,7 +299,7 @@ class ClientConnection(SessionView, Requests):
             if self._v2 is not None:
                 await self._v2.greet(ws, attempt.url, token=access_token,
                                      reconnect_token=self._frames.token,
-                                     positions=self._frames.positions.snapshot())
+                                     positions=self._frames.positions.to_resume())
             if self._welcome:
                 async with asyncio.timeout(self._open_timeout):
                     first = await ws.recv()
@@ -343,6 +344,17 @@ class ClientConnection(SessionView, Requests):
                 self._resubscriber = asyncio.create_task(  # reading must go on meanwhile
                     self._subscribe_again(self._send_timeout, presence_only=kept),
                     name="stabilizer-resubscribe")
+
+    def _session_lost(self) -> None:
+        """The resume frame says the server forgot the session (the token was still good):
+        its memberships are gone with it, so every channel is subscribed again."""
+        session = self._frames.session
+        if not self._subscriptions.active or session is None or not session.resumed:
+            return  # (after a session frame that said so, _open subscribed everything)
+        if self._resubscriber is not None and not self._resubscriber.done():
+            self._resubscriber.cancel()  # (it subscribed only what follows presence)
+        self._resubscriber = asyncio.create_task(
+            self._subscribe_again(self._send_timeout), name="stabilizer-resubscribe")
 
     async def _set_state(self, change: StateChange) -> None:
         async with self._state_changed:

@@ -65,6 +65,8 @@ class Frames:
         self.last_resume: ResumeResult | None = None
         self.positions = Positions()
         self.history = False
+        # the session the token resumed was gone: the server began a fresh one
+        self.on_session_lost: Callable[[], None] | None = None
 
     async def handle(self, ws: WebSocket, raw: str | bytes) -> None:
         """Act on one frame from `ws`: answer, remember, or deliver it.
@@ -98,6 +100,7 @@ class Frames:
             replayed = frame.get("replayed")
             self.resumed(ResumeResult(
                 recovered=frame.get("recovered") is True,
+                session_resumed=frame.get("fresh") is not True,
                 replayed=replayed if type(replayed) is int else 0,
                 failed=tuple(str(s) for s in failed) if isinstance(failed, list) else ()))
         elif kind == "error":
@@ -122,6 +125,8 @@ class Frames:
     def resumed(self, result: ResumeResult) -> None:
         """Record a reconnect's outcome and tell the application."""
         self.last_resume = result
+        if not result.session_resumed and self.on_session_lost is not None:
+            self.on_session_lost()  # (its memberships went with it)
         notify(self._on_resume, result)
 
     async def _message(self, ws: WebSocket, frame: ControlFrame) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 
@@ -24,7 +24,11 @@ from stabilizer.client.v2 import ProtocolV2
 from stabilizer.errors import RPCError
 from stabilizer.pure.client_protocol import ClientClosedError
 from stabilizer.pure.client_v2 import channel_frame, rpc_frame
+from stabilizer.pure.streams import group_stream
 from stabilizer.pure.text import JSONValue
+
+if TYPE_CHECKING:  # (frames.py imports this module)
+    from stabilizer.client.frames import Frames
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +71,7 @@ class Requests:
     _runner: asyncio.Task[None] | None
     _error: ClientClosedError | None
     _wait_open: Callable[[WebSocket | None], Awaitable[WebSocket]]
+    _frames: Frames
 
     async def rpc(self, method: str, params: JSONValue = None, *,
                   timeout: float = 30.0) -> JSONValue:
@@ -137,6 +142,7 @@ class Requests:
         self._ready("unsubscribe")
         self._subscriptions.active.pop(channel, None)
         self._subscriptions.presences.pop(channel, None)
+        self._frames.positions.forget(group_stream(channel))
         await self._calls.call(
             self._wait_open, lambda ident: channel_frame("unsubscribe", ident, channel),
             timeout)
@@ -161,14 +167,19 @@ class Requests:
         """After a reconnect that kept no memberships: subscribe to every channel again;
         after one that kept them, to those that follow presence (the server follows it
         per connection), which sends their state again."""
-        for channel, (on_message, params) in list(self._subscriptions.active.items()):
+        active = self._subscriptions.active
+        for channel, (on_message, params) in list(active.items()):
             presence = channel in self._subscriptions.presences
-            if presence_only and not presence:
-                continue
+            if (presence_only and not presence) or active.get(channel) != (on_message, params):
+                continue  # (unsubscribed, or subscribed anew, while the loop went on)
             try:
                 await self._calls.call(
                     self._wait_open,
                     functools.partial(_subscribe_frame, channel, params, presence), timeout)
+                if channel not in active:  # unsubscribed while this subscribe was on its way
+                    await self._calls.call(
+                        self._wait_open,
+                        functools.partial(_unsubscribe_frame, channel), timeout)
             except RPCError as exc:
                 if exc.code in ("timeout", "disconnected", "unavailable"):
                     continue  # the next fresh session tries again
@@ -184,6 +195,10 @@ class Requests:
             raise RuntimeError(f"{what}() needs protocol=2")
         if self._runner is None and self._error is None:
             raise RuntimeError("start the connection first (async with connect(...))")
+
+
+def _unsubscribe_frame(channel: str, call_id: int) -> str:
+    return channel_frame("unsubscribe", call_id, channel)
 
 
 def _subscribe_frame(channel: str, params: JSONValue, presence: bool, call_id: int) -> str:

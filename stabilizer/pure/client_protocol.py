@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
 from stabilizer.config import CloseCode, should_reconnect
 from stabilizer.errors import ConfigError, WebSocketStabilizerError, WireError
+from stabilizer.pure.positions import MAX_POSITIONS, MAX_POSITIONS_TEXT
 from stabilizer.pure.text import JSONValue, backoff_delay
 
 logger = logging.getLogger("stabilizer.client")
@@ -34,6 +35,10 @@ ADVISED_CODES: Final = frozenset({CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN
 RETRYABLE_HTTP: Final = frozenset({408, 429, 500, 502, 503, 504})
 _OWN_PARAMS: Final = frozenset({"token", "positions"})
 LOST: Final = 1006  # the code a dropped connection reports (no close frame)
+#: The most positions a resume sends (a server refuses more with a final 1008): its
+#: streams, and their JSON text (less a margin: a server counts the text its own way).
+MAX_RESUME_STREAMS: Final = MAX_POSITIONS
+MAX_RESUME_TEXT: Final = MAX_POSITIONS_TEXT - 1024
 
 
 class ClientError(WebSocketStabilizerError):
@@ -166,8 +171,14 @@ class SessionInfo:
 
 
 def _number(value: JSONValue) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
-        else None
+    """A finite number a server sent, else None (an integer too large for a float too)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _text(value: JSONValue) -> str | None:
@@ -218,11 +229,30 @@ class Positions:
         """A copy of the recorded positions."""
         return dict(self._last)
 
+    def forget(self, stream: str) -> None:
+        """Stop recording `stream` (a channel left: the next subscription's replay starts
+        where that membership begins, and resumes carry no stream the client left)."""
+        self._last.pop(stream, None)
+
+    def to_resume(self) -> dict[str, tuple[int, str]]:
+        """What a resume sends: every position, or none when they are over what a server
+        takes (1,000 streams, 64 KiB as JSON), which it would refuse with a final 1008. The
+        server then replays from where the session began, and the duplicates are dropped
+        here (accept() still knows every position)."""
+        if len(self._last) > MAX_RESUME_STREAMS:
+            return {}
+        if len(self._encoded(self._last)) > MAX_RESUME_TEXT:
+            return {}
+        return dict(self._last)
+
     def encode(self) -> str | None:
-        """The ``positions`` query value (JSON), or None when nothing was recorded."""
-        if not self._last:
-            return None
-        value = {stream: [offset, epoch] for stream, (offset, epoch) in self._last.items()}
+        """The ``positions`` query value (JSON), or None when there is nothing to send."""
+        positions = self.to_resume()
+        return self._encoded(positions) if positions else None
+
+    @staticmethod
+    def _encoded(positions: Mapping[str, tuple[int, str]]) -> str:
+        value = {stream: [offset, epoch] for stream, (offset, epoch) in positions.items()}
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -262,11 +292,12 @@ def retry_advice_seconds(reason: str, *, limit: float = 60.0) -> float | None:
 
 def retry_delay(policy: RetryPolicy, failures: int, code: int, reason: str) -> float:
     """Seconds before the next attempt: the server's advice for 1012/1013/4004, else
-    backoff."""
+    backoff. Advice is followed alone once; if the advised attempt fails too, the backoff
+    goes on under it (the longer of the two), so advice of 0 never makes a tight loop."""
     if code in ADVISED_CODES:
         advice = retry_advice_seconds(reason, limit=policy.max_advice)
         if advice is not None:
-            return advice
+            return advice if failures <= 1 else max(advice, policy.delay(failures))
     return policy.delay(failures)
 
 

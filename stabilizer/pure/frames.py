@@ -126,10 +126,15 @@ def reply_error_frame(call_id: int | str, code: str, message: str,
                       separators=(",", ":"), allow_nan=False)
 
 
-def resume_frame(replayed: int, failed: list[str]) -> str:
-    """Ends a replay: whether everything was recovered, how much, and what could not be."""
-    return _dump({"type": "resume", "recovered": not failed, "replayed": replayed,
-                  "failed": failed})
+def resume_frame(replayed: int, failed: list[str], *, fresh: bool = False) -> str:
+    """Ends a replay: whether everything was recovered, how much, and what could not be;
+    `fresh` when the session was gone and a fresh one began (its memberships with it: a
+    client subscribes again)."""
+    body: dict[str, object] = {"type": "resume", "recovered": not failed,
+                               "replayed": replayed, "failed": failed}
+    if fresh:
+        body["fresh"] = True
+    return _dump(body)
 
 
 def control_type(text: str) -> str | None:

@@ -68,7 +68,7 @@ class Resume:
         if state is None:  # session expired or lost: nothing can be vouched for
             failed = sorted(positions) or ["*"]
             now = time.monotonic()
-            conn.offer(Frame.text(resume_frame(0, failed)), now)
+            conn.offer(Frame.text(resume_frame(0, failed, fresh=True)), now)
             held = {stream: positions[stream] for stream in streams if stream in positions}
             # the fresh session's promise begins at its baselines, not the lost positions
             self._release(conn, held, now, follow=baselines)

@@ -434,3 +434,31 @@ async def test_v2_options_without_protocol_2_are_refused(page: Page) -> None:
             try { connect("/ws", { getToken: () => "t" }); } catch (e) { return e.message; }
         }""")
         assert "need protocol: 2" in error
+
+
+async def test_retry_advice_of_zero_gives_way_to_backoff_and_oversized_positions_stay_home(
+        page: Page) -> None:
+    """Advice is followed alone once; when the advised attempt fails too, the backoff goes
+    on under it (advice of 0 made a tight reconnect loop). Positions over what a server
+    takes (it would close with a final 1008) are not sent: the server replays from where
+    the session began and the client drops what it had."""
+    async with ScriptedV2Server() as server:
+        await page.goto(server.base + "/")
+        delays, sendable = await page.evaluate("""async () => {
+            const f = await import("/stabilizer/frames.js");
+            const options = {backoffBaseMs: 1000, backoffCapMs: 30000, maxAdviceMs: 60000};
+            const advice = '{"retry_ms": 0}';
+            const first = f.retryDelay(1013, advice, 1, options);
+            const later = [];
+            for (let i = 0; i < 50; i++) later.push(f.retryDelay(1013, advice, 6, options));
+            const many = {};
+            for (let i = 0; i < 1001; i++) many["g:" + i] = [1, "e"];
+            const long = {};
+            for (let i = 0; i < 300; i++) long["g:" + "x".repeat(250) + i] = [1, "e"];
+            return [[first, Math.max(...later)],
+                    [f.sendable({all: [1, "e"]}), f.sendable({}), f.sendable(many),
+                     f.sendable(long)]];
+        }""")
+    assert delays[0] == 0
+    assert delays[1] > 1000  # 50 draws of a backoff of up to 30 s: never all under 1 s
+    assert sendable == [True, False, False, False]

@@ -190,3 +190,43 @@ async def test_an_on_presence_callback_without_presence_is_refused_before_anythi
     conn = ClientConnection("ws://127.0.0.1:9/ws", protocol=2, get_token=lambda: "t")
     with pytest.raises(ValueError, match="on_presence needs presence=True"):
         await conn.subscribe("room", on_presence=lambda joins, leaves: None)
+
+
+def test_advice_is_followed_once_then_the_backoff_goes_on_under_it() -> None:
+    """A server (or a proxy) advising 0 again and again must not make a tight loop: the
+    advised attempt that fails too is followed by the longer of advice and backoff."""
+    policy = RetryPolicy(base=1.0, cap=30.0)
+    advice = '{"retry_ms": 0}'
+    assert retry_delay(policy, 1, 1013, advice) == 0.0
+    later = [retry_delay(policy, 6, 1013, advice) for _ in range(50)]
+    assert max(later) > 1.0  # a backoff of up to 30 s, 50 draws
+    steady = [retry_delay(policy, 6, 1012, '{"retry_ms": 5000}') for _ in range(50)]
+    assert min(steady) >= 5.0  # advice still bounds it from below
+
+
+def test_positions_forget_a_stream_and_stay_home_when_over_what_a_server_takes() -> None:
+    positions = Positions()
+    positions.accept("all", 3, "e")
+    positions.accept("g:room", 7, "e")
+    positions.forget("g:room")
+    assert positions.to_resume() == {"all": (3, "e")}
+    assert positions.accept("g:room", 1, "e")  # a new membership starts afresh
+    many = Positions()
+    for i in range(1001):
+        many.accept(f"g:{i}", 1, "e")
+    assert many.to_resume() == {}
+    assert many.encode() is None
+    assert not many.accept("g:5", 1, "e")  # duplicates are still dropped here
+    long = Positions()
+    for i in range(300):
+        long.accept("g:" + "x" * 250 + str(i), 1, "e")
+    assert long.to_resume() == {}
+
+
+@pytest.mark.parametrize("field", ["heartbeat_interval", "expires_at"])
+def test_a_session_frame_number_too_large_for_a_float_is_ignored(field: str) -> None:
+    from stabilizer.pure.client_protocol import SessionInfo
+    frame = {"type": "session", "client_id": "c", "conn_id": "x", "node_id": "n",
+             "resumed": False, field: 10**400}
+    info = SessionInfo.from_frame(frame)
+    assert getattr(info, field) is None

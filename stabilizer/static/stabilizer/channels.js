@@ -57,9 +57,13 @@ export class Channels {
     for (const [channel, entry] of [...this.#channels]) {
       const presence = this.#presences.has(channel);
       if (presenceOnly && !presence) continue;
+      if (this.#channels.get(channel) !== entry) continue;  // unsubscribed (or anew) meanwhile
       const body = subscribeFrame(channel, entry.params, presence);
       try {
         await request(body, 30000);
+        if (!this.#channels.has(channel)) {  // unsubscribed while this one was on its way
+          await request({ type: "unsubscribe", channel }, 30000);
+        }
       } catch (err) {
         if (["timeout", "disconnected", "unavailable", "closed"].includes(err.code)) continue;
         console.warn(`stabilizer: channel ${channel} was not subscribed again: ${err.message}`);

@@ -109,6 +109,7 @@ export class Connection {
   /** v2: leave `channel`. */
   async unsubscribe(channel, { timeoutMs = 30000 } = {}) {
     this.#channels.delete(channel);
+    delete this.#positions[`g:${channel}`];  // a resume carries no stream the client left
     await this.#request({ type: "unsubscribe", channel }, timeoutMs);
   }
 
@@ -216,7 +217,13 @@ export class Connection {
       case "ping": ws.send(this.#v2 ? '{"type":"pong"}' : "pong"); return;
       case "pong": return;
       case "session": this.#welcome(frame); return;
-      case "resume": this.#emit("resume", frame); return;
+      case "resume":
+        if (frame.fresh === true && this.#channels.size) {  // the session was gone: so are
+          this.#channels.subscribeAgain(  // its memberships; the token was still good
+            (body, timeoutMs) => this.#request(body, timeoutMs), false);
+        }
+        this.#emit("resume", frame);
+        return;
       case "error": this.#emit("error", frame); return;
       case "refresh": this.#refresher.refresh(ws, () => this.#ws); return;
       case "refreshed": this.#expiresAt = numberOrNull(frame.expires_at); return;

@@ -8,6 +8,9 @@ export const TOKEN_CODES = new Set([4501, 4502]);
 const RETRY_CODES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014]);
 const ADVICE_CODES = new Set([1012, 1013, 4004]);
 const CONTROL_TYPES = new Set(["session", "ping", "pong", "resume", "error", "message"]);
+// the most positions a resume sends: a server refuses more with a final 1008
+const MAX_RESUME_STREAMS = 1000;
+const MAX_RESUME_TEXT = 64 * 1024 - 1024;
 
 /** The protocol frame in `text`, or null when it is an application message. */
 export function controlFrame(text) {
@@ -57,10 +60,19 @@ export function connectFrame(device, token, reconnectToken, positions, params) {
   if (token) frame.token = token;
   if (reconnectToken) {
     frame.reconnect_token = reconnectToken;
-    if (Object.keys(positions).length) frame.positions = positions;
+    if (sendable(positions)) frame.positions = positions;
   }
   if (params) frame.params = params;
   return frame;
+}
+
+/** Whether `positions` go with a resume: some, and not over what a server takes (more
+ * would be refused for good; without them the server replays from where the session
+ * began, and advance() drops what the client had already). */
+export function sendable(positions) {
+  const count = Object.keys(positions).length;
+  return count > 0 && count <= MAX_RESUME_STREAMS
+    && JSON.stringify(positions).length <= MAX_RESUME_TEXT;
 }
 
 /** Whether a socket closed with `code` is opened again (else the connection ends). */
@@ -69,12 +81,17 @@ export function reconnects(code) {
 }
 
 /** The ms to wait before reconnecting after `failures` failures in a row: the advice of a
- * 1012/1013/4004 close reason (at most maxAdviceMs), else the full-jitter backoff. */
+ * 1012/1013/4004 close reason (at most maxAdviceMs), else the full-jitter backoff. Advice
+ * is followed alone once; when the advised attempt fails too, the backoff goes on under
+ * it (the longer of the two), so advice of 0 never makes a tight loop. */
 export function retryDelay(code, reason, failures, options) {
   const ceiling = Math.min(options.backoffCapMs,
                            options.backoffBaseMs * 2 ** Math.min(failures, 30));
+  const backoff = Math.random() * ceiling;
   const advice = ADVICE_CODES.has(code) ? retryAdvice(reason) : null;
-  return advice === null ? Math.random() * ceiling : Math.min(advice, options.maxAdviceMs);
+  if (advice === null) return backoff;
+  const advised = Math.min(advice, options.maxAdviceMs);
+  return failures <= 1 ? advised : Math.max(advised, backoff);
 }
 
 /** The delay a 1012/1013/4004 close reason asks for, in ms, or null for free text. */
@@ -115,7 +132,7 @@ export function socketUrl(base, token = null, positions = {}) {
   url.searchParams.delete("positions");
   if (token) {
     url.searchParams.set("token", token);
-    if (Object.keys(positions).length) {
+    if (sendable(positions)) {
       url.searchParams.set("positions", JSON.stringify(positions));
     }
   }

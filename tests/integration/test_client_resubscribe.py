@@ -1,0 +1,71 @@
+"""The Python client subscribes to its channels again when the server forgot its session
+although its reconnect token was still good (away longer than session_ttl, or the session
+ended): the resume frame says `fresh`. Before, both clients took `resumed: true` with
+history for memberships kept, and the channel's messages never came again, silently."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, WebSocket
+
+from stabilizer import SubscribeRequest, WebSocketConfig, WebSocketConnectionManager
+from stabilizer.client import ResumeResult, RetryPolicy, connect
+from stabilizer.fastapi import lifespan, session
+from tests.support.inproc_uvicorn import served
+
+
+def history_app(manager: WebSocketConnectionManager, asked: list[str]) -> FastAPI:
+    app = FastAPI(lifespan=lifespan(manager))
+
+    @app.websocket("/ws")
+    async def endpoint(websocket: WebSocket) -> None:
+        async with session(manager, websocket) as client:
+            async for _message in client:
+                pass
+
+    async def allow(request: SubscribeRequest) -> bool:
+        asked.append(request.channel)
+        return True
+
+    manager.on_subscribe(allow)
+    return app
+
+
+async def test_a_client_subscribes_again_when_its_session_was_gone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = WebSocketConnectionManager(WebSocketConfig(
+        history_size=50, history_ttl=60.0, session_ttl=60.0, heartbeat_interval=60,
+        heartbeat_timeout=120))
+    asked: list[str] = []
+    got: asyncio.Queue[Any] = asyncio.Queue()
+    resumes: list[ResumeResult] = []
+    async with (
+        served(history_app(manager, asked), "websockets-sansio", monkeypatch) as server,
+        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2,
+                retry=RetryPolicy(base=0.01, cap=0.05), on_resume=resumes.append) as client,
+    ):
+        await client.subscribe("room", got.put_nowait)
+        await manager.send_to_group("room", "before")
+        assert await asyncio.wait_for(got.get(), 5) == "before"
+        client_id = client.client_id
+        assert client_id is not None
+        first = client.session
+        # the session ends (as when the client stays away past session_ttl) while its
+        # token is still good; the client comes back with it
+        await manager.disconnect(client_id, code=1012, reason='{"retry_ms": 10}')
+        await manager.backend.sessions.end(client_id)
+        async with asyncio.timeout(10):
+            while client.session is first or not resumes:
+                await asyncio.sleep(0.01)
+        assert client.session is not None
+        assert client.session.resumed  # the token was good
+        assert resumes[-1].session_resumed is False  # the resume frame: fresh
+        async with asyncio.timeout(10):
+            while asked.count("room") < 2 or await manager.get_group_members("room") != [
+                    client_id]:
+                await asyncio.sleep(0.01)
+        await manager.send_to_group("room", "after")
+        assert await asyncio.wait_for(got.get(), 5) == "after"

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from stabilizer import (
     ConnectionLimitExceededError,
@@ -23,6 +24,8 @@ from stabilizer import (
     WebSocketConfig,
     WebSocketConnectionManager,
 )
+from stabilizer.backends.redis.keys import KeyLayout
+from stabilizer.pure.wire import Envelope, Kind, encode
 from stabilizer.services.admission import Seated
 from tests.conftest import ManagerFactory
 from tests.integration.test_emitter import until
@@ -210,3 +213,30 @@ async def test_with_history_what_comes_while_a_fresh_session_is_admitted_reaches
     after = await sock.next_json()
     assert after["data"] == "next"
     assert after["offset"] == got["offset"] + 1
+
+
+async def test_a_node_acts_on_a_membership_envelope_it_sent_itself(
+        make_manager: ManagerFactory, redis_url: str, namespace: str) -> None:
+    """A join made on a client's own node while the client was being admitted takes a
+    remote join's path: the node sends itself the MEMBERSHIP envelope, which may arrive
+    once the admission is over (seed 1756799326 replayed 2 of 3 on the fix that only kept
+    envelopes during the admission). A node used to drop every envelope it sent itself."""
+    a, _b = await pair(make_manager, redis_url, namespace)
+    sock = FakeSocket("c1")
+    await a.connect("c1", sock)
+    conn = a.get_connection("c1")
+    assert conn is not None
+    keys = KeyLayout(namespace)
+    envelope = encode(Envelope(Kind.MEMBERSHIP, a.node_id, "c1", "room", ref="join",
+                               holder=conn.conn_id))
+    redis = Redis.from_url(redis_url)
+    try:
+        channel = keys.node_channel(keys.bucket_of("c1"), a.node_id)
+        assert await redis.publish(channel, envelope) == 1
+    finally:
+        await redis.aclose()
+
+    async def joined() -> bool:
+        return conn.groups == {"room"}
+
+    await until(joined)

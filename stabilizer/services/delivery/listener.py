@@ -121,17 +121,16 @@ class Listener:
         elif kind is Kind.PRESENCE:
             if self._on_presence is not None:
                 self._on_presence(envelope)
-        elif (kind is Kind.MEMBERSHIP and self._keeps_membership is not None
-              and self._keeps_membership(envelope)):
-            # kept for a connection being admitted, one this node wrote included: a join
-            # made here for a client not in the pool yet took the path of a remote one
-            return
+        elif kind is Kind.MEMBERSHIP:
+            # one this node sent itself too: a join (or hand-over) made here for a client
+            # that was not in the pool then (still being admitted) took a remote one's path;
+            # kept while the client's admission runs, then acted on like any other
+            if self._keeps_membership is None or not self._keeps_membership(envelope):
+                self._membership.apply(envelope)
         elif envelope.origin == self._ctx.node_id:
             return
         elif kind is Kind.KICK and envelope.target:
             self._on_kick(envelope.target, envelope.ref)
-        elif kind is Kind.MEMBERSHIP:
-            self._membership.apply(envelope)
         elif kind is Kind.EVENT and isinstance(envelope.payload, str):
             self._events.received(envelope.payload)
         elif kind is Kind.USER_CLOSE and envelope.target and isinstance(envelope.payload, str):

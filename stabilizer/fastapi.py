@@ -32,9 +32,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from stabilizer.auth.identity import Identity
 from stabilizer.config import CompressionMode, WebSocketConfig
 from stabilizer.dashboard import search, snapshot
-from stabilizer.errors import BackendUnavailable, ConfigError
+from stabilizer.errors import BackendUnavailable, ConfigError, InvalidClientIdError
 from stabilizer.manager import WebSocketConnectionManager
 from stabilizer.node.context import Phase
+from stabilizer.pure.text import check_client_id
 from stabilizer.session import Session
 
 logger = logging.getLogger(__name__)
@@ -275,16 +276,20 @@ def _serve_dashboard(api: APIRouter, guarded: APIRouter,
 
     @guarded.post("/dashboard/disconnect")
     async def dashboard_disconnect(request: Request) -> JSONResponse:
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":  # (media types are case-insensitive)
             return JSONResponse({"error": "send application/json"}, status_code=415)
         try:
             body = await request.json()
         except ValueError:
             body = None
         client_id = body.get("client_id") if isinstance(body, dict) else None
-        if not isinstance(client_id, str) or not client_id:
-            return JSONResponse({"error": "client_id (a string) is required"},
+        try:
+            check_client_id(client_id, manager.config.max_client_id_length)
+        except InvalidClientIdError as exc:
+            return JSONResponse({"error": f"client_id (a string) is required: {exc}"},
                                 status_code=422)
+        assert isinstance(client_id, str)
         try:
             done = await manager.disconnect_client(client_id,
                                                    reason="disconnected from the dashboard")

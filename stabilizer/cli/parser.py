@@ -4,6 +4,7 @@ read), then one command; and the checks that run before anything connects."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Mapping
 from typing import Final
 
@@ -116,7 +117,8 @@ def check_args(config: WebSocketConfig, args: argparse.Namespace) -> None:
     """
     if getattr(args, "limit", 0) < 0:
         raise ConfigError("--limit must be 0 (all) or positive")
-    if getattr(args, "interval", 1.0) <= 0:
+    interval = getattr(args, "interval", 1.0)
+    if not (math.isfinite(interval) and interval > 0):
         raise ConfigError("--interval must be a positive number of seconds")
     if getattr(args, "count", 0) < 0:
         raise ConfigError("--count must be 0 (until Ctrl-C) or positive")

@@ -12,19 +12,24 @@ from stabilizer.cli.common import EXIT_NOT_FOUND, EXIT_OK, show
 from stabilizer.config import WebSocketConfig
 from stabilizer.emitter import Emitter
 from stabilizer.emitter.base import check_user
-from stabilizer.pure.text import check_close_code
+from stabilizer.pure.text import check_close_code, encode_message
 
 
 def check(args: argparse.Namespace) -> None:
     """Reject a bad user id or close code before anything connects.
 
     Raises:
-        ValueError: an unusable user id or close code.
+        ValueError: an unusable user id, close code or message.
     """
     if getattr(args, "user", None) is not None:
         check_user(args.user)
     if hasattr(args, "code"):
         check_close_code(args.code)
+    if isinstance(getattr(args, "message", None), str):
+        try:
+            encode_message(args.message)
+        except TypeError as exc:  # text no frame can carry (bytes the locale cannot decode)
+            raise ValueError(f"MESSAGE: {exc}") from exc
 
 
 async def send(config: WebSocketConfig, args: argparse.Namespace, out: TextIO) -> int:

@@ -2,7 +2,9 @@
 // counters and draws its rates; no dependencies. Every value shown goes in as text.
 "use strict";
 (() => {
-  const POLL_MS = Number(new URLSearchParams(location.search).get("interval")) || 2000;
+  // ?interval= in ms: at least 250 (a link must not make a tab poll without pause)
+  const asked = Number(new URLSearchParams(location.search).get("interval"));
+  const POLL_MS = Number.isFinite(asked) && asked > 0 ? Math.max(asked, 250) : 2000;
   const POINTS = 60; // rate samples kept per node
   const history = new Map(); // node_id -> {last: report row, in: [..], out: [..]}
   const $ = (id) => document.getElementById(id);

@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 
+from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer.fastapi import lifespan, router
 from tests.support.browser import Page, chromium
 from tests.support.clients import ClientConnection, closed_with, open_client
+from tests.support.inproc_uvicorn import served
 from tests.support.redis_server import RedisServer
 from tests.support.uvicorn_proc import ROOT, UvicornProcess, start_all
 
@@ -138,3 +142,28 @@ async def test_the_dashboard_follows_three_replicas(redis_server: RedisServer) -
                 await ws.close()
         for proc in procs:
             proc.stop()
+
+
+@pytest.mark.parametrize(("asked", "polls_every"), [("1", 250), ("-1", 2000), ("x", 2000),
+                                                    ("300", 300)])
+async def test_the_page_polls_no_more_often_than_every_250_ms(
+        monkeypatch: pytest.MonkeyPatch, asked: str, polls_every: int) -> None:
+    """A link with ?interval=1 (or -1) made an operator's tab fetch the data some 85 times a
+    second, each fetch several Redis reads; the delay the page asks for is recorded (no
+    time is measured)."""
+    manager = WebSocketConnectionManager(WebSocketConfig())
+    app = FastAPI(lifespan=lifespan(manager))
+    app.include_router(router(manager, prefix="/ops", dashboard=True))
+    async with served(app, "websockets-sansio", monkeypatch) as server, chromium() as browser:
+        page = await browser.new_page()
+        await page.add_init_script("""
+            window.delays = [];
+            const real = window.setTimeout;
+            window.setTimeout = (fn, ms, ...rest) => {
+                window.delays.push(ms);
+                return real(fn, ms, ...rest);
+            };
+        """)
+        await page.goto(f"http://127.0.0.1:{server.port}/ops/dashboard?interval={asked}")
+        await page.wait_for_function("() => window.delays.length > 0", timeout=WAIT_MS)
+        assert await page.evaluate("window.delays[0]") == polls_every

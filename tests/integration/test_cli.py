@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer.backends.redis.keys import KeyLayout
 from tests.support.cli import Run, cli
 from tests.support.fakes import FakeSocket
 from tests.support.redis_server import free_port
@@ -145,6 +147,12 @@ async def test_an_unreachable_redis_fails_fast_with_one_clear_line() -> None:
     pytest.param(["--redis-url", "redis://127.0.0.1:1", "clients", "--limit", "-1"],
                  id="negative-limit"),
     pytest.param(["--redis-url", "redis://127.0.0.1:1", "locate"], id="locate-without-id"),
+    pytest.param(["--redis-url", "redis://127.0.0.1:1", "watch", "--interval", "nan"],
+                 id="interval-nan"),
+    pytest.param(["--redis-url", "redis://127.0.0.1:1", "send", "a", "x\udcff"],
+                 id="message-no-frame-can-carry"),  # (bytes the locale cannot decode)
+    pytest.param(["--redis-url", "redis://127.0.0.1:1", "broadcast", "x\udcff"],
+                 id="broadcast-no-frame-can-carry"),
 ])
 async def test_wrong_arguments_exit_2_with_one_line(args: list[str]) -> None:
     run = await cli(*args)
@@ -153,3 +161,16 @@ async def test_wrong_arguments_exit_2_with_one_line(args: list[str]) -> None:
     assert run.out == ""
     assert run.err.count("\n") == 1
     assert run.err.startswith("python -m stabilizer: ")
+
+
+async def test_watch_takes_a_damaged_broadcast_offset_for_none(cluster: Cluster) -> None:
+    """A stream record that is not what a node writes (a foreign or damaged key) used to
+    end `watch` with a traceback."""
+    redis = Redis.from_url(cluster.redis_url)
+    try:
+        await redis.hset(KeyLayout(cluster.namespace).stream_meta("all"), "offset", "junk")
+    finally:
+        await redis.aclose()
+    run = await cluster.cli("--json", "watch", "--count", "1", "--interval", "0.01")
+    assert run.code == 0, run.err
+    assert "Traceback" not in run.err

@@ -188,3 +188,23 @@ async def test_disconnect_closes_a_local_client_too(nodes: Nodes) -> None:
         done = await http.post("/ops/dashboard/disconnect", json={"client_id": "ann"})
     assert done.json()["disconnected"] is True
     assert (await ann.wait_closed())[0] == 1000
+
+
+async def test_disconnect_takes_any_spelling_of_json_and_refuses_an_unusable_id(
+        nodes: Nodes) -> None:
+    """A lone surrogate in the id (valid JSON, text no frame can carry) was a 500 with a
+    traceback; `Application/JSON` (media types are case-insensitive) was a 415."""
+    a = nodes("a")
+    await a.start()
+    ann = FakeSocket("ann")
+    await a.connect("ann", ann)
+    async with client_for(a) as http:
+        for body in ('{"client_id": "\\ud800"}', '{"client_id": ""}', '{"client_id": 7}',
+                     '{"client_id": "' + "x" * 300 + '"}'):
+            bad = await http.post("/ops/dashboard/disconnect", content=body,
+                                  headers={"content-type": "application/json"})
+            assert bad.status_code == 422, body
+        done = await http.post("/ops/dashboard/disconnect", content='{"client_id": "ann"}',
+                               headers={"content-type": "Application/JSON; charset=utf-8"})
+        assert done.json() == {"client_id": "ann", "disconnected": True}
+    assert (await ann.wait_closed())[0] == 1000

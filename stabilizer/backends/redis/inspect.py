@@ -105,7 +105,10 @@ class RedisInspector:
         nothing was broadcast yet)."""
         raw = await self.ask(cast(Awaitable[bytes | None],  # redis-py: a union
                                   self._client.hget(self._keys.stream_meta("all"), "offset")))
-        return None if raw is None else int(raw)
+        try:
+            return None if raw is None else int(raw)
+        except ValueError:  # (not what a node writes: a damaged or foreign key)
+            return None
 
 
 def _escaped(literal: str) -> str:

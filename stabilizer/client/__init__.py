@@ -65,8 +65,8 @@ chose in the first session frame, so a reconnect resumes the same client
 (``<user_id>/<device>``). ``params`` goes to the server's authenticator. Close codes: 4003
 (credentials expired) reconnects, asking get_token again; 4004 (too many connections of
 the user) reconnects after the retry advice; 4505 (credentials refused) is final
-(ServerClosedError). To resume from another process, keep ``conn.token`` and
-``conn.device`` and pass both back.
+(ServerClosedError). To resume from another process, keep ``conn.token``,
+``conn.device`` and ``conn.positions`` and pass them back.
 
 ``await conn.rpc(method, params, timeout=30.0)`` (v2) calls a procedure the server
 registered with ``@manager.rpc(method)`` and returns its result, or raises RPCError: the
@@ -152,13 +152,15 @@ def connect(
     get_token: TokenSource | None = None,
     device: str | None = None,
     params: Mapping[str, JSONValue] | None = None,
+    positions: Mapping[str, tuple[int, str]] | None = None,
 ) -> ClientConnection:
     """Return an unstarted ClientConnection; ``async with`` (or ``await start()``) opens it.
 
     `url` is a ws:// URL, a list tried in turn (failover), or a callable returning the URL
     for each attempt. ``{client_id}`` in a given URL is replaced by the quoted `client_id`;
     a session frame for another client id then ends the client (HandshakeRejectedError).
-    `token` resumes a session saved from an earlier process.
+    `token` resumes a session saved from an earlier process, from `positions` (what that
+    process's ``conn.positions`` held: without them, what it handled is replayed again).
 
     ``protocol=2`` speaks protocol v2: `get_token` supplies the access token on every
     connect, reconnect and refresh, `device` names this client instance (default: the one
@@ -174,4 +176,4 @@ def connect(
         max_inbox_messages=max_inbox_messages, max_message_size=max_message_size,
         welcome=welcome, headers=headers, on_state=on_state, on_control=on_control,
         on_resume=on_resume, protocol=protocol, get_token=get_token, device=device,
-        params=params)
+        params=params, positions=positions)

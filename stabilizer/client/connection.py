@@ -70,6 +70,7 @@ class ClientConnection(SessionView, Requests):
         get_token: TokenSource | None = None,
         device: str | None = None,
         params: Mapping[str, JSONValue] | None = None,
+        positions: Mapping[str, tuple[int, str]] | None = None,
     ) -> None:
         check_options(protocol, get_token=get_token, device=device, params=params,
                       welcome=welcome)
@@ -94,6 +95,8 @@ class ClientConnection(SessionView, Requests):
                               send_timeout=send_timeout, on_control=on_control,
                               on_resume=on_resume, calls=self._calls,
                               subscriptions=self._subscriptions)
+        for stream, (offset, epoch) in (positions or {}).items():  # (an earlier process's)
+            self._frames.positions.accept(stream, offset, epoch)
         self._resubscriber: asyncio.Task[None] | None = None
         self._frames.on_session_lost = self._session_lost
         self._owed: Owed | None = None  # the ack of the message recv() returned last

@@ -69,3 +69,30 @@ async def test_a_client_subscribes_again_when_its_session_was_gone(
                 await asyncio.sleep(0.01)
         await manager.send_to_group("room", "after")
         assert await asyncio.wait_for(got.get(), 5) == "after"
+
+
+async def test_another_process_resumes_from_the_positions_it_was_handed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented hand-over: token, device and positions. Before, connect() took no
+    positions, and the new process was replayed everything the first one had handled."""
+    manager = WebSocketConnectionManager(WebSocketConfig(
+        history_size=50, history_ttl=60.0, session_ttl=60.0, heartbeat_interval=60,
+        heartbeat_timeout=120))
+    url_of = "ws://127.0.0.1:{}/ws"
+    async with served(history_app(manager, []), "websockets-sansio", monkeypatch) as server:
+        url = url_of.format(server.port)
+        first = connect(url, protocol=2, device="d1", retry=RetryPolicy(max_attempts=1))
+        await first.start()
+        for n in range(3):
+            await manager.broadcast(f"m{n}")
+            assert await asyncio.wait_for(first.recv(), 5) == f"m{n}"
+        token, device, positions = first.token, first.device, first.positions
+        assert token is not None
+        assert positions
+        got: list[Any] = []
+        async with connect(url, protocol=2, token=token, device=device,
+                           positions=positions) as second:
+            await manager.broadcast("m3")
+            got.append(await asyncio.wait_for(second.recv(), 5))
+        assert got == ["m3"]  # nothing the first process handled comes again
+        await first.aclose()

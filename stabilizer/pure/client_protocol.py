@@ -192,7 +192,7 @@ class ResumeResult:
     recovered: bool
     replayed: int = 0
     failed: tuple[str, ...] = ()   # streams the server could not replay
-    session_resumed: bool = True   # false: the token was refused, this is a fresh session
+    session_resumed: bool = True   # false: a fresh session (token refused, or its session gone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from stabilizer.backends.redis.inspect import RedisRefused
 from stabilizer.cli.common import EXIT_OK, EXIT_UNAVAILABLE, PROG, redacted
 from stabilizer.cli.parser import build_parser, check_args, config_from
 from stabilizer.cli.watch import watch
@@ -26,6 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(" ".join(str(exc).split()))
     try:
         return int(asyncio.run(args.command(config, args, sys.stdout)))
+    except RedisRefused as exc:
+        assert config.redis_url is not None
+        print(f"{PROG}: Redis at {redacted(config.redis_url)} answered with an error (is a "
+              f"key of namespace {config.namespace!r} another application's?): "
+              f"{' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except BackendUnavailable as exc:
         reason = " ".join(str(exc.__cause__ or exc).split()) or (
             f"no answer in {config.op_timeout:g}s")

@@ -174,3 +174,20 @@ async def test_watch_takes_a_damaged_broadcast_offset_for_none(cluster: Cluster)
     run = await cluster.cli("--json", "watch", "--count", "1", "--interval", "0.01")
     assert run.code == 0, run.err
     assert "Traceback" not in run.err
+
+
+async def test_a_key_of_another_application_is_named_as_such_not_unreachable(
+        cluster: Cluster) -> None:
+    """Redis answered (WRONGTYPE): the CLI said it could not reach it."""
+    redis = Redis.from_url(cluster.redis_url)
+    try:
+        await redis.delete(KeyLayout(cluster.namespace).nodes)
+        await redis.set(KeyLayout(cluster.namespace).nodes, "not a sorted set")
+    finally:
+        await redis.aclose()
+    run = await cluster.cli("nodes")
+    assert run.code == 3
+    assert "answered with an error" in run.err
+    assert "WRONGTYPE" in run.err
+    assert "cannot reach" not in run.err
+    assert run.err.count("\n") == 1

@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from stabilizer.backends.redis.backend import RedisBackend
 from stabilizer.backends.redis.connect import check_url
@@ -17,6 +17,11 @@ from stabilizer.config import WebSocketConfig
 from stabilizer.errors import BackendUnavailable
 
 T = TypeVar("T")
+
+
+class RedisRefused(BackendUnavailable):
+    """Redis answered a command with an error (WRONGTYPE: a key of the namespace is not
+    what the nodes write, another application's say): reachable, but of no use."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,8 @@ class RedisInspector:
         try:
             async with asyncio.timeout(self._timeout):
                 return await awaitable
+        except ResponseError as exc:
+            raise RedisRefused(str(exc)) from exc
         except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise BackendUnavailable(str(exc) or f"no answer within {self._timeout:g}s") from exc
 

@@ -79,7 +79,8 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     closing_ref.append(closing)
     memory = MemoryGuard(ctx, closing)
     tokens = TokenService(ctx)
-    resume = Resume(ctx, membership, sequenced) if sequenced is not None else None
+    resume = (Resume(ctx, membership, sequenced, retire=closing.retire)
+              if sequenced is not None else None)
     admission = Admission(ctx, closing, liveness, memory, events, router,
                           ensure_started=ensure_started, apply_membership=membership.apply,
                           catch_up=resume.catch_up if resume is not None else None)

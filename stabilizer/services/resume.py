@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import msgpack
 
 from stabilizer.backends.base import SessionGone, SessionState, SessionTaken
-from stabilizer.connection.connection import Connection
+from stabilizer.config import CloseCode
+from stabilizer.connection.connection import Connection, State
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
@@ -17,6 +19,7 @@ from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
 from stabilizer.pure.frames import resume_frame
 from stabilizer.pure.positions import Positions
 from stabilizer.pure.streams import ALL, client_stream, group_stream, user_stream
+from stabilizer.pure.text import retry_advice
 from stabilizer.services.delivery.groups import Membership
 from stabilizer.services.delivery.sequenced import (
     SequencedRouter,
@@ -43,8 +46,10 @@ class Resume:
     """Brings a resumed connection up to date; its live frames are held meanwhile."""
 
     def __init__(self, ctx: NodeContext, membership: Membership,
-                 router: SequencedRouter) -> None:
+                 router: SequencedRouter,
+                 retire: Callable[[Connection, int, str], None] | None = None) -> None:
         self._ctx = ctx
+        self._retire = retire  # the closing service's: close a connection in a task
         self._membership = membership
         self._router = router
         self._backend_log = RateLimitedLog(logger)
@@ -62,6 +67,8 @@ class Resume:
         if not conn.is_open:  # replaced or closed meanwhile: there is nothing to bring back
             return False, 0, []
         state, baselines = await self._take_session(conn)
+        if conn.state is not State.OPEN:  # (closed, to come back: not taken over)
+            return False, 0, []
         streams = {ALL, client_stream(conn.client_id)}
         if conn.user_id is not None:
             streams.add(user_stream(conn.user_id))
@@ -97,9 +104,12 @@ class Resume:
                 state = None
             if state is not None:
                 try:
-                    await self._activate(conn, fresh=False)
+                    await self._activate(conn, fresh=False, strict=True)
                 except SessionGone:  # a sweep ended it after the load: begin afresh
                     logger.info("session of %r ended while it resumed", conn.client_id)
+                except BackendUnavailable:
+                    self._come_back_later(conn)
+                    return None, {}
                 else:
                     await self._restore(conn, state)
                     return state, {}
@@ -109,12 +119,13 @@ class Resume:
                 await self._membership.start_afresh(conn)
             return None, baselines or {}
 
-    async def _activate(self, conn: Connection, *,
-                        fresh: bool) -> dict[str, tuple[int, str]] | None:
+    async def _activate(self, conn: Connection, *, fresh: bool,
+                        strict: bool = False) -> dict[str, tuple[int, str]] | None:
         """Open (or revive) the session held by `conn`; return a fresh one's baselines
-        (none for a revived one), or None when the backend could not be reached or a newer
-        connection of the client holds it (this one is replaced: its kick is due).
-        SessionGone (a revived one) passes through."""
+        (none for a revived one), or None when the backend could not be reached (`strict`:
+        BackendUnavailable passes through) or a newer connection of the client holds it
+        (this one is replaced: its kick is due). SessionGone (a revived one) passes
+        through."""
         ctx = self._ctx
         try:
             return await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=fresh,
@@ -124,11 +135,22 @@ class Resume:
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",
                                       conn.client_id, exc=exc)
+            if strict:
+                raise
             return None
         except SessionTaken:
             logger.info("session of %r not taken over: a newer connection holds it",
                         conn.client_id)
             return None
+
+    def _come_back_later(self, conn: Connection) -> None:
+        """The session was loaded but could not be taken over (the backend did not answer
+        in time): it would expire under a connected client that was told all was
+        recovered. Close the connection with retry advice instead (1013); the client comes
+        back with the token its session frame carried, and resumes then."""
+        if self._retire is not None:
+            self._retire(conn, int(CloseCode.TRY_AGAIN_LATER),
+                         retry_advice(self._ctx.config.retry_jitter))
 
     async def _restore(self, conn: Connection, state: SessionState) -> None:
         for group in state.groups:

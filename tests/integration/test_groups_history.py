@@ -13,6 +13,7 @@ from redis.asyncio.cluster import RedisCluster
 from stabilizer import CloseCode, MemoryBackend, WebSocketConnectionManager
 from stabilizer.backends.base import SessionState
 from stabilizer.backends.redis import RedisBackend
+from stabilizer.errors import BackendUnavailable
 from stabilizer.results import ClusterEvent, ConnectionEvent
 from tests.integration.test_cluster import Cluster, cluster, started
 from tests.support.fakes import FakeSocket, FakeWebSocket
@@ -517,3 +518,40 @@ async def test_a_resume_replays_nothing_from_before_the_client_joined(
         b, "eve", {"g:room": (0, first["epoch"])})
     assert (recovered, failed) == (True, [])
     assert replayed == 1  # "after" only
+
+
+async def test_a_resume_whose_session_cannot_be_taken_over_comes_back_later(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session was loaded but its reopen got no answer: the resume said all was
+    recovered and the session, never marked live, expired under the connected client.
+    Now the connection is closed with 1013 and retry advice, and the client, coming back,
+    resumes it."""
+    a = cluster("a", **HISTORY)
+    await started(a)
+    alice = FakeSocket("alice")
+    await a.connect("alice", alice)
+    await a.join_group("alice", "room")
+    await a.disconnect("alice", code=CloseCode.GOING_AWAY, reason="network lost")
+    await a.send_to_group("room", "missed")
+    sessions = a.backend.sessions
+    activate = sessions.activate
+    failed: list[str] = []
+
+    async def unanswered_once(client_id: str, **kwargs: Any) -> Any:
+        if not kwargs.get("fresh") and not failed:
+            failed.append(client_id)
+            raise BackendUnavailable("no answer in time")
+        return await activate(client_id, **kwargs)
+
+    monkeypatch.setattr(sessions, "activate", unanswered_once)
+    sock = FakeWebSocket("alice")
+    session = a.open_session(sock, "alice", token=a.generate_reconnect_token("alice"),
+                             welcome=False)
+    await session.__aenter__()
+    code, reason = await sock.wait_closed()
+    assert code == CloseCode.TRY_AGAIN_LATER
+    assert "retry_ms" in (reason or "")
+    assert not any(isinstance(f, str) and f.startswith('{"type":"resume"') for f in sock.sent)
+    _back, (recovered, replayed, failed_streams) = await resume_on(a, "alice", {})
+    assert (recovered, replayed, failed_streams) == (True, 1, [])
+    assert await a.get_group_members("room") == ["alice"]

@@ -16,7 +16,7 @@ from stabilizer.pure.text import check_close_code, encode_message
 
 
 def check(args: argparse.Namespace) -> None:
-    """Reject a bad user id or close code before anything connects.
+    """Reject a bad user id, close code or message before anything connects.
 
     Raises:
         ValueError: an unusable user id, close code or message.

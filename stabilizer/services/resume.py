@@ -30,18 +30,6 @@ from stabilizer.services.delivery.sequenced import (
 logger = logging.getLogger(__name__)
 
 
-def _start(held: tuple[int, str] | None,
-           began: tuple[int, str] | None) -> tuple[int, str] | None:
-    """Where a stream's replay starts: the position the client holds, but never before
-    where its session (or its membership of the group) began in the same epoch: a client
-    cannot read what was sent before it joined by claiming an earlier position."""
-    if held is None:
-        return began
-    if began is not None and began[1] == held[1] and began[0] > held[0]:
-        return began
-    return held
-
-
 class Resume:
     """Brings a resumed connection up to date; its live frames are held meanwhile."""
 
@@ -85,7 +73,7 @@ class Resume:
         streams.update(group_stream(group) for group in state.groups
                        if self._ctx.config.keeps_history(group))
         starts = {stream: start for stream in streams
-                  if (start := _start(positions.get(stream), state.baselines.get(stream)))}
+                  if (start := positions.get(stream) or state.baselines.get(stream))}
         replayed, failed = await self._replay(conn, starts)
         return not failed, replayed, failed
 

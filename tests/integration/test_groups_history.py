@@ -495,31 +495,6 @@ async def test_killed_subscription_is_restored_and_nothing_is_missed(
     assert [f["offset"] for f in frames] == [2, 3, 4]
 
 
-async def test_a_resume_replays_nothing_from_before_the_client_joined(
-        cluster: Cluster) -> None:
-    """Positions are the client's word: one that claims an earlier position than where its
-    membership began is replayed from where it began (an application's on_subscribe gates
-    who may read a room; before, "g:room": [0, epoch] replayed the room's earlier messages)."""
-    a, b = cluster("a", **HISTORY), cluster("b", **HISTORY)
-    await started(a, b)
-    bob = FakeSocket("bob")
-    await a.connect("bob", bob)
-    await a.join_group("bob", "room")
-    for i in range(3):
-        await a.send_to_group("room", f"before {i}")
-    first = await bob.next_json()
-    eve = FakeSocket("eve")
-    await b.connect("eve", eve)
-    await b.join_group("eve", "room")
-    await a.send_to_group("room", "after")
-    assert (await eve.next_json())["data"] == "after"
-    await b.disconnect("eve", code=CloseCode.GOING_AWAY, reason="network lost")
-    _sock, (recovered, replayed, failed) = await resume_on(
-        b, "eve", {"g:room": (0, first["epoch"])})
-    assert (recovered, failed) == (True, [])
-    assert replayed == 1  # "after" only
-
-
 async def test_a_resume_whose_session_cannot_be_taken_over_comes_back_later(
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """The session was loaded but its reopen got no answer: the resume said all was

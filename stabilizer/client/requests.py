@@ -143,9 +143,8 @@ class Requests:
         self._subscriptions.active.pop(channel, None)
         self._subscriptions.presences.pop(channel, None)
         self._frames.positions.forget(group_stream(channel))
-        await self._calls.call(
-            self._wait_open, lambda ident: channel_frame("unsubscribe", ident, channel),
-            timeout)
+        await self._calls.call(self._wait_open, functools.partial(_unsubscribe_frame, channel),
+                               timeout)
 
     async def publish(self, channel: str, data: str | dict[str, Any] | list[Any], *,
                       timeout: float = 30.0) -> None:

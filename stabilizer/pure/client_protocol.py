@@ -239,16 +239,15 @@ class Positions:
         takes (1,000 streams, 64 KiB as JSON), which it would refuse with a final 1008. The
         server then replays from where the session began, and the duplicates are dropped
         here (accept() still knows every position)."""
-        if len(self._last) > MAX_RESUME_STREAMS:
-            return {}
-        if len(self._encoded(self._last)) > MAX_RESUME_TEXT:
-            return {}
-        return dict(self._last)
+        return dict(self._last) if self.encode() is not None else {}
 
     def encode(self) -> str | None:
-        """The ``positions`` query value (JSON), or None when there is nothing to send."""
-        positions = self.to_resume()
-        return self._encoded(positions) if positions else None
+        """The ``positions`` query value (JSON), or None when there is nothing to send (none
+        recorded, or more than a server takes: see to_resume)."""
+        if not self._last or len(self._last) > MAX_RESUME_STREAMS:
+            return None
+        text = self._encoded(self._last)
+        return text if len(text) <= MAX_RESUME_TEXT else None
 
     @staticmethod
     def _encoded(positions: Mapping[str, tuple[int, str]]) -> str:

@@ -14,6 +14,7 @@ from fastapi import FastAPI, WebSocket
 from stabilizer import SubscribeRequest, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.client import ResumeResult, RetryPolicy, connect
 from stabilizer.fastapi import lifespan, session
+from tests.integration.test_emitter import until
 from tests.support.inproc_uvicorn import served
 
 
@@ -42,10 +43,15 @@ async def test_a_client_subscribes_again_when_its_session_was_gone(
     asked: list[str] = []
     got: asyncio.Queue[Any] = asyncio.Queue()
     resumes: list[ResumeResult] = []
+    resumed = asyncio.Event()
+
+    def on_resume(result: ResumeResult) -> None:
+        resumes.append(result)
+        resumed.set()
     async with (
         served(history_app(manager, asked), "websockets-sansio", monkeypatch) as server,
         connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2,
-                retry=RetryPolicy(base=0.01, cap=0.05), on_resume=resumes.append) as client,
+                retry=RetryPolicy(base=0.01, cap=0.05), on_resume=on_resume) as client,
     ):
         await client.subscribe("room", got.put_nowait)
         await manager.send_to_group("room", "before")
@@ -57,16 +63,17 @@ async def test_a_client_subscribes_again_when_its_session_was_gone(
         # token is still good; the client comes back with it
         await manager.disconnect(client_id, code=1012, reason='{"retry_ms": 10}')
         await manager.backend.sessions.end(client_id)
-        async with asyncio.timeout(10):
-            while client.session is first or not resumes:
-                await asyncio.sleep(0.01)
+        await asyncio.wait_for(resumed.wait(), 10)  # (after the new session frame)
         assert client.session is not None
+        assert client.session is not first
         assert client.session.resumed  # the token was good
         assert resumes[-1].session_resumed is False  # the resume frame: fresh
-        async with asyncio.timeout(10):
-            while asked.count("room") < 2 or await manager.get_group_members("room") != [
-                    client_id]:
-                await asyncio.sleep(0.01)
+
+        async def subscribed_again() -> bool:  # (the server's side settles after the reply)
+            return asked.count("room") >= 2 and await manager.get_group_members("room") == [
+                client_id]
+
+        await until(subscribed_again, timeout=10)
         await manager.send_to_group("room", "after")
         assert await asyncio.wait_for(got.get(), 5) == "after"
 

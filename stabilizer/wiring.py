@@ -98,6 +98,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
                               kick=admission.kick,
                               settle_groups=lambda conns, restore: membership.settle(
                                   conns, restore=restore, node_wide=True),
+                              settle_doubted=membership.settle_doubted,
                               reporter=reporter)
     # the listener runs on one node alone too: the backend hands it its own presence
     # changes, in the backend's order (on one node, nothing else arrives)
@@ -116,7 +117,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
 def _presence(membership: Membership, watch: PresenceWatch, envelope: Envelope) -> None:
     changes = watch.receive(envelope)  # parsed once for both
     if changes and envelope.target is not None:
-        membership.heard(envelope.target, changes)  # what the node gives back if lost
+        membership.entries.heard(envelope.target, changes)  # what the node gives back if lost
 
 
 def _unfollow(router: Router, watch: PresenceWatch, stream: str) -> None:

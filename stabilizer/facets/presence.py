@@ -40,7 +40,7 @@ class PresenceFacet(Facet):
                 raise ConnectionNotFoundError(f"client {client_id!r} is not connected")
             user_id = owner.user_id
         entry = entry_text(client_id, user_id, meta_json)
-        if not await self._node.membership.update_presence(client_id, group, entry):
+        if not await self._node.membership.entries.update_presence(client_id, group, entry):
             raise NotAMemberError(f"client {client_id!r} is not a member of {group!r}; "
                                   "join_group first")
 

@@ -13,9 +13,11 @@ memberships it lost, when it restarted empty or reaped this node), then re-regis
 presence (closing sockets another node took meanwhile).
 
 A step that fails is not an outage by itself: under a burst of connects a busy loop reads a
-reply late. Writes that failed asked for a resync each; writes that succeeded are lost only
-when the store restarts or fails over, which each step checks (the store's incarnation).
-Only a store that cannot tell makes every failed step ask for a resync.
+reply late. Writes that failed asked for a resync each (a membership change that failed or
+was cancelled puts only its client in doubt, settled alone at the next step); writes that
+succeeded are lost only when the store restarts or fails over, which each step checks (the
+store's incarnation). Only a store that cannot tell makes every failed step ask for a
+resync.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Maintenance:
                  connections: Callable[[], list[Connection]],
                  kick: Callable[[str, str | None], None],
                  settle_groups: GroupSettler | None = None,
+                 settle_doubted: Callable[[], Awaitable[None]] | None = None,
                  reporter: Reporter | None = None) -> None:
         self._ctx = ctx
         self._reporter = reporter
@@ -63,6 +66,7 @@ class Maintenance:
         self._connections = connections  # admitted, and still being admitted
         self._kick = kick  # closes a local connection another node holds the client of
         self._settle_groups = settle_groups
+        self._settle_doubted = settle_doubted  # the clients whose membership change failed
         self._joined = False
         self._incarnation: str | None = None  # the store's, at the last step (None: unknown)
         self._settle_due = False  # settle again once the subscription is back
@@ -136,6 +140,8 @@ class Maintenance:
             except BaseException:
                 self._settle_due = True
                 raise
+        if self._settle_doubted is not None:
+            await self._settle_doubted()
         if not self._tokens.has_key:
             await self._tokens.fetch_shared_key()
 

@@ -143,7 +143,7 @@ class Resume:
     async def _restore(self, conn: Connection, state: SessionState) -> None:
         for group in state.groups:
             await self._membership.join_local(conn, group)  # (skips a closed connection)
-        await self._membership.learn(conn, state.groups)  # what the book gives back if lost
+        await self._membership.entries.learn(conn, state.groups)  # what the book gives back if lost
         values = []
         for key, raw in state.user_data.items():
             try:

@@ -3,8 +3,9 @@
 Two kinds. A lost subscription may have taken MEMBERSHIP envelopes with it: every local
 membership is in doubt until a node-wide settle that began once the subscription was back.
 A membership change that failed or was cancelled may have run in part (spread: between its
-slots' steps): its client is in doubt until the next node-wide settle reconciles it,
-wherever it is connected by then.
+slots' steps): its client is in doubt until a settle of it (maintenance settles the doubted
+clients at each step, and a node-wide settle takes them too) reconciles it, wherever it is
+connected by then.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ class Doubts:
 
     def __contains__(self, client_id: object) -> bool:
         return client_id in self._clients
+
+    def take_clients(self) -> set[str]:
+        """The doubted clients, for a settle of them alone (give them back if it fails)."""
+        clients, self._clients = self._clients, set()
+        return clients
 
     def begin_settle(self) -> tuple[int, set[str]]:
         """A node-wide settle begins: the losses it will cover, and the doubted clients it

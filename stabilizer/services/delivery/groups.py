@@ -13,8 +13,7 @@ The backend is the truth; local membership follows it. Where the two can part (a
 envelope lost with a subscription, a join that lands on a socket another one replaces, a
 store that restarts empty), ``settle`` makes them agree again: a client's local groups
 become the ones the backend lists, after giving the backend back what it lost, if it did:
-the memberships, and the presence entries this node's book (pure/presence_book.py) holds
-for them.
+the memberships, and the presence entries this node's book (entries.py) holds for them.
 Changes of one client's memberships on this node take turns, so that a settle never reads
 the backend between a local change and its write.
 """
@@ -31,11 +30,11 @@ from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import MEMBERSHIP_ROUND_TRIPS, NodeContext
-from stabilizer.pure.presence import Change, entry_text
-from stabilizer.pure.presence_book import PresenceBook
+from stabilizer.pure.presence import entry_text
 from stabilizer.pure.streams import client_stream, user_stream
 from stabilizer.pure.wire import Envelope, Kind, encode
 from stabilizer.services.delivery.doubts import Doubts
+from stabilizer.services.delivery.entries import MemberEntries
 from stabilizer.services.delivery.local_groups import LocalGroups
 from stabilizer.services.delivery.turns import Turns
 from stabilizer.services.events import Events
@@ -61,7 +60,8 @@ class Membership:
         self._doubts = Doubts()
         self._backend_log = RateLimitedLog(logger)
         self._local = LocalGroups(ctx, on_unfollow, self._backend_log)
-        self._book: PresenceBook[Connection] = PresenceBook()  # local members' entries
+        self.entries = MemberEntries(ctx, self._backend_log)  # local members' entries
+        self._book = self.entries.book
 
     def local_members(self, group: str) -> set[Connection]:
         """The local members of `group` (empty when there are none)."""
@@ -184,35 +184,9 @@ class Membership:
         node-wide settle reconciles the client, even if it has left this node by then."""
         try:
             return await change
-        except BaseException:
-            self._doubts.change_failed(client_id)
-            self._ctx.want_resync()
+        except BaseException:  # (its client alone: a node-wide resync would cost every
+            self._doubts.change_failed(client_id)  # client of the node, at a client's will)
             raise
-
-    async def update_presence(self, client_id: str, group: str, entry: str) -> bool:
-        """Set the presence entry of a member on any node; False when it is not a member.
-
-        Raises:
-            BackendUnavailable: the backend cannot be reached.
-        """
-        ctx = self._ctx
-        conn = ctx.pool.get(client_id)
-        if conn is None:
-            return await ctx.ask(ctx.backend.groups.update_presence(client_id, group, entry))
-        mark = self._book.begin(conn, group)
-        updated = await ctx.ask(ctx.backend.groups.update_presence(client_id, group, entry))
-        if updated and conn.is_open:
-            self._book.learned(conn, group, entry, mark)
-        return updated
-
-    def heard(self, group: str, changes: list[Change]) -> None:
-        """The changes of a PRESENCE envelope of `group`: note those of a local client's
-        entry (the presence watch parsed them, and logs and counts a malformed one)."""
-        for change in changes:
-            conn = self._ctx.pool.get(change.client_id)
-            if conn is not None and conn.is_open:
-                self._book.heard(conn, group, change.version,
-                                 None if change.new is None else change.new.text())
 
     async def _tell_owner(self, client_id: str, group: str, action: str,
                           holder: str | None) -> None:
@@ -258,27 +232,7 @@ class Membership:
         followed = self._local.follows(group)
         await self.join_local(conn, group)
         if not followed:
-            await self.learn(conn, [group])
-
-    async def learn(self, conn: Connection, groups: Collection[str]) -> None:
-        """Read the presence entries of `conn`'s client in those of `groups` it is a local
-        member of (this node follows them), for the book: a member whose entry was set
-        before the node followed the group, or before `conn` began (a resumed session)."""
-        ctx = self._ctx
-        wanted = sorted(group for group in groups if group in conn.groups)
-        if not wanted:
-            return
-        marks = [self._book.begin(conn, group) for group in wanted]
-        try:
-            entries = await ctx.ask(ctx.backend.groups.presence_entries(conn.client_id, wanted))
-        except BackendUnavailable as exc:
-            self._backend_log.warning("presence entries of %r not read (backend down)",
-                                      conn.client_id, exc=exc)
-            return
-        if not conn.is_open:
-            return
-        for group, mark in zip(wanted, marks, strict=True):
-            self._book.learned(conn, group, entries.get(group), mark)
+            await self.entries.learn(conn, [group])
 
     async def join_local(self, conn: Connection, group: str) -> None:
         """Record local membership (see LocalGroups.join)."""
@@ -308,14 +262,27 @@ class Membership:
         if conn.user_id is not None and not self._ctx.pool.of_user(conn.user_id):
             self._on_unfollow(user_stream(conn.user_id))
 
+    async def settle_doubted(self) -> None:
+        """Settle the clients whose membership change failed or was cancelled, alone.
+
+        Raises:
+            BackendUnavailable: the backend cannot be reached (they stay in doubt).
+        """
+        clients = self._doubts.take_clients()
+        if clients:
+            found = (self._ctx.pool.get(client_id) for client_id in sorted(clients))
+            await self.settle([conn for conn in found if conn is not None], doubted=clients)
+
     async def settle(self, conns: Sequence[Connection], *, restore: bool = False,
-                     node_wide: bool = False) -> None:
+                     node_wide: bool = False, doubted: Collection[str] = ()) -> None:
         """Make the local memberships of `conns` agree with the groups the backend lists
         for their clients (one round trip per batch). With `restore` (the backend lost this
         node's state: it restarted empty, or reaped the node), the backend first takes the
         local memberships back, with the presence entries this node knows of them. A
         `node_wide` settle (of every local connection) that began while subscribed ends the
-        doubt of the subscription losses before it.
+        doubt of the subscription losses before it; it takes the doubted clients too. Each
+        client in `doubted` is settled wherever it is now (taken from the doubts: they get
+        it back if this fails).
 
         Raises:
             BackendUnavailable: the backend cannot be reached (nothing changed locally).
@@ -323,9 +290,10 @@ class Membership:
         ctx = self._ctx
         subscribed = not ctx.follows_others or ctx.backend.routing.subscribed.is_set()
         open_conns = [conn for conn in conns if conn.is_open]
-        losses, doubted = 0, set[str]()
+        losses, doubted = 0, set(doubted)
         if node_wide:  # (clients that left meanwhile too: nothing else would complete them)
-            losses, doubted = self._doubts.begin_settle()
+            losses, taken = self._doubts.begin_settle()
+            doubted |= taken
         local: dict[str, Collection[str]] = dict.fromkeys(doubted, ())
         local.update((conn.client_id, conn.groups) for conn in open_conns)
         try:

@@ -43,6 +43,12 @@ no connection opens within its timeout: a message is sent or an exception says w
 Messages received before the end are still returned first. Callbacks run in the client's
 task: keep them short (``queue.put_nowait`` is ideal).
 
+``max_inbox_messages`` bounds the messages received and not yet returned: a full inbox
+stops the client reading its socket (back-pressure: the server ends up closing it, 4000 or
+1013, and the client reconnects, keeping what it holds), except while a request (v2: rpc,
+subscribe, unsubscribe, publish) waits for its reply: then the client reads on and keeps
+the messages beyond the bound, in order, so that the reply gets through.
+
 Caveat: without history, an application message that is a JSON object whose "type" is a
 control type (session, ping, pong, resume, error) cannot be told from a control frame and
 is consumed as one; applications should not send such objects. Protocol v2 has no such

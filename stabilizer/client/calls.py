@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
+from stabilizer.client.inbox import Inbox
 from stabilizer.errors import RPCError
 from stabilizer.pure.client_protocol import ControlFrame
 from stabilizer.pure.client_v2 import reply_outcome
@@ -24,7 +25,8 @@ logger = logging.getLogger(__name__)
 class PendingCalls:
     """Calls sent and not answered yet, by id."""
 
-    def __init__(self) -> None:
+    def __init__(self, inbox: Inbox) -> None:
+        self._inbox = inbox  # the reader reads past a full one while a call waits
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[WebSocket, asyncio.Future[JSONValue]]] = {}
 
@@ -32,7 +34,7 @@ class PendingCalls:
                    build: Callable[[int], str], timeout: float) -> JSONValue:
         """Send the request `build(call_id)` makes on an open socket (`open_socket(stale)`
         waits for one other than `stale`) and return the result its reply carries, all
-        within `timeout`.
+        within `timeout`. Meanwhile a full inbox does not stop the reader (client/inbox.py).
 
         Raises:
             RPCError: the server's error, ``timeout`` or ``disconnected``.
@@ -43,7 +45,7 @@ class PendingCalls:
         frame = build(call_id)
         stale: WebSocket | None = None
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout), self._inbox.request():
                 while True:
                     ws = await open_socket(stale)
                     answer = self.expect(call_id, ws)

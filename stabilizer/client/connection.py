@@ -89,7 +89,7 @@ class ClientConnection(SessionView, Requests):
         self._on_state = on_state
         self.state = ConnectionState.CONNECTING
         self._inbox = Inbox(max_inbox_messages)
-        self._calls = PendingCalls()
+        self._calls = PendingCalls(self._inbox)
         self._subscriptions = Subscriptions()
         self._frames = Frames(self._inbox, client_id=client_id, token=token, v2=self._v2,
                               send_timeout=send_timeout, on_control=on_control,

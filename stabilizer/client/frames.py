@@ -166,8 +166,9 @@ class Frames:
             if owed is not None:
                 await send_ack(owed)
             return  # its subscription's on_message took it
-        # a slow application stops the reading here; the server ends up closing the
-        # socket (4000/1013) and the client reconnects, keeping what it buffered
+        # a slow application stops the reading here unless a request waits for its reply
+        # (client/inbox.py); the server ends up closing the socket (4000/1013) and the
+        # client reconnects, keeping what it buffered
         await self._inbox.put(message, owed)
 
 

@@ -1,7 +1,9 @@
-"""The client's pure decisions: backoff, retry advice, close codes, URLs, positions, unwrapping."""
+"""The client's pure decisions: backoff, retry advice, close codes, URLs, positions, unwrapping;
+and the inbox's bound."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +21,7 @@ from stabilizer.client import (
     retry_delay,
     unwrap,
 )
+from stabilizer.client.inbox import Inbox
 from stabilizer.errors import ConfigError, WireError
 
 
@@ -230,3 +233,21 @@ def test_a_session_frame_number_too_large_for_a_float_is_ignored(field: str) -> 
              "resumed": False, field: 10**400}
     info = SessionInfo.from_frame(frame)
     assert getattr(info, field) is None
+
+
+async def test_a_full_inbox_holds_the_reader_back_unless_a_request_waits_for_its_reply(
+) -> None:
+    inbox = Inbox(1)
+    await inbox.put("a")
+    held = asyncio.create_task(inbox.put("b"))
+    await asyncio.sleep(0)  # one loop turn: it waits for room
+    assert not held.done()
+    async with inbox.request():
+        await held  # the reply may come behind it: the reader reads on
+        await inbox.put("c")
+    after = asyncio.create_task(inbox.put("d"))
+    await asyncio.sleep(0)
+    assert not after.done()  # back-pressure again once no request waits
+    got = [await inbox.get(lambda: False) for _ in range(4)]
+    await after
+    assert got == [("a", None), ("b", None), ("c", None), ("d", None)]  # in order

@@ -118,9 +118,9 @@ class UserStore(Protocol):
         """Count users with at least one connection anywhere."""
         ...
 
-    async def route(self, user_id: str, envelope: bytes) -> int:
+    async def route(self, user_id: str, envelope: bytes) -> list[str]:
         """Hand `envelope` to every other node holding a connection of `user_id`, in one
-        round trip; return how many of the user's connections those nodes hold."""
+        round trip; return the client ids of the user's connections those nodes hold."""
         ...
 
 

@@ -76,11 +76,13 @@ class SessionGone(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Sequenced:
-    """A message appended to its stream: its position and how many nodes it reached."""
+    """A message appended to its stream: its position and how many nodes it reached (for
+    a user target: how many of the user's connections, and `clients`, their client ids)."""
 
     offset: int
     epoch: str
     receivers: int
+    clients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

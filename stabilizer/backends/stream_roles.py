@@ -117,8 +117,8 @@ class HistoryStore(Protocol):
         means "nothing was published since"). The publication reaches every node that
         follows the target, this one included. For a client target the message is kept only
         if the client is connected or its session is resumable (offset 0 otherwise). For a
-        user target it reaches the nodes holding the user's connections, and ``receivers``
-        counts those connections.
+        user target it reaches the nodes holding the user's connections, ``receivers``
+        counts those connections and ``clients`` lists their client ids.
 
         Raises:
             BackendNotReached: the backend was not reached: nothing was sequenced.

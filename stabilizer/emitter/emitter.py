@@ -114,7 +114,7 @@ class Emitter(ClusterQueries):
         backend = await self._ready()
         if self.history:
             return (await self._sequence(Target("user", user), envelope)).receivers
-        return await self._ask(backend.users.route(user, encode(envelope)))
+        return len(await self._ask(backend.users.route(user, encode(envelope))))
 
     # --- disconnects ------------------------------------------------------------------
 
@@ -133,7 +133,7 @@ class Emitter(ClusterQueries):
         body = _close_body(code, reason)
         backend = await self._ready()
         envelope = Envelope(Kind.USER_CLOSE, self._origin, user, body)
-        return await self._ask(backend.users.route(user, encode(envelope)))
+        return len(await self._ask(backend.users.route(user, encode(envelope))))
 
     async def disconnect_client(self, client_id: str, *, code: int = CloseCode.NORMAL,
                                 reason: str = "disconnected by the server") -> bool:

@@ -19,7 +19,9 @@ class UsersFacet(Facet):
         order and again on resume). 0 for an unknown or invalid user.
 
         With ``ack=True``, wait (up to `timeout` seconds) until every connection it reached
-        acknowledged it, and return how many did (a plain-protocol client cannot).
+        acknowledged it, and return how many did (a plain-protocol client cannot), each
+        once; a connection that was away when it was sent is replayed it on its return,
+        but not counted.
 
         Raises:
             TypeError: the message is not text, bytes or JSON-serializable.

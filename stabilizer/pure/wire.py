@@ -47,8 +47,9 @@ class Kind(IntEnum):
     USER_CLOSE = 8  # close every local connection of user `target`; `payload` is
     # the JSON {"code": int, "reason": str}
     CLIENT_CLOSE = 9  # close local client `target`; `payload` as USER_CLOSE's
-    ACK = 10  # a client acknowledged message `ref` of the receiving node (`payload` nil),
-    # or cannot: `payload` "unsupported" (a plain client)
+    ACK = 10  # client `target` acknowledged message `ref` of the receiving node (`payload`
+    # nil), or cannot: `payload` "unsupported" (a plain client) or "forgotten"; an older
+    # node leaves `target` nil
     PRESENCE = 11  # the presence of a member of group `target` changed: `payload` is the
     # JSON [old entry, new entry] (pure/presence.py), `ref` the change's version (decimal)
 

@@ -3,9 +3,10 @@ returns once the client acknowledged the message, wherever it is connected.
 
 The asking node gives the message a reference of its own and waits for it. The message
 frame carries a token (reference and asking node); the v2 client sends it back once its
-handler returned; the node holding the socket hands it to the asking node (itself: no
-Redis; another: one ACK envelope on that node's channel). A plain client cannot
-acknowledge: its node says so at once, and the send fails with AckUnsupportedError.
+handler returned; the node holding the socket hands it, with the client's id, to the
+asking node (itself: no Redis; another: one ACK envelope on that node's channel), which
+counts answers by client against the clients the send reached (AckTally). A plain client
+cannot acknowledge: its node says so at once, and the send fails with AckUnsupportedError.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Iterable
 
 from stabilizer.connection.connection import Connection
 from stabilizer.errors import AckTimeoutError, AckUnsupportedError, BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
-from stabilizer.pure.acks import FORGOTTEN, UNSUPPORTED, parse_ack_token
+from stabilizer.pure.acks import FORGOTTEN, UNSUPPORTED, AckTally, parse_ack_token
 from stabilizer.pure.v2 import ProtocolError
 from stabilizer.pure.wire import Envelope, Kind, encode
 from stabilizer.services.delivery.router import Router
@@ -27,29 +29,25 @@ logger = logging.getLogger(__name__)
 
 
 class _Waiting:
-    """What came back for one reference: acknowledgements, and refusals (plain clients)."""
+    """What came back for one reference (see AckTally), and the event its sender awaits."""
 
-    __slots__ = ("acked", "expected", "forgotten", "refused", "settled")
+    __slots__ = ("settled", "sole", "tally")
 
-    def __init__(self) -> None:
-        self.acked = 0
-        self.refused = 0
-        self.forgotten = 0
-        self.expected: int | None = None  # how many connections it reached, once known
+    def __init__(self, sole: str | None = None) -> None:
+        self.tally = AckTally()
+        self.sole = sole  # the one client a send_to_client addressed
         self.settled = asyncio.Event()
 
-    def count(self, outcome: str | None) -> None:
-        if outcome == UNSUPPORTED:
-            self.refused += 1
-        elif outcome == FORGOTTEN:
-            self.forgotten += 1
-        else:
-            self.acked += 1
+    def answer(self, client_id: str | None, outcome: str | None) -> None:
+        if client_id is None:  # an ACK from a node of an older version names no client:
+            client_id = self.sole  # only a send to one client can tell whose it is
+            if client_id is None:
+                return
+        self.tally.answer(client_id, outcome)
         self.check()
 
     def check(self) -> None:
-        answered = self.acked + self.refused + self.forgotten
-        if self.expected is not None and answered >= self.expected:
+        if self.tally.settled:
             self.settled.set()
 
 
@@ -72,20 +70,20 @@ class Acks:
             AckUnsupportedError: delivered to a plain client, which cannot acknowledge.
         """
         ref = secrets.token_hex(8)
-        waiting = self._waiting[ref] = _Waiting()
+        waiting = self._waiting[ref] = _Waiting(sole=client_id)
         try:
             if not await self._router.send(client_id, payload, value, ack=ref):
                 return False
-            if not await self._settled(waiting, 1, timeout):
+            if not await self._settled(waiting, (client_id,), timeout):
                 raise AckTimeoutError(
                     f"client {client_id!r} did not acknowledge within {timeout:g}s")
         finally:
             del self._waiting[ref]
-        if waiting.forgotten:
+        if waiting.tally.count(FORGOTTEN):
             raise AckTimeoutError(
                 f"client {client_id!r} had too many messages unacknowledged: its node stopped "
                 "awaiting this one's acknowledgement (it keeps the newest 1024)")
-        if waiting.refused:
+        if waiting.tally.count(UNSUPPORTED):
             raise AckUnsupportedError(
                 f"client {client_id!r} got the message but cannot acknowledge it (plain "
                 "protocol: acknowledgements need protocol v2)")
@@ -94,7 +92,12 @@ class Acks:
     async def send_to_user(self, user_id: str, payload: str | bytes, value: object,
                            timeout: float) -> int:
         """Send to every connection of `user_id`; wait up to `timeout` seconds for each
-        one it reached to acknowledge it; return how many did (plain clients cannot)."""
+        one it reached to acknowledge it; return how many did (plain clients cannot).
+
+        Only the connections it reached count, each once: with history a connection
+        that was away when it was sent is replayed the message on its return, and one that
+        resumes from before it is replayed it again, but neither acknowledgement counts a
+        second time or for another connection."""
         ref = secrets.token_hex(8)
         waiting = self._waiting[ref] = _Waiting()
         try:
@@ -102,11 +105,11 @@ class Acks:
             await self._settled(waiting, reached, timeout)
         finally:
             del self._waiting[ref]
-        return waiting.acked
+        return waiting.tally.count(None)
 
     @staticmethod
-    async def _settled(waiting: _Waiting, expected: int, timeout: float) -> bool:
-        waiting.expected = expected
+    async def _settled(waiting: _Waiting, addressed: Iterable[str], timeout: float) -> bool:
+        waiting.tally.address(addressed)
         waiting.check()
         try:
             async with asyncio.timeout(timeout):
@@ -115,34 +118,35 @@ class Acks:
             return False
         return True
 
-    def settle(self, ref: str | None, outcome: str | None) -> None:
-        """An ACK envelope (or this node's own client) answered reference `ref`."""
+    def settle(self, ref: str | None, outcome: str | None, client_id: str | None) -> None:
+        """An ACK envelope (or this node's own client) answered reference `ref` for client
+        `client_id` (None: from a node of an older version, which does not say)."""
         waiting = self._waiting.get(ref) if ref is not None else None
         if waiting is not None:
-            waiting.count(outcome)
+            waiting.answer(client_id, outcome)
 
     def acked(self, conn: Connection, token: object) -> bool:
         """`conn`'s client acknowledged `token`; False when it is no token it was sent."""
         if not isinstance(token, str) or not conn.take_ack(token):
             return False
-        self._answer(token, None)
+        self._answer(token, None, conn.client_id)
         return True
 
-    def unackable(self, token: str, outcome: str) -> None:
-        """A frame asking for `token` went to a client that cannot acknowledge it
+    def unackable(self, token: str, outcome: str, client_id: str) -> None:
+        """A frame asking for `token` went to `client_id`, which cannot acknowledge it
         (UNSUPPORTED), or its acknowledgement is no longer awaited (FORGOTTEN)."""
-        self._answer(token, outcome)
+        self._answer(token, outcome, client_id)
 
-    def _answer(self, token: str, outcome: str | None) -> None:
+    def _answer(self, token: str, outcome: str | None, client_id: str) -> None:
         try:
             origin, ref = parse_ack_token(token)
         except ProtocolError:  # (tokens are checked when taken: a frame's own is sound)
             return
         ctx = self._ctx
         if origin == ctx.node_id:
-            self.settle(ref, outcome)
+            self.settle(ref, outcome, client_id)
         elif ctx.backend.is_shared:
-            envelope = encode(Envelope(Kind.ACK, ctx.node_id, None, outcome, ref=ref))
+            envelope = encode(Envelope(Kind.ACK, ctx.node_id, client_id, outcome, ref=ref))
             ctx.tasks.spawn(self._tell(origin, envelope), name="stabilizer-ack")
 
     async def _tell(self, origin: str, envelope: bytes) -> None:

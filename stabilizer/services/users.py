@@ -47,7 +47,7 @@ class Users:
         """Deliver to every connection of `user_id`; return how many it reached."""
         if not is_user_id(user_id):
             return 0
-        return await self._router.send_to_user(user_id, payload, value)
+        return len(await self._router.send_to_user(user_id, payload, value))
 
     async def disconnect(self, user_id: str, code: int, reason: str) -> int:
         """Close every connection of `user_id` on every node; return how many.
@@ -65,7 +65,7 @@ class Users:
         envelope = encode(Envelope(Kind.USER_CLOSE, ctx.node_id, user_id,
                                    close_body(code, reason)))
         try:
-            return closed + await ctx.ask(ctx.backend.users.route(user_id, envelope))
+            return closed + len(await ctx.ask(ctx.backend.users.route(user_id, envelope)))
         except BackendUnavailable as exc:
             self._backend_log.warning("user %r disconnected on this node only: backend "
                                       "unavailable", user_id, exc=exc)

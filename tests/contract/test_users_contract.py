@@ -122,13 +122,14 @@ async def test_route_reaches_every_other_node_of_the_user_once(open_node: NodeFa
                                   max_cluster=None, seat=Seat())
     envelope = encode(Envelope(Kind.USER, "node-a", "ann", "hi"))
     async with Inbox(a) as inbox_a, Inbox(b) as inbox_b, Inbox(c) as inbox_c:
-        assert await a.users.route("ann", envelope) == 2  # node-b's two; node-a is us
+        # node-b's two, by client id (what an acknowledged send waits for); node-a is us
+        assert sorted(await a.users.route("ann", envelope)) == ["ann/2", "ann/3"]
         got = await inbox_b.next()
         assert (got.kind, got.target, got.payload) == (Kind.USER, "ann", "hi")
         await b.routing.publish(b"marker")  # anything the route sent came before it
         assert await inbox_c.queue.get() == b"marker"  # node-c has no seat of ann
         assert await inbox_a.queue.get() == b"marker"  # node-a is the sender
-    assert await a.users.route("nobody", envelope) == 0
+    assert await a.users.route("nobody", envelope) == []
 
 
 async def test_a_dead_nodes_seats_are_reaped(open_node: NodeFactory) -> None:
@@ -183,6 +184,7 @@ async def test_a_user_stream_reaches_the_nodes_of_the_users_connections(
         done = await c.history.sequence(Target("user", "ann"), envelope, size=10, ttl=60,
                                         meta_ttl=60)
         assert (done.offset, done.receivers) == (1, 3)
+        assert sorted(done.clients) == ["ann/1", "ann/2", "ann/3"]  # by client id
         for inbox in (inbox_a, inbox_b):
             got = await inbox.next()
             assert (got.kind, got.target, got.offset, got.stream) == (

@@ -11,7 +11,7 @@ import pytest
 
 from stabilizer import AckTimeoutError, AckUnsupportedError, WebSocketConnectionManager
 from stabilizer.connection.sockets import Frame
-from stabilizer.pure.acks import ack_token, parse_ack_token
+from stabilizer.pure.acks import FORGOTTEN, UNSUPPORTED, AckTally, ack_token, parse_ack_token
 from stabilizer.pure.frames import app_message_frame, binary_message_frame, message_frame
 from stabilizer.pure.v2 import ProtocolError
 from stabilizer.pure.wire import Envelope, Kind, decode, encode
@@ -40,9 +40,29 @@ def test_frames_carry_the_token_and_ack_envelopes_round_trip() -> None:
         "type": "message", "data_b64": "AQ==", "ack": "t"}
     assert Frame.of(b"\x01").wrapped().message == {"type": "websocket.send",
                                                    "bytes": b"\x01"}  # no ack: raw binary
-    back = decode(encode(Envelope(Kind.ACK, "n1", None, None, ref="0123456789abcdef")))
-    assert (back.kind, back.origin, back.ref, back.payload) == (
-        Kind.ACK, "n1", "0123456789abcdef", None)
+    back = decode(encode(Envelope(Kind.ACK, "n1", "ann/tab", None, ref="0123456789abcdef")))
+    assert (back.kind, back.origin, back.target, back.ref, back.payload) == (
+        Kind.ACK, "n1", "ann/tab", "0123456789abcdef", None)
+
+
+def test_a_tally_counts_each_client_the_send_reached_once() -> None:
+    tally = AckTally()
+    tally.answer("ann/1", None)  # before the send knows whom it reached: kept
+    assert not tally.settled
+    tally.address(["ann/1", "ann/2", "ann/3"])
+    tally.answer("ann/away", None)  # replayed a copy on its return: not reached
+    tally.answer("ann/1", None)  # replayed again after a resume: once
+    tally.answer("ann/2", UNSUPPORTED)
+    tally.answer("ann/2", None)  # (the first answer stands)
+    assert not tally.settled
+    assert (tally.count(None), tally.count(UNSUPPORTED), tally.count(FORGOTTEN)) == (1, 1, 0)
+    tally.answer("ann/3", FORGOTTEN)
+    assert tally.settled
+    assert (tally.count(None), tally.count(UNSUPPORTED), tally.count(FORGOTTEN)) == (1, 1, 1)
+    nobody = AckTally()
+    nobody.address([])
+    assert nobody.settled
+    assert nobody.count(None) == 0
 
 
 async def test_a_connection_takes_each_token_it_was_sent_once_and_remembers_a_bounded_number(
@@ -109,3 +129,19 @@ async def test_a_send_whose_token_the_connection_forgot_fails_at_once() -> None:
         assert [acks.acked(conn, frame["ack"]) for frame in frames] == [False] * 6 + [True] * 1024
         async with asyncio.timeout(10):
             assert await asyncio.gather(*sends[6:]) == [True] * 1024
+
+
+async def test_an_ack_naming_no_client_still_settles_a_send_to_one_client() -> None:
+    """An ACK envelope from a node of an older version does not name the client: for a
+    send to one client it can only be that client's."""
+    async with WebSocketConnectionManager() as manager:
+        sock = FakeSocket("v2")
+        await manager.connect("v2", sock)
+        conn = manager.get_connection("v2")
+        assert conn is not None
+        conn.protocol, conn._wraps = 2, True  # as a v2 connection
+        acks = manager._node.sessions.acks
+        asking = asyncio.create_task(manager.send_to_client("v2", "one", ack=True, timeout=10))
+        _, ref = parse_ack_token((await sock.next_json())["ack"])
+        acks.settle(ref, None, None)
+        assert await asking is True

@@ -14,8 +14,9 @@ from stabilizer.backends.base import (
     SessionState,
     SessionTaken,
 )
-from stabilizer.backends.memory.hub import MemoryHub, SessionRecord, StreamRecord
+from stabilizer.backends.memory.hub import SessionRecord, StreamRecord
 from stabilizer.backends.memory.nodes import MemoryNode
+from stabilizer.backends.memory.users import to_user
 from stabilizer.pure.streams import ALL, Target, client_stream, group_stream, user_stream
 from stabilizer.pure.wire import Envelope, encode
 
@@ -199,7 +200,8 @@ class MemoryHistory:
         state.entries_until = now + ttl
         state.until = now + max(ttl, meta_ttl)
         if target.kind == "user":
-            return Sequenced(state.offset, state.epoch, _to_user(hub, target.name, raw))
+            clients = to_user(hub, target.name, raw)
+            return Sequenced(state.offset, state.epoch, len(clients), tuple(clients))
         if target.kind == "all":
             nodes = list(hub.inboxes)
         elif target.kind == "group":
@@ -224,14 +226,6 @@ class MemoryHistory:
         entries = [raw for offset, raw in state.entries if offset > after]
         first = state.entries[0][0] if state.entries else state.offset + 1
         return History(entries, first <= after + 1)
-
-
-def _to_user(hub: MemoryHub, user_id: str, raw: bytes) -> int:
-    """Deliver to every node holding a connection of the user; count those connections."""
-    per_node: dict[str, int] = {}
-    for presence in hub.users.get(user_id, {}).values():
-        per_node[presence.node_id] = per_node.get(presence.node_id, 0) + 1
-    return sum(count for node, count in per_node.items() if hub.deliver(node, raw))
 
 
 class MemorySessions:

@@ -23,6 +23,17 @@ def check_seat(hub: MemoryHub, presence: Presence, seat: Seat) -> None:
             f"user {presence.user_id!r} already holds {limit} connections")
 
 
+def to_user(hub: MemoryHub, user_id: str, envelope: bytes, *, but: str = "") -> list[str]:
+    """Deliver to every node but `but` holding a connection of the user, once; return the
+    client ids of the connections those nodes hold."""
+    per_node: dict[str, list[str]] = {}
+    for presence in hub.users.get(user_id, {}).values():
+        if presence.node_id != but:
+            per_node.setdefault(presence.node_id, []).append(presence.client_id)
+    return [client_id for node_id, client_ids in per_node.items()
+            if hub.deliver(node_id, envelope) for client_id in client_ids]
+
+
 def public(presence: Presence) -> Presence:
     """Presence as locate and scan return it: the user's info only comes with connections()."""
     return presence if presence.info is None else dataclasses.replace(presence, info=None)
@@ -44,13 +55,8 @@ class MemoryUsers:
         self._node.check()
         return len(self._node.hub.users)
 
-    async def route(self, user_id: str, envelope: bytes) -> int:
+    async def route(self, user_id: str, envelope: bytes) -> list[str]:
         """Deliver to every other node holding a connection of the user."""
         node = self._node
         node.check()
-        per_node: dict[str, int] = {}
-        for presence in node.hub.users.get(user_id, {}).values():
-            if presence.node_id != node.node_id:
-                per_node[presence.node_id] = per_node.get(presence.node_id, 0) + 1
-        return sum(count for target, count in per_node.items()
-                   if node.hub.deliver(target, envelope))
+        return to_user(node.hub, user_id, envelope, but=node.node_id)

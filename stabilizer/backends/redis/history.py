@@ -81,7 +81,8 @@ class RedisHistory:
                 return Sequenced(0, "", 0)
             return await self._sequence(target, envelope, "-", found, size=size, ttl=ttl,
                                         meta_ttl=meta_ttl)
-        return Sequenced(int(reply[0]), text(reply[1]), int(reply[2]))
+        return Sequenced(int(reply[0]), text(reply[1]), int(reply[2]),
+                         tuple(text(client_id) for client_id in reply[3:]))
 
     async def _session_found(self, client_id: str) -> str:
         """'1' when the client's session exists (a read before a run_once script: a failure

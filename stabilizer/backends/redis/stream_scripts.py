@@ -221,8 +221,9 @@ return {changed, holder}
 #       found the client's session, '?' when it could not look (spread layout: the session
 #       is in another slot).
 # A user target's message goes to every node holding a connection of the user, and
-# `receivers` counts those connections.
-# Returns {offset, epoch, receivers}; {0, '', 0} when a client target is gone for good;
+# `receivers` counts those connections, whose client ids follow it in the reply.
+# Returns {offset, epoch, receivers, client ids...}; {0, '', 0} when a client target is
+# gone for good;
 # {-1, '', 0} (having done nothing) when it is not connected and its session was not looked
 # up ('?').
 SEQUENCE: Final = """
@@ -244,9 +245,12 @@ if ARGV[1] == 'client' then
 elseif ARGV[1] == 'user' then
   per_node = {}
   local entries = redis.call('HGETALL', KEYS[3])
-  for i = 2, #entries, 2 do
-    local node = string.match(entries[i], '^([^|]*)|')
-    if node then per_node[node] = (per_node[node] or 0) + 1 end
+  for i = 1, #entries, 2 do
+    local node = string.match(entries[i + 1], '^([^|]*)|')
+    if node then
+      per_node[node] = per_node[node] or {}
+      table.insert(per_node[node], entries[i])
+    end
   end
 end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
@@ -261,14 +265,19 @@ redis.call('XADD', KEYS[1], 'MAXLEN', tonumber(ARGV[3]), offset .. '-0', 'e', en
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))
 local receivers = 0
+local reply = {offset, epoch, 0}
 if per_node then
-  for node, n in pairs(per_node) do
-    if redis.call(ARGV[7], ARGV[10] .. node, env) > 0 then receivers = receivers + n end
+  for node, ids in pairs(per_node) do
+    if redis.call(ARGV[7], ARGV[10] .. node, env) > 0 then
+      for _, id in ipairs(ids) do table.insert(reply, id) end
+    end
   end
+  receivers = #reply - 3
 elseif channel ~= '' then
   receivers = redis.call(ARGV[7], channel, env)
 end
-return {offset, epoch, receivers}
+reply[3] = receivers
+return reply
 """
 
 # KEYS: stream, meta hash. ARGV: after offset, epoch ('' with offset 0: from the start).

@@ -48,17 +48,22 @@ return 1
 
 # KEYS: the user's hash. ARGV: node-channel prefix (namespace slot), envelope, publish
 # command, this node's id. Publishes the envelope once to every other node holding a
-# connection of the user; returns how many of the user's connections those nodes hold.
+# connection of the user; returns the client ids of the connections those nodes hold.
 USER_ROUTE: Final = """
 local entries = redis.call('HGETALL', KEYS[1])
-local counts = {}
-for i = 2, #entries, 2 do
-  local node = string.match(entries[i], '^([^|]*)|')
-  if node and node ~= ARGV[4] then counts[node] = (counts[node] or 0) + 1 end
+local per_node = {}
+for i = 1, #entries, 2 do
+  local node = string.match(entries[i + 1], '^([^|]*)|')
+  if node and node ~= ARGV[4] then
+    per_node[node] = per_node[node] or {}
+    table.insert(per_node[node], entries[i])
+  end
 end
-local reached = 0
-for node, n in pairs(counts) do
-  if redis.call(ARGV[3], ARGV[1] .. node, ARGV[2]) > 0 then reached = reached + n end
+local reached = {}
+for node, ids in pairs(per_node) do
+  if redis.call(ARGV[3], ARGV[1] .. node, ARGV[2]) > 0 then
+    for _, id in ipairs(ids) do table.insert(reached, id) end
+  end
 end
 return reached
 """

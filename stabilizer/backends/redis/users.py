@@ -27,7 +27,7 @@ class RedisUsers:
         core = self._core
         return int(await core.call(core.client.scard(core.keys.users), "user_count"))
 
-    async def route(self, user_id: str, envelope: bytes) -> int:
+    async def route(self, user_id: str, envelope: bytes) -> list[str]:
         """One script: publish to every other node holding a connection of the user."""
         core = self._core
         keys = core.keys
@@ -35,4 +35,4 @@ class RedisUsers:
             keys=[keys.user(user_id)],
             args=[keys.sequenced_direct_prefix, envelope, core.publish_command, core.node_id],
         ), "user_route")
-        return int(reached)
+        return [text(client_id) for client_id in reached]

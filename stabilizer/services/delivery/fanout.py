@@ -28,9 +28,10 @@ class FanOut:
     def __init__(self, ctx: NodeContext, membership: Membership) -> None:
         self._ctx = ctx
         self._membership = membership
-        #: told the ack token of a frame whose recipient cannot acknowledge it (a plain
-        #: client: UNSUPPORTED) or no longer can (too many unacknowledged: FORGOTTEN)
-        self.on_unackable: Callable[[str, str], None] = _ignore
+        #: told (token, outcome, client id) of a frame whose recipient cannot acknowledge
+        #: it (a plain client: UNSUPPORTED) or no longer can (too many unacknowledged:
+        #: FORGOTTEN)
+        self.on_unackable: Callable[[str, str, str], None] = _ignore
 
     def offer(self, conn: Connection, frame: Frame) -> bool:
         """Give `conn` a frame now (counted in the node's stats)."""
@@ -52,19 +53,20 @@ class FanOut:
     def _asking(self, conn: Connection, token: str) -> None:
         """`conn` is about to get a frame asking for `token`: a plain client cannot."""
         if conn.protocol < 2:
-            self.on_unackable(token, UNSUPPORTED)
+            self.on_unackable(token, UNSUPPORTED, conn.client_id)
 
     def _report_forgotten(self, conn: Connection) -> None:
         for token in conn.take_forgotten():
-            self.on_unackable(token, FORGOTTEN)
+            self.on_unackable(token, FORGOTTEN, conn.client_id)
 
     async def deliver(
         self, target: Target, frame: Frame, exclude: str | None = None, *,
         stream: str | None = None, offset: int | None = None, epoch: str | None = None,
+        reached: list[str] | None = None,
     ) -> BroadcastResult:
         """Give `frame` to the local recipients of `target` except `exclude`; a sequenced
         frame carries its (stream, offset, epoch) so a resuming client gets it exactly
-        once."""
+        once. The client ids of the recipients that took it go into `reached`, if given."""
         if target.kind == "client":
             conn = self._ctx.pool.get(target.name)
             if conn is None:
@@ -83,7 +85,7 @@ class FanOut:
             shards = [seats]
         else:
             shards = self._ctx.pool.shards()
-        return await self._fan_out(shards, frame, exclude, stream, offset, epoch)
+        return await self._fan_out(shards, frame, exclude, stream, offset, epoch, reached)
 
     async def deliver_publishing(self, target: Target, frame: Frame, exclude: str | None,
                                  sending: Awaitable[int] | None,
@@ -118,6 +120,7 @@ class FanOut:
     async def _fan_out(
         self, shards: Iterable[list[Connection]], frame: Frame, exclude: str | None,
         stream: str | None, offset: int | None, epoch: str | None,
+        reached: list[str] | None = None,
     ) -> BroadcastResult:
         started = time.perf_counter()
         result = BroadcastResult(0, 0, 0)
@@ -137,6 +140,8 @@ class FanOut:
                     self._report_forgotten(conn)
                 if delivered:
                     result.succeeded += 1
+                    if reached is not None:
+                        reached.append(conn.client_id)
                 else:
                     result.failed += 1
                     result.errors.append((conn.client_id, "outbox full or connection closing"))
@@ -152,5 +157,5 @@ class FanOut:
         return result
 
 
-def _ignore(token: str, outcome: str) -> None:
+def _ignore(token: str, outcome: str, client_id: str) -> None:
     """No one waits for acknowledgements."""

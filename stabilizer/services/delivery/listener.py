@@ -30,8 +30,9 @@ UserCloseHandler = Callable[[str, int, str], object]
 #: Closes the local connection of a client with (code, reason) (an emitter's
 #: disconnect_client).
 ClientCloseHandler = Callable[[str, int, str], object]
-#: Settles the acknowledgement this node waits for under `ref` (None: acknowledged).
-AckHandler = Callable[[str | None, str | None], None]
+#: Settles the acknowledgement this node waits for under `ref` with (ref, outcome (None:
+#: acknowledged), the client that answered (None: a node of an older version did not say)).
+AckHandler = Callable[[str | None, str | None, str | None], None]
 #: Takes a PRESENCE envelope (a change of a group's presence, this node's own included).
 PresenceHandler = Callable[[Envelope], None]
 
@@ -140,7 +141,7 @@ class Listener:
             self._close(self._on_client_close, envelope.target, envelope.payload)
         elif kind is Kind.ACK and self._on_ack is not None and (
                 envelope.payload is None or isinstance(envelope.payload, str)):
-            self._on_ack(envelope.ref, envelope.payload)
+            self._on_ack(envelope.ref, envelope.payload, envelope.target)
 
     def _close(self, handler: Callable[[str, int, str], object], target: str,
                payload: str) -> None:

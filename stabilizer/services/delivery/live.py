@@ -63,14 +63,15 @@ class LiveRouter:
             return False
 
     async def send_to_user(self, user_id: str, payload: str | bytes,
-                           value: object = None, ack: str | None = None) -> int:
+                           value: object = None, ack: str | None = None) -> list[str]:
         """Local connections at once; one script hands it to the other nodes holding the
         user's connections."""
         ctx = self._ctx
         frame = Frame.of(payload, value)
         if ack is not None:  # (one token for all: each connection acknowledges it once)
             frame.asking_ack(ack_token(ctx.node_id, ack))
-        reached = sum(1 for conn in ctx.pool.of_user(user_id) if self._fanout.offer(conn, frame))
+        reached = [conn.client_id for conn in ctx.pool.of_user(user_id)
+                   if self._fanout.offer(conn, frame)]
         if not ctx.backend.is_shared:
             return reached
         envelope = encode(Envelope(Kind.USER, ctx.node_id, user_id, payload, ref=ack))

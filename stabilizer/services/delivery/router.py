@@ -32,9 +32,9 @@ class Router(Protocol):
         ...
 
     async def send_to_user(self, user_id: str, payload: str | bytes,
-                           value: object = None, ack: str | None = None) -> int:
-        """Deliver to every connection of a user wherever it is; return how many
-        connections it reached (with history: how many the user had when it was
+                           value: object = None, ack: str | None = None) -> list[str]:
+        """Deliver to every connection of a user wherever it is; return the client ids of
+        the connections it reached (with history: those the user had when it was
         sequenced). With `ack`, each connection is asked to acknowledge it."""
         ...
 

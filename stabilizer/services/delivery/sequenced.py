@@ -114,14 +114,18 @@ class SequencedRouter:
         return bool(result.offset) or result.succeeded > 0
 
     async def send_to_user(self, user_id: str, payload: str | bytes,
-                           value: object = None, ack: str | None = None) -> int:
+                           value: object = None, ack: str | None = None) -> list[str]:
         """Sequence on the user's stream; every node holding one of its connections delivers
         it (this one included, from its subscription)."""
         envelope = Envelope(Kind.USER, self._ctx.node_id, user_id, payload, ref=ack)
-        result = await self._sequence(Target("user", user_id), envelope)
-        return result.succeeded if result.offset is None else result.remote_nodes
+        reached: list[str] = []
+        await self._sequence(Target("user", user_id), envelope, reached)
+        return reached
 
-    async def _sequence(self, target: Target, envelope: Envelope) -> BroadcastResult:
+    async def _sequence(self, target: Target, envelope: Envelope,
+                        reached: list[str] | None = None) -> BroadcastResult:
+        """Sequence `envelope` on `target`'s stream (see publish); the client ids of the
+        connections a client or user target reached go into `reached`, if given."""
         ctx = self._ctx
         config = ctx.config
         try:
@@ -131,7 +135,8 @@ class SequencedRouter:
         except BackendNotReached as exc:  # certainly not sequenced: local clients only
             assert envelope.payload is not None
             frame = history_frame(target.stream, envelope)  # (no offset: not sequenced)
-            result = await self._fanout.deliver(target, frame, envelope.exclude)
+            result = await self._fanout.deliver(target, frame, envelope.exclude,
+                                                reached=reached)
             result.remote_error = f"not sequenced, delivered locally only: {exc}"
             self._backend_log.warning("history unavailable: %s", result.remote_error)
             return result
@@ -147,6 +152,8 @@ class SequencedRouter:
         result.offset, result.epoch = done.offset, done.epoch
         result.remote_nodes = done.receivers if target.kind in ("client", "user") else max(
             done.receivers - 1, 0)
+        if reached is not None:
+            reached.extend(done.clients)
         return result
 
     async def receive(self, envelope: Envelope) -> None:

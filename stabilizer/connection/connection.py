@@ -117,6 +117,7 @@ class Connection(SocketWriter):
         self._queued_bytes = 0
         self._writing = False
         self._drain_task: asyncio.Task[None] | None = None
+        self._suspended = None
         self._user_data: dict[str, Any] | None = None
         self._user_data_bytes = 0
         self._pong_waiters: list[asyncio.Future[float]] | None = None
@@ -260,9 +261,7 @@ class Connection(SocketWriter):
         self._outbox = None
         self._queued_bytes = 0
         self._held = None
-        task = self._drain_task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
+        self._stop_writer()
         if self._pong_waiters:
             for waiter in self._pong_waiters:
                 if not waiter.done():

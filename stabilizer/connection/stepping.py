@@ -28,6 +28,14 @@ class Suspended:
         self.coro = coro
         self.waiting_on = waiting_on
 
+    def cancel(self) -> None:
+        """Cancel the future the send waited on when it suspended, if it is still pending:
+        what cancelling a Task does at once to the future its coroutine awaits. (Once
+        finish_send drives the send, cancelling its task does that.)"""
+        waiting_on = self.waiting_on
+        if isinstance(waiting_on, asyncio.Future) and not waiting_on.done():
+            waiting_on.cancel()
+
     def close(self) -> None:
         """Abandon the send: run its ``finally`` blocks (no-op once it finished)."""
         self.coro.close()
@@ -50,21 +58,33 @@ async def finish_send(suspended: Suspended) -> None:
     """Drive a suspended send to its end from inside a task, as the task's own step would.
 
     The coroutine reads the outcome of what it waited for (result, exception, cancellation)
-    itself. If this task is cancelled, the cancellation is thrown into the coroutine, which
-    unwinds its own ``finally`` blocks.
+    itself. A future it waits on is this task's to await: cancelling the task cancels that
+    future at once, as a Task cancels the one its coroutine awaits (code that keeps such a
+    future, as a drain waiter, may check that it was cancelled before it makes another),
+    and the coroutine reads the cancellation from it. A cancellation that finds nothing
+    awaited is thrown into the coroutine, which unwinds its own ``finally`` blocks.
     """
     coro, waiting_on = suspended.coro, suspended.waiting_on
     try:
         while True:
-            try:
-                if isinstance(waiting_on, asyncio.Future):
-                    # wait for it without consuming its outcome: the coroutine reads that
-                    await asyncio.wait([waiting_on])
-                else:  # a bare yield asks for one turn of the loop
+            if isinstance(waiting_on, asyncio.Future):
+                # taken over as a Task takes the future its coroutine yields (the flag is
+                # asyncio's documented protocol for future-likes, see asyncio.isfuture)
+                waiting_on._asyncio_future_blocking = False
+                try:
+                    await waiting_on
+                except asyncio.CancelledError as exc:
+                    if not waiting_on.cancelled():  # this task, after the future was done
+                        waiting_on = coro.throw(exc)
+                        continue
+                except Exception:  # (the coroutine reads it from the future)
+                    pass
+            else:  # a bare yield asks for one turn of the loop
+                try:
                     await asyncio.sleep(0)
-            except asyncio.CancelledError as exc:
-                waiting_on = coro.throw(exc)
-                continue
+                except asyncio.CancelledError as exc:
+                    waiting_on = coro.throw(exc)
+                    continue
             waiting_on = coro.send(None)
     except StopIteration:
         return

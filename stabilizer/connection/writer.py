@@ -58,6 +58,7 @@ class SocketWriter:
         "_prepared",
         "_queued_bytes",
         "_state",
+        "_suspended",
         "_user_data_bytes",
         "_wraps",
         "_writing",
@@ -73,6 +74,7 @@ class SocketWriter:
     _prepared: PreparedWriter | None  # writes a frame's bytes to the transport, if allowed
     _queued_bytes: int
     _state: State
+    _suspended: Suspended | None  # the send the writer task finishes, until it ends
     _user_data_bytes: int  # counted against the byte bound
     _wraps: bool  # protocol v2: application text goes out in `message` frames
     _writing: bool
@@ -144,12 +146,15 @@ class SocketWriter:
         )
         task.add_done_callback(lambda done: self._writer_done(done, suspended))
         self._drain_task = task
+        self._suspended = suspended
 
     def _writer_done(self, task: asyncio.Task[None], suspended: Suspended) -> None:
         # A writer cancelled before its first step never resumed the send: close it so its
         # finally blocks run and the transport waiter is released. Only that writer's own
         # state is reset: a newer writer may have started since this one ended.
         suspended.close()
+        if self._suspended is suspended:
+            self._suspended = None
         if self._drain_task is task:
             self._writing = False
             self._drain_task = None
@@ -192,6 +197,16 @@ class SocketWriter:
         finally:
             self._writing = False
             self._drain_task = None
+
+    def _stop_writer(self) -> None:
+        """Cancel the writer task, and what its send waits on at once (as cancelling a Task
+        does): a close written right after must not find the send's wait still pending (a
+        task not started yet cancels it only at its first step)."""
+        task = self._drain_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            if self._suspended is not None:
+                self._suspended.cancel()
 
     async def flush(self, deadline: float) -> int:
         """Wait until the outbox is written or the loop clock passes `deadline`; return frames

@@ -227,8 +227,10 @@ class Closing:
         except TimeoutError:
             abort_transport(conn.socket)
             return False
-        except Exception:  # typically the peer is already gone: nothing left to close
+        except Exception:  # typically the peer is already gone; if it is not, the close
+            # frame may not have gone out: drop the TCP connection rather than leave it
             logger.debug("close of %s raised", conn.conn_id, exc_info=True)
+            abort_transport(conn.socket)
             return False
         finally:
             conn.socket_done()

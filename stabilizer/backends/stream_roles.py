@@ -156,6 +156,12 @@ class SessionStore(Protocol):
                 resume loaded it. Nothing changed."""
         ...
 
+    async def held(self, client_id: str, conn_id: str) -> bool:
+        """Whether the session of `client_id` exists and is held by connection `conn_id`
+        (its last activate named it): False once it ended, a newer connection took it, or
+        the store lost it (restarted empty, failed over) since."""
+        ...
+
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
         """Store one user-data value in the session."""
         ...

@@ -229,6 +229,24 @@ async def test_a_session_that_ended_after_its_load_cannot_be_revived(
     assert await a.sessions.activate("alice", fresh=True, conn_id="conn-1") != {}
 
 
+async def test_a_session_is_held_by_the_connection_that_last_activated_it(
+    open_node: NodeFactory,
+) -> None:
+    """held() says whether the session exists and names the connection: a resume's check
+    that the store kept, while it read the streams back, the session it took over."""
+    a, b = await open_node("node-a"), await open_node("node-b")
+    assert not await a.sessions.held("alice", "conn-1")  # no session
+    await a.sessions.activate("alice", fresh=True, conn_id="conn-1")
+    assert await b.sessions.held("alice", "conn-1")
+    assert not await b.sessions.held("alice", "conn-2")
+    await a.sessions.suspend("alice", 60.0)
+    await b.sessions.activate("alice", fresh=False, conn_id="conn-2")  # a resume took it
+    assert not await a.sessions.held("alice", "conn-1")
+    assert await a.sessions.held("alice", "conn-2")
+    await a.sessions.end("alice")
+    assert not await b.sessions.held("alice", "conn-2")
+
+
 async def test_sweep_ends_sessions_whose_time_ran_out(open_node: NodeFactory) -> None:
     a = await open_node("node-a")
     for client in ("gone", "back"):

@@ -272,6 +272,12 @@ class MemorySessions:
         hub.away.pop(client_id, None)
         return baselines
 
+    async def held(self, client_id: str, conn_id: str) -> bool:
+        """Whether the session exists and `conn_id` holds it."""
+        self._node.check()
+        record = self._node.hub.session(client_id, time.time())
+        return record is not None and record.holder == conn_id
+
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
         """Store one user-data value."""
         self._node.check()

@@ -29,6 +29,7 @@ class RedisSessions:
         # the resumes of a reconnect storm share round trips
         self._loads = ScriptBatcher(core, core.scripts.load_session, "load_session")
         self._opens = ScriptBatcher(core, core.scripts.open_session, "open_session")
+        self._holders = ScriptBatcher(core, core.scripts.session_holder, "session_holder")
         # the first read of an end without history (every connect and disconnect when
         # presence lives in other slots)
         self._counts = ScriptBatcher(core, core.scripts.count_groups, "end_session")
@@ -93,6 +94,12 @@ class RedisSessions:
             raise SessionGone(client_id)
         return {text(reply[i]): position for i in range(0, len(reply) - 1, 2)
                 if (position := parse_position(bytes(reply[i + 1]))) is not None}
+
+    async def held(self, client_id: str, conn_id: str) -> bool:
+        """One script: the session's holder is `conn_id` (a resume's check that the store
+        kept what it held when the resume took the session over)."""
+        holder = await self._holders.submit([self._core.keys.session(client_id)], [])
+        return holder is not None and text(holder) == conn_id
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
         """HSET one user-data field."""

@@ -129,6 +129,12 @@ end
 return out
 """
 
+# KEYS: session hash. Returns the conn id of the connection holding the session (field
+# '_'), or false when there is none (no session, or one no connection opened).
+SESSION_HOLDER: Final = """
+return redis.call('HGET', KEYS[1], '_')
+"""
+
 # KEYS: away zset, presence hash. ARGV: limit, client-group-set prefix, group-set prefix,
 #       session prefix, events channel ('' = none), event prefix, node id, publish command.
 # Ends the sessions whose deadline passed (unless the client is back), leaving their groups

@@ -183,7 +183,8 @@ class Resume:
     ) -> tuple[int, list[str], dict[str, tuple[int, str]], set[str]]:
         """Send what `conn` missed on each stream after its start: (how many frames, the
         streams the store could not give back, what the client holds after them, the
-        streams the store holds nothing of)."""
+        streams the store holds nothing of). A stream it holds nothing of is one it could
+        not give back unless it still holds the session `conn` took, read after it."""
         ctx = self._ctx
         replayed = 0
         failed: list[str] = []
@@ -211,7 +212,23 @@ class Resume:
                 if missed.exclude != conn.client_id and conn.offer(
                         history_frame(stream, missed), now):
                     replayed += 1
+        if unknown and not await self._holds_session(conn):
+            # a stream the store holds nothing of expired (nothing was sent on it for
+            # longer than a session lives) only in the store that kept the session: one
+            # that lost it since (restarted empty, failed over) lost what it held after
+            # the client's position too, which cannot be vouched for
+            failed = sorted({*failed, *unknown})
+            unknown.clear()
         return replayed, failed, held, unknown
+
+    async def _holds_session(self, conn: Connection) -> bool:
+        """Whether the store still holds the session `conn` took over or opened (read after
+        the streams: it kept everything in between); False when it cannot say."""
+        ctx = self._ctx
+        try:
+            return await ctx.ask(ctx.backend.sessions.held(conn.client_id, conn.conn_id))
+        except BackendUnavailable:
+            return False
 
     def _release(self, conn: Connection, held: dict[str, tuple[int, str]], now: float, *,
                  follow: dict[str, tuple[int, str]]) -> None:

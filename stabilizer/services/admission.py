@@ -86,13 +86,15 @@ class Admission:
 
     async def admit(self, client_id: str, websocket: SocketLike,
                     metadata: dict[str, Any] | None = None, *,
-                    resuming: bool = False, user: Seated | None = None) -> Connection:
+                    resuming: bool = False, user: Seated | None = None,
+                    welcome: Callable[[Connection], None] | None = None) -> Connection:
         """Register an (accepted, or accepted here) socket for `client_id`; any earlier
         connection of the client, on any node, is closed with REPLACED (4500).
 
         With history and `resuming`, live frames are held until the resume replay ends.
         With `user`, the connection is one of that user's (within max_connections_per_user
-        across the cluster).
+        across the cluster). `welcome` offers the connection its first frame just before it
+        joins the pool, ahead of anything sent to it there (the connect hooks' sends).
 
         Raises:
             InvalidClientIdError: the id is empty, too long or not text.
@@ -131,7 +133,7 @@ class Admission:
                 raise
             finally:
                 del self._pending[conn.conn_id]
-            return await self._enter(conn, resuming, baselines)
+            return await self._enter(conn, resuming, baselines, welcome)
         finally:
             turn = self._turns.pop(client_id)
             if turn is not None:
@@ -187,10 +189,13 @@ class Admission:
         return baselines
 
     async def _enter(self, conn: Connection, resuming: bool,
-                     baselines: dict[str, tuple[int, str]]) -> Connection:
+                     baselines: dict[str, tuple[int, str]],
+                     welcome: Callable[[Connection], None] | None) -> Connection:
         """Put a recorded connection in the pool and announce it."""
         ctx = self._ctx
         retired = self._retired.pop(conn.conn_id, None)
+        if welcome is not None:
+            welcome(conn)
         replaced = ctx.pool.put(conn)
         if replaced is not None:
             self._closing.retire(replaced, CloseCode.REPLACED, "replaced by a newer connection",

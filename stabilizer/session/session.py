@@ -148,7 +148,9 @@ class Session:
                 # awaited here, in no helper of its own (see Admission.admit)
                 self.conn = await self._services.admission.admit(
                     greeting.client_id, self.websocket, self._metadata, resuming=self.resumed,
-                    user=_seated(greeting))
+                    user=_seated(greeting),
+                    welcome=(lambda conn: self._send_welcome(conn, greeting))
+                    if self._welcome or self.protocol >= 2 else None)
             except BaseException:
                 if claims is not None:  # refused (limits, shutdown): the token stays usable
                     await self._services.tokens.restore(claims)
@@ -210,14 +212,13 @@ class Session:
         return greeting, claims
 
     async def _admitted(self, greeting: Greeting) -> None:
-        """The connection is in the pool: take its pongs, greet it and, resuming, replay."""
+        """The connection is in the pool (greeted as it entered): take its pongs and,
+        resuming, replay."""
         conn, services = self.conn, self._services
         assert conn is not None
         services.liveness.take_pongs(conn)  # the session would drop them anyway
         if self.resumed:
             self._ctx.stats.resumed_sessions += 1
-        if self._welcome or self.protocol >= 2:
-            self._send_welcome(conn, greeting)
         if self.identity is not None:
             self._expiry = services.auth.watch(conn, self.identity)
         if self.resumed and services.resume is not None and conn.is_open:

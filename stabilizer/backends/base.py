@@ -163,7 +163,9 @@ class TokenStore(Protocol):
         ...
 
     async def consume(self, nonce: str, expires_at: float) -> bool:
-        """Mark a token nonce used; False when it was already used (cluster-wide)."""
+        """Mark a token nonce used; False when it was already used (cluster-wide). The mark
+        outlives `expires_at` by MAX_CLOCK_SKEW: a replica whose clock is behind still
+        finds it while the token looks alive to that replica."""
         ...
 
     async def restore(self, nonce: str) -> None:

@@ -4,7 +4,9 @@ Format: ``s1.<key id>.<payload>.<signature>``, every part URL-safe base64 withou
 token survives query strings and client ids may contain any character (the seed split on ".").
 The payload is msgpack ``[namespace, client_id, issued_ms, expires_ms, nonce]``. The signature
 is HMAC-SHA256 over ``s1.<key id>.<payload>`` with the key the key id names. The first key of
-the keyring signs; every key verifies, so rotation is: prepend a new key, later drop the old.
+the keyring signs; every key verifies. Rotation that refuses no token takes two deploys:
+first add the new key behind the old one on every replica (old signs, both verify); once all
+run that, put the new key first (new signs); drop the old one a token lifetime later.
 Single use is not decided here: the backend records each nonce once (SET NX in Redis).
 """
 
@@ -26,6 +28,10 @@ from stabilizer.errors import InvalidTokenError, TokenExpiredError
 TOKEN_PREFIX: Final = "s1"
 MAX_TOKEN_LENGTH: Final = 2048
 _NONCE_BYTES: Final = 16
+#: How far apart the replicas' wall clocks may be (seconds). Each replica checks a token's
+#: expiry against its own clock, so what must outlive a token on every replica (the marker
+#: that it was used, a retired key that verifies it) outlives it by this much.
+MAX_CLOCK_SKEW: Final = 300.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from typing import cast
 
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
 from stabilizer.errors import BackendUnavailable
+from stabilizer.pure.tokens import MAX_CLOCK_SKEW
 from stabilizer.pure.wire import Envelope, Kind, encode, event_body
 from stabilizer.results import ClusterEvent
 
@@ -26,9 +27,9 @@ class RedisTokens:
         return None
 
     async def consume(self, nonce: str, expires_at: float) -> bool:
-        """SET NX with the token's expiry (a script, batched with concurrent ones): the first
-        caller wins, cluster-wide."""
-        ttl_ms = max(int((expires_at - time.time()) * 1000), 1) + 1000
+        """SET NX until the token's expiry plus MAX_CLOCK_SKEW (a script, batched with
+        concurrent ones): the first caller wins, cluster-wide."""
+        ttl_ms = max(int((expires_at + MAX_CLOCK_SKEW - time.time()) * 1000), 1000)
         return bool(int(await self._spends.submit([self._core.keys.token(nonce)], [ttl_ms])))
 
     async def restore(self, nonce: str) -> None:

@@ -10,7 +10,7 @@ re-register later. tests/contract runs one suite over every implementation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
+from collections.abc import AsyncIterator, Collection, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 from stabilizer.backends.records import (
@@ -27,6 +27,7 @@ from stabilizer.backends.records import (
     SessionTaken,
 )
 from stabilizer.backends.stream_roles import GroupStore, HistoryStore, SessionStore
+from stabilizer.pure.keyring import SharedKeys
 from stabilizer.results import ClusterEvent
 from stabilizer.stats import BackendStats
 
@@ -38,7 +39,7 @@ __all__ = [
     "Backend", "EventBus", "GroupStore", "History", "HistoryStore", "Liveness",
     "MembershipChange", "NodeRegistry", "NodeReport", "Presence", "PresenceStore",
     "Registration", "Routing", "Seat", "Sequenced", "SessionGone", "SessionState",
-    "SessionStore", "SessionTaken",
+    "SessionStore", "SessionTaken", "SharedKeys",
     "TaskSpawner", "TokenStore", "UserStore",
 ]
 
@@ -155,7 +156,7 @@ class Routing(Protocol):
 
 
 class TokenStore(Protocol):
-    """Single use of reconnect tokens, and the key every node signs them with."""
+    """Single use of reconnect tokens, and the keys every node signs and verifies them with."""
 
     @property
     def known_secret(self) -> bytes | None:
@@ -172,8 +173,11 @@ class TokenStore(Protocol):
         """Undo consume: the connection it was for could not be admitted."""
         ...
 
-    async def shared_secret(self) -> bytes:
-        """Return the token key all nodes agree on, creating it once if needed."""
+    async def share_keys(self, offer: bytes, held: Mapping[bytes, float]) -> SharedKeys:
+        """Agree on the token keys, in one round trip: keep `offer` as the signing key when
+        the store has none (it restarted empty, or this is the first node), add the keys of
+        `held` (key -> time.time() it verifies until) to those that verify, drop the keys
+        whose time is over, and return what the store holds now."""
         ...
 
 

@@ -58,6 +58,14 @@ def key_id(key: bytes) -> str:
     return _b64encode(hashlib.sha256(b"stabilizer-kid:" + key).digest()[:6])
 
 
+def key_id_of(token: object) -> str | None:
+    """The key id a token names, or None when it does not have a token's shape."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    parts = token.split(".")
+    return parts[1] if len(parts) == 4 and parts[0] == TOKEN_PREFIX else None
+
+
 class TokenCodec:
     """Signs and verifies reconnect tokens for one namespace with a keyring."""
 
@@ -84,6 +92,10 @@ class TokenCodec:
         head = f"{TOKEN_PREFIX}.{self._signing_kid}.{_b64encode(body)}"
         mac = hmac.new(self._signing_key, head.encode("ascii"), hashlib.sha256).digest()
         return f"{head}.{_b64encode(mac)}"
+
+    def knows(self, kid: str) -> bool:
+        """True when a key of this keyring has the key id `kid`."""
+        return kid in self._keys
 
     def verify(self, token: object, *, now: float) -> TokenClaims:
         """Check signature, namespace and expiry; return the claims.

@@ -109,8 +109,7 @@ class Lifecycle:
                                       "retries", ctx.backend.name, exc=exc)
         else:
             await self._forget_predecessor()
-        if not self._tokens.has_key:
-            await self._tokens.fetch_shared_key()
+        await self._tokens.sync_shared_keys()
         if not ctx.config.token_keys and not ctx.backend.is_shared:
             logger.info("no token_secret configured: reconnect tokens are valid only until "
                         "this process exits")

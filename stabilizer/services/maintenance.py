@@ -2,9 +2,10 @@
 
 Every ``node_ttl / 3`` seconds: refresh the node's liveness (reaping dead nodes), write its
 report (counters for the dashboard), end expired sessions, re-register local presence after
-an outage (closing sockets another node took meanwhile), fetch the shared token key if it is
-still missing; every ``memory_check_interval`` seconds: enforce max_total_memory. Backend
-failures back off with jitter; nothing but cancellation ends the loop.
+an outage (closing sockets another node took meanwhile), sync the shared token keys (giving
+the store back those it lost); every ``memory_check_interval`` seconds: enforce
+max_total_memory. Backend failures back off with jitter; nothing but cancellation ends the
+loop.
 
 An outage is settled when it is noticed, and again once the node's subscription is back,
 because a kick or a MEMBERSHIP envelope published in between reached nobody. Settling makes
@@ -142,8 +143,9 @@ class Maintenance:
                 raise
         if self._settle_doubted is not None:
             await self._settle_doubted()
-        if not self._tokens.has_key:
-            await self._tokens.fetch_shared_key()
+        # every step: what this node holds goes back to a store that lost it, and a key
+        # another node wrote back is learned before a token signed with it arrives
+        await self._tokens.sync_shared_keys()
 
     async def _check_incarnation(self) -> None:
         """Ask for a resync when the store may have lost writes since the last step: it

@@ -1,5 +1,6 @@
-"""Contract for the members the other contract files do not reach: token restore and the
-known secret, cluster events, and the backend's own state (shared, available, stats)."""
+"""Contract for the members the other contract files do not reach: token restore, the known
+secret and the shared keys, cluster events, and the backend's own state (shared, available,
+stats)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from stabilizer.backends.base import Presence
+from stabilizer.pure.keyring import new_shared_key
 from stabilizer.pure.wire import Kind, event_of
 from stabilizer.results import ClusterEvent
 from stabilizer.stats import BackendStats
@@ -31,7 +33,25 @@ async def test_a_known_secret_is_the_shared_secret(open_node: NodeFactory) -> No
     a, b = await open_node("node-a"), await open_node("node-b")
     known = a.tokens.known_secret
     if known is not None:  # only a backend whose key exists before open() knows it
-        assert known == await a.tokens.shared_secret() == await b.tokens.shared_secret()
+        for node in (a, b):
+            assert (await node.tokens.share_keys(new_shared_key(), {})).signing == known
+
+
+async def test_a_key_a_node_holds_verifies_on_every_node_until_its_time(
+    open_node: NodeFactory,
+) -> None:
+    """What one node gives the store (its old key, after it adopted another) every node
+    reads back, until the time it was given with; a key whose time is over is dropped."""
+    a, b = await open_node("node-a"), await open_node("node-b")
+    now = time.time()
+    old, over = new_shared_key(), new_shared_key()
+    given = await a.tokens.share_keys(new_shared_key(), {old: now + 60, over: now - 1})
+    read = await b.tokens.share_keys(new_shared_key(), {})
+    assert read.signing == given.signing
+    assert read.verifying.keys() == given.verifying.keys() == {old}
+    assert read.verifying[old] == pytest.approx(now + 60, abs=0.01)
+    later = await b.tokens.share_keys(new_shared_key(), {old: now + 30})
+    assert later.verifying[old] == pytest.approx(now + 60, abs=0.01)  # the later end stays
 
 
 async def test_a_published_event_reaches_every_other_node(open_node: NodeFactory) -> None:

@@ -114,7 +114,7 @@ def test_every_key_of_the_namespace_slot_is_in_that_slot(buckets: int) -> None:
     for name in USER_INPUT:
         for key in (keys.group(name), keys.client_groups(name), keys.session(name),
                     keys.stream(name), keys.stream_meta(name), keys.group_channel(name),
-                    keys.token(name), keys.nodes, keys.secret, keys.away,
+                    keys.token(name), keys.nodes, keys.secret, keys.keyring, keys.away,
                     keys.broadcast_channel, keys.events_channel, keys.slot_presence,
                     keys.sequenced_direct_prefix + name):
             assert key_slot(key.encode()) == slot, key

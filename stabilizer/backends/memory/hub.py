@@ -66,6 +66,7 @@ class MemoryHub:
         self.inboxes: dict[str, asyncio.Queue[bytes | None]] = {}
         self.used_nonces: dict[str, float] = {}
         self.secret = secrets.token_bytes(32)
+        self.keyring: dict[bytes, float] = {}  # key -> time.time() it verifies until
         self.dropped = 0
         # while a batch is open: group -> the (version, old, new) changes it collected
         self._presence_batch: dict[str, list[tuple[int, str | None, str | None]]] | None = None

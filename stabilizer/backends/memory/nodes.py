@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 
 from stabilizer.backends.base import (
     ORPHAN_GRACE_TTLS,
@@ -15,6 +15,7 @@ from stabilizer.backends.base import (
     Presence,
     Registration,
     Seat,
+    SharedKeys,
 )
 from stabilizer.backends.memory.hub import MemoryHub
 from stabilizer.backends.memory.users import check_seat, public
@@ -197,9 +198,17 @@ class MemoryTokens:
         self._node.check()
         self._node.hub.used_nonces.pop(nonce, None)
 
-    async def shared_secret(self) -> bytes:
-        """The hub's random key."""
-        return self._node.hub.secret
+    async def share_keys(self, offer: bytes, held: Mapping[bytes, float]) -> SharedKeys:
+        """The hub's key signs (it lives as long as the process: `offer` is never needed);
+        `held` joins the hub's keyring, from which keys whose time is over are dropped."""
+        self._node.check()
+        hub = self._node.hub
+        now = time.time()
+        for key, until in held.items():
+            hub.keyring[key] = max(until, hub.keyring.get(key, 0.0))
+        for key in [key for key, until in hub.keyring.items() if until <= now]:
+            del hub.keyring[key]
+        return SharedKeys(hub.secret, dict(hub.keyring))
 
 
 class MemoryEvents:

@@ -48,6 +48,7 @@ class Scripts:
         self.unregister = register(lua.UNREGISTER)
         self.route = register(lua.ROUTE)
         self.spend_token = register(lua.SPEND_TOKEN)
+        self.share_keys = register(lua.SHARE_KEYS)
         self.away_at = register(lua.AWAY_AT)
         self.count_groups = register(lua.COUNT_GROUPS)
         self.keepalive = register(lua.KEEPALIVE)

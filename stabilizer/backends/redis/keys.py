@@ -197,8 +197,13 @@ class KeyLayout:
 
     @property
     def secret(self) -> str:
-        """String: the shared signing key, created once with SET NX."""
+        """String: the shared signing key, created with SET NX (again after a restart)."""
         return f"{self.tag}:secret"
+
+    @property
+    def keyring(self) -> str:
+        """Hash: every shared key a live token may be signed with -> until when (ms)."""
+        return f"{self.tag}:keyring"
 
     # --- channels -----------------------------------------------------------------
 

@@ -231,6 +231,32 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
 return 0
 """
 
+# KEYS: the signing key, the keyring. ARGV: now (ms), the key to keep when there is none,
+# then pairs of a key and the time (ms) it verifies until. Returns {signing key, {key, until
+# (ms), ...}}; the keyring expires with its last key (backends/redis/tokens.py).
+SHARE_KEYS: Final = """
+redis.call('SET', KEYS[1], ARGV[2], 'NX')
+local now = tonumber(ARGV[1])
+for i = 3, #ARGV, 2 do
+  local had = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > had then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+end
+local ring = redis.call('HGETALL', KEYS[2])
+local kept, last = {}, 0
+for i = 1, #ring, 2 do
+  local untl = tonumber(ring[i + 1])
+  if untl <= now then
+    redis.call('HDEL', KEYS[2], ring[i])
+  else
+    kept[#kept + 1] = ring[i]
+    kept[#kept + 1] = ring[i + 1]
+    if untl > last then last = untl end
+  end
+end
+if last > 0 then redis.call('PEXPIRE', KEYS[2], math.floor(last - now) + 1) end
+return {redis.call('GET', KEYS[1]), kept}
+"""
+
 # KEYS: the away list. ARGV: due (ms), client id. ZADD as a script, so that the closes of a
 # storm share pipelined round trips (presence in other slots than the away list).
 AWAY_AT: Final = """

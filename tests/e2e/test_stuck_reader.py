@@ -11,7 +11,6 @@ handler and its send buffer stayed for as long as the peer kept TCP open."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from typing import Any
 

@@ -142,3 +142,21 @@ class TokenCodec:
         if namespace != self._namespace:
             raise InvalidTokenError("token was issued for another namespace")
         return TokenClaims(client_id, nonce, issued_ms / 1000, expires_ms / 1000)
+
+
+def claimed_client_id(token: object) -> str | None:
+    """The client id a token's payload names, unverified (None when it names none): only for
+    choosing which client a connection that names none is; the token is verified, and
+    checked against that client, when it is spent."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    parts = token.split(".")
+    if len(parts) != 4 or parts[0] != TOKEN_PREFIX:
+        return None
+    try:
+        fields = msgpack.unpackb(_b64decode(parts[2]), strict_map_key=True)
+    except (ValueError, TypeError, binascii.Error, UnicodeError, msgpack.UnpackException):
+        return None
+    if not isinstance(fields, list) or len(fields) != 5 or not isinstance(fields[1], str):
+        return None
+    return fields[1]

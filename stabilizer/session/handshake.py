@@ -17,7 +17,8 @@ from stabilizer.connection.sockets import accept_if_needed, offers_subprotocol
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import utf8_size_over
 from stabilizer.pure.positions import Positions, parse_positions
-from stabilizer.pure.users import client_id_of, new_device
+from stabilizer.pure.tokens import claimed_client_id
+from stabilizer.pure.users import client_id_of, is_device, new_device
 from stabilizer.pure.v2 import (
     SUBPROTOCOL,
     ConnectRequest,
@@ -73,7 +74,8 @@ async def greet(ctx: NodeContext, auth: Auth, websocket: Any, asked: Asked) -> G
         if identity is None and auth.enabled:
             identity = await auth.authenticate(Credentials(None, websocket))
         positions = parse_positions(asked.positions) if asked.token else {}
-        device = None if asked.client_id is not None else new_device()
+        device = None if asked.client_id is not None else (
+            _device_in(asked.token, identity) or new_device())
         return Greeting(_name(asked.client_id, identity, device), 1, identity, asked.token,
                         positions, device)
     await accept_if_needed(websocket, SUBPROTOCOL)
@@ -85,6 +87,22 @@ async def greet(ctx: NodeContext, auth: Auth, websocket: Any, asked: Asked) -> G
     return Greeting(_name(asked.client_id, identity, device), 2, identity,
                     request.reconnect_token,
                     request.positions if request.reconnect_token else {}, device)
+
+
+def _device_in(token: str | None, identity: Identity | None) -> str | None:
+    """The device of the client a plain client's reconnect token names, when that client is
+    one of `identity`'s (anonymous: a bare device): a plain client that names no client id
+    has no other way to say which device it is. (The token is verified, and checked against
+    the client, when it is spent.)"""
+    claimed = claimed_client_id(token) if token else None
+    if claimed is None:
+        return None
+    if identity is not None:
+        prefix = client_id_of(identity.user_id, "")
+        if not claimed.startswith(prefix):
+            return None
+        claimed = claimed[len(prefix):]
+    return claimed if is_device(claimed) else None
 
 
 def _name(client_id: str | None, identity: Identity | None, device: str | None) -> str:

@@ -11,7 +11,13 @@ import msgpack
 import pytest
 
 from stabilizer.errors import InvalidTokenError, TokenError, TokenExpiredError
-from stabilizer.pure.tokens import MAX_TOKEN_LENGTH, TokenClaims, TokenCodec, key_id
+from stabilizer.pure.tokens import (
+    MAX_TOKEN_LENGTH,
+    TokenClaims,
+    TokenCodec,
+    claimed_client_id,
+    key_id,
+)
 
 OLD_KEY = b"o" * 32
 NEW_KEY = b"n" * 32
@@ -343,3 +349,16 @@ FAR = 10**15
 def test_signed_payload_of_the_wrong_shape_is_invalid(codec: TokenCodec, fields: object) -> None:
     with pytest.raises(InvalidTokenError, match="payload"):
         codec.verify(forge_fields(OLD_KEY, fields), now=NOW)
+
+
+def test_the_client_a_token_claims_is_read_without_trusting_it() -> None:
+    codec = TokenCodec([b"k" * 32], "ns")
+    token = codec.sign("ann/tab-1", now=0.0, ttl=60.0)
+    assert claimed_client_id(token) == "ann/tab-1"
+    head, kid, payload, _ = token.split(".")
+    assert claimed_client_id(f"{head}.{kid}.{payload}.forged") == "ann/tab-1"  # unverified
+    numbers = base64.urlsafe_b64encode(msgpack.packb(["ns", 7, 0, 1, "n"])).decode().rstrip("=")
+    short = base64.urlsafe_b64encode(msgpack.packb(["ns", "x"])).decode().rstrip("=")
+    for bad in (None, 7, "", "s1", "s1.k.!!!.s", f"s1.k.{numbers}.s", f"s1.k.{short}.s",
+                "x1.k.p.s", "s1." + "a" * MAX_TOKEN_LENGTH, "s1.k.\udc80.s"):
+        assert claimed_client_id(bad) is None

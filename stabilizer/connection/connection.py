@@ -194,7 +194,8 @@ class Connection(SocketWriter):
         return self._user_data_bytes
 
     def memory_estimate(self) -> int:
-        """Approximate bytes this connection holds: bookkeeping, metadata, user data, outbox."""
+        """Approximate bytes this connection holds: bookkeeping, metadata, user data, outbox
+        (frames held during a replay included)."""
         return (
             _BASE_CONNECTION_BYTES + len(self.client_id) + self._user_data_bytes
             + self._queued_bytes + estimate_size(self.metadata)
@@ -207,8 +208,19 @@ class Connection(SocketWriter):
         """Like offer(), but a frame arriving during a resume replay waits its turn, and a
         sequenced frame at or before the position the client holds on its stream (same
         epoch) is not sent: the client has it (True is returned, as for a frame sent)."""
-        if self._held is not None and self._state is State.OPEN:
-            self._held.append((stream, offset, epoch, frame))
+        held = self._held
+        if held is not None and self._state is State.OPEN:
+            # held frames are the outbox in waiting: they count against its bounds
+            limits = self._limits
+            if len(held) + len(self.outbox) >= limits.max_frames:
+                self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox full")
+                return False
+            if limits.max_bytes is not None and (
+                    self._queued_bytes + frame.size + self._user_data_bytes > limits.max_bytes):
+                self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox over memory limit")
+                return False
+            held.append((stream, offset, epoch, frame))
+            self._queued_bytes += frame.size
             return True
         if (stream is not None and offset is not None and epoch is not None
                 and not self._held_positions().admit(stream, offset, epoch)):
@@ -304,6 +316,7 @@ class Connection(SocketWriter):
         for name, (last, since) in positions.items():
             self._held_positions().admit(name, last, since)
         for stream, offset, epoch, frame in held:
+            self._queued_bytes -= frame.size  # (counted again if it is queued)
             self.deliver(frame, now, stream, offset, epoch)
 
     def heard(self, now: float) -> None:

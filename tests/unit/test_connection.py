@@ -621,3 +621,34 @@ async def test_flush_passes_a_cancellation_of_its_caller_on() -> None:
     with pytest.raises(asyncio.CancelledError):
         await flushing
     conn.begin_close()
+
+
+async def test_frames_held_during_a_replay_count_against_the_outbox_bounds() -> None:
+    """Live frames held while a replay runs are the outbox in waiting: past max_queue_size
+    frames (or its bytes) the client is too slow, as with a full outbox. Before, they were
+    held without bound and out of the memory estimate."""
+    failures = Failures()
+    conn = Connection("alice", FakeSocket(), OutboxLimits(4, None, BOUND), failures, hold=True)
+    for offset in range(1, 5):
+        assert conn.deliver(Frame.text(f"held {offset}"), 0.0, "all", offset, "e")
+    assert failures.codes == []
+    assert conn.memory_estimate() >= 4 * len("held 1")
+    assert not conn.deliver(Frame.text("one too many"), 0.0, "all", 5, "e")
+    assert failures.codes == [CloseCode.TRY_AGAIN_LATER]
+    by_bytes = Failures()
+    heavy = Connection("bob", FakeSocket(), OutboxLimits(100, 10, BOUND), by_bytes, hold=True)
+    assert heavy.deliver(Frame.text("12345"), 0.0, "all", 1, "e")
+    assert not heavy.deliver(Frame.text("678901"), 0.0, "all", 2, "e")
+    assert by_bytes.codes == [CloseCode.TRY_AGAIN_LATER]
+
+
+async def test_frames_held_and_released_leave_the_byte_count_as_it_was() -> None:
+    sock = FakeSocket()
+    conn = Connection("alice", sock, OutboxLimits(16, 100, BOUND), Failures(), hold=True)
+    before = conn.memory_estimate()
+    for offset in (1, 2, 3):
+        conn.deliver(Frame.text(f"held {offset}"), 0.0, "all", offset, "e")
+    conn.release_held({}, 0.0)
+    await flushed(conn)
+    assert sock.texts() == ["held 1", "held 2", "held 3"]
+    assert conn.memory_estimate() == before

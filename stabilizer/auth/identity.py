@@ -10,6 +10,7 @@ It never sees a reconnect token: those are stabilizer's own and checked elsewher
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -24,8 +25,8 @@ class Identity:
 
     ``user_id`` addresses the user cluster-wide (``send_to_user``, ``disconnect_user``);
     ``info`` (a JSON object) is shown to whoever lists the user's connections;
-    ``expires_at`` (Unix seconds) is when a live connection must present fresh credentials
-    (None: never).
+    ``expires_at`` (finite Unix seconds) is when a live connection must present fresh
+    credentials (None: never).
     """
 
     user_id: str
@@ -38,8 +39,10 @@ class Identity:
             info_json(self.info)  # raises for info that cannot be stored
         expires = self.expires_at
         if expires is not None and (isinstance(expires, bool)
-                                    or not isinstance(expires, int | float)):
-            raise AuthenticationError("identity expires_at must be Unix seconds or None")
+                                    or not isinstance(expires, int | float)
+                                    or not math.isfinite(expires)):
+            # (NaN or inf would never expire, and NaN is no JSON for the session frame)
+            raise AuthenticationError("identity expires_at must be finite Unix seconds or None")
 
 
 @dataclass(frozen=True, slots=True)

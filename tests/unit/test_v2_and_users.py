@@ -123,6 +123,16 @@ def test_info_is_compact_bounded_json_and_parses_back() -> None:
         info_json(["a"])  # type: ignore[arg-type]  # a caller that ignores the types
 
 
+@pytest.mark.parametrize("expires_at", [float("nan"), float("inf"), float("-inf"), "5", True])
+def test_an_identity_expires_at_finite_unix_seconds_or_never(expires_at: Any) -> None:
+    """NaN made the session frame invalid JSON ("expires_at":NaN) and never expired; inf
+    never expired either."""
+    with pytest.raises(AuthenticationError, match="expires_at"):
+        Identity("ann", expires_at=expires_at)
+    assert Identity("ann", expires_at=5).expires_at == 5
+    assert Identity("ann").expires_at is None
+
+
 @pytest.mark.parametrize("info", [
     pytest.param({"name": "\ud800"}, id="value"),
     pytest.param({"\udcff": 1}, id="key"),

@@ -56,7 +56,8 @@ class JWTAuthenticator:
     ``algorithms`` defaults to what the keys imply. Claims: ``exp`` is required (``require``
     lists the claims a token must carry; ``()`` admits tokens that never expire); ``nbf``
     and ``iat`` are checked when present, ``aud`` and ``iss`` when configured (a token with
-    an ``aud`` is refused when no ``audience`` is); ``leeway`` seconds absorb clock skew.
+    an ``aud`` is refused when no ``audience`` is); ``leeway`` seconds absorb clock skew,
+    so the identity expires at ``exp`` plus ``leeway`` (when the token stops being accepted).
     ``user_claim`` is the user id, ``info_claim`` (a JSON object) the connection's info.
     The token comes from the frame, else (``header``) an ``Authorization: Bearer`` header,
     else the ``cookie`` named; never from the URL.
@@ -228,8 +229,15 @@ class JWTAuthenticator:
                 raise AuthenticationError(
                     f"token claim {self._info_claim!r} must be a JSON object")
         exp = claims.get("exp")
-        expires_at = float(exp) if isinstance(exp, int | float) else None
-        return Identity(user_id, info, expires_at)
+        if exp is None:
+            return Identity(user_id, info)
+        try:  # (PyJWT reads "exp": "1796000000" as a number too: we would see no expiry)
+            if isinstance(exp, bool) or not isinstance(exp, int | float):
+                raise TypeError(exp)
+            return Identity(user_id, info, float(exp) + self._leeway)
+        except (TypeError, OverflowError) as exc:
+            raise AuthenticationError(
+                "token claim 'exp' must be a number (Unix seconds)") from exc
 
     def issue(self, user_id: str, *, ttl: float, info: Mapping[str, JSONValue] | None = None,
               **claims: JSONValue) -> str:

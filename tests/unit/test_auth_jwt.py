@@ -205,6 +205,25 @@ async def test_leeway_admits_small_clock_skew() -> None:
     assert await auth.authenticate(creds(sign(claims(nbf=now() + 60))))
 
 
+async def test_leeway_moves_the_identitys_expiry_too() -> None:
+    """The server closes (and refuses) at the identity's expires_at: with leeway, a token is
+    accepted until exp + leeway, so that is when the identity expires."""
+    exp = now() - 5
+    identity = await JWTAuthenticator(secret=KEY_A, leeway=60).authenticate(
+        creds(sign(claims(exp=exp))))
+    assert identity.expires_at == exp + 60
+    plain = await JWTAuthenticator(secret=KEY_A).authenticate(creds(sign(claims())))
+    assert plain.expires_at == float(claims()["exp"])
+
+
+@pytest.mark.parametrize("exp", [str(now() + HOUR), f" {now() + HOUR}"])
+async def test_an_exp_that_is_not_a_number_is_refused(exp: str) -> None:
+    """A numeric string passed PyJWT's check but gave an identity that never expired (RFC
+    7519: a NumericDate is a JSON number)."""
+    error = await refusal(JWTAuthenticator(secret=KEY_A), sign(claims(exp=exp)))
+    assert str(error) == "token claim 'exp' must be a number (Unix seconds)"
+
+
 async def test_another_user_claim() -> None:
     auth = JWTAuthenticator(secret=KEY_A, user_claim="email")
     identity = await auth.authenticate(creds(sign(claims(email="a@example.com"))))

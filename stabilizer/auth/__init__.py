@@ -16,6 +16,7 @@ from stabilizer.auth.identity import (
     Identity,
     as_authenticator,
 )
+from stabilizer.auth.origins import origin_allowed
 
 if TYPE_CHECKING:
     from stabilizer.auth.jwt import JWTAuthenticator
@@ -28,6 +29,7 @@ __all__ = [
     "Identity",
     "JWTAuthenticator",
     "as_authenticator",
+    "origin_allowed",
 ]
 
 

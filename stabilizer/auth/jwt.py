@@ -23,6 +23,7 @@ from stabilizer.auth.keys import (
     key_list,
     load_pem,
 )
+from stabilizer.auth.origins import check_origins, origin_allowed
 from stabilizer.errors import AuthenticationError, ConfigError, CredentialsExpiredError
 from stabilizer.pure.text import JSONValue
 
@@ -60,7 +61,11 @@ class JWTAuthenticator:
     so the identity expires at ``exp`` plus ``leeway`` (when the token stops being accepted).
     ``user_claim`` is the user id, ``info_claim`` (a JSON object) the connection's info.
     The token comes from the frame, else (``header``) an ``Authorization: Bearer`` header,
-    else the ``cookie`` named; never from the URL.
+    else the ``cookie`` named; never from the URL. A browser sends its cookies with a
+    handshake that a page of any site starts: the cookie is taken only when the handshake's
+    ``Origin`` is one of ``origins`` (``scheme://host[:port]``; ``["*"]`` admits every site)
+    or, by default, the socket's own origin (its ``Host``), or when it has no ``Origin`` (not
+    a browser).
     """
 
     def __init__(
@@ -70,14 +75,16 @@ class JWTAuthenticator:
         audience: str | Sequence[str] | None = None, issuer: str | None = None,
         leeway: float = 0.0, user_claim: str = "sub", info_claim: str | None = None,
         require: Sequence[str] = ("exp",), header: bool = True, cookie: str | None = None,
-        jwks_lifespan: float = 300.0, jwks_refetch_interval: float = 10.0,
-        jwks_timeout: float = 5.0, clock: Callable[[], float] = time.monotonic,
+        origins: Sequence[str] | None = None, jwks_lifespan: float = 300.0,
+        jwks_refetch_interval: float = 10.0, jwks_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Check and keep the options (see the class docstring).
 
         Raises:
             ConfigError: no key source, a short secret, an unreadable or private PEM, an
-                unknown algorithm (or "none"), or an algorithm no configured key can verify.
+                unknown algorithm (or "none"), an algorithm no configured key can verify, or
+                malformed origins (or origins without a cookie).
         """
         self._secrets = tuple(key.encode() for key in key_list("secret", secret, str))
         self._pems = [load_pem(pem) for pem in key_list("public_key", public_key, str | bytes)]
@@ -100,6 +107,9 @@ class JWTAuthenticator:
         self._issuer, self._leeway, self._require = issuer, float(leeway), list(require)
         self._user_claim, self._info_claim = user_claim, info_claim
         self._header, self._cookie = header, cookie
+        if origins is not None and cookie is None:
+            raise ConfigError("origins apply to the cookie: set cookie= too, or drop origins")
+        self._origins = check_origins(origins)
 
     def _check_algorithms(self, algorithms: Sequence[str] | None) -> tuple[str, ...]:
         """The accepted algorithms: the given ones, each with a key that can verify it, or
@@ -167,8 +177,17 @@ class JWTAuthenticator:
         if self._cookie is not None:
             value = _get(getattr(websocket, "cookies", None), self._cookie)
             if isinstance(value, str) and value:
+                if not origin_allowed(websocket, self._origins):
+                    raise AuthenticationError(self._cross_site(websocket))
                 return value
         return None
+
+    def _cross_site(self, websocket: object) -> str:
+        """Why a cookie sent from another site's page is refused (short: a close reason)."""
+        origin = _get(getattr(websocket, "headers", None), "origin", "Origin")
+        shown = origin[:40] if isinstance(origin, str) else origin
+        return (f"cross-site request refused: origin {shown!r} may not use the cookie; "
+                "see origins=")
 
     async def _keys_for(self, alg: str, kid: object) -> list[Any]:
         """The keys that may have signed an `alg` token: only keys of alg's own type."""

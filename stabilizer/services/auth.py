@@ -2,8 +2,9 @@
 bounded in time, and the timers of connections whose credentials expire.
 
 A v2 connection is asked for fresh credentials ``auth_refresh_grace`` seconds before they
-expire and closed with AUTH_EXPIRED (4003) if none came by the same grace after; a plain
-connection cannot refresh and is closed at that moment.
+expire (pure/renewal.py: once per expiry, half a grace apart at least) and closed with
+AUTH_EXPIRED (4003) if none came by the same grace after; a plain connection cannot refresh
+and is closed at that moment.
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ from stabilizer.connection.sockets import Frame
 from stabilizer.errors import AuthenticationError, BackendUnavailable, CredentialsExpiredError
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import refresh_frame
+from stabilizer.pure.renewal import Renewal
 from stabilizer.services.closing import Closing
 
 logger = logging.getLogger(__name__)
 
 
 class Expiry:
-    """The refresh request and the close of one connection whose credentials expire."""
+    """The refresh requests, the checks of refreshes and the close of one connection."""
 
     def __init__(self, conn: Connection, grace: float, *, can_refresh: bool,
                  on_expired: Callable[[Connection], None]) -> None:
         self._conn = conn
-        self._grace = grace
+        self._renewal = Renewal(grace)
         self._can_refresh = can_refresh
         self._on_expired = on_expired
         self._handles: list[asyncio.TimerHandle] = []
@@ -44,10 +46,17 @@ class Expiry:
         if expires_at is None:
             return
         loop = asyncio.get_running_loop()
-        left = expires_at - time.time()
-        if self._can_refresh:
-            self._handles.append(loop.call_later(max(left - self._grace, 0.0), self._ask))
-        self._handles.append(loop.call_later(max(left + self._grace, 0.0), self._expire))
+        now = time.time()
+        ask_at = self._renewal.ask_at(expires_at) if self._can_refresh else None
+        if ask_at is not None:
+            self._handles.append(loop.call_later(max(ask_at - now, 0.0), self._ask))
+        close_at = expires_at + self._renewal.grace
+        self._handles.append(loop.call_later(max(close_at - now, 0.0), self._expire))
+
+    def take_refresh(self) -> bool:
+        """Count a refresh frame the client sent now; True when it is to be checked (an
+        answer to a request, or half a grace after the last check)."""
+        return self._renewal.take(time.time())
 
     def cancel(self) -> None:
         """Disarm the timers (the connection ended, or got fresh credentials)."""
@@ -57,6 +66,7 @@ class Expiry:
 
     def _ask(self) -> None:
         if self.expires_at is not None:
+            self._renewal.asked(self.expires_at, time.time())
             self._conn.offer(Frame.text(refresh_frame(self.expires_at)), time.monotonic())
 
     def _expire(self) -> None:
@@ -126,10 +136,14 @@ class Auth:
         """Arm the expiry timers of `conn` (None when its credentials never expire)."""
         if identity.expires_at is None:
             return None
-        expiry = Expiry(conn, self._ctx.config.auth_refresh_grace,
-                        can_refresh=conn.protocol >= 2, on_expired=self._expired)
+        expiry = self.expiry(conn)
         expiry.set(identity.expires_at)
         return expiry
+
+    def expiry(self, conn: Connection) -> Expiry:
+        """The (unarmed) expiry of `conn`, whose credentials did not expire so far."""
+        return Expiry(conn, self._ctx.config.auth_refresh_grace,
+                      can_refresh=conn.protocol >= 2, on_expired=self._expired)
 
     def _expired(self, conn: Connection) -> None:
         self._closing.retire(conn, CloseCode.AUTH_EXPIRED, "credentials expired")

@@ -121,6 +121,11 @@ class Inbound:
         except ProtocolError as exc:
             self._error(conn, "bad_frame", str(exc))
             return
+        if not session.take_refresh():  # each check costs the authenticator's work
+            spacing = services.ctx.config.auth_refresh_grace / 2
+            self._error(conn, "refresh_too_soon", f"one refresh per {spacing:g}s unless asked; "
+                        "send it when the server sends refresh")
+            return
         credentials = Credentials(fresh, session.websocket, refreshing=True)
         try:
             identity = await services.auth.refresh(conn, credentials)

@@ -342,10 +342,18 @@ class Session:
     def refreshed(self, identity: Identity) -> None:
         """A v2 client presented fresh credentials: keep them and re-arm the timers."""
         self.identity = identity
-        if self._expiry is not None:
-            self._expiry.set(identity.expires_at)
-        elif self.conn is not None:
-            self._expiry = self._services.auth.watch(self.conn, identity)
+        self._expiry_of().set(identity.expires_at)
+
+    def take_refresh(self) -> bool:
+        """Count a refresh frame from the client; True when it is to be checked."""
+        return self._expiry_of().take_refresh()
+
+    def _expiry_of(self) -> Expiry:
+        expiry = self._expiry
+        if expiry is None:  # the credentials never expired so far
+            assert self.conn is not None
+            expiry = self._expiry = self._services.auth.expiry(self.conn)
+        return expiry
 
     async def _within_rate(self, conn: Connection) -> Literal["pass", "drop", "closed"]:
         """Apply the inbound rate limit to one message."""

@@ -1,0 +1,216 @@
+"""Credentials on live v2 connections, over real sockets (uvicorn in the test's loop, raw
+`websockets` clients): when the server asks for fresh ones, which refresh frames it checks,
+JWT leeway at the server, and cookies sent from other sites."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import jwt
+import pytest
+import websockets
+from fastapi import FastAPI, WebSocket
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from stabilizer import (
+    Authenticator,
+    CloseCode,
+    Credentials,
+    Identity,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
+from stabilizer.auth import JWTAuthenticator
+from stabilizer.fastapi import lifespan, session
+from tests.support.inproc_uvicorn import served
+
+QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+V2 = "stabilizer.v2"
+KEY = "a-first-secret-of-32-characters!"
+
+
+class Issuer:
+    """An authenticator whose tokens are the JSON of their claims; counts its checks."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    def __call__(self, credentials: Credentials) -> Identity:
+        self.checks += 1
+        assert credentials.token is not None
+        claims = json.loads(credentials.token)
+        return Identity(claims["user"], claims.get("info"), claims.get("exp"))
+
+
+def claims(exp: float | None, info: dict[str, Any] | None = None, user: str = "ann") -> str:
+    return json.dumps({"user": user, "exp": exp, "info": info})
+
+
+@asynccontextmanager
+async def serving(monkeypatch: pytest.MonkeyPatch, authenticator: Authenticator | Any,
+                  **settings: Any) -> AsyncIterator[tuple[str, WebSocketConnectionManager]]:
+    manager = WebSocketConnectionManager(WebSocketConfig(**{**QUIET, **settings}),
+                                         authenticator=authenticator)
+    app = FastAPI(lifespan=lifespan(manager))
+
+    @app.websocket("/ws")
+    async def endpoint(websocket: WebSocket) -> None:
+        async with session(manager, websocket) as conn:
+            async for _ in conn:
+                pass
+
+    async with served(app, "websockets-sansio", monkeypatch) as server:
+        yield f"ws://127.0.0.1:{server.port}/ws", manager
+
+
+async def next_frame(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
+    """The next frame that is not a heartbeat ping."""
+    async with asyncio.timeout(timeout):
+        while True:
+            frame: dict[str, Any] = json.loads(await ws.recv())
+            if frame.get("type") != "ping":
+                return frame
+
+
+@asynccontextmanager
+async def v2(url: str, token: str | None, **options: Any) -> AsyncIterator[
+        tuple[ClientConnection, dict[str, Any]]]:
+    """A v2 socket past its connect frame, and the session frame (or the refusal's close)."""
+    async with websockets.connect(url, subprotocols=[V2], **options) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connect", "token": token, "device": "d"}))
+        try:
+            first = await next_frame(ws)
+        except ConnectionClosed as closed:
+            first = close_of(closed)
+        yield ws, first
+
+
+def close_of(closed: ConnectionClosed) -> dict[str, Any]:
+    """The close frame the server sent."""
+    assert closed.rcvd is not None
+    return {"closed": closed.rcvd.code, "reason": closed.rcvd.reason}
+
+
+async def serve_until_closed(ws: ClientConnection, answer: Callable[[dict[str, Any]], str],
+                             timeout: float = 10.0) -> tuple[int, list[tuple[float, str]]]:
+    """Answer every `refresh` request with `answer(request)` until the server closes; the
+    close code and the (monotonic time, type) of every frame before it."""
+    frames: list[tuple[float, str]] = []
+    try:
+        while True:
+            frame = await next_frame(ws, timeout)
+            frames.append((time.monotonic(), frame["type"]))
+            if frame["type"] == "refresh":
+                await ws.send(json.dumps({"type": "refresh", "token": answer(frame)}))
+    except ConnectionClosed as closed:
+        return close_of(closed)["closed"], frames
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+async def test_a_cached_token_is_asked_for_once_and_the_connection_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """get_token reusing a token until it expires answers with the credentials the request
+    was about: the server used to ask again at once, until they expired (a refresh loop)."""
+    grace = 0.3
+    cached = claims(time.time() + 0.5)
+    async with serving(monkeypatch, Issuer(), auth_refresh_grace=grace) as (url, _), \
+            v2(url, cached) as (ws, welcome):
+        assert welcome["type"] == "session"
+        code, frames = await serve_until_closed(ws, lambda _: cached)
+    assert code == CloseCode.AUTH_EXPIRED
+    assert [kind for _, kind in frames] == ["refresh", "refreshed"]
+
+
+async def test_tokens_shorter_than_the_grace_are_asked_for_once_per_half_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each fresh token still expires within the grace (as with a server clock ahead of the
+    issuer's): the server used to ask again as soon as it had accepted one."""
+    grace = 0.4
+    async with serving(monkeypatch, Issuer(), auth_refresh_grace=grace) as (url, _), \
+            v2(url, claims(time.time() + 0.2)) as (ws, welcome):
+        assert welcome["type"] == "session"
+        asked: list[float] = []
+        while len(asked) < 4:
+            frame = await next_frame(ws)
+            if frame["type"] == "refresh":
+                asked.append(time.monotonic())
+                await ws.send(json.dumps({"type": "refresh",
+                                          "token": claims(time.time() + 0.2)}))
+    gaps = [later - earlier for earlier, later in itertools.pairwise(asked)]
+    assert min(gaps) >= grace / 2 - 0.05, gaps  # (the client's clock: a little slack)
+
+
+async def test_refresh_frames_nobody_asked_for_are_checked_once_per_half_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each refresh costs the authenticator a check (a signature, a JWKS look-up)."""
+    issuer = Issuer()
+    async with serving(monkeypatch, issuer, auth_refresh_grace=10.0) as (url, _), \
+            v2(url, claims(time.time() + 3600)) as (ws, welcome):
+        assert welcome["type"] == "session"
+        for _ in range(5):
+            await ws.send(json.dumps({"type": "refresh", "token": claims(time.time() + 7200)}))
+        answers = [await next_frame(ws) for _ in range(5)]
+    assert answers[0]["type"] == "refreshed"
+    assert [(a["type"], a.get("code")) for a in answers[1:]] == [
+        ("error", "refresh_too_soon")] * 4
+    assert issuer.checks == 2  # the connect, the first refresh
+
+
+# ----------------------------------------------------------------------------- JWT
+
+
+def jwt_token(user: str = "ann", **claims: Any) -> str:
+    return jwt.encode({"sub": user, **claims}, KEY, algorithm="HS256")
+
+
+async def test_leeway_admits_a_token_that_expired_within_it_at_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The authenticator admitted it; the server refused it with 4003 all the same."""
+    exp = int(time.time()) - 5
+    auth = JWTAuthenticator(secret=KEY, leeway=60)
+    async with serving(monkeypatch, auth) as (url, _), \
+            v2(url, jwt_token(exp=exp)) as (_, welcome):
+        assert welcome.get("type") == "session", welcome
+        assert welcome["expires_at"] == exp + 60  # asked and closed on that basis
+
+
+@pytest.mark.parametrize(("origin", "admitted"), [
+    ("https://evil.example", False), (None, True), ("same", True)])
+async def test_a_cookie_authenticates_only_a_handshake_from_its_own_origin(
+    monkeypatch: pytest.MonkeyPatch, origin: str | None, admitted: bool,
+) -> None:
+    """Any site's page can open a WebSocket to the server, and the browser adds the
+    victim's cookie: the attacker got the victim's session frame and reconnect token."""
+    auth = JWTAuthenticator(secret=KEY, cookie="sid")
+    async with serving(monkeypatch, auth) as (url, _):
+        sent = url.replace("ws://", "http://").removesuffix("/ws") if origin == "same" \
+            else origin
+        headers = {"Cookie": f"sid={jwt_token('victim', exp=int(time.time()) + 600)}"}
+        if sent is not None:
+            headers["Origin"] = sent
+        async with v2(url, None, additional_headers=headers) as (_, v2_first), \
+                websockets.connect(url, additional_headers=headers) as plain:
+            try:
+                plain_first = await next_frame(plain)
+            except ConnectionClosed as closed:
+                plain_first = close_of(closed)
+    for first in (v2_first, plain_first):
+        if admitted:
+            assert first["type"] == "session"
+            assert first["client_id"].startswith("victim/")
+        else:
+            assert first["closed"] == CloseCode.AUTH_FAILED
+            assert first["reason"].startswith("cross-site request refused")

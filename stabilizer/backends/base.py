@@ -119,6 +119,11 @@ class UserStore(Protocol):
         """Count users with at least one connection anywhere."""
         ...
 
+    async def set_info(self, user_id: str, client_id: str, conn_id: str, info: str) -> bool:
+        """Record `info` (compact JSON, "" for none) as the info of `client_id`'s seat among
+        `user_id`'s connections if the seat still names `conn_id`; True if it did."""
+        ...
+
     async def route(self, user_id: str, envelope: bytes) -> list[str]:
         """Hand `envelope` to every other node holding a connection of `user_id`, in one
         round trip; return the client ids of the user's connections those nodes hold."""

@@ -193,6 +193,10 @@ class Connection(SocketWriter):
         """Estimated bytes of the user data."""
         return self._user_data_bytes
 
+    def reseat(self, info: str) -> None:
+        """Keep the user's info of fresh credentials (compact JSON, "" for none)."""
+        self.info = info
+
     def memory_estimate(self) -> int:
         """Approximate bytes this connection holds: bookkeeping, metadata, user data, outbox
         (frames held during a replay included)."""

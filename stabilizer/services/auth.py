@@ -4,7 +4,8 @@ bounded in time, and the timers of connections whose credentials expire.
 A v2 connection is asked for fresh credentials ``auth_refresh_grace`` seconds before they
 expire (pure/renewal.py: once per expiry, half a grace apart at least) and closed with
 AUTH_EXPIRED (4003) if none came by the same grace after; a plain connection cannot refresh
-and is closed at that moment.
+and is closed at that moment. Fresh credentials bring the user's info up to date where the
+user's connections are listed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from stabilizer.errors import AuthenticationError, BackendUnavailable, Credentia
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import refresh_frame
 from stabilizer.pure.renewal import Renewal
+from stabilizer.pure.users import info_json
 from stabilizer.services.closing import Closing
 
 logger = logging.getLogger(__name__)
@@ -144,6 +146,22 @@ class Auth:
         """The (unarmed) expiry of `conn`, whose credentials did not expire so far."""
         return Expiry(conn, self._ctx.config.auth_refresh_grace,
                       can_refresh=conn.protocol >= 2, on_expired=self._expired)
+
+    async def reseat(self, conn: Connection, identity: Identity) -> None:
+        """Show the info of fresh credentials where the user's connections are listed (a
+        store that cannot be reached gets it at the next resync)."""
+        info = info_json(identity.info)
+        if info == conn.info or conn.user_id is None:
+            return
+        conn.reseat(info)  # what a resync records, from now on
+        ctx = self._ctx
+        try:
+            await ctx.ask(ctx.backend.users.set_info(
+                conn.user_id, conn.client_id, conn.conn_id, info))
+        except BackendUnavailable as exc:
+            logger.warning("fresh info of client %r not stored (%s); resyncing",
+                           conn.client_id, exc)
+            ctx.want_resync()
 
     def _expired(self, conn: Connection) -> None:
         self._closing.retire(conn, CloseCode.AUTH_EXPIRED, "credentials expired")

@@ -140,4 +140,5 @@ class Inbound:
             self._error(conn, "refresh_failed", str(exc))
             return
         session.refreshed(identity)
+        await services.auth.reseat(conn, identity)  # listed before the client hears of it
         conn.offer(Frame.text(refreshed_frame(identity.expires_at)), time.monotonic())

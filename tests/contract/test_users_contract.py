@@ -47,6 +47,32 @@ async def test_a_users_connections_are_listed_with_info_and_counted(
     assert await a.users.connections("nobody") == []
 
 
+async def test_set_info_changes_the_listed_info_of_the_seat_it_names(
+    open_node: NodeFactory,
+) -> None:
+    """Fresh credentials of a live connection bring new info; a newer socket of the same
+    client keeps its own."""
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await a.presence.register(seat_of("ann/tab1", "node-a"), max_cluster=None,
+                              seat=Seat(INFO))
+    assert await b.users.set_info("ann", "ann/tab1", "conn-ann/tab1", '{"name":"Annie"}')
+    assert [p.info for p in await a.users.connections("ann")] == [{"name": "Annie"}]
+    assert await a.users.set_info("ann", "ann/tab1", "conn-ann/tab1", "")
+    assert [p.info for p in await a.users.connections("ann")] == [None]
+    await b.presence.register(seat_of("ann/tab1", "node-b", conn_id="newer"),
+                              max_cluster=None, seat=Seat(INFO))
+    assert not await a.users.set_info("ann", "ann/tab1", "conn-ann/tab1", '{"old":1}')
+    assert not await a.users.set_info("ann", "ann/tab9", "conn-ann/tab9", '{"old":1}')
+    assert not await a.users.set_info("bob", "ann/tab1", "newer", '{"old":1}')
+    listed = await b.users.connections("ann")
+    assert [(p.client_id, p.node_id, p.conn_id, p.info) for p in listed] == [
+        ("ann/tab1", "node-b", "newer", {"name": "Ann"})]
+    assert await a.users.count() == 1
+    located = await a.presence.locate("ann/tab1")
+    assert located is not None
+    assert located.info is None  # info only via connections()
+
+
 async def test_unregister_frees_the_seat_and_the_last_one_the_user(
     open_node: NodeFactory,
 ) -> None:

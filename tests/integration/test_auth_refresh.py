@@ -1,6 +1,6 @@
 """Credentials on live v2 connections, over real sockets (uvicorn in the test's loop, raw
 `websockets` clients): when the server asks for fresh ones, which refresh frames it checks,
-JWT leeway at the server, and cookies sent from other sites."""
+where refreshed info shows, JWT leeway at the server, and cookies sent from other sites."""
 
 from __future__ import annotations
 
@@ -166,6 +166,36 @@ async def test_refresh_frames_nobody_asked_for_are_checked_once_per_half_grace(
     assert [(a["type"], a.get("code")) for a in answers[1:]] == [
         ("error", "refresh_too_soon")] * 4
     assert issuer.checks == 2  # the connect, the first refresh
+
+
+# ----------------------------------------------------------------------------- info
+
+
+async def refreshed_info(url: str, manager: WebSocketConnectionManager) -> list[Any]:
+    async with v2(url, claims(time.time() + 3600, {"role": "admin"})) as (ws, welcome):
+        assert welcome["type"] == "session"
+        listed = await manager.get_user_connections("ann")
+        assert [p.info for p in listed] == [{"role": "admin"}]
+        await ws.send(json.dumps({"type": "refresh",
+                                  "token": claims(time.time() + 7200, {"role": "guest"})}))
+        assert (await next_frame(ws))["type"] == "refreshed"
+        return [p.info for p in await manager.get_user_connections("ann")]
+
+
+async def test_refreshed_info_is_what_the_users_listing_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with serving(monkeypatch, Issuer()) as (url, manager):
+        assert await refreshed_info(url, manager) == [{"role": "guest"}]
+
+
+@pytest.mark.redis
+async def test_refreshed_info_is_what_the_users_listing_shows_on_redis(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, namespace: str,
+) -> None:
+    async with serving(monkeypatch, Issuer(), redis_url=redis_url,
+                       namespace=namespace) as (url, manager):
+        assert await refreshed_info(url, manager) == [{"role": "guest"}]
 
 
 # ----------------------------------------------------------------------------- JWT

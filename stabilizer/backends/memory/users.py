@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from stabilizer.backends.base import Presence, Seat
 from stabilizer.backends.memory.hub import MemoryHub
 from stabilizer.errors import UserConnectionLimitError
+from stabilizer.pure.users import parse_info
 
 if TYPE_CHECKING:
     from stabilizer.backends.memory.nodes import MemoryNode
@@ -54,6 +55,16 @@ class MemoryUsers:
         """Users with a connection."""
         self._node.check()
         return len(self._node.hub.users)
+
+    async def set_info(self, user_id: str, client_id: str, conn_id: str, info: str) -> bool:
+        """Replace the seat's info if the seat still names `conn_id`."""
+        node = self._node
+        node.check()
+        seat = node.hub.users.get(user_id, {}).get(client_id)
+        if seat is None or seat.conn_id != conn_id:
+            return False
+        node.hub.set_presence(dataclasses.replace(seat, info=parse_info(info)))
+        return True
 
     async def route(self, user_id: str, envelope: bytes) -> list[str]:
         """Deliver to every other node holding a connection of the user."""

@@ -70,6 +70,7 @@ class Scripts:
         self.history = register(streams_lua.HISTORY)
         self.seats = register(users_lua.SEATS)
         self.user_route = register(users_lua.USER_ROUTE)
+        self.seat_info = register(users_lua.SEAT_INFO)
         self.reconcile_groups = register(groups_lua.RECONCILE_GROUPS)
         self.route_change = register(groups_lua.ROUTE_CHANGE)
         self.presence_entries = register(groups_lua.PRESENCE_ENTRIES)

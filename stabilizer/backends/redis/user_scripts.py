@@ -46,6 +46,17 @@ end
 return 1
 """
 
+# KEYS: the user's hash. ARGV: client id, conn id, info JSON. Replaces the info of the
+# client's seat if the seat still names the conn (a newer socket's seat stays as it is).
+SEAT_INFO: Final = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local head, conn = string.match(cur, '^([^|]*|([^|]*)|%d+|)')
+if not head or conn ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], head .. ARGV[3])
+return 1
+"""
+
 # KEYS: the user's hash. ARGV: node-channel prefix (namespace slot), envelope, publish
 # command, this node's id. Publishes the envelope once to every other node holding a
 # connection of the user; returns the client ids of the connections those nodes hold.

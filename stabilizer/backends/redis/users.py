@@ -27,6 +27,13 @@ class RedisUsers:
         core = self._core
         return int(await core.call(core.client.scard(core.keys.users), "user_count"))
 
+    async def set_info(self, user_id: str, client_id: str, conn_id: str, info: str) -> bool:
+        """One script: replace the seat's info if the seat still names `conn_id`."""
+        core = self._core
+        done = await core.call(core.scripts.seat_info(
+            keys=[core.keys.user(user_id)], args=[client_id, conn_id, info]), "user_info")
+        return bool(done)
+
     async def route(self, user_id: str, envelope: bytes) -> list[str]:
         """One script: publish to every other node holding a connection of the user."""
         core = self._core

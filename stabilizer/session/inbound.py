@@ -78,7 +78,7 @@ class Inbound:
             if kind == "message":
                 return message_data(body)
         except ProtocolError as exc:
-            self._error(conn, "bad_frame", str(exc))
+            self._junk(conn, "bad_frame", str(exc))
             return None
         if kind in ("ping", "pong"):
             self._heartbeat(conn, kind)
@@ -94,7 +94,7 @@ class Inbound:
         elif kind == "refresh":
             await self._refresh(session, conn, body.get("token"))
         else:
-            self._error(conn, "unknown_type", f"unknown frame type {kind[:40]!r}")
+            self._junk(conn, "unknown_type", f"unknown frame type {kind[:40]!r}")
         return None
 
     def cancel_calls(self) -> None:
@@ -107,6 +107,16 @@ class Inbound:
             self._services.ctx.stats.pongs += 1
         else:  # a ping from the client
             conn.offer(Frame.text(PONG_FRAME), time.monotonic())
+
+    def _junk(self, conn: Connection, code: str, detail: str) -> None:
+        """A frame the protocol does not describe counts against the rate limit like a
+        message: answered with an error frame within it, dropped without one past it (a
+        client cannot make the node parse and answer faster than the limit allows)."""
+        bucket = self.bucket
+        if bucket is not None and not bucket.take(time.monotonic()):
+            self._services.ctx.stats.rate_limited += 1
+            return
+        self._error(conn, code, detail)
 
     def _error(self, conn: Connection, code: str, detail: str) -> None:
         conn.offer(Frame.text(error_frame(code, detail)), time.monotonic())

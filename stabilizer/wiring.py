@@ -95,7 +95,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
                         keeps_membership=admission.defer_membership)
     reporter = Reporter(ctx)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
-                              kick=admission.kick,
+                              kick=admission.kick, close_client=users.close_client_local,
                               settle_groups=lambda conns, restore: membership.settle(
                                   conns, restore=restore, node_wide=True),
                               settle_doubted=membership.settle_doubted,

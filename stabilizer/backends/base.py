@@ -20,11 +20,13 @@ from stabilizer.backends.records import (
     NodeReport,
     Presence,
     Registration,
+    Resynced,
     Seat,
     Sequenced,
     SessionGone,
     SessionState,
     SessionTaken,
+    UserLimit,
 )
 from stabilizer.backends.stream_roles import GroupStore, HistoryStore, SessionStore
 from stabilizer.pure.keyring import SharedKeys
@@ -38,9 +40,9 @@ ORPHAN_GRACE_TTLS = 2.0
 __all__ = [
     "Backend", "EventBus", "GroupStore", "History", "HistoryStore", "Liveness",
     "MembershipChange", "NodeRegistry", "NodeReport", "Presence", "PresenceStore",
-    "Registration", "Routing", "Seat", "Sequenced", "SessionGone", "SessionState",
+    "Registration", "Resynced", "Routing", "Seat", "Sequenced", "SessionGone", "SessionState",
     "SessionStore", "SessionTaken", "SharedKeys",
-    "TaskSpawner", "TokenStore", "UserStore",
+    "TaskSpawner", "TokenStore", "UserLimit", "UserStore",
 ]
 
 
@@ -112,7 +114,8 @@ class UserStore(Protocol):
     with their nodes)."""
 
     async def connections(self, user_id: str) -> list[Presence]:
-        """Return the presence (with ``info``) of every connection of `user_id`."""
+        """Return the presence (with ``info``) of every connection of `user_id`, oldest
+        first (``since``, then client id)."""
         ...
 
     async def count(self) -> int:
@@ -201,7 +204,8 @@ class NodeRegistry(Protocol):
         ...
 
     async def resync(self, local: Sequence[Presence], *, claims: Collection[str] = (),
-                     session_ttl: float = 0.0, listed_at: float | None = None) -> list[str]:
+                     session_ttl: float = 0.0, listed_at: float | None = None,
+                     user_limit: UserLimit | None = None) -> Resynced:
         """Re-register this node's clients after the store came back (or was wiped) and
         forget entries this node no longer holds.
 
@@ -212,8 +216,16 @@ class NodeRegistry(Protocol):
         connections made at or after `listed_at` (admitted meanwhile) stay; forgotten ones
         end as reaped ones do (see forget_predecessor).
 
-        Returns the client ids another node keeps: their local sockets are stale and the
-        caller closes them as replaced.
+        With `user_limit`, no user holds more seats than that after the resync, whichever
+        nodes resync when: the local connections are seated oldest first (``since``, then
+        client id); one that finds its user full takes the seat of the user's newest
+        connection if that is newer than itself (its node gets a CLIENT_CLOSE naming it,
+        USER_LIMIT; this node's own come back in ``over_limit``), else it gets none and is
+        not registered. A connection's seat already recorded stays without a check.
+
+        Returns the client ids another node keeps (their local sockets are stale: the
+        caller closes them as replaced) and this node's connections past their user's
+        limit (the caller closes them with USER_LIMIT).
         """
         ...
 

@@ -130,6 +130,26 @@ class Liveness:
 
 
 @dataclass(frozen=True, slots=True)
+class UserLimit:
+    """max_connections_per_user as a resync keeps it: each user's oldest connections (by
+    ``since``, then client id) keep their seats; a newer one past the limit closes with
+    USER_LIMIT, on another node with `reason` (its retry advice)."""
+
+    max_connections: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Resynced:
+    """The outcome of a resync: the client ids another node keeps (this node's sockets of
+    them are stale: closed as replaced), and this node's connections, as (client id, conn
+    id), past their user's limit (closed with USER_LIMIT)."""
+
+    lost: tuple[str, ...] = ()
+    over_limit: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Seat:
     """A connection's place among its user's connections: the user's public info (compact
     JSON, "" for none) and the user's connection limit (None: no limit)."""

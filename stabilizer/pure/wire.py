@@ -46,7 +46,8 @@ class Kind(IntEnum):
     USER = 7  # deliver `payload` to every local connection of user `target`
     USER_CLOSE = 8  # close every local connection of user `target`; `payload` is
     # the JSON {"code": int, "reason": str}
-    CLIENT_CLOSE = 9  # close local client `target`; `payload` as USER_CLOSE's
+    CLIENT_CLOSE = 9  # close local client `target` (if its conn_id is `ref`, when set);
+    # `payload` as USER_CLOSE's
     ACK = 10  # client `target` acknowledged message `ref` of the receiving node (`payload`
     # nil), or cannot: `payload` "unsupported" (a plain client) or "forgotten"; an older
     # node leaves `target` nil
@@ -151,6 +152,12 @@ _TWO_NILS: Final[bytes] = msgpack.packb(None) * 2
 @functools.lru_cache(maxsize=16)
 def _kick_head(origin: str) -> bytes:
     return array_prefix([WIRE_VERSION, int(Kind.KICK), origin], _FIELDS)
+
+
+def client_close_prefix(origin: str) -> bytes:
+    """A CLIENT_CLOSE envelope up to its target: a script appends the client id, the close
+    body (packed by the caller: ``pack_str(close_body(...))``), a nil and the conn id."""
+    return array_prefix([WIRE_VERSION, int(Kind.CLIENT_CLOSE), origin], _FIELDS)
 
 
 def event_prefix(origin: str) -> bytes:

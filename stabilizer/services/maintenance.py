@@ -28,12 +28,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from stabilizer.backends.base import Presence
+from stabilizer.backends.base import Presence, UserLimit
+from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
-from stabilizer.pure.text import backoff_delay
+from stabilizer.pure.text import backoff_delay, retry_advice
 from stabilizer.pure.users import parse_info
 from stabilizer.services.memory import MemoryGuard
 from stabilizer.services.reports import Reporter
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 SWEEP_LIMIT = 100
 SWEEP_ROUNDS = 100
 
+#: Closes this node's connection of a client (`conn_id`'s only) with a code and reason.
+ClientCloser = Callable[[str, int, str, str | None], object]
+
 #: Makes local group memberships agree with the backend's (restoring them there first).
 GroupSettler = Callable[[Sequence[Connection], bool], Awaitable[None]]
 
@@ -57,6 +61,7 @@ class Maintenance:
     def __init__(self, ctx: NodeContext, memory: MemoryGuard, tokens: TokenService,
                  connections: Callable[[], list[Connection]],
                  kick: Callable[[str, str | None], None],
+                 close_client: ClientCloser,
                  settle_groups: GroupSettler | None = None,
                  settle_doubted: Callable[[], Awaitable[None]] | None = None,
                  reporter: Reporter | None = None) -> None:
@@ -66,6 +71,7 @@ class Maintenance:
         self._tokens = tokens
         self._connections = connections  # admitted, and still being admitted
         self._kick = kick  # closes a local connection another node holds the client of
+        self._close_client = close_client  # closes one with a code: here, past the user limit
         self._settle_groups = settle_groups
         self._settle_doubted = settle_doubted  # the clients whose membership change failed
         self._joined = False
@@ -202,21 +208,34 @@ class Maintenance:
         # a connection the store never recorded (admitted while it was unreachable) may take
         # its client back from an older connection elsewhere; a recorded one was overwritten
         claims = {c.client_id for c in conns if not c.registered}
+        limit = ctx.config.max_connections_per_user
         try:
-            lost = await ctx.ask(ctx.backend.liveness.resync(
-                local, claims=claims, session_ttl=self._session_ttl(), listed_at=listed_at),
+            resynced = await ctx.ask(ctx.backend.liveness.resync(
+                local, claims=claims, session_ttl=self._session_ttl(), listed_at=listed_at,
+                user_limit=None if limit is None else UserLimit(limit, self._retry_advice())),
                 round_trips=4 + len(local) // 200)
         except BaseException:
             ctx.want_resync()
             raise
         logger.info("presence of %d local clients re-registered", len(local))
-        kept = set(lost)
+        kept = set(resynced.lost)
+        over = set(resynced.over_limit)
         for conn in conns:
             if conn.client_id in kept:
                 self._kick(conn.client_id, conn.conn_id)
-            else:
+            elif (conn.client_id, conn.conn_id) not in over:
                 conn.mark_registered(by_resync=True)
+        if resynced.over_limit:
+            logger.warning("closing %d connections whose users hold max_connections_per_user "
+                           "(%s) older ones", len(resynced.over_limit), limit)
+        for client_id, conn_id in resynced.over_limit:
+            logger.info("client %r (conn %s) is past its user's limit", client_id, conn_id)
+            self._close_client(client_id, CloseCode.USER_LIMIT, self._retry_advice(), conn_id)
         await self._forget_departed(conns)
+
+    def _retry_advice(self) -> str:
+        """The close reason of a connection past its user's limit: as a refused connect's."""
+        return retry_advice(self._ctx.config.retry_jitter)
 
     async def _forget_departed(self, listed: list[Connection]) -> None:
         """Undo the resync for connections that left while it ran: their unregister may

@@ -102,13 +102,18 @@ class Users:
                    if self._retire_pending is not None else 0)
         return len(conns) + pending
 
-    def close_client_local(self, client_id: str, code: int, reason: str) -> bool:
+    def close_client_local(self, client_id: str, code: int, reason: str,
+                           conn_id: str | None = None) -> bool:
         """Close this node's connection of `client_id` (a CLIENT_CLOSE from another node
-        too), or the one still being admitted; True if there was one."""
-        pending = (self._retire_pending(lambda conn: conn.client_id == client_id, code,
-                                        reason)
+        too), or the one still being admitted (with `conn_id`, only the one it names); True
+        if there was one."""
+        def named(conn: Connection) -> bool:
+            return conn.client_id == client_id and conn_id in (None, conn.conn_id)
+
+        pending = (self._retire_pending(named, code, reason)
                    if self._retire_pending is not None else 0)
-        if self._ctx.pool.get(client_id) is not None:
+        conn = self._ctx.pool.get(client_id)
+        if conn is not None and named(conn):
             self._closing.close_client(client_id, code, reason)
             return True
         return pending > 0

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from stabilizer import ConnectionLimitExceededError, MemoryBackend, MemoryHub, Presence
-from stabilizer.backends.base import Backend
+from stabilizer.backends.base import Backend, Resynced
 from stabilizer.backends.redis import RedisBackend
 from stabilizer.node.tasks import TaskOwner
 from stabilizer.pure.keyring import new_shared_key
@@ -244,8 +244,8 @@ async def test_resync_restores_presence_except_what_moved(open_node: NodeFactory
     a, b = await open_node("node-a"), await open_node("node-b")
     mine = [presence(f"a{i}", "node-a", f"conn{i}") for i in range(3)]
     await b.presence.register(presence("a2", "node-b", "conn-b"), max_cluster=None)
-    lost = await a.liveness.resync(mine)
-    assert lost == ["a2"]
+    resynced = await a.liveness.resync(mine)
+    assert resynced == Resynced(lost=("a2",))
     for p in mine[:2]:
         located = await a.presence.locate(p.client_id)
         assert located is not None
@@ -270,8 +270,8 @@ async def test_resync_forgets_entries_the_node_no_longer_holds(open_node: NodeFa
     for client in ("kept", "gone", "moved"):
         await a.presence.register(presence(client, "node-a", f"conn-{client}"), max_cluster=None)
     await b.presence.register(presence("moved", "node-b", "conn-b"), max_cluster=None)
-    lost = await a.liveness.resync([presence("kept", "node-a", "conn-kept")])
-    assert lost == []
+    resynced = await a.liveness.resync([presence("kept", "node-a", "conn-kept")])
+    assert resynced == Resynced()
     assert await a.presence.locate("gone") is None
     kept, moved = await a.presence.locate("kept"), await a.presence.locate("moved")
     assert kept is not None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from stabilizer.backends.base import Backend, Presence, Seat
+from stabilizer.backends.base import Backend, Presence, Resynced, Seat
 from tests.contract.test_backend_contract import NodeFactory, open_node
 
 __all__ = ["open_node"]  # the fixture, re-exported for pytest
@@ -63,7 +63,7 @@ async def test_what_a_resync_prunes_leaves_its_groups(open_node: NodeFactory) ->
     for presence in (kept, gone):
         await a.presence.register(presence, max_cluster=None)
         await a.groups.join(presence.client_id, "room")
-    assert await a.liveness.resync([kept], session_ttl=0.0, listed_at=now + 1) == []
+    assert await a.liveness.resync([kept], session_ttl=0.0, listed_at=now + 1) == Resynced()
     assert await a.presence.locate("gone") is None
     assert await swept_away(a, "gone")
     assert await a.groups.members("room") == ["kept"]
@@ -80,7 +80,7 @@ async def test_a_resync_keeps_connections_admitted_while_it_listed(
     await a.presence.register(entry("alice", "node-a", listed_at + 0.5), max_cluster=None)
     await a.presence.register(entry("bob", "node-a", listed_at + 0.5), max_cluster=None)
     await a.presence.register(entry("stale", "node-a", listed_at - 5), max_cluster=None)
-    assert await a.liveness.resync([old], listed_at=listed_at) == []
+    assert await a.liveness.resync([old], listed_at=listed_at) == Resynced()
     alice, bob = await a.presence.locate("alice"), await a.presence.locate("bob")
     assert alice is not None
     assert alice.conn_id == f"conn-alice-{listed_at + 0.5:.6f}"

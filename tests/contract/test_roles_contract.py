@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from stabilizer.backends.base import Presence
+from stabilizer.backends.base import Presence, Resynced
 from stabilizer.pure.keyring import new_shared_key
 from stabilizer.pure.wire import Kind, event_of
 from stabilizer.results import ClusterEvent
@@ -123,12 +123,12 @@ async def test_a_resync_takes_a_client_over_only_for_a_newer_claiming_connection
     await b.presence.register(Presence("y", "node-b", "conn-new", now + 10), max_cluster=None)
     local = [Presence("x", "node-a", "conn-a", now), Presence("y", "node-a", "conn-a2", now)]
     async with Inbox(b) as inbox_b:
-        lost = await a.liveness.resync(local, claims={"x", "y"} if claims else set())
+        resynced = await a.liveness.resync(local, claims={"x", "y"} if claims else set())
         if claims:
             kick = await inbox_b.next()
             assert (kick.kind, kick.target, kick.ref, kick.origin) == (
                 Kind.KICK, "x", "conn-old", "node-a")
-    assert lost == (["y"] if claims else ["x", "y"])
+    assert resynced == Resynced(lost=("y",) if claims else ("x", "y"))
     x, y = await a.presence.locate("x"), await a.presence.locate("y")
     assert x is not None
     assert y is not None
@@ -145,9 +145,9 @@ async def test_a_claiming_connection_under_a_millisecond_newer_takes_the_client_
     a, b = await open_node("node-a"), await open_node("node-b")
     start = float(int(time.time())) + 0.0001  # both inside one millisecond
     await b.presence.register(Presence("x", "node-b", "conn-old", start), max_cluster=None)
-    lost = await a.liveness.resync([Presence("x", "node-a", "conn-a", start + 0.0006)],
-                                   claims={"x"})
-    assert lost == []
+    resynced = await a.liveness.resync([Presence("x", "node-a", "conn-a", start + 0.0006)],
+                                       claims={"x"})
+    assert resynced == Resynced()
     found = await a.presence.locate("x")
     assert found is not None
     assert (found.node_id, found.conn_id) == ("node-a", "conn-a")

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from stabilizer.backends.base import Presence, Seat
+from stabilizer.backends.base import Presence, Resynced, Seat, UserLimit
+from stabilizer.config import CloseCode
 from stabilizer.errors import ConfigError, UserConnectionLimitError
 from stabilizer.pure.streams import Target
-from stabilizer.pure.wire import Envelope, Kind, encode
+from stabilizer.pure.wire import Envelope, Kind, close_of, encode
 from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node
 
 __all__ = ["open_node"]  # the fixture, re-exported for pytest
@@ -191,10 +192,66 @@ async def test_resync_restores_seats_and_forgets_stale_ones(open_node: NodeFacto
     await a.presence.register(seat_of("ann/gone", "node-a"), max_cluster=None, seat=Seat())
     await a.presence.register(seat_of("ann/1", "node-a"), max_cluster=None, seat=Seat(INFO))
     await a.presence.unregister("ann/1", "conn-ann/1")  # as if the store lost it
-    lost = await a.liveness.resync([kept])
-    assert lost == []
+    assert await a.liveness.resync([kept]) == Resynced()
     found = await a.users.connections("ann")
     assert [(p.client_id, p.info) for p in found] == [("ann/1", {"name": "Ann"})]
+
+
+def tab_at(client_id: str, node_id: str, since: float) -> Presence:
+    return Presence(client_id, node_id, f"conn-{client_id}", since, "ann")
+
+
+async def test_a_resync_seats_the_users_oldest_connections_within_the_limit(
+    open_node: NodeFactory,
+) -> None:
+    """Node a resyncs three tabs of ann (limit 2) while node b holds a seat newer than
+    two of them: a's two oldest take the seats, b's tab is told to close (USER_LIMIT,
+    naming its conn) and a's newest is not registered but returned to close."""
+    a, b = await open_node("node-a", buckets=1), await open_node("node-b", buckets=1)
+    start = time.time()
+    await b.presence.register(tab_at("ann/b", "node-b", start + 2), max_cluster=None,
+                              seat=Seat("", 2))
+    local = [tab_at(f"ann/a{i}", "node-a", start + i) for i in (4, 1, 0)]  # any order
+    async with Inbox(b) as inbox_b:
+        resynced = await a.liveness.resync(local, user_limit=UserLimit(2, "advice"))
+        close = await inbox_b.next()
+    assert resynced == Resynced(over_limit=(("ann/a4", "conn-ann/a4"),))
+    assert (close.kind, close.target, close.ref, close.origin) == (
+        Kind.CLIENT_CLOSE, "ann/b", "conn-ann/b", "node-a")
+    assert close_of(str(close.payload)) == (CloseCode.USER_LIMIT, "advice")
+    assert [p.client_id for p in await a.users.connections("ann")] == ["ann/a0", "ann/a1"]
+    assert await a.presence.locate("ann/a4") is None
+    located = await a.presence.locate("ann/b")  # until its node closes it
+    assert located is not None
+    assert located.node_id == "node-b"
+
+
+async def test_a_resync_past_the_limit_returns_a_newer_connection_of_its_own_node(
+    open_node: NodeFactory,
+) -> None:
+    a, b = await open_node("node-a", buckets=1), await open_node("node-b", buckets=1)
+    start = time.time()
+    await b.presence.register(tab_at("ann/b", "node-b", start + 1), max_cluster=None,
+                              seat=Seat("", 2))
+    await a.presence.register(tab_at("ann/new", "node-a", start + 5), max_cluster=None,
+                              seat=Seat("", 2))
+    resynced = await a.liveness.resync([tab_at("ann/old", "node-a", start)],
+                                       listed_at=start + 5, user_limit=UserLimit(2))
+    assert resynced == Resynced(over_limit=(("ann/new", "conn-ann/new"),))
+    assert [p.client_id for p in await b.users.connections("ann")] == ["ann/old", "ann/b"]
+    seated_again = await a.liveness.resync([tab_at("ann/old", "node-a", start)],
+                                           user_limit=UserLimit(2))
+    assert seated_again == Resynced()  # a recorded seat stays without a check
+
+
+async def test_a_resync_without_a_limit_seats_every_connection(
+    open_node: NodeFactory,
+) -> None:
+    a = await open_node("node-a", buckets=1)
+    start = time.time()
+    local = [tab_at(f"ann/{i}", "node-a", start + i) for i in range(3)]
+    assert await a.liveness.resync(local) == Resynced()
+    assert len(await a.users.connections("ann")) == 3
 
 
 async def test_a_user_stream_reaches_the_nodes_of_the_users_connections(

@@ -19,6 +19,7 @@ import pytest
 from redis.asyncio import Redis
 
 from stabilizer import CloseCode, WebSocketConfig, WebSocketConnectionManager
+from stabilizer.backends.base import Resynced
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket, FakeWebSocket
 from tests.support.fast_nodes import dies_after_removal, sweep_ends
@@ -140,13 +141,13 @@ async def test_a_client_that_leaves_during_a_resync_leaves_no_presence_behind(
     original = liveness.resync
     listed, go_on, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-    async def held_resync(local: Any, **kwargs: Any) -> list[str]:
+    async def held_resync(local: Any, **kwargs: Any) -> Resynced:
         if not any(presence.client_id == "alice" for presence in local):
-            return list(await original(local, **kwargs))
+            return await original(local, **kwargs)
         listed.set()
         await go_on.wait()
         try:
-            return list(await original(local, **kwargs))
+            return await original(local, **kwargs)
         finally:
             finished.set()
 

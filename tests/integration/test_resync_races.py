@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from stabilizer import MemoryBackend, MemoryHub, WebSocketConfig, WebSocketConnectionManager
+from stabilizer.backends.base import Resynced
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket
 
@@ -54,13 +55,13 @@ async def test_a_client_that_leaves_during_a_resync_is_not_written_back(
     original = liveness.resync
     listed, go_on, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-    async def held_resync(local: Any, **kwargs: Any) -> list[str]:
+    async def held_resync(local: Any, **kwargs: Any) -> Resynced:
         if not any(presence.client_id == "alice" for presence in local):
-            return list(await original(local, **kwargs))
+            return await original(local, **kwargs)
         listed.set()
         await go_on.wait()
         try:
-            return list(await original(local, **kwargs))
+            return await original(local, **kwargs)
         finally:
             finished.set()
 

@@ -14,11 +14,13 @@ from stabilizer.backends.base import (
     NodeReport,
     Presence,
     Registration,
+    Resynced,
     Seat,
     SharedKeys,
+    UserLimit,
 )
 from stabilizer.backends.memory.hub import MemoryHub
-from stabilizer.backends.memory.users import check_seat, public
+from stabilizer.backends.memory.users import check_seat, public, seat_room
 from stabilizer.errors import (
     BackendNotReached,
     BackendUnavailable,
@@ -280,11 +282,13 @@ class MemoryLiveness:
         return removed
 
     async def resync(self, local: Sequence[Presence], *, claims: Collection[str] = (),
-                     session_ttl: float = 0.0, listed_at: float | None = None) -> list[str]:
-        """Re-register local presence (a claiming connection that is newer takes its client
-        over; the other node's older socket is kicked), forget what this node no longer
-        holds (but connections made at or after `listed_at`); return ids another node
-        keeps."""
+                     session_ttl: float = 0.0, listed_at: float | None = None,
+                     user_limit: UserLimit | None = None) -> Resynced:
+        """Re-register local presence, oldest first (a claiming connection that is newer
+        takes its client over; the other node's older socket is kicked; with `user_limit`
+        a connection past it gets no seat, or takes a newer connection's), forget what this
+        node no longer holds (but connections made at or after `listed_at`); return ids
+        another node keeps and connections past the limit."""
         self._node.check()
         hub = self._node.hub
         me = self._node.node_id
@@ -297,21 +301,29 @@ class MemoryLiveness:
             self._forget(client_id, me, time.time() + session_ttl)  # a failed unregister, or older
             hub.node_clients[me].discard(client_id)
         lost: list[str] = []
-        for presence in local:
+        over: dict[tuple[str, str], None] = {}
+        for presence in sorted(local, key=lambda p: (p.since, p.client_id)):
             current = hub.presence.get(presence.client_id)
             if current is not None and current.node_id == me and (
                     current.conn_id != presence.conn_id and current.since > presence.since):
                 continue  # a newer connection of this node holds it now
-            if current is not None and current.node_id != me:
-                newer = presence.since > current.since
-                if presence.client_id not in claims or not newer:
-                    lost.append(presence.client_id)
-                    continue
-                hub.drop_presence(current.client_id)  # ours is newer: take the client over
-                kick = Envelope(Kind.KICK, me, current.client_id, ref=current.conn_id)
-                hub.deliver(current.node_id, encode(kick))
+            elsewhere = current if current is not None and current.node_id != me else None
+            if elsewhere is not None and (presence.client_id not in claims or
+                                          presence.since <= elsewhere.since):
+                lost.append(presence.client_id)
+                continue
+            if user_limit is not None and not seat_room(hub, me, presence, user_limit, over):
+                over[(presence.client_id, presence.conn_id)] = None
+                if current is not None and elsewhere is None and (
+                        current.conn_id != presence.conn_id):  # one it replaced here
+                    hub.drop_presence(current.client_id, current.conn_id)
+                continue
+            if elsewhere is not None:  # ours is newer: take the client over
+                hub.drop_presence(elsewhere.client_id)
+                kick = Envelope(Kind.KICK, me, elsewhere.client_id, ref=elsewhere.conn_id)
+                hub.deliver(elsewhere.node_id, encode(kick))
             hub.set_presence(presence)
-        return lost
+        return Resynced(tuple(lost), tuple(over))
 
     async def unregister_node(self) -> None:
         """Remove this node and its presence."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from stabilizer.backends.base import Presence, Seat
+from stabilizer.backends.base import Presence, Seat, UserLimit
 from stabilizer.backends.memory.hub import MemoryHub
+from stabilizer.config import CloseCode
 from stabilizer.errors import UserConnectionLimitError
 from stabilizer.pure.users import parse_info
+from stabilizer.pure.wire import Envelope, Kind, close_body, encode
 
 if TYPE_CHECKING:
     from stabilizer.backends.memory.nodes import MemoryNode
@@ -35,6 +37,36 @@ def to_user(hub: MemoryHub, user_id: str, envelope: bytes, *, but: str = "") -> 
             if hub.deliver(node_id, envelope) for client_id in client_ids]
 
 
+def seat_room(hub: MemoryHub, node_id: str, presence: Presence, limit: UserLimit,
+              over: dict[tuple[str, str], None]) -> bool:
+    """Whether a connection that node `node_id` resyncs may have a seat of its user: it has
+    one, or the user has room, or it takes the seats of the user's newest connections that
+    are newer than itself (their presence stays until their node closes them: another
+    node gets a CLIENT_CLOSE naming the connection, this node's own go in `over`)."""
+    if presence.user_id is None:
+        return True
+    seats = hub.users.get(presence.user_id, {})
+    if presence.client_id in seats:
+        return True
+    while len(seats) >= limit.max_connections:
+        newest = max(seats.values(), key=_age)
+        if _age(presence) > _age(newest):
+            return False
+        del seats[newest.client_id]
+        if newest.node_id == node_id:
+            over[(newest.client_id, newest.conn_id)] = None
+        else:
+            body = close_body(int(CloseCode.USER_LIMIT), limit.reason)
+            hub.deliver(newest.node_id, encode(Envelope(
+                Kind.CLIENT_CLOSE, node_id, newest.client_id, body, ref=newest.conn_id)))
+    return True
+
+
+def _age(presence: Presence) -> tuple[float, str]:
+    """Oldest first: when the connection was made, then its client id."""
+    return presence.since, presence.client_id
+
+
 def public(presence: Presence) -> Presence:
     """Presence as locate and scan return it: the user's info only comes with connections()."""
     return presence if presence.info is None else dataclasses.replace(presence, info=None)
@@ -47,9 +79,9 @@ class MemoryUsers:
         self._node = node
 
     async def connections(self, user_id: str) -> list[Presence]:
-        """Every connection of `user_id`, with the user's info."""
+        """Every connection of `user_id`, with the user's info, oldest first (as Redis)."""
         self._node.check()
-        return list(self._node.hub.users.get(user_id, {}).values())
+        return sorted(self._node.hub.users.get(user_id, {}).values(), key=_age)
 
     async def count(self) -> int:
         """Users with a connection."""

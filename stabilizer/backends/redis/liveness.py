@@ -11,13 +11,21 @@ from typing import Any, Final
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from stabilizer.backends.base import ORPHAN_GRACE_TTLS, Liveness, NodeReport, Presence
+from stabilizer.backends.base import (
+    ORPHAN_GRACE_TTLS,
+    Liveness,
+    NodeReport,
+    Presence,
+    Resynced,
+    UserLimit,
+)
 from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.keys import entry_of, seat_of, since_us
 from stabilizer.backends.redis.spread import suspend
+from stabilizer.config import CloseCode
 from stabilizer.errors import BackendUnavailable
 from stabilizer.pure.users import info_json
-from stabilizer.pure.wire import kick_prefix
+from stabilizer.pure.wire import client_close_prefix, close_body, kick_prefix, pack_str
 
 logger = logging.getLogger(__name__)
 
@@ -147,38 +155,46 @@ class RedisLiveness:
         return removed
 
     async def resync(self, local: Sequence[Presence], *, claims: Collection[str] = (),
-                     session_ttl: float = 0.0, listed_at: float | None = None) -> list[str]:
-        """Re-register local presence (a claiming connection that is newer takes its client
-        over, the other node's older socket is kicked) and forget entries this node no
-        longer holds, except those made at or after `listed_at`; return client ids another
-        node keeps."""
+                     session_ttl: float = 0.0, listed_at: float | None = None,
+                     user_limit: UserLimit | None = None) -> Resynced:
+        """Re-register local presence, oldest first (a claiming connection that is newer
+        takes its client over, the other node's older socket is kicked; with `user_limit`
+        a connection past it gets no seat, or takes a newer connection's: RESYNC) and
+        forget entries this node no longer holds, except those made at or after
+        `listed_at`; return client ids another node keeps and connections past the limit."""
         core = self._core
         keys = core.keys
         await self._prune_stale({presence.client_id for presence in local}, session_ttl,
                                 listed_at)
         lost: list[str] = []
+        over: list[tuple[str, str]] = []
         by_bucket: dict[int, list[Presence]] = {}
-        for presence in local:
+        for presence in sorted(local, key=lambda p: (since_us(p.since), p.client_id)):
             by_bucket.setdefault(keys.bucket_of(presence.client_id), []).append(presence)
+        limit = user_limit.max_connections if user_limit is not None else 0
+        close = pack_str(close_body(int(CloseCode.USER_LIMIT),
+                                    user_limit.reason if user_limit is not None else ""))
         for bucket, entries in by_bucket.items():
             for start in range(0, len(entries), _RESYNC_BATCH):
                 batch = entries[start:start + _RESYNC_BATCH]
-                args: list[str | bytes] = [
+                args: list[str | bytes | int] = [
                     core.node_id, keys.node_set_prefix(bucket),
-                    keys.node_channel_prefix(bucket), core.publish_command, *core.seat_args()]
+                    keys.node_channel_prefix(bucket), core.publish_command, *core.seat_args(),
+                    limit if keys.seats_here else 0, client_close_prefix(core.node_id), close]
                 for presence in batch:
                     args += [presence.client_id, entry_of(presence),
                              kick_prefix(core.node_id, presence.client_id),
                              "1" if presence.client_id in claims else "0", _seat(presence)]
-                reply = await core.call(core.scripts.resync(
+                kept, refused = await core.call(core.scripts.resync(
                     keys=[keys.presence(bucket), keys.node_set(bucket, core.node_id)],
                     args=args,
                 ), "resync")
-                kept = {text(cid) for cid in reply}
-                lost += sorted(kept)
-                if not keys.seats_here:
-                    await core.follow_seats(_seat_sets(batch, kept), "resync")
-        return lost
+                lost += sorted({text(cid) for cid in kept})
+                pairs = [text(item) for item in refused]
+                over += zip(pairs[::2], pairs[1::2], strict=True)
+                if not keys.seats_here:  # (no limit there: config refuses one)
+                    await core.follow_seats(_seat_sets(batch, set(lost)), "resync")
+        return Resynced(tuple(lost), tuple(dict.fromkeys(over)))
 
     async def _prune_stale(self, local: set[str], session_ttl: float,
                            listed_at: float | None) -> None:

@@ -8,7 +8,7 @@ fixed key prefix (see keys.py); they are never patterns.
 
 from typing import Final
 
-from stabilizer.backends.redis.user_scripts import SEATS_LIB
+from stabilizer.backends.redis.user_scripts import SEAT_LIMIT_LIB, SEATS_LIB
 
 # A Lua function that sets (`new` an entry) or removes (`new` false) a member's presence
 # entry in group `g`: `keys_of` is the group-set prefix ``{ns}:g:``, which names the keys
@@ -141,19 +141,26 @@ return {0, false}
 
 # KEYS: presence hash, own node set.
 # ARGV: 1 node_id, 2 node-set prefix, 3 node-channel prefix, 4 publish command, 5 user-hash
-#       prefix, 6 users set, 7 '1' when the user hashes share this slot, then (client_id,
-#       entry, kick envelope prefix, '1' if it may claim, user seat or '') quintuples.
+#       prefix, 6 users set, 7 '1' when the user hashes share this slot, 8 the users'
+#       connection limit (0 = none; only with 7), 9 CLIENT_CLOSE prefix (wire.py), 10 the
+#       packed close body of a connection past the limit, then (client_id, entry, kick
+#       envelope prefix, '1' if it may claim, user seat or '') quintuples, oldest first.
 # Re-registers entries that are absent or still ours (and their users' seats). Where
 # another node holds a client, that entry stays, unless ours may claim (it was admitted
 # while this node was cut off, so it never overwrote anything) and connected later: then
 # it takes the client over and the other node gets a KICK for its older socket. An entry
 # of this node naming a newer connection (admitted while the caller listed its connections)
-# stays as it is. Returns the client ids another node keeps (our local sockets of them are
-# stale and must close).
-RESYNC: Final = SEATS_LIB + """
+# stays as it is. A connection that needs a seat of a user holding the limit gets one only
+# by taking a newer connection's (seat_room); else it is not registered (and an entry of
+# this node for an earlier connection of its client, which it replaced here, goes).
+# Returns {client ids another node keeps (our local sockets of them are stale and must
+# close), {client id, conn id, ...} of our connections past their user's limit}.
+RESYNC: Final = SEATS_LIB + SEAT_LIMIT_LIB + """
 local lost = {}
-local seats = ARGV[7] == '1'
-for i = 8, #ARGV, 5 do
+local seats, ulimit = ARGV[7] == '1', tonumber(ARGV[8])
+local lim = {node = ARGV[1], over = {}, publish = ARGV[4], channels = ARGV[3],
+             head = ARGV[9], body = ARGV[10]}
+for i = 11, #ARGV, 5 do
   local cid, entry = ARGV[i], ARGV[i + 1]
   local cur = redis.call('HGET', KEYS[1], cid)
   local node, conn, since
@@ -163,17 +170,28 @@ for i = 8, #ARGV, 5 do
   local newer_here = node == ARGV[1] and conn ~= mconn and since and mine
     and tonumber(since) > mine
   local take = (not cur) or (node == ARGV[1] and not newer_here)
-  if not take and ARGV[i + 3] == '1' and node and since and mine
-      and mine > tonumber(since) then
-    take = true
-    redis.call('SREM', ARGV[2] .. node, cid)
-    redis.call(ARGV[4], ARGV[3] .. node, ARGV[i + 2] .. cmsgpack.pack(conn))
-  end
-  if take then
+  local claim = not take and ARGV[i + 3] == '1' and node and since and mine
+    and mine > tonumber(since)
+  local user = entry_user(entry)
+  if (take or claim) and seats and user
+      and not seat_room(ARGV[5], ARGV[6], user, cid, mine, ulimit, lim) then
+    table.insert(lim.over, cid)
+    table.insert(lim.over, mconn)
+    if cur and node == ARGV[1] and conn ~= mconn then
+      redis.call('HDEL', KEYS[1], cid)
+      redis.call('SREM', KEYS[2], cid)
+      local old = entry_user(cur)
+      if old then seat_drop(ARGV[5], ARGV[6], old, cid, conn or '') end
+    end
+  elseif take or claim then
+    if claim then
+      redis.call('SREM', ARGV[2] .. node, cid)
+      redis.call(ARGV[4], ARGV[3] .. node, ARGV[i + 2] .. cmsgpack.pack(conn))
+    end
     redis.call('HSET', KEYS[1], cid, entry)
     redis.call('SADD', KEYS[2], cid)
     if seats then
-      local user, old = entry_user(entry), cur and entry_user(cur)
+      local old = cur and entry_user(cur)
       if old and old ~= user then seat_drop(ARGV[5], ARGV[6], old, cid, conn or '') end
       if user then seat_set(ARGV[5], ARGV[6], user, cid, ARGV[i + 4]) end
     end
@@ -181,7 +199,7 @@ for i = 8, #ARGV, 5 do
     table.insert(lost, cid)
   end
 end
-return lost
+return {lost, lim.over}
 """
 
 

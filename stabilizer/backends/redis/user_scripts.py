@@ -32,6 +32,48 @@ local function seat_set(uprefix, users, user, cid, value)
 end
 """
 
+# seat_room: whether client `cid`'s connection, made at `since` (microseconds), may have a
+# seat of `user` (limit `ulimit`, 0 = none) in a resync: it has one already, or the user has
+# room, or it takes the seats of the user's newest connections that are newer than itself
+# (the seats are dropped; their presence stays until their node closes them: another node
+# gets `head .. cid .. body .. nil .. conn` on its channel, this node's own go in `over` as
+# cid, conn). Oldest first by (since, client id), so that the seats end up with the user's
+# oldest connections whichever node resyncs first.
+SEAT_LIMIT_LIB: Final = """
+local function newest_seat(ukey)
+  local seats = redis.call('HGETALL', ukey)
+  local best
+  for j = 1, #seats, 2 do
+    local node, conn, since = string.match(seats[j + 1], '^([^|]*)|([^|]*)|(%d+)')
+    since = tonumber(since)
+    if since and (not best or since > best.since
+        or (since == best.since and seats[j] > best.cid)) then
+      best = {cid = seats[j], node = node, conn = conn, since = since}
+    end
+  end
+  return best
+end
+local function seat_room(uprefix, users, user, cid, since, ulimit, lim)
+  local ukey = uprefix .. user
+  if ulimit <= 0 or redis.call('HEXISTS', ukey, cid) == 1 then return true end
+  while redis.call('HLEN', ukey) >= ulimit do
+    local newest = newest_seat(ukey)
+    if not newest or since > newest.since or (since == newest.since and cid > newest.cid) then
+      return false
+    end
+    seat_drop(uprefix, users, user, newest.cid, newest.conn)
+    if newest.node == lim.node then
+      table.insert(lim.over, newest.cid)
+      table.insert(lim.over, newest.conn)
+    else
+      redis.call(lim.publish, lim.channels .. newest.node, lim.head
+        .. cmsgpack.pack(newest.cid) .. lim.body .. '\\192' .. cmsgpack.pack(newest.conn))
+    end
+  end
+  return true
+end
+"""
+
 # KEYS: users set. ARGV: user-hash prefix, then (op, user, client id, arg) quadruples: op
 # 's' records the seat `arg`, op 'd' drops the seat if it names conn `arg` ('' = any).
 # The follow-up of the presence scripts when presence lives in other slots.

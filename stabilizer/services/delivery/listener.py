@@ -28,8 +28,8 @@ KickHandler = Callable[[str, str | None], None]
 UserCloseHandler = Callable[[str, int, str], object]
 
 #: Closes the local connection of a client with (code, reason) (an emitter's
-#: disconnect_client).
-ClientCloseHandler = Callable[[str, int, str], object]
+#: disconnect_client), only the one with the conn id, when given (a resync's user limit).
+ClientCloseHandler = Callable[[str, int, str, str | None], object]
 #: Settles the acknowledgement this node waits for under `ref` with (ref, outcome (None:
 #: acknowledged), the client that answered (None: a node of an older version did not say)).
 AckHandler = Callable[[str | None, str | None, str | None], None]
@@ -138,7 +138,10 @@ class Listener:
             self._close(self._on_user_close, envelope.target, envelope.payload)
         elif (kind is Kind.CLIENT_CLOSE and envelope.target and self._on_client_close
               and isinstance(envelope.payload, str)):
-            self._close(self._on_client_close, envelope.target, envelope.payload)
+            on_close, conn_id = self._on_client_close, envelope.ref
+            self._close(lambda client_id, code, reason: on_close(client_id, code, reason,
+                                                                 conn_id),
+                        envelope.target, envelope.payload)
         elif kind is Kind.ACK and self._on_ack is not None and (
                 envelope.payload is None or isinstance(envelope.payload, str)):
             self._on_ack(envelope.ref, envelope.payload, envelope.target)

@@ -51,11 +51,13 @@ class Membership:
 
     def __init__(self, ctx: NodeContext, events: Events,
                  on_unfollow: Callable[[str], None],
-                 on_forget: Callable[[Connection], None] | None = None) -> None:
+                 on_forget: Callable[[Connection], None] | None = None,
+                 on_leave: Callable[[Connection, str], None] | None = None) -> None:
         self._ctx = ctx
         self._events = events
         self._on_unfollow = on_unfollow  # a stream no local connection follows any more
         self._on_forget = on_forget  # a connection closed
+        self._on_leave = on_leave  # a local connection left a group, however it left
         self._turns = Turns()  # one change of a client's local memberships at a time
         self._doubts = Doubts()
         self._backend_log = RateLimitedLog(logger)
@@ -239,8 +241,11 @@ class Membership:
         await self._local.join(conn, group)
 
     async def leave_local(self, conn: Connection, group: str) -> None:
-        """Drop local membership (see LocalGroups.leave)."""
+        """Drop local membership (see LocalGroups.leave); a member no more follows nothing
+        of the group (its presence included)."""
         self._book.ended(conn, group)
+        if self._on_leave is not None:
+            self._on_leave(conn, group)
         await self._local.leave(conn, group)
 
     async def start_afresh(self, conn: Connection) -> None:

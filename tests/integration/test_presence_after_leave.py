@@ -1,0 +1,61 @@
+"""A client the server takes out of a channel (`leave_group`, on its own node or from
+another) stops getting the channel's presence. The watcher its subscribe made was dropped
+only on the client's own unsubscribe, its close, or when no local member was left: while
+another local connection still followed the channel, the removed client went on getting
+every `presence_diff`, who joined and left and their metadata."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stabilizer import SubscribeRequest, WebSocketConfig, WebSocketConnectionManager
+from stabilizer.pure.v2 import ChannelRequest
+from tests.conftest import ManagerFactory
+from tests.support.fakes import FakeSocket
+
+
+def _diffs(sock: FakeSocket) -> list[dict[str, object]]:
+    frames = [json.loads(text) for text in sock.texts()]
+    return [frame for frame in frames if frame.get("type") == "presence_diff"]
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def config(request: pytest.FixtureRequest) -> WebSocketConfig:
+    quiet = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+    if request.param == "memory":
+        return WebSocketConfig(**quiet)
+    return WebSocketConfig(redis_url=request.getfixturevalue("redis_url"),
+                           namespace=request.getfixturevalue("namespace"), **quiet)
+
+
+async def test_a_client_taken_out_of_a_channel_stops_getting_its_presence(
+        make_manager: ManagerFactory, config: WebSocketConfig) -> None:
+    manager: WebSocketConnectionManager = make_manager(config)
+
+    def allow(request: SubscribeRequest) -> dict[str, str]:
+        return {"name": request.client_id}
+
+    manager.on_subscribe(allow)
+    await manager.start()
+    socks = {name: FakeSocket(name) for name in ("alice", "carol", "dave")}
+    for name, sock in socks.items():
+        await manager.connect(name, sock)
+    channels = manager._node.sessions.channels
+    for name in ("alice", "carol"):
+        conn = manager.get_connection(name)
+        assert conn is not None
+        await channels.subscribe(conn, ChannelRequest(1, "room", None, presence=True))
+    await manager.leave_group("alice", "room")
+    alice = manager.get_connection("alice")
+    assert alice is not None
+    assert "room" not in alice.groups
+    seen_by_alice = len(_diffs(socks["alice"]))
+    dave = manager.get_connection("dave")
+    assert dave is not None
+    await channels.subscribe(dave, ChannelRequest(1, "room", None, presence=True))
+    carol = socks["carol"]
+    while not any("dave" in json.dumps(diff) for diff in _diffs(carol)):  # carol, a member,
+        await carol.next()  # hears of dave (each frame she gets, awaited: no sleep)
+    assert len(_diffs(socks["alice"])) == seen_by_alice  # alice hears of nobody any more

@@ -3,6 +3,11 @@
 the session's other frames; at most ``rpc_max_in_flight`` run at once, each counts against
 the message rate limit, and those still running when the session ends are cancelled
 (their client is gone).
+
+Requests naming the same channel are the exception: each waits for the one sent before
+it, so they take effect in the order sent (an unsubscribe right after a subscribe leaves
+the client out, two publishes arrive in order); other channels' requests and calls go on
+beside them.
 """
 
 from __future__ import annotations
@@ -43,13 +48,14 @@ class Calls:
         self._procedures = procedures
         self._channels = channels
         self._running: dict[CallId, asyncio.Task[None]] = {}
+        self._newest: dict[str, asyncio.Task[None]] = {}  # by channel: the one to wait for
 
     def start(self, conn: Connection, kind: str, body: Mapping[str, Any],
               bucket: TokenBucket | None) -> None:
         """Answer a request frame of type `kind` (one of REQUESTS): start it, or reply at
         once why not."""
         try:
-            ident, work = self._work(conn, kind, body)
+            ident, channel, work = self._work(conn, kind, body)
         except BadCallError as exc:
             self._reply(conn, reply_error_frame(exc.call_id, "bad_request", str(exc)))
             return
@@ -69,32 +75,42 @@ class Calls:
             self._reply(conn, reply_error_frame(ident, "rate_limited",
                                                 "over the connection's message rate"))
         else:
-            task = ctx.tasks.spawn(self._answer(conn, kind, ident, work),
+            before = self._newest.get(channel) if channel is not None else None
+            task = ctx.tasks.spawn(self._answer(conn, kind, ident, work, before),
                                    name=f"stabilizer-{kind}-{conn.conn_id}")
             self._running[ident] = task
-            task.add_done_callback(lambda done: self._finished(ident, done))
+            if channel is not None:
+                self._newest[channel] = task
+            task.add_done_callback(lambda done: self._finished(ident, channel, done))
 
-    def _work(self, conn: Connection, kind: str,
-              body: Mapping[str, Any]) -> tuple[CallId, Callable[[], Awaitable[str | list[str]]]]:
+    def _work(self, conn: Connection, kind: str, body: Mapping[str, Any],
+              ) -> tuple[CallId, str | None, Callable[[], Awaitable[str | list[str]]]]:
+        """The request's id, the channel it names (None for an rpc), and its work."""
         if kind == "rpc":
             call = parse_rpc(body)
             asked = RPCCall(method=call.method, params=call.params, client_id=conn.client_id,
                             user_id=conn.user_id, conn_id=conn.conn_id, metadata=conn.metadata)
-            return call.call_id, lambda: self._procedures.answer(call.call_id, asked)
+            return call.call_id, None, lambda: self._procedures.answer(call.call_id, asked)
         request = parse_channel_request(kind, body)
         channels = self._channels
         action = {"subscribe": channels.subscribe, "unsubscribe": channels.unsubscribe,
                   "publish": channels.publish}[kind]
-        return request.call_id, lambda: action(conn, request)
+        return request.call_id, request.channel, lambda: action(conn, request)
 
-    def _finished(self, ident: CallId, task: asyncio.Task[None]) -> None:
+    def _finished(self, ident: CallId, channel: str | None, task: asyncio.Task[None]) -> None:
         if self._running.get(ident) is task:
             del self._running[ident]
+        if channel is not None and self._newest.get(channel) is task:
+            del self._newest[channel]
 
     async def _answer(self, conn: Connection, kind: str, ident: CallId,
-                      work: Callable[[], Awaitable[str | list[str]]]) -> None:
-        """Run a request and send its reply: every request whose id could be read gets one,
-        even when something of ours failed under it (logged here, not sent)."""
+                      work: Callable[[], Awaitable[str | list[str]]],
+                      before: asyncio.Task[None] | None) -> None:
+        """Run a request (once `before`, the one sent before it on its channel, ended) and
+        send its reply: every request whose id could be read gets one, even when something
+        of ours failed under it (logged here, not sent)."""
+        if before is not None and not before.done():
+            await asyncio.wait([before])  # (its outcome, even its cancellation, is its own)
         try:
             answer = await work()  # (the reply first; a subscribe may add frames after it)
         except Exception:

@@ -1,0 +1,144 @@
+"""A v2 client's requests on one channel take effect in the order it sent them. Over real
+sockets (uvicorn in the test's loop), on the in-process backend and on Redis.
+
+Before, each request ran in a task of its own with nothing between them: an unsubscribe
+sent right after a subscribe of the same channel could finish before the subscribe's hook
+did, both were answered with success, and the client ended a member receiving the
+channel's messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, WebSocket
+from websockets.asyncio.client import ClientConnection
+
+from stabilizer import RPCCall, SubscribeRequest, WebSocketConfig, WebSocketConnectionManager
+from stabilizer.fastapi import lifespan, session
+from tests.integration.test_hostile_text import next_frame, v2_client
+from tests.support.inproc_uvicorn import served
+
+
+class Gate:
+    """An on_subscribe hook that holds every subscribe until `release` is set."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, int] = {}
+        self.release = asyncio.Event()
+
+    async def __call__(self, request: SubscribeRequest) -> bool:
+        self.asked[request.channel] = self.asked.get(request.channel, 0) + 1
+        await self.release.wait()
+        return True
+
+
+def _app(manager: WebSocketConnectionManager, gate: Gate) -> FastAPI:
+    app = FastAPI(lifespan=lifespan(manager))
+
+    @app.websocket("/ws")
+    async def endpoint(websocket: WebSocket) -> None:
+        async with session(manager, websocket) as client:
+            async for _message in client:
+                pass
+
+    async def echo(call: RPCCall) -> Any:
+        return call.params
+
+    manager.on_subscribe(gate)
+    manager.rpc("echo")(echo)
+    return app
+
+
+@asynccontextmanager
+async def gated_server(config: WebSocketConfig, monkeypatch: pytest.MonkeyPatch,
+                       ) -> AsyncIterator[tuple[str, WebSocketConnectionManager, Gate]]:
+    manager = WebSocketConnectionManager(config)
+    gate = Gate()
+    async with served(_app(manager, gate), "websockets-sansio", monkeypatch) as server:
+        yield f"ws://127.0.0.1:{server.port}/ws", manager, gate
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def config(request: pytest.FixtureRequest) -> WebSocketConfig:
+    settings: dict[str, Any] = {"heartbeat_interval": 60, "heartbeat_timeout": 120}
+    if request.param == "redis":
+        settings.update(redis_url=request.getfixturevalue("redis_url"),
+                        namespace=request.getfixturevalue("namespace"))
+    return WebSocketConfig(**settings)
+
+
+async def send(ws: ClientConnection, **frame: Any) -> None:
+    await ws.send(json.dumps(frame))
+
+
+Replies = dict[Any, dict[str, Any]]
+
+
+async def replies(ws: ClientConnection, count: int, got: Replies | None = None) -> Replies:
+    """`got` and further reply frames, by id, until there are `count` (any other frame is
+    a failure)."""
+    got = dict(got or {})
+    while len(got) < count:
+        frame = await next_frame(ws)
+        assert frame["type"] == "reply", frame
+        got[frame["id"]] = frame
+    return got
+
+
+async def fence(ws: ClientConnection) -> Replies:
+    """Send an rpc after the frames before it and await its reply, which means the server
+    read them all and started each (an rpc runs beside channel requests); return the
+    other replies that came first."""
+    await send(ws, type="rpc", id="fence", method="echo", params="fence")
+    got = {}
+    while (frame := await next_frame(ws)).get("id") != "fence":
+        assert frame["type"] == "reply", frame
+        got[frame["id"]] = frame
+    assert frame == {"type": "reply", "id": "fence", "result": "fence"}
+    return got
+
+
+async def test_an_unsubscribe_sent_right_after_a_subscribe_leaves_the_client_out(
+        config: WebSocketConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with gated_server(config, monkeypatch) as (url, manager, gate):
+        ws = await v2_client(url, "flip")
+        channels = [f"flip:{i}" for i in range(5)]
+        for i, channel in enumerate(channels):
+            await send(ws, type="subscribe", id=2 * i, channel=channel)
+            await send(ws, type="unsubscribe", id=2 * i + 1, channel=channel)
+        early = await fence(ws)  # every unsubscribe was read while its subscribe waited
+        assert set(gate.asked) == set(channels)
+        gate.release.set()
+        got = await replies(ws, 2 * len(channels), early)
+        assert all("result" in reply for reply in got.values()), got
+        client_id = "flip"
+        assert await manager.get_client_groups(client_id) == []
+        for channel in channels:
+            assert await manager.get_group_members(channel) == []
+        # and no message of theirs reaches it: the next frame is the one sent after them
+        for channel in channels:
+            await manager.send_to_group(channel, "after unsubscribe")
+        await manager.send_to_client(client_id, "direct")
+        frame = await next_frame(ws)
+        assert (frame["type"], frame["data"]) == ("message", "direct")
+        await ws.close()
+
+
+async def test_requests_on_other_channels_are_not_held_up(
+        config: WebSocketConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with gated_server(config, monkeypatch) as (url, manager, gate):
+        ws = await v2_client(url, "busy")
+        await send(ws, type="subscribe", id=1, channel="held")
+        await send(ws, type="unsubscribe", id=2, channel="other")  # not a member: fine
+        assert await next_frame(ws) == {"type": "reply", "id": 2,
+                                        "result": {"channel": "other"}}
+        gate.release.set()
+        assert await next_frame(ws) == {"type": "reply", "id": 1,
+                                        "result": {"channel": "held"}}
+        assert await manager.get_client_groups("busy") == ["held"]
+        await ws.close()

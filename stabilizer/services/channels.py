@@ -11,6 +11,7 @@ nobody), and whether presence may be asked for.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Final
 
 from stabilizer.channels import PublishHook, PublishRequest, SubscribeHook, SubscribeRequest
@@ -46,6 +47,9 @@ class Channels:
         self._router = router
         self._on_subscribe: SubscribeHook | None = None
         self._on_publish: PublishHook | None = None
+        # by conn_id: the channels its subscribes in flight would add (they count towards
+        # max_channels_per_connection before they join, or concurrent ones all pass)
+        self._joining: dict[str, Counter[str]] = {}
 
     def on_subscribe(self, hook: SubscribeHook) -> SubscribeHook:
         """Set the hook that allows or refuses a client's subscribe.
@@ -77,10 +81,35 @@ class Channels:
         hook = self._on_subscribe
         if hook is None:
             return reply_error_frame(ident, FORBIDDEN, "this server takes no subscriptions")
-        limit = self._ctx.config.max_channels_per_connection
-        if limit is not None and conn.group_count >= limit and channel not in conn.groups:
+        limit = self._over_limit(conn, channel)
+        if limit is not None:
             return reply_error_frame(ident, LIMIT_EXCEEDED, f"a connection may be in at most "
                                      f"{limit} channels; unsubscribe from one first")
+        joining = self._joining.setdefault(conn.conn_id, Counter())
+        joining[channel] += 1
+        try:
+            return await self._subscribe(conn, request, hook)
+        finally:
+            joining[channel] -= 1
+            if not joining[channel]:
+                del joining[channel]
+            if not joining:
+                del self._joining[conn.conn_id]
+
+    def _over_limit(self, conn: Connection, channel: str) -> int | None:
+        """max_channels_per_connection when a subscribe of `channel` would take `conn` past
+        it, counting the channels its subscribes in flight would add; else None."""
+        limit = self._ctx.config.max_channels_per_connection
+        joining = self._joining.get(conn.conn_id, Counter[str]())
+        if limit is None or channel in conn.groups or channel in joining:
+            return None
+        adding = sum(1 for other in joining if other not in conn.groups)
+        return limit if conn.group_count + adding >= limit else None
+
+    async def _subscribe(self, conn: Connection, request: ChannelRequest,
+                         hook: SubscribeHook) -> str | list[str]:
+        """subscribe, once the limit let it through."""
+        ident, channel = request.call_id, request.channel
         has_presence = self._ctx.config.channel_options(channel).presence
         if request.presence and not has_presence:
             return reply_error_frame(ident, BAD_REQUEST, f"channel {channel!r} has no "

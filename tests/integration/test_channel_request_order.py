@@ -1,15 +1,18 @@
-"""A v2 client's requests on one channel take effect in the order it sent them. Over real
-sockets (uvicorn in the test's loop), on the in-process backend and on Redis.
+"""A v2 client's requests on one channel take effect in the order it sent them, and its
+subscribes in flight count towards max_channels_per_connection. Over real sockets (uvicorn
+in the test's loop), on the in-process backend and on Redis.
 
 Before, each request ran in a task of its own with nothing between them: an unsubscribe
 sent right after a subscribe of the same channel could finish before the subscribe's hook
 did, both were answered with success, and the client ended a member receiving the
-channel's messages."""
+channel's messages. And every subscribe in flight passed the limit's check before any of
+them joined, so a client could exceed the limit by up to rpc_max_in_flight - 1."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,11 +31,11 @@ class Gate:
     """An on_subscribe hook that holds every subscribe until `release` is set."""
 
     def __init__(self) -> None:
-        self.asked: dict[str, int] = {}
+        self.asked: Counter[str] = Counter()
         self.release = asyncio.Event()
 
     async def __call__(self, request: SubscribeRequest) -> bool:
-        self.asked[request.channel] = self.asked.get(request.channel, 0) + 1
+        self.asked[request.channel] += 1
         await self.release.wait()
         return True
 
@@ -141,4 +144,24 @@ async def test_requests_on_other_channels_are_not_held_up(
         assert await next_frame(ws) == {"type": "reply", "id": 1,
                                         "result": {"channel": "held"}}
         assert await manager.get_client_groups("busy") == ["held"]
+        await ws.close()
+
+
+async def test_subscribes_in_flight_count_towards_the_channel_limit(
+        config: WebSocketConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = config.replace(max_channels_per_connection=3)
+    async with gated_server(config, monkeypatch) as (url, manager, gate):
+        ws = await v2_client(url, "greedy")
+        for i in range(6):
+            await send(ws, type="subscribe", id=i, channel=f"ch:{i}")
+        early = await fence(ws)  # every subscribe started (and met the limit's check)
+        gate.release.set()
+        got = await replies(ws, 6, early)
+        codes = Counter("ok" if "result" in r else r["error"]["code"] for r in got.values())
+        assert codes == {"ok": 3, "limit_exceeded": 3}
+        assert len(await manager.get_client_groups("greedy")) == 3
+        # a subscribe again to a channel it is in is no new channel: allowed at the limit
+        ok = [int(i) for i, r in got.items() if "result" in r]
+        await send(ws, type="subscribe", id=10, channel=f"ch:{ok[0]}")
+        assert "result" in await next_frame(ws)
         await ws.close()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,39 @@ class Subscriptions:
     def __init__(self) -> None:
         self.active: dict[str, tuple[OnMessage | None, JSONValue]] = {}
         self.presences: dict[str, ChannelPresence] = {}  # subscribed with presence
+        # The server takes a channel's requests in the order sent, so a subscribe answered
+        # after an unsubscribe sent later is undone by it: each request gets a number, and
+        # the last unsubscribe's is kept while subscribes of its channel are in flight.
+        self._numbers = itertools.count()
+        self._subscribing: Counter[str] = Counter()
+        self._left: dict[str, int] = {}
+
+    def subscribing(self, channel: str) -> int:
+        """A subscribe of `channel` is about to be sent: its number, for `subscribed`."""
+        self._subscribing[channel] += 1
+        return next(self._numbers)
+
+    def subscribed(self, channel: str, number: int, entry: tuple[OnMessage | None, JSONValue]
+                   | None) -> None:
+        """The subscribe `number` ended: with `entry` (callback, params) when it succeeded;
+        it counts only when no unsubscribe of its channel was sent after it."""
+        left = self._left.get(channel, -1) > number
+        self._subscribing[channel] -= 1
+        if not self._subscribing[channel]:
+            del self._subscribing[channel]
+            self._left.pop(channel, None)
+        if entry is not None and not left:
+            self.active[channel] = entry
+        elif channel not in self.active and channel not in self._subscribing:
+            self.presences.pop(channel, None)  # (the copy its subscribe made)
+
+    def unsubscribing(self, channel: str) -> None:
+        """An unsubscribe of `channel` is about to be sent: forget it, even when a
+        subscribe sent before is answered later."""
+        self.active.pop(channel, None)
+        self.presences.pop(channel, None)
+        if channel in self._subscribing:
+            self._left[channel] = next(self._numbers)
 
     async def presence_frame(self, frame: Mapping[str, Any]) -> None:
         """Hand a ``presence_state`` or ``presence_diff`` frame to its channel's copy."""
@@ -112,15 +147,15 @@ class Requests:
             copy = subscriptions.presences.setdefault(channel, ChannelPresence(channel))
             if on_presence is not None:
                 copy.on_change(on_presence)
+        number = subscriptions.subscribing(channel)
         try:
             await self._calls.call(
                 self._wait_open, lambda ident: channel_frame(
                     "subscribe", ident, channel, params, presence=presence), timeout)
         except BaseException:
-            if presence and channel not in subscriptions.active:
-                subscriptions.presences.pop(channel, None)
+            subscriptions.subscribed(channel, number, None)
             raise
-        subscriptions.active[channel] = (on_message, params)
+        subscriptions.subscribed(channel, number, (on_message, params))
 
     def presence(self, channel: str) -> ChannelPresence:
         """The presence of `channel`, which this client subscribed to with presence=True.
@@ -140,8 +175,7 @@ class Requests:
             RPCError: ``unavailable``, ``timeout`` or ``disconnected``.
         """
         self._ready("unsubscribe")
-        self._subscriptions.active.pop(channel, None)
-        self._subscriptions.presences.pop(channel, None)
+        self._subscriptions.unsubscribing(channel)
         self._frames.positions.forget(group_stream(channel))
         await self._calls.call(self._wait_open, functools.partial(_unsubscribe_frame, channel),
                                timeout)

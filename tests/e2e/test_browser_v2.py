@@ -413,6 +413,45 @@ async def test_frames_on_the_wire_refresh_and_close_codes(page: Page) -> None:
         assert server.connections.empty()
 
 
+async def test_an_unsubscribe_made_while_the_subscribe_waits_for_its_reply_wins(
+        page: Page) -> None:
+    """The page does not await subscribe before it unsubscribes: the subscribe's reply,
+    coming after, must not bring the subscription back (the server took the unsubscribe
+    last). Before, the channel's onMessage kept its messages and a reconnect subscribed
+    to it again."""
+    async with ScriptedV2Server() as server:
+        tab = await Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
+                             device="tab-1", backoffBaseMs=10)
+        ws = await server.accept()
+        await frame_of(ws)  # connect
+        await ws.send(session_frame("r1", "tab-1"))
+        await tab.wait_state("open")
+        await page.evaluate("""() => {
+          window.routed = [];
+          window.subscribing = window.conn.subscribe("room", (data) => window.routed.push(data));
+        }""")
+        subscribe = await frame_of(ws)
+        assert (subscribe["type"], subscribe["channel"]) == ("subscribe", "room")
+        await page.evaluate("() => { window.leaving = window.conn.unsubscribe('room'); }")
+        unsubscribe = await frame_of(ws)
+        assert (unsubscribe["type"], unsubscribe["channel"]) == ("unsubscribe", "room")
+        for request in (subscribe, unsubscribe):  # the server's order: as sent
+            await ws.send(json.dumps({"type": "reply", "id": request["id"],
+                                      "result": {"channel": "room"}}))
+        await page.evaluate("Promise.all([window.subscribing, window.leaving])")
+        await ws.send(json.dumps({"type": "message", "channel": "room", "data": "stray"}))
+        await tab.until("() => window.routed.length || window.log.some((e) => "
+                        "e[0] === 'message')")
+        assert await tab.value("window.routed") == []  # no onMessage: it left
+        assert await tab.events("message") == [["stray", None]]
+        await ws.close(1012, '{"retry_ms": 10}')  # a fresh session: nothing to subscribe
+        ws = await server.accept()
+        await frame_of(ws)  # connect
+        await ws.send(session_frame("r2", "tab-1"))
+        await tab.value("window.conn.send('after')")
+        assert await frame_of(ws) == {"type": "message", "data": "after"}
+
+
 async def test_a_get_token_that_gives_no_string_ends_the_connection(page: Page) -> None:
     async with ScriptedV2Server() as server:
         await page.goto(server.base + "/")

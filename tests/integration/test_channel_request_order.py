@@ -22,7 +22,9 @@ from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import ClientConnection
 
 from stabilizer import RPCCall, SubscribeRequest, WebSocketConfig, WebSocketConnectionManager
+from stabilizer.client import RetryPolicy, connect
 from stabilizer.fastapi import lifespan, session
+from tests.integration.test_emitter import until
 from tests.integration.test_hostile_text import next_frame, v2_client
 from tests.support.inproc_uvicorn import served
 
@@ -165,3 +167,41 @@ async def test_subscribes_in_flight_count_towards_the_channel_limit(
         await send(ws, type="subscribe", id=10, channel=f"ch:{ok[0]}")
         assert "result" in await next_frame(ws)
         await ws.close()
+
+
+async def test_the_python_client_leaves_a_channel_it_unsubscribed_while_subscribing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The application does not await the subscribe before it unsubscribes: the client
+    must not take the subscribe's late success for a subscription (it subscribed to it
+    again after every reconnect)."""
+    config = WebSocketConfig(heartbeat_interval=60, heartbeat_timeout=120)  # no history
+    async with (
+        gated_server(config, monkeypatch) as (url, manager, gate),
+        connect(url, protocol=2, retry=RetryPolicy(base=0.01, cap=0.05)) as client,
+    ):
+        subscribing = asyncio.create_task(client.subscribe("left"))
+        await until(lambda: _true(gate.asked["left"] == 1))
+        unsubscribing = asyncio.create_task(client.unsubscribe("left"))
+        fenced = asyncio.create_task(client.rpc("echo", 1))  # sent after the unsubscribe
+        assert await asyncio.wait_for(fenced, 5) == 1
+        gate.release.set()
+        await asyncio.wait_for(asyncio.gather(subscribing, unsubscribing), 5)
+        await client.subscribe("kept")  # (subscribed again after "left", if that were kept)
+        client_id = client.client_id
+        assert client_id is not None
+        assert await manager.get_client_groups(client_id) == ["kept"]
+        # a reconnect into a session without history: the client subscribes again to
+        # what it believes it is subscribed to, in the order it subscribed
+        await manager.disconnect(client_id, code=1012, reason='{"retry_ms": 10}')
+        await until(lambda: _true(gate.asked["kept"] == 2), timeout=10)
+
+        async def kept_again() -> bool:
+            return await manager.get_group_members("kept") == [client_id]
+
+        await until(kept_again)
+        assert gate.asked["left"] == 1
+        assert await manager.get_client_groups(client_id) == ["kept"]
+
+
+async def _true(value: bool) -> bool:
+    return value

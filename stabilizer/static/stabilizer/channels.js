@@ -18,6 +18,12 @@ export function subscribeFrame(channel, params, presence = false) {
 export class Channels {
   #channels = new Map();  // subscribed channel -> {onMessage, params}
   #presences = new Map();  // channel -> Presence, for those that follow it
+  // The server takes a channel's requests in the order sent, so a subscribe answered after
+  // an unsubscribe sent later is undone by it: each request gets a number, and the last
+  // unsubscribe's is kept while subscribes of its channel are in flight.
+  #numbers = 0;
+  #subscribing = new Map();  // channel -> subscribes in flight
+  #left = new Map();  // channel -> the number of its last unsubscribe
 
   get size() { return this.#channels.size; }
 
@@ -25,8 +31,35 @@ export class Channels {
 
   has(channel) { return this.#channels.has(channel); }
 
-  add(channel, onMessage, params) {
-    this.#channels.set(channel, { onMessage, params });
+  /** A subscribe of `channel` is about to be sent: its number, for `subscribed`. */
+  subscribing(channel) {
+    this.#subscribing.set(channel, (this.#subscribing.get(channel) ?? 0) + 1);
+    return ++this.#numbers;
+  }
+
+  /** The subscribe `number` ended: with `entry` ({onMessage, params}) when it succeeded; it
+   * counts only when no unsubscribe of its channel was sent after it. */
+  subscribed(channel, number, entry = null) {
+    const left = (this.#left.get(channel) ?? 0) > number;
+    const still = this.#subscribing.get(channel) - 1;
+    if (still) {
+      this.#subscribing.set(channel, still);
+    } else {
+      this.#subscribing.delete(channel);
+      this.#left.delete(channel);
+    }
+    if (entry !== null && !left) {
+      this.#channels.set(channel, entry);
+    } else if (!this.#channels.has(channel) && !still) {
+      this.#presences.delete(channel);  // (the copy its subscribe made)
+    }
+  }
+
+  /** An unsubscribe of `channel` is about to be sent: forget it, even when a subscribe sent
+   * before is answered later. */
+  unsubscribing(channel) {
+    this.delete(channel);
+    if (this.#subscribing.has(channel)) this.#left.set(channel, ++this.#numbers);
   }
 
   delete(channel) {

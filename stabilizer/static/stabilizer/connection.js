@@ -94,13 +94,14 @@ export class Connection {
   async subscribe(channel, onMessage = null,
                   { params = null, presence = false, timeoutMs = 30000 } = {}) {
     if (presence) this.#channels.presence(channel, true);
+    const number = this.#channels.subscribing(channel);
     try {
       await this.#request(subscribeFrame(channel, params, presence), timeoutMs);
     } catch (err) {
-      if (presence && !this.#channels.has(channel)) this.#channels.delete(channel);
+      this.#channels.subscribed(channel, number);
       throw err;
     }
-    this.#channels.add(channel, onMessage, params);
+    this.#channels.subscribed(channel, number, { onMessage, params });
   }
 
   /** v2: the presence of a channel subscribed with `presence: true` (else null). */
@@ -108,7 +109,7 @@ export class Connection {
 
   /** v2: leave `channel`. */
   async unsubscribe(channel, { timeoutMs = 30000 } = {}) {
-    this.#channels.delete(channel);
+    this.#channels.unsubscribing(channel);
     delete this.#positions[`g:${channel}`];  // a resume carries no stream the client left
     await this.#request({ type: "unsubscribe", channel }, timeoutMs);
   }

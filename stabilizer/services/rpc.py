@@ -80,7 +80,8 @@ async def guarded(ctx: NodeContext, call_id: int | str, what: str, client_id: st
                   work: Callable[[], Awaitable[Any] | Any]) -> tuple[Any, str | None]:
     """Run the application's code for a client's call, bounded by rpc_timeout: (its value,
     None), or (None, the ``reply`` frame that refuses the call): the RPCError it raised,
-    ``timeout``, or ``internal`` for any other exception (logged here, not sent)."""
+    ``timeout``, or ``internal`` for any other exception, a CancelledError that is not the
+    task's own cancellation included (logged here, not sent)."""
     try:
         async with asyncio.timeout(ctx.config.rpc_timeout) as deadline:
             result = work()
@@ -100,6 +101,19 @@ async def guarded(ctx: NodeContext, call_id: int | str, what: str, client_id: st
         logger.warning("%s of client %r ran past rpc_timeout (%gs) and was cancelled", what,
                        client_id, ctx.config.rpc_timeout)
         return None, reply_error_frame(call_id, TIMEOUT, "it did not finish in time")
+    except asyncio.CancelledError:
+        if is_cancelling():
+            raise  # the call's own: its client is gone, or the node stops
+        # the code awaited something cancelled elsewhere: its failure, like any other
+        logger.error("%s of client %r failed", what, client_id, exc_info=True)
+        return None, reply_error_frame(call_id, INTERNAL, "internal error")
     except Exception:
         logger.error("%s of client %r failed", what, client_id, exc_info=True)
         return None, reply_error_frame(call_id, INTERNAL, "internal error")
+
+
+def is_cancelling() -> bool:
+    """Whether the running task is being cancelled (a CancelledError it catches is its
+    own), rather than handed one from something it awaited."""
+    current = asyncio.current_task()
+    return current is None or current.cancelling() > 0

@@ -32,7 +32,7 @@ from stabilizer.pure.v2 import (
 )
 from stabilizer.rpc import RPCCall
 from stabilizer.services.channels import Channels
-from stabilizer.services.rpc import Procedures
+from stabilizer.services.rpc import Procedures, is_cancelling
 
 logger = logging.getLogger("stabilizer.rpc")
 
@@ -113,6 +113,11 @@ class Calls:
             await asyncio.wait([before])  # (its outcome, even its cancellation, is its own)
         try:
             answer = await work()  # (the reply first; a subscribe may add frames after it)
+        except asyncio.CancelledError:
+            if is_cancelling():
+                raise  # its client is gone, or the node stops: no one to answer
+            logger.exception("%s %r of client %r failed", kind, ident, conn.client_id)
+            answer = reply_error_frame(ident, "internal", "internal error")
         except Exception:
             logger.exception("%s %r of client %r failed", kind, ident, conn.client_id)
             answer = reply_error_frame(ident, "internal", "internal error")

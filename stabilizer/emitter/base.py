@@ -93,6 +93,7 @@ class EmitterBase:
         self._origin = emitter_origin()
         self._tasks = TaskOwner()  # the backend's helper tasks (pipelined script batches)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0  # the process whose loop it serves (0: none yet)
         self._opening: asyncio.Lock | None = None
         self._opened = False
         self._closed = False
@@ -121,10 +122,13 @@ class EmitterBase:
 
     async def aclose(self) -> None:
         """Stop its helper tasks and close the Redis client it made (a client passed in
-        stays open); a second call does nothing."""
+        stays open); a second call does nothing. In a forked child, it only marks the
+        inherited emitter closed: its tasks and connections are the parent's."""
         if self._closed:
             return
         self._closed = True
+        if self._forked():
+            return
         await self._tasks.stop(_STOP_GRACE)
         await self._backend.aclose()
 
@@ -137,9 +141,13 @@ class EmitterBase:
         """
         if self._closed:
             raise WebSocketStabilizerError("this Emitter is closed; make a new one")
+        if self._forked():
+            raise WebSocketStabilizerError(
+                f"this Emitter serves process {self._pid}, which this one was forked from; "
+                "make a new one in this process (SyncEmitter does it by itself)")
         loop = asyncio.get_running_loop()
         if self._loop is None:
-            self._loop = loop
+            self._loop, self._pid = loop, os.getpid()
         elif self._loop is not loop:
             raise WebSocketStabilizerError(
                 "an Emitter serves the event loop it first ran on; make one per loop "
@@ -155,6 +163,10 @@ class EmitterBase:
                         round_trips=2)
                     self._opened = True
         return self._backend
+
+    def _forked(self) -> bool:
+        """True in a process forked from the one whose loop this emitter serves."""
+        return self._pid not in (0, os.getpid())
 
     async def _ask(self, awaitable: Awaitable[T], *, round_trips: int = 1) -> T:
         """Await a backend operation of `round_trips` round trips, bounded as a node's are

@@ -3,14 +3,26 @@
 It runs one Emitter on a private event loop in a daemon thread and waits for each call, so
 both share one implementation. The thread and the Redis connections are made on first use,
 in the process that uses them: a SyncEmitter made at import time in a Celery parent works
-in each forked worker (a child that inherits one already started starts its own).
+in each forked worker, and one the parent already used too (the child starts its own).
+
+A forked child shares the open file descriptions of what it inherits with its parent: the
+sockets and the epoll instance of the parent's loop. Closing or collecting the inherited
+transports (at the child's exit, in a gc pass) would unregister the parent's sockets from
+that epoll instance (EPOLL_CTL_DEL acts on the shared instance), or write on the parent's
+connections, and the parent's next call would wait for a reply it is never woken for. So
+right after a fork, the child points its own copies of those descriptors at inert stand-ins
+and keeps the inherited objects for good (see _disown).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
+import selectors
+import sys
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
@@ -40,7 +52,9 @@ class _Runner:
 
     def __init__(self, make: Callable[[], Emitter]) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        # a selector of our own, so that a forked child can find the descriptors to disown
+        self.selector = selectors.DefaultSelector()
+        self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(self.selector)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                        name="stabilizer-sync-emitter")
         self.thread.start()
@@ -67,6 +81,40 @@ class _Runner:
                 self.loop.close()
 
 
+#: Runners a forked child inherited, kept so that they are never finalised in the child.
+_INHERITED: Final[list[_Runner]] = []
+#: Every SyncEmitter of the process, for the fork hook.
+_EMITTERS: Final[weakref.WeakSet[SyncEmitter]] = weakref.WeakSet()
+
+
+def _disown(runner: _Runner) -> None:
+    """In a forked child, make an inherited runner inert: point the child's copies of the
+    descriptors its loop polls (the Redis sockets, the loop's wake-up pipe) at /dev/null and
+    of its epoll instance at a new empty one, so that nothing the child does to the copies,
+    closing or collecting them included, reaches the parent's; and keep it referenced."""
+    _INHERITED.append(runner)
+    fds = [key.fd for key in runner.selector.get_map().values()]
+    with open(os.devnull, "rb") as null:
+        for fd in fds:
+            os.dup2(null.fileno(), fd, inheritable=False)
+    if sys.platform == "linux" and isinstance(runner.selector, selectors.EpollSelector):
+        fresh = select.epoll()
+        try:
+            os.dup2(fresh.fileno(), runner.selector.fileno(), inheritable=False)
+        finally:
+            fresh.close()
+    # (kqueue descriptors are not inherited; poll and select keep no state in the kernel)
+
+
+def _after_fork_in_child() -> None:
+    for emitter in list(_EMITTERS):
+        emitter._forked()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class SyncEmitter:
     """A blocking Emitter: the same operations, arguments, results and exceptions, called
     from code that is not async. Close it with close() (or ``with``).
@@ -90,6 +138,7 @@ class SyncEmitter:
         self._runner: _Runner | None = None
         self._lock = threading.Lock()
         self._closed = False
+        _EMITTERS.add(self)
 
     @property
     def config(self) -> WebSocketConfig:
@@ -111,12 +160,23 @@ class SyncEmitter:
         if runner is not None and runner.pid == os.getpid():
             runner.stop()
 
+    def _forked(self) -> None:
+        """In a forked child (the only thread): disown the parent's runner; the next call
+        starts the child's own."""
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            _disown(runner)
+
     def _run(self, call: Callable[[Emitter], Awaitable[T]], *, bounded: bool = True) -> T:
         with self._lock:
             if self._closed:
                 raise WebSocketStabilizerError("this SyncEmitter is closed; make a new one")
             runner = self._runner
-            if runner is None or runner.pid != os.getpid():  # first use, or a forked child
+            if runner is not None and runner.pid != os.getpid():  # forked past the hook
+                _disown(runner)
+                runner = None
+            if runner is None:
                 runner = self._runner = _Runner(self._make)
         if threading.current_thread() is runner.thread:
             raise WebSocketStabilizerError("a SyncEmitter cannot be called from its own loop")

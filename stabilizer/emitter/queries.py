@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from stabilizer.backends.base import Presence
+from stabilizer.channel_options import require_presence
 from stabilizer.emitter.base import EmitterBase, check_user
 from stabilizer.pure.presence import PresenceMap, parse_entry, presence_of
 from stabilizer.pure.text import check_group
@@ -77,9 +78,10 @@ class ClusterQueries(EmitterBase):
 
         Raises:
             ValueError: the group name is not usable.
+            PresenceDisabledError: the group's namespace turns presence off.
             BackendUnavailable: Redis cannot be reached.
         """
-        name = check_group(group)
+        name = self._with_presence(group)
         backend = await self._ready()
         _, entries = await self._ask(backend.groups.presence_state(name))
         return presence_of(entry for raw in entries.values()
@@ -90,9 +92,10 @@ class ClusterQueries(EmitterBase):
 
         Raises:
             ValueError: the group name is not usable.
+            PresenceDisabledError: the group's namespace turns presence off.
             BackendUnavailable: Redis cannot be reached.
         """
-        name = check_group(group)
+        name = self._with_presence(group)
         backend = await self._ready()
         return await self._ask(backend.groups.count_presence(name))
 
@@ -125,3 +128,9 @@ class ClusterQueries(EmitterBase):
         """
         backend = await self._ready()
         return await self._ask(backend.liveness.nodes())
+
+    def _with_presence(self, group: str) -> str:
+        """Return `group` if usable and its namespace keeps presence (channel_namespaces)."""
+        name = check_group(group)
+        require_presence(self._config.channel_options(name), name)
+        return name

@@ -16,6 +16,8 @@ from stabilizer.backends.memory import MemoryBackend, MemoryHub
 from stabilizer.config import WebSocketConfig
 from stabilizer.errors import (
     AuthenticationError,
+    BackendNotReached,
+    BackendUnavailable,
     ConfigError,
     WebSocketStabilizerError,
 )
@@ -137,7 +139,7 @@ class EmitterBase:
 
         Raises:
             WebSocketStabilizerError: the emitter is closed, or used from another loop.
-            BackendUnavailable: Redis cannot be reached.
+            BackendNotReached: it could not connect (so the operation sent nothing).
         """
         if self._closed:
             raise WebSocketStabilizerError("this Emitter is closed; make a new one")
@@ -157,10 +159,16 @@ class EmitterBase:
                 self._opening = asyncio.Lock()
             async with self._opening:
                 if not self._opened:  # PING and SCRIPT LOAD: two round trips
-                    await self._ask(self._backend.open(
-                        self._origin, self._tasks, events=self._config.cluster_events,
-                        sessions=self._config.history_enabled, receives=False),
-                        round_trips=2)
+                    try:
+                        await self._ask(self._backend.open(
+                            self._origin, self._tasks, events=self._config.cluster_events,
+                            sessions=self._config.history_enabled, receives=False),
+                            round_trips=2)
+                    except BackendNotReached:
+                        raise
+                    except BackendUnavailable as exc:  # before the operation's request
+                        raise BackendNotReached(
+                            f"{exc}; the emitter could not connect: nothing was sent") from exc
                     self._opened = True
         return self._backend
 
@@ -177,6 +185,23 @@ class EmitterBase:
         """
         return await within_round_trips(awaitable, self._config.op_timeout, round_trips,
                                         "redis")
+
+    async def _write(self, awaitable: Awaitable[T], *, round_trips: int = 1) -> T:
+        """_ask for an operation with an effect (a send, a disconnect, a group change).
+
+        Raises:
+            BackendNotReached: Redis was certainly not reached: it took no effect.
+            BackendUnavailable: it failed after the request may have gone out: it may have
+                taken effect (Redis ran it but did not answer in time), the message says
+                "outcome unknown".
+        """
+        try:
+            return await self._ask(awaitable, round_trips=round_trips)
+        except BackendNotReached:
+            raise
+        except BackendUnavailable as exc:
+            raise BackendUnavailable(f"{exc}; outcome unknown: it may have taken effect, "
+                                     "and doing it again may repeat it") from exc
 
     def _client(self, client_id: object) -> str:
         """Return `client_id` if usable (InvalidClientIdError otherwise)."""

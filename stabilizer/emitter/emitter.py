@@ -11,7 +11,10 @@ their namespace, history settings, channel_namespaces, presence_buckets and
 cluster_events).
 
 Unlike a replica, an emitter has no local clients to fall back on: when Redis cannot be
-reached every operation raises BackendUnavailable.
+reached every operation raises BackendUnavailable. From a send, a disconnect or a group
+change, BackendNotReached (a BackendUnavailable) means it certainly took no effect; any other
+BackendUnavailable means the outcome is unknown (Redis may have run it without answering in
+time), and doing it again may do it twice.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ class Emitter(ClusterQueries):
         Raises:
             TypeError: the message is not text, bytes or JSON-serializable.
             InvalidClientIdError: `exclude_client` is not a usable client id.
-            BackendUnavailable: Redis cannot be reached.
+            BackendUnavailable: Redis failed or did not answer: it may have taken effect
+                (unless it is a BackendNotReached: then it certainly did not).
         """
         payload = encode_message(message)
         exclude = None if exclude_client is None else self._client(exclude_client)
@@ -74,7 +78,8 @@ class Emitter(ClusterQueries):
             ValueError: the group name is not usable.
             TypeError: the message is not text, bytes or JSON-serializable.
             InvalidClientIdError: `exclude_client` is not a usable client id.
-            BackendUnavailable: Redis cannot be reached.
+            BackendUnavailable: Redis failed or did not answer: it may have taken effect
+                (unless it is a BackendNotReached: then it certainly did not).
         """
         name = check_group(group)
         payload = encode_message(message)
@@ -89,7 +94,8 @@ class Emitter(ClusterQueries):
         Raises:
             InvalidClientIdError: the client id is empty, too long or not text.
             TypeError: the message is not text, bytes or JSON-serializable.
-            BackendUnavailable: Redis cannot be reached.
+            BackendUnavailable: Redis failed or did not answer: it may have taken effect
+                (unless it is a BackendNotReached: then it certainly did not).
         """
         client = self._client(client_id)
         payload = encode_message(message)
@@ -97,7 +103,7 @@ class Emitter(ClusterQueries):
         backend = await self._ready()
         if self.history:
             return (await self._sequence(Target("client", client), envelope)).offset > 0
-        return await self._ask(backend.routing.route(client, encode(envelope)))
+        return await self._write(backend.routing.route(client, encode(envelope)))
 
     async def send_to_user(self, user_id: str, message: Message) -> int:
         """Send to every connection of `user_id` on every node; return how many connections
@@ -106,7 +112,8 @@ class Emitter(ClusterQueries):
         Raises:
             ValueError: the user id is not a non-empty string of at most 256 characters.
             TypeError: the message is not text, bytes or JSON-serializable.
-            BackendUnavailable: Redis cannot be reached.
+            BackendUnavailable: Redis failed or did not answer: it may have taken effect
+                (unless it is a BackendNotReached: then it certainly did not).
         """
         user = check_user(user_id)
         payload = encode_message(message)
@@ -114,7 +121,7 @@ class Emitter(ClusterQueries):
         backend = await self._ready()
         if self.history:
             return (await self._sequence(Target("user", user), envelope)).receivers
-        return len(await self._ask(backend.users.route(user, encode(envelope))))
+        return len(await self._write(backend.users.route(user, encode(envelope))))
 
     # --- disconnects ------------------------------------------------------------------
 
@@ -127,13 +134,14 @@ class Emitter(ClusterQueries):
         Raises:
             ValueError: the user id is not usable, or `code` cannot be sent (1000, 1001,
                 1008, 1011-1013, 3000-4999 can).
-            BackendUnavailable: Redis cannot be reached.
+            BackendUnavailable: Redis failed or did not answer: it may have taken effect
+                (unless it is a BackendNotReached: then it certainly did not).
         """
         user = check_user(user_id)
         body = _close_body(code, reason)
         backend = await self._ready()
         envelope = Envelope(Kind.USER_CLOSE, self._origin, user, body)
-        return len(await self._ask(backend.users.route(user, encode(envelope))))
+        return len(await self._write(backend.users.route(user, encode(envelope))))
 
     async def disconnect_client(self, client_id: str, *, code: int = CloseCode.NORMAL,
                                 reason: str = "disconnected by the server") -> bool:
@@ -143,13 +151,14 @@ class Emitter(ClusterQueries):
         Raises:
             InvalidClientIdError: the client id is empty, too long or not text.
             ValueError: `code` cannot be sent (1000, 1001, 1008, 1011-1013, 3000-4999 can).
-            BackendUnavailable: Redis cannot be reached.
+            BackendUnavailable: Redis failed or did not answer: it may have taken effect
+                (unless it is a BackendNotReached: then it certainly did not).
         """
         client = self._client(client_id)
         body = _close_body(code, reason)
         backend = await self._ready()
         envelope = Envelope(Kind.CLIENT_CLOSE, self._origin, client, body)
-        return await self._ask(backend.routing.route(client, encode(envelope)))
+        return await self._write(backend.routing.route(client, encode(envelope)))
 
     # --- groups -----------------------------------------------------------------------
 
@@ -161,13 +170,14 @@ class Emitter(ClusterQueries):
             InvalidClientIdError: the client id is empty, too long or not text.
             ValueError: the group name is not usable.
             ConnectionNotFoundError: the client is not connected anywhere.
-            BackendUnavailable: Redis cannot be reached.
+            BackendUnavailable: Redis failed or did not answer: it may have taken effect
+                (unless it is a BackendNotReached: then it certainly did not).
         """
         client, name = self._client(client_id), check_group(group)
         backend = await self._ready()
         if await self._ask(backend.presence.locate(client)) is None:
             raise ConnectionNotFoundError(f"client {client!r} is not connected")
-        change = await self._ask(backend.groups.join(client, name))
+        change = await self._write(backend.groups.join(client, name))
         await self._tell_owner(client, name, _JOIN, change.holder)
 
     async def leave_group(self, client_id: str, group: str) -> None:
@@ -176,11 +186,12 @@ class Emitter(ClusterQueries):
         Raises:
             InvalidClientIdError: the client id is empty, too long or not text.
             ValueError: the group name is not usable.
-            BackendUnavailable: Redis cannot be reached.
+            BackendUnavailable: Redis failed or did not answer: it may have taken effect
+                (unless it is a BackendNotReached: then it certainly did not).
         """
         client, name = self._client(client_id), check_group(group)
         backend = await self._ready()
-        change = await self._ask(backend.groups.leave(client, name))
+        change = await self._write(backend.groups.leave(client, name))
         await self._tell_owner(client, name, _LEAVE, change.holder)
 
     async def _tell_owner(self, client_id: str, group: str, action: str,
@@ -189,7 +200,7 @@ class Emitter(ClusterQueries):
         was written for (the node takes what Redis lists for any other)."""
         envelope = Envelope(Kind.MEMBERSHIP, self._origin, client_id, group, ref=action,
                             holder=holder)
-        await self._ask(self._backend.groups.route_change(
+        await self._write(self._backend.groups.route_change(
             client_id, group, member=action == _JOIN, envelope=encode(envelope)))
 
     # --- the machinery ----------------------------------------------------------------
@@ -204,14 +215,14 @@ class Emitter(ClusterQueries):
         raw = encode(envelope)
         sending = (backend.routing.publish(raw) if target.kind == "all"
                    else backend.groups.publish(target.name, raw))
-        return BroadcastResult(0, 0, 0, remote_nodes=await self._ask(sending))
+        return BroadcastResult(0, 0, 0, remote_nodes=await self._write(sending))
 
     async def _sequence(self, target: Target, envelope: Envelope) -> Sequenced:
         """One SEQUENCE script, with the sizes and lifetimes a replica's SequencedRouter
         gives it (a direct message with several presence buckets looks the owner up
         first: two round trips)."""
         config = self._config
-        return await self._ask(self._backend.history.sequence(
+        return await self._write(self._backend.history.sequence(
             target, envelope, size=config.history_size, ttl=config.history_ttl,
             meta_ttl=max(config.history_ttl, config.session_ttl) + 60.0),
             round_trips=2 if target.kind == "client" else 1)

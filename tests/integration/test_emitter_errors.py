@@ -1,23 +1,87 @@
-"""What the emitter's exceptions tell a caller: a presence query on a namespace without
-presence is refused as the replicas refuse it."""
+"""What the emitter's exceptions tell a caller: whether a failed send may have gone out
+(BackendUnavailable, outcome unknown) or certainly did not (BackendNotReached), and that a
+presence query on a namespace without presence is refused as the replicas refuse it."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from stabilizer import (
+    BackendUnavailable,
     ChannelOptions,
     Emitter,
     PresenceDisabledError,
     SyncEmitter,
     WebSocketConfig,
 )
+from stabilizer.errors import BackendNotReached
 from tests.conftest import ManagerFactory
-from tests.integration.test_emitter import QUIET
+from tests.integration.test_emitter import MODES, QUIET, data
+from tests.support.fakes import FakeSocket
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
+
+
+# Keeps Redis busy for ARGV[1] ms: it reads nothing else meanwhile, then serves what came.
+BUSY = """local t = redis.call('TIME')
+local stop = t[1] * 1000000 + t[2] + ARGV[1] * 1000
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= stop"""
+
+
+def command(*parts: str) -> bytes:
+    """One command in RESP."""
+    encoded = [part.encode() for part in parts]
+    return b"".join([f"*{len(encoded)}\r\n".encode(),
+                     *(b"$%d\r\n%s\r\n" % (len(part), part) for part in encoded)])
+
+
+@pytest.mark.parametrize("settings", MODES)
+async def test_a_send_redis_took_but_did_not_answer_says_its_outcome_is_unknown(
+        make_manager: ManagerFactory, private_redis: RedisServer, namespace: str,
+        settings: dict[str, Any]) -> None:
+    config = WebSocketConfig(redis_url=private_redis.url, namespace=namespace, **settings)
+    node = make_manager(config.replace(node_id="node-a", **QUIET))
+    await node.start()
+    bob = FakeSocket("bob")
+    await node.connect("bob", bob)
+    async with Emitter(config=config.replace(op_timeout=0.3)) as emitter:
+        assert await emitter.get_nodes() == ["node-a"]  # connected
+        reader, writer = await asyncio.open_connection("127.0.0.1", private_redis.port)
+        try:
+            # written before the send: Redis runs the script first, then the send
+            writer.write(command("EVAL", BUSY, "0", "2000"))
+            await writer.drain()
+            with pytest.raises(BackendUnavailable, match="outcome unknown") as raised:
+                await emitter.send_to_client("bob", "once")
+            async with asyncio.timeout(10):
+                assert await reader.readline() == b"$-1\r\n"  # the script is done
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert not isinstance(raised.value, BackendNotReached)
+        assert await data(bob, bool(settings)) == "once"  # it did go out
+        await emitter.send_to_client("bob", "next")
+        assert await data(bob, bool(settings)) == "next"  # and only once
+
+
+@pytest.mark.parametrize("settings", MODES)
+async def test_a_send_that_reached_no_redis_raises_backend_not_reached(
+        private_redis: RedisServer, namespace: str, settings: dict[str, Any]) -> None:
+    url = private_redis.url
+    private_redis.stop(kill=True)
+    async with Emitter(url, namespace=namespace, op_timeout=0.5, **settings) as emitter:
+        sends: list[Callable[[], Awaitable[object]]] = [
+            lambda: emitter.broadcast("x"), lambda: emitter.send_to_client("bob", "x"),
+            lambda: emitter.send_to_group("room", "x"),
+            lambda: emitter.send_to_user("ann", "x"), lambda: emitter.disconnect_user("ann")]
+        for send in sends:
+            with pytest.raises(BackendNotReached, match="nothing was sent"):
+                await send()
 
 
 async def test_presence_queries_refuse_a_namespace_without_presence(

@@ -135,7 +135,9 @@ class RedisCore:
         except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             self.available = False
             self.stats.observe(op, time.perf_counter() - started, False)
-            raise BackendUnavailable(f"redis unavailable: {exc or type(exc).__name__}") from exc
+            detail = str(exc) or (f"no answer within {self.op_timeout:g}s"
+                                  if isinstance(exc, TimeoutError) else type(exc).__name__)
+            raise BackendUnavailable(f"redis unavailable: {detail}") from exc
         finally:
             if not awaited and asyncio.iscoroutine(awaitable):
                 awaitable.close()  # timed out or cancelled while waiting for a slot

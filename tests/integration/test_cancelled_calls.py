@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI
 
 from stabilizer import (
     PublishRequest,
@@ -24,8 +24,8 @@ from stabilizer import (
     WebSocketConfig,
     WebSocketConnectionManager,
 )
-from stabilizer.fastapi import lifespan, session
 from tests.integration.test_hostile_text import next_frame, v2_client
+from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
 
 
@@ -54,13 +54,7 @@ class Held:
 
 
 def _app(manager: WebSocketConnectionManager, held: Held) -> FastAPI:
-    app = FastAPI(lifespan=lifespan(manager))
-
-    @app.websocket("/ws")
-    async def endpoint(websocket: WebSocket) -> None:
-        async with session(manager, websocket) as client:
-            async for _message in client:
-                pass
+    app = session_app(manager)
 
     async def inner_cancel(call: RPCCall) -> Any:
         await cancelled_elsewhere()

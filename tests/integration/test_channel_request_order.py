@@ -18,14 +18,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection
 
 from stabilizer import RPCCall, SubscribeRequest, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.client import RetryPolicy, connect
-from stabilizer.fastapi import lifespan, session
 from tests.integration.test_emitter import until
 from tests.integration.test_hostile_text import next_frame, v2_client
+from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
 
 
@@ -43,13 +43,7 @@ class Gate:
 
 
 def _app(manager: WebSocketConnectionManager, gate: Gate) -> FastAPI:
-    app = FastAPI(lifespan=lifespan(manager))
-
-    @app.websocket("/ws")
-    async def endpoint(websocket: WebSocket) -> None:
-        async with session(manager, websocket) as client:
-            async for _message in client:
-                pass
+    app = session_app(manager)
 
     async def echo(call: RPCCall) -> Any:
         return call.params

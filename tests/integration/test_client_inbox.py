@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI
 
 from stabilizer import RPCCall, RPCError, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.client import RetryPolicy, connect
-from stabilizer.fastapi import lifespan, session
+from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
 
 INBOX = 2
@@ -28,13 +28,7 @@ AHEAD = 5  # messages the server sends before a reply: more than the inbox holds
 def notifying_app(manager: WebSocketConnectionManager, asked: asyncio.Event) -> FastAPI:
     """`notify` sends its caller AHEAD messages, then returns; `stall` sends them, says so
     and never returns."""
-    app = FastAPI(lifespan=lifespan(manager))
-
-    @app.websocket("/ws")
-    async def endpoint(websocket: WebSocket) -> None:
-        async with session(manager, websocket) as client:
-            async for _message in client:
-                pass
+    app = session_app(manager)
 
     @manager.rpc("notify")
     async def notify(call: RPCCall) -> str:

@@ -9,23 +9,17 @@ import asyncio
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI
 
 from stabilizer import SubscribeRequest, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.client import ResumeResult, RetryPolicy, connect
-from stabilizer.fastapi import lifespan, session
 from tests.integration.test_emitter import until
+from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
 
 
 def history_app(manager: WebSocketConnectionManager, asked: list[str]) -> FastAPI:
-    app = FastAPI(lifespan=lifespan(manager))
-
-    @app.websocket("/ws")
-    async def endpoint(websocket: WebSocket) -> None:
-        async with session(manager, websocket) as client:
-            async for _message in client:
-                pass
+    app = session_app(manager)
 
     async def allow(request: SubscribeRequest) -> bool:
         asked.append(request.channel)

@@ -1,0 +1,23 @@
+"""Small FastAPI apps the tests serve with a real uvicorn."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, WebSocket
+
+from stabilizer import WebSocketConnectionManager
+from stabilizer.fastapi import lifespan, session
+
+
+def session_app(manager: WebSocketConnectionManager) -> FastAPI:
+    """An app whose /ws holds a session (the client named by stabilizer: a v2 client's
+    device, else a device of its own) until the client leaves; messages go unread. The
+    app's lifespan starts and stops `manager`."""
+    app = FastAPI(lifespan=lifespan(manager))
+
+    @app.websocket("/ws")
+    async def endpoint(websocket: WebSocket) -> None:
+        async with session(manager, websocket) as client:
+            async for _message in client:
+                pass
+
+    return app

@@ -44,6 +44,26 @@ async def pair(make_manager: ManagerFactory, redis_url: str, namespace: str,
     return a, b
 
 
+def hold_fresh_session(manager: WebSocketConnectionManager, client_id: str,
+                       monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold `client_id`'s next fresh session on `manager` right after the store opened it
+    (registered, its session begun, not in the pool yet): set `opened` then, and go on once
+    the test sets `release`."""
+    sessions = manager.backend.sessions
+    activate = sessions.activate
+    opened, release = asyncio.Event(), asyncio.Event()
+
+    async def held_open(held_id: str, **kwargs: Any) -> Any:
+        baselines = await activate(held_id, **kwargs)
+        if kwargs.get("fresh") and held_id == client_id:
+            opened.set()
+            await release.wait()
+        return baselines
+
+    monkeypatch.setattr(sessions, "activate", held_open)
+    return opened, release
+
+
 @asynccontextmanager
 async def admitting(a: WebSocketConnectionManager, b: WebSocketConnectionManager,
                     monkeypatch: pytest.MonkeyPatch,
@@ -182,18 +202,7 @@ async def test_with_history_what_comes_while_a_fresh_session_is_admitted_reaches
     stream order moved past it and the connection never got it, nor a `recovered: false`."""
     a, b = await pair(make_manager, redis_url, namespace, history_size=50,
                       history_ttl=60.0, session_ttl=60.0)
-    sessions = b.backend.sessions
-    activate = sessions.activate
-    opened, release = asyncio.Event(), asyncio.Event()
-
-    async def held_open(client_id: str, **kwargs: Any) -> Any:
-        baselines = await activate(client_id, **kwargs)
-        if kwargs.get("fresh") and client_id == "c1":
-            opened.set()
-            await release.wait()
-        return baselines
-
-    monkeypatch.setattr(sessions, "activate", held_open)
+    opened, release = hold_fresh_session(b, "c1", monkeypatch)
     sock = FakeSocket("c1")
     admitting_c1 = asyncio.create_task(b.connect("c1", sock))
     await opened.wait()  # registered, and the session began: not in B's pool yet

@@ -28,7 +28,7 @@ from tests.conftest import ManagerFactory
 from tests.integration.test_cluster import Cluster, cluster, started
 from tests.integration.test_emitter import until
 from tests.integration.test_groups_history import HISTORY, resume_on
-from tests.integration.test_pending_admissions import pair
+from tests.integration.test_pending_admissions import hold_fresh_session, pair
 from tests.support.fakes import FakeSocket
 
 __all__ = ["cluster"]  # the fixture, re-exported for pytest
@@ -144,18 +144,7 @@ async def test_a_catch_up_that_finds_its_stream_lost_tells_the_client(
     session began before it), then the store lost everything before B read it back for c1:
     c1 is told it lost its stream (before, it got neither the message nor a word)."""
     a, b = await pair(make_manager, redis_url, namespace, **HISTORY)
-    sessions = b.backend.sessions
-    activate = sessions.activate
-    opened, release = asyncio.Event(), asyncio.Event()
-
-    async def held_open(client_id: str, **kwargs: Any) -> Any:
-        baselines = await activate(client_id, **kwargs)
-        if kwargs.get("fresh") and client_id == "c1":
-            opened.set()
-            await release.wait()
-        return baselines
-
-    monkeypatch.setattr(sessions, "activate", held_open)
+    opened, release = hold_fresh_session(b, "c1", monkeypatch)
     sock = FakeSocket("c1")
     admitting_c1 = asyncio.create_task(b.connect("c1", sock))
     await opened.wait()

@@ -15,7 +15,6 @@ from typing import Any
 import jwt
 import pytest
 import websockets
-from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -28,7 +27,7 @@ from stabilizer import (
     WebSocketConnectionManager,
 )
 from stabilizer.auth import JWTAuthenticator
-from stabilizer.fastapi import lifespan, session
+from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
@@ -58,15 +57,7 @@ async def serving(monkeypatch: pytest.MonkeyPatch, authenticator: Authenticator 
                   **settings: Any) -> AsyncIterator[tuple[str, WebSocketConnectionManager]]:
     manager = WebSocketConnectionManager(WebSocketConfig(**{**QUIET, **settings}),
                                          authenticator=authenticator)
-    app = FastAPI(lifespan=lifespan(manager))
-
-    @app.websocket("/ws")
-    async def endpoint(websocket: WebSocket) -> None:
-        async with session(manager, websocket) as conn:
-            async for _ in conn:
-                pass
-
-    async with served(app, "websockets-sansio", monkeypatch) as server:
+    async with served(session_app(manager), "websockets-sansio", monkeypatch) as server:
         yield f"ws://127.0.0.1:{server.port}/ws", manager
 
 

@@ -175,3 +175,13 @@ def presence_diff_frame(channel: str, diff: Mapping[str, object]) -> str:
     """The changes of a channel's presence since the last frame: ``joins`` and ``leaves``."""
     return _dump({"type": "presence_diff", "channel": channel, "joins": diff["joins"],
                   "leaves": diff["leaves"]})
+
+
+#: The ``reason`` of an ``unsubscribed`` frame: the server (the application, or a settle
+#: with the backend) ended the subscription, not the client.
+UNSUBSCRIBED_BY_SERVER: Final = "server"
+
+
+def unsubscribed_frame(channel: str, reason: str = UNSUBSCRIBED_BY_SERVER) -> str:
+    """The server took a v2 client out of `channel` without its asking."""
+    return _dump({"type": "unsubscribed", "channel": channel, "reason": reason})

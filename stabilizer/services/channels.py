@@ -166,7 +166,7 @@ class Channels:
         """Leave the channel (any group the client is in: it need not listen to any)."""
         self._watch.abort(conn, request.channel)
         try:
-            await self._membership.leave(conn.client_id, request.channel)
+            await self._membership.leave(conn.client_id, request.channel, asked=True)
         except BackendUnavailable as exc:
             return reply_error_frame(request.call_id, UNAVAILABLE, f"not unsubscribed: {exc}")
         return reply_frame(request.call_id, {"channel": request.channel})

@@ -129,8 +129,8 @@ class Membership:
             except BaseException:
                 # the write failed or its outcome is unknown: not a member here until the
                 # settle that follows (when the backend answers again) reads what it lists
-                if not had:
-                    await self.leave_local(conn, group)
+                if not had:  # (its subscribe, if it was one, is answered with an error)
+                    await self.leave_local(conn, group, tell=False)
                 raise
             if entry is not None and conn.is_open:  # (a closed one's book is forgotten)
                 self._book.learned(conn, group, entry, mark)
@@ -138,8 +138,9 @@ class Membership:
             self._events.membership(_JOIN, client_id, group)
         await self._after_local(conn, group, _JOIN, change.holder)
 
-    async def leave(self, client_id: str, group: str) -> None:
-        """Remove a client on any node from a group (no error if it was not a member).
+    async def leave(self, client_id: str, group: str, *, asked: bool = False) -> None:
+        """Remove a client on any node from a group (no error if it was not a member). A v2
+        client is told, unless it `asked` to leave (its unsubscribe is answered instead).
 
         Raises:
             BackendUnavailable: the backend cannot be reached.
@@ -156,7 +157,7 @@ class Membership:
             change = await self._written(client_id, ctx.ask(
                 ctx.backend.groups.leave(client_id, group),
                 round_trips=MEMBERSHIP_ROUND_TRIPS))
-            await self.leave_local(conn, group)
+            await self.leave_local(conn, group, tell=not asked)
         if change.changed:
             self._events.membership(_LEAVE, client_id, group)
         await self._after_local(conn, group, _LEAVE, change.holder)
@@ -240,19 +241,21 @@ class Membership:
         """Record local membership (see LocalGroups.join)."""
         await self._local.join(conn, group)
 
-    async def leave_local(self, conn: Connection, group: str) -> None:
+    async def leave_local(self, conn: Connection, group: str, *, tell: bool = True) -> None:
         """Drop local membership (see LocalGroups.leave); a member no more follows nothing
-        of the group (its presence included)."""
+        of the group (its presence included). A v2 member is told (`tell`) unless the leave
+        is its own unsubscribe, its close, a failed join's undoing or a fresh session's start
+        (not greeted yet: nothing may precede its session frame)."""
         self._book.ended(conn, group)
         if self._on_leave is not None:
             self._on_leave(conn, group)
-        await self._local.leave(conn, group)
+        await self._local.leave(conn, group, tell=tell)
 
     async def start_afresh(self, conn: Connection) -> None:
         """The backend ended every membership of `conn`'s client (a fresh session): `conn`
         keeps none here either, not even one applied before the session began. Call it in
         the client's turn."""
-        await self._agree(conn, [])
+        await self._agree(conn, [], tell=False)
 
     async def forget(self, conn: Connection) -> None:
         """A connection closed: drop its local memberships (its cluster membership is the
@@ -261,7 +264,7 @@ class Membership:
             self._on_forget(conn)
         self._book.forget(conn)
         for group in conn.groups:
-            await self.leave_local(conn, group)
+            await self.leave_local(conn, group, tell=False)
         if self._ctx.pool.get(conn.client_id) in (None, conn):  # (not replaced here)
             self._on_unfollow(client_stream(conn.client_id))
         if conn.user_id is not None and not self._ctx.pool.of_user(conn.user_id):
@@ -325,14 +328,14 @@ class Membership:
         return {group: entry for group, entry in self._book.entries(conn).items()
                 if group in conn.groups}
 
-    async def _agree(self, conn: Connection, listed: list[str]) -> None:
+    async def _agree(self, conn: Connection, listed: list[str], *, tell: bool = True) -> None:
         wanted = set(listed)
         joined = sorted(wanted - conn.groups)
         left = sorted(conn.groups - wanted)
         for group in joined:
             await self._join_written(conn, group)
         for group in left:
-            await self.leave_local(conn, group)
+            await self.leave_local(conn, group, tell=tell)
         if joined or left:
             logger.warning("memberships of %r disagreed with the backend: joined %s, left %s",
                            conn.client_id, joined, left)

@@ -5,12 +5,15 @@ member and unsubscribes on its last). groups.py keeps it in step with the backen
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from stabilizer.connection.connection import Connection, State
+from stabilizer.connection.sockets import Frame
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
+from stabilizer.pure.frames import unsubscribed_frame
 from stabilizer.pure.streams import group_stream
 
 
@@ -67,9 +70,14 @@ class LocalGroups:
         elif not members and self._members.get(group) is members:
             await self._unfollow(group)  # it closed while we subscribed
 
-    async def leave(self, conn: Connection, group: str) -> None:
-        """Drop local membership; stop following the group when its last local member left."""
+    async def leave(self, conn: Connection, group: str, *, tell: bool = False) -> None:
+        """Drop local membership; stop following the group when its last local member left.
+        With `tell`, a v2 connection that was a member is offered an ``unsubscribed`` frame
+        (after the leave: no message of the group follows it)."""
+        was_member = group in conn.groups
         conn.leave(group)
+        if tell and was_member and conn.protocol >= 2 and conn.is_open:
+            conn.offer(Frame.text(unsubscribed_frame(group)), time.monotonic())
         members = self._members.get(group)
         if members is None or conn not in members:
             return  # (not a member here: a first member's subscribe may be under way)

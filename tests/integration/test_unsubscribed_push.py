@@ -53,15 +53,15 @@ async def test_the_clients_own_unsubscribe_gets_its_reply_alone(
 
 async def test_a_plain_client_gets_nothing_new(
         config: WebSocketConfig, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with chat_server(config, monkeypatch) as (url, manager, _):
-        async with websockets.connect(url) as ws:
-            session = json.loads(await ws.recv())
-            assert session["type"] == "session"
-            client_id = session["client_id"]
-            await manager.join_group(client_id, "room")
-            await manager.leave_group(client_id, "room")
-            await manager.send_to_client(client_id, "after")
-            assert await ws.recv() == "after"  # the first frame after the session's
+    async with (chat_server(config, monkeypatch) as (url, manager, _),
+                websockets.connect(url) as ws):
+        session = json.loads(await ws.recv())
+        assert session["type"] == "session"
+        client_id = session["client_id"]
+        await manager.join_group(client_id, "room")
+        await manager.leave_group(client_id, "room")
+        await manager.send_to_client(client_id, "after")
+        assert await ws.recv() == "after"  # the first frame after the session's
 
 
 @pytest.mark.redis

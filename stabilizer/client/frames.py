@@ -27,6 +27,7 @@ from stabilizer.pure.client_protocol import (
     unwrap,
 )
 from stabilizer.pure.client_v2 import ack_frame, v2_frame
+from stabilizer.pure.streams import group_stream
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,11 @@ class Frames:
         elif (v2 is not None and kind in ("presence_state", "presence_diff")
               and self._subscriptions is not None):
             await self._subscriptions.presence_frame(frame)
+        elif v2 is not None and kind == "unsubscribed" and self._subscriptions is not None:
+            channel = frame.get("channel")
+            if isinstance(channel, str):  # (its messages, if any more came, start afresh)
+                self.positions.forget(group_stream(channel))
+            self._subscriptions.ended(frame)
 
     def reopened(self) -> None:
         """After a reconnect: when no resume frame will come, say what was missed."""

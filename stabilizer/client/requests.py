@@ -5,7 +5,9 @@ A subscription with an ``on_message`` callback takes its channel's messages out 
 inbox: they go to the callback instead. Subscriptions are the server's group memberships,
 so a session resumed with history keeps them; after any other reconnect (no history, or a
 fresh session) the client subscribes again to each (the server's hook decides again; a
-refusal ends that subscription, with a warning in the log).
+refusal ends that subscription, with a warning in the log). When the server ends one itself
+(an ``unsubscribed`` frame: the application took the client out of the channel), the
+client forgets it too, and its ``on_unsubscribed`` callback is told.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Called with each message of a subscribed channel (str or bytes).
 OnMessage = Callable[[str | bytes], object]
+#: Called with the reason (``"server"``) when the server ends a subscription itself.
+OnUnsubscribed = Callable[[str], object]
 
 
 class Subscriptions:
@@ -44,12 +48,14 @@ class Subscriptions:
     def __init__(self) -> None:
         self.active: dict[str, tuple[OnMessage | None, JSONValue]] = {}
         self.presences: dict[str, ChannelPresence] = {}  # subscribed with presence
+        self.on_unsubscribed: dict[str, OnUnsubscribed] = {}  # of active channels
         # The server takes a channel's requests in the order sent, so a subscribe answered
         # after an unsubscribe sent later is undone by it: each request gets a number, and
         # the last unsubscribe's is kept while subscribes of its channel are in flight.
         self._numbers = itertools.count()
         self._subscribing: Counter[str] = Counter()
         self._left: dict[str, int] = {}
+        self._ended: dict[str, tuple[int, str]] = {}  # ... when the server sent it: reason
 
     def subscribing(self, channel: str) -> int:
         """A subscribe of `channel` is about to be sent: its number, for `subscribed`."""
@@ -57,26 +63,55 @@ class Subscriptions:
         return next(self._numbers)
 
     def subscribed(self, channel: str, number: int, entry: tuple[OnMessage | None, JSONValue]
-                   | None) -> None:
+                   | None, on_unsubscribed: OnUnsubscribed | None = None) -> None:
         """The subscribe `number` ended: with `entry` (callback, params) when it succeeded;
-        it counts only when no unsubscribe of its channel was sent after it."""
-        left = self._left.get(channel, -1) > number
+        it counts only when no unsubscribe of its channel was sent (nor an ``unsubscribed``
+        frame received) after it."""
+        left_at = self._left.get(channel, -1)
+        left = left_at > number
+        ended = self._ended.get(channel)
         self._subscribing[channel] -= 1
         if not self._subscribing[channel]:
             del self._subscribing[channel]
             self._left.pop(channel, None)
+            self._ended.pop(channel, None)
+        if entry is not None and left and ended is not None and ended[0] == left_at:
+            _tell(on_unsubscribed, channel, ended[1])  # the server undid it at once
         if entry is not None and not left:
             self.active[channel] = entry
+            if on_unsubscribed is not None:
+                self.on_unsubscribed[channel] = on_unsubscribed
+            else:
+                self.on_unsubscribed.pop(channel, None)
         elif channel not in self.active and channel not in self._subscribing:
             self.presences.pop(channel, None)  # (the copy its subscribe made)
 
     def unsubscribing(self, channel: str) -> None:
         """An unsubscribe of `channel` is about to be sent: forget it, even when a
         subscribe sent before is answered later."""
-        self.active.pop(channel, None)
-        self.presences.pop(channel, None)
+        self.forget(channel)
         if channel in self._subscribing:
             self._left[channel] = next(self._numbers)
+
+    def forget(self, channel: str) -> None:
+        """Drop `channel` (its callbacks and presence copy) from the subscriptions."""
+        self.active.pop(channel, None)
+        self.presences.pop(channel, None)
+        self.on_unsubscribed.pop(channel, None)
+
+    def ended(self, frame: Mapping[str, Any]) -> None:
+        """An ``unsubscribed`` frame: the server ended the subscription of its channel. It
+        counts as an unsubscribe sent now (a subscribe in flight is undone: the server
+        takes the client out only of a channel it was in, so the frame follows a join)."""
+        channel, reason = frame.get("channel"), frame.get("reason")
+        if not isinstance(channel, str):
+            return
+        reason = reason if isinstance(reason, str) else "server"
+        callback = self.on_unsubscribed.get(channel) if channel in self.active else None
+        self.unsubscribing(channel)
+        if channel in self._subscribing:  # (its subscribe tells its own callback)
+            self._ended[channel] = (self._left[channel], reason)
+        _tell(callback, channel, reason)
 
     async def presence_frame(self, frame: Mapping[str, Any]) -> None:
         """Hand a ``presence_state`` or ``presence_diff`` frame to its channel's copy."""
@@ -127,12 +162,15 @@ class Requests:
     async def subscribe(self, channel: str, on_message: OnMessage | None = None, *,
                         params: JSONValue = None, presence: bool = False,
                         on_presence: OnPresenceChange | None = None,
+                        on_unsubscribed: OnUnsubscribed | None = None,
                         timeout: float = 30.0) -> None:
         """Join `channel` (a group) if the server's ``on_subscribe`` hook allows it;
         `on_message` then gets the channel's messages (else they arrive as any other).
         With `presence`, ``presence(channel)`` then follows who is in the channel, and
         `on_presence(joins, leaves)` is called for every change from the first state on
         (the state may arrive before this returns: a callback added after can miss it).
+        When the server ends the subscription itself (the application took the client out
+        of the channel), the client forgets it and calls `on_unsubscribed(reason)`.
 
         Raises:
             RPCError: refused (``forbidden`` or the hook's own code), ``unavailable``,
@@ -155,7 +193,7 @@ class Requests:
         except BaseException:
             subscriptions.subscribed(channel, number, None)
             raise
-        subscriptions.subscribed(channel, number, (on_message, params))
+        subscriptions.subscribed(channel, number, (on_message, params), on_unsubscribed)
 
     def presence(self, channel: str) -> ChannelPresence:
         """The presence of `channel`, which this client subscribed to with presence=True.
@@ -218,8 +256,7 @@ class Requests:
                     continue  # the next fresh session tries again
                 logger.warning("channel %r was not subscribed again: %s", channel, exc)
                 if self._subscriptions.active.get(channel) == (on_message, params):
-                    del self._subscriptions.active[channel]
-                    self._subscriptions.presences.pop(channel, None)
+                    self._subscriptions.forget(channel)
             except ClientClosedError:
                 return
 
@@ -228,6 +265,15 @@ class Requests:
             raise RuntimeError(f"{what}() needs protocol=2")
         if self._runner is None and self._error is None:
             raise RuntimeError("start the connection first (async with connect(...))")
+
+
+def _tell(callback: OnUnsubscribed | None, channel: str, reason: str) -> None:
+    if callback is None:
+        return
+    try:
+        callback(reason)
+    except Exception:  # the application's bug must not end the connection
+        logger.error("on_unsubscribed of channel %r failed", channel, exc_info=True)
 
 
 def _unsubscribe_frame(channel: str, call_id: int) -> str:

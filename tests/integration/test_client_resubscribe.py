@@ -97,3 +97,36 @@ async def test_another_process_resumes_from_the_positions_it_was_handed(
             got.append(await asyncio.wait_for(second.recv(), 5))
         assert got == ["m3"]  # nothing the first process handled comes again
         await first.aclose()
+
+
+async def test_a_channel_the_server_ended_is_dropped_and_not_subscribed_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server takes the client out of a channel: the client forgets it, tells the
+    subscription's on_unsubscribed, and subscribes after a reconnect only to the channels
+    it still has. Before, it kept the channel and subscribed to it again."""
+    manager = WebSocketConnectionManager(WebSocketConfig(heartbeat_interval=60,
+                                                         heartbeat_timeout=120))
+    asked: list[str] = []
+    ended: asyncio.Queue[str] = asyncio.Queue()
+    async with (
+        served(history_app(manager, asked), "websockets-sansio", monkeypatch) as server,
+        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2,
+                retry=RetryPolicy(base=0.01, cap=0.05)) as client,
+    ):
+        await client.subscribe("room", on_unsubscribed=ended.put_nowait)
+        await client.subscribe("lobby")
+        client_id = client.client_id
+        assert client_id is not None
+        await manager.leave_group(client_id, "room")
+        assert await asyncio.wait_for(ended.get(), 5) == "server"
+        first = client.session
+        await manager.disconnect(client_id, code=1012, reason='{"retry_ms": 10}')
+
+        async def back_in_lobby() -> bool:  # no history: the client subscribes again
+            return (client.session is not first and asked.count("lobby") >= 2
+                    and await manager.get_group_members("lobby") == [client_id])
+
+        await until(back_in_lobby, timeout=10)
+        assert asked.count("room") == 1  # (the loop subscribes in order: room came first)
+        assert await manager.get_group_members("room") == []
+        assert ended.empty()

@@ -38,7 +38,7 @@ SETUP = """async ([url, options, scripted]) => {
     return (await reply.json()).token;
   };
   window.conn = connect(url, { ...options, protocol: 2, getToken });
-  for (const event of ["state", "session", "message", "resume", "error"]) {
+  for (const event of ["state", "session", "message", "resume", "error", "unsubscribed"]) {
     window.conn.on(event, (...args) => window.log.push([event, ...args.map(plain)]));
   }
   window.conn.on("state", (state) => {
@@ -450,6 +450,47 @@ async def test_an_unsubscribe_made_while_the_subscribe_waits_for_its_reply_wins(
         await ws.send(session_frame("r2", "tab-1"))
         await tab.value("window.conn.send('after')")
         assert await frame_of(ws) == {"type": "message", "data": "after"}
+
+
+async def test_a_channel_the_server_ended_is_dropped_and_not_subscribed_again(
+        page: Page) -> None:
+    """The server takes the page out of a channel (an "unsubscribed" frame): the client
+    forgets it, calls the subscription's onUnsubscribed, emits "unsubscribed", and a
+    reconnect into a fresh session subscribes only to what it still has. Before, it kept
+    the channel's onMessage and subscribed to it again."""
+    async with ScriptedV2Server() as server:
+        tab = await Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
+                             device="tab-1", backoffBaseMs=10)
+        ws = await server.accept()
+        await frame_of(ws)  # connect
+        await ws.send(session_frame("r1", "tab-1"))
+        await tab.wait_state("open")
+        await page.evaluate("""() => {
+          window.routed = [];
+          window.ended = [];
+          window.subscribing = window.conn.subscribe("room", (data) => window.routed.push(data),
+            { onUnsubscribed: (reason) => window.ended.push(reason) });
+        }""")
+        subscribe = await frame_of(ws)
+        await ws.send(json.dumps({"type": "reply", "id": subscribe["id"],
+                                  "result": {"channel": "room"}}))
+        await page.evaluate("window.subscribing")
+        await ws.send(json.dumps({"type": "unsubscribed", "channel": "room",
+                                  "reason": "server"}))
+        await tab.wait_events("unsubscribed", 1)
+        assert await tab.value("window.ended") == ["server"]
+        assert await tab.events("unsubscribed") == [
+            [{"type": "unsubscribed", "channel": "room", "reason": "server"}]]
+        await ws.send(json.dumps({"type": "message", "channel": "room", "data": "stray"}))
+        await tab.wait_events("message", 1)
+        assert await tab.value("window.routed") == []  # no onMessage: it was dropped
+        await ws.close(1012, '{"retry_ms": 10}')  # a fresh session: nothing to subscribe
+        ws = await server.accept()
+        await frame_of(ws)  # connect
+        await ws.send(session_frame("r2", "tab-1"))
+        await tab.value("window.conn.send('after')")
+        assert await frame_of(ws) == {"type": "message", "data": "after"}
+        assert await tab.value("window.ended") == ["server"]
 
 
 async def test_a_get_token_that_gives_no_string_ends_the_connection(page: Page) -> None:

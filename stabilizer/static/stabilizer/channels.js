@@ -2,7 +2,8 @@
  * stabilizer/channels.js: protocol v2's channel subscriptions as the client keeps them: the
  * function that gets each channel's messages, the presence it follows, and subscribing
  * again after a reconnect into a session that kept no memberships (or, for those that
- * follow presence, after any reconnect).
+ * follow presence, after any reconnect). A channel the server ends itself (an
+ * "unsubscribed" frame) is forgotten, and its subscription's onUnsubscribed told.
  */
 import { Presence } from "./presence.js";
 
@@ -12,6 +13,15 @@ export function subscribeFrame(channel, params, presence = false) {
   if (params !== null && params !== undefined) body.params = params;
   if (presence) body.presence = true;
   return body;
+}
+
+function tell(onUnsubscribed, channel, reason) {
+  if (!onUnsubscribed) return;
+  try {
+    onUnsubscribed(reason);
+  } catch (err) {  // the application's bug must not end the connection
+    console.error(`stabilizer: onUnsubscribed of channel ${channel} failed`, err);
+  }
 }
 
 /** One connection's subscribed channels. */
@@ -24,6 +34,7 @@ export class Channels {
   #numbers = 0;
   #subscribing = new Map();  // channel -> subscribes in flight
   #left = new Map();  // channel -> the number of its last unsubscribe
+  #ended = new Map();  // channel -> [that number, reason] when the server ended it
 
   get size() { return this.#channels.size; }
 
@@ -40,13 +51,19 @@ export class Channels {
   /** The subscribe `number` ended: with `entry` ({onMessage, params}) when it succeeded; it
    * counts only when no unsubscribe of its channel was sent after it. */
   subscribed(channel, number, entry = null) {
-    const left = (this.#left.get(channel) ?? 0) > number;
+    const leftAt = this.#left.get(channel) ?? 0;
+    const left = leftAt > number;
+    const ended = this.#ended.get(channel);
     const still = this.#subscribing.get(channel) - 1;
     if (still) {
       this.#subscribing.set(channel, still);
     } else {
       this.#subscribing.delete(channel);
       this.#left.delete(channel);
+      this.#ended.delete(channel);
+    }
+    if (entry !== null && left && ended?.[0] === leftAt) {
+      tell(entry.onUnsubscribed, channel, ended[1]);  // the server undid it at once
     }
     if (entry !== null && !left) {
       this.#channels.set(channel, entry);
@@ -65,6 +82,19 @@ export class Channels {
   delete(channel) {
     this.#channels.delete(channel);
     this.#presences.delete(channel);
+  }
+
+  /** An "unsubscribed" frame: the server ended the subscription of its channel. It counts
+   * as an unsubscribe sent now (a subscribe in flight is undone: the server takes the
+   * client out only of a channel it was in, so the frame follows a join). */
+  ended(frame) {
+    const channel = frame.channel;
+    if (typeof channel !== "string") return;
+    const reason = typeof frame.reason === "string" ? frame.reason : "server";
+    const entry = this.#channels.get(channel);
+    this.unsubscribing(channel);
+    if (this.#subscribing.has(channel)) this.#ended.set(channel, [this.#left.get(channel), reason]);
+    tell(entry?.onUnsubscribed, channel, reason);
   }
 
   /** The presence of `channel`, made on first use (before the subscribe is sent: its

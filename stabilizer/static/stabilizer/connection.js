@@ -90,9 +90,10 @@ export class Connection {
 
   /** v2: join `channel` if the server's on_subscribe hook allows it; `onMessage(data,
    * position)` then gets its messages instead of the "message" listeners. With `presence`,
-   * `presence(channel)` then follows who is in it. */
-  async subscribe(channel, onMessage = null,
-                  { params = null, presence = false, timeoutMs = 30000 } = {}) {
+   * `presence(channel)` then follows who is in it. When the server ends the subscription
+   * itself, the client forgets it, calls `onUnsubscribed(reason)` and emits "unsubscribed". */
+  async subscribe(channel, onMessage = null, { params = null, presence = false,
+                                               onUnsubscribed = null, timeoutMs = 30000 } = {}) {
     if (presence) this.#channels.presence(channel, true);
     const number = this.#channels.subscribing(channel);
     try {
@@ -101,7 +102,7 @@ export class Connection {
       this.#channels.subscribed(channel, number);
       throw err;
     }
-    this.#channels.subscribed(channel, number, { onMessage, params });
+    this.#channels.subscribed(channel, number, { onMessage, params, onUnsubscribed });
   }
 
   /** v2: the presence of a channel subscribed with `presence: true` (else null). */
@@ -231,6 +232,12 @@ export class Connection {
       case "reply": if (this.#v2) { this.#calls.reply(ws, frame); return; } break;
       case "presence_state": case "presence_diff":
         if (this.#v2) { this.#channels.presenceFrame(frame); return; } break;
+      case "unsubscribed":
+        if (!this.#v2) break;
+        if (typeof frame.channel === "string") delete this.#positions[`g:${frame.channel}`];
+        this.#channels.ended(frame);
+        this.#emit("unsubscribed", frame);
+        return;
       case "message":
         if (this.#history && this.#unwrap(frame)) return;
         if (this.#v2) {

@@ -3,7 +3,7 @@
  * code so that an exception it throws is reported without breaking the connection.
  */
 
-export const EVENTS = ["state", "session", "message", "resume", "error"];
+export const EVENTS = ["state", "session", "message", "resume", "error", "unsubscribed"];
 
 /** The listeners of each event in EVENTS. */
 export class Listeners {

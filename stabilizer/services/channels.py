@@ -147,10 +147,16 @@ class Channels:
                 return reply_error_frame(ident, "internal", "internal error")
         if request.presence:
             self._watch.begin(conn, channel)
+        was_member = channel in conn.groups
         try:
             await self._membership.join(conn.client_id, channel, meta_json)
             if request.presence:
-                version, entries = await self._watch.read_state(channel)
+                try:
+                    version, entries = await self._watch.read_state(channel)
+                except BackendUnavailable:
+                    if not was_member:  # joined, then told "not subscribed": undo the join
+                        await self._membership.leave(conn.client_id, channel, asked=True)
+                    raise
         except (BackendUnavailable, ConnectionNotFoundError) as exc:
             self._watch.abort(conn, channel)
             return reply_error_frame(ident, UNAVAILABLE, f"not subscribed: {exc}")

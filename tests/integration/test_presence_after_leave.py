@@ -10,7 +10,12 @@ import json
 
 import pytest
 
-from stabilizer import SubscribeRequest, WebSocketConfig, WebSocketConnectionManager
+from stabilizer import (
+    BackendUnavailable,
+    SubscribeRequest,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
 from stabilizer.pure.v2 import ChannelRequest
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket
@@ -59,3 +64,32 @@ async def test_a_client_taken_out_of_a_channel_stops_getting_its_presence(
     while not any("dave" in json.dumps(diff) for diff in _diffs(carol)):  # carol, a member,
         await carol.next()  # hears of dave (each frame she gets, awaited: no sleep)
     assert len(_diffs(socks["alice"])) == seen_by_alice  # alice hears of nobody any more
+
+
+async def test_a_subscribe_whose_presence_read_fails_leaves_the_client_out(
+        make_manager: ManagerFactory, config: WebSocketConfig,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The join went through, then reading the channel's presence state failed: the client
+    is answered `unavailable` ("not subscribed"), so it must not stay a member. Before, it
+    did: it got the channel's messages though it was told it had not subscribed."""
+    manager: WebSocketConnectionManager = make_manager(config)
+
+    def allow(request: SubscribeRequest) -> dict[str, str]:
+        return {"name": request.client_id}
+
+    manager.on_subscribe(allow)
+    await manager.start()
+    await manager.connect("alice", FakeSocket("alice"))
+    conn = manager.get_connection("alice")
+    assert conn is not None
+    channels = manager._node.sessions.channels
+
+    async def unreadable(group: str) -> object:
+        raise BackendUnavailable("redis unavailable: no answer within 2s")
+
+    monkeypatch.setattr(channels._watch, "read_state", unreadable)
+    reply = await channels.subscribe(conn, ChannelRequest(1, "room", None, presence=True))
+    first = json.loads(reply[0] if isinstance(reply, list) else reply)
+    assert first["error"]["code"] == "unavailable"
+    assert "room" not in conn.groups
+    assert await manager.get_group_members("room") == []

@@ -77,11 +77,13 @@ class Closing:
             gone.discard(client_id)
 
     async def release(self, conn: Connection, *, code: int = CloseCode.NORMAL,
-                      reason: str = "normal closure", keep_session: bool | None = None) -> bool:
+                      reason: str = "normal closure", keep_session: bool | None = None,
+                      client_code: int | None = None) -> bool:
         """Close `conn` (this exact socket) and drop its presence; False if already closed.
 
         With history, the session stays resumable for session_ttl unless `keep_session` is
-        False (an explicit end; the default for a normal closure).
+        False (an explicit end; the default for a normal closure). `client_code`: the
+        client closed first, with that code, which the log and on_disconnect report.
         """
         if not self.detach(conn):
             # the node is closing it already (replaced, timed out, shutting down): the
@@ -91,12 +93,13 @@ class Closing:
         # the rest runs to its end even if the caller is cancelled: a detached connection
         # must be closed and settled, or its hooks never run and its groups keep it
         await asyncio.shield(self._ctx.tasks.spawn(
-            self._close_and_settle(conn, code, reason, keep_session),
+            self._close_and_settle(conn, code, reason, keep_session, client_code=client_code),
             name=f"stabilizer-close-{conn.conn_id}"))
         return True
 
     async def _close_and_settle(self, conn: Connection, code: int, reason: str,
-                                keep_session: bool | None, *, unregister: bool = True) -> None:
+                                keep_session: bool | None, *, unregister: bool = True,
+                                client_code: int | None = None) -> None:
         unregistered = Unregistered.KEPT
         try:
             async with self._slots:
@@ -105,7 +108,8 @@ class Closing:
                 await self.close_socket(conn, code, reason)
         finally:  # cancelled before the close: nobody may wait for a close that never comes
             conn.socket_done()
-        await self.settle(conn, code, reason, keep_session, unregistered=unregistered)
+        await self.settle(conn, code, reason, keep_session, unregistered=unregistered,
+                          client_code=client_code)
 
     def detach(self, conn: Connection, *, in_pool: bool = True) -> bool:
         """Synchronously take `conn` out of service; False if it already was."""
@@ -238,14 +242,18 @@ class Closing:
 
     async def settle(self, conn: Connection, code: int, reason: str,
                      keep_session: bool | None, *,
-                     unregistered: Unregistered = Unregistered.KEPT) -> None:
+                     unregistered: Unregistered = Unregistered.KEPT,
+                     client_code: int | None = None) -> None:
         """Bookkeeping once a socket is closed: groups, session, hooks, events (once).
         `unregistered`: what the close's unregister did (it may have ended the client's
-        memberships already)."""
+        memberships already). `client_code`: the client closed first, with that code (what
+        the log and the hooks report; `code` is what the server closed with)."""
         conn.finish_close()
         self._ctx.stats.disconnects += 1
+        reported, said = (code, reason) if client_code is None else (client_code,
+                                                                     "client closed")
         logger.info("client %r disconnected (conn %s, code %d)", conn.client_id, conn.conn_id,
-                    code)
+                    reported)
         # a join or leave in flight finishes first: its backend write must not land after
         # the session's end (the client would stay a member for good)
         async with self._membership.turn(conn.client_id):
@@ -272,7 +280,8 @@ class Closing:
             # told of: it was admitted while the store was unreachable): what this socket
             # joined or left is the live one's, wherever it is (a replaced one: retire())
             await self._membership.hand_over(conn.client_id)
-        await self._events.disconnected(conn, code, reason)
+        await self._events.disconnected(conn, reported, said,
+                                        replaced=code == CloseCode.REPLACED)
 
     async def _settle_session(self, conn: Connection, code: int, keep_session: bool | None,
                               had_groups: bool) -> None:

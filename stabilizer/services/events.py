@@ -8,7 +8,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable, ConfigError, WireError
 from stabilizer.logs import RateLimitedLog
@@ -68,13 +67,15 @@ class Events:
         if self._ctx.config.cluster_events:
             await self._publish("connect", conn.client_id)
 
-    async def disconnected(self, conn: Connection, code: int, reason: str) -> None:
-        """A connection of this node was closed (a replaced one is no cluster event: its
-        client is still connected, elsewhere)."""
+    async def disconnected(self, conn: Connection, code: int, reason: str, *,
+                           replaced: bool) -> None:
+        """A connection of this node was closed with `code` (the client's, when it closed
+        first); a `replaced` one is no cluster event: its client is still connected,
+        elsewhere."""
         if self._disconnect_hooks:
             await self._run(self._disconnect_hooks, ConnectionEvent(
                 conn.client_id, conn.conn_id, self._ctx.node_id, code=code, reason=reason))
-        if code != CloseCode.REPLACED and self._ctx.config.cluster_events:
+        if not replaced and self._ctx.config.cluster_events:
             await self._publish("disconnect", conn.client_id)
 
     def membership(self, event: str, client_id: str, group: str) -> None:

@@ -279,7 +279,8 @@ class Session:
             went_away = True
         # release() finishes the close in a task of the node even if this is cancelled
         await self._services.closing.release(self.conn, code=code, reason=reason,
-                                             keep_session=went_away)
+                                             keep_session=went_away,
+                                             client_code=self.client_close_code)
 
     def __aiter__(self) -> Self:
         return self

@@ -112,3 +112,20 @@ async def test_a_handler_whose_connection_is_being_replaced_waits_for_the_close_
         assert first.closed is not None
         assert first.closed[0] == 4500
     await holder
+
+
+@pytest.mark.parametrize("code", [1001, 4321, 1005])
+async def test_a_client_that_closes_is_reported_with_its_own_close_code(
+    make_manager: ManagerFactory, code: int
+) -> None:
+    """on_disconnect (and the log) tell what the client said when it closed first: a tab
+    closed (1001), a code of the application's, or no status (1005). Before, every close a
+    client made was reported as the server's 1000 'session ended'."""
+    manager = make_manager(WebSocketConfig(**QUIET))
+    events: list[tuple[int, str]] = []
+    manager.on_disconnect(lambda event: events.append((event.code, event.reason)))
+    ws = FakeWebSocket()
+    async with manager.open_session(ws, "alice") as session:
+        ws.client_leaves(code)
+        assert await session.receive() is None
+    assert events == [(code, "client closed")]

@@ -15,9 +15,10 @@ from typing import Self
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
+from stabilizer.client.callbacks import notify
 from stabilizer.client.calls import PendingCalls
 from stabilizer.client.dial import Attempt, DialOptions, dial, hang_up
-from stabilizer.client.frames import Frames, notify, send_ack
+from stabilizer.client.frames import Frames, send_ack
 from stabilizer.client.inbox import Inbox, Owed
 from stabilizer.client.requests import Requests, Subscriptions
 from stabilizer.client.session_view import SessionView

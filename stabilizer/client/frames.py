@@ -11,6 +11,7 @@ from typing import TypeVar
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
+from stabilizer.client.callbacks import notify
 from stabilizer.client.calls import PendingCalls
 from stabilizer.client.inbox import Inbox, Owed
 from stabilizer.client.requests import Subscriptions
@@ -32,16 +33,6 @@ from stabilizer.pure.streams import group_stream
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-def notify(callback: Callable[[T], object] | None, value: T) -> None:
-    """Call an application callback; its failure is logged, never raised into the client."""
-    if callback is None:
-        return
-    try:
-        callback(value)
-    except Exception:  # the application's bug must not end the connection
-        logger.error("stabilizer client callback %r failed", callback, exc_info=True)
 
 
 class Frames:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 
+from stabilizer.client.callbacks import notify
 from stabilizer.client.calls import PendingCalls
 from stabilizer.client.presence import ChannelPresence, OnPresenceChange
 from stabilizer.client.v2 import ProtocolV2
@@ -76,7 +77,7 @@ class Subscriptions:
             self._left.pop(channel, None)
             self._ended.pop(channel, None)
         if entry is not None and left and ended is not None and ended[0] == left_at:
-            _tell(on_unsubscribed, channel, ended[1])  # the server undid it at once
+            notify(on_unsubscribed, ended[1])  # the server undid it at once
         if entry is not None and not left:
             self.active[channel] = entry
             if on_unsubscribed is not None:
@@ -111,7 +112,7 @@ class Subscriptions:
         self.unsubscribing(channel)
         if channel in self._subscribing:  # (its subscribe tells its own callback)
             self._ended[channel] = (self._left[channel], reason)
-        _tell(callback, channel, reason)
+        notify(callback, reason)
 
     async def presence_frame(self, frame: Mapping[str, Any]) -> None:
         """Hand a ``presence_state`` or ``presence_diff`` frame to its channel's copy."""
@@ -265,15 +266,6 @@ class Requests:
             raise RuntimeError(f"{what}() needs protocol=2")
         if self._runner is None and self._error is None:
             raise RuntimeError("start the connection first (async with connect(...))")
-
-
-def _tell(callback: OnUnsubscribed | None, channel: str, reason: str) -> None:
-    if callback is None:
-        return
-    try:
-        callback(reason)
-    except Exception:  # the application's bug must not end the connection
-        logger.error("on_unsubscribed of channel %r failed", channel, exc_info=True)
 
 
 def _unsubscribe_frame(channel: str, call_id: int) -> str:

@@ -60,10 +60,38 @@ def key_id(key: bytes) -> str:
 
 def key_id_of(token: object) -> str | None:
     """The key id a token names, or None when it does not have a token's shape."""
-    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+    parts = _parts(token)
+    return parts[1] if parts is not None else None
+
+
+def _parts(token: object) -> list[str] | None:
+    """A token's four parts (prefix, key id, payload, signature); None for anything that
+    does not have a token's shape."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     parts = token.split(".")
-    return parts[1] if len(parts) == 4 and parts[0] == TOKEN_PREFIX else None
+    return parts if len(parts) == 4 and parts[0] == TOKEN_PREFIX else None
+
+
+def _fields(payload: str) -> tuple[str, str, int, int, str]:
+    """A payload's (namespace, client id, issued ms, expires ms, nonce), unverified.
+
+    Raises:
+        InvalidTokenError: it is not such a tuple.
+    """
+    try:
+        fields = msgpack.unpackb(_b64decode(payload), strict_map_key=True)
+        namespace, client_id, issued_ms, expires_ms, nonce = fields
+    except (ValueError, TypeError, binascii.Error, UnicodeError,
+            msgpack.UnpackException) as exc:
+        raise InvalidTokenError("token payload is malformed") from exc
+    valid = (
+        isinstance(namespace, str) and isinstance(client_id, str) and isinstance(nonce, str)
+        and isinstance(issued_ms, int) and isinstance(expires_ms, int)
+    )
+    if not valid:
+        raise InvalidTokenError("token payload has fields of the wrong type")
+    return namespace, client_id, issued_ms, expires_ms, nonce
 
 
 class TokenCodec:
@@ -127,36 +155,19 @@ class TokenCodec:
         return claims
 
     def _decode_payload(self, payload: str) -> TokenClaims:
-        try:
-            fields = msgpack.unpackb(_b64decode(payload), strict_map_key=True)
-            namespace, client_id, issued_ms, expires_ms, nonce = fields
-        except (ValueError, TypeError, binascii.Error, UnicodeError,
-                msgpack.UnpackException) as exc:
-            raise InvalidTokenError("token payload is malformed") from exc
-        valid = (
-            isinstance(namespace, str) and isinstance(client_id, str) and isinstance(nonce, str)
-            and isinstance(issued_ms, int) and isinstance(expires_ms, int)
-        )
-        if not valid:
-            raise InvalidTokenError("token payload has fields of the wrong type")
+        namespace, client_id, issued_ms, expires_ms, nonce = _fields(payload)
         if namespace != self._namespace:
             raise InvalidTokenError("token was issued for another namespace")
         return TokenClaims(client_id, nonce, issued_ms / 1000, expires_ms / 1000)
-
 
 def claimed_client_id(token: object) -> str | None:
     """The client id a token's payload names, unverified (None when it names none): only for
     choosing which client a connection that names none is; the token is verified, and
     checked against that client, when it is spent."""
-    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-        return None
-    parts = token.split(".")
-    if len(parts) != 4 or parts[0] != TOKEN_PREFIX:
+    parts = _parts(token)
+    if parts is None:
         return None
     try:
-        fields = msgpack.unpackb(_b64decode(parts[2]), strict_map_key=True)
-    except (ValueError, TypeError, binascii.Error, UnicodeError, msgpack.UnpackException):
+        return _fields(parts[2])[1]
+    except InvalidTokenError:
         return None
-    if not isinstance(fields, list) or len(fields) != 5 or not isinstance(fields[1], str):
-        return None
-    return fields[1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TypeVar
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
@@ -31,8 +30,6 @@ from stabilizer.pure.client_v2 import ack_frame, v2_frame
 from stabilizer.pure.streams import group_stream
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class Frames:

@@ -62,15 +62,6 @@ async def gated_server(config: WebSocketConfig, monkeypatch: pytest.MonkeyPatch,
         yield f"ws://127.0.0.1:{server.port}/ws", manager, gate
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def config(request: pytest.FixtureRequest) -> WebSocketConfig:
-    settings: dict[str, Any] = {"heartbeat_interval": 60, "heartbeat_timeout": 120}
-    if request.param == "redis":
-        settings.update(redis_url=request.getfixturevalue("redis_url"),
-                        namespace=request.getfixturevalue("namespace"))
-    return WebSocketConfig(**settings)
-
-
 async def send(ws: ClientConnection, **frame: Any) -> None:
     await ws.send(json.dumps(frame))
 

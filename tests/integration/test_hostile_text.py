@@ -103,15 +103,6 @@ async def subscribed(url: str, device: str, channel: str) -> ClientConnection:
     return ws
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def config(request: pytest.FixtureRequest) -> WebSocketConfig:
-    if request.param == "memory":
-        return WebSocketConfig(heartbeat_interval=60, heartbeat_timeout=120)
-    url = request.getfixturevalue("redis_url")
-    return WebSocketConfig(redis_url=url, namespace=request.getfixturevalue("namespace"),
-                           heartbeat_interval=60, heartbeat_timeout=120)
-
-
 BAD_PUBLISHES = [
     '{"type":"publish","id":7,"channel":"room","data":"hi \\ud800"}',
     '{"type":"publish","id":7,"channel":"room","data":{"\\udcff":1}}',

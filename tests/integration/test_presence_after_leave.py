@@ -26,15 +26,6 @@ def _diffs(sock: FakeSocket) -> list[dict[str, object]]:
     return [frame for frame in frames if frame.get("type") == "presence_diff"]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def config(request: pytest.FixtureRequest) -> WebSocketConfig:
-    quiet = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
-    if request.param == "memory":
-        return WebSocketConfig(**quiet)
-    return WebSocketConfig(redis_url=request.getfixturevalue("redis_url"),
-                           namespace=request.getfixturevalue("namespace"), **quiet)
-
-
 async def test_a_client_taken_out_of_a_channel_stops_getting_its_presence(
         make_manager: ManagerFactory, config: WebSocketConfig) -> None:
     manager: WebSocketConnectionManager = make_manager(config)

@@ -19,15 +19,6 @@ ECHO = json.dumps({"type": "rpc", "id": 9, "method": "echo", "params": "sync"})
 ECHOED = {"type": "reply", "id": 9, "result": "sync"}
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def config(request: pytest.FixtureRequest) -> WebSocketConfig:
-    if request.param == "memory":
-        return WebSocketConfig(heartbeat_interval=60, heartbeat_timeout=120)
-    url = request.getfixturevalue("redis_url")
-    return WebSocketConfig(redis_url=url, namespace=request.getfixturevalue("namespace"),
-                           heartbeat_interval=60, heartbeat_timeout=120)
-
-
 async def test_leave_group_tells_the_v2_client_once(
         config: WebSocketConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     async with chat_server(config, monkeypatch) as (url, manager, _):

@@ -73,21 +73,28 @@ def lose_store_before_reading(monkeypatch: pytest.MonkeyPatch,
     return streams_read
 
 
-async def test_a_stream_the_store_lost_during_the_replay_is_not_recovered(
-        cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Alice holds offset 1 of the room's stream; offset 2 was sent while she was away. The
-    store loses everything after her resume took the session over, before it reads the
-    room back: the resume must not say the room was recovered (it said nothing of it, and
-    its next message, offset 1 of a new epoch, came as if in order)."""
+async def away_from_room(cluster: Cluster) -> tuple[WebSocketConnectionManager, dict[str, Any]]:
+    """Node a with history; alice got offset 1 of the room's stream (the frame is returned)
+    and went away; offset 2 was sent meanwhile: the store holds it, alice does not."""
     a = cluster("a", **HISTORY)
     await started(a)
     alice = FakeSocket("alice")
     await a.connect("alice", alice)
     await a.join_group("alice", "room")
     await a.send_to_group("room", "seen")
-    seen = await alice.next_json()
+    seen: dict[str, Any] = await alice.next_json()
     await a.disconnect("alice", code=CloseCode.GOING_AWAY, reason="network lost")
-    await a.send_to_group("room", "owed")  # offset 2: the store holds it, alice does not
+    await a.send_to_group("room", "owed")
+    return a, seen
+
+
+async def test_a_stream_the_store_lost_during_the_replay_is_not_recovered(
+        cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alice holds offset 1 of the room's stream; offset 2 was sent while she was away. The
+    store loses everything after her resume took the session over, before it reads the
+    room back: the resume must not say the room was recovered (it said nothing of it, and
+    its next message, offset 1 of a new epoch, came as if in order)."""
+    a, seen = await away_from_room(cluster)
     room = group_stream("room")
     streams_read = lose_store_before_reading(monkeypatch, a, namespace, room)
 
@@ -110,15 +117,7 @@ async def test_a_stream_the_store_holds_nothing_of_is_recovered_while_it_keeps_t
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """The other side: with the store intact, a stream it holds nothing of (alice was
     never sent a direct message) is one nothing was sent on; the resume says so."""
-    a = cluster("a", **HISTORY)
-    await started(a)
-    alice = FakeSocket("alice")
-    await a.connect("alice", alice)
-    await a.join_group("alice", "room")
-    await a.send_to_group("room", "seen")
-    seen = await alice.next_json()
-    await a.disconnect("alice", code=CloseCode.GOING_AWAY, reason="network lost")
-    await a.send_to_group("room", "owed")
+    a, seen = await away_from_room(cluster)
     history = a.backend.history
     read = history.read
     found: dict[str, History] = {}

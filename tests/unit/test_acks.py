@@ -10,6 +10,7 @@ import json
 import pytest
 
 from stabilizer import AckTimeoutError, AckUnsupportedError, WebSocketConnectionManager
+from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
 from stabilizer.pure.acks import FORGOTTEN, UNSUPPORTED, AckTally, ack_token, parse_ack_token
 from stabilizer.pure.frames import app_message_frame, binary_message_frame, message_frame
@@ -65,13 +66,21 @@ def test_a_tally_counts_each_client_the_send_reached_once() -> None:
     assert nobody.count(None) == 0
 
 
+async def as_v2(manager: WebSocketConnectionManager,
+                client_id: str) -> tuple[FakeSocket, Connection]:
+    """Connect `client_id` and make its connection a v2 one (e2e tests use real clients)."""
+    sock = FakeSocket(client_id)
+    await manager.connect(client_id, sock)
+    conn = manager.get_connection(client_id)
+    assert conn is not None
+    conn.protocol, conn._wraps = 2, True
+    return sock, conn
+
+
 async def test_a_connection_takes_each_token_it_was_sent_once_and_remembers_a_bounded_number(
 ) -> None:
     async with WebSocketConnectionManager() as manager:
-        await manager.connect("alice", FakeSocket("alice"))
-        conn = manager.get_connection("alice")
-        assert conn is not None
-        conn.protocol, conn._wraps = 2, True  # as a v2 connection
+        _, conn = await as_v2(manager, "alice")
         now = asyncio.get_running_loop().time()
         for n in range(1030):
             assert conn.offer(Frame.of(f"m{n}").asking_ack(f"t{n}"), now)
@@ -89,11 +98,7 @@ async def test_ack_send_waits_for_a_v2_client_and_refuses_a_plain_one() -> None:
             await manager.send_to_client("plain", "hi", ack=True, timeout=5)
         await plain.expect("hi")  # delivered all the same
 
-        v2 = FakeSocket("v2")
-        await manager.connect("v2", v2)
-        conn = manager.get_connection("v2")
-        assert conn is not None
-        conn.protocol, conn._wraps = 2, True  # as a v2 connection (e2e: real clients)
+        v2, conn = await as_v2(manager, "v2")
         with pytest.raises(AckTimeoutError):
             await manager.send_to_client("v2", {"n": 1}, ack=True, timeout=0.05)
         asking = asyncio.create_task(manager.send_to_client("v2", "ack me", ack=True,
@@ -112,11 +117,7 @@ async def test_a_send_whose_token_the_connection_forgot_fails_at_once() -> None:
     to one client, the connection forgot the oldest tokens and their sends waited out their
     whole timeout, though the client acknowledged every message it handled."""
     async with WebSocketConnectionManager() as manager:
-        sock = FakeSocket("v2")
-        await manager.connect("v2", sock)
-        conn = manager.get_connection("v2")
-        assert conn is not None
-        conn.protocol, conn._wraps = 2, True  # as a v2 connection
+        sock, conn = await as_v2(manager, "v2")
         sends = [asyncio.create_task(manager.send_to_client("v2", f"m{n}", ack=True,
                                                             timeout=60))
                  for n in range(1030)]
@@ -135,11 +136,7 @@ async def test_an_ack_naming_no_client_still_settles_a_send_to_one_client() -> N
     """An ACK envelope from a node of an older version does not name the client: for a
     send to one client it can only be that client's."""
     async with WebSocketConnectionManager() as manager:
-        sock = FakeSocket("v2")
-        await manager.connect("v2", sock)
-        conn = manager.get_connection("v2")
-        assert conn is not None
-        conn.protocol, conn._wraps = 2, True  # as a v2 connection
+        sock, _ = await as_v2(manager, "v2")
         acks = manager._node.sessions.acks
         asking = asyncio.create_task(manager.send_to_client("v2", "one", ack=True, timeout=10))
         _, ref = parse_ack_token((await sock.next_json())["ack"])

@@ -413,6 +413,30 @@ async def test_frames_on_the_wire_refresh_and_close_codes(page: Page) -> None:
         assert server.connections.empty()
 
 
+async def opened_tab(page: Page, server: ScriptedV2Server) -> tuple[Tab, ServerConnection]:
+    """A page connected as device tab-1 to the scripted server, its session open."""
+    tab = await Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
+                         device="tab-1", backoffBaseMs=10)
+    ws = await server.accept()
+    await frame_of(ws)  # connect
+    await ws.send(session_frame("r1", "tab-1"))
+    await tab.wait_state("open")
+    return tab, ws
+
+
+async def first_frame_afresh(tab: Tab, server: ScriptedV2Server,
+                             ws: ServerConnection) -> dict[str, Any]:
+    """Close `ws` (1012: come back), open a fresh session on the page's reconnect, have
+    the page send 'after', and return the first frame the server reads after its connect
+    (a subscribe the page made again would come before 'after')."""
+    await ws.close(1012, '{"retry_ms": 10}')
+    ws = await server.accept()
+    await frame_of(ws)  # connect
+    await ws.send(session_frame("r2", "tab-1"))
+    await tab.value("window.conn.send('after')")
+    return await frame_of(ws)
+
+
 async def test_an_unsubscribe_made_while_the_subscribe_waits_for_its_reply_wins(
         page: Page) -> None:
     """The page does not await subscribe before it unsubscribes: the subscribe's reply,
@@ -420,12 +444,7 @@ async def test_an_unsubscribe_made_while_the_subscribe_waits_for_its_reply_wins(
     last). Before, the channel's onMessage kept its messages and a reconnect subscribed
     to it again."""
     async with ScriptedV2Server() as server:
-        tab = await Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
-                             device="tab-1", backoffBaseMs=10)
-        ws = await server.accept()
-        await frame_of(ws)  # connect
-        await ws.send(session_frame("r1", "tab-1"))
-        await tab.wait_state("open")
+        tab, ws = await opened_tab(page, server)
         await page.evaluate("""() => {
           window.routed = [];
           window.subscribing = window.conn.subscribe("room", (data) => window.routed.push(data));
@@ -444,12 +463,8 @@ async def test_an_unsubscribe_made_while_the_subscribe_waits_for_its_reply_wins(
                         "e[0] === 'message')")
         assert await tab.value("window.routed") == []  # no onMessage: it left
         assert await tab.events("message") == [["stray", None]]
-        await ws.close(1012, '{"retry_ms": 10}')  # a fresh session: nothing to subscribe
-        ws = await server.accept()
-        await frame_of(ws)  # connect
-        await ws.send(session_frame("r2", "tab-1"))
-        await tab.value("window.conn.send('after')")
-        assert await frame_of(ws) == {"type": "message", "data": "after"}
+        # a fresh session: its first frame is the page's message, no subscribe
+        assert await first_frame_afresh(tab, server, ws) == {"type": "message", "data": "after"}
 
 
 async def test_a_channel_the_server_ended_is_dropped_and_not_subscribed_again(
@@ -459,12 +474,7 @@ async def test_a_channel_the_server_ended_is_dropped_and_not_subscribed_again(
     reconnect into a fresh session subscribes only to what it still has. Before, it kept
     the channel's onMessage and subscribed to it again."""
     async with ScriptedV2Server() as server:
-        tab = await Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
-                             device="tab-1", backoffBaseMs=10)
-        ws = await server.accept()
-        await frame_of(ws)  # connect
-        await ws.send(session_frame("r1", "tab-1"))
-        await tab.wait_state("open")
+        tab, ws = await opened_tab(page, server)
         await page.evaluate("""() => {
           window.routed = [];
           window.ended = [];
@@ -484,12 +494,8 @@ async def test_a_channel_the_server_ended_is_dropped_and_not_subscribed_again(
         await ws.send(json.dumps({"type": "message", "channel": "room", "data": "stray"}))
         await tab.wait_events("message", 1)
         assert await tab.value("window.routed") == []  # no onMessage: it was dropped
-        await ws.close(1012, '{"retry_ms": 10}')  # a fresh session: nothing to subscribe
-        ws = await server.accept()
-        await frame_of(ws)  # connect
-        await ws.send(session_frame("r2", "tab-1"))
-        await tab.value("window.conn.send('after')")
-        assert await frame_of(ws) == {"type": "message", "data": "after"}
+        # a fresh session: its first frame is the page's message, no subscribe
+        assert await first_frame_afresh(tab, server, ws) == {"type": "message", "data": "after"}
         assert await tab.value("window.ended") == ["server"]
 
 

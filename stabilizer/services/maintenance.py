@@ -76,6 +76,7 @@ class Maintenance:
         self._settle_doubted = settle_doubted  # the clients whose membership change failed
         self._joined = False
         self._incarnation: str | None = None  # the store's, at the last step (None: unknown)
+        self._keys_due = False  # sync the shared token keys at the next step
         self._settle_due = False  # settle again once the subscription is back
         self._restore_groups = False  # the backend lost our memberships: give them back
         self._backend_log = RateLimitedLog(logger)
@@ -149,9 +150,11 @@ class Maintenance:
                 raise
         if self._settle_doubted is not None:
             await self._settle_doubted()
-        # every step: what this node holds goes back to a store that lost it, and a key
-        # another node wrote back is learned before a token signed with it arrives
-        await self._tokens.sync_shared_keys()
+        if self._keys_due or not self._tokens.has_key:  # (none yet: the start's sync failed)
+            # after the store restarted or failed over (each step when it cannot tell): what
+            # this node holds goes back to a store that lost it; a key another node gives
+            # back later is learned when a token names it
+            self._keys_due = not await self._tokens.sync_shared_keys()
 
     async def _check_incarnation(self) -> None:
         """Ask for a resync when the store may have lost writes since the last step: it
@@ -163,6 +166,9 @@ class Maintenance:
         if self._incarnation is not None and seen != self._incarnation:
             logger.warning("the backend restarted or failed over; re-registering presence")
             ctx.want_resync()
+            self._keys_due = True
+        elif seen is None:
+            self._keys_due = True
         self._incarnation = seen
 
     async def _settle_sessions(self) -> None:

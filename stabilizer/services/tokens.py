@@ -2,9 +2,10 @@
 they were spent on is refused.
 
 Without token_secret the backend shares the keys (pure/keyring.py). A node syncs them at
-start, at every maintenance step (giving the store back what it holds, so the keys survive a
-store that restarted empty), and when a token names a key it does not know (at most once per
-REREAD_INTERVAL, so forged key ids cannot flood the store).
+start, at the maintenance step after the store restarted or failed over (giving the store
+back what it holds, so the keys survive a store that restarted empty), and when a token
+names a key it does not know (at most once per REREAD_INTERVAL, so forged key ids cannot
+flood the store).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class TokenService:
         self._reread_at = float("-inf")  # loop time of the last read for an unknown key
         self._reread_failed = False
         self._backend_log = RateLimitedLog(logger)
+
+    @property
+    def has_key(self) -> bool:
+        """True once a signing key is known (configured, or synced with the backend)."""
+        return self._codec is not None
 
     async def sync_shared_keys(self) -> bool:
         """Give the backend the keys this node holds and adopt the ones it shares (nothing

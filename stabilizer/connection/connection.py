@@ -215,13 +215,7 @@ class Connection(SocketWriter):
         held = self._held
         if held is not None and self._state is State.OPEN:
             # held frames are the outbox in waiting: they count against its bounds
-            limits = self._limits
-            if len(held) + len(self.outbox) >= limits.max_frames:
-                self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox full")
-                return False
-            if limits.max_bytes is not None and (
-                    self._queued_bytes + frame.size + self._user_data_bytes > limits.max_bytes):
-                self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox over memory limit")
+            if not self._room_for(frame, len(held) + len(self.outbox)):
                 return False
             held.append((stream, offset, epoch, frame))
             self._queued_bytes += frame.size

@@ -160,11 +160,20 @@ class SocketWriter:
             self._drain_task = None
 
     def _enqueue(self, frame: Frame) -> bool:
-        limits = self._limits
         outbox = self._outbox
         if outbox is None:
             outbox = self._outbox = deque()
-        if len(outbox) >= limits.max_frames:
+        if not self._room_for(frame, len(outbox)):
+            return False
+        outbox.append(frame)
+        self._queued_bytes += frame.size
+        return True
+
+    def _room_for(self, frame: Frame, waiting: int) -> bool:
+        """Whether `frame` may wait behind `waiting` frames within the outbox's bounds; if
+        not, the connection is failed (1013: too slow) and False returned."""
+        limits = self._limits
+        if waiting >= limits.max_frames:
             self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox full")
             return False
         if limits.max_bytes is not None and (
@@ -172,8 +181,6 @@ class SocketWriter:
         ):
             self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox over memory limit")
             return False
-        outbox.append(frame)
-        self._queued_bytes += frame.size
         return True
 
     async def _drain(self, suspended: Suspended) -> None:

@@ -170,6 +170,9 @@ class WebSocketConfig:
     max_client_id_length: int = 256
     retry_jitter: float = 5.0
     token_secret: str | tuple[str, ...] | None = field(default=None, repr=False)
+    # how far apart the replicas' wall clocks may be: each checks a token's expiry on its
+    # own, so a spent token's mark and a retired shared key outlive a token by this much
+    max_clock_skew: float = 300.0
     rate_limit_messages: int | None = None
     rate_limit_window: float = 1.0
     rate_limit_action: RateLimitAction = RateLimitAction.DROP
@@ -243,7 +246,8 @@ class WebSocketConfig:
         for name in ("heartbeat_interval", "heartbeat_timeout", "memory_check_interval",
                      "write_timeout", "close_timeout", "node_ttl", "op_timeout",
                      "retry_jitter", "rate_limit_window", "history_ttl", "session_ttl",
-                     "connect_timeout", "auth_refresh_grace", "rpc_timeout"):
+                     "connect_timeout", "auth_refresh_grace", "rpc_timeout",
+                     "max_clock_skew"):
             _positive(name, getattr(self, name))
             if getattr(self, name) > MAX_SECONDS:
                 raise ConfigError(f"{name} must be at most {MAX_SECONDS:.0f} seconds (100 "

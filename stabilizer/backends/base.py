@@ -171,10 +171,10 @@ class TokenStore(Protocol):
         """A signing key usable before open() (the embedded backend's), else None."""
         ...
 
-    async def consume(self, nonce: str, expires_at: float) -> bool:
-        """Mark a token nonce used; False when it was already used (cluster-wide). The mark
-        outlives `expires_at` by MAX_CLOCK_SKEW: a replica whose clock is behind still
-        finds it while the token looks alive to that replica."""
+    async def consume(self, nonce: str, until: float) -> bool:
+        """Mark a token nonce used until wall time `until` (the token's expiry plus
+        max_clock_skew: a replica whose clock is behind still finds the mark while the token
+        looks alive to that replica); False when it was already used (cluster-wide)."""
         ...
 
     async def restore(self, nonce: str) -> None:

@@ -37,7 +37,7 @@ class SharedKeyring:
     """The keys one node signs and verifies with while the backend shares them.
 
     `keep` is how long a key verifies after it last signed: the token lifetime plus the
-    clock skew the replicas are allowed (MAX_CLOCK_SKEW).
+    clock skew the replicas are allowed (max_clock_skew).
     """
 
     def __init__(self, keep: float, signing: bytes | None = None) -> None:

@@ -28,10 +28,6 @@ from stabilizer.errors import InvalidTokenError, TokenExpiredError
 TOKEN_PREFIX: Final = "s1"
 MAX_TOKEN_LENGTH: Final = 2048
 _NONCE_BYTES: Final = 16
-#: How far apart the replicas' wall clocks may be (seconds). Each replica checks a token's
-#: expiry against its own clock, so what must outlive a token on every replica (the marker
-#: that it was used, a retired key that verifies it) outlives it by this much.
-MAX_CLOCK_SKEW: Final = 300.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.keyring import SharedKeyring
 from stabilizer.pure.text import check_client_id
-from stabilizer.pure.tokens import MAX_CLOCK_SKEW, TokenClaims, TokenCodec, key_id_of
+from stabilizer.pure.tokens import TokenClaims, TokenCodec, key_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class TokenService:
         # None: the configured keys sign, and the store never sees them
         self._shared: SharedKeyring | None = None
         if not keys:
-            self._shared = SharedKeyring(config.token_ttl_seconds + MAX_CLOCK_SKEW,
+            self._shared = SharedKeyring(config.token_ttl_seconds + config.max_clock_skew,
                                          ctx.backend.tokens.known_secret)
             keys = self._shared.keys()
         self._codec = TokenCodec(keys, config.namespace) if keys else None
@@ -127,14 +127,16 @@ class TokenService:
         return self._codec.verify(token, now=time.time())
 
     async def spend(self, claims: TokenClaims) -> None:
-        """Use a verified token up, cluster-wide.
+        """Use a verified token up, cluster-wide, until max_clock_skew after it expires (a
+        replica whose clock is behind still finds it used while it looks alive there).
 
         Raises:
             InvalidTokenError: it was already used.
             BackendUnavailable: single use cannot be checked.
         """
         ctx = self._ctx
-        if not await ctx.ask(ctx.backend.tokens.consume(claims.nonce, claims.expires_at)):
+        until = claims.expires_at + ctx.config.max_clock_skew
+        if not await ctx.ask(ctx.backend.tokens.consume(claims.nonce, until)):
             raise InvalidTokenError("token was already used; request a new one")
 
     async def consume(self, token: str) -> TokenClaims:

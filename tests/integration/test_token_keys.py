@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
 from stabilizer.backends.base import Liveness
 from stabilizer.errors import BackendUnavailable, InvalidTokenError
+from stabilizer.pure.tokens import TokenCodec
 from tests.conftest import ManagerFactory
 from tests.integration.test_emitter import until
 from tests.support.redis_server import RedisServer
@@ -187,7 +188,7 @@ async def test_a_spent_token_stays_spent_on_a_replica_whose_clock_is_behind(
 ) -> None:
     """B signs a token; A, whose clock is a minute ahead of B's, spends it just before it
     expires on A's clock. On B's clock the token lives another minute: B must still find
-    it spent (the mark outlives the token by MAX_CLOCK_SKEW, not by a second)."""
+    it spent (the mark outlives the token by max_clock_skew, not by a second)."""
     clock = SkewedClock()
     for module in ("stabilizer.services.tokens", "stabilizer.backends.redis.tokens"):
         monkeypatch.setattr(f"{module}.time", clock)
@@ -218,6 +219,40 @@ async def test_a_spent_token_stays_spent_on_a_replica_whose_clock_is_behind(
 
 async def _gone(store: Redis, key: str) -> bool:
     return not await store.exists(key)
+
+
+async def test_a_replica_behind_by_less_than_max_clock_skew_still_refuses_a_spent_token(
+    redis_url: str, namespace: str, make_manager: ManagerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A spends its own token; B's clock is 400 s behind A's, within the configured
+    max_clock_skew (600 s, more than the 300 s default): B refuses the token now and for as
+    long as it looks alive on B's clock. Redis's clock (A's) cannot be wound forward, so
+    the test reads when the store drops the mark (PEXPIRETIME) instead of waiting for it."""
+    clock = SkewedClock()
+    for module in ("stabilizer.services.tokens", "stabilizer.backends.redis.tokens"):
+        monkeypatch.setattr(f"{module}.time", clock)
+
+    def config(node_id: str) -> WebSocketConfig:
+        return WebSocketConfig(redis_url=redis_url, namespace=namespace, node_id=node_id,
+                               token_secret=OLD, reconnect_token_ttl=60, max_clock_skew=600,
+                               **QUIET)
+
+    a, b = make_manager(config("a")), make_manager(config("b"))
+    await a.start()
+    await b.start()
+    token = a.generate_reconnect_token("alice")  # A's clock: the real one, as Redis's
+    assert await a.validate_reconnect_token(token) == "alice"
+    clock.ahead = -400.0  # B's
+    with pytest.raises(InvalidTokenError, match="already used"):
+        await b.validate_reconnect_token(token)
+    claims = TokenCodec([OLD.encode()], namespace).verify(token, now=time.time())
+    store = Redis.from_url(redis_url)
+    try:
+        dropped_ms = await store.pexpiretime(f"{{{namespace}}}:tok:{claims.nonce}")
+    finally:
+        await store.aclose()
+    assert dropped_ms >= (claims.expires_at + 400.0) * 1000  # B's view of the expiry
 
 
 # ---------------------------------------------------------- rotating a configured key

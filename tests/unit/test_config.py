@@ -77,6 +77,20 @@ def test_default_token_settings() -> None:
     assert config.token_secret is None
     assert config.token_keys == ()
     assert config.token_ttl_seconds == 3600.0
+    assert config.max_clock_skew == 300.0
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), 1e20, "300", True, None])
+def test_max_clock_skew_must_be_positive_finite_seconds(bad: object) -> None:
+    with pytest.raises(ConfigError, match="max_clock_skew"):
+        build("max_clock_skew", bad)
+
+
+def test_max_clock_skew_takes_seconds_from_the_environment() -> None:
+    config = WebSocketConfig.from_env({"STABILIZER_MAX_CLOCK_SKEW": "900"})
+    assert config.max_clock_skew == 900.0
+    with pytest.raises(ConfigError, match="MAX_CLOCK_SKEW"):
+        WebSocketConfig.from_env({"STABILIZER_MAX_CLOCK_SKEW": "five minutes"})
 
 
 def test_config_is_frozen() -> None:

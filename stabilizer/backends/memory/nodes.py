@@ -182,8 +182,8 @@ class MemoryTokens:
         """The hub's random key: usable before open()."""
         return self._node.hub.secret
 
-    async def consume(self, nonce: str, expires_at: float) -> bool:
-        """Mark a nonce used; False if it already was."""
+    async def consume(self, nonce: str, until: float) -> bool:
+        """Mark a nonce used until wall time `until`; False if it already was."""
         self._node.check()
         used = self._node.hub.used_nonces
         now = time.time()
@@ -192,7 +192,7 @@ class MemoryTokens:
                 del used[key]
         if nonce in used:
             return False
-        used[nonce] = expires_at
+        used[nonce] = until
         return True
 
     async def restore(self, nonce: str) -> None:

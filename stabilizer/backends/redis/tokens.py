@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
 from stabilizer.errors import BackendUnavailable
 from stabilizer.pure.keyring import SharedKeys
-from stabilizer.pure.tokens import MAX_CLOCK_SKEW
 from stabilizer.pure.wire import Envelope, Kind, encode, event_body
 from stabilizer.results import ClusterEvent
 
@@ -32,10 +31,10 @@ class RedisTokens:
         """None: the key lives in Redis (share_keys reads it)."""
         return None
 
-    async def consume(self, nonce: str, expires_at: float) -> bool:
-        """SET NX until the token's expiry plus MAX_CLOCK_SKEW (a script, batched with
-        concurrent ones): the first caller wins, cluster-wide."""
-        ttl_ms = max(int((expires_at + MAX_CLOCK_SKEW - time.time()) * 1000), 1000)
+    async def consume(self, nonce: str, until: float) -> bool:
+        """SET NX until wall time `until` (a script, batched with concurrent ones): the
+        first caller wins, cluster-wide."""
+        ttl_ms = max(int((until - time.time()) * 1000), 1000)
         return bool(int(await self._spends.submit([self._core.keys.token(nonce)], [ttl_ms])))
 
     async def restore(self, nonce: str) -> None:

@@ -29,6 +29,9 @@ from stabilizer.pure.users import check_user_id
 T = TypeVar("T")
 
 _STOP_GRACE: Final = 2.0
+#: What the error of a write that failed after its request may have gone out adds.
+OUTCOME_UNKNOWN: Final = ("outcome unknown: it may have taken effect, and doing it again may "
+                          "repeat it")
 
 
 def emitter_origin() -> str:
@@ -200,8 +203,7 @@ class EmitterBase:
         except BackendNotReached:
             raise
         except BackendUnavailable as exc:
-            raise BackendUnavailable(f"{exc}; outcome unknown: it may have taken effect, "
-                                     "and doing it again may repeat it") from exc
+            raise BackendUnavailable(f"{exc}; {OUTCOME_UNKNOWN}") from exc
 
     def _client(self, client_id: object) -> str:
         """Return `client_id` if usable (InvalidClientIdError otherwise)."""

@@ -31,7 +31,7 @@ from typing import Any, Final, Self, TypeVar
 from stabilizer.backends.base import Presence
 from stabilizer.backends.memory import MemoryHub
 from stabilizer.config import CloseCode, WebSocketConfig
-from stabilizer.emitter.base import emitter_config
+from stabilizer.emitter.base import OUTCOME_UNKNOWN, emitter_config
 from stabilizer.emitter.emitter import Emitter
 from stabilizer.errors import BackendUnavailable, ConfigError, WebSocketStabilizerError
 from stabilizer.pure.presence import PresenceMap
@@ -60,7 +60,15 @@ class _Runner:
         self.thread.start()
         self.emitter = make()
 
-    def run(self, call: Callable[[Emitter], Awaitable[T]], timeout: float | None) -> T:
+    def run(self, call: Callable[[Emitter], Awaitable[T]], timeout: float | None,
+            writes: bool) -> T:
+        """Run `call` on the loop and wait for it, at most `timeout` seconds.
+
+        Raises:
+            BackendUnavailable: it did not end in time (for a call that `writes`, the message
+                says "outcome unknown": its request may have gone out, as the Emitter's
+                write that fails after it may have run).
+        """
         async def job() -> T:
             return await call(self.emitter)
 
@@ -69,7 +77,9 @@ class _Runner:
             return future.result(timeout)
         except FutureTimeout as exc:
             future.cancel()
-            raise BackendUnavailable(f"the emitter did not answer within {timeout:g}s") from exc
+            detail = f"the emitter did not answer within {timeout:g}s"
+            raise BackendUnavailable(f"{detail}; {OUTCOME_UNKNOWN}" if writes else detail
+                                     ) from exc
 
     def stop(self) -> None:
         try:
@@ -168,7 +178,10 @@ class SyncEmitter:
         if runner is not None:
             _disown(runner)
 
-    def _run(self, call: Callable[[Emitter], Awaitable[T]], *, bounded: bool = True) -> T:
+    def _run(self, call: Callable[[Emitter], Awaitable[T]], *, bounded: bool = True,
+             writes: bool = False) -> T:
+        """Run `call` on this emitter's loop; `writes` when it has an effect (a send, a
+        disconnect, a group change)."""
         with self._lock:
             if self._closed:
                 raise WebSocketStabilizerError("this SyncEmitter is closed; make a new one")
@@ -181,42 +194,44 @@ class SyncEmitter:
         if threading.current_thread() is runner.thread:
             raise WebSocketStabilizerError("a SyncEmitter cannot be called from its own loop")
         timeout = self._config.op_timeout * _ROUND_TRIPS + _SLACK if bounded else None
-        return runner.run(call, timeout)
+        return runner.run(call, timeout, writes)
 
     def broadcast(self, message: Message, exclude_client: str | None = None) -> BroadcastResult:
         """Emitter.broadcast, blocking."""
-        return self._run(lambda e: e.broadcast(message, exclude_client))
+        return self._run(lambda e: e.broadcast(message, exclude_client), writes=True)
 
     def send_to_group(self, group: str, message: Message,
                       exclude_client: str | None = None) -> BroadcastResult:
         """Emitter.send_to_group, blocking."""
-        return self._run(lambda e: e.send_to_group(group, message, exclude_client))
+        return self._run(lambda e: e.send_to_group(group, message, exclude_client), writes=True)
 
     def send_to_client(self, client_id: str, message: Message) -> bool:
         """Emitter.send_to_client, blocking."""
-        return self._run(lambda e: e.send_to_client(client_id, message))
+        return self._run(lambda e: e.send_to_client(client_id, message), writes=True)
 
     def send_to_user(self, user_id: str, message: Message) -> int:
         """Emitter.send_to_user, blocking."""
-        return self._run(lambda e: e.send_to_user(user_id, message))
+        return self._run(lambda e: e.send_to_user(user_id, message), writes=True)
 
     def disconnect_user(self, user_id: str, *, code: int = CloseCode.NORMAL,
                         reason: str = "disconnected by the server") -> int:
         """Emitter.disconnect_user, blocking."""
-        return self._run(lambda e: e.disconnect_user(user_id, code=code, reason=reason))
+        return self._run(lambda e: e.disconnect_user(user_id, code=code, reason=reason),
+                         writes=True)
 
     def disconnect_client(self, client_id: str, *, code: int = CloseCode.NORMAL,
                           reason: str = "disconnected by the server") -> bool:
         """Emitter.disconnect_client, blocking."""
-        return self._run(lambda e: e.disconnect_client(client_id, code=code, reason=reason))
+        return self._run(lambda e: e.disconnect_client(client_id, code=code, reason=reason),
+                         writes=True)
 
     def join_group(self, client_id: str, group: str) -> None:
         """Emitter.join_group, blocking."""
-        self._run(lambda e: e.join_group(client_id, group))
+        self._run(lambda e: e.join_group(client_id, group), writes=True)
 
     def leave_group(self, client_id: str, group: str) -> None:
         """Emitter.leave_group, blocking."""
-        self._run(lambda e: e.leave_group(client_id, group))
+        self._run(lambda e: e.leave_group(client_id, group), writes=True)
 
     def get_cluster_connection_count(self) -> int:
         """Emitter.get_cluster_connection_count, blocking."""

@@ -5,6 +5,7 @@ presence query on a namespace without presence is refused as the replicas refuse
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -103,3 +104,45 @@ async def test_presence_queries_refuse_a_namespace_without_presence(
             sync.count_presence("quiet:x")
 
     await asyncio.to_thread(blocking)
+
+
+async def test_a_sync_send_past_the_backstop_says_its_outcome_is_unknown(
+        make_manager: ManagerFactory, private_redis: RedisServer, namespace: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SyncEmitter bounds each call around its emitter too (a backstop, for a loop that
+    falls behind); here it is made shorter than the emitter's own bound, and fires while
+    Redis holds a send it then runs: the error says the outcome is unknown, as the
+    Emitter's does, and is no BackendNotReached. A read past it says no such thing."""
+    config = WebSocketConfig(redis_url=private_redis.url, namespace=namespace)
+    node = make_manager(config.replace(node_id="node-a", **QUIET))
+    await node.start()
+    bob = FakeSocket("bob")
+    await node.connect("bob", bob)
+    with SyncEmitter(config=config.replace(op_timeout=30.0)) as sync:
+        assert await asyncio.to_thread(sync.get_nodes) == ["node-a"]  # connected
+        sends: list[tuple[Callable[[], object], bool]] = [
+            (lambda: sync.send_to_client("bob", "once"), True), (sync.get_nodes, False)]
+        for call, writes in sends:
+            backstop = monkeypatch.context()
+            with backstop as patched:
+                patched.setattr("stabilizer.emitter.sync._ROUND_TRIPS", 0)
+                patched.setattr("stabilizer.emitter.sync._SLACK", 0.2)
+                with pytest.raises(BackendUnavailable) as raised:
+                    await asyncio.to_thread(busy_while, private_redis.port, call)
+            assert not isinstance(raised.value, BackendNotReached)
+            assert ("outcome unknown" in str(raised.value)) is writes, raised.value
+        assert await data(bob, False) == "once"  # it did go out
+        await asyncio.to_thread(sync.send_to_client, "bob", "next")
+        assert await data(bob, False) == "next"  # and only once
+
+
+def busy_while(port: int, call: Callable[[], object]) -> object:
+    """Keep Redis busy for two seconds while `call` runs (in this thread); return once
+    Redis is done with it."""
+    with socket.create_connection(("127.0.0.1", port)) as busy:
+        busy.sendall(command("EVAL", BUSY, "0", "2000"))
+        try:
+            return call()
+        finally:
+            busy.settimeout(10.0)
+            assert busy.recv(16) == b"$-1\r\n"  # the script is done

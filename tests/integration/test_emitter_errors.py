@@ -54,6 +54,8 @@ async def test_a_send_redis_took_but_did_not_answer_says_its_outcome_is_unknown(
         assert await emitter.get_nodes() == ["node-a"]  # connected
         reader, writer = await asyncio.open_connection("127.0.0.1", private_redis.port)
         try:
+            writer.write(command("PING"))  # Redis serves this connection already (so it
+            assert await reader.readline() == b"+PONG\r\n"  # reads the script first)
             # written before the send: Redis runs the script first, then the send
             writer.write(command("EVAL", BUSY, "0", "2000"))
             await writer.drain()
@@ -139,10 +141,11 @@ async def test_a_sync_send_past_the_backstop_says_its_outcome_is_unknown(
 def busy_while(port: int, call: Callable[[], object]) -> object:
     """Keep Redis busy for two seconds while `call` runs (in this thread); return once
     Redis is done with it."""
-    with socket.create_connection(("127.0.0.1", port)) as busy:
+    with socket.create_connection(("127.0.0.1", port), timeout=10.0) as busy:
+        busy.sendall(command("PING"))  # Redis serves this connection already (so it reads
+        assert busy.recv(16) == b"+PONG\r\n"  # the script before what `call` sends)
         busy.sendall(command("EVAL", BUSY, "0", "2000"))
         try:
             return call()
         finally:
-            busy.settimeout(10.0)
             assert busy.recv(16) == b"$-1\r\n"  # the script is done

@@ -42,9 +42,11 @@ T = TypeVar("T")
 
 #: Bound on one call beyond the round trips it is allowed (each is bounded inside).
 _SLACK: Final = 2.0
-# the longest operation: open (2) and a two-round-trip sequence, each with one more for a
-# batch in flight (Emitter._ask)
-_ROUND_TRIPS: Final = 6
+#: The op_timeouts the longest call's bounds add up to (each ask of the Emitter allows its
+#: round trips and one more, for a batch in flight: within_round_trips): join_group on first
+#: use opens (2 round trips: 3), locates the client, joins and tells its node (2 each).
+_OP_TIMEOUTS: Final = 9
+_OPEN_OP_TIMEOUTS: Final = 3
 
 
 class _Runner:
@@ -179,9 +181,10 @@ class SyncEmitter:
             _disown(runner)
 
     def _run(self, call: Callable[[Emitter], Awaitable[T]], *, bounded: bool = True,
-             writes: bool = False) -> T:
-        """Run `call` on this emitter's loop; `writes` when it has an effect (a send, a
-        disconnect, a group change)."""
+             op_timeouts: int = 0, writes: bool = False) -> T:
+        """Run `call` on this emitter's loop, for at most what its bounds inside add up to
+        (`op_timeouts` when it may take more than _OP_TIMEOUTS); `writes` when it has an
+        effect (a send, a disconnect, a group change)."""
         with self._lock:
             if self._closed:
                 raise WebSocketStabilizerError("this SyncEmitter is closed; make a new one")
@@ -193,7 +196,8 @@ class SyncEmitter:
                 runner = self._runner = _Runner(self._make)
         if threading.current_thread() is runner.thread:
             raise WebSocketStabilizerError("a SyncEmitter cannot be called from its own loop")
-        timeout = self._config.op_timeout * _ROUND_TRIPS + _SLACK if bounded else None
+        longest = max(op_timeouts, _OP_TIMEOUTS)
+        timeout = self._config.op_timeout * longest + _SLACK if bounded else None
         return runner.run(call, timeout, writes)
 
     def broadcast(self, message: Message, exclude_client: str | None = None) -> BroadcastResult:
@@ -235,7 +239,8 @@ class SyncEmitter:
 
     def get_cluster_connection_count(self) -> int:
         """Emitter.get_cluster_connection_count, blocking."""
-        return self._run(lambda e: e.get_cluster_connection_count())
+        return self._run(lambda e: e.get_cluster_connection_count(),  # a round trip a bucket
+                         op_timeouts=_OPEN_OP_TIMEOUTS + self._config.presence_buckets + 1)
 
     def get_cluster_connections(self, batch: int = 500) -> list[Presence]:
         """Every client's presence (Emitter.get_cluster_connections, collected)."""

@@ -127,7 +127,7 @@ async def test_a_sync_send_past_the_backstop_says_its_outcome_is_unknown(
         for call, writes in sends:
             backstop = monkeypatch.context()
             with backstop as patched:
-                patched.setattr("stabilizer.emitter.sync._ROUND_TRIPS", 0)
+                patched.setattr("stabilizer.emitter.sync._OP_TIMEOUTS", 0)
                 patched.setattr("stabilizer.emitter.sync._SLACK", 0.2)
                 with pytest.raises(BackendUnavailable) as raised:
                     await asyncio.to_thread(busy_while, private_redis.port, call)

@@ -182,7 +182,9 @@ class WebSocketConfig:
     connect_timeout: float = 10.0
     auth_refresh_grace: float = 10.0
     rpc_timeout: float = 30.0  # a procedure still running after this is cancelled
-    rpc_max_in_flight: int = 16  # calls one connection may have running at once
+    # requests one connection may have unanswered (running, or waiting behind an earlier
+    # one on their channel: session/calls.py says why those count too)
+    rpc_max_in_flight: int = 16
     # channels a v2 client may subscribe one connection to (the application's joins too
     # count towards it, but are never refused)
     max_channels_per_connection: int | None = 128

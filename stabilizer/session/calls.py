@@ -8,6 +8,13 @@ Requests naming the same channel are the exception: each waits for the one sent 
 it, so they take effect in the order sent (an unsubscribe right after a subscribe leaves
 the client out, two publishes arrive in order); other channels' requests and calls go on
 beside them.
+
+A request waiting so counts towards ``rpc_max_in_flight`` as one running does, on purpose:
+the limit bounds what a client can make the server hold (a task and the request's frame,
+up to max_message_size, each), and a waiting request holds as much as a running one. Not
+counting them would need a second bound for them, and would only move the queue from the
+client, which may send its next request when a reply comes, to the server. So the limit is
+the number of requests a connection has unanswered, as a client sees it.
 """
 
 from __future__ import annotations
@@ -69,7 +76,8 @@ class Calls:
         elif len(self._running) >= ctx.config.rpc_max_in_flight:
             self._reply(conn, reply_error_frame(
                 ident, "overloaded",
-                f"{ctx.config.rpc_max_in_flight} requests are running already"))
+                f"{ctx.config.rpc_max_in_flight} requests are unanswered already (running, "
+                "or waiting behind one on their channel); wait for a reply first"))
         elif bucket is not None and not bucket.take(time.monotonic()):
             ctx.stats.rate_limited += 1
             self._reply(conn, reply_error_frame(ident, "rate_limited",

@@ -154,6 +154,27 @@ async def test_subscribes_in_flight_count_towards_the_channel_limit(
         await ws.close()
 
 
+async def test_requests_waiting_behind_one_on_their_channel_count_towards_rpc_max_in_flight(
+        config: WebSocketConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rpc_max_in_flight bounds the requests a client has unanswered, waiting ones too: each
+    holds its frame on the server (session/calls.py says why it stays so)."""
+    async with gated_server(config.replace(rpc_max_in_flight=3), monkeypatch) as (
+            url, _, gate):
+        ws = await v2_client(url, "queued")
+        await send(ws, type="subscribe", id=1, channel="held")  # runs: the gate holds it
+        await send(ws, type="unsubscribe", id=2, channel="held")  # wait behind it
+        await send(ws, type="subscribe", id=3, channel="held")
+        await send(ws, type="rpc", id=4, method="echo", params="over")
+        refused = await next_frame(ws)
+        assert (refused["id"], refused["error"]["code"]) == (4, "overloaded"), refused
+        gate.release.set()
+        got = await replies(ws, 3)
+        assert all("result" in reply for reply in got.values()), got
+        await send(ws, type="rpc", id=5, method="echo", params="room again")
+        assert await next_frame(ws) == {"type": "reply", "id": 5, "result": "room again"}
+        await ws.close()
+
+
 async def test_the_python_client_leaves_a_channel_it_unsubscribed_while_subscribing(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The application does not await the subscribe before it unsubscribes: the client

@@ -6,6 +6,11 @@ connection/writer.py.
 Every change of a connection's state is a method here: open -> closing -> closed, held
 during a resume replay -> released, pong waiters, group membership, user data. Other
 modules read these fields; none assigns them.
+
+A write that finds the socket closed by the client does not close a connection whose
+reader reads the client's close (a session's: ``reads_close``): it takes no more frames,
+and its reader, which gets the client's close next, releases it with the client's own
+code. Any other connection is failed at once with 1011, as the seed did.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class Connection(SocketWriter):
         "_on_fail",
         "_pong_waiters",
         "_positions",
+        "_reads_close",
         "_registered",
         "_socket_closed",
         "_user_data",
@@ -89,6 +95,7 @@ class Connection(SocketWriter):
         user_id: str | None = None,
         info: str = "",
         protocol: int = 1,
+        reads_close: bool = False,
     ) -> None:
         self.client_id = client_id
         self.user_id = user_id  # the authenticated user, if any
@@ -106,6 +113,8 @@ class Connection(SocketWriter):
         self._prepared = prepared_writer(socket)
         self._limits = limits
         self._on_fail = on_fail
+        self._reads_close = reads_close  # its reader releases it once the client closed
+        self._gone = False  # a write found the socket closed by the client
         self._state = State.OPEN
         self._socket_closed = False  # the node's close of the socket has ended
         self._close_waiter: asyncio.Event | None = None  # made when someone waits for it
@@ -144,6 +153,12 @@ class Connection(SocketWriter):
     def is_open(self) -> bool:
         """True until the connection starts closing."""
         return self._state is State.OPEN
+
+    @property
+    def client_gone(self) -> bool:
+        """True once a write found the socket closed by the client: the connection takes no
+        more frames, and its reader releases it with the client's close."""
+        return self._gone
 
     @property
     def registered(self) -> bool:
@@ -260,6 +275,21 @@ class Connection(SocketWriter):
     def _fail(self, code: CloseCode, reason: str) -> None:
         if self._state is State.OPEN:
             self._on_fail(self, code, reason)
+
+    def _client_gone(self, reason: str) -> None:
+        """A write found the socket closed by the client. Not the server's failure where a
+        reader gets the client's close next: the connection stops taking frames and waits
+        for it (reported as the client's). Without one, it is failed with 1011."""
+        if not self._reads_close:
+            self._fail(CloseCode.INTERNAL_ERROR, reason)
+            return
+        if self._state is not State.OPEN or self._gone:
+            return
+        self._gone = True
+        self._outbox = None
+        self._queued_bytes = 0
+        self._held = None
+        self._stop_writer()
 
     # ------------------------------------------------------------------ state changes
 

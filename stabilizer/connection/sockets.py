@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any, Protocol, cast
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from stabilizer.pure.frames import app_message_frame, binary_message_frame
 from stabilizer.pure.framing import data_frame, text_frame
@@ -178,6 +178,14 @@ def offers_subprotocol(socket: object, subprotocol: str) -> bool:
         return False
     offered = websocket.scope.get("subprotocols")
     return isinstance(offered, list) and subprotocol in offered
+
+
+def closed_by_client(exc: Exception) -> bool:
+    """True for what a send raises when the client closed the socket: Starlette's
+    WebSocketDisconnect, or an OSError (uvicorn's ClientDisconnected, a reset connection),
+    never a timeout."""
+    return isinstance(exc, WebSocketDisconnect) or (
+        isinstance(exc, OSError) and not isinstance(exc, TimeoutError))
 
 
 def abort_transport(socket: object) -> bool:

@@ -16,6 +16,9 @@ are exactly what the server's own send would write now:
 When a check fails the adapter writes nothing and the caller takes the ASGI send, which
 does whatever the server does (compress, wait for the transport to drain, refuse after a
 close); while that send waits, the connection's later frames queue in its outbox in order.
+When the server's connection is closed (``closed``: the peer's close came, or the TCP
+connection went), the caller takes no send at all: the frame is not delivered, under every
+server alike (the legacy one's send would wait for the closing handshake to end, then fail).
 Close frames always take the ASGI send: the server must record that it sent one.
 
 The server's state machine need not see the frames written here: in each implementation
@@ -52,7 +55,14 @@ class PreparedWriter(Protocol):
 
     def write(self, frame: Frame) -> bool:
         """Write `frame`'s prepared bytes and return True, or write nothing and return False
-        (the caller then sends the frame through the ASGI send)."""
+        (the caller then sends the frame through the ASGI send, unless closed())."""
+        ...
+
+    def closed(self) -> bool:
+        """True once the server's connection carries no more data: the peer's close frame
+        came (or the server closed it), or the TCP connection is closing or lost. A send
+        then fails (or, under the legacy implementation, waits for the closing handshake
+        to end, then fails)."""
         ...
 
 
@@ -108,18 +118,25 @@ class _Sansio(_Adapter):
         transport.write(frame.wire())
         return True
 
+    def closed(self) -> bool:
+        server = self._server
+        return (self._protocol.state is not self._opened or server.close_sent
+                or server.disconnected or self._transport.is_closing())
+
 
 class _Legacy(_Adapter):
     """uvicorn's websockets (legacy): the server is a websockets legacy protocol itself."""
 
-    __slots__ = ("_closed", "_opened", "_transport")
+    __slots__ = ("_closed", "_ended", "_opened", "_transport")
     kind = LEGACY
 
     def __init__(self, server: Any) -> None:
         super().__init__(server)
         self._transport = server.transport
         self._closed = server.closed_event
-        self._opened = type(server.state).OPEN
+        states = type(server.state)
+        self._opened = states.OPEN
+        self._ended = (states.CLOSING, states.CLOSED)  # (it may still be CONNECTING here)
         _ = (server._paused, server._fragmented_message_waiter, server.extensions)
 
     def write(self, frame: Frame) -> bool:
@@ -131,6 +148,12 @@ class _Legacy(_Adapter):
             return False
         transport.write(frame.wire())
         return True
+
+    def closed(self) -> bool:
+        server = self._server
+        state = server.state
+        return (state in self._ended or self._closed.is_set() or self._transport.is_closing()
+                or (state is self._opened and server.transfer_data_task.done()))
 
 
 class _Wsproto(_Adapter):
@@ -160,6 +183,11 @@ class _Wsproto(_Adapter):
             return False
         transport.write(frame.wire())
         return True
+
+    def closed(self) -> bool:
+        server = self._server
+        return (self._connection.state is not self._opened or server.close_sent
+                or server.disconnected or self._transport.is_closing())
 
 
 #: server class -> (the name of its ASGI send method, its adapter)

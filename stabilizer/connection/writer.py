@@ -9,6 +9,11 @@ task, which finishes that send and drains the outbox. Frames offered meanwhile q
 outbox, bounded in frames (max_queue_size) and bytes (max_memory_per_connection, user data
 included): overflow fails the connection with 1013, so a slow reader costs bounded memory
 and never delays the others.
+
+A write that finds the socket closed by the client (the server reports its close or the
+lost connection, or the send raises as the server does then: OSError, WebSocketDisconnect)
+is no failure of the server's: the connection decides what a client's close means
+(``_client_gone``). Any other exception fails the connection with 1011.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from enum import Enum
 from typing import Any
 
 from stabilizer.config import CloseCode
-from stabilizer.connection.sockets import Frame, FrameSender
+from stabilizer.connection.sockets import Frame, FrameSender, closed_by_client
 from stabilizer.connection.stepping import Suspended, finish_send, start_send
 from stabilizer.connection.transports import PreparedWriter
 
@@ -52,6 +57,7 @@ class SocketWriter:
         "_asgi",
         "_by_method",
         "_drain_task",
+        "_gone",
         "_last_activity",
         "_limits",
         "_outbox",
@@ -68,6 +74,7 @@ class SocketWriter:
     _asgi: bool  # frames go through the socket's ASGI send(), else through _by_method
     _by_method: FrameSender | None
     _drain_task: asyncio.Task[None] | None
+    _gone: bool  # the client closed the socket: no frame is taken (its reader releases it)
     _last_activity: float
     _limits: OutboxLimits
     _outbox: deque[Frame] | None
@@ -108,7 +115,7 @@ class SocketWriter:
 
         On overflow the connection is failed with 1013 (TRY_AGAIN_LATER) and False returned.
         """
-        if self._state is not State.OPEN:
+        if self._state is not State.OPEN or self._gone:
             return False
         self._last_activity = now
         if self._wraps:
@@ -119,11 +126,15 @@ class SocketWriter:
             return self._enqueue(frame)
         prepared = self._prepared
         try:
-            if prepared is not None and prepared.write(frame):
-                return True
+            if prepared is not None:
+                if prepared.write(frame):
+                    return True
+                if prepared.closed():
+                    self._client_gone("send failed: the client closed")
+                    return False
             suspended = start_send(self._sending(frame))
         except Exception as exc:
-            self._fail(CloseCode.INTERNAL_ERROR, f"send failed: {type(exc).__name__}")
+            self._send_failed(exc)
             return False
         if suspended is not None:
             self._start_writer(suspended)
@@ -193,17 +204,30 @@ class SocketWriter:
                 frame = self._outbox.popleft()
                 self._queued_bytes -= frame.size
                 prepared = self._prepared
-                if prepared is not None and prepared.write(frame):
-                    continue
+                if prepared is not None:
+                    if prepared.write(frame):
+                        continue
+                    if prepared.closed():
+                        self._client_gone("send failed: the client closed")
+                        return
                 async with asyncio.timeout(timeout):
                     await self._sending(frame)
         except TimeoutError:
             self._fail(CloseCode.TRY_AGAIN_LATER, f"too slow: a write took over {timeout:g}s")
         except Exception as exc:
-            self._fail(CloseCode.INTERNAL_ERROR, f"send failed: {type(exc).__name__}")
+            self._send_failed(exc)
         finally:
             self._writing = False
             self._drain_task = None
+
+    def _send_failed(self, exc: Exception) -> None:
+        """A send raised: the client had closed the socket, or the server failed (1011)."""
+        reason = f"send failed: {type(exc).__name__}"
+        prepared = self._prepared
+        if closed_by_client(exc) or (prepared is not None and prepared.closed()):
+            self._client_gone(reason)
+        else:
+            self._fail(CloseCode.INTERNAL_ERROR, reason)
 
     def _stop_writer(self) -> None:
         """Cancel the writer task, and what its send waits on at once (as cancelling a Task
@@ -234,6 +258,9 @@ class SocketWriter:
         return len(self.outbox) + (1 if self._writing else 0)
 
     def _fail(self, code: CloseCode, reason: str) -> None:
+        raise NotImplementedError  # Connection decides
+
+    def _client_gone(self, reason: str) -> None:
         raise NotImplementedError  # Connection decides
 
     def _expect_ack(self, token: str) -> None:

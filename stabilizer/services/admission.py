@@ -87,7 +87,8 @@ class Admission:
     async def admit(self, client_id: str, websocket: SocketLike,
                     metadata: dict[str, Any] | None = None, *,
                     resuming: bool = False, user: Seated | None = None,
-                    welcome: Callable[[Connection], None] | None = None) -> Connection:
+                    welcome: Callable[[Connection], None] | None = None,
+                    reads_close: bool = False) -> Connection:
         """Register an (accepted, or accepted here) socket for `client_id`; any earlier
         connection of the client, on any node, is closed with REPLACED (4500).
 
@@ -95,6 +96,8 @@ class Admission:
         With `user`, the connection is one of that user's (within max_connections_per_user
         across the cluster). `welcome` offers the connection its first frame just before it
         joins the pool, ahead of anything sent to it there (the connect hooks' sends).
+        `reads_close`: the caller reads the client's close and releases the connection
+        with it (a session), so a write that finds the client gone leaves the release to it.
 
         Raises:
             InvalidClientIdError: the id is empty, too long or not text.
@@ -115,7 +118,7 @@ class Admission:
         self._turns[client_id] = None
         try:
             conn = self._pending_connection(client_id, websocket, metadata, resuming,
-                                            user or ANONYMOUS)
+                                            user or ANONYMOUS, reads_close)
             try:
                 try:
                     # awaited here, in no helper of its own: while a reconnect storm's
@@ -153,13 +156,14 @@ class Admission:
 
     def _pending_connection(self, client_id: str, websocket: SocketLike,
                             metadata: dict[str, Any] | None, resuming: bool,
-                            user: Seated) -> Connection:
+                            user: Seated, reads_close: bool) -> Connection:
         """A connection for `client_id`, known by its conn id until admitted or refused."""
         ctx = self._ctx
         conn = Connection(client_id, websocket, ctx.limits, self._on_fail,
                           metadata=metadata, owner=asyncio.current_task(),
                           hold=ctx.config.history_enabled,
-                          user_id=user.user_id, info=user.info, protocol=user.protocol)
+                          user_id=user.user_id, info=user.info, protocol=user.protocol,
+                          reads_close=reads_close)
         self._memory.admit(conn, len(self._pending))
         self._pending[conn.conn_id] = conn
         return conn

@@ -150,7 +150,8 @@ class Session:
                     greeting.client_id, self.websocket, self._metadata, resuming=self.resumed,
                     user=_seated(greeting),
                     welcome=(lambda conn: self._send_welcome(conn, greeting))
-                    if self._welcome or self.protocol >= 2 else None)
+                    if self._welcome or self.protocol >= 2 else None,
+                    reads_close=True)
             except BaseException:
                 if claims is not None:  # refused (limits, shutdown): the token stays usable
                     await self._services.tokens.restore(claims)

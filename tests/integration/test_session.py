@@ -129,3 +129,24 @@ async def test_a_client_that_closes_is_reported_with_its_own_close_code(
         ws.client_leaves(code)
         assert await session.receive() is None
     assert events == [(code, "client closed")]
+
+
+async def test_a_send_that_finds_the_client_gone_reports_the_clients_close(
+    make_manager: ManagerFactory,
+) -> None:
+    """The client closed while the application sent to it: the write fails (the server
+    raises), the send is not delivered, and the close is reported as the client's, not as
+    1011 'send failed' (tests/e2e/test_client_close_race.py: the same with real servers)."""
+    manager = make_manager(WebSocketConfig(**QUIET))
+    events: list[tuple[int, str]] = []
+    manager.on_disconnect(lambda event: events.append((event.code, event.reason)))
+    ws = FakeWebSocket()
+    async with manager.open_session(ws, "alice") as session:
+        assert json.loads(await ws.next())["type"] == "session"
+        ws.fail_sends = True  # (an OSError, as uvicorn's ClientDisconnected)
+        assert await manager.send_to_client("alice", "too late") is False
+        assert await session.send("too late") is False
+        ws.client_leaves(1001)
+        assert await session.receive() is None
+    assert events == [(1001, "client closed")]
+    assert manager.get_connection("alice") is None

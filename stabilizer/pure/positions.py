@@ -73,3 +73,21 @@ def _is_position(value: object) -> bool:
         isinstance(offset, int) and not isinstance(offset, bool) and 0 <= offset <= MAX_OFFSET
         and isinstance(epoch, str) and 0 < len(epoch) <= MAX_EPOCH_LENGTH
     )
+
+
+def replay_start(claimed: tuple[int, str] | None,
+                 baseline: tuple[int, str] | None) -> tuple[int, str] | None:
+    """Where a resume replays a stream from: the position the client claims, but never
+    before the session's `baseline` for it (where the stream stood when the session began,
+    or the client last joined the group), so that no claim reaches what came before.
+
+    A baseline with no epoch (the stream held nothing then) bounds nothing: every epoch
+    the stream has since began after it. A claim in another epoch than the baseline's
+    stands: it is either the one the stream went on in (all of it came after) or one the
+    store no longer holds, which the replay then reports as not recovered. Without a
+    claim the baseline is the start; without either, there is none."""
+    if claimed is None or baseline is None:
+        return claimed or baseline
+    if claimed[1] == baseline[1] and claimed[0] < baseline[0]:
+        return baseline
+    return claimed

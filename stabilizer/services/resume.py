@@ -17,7 +17,7 @@ from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
 from stabilizer.pure.frames import resume_frame
-from stabilizer.pure.positions import Positions
+from stabilizer.pure.positions import Positions, replay_start
 from stabilizer.pure.streams import ALL, client_stream, group_stream, user_stream
 from stabilizer.pure.text import retry_advice
 from stabilizer.services.delivery.groups import Membership
@@ -50,7 +50,8 @@ class Resume:
         namespace without history), ``c:<client_id>`` and, for a user's connection,
         ``u:<user_id>``.
         A stream the client holds no position for is replayed from where it stood when the
-        session began (or the client joined the group).
+        session began (or the client joined the group); one it claims a position before
+        that for, from there too.
         """
         if not conn.is_open:  # replaced or closed meanwhile: there is nothing to bring back
             return False, 0, []
@@ -72,8 +73,10 @@ class Resume:
         # is restored (above), and its messages come live from now on
         streams.update(group_stream(group) for group in state.groups
                        if self._ctx.config.keeps_history(group))
+        # (a claim never reaches before the session or the membership began)
         starts = {stream: start for stream in streams
-                  if (start := positions.get(stream) or state.baselines.get(stream))}
+                  if (start := replay_start(positions.get(stream),
+                                            state.baselines.get(stream)))}
         replayed, failed = await self._replay(conn, starts)
         return not failed, replayed, failed
 

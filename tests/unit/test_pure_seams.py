@@ -17,6 +17,7 @@ from stabilizer.pure.positions import (
     MAX_POSITIONS_TEXT,
     PositionsError,
     parse_positions,
+    replay_start,
 )
 from stabilizer.pure.schedule import HeartbeatSchedule
 from stabilizer.pure.streams import (
@@ -143,6 +144,22 @@ def test_out_of_bounds_positions_are_refused(text: str) -> None:
 def test_positions_within_bounds_parse() -> None:
     text = json.dumps({"all": [MAX_OFFSET, "e" * 64], "g:[x]": [0, "e"]})
     assert parse_positions(text) == {"all": (MAX_OFFSET, "e" * 64), "g:[x]": (0, "e")}
+
+
+@pytest.mark.parametrize(("claimed", "baseline", "start"), [
+    ((3, "e"), (7, "e"), (7, "e")),    # a claim from before the membership: its start
+    ((9, "e"), (7, "e"), (9, "e")),    # after it: the claim
+    ((2, "f"), (7, "e"), (2, "f")),    # another epoch: after it, or not held (reported)
+    ((2, "f"), (0, ""), (2, "f")),     # the stream held nothing then: any epoch is later
+    (None, (7, "e"), (7, "e")),
+    ((3, "e"), None, (3, "e")),
+    (None, None, None),
+])
+def test_a_replay_starts_no_earlier_than_the_baseline(
+    claimed: tuple[int, str] | None, baseline: tuple[int, str] | None,
+    start: tuple[int, str] | None,
+) -> None:
+    assert replay_start(claimed, baseline) == start
 
 
 # ----------------------------------------------------------------------------- wire prefixes

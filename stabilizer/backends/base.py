@@ -56,7 +56,8 @@ class PresenceStore(Protocol):
     """Who is connected where (and, for authenticated connections, for which user)."""
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
-                       end_groups: bool = False, seat: Seat | None = None) -> Registration:
+                       end_groups: bool = False, seat: Seat | None = None,
+                       baselines: bool = False) -> Registration:
         """Record `presence` in one round trip; tell a previous owner node (another one) to
         close its socket of the client with a KICK naming that socket's conn id. With
         `end_groups`, whatever group memberships the client has end too (a connection
@@ -64,7 +65,11 @@ class PresenceStore(Protocol):
         connection's node wrote after its client was swept), in the same step when the
         store can (``groups_ended`` says whether it did). A presence with a
         ``user_id`` also takes a `seat` among that user's connections, checked against the
-        seat's limit in the same step. Bounded by the backend: it answers or raises
+        seat's limit in the same step. With `baselines` (a fresh session's), where the
+        client's session streams (``session_streams``) stood no later than the moment the
+        connection became routable (``positions``: read in the same step where the store
+        can, else just before it, one round trip more): what is sent to the client after
+        that is owed to its session. Bounded by the backend: it answers or raises
         BackendUnavailable within op_timeout per round trip (a call batched with others
         may first wait for the batch in flight), so admission sets no timer of its own.
 

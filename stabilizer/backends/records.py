@@ -32,10 +32,13 @@ class Presence:
 @dataclass(frozen=True, slots=True)
 class Registration:
     """The outcome of registering a connection: who held the client id before, if anyone,
-    and whether the client's group memberships were ended in the same step."""
+    whether the client's group memberships were ended in the same step, and where the
+    streams asked about stood when the connection became routable (stream -> (offset,
+    epoch); None when none were asked about)."""
 
     previous: Presence | None
     groups_ended: bool = False
+    positions: dict[str, tuple[int, str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

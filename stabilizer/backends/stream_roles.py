@@ -140,12 +140,16 @@ class SessionStore(Protocol):
         ...
 
     async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None,
-                       conn_id: str | None = None) -> dict[str, tuple[int, str]]:
+                       conn_id: str | None = None,
+                       since: Mapping[str, tuple[int, str]] | None = None,
+                       ) -> dict[str, tuple[int, str]]:
         """Mark the session live (no expiry while connected) and held by connection
         `conn_id` (None: by none); a fresh one starts empty and records the baselines of
         the client's ``all``, ``c:<client_id>`` and (for a user's connection)
         ``u:<user_id>`` streams, and returns them: stream -> (offset, epoch), epoch ``""``
-        (offset 0) for a stream with no message yet. A revived one returns none.
+        (offset 0) for a stream with no message yet; where `since` gives a stream's
+        position (read when the connection registered), that one, else where the stream
+        stands now. A revived one returns none.
         Membership changes written from then on name `conn_id`.
 
         Raises:

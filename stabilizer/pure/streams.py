@@ -38,6 +38,16 @@ def user_stream(user_id: str) -> str:
     return _USER_PREFIX + user_id
 
 
+def session_streams(client_id: str, user_id: str | None) -> list[str]:
+    """The streams every session of `client_id` receives, groups aside: ``all``, its own
+    and, for a user's connection, the user's (those a fresh session records baselines
+    of)."""
+    streams = [ALL, client_stream(client_id)]
+    if user_id is not None:
+        streams.append(user_stream(user_id))
+    return streams
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where a message goes: everyone, the members of a group, one client, or every

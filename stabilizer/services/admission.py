@@ -124,7 +124,8 @@ class Admission:
                     # awaited here, in no helper of its own: while a reconnect storm's
                     # registrations wait for their batch, each keeps as few frames alive
                     # as it can (each one more for the cyclic collector to walk)
-                    registration: Registration | None = await self._registering(conn)
+                    registration: Registration | None = await self._registering(
+                        conn, resuming)
                 except BackendUnavailable as exc:
                     registration = None
                     self._unrecorded(conn, exc)
@@ -182,7 +183,8 @@ class Admission:
         history = ctx.config.history_enabled
         baselines: dict[str, tuple[int, str]] = {}
         if history and not resuming:  # a fresh session: whatever the client had ends
-            baselines = await self._start_session(conn)
+            baselines = await self._start_session(
+                conn, None if registration is None else registration.positions)
         elif registration is not None and not (history or registration.groups_ended):
             # without history a connection begins with no groups: a replaced connection's
             # end, as after a disconnect, or what a reaped node's late join wrote
@@ -283,10 +285,13 @@ class Admission:
         if conn is not None and (conn_id is None or conn.conn_id == conn_id):
             self._closing.kick(conn)
 
-    def _registering(self, conn: Connection) -> Awaitable[Registration]:
+    def _registering(self, conn: Connection, resuming: bool) -> Awaitable[Registration]:
         """The backend's register call for `conn` (without history, a connection begins with
-        no groups: whatever its client's set lists ends). (Awaited by the caller: no frame
-        of its own stays alive while the call waits in a batch.)"""
+        no groups: whatever its client's set lists ends; with history, a fresh session's
+        streams are read in the same step: its promise begins where they stood then, and
+        not at its open, a round trip later, so that what is sent to the client once it is
+        routable is owed to it). (Awaited by the caller: no frame of its own stays alive
+        while the call waits in a batch.)"""
         ctx = self._ctx
         presence = Presence(conn.client_id, ctx.node_id, conn.conn_id, conn.created_at,
                             conn.user_id)
@@ -294,9 +299,11 @@ class Admission:
                 if conn.user_id is not None else None)
         # no ctx.ask(): register() is bounded by the backend itself (Presence.register),
         # and a connect is cheaper without a timer of its own
+        history = ctx.config.history_enabled
         return ctx.backend.presence.register(
             presence, max_cluster=ctx.config.max_cluster_connections,
-            end_groups=not ctx.config.history_enabled, seat=seat)
+            end_groups=not history, seat=seat,
+            baselines=history and not resuming)
 
     async def _end_memberships(self, conn: Connection) -> None:
         ctx = self._ctx
@@ -308,12 +315,17 @@ class Admission:
             self._backend_log.warning("earlier groups of %r not left (backend unavailable)",
                                       conn.client_id, exc=exc)
 
-    async def _start_session(self, conn: Connection) -> dict[str, tuple[int, str]]:
+    async def _start_session(
+        self, conn: Connection, since: dict[str, tuple[int, str]] | None,
+    ) -> dict[str, tuple[int, str]]:
+        """Open a fresh session from where its streams stood at the registration (`since`;
+        None when it was not recorded: from where they stand at the open)."""
         ctx = self._ctx
         try:
             return await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=True,
                                                                user_id=conn.user_id,
-                                                               conn_id=conn.conn_id),
+                                                               conn_id=conn.conn_id,
+                                                               since=since),
                                  round_trips=SESSION_ROUND_TRIPS)
         except BackendUnavailable as exc:
             self._backend_log.warning("session of %r not opened (backend unavailable)",

@@ -5,6 +5,9 @@ fresh session owes its client what was sent to it from the moment it was routabl
 from __future__ import annotations
 
 import json
+from typing import Any
+
+import pytest
 
 from stabilizer import CloseCode, WebSocketConnectionManager
 from tests.integration.test_cluster import Cluster, cluster, started
@@ -21,6 +24,16 @@ def data_of(frames: list[str | bytes]) -> list[str]:
         if isinstance(frame, str) and frame.startswith('{"type":"message"'):
             found.append(json.loads(frame)["data"])
     return found
+
+
+def last_positions(frames: list[str | bytes]) -> dict[str, tuple[int, str]]:
+    """What a conforming client holds after `frames`: per stream, its last position."""
+    held: dict[str, tuple[int, str]] = {}
+    for frame in frames:
+        if isinstance(frame, str) and frame.startswith('{"type":"message"'):
+            message = json.loads(frame)
+            held[message["stream"]] = (message["offset"], message["epoch"])
+    return held
 
 
 async def member_who_saw(a: WebSocketConnectionManager, b: WebSocketConnectionManager,
@@ -67,3 +80,58 @@ async def test_a_rejoined_member_is_replayed_only_what_came_since_it_joined_agai
     sock, (recovered, replayed, failed) = await resume_on(a, "alice", {"g:room": held})
     assert data_of(sock.sent) == ["since-rejoined"]
     assert (recovered, replayed, failed) == (True, 1, [])
+
+
+async def test_what_is_sent_between_register_and_session_open_is_owed(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = cluster("a", **HISTORY), cluster("b", **HISTORY)
+    await started(a, b)
+    await b.connect("bob", FakeSocket("bob"))  # "all" has a stream before alice comes
+    await b.broadcast("before-alice")
+    activate = a.backend.sessions.activate
+
+    async def send_in_the_window(client_id: str, **kwargs: Any) -> dict[str, tuple[int, str]]:
+        # alice is registered (routable) and her session not opened yet
+        assert await b.send_to_client("alice", "direct-in-window")
+        await b.broadcast("broadcast-in-window")
+        return await activate(client_id, **kwargs)
+
+    monkeypatch.setattr(a.backend.sessions, "activate", send_in_the_window)
+    first = FakeSocket("alice")
+    await a.connect("alice", first)
+    monkeypatch.setattr(a.backend.sessions, "activate", activate)
+    assert await b.send_to_client("alice", "after")
+    while "after" not in data_of(first.sent):
+        await first.next()
+    await a.disconnect("alice", code=CloseCode.GOING_AWAY)
+    sock, (recovered, _, failed) = await resume_on(b, "alice", last_positions(first.sent))
+    got = data_of(first.sent) + data_of(sock.sent)
+    assert (recovered, failed) == (True, [])
+    assert sorted(got) == ["after", "broadcast-in-window", "direct-in-window"], (
+        "a message sent to alice once she was routable was neither delivered nor replayed")
+
+
+async def test_a_fresh_session_begins_where_its_streams_stood_when_it_became_routable(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, but the client got nothing before it went away (its socket never took a
+    frame): the session's own baselines must come before what was sent in the window."""
+    a, b = cluster("a", **HISTORY), cluster("b", **HISTORY)
+    await started(a, b)
+    activate = a.backend.sessions.activate
+
+    async def send_in_the_window(client_id: str, **kwargs: Any) -> dict[str, tuple[int, str]]:
+        assert await b.send_to_client("alice", "direct-in-window")
+        await b.broadcast("broadcast-in-window")
+        return await activate(client_id, **kwargs)
+
+    monkeypatch.setattr(a.backend.sessions, "activate", send_in_the_window)
+    first = FakeSocket("alice")
+    first.gate.clear()  # a transport that takes nothing
+    await a.connect("alice", first)
+    await a.disconnect("alice", code=CloseCode.GOING_AWAY)
+    sock, (recovered, replayed, failed) = await resume_on(b, "alice", {})
+    assert first.sent == []
+    assert sorted(data_of(sock.sent)) == ["broadcast-in-window", "direct-in-window"]
+    assert (recovered, replayed, failed) == (True, 2, [])

@@ -26,6 +26,7 @@ from stabilizer.errors import (
     BackendUnavailable,
     ConnectionLimitExceededError,
 )
+from stabilizer.pure.streams import session_streams
 from stabilizer.pure.users import parse_info
 from stabilizer.pure.wire import Envelope, Kind, encode, event_body
 from stabilizer.results import ClusterEvent
@@ -68,9 +69,11 @@ class MemoryPresence:
         self._node = node
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
-                       end_groups: bool = False, seat: Seat | None = None) -> Registration:
+                       end_groups: bool = False, seat: Seat | None = None,
+                       baselines: bool = False) -> Registration:
         """Record presence (and the user's seat); kick a previous socket on another node;
-        with `end_groups`, whatever groups the client had end in the same step."""
+        with `end_groups`, whatever groups the client had end in the same step; with
+        `baselines`, where the client's session streams stand then."""
         node = self._node
         node.check()
         hub = node.hub
@@ -91,7 +94,11 @@ class MemoryPresence:
                 node.membership_event("leave", presence.client_id, group)
         hub.set_presence(presence)
         before = None if previous is None else public(previous)
-        return Registration(before, groups_ended=end_groups)
+        now = time.time()
+        positions = {stream: hub.position(stream, now) for stream
+                     in session_streams(presence.client_id, presence.user_id)
+                     } if baselines else None
+        return Registration(before, groups_ended=end_groups, positions=positions)
 
     async def unregister(self, client_id: str, conn_id: str, *,
                          end_groups: bool = False, away: float = 0.0) -> bool:

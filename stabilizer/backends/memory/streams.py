@@ -245,7 +245,9 @@ class MemorySessions:
         return SessionState(groups, dict(record.user_data), dict(record.baselines))
 
     async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None,
-                       conn_id: str | None = None) -> dict[str, tuple[int, str]]:
+                       conn_id: str | None = None,
+                       since: Mapping[str, tuple[int, str]] | None = None,
+                       ) -> dict[str, tuple[int, str]]:
         """Create or revive the session, held by `conn_id`; it does not expire while
         connected. Return the baselines a fresh one records (SessionTaken, SessionGone: see
         SessionStore)."""
@@ -266,7 +268,8 @@ class MemorySessions:
             if user_id is not None:
                 streams.append(user_stream(user_id))
             for stream in streams:
-                baselines[stream] = record.baselines[stream] = hub.position(stream, now)
+                at = since.get(stream) if since is not None else None
+                baselines[stream] = record.baselines[stream] = at or hub.position(stream, now)
         record.until = None
         record.holder = conn_id or ""
         hub.away.pop(client_id, None)

@@ -75,6 +75,15 @@ def parse_entry(client_id: str, raw: bytes | str) -> Presence | None:
     return Presence(client_id, node, conn, since, user or None)
 
 
+def parse_position(raw: bytes) -> tuple[int, str] | None:
+    """Parse a stored ``offset|epoch`` position; None if malformed."""
+    offset, _, epoch = raw.decode("utf-8", "replace").partition("|")
+    try:
+        return int(offset), epoch
+    except ValueError:
+        return None
+
+
 def parse_seat(user_id: str, client_id: str, raw: bytes | str) -> Presence | None:
     """Parse a user hash value ``node|conn|since_us|info_json``; None if malformed."""
     parts = _split(raw)

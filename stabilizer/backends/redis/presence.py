@@ -9,8 +9,15 @@ from typing import Any, NamedTuple
 
 from stabilizer.backends.base import Presence, Registration, Seat
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, now_ms, text
-from stabilizer.backends.redis.keys import entry_of, parse_entry, seat_of
+from stabilizer.backends.redis.keys import (
+    KeyLayout,
+    entry_of,
+    parse_entry,
+    parse_position,
+    seat_of,
+)
 from stabilizer.errors import ConfigError, ConnectionLimitExceededError, UserConnectionLimitError
+from stabilizer.pure.streams import session_streams
 from stabilizer.pure.wire import kick_prefix
 
 
@@ -30,18 +37,22 @@ class RedisPresence:
         self._core = core
         # concurrent connects (a reconnect storm) and disconnects share round trips
         self._registers = ScriptBatcher(core, core.scripts.register, "register")
+        self._positions = ScriptBatcher(core, core.scripts.stream_positions, "register")
         self._unregisters = ScriptBatcher(core, core.scripts.unregister, "unregister")
         self._aways = ScriptBatcher(core, core.scripts.away_at, "unregister")
         # (bucket, node id, cluster events on) -> what REGISTER calls there share
         self._shared: dict[tuple[int, str, bool], _Shared] = {}
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
-                       end_groups: bool = False, seat: Seat | None = None) -> Registration:
+                       end_groups: bool = False, seat: Seat | None = None,
+                       baselines: bool = False) -> Registration:
         """One script: record presence (and the user's seat), enforce the limits, and publish
         a KICK naming the previous conn id to the previous owner node, if that is another
         node; with `end_groups` and one presence bucket (the group sets share the slot),
         whatever groups the client's set lists end in the same script. With several
         buckets the seat follows in a second script, and no user limit can be enforced.
+        With `baselines`, the client's session streams are read in the script where
+        presence shares their slot (one bucket), else in a script just before it.
 
         Raises:
             ConfigError: a cluster or user limit with presence spread over several buckets.
@@ -57,9 +68,12 @@ class RedisPresence:
         value = ""
         if presence.user_id:
             value = seat_of(presence, seat.info if seat is not None else "")
+        read = None  # (presence in another slot than the streams: read before)
+        if baselines and keys.buckets != 1:
+            read = await self._positions.submit(_metas(keys, presence), [])
         # (the call's lists go straight to the batch: this frame keeps none while it waits)
-        status, previous = await self._registers.submit(
-            *self._register_call(presence, max_cluster, in_script, value, user_limit))
+        status, previous, *raw = await self._registers.submit(*self._register_call(
+            presence, max_cluster, in_script, value, user_limit, baselines and read is None))
         if int(status) == -1:
             raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
         if int(status) == -2:
@@ -68,10 +82,16 @@ class RedisPresence:
         before = parse_entry(presence.client_id, previous) if previous else None
         if not keys.seats_here:
             await core.follow_seats(_seat_moves(presence, value, before), "register")
-        return Registration(before, groups_ended=in_script)
+        positions = None
+        if baselines:
+            streams = session_streams(presence.client_id, presence.user_id)
+            positions = {stream: at for stream, found in zip(streams, read or raw, strict=True)
+                         if (at := parse_position(bytes(found))) is not None}
+        return Registration(before, groups_ended=in_script, positions=positions)
 
     def _register_call(self, presence: Presence, max_cluster: int | None, in_script: bool,
-                       value: str, user_limit: int | None) -> tuple[list[str], list[Any]]:
+                       value: str, user_limit: int | None,
+                       baselines: bool) -> tuple[list[str], list[Any]]:
         """REGISTER's keys and arguments."""
         core = self._core
         bucket = core.keys.bucket_of(presence.client_id)
@@ -81,11 +101,13 @@ class RedisPresence:
         script_keys = list(shared.keys)
         if in_script:
             script_keys.append(core.keys.client_groups(presence.client_id))
+        metas = _metas(core.keys, presence) if baselines else []
+        script_keys += metas
         return script_keys, [
             presence.client_id, entry_of(presence), presence.node_id, max_cluster or 0,
             *shared.node_prefixes, kick_prefix(presence.node_id, presence.client_id),
             core.publish_command, "1" if in_script else "0", *shared.groups_and_events,
-            presence.user_id or "", value, user_limit or 0, *shared.seats]
+            presence.user_id or "", value, user_limit or 0, *shared.seats, len(metas)]
 
     def _share(self, bucket: int, node_id: str) -> _Shared:
         """What every REGISTER call of a node to one bucket has in common, built once (a
@@ -183,3 +205,8 @@ def _seat_moves(presence: Presence, value: str, before: Presence | None) -> list
     if before is not None and before.user_id is not None and before.user_id != presence.user_id:
         ops += ["d", before.user_id, presence.client_id, before.conn_id]
     return ops
+
+
+def _metas(keys: KeyLayout, presence: Presence) -> list[str]:
+    """The meta hashes of the streams a fresh session of `presence`'s client receives."""
+    return [keys.stream_meta(s) for s in session_streams(presence.client_id, presence.user_id)]

@@ -92,16 +92,18 @@ local function leave_all(cg, group_prefix, cid, channel, event_prefix, node, pub
 end
 """
 
-# KEYS: presence hash, own node set[, client's group set (when ARGV[9] is '1')]
+# KEYS: presence hash, own node set[, client's group set (when ARGV[9] is '1')], then the
+#       stream meta hashes ARGV[19] counts.
 # ARGV: 1 client_id, 2 entry, 3 node_id, 4 max_cluster (0 = none), 5 node-set prefix,
 #       6 node-channel prefix, 7 kick envelope prefix, 8 publish command, 9 '1' to end
 #       whatever groups the client's set lists (history off, one slot: a connection begins
 #       with none, whether a replaced connection left them or a late write put them
 #       there), 10 group-set prefix, 11 events channel, 12 event prefix, 13 user id ('' =
 #       none), 14 the user seat, 15 the user's connection limit (0 = none), 16 user-hash
-#       prefix, 17 users set, 18 '1' when the user hashes share this slot.
-# Returns {status, previous entry or false}; status -1 = cluster limit reached, -2 = the
-# user's limit reached.
+#       prefix, 17 users set, 18 '1' when the user hashes share this slot, 19 how many
+#       stream meta hashes end KEYS (a fresh session's streams, in this slot).
+# Returns {status, previous entry or false, "offset|epoch" of each stream meta}; status -1
+# = cluster limit reached, -2 = the user's limit reached.
 REGISTER: Final = LEAVE_ALL + SEATS_LIB + """
 local cid, user, seats = ARGV[1], ARGV[13], ARGV[18] == '1'
 local prev = redis.call('HGET', KEYS[1], cid)
@@ -135,8 +137,12 @@ end
 if ARGV[9] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
   leave_all(KEYS[3], ARGV[10], cid, ARGV[11], ARGV[12], ARGV[3], ARGV[8])
 end
-if prev then return {1, prev} end
-return {0, false}
+local out = prev and {1, prev} or {0, false}
+for k = #KEYS - tonumber(ARGV[19]) + 1, #KEYS do
+  local epoch = redis.call('HGET', KEYS[k], 'epoch')
+  table.insert(out, (redis.call('HGET', KEYS[k], 'offset') or '0') .. '|' .. (epoch or ''))
+end
+return out
 """
 
 # KEYS: presence hash, own node set.

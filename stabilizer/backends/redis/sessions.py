@@ -3,20 +3,14 @@ set of clients whose session ends at a time; any node sweeps it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from stabilizer.backends.base import SessionGone, SessionState, SessionTaken
 from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
+from stabilizer.backends.redis.keys import parse_position
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.spread import SpreadSteps
-from stabilizer.pure.streams import ALL, client_stream, user_stream
-
-
-def parse_position(raw: bytes) -> tuple[int, str] | None:
-    """Parse a stored ``offset|epoch`` baseline; None if malformed."""
-    offset, _, epoch = raw.decode("utf-8", "replace").partition("|")
-    try:
-        return int(offset), epoch
-    except ValueError:
-        return None
+from stabilizer.pure.streams import ALL, client_stream, session_streams, user_stream
 
 
 class RedisSessions:
@@ -55,10 +49,13 @@ class RedisSessions:
         return SessionState(groups, user_data, baselines)
 
     async def activate(self, client_id: str, *, fresh: bool, user_id: str | None = None,
-                       conn_id: str | None = None) -> dict[str, tuple[int, str]]:
+                       conn_id: str | None = None,
+                       since: Mapping[str, tuple[int, str]] | None = None,
+                       ) -> dict[str, tuple[int, str]]:
         """One script: mark the session live and held by `conn_id`; a fresh one first ends
         any earlier session (its groups included) and records (and returns) the baselines
-        of the client's streams. Not when presence names another connection (in the
+        of the client's streams (those `since` gives, else where they stand then). Not
+        when presence names another connection (in the
         script, or read first where presence lives in other slots): SessionTaken; nor (not
         `fresh`) when the session ended since it was loaded: SessionGone."""
         core = self._core
@@ -71,9 +68,12 @@ class RedisSessions:
             if found is None:
                 raise SessionTaken(client_id)
             guard = found
+        given = [] if since is None else [
+            f"{at[0]}|{at[1]}" if (at := since.get(stream)) is not None else ""
+            for stream in session_streams(client_id, user_id)]
         if keys.spread:
             raw = await self._spread.open(client_id, fresh=fresh, user_id=user_id,
-                                          conn_id=conn_id or "", guard=guard)
+                                          conn_id=conn_id or "", guard=guard, given=given)
             if raw is None:
                 raise SessionTaken(client_id)
             return {stream: position for stream, value in raw.items()
@@ -87,7 +87,7 @@ class RedisSessions:
             script_keys,
             [client_id, "1" if fresh else "0", keys.group_prefix, *core.event_args(),
              core.node_id, core.publish_command, user_id or "", conn_id or "",
-             str(len(script_keys)) if guard else ""])
+             str(len(script_keys)) if guard else "", *given])
         if reply is None:
             raise SessionTaken(client_id)
         if reply == 0:

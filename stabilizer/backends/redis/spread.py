@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Final
 
 from stabilizer.backends.base import Presence, SessionGone
@@ -267,14 +267,16 @@ class SpreadSteps(SlotSteps):
     # --- opening sessions ------------------------------------------------------------
 
     async def open(self, client_id: str, *, fresh: bool, user_id: str | None,
-                   conn_id: str, guard: Collection[str] = ()) -> dict[str, str] | None:
+                   conn_id: str, guard: Collection[str] = (),
+                   given: Sequence[str] = ()) -> dict[str, str] | None:
         """OPEN_SESSION. First, in the namespace's slot: the presence `guard` (the presence
         hash, when presence lives there: None, and nothing changed, if it names another
         connection than `conn_id`), the client off the away list, and a fresh session's
         streams' baselines. Then a resumed session is marked live; a fresh one replaces
         the earlier session in one step when that had no groups; otherwise the client is
         held for the lease while the earlier groups are left. Returns the raw baselines by
-        stream."""
+        stream: those `given` (in the order of the streams read; '' = none), else as read
+        here."""
         core = self._core
         keys = core.keys
         session = [keys.session(client_id), keys.leaving(client_id)]
@@ -293,7 +295,9 @@ class SpreadSteps(SlotSteps):
                                        "open_session")):
                 raise SessionGone(client_id)
             return {}
-        baselines = {stream: text(raw) for stream, raw in zip(streams, positions, strict=True)}
+        given = [*given, *[""] * len(streams)][:len(streams)]
+        baselines = {stream: at or text(raw)
+                     for stream, raw, at in zip(streams, positions, given, strict=True)}
         pairs = [part for pair in baselines.items() for part in pair]
         if int((await self._client_end(client_id, "open", False, [conn_id, *pairs]))[0]) == 0:
             return baselines

@@ -24,13 +24,16 @@ end
 #       [, meta of "u:<user>" (when ARGV[8] is not '')][, the presence hash].
 # ARGV: client id, '1' for a fresh session, group-set prefix, events channel, event
 #       prefix, node id, publish command, user id ('' = none), the holder's conn id ('' =
-#       none), the presence hash's index in KEYS ('' = not passed: presence in other slots).
+#       none), the presence hash's index in KEYS ('' = not passed: presence in other slots),
+#       then (a fresh one) the baselines of "all", "c:<client>" and "u:<user>" read when
+#       the holder registered ("offset|epoch"; '' or none = read them now).
 # Nothing, and false, when the presence hash names another connection than the holder (a
 # newer socket took the client: OWNED_ELSEWHERE).
 # The session lives while connected, held by one connection (field '_': MEMBERSHIP names
 # it in every change written from then on). A fresh one first ends whatever the client had
-# (its groups and session data), then records where the client's streams stand now (its
-# replay baselines) and returns them: {stream, "offset|epoch", ...} (nothing for a revived
+# (its groups and session data), then records where the client's streams stood when its
+# holder registered, or stand now (its replay baselines), and returns them: {stream,
+# "offset|epoch", ...} (nothing for a revived
 # one). A revived one that no longer exists (a sweep ended it, or its time ran out, after
 # the resume loaded it): 0, and nothing changed.
 OPEN_SESSION: Final = LEAVE_ALL + OWNED_ELSEWHERE + """
@@ -49,11 +52,14 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 local baselines = {}
 if ARGV[2] == '1' then
   local streams = {[3] = 'all', [4] = 'c:' .. ARGV[1]}
+  local given = {[3] = ARGV[11], [4] = ARGV[12], [6] = ARGV[13]}
   if ARGV[8] ~= '' then streams[6] = 'u:' .. ARGV[8] end
   for i, stream in pairs(streams) do
-    local epoch = redis.call('HGET', KEYS[i], 'epoch')
-    local offset = redis.call('HGET', KEYS[i], 'offset') or '0'
-    local position = offset .. '|' .. (epoch or '')
+    local position = given[i]
+    if not position or position == '' then
+      local epoch = redis.call('HGET', KEYS[i], 'epoch')
+      position = (redis.call('HGET', KEYS[i], 'offset') or '0') .. '|' .. (epoch or '')
+    end
     redis.call('HSET', KEYS[1], 'p:' .. stream, position)
     table.insert(baselines, stream)
     table.insert(baselines, position)
@@ -125,6 +131,17 @@ for i = 1, #fields, 2 do
     table.insert(out, fields[i])
     table.insert(out, fields[i + 1])
   end
+end
+return out
+"""
+
+# KEYS: stream meta hashes (the namespace's slot). Returns the position "offset|epoch" of
+# each stream, in order ("0|" for one with no message).
+STREAM_POSITIONS: Final = """
+local out = {}
+for k = 1, #KEYS do
+  local epoch = redis.call('HGET', KEYS[k], 'epoch')
+  out[k] = (redis.call('HGET', KEYS[k], 'offset') or '0') .. '|' .. (epoch or '')
 end
 return out
 """

@@ -43,11 +43,19 @@ no connection opens within its timeout: a message is sent or an exception says w
 Messages received before the end are still returned first. Callbacks run in the client's
 task: keep them short (``queue.put_nowait`` is ideal).
 
-``max_inbox_messages`` bounds the messages received and not yet returned: a full inbox
-stops the client reading its socket (back-pressure: the server ends up closing it, 4000 or
-1013, and the client reconnects, keeping what it holds), except while a request (v2: rpc,
-subscribe, unsubscribe, publish) waits for its reply: then the client reads on and keeps
-the messages beyond the bound, in order, so that the reply gets through.
+``max_inbox_messages`` bounds the messages received and not yet returned, always. The
+client reads its socket whatever the application does, so pings are answered, a close or a
+lost socket shows in ``conn.state`` at once, and a request's reply (v2: rpc, subscribe,
+unsubscribe, publish) arrives even while the inbox is full. An application message that
+finds the inbox full is turned away, and so is every later one of that socket (none is
+acknowledged, no position recorded; callbacks of subscriptions still get theirs). Once the
+application has taken a message and no request waits for its reply on that socket, the
+client closes it (1013, "the application fell behind") and reconnects, resuming after the
+last message it kept: with history the server replays the rest (``on_resume``,
+``recovered`` true); without, they are lost and ``on_resume`` says so (``recovered``
+false), as after any reconnect without history. A message the server sent without a
+position (unsequenced) cannot be replayed: its stream is listed in ``failed``. Size the
+inbox for the bursts the application must absorb without a resume.
 
 Caveat: without history, an application message that is a JSON object whose "type" is a
 control type (session, ping, pong, resume, error) cannot be told from a control frame and

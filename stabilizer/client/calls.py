@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
-from stabilizer.client.inbox import Inbox
 from stabilizer.errors import RPCError
 from stabilizer.pure.client_protocol import ControlFrame
 from stabilizer.pure.client_v2 import reply_outcome
@@ -25,16 +24,17 @@ logger = logging.getLogger(__name__)
 class PendingCalls:
     """Calls sent and not answered yet, by id."""
 
-    def __init__(self, inbox: Inbox) -> None:
-        self._inbox = inbox  # the reader reads past a full one while a call waits
+    def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[WebSocket, asyncio.Future[JSONValue]]] = {}
+        self._fewer = asyncio.Event()  # a call stopped waiting
 
     async def call(self, open_socket: Callable[[WebSocket | None], Awaitable[WebSocket]],
                    build: Callable[[int], str], timeout: float) -> JSONValue:
         """Send the request `build(call_id)` makes on an open socket (`open_socket(stale)`
         waits for one other than `stale`) and return the result its reply carries, all
-        within `timeout`. Meanwhile a full inbox does not stop the reader (client/inbox.py).
+        within `timeout`. (The reader gets to the reply whatever the application does: it
+        never waits for a full inbox, client/inbox.py.)
 
         Raises:
             RPCError: the server's error, ``timeout`` or ``disconnected``.
@@ -45,7 +45,7 @@ class PendingCalls:
         frame = build(call_id)
         stale: WebSocket | None = None
         try:
-            async with asyncio.timeout(timeout), self._inbox.request():
+            async with asyncio.timeout(timeout):
                 while True:
                     ws = await open_socket(stale)
                     answer = self.expect(call_id, ws)
@@ -70,7 +70,14 @@ class PendingCalls:
 
     def forget(self, call_id: int) -> None:
         """The caller stopped waiting (answered, timed out or cancelled)."""
-        self._waiting.pop(call_id, None)
+        if self._waiting.pop(call_id, None) is not None:
+            self._fewer.set()
+
+    async def settled(self, ws: WebSocket) -> None:
+        """Wait until no call sent on `ws` waits for its reply."""
+        while any(sent_on is ws for sent_on, _ in self._waiting.values()):
+            self._fewer.clear()
+            await self._fewer.wait()
 
     def settle(self, frame: ControlFrame) -> None:
         """A ``reply`` frame arrived: settle the call it answers."""
@@ -79,6 +86,7 @@ class PendingCalls:
         if entry is None:
             logger.debug("a reply to call %r that no one waits for", call_id)
             return
+        self._fewer.set()
         future = entry[1]
         if future.done():
             return
@@ -92,6 +100,7 @@ class PendingCalls:
         for call_id, (sent_on, future) in list(self._waiting.items()):
             if sent_on is ws:
                 del self._waiting[call_id]
+                self._fewer.set()
                 if not future.done():
                     future.set_exception(RPCError(
                         "disconnected", "the connection closed before the reply; the call "

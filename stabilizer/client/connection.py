@@ -19,10 +19,11 @@ from stabilizer.client.callbacks import notify
 from stabilizer.client.calls import PendingCalls
 from stabilizer.client.dial import Attempt, DialOptions, dial, hang_up
 from stabilizer.client.frames import Frames, send_ack
-from stabilizer.client.inbox import Inbox, Owed
+from stabilizer.client.inbox import FELL_BEHIND, Inbox, Owed
 from stabilizer.client.requests import Requests, Subscriptions
 from stabilizer.client.session_view import SessionView
 from stabilizer.client.v2 import SUBPROTOCOL, ProtocolV2, TokenSource, check_options
+from stabilizer.config import CloseCode
 from stabilizer.pure.client_protocol import (
     ClientClosedError,
     CloseAction,
@@ -40,9 +41,7 @@ from stabilizer.pure.client_protocol import (
     retry_delay,
     url_source,
 )
-from stabilizer.pure.client_v2 import (
-    outgoing,
-)
+from stabilizer.pure.client_v2 import outgoing
 from stabilizer.pure.text import JSONValue
 
 logger = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class ClientConnection(SessionView, Requests):
         self._on_state = on_state
         self.state = ConnectionState.CONNECTING
         self._inbox = Inbox(max_inbox_messages)
-        self._calls = PendingCalls(self._inbox)
+        self._calls = PendingCalls()
         self._subscriptions = Subscriptions()
         self._frames = Frames(self._inbox, client_id=client_id, token=token, v2=self._v2,
                               send_timeout=send_timeout, on_control=on_control,
@@ -297,8 +296,12 @@ class ClientConnection(SessionView, Requests):
         return attempt
 
     async def _serve(self, ws: WebSocket, attempt: Attempt, access_token: str | None) -> None:
+        """Read `ws` until it closes, never waiting for the application (client/inbox.py):
+        pings, closes and replies are seen at once, whatever the application does."""
         loop = asyncio.get_running_loop()
         opened_at = math.inf
+        self._inbox.new_socket()
+        shedder = asyncio.create_task(self._shed(ws, attempt), name="stabilizer-shed")
         try:
             if self._v2 is not None:
                 await self._v2.greet(ws, attempt.url, token=access_token,
@@ -313,7 +316,9 @@ class ClientConnection(SessionView, Requests):
             while True:
                 await self._frames.handle(ws, await ws.recv())
         except ConnectionClosed as exc:
-            if exc.rcvd is not None:
+            if attempt.shed:
+                pass  # (the code and reason it was closed with are the attempt's)
+            elif exc.rcvd is not None:
                 attempt.code, attempt.reason = exc.rcvd.code, exc.rcvd.reason
             else:
                 attempt.reason = "connection lost without a close frame"
@@ -321,6 +326,8 @@ class ClientConnection(SessionView, Requests):
             attempt.reason = "no session frame in time" if not attempt.opened else (
                 "could not write a pong in time")
         finally:
+            shedder.cancel()
+            await asyncio.wait([shedder])
             self._calls.lost(ws)
             attempt.stable = loop.time() - opened_at >= self._retry.stable_after
             async with self._state_changed:
@@ -330,6 +337,18 @@ class ClientConnection(SessionView, Requests):
         if attempt.opened:
             logger.info("stabilizer connection to %s closed: %d %s", self.node_id,
                         attempt.code, attempt.reason)
+
+    async def _shed(self, ws: WebSocket, attempt: Attempt) -> None:
+        """Close `ws` once a full inbox turned one of its messages away and the application
+        has taken one since, after the replies its calls wait for: the next socket resumes
+        from the last message the inbox kept (client/inbox.py)."""
+        await self._inbox.fell_behind()
+        await self._calls.settled(ws)
+        attempt.shed = True
+        attempt.code, attempt.reason = CloseCode.TRY_AGAIN_LATER, FELL_BEHIND
+        logger.info("the application fell behind (max_inbox_messages=%d); reconnecting to "
+                    "resume after the messages it holds", self._inbox.limit)
+        await ws.close(attempt.code, attempt.reason)
 
     async def _open(self, ws: WebSocket, attempt: Attempt) -> None:
         reconnect = self._ever_opened
@@ -370,7 +389,7 @@ class ClientConnection(SessionView, Requests):
         if self._error is not None:
             return
         self._error, self._closed_by_app = error, by_app
-        await self._inbox.wake()
+        self._inbox.wake()
         if not by_app:
             logger.info("stabilizer client closed for good: %s", error)
         await self._set_state(StateChange(ConnectionState.CLOSED, close_code=error.code,

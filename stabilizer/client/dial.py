@@ -23,6 +23,7 @@ class Attempt:
     stable: bool = False  # stayed open for RetryPolicy.stable_after seconds
     code: int = LOST
     reason: str = ""
+    shed: bool = False  # the client closed it: the application fell behind (client/inbox.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ session, the newest reconnect token, history positions, and (v2) device and expi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -54,6 +55,7 @@ class Frames:
         self.last_resume: ResumeResult | None = None
         self.positions = Positions()
         self.history = False
+        self._unreplayable: set[str] = set()  # streams whose messages were turned away
         # the session the token resumed was gone: the server began a fresh one
         self.on_session_lost: Callable[[], None] | None = None
 
@@ -117,7 +119,12 @@ class Frames:
                 session is not None and session.resumed)))
 
     def resumed(self, result: ResumeResult) -> None:
-        """Record a reconnect's outcome and tell the application."""
+        """Record a reconnect's outcome and tell the application (streams whose messages
+        a full inbox turned away without a position to replay them from count as failed)."""
+        if self._unreplayable:
+            failed = tuple(dict.fromkeys((*result.failed, *sorted(self._unreplayable))))
+            result = dataclasses.replace(result, recovered=False, failed=failed)
+            self._unreplayable.clear()
         self.last_resume = result
         if not result.session_resumed and self.on_session_lost is not None:
             self.on_session_lost()  # (its memberships went with it)
@@ -136,14 +143,19 @@ class Frames:
         except WireError as exc:
             logger.warning("dropping a message frame: %s", exc)
             return
-        if wrapped.offset is None or wrapped.epoch is None or self.positions.accept(
-            wrapped.stream, wrapped.offset, wrapped.epoch
-        ):
-            stream = wrapped.stream
-            await self._deliver(wrapped.payload,
-                                stream[2:] if stream.startswith("g:") else None, owed)
-        elif owed is not None:  # a duplicate: the application handled it already
-            await send_ack(owed)
+        stream, offset, epoch = wrapped.stream, wrapped.offset, wrapped.epoch
+        if offset is not None and epoch is not None and self.positions.seen(
+                stream, offset, epoch):
+            if owed is not None:  # a duplicate: the application handled it already
+                await send_ack(owed)
+            return
+        kept = await self._deliver(wrapped.payload,
+                                   stream[2:] if stream.startswith("g:") else None, owed)
+        if not kept:  # turned away by a full inbox: the resume replays it, if it can
+            if offset is None or epoch is None:
+                self._unreplayable.add(stream)
+        elif offset is not None and epoch is not None:
+            self.positions.accept(stream, offset, epoch)
 
     def _on_session(self, info: SessionInfo) -> None:
         if self._client_id is not None and info.client_id != self._client_id:
@@ -155,15 +167,14 @@ class Frames:
             self._v2.on_session(info)
 
     async def _deliver(self, message: str | bytes, channel: str | None = None,
-                       owed: Owed | None = None) -> None:
+                       owed: Owed | None = None) -> bool:
+        """Hand a message over; False when a full inbox turned it away (client/inbox.py:
+        the reader never waits for the application)."""
         if self._subscriptions is not None and self._subscriptions.route(channel, message):
             if owed is not None:
                 await send_ack(owed)
-            return  # its subscription's on_message took it
-        # a slow application stops the reading here unless a request waits for its reply
-        # (client/inbox.py); the server ends up closing the socket (4000/1013) and the
-        # client reconnects, keeping what it buffered
-        await self._inbox.put(message, owed)
+            return True  # its subscription's on_message took it
+        return self._inbox.offer(message, owed)  # (unacknowledged when turned away)
 
 
 async def send_ack(owed: Owed, timeout: float = 2.0) -> None:

@@ -1,67 +1,86 @@
 """The client's inbox: application messages waiting for recv(), each with the
 acknowledgement it owes once the application handled it, if any.
 
-It holds at most `limit` messages: a full inbox makes the socket's reader wait, so a slow
-application slows the server down (back-pressure) until the server closes the socket
-(4000, 1013) and the client reconnects, keeping what it holds. Except while a request
-waits for its reply: the reply comes on the same socket, after whatever the server sent
-before it, so a reader that waited for the application (perhaps the very caller, in its
-message loop) would never get to it. While any request waits, messages that do not fit
-are kept beyond the limit, in order, and the reader reads on."""
+It holds at most `limit` messages, and taking one never waits: the socket's reader must
+always get on to the frames behind it (a ping to answer, a close, a request's reply), so it
+never waits for the application. A message that finds the inbox full is turned away, and
+so is every later one from the same socket (the socket is *behind*): what the inbox holds
+stays a prefix of what the socket brought, so the positions the client records (history)
+say exactly where a resume must start. The connection then replaces the socket once the
+application made room (client/connection.py): with history the resume replays what was
+turned away; without, it is lost, and the resume says so (``recovered`` false)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
+
+from stabilizer.errors import ConfigError
 
 #: An acknowledgement owed: the token and the socket the message came on.
 Owed = tuple[str, Any]
+#: The reason a client closes a socket with (1013) when its application fell behind.
+FELL_BEHIND = "the application fell behind; resuming"
 
 
 class Inbox:
-    """At most `limit` messages but while a request waits; when full, put() waits."""
+    """At most `limit` messages; offer() never waits, and refuses once the socket is
+    behind."""
 
     def __init__(self, limit: int) -> None:
-        self._limit = limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"max_inbox_messages must be a positive integer, got {limit!r}")
+        self.limit = limit
         self._messages: collections.deque[tuple[str | bytes, Owed | None]] = collections.deque()
-        self._changed = asyncio.Condition()
-        self._requests = 0  # waiting for their replies, which the reader must get to
+        self._added = asyncio.Event()
+        self._taken = asyncio.Event()
+        self._behind = asyncio.Event()  # a message of this socket was turned away
 
-    async def put(self, message: str | bytes, owed: Owed | None = None) -> None:
-        """Add a message, waiting while the inbox is full and no request waits."""
-        async with self._changed:
-            await self._changed.wait_for(
-                lambda: len(self._messages) < self._limit or self._requests > 0)
-            self._messages.append((message, owed))
-            self._changed.notify_all()
+    def __len__(self) -> int:
+        return len(self._messages)
 
-    @contextlib.asynccontextmanager
-    async def request(self) -> AsyncIterator[None]:
-        """Let put() go beyond the limit until the request this spans has its reply."""
-        async with self._changed:
-            self._requests += 1
-            self._changed.notify_all()  # a reader waiting for room reads on
-        try:
-            yield
-        finally:
-            self._requests -= 1  # (a put waits again once the inbox is full and none waits)
+    @property
+    def behind(self) -> bool:
+        """A message of the current socket was turned away (so are the ones after it)."""
+        return self._behind.is_set()
+
+    def offer(self, message: str | bytes, owed: Owed | None = None) -> bool:
+        """Keep a message if the socket is not behind and there is room; else turn it away
+        (the socket is behind from then on) and return False."""
+        if self._behind.is_set() or len(self._messages) >= self.limit:
+            self._behind.set()
+            return False
+        self._messages.append((message, owed))
+        self._added.set()
+        return True
+
+    def new_socket(self) -> None:
+        """A new socket begins: its messages are taken again (what is held stays)."""
+        self._behind.clear()
+
+    async def fell_behind(self) -> None:
+        """Wait until the current socket is behind, then until the application has taken
+        a message, so that the inbox has room for what a new socket replays."""
+        await self._behind.wait()
+        while len(self._messages) >= self.limit:
+            self._taken.clear()
+            await self._taken.wait()
 
     async def get(self, closed: Callable[[], bool]
                   ) -> tuple[str | bytes, Owed | None] | None:
         """The oldest message and its acknowledgement, waiting for one; None once
         `closed()` and nothing is left."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._messages) or closed())
-            if not self._messages:
+        while not self._messages:
+            if closed():
                 return None
-            message = self._messages.popleft()
-            self._changed.notify_all()
-            return message
+            self._added.clear()
+            await self._added.wait()
+        message = self._messages.popleft()
+        self._taken.set()
+        return message
 
-    async def wake(self) -> None:
+    def wake(self) -> None:
         """Let waiting readers see that the connection closed."""
-        async with self._changed:
-            self._changed.notify_all()
+        self._added.set()

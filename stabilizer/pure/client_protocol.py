@@ -215,11 +215,16 @@ class Positions:
     def __init__(self) -> None:
         self._last: dict[str, tuple[int, str]] = {}
 
+    def seen(self, stream: str, offset: int, epoch: str) -> bool:
+        """True for a duplicate: the same epoch, an offset not greater than the recorded."""
+        last = self._last.get(stream)
+        return last is not None and last[1] == epoch and offset <= last[0]
+
     def accept(self, stream: str, offset: int, epoch: str) -> bool:
         """Record a message; False for a duplicate (same epoch, offset not greater)."""
-        last = self._last.get(stream)
-        if last is not None and last[1] == epoch and offset <= last[0]:
+        if self.seen(stream, offset, epoch):
             return False
+        last = self._last.get(stream)
         if last is not None and last[1] == epoch and offset > last[0] + 1:
             logger.warning("stream %r skipped offsets %d..%d", stream, last[0] + 1, offset - 1)
         self._last[stream] = (offset, epoch)

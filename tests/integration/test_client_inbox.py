@@ -1,28 +1,44 @@
-"""A request's reply is read although the Python client's inbox is full.
+"""The Python client reads its socket whatever the application does, and its inbox stays
+bounded (max_inbox_messages).
 
-The client reads its socket in one loop and puts application messages into a bounded
-inbox (max_inbox_messages); a full inbox made that loop wait. A reply that came behind
-more messages than the inbox holds was then never read: an rpc made while the
-application was not taking messages (typically from its own message loop) timed out
-although the server had answered, and a socket that closed meanwhile went unnoticed. Both
-tests fail on that code. While a request waits for its reply, the reader now keeps
-reading (client/inbox.py), and the messages stay in order for recv().
+The client put application messages into a bounded inbox from the loop that reads the
+socket, and a full inbox made that loop wait: a server's ping went unanswered (the server
+cut the client off as dead, 4000), a close went unseen (the client stayed OPEN on a dead
+socket until the application read), and a request's reply behind the messages was never
+read. The fix of the last one read on past the bound while a request waited, so the inbox
+grew without limit. Now the reader never waits (client/inbox.py): a message that finds the
+inbox full is turned away with every later one of that socket, and once the application
+took a message the client closes that socket (1013) and resumes after the last message
+the inbox kept: with history the server replays the rest, without it on_resume says that
+messages were lost. Every test fails on the code before.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
 
 from stabilizer import RPCCall, RPCError, WebSocketConfig, WebSocketConnectionManager
-from stabilizer.client import RetryPolicy, connect
+from stabilizer.client import (
+    ClientConnection,
+    ConnectionState,
+    ControlFrame,
+    ResumeResult,
+    RetryPolicy,
+    StateChange,
+    connect,
+)
 from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
 
 INBOX = 2
 AHEAD = 5  # messages the server sends before a reply: more than the inbox holds
+QUIET = {"heartbeat_interval": 60, "heartbeat_timeout": 120}
+HISTORY = {"history_size": 100, "history_ttl": 60.0, "session_ttl": 60.0}
+FAST_RETRY = RetryPolicy(base=0.01, cap=0.05)
 
 
 def notifying_app(manager: WebSocketConnectionManager, asked: asyncio.Event) -> FastAPI:
@@ -32,50 +48,132 @@ def notifying_app(manager: WebSocketConnectionManager, asked: asyncio.Event) -> 
 
     @manager.rpc("notify")
     async def notify(call: RPCCall) -> str:
-        for n in range(AHEAD):
-            assert await manager.send_to_client(call.client_id, f"n{n}")
+        await flood(manager, call.client_id)
         return "done"  # the reply goes out after the messages, on the same socket
 
     @manager.rpc("stall")
     async def stall(call: RPCCall) -> None:
-        for n in range(AHEAD):
-            assert await manager.send_to_client(call.client_id, f"n{n}")
+        await flood(manager, call.client_id)
         asked.set()
         await asyncio.Event().wait()  # cancelled when its socket closes
 
     return app
 
 
-def quiet_manager() -> WebSocketConnectionManager:
-    return WebSocketConnectionManager(WebSocketConfig(heartbeat_interval=60,
-                                                      heartbeat_timeout=120))
+async def flood(manager: WebSocketConnectionManager, client_id: str) -> None:
+    for n in range(AHEAD):
+        assert await manager.send_to_client(client_id, f"n{n}")
 
 
-async def test_a_reply_behind_a_full_inbox_reaches_the_call(
+def held(client: ClientConnection) -> int:
+    """How many messages the client's inbox holds."""
+    return len(client._inbox._messages)
+
+
+class Watch:
+    """The client's state changes, resume results and pings, as they come."""
+
+    def __init__(self) -> None:
+        self.states: list[StateChange] = []
+        self.resumes: list[ResumeResult] = []
+        self.pings = 0
+        self.changed = asyncio.Event()
+
+    def options(self) -> dict[str, Any]:
+        return {"on_state": self.on_state, "on_resume": self.on_resume,
+                "on_control": self.on_control}
+
+    def on_state(self, change: StateChange) -> None:
+        self.states.append(change)
+        self.changed.set()
+
+    def on_resume(self, result: ResumeResult) -> None:
+        self.resumes.append(result)
+        self.changed.set()
+
+    def on_control(self, frame: ControlFrame) -> None:
+        if frame.get("type") == "ping":
+            self.pings += 1
+            self.changed.set()
+
+    async def until(self, check: Any, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_a_reply_behind_a_full_inbox_arrives_and_the_inbox_stays_bounded(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    manager = quiet_manager()
+    # without history the messages come before the reply, on the same socket
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET))
+    watch = Watch()
     async with (
         served(notifying_app(manager, asyncio.Event()), "websockets-sansio",
                monkeypatch) as server,
-        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2,
-                max_inbox_messages=INBOX) as client,
+        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2, max_inbox_messages=INBOX,
+                retry=FAST_RETRY, **watch.options()) as client,
     ):
         # nothing takes messages while the call waits, as in a message loop that calls
         assert await client.rpc("notify", timeout=5) == "done"
+        assert held(client) == INBOX  # the rest was turned away, not kept past the bound
+        assert client.state is ConnectionState.OPEN  # (until the application takes one)
+        async with asyncio.timeout(5):
+            got = [await client.recv() for _ in range(INBOX)]
+        assert got == [f"n{n}" for n in range(INBOX)]  # what the inbox kept, in order
+        # having taken one, the client replaced the socket; the rest is reported lost
+        await watch.until(lambda: len(watch.resumes) == 1)
+        assert not watch.resumes[0].recovered  # the application must resync
+        await watch.until(lambda: client.state is ConnectionState.OPEN)
+        assert [(c.state, c.close_code) for c in watch.states][2:] == [
+            (ConnectionState.RECONNECTING, 1013), (ConnectionState.OPEN, None)]
+        client_id = client.client_id
+        assert client_id is not None
+        assert await manager.send_to_client(client_id, "after")
+        async with asyncio.timeout(5):
+            assert await client.recv() == "after"  # the new socket delivers again
+        assert await client.rpc("notify", timeout=5) == "done"  # and again
+        assert held(client) == INBOX
+
+
+async def test_with_history_the_resume_replays_what_a_full_inbox_turned_away(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET, **HISTORY))
+    watch = Watch()
+    async with (
+        served(notifying_app(manager, asyncio.Event()), "websockets-sansio",
+               monkeypatch) as server,
+        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2, max_inbox_messages=INBOX,
+                retry=FAST_RETRY, **watch.options()) as client,
+    ):
+        assert await client.rpc("notify", timeout=5) == "done"
+        await until_behind(client)
+        assert held(client) == INBOX
         async with asyncio.timeout(5):
             got = [await client.recv() for _ in range(AHEAD)]
         assert got == [f"n{n}" for n in range(AHEAD)]  # none lost, in order
-        assert await client.rpc("notify", timeout=5) == "done"  # and again
+        # (a replay can fill the inbox again: then the client resumes once more)
+        assert watch.resumes
+        assert all(r.recovered for r in watch.resumes)
+        assert [(c.state, c.close_code) for c in watch.states][2:] == len(watch.resumes) * [
+            (ConnectionState.RECONNECTING, 1013), (ConnectionState.OPEN, None)]
+
+
+async def until_behind(client: ClientConnection) -> None:
+    """Wait until a full inbox turned a message of the current socket away."""
+    async with asyncio.timeout(5):
+        while not client._inbox.behind:
+            await asyncio.sleep(0.01)
 
 
 async def test_a_call_whose_socket_closes_behind_a_full_inbox_is_disconnected(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    manager = quiet_manager()
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET, **HISTORY))
     asked = asyncio.Event()
     async with (
         served(notifying_app(manager, asked), "websockets-sansio", monkeypatch) as server,
         connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2, max_inbox_messages=INBOX,
-                retry=RetryPolicy(base=0.01, cap=0.05)) as client,
+                retry=FAST_RETRY) as client,
     ):
         calling = asyncio.create_task(client.rpc("stall", timeout=30))
         await asyncio.wait_for(asked.wait(), 5)
@@ -88,4 +186,52 @@ async def test_a_call_whose_socket_closes_behind_a_full_inbox_is_disconnected(
         assert lost.value.code == "disconnected"
         async with asyncio.timeout(5):
             got = [await client.recv() for _ in range(AHEAD)]
-        assert got == [f"n{n}" for n in range(AHEAD)]  # what came before the close stays
+        assert got == [f"n{n}" for n in range(AHEAD)]  # kept, then replayed, in order
+        assert held(client) == 0
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
+async def test_pings_are_answered_while_the_application_takes_no_messages(
+        monkeypatch: pytest.MonkeyPatch, protocol: int) -> None:
+    # the server cuts off a client that leaves a ping unanswered for heartbeat_timeout
+    manager = WebSocketConnectionManager(WebSocketConfig(heartbeat_interval=0.1,
+                                                         heartbeat_timeout=0.3))
+    watch = Watch()
+    async with (
+        served(session_app(manager), "websockets-sansio", monkeypatch) as server,
+        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=protocol,
+                max_inbox_messages=INBOX, **watch.options()) as client,
+    ):
+        client_id = client.client_id
+        assert client_id is not None
+        await flood(manager, client_id)  # the application never takes them
+        pings = watch.pings
+        await watch.until(lambda: watch.pings >= pings + 10)  # ten pings, ~1 s, answered
+        assert [c.state for c in watch.states] == [ConnectionState.CONNECTING,
+                                                   ConnectionState.OPEN]  # never cut off
+        assert manager.is_connected(client_id)
+        assert held(client) == INBOX
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
+async def test_a_close_is_seen_while_the_application_takes_no_messages(
+        monkeypatch: pytest.MonkeyPatch, protocol: int) -> None:
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET))
+    watch = Watch()
+    async with (
+        served(session_app(manager), "websockets-sansio", monkeypatch) as server,
+        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=protocol,
+                max_inbox_messages=INBOX, retry=FAST_RETRY, **watch.options()) as client,
+    ):
+        client_id = client.client_id
+        assert client_id is not None
+        await flood(manager, client_id)  # the application never takes them
+        await manager.disconnect(client_id, code=1012, reason='{"retry_ms": 10}')
+        # the state follows the socket without a recv()
+        await watch.until(lambda: any(c.close_code == 1012 for c in watch.states))
+        await watch.until(lambda: client.state is ConnectionState.OPEN)
+        assert [c.state for c in watch.states][2:] == [ConnectionState.RECONNECTING,
+                                                       ConnectionState.OPEN]
+        async with asyncio.timeout(5):
+            got = [await client.recv() for _ in range(INBOX)]
+        assert got == [f"n{n}" for n in range(INBOX)]  # what the inbox held stays

@@ -12,6 +12,7 @@ import pytest
 from stabilizer.client import (
     CloseAction,
     Positions,
+    ResumeResult,
     RetryPolicy,
     build_url,
     close_action,
@@ -21,6 +22,7 @@ from stabilizer.client import (
     retry_delay,
     unwrap,
 )
+from stabilizer.client.frames import Frames
 from stabilizer.client.inbox import Inbox
 from stabilizer.errors import ConfigError, WireError
 
@@ -235,19 +237,49 @@ def test_a_session_frame_number_too_large_for_a_float_is_ignored(field: str) -> 
     assert getattr(info, field) is None
 
 
-async def test_a_full_inbox_holds_the_reader_back_unless_a_request_waits_for_its_reply(
-) -> None:
-    inbox = Inbox(1)
-    await inbox.put("a")
-    held = asyncio.create_task(inbox.put("b"))
-    await asyncio.sleep(0)  # one loop turn: it waits for room
-    assert not held.done()
-    async with inbox.request():
-        await held  # the reply may come behind it: the reader reads on
-        await inbox.put("c")
-    after = asyncio.create_task(inbox.put("d"))
+async def test_a_full_inbox_turns_the_rest_of_its_socket_away_and_never_waits() -> None:
+    inbox = Inbox(2)
+    assert inbox.offer("a")
+    assert inbox.offer("b")
+    assert not inbox.offer("c")  # full: turned away at once, the reader goes on
+    assert inbox.behind
+    caught_up = asyncio.create_task(inbox.fell_behind())
     await asyncio.sleep(0)
-    assert not after.done()  # back-pressure again once no request waits
-    got = [await inbox.get(lambda: False) for _ in range(4)]
-    await after
-    assert got == [("a", None), ("b", None), ("c", None), ("d", None)]  # in order
+    assert not caught_up.done()  # no room yet for what a new socket replays
+    assert await inbox.get(lambda: False) == ("a", None)
+    assert not inbox.offer("d")  # room, but the socket is behind: the kept stay a prefix
+    await asyncio.wait_for(caught_up, 1)
+    inbox.new_socket()
+    assert inbox.offer("e")
+    assert [await inbox.get(lambda: False) for _ in range(2)] == [("b", None), ("e", None)]
+    assert len(inbox) == 0
+
+
+def test_an_inbox_needs_room_for_one_message() -> None:
+    with pytest.raises(ConfigError):
+        Inbox(0)
+
+
+def history_frame(offset: int | None, data: str, stream: str = "c:me") -> str:
+    epoch = None if offset is None else "e"
+    return json.dumps({"type": "message", "stream": stream, "offset": offset,
+                       "epoch": epoch, "data": data})
+
+
+async def test_a_message_a_full_inbox_turned_away_moves_no_position() -> None:
+    resumes: list[ResumeResult] = []
+    inbox = Inbox(1)
+    frames = Frames(inbox, client_id=None, token=None, v2=None, send_timeout=1.0,
+                    on_control=None, on_resume=resumes.append)
+    frames.history = True
+    socket = object()
+    await frames.handle(socket, history_frame(1, "a"))  # type: ignore[arg-type]
+    await frames.handle(socket, history_frame(2, "b"))  # type: ignore[arg-type]
+    await frames.handle(socket, history_frame(None, "c", "g:live"))  # type: ignore[arg-type]
+    assert inbox.behind
+    assert frames.positions.snapshot() == {"c:me": (1, "e")}  # the resume replays from 2
+    frames.resumed(ResumeResult(recovered=True))
+    # an unsequenced message turned away cannot be replayed: its stream failed
+    assert resumes == [ResumeResult(recovered=False, failed=("g:live",))]
+    frames.resumed(ResumeResult(recovered=True))
+    assert resumes[1].recovered  # (said once)

@@ -178,21 +178,37 @@ def _drain_before_server_exit(
 
 def router(manager: WebSocketConnectionManager, *, prefix: str = "",
            dependencies: Sequence[params.Depends] | None = None,
-           dashboard: bool = False) -> APIRouter:
+           dashboard: bool = False, allow_anonymous_dashboard: bool = False) -> APIRouter:
     """Return an APIRouter with GET /health (503 while draining), GET /stabilizer.js and
     /stabilizer/{name}.js (the browser client and its parts), GET /stats and, with
     ``enable_metrics``, GET /metrics; with `dashboard`, the live dashboard at GET /dashboard
     (see _serve_dashboard).
 
-    `dependencies` (FastAPI's ``Depends(...)``) guard /stats, /metrics and the dashboard,
-    which show client counts and node ids; /health, the browser client's modules and
-    /dashboard.js (static code, no data) stay open for load balancers and browsers.
+    `dependencies` (FastAPI's ``Depends(...)``) guard /stats, /metrics and the dashboard;
+    /health, the browser client's modules and /dashboard.js (static code, no data) stay
+    open for load balancers and browsers. /stats and /metrics show counts and node ids, no
+    client, user or group, so they are served without dependencies too (guard them in
+    production all the same). The dashboard lists client ids, user ids and group names and
+    disconnects clients on every replica: it needs `dependencies`, or
+    `allow_anonymous_dashboard` to serve it to anyone who reaches the router (a demo on
+    loopback, or a network only operators reach).
 
     Raises:
-        ConfigError: enable_metrics is set but prometheus-client is not installed.
+        ConfigError: `dashboard` without `dependencies` or `allow_anonymous_dashboard`;
+            enable_metrics is set but prometheus-client is not installed.
     """
+    guards = list(dependencies or ())
+    if dashboard and not guards:
+        if not allow_anonymous_dashboard:
+            raise ConfigError(
+                "router(dashboard=True) without dependencies lets anyone list and disconnect "
+                "clients on every replica: pass dependencies=[Depends(your_admin_check)], or "
+                "allow_anonymous_dashboard=True if only trusted callers can reach it")
+        logger.warning("the dashboard at %s/dashboard is open to anyone who reaches it "
+                       "(allow_anonymous_dashboard=True): it lists and disconnects clients",
+                       prefix)
     api = APIRouter(prefix=prefix, tags=["stabilizer"])
-    guarded = APIRouter(dependencies=list(dependencies or ()))
+    guarded = APIRouter(dependencies=guards)
 
     @api.get("/health")
     async def health() -> JSONResponse:

@@ -11,7 +11,13 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI, Header, HTTPException
 
-from stabilizer import MemoryBackend, MemoryHub, WebSocketConfig, WebSocketConnectionManager
+from stabilizer import (
+    ConfigError,
+    MemoryBackend,
+    MemoryHub,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
 from stabilizer.fastapi import router
 from tests.support.fakes import FakeSocket
 
@@ -88,13 +94,66 @@ async def test_the_guard_refuses_the_page_and_its_data(nodes: Nodes, key: str | 
                                                       status: int) -> None:
     a = nodes("a")
     await a.start()
+    ann = FakeSocket("ann")
+    await a.connect("ann", ann)
     async with client_for(a, key=key) as http:
         for method, path in GUARDED:
-            response = await http.request(method, path, json={"client_id": "x"})
+            response = await http.request(method, path, json={"client_id": "ann"})
             assert response.status_code == status, (method, path)
+            assert "ann" not in response.text, (method, path)
         script = await http.get("/ops/dashboard.js")  # code only, like /stabilizer.js
         assert script.status_code == 200
         assert "dashboard/data" in script.text
+    assert ann.closed is None  # the refused disconnect closed nobody
+    assert a.is_connected("ann")
+
+
+@pytest.mark.parametrize("dependencies", [None, []])
+def test_a_dashboard_without_a_guard_is_refused_when_the_router_is_made(
+        dependencies: list[Any] | None) -> None:
+    """Unguarded, anyone who reached the router listed user ids and group names and closed
+    clients on every replica (ending their sessions); nothing refused or warned."""
+    manager = WebSocketConnectionManager(WebSocketConfig())
+    with pytest.raises(ConfigError, match=r"dependencies=.*allow_anonymous_dashboard=True"):
+        router(manager, dashboard=True, dependencies=dependencies)
+
+
+async def test_the_named_opt_in_serves_the_dashboard_to_anyone(
+        nodes: Nodes, caplog: pytest.LogCaptureFixture) -> None:
+    a = nodes("a")
+    await a.start()
+    ann = FakeSocket("ann")
+    await a.connect("ann", ann)
+    app = FastAPI()
+    with caplog.at_level("WARNING", logger="stabilizer.fastapi"):
+        app.include_router(router(a, prefix="/ops", dashboard=True,
+                                  allow_anonymous_dashboard=True))
+    assert "open to anyone" in caplog.text
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://test") as http:
+        found = await http.get("/ops/dashboard/clients", params={"q": "ann"})
+        assert [m["client_id"] for m in found.json()["matches"]] == ["ann"]
+        done = await http.post("/ops/dashboard/disconnect", json={"client_id": "ann"})
+        assert done.json() == {"client_id": "ann", "disconnected": True}
+    assert (await ann.wait_closed())[0] == 1000
+
+
+async def test_an_unguarded_router_without_the_dashboard_serves_health_and_stats(
+        nodes: Nodes) -> None:
+    """/health, /stats (and /metrics) show counts and node ids, no client, user or group:
+    they need no opt-in."""
+    a = nodes("a")
+    await a.start()
+    await a.connect("ann", FakeSocket("ann"))
+    app = FastAPI()
+    app.include_router(router(a, prefix="/ops"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://test") as http:
+        for path in ("/ops/health", "/ops/stats"):
+            response = await http.get(path)
+            assert response.status_code == 200, path
+            assert "ann" not in response.text, path
+        assert (await http.get("/ops/dashboard/data")).status_code == 404
 
 
 async def test_without_dashboard_there_is_none(nodes: Nodes) -> None:

@@ -3,9 +3,9 @@
 Every ``node_ttl / 3`` seconds: refresh the node's liveness (reaping dead nodes), write its
 report (counters for the dashboard), end expired sessions, re-register local presence after
 an outage (closing sockets another node took meanwhile), sync the shared token keys (giving
-the store back those it lost); every ``memory_check_interval`` seconds: enforce
-max_total_memory. Backend failures back off with jitter; nothing but cancellation ends the
-loop.
+the store back those it lost); every ``memory_check_interval`` seconds, on a schedule of its
+own (pure/upkeep.py): enforce max_total_memory. Backend failures back off with jitter;
+nothing but cancellation ends the loop.
 
 An outage is settled when it is noticed, and again once the node's subscription is back,
 because a kick or a MEMBERSHIP envelope published in between reached nobody. Settling makes
@@ -35,6 +35,7 @@ from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
 from stabilizer.pure.text import backoff_delay, retry_advice
+from stabilizer.pure.upkeep import UpkeepSchedule
 from stabilizer.pure.users import parse_info
 from stabilizer.services.memory import MemoryGuard
 from stabilizer.services.reports import Reporter
@@ -82,32 +83,39 @@ class Maintenance:
         self._backend_log = RateLimitedLog(logger)
 
     async def run(self) -> None:
-        """Run until cancelled."""
+        """Run until cancelled: the upkeep (step) and the memory check, each on its own
+        schedule (pure/upkeep.py)."""
         config = self._ctx.config
         loop = asyncio.get_running_loop()
-        keep_every = config.node_ttl / 3
-        memory_every = config.memory_check_interval
-        next_memory = loop.time() + memory_every
+        schedule = UpkeepSchedule(config.node_ttl / 3, config.memory_check_interval,
+                                  loop.time())
         failures = 0
         while True:
-            try:
-                await self.step()
-                failures = 0
-            except BackendUnavailable as exc:
-                failures += 1
-                if self._incarnation is None:  # a failover would go unnoticed: resync
-                    self._ctx.want_resync()
-                self._backend_log.warning("backend maintenance failed", exc=exc)
-            except Exception:
-                logger.exception("maintenance step failed; the loop goes on")
-            if loop.time() >= next_memory:
-                next_memory = loop.time() + memory_every
+            upkeep_due, check_due = schedule.due(loop.time())
+            if upkeep_due:
+                failures = await self._upkeep(failures)
+                schedule.upkept(loop.time(), backoff_delay(failures) if failures else None)
+            if check_due:
+                schedule.checked(loop.time())
                 try:
                     self._memory.check()
                 except Exception:
                     logger.exception("memory check failed; the loop goes on")
-            delay = keep_every if failures == 0 else min(keep_every, backoff_delay(failures))
-            await asyncio.sleep(min(delay, max(0.0, next_memory - loop.time())) or 0.01)
+            await asyncio.sleep(max(0.0, schedule.next_wake() - loop.time()))
+
+    async def _upkeep(self, failures: int) -> int:
+        """Run one step; return the failures in a row since the last that succeeded."""
+        try:
+            await self.step()
+        except BackendUnavailable as exc:
+            if self._incarnation is None:  # a failover would go unnoticed: resync
+                self._ctx.want_resync()
+            self._backend_log.warning("backend maintenance failed", exc=exc)
+            return failures + 1
+        except Exception:
+            logger.exception("maintenance step failed; the loop goes on")
+            return failures  # a bug, not an outage: no more backoff than before
+        return 0
 
     async def step(self) -> None:
         """One round of backend upkeep.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from typing import Any, Final, get_type_hints
 
 from stabilizer.channel_options import ChannelNamespaces, ChannelOptions, check_namespaces
 from stabilizer.config_env import parse_env_value
+from stabilizer.config_limits import check_numbers, check_seconds
 from stabilizer.errors import ConfigError
 
 ENV_PREFIX: Final = "STABILIZER_"
@@ -105,22 +105,6 @@ def should_reconnect(code: int) -> bool:
     if 4500 <= code <= 4999:
         return False
     return code in (1001, 1005, 1006, 1011, 1012, 1013, 1014)
-
-
-#: The longest duration a setting takes (100 years): every one of them ends up as Redis
-#: milliseconds or an event loop timer, and "forever" written as 1e16 must not overflow
-#: those at run time, where it would pass for the backend being down.
-MAX_SECONDS: Final = 100 * 365.25 * 86400
-
-
-def _positive(name: str, value: float | int | None, *, optional: bool = False) -> None:
-    """Messages start as fastapi-websocket-stabilizer's did ("num_shards must be positive")."""
-    if value is None and optional:
-        return
-    if (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
-            or not math.isfinite(value)):
-        rule = "must be positive or None" if optional else "must be positive"
-        raise ConfigError(f"{name} {rule} (a finite number), got {value!r}")
 
 
 def _coerce_enum(name: str, enum_type: type[Enum], value: object) -> Enum:
@@ -215,20 +199,15 @@ class WebSocketConfig:
     channel_namespaces: Mapping[str, ChannelOptions] = field(default_factory=ChannelNamespaces)
 
     def __post_init__(self) -> None:
-        self._validate_numbers()
+        check_numbers(self)
         self._coerce_enums()
         ttl: object = self.reconnect_token_ttl  # seconds are accepted too
         if isinstance(ttl, int | float) and not isinstance(ttl, bool):
-            _positive("reconnect_token_ttl", ttl)
-            try:
-                ttl = timedelta(seconds=ttl)
-            except OverflowError as exc:
-                raise ConfigError(f"reconnect_token_ttl is too large: {ttl!r}") from exc
-            object.__setattr__(self, "reconnect_token_ttl", ttl)
+            check_seconds("reconnect_token_ttl", ttl)
+            object.__setattr__(self, "reconnect_token_ttl", timedelta(seconds=ttl))
         elif not isinstance(ttl, timedelta):
             raise ConfigError(f"reconnect_token_ttl must be a timedelta or seconds, got {ttl!r}")
-        if self.reconnect_token_ttl.total_seconds() <= 0:
-            raise ConfigError("reconnect_token_ttl must be positive")
+        check_seconds("reconnect_token_ttl", self.reconnect_token_ttl.total_seconds())
         for name in ("enable_reconnect", "enable_metrics", "cluster_events", "redis_cluster"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -243,50 +222,6 @@ class WebSocketConfig:
         object.__setattr__(self, "channel_namespaces",
                            check_namespaces(self.channel_namespaces))
         self._validate_identity()
-
-    def _validate_numbers(self) -> None:
-        for name in ("heartbeat_interval", "heartbeat_timeout", "memory_check_interval",
-                     "write_timeout", "close_timeout", "node_ttl", "op_timeout",
-                     "retry_jitter", "rate_limit_window", "history_ttl", "session_ttl",
-                     "connect_timeout", "auth_refresh_grace", "rpc_timeout",
-                     "max_clock_skew"):
-            _positive(name, getattr(self, name))
-            if getattr(self, name) > MAX_SECONDS:
-                raise ConfigError(f"{name} must be at most {MAX_SECONDS:.0f} seconds (100 "
-                                  f"years), got {getattr(self, name)!r}")
-        for name in ("max_message_size", "num_shards", "max_concurrent_cleanup",
-                     "max_concurrent_broadcast", "max_queue_size", "max_client_id_length",
-                     "presence_buckets", "redis_pool_size", "rpc_max_in_flight"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
-            _positive(name, value)
-        window = self.presence_diff_window
-        if isinstance(window, bool) or not isinstance(window, int | float) or not (
-                0 <= window <= 60):
-            raise ConfigError(f"presence_diff_window must be 0 to 60 seconds, got {window!r}")
-        if isinstance(self.history_size, bool) or not isinstance(self.history_size, int) or (
-            self.history_size < 0
-        ):
-            raise ConfigError(f"history_size must be 0 (off) or a positive integer, got "
-                              f"{self.history_size!r}")
-        for name in ("max_connections", "max_memory_per_connection", "max_total_memory",
-                     "max_cluster_connections", "rate_limit_messages",
-                     "max_connections_per_user", "max_channels_per_connection"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ConfigError(f"{name} must be an integer or None, got {value!r}")
-            _positive(name, value, optional=True)
-        if self.node_ttl < 1.0:
-            raise ConfigError("node_ttl must be at least 1 second")
-        if self.presence_buckets > 1024:
-            raise ConfigError("presence_buckets must be at most 1024")
-        for limit in ("max_cluster_connections", "max_connections_per_user"):
-            if self.presence_buckets > 1 and getattr(self, limit) is not None:
-                raise ConfigError(
-                    f"{limit} needs presence_buckets=1 (the limit is enforced atomically on "
-                    "one slot)"
-                )
 
     def _coerce_enums(self) -> None:
         for name, enum_type in (("heartbeat_type", HeartbeatType),

@@ -1,0 +1,49 @@
+"""Upper bounds of the settings that end up in Redis commands and scripts: a value Redis
+cannot take is refused on creation, never found out by the first broadcast."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from stabilizer.config import WebSocketConfig
+from stabilizer.errors import ConfigError
+
+TOO_LARGE = [
+    # history_size above 2**63-1 passed, then every sequenced send failed in the SEQUENCE
+    # script ("value is not an integer or out of range") and read as "redis unavailable"
+    ("history_size", 2**63),
+    ("history_size", 10**17),  # Lua writes 1e+17 for it: not an integer to XADD MAXLEN
+    ("history_size", 10**9 + 1),
+    ("max_cluster_connections", 10**9 + 1),
+    ("max_connections_per_user", 10**9 + 1),
+    ("max_client_id_length", 65_537),
+    ("max_message_size", 256 * 2**20 + 1),
+    ("reconnect_token_ttl", timedelta(days=36_600)),
+    ("reconnect_token_ttl", 4e9),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), TOO_LARGE)
+def test_a_value_too_large_for_redis_is_refused_on_creation(name: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"{name} must be at most"):
+        WebSocketConfig(**{name: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("history_size", 10**9),
+    ("max_cluster_connections", 10**9),
+    ("max_connections_per_user", 10**9),
+    ("max_client_id_length", 65_536),
+    ("max_message_size", 256 * 2**20),
+    ("reconnect_token_ttl", timedelta(days=36_500)),
+])
+def test_the_largest_value_is_accepted(name: str, value: object) -> None:
+    config = WebSocketConfig(**{name: value})  # type: ignore[arg-type]
+    assert getattr(config, name) == value
+
+
+def test_the_environment_is_held_to_the_same_bounds() -> None:
+    with pytest.raises(ConfigError, match="history_size must be at most 1000000000"):
+        WebSocketConfig.from_env({"STABILIZER_HISTORY_SIZE": "9223372036854775808"})

@@ -13,11 +13,10 @@ from enum import Enum, IntEnum, StrEnum
 from typing import Any, Final, get_type_hints
 
 from stabilizer.channel_options import ChannelNamespaces, ChannelOptions, check_namespaces
-from stabilizer.config_env import parse_env_value
+from stabilizer.config_env import settings_from_env
 from stabilizer.config_limits import check_numbers, check_seconds
 from stabilizer.errors import ConfigError
 
-ENV_PREFIX: Final = "STABILIZER_"
 _NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NAMESPACE_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -312,19 +311,10 @@ class WebSocketConfig:
         """Build a config from ``STABILIZER_<FIELD>`` variables; keyword overrides win.
 
         Raises:
-            ConfigError: for an unknown STABILIZER_ variable or a value that does not parse.
+            ConfigError: for an unknown STABILIZER_ variable, an empty one, or a value that
+                does not parse.
         """
         env = os.environ if environ is None else environ
-        hints = get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, raw in env.items():
-            if not key.startswith(ENV_PREFIX):
-                continue
-            name = key[len(ENV_PREFIX):].lower()
-            if name not in names:
-                raise ConfigError(f"unknown setting {key}; known: {sorted(names)}")
-            values[name] = parse_env_value(key, raw, hints[name])
+        values = settings_from_env(env, get_type_hints(cls), given=overrides.keys())
         values.update(overrides)
         return cls(**values)
-

@@ -78,7 +78,7 @@ from bench.rpc_servers import KINDS
 from bench.support import quantile, wait_idle
 
 SCENARIO: Final = "rpc"
-STABILIZER_MAX_IN_FLIGHT: Final = 16  # WebSocketConfig.rpc_max_in_flight's default
+DEFAULT_RPC_MAX_IN_FLIGHT: Final = 16  # WebSocketConfig.rpc_max_in_flight's default
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def server_args(kind: str, plan: Plan) -> list[str]:
     if kind != "stabilizer":
         return []
     args = []
-    if plan.concurrency > STABILIZER_MAX_IN_FLIGHT:  # else its default already allows them
+    if plan.concurrency > DEFAULT_RPC_MAX_IN_FLIGHT:  # else its default already allows them
         args += ["--stabilizer-config", json.dumps({"rpc_max_in_flight": plan.concurrency})]
     if plan.stabilizer_path:
         args += ["--stabilizer-path", plan.stabilizer_path]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer.errors import ConfigError
 from tests.support.redis_server import (
     EXTERNAL_URL_ENV,
     ExternalRedis,
@@ -24,6 +25,19 @@ _E2E = Path(__file__).resolve().parent / "e2e"
 #: Fixtures that start or hand out a real Redis: a test asking for one is marked `redis`.
 REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "redis_cluster", "redis_sentinel",
                             "private_redis", "private_cluster"})
+
+
+def pytest_configure() -> None:
+    """Refuse to start when the shell holds a STABILIZER_ variable the replicas would refuse
+    (the e2e replicas inherit it): one clear line, not a replica that never serves."""
+    prefixed = {key: value for key, value in os.environ.items()
+                if key.startswith("STABILIZER_")}
+    try:
+        WebSocketConfig.from_env(prefixed)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"{exc}\n(the suite's own variables take no STABILIZER_ "
+                                f"prefix: an external Redis for it is {EXTERNAL_URL_ENV})"
+                                ) from exc
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
@@ -44,7 +58,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer | ExternalRedis]:
-    """One Redis for the session: $STABILIZER_TEST_REDIS_URL, else a server started here.
+    """One Redis for the session: $TEST_STABILIZER_REDIS_URL, else a server started here.
     Fails (never skips) when none can be had."""
     external = os.environ.get(EXTERNAL_URL_ENV)
     try:

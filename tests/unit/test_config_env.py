@@ -3,13 +3,17 @@ or a word for None where None is not "no limit", is refused with the variable's 
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from stabilizer.config import HeartbeatType, MemoryEvictionPolicy, WebSocketConfig
 from stabilizer.errors import ConfigError
+from tests.support.redis_server import EXTERNAL_URL_ENV
 
+ROOT = Path(__file__).resolve().parents[2]
 KEY_A = "a" * 16
 KEY_B = "b" * 32
 
@@ -200,7 +204,34 @@ def test_literal_words_stay_values_of_fields_that_are_not_optional() -> None:
     assert (config.compression, config.namespace) == ("none", "null")
 
 
-# ------------------------------------------------------------------ typos
+# ------------------------------------------------------------------ tooling variables
+
+def test_the_suites_redis_variable_does_not_stop_the_app() -> None:
+    """The README told developers to export STABILIZER_TEST_REDIS_URL; from_env (the quick
+    start's app, the CLI, the e2e replicas) then refused to start in that shell."""
+    env = {EXTERNAL_URL_ENV: "redis://127.0.0.1:6379/0", "STABILIZER_NAMESPACE": "chat"}
+    assert WebSocketConfig.from_env(env).namespace == "chat"
+
+
+def _prefixed_names(path: Path) -> set[str]:
+    return set(re.findall(r"\bSTABILIZER_[A-Z0-9_]+", path.read_text(errors="replace")))
+
+
+def test_every_stabilizer_variable_the_project_names_is_a_setting() -> None:
+    """Tooling variables take another prefix, so that a shell set up as the README says runs
+    the app and the CLI; only tests of typo detection name unknown ones (not scanned)."""
+    fields = set(WebSocketConfig.__dataclass_fields__)
+    scanned = [ROOT / "README.md", ROOT / "compose.yaml", ROOT / "scripts" / "test",
+               ROOT / ".ci" / "run", ROOT / "tests" / "conftest.py"]
+    for folder in ("docs", "examples", "bench", "tests/support", "tests/e2e", "tests/faults",
+                   "tests/integration"):
+        scanned += [path for path in (ROOT / folder).rglob("*")
+                    if path.suffix in (".py", ".md", ".yaml", ".yml", ".sh", ".conf")]
+    unknown = {f"{path.relative_to(ROOT)}: {name}" for path in scanned
+               for name in _prefixed_names(path) if name[len("STABILIZER_"):].lower()
+               not in fields}
+    assert not unknown, sorted(unknown)
+
 
 def test_a_misspelt_setting_is_still_refused_and_the_right_name_suggested() -> None:
     with pytest.raises(ConfigError,

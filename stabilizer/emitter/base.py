@@ -17,6 +17,7 @@ from stabilizer.config import WebSocketConfig
 from stabilizer.errors import (
     AuthenticationError,
     BackendNotReached,
+    BackendRefused,
     BackendUnavailable,
     ConfigError,
     WebSocketStabilizerError,
@@ -196,14 +197,15 @@ class EmitterBase:
             BackendNotReached: Redis was certainly not reached: it took no effect.
             BackendUnavailable: it failed after the request may have gone out: it may have
                 taken effect (Redis ran it but did not answer in time), the message says
-                "outcome unknown".
+                "outcome unknown"; a BackendRefused when Redis answered with an error.
         """
         try:
             return await self._ask(awaitable, round_trips=round_trips)
         except BackendNotReached:
             raise
-        except BackendUnavailable as exc:
-            raise BackendUnavailable(f"{exc}; {OUTCOME_UNKNOWN}") from exc
+        except BackendUnavailable as exc:  # a refusal stays one (a script is not undone)
+            kind = BackendRefused if isinstance(exc, BackendRefused) else BackendUnavailable
+            raise kind(f"{exc}; {OUTCOME_UNKNOWN}") from exc
 
     def _client(self, client_id: object) -> str:
         """Return `client_id` if usable (InvalidClientIdError otherwise)."""

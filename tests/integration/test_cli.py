@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer import (
+    BackendRefused,
+    BackendUnavailable,
+    Emitter,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
 from stabilizer.backends.redis.keys import KeyLayout
 from tests.support.cli import Run, cli
 from tests.support.fakes import FakeSocket
@@ -191,3 +197,34 @@ async def test_a_key_of_another_application_is_named_as_such_not_unreachable(
     assert "WRONGTYPE" in run.err
     assert "cannot reach" not in run.err
     assert run.err.count("\n") == 1
+
+
+async def test_a_script_refused_by_redis_is_named_as_such_not_unreachable(
+        cluster: Cluster) -> None:
+    """A sequenced broadcast whose stream's offset key is another application's string: the
+    SEQUENCE script fails with WRONGTYPE, and the CLI said it could not reach Redis."""
+    redis = Redis.from_url(cluster.redis_url)
+    try:
+        await redis.set(KeyLayout(cluster.namespace).stream_meta("all"), "not a hash")
+    finally:
+        await redis.aclose()
+    run = await cluster.cli("--history-size", "50", "broadcast", "hello")
+    assert run.code == 3
+    assert "answered with an error" in run.err
+    assert "WRONGTYPE" in run.err
+    assert "cannot reach" not in run.err
+    assert run.err.count("\n") == 1
+
+
+async def test_an_emitter_reports_a_refused_script_as_a_refusal(
+        redis_url: str, namespace: str) -> None:
+    """Redis answered: BackendRefused, still a BackendUnavailable for the retry loops."""
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.set(KeyLayout(namespace).stream_meta("all"), "not a hash")
+        async with Emitter(redis_url, namespace=namespace, history_size=50) as emitter:
+            with pytest.raises(BackendRefused, match="WRONGTYPE") as info:
+                await emitter.broadcast("hello")
+    finally:
+        await redis.aclose()
+    assert isinstance(info.value, BackendUnavailable)

@@ -33,7 +33,8 @@ from stabilizer.backends.redis.exchange import (
     unpackable,
 )
 from stabilizer.backends.redis.keys import KeyLayout
-from stabilizer.errors import BackendNotReached, BackendUnavailable
+from stabilizer.backends.redis.replies import is_refusal
+from stabilizer.errors import BackendNotReached, BackendRefused, BackendUnavailable
 from stabilizer.pure.wire import event_prefix
 from stabilizer.stats import BackendStats
 
@@ -124,6 +125,7 @@ class RedisCore:
         """Await one Redis command or script as operation `op`; translate failures.
 
         Raises:
+            BackendRefused: Redis answered with an error a retry will not get past.
             BackendUnavailable: Redis failed, or did not answer within op_timeout.
         """
         started = time.perf_counter()
@@ -134,8 +136,11 @@ class RedisCore:
                 result = await awaitable
         # RedisClusterException: a Cluster client that could reach none of its nodes
         except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
-            self.available = False
+            refused = is_refusal(exc)
+            self.available = refused  # an error reply: Redis answered
             self.stats.observe(op, time.perf_counter() - started, False)
+            if refused:
+                raise BackendRefused(f"redis refused {op}: {exc}") from exc
             detail = str(exc) or (f"no answer within {self.op_timeout:g}s"
                                   if isinstance(exc, TimeoutError) else type(exc).__name__)
             raise BackendUnavailable(f"redis unavailable: {detail}") from exc
@@ -313,7 +318,10 @@ class ScriptBatcher:
             if isinstance(result, BackendUnavailable):
                 future.set_exception(result)
             elif isinstance(result, BaseException):
-                future.set_exception(BackendUnavailable(f"redis error: {result!r}"))
+                error = (BackendRefused(f"redis refused: {result}") if is_refusal(result)
+                         else BackendUnavailable(f"redis error: {result!r}"))
+                error.__cause__ = result
+                future.set_exception(error)
             else:
                 future.set_result(result)
 

@@ -8,18 +8,19 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError
 
 from stabilizer.backends.redis.backend import RedisBackend
 from stabilizer.backends.redis.connect import check_url
 from stabilizer.backends.redis.core import text
+from stabilizer.backends.redis.replies import is_refusal
 from stabilizer.config import WebSocketConfig
-from stabilizer.errors import BackendUnavailable
+from stabilizer.errors import BackendRefused, BackendUnavailable
 
 T = TypeVar("T")
 
 
-class RedisRefused(BackendUnavailable):
+class RedisRefused(BackendRefused):
     """Redis answered a command with an error (WRONGTYPE: a key of the namespace is not
     what the nodes write, another application's say): reachable, but of no use."""
 
@@ -56,9 +57,9 @@ class RedisInspector:
         try:
             async with asyncio.timeout(self._timeout):
                 return await awaitable
-        except ResponseError as exc:
-            raise RedisRefused(str(exc)) from exc
         except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            if is_refusal(exc):
+                raise RedisRefused(str(exc)) from exc
             raise BackendUnavailable(str(exc) or f"no answer within {self._timeout:g}s") from exc
 
     async def now_ms(self) -> float:

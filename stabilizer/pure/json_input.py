@@ -17,6 +17,10 @@ from typing import Any, Final, NoReturn
 
 #: An escape that may decode to half of a surrogate pair (a JSON parser joins whole pairs).
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89abcdefABCDEF]")
+#: For bytes.translate: objects' braces become brackets (the depth counts both alike)...
+_AS_BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
+#: ... and every other byte goes (no byte of a multi-byte UTF-8 character is a bracket).
+_NOT_BRACKETS: Final = bytes(byte for byte in range(256) if byte not in b"[]{}")
 
 
 class JSONInputError(ValueError):
@@ -24,34 +28,56 @@ class JSONInputError(ValueError):
 
 
 def nesting_within(text: str, limit: int) -> bool:
-    """True when no array or object in the JSON `text` nests deeper than `limit`.
+    """True when no array or object in the JSON `text` nests deeper than `limit`
+    (brackets inside strings do not count).
 
-    A linear scan that skips string contents: it runs before the JSON parser, which would
-    otherwise recurse once per level of an arbitrarily deep input. Text with at most
-    `limit` opening brackets in all cannot nest deeper, and skips the scan (two C-speed
-    counts instead of a Python loop over every character).
+    It runs before the JSON parser, which would otherwise recurse once per level of an
+    arbitrarily deep input, and costs about what parsing does: a few passes of str and
+    bytes methods, never a Python step per character. It is exact for JSON text. Text
+    that is not JSON (a backslash outside every string, a close bracket with nothing open)
+    may be refused where counting brackets would let it through, never the other way
+    round: the parser refuses such text anyway.
     """
+    return _within(text, limit) is True
+
+
+def _within(text: str, limit: int) -> bool | None:
+    """nesting_within, or None for text with a backslash outside every string."""
     if text.count("[") + text.count("{") <= limit:
+        return True  # (cannot nest deeper: two counts, the common case)
+    outside = _outside_strings(text)
+    if outside is None:
+        return None
+    brackets = outside.encode("utf-8", "surrogatepass").translate(_AS_BRACKETS, _NOT_BRACKETS)
+    if brackets.count(b"[") <= limit:
         return True
-    depth = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return False
-        elif char in "]}":
-            depth -= 1
-    return True
+    if b"[" * (limit + 1) in brackets:
+        return False  # (a run of opens deeper than the limit: no need to peel)
+    # Each pass peels every innermost pair, "[]": in JSON, the deepest level of each
+    # branch. Text nested at most `limit` deep has no bracket left after `limit` passes;
+    # a pass that peels nothing leaves brackets that no JSON text holds.
+    for _ in range(limit):
+        peeled = brackets.replace(b"[]", b"")
+        if b"[" not in peeled:
+            return True
+        if len(peeled) == len(brackets):
+            return False
+        brackets = peeled
+    return False
+
+
+def _outside_strings(text: str) -> str | None:
+    """`text` without its strings, quotes included (an unterminated one runs to the end);
+    None when a backslash stands outside every string, as in no JSON text."""
+    if '"' not in text:
+        return None if "\\" in text else text
+    if "\\" in text:
+        # Inside a string a backslash escapes the next character: escaped backslashes go,
+        # and an escaped quote becomes \' (no quote). A backslash outside every string
+        # that would change what the split below sees leaves one behind there.
+        text = text.replace("\\\\", "").replace('\\"', "\\'")
+    outside = "".join(text.split('"')[::2])
+    return None if "\\" in outside else outside
 
 
 def _no_constant(name: str) -> NoReturn:
@@ -69,7 +95,10 @@ def loads(text: str | bytes, depth: int) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise JSONInputError("it is not UTF-8 text") from exc
-    if not nesting_within(text, depth):
+    within = _within(text, depth)
+    if within is None:
+        raise JSONInputError("it is not JSON (a backslash outside a string)")
+    if not within:
         raise JSONInputError(f"it is nested more than {depth} deep")
     try:
         value = json.loads(text, parse_constant=_no_constant)

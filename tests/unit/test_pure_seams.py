@@ -11,7 +11,6 @@ import msgpack
 import pytest
 
 from stabilizer.errors import WireError
-from stabilizer.pure.json_input import nesting_within
 from stabilizer.pure.positions import (
     MAX_OFFSET,
     MAX_POSITIONS_TEXT,
@@ -114,20 +113,6 @@ def test_a_stream_followed_from_before_its_first_message_waits_for_offset_one() 
 
 
 # ----------------------------------------------------------------------------- positions
-
-
-@pytest.mark.parametrize(("text", "limit", "within"), [
-    ('{"all": [1, "e"]}', 2, True),
-    ('{"all": [[1], "e"]}', 2, False),
-    ('{"[[[[": [1, "{{{{"]}', 2, True),  # brackets inside strings do not nest
-    ('{"a\\"[[[": [1, "e"]}', 2, True),  # nor after an escaped quote
-    ("[" * 100_000, 2, False),
-    ("", 2, True),
-    ("[[]]", 2, True), ("[[[]]]", 2, False),  # as many brackets as the limit: no scan
-    ('["' + "x" * 10_000 + '"]', 1, True),
-])
-def test_nesting_is_measured_outside_strings(text: str, limit: int, within: bool) -> None:
-    assert nesting_within(text, limit) is within
 
 
 @pytest.mark.parametrize("text", [

@@ -3,15 +3,17 @@ and what peers and the store hand back (envelope payloads, presence entries, rep
 
 `loads` is the one decoder for all of it. What it returns can be sent on as it is: it
 refuses nesting beyond a bound before the parser runs (the parser would otherwise recurse
-once per level and raise RecursionError), the constants NaN and Infinity (no encoder of
-ours writes them back), and strings holding a lone surrogate (a ``"\\ud800"`` escape
-decodes to text that UTF-8 cannot encode, so the frame that carried it on could be
-written to no socket). Every refusal is a ValueError.
+once per level and raise RecursionError), the constants NaN and Infinity and numbers too
+large for a float, such as ``1e999`` (no encoder of ours writes them back; the parser would
+make them infinite), and strings holding a lone surrogate (a ``"\\ud800"`` escape decodes
+to text that UTF-8 cannot encode, so the frame that carried it on could be written to no
+socket). Every refusal is a ValueError.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Final, NoReturn
 
@@ -84,11 +86,19 @@ def _no_constant(name: str) -> NoReturn:
     raise JSONInputError(f"it holds {name}, which is no JSON number")
 
 
+def _finite(number: str) -> float:
+    value = float(number)
+    if math.isinf(value):  # (no JSON number is NaN)
+        raise JSONInputError(f"it holds {number[:40]}, a number too large for a float")
+    return value
+
+
 def loads(text: str | bytes, depth: int) -> Any:
     """Decode JSON `text` from outside, nested at most `depth` deep.
 
     Raises:
-        JSONInputError: not JSON, nested deeper, NaN or Infinity, or a lone surrogate.
+        JSONInputError: not JSON, nested deeper, NaN or Infinity or a number too large for
+            a float, or a lone surrogate.
     """
     if isinstance(text, bytes):
         try:
@@ -101,7 +111,7 @@ def loads(text: str | bytes, depth: int) -> Any:
     if not within:
         raise JSONInputError(f"it is nested more than {depth} deep")
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except JSONInputError:
         raise
     except (ValueError, RecursionError) as exc:  # (an integer of over 4,300 digits too)

@@ -53,6 +53,19 @@ def test_nan_and_infinity_are_refused(constant: str) -> None:
         loads(f'{{"a":{constant}}}', 4)
 
 
+@pytest.mark.parametrize("number", ["1e999", "-1e400", "1.5E+309", "1" + "0" * 400 + ".0"])
+def test_numbers_too_large_for_a_float_are_refused(number: str) -> None:
+    """The parser made them infinite: as NaN and Infinity, nothing of ours writes them back
+    (a reply holding one failed as `internal`, and a hook saw inf)."""
+    with pytest.raises(JSONInputError, match="too large for a float"):
+        loads(f'{{"a":[{number}]}}', 4)
+
+
+def test_numbers_a_float_holds_are_accepted() -> None:
+    assert loads("[1.7976931348623157e308, -2.5e-3, 1e-999, 10]", 2) == [
+        1.7976931348623157e308, -0.0025, 0.0, 10]
+
+
 def test_nesting_beyond_the_bound_is_refused_before_the_parser_recurses() -> None:
     with pytest.raises(JSONInputError, match="nested more than 2 deep"):
         loads("[[[1]]]", 2)
@@ -75,6 +88,9 @@ def test_bytes_that_are_not_utf8_are_refused() -> None:
     '{"type":"rpc","id":1,"method":"echo","params":"\\ud800"}',
     '{"type":"publish","id":1,"channel":"room","data":{"x":NaN}}',
     '{"type":"rpc","id":1,"method":"echo","params":[Infinity]}',
+    '{"type":"rpc","id":1,"method":"echo","params":[1e999]}',
+    '{"type":"subscribe","id":1,"channel":"room","params":{"seat":-1e400}}',
+    '{"type":"publish","id":1,"channel":"room","data":{"x":1E+999}}',
 ])
 def test_a_v2_frame_holding_what_no_frame_could_carry_on_is_a_bad_frame(frame: str) -> None:
     with pytest.raises(ProtocolError, match="must be a JSON object"):
@@ -85,6 +101,13 @@ def test_a_v2_connect_with_a_lone_surrogate_in_its_positions_is_refused() -> Non
     frame = '{"type":"connect","reconnect_token":"t","positions":{"x\\ud800":[0,"e"]}}'
     with pytest.raises(ProtocolError):
         parse_connect(frame)
+
+
+@pytest.mark.parametrize("params", ['{"n":1e999}', '[-1e400]', '{"n":NaN}'])
+def test_a_v2_connect_with_params_no_frame_could_carry_is_refused(params: str) -> None:
+    """Section 6.1: such a connect frame is closed with 1008."""
+    with pytest.raises(ProtocolError, match="must be a JSON object"):
+        parse_connect('{"type":"connect","params":' + params + "}")
 
 
 def test_v2_positions_are_held_to_the_64_kib_of_the_query_parameter() -> None:
@@ -104,6 +127,8 @@ def test_query_positions_with_a_lone_surrogate_are_refused() -> None:
         parse_positions('{"g:a\\ud800":[1,"e"]}')
     with pytest.raises(PositionsError, match="no JSON number"):
         parse_positions('{"g:a":[NaN,"e"]}')
+    with pytest.raises(PositionsError, match="too large for a float"):
+        parse_positions('{"g:a":[1e999,"e"]}')
 
 
 def test_a_refresh_with_a_bad_token_names_the_refresh_frame() -> None:

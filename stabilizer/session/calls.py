@@ -34,6 +34,7 @@ from stabilizer.pure.v2 import (
     BadCallError,
     CallId,
     ProtocolError,
+    call_id,
     parse_channel_request,
     parse_rpc,
 )
@@ -60,7 +61,15 @@ class Calls:
     def start(self, conn: Connection, kind: str, body: Mapping[str, Any],
               bucket: TokenBucket | None) -> None:
         """Answer a request frame of type `kind` (one of REQUESTS): start it, or reply at
-        once why not."""
+        once why not.
+
+        Each counts against the rate limit before anything else, whatever comes of it:
+        past the limit, one whose id can be read gets the reply ``rate_limited``, and one
+        without is dropped (a client cannot get refusals faster than the limit allows).
+        """
+        if bucket is not None and not bucket.take(time.monotonic()):
+            self._over_rate(conn, body)
+            return
         try:
             ident, channel, work = self._work(conn, kind, body)
         except BadCallError as exc:
@@ -78,10 +87,6 @@ class Calls:
                 ident, "overloaded",
                 f"{ctx.config.rpc_max_in_flight} requests are unanswered already (running, "
                 "or waiting behind one on their channel); wait for a reply first"))
-        elif bucket is not None and not bucket.take(time.monotonic()):
-            ctx.stats.rate_limited += 1
-            self._reply(conn, reply_error_frame(ident, "rate_limited",
-                                                "over the connection's message rate"))
         else:
             before = self._newest.get(channel) if channel is not None else None
             task = ctx.tasks.spawn(self._answer(conn, kind, ident, work, before),
@@ -90,6 +95,15 @@ class Calls:
             if channel is not None:
                 self._newest[channel] = task
             task.add_done_callback(lambda done: self._finished(ident, channel, done))
+
+    def _over_rate(self, conn: Connection, body: Mapping[str, Any]) -> None:
+        self._ctx.stats.rate_limited += 1
+        try:
+            ident = call_id(body.get("id"))
+        except ProtocolError:
+            return  # no id to reply to: dropped, as a malformed frame is
+        self._reply(conn, reply_error_frame(ident, "rate_limited",
+                                            "over the connection's message rate"))
 
     def _work(self, conn: Connection, kind: str, body: Mapping[str, Any],
               ) -> tuple[CallId, str | None, Callable[[], Awaitable[str | list[str]]]]:

@@ -109,9 +109,10 @@ class Inbound:
             conn.offer(Frame.text(PONG_FRAME), time.monotonic())
 
     def _junk(self, conn: Connection, code: str, detail: str) -> None:
-        """A frame the protocol does not describe counts against the rate limit like a
-        message: answered with an error frame within it, dropped without one past it (a
-        client cannot make the node parse and answer faster than the limit allows)."""
+        """A frame the protocol does not describe, or a refresh refused at once, counts
+        against the rate limit like a message: answered with an error frame within it,
+        dropped without one past it (a client cannot make the node parse and answer faster
+        than the limit allows; requests are counted in Calls.start)."""
         bucket = self.bucket
         if bucket is not None and not bucket.take(time.monotonic()):
             self._services.ctx.stats.rate_limited += 1
@@ -123,18 +124,19 @@ class Inbound:
 
     async def _refresh(self, session: Session, conn: Connection, token: object) -> None:
         services = self._services
+        # (a refresh refused at once counts against the rate limit, as a malformed frame)
         if not services.auth.enabled:
-            self._error(conn, "refresh_unsupported", "this server has no authenticator")
+            self._junk(conn, "refresh_unsupported", "this server has no authenticator")
             return
         try:
             fresh = refresh_token({"token": token})
         except ProtocolError as exc:
-            self._error(conn, "bad_frame", str(exc))
+            self._junk(conn, "bad_frame", str(exc))
             return
         if not session.take_refresh():  # each check costs the authenticator's work
             spacing = services.ctx.config.auth_refresh_grace / 2
-            self._error(conn, "refresh_too_soon", f"one refresh per {spacing:g}s unless asked; "
-                        "send it when the server sends refresh")
+            self._junk(conn, "refresh_too_soon", f"one refresh per {spacing:g}s unless asked; "
+                       "send it when the server sends refresh")
             return
         credentials = Credentials(fresh, session.websocket, refreshing=True)
         try:

@@ -27,7 +27,7 @@ from stabilizer.pure.client_protocol import (
     message_payload,
     unwrap,
 )
-from stabilizer.pure.client_v2 import ack_frame, v2_frame
+from stabilizer.pure.client_v2 import ack_frame, malformed, v2_frame
 from stabilizer.pure.streams import group_stream
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,10 @@ class Frames:
             else:
                 logger.warning("dropping a text frame that is not a v2 frame")
             return
+        problem = malformed(frame)
+        if problem is not None:
+            logger.warning("dropping %s", problem)
+            return
         kind = frame["type"]
         if kind == "message":
             await self._message(ws, frame)
@@ -86,14 +90,11 @@ class Frames:
                 await ws.send("pong" if v2 is None else '{"type":"pong"}')
         elif kind == "session":
             self._on_session(SessionInfo.from_frame(frame))
-        elif kind == "resume":
-            failed = frame.get("failed")
-            replayed = frame.get("replayed")
+        elif kind == "resume":  # (its fields were checked: malformed)
             self.resumed(ResumeResult(
-                recovered=frame.get("recovered") is True,
+                recovered=frame["recovered"] is True,
                 session_resumed=frame.get("fresh") is not True,
-                replayed=replayed if type(replayed) is int else 0,
-                failed=tuple(str(s) for s in failed) if isinstance(failed, list) else ()))
+                replayed=frame["replayed"], failed=tuple(frame["failed"])))
         elif kind == "error":
             logger.warning("server dropped a frame: %s", frame.get("code"))
         elif v2 is not None and kind == "refresh":
@@ -106,9 +107,8 @@ class Frames:
               and self._subscriptions is not None):
             await self._subscriptions.presence_frame(frame)
         elif v2 is not None and kind == "unsubscribed" and self._subscriptions is not None:
-            channel = frame.get("channel")
-            if isinstance(channel, str):  # (its messages, if any more came, start afresh)
-                self.positions.forget(group_stream(channel))
+            # (its messages, if any more came, start afresh)
+            self.positions.forget(group_stream(frame["channel"]))
             self._subscriptions.ended(frame)
 
     def reopened(self) -> None:

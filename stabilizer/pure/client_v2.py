@@ -87,6 +87,23 @@ def v2_frame(text: str) -> ControlFrame | None:
     return None
 
 
+def malformed(frame: ControlFrame) -> str | None:
+    """Why the client cannot act on the server frame `frame` (a field it reads is missing
+    or of the wrong type: a ``resume`` frame, in either protocol, or an ``unsubscribed``
+    one), or None when it can. Such a frame is dropped with a warning."""
+    kind = frame.get("type")
+    if kind == "resume":
+        replayed, failed = frame.get("replayed"), frame.get("failed")
+        if (isinstance(frame.get("recovered"), bool) and type(replayed) is int
+                and replayed >= 0 and isinstance(failed, list)
+                and all(isinstance(stream, str) for stream in failed)):
+            return None
+        return "a resume frame without recovered, replayed and failed"
+    if kind == "unsubscribed" and not isinstance(frame.get("channel"), str):
+        return "an unsubscribed frame without a channel"
+    return None
+
+
 def rpc_frame(call_id: int, method: str, params: JSONValue) -> str:
     """A call of the server's procedure `method` (docs/protocol.md 6.5).
 

@@ -11,8 +11,8 @@ import { BadToken, Refresher, fetchToken } from "./credentials.js";
 import { DeviceSlot } from "./device.js";
 import { Listeners, callSafely } from "./events.js";
 import {
-  SUBPROTOCOL, TOKEN_CODES, advance, connectFrame, controlFrame, fromBase64, numberOrNull,
-  outgoingFrame, reconnects, retryDelay, socketUrl, v2Frame, webSocketUrl,
+  SUBPROTOCOL, TOKEN_CODES, advance, connectFrame, controlFrame, fromBase64, malformed,
+  numberOrNull, outgoingFrame, reconnects, retryDelay, socketUrl, v2Frame, webSocketUrl,
 } from "./frames.js";
 import { DEFAULTS, checkOptions } from "./options.js";
 import { Watchdog } from "./watchdog.js";
@@ -215,6 +215,11 @@ export class Connection {
       console.warn("stabilizer: dropped a text frame that is not a v2 frame");
       return;
     }
+    const problem = frame === null ? null : malformed(frame);
+    if (problem !== null) {
+      console.warn(`stabilizer: dropped ${problem}`);
+      return;
+    }
     switch (frame?.type) {
       case "ping": ws.send(this.#v2 ? '{"type":"pong"}' : "pong"); return;
       case "pong": return;
@@ -234,7 +239,7 @@ export class Connection {
         if (this.#v2) { this.#channels.presenceFrame(frame); return; } break;
       case "unsubscribed":
         if (!this.#v2) break;
-        if (typeof frame.channel === "string") delete this.#positions[`g:${frame.channel}`];
+        delete this.#positions[`g:${frame.channel}`];
         this.#channels.ended(frame);
         this.#emit("unsubscribed", frame);
         return;

@@ -33,6 +33,24 @@ export function v2Frame(text) {
   }
 }
 
+/** Why the client cannot act on the protocol frame `frame` (a field it reads is missing or
+ * of the wrong type), or null when it can: dropped with a warning, as a text frame that is
+ * no frame at all. */
+export function malformed(frame) {
+  switch (frame.type) {
+    case "resume":
+      return typeof frame.recovered === "boolean" && Number.isInteger(frame.replayed)
+        && frame.replayed >= 0 && Array.isArray(frame.failed)
+        && frame.failed.every((stream) => typeof stream === "string")
+        ? null : "a resume frame without recovered, replayed and failed";
+    case "unsubscribed":
+      return typeof frame.channel === "string" ? null
+        : "an unsubscribed frame without a channel";
+    default:
+      return null;
+  }
+}
+
 /** What send(data) writes: binary data as it is; text, and anything else as JSON, wrapped in
  * a message frame in v2. */
 export function outgoingFrame(data, v2) {

@@ -36,6 +36,7 @@ from stabilizer.errors import BackendUnavailable, ConfigError, InvalidClientIdEr
 from stabilizer.manager import WebSocketConnectionManager
 from stabilizer.node.context import Phase
 from stabilizer.pure.text import check_client_id
+from stabilizer.pure.waits import wait_seconds
 from stabilizer.session import Session
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,11 @@ def lifespan(
     `drain_on_signal` the first SIGTERM or SIGINT first runs ``graceful_shutdown`` (refuse
     new sockets, drain outboxes, close with 1001/1012 and jittered retry advice) and then
     hands the signal to the server's own handler. A second signal skips the drain.
+
+    Raises:
+        ConfigError: `shutdown_timeout` is not a finite number of seconds, 0 or more.
     """
+    shutdown_timeout = wait_seconds("shutdown_timeout", shutdown_timeout)
 
     @asynccontextmanager
     async def _lifespan(app: FastAPI) -> AsyncIterator[None]:

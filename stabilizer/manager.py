@@ -27,6 +27,7 @@ from stabilizer.facets.users import UsersFacet
 from stabilizer.node.context import Phase
 from stabilizer.pure.streams import Target
 from stabilizer.pure.text import Message, encode_message, is_text, json_value
+from stabilizer.pure.waits import wait_seconds
 from stabilizer.results import BroadcastResult, ShutdownReport
 from stabilizer.rpc import RPCHandler
 from stabilizer.services.events import ClusterListener, Hook
@@ -117,9 +118,10 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
         1012 when restarting), stop the loops, drop presence; a second call does nothing.
 
         Raises:
+            ConfigError: `timeout` is not a finite number of seconds, 0 or more.
             ShutdownError: a loop or the backend failed to stop (after everything else).
         """
-        return await self._node.lifecycle.shutdown(timeout, restart)
+        return await self._node.lifecycle.shutdown(wait_seconds("timeout", timeout), restart)
 
     def open_session(self, websocket: Any, client_id: str | None = None, *,
                      metadata: dict[str, Any] | None = None, token: str | None = None,
@@ -183,11 +185,13 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
 
         Raises:
             TypeError: the message is not text, bytes or JSON-serializable.
+            ConfigError: `timeout` is not a finite number of seconds, 0 or more.
             AckTimeoutError: (ack) sent, but not acknowledged in time.
             AckUnsupportedError: (ack) the client speaks the plain protocol: it got the
                 message but cannot acknowledge it.
         """
         payload = encode_message(message)
+        timeout = wait_seconds("timeout", timeout)
         if not is_text(client_id) or not client_id:
             return False
         if ack:
@@ -221,7 +225,10 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
         Raises:
             ConnectionNotFoundError: the client is not connected to this node.
             ConnectionTimeoutError: no answer within `timeout` (default heartbeat_timeout).
+            ConfigError: `timeout` is not None nor a finite number of seconds, 0 or more.
         """
+        if timeout is not None:
+            timeout = wait_seconds("timeout", timeout)
         conn = self.get_connection(client_id)
         if conn is None or not conn.is_open:
             raise ConnectionNotFoundError(f"client {client_id!r} is not connected to this node")

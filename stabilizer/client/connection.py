@@ -43,6 +43,7 @@ from stabilizer.pure.client_protocol import (
 )
 from stabilizer.pure.client_v2 import outgoing
 from stabilizer.pure.text import JSONValue
+from stabilizer.pure.waits import wait_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ class ClientConnection(SessionView, Requests):
         self._urls = url_source(url, client_id)
         self._client_id = client_id
         self._retry = retry or RetryPolicy()
-        self._send_timeout = send_timeout
-        self._open_timeout = open_timeout
-        self._close_timeout = close_timeout
+        self._send_timeout = wait_seconds("send_timeout", send_timeout)
+        self._open_timeout = wait_seconds("open_timeout", open_timeout)
+        self._close_timeout = wait_seconds("close_timeout", close_timeout)
         self._v2 = None if protocol < 2 else ProtocolV2(get_token, device=device, params=params,
                                                         timeout=open_timeout)
         self._dial_options = DialOptions(open_timeout, close_timeout, max_message_size,
@@ -154,12 +155,13 @@ class ClientConnection(SessionView, Requests):
         Raises:
             SendTimeoutError: no connection opened, or the send did not finish, in time.
             ClientClosedError: the connection is closed for good (the subclass says why).
+            ConfigError: `timeout` is not None nor a finite number of seconds, 0 or more.
         """
         if not isinstance(message, str | bytes):
             raise TypeError(f"send() takes str or bytes, got {type(message).__name__}")
+        limit = self._send_timeout if timeout is None else wait_seconds("timeout", timeout)
         if self._runner is None and self._error is None:
             raise RuntimeError("start the connection first (async with connect(...))")
-        limit = self._send_timeout if timeout is None else timeout
         stale: WebSocket | None = None
         writing = False
         try:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from stabilizer.pure.presence import PresenceMap, PresenceSync
+from stabilizer.pure.waits import wait_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ class ChannelPresence:
 
         Raises:
             TimeoutError: it did not hold within `timeout` seconds.
+            ConfigError: `timeout` is not a finite number of seconds, 0 or more.
         """
-        async with asyncio.timeout(timeout), self._changed:
+        async with asyncio.timeout(wait_seconds("timeout", timeout)), self._changed:
             await self._changed.wait_for(lambda: self.synced and predicate(self.list()))
             return self.list()
 

@@ -31,6 +31,7 @@ from stabilizer.pure.client_protocol import ClientClosedError
 from stabilizer.pure.client_v2 import channel_frame, rpc_frame
 from stabilizer.pure.streams import group_stream
 from stabilizer.pure.text import JSONValue
+from stabilizer.pure.waits import wait_seconds
 
 if TYPE_CHECKING:  # (frames.py imports this module)
     from stabilizer.client.frames import Frames
@@ -156,7 +157,7 @@ class Requests:
             ValueError, TypeError: a method name the server refuses, or params not JSON.
             ClientClosedError: closed for good before the call was sent.
         """
-        self._ready("rpc")
+        timeout = self._ready("rpc", timeout)
         return await self._calls.call(self._wait_open,
                                       lambda ident: rpc_frame(ident, method, params), timeout)
 
@@ -180,7 +181,7 @@ class Requests:
         """
         if on_presence is not None and not presence:
             raise ValueError("on_presence needs presence=True")
-        self._ready("subscribe")
+        timeout = self._ready("subscribe", timeout)
         subscriptions = self._subscriptions
         if presence:  # before the reply: the state follows it at once
             copy = subscriptions.presences.setdefault(channel, ChannelPresence(channel))
@@ -213,7 +214,7 @@ class Requests:
         Raises:
             RPCError: ``unavailable``, ``timeout`` or ``disconnected``.
         """
-        self._ready("unsubscribe")
+        timeout = self._ready("unsubscribe", timeout)
         self._subscriptions.unsubscribing(channel)
         self._frames.positions.forget(group_stream(channel))
         await self._calls.call(self._wait_open, functools.partial(_unsubscribe_frame, channel),
@@ -230,7 +231,7 @@ class Requests:
             ValueError, TypeError: a bad channel name, or data that is not a str, dict or
                 list of JSON.
         """
-        self._ready("publish")
+        timeout = self._ready("publish", timeout)
         await self._calls.call(
             self._wait_open, lambda ident: channel_frame("publish", ident, channel, data),
             timeout)
@@ -261,11 +262,18 @@ class Requests:
             except ClientClosedError:
                 return
 
-    def _ready(self, what: str) -> None:
+    def _ready(self, what: str, timeout: float) -> float:
+        """`timeout` as seconds, once `what` may be called.
+
+        Raises:
+            ConfigError: `timeout` is not a finite number of seconds, 0 or more.
+        """
+        timeout = wait_seconds("timeout", timeout)
         if self._v2 is None:
             raise RuntimeError(f"{what}() needs protocol=2")
         if self._runner is None and self._error is None:
             raise RuntimeError("start the connection first (async with connect(...))")
+        return timeout
 
 
 def _unsubscribe_frame(channel: str, call_id: int) -> str:

@@ -7,6 +7,7 @@ from stabilizer.config import CloseCode
 from stabilizer.facets.base import Facet
 from stabilizer.pure.text import Message, encode_message, json_value
 from stabilizer.pure.users import is_user_id
+from stabilizer.pure.waits import wait_seconds
 
 
 class UsersFacet(Facet):
@@ -25,8 +26,10 @@ class UsersFacet(Facet):
 
         Raises:
             TypeError: the message is not text, bytes or JSON-serializable.
+            ConfigError: `timeout` is not a finite number of seconds, 0 or more.
         """
         payload = encode_message(message)
+        timeout = wait_seconds("timeout", timeout)
         if ack:
             if not is_user_id(user_id):
                 return 0

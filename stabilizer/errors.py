@@ -60,7 +60,9 @@ class BroadcastFailedError(WebSocketStabilizerError):
 
 
 class ShutdownError(WebSocketStabilizerError):
-    """The node is shutting down: it admits no new connection, or shutdown itself failed."""
+    """The node is shutting down: it admits no new connection, shutdown itself failed, or
+    an acknowledged send stopped waiting because its node stopped listening (the message
+    may have been delivered and handled: outcome unknown)."""
 
 
 class MemoryLimitExceededError(WebSocketStabilizerError):

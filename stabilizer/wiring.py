@@ -104,7 +104,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     # changes, in the backend's order (on one node, nothing else arrives)
     loops: dict[str, Loop] = {"heartbeat": liveness.run, "maintenance": maintenance.run,
                               "listener": listener.run}
-    lifecycle = Lifecycle(ctx, closing, tokens, loops)
+    lifecycle = Lifecycle(ctx, closing, tokens, loops, acks)
     sessions = SessionServices(
         ctx, admission, closing, liveness, tokens,
         resume,

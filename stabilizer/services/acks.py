@@ -7,17 +7,27 @@ handler returned; the node holding the socket hands it, with the client's id, to
 asking node (itself: no Redis; another: one ACK envelope on that node's channel), which
 counts answers by client against the clients the send reached (AckTally). A plain client
 cannot acknowledge: its node says so at once, and the send fails with AckUnsupportedError.
+
+A node that shuts down keeps hearing acknowledgements while it drains (Lifecycle waits for
+the sends awaiting them, until its deadline); once it stops listening, every send still
+waiting fails at once with ShutdownError (outcome unknown), as does any begun after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Iterable
 
 from stabilizer.connection.connection import Connection
-from stabilizer.errors import AckTimeoutError, AckUnsupportedError, BackendUnavailable
+from stabilizer.errors import (
+    AckTimeoutError,
+    AckUnsupportedError,
+    BackendUnavailable,
+    ShutdownError,
+)
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.acks import FORGOTTEN, UNSUPPORTED, AckTally, parse_ack_token
@@ -31,12 +41,13 @@ logger = logging.getLogger(__name__)
 class _Waiting:
     """What came back for one reference (see AckTally), and the event its sender awaits."""
 
-    __slots__ = ("settled", "sole", "tally")
+    __slots__ = ("abandoned", "settled", "sole", "tally")
 
     def __init__(self, sole: str | None = None) -> None:
         self.tally = AckTally()
         self.sole = sole  # the one client a send_to_client addressed
         self.settled = asyncio.Event()
+        self.abandoned = False  # its node stopped listening before it settled
 
     def answer(self, client_id: str | None, outcome: str | None) -> None:
         if client_id is None:  # an ACK from a node of an older version names no client:
@@ -58,6 +69,9 @@ class Acks:
         self._ctx = ctx
         self._router = router
         self._waiting: dict[str, _Waiting] = {}
+        self._idle = asyncio.Event()  # nothing is awaited
+        self._idle.set()
+        self._deaf = False  # the node stopped listening: no acknowledgement can arrive
         self._backend_log = RateLimitedLog(logger)
 
     async def send(self, client_id: str, payload: str | bytes, value: object,
@@ -68,17 +82,18 @@ class Acks:
         Raises:
             AckTimeoutError: sent, but not acknowledged in time.
             AckUnsupportedError: delivered to a plain client, which cannot acknowledge.
+            ShutdownError: the node stopped listening before the client acknowledged.
         """
-        ref = secrets.token_hex(8)
-        waiting = self._waiting[ref] = _Waiting(sole=client_id)
+        ref, waiting = self._watch(_Waiting(sole=client_id), f"client {client_id!r}")
         try:
             if not await self._router.send(client_id, payload, value, ack=ref):
                 return False
             if not await self._settled(waiting, (client_id,), timeout):
                 raise AckTimeoutError(
                     f"client {client_id!r} did not acknowledge within {timeout:g}s")
+            self._check_heard(waiting, f"client {client_id!r}")
         finally:
-            del self._waiting[ref]
+            self._unwatch(ref)
         if waiting.tally.count(FORGOTTEN):
             raise AckTimeoutError(
                 f"client {client_id!r} had too many messages unacknowledged: its node stopped "
@@ -97,15 +112,55 @@ class Acks:
         Only the connections it reached count, each once: with history a connection
         that was away when it was sent is replayed the message on its return, and one that
         resumes from before it is replayed it again, but neither acknowledgement counts a
-        second time or for another connection."""
-        ref = secrets.token_hex(8)
-        waiting = self._waiting[ref] = _Waiting()
+        second time or for another connection.
+
+        Raises:
+            ShutdownError: the node stopped listening before every connection answered.
+        """
+        ref, waiting = self._watch(_Waiting(), f"user {user_id!r}")
         try:
             reached = await self._router.send_to_user(user_id, payload, value, ack=ref)
             await self._settled(waiting, reached, timeout)
+            self._check_heard(waiting, f"user {user_id!r}")
         finally:
-            del self._waiting[ref]
+            self._unwatch(ref)
         return waiting.tally.count(None)
+
+    async def drain(self, deadline: float) -> None:
+        """Wait until no send awaits an acknowledgement, or the loop's clock reaches
+        `deadline` (a shutdown: the node still hears them meanwhile)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._idle.wait()
+
+    def stop_listening(self) -> None:
+        """The node heard its last acknowledgement: every send still waiting fails at once
+        with ShutdownError, and so does every send begun from now on."""
+        self._deaf = True
+        for waiting in self._waiting.values():
+            waiting.abandoned = True
+            waiting.settled.set()
+
+    def _watch(self, waiting: _Waiting, whom: str) -> tuple[str, _Waiting]:
+        """Await answers for `waiting` under a fresh reference."""
+        if self._deaf:
+            raise ShutdownError(f"node {self._ctx.node_id} stopped: it would not hear {whom} "
+                                "acknowledge, so nothing was sent")
+        ref = secrets.token_hex(8)
+        self._waiting[ref] = waiting
+        self._idle.clear()
+        return ref, waiting
+
+    def _unwatch(self, ref: str) -> None:
+        del self._waiting[ref]
+        if not self._waiting:
+            self._idle.set()
+
+    def _check_heard(self, waiting: _Waiting, whom: str) -> None:
+        if waiting.abandoned and not waiting.tally.settled:
+            raise ShutdownError(
+                f"node {self._ctx.node_id} stopped before {whom} acknowledged: outcome "
+                "unknown (the message may have been delivered and handled)")
 
     @staticmethod
     async def _settled(waiting: _Waiting, addressed: Iterable[str], timeout: float) -> bool:

@@ -4,7 +4,9 @@ Start: open the backend (degrading to local service when it cannot be reached), 
 loops (heartbeat, maintenance and, when other nodes or history exist, the listener), and
 return once subscribed. Shutdown, in order: refuse new sockets; drain every outbox until the
 deadline and close each socket with 1001 or 1012 (with retry advice), aborting what cannot
-close; stop every task of the node; drop the node's presence; close the backend.
+close; until the same deadline, let the acknowledgements that sends await come back (the
+listener hears them); stop every task of the node, failing the sends still waiting; drop the
+node's presence; close the backend.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
@@ -56,15 +58,26 @@ def shutdown_reason(code: int, jitter: float) -> str:
     return "server shutting down"
 
 
+class AwaitedAcks(Protocol):
+    """The acknowledgements the node's sends await (services/acks.py)."""
+
+    async def drain(self, deadline: float) -> None:
+        """Wait until none is awaited, or the loop's clock reaches `deadline`."""
+
+    def stop_listening(self) -> None:
+        """Fail every send still waiting: the node hears no more acknowledgements."""
+
+
 class Lifecycle:
     """new -> running -> draining -> stopped, for one node."""
 
     def __init__(self, ctx: NodeContext, closing: Closing, tokens: TokenService,
-                 loops: dict[str, Loop]) -> None:
+                 loops: dict[str, Loop], acks: AwaitedAcks) -> None:
         self._ctx = ctx
         self._closing = closing
         self._tokens = tokens
         self._loops = loops  # the node's loops by name, started once
+        self._acks = acks
         self._starting: asyncio.Future[None] | None = None
         self._backend_log = RateLimitedLog(logger)
 
@@ -154,6 +167,7 @@ class Lifecycle:
         deadline = asyncio.get_running_loop().time() + timeout
         outcomes = await asyncio.gather(
             *(self._close_one(conn, int(code), deadline) for conn in list(ctx.pool.connections())))
+        await self._acks.drain(deadline)  # the listener still runs: they are heard
         problems = await self._stop_everything(deadline)
         report = ShutdownReport(
             closed_count=sum(1 for clean, _, _ in outcomes if clean),
@@ -202,6 +216,7 @@ class Lifecycle:
         grace = ctx.config.close_timeout
         tasks = ctx.tasks
         problems = await tasks.stop(grace, prefix=_LOOP_PREFIX)
+        self._acks.stop_listening()  # the listener is gone: no acknowledgement comes now
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.1)
         await tasks.wait(tasks.running(_CLOSER_PREFIX), remaining)
         problems += await tasks.stop(grace)

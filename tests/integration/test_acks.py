@@ -22,7 +22,9 @@ from websockets.asyncio.client import ClientConnection
 
 from stabilizer import Identity, MemoryBackend, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.backends.memory.hub import MemoryHub
+from stabilizer.errors import ShutdownError
 from stabilizer.fastapi import lifespan, session
+from stabilizer.node.context import Phase
 from tests.integration.test_emitter import until
 from tests.support.inproc_uvicorn import served
 
@@ -161,3 +163,46 @@ async def test_a_tab_acknowledging_again_after_a_resume_counts_once(two_nodes: N
     await second.ack(await second.message())
     async with asyncio.timeout(5):
         assert await asking == 2
+
+
+async def test_an_ack_arriving_while_the_asking_node_drains_is_counted(two_nodes: Nodes) -> None:
+    """Found by review: a node asked to stop ended its listener at once, with a send still
+    waiting for a client on another node; that client's acknowledgement went unheard, and
+    the send failed only at its timeout (the process exiting with it). The drain now waits
+    for the acknowledgements awaited (until its deadline), so this one counts."""
+    (origin, _), (_, other_url) = two_nodes
+    tab = await Tab.open(other_url, "tab")
+    await until(tabs_of_ann(origin, 1))
+    asking = asyncio.create_task(origin.send_to_client(tab.client_id, "hi", ack=True,
+                                                       timeout=3600))
+    sent = await tab.message()
+    stopping = asyncio.create_task(origin.graceful_shutdown(timeout=3600))
+
+    async def draining() -> bool:
+        return origin.phase is Phase.DRAINING
+    await until(draining)
+    await tab.ack(sent)
+    async with asyncio.timeout(10):  # a bound, not the 3600 s of either
+        assert await asking is True
+        await stopping
+    assert origin.phase is Phase.STOPPED
+
+
+async def test_an_ack_wait_its_node_stops_under_fails_at_once(two_nodes: Nodes) -> None:
+    """A send still waiting when its node stops listening (the drain's deadline passed)
+    fails at once with ShutdownError, not at its timeout; so does one begun after that."""
+    (origin, _), (_, other_url) = two_nodes
+    tab = await Tab.open(other_url, "tab")
+    await until(tabs_of_ann(origin, 1))
+    asking = asyncio.create_task(origin.send_to_client(tab.client_id, "hi", ack=True,
+                                                       timeout=3600))
+    users = asyncio.create_task(origin.send_to_user("ann", "all", ack=True, timeout=3600))
+    assert (await tab.message())["data"] == "hi"
+    assert (await tab.message())["data"] == "all"
+    await origin.graceful_shutdown(timeout=0)  # no drain: nothing more is heard
+    async with asyncio.timeout(10):  # a bound, not the 3600 s
+        for waiting in (asking, users):
+            with pytest.raises(ShutdownError, match="outcome unknown"):
+                await waiting
+        with pytest.raises(ShutdownError, match="nothing was sent"):
+            await origin.send_to_client(tab.client_id, "late", ack=True, timeout=3600)

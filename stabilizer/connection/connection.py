@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from stabilizer.config import CloseCode
+from stabilizer.connection.ack_tokens import AckTokens
 from stabilizer.connection.sockets import Frame, SocketLike, method_sender, sends_asgi
 from stabilizer.connection.transports import prepared_writer
 from stabilizer.connection.writer import OutboxLimits, SocketWriter, State
@@ -41,7 +42,6 @@ _NO_USER_DATA: Final[Mapping[str, Any]] = MappingProxyType({})
 _UNRECORDED: Final = 0  # nothing yet (or it was unreachable: the next resync writes it)
 _RECORDED: Final = 1  # its registration recorded it
 _RESYNCED: Final = 2  # a resync wrote it back (see Connection.resynced)
-_MAX_ACKS: Final = 1024  # unacknowledged ack tokens a connection remembers
 
 
 def new_conn_id() -> str:
@@ -62,7 +62,6 @@ class Connection(SocketWriter):
         "_acks",
         "_changed_groups",
         "_close_waiter",
-        "_forgotten",
         "_groups",
         "_held",
         "_on_fail",
@@ -119,8 +118,7 @@ class Connection(SocketWriter):
         self._socket_closed = False  # the node's close of the socket has ended
         self._close_waiter: asyncio.Event | None = None  # made when someone waits for it
         self._registered = _UNRECORDED  # what the shared store knows of it
-        self._acks: dict[str, None] | None = None  # ack tokens of frames sent, oldest first
-        self._forgotten: list[str] | None = None  # tokens dropped from `_acks`, to report
+        self._acks: AckTokens | None = None  # ack tokens of frames sent, not acknowledged
         self._last_activity = time.monotonic()
         self._outbox = None
         self._queued_bytes = 0
@@ -214,10 +212,11 @@ class Connection(SocketWriter):
 
     def memory_estimate(self) -> int:
         """Approximate bytes this connection holds: bookkeeping, metadata, user data, outbox
-        (frames held during a replay included)."""
+        (frames held during a replay included), ack tokens awaiting acknowledgement."""
         return (
             _BASE_CONNECTION_BYTES + len(self.client_id) + self._user_data_bytes
             + self._queued_bytes + estimate_size(self.metadata)
+            + (self._acks.bytes if self._acks is not None else 0)
         )
 
     # ------------------------------------------------------------------ writing
@@ -241,31 +240,19 @@ class Connection(SocketWriter):
         return self.offer(frame, now)
 
     def _expect_ack(self, token: str) -> None:
-        acks = self._acks
-        if acks is None:
-            acks = self._acks = {}
-        elif len(acks) >= _MAX_ACKS:  # too many unacknowledged: forget the oldest
-            oldest = next(iter(acks))
-            del acks[oldest]
-            if self._forgotten is None:
-                self._forgotten = []
-            self._forgotten.append(oldest)
-        acks[token] = None
+        if self._acks is None:
+            self._acks = AckTokens()
+        self._acks.expect(token)
 
     def take_forgotten(self) -> list[str]:
-        """The ack tokens forgotten since the last call (over the _MAX_ACKS it keeps): an
+        """The ack tokens forgotten since the last call (over the MAX_ACKS it keeps): an
         acknowledgement of them is no longer taken, so their senders must be told."""
-        forgotten, self._forgotten = self._forgotten, None
-        return forgotten or []
+        return self._acks.take_forgotten() if self._acks is not None else []
 
     def take_ack(self, token: str) -> bool:
         """The client acknowledged `token`: True if it was sent a frame carrying it (each
         token is taken once)."""
-        acks = self._acks
-        if acks is None or token not in acks:
-            return False
-        del acks[token]
-        return True
+        return self._acks is not None and self._acks.take(token)
 
     def _held_positions(self) -> ClientPositions:
         if self._positions is None:

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from stabilizer import AckTimeoutError, AckUnsupportedError, WebSocketConnectionManager
+from stabilizer.connection.ack_tokens import MAX_ACKS, AckTokens, token_bytes
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
 from stabilizer.pure.acks import FORGOTTEN, UNSUPPORTED, AckTally, ack_token, parse_ack_token
@@ -142,3 +143,39 @@ async def test_an_ack_naming_no_client_still_settles_a_send_to_one_client() -> N
         _, ref = parse_ack_token((await sock.next_json())["ack"])
         acks.settle(ref, None, None)
         assert await asking is True
+
+
+async def test_the_memory_estimate_counts_the_tokens_awaiting_acknowledgement() -> None:
+    """Found by review: a connection keeps up to 1,024 tokens, which the memory guard
+    (max_memory_per_connection, max_total_memory) did not count."""
+    async with WebSocketConnectionManager() as manager:
+        sock, conn = await as_v2(manager, "v2")
+        idle, total = conn.memory_estimate(), manager.total_memory()
+        sends = [asyncio.create_task(manager.send_to_client("v2", "m", ack=True, timeout=60))
+                 for _ in range(100)]
+        frames = [await sock.next_json() for _ in range(100)]
+        assert conn.queued_bytes == 0  # (every frame was written: no queue counted)
+        held = conn.memory_estimate() - idle
+        token = frames[0]["ack"]
+        assert held >= 100 * (len(token) + 50)  # the characters and the objects holding them
+        assert manager.total_memory() - total == held
+        acks = manager._node.sessions.acks
+        for frame in frames[:50]:
+            assert acks.acked(conn, frame["ack"])
+        assert conn.memory_estimate() - idle == held // 2
+        for frame in frames[50:]:
+            assert acks.acked(conn, frame["ack"])
+        assert conn.memory_estimate() == idle
+        assert await asyncio.gather(*sends) == [True] * 100
+
+
+def test_the_tokens_a_connection_keeps_hold_bounded_memory() -> None:
+    tokens = AckTokens()
+    for n in range(MAX_ACKS + 6):
+        tokens.expect(f"{n:016x}@node-1")
+    assert tokens.bytes == (MAX_ACKS + 6) * token_bytes("0" * 16 + "@node-1")  # 6 to report
+    assert len(tokens.take_forgotten()) == 6
+    assert tokens.bytes == MAX_ACKS * token_bytes("0" * 16 + "@node-1")
+    assert tokens.take(f"{MAX_ACKS:016x}@node-1")
+    assert not tokens.take(f"{MAX_ACKS:016x}@node-1")
+    assert tokens.bytes == (MAX_ACKS - 1) * token_bytes("0" * 16 + "@node-1")

@@ -27,6 +27,7 @@ from stabilizer.backends.records import (
     SessionState,
     SessionTaken,
     UserLimit,
+    UserRoute,
 )
 from stabilizer.backends.stream_roles import GroupStore, HistoryStore, SessionStore
 from stabilizer.pure.keyring import SharedKeys
@@ -42,7 +43,7 @@ __all__ = [
     "MembershipChange", "NodeRegistry", "NodeReport", "Presence", "PresenceStore",
     "Registration", "Resynced", "Routing", "Seat", "Sequenced", "SessionGone", "SessionState",
     "SessionStore", "SessionTaken", "SharedKeys",
-    "TaskSpawner", "TokenStore", "UserLimit", "UserStore",
+    "TaskSpawner", "TokenStore", "UserLimit", "UserRoute", "UserStore",
 ]
 
 
@@ -132,9 +133,10 @@ class UserStore(Protocol):
         `user_id`'s connections if the seat still names `conn_id`; True if it did."""
         ...
 
-    async def route(self, user_id: str, envelope: bytes) -> list[str]:
+    async def route(self, user_id: str, envelope: bytes) -> UserRoute:
         """Hand `envelope` to every other node holding a connection of `user_id`, in one
-        round trip; return the client ids of the user's connections those nodes hold."""
+        round trip; return the client ids of the user's connections those nodes hold, and
+        of every connection of the user seated on another node (see UserRoute)."""
         ...
 
 

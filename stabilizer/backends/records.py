@@ -89,6 +89,17 @@ class Sequenced:
 
 
 @dataclass(frozen=True, slots=True)
+class UserRoute:
+    """What handing an envelope to a user's other nodes did: the client ids of the user's
+    connections held by the nodes that received it (`reached`), and those of every
+    connection of the user whose seat names another node than the sender's, received or
+    not (`elsewhere`): the sender's own socket of one of those has been replaced there."""
+
+    reached: list[str]
+    elsewhere: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class History:
     """The envelopes of a stream after a position, or why they cannot be had.
 

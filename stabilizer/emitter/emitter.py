@@ -121,7 +121,8 @@ class Emitter(ClusterQueries):
         backend = await self._ready()
         if self.history:
             return (await self._sequence(Target("user", user), envelope)).receivers
-        return len(await self._write(backend.users.route(user, encode(envelope))))
+        route = await self._write(backend.users.route(user, encode(envelope)))
+        return len(route.reached)
 
     # --- disconnects ------------------------------------------------------------------
 
@@ -141,7 +142,8 @@ class Emitter(ClusterQueries):
         body = _close_body(code, reason)
         backend = await self._ready()
         envelope = Envelope(Kind.USER_CLOSE, self._origin, user, body)
-        return len(await self._write(backend.users.route(user, encode(envelope))))
+        route = await self._write(backend.users.route(user, encode(envelope)))
+        return len(route.reached)
 
     async def disconnect_client(self, client_id: str, *, code: int = CloseCode.NORMAL,
                                 reason: str = "disconnected by the server") -> bool:

@@ -65,7 +65,8 @@ class Users:
         envelope = encode(Envelope(Kind.USER_CLOSE, ctx.node_id, user_id,
                                    close_body(code, reason)))
         try:
-            return closed + len(await ctx.ask(ctx.backend.users.route(user_id, envelope)))
+            route = await ctx.ask(ctx.backend.users.route(user_id, envelope))
+            return closed + len(route.reached)
         except BackendUnavailable as exc:
             self._backend_log.warning("user %r disconnected on this node only: backend "
                                       "unavailable", user_id, exc=exc)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from stabilizer.backends.base import Presence, Resynced, Seat, UserLimit
+from stabilizer.backends.base import Presence, Resynced, Seat, UserLimit, UserRoute
 from stabilizer.config import CloseCode
 from stabilizer.errors import ConfigError, UserConnectionLimitError
 from stabilizer.pure.streams import Target
@@ -150,13 +150,32 @@ async def test_route_reaches_every_other_node_of_the_user_once(open_node: NodeFa
     envelope = encode(Envelope(Kind.USER, "node-a", "ann", "hi"))
     async with Inbox(a) as inbox_a, Inbox(b) as inbox_b, Inbox(c) as inbox_c:
         # node-b's two, by client id (what an acknowledged send waits for); node-a is us
-        assert sorted(await a.users.route("ann", envelope)) == ["ann/2", "ann/3"]
+        route = await a.users.route("ann", envelope)
+        assert sorted(route.reached) == ["ann/2", "ann/3"]
+        assert route.elsewhere == {"ann/2", "ann/3"}
         got = await inbox_b.next()
         assert (got.kind, got.target, got.payload) == (Kind.USER, "ann", "hi")
         await b.routing.publish(b"marker")  # anything the route sent came before it
         assert await inbox_c.queue.get() == b"marker"  # node-c has no seat of ann
         assert await inbox_a.queue.get() == b"marker"  # node-a is the sender
-    assert await a.users.route("nobody", envelope) == []
+    assert await a.users.route("nobody", envelope) == UserRoute([], frozenset())
+
+
+async def test_route_names_the_clients_seated_on_other_nodes(open_node: NodeFactory) -> None:
+    """What the sender learns in the same round trip: which of the user's client ids sit
+    on another node (its own socket of one of those was replaced), received or not."""
+    a, b = await open_node("node-a"), await open_node("node-b")
+    for client, node in (("ann/1", "node-a"), ("ann/2", "node-a"), ("ann/3", "node-gone")):
+        await a.presence.register(seat_of(client, node), max_cluster=None, seat=Seat())
+    envelope = encode(Envelope(Kind.USER, "node-a", "ann", "hi"))
+    assert await a.users.route("ann", envelope) == UserRoute([], frozenset({"ann/3"}))
+    # ann/1 moves to node-b: its seat names node-b before node-a hears of it
+    await b.presence.register(seat_of("ann/1", "node-b", conn_id="conn-ann/1-b"),
+                              max_cluster=None, seat=Seat())
+    async with Inbox(b) as inbox_b:
+        route = await a.users.route("ann", envelope)
+        assert (route.reached, route.elsewhere) == (["ann/1"], {"ann/1", "ann/3"})
+        assert (await inbox_b.next()).kind is Kind.USER
 
 
 async def test_a_dead_nodes_seats_are_reaped(open_node: NodeFactory) -> None:

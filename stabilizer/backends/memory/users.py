@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from stabilizer.backends.base import Presence, Seat, UserLimit
+from stabilizer.backends.base import Presence, Seat, UserLimit, UserRoute
 from stabilizer.backends.memory.hub import MemoryHub
 from stabilizer.config import CloseCode
 from stabilizer.errors import UserConnectionLimitError
@@ -98,8 +98,10 @@ class MemoryUsers:
         node.hub.set_presence(dataclasses.replace(seat, info=parse_info(info)))
         return True
 
-    async def route(self, user_id: str, envelope: bytes) -> list[str]:
+    async def route(self, user_id: str, envelope: bytes) -> UserRoute:
         """Deliver to every other node holding a connection of the user."""
         node = self._node
         node.check()
-        return to_user(node.hub, user_id, envelope, but=node.node_id)
+        seats = node.hub.users.get(user_id, {}).values()
+        elsewhere = frozenset(p.client_id for p in seats if p.node_id != node.node_id)
+        return UserRoute(to_user(node.hub, user_id, envelope, but=node.node_id), elsewhere)

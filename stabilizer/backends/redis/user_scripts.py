@@ -101,15 +101,19 @@ return 1
 
 # KEYS: the user's hash. ARGV: node-channel prefix (namespace slot), envelope, publish
 # command, this node's id. Publishes the envelope once to every other node holding a
-# connection of the user; returns the client ids of the connections those nodes hold.
+# connection of the user; returns {the client ids of the connections the nodes that
+# received it hold, the client ids of every connection seated on another node} (a socket of
+# one of the second on this node has been replaced: the sender skips it).
 USER_ROUTE: Final = """
 local entries = redis.call('HGETALL', KEYS[1])
 local per_node = {}
+local elsewhere = {}
 for i = 1, #entries, 2 do
   local node = string.match(entries[i + 1], '^([^|]*)|')
   if node and node ~= ARGV[4] then
     per_node[node] = per_node[node] or {}
     table.insert(per_node[node], entries[i])
+    table.insert(elsewhere, entries[i])
   end
 end
 local reached = {}
@@ -118,5 +122,5 @@ for node, ids in pairs(per_node) do
     for _, id in ipairs(ids) do table.insert(reached, id) end
   end
 end
-return reached
+return {reached, elsewhere}
 """

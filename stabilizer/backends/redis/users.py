@@ -4,7 +4,7 @@ node holding a connection of a user."""
 
 from __future__ import annotations
 
-from stabilizer.backends.base import Presence
+from stabilizer.backends.base import Presence, UserRoute
 from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.keys import parse_seat
 
@@ -34,12 +34,13 @@ class RedisUsers:
             keys=[core.keys.user(user_id)], args=[client_id, conn_id, info]), "user_info")
         return bool(done)
 
-    async def route(self, user_id: str, envelope: bytes) -> list[str]:
+    async def route(self, user_id: str, envelope: bytes) -> UserRoute:
         """One script: publish to every other node holding a connection of the user."""
         core = self._core
         keys = core.keys
-        reached = await core.call(core.scripts.user_route(
+        reached, elsewhere = await core.call(core.scripts.user_route(
             keys=[keys.user(user_id)],
             args=[keys.sequenced_direct_prefix, envelope, core.publish_command, core.node_id],
         ), "user_route")
-        return [text(client_id) for client_id in reached]
+        return UserRoute([text(client_id) for client_id in reached],
+                         frozenset(text(client_id) for client_id in elsewhere))

@@ -64,23 +64,31 @@ class LiveRouter:
 
     async def send_to_user(self, user_id: str, payload: str | bytes,
                            value: object = None, ack: str | None = None) -> list[str]:
-        """Local connections at once; one script hands it to the other nodes holding the
-        user's connections."""
+        """One script hands it to the other nodes holding the user's connections; then the
+        local connections get it, but for one whose client id the user's seats place on
+        another node: that socket was replaced there and is closed once this node hears of
+        it, and its successor gets the message (each client id once)."""
         ctx = self._ctx
         frame = Frame.of(payload, value)
         if ack is not None:  # (one token for all: each connection acknowledges it once)
             frame.asking_ack(ack_token(ctx.node_id, ack))
-        reached = [conn.client_id for conn in ctx.pool.of_user(user_id)
-                   if self._fanout.offer(conn, frame)]
         if not ctx.backend.is_shared:
-            return reached
+            return self._offer_to_user(user_id, frame)
         envelope = encode(Envelope(Kind.USER, ctx.node_id, user_id, payload, ref=ack))
         try:
-            return reached + await ctx.ask(ctx.backend.users.route(user_id, envelope))
+            route = await ctx.ask(ctx.backend.users.route(user_id, envelope))
         except BackendUnavailable as exc:
             self._backend_log.warning("send to user %r reached this node only: backend "
                                       "unavailable", user_id, exc=exc)
-            return reached
+            return self._offer_to_user(user_id, frame)
+        return self._offer_to_user(user_id, frame, route.elsewhere) + route.reached
+
+    def _offer_to_user(self, user_id: str, frame: Frame,
+                       replaced: frozenset[str] = frozenset()) -> list[str]:
+        """Offer `frame` to the local connections of `user_id` but those of `replaced`;
+        return the client ids of those that took it."""
+        return [conn.client_id for conn in self._ctx.pool.of_user(user_id)
+                if conn.client_id not in replaced and self._fanout.offer(conn, frame)]
 
     async def receive(self, envelope: Envelope) -> None:
         """Deliver another node's message to the local recipients."""

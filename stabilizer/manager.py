@@ -115,7 +115,8 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
     async def graceful_shutdown(self, timeout: float = 30.0, *,
                                 restart: bool | None = None) -> ShutdownReport:
         """Stop admitting, drain outboxes until the deadline, close every socket (1001, or
-        1012 when restarting), stop the loops, drop presence; a second call does nothing.
+        1012 when restarting), stop the loops, drop presence. A call while one runs waits for
+        it and returns its report (or raises its error); a call after it does nothing.
 
         Raises:
             ConfigError: `timeout` is not a finite number of seconds, 0 or more.

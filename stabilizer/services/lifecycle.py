@@ -79,6 +79,7 @@ class Lifecycle:
         self._loops = loops  # the node's loops by name, started once
         self._acks = acks
         self._starting: asyncio.Future[None] | None = None
+        self._stopping: asyncio.Future[ShutdownReport] | None = None  # while draining
         self._backend_log = RateLimitedLog(logger)
 
     async def start(self) -> None:
@@ -148,16 +149,36 @@ class Lifecycle:
                                       ctx.node_id, exc=exc)
 
     async def shutdown(self, timeout: float, restart: bool | None) -> ShutdownReport:
-        """Drain and close every socket, stop everything; idempotent (a second call returns
-        an empty report).
+        """Drain and close every socket, stop everything; idempotent (a call while another
+        runs waits for it and returns its report; one after it an empty report).
 
         Raises:
             ShutdownError: a task or the backend failed to stop (after everything else).
         """
         ctx = self._ctx
-        started = time.monotonic()
+        if self._stopping is not None:  # the lifespan's signal drain and its exit, say
+            return await asyncio.shield(self._stopping)
         if ctx.phase in (Phase.DRAINING, Phase.STOPPED):
             return ShutdownReport(0, 0, 0.0, close_code=int(ctx.shutdown_code))
+        stopping = self._stopping = asyncio.get_running_loop().create_future()
+        try:
+            report = await self._shut_down(timeout, restart)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                stopping.cancel()
+            else:
+                stopping.set_exception(exc)
+                stopping.exception()  # retrieved: only the other callers raise it again
+            raise
+        else:
+            stopping.set_result(report)
+        finally:
+            self._stopping = None
+        return report
+
+    async def _shut_down(self, timeout: float, restart: bool | None) -> ShutdownReport:
+        ctx = self._ctx
+        started = time.monotonic()
         if restart is not None:
             ctx.shutdown_code = CloseCode.SERVICE_RESTART if restart else CloseCode.GOING_AWAY
         code = ctx.shutdown_code

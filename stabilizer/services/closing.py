@@ -5,10 +5,11 @@ once per connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 from stabilizer.backends.base import ORPHAN_GRACE_TTLS
 from stabilizer.config import CloseCode
@@ -33,6 +34,13 @@ class Unregistered(enum.Enum):
     WITH_GROUPS = "with groups"  # removed, and the client's groups ended in the same step
 
 
+class Reader(Protocol):
+    """What reads a connection's frames for the application (a session)."""
+
+    async def caught_up(self) -> None:
+        """Return once the application asked for the next frame (or stopped reading)."""
+
+
 class Closing:
     """Every way a local connection ends goes through here."""
 
@@ -47,6 +55,8 @@ class Closing:
         # evicted): their later disconnect(client_id) must not close a newer socket.
         self._departed: weakref.WeakKeyDictionary[asyncio.Task[Any], set[str]] = (
             weakref.WeakKeyDictionary())
+        # conn_id -> the session reading it (weakly: a session ends without telling)
+        self._readers: weakref.WeakValueDictionary[str, Reader] = weakref.WeakValueDictionary()
         self._backend_log = RateLimitedLog(logger)
 
     @property
@@ -70,6 +80,24 @@ class Closing:
         if conn is None:
             raise ConnectionNotFoundError(f"client {client_id!r} is not connected to this node")
         await self.release(conn, code=code, reason=reason)
+
+    def reads(self, conn: Connection, reader: Reader) -> None:
+        """`reader` hands the frames of `conn` to the application (see read_out)."""
+        self._readers[conn.conn_id] = reader
+
+    async def read_out(self, conn: Connection, deadline: float) -> None:
+        """Before a shutdown closes `conn`: wait, until the deadline or at most close_timeout,
+        for its reader to have handed the application every frame the server received (the
+        server drops what arrives once the close has gone out). A reader that goes on
+        reading keeps handing over what comes meanwhile."""
+        reader = self._readers.get(conn.conn_id)
+        if reader is None:
+            return
+        loop = asyncio.get_running_loop()
+        bound = min(deadline - loop.time(), self._ctx.config.close_timeout)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(bound, 0.0)):
+                await reader.caught_up()
 
     def readmitted(self, owner: asyncio.Task[Any] | None, client_id: str) -> None:
         """A handler task connected `client_id` again: its disconnect acts again."""

@@ -2,11 +2,12 @@
 
 Start: open the backend (degrading to local service when it cannot be reached), start the
 loops (heartbeat, maintenance and, when other nodes or history exist, the listener), and
-return once subscribed. Shutdown, in order: refuse new sockets; drain every outbox until the
-deadline and close each socket with 1001 or 1012 (with retry advice), aborting what cannot
-close; until the same deadline, let the acknowledgements that sends await come back (the
-listener hears them); stop every task of the node, failing the sends still waiting; drop the
-node's presence; close the backend.
+return once subscribed. Shutdown, in order: refuse new sockets; let each session catch up
+with what its client sent (bounded); drain every outbox until the deadline and close each
+socket with 1001 or 1012 (with retry advice), aborting what cannot close; until the same
+deadline, let the acknowledgements that sends await come back (the listener hears them);
+stop every task of the node, failing the sends still waiting; drop the node's presence;
+close the backend.
 """
 
 from __future__ import annotations
@@ -207,8 +208,11 @@ class Lifecycle:
 
     async def _close_one(self, conn: Connection, code: int,
                          deadline: float) -> tuple[bool, int, int]:
-        """Drain `conn` until the deadline, then close it: (clean, drained, dropped)."""
+        """Let the session of `conn` read what its client sent, drain its outbox until the
+        deadline, then close it: (clean, drained, dropped)."""
         closing = self._closing
+        # (outside the slots: a handler still busy with what its client sent holds no slot)
+        await closing.read_out(conn, deadline)
         async with closing.slots:
             queued = len(conn.outbox) + (1 if conn.writing else 0)
             left = await conn.flush(deadline)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, cast
 
 from stabilizer.auth.identity import Identity
 from stabilizer.config import CloseCode, RateLimitAction
@@ -31,13 +32,11 @@ from stabilizer.errors import (
     AuthenticationError,
     BackendUnavailable,
     ConnectionLimitExceededError,
-    CredentialsExpiredError,
     InvalidClientIdError,
     InvalidTokenError,
     MemoryLimitExceededError,
     ShutdownError,
     TokenExpiredError,
-    UserConnectionLimitError,
     WebSocketStabilizerError,
 )
 from stabilizer.node.context import NodeContext
@@ -53,19 +52,20 @@ from stabilizer.pure.text import (
 )
 from stabilizer.pure.tokens import TokenClaims
 from stabilizer.pure.users import info_json
-from stabilizer.pure.v2 import FrameTooBigError, ProtocolError
+from stabilizer.pure.v2 import ProtocolError
 from stabilizer.services.acks import Acks
 from stabilizer.services.admission import ANONYMOUS, Admission, Seated
 from stabilizer.services.auth import Auth, Expiry
 from stabilizer.services.channels import Channels
 from stabilizer.services.closing import Closing
-from stabilizer.services.lifecycle import shutdown_reason
 from stabilizer.services.liveness import Liveness
 from stabilizer.services.resume import Resume
 from stabilizer.services.rpc import Procedures
 from stabilizer.services.tokens import TokenService
 from stabilizer.session.handshake import Asked, ClientGone, Greeting, greet
 from stabilizer.session.inbound import Inbound, welcome_frame
+from stabilizer.session.reading import Event, receive_closing, settled
+from stabilizer.session.refusals import refusal
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +102,10 @@ class Session:
     """
 
     # (one per connection: no __dict__, one object fewer for the cyclic collector to walk)
-    __slots__ = ("__weakref__", "_ctx", "_expiry", "_inbound", "_metadata", "_positions",
-                 "_services", "_token", "_welcome", "client_close_code", "client_id", "conn",
-                 "identity", "protocol", "recovered", "refused", "resumed", "websocket")
+    __slots__ = ("__weakref__", "_ctx", "_expiry", "_idle", "_inbound", "_metadata",
+                 "_positions", "_services", "_token", "_waking", "_welcome",
+                 "client_close_code", "client_id", "conn", "identity", "protocol", "recovered",
+                 "refused", "resumed", "websocket")
 
     def __init__(
         self,
@@ -135,6 +136,8 @@ class Session:
         self._welcome = welcome
         self._expiry: Expiry | None = None
         self._inbound: Inbound | None = None  # made at the first message: idle ones need none
+        self._idle = False  # waits for the client's next frame, or reads no more
+        self._waking: asyncio.Event | None = None  # set when it does (see caught_up)
 
     @property
     def user_id(self) -> str | None:
@@ -163,7 +166,7 @@ class Session:
                 InvalidTokenError, TokenExpiredError, ShutdownError,
                 ConnectionLimitExceededError, MemoryLimitExceededError,
                 BackendUnavailable) as exc:
-            await self._refuse(*self._refusal(exc))
+            await self._refuse(*refusal(self._ctx, self.client_id, exc))
         except BaseException:
             # __aexit__ does not run when __aenter__ fails: never leave an admitted socket
             if self.conn is not None:
@@ -171,32 +174,6 @@ class Session:
                     self.conn, code=CloseCode.INTERNAL_ERROR, reason="server error")
             raise
         return self
-
-    def _refusal(self, exc: Exception) -> tuple[CloseCode, str]:
-        """The close code and reason of an expected refusal."""
-        jitter = self._ctx.config.retry_jitter
-        if isinstance(exc, InvalidClientIdError):
-            return CloseCode.INVALID_CLIENT_ID, str(exc)
-        if isinstance(exc, FrameTooBigError):
-            return CloseCode.MESSAGE_TOO_BIG, str(exc)
-        if isinstance(exc, ProtocolError | PositionsError):
-            detail = f"bad positions: {exc}" if isinstance(exc, PositionsError) else str(exc)
-            return CloseCode.POLICY_VIOLATION, detail
-        if isinstance(exc, CredentialsExpiredError):
-            return CloseCode.AUTH_EXPIRED, "credentials expired"
-        if isinstance(exc, AuthenticationError):
-            return CloseCode.AUTH_FAILED, str(exc)
-        if isinstance(exc, TokenExpiredError):
-            return CloseCode.TOKEN_EXPIRED, str(exc)
-        if isinstance(exc, InvalidTokenError):
-            return CloseCode.INVALID_TOKEN, str(exc)
-        if isinstance(exc, ShutdownError):
-            code = self._ctx.shutdown_code
-            return code, shutdown_reason(code, jitter)
-        logger.info("refusing client %r: %s", self.client_id, exc)
-        if isinstance(exc, UserConnectionLimitError):
-            return CloseCode.USER_LIMIT, retry_advice(jitter)
-        return CloseCode.TRY_AGAIN_LATER, retry_advice(jitter)
 
     async def _greet(self) -> tuple[Greeting, TokenClaims | None]:
         """Run the handshake and spend the client's token, if it shows one (the claims are
@@ -218,6 +195,7 @@ class Session:
         conn, services = self.conn, self._services
         assert conn is not None
         services.liveness.take_pongs(conn)  # the session would drop them anyway
+        services.closing.reads(conn, self)
         if self.resumed:
             self._ctx.stats.resumed_sessions += 1
         if self.identity is not None:
@@ -266,6 +244,7 @@ class Session:
     ) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
+        self._now_idle()  # it reads no more
         if self.conn is None:
             return
         if self._inbound is not None:
@@ -303,8 +282,13 @@ class Session:
             raise StopAsyncIteration
         ctx = self._ctx
         limit = ctx.config.max_message_size
-        while conn.is_open:
-            event = await self.websocket.receive()
+        while True:
+            if conn.is_open:
+                event = await self._receive()
+            elif not ctx.is_accepting:  # a shutdown: what the client sent before its close
+                event = await receive_closing(self._receive, conn, ctx.config.close_timeout)
+            else:  # the node closed it (replaced, timed out, evicted): nothing more counts
+                raise StopAsyncIteration
             kind = event["type"]
             if kind == "websocket.disconnect":
                 self.client_close_code = event.get("code")
@@ -320,7 +304,8 @@ class Session:
                 await self._services.closing.release(
                     conn, code=CloseCode.MESSAGE_TOO_BIG, reason=f"message over {limit} bytes")
                 raise StopAsyncIteration
-            self._services.liveness.heard_from(conn)
+            if conn.is_open:  # (a closing one is no longer watched)
+                self._services.liveness.heard_from(conn)
             message: str | bytes | None = data
             if text is not None:
                 message = await self._sorter().text(self, conn, text)
@@ -333,7 +318,32 @@ class Session:
                 continue
             ctx.stats.messages_in += 1
             return message
-        raise StopAsyncIteration
+
+    async def _receive(self) -> Event:
+        """The next ASGI event of the socket; idle (see caught_up) while it waits for it."""
+        self._now_idle()
+        try:
+            return cast(Event, await self.websocket.receive())
+        finally:
+            self._idle = False
+
+    def _now_idle(self) -> None:
+        self._idle = True
+        waking = self._waking
+        if waking is not None:
+            self._waking = None
+            waking.set()
+
+    async def caught_up(self) -> None:
+        """Return once this session waits for the client's next frame (or reads no more):
+        the application was handed every frame the server received (see reading.py)."""
+        await settled(lambda: self._idle, self._woken)
+
+    def _woken(self) -> Awaitable[bool]:
+        waking = self._waking
+        if waking is None:
+            waking = self._waking = asyncio.Event()
+        return waking.wait()
 
     def _sorter(self) -> Inbound:
         inbound = self._inbound

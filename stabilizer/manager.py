@@ -7,19 +7,25 @@ holds no logic of theirs; each method is one call into the service that owns the
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from stabilizer.auth.identity import Authenticator, AuthFunction, Identity, as_authenticator
 from stabilizer.backends.base import Backend
-from stabilizer.backends.factory import backend_for
+from stabilizer.backends.factory import backend_after, backend_for
 from stabilizer.channels import PublishHook, SubscribeHook
 from stabilizer.config import CloseCode, WebSocketConfig
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.pool import Pool
 from stabilizer.connection.sockets import SocketLike
-from stabilizer.errors import BroadcastFailedError, ConnectionNotFoundError
+from stabilizer.errors import (
+    BroadcastFailedError,
+    ConnectionNotFoundError,
+    WebSocketStabilizerError,
+)
 from stabilizer.facets.cluster import ClusterFacet
 from stabilizer.facets.groups import GroupsFacet
 from stabilizer.facets.presence import PresenceFacet
@@ -33,9 +39,10 @@ from stabilizer.rpc import RPCHandler
 from stabilizer.services.events import ClusterListener, Hook
 from stabilizer.session import Session
 from stabilizer.stats import NodeStats
-from stabilizer.wiring import assemble
+from stabilizer.wiring import Node, assemble, reassemble
 
 H = TypeVar("H", bound=RPCHandler)
+logger = logging.getLogger(__name__)
 
 
 class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, UsersFacet):
@@ -51,9 +58,46 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
                  authenticator: Authenticator | AuthFunction | None = None) -> None:
         config = config if config is not None else WebSocketConfig()
         config.apply_log_level()
-        self._node = assemble(config, backend or backend_for(config, redis),
-                              authenticator=as_authenticator(authenticator),
-                              ensure_started=self.start)
+        self._authenticator = as_authenticator(authenticator)
+        self._redis = redis
+        self._made_backend = backend is None  # then it can be made again for a new loop
+        self._current = assemble(config, backend or backend_for(config, redis),
+                                 authenticator=self._authenticator, ensure_started=self.start)
+
+    @property
+    def _node(self) -> Node:
+        """The node serving the running event loop: the one started in an event loop that
+        has ended (a module-level manager, then a pytest loop per test, two TestClients,
+        uvicorn run twice) is replaced by a new one, which the next start() or connect()
+        starts in this loop."""
+        node = self._current
+        started_in = node.ctx.loop
+        if started_in is None:
+            return node
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # called from synchronous code: nothing is loop-bound there
+            return node
+        if running is started_in or node.ctx.phase is not Phase.RUNNING:
+            return node  # a stopped manager stays stopped (start() raises ShutdownError)
+        return self._follow(node, started_in)
+
+    def _follow(self, node: Node, started_in: asyncio.AbstractEventLoop) -> Node:
+        if started_in.is_running():
+            raise WebSocketStabilizerError(
+                "this manager serves an event loop that still runs in another thread; a "
+                "manager serves one event loop at a time: create one per loop (per thread)")
+        if not self._made_backend:
+            raise WebSocketStabilizerError(
+                "this manager's node ran in an event loop that has ended, and its backend "
+                "(given as backend=) cannot be made again for this one: create the manager "
+                "in the loop that uses it, or give redis_url / redis= instead of backend=")
+        backend = backend_after(node.ctx.backend, node.ctx.config, self._redis)
+        self._current = reassemble(node, backend, authenticator=self._authenticator,
+                                   ensure_started=self.start)
+        logger.info("stabilizer node %s: its event loop ended; starting again in this one",
+                    node.ctx.node_id)
+        return self._current
 
     @property
     def config(self) -> WebSocketConfig:
@@ -97,10 +141,13 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
 
     async def start(self) -> None:
         """Start the heartbeat, maintenance and (with other nodes or history) listener loops;
-        idempotent, and connect() calls it if the application did not.
+        idempotent, and connect() calls it if the application did not. Once the event loop
+        it started in has ended, it starts the node again in the running one.
 
         Raises:
             ShutdownError: the manager was already shut down.
+            WebSocketStabilizerError: its loop still runs in another thread, or it was given
+                a backend, which cannot be made again for a new loop.
         """
         await self._node.lifecycle.start()
 

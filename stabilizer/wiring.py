@@ -37,6 +37,7 @@ from stabilizer.services.rpc import Procedures
 from stabilizer.services.tokens import TokenService
 from stabilizer.services.users import Users
 from stabilizer.session import SessionServices
+from stabilizer.stats import NodeStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +61,10 @@ class Node:
 
 def assemble(config: WebSocketConfig, backend: Backend, *,
              authenticator: Authenticator | None,
-             ensure_started: Callable[[], Awaitable[None]]) -> Node:
+             ensure_started: Callable[[], Awaitable[None]],
+             node_id: str | None = None, stats: NodeStats | None = None) -> Node:
     """Build and connect every service of a node over `backend`."""
-    ctx = NodeContext(config, backend)
+    ctx = NodeContext(config, backend, node_id=node_id, stats=stats)
     events = Events(ctx)
     closing_ref: list[Closing] = []
     router_ref: list[Router] = []
@@ -112,6 +114,21 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
         Channels(ctx, membership, router, watch), acks)
     return Node(ctx, events, liveness, membership, router, closing, memory, tokens,
                 admission, users, lifecycle, sessions, reporter)
+
+
+def reassemble(earlier: Node, backend: Backend, *, authenticator: Authenticator | None,
+               ensure_started: Callable[[], Awaitable[None]]) -> Node:
+    """A node to start in a new event loop in place of `earlier`, whose loop ended: new
+    services over `backend` (every lock, event, task and connection of the old ones belongs
+    to that loop), with its node id (the start forgets what it left, as after a restart),
+    its counters, and the hooks and procedures the application registered on it."""
+    node = assemble(earlier.ctx.config, backend, authenticator=authenticator,
+                    ensure_started=ensure_started, node_id=earlier.ctx.node_id,
+                    stats=earlier.ctx.stats)
+    node.events.adopt(earlier.events)
+    node.sessions.procedures.adopt(earlier.sessions.procedures)
+    node.sessions.channels.adopt(earlier.sessions.channels)
+    return node
 
 
 def _presence(membership: Membership, watch: PresenceWatch, envelope: Envelope) -> None:

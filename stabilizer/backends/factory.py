@@ -26,3 +26,13 @@ def backend_for(config: WebSocketConfig, redis: Any = None) -> Backend:
             "redis_url needs the redis extra: pip install 'fastapi-stabilizer[redis]'"
         ) from exc
     return RedisBackend.from_config(config, client=redis)
+
+
+def backend_after(old: Backend, config: WebSocketConfig, redis: Any = None) -> Backend:
+    """The backend for a node starting again in a new event loop, when `old` came from
+    backend_for(config, redis): the in-process one on the same hub (its tokens, sessions
+    and the presence its node left stay), else a new Redis backend (redis-py's clients
+    hold connections of the loop that made them)."""
+    if isinstance(old, MemoryBackend):
+        return old.successor()
+    return backend_for(config, redis)

@@ -7,9 +7,11 @@ from stabilizer.wiring import Node
 
 
 class Facet:
-    """A part of the manager's public API; `_node` is set by the manager."""
+    """A part of the manager's public API; the manager gives it `_node`."""
 
-    _node: Node
+    @property
+    def _node(self) -> Node:
+        raise NotImplementedError  # the manager's: the node serving the running event loop
 
     @property
     def _ctx(self) -> NodeContext:

@@ -69,16 +69,18 @@ def default_node_id() -> str:
 class NodeContext:
     """The state one node's services share."""
 
-    def __init__(self, config: WebSocketConfig, backend: Backend) -> None:
+    def __init__(self, config: WebSocketConfig, backend: Backend, *, node_id: str | None = None,
+                 stats: NodeStats | None = None) -> None:
         self.config = config
-        self.node_id = config.node_id or default_node_id()
+        self.node_id = node_id or config.node_id or default_node_id()
         self.backend = backend
         self.pool = Pool(config.num_shards)
-        self.stats = NodeStats()
+        self.stats = stats if stats is not None else NodeStats()
         self.tasks = TaskOwner()
         self.limits = OutboxLimits(config.max_queue_size, config.max_memory_per_connection,
                                    config.write_timeout)
         self.phase = Phase.NEW
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one start() ran in
         self.started = False  # the node's start ran to its end (a later start does nothing)
         self.shutdown_code: CloseCode = config.shutdown_close_code
         self._resync_wanted = False

@@ -73,6 +73,10 @@ class Channels:
         self._on_publish = hook
         return hook
 
+    def adopt(self, earlier: Channels) -> None:
+        """Take the hooks set on `earlier` (the node this one replaces)."""
+        self._on_subscribe, self._on_publish = earlier._on_subscribe, earlier._on_publish
+
     async def subscribe(self, conn: Connection, request: ChannelRequest) -> str | list[str]:
         """Ask the hook; join the channel (with the presence metadata it gave, if any) if
         it allows. Return the reply frame, followed by the channel's presence for a

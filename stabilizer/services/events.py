@@ -53,6 +53,13 @@ class Events:
         self._listeners.append(listener)
         return listener
 
+    def adopt(self, earlier: Events) -> None:
+        """Take the hooks and listeners registered on `earlier` (the node this one
+        replaces)."""
+        self._connect_hooks += earlier._connect_hooks
+        self._disconnect_hooks += earlier._disconnect_hooks
+        self._listeners += earlier._listeners
+
     @property
     def follows_connects(self) -> bool:
         """True when a connect has hooks to run or an event to publish (most apps have

@@ -97,11 +97,14 @@ class Lifecycle:
         if ctx.phase is not Phase.NEW:
             raise ShutdownError("this manager was shut down; create a new one")
         ctx.phase = Phase.RUNNING
-        self._starting = asyncio.get_running_loop().create_future()
+        ctx.loop = asyncio.get_running_loop()
+        self._starting = ctx.loop.create_future()
         try:
             await self._open_backend()
             for name, loop in self._loops.items():
                 ctx.tasks.spawn(loop(), name=f"{_LOOP_PREFIX}{name}:{ctx.node_id}")
+            ctx.tasks.spawn(self._until_the_loop_ends(),
+                            name=f"stabilizer-teardown:{ctx.node_id}")
             if ctx.follows_others:  # ready means subscribed: other nodes' messages arrive
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(ctx.config.op_timeout):
@@ -111,6 +114,23 @@ class Lifecycle:
             self._starting = None
             ctx.started = True
         logger.info("stabilizer node %s started (backend %s)", ctx.node_id, ctx.backend.name)
+
+    async def _until_the_loop_ends(self) -> None:
+        """Close the backend when the event loop ends under a running node (asyncio.run,
+        uvicorn or a TestClient cancels every task then): its connections belong to that
+        loop, and the node starts again, with a new backend, in the next loop that uses
+        the manager. A shutdown stops this task first and closes the backend itself."""
+        try:
+            await asyncio.Event().wait()  # only a cancellation ends it
+        finally:
+            ctx = self._ctx
+            if ctx.phase is Phase.RUNNING:
+                try:
+                    async with asyncio.timeout(ctx.config.op_timeout):
+                        await ctx.backend.aclose()
+                except Exception:  # the loop is ending: nothing is left to tell
+                    logger.debug("backend of node %s not closed at the end of its event "
+                                 "loop", ctx.node_id, exc_info=True)
 
     async def _open_backend(self) -> None:
         ctx = self._ctx

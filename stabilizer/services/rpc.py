@@ -51,6 +51,10 @@ class Procedures:
             raise ConfigError(f"RPC method {method!r} is registered already")
         self._handlers[method] = handler
 
+    def adopt(self, earlier: Procedures) -> None:
+        """Take the procedures registered on `earlier` (the node this one replaces)."""
+        self._handlers.update(earlier._handlers)
+
     def names(self) -> list[str]:
         """The registered method names, sorted."""
         return sorted(self._handlers)

@@ -91,7 +91,7 @@ async def test_shutdown_stops_every_task_the_node_started(
 
     assert sorted(task.get_name() for task in of_node()) == [
         "stabilizer-loop-heartbeat:solo", "stabilizer-loop-listener:solo",
-        "stabilizer-loop-maintenance:solo"]
+        "stabilizer-loop-maintenance:solo", "stabilizer-teardown:solo"]
     await manager.graceful_shutdown(timeout=2.0)
     assert of_node() == []
 

@@ -66,6 +66,13 @@ class MemoryBackend:
         """The hub this backend uses."""
         return self._node.hub
 
+    def successor(self) -> MemoryBackend:
+        """A backend on the same hub, shared as this one is, for the node starting again in
+        a new event loop (this one's inbox belongs to the loop that ended)."""
+        backend = MemoryBackend(self._node.hub, inbox_size=self._inbox_size)
+        backend._shared = self._shared
+        return backend
+
     async def open(self, node_id: str, tasks: TaskSpawner, *, events: bool = False,
                    sessions: bool = False, receives: bool = True) -> None:
         """Join the hub as `node_id` (this backend starts no task of its own); without

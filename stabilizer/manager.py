@@ -196,7 +196,8 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
     async def disconnect(self, client_id: str, *, code: int = CloseCode.NORMAL,
                          reason: str = "normal closure") -> None:
         """Close and remove the client's connection on this node; from a handler whose socket
-        the node already closed (replaced, timed out, evicted) it does nothing. With history,
+        the node already closed (replaced, timed out, evicted), or a task it started after
+        connecting (a receive loop in asyncio.gather), it does nothing. With history,
         a normal closure ends the session; any other code leaves it resumable.
 
         Raises:

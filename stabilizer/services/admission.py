@@ -27,7 +27,7 @@ from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
 from stabilizer.pure.text import check_client_id
 from stabilizer.pure.wire import Envelope
-from stabilizer.services.closing import Closing
+from stabilizer.services.closing import Closing, become_handler
 from stabilizer.services.delivery.router import Router
 from stabilizer.services.events import Events
 from stabilizer.services.liveness import Liveness
@@ -161,7 +161,7 @@ class Admission:
         """A connection for `client_id`, known by its conn id until admitted or refused."""
         ctx = self._ctx
         conn = Connection(client_id, websocket, ctx.limits, self._on_fail,
-                          metadata=metadata, owner=asyncio.current_task(),
+                          metadata=metadata, owner=become_handler(),
                           hold=ctx.config.history_enabled,
                           user_id=user.user_id, info=user.info, protocol=user.protocol,
                           reads_close=reads_close)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import logging
 import weakref
@@ -24,6 +25,30 @@ from stabilizer.services.events import Events
 from stabilizer.services.liveness import Liveness
 
 logger = logging.getLogger(__name__)
+
+#: The task that connected a client in this context: set by an admission in the task that
+#: awaits it, inherited by the tasks it starts after (a receive loop in asyncio.gather or
+#: create_task is still that handler's code).
+_HANDLER: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar(
+    "stabilizer_handler", default=None)
+
+
+def become_handler() -> asyncio.Task[Any] | None:
+    """Make the current task the handler of what it connects (and of its later sub-tasks);
+    return it, the connection's owner."""
+    task = asyncio.current_task()
+    _HANDLER.set(task)
+    return task
+
+
+def current_handler() -> asyncio.Task[Any] | None:
+    """The handler the running code acts for: the task that connected a client in this
+    context while that task runs (a task that outlives its handler acts for itself), else
+    the current task."""
+    handler = _HANDLER.get()
+    if handler is not None and not handler.done():
+        return handler
+    return asyncio.current_task()
 
 
 class Unregistered(enum.Enum):
@@ -71,8 +96,8 @@ class Closing:
         Raises:
             ConnectionNotFoundError: no connection of `client_id` exists on this node.
         """
-        task = asyncio.current_task()
-        gone = self._departed.get(task) if task is not None else None
+        handler = current_handler()
+        gone = self._departed.get(handler) if handler is not None else None
         if gone is not None and client_id in gone:
             gone.discard(client_id)
             return
@@ -147,7 +172,7 @@ class Closing:
         if in_pool:
             self._ctx.pool.remove(conn)
         self._liveness.forget(conn)
-        if conn.owner is not asyncio.current_task():
+        if conn.owner is not current_handler():
             self._departed_from(conn)  # closed behind its handler's back
         return True
 

@@ -22,6 +22,15 @@ _NAMESPACE_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+class _DefaultLogLevel(str):
+    """log_level's default: equal to "INFO", but not given, so it leaves logging alone."""
+
+    __slots__ = ()
+
+
+_DEFAULT_LOG_LEVEL: Final = _DefaultLogLevel("INFO")
+
+
 class CompressionMode(StrEnum):
     """Per-message deflate: negotiated by the ASGI server, see ``uvicorn_options``."""
 
@@ -122,6 +131,10 @@ def _coerce_enum(name: str, enum_type: type[Enum], value: object) -> Enum:
 class WebSocketConfig:
     """All settings of a manager; the first seventeen are fastapi-websocket-stabilizer's.
 
+    log_level reads "INFO" by default, but only a level given (an argument, replace() or
+    STABILIZER_LOG_LEVEL) is applied to the "stabilizer" logger when a manager is created:
+    the default leaves the application's logging alone, as the seed did.
+
     Raises:
         ConfigError (a ValueError): when a value breaks its rule.
     """
@@ -135,7 +148,8 @@ class WebSocketConfig:
     reconnect_token_ttl: timedelta = field(default_factory=lambda: timedelta(hours=1))
     enable_reconnect: bool = True
     compression: CompressionMode = CompressionMode.DEFLATE
-    log_level: str = "INFO"
+    # applied to the "stabilizer" logger only when given (see apply_log_level)
+    log_level: str = _DEFAULT_LOG_LEVEL
     enable_metrics: bool = False
     num_shards: int = 16
     max_concurrent_cleanup: int = 100
@@ -213,11 +227,12 @@ class WebSocketConfig:
         if self.redis_spread_keys is not None and not isinstance(self.redis_spread_keys, bool):
             raise ConfigError(f"redis_spread_keys must be True, False or None, got "
                               f"{self.redis_spread_keys!r}")
-        level = str(self.log_level).upper()
-        if level not in _LOG_LEVELS:
-            raise ConfigError(f"log_level must be a valid logging level, one of "
-                              f"{list(_LOG_LEVELS)}; got {self.log_level!r}")
-        object.__setattr__(self, "log_level", level)
+        if not isinstance(self.log_level, _DefaultLogLevel):  # (replace() passes it on)
+            level = str(self.log_level).upper()
+            if level not in _LOG_LEVELS:
+                raise ConfigError(f"log_level must be a valid logging level, one of "
+                                  f"{list(_LOG_LEVELS)}; got {self.log_level!r}")
+            object.__setattr__(self, "log_level", level)
         object.__setattr__(self, "channel_namespaces",
                            check_namespaces(self.channel_namespaces))
         self._validate_identity()
@@ -296,9 +311,18 @@ class WebSocketConfig:
         """reconnect_token_ttl in seconds."""
         return self.reconnect_token_ttl.total_seconds()
 
+    @property
+    def log_level_given(self) -> bool:
+        """True when log_level was set (an argument, replace() or STABILIZER_LOG_LEVEL),
+        not left at its default "INFO"."""
+        return not isinstance(self.log_level, _DefaultLogLevel)
+
     def apply_log_level(self) -> None:
-        """Set the level of the ``stabilizer`` logger hierarchy (no handler is added)."""
-        logging.getLogger("stabilizer").setLevel(self.log_level)
+        """Set the level of the ``stabilizer`` logger hierarchy to log_level when it was
+        given (no handler is added); the default leaves the level the application set, or
+        the one it inherits, alone, as fastapi-websocket-stabilizer 1.1.0 did."""
+        if self.log_level_given:
+            logging.getLogger("stabilizer").setLevel(self.log_level)
 
     def replace(self, **changes: Any) -> WebSocketConfig:
         """Return a copy with some fields changed (validated again)."""

@@ -81,7 +81,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     closing_ref.append(closing)
     memory = MemoryGuard(ctx, closing)
     tokens = TokenService(ctx)
-    resume = (Resume(ctx, membership, sequenced, retire=closing.retire)
+    resume = (Resume(ctx, membership, sequenced, fanout, retire=closing.retire)
               if sequenced is not None else None)
     admission = Admission(ctx, closing, liveness, memory, events, router,
                           ensure_started=ensure_started, apply_membership=membership.apply,

@@ -20,6 +20,7 @@ from stabilizer.pure.frames import resume_frame
 from stabilizer.pure.positions import Positions, replay_start
 from stabilizer.pure.streams import ALL, client_stream, group_stream, user_stream
 from stabilizer.pure.text import retry_advice
+from stabilizer.services.delivery.fanout import FanOut
 from stabilizer.services.delivery.groups import Membership
 from stabilizer.services.delivery.sequenced import (
     SequencedRouter,
@@ -34,12 +35,13 @@ class Resume:
     """Brings a resumed connection up to date; its live frames are held meanwhile."""
 
     def __init__(self, ctx: NodeContext, membership: Membership,
-                 router: SequencedRouter,
+                 router: SequencedRouter, fanout: FanOut,
                  retire: Callable[[Connection, int, str], None] | None = None) -> None:
         self._ctx = ctx
         self._retire = retire  # the closing service's: close a connection in a task
         self._membership = membership
         self._router = router
+        self._fanout = fanout  # hands the replay's frames over, reporting their tokens
         self._backend_log = RateLimitedLog(logger)
 
     async def resume(self, conn: Connection,
@@ -212,8 +214,10 @@ class Resume:
                 assert missed.offset is not None
                 assert missed.epoch is not None
                 held[stream] = (missed.offset, missed.epoch)
-                if missed.exclude != conn.client_id and conn.offer(
-                        history_frame(stream, missed), now):
+                # (as a live delivery does: a plain client cannot acknowledge, and a token
+                # the connection forgets to take this one's is reported)
+                if missed.exclude != conn.client_id and self._fanout.hand(
+                        conn, history_frame(stream, missed), now):
                     replayed += 1
         if unknown and not await self._holds_session(conn):
             # a stream the store holds nothing of expired (nothing was sent on it for

@@ -35,13 +35,19 @@ class FanOut:
 
     def offer(self, conn: Connection, frame: Frame) -> bool:
         """Give `conn` a frame now (counted in the node's stats)."""
-        if frame.ack is not None:
-            self._asking(conn, frame.ack)
-            try:
-                return self._count(conn.offer(frame, time.monotonic()), frame)
-            finally:
-                self._report_forgotten(conn)
-        return self._count(conn.offer(frame, time.monotonic()), frame)
+        return self._count(self.hand(conn, frame, time.monotonic()), frame)
+
+    def hand(self, conn: Connection, frame: Frame, now: float) -> bool:
+        """Give `conn` a frame now, uncounted (a resume's replay): the sender of the
+        acknowledgement it asks for is told if `conn` cannot give it, and those of the
+        tokens `conn` forgot for it are told theirs will not come."""
+        if frame.ack is None:
+            return conn.offer(frame, now)
+        self._asking(conn, frame.ack)
+        try:
+            return conn.offer(frame, now)
+        finally:
+            self._report_forgotten(conn)
 
     def _count(self, offered: bool, frame: Frame) -> bool:
         if offered:

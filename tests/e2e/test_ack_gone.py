@@ -1,0 +1,95 @@
+"""Acknowledged sends whose client can no longer acknowledge them (docs/protocol.md 6.7),
+on real uvicorn replicas of tests/e2e/v2_app.py sharing one real Redis: the send is told as
+soon as the client's node knows, not at its timeout.
+
+Before, a connection that ended without a session to resume dropped the tokens it awaited
+without a word, and a resume's replay handed a plain client an acknowledged message without
+saying that it cannot acknowledge it: both sends waited out their whole timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as raw_connect
+
+from tests.e2e.conftest import V2Replicas
+from tests.e2e.test_acks import send_acked
+from tests.integration.test_emitter import until
+from tests.support.redis_server import RedisServer
+from tests.support.uvicorn_proc import UvicornProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+#: an acknowledgement timeout no test waits out: every outcome below comes long before it
+#: (the admin API's HTTP request gives up after 10 s, failing the test)
+LONG = 3600.0
+
+
+async def v2_tab(server: UvicornProcess, device: str,
+                 **resume: Any) -> tuple[ClientConnection, dict[str, Any]]:
+    """A raw v2 socket of user alice's `device` (resuming with `reconnect_token` and
+    `positions`, if given) and its session frame."""
+    token = server.post("/admin/token/alice")["token"]
+    ws = await raw_connect(f"{server.ws}/ws", subprotocols=["stabilizer.v2"])  # type: ignore[list-item]
+    await ws.send(json.dumps({"type": "connect", "token": token, "device": device, **resume}))
+    welcome = await next_frame(ws)
+    assert welcome["type"] == "session"
+    return ws, welcome
+
+
+async def next_frame(ws: ClientConnection, kind: str | None = None) -> dict[str, Any]:
+    """The next frame (of type `kind`, if given) that is not a heartbeat ping."""
+    while True:
+        async with asyncio.timeout(10):
+            frame = json.loads(await ws.recv())
+        if frame.get("type") != "ping" and kind in (None, frame.get("type")):
+            return frame  # type: ignore[no-any-return]
+
+
+async def nobody_of_alice_on(server: UvicornProcess) -> None:
+    """Wait until no connection of alice's is listed: a close was settled."""
+    async def gone() -> bool:
+        return await asyncio.to_thread(server.get, "/admin/users/alice") == (200, [])
+    await until(gone, timeout=10)
+
+
+async def kept_for(redis: RedisServer, client_id: str) -> None:
+    """Wait until the client's stream in Redis holds a message: a send to the client while
+    it is away was sequenced (it is replayed, not delivered live, when the client returns)."""
+    client = Redis.from_url(redis.url)
+
+    async def kept() -> bool:
+        async for key in client.scan_iter(match=f"*:h:c:{client_id}"):
+            return bool(await client.xlen(key))
+        return False
+    try:
+        await until(kept, timeout=10)
+    finally:
+        await client.aclose()
+
+
+async def test_a_plain_client_replayed_the_message_on_its_return_fails_the_send(
+    v2_replicas: V2Replicas, redis_server: RedisServer,
+) -> None:
+    asking, holding = v2_replicas(2, history_size=100, session_ttl=60)
+    token = holding.post("/admin/token/alice")["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with raw_connect(f"{holding.ws}/ws", additional_headers=bearer) as ws:  # plain
+        welcome = await next_frame(ws, "session")
+    await nobody_of_alice_on(asking)  # away, its session resumable (a client's close)
+    sending = send_acked(asking, welcome["client_id"], "while away", timeout=LONG)
+    await kept_for(redis_server, welcome["client_id"])
+    query = urllib.parse.urlencode({"token": welcome["token"], "positions": "{}"})
+    async with raw_connect(f"{holding.ws}/ws?{query}", additional_headers=bearer) as back:
+        assert (await next_frame(back, "session"))["resumed"] is True
+        replayed = await next_frame(back, "message")  # (with history, sequenced frames)
+        assert (replayed["data"], replayed["ack"].endswith("@replica-0")) == ("while away",
+                                                                              True)
+        async with asyncio.timeout(15):
+            assert await sending == {"error": "AckUnsupportedError"}

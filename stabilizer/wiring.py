@@ -77,7 +77,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     sequenced = SequencedRouter(ctx, fanout, membership) if config.history_enabled else None
     router: Router = sequenced or LiveRouter(ctx, fanout)
     router_ref.append(router)
-    closing = Closing(ctx, liveness, membership, events)
+    closing = Closing(ctx, liveness, membership, events, fanout)
     closing_ref.append(closing)
     memory = MemoryGuard(ctx, closing)
     tokens = TokenService(ctx)

@@ -53,9 +53,13 @@ class AckTokens:
         self._bytes -= token_bytes(token)
         return True
 
-    def take_forgotten(self) -> list[str]:
-        """The tokens forgotten since the last call: their senders must be told."""
-        forgotten, self._forgotten = self._forgotten, None
-        for token in forgotten or ():
+    def take_forgotten(self, *, awaited: bool = False) -> list[str]:
+        """The tokens forgotten since the last call, with `awaited` all those still awaited
+        too (the connection ended): their senders must be told."""
+        forgotten, self._forgotten = self._forgotten or [], None
+        if awaited and self._tokens:
+            forgotten.extend(self._tokens)
+            self._tokens = {}
+        for token in forgotten:
             self._bytes -= token_bytes(token)
-        return forgotten or []
+        return forgotten

@@ -244,10 +244,11 @@ class Connection(SocketWriter):
             self._acks = AckTokens()
         self._acks.expect(token)
 
-    def take_forgotten(self) -> list[str]:
-        """The ack tokens forgotten since the last call (over the MAX_ACKS it keeps): an
-        acknowledgement of them is no longer taken, so their senders must be told."""
-        return self._acks.take_forgotten() if self._acks is not None else []
+    def take_forgotten(self, *, awaited: bool = False) -> list[str]:
+        """The ack tokens forgotten since the last call (over the MAX_ACKS it keeps), with
+        `awaited` all those still awaited too (it ended): their senders must be told."""
+        acks = self._acks
+        return acks.take_forgotten(awaited=awaited) if acks is not None else []
 
     def take_ack(self, token: str) -> bool:
         """The client acknowledged `token`: True if it was sent a frame carrying it (each

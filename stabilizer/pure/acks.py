@@ -14,7 +14,8 @@ from stabilizer.pure.v2 import ProtocolError
 #: The payload of an ACK envelope that says the client cannot acknowledge (plain protocol).
 UNSUPPORTED: Final = "unsupported"
 #: ... that says the client's node stopped awaiting it: the client had too many messages
-#: unacknowledged (a connection keeps the newest 1,024 tokens).
+#: unacknowledged (a connection keeps the newest 1,024 tokens), or its connection ended
+#: without a session to resume (no replay carries the token again).
 FORGOTTEN: Final = "forgotten"
 _TOKEN: Final = re.compile(r"([0-9a-f]{16})@([A-Za-z0-9._-]{1,128})")
 

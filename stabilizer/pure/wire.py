@@ -49,8 +49,8 @@ class Kind(IntEnum):
     CLIENT_CLOSE = 9  # close local client `target` (if its conn_id is `ref`, when set);
     # `payload` as USER_CLOSE's
     ACK = 10  # client `target` acknowledged message `ref` of the receiving node (`payload`
-    # nil), or cannot: `payload` "unsupported" (a plain client) or "forgotten"; an older
-    # node leaves `target` nil
+    # nil), or cannot: `payload` "unsupported" (a plain client) or "forgotten" (too many
+    # unacknowledged, or gone without a session to resume); an older node leaves `target` nil
     PRESENCE = 11  # the presence of a member of group `target` changed: `payload` is the
     # JSON [old entry, new entry] (pure/presence.py), `ref` the change's version (decimal)
 

@@ -96,8 +96,9 @@ class Acks:
             self._unwatch(ref)
         if waiting.tally.count(FORGOTTEN):
             raise AckTimeoutError(
-                f"client {client_id!r} had too many messages unacknowledged: its node stopped "
-                "awaiting this one's acknowledgement (it keeps the newest 1024)")
+                f"client {client_id!r} can no longer acknowledge the message: it left without "
+                "a session to resume, or had too many messages unacknowledged (its node "
+                "keeps the newest 1024)")
         if waiting.tally.count(UNSUPPORTED):
             raise AckUnsupportedError(
                 f"client {client_id!r} got the message but cannot acknowledge it (plain "

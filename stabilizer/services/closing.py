@@ -20,6 +20,7 @@ from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
 from stabilizer.pure.text import retry_advice, truncate_reason
+from stabilizer.services.delivery.fanout import FanOut
 from stabilizer.services.delivery.groups import Membership
 from stabilizer.services.events import Events
 from stabilizer.services.liveness import Liveness
@@ -70,11 +71,12 @@ class Closing:
     """Every way a local connection ends goes through here."""
 
     def __init__(self, ctx: NodeContext, liveness: Liveness, membership: Membership,
-                 events: Events) -> None:
+                 events: Events, fanout: FanOut) -> None:
         self._ctx = ctx
         self._liveness = liveness
         self._membership = membership
         self._events = events
+        self._fanout = fanout  # tells the senders of the tokens an ended connection awaited
         self._slots = asyncio.Semaphore(ctx.config.max_concurrent_cleanup)
         # Handlers whose connection the node closed behind their back (replaced, timed out,
         # evicted): their later disconnect(client_id) must not close a newer socket.
@@ -326,8 +328,14 @@ class Closing:
             # session now (a fresh one ended this socket's groups already): ending it would
             # end what the newer socket joined, as a replacement's would
             newer = self._ctx.pool.get(conn.client_id) not in (None, conn)
+            # without history nothing carries its tokens again; with, a replay to the
+            # session does (to a newer socket too), unless this socket held it and ended it
+            ended = not self._ctx.config.history_enabled
             if code != CloseCode.REPLACED and not newer:
-                await self._settle_session(conn, code, keep_session, had_groups)
+                closed = await self._settle_session(conn, code, keep_session, had_groups)
+                ended = ended or (closed and unregistered is not Unregistered.KEPT)
+        if ended:  # the acknowledgements it awaits will not come: their sends fail now
+            self._fanout.ended(conn)
         if changed and unregistered is Unregistered.KEPT and code != CloseCode.REPLACED:
             # the store named another connection of the client (one this socket was never
             # told of: it was admitted while the store was unreachable): what this socket
@@ -337,7 +345,8 @@ class Closing:
                                         replaced=code == CloseCode.REPLACED)
 
     async def _settle_session(self, conn: Connection, code: int, keep_session: bool | None,
-                              had_groups: bool) -> None:
+                              had_groups: bool) -> bool:
+        """Suspend or end the client's session; True if it ended one (with history)."""
         ctx = self._ctx
         history = ctx.config.history_enabled
         if keep_session is None:
@@ -352,6 +361,7 @@ class Closing:
             elif history or had_groups:
                 await ctx.ask(sessions.end(conn.client_id, conn_id=conn.conn_id),
                               round_trips=SESSION_ROUND_TRIPS)
+                return history
         except BackendUnavailable as exc:
             # maintenance puts it on the away list once the backend answers: the sweep then
             # ends it (and its groups) unless the client came back meanwhile
@@ -359,3 +369,4 @@ class Closing:
                           ctx.config.session_ttl if history and keep_session else 0.0)
             self._backend_log.warning("session of %r not settled (backend unavailable); "
                                       "maintenance settles it later", conn.client_id, exc=exc)
+        return False  # (unsettled: the client may still resume it before the sweep)

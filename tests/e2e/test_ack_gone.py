@@ -74,6 +74,62 @@ async def kept_for(redis: RedisServer, client_id: str) -> None:
         await client.aclose()
 
 
+@pytest.mark.parametrize("history", [0, 100], ids=["live", "history"])
+async def test_a_send_fails_once_its_client_left_without_a_session_to_resume(
+    v2_replicas: V2Replicas, history: int,
+) -> None:
+    asking, holding = v2_replicas(2, history_size=history, session_ttl=60)
+    ws, welcome = await v2_tab(holding, "d1")
+    sending = send_acked(asking, welcome["client_id"], "never handled", timeout=LONG)
+    frame = await next_frame(ws, "message")
+    assert (frame["data"], frame["ack"].endswith("@replica-0")) == ("never handled", True)
+    if history:  # a client's own close keeps its session: the application ends it
+        assert holding.post("/admin/disconnect_user/alice?code=1000") == {"closed": 1}
+    else:
+        await ws.close(1000)
+    async with asyncio.timeout(15):
+        assert await sending == {"error": "AckTimeoutError"}
+    await ws.close()
+
+
+async def test_a_users_send_stops_waiting_for_a_tab_that_left_without_a_session(
+    v2_replicas: V2Replicas,
+) -> None:
+    asking, holding = v2_replicas(2)
+    staying, _ = await v2_tab(asking, "staying")
+    leaving, _ = await v2_tab(holding, "leaving")
+    sending = asyncio.create_task(asyncio.to_thread(
+        asking.post, f"/admin/send_user_acked/alice?timeout={LONG}", {"message": "for both"}))
+    handled = await next_frame(staying, "message")
+    assert (await next_frame(leaving, "message"))["data"] == "for both"
+    await staying.send(json.dumps({"type": "ack", "id": handled["ack"]}))
+    await leaving.close(1000)
+    async with asyncio.timeout(15):
+        assert await sending == {"acked": 1}
+    await staying.close()
+
+
+async def test_a_client_that_went_away_with_its_session_is_still_awaited(
+    v2_replicas: V2Replicas,
+) -> None:
+    """The other side: a resumable session is replayed the message, whose acknowledgement
+    counts; the close did not fail the send."""
+    asking, holding = v2_replicas(2, history_size=100, session_ttl=60)
+    ws, welcome = await v2_tab(holding, "d1")
+    sending = send_acked(asking, welcome["client_id"], "handled later", timeout=LONG)
+    frame = await next_frame(ws, "message")
+    await ws.close(1001)  # going away: the session stays resumable
+    await nobody_of_alice_on(asking)
+    back, _ = await v2_tab(holding, "d1", reconnect_token=welcome["token"],
+                           positions={frame["stream"]: [frame["offset"] - 1, frame["epoch"]]})
+    replayed = await next_frame(back, "message")
+    assert (replayed["data"], replayed["ack"]) == ("handled later", frame["ack"])
+    await back.send(json.dumps({"type": "ack", "id": replayed["ack"]}))
+    async with asyncio.timeout(15):
+        assert await sending == {"acked": True}
+    await back.close()
+
+
 async def test_a_plain_client_replayed_the_message_on_its_return_fails_the_send(
     v2_replicas: V2Replicas, redis_server: RedisServer,
 ) -> None:

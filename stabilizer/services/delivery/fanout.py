@@ -29,8 +29,8 @@ class FanOut:
         self._ctx = ctx
         self._membership = membership
         #: told (token, outcome, client id) of a frame whose recipient cannot acknowledge
-        #: it (a plain client: UNSUPPORTED) or no longer can (too many unacknowledged:
-        #: FORGOTTEN)
+        #: it (a plain client: UNSUPPORTED) or no longer can (too many unacknowledged, or
+        #: it ended without a session to resume: FORGOTTEN)
         self.on_unackable: Callable[[str, str, str], None] = _ignore
 
     def offer(self, conn: Connection, frame: Frame) -> bool:
@@ -49,6 +49,11 @@ class FanOut:
         finally:
             self._report_forgotten(conn)
 
+    def ended(self, conn: Connection) -> None:
+        """`conn` ended, and no replay will carry the tokens it awaits again (no history, or
+        its session ended): tell their senders none of them will be acknowledged."""
+        self._report_forgotten(conn, awaited=True)
+
     def _count(self, offered: bool, frame: Frame) -> bool:
         if offered:
             self._ctx.stats.messages_out += 1
@@ -61,8 +66,8 @@ class FanOut:
         if conn.protocol < 2:
             self.on_unackable(token, UNSUPPORTED, conn.client_id)
 
-    def _report_forgotten(self, conn: Connection) -> None:
-        for token in conn.take_forgotten():
+    def _report_forgotten(self, conn: Connection, *, awaited: bool = False) -> None:
+        for token in conn.take_forgotten(awaited=awaited):
             self.on_unackable(token, FORGOTTEN, conn.client_id)
 
     async def deliver(

@@ -79,6 +79,9 @@ class Admission:
         # pending conn ids closed meanwhile (replaced on another node, or a disconnect of
         # their client or user), with the close they get once admitted
         self._retired: dict[str, tuple[int, str]] = {}
+        # conn ids in the pool whose admission has not announced them yet (a fresh
+        # session's catch-up, the connect hooks): a kick of one is kept like a pending one's
+        self._entering: set[str] = set()
         # client id -> MEMBERSHIP envelopes that came while it had no connection in the pool
         # and one being admitted: acted on once that admission ends
         self._deferred: dict[str, list[Envelope]] = {}
@@ -197,9 +200,10 @@ class Admission:
     async def _enter(self, conn: Connection, resuming: bool,
                      baselines: dict[str, tuple[int, str]],
                      welcome: Callable[[Connection], None] | None) -> Connection:
-        """Put a recorded connection in the pool and announce it."""
+        """Put a recorded connection in the pool and announce it; one closed meanwhile (a
+        disconnect on this node, a failed send of its catch-up) is returned closed, not
+        watched and never announced: its close has run the disconnect hooks already."""
         ctx = self._ctx
-        retired = self._retired.pop(conn.conn_id, None)
         if welcome is not None:
             welcome(conn)
         replaced = ctx.pool.put(conn)
@@ -210,26 +214,38 @@ class Admission:
             # the node follows the client's streams from where its session begins, so that
             # a catch-up after a lost subscription covers them (its forget() unfollows them)
             self._router.follow(stream, offset, epoch)
+        # in the pool, and not announced until the awaits below end: a kick waits for them
+        self._entering.add(conn.conn_id)
         try:
             if not resuming and conn.holding:  # (a resume's replay releases it)
                 await self._caught_up(conn, baselines)
-            self._closing.readmitted(conn.owner, conn.client_id)
-            self._liveness.track(conn)
-            ctx.stats.connects += 1
-            logger.info("client %r connected (conn %s, node %s)", conn.client_id,
-                        conn.conn_id, ctx.node_id)
-            if self._events.follows_connects:
-                await self._events.connected(conn, resumed=resuming)
+            if conn.is_open:
+                await self._announce(conn, resuming)
         except BaseException:  # cancelled during the hooks: never leave it in the pool
+            self._retired.pop(conn.conn_id, None)
             await self._closing.release(conn, code=CloseCode.INTERNAL_ERROR,
                                         reason="server error")
             raise
-        if retired is not None:
+        finally:
+            self._entering.discard(conn.conn_id)
+        retired = self._retired.pop(conn.conn_id, None)
+        if retired is not None and conn.is_open:
             code, reason = retired
             logger.info("client %r (conn %s) was closed (code %d) while admitted here",
                         conn.client_id, conn.conn_id, code)
             self._closing.retire(conn, code, reason)
         return conn
+
+    async def _announce(self, conn: Connection, resuming: bool) -> None:
+        """Watch an entered connection's heartbeat, count it and run its connect hooks."""
+        ctx = self._ctx
+        self._closing.readmitted(conn.owner, conn.client_id)
+        self._liveness.track(conn)
+        ctx.stats.connects += 1
+        logger.info("client %r connected (conn %s, node %s)", conn.client_id,
+                    conn.conn_id, ctx.node_id)
+        if self._events.follows_connects:
+            await self._events.connected(conn, resumed=resuming)
 
     async def _caught_up(self, conn: Connection,
                          baselines: dict[str, tuple[int, str]]) -> None:
@@ -276,13 +292,18 @@ class Admission:
 
     def kick(self, client_id: str, conn_id: str | None) -> None:
         """Another node registered `client_id`: close our connection `conn_id` of it, now
-        or as soon as its admission completes."""
+        or as soon as its admission completes (it may be in the pool already, catching up
+        or running its connect hooks: it is announced connected first)."""
         pending = self._pending.get(conn_id) if conn_id is not None else None
         if pending is not None and pending.client_id == client_id:
             self._retired[pending.conn_id] = _REPLACED
             return
         conn = self._ctx.pool.get(client_id)
-        if conn is not None and (conn_id is None or conn.conn_id == conn_id):
+        if conn is None or conn_id not in (None, conn.conn_id):
+            return
+        if conn.conn_id in self._entering:  # carried out once announced, as a pending one's
+            self._retired[conn.conn_id] = _REPLACED
+        else:
             self._closing.kick(conn)
 
     def _registering(self, conn: Connection, resuming: bool) -> Awaitable[Registration]:

@@ -45,7 +45,10 @@ class Liveness:
         self._pongs = PongWatch(self._answered)
 
     def track(self, conn: Connection) -> None:
-        """Watch a new connection, waking the loop if it is now the earliest."""
+        """Watch a new connection, waking the loop if it is now the earliest; one that is
+        closing already is not (its forget() has run: the schedule would hold it for good)."""
+        if not conn.is_open:
+            return
         if self.schedule.track(conn, asyncio.get_running_loop().time()):
             self._wakeup.set()
 

@@ -7,7 +7,6 @@ holds no logic of theirs; each method is one call into the service that owns the
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from types import TracebackType
@@ -67,26 +66,13 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
     @property
     def _node(self) -> Node:
         """The node serving the running event loop: the one started in an event loop that
-        has ended (a module-level manager, then a pytest loop per test, two TestClients,
+        has closed (a module-level manager, then a pytest loop per test, two TestClients,
         uvicorn run twice) is replaced by a new one, which the next start() or connect()
         starts in this loop."""
         node = self._current
-        started_in = node.ctx.loop
-        if started_in is None:
-            return node
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:  # called from synchronous code: nothing is loop-bound there
-            return node
-        if running is started_in or node.ctx.phase is not Phase.RUNNING:
-            return node  # a stopped manager stays stopped (start() raises ShutdownError)
-        return self._follow(node, started_in)
+        return self._follow(node) if node.ctx.loop_closed() else node
 
-    def _follow(self, node: Node, started_in: asyncio.AbstractEventLoop) -> Node:
-        if started_in.is_running():
-            raise WebSocketStabilizerError(
-                "this manager serves an event loop that still runs in another thread; a "
-                "manager serves one event loop at a time: create one per loop (per thread)")
+    def _follow(self, node: Node) -> Node:
         if not self._made_backend:
             raise WebSocketStabilizerError(
                 "this manager's node ran in an event loop that has ended, and its backend "
@@ -142,12 +128,12 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
     async def start(self) -> None:
         """Start the heartbeat, maintenance and (with other nodes or history) listener loops;
         idempotent, and connect() calls it if the application did not. Once the event loop
-        it started in has ended, it starts the node again in the running one.
+        it started in has closed, it starts the node again in the running one.
 
         Raises:
             ShutdownError: the manager was already shut down.
-            WebSocketStabilizerError: its loop still runs in another thread, or it was given
-                a backend, which cannot be made again for a new loop.
+            WebSocketStabilizerError: its loop is still open (running in another thread, or
+                idle), or it was given a backend, which cannot be made again for a new loop.
         """
         await self._node.lifecycle.start()
 
@@ -163,13 +149,20 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
                                 restart: bool | None = None) -> ShutdownReport:
         """Stop admitting, drain outboxes until the deadline, close every socket (1001, or
         1012 when restarting), stop the loops, drop presence. A call while one runs waits for
-        it and returns its report (or raises its error); a call after it does nothing.
+        it and returns its report (or raises its error); a call after it does nothing, as
+        does one after the node's event loop closed (its sockets ended with it).
 
         Raises:
             ConfigError: `timeout` is not a finite number of seconds, 0 or more.
             ShutdownError: a loop or the backend failed to stop (after everything else).
+            WebSocketStabilizerError: called from another event loop while the node's own
+                is still open: shut it down there.
         """
-        return await self._node.lifecycle.shutdown(wait_seconds("timeout", timeout), restart)
+        timeout = wait_seconds("timeout", timeout)
+        node = self._current
+        if node.ctx.loop_closed():  # nothing of it is left to close: no new node to stop
+            return node.lifecycle.ended_with_its_loop(restart)
+        return await node.lifecycle.shutdown(timeout, restart)
 
     def open_session(self, websocket: Any, client_id: str | None = None, *,
                      metadata: dict[str, Any] | None = None, token: str | None = None,

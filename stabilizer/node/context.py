@@ -18,7 +18,7 @@ from stabilizer.backends.base import Backend
 from stabilizer.config import CloseCode, WebSocketConfig
 from stabilizer.connection.connection import OutboxLimits
 from stabilizer.connection.pool import Pool
-from stabilizer.errors import BackendUnavailable
+from stabilizer.errors import BackendUnavailable, WebSocketStabilizerError
 from stabilizer.node.tasks import TaskOwner
 from stabilizer.stats import NodeStats
 
@@ -98,6 +98,37 @@ class NodeContext:
         """True when the node must listen to the backend: other nodes exist, or history
         sequences every message through it."""
         return self.backend.is_shared or self.config.history_enabled
+
+    def loop_closed(self) -> bool:
+        """True when the node runs in an event loop that has closed and another one calls
+        (the manager starts a new node in it); False in its own loop, in synchronous code,
+        or once it stopped.
+
+        Raises:
+            WebSocketStabilizerError: its loop is still open, running in another thread or
+                idle: the node's tasks, locks and sockets belong to it.
+        """
+        started_in = self.loop
+        if started_in is None or self.phase is not Phase.RUNNING:
+            return False  # a stopped manager stays stopped (start() raises ShutdownError)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # called from synchronous code: nothing is loop-bound there
+            return False
+        if running is started_in:
+            return False
+        if started_in.is_closed():
+            return True
+        if started_in.is_running():
+            raise WebSocketStabilizerError(
+                "this manager serves an event loop that still runs in another thread; a "
+                "manager serves one event loop at a time: create one per loop (per thread)")
+        raise WebSocketStabilizerError(
+            "this manager's node runs in an event loop that is open but not running (one run "
+            "with run_until_complete, or a pytest-asyncio fixture's of a wider loop_scope) "
+            "and holds its clients there; a manager serves one event loop at a time: use it "
+            "in that loop (pytest-asyncio: give the tests the fixture's loop_scope), or shut "
+            "it down there and create a manager in this loop")
 
     def want_resync(self) -> None:
         """Ask for local presence to be re-registered at the next maintenance step (the

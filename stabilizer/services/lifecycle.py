@@ -197,6 +197,18 @@ class Lifecycle:
             self._stopping = None
         return report
 
+    def ended_with_its_loop(self, restart: bool | None) -> ShutdownReport:
+        """Stop a node whose event loop has closed under it: its sockets, tasks and backend
+        ended with that loop (the backend was closed as it ended), so nothing is left to
+        close; the report says so, and the node stays stopped."""
+        ctx = self._ctx
+        if restart is not None:
+            ctx.shutdown_code = CloseCode.SERVICE_RESTART if restart else CloseCode.GOING_AWAY
+        ctx.phase = Phase.STOPPED
+        logger.info("node %s stopped: it ended with its event loop, nothing left to close "
+                    "(other nodes reap its presence after node_ttl)", ctx.node_id)
+        return ShutdownReport(0, 0, 0.0, close_code=int(ctx.shutdown_code))
+
     async def _shut_down(self, timeout: float, restart: bool | None) -> ShutdownReport:
         ctx = self._ctx
         started = time.monotonic()

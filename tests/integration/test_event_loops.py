@@ -120,3 +120,49 @@ def test_a_manager_refuses_a_second_loop_while_its_own_still_runs() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5.0)
         loop.close()
+
+
+def test_a_manager_refuses_another_loop_while_its_own_is_open_but_idle(
+    config: WebSocketConfig,
+) -> None:
+    """Started with run_until_complete (a pytest-asyncio fixture of a wider loop scope): the
+    loop is open, only not running, and its node still holds the client."""
+    manager = WebSocketConnectionManager(config)
+    own = asyncio.new_event_loop()
+    try:
+        socket = FakeSocket("a")
+        own.run_until_complete(manager.connect("a", socket))
+        for call in (lambda: manager.connect("b", FakeSocket("b")),
+                     lambda: manager.send_to_client("a", "from the wrong loop"),
+                     lambda: manager.graceful_shutdown(timeout=2.0)):
+            with pytest.raises(WebSocketStabilizerError, match="one event loop at a time"):
+                asyncio.run(call())
+
+        async def back_in_its_own_loop() -> ShutdownReport:
+            assert manager.get_active_connections() == ["a"]
+            assert await manager.send_to_client("a", "still here") is True
+            await socket.expect("still here")
+            return await manager.graceful_shutdown(timeout=2.0)
+
+        report = own.run_until_complete(back_in_its_own_loop())
+        assert (report.closed_count, report.failed_count) == (1, 0)
+        assert socket.closed is not None
+        assert socket.closed[0] == 1001
+        assert [task for task in asyncio.all_tasks(own) if not task.done()] == []
+    finally:
+        own.close()
+
+
+def test_a_shutdown_after_its_loop_ended_reports_nothing_to_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = WebSocketConnectionManager(WebSocketConfig(**PINGING))
+    asyncio.run(_pinged(manager, "one", start=True))
+    with caplog.at_level("INFO", logger="stabilizer"):
+        report = asyncio.run(manager.graceful_shutdown(timeout=2.0, restart=True))
+    assert (report.closed_count, report.failed_count, report.close_code) == (0, 0, 1012)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("ended with its event loop" in message for message in messages), messages
+    assert not any("starting again" in message for message in messages), messages
+    with pytest.raises(ShutdownError):
+        asyncio.run(manager.start())

@@ -49,13 +49,18 @@ lost socket shows in ``conn.state`` at once, and a request's reply (v2: rpc, sub
 unsubscribe, publish) arrives even while the inbox is full. An application message that
 finds the inbox full is turned away, and so is every later one of that socket (none is
 acknowledged, no position recorded; callbacks of subscriptions still get theirs). Once the
-application has taken a message and no request waits for its reply on that socket, the
-client closes it (1013, "the application fell behind") and reconnects, resuming after the
-last message it kept: with history the server replays the rest (``on_resume``,
-``recovered`` true); without, they are lost and ``on_resume`` says so (``recovered``
-false), as after any reconnect without history. A message the server sent without a
-position (unsequenced) cannot be replayed: its stream is listed in ``failed``. Size the
-inbox for the bursts the application must absorb without a resume.
+application has drained the inbox to half (``max_inbox_messages // 2`` messages or fewer
+wait) and no request waits for its reply on that socket, the client closes it (1013, "the
+application fell behind") and reconnects at once, resuming after the last message it
+kept: with history the server replays the rest (``on_resume``, ``recovered`` true);
+without, they are lost and ``on_resume`` says so (``recovered`` false), as after any
+reconnect without history. Such a resume is no failure (``StateChange.failures`` stays,
+``delay`` is 0), and each admits half an inbox at least, so a burst of N messages costs
+about N / (max_inbox_messages / 2) resumes, and every resume replays what is left of it;
+one whose socket delivered no message at all counts as a failure and backs off. A message
+the server sent without a position (unsequenced) cannot be replayed: its stream is listed
+in ``failed``. Size the inbox for the bursts the application must absorb without a
+resume.
 
 Caveat: without history, an application message that is a JSON object whose "type" is a
 control type (session, ping, pong, resume, error) cannot be told from a control frame and
@@ -104,7 +109,6 @@ from stabilizer.pure.client_protocol import (
     Positions,
     ResumeResult,
     RetriesExhaustedError,
-    RetryPolicy,
     SendTimeoutError,
     ServerClosedError,
     SessionInfo,
@@ -113,10 +117,9 @@ from stabilizer.pure.client_protocol import (
     build_url,
     close_action,
     control_frame,
-    retry_advice_seconds,
-    retry_delay,
     unwrap,
 )
+from stabilizer.pure.client_retry import RetryPolicy, retry_advice_seconds, retry_delay
 from stabilizer.pure.text import JSONValue
 
 __all__ = [

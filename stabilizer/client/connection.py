@@ -31,16 +31,15 @@ from stabilizer.pure.client_protocol import (
     ControlFrame,
     ResumeResult,
     RetriesExhaustedError,
-    RetryPolicy,
     SendTimeoutError,
     ServerClosedError,
     StateChange,
     build_url,
     close_action,
     code_name,
-    retry_delay,
     url_source,
 )
+from stabilizer.pure.client_retry import RetryPolicy, plan_retry
 from stabilizer.pure.client_v2 import outgoing
 from stabilizer.pure.text import JSONValue
 from stabilizer.pure.waits import wait_seconds
@@ -238,16 +237,15 @@ class ClientConnection(SessionView, Requests):
                     await asyncio.sleep(delay)
                 attempt = await self._attempt()
                 unopened = 0 if attempt.opened else unopened + 1
-                failures = 0 if attempt.stable else failures + 1
-                delay = await self._plan(attempt, unopened, failures)
+                failures, delay = await self._plan(attempt, unopened, failures)
         except ClientClosedError as exc:
             await self._finish(exc)
         except Exception as exc:  # a bug: end the client loudly rather than hang its users
             logger.error("stabilizer client failed", exc_info=True)
             await self._finish(ClientClosedError(f"client failed unexpectedly: {exc!r}"))
 
-    async def _plan(self, attempt: Attempt, unopened: int, failures: int) -> float:
-        """Return the delay before the next attempt; raise when there is none."""
+    async def _plan(self, attempt: Attempt, unopened: int, failures: int) -> tuple[int, float]:
+        """Return the failures in a row and the next delay; raise when there is none."""
         code, reason = attempt.code, attempt.reason
         action = close_action(code, used_token=attempt.used_token)
         if action is CloseAction.STOP:
@@ -258,15 +256,16 @@ class ClientConnection(SessionView, Requests):
         if limit is not None and unopened >= limit:
             raise RetriesExhaustedError(f"{unopened} attempts in a row failed; last: "
                                         f"{code_name(code)} {reason}", code=code, reason=reason)
+        failures, delay = plan_retry(self._retry, failures, code=code, reason=reason,
+                                     stable=attempt.stable, shed=attempt.shed,
+                                     admitted=attempt.admitted)
         if action is CloseAction.RETRY_WITHOUT_TOKEN:
             logger.info("token refused (%s); reconnecting with a fresh session", code)
             self._frames.token, delay = None, 0.0
-        else:
-            delay = retry_delay(self._retry, failures, code, reason)
         state = ConnectionState.RECONNECTING if self._ever_opened else ConnectionState.CONNECTING
         await self._set_state(StateChange(state, failures=failures, delay=delay, close_code=code,
                                           close_reason=reason, url=attempt.url))
-        return delay
+        return failures, delay
 
     async def _attempt(self) -> Attempt:
         """Open one socket and serve it until it closes; report how it ended."""
@@ -342,11 +341,11 @@ class ClientConnection(SessionView, Requests):
 
     async def _shed(self, ws: WebSocket, attempt: Attempt) -> None:
         """Close `ws` once a full inbox turned one of its messages away and the application
-        has taken one since, after the replies its calls wait for: the next socket resumes
-        from the last message the inbox kept (client/inbox.py)."""
+        has drained it to half since, after the replies its calls wait for: the next socket
+        resumes from the last message the inbox kept (client/inbox.py), at once."""
         await self._inbox.fell_behind()
         await self._calls.settled(ws)
-        attempt.shed = True
+        attempt.shed, attempt.admitted = True, self._inbox.admitted
         attempt.code, attempt.reason = CloseCode.TRY_AGAIN_LATER, FELL_BEHIND
         logger.info("the application fell behind (max_inbox_messages=%d); reconnecting to "
                     "resume after the messages it holds", self._inbox.limit)

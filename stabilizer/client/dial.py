@@ -24,6 +24,7 @@ class Attempt:
     code: int = LOST
     reason: str = ""
     shed: bool = False  # the client closed it: the application fell behind (client/inbox.py)
+    admitted: int = 0  # the messages its inbox kept, when shed
 
 
 @dataclass(frozen=True, slots=True)

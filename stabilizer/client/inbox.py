@@ -6,9 +6,12 @@ always get on to the frames behind it (a ping to answer, a close, a request's re
 never waits for the application. A message that finds the inbox full is turned away, and
 so is every later one from the same socket (the socket is *behind*): what the inbox holds
 stays a prefix of what the socket brought, so the positions the client records (history)
-say exactly where a resume must start. The connection then replaces the socket once the
-application made room (client/connection.py): with history the resume replays what was
-turned away; without, it is lost, and the resume says so (``recovered`` false)."""
+say exactly where a resume must start. The connection then replaces the socket, at once,
+once the application has drained the inbox to half (`resume_at`: ``limit // 2`` messages
+or fewer; client/connection.py): each resume admits at least half an inbox while the
+application still has work, so a burst of N messages costs about N / (limit / 2) resumes,
+not one per message taken. With history the resume replays what was turned away; without,
+it is lost, and the resume says so (``recovered`` false)."""
 
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ class Inbox:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"max_inbox_messages must be a positive integer, got {limit!r}")
         self.limit = limit
+        self.resume_at = limit // 2  # a socket behind is replaced once at most this many wait
+        self.admitted = 0  # the messages kept from the current socket
         self._messages: collections.deque[tuple[str | bytes, Owed | None]] = collections.deque()
         self._added = asyncio.Event()
         self._taken = asyncio.Event()
@@ -53,18 +58,21 @@ class Inbox:
             self._behind.set()
             return False
         self._messages.append((message, owed))
+        self.admitted += 1
         self._added.set()
         return True
 
     def new_socket(self) -> None:
         """A new socket begins: its messages are taken again (what is held stays)."""
         self._behind.clear()
+        self.admitted = 0
 
     async def fell_behind(self) -> None:
-        """Wait until the current socket is behind, then until the application has taken
-        a message, so that the inbox has room for what a new socket replays."""
+        """Wait until the current socket is behind, then until the application has drained
+        the inbox to `resume_at`, so that a new socket's replay has room for half an inbox
+        at least."""
         await self._behind.wait()
-        while len(self._messages) >= self.limit:
+        while len(self._messages) > self.resume_at:
             self._taken.clear()
             await self._taken.wait()
 

@@ -1,5 +1,5 @@
-"""The client's pure half: close-code decisions, retry timing, URLs, frames, positions
-(protocol v2's own frames are in client_v2.py).
+"""The client's pure half: close-code decisions, URLs, frames, positions (retry timing is
+in client_retry.py, protocol v2's own frames in client_v2.py).
 
 No I/O here (``stabilizer.client`` does the networking); everything is tested with plain
 calls in tests/unit/test_client_logic.py and tests/unit/test_client_v2.py.
@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 from stabilizer.config import CloseCode, should_reconnect
 from stabilizer.errors import ConfigError, WebSocketStabilizerError, WireError
 from stabilizer.pure.positions import MAX_POSITIONS, MAX_POSITIONS_TEXT
-from stabilizer.pure.text import JSONValue, backoff_delay
+from stabilizer.pure.text import JSONValue
 
 logger = logging.getLogger("stabilizer.client")
 
@@ -30,8 +30,6 @@ ControlFrame = dict[str, JSONValue]
 T = TypeVar("T")
 
 CONTROL_TYPES: Final = frozenset({"session", "ping", "pong", "resume", "error"})
-ADVISED_CODES: Final = frozenset({CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER,
-                                  CloseCode.USER_LIMIT})
 RETRYABLE_HTTP: Final = frozenset({408, 429, 500, 502, 503, 504})
 _OWN_PARAMS: Final = frozenset({"token", "positions"})
 LOST: Final = 1006  # the code a dropped connection reports (no close frame)
@@ -88,39 +86,6 @@ class CloseAction(Enum):
     RETRY = "retry"
     RETRY_WITHOUT_TOKEN = "retry_without_token"
     STOP = "stop"
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Capped exponential backoff with full jitter, optionally bounded in attempts.
-
-    ``max_attempts`` counts attempts in a row that fail to open (None: never give up);
-    ``max_advice`` bounds the delay a server may ask for in a 1012/1013 close reason; a
-    connection closed before ``stable_after`` seconds counts as a failure for the backoff,
-    so a server that fails right after the handshake is not hammered.
-    """
-
-    base: float = 0.25
-    cap: float = 30.0
-    max_attempts: int | None = None
-    max_advice: float = 60.0
-    stable_after: float = 5.0
-
-    def __post_init__(self) -> None:
-        for name in ("base", "cap", "max_advice", "stable_after"):
-            value = getattr(self, name)
-            lowest = 0.0 if name == "stable_after" else math.ulp(0.0)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                    lowest <= value < math.inf):
-                raise ConfigError(f"RetryPolicy.{name} must be a positive number, got {value!r}")
-        if self.max_attempts is not None and (
-                isinstance(self.max_attempts, bool) or self.max_attempts < 1):
-            raise ConfigError(f"RetryPolicy.max_attempts must be >= 1 or None, "
-                              f"got {self.max_attempts!r}")
-
-    def delay(self, failures: int) -> float:
-        """Seconds before the next attempt after `failures` failed attempts in a row."""
-        return backoff_delay(failures, base=self.base, cap=self.cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,36 +238,6 @@ def close_action(code: int, *, used_token: bool) -> CloseAction:
     if code in (CloseCode.INVALID_TOKEN, CloseCode.TOKEN_EXPIRED):
         return CloseAction.RETRY_WITHOUT_TOKEN if used_token else CloseAction.STOP
     return CloseAction.RETRY if should_reconnect(code) else CloseAction.STOP
-
-
-def retry_advice_seconds(reason: str, *, limit: float = 60.0) -> float | None:
-    """Read ``{"retry_ms": N}`` from a close reason as seconds (at most `limit`).
-
-    None for free text, another JSON value, or a negative, non-finite or non-numeric N.
-    """
-    if not reason.startswith("{"):
-        return None
-    try:
-        value = json.loads(reason)
-    except ValueError:
-        return None
-    retry_ms = value.get("retry_ms") if isinstance(value, dict) else None
-    if isinstance(retry_ms, bool) or not isinstance(retry_ms, int | float):
-        return None
-    if not math.isfinite(retry_ms) or retry_ms < 0:
-        return None
-    return min(retry_ms / 1000, limit)
-
-
-def retry_delay(policy: RetryPolicy, failures: int, code: int, reason: str) -> float:
-    """Seconds before the next attempt: the server's advice for 1012/1013/4004, else
-    backoff. Advice is followed alone once; if the advised attempt fails too, the backoff
-    goes on under it (the longer of the two), so advice of 0 never makes a tight loop."""
-    if code in ADVISED_CODES:
-        advice = retry_advice_seconds(reason, limit=policy.max_advice)
-        if advice is not None:
-            return advice if failures <= 1 else max(advice, policy.delay(failures))
-    return policy.delay(failures)
 
 
 def build_url(url: str, *, token: str | None = None, positions: str | None = None) -> str:

@@ -16,6 +16,7 @@ messages were lost. Every test fails on the code before.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
@@ -235,3 +236,39 @@ async def test_a_close_is_seen_while_the_application_takes_no_messages(
         async with asyncio.timeout(5):
             got = [await client.recv() for _ in range(INBOX)]
         assert got == [f"n{n}" for n in range(INBOX)]  # what the inbox held stays
+
+
+async def test_a_burst_over_the_inbox_arrives_with_few_prompt_resumes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An application slower than a burst once took 31.7 s for 400 messages (inbox 50): a
+    resume counted as a failed connection and backed off up to RetryPolicy.cap, and it
+    came after one message taken, so each let in about one. Now the client resumes at once,
+    once the application drained the inbox to half: each resume admits half an inbox."""
+    limit, burst = 10, 60
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET, **HISTORY))
+    watch = Watch()
+    async with (
+        served(session_app(manager), "websockets-sansio", monkeypatch) as server,
+        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2, max_inbox_messages=limit,
+                retry=RetryPolicy(base=0.01, cap=0.05), **watch.options()) as client,
+    ):
+        client_id = client.client_id
+        assert client_id is not None
+        for n in range(burst):
+            assert await manager.send_to_client(client_id, f"m{n}")
+        await until_behind(client)
+        got: list[str | bytes] = []
+        async with asyncio.timeout(30):
+            while len(got) < burst:
+                got.append(await client.recv())
+                # an application slower than the network: it takes nothing while resuming
+                await watch.until(lambda: client.state is ConnectionState.OPEN)
+    assert got == [f"m{n}" for n in range(burst)]  # all of them, in order, once each
+    sheds = [c for c in watch.states if c.state is ConnectionState.RECONNECTING]
+    assert sheds
+    assert all(c.close_code == 1013 for c in sheds)
+    assert [c.delay for c in sheds] == [0.0] * len(sheds)  # no backoff
+    assert [c.failures for c in sheds] == [0] * len(sheds)  # none counted as a failure
+    # the first socket let in a full inbox, each resumed one that fell behind half of one
+    assert len(sheds) <= math.ceil((burst - limit) / math.ceil(limit / 2))
+    assert all(r.recovered for r in watch.resumes)

@@ -23,8 +23,9 @@ from stabilizer.client import (
     unwrap,
 )
 from stabilizer.client.frames import Frames
-from stabilizer.client.inbox import Inbox
+from stabilizer.client.inbox import FELL_BEHIND, Inbox
 from stabilizer.errors import ConfigError, WireError
+from stabilizer.pure.client_retry import plan_retry
 
 
 @pytest.mark.parametrize("failures", [0, 1, 3, 10, 40])
@@ -209,6 +210,36 @@ def test_advice_is_followed_once_then_the_backoff_goes_on_under_it() -> None:
     assert min(steady) >= 5.0  # advice still bounds it from below
 
 
+def test_a_shed_that_admitted_messages_resumes_at_once_and_is_no_failure() -> None:
+    """The client closing a socket itself because its application fell behind (1013) was
+    counted as a failed connection (it lives less than stable_after), and backed off up to
+    the cap: delivery slowed to a crawl."""
+    policy = RetryPolicy(base=10.0, cap=30.0)
+    def shed(failures: int, admitted: int, stable: bool = False) -> tuple[int, float]:
+        return plan_retry(policy, failures, code=1013, reason=FELL_BEHIND, shed=True,
+                          admitted=admitted, stable=stable)
+    assert shed(0, admitted=25) == (0, 0.0)
+    assert shed(3, admitted=1) == (3, 0.0)  # an earlier outage's count stays
+    assert shed(3, admitted=1, stable=True) == (0, 0.0)
+
+
+def test_a_shed_that_admitted_nothing_is_a_failure_and_backs_off() -> None:
+    policy = RetryPolicy(base=1.0, cap=2.0)
+    plans = [plan_retry(policy, 4, code=1013, reason=FELL_BEHIND, shed=True, admitted=0)
+             for _ in range(50)]
+    assert {failures for failures, _ in plans} == {5}
+    assert all(0.0 < delay <= 2.0 for _, delay in plans)
+    assert max(delay for _, delay in plans) > 1.0  # the policy's backoff, 50 draws
+
+
+def test_a_connection_that_ends_early_is_a_failure_and_a_stable_one_resets_the_count() -> None:
+    policy = RetryPolicy(base=0.001, cap=0.001)
+    failures, delay = plan_retry(policy, 2, code=1006, reason="")
+    assert failures == 3
+    assert delay <= 0.001
+    assert plan_retry(policy, 2, code=1012, reason='{"retry_ms": 700}', stable=True) == (0, 0.7)
+
+
 def test_positions_forget_a_stream_and_stay_home_when_over_what_a_server_takes() -> None:
     positions = Positions()
     positions.accept("all", 3, "e")
@@ -235,6 +266,30 @@ def test_a_session_frame_number_too_large_for_a_float_is_ignored(field: str) -> 
              "resumed": False, field: 10**400}
     info = SessionInfo.from_frame(frame)
     assert getattr(info, field) is None
+
+
+async def test_a_socket_behind_is_replaced_once_the_application_drained_half_the_inbox(
+        ) -> None:
+    """It was replaced after one message taken: each resume let in about one more."""
+    inbox = Inbox(4)
+    for message in "abcd":
+        assert inbox.offer(message)
+    assert not inbox.offer("e")
+    assert inbox.admitted == 4
+    caught_up = asyncio.create_task(inbox.fell_behind())
+    assert await inbox.get(lambda: False) == ("a", None)
+    await asyncio.sleep(0)  # (a turn of the loop: the waiter sees the message taken)
+    assert not caught_up.done()  # 3 wait: a resume now would let in one
+    assert await inbox.get(lambda: False) == ("b", None)
+    await asyncio.wait_for(caught_up, 1)  # 2 wait, half: a resume lets in two at least
+    inbox.new_socket()
+    assert inbox.admitted == 0
+    assert inbox.offer("e")
+    assert inbox.offer("f")
+    assert not inbox.offer("g")
+    assert inbox.admitted == 2
+    assert Inbox(1).resume_at == 0
+    assert Inbox(5).resume_at == 2
 
 
 async def test_a_full_inbox_turns_the_rest_of_its_socket_away_and_never_waits() -> None:

@@ -1,13 +1,17 @@
-"""End-to-end fixtures: uvicorn processes serving tests/e2e/app.py."""
+"""End-to-end fixtures: uvicorn processes serving tests/e2e/app.py, and headless Chromium
+for the browser tests."""
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
+from tests.support.browser import Browser, Page, checked_page, chromium
 from tests.support.redis_server import RedisServer
 from tests.support.uvicorn_proc import UvicornProcess, start_all
 
@@ -95,3 +99,24 @@ def v2_replicas(request: pytest.FixtureRequest) -> Iterator[V2Replicas]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium, one for each test module that asks (in the module's event loop)."""
+    async with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def page_options() -> dict[str, Any]:
+    """The options of the browser context `page` opens; a module overrides this fixture
+    to set them (a viewport for its screenshots, say)."""
+    return {}
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser: Browser, page_options: dict[str, Any]) -> AsyncIterator[Page]:
+    """A fresh browser context; any uncaught error on the page fails the test."""
+    async with checked_page(browser, **page_options) as opened:
+        yield opened

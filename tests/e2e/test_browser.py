@@ -13,14 +13,13 @@ import json
 import os
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from websockets.asyncio.server import ServerConnection
 
-from tests.support.browser import Browser, Page, ScriptedServer, checked_page, chromium
+from tests.support.browser import Page, ScriptedServer
 from tests.support.clients import ClientConnection, open_client, recv_json
 from tests.support.nginx import Nginx
 from tests.support.redis_server import RedisServer
@@ -46,17 +45,9 @@ SETUP = """async ([url, options]) => {
 }"""
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh browser context; any uncaught error on the page fails the test."""
-    async with checked_page(browser, viewport={"width": 900, "height": 700}) as opened:
-        yield opened
+@pytest.fixture
+def page_options() -> dict[str, Any]:
+    return {"viewport": {"width": 900, "height": 700}}  # the size of the saved screenshots
 
 
 class Tab:

@@ -7,14 +7,12 @@ and {"type":"unsubscribed"} or one with an object for its channel as `unsubscrib
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from playwright.async_api import ConsoleMessage
 
 from tests.e2e.test_browser_v2 import ScriptedV2Server, opened_tab
-from tests.support.browser import Browser, Page, checked_page, chromium
+from tests.support.browser import Page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -29,18 +27,6 @@ MALFORMED = [
     {"type": "unsubscribed", "channel": {}},
     {"type": "unsubscribed", "channel": 5, "reason": "server"},
 ]
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    async with checked_page(browser) as opened:
-        yield opened
 
 
 async def test_resume_and_unsubscribed_frames_it_cannot_act_on_are_dropped(

@@ -9,13 +9,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from tests.support.browser import Browser, Page, ScriptedServer, checked_page, chromium
+from tests.support.browser import Page, ScriptedServer
 from tests.support.redis_server import RedisServer
 from tests.support.uvicorn_proc import ROOT, UvicornProcess, start_all
 
@@ -27,17 +26,9 @@ CHAT_SECRET = "a-chat-secret-for-the-member-list-tests"
 _RUN = itertools.count(1)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh browser context; any uncaught error on the page fails the test."""
-    async with checked_page(browser, viewport={"width": 900, "height": 700}) as opened:
-        yield opened
+@pytest.fixture
+def page_options() -> dict[str, Any]:
+    return {"viewport": {"width": 900, "height": 700}}  # the size of the saved screenshots
 
 
 # --- presence.js on its own -----------------------------------------------------------------

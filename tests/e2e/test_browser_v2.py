@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from tests.support.browser import Browser, Page, ScriptedServer, checked_page, chromium
+from tests.support.browser import Page, ScriptedServer
 from tests.support.uvicorn_proc import UvicornProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -46,19 +45,6 @@ SETUP = """async ([url, options, scripted]) => {
     if (state === "open" && shown) shown.textContent = window.conn.userId;
   });
 }"""
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh browser context; any uncaught error on the page fails the test."""
-    async with checked_page(browser) as opened:
-        yield opened
 
 
 @pytest.fixture

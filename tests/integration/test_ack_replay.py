@@ -15,30 +15,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, WebSocket
 
-from stabilizer import AckTimeoutError, Identity, WebSocketConfig, WebSocketConnectionManager
-from stabilizer.fastapi import lifespan, session
+from stabilizer import AckTimeoutError, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.pure.streams import client_stream
-from tests.integration.test_acks import HISTORY, Tab, tabs_of_ann
+from tests.integration.test_acks import ANN, HISTORY, Tab, tabs_of_ann
 from tests.integration.test_emitter import until
+from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
 
 KEPT: int = 1024  # the unacknowledged tokens a connection remembers (docs/protocol.md 6.7)
 LONG = 3600.0  # an acknowledgement timeout the test never waits out
 Node = tuple[WebSocketConnectionManager, str]  # a node and its ws:// URL
-
-
-def _app(manager: WebSocketConnectionManager) -> FastAPI:
-    app = FastAPI(lifespan=lifespan(manager))
-
-    @app.websocket("/ws")
-    async def endpoint(websocket: WebSocket) -> None:  # every client is a tab of "ann"
-        async with session(manager, websocket, identity=Identity("ann")) as client:
-            async for _message in client:
-                pass
-
-    return app
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -50,7 +37,7 @@ async def node(request: pytest.FixtureRequest, namespace: str,
     if request.param == "redis":
         settings["redis_url"] = request.getfixturevalue("redis_url")
     manager = WebSocketConnectionManager(WebSocketConfig(namespace=namespace, **settings))
-    async with served(_app(manager), "websockets-sansio", monkeypatch) as server:
+    async with served(session_app(manager, ANN), "websockets-sansio", monkeypatch) as server:
         yield manager, f"ws://127.0.0.1:{server.port}/ws"
 
 

@@ -17,33 +17,21 @@ from typing import Any
 
 import pytest
 import websockets
-from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import ClientConnection
 
 from stabilizer import Identity, MemoryBackend, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.backends.memory.hub import MemoryHub
 from stabilizer.errors import ShutdownError
-from stabilizer.fastapi import lifespan, session
 from stabilizer.node.context import Phase
 from tests.integration.test_emitter import until
+from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
 
 HISTORY = {"history_size": 100, "history_ttl": 60.0, "session_ttl": 60.0,
            "heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+ANN = Identity("ann")  # every client of the served app is a tab of this user
 #: (manager, ws:// URL) of each node
 Nodes = list[tuple[WebSocketConnectionManager, str]]
-
-
-def _app(manager: WebSocketConnectionManager) -> FastAPI:
-    app = FastAPI(lifespan=lifespan(manager))
-
-    @app.websocket("/ws")
-    async def endpoint(websocket: WebSocket) -> None:  # every client is a tab of "ann"
-        async with session(manager, websocket, identity=Identity("ann")) as client:
-            async for _message in client:
-                pass
-
-    return app
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -62,7 +50,7 @@ async def two_nodes(request: pytest.FixtureRequest, namespace: str,
         nodes = []
         for manager in managers:
             server = await stack.enter_async_context(
-                served(_app(manager), "websockets-sansio", monkeypatch))
+                served(session_app(manager, ANN), "websockets-sansio", monkeypatch))
             nodes.append((manager, f"ws://127.0.0.1:{server.port}/ws"))
         yield nodes
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -59,6 +61,22 @@ def notifying_app(manager: WebSocketConnectionManager, asked: asyncio.Event) -> 
         await asyncio.Event().wait()  # cancelled when its socket closes
 
     return app
+
+
+@asynccontextmanager
+async def notified_client(manager: WebSocketConnectionManager, monkeypatch: pytest.MonkeyPatch,
+                          *, watch: Watch | None = None,
+                          asked: asyncio.Event | None = None) -> AsyncIterator[ClientConnection]:
+    """A v2 client (inbox of INBOX, FAST_RETRY, reporting to `watch`) of `manager` serving
+    notifying_app (which sets `asked` when `stall` has sent its messages)."""
+    app = notifying_app(manager, asyncio.Event() if asked is None else asked)
+    options: dict[str, Any] = {} if watch is None else watch.options()
+    async with (
+        served(app, "websockets-sansio", monkeypatch) as server,
+        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2, max_inbox_messages=INBOX,
+                retry=FAST_RETRY, **options) as client,
+    ):
+        yield client
 
 
 async def flood(manager: WebSocketConnectionManager, client_id: str) -> None:
@@ -109,12 +127,7 @@ async def test_a_reply_behind_a_full_inbox_arrives_and_the_inbox_stays_bounded(
     # without history the messages come before the reply, on the same socket
     manager = WebSocketConnectionManager(WebSocketConfig(**QUIET))
     watch = Watch()
-    async with (
-        served(notifying_app(manager, asyncio.Event()), "websockets-sansio",
-               monkeypatch) as server,
-        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2, max_inbox_messages=INBOX,
-                retry=FAST_RETRY, **watch.options()) as client,
-    ):
+    async with notified_client(manager, monkeypatch, watch=watch) as client:
         # nothing takes messages while the call waits, as in a message loop that calls
         assert await client.rpc("notify", timeout=5) == "done"
         assert held(client) == INBOX  # the rest was turned away, not kept past the bound
@@ -141,12 +154,7 @@ async def test_with_history_the_resume_replays_what_a_full_inbox_turned_away(
         monkeypatch: pytest.MonkeyPatch) -> None:
     manager = WebSocketConnectionManager(WebSocketConfig(**QUIET, **HISTORY))
     watch = Watch()
-    async with (
-        served(notifying_app(manager, asyncio.Event()), "websockets-sansio",
-               monkeypatch) as server,
-        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2, max_inbox_messages=INBOX,
-                retry=FAST_RETRY, **watch.options()) as client,
-    ):
+    async with notified_client(manager, monkeypatch, watch=watch) as client:
         assert await client.rpc("notify", timeout=5) == "done"
         await until_behind(client)
         assert held(client) == INBOX
@@ -171,11 +179,7 @@ async def test_a_call_whose_socket_closes_behind_a_full_inbox_is_disconnected(
         monkeypatch: pytest.MonkeyPatch) -> None:
     manager = WebSocketConnectionManager(WebSocketConfig(**QUIET, **HISTORY))
     asked = asyncio.Event()
-    async with (
-        served(notifying_app(manager, asked), "websockets-sansio", monkeypatch) as server,
-        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2, max_inbox_messages=INBOX,
-                retry=FAST_RETRY) as client,
-    ):
+    async with notified_client(manager, monkeypatch, asked=asked) as client:
         calling = asyncio.create_task(client.rpc("stall", timeout=30))
         await asyncio.wait_for(asked.wait(), 5)
         client_id = client.client_id

@@ -25,7 +25,7 @@ from tests.conftest import ManagerFactory
 from tests.integration.test_cluster import Cluster, cluster, started
 from tests.integration.test_emitter import until
 from tests.integration.test_groups_history import HISTORY
-from tests.integration.test_pending_admissions import hold_fresh_session
+from tests.integration.test_resume_store_loss import owed_while_admitted
 from tests.support.fakes import FakeSocket, FakeWebSocket
 
 __all__ = ["cluster"]  # the fixture, re-exported for pytest
@@ -61,26 +61,11 @@ async def held_in_catch_up(a: WebSocketConnectionManager, b: WebSocketConnection
                            monkeypatch: pytest.MonkeyPatch,
                            admit: Callable[[], Awaitable[object]],
                            ) -> tuple[asyncio.Task[object], asyncio.Event]:
-    """Run `admit` (a fresh session of c1 on B) in a task, held after its session opened
-    while A sends c1 a message B's listener delivers before c1 is in B's pool; B's
-    admission then catches c1 up, and its read of the message is held. Return the task,
-    and the event that lets the read go on."""
-    opened, let_open = hold_fresh_session(b, "c1", monkeypatch)
+    """Run `admit` (a fresh session of c1 on B) as owed_while_admitted does; B's admission
+    then catches c1 up, and its read of the message is held. Return the task, and the event
+    that lets the read go on."""
     reading, release = hold_catch_up(b, "c1", monkeypatch)
-
-    async def admitted() -> object:
-        return await admit()
-
-    admission = asyncio.create_task(admitted())
-    await opened.wait()
-    assert await a.send_to_client("c1", "owed")
-    order = b._node.router.order  # type: ignore[attr-defined]
-
-    async def delivered() -> bool:  # B's listener took it, and found nobody to give it to
-        last = order.last(client_stream("c1"))
-        return last is not None and last[0] >= 1
-
-    await until(delivered)
+    admission, let_open = await owed_while_admitted(a, b, monkeypatch, admit)
     let_open.set()
     await reading.wait()  # in B's pool, being caught up
     return admission, release

@@ -11,23 +11,9 @@ from stabilizer import MemoryBackend, WebSocketConnectionManager
 from stabilizer.backends.redis import RedisBackend
 from stabilizer.config import CloseCode
 from tests.integration.test_cluster import Cluster, cluster, started
-from tests.support.fakes import FakeSocket
+from tests.support.fakes import FakeSocket, SlowToClose
 
 __all__ = ["cluster"]  # the fixture, re-exported for pytest
-
-
-class SlowToClose(FakeSocket):
-    """A socket whose close() waits until `release` is set, as a lost peer's may."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.closing = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        self.closing.set()
-        await self.release.wait()
-        await super().close(code, reason)
 
 
 async def test_a_reconnect_during_the_old_release_keeps_its_memberships(

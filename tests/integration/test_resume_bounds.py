@@ -5,6 +5,7 @@ fresh session owes its client what was sent to it from the moment it was routabl
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -49,6 +50,25 @@ async def member_who_saw(a: WebSocketConnectionManager, b: WebSocketConnectionMa
     return frame["offset"], frame["epoch"]
 
 
+Activate = Callable[..., Awaitable[dict[str, tuple[int, str]]]]
+
+
+def send_in_the_window(a: WebSocketConnectionManager, b: WebSocketConnectionManager,
+                       monkeypatch: pytest.MonkeyPatch) -> Activate:
+    """Make `b` send alice a direct message and a broadcast each time `a` is about to open
+    a session (alice is registered, routable, and her session not opened yet); return the
+    store's own activate, to put back."""
+    activate: Activate = a.backend.sessions.activate
+
+    async def in_the_window(client_id: str, **kwargs: Any) -> dict[str, tuple[int, str]]:
+        assert await b.send_to_client("alice", "direct-in-window")
+        await b.broadcast("broadcast-in-window")
+        return await activate(client_id, **kwargs)
+
+    monkeypatch.setattr(a.backend.sessions, "activate", in_the_window)
+    return activate
+
+
 async def test_a_resume_replays_no_group_message_from_before_the_client_joined(
     cluster: Cluster,
 ) -> None:
@@ -89,15 +109,7 @@ async def test_what_is_sent_between_register_and_session_open_is_owed(
     await started(a, b)
     await b.connect("bob", FakeSocket("bob"))  # "all" has a stream before alice comes
     await b.broadcast("before-alice")
-    activate = a.backend.sessions.activate
-
-    async def send_in_the_window(client_id: str, **kwargs: Any) -> dict[str, tuple[int, str]]:
-        # alice is registered (routable) and her session not opened yet
-        assert await b.send_to_client("alice", "direct-in-window")
-        await b.broadcast("broadcast-in-window")
-        return await activate(client_id, **kwargs)
-
-    monkeypatch.setattr(a.backend.sessions, "activate", send_in_the_window)
+    activate = send_in_the_window(a, b, monkeypatch)
     first = FakeSocket("alice")
     await a.connect("alice", first)
     monkeypatch.setattr(a.backend.sessions, "activate", activate)
@@ -119,14 +131,7 @@ async def test_a_fresh_session_begins_where_its_streams_stood_when_it_became_rou
     frame): the session's own baselines must come before what was sent in the window."""
     a, b = cluster("a", **HISTORY), cluster("b", **HISTORY)
     await started(a, b)
-    activate = a.backend.sessions.activate
-
-    async def send_in_the_window(client_id: str, **kwargs: Any) -> dict[str, tuple[int, str]]:
-        assert await b.send_to_client("alice", "direct-in-window")
-        await b.broadcast("broadcast-in-window")
-        return await activate(client_id, **kwargs)
-
-    monkeypatch.setattr(a.backend.sessions, "activate", send_in_the_window)
+    send_in_the_window(a, b, monkeypatch)
     first = FakeSocket("alice")
     first.gate.clear()  # a transport that takes nothing
     await a.connect("alice", first)

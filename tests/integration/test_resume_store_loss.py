@@ -14,6 +14,7 @@ reads its streams back the same way, and had the same gap.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -52,6 +53,31 @@ async def restart_empty(manager: WebSocketConnectionManager, namespace: str) -> 
             await client.delete(key)
     finally:
         await client.aclose()
+
+
+async def owed_while_admitted(a: WebSocketConnectionManager, b: WebSocketConnectionManager,
+                              monkeypatch: pytest.MonkeyPatch,
+                              admit: Callable[[], Awaitable[object]],
+                              ) -> tuple[asyncio.Task[object], asyncio.Event]:
+    """Run `admit` (a fresh session of c1 on B) in a task, held right after its session
+    opened, while A sends c1 a message ("owed") that B's listener delivers before c1 is in
+    B's pool. Return the task, and the event that lets the admission go on."""
+    opened, let_open = hold_fresh_session(b, "c1", monkeypatch)
+
+    async def admitted() -> object:
+        return await admit()
+
+    admission = asyncio.create_task(admitted())
+    await opened.wait()
+    assert await a.send_to_client("c1", "owed")
+    order = b._node.router.order  # type: ignore[attr-defined]
+
+    async def delivered() -> bool:  # B's listener took it, and found nobody to give it to
+        last = order.last(client_stream("c1"))
+        return last is not None and last[0] >= 1
+
+    await until(delivered)
+    return admission, let_open
 
 
 def lose_store_before_reading(monkeypatch: pytest.MonkeyPatch,
@@ -143,18 +169,9 @@ async def test_a_catch_up_that_finds_its_stream_lost_tells_the_client(
     session began before it), then the store lost everything before B read it back for c1:
     c1 is told it lost its stream (before, it got neither the message nor a word)."""
     a, b = await pair(make_manager, redis_url, namespace, **HISTORY)
-    opened, release = hold_fresh_session(b, "c1", monkeypatch)
     sock = FakeSocket("c1")
-    admitting_c1 = asyncio.create_task(b.connect("c1", sock))
-    await opened.wait()
-    assert await a.send_to_client("c1", "owed")
-    order = b._node.router.order  # type: ignore[attr-defined]
-
-    async def delivered() -> bool:  # B's listener took it, and found nobody to give it to
-        last = order.last(client_stream("c1"))
-        return last is not None and last[0] >= 1
-
-    await until(delivered)
+    admitting_c1, release = await owed_while_admitted(a, b, monkeypatch,
+                                                      lambda: b.connect("c1", sock))
     await restart_empty(b, namespace)
     release.set()
     await admitting_c1

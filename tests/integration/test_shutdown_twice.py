@@ -10,30 +10,16 @@ from typing import Any
 from stabilizer import ShutdownReport, WebSocketConfig
 from stabilizer.node.context import Phase
 from tests.conftest import ManagerFactory
-from tests.support.fakes import FakeSocket
+from tests.support.fakes import SlowToClose
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 BOUND = 5.0
 
 
-class HeldClose(FakeSocket):
-    """A socket whose close waits until `release` is set."""
-
-    def __init__(self) -> None:
-        super().__init__("held")
-        self.closing = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        self.closing.set()
-        await self.release.wait()
-        await super().close(code, reason)
-
-
 async def test_a_second_shutdown_waits_for_the_first_and_returns_its_report(
         make_manager: ManagerFactory) -> None:
     manager = make_manager(WebSocketConfig(close_timeout=BOUND, **QUIET))
-    sock = HeldClose()
+    sock = SlowToClose("held")
     await manager.connect("alice", sock)
     first = asyncio.create_task(manager.graceful_shutdown(timeout=BOUND, restart=True))
     async with asyncio.timeout(BOUND):

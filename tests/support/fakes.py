@@ -71,6 +71,21 @@ class FakeSocket:
         return [f for f in self.sent if isinstance(f, str) and '"type":"ping"' not in f]
 
 
+class SlowToClose(FakeSocket):
+    """A socket whose close() sets `closing`, then waits until `release` is set (as a lost
+    peer's may)."""
+
+    def __init__(self, name: str = "slow-to-close") -> None:
+        super().__init__(name)
+        self.closing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closing.set()
+        await self.release.wait()
+        await super().close(code, reason)
+
+
 class FakeWebSocket(FakeSocket):
     """A FakeSocket that also accepts and receives, for Session tests."""
 

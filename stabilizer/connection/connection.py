@@ -7,10 +7,11 @@ Every change of a connection's state is a method here: open -> closing -> closed
 during a resume replay -> released, pong waiters, group membership, user data. Other
 modules read these fields; none assigns them.
 
-A write that finds the socket closed by the client does not close a connection whose
-reader reads the client's close (a session's: ``reads_close``): it takes no more frames,
-and its reader, which gets the client's close next, releases it with the client's own
-code. Any other connection is failed at once with 1011, as the seed did.
+A write that finds the socket closed by the client is no failure of the server's where a
+reader may read the client's close (a session's: ``reads_close``): the connection takes no
+more frames and tells its fail handler, which (``client_gone`` set) leaves it to a reader
+waiting for the client's next frame, or else releases it at once with the client's own
+close. Any other connection is failed at once with 1011, as the seed did.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def new_conn_id() -> str:
     return f"{_CONN_PREFIX}{next(_CONN_SEQ) % 16**8:08x}"
 
 
+#: Called when a connection's outbox overflows or its socket fails (or, ``client_gone`` set,
+#: a write found the client gone: the code is then what the node closes with).
 FailHandler = Callable[["Connection", CloseCode, str], None]
 #: A frame waiting out a replay, with the (stream, offset, epoch) it carries, if sequenced.
 Held = tuple[str | None, int | None, str | None, Frame]
@@ -155,7 +158,7 @@ class Connection(SocketWriter):
     @property
     def client_gone(self) -> bool:
         """True once a write found the socket closed by the client: the connection takes no
-        more frames, and its reader releases it with the client's close."""
+        more frames, and is released with the client's close."""
         return self._gone
 
     @property
@@ -266,8 +269,9 @@ class Connection(SocketWriter):
 
     def _client_gone(self, reason: str) -> None:
         """A write found the socket closed by the client. Not the server's failure where a
-        reader gets the client's close next: the connection stops taking frames and waits
-        for it (reported as the client's). Without one, it is failed with 1011."""
+        reader may read the client's close: the connection stops taking frames and the fail
+        handler decides who releases it (reported as the client's close). Without such a
+        reader, it is failed with 1011."""
         if not self._reads_close:
             self._fail(CloseCode.INTERNAL_ERROR, reason)
             return
@@ -278,6 +282,7 @@ class Connection(SocketWriter):
         self._queued_bytes = 0
         self._held = None
         self._stop_writer()
+        self._on_fail(self, CloseCode.NORMAL, reason)
 
     # ------------------------------------------------------------------ state changes
 

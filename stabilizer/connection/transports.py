@@ -19,6 +19,7 @@ close); while that send waits, the connection's later frames queue in its outbox
 When the server's connection is closed (``closed``: the peer's close came, or the TCP
 connection went), the caller takes no send at all: the frame is not delivered, under every
 server alike (the legacy one's send would wait for the closing handshake to end, then fail).
+``close_code`` tells the code the peer closed with, for a session that does not read it.
 Close frames always take the ASGI send: the server must record that it sent one.
 
 The server's state machine need not see the frames written here: in each implementation
@@ -65,6 +66,11 @@ class PreparedWriter(Protocol):
         to end, then fails)."""
         ...
 
+    def close_code(self) -> int | None:
+        """The code of the close frame the peer sent, as the server received it (the one the
+        application's next receive would report); None when none came (or it is unknown)."""
+        ...
+
 
 _UVICORN: Final = "uvicorn.protocols.websockets."
 SANSIO: Final = f"{_UVICORN}websockets_sansio_impl.WebSocketsSansIOProtocol"
@@ -107,7 +113,7 @@ class _Sansio(_Adapter):
         self._writable = server.writable  # cleared while the transport is paused
         self._opened = type(protocol.state).OPEN
         _ = (protocol.extensions, protocol.expect_continuation_frame, server.close_sent,
-             server.disconnected)  # read once here: an AttributeError means another release
+             server.disconnected, protocol.close_rcvd)  # an AttributeError: another release
 
     def write(self, frame: Frame) -> bool:
         server, protocol, transport = self._server, self._protocol, self._transport
@@ -123,6 +129,10 @@ class _Sansio(_Adapter):
         return (self._protocol.state is not self._opened or server.close_sent
                 or server.disconnected or self._transport.is_closing())
 
+    def close_code(self) -> int | None:
+        received = self._protocol.close_rcvd
+        return None if received is None else int(received.code)
+
 
 class _Legacy(_Adapter):
     """uvicorn's websockets (legacy): the server is a websockets legacy protocol itself."""
@@ -137,7 +147,8 @@ class _Legacy(_Adapter):
         states = type(server.state)
         self._opened = states.OPEN
         self._ended = (states.CLOSING, states.CLOSED)  # (it may still be CONNECTING here)
-        _ = (server._paused, server._fragmented_message_waiter, server.extensions)
+        _ = (server._paused, server._fragmented_message_waiter, server.extensions,
+             server.close_rcvd)
 
     def write(self, frame: Frame) -> bool:
         server, transport = self._server, self._transport
@@ -155,11 +166,15 @@ class _Legacy(_Adapter):
         return (state in self._ended or self._closed.is_set() or self._transport.is_closing()
                 or (state is self._opened and server.transfer_data_task.done()))
 
+    def close_code(self) -> int | None:
+        received = self._server.close_rcvd
+        return None if received is None else int(received.code)
+
 
 class _Wsproto(_Adapter):
     """uvicorn's wsproto: a wsproto ``Connection`` once the handshake was accepted."""
 
-    __slots__ = ("_connection", "_frames", "_opened", "_transport", "_writable")
+    __slots__ = ("_connection", "_events", "_frames", "_opened", "_transport", "_writable")
     kind = WSPROTO
 
     def __init__(self, server: Any) -> None:
@@ -171,6 +186,7 @@ class _Wsproto(_Adapter):
         self._frames = connection._proto  # the FrameProtocol: extensions, outbound state
         self._transport = server.transport
         self._writable = server.writable
+        self._events = server.queue._queue  # the ASGI events the application has yet to read
         self._opened = type(connection.state).OPEN
         _ = (self._frames.extensions, self._frames._outbound_opcode, server.close_sent,
              server.disconnected)
@@ -188,6 +204,15 @@ class _Wsproto(_Adapter):
         server = self._server
         return (self._connection.state is not self._opened or server.close_sent
                 or server.disconnected or self._transport.is_closing())
+
+    def close_code(self) -> int | None:
+        # wsproto keeps no record of the close it received: uvicorn queued it as the
+        # disconnect the application reads next (the first one: a lost connection adds one)
+        for event in self._events:
+            if event.get("type") == "websocket.disconnect":
+                code = event.get("code")
+                return code if isinstance(code, int) else None
+        return None
 
 
 #: server class -> (the name of its ASGI send method, its adapter)

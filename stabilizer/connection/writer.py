@@ -13,7 +13,8 @@ and never delays the others.
 A write that finds the socket closed by the client (the server reports its close or the
 lost connection, or the send raises as the server does then: OSError, WebSocketDisconnect)
 is no failure of the server's: the connection decides what a client's close means
-(``_client_gone``). Any other exception fails the connection with 1011.
+(``_client_gone``; ``client_close_code`` tells the code the client closed with). Any other
+exception fails the connection with 1011.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import asyncio
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, Final
 
 from stabilizer.config import CloseCode
 from stabilizer.connection.sockets import Frame, FrameSender, closed_by_client
 from stabilizer.connection.stepping import Suspended, finish_send, start_send
 from stabilizer.connection.transports import PreparedWriter
 
+#: the code a client's close is reported with when it sent no close frame (or it is unknown)
+NO_CLOSE_FRAME: Final = 1006
 
 class State(Enum):
     """Lifecycle of one connection."""
@@ -102,6 +105,14 @@ class SocketWriter:
     def writing(self) -> bool:
         """True while a writer task finishes a suspended send or drains the outbox."""
         return self._writing
+
+    @property
+    def client_close_code(self) -> int:
+        """The code of the close frame the client sent, as its server received it; 1006 (no
+        close frame) when none came or the server does not tell."""
+        prepared = self._prepared
+        code = prepared.close_code() if prepared is not None else None
+        return NO_CLOSE_FRAME if code is None else code
 
     @property
     def prepared(self) -> PreparedWriter | None:

@@ -64,7 +64,11 @@ class Reader(Protocol):
     """What reads a connection's frames for the application (a session)."""
 
     async def caught_up(self) -> None:
-        """Return once the application asked for the next frame (or stopped reading)."""
+        """Return once the application asked for the next frame (or asks for none)."""
+
+    @property
+    def reading(self) -> bool:
+        """True while it waits for the client's next frame (the client's close included)."""
 
 
 class Closing:
@@ -183,10 +187,12 @@ class Closing:
         if owner is not None and not owner.done():
             self._departed.setdefault(owner, set()).add(conn.client_id)
 
-    def retire(self, conn: Connection, code: int, reason: str, *, in_pool: bool = True) -> None:
-        """The node closes `conn` (replaced, timed out, evicted, failed): take it out of
-        service now and close its socket in a task of the node. Its handler's later
-        disconnect() of the client does nothing."""
+    def retire(self, conn: Connection, code: int, reason: str, *, in_pool: bool = True,
+               client_code: int | None = None) -> None:
+        """The node closes `conn` (replaced, timed out, evicted, failed, its client gone):
+        take it out of service now and close its socket in a task of the node. Its handler's
+        later disconnect() of the client does nothing. `client_code`: the client closed
+        first, with that code (its session stays resumable)."""
         if not self.detach(conn, in_pool=in_pool):
             return
         self._departed_from(conn)
@@ -201,17 +207,32 @@ class Closing:
         # resync wrote it back after that: then removing it (if it still names this
         # socket) costs a round trip, which an ordinary takeover does not pay
         self._ctx.tasks.spawn(
-            self._close_and_settle(conn, code, reason, None,
-                                   unregister=code != CloseCode.REPLACED or conn.resynced),
+            self._close_and_settle(conn, code, reason, True if client_code is not None else None,
+                                   unregister=code != CloseCode.REPLACED or conn.resynced,
+                                   client_code=client_code),
             name=f"stabilizer-close-{conn.conn_id}")
 
     def on_conn_failed(self, conn: Connection, code: CloseCode, reason: str) -> None:
-        """A connection's outbox overflowed or its socket failed."""
+        """A connection's outbox overflowed or its socket failed (or a write found its
+        client gone)."""
+        if conn.client_gone:
+            self._client_gone(conn, code)
+            return
         logger.info("closing client %r (conn %s): %s", conn.client_id, conn.conn_id, reason)
         if code == CloseCode.TRY_AGAIN_LATER:
             self._ctx.stats.overflow_closes += 1
             reason = retry_advice(self._ctx.config.retry_jitter)
         self.retire(conn, code, reason)
+
+    def _client_gone(self, conn: Connection, code: CloseCode) -> None:
+        """A write found the client of a session's connection gone. A session waiting for
+        the client's next frame gets the client's close next and releases the connection
+        with it. Any other (a push-only handler, which never reads; one busy with a frame)
+        may never read it: the connection is released now, with the close code the server
+        received, rather than held until the heartbeat ends it."""
+        reader = self._readers.get(conn.conn_id)
+        if reader is None or not reader.reading:
+            self.retire(conn, code, "client closed", client_code=conn.client_close_code)
 
     def on_timeout(self, conn: Connection) -> None:
         """A connection missed its heartbeat deadline."""

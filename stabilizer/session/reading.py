@@ -1,15 +1,22 @@
-"""A session's reading while a graceful shutdown closes its socket.
+"""A session's reading: where its handler is with the client's frames (``Reading``), and its
+reading while a graceful shutdown closes its socket.
 
 The server (uvicorn, whichever implementation) drops every frame that arrives once the
 application's close has gone out. So the shutdown waits, bounded, for each session to be
-caught up (``settled``: it waits for the client's next frame) before closing, and the session
-reads on after the node took its connection out of service: what the server had received by
-then still reaches the application, until the server reports the disconnect.
+caught up (``settled``: it waits for the client's next frame, or asks for none: a push-only
+handler never does) before closing, and the session reads on after the node took its
+connection out of service: what the server had received by then still reaches the
+application, until the server reports the disconnect.
+
+Only a session that waits for the client's next frame (``Reading.WAITING``) reads the
+client's close: a write that finds the client gone leaves the release to it, and releases
+any other session's connection at once (services/closing.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -17,6 +24,14 @@ from stabilizer.connection.connection import Connection
 
 #: one ASGI event of a WebSocket
 Event = dict[str, Any]
+
+
+class Reading(enum.Enum):
+    """Where a session's handler is with its client's frames."""
+
+    ASKS_NONE = "asks none"  # asked for no frame yet, or reads no more: caught up
+    WAITING = "waiting"  # waits for the client's next frame: caught up, and reading
+    HANDLING = "handling"  # was handed a frame and has not asked for the next
 #: loop passes a session must stay idle to count as caught up (see settled)
 SETTLE_PASSES: Final = 8
 

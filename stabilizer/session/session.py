@@ -64,7 +64,7 @@ from stabilizer.services.rpc import Procedures
 from stabilizer.services.tokens import TokenService
 from stabilizer.session.handshake import Asked, ClientGone, Greeting, greet
 from stabilizer.session.inbound import Inbound, welcome_frame
-from stabilizer.session.reading import Event, receive_closing, settled
+from stabilizer.session.reading import Event, Reading, receive_closing, settled
 from stabilizer.session.refusals import refusal
 
 logger = logging.getLogger(__name__)
@@ -102,8 +102,8 @@ class Session:
     """
 
     # (one per connection: no __dict__, one object fewer for the cyclic collector to walk)
-    __slots__ = ("__weakref__", "_ctx", "_expiry", "_idle", "_inbound", "_metadata",
-                 "_positions", "_services", "_token", "_waking", "_welcome",
+    __slots__ = ("__weakref__", "_ctx", "_expiry", "_inbound", "_metadata", "_positions",
+                 "_reading", "_services", "_token", "_waking", "_welcome",
                  "client_close_code", "client_id", "conn", "identity", "protocol", "recovered",
                  "refused", "resumed", "websocket")
 
@@ -136,8 +136,8 @@ class Session:
         self._welcome = welcome
         self._expiry: Expiry | None = None
         self._inbound: Inbound | None = None  # made at the first message: idle ones need none
-        self._idle = False  # waits for the client's next frame, or reads no more
-        self._waking: asyncio.Event | None = None  # set when it does (see caught_up)
+        self._reading = Reading.ASKS_NONE  # (see caught_up and reading)
+        self._waking: asyncio.Event | None = None  # set when it is caught up again
 
     @property
     def user_id(self) -> str | None:
@@ -244,7 +244,7 @@ class Session:
     ) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
-        self._now_idle()  # it reads no more
+        self._now(Reading.ASKS_NONE)  # it reads no more
         if self.conn is None:
             return
         if self._inbound is not None:
@@ -320,24 +320,29 @@ class Session:
             return message
 
     async def _receive(self) -> Event:
-        """The next ASGI event of the socket; idle (see caught_up) while it waits for it."""
-        self._now_idle()
+        """The next ASGI event of the socket (see caught_up and reading while it waits)."""
+        self._now(Reading.WAITING)
         try:
             return cast(Event, await self.websocket.receive())
         finally:
-            self._idle = False
+            self._reading = Reading.HANDLING
 
-    def _now_idle(self) -> None:
-        self._idle = True
+    def _now(self, reading: Reading) -> None:  # (asks for the next frame, or for none)
+        self._reading = reading
         waking = self._waking
         if waking is not None:
             self._waking = None
             waking.set()
 
+    @property
+    def reading(self) -> bool:
+        """True while the session waits for the client's next frame (its close included)."""
+        return self._reading is Reading.WAITING
+
     async def caught_up(self) -> None:
-        """Return once this session waits for the client's next frame (or reads no more):
-        the application was handed every frame the server received (see reading.py)."""
-        await settled(lambda: self._idle, self._woken)
+        """Return once this session waits for the client's next frame, or asks for none (not
+        yet, or no more): it handled every frame it was handed (see reading.py)."""
+        await settled(lambda: self._reading is not Reading.HANDLING, self._woken)
 
     def _woken(self) -> Awaitable[bool]:
         waking = self._waking

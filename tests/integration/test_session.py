@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
-from stabilizer import WebSocketConfig
+from stabilizer import ConnectionEvent, WebSocketConfig
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeWebSocket
 from tests.support.redis_server import free_port
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+BOUND = 5.0  # seconds: a bound on waits that end at once when all is well
 
 
 async def test_a_session_works_when_redis_was_down_from_the_start(
@@ -131,22 +133,70 @@ async def test_a_client_that_closes_is_reported_with_its_own_close_code(
     assert events == [(code, "client closed")]
 
 
-async def test_a_send_that_finds_the_client_gone_reports_the_clients_close(
+class ReceivingWebSocket(FakeWebSocket):
+    """A FakeWebSocket that tells when the session waits for the client's next frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.receiving = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        self.receiving.set()
+        return await super().receive()
+
+
+async def test_a_send_that_finds_the_client_gone_leaves_a_reading_session_its_close(
     make_manager: ManagerFactory,
 ) -> None:
-    """The client closed while the application sent to it: the write fails (the server
-    raises), the send is not delivered, and the close is reported as the client's, not as
-    1011 'send failed' (tests/e2e/test_client_close_race.py: the same with real servers)."""
+    """The client closed while its session waited for its next frame and the application
+    sent to it: the write fails (the server raises), the send is not delivered, and the
+    session, which reads the client's close next, reports it as the client's, not as 1011
+    'send failed' (tests/e2e/test_client_close_race.py: the same with real servers)."""
     manager = make_manager(WebSocketConfig(**QUIET))
     events: list[tuple[int, str]] = []
     manager.on_disconnect(lambda event: events.append((event.code, event.reason)))
-    ws = FakeWebSocket()
+    ws = ReceivingWebSocket()
     async with manager.open_session(ws, "alice") as session:
         assert json.loads(await ws.next())["type"] == "session"
+        reading = asyncio.create_task(session.receive())
+        async with asyncio.timeout(BOUND):
+            await ws.receiving.wait()
         ws.fail_sends = True  # (an OSError, as uvicorn's ClientDisconnected)
         assert await manager.send_to_client("alice", "too late") is False
         assert await session.send("too late") is False
+        assert events == []  # left to the session, which reads the close next
         ws.client_leaves(1001)
-        assert await session.receive() is None
+        async with asyncio.timeout(BOUND):
+            assert await reading is None
     assert events == [(1001, "client closed")]
     assert manager.get_connection("alice") is None
+
+
+async def test_a_send_that_finds_the_client_gone_releases_a_session_that_does_not_read(
+    make_manager: ManagerFactory,
+) -> None:
+    """A push-only handler never reads, so nothing would read the client's close: the
+    connection is released at once (before, it stayed in the pool, refusing every frame,
+    until the heartbeat removed it), reported as the client's close with the code its
+    server received: this one tells none, so 1006."""
+    manager = make_manager(WebSocketConfig(**QUIET))
+    events: list[tuple[int, str]] = []
+    disconnected = asyncio.Event()
+
+    def record(event: ConnectionEvent) -> None:
+        events.append((event.code, event.reason))
+        disconnected.set()
+
+    manager.on_disconnect(record)
+    ws = FakeWebSocket()
+    async with manager.open_session(ws, "alice") as session:
+        assert json.loads(await ws.next())["type"] == "session"
+        ws.fail_sends = True
+        assert await manager.send_to_client("alice", "too late") is False
+        assert manager.get_connection("alice") is None
+        async with asyncio.timeout(BOUND):
+            await disconnected.wait()
+        assert events == [(1006, "client closed")]
+        assert await session.send("too late") is False
+        assert await session.receive() is None
+    assert events == [(1006, "client closed")]

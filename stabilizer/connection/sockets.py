@@ -12,6 +12,7 @@ was), else through an ASGI-style ``send``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any, Protocol, cast
 
@@ -19,6 +20,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from stabilizer.pure.frames import app_message_frame, binary_message_frame
 from stabilizer.pure.framing import data_frame, text_frame
+
+logger = logging.getLogger(__name__)
 
 #: An ASGI websocket message, built once and shared by every recipient.
 AsgiMessage = MutableMapping[str, Any]
@@ -194,12 +197,19 @@ def abort_transport(socket: object) -> bool:
     Used when a close frame cannot be written within close_timeout (the peer stopped
     reading). ASGI hides the transport; uvicorn's protocol is reachable as the owner of the
     receive (or send) callable, which Starlette keeps. Returns False when it is not.
+    A transport closing with data still buffered (a peer that stopped reading) is aborted
+    too; one whose connection is already lost needs nothing, and asyncio's abort() of it
+    may raise (one closed with data buffered and lost once the buffer drained has no loop
+    any more): that is not an error here.
     """
     for name in ("_receive", "_send"):
         owner = getattr(getattr(socket, name, None), "__self__", None)
         transport = getattr(owner, "transport", None)
         abort = getattr(transport, "abort", None)
         if callable(abort):
-            abort()
+            try:
+                abort()
+            except Exception:  # (already lost: nothing left to drop)
+                logger.debug("abort of a transport already lost raised", exc_info=True)
             return True
     return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -652,3 +653,71 @@ async def test_frames_held_and_released_leave_the_byte_count_as_it_was() -> None
     await flushed(conn)
     assert sock.texts() == ["held 1", "held 2", "held 3"]
     assert conn.memory_estimate() == before
+
+
+async def closed_transport() -> asyncio.Transport:
+    """A real selector transport closed with data still buffered, whose connection was then
+    lost once the buffer drained (as uvicorn's is when the server closes a slow client):
+    asyncio's abort() of such a transport raises (its loop is gone, its count of losses 0)."""
+    loop = asyncio.get_running_loop()
+    lost = asyncio.Event()
+
+    class Lost(asyncio.Protocol):
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.set()
+
+    left, right = socket.socketpair()
+    right.setblocking(False)
+    transport, _ = await loop.connect_accepted_socket(Lost, left)
+    transport.write(b"x" * (8 << 20))  # more than the kernel takes: some stays buffered
+    transport.close()  # closes once the buffer drained (connection_lost without a count)
+    while not lost.is_set():
+        try:
+            if not await loop.sock_recv(right, 1 << 20):
+                break
+        except ConnectionError:
+            break
+    right.close()
+    await lost.wait()
+    return transport
+
+
+async def test_abort_transport_of_a_connection_already_lost_does_nothing() -> None:
+    """Seen in a fault campaign (seed 1927547427): a close that raised because the client had
+    gone aborted a transport whose connection was lost already; asyncio's abort() then raised
+    AttributeError, and the close's settle (presence, groups, hooks) never ran."""
+    transport = await closed_transport()
+    assert abort_transport(FakeWebSocket(receive=FakeProtocol(transport).receive)) is True
+
+
+async def test_a_close_that_raises_on_a_lost_connection_still_settles_it() -> None:
+    """The connection's bookkeeping ends (its close is reported) although the socket's close
+    raised and its transport was gone."""
+    from stabilizer import WebSocketConfig, WebSocketConnectionManager
+
+    transport = await closed_transport()
+    protocol = FakeProtocol(transport)
+
+    class Gone:
+        def __init__(self) -> None:
+            self._receive = protocol.receive
+            self.application_state = None
+
+        async def send(self, message: object) -> None:
+            raise OSError("the client is gone")
+
+        async def close(self, code: int = 1000, reason: str | None = None) -> None:
+            raise ConnectionResetError("the client is gone")
+
+    manager = WebSocketConnectionManager(WebSocketConfig(heartbeat_interval=3600.0,
+                                                         heartbeat_timeout=7200.0))
+    await manager.start()
+    ended = asyncio.Event()
+    manager.on_disconnect(lambda *args: ended.set())
+    try:
+        await manager.connect("c1", Gone())
+        await manager.disconnect("c1", code=1001)
+        await asyncio.wait_for(ended.wait(), 10)
+        assert manager.get_connection_count() == 0
+    finally:
+        await manager.graceful_shutdown(timeout=1.0)

@@ -171,8 +171,7 @@ async def test_with_history_the_resume_replays_what_a_full_inbox_turned_away(
 async def until_behind(client: ClientConnection) -> None:
     """Wait until a full inbox turned a message of the current socket away."""
     async with asyncio.timeout(5):
-        while not client._inbox.behind:
-            await asyncio.sleep(0.01)
+        await client._inbox._behind.wait()
 
 
 async def test_a_call_whose_socket_closes_behind_a_full_inbox_is_disconnected(

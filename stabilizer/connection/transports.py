@@ -102,7 +102,7 @@ class _Adapter:
 class _Sansio(_Adapter):
     """uvicorn's websockets-sansio: a websockets ``ServerProtocol`` in ``server.conn``."""
 
-    __slots__ = ("_opened", "_protocol", "_transport", "_writable")
+    __slots__ = ("_opened", "_plain", "_protocol", "_transport", "_writable")
     kind = SANSIO
 
     def __init__(self, server: Any) -> None:
@@ -111,15 +111,23 @@ class _Sansio(_Adapter):
         self._protocol = protocol
         self._transport = server.transport
         self._writable = server.writable  # cleared while the transport is paused
-        self._opened = type(protocol.state).OPEN
-        _ = (protocol.extensions, protocol.expect_continuation_frame, server.close_sent,
+        self._opened = type(protocol._state).OPEN
+        # negotiated as uvicorn answers the handshake request, before the app runs
+        self._plain = not protocol.extensions
+        _ = (protocol.state, protocol.expect_continuation_frame, server.close_sent,
              server.disconnected, protocol.close_rcvd)  # an AttributeError: another release
 
     def write(self, frame: Frame) -> bool:
-        server, protocol, transport = self._server, self._protocol, self._transport
-        if (protocol.state is not self._opened or server.close_sent or server.disconnected
-                or not self._writable.is_set() or protocol.extensions
-                or protocol.expect_continuation_frame or transport.is_closing()):
+        # The checks of the module's docstring, each in its cheapest form (this runs for
+        # every recipient of a broadcast): the state without its property; uvicorn's
+        # close_sent and disconnected are not read, as it sets the first only as the state
+        # leaves OPEN or with transport.close(), and the second once the transport closed;
+        # the writable event only when data waits in the transport, which resumes a paused
+        # server before its buffer is empty.
+        protocol, transport = self._protocol, self._transport
+        if (protocol._state is not self._opened or transport.is_closing() or not self._plain
+                or protocol.expect_continuation_frame
+                or (transport.get_write_buffer_size() and not self._writable.is_set())):
             return False
         transport.write(frame.wire())
         return True

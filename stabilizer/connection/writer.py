@@ -41,6 +41,11 @@ class State(Enum):
     CLOSED = 3
 
 
+#: State.OPEN read once: a member read through its Enum class costs about 0.1 µs on Python
+#: 3.11, and the write path checks it for every frame of a broadcast to every recipient
+_OPEN: Final = State.OPEN
+
+
 class OutboxLimits:
     """Bounds shared by every connection of a node."""
 
@@ -126,7 +131,7 @@ class SocketWriter:
 
         On overflow the connection is failed with 1013 (TRY_AGAIN_LATER) and False returned.
         """
-        if self._state is not State.OPEN or self._gone:
+        if self._state is not _OPEN or self._gone:
             return False
         self._last_activity = now
         if self._wraps:
@@ -211,7 +216,7 @@ class SocketWriter:
         try:
             async with asyncio.timeout(timeout):
                 await finish_send(suspended)
-            while self._outbox and self._state is State.OPEN:
+            while self._outbox and self._state is _OPEN:
                 frame = self._outbox.popleft()
                 self._queued_bytes -= frame.size
                 prepared = self._prepared

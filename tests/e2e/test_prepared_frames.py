@@ -172,6 +172,30 @@ async def test_nothing_is_written_after_the_close_handshake_began(
         await client.aclose()
 
 
+# (uvicorn's legacy implementation is left out: its send of a close returns only once the
+# closing handshake and the TCP connection ended)
+@pytest.mark.parametrize("ws", ["websockets-sansio", "wsproto"])
+async def test_nothing_is_written_once_the_server_sent_its_close(
+        ws: str, manager: WebSocketConnectionManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The application's close frame is out and the client has not answered it: the
+    # transport is still open, the server's connection no longer is.
+    async with served(make_app(manager), ws, monkeypatch) as server:
+        client = await joined(server, "closing")
+        conn = manager.get_connection("closing")
+        assert conn is not None
+        prepared = prepared_writer(conn.socket)
+        assert prepared is not None
+        await conn.socket.send({"type": "websocket.close", "code": 1000, "reason": ""})
+        # at once, before the session hears of it and the transport is closed
+        assert not prepared.server.transport.is_closing()
+        assert prepared.write(Frame.text("after the server's close")) is False
+        assert prepared.closed()
+        async with asyncio.timeout(BOUND):
+            assert (await client.frame()).opcode == 8  # the close frame, nothing after it
+        client.send_close(1000)
+        await client.aclose()
+
+
 @pytest.mark.parametrize("ws", IMPLS)
 async def test_heartbeat_pings_are_prepared_frames(
         ws: str, monkeypatch: pytest.MonkeyPatch) -> None:

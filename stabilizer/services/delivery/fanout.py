@@ -138,28 +138,29 @@ class FanOut:
         slice_size = self._ctx.config.max_concurrent_broadcast
         budget = slice_size
         ack = frame.ack
+        total = succeeded = 0
         for shard in shards:
             now = time.monotonic()
             for conn in shard:
-                if conn.client_id == exclude:
+                if exclude is not None and conn.client_id == exclude:
                     continue
                 if ack is not None:
                     self._asking(conn, ack)
-                result.total += 1
+                total += 1
                 delivered = conn.deliver(frame, now, stream, offset, epoch)
                 if ack is not None:
                     self._report_forgotten(conn)
                 if delivered:
-                    result.succeeded += 1
+                    succeeded += 1
                     if reached is not None:
                         reached.append(conn.client_id)
                 else:
-                    result.failed += 1
                     result.errors.append((conn.client_id, "outbox full or connection closing"))
                 budget -= 1
             if budget <= 0:
                 budget = slice_size
                 await asyncio.sleep(0)
+        result.total, result.succeeded, result.failed = total, succeeded, total - succeeded
         stats = self._ctx.stats
         stats.messages_out += result.succeeded
         stats.bytes_out += result.succeeded * frame.size

@@ -13,6 +13,13 @@ are exactly what the server's own send would write now:
 - no fragmented message in progress (uvicorn never fragments; checked all the same);
 - the transport is not paused over its high-water mark.
 
+These run for every recipient of every frame, so the adapters of websockets-sansio and
+wsproto read them in the cheapest form their server allows: what the handshake fixed (the
+extensions) once, a flag the server never sets without also changing one already read
+(uvicorn's ``close_sent`` and ``disconnected``) not at all, and the server's paused flag
+only when data waits in the transport (a transport resumes its server before its buffer is
+empty). The legacy implementation's adapter reads each as it is.
+
 When a check fails the adapter writes nothing and the caller takes the ASGI send, which
 does whatever the server does (compress, wait for the transport to drain, refuse after a
 close); while that send waits, the connection's later frames queue in its outbox in order.
@@ -182,7 +189,8 @@ class _Legacy(_Adapter):
 class _Wsproto(_Adapter):
     """uvicorn's wsproto: a wsproto ``Connection`` once the handshake was accepted."""
 
-    __slots__ = ("_connection", "_events", "_frames", "_opened", "_transport", "_writable")
+    __slots__ = ("_connection", "_events", "_frames", "_opened", "_plain", "_transport",
+                 "_writable")
     kind = WSPROTO
 
     def __init__(self, server: Any) -> None:
@@ -195,15 +203,18 @@ class _Wsproto(_Adapter):
         self._transport = server.transport
         self._writable = server.writable
         self._events = server.queue._queue  # the ASGI events the application has yet to read
-        self._opened = type(connection.state).OPEN
-        _ = (self._frames.extensions, self._frames._outbound_opcode, server.close_sent,
+        self._opened = type(connection._state).OPEN
+        self._plain = not self._frames.extensions  # negotiated with the accepted handshake
+        _ = (connection.state, self._frames._outbound_opcode, server.close_sent,
              server.disconnected)
 
     def write(self, frame: Frame) -> bool:
-        server, frames, transport = self._server, self._frames, self._transport
-        if (self._connection.state is not self._opened or server.close_sent
-                or server.disconnected or not self._writable.is_set() or frames.extensions
-                or frames._outbound_opcode is not None or transport.is_closing()):
+        # As _Sansio.write: uvicorn's wsproto implementation, too, sets close_sent only as
+        # the connection leaves OPEN or with transport.close()
+        transport = self._transport
+        if (self._connection._state is not self._opened or transport.is_closing()
+                or not self._plain or self._frames._outbound_opcode is not None
+                or (transport.get_write_buffer_size() and not self._writable.is_set())):
             return False
         transport.write(frame.wire())
         return True

@@ -140,3 +140,11 @@ class AckTimeoutError(ConnectionTimeoutError):
 class AckUnsupportedError(WebSocketStabilizerError):
     """``send_to_client(..., ack=True)`` reached a plain-protocol client: it got the message
     but cannot acknowledge it (acknowledgements need protocol v2)."""
+
+
+#: What the application's code (a procedure, a hook, a listener) may raise that is its own
+#: failure, caught where our tasks run it: SystemExit and KeyboardInterrupt included, as
+#: they would otherwise end the event loop and every connection of the node (argparse
+#: exits on bad arguments). A task's own cancellation is not among them.
+APPLICATION_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit,
+                                                          KeyboardInterrupt)

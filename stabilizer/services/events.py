@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stabilizer.connection.connection import Connection
-from stabilizer.errors import BackendUnavailable, ConfigError, WireError
+from stabilizer.errors import APPLICATION_FAILURES, BackendUnavailable, ConfigError, WireError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.wire import event_of
@@ -108,7 +108,7 @@ class Events:
                 outcome = listener(event)
                 if inspect.iscoroutine(outcome):
                     self._ctx.tasks.spawn(outcome, name="stabilizer-event")
-            except Exception:
+            except APPLICATION_FAILURES:
                 logger.exception("cluster event listener failed")
 
     async def _publish(self, event: str, client_id: str) -> None:
@@ -129,6 +129,6 @@ class Events:
                 outcome = hook(event)
                 if inspect.isawaitable(outcome):
                     await outcome
-            except Exception:
+            except APPLICATION_FAILURES:
                 logger.exception("%s hook %r failed",
                                  "connect" if event.code is None else "disconnect", hook)

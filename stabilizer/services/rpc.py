@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from stabilizer.errors import ConfigError, RPCError
+from stabilizer.errors import APPLICATION_FAILURES, ConfigError, RPCError
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import reply_error_frame, reply_frame
 from stabilizer.pure.v2 import is_method
@@ -111,7 +111,7 @@ async def guarded(ctx: NodeContext, call_id: int | str, what: str, client_id: st
         # the code awaited something cancelled elsewhere: its failure, like any other
         logger.error("%s of client %r failed", what, client_id, exc_info=True)
         return None, reply_error_frame(call_id, INTERNAL, "internal error")
-    except Exception:
+    except APPLICATION_FAILURES:
         logger.error("%s of client %r failed", what, client_id, exc_info=True)
         return None, reply_error_frame(call_id, INTERNAL, "internal error")
 

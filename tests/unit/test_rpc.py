@@ -145,3 +145,19 @@ async def test_every_outcome_of_a_call_is_a_reply_and_counted(
                                                                "message": "data is a set"}
     assert (await answer(procedures, "missing"))["error"]["code"] == "unknown_method"
     assert (manager.stats.rpc_calls, manager.stats.rpc_failures) == (5, 4)
+
+
+@pytest.mark.parametrize("exit_", [SystemExit(2), KeyboardInterrupt()])
+async def test_a_procedure_that_exits_is_answered_as_internal_and_stops_nothing(
+        exit_: BaseException, caplog: pytest.LogCaptureFixture) -> None:
+    # (argparse exits on bad arguments: a client's params must not end the replica's loop)
+    manager = WebSocketConnectionManager(WebSocketConfig())
+    procedures = manager._node.sessions.procedures
+
+    async def exits(call: RPCCall) -> None:
+        raise exit_
+
+    procedures.register("exits", exits)
+    caplog.set_level(logging.ERROR, logger="stabilizer")
+    assert (await answer(procedures, "exits"))["error"]["code"] == "internal"
+    assert "failed" in caplog.text

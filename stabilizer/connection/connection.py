@@ -354,7 +354,14 @@ class Connection(SocketWriter):
         if self._pong_waiters is None:
             self._pong_waiters = []
         self._pong_waiters.append(waiter)
+        # a ping that timed out or was cancelled leaves nothing behind
+        waiter.add_done_callback(self._forget_waiter)
         return waiter
+
+    def _forget_waiter(self, waiter: asyncio.Future[float]) -> None:
+        waiters = self._pong_waiters
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
 
     def join(self, group: str) -> None:
         """Record local membership of `group`."""

@@ -381,6 +381,26 @@ async def test_ping_measures_a_round_trip_or_times_out(make_manager: ManagerFact
         await manager.ping("nobody")
 
 
+async def test_pings_that_timed_out_or_were_cancelled_leave_nothing_behind(
+        make_manager: ManagerFactory) -> None:
+    # A client that reads but never sends: every ping() ends unanswered. Its waiters went
+    # nowhere but stayed on the connection until the client's next frame.
+    manager = make_manager(WebSocketConfig(**QUIET))
+    await manager.connect("silent", FakeSocket())
+    conn = manager.get_connection("silent")
+    assert conn is not None
+    for _ in range(20):
+        with pytest.raises(ConnectionTimeoutError):
+            await manager.ping("silent", timeout=0)
+    cancelled = asyncio.create_task(manager.ping("silent", timeout=60))
+    await asyncio.sleep(0)  # (one turn: the ping is sent and waits)
+    assert len(conn._pong_waiters or ()) == 1
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert not conn._pong_waiters
+
+
 class AnsweringSocket(FakeSocket):
     """A client that answers each ping while the ping is being written to it: its answer
     never races the heartbeat clock, however late the event loop runs."""

@@ -386,14 +386,17 @@ async def test_pings_that_timed_out_or_were_cancelled_leave_nothing_behind(
     # A client that reads but never sends: every ping() ends unanswered. Its waiters went
     # nowhere but stayed on the connection until the client's next frame.
     manager = make_manager(WebSocketConfig(**QUIET))
-    await manager.connect("silent", FakeSocket())
+    sock = FakeSocket()
+    await manager.connect("silent", sock)
     conn = manager.get_connection("silent")
     assert conn is not None
     for _ in range(20):
         with pytest.raises(ConnectionTimeoutError):
             await manager.ping("silent", timeout=0)
+    for _ in range(20):
+        assert (await sock.next_json(skip_pings=False))["type"] == "ping"
     cancelled = asyncio.create_task(manager.ping("silent", timeout=60))
-    await asyncio.sleep(0)  # (one turn: the ping is sent and waits)
+    assert (await sock.next_json(skip_pings=False))["type"] == "ping"  # (after its waiter)
     assert len(conn._pong_waiters or ()) == 1
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -85,7 +85,8 @@ async def guarded(ctx: NodeContext, call_id: int | str, what: str, client_id: st
     """Run the application's code for a client's call, bounded by rpc_timeout: (its value,
     None), or (None, the ``reply`` frame that refuses the call): the RPCError it raised,
     ``timeout``, or ``internal`` for any other exception, a CancelledError that is not the
-    task's own cancellation included (logged here, not sent)."""
+    task's own cancellation and the code's SystemExit or KeyboardInterrupt included (logged
+    here, not sent)."""
     try:
         async with asyncio.timeout(ctx.config.rpc_timeout) as deadline:
             result = work()

@@ -2,7 +2,9 @@
 group, a client and the namespace is done here in steps, one script per slot.
 
 Order keeps the store recoverable. A client's group set lists a group before the group's
-member set gets the client, and loses it only after; an ending session moves its groups to
+member set gets the client, and loses it only after; a join whose group step finds the
+group unlisted again (a leave or an end ran between its steps) takes the client back out of
+the group's set, so that no member outlives its listing; an ending session moves its groups to
 the client's ``leaving`` set, and the client is on the away list (with a lease) until every
 group is left. A node that dies between two steps leaves the client due on the away list,
 and the next sweep finishes the leaving. A join or leave cut short (Redis did not answer
@@ -71,32 +73,20 @@ class SpreadSteps(SlotSteps):
     async def change(self, client_id: str, group: str, action: str,
                      entry: str | None) -> MembershipChange:
         """A join, leave or presence update. A join: the client's slot, then the group's
-        (then the group stream's baseline goes in the session). A leave: the group's slot,
-        the client's, and the group's again (`_complete` says why). The holder is the
-        session's, or without sessions the connection presence names: read alongside a
-        leave, after a join's writes (`_claim`)."""
+        (`_join`). A leave: the group's slot, the client's, and the group's again
+        (`_complete` says why). The holder is the session's, or without sessions the
+        connection presence names: read alongside a leave, after a join's writes."""
         core = self._core
         if action == "update":
             member, _ = await self._group(group, "update", [client_id], entry or "")
             return MembershipChange(bool(int(member)), None)
-        located = None
         if action == "join":
-            holder, exists = await self._client(client_id, "join", group)
-            changed, position = await self._group(group, "join", [client_id], entry or "")
-            changed = bool(int(changed))
-            if changed and exists:
-                holder, exists = await self._client(client_id, "join", group, text(position))
-            if core.sessions:
-                if not exists:  # a client the store does not know: the sweep ends this
-                    await self._away(client_id, now_ms() + core.orphan_grace_ms,
-                                     "membership", only_new=True)
-            else:
-                located = await self._claim(client_id, group)
+            changed, holder, located = await self._join(client_id, group, entry)
         else:
             left, located = await asyncio.gather(self._group(group, "leave", [client_id]),
                                                  self._locate(client_id))
             changed = bool(left)
-            holder, exists = await self._client(client_id, "leave", group)
+            holder, _ = await self._client(client_id, "leave", group)
             await self._group(group, "leave", [client_id])  # (see _complete)
         if changed:
             await self._events(action, [(client_id, group)])
@@ -104,25 +94,60 @@ class SpreadSteps(SlotSteps):
             holder = located.conn_id if located is not None else ""
         return MembershipChange(changed, holder)
 
-    async def _claim(self, client_id: str, group: str) -> Presence | None:
-        """Without sessions, after a join's writes: the client's presence, and for a client
-        the store does not know (it never connected, or it left while this join ran), the
-        sweep's claim on it. Read after the writes, so that a close whose end read the
-        client's group set before the join listed the group is seen gone here (each side
-        writes, then reads what the other wrote). An end that ran between the join's two
-        steps dropped the client's group set: the group goes back in it, and the client's
-        entry on the away list is replaced (a lease held there by that end would be taken
-        off at its end: the new due time keeps it), so that the sweep leaves the group.
-        A client on another node is claimed too (see claims_remote)."""
-        located = await self._presence.locate(client_id)
+    async def _join(self, client_id: str, group: str,
+                    entry: str | None) -> tuple[bool, str, Presence | None]:
+        """A join's steps: the client's set lists the group, the group's set gets the client,
+        then (when that changed it) the client's slot once more, with the client's presence
+        read alongside: the group must still be listed there. A leave (or an end) that ran
+        between the first two steps unlisted it and took the client out of the group's set
+        before the second put it there: nothing else would ever take it out (the end, the
+        sweep and the settle start from the client's sets), so the join takes it out again
+        and reports no change: the leave wins, as the client's node, which the leave told,
+        has it. Returns whether the join stands as a change, the session's holder and the
+        presence read (None unread with sessions)."""
+        core = self._core
+        holder, exists = await self._client(client_id, "join", group)
+        added, position = await self._group(group, "join", [client_id], entry or "")
+        changed = bool(int(added))
+        located = None
+        if changed:
+            baseline = text(position) if core.sessions else ""
+            (holder, exists, listed), located = await asyncio.gather(
+                self._joined(client_id, group, baseline), self._locate(client_id))
+            if not listed:
+                await self._group(group, "leave", [client_id])
+                return False, holder, located
+        elif not core.sessions:
+            located = await self._locate(client_id)
+        if core.sessions:
+            if not exists:  # a client the store does not know: the sweep ends this
+                await self._away(client_id, now_ms() + core.orphan_grace_ms, "membership",
+                                 only_new=True)
+        else:
+            await self._claim(client_id, group, located, relist=not changed)
+        return changed, holder, located
+
+    async def _claim(self, client_id: str, group: str, located: Presence | None, *,
+                     relist: bool) -> None:
+        """Without sessions, after a join's writes: for a client the store does not know
+        (`located`, its presence read after the writes, is None: it never connected, or it
+        left while this join ran), the sweep's claim on it. Read after the writes, so that a
+        close whose end read the client's group set before the join listed the group is
+        seen gone here (each side writes, then reads what the other wrote). An end that ran
+        between the join's two steps dropped the client's group set: unless the join's last
+        step found the group still listed (it undoes the join otherwise), with `relist` the
+        group goes back in it, and the client's entry on the away list is replaced (a lease
+        held there by that end would be taken off at its end: the new due time keeps it),
+        so that the sweep leaves the group. A client on another node is claimed too (see
+        claims_remote)."""
         core = self._core
         if located is None:
-            await self._client(client_id, "join", group)
+            if relist:
+                await self._client(client_id, "join", group)
             await self._away(client_id, now_ms() + core.orphan_grace_ms, "membership")
         elif claims_remote(located, core.node_id):
             await self._away(client_id, now_ms() + core.orphan_grace_ms, "membership",
                              only_new=True)
-        return located
 
     async def _locate(self, client_id: str) -> Presence | None:
         """The client's presence when no session names its holder (else None unread)."""

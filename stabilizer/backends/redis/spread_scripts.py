@@ -60,22 +60,30 @@ return {changed, offset .. '|' .. (epoch or '')}
 """
 
 # KEYS: the client's group set, its session hash (one slot: the client's).
-# ARGV: 'join' or 'leave', group[, position "offset|epoch" to record as the group stream's
-#       baseline when the session exists and has none for it].
-# A join lists the group first (before the group's set gets the client), a leave unlists
-# it after the group's set lost the client (which loses it once more after this). Returns
-# {the session's holder ('' = none), 1 if the session exists}.
+# ARGV: 'join', 'joined' or 'leave', group[, ('joined') position "offset|epoch" to record
+#       as the group stream's baseline when the session exists and has none for it].
+# A join lists the group first (before the group's set gets the client); 'joined', its last
+# step after the group's, checks that the group is still listed (a leave or an end that ran
+# between the join's steps unlisted it: the join is undone then) and only then records the
+# baseline. A leave unlists the group after the group's set lost the client (which loses it
+# once more after this). Returns {the session's holder ('' = none), 1 if the session
+# exists[, ('joined') 1 if the group is still listed]}.
 CLIENT_CHANGE: Final = """
+local listed = nil
 if ARGV[1] == 'join' then
   redis.call('SADD', KEYS[1], ARGV[2])
-  if ARGV[3] and redis.call('EXISTS', KEYS[2]) == 1 then
+elseif ARGV[1] == 'joined' then
+  listed = redis.call('SISMEMBER', KEYS[1], ARGV[2])
+  if listed == 1 and (ARGV[3] or '') ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then
     redis.call('HSETNX', KEYS[2], 'p:g:' .. ARGV[2], ARGV[3])
   end
 else
   redis.call('SREM', KEYS[1], ARGV[2])
   redis.call('HDEL', KEYS[2], 'p:g:' .. ARGV[2])
 end
-return {redis.call('HGET', KEYS[2], '_') or '', redis.call('EXISTS', KEYS[2])}
+local out = {redis.call('HGET', KEYS[2], '_') or '', redis.call('EXISTS', KEYS[2])}
+if listed ~= nil then table.insert(out, listed) end
+return out
 """
 
 # KEYS: the client's group set, its leaving set, its session hash, its sweep fence (the

@@ -39,15 +39,27 @@ class SlotSteps:
                   entry, *clients],
         ), "membership")
 
-    async def _client(self, client_id: str, action: str, group: str,
-                      position: str | None = None) -> tuple[str, bool]:
+    async def _client(self, client_id: str, action: str, group: str) -> tuple[str, bool]:
+        """A join's first step ('join') or a leave's second ('leave') in the client's slot:
+        the session's holder, and whether the session exists."""
         core = self._core
         keys = core.keys
-        args = [action, group] if position is None else [action, group, position]
         holder, exists = await core.call(core.scripts.client_change(
-            keys=[keys.client_groups(client_id), keys.session(client_id)], args=args,
-        ), "membership")
+            keys=[keys.client_groups(client_id), keys.session(client_id)],
+            args=[action, group]), "membership")
         return text(holder), bool(int(exists))
+
+    async def _joined(self, client_id: str, group: str,
+                      position: str) -> tuple[str, bool, bool]:
+        """A join's last step in the client's slot: the session's holder, whether the
+        session exists, and whether the client's set still lists the group (then the
+        group stream's `position` goes in the session as its baseline, '' = none)."""
+        core = self._core
+        keys = core.keys
+        holder, exists, listed = await core.call(core.scripts.client_change(
+            keys=[keys.client_groups(client_id), keys.session(client_id)],
+            args=["joined", group, position]), "membership")
+        return text(holder), bool(int(exists)), bool(int(listed))
 
     async def _events(self, event: str, pairs: Iterable[tuple[str, str]]) -> None:
         """Publish a cluster event per (client, group) (cluster_events only)."""

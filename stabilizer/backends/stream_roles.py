@@ -16,6 +16,18 @@ __all__ = ["GroupStore", "HistoryStore", "SessionStore"]
 class GroupStore(Protocol):
     """Cluster-wide group membership, and the group channels nodes subscribe to."""
 
+    @property
+    def change_round_trips(self) -> int:
+        """At most how many round trips, one after another, a join or a leave takes in this
+        store's layout (known before it opens): the budget every caller gives one, a node's
+        services and an emitter alike."""
+        ...
+
+    @property
+    def route_round_trips(self) -> int:
+        """The same for route_change."""
+        ...
+
     async def publish(self, group: str, envelope: bytes) -> int:
         """Hand `envelope` to the other nodes with local members of `group`; return how
         many."""

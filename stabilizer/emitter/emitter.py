@@ -179,7 +179,8 @@ class Emitter(ClusterQueries):
         backend = await self._ready()
         if await self._ask(backend.presence.locate(client)) is None:
             raise ConnectionNotFoundError(f"client {client!r} is not connected")
-        change = await self._write(backend.groups.join(client, name))
+        change = await self._write(backend.groups.join(client, name),
+                                   round_trips=backend.groups.change_round_trips)
         await self._tell_owner(client, name, _JOIN, change.holder)
 
     async def leave_group(self, client_id: str, group: str) -> None:
@@ -193,7 +194,8 @@ class Emitter(ClusterQueries):
         """
         client, name = self._client(client_id), check_group(group)
         backend = await self._ready()
-        change = await self._write(backend.groups.leave(client, name))
+        change = await self._write(backend.groups.leave(client, name),
+                                   round_trips=backend.groups.change_round_trips)
         await self._tell_owner(client, name, _LEAVE, change.holder)
 
     async def _tell_owner(self, client_id: str, group: str, action: str,
@@ -202,8 +204,19 @@ class Emitter(ClusterQueries):
         was written for (the node takes what Redis lists for any other)."""
         envelope = Envelope(Kind.MEMBERSHIP, self._origin, client_id, group, ref=action,
                             holder=holder)
-        await self._write(self._backend.groups.route_change(
-            client_id, group, member=action == _JOIN, envelope=encode(envelope)))
+        groups = self._backend.groups
+        await self._write(groups.route_change(client_id, group, member=action == _JOIN,
+                                              envelope=encode(envelope)),
+                          round_trips=groups.route_round_trips)
+
+    def _group_change_op_timeouts(self) -> int:
+        """The op_timeouts the bounds of join_group add up to (leave_group's to fewer), each
+        of its round trips and one more (within_round_trips): opening on first use (2 round
+        trips), locating the client (1), the change and the route (as many as the layout's
+        steps: GroupStore.change_round_trips, route_round_trips)."""
+        groups = self._backend.groups
+        return (2 + 1) + (1 + 1) + (groups.change_round_trips + 1) + (
+            groups.route_round_trips + 1)
 
     # --- the machinery ----------------------------------------------------------------
 

@@ -44,7 +44,9 @@ T = TypeVar("T")
 _SLACK: Final = 2.0
 #: The op_timeouts the longest call's bounds add up to (each ask of the Emitter allows its
 #: round trips and one more, for a batch in flight: within_round_trips): join_group on first
-#: use opens (2 round trips: 3), locates the client, joins and tells its node (2 each).
+#: use opens (2 round trips: 3), locates the client, joins and tells its node (2 each) where
+#: a change and its route are one step each; join_group and leave_group count their
+#: layout's steps (Emitter._group_change_op_timeouts).
 _OP_TIMEOUTS: Final = 9
 _OPEN_OP_TIMEOUTS: Final = 3
 
@@ -181,10 +183,11 @@ class SyncEmitter:
             _disown(runner)
 
     def _run(self, call: Callable[[Emitter], Awaitable[T]], *, bounded: bool = True,
-             op_timeouts: int = 0, writes: bool = False) -> T:
+             op_timeouts: int | Callable[[Emitter], int] = 0, writes: bool = False) -> T:
         """Run `call` on this emitter's loop, for at most what its bounds inside add up to
-        (`op_timeouts` when it may take more than _OP_TIMEOUTS); `writes` when it has an
-        effect (a send, a disconnect, a group change)."""
+        (`op_timeouts`, or what it says for the emitter, when it may take more than
+        _OP_TIMEOUTS); `writes` when it has an effect (a send, a disconnect, a group
+        change)."""
         with self._lock:
             if self._closed:
                 raise WebSocketStabilizerError("this SyncEmitter is closed; make a new one")
@@ -196,7 +199,8 @@ class SyncEmitter:
                 runner = self._runner = _Runner(self._make)
         if threading.current_thread() is runner.thread:
             raise WebSocketStabilizerError("a SyncEmitter cannot be called from its own loop")
-        longest = max(op_timeouts, _OP_TIMEOUTS)
+        wanted = op_timeouts(runner.emitter) if callable(op_timeouts) else op_timeouts
+        longest = max(wanted, _OP_TIMEOUTS)
         timeout = self._config.op_timeout * longest + _SLACK if bounded else None
         return runner.run(call, timeout, writes)
 
@@ -231,11 +235,13 @@ class SyncEmitter:
 
     def join_group(self, client_id: str, group: str) -> None:
         """Emitter.join_group, blocking."""
-        self._run(lambda e: e.join_group(client_id, group), writes=True)
+        self._run(lambda e: e.join_group(client_id, group), writes=True,
+                  op_timeouts=Emitter._group_change_op_timeouts)
 
     def leave_group(self, client_id: str, group: str) -> None:
         """Emitter.leave_group, blocking."""
-        self._run(lambda e: e.leave_group(client_id, group), writes=True)
+        self._run(lambda e: e.leave_group(client_id, group), writes=True,
+                  op_timeouts=Emitter._group_change_op_timeouts)
 
     def get_cluster_connection_count(self) -> int:
         """Emitter.get_cluster_connection_count, blocking."""

@@ -22,10 +22,6 @@ from stabilizer.errors import BackendUnavailable, WebSocketStabilizerError
 from stabilizer.node.tasks import TaskOwner
 from stabilizer.stats import NodeStats
 
-#: Round trips a membership change may take (ask's budget): one script on one slot, or,
-#: with a Redis layout spread over slots, the client's step, the group's and a baseline (a
-#: leave: the group's, the client's and the group's again).
-MEMBERSHIP_ROUND_TRIPS: Final = 3
 #: Round trips opening, ending, suspending or sweeping sessions may take (spread: a guard
 #: read, the client's steps, a lease, the groups' leaves and the clean-up).
 SESSION_ROUND_TRIPS: Final = 6

@@ -27,6 +27,16 @@ class MemoryGroups:
     def __init__(self, node: MemoryNode) -> None:
         self._node = node
 
+    @property
+    def change_round_trips(self) -> int:
+        """One step (no network: the bound only catches a stalled loop)."""
+        return 1
+
+    @property
+    def route_round_trips(self) -> int:
+        """One step."""
+        return 1
+
     async def publish(self, group: str, envelope: bytes) -> int:
         """Deliver to the other nodes subscribed to `group`."""
         node = self._node

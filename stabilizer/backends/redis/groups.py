@@ -10,7 +10,7 @@ from stabilizer.backends.records import MembershipChange
 from stabilizer.backends.redis.core import RedisCore, now_ms, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.routing import RedisRouting
-from stabilizer.backends.redis.spread import SpreadSteps, claims_remote
+from stabilizer.backends.redis.spread import CHANGE_ROUND_TRIPS, SpreadSteps, claims_remote
 from stabilizer.pure.streams import group_stream
 
 _RECONCILE_BATCH: Final = 200
@@ -25,6 +25,21 @@ class RedisGroups:
         self._routing = routing
         self._presence = presence
         self._spread = spread
+
+    @property
+    def change_round_trips(self) -> int:
+        """One script; spread, its steps (spread.CHANGE_ROUND_TRIPS); with presence in other
+        slots, a join of a client the store may not know reads its presence and claims it
+        (_await_claim: two more)."""
+        keys = self._core.keys
+        if keys.spread:
+            return CHANGE_ROUND_TRIPS
+        return 1 if keys.buckets == 1 else 3
+
+    @property
+    def route_round_trips(self) -> int:
+        """One script; spread, the check of the client's group set, then the route."""
+        return 2 if self._core.keys.spread else 1
 
     async def publish(self, group: str, envelope: bytes) -> int:
         """PUBLISH to the group's channel; return how many other nodes received it."""

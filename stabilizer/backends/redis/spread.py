@@ -29,6 +29,14 @@ from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.spread_slots import SlotSteps
 from stabilizer.pure.streams import ALL, client_stream, user_stream
 
+#: Round trips, one after another, a join or leave takes at most (RedisGroups.
+#: change_round_trips): a join's client step, group step, last client step with the
+#: presence read alongside, the sweep's claim (or the undo) and the cluster event; a
+#: join that changed nothing: the client step, the group step, the presence read, the
+#: group listed again and the claim; a leave: the group step with the presence read, the
+#: client step, the group step again and the event.
+CHANGE_ROUND_TRIPS: Final = 5
+
 # how long a sweep (or an end) holds a client before another sweep may finish it, in
 # op_timeouts: a few steps' worth (a second sweep doing the same leaves changes nothing)
 LEASE_OP_TIMEOUTS: Final = 4.0

@@ -29,7 +29,7 @@ from stabilizer.backends.base import GroupStore, MembershipChange
 from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable, ConnectionNotFoundError
 from stabilizer.logs import RateLimitedLog
-from stabilizer.node.context import MEMBERSHIP_ROUND_TRIPS, NodeContext
+from stabilizer.node.context import NodeContext
 from stabilizer.pure.presence import entry_text
 from stabilizer.pure.streams import client_stream, user_stream
 from stabilizer.pure.wire import Envelope, Kind, encode
@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 _JOIN, _LEAVE = "join", "leave"
 _SETTLE: Final = "settle"  # a MEMBERSHIP ref: take the groups the backend lists
 _SETTLE_BATCH: Final = 200  # clients per round trip of GroupStore.reconcile
+_SETTLE_ROUND_TRIPS: Final = 3  # a settle's budget beyond its batches
 
 
 class Membership:
@@ -114,7 +115,7 @@ class Membership:
                                                                meta_json)
             change = await self._written(client_id, ctx.ask(
                 _join(backend.groups, client_id, group, entry),
-                round_trips=MEMBERSHIP_ROUND_TRIPS))
+                round_trips=backend.groups.change_round_trips))
             await self._tell_owner(client_id, group, _JOIN, change.holder)
             return
         entry = None if meta_json is None else entry_text(client_id, conn.user_id, meta_json)
@@ -125,7 +126,7 @@ class Membership:
             try:
                 change = await self._written(client_id, ctx.ask(
                     _join(backend.groups, client_id, group, entry),
-                    round_trips=MEMBERSHIP_ROUND_TRIPS))
+                    round_trips=backend.groups.change_round_trips))
             except BaseException:
                 # the write failed or its outcome is unknown: not a member here until the
                 # settle that follows (when the backend answers again) reads what it lists
@@ -149,14 +150,15 @@ class Membership:
         conn = ctx.pool.get(client_id)
         if conn is None:
             change = await self._written(client_id, ctx.ask(
-                ctx.backend.groups.leave(client_id, group), round_trips=MEMBERSHIP_ROUND_TRIPS))
+                ctx.backend.groups.leave(client_id, group),
+                round_trips=ctx.backend.groups.change_round_trips))
             if ctx.backend.is_shared:
                 await self._tell_owner(client_id, group, _LEAVE, change.holder)
             return
         async with self._turns.hold(client_id):
             change = await self._written(client_id, ctx.ask(
                 ctx.backend.groups.leave(client_id, group),
-                round_trips=MEMBERSHIP_ROUND_TRIPS))
+                round_trips=ctx.backend.groups.change_round_trips))
             await self.leave_local(conn, group, tell=not asked)
         if change.changed:
             self._events.membership(_LEAVE, client_id, group)
@@ -196,8 +198,10 @@ class Membership:
         ctx = self._ctx
         envelope = Envelope(Kind.MEMBERSHIP, ctx.node_id, client_id, group, ref=action,
                             holder=holder)
-        await ctx.ask(ctx.backend.groups.route_change(
-            client_id, group, member=action == _JOIN, envelope=encode(envelope)))
+        groups = ctx.backend.groups
+        await ctx.ask(groups.route_change(client_id, group, member=action == _JOIN,
+                                          envelope=encode(envelope)),
+                      round_trips=groups.route_round_trips)
 
     def apply(self, envelope: Envelope) -> None:
         """Act on a MEMBERSHIP envelope for a local client, beside the listener (subscribing
@@ -312,7 +316,7 @@ class Membership:
                     listed = await ctx.ask(
                         ctx.backend.groups.reconcile(local, restore=restore,
                                                      presence=presence),
-                        round_trips=MEMBERSHIP_ROUND_TRIPS + len(local) // _SETTLE_BATCH)
+                        round_trips=_SETTLE_ROUND_TRIPS + len(local) // _SETTLE_BATCH)
                     for conn in open_conns:
                         await self._agree(conn, listed.get(conn.client_id, []))
         except BaseException:

@@ -21,6 +21,8 @@ SUBPROTOCOL: Final = "stabilizer.v2"
 #: How deep a v2 client frame may nest (``params`` is the application's).
 MAX_DEPTH: Final = 16
 MAX_TOKEN_LENGTH: Final = 16 * 1024
+#: The most channels a ``connect`` frame may name as held (as many as positions).
+MAX_HELD_CHANNELS: Final = 1000
 
 
 class ProtocolError(ValueError):
@@ -40,6 +42,7 @@ class ConnectRequest:
     positions: Positions = field(default_factory=dict)
     device: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    channels: frozenset[str] = frozenset()
 
 
 def offered(subprotocols: object) -> bool:
@@ -101,7 +104,25 @@ def parse_connect(text: str) -> ConnectRequest:
     return ConnectRequest(
         token=_optional_text(body, "token", MAX_TOKEN_LENGTH),
         reconnect_token=_optional_text(body, "reconnect_token", MAX_TOKEN_LENGTH),
-        positions=positions, device=device, params=params)
+        positions=positions, device=device, params=params,
+        channels=_held_channels(body.get("channels")))
+
+
+def _held_channels(value: object) -> frozenset[str]:
+    """The channels a resuming client says it holds (``channels``: absent or a list).
+
+    Raises:
+        ProtocolError: not a list of at most 1,000 channel names.
+    """
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or len(value) > MAX_HELD_CHANNELS:
+        raise ProtocolError(f"connect: channels must be a list of at most "
+                            f"{MAX_HELD_CHANNELS} channel names")
+    try:
+        return frozenset(check_group(channel) for channel in value)
+    except ValueError as exc:
+        raise ProtocolError(f"connect: channels: {exc}") from exc
 
 
 def refresh_token(body: Mapping[str, Any]) -> str:

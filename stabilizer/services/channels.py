@@ -10,6 +10,7 @@ nobody), and whether presence may be asked for.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from typing import Final
@@ -34,6 +35,7 @@ FORBIDDEN: Final = "forbidden"
 BAD_REQUEST: Final = "bad_request"
 UNAVAILABLE: Final = "unavailable"
 LIMIT_EXCEEDED: Final = "limit_exceeded"
+TIMEOUT: Final = "timeout"
 
 
 class Channels:
@@ -80,7 +82,27 @@ class Channels:
     async def subscribe(self, conn: Connection, request: ChannelRequest) -> str | list[str]:
         """Ask the hook; join the channel (with the presence metadata it gave, if any) if
         it allows. Return the reply frame, followed by the channel's presence for a
-        subscribe that follows it."""
+        subscribe that follows it.
+
+        A subscribe refused (any error but ``unavailable`` and ``timeout``, which leave
+        things as they were) for a channel the connection is in already ends that
+        membership, as a server-side leave does (the client is told, then gets the
+        refusal): the hook decides whether the connection is a member, so a client that
+        asks again after a resume is in only if it is allowed again, and a client that
+        takes a refusal for "not subscribed" is not."""
+        reply = await self._ask(conn, request)
+        if isinstance(reply, str) and request.channel in conn.groups:
+            code = _refusal_code(reply)
+            if code is not None and code not in (UNAVAILABLE, TIMEOUT):
+                try:
+                    await self._membership.leave(conn.client_id, request.channel)
+                except BackendUnavailable as exc:
+                    return reply_error_frame(request.call_id, UNAVAILABLE,
+                                             f"refused, and still subscribed: {exc}")
+        return reply
+
+    async def _ask(self, conn: Connection, request: ChannelRequest) -> str | list[str]:
+        """subscribe, the hook asked (see subscribe)."""
         ident, channel = request.call_id, request.channel
         hook = self._on_subscribe
         if hook is None:
@@ -224,3 +246,9 @@ class Channels:
                                conn.conn_id, conn.metadata)
         return await guarded(self._ctx, request.call_id, f"on_publish({channel!r})",
                              conn.client_id, lambda: hook(asked))
+
+
+def _refusal_code(reply: str) -> str | None:
+    """The error code of a ``reply`` frame; None for a result."""
+    error = json.loads(reply).get("error")
+    return str(error["code"]) if isinstance(error, dict) else None

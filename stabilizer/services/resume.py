@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 
 import msgpack
 
@@ -16,9 +16,9 @@ from stabilizer.connection.sockets import Frame
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
-from stabilizer.pure.frames import resume_frame
+from stabilizer.pure.frames import resume_frame, unsubscribed_frame
 from stabilizer.pure.positions import Positions, replay_start
-from stabilizer.pure.streams import ALL, client_stream, group_stream, user_stream
+from stabilizer.pure.streams import ALL, Target, client_stream, group_stream, user_stream
 from stabilizer.pure.text import retry_advice
 from stabilizer.services.delivery.fanout import FanOut
 from stabilizer.services.delivery.groups import Membership
@@ -44,9 +44,13 @@ class Resume:
         self._fanout = fanout  # hands the replay's frames over, reporting their tokens
         self._backend_log = RateLimitedLog(logger)
 
-    async def resume(self, conn: Connection,
-                     positions: Positions) -> tuple[bool, int, list[str]]:
+    async def resume(self, conn: Connection, positions: Positions,
+                     channels: Collection[str] = ()) -> tuple[bool, int, list[str]]:
         """Replay what `conn` missed; return (recovered, replayed, failed streams).
+
+        A v2 client is first told (``unsubscribed``) of each group it held that the
+        resumed session no longer has (the server took it out while it was away): those
+        it names in `channels`, and those it holds a position in (``g:<group>``).
 
         Only the client's own streams are replayed: ``all``, its groups (but those of a
         namespace without history), ``c:<client_id>`` and, for a user's connection,
@@ -71,6 +75,7 @@ class Resume:
             # the fresh session's promise begins at its baselines, not the lost positions
             self._release(conn, held, now, follow=baselines)
             return False, 0, failed
+        self._tell_left(conn, {*channels, *_groups_in(positions)})
         # a group whose namespace keeps no history has nothing to replay: its membership
         # is restored (above), and its messages come live from now on
         streams.update(group_stream(group) for group in state.groups
@@ -81,6 +86,17 @@ class Resume:
                                             state.baselines.get(stream)))}
         replayed, failed = await self._replay(conn, starts)
         return not failed, replayed, failed
+
+    def _tell_left(self, conn: Connection, held: set[str]) -> None:
+        """Offer an ``unsubscribed`` frame for each group in `held` that `conn` (a resumed
+        session's, its groups restored) is not in: a leave written while no socket of the
+        client could be told. One written since the session was loaded reaches `conn` as
+        any other (a settle tells it)."""
+        if conn.protocol < 2 or not conn.is_open:
+            return
+        now = time.monotonic()
+        for group in sorted(held - conn.groups):
+            conn.offer(Frame.text(unsubscribed_frame(group)), now)
 
     async def _take_session(
         self, conn: Connection,
@@ -246,3 +262,12 @@ class Resume:
         if conn.is_open:  # (a closed one's streams are unfollowed already)
             for stream, (offset, epoch) in follow.items():
                 self._router.follow(stream, offset, epoch)
+
+
+def _groups_in(positions: Positions) -> Iterator[str]:
+    """The groups whose streams a client holds positions in (it received their messages,
+    and the clients forget a group's position when they leave it)."""
+    for stream in positions:
+        target = Target.of_stream(stream)
+        if target is not None and target.kind == "group":
+            yield target.name

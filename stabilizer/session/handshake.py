@@ -47,6 +47,7 @@ class Greeting:
     token: str | None = None
     positions: Positions = field(default_factory=dict)
     device: str | None = None
+    channels: frozenset[str] = frozenset()  # (v2) what a resuming client says it holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +85,10 @@ async def greet(ctx: NodeContext, auth: Auth, websocket: Any, asked: Asked) -> G
     identity = asked.identity or await auth.authenticate(
         Credentials(request.token, websocket, request.params))
     device = request.device or new_device()
+    resuming = request.reconnect_token is not None
     return Greeting(_name(asked.client_id, identity, device), 2, identity,
-                    request.reconnect_token,
-                    request.positions if request.reconnect_token else {}, device)
+                    request.reconnect_token, request.positions if resuming else {}, device,
+                    request.channels if resuming else frozenset())
 
 
 def _device_in(token: str | None, identity: Identity | None) -> str | None:

@@ -201,7 +201,8 @@ class Session:
         if self.identity is not None:
             self._expiry = services.auth.watch(conn, self.identity)
         if self.resumed and services.resume is not None and conn.is_open:
-            self.recovered, _, _ = await services.resume.resume(conn, greeting.positions)
+            self.recovered, _, _ = await services.resume.resume(conn, greeting.positions,
+                                                                greeting.channels)
 
     async def _spend_token(self, greeting: Greeting) -> TokenClaims:
         """Verify the token, check that it was issued to this client, and only then spend

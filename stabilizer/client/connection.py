@@ -98,7 +98,7 @@ class ClientConnection(SessionView, Requests):
         for stream, (offset, epoch) in (positions or {}).items():  # (an earlier process's)
             self._frames.positions.accept(stream, offset, epoch)
         self._resubscriber: asyncio.Task[None] | None = None
-        self._frames.on_session_lost = self._session_lost
+        self._frames.on_resumed = self._resumed
         self._owed: Owed | None = None  # the ack of the message recv() returned last
         self._state_changed = asyncio.Condition()
         self._ws: WebSocket | None = None
@@ -307,7 +307,8 @@ class ClientConnection(SessionView, Requests):
             if self._v2 is not None:
                 await self._v2.greet(ws, attempt.url, token=access_token,
                                      reconnect_token=self._frames.token,
-                                     positions=self._frames.positions.to_resume())
+                                     positions=self._frames.positions.to_resume(),
+                                     channels=sorted(self._subscriptions.active))
             if self._welcome:
                 async with asyncio.timeout(self._open_timeout):
                     first = await ws.recv()
@@ -359,26 +360,21 @@ class ClientConnection(SessionView, Requests):
             self._state_changed.notify_all()
         logger.info("stabilizer connection open on node %s", self.node_id)
         await self._set_state(StateChange(ConnectionState.OPEN, url=attempt.url))
-        if reconnect:
-            self._frames.reopened()
-            session = self._frames.session
-            kept = session is not None and session.resumed and session.history
-            # groups end without history; presence is followed per connection
-            if self._subscriptions.active and (not kept or self._subscriptions.presences):
-                self._resubscriber = asyncio.create_task(  # reading must go on meanwhile
-                    self._subscribe_again(self._send_timeout, presence_only=kept),
-                    name="stabilizer-resubscribe")
+        if reconnect and not self._frames.reopened() and self._subscriptions.active:
+            self._resumed(False)  # groups end without history: subscribe to each again
 
-    def _session_lost(self) -> None:
-        """The resume frame says the server forgot the session (the token was still good):
-        its memberships are gone with it, so every channel is subscribed again."""
-        session = self._frames.session
-        if not self._subscriptions.active or session is None or not session.resumed:
-            return  # (after a session frame that said so, _open subscribed everything)
+    def _resumed(self, kept: bool) -> None:
+        """After a reconnect, once its resume frame came (the channels the server ended
+        while the client was away were told before it): a session the server forgot (or
+        that kept none) took its memberships with it, so every channel is subscribed again;
+        one it `kept` keeps them, but presence is followed per connection."""
+        if not self._subscriptions.active or (kept and not self._subscriptions.presences):
+            return
         if self._resubscriber is not None and not self._resubscriber.done():
-            self._resubscriber.cancel()  # (it subscribed only what follows presence)
-        self._resubscriber = asyncio.create_task(
-            self._subscribe_again(self._send_timeout), name="stabilizer-resubscribe")
+            self._resubscriber.cancel()
+        self._resubscriber = asyncio.create_task(  # reading must go on meanwhile
+            self._subscribe_again(self._send_timeout, presence_only=kept),
+            name="stabilizer-resubscribe")
 
     async def _set_state(self, change: StateChange) -> None:
         async with self._state_changed:

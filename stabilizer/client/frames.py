@@ -56,8 +56,9 @@ class Frames:
         self.positions = Positions()
         self.history = False
         self._unreplayable: set[str] = set()  # streams whose messages were turned away
-        # the session the token resumed was gone: the server began a fresh one
-        self.on_session_lost: Callable[[], None] | None = None
+        # the resume frame of a reconnect came: called with whether the session was kept
+        self.on_resumed: Callable[[bool], None] | None = None
+        self._resuming = False  # a reconnect's resume frame is due
 
     async def handle(self, ws: WebSocket, raw: str | bytes) -> None:
         """Act on one frame from `ws`: answer, remember, or deliver it.
@@ -91,10 +92,13 @@ class Frames:
         elif kind == "session":
             self._on_session(SessionInfo.from_frame(frame))
         elif kind == "resume":  # (its fields were checked: malformed)
+            reconnect, self._resuming = self._resuming, False
             self.resumed(ResumeResult(
                 recovered=frame["recovered"] is True,
                 session_resumed=frame.get("fresh") is not True,
                 replayed=frame["replayed"], failed=tuple(frame["failed"])))
+            if reconnect and self.on_resumed is not None:
+                self.on_resumed(frame.get("fresh") is not True)
         elif kind == "error":
             logger.warning("server dropped a frame: %s", frame.get("code"))
         elif v2 is not None and kind == "refresh":
@@ -111,12 +115,15 @@ class Frames:
             self.positions.forget(group_stream(frame["channel"]))
             self._subscriptions.ended(frame)
 
-    def reopened(self) -> None:
-        """After a reconnect: when no resume frame will come, say what was missed."""
+    def reopened(self) -> bool:
+        """After a reconnect: whether a resume frame will come (the session resumed with
+        history); when none will, say what was missed."""
         session = self.session
-        if not (session is not None and session.resumed and self.history):
+        self._resuming = session is not None and session.resumed and self.history
+        if not self._resuming:
             self.resumed(ResumeResult(recovered=False, session_resumed=bool(
                 session is not None and session.resumed)))
+        return self._resuming
 
     def resumed(self, result: ResumeResult) -> None:
         """Record a reconnect's outcome and tell the application (streams whose messages
@@ -126,8 +133,6 @@ class Frames:
             result = dataclasses.replace(result, recovered=False, failed=failed)
             self._unreplayable.clear()
         self.last_resume = result
-        if not result.session_resumed and self.on_session_lost is not None:
-            self.on_session_lost()  # (its memberships went with it)
         notify(self._on_resume, result)
 
     async def _message(self, ws: WebSocket, frame: ControlFrame) -> None:

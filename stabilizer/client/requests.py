@@ -3,11 +3,14 @@ and its own channel subscriptions and publications (docs/protocol.md 6.5 and 6.6
 
 A subscription with an ``on_message`` callback takes its channel's messages out of the
 inbox: they go to the callback instead. Subscriptions are the server's group memberships,
-so a session resumed with history keeps them; after any other reconnect (no history, or a
-fresh session) the client subscribes again to each (the server's hook decides again; a
-refusal ends that subscription, with a warning in the log). When the server ends one itself
-(an ``unsubscribed`` frame: the application took the client out of the channel), the
-client forgets it too, and its ``on_unsubscribed`` callback is told.
+so a session resumed with history keeps them (those that follow presence are subscribed
+again, once its resume frame came: the server follows presence per connection); after any
+other reconnect (no history, or a fresh session) the client subscribes again to each. The
+server's hook decides again: a refusal ends that subscription (the server ends a
+membership the session kept, too), with a warning in the log, and its ``on_unsubscribed``
+is told. When the server ends one itself (an ``unsubscribed`` frame: the application took
+the client out of the channel, live or while the client was away), the client forgets it
+too, and its ``on_unsubscribed`` callback is told.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 
@@ -239,7 +242,10 @@ class Requests:
     async def _subscribe_again(self, timeout: float, *, presence_only: bool = False) -> None:
         """After a reconnect that kept no memberships: subscribe to every channel again;
         after one that kept them, to those that follow presence (the server follows it
-        per connection), which sends their state again."""
+        per connection), which sends their state again. A refusal ends the subscription
+        (the server ends a membership it kept too, and tells it first): its
+        `on_unsubscribed` gets the refusal's code unless that ``unsubscribed`` frame told
+        it already."""
         active = self._subscriptions.active
         for channel, (on_message, params) in list(active.items()):
             presence = channel in self._subscriptions.presences
@@ -254,11 +260,15 @@ class Requests:
                         self._wait_open,
                         functools.partial(_unsubscribe_frame, channel), timeout)
             except RPCError as exc:
-                if exc.code in ("timeout", "disconnected", "unavailable"):
-                    continue  # the next fresh session tries again
+                if exc.code in _KEPT_ON:
+                    continue  # nothing changed: the next fresh session tries again
                 logger.warning("channel %r was not subscribed again: %s", channel, exc)
-                if self._subscriptions.active.get(channel) == (on_message, params):
-                    self._subscriptions.forget(channel)
+                subscriptions = self._subscriptions
+                if subscriptions.active.get(channel) == (on_message, params):
+                    told = subscriptions.on_unsubscribed.get(channel)
+                    subscriptions.forget(channel)
+                    self._frames.positions.forget(group_stream(channel))
+                    notify(told, exc.code)
             except ClientClosedError:
                 return
 
@@ -274,6 +284,11 @@ class Requests:
         if self._runner is None and self._error is None:
             raise RuntimeError("start the connection first (async with connect(...))")
         return timeout
+
+
+#: Errors after which a subscribe changed nothing (the server keeps a membership it had).
+_KEPT_ON: Final = frozenset({"timeout", "disconnected", "unavailable", "rate_limited",
+                             "overloaded"})
 
 
 def _unsubscribe_frame(channel: str, call_id: int) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
@@ -100,8 +100,10 @@ class ProtocolV2:
 
     async def greet(self, ws: WebSocket, url: str, *, token: str | None,
                     reconnect_token: str | None,
-                    positions: Mapping[str, tuple[int, str]] | None) -> None:
-        """Check that the server chose v2, then send the connect frame.
+                    positions: Mapping[str, tuple[int, str]] | None,
+                    channels: Sequence[str] = ()) -> None:
+        """Check that the server chose v2, then send the connect frame (resuming, it names
+        the `channels` the client holds: the server tells it of those it left meanwhile).
 
         Raises:
             HandshakeRejectedError: the server does not speak v2.
@@ -109,7 +111,7 @@ class ProtocolV2:
         """
         require_v2(ws.subprotocol, url)
         frame = connect_frame(token=token, device=self.device, reconnect_token=reconnect_token,
-                              positions=positions, params=self._params)
+                              positions=positions, params=self._params, channels=channels)
         async with asyncio.timeout(self._timeout):
             await ws.send(frame)
 

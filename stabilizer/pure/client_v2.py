@@ -8,12 +8,12 @@ tests/unit/test_client_v2.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from stabilizer.errors import RPCError
 from stabilizer.pure.client_protocol import ControlFrame, HandshakeRejectedError
 from stabilizer.pure.text import JSONValue, check_group
-from stabilizer.pure.v2 import SUBPROTOCOL, is_method
+from stabilizer.pure.v2 import MAX_HELD_CHANNELS, SUBPROTOCOL, is_method
 
 
 def require_v2(subprotocol: str | None, url: str) -> None:
@@ -48,8 +48,10 @@ def _dump(body: Mapping[str, JSONValue]) -> str:
 def connect_frame(*, token: str | None, device: str | None,
                   reconnect_token: str | None = None,
                   positions: Mapping[str, tuple[int, str]] | None = None,
-                  params: Mapping[str, JSONValue] | None = None) -> str:
-    """The first frame of a v2 connection; positions go only with a reconnect token."""
+                  params: Mapping[str, JSONValue] | None = None,
+                  channels: Sequence[str] = ()) -> str:
+    """The first frame of a v2 connection; positions and the channels the client holds
+    (at most MAX_HELD_CHANNELS of them) go only with a reconnect token."""
     body: dict[str, JSONValue] = {"type": "connect"}
     for name, value in (("token", token), ("reconnect_token", reconnect_token),
                         ("device", device)):
@@ -58,6 +60,8 @@ def connect_frame(*, token: str | None, device: str | None,
     if reconnect_token is not None and positions:
         body["positions"] = {stream: [offset, epoch]
                              for stream, (offset, epoch) in positions.items()}
+    if reconnect_token is not None and channels:
+        body["channels"] = list(channels[:MAX_HELD_CHANNELS])
     if params:
         body["params"] = dict(params)
     return _dump(body)

@@ -130,3 +130,99 @@ async def test_a_channel_the_server_ended_is_dropped_and_not_subscribed_again(
         assert asked.count("room") == 1  # (the loop subscribes in order: room came first)
         assert await manager.get_group_members("room") == []
         assert ended.empty()
+
+
+class Gate:
+    """The client's URL: the server's while open, else a port nothing listens on (the
+    client retries there, its session away, until the gate opens)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.open = url, True
+
+    def __call__(self) -> str:
+        return self.url if self.open else "ws://127.0.0.1:1/ws"
+
+
+async def away(manager: WebSocketConnectionManager, client_id: str, gate: Gate) -> None:
+    """Drop the client's socket (1012: it comes back) and keep it away."""
+    gate.open = False
+    await manager.disconnect(client_id, code=1012, reason='{"retry_ms": 10}')
+
+    async def gone() -> bool:
+        return not manager.is_connected(client_id)
+
+    await until(gone, timeout=10)
+
+
+def kept_history() -> WebSocketConfig:
+    return WebSocketConfig(history_size=50, history_ttl=60.0, session_ttl=60.0,
+                           heartbeat_interval=60, heartbeat_timeout=120)
+
+
+async def test_a_leave_while_away_ends_the_subscription_when_the_client_resumes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server takes the client out of channels while it is away (no socket to tell):
+    the resumed session tells it, both a channel that follows presence and one that does
+    not. Before, the client kept both for good (the resume said recovered), subscribed
+    again only to the presence one (the hook allowed it: back in, against the leave)."""
+    manager = WebSocketConnectionManager(kept_history())
+    asked: list[str] = []
+    ended: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    resumed = asyncio.Event()
+    async with served(history_app(manager, asked), "websockets-sansio", monkeypatch) as server:
+        gate = Gate(f"ws://127.0.0.1:{server.port}/ws")
+        async with connect(gate, protocol=2, retry=RetryPolicy(base=0.01, cap=0.05),
+                           on_resume=lambda _result: resumed.set()) as client:
+            for channel in ("room", "stage", "kept"):
+                await client.subscribe(channel, presence=channel == "stage",
+                                       on_unsubscribed=lambda reason, channel=channel:
+                                       ended.put_nowait((channel, reason)))
+            client_id = client.client_id
+            assert client_id is not None
+            await away(manager, client_id, gate)
+            await manager.leave_group(client_id, "room")
+            await manager.leave_group(client_id, "stage")
+            gate.open = True
+            await asyncio.wait_for(resumed.wait(), 10)
+            assert client.last_resume is not None
+            assert client.last_resume.session_resumed
+            told = {await asyncio.wait_for(ended.get(), 5) for _ in range(2)}
+            assert told == {("room", "server"), ("stage", "server")}
+            assert await manager.get_client_groups(client_id) == ["kept"]
+            assert asked.count("stage") == 1  # not subscribed again: it was ended first
+            await manager.send_to_group("room", "gone")
+            await manager.send_to_client(client_id, "marker")
+            assert await asyncio.wait_for(client.recv(), 5) == "marker"  # no leak
+
+
+async def test_a_refused_subscribe_after_a_kept_resume_ends_the_membership(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reviewer's case: a presence channel, a resume that kept the session, and the
+    hook now refusing the client's automatic subscribe. Before, the server kept the member
+    (and its presence entry) while the client forgot the channel: its messages leaked
+    into the application's ordinary message stream."""
+    manager = WebSocketConnectionManager(kept_history())
+    revoked: set[str] = set()
+    ended: asyncio.Queue[str] = asyncio.Queue()
+    app = session_app(manager)
+
+    async def hook(request: SubscribeRequest) -> dict[str, str] | bool:
+        return False if request.channel in revoked else {"name": request.client_id}
+
+    manager.on_subscribe(hook)
+    async with served(app, "websockets-sansio", monkeypatch) as server:
+        gate = Gate(f"ws://127.0.0.1:{server.port}/ws")
+        async with connect(gate, protocol=2, retry=RetryPolicy(base=0.01, cap=0.05)) as client:
+            await client.subscribe("room", presence=True, on_message=lambda _data: None,
+                                   on_unsubscribed=ended.put_nowait)
+            client_id = client.client_id
+            assert client_id is not None
+            await away(manager, client_id, gate)
+            revoked.add("room")  # the application withdraws the permission
+            gate.open = True
+            assert await asyncio.wait_for(ended.get(), 10) == "server"
+            assert await manager.get_group_members("room") == []
+            assert await manager.get_presence("room") == {}
+            await manager.send_to_group("room", "after the refusal")
+            await manager.send_to_client(client_id, "marker")
+            assert await asyncio.wait_for(client.recv(), 5) == "marker"

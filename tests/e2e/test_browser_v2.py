@@ -534,3 +534,56 @@ async def test_retry_advice_of_zero_gives_way_to_backoff_and_oversized_positions
     assert delays[0] == 0
     assert delays[1] > 1000  # 50 draws of a backoff of up to 30 s: never all under 1 s
     assert sendable == [True, False, False, False]
+
+
+async def test_a_resume_names_its_channels_and_the_server_ends_what_it_left_meanwhile(
+        page: Page) -> None:
+    """A kept session: the page names the channels it holds in the connect frame; the
+    server tells it of one a leave ended while it was away (before the resume frame), and
+    refuses the presence channel it subscribes to again only after that frame. Before, the
+    connect frame named nothing, the page subscribed again before the resume frame came,
+    and a refusal was never told to the subscription's onUnsubscribed."""
+    async with ScriptedV2Server() as server:
+        tab = await Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
+                             device="tab-1", backoffBaseMs=10)
+        ws = await server.accept()
+        await frame_of(ws)  # connect
+        await ws.send(session_frame("r1", "tab-1", history=True))
+        await tab.wait_state("open")
+        await page.evaluate("""() => {
+          window.ended = [];
+          const told = (channel) => (reason) => window.ended.push([channel, reason]);
+          window.subscribing = Promise.all([
+            window.conn.subscribe("room", null, { onUnsubscribed: told("room") }),
+            window.conn.subscribe("stage", null, { presence: true,
+                                                   onUnsubscribed: told("stage") })]);
+        }""")
+        for _ in range(2):
+            request = await frame_of(ws)
+            await ws.send(json.dumps({"type": "reply", "id": request["id"],
+                                      "result": {"channel": request["channel"]}}))
+        await page.evaluate("window.subscribing")
+        await ws.close(1012, '{"retry_ms": 10}')
+        ws = await server.accept()
+        connect = await frame_of(ws)
+        assert (connect["reconnect_token"], connect["channels"]) == ("r1", ["room", "stage"])
+        await ws.send(session_frame("r2", "tab-1", resumed=True, history=True))
+        await ws.send(json.dumps({"type": "unsubscribed", "channel": "room",
+                                  "reason": "server"}))
+        await tab.value("window.conn.send('before the resume frame')")
+        assert await frame_of(ws) == {"type": "message", "data": "before the resume frame"}
+        await ws.send(json.dumps({"type": "resume", "recovered": True, "replayed": 0,
+                                  "failed": []}))
+        again = await frame_of(ws)
+        assert (again["type"], again["channel"], again["presence"]) == (
+            "subscribe", "stage", True)
+        await ws.send(json.dumps({"type": "reply", "id": again["id"], "error": {
+            "code": "forbidden", "message": "not any more"}}))
+        await tab.until("() => window.ended.length >= 2")
+        assert await page.evaluate("window.ended") == [["room", "server"],
+                                                       ["stage", "forbidden"]]
+        assert await page.evaluate("window.conn.presence('stage')") is None
+        await ws.close(1012, '{"retry_ms": 10}')  # nothing left to name
+        ws = await server.accept()
+        assert "channels" not in await frame_of(ws)
+        await page.evaluate("window.conn.close()")

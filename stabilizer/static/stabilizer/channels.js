@@ -2,8 +2,9 @@
  * stabilizer/channels.js: protocol v2's channel subscriptions as the client keeps them: the
  * function that gets each channel's messages, the presence it follows, and subscribing
  * again after a reconnect into a session that kept no memberships (or, for those that
- * follow presence, after any reconnect). A channel the server ends itself (an
- * "unsubscribed" frame) is forgotten, and its subscription's onUnsubscribed told.
+ * follow presence, after any reconnect, once its resume frame came). A channel the server
+ * ends itself (an "unsubscribed" frame, also for a leave made while the client was away,
+ * or a refusal of a subscribe made again) is forgotten, and its onUnsubscribed told.
  */
 import { Presence } from "./presence.js";
 
@@ -14,6 +15,10 @@ export function subscribeFrame(channel, params, presence = false) {
   if (presence) body.presence = true;
   return body;
 }
+
+// errors after which a subscribe changed nothing (the server keeps a membership it had)
+const KEPT_ON = new Set(["timeout", "disconnected", "unavailable", "closed", "rate_limited",
+                         "overloaded"]);
 
 function tell(onUnsubscribed, channel, reason) {
   if (!onUnsubscribed) return;
@@ -37,6 +42,9 @@ export class Channels {
   #ended = new Map();  // channel -> [that number, reason] when the server ended it
 
   get size() { return this.#channels.size; }
+
+  /** The subscribed channels, sorted (a resume names them). */
+  get names() { return [...this.#channels.keys()].sort(); }
 
   get followsPresence() { return this.#presences.size > 0; }
 
@@ -115,8 +123,12 @@ export class Channels {
   }
 
   /** After a reconnect into a fresh session the server forgot the subscriptions: send each
-   * again with `request(body, timeoutMs)`; forget the ones the server refuses now. */
-  async subscribeAgain(request, presenceOnly = false) {
+   * again with `request(body, timeoutMs)` (`presenceOnly`, into a kept session: those that
+   * follow presence). Forget the ones the server refuses now (it ends a membership the
+   * session kept), telling their onUnsubscribed the refusal's code, and `forgotten(channel)`
+   * (unless an "unsubscribed" frame told it first). */
+  async subscribeAgain(request, presenceOnly = false, forgotten = () => {}) {
+    if (presenceOnly && !this.followsPresence) return;
     for (const [channel, entry] of [...this.#channels]) {
       const presence = this.#presences.has(channel);
       if (presenceOnly && !presence) continue;
@@ -128,9 +140,13 @@ export class Channels {
           await request({ type: "unsubscribe", channel }, 30000);
         }
       } catch (err) {
-        if (["timeout", "disconnected", "unavailable", "closed"].includes(err.code)) continue;
+        if (KEPT_ON.has(err.code)) continue;  // nothing changed: the next session tries again
         console.warn(`stabilizer: channel ${channel} was not subscribed again: ${err.message}`);
-        if (this.#channels.get(channel) === entry) this.delete(channel);
+        if (this.#channels.get(channel) === entry) {
+          this.delete(channel);
+          forgotten(channel);
+          tell(entry.onUnsubscribed, channel, err.code);
+        }
       }
     }
   }

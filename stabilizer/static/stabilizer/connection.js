@@ -18,7 +18,7 @@ import { DEFAULTS, checkOptions } from "./options.js";
 import { Watchdog } from "./watchdog.js";
 
 export class Connection {
-  #url; #options; #ws = null; #state = "connecting"; #session = null; #token;
+  #url; #options; #ws = null; #state = "connecting"; #session = null; #token; #resuming = false;
   #positions = {}; #history = false; #queue = []; #listeners = new Listeners();
   #failures = 0; #unopened = 0; #sentToken = false; #openedAt = null; #everOpened = false;
   #retryTimer = null; #v2; #device; #expiresAt = null; #refresher; #channels = new Channels();
@@ -203,7 +203,7 @@ export class Connection {
     }
     if (this.#token) this.#sentToken = true;
     ws.send(JSON.stringify(connectFrame(this.#device.id, token, this.#token, this.#positions,
-                                        this.#options.params)));
+                                        this.#options.params, this.#channels.names)));
   }
 
   #receive(ws, data) {
@@ -225,10 +225,9 @@ export class Connection {
       case "pong": return;
       case "session": this.#welcome(frame); return;
       case "resume":
-        if (frame.fresh === true && this.#channels.size) {  // the session was gone: so are
-          this.#channels.subscribeAgain(  // its memberships; the token was still good
-            (body, timeoutMs) => this.#request(body, timeoutMs), false);
-        }
+        // a reconnect's (leaves made meanwhile were told before it; fresh: memberships gone)
+        if (this.#resuming) this.#subscribeAgain(frame.fresh !== true);
+        this.#resuming = false;
         this.#emit("resume", frame);
         return;
       case "error": this.#emit("error", frame); return;
@@ -294,10 +293,14 @@ export class Connection {
     if (reconnect && !(frame.resumed && this.#history)) {  // no resume frame will come
       this.#emit("resume", { type: "resume", recovered: false, replayed: 0, failed: [] });
     }
-    const kept = frame.resumed && this.#history;  // groups end with a session w/o history
-    if (reconnect && this.#channels.size && (!kept || this.#channels.followsPresence)) {
-      this.#channels.subscribeAgain((body, timeoutMs) => this.#request(body, timeoutMs), kept);
-    }
+    this.#resuming = reconnect && frame.resumed && this.#history;  // (else groups ended)
+    if (reconnect && !this.#resuming) this.#subscribeAgain(false);
+  }
+
+  /** After a reconnect: subscribe again (`kept` memberships: to channels with presence). */
+  #subscribeAgain(kept) {
+    this.#channels.subscribeAgain((body, timeoutMs) => this.#request(body, timeoutMs), kept,
+                                  (channel) => { delete this.#positions[`g:${channel}`]; });
   }
 
   #becomeOpen() {

@@ -11,6 +11,7 @@ const CONTROL_TYPES = new Set(["session", "ping", "pong", "resume", "error", "me
 // the most positions a resume sends: a server refuses more with a final 1008
 const MAX_RESUME_STREAMS = 1000;
 const MAX_RESUME_TEXT = 64 * 1024 - 1024;
+const MAX_HELD_CHANNELS = 1000;  // the most channels a resume names (as the server takes)
 
 /** The protocol frame in `text`, or null when it is an application message. */
 export function controlFrame(text) {
@@ -72,13 +73,15 @@ export function advance(positions, stream, offset, epoch) {
 }
 
 /** The v2 connect frame: the device, the access token, the reconnect token with the
- * positions to resume from, and the authenticator's params (each only when there is one). */
-export function connectFrame(device, token, reconnectToken, positions, params) {
+ * positions to resume from and the channels held (the server tells which of them it ended
+ * meanwhile), and the authenticator's params (each only when there is one). */
+export function connectFrame(device, token, reconnectToken, positions, params, channels = []) {
   const frame = { type: "connect", device };
   if (token) frame.token = token;
   if (reconnectToken) {
     frame.reconnect_token = reconnectToken;
     if (sendable(positions)) frame.positions = positions;
+    if (channels.length) frame.channels = channels.slice(0, MAX_HELD_CHANNELS);
   }
   if (params) frame.params = params;
   return frame;

@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 #: Called with each message of a subscribed channel (str or bytes).
 OnMessage = Callable[[str | bytes], object]
-#: Called with the reason (``"server"``) when the server ends a subscription itself.
+#: Called with the reason when the server ends a subscription itself: ``"server"`` (an
+#: ``unsubscribed`` frame), or the code of the refusal of a subscribe made again after a
+#: reconnect.
 OnUnsubscribed = Callable[[str], object]
 
 
@@ -175,7 +177,8 @@ class Requests:
         `on_presence(joins, leaves)` is called for every change from the first state on
         (the state may arrive before this returns: a callback added after can miss it).
         When the server ends the subscription itself (the application took the client out
-        of the channel), the client forgets it and calls `on_unsubscribed(reason)`.
+        of the channel, live or while it was away; or the hook refuses the subscribe made
+        again after a reconnect), the client forgets it and calls `on_unsubscribed(reason)`.
 
         Raises:
             RPCError: refused (``forbidden`` or the hook's own code), ``unavailable``,

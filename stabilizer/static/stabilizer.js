@@ -54,7 +54,11 @@
  * listeners it went to returned. .subscribe(channel, onMessage = null,
  * {params, timeoutMs}) (v2: join `channel` if the server's on_subscribe hook allows;
  * onMessage(data, position) then gets its messages instead of the "message" listeners; after
- * a reconnect that kept no memberships (no history, or a fresh session) it subscribes again), .unsubscribe(channel) and
+ * a reconnect that kept no memberships (no history, or a fresh session) it subscribes again;
+ * after one that kept them, to the channels that follow presence, once the resume frame
+ * came; a resume names the channels held, and the server ends those it left meanwhile;
+ * onUnsubscribed(reason) is told when the server ends a subscription, or refuses one
+ * made again), .unsubscribe(channel) and
  * .publish(channel, data) (v2: through the server's on_publish hook); the three are Promises
  * rejected with an RPCError as rpc is.
  *

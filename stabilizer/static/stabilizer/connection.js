@@ -290,15 +290,14 @@ export class Connection {
     const reconnect = this.#everOpened;
     this.#emit("session", frame);
     this.#becomeOpen();
-    if (reconnect && !(frame.resumed && this.#history)) {  // no resume frame will come
+    this.#resuming = reconnect && frame.resumed && this.#history;  // a resume frame comes
+    if (reconnect && !this.#resuming) {  // none will come, and no group was kept
       this.#emit("resume", { type: "resume", recovered: false, replayed: 0, failed: [] });
+      this.#subscribeAgain(false);
     }
-    this.#resuming = reconnect && frame.resumed && this.#history;  // (else groups ended)
-    if (reconnect && !this.#resuming) this.#subscribeAgain(false);
   }
 
-  /** After a reconnect: subscribe again (`kept` memberships: to channels with presence). */
-  #subscribeAgain(kept) {
+  #subscribeAgain(kept) {  // after a reconnect (`kept` memberships: those with presence)
     this.#channels.subscribeAgain((body, timeoutMs) => this.#request(body, timeoutMs), kept,
                                   (channel) => { delete this.#positions[`g:${channel}`]; });
   }

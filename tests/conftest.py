@@ -24,7 +24,8 @@ _NAMESPACES = itertools.count(1)
 _E2E = Path(__file__).resolve().parent / "e2e"
 #: Fixtures that start or hand out a real Redis: a test asking for one is marked `redis`.
 REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "redis_cluster", "redis_sentinel",
-                            "private_redis", "private_cluster"})
+                            "private_redis", "private_cluster",
+                            "replicated_cluster"})
 
 
 def pytest_configure() -> None:
@@ -70,9 +71,9 @@ def redis_server() -> Iterator[RedisServer | ExternalRedis]:
         pytest.fail(str(exc), pytrace=False)
 
 
-def _three_masters() -> Iterator[RedisClusterServers]:
+def _three_masters(replicas: int = 0) -> Iterator[RedisClusterServers]:
     try:
-        servers = RedisClusterServers()
+        servers = RedisClusterServers(replicas=replicas)
     except NoRedisServer as exc:
         pytest.fail(str(exc), pytrace=False)
     with servers:
@@ -114,6 +115,13 @@ def private_cluster() -> Iterator[RedisClusterServers]:
     """A three-master Cluster only this module's tests use (for restarts, CLIENT KILL and
     exact command counts; fails, never skips, without Redis)."""
     yield from _three_masters()
+
+
+@pytest.fixture(scope="module")
+def replicated_cluster() -> Iterator[RedisClusterServers]:
+    """Three masters with a replica each, only this module's tests use (for graceful
+    failovers, which move masters; fails, never skips, without Redis)."""
+    yield from _three_masters(replicas=1)
 
 
 @pytest.fixture

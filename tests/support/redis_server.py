@@ -339,6 +339,36 @@ class RedisClusterServers:
                 return next(node for node in self.nodes if node.port == port)
         raise RuntimeError(f"no master found for slot {slot}")
 
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """A replica of `master`, in sync with it (needs a cluster made with replicas)."""
+        for node in self.nodes:
+            info = _replication(node)
+            if (info.get("role") == "slave" and info.get("master_port") == str(master.port)
+                    and info.get("master_link_status") == "up"):
+                return node
+        raise RuntimeError(f"no replica in sync with :{master.port}")
+
+    def failover(self, key: str, timeout: float = 30.0) -> tuple[RedisServer, RedisServer]:
+        """A graceful `CLUSTER FAILOVER`: the replica of the master owning `key`'s slot takes
+        it over and the old master becomes its replica, both running all along (unlike a
+        killed master: no connection drops). Returns (old master, new master) once every
+        node's replica is in sync again, the first node names the new one as the slot's master
+        and the old one replicates from it."""
+        old = self.master_of(key)
+        new = self.replica_of(old)
+        cli = cluster_cli()
+        reply = subprocess.run([cli, "-p", str(new.port), "cluster", "failover"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        if reply != "OK":
+            raise RuntimeError(f"CLUSTER FAILOVER on :{new.port} answered {reply!r}")
+        deadline = time.monotonic() + timeout
+        while not (self.master_of(key) is new and self._replicas_synced()
+                   and _replication(old).get("master_port") == str(new.port)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the failover of :{old.port} to :{new.port} did not end")
+            time.sleep(0.1)
+        return old, new
+
     def stop(self) -> None:
         """Stop every server."""
         for node in self.nodes:
@@ -437,3 +467,10 @@ class RedisSentinelSetup:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _replication(node: RedisServer) -> dict[str, str]:
+    """`INFO replication` of one server, as a dict."""
+    reply = subprocess.run([cluster_cli(), "-p", str(node.port), "info", "replication"],
+                           capture_output=True, text=True, timeout=10).stdout
+    return dict(line.strip().split(":", 1) for line in reply.splitlines() if ":" in line)

@@ -28,7 +28,8 @@ HISTORY = {"history_size": 100, "history_ttl": 60.0, "session_ttl": 60.0}
 #: How long a message may take to arrive after the failover ended: the node's recovery
 #: (a backoff under 0.2 s, the topology, the subscription, the catch-up) takes far less.
 RECOVERY = 20.0
-Nodes = Callable[..., tuple[WebSocketConnectionManager, WebSocketConnectionManager]]
+Pair = tuple[WebSocketConnectionManager, WebSocketConnectionManager]
+Nodes = Callable[..., Awaitable[Pair]]
 
 
 @pytest.fixture
@@ -37,8 +38,7 @@ async def nodes(replicated_cluster: RedisClusterServers,
     """Two started nodes `a` and `b` on the replicated cluster (shut down at teardown)."""
     made: list[WebSocketConnectionManager] = []
 
-    async def start(**overrides: object) -> tuple[WebSocketConnectionManager,
-                                                   WebSocketConnectionManager]:
+    async def start(**overrides: object) -> Pair:
         options: dict[str, object] = {
             "redis_url": replicated_cluster.url, "redis_cluster": True,
             "namespace": namespace, "node_ttl": 2.0, "op_timeout": 1.0, **QUIET, **overrides}
@@ -48,7 +48,7 @@ async def nodes(replicated_cluster: RedisClusterServers,
             await manager.start()
         return made[0], made[1]
 
-    yield start  # type: ignore[misc]
+    yield start
     for manager in made:
         await manager.graceful_shutdown(timeout=2.0)
 
@@ -65,9 +65,9 @@ async def received(sock: FakeSocket, wanted: str, timeout: float) -> None:
             frame = await sock.frames.get()
             if frame == wanted:
                 return
-            if isinstance(frame, str) and frame.startswith("{"):
-                if json.loads(frame).get("data") == wanted:
-                    return
+            if (isinstance(frame, str) and frame.startswith("{")
+                    and json.loads(frame).get("data") == wanted):
+                return
 
 
 async def arrives(send: Callable[[str], Awaitable[object]], sock: FakeSocket) -> None:
@@ -135,3 +135,36 @@ async def test_broadcasts_and_direct_messages_survive_a_failover_of_the_namespac
         await arrives(a.broadcast, bob)
     await arrives(lambda text: a.send_to_client("bob", text), bob)
     assert bob.closed is None
+
+
+@pytest.mark.parametrize("topology", ["redis", "cluster"])
+async def test_the_nodes_own_unsubscribes_are_not_taken_for_lost_subscriptions(
+    request: pytest.FixtureRequest, namespace: str, topology: str
+) -> None:
+    """A group left and joined again at once: the confirmation of its unsubscribe comes
+    while the node wants the channel again, and must not end the subscription."""
+    options: dict[str, object] = {"namespace": namespace, **QUIET}
+    if topology == "cluster":
+        options.update(redis_url=request.getfixturevalue("replicated_cluster").url,
+                       redis_cluster=True)
+    else:
+        options.update(redis_url=request.getfixturevalue("redis_url"))
+    a = WebSocketConnectionManager(WebSocketConfig(node_id="a", **options))  # type: ignore[arg-type]
+    b = WebSocketConnectionManager(WebSocketConfig(node_id="b", **options))  # type: ignore[arg-type]
+    try:
+        await a.start()
+        await b.start()
+        bob = FakeSocket("bob")
+        await b.connect("bob", bob)
+        for round_ in range(3):
+            await b.join_group("bob", "room")
+            await b.leave_group("bob", "room")  # b's last member: it unsubscribes
+            await b.join_group("bob", "room")  # (confirmed after that unsubscribe's)
+            await a.send_to_group("room", f"round-{round_}")
+            await received(bob, f"round-{round_}", timeout=3.0)
+            await b.leave_group("bob", "room")
+        assert b.stats.backend_reconnects == 0
+        assert b.backend.routing.subscribed.is_set()
+    finally:
+        await a.graceful_shutdown(timeout=2.0)
+        await b.graceful_shutdown(timeout=2.0)

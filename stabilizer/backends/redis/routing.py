@@ -32,7 +32,10 @@ class RedisRouting:
     channels of the groups it has local members of, and (with events) the events channel.
 
     Pub/sub is at-most-once. A lost subscription ends deliveries() with
-    BackendUnavailable; the caller subscribes again (and, with history, catches up).
+    BackendUnavailable; the caller subscribes again (and, with history, catches up). Lost
+    includes a channel Redis unsubscribed the node from by itself while the connection
+    stays up: on a Cluster a shard that stops serving a slot (a graceful failover made its
+    master a replica, or the slot migrated) pushes `sunsubscribe` for that slot's channels.
     """
 
     def __init__(self, core: RedisCore) -> None:
@@ -41,6 +44,9 @@ class RedisRouting:
         self._pubsub: Any = None
         self._groups: set[str] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        # channels this node asked to unsubscribe from, by unconfirmed requests: their
+        # confirmations are ours, any other unsubscribe from a wanted channel is Redis's
+        self._leaving: dict[bytes, int] = {}
         self._lost_subscription = False
         # held by a group's (un)subscribe on the pub/sub connection: closing the subscription
         # waits for it, or the connection would go back to the pool while still in use
@@ -92,6 +98,7 @@ class RedisRouting:
                 if not waiter.done():
                     waiter.set_result(None)
             self._confirmations.clear()
+            self._leaving.clear()
             # A group's command in flight may be re-establishing this very connection;
             # closing hands it back to the client's pool, where a script would then read the
             # socket that command reads. It ends within op_timeout: wait for it.
@@ -143,7 +150,32 @@ class RedisRouting:
                 if confirmed == channels:
                     self._on_subscribed(channels)
             elif kind in ("unsubscribe", "sunsubscribe"):
-                seen.discard(_channel_bytes(message.get("channel")))
+                channel = _channel_bytes(message.get("channel"))
+                seen.discard(channel)
+                if not self._left(channel) and channel in self._wanted():
+                    # Redis dropped it (its slot moved): nothing published on it reaches
+                    # this node any more. Subscribe again against the new topology.
+                    raise BackendUnavailable(f"redis ended the subscription to {channel!r}"
+                                             f" (its slot moved to another shard)")
+
+    def _leave(self, channel: str) -> None:
+        """Note an unsubscribe this node is about to request (its confirmation is ours)."""
+        key = channel.encode()
+        self._leaving[key] = self._leaving.get(key, 0) + 1
+
+    def _left(self, channel: bytes) -> bool:
+        """True when the unsubscribe confirmed for `channel` is one this node requested."""
+        pending = self._leaving.get(channel, 0)
+        if pending <= 0:
+            return False
+        if pending == 1:
+            del self._leaving[channel]
+        else:
+            self._leaving[channel] = pending - 1
+        return True
+
+    def _wanted(self) -> set[bytes]:
+        return {channel.encode() for channel in self._channels()}
 
     async def _catch_up(self, pubsub: Any, seen: set[bytes]) -> int:
         """Groups followed or left while the subscription was being confirmed (follow_group
@@ -162,6 +194,7 @@ class RedisRouting:
                 if missing:
                     await pubsub.subscribe(*missing)
                 for channel in stale:
+                    self._leave(channel)
                     await pubsub.unsubscribe(channel)
         except _PUBSUB_FAILURES as exc:
             self._core.available = False
@@ -241,7 +274,9 @@ class RedisRouting:
             async with asyncio.timeout(self._core.op_timeout), self._commands:
                 if self._pubsub is not pubsub:
                     return  # lost meanwhile: the next subscription leaves it out
-                await pubsub.unsubscribe(self._core.keys.group_channel(group))
+                channel = self._core.keys.group_channel(group)
+                self._leave(channel)
+                await pubsub.unsubscribe(channel)
         except _PUBSUB_FAILURES as exc:
             if self._pubsub is not pubsub:
                 return  # the subscription was lost meanwhile: the next one leaves it out

@@ -23,6 +23,10 @@ class ShardedSubscription:
     so a message on one shard can wait behind another shard's idle wait. Here every shard
     has its own reader task feeding one queue; a failing shard fails the whole subscription
     (the listener then resubscribes everything against the refreshed topology).
+
+    A shard that stops serving a slot (a graceful failover, a migration) keeps the
+    connection and pushes `sunsubscribe` for the slot's channels: those reach the caller
+    like any confirmation, and it tells them from its own (routing.RedisRouting._read).
     """
 
     def __init__(self, core: RedisCore) -> None:
@@ -31,6 +35,8 @@ class ShardedSubscription:
         self._cluster: RedisCluster = core.client
         self._op_timeout = core.op_timeout
         self._shards: dict[str, tuple[Redis, Any, asyncio.Task[None]]] = {}
+        # the shard each channel was subscribed on: the slot map may have changed since
+        self._homes: dict[str, str] = {}
         self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
 
     def _owner(self, channel: str) -> Any:
@@ -41,6 +47,7 @@ class ShardedSubscription:
 
     async def _shard(self, channel: str) -> Any:
         node = self._owner(channel)
+        self._homes[channel] = node.name
         shard = self._shards.get(node.name)
         if shard is None:
             client = Redis(host=node.host, port=node.port,
@@ -70,11 +77,14 @@ class ShardedSubscription:
             await pubsub.ssubscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
-        """SUNSUBSCRIBE a channel."""
-        node = self._owner(channel)
-        shard = self._shards.get(node.name)
-        if shard is not None:
-            await shard[1].sunsubscribe(channel)
+        """SUNSUBSCRIBE a channel, on the shard it was subscribed on."""
+        home = self._homes.pop(channel, None)
+        shard = self._shards.get(home) if home is not None else None
+        if shard is None:  # not subscribed: confirmed all the same, as Redis would
+            self._queue.put_nowait({"type": "sunsubscribe", "pattern": None,
+                                    "channel": channel.encode(), "data": 0})
+            return
+        await shard[1].sunsubscribe(channel)
 
     async def get_message(self, timeout: float) -> dict[str, Any] | None:
         """The next message from any shard, or None after `timeout` seconds of silence."""
@@ -95,6 +105,7 @@ class ShardedSubscription:
     async def aclose(self) -> None:
         """Stop the readers and close every shard connection (bounded by op_timeout)."""
         shards, self._shards = list(self._shards.values()), {}
+        self._homes.clear()
         readers = [reader for _, _, reader in shards]
         for reader in readers:
             reader.cancel()

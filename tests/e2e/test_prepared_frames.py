@@ -12,8 +12,9 @@ import pytest
 from fastapi import FastAPI, WebSocket
 
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
-from stabilizer.connection.transports import prepared_writer
+from stabilizer.connection.transports import PreparedWriter, prepared_writer
 from stabilizer.fastapi import lifespan, session
 from stabilizer.pure.framing import data_frame
 from tests.support.inproc_uvicorn import IMPLS, LEGACY_WARNS, Served, served
@@ -60,6 +61,15 @@ async def joined(served_: Served, client_id: str, **options: Any) -> RawClient:
     assert json.loads(client.message(first))["type"] == "session"
     return client
 
+
+def prepared_of(manager: WebSocketConnectionManager,
+                client_id: str) -> tuple[Connection, PreparedWriter]:
+    """The connection of `client_id` and a prepared write of its socket."""
+    conn = manager.get_connection(client_id)
+    assert conn is not None
+    prepared = prepared_writer(conn.socket)
+    assert prepared is not None
+    return conn, prepared
 
 @pytest.fixture
 def manager() -> WebSocketConnectionManager:
@@ -157,10 +167,7 @@ async def test_nothing_is_written_after_the_close_handshake_began(
         ws: str, manager: WebSocketConnectionManager, monkeypatch: pytest.MonkeyPatch) -> None:
     async with served(make_app(manager), ws, monkeypatch) as server:
         client = await joined(server, "leaving")
-        conn = manager.get_connection("leaving")
-        assert conn is not None
-        prepared = prepared_writer(conn.socket)
-        assert prepared is not None
+        _, prepared = prepared_of(manager, "leaving")
         assert prepared.write(Frame.text("while open")) is True
         async with asyncio.timeout(BOUND):
             assert (await client.frame()).payload == b"while open"
@@ -181,10 +188,7 @@ async def test_nothing_is_written_once_the_server_sent_its_close(
     # transport is still open, the server's connection no longer is.
     async with served(make_app(manager), ws, monkeypatch) as server:
         client = await joined(server, "closing")
-        conn = manager.get_connection("closing")
-        assert conn is not None
-        prepared = prepared_writer(conn.socket)
-        assert prepared is not None
+        conn, prepared = prepared_of(manager, "closing")
         await conn.socket.send({"type": "websocket.close", "code": 1000, "reason": ""})
         # at once, before the session hears of it and the transport is closed
         assert not prepared.server.transport.is_closing()

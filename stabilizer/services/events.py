@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from stabilizer.connection.connection import Connection
@@ -107,7 +107,7 @@ class Events:
             try:
                 outcome = listener(event)
                 if inspect.iscoroutine(outcome):
-                    self._ctx.tasks.spawn(outcome, name="stabilizer-event")
+                    self._ctx.tasks.spawn(_listened(outcome), name="stabilizer-event")
             except APPLICATION_FAILURES:
                 logger.exception("cluster event listener failed")
 
@@ -132,3 +132,12 @@ class Events:
             except APPLICATION_FAILURES:
                 logger.exception("%s hook %r failed",
                                  "connect" if event.code is None else "disconnect", hook)
+
+
+async def _listened(outcome: Coroutine[Any, Any, Any]) -> None:
+    """Run an async listener's coroutine in a task of the node: its failure, an exit
+    included, is logged there (a task that raised SystemExit would end the event loop)."""
+    try:
+        await outcome
+    except APPLICATION_FAILURES:
+        logger.exception("cluster event listener failed")

@@ -58,3 +58,24 @@ async def test_a_cluster_event_listener_that_exits_is_logged(
     manager._node.events.emit(ClusterEvent("connect", "c1", None, "elsewhere"))
     assert heard == ["connect"]
     assert "cluster event listener failed" in caplog.text
+
+
+async def test_an_async_cluster_event_listener_that_exits_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # (it runs in a task of the node: the exit is raised there, after emit returned)
+    manager = WebSocketConnectionManager(WebSocketConfig(cluster_events=True))
+    heard = asyncio.Event()
+
+    async def exits(event: ClusterEvent) -> None:
+        raise SystemExit(1)
+
+    async def hears(event: ClusterEvent) -> None:
+        heard.set()
+
+    manager.on_cluster_event(exits)
+    manager.on_cluster_event(hears)  # its task runs after the first one's
+    caplog.set_level(logging.ERROR, logger="stabilizer")
+    manager._node.events.emit(ClusterEvent("connect", "c1", None, "elsewhere"))
+    async with asyncio.timeout(5):
+        await heard.wait()
+    assert "cluster event listener failed" in caplog.text

@@ -11,7 +11,11 @@ import json
 from collections.abc import Mapping, Sequence
 
 from stabilizer.errors import RPCError
-from stabilizer.pure.client_protocol import ControlFrame, HandshakeRejectedError
+from stabilizer.pure.client_protocol import (
+    MAX_RESUME_TEXT,
+    ControlFrame,
+    HandshakeRejectedError,
+)
 from stabilizer.pure.text import JSONValue, check_group
 from stabilizer.pure.v2 import MAX_HELD_CHANNELS, SUBPROTOCOL, is_method
 
@@ -51,20 +55,44 @@ def connect_frame(*, token: str | None, device: str | None,
                   params: Mapping[str, JSONValue] | None = None,
                   channels: Sequence[str] = ()) -> str:
     """The first frame of a v2 connection; positions and the channels the client holds
-    (at most MAX_HELD_CHANNELS of them) go only with a reconnect token."""
+    go only with a reconnect token. Together they take at most MAX_RESUME_TEXT bytes of
+    the frame (as positions alone may): the channels past that (or past
+    MAX_HELD_CHANNELS) are left out, which only loses the ``unsubscribed`` notice of a
+    leave made while the client was away (docs/protocol.md 6.6)."""
     body: dict[str, JSONValue] = {"type": "connect"}
     for name, value in (("token", token), ("reconnect_token", reconnect_token),
                         ("device", device)):
         if value is not None:
             body[name] = value
+    room = MAX_RESUME_TEXT
     if reconnect_token is not None and positions:
-        body["positions"] = {stream: [offset, epoch]
-                             for stream, (offset, epoch) in positions.items()}
+        body["positions"] = sent = {stream: [offset, epoch]
+                                    for stream, (offset, epoch) in positions.items()}
+        room -= _size(sent)
     if reconnect_token is not None and channels:
-        body["channels"] = list(channels[:MAX_HELD_CHANNELS])
+        named = held_channels(channels, room)
+        if named:
+            body["channels"] = list(named)
     if params:
         body["params"] = dict(params)
     return _dump(body)
+
+
+def held_channels(channels: Sequence[str], room: int) -> Sequence[str]:
+    """The first of `channels` (at most MAX_HELD_CHANNELS) whose names fit `room` bytes
+    of a frame's JSON text."""
+    used = 2  # []
+    for count, channel in enumerate(channels[:MAX_HELD_CHANNELS]):
+        used += _size(channel) + 1  # (and a comma)
+        if used > room:
+            return channels[:count]
+    return channels[:MAX_HELD_CHANNELS]
+
+
+def _size(value: JSONValue) -> int:
+    """The bytes `value` takes in a frame (UTF-8: what a server's max_message_size
+    counts)."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def refresh_frame(token: str) -> str:

@@ -587,3 +587,29 @@ async def test_a_resume_names_its_channels_and_the_server_ends_what_it_left_mean
         ws = await server.accept()
         assert "channels" not in await frame_of(ws)
         await page.evaluate("window.conn.close()")
+
+
+async def test_a_resume_names_the_channels_its_positions_leave_room_for(page: Page) -> None:
+    """Positions and channels take at most MAX_RESUME_TEXT bytes of the connect frame
+    together (as positions alone may); the names past it are left out. Before, only their
+    count was bounded: 1,000 long names made a frame a server's max_message_size refused
+    (1009, final)."""
+    async with ScriptedV2Server() as server:
+        await page.goto(server.base + "/")
+        named, used, next_size, everything = await page.evaluate("""async () => {
+            const f = await import("/stabilizer/frames.js");
+            const size = (value) => new TextEncoder().encode(JSON.stringify(value)).length;
+            const positions = {};
+            for (let i = 0; i < 100; i++) positions["g:" + "p".repeat(200) + i] = [1, "e"];
+            const channels = [];
+            for (let i = 0; i < 400; i++) channels.push(`room:${i}:` + "\u00e9".repeat(240));
+            const frame = f.connectFrame("d", "jwt", "s1.x", positions, null, channels);
+            const named = frame.channels;
+            const same = named.every((name, i) => name === channels[i]);
+            const few = f.connectFrame("d", null, "s1.x", {}, null, ["b", "a"]).channels;
+            return [same ? named.length : -1, size(frame.positions) + size(named),
+                    size(channels[named.length]) + 1, few];
+        }""")
+    assert 0 < named < 400
+    assert used <= 64 * 1024 - 1024 < used + next_size
+    assert everything == ["b", "a"]

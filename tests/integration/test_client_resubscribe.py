@@ -226,3 +226,32 @@ async def test_a_refused_subscribe_after_a_kept_resume_ends_the_membership(
             await manager.send_to_group("room", "after the refusal")
             await manager.send_to_client(client_id, "marker")
             assert await asyncio.wait_for(client.recv(), 5) == "marker"
+
+
+async def test_a_client_holding_many_long_channel_names_still_resumes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resuming connect frame names the channels the client holds; with its positions
+    they take at most MAX_RESUME_TEXT bytes (as positions alone could), so a server whose
+    max_message_size has room for that takes the frame. Before, only their count was
+    bounded (1,000 names of up to 256 characters): the frame went over, the server closed
+    with 1009, and the client took that as final."""
+    manager = WebSocketConnectionManager(kept_history().replace(
+        max_message_size=80_000, max_channels_per_connection=None))
+    resumed = asyncio.Event()
+    async with (
+        served(history_app(manager, []), "websockets-sansio", monkeypatch) as server,
+        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2,
+                retry=RetryPolicy(base=0.01, cap=0.05),
+                on_resume=lambda _result: resumed.set()) as client,
+    ):
+        channels = [f"room:{n:03d}:" + "x" * 240 for n in range(350)]  # ~88 KB of names
+        for channel in channels:
+            await client.subscribe(channel)
+        client_id = client.client_id
+        assert client_id is not None
+        await manager.disconnect(client_id, code=1012, reason='{"retry_ms": 10}')
+        await asyncio.wait_for(resumed.wait(), 10)
+        assert client.last_resume is not None
+        assert client.last_resume.session_resumed
+        assert manager.is_connected(client_id)
+        assert await manager.get_client_groups(client_id) == sorted(channels)

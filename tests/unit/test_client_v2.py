@@ -17,6 +17,7 @@ from stabilizer.client import (
 )
 from stabilizer.errors import ConfigError, WireError
 from stabilizer.pure.client_protocol import (
+    MAX_RESUME_TEXT,
     message_payload,
 )
 from stabilizer.pure.client_v2 import (
@@ -46,6 +47,38 @@ def test_positions_go_only_with_a_reconnect_token() -> None:
     fresh = json.loads(connect_frame(token="jwt", device="d", positions=positions))
     assert "positions" not in fresh
     assert "reconnect_token" not in fresh
+
+
+def test_positions_and_channels_share_one_budget() -> None:
+    """The channels a resume names fit, with its positions, in MAX_RESUME_TEXT bytes (as
+    positions alone may): the names past it are left out. Before, only their count was
+    bounded, and 1,000 long names made a frame a server's max_message_size refused."""
+    positions = {f"g:{'p' * 200}{n:03d}": (1, "e") for n in range(100)}
+    channels = sorted(f"room:{n:03d}:" + "é" * 240 for n in range(400))  # (2 bytes each)
+    frame = connect_frame(token="jwt", device="d", reconnect_token="s1.x",
+                          positions=positions, channels=channels)
+    body = json.loads(frame)
+    named = body["channels"]
+    assert len(body["positions"]) == 100
+    assert 0 < len(named) < len(channels)
+    assert named == channels[:len(named)]  # the first, in the order given
+
+    def size(value: object) -> int:
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+    used = size(body["positions"]) + size(named)
+    assert used <= MAX_RESUME_TEXT < used + size(channels[len(named)]) + 1
+    assert parse_connect(frame).channels == frozenset(named)
+    full: dict[str, tuple[int, str]] = {}  # positions that leave under 20 bytes
+    while size(full) < MAX_RESUME_TEXT - 20:
+        full[f"g:{'p' * 250 if size(full) < MAX_RESUME_TEXT - 300 else ''}{len(full)}"] = (
+            1, "e")
+    assert size(full) <= MAX_RESUME_TEXT
+    assert "channels" not in json.loads(connect_frame(
+        token=None, device="d", reconnect_token="s1.x", positions=full,
+        channels=["r" * 30]))
+    assert json.loads(connect_frame(token=None, device="d", reconnect_token="s1.x",
+                                    channels=["b", "a"]))["channels"] == ["b", "a"]
 
 
 def test_the_server_reads_the_frames_the_client_writes() -> None:

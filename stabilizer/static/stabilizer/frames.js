@@ -10,8 +10,9 @@ const ADVICE_CODES = new Set([1012, 1013, 4004]);
 const CONTROL_TYPES = new Set(["session", "ping", "pong", "resume", "error", "message"]);
 // the most positions a resume sends: a server refuses more with a final 1008
 const MAX_RESUME_STREAMS = 1000;
-const MAX_RESUME_TEXT = 64 * 1024 - 1024;
+const MAX_RESUME_TEXT = 64 * 1024 - 1024;  // (positions and channels together: bytes)
 const MAX_HELD_CHANNELS = 1000;  // the most channels a resume names (as the server takes)
+const encoder = new TextEncoder();
 
 /** The protocol frame in `text`, or null when it is an application message. */
 export function controlFrame(text) {
@@ -74,17 +75,40 @@ export function advance(positions, stream, offset, epoch) {
 
 /** The v2 connect frame: the device, the access token, the reconnect token with the
  * positions to resume from and the channels held (the server tells which of them it ended
- * meanwhile), and the authenticator's params (each only when there is one). */
+ * meanwhile), and the authenticator's params (each only when there is one). Positions and
+ * channels take at most MAX_RESUME_TEXT bytes together (as positions alone may): channels
+ * past that are left out, which only loses the notice of a leave made while away. */
 export function connectFrame(device, token, reconnectToken, positions, params, channels = []) {
   const frame = { type: "connect", device };
   if (token) frame.token = token;
   if (reconnectToken) {
     frame.reconnect_token = reconnectToken;
-    if (sendable(positions)) frame.positions = positions;
-    if (channels.length) frame.channels = channels.slice(0, MAX_HELD_CHANNELS);
+    let room = MAX_RESUME_TEXT;
+    if (sendable(positions)) {
+      frame.positions = positions;
+      room -= byteSize(positions);
+    }
+    const named = heldChannels(channels, room);
+    if (named.length) frame.channels = named;
   }
   if (params) frame.params = params;
   return frame;
+}
+
+/** The first of `channels` (at most MAX_HELD_CHANNELS) whose names fit `room` bytes of a
+ * frame's JSON text. */
+export function heldChannels(channels, room) {
+  const named = channels.slice(0, MAX_HELD_CHANNELS);
+  let used = 2;  // []
+  for (let count = 0; count < named.length; count += 1) {
+    used += byteSize(named[count]) + 1;  // (and a comma)
+    if (used > room) return named.slice(0, count);
+  }
+  return named;
+}
+
+function byteSize(value) {  // in a frame, as a server's max_message_size counts it (UTF-8)
+  return encoder.encode(JSON.stringify(value)).length;
 }
 
 /** Whether `positions` go with a resume: some, and not over what a server takes (more

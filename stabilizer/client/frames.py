@@ -154,12 +154,14 @@ class Frames:
             if owed is not None:  # a duplicate: the application handled it already
                 await send_ack(owed)
             return
-        kept = await self._deliver(wrapped.payload,
-                                   stream[2:] if stream.startswith("g:") else None, owed)
+        channel = stream[2:] if stream.startswith("g:") else None
+        kept = await self._deliver(wrapped.payload, channel, owed)
         if not kept:  # turned away by a full inbox: the resume replays it, if it can
             if offset is None or epoch is None:
                 self._unreplayable.add(stream)
-        elif offset is not None and epoch is not None:
+        elif offset is not None and epoch is not None and (
+                channel is None or self._subscriptions is None
+                or self._subscriptions.records(channel)):
             self.positions.accept(stream, offset, epoch)
 
     def _on_session(self, info: SessionInfo) -> None:

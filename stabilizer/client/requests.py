@@ -6,16 +6,18 @@ inbox: they go to the callback instead. Subscriptions are the server's group mem
 so a session resumed with history keeps them (those that follow presence are subscribed
 again, once its resume frame came: the server follows presence per connection); after any
 other reconnect (no history, or a fresh session) the client subscribes again to each. The
-server's hook decides again: a refusal ends that subscription (the server ends a
-membership the session kept, too), with a warning in the log, and its ``on_unsubscribed``
-is told. When the server ends one itself (an ``unsubscribed`` frame: the application took
-the client out of the channel, live or while the client was away), the client forgets it
-too, and its ``on_unsubscribed`` callback is told.
+server's hook decides again: a refusal ends that subscription, with a warning in the log
+(into a session that kept the membership the client leaves the channel first: a refusal
+changes no membership on the server), and its ``on_unsubscribed`` is told. When the server
+ends one itself (an ``unsubscribed`` frame: the application took the client out of the
+channel, live or while the client was away), the client forgets it too, and its
+``on_unsubscribed`` callback is told.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -63,6 +65,7 @@ class Subscriptions:
         self._subscribing: Counter[str] = Counter()
         self._left: dict[str, int] = {}
         self._ended: dict[str, tuple[int, str]] = {}  # ... when the server sent it: reason
+        self.leaving: Counter[str] = Counter()  # the client's own unsubscribes on their way
 
     def subscribing(self, channel: str) -> int:
         """A subscribe of `channel` is about to be sent: its number, for `subscribed`."""
@@ -99,6 +102,14 @@ class Subscriptions:
         self.forget(channel)
         if channel in self._subscribing:
             self._left[channel] = next(self._numbers)
+
+    def records(self, channel: str) -> bool:
+        """Whether a message of `channel` records its position (a resume counts a channel
+        whose position it sends as held): not while the client's own unsubscribe of it is
+        on its way (the server sent it before the leave; one after the reply is a new
+        membership's, such as the application's join), unless it subscribes again."""
+        return (channel not in self.leaving or channel in self.active
+                or channel in self._subscribing)
 
     def forget(self, channel: str) -> None:
         """Drop `channel` (its callbacks and presence copy) from the subscriptions."""
@@ -222,9 +233,26 @@ class Requests:
         """
         timeout = self._ready("unsubscribe", timeout)
         self._subscriptions.unsubscribing(channel)
+        await self._leave(channel, timeout)
+
+    async def _leave(self, channel: str, timeout: float) -> None:
+        """Send an unsubscribe of `channel` and forget its position (a resume carries no
+        stream the client left): a message of it that arrives meanwhile records none (see
+        Subscriptions.records).
+
+        Raises:
+            RPCError: ``unavailable``, ``timeout`` or ``disconnected``.
+        """
+        leaving = self._subscriptions.leaving
+        leaving[channel] += 1
         self._frames.positions.forget(group_stream(channel))
-        await self._calls.call(self._wait_open, functools.partial(_unsubscribe_frame, channel),
-                               timeout)
+        try:
+            await self._calls.call(self._wait_open,
+                                   functools.partial(_unsubscribe_frame, channel), timeout)
+        finally:
+            leaving[channel] -= 1
+            if not leaving[channel]:
+                del leaving[channel]
 
     async def publish(self, channel: str, data: str | dict[str, Any] | list[Any], *,
                       timeout: float = 30.0) -> None:
@@ -246,34 +274,51 @@ class Requests:
         """After a reconnect that kept no memberships: subscribe to every channel again;
         after one that kept them, to those that follow presence (the server follows it
         per connection), which sends their state again. A refusal ends the subscription
-        (the server ends a membership it kept too, and tells it first): its
-        `on_unsubscribed` gets the refusal's code unless that ``unsubscribed`` frame told
-        it already."""
+        and its `on_unsubscribed` gets the refusal's code; into a kept session the client
+        first leaves the channel (a refusal changes no membership on the server), its
+        messages going to the subscription meanwhile. When that unsubscribe fails, the
+        subscription stays: the next reconnect asks again."""
         active = self._subscriptions.active
-        for channel, (on_message, params) in list(active.items()):
+        for channel, entry in list(active.items()):
             presence = channel in self._subscriptions.presences
-            if (presence_only and not presence) or active.get(channel) != (on_message, params):
+            if (presence_only and not presence) or active.get(channel) != entry:
                 continue  # (unsubscribed, or subscribed anew, while the loop went on)
             try:
-                await self._calls.call(
-                    self._wait_open,
-                    functools.partial(_subscribe_frame, channel, params, presence), timeout)
-                if channel not in active:  # unsubscribed while this subscribe was on its way
-                    await self._calls.call(
-                        self._wait_open,
-                        functools.partial(_unsubscribe_frame, channel), timeout)
+                refusal = await self._ask_again(channel, entry[1], presence, timeout)
+                if refusal is not None and presence_only and active.get(channel) == entry:
+                    await self._leave(channel, timeout)  # the session kept the membership
             except RPCError as exc:
-                if exc.code in _KEPT_ON:
-                    continue  # nothing changed: the next fresh session tries again
-                logger.warning("channel %r was not subscribed again: %s", channel, exc)
-                subscriptions = self._subscriptions
-                if subscriptions.active.get(channel) == (on_message, params):
-                    told = subscriptions.on_unsubscribed.get(channel)
-                    subscriptions.forget(channel)
-                    self._frames.positions.forget(group_stream(channel))
-                    notify(told, exc.code)
+                logger.warning("channel %r was refused, but not left: %s", channel, exc)
+                continue
             except ClientClosedError:
                 return
+            if refusal is not None and active.get(channel) == entry:
+                told = self._subscriptions.on_unsubscribed.get(channel)
+                self._subscriptions.forget(channel)
+                self._frames.positions.forget(group_stream(channel))
+                notify(told, refusal)
+
+    async def _ask_again(self, channel: str, params: JSONValue, presence: bool,
+                         timeout: float) -> str | None:
+        """Subscribe to `channel` again: the refusal's code, or None (allowed, or nothing
+        changed: _KEPT_ON).
+
+        Raises:
+            ClientClosedError: closed for good.
+        """
+        try:
+            await self._calls.call(
+                self._wait_open,
+                functools.partial(_subscribe_frame, channel, params, presence), timeout)
+        except RPCError as exc:
+            if exc.code in _KEPT_ON:
+                return None  # nothing changed: the next fresh session tries again
+            logger.warning("channel %r was not subscribed again: %s", channel, exc)
+            return exc.code
+        if channel not in self._subscriptions.active:  # unsubscribed while it was on its way
+            with contextlib.suppress(RPCError):  # (a fresh session forgets it anyway)
+                await self._leave(channel, timeout)
+        return None
 
     def _ready(self, what: str, timeout: float) -> float:
         """`timeout` as seconds, once `what` may be called.

@@ -10,7 +10,6 @@ nobody), and whether presence may be asked for.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from typing import Final
@@ -35,7 +34,6 @@ FORBIDDEN: Final = "forbidden"
 BAD_REQUEST: Final = "bad_request"
 UNAVAILABLE: Final = "unavailable"
 LIMIT_EXCEEDED: Final = "limit_exceeded"
-TIMEOUT: Final = "timeout"
 
 
 class Channels:
@@ -84,25 +82,11 @@ class Channels:
         it allows. Return the reply frame, followed by the channel's presence for a
         subscribe that follows it.
 
-        A subscribe refused (any error but ``unavailable`` and ``timeout``, which leave
-        things as they were) for a channel the connection is in already ends that
-        membership, as a server-side leave does (the client is told, then gets the
-        refusal): the hook decides whether the connection is a member, so a client that
-        asks again after a resume is in only if it is allowed again, and a client that
-        takes a refusal for "not subscribed" is not."""
-        reply = await self._ask(conn, request)
-        if isinstance(reply, str) and request.channel in conn.groups:
-            code = _refusal_code(reply)
-            if code is not None and code not in (UNAVAILABLE, TIMEOUT):
-                try:
-                    await self._membership.leave(conn.client_id, request.channel)
-                except BackendUnavailable as exc:
-                    return reply_error_frame(request.call_id, UNAVAILABLE,
-                                             f"refused, and still subscribed: {exc}")
-        return reply
-
-    async def _ask(self, conn: Connection, request: ChannelRequest) -> str | list[str]:
-        """subscribe, the hook asked (see subscribe)."""
+        A refusal changes no membership: a channel the connection is in already (the
+        application's join_group, or a membership a resumed session kept) stays, whatever
+        the hook says now. A client that wants out unsubscribes (the bundled clients do
+        when a subscribe they send again into a session that kept the channel is
+        refused)."""
         ident, channel = request.call_id, request.channel
         hook = self._on_subscribe
         if hook is None:
@@ -246,9 +230,3 @@ class Channels:
                                conn.conn_id, conn.metadata)
         return await guarded(self._ctx, request.call_id, f"on_publish({channel!r})",
                              conn.client_id, lambda: hook(asked))
-
-
-def _refusal_code(reply: str) -> str | None:
-    """The error code of a ``reply`` frame; None for a result."""
-    error = json.loads(reply).get("error")
-    return str(error["code"]) if isinstance(error, dict) else None

@@ -579,6 +579,11 @@ async def test_a_resume_names_its_channels_and_the_server_ends_what_it_left_mean
             "subscribe", "stage", True)
         await ws.send(json.dumps({"type": "reply", "id": again["id"], "error": {
             "code": "forbidden", "message": "not any more"}}))
+        leave = await frame_of(ws)  # a refusal changes no membership: the page leaves
+        assert (leave["type"], leave["channel"]) == ("unsubscribe", "stage")
+        assert await page.evaluate("window.ended") == [["room", "server"]]  # (once it left)
+        await ws.send(json.dumps({"type": "reply", "id": leave["id"],
+                                  "result": {"channel": "stage"}}))
         await tab.until("() => window.ended.length >= 2")
         assert await page.evaluate("window.ended") == [["room", "server"],
                                                        ["stage", "forbidden"]]
@@ -586,6 +591,47 @@ async def test_a_resume_names_its_channels_and_the_server_ends_what_it_left_mean
         await ws.close(1012, '{"retry_ms": 10}')  # nothing left to name
         ws = await server.accept()
         assert "channels" not in await frame_of(ws)
+        await page.evaluate("window.conn.close()")
+
+
+async def test_a_message_of_a_channel_the_page_is_leaving_records_no_position(
+        page: Page) -> None:
+    """The page unsubscribes while a message of the channel is on its way (the server sent
+    it before the leave). Before, that message recorded the channel's position again, the
+    next resume counted the channel as held, and the page emitted "unsubscribed" for a
+    channel it had left itself. After the unsubscribe's reply a message of the channel
+    (the application joined the page again) records its position as any other."""
+    async with ScriptedV2Server() as server:
+        tab = await Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
+                             device="tab-1", backoffBaseMs=10)
+        ws = await server.accept()
+        await frame_of(ws)  # connect
+        await ws.send(session_frame("r1", "tab-1", history=True))
+        await tab.wait_state("open")
+
+        def message(offset: int, data: str) -> str:
+            return json.dumps({"type": "message", "stream": "g:room", "offset": offset,
+                               "epoch": "e", "data": data})
+
+        async def answer(request: dict[str, Any]) -> None:
+            await ws.send(json.dumps({"type": "reply", "id": request["id"],
+                                      "result": {"channel": request["channel"]}}))
+
+        await page.evaluate("() => { window.subscribing = window.conn.subscribe('room'); }")
+        await answer(await frame_of(ws))
+        await page.evaluate("window.subscribing")
+        await ws.send(message(1, "first"))
+        await tab.until("() => window.conn.positions['g:room']?.[0] === 1")
+        await page.evaluate("() => { window.leaving = window.conn.unsubscribe('room'); }")
+        leave = await frame_of(ws)
+        assert (leave["type"], leave["channel"]) == ("unsubscribe", "room")
+        await ws.send(message(2, "in flight"))
+        await answer(leave)
+        await page.evaluate("window.leaving")  # (after the message: frames come in order)
+        assert await tab.value("window.conn.positions") == {}
+        await ws.send(message(3, "joined again"))
+        await tab.wait_events("message", 3)
+        assert await tab.value("window.conn.positions") == {"g:room": [3, "e"]}
         await page.evaluate("window.conn.close()")
 
 

@@ -13,6 +13,11 @@ from fastapi import FastAPI
 
 from stabilizer import SubscribeRequest, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.client import ResumeResult, RetryPolicy, connect
+from stabilizer.client.requests import Subscriptions
+from stabilizer.connection.connection import Connection
+from stabilizer.pure.client_protocol import ControlFrame
+from stabilizer.pure.v2 import ChannelRequest
+from stabilizer.services.channels import Channels
 from tests.integration.test_emitter import until
 from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
@@ -200,7 +205,9 @@ async def test_a_refused_subscribe_after_a_kept_resume_ends_the_membership(
     """The reviewer's case: a presence channel, a resume that kept the session, and the
     hook now refusing the client's automatic subscribe. Before, the server kept the member
     (and its presence entry) while the client forgot the channel: its messages leaked
-    into the application's ordinary message stream."""
+    into the application's ordinary message stream. A refusal changes no membership on the
+    server, so the client leaves the channel itself, then tells on_unsubscribed the
+    refusal's code."""
     manager = WebSocketConnectionManager(kept_history())
     revoked: set[str] = set()
     ended: asyncio.Queue[str] = asyncio.Queue()
@@ -220,12 +227,60 @@ async def test_a_refused_subscribe_after_a_kept_resume_ends_the_membership(
             await away(manager, client_id, gate)
             revoked.add("room")  # the application withdraws the permission
             gate.open = True
-            assert await asyncio.wait_for(ended.get(), 10) == "server"
-            assert await manager.get_group_members("room") == []
+            assert await asyncio.wait_for(ended.get(), 10) == "forbidden"
+            assert await manager.get_group_members("room") == []  # (left before it is told)
             assert await manager.get_presence("room") == {}
             await manager.send_to_group("room", "after the refusal")
             await manager.send_to_client(client_id, "marker")
             assert await asyncio.wait_for(client.recv(), 5) == "marker"
+
+
+async def test_an_own_unsubscribe_is_not_told_back_when_the_client_resumes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The application leaves a channel while one of its messages is on its way (the
+    server sends it before it takes the unsubscribe). Before, that message recorded the
+    channel's position again, the next resume counted the channel as held, and the server
+    told the client `unsubscribed` for a channel it had left itself. A group the
+    application joins the client to after that keeps its position (a resume replays none
+    of its messages twice)."""
+    leave, route = Channels.unsubscribe, Subscriptions.route
+    arrived = asyncio.Event()
+
+    def routed(self: Subscriptions, channel: str | None, message: str | bytes) -> bool:
+        if channel == "room":
+            arrived.set()
+        return route(self, channel, message)
+
+    async def unsubscribe(self: Channels, conn: Connection, request: ChannelRequest) -> str:
+        await manager.send_to_group(request.channel, "in flight")
+        await asyncio.wait_for(arrived.wait(), 5)  # the client has it: only then the leave
+        return await leave(self, conn, request)
+
+    monkeypatch.setattr(Subscriptions, "route", routed)
+    monkeypatch.setattr(Channels, "unsubscribe", unsubscribe)
+    manager = WebSocketConnectionManager(kept_history())
+    controls: list[ControlFrame] = []
+    resumed = asyncio.Event()
+    async with (
+        served(history_app(manager, []), "websockets-sansio", monkeypatch) as server,
+        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2,
+                retry=RetryPolicy(base=0.01, cap=0.05), on_control=controls.append,
+                on_resume=lambda _result: resumed.set()) as client,
+    ):
+        await client.subscribe("room")
+        await client.unsubscribe("room")
+        assert await asyncio.wait_for(client.recv(), 5) == "in flight"  # (it came first)
+        client_id = client.client_id
+        assert client_id is not None
+        await manager.join_group(client_id, "ops")  # the application's, after the leave
+        await manager.send_to_group("ops", "joined")
+        assert await asyncio.wait_for(client.recv(), 5) == "joined"
+        assert sorted(client.positions) == ["g:ops"]
+        await manager.disconnect(client_id, code=1012, reason='{"retry_ms": 10}')
+        await asyncio.wait_for(resumed.wait(), 10)
+        assert [frame for frame in controls if frame["type"] == "unsubscribed"] == []
+        await manager.send_to_client(client_id, "marker")
+        assert await asyncio.wait_for(client.recv(), 5) == "marker"  # nothing came twice
 
 
 async def test_a_client_holding_many_long_channel_names_still_resumes(

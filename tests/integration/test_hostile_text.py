@@ -7,6 +7,7 @@ channel with 1011 (the shared frame failed at each socket's write)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -47,7 +48,10 @@ def _app(manager: WebSocketConnectionManager, relayed: list[str],
                 await manager.broadcast(message)
 
     async def allow(request: SubscribeRequest) -> Any:
-        return True if verdict is None else verdict(request)
+        if verdict is None:
+            return True
+        answer = verdict(request)
+        return await answer if inspect.isawaitable(answer) else answer
 
     async def publish(request: PublishRequest) -> Any:
         return request.data

@@ -5,14 +5,16 @@ test's loop, `websockets` clients), on the in-process backend and on Redis.
   resumes: one ``unsubscribed`` frame per channel it held (those it names in ``channels``,
   and those it holds a position in) that the session no longer has. Before, the resume
   said ``recovered: true`` and nothing else: the client kept the channel for good.
-- A subscribe refused for a channel the connection is in ends the membership (the hook
-  decides): the client is told, then refused. Before, the refusal left the membership
-  (and its presence entry) in place while the client took it for "not subscribed", so the
-  channel's messages leaked into its ordinary message stream.
+- A refused subscribe changes no membership: one the application made (join_group, which
+  never asks the hook) or one a resumed session kept stays until the client unsubscribes
+  (the shipped clients do when a subscribe they send again is refused: see
+  test_client_resubscribe.py). A server rule that ended such a membership on a refusal
+  also undid the application's own joins.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -145,34 +147,55 @@ async def test_channels_the_connect_frame_cannot_name_are_refused(
             assert "channels" in closed.value.rcvd.reason
 
 
-async def test_a_refused_subscribe_ends_the_membership_it_had(
+async def test_a_refused_subscribe_leaves_the_applications_join_in_place(
         config: WebSocketConfig, monkeypatch: pytest.MonkeyPatch) -> None:
-    refused: set[str] = set()
-
+    """The application joins the client to a channel its hook does not let clients
+    subscribe to; the client asks for it too (say, to route its messages to a callback).
+    Before, the refusal ended the application's membership."""
     def verdict(request: SubscribeRequest) -> bool:
-        return request.channel not in refused
+        return request.channel.startswith("room:")
 
     async with chat_server(config, monkeypatch, verdict) as (url, manager, _):
-        ws, _frames = await opened(url, "carol")
-        assert (await subscribe(ws, 1, "room"))["result"] == {"channel": "room"}
-        refused.add("room")  # the application withdraws the permission
-        assert await subscribe(ws, 2, "room") == unsubscribed("room")
-        reply = await next_frame(ws)
-        assert reply["error"]["code"] == "forbidden"
-        assert await manager.get_group_members("room") == []
-        await manager.send_to_group("room", "leak")  # no more of its messages
-        assert await call(ws, ECHO) == ECHOED
-        # a refusal of a channel it is not in tells nothing
-        refused.add("other")
-        assert (await subscribe(ws, 3, "other"))["error"]["code"] == "forbidden"
-        assert await call(ws, ECHO) == ECHOED
+        ws, _frames = await opened(url, "alice")
+        await manager.join_group("alice", "ops:alerts")
+        reply = await subscribe(ws, 1, "ops:alerts")  # the reply alone: no unsubscribed
+        assert (reply["type"], reply["error"]["code"]) == ("reply", "forbidden")
+        assert await manager.get_client_groups("alice") == ["ops:alerts"]
+        await manager.send_to_group("ops:alerts", "still in")
+        assert (await next_frame(ws))["data"] == "still in"
         await ws.close()
 
 
-async def test_a_refused_subscribe_after_a_resume_ends_the_kept_membership(
+async def test_a_join_made_while_the_hook_decides_outlives_its_refusal(
+        config: WebSocketConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client was not a member when it asked; the application joins it while the hook
+    decides, and the hook refuses. Before, the refusal undid the application's join."""
+    asked, decide = asyncio.Event(), asyncio.Event()
+
+    async def verdict(request: SubscribeRequest) -> bool:
+        asked.set()
+        await decide.wait()
+        return False
+
+    async with chat_server(config, monkeypatch, verdict) as (url, manager, _):
+        ws, _frames = await opened(url, "bob")
+        await ws.send(json.dumps({"type": "subscribe", "id": 1, "channel": "vip"}))
+        await asyncio.wait_for(asked.wait(), 5)
+        await manager.join_group("bob", "vip")  # the application's: no hook asked
+        decide.set()
+        reply = await next_frame(ws)
+        assert (reply["type"], reply["error"]["code"]) == ("reply", "forbidden")
+        assert await manager.get_client_groups("bob") == ["vip"]
+        await ws.close()
+
+
+async def test_a_refused_subscribe_after_a_resume_leaves_the_kept_membership_to_the_client(
         config: WebSocketConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipped clients ask again, after a resume that kept the session, for each
-    channel that follows presence; the hook now refuses."""
+    channel that follows presence; the hook now refuses. The reply says so and nothing
+    else changes: the client's unsubscribe (the shipped clients send one) ends the
+    membership and its presence entry. Before, the refusal ended it itself, with an
+    unsubscribed frame, which also ended memberships the application had made."""
     refused: set[str] = set()
 
     def verdict(request: SubscribeRequest) -> dict[str, Any] | bool:
@@ -191,8 +214,11 @@ async def test_a_refused_subscribe_after_a_resume_ends_the_kept_membership(
         assert frames[-1]["recovered"] is True
         await ws.send(json.dumps({"type": "subscribe", "id": 2, "channel": "room",
                                   "presence": True}))
-        assert await next_frame(ws) == unsubscribed("room")
-        assert (await next_frame(ws))["error"]["code"] == "forbidden"
+        reply = await next_frame(ws)
+        assert (reply["type"], reply["error"]["code"]) == ("reply", "forbidden")
+        assert await manager.get_group_members("room") == ["dave"]
+        left = await call(ws, json.dumps({"type": "unsubscribe", "id": 3, "channel": "room"}))
+        assert left == {"type": "reply", "id": 3, "result": {"channel": "room"}}
         assert await manager.get_group_members("room") == []
         assert await manager.get_presence("room") == {}
         await ws.close()

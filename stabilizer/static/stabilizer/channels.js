@@ -3,8 +3,8 @@
  * function that gets each channel's messages, the presence it follows, and subscribing
  * again after a reconnect into a session that kept no memberships (or, for those that
  * follow presence, after any reconnect, once its resume frame came). A channel the server
- * ends itself (an "unsubscribed" frame, also for a leave made while the client was away,
- * or a refusal of a subscribe made again) is forgotten, and its onUnsubscribed told.
+ * ends itself (an "unsubscribed" frame, also for a leave made while the client was away)
+ * or refuses when subscribed again is forgotten, and its onUnsubscribed told.
  */
 import { Presence } from "./presence.js";
 
@@ -29,8 +29,10 @@ function tell(onUnsubscribed, channel, reason) {
   }
 }
 
-/** One connection's subscribed channels. */
+/** One connection's subscribed channels: `request(body, timeoutMs)` sends their requests,
+ * `forgetPosition(channel)` drops the position of a channel left. */
 export class Channels {
+  #request; #forgetPosition;
   #channels = new Map();  // subscribed channel -> {onMessage, params}
   #presences = new Map();  // channel -> Presence, for those that follow it
   // The server takes a channel's requests in the order sent, so a subscribe answered after
@@ -40,6 +42,12 @@ export class Channels {
   #subscribing = new Map();  // channel -> subscribes in flight
   #left = new Map();  // channel -> the number of its last unsubscribe
   #ended = new Map();  // channel -> [that number, reason] when the server ended it
+  #leaving = new Map();  // channel -> the client's own unsubscribes on their way
+
+  constructor(request, forgetPosition) {
+    this.#request = request;
+    this.#forgetPosition = forgetPosition;
+  }
 
   get size() { return this.#channels.size; }
 
@@ -49,6 +57,48 @@ export class Channels {
   get followsPresence() { return this.#presences.size > 0; }
 
   has(channel) { return this.#channels.has(channel); }
+
+  /** Join `channel` (Connection.subscribe). */
+  async subscribe(channel, onMessage, { params = null, presence = false, onUnsubscribed = null,
+                                        timeoutMs = 30000 } = {}) {
+    if (presence) this.presence(channel, true);
+    const number = this.subscribing(channel);
+    try {
+      await this.#request(subscribeFrame(channel, params, presence), timeoutMs);
+    } catch (err) {
+      this.subscribed(channel, number);
+      throw err;
+    }
+    this.subscribed(channel, number, { onMessage, params, onUnsubscribed });
+  }
+
+  /** Leave `channel` (Connection.unsubscribe). */
+  unsubscribe(channel, timeoutMs) {
+    this.unsubscribing(channel);
+    return this.#leave(channel, timeoutMs);
+  }
+
+  /** Send an unsubscribe of `channel` and forget its position (a resume carries no stream
+   * the client left): a message of it that arrives meanwhile records none (`records`). */
+  async #leave(channel, timeoutMs) {
+    this.#leaving.set(channel, (this.#leaving.get(channel) ?? 0) + 1);
+    this.#forgetPosition(channel);
+    try {
+      await this.#request({ type: "unsubscribe", channel }, timeoutMs);
+    } finally {
+      const still = this.#leaving.get(channel) - 1;
+      if (still) this.#leaving.set(channel, still); else this.#leaving.delete(channel);
+    }
+  }
+
+  /** Whether a message of `channel` records its position (a resume counts a channel whose
+   * position it sends as held): not while the client's own unsubscribe of it is on its way
+   * (the server sent it before the leave; one after the reply is a new membership's, such
+   * as the application's join), unless it subscribes again. */
+  records(channel) {
+    return !this.#leaving.has(channel) || this.#channels.has(channel)
+      || this.#subscribing.has(channel);
+  }
 
   /** A subscribe of `channel` is about to be sent: its number, for `subscribed`. */
   subscribing(channel) {
@@ -123,31 +173,48 @@ export class Channels {
   }
 
   /** After a reconnect into a fresh session the server forgot the subscriptions: send each
-   * again with `request(body, timeoutMs)` (`presenceOnly`, into a kept session: those that
-   * follow presence). Forget the ones the server refuses now (it ends a membership the
-   * session kept), telling their onUnsubscribed the refusal's code, and `forgotten(channel)`
-   * (unless an "unsubscribed" frame told it first). */
-  async subscribeAgain(request, presenceOnly = false, forgotten = () => {}) {
+   * again (`presenceOnly`, into a kept session: those that follow presence). Forget the ones
+   * the server refuses now, telling their onUnsubscribed the refusal's code; into a kept
+   * session leave each first (a refusal changes no membership on the server), its messages
+   * going to the subscription meanwhile; when that unsubscribe fails, it stays subscribed
+   * (the next reconnect asks again). */
+  async subscribeAgain(presenceOnly = false) {
     if (presenceOnly && !this.followsPresence) return;
     for (const [channel, entry] of [...this.#channels]) {
       const presence = this.#presences.has(channel);
       if (presenceOnly && !presence) continue;
       if (this.#channels.get(channel) !== entry) continue;  // unsubscribed (or anew) meanwhile
-      const body = subscribeFrame(channel, entry.params, presence);
+      let refusal;
       try {
-        await request(body, 30000);
-        if (!this.#channels.has(channel)) {  // unsubscribed while this one was on its way
-          await request({ type: "unsubscribe", channel }, 30000);
+        refusal = await this.#askAgain(channel, entry, presence);
+        if (refusal && presenceOnly && this.#channels.get(channel) === entry) {
+          await this.#leave(channel, 30000);  // the session kept the membership
         }
       } catch (err) {
-        if (KEPT_ON.has(err.code)) continue;  // nothing changed: the next session tries again
-        console.warn(`stabilizer: channel ${channel} was not subscribed again: ${err.message}`);
-        if (this.#channels.get(channel) === entry) {
-          this.delete(channel);
-          forgotten(channel);
-          tell(entry.onUnsubscribed, channel, err.code);
-        }
+        console.warn(`stabilizer: channel ${channel} was refused, but not left: ${err.message}`);
+        continue;
+      }
+      if (refusal && this.#channels.get(channel) === entry) {
+        this.delete(channel);
+        this.#forgetPosition(channel);
+        tell(entry.onUnsubscribed, channel, refusal);
       }
     }
+  }
+
+  /** Subscribe to `channel` again: the refusal's code, or null (allowed, or nothing
+   * changed: KEPT_ON). */
+  async #askAgain(channel, entry, presence) {
+    try {
+      await this.#request(subscribeFrame(channel, entry.params, presence), 30000);
+    } catch (err) {
+      if (KEPT_ON.has(err.code)) return null;  // nothing changed: the next session tries again
+      console.warn(`stabilizer: channel ${channel} was not subscribed again: ${err.message}`);
+      return err.code ?? "error";
+    }
+    if (!this.#channels.has(channel)) {  // unsubscribed while this one was on its way
+      await this.#leave(channel, 30000).catch(() => {});  // (a fresh session forgets it)
+    }
+    return null;
   }
 }

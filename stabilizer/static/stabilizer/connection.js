@@ -6,7 +6,7 @@
  */
 
 import { Calls, RPCError } from "./calls.js";
-import { Channels, subscribeFrame } from "./channels.js";
+import { Channels } from "./channels.js";
 import { BadToken, Refresher, fetchToken } from "./credentials.js";
 import { DeviceSlot } from "./device.js";
 import { Listeners, callSafely } from "./events.js";
@@ -21,7 +21,9 @@ export class Connection {
   #url; #options; #ws = null; #state = "connecting"; #session = null; #token; #resuming = false;
   #positions = {}; #history = false; #queue = []; #listeners = new Listeners();
   #failures = 0; #unopened = 0; #sentToken = false; #openedAt = null; #everOpened = false;
-  #retryTimer = null; #v2; #device; #expiresAt = null; #refresher; #channels = new Channels();
+  #retryTimer = null; #v2; #device; #expiresAt = null; #refresher;
+  #channels = new Channels((body, timeoutMs) => this.#request(body, timeoutMs),
+                           (channel) => { delete this.#positions[`g:${channel}`]; });
   #calls = new Calls(() => (this.#state === "open" ? this.#ws : null));
   #watchdog = new Watchdog(() => ({
     ws: this.#ws, probeTimeoutMs: this.#options.probeTimeoutMs,
@@ -92,27 +94,16 @@ export class Connection {
    * position)` then gets its messages instead of the "message" listeners. With `presence`,
    * `presence(channel)` then follows who is in it. When the server ends the subscription
    * itself, the client forgets it, calls `onUnsubscribed(reason)` and emits "unsubscribed". */
-  async subscribe(channel, onMessage = null, { params = null, presence = false,
-                                               onUnsubscribed = null, timeoutMs = 30000 } = {}) {
-    if (presence) this.#channels.presence(channel, true);
-    const number = this.#channels.subscribing(channel);
-    try {
-      await this.#request(subscribeFrame(channel, params, presence), timeoutMs);
-    } catch (err) {
-      this.#channels.subscribed(channel, number);
-      throw err;
-    }
-    this.#channels.subscribed(channel, number, { onMessage, params, onUnsubscribed });
+  subscribe(channel, onMessage = null, options = {}) {
+    return this.#channels.subscribe(channel, onMessage, options);
   }
 
   /** v2: the presence of a channel subscribed with `presence: true` (else null). */
   presence(channel) { return this.#channels.presence(channel); }
 
   /** v2: leave `channel`. */
-  async unsubscribe(channel, { timeoutMs = 30000 } = {}) {
-    this.#channels.unsubscribing(channel);
-    delete this.#positions[`g:${channel}`];  // a resume carries no stream the client left
-    await this.#request({ type: "unsubscribe", channel }, timeoutMs);
+  unsubscribe(channel, { timeoutMs = 30000 } = {}) {
+    return this.#channels.unsubscribe(channel, timeoutMs);
   }
 
   /** v2: send `data` (a string, or an object or array sent as JSON) to `channel`'s members
@@ -226,7 +217,7 @@ export class Connection {
       case "session": this.#welcome(frame); return;
       case "resume":
         // a reconnect's (leaves made meanwhile were told before it; fresh: memberships gone)
-        if (this.#resuming) this.#subscribeAgain(frame.fresh !== true);
+        if (this.#resuming) this.#channels.subscribeAgain(frame.fresh !== true);
         this.#resuming = false;
         this.#emit("resume", frame);
         return;
@@ -293,13 +284,8 @@ export class Connection {
     this.#resuming = reconnect && frame.resumed && this.#history;  // a resume frame comes
     if (reconnect && !this.#resuming) {  // none will come, and no group was kept
       this.#emit("resume", { type: "resume", recovered: false, replayed: 0, failed: [] });
-      this.#subscribeAgain(false);
+      this.#channels.subscribeAgain(false);
     }
-  }
-
-  #subscribeAgain(kept) {  // after a reconnect (`kept` memberships: those with presence)
-    this.#channels.subscribeAgain((body, timeoutMs) => this.#request(body, timeoutMs), kept,
-                                  (channel) => { delete this.#positions[`g:${channel}`]; });
   }
 
   #becomeOpen() {
@@ -324,12 +310,13 @@ export class Connection {
       return true;
     }
     if (typeof stream !== "string" || data === undefined) return false;
-    if (!advance(this.#positions, stream, offset, epoch)) {  // a duplicate: handled already
+    const channel = stream.startsWith("g:") ? stream.slice(2) : null;
+    if ((channel === null || this.#channels.records(channel))  // (not one left meanwhile)
+        && !advance(this.#positions, stream, offset, epoch)) {  // a duplicate: handled already
       this.#acknowledge(frame);
       return true;
     }
-    this.#deliver(data, { stream, offset: offset ?? null, epoch: epoch ?? null },
-                  stream.startsWith("g:") ? stream.slice(2) : null);
+    this.#deliver(data, { stream, offset: offset ?? null, epoch: epoch ?? null }, channel);
     this.#acknowledge(frame);
     return true;
   }

@@ -75,7 +75,7 @@ async def test_a_subscribe_cancelled_in_flight_settles_its_client_alone(
         proxy.set_latency(1.0)  # each way: the join runs a second before its reply comes
         subscribing = asyncio.create_task(node.sessions.channels.subscribe(
             conn, ChannelRequest(1, "room", None)))
-        await until(joined_in_redis)
+        await until(joined_in_redis, timeout=30)  # (three 1 s legs at least: a bound, not a wait)
         subscribing.cancel()  # what the session does to a request when its client leaves
         with pytest.raises(asyncio.CancelledError):
             await subscribing

@@ -3,11 +3,10 @@ MemoryHub in one event loop, as the contract tests use it)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final
 
 from stabilizer.backends.base import TaskSpawner
-from stabilizer.backends.memory.hub import MemoryHub
+from stabilizer.backends.memory.hub import Inbox, MemoryHub
 from stabilizer.backends.memory.nodes import (
     MemoryEvents,
     MemoryLiveness,
@@ -24,7 +23,8 @@ _DEFAULT_QUEUE: Final = 10_000
 
 
 class MemoryBackend:
-    """A node's view of a MemoryHub (a private hub unless one is given)."""
+    """A node's view of a MemoryHub (a private hub unless one is given); its inbox holds
+    `inbox_size` envelopes, past which it is cut as a lost subscription (see MemoryHub)."""
 
     def __init__(self, hub: MemoryHub | None = None, *, inbox_size: int = _DEFAULT_QUEUE) -> None:
         self._node = MemoryNode(hub if hub is not None else MemoryHub())
@@ -83,7 +83,7 @@ class MemoryBackend:
         node.events = events
         node.sessions = sessions
         if receives:
-            node.hub.inboxes[node_id] = asyncio.Queue(self._inbox_size)
+            node.hub.inboxes[node_id] = Inbox(self._inbox_size)
             node.hub.node_clients.setdefault(node_id, set())
 
     async def aclose(self) -> None:

@@ -1,6 +1,13 @@
 """The state the memory backends of one process share: presence, users, groups, streams,
 sessions, tokens, node liveness and one inbox per node.
 
+An inbox holds at most its limit: an envelope that finds it full is never dropped silently.
+The inbox is cut then, as Redis cuts a subscriber whose output buffer overflows: its node
+resubscribes, catches up every stream it follows from history (or tells its clients to
+resync) and reads the presence state of the groups it follows again, as after any lost
+subscription; until it took the cut, what finds the inbox full is dropped (with history,
+the catch-up delivers it; without, delivery is at-most-once, as on Redis).
+
 Several managers may share one MemoryHub in the same event loop; they then behave as nodes
 of one cluster, which is how the backend contract tests run the same scenarios on memory and
 on Redis. Without a hub argument every backend gets a private hub, i.e. a single node.
@@ -35,6 +42,42 @@ class StreamRecord:
         self.until = 0.0
 
 
+class Inbox:
+    """A node's envelopes, in order: at most `limit` queued, then a cut (see the module)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # (the bound: offer's)
+        self.cut_pending = False  # a None is queued that the node has not taken yet
+
+    def qsize(self) -> int:
+        """How many envelopes (and cuts) are queued."""
+        return self._queue.qsize()
+
+    def offer(self, envelope: bytes) -> bool:
+        """Queue `envelope` if there is room; False (nothing queued) if not."""
+        if self._queue.qsize() >= self.limit:
+            return False
+        self._queue.put_nowait(envelope)
+        return True
+
+    def cut(self) -> bool:
+        """Queue a cut after what is queued (one over the limit at most: one at a time);
+        False when one is queued already."""
+        if self.cut_pending:
+            return False
+        self.cut_pending = True
+        self._queue.put_nowait(None)
+        return True
+
+    async def get(self) -> bytes | None:
+        """The next envelope; None for a cut (the node resubscribes)."""
+        envelope = await self._queue.get()
+        if envelope is None:
+            self.cut_pending = False
+        return envelope
+
+
 class SessionRecord:
     __slots__ = ("baselines", "holder", "until", "user_data")
 
@@ -62,35 +105,48 @@ class MemoryHub:
         self.node_clients: dict[str, set[str]] = {}
         self.node_deadlines: dict[str, float] = {}
         self.node_reports: dict[str, NodeReport] = {}
-        # None in an inbox stands for a lost subscription (cut_subscription)
-        self.inboxes: dict[str, asyncio.Queue[bytes | None]] = {}
+        # a cut in an inbox stands for a lost subscription (cut_subscription, a full inbox)
+        self.inboxes: dict[str, Inbox] = {}
         self.used_nonces: dict[str, float] = {}
         self.secret = secrets.token_bytes(32)
         self.keyring: dict[bytes, float] = {}  # key -> time.time() it verifies until
-        self.dropped = 0
+        self.dropped = 0  # envelopes that found their inbox full
         # while a batch is open: group -> the (version, old, new) changes it collected
         self._presence_batch: dict[str, list[tuple[int, str | None, str | None]]] | None = None
 
     def deliver(self, node_id: str, envelope: bytes) -> bool:
-        """Put an envelope in a node's inbox; drop (and count) when the inbox is full."""
+        """Put an envelope in a node's inbox; False when the node has none, or when the
+        inbox is full: then the envelope is dropped (counted) and the inbox cut, so that
+        the node recovers what it lost as after a lost subscription."""
         inbox = self.inboxes.get(node_id)
         if inbox is None:
             return False
-        try:
-            inbox.put_nowait(envelope)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            logger.warning("memory inbox of node %s is full; envelope dropped", node_id)
-            return False
-        return True
+        if inbox.offer(envelope):
+            return True
+        self.dropped += 1
+        if inbox.cut():
+            logger.warning("memory inbox of node %s is full (%d envelopes): its subscription "
+                           "is cut; it catches up from history and reads presence again",
+                           node_id, inbox.limit)
+        return False
+
+    def deliver_kept(self, node_id: str, envelope: bytes) -> bool:
+        """deliver() an envelope kept in a stream: one that found the inbox full counts as
+        delivered too, since the node's catch-up reads it from the stream (as a Redis
+        PUBLISH counts a subscriber whose output buffer then overflows)."""
+        if self.deliver(node_id, envelope):
+            return True
+        inbox = self.inboxes.get(node_id)
+        return inbox is not None and inbox.cut_pending
 
     def cut_subscription(self, node_id: str) -> bool:
         """Make `node_id`'s deliveries() fail as a lost Redis subscription would (what was
-        delivered to it until then stays queued); False when its inbox is missing or full."""
+        delivered to it until then stays queued; a cut not taken yet serves); False when
+        it has no inbox."""
         inbox = self.inboxes.get(node_id)
-        if inbox is None or inbox.full():
+        if inbox is None:
             return False
-        inbox.put_nowait(None)
+        inbox.cut()
         return True
 
     def stream(self, name: str, now: float) -> StreamRecord | None:

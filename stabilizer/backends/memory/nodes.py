@@ -149,7 +149,8 @@ class MemoryRouting:
         return self._node.subscribed
 
     async def deliveries(self) -> AsyncIterator[bytes]:
-        """Yield envelopes other nodes addressed to this node."""
+        """Yield envelopes addressed to this node; raise BackendUnavailable at a cut (its
+        inbox overflowed, or cut_subscription), as at a lost Redis subscription."""
         node = self._node
         node.check()
         inbox = node.hub.inboxes[node.node_id]

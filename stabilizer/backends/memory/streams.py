@@ -210,7 +210,7 @@ class MemoryHistory:
         state.entries_until = now + ttl
         state.until = now + max(ttl, meta_ttl)
         if target.kind == "user":
-            clients = to_user(hub, target.name, raw)
+            clients = to_user(hub, target.name, raw, kept=True)
             return Sequenced(state.offset, state.epoch, len(clients), tuple(clients))
         if target.kind == "all":
             nodes = list(hub.inboxes)
@@ -218,7 +218,7 @@ class MemoryHistory:
             nodes = list(hub.group_nodes.get(target.name, ()))
         else:
             nodes = [owner.node_id] if owner is not None else []
-        reached = sum(1 for node in nodes if hub.deliver(node, raw))
+        reached = sum(1 for node in nodes if hub.deliver_kept(node, raw))
         return Sequenced(state.offset, state.epoch, reached)
 
     async def read(self, stream: str, after: int, epoch: str) -> History:

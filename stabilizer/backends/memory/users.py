@@ -26,15 +26,17 @@ def check_seat(hub: MemoryHub, presence: Presence, seat: Seat) -> None:
             f"user {presence.user_id!r} already holds {limit} connections")
 
 
-def to_user(hub: MemoryHub, user_id: str, envelope: bytes, *, but: str = "") -> list[str]:
+def to_user(hub: MemoryHub, user_id: str, envelope: bytes, *, but: str = "",
+            kept: bool = False) -> list[str]:
     """Deliver to every node but `but` holding a connection of the user, once; return the
-    client ids of the connections those nodes hold."""
+    client ids of the connections those nodes hold (`kept`: see MemoryHub.deliver_kept)."""
     per_node: dict[str, list[str]] = {}
     for presence in hub.users.get(user_id, {}).values():
         if presence.node_id != but:
             per_node.setdefault(presence.node_id, []).append(presence.client_id)
     return [client_id for node_id, client_ids in per_node.items()
-            if hub.deliver(node_id, envelope) for client_id in client_ids]
+            if (hub.deliver_kept if kept else hub.deliver)(node_id, envelope)
+            for client_id in client_ids]
 
 
 def seat_room(hub: MemoryHub, node_id: str, presence: Presence, limit: UserLimit,

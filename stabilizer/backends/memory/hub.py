@@ -8,6 +8,10 @@ resync) and reads the presence state of the groups it follows again, as after an
 subscription; until it took the cut, what finds the inbox full is dropped (with history,
 the catch-up delivers it; without, delivery is at-most-once, as on Redis).
 
+Streams are forgotten when their time runs out, whether or not anyone reads them: the
+maintenance sweep (MemorySessions.sweep) takes them from a heap of deadlines, one entry
+per stream.
+
 Several managers may share one MemoryHub in the same event loop; they then behave as nodes
 of one cluster, which is how the backend contract tests run the same scenarios on memory and
 on Redis. Without a hub argument every backend gets a private hub, i.e. a single node.
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import secrets
 import time
@@ -30,16 +36,22 @@ logger = logging.getLogger(__name__)
 
 
 class StreamRecord:
-    """One history stream: epoch, last offset, bounded entries, expiry times."""
+    """One history stream: epoch, last offset, bounded entries, expiry times (the entries'
+    never after the stream's)."""
 
-    __slots__ = ("entries", "entries_until", "epoch", "offset", "until")
+    __slots__ = ("entries", "entries_until", "epoch", "offset", "serial", "until")
 
-    def __init__(self) -> None:
+    def __init__(self, serial: int = 0) -> None:
         self.epoch = secrets.token_urlsafe(6)
         self.offset = 0
         self.entries: deque[tuple[int, bytes]] = deque()
         self.entries_until = 0.0
         self.until = 0.0
+        self.serial = serial  # tells this record's deadline from an earlier one's of its name
+
+    def due(self) -> float:
+        """When something of it runs out next: its entries (while it holds some), or it."""
+        return self.entries_until if self.entries else self.until
 
 
 class Inbox:
@@ -98,6 +110,10 @@ class MemoryHub:
         self.client_groups: dict[str, set[str]] = {}
         self.group_nodes: dict[str, set[str]] = {}
         self.streams: dict[str, StreamRecord] = {}
+        # (when something of the stream runs out, its record's serial, its name): one entry
+        # per record, taken by expire_streams
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._serials = itertools.count(1)
         self.sessions: dict[str, SessionRecord] = {}
         self.away: dict[str, float] = {}
         self.presence: dict[str, Presence] = {}
@@ -148,6 +164,35 @@ class MemoryHub:
             return False
         inbox.cut()
         return True
+
+    def new_stream(self, name: str, entries_until: float, until: float) -> StreamRecord:
+        """Begin stream `name` for the message about to be appended, kept until `until` (its
+        entries until `entries_until`, the sooner): expire_streams forgets them then, unless
+        later messages moved them."""
+        state = self.streams[name] = StreamRecord(next(self._serials))
+        state.entries_until, state.until = entries_until, until
+        heapq.heappush(self._deadlines, (entries_until, state.serial, name))  # (its first)
+        return state
+
+    def expire_streams(self, now: float, limit: int = 10_000) -> int:
+        """Forget the streams whose time ran out and the entries of those whose entries'
+        did (at most `limit` deadlines taken, earliest first; O(log n) each); return how
+        many were taken. A deadline a later message moved is put back, moved."""
+        deadlines = self._deadlines
+        taken = 0
+        while deadlines and deadlines[0][0] <= now and taken < limit:
+            _, serial, name = heapq.heappop(deadlines)
+            taken += 1
+            state = self.streams.get(name)
+            if state is None or state.serial != serial:
+                continue  # forgotten already (read after it expired, or lost)
+            if state.until <= now:
+                del self.streams[name]
+                continue
+            if state.entries_until <= now:
+                state.entries.clear()
+            heapq.heappush(deadlines, (state.due(), serial, name))
+        return taken
 
     def stream(self, name: str, now: float) -> StreamRecord | None:
         """The live state of a stream, forgetting it once its time ran out."""

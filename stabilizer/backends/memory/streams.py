@@ -14,7 +14,7 @@ from stabilizer.backends.base import (
     SessionState,
     SessionTaken,
 )
-from stabilizer.backends.memory.hub import SessionRecord, StreamRecord
+from stabilizer.backends.memory.hub import SessionRecord
 from stabilizer.backends.memory.nodes import MemoryNode
 from stabilizer.backends.memory.users import to_user
 from stabilizer.pure.streams import ALL, Target, client_stream, group_stream, user_stream
@@ -199,16 +199,16 @@ class MemoryHistory:
         owner = hub.presence.get(target.name) if target.kind == "client" else None
         if target.kind == "client" and owner is None and hub.session(target.name, now) is None:
             return Sequenced(0, "", 0)
+        until = now + max(ttl, meta_ttl)
         state = hub.stream(target.stream, now)
         if state is None:
-            state = hub.streams[target.stream] = StreamRecord()
+            state = hub.new_stream(target.stream, now + ttl, until)
         state.offset += 1
         raw = encode(dataclasses.replace(envelope, offset=state.offset, epoch=state.epoch))
         state.entries.append((state.offset, raw))
         while len(state.entries) > size:
             state.entries.popleft()
-        state.entries_until = now + ttl
-        state.until = now + max(ttl, meta_ttl)
+        state.entries_until, state.until = now + ttl, until  # (the sweep: expire_streams)
         if target.kind == "user":
             clients = to_user(hub, target.name, raw, kept=True)
             return Sequenced(state.offset, state.epoch, len(clients), tuple(clients))
@@ -330,10 +330,13 @@ class MemorySessions:
         return left
 
     async def sweep(self, limit: int = 100) -> list[str]:
-        """End sessions whose time ran out (unless the client came back)."""
+        """End sessions whose time ran out (unless the client came back); forget the
+        streams whose time ran out (and the entries of those whose entries' did), as
+        Redis expires their keys."""
         self._node.check()
         hub = self._node.hub
         now = time.time()
+        hub.expire_streams(now)
         due = [cid for cid, until in hub.away.items() if until <= now][:limit]
         ended = []
         with hub.presence_batch():  # their members leave in one diff per group

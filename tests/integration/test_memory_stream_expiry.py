@@ -80,6 +80,45 @@ async def test_the_sweep_forgets_streams_and_entries_whose_time_ran_out(
     await backend.aclose()
 
 
+async def test_entries_that_come_back_after_a_quiet_spell_go_at_their_own_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Once a stream's entries went, its deadline waits for the stream's own time; a burst
+    # after that must bring its entries' deadline back (they lived until the stream's).
+    clock = Clock(monkeypatch)
+    hub = MemoryHub()
+    backend = MemoryBackend(hub)
+    tasks = TaskOwner()
+    await backend.open("node-a", tasks)
+
+    async def send() -> None:
+        envelope = Envelope(Kind.GROUP, "node-a", "room", "x" * 100)
+        await backend.history.sequence(Target("group", "room"), envelope, size=100, ttl=TTL,
+                                       meta_ttl=META_TTL)
+
+    await send()
+    clock.ahead = TTL + 1
+    await backend.sessions.sweep()
+    assert len(hub.streams["g:room"].entries) == 0
+    for _ in range(3):
+        await send()
+    clock.ahead = 2 * TTL + 2
+    await backend.sessions.sweep()
+    assert len(hub.streams["g:room"].entries) == 0
+    assert hub.streams["g:room"].offset == 4
+    for _ in range(3):  # quiet spells and bursts again
+        await send()
+        clock.ahead += TTL + 1
+        await backend.sessions.sweep()
+        assert len(hub.streams["g:room"].entries) == 0
+    clock.ahead += META_TTL + TTL  # the stream's own time: nothing is left behind
+    await backend.sessions.sweep()
+    assert hub.streams == {}
+    assert hub.expire_streams(clock.time() + 3600) == 0
+    assert await tasks.stop(2.0) == []
+    await backend.aclose()
+
+
 async def test_a_long_running_node_forgets_the_streams_of_clients_long_gone(
     make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

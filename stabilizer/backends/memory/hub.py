@@ -39,7 +39,8 @@ class StreamRecord:
     """One history stream: epoch, last offset, bounded entries, expiry times (the entries'
     never after the stream's)."""
 
-    __slots__ = ("entries", "entries_until", "epoch", "offset", "serial", "until")
+    __slots__ = ("entries", "entries_until", "epoch", "offset", "scheduled", "serial",
+                 "until")
 
     def __init__(self, serial: int = 0) -> None:
         self.epoch = secrets.token_urlsafe(6)
@@ -48,6 +49,7 @@ class StreamRecord:
         self.entries_until = 0.0
         self.until = 0.0
         self.serial = serial  # tells this record's deadline from an earlier one's of its name
+        self.scheduled = 0.0  # the time of its one live entry in the hub's deadlines
 
     def due(self) -> float:
         """When something of it runs out next: its entries (while it holds some), or it."""
@@ -171,8 +173,19 @@ class MemoryHub:
         later messages moved them."""
         state = self.streams[name] = StreamRecord(next(self._serials))
         state.entries_until, state.until = entries_until, until
-        heapq.heappush(self._deadlines, (entries_until, state.serial, name))  # (its first)
+        self._schedule(name, state)
         return state
+
+    def appended(self, name: str, state: StreamRecord) -> None:
+        """`state` (stream `name`) took a message: its times moved on. Entries that came back
+        after a quiet spell (its deadline then waits for the stream's own time) bring their
+        earlier deadline back; later times need nothing (a deadline taken early is put back)."""
+        if state.due() < state.scheduled:
+            self._schedule(name, state)
+
+    def _schedule(self, name: str, state: StreamRecord) -> None:
+        state.scheduled = state.due()
+        heapq.heappush(self._deadlines, (state.scheduled, state.serial, name))
 
     def expire_streams(self, now: float, limit: int = 10_000) -> int:
         """Forget the streams whose time ran out and the entries of those whose entries'
@@ -181,17 +194,17 @@ class MemoryHub:
         deadlines = self._deadlines
         taken = 0
         while deadlines and deadlines[0][0] <= now and taken < limit:
-            _, serial, name = heapq.heappop(deadlines)
+            when, serial, name = heapq.heappop(deadlines)
             taken += 1
             state = self.streams.get(name)
-            if state is None or state.serial != serial:
-                continue  # forgotten already (read after it expired, or lost)
+            if state is None or state.serial != serial or state.scheduled != when:
+                continue  # forgotten already (read after it expired, or lost), or moved
             if state.until <= now:
                 del self.streams[name]
                 continue
             if state.entries_until <= now:
                 state.entries.clear()
-            heapq.heappush(deadlines, (state.due(), serial, name))
+            self._schedule(name, state)
         return taken
 
     def stream(self, name: str, now: float) -> StreamRecord | None:

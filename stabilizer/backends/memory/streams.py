@@ -209,6 +209,7 @@ class MemoryHistory:
         while len(state.entries) > size:
             state.entries.popleft()
         state.entries_until, state.until = now + ttl, until  # (the sweep: expire_streams)
+        hub.appended(target.stream, state)
         if target.kind == "user":
             clients = to_user(hub, target.name, raw, kept=True)
             return Sequenced(state.offset, state.epoch, len(clients), tuple(clients))

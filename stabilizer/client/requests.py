@@ -238,17 +238,25 @@ class Requests:
     async def _leave(self, channel: str, timeout: float) -> None:
         """Send an unsubscribe of `channel` and forget its position (a resume carries no
         stream the client left): a message of it that arrives meanwhile records none (see
-        Subscriptions.records).
+        Subscriptions.records). When the unsubscribe fails and the channel is still
+        subscribed (an automatic leave keeps it), its position is restored: the next
+        resume replays only what came after it.
 
         Raises:
             RPCError: ``unavailable``, ``timeout`` or ``disconnected``.
         """
         leaving = self._subscriptions.leaving
         leaving[channel] += 1
-        self._frames.positions.forget(group_stream(channel))
+        positions, stream = self._frames.positions, group_stream(channel)
+        last = positions.get(stream)
+        positions.forget(stream)
         try:
             await self._calls.call(self._wait_open,
                                    functools.partial(_unsubscribe_frame, channel), timeout)
+        except BaseException:
+            if channel in self._subscriptions.active:
+                positions.restore(stream, last)
+            raise
         finally:
             leaving[channel] -= 1
             if not leaving[channel]:

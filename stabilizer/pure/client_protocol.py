@@ -204,6 +204,16 @@ class Positions:
         where that membership begins, and resumes carry no stream the client left)."""
         self._last.pop(stream, None)
 
+    def restore(self, stream: str, last: tuple[int, str] | None) -> None:
+        """Record `last` for `stream` again (a leave that failed: the channel is still
+        held) unless a position was recorded since."""
+        if last is not None:
+            self._last.setdefault(stream, last)
+
+    def get(self, stream: str) -> tuple[int, str] | None:
+        """The recorded position of `stream`, if any."""
+        return self._last.get(stream)
+
     def to_resume(self) -> dict[str, tuple[int, str]]:
         """What a resume sends: every position, or none when they are over what a server
         takes (1,000 streams, 64 KiB as JSON), which it would refuse with a final 1008. The
@@ -217,7 +227,9 @@ class Positions:
         if not self._last or len(self._last) > MAX_RESUME_STREAMS:
             return None
         text = self._encoded(self._last)
-        return text if len(text) <= MAX_RESUME_TEXT else None
+        # (in UTF-8 bytes, as a frame's size is counted: a v2 resume's channels share the
+        # budget; a server's own limit, in characters, is never over it)
+        return text if len(text.encode()) <= MAX_RESUME_TEXT else None
 
     @staticmethod
     def _encoded(positions: Mapping[str, tuple[int, str]]) -> str:

@@ -16,6 +16,7 @@ from stabilizer.pure.client_protocol import (
     ControlFrame,
     HandshakeRejectedError,
 )
+from stabilizer.pure.streams import group_stream
 from stabilizer.pure.text import JSONValue, check_group
 from stabilizer.pure.v2 import MAX_HELD_CHANNELS, SUBPROTOCOL, is_method
 
@@ -56,21 +57,26 @@ def connect_frame(*, token: str | None, device: str | None,
                   channels: Sequence[str] = ()) -> str:
     """The first frame of a v2 connection; positions and the channels the client holds
     go only with a reconnect token. Together they take at most MAX_RESUME_TEXT bytes of
-    the frame (as positions alone may): the channels past that (or past
-    MAX_HELD_CHANNELS) are left out, which only loses the ``unsubscribed`` notice of a
-    leave made while the client was away (docs/protocol.md 6.6)."""
+    the frame (as positions alone may). A channel whose ``g:`` position is sent is not
+    named (the server counts it as held already); the others are named while they fit
+    (and at most MAX_HELD_CHANNELS of them). A channel left out is not told a leave made
+    while the client was away: its ``unsubscribed`` notice is lost, the client keeps the
+    subscription, and into a kept session it subscribes again to one that follows
+    presence, which joins it again (docs/protocol.md 6.6)."""
     body: dict[str, JSONValue] = {"type": "connect"}
     for name, value in (("token", token), ("reconnect_token", reconnect_token),
                         ("device", device)):
         if value is not None:
             body[name] = value
     room = MAX_RESUME_TEXT
+    sent: dict[str, JSONValue] = {}
     if reconnect_token is not None and positions:
         body["positions"] = sent = {stream: [offset, epoch]
                                     for stream, (offset, epoch) in positions.items()}
         room -= _size(sent)
     if reconnect_token is not None and channels:
-        named = held_channels(channels, room)
+        named = held_channels(
+            [channel for channel in channels if group_stream(channel) not in sent], room)
         if named:
             body["channels"] = list(named)
     if params:
@@ -80,7 +86,7 @@ def connect_frame(*, token: str | None, device: str | None,
 
 def held_channels(channels: Sequence[str], room: int) -> Sequence[str]:
     """The first of `channels` (at most MAX_HELD_CHANNELS) whose names fit `room` bytes
-    of a frame's JSON text."""
+    of a frame's JSON text (UTF-8)."""
     used = 2  # []
     for count, channel in enumerate(channels[:MAX_HELD_CHANNELS]):
         used += _size(channel) + 1  # (and a comma)

@@ -18,6 +18,7 @@ from stabilizer.client import (
 from stabilizer.errors import ConfigError, WireError
 from stabilizer.pure.client_protocol import (
     MAX_RESUME_TEXT,
+    Positions,
     message_payload,
 )
 from stabilizer.pure.client_v2 import (
@@ -196,3 +197,48 @@ def test_connect_accepts_v2_options() -> None:
         2, "Tab_1.~-", None, None)
     plain = connect("ws://h/ws")
     assert (plain.protocol, plain.device) == (1, None)
+
+
+def test_a_resume_names_only_the_channels_its_positions_do_not_hold() -> None:
+    """The server counts a channel whose g: position a resume sends as held: naming it
+    spent the budget for nothing, and (names sorted) the channels without a position,
+    whose leave while away only their name tells, were the ones left out. Their
+    "unsubscribed" notice was lost and a presence channel was joined again."""
+    busy = [f"room-{n:03d}-" + "x" * 246 for n in range(120)]
+    quiet = [f"zz-{n}-" + "x" * 246 for n in range(8)]
+    positions = {f"g:{channel}": (1, "AbCdEfGh") for channel in busy}
+    positions["c:someone"] = (1, "AbCdEfGh")
+    frame = connect_frame(token=None, device="d", reconnect_token="s1.x",
+                          positions=positions, channels=sorted([*busy, *quiet]))
+    body = json.loads(frame)
+    assert len(body["positions"]) == 121
+    assert body["channels"] == quiet
+    # without positions (none recorded, or over the budget) every channel is named
+    assert json.loads(connect_frame(token=None, device="d", reconnect_token="s1.x",
+                                    channels=["a", "b"]))["channels"] == ["a", "b"]
+    # a position alone names no channel
+    assert "channels" not in json.loads(connect_frame(
+        token=None, device="d", reconnect_token="s1.x", positions={"g:a": (1, "e")},
+        channels=["a"]))
+
+
+def test_the_resume_budget_counts_utf8_bytes() -> None:
+    """Positions were measured in characters and names in bytes: with non-ASCII group
+    names a resume frame took about 2.7 times MAX_RESUME_TEXT bytes, and a server whose
+    max_message_size left room for the documented budget closed it with 1009 (final)."""
+    channels = [f"{n:03d}" + "中" * 247 for n in range(230)]
+    positions = Positions()
+    for channel in channels:
+        positions.accept(f"g:{channel}", 1, "AbCdEfGh")
+    assert positions.encode() is None  # ~173 KB of UTF-8 (~58,000 characters)
+    assert positions.to_resume() == {}
+    frame = connect_frame(token=None, device="d", reconnect_token="s1.x",
+                          positions=positions.to_resume(), channels=channels)
+    body = json.loads(frame)
+    assert "positions" not in body
+    assert 0 < len(body["channels"]) < len(channels)
+    assert len(json.dumps(body["channels"], separators=(",", ":"),
+                          ensure_ascii=False).encode()) <= MAX_RESUME_TEXT
+    few = Positions()
+    few.accept("g:" + "中" * 200, 1, "e")
+    assert few.encode() is not None

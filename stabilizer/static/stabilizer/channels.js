@@ -30,7 +30,8 @@ function tell(onUnsubscribed, channel, reason) {
 }
 
 /** One connection's subscribed channels: `request(body, timeoutMs)` sends their requests,
- * `forgetPosition(channel)` drops the position of a channel left. */
+ * `forgetPosition(channel)` drops the position of a channel left (and returns a function
+ * that records it again). */
 export class Channels {
   #request; #forgetPosition;
   #channels = new Map();  // subscribed channel -> {onMessage, params}
@@ -79,12 +80,17 @@ export class Channels {
   }
 
   /** Send an unsubscribe of `channel` and forget its position (a resume carries no stream
-   * the client left): a message of it that arrives meanwhile records none (`records`). */
+   * the client left): a message of it that arrives meanwhile records none (`records`). When
+   * it fails and the channel is still subscribed (an automatic leave keeps it), the position
+   * is restored: the next resume replays only what came after it. */
   async #leave(channel, timeoutMs) {
     this.#leaving.set(channel, (this.#leaving.get(channel) ?? 0) + 1);
-    this.#forgetPosition(channel);
+    const restore = this.#forgetPosition(channel);
     try {
       await this.#request({ type: "unsubscribe", channel }, timeoutMs);
+    } catch (err) {
+      if (this.#channels.has(channel)) restore();
+      throw err;
     } finally {
       const still = this.#leaving.get(channel) - 1;
       if (still) this.#leaving.set(channel, still); else this.#leaving.delete(channel);

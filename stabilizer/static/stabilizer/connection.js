@@ -11,7 +11,7 @@ import { BadToken, Refresher, fetchToken } from "./credentials.js";
 import { DeviceSlot } from "./device.js";
 import { Listeners, callSafely } from "./events.js";
 import {
-  SUBPROTOCOL, TOKEN_CODES, advance, connectFrame, controlFrame, fromBase64, malformed,
+  SUBPROTOCOL, TOKEN_CODES, advance, connectFrame, controlFrame, forget, fromBase64, malformed,
   numberOrNull, outgoingFrame, reconnects, retryDelay, socketUrl, v2Frame, webSocketUrl,
 } from "./frames.js";
 import { DEFAULTS, checkOptions } from "./options.js";
@@ -23,7 +23,7 @@ export class Connection {
   #failures = 0; #unopened = 0; #sentToken = false; #openedAt = null; #everOpened = false;
   #retryTimer = null; #v2; #device; #expiresAt = null; #refresher;
   #channels = new Channels((body, timeoutMs) => this.#request(body, timeoutMs),
-                           (channel) => { delete this.#positions[`g:${channel}`]; });
+                           (channel) => forget(this.#positions, `g:${channel}`));
   #calls = new Calls(() => (this.#state === "open" ? this.#ws : null));
   #watchdog = new Watchdog(() => ({
     ws: this.#ws, probeTimeoutMs: this.#options.probeTimeoutMs,

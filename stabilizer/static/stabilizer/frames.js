@@ -76,19 +76,24 @@ export function advance(positions, stream, offset, epoch) {
 /** The v2 connect frame: the device, the access token, the reconnect token with the
  * positions to resume from and the channels held (the server tells which of them it ended
  * meanwhile), and the authenticator's params (each only when there is one). Positions and
- * channels take at most MAX_RESUME_TEXT bytes together (as positions alone may): channels
- * past that are left out, which only loses the notice of a leave made while away. */
+ * channels take at most MAX_RESUME_TEXT bytes together (as positions alone may). A channel
+ * whose g: position is sent is not named (the server counts it as held); the others are
+ * named while they fit. One left out is not told a leave made while away: its notice is
+ * lost, it stays subscribed, and into a kept session one that follows presence is
+ * subscribed (joined) again. */
 export function connectFrame(device, token, reconnectToken, positions, params, channels = []) {
   const frame = { type: "connect", device };
   if (token) frame.token = token;
   if (reconnectToken) {
     frame.reconnect_token = reconnectToken;
     let room = MAX_RESUME_TEXT;
+    let sent = {};
     if (sendable(positions)) {
-      frame.positions = positions;
+      frame.positions = sent = positions;
       room -= byteSize(positions);
     }
-    const named = heldChannels(channels, room);
+    const named = heldChannels(channels.filter((channel) => !Object.hasOwn(sent, `g:${channel}`)),
+                               room);
     if (named.length) frame.channels = named;
   }
   if (params) frame.params = params;
@@ -96,7 +101,7 @@ export function connectFrame(device, token, reconnectToken, positions, params, c
 }
 
 /** The first of `channels` (at most MAX_HELD_CHANNELS) whose names fit `room` bytes of a
- * frame's JSON text. */
+ * frame's JSON text (UTF-8). */
 export function heldChannels(channels, room) {
   const named = channels.slice(0, MAX_HELD_CHANNELS);
   let used = 2;  // []
@@ -116,8 +121,15 @@ function byteSize(value) {  // in a frame, as a server's max_message_size counts
  * began, and advance() drops what the client had already). */
 export function sendable(positions) {
   const count = Object.keys(positions).length;
-  return count > 0 && count <= MAX_RESUME_STREAMS
-    && JSON.stringify(positions).length <= MAX_RESUME_TEXT;
+  return count > 0 && count <= MAX_RESUME_STREAMS && byteSize(positions) <= MAX_RESUME_TEXT;
+}
+
+/** Drop the position of `stream` from `positions`: a function that records it again
+ * (unless one was recorded since), for a leave that failed while the channel is held. */
+export function forget(positions, stream) {
+  const last = positions[stream];
+  delete positions[stream];
+  return () => { if (last && !Object.hasOwn(positions, stream)) positions[stream] = last; };
 }
 
 /** Whether a socket closed with `code` is opened again (else the connection ends). */

@@ -8,7 +8,12 @@ import json
 
 import pytest
 
-from tests.e2e.test_browser_v2 import ScriptedV2Server, Tab, frame_of, session_frame
+from tests.e2e.test_browser_v2 import (
+    ScriptedV2Server,
+    frame_of,
+    opened_with_history,
+    session_frame,
+)
 from tests.support.browser import Page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -67,12 +72,7 @@ async def test_a_failed_automatic_leave_keeps_the_position_of_the_channel(
     the next resume sent none and the server replayed the channel from the session's
     start again."""
     async with ScriptedV2Server() as server:
-        tab = await Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
-                             device="tab-1", backoffBaseMs=10)
-        ws = await server.accept()
-        await frame_of(ws)  # connect
-        await ws.send(session_frame("r1", "tab-1", history=True))
-        await tab.wait_state("open")
+        tab, ws = await opened_with_history(page, server)
         await page.evaluate("""() => {
           window.subscribing = window.conn.subscribe("stage", null, { presence: true });
         }""")

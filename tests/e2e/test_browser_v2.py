@@ -339,6 +339,17 @@ def session_frame(token: str, device: str, *, resumed: bool = False, history: bo
                        "heartbeat_interval": 30.0, "history": history,
                        "expires_at": expires_at})
 
+async def opened_with_history(page: Page, server: ScriptedV2Server
+                              ) -> tuple[Tab, ServerConnection]:
+    """A scripted tab (device tab-1) given a session with history by `server`, open."""
+    tab = await Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
+                         device="tab-1", backoffBaseMs=10)
+    ws = await server.accept()
+    await frame_of(ws)  # connect
+    await ws.send(session_frame("r1", "tab-1", history=True))
+    await tab.wait_state("open")
+    return tab, ws
+
 
 def path(ws: ServerConnection) -> str:
     assert ws.request is not None
@@ -544,12 +555,7 @@ async def test_a_resume_names_its_channels_and_the_server_ends_what_it_left_mean
     connect frame named nothing, the page subscribed again before the resume frame came,
     and a refusal was never told to the subscription's onUnsubscribed."""
     async with ScriptedV2Server() as server:
-        tab = await Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
-                             device="tab-1", backoffBaseMs=10)
-        ws = await server.accept()
-        await frame_of(ws)  # connect
-        await ws.send(session_frame("r1", "tab-1", history=True))
-        await tab.wait_state("open")
+        tab, ws = await opened_with_history(page, server)
         await page.evaluate("""() => {
           window.ended = [];
           const told = (channel) => (reason) => window.ended.push([channel, reason]);
@@ -602,12 +608,7 @@ async def test_a_message_of_a_channel_the_page_is_leaving_records_no_position(
     channel it had left itself. After the unsubscribe's reply a message of the channel
     (the application joined the page again) records its position as any other."""
     async with ScriptedV2Server() as server:
-        tab = await Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
-                             device="tab-1", backoffBaseMs=10)
-        ws = await server.accept()
-        await frame_of(ws)  # connect
-        await ws.send(session_frame("r1", "tab-1", history=True))
-        await tab.wait_state("open")
+        tab, ws = await opened_with_history(page, server)
 
         def message(offset: int, data: str) -> str:
             return json.dumps({"type": "message", "stream": "g:room", "offset": offset,

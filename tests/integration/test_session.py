@@ -10,7 +10,7 @@ import pytest
 
 from stabilizer import ConnectionEvent, WebSocketConfig
 from tests.conftest import ManagerFactory
-from tests.support.fakes import FakeWebSocket
+from tests.support.fakes import FakeWebSocket, SlowToClose
 from tests.support.redis_server import free_port
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
@@ -64,20 +64,6 @@ async def test_pongs_and_client_pings_never_reach_the_application(
         assert manager.stats.pongs == 2
 
 
-class StuckCloseSocket(FakeWebSocket):
-    """A socket whose close() waits until `unstick` is set (a peer that never answers)."""
-
-    def __init__(self) -> None:
-        super().__init__("stuck")
-        self.unstick = asyncio.Event()
-        self.closing = asyncio.Event()
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        self.closing.set()
-        await self.unstick.wait()
-        await super().close(code, reason)
-
-
 async def test_a_handler_whose_connection_is_being_replaced_waits_for_the_close_frame(
     make_manager: ManagerFactory,
 ) -> None:
@@ -87,7 +73,7 @@ async def test_a_handler_whose_connection_is_being_replaced_waits_for_the_close_
     the two-replica test after a change that removed one loop iteration from __aexit__)."""
     manager = make_manager(WebSocketConfig(max_concurrent_cleanup=1, close_timeout=5.0,
                                            **QUIET))
-    stuck = StuckCloseSocket()
+    stuck = SlowToClose("stuck")  # (a peer that never answers the close)
     await manager.connect("stuck", stuck)
     holder = asyncio.ensure_future(manager.disconnect("stuck"))  # takes the only slot
     await stuck.closing.wait()
@@ -109,7 +95,7 @@ async def test_a_handler_whose_connection_is_being_replaced_waits_for_the_close_
             await asyncio.sleep(0)
         assert not task.done(), "the replaced handler returned before its close frame"
         assert first.closed is None
-        stuck.unstick.set()
+        stuck.release.set()
         await task
         assert first.closed is not None
         assert first.closed[0] == 4500

@@ -11,6 +11,8 @@ The wall clock of the memory streams is a fake one here, moved forward by the te
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -40,44 +42,58 @@ class Clock:
         return self._real() + self.ahead
 
 
+@asynccontextmanager
+async def one_node() -> AsyncIterator[MemoryBackend]:
+    """A memory backend of its own hub, open as node-a; its tasks end cleanly after."""
+    backend = MemoryBackend(MemoryHub())
+    tasks = TaskOwner()
+    await backend.open("node-a", tasks)
+    try:
+        yield backend
+    finally:
+        assert await tasks.stop(2.0) == []
+        await backend.aclose()
+
+
+async def sequence(backend: MemoryBackend, group: str, size: int) -> None:
+    """One 100-byte message on `group`'s stream (history of `size`, TTL and META_TTL)."""
+    envelope = Envelope(Kind.GROUP, "node-a", group, "x" * 100)
+    await backend.history.sequence(Target("group", group), envelope, size=size, ttl=TTL,
+                                   meta_ttl=META_TTL)
+
+
 async def test_the_sweep_forgets_streams_and_entries_whose_time_ran_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = Clock(monkeypatch)
-    hub = MemoryHub()
-    backend = MemoryBackend(hub)
-    tasks = TaskOwner()
-    await backend.open("node-a", tasks)
+    async with one_node() as backend:
+        hub = backend.hub
 
-    async def send(group: str) -> None:
-        envelope = Envelope(Kind.GROUP, "node-a", group, "x" * 100)
-        await backend.history.sequence(Target("group", group), envelope, size=10, ttl=TTL,
-                                       meta_ttl=META_TTL)
+        async def send(group: str) -> None:
+            await sequence(backend, group, size=10)
 
-    for group in ("quiet", "busy", "again"):
-        await send(group)
-    clock.ahead = TTL + 1
-    await send("busy")  # its times move on (its first entry's are over)
-    await backend.sessions.sweep()
-    assert [len(hub.streams[s].entries) for s in ("g:quiet", "g:busy")] == [0, 1]
-    assert hub.streams["g:quiet"].offset == 1  # where it stands outlives its entries
+        for group in ("quiet", "busy", "again"):
+            await send(group)
+        clock.ahead = TTL + 1
+        await send("busy")  # its times move on (its first entry's are over)
+        await backend.sessions.sweep()
+        assert [len(hub.streams[s].entries) for s in ("g:quiet", "g:busy")] == [0, 1]
+        assert hub.streams["g:quiet"].offset == 1  # where it stands outlives its entries
 
-    clock.ahead = META_TTL + 1
-    assert (await backend.history.read("g:again", 1, "")).absent  # forgotten on read
-    await send("again")  # a new stream of the name: the old one's deadline is not its own
-    await backend.sessions.sweep()
-    assert sorted(hub.streams) == ["g:again", "g:busy"]
-    assert len(hub.streams["g:busy"].entries) == 0
+        clock.ahead = META_TTL + 1
+        assert (await backend.history.read("g:again", 1, "")).absent  # forgotten on read
+        await send("again")  # a new stream of the name: the old one's deadline is not its own
+        await backend.sessions.sweep()
+        assert sorted(hub.streams) == ["g:again", "g:busy"]
+        assert len(hub.streams["g:busy"].entries) == 0
 
-    clock.ahead = TTL + META_TTL + 2
-    await backend.sessions.sweep()
-    assert sorted(hub.streams) == ["g:again"]
-    clock.ahead = 2 * META_TTL + 2
-    await backend.sessions.sweep()
-    assert hub.streams == {}
-    assert hub.expire_streams(clock.time() + 3600) == 0  # no deadline left behind either
-    assert await tasks.stop(2.0) == []
-    await backend.aclose()
+        clock.ahead = TTL + META_TTL + 2
+        await backend.sessions.sweep()
+        assert sorted(hub.streams) == ["g:again"]
+        clock.ahead = 2 * META_TTL + 2
+        await backend.sessions.sweep()
+        assert hub.streams == {}
+        assert hub.expire_streams(clock.time() + 3600) == 0  # no deadline left behind either
 
 
 async def test_entries_that_come_back_after_a_quiet_spell_go_at_their_own_time(
@@ -86,37 +102,31 @@ async def test_entries_that_come_back_after_a_quiet_spell_go_at_their_own_time(
     # Once a stream's entries went, its deadline waits for the stream's own time; a burst
     # after that must bring its entries' deadline back (they lived until the stream's).
     clock = Clock(monkeypatch)
-    hub = MemoryHub()
-    backend = MemoryBackend(hub)
-    tasks = TaskOwner()
-    await backend.open("node-a", tasks)
+    async with one_node() as backend:
+        hub = backend.hub
 
-    async def send() -> None:
-        envelope = Envelope(Kind.GROUP, "node-a", "room", "x" * 100)
-        await backend.history.sequence(Target("group", "room"), envelope, size=100, ttl=TTL,
-                                       meta_ttl=META_TTL)
+        async def send() -> None:
+            await sequence(backend, "room", size=100)
 
-    await send()
-    clock.ahead = TTL + 1
-    await backend.sessions.sweep()
-    assert len(hub.streams["g:room"].entries) == 0
-    for _ in range(3):
         await send()
-    clock.ahead = 2 * TTL + 2
-    await backend.sessions.sweep()
-    assert len(hub.streams["g:room"].entries) == 0
-    assert hub.streams["g:room"].offset == 4
-    for _ in range(3):  # quiet spells and bursts again
-        await send()
-        clock.ahead += TTL + 1
+        clock.ahead = TTL + 1
         await backend.sessions.sweep()
         assert len(hub.streams["g:room"].entries) == 0
-    clock.ahead += META_TTL + TTL  # the stream's own time: nothing is left behind
-    await backend.sessions.sweep()
-    assert hub.streams == {}
-    assert hub.expire_streams(clock.time() + 3600) == 0
-    assert await tasks.stop(2.0) == []
-    await backend.aclose()
+        for _ in range(3):
+            await send()
+        clock.ahead = 2 * TTL + 2
+        await backend.sessions.sweep()
+        assert len(hub.streams["g:room"].entries) == 0
+        assert hub.streams["g:room"].offset == 4
+        for _ in range(3):  # quiet spells and bursts again
+            await send()
+            clock.ahead += TTL + 1
+            await backend.sessions.sweep()
+            assert len(hub.streams["g:room"].entries) == 0
+        clock.ahead += META_TTL + TTL  # the stream's own time: nothing is left behind
+        await backend.sessions.sweep()
+        assert hub.streams == {}
+        assert hub.expire_streams(clock.time() + 3600) == 0
 
 
 async def test_a_long_running_node_forgets_the_streams_of_clients_long_gone(

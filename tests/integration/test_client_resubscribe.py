@@ -6,13 +6,15 @@ history for memberships kept, and the channel's messages never came again, silen
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 
 from stabilizer import SubscribeRequest, WebSocketConfig, WebSocketConnectionManager
-from stabilizer.client import ResumeResult, RetryPolicy, connect
+from stabilizer.client import ClientConnection, ResumeResult, RetryPolicy, connect
 from stabilizer.client.requests import Subscriptions
 from stabilizer.connection.connection import Connection
 from stabilizer.pure.client_protocol import ControlFrame
@@ -146,6 +148,36 @@ class Gate:
 
     def __call__(self) -> str:
         return self.url if self.open else "ws://127.0.0.1:1/ws"
+
+@asynccontextmanager
+async def roomy_resumes(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
+        tuple[WebSocketConnectionManager, ClientConnection, asyncio.Event]]:
+    """A server keeping sessions, whose max_message_size (80,000) has room for a resume at
+    its budget and with no limit on channels, and a v2 client of it; the event is set at
+    each of the client's resumes."""
+    manager = WebSocketConnectionManager(kept_history().replace(
+        max_message_size=80_000, max_channels_per_connection=None))
+    resumed = asyncio.Event()
+    async with (
+        served(history_app(manager, []), "websockets-sansio", monkeypatch) as server,
+        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2,
+                retry=RetryPolicy(base=0.01, cap=0.05),
+                on_resume=lambda _result: resumed.set()) as client,
+    ):
+        yield manager, client, resumed
+
+
+async def resumed_after_a_restart(manager: WebSocketConnectionManager,
+                                  client: ClientConnection, resumed: asyncio.Event) -> str:
+    """Close the client's socket as a restarting server does (1012, retry at once) and
+    wait until it resumed its session; return its client id."""
+    client_id = client.client_id
+    assert client_id is not None
+    await manager.disconnect(client_id, code=1012, reason='{"retry_ms": 10}')
+    await asyncio.wait_for(resumed.wait(), 10)
+    assert client.last_resume is not None
+    assert client.last_resume.session_resumed
+    return client_id
 
 
 async def away(manager: WebSocketConnectionManager, client_id: str, gate: Gate) -> None:
@@ -290,23 +322,10 @@ async def test_a_client_holding_many_long_channel_names_still_resumes(
     max_message_size has room for that takes the frame. Before, only their count was
     bounded (1,000 names of up to 256 characters): the frame went over, the server closed
     with 1009, and the client took that as final."""
-    manager = WebSocketConnectionManager(kept_history().replace(
-        max_message_size=80_000, max_channels_per_connection=None))
-    resumed = asyncio.Event()
-    async with (
-        served(history_app(manager, []), "websockets-sansio", monkeypatch) as server,
-        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2,
-                retry=RetryPolicy(base=0.01, cap=0.05),
-                on_resume=lambda _result: resumed.set()) as client,
-    ):
+    async with roomy_resumes(monkeypatch) as (manager, client, resumed):
         channels = [f"room:{n:03d}:" + "x" * 240 for n in range(350)]  # ~88 KB of names
         for channel in channels:
             await client.subscribe(channel)
-        client_id = client.client_id
-        assert client_id is not None
-        await manager.disconnect(client_id, code=1012, reason='{"retry_ms": 10}')
-        await asyncio.wait_for(resumed.wait(), 10)
-        assert client.last_resume is not None
-        assert client.last_resume.session_resumed
+        client_id = await resumed_after_a_restart(manager, client, resumed)
         assert manager.is_connected(client_id)
         assert await manager.get_client_groups(client_id) == sorted(channels)

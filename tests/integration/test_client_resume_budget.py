@@ -16,7 +16,14 @@ from stabilizer.errors import RPCError
 from stabilizer.pure.frames import reply_error_frame
 from stabilizer.pure.v2 import ChannelRequest
 from stabilizer.services.channels import Channels
-from tests.integration.test_client_resubscribe import Gate, away, history_app, kept_history
+from tests.integration.test_client_resubscribe import (
+    Gate,
+    away,
+    history_app,
+    kept_history,
+    resumed_after_a_restart,
+    roomy_resumes,
+)
 from tests.integration.test_emitter import until
 from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
@@ -72,15 +79,7 @@ async def test_non_ascii_names_keep_the_resume_within_its_budget_in_bytes(
     about 58,000 characters but 173 KB, the frame went over a max_message_size of 80,000,
     and the client took the server's 1009 as final. Now positions over the budget in bytes
     stay home (the server replays from the session's start; the client drops what it had)."""
-    manager = WebSocketConnectionManager(kept_history().replace(
-        max_message_size=80_000, max_channels_per_connection=None))
-    resumed = asyncio.Event()
-    async with (
-        served(history_app(manager, []), "websockets-sansio", monkeypatch) as server,
-        connect(f"ws://127.0.0.1:{server.port}/ws", protocol=2,
-                retry=RetryPolicy(base=0.01, cap=0.05),
-                on_resume=lambda _result: resumed.set()) as client,
-    ):
+    async with roomy_resumes(monkeypatch) as (manager, client, resumed):
         channels = [f"{n:03d}" + "中" * 247 for n in range(230)]
         got: asyncio.Queue[str | bytes] = asyncio.Queue()
         for channel in channels:
@@ -88,12 +87,7 @@ async def test_non_ascii_names_keep_the_resume_within_its_budget_in_bytes(
             await manager.send_to_group(channel, "m")
         for _ in channels:
             await asyncio.wait_for(got.get(), 5)
-        client_id = client.client_id
-        assert client_id is not None
-        await manager.disconnect(client_id, code=1012, reason='{"retry_ms": 10}')
-        await asyncio.wait_for(resumed.wait(), 10)
-        assert client.last_resume is not None
-        assert client.last_resume.session_resumed
+        client_id = await resumed_after_a_restart(manager, client, resumed)
         await manager.send_to_client(client_id, "marker")
         assert await asyncio.wait_for(client.recv(), 5) == "marker"
         assert got.empty()  # the replayed messages were dropped as duplicates

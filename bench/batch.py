@@ -25,7 +25,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from bench.support import RedisProc
 from stabilizer.backends.redis import exchange
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
+from stabilizer.backends.redis.batcher import ScriptBatcher
+from stabilizer.backends.redis.core import RedisCore
 from stabilizer.backends.redis.keys import KeyLayout
 from stabilizer.node.tasks import TaskOwner
 

@@ -202,6 +202,9 @@ class WebSocketConfig:
     max_cluster_connections: int | None = None
     op_timeout: float = 2.0
     redis_pool_size: int = 64
+    # a connect's or disconnect's Redis call that met others in flight waits up to this for
+    # more to share its round trip (backends/redis/batcher.py); 0: never held
+    redis_batch_window: float = 0.005
     presence_buckets: int = 1
     # each group's keys in the group's own hash slot, each client's in the client's
     # (backends/redis/keys.py); None: on with redis_cluster, off on one server

@@ -24,6 +24,9 @@ SECONDS: Final = ("heartbeat_interval", "heartbeat_timeout", "memory_check_inter
 COUNTS: Final = ("max_message_size", "num_shards", "max_concurrent_cleanup",
                  "max_concurrent_broadcast", "max_queue_size", "max_client_id_length",
                  "presence_buckets", "redis_pool_size", "rpc_max_in_flight")
+#: The waits that may be 0 (none), and their longest: a presence diff's (changes within
+#: it go out as one) and a held Redis batch's (every connect in a storm may wait for it).
+WINDOWS: Final = {"presence_diff_window": 60, "redis_batch_window": 1}
 #: The settings whose None means "no limit": the only ones `none` or `null` may turn off
 #: in the environment (config_env.py).
 OPTIONAL_LIMITS: Final = frozenset({
@@ -87,10 +90,11 @@ def check_numbers(config: WebSocketConfig) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         check_positive(name, value)
-    window = config.presence_diff_window
-    if isinstance(window, bool) or not isinstance(window, int | float) or not (
-            0 <= window <= 60):
-        raise ConfigError(f"presence_diff_window must be 0 to 60 seconds, got {window!r}")
+    for name, most in WINDOWS.items():
+        window = getattr(config, name)
+        if isinstance(window, bool) or not isinstance(window, int | float) or not (
+                0 <= window <= most):
+            raise ConfigError(f"{name} must be 0 to {most} seconds, got {window!r}")
     size = config.history_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ConfigError(f"history_size must be 0 (off) or a positive integer, got {size!r}")

@@ -18,7 +18,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
 from stabilizer.backends.redis import exchange
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
+from stabilizer.backends.redis.batcher import ScriptBatcher
+from stabilizer.backends.redis.core import RedisCore
 from stabilizer.backends.redis.keys import KeyLayout
 from stabilizer.errors import BackendUnavailable
 from stabilizer.node.tasks import TaskOwner

@@ -22,7 +22,8 @@ import pytest
 
 from stabilizer import WebSocketConnectionManager
 from stabilizer.backends.redis import RedisBackend
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
+from stabilizer.backends.redis.batcher import ScriptBatcher
+from stabilizer.backends.redis.core import RedisCore
 from stabilizer.emitter import Emitter
 from stabilizer.emitter import base as emitter_base
 from stabilizer.node import context as node_context

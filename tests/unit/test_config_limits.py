@@ -3,10 +3,12 @@ cannot take is refused on creation, never found out by the first broadcast."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
+from stabilizer.backends.redis import RedisBackend
 from stabilizer.config import WebSocketConfig
 from stabilizer.errors import ConfigError
 
@@ -47,3 +49,21 @@ def test_the_largest_value_is_accepted(name: str, value: object) -> None:
 def test_the_environment_is_held_to_the_same_bounds() -> None:
     with pytest.raises(ConfigError, match="history_size must be at most 1000000000"):
         WebSocketConfig.from_env({"STABILIZER_HISTORY_SIZE": "9223372036854775808"})
+
+
+@pytest.mark.parametrize("bad", [-0.001, 1.5, float("nan"), float("inf"), "0.005", True, None])
+def test_the_redis_batch_window_is_0_to_1_second(bad: object) -> None:
+    with pytest.raises(ConfigError, match="redis_batch_window must be 0 to 1 seconds"):
+        WebSocketConfig(redis_batch_window=bad)  # type: ignore[arg-type]
+
+
+def test_the_redis_batch_window_reaches_the_backend_from_the_environment() -> None:
+    config = WebSocketConfig.from_env({"STABILIZER_REDIS_BATCH_WINDOW": "0",
+                                       "STABILIZER_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert config.redis_batch_window == 0
+    assert WebSocketConfig().redis_batch_window == 0.005
+    for window in (0.0, 0.02):
+        backend = RedisBackend.from_config(replace(config, redis_batch_window=window))
+        assert backend._core.batch_window == window
+        assert backend.presence._registers._window == window
+        assert backend.routing._routes._window == 0  # a direct send is never held

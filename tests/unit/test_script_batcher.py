@@ -1,5 +1,6 @@
 """The Redis backend's batcher of concurrent script calls, with a fake round trip: every
-caller gets an answer, also when the node stops (its task is cancelled) mid-batch."""
+caller gets an answer, also when the node stops (its task is cancelled) mid-batch; calls
+that met a round trip in flight wait (a bounded while) for more, a caller alone never."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 from redis.asyncio import Redis
 
 from stabilizer.backends.records import Presence
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
+from stabilizer.backends.redis import batcher as batching
+from stabilizer.backends.redis.batcher import ScriptBatcher
+from stabilizer.backends.redis.core import RedisCore
 from stabilizer.backends.redis.keys import KeyLayout
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.errors import BackendUnavailable
@@ -44,8 +47,9 @@ class SlowScript:
 class FakeCore:
     cluster = True  # the batch's calls keep their keys and arguments (none packed ahead)
 
-    def __init__(self, tasks: TaskOwner | None) -> None:
+    def __init__(self, tasks: TaskOwner | None, batch_window: float = 0.0) -> None:
         self.tasks = tasks
+        self.batch_window = batch_window
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         assert self.tasks is not None
@@ -56,14 +60,36 @@ class FakeCore:
 
 
 class OneByOne(ScriptBatcher):
-    """The batcher, its round trip (a pipeline) replaced by the batch's script calls."""
+    """The batcher, its round trip (a pipeline) replaced by the batch's script calls; the
+    size of each batch it sent is in `sizes`."""
+
+    sizes: list[int]
 
     async def _pipelined(self, calls: list[Any]) -> list[Any]:
+        self.sizes.append(len(calls))
         return [await self._script(keys=keys, args=args) for keys, args in calls]
 
 
-def batcher(core: FakeCore, script: SlowScript) -> ScriptBatcher:
-    return OneByOne(core, script, "route")  # type: ignore[arg-type]
+def batcher(core: FakeCore, script: SlowScript, *, hold: bool = True) -> OneByOne:
+    b = OneByOne(core, script, "route", hold=hold)  # type: ignore[arg-type]
+    b.sizes = []
+    return b
+
+
+#: a window no test waits out: a held batch goes when it is full (HELD_AT_MOST, patched)
+FOREVER = 3600.0
+
+
+async def met_in_flight(b: OneByOne, script: SlowScript, count: int) -> list[asyncio.Future[Any]]:
+    """One call, and `count` more made while its round trip is in flight; the round trip then
+    returns, and the first caller has its answer."""
+    first = asyncio.ensure_future(b.submit(["k"], ["first"]))
+    await script.in_flight.wait()
+    met = [asyncio.ensure_future(b.submit(["k"], [f"met-{i}"])) for i in range(count)]
+    script.release.set()
+    async with asyncio.timeout(BOUND):
+        assert await first == 1
+    return met
 
 
 async def test_calls_that_meet_in_time_share_a_batch_and_all_get_answers() -> None:
@@ -75,6 +101,59 @@ async def test_calls_that_meet_in_time_share_a_batch_and_all_get_answers() -> No
     script.release.set()
     async with asyncio.timeout(BOUND):
         assert await asyncio.gather(first, *others) == [1] * 6
+
+
+async def test_calls_that_met_a_round_trip_in_flight_wait_for_more_to_share_theirs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batching, "HELD_AT_MOST", 4)
+    script = SlowScript()
+    b = batcher(FakeCore(TaskOwner(), batch_window=FOREVER), script)
+    met = await met_in_flight(b, script, 2)
+    later = [asyncio.ensure_future(b.submit(["k"], [f"later-{i}"])) for i in range(2)]
+    async with asyncio.timeout(BOUND):  # the fourth call fills the held batch: it goes
+        assert await asyncio.gather(*met, *later) == [1] * 4
+    assert b.sizes == [1, 4]
+
+
+async def test_a_held_batch_goes_when_its_window_ends() -> None:
+    script = SlowScript()
+    b = batcher(FakeCore(TaskOwner(), batch_window=0.01), script)
+    met = await met_in_flight(b, script, 2)
+    async with asyncio.timeout(BOUND):
+        assert await asyncio.gather(*met) == [1, 1]
+    assert b.sizes == [1, 2]
+
+
+async def test_a_caller_alone_is_never_held() -> None:
+    script = SlowScript()
+    script.release.set()
+    b = batcher(FakeCore(TaskOwner(), batch_window=FOREVER), script)
+    async with asyncio.timeout(BOUND):
+        for i in range(5):  # each call finds no round trip in flight, nor calls waiting
+            assert await b.submit(["k"], [str(i)]) == 1
+    assert b.sizes == [1] * 5
+
+
+async def test_a_batcher_that_may_not_hold_sends_the_calls_that_met_at_once() -> None:
+    script = SlowScript()
+    b = batcher(FakeCore(TaskOwner(), batch_window=FOREVER), script, hold=False)
+    met = await met_in_flight(b, script, 2)
+    async with asyncio.timeout(BOUND):
+        assert await asyncio.gather(*met) == [1, 1]
+    assert b.sizes == [1, 2]
+
+
+async def test_held_callers_get_an_answer_when_the_node_stops() -> None:
+    owner = TaskOwner()
+    script = SlowScript()
+    b = batcher(FakeCore(owner, batch_window=FOREVER), script)
+    met = await met_in_flight(b, script, 2)
+    assert await owner.stop(1.0) == []
+    async with asyncio.timeout(BOUND):
+        for caller in met:
+            with pytest.raises(BackendUnavailable, match="the node stopped"):
+                await caller
+    assert b.sizes == [1]
 
 
 async def test_callers_get_an_answer_when_the_node_stops_mid_batch() -> None:

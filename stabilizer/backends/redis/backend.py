@@ -48,11 +48,13 @@ class RedisBackend:
         pool_size: int = 64,
         also_close: list[Any] | None = None,
         spread: bool | None = None,
+        batch_window: float = 0.005,
     ) -> None:
         if spread is None:  # each group and client in its own slot: a Cluster's default
             spread = isinstance(client, RedisCluster)
         self._core = core = RedisCore(client, KeyLayout(namespace, presence_buckets, spread),
-                                      op_timeout=op_timeout, pool_size=pool_size)
+                                      op_timeout=op_timeout, pool_size=pool_size,
+                                      batch_window=batch_window)
         self._owns_client = owns_client
         self._also_close = also_close or []
         self.presence = RedisPresence(core)
@@ -76,7 +78,7 @@ class RedisBackend:
         return cls(client, namespace=config.namespace, presence_buckets=config.presence_buckets,
                    owns_client=owns, op_timeout=config.op_timeout,
                    pool_size=config.redis_pool_size, also_close=extra,
-                   spread=config.redis_spread_keys)
+                   spread=config.redis_spread_keys, batch_window=config.redis_batch_window)
 
     @property
     def name(self) -> str:

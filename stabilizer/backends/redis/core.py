@@ -24,13 +24,9 @@ from stabilizer.backends.redis import scripts as lua
 from stabilizer.backends.redis import spread_scripts as spread_lua
 from stabilizer.backends.redis import stream_scripts as streams_lua
 from stabilizer.backends.redis import user_scripts as users_lua
-from stabilizer.backends.redis.exchange import Call as WireCall
 from stabilizer.backends.redis.exchange import (
-    evalsha_batch,
     evalsha_on,
-    packed_ahead,
     pooled,
-    unpackable,
 )
 from stabilizer.backends.redis.keys import KeyLayout
 from stabilizer.backends.redis.replies import is_refusal
@@ -95,11 +91,14 @@ class RedisCore:
 
     def __init__(
         self, client: Redis | RedisCluster, keys: KeyLayout, *, op_timeout: float,
-        pool_size: int,
+        pool_size: int, batch_window: float = 0.0,
     ) -> None:
         self.client = client
         self.keys = keys
         self.op_timeout = op_timeout
+        # how long a batch of calls that met a round trip in flight waits for more
+        # (batcher.py); 0: it goes as soon as that round trip returns
+        self.batch_window = batch_window
         self.cluster = isinstance(client, RedisCluster)
         self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
         self.scripts = Scripts(client)
@@ -236,139 +235,6 @@ class RedisCore:
         if not self.events:
             return ["", b""]
         return [self.keys.events_channel, event_prefix(self.node_id)]
-
-
-class ScriptBatcher:
-    """Runs the calls of one script that meet in time as one pipelined round trip.
-
-    A call runs right away when none is in flight; calls that arrive while a round trip is
-    in flight are queued and sent together as soon as it returns. Results (and exceptions)
-    go back to each caller; every call is bounded by op_timeout. The batches run in a task
-    of the node's task owner; before the backend is opened (a manager that was never
-    started) a call simply runs alone. On a Cluster a batch is one pipeline per master,
-    sent concurrently; a call redirected (MOVED, ASK) is sent again alone, which is safe:
-    a redirected call did not run.
-    """
-
-    def __init__(self, core: RedisCore, script: AsyncScript, op: str) -> None:
-        self._core = core
-        self._script = script
-        self._op = op
-        # the calls waiting for their round trip (their keys and arguments, packed ahead
-        # where they can be: exchange.packed_ahead) and, at the same index, their callers'
-        # futures: two lists, not a pair per call, which a reconnect storm would keep alive
-        self._calls: list[WireCall] = []
-        self._futures: list[asyncio.Future[Any]] = []
-        self._task: asyncio.Task[Any] | None = None
-
-    def submit(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        """Queue one call; the awaitable returned gives its result (or raises
-        BackendUnavailable). (A future, not a coroutine: a call waiting for its batch keeps
-        no frame of its own alive.)"""
-        core = self._core
-        if core.tasks is None:
-            return core.call(self._script(keys=keys, args=args), self._op)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls.append((keys, args) if core.cluster
-                           else packed_ahead(self._script.sha, keys, args))
-        self._futures.append(future)
-        if self._task is None:
-            task = self._task = core.spawn(self._drain(), name=f"stabilizer-redis-{self._op}")
-            task.add_done_callback(self._drained)
-        return future
-
-    def _take(self) -> tuple[list[WireCall], list[asyncio.Future[Any]]]:
-        """Empty the queue; return the calls it held and their futures."""
-        taken = self._calls, self._futures
-        self._calls, self._futures = [], []
-        return taken
-
-    async def _drain(self) -> None:
-        futures: list[asyncio.Future[Any]] = []
-        try:
-            while self._calls:
-                calls, futures = self._take()
-                await self._run(calls, futures)
-            futures = []
-        except BaseException:  # cancelled (the node stops): no caller may wait forever
-            _fail(futures + self._take()[1], "the node stopped before this call was answered")
-            raise
-        finally:
-            if self._task is asyncio.current_task():
-                self._task = None
-
-    def _drained(self, task: asyncio.Task[Any]) -> None:
-        # A task cancelled before its first step never ran its finally: its queue is failed
-        # here (a newer task, if one started, owns the queue then).
-        if self._task is task:
-            self._task = None
-            _fail(self._take()[1], "the node stopped before this call was sent")
-
-    async def _run(self, calls: list[WireCall], futures: list[asyncio.Future[Any]]) -> None:
-        try:
-            results = await self._pipelined(calls)
-        except BackendUnavailable as exc:
-            for future in futures:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for future, result in zip(futures, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, BackendUnavailable):
-                future.set_exception(result)
-            elif isinstance(result, BaseException):
-                error = (BackendRefused(f"redis refused: {result}") if is_refusal(result)
-                         else BackendUnavailable(f"redis error: {result!r}"))
-                error.__cause__ = result
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-
-    async def _pipelined(self, calls: list[WireCall]) -> list[Any]:
-        """One round trip of raw EVALSHA calls (the scripts were loaded at open): packed in
-        C and written to one pooled connection (exchange.py), or on a Cluster one pipeline
-        per master, concurrently (redis-py's retry is off: connect.py). A server that
-        answers NOSCRIPT (it restarted empty) gets every script loaded once, and those calls
-        again in one more round trip: they did not run."""
-        results = await self._send(calls)
-        again = [index for index, result in enumerate(results)
-                 if isinstance(result, NoScriptError)]
-        if again:
-            try:
-                await self._core.load_scripts()
-                answers = await self._send([calls[index] for index in again])
-            except BackendUnavailable as exc:
-                answers = [exc] * len(again)
-            for index, answer in zip(again, answers, strict=True):
-                results[index] = answer
-        return results
-
-    async def _send(self, calls: list[WireCall]) -> list[Any]:
-        core = self._core
-        client = core.client
-        if isinstance(client, RedisCluster):
-            scripts = [call for call in calls if isinstance(call, tuple)]  # (all of them)
-            results: list[Any] = [unpackable(keys, args) for keys, args in scripts]
-            pipe = client.pipeline()
-            for (keys, args), refused in zip(scripts, results, strict=True):
-                if refused is None:
-                    pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys,
-                                         *args)
-            if len(pipe):
-                answers = iter(await core.call(pipe.execute(raise_on_error=False), self._op))
-                results = [next(answers) if refused is None else refused
-                           for refused in results]
-            return results
-        sent: list[Any] = await core.call(evalsha_batch(client, self._script.sha, calls),
-                                          self._op)
-        return sent
-
-
-def _fail(futures: list[asyncio.Future[Any]], reason: str) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(BackendUnavailable(reason))
 
 
 def now_ms() -> int:

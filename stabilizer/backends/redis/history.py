@@ -7,7 +7,8 @@ import secrets
 from typing import Final
 
 from stabilizer.backends.base import History, Sequenced
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
+from stabilizer.backends.redis.batcher import ScriptBatcher
+from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.errors import BackendNotReached, BackendUnavailable
 from stabilizer.pure.streams import Target

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
 from stabilizer.backends.base import Presence, Registration, Seat
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, now_ms, text
+from stabilizer.backends.redis.batcher import ScriptBatcher
+from stabilizer.backends.redis.core import RedisCore, now_ms, text
 from stabilizer.backends.redis.keys import (
     KeyLayout,
     entry_of,

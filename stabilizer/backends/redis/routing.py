@@ -10,7 +10,8 @@ from typing import Any, Final
 
 from redis.exceptions import RedisError
 
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
+from stabilizer.backends.redis.batcher import ScriptBatcher
+from stabilizer.backends.redis.core import RedisCore
 from stabilizer.backends.redis.sharded import ShardedSubscription
 from stabilizer.errors import BackendUnavailable
 
@@ -51,7 +52,7 @@ class RedisRouting:
         # held by a group's (un)subscribe on the pub/sub connection: closing the subscription
         # waits for it, or the connection would go back to the pool while still in use
         self._commands = asyncio.Lock()
-        self._routes = ScriptBatcher(core, core.scripts.route, "route")
+        self._routes = ScriptBatcher(core, core.scripts.route, "route", hold=False)
 
     @property
     def subscribed(self) -> asyncio.Event:

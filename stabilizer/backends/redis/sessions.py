@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from stabilizer.backends.base import SessionGone, SessionState, SessionTaken
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, text
+from stabilizer.backends.redis.batcher import ScriptBatcher
+from stabilizer.backends.redis.core import RedisCore, text
 from stabilizer.backends.redis.keys import parse_position
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.spread import SpreadSteps

@@ -24,7 +24,8 @@ from typing import Any, Final
 
 from stabilizer.backends.base import Presence, SessionGone
 from stabilizer.backends.records import MembershipChange
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher, now_ms, text
+from stabilizer.backends.redis.batcher import ScriptBatcher
+from stabilizer.backends.redis.core import RedisCore, now_ms, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.spread_slots import SlotSteps
 from stabilizer.pure.streams import ALL, client_stream, user_stream

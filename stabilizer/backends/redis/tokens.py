@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from stabilizer.backends.redis.core import RedisCore, ScriptBatcher
+from stabilizer.backends.redis.batcher import ScriptBatcher
+from stabilizer.backends.redis.core import RedisCore
 from stabilizer.errors import BackendUnavailable
 from stabilizer.pure.keyring import SharedKeys
 from stabilizer.pure.wire import Envelope, Kind, encode, event_body

@@ -37,6 +37,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -207,6 +208,8 @@ def describe_code(env: dict[str, Any]) -> str:
         lines.append(f"{base['label']}: the same app importing stabilizer/ of commit "
                      f"{base['commit'][:12]} ({base['date'][:10]}, \"{base['subject'][:80]}\"; "
                      f"--baseline {base['rev']}; sha256 {base['sha256']})")
+    lines.append(f"event loop: {env.get('loop', 'auto')} (uvloop "
+                 f"{env.get('uvloop', 'not recorded')}; BENCH_LOOP chooses)")
     return "\n".join(lines)
 
 
@@ -627,7 +630,10 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         **{name: version(name) for name in (
             "uvicorn", "websockets", "fastapi", "starlette", "fastapi-websocket-stabilizer",
-            "fastapi-stabilizer", "python-socketio", "python-engineio", "psutil")},
+            "fastapi-stabilizer", "python-socketio", "python-engineio", "psutil", "uvloop",
+            "httptools")},
+        # the servers' event loop (bench.servers: uvicorn's "auto" takes uvloop if installed)
+        "loop": os.environ.get("BENCH_LOOP", "auto"),
     }
 
 

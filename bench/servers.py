@@ -25,7 +25,9 @@ Every kind also serves ``GET /bench/count`` (connected sockets), ``POST /bench/g
 of one S-byte text message, in sequence; returns when the last broadcast call returns).
 
 Every kind runs under the same uvicorn settings (``UVICORN_OPTIONS``): per-message deflate
-off, uvicorn's own protocol-level keepalive pings off, logs at warning, no access log.
+off, uvicorn's own protocol-level keepalive pings off, logs at warning, no access log, and
+the event loop uvicorn picks (``auto``: uvloop where it is installed); ``BENCH_LOOP=asyncio``
+in the environment makes every server of a run use asyncio's own loop instead.
 
 Run as ``python -m bench.servers --kind raw --port 8000``; the process stops by itself when
 its stdin closes or its lifetime ends.
@@ -38,6 +40,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,6 +65,7 @@ UVICORN_OPTIONS: Final[dict[str, Any]] = {
     "lifespan": "on",
     "backlog": 4096,
     "timeout_graceful_shutdown": 3,
+    "loop": os.environ.get("BENCH_LOOP", "auto"),
 }
 
 Broadcast = Callable[[str], Awaitable[Any]]

@@ -270,6 +270,18 @@ def _serve_browser_client(api: APIRouter) -> None:
         return FileResponse(part, media_type="text/javascript")
 
 
+#: The dashboard page's own script and styles only, and no other site may frame it: its
+#: disconnect button, framed elsewhere under the operator's credentials, could be clicked
+#: by a trick (clickjacking). X-Frame-Options for browsers without frame-ancestors.
+PAGE_HEADERS: Final = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 def _serve_dashboard(api: APIRouter, guarded: APIRouter,
                      manager: WebSocketConnectionManager) -> None:
     """GET /dashboard (the page), /dashboard.js (its script, open), /dashboard/data (the
@@ -282,7 +294,8 @@ def _serve_dashboard(api: APIRouter, guarded: APIRouter,
 
     @guarded.get("/dashboard", include_in_schema=False)
     async def dashboard_page() -> FileResponse:
-        return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+        return FileResponse(STATIC / "dashboard.html", media_type="text/html",
+                            headers=PAGE_HEADERS)
 
     @guarded.get("/dashboard/data")
     async def dashboard_data() -> dict[str, Any]:

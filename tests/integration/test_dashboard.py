@@ -177,6 +177,20 @@ async def test_the_page_is_self_contained(nodes: Nodes) -> None:
     assert "https://" not in page.text
 
 
+async def test_the_page_may_not_be_framed_by_another_site(nodes: Nodes) -> None:
+    """The page has a button that disconnects clients: framed by another site, under the
+    operator's credentials, a click there could be stolen (clickjacking)."""
+    a = nodes("a")
+    await a.start()
+    async with client_for(a) as http:
+        page = await http.get("/ops/dashboard")
+    policy = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy
+    assert "script-src 'self'" in policy or "default-src 'self'" in policy
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+
 async def test_the_view_shows_every_node_from_its_report(nodes: Nodes) -> None:
     a, b = nodes("a"), nodes("b")
     await a.start()

@@ -533,19 +533,34 @@ class Resumable:
 #: Where the Redis backend's Lua scripts live: since the reorganisation (6fcc2a8), before it.
 SCRIPT_MODULES: Final = ("stabilizer/backends/redis/scripts.py",
                          "stabilizer/backends/redis_scripts.py")
+#: Scripts that left that module for one of their own, read too where the tree has them
+#: (KEEPALIVE, a BACKGROUND command, is one).
+MOVED_SCRIPT_MODULES: Final = ("stabilizer/backends/redis/liveness_scripts.py",)
 
 
 def script_names(root: Path) -> dict[str, str]:
     """SHA1 of each Lua script of the Redis backend under `root` (a snapshot or baseline
     export holding stabilizer/) -> its name (for MONITOR lines).
 
-    The module is loaded from its file alone (it needs nothing but typing), so the
-    controller never imports a stabilizer package, and either layout works.
+    The modules are loaded from their files (the Lua modules they import come from the
+    controller's path), so the controller never imports the contender's package, and
+    either layout works.
     """
     path = next((root / name for name in SCRIPT_MODULES if (root / name).is_file()), None)
     if path is None:
         raise BenchError(f"no Lua scripts module under {root} (looked for {SCRIPT_MODULES})")
-    spec = importlib.util.spec_from_file_location("_bench_lua_scripts", path)
+    names = _names_in(path)
+    if not names:
+        raise BenchError(f"no Lua scripts found in {path}")
+    for moved in MOVED_SCRIPT_MODULES:
+        if (root / moved).is_file():
+            names.update(_names_in(root / moved))
+    return names
+
+
+def _names_in(path: Path) -> dict[str, str]:
+    """SHA1 -> name of each Lua script (an upper-case string) of the module at `path`."""
+    spec = importlib.util.spec_from_file_location(f"_bench_lua_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise BenchError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
@@ -555,8 +570,6 @@ def script_names(root: Path) -> dict[str, str]:
         value = getattr(module, name)
         if name.isupper() and isinstance(value, str):
             names[hashlib.sha1(value.encode()).hexdigest()] = name.lower()
-    if not names:
-        raise BenchError(f"no Lua scripts found in {path}")
     return names
 
 

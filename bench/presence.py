@@ -100,9 +100,13 @@ SCENARIOS: Final = ("joinleave", "storm")
 def script_names(root: Path) -> dict[str, str]:
     """SHA1 of each Lua script of the Redis backend that `root`/stabilizer holds -> its name,
     read by a child interpreter (the controller imports no stabilizer)."""
-    code = ("import hashlib, json, sys; sys.path.insert(0, sys.argv[1]); import importlib\n"
+    code = ("import hashlib, json, sys; sys.path.insert(0, sys.argv[1])\n"
+            "import importlib, importlib.util\n"
             "names = {}\n"
-            "for mod in ('scripts', 'stream_scripts', 'group_scripts', 'user_scripts'):\n"
+            "for mod in ('scripts', 'liveness_scripts', 'stream_scripts', 'group_scripts',\n"
+            "            'user_scripts'):\n"
+            "    if importlib.util.find_spec('stabilizer.backends.redis.' + mod) is None:\n"
+            "        continue  # (a tree from before that module split off)\n"
             "    m = importlib.import_module('stabilizer.backends.redis.' + mod)\n"
             "    for k, v in vars(m).items():\n"
             "        if k.isupper() and isinstance(v, str):\n"

@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from stabilizer.backends.base import TaskSpawner
 from stabilizer.backends.redis import group_scripts as groups_lua
+from stabilizer.backends.redis import liveness_scripts as liveness_lua
 from stabilizer.backends.redis import scripts as lua
 from stabilizer.backends.redis import spread_scripts as spread_lua
 from stabilizer.backends.redis import stream_scripts as streams_lua
@@ -48,12 +49,12 @@ class Scripts:
         self.share_keys = register(lua.SHARE_KEYS)
         self.away_at = register(lua.AWAY_AT)
         self.count_groups = register(lua.COUNT_GROUPS)
-        self.keepalive = register(lua.KEEPALIVE)
-        self.reap = register(lua.REAP_BATCH)
-        self.live_nodes = register(lua.LIVE_NODES)
-        self.resync = register(lua.RESYNC)
-        self.reap_clients = register(lua.REAP_CLIENTS)
-        self.prune = register(lua.PRUNE)
+        self.keepalive = register(liveness_lua.KEEPALIVE)
+        self.reap = register(liveness_lua.REAP_BATCH)
+        self.live_nodes = register(liveness_lua.LIVE_NODES)
+        self.resync = register(liveness_lua.RESYNC)
+        self.reap_clients = register(liveness_lua.REAP_CLIENTS)
+        self.prune = register(liveness_lua.PRUNE)
         self.suspend = register(streams_lua.SUSPEND)
         self.suspend_session = register(streams_lua.SUSPEND_SESSION)
         self.load_session = register(streams_lua.LOAD_SESSION)

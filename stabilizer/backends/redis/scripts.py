@@ -1,4 +1,8 @@
-"""Lua scripts of the Redis backend. Each touches keys of one hash slot only.
+"""Lua scripts of a client's presence: the group presence library, registering and
+unregistering a connection, routing to its node, and the small steps batched with those
+(tokens, the away list, a client's group count). Each touches keys of one hash slot only.
+Node liveness (keepalive, reaping, pruning, resync) is in liveness_scripts.py; groups,
+streams, users and the spread layout have modules of their own.
 
 A presence entry is the string ``<node_id>|<conn_id>|<since_us>``: node ids and conn ids
 never contain "|" (config validation and new_conn_id guarantee it). Client ids, group and
@@ -8,7 +12,7 @@ fixed key prefix (see keys.py); they are never patterns.
 
 from typing import Final
 
-from stabilizer.backends.redis.user_scripts import SEAT_LIMIT_LIB, SEATS_LIB
+from stabilizer.backends.redis.user_scripts import SEATS_LIB
 
 # A Lua function that sets (`new` an entry) or removes (`new` false) a member's presence
 # entry in group `g`: `keys_of` is the group-set prefix ``{ns}:g:``, which names the keys
@@ -145,70 +149,6 @@ end
 return out
 """
 
-# KEYS: presence hash, own node set.
-# ARGV: 1 node_id, 2 node-set prefix, 3 node-channel prefix, 4 publish command, 5 user-hash
-#       prefix, 6 users set, 7 '1' when the user hashes share this slot, 8 the users'
-#       connection limit (0 = none; only with 7), 9 CLIENT_CLOSE prefix (wire.py), 10 the
-#       packed close body of a connection past the limit, then (client_id, entry, kick
-#       envelope prefix, '1' if it may claim, user seat or '') quintuples, oldest first.
-# Re-registers entries that are absent or still ours (and their users' seats). Where
-# another node holds a client, that entry stays, unless ours may claim (it was admitted
-# while this node was cut off, so it never overwrote anything) and connected later: then
-# it takes the client over and the other node gets a KICK for its older socket. An entry
-# of this node naming a newer connection (admitted while the caller listed its connections)
-# stays as it is. A connection that needs a seat of a user holding the limit gets one only
-# by taking a newer connection's (seat_room); else it is not registered (and an entry of
-# this node for an earlier connection of its client, which it replaced here, goes).
-# Returns {client ids another node keeps (our local sockets of them are stale and must
-# close), {client id, conn id, ...} of our connections past their user's limit}.
-RESYNC: Final = SEATS_LIB + SEAT_LIMIT_LIB + """
-local lost = {}
-local seats, ulimit = ARGV[7] == '1', tonumber(ARGV[8])
-local lim = {node = ARGV[1], over = {}, publish = ARGV[4], channels = ARGV[3],
-             head = ARGV[9], body = ARGV[10]}
-for i = 11, #ARGV, 5 do
-  local cid, entry = ARGV[i], ARGV[i + 1]
-  local cur = redis.call('HGET', KEYS[1], cid)
-  local node, conn, since
-  if cur then node, conn, since = string.match(cur, '^([^|]*)|([^|]*)|(%d+)') end
-  local mconn, mine = string.match(entry, '^[^|]*|([^|]*)|(%d+)')
-  mine = tonumber(mine)
-  local newer_here = node == ARGV[1] and conn ~= mconn and since and mine
-    and tonumber(since) > mine
-  local take = (not cur) or (node == ARGV[1] and not newer_here)
-  local claim = not take and ARGV[i + 3] == '1' and node and since and mine
-    and mine > tonumber(since)
-  local user = entry_user(entry)
-  if (take or claim) and seats and user
-      and not seat_room(ARGV[5], ARGV[6], user, cid, mine, ulimit, lim) then
-    table.insert(lim.over, cid)
-    table.insert(lim.over, mconn)
-    if cur and node == ARGV[1] and conn ~= mconn then
-      redis.call('HDEL', KEYS[1], cid)
-      redis.call('SREM', KEYS[2], cid)
-      local old = entry_user(cur)
-      if old then seat_drop(ARGV[5], ARGV[6], old, cid, conn or '') end
-    end
-  elseif take or claim then
-    if claim then
-      redis.call('SREM', ARGV[2] .. node, cid)
-      redis.call(ARGV[4], ARGV[3] .. node, ARGV[i + 2] .. cmsgpack.pack(conn))
-    end
-    redis.call('HSET', KEYS[1], cid, entry)
-    redis.call('SADD', KEYS[2], cid)
-    if seats then
-      local old = cur and entry_user(cur)
-      if old and old ~= user then seat_drop(ARGV[5], ARGV[6], old, cid, conn or '') end
-      if user then seat_set(ARGV[5], ARGV[6], user, cid, ARGV[i + 4]) end
-    end
-  elseif not newer_here then
-    table.insert(lost, cid)
-  end
-end
-return {lost, lim.over}
-"""
-
-
 # KEYS: presence hash, own node set, away zset (the presence hash again when ARGV[6] is
 # '0'), client's group set (when ARGV[7] is '1').
 # ARGV: client_id, conn_id, user-hash prefix, users set, '1' when the user hashes share
@@ -296,103 +236,4 @@ return redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 COUNT_GROUPS: Final = """
 if KEYS[2] then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return redis.call('SCARD', KEYS[1])
-"""
-
-# KEYS: nodes zset. ARGV: node_id, ttl_ms.
-# Returns {1 if this node was (re)added rather than refreshed, expired node ids...}.
-KEEPALIVE: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)
-table.insert(expired, 1, added)
-return expired
-"""
-
-# Drops what a removed presence entry held among its user's seats: at once when the user
-# hashes share the slot, else by adding (user, client, conn) to `later` for SEATS.
-_DROP_SEAT: Final = SEATS_LIB + """
-local function drop_seat(entry, cid, uprefix, users, seats, later)
-  local user = entry_user(entry)
-  if not user then return end
-  local conn = string.match(entry, '^[^|]*|([^|]*)|')
-  if seats then
-    seat_drop(uprefix, users, user, cid, conn)
-  else
-    table.insert(later, user)
-    table.insert(later, cid)
-    table.insert(later, conn)
-  end
-end
-"""
-
-# KEYS: presence hash, node set of the dead node. ARGV: dead node id, batch size, user-hash
-# prefix, users set, '1' when the user hashes share this slot.
-# Pops up to a batch of the dead node's clients; removes those still naming that node.
-# Returns {removed, remaining members, {user, client, conn} seats left to drop}.
-REAP_BATCH: Final = _DROP_SEAT + """
-local members = redis.call('SPOP', KEYS[2], tonumber(ARGV[2]))
-local removed, later = 0, {}
-for _, cid in ipairs(members) do
-  local cur = redis.call('HGET', KEYS[1], cid)
-  if cur and string.match(cur, '^([^|]*)|') == ARGV[1] then
-    redis.call('HDEL', KEYS[1], cid)
-    drop_seat(cur, cid, ARGV[3], ARGV[4], ARGV[5] == '1', later)
-    removed = removed + 1
-  end
-end
-return {removed, redis.call('SCARD', KEYS[2]), later}
-"""
-
-# KEYS: nodes zset. Returns live node ids.
-LIVE_NODES: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-"""
-
-
-# KEYS: presence hash, dead node's set. ARGV: as REAP_BATCH.
-# Like REAP_BATCH but returns {remaining, {removed client ids}, {seats left to drop}} so
-# sessions can be suspended.
-REAP_CLIENTS: Final = _DROP_SEAT + """
-local members = redis.call('SPOP', KEYS[2], tonumber(ARGV[2]))
-local removed, later = {}, {}
-for _, cid in ipairs(members) do
-  local cur = redis.call('HGET', KEYS[1], cid)
-  if cur and string.match(cur, '^([^|]*)|') == ARGV[1] then
-    redis.call('HDEL', KEYS[1], cid)
-    drop_seat(cur, cid, ARGV[3], ARGV[4], ARGV[5] == '1', later)
-    table.insert(removed, cid)
-  end
-end
-return {redis.call('SCARD', KEYS[2]), removed, later}
-"""
-
-
-# KEYS: presence hash, own node set. ARGV: node id, listed-at cutoff (since_us; '' = none),
-# user-hash prefix, users set, '1' when the user hashes share this slot, client ids...
-# Forgets clients this node no longer holds (an unregister that failed during an outage, or
-# what an earlier process under this node id left), except entries of connections made at
-# or after the cutoff (admitted while the caller listed its connections).
-# Returns {{removed client ids}, {seats left to drop}}: their sessions end after a while.
-PRUNE: Final = _DROP_SEAT + """
-local removed, later = {}, {}
-local cutoff = tonumber(ARGV[2])
-for i = 6, #ARGV do
-  local cid = ARGV[i]
-  local cur = redis.call('HGET', KEYS[1], cid)
-  local node, since
-  if cur then node, since = string.match(cur, '^([^|]*)|[^|]*|(%d+)') end
-  local mine = cur and node == ARGV[1]
-  if not (mine and cutoff and since and tonumber(since) >= cutoff) then
-    if mine then
-      redis.call('HDEL', KEYS[1], cid)
-      drop_seat(cur, cid, ARGV[3], ARGV[4], ARGV[5] == '1', later)
-      table.insert(removed, cid)
-    end
-    redis.call('SREM', KEYS[2], cid)
-  end
-end
-return {removed, later}
 """

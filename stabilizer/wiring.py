@@ -34,6 +34,7 @@ from stabilizer.services.presence import PresenceWatch
 from stabilizer.services.reports import Reporter
 from stabilizer.services.resume import Resume
 from stabilizer.services.rpc import Procedures
+from stabilizer.services.settlement import Settlement
 from stabilizer.services.tokens import TokenService
 from stabilizer.services.users import Users
 from stabilizer.session import SessionServices
@@ -77,7 +78,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     sequenced = SequencedRouter(ctx, fanout, membership) if config.history_enabled else None
     router: Router = sequenced or LiveRouter(ctx, fanout)
     router_ref.append(router)
-    closing = Closing(ctx, liveness, membership, events, fanout)
+    closing = Closing(ctx, liveness, membership, Settlement(ctx, membership, events, fanout))
     closing_ref.append(closing)
     memory = MemoryGuard(ctx, closing)
     tokens = TokenService(ctx)

@@ -29,7 +29,8 @@ from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext, Phase
 from stabilizer.pure.text import retry_advice
 from stabilizer.results import ShutdownReport
-from stabilizer.services.closing import Closing, Unregistered
+from stabilizer.services.closing import Closing
+from stabilizer.services.settlement import Unregistered
 from stabilizer.services.tokens import TokenService
 
 logger = logging.getLogger(__name__)

@@ -72,17 +72,18 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
         node = self._current
         return self._follow(node) if node.ctx.loop_closed() else node
 
-    def _follow(self, node: Node) -> Node:
+    def _follow(self, node: Node, why: str = "ran in an event loop that has ended") -> Node:
+        """A new node in place of `node`, which `why`: over a backend made again (the
+        in-process one on the same hub), with its id, counters, hooks and procedures."""
         if not self._made_backend:
             raise WebSocketStabilizerError(
-                "this manager's node ran in an event loop that has ended, and its backend "
-                "(given as backend=) cannot be made again for this one: create the manager "
-                "in the loop that uses it, or give redis_url / redis= instead of backend=")
+                f"this manager's node {why}, and its backend (given as backend=) cannot be "
+                "made again: create a new manager (in the loop that uses it), or give "
+                "redis_url / redis= instead of backend=")
         backend = backend_after(node.ctx.backend, node.ctx.config, self._redis)
         self._current = reassemble(node, backend, authenticator=self._authenticator,
                                    ensure_started=self.start)
-        logger.info("stabilizer node %s: its event loop ended; starting again in this one",
-                    node.ctx.node_id)
+        logger.info("stabilizer node %s %s; starting again", node.ctx.node_id, why)
         return self._current
 
     @property
@@ -130,12 +131,20 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
         idempotent, and connect() calls it if the application did not. Once the event loop
         it started in has closed, it starts the node again in the running one.
 
+        A manager that was shut down starts again too (a new run of the same node: its id,
+        counters, hooks and procedures; FastAPI's TestClient runs the lifespan once per
+        `with`). Until then, connect() refuses with ShutdownError.
+
         Raises:
-            ShutdownError: the manager was already shut down.
+            ShutdownError: the manager is still shutting down.
             WebSocketStabilizerError: its loop is still open (running in another thread, or
-                idle), or it was given a backend, which cannot be made again for a new loop.
+                idle), or it was given a backend, which cannot be made again for a new loop
+                or a new run.
         """
-        await self._node.lifecycle.start()
+        node = self._node
+        if node.ctx.phase is Phase.STOPPED:
+            node = self._follow(node, "was shut down")
+        await node.lifecycle.start()
 
     async def __aenter__(self) -> Self:
         await self.start()

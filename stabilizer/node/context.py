@@ -106,7 +106,7 @@ class NodeContext:
         """
         started_in = self.loop
         if started_in is None or self.phase is not Phase.RUNNING:
-            return False  # a stopped manager stays stopped (start() raises ShutdownError)
+            return False  # a stopped node stays stopped (the manager's start() replaces it)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:  # called from synchronous code: nothing is loop-bound there

@@ -88,15 +88,19 @@ class Lifecycle:
         """Start the node's loops; idempotent.
 
         Raises:
-            ShutdownError: the node was already shut down.
+            ShutdownError: the node is shutting down, or was shut down (the manager starts
+                a new node in place of a stopped one).
         """
         ctx = self._ctx
         if ctx.phase is Phase.RUNNING:
             if self._starting is not None:
                 await asyncio.shield(self._starting)
             return
+        if ctx.phase is Phase.DRAINING:
+            raise ShutdownError("this manager is still shutting down; start it again once "
+                                "graceful_shutdown() has returned")
         if ctx.phase is not Phase.NEW:
-            raise ShutdownError("this manager was shut down; create a new one")
+            raise ShutdownError("this node was shut down; its manager starts a new one")
         ctx.phase = Phase.RUNNING
         ctx.loop = asyncio.get_running_loop()
         self._starting = ctx.loop.create_future()

@@ -50,8 +50,9 @@ def test_a_manager_pings_in_each_event_loop_it_serves(start: bool) -> None:
     asyncio.run(_pinged(manager, "one", start=start))
     report = asyncio.run(second_loop())
     assert (report.closed_count, report.failed_count) == (1, 0)
-    with pytest.raises(ShutdownError):  # stopped stays stopped, in any loop
-        asyncio.run(manager.start())
+    with pytest.raises(ShutdownError):  # stopped: a connect is refused, in any loop
+        asyncio.run(manager.connect("late", FakeSocket("late")))
+    asyncio.run(_pinged(manager, "three", start=True))  # started again: a new run
 
 
 def test_hooks_and_procedures_stay_registered_in_the_next_loop() -> None:
@@ -165,4 +166,4 @@ def test_a_shutdown_after_its_loop_ended_reports_nothing_to_close(
     assert any("ended with its event loop" in message for message in messages), messages
     assert not any("starting again" in message for message in messages), messages
     with pytest.raises(ShutdownError):
-        asyncio.run(manager.start())
+        asyncio.run(manager.connect("late", FakeSocket("late")))

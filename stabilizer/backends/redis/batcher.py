@@ -1,5 +1,5 @@
 """Concurrent calls of one script sent as one pipelined round trip (a reconnect storm's
-registrations, a disconnect storm's removals, many direct sends).
+registrations, a disconnect storm's removals, many direct sends at once).
 
 The rule is Nagle's: a call goes at once when no round trip of its script is in flight,
 and the calls that arrive meanwhile go together when it returns. That alone batches only
@@ -39,11 +39,10 @@ class ScriptBatcher:
     in flight are queued and sent together when it returns, or, with `hold`, up to the
     core's batch_window after it was sent (the module's docstring says why). Results (and
     exceptions) go back to each caller; every call is bounded by op_timeout (plus the
-    window, when it was held). The batches run in a task
-    of the node's task owner; before the backend is opened (a manager that was never
-    started) a call simply runs alone. On a Cluster a batch is one pipeline per master,
-    sent concurrently; a call redirected (MOVED, ASK) is sent again alone, which is safe:
-    a redirected call did not run.
+    window, when it was held). The batches run in a task of the node's task owner; before
+    the backend is opened (a manager that was never started) a call simply runs alone. On
+    a Cluster a batch is one pipeline per master, sent concurrently; a call redirected
+    (MOVED, ASK) is sent again alone, which is safe: a redirected call did not run.
     """
 
     def __init__(self, core: RedisCore, script: AsyncScript, op: str, *,

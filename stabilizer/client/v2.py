@@ -78,6 +78,9 @@ class ProtocolV2:
         self._timeout = timeout
         self.device = device
         self.expires_at: float | None = None
+        # the server's limit on a frame it reads, from its last session frame (None: an
+        # older server, which does not say): a resuming connect frame stays under it
+        self.max_message_size: int | None = None
         self._refresher: asyncio.Task[None] | None = None
 
     async def token(self) -> str | None:
@@ -103,7 +106,8 @@ class ProtocolV2:
                     positions: Mapping[str, tuple[int, str]] | None,
                     channels: Sequence[str] = ()) -> None:
         """Check that the server chose v2, then send the connect frame (resuming, it names
-        the `channels` the client holds: the server tells it of those it left meanwhile).
+        the `channels` the client holds: the server tells it of those it left meanwhile;
+        it fits the max_message_size the last session frame stated).
 
         Raises:
             HandshakeRejectedError: the server does not speak v2.
@@ -111,14 +115,17 @@ class ProtocolV2:
         """
         require_v2(ws.subprotocol, url)
         frame = connect_frame(token=token, device=self.device, reconnect_token=reconnect_token,
-                              positions=positions, params=self._params, channels=channels)
+                              positions=positions, params=self._params, channels=channels,
+                              max_size=self.max_message_size)
         async with asyncio.timeout(self._timeout):
             await ws.send(frame)
 
     def on_session(self, info: SessionInfo) -> None:
-        """Keep the device the server uses (sent again on reconnect) and the expiry."""
+        """Keep the device the server uses (sent again on reconnect), the expiry, and the
+        server's limit on a frame."""
         self.device = info.device or self.device
         self.expires_at = info.expires_at
+        self.max_message_size = info.max_message_size
 
     def on_refreshed(self, frame: ControlFrame) -> None:
         """The server accepted fresh credentials."""

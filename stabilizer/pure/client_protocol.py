@@ -103,8 +103,9 @@ class StateChange:
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """The server's ``session`` frame (``protocol``, ``device``, ``user_id`` and
-    ``expires_at`` come with protocol v2; they are 1 and None from a plain server)."""
+    """The server's ``session`` frame (``protocol``, ``device``, ``user_id``, ``expires_at``
+    and ``max_message_size`` come with protocol v2; they are 1 and None from a plain server,
+    and ``max_message_size`` None from a v2 server that does not state it)."""
 
     client_id: str
     conn_id: str
@@ -117,6 +118,7 @@ class SessionInfo:
     device: str | None = None
     user_id: str | None = None
     expires_at: float | None = None  # Unix seconds: when the credentials expire
+    max_message_size: int | None = None  # the most bytes of a frame the server reads
 
     @classmethod
     def from_frame(cls, frame: Mapping[str, JSONValue]) -> SessionInfo:
@@ -132,6 +134,7 @@ class SessionInfo:
             protocol=protocol if type(protocol) is int else 1,
             device=_text(frame.get("device")), user_id=_text(frame.get("user_id")),
             expires_at=_number(frame.get("expires_at")),
+            max_message_size=_count(frame.get("max_message_size")),
         )
 
 
@@ -144,6 +147,11 @@ def _number(value: JSONValue) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
+
+
+def _count(value: JSONValue) -> int | None:
+    """A positive integer a server sent, else None."""
+    return value if type(value) is int and value > 0 else None
 
 
 def _text(value: JSONValue) -> str | None:

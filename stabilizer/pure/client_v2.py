@@ -54,11 +54,14 @@ def connect_frame(*, token: str | None, device: str | None,
                   reconnect_token: str | None = None,
                   positions: Mapping[str, tuple[int, str]] | None = None,
                   params: Mapping[str, JSONValue] | None = None,
-                  channels: Sequence[str] = ()) -> str:
+                  channels: Sequence[str] = (), max_size: int | None = None) -> str:
     """The first frame of a v2 connection; positions and the channels the client holds
     go only with a reconnect token. Together they take at most MAX_RESUME_TEXT bytes of
-    the frame (as positions alone may). A channel whose ``g:`` position is sent is not
-    named (the server counts it as held already); the others are named while they fit
+    the frame (as positions alone may) and, with `max_size` (the max_message_size of the
+    server's last session frame), no more than the rest of the frame leaves under it.
+    Positions go whole or not at all: without them the server replays from the session's
+    start (and the client drops what it had). A channel whose ``g:`` position is sent is
+    not named (the server counts it as held already); the others are named while they fit
     (and at most MAX_HELD_CHANNELS of them). A channel left out is not told a leave made
     while the client was away: its ``unsubscribed`` notice is lost, the client keeps the
     subscription, and into a kept session it subscribes again to one that follows
@@ -68,20 +71,32 @@ def connect_frame(*, token: str | None, device: str | None,
                         ("device", device)):
         if value is not None:
             body[name] = value
-    room = MAX_RESUME_TEXT
-    sent: dict[str, JSONValue] = {}
-    if reconnect_token is not None and positions:
-        body["positions"] = sent = {stream: [offset, epoch]
-                                    for stream, (offset, epoch) in positions.items()}
-        room -= _size(sent)
-    if reconnect_token is not None and channels:
+    extra: dict[str, JSONValue] = {"params": dict(params)} if params else {}
+    if reconnect_token is not None and (positions or channels):
+        room = _resume_room(body | extra, max_size)
+        sent: dict[str, JSONValue] = {stream: [offset, epoch] for stream, (offset, epoch)
+                                      in (positions or {}).items()}
+        if sent and _size(sent) <= room:
+            body["positions"] = sent
+            room -= _size(sent)
+        else:
+            sent = {}
         named = held_channels(
             [channel for channel in channels if group_stream(channel) not in sent], room)
         if named:
             body["channels"] = list(named)
-    if params:
-        body["params"] = dict(params)
-    return _dump(body)
+    return _dump(body | extra)
+
+
+def _resume_room(body: Mapping[str, JSONValue], max_size: int | None) -> int:
+    """The bytes a resume's positions and channels may take together in a connect frame
+    whose other fields are `body`: MAX_RESUME_TEXT, or less when the server reads frames
+    of at most `max_size` bytes (UTF-8), less what the rest of the frame takes there."""
+    if max_size is None:
+        return MAX_RESUME_TEXT
+    # (the frame with both fields empty, "{}" and "[]", is the rest and their keys)
+    rest = _size({**body, "positions": {}, "channels": []}) - len("{}[]")
+    return min(MAX_RESUME_TEXT, max_size - rest)
 
 
 def held_channels(channels: Sequence[str], room: int) -> Sequence[str]:

@@ -24,7 +24,8 @@ def session_frame(
     heartbeat_interval: float, history: bool, v2: Mapping[str, object] | None = None,
 ) -> str:
     """The first frame of a session: who the client is, where, and its reconnect token;
-    `v2` adds the fields of protocol v2 (protocol, device, user_id, expires_at)."""
+    `v2` adds the fields of protocol v2 (protocol, device, user_id, expires_at,
+    max_message_size)."""
     body: dict[str, object] = {
         "type": "session", "client_id": client_id, "conn_id": conn_id, "node_id": node_id,
         "resumed": resumed, "token": token, "heartbeat_interval": heartbeat_interval,

@@ -43,7 +43,9 @@ def welcome_frame(ctx: NodeContext, conn: Connection, greeting: Greeting, *, res
     if greeting.protocol >= 2:
         v2 = {"protocol": 2, "device": greeting.device,
               "user_id": identity.user_id if identity else None,
-              "expires_at": identity.expires_at if identity else None}
+              "expires_at": identity.expires_at if identity else None,
+              # (a resuming client keeps its connect frame under it: docs/protocol.md 6.2)
+              "max_message_size": ctx.config.max_message_size}
     return session_frame(
         client_id=conn.client_id, conn_id=conn.conn_id, node_id=ctx.node_id, resumed=resumed,
         token=token, heartbeat_interval=ctx.config.heartbeat_interval,

@@ -15,6 +15,7 @@ from stabilizer.client import (
     connect,
     retry_delay,
 )
+from stabilizer.client.v2 import ProtocolV2
 from stabilizer.errors import ConfigError, WireError
 from stabilizer.pure.client_protocol import (
     MAX_RESUME_TEXT,
@@ -242,3 +243,85 @@ def test_the_resume_budget_counts_utf8_bytes() -> None:
     few = Positions()
     few.accept("g:" + "中" * 200, 1, "e")
     assert few.encode() is not None
+
+
+@pytest.mark.parametrize(("value", "read"), [
+    (4096, 4096), (1, 1), (None, None), (0, None), (-4096, None), (4096.0, None),
+    ("4096", None), (True, None), ([4096], None), ({"bytes": 4096}, None)])
+def test_a_session_frame_gives_the_servers_limit_only_as_a_positive_integer(
+        value: object, read: int | None) -> None:
+    info = SessionInfo.from_frame({"type": "session", "protocol": 2,
+                                   "max_message_size": value})
+    assert info.max_message_size == read
+    assert SessionInfo.from_frame({"type": "session"}).max_message_size is None
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode())
+
+
+def test_a_resume_fits_the_max_message_size_the_server_stated() -> None:
+    """Positions and channels fit what the rest of the frame (tokens, device, params)
+    leaves under the server's limit: the channels named are the first that fit, and no
+    more would. Before, only MAX_RESUME_TEXT bounded them, over a limit of 4,096 bytes:
+    1009, final for the client."""
+    positions = {f"g:busy-{n}": (n, "AbCdEfGh") for n in range(10)}
+    channels = [f"room-{n:02d}-" + "é" * 60 for n in range(80)]
+
+    def resuming(max_size: int | None) -> str:
+        return connect_frame(token="j" * 700, device="tab-1", reconnect_token="s1." + "r" * 300,
+                             positions=positions, params={"tenant": "ünï"}, channels=channels,
+                             max_size=max_size)
+
+    frame = resuming(4096)
+    body = json.loads(frame)
+    assert _bytes(frame) <= 4096
+    assert len(body["positions"]) == len(positions)
+    named = body["channels"]
+    assert 0 < len(named) < len(channels)
+    assert named == channels[:len(named)]
+    one_more = body | {"channels": channels[:len(named) + 1]}
+    assert _bytes(json.dumps(one_more, separators=(",", ":"), ensure_ascii=False)) > 4096
+    assert parse_connect(frame).channels == frozenset(named)
+    # no limit stated (an older server): MAX_RESUME_TEXT alone, as before
+    assert json.loads(resuming(None))["channels"] == channels
+    # a limit over MAX_RESUME_TEXT and the rest changes nothing
+    assert resuming(2**40) == resuming(None)
+
+
+def test_positions_over_the_servers_limit_stay_home_and_channels_take_the_room() -> None:
+    """As with positions over MAX_RESUME_TEXT: none go (the server replays from the
+    session's start), and the channels they would have held are named while they fit."""
+    positions = {f"g:room-{n:02d}-" + "x" * 110: (1, "AbCdEfGh") for n in range(40)}
+    channels = sorted(stream[2:] for stream in positions)
+    frame = connect_frame(token=None, device="d", reconnect_token="s1.x",
+                          positions=positions, channels=channels, max_size=4096)
+    body = json.loads(frame)
+    assert _bytes(frame) <= 4096
+    assert "positions" not in body
+    assert body["channels"] == channels[:len(body["channels"])]
+    assert 20 < len(body["channels"]) < len(channels)
+    # a limit that leaves nothing for them: the frame goes without them
+    tight = connect_frame(token="t" * 5000, device="d", reconnect_token="s1.x",
+                          positions=positions, channels=channels, max_size=4096)
+    assert json.loads(tight) == {"type": "connect", "token": "t" * 5000,
+                                 "reconnect_token": "s1.x", "device": "d"}
+
+
+def test_a_client_keeps_the_limit_of_the_last_session_frame_and_ignores_a_bad_one() -> None:
+    """A value that is not a positive integer, or none at all (an older server), leaves the
+    resume at MAX_RESUME_TEXT."""
+    v2 = ProtocolV2(None, device="d", params=None, timeout=1.0)
+    channels = [f"room-{n:02d}-" + "x" * 110 for n in range(40)]
+
+    def named() -> list[str]:
+        body = json.loads(connect_frame(token=None, device=v2.device, reconnect_token="s1.x",
+                                        channels=channels, max_size=v2.max_message_size))
+        return list(body["channels"])
+
+    for value, limit in ((4096, 4096), ("4096", None), (-1, None), (4096, 4096),
+                         (None, None)):
+        v2.on_session(SessionInfo.from_frame({"type": "session", "protocol": 2,
+                                              "max_message_size": value}))
+        assert v2.max_message_size == limit
+        assert named() == channels if limit is None else len(named()) < len(channels)

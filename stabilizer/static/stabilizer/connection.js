@@ -11,8 +11,8 @@ import { BadToken, Refresher, fetchToken } from "./credentials.js";
 import { DeviceSlot } from "./device.js";
 import { Listeners, callSafely } from "./events.js";
 import {
-  SUBPROTOCOL, TOKEN_CODES, advance, connectFrame, controlFrame, forget, fromBase64, malformed,
-  numberOrNull, outgoingFrame, reconnects, retryDelay, socketUrl, v2Frame, webSocketUrl,
+  SUBPROTOCOL, TOKEN_CODES, advance, connectFrame, controlFrame, forget, frameLimit, fromBase64,
+  malformed, numberOrNull, outgoingFrame, reconnects, retryDelay, socketUrl, v2Frame, webSocketUrl,
 } from "./frames.js";
 import { DEFAULTS, checkOptions } from "./options.js";
 import { Watchdog } from "./watchdog.js";
@@ -22,6 +22,7 @@ export class Connection {
   #positions = {}; #history = false; #queue = []; #listeners = new Listeners();
   #failures = 0; #unopened = 0; #sentToken = false; #openedAt = null; #everOpened = false;
   #retryTimer = null; #v2; #device; #expiresAt = null; #refresher;
+  #maxMessageSize = null;  // v2: the server's limit on a frame it reads (its session frame)
   #channels = new Channels((body, timeoutMs) => this.#request(body, timeoutMs),
                            (channel) => forget(this.#positions, `g:${channel}`));
   #calls = new Calls(() => (this.#state === "open" ? this.#ws : null));
@@ -194,7 +195,8 @@ export class Connection {
     }
     if (this.#token) this.#sentToken = true;
     ws.send(JSON.stringify(connectFrame(this.#device.id, token, this.#token, this.#positions,
-                                        this.#options.params, this.#channels.names)));
+                                        this.#options.params, this.#channels.names,
+                                        this.#maxMessageSize)));
   }
 
   #receive(ws, data) {
@@ -274,6 +276,7 @@ export class Connection {
     this.#token = frame.token ?? null;
     if (this.#v2) {
       this.#expiresAt = numberOrNull(frame.expires_at);
+      this.#maxMessageSize = frameLimit(frame.max_message_size);  // (a resume fits under it)
       if (typeof frame.device === "string" && frame.device) this.#device.id = frame.device;
       this.#device.save(this.#token);
     }

@@ -76,19 +76,23 @@ export function advance(positions, stream, offset, epoch) {
 /** The v2 connect frame: the device, the access token, the reconnect token with the
  * positions to resume from and the channels held (the server tells which of them it ended
  * meanwhile), and the authenticator's params (each only when there is one). Positions and
- * channels take at most MAX_RESUME_TEXT bytes together (as positions alone may). A channel
+ * channels take at most MAX_RESUME_TEXT bytes together (as positions alone may) and, with
+ * `maxSize` (the max_message_size of the server's last session frame), no more than the rest
+ * of the frame leaves under it. Positions go whole or not at all: without them the server
+ * replays from the session's start (and advance() drops what the client had). A channel
  * whose g: position is sent is not named (the server counts it as held); the others are
  * named while they fit. One left out is not told a leave made while away: its notice is
  * lost, it stays subscribed, and into a kept session one that follows presence is
  * subscribed (joined) again. */
-export function connectFrame(device, token, reconnectToken, positions, params, channels = []) {
+export function connectFrame(device, token, reconnectToken, positions, params, channels = [],
+                             maxSize = null) {
   const frame = { type: "connect", device };
   if (token) frame.token = token;
   if (reconnectToken) {
     frame.reconnect_token = reconnectToken;
-    let room = MAX_RESUME_TEXT;
+    let room = resumeRoom(params ? { ...frame, params } : frame, maxSize);
     let sent = {};
-    if (sendable(positions)) {
+    if (sendable(positions) && byteSize(positions) <= room) {
       frame.positions = sent = positions;
       room -= byteSize(positions);
     }
@@ -98,6 +102,22 @@ export function connectFrame(device, token, reconnectToken, positions, params, c
   }
   if (params) frame.params = params;
   return frame;
+}
+
+/** The bytes a resume's positions and channels may take together in a connect frame whose
+ * other fields are `frame`: MAX_RESUME_TEXT, or less when the server reads frames of at most
+ * `maxSize` bytes (UTF-8), less what the rest of the frame takes there. */
+function resumeRoom(frame, maxSize) {
+  if (maxSize === null) return MAX_RESUME_TEXT;
+  // (the frame with both fields empty, "{}" and "[]", is the rest and their keys)
+  const rest = byteSize({ ...frame, positions: {}, channels: [] }) - "{}[]".length;
+  return Math.min(MAX_RESUME_TEXT, maxSize - rest);
+}
+
+/** The max_message_size of a session frame: a positive integer, else null (not stated, by
+ * an older server, or not a limit at all). */
+export function frameLimit(value) {
+  return Number.isSafeInteger(value) && value > 0 ? value : null;
 }
 
 /** The first of `channels` (at most MAX_HELD_CHANNELS) whose names fit `room` bytes of a

@@ -69,9 +69,9 @@ class ShutdownMode(StrEnum):
 
 
 class RateLimitAction(StrEnum):
-    """What happens to a message over the inbound rate limit."""
+    """What happens to a frame over the inbound rate limit (docs/protocol.md section 3)."""
 
-    DROP = "drop"  # dropped, the client gets {"type": "error", "code": "rate_limited"}
+    DROP = "drop"  # dropped; a message gets {"type": "error", "code": "rate_limited"} back
     CLOSE = "close"  # the connection is closed with 1013 and retry advice (come back later)
 
 

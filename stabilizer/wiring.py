@@ -69,7 +69,9 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     events = Events(ctx)
     closing_ref: list[Closing] = []
     router_ref: list[Router] = []
-    liveness = Liveness(ctx, on_timeout=lambda conn: closing_ref[0].on_timeout(conn))
+    liveness = Liveness(
+        ctx, on_timeout=lambda conn: closing_ref[0].on_timeout(conn),
+        retire=lambda conn, code, reason: closing_ref[0].retire(conn, code, reason))
     watch = PresenceWatch(ctx)
     membership = Membership(ctx, events,
                             on_unfollow=lambda stream: _unfollow(router_ref[0], watch, stream),

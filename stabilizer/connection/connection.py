@@ -29,6 +29,7 @@ from stabilizer.connection.ack_tokens import AckTokens
 from stabilizer.connection.sockets import Frame, SocketLike, method_sender, sends_asgi
 from stabilizer.connection.transports import prepared_writer
 from stabilizer.connection.writer import OutboxLimits, SocketWriter, State
+from stabilizer.pure.rate import TokenBucket
 from stabilizer.pure.sizes import estimate_size
 from stabilizer.pure.streams import ClientPositions
 
@@ -80,6 +81,7 @@ class Connection(SocketWriter):
         "metadata",
         "owner",
         "protocol",
+        "rate",
         "socket",
         "user_id",
     )
@@ -98,11 +100,13 @@ class Connection(SocketWriter):
         info: str = "",
         protocol: int = 1,
         reads_close: bool = False,
+        rate: TokenBucket | None = None,
     ) -> None:
         self.client_id = client_id
         self.user_id = user_id  # the authenticated user, if any
         self.info = info  # that user's public info as compact JSON ("" for none)
         self.protocol = protocol
+        self.rate = rate  # the inbound rate limit's state (None: no limit)
         self._wraps = protocol >= 2  # v2: application text arrives in `message` frames
         self.conn_id = new_conn_id()
         self.socket = socket

@@ -25,6 +25,7 @@ from stabilizer.connection.sockets import SocketLike, accept_if_needed
 from stabilizer.errors import BackendUnavailable, ShutdownError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
+from stabilizer.pure.rate import TokenBucket
 from stabilizer.pure.text import check_client_id
 from stabilizer.pure.wire import Envelope
 from stabilizer.services.closing import Closing, become_handler
@@ -167,7 +168,7 @@ class Admission:
                           metadata=metadata, owner=become_handler(),
                           hold=ctx.config.history_enabled,
                           user_id=user.user_id, info=user.info, protocol=user.protocol,
-                          reads_close=reads_close)
+                          reads_close=reads_close, rate=TokenBucket.from_config(ctx.config))
         self._memory.admit(conn, len(self._pending))
         self._pending[conn.conn_id] = conn
         return conn

@@ -5,6 +5,10 @@ that is due with one frame, serialized and framed once (a prepared frame where t
 allows: connection/transports.py), and hands the ones whose deadline passed to
 `on_timeout`. Any inbound frame counts as an answer; a session's pongs are taken where its
 server reads them when it allows (connection/pongs.py).
+
+With an inbound rate limit, the pong answering each ping sent is free and any other counts
+against it (pure/rate.py): past the limit it is dropped, or the connection is closed with
+1013 (`retire`). Without one, pongs are taken as they always were: nothing is counted.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from stabilizer.config import HeartbeatType
+from stabilizer.config import CloseCode, HeartbeatType, RateLimitAction
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.pongs import PongWatch
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import ConnectionNotFoundError, ConnectionTimeoutError
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import ping_body, ping_frame
+from stabilizer.pure.rate import over_rate_reason
 from stabilizer.pure.schedule import HeartbeatSchedule
 
 logger = logging.getLogger(__name__)
@@ -33,16 +38,22 @@ _IDLE_WAKE: Final = 3600.0
 class Liveness:
     """Heartbeat bookkeeping for the connections of one node."""
 
-    def __init__(self, ctx: NodeContext, on_timeout: Callable[[Connection], None]) -> None:
+    def __init__(self, ctx: NodeContext, on_timeout: Callable[[Connection], None],
+                 retire: Callable[[Connection, int, str], None]) -> None:
         config = ctx.config
         self._ctx = ctx
         self._on_timeout = on_timeout
+        self._retire = retire  # closes a connection over the rate limit (action close)
         self.schedule: HeartbeatSchedule[Connection] = HeartbeatSchedule(
             config.heartbeat_interval, config.heartbeat_timeout,
             send_pings=config.heartbeat_type is HeartbeatType.PING,
         )
         self._wakeup = asyncio.Event()
-        self._pongs = PongWatch(self._answered)
+        # (chosen once: without a rate limit, pings and pongs take the paths they always did)
+        limited = config.rate_limit_messages is not None
+        self._pongs = PongWatch(self._answered_within_rate if limited else self._answered)
+        self._offer_ping: Callable[[Connection, Frame, float], bool] = (
+            self._offer_counted if limited else self._offer)
 
     def track(self, conn: Connection) -> None:
         """Watch a new connection, waking the loop if it is now the earliest; one that is
@@ -71,6 +82,20 @@ class Liveness:
         self._ctx.stats.pongs += 1
         self.heard_from(conn)
 
+    def _answered_within_rate(self, conn: Connection) -> None:
+        """A pong taken where the server read it, under a rate limit: free when it answers a
+        ping, else it spends a token; past the limit it is dropped or closes the connection.
+        """
+        rate = conn.rate
+        if rate is None or rate.take_pong(time.monotonic()):
+            self._answered(conn)
+            return
+        self.heard_from(conn)  # any frame proves the client alive, a dropped one too
+        ctx = self._ctx
+        ctx.stats.rate_limited += 1
+        if ctx.config.rate_limit_action is RateLimitAction.CLOSE:
+            self._retire(conn, CloseCode.TRY_AGAIN_LATER, over_rate_reason(ctx.config))
+
     def pong(self, client_id: str) -> None:
         """A pong from a local client (unknown ids are ignored)."""
         conn = self._ctx.pool.get(client_id)
@@ -87,7 +112,7 @@ class Liveness:
         """
         waiter = conn.pong_waiter()
         sent_at = time.monotonic()
-        self._offer(conn, self._ping(), sent_at)
+        self._offer_ping(conn, self._ping(), sent_at)
         limit = self._ctx.config.heartbeat_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
@@ -136,7 +161,7 @@ class Liveness:
         slice_size = self._ctx.config.max_concurrent_broadcast
         for start in range(0, len(conns), slice_size):
             for conn in conns[start:start + slice_size]:
-                self._offer(conn, frame, now)
+                self._offer_ping(conn, frame, now)
             stats.pings_sent += min(slice_size, len(conns) - start)
             if start + slice_size < len(conns):
                 await asyncio.sleep(0)
@@ -147,10 +172,20 @@ class Liveness:
         # a control frame (v2 clients get it as is); the body is for send_json sockets
         return Frame.control(ping_frame(now), ping_body(now))
 
-    def _offer(self, conn: Connection, frame: Frame, now: float) -> None:
-        if conn.offer(frame, now):
-            self._ctx.stats.messages_out += 1
-            self._ctx.stats.bytes_out += frame.size
+    def _offer(self, conn: Connection, frame: Frame, now: float) -> bool:
+        if not conn.offer(frame, now):
+            return False
+        self._ctx.stats.messages_out += 1
+        self._ctx.stats.bytes_out += frame.size
+        return True
+
+    def _offer_counted(self, conn: Connection, frame: Frame, now: float) -> bool:
+        """Offer a ping under a rate limit: the pong answering it will be free."""
+        if not self._offer(conn, frame, now):
+            return False
+        if conn.rate is not None:
+            conn.rate.pinged()
+        return True
 
     def _expire(self, conns: list[Connection]) -> None:
         for conn in conns:

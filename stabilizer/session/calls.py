@@ -29,7 +29,6 @@ from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.frames import error_frame, reply_error_frame
-from stabilizer.pure.rate import TokenBucket
 from stabilizer.pure.v2 import (
     BadCallError,
     CallId,
@@ -58,8 +57,7 @@ class Calls:
         self._running: dict[CallId, asyncio.Task[None]] = {}
         self._newest: dict[str, asyncio.Task[None]] = {}  # by channel: the one to wait for
 
-    def start(self, conn: Connection, kind: str, body: Mapping[str, Any],
-              bucket: TokenBucket | None) -> None:
+    def start(self, conn: Connection, kind: str, body: Mapping[str, Any]) -> None:
         """Answer a request frame of type `kind` (one of REQUESTS): start it, or reply at
         once why not.
 
@@ -67,7 +65,8 @@ class Calls:
         past the limit, one whose id can be read gets the reply ``rate_limited``, and one
         without is dropped (a client cannot get refusals faster than the limit allows).
         """
-        if bucket is not None and not bucket.take(time.monotonic()):
+        rate = conn.rate
+        if rate is not None and not rate.take(time.monotonic()):
             self._over_rate(conn, body)
             return
         try:

@@ -5,15 +5,21 @@ heartbeats, and for v2 clients the envelope of every frame (``message``, ``ping`
 
 A v2 frame that is not what docs/protocol.md describes gets an ``error`` frame and is
 dropped; the connection stays open.
+
+Under an inbound rate limit every frame counts but a pong answering a ping, one client
+heartbeat per heartbeat_interval and an ``ack`` the connection awaits (docs/protocol.md
+section 3): past the limit a message gets a ``rate_limited`` error frame, a request a
+``rate_limited`` reply, other frames are dropped without an answer, and with action close a
+message, heartbeat or ack closes the connection with 1013.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from stabilizer.auth.identity import Credentials
-from stabilizer.config import CloseCode
+from stabilizer.config import CloseCode, RateLimitAction
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
 from stabilizer.errors import AuthenticationError, BackendUnavailable, CredentialsExpiredError
@@ -23,16 +29,20 @@ from stabilizer.pure.frames import (
     PONG_FRAME,
     control_type,
     error_frame,
+    rate_limited_frame,
     refreshed_frame,
     session_frame,
 )
-from stabilizer.pure.rate import TokenBucket
+from stabilizer.pure.rate import TokenBucket, over_rate_reason
 from stabilizer.pure.v2 import ProtocolError, client_frame, message_data, refresh_token
 from stabilizer.session.calls import REQUESTS, Calls
 
 if TYPE_CHECKING:
     from stabilizer.session.handshake import Greeting
     from stabilizer.session.session import Session, SessionServices
+
+#: what the rate limit made of a frame: pass it on, drop it, or the connection was closed
+Verdict = Literal["pass", "drop", "closed"]
 
 
 def welcome_frame(ctx: NodeContext, conn: Connection, greeting: Greeting, *, resumed: bool,
@@ -57,7 +67,6 @@ class Inbound:
 
     def __init__(self, services: SessionServices) -> None:
         self._services = services
-        self.bucket = TokenBucket.from_config(services.ctx.config)
         self._calls: Calls | None = None  # made at the first request (v2 clients only)
 
     async def text(self, session: Session, conn: Connection, text: str) -> str | None:
@@ -70,10 +79,12 @@ class Inbound:
             control = control_type(text)
             if control is None:
                 return text
-            self._heartbeat(conn, control)
+            if (rate := conn.rate) is None or await self._beat_within(conn, rate, control):
+                self._heartbeat(conn, control)
             return None
         if text == PONG:
-            self._heartbeat(conn, PONG)
+            if (rate := conn.rate) is None or await self._beat_within(conn, rate, PONG):
+                self._heartbeat(conn, PONG)
             return None
         try:
             kind, body = client_frame(text)
@@ -83,16 +94,22 @@ class Inbound:
             self._junk(conn, "bad_frame", str(exc))
             return None
         if kind in ("ping", "pong"):
-            self._heartbeat(conn, kind)
+            if (rate := conn.rate) is None or await self._beat_within(conn, rate, kind):
+                self._heartbeat(conn, kind)
         elif kind in REQUESTS:
             calls = self._calls
             if calls is None:
                 services = self._services
                 calls = self._calls = Calls(services.ctx, services.procedures,
                                             services.channels)
-            calls.start(conn, kind, body, self.bucket)
-        elif kind == "ack":  # (a token it was not sent, or acknowledged already: nothing)
-            self._services.acks.acked(conn, body.get("id"))
+            calls.start(conn, kind, body)
+        elif kind == "ack":
+            # a token it awaits is free; any other (not sent, acknowledged already) does
+            # nothing, and counts against the rate limit
+            rate = conn.rate
+            if (not self._services.acks.acked(conn, body.get("id")) and rate is not None
+                    and not rate.take(time.monotonic())):
+                await self._drop(conn)
         elif kind == "refresh":
             await self._refresh(session, conn, body.get("token"))
         else:
@@ -103,6 +120,47 @@ class Inbound:
         """Cancel the client's running requests (its socket is gone)."""
         if self._calls is not None:
             self._calls.cancel()
+
+    async def message_within_rate(self, conn: Connection) -> Verdict:
+        """Apply the inbound rate limit to one application message."""
+        rate = conn.rate
+        if rate is None or rate.take(time.monotonic()):
+            return "pass"
+        return await self._over_rate(conn, notify=True)
+
+    async def _beat_within(self, conn: Connection, rate: TokenBucket, control: str) -> bool:
+        """True when a heartbeat is within the rate limit (free, or it spent a token)."""
+        now = time.monotonic()
+        if rate.take_pong(now) if control == PONG else rate.take_beat(now):
+            return True
+        await self._drop(conn)
+        return False
+
+    async def _drop(self, conn: Connection) -> None:
+        """A heartbeat or ack over the rate limit: dropped without an answer, or with
+        action close the connection is closed. On a connection the node is closing already
+        (for this limit: the server hands on the pongs it reads after that) it is only
+        dropped, uncounted: the limit has nothing left to do."""
+        if conn.is_open:
+            await self._over_rate(conn, notify=False)
+
+    async def _over_rate(self, conn: Connection, *, notify: bool) -> Verdict:
+        """Count a frame over the rate limit, then close the connection (action close) or
+        drop the frame (telling the client with a ``rate_limited`` error frame if
+        `notify`: an application message)."""
+        ctx = self._services.ctx
+        ctx.stats.rate_limited += 1
+        config = ctx.config
+        if config.rate_limit_action is RateLimitAction.CLOSE:
+            # come back later (1013, after at least a window): the session stays resumable
+            await self._services.closing.release(conn, code=CloseCode.TRY_AGAIN_LATER,
+                                                 reason=over_rate_reason(config))
+            return "closed"
+        if notify:
+            detail = (f"over {config.rate_limit_messages} messages per "
+                      f"{config.rate_limit_window:g}s")
+            conn.offer(Frame.text(rate_limited_frame(detail)), time.monotonic())
+        return "drop"
 
     def _heartbeat(self, conn: Connection, control: str) -> None:
         if control == PONG:
@@ -115,8 +173,8 @@ class Inbound:
         against the rate limit like a message: answered with an error frame within it,
         dropped without one past it (a client cannot make the node parse and answer faster
         than the limit allows; requests are counted in Calls.start)."""
-        bucket = self.bucket
-        if bucket is not None and not bucket.take(time.monotonic()):
+        rate = conn.rate
+        if rate is not None and not rate.take(time.monotonic()):
             self._services.ctx.stats.rate_limited += 1
             return
         self._error(conn, code, detail)

@@ -22,10 +22,10 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self, cast
+from typing import Any, Self, cast
 
 from stabilizer.auth.identity import Identity
-from stabilizer.config import CloseCode, RateLimitAction
+from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame, accept_if_needed
 from stabilizer.errors import (
@@ -40,14 +40,13 @@ from stabilizer.errors import (
     WebSocketStabilizerError,
 )
 from stabilizer.node.context import NodeContext
-from stabilizer.pure.frames import rate_limited_frame, utf8_size_over
+from stabilizer.pure.frames import utf8_size_over
 from stabilizer.pure.positions import PositionsError
 from stabilizer.pure.text import (
     Message,
     check_client_id,
     encode_message,
     json_value,
-    retry_advice,
     truncate_reason,
 )
 from stabilizer.pure.tokens import TokenClaims
@@ -312,7 +311,7 @@ class Session:
                 message = await self._sorter().text(self, conn, text)
             if message is None:
                 continue
-            verdict = await self._within_rate(conn)
+            verdict = await self._sorter().message_within_rate(conn)
             if verdict == "closed":
                 raise StopAsyncIteration
             if verdict == "drop":
@@ -372,24 +371,6 @@ class Session:
             assert self.conn is not None
             expiry = self._expiry = self._services.auth.expiry(self.conn)
         return expiry
-
-    async def _within_rate(self, conn: Connection) -> Literal["pass", "drop", "closed"]:
-        """Apply the inbound rate limit to one message."""
-        bucket = self._sorter().bucket
-        if bucket is None or bucket.take(time.monotonic()):
-            return "pass"
-        ctx = self._ctx
-        ctx.stats.rate_limited += 1
-        config = ctx.config
-        detail = f"over {config.rate_limit_messages} messages per {config.rate_limit_window:g}s"
-        if config.rate_limit_action is RateLimitAction.CLOSE:
-            # come back later (1013, after at least a window): the session stays resumable
-            await self._services.closing.release(
-                conn, code=CloseCode.TRY_AGAIN_LATER,
-                reason=retry_advice(config.retry_jitter, floor=config.rate_limit_window))
-            return "closed"
-        conn.offer(Frame.text(rate_limited_frame(detail)), time.monotonic())
-        return "drop"
 
     async def send(self, message: Message) -> bool:
         """Send to this session's client without waiting on its socket; False if closed."""

@@ -95,12 +95,13 @@ async def test_rate_limit_drop_answers_with_error_frames(launch: Launcher) -> No
     errors = [json.loads(f) for f in frames if f not in echoes]
     assert echoes == ["echo:0", "echo:1", "echo:2"]
     assert [e["code"] for e in errors] == ["rate_limited", "rate_limited"]
-    await ws.send("pong")  # heartbeat answers are never rate limited nor answered
-    await ws.send('{"type":"ping"}')  # answered in order: the "pong" above was handled first
-    assert json.loads(await ws.recv()) == {"type": "pong"}  # no error frame for the "pong"
+    await ws.send("pong")  # a heartbeat of its own: one per heartbeat_interval is free
+    await ws.send('{"type":"ping"}')  # a second one counts: over the limit, no pong
+    await ws.send("echo:5")  # answered in order, after the two above
+    assert json.loads(await ws.recv())["code"] == "rate_limited"  # nothing came before it
     stats = (await asyncio.to_thread(server.get, "/stats"))[1]
     assert stats["counters"]["pongs"] == 1
-    assert stats["counters"]["rate_limited"] == 2
+    assert stats["counters"]["rate_limited"] == 4
     await ws.close()
 
 

@@ -1,10 +1,10 @@
-"""The inbound rate limit covers every frame a v2 client sends but heartbeats and
-acknowledgements: a frame of an unknown type or a malformed one counts like a message, and
-past the limit it is dropped without its `error` reply; a request counts whatever comes of
-it. Before, each got an `error` frame back without limit (and a request refused at once,
-for a bad method or channel, an id still running or too many unanswered, its refusal): a
-client could make the node parse and answer as fast as it could send, whatever
-`rate_limit_messages` said."""
+"""The inbound rate limit covers every frame a v2 client sends (heartbeats and
+acknowledgements: test_rate_limited_control.py): a frame of an unknown type or a malformed
+one counts like a message, and past the limit it is dropped without its `error` reply; a
+request counts whatever comes of it. Before, each got an `error` frame back without limit
+(and a request refused at once, for a bad method or channel, an id still running or too
+many unanswered, its refusal): a client could make the node parse and answer as fast as it
+could send, whatever `rate_limit_messages` said."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ async def test_junk_frames_count_against_the_rate_limit(
             for _ in range(30):
                 for frame in JUNK:
                     await ws.send(frame)
-            await ws.send('{"type":"ping"}')  # answered in order, after the junk
+            await ws.send('{"type":"ping"}')  # answered in order, after the junk (the
+            # one heartbeat of its own a client may send per interval without a token)
             kinds: list[str] = []
             while (frame := json.loads(await ws.recv()))["type"] != "pong":
                 kinds.append(f"{frame['type']}:{frame.get('code')}")
@@ -87,7 +88,7 @@ async def test_refused_requests_count_against_the_rate_limit(
             frames = [make(i) for i in range(30)]
             for frame in frames:
                 await ws.send(frame)
-            await ws.send('{"type":"ping"}')  # answered in order, after the burst
+            await ws.send('{"type":"ping"}')  # answered in order, after the burst (free)
             answers: list[str] = []
             while (frame := json.loads(await ws.recv()))["type"] != "pong":
                 answers.append(_answer(frame))

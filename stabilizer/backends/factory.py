@@ -29,10 +29,11 @@ def backend_for(config: WebSocketConfig, redis: Any = None) -> Backend:
 
 
 def backend_after(old: Backend, config: WebSocketConfig, redis: Any = None) -> Backend:
-    """The backend for a node starting again in a new event loop, when `old` came from
-    backend_for(config, redis): the in-process one on the same hub (its tokens, sessions
-    and the presence its node left stay), else a new Redis backend (redis-py's clients
-    hold connections of the loop that made them)."""
+    """The backend for a node starting again (in a new event loop, or after a shutdown),
+    when `old` came from backend_for(config, redis): the in-process one on the same hub
+    (its tokens, sessions and the presence its node left stay), else a new Redis backend
+    (redis-py's clients hold connections of the loop that made them; the application's
+    own client, `redis`, had its idle ones closed when the old backend closed)."""
     if isinstance(old, MemoryBackend):
         return old.successor()
     return backend_for(config, redis)

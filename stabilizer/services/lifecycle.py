@@ -105,7 +105,14 @@ class Lifecycle:
         ctx.loop = asyncio.get_running_loop()
         self._starting = ctx.loop.create_future()
         try:
-            await self._open_backend()
+            try:
+                await self._open_backend()
+            except BaseException:  # not a backend that is down (the node runs without it):
+                if ctx.phase is Phase.RUNNING:  # one that cannot work here; nothing ran yet,
+                    ctx.phase = Phase.NEW  # so a later start() tries again
+                raise
+            if ctx.phase is not Phase.RUNNING:  # shut down while it opened: nothing to run
+                return
             for name, loop in self._loops.items():
                 ctx.tasks.spawn(loop(), name=f"{_LOOP_PREFIX}{name}:{ctx.node_id}")
             ctx.tasks.spawn(self._until_the_loop_ends(),
@@ -117,7 +124,7 @@ class Lifecycle:
         finally:
             self._starting.set_result(None)
             self._starting = None
-            ctx.started = True
+            ctx.started = ctx.phase is not Phase.NEW
         logger.info("stabilizer node %s started (backend %s)", ctx.node_id, ctx.backend.name)
 
     async def _until_the_loop_ends(self) -> None:

@@ -125,3 +125,79 @@ async def test_a_redis_manager_started_again_is_one_of_the_cluster_again(
         assert result.remote_nodes == 1
         await socket.expect("to everyone")
     await manager.graceful_shutdown(timeout=2.0)
+
+
+@pytest.mark.redis
+def test_a_manager_given_its_redis_client_starts_again_in_the_next_loop(
+    redis_url: str, namespace: str,
+) -> None:
+    """One `with TestClient(app)` after another, with the application's own client
+    (redis=): the client's pooled connections belong to the loop that ended."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    manager = WebSocketConnectionManager(WebSocketConfig(namespace=namespace, **QUIET),
+                                         redis=client)
+
+    async def one_run(client_id: str) -> None:
+        await manager.start()
+        socket = FakeSocket(client_id)
+        await manager.connect(client_id, socket)
+        assert await manager.send_to_client(client_id, "hello") is True
+        await socket.expect("hello")
+        await manager.graceful_shutdown(timeout=2.0)
+
+    asyncio.run(one_run("a"))
+    asyncio.run(one_run("b"))
+    assert manager.stats.connects == 2
+
+
+async def test_a_shutdown_during_the_start_leaves_no_loop_running() -> None:
+    """A graceful_shutdown that lands while start() waits for its backend: the start then
+    spawns nothing (its loops would run on a stopped node)."""
+    opened = asyncio.Event()
+    release = asyncio.Event()
+
+    class SlowToOpen(MemoryBackend):
+        async def open(self, *args: object, **kwargs: object) -> None:
+            opened.set()
+            await release.wait()
+            await super().open(*args, **kwargs)  # type: ignore[arg-type]
+
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET), backend=SlowToOpen())
+    starting = asyncio.ensure_future(manager.start())
+    async with asyncio.timeout(5.0):
+        await opened.wait()
+    stopping = asyncio.ensure_future(manager.graceful_shutdown(timeout=2.0))
+    async with asyncio.timeout(5.0):
+        while manager.phase is not Phase.STOPPED:  # (the shutdown has nothing to wait for)
+            await asyncio.sleep(0)
+    release.set()
+    async with asyncio.timeout(5.0):
+        await starting
+        await stopping
+    assert manager.phase is Phase.STOPPED
+    assert manager._node.ctx.tasks.running() == []
+
+
+async def test_a_start_whose_backend_fails_to_open_can_be_tried_again() -> None:
+    """Not a backend that is down (the node runs without it and retries): one that cannot
+    open here at all raises, and leaves the node as it was, not running without loops."""
+    failures = [RuntimeError("this client belongs to another event loop")]
+
+    class FailsOnce(MemoryBackend):
+        async def open(self, *args: object, **kwargs: object) -> None:
+            if failures:
+                raise failures.pop()
+            await super().open(*args, **kwargs)  # type: ignore[arg-type]
+
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET), backend=FailsOnce())
+    with pytest.raises(RuntimeError, match="another event loop"):
+        await manager.start()
+    assert manager.phase is Phase.NEW
+    await manager.start()
+    assert manager.phase is Phase.RUNNING
+    assert manager._node.ctx.tasks.running() != []  # its loops run
+    socket = FakeSocket("a")
+    await manager.connect("a", socket)
+    await manager.graceful_shutdown(timeout=2.0)

@@ -125,11 +125,21 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Close the client if this backend created it (helper tasks belong to the node's
-        task owner, which stops them first)."""
+        task owner, which stops them first). The application's own client stays open; its
+        idle pooled connections are closed, in the loop they belong to: the manager may
+        start again in another loop (a second TestClient), where they could be neither
+        used nor closed."""
         self._core.available = False
-        if self._owns_client:
-            for client in [self._core.client, *self._also_close]:
+        if not self._owns_client:
+            pool = getattr(self._core.client, "connection_pool", None)  # (not on a Cluster)
+            if pool is not None:
                 try:
-                    await client.aclose()
+                    await pool.disconnect(inuse_connections=False)
                 except (RedisError, OSError):
-                    logger.debug("error closing redis client", exc_info=True)
+                    logger.debug("error closing idle redis connections", exc_info=True)
+            return
+        for client in [self._core.client, *self._also_close]:
+            try:
+                await client.aclose()
+            except (RedisError, OSError):
+                logger.debug("error closing redis client", exc_info=True)

@@ -202,8 +202,9 @@ class WebSocketConfig:
     max_cluster_connections: int | None = None
     op_timeout: float = 2.0
     redis_pool_size: int = 64
-    # a connect's or disconnect's Redis call that met others in flight waits up to this for
-    # more to share its round trip (backends/redis/batcher.py); 0: never held
+    # a Redis call (connect, disconnect, token spend, session, history read) that met a
+    # round trip of its script in flight waits up to this for more to share the next one
+    # (backends/redis/batcher.py); 0: never held; at most op_timeout
     redis_batch_window: float = 0.005
     presence_buckets: int = 1
     # each group's keys in the group's own hash slot, each client's in the client's

@@ -95,6 +95,11 @@ def check_numbers(config: WebSocketConfig) -> None:
         if isinstance(window, bool) or not isinstance(window, int | float) or not (
                 0 <= window <= most):
             raise ConfigError(f"{name} must be 0 to {most} seconds, got {window!r}")
+    if config.redis_batch_window > config.op_timeout:
+        # a held call waits for the round trip in flight or the window, then its own: the
+        # services allow it two op_timeouts (node/context.py within_round_trips)
+        raise ConfigError(f"redis_batch_window ({config.redis_batch_window!r}) must be at "
+                          f"most op_timeout ({config.op_timeout!r})")
     size = config.history_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ConfigError(f"history_size must be 0 (off) or a positive integer, got {size!r}")

@@ -67,3 +67,13 @@ def test_the_redis_batch_window_reaches_the_backend_from_the_environment() -> No
         assert backend._core.batch_window == window
         assert backend.presence._registers._window == window
         assert backend.routing._routes._window == 0  # a direct send is never held
+
+
+def test_the_redis_batch_window_is_at_most_op_timeout() -> None:
+    """A held call waits for the round trip in flight or the window, whichever ends later,
+    then its own round trip: within the services' bound of two op_timeouts only while the
+    window is at most op_timeout. Past it, a token spend was reported failed (and its
+    reconnect token spent in Redis all the same)."""
+    with pytest.raises(ConfigError, match="redis_batch_window .* at most op_timeout"):
+        WebSocketConfig(op_timeout=0.1, redis_batch_window=0.5)
+    assert WebSocketConfig(op_timeout=0.1, redis_batch_window=0.1).redis_batch_window == 0.1

@@ -232,3 +232,20 @@ async def test_a_presence_call_waiting_for_its_round_trip_holds_bytes_not_lists(
             assert await task
     finally:
         await core.tasks.stop(1.0)
+
+
+async def test_a_call_whose_caller_gave_up_while_it_waited_is_not_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller that stopped waiting (its connect was cancelled, or a bound above the
+    batcher ran out) was told the call failed: sending it after all would do what the
+    caller was told did not happen (a reconnect token spent, a presence left behind)."""
+    monkeypatch.setattr(batching, "HELD_AT_MOST", 3)
+    script = SlowScript()
+    b = batcher(FakeCore(TaskOwner(), batch_window=FOREVER), script)
+    met = await met_in_flight(b, script, 2)
+    met[0].cancel()  # given up while held
+    later = asyncio.ensure_future(b.submit(["k"], ["later"]))  # fills the batch: it goes
+    async with asyncio.timeout(BOUND):
+        assert await asyncio.gather(met[1], later) == [1, 1]
+    assert b.sizes == [1, 2]
+    assert script.calls == 3  # the first, then the two whose callers still wait

@@ -78,10 +78,16 @@ class ScriptBatcher:
         return future
 
     def _take(self) -> tuple[list[WireCall], list[asyncio.Future[Any]]]:
-        """Empty the queue; return the calls it held and their futures."""
-        taken = self._calls, self._futures
+        """Empty the queue; return the calls it held and their futures, but for those whose
+        callers gave up meanwhile (cancelled, or out of a bound above): they were told the
+        call failed, so it must not run."""
+        calls, futures = self._calls, self._futures
         self._calls, self._futures = [], []
-        return taken
+        if any(future.done() for future in futures):
+            waiting = [index for index, future in enumerate(futures) if not future.done()]
+            calls = [calls[index] for index in waiting]
+            futures = [futures[index] for index in waiting]
+        return calls, futures
 
     async def _drain(self) -> None:
         futures: list[asyncio.Future[Any]] = []
@@ -92,6 +98,8 @@ class ScriptBatcher:
                 if sent_at is not None:  # these arrived while a round trip was in flight
                     await self._gather(sent_at + self._window - loop.time())
                 calls, futures = self._take()
+                if not calls:
+                    continue  # every caller gave up
                 sent_at = loop.time()
                 await self._run(calls, futures)
             futures = []

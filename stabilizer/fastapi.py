@@ -20,6 +20,7 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -34,6 +35,7 @@ from stabilizer.config import CompressionMode, WebSocketConfig
 from stabilizer.dashboard import search, snapshot
 from stabilizer.errors import BackendUnavailable, ConfigError, InvalidClientIdError
 from stabilizer.manager import WebSocketConnectionManager
+from stabilizer.metrics import ClusterCache, PoolView, survey
 from stabilizer.node.context import Phase
 from stabilizer.pure.text import check_client_id
 from stabilizer.pure.waits import wait_seconds
@@ -42,6 +44,8 @@ from stabilizer.session import Session
 logger = logging.getLogger(__name__)
 MessageHandler = Callable[[str | bytes], Awaitable[None]]
 STATIC = Path(__file__).parent / "static"
+#: How long /stats reuses the cluster-wide count it read from the store (as /metrics does).
+STATS_CLUSTER_MAX_AGE: Final = 5.0
 #: The browser client's parts, by name: the only files GET /stabilizer/{name}.js serves.
 BROWSER_PARTS: Final[dict[str, Path]] = {
     path.stem: path for path in sorted((STATIC / "stabilizer").glob("*.js")) if path.is_file()
@@ -230,21 +234,27 @@ def router(manager: WebSocketConnectionManager, *, prefix: str = "",
 
     _serve_browser_client(api)
 
+    cluster = ClusterCache(STATS_CLUSTER_MAX_AGE, time.monotonic)
+
     @guarded.get("/stats")
     async def stats() -> dict[str, Any]:
+        # (open by default: a slice of the pool per loop pass, and the store asked at most
+        # every few seconds, so that requests cannot stall the node nor load its Redis)
+        pool = PoolView()
+        for _ in survey(manager, pool):
+            await asyncio.sleep(0)
         body: dict[str, Any] = {
             "node_id": manager.node_id,
             "phase": manager.phase.value,
             "active_connections": manager.get_connection_count(),
-            "memory": manager.get_memory_usage(),
+            "memory": pool.memory_usage(),
             "counters": manager.stats.as_dict(),
             "backend": manager.backend.name,
         }
         if manager.backend.is_shared:
-            try:
-                body["cluster_connections"] = await manager.get_cluster_connection_count()
-            except BackendUnavailable:
-                body["cluster_connections"] = None
+            await cluster.refresh(manager)
+            body["cluster_connections"] = (cluster.value.connections
+                                           if cluster.value is not None else None)
         return body
 
     if manager.config.enable_metrics:

@@ -102,9 +102,17 @@ class PoolView:
     outbox_bytes: int = 0
     outbox_max_frames: int = 0
     memory_bytes: int = 0
+    connections: int = 0
+
+    def memory_usage(self) -> dict[str, int | float]:
+        """As manager.get_memory_usage() says it."""
+        count = self.connections
+        return {"total_memory": self.memory_bytes, "connection_count": count,
+                "per_connection_average": self.memory_bytes / count if count else 0.0,
+                "queued_bytes": self.outbox_bytes}
 
 
-def _survey(manager: WebSocketConnectionManager, view: PoolView) -> Iterator[None]:
+def survey(manager: WebSocketConnectionManager, view: PoolView) -> Iterator[None]:
     """Add every local connection to `view`, pausing (yield) after each slice of
     max_concurrent_broadcast connections so a caller can let the event loop run."""
     slice_size = budget = manager.config.max_concurrent_broadcast
@@ -115,6 +123,7 @@ def _survey(manager: WebSocketConnectionManager, view: PoolView) -> Iterator[Non
             view.outbox_max_frames = max(view.outbox_max_frames, depth)
             view.outbox_bytes += conn.queued_bytes
             view.memory_bytes += conn.memory_estimate()
+            view.connections += 1
             budget -= 1
             if budget <= 0:
                 budget = slice_size
@@ -183,7 +192,7 @@ class StabilizerCollector:
         if manager is None:
             return
         view = PoolView()
-        for _ in _survey(manager, view):
+        for _ in survey(manager, view):
             await asyncio.sleep(0)
         self._pool = view
         await self.cluster.refresh(manager)
@@ -205,7 +214,7 @@ class StabilizerCollector:
         pool, self._pool = self._pool, None  # a survey is used by one scrape only
         if pool is None:  # collected without refresh(): survey in one go
             pool = PoolView()
-            for _ in _survey(manager, pool):
+            for _ in survey(manager, pool):
                 pass
         backend = manager.backend
         cluster = self.cluster.value

@@ -74,6 +74,6 @@ def test_the_redis_batch_window_is_at_most_op_timeout() -> None:
     then its own round trip: within the services' bound of two op_timeouts only while the
     window is at most op_timeout. Past it, a token spend was reported failed (and its
     reconnect token spent in Redis all the same)."""
-    with pytest.raises(ConfigError, match="redis_batch_window .* at most op_timeout"):
+    with pytest.raises(ConfigError, match=r"redis_batch_window .* at most op_timeout"):
         WebSocketConfig(op_timeout=0.1, redis_batch_window=0.5)
     assert WebSocketConfig(op_timeout=0.1, redis_batch_window=0.1).redis_batch_window == 0.1

@@ -68,6 +68,7 @@ class Connection(SocketWriter):
         "_close_waiter",
         "_groups",
         "_held",
+        "_metadata_size",
         "_on_fail",
         "_pong_waiters",
         "_positions",
@@ -114,6 +115,7 @@ class Connection(SocketWriter):
         self.created_at = time.time()
         # Idle connections are the common case: what is empty is not allocated.
         self.metadata: Mapping[str, Any] = dict(metadata) if metadata else _NO_METADATA
+        self._metadata_size = estimate_size(self.metadata)  # (measured once: it is given)
         self._asgi = sends_asgi(socket)
         self._by_method = None if self._asgi else method_sender(socket)
         self._prepared = prepared_writer(socket)
@@ -213,16 +215,12 @@ class Connection(SocketWriter):
         """Estimated bytes of the user data."""
         return self._user_data_bytes
 
-    def reseat(self, info: str) -> None:
-        """Keep the user's info of fresh credentials (compact JSON, "" for none)."""
-        self.info = info
-
     def memory_estimate(self) -> int:
-        """Approximate bytes this connection holds: bookkeeping, metadata, user data, outbox
-        (frames held during a replay included), ack tokens awaiting acknowledgement."""
+        """Approximate bytes this connection holds: bookkeeping, metadata (as given), user
+        data, outbox (frames held during a replay included), ack tokens awaiting acks."""
         return (
             _BASE_CONNECTION_BYTES + len(self.client_id) + self._user_data_bytes
-            + self._queued_bytes + estimate_size(self.metadata)
+            + self._queued_bytes + self._metadata_size
             + (self._acks.bytes if self._acks is not None else 0)
         )
 

@@ -153,7 +153,7 @@ class Auth:
         info = info_json(identity.info)
         if info == conn.info or conn.user_id is None:
             return
-        conn.reseat(info)  # what a resync records, from now on
+        conn.info = info  # what a resync records, from now on
         ctx = self._ctx
         try:
             await ctx.ask(ctx.backend.users.set_info(

@@ -4,7 +4,8 @@ application data attached to a connection (kept in the session with history)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from time import monotonic
+from typing import Any, Final
 
 import msgpack
 
@@ -23,6 +24,11 @@ from stabilizer.services.closing import Closing
 
 logger = logging.getLogger(__name__)
 
+#: How long an admission reuses the node's measured total (plus what it admitted since)
+#: under max_total_memory: measuring it walks every connection, and a reconnect storm
+#: admits thousands a second (each measuring it was N² work).
+ADMISSION_TOTAL_MAX_AGE: Final = 0.5
+
 
 class MemoryGuard:
     """Keeps a node within max_connections, max_memory_per_connection and max_total_memory."""
@@ -31,6 +37,10 @@ class MemoryGuard:
         self._ctx = ctx
         self._closing = closing
         self._backend_log = RateLimitedLog(logger)
+        # the total an admission compares with the limit: measured at `_measured_at`, plus
+        # the connections admitted since (a close since is not taken off: on the safe side)
+        self._admitted_total = 0
+        self._measured_at = float("-inf")
 
     def total(self) -> int:
         """Approximate bytes held by all local connections."""
@@ -71,13 +81,26 @@ class MemoryGuard:
                 f"{self._ctx.node_id}")
         limit = config.max_total_memory
         if limit is not None:
-            total = self.total()
+            total = self._total_for_admission()
             if total + size > limit:
                 self._evict(total + size - limit)
-                total = self.total()
+                total = self._measure()
                 if total + size > limit:
                     raise MemoryLimitExceededError(
                         f"cannot free enough memory: {total} used, {size} needed, limit {limit}")
+            self._admitted_total += size
+
+    def _total_for_admission(self) -> int:
+        """The node's total as an admission sees it: measured again once it is older than
+        ADMISSION_TOTAL_MAX_AGE."""
+        if monotonic() - self._measured_at >= ADMISSION_TOTAL_MAX_AGE:
+            return self._measure()
+        return self._admitted_total
+
+    def _measure(self) -> int:
+        self._admitted_total = self.total()
+        self._measured_at = monotonic()
+        return self._admitted_total
 
     def check(self) -> int:
         """Enforce max_total_memory now; return bytes freed."""

@@ -299,11 +299,28 @@ class MetricsExporter:
                                              clock=clock)
         self.registry = CollectorRegistry()
         self.registry.register(self.collector)
+        self._rendering: asyncio.Future[bytes] | None = None
 
     async def render(self) -> bytes:
-        """Refresh the cluster gauges if stale, then return the text exposition."""
+        """Refresh the cluster gauges if stale, then return the text exposition. Scrapes
+        that come while one renders get its text: one survey of the pool serves them all
+        (each used to survey into the collector's one slot, and one that found it taken
+        surveyed the whole pool in one pass, stalling the loop)."""
+        rendering = self._rendering
+        if rendering is None or rendering.get_loop() is not asyncio.get_running_loop():
+            rendering = self._rendering = asyncio.ensure_future(self._render())
+            rendering.add_done_callback(self._rendered)
+        return await asyncio.shield(rendering)
+
+    async def _render(self) -> bytes:
         await self.collector.refresh()
         return generate_latest(self.registry)
+
+    def _rendered(self, rendering: asyncio.Future[bytes]) -> None:
+        if self._rendering is rendering:
+            self._rendering = None
+        if not rendering.cancelled():
+            rendering.exception()  # (retrieved: its scrapes raise it)
 
 
 _EXPORTERS: weakref.WeakKeyDictionary[WebSocketConnectionManager, MetricsExporter] = (

@@ -8,6 +8,7 @@ import importlib
 import sys
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,12 +21,14 @@ from stabilizer import (
     MemoryHub,
     WebSocketConfig,
     WebSocketConnectionManager,
+    metrics,
 )
 from stabilizer.fastapi import router
 from stabilizer.metrics import (
     CONTENT_TYPE,
     COUNTERS,
     MetricsExporter,
+    PoolView,
     StabilizerCollector,
     exporter_for,
     metrics_response,
@@ -232,3 +235,30 @@ def test_without_prometheus_client_the_core_works_and_metrics_say_what_to_instal
     with pytest.raises(ConfigError, match="prometheus-client"):
         router(enabled)
 
+
+
+async def test_concurrent_scrapes_share_one_survey_and_none_stalls_the_loop(
+    make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two scrapes at once: each refresh surveyed the pool into the collector's one slot, so
+    one scrape took the other's survey and the other, finding none, surveyed the whole pool
+    in one synchronous pass (what the slices are there to avoid)."""
+    manager = make_manager(WebSocketConfig(max_concurrent_broadcast=2, **QUIET))
+    for index in range(6):
+        await manager.connect(f"c{index}", FakeSocket(f"c{index}"))
+    surveys: list[bool] = []  # per survey: did it pause between slices (True) or not
+    real = metrics.survey
+
+    def watched(manager: Any, view: PoolView) -> Iterator[None]:
+        paused = False
+        for step in real(manager, view):
+            paused = True
+            yield step
+        surveys.append(paused)
+
+    monkeypatch.setattr(metrics, "survey", watched)
+    first, second = await asyncio.gather(metrics_response(manager),
+                                         metrics_response(manager))
+    assert value(samples(first), "stabilizer_connections") == 6
+    assert value(samples(second), "stabilizer_connections") == 6
+    assert surveys == [True]  # one survey, a slice at a time, for both scrapes

@@ -30,6 +30,7 @@ from stabilizer.errors import (
     AckTimeoutError,
     AckUnsupportedError,
     AuthenticationError,
+    AuthUnavailable,
     BackendNotReached,
     BackendRefused,
     BackendUnavailable,
@@ -63,6 +64,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AckTimeoutError",
     "AckUnsupportedError",
+    "AuthUnavailable",
     "AuthenticationError",
     "Authenticator",
     "Backend",

@@ -104,6 +104,12 @@ class AuthenticationError(WebSocketStabilizerError):
     AUTH_FAILED (4505)."""
 
 
+class AuthUnavailable(BackendUnavailable):
+    """A client's credentials cannot be checked right now (the identity provider's signing
+    keys, a JWKS, cannot be fetched): not a refusal. A connect is closed with
+    TRY_AGAIN_LATER (1013) and retry advice, a refresh is answered ``refresh_failed``."""
+
+
 class CredentialsExpiredError(AuthenticationError):
     """A client's credentials were valid but are past their lifetime; it is closed with
     AUTH_EXPIRED (4003) and should reconnect with fresh ones."""

@@ -3,7 +3,8 @@ Credentials it is given, and the protocol every authenticator implements.
 
 An authenticator turns what a client presents (an access token from the v2 ``connect`` or
 ``refresh`` frame, or, for plain clients, whatever the WebSocket carries: a cookie, a header)
-into an Identity, or refuses with AuthenticationError (or its leaf CredentialsExpiredError).
+into an Identity, or refuses with AuthenticationError (or its leaf CredentialsExpiredError),
+or raises AuthUnavailable (a BackendUnavailable) when it cannot check them right now.
 It never sees a reconnect token: those are stabilizer's own and checked elsewhere.
 """
 
@@ -72,6 +73,8 @@ class Authenticator(Protocol):
         Raises:
             CredentialsExpiredError: the credentials were valid but are past their lifetime.
             AuthenticationError: anything else (missing, malformed, forged, wrong audience).
+            AuthUnavailable: they cannot be checked right now (what checks them is out of
+                reach); any BackendUnavailable is taken the same way: come back later.
         """
         ...
 

@@ -24,7 +24,12 @@ from stabilizer.auth.keys import (
     load_pem,
 )
 from stabilizer.auth.origins import check_origins, origin_allowed
-from stabilizer.errors import AuthenticationError, ConfigError, CredentialsExpiredError
+from stabilizer.errors import (
+    AuthenticationError,
+    AuthUnavailable,
+    ConfigError,
+    CredentialsExpiredError,
+)
 from stabilizer.pure.text import JSONValue
 
 logger = logging.getLogger(__name__)
@@ -53,7 +58,9 @@ class JWTAuthenticator:
     Keys: ``secret`` (HS256 keyring: the first key signs ``issue()``, every key verifies),
     ``public_key`` (PEM: RSA, EC or Ed25519; several for rotation), ``jwks_url`` (keys by
     ``kid``, cached ``jwks_lifespan`` seconds, at most one fetch per
-    ``jwks_refetch_interval``, each bounded by ``jwks_timeout``; ``clock`` drives the cache).
+    ``jwks_refetch_interval``, each bounded by ``jwks_timeout``; ``clock`` drives the cache;
+    a token the keys that can be fetched do not verify is refused, one that cannot be
+    checked while the JWKS is out of reach raises AuthUnavailable: come back later).
     ``algorithms`` defaults to what the keys imply. Claims: ``exp`` is required (``require``
     lists the claims a token must carry; ``()`` admits tokens that never expire); ``nbf``
     and ``iat`` are checked when present, ``aud`` and ``iss`` when configured (a token with
@@ -140,6 +147,8 @@ class JWTAuthenticator:
             CredentialsExpiredError: the token is past its ``exp`` (beyond ``leeway``).
             AuthenticationError: no token, or a malformed, forged, unknown-key, not-yet-valid
                 or wrong-audience/issuer one, or unusable ``sub`` or info claims.
+            AuthUnavailable: the JWKS cannot be fetched and the keys in hand do not verify
+                the token (it may be signed with one the JWKS publishes).
         """
         token = self._token_of(credentials)
         try:  # unverified: only alg and kid are read, to pick the keys
@@ -150,8 +159,13 @@ class JWTAuthenticator:
         if alg not in self._algorithms:
             raise AuthenticationError(
                 f"token algorithm is not accepted; use {', '.join(self._algorithms)}")
-        keys = await self._keys_for(alg, header.get("kid"))
-        return self._identity(self._decode(token, alg, keys))
+        keys, outage = await self._keys_for(alg, header.get("kid"))
+        claims = self._decode(token, alg, keys)
+        if claims is None:
+            if outage is not None:  # the JWKS may publish the key that signed it
+                raise outage
+            raise AuthenticationError("token signature matches no configured key")
+        return self._identity(claims)
 
     def _token_of(self, credentials: Credentials) -> str:
         """The token: the frame's, else the socket's Bearer header or cookie (never the
@@ -189,32 +203,35 @@ class JWTAuthenticator:
         return (f"cross-site request refused: origin {shown!r} may not use the cookie; "
                 "see origins=")
 
-    async def _keys_for(self, alg: str, kid: object) -> list[Any]:
-        """The keys that may have signed an `alg` token: only keys of alg's own type."""
+    async def _keys_for(self, alg: str, kid: object) -> tuple[list[Any], AuthUnavailable | None]:
+        """The keys that may have signed an `alg` token (only keys of alg's own type), and
+        the outage that kept the JWKS's key for `kid` out of them, if one did."""
         kty = ALGORITHM_KEY_TYPES[alg]
         if kty == "oct":
-            return list(self._secrets)
+            return list(self._secrets), None
         keys: list[Any] = [pem.key for pem in self._pems if pem.kty == kty]
         if self._jwks is None:
-            return keys
+            return keys, None
         if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
             if keys:
-                return keys
+                return keys, None
             raise AuthenticationError("token has no usable kid header; the JWKS needs one")
+        outage = None
         try:
             found = await self._jwks.key(kid)
-        except AuthenticationError:
+        except AuthUnavailable as exc:
             if not keys:
                 raise
-            found = None  # the JWKS is out of reach: the PEM keys may still verify
+            found, outage = None, exc  # the PEM keys may still verify
         if found is not None and found.key_type == kty:
             keys.append(found)
         if not keys:
             raise AuthenticationError("token is signed with a key the JWKS does not publish")
-        return keys
+        return keys, outage
 
-    def _decode(self, token: str, alg: str, keys: list[Any]) -> dict[str, Any]:
-        """The verified claims, trying each key; PyJWT's refusals become ours."""
+    def _decode(self, token: str, alg: str, keys: list[Any]) -> dict[str, Any] | None:
+        """The verified claims, trying each key (None: no key's signature matches);
+        PyJWT's refusals become ours."""
         for key in keys:
             try:
                 return jwt.decode(
@@ -233,7 +250,7 @@ class JWTAuthenticator:
                 raise AuthenticationError(reason) from exc
             except (ValueError, TypeError, RecursionError) as exc:
                 raise AuthenticationError("token is malformed") from exc
-        raise AuthenticationError("token signature matches no configured key")
+        return None
 
     def _identity(self, claims: Mapping[str, Any]) -> Identity:
         user_id = claims.get(self._user_claim)

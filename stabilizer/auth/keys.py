@@ -13,7 +13,7 @@ from typing import Any, Final, NamedTuple
 
 import jwt
 
-from stabilizer.errors import AuthenticationError, ConfigError
+from stabilizer.errors import AuthUnavailable, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ class JWKS:
 
     One rule bounds the load on the server: at most one fetch per `refetch_interval`, be
     it the first, a refresh of expired keys, or a refetch for an unknown kid. When a
-    refresh fails the last keys stay in use for up to another lifespan.
+    refresh fails the last keys stay in use for up to another lifespan. A kid is unknown
+    (a token to refuse) only by the JWKS's last answer: while its fetches fail, a kid the
+    keys lack cannot be checked.
     """
 
     def __init__(self, url: str, *, lifespan: float, refetch_interval: float, timeout: float,
@@ -61,16 +63,18 @@ class JWKS:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last fetch, successful or not
+        self._failing = False  # the last fetch failed
         self._lock = asyncio.Lock()  # one fetch at a time; waiters then see its result
 
     def _age(self, now: float) -> float:
         return float("inf") if self._fetched_at is None else now - self._fetched_at
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
-        """The published key named `kid`, or None.
+        """The published key named `kid`, or None when the JWKS answered without it.
 
         Raises:
-            AuthenticationError: the JWKS cannot be fetched and no recent keys are known.
+            AuthUnavailable: the JWKS cannot be fetched, and the keys in hand are too old or
+                lack `kid` (whether it publishes that kid now, only the JWKS can say).
         """
         if self._age(self._clock()) < self._lifespan and kid in self._keys:
             return self._keys[kid]
@@ -78,16 +82,15 @@ class JWKS:
             now = self._clock()
             if self._age(now) >= self._lifespan or kid not in self._keys:
                 await self._refresh(now)
-            if self._age(now) >= 2 * self._lifespan:
-                raise AuthenticationError("cannot fetch the signing keys (JWKS); try again "
-                                          "shortly")
+            if self._age(now) >= 2 * self._lifespan or (self._failing and kid not in self._keys):
+                raise AuthUnavailable("cannot fetch the signing keys (JWKS); try again shortly")
             return self._keys.get(kid)
 
     async def _refresh(self, now: float) -> None:
         """Fetch the keys unless a fetch was attempted within the refetch interval."""
         if self._attempted_at is not None and now - self._attempted_at < self._interval:
             return
-        self._attempted_at = now
+        self._attempted_at, self._failing = now, True
         try:
             async with asyncio.timeout(self._timeout):
                 keys = await asyncio.to_thread(self._fetch)
@@ -95,7 +98,7 @@ class JWKS:
             logger.warning("JWKS fetch from %s failed (%s: %s); next try in %.0fs at the earliest",
                            self._url, type(exc).__name__, exc, self._interval)
             return
-        self._keys, self._fetched_at = keys, now
+        self._keys, self._fetched_at, self._failing = keys, now, False
         logger.info("JWKS fetched from %s: %d signing keys", self._url, len(keys))
 
     def _fetch(self) -> dict[str, jwt.PyJWK]:

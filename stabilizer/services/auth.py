@@ -98,7 +98,8 @@ class Auth:
         Raises:
             CredentialsExpiredError: valid but expired credentials.
             AuthenticationError: anything else the authenticator refused.
-            BackendUnavailable: the authenticator did not answer within connect_timeout.
+            BackendUnavailable: the authenticator did not answer within connect_timeout, or
+                could not check the credentials now (AuthUnavailable: a JWKS out of reach).
         """
         authenticator = self._authenticator
         if authenticator is None:
@@ -107,7 +108,7 @@ class Auth:
         try:
             async with asyncio.timeout(limit):
                 identity = await authenticator.authenticate(credentials)
-        except AuthenticationError:
+        except (AuthenticationError, BackendUnavailable):  # a refusal; or come back later
             raise
         except TimeoutError as exc:
             raise BackendUnavailable(f"the authenticator did not answer within {limit:g}s") \
@@ -127,7 +128,8 @@ class Auth:
         Raises:
             CredentialsExpiredError: the new credentials are expired too.
             AuthenticationError: invalid, or they prove another user.
-            BackendUnavailable: the authenticator did not answer in time.
+            BackendUnavailable: the authenticator did not answer in time, or could not
+                check them now.
         """
         identity = await self.authenticate(credentials)
         if identity is None or identity.user_id != conn.user_id:

@@ -67,7 +67,8 @@ async def greet(ctx: NodeContext, auth: Auth, websocket: Any, asked: Asked) -> G
     Raises:
         ProtocolError: a missing or malformed connect frame, or bad positions.
         AuthenticationError, CredentialsExpiredError: refused credentials.
-        BackendUnavailable: the authenticator did not answer in time.
+        BackendUnavailable: the authenticator did not answer in time, or could not check
+            the credentials now (AuthUnavailable).
         ClientGone: the client left meanwhile.
     """
     if not offers_subprotocol(websocket, SUBPROTOCOL):

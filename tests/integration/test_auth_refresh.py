@@ -1,6 +1,7 @@
 """Credentials on live v2 connections, over real sockets (uvicorn in the test's loop, raw
 `websockets` clients): when the server asks for fresh ones, which refresh frames it checks,
-where refreshed info shows, JWT leeway at the server, and cookies sent from other sites."""
+where refreshed info shows, JWT leeway at the server, cookies sent from other sites, and
+what a JWKS outage does (nothing final: the token could not be checked, not refused)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import jwt
@@ -29,6 +30,7 @@ from stabilizer import (
 from stabilizer.auth import JWTAuthenticator
 from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
+from tests.support.jwks import Clock, JWKSServer, Key
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 V2 = "stabilizer.v2"
@@ -235,3 +237,75 @@ async def test_a_cookie_authenticates_only_a_handshake_from_its_own_origin(
         else:
             assert first["closed"] == CloseCode.AUTH_FAILED
             assert first["reason"].startswith("cross-site request refused")
+
+
+# ----------------------------------------------------------------------------- JWKS outages
+
+LIFESPAN = 300.0  # JWTAuthenticator's defaults: jwks_lifespan, jwks_refetch_interval
+REFETCH = 10.0
+
+
+@contextmanager
+def jwks_of(key: Key) -> Iterator[tuple[JWKSServer, JWTAuthenticator, Clock]]:
+    """A JWKS publishing `key`, and an authenticator reading it with a hand-moved clock."""
+    jwks, clock = JWKSServer(), Clock()
+    jwks.publish(key)
+    try:
+        yield jwks, JWTAuthenticator(jwks_url=jwks.url, clock=clock), clock
+    finally:
+        jwks.close()
+
+
+async def test_a_connect_during_a_jwks_outage_is_told_to_come_back_and_then_admitted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The identity provider blips: both bundled clients took 4505 as final and stayed
+    away for good, over a token nobody had found wrong."""
+    key = Key()
+    with jwks_of(key) as (jwks, auth, clock):
+        jwks.status = 503
+        async with serving(monkeypatch, auth) as (url, _):
+            async with v2(url, key.token("ann")) as (_, first):
+                assert first.get("closed") == CloseCode.TRY_AGAIN_LATER, first
+                assert set(json.loads(first["reason"])) == {"retry_ms"}
+            jwks.status = 200
+            clock.advance(REFETCH)  # the keys may be fetched again
+            async with v2(url, key.token("ann")) as (_, second):
+                assert second.get("type") == "session", second
+                assert second["user_id"] == "ann"
+
+
+async def test_a_refresh_during_a_jwks_outage_fails_and_the_connection_stays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = Key()
+    with jwks_of(key) as (jwks, auth, clock):
+        async with serving(monkeypatch, auth) as (url, _), \
+                v2(url, key.token("ann")) as (ws, welcome):
+            assert welcome.get("type") == "session", welcome
+            jwks.status = 503
+            clock.advance(2 * LIFESPAN)  # the keys are too old to use, and cannot be fetched
+            await ws.send(json.dumps({"type": "refresh", "token": key.token("ann")}))
+            answer = await next_frame(ws)
+            await ws.send(json.dumps({"type": "ping"}))
+            assert await next_frame(ws) == {"type": "pong"}  # still open
+    assert (answer["type"], answer["code"]) == ("error", "refresh_failed")
+
+
+async def test_a_bad_token_with_the_jwks_in_reach_is_still_refused_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = Key()
+    forged = Key().token("ann", kid=key.kid)  # the published kid, another key's signature
+    with jwks_of(key) as (_, auth, clock):
+        async with serving(monkeypatch, auth) as (url, _):
+            for token in (forged, Key().token("ann")):  # the second: an unpublished kid
+                async with v2(url, token) as (_, refused):
+                    assert refused.get("closed") == CloseCode.AUTH_FAILED, refused
+                clock.advance(REFETCH)  # (the unknown kid is refetched: the JWKS answers)
+            async with v2(url, key.token("ann")) as (ws, welcome):
+                assert welcome.get("type") == "session", welcome
+                await ws.send(json.dumps({"type": "refresh", "token": forged}))
+                with pytest.raises(ConnectionClosed) as closed:
+                    await next_frame(ws)
+    assert close_of(closed.value)["closed"] == CloseCode.AUTH_FAILED

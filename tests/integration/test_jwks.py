@@ -1,5 +1,8 @@
 """JWTAuthenticator against a real JWKS endpoint on loopback: caching, rotation, outages and
-floods of unknown key ids, counted on the server; the cache's clock is driven by hand."""
+floods of unknown key ids, counted on the server; the cache's clock is driven by hand.
+
+A token is refused (AuthenticationError: 4505) only when the keys are in hand; when they
+cannot be fetched it cannot be checked (AuthUnavailable, a BackendUnavailable: 1013)."""
 
 from __future__ import annotations
 
@@ -17,25 +20,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from stabilizer.auth import Credentials, JWTAuthenticator
-from stabilizer.errors import AuthenticationError
-from tests.support.jwks import JWKSServer, Key
+from stabilizer.errors import AuthenticationError, AuthUnavailable, BackendUnavailable
+from tests.support.jwks import Clock, JWKSServer, Key
 
 LIFESPAN = 300.0
 REFETCH = 10.0
 SECRET = "a-shared-secret-of-32-characters"
-
-
-class Clock:
-    """The JWKS cache's clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +64,16 @@ async def refused(auth: JWTAuthenticator, token: str) -> str:
     with pytest.raises(AuthenticationError) as caught:
         await user_of(auth, token)
     assert caught.value.__traceback__ is not None
+    assert not isinstance(caught.value, BackendUnavailable)
+    assert token not in str(caught.value)
+    return str(caught.value)
+
+
+async def unchecked(auth: JWTAuthenticator, token: str) -> str:
+    """The outage that kept `token` from being checked (neither accepted nor refused)."""
+    with pytest.raises(AuthUnavailable) as caught:
+        await user_of(auth, token)
+    assert not isinstance(caught.value, AuthenticationError)
     assert token not in str(caught.value)
     return str(caught.value)
 
@@ -143,7 +143,7 @@ async def test_a_removed_key_stops_verifying_after_the_lifespan(
     assert server.requests == 2
 
 
-async def test_a_server_that_is_down_refuses_cleanly(
+async def test_a_server_that_is_down_is_an_outage_not_a_refusal(
     clock: Clock, key_1: Key, caplog: pytest.LogCaptureFixture
 ) -> None:
     with socket.socket() as probe:  # a loopback port nobody listens on
@@ -151,7 +151,7 @@ async def test_a_server_that_is_down_refuses_cleanly(
         url = f"http://127.0.0.1:{probe.getsockname()[1]}/jwks.json"
     auth = authenticator(url, clock)
     with caplog.at_level(logging.WARNING, logger="stabilizer.auth.keys"):
-        message = await refused(auth, key_1.token())
+        message = await unchecked(auth, key_1.token())
     assert message == "cannot fetch the signing keys (JWKS); try again shortly"
     [record] = [r for r in caplog.records if r.name == "stabilizer.auth.keys"]
     assert record.levelno == logging.WARNING
@@ -170,7 +170,11 @@ async def test_pem_keys_still_verify_while_the_jwks_is_unreachable(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     auth = authenticator(url, clock, public_key=public_pem)
     assert await user_of(auth, key_1.token("pem-user")) == "pem-user"
-    assert "matches no configured key" in await refused(auth, Key().token())
+    # a key the PEM keys are not: perhaps one the JWKS publishes, which cannot be read now
+    assert "cannot fetch" in await unchecked(auth, Key().token())
+    kidless = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, Key().private,
+                         algorithm="RS256")
+    assert "matches no configured key" in await refused(auth, kidless)  # no JWKS key's
 
 
 async def test_a_failing_server_is_asked_at_most_once_per_interval(
@@ -179,7 +183,7 @@ async def test_a_failing_server_is_asked_at_most_once_per_interval(
     server.status = 500
     auth = authenticator(server.url, clock)
     for _ in range(20):
-        await refused(auth, key_1.token())
+        await unchecked(auth, key_1.token())
     assert server.requests == 1
     clock.advance(REFETCH)
     server.status = 200
@@ -199,7 +203,43 @@ async def test_known_keys_outlive_a_short_outage_but_not_a_long_one(
     assert await user_of(auth, key_1.token()) == "alice"  # the refresh failed: keep the keys
     assert server.requests == 2
     clock.advance(LIFESPAN)
-    assert "cannot fetch" in await refused(auth, key_1.token())
+    assert "cannot fetch" in await unchecked(auth, key_1.token())
+    assert server.requests == 3
+
+
+async def test_a_kid_the_stale_keys_lack_is_unchecked_while_they_cannot_be_refetched(
+    server: JWKSServer, clock: Clock, key_1: Key, key_2: Key
+) -> None:
+    """The JWKS may publish the kid by now: only its answer can say the token is forged."""
+    server.publish(key_1)
+    auth = authenticator(server.url, clock)
+    assert await user_of(auth, key_1.token()) == "alice"
+    server.publish(key_1, key_2)
+    server.status = 503
+    clock.advance(LIFESPAN)  # stale: refetched for any kid, and the refetch fails
+    assert "cannot fetch" in await unchecked(auth, key_2.token())
+    assert await user_of(auth, key_1.token()) == "alice"  # the kept keys still verify
+    assert server.requests == 2
+    server.status = 200
+    clock.advance(REFETCH)
+    assert await user_of(auth, key_2.token("bob")) == "bob"
+    assert server.requests == 3
+
+
+async def test_an_unknown_kid_is_unchecked_after_a_failed_refetch_until_one_succeeds(
+    server: JWKSServer, clock: Clock, key_1: Key
+) -> None:
+    server.publish(key_1)
+    auth = authenticator(server.url, clock)
+    assert await user_of(auth, key_1.token()) == "alice"
+    server.status = 503
+    clock.advance(REFETCH)  # fresh keys; the unknown kid's refetch fails
+    assert "cannot fetch" in await unchecked(auth, Key().token())
+    assert "cannot fetch" in await unchecked(auth, Key().token())  # not asked again yet
+    assert server.requests == 2
+    server.status = 200
+    clock.advance(REFETCH)
+    assert "does not publish" in await refused(auth, Key().token())  # its answer is in hand
     assert server.requests == 3
 
 
@@ -260,4 +300,4 @@ async def test_a_server_that_never_answers_is_bounded_by_the_timeout(
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/jwks.json"
         auth = authenticator(url, clock, jwks_timeout=0.2)
-        assert "cannot fetch" in await refused(auth, key_1.token())
+        assert "cannot fetch" in await unchecked(auth, key_1.token())

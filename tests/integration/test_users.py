@@ -14,6 +14,8 @@ import pytest
 
 from stabilizer import (
     AuthenticationError,
+    AuthUnavailable,
+    BackendUnavailable,
     CloseCode,
     Credentials,
     CredentialsExpiredError,
@@ -202,7 +204,10 @@ def authenticating(verdict: Any) -> Callable[[Credentials], Any]:
     ("slow", CloseCode.TRY_AGAIN_LATER),
     ("not an identity", CloseCode.AUTH_FAILED),
     (Identity("ann", expires_at=time.time() - 5), CloseCode.AUTH_EXPIRED),
-], ids=["none", "refused", "expired", "raised", "slow", "wrong-type", "already-expired"])
+    (AuthUnavailable("the identity provider is down"), CloseCode.TRY_AGAIN_LATER),
+    (BackendUnavailable("its session store is down"), CloseCode.TRY_AGAIN_LATER),
+], ids=["none", "refused", "expired", "raised", "slow", "wrong-type", "already-expired",
+        "cannot-check", "store-down"])
 async def test_an_authenticator_refusal_closes_with_its_code(
     make_manager: ManagerFactory, verdict: Any, code: CloseCode,
 ) -> None:

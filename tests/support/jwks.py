@@ -1,4 +1,5 @@
-"""A JWKS endpoint on loopback and signing keys for it (tests of key rotation)."""
+"""A JWKS endpoint on loopback, signing keys for it, and a JWKS cache clock moved by hand
+(tests of key rotation and outages)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+
+class Clock:
+    """The JWKS cache's clock (JWTAuthenticator(clock=...)), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class JWKSServer:

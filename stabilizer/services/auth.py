@@ -3,9 +3,10 @@ bounded in time, and the timers of connections whose credentials expire.
 
 A v2 connection is asked for fresh credentials ``auth_refresh_grace`` seconds before they
 expire (pure/renewal.py: once per expiry, half a grace apart at least) and closed with
-AUTH_EXPIRED (4003) if none came by the same grace after; a plain connection cannot refresh
-and is closed at that moment. Fresh credentials bring the user's info up to date where the
-user's connections are listed.
+AUTH_EXPIRED (4003) if none came by the same grace after; a plain connection cannot refresh,
+nor can any on a node without an authenticator (its identity came from the application, and
+nothing could check a refresh), and is closed at that moment without being asked. Fresh
+credentials bring the user's info up to date where the user's connections are listed.
 """
 
 from __future__ import annotations
@@ -145,9 +146,10 @@ class Auth:
         return expiry
 
     def expiry(self, conn: Connection) -> Expiry:
-        """The (unarmed) expiry of `conn`, whose credentials did not expire so far."""
+        """The (unarmed) expiry of `conn`, whose credentials did not expire so far; only a
+        v2 connection on a node whose authenticator can check a refresh is asked for one."""
         return Expiry(conn, self._ctx.config.auth_refresh_grace,
-                      can_refresh=conn.protocol >= 2, on_expired=self._expired)
+                      can_refresh=conn.protocol >= 2 and self.enabled, on_expired=self._expired)
 
     async def reseat(self, conn: Connection, identity: Identity) -> None:
         """Show the info of fresh credentials where the user's connections are listed (a

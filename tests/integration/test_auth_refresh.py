@@ -161,6 +161,21 @@ async def test_refresh_frames_nobody_asked_for_are_checked_once_per_half_grace(
     assert issuer.checks == 2  # the connect, the first refresh
 
 
+async def test_an_identity_the_application_passed_is_not_asked_for_a_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """identity= and no authenticator: the server asked a v2 client for fresh credentials
+    it could only refuse (refresh_unsupported), then closed it at expiry all the same."""
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET, auth_refresh_grace=0.3))
+    app = session_app(manager, Identity("ann", None, time.time() + 0.6))
+    async with served(app, "websockets-sansio", monkeypatch) as server, \
+            v2(f"ws://127.0.0.1:{server.port}/ws", None) as (ws, welcome):
+        assert welcome.get("type") == "session", welcome
+        code, frames = await serve_until_closed(ws, lambda _: claims(time.time() + 3600))
+    assert code == CloseCode.AUTH_EXPIRED  # at expiry, after the grace, as a plain client
+    assert [kind for _, kind in frames] == []
+
+
 # ----------------------------------------------------------------------------- info
 
 

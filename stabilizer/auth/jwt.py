@@ -23,7 +23,7 @@ from stabilizer.auth.keys import (
     key_list,
     load_pem,
 )
-from stabilizer.auth.origins import check_origins, origin_allowed
+from stabilizer.auth.origins import behind_tls_proxy, check_origins, origin_allowed
 from stabilizer.errors import (
     AuthenticationError,
     AuthUnavailable,
@@ -71,8 +71,8 @@ class JWTAuthenticator:
     else the ``cookie`` named; never from the URL. A browser sends its cookies with a
     handshake that a page of any site starts: the cookie is taken only when the handshake's
     ``Origin`` is one of ``origins`` (``scheme://host[:port]``; ``["*"]`` admits every site)
-    or, by default, the socket's own origin (its ``Host``), or when it has no ``Origin`` (not
-    a browser).
+    or, by default, the socket's own origin (its scheme and ``Host``: behind a proxy that
+    terminates TLS, see auth/origins.py), or when it has no ``Origin`` (not a browser).
     """
 
     def __init__(
@@ -117,6 +117,7 @@ class JWTAuthenticator:
         if origins is not None and cookie is None:
             raise ConfigError("origins apply to the cookie: set cookie= too, or drop origins")
         self._origins = check_origins(origins)
+        self._proxy_hinted = False  # said once why an https page's cookie met a ws socket
 
     def _check_algorithms(self, algorithms: Sequence[str] | None) -> tuple[str, ...]:
         """The accepted algorithms: the given ones, each with a key that can verify it, or
@@ -192,9 +193,21 @@ class JWTAuthenticator:
             value = _get(getattr(websocket, "cookies", None), self._cookie)
             if isinstance(value, str) and value:
                 if not origin_allowed(websocket, self._origins):
+                    self._hint_proxy(websocket)
                     raise AuthenticationError(self._cross_site(websocket))
                 return value
         return None
+
+    def _hint_proxy(self, websocket: object) -> None:
+        """Say once (a deployment's mistake, not a client's) why the socket's own https
+        pages are refused when it is served as ws."""
+        if self._origins is None and not self._proxy_hinted and behind_tls_proxy(websocket):
+            self._proxy_hinted = True
+            logger.warning(
+                "refused the cookie of an https page of the socket's own host: the socket is "
+                "served as ws (a proxy terminating TLS?); let the ASGI server trust the "
+                "proxy's X-Forwarded-Proto (uvicorn --forwarded-allow-ips) or list the pages "
+                "in origins=")
 
     def _cross_site(self, websocket: object) -> str:
         """Why a cookie sent from another site's page is refused (short: a close reason)."""

@@ -1,15 +1,18 @@
 """Cross-site WebSocket hijacking: a cookie is an ambient credential, which a browser sends
 with a handshake that a page of any site starts. JWTAuthenticator(cookie=...) takes a cookie
-only from pages of the socket's own origin, or of the origins it lists."""
+only from pages of the socket's own origin (its scheme, host and port), or of the origins it
+lists."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import jwt
 import pytest
 from starlette.websockets import WebSocket
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from stabilizer.auth import Credentials, JWTAuthenticator, origin_allowed
 from stabilizer.errors import AuthenticationError, ConfigError
@@ -22,16 +25,30 @@ def token(user: str = "victim") -> str:
 
 
 def handshake(origin: str | None, host: str | None = "app.example", *,
-              cookie: str | None = None, bearer: str | None = None) -> WebSocket:
-    """A Starlette WebSocket as a browser's handshake makes it (no I/O)."""
+              cookie: str | None = None, bearer: str | None = None,
+              scheme: str | None = "wss") -> WebSocket:
+    """A Starlette WebSocket as a browser's handshake makes it (no I/O), served as `scheme`
+    (the ASGI scope's; None: the scope names none)."""
+    return WebSocket(scope_of(origin, host, cookie=cookie, bearer=bearer, scheme=scheme),
+                     never, never)
+
+
+def scope_of(origin: str | None, host: str | None = "app.example", *,
+             cookie: str | None = None, bearer: str | None = None,
+             scheme: str | None = "wss", **more: str) -> dict[str, Any]:
+    """The ASGI scope of such a handshake; `more` are further headers."""
     headers = [(name.encode(), value.encode()) for name, value in (
         ("host", host), ("origin", origin), ("cookie", f"sid={cookie}" if cookie else None),
-        ("authorization", f"Bearer {bearer}" if bearer else None)) if value is not None]
+        ("authorization", f"Bearer {bearer}" if bearer else None), *more.items())
+        if value is not None]
+    scope: dict[str, Any] = {"type": "websocket", "path": "/ws", "headers": headers}
+    if scheme is not None:
+        scope["scheme"] = scheme
+    return scope
 
-    async def never(*_: object) -> Any:
-        raise AssertionError("the authenticator must not touch the socket's I/O")
 
-    return WebSocket({"type": "websocket", "path": "/ws", "headers": headers}, never, never)
+async def never(*_: object) -> Any:
+    raise AssertionError("the authenticator must not touch the socket's I/O")
 
 
 async def user_of(auth: JWTAuthenticator, websocket: WebSocket, frame: str | None = None
@@ -56,17 +73,75 @@ async def test_a_cookie_sent_from_another_origin_is_refused(host: str | None,
     assert "origins=" in str(refused.value)
 
 
-@pytest.mark.parametrize(("host", "origin"), [
-    ("app.example", "https://app.example"),
-    ("app.example:8000", "http://app.example:8000"),
-    ("APP.example", "https://app.EXAMPLE"),
-    ("app.example:443", "https://app.example"),
-    ("[::1]:8000", "http://[::1]:8000"),
+@pytest.mark.parametrize(("scheme", "host", "origin"), [
+    ("wss", "app.example", "https://app.example"),
+    ("ws", "app.example:8000", "http://app.example:8000"),
+    ("wss", "APP.example", "https://app.EXAMPLE"),
+    ("wss", "app.example:443", "https://app.example"),
+    ("ws", "[::1]:8000", "http://[::1]:8000"),
+    ("ws", "app.example", "http://app.example"),
+    (None, "app.example", "http://app.example"),  # no scheme in the scope: ws, ASGI's default
 ])
-async def test_a_cookie_sent_from_the_sockets_own_origin_is_accepted(host: str,
-                                                                     origin: str) -> None:
+async def test_a_cookie_sent_from_the_sockets_own_origin_is_accepted(
+        scheme: str | None, host: str, origin: str) -> None:
     auth = JWTAuthenticator(secret=KEY, cookie="sid")
-    assert await user_of(auth, handshake(origin, host, cookie=token())) == "victim"
+    websocket = handshake(origin, host, cookie=token(), scheme=scheme)
+    assert await user_of(auth, websocket) == "victim"
+    assert origin_allowed(websocket)
+
+
+@pytest.mark.parametrize(("scheme", "host", "origin"), [
+    ("wss", "app.example", "http://app.example"),  # an http page, a wss socket
+    ("wss", "app.example:8443", "http://app.example:8443"),
+    ("ws", "app.example", "https://app.example"),  # an https page, a ws socket
+    ("ws", "app.example:8000", "https://app.example:8000"),
+    (None, "app.example", "https://app.example"),
+])
+async def test_a_cookie_sent_from_a_page_of_another_scheme_is_refused(
+        scheme: str | None, host: str, origin: str) -> None:
+    """The port of a Host without one was taken from the Origin's scheme: a page of
+    http://app.example (which anyone on its network path may write) used the cookie of the
+    socket at wss://app.example."""
+    auth = JWTAuthenticator(secret=KEY, cookie="sid")
+    websocket = handshake(origin, host, cookie=token(), scheme=scheme)
+    assert not origin_allowed(websocket)
+    with pytest.raises(AuthenticationError, match=r"^cross-site request refused"):
+        await user_of(auth, websocket)
+
+
+async def behind_proxy(client: str, *, forwarded_proto: str = "https") -> WebSocket:
+    """The WebSocket an app gets behind uvicorn's proxy-headers middleware (trusting
+    127.0.0.1, its default) for an https page's handshake a TLS-terminating proxy at
+    `client` passed on as ws."""
+    seen: list[WebSocket] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(WebSocket(scope, never, never))
+
+    scope = scope_of("https://app.example", cookie=token(), scheme="ws",
+                     **{"x-forwarded-proto": forwarded_proto})
+    scope["client"] = (client, 50000)
+    await ProxyHeadersMiddleware(app)(scope, never, never)
+    return seen[0]
+
+
+async def test_behind_a_tls_proxy_the_trusted_forwarded_scheme_or_origins_admit_its_pages(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    auth = JWTAuthenticator(secret=KEY, cookie="sid")
+    assert await user_of(auth, await behind_proxy("127.0.0.1")) == "victim"  # X-Forwarded-Proto
+    untrusted = await behind_proxy("10.0.0.7")  # the server does not trust this proxy
+    with caplog.at_level(logging.WARNING, logger="stabilizer.auth.jwt"):
+        for _ in range(3):
+            with pytest.raises(AuthenticationError, match=r"^cross-site request refused"):
+                await user_of(auth, untrusted)
+    [hint] = [r.getMessage() for r in caplog.records if r.name == "stabilizer.auth.jwt"]
+    assert "X-Forwarded-Proto" in hint  # once per authenticator
+    assert "origins=" in hint
+    listed = JWTAuthenticator(secret=KEY, cookie="sid", origins=["https://app.example"])
+    assert await user_of(listed, untrusted) == "victim"
+    with pytest.raises(AuthenticationError, match=r"^cross-site request refused"):
+        await user_of(auth, await behind_proxy("127.0.0.1", forwarded_proto="http"))
 
 
 async def test_listed_origins_replace_the_same_origin_rule() -> None:

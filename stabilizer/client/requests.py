@@ -8,7 +8,9 @@ again, once its resume frame came: the server follows presence per connection); 
 other reconnect (no history, or a fresh session) the client subscribes again to each. The
 server's hook decides again: a refusal ends that subscription, with a warning in the log
 (into a session that kept the membership the client leaves the channel first: a refusal
-changes no membership on the server), and its ``on_unsubscribed`` is told. When the server
+changes no membership on the server), and its ``on_unsubscribed`` is told; a "try later"
+answer (``unavailable``, ``overloaded``, ``rate_limited``, ``timeout``) is asked again after
+the retry policy's backoff, with a warning in the log. When the server
 ends one itself (an ``unsubscribed`` frame: the application took the client out of the
 channel, live or while the client was away), the client forgets it too, and its
 ``on_unsubscribed`` callback is told.
@@ -19,20 +21,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
-from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 
 from stabilizer.client.callbacks import notify
 from stabilizer.client.calls import PendingCalls
 from stabilizer.client.presence import ChannelPresence, OnPresenceChange
+from stabilizer.client.subscriptions import OnMessage, OnUnsubscribed, Subscriptions
 from stabilizer.client.v2 import ProtocolV2
 from stabilizer.errors import RPCError
+from stabilizer.logs import RateLimitedLog
 from stabilizer.pure.client_protocol import ClientClosedError
+from stabilizer.pure.client_retry import TRY_LATER_CODES, RetryPolicy, resubscribe_delay
 from stabilizer.pure.client_v2 import channel_frame, rpc_frame
 from stabilizer.pure.streams import group_stream
 from stabilizer.pure.text import JSONValue
@@ -43,111 +46,10 @@ if TYPE_CHECKING:  # (frames.py imports this module)
 
 logger = logging.getLogger(__name__)
 
-#: Called with each message of a subscribed channel (str or bytes).
-OnMessage = Callable[[str | bytes], object]
-#: Called with the reason when the server ends a subscription itself: ``"server"`` (an
-#: ``unsubscribed`` frame), or the code of the refusal of a subscribe made again after a
-#: reconnect.
-OnUnsubscribed = Callable[[str], object]
+# (the records moved to client/subscriptions.py; importable from here as before)
+__all__ = ["OnMessage", "OnUnsubscribed", "Requests", "Subscriptions"]
 
-
-class Subscriptions:
-    """The channels this client subscribed to, with their callbacks and params."""
-
-    def __init__(self) -> None:
-        self.active: dict[str, tuple[OnMessage | None, JSONValue]] = {}
-        self.presences: dict[str, ChannelPresence] = {}  # subscribed with presence
-        self.on_unsubscribed: dict[str, OnUnsubscribed] = {}  # of active channels
-        # The server takes a channel's requests in the order sent, so a subscribe answered
-        # after an unsubscribe sent later is undone by it: each request gets a number, and
-        # the last unsubscribe's is kept while subscribes of its channel are in flight.
-        self._numbers = itertools.count()
-        self._subscribing: Counter[str] = Counter()
-        self._left: dict[str, int] = {}
-        self._ended: dict[str, tuple[int, str]] = {}  # ... when the server sent it: reason
-        self.leaving: Counter[str] = Counter()  # the client's own unsubscribes on their way
-
-    def subscribing(self, channel: str) -> int:
-        """A subscribe of `channel` is about to be sent: its number, for `subscribed`."""
-        self._subscribing[channel] += 1
-        return next(self._numbers)
-
-    def subscribed(self, channel: str, number: int, entry: tuple[OnMessage | None, JSONValue]
-                   | None, on_unsubscribed: OnUnsubscribed | None = None) -> None:
-        """The subscribe `number` ended: with `entry` (callback, params) when it succeeded;
-        it counts only when no unsubscribe of its channel was sent (nor an ``unsubscribed``
-        frame received) after it."""
-        left_at = self._left.get(channel, -1)
-        left = left_at > number
-        ended = self._ended.get(channel)
-        self._subscribing[channel] -= 1
-        if not self._subscribing[channel]:
-            del self._subscribing[channel]
-            self._left.pop(channel, None)
-            self._ended.pop(channel, None)
-        if entry is not None and left and ended is not None and ended[0] == left_at:
-            notify(on_unsubscribed, ended[1])  # the server undid it at once
-        if entry is not None and not left:
-            self.active[channel] = entry
-            if on_unsubscribed is not None:
-                self.on_unsubscribed[channel] = on_unsubscribed
-            else:
-                self.on_unsubscribed.pop(channel, None)
-        elif channel not in self.active and channel not in self._subscribing:
-            self.presences.pop(channel, None)  # (the copy its subscribe made)
-
-    def unsubscribing(self, channel: str) -> None:
-        """An unsubscribe of `channel` is about to be sent: forget it, even when a
-        subscribe sent before is answered later."""
-        self.forget(channel)
-        if channel in self._subscribing:
-            self._left[channel] = next(self._numbers)
-
-    def records(self, channel: str) -> bool:
-        """Whether a message of `channel` records its position (a resume counts a channel
-        whose position it sends as held): not while the client's own unsubscribe of it is
-        on its way (the server sent it before the leave; one after the reply is a new
-        membership's, such as the application's join), unless it subscribes again."""
-        return (channel not in self.leaving or channel in self.active
-                or channel in self._subscribing)
-
-    def forget(self, channel: str) -> None:
-        """Drop `channel` (its callbacks and presence copy) from the subscriptions."""
-        self.active.pop(channel, None)
-        self.presences.pop(channel, None)
-        self.on_unsubscribed.pop(channel, None)
-
-    def ended(self, frame: Mapping[str, Any]) -> None:
-        """An ``unsubscribed`` frame: the server ended the subscription of its channel. It
-        counts as an unsubscribe sent now (a subscribe in flight is undone: the server
-        takes the client out only of a channel it was in, so the frame follows a join)."""
-        channel, reason = frame.get("channel"), frame.get("reason")
-        if not isinstance(channel, str):
-            return
-        reason = reason if isinstance(reason, str) else "server"
-        callback = self.on_unsubscribed.get(channel) if channel in self.active else None
-        self.unsubscribing(channel)
-        if channel in self._subscribing:  # (its subscribe tells its own callback)
-            self._ended[channel] = (self._left[channel], reason)
-        notify(callback, reason)
-
-    async def presence_frame(self, frame: Mapping[str, Any]) -> None:
-        """Hand a ``presence_state`` or ``presence_diff`` frame to its channel's copy."""
-        channel = frame.get("channel")
-        presence = self.presences.get(channel) if isinstance(channel, str) else None
-        if presence is not None:
-            await presence.apply(frame)
-
-    def route(self, channel: str | None, message: str | bytes) -> bool:
-        """Hand a channel's message to its callback; False when it goes to the inbox."""
-        entry = self.active.get(channel) if channel is not None else None
-        if entry is None or entry[0] is None:
-            return False
-        try:
-            entry[0](message)
-        except Exception:  # the application's bug must not end the connection
-            logger.error("on_message of channel %r failed", channel, exc_info=True)
-        return True
+_Entry = tuple[OnMessage | None, JSONValue]  # a subscription's callback and params
 
 
 class Requests:
@@ -160,6 +62,8 @@ class Requests:
     _error: ClientClosedError | None
     _wait_open: Callable[[WebSocket | None], Awaitable[WebSocket]]
     _frames: Frames
+    _retry: RetryPolicy
+    _ws: WebSocket | None
 
     async def rpc(self, method: str, params: JSONValue = None, *,
                   timeout: float = 30.0) -> JSONValue:
@@ -281,52 +185,108 @@ class Requests:
     async def _subscribe_again(self, timeout: float, *, presence_only: bool = False) -> None:
         """After a reconnect that kept no memberships: subscribe to every channel again;
         after one that kept them, to those that follow presence (the server follows it
-        per connection), which sends their state again. A refusal ends the subscription
-        and its `on_unsubscribed` gets the refusal's code; into a kept session the client
-        first leaves the channel (a refusal changes no membership on the server), its
-        messages going to the subscription meanwhile. When that unsubscribe fails, the
-        subscription stays: the next reconnect asks again."""
-        active = self._subscriptions.active
-        for channel, entry in list(active.items()):
-            presence = channel in self._subscriptions.presences
-            if (presence_only and not presence) or active.get(channel) != entry:
-                continue  # (unsubscribed, or subscribed anew, while the loop went on)
-            try:
-                refusal = await self._ask_again(channel, entry[1], presence, timeout)
-                if refusal is not None and presence_only and active.get(channel) == entry:
-                    await self._leave(channel, timeout)  # the session kept the membership
-            except RPCError as exc:
-                logger.warning("channel %r was refused, but not left: %s", channel, exc)
-                continue
-            except ClientClosedError:
-                return
-            if refusal is not None and active.get(channel) == entry:
-                told = self._subscriptions.on_unsubscribed.get(channel)
-                self._subscriptions.forget(channel)
-                self._frames.positions.forget(group_stream(channel))
-                notify(told, refusal)
+        per connection), which sends their state again. A "try later" answer
+        (TRY_LATER_CODES) changed nothing: those channels are asked again after the retry
+        policy's backoff, until allowed or refused (after ``max_attempts`` such answers in
+        a row, the last counts as a refusal), or the application leaves the channel. The
+        round ends with the socket it began on: the next reconnect starts its own."""
+        subscriptions, pinned = self._subscriptions, self._ws
+        log = RateLimitedLog(logger)  # (the round's retries: one warning per interval)
+        asking = [(channel, entry) for channel, entry in subscriptions.active.items()
+                  if not presence_only or channel in subscriptions.presences]
+        failures = 0
+        try:
+            while later := await self._ask_each(asking, presence_only, timeout, pinned):
+                failures += 1
+                delay = resubscribe_delay(self._retry, failures)
+                channel, _entry, code = later[0]
+                if delay is None:
+                    logger.warning("%d channel(s) not subscribed again after %d answers in a "
+                                   "row (%r: %s); giving up", len(later), failures, channel,
+                                   code)
+                    for channel, entry, code in later:
+                        await self._refused(channel, entry, code, presence_only, timeout)
+                    return
+                log.warning("%d channel(s) not subscribed again (%r: %s); asking again in "
+                            "%.2fs", len(later), channel, code, delay)
+                await asyncio.sleep(delay)
+                if self._ws is not pinned:
+                    return  # the socket closed: the next reconnect asks again
+                asking = [(channel, entry) for channel, entry, _code in later]
+        except (ClientClosedError, _SocketLost):
+            return
 
-    async def _ask_again(self, channel: str, params: JSONValue, presence: bool,
-                         timeout: float) -> str | None:
-        """Subscribe to `channel` again: the refusal's code, or None (allowed, or nothing
-        changed: _KEPT_ON).
+    async def _ask_each(self, asking: list[tuple[str, _Entry]], kept: bool, timeout: float,
+                        pinned: WebSocket | None) -> list[tuple[str, _Entry, str]]:
+        """Subscribe again, on `pinned`, to each channel in `asking` still subscribed as it
+        was; end those refused; return those answered "try later", with the code.
 
         Raises:
+            _SocketLost: `pinned` closed.
             ClientClosedError: closed for good.
         """
+        later: list[tuple[str, _Entry, str]] = []
+        for channel, entry in asking:
+            if self._subscriptions.active.get(channel) != entry:
+                continue  # (unsubscribed, or subscribed anew, meanwhile)
+            code = await self._ask_again(channel, entry[1], timeout, pinned)
+            if code in TRY_LATER_CODES:
+                later.append((channel, entry, code))
+            elif code is not None:
+                await self._refused(channel, entry, code, kept, timeout)
+        return later
+
+    async def _ask_again(self, channel: str, params: JSONValue, timeout: float,
+                         pinned: WebSocket | None) -> str | None:
+        """Subscribe to `channel` again on `pinned`: the answer's code, or None (allowed).
+
+        Raises:
+            _SocketLost: `pinned` closed, before the request or its reply.
+            ClientClosedError: closed for good.
+        """
+        async def on_pinned(stale: WebSocket | None) -> WebSocket:
+            if pinned is None or self._ws is not pinned or stale is pinned:
+                raise _SocketLost
+            return pinned
+
+        presence = channel in self._subscriptions.presences
         try:
             await self._calls.call(
-                self._wait_open,
-                functools.partial(_subscribe_frame, channel, params, presence), timeout)
+                on_pinned, functools.partial(_subscribe_frame, channel, params, presence),
+                timeout)
         except RPCError as exc:
-            if exc.code in _KEPT_ON:
-                return None  # nothing changed: the next fresh session tries again
-            logger.warning("channel %r was not subscribed again: %s", channel, exc)
+            if exc.code == "disconnected":
+                raise _SocketLost from exc
+            if exc.code not in TRY_LATER_CODES:
+                logger.warning("channel %r was not subscribed again: %s", channel, exc)
             return exc.code
         if channel not in self._subscriptions.active:  # unsubscribed while it was on its way
             with contextlib.suppress(RPCError):  # (a fresh session forgets it anyway)
                 await self._leave(channel, timeout)
         return None
+
+    async def _refused(self, channel: str, entry: _Entry, code: str, kept: bool,
+                       timeout: float) -> None:
+        """`channel`, subscribed again, was refused with `code`: end its subscription and
+        tell its `on_unsubscribed`; into a `kept` session leave it first (a refusal changes
+        no membership on the server), its messages going to the subscription meanwhile.
+        When that unsubscribe fails, the subscription stays: the next reconnect asks again.
+
+        Raises:
+            ClientClosedError: closed for good.
+        """
+        active = self._subscriptions.active
+        if kept and active.get(channel) == entry:
+            try:
+                await self._leave(channel, timeout)
+            except RPCError as exc:
+                logger.warning("channel %r was refused, but not left: %s", channel, exc)
+                return
+        if active.get(channel) == entry:
+            told = self._subscriptions.on_unsubscribed.get(channel)
+            self._subscriptions.forget(channel)
+            self._frames.positions.forget(group_stream(channel))
+            notify(told, code)
 
     def _ready(self, what: str, timeout: float) -> float:
         """`timeout` as seconds, once `what` may be called.
@@ -342,9 +302,8 @@ class Requests:
         return timeout
 
 
-#: Errors after which a subscribe changed nothing (the server keeps a membership it had).
-_KEPT_ON: Final = frozenset({"timeout", "disconnected", "unavailable", "rate_limited",
-                             "overloaded"})
+class _SocketLost(Exception):
+    """The socket a round of subscribing again began on closed."""
 
 
 def _unsubscribe_frame(channel: str, call_id: int) -> str:

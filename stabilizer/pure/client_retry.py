@@ -96,3 +96,18 @@ def plan_retry(policy: RetryPolicy, failures: int, *, code: int, reason: str,
         return (0 if stable else failures), 0.0
     failures = 0 if stable else failures + 1
     return failures, retry_delay(policy, failures, code, reason)
+
+
+#: Reply codes that say "try later" (docs/protocol.md 6.5, 6.6): a subscribe the client made
+#: again by itself after a reconnect and got one of them changed nothing, so it is asked
+#: again after a backoff (``disconnected``, the socket's end, ends that round instead).
+TRY_LATER_CODES: Final = frozenset({"unavailable", "overloaded", "rate_limited", "timeout"})
+
+
+def resubscribe_delay(policy: RetryPolicy, failures: int) -> float | None:
+    """Seconds before asking again for the channels whose automatic subscribe got a "try
+    later" answer `failures` times in a row; None once that is ``max_attempts`` answers
+    (the client then gives them up as refused, with the last code)."""
+    if policy.max_attempts is not None and failures >= policy.max_attempts:
+        return None
+    return policy.delay(failures)

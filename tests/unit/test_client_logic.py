@@ -25,7 +25,7 @@ from stabilizer.client import (
 from stabilizer.client.frames import Frames
 from stabilizer.client.inbox import FELL_BEHIND, Inbox
 from stabilizer.errors import ConfigError, WireError
-from stabilizer.pure.client_retry import plan_retry
+from stabilizer.pure.client_retry import plan_retry, resubscribe_delay
 
 
 @pytest.mark.parametrize("failures", [0, 1, 3, 10, 40])
@@ -238,6 +238,16 @@ def test_a_connection_that_ends_early_is_a_failure_and_a_stable_one_resets_the_c
     assert failures == 3
     assert delay <= 0.001
     assert plan_retry(policy, 2, code=1012, reason='{"retry_ms": 700}', stable=True) == (0, 0.7)
+
+
+def test_a_resubscribe_backs_off_as_reconnects_do_and_gives_up_after_max_attempts() -> None:
+    """A channel answered "try later" is asked again after the policy's backoff; never
+    given up without max_attempts, given up after that many answers in a row with it."""
+    forever, bounded = RetryPolicy(base=0.5, cap=1.0), RetryPolicy(cap=1.0, max_attempts=3)
+    delays = [resubscribe_delay(forever, failures) for failures in (1, 5, 1000)]
+    assert all(delay is not None and 0.0 <= delay <= 1.0 for delay in delays)
+    assert [resubscribe_delay(bounded, failures) is None for failures in (1, 2, 3, 4)] == [
+        False, False, True, True]
 
 
 def test_positions_forget_a_stream_and_stay_home_when_over_what_a_server_takes() -> None:

@@ -1,0 +1,124 @@
+"""The channels a v2 client subscribed to, as it keeps them (docs/protocol.md 6.6): each
+one's callbacks, params and presence copy, and the order of its own requests, so that a
+subscribe answered after an unsubscribe sent later (or an ``unsubscribed`` frame) counts as
+undone. client/requests.py sends the requests; this module only keeps the record."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from stabilizer.client.callbacks import notify
+from stabilizer.client.presence import ChannelPresence
+from stabilizer.pure.text import JSONValue
+
+logger = logging.getLogger(__name__)
+
+#: Called with each message of a subscribed channel (str or bytes).
+OnMessage = Callable[[str | bytes], object]
+#: Called with the reason when the server ends a subscription itself: ``"server"`` (an
+#: ``unsubscribed`` frame), or the code of the refusal of a subscribe made again after a
+#: reconnect.
+OnUnsubscribed = Callable[[str], object]
+
+
+class Subscriptions:
+    """The channels this client subscribed to, with their callbacks and params."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, tuple[OnMessage | None, JSONValue]] = {}
+        self.presences: dict[str, ChannelPresence] = {}  # subscribed with presence
+        self.on_unsubscribed: dict[str, OnUnsubscribed] = {}  # of active channels
+        # The server takes a channel's requests in the order sent, so a subscribe answered
+        # after an unsubscribe sent later is undone by it: each request gets a number, and
+        # the last unsubscribe's is kept while subscribes of its channel are in flight.
+        self._numbers = itertools.count()
+        self._subscribing: Counter[str] = Counter()
+        self._left: dict[str, int] = {}
+        self._ended: dict[str, tuple[int, str]] = {}  # ... when the server sent it: reason
+        self.leaving: Counter[str] = Counter()  # the client's own unsubscribes on their way
+
+    def subscribing(self, channel: str) -> int:
+        """A subscribe of `channel` is about to be sent: its number, for `subscribed`."""
+        self._subscribing[channel] += 1
+        return next(self._numbers)
+
+    def subscribed(self, channel: str, number: int, entry: tuple[OnMessage | None, JSONValue]
+                   | None, on_unsubscribed: OnUnsubscribed | None = None) -> None:
+        """The subscribe `number` ended: with `entry` (callback, params) when it succeeded;
+        it counts only when no unsubscribe of its channel was sent (nor an ``unsubscribed``
+        frame received) after it."""
+        left_at = self._left.get(channel, -1)
+        left = left_at > number
+        ended = self._ended.get(channel)
+        self._subscribing[channel] -= 1
+        if not self._subscribing[channel]:
+            del self._subscribing[channel]
+            self._left.pop(channel, None)
+            self._ended.pop(channel, None)
+        if entry is not None and left and ended is not None and ended[0] == left_at:
+            notify(on_unsubscribed, ended[1])  # the server undid it at once
+        if entry is not None and not left:
+            self.active[channel] = entry
+            if on_unsubscribed is not None:
+                self.on_unsubscribed[channel] = on_unsubscribed
+            else:
+                self.on_unsubscribed.pop(channel, None)
+        elif channel not in self.active and channel not in self._subscribing:
+            self.presences.pop(channel, None)  # (the copy its subscribe made)
+
+    def unsubscribing(self, channel: str) -> None:
+        """An unsubscribe of `channel` is about to be sent: forget it, even when a
+        subscribe sent before is answered later."""
+        self.forget(channel)
+        if channel in self._subscribing:
+            self._left[channel] = next(self._numbers)
+
+    def records(self, channel: str) -> bool:
+        """Whether a message of `channel` records its position (a resume counts a channel
+        whose position it sends as held): not while the client's own unsubscribe of it is
+        on its way (the server sent it before the leave; one after the reply is a new
+        membership's, such as the application's join), unless it subscribes again."""
+        return (channel not in self.leaving or channel in self.active
+                or channel in self._subscribing)
+
+    def forget(self, channel: str) -> None:
+        """Drop `channel` (its callbacks and presence copy) from the subscriptions."""
+        self.active.pop(channel, None)
+        self.presences.pop(channel, None)
+        self.on_unsubscribed.pop(channel, None)
+
+    def ended(self, frame: Mapping[str, Any]) -> None:
+        """An ``unsubscribed`` frame: the server ended the subscription of its channel. It
+        counts as an unsubscribe sent now (a subscribe in flight is undone: the server
+        takes the client out only of a channel it was in, so the frame follows a join)."""
+        channel, reason = frame.get("channel"), frame.get("reason")
+        if not isinstance(channel, str):
+            return
+        reason = reason if isinstance(reason, str) else "server"
+        callback = self.on_unsubscribed.get(channel) if channel in self.active else None
+        self.unsubscribing(channel)
+        if channel in self._subscribing:  # (its subscribe tells its own callback)
+            self._ended[channel] = (self._left[channel], reason)
+        notify(callback, reason)
+
+    async def presence_frame(self, frame: Mapping[str, Any]) -> None:
+        """Hand a ``presence_state`` or ``presence_diff`` frame to its channel's copy."""
+        channel = frame.get("channel")
+        presence = self.presences.get(channel) if isinstance(channel, str) else None
+        if presence is not None:
+            await presence.apply(frame)
+
+    def route(self, channel: str | None, message: str | bytes) -> bool:
+        """Hand a channel's message to its callback; False when it goes to the inbox."""
+        entry = self.active.get(channel) if channel is not None else None
+        if entry is None or entry[0] is None:
+            return False
+        try:
+            entry[0](message)
+        except Exception:  # the application's bug must not end the connection
+            logger.error("on_message of channel %r failed", channel, exc_info=True)
+        return True

@@ -4,7 +4,8 @@
  * again after a reconnect into a session that kept no memberships (or, for those that
  * follow presence, after any reconnect, once its resume frame came). A channel the server
  * ends itself (an "unsubscribed" frame, also for a leave made while the client was away)
- * or refuses when subscribed again is forgotten, and its onUnsubscribed told.
+ * or refuses when subscribed again is forgotten, and its onUnsubscribed told; one answered
+ * "try later" is asked again after the connection's backoff.
  */
 import { Presence } from "./presence.js";
 
@@ -16,9 +17,11 @@ export function subscribeFrame(channel, params, presence = false) {
   return body;
 }
 
-// errors after which a subscribe changed nothing (the server keeps a membership it had)
-const KEPT_ON = new Set(["timeout", "disconnected", "unavailable", "closed", "rate_limited",
-                         "overloaded"]);
+// answers that say "try later": a subscribe made again changed nothing, and is asked again
+// after a backoff; "disconnected" and "closed" (the socket's end) end the round instead
+const TRY_LATER = new Set(["unavailable", "overloaded", "rate_limited", "timeout"]);
+const LOST = new Set(["disconnected", "closed"]);
+const WARN_EVERY_MS = 10000;  // a round's "asking again" warnings: one per interval
 
 function tell(onUnsubscribed, channel, reason) {
   if (!onUnsubscribed) return;
@@ -31,9 +34,11 @@ function tell(onUnsubscribed, channel, reason) {
 
 /** One connection's subscribed channels: `request(body, timeoutMs)` sends their requests,
  * `forgetPosition(channel)` drops the position of a channel left (and returns a function
- * that records it again). */
+ * that records it again), `backoff(failures)` is the ms to wait before asking again after
+ * that many "try later" answers in a row (null: give up). */
 export class Channels {
-  #request; #forgetPosition;
+  #request; #forgetPosition; #backoff;
+  #round = 0;  // the current round of subscribing again; a lost socket ends it
   #channels = new Map();  // subscribed channel -> {onMessage, params}
   #presences = new Map();  // channel -> Presence, for those that follow it
   // The server takes a channel's requests in the order sent, so a subscribe answered after
@@ -45,9 +50,10 @@ export class Channels {
   #ended = new Map();  // channel -> [that number, reason] when the server ended it
   #leaving = new Map();  // channel -> the client's own unsubscribes on their way
 
-  constructor(request, forgetPosition) {
+  constructor(request, forgetPosition, backoff = () => null) {
     this.#request = request;
     this.#forgetPosition = forgetPosition;
+    this.#backoff = backoff;
   }
 
   get size() { return this.#channels.size; }
@@ -178,49 +184,92 @@ export class Channels {
     return channel === null ? null : this.#channels.get(channel)?.onMessage;
   }
 
+  /** The socket closed: a round of subscribing again stops (the next reconnect starts its
+   * own). */
+  interrupt() { this.#round += 1; }
+
   /** After a reconnect into a fresh session the server forgot the subscriptions: send each
-   * again (`presenceOnly`, into a kept session: those that follow presence). Forget the ones
-   * the server refuses now, telling their onUnsubscribed the refusal's code; into a kept
-   * session leave each first (a refusal changes no membership on the server), its messages
-   * going to the subscription meanwhile; when that unsubscribe fails, it stays subscribed
-   * (the next reconnect asks again). */
+   * again (`presenceOnly`, into a kept session: those that follow presence). Ask again,
+   * after the backoff, for those answered "try later" (TRY_LATER) until the server decides
+   * (after maxAttempts such answers in a row the last counts as a refusal), the page leaves
+   * the channel or the socket closes. Forget the ones the server refuses, telling their
+   * onUnsubscribed the refusal's code; into a kept session leave each first (a refusal
+   * changes no membership on the server), its messages going to the subscription
+   * meanwhile; when that unsubscribe fails, it stays subscribed (the next reconnect asks
+   * again). */
   async subscribeAgain(presenceOnly = false) {
-    if (presenceOnly && !this.followsPresence) return;
-    for (const [channel, entry] of [...this.#channels]) {
-      const presence = this.#presences.has(channel);
-      if (presenceOnly && !presence) continue;
-      if (this.#channels.get(channel) !== entry) continue;  // unsubscribed (or anew) meanwhile
-      let refusal;
-      try {
-        refusal = await this.#askAgain(channel, entry, presence);
-        if (refusal && presenceOnly && this.#channels.get(channel) === entry) {
-          await this.#leave(channel, 30000);  // the session kept the membership
+    const round = ++this.#round;
+    let asking = [...this.#channels].filter(([channel]) => !presenceOnly
+                                            || this.#presences.has(channel));
+    let warnedAt = -Infinity;
+    for (let failures = 1; asking.length; failures += 1) {
+      const later = await this.#askEach(asking, presenceOnly, round);
+      if (later === null || !later.length) return;  // (null: the socket closed)
+      const [channel, , err] = later[0];
+      const delayMs = this.#backoff(failures);
+      if (delayMs === null) {
+        console.warn(`stabilizer: ${later.length} channel(s) not subscribed again after ` +
+                     `${failures} answers in a row (${channel}: ${err.message}); giving up`);
+        for (const [name, entry, error] of later) {
+          await this.#refused(name, entry, error, presenceOnly);
         }
-      } catch (err) {
-        console.warn(`stabilizer: channel ${channel} was refused, but not left: ${err.message}`);
-        continue;
+        return;
       }
-      if (refusal && this.#channels.get(channel) === entry) {
-        this.delete(channel);
-        this.#forgetPosition(channel);
-        tell(entry.onUnsubscribed, channel, refusal);
+      if (Date.now() - warnedAt >= WARN_EVERY_MS) {
+        warnedAt = Date.now();
+        console.warn(`stabilizer: ${later.length} channel(s) not subscribed again ` +
+                     `(${channel}: ${err.message}); asking again in ${Math.round(delayMs)} ms`);
       }
+      await new Promise((resolve) => { setTimeout(resolve, delayMs); });
+      asking = later;
     }
   }
 
-  /** Subscribe to `channel` again: the refusal's code, or null (allowed, or nothing
-   * changed: KEPT_ON). */
+  /** Subscribe again to each channel in `asking` still subscribed as it was; end those
+   * refused; the [channel, entry, error] of those answered "try later", or null when the
+   * socket closed (`round` is over). */
+  async #askEach(asking, kept, round) {
+    const later = [];
+    for (const [channel, entry] of asking) {
+      if (round !== this.#round) return null;
+      if (this.#channels.get(channel) !== entry) continue;  // unsubscribed (or anew) meanwhile
+      const err = await this.#askAgain(channel, entry, this.#presences.has(channel));
+      if (round !== this.#round || LOST.has(err?.code)) return null;
+      if (TRY_LATER.has(err?.code)) later.push([channel, entry, err]);
+      else if (err) await this.#refused(channel, entry, err, kept);
+    }
+    return later;
+  }
+
+  /** Subscribe to `channel` again: the error it was answered with, or null (allowed). */
   async #askAgain(channel, entry, presence) {
     try {
       await this.#request(subscribeFrame(channel, entry.params, presence), 30000);
     } catch (err) {
-      if (KEPT_ON.has(err.code)) return null;  // nothing changed: the next session tries again
-      console.warn(`stabilizer: channel ${channel} was not subscribed again: ${err.message}`);
-      return err.code ?? "error";
+      return err;
     }
     if (!this.#channels.has(channel)) {  // unsubscribed while this one was on its way
       await this.#leave(channel, 30000).catch(() => {});  // (a fresh session forgets it)
     }
     return null;
+  }
+
+  /** `channel`, subscribed again, was refused with `err`: forget it and tell its
+   * onUnsubscribed the code; into a `kept` session leave it first. */
+  async #refused(channel, entry, err, kept) {
+    console.warn(`stabilizer: channel ${channel} was not subscribed again: ${err.message}`);
+    if (kept && this.#channels.get(channel) === entry) {
+      try {
+        await this.#leave(channel, 30000);  // the session kept the membership
+      } catch (error) {
+        console.warn(`stabilizer: channel ${channel} was refused, but not left: ${error.message}`);
+        return;
+      }
+    }
+    if (this.#channels.get(channel) === entry) {
+      this.delete(channel);
+      this.#forgetPosition(channel);
+      tell(entry.onUnsubscribed, channel, err.code ?? "error");
+    }
   }
 }

@@ -24,7 +24,9 @@ export class Connection {
   #retryTimer = null; #v2; #device; #expiresAt = null; #refresher;
   #maxMessageSize = null;  // v2: the server's limit on a frame it reads (its session frame)
   #channels = new Channels((body, timeoutMs) => this.#request(body, timeoutMs),
-                           (channel) => forget(this.#positions, `g:${channel}`));
+                           (channel) => forget(this.#positions, `g:${channel}`),
+                           (failures) => (failures >= this.#options.maxAttempts ? null
+                             : retryDelay(null, "", failures, this.#options)));
   #calls = new Calls(() => (this.#state === "open" ? this.#ws : null));
   #watchdog = new Watchdog(() => ({
     ws: this.#ws, probeTimeoutMs: this.#options.probeTimeoutMs,
@@ -337,6 +339,7 @@ export class Connection {
   #closed(ws, code, reason) {
     if (ws !== this.#ws) return;
     this.#ws = null;
+    this.#channels.interrupt();  // (a round of subscribing again ends with its socket)
     this.#calls.fail(ws, false);
     this.#lost(code, reason);
   }
@@ -372,6 +375,7 @@ export class Connection {
     clearTimeout(this.#retryTimer);
     this.#watchdog.stop();
     this.#queue = [];
+    this.#channels.interrupt();
     this.#calls.fail(null, true);
     this.#device.release();
     this.#setState("closed", info);

@@ -93,7 +93,9 @@ class Requests:
         (the state may arrive before this returns: a callback added after can miss it).
         When the server ends the subscription itself (the application took the client out
         of the channel, live or while it was away; or the hook refuses the subscribe made
-        again after a reconnect), the client forgets it and calls `on_unsubscribed(reason)`.
+        again after a reconnect), the client forgets it and calls `on_unsubscribed(reason)`;
+        a subscribe made again and answered "try later" (``unavailable``, ``overloaded``,
+        ``rate_limited``, ``timeout``) is asked again after the retry policy's backoff.
 
         Raises:
             RPCError: refused (``forbidden`` or the hook's own code), ``unavailable``,

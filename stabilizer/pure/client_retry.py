@@ -20,7 +20,9 @@ ADVISED_CODES: Final = frozenset({CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN
 class RetryPolicy:
     """Capped exponential backoff with full jitter, optionally bounded in attempts.
 
-    ``max_attempts`` counts attempts in a row that fail to open (None: never give up);
+    ``max_attempts`` counts attempts in a row that fail to open (None: never give up), and
+    bounds the same way the "try later" answers in a row to a subscribe the client makes
+    again after a reconnect (then the channel is given up as refused: `resubscribe_delay`);
     ``max_advice`` bounds the delay a server may ask for in a 1012/1013 close reason; a
     connection closed before ``stable_after`` seconds counts as a failure for the backoff,
     so a server that fails right after the handshake is not hammered (not one the client

@@ -25,7 +25,9 @@
  *   backoffCapMs       uniform(0, min(cap, base * 2^n)) ms (250, 30000)
  *   stableAfterMs    a connection closed sooner after opening counts as a failure for the
  *                    backoff: a server failing right after the handshake is not hammered (5000)
- *   maxAttempts      attempts in a row that fail to open before giving up (Infinity)
+ *   maxAttempts      attempts in a row that fail to open before giving up (Infinity); also
+ *                    the "try later" answers in a row after which a channel subscribed again
+ *                    is given up (below)
  *   maxAdviceMs      upper bound on the server's {"retry_ms": N} close-reason advice (60000)
  *   probeTimeoutMs   after 1.5 heartbeat intervals of silence the client sends {"type":"ping"};
  *                    no frame within this many ms: the link is dead, reconnect (10000; 0: off)
@@ -58,7 +60,9 @@
  * after one that kept them, to the channels that follow presence, once the resume frame
  * came; a resume names the channels held, and the server ends those it left meanwhile;
  * onUnsubscribed(reason) is told when the server ends a subscription, or refuses one
- * made again), .unsubscribe(channel) and
+ * made again; one made again and answered "try later" (unavailable, overloaded,
+ * rate_limited, timeout) is asked again after the backoff until the server decides, the
+ * page leaves the channel or the socket closes), .unsubscribe(channel) and
  * .publish(channel, data) (v2: through the server's on_publish hook); the three are Promises
  * rejected with an RPCError as rpc is.
  *

@@ -27,8 +27,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 # onUnsubscribed records [channel, reason] in window.ended.
 SUBSCRIBE = """([channels, presence]) => {
   window.ended = window.ended ?? [];
+  const told = (channel) => (reason) => window.ended.push([channel, reason]);
   window.subscribing = Promise.all(channels.map((channel) => window.conn.subscribe(
-    channel, null, { presence, onUnsubscribed: (reason) => window.ended.push([channel, reason]) })));
+    channel, null, { presence, onUnsubscribed: told(channel) })));
 }"""
 
 

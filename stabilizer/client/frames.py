@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Final
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
@@ -29,8 +30,15 @@ from stabilizer.pure.client_protocol import (
 )
 from stabilizer.pure.client_v2 import ack_frame, malformed, v2_frame
 from stabilizer.pure.streams import group_stream
+from stabilizer.pure.text import JSONValue
 
 logger = logging.getLogger(__name__)
+
+#: What acting on a server's frame raises when one of its values is of a shape no check
+#: foresaw (an integer too large for a float, say): that frame is dropped and logged. Any
+#: other exception, or HandshakeRejectedError, a closed socket or a timeout, ends the socket
+#: or the client as before.
+UNUSABLE: Final = (ArithmeticError, LookupError, RecursionError, TypeError, ValueError)
 
 
 class Frames:
@@ -82,6 +90,15 @@ class Frames:
             logger.warning("dropping %s", problem)
             return
         kind = frame["type"]
+        try:
+            await self._act(ws, kind, frame)
+        except UNUSABLE:  # a field no check foresaw: the frame is lost, not the connection
+            logger.error("dropping a %r frame the client could not act on", kind,
+                         exc_info=True)
+
+    async def _act(self, ws: WebSocket, kind: JSONValue, frame: ControlFrame) -> None:
+        """Act on one well-formed frame of type `kind`."""
+        v2 = self._v2
         if kind == "message":
             await self._message(ws, frame)
             return

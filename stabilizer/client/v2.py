@@ -21,6 +21,7 @@ from stabilizer.pure.client_protocol import (
     ClientClosedError,
     ControlFrame,
     SessionInfo,
+    finite_number,
 )
 from stabilizer.pure.client_v2 import (
     checked_token,
@@ -129,9 +130,8 @@ class ProtocolV2:
 
     def on_refreshed(self, frame: ControlFrame) -> None:
         """The server accepted fresh credentials."""
-        value = frame.get("expires_at")
-        self.expires_at = float(value) if isinstance(value, int | float) and not isinstance(
-            value, bool) else None
+        # (null: they do not expire; what is no finite float, 10**400 say, is taken as null)
+        self.expires_at = finite_number(frame.get("expires_at"))
 
     def ask(self, ws: WebSocket) -> None:
         """Answer a ``refresh`` request in the background: reading goes on meanwhile."""

@@ -129,16 +129,16 @@ class SessionInfo:
             client_id=str(frame.get("client_id", "")), conn_id=str(frame.get("conn_id", "")),
             node_id=str(frame.get("node_id", "")), resumed=frame.get("resumed") is True,
             token=token if isinstance(token, str) and token else None,
-            heartbeat_interval=_number(frame.get("heartbeat_interval")),
+            heartbeat_interval=finite_number(frame.get("heartbeat_interval")),
             history=frame.get("history") is True,
             protocol=protocol if type(protocol) is int else 1,
             device=_text(frame.get("device")), user_id=_text(frame.get("user_id")),
-            expires_at=_number(frame.get("expires_at")),
+            expires_at=finite_number(frame.get("expires_at")),
             max_message_size=_count(frame.get("max_message_size")),
         )
 
 
-def _number(value: JSONValue) -> float | None:
+def finite_number(value: JSONValue) -> float | None:
     """A finite number a server sent, else None (an integer too large for a float too)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None

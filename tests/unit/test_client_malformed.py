@@ -77,3 +77,61 @@ def test_malformed_names_what_is_missing() -> None:
     assert malformed({"type": "resume", "recovered": True, "replayed": 0, "failed": []}) is None
     assert malformed({"type": "unsubscribed", "channel": "room"}) is None
     assert malformed({"type": "novelty"}) is None
+
+
+HUGE = "1" + "0" * 400  # valid JSON, too large for a float
+NO_SOCKET: Any = object()  # (no frame here is answered on its socket)
+
+
+@pytest.mark.parametrize("expires_at", [HUGE, "1e999", "-1e999", "true", '"soon"', "null"])
+async def test_a_refreshed_frame_whose_expiry_is_no_finite_number_means_no_expiry(
+        expires_at: str) -> None:
+    """Before, 10**400 raised OverflowError out of the read loop: the client ended ("client
+    failed unexpectedly"); 1e999 (infinity) was kept as the expiry."""
+    frames, controls, _ = frames_of(v2=True)
+    protocol = frames._v2
+    assert protocol is not None
+    protocol.expires_at = 1795482348.0
+    raw = '{"type":"refreshed","expires_at":' + expires_at + "}"
+    await frames.handle(NO_SOCKET, raw)
+    assert protocol.expires_at is None
+    assert [frame["type"] for frame in controls] == ["refreshed"]  # (on_control sees it)
+    await frames.handle(NO_SOCKET, '{"type":"refreshed","expires_at":1795485948}')
+    assert protocol.expires_at == 1795485948.0
+
+
+async def test_a_frame_whose_values_break_its_handling_is_dropped_and_reading_goes_on(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A value no check foresaw (here, as the 10**400 expiry once did, an OverflowError out
+    of acting on a `refreshed` frame) costs that frame, logged with its type, never the
+    connection; the frames after it are acted on."""
+    frames, _, resumes = frames_of(v2=True)
+
+    def unforeseen(frame: object) -> None:
+        raise OverflowError("int too large to convert to float")
+
+    protocol = frames._v2
+    assert protocol is not None
+    monkeypatch.setattr(protocol, "on_refreshed", unforeseen)
+    with caplog.at_level(logging.WARNING, "stabilizer.client"):
+        await frames.handle(NO_SOCKET, '{"type":"refreshed","expires_at":1}')
+    assert any("dropping a 'refreshed' frame" in record.getMessage() and record.exc_info
+               for record in caplog.records)
+    resume = {"type": "resume", "recovered": True, "replayed": 0, "failed": []}
+    await frames.handle(NO_SOCKET, json.dumps(resume))
+    assert resumes == [ResumeResult(recovered=True)]
+
+
+async def test_a_bug_is_not_taken_for_a_bad_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the errors of a value of an unforeseen shape are caught: any other exception
+    still ends the client loudly ("client failed unexpectedly")."""
+    frames, _, _ = frames_of(v2=True)
+
+    def broken(frame: object) -> None:
+        raise RuntimeError("a bug")
+
+    protocol = frames._v2
+    assert protocol is not None
+    monkeypatch.setattr(protocol, "on_refreshed", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        await frames.handle(NO_SOCKET, '{"type":"refreshed","expires_at":1}')

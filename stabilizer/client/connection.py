@@ -18,8 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from stabilizer.client.callbacks import notify
 from stabilizer.client.calls import PendingCalls
 from stabilizer.client.dial import Attempt, DialOptions, dial, hang_up
-from stabilizer.client.frames import Frames, send_ack
-from stabilizer.client.inbox import FELL_BEHIND, Inbox, Owed
+from stabilizer.client.frames import Frames
+from stabilizer.client.inbox import FELL_BEHIND, Inbox
 from stabilizer.client.requests import Requests, Subscriptions
 from stabilizer.client.session_view import SessionView
 from stabilizer.client.v2 import SUBPROTOCOL, ProtocolV2, TokenSource, check_options
@@ -99,7 +99,6 @@ class ClientConnection(SessionView, Requests):
             self._frames.positions.accept(stream, offset, epoch)
         self._resubscriber: asyncio.Task[None] | None = None
         self._frames.on_resumed = self._resumed
-        self._owed: Owed | None = None  # the ack of the message recv() returned last
         self._state_changed = asyncio.Condition()
         self._ws: WebSocket | None = None
         self._ever_opened = False
@@ -138,7 +137,7 @@ class ClientConnection(SessionView, Requests):
 
     async def aclose(self) -> None:
         """Close for good (code 1000) and stop reconnecting; idempotent."""
-        await self._acknowledge()  # the last message returned was handled
+        await self._frames.acks.handled()  # the last message returned was handled
         runner, self._runner = self._runner, None
         tasks = [task for task in (runner, self._resubscriber) if task is not None]
         for task in tasks:
@@ -188,17 +187,13 @@ class ClientConnection(SessionView, Requests):
         """
         if self._runner is None and self._error is None:
             raise RuntimeError("start the connection first (async with connect(...))")
-        await self._acknowledge()  # the previous message was handled
+        await self._frames.acks.handled()  # the previous message was handled
         item = await self._inbox.get(lambda: self._error is not None)
         if item is None:
             raise self._closed_error()
-        message, self._owed = item
+        message, token = item
+        self._frames.acks.taken(token)
         return message
-
-    async def _acknowledge(self) -> None:
-        owed, self._owed = self._owed, None
-        if owed is not None:
-            await send_ack(owed, self._send_timeout)
 
     def __aiter__(self) -> AsyncIterator[str | bytes]:
         return self._messages()
@@ -307,7 +302,7 @@ class ClientConnection(SessionView, Requests):
             if self._v2 is not None:
                 await self._v2.greet(ws, attempt.url, token=access_token,
                                      reconnect_token=self._frames.token,
-                                     positions=self._frames.positions.to_resume(),
+                                     positions=self._frames.resume_positions(),
                                      channels=sorted(self._subscriptions.active))
             if self._welcome:
                 async with asyncio.timeout(self._open_timeout):
@@ -360,7 +355,7 @@ class ClientConnection(SessionView, Requests):
             self._state_changed.notify_all()
         logger.info("stabilizer connection open on node %s", self.node_id)
         await self._set_state(StateChange(ConnectionState.OPEN, url=attempt.url))
-        if reconnect and not self._frames.reopened() and self._subscriptions.active:
+        if reconnect and not self._frames.reopened(ws) and self._subscriptions.active:
             self._resumed(False)  # groups end without history: subscribe to each again
 
     def _resumed(self, kept: bool) -> None:

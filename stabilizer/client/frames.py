@@ -10,14 +10,15 @@ from collections.abc import Callable
 from typing import Final
 
 from websockets.asyncio.client import ClientConnection as WebSocket
-from websockets.exceptions import ConnectionClosed
 
+from stabilizer.client.acks import Acks, send_ack
 from stabilizer.client.callbacks import notify
 from stabilizer.client.calls import PendingCalls
-from stabilizer.client.inbox import Inbox, Owed
+from stabilizer.client.inbox import Inbox
 from stabilizer.client.requests import Subscriptions
 from stabilizer.client.v2 import ProtocolV2
 from stabilizer.errors import WireError
+from stabilizer.pure.client_acks import Place
 from stabilizer.pure.client_protocol import (
     ControlFrame,
     HandshakeRejectedError,
@@ -28,7 +29,7 @@ from stabilizer.pure.client_protocol import (
     message_payload,
     unwrap,
 )
-from stabilizer.pure.client_v2 import ack_frame, malformed, v2_frame
+from stabilizer.pure.client_v2 import malformed, v2_frame
 from stabilizer.pure.streams import group_stream
 from stabilizer.pure.text import JSONValue
 
@@ -52,6 +53,7 @@ class Frames:
                  calls: PendingCalls | None = None,
                  subscriptions: Subscriptions | None = None) -> None:
         self._inbox = inbox
+        self.acks = Acks(send_timeout)  # what the application's messages owe
         self._calls = calls
         self._subscriptions = subscriptions
         self._client_id = client_id
@@ -110,6 +112,8 @@ class Frames:
             self._on_session(SessionInfo.from_frame(frame))
         elif kind == "resume":  # (its fields were checked: malformed)
             reconnect, self._resuming = self._resuming, False
+            if reconnect:  # (its replay is over: it brought again the tokens it could)
+                self.acks.owed.replayed(ws)
             self.resumed(ResumeResult(
                 recovered=frame["recovered"] is True,
                 session_resumed=frame.get("fresh") is not True,
@@ -132,12 +136,19 @@ class Frames:
             self.positions.forget(group_stream(frame["channel"]))
             self._subscriptions.ended(frame)
 
-    def reopened(self) -> bool:
-        """After a reconnect: whether a resume frame will come (the session resumed with
-        history); when none will, say what was missed."""
+    def resume_positions(self) -> dict[str, tuple[int, str]]:
+        """The positions a resume sends: the recorded ones, but before any message whose
+        acknowledgement is still owed, so that its token comes on the new socket
+        (pure/client_acks.py)."""
+        return self.acks.owed.resume_from(self.positions.to_resume())
+
+    def reopened(self, ws: WebSocket) -> bool:
+        """After a reconnect onto `ws`: whether a resume frame will come (the session
+        resumed with history); when none will, say what was missed."""
         session = self.session
         self._resuming = session is not None and session.resumed and self.history
         if not self._resuming:
+            self.acks.owed.replayed(ws)  # nothing is replayed
             self.resumed(ResumeResult(recovered=False, session_resumed=bool(
                 session is not None and session.resumed)))
         return self._resuming
@@ -154,12 +165,12 @@ class Frames:
 
     async def _message(self, ws: WebSocket, frame: ControlFrame) -> None:
         token = frame.get("ack")  # (v2) acknowledge once the application handled it
-        owed = (token, ws) if isinstance(token, str) and self._v2 is not None else None
+        ack = (token, ws) if isinstance(token, str) and self._v2 is not None else None
         try:
             if not self.history:  # v2 without history: only the data (and its channel)
                 channel = frame.get("channel")
                 await self._deliver(message_payload(frame),
-                                    channel if isinstance(channel, str) else None, owed)
+                                    channel if isinstance(channel, str) else None, ack)
                 return
             wrapped = unwrap(frame)
         except WireError as exc:
@@ -168,11 +179,12 @@ class Frames:
         stream, offset, epoch = wrapped.stream, wrapped.offset, wrapped.epoch
         if offset is not None and epoch is not None and self.positions.seen(
                 stream, offset, epoch):
-            if owed is not None:  # a duplicate: the application handled it already
-                await send_ack(owed)
+            if ack is not None:  # a duplicate: its token now belongs to this socket
+                await self.acks.again(*ack)
             return
         channel = stream[2:] if stream.startswith("g:") else None
-        kept = await self._deliver(wrapped.payload, channel, owed)
+        place = None if offset is None or epoch is None else (stream, offset, epoch)
+        kept = await self._deliver(wrapped.payload, channel, ack, place)
         if not kept:  # turned away by a full inbox: the resume replays it, if it can
             if offset is None or epoch is None:
                 self._unreplayable.add(stream)
@@ -191,21 +203,16 @@ class Frames:
             self._v2.on_session(info)
 
     async def _deliver(self, message: str | bytes, channel: str | None = None,
-                       owed: Owed | None = None) -> bool:
-        """Hand a message over; False when a full inbox turned it away (client/inbox.py:
-        the reader never waits for the application)."""
+                       ack: tuple[str, WebSocket] | None = None,
+                       place: Place | None = None) -> bool:
+        """Hand a message over (with the token its `ack` carries, and the socket that
+        brought it); False when a full inbox turned it away (client/inbox.py: the reader
+        never waits for the application)."""
         if self._subscriptions is not None and self._subscriptions.route(channel, message):
-            if owed is not None:
-                await send_ack(owed)
-            return True  # its subscription's on_message took it
-        return self._inbox.offer(message, owed)  # (unacknowledged when turned away)
-
-
-async def send_ack(owed: Owed, timeout: float = 2.0) -> None:
-    """Acknowledge a handled message on the socket it came on (lost if that closed)."""
-    token, ws = owed
-    try:
-        async with asyncio.timeout(timeout):
-            await ws.send(ack_frame(token))
-    except (ConnectionClosed, TimeoutError):
-        logger.info("an acknowledgement was lost with its socket")
+            if ack is not None:  # its subscription's on_message handled it
+                await send_ack(ack[1], ack[0], self._send_timeout)
+            return True
+        kept = self._inbox.offer(message, None if ack is None else ack[0])
+        if kept and ack is not None:  # (unacknowledged when turned away)
+            self.acks.owe(*ack, place)
+        return kept

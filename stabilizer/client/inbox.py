@@ -1,12 +1,13 @@
-"""The client's inbox: application messages waiting for recv(), each with the
-acknowledgement it owes once the application handled it, if any.
+"""The client's inbox: application messages waiting for recv(), each with the token of
+the acknowledgement it owes once the application handled it, if any (client/acks.py).
 
 It holds at most `limit` messages, and taking one never waits: the socket's reader must
 always get on to the frames behind it (a ping to answer, a close, a request's reply), so it
 never waits for the application. A message that finds the inbox full is turned away, and
 so is every later one from the same socket (the socket is *behind*): what the inbox holds
 stays a prefix of what the socket brought, so the positions the client records (history)
-say exactly where a resume must start. The connection then replaces the socket, at once,
+say exactly where a resume must start (or earlier, for a message whose acknowledgement is
+owed: pure/client_acks.py). The connection then replaces the socket, at once,
 once the application has drained the inbox to half (`resume_at`: ``limit // 2`` messages
 or fewer; client/connection.py): each resume admits at least half an inbox while the
 application still has work, so a burst of N messages costs about N / (limit / 2) resumes,
@@ -18,12 +19,9 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable
-from typing import Any
 
 from stabilizer.errors import ConfigError
 
-#: An acknowledgement owed: the token and the socket the message came on.
-Owed = tuple[str, Any]
 #: The reason a client closes a socket with (1013) when its application fell behind.
 FELL_BEHIND = "the application fell behind; resuming"
 
@@ -38,7 +36,7 @@ class Inbox:
         self.limit = limit
         self.resume_at = limit // 2  # a socket behind is replaced once at most this many wait
         self.admitted = 0  # the messages kept from the current socket
-        self._messages: collections.deque[tuple[str | bytes, Owed | None]] = collections.deque()
+        self._messages: collections.deque[tuple[str | bytes, str | None]] = collections.deque()
         self._added = asyncio.Event()
         self._taken = asyncio.Event()
         self._behind = asyncio.Event()  # a message of this socket was turned away
@@ -51,13 +49,13 @@ class Inbox:
         """A message of the current socket was turned away (so are the ones after it)."""
         return self._behind.is_set()
 
-    def offer(self, message: str | bytes, owed: Owed | None = None) -> bool:
+    def offer(self, message: str | bytes, ack: str | None = None) -> bool:
         """Keep a message if the socket is not behind and there is room; else turn it away
         (the socket is behind from then on) and return False."""
         if self._behind.is_set() or len(self._messages) >= self.limit:
             self._behind.set()
             return False
-        self._messages.append((message, owed))
+        self._messages.append((message, ack))
         self.admitted += 1
         self._added.set()
         return True
@@ -77,8 +75,8 @@ class Inbox:
             await self._taken.wait()
 
     async def get(self, closed: Callable[[], bool]
-                  ) -> tuple[str | bytes, Owed | None] | None:
-        """The oldest message and its acknowledgement, waiting for one; None once
+                  ) -> tuple[str | bytes, str | None] | None:
+        """The oldest message and its acknowledgement's token, waiting for one; None once
         `closed()` and nothing is left."""
         while not self._messages:
             if closed():

@@ -38,7 +38,9 @@ A connection is open when its session frame arrives (``welcome=False``: at the h
 Ends: after ``aclose()`` iteration stops and ``recv`` raises ClientClosedError. A close code
 that forbids reconnecting (1000, 1008, 1009, 4500-4999) raises ServerClosedError from
 ``start``, ``recv``, iteration and ``send``; so do RetriesExhaustedError (``max_attempts``
-failed attempts in a row) and HandshakeRejectedError. ``send`` raises SendTimeoutError when
+failed attempts in a row) and HandshakeRejectedError; a message from the server over
+``max_message_size`` ends the client too (ClientClosedError, ``code`` 1009: the client
+closed with it, and a resume would replay that message). ``send`` raises SendTimeoutError when
 no connection opens within its timeout: a message is sent or an exception says why.
 Messages received before the end are still returned first. Callbacks run in the client's
 task: keep them short (``queue.put_nowait`` is ideal).

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from stabilizer.client.callbacks import notify
 from stabilizer.client.calls import PendingCalls
-from stabilizer.client.dial import Attempt, DialOptions, dial, hang_up
+from stabilizer.client.dial import Attempt, DialOptions, dial, hang_up, record_close
 from stabilizer.client.frames import Frames
 from stabilizer.client.inbox import FELL_BEHIND, Inbox
 from stabilizer.client.requests import Requests, Subscriptions
@@ -313,12 +313,7 @@ class ClientConnection(SessionView, Requests):
             while True:
                 await self._frames.handle(ws, await ws.recv())
         except ConnectionClosed as exc:
-            if attempt.shed:
-                pass  # (the code and reason it was closed with are the attempt's)
-            elif exc.rcvd is not None:
-                attempt.code, attempt.reason = exc.rcvd.code, exc.rcvd.reason
-            else:
-                attempt.reason = "connection lost without a close frame"
+            record_close(attempt, exc, self._dial_options.max_message_size)
         except TimeoutError:
             attempt.reason = "no session frame in time" if not attempt.opened else (
                 "could not write a pong in time")

@@ -7,10 +7,22 @@ from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect as open_websocket
-from websockets.exceptions import InvalidProxy, InvalidStatus, InvalidURI, WebSocketException
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidProxy,
+    InvalidStatus,
+    InvalidURI,
+    WebSocketException,
+)
 from websockets.typing import Subprotocol
 
-from stabilizer.pure.client_protocol import LOST, RETRYABLE_HTTP, HandshakeRejectedError
+from stabilizer.config import CloseCode
+from stabilizer.pure.client_protocol import (
+    LOST,
+    RETRYABLE_HTTP,
+    ClientClosedError,
+    HandshakeRejectedError,
+)
 
 
 @dataclass(slots=True)
@@ -66,6 +78,29 @@ async def dial(attempt: Attempt, target: str, options: DialOptions) -> WebSocket
     except (OSError, TimeoutError, WebSocketException) as exc:
         attempt.reason = f"connect failed: {exc.__class__.__name__}: {exc}"
     return None
+
+
+def record_close(attempt: Attempt, exc: ConnectionClosed, max_size: int | None) -> None:
+    """Record how the socket of `attempt` ended: the code and reason the server closed it
+    with, else 1006 (no close frame).
+
+    Raises:
+        ClientClosedError: the client closed it itself with 1009, as a message from the
+            server was over `max_size`: final, as a server's 1009 is (a resume would only
+            replay that message again).
+    """
+    if attempt.shed:
+        return  # (the code and reason it was closed with are the attempt's)
+    ours = exc.sent is not None and not exc.rcvd_then_sent
+    if ours and exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+        reason = f"a message from the server was over max_message_size ({max_size} bytes)"
+        raise ClientClosedError(f"{reason}; not reconnecting (a resume would replay it): "
+                                "raise max_message_size, or send smaller messages",
+                                code=CloseCode.MESSAGE_TOO_BIG, reason=reason) from exc
+    if exc.rcvd is not None:
+        attempt.code, attempt.reason = exc.rcvd.code, exc.rcvd.reason
+    else:
+        attempt.reason = "connection lost without a close frame"
 
 
 async def hang_up(ws: WebSocket, timeout: float) -> None:

@@ -1,11 +1,17 @@
 """The acknowledgements a v2 client sends (docs/protocol.md 6.7): each goes on the socket
 that brought its token last, once the application handled the message (which socket, and
-where a resume starts so that a closed socket's token comes again: pure/client_acks.py)."""
+where a resume starts so that a closed socket's token comes again: pure/client_acks.py).
+
+The application has handled a message when the task recv() returned it to asks for its
+next one, or has ended, or the application closes the connection. Each task that calls
+recv() is a consumer of its own: several may take messages concurrently, and one asking
+for the next acknowledges its own message only, never one another is still handling."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
@@ -22,7 +28,8 @@ class Acks:
     def __init__(self, timeout: float) -> None:
         self.owed: OwedAcks[WebSocket] = OwedAcks()
         self._timeout = timeout
-        self._taken: str | None = None  # the token of the message recv() returned last
+        # per task that called recv(), the token of the message it returned to it last
+        self._taken: dict[asyncio.Task[Any] | None, str] = {}
 
     def owe(self, token: str, ws: WebSocket, place: Place | None) -> None:
         """A message carrying `token` came on `ws` into the inbox."""
@@ -35,14 +42,18 @@ class Acks:
             await send_ack(ws, token, self._timeout)
 
     def taken(self, token: str | None) -> None:
-        """recv() returns a message carrying `token` (None: none) to the application."""
-        self._taken = token
-
-    async def handled(self) -> None:
-        """The application asks for the next message (or closes): it handled the one
-        recv() returned last, so that one is acknowledged."""
-        token, self._taken = self._taken, None
+        """recv() returns a message carrying `token` (None: none) to the calling task."""
         if token is not None:
+            self._taken[asyncio.current_task()] = token
+
+    async def handled(self, *, everyone: bool = False) -> None:
+        """The calling task asks for its next message: it handled the one recv() returned
+        it last, and each task that has ended handled its own; so has every consumer
+        when `everyone` (the application closes). Those messages are acknowledged."""
+        me = asyncio.current_task()
+        done = [consumer for consumer in self._taken if everyone or consumer is me
+                or (consumer is not None and consumer.done())]
+        for token in [self._taken.pop(consumer) for consumer in done]:
             await self.acknowledge(token)
 
     async def acknowledge(self, token: str) -> None:

@@ -137,7 +137,7 @@ class ClientConnection(SessionView, Requests):
 
     async def aclose(self) -> None:
         """Close for good (code 1000) and stop reconnecting; idempotent."""
-        await self._frames.acks.handled()  # the last message returned was handled
+        await self._frames.acks.handled(everyone=True)  # what recv() returned was handled
         runner, self._runner = self._runner, None
         tasks = [task for task in (runner, self._resubscriber) if task is not None]
         for task in tasks:
@@ -180,7 +180,9 @@ class ClientConnection(SessionView, Requests):
             ) from exc
 
     async def recv(self) -> str | bytes:
-        """Return the next application message, waiting through reconnects.
+        """Return the next application message, waiting through reconnects; with protocol
+        v2, acknowledge the one it returned to the calling task before (each task that
+        calls it is a consumer of its own: client/acks.py).
 
         Raises:
             ClientClosedError: closed for good and every received message was returned.

@@ -27,8 +27,14 @@ def send_acked(server: UvicornProcess, client_id: str, message: Any,
         {"message": message, "binary": binary}))
 
 
+async def take(conn: ClientConnection) -> str | bytes:
+    """A consumer of `conn` takes the next message and handles it: its task ends then."""
+    return await asyncio.create_task(conn.recv())
+
+
 async def handled(conn: ClientConnection) -> asyncio.Task[str | bytes]:
-    """The application is done with the last message: it asks for the next one."""
+    """The application asks for the next message: the messages of consumers that are done
+    with theirs are acknowledged (each task calling recv() is a consumer of its own)."""
     return asyncio.create_task(conn.recv())
 
 
@@ -43,8 +49,8 @@ async def test_the_send_returns_once_the_client_handled_the_message(
     async with user(servers[-1], "alice") as alice:  # on the last replica
         asking = send_acked(servers[0], str(alice.client_id), {"n": 1})
         async with asyncio.timeout(10):
-            assert json.loads(await alice.recv()) == {"n": 1}
-        assert not asking.done()  # its handler has not returned yet
+            assert json.loads(await take(alice)) == {"n": 1}
+        assert not asking.done()  # acknowledged once the application asks for the next
         following = await handled(alice)
         async with asyncio.timeout(10):
             assert await asking == {"acked": True}
@@ -120,8 +126,8 @@ async def test_a_users_send_counts_the_connections_that_handled_it(
         asking = asyncio.create_task(asyncio.to_thread(
             right.post, "/admin/send_user_acked/alice?timeout=10", {"message": "for all"}))
         async with asyncio.timeout(10):
-            assert await tab.recv() == "for all"
-            assert await other_tab.recv() == "for all"
+            assert await take(tab) == "for all"
+            assert await take(other_tab) == "for all"
             assert "for all" in await plain.recv()  # a plain client: delivered, no ack
         assert not asking.done()
         following = [await handled(tab), await handled(other_tab)]

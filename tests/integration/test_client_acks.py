@@ -6,7 +6,8 @@ A message that waited in the client when its socket dropped (in the inbox, or ta
 still being handled) was acknowledged on the socket it came on, which was dead: and the
 resume, starting after the last message received, did not bring it again (recovered,
 nothing replayed). The application handled it, yet the sender's `send_to_client(ack=True)`
-raised AckTimeoutError."""
+raised AckTimeoutError. And two tasks calling recv() concurrently lost an acknowledgement:
+the client kept one, of the message recv() returned last."""
 
 from __future__ import annotations
 
@@ -130,3 +131,71 @@ async def test_a_message_being_handled_when_its_socket_drops_is_acknowledged(
             assert await send is True
             await sending
 
+
+async def test_messages_taken_by_concurrent_consumers_are_each_acknowledged(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two tasks calling recv() each acknowledge their own message when they ask for the
+    next one: not the other's (it may still be handling it), and none is lost. Before, the
+    client kept one acknowledgement, of the message recv() returned last: the second
+    consumer's recv acknowledged the first one's message at once, and the first one's own
+    acknowledgement was lost."""
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET))
+    async with client_of(manager, monkeypatch, Watch()) as client:
+        client_id = client.client_id
+        assert client_id is not None
+        sends = {text: asyncio.create_task(manager.send_to_client(client_id, text, ack=True,
+                                                                  timeout=BOUND))
+                 for text in ("a", "b")}
+        taken: asyncio.Queue[str | bytes] = asyncio.Queue()
+        release = asyncio.Event()
+
+        async def consumer(hold: bool) -> None:
+            await taken.put(await client.recv())
+            if hold:
+                await release.wait()  # still handling it
+            await client.recv()  # handled: asks for the next (then waits: none comes)
+
+        slow = asyncio.create_task(consumer(hold=True))
+        async with asyncio.timeout(BOUND):
+            held = await taken.get()
+            fast = asyncio.create_task(consumer(hold=False))
+            handled = await taken.get()
+            assert await sends[str(handled)] is True
+            assert not sends[str(held)].done()  # not acknowledged for the slow consumer
+            release.set()
+            assert await sends[str(held)] is True
+        for task in (slow, fast):
+            task.cancel()
+        await asyncio.wait([slow, fast])
+
+
+async def test_closing_acknowledges_what_every_consumer_took(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET))
+    async with client_of(manager, monkeypatch, Watch()) as client:
+        client_id = client.client_id
+        assert client_id is not None
+        sends = [asyncio.create_task(manager.send_to_client(client_id, text, ack=True,
+                                                            timeout=BOUND))
+                 for text in ("a", "b")]
+        async with asyncio.timeout(BOUND):
+            got = await asyncio.gather(client.recv(), client.recv())  # two tasks take one each
+        assert sorted(got) == ["a", "b"]
+        await client.aclose()  # acknowledges what recv() returned
+        async with asyncio.timeout(BOUND):
+            assert await asyncio.gather(*sends) == [True, True]
+
+
+async def test_a_consumer_that_ended_handled_its_message(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = WebSocketConnectionManager(WebSocketConfig(**QUIET))
+    async with client_of(manager, monkeypatch, Watch()) as client:
+        client_id = client.client_id
+        assert client_id is not None
+        send = asyncio.create_task(manager.send_to_client(client_id, "a", ack=True,
+                                                          timeout=BOUND))
+        async with asyncio.timeout(BOUND):
+            assert await asyncio.create_task(client.recv()) == "a"  # (its task ended)
+            assert await manager.send_to_client(client_id, "b")
+            assert await client.recv() == "b"  # another task asks: "a" was handled
+            assert await send is True

@@ -35,11 +35,11 @@ from stabilizer.config import CompressionMode, WebSocketConfig
 from stabilizer.dashboard import search, snapshot
 from stabilizer.errors import BackendUnavailable, ConfigError, InvalidClientIdError
 from stabilizer.manager import WebSocketConnectionManager
-from stabilizer.metrics import ClusterCache, PoolView, survey
 from stabilizer.node.context import Phase
 from stabilizer.pure.text import check_client_id
 from stabilizer.pure.waits import wait_seconds
 from stabilizer.session import Session
+from stabilizer.surveys import ClusterCache, PoolView, survey
 
 logger = logging.getLogger(__name__)
 MessageHandler = Callable[[str | bytes], Awaitable[None]]

@@ -23,7 +23,6 @@ from stabilizer import (
     WebSocketConnectionManager,
     metrics,
 )
-from stabilizer.fastapi import router
 from stabilizer.metrics import (
     CONTENT_TYPE,
     COUNTERS,
@@ -226,14 +225,17 @@ def test_without_prometheus_client_the_core_works_and_metrics_say_what_to_instal
 ) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
     monkeypatch.delitem(sys.modules, "stabilizer.metrics")
+    monkeypatch.delitem(sys.modules, "stabilizer.fastapi", raising=False)  # imported again
 
     with pytest.raises(ImportError, match=r"pip install 'fastapi-stabilizer\[metrics\]'"):
         importlib.import_module("stabilizer.metrics")
+    plain_router = importlib.import_module("stabilizer.fastapi").router
     plain = WebSocketConnectionManager(WebSocketConfig())
-    assert "/metrics" not in [getattr(route, "path", None) for route in router(plain).routes]
+    assert "/metrics" not in [getattr(route, "path", None)
+                              for route in plain_router(plain).routes]
     enabled = WebSocketConnectionManager(WebSocketConfig(enable_metrics=True))
     with pytest.raises(ConfigError, match="prometheus-client"):
-        router(enabled)
+        plain_router(enabled)
 
 
 

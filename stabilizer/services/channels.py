@@ -155,8 +155,7 @@ class Channels:
                 logger.error("on_subscribe(%r) returned unusable presence metadata: %s",
                              channel, exc)
                 return reply_error_frame(ident, "internal", "internal error")
-        if request.presence:
-            self._watch.begin(conn, channel)
+        kept = self._watch.begin(conn, channel) if request.presence else None
         was_member = channel in conn.groups
         try:
             await self._membership.join(conn.client_id, channel, meta_json)
@@ -168,10 +167,10 @@ class Channels:
                         await self._membership.leave(conn.client_id, channel, asked=True)
                     raise
         except (BackendUnavailable, ConnectionNotFoundError) as exc:
-            self._watch.abort(conn, channel)
+            self._watch.abort(conn, channel, kept if channel in conn.groups else None)
             return reply_error_frame(ident, UNAVAILABLE, f"not subscribed: {exc}")
         except BaseException:
-            self._watch.abort(conn, channel)
+            self._watch.abort(conn, channel, kept if channel in conn.groups else None)
             raise
         reply = reply_frame(ident, {"channel": channel})
         if not request.presence:

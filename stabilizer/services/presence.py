@@ -133,15 +133,32 @@ class PresenceWatch:
         if self._reads.get(group) is reads:
             del self._reads[group]
 
-    def begin(self, conn: Connection, group: str) -> None:
-        """Start collecting `group`'s changes for `conn` (before reading the state)."""
-        self._groups.setdefault(group, _Group()).watchers[conn] = _Watcher()
+    def begin(self, conn: Connection, group: str) -> _Watcher | None:
+        """Start collecting `group`'s changes for `conn` (before reading the state); return
+        the watcher this replaces when `conn` followed the presence already (a repeated
+        subscribe), for abort() to put back if this attempt fails."""
+        watchers = self._groups.setdefault(group, _Group()).watchers
+        previous = watchers.get(conn)
+        watchers[conn] = _Watcher()
         self._followed.setdefault(conn, set()).add(group)
+        return previous if previous is not None and previous.seen is not None else None
 
-    def abort(self, conn: Connection, group: str) -> None:
-        """`conn` does not follow `group`'s presence (any more)."""
-        self._unlist(conn, group)
+    def abort(self, conn: Connection, group: str, kept: _Watcher | None = None) -> None:
+        """`conn` does not follow `group`'s presence (any more); or, with `kept` (what
+        begin() returned), a repeated subscribe failed and the presence it followed
+        before is followed on: what changed meanwhile goes out as one diff."""
         state = self._groups.get(group)
+        attempt = None if state is None else state.watchers.get(conn)
+        if (kept is not None and kept.seen is not None and state is not None
+                and attempt is not None):
+            newer = [change for change in attempt.backlog if change.version > kept.seen]
+            state.watchers[conn] = kept
+            if newer:
+                kept.seen = max(change.version for change in newer)
+                if (diff := coalesce(newer)) is not None:
+                    conn.offer(Frame.text(presence_diff_frame(group, diff)), time.monotonic())
+            return
+        self._unlist(conn, group)
         if state is not None:
             state.watchers.pop(conn, None)
             self._drop_if_idle(group, state)

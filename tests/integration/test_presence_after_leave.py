@@ -84,3 +84,43 @@ async def test_a_subscribe_whose_presence_read_fails_leaves_the_client_out(
     assert first["error"]["code"] == "unavailable"
     assert "room" not in conn.groups
     assert await manager.get_group_members("room") == []
+
+
+async def test_a_repeated_presence_subscribe_that_fails_keeps_the_presence_followed(
+        make_manager: ManagerFactory, config: WebSocketConfig,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member that follows a channel's presence subscribes to it again (a client's
+    re-sync, say) and that attempt fails (`unavailable`): it is still a member, and must go
+    on hearing who joins. Before, the failed attempt dropped its presence watcher: its copy
+    of the presence went stale for good, with no frame saying so."""
+    manager: WebSocketConnectionManager = make_manager(config)
+
+    def allow(request: SubscribeRequest) -> dict[str, str]:
+        return {"name": request.client_id}
+
+    manager.on_subscribe(allow)
+    await manager.start()
+    socks = {name: FakeSocket(name) for name in ("alice", "dave")}
+    for name, sock in socks.items():
+        await manager.connect(name, sock)
+    channels = manager._node.sessions.channels
+    alice = manager.get_connection("alice")
+    assert alice is not None
+    await channels.subscribe(alice, ChannelRequest(1, "room", None, presence=True))
+    read_state = channels._watch.read_state
+
+    async def unreadable(group: str) -> object:
+        raise BackendUnavailable("redis unavailable: no answer within 2s")
+
+    monkeypatch.setattr(channels._watch, "read_state", unreadable)
+    reply = await channels.subscribe(alice, ChannelRequest(2, "room", None, presence=True))
+    first = json.loads(reply[0] if isinstance(reply, list) else reply)
+    assert first["error"]["code"] == "unavailable"
+    assert "room" in alice.groups  # still the member its first subscribe made
+    monkeypatch.setattr(channels._watch, "read_state", read_state)
+    dave = manager.get_connection("dave")
+    assert dave is not None
+    await channels.subscribe(dave, ChannelRequest(1, "room", None, presence=True))
+    sock = socks["alice"]
+    while not any("dave" in json.dumps(diff) for diff in _diffs(sock)):
+        await sock.next()  # (each frame she gets, awaited: times out if none comes)

@@ -21,6 +21,27 @@ from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket
 
 
+async def presence_node(manager: WebSocketConnectionManager,
+                        *names: str) -> dict[str, FakeSocket]:
+    """Start `manager` with a hook that allows every subscribe, with presence metadata
+    naming the client, and connect a socket for each of `names`."""
+
+    def allow(request: SubscribeRequest) -> dict[str, str]:
+        return {"name": request.client_id}
+
+    manager.on_subscribe(allow)
+    await manager.start()
+    socks = {name: FakeSocket(name) for name in names}
+    for name, sock in socks.items():
+        await manager.connect(name, sock)
+    return socks
+
+
+async def unreadable(group: str) -> object:
+    """A presence state read that finds the store down."""
+    raise BackendUnavailable("redis unavailable: no answer within 2s")
+
+
 def _diffs(sock: FakeSocket) -> list[dict[str, object]]:
     frames = [json.loads(text) for text in sock.texts()]
     return [frame for frame in frames if frame.get("type") == "presence_diff"]
@@ -29,15 +50,7 @@ def _diffs(sock: FakeSocket) -> list[dict[str, object]]:
 async def test_a_client_taken_out_of_a_channel_stops_getting_its_presence(
         make_manager: ManagerFactory, config: WebSocketConfig) -> None:
     manager: WebSocketConnectionManager = make_manager(config)
-
-    def allow(request: SubscribeRequest) -> dict[str, str]:
-        return {"name": request.client_id}
-
-    manager.on_subscribe(allow)
-    await manager.start()
-    socks = {name: FakeSocket(name) for name in ("alice", "carol", "dave")}
-    for name, sock in socks.items():
-        await manager.connect(name, sock)
+    socks = await presence_node(manager, "alice", "carol", "dave")
     channels = manager._node.sessions.channels
     for name in ("alice", "carol"):
         conn = manager.get_connection(name)
@@ -64,19 +77,10 @@ async def test_a_subscribe_whose_presence_read_fails_leaves_the_client_out(
     is answered `unavailable` ("not subscribed"), so it must not stay a member. Before, it
     did: it got the channel's messages though it was told it had not subscribed."""
     manager: WebSocketConnectionManager = make_manager(config)
-
-    def allow(request: SubscribeRequest) -> dict[str, str]:
-        return {"name": request.client_id}
-
-    manager.on_subscribe(allow)
-    await manager.start()
-    await manager.connect("alice", FakeSocket("alice"))
+    await presence_node(manager, "alice")
     conn = manager.get_connection("alice")
     assert conn is not None
     channels = manager._node.sessions.channels
-
-    async def unreadable(group: str) -> object:
-        raise BackendUnavailable("redis unavailable: no answer within 2s")
 
     monkeypatch.setattr(channels._watch, "read_state", unreadable)
     reply = await channels.subscribe(conn, ChannelRequest(1, "room", None, presence=True))
@@ -94,24 +98,12 @@ async def test_a_repeated_presence_subscribe_that_fails_keeps_the_presence_follo
     on hearing who joins. Before, the failed attempt dropped its presence watcher: its copy
     of the presence went stale for good, with no frame saying so."""
     manager: WebSocketConnectionManager = make_manager(config)
-
-    def allow(request: SubscribeRequest) -> dict[str, str]:
-        return {"name": request.client_id}
-
-    manager.on_subscribe(allow)
-    await manager.start()
-    socks = {name: FakeSocket(name) for name in ("alice", "dave")}
-    for name, sock in socks.items():
-        await manager.connect(name, sock)
+    socks = await presence_node(manager, "alice", "dave")
     channels = manager._node.sessions.channels
     alice = manager.get_connection("alice")
     assert alice is not None
     await channels.subscribe(alice, ChannelRequest(1, "room", None, presence=True))
     read_state = channels._watch.read_state
-
-    async def unreadable(group: str) -> object:
-        raise BackendUnavailable("redis unavailable: no answer within 2s")
-
     monkeypatch.setattr(channels._watch, "read_state", unreadable)
     reply = await channels.subscribe(alice, ChannelRequest(2, "room", None, presence=True))
     first = json.loads(reply[0] if isinstance(reply, list) else reply)

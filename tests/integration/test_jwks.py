@@ -69,6 +69,16 @@ async def refused(auth: JWTAuthenticator, token: str) -> str:
     return str(caught.value)
 
 
+async def fetched_then_down(server: JWKSServer, clock: Clock, key: Key) -> JWTAuthenticator:
+    """An authenticator that fetched the JWKS publishing `key` (and verified a token of it);
+    the JWKS then answers 503."""
+    server.publish(key)
+    auth = authenticator(server.url, clock)
+    assert await user_of(auth, key.token()) == "alice"
+    server.status = 503
+    return auth
+
+
 async def unchecked(auth: JWTAuthenticator, token: str) -> str:
     """The outage that kept `token` from being checked (neither accepted nor refused)."""
     with pytest.raises(AuthUnavailable) as caught:
@@ -195,10 +205,7 @@ async def test_a_failing_server_is_asked_at_most_once_per_interval(
 async def test_known_keys_outlive_a_short_outage_but_not_a_long_one(
     server: JWKSServer, clock: Clock, key_1: Key
 ) -> None:
-    server.publish(key_1)
-    auth = authenticator(server.url, clock)
-    assert await user_of(auth, key_1.token()) == "alice"
-    server.status = 503
+    auth = await fetched_then_down(server, clock, key_1)
     clock.advance(LIFESPAN)
     assert await user_of(auth, key_1.token()) == "alice"  # the refresh failed: keep the keys
     assert server.requests == 2
@@ -229,10 +236,7 @@ async def test_a_kid_the_stale_keys_lack_is_unchecked_while_they_cannot_be_refet
 async def test_an_unknown_kid_is_unchecked_after_a_failed_refetch_until_one_succeeds(
     server: JWKSServer, clock: Clock, key_1: Key
 ) -> None:
-    server.publish(key_1)
-    auth = authenticator(server.url, clock)
-    assert await user_of(auth, key_1.token()) == "alice"
-    server.status = 503
+    auth = await fetched_then_down(server, clock, key_1)
     clock.advance(REFETCH)  # fresh keys; the unknown kid's refetch fails
     assert "cannot fetch" in await unchecked(auth, Key().token())
     assert "cannot fetch" in await unchecked(auth, Key().token())  # not asked again yet

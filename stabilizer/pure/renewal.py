@@ -7,7 +7,9 @@ it last asked about (a client whose token source hands back the same token would
 every request with it), and no sooner than half the grace after its last request (tokens
 that live less than the grace, or a server clock ahead of the issuer's). Each refresh costs
 the authenticator a check: an answer to a request is checked, other refreshes at most once
-per half grace.
+per half grace. A refresh the server could not check (its key source out of reach) is not
+the client's fault: the server asks again half a grace later, while that is before the
+close.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ class Renewal:
         self.asked_about = expires_at
         self._last_ask = now
         self._answered = False
+
+    def retry_at(self, expires_at: float, now: float) -> float | None:
+        """When to ask again after a refresh that could not be checked at `now`, for
+        credentials expiring at `expires_at`; None when that would come after the close."""
+        when = now + self.spacing
+        return when if when < expires_at + self.grace else None
 
     def take(self, now: float) -> bool:
         """Count a refresh frame the client sent at `now`; True when it is to be checked:

@@ -61,6 +61,17 @@ class Expiry:
         answer to a request, or half a grace after the last check)."""
         return self._renewal.take(time.time())
 
+    def retry(self) -> None:
+        """Ask again later for the credentials a refresh brought that could not be checked
+        now (the authenticator's key source out of reach), if that is before the close."""
+        if self.expires_at is None or not self._can_refresh:
+            return
+        now = time.time()
+        ask_at = self._renewal.retry_at(self.expires_at, now)
+        if ask_at is not None:
+            loop = asyncio.get_running_loop()
+            self._handles.append(loop.call_later(ask_at - now, self._ask))
+
     def cancel(self) -> None:
         """Disarm the timers (the connection ended, or got fresh credentials)."""
         for handle in self._handles:

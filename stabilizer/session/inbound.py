@@ -208,8 +208,9 @@ class Inbound:
         except AuthenticationError as exc:
             await services.closing.release(conn, code=CloseCode.AUTH_FAILED, reason=str(exc))
             return
-        except BackendUnavailable as exc:  # try again: the close waits until the grace ends
+        except BackendUnavailable as exc:  # not the client's fault: asked again later
             self._error(conn, "refresh_failed", str(exc))
+            session.refresh_unchecked()
             return
         session.refreshed(identity)
         await services.auth.reseat(conn, identity)  # listed before the client hears of it

@@ -365,6 +365,10 @@ class Session:
         """Count a refresh frame from the client; True when it is to be checked."""
         return self._expiry_of().take_refresh()
 
+    def refresh_unchecked(self) -> None:
+        """A refresh could not be checked now: ask for it again later, before the close."""
+        self._expiry_of().retry()
+
     def _expiry_of(self) -> Expiry:
         expiry = self._expiry
         if expiry is None:  # the credentials never expired so far

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from stabilizer import (
     Authenticator,
+    AuthUnavailable,
     CloseCode,
     Credentials,
     Identity,
@@ -305,6 +306,45 @@ async def test_a_refresh_during_a_jwks_outage_fails_and_the_connection_stays(
             await ws.send(json.dumps({"type": "ping"}))
             assert await next_frame(ws) == {"type": "pong"}  # still open
     assert (answer["type"], answer["code"]) == ("error", "refresh_failed")
+
+
+class Outage(Issuer):
+    """An Issuer whose first check of a refresh cannot be made (its key source is out of
+    reach); every other check succeeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def __call__(self, credentials: Credentials) -> Identity:
+        if credentials.refreshing and not self.failed:
+            self.failed = True
+            raise AuthUnavailable("the key source is out of reach")
+        return super().__call__(credentials)
+
+
+async def test_a_refresh_that_could_not_be_checked_is_asked_for_again_before_the_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client answers each request once; after refresh_failed the server never asked
+    again, so a connection whose refresh met a short outage closed at expiry plus the grace
+    (4003) although its client held fresh credentials all along."""
+    grace = 0.4
+    async with serving(monkeypatch, Outage(), auth_refresh_grace=grace) as (url, _), \
+            v2(url, claims(time.time() + 0.6)) as (ws, welcome):
+        assert welcome["type"] == "session"
+        kinds: list[str] = []
+        while "refreshed" not in kinds:
+            try:
+                frame = await next_frame(ws)
+            except ConnectionClosed as closed:
+                kinds.append(f"closed {close_of(closed)['closed']}")
+                break
+            kinds.append(frame["type"])
+            if frame["type"] == "refresh":
+                await ws.send(json.dumps({"type": "refresh",
+                                          "token": claims(time.time() + 3600)}))
+    assert kinds == ["refresh", "error", "refresh", "refreshed"]
 
 
 async def test_a_bad_token_with_the_jwks_in_reach_is_still_refused_for_good(

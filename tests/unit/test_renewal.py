@@ -54,3 +54,14 @@ def test_an_answer_to_a_request_is_checked_and_other_refreshes_once_per_half_gra
     assert not renewal.take(5.1)  # a second answer to the same request
     assert renewal.take(10.0)
     assert not renewal.take(14.9)
+
+
+def test_a_refresh_that_could_not_be_checked_is_asked_for_again_half_a_grace_later() -> None:
+    renewal = Renewal(10.0)
+    assert renewal.retry_at(expires_at=100.0, now=92.0) == 97.0
+
+
+def test_no_retry_is_asked_for_at_or_after_the_close() -> None:
+    renewal = Renewal(10.0)
+    assert renewal.retry_at(expires_at=100.0, now=104.0) == 109.0  # before the close at 110
+    assert renewal.retry_at(expires_at=100.0, now=105.0) is None

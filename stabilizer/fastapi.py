@@ -325,7 +325,7 @@ def _serve_dashboard(api: APIRouter, guarded: APIRouter,
             return JSONResponse({"error": "send application/json"}, status_code=415)
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON; or nested deeper than it parses
             body = None
         client_id = body.get("client_id") if isinstance(body, dict) else None
         try:

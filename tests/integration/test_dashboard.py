@@ -266,14 +266,16 @@ async def test_disconnect_closes_a_local_client_too(nodes: Nodes) -> None:
 async def test_disconnect_takes_any_spelling_of_json_and_refuses_an_unusable_id(
         nodes: Nodes) -> None:
     """A lone surrogate in the id (valid JSON, text no frame can carry) was a 500 with a
-    traceback; `Application/JSON` (media types are case-insensitive) was a 415."""
+    traceback, and so was JSON nested deeper than the parser recurses; `Application/JSON`
+    (media types are case-insensitive) was a 415."""
     a = nodes("a")
     await a.start()
     ann = FakeSocket("ann")
     await a.connect("ann", ann)
     async with client_for(a) as http:
         for body in ('{"client_id": "\\ud800"}', '{"client_id": ""}', '{"client_id": 7}',
-                     '{"client_id": "' + "x" * 300 + '"}'):
+                     '{"client_id": "' + "x" * 300 + '"}',
+                     "[" * 100_000 + "]" * 100_000):  # deeper than the parser recurses
             bad = await http.post("/ops/dashboard/disconnect", content=body,
                                   headers={"content-type": "application/json"})
             assert bad.status_code == 422, body

@@ -7,7 +7,9 @@ against an RSA key's PEM text (algorithm confusion).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
@@ -37,6 +39,19 @@ class PublicKey(NamedTuple):
     key: Any  # a cryptography public key
 
 
+def _over_tls_or_loopback(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() == "https":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class JWKS:
     """The signing keys a JWKS URL publishes, cached for `lifespan` seconds.
 
@@ -57,6 +72,9 @@ class JWKS:
             self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout)
         except jwt.PyJWKClientError as exc:
             raise ConfigError(f"jwks_url must be an http(s) URL, got {url!r}") from exc
+        if not _over_tls_or_loopback(url):  # whoever is on the path could publish keys
+            raise ConfigError(f"jwks_url must be https (plain http only to this machine: "
+                              f"localhost or a loopback address), got {url!r}")
         self._url = url
         self._lifespan, self._interval, self._timeout = lifespan, refetch_interval, timeout
         self._clock = clock

@@ -493,6 +493,10 @@ async def test_sockets_without_a_token_are_refused(websocket: object) -> None:
         ({"secret": KEY_A, "user_claim": ""}, "user_claim"),
         ({"secret": KEY_A, "require": "exp"}, "require"),
         ({"jwks_url": "file:///etc/passwd"}, "http(s) URL"),
+        # signing keys over plain http: whoever is on the path could publish their own
+        ({"jwks_url": "http://idp.example.com/jwks"}, "https"),
+        ({"jwks_url": "http://10.0.0.8/jwks"}, "https"),
+        ({"jwks_url": "http://127.0.0.1.evil.example/jwks"}, "https"),
         ({"secret": KEY_A, "leeway": float("nan")}, "leeway"),
         ({"jwks_url": "http://127.0.0.1/jwks", "jwks_lifespan": 0}, "jwks_lifespan"),
         ({"jwks_url": "http://127.0.0.1/jwks", "jwks_refetch_interval": -1}, "refetch"),
@@ -502,6 +506,13 @@ def test_bad_configuration_is_refused(options: dict[str, Any], reason: str) -> N
     with pytest.raises(ConfigError) as caught:
         JWTAuthenticator(**options)
     assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["https://idp.example.com/.well-known/jwks.json",
+                                 "http://127.0.0.1:8080/jwks", "http://localhost/jwks",
+                                 "http://[::1]:9000/jwks", "HTTPS://IDP.EXAMPLE.COM/jwks"])
+def test_a_jwks_url_over_tls_or_to_this_machine_is_accepted(url: str) -> None:
+    JWTAuthenticator(jwks_url=url)
 
 
 def test_a_private_key_is_not_a_public_key(rsa_keys: KeyPair) -> None:

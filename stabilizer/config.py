@@ -19,6 +19,10 @@ from stabilizer.errors import ConfigError
 
 _NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NAMESPACE_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+#: A part after a ':' that names a presence bucket ("0"), or a group's or client's keys in
+#: the spread layout ("g", "c"): tags add such parts to the namespace (backends/redis/keys.py),
+#: so a namespace holding one would name another namespace's keys ("app:0", bucket 0 of "app").
+_TAG_PART_RE: Final = re.compile(r":(?:g|c|[0-9]+)(?=:|$)")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -254,6 +258,12 @@ class WebSocketConfig:
             raise ConfigError(
                 f"namespace must be 1-64 characters of letters, digits and ._:-, got "
                 f"{self.namespace!r}"
+            )
+        if _TAG_PART_RE.search(self.namespace):
+            raise ConfigError(
+                f"namespace parts after a ':' may not be g, c or a number (those name another "
+                f"namespace's presence buckets and spread keys: 'app:0' shares keys with "
+                f"'app'), got {self.namespace!r}"
             )
         if self.node_id is not None and (
             not isinstance(self.node_id, str) or not _NODE_ID_RE.fullmatch(self.node_id)

@@ -329,9 +329,9 @@ async def test_a_refresh_that_could_not_be_checked_is_asked_for_again_before_the
     """A client answers each request once; after refresh_failed the server never asked
     again, so a connection whose refresh met a short outage closed at expiry plus the grace
     (4003) although its client held fresh credentials all along."""
-    grace = 0.4
+    grace = 1.0  # asked at 0.5 s, again at about 1.0 s; closed at 2.5 s unless refreshed
     async with serving(monkeypatch, Outage(), auth_refresh_grace=grace) as (url, _), \
-            v2(url, claims(time.time() + 0.6)) as (ws, welcome):
+            v2(url, claims(time.time() + 1.5)) as (ws, welcome):
         assert welcome["type"] == "session"
         kinds: list[str] = []
         while "refreshed" not in kinds:

@@ -183,8 +183,8 @@ def is_method(name: object) -> TypeGuard[str]:
             and all(char in _METHOD_CHARS for char in name))
 
 
-def call_id(value: object) -> CallId:
-    """A call id as the client sent it.
+def call_id(value: object, kind: str) -> CallId:
+    """A call id as the client sent it in a frame of type `kind` (named in the error).
 
     Raises:
         ProtocolError: not an integer from 0 to 2**53 - 1 nor a string of 1 to 64
@@ -194,8 +194,8 @@ def call_id(value: object) -> CallId:
         return value
     if isinstance(value, str) and 0 < len(value) <= 64:
         return value
-    raise ProtocolError("rpc: id must be an integer from 0 to 2**53-1 or a string of 1 to "
-                        "64 characters")
+    raise ProtocolError(f"{kind}: id must be an integer from 0 to 2**53-1 or a string of 1 "
+                        "to 64 characters")
 
 
 def parse_rpc(body: Mapping[str, Any]) -> CallRequest:
@@ -205,7 +205,7 @@ def parse_rpc(body: Mapping[str, Any]) -> CallRequest:
         ProtocolError: the id is unusable (the frame gets an ``error`` frame).
         BadCallError: the id is fine but the method is not (the frame gets a ``reply``).
     """
-    ident = call_id(body.get("id"))
+    ident = call_id(body.get("id"), "rpc")
     method = body.get("method")
     if not is_method(method):
         raise BadCallError(ident, "rpc: method must be 1-128 characters of A-Z a-z 0-9 "
@@ -231,7 +231,7 @@ def parse_channel_request(kind: str, body: Mapping[str, Any]) -> ChannelRequest:
         ProtocolError: the id is unusable (the frame gets an ``error`` frame).
         BadCallError: the channel is not a usable group name, or a publish has no data.
     """
-    ident = call_id(body.get("id"))
+    ident = call_id(body.get("id"), kind)
     try:
         channel = check_group(body.get("channel"))
     except ValueError as exc:

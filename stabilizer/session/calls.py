@@ -67,7 +67,7 @@ class Calls:
         """
         rate = conn.rate
         if rate is not None and not rate.take(time.monotonic()):
-            self._over_rate(conn, body)
+            self._over_rate(conn, kind, body)
             return
         try:
             ident, channel, work = self._work(conn, kind, body)
@@ -95,10 +95,10 @@ class Calls:
                 self._newest[channel] = task
             task.add_done_callback(lambda done: self._finished(ident, channel, done))
 
-    def _over_rate(self, conn: Connection, body: Mapping[str, Any]) -> None:
+    def _over_rate(self, conn: Connection, kind: str, body: Mapping[str, Any]) -> None:
         self._ctx.stats.rate_limited += 1
         try:
-            ident = call_id(body.get("id"))
+            ident = call_id(body.get("id"), kind)
         except ProtocolError:
             return  # no id to reply to: dropped, as a malformed frame is
         self._reply(conn, reply_error_frame(ident, "rate_limited",

@@ -33,8 +33,14 @@ def test_channel_requests_parse_and_refuse_what_is_not_usable() -> None:
                        ("publish", {"id": 1, "channel": "a", "data": None})):
         with pytest.raises(BadCallError):
             parse_channel_request(kind, body)
-    with pytest.raises(ProtocolError, match="rpc: id"):
-        parse_channel_request("subscribe", {"channel": "a"})
+
+
+@pytest.mark.parametrize("kind", ["subscribe", "unsubscribe", "publish"])
+@pytest.mark.parametrize("ident", [None, -1, 1.5, True, "", "x" * 65])
+def test_an_unusable_id_is_refused_in_the_frames_own_name(kind: str, ident: object) -> None:
+    with pytest.raises(ProtocolError, match=f"^{kind}: id must be ") as refused:
+        parse_channel_request(kind, {"id": ident, "channel": "a", "data": "x"})
+    assert not isinstance(refused.value, BadCallError)
 
 
 def test_the_clients_channel_frames() -> None:

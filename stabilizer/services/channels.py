@@ -195,9 +195,8 @@ class Channels:
         if mode == "nobody":
             return reply_error_frame(ident, FORBIDDEN, f"clients may not publish to "
                                      f"{channel!r} (its namespace takes no publications)")
-        if mode == "members" and channel not in conn.groups:
-            return reply_error_frame(ident, FORBIDDEN, f"only members publish to {channel!r}; "
-                                     "subscribe first")
+        if (refusal := _not_member(conn, request, mode)) is not None:
+            return refusal
         if hook is None and mode == "hook":
             return reply_error_frame(ident, FORBIDDEN, "this server takes no publications")
         data, refusal = await self._ask_publish(conn, request)
@@ -210,6 +209,10 @@ class Channels:
         except (TypeError, ValueError) as exc:
             logger.error("on_publish(%r) returned what cannot be sent: %s", channel, exc)
             return reply_error_frame(ident, "internal", "internal error")
+        # (again: the hook was awaited, and the client may have been taken out meanwhile;
+        # no await between this check and the send)
+        if (refusal := _not_member(conn, request, mode)) is not None:
+            return refusal
         result = await self._router.publish(Target("group", channel), payload, None,
                                             json_value(data))
         if result.remote_error is not None:
@@ -229,3 +232,12 @@ class Channels:
                                conn.conn_id, conn.metadata)
         return await guarded(self._ctx, request.call_id, f"on_publish({channel!r})",
                              conn.client_id, lambda: hook(asked))
+
+
+def _not_member(conn: Connection, request: ChannelRequest, mode: str) -> str | None:
+    """The refusal of a publish to a members-only channel by a client not in it (now);
+    None when it may publish as far as membership goes."""
+    if mode == "members" and request.channel not in conn.groups:
+        return reply_error_frame(request.call_id, FORBIDDEN, f"only members publish to "
+                                 f"{request.channel!r}; subscribe first")
+    return None

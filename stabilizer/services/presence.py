@@ -9,7 +9,9 @@ version that state stands at). Once ready, it gets the state, then what it colle
 that version, then, one frame per window (``presence_diff_window``), every later change
 past what it has seen: each change exactly once, in order. When the node's subscription is
 lost (changes may be lost with it), every watcher starts over: the state again, once the
-subscription is back, then the changes past it.
+subscription is back, then the changes past it. When the node stops following a group (its
+last local member left), the group's watchers end with it, but for those of subscribes
+still waiting to join: their joins follow the group again, and they read its state after.
 """
 
 from __future__ import annotations
@@ -232,6 +234,8 @@ class PresenceWatch:
                 await asyncio.sleep(backoff_delay(failures))
                 continue
             failures = 0
+            if not self._stale or self._stale[0] != group:
+                continue  # unfollowed meanwhile: its watchers read the state their joins bring
             self._stale.pop(0)
             state = self._groups.get(group)
             now = time.monotonic()
@@ -269,17 +273,30 @@ class PresenceWatch:
             self.abort(conn, group)
 
     def unfollow(self, stream: str) -> None:
-        """No local connection follows `stream` any more: for a group's, forget its
-        watchers."""
+        """No local member is left in `stream`'s group: the node's subscription to the
+        group's channel ends (and its changes with it). A watcher of a subscribe still
+        waiting to join stays (its join subscribes again, and it reads the state after):
+        it starts over, pending, collecting from the new subscription. Any other watcher
+        is forgotten."""
         target = Target.of_stream(stream)
-        if target is not None and target.kind == "group":
-            state = self._groups.pop(target.name, None)
-            if state is None:
-                return
-            if state.timer is not None:
-                state.timer.cancel()
-            for conn in state.watchers:
-                self._unlist(conn, target.name)
+        if target is None or target.kind != "group":
+            return
+        group = target.name
+        state = self._groups.get(group)
+        if state is None:
+            return
+        if state.timer is not None:
+            state.timer.cancel()
+        state.window, state.timer, state.read = [], None, None
+        for conn, watcher in list(state.watchers.items()):
+            if watcher.seen is None and conn.is_open:
+                watcher.backlog = []  # (from the ended subscription: its state is read anew)
+            else:
+                del state.watchers[conn]
+                self._unlist(conn, group)
+        if group in self._stale:  # (the waiting ones' reads come after their joins)
+            self._stale.remove(group)
+        self._drop_if_idle(group, state)
 
     def _flush(self, group: str) -> None:
         state = self._groups.get(group)

@@ -178,12 +178,14 @@ class Channels:
         return [reply, *self._watch.ready(conn, channel, version, entries)]
 
     async def unsubscribe(self, conn: Connection, request: ChannelRequest) -> str:
-        """Leave the channel (any group the client is in: it need not listen to any)."""
-        self._watch.abort(conn, request.channel)
+        """Leave the channel (any group the client is in: it need not listen to any). Its
+        presence is followed until the leave lands (which ends it, as any leave does): an
+        unsubscribe that fails leaves the client a member that still follows it."""
         try:
             await self._membership.leave(conn.client_id, request.channel, asked=True)
         except BackendUnavailable as exc:
             return reply_error_frame(request.call_id, UNAVAILABLE, f"not unsubscribed: {exc}")
+        self._watch.abort(conn, request.channel)  # (ended already, but for a replaced socket)
         return reply_frame(request.call_id, {"channel": request.channel})
 
     async def publish(self, conn: Connection, request: ChannelRequest) -> str:

@@ -116,3 +116,35 @@ async def test_a_repeated_presence_subscribe_that_fails_keeps_the_presence_follo
     sock = socks["alice"]
     while not any("dave" in json.dumps(diff) for diff in _diffs(sock)):
         await sock.next()  # (each frame she gets, awaited: times out if none comes)
+
+
+async def test_an_unsubscribe_that_fails_keeps_the_presence_followed(
+        make_manager: ManagerFactory, config: WebSocketConfig,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unsubscribe whose leave the backend cannot take is answered `unavailable` ("not
+    unsubscribed"): the client is still a member, and must go on hearing who joins. Before,
+    the unsubscribe dropped its presence watcher before the leave was tried: its copy of
+    the presence went stale for good, with no frame saying so."""
+    manager: WebSocketConnectionManager = make_manager(config)
+    socks = await presence_node(manager, "alice", "dave")
+    channels = manager._node.sessions.channels
+    alice = manager.get_connection("alice")
+    assert alice is not None
+    await channels.subscribe(alice, ChannelRequest(1, "room", None, presence=True))
+    groups = manager.backend.groups
+    leave = groups.leave
+
+    async def unwritable(client_id: str, group: str) -> object:
+        raise BackendUnavailable("redis unavailable: no answer within 2s")
+
+    monkeypatch.setattr(groups, "leave", unwritable)
+    reply = json.loads(await channels.unsubscribe(alice, ChannelRequest(2, "room", None)))
+    assert reply["error"]["code"] == "unavailable"
+    assert "room" in alice.groups  # still a member
+    monkeypatch.setattr(groups, "leave", leave)
+    dave = manager.get_connection("dave")
+    assert dave is not None
+    await channels.subscribe(dave, ChannelRequest(1, "room", None, presence=True))
+    sock = socks["alice"]
+    while not any("dave" in json.dumps(diff) for diff in _diffs(sock)):
+        await sock.next()  # (each frame she gets, awaited: times out if none comes)

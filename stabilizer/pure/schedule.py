@@ -1,9 +1,16 @@
 """The heartbeat schedule (pure): when to ping which connection, and which ones missed their
 deadline. The clock is an argument; services/liveness.py runs the one loop that acts on it.
 
-No task or timer exists per connection. One heap holds every connection's next event: its
+No task or timer exists per connection. One item per connection names its next event: its
 next ping or, while a ping is unanswered, its pong deadline if that comes first. Any inbound
-frame counts as an answer and touches no heap entry.
+frame counts as an answer and touches no item.
+
+Items wait in two containers. A key pinged at t is next due at t + interval, after every
+other key's next ping, so in the steady state items are scheduled in time order: those go to
+the tail of a run queue (a deque, in (time, slot) order) at O(1). Only an item that would come
+before the run queue's tail (a deadline shorter than the interval, a key tracked with an
+earlier time, catch-up after a late wake-up) goes to a heap. The next item is the smaller of
+the two heads, compared as (time, slot): the order is exactly that of one heap holding all.
 
 The deadline runs from the *first* unanswered ping: with interval 30 and timeout 60 a silent
 client is pinged at 30 and 60 and closed at 90. (fastapi-websocket-stabilizer closed it at the
@@ -12,30 +19,31 @@ heard from at least every ``timeout`` seconds.
 
 A forgotten key is unreachable from the schedule at once: heap items name a slot, not the
 key, and a forgotten key's slot is emptied. Stale items are swept out when they outnumber the
-live ones.
+live ones, from both containers.
 
 Nothing per key is an object the cyclic collector walks: a key's times live in arrays of
-floats at its slot, and a heap item is a pair of numbers (which the collector stops tracking).
+floats at its slot, and an item is a pair of numbers (which the collector stops tracking).
 With 10,000 connections an entry object and a heap tuple each were 20,000 more objects that
 every full collection visited.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from array import array
+from collections import deque
 from collections.abc import Hashable
+from heapq import heapify, heappop, heappush
 from typing import Final, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 _MIN_SWEEP: Final = 64
 _NONE: Final = math.inf  # no pong deadline outstanding
-_UNSCHEDULED: Final = math.nan  # equal to no time: every heap item of the slot is stale
+_UNSCHEDULED: Final = math.nan  # equal to no time: every item of the slot is stale
 
 
 class HeartbeatSchedule(Generic[K]):
-    """Each tracked key has a slot and one live heap item at its next event; an item whose
+    """Each tracked key has a slot and one live item at its next event; an item whose
     time is not its slot's scheduled time, or whose slot was emptied, is stale and skipped.
     A slot is reused once emptied: an item left from its former key is stale unless it
     names the very time the new key is scheduled for, and then it is that key's event."""
@@ -52,20 +60,26 @@ class HeartbeatSchedule(Generic[K]):
         self._last_seen = array("d")
         self._next_ping = array("d")
         self._deadline = array("d")  # _NONE while no ping is unanswered
-        self._scheduled = array("d")  # the time of the slot's one live heap item
-        self._heap: list[tuple[float, int]] = []
+        self._scheduled = array("d")  # the time of the slot's one live item
+        self._run: deque[tuple[float, int]] = deque()  # in (time, slot) order
+        self._heap: list[tuple[float, int]] = []  # items that came before the run's tail
 
     def __len__(self) -> int:
         return len(self._slots)
 
     def heap_size(self) -> int:
-        """Heap items, stale ones included (about one per tracked key)."""
-        return len(self._heap)
+        """Items in the run queue and the heap, stale ones included (about one per key)."""
+        return len(self._run) + len(self._heap)
 
     def _schedule(self, slot: int, when: float) -> bool:
         self._scheduled[slot] = when
-        earliest = not self._heap or when < self._heap[0][0]
-        heapq.heappush(self._heap, (when, slot))
+        run, heap = self._run, self._heap
+        earliest = (not run or when < run[0][0]) and (not heap or when < heap[0][0])
+        item = (when, slot)
+        if not run or item >= run[-1]:
+            run.append(item)
+        else:
+            heappush(heap, item)
         return earliest
 
     def _next_event(self, slot: int) -> float:
@@ -101,7 +115,7 @@ class HeartbeatSchedule(Generic[K]):
         if slot is None:
             return
         self._empty(slot)
-        if len(self._heap) > max(_MIN_SWEEP, 2 * len(self._slots)):
+        if len(self._run) + len(self._heap) > max(_MIN_SWEEP, 2 * len(self._slots)):
             self._sweep()
 
     def _empty(self, slot: int) -> None:
@@ -109,8 +123,9 @@ class HeartbeatSchedule(Generic[K]):
         self._free.append(slot)
 
     def _sweep(self) -> None:
+        self._run = deque(item for item in self._run if self._live(*item))
         self._heap = [item for item in self._heap if self._live(*item)]
-        heapq.heapify(self._heap)
+        heapify(self._heap)
 
     def seen(self, key: K, now: float) -> None:
         """Record that `key` answered or sent something: it is alive as of `now`."""
@@ -123,11 +138,16 @@ class HeartbeatSchedule(Generic[K]):
 
     def next_wake(self) -> float | None:
         """The loop-clock time of the earliest live item, or None when nothing is tracked."""
-        heap = self._heap
-        while heap:
-            if self._live(*heap[0]):
-                return heap[0][0]
-            heapq.heappop(heap)
+        run, heap = self._run, self._heap
+        while run or heap:
+            if run and not (heap and heap[0] < run[0]):
+                if self._live(*run[0]):
+                    return run[0][0]
+                run.popleft()
+            else:
+                if self._live(*heap[0]):
+                    return heap[0][0]
+                heappop(heap)
         return None
 
     def due(self, now: float) -> tuple[list[K], list[K]]:
@@ -141,11 +161,26 @@ class HeartbeatSchedule(Generic[K]):
         to_ping: list[K] = []
         expired: list[K] = []
         later: list[int] = []
-        heap = self._heap
+        run, heap = self._run, self._heap
         keys = self._keys
         next_ping = self._next_ping
-        while heap and heap[0][0] <= horizon:
-            when, slot = heapq.heappop(heap)
+        while True:  # the smaller head of the run queue and the heap, while it is due
+            if run:
+                item = run[0]
+                if heap and heap[0] < item:
+                    item = heap[0]
+                    if item[0] > horizon:
+                        break
+                    heappop(heap)
+                else:
+                    if item[0] > horizon:
+                        break
+                    run.popleft()
+            elif heap and heap[0][0] <= horizon:
+                item = heappop(heap)
+            else:
+                break
+            when, slot = item
             key = keys[slot]
             if key is None or self._scheduled[slot] != when:
                 continue  # stale

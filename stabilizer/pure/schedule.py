@@ -8,16 +8,17 @@ frame counts as an answer and touches no item.
 Items wait in two containers. A key pinged at t is next due at t + interval, after every
 other key's next ping, so in the steady state items are scheduled in time order: those go to
 the tail of a run queue (a deque, in (time, slot) order) at O(1). Only an item that would come
-before the run queue's tail (a deadline shorter than the interval, a key tracked with an
-earlier time, catch-up after a late wake-up) goes to a heap. The next item is the smaller of
-the two heads, compared as (time, slot): the order is exactly that of one heap holding all.
+before the run queue's tail goes to a heap: a deadline shorter than the interval, a key tracked
+just after a coalesced ping put another key's next ping past its own, keys caught up at one
+time after a late wake-up. The next item is the smaller of the two heads, compared as (time,
+slot): the order is exactly that of one heap holding every item.
 
 The deadline runs from the *first* unanswered ping: with interval 30 and timeout 60 a silent
 client is pinged at 30 and 60 and closed at 90. (fastapi-websocket-stabilizer closed it at the
 next interval whatever the timeout.) Without pings (``custom`` heartbeat) a client must be
 heard from at least every ``timeout`` seconds.
 
-A forgotten key is unreachable from the schedule at once: heap items name a slot, not the
+A forgotten key is unreachable from the schedule at once: items name a slot, not the
 key, and a forgotten key's slot is emptied. Stale items are swept out when they outnumber the
 live ones, from both containers.
 
@@ -162,8 +163,11 @@ class HeartbeatSchedule(Generic[K]):
         expired: list[K] = []
         later: list[int] = []
         run, heap = self._run, self._heap
-        keys = self._keys
-        next_ping = self._next_ping
+        keys, scheduled = self._keys, self._scheduled
+        next_ping, deadline = self._next_ping, self._deadline
+        send_pings = self.send_pings
+        catch_up = now + self.interval / 2  # the earliest next ping after a late wake-up
+        pong_by = now + self.timeout
         while True:  # the smaller head of the run queue and the heap, while it is due
             if run:
                 item = run[0]
@@ -182,27 +186,39 @@ class HeartbeatSchedule(Generic[K]):
                 break
             when, slot = item
             key = keys[slot]
-            if key is None or self._scheduled[slot] != when:
+            if key is None or scheduled[slot] != when:
                 continue  # stale
-            if self._expired(slot, now):
+            if (
+                deadline[slot] <= now
+                if send_pings
+                else self._last_seen[slot] + self.timeout <= now
+            ):
                 expired.append(key)
                 del self._slots[key]
                 self._empty(slot)
                 continue
-            self._scheduled[slot] = _UNSCHEDULED  # until rescheduled below: another item
-            # of this slot and time (left by the slot's former key) is stale
-            if self.send_pings and next_ping[slot] <= horizon:
+            scheduled[slot] = _UNSCHEDULED  # until rescheduled below: another item of
+            # this slot and time (left by the slot's former key) is stale
+            if send_pings and next_ping[slot] <= horizon:
                 to_ping.append(key)
                 # keep the phase (no drift) unless the loop fell far behind
-                next_ping[slot] = max(next_ping[slot] + self.interval, now + self.interval / 2)
-                if self._deadline[slot] == _NONE:
-                    self._deadline[slot] = now + self.timeout
+                ping_at = next_ping[slot] + self.interval
+                next_ping[slot] = catch_up if catch_up > ping_at else ping_at
+                if deadline[slot] == _NONE:
+                    deadline[slot] = pong_by
             later.append(slot)
-        for slot in later:
-            self._schedule(slot, self._next_event(slot))
+        # Rescheduled only now: an event still within the horizon would be popped again.
+        for slot in later:  # as _schedule(slot, _next_event(slot)), inlined for speed
+            if send_pings:
+                when = deadline[slot]
+                if next_ping[slot] < when:
+                    when = next_ping[slot]
+            else:
+                when = self._last_seen[slot] + self.timeout
+            scheduled[slot] = when
+            item = (when, slot)
+            if not run or item >= run[-1]:
+                run.append(item)
+            else:
+                heappush(heap, item)
         return to_ping, expired
-
-    def _expired(self, slot: int, now: float) -> bool:
-        if self.send_pings:
-            return self._deadline[slot] <= now
-        return self._last_seen[slot] + self.timeout <= now

@@ -9,7 +9,7 @@ from stabilizer.backends.base import Presence
 from stabilizer.channel_options import require_presence
 from stabilizer.emitter.base import EmitterBase, check_user
 from stabilizer.pure.presence import PresenceMap, parse_entry, presence_of
-from stabilizer.pure.text import check_group
+from stabilizer.pure.text import check_batch, check_group
 
 
 class ClusterQueries(EmitterBase):
@@ -30,7 +30,9 @@ class ClusterQueries(EmitterBase):
 
         Raises:
             BackendUnavailable: Redis cannot be reached.
+            ValueError: `batch` is not an integer from 1 to 100,000.
         """
+        check_batch(batch)
         backend = await self._ready()
         async for presence in backend.presence.scan(batch):  # each round trip bounded
             yield presence

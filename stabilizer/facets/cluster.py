@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from stabilizer.backends.base import NodeReport, Presence
 from stabilizer.config import CloseCode
 from stabilizer.facets.base import Facet
-from stabilizer.pure.text import is_text
+from stabilizer.pure.text import check_batch, is_text
 
 
 class ClusterFacet(Facet):
@@ -26,8 +26,9 @@ class ClusterFacet(Facet):
 
         Raises:
             BackendUnavailable: the shared store cannot be reached.
+            ValueError: `batch` is not an integer from 1 to 100,000.
         """
-        async for presence in self._ctx.backend.presence.scan(batch):
+        async for presence in self._ctx.backend.presence.scan(check_batch(batch)):
             yield presence
 
     async def locate_client(self, client_id: str) -> str | None:

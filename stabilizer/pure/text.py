@@ -135,3 +135,20 @@ def check_close_code(code: object) -> int:
         raise ValueError(f"close code must be 1000, 1001, 1008, 1011-1013 or 3000-4999, "
                          f"got {code!r}")
     return code
+
+
+#: The most presence entries a listing asks Redis for in one round trip.
+MAX_SCAN_BATCH: Final = 100_000
+
+
+def check_batch(batch: object) -> int:
+    """Return `batch` if it is a usable count of entries per round trip of a listing.
+
+    Raises:
+        ValueError: it is not an integer from 1 to MAX_SCAN_BATCH.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or not (
+            1 <= batch <= MAX_SCAN_BATCH):
+        raise ValueError(f"batch must be an integer from 1 to {MAX_SCAN_BATCH:,}, "
+                         f"got {batch!r}")
+    return batch

@@ -186,3 +186,16 @@ async def test_concurrent_direct_sends_across_nodes_all_arrive(cluster: Cluster)
     for i, sock in enumerate(socks):
         got = [await sock.next() for _ in range(10)]
         assert sorted(got) == sorted(f"m{j}" for j in range(i, 500, 50))
+
+
+@pytest.mark.parametrize("batch", [0, -1, True, 2.5, "10"])
+async def test_a_listing_batch_that_is_not_a_positive_count_is_refused(
+        cluster: Cluster, batch: object) -> None:
+    """Redis answered a batch of 0 with a syntax error, raised as is; the embedded
+    backend ignored the batch altogether."""
+    a = cluster("a")
+    await started(a)
+    await a.connect("ann", FakeSocket())
+    with pytest.raises(ValueError, match="batch"):
+        [seen async for seen in a.get_cluster_connections(batch)]  # type: ignore[arg-type]
+    assert [seen.client_id async for seen in a.get_cluster_connections(1)] == ["ann"]

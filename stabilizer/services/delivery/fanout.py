@@ -157,9 +157,10 @@ class FanOut:
                 else:
                     result.errors.append((conn.client_id, "outbox full or connection closing"))
                 budget -= 1
-            if budget <= 0:
-                budget = slice_size
-                await asyncio.sleep(0)
+                if budget <= 0:  # (within a shard too: a group's recipients are one list)
+                    budget = slice_size
+                    await asyncio.sleep(0)
+                    now = time.monotonic()
         result.total, result.succeeded, result.failed = total, succeeded, total - succeeded
         stats = self._ctx.stats
         stats.messages_out += result.succeeded

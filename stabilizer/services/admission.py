@@ -136,8 +136,12 @@ class Admission:
                 else:
                     conn.mark_registered()
                 baselines = await self._settle(conn, resuming, registration)
-            except BaseException:
+            except ShutdownError:  # (its settle unregistered it)
                 self._retired.pop(conn.conn_id, None)
+                raise
+            except BaseException:  # cancelled (or failed) before it entered the pool
+                self._retired.pop(conn.conn_id, None)
+                self._unregister_abandoned(conn)
                 raise
             finally:
                 del self._pending[conn.conn_id]
@@ -172,6 +176,14 @@ class Admission:
         self._memory.admit(conn, len(self._pending))
         self._pending[conn.conn_id] = conn
         return conn
+
+    def _unregister_abandoned(self, conn: Connection) -> None:
+        """Remove the presence of a registered connection whose admission will not end:
+        nothing else would while the node lives (a resync prunes stale entries, and none
+        is due). A registration still in flight is undone by the backend once answered."""
+        if conn.registered:
+            self._ctx.tasks.spawn(self._closing.unregister(conn),
+                                  name="stabilizer-unregister-abandoned")
 
     def _unrecorded(self, conn: Connection, exc: BackendUnavailable) -> None:
         """Degrade: the socket works locally; presence is registered again at the resync."""

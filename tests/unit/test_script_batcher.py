@@ -249,3 +249,27 @@ async def test_a_call_whose_caller_gave_up_while_it_waited_is_not_sent(
         assert await asyncio.gather(met[1], later) == [1, 1]
     assert b.sizes == [1, 2]
     assert script.calls == 3  # the first, then the two whose callers still wait
+
+
+async def test_a_call_whose_caller_gave_up_on_the_wire_is_undone_once_it_succeeded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sent already, the call runs whatever its caller does: its undo (a registration's
+    removal) runs on the answer. A call dropped before it was sent, or answered to a
+    caller still waiting, is not undone."""
+    monkeypatch.setattr(batching, "HELD_AT_MOST", 2)
+    script = SlowScript()
+    b = batcher(FakeCore(TaskOwner(), batch_window=FOREVER), script)
+    undone: list[tuple[str, Any]] = []
+    gone = b.submit(["k"], ["gone"], undo=lambda reply: undone.append(("gone", reply)))
+    kept = b.submit(["k"], ["kept"], undo=lambda reply: undone.append(("kept", reply)))
+    await script.in_flight.wait()  # both on the wire, in one batch
+    dropped = b.submit(["k"], ["dropped"], undo=lambda reply: undone.append(("dropped", reply)))
+    gone.cancel()  # type: ignore[attr-defined]  # (a future)
+    dropped.cancel()  # type: ignore[attr-defined]  # given up while queued: never sent
+    script.release.set()
+    async with asyncio.timeout(BOUND):
+        assert await kept == 1
+        assert await b.submit(["k"], ["last"]) == 1  # fills the held batch: it goes
+    assert undone == [("gone", 1)]
+    assert script.calls == 3  # gone and kept, then last
+    assert not b._undos  # nothing kept for calls that ended

@@ -10,12 +10,17 @@ trip of its own (BENCHMARKS.md). So a batcher that may hold does: when calls arr
 the last round trip was in flight (more are on their way), the next batch waits until
 ``batch_window`` after the last one went, or until HELD_AT_MOST calls have gathered. A
 caller alone, or calls that never meet, are never held.
+
+A caller that gives up (cancelled, or out of a bound above) while its call waits in the
+queue is told it failed, and the call is not sent. One that gives up once its call is on
+the wire cannot stop it: a call submitted with an ``undo`` has it run on the answer, if
+the call succeeded after its caller left (a registration whose connect was cancelled).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from redis.asyncio.cluster import RedisCluster
@@ -57,16 +62,22 @@ class ScriptBatcher:
         # futures: two lists, not a pair per call, which a reconnect storm would keep alive
         self._calls: list[WireCall] = []
         self._futures: list[asyncio.Future[Any]] = []
+        # what undoes a call if it succeeds after its caller gave up (few calls have one)
+        self._undos: dict[asyncio.Future[Any], Callable[[Any], None]] = {}
         self._task: asyncio.Task[Any] | None = None
 
-    def submit(self, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+    def submit(self, keys: list[str], args: list[Any],
+               undo: Callable[[Any], None] | None = None) -> Awaitable[Any]:
         """Queue one call; the awaitable returned gives its result (or raises
         BackendUnavailable). (A future, not a coroutine: a call waiting for its batch keeps
-        no frame of its own alive.)"""
+        no frame of its own alive.) `undo` is called with the result of a call that
+        succeeded once its caller had given up."""
         core = self._core
         if core.tasks is None:
             return core.call(self._script(keys=keys, args=args), self._op)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if undo is not None:
+            self._undos[future] = undo
         self._calls.append((keys, args) if core.cluster
                            else packed_ahead(self._script.sha, keys, args))
         self._futures.append(future)
@@ -84,6 +95,9 @@ class ScriptBatcher:
         calls, futures = self._calls, self._futures
         self._calls, self._futures = [], []
         if any(future.done() for future in futures):
+            for future in futures:
+                if future.done():  # (never sent: nothing to undo)
+                    self._undos.pop(future, None)
             waiting = [index for index, future in enumerate(futures) if not future.done()]
             calls = [calls[index] for index in waiting]
             futures = [futures[index] for index in waiting]
@@ -105,6 +119,7 @@ class ScriptBatcher:
             futures = []
         except BaseException:  # cancelled (the node stops): no caller may wait forever
             _fail(futures + self._take()[1], "the node stopped before this call was answered")
+            self._undos.clear()  # (the node's end removes what it registered)
             raise
         finally:
             if self._task is asyncio.current_task():
@@ -129,17 +144,24 @@ class ScriptBatcher:
         if self._task is task:
             self._task = None
             _fail(self._take()[1], "the node stopped before this call was sent")
+            self._undos.clear()
 
     async def _run(self, calls: list[WireCall], futures: list[asyncio.Future[Any]]) -> None:
+        undos = self._undos
         try:
             results = await self._pipelined(calls)
         except BackendUnavailable as exc:
             for future in futures:
+                if undos:
+                    undos.pop(future, None)
                 if not future.done():
                     future.set_exception(exc)
             return
         for future, result in zip(futures, results, strict=True):
-            if future.done():
+            undo = undos.pop(future, None) if undos else None
+            if future.done():  # its caller gave up while the call was on the wire
+                if undo is not None and not isinstance(result, BaseException):
+                    undo(result)
                 continue
             if isinstance(result, BackendUnavailable):
                 future.set_exception(result)

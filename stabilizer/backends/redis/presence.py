@@ -4,7 +4,10 @@ also keeps the user hashes (users.py) when they share the slot."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, NamedTuple
 
 from stabilizer.backends.base import Presence, Registration, Seat
@@ -17,9 +20,16 @@ from stabilizer.backends.redis.keys import (
     parse_position,
     seat_of,
 )
-from stabilizer.errors import ConfigError, ConnectionLimitExceededError, UserConnectionLimitError
+from stabilizer.errors import (
+    BackendUnavailable,
+    ConfigError,
+    ConnectionLimitExceededError,
+    UserConnectionLimitError,
+)
 from stabilizer.pure.streams import session_streams
 from stabilizer.pure.wire import kick_prefix
+
+logger = logging.getLogger(__name__)
 
 
 class _Shared(NamedTuple):
@@ -74,7 +84,8 @@ class RedisPresence:
             read = await self._positions.submit(_metas(keys, presence), [])
         # (the call's lists go straight to the batch: this frame keeps none while it waits)
         status, previous, *raw = await self._registers.submit(*self._register_call(
-            presence, max_cluster, in_script, value, user_limit, baselines and read is None))
+            presence, max_cluster, in_script, value, user_limit, baselines and read is None),
+            undo=partial(self._undo_register, presence.client_id, presence.conn_id))
         if int(status) == -1:
             raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
         if int(status) == -2:
@@ -144,6 +155,23 @@ class RedisPresence:
         if not core.keys.seats_here and entry is not None and entry.user_id is not None:
             await core.follow_seats(["d", entry.user_id, client_id, conn_id], "unregister")
         return True
+
+    def _undo_register(self, client_id: str, conn_id: str, reply: Any) -> None:
+        """A registration ran after its connect was cancelled: remove it (no one else
+        would while the node lives)."""
+        if int(reply[0]) < 0:  # refused: nothing was recorded
+            return
+        with contextlib.suppress(BackendUnavailable):  # (the node stops: its end removes
+            # what it registered)
+            self._core.spawn(self._unregister_quietly(client_id, conn_id),
+                             name="stabilizer-redis-undo-register")
+
+    async def _unregister_quietly(self, client_id: str, conn_id: str) -> None:
+        try:
+            await self.unregister(client_id, conn_id)
+        except BackendUnavailable as exc:
+            logger.warning("presence of %r (conn %s), whose connect was cancelled, not "
+                           "removed: %s", client_id, conn_id, exc)
 
     def _unregister_call(self, client_id: str, conn_id: str, end_groups: bool,
                          away_ms: int) -> tuple[list[str], list[str | bytes | int]]:

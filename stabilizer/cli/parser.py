@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     kick.add_argument("--code", type=int, default=1000,
                       help="close code: 1000 (default; ends a resumable session), 1001, "
                       "1008, 1011-1013 or 3000-4999")
-    kick.add_argument("--reason", default="disconnected by the server", metavar="TEXT")
+    kick.add_argument("--reason", default="disconnected by the server", metavar="TEXT",
+                      help="close reason, sent as a close frame carries it (at most 123 "
+                      "UTF-8 bytes; a byte the locale cannot decode as ?)")
 
     watch_ = command("watch", "a refreshing view of the nodes and rates (Ctrl-C quits)")
     watch_.set_defaults(command=watch)

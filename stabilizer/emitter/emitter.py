@@ -130,7 +130,8 @@ class Emitter(ClusterQueries):
                               reason: str = "disconnected by the server") -> int:
         """Close every connection of `user_id` on every node with `code`; return how many
         the nodes that received the request hold. With the default 1000 the clients do not
-        reconnect and, with history, their sessions end.
+        reconnect and, with history, their sessions end. The reason goes as a close frame
+        carries it: cut to 123 UTF-8 bytes, a lone surrogate as "?".
 
         Raises:
             ValueError: the user id is not usable, or `code` cannot be sent (1000, 1001,
@@ -148,7 +149,8 @@ class Emitter(ClusterQueries):
     async def disconnect_client(self, client_id: str, *, code: int = CloseCode.NORMAL,
                                 reason: str = "disconnected by the server") -> bool:
         """Close the connection of `client_id`, on whichever node holds it, with `code`;
-        True if a node received the request. With history, 1000 ends its session.
+        True if a node received the request. With history, 1000 ends its session. The
+        reason goes as a close frame carries it (as disconnect_user).
 
         Raises:
             InvalidClientIdError: the client id is empty, too long or not text.
@@ -244,7 +246,7 @@ class Emitter(ClusterQueries):
 
 
 def _close_body(code: object, reason: object) -> str:
-    """The close request a node carries out.
+    """The close request a node carries out (close_body makes the reason carryable).
 
     Raises:
         ValueError: a code a server may not close with, or a reason that is not text.

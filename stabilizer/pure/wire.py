@@ -22,7 +22,7 @@ import msgpack
 from stabilizer.errors import WireError
 from stabilizer.pure.json_input import loads
 from stabilizer.pure.streams import Target
-from stabilizer.pure.text import check_close_code
+from stabilizer.pure.text import check_close_code, truncate_reason
 from stabilizer.results import ClusterEvent
 
 WIRE_VERSION: Final = 1
@@ -246,8 +246,11 @@ def decode(raw: object) -> Envelope:
 
 
 def close_body(code: int, reason: str) -> str:
-    """The JSON payload of a USER_CLOSE or CLIENT_CLOSE envelope."""
-    return json.dumps({"code": code, "reason": reason})
+    """The JSON payload of a USER_CLOSE or CLIENT_CLOSE envelope, whose reason is the one
+    a close frame carries (truncate_reason: at most 123 UTF-8 bytes, a lone surrogate as
+    "?"), as the node holding the connection sends it: close_of refuses a lone surrogate,
+    so a reason left as it is would drop the close request."""
+    return json.dumps({"code": code, "reason": truncate_reason(reason)})
 
 
 def close_of(payload: str) -> tuple[int, str]:

@@ -6,7 +6,15 @@ import msgpack
 import pytest
 
 from stabilizer.errors import WireError
-from stabilizer.pure.wire import WIRE_VERSION, Envelope, Kind, decode, encode
+from stabilizer.pure.wire import (
+    WIRE_VERSION,
+    Envelope,
+    Kind,
+    close_body,
+    close_of,
+    decode,
+    encode,
+)
 
 
 def pack(fields: object) -> bytes:
@@ -32,6 +40,16 @@ def test_every_kind_round_trips(kind: Kind, payload: str | bytes | None) -> None
     assert decoded == envelope
     assert decoded.kind is kind
     assert type(decoded.payload) is type(payload)
+
+
+@pytest.mark.parametrize(("reason", "carried"), [
+    pytest.param("caf\udce9", "caf?", id="lone-surrogate"),
+    pytest.param("\ud83d", "?", id="half-of-a-pair"),
+    pytest.param("é" * 100, "é" * 61, id="past-123-bytes"),
+])
+def test_a_close_request_carries_the_reason_a_close_frame_would(reason: str,
+                                                                 carried: str) -> None:
+    assert close_of(close_body(4400, reason)) == (4400, carried)
 
 
 def test_minimal_envelope_round_trips() -> None:

@@ -4,6 +4,7 @@ first use, and one bounded way to ask the backend."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import socket
 from collections.abc import Awaitable
@@ -62,12 +63,14 @@ def emitter_config(redis_url: str | None, namespace: str | None, client: Any,
 
     Raises:
         ConfigError: no Redis (nor hub) is named, `client` is neither a redis.asyncio
-            client nor a MemoryHub, or a setting is invalid or unknown.
+            client (a blocking redis.Redis is not one) nor a MemoryHub, or a setting is
+            invalid or unknown.
     """
     hub = isinstance(client, MemoryHub)
-    if client is not None and not hub and not callable(
-            getattr(client, "register_script", None)):
-        raise ConfigError(
+    if client is not None and not hub and not (
+            callable(getattr(client, "register_script", None))
+            and inspect.iscoroutinefunction(getattr(client, "execute_command", None))):
+        raise ConfigError(  # a blocking redis.Redis has register_script too
             f"an Emitter's client must be a redis.asyncio client (Redis, RedisCluster or a "
             f"Sentinel's master) or the replicas' MemoryHub, not {type(client).__name__}")
     changes = dict(settings)

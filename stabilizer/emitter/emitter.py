@@ -44,9 +44,9 @@ class Emitter(ClusterQueries):
     aclose() (or ``async with``).
 
     Raises:
-        ConfigError: no Redis is named, `client` is no redis.asyncio client (a MemoryHub's
-            replicas cannot be reached from outside their process), or a setting is
-            invalid or unknown.
+        ConfigError: no Redis is named, `client` is no redis.asyncio client (a blocking
+            redis.Redis is not one; a MemoryHub's replicas cannot be reached from outside
+            their process), or a setting is invalid or unknown.
     """
 
     # --- sends ------------------------------------------------------------------------

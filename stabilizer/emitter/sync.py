@@ -49,6 +49,7 @@ _SLACK: Final = 2.0
 #: layout's steps (Emitter._group_change_op_timeouts).
 _OP_TIMEOUTS: Final = 9
 _OPEN_OP_TIMEOUTS: Final = 3
+_NO_CLIENT: Final = "a SyncEmitter runs its own event loop in its own thread; "
 
 
 class _Runner:
@@ -133,8 +134,13 @@ class SyncEmitter:
     """A blocking Emitter: the same operations, arguments, results and exceptions, called
     from code that is not async. Close it with close() (or ``with``).
 
+    It takes ``redis_url=...`` or ``config=...`` and makes its own Redis client on its own
+    loop; it takes no ``client``.
+
     Raises:
-        ConfigError: as Emitter (checked here, before any thread starts).
+        ConfigError: as Emitter (checked here, before any thread starts), or a `client`
+            is given (a redis.asyncio client serves the application's loop, not the
+            SyncEmitter's; a MemoryHub its replicas' loop).
     """
 
     def __init__(self, redis_url: str | None = None, *, namespace: str | None = None,
@@ -144,9 +150,14 @@ class SyncEmitter:
             return Emitter(redis_url, namespace=namespace, client=client, config=config,
                            **settings)
 
-        if isinstance(client, MemoryHub):  # its queues belong to the replicas' event loop
-            raise ConfigError("a SyncEmitter runs its own event loop, which a MemoryHub's "
-                              "replicas do not share: use an Emitter in their loop")
+        if client is not None:
+            raise ConfigError(_NO_CLIENT + (
+                "a MemoryHub's replicas do not share it: use an Emitter in their loop"
+                if isinstance(client, MemoryHub) else
+                f"a client made elsewhere ({type(client).__name__}) cannot serve it: a "
+                "redis.asyncio client's connections belong to the loop that used them, and "
+                "a blocking redis.Redis is no asyncio client; give it redis_url=... or "
+                "config=..., or use an Emitter in the application's loop"))
         self._make = make
         self._config = emitter_config(redis_url, namespace, client, config, settings)
         self._runner: _Runner | None = None

@@ -4,6 +4,8 @@ the CLIENT_CLOSE envelope, settings and argument validation."""
 from __future__ import annotations
 
 import pytest
+import redis
+from redis.asyncio import Redis
 
 from stabilizer import ConfigError, Emitter, InvalidClientIdError, SyncEmitter, WebSocketConfig
 from stabilizer.emitter.base import emitter_origin
@@ -65,3 +67,15 @@ async def test_bad_arguments_are_refused_before_redis_is_asked() -> None:
     with pytest.raises(TypeError, match="message"):
         await emitter.broadcast(3.5)  # type: ignore[arg-type]
     await emitter.aclose()
+
+
+def test_a_sync_emitter_refuses_any_client_and_an_emitter_a_blocking_one() -> None:
+    loop_bound, blocking = Redis.from_url(NOWHERE), redis.Redis.from_url(NOWHERE)
+    for client in (loop_bound, blocking):
+        # its loop thread cannot use connections of the application's loop, nor a
+        # blocking client: it needs what to make its own from
+        with pytest.raises(ConfigError, match=r"redis_url=\.\.\. or config=\.\.\."):
+            SyncEmitter(client=client, namespace="chat")
+    with pytest.raises(ConfigError, match=r"redis\.asyncio client"):
+        Emitter(client=blocking, namespace="chat")
+    assert Emitter(client=loop_bound, namespace="chat").config.namespace == "chat"

@@ -28,6 +28,20 @@ def backend_for(config: WebSocketConfig, redis: Any = None) -> Backend:
     return RedisBackend.from_config(config, client=redis)
 
 
+def check_redis_url(url: str) -> None:
+    """Parse `url` as the Redis backend would, without connecting (nothing when the
+    ``redis`` extra is missing: backend_for says so).
+
+    Raises:
+        ConfigError: a URL the Redis backend would not accept.
+    """
+    try:
+        from stabilizer.backends.redis.connect import check_url
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        return
+    check_url(url)
+
+
 def backend_after(old: Backend, config: WebSocketConfig, redis: Any = None) -> Backend:
     """The backend for a node starting again (in a new event loop, or after a shutdown),
     when `old` came from backend_for(config, redis): the in-process one on the same hub

@@ -98,7 +98,6 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str]) -> WebSock
 
     Raises:
         ConfigError: no Redis is named, a setting is invalid, or the URL does not parse.
-        ValueError: a URL redis-py would not accept.
     """
     given = {field: getattr(args, dest) for dest, field in _SETTINGS.items()
              if getattr(args, dest) is not None}

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from stabilizer.backends.base import Backend
-from stabilizer.backends.factory import backend_for
+from stabilizer.backends.factory import backend_for, check_redis_url
 from stabilizer.backends.memory import MemoryBackend, MemoryHub
 from stabilizer.config import WebSocketConfig
 from stabilizer.errors import (
@@ -63,8 +63,8 @@ def emitter_config(redis_url: str | None, namespace: str | None, client: Any,
 
     Raises:
         ConfigError: no Redis (nor hub) is named, `client` is neither a redis.asyncio
-            client (a blocking redis.Redis is not one) nor a MemoryHub, or a setting is
-            invalid or unknown.
+            client (a blocking redis.Redis is not one) nor a MemoryHub, a setting is
+            invalid or unknown, or redis_url does not parse.
     """
     hub = isinstance(client, MemoryHub)
     if client is not None and not hub and not (
@@ -87,6 +87,8 @@ def emitter_config(redis_url: str | None, namespace: str | None, client: Any,
                           " or, in their process, their MemoryHub (client=hub)")
     if hub and built.redis_url is not None:
         raise ConfigError("an Emitter on a MemoryHub takes no redis_url")
+    if client is None and built.redis_url is not None:
+        check_redis_url(built.redis_url)  # before a SyncEmitter starts its thread
     return built
 
 

@@ -63,7 +63,11 @@ class _Runner:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                        name="stabilizer-sync-emitter")
         self.thread.start()
-        self.emitter = make()
+        try:
+            self.emitter = make()
+        except BaseException:  # nothing else would ever stop the thread started above
+            self._halt()
+            raise
 
     def run(self, call: Callable[[Emitter], Awaitable[T]], timeout: float | None,
             writes: bool) -> T:
@@ -90,10 +94,14 @@ class _Runner:
         try:
             asyncio.run_coroutine_threadsafe(self.emitter.aclose(), self.loop).result(10.0)
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10.0)
-            if not self.thread.is_alive():
-                self.loop.close()
+            self._halt()
+
+    def _halt(self) -> None:
+        """Stop the loop and its thread, then close the loop (its selector, its pipe)."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10.0)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 #: Runners a forked child inherited, kept so that they are never finalised in the child.

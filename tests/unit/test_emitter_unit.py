@@ -3,11 +3,14 @@ the CLIENT_CLOSE envelope, settings and argument validation."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import redis
 from redis.asyncio import Redis
 
 from stabilizer import ConfigError, Emitter, InvalidClientIdError, SyncEmitter, WebSocketConfig
+from stabilizer.emitter import sync
 from stabilizer.emitter.base import emitter_origin
 from stabilizer.pure.wire import Envelope, Kind, close_body, close_of, decode, encode
 from tests.support.redis_server import free_port
@@ -79,3 +82,38 @@ def test_a_sync_emitter_refuses_any_client_and_an_emitter_a_blocking_one() -> No
     with pytest.raises(ConfigError, match=r"redis\.asyncio client"):
         Emitter(client=blocking, namespace="chat")
     assert Emitter(client=loop_bound, namespace="chat").config.namespace == "chat"
+
+
+def _loop_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "stabilizer-sync-emitter"}
+
+
+@pytest.mark.parametrize("url", [
+    pytest.param("redis://127.0.0.1:99999/0", id="port-out-of-range"),
+    pytest.param("redis://127.0.0.1:port/0", id="port-not-a-number"),
+    pytest.param("redis://127.0.0.1/0?socket_timeout=abc", id="bad-option"),
+])
+def test_a_url_redis_py_refuses_is_a_config_error_before_any_thread_starts(url: str) -> None:
+    before = _loop_threads()
+    with pytest.raises(ConfigError, match="redis_url"):
+        Emitter(url, namespace="chat")
+    with pytest.raises(ConfigError, match="redis_url"):
+        SyncEmitter(url, namespace="chat")
+    with pytest.raises(ConfigError, match="redis_url"):
+        SyncEmitter(config=WebSocketConfig(redis_url=url))
+    assert _loop_threads() == before
+
+
+def test_a_sync_emitter_whose_emitter_cannot_be_made_leaves_no_thread_behind(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def cannot(*args: object, **kwargs: object) -> Emitter:
+        raise ConfigError("the redis extra is not installed")
+
+    emitter = SyncEmitter(NOWHERE, namespace="chat")
+    monkeypatch.setattr(sync, "Emitter", cannot)
+    before = _loop_threads()
+    for _ in range(3):
+        with pytest.raises(ConfigError, match="redis extra"):
+            emitter.broadcast("x")
+        assert _loop_threads() == before  # the failed call stopped the thread it started
+    emitter.close()

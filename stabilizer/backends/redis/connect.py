@@ -65,9 +65,14 @@ def _checked_at_checkout() -> dict[str, Any]:
 
 def client_for(config: WebSocketConfig) -> tuple[Redis | RedisCluster, list[Any]]:
     """A client for config.redis_url, and the other clients it made that must be closed
-    with it (a Sentinel's connections)."""
+    with it (a Sentinel's connections).
+
+    Raises:
+        ConfigError: the URL does not parse (check_url).
+    """
     url = config.redis_url
     assert url is not None
+    check_url(url)
     if url.startswith("redis+sentinel://"):
         return _sentinel_client(config, url)
     if config.redis_cluster:
@@ -107,13 +112,16 @@ def check_url(url: str) -> None:
     """Parse `url` as client_for would, without connecting.
 
     Raises:
-        ConfigError: a redis+sentinel:// URL without a service name or with a bad port.
-        ValueError: a URL redis-py would not accept (an unknown scheme, a bad port, ...).
+        ConfigError: a redis+sentinel:// URL without a service name or with a bad port,
+            or a URL redis-py would not accept (an unknown scheme, a bad port, ...).
     """
     if url.startswith("redis+sentinel://"):
         sentinel_address(url)
-    else:
+        return
+    try:
         parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"redis_url does not parse: {exc}") from exc
 
 
 def sentinel_address(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:

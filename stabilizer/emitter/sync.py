@@ -60,7 +60,7 @@ class _Runner:
         # a selector of our own, so that a forked child can find the descriptors to disown
         self.selector = selectors.DefaultSelector()
         self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(self.selector)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+        self.thread = threading.Thread(target=self._serve, daemon=True,
                                        name="stabilizer-sync-emitter")
         self.thread.start()
         try:
@@ -68,6 +68,12 @@ class _Runner:
         except BaseException:  # nothing else would ever stop the thread started above
             self._halt()
             raise
+
+    def _serve(self) -> None:
+        """The thread: run the loop until it is stopped, then close it (its selector and
+        its wake-up pipe), also when stop_soon stopped it and nobody joins the thread."""
+        self.loop.run_forever()
+        self.loop.close()
 
     def run(self, call: Callable[[Emitter], Awaitable[T]], timeout: float | None,
             writes: bool) -> T:
@@ -97,11 +103,43 @@ class _Runner:
             self._halt()
 
     def _halt(self) -> None:
-        """Stop the loop and its thread, then close the loop (its selector, its pipe)."""
+        """Stop the loop and wait (bounded) for its thread, which closes it."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10.0)
-        if not self.thread.is_alive():
-            self.loop.close()
+
+    def stop_soon(self) -> None:
+        """Close the emitter and stop the thread without waiting for either: for a
+        finalizer, which may run on any thread, this loop's own included."""
+        async def wind_down() -> None:
+            try:
+                async with asyncio.timeout(10.0):
+                    await self.emitter.aclose()
+            finally:
+                self.loop.stop()
+
+        winding = wind_down()
+        try:
+            asyncio.run_coroutine_threadsafe(winding, self.loop)
+        except RuntimeError:  # the loop is closed already
+            winding.close()
+
+
+class _Slot:
+    """Where a SyncEmitter keeps its runner: apart from it, so that its finalizer can stop
+    the runner without keeping the SyncEmitter alive (nor does the runner refer to it)."""
+
+    __slots__ = ("runner",)
+
+    def __init__(self) -> None:
+        self.runner: _Runner | None = None
+
+
+def _reclaim(slot: _Slot) -> None:
+    """The finalizer of a SyncEmitter dropped without close(): stop its runner (one this
+    process started; a forked child's inherited one is disowned, never stopped)."""
+    runner, slot.runner = slot.runner, None
+    if runner is not None and runner.pid == os.getpid():
+        runner.stop_soon()
 
 
 #: Runners a forked child inherited, kept so that they are never finalised in the child.
@@ -140,7 +178,8 @@ if hasattr(os, "register_at_fork"):  # POSIX
 
 class SyncEmitter:
     """A blocking Emitter: the same operations, arguments, results and exceptions, called
-    from code that is not async. Close it with close() (or ``with``).
+    from code that is not async. Close it with close() (or ``with``); one dropped without
+    close() gives its thread and Redis connections back once it is garbage (not at exit).
 
     It takes ``redis_url=...`` or ``config=...`` and makes its own Redis client on its own
     loop; it takes no ``client``.
@@ -168,7 +207,10 @@ class SyncEmitter:
                 "config=..., or use an Emitter in the application's loop"))
         self._make = make
         self._config = emitter_config(redis_url, namespace, client, config, settings)
-        self._runner: _Runner | None = None
+        self._slot = _Slot()
+        # a SyncEmitter dropped without close() gives its thread and connections back
+        # (not at exit: the daemon thread ends with the process, as it always has)
+        weakref.finalize(self, _reclaim, self._slot).atexit = False
         self._lock = threading.Lock()
         self._closed = False
         _EMITTERS.add(self)
@@ -189,7 +231,7 @@ class SyncEmitter:
         """Close the emitter and stop its thread; a second call does nothing."""
         with self._lock:
             self._closed = True
-            runner, self._runner = self._runner, None
+            runner, self._slot.runner = self._slot.runner, None
         if runner is not None and runner.pid == os.getpid():
             runner.stop()
 
@@ -197,7 +239,7 @@ class SyncEmitter:
         """In a forked child (the only thread): disown the parent's runner; the next call
         starts the child's own."""
         self._lock = threading.Lock()  # another thread of the parent may have held it
-        runner, self._runner = self._runner, None
+        runner, self._slot.runner = self._slot.runner, None
         if runner is not None:
             _disown(runner)
 
@@ -210,12 +252,12 @@ class SyncEmitter:
         with self._lock:
             if self._closed:
                 raise WebSocketStabilizerError("this SyncEmitter is closed; make a new one")
-            runner = self._runner
+            runner = self._slot.runner
             if runner is not None and runner.pid != os.getpid():  # forked past the hook
                 _disown(runner)
                 runner = None
             if runner is None:
-                runner = self._runner = _Runner(self._make)
+                runner = self._slot.runner = _Runner(self._make)
         if threading.current_thread() is runner.thread:
             raise WebSocketStabilizerError("a SyncEmitter cannot be called from its own loop")
         wanted = op_timeouts(runner.emitter) if callable(op_timeouts) else op_timeouts

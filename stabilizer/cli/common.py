@@ -24,9 +24,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{PROG}: {message} (see {PROG} --help)\n")
 
 
+UNREADABLE: Final = "?"  # a value read from Redis that cannot be shown (a time past year 9999)
+
+
 def iso(ms: float) -> str:
-    """Milliseconds since the epoch as an ISO 8601 UTC instant."""
-    moment = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    """Milliseconds since the epoch as an ISO 8601 UTC instant; UNREADABLE for a time out
+    of datetime's (or the platform's) range, or not finite, as Redis may hold."""
+    try:
+        moment = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return UNREADABLE
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -52,8 +59,9 @@ def emit(out: TextIO, data: list[Row] | Row, columns: list[str], as_json: bool) 
 
 
 def table(rows: list[Row], columns: list[str]) -> str:
-    """`rows` as aligned text lines under upper-cased column names."""
-    cells = [[c.upper() for c in columns]] + [[show(str(r[c])) for c in columns] for r in rows]
+    """`rows` as aligned text lines under upper-cased column names (None as UNREADABLE)."""
+    cells = [[c.upper() for c in columns]] + [
+        [UNREADABLE if r[c] is None else show(str(r[c])) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = []
     for row in cells:

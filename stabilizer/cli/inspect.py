@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
@@ -24,10 +25,12 @@ class Inspector:
         self.redis = RedisInspector(backend, timeout)
 
     async def live_nodes(self) -> list[Row]:
-        """Live nodes with their client counts and deadlines."""
+        """Live nodes with their client counts and deadlines (a deadline of no time, as
+        an infinite score: "?" and an expires_in of None)."""
         return [{"node_id": row.node_id, "clients": row.clients,
                  "deadline": iso(row.deadline_ms),
-                 "expires_in": round((row.deadline_ms - row.now_ms) / 1000, 3)}
+                 "expires_in": round((row.deadline_ms - row.now_ms) / 1000, 3)
+                 if math.isfinite(row.deadline_ms) else None}
                 for row in await self.redis.live_nodes()]
 
     async def groups(self) -> list[Row]:

@@ -10,7 +10,7 @@ re-register later. tests/contract runs one suite over every implementation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 from stabilizer.backends.records import (
@@ -58,7 +58,8 @@ class PresenceStore(Protocol):
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
                        end_groups: bool = False, seat: Seat | None = None,
-                       baselines: bool = False) -> Registration:
+                       baselines: bool = False,
+                       abandoned: Callable[[], None] | None = None) -> Registration:
         """Record `presence` in one round trip; tell a previous owner node (another one) to
         close its socket of the client with a KICK naming that socket's conn id. With
         `end_groups`, whatever group memberships the client has end too (a connection
@@ -73,6 +74,8 @@ class PresenceStore(Protocol):
         that is owed to its session. Bounded by the backend: it answers or raises
         BackendUnavailable within op_timeout per round trip (a call batched with others
         may first wait for the batch in flight), so admission sets no timer of its own.
+        `abandoned` is called if the presence was recorded although the caller had given
+        up (cancelled) while the store was still working on it: the caller removes it.
 
         Raises:
             UserConnectionLimitError: the user already holds `seat.max_connections`.

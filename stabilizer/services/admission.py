@@ -16,13 +16,20 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 from stabilizer.backends.base import Presence, Registration, Seat, SessionTaken
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import SocketLike, accept_if_needed
-from stabilizer.errors import BackendUnavailable, ShutdownError
+from stabilizer.errors import (
+    BackendUnavailable,
+    ConfigError,
+    ConnectionLimitExceededError,
+    ShutdownError,
+    UserConnectionLimitError,
+)
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
 from stabilizer.pure.rate import TokenBucket
@@ -50,6 +57,10 @@ class Seated:
 ANONYMOUS: Final = Seated()  # an anonymous plain client
 _REPLACED: Final = (int(CloseCode.REPLACED), "replaced by a connection on another node")
 _MAX_DEFERRED: Final = 64  # MEMBERSHIP envelopes kept per client being admitted
+#: What ends an admission with nothing of it left in the store: a registration refused, or
+#: a settle that unregistered it (a shutdown began meanwhile).
+_NOT_RECORDED: Final = (ConnectionLimitExceededError, UserConnectionLimitError, ConfigError,
+                        ShutdownError)
 #: Send a fresh session's connection what its node delivered of its streams after where
 #: each began, then release its held frames (Resume.catch_up).
 CatchUp = Callable[[Connection, dict[str, tuple[int, str]]], Awaitable[None]]
@@ -136,12 +147,12 @@ class Admission:
                 else:
                     conn.mark_registered()
                 baselines = await self._settle(conn, resuming, registration)
-            except ShutdownError:  # (its settle unregistered it)
+            except _NOT_RECORDED:  # refused (nothing recorded), or unregistered already
                 self._retired.pop(conn.conn_id, None)
                 raise
             except BaseException:  # cancelled (or failed) before it entered the pool
                 self._retired.pop(conn.conn_id, None)
-                self._unregister_abandoned(conn)
+                self._abandon(conn)
                 raise
             finally:
                 del self._pending[conn.conn_id]
@@ -177,13 +188,15 @@ class Admission:
         self._pending[conn.conn_id] = conn
         return conn
 
-    def _unregister_abandoned(self, conn: Connection) -> None:
-        """Remove the presence of a registered connection whose admission will not end:
-        nothing else would while the node lives (a resync prunes stale entries, and none
-        is due). A registration still in flight is undone by the backend once answered."""
-        if conn.registered:
-            self._ctx.tasks.spawn(self._closing.unregister(conn),
-                                  name="stabilizer-unregister-abandoned")
+    def _abandon(self, conn: Connection) -> None:
+        """Remove whatever presence the registration of `conn`, whose admission will not
+        end, may have recorded: nothing else would while the node lives (a resync prunes
+        stale entries, and none is due). Also when the registration looked unanswered:
+        its answer may have come in the same loop pass as the cancellation. (The removal
+        names the conn id: a newer connection of the client is left alone.) One answered
+        after its caller gave up is removed by this too, once answered (`abandoned`)."""
+        self._ctx.tasks.spawn(self._closing.unregister(conn),
+                              name="stabilizer-unregister-abandoned")
 
     def _unrecorded(self, conn: Connection, exc: BackendUnavailable) -> None:
         """Degrade: the socket works locally; presence is registered again at the resync."""
@@ -337,7 +350,7 @@ class Admission:
         return ctx.backend.presence.register(
             presence, max_cluster=ctx.config.max_cluster_connections,
             end_groups=not history, seat=seat,
-            baselines=history and not resuming)
+            baselines=history and not resuming, abandoned=partial(self._abandon, conn))
 
     async def _end_memberships(self, conn: Connection) -> None:
         ctx = self._ctx

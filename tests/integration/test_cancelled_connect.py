@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from stabilizer import WebSocketConfig, WebSocketConnectionManager
+from stabilizer import Identity, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.backends.memory import MemoryBackend, MemoryHub
-from tests.support.fakes import FakeSocket
+from tests.integration.test_emitter import until
+from tests.support.fakes import FakeSocket, FakeWebSocket
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 Nodes = Callable[..., WebSocketConnectionManager]
@@ -47,9 +48,8 @@ async def nodes(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator
 
 async def cleanups_done(manager: WebSocketConnectionManager) -> None:
     """Wait for the node's tasks that undo a cancelled registration."""
-    tasks = manager._node.ctx.tasks
-    await asyncio.gather(*tasks.running("stabilizer-unregister"),
-                         *tasks.running("stabilizer-redis-undo"), return_exceptions=True)
+    tasks = manager._node.ctx.tasks.running("stabilizer-unregister-abandoned")
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def assert_gone(a: WebSocketConnectionManager, b: WebSocketConnectionManager) -> None:
@@ -113,3 +113,123 @@ async def test_a_connect_cancelled_while_its_registration_is_in_flight_leaves_no
         await registers._task
     await cleanups_done(a)
     await assert_gone(a, b)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("nodes", ["redis", "cluster"], indirect=True)
+async def test_a_registration_that_lands_after_the_removal_of_its_cancelled_connect_is_undone(
+        nodes: Nodes) -> None:
+    """The connect is cancelled with its registration taken into a batch but not yet run
+    in Redis: the admission's removal runs first and finds nothing, then the registration
+    lands. Its answer, which no caller waits for any more, removes it."""
+    a, b = nodes("a"), nodes("b")
+    await a.start()
+    await b.start()
+    registers = a._node.ctx.backend.presence._registers  # type: ignore[attr-defined]
+    real_send = registers._send
+    taken, release = asyncio.Event(), asyncio.Event()
+
+    async def held_before_sending(calls: Any) -> Any:
+        taken.set()
+        await release.wait()
+        return await real_send(calls)
+
+    registers._send = held_before_sending
+    connecting = asyncio.create_task(a.connect("ghost", FakeSocket("ghost")))
+    await taken.wait()
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    await cleanups_done(a)  # the admission's removal: nothing recorded yet
+    release.set()
+    if registers._task is not None:  # the registration runs, and its answer comes back
+        await registers._task
+    await cleanups_done(a)
+    await assert_gone(a, b)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("nodes", ["redis", "cluster"], indirect=True)
+async def test_a_connect_cancelled_in_the_pass_its_registration_was_answered_leaves_none(
+        nodes: Nodes) -> None:
+    """The answer resolved the caller's future, and the cancellation (a timeout due in the
+    same loop pass) came before the caller resumed: the answer was thrown away."""
+    a, b = nodes("a"), nodes("b")
+    await a.start()
+    await b.start()
+    registers = a._node.ctx.backend.presence._registers  # type: ignore[attr-defined]
+    real_run = registers._run
+    connecting: asyncio.Task[Any] | None = None
+
+    async def answered_then_cancelled(calls: Any, futures: Any) -> None:
+        await real_run(calls, futures)  # every caller's future resolved, none resumed
+        assert connecting is not None
+        connecting.cancel()
+
+    registers._run = answered_then_cancelled
+    connecting = asyncio.create_task(a.connect("ghost", FakeSocket("ghost")))
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    await cleanups_done(a)
+    await assert_gone(a, b)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("nodes", ["redis", "cluster"], indirect=True)
+async def test_a_user_connect_cancelled_after_its_script_leaves_no_presence_nor_seat(
+        nodes: Nodes) -> None:
+    """With presence in several buckets a user's seat follows the registration's script in
+    a step of its own; a connect cancelled there (the registration answered, the admission
+    not yet aware of it) leaves nothing of the connection, its seat included."""
+    a, b = nodes("a", presence_buckets=4), nodes("b", presence_buckets=4)
+    await a.start()
+    await b.start()
+    ran, release = blocked(a._node.ctx.backend.presence._core, "follow_seats")  # type: ignore[attr-defined]
+    session = a.open_session(FakeWebSocket("ghost"), "ghost", identity=Identity("ann"))
+
+    async def enter() -> None:
+        async with session:
+            pytest.fail("admitted")
+
+    connecting = asyncio.create_task(enter())
+    await ran.wait()  # the script ran, and the seat step after it
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    release.set()  # (the removal's seat step goes through it too)
+    await cleanups_done(a)
+    await assert_gone(a, b)
+    assert await b.get_user_connections("ann") == []
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("nodes", ["redis", "cluster"], indirect=True)
+async def test_a_reconnect_cancelled_in_flight_leaves_its_session_to_the_sweep(
+        nodes: Nodes) -> None:
+    """With history, the client's session and groups outlive its presence until the
+    session's time to resume runs out, then the sweep ends them. A cancelled reconnect's
+    registration was undone by a bare removal, which put the client on no away list: its
+    session and groups were never swept."""
+    settings = {"history_size": 10, "session_ttl": 1.0, "node_ttl": 1.5}
+    a, b = nodes("a", **settings), nodes("b", **settings)
+    await a.start()
+    await b.start()
+    await b.connect("h", FakeSocket("h"))
+    await b.join_group("h", "room")
+    registers = a._node.ctx.backend.presence._registers  # type: ignore[attr-defined]
+    ran, release = blocked(registers, "_send")
+    connecting = asyncio.create_task(a.connect("h", FakeSocket("h")))  # replaces b's
+    await ran.wait()
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    release.set()
+    if registers._task is not None:
+        await registers._task
+    await cleanups_done(a)
+    assert await b.locate_client("h") is None
+
+    async def swept() -> bool:
+        return await b.get_group_members("room") == []
+
+    await until(swept, timeout=15.0)  # (a bound: the session's time, then a sweep step)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 
 from stabilizer.backends.base import (
     ORPHAN_GRACE_TTLS,
@@ -70,10 +70,12 @@ class MemoryPresence:
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
                        end_groups: bool = False, seat: Seat | None = None,
-                       baselines: bool = False) -> Registration:
+                       baselines: bool = False,
+                       abandoned: Callable[[], None] | None = None) -> Registration:
         """Record presence (and the user's seat); kick a previous socket on another node;
         with `end_groups`, whatever groups the client had end in the same step; with
-        `baselines`, where the client's session streams stand then."""
+        `baselines`, where the client's session streams stand then. (It never awaits: a
+        caller cannot give up while it works, so `abandoned` is never called.)"""
         node = self._node
         node.check()
         hub = node.hub

@@ -4,9 +4,7 @@ also keeps the user hashes (users.py) when they share the slot."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -20,16 +18,9 @@ from stabilizer.backends.redis.keys import (
     parse_position,
     seat_of,
 )
-from stabilizer.errors import (
-    BackendUnavailable,
-    ConfigError,
-    ConnectionLimitExceededError,
-    UserConnectionLimitError,
-)
+from stabilizer.errors import ConfigError, ConnectionLimitExceededError, UserConnectionLimitError
 from stabilizer.pure.streams import session_streams
 from stabilizer.pure.wire import kick_prefix
-
-logger = logging.getLogger(__name__)
 
 
 class _Shared(NamedTuple):
@@ -56,7 +47,8 @@ class RedisPresence:
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
                        end_groups: bool = False, seat: Seat | None = None,
-                       baselines: bool = False) -> Registration:
+                       baselines: bool = False,
+                       abandoned: Callable[[], None] | None = None) -> Registration:
         """One script: record presence (and the user's seat), enforce the limits, and publish
         a KICK naming the previous conn id to the previous owner node, if that is another
         node; with `end_groups` and one presence bucket (the group sets share the slot),
@@ -85,7 +77,7 @@ class RedisPresence:
         # (the call's lists go straight to the batch: this frame keeps none while it waits)
         status, previous, *raw = await self._registers.submit(*self._register_call(
             presence, max_cluster, in_script, value, user_limit, baselines and read is None),
-            undo=partial(self._undo_register, presence.client_id, presence.conn_id))
+            undo=None if abandoned is None else partial(_recorded_then, abandoned))
         if int(status) == -1:
             raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
         if int(status) == -2:
@@ -156,23 +148,6 @@ class RedisPresence:
             await core.follow_seats(["d", entry.user_id, client_id, conn_id], "unregister")
         return True
 
-    def _undo_register(self, client_id: str, conn_id: str, reply: Any) -> None:
-        """A registration ran after its connect was cancelled: remove it (no one else
-        would while the node lives)."""
-        if int(reply[0]) < 0:  # refused: nothing was recorded
-            return
-        with contextlib.suppress(BackendUnavailable):  # (the node stops: its end removes
-            # what it registered)
-            self._core.spawn(self._unregister_quietly(client_id, conn_id),
-                             name="stabilizer-redis-undo-register")
-
-    async def _unregister_quietly(self, client_id: str, conn_id: str) -> None:
-        try:
-            await self.unregister(client_id, conn_id)
-        except BackendUnavailable as exc:
-            logger.warning("presence of %r (conn %s), whose connect was cancelled, not "
-                           "removed: %s", client_id, conn_id, exc)
-
     def _unregister_call(self, client_id: str, conn_id: str, end_groups: bool,
                          away_ms: int) -> tuple[list[str], list[str | bytes | int]]:
         """UNREGISTER's keys and arguments."""
@@ -239,3 +214,10 @@ def _seat_moves(presence: Presence, value: str, before: Presence | None) -> list
 def _metas(keys: KeyLayout, presence: Presence) -> list[str]:
     """The meta hashes of the streams a fresh session of `presence`'s client receives."""
     return [keys.stream_meta(s) for s in session_streams(presence.client_id, presence.user_id)]
+
+
+def _recorded_then(abandoned: Callable[[], None], reply: Any) -> None:
+    """A REGISTER answered after its caller gave up: if it recorded the presence (it was
+    not refused), the caller's `abandoned` removes it."""
+    if int(reply[0]) >= 0:
+        abandoned()

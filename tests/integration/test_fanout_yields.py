@@ -65,3 +65,25 @@ async def test_a_fan_out_yields_every_slice_of_recipients(
     assert turns >= MEMBERS // SLICE - 1
     for socket in sockets:  # every recipient, once each, in order
         assert [await socket.next(), await socket.next()] == ["first", "second"]
+
+
+@pytest.mark.parametrize("kind", ["broadcast", "group"])
+async def test_fan_outs_that_overlap_reach_every_connection_in_the_order_they_began(
+        manager: WebSocketConnectionManager, kind: str) -> None:
+    """Two sends from two tasks, the second begun while the first yields: the second
+    excludes the first member, so their slices fell out of step, and the members past the
+    first slice got the second message before the first."""
+    sockets = [FakeSocket(f"c{i}") for i in range(MEMBERS)]
+    for index, socket in enumerate(sockets):
+        await manager.connect(f"c{index}", socket)
+        await manager.join_group(f"c{index}", "room")
+
+    async def send(text: str, exclude: str | None) -> object:
+        if kind == "broadcast":
+            return await manager.broadcast(text, exclude_client=exclude)
+        return await manager.send_to_group("room", text, exclude_client=exclude)
+
+    await asyncio.gather(send("first", None), send("second", "c0"))
+    assert [await sockets[0].next()] == ["first"]
+    for socket in sockets[1:]:
+        assert [await socket.next(), await socket.next()] == ["first", "second"]

@@ -2,7 +2,9 @@
 
 The one place that picks recipients (everyone, a group's local members, one client, one
 user's connections) for both delivery modes. A large fan-out yields to the loop every
-max_concurrent_broadcast recipients, so it never stalls the node.
+max_concurrent_broadcast recipients, so it never stalls the node; fan-outs do not
+interleave (a second one waits while one that yields runs), so each connection gets
+frames in the order their fan-outs began.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class FanOut:
         #: it (a plain client: UNSUPPORTED) or no longer can (too many unacknowledged, or
         #: it ended without a session to resume: FORGOTTEN)
         self.on_unackable: Callable[[str, str, str], None] = _ignore
+        self._lane = asyncio.Lock()  # held by a fan-out that yields (see deliver)
 
     def offer(self, conn: Connection, frame: Frame) -> bool:
         """Give `conn` a frame now (counted in the node's stats)."""
@@ -83,19 +86,30 @@ class FanOut:
             if conn is None:
                 return BroadcastResult(0, 0, 0)
             shards: Iterable[list[Connection]] = [[conn]]
+            size = 1
         elif target.kind == "group":
             members = self._membership.local_members(target.name)
             if not members:
                 return BroadcastResult(0, 0, 0)
             shards = [list(members)]
+            size = len(members)
             frame.channel = target.name  # v2 clients are told (with history: the stream)
         elif target.kind == "user":
             seats = self._ctx.pool.of_user(target.name)
             if not seats:
                 return BroadcastResult(0, 0, 0)
             shards = [seats]
+            size = len(seats)
         else:
             shards = self._ctx.pool.shards()
+            size = len(self._ctx.pool)
+        if size > self._ctx.config.max_concurrent_broadcast or self._lane.locked():
+            # a fan-out that yields takes the lane, and one that finds it taken waits: fan-
+            # outs run one after another, so that every connection gets frames in the
+            # order their fan-outs began, though a large one gives the loop turns
+            async with self._lane:
+                return await self._fan_out(shards, frame, exclude, stream, offset, epoch,
+                                           reached)
         return await self._fan_out(shards, frame, exclude, stream, offset, epoch, reached)
 
     async def deliver_publishing(self, target: Target, frame: Frame, exclude: str | None,

@@ -75,7 +75,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     watch = PresenceWatch(ctx)
     membership = Membership(ctx, events,
                             on_unfollow=lambda stream: _unfollow(router_ref[0], watch, stream),
-                            on_forget=watch.forget, on_leave=watch.abort)
+                            on_forget=watch.forget, on_leave=watch.left)
     fanout = FanOut(ctx, membership)
     sequenced = SequencedRouter(ctx, fanout, membership) if config.history_enabled else None
     router: Router = sequenced or LiveRouter(ctx, fanout)

@@ -158,7 +158,9 @@ class Channels:
         kept = self._watch.begin(conn, channel) if request.presence else None
         was_member = channel in conn.groups
         try:
-            await self._membership.join(conn.client_id, channel, meta_json)
+            # (a leave ordered before the join, in the client's turn, spares the watcher)
+            await self._membership.join(conn.client_id, channel, meta_json, landed=(
+                (lambda: self._watch.joined(conn, channel)) if request.presence else None))
             if request.presence:
                 try:
                     version, entries = await self._watch.read_state(channel)

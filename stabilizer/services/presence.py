@@ -9,9 +9,11 @@ version that state stands at). Once ready, it gets the state, then what it colle
 that version, then, one frame per window (``presence_diff_window``), every later change
 past what it has seen: each change exactly once, in order. When the node's subscription is
 lost (changes may be lost with it), every watcher starts over: the state again, once the
-subscription is back, then the changes past it. When the node stops following a group (its
-last local member left), the group's watchers end with it, but for those of subscribes
-still waiting to join: their joins follow the group again, and they read its state after.
+subscription is back, then the changes past it. A watcher ends when its connection leaves
+the group, or when the node stops following the group (its last local member left), but
+for one whose subscribe still waits to join (``joining``): a leave or an unfollow ordered
+before that join does not end it; the join makes it a member (following the group again),
+and it reads the state after.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 @dataclass(slots=True)
 class _Watcher:
     seen: int | None = None  # the last version it got (None: pending)
+    joining: bool = True  # its subscribe's join has not landed yet (see joined())
     backlog: list[Change] = field(default_factory=list)  # collected while pending
 
 
@@ -144,6 +147,23 @@ class PresenceWatch:
         watchers[conn] = _Watcher()
         self._followed.setdefault(conn, set()).add(group)
         return previous if previous is not None and previous.seen is not None else None
+
+    def joined(self, conn: Connection, group: str) -> None:
+        """The join of `conn`'s presence subscribe landed (in the client's turn): from now
+        on a leave of `conn` from `group` ends its watcher."""
+        state = self._groups.get(group)
+        watcher = None if state is None else state.watchers.get(conn)
+        if watcher is not None:
+            watcher.joining = False
+
+    def left(self, conn: Connection, group: str) -> None:
+        """`conn` left `group` (however it left): it follows its presence no more, unless
+        its subscribe still waits to join (the leave was ordered before that join, which
+        makes it a member again)."""
+        state = self._groups.get(group)
+        watcher = None if state is None else state.watchers.get(conn)
+        if watcher is None or not watcher.joining or not conn.is_open:
+            self.abort(conn, group)
 
     def abort(self, conn: Connection, group: str, kept: _Watcher | None = None) -> None:
         """`conn` does not follow `group`'s presence (any more); or, with `kept` (what
@@ -277,7 +297,8 @@ class PresenceWatch:
         group's channel ends (and its changes with it). A watcher of a subscribe still
         waiting to join stays (its join subscribes again, and it reads the state after):
         it starts over, pending, collecting from the new subscription. Any other watcher
-        is forgotten."""
+        is forgotten (pending ones too: one left pending by resubscribing() would never be
+        made ready again, and collect changes for ever once the group is followed again)."""
         target = Target.of_stream(stream)
         if target is None or target.kind != "group":
             return
@@ -289,8 +310,8 @@ class PresenceWatch:
             state.timer.cancel()
         state.window, state.timer, state.read = [], None, None
         for conn, watcher in list(state.watchers.items()):
-            if watcher.seen is None and conn.is_open:
-                watcher.backlog = []  # (from the ended subscription: its state is read anew)
+            if watcher.joining and conn.is_open:  # (a resync may have made it ready)
+                watcher.seen, watcher.backlog = None, []  # its state is read anew
             else:
                 del state.watchers[conn]
                 self._unlist(conn, group)

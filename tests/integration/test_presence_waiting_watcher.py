@@ -52,9 +52,10 @@ async def test_a_watcher_waiting_for_its_join_survives_the_last_other_member_lea
     join = membership.join
     joining = asyncio.Event()
 
-    async def noted(client_id: str, group: str, meta_json: str | None = None) -> None:
+    async def noted(client_id: str, group: str, meta_json: str | None = None,
+                    **more: object) -> None:
         joining.set()  # (its watcher began: the subscribe is past begin())
-        await join(client_id, group, meta_json)
+        await join(client_id, group, meta_json, **more)  # type: ignore[arg-type]
 
     monkeypatch.setattr(membership, "join", noted)
     held, release = asyncio.Event(), asyncio.Event()

@@ -96,9 +96,11 @@ class Membership:
         in the backend even if it has none here)."""
         return self._doubts.node_wide
 
-    async def join(self, client_id: str, group: str, meta_json: str | None = None) -> None:
+    async def join(self, client_id: str, group: str, meta_json: str | None = None, *,
+                   landed: Callable[[], None] | None = None) -> None:
         """Add a client on any node to a group (with its presence metadata, as JSON text,
-        when there is some).
+        when there is some). `landed` is called in the client's turn once a local client's
+        join is recorded here: the changes ordered before it have landed, later ones follow.
 
         Raises:
             ConnectionNotFoundError: the client is not connected anywhere.
@@ -122,6 +124,8 @@ class Membership:
         async with self._turns.hold(client_id):
             had = group in conn.groups
             await self.join_local(conn, group)
+            if landed is not None:
+                landed()
             mark = self._book.begin(conn, group)
             try:
                 change = await self._written(client_id, ctx.ask(

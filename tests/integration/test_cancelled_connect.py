@@ -7,43 +7,39 @@ client on this node, and a send to it from another node reported success."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from stabilizer import Identity, WebSocketConfig, WebSocketConnectionManager
-from stabilizer.backends.memory import MemoryBackend, MemoryHub
+from stabilizer import Identity, WebSocketConnectionManager
+from tests.integration.test_cluster import Cluster, started
+from tests.integration.test_cluster import cluster as cluster  # (the fixture)
 from tests.integration.test_emitter import until
 from tests.support.fakes import FakeSocket, FakeWebSocket
 
-QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
-Nodes = Callable[..., WebSocketConnectionManager]
+Nodes = Cluster  # (the fixture `cluster`: embedded, Redis, a three-master Cluster)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis),
-                        pytest.param("cluster", marks=pytest.mark.redis)])
-async def nodes(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Nodes]:
-    hub = MemoryHub()
-    made: list[WebSocketConnectionManager] = []
-    redis: dict[str, object] = {}
-    if request.param == "redis":
-        redis = {"redis_url": request.getfixturevalue("redis_url")}
-    elif request.param == "cluster":
-        redis = {"redis_url": request.getfixturevalue("redis_cluster").url,
-                 "redis_cluster": True, "presence_buckets": 4}
+async def pair(nodes: Nodes, **settings: Any) -> tuple[WebSocketConnectionManager,
+                                                       WebSocketConnectionManager]:
+    """Two started nodes sharing the store: `a` takes the connect, `b` looks on."""
+    a, b = nodes("a", **settings), nodes("b", **settings)
+    await started(a, b)
+    return a, b
 
-    def node(node_id: str, **overrides: Any) -> WebSocketConnectionManager:
-        config = WebSocketConfig(**{**QUIET, **redis, "node_id": node_id,
-                                    "namespace": namespace, **overrides})
-        manager = WebSocketConnectionManager(
-            config, **({} if redis else {"backend": MemoryBackend(hub)}))
-        made.append(manager)
-        return manager
 
-    yield node
-    for manager in made:
-        await manager.graceful_shutdown(timeout=2.0)
+async def cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` (a connect) and see it end cancelled."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def answered(registers: Any) -> None:
+    """Let the batch of registrations in flight take its answer."""
+    if registers._task is not None:
+        await registers._task
 
 
 async def cleanups_done(manager: WebSocketConnectionManager) -> None:
@@ -77,54 +73,43 @@ def blocked(target: Any, name: str) -> tuple[asyncio.Event, asyncio.Event]:
 
 
 async def test_a_connect_cancelled_after_its_registration_leaves_no_presence(
-        nodes: Nodes) -> None:
+        cluster: Nodes) -> None:
     """Cancelled while its session opens (history: the step after the registration)."""
-    a, b = nodes("a", history_size=10), nodes("b", history_size=10)
-    await a.start()
-    await b.start()
+    a, b = await pair(cluster, history_size=10)
     ran, _ = blocked(a._node.ctx.backend.sessions, "activate")
     connecting = asyncio.create_task(a.connect("ghost", FakeSocket("ghost")))
     await ran.wait()
     assert await b.locate_client("ghost") == "a"  # registered, not yet admitted
-    connecting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await connecting
+    await cancelled(connecting)
     await cleanups_done(a)
     await assert_gone(a, b)
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("nodes", ["redis", "cluster"], indirect=True)
+@pytest.mark.parametrize("cluster", ["redis", "cluster"], indirect=True)
 async def test_a_connect_cancelled_while_its_registration_is_in_flight_leaves_no_presence(
-        nodes: Nodes) -> None:
+        cluster: Nodes) -> None:
     """The register script ran in Redis, and its caller gave up before the reply came."""
-    a, b = nodes("a"), nodes("b")
-    await a.start()
-    await b.start()
+    a, b = await pair(cluster)
     registers = a._node.ctx.backend.presence._registers  # type: ignore[attr-defined]
     ran, release = blocked(registers, "_send")
     connecting = asyncio.create_task(a.connect("ghost", FakeSocket("ghost")))
     await ran.wait()
-    connecting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await connecting
+    await cancelled(connecting)
     release.set()
-    if registers._task is not None:  # the batch's task takes the reply
-        await registers._task
+    await answered(registers)
     await cleanups_done(a)
     await assert_gone(a, b)
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("nodes", ["redis", "cluster"], indirect=True)
+@pytest.mark.parametrize("cluster", ["redis", "cluster"], indirect=True)
 async def test_a_registration_that_lands_after_the_removal_of_its_cancelled_connect_is_undone(
-        nodes: Nodes) -> None:
+        cluster: Nodes) -> None:
     """The connect is cancelled with its registration taken into a batch but not yet run
     in Redis: the admission's removal runs first and finds nothing, then the registration
     lands. Its answer, which no caller waits for any more, removes it."""
-    a, b = nodes("a"), nodes("b")
-    await a.start()
-    await b.start()
+    a, b = await pair(cluster)
     registers = a._node.ctx.backend.presence._registers  # type: ignore[attr-defined]
     real_send = registers._send
     taken, release = asyncio.Event(), asyncio.Event()
@@ -137,26 +122,21 @@ async def test_a_registration_that_lands_after_the_removal_of_its_cancelled_conn
     registers._send = held_before_sending
     connecting = asyncio.create_task(a.connect("ghost", FakeSocket("ghost")))
     await taken.wait()
-    connecting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await connecting
+    await cancelled(connecting)
     await cleanups_done(a)  # the admission's removal: nothing recorded yet
     release.set()
-    if registers._task is not None:  # the registration runs, and its answer comes back
-        await registers._task
+    await answered(registers)  # the registration runs, and its answer comes back
     await cleanups_done(a)
     await assert_gone(a, b)
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("nodes", ["redis", "cluster"], indirect=True)
+@pytest.mark.parametrize("cluster", ["redis", "cluster"], indirect=True)
 async def test_a_connect_cancelled_in_the_pass_its_registration_was_answered_leaves_none(
-        nodes: Nodes) -> None:
+        cluster: Nodes) -> None:
     """The answer resolved the caller's future, and the cancellation (a timeout due in the
     same loop pass) came before the caller resumed: the answer was thrown away."""
-    a, b = nodes("a"), nodes("b")
-    await a.start()
-    await b.start()
+    a, b = await pair(cluster)
     registers = a._node.ctx.backend.presence._registers  # type: ignore[attr-defined]
     real_run = registers._run
     connecting: asyncio.Task[Any] | None = None
@@ -175,15 +155,13 @@ async def test_a_connect_cancelled_in_the_pass_its_registration_was_answered_lea
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("nodes", ["redis", "cluster"], indirect=True)
+@pytest.mark.parametrize("cluster", ["redis", "cluster"], indirect=True)
 async def test_a_user_connect_cancelled_after_its_script_leaves_no_presence_nor_seat(
-        nodes: Nodes) -> None:
+        cluster: Nodes) -> None:
     """With presence in several buckets a user's seat follows the registration's script in
     a step of its own; a connect cancelled there (the registration answered, the admission
     not yet aware of it) leaves nothing of the connection, its seat included."""
-    a, b = nodes("a", presence_buckets=4), nodes("b", presence_buckets=4)
-    await a.start()
-    await b.start()
+    a, b = await pair(cluster, presence_buckets=4)
     ran, release = blocked(a._node.ctx.backend.presence._core, "follow_seats")  # type: ignore[attr-defined]
     session = a.open_session(FakeWebSocket("ghost"), "ghost", identity=Identity("ann"))
 
@@ -193,9 +171,7 @@ async def test_a_user_connect_cancelled_after_its_script_leaves_no_presence_nor_
 
     connecting = asyncio.create_task(enter())
     await ran.wait()  # the script ran, and the seat step after it
-    connecting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await connecting
+    await cancelled(connecting)
     release.set()  # (the removal's seat step goes through it too)
     await cleanups_done(a)
     await assert_gone(a, b)
@@ -203,29 +179,24 @@ async def test_a_user_connect_cancelled_after_its_script_leaves_no_presence_nor_
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("nodes", ["redis", "cluster"], indirect=True)
+@pytest.mark.parametrize("cluster", ["redis", "cluster"], indirect=True)
 async def test_a_reconnect_cancelled_in_flight_leaves_its_session_to_the_sweep(
-        nodes: Nodes) -> None:
+        cluster: Nodes) -> None:
     """With history, the client's session and groups outlive its presence until the
     session's time to resume runs out, then the sweep ends them. A cancelled reconnect's
     registration was undone by a bare removal, which put the client on no away list: its
     session and groups were never swept."""
     settings = {"history_size": 10, "session_ttl": 1.0, "node_ttl": 1.5}
-    a, b = nodes("a", **settings), nodes("b", **settings)
-    await a.start()
-    await b.start()
+    a, b = await pair(cluster, **settings)
     await b.connect("h", FakeSocket("h"))
     await b.join_group("h", "room")
     registers = a._node.ctx.backend.presence._registers  # type: ignore[attr-defined]
     ran, release = blocked(registers, "_send")
     connecting = asyncio.create_task(a.connect("h", FakeSocket("h")))  # replaces b's
     await ran.wait()
-    connecting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await connecting
+    await cancelled(connecting)
     release.set()
-    if registers._task is not None:
-        await registers._task
+    await answered(registers)
     await cleanups_done(a)
     assert await b.locate_client("h") is None
 

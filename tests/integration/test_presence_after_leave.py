@@ -16,7 +16,9 @@ from stabilizer import (
     WebSocketConfig,
     WebSocketConnectionManager,
 )
+from stabilizer.connection.connection import Connection
 from stabilizer.pure.v2 import ChannelRequest
+from stabilizer.services.channels import Channels
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket
 
@@ -35,6 +37,28 @@ async def presence_node(manager: WebSocketConnectionManager,
     for name, sock in socks.items():
         await manager.connect(name, sock)
     return socks
+
+
+async def alice_following(manager: WebSocketConnectionManager) -> tuple[
+        dict[str, FakeSocket], Channels, Connection]:
+    """A node with alice and dave connected, alice a member of "room" following its
+    presence: their sockets, the node's channels and alice's connection."""
+    socks = await presence_node(manager, "alice", "dave")
+    channels = manager._node.sessions.channels
+    alice = manager.get_connection("alice")
+    assert alice is not None
+    await channels.subscribe(alice, ChannelRequest(1, "room", None, presence=True))
+    return socks, channels, alice
+
+
+async def hears_dave_join(manager: WebSocketConnectionManager, sock: FakeSocket) -> None:
+    """Dave subscribes to "room" too; wait until `sock` gets a diff naming him."""
+    channels = manager._node.sessions.channels
+    dave = manager.get_connection("dave")
+    assert dave is not None
+    await channels.subscribe(dave, ChannelRequest(1, "room", None, presence=True))
+    while not any("dave" in json.dumps(diff) for diff in _diffs(sock)):
+        await sock.next()  # (each frame she gets, awaited: times out if none comes)
 
 
 async def unreadable(group: str) -> object:
@@ -98,11 +122,7 @@ async def test_a_repeated_presence_subscribe_that_fails_keeps_the_presence_follo
     on hearing who joins. Before, the failed attempt dropped its presence watcher: its copy
     of the presence went stale for good, with no frame saying so."""
     manager: WebSocketConnectionManager = make_manager(config)
-    socks = await presence_node(manager, "alice", "dave")
-    channels = manager._node.sessions.channels
-    alice = manager.get_connection("alice")
-    assert alice is not None
-    await channels.subscribe(alice, ChannelRequest(1, "room", None, presence=True))
+    socks, channels, alice = await alice_following(manager)
     read_state = channels._watch.read_state
     monkeypatch.setattr(channels._watch, "read_state", unreadable)
     reply = await channels.subscribe(alice, ChannelRequest(2, "room", None, presence=True))
@@ -110,12 +130,7 @@ async def test_a_repeated_presence_subscribe_that_fails_keeps_the_presence_follo
     assert first["error"]["code"] == "unavailable"
     assert "room" in alice.groups  # still the member its first subscribe made
     monkeypatch.setattr(channels._watch, "read_state", read_state)
-    dave = manager.get_connection("dave")
-    assert dave is not None
-    await channels.subscribe(dave, ChannelRequest(1, "room", None, presence=True))
-    sock = socks["alice"]
-    while not any("dave" in json.dumps(diff) for diff in _diffs(sock)):
-        await sock.next()  # (each frame she gets, awaited: times out if none comes)
+    await hears_dave_join(manager, socks["alice"])
 
 
 async def test_an_unsubscribe_that_fails_keeps_the_presence_followed(
@@ -126,11 +141,7 @@ async def test_an_unsubscribe_that_fails_keeps_the_presence_followed(
     the unsubscribe dropped its presence watcher before the leave was tried: its copy of
     the presence went stale for good, with no frame saying so."""
     manager: WebSocketConnectionManager = make_manager(config)
-    socks = await presence_node(manager, "alice", "dave")
-    channels = manager._node.sessions.channels
-    alice = manager.get_connection("alice")
-    assert alice is not None
-    await channels.subscribe(alice, ChannelRequest(1, "room", None, presence=True))
+    socks, channels, alice = await alice_following(manager)
     groups = manager.backend.groups
     leave = groups.leave
 
@@ -142,9 +153,4 @@ async def test_an_unsubscribe_that_fails_keeps_the_presence_followed(
     assert reply["error"]["code"] == "unavailable"
     assert "room" in alice.groups  # still a member
     monkeypatch.setattr(groups, "leave", leave)
-    dave = manager.get_connection("dave")
-    assert dave is not None
-    await channels.subscribe(dave, ChannelRequest(1, "room", None, presence=True))
-    sock = socks["alice"]
-    while not any("dave" in json.dumps(diff) for diff in _diffs(sock)):
-        await sock.next()  # (each frame she gets, awaited: times out if none comes)
+    await hears_dave_join(manager, socks["alice"])

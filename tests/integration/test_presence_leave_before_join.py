@@ -16,7 +16,7 @@ from stabilizer import WebSocketConfig, WebSocketConnectionManager
 from stabilizer.pure.v2 import ChannelRequest
 from tests.conftest import ManagerFactory
 from tests.integration.test_presence_after_leave import presence_node
-from tests.integration.test_presence_waiting_watcher import _diffs, _frames
+from tests.integration.test_presence_waiting_watcher import _diffs, _frames, joins_noted
 
 
 @pytest.mark.parametrize("others", [("alice",), ()], ids=["others-stay", "last-member"])
@@ -35,15 +35,8 @@ async def test_a_leave_ordered_before_a_waiting_presence_join_keeps_its_watcher(
         await channels.subscribe(conns[name], ChannelRequest(1, "room", None))
 
     membership = manager._node.membership
-    join = membership.join
-    joining = asyncio.Event()
-
-    async def noted(client_id: str, group: str, meta_json: str | None = None,
-                    **more: object) -> None:
-        joining.set()  # (its watcher began: the subscribe is past begin())
-        await join(client_id, group, meta_json, **more)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(membership, "join", noted)
+    join = membership.join  # (put back once bob's subscribe is through)
+    joining = joins_noted(membership, monkeypatch)
     groups = manager.backend.groups
     leave = groups.leave
     leaving, written = asyncio.Event(), asyncio.Event()

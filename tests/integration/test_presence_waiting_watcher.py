@@ -14,6 +14,7 @@ import pytest
 
 from stabilizer import SubscribeRequest, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.pure.v2 import ChannelRequest
+from stabilizer.services.delivery.groups import Membership
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeSocket
 
@@ -25,6 +26,21 @@ def _frames(sent: str | list[str]) -> list[dict[str, object]]:
 def _diffs(sock: FakeSocket) -> list[dict[str, object]]:
     frames = [json.loads(text) for text in sock.texts()]
     return [frame for frame in frames if frame.get("type") == "presence_diff"]
+
+
+def joins_noted(membership: Membership, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """An event set when a join begins (a presence subscribe's: its watcher began, and it
+    is past begin()); the join then goes on as it would."""
+    join = membership.join
+    joining = asyncio.Event()
+
+    async def noted(client_id: str, group: str, meta_json: str | None = None,
+                    **more: object) -> None:
+        joining.set()
+        await join(client_id, group, meta_json, **more)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(membership, "join", noted)
+    return joining
 
 
 async def test_a_watcher_waiting_for_its_join_survives_the_last_other_member_leaving(
@@ -49,15 +65,8 @@ async def test_a_watcher_waiting_for_its_join_survives_the_last_other_member_lea
     await channels.subscribe(conns["alice"], ChannelRequest(1, "room", None))
 
     membership = node.membership
-    join = membership.join
-    joining = asyncio.Event()
-
-    async def noted(client_id: str, group: str, meta_json: str | None = None,
-                    **more: object) -> None:
-        joining.set()  # (its watcher began: the subscribe is past begin())
-        await join(client_id, group, meta_json, **more)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(membership, "join", noted)
+    join = membership.join  # (put back once bob's subscribe is through)
+    joining = joins_noted(membership, monkeypatch)
     held, release = asyncio.Event(), asyncio.Event()
 
     async def hold_bobs_turn() -> None:  # another change of bob's memberships, under way

@@ -36,10 +36,19 @@ async def cancelled(task: asyncio.Task[Any]) -> None:
         await task
 
 
-async def answered(registers: Any) -> None:
-    """Let the batch of registrations in flight take its answer."""
+def ghost_connecting(a: WebSocketConnectionManager) -> asyncio.Task[None]:
+    """A connect of client "ghost" to `a`, under way."""
+    return asyncio.create_task(a.connect("ghost", FakeSocket("ghost")))
+
+
+async def released(a: WebSocketConnectionManager, registers: Any,
+                   release: asyncio.Event) -> None:
+    """Let the held batch of registrations go on, take its answer, and wait for what
+    undoes a cancelled connect's registration."""
+    release.set()
     if registers._task is not None:
         await registers._task
+    await cleanups_done(a)
 
 
 async def cleanups_done(manager: WebSocketConnectionManager) -> None:
@@ -77,7 +86,7 @@ async def test_a_connect_cancelled_after_its_registration_leaves_no_presence(
     """Cancelled while its session opens (history: the step after the registration)."""
     a, b = await pair(cluster, history_size=10)
     ran, _ = blocked(a._node.ctx.backend.sessions, "activate")
-    connecting = asyncio.create_task(a.connect("ghost", FakeSocket("ghost")))
+    connecting = ghost_connecting(a)
     await ran.wait()
     assert await b.locate_client("ghost") == "a"  # registered, not yet admitted
     await cancelled(connecting)
@@ -93,12 +102,10 @@ async def test_a_connect_cancelled_while_its_registration_is_in_flight_leaves_no
     a, b = await pair(cluster)
     registers = a._node.ctx.backend.presence._registers  # type: ignore[attr-defined]
     ran, release = blocked(registers, "_send")
-    connecting = asyncio.create_task(a.connect("ghost", FakeSocket("ghost")))
+    connecting = ghost_connecting(a)
     await ran.wait()
     await cancelled(connecting)
-    release.set()
-    await answered(registers)
-    await cleanups_done(a)
+    await released(a, registers, release)
     await assert_gone(a, b)
 
 
@@ -120,13 +127,11 @@ async def test_a_registration_that_lands_after_the_removal_of_its_cancelled_conn
         return await real_send(calls)
 
     registers._send = held_before_sending
-    connecting = asyncio.create_task(a.connect("ghost", FakeSocket("ghost")))
+    connecting = ghost_connecting(a)
     await taken.wait()
     await cancelled(connecting)
     await cleanups_done(a)  # the admission's removal: nothing recorded yet
-    release.set()
-    await answered(registers)  # the registration runs, and its answer comes back
-    await cleanups_done(a)
+    await released(a, registers, release)  # the registration runs, its answer comes back
     await assert_gone(a, b)
 
 
@@ -147,7 +152,7 @@ async def test_a_connect_cancelled_in_the_pass_its_registration_was_answered_lea
         connecting.cancel()
 
     registers._run = answered_then_cancelled
-    connecting = asyncio.create_task(a.connect("ghost", FakeSocket("ghost")))
+    connecting = ghost_connecting(a)
     with pytest.raises(asyncio.CancelledError):
         await connecting
     await cleanups_done(a)
@@ -195,9 +200,7 @@ async def test_a_reconnect_cancelled_in_flight_leaves_its_session_to_the_sweep(
     connecting = asyncio.create_task(a.connect("h", FakeSocket("h")))  # replaces b's
     await ran.wait()
     await cancelled(connecting)
-    release.set()
-    await answered(registers)
-    await cleanups_done(a)
+    await released(a, registers, release)
     assert await b.locate_client("h") is None
 
     async def swept() -> bool:

@@ -26,22 +26,23 @@ REASON = os.fsdecode(b"caf\xe9")
 SENT = "caf?"
 
 
-async def two_nodes(make_manager: ManagerFactory, redis_url: str, namespace: str,
-                    ) -> tuple[WebSocketConnectionManager, WebSocketConnectionManager]:
+async def bob_on_b(make_manager: ManagerFactory, redis_url: str, namespace: str) -> tuple[
+        WebSocketConnectionManager, WebSocketConnectionManager, FakeSocket]:
+    """Two started nodes on one Redis, and bob connected to the second."""
     a, b = (make_manager(WebSocketConfig(redis_url=redis_url, namespace=namespace,
                                          node_id=f"node-{name}", **QUIET))
             for name in "ab")
     await a.start()
     await b.start()
-    return a, b
+    bob = FakeSocket("bob")
+    await b.connect("bob", bob)
+    return a, b, bob
 
 
 async def test_an_emitters_kicks_with_a_lone_surrogate_in_the_reason_happen(
         make_manager: ManagerFactory, redis_url: str, namespace: str) -> None:
     assert REASON == "caf\udce9"
-    _a, b = await two_nodes(make_manager, redis_url, namespace)
-    bob = FakeSocket("bob")
-    await b.connect("bob", bob)
+    _a, b, bob = await bob_on_b(make_manager, redis_url, namespace)
     async with Emitter(redis_url, namespace=namespace) as emitter:
         assert await emitter.disconnect_client("bob", code=4400, reason=REASON) is True
         assert await bob.wait_closed() == (4400, SENT)
@@ -53,9 +54,7 @@ async def test_an_emitters_kicks_with_a_lone_surrogate_in_the_reason_happen(
 
 async def test_a_nodes_remote_disconnects_with_a_lone_surrogate_in_the_reason_happen(
         make_manager: ManagerFactory, redis_url: str, namespace: str) -> None:
-    a, b = await two_nodes(make_manager, redis_url, namespace)
-    bob = FakeSocket("bob")
-    await b.connect("bob", bob)
+    a, b, bob = await bob_on_b(make_manager, redis_url, namespace)
     assert await a.disconnect_client("bob", code=4400, reason=REASON) is True
     assert await bob.wait_closed() == (4400, SENT)
     tab = Tab(b, "ann/1", Identity("ann"))
@@ -68,9 +67,7 @@ async def test_a_nodes_remote_disconnects_with_a_lone_surrogate_in_the_reason_ha
 
 async def test_the_cli_kicks_with_a_reason_the_locale_cannot_decode(
         make_manager: ManagerFactory, redis_url: str, namespace: str) -> None:
-    _a, b = await two_nodes(make_manager, redis_url, namespace)
-    bob = FakeSocket("bob")
-    await b.connect("bob", bob)
+    _a, b, bob = await bob_on_b(make_manager, redis_url, namespace)
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("STABILIZER_")} | {"LC_ALL": "C.UTF-8"}
 

@@ -100,19 +100,24 @@ async def test_a_refreshed_frame_whose_expiry_is_no_finite_number_means_no_expir
     assert protocol.expires_at == 1795485948.0
 
 
+def refreshed_raises(frames: Any, error: Exception, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make acting on a `refreshed` frame raise `error`."""
+
+    def raising(frame: object) -> None:
+        raise error
+
+    protocol = frames._v2
+    assert protocol is not None
+    monkeypatch.setattr(protocol, "on_refreshed", raising)
+
+
 async def test_a_frame_whose_values_break_its_handling_is_dropped_and_reading_goes_on(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A value no check foresaw (here, as the 10**400 expiry once did, an OverflowError out
     of acting on a `refreshed` frame) costs that frame, logged with its type, never the
     connection; the frames after it are acted on."""
     frames, _, resumes = frames_of(v2=True)
-
-    def unforeseen(frame: object) -> None:
-        raise OverflowError("int too large to convert to float")
-
-    protocol = frames._v2
-    assert protocol is not None
-    monkeypatch.setattr(protocol, "on_refreshed", unforeseen)
+    refreshed_raises(frames, OverflowError("int too large to convert to float"), monkeypatch)
     with caplog.at_level(logging.WARNING, "stabilizer.client"):
         await frames.handle(NO_SOCKET, '{"type":"refreshed","expires_at":1}')
     assert any("dropping a 'refreshed' frame" in record.getMessage() and record.exc_info
@@ -126,12 +131,6 @@ async def test_a_bug_is_not_taken_for_a_bad_frame(monkeypatch: pytest.MonkeyPatc
     """Only the errors of a value of an unforeseen shape are caught: any other exception
     still ends the client loudly ("client failed unexpectedly")."""
     frames, _, _ = frames_of(v2=True)
-
-    def broken(frame: object) -> None:
-        raise RuntimeError("a bug")
-
-    protocol = frames._v2
-    assert protocol is not None
-    monkeypatch.setattr(protocol, "on_refreshed", broken)
+    refreshed_raises(frames, RuntimeError("a bug"), monkeypatch)
     with pytest.raises(RuntimeError, match="a bug"):
         await frames.handle(NO_SOCKET, '{"type":"refreshed","expires_at":1}')

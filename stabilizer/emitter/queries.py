@@ -25,14 +25,16 @@ class ClusterQueries(EmitterBase):
         return await self._ask(backend.presence.count(),
                                round_trips=self._config.presence_buckets)
 
-    async def get_cluster_connections(self, batch: int = 500) -> AsyncIterator[Presence]:
-        """Yield the presence of every client on every node, a batch per round trip.
+    def get_cluster_connections(self, batch: int = 500) -> AsyncIterator[Presence]:
+        """Iterate over the presence of every client on every node, a batch per round trip.
 
         Raises:
-            BackendUnavailable: Redis cannot be reached.
-            ValueError: `batch` is not an integer from 1 to 100,000.
+            ValueError: `batch` is not an integer from 1 to 100,000 (at the call).
+            BackendUnavailable: Redis cannot be reached (while iterating).
         """
-        check_batch(batch)
+        return self._scan(check_batch(batch))
+
+    async def _scan(self, batch: int) -> AsyncIterator[Presence]:
         backend = await self._ready()
         async for presence in backend.presence.scan(batch):  # each round trip bounded
             yield presence

@@ -21,15 +21,14 @@ class ClusterFacet(Facet):
         """
         return await self._ctx.ask(self._ctx.backend.presence.count())
 
-    async def get_cluster_connections(self, batch: int = 500) -> AsyncIterator[Presence]:
-        """Yield the presence of every client on every node, a batch per round trip.
+    def get_cluster_connections(self, batch: int = 500) -> AsyncIterator[Presence]:
+        """Iterate over the presence of every client on every node, a batch per round trip.
 
         Raises:
-            BackendUnavailable: the shared store cannot be reached.
-            ValueError: `batch` is not an integer from 1 to 100,000.
+            ValueError: `batch` is not an integer from 1 to 100,000 (at the call).
+            BackendUnavailable: the shared store cannot be reached (while iterating).
         """
-        async for presence in self._ctx.backend.presence.scan(check_batch(batch)):
-            yield presence
+        return self._ctx.backend.presence.scan(check_batch(batch))
 
     async def locate_client(self, client_id: str) -> str | None:
         """Return the id of the node holding `client_id`, or None.

@@ -196,6 +196,6 @@ async def test_a_listing_batch_that_is_not_a_positive_count_is_refused(
     a = cluster("a")
     await started(a)
     await a.connect("ann", FakeSocket())
-    with pytest.raises(ValueError, match="batch"):
-        [seen async for seen in a.get_cluster_connections(batch)]  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch"):  # at the call, before any iteration
+        a.get_cluster_connections(batch)  # type: ignore[arg-type]
     assert [seen.client_id async for seen in a.get_cluster_connections(1)] == ["ann"]

@@ -28,9 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(asyncio.run(args.command(config, args, sys.stdout)))
     except BackendRefused as exc:  # Redis answered: reachable, but of no use as it is
         assert config.redis_url is not None
-        print(f"{PROG}: Redis at {redacted(config.redis_url)} answered with an error (is a "
-              f"key of namespace {config.namespace!r} another application's?): "
-              f"{' '.join(str(exc).split())}", file=sys.stderr)
+        detail = " ".join(str(exc).split())
+        hint = (f" (is a key of namespace {config.namespace!r} another application's?)"
+                if "WRONGTYPE" in detail else "")  # a key of the wrong type
+        print(f"{PROG}: Redis at {redacted(config.redis_url)} answered with an error{hint}: "
+              f"{detail}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except BackendUnavailable as exc:
         reason = " ".join(str(exc.__cause__ or exc).split()) or (

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -213,6 +214,17 @@ async def test_a_script_refused_by_redis_is_named_as_such_not_unreachable(
     assert "answered with an error" in run.err
     assert "WRONGTYPE" in run.err
     assert "cannot reach" not in run.err
+    assert run.err.count("\n") == 1
+
+
+async def test_a_refusal_that_is_not_about_a_key_names_no_other_application(
+        redis_url: str) -> None:
+    """A database index Redis does not have: the line blamed another application's key."""
+    run = await cli("--redis-url", f"redis://{urlsplit(redis_url).netloc}/99999", "nodes")
+    assert run.code == 3
+    assert "answered with an error" in run.err
+    assert "DB index" in run.err
+    assert "another application" not in run.err
     assert run.err.count("\n") == 1
 
 

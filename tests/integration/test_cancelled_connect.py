@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stabilizer import Identity, WebSocketConnectionManager
+from stabilizer import BackendUnavailable, Identity, WebSocketConnectionManager
 from tests.integration.test_cluster import Cluster, started
 from tests.integration.test_cluster import cluster as cluster  # (the fixture)
 from tests.integration.test_emitter import until
@@ -132,6 +132,38 @@ async def test_a_registration_that_lands_after_the_removal_of_its_cancelled_conn
     await cancelled(connecting)
     await cleanups_done(a)  # the admission's removal: nothing recorded yet
     await released(a, registers, release)  # the registration runs, its answer comes back
+    await assert_gone(a, b)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("cluster", ["redis", "cluster"], indirect=True)
+@pytest.mark.parametrize("lost", ["round trip", "one reply"])
+async def test_a_registration_whose_reply_is_lost_after_its_connect_was_cancelled_is_undone(
+        cluster: Nodes, lost: str) -> None:
+    """As above, but once the script has run its reply is lost (the round trip failed: a
+    timeout, a dropped connection; or the one call's reply is an error, as a Cluster
+    pipeline reports a node it lost): nobody knows whether it recorded the presence, and
+    its undo was dropped, so the ghost stayed until some resync."""
+    a, b = await pair(cluster)
+    registers = a._node.ctx.backend.presence._registers  # type: ignore[attr-defined]
+    real_send = registers._send
+    taken, release = asyncio.Event(), asyncio.Event()
+
+    async def ran_then_lost(calls: Any) -> Any:
+        taken.set()
+        await release.wait()
+        await real_send(calls)
+        if lost == "one reply":
+            return [BackendUnavailable("the reply was lost") for _ in calls]
+        raise BackendUnavailable("the reply was lost")
+
+    registers._send = ran_then_lost
+    connecting = ghost_connecting(a)
+    await taken.wait()
+    await cancelled(connecting)
+    await cleanups_done(a)  # the admission's removal: nothing recorded yet
+    registers._send = real_send
+    await released(a, registers, release)
     await assert_gone(a, b)
 
 

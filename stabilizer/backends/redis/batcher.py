@@ -14,7 +14,8 @@ caller alone, or calls that never meet, are never held.
 A caller that gives up (cancelled, or out of a bound above) while its call waits in the
 queue is told it failed, and the call is not sent. One that gives up once its call is on
 the wire cannot stop it: a call submitted with an ``undo`` has it run on the answer, if
-the call succeeded after its caller left (a registration whose connect was cancelled).
+the call succeeded after its caller left (a registration whose connect was cancelled),
+and with None if its round trip failed (it may have run: the reply was lost).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class ScriptBatcher:
         """Queue one call; the awaitable returned gives its result (or raises
         BackendUnavailable). (A future, not a coroutine: a call waiting for its batch keeps
         no frame of its own alive.) `undo` is called with the result of a call that
-        succeeded once its caller had given up."""
+        succeeded once its caller had given up, or with None if its round trip failed
+        then (whether it ran is unknown)."""
         core = self._core
         if core.tasks is None:
             return core.call(self._script(keys=keys, args=args), self._op)
@@ -152,16 +154,19 @@ class ScriptBatcher:
             results = await self._pipelined(calls)
         except BackendUnavailable as exc:
             for future in futures:
-                if undos:
-                    undos.pop(future, None)
+                undo = undos.pop(future, None) if undos else None
                 if not future.done():
                     future.set_exception(exc)
+                elif undo is not None:  # its caller gone; the call may have run: unknown
+                    undo(None)
             return
         for future, result in zip(futures, results, strict=True):
             undo = undos.pop(future, None) if undos else None
             if future.done():  # its caller gave up while the call was on the wire
                 if undo is not None and not isinstance(result, BaseException):
                     undo(result)
+                elif undo is not None and not is_refusal(result):  # it may have run
+                    undo(None)
                 continue
             if isinstance(result, BackendUnavailable):
                 future.set_exception(result)

@@ -218,6 +218,7 @@ def _metas(keys: KeyLayout, presence: Presence) -> list[str]:
 
 def _recorded_then(abandoned: Callable[[], None], reply: Any) -> None:
     """A REGISTER answered after its caller gave up: if it recorded the presence (it was
-    not refused), the caller's `abandoned` removes it."""
-    if int(reply[0]) >= 0:
+    not refused), or may have (None: its reply was lost), the caller's `abandoned` removes
+    it."""
+    if reply is None or int(reply[0]) >= 0:
         abandoned()

@@ -2,10 +2,13 @@
 and its own channel subscriptions and publications (docs/protocol.md 6.5 and 6.6).
 
 A subscription with an ``on_message`` callback takes its channel's messages out of the
-inbox: they go to the callback instead. Subscriptions are the server's group memberships,
-so a session resumed with history keeps them (those that follow presence are subscribed
-again, once its resume frame came: the server follows presence per connection); after any
-other reconnect (no history, or a fresh session) the client subscribes again to each. The
+inbox: they go to the callback instead, from the moment the reader reads the subscribe's
+reply (the messages right behind it included) until it reads the reply to the
+application's unsubscribe (the server sent those before the leave). Subscriptions are
+the server's group memberships, so a session resumed with history keeps them (those that
+follow presence are subscribed again, once its resume frame came: the server follows
+presence per connection); after any other reconnect (no history, or a fresh session) the
+client subscribes again to each. The
 server's hook decides again: a refusal ends that subscription, with a warning in the log
 (into a session that kept the membership the client leaves the channel first: a refusal
 changes no membership on the server), and its ``on_unsubscribed`` is told; a "try later"
@@ -30,7 +33,12 @@ from websockets.asyncio.client import ClientConnection as WebSocket
 from stabilizer.client.callbacks import notify
 from stabilizer.client.calls import PendingCalls
 from stabilizer.client.presence import ChannelPresence, OnPresenceChange
-from stabilizer.client.subscriptions import OnMessage, OnUnsubscribed, Subscriptions
+from stabilizer.client.subscriptions import (
+    OnMessage,
+    OnUnsubscribed,
+    Subscription,
+    Subscriptions,
+)
 from stabilizer.client.v2 import ProtocolV2
 from stabilizer.errors import RPCError
 from stabilizer.logs import RateLimitedLog
@@ -47,9 +55,7 @@ if TYPE_CHECKING:  # (frames.py imports this module)
 logger = logging.getLogger(__name__)
 
 # (the records moved to client/subscriptions.py; importable from here as before)
-__all__ = ["OnMessage", "OnUnsubscribed", "Requests", "Subscriptions"]
-
-_Entry = tuple[OnMessage | None, JSONValue]  # a subscription's callback and params
+__all__ = ["OnMessage", "OnUnsubscribed", "Requests", "Subscription", "Subscriptions"]
 
 
 class Requests:
@@ -110,15 +116,15 @@ class Requests:
             copy = subscriptions.presences.setdefault(channel, ChannelPresence(channel))
             if on_presence is not None:
                 copy.on_change(on_presence)
+        entry = Subscription(on_message, params, on_unsubscribed)
         number = subscriptions.subscribing(channel)
-        try:
-            await self._calls.call(
-                self._wait_open, lambda ident: channel_frame(
-                    "subscribe", ident, channel, params, presence=presence), timeout)
-        except BaseException:
-            subscriptions.subscribed(channel, number, None)
-            raise
-        subscriptions.subscribed(channel, number, (on_message, params), on_unsubscribed)
+
+        def on_reply(succeeded: bool) -> None:  # (in the reader, before the channel's frames)
+            subscriptions.subscribed(channel, number, entry if succeeded else None)
+
+        await self._calls.call(
+            self._wait_open, functools.partial(_subscribe_frame, channel, params, presence),
+            timeout, on_reply)
 
     def presence(self, channel: str) -> ChannelPresence:
         """The presence of `channel`, which this client subscribed to with presence=True.
@@ -132,13 +138,14 @@ class Requests:
             raise KeyError(f"not subscribed to {channel!r} with presence=True") from None
 
     async def unsubscribe(self, channel: str, *, timeout: float = 30.0) -> None:
-        """Leave `channel`; its messages stop (any already on their way still arrive).
+        """Leave `channel`; its messages stop. Those the server sent before the leave (read
+        before the reply) still go to the subscription's `on_message`.
 
         Raises:
             RPCError: ``unavailable``, ``timeout`` or ``disconnected``.
         """
         timeout = self._ready("unsubscribe", timeout)
-        self._subscriptions.unsubscribing(channel)
+        self._subscriptions.unsubscribing(channel, until_reply=True)
         await self._leave(channel, timeout)
 
     async def _leave(self, channel: str, timeout: float) -> None:
@@ -151,22 +158,19 @@ class Requests:
         Raises:
             RPCError: ``unavailable``, ``timeout`` or ``disconnected``.
         """
-        leaving = self._subscriptions.leaving
-        leaving[channel] += 1
+        subscriptions = self._subscriptions
+        subscriptions.leaves(channel)
         positions, stream = self._frames.positions, group_stream(channel)
         last = positions.get(stream)
         positions.forget(stream)
         try:
-            await self._calls.call(self._wait_open,
-                                   functools.partial(_unsubscribe_frame, channel), timeout)
+            await self._calls.call(
+                self._wait_open, functools.partial(_unsubscribe_frame, channel), timeout,
+                lambda _succeeded: subscriptions.left(channel))  # (in the reader, at once)
         except BaseException:
-            if channel in self._subscriptions.active:
+            if channel in subscriptions.active:
                 positions.restore(stream, last)
             raise
-        finally:
-            leaving[channel] -= 1
-            if not leaving[channel]:
-                del leaving[channel]
 
     async def publish(self, channel: str, data: str | dict[str, Any] | list[Any], *,
                       timeout: float = 30.0) -> None:
@@ -218,8 +222,8 @@ class Requests:
         except (ClientClosedError, _SocketLost):
             return
 
-    async def _ask_each(self, asking: list[tuple[str, _Entry]], kept: bool, timeout: float,
-                        pinned: WebSocket | None) -> list[tuple[str, _Entry, str]]:
+    async def _ask_each(self, asking: list[tuple[str, Subscription]], kept: bool, timeout: float,
+                        pinned: WebSocket | None) -> list[tuple[str, Subscription, str]]:
         """Subscribe again, on `pinned`, to each channel in `asking` still subscribed as it
         was; end those refused; return those answered "try later", with the code.
 
@@ -227,20 +231,21 @@ class Requests:
             _SocketLost: `pinned` closed.
             ClientClosedError: closed for good.
         """
-        later: list[tuple[str, _Entry, str]] = []
+        later: list[tuple[str, Subscription, str]] = []
         for channel, entry in asking:
-            if self._subscriptions.active.get(channel) != entry:
+            if self._subscriptions.active.get(channel) is not entry:
                 continue  # (unsubscribed, or subscribed anew, meanwhile)
-            code = await self._ask_again(channel, entry[1], timeout, pinned)
+            code = await self._ask_again(channel, entry, timeout, pinned)
             if code in TRY_LATER_CODES:
                 later.append((channel, entry, code))
             elif code is not None:
                 await self._refused(channel, entry, code, kept, timeout)
         return later
 
-    async def _ask_again(self, channel: str, params: JSONValue, timeout: float,
+    async def _ask_again(self, channel: str, entry: Subscription, timeout: float,
                          pinned: WebSocket | None) -> str | None:
-        """Subscribe to `channel` again on `pinned`: the answer's code, or None (allowed).
+        """Subscribe to `channel` again on `pinned`, as `entry` holds it: the answer's code,
+        or None (allowed).
 
         Raises:
             _SocketLost: `pinned` closed, before the request or its reply.
@@ -253,9 +258,8 @@ class Requests:
 
         presence = channel in self._subscriptions.presences
         try:
-            await self._calls.call(
-                on_pinned, functools.partial(_subscribe_frame, channel, params, presence),
-                timeout)
+            await self._calls.call(on_pinned, functools.partial(
+                _subscribe_frame, channel, entry.params, presence), timeout)
         except RPCError as exc:
             if exc.code == "disconnected":
                 raise _SocketLost from exc
@@ -267,7 +271,7 @@ class Requests:
                 await self._leave(channel, timeout)
         return None
 
-    async def _refused(self, channel: str, entry: _Entry, code: str, kept: bool,
+    async def _refused(self, channel: str, entry: Subscription, code: str, kept: bool,
                        timeout: float) -> None:
         """`channel`, subscribed again, was refused with `code`: end its subscription and
         tell its `on_unsubscribed`; into a `kept` session leave it first (a refusal changes
@@ -278,17 +282,16 @@ class Requests:
             ClientClosedError: closed for good.
         """
         active = self._subscriptions.active
-        if kept and active.get(channel) == entry:
+        if kept and active.get(channel) is entry:
             try:
                 await self._leave(channel, timeout)
             except RPCError as exc:
                 logger.warning("channel %r was refused, but not left: %s", channel, exc)
                 return
-        if active.get(channel) == entry:
-            told = self._subscriptions.on_unsubscribed.get(channel)
+        if active.get(channel) is entry:
             self._subscriptions.forget(channel)
             self._frames.positions.forget(group_stream(channel))
-            notify(told, code)
+            notify(entry.on_unsubscribed, code)
 
     def _ready(self, what: str, timeout: float) -> float:
         """`timeout` as seconds, once `what` may be called.

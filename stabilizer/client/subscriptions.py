@@ -1,10 +1,16 @@
 """The channels a v2 client subscribed to, as it keeps them (docs/protocol.md 6.6): each
 one's callbacks, params and presence copy, and the order of its own requests, so that a
 subscribe answered after an unsubscribe sent later (or an ``unsubscribed`` frame) counts as
-undone. client/requests.py sends the requests; this module only keeps the record."""
+undone. client/requests.py sends the requests; this module only keeps the record.
+
+The record changes as the reader reads each reply (client/calls.py, ``on_reply``), before
+the frames behind it: a channel's messages go to its subscription from its subscribe's
+reply on, and those of a channel the application leaves go to the subscription it had
+until the reply to its unsubscribe (the server sent them before the leave)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections import Counter
@@ -25,13 +31,22 @@ OnMessage = Callable[[str | bytes], object]
 OnUnsubscribed = Callable[[str], object]
 
 
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class Subscription:
+    """One channel as the subscribe that holds it asked for it (each subscribe makes its
+    own: they compare by identity)."""
+
+    on_message: OnMessage | None = None
+    params: JSONValue = None
+    on_unsubscribed: OnUnsubscribed | None = None
+
+
 class Subscriptions:
     """The channels this client subscribed to, with their callbacks and params."""
 
     def __init__(self) -> None:
-        self.active: dict[str, tuple[OnMessage | None, JSONValue]] = {}
+        self.active: dict[str, Subscription] = {}
         self.presences: dict[str, ChannelPresence] = {}  # subscribed with presence
-        self.on_unsubscribed: dict[str, OnUnsubscribed] = {}  # of active channels
         # The server takes a channel's requests in the order sent, so a subscribe answered
         # after an unsubscribe sent later is undone by it: each request gets a number, and
         # the last unsubscribe's is kept while subscribes of its channel are in flight.
@@ -39,18 +54,20 @@ class Subscriptions:
         self._subscribing: Counter[str] = Counter()
         self._left: dict[str, int] = {}
         self._ended: dict[str, tuple[int, str]] = {}  # ... when the server sent it: reason
-        self.leaving: Counter[str] = Counter()  # the client's own unsubscribes on their way
+        # the client's own unsubscribes not answered yet, and the on_message of the
+        # subscription the application's ended (its channel's messages go there meanwhile)
+        self.leaving: Counter[str] = Counter()
+        self._leaving_routes: dict[str, OnMessage] = {}
 
     def subscribing(self, channel: str) -> int:
         """A subscribe of `channel` is about to be sent: its number, for `subscribed`."""
         self._subscribing[channel] += 1
         return next(self._numbers)
 
-    def subscribed(self, channel: str, number: int, entry: tuple[OnMessage | None, JSONValue]
-                   | None, on_unsubscribed: OnUnsubscribed | None = None) -> None:
-        """The subscribe `number` ended: with `entry` (callback, params) when it succeeded;
-        it counts only when no unsubscribe of its channel was sent (nor an ``unsubscribed``
-        frame received) after it."""
+    def subscribed(self, channel: str, number: int, entry: Subscription | None) -> None:
+        """The subscribe `number` ended: with its `entry` when it succeeded; it counts only
+        when no unsubscribe of its channel was sent (nor an ``unsubscribed`` frame
+        received) after it."""
         left_at = self._left.get(channel, -1)
         left = left_at > number
         ended = self._ended.get(channel)
@@ -60,22 +77,37 @@ class Subscriptions:
             self._left.pop(channel, None)
             self._ended.pop(channel, None)
         if entry is not None and left and ended is not None and ended[0] == left_at:
-            notify(on_unsubscribed, ended[1])  # the server undid it at once
+            notify(entry.on_unsubscribed, ended[1])  # the server undid it at once
         if entry is not None and not left:
             self.active[channel] = entry
-            if on_unsubscribed is not None:
-                self.on_unsubscribed[channel] = on_unsubscribed
-            else:
-                self.on_unsubscribed.pop(channel, None)
         elif channel not in self.active and channel not in self._subscribing:
             self.presences.pop(channel, None)  # (the copy its subscribe made)
 
-    def unsubscribing(self, channel: str) -> None:
-        """An unsubscribe of `channel` is about to be sent: forget it, even when a
-        subscribe sent before is answered later."""
+    def unsubscribing(self, channel: str, *, until_reply: bool = False) -> None:
+        """An unsubscribe of `channel` is about to be sent (or the server ended the
+        channel): forget it, even when a subscribe sent before is answered later.
+        `until_reply`: the application's own, whose channel's messages go on to the
+        subscription it ends until its reply (see `left`)."""
+        entry = self.active.get(channel)
+        if not until_reply:
+            self._leaving_routes.pop(channel, None)
+        elif entry is not None and entry.on_message is not None:
+            self._leaving_routes[channel] = entry.on_message
         self.forget(channel)
         if channel in self._subscribing:
             self._left[channel] = next(self._numbers)
+
+    def leaves(self, channel: str) -> None:
+        """The client's own unsubscribe of `channel` is about to be sent (see `records`)."""
+        self.leaving[channel] += 1
+
+    def left(self, channel: str) -> None:
+        """The reply to an unsubscribe `leaves` counted was read (or none will come): once
+        none is left, a message of the channel is a new membership's."""
+        self.leaving[channel] -= 1
+        if not self.leaving[channel]:
+            del self.leaving[channel]
+            self._leaving_routes.pop(channel, None)
 
     def records(self, channel: str) -> bool:
         """Whether a message of `channel` records its position (a resume counts a channel
@@ -89,7 +121,6 @@ class Subscriptions:
         """Drop `channel` (its callbacks and presence copy) from the subscriptions."""
         self.active.pop(channel, None)
         self.presences.pop(channel, None)
-        self.on_unsubscribed.pop(channel, None)
 
     def ended(self, frame: Mapping[str, Any]) -> None:
         """An ``unsubscribed`` frame: the server ended the subscription of its channel. It
@@ -99,11 +130,11 @@ class Subscriptions:
         if not isinstance(channel, str):
             return
         reason = reason if isinstance(reason, str) else "server"
-        callback = self.on_unsubscribed.get(channel) if channel in self.active else None
+        entry = self.active.get(channel)
         self.unsubscribing(channel)
         if channel in self._subscribing:  # (its subscribe tells its own callback)
             self._ended[channel] = (self._left[channel], reason)
-        notify(callback, reason)
+        notify(entry.on_unsubscribed if entry is not None else None, reason)
 
     async def presence_frame(self, frame: Mapping[str, Any]) -> None:
         """Hand a ``presence_state`` or ``presence_diff`` frame to its channel's copy."""
@@ -113,12 +144,17 @@ class Subscriptions:
             await presence.apply(frame)
 
     def route(self, channel: str | None, message: str | bytes) -> bool:
-        """Hand a channel's message to its callback; False when it goes to the inbox."""
-        entry = self.active.get(channel) if channel is not None else None
-        if entry is None or entry[0] is None:
+        """Hand a channel's message to its callback (that of the subscription the
+        application is leaving, until the reply); False when it goes to the inbox."""
+        if channel is None:
+            return False
+        entry = self.active.get(channel)
+        callback = (entry.on_message if entry is not None
+                    else self._leaving_routes.get(channel))
+        if callback is None:
             return False
         try:
-            entry[0](message)
+            callback(message)
         except Exception:  # the application's bug must not end the connection
             logger.error("on_message of channel %r failed", channel, exc_info=True)
         return True

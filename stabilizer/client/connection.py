@@ -360,7 +360,7 @@ class ClientConnection(SessionView, Requests):
         while the client was away were told before it): a session the server forgot (or
         that kept none) took its memberships with it, so every channel is subscribed again;
         one it `kept` keeps them, but presence is followed per connection."""
-        if not self._subscriptions.active or (kept and not self._subscriptions.presences):
+        if not self._subscriptions.active or (kept and not self._subscriptions.follows_presence):
             return
         if self._resubscriber is not None and not self._resubscriber.done():
             self._resubscriber.cancel()

@@ -102,6 +102,9 @@ class Requests:
         again after a reconnect), the client forgets it and calls `on_unsubscribed(reason)`;
         a subscribe made again and answered "try later" (``unavailable``, ``overloaded``,
         ``rate_limited``, ``timeout``) is asked again after the retry policy's backoff.
+        One that fails changes nothing the client holds: a channel subscribed already keeps
+        its callbacks, and follows presence only if it did (a subscribe without presence
+        of a channel that follows it does not stop that: the server goes on following).
 
         Raises:
             RPCError: refused (``forbidden`` or the hook's own code), ``unavailable``,
@@ -112,15 +115,12 @@ class Requests:
             raise ValueError("on_presence needs presence=True")
         timeout = self._ready("subscribe", timeout)
         subscriptions = self._subscriptions
-        if presence:  # before the reply: the state follows it at once
-            copy = subscriptions.presences.setdefault(channel, ChannelPresence(channel))
-            if on_presence is not None:
-                copy.on_change(on_presence)
-        entry = Subscription(on_message, params, on_unsubscribed)
+        entry = Subscription(on_message, params, presence, on_unsubscribed)
         number = subscriptions.subscribing(channel)
 
         def on_reply(succeeded: bool) -> None:  # (in the reader, before the channel's frames)
-            subscriptions.subscribed(channel, number, entry if succeeded else None)
+            subscriptions.subscribed(channel, number, entry if succeeded else None,
+                                     on_presence)
 
         await self._calls.call(
             self._wait_open, functools.partial(_subscribe_frame, channel, params, presence),
@@ -199,7 +199,7 @@ class Requests:
         subscriptions, pinned = self._subscriptions, self._ws
         log = RateLimitedLog(logger)  # (the round's retries: one warning per interval)
         asking = [(channel, entry) for channel, entry in subscriptions.active.items()
-                  if not presence_only or channel in subscriptions.presences]
+                  if not presence_only or entry.presence]
         failures = 0
         try:
             while later := await self._ask_each(asking, presence_only, timeout, pinned):
@@ -244,8 +244,8 @@ class Requests:
 
     async def _ask_again(self, channel: str, entry: Subscription, timeout: float,
                          pinned: WebSocket | None) -> str | None:
-        """Subscribe to `channel` again on `pinned`, as `entry` holds it: the answer's code,
-        or None (allowed).
+        """Subscribe to `channel` again on `pinned`, as `entry` holds it (with presence only
+        when a presence subscribe of it succeeded): the answer's code, or None (allowed).
 
         Raises:
             _SocketLost: `pinned` closed, before the request or its reply.
@@ -256,10 +256,9 @@ class Requests:
                 raise _SocketLost
             return pinned
 
-        presence = channel in self._subscriptions.presences
         try:
             await self._calls.call(on_pinned, functools.partial(
-                _subscribe_frame, channel, entry.params, presence), timeout)
+                _subscribe_frame, channel, entry.params, entry.presence), timeout)
         except RPCError as exc:
             if exc.code == "disconnected":
                 raise _SocketLost from exc

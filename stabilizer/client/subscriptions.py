@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from stabilizer.client.callbacks import notify
-from stabilizer.client.presence import ChannelPresence
+from stabilizer.client.presence import ChannelPresence, OnPresenceChange
 from stabilizer.pure.text import JSONValue
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class Subscription:
 
     on_message: OnMessage | None = None
     params: JSONValue = None
+    presence: bool = False  # follows the channel's presence: a presence subscribe succeeded
     on_unsubscribed: OnUnsubscribed | None = None
 
 
@@ -46,7 +47,7 @@ class Subscriptions:
 
     def __init__(self) -> None:
         self.active: dict[str, Subscription] = {}
-        self.presences: dict[str, ChannelPresence] = {}  # subscribed with presence
+        self.presences: dict[str, ChannelPresence] = {}  # of the active that follow presence
         # The server takes a channel's requests in the order sent, so a subscribe answered
         # after an unsubscribe sent later is undone by it: each request gets a number, and
         # the last unsubscribe's is kept while subscribes of its channel are in flight.
@@ -64,10 +65,18 @@ class Subscriptions:
         self._subscribing[channel] += 1
         return next(self._numbers)
 
-    def subscribed(self, channel: str, number: int, entry: Subscription | None) -> None:
+    @property
+    def follows_presence(self) -> bool:
+        """Whether any channel held follows its presence."""
+        return any(entry.presence for entry in self.active.values())
+
+    def subscribed(self, channel: str, number: int, entry: Subscription | None,
+                   on_presence: OnPresenceChange | None = None) -> None:
         """The subscribe `number` ended: with its `entry` when it succeeded; it counts only
         when no unsubscribe of its channel was sent (nor an ``unsubscribed`` frame
-        received) after it."""
+        received) after it. One that follows presence gets the channel's presence copy
+        (made now: its state comes right behind the reply), with `on_presence` added; a
+        channel that follows it already goes on doing so (the server keeps following)."""
         left_at = self._left.get(channel, -1)
         left = left_at > number
         ended = self._ended.get(channel)
@@ -76,12 +85,20 @@ class Subscriptions:
             del self._subscribing[channel]
             self._left.pop(channel, None)
             self._ended.pop(channel, None)
-        if entry is not None and left and ended is not None and ended[0] == left_at:
-            notify(entry.on_unsubscribed, ended[1])  # the server undid it at once
-        if entry is not None and not left:
-            self.active[channel] = entry
-        elif channel not in self.active and channel not in self._subscribing:
-            self.presences.pop(channel, None)  # (the copy its subscribe made)
+        if entry is None:
+            return
+        if left:
+            if ended is not None and ended[0] == left_at:
+                notify(entry.on_unsubscribed, ended[1])  # the server undid it at once
+            return
+        held = self.active.get(channel)
+        if held is not None and held.presence and not entry.presence:
+            entry = dataclasses.replace(entry, presence=True)
+        self.active[channel] = entry
+        if entry.presence:
+            copy = self.presences.setdefault(channel, ChannelPresence(channel))
+            if on_presence is not None:
+                copy.on_change(on_presence)
 
     def unsubscribing(self, channel: str, *, until_reply: bool = False) -> None:
         """An unsubscribe of `channel` is about to be sent (or the server ended the

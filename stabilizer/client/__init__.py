@@ -92,7 +92,10 @@ the user) reconnects after the retry advice; 4505 (credentials refused) is final
 ``await conn.rpc(method, params, timeout=30.0)`` (v2) calls a procedure the server
 registered with ``@manager.rpc(method)`` and returns its result, or raises RPCError: the
 server's code, or ``timeout`` / ``disconnected`` (the call may have run; it is never sent
-twice). A call made while reconnecting is sent once the connection is open.
+twice). A call made while reconnecting is sent once the connection is open. A frame over
+the ``max_message_size`` the server's session frame stated (an rpc, subscribe, publish or
+``send``) would make the server close with 1009, final: the client raises ValueError
+instead and sends nothing.
 """
 
 from __future__ import annotations

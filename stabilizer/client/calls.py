@@ -31,8 +31,9 @@ OnReply = Callable[[bool], object]
 class PendingCalls:
     """Calls sent and not answered yet, by id."""
 
-    def __init__(self) -> None:
+    def __init__(self, check_size: Callable[[str], None] | None = None) -> None:
         self._ids = itertools.count(1)
+        self._check_size = check_size  # raises ValueError for a frame the server refuses
         self._waiting: dict[int, tuple[WebSocket, asyncio.Future[JSONValue], _Once]] = {}
         self._fewer = asyncio.Event()  # a call stopped waiting
 
@@ -49,16 +50,19 @@ class PendingCalls:
 
         Raises:
             RPCError: the server's error, ``timeout`` or ``disconnected``.
-            ValueError, TypeError: what `build` raises for a bad request.
+            ValueError, TypeError: what `build` raises for a bad request; ValueError for
+                one the server would refuse (and close the connection for) as too large.
             ClientClosedError: closed for good before the request was sent.
         """
         call_id, ending = next(self._ids), _Once(on_reply)
         stale: WebSocket | None = None
         try:
             frame = build(call_id)
+            self._fits(frame)
             async with asyncio.timeout(timeout):
                 while True:
                     ws = await open_socket(stale)
+                    self._fits(frame)  # (a server reconnected to may take less)
                     answer = self.expect(call_id, ws, ending)
                     try:
                         await ws.send(frame)
@@ -79,6 +83,10 @@ class PendingCalls:
             self.forget(call_id)
         ending(True)
         return result
+
+    def _fits(self, frame: str) -> None:
+        if self._check_size is not None:
+            self._check_size(frame)
 
     def expect(self, call_id: int, ws: WebSocket, ending: _Once) -> asyncio.Future[JSONValue]:
         """The future the reply to `call_id`, about to be sent on `ws`, settles (and runs

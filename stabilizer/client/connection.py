@@ -89,7 +89,7 @@ class ClientConnection(SessionView, Requests):
         self._on_state = on_state
         self.state = ConnectionState.CONNECTING
         self._inbox = Inbox(max_inbox_messages)
-        self._calls = PendingCalls()
+        self._calls = PendingCalls(None if self._v2 is None else self._v2.check_size)
         self._subscriptions = Subscriptions()
         self._frames = Frames(self._inbox, client_id=client_id, token=token, v2=self._v2,
                               send_timeout=send_timeout, on_control=on_control,
@@ -154,21 +154,27 @@ class ClientConnection(SessionView, Requests):
             SendTimeoutError: no connection opened, or the send did not finish, in time.
             ClientClosedError: the connection is closed for good (the subclass says why).
             ConfigError: `timeout` is not None nor a finite number of seconds, 0 or more.
+            ValueError: (v2) its frame is over the server's max_message_size (nothing sent).
         """
         if not isinstance(message, str | bytes):
             raise TypeError(f"send() takes str or bytes, got {type(message).__name__}")
         limit = self._send_timeout if timeout is None else wait_seconds("timeout", timeout)
         if self._runner is None and self._error is None:
             raise RuntimeError("start the connection first (async with connect(...))")
+        frame, v2 = outgoing(message, self.protocol), self._v2
+        if v2 is not None:
+            v2.check_size(frame)
         stale: WebSocket | None = None
         writing = False
         try:
             async with asyncio.timeout(limit):
                 while True:
                     ws = await self._wait_open(stale)
+                    if v2 is not None:  # (a server reconnected to may take less)
+                        v2.check_size(frame)
                     try:
                         writing = True
-                        await ws.send(outgoing(message, self.protocol))
+                        await ws.send(frame)
                         return
                     except ConnectionClosed:
                         stale, writing = ws, False  # not written: use the next connection

@@ -80,7 +80,8 @@ class Requests:
             RPCError: the server's error (``code``, ``message``, ``data``), or ``timeout``
                 (no reply within `timeout` seconds) or ``disconnected`` (the socket closed
                 before the reply): in both the call may have run; it is never sent twice.
-            ValueError, TypeError: a method name the server refuses, or params not JSON.
+            ValueError, TypeError: a method name the server refuses, or params not JSON;
+                ValueError for a frame over the server's max_message_size (not sent).
             ClientClosedError: closed for good before the call was sent.
         """
         timeout = self._ready("rpc", timeout)
@@ -109,7 +110,8 @@ class Requests:
         Raises:
             RPCError: refused (``forbidden`` or the hook's own code), ``unavailable``,
                 ``timeout`` or ``disconnected`` (as for rpc).
-            ValueError, TypeError: a channel name the server refuses, or params not JSON.
+            ValueError, TypeError: a channel name the server refuses, or params not JSON;
+                ValueError for a frame over the server's max_message_size (not sent).
         """
         if on_presence is not None and not presence:
             raise ValueError("on_presence needs presence=True")
@@ -181,7 +183,8 @@ class Requests:
             RPCError: refused (``forbidden`` or the hook's own code), ``unavailable``
                 (not sent to other replicas), ``timeout`` or ``disconnected``.
             ValueError, TypeError: a bad channel name, or data that is not a str, dict or
-                list of JSON.
+                list of JSON; ValueError for a frame over the server's max_message_size
+                (not sent).
         """
         timeout = self._ready("publish", timeout)
         await self._calls.call(
@@ -246,6 +249,8 @@ class Requests:
                          pinned: WebSocket | None) -> str | None:
         """Subscribe to `channel` again on `pinned`, as `entry` holds it (with presence only
         when a presence subscribe of it succeeded): the answer's code, or None (allowed).
+        One whose frame is over the server's max_message_size is not sent, and counts as
+        refused with ``bad_request``.
 
         Raises:
             _SocketLost: `pinned` closed, before the request or its reply.
@@ -265,6 +270,9 @@ class Requests:
             if exc.code not in TRY_LATER_CODES:
                 logger.warning("channel %r was not subscribed again: %s", channel, exc)
             return exc.code
+        except ValueError as exc:  # (its frame is over what this server takes)
+            logger.warning("channel %r was not subscribed again: %s", channel, exc)
+            return "bad_request"
         if channel not in self._subscriptions.active:  # unsubscribed while it was on its way
             with contextlib.suppress(RPCError):  # (a fresh session forgets it anyway)
                 await self._leave(channel, timeout)

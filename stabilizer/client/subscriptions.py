@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 OnMessage = Callable[[str | bytes], object]
 #: Called with the reason when the server ends a subscription itself: ``"server"`` (an
 #: ``unsubscribed`` frame), or the code of the refusal of a subscribe made again after a
-#: reconnect.
+#: reconnect (``bad_request`` too when its frame is over the server's max_message_size).
 OnUnsubscribed = Callable[[str], object]
 
 

@@ -24,6 +24,7 @@ from stabilizer.pure.client_protocol import (
     finite_number,
 )
 from stabilizer.pure.client_v2 import (
+    check_size,
     checked_token,
     connect_frame,
     refresh_frame,
@@ -127,6 +128,14 @@ class ProtocolV2:
         self.device = info.device or self.device
         self.expires_at = info.expires_at
         self.max_message_size = info.max_message_size
+
+    def check_size(self, frame: str | bytes) -> None:
+        """Refuse a frame over the max_message_size of the last session frame.
+
+        Raises:
+            ValueError: it is over it.
+        """
+        check_size(frame, self.max_message_size)
 
     def on_refreshed(self, frame: ControlFrame) -> None:
         """The server accepted fresh credentials."""

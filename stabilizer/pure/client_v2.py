@@ -128,6 +128,27 @@ def outgoing(message: str | bytes, protocol: int) -> str | bytes:
     return message
 
 
+def check_size(frame: str | bytes, max_size: int | None) -> None:
+    """Refuse a frame over `max_size` bytes (UTF-8 for text), the max_message_size a
+    server stated (None: it stated none): it would close the connection with 1009, which
+    ends a client for good.
+
+    Raises:
+        ValueError: the frame is over it.
+    """
+    if max_size is None:
+        return
+    if isinstance(frame, str):
+        if len(frame) * 4 <= max_size:  # (a character takes 4 bytes at most)
+            return
+        size = len(frame.encode("utf-8", "surrogatepass"))
+    else:
+        size = len(frame)
+    if size > max_size:
+        raise ValueError(f"a frame of {size} bytes is over the server's max_message_size "
+                         f"({max_size} bytes), which would close the connection; send less")
+
+
 def v2_frame(text: str) -> ControlFrame | None:
     """A v2 server text frame (every one is a JSON object with a string type); None
     for anything else."""

@@ -23,6 +23,7 @@ from stabilizer.pure.client_protocol import (
     message_payload,
 )
 from stabilizer.pure.client_v2 import (
+    check_size,
     checked_token,
     connect_frame,
     outgoing,
@@ -325,3 +326,13 @@ def test_a_client_keeps_the_limit_of_the_last_session_frame_and_ignores_a_bad_on
                                               "max_message_size": value}))
         assert v2.max_message_size == limit
         assert named() == channels if limit is None else len(named()) < len(channels)
+
+
+def test_a_frame_is_measured_in_utf8_bytes_against_the_servers_limit() -> None:
+    check_size("é" * 50, 100)  # 100 bytes: at the limit
+    check_size(b"\x00" * 100, 100)
+    check_size("x" * 10**6, None)  # (a server that states no limit)
+    with pytest.raises(ValueError, match=r"101 bytes.*max_message_size \(100 bytes\)"):
+        check_size("é" * 50 + "x", 100)
+    with pytest.raises(ValueError, match="101 bytes"):
+        check_size(b"\x00" * 101, 100)

@@ -43,7 +43,12 @@ failed attempts in a row) and HandshakeRejectedError; a message from the server 
 closed with it, and a resume would replay that message). ``send`` raises SendTimeoutError when
 no connection opens within its timeout: a message is sent or an exception says why.
 Messages received before the end are still returned first. Callbacks run in the client's
-task: keep them short (``queue.put_nowait`` is ideal).
+task: keep them short (``queue.put_nowait`` is ideal). They are plain functions: the
+client never awaits them, so an ``async def`` callback (``on_state``, ``on_control``,
+``on_resume``; a subscription's ``on_message``, ``on_presence``, ``on_unsubscribed``; a
+presence's ``on_change``) is refused with TypeError where it is given; to await
+something, start a task from a plain one (``get_token``, which the client awaits, may be
+async).
 
 ``max_inbox_messages`` bounds the messages received and not yet returned, always. The
 client reads its socket whatever the application does, so pings are answered, a close or a
@@ -191,6 +196,8 @@ def connect(
     Raises:
         ConfigError: a bad URL, or v2 options that do not fit (``get_token`` without
             ``protocol=2``, an invalid device).
+        TypeError: an ``async def`` on_state, on_control or on_resume (callbacks are
+            plain functions: the client never awaits them).
     """
     return ClientConnection(
         url, client_id=client_id, token=token, retry=retry, send_timeout=send_timeout,

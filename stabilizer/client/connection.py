@@ -15,7 +15,7 @@ from typing import Self
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
-from stabilizer.client.callbacks import notify
+from stabilizer.client.callbacks import notify, refuse_async
 from stabilizer.client.calls import PendingCalls
 from stabilizer.client.dial import Attempt, DialOptions, dial, hang_up, record_close
 from stabilizer.client.frames import Frames
@@ -74,6 +74,7 @@ class ClientConnection(SessionView, Requests):
     ) -> None:
         check_options(protocol, get_token=get_token, device=device, params=params,
                       welcome=welcome)
+        refuse_async(on_state=on_state, on_control=on_control, on_resume=on_resume)
         self._urls = url_source(url, client_id)
         self._client_id = client_id
         self._retry = retry or RetryPolicy()

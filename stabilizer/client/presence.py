@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from stabilizer.client.callbacks import refuse_async, unawaited
 from stabilizer.pure.presence import PresenceMap, PresenceSync
 from stabilizer.pure.waits import wait_seconds
 
@@ -38,7 +39,12 @@ class ChannelPresence:
         return self._sync.count()
 
     def on_change(self, callback: OnPresenceChange) -> OnPresenceChange:
-        """Call `callback(joins, leaves)` after every change (usable as a decorator)."""
+        """Call `callback(joins, leaves)` after every change (usable as a decorator).
+
+        Raises:
+            TypeError: `callback` is an ``async def`` function (client/callbacks.py).
+        """
+        refuse_async(on_change=callback)
         self._callbacks.append(callback)
         return callback
 
@@ -64,7 +70,8 @@ class ChannelPresence:
             changed = self._sync.sync_diff(frame)
         for callback in list(self._callbacks):
             try:
-                callback(changed["joins"], changed["leaves"])
+                unawaited(callback(changed["joins"], changed["leaves"]),
+                          f"on_change of the presence of {self.channel!r}")
             except Exception:  # the application's bug must not end the connection
                 logger.error("on_change of the presence of %r failed", self.channel,
                              exc_info=True)

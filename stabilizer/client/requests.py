@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 
-from stabilizer.client.callbacks import notify
+from stabilizer.client.callbacks import notify, refuse_async
 from stabilizer.client.calls import PendingCalls
 from stabilizer.client.presence import ChannelPresence, OnPresenceChange
 from stabilizer.client.subscriptions import (
@@ -112,7 +112,11 @@ class Requests:
                 ``timeout`` or ``disconnected`` (as for rpc).
             ValueError, TypeError: a channel name the server refuses, or params not JSON;
                 ValueError for a frame over the server's max_message_size (not sent).
+            TypeError: an ``async def`` callback (callbacks are plain functions: the
+                client calls them from its reader and never awaits them).
         """
+        refuse_async(on_message=on_message, on_presence=on_presence,
+                     on_unsubscribed=on_unsubscribed)
         if on_presence is not None and not presence:
             raise ValueError("on_presence needs presence=True")
         timeout = self._ready("subscribe", timeout)

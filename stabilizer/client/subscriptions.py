@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stabilizer.client.callbacks import notify
+from stabilizer.client.callbacks import notify, unawaited
 from stabilizer.client.presence import ChannelPresence, OnPresenceChange
 from stabilizer.pure.text import JSONValue
 
@@ -171,7 +171,7 @@ class Subscriptions:
         if callback is None:
             return False
         try:
-            callback(message)
+            unawaited(callback(message), f"on_message of channel {channel!r}")
         except Exception:  # the application's bug must not end the connection
             logger.error("on_message of channel %r failed", channel, exc_info=True)
         return True

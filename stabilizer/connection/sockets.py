@@ -41,9 +41,11 @@ class Frame:
     """One outgoing websocket frame: the ASGI message plus its size in bytes, and, for a
     JSON message, the object it was serialized from (for sockets driven by send_json).
 
-    ``app`` marks an application's own text, which v2 connections receive wrapped in a
-    ``message`` frame (naming the ``channel`` when it was sent to a group); the wrapped
-    frame is built once per frame, on first use, and shared by every v2 recipient.
+    ``app`` marks an application's own message. v2 connections receive its text wrapped in
+    a ``message`` frame (naming the ``channel`` when it was sent to a group), and its bytes
+    too when they were sent to a group or ask for an acknowledgement (a direct binary
+    message needs nothing around it). The wrapped frame is built once per frame, on first
+    use, and shared by every v2 recipient.
     """
 
     __slots__ = ("_wire", "_wrapped", "ack", "app", "channel", "message", "size", "value")
@@ -70,20 +72,26 @@ class Frame:
 
     def wrapped(self) -> Frame:
         """This frame as a v2 connection receives it."""
+        wrapped = self._wrapped
+        if wrapped is not None:  # (every v2 recipient of a fan-out after the first)
+            return wrapped
         if not self.app:
             return self
-        wrapped = self._wrapped
-        if wrapped is None:
-            text = self.message.get("text")
-            wrapped = self._wrapped = Frame.text(
-                app_message_frame(text, self.channel, self.ack) if text is not None else
-                binary_message_frame(self.message["bytes"], self.ack))
-            wrapped.ack = self.ack
+        text = self.message.get("text")
+        if text is not None:
+            wrapped = Frame.text(app_message_frame(text, self.channel, self.ack))
+        elif self.channel is None and self.ack is None:
+            return self  # a direct binary message (kept off _wrapped: no cycle to collect)
+        else:
+            wrapped = Frame.text(binary_message_frame(self.message["bytes"], self.channel,
+                                                      self.ack))
+        wrapped.ack = self.ack
+        self._wrapped = wrapped
         return wrapped
 
     def asking_ack(self, token: str) -> Frame:
         """This frame, carrying `token` for its one recipient to acknowledge it with (a v2
-        connection then gets even a binary message in a ``message`` frame)."""
+        connection then gets even a direct binary message in a ``message`` frame)."""
         self.ack = token
         self.app = True
         return self
@@ -114,13 +122,10 @@ class Frame:
 
     @classmethod
     def of(cls, payload: str | bytes, value: object = None) -> Frame:
-        """A text frame for text, a binary frame for bytes; `value` is the JSON object the
-        text was serialized from, if it was one."""
-        if isinstance(payload, str):
-            frame = cls.text(payload)
-            frame.app = True
-        else:
-            frame = cls.binary(payload)
+        """An application's message: a text frame for text, a binary frame for bytes;
+        `value` is the JSON object the text was serialized from, if it was one."""
+        frame = cls.text(payload) if isinstance(payload, str) else cls.binary(payload)
+        frame.app = True
         frame.value = value
         return frame
 

@@ -76,10 +76,14 @@ def app_message_frame(text: str, channel: str | None = None, ack: str | None = N
     return _dump(body)
 
 
-def binary_message_frame(data: bytes, ack: str | None) -> str:
-    """An application's binary message in a v2 ``message`` frame (to carry its ``ack``)."""
+def binary_message_frame(data: bytes, channel: str | None = None,
+                         ack: str | None = None) -> str:
+    """An application's binary message in a v2 ``message`` frame (history off), to carry
+    the channel (group) it was sent to, or the token to acknowledge it with."""
     body: dict[str, object] = {"type": "message",
                                "data_b64": base64.b64encode(data).decode("ascii")}
+    if channel is not None:
+        body["channel"] = channel
     if ack is not None:
         body["ack"] = ack
     return _dump(body)

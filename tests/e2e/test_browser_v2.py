@@ -210,6 +210,28 @@ async def test_subscribe_routes_a_channels_messages_publish_and_resubscribe(
     assert (await asyncio.to_thread(v2_server.get, "/admin/groups/public:room"))[1] == []
 
 
+async def test_a_binary_message_to_a_channel_reaches_its_subscription_as_bytes(
+    page: Page, v2_server: UvicornProcess
+) -> None:
+    # without history: the binary came as a plain binary frame naming no channel, and
+    # went to the "message" listeners instead of the subscription's onMessage
+    tab = await Tab.open(page, v2_server.base)
+    await tab.wait_state("open")
+    await page.evaluate("""async () => {
+      window.room = [];
+      const plain = (v) => (v instanceof ArrayBuffer ? Array.from(new Uint8Array(v)) : v);
+      await window.conn.subscribe("public:bytes", (data, position) =>
+        window.room.push([plain(data), position]));
+    }""")
+    await asyncio.to_thread(v2_server.post, "/admin/send_group_bytes/public:bytes",
+                            {"bytes": [0, 1, 255]})
+    await asyncio.to_thread(v2_server.post, "/admin/send_group/public:bytes",
+                            {"message": "then text"})
+    await tab.until("() => window.room.length >= 2")
+    assert await page.evaluate("window.room") == [[[0, 1, 255], None], ["then text", None]]
+    assert await tab.events("message") == []  # the subscription took both
+
+
 async def test_a_page_follows_a_channels_presence(
     page: Page, v2_server: UvicornProcess
 ) -> None:

@@ -146,6 +146,13 @@ async def send_group(group: str, body: dict[str, Any] = Body(...)) -> dict[str, 
     return {"local": (await manager.send_to_group(group, body["message"])).succeeded}
 
 
+@app.post("/admin/send_group_bytes/{group}")
+async def send_group_bytes(group: str, body: dict[str, Any] = Body(...)) -> dict[str, int]:
+    """Send the bytes listed in ``body["bytes"]`` to `group` as one binary message."""
+    data = bytes(body["bytes"])
+    return {"local": (await manager.send_to_group(group, data)).succeeded}
+
+
 @app.post("/admin/update_presence/{group}/{client_id:path}")
 async def update_presence(group: str, client_id: str,
                           body: dict[str, Any] = Body(...)) -> dict[str, Any]:

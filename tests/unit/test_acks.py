@@ -33,7 +33,7 @@ def test_tokens_name_the_asking_node_and_its_reference() -> None:
 def test_frames_carry_the_token_and_ack_envelopes_round_trip() -> None:
     assert json.loads(app_message_frame("hi", None, "t")) == {"type": "message", "data": "hi",
                                                               "ack": "t"}
-    assert json.loads(binary_message_frame(b"\x00", "t")) == {
+    assert json.loads(binary_message_frame(b"\x00", None, "t")) == {
         "type": "message", "data_b64": "AA==", "ack": "t"}
     assert json.loads(message_frame("c:a", 3, "e", "hi", "t"))["ack"] == "t"
     assert "ack" not in json.loads(message_frame("c:a", 3, "e", "hi"))

@@ -147,6 +147,19 @@ def test_info_with_text_utf8_cannot_encode_is_refused(info: dict[str, Any]) -> N
         Identity("ann", info)
 
 
+def test_a_binary_message_to_a_group_is_wrapped_once_for_v2_naming_its_channel() -> None:
+    frame = Frame.of(b"\x00\x01")
+    frame.channel = "room"  # (as the fan-out to the group's members sets it)
+    wrapped = frame.wrapped()
+    assert json.loads(wrapped.message["text"]) == {"type": "message", "channel": "room",
+                                                   "data_b64": "AAE="}
+    assert frame.wrapped() is wrapped  # built once, shared by every v2 recipient
+    assert frame.message == {"type": "websocket.send", "bytes": b"\x00\x01"}  # v1: plain
+    acked = Frame.of(b"\x02").asking_ack("t")
+    assert json.loads(acked.wrapped().message["text"]) == {"type": "message",
+                                                           "data_b64": "Ag==", "ack": "t"}
+
+
 def test_devices_and_the_client_ids_they_make() -> None:
     assert is_device(new_device())
     assert new_device() != new_device()
@@ -169,7 +182,7 @@ def test_app_text_is_wrapped_once_for_v2_and_control_frames_are_not() -> None:
     control = Frame.text(refresh_frame(5.0))
     assert control.wrapped() is control
     binary = Frame.of(b"\x00\x01")
-    assert binary.wrapped() is binary  # binary frames are unambiguous as they are
+    assert binary.wrapped() is binary  # a direct binary message is unambiguous as it is
     assert json.loads(refreshed_frame(None)) == {"type": "refreshed", "expires_at": None}
     assert json.loads(app_message_frame('{"type":"ping"}')) == {
         "type": "message", "data": '{"type":"ping"}'}

@@ -25,7 +25,7 @@ MAX_MATCHES: Final = 50
 async def snapshot(manager: WebSocketConnectionManager) -> dict[str, Any]:
     """The cluster as the dashboard shows it: nodes, their counters, groups, totals."""
     now = time.time()
-    here = manager.get_node_report()
+    here = await manager.survey_node_report()  # (the loop runs between its slices)
     reports: dict[str, NodeReport] = {}
     live: set[str] = {here.node_id}
     cluster_connections: int | None = here.connections

@@ -98,7 +98,7 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
                         on_presence=lambda envelope: _presence(membership, watch, envelope),
                         on_resubscribing=watch.resubscribing,
                         keeps_membership=admission.defer_membership)
-    reporter = Reporter(ctx)
+    reporter = Reporter(ctx, membership.local_groups)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
                               kick=admission.kick, close_client=users.close_client_local,
                               settle_groups=lambda conns, restore: membership.settle(

@@ -68,8 +68,14 @@ class ClusterFacet(Facet):
         return await self._ctx.ask(self._ctx.backend.liveness.nodes())
 
     def get_node_report(self) -> NodeReport:
-        """Return this node's report as of now (counters, outbox pressure, local groups)."""
+        """Return this node's report as of now (counters, outbox pressure, local groups),
+        gathered in one pass over the connections (survey_node_report yields meanwhile)."""
         return self._node.reporter.current()
+
+    async def survey_node_report(self) -> NodeReport:
+        """Return this node's report as of now, like get_node_report, letting the event
+        loop run after each slice of max_concurrent_broadcast connections (or groups)."""
+        return await self._node.reporter.survey()
 
     async def get_node_reports(self) -> list[NodeReport]:
         """Return the latest report of every node that wrote one (each writes its own with

@@ -131,7 +131,8 @@ class Maintenance:
                                                             self._session_ttl()),
                                  round_trips=4)
         if self._reporter is not None:
-            await ctx.ask(backend.liveness.report(self._reporter.next()))
+            report = await self._reporter.next()  # (a slice of the pool per loop pass)
+            await ctx.ask(backend.liveness.report(report))
         await self._settle_sessions()
         for _ in range(SWEEP_ROUNDS):
             if len(await ctx.ask(backend.sessions.sweep(SWEEP_LIMIT),

@@ -33,6 +33,11 @@ class LocalGroups:
         """The local members of `group` (empty when there are none)."""
         return self._members.get(group, set())
 
+    def indexed(self) -> list[tuple[str, set[Connection]]]:
+        """Every group followed here with its local members, as of now (a copy of the
+        index, not of the member sets)."""
+        return list(self._members.items())
+
     def follows(self, group: str) -> bool:
         """True while this node has (or is subscribing for) a local member of `group`."""
         return group in self._members

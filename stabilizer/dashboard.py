@@ -2,8 +2,9 @@
 
 Nothing here does Redis work per message. A poll costs a few reads of what the nodes keep
 anyway: the liveness registry, the report each node writes with its keepalive (every
-``node_ttl / 3``), and the presence count; this node's own row is taken fresh. Rates are
-left to the page, from the counters of successive reports.
+``node_ttl / 3``), the presence count, and the member counts of the groups shown (one
+batched read); this node's own row is taken fresh. Rates are left to the page, from the
+counters of successive reports.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from stabilizer.backends.base import NodeReport, Presence
 from stabilizer.errors import BackendUnavailable
 from stabilizer.manager import WebSocketConnectionManager
 
-#: Groups the dashboard lists (the largest by connected members, summed over nodes).
+#: Groups the dashboard lists: the largest of those the nodes' reports name (each names
+#: its own largest), counted on every node.
 MAX_GROUPS: Final = 100
 #: Connections a search lists when the query is a user id.
 MAX_MATCHES: Final = 50
@@ -52,18 +54,42 @@ async def snapshot(manager: WebSocketConnectionManager) -> dict[str, Any]:
             state = "late"
         nodes.append({**_row(report), "state": state, "self": node_id == here.node_id,
                       "age": max(0.0, now - report.at)})
-    groups: Counter[str] = Counter()
-    for node_id in live:
-        if node_id in reports:
-            groups.update(reports[node_id].groups)
+    groups, counted = await _groups(
+        manager, [reports[node_id] for node_id in live if node_id in reports], available)
     return {
         "node_id": here.node_id, "time": now, "node_ttl": manager.config.node_ttl,
         "backend": manager.backend.name, "backend_available": available,
         "shared": manager.backend.is_shared, "cluster_connections": cluster_connections,
-        "nodes": nodes,
-        "groups": [{"group": name, "members": count}
-                   for name, count in groups.most_common(MAX_GROUPS)],
+        "nodes": nodes, "groups": groups, "groups_counted": counted,
     }
+
+
+async def _groups(manager: WebSocketConnectionManager, reports: list[NodeReport],
+                  available: bool) -> tuple[list[dict[str, Any]], str]:
+    """The largest groups the live nodes' reports name, and how they were counted.
+
+    A report names a node's largest groups only, so its counts summed over nodes miss the
+    members of a group on the nodes where it is small. The groups the reports suggest are
+    counted again in the shared store, in one read ("cluster": members on every node, a
+    resumable session's client included, as get_group_members lists them); when it cannot
+    be read, the reported counts are summed and said to be ("reported")."""
+    reported: Counter[str] = Counter()
+    for report in reports:
+        reported.update(report.groups)
+    largest = reported.most_common(MAX_GROUPS)
+    counted = "reported"
+    if available and largest:
+        try:
+            exact = await manager.count_group_members([name for name, _ in largest])
+        except (BackendUnavailable, ValueError):  # (a name no node could have joined)
+            pass
+        else:
+            largest = sorted(((name, count) for name, count in exact.items() if count),
+                             key=lambda item: (-item[1], item[0]))
+            counted = "cluster"
+    elif available:
+        counted = "cluster"  # (nothing to count)
+    return [{"group": name, "members": count} for name, count in largest], counted
 
 
 def _row(report: NodeReport) -> dict[str, Any]:

@@ -3,7 +3,7 @@ sessions (re-exported by ``stabilizer.backends.base`` with the other roles)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from stabilizer.backends.records import History, MembershipChange, Sequenced, SessionState
@@ -79,6 +79,11 @@ class GroupStore(Protocol):
 
     async def members(self, group: str) -> list[str]:
         """Return the members of `group` on every node."""
+        ...
+
+    async def count_members(self, groups: Sequence[str]) -> dict[str, int]:
+        """Return how many members each of `groups` has on every node (as members lists
+        them), in one batched read; a group without members counts 0."""
         ...
 
     async def of_client(self, client_id: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 from stabilizer.channel_options import require_presence
 from stabilizer.facets.base import Facet
@@ -10,6 +11,9 @@ from stabilizer.pure.presence import encode_meta
 from stabilizer.pure.streams import Target
 from stabilizer.pure.text import Message, check_client_id, check_group, encode_message, json_value
 from stabilizer.results import BroadcastResult
+
+#: Groups count_group_members counts in one call at most.
+MAX_COUNTED_GROUPS: Final = 1000
 
 
 class GroupsFacet(Facet):
@@ -67,6 +71,20 @@ class GroupsFacet(Facet):
             BackendUnavailable: the shared store cannot be reached.
         """
         return await self._ctx.ask(self._ctx.backend.groups.members(check_group(group)))
+
+    async def count_group_members(self, groups: Sequence[str]) -> dict[str, int]:
+        """Return how many members each of `groups` has on every node, as
+        get_group_members lists them (a resumable session's client included), in one
+        batched read of at most MAX_COUNTED_GROUPS groups; a group without members counts 0.
+
+        Raises:
+            ValueError: a group name is not usable, or there are too many.
+            BackendUnavailable: the shared store cannot be reached.
+        """
+        if isinstance(groups, str) or len(groups) > MAX_COUNTED_GROUPS:
+            raise ValueError(f"give a sequence of at most {MAX_COUNTED_GROUPS} group names")
+        names = [check_group(group) for group in groups]
+        return await self._ctx.ask(self._ctx.backend.groups.count_members(names))
 
     async def get_client_groups(self, client_id: str) -> list[str]:
         """Return the groups `client_id` belongs to (cluster-wide).

@@ -101,7 +101,15 @@
     }
   }
 
-  function renderGroups(groups) {
+  // What the members column counts (dashboard.py, _groups).
+  const COUNTED = {
+    cluster: "(the largest of each node; members on every node, resumable sessions included)",
+    reported: "(the largest of each node; connected members as the nodes reported them: " +
+      "the store is unreachable, a node that did not name a group adds none)",
+  };
+
+  function renderGroups(groups, counted) {
+    $("groups-counted").textContent = COUNTED[counted] ?? "";
     const rows = groups.map((g) => el("tr", { "data-group": g.group },
       el("td", {}, g.group), el("td", { class: "num", "data-field": "members" }, g.members)));
     if (!rows.length) rows.push(el("tr", {}, el("td", { class: "muted" }, "no groups")));
@@ -117,7 +125,7 @@
       $("cluster-connections").textContent = data.cluster_connections ?? "–";
       $("backend").textContent = data.backend + (data.backend_available ? "" : " (unreachable)");
       renderNodes(data.nodes);
-      renderGroups(data.groups);
+      renderGroups(data.groups, data.groups_counted);
       $("status").textContent = `via ${data.node_id}, ${new Date(data.time * 1000)
         .toLocaleTimeString()}`;
       $("status").className = "stat";

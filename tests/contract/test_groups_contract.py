@@ -1,7 +1,7 @@
 """Contract of GroupStore.reconcile: what a node reads (and, after the store forgot it,
-gives back) to make its local memberships agree with the store's; and of what a remote join
+gives back) to make its local memberships agree with the store's; of what a remote join
 or leave tells the client's node: the connection it was written for, and only while it
-stands."""
+stands; and of count_members, the dashboard's member counts."""
 
 from __future__ import annotations
 
@@ -35,6 +35,18 @@ async def test_reconcile_lists_the_groups_of_each_client_without_changing_them(
     assert listed == {"alice": ["hall", "room:1*"], "bob": ["hall"], "carol": []}
     assert await a.groups.members("kitchen") == []  # without restore, nothing is written
     assert await a.groups.of_client("carol") == []
+
+
+async def test_count_members_counts_each_group_on_every_node(open_node: NodeFactory) -> None:
+    a, b = await open_node("node-a"), await open_node("node-b")
+    await a.groups.join("alice", "hall")
+    await b.groups.join("bob", "hall")
+    await b.groups.join("bob", "room:1*")
+    await b.groups.join("carol", "{odd}|g")
+    await b.groups.leave("carol", "{odd}|g")
+    assert await a.groups.count_members(["hall", "room:1*", "{odd}|g", "nowhere"]) == {
+        "hall": 2, "room:1*": 1, "{odd}|g": 0, "nowhere": 0}
+    assert await b.groups.count_members([]) == {}
 
 
 async def test_reconcile_with_restore_gives_the_store_back_what_it_lost(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 from stabilizer.backends.base import (
     History,
@@ -134,6 +134,12 @@ class MemoryGroups:
         """Members of `group`."""
         self._node.check()
         return sorted(self._node.hub.groups.get(group, ()))
+
+    async def count_members(self, groups: Sequence[str]) -> dict[str, int]:
+        """How many members each of `groups` has."""
+        self._node.check()
+        members = self._node.hub.groups
+        return {group: len(members.get(group, ())) for group in groups}
 
     async def of_client(self, client_id: str) -> list[str]:
         """Groups of `client_id`."""

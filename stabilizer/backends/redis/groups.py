@@ -3,7 +3,7 @@ each way; a group's messages go over its own channel to the nodes that follow it
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 from stabilizer.backends.records import MembershipChange
@@ -140,6 +140,18 @@ class RedisGroups:
     async def members(self, group: str) -> list[str]:
         """SSCAN the group's member set."""
         return await self._core.scan_set(self._core.keys.group(group), "members")
+
+    async def count_members(self, groups: Sequence[str]) -> dict[str, int]:
+        """SCARD of each group's member set, in one pipeline (on a Cluster, redis-py sends
+        each master its share at once)."""
+        if not groups:
+            return {}
+        core = self._core
+        pipe = core.client.pipeline(transaction=False)
+        for group in groups:
+            pipe.scard(core.keys.group(group))
+        counts = await core.call(pipe.execute(), "count_members")
+        return {group: int(count) for group, count in zip(groups, counts, strict=True)}
 
     async def of_client(self, client_id: str) -> list[str]:
         """SSCAN the client's group set."""

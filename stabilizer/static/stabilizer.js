@@ -69,7 +69,9 @@
  * The state is "connecting" until the first open, "reconnecting" after any drop. The
  * connection opens on the server's session frame (or on its first frame when the server
  * sends none), answers pings with `pong`, keeps the newest token and reconnects with ?token=
- * (and ?positions= when history is on). Close codes (protocol section 5): 1001, 1005, 1006,
+ * (and ?positions= when history is on, while the URL's path and query stay within 6 KiB, as
+ * servers read handshake lines of 8 KiB; beyond, the server replays from the session's start
+ * and the client drops what it had). Close codes (protocol section 5): 1001, 1005, 1006,
  * 1011, 1012, 1013, 1014 and 4000-4499 reconnect, 1012/1013 after the close-reason advice
  * {"retry_ms": N} when there is one, the others after the backoff; 4501/4502 after a connect
  * that carried a token reconnect at once without it (a fresh session); any other code is

@@ -76,3 +76,19 @@ async def admin_cluster() -> dict[str, Any]:
     return {"node_id": manager.node_id, "count": await manager.get_cluster_connection_count(),
             "clients": clients, "nodes": await manager.get_nodes(),
             "local": sorted(manager.get_active_connections())}
+
+
+@app.post("/admin/join/{client_id}/{group}")
+async def admin_join(client_id: str, group: str) -> dict[str, bool]:
+    await manager.join_group(client_id, group)
+    return {"joined": True}
+
+
+@app.post("/admin/send_group/{group}")
+async def admin_send_group(group: str, body: dict[str, Any] = Body(...)) -> dict[str, int]:
+    return {"local": (await manager.send_to_group(group, body["message"])).succeeded}
+
+
+@app.post("/admin/disconnect/{client_id}")
+async def admin_disconnect(client_id: str, code: int = 1000) -> dict[str, bool]:
+    return {"closed": await manager.disconnect_client(client_id, code=code, reason="admin")}

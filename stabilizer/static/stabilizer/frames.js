@@ -12,6 +12,9 @@ const CONTROL_TYPES = new Set(["session", "ping", "pong", "resume", "error", "me
 const MAX_RESUME_STREAMS = 1000;
 const MAX_RESUME_TEXT = 64 * 1024 - 1024;  // (positions and channels together: bytes)
 const MAX_HELD_CHANNELS = 1000;  // the most channels a resume names (as the server takes)
+// protocol 1: the longest path and query (percent-encoded) a URL with ?positions= may have.
+// Servers commonly read handshake lines of at most 8 KiB (uvicorn never answers a longer one)
+const MAX_RESUME_URL = 6 * 1024;
 const encoder = new TextEncoder();
 
 /** The protocol frame in `text`, or null when it is an application message. */
@@ -202,7 +205,9 @@ export function webSocketUrl(url) {
 }
 
 /** `base` without token and positions parameters; with `token`, protocol 1's resume
- * parameters: ?token= and, when there are any, ?positions=. */
+ * parameters: ?token= and ?positions= when there are any and the URL's path and query stay
+ * within MAX_RESUME_URL with them. Without them the server replays from where the session
+ * began, and advance() drops what the client had already. */
 export function socketUrl(base, token = null, positions = {}) {
   const url = new URL(base);
   url.searchParams.delete("token");
@@ -211,6 +216,9 @@ export function socketUrl(base, token = null, positions = {}) {
     url.searchParams.set("token", token);
     if (sendable(positions)) {
       url.searchParams.set("positions", JSON.stringify(positions));
+      if (url.pathname.length + url.search.length > MAX_RESUME_URL) {
+        url.searchParams.delete("positions");
+      }
     }
   }
   return url;

@@ -40,6 +40,9 @@
  *                    made up per tab and URL, kept in sessionStorage with the newest token so
  *                    that a reload resumes the session
  *   params           v2: an object for the server's authenticator
+ * The numeric ones are numbers >= 0 (maxQueue and maxAttempts whole), Infinity for no bound
+ * (but backoffBaseMs); anything else throws a TypeError here. A wait of Infinity sets no
+ * timer, and none is longer than a browser's timers take (2^31-1 ms, about 24.8 days).
  *
  * Connection: .state, .session (the last session frame), .token (the newest token),
  * .positions ({stream: [offset, epoch]}), .protocol, .clientId, .userId (null when
@@ -48,10 +51,11 @@
  * .off(event, fn), .send(data) (string, ArrayBuffer, view or Blob; anything else is sent as
  * JSON; true when written now, false when queued), .close(code = 1000, reason = ""),
  * .rpc(method, params = null, {timeoutMs = 30000}) (v2: a Promise of the result of the
- * server's procedure `method`; it waits while reconnecting and rejects with an RPCError
- * whose code is the server's, or "timeout" (no reply in time) or "disconnected" (the socket
- * closed before the reply; in both the call may have run, and it is never sent twice), or
- * "closed" (closed for good before it was sent)). A v2 message frame that asks to be
+ * server's procedure `method`; Infinity waits for good, and a timeoutMs that is no number
+ * >= 0 rejects with a TypeError, unsent; it waits while reconnecting and rejects with an
+ * RPCError whose code is the server's, or "timeout" (no reply in time) or "disconnected"
+ * (the socket closed before the reply; in both the call may have run, and it is never sent
+ * twice), or "closed" (closed for good before it was sent)). A v2 message frame that asks to be
  * acknowledged (the server's send_to_client(..., ack=True)) is acknowledged once the
  * listeners it went to returned. .subscribe(channel, onMessage = null,
  * {params, timeoutMs}) (v2: join `channel` if the server's on_subscribe hook allows;
@@ -105,6 +109,7 @@
 //   events.js       the listeners of the connection's events
 //   frames.js       the wire, pure: frames, close codes and retry advice, URLs
 //   options.js      connect()'s defaults and option checks
+//   timers.js       waits of any length (setTimeout fires a long one at once)
 //   watchdog.js     probing a silent link, dropping a dead one
 
 import { Connection } from "./stabilizer/connection.js";

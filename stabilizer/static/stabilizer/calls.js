@@ -4,6 +4,9 @@
  * each exactly once, by its reply, a timeout or a close; RPCError, what they reject with.
  */
 
+import { checkWait } from "./options.js";
+import { later } from "./timers.js";
+
 /** A remote procedure call that returned no value: the server's error, or the client's
  * "timeout", "disconnected" or "closed" (see rpc in stabilizer.js). */
 export class RPCError extends Error {
@@ -25,12 +28,18 @@ export class Calls {
   }
 
   /** Send `fields` (a request frame without its id) now when open, else once open; a
-   * Promise of the reply's result. */
+   * Promise of the reply's result, rejected with "timeout" after `timeoutMs` (Infinity:
+   * never), or at once with a TypeError, unsent, when that is no such number. */
   start(fields, timeoutMs) {
+    try {
+      checkWait("timeoutMs", timeoutMs);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const id = this.#nextCall++;
     const frame = JSON.stringify({ ...fields, id });
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this.#settle(id, null, new RPCError(
+      const timer = later(() => this.#settle(id, null, new RPCError(
         "timeout", `no reply within ${timeoutMs} ms; the call may have run`)), timeoutMs);
       const settle = (result, error) => {
         clearTimeout(timer);

@@ -15,6 +15,7 @@ import {
   malformed, numberOrNull, outgoingFrame, reconnects, retryDelay, socketUrl, v2Frame, webSocketUrl,
 } from "./frames.js";
 import { DEFAULTS, checkOptions } from "./options.js";
+import { later } from "./timers.js";
 import { Watchdog } from "./watchdog.js";
 
 export class Connection {
@@ -368,7 +369,7 @@ export class Connection {
   #retry(delayMs, info) {
     const state = this.#everOpened ? "reconnecting" : "connecting";
     this.#setState(state, { ...info, delay_ms: Math.round(delayMs) });
-    this.#retryTimer = setTimeout(() => this.#open(), delayMs);
+    this.#retryTimer = later(() => this.#open(), delayMs);
   }
 
   #finish(info) {

@@ -3,6 +3,8 @@
  * code and its reason ask for, base64 data, the URLs a connection opens. No state, no I/O.
  */
 
+import { MAX_TIMER_MS } from "./timers.js";
+
 export const SUBPROTOCOL = "stabilizer.v2";
 export const TOKEN_CODES = new Set([4501, 4502]);
 const RETRY_CODES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014]);
@@ -163,15 +165,19 @@ export function reconnects(code) {
 /** The ms to wait before reconnecting after `failures` failures in a row: the advice of a
  * 1012/1013/4004 close reason (at most maxAdviceMs), else the full-jitter backoff. Advice
  * is followed alone once; when the advised attempt fails too, the backoff goes on under
- * it (the longer of the two), so advice of 0 never makes a tight loop. */
+ * it (the longer of the two), so advice of 0 never makes a tight loop. Never more than a
+ * timer can wait (MAX_TIMER_MS: a longer one would fire at once). */
 export function retryDelay(code, reason, failures, options) {
   const ceiling = Math.min(options.backoffCapMs,
                            options.backoffBaseMs * 2 ** Math.min(failures, 30));
   const backoff = Math.random() * ceiling;
   const advice = ADVICE_CODES.has(code) ? retryAdvice(reason) : null;
-  if (advice === null) return backoff;
-  const advised = Math.min(advice, options.maxAdviceMs);
-  return failures <= 1 ? advised : Math.max(advised, backoff);
+  let delay = backoff;
+  if (advice !== null) {
+    const advised = Math.min(advice, options.maxAdviceMs);
+    delay = failures <= 1 ? advised : Math.max(advised, backoff);
+  }
+  return Math.min(delay, MAX_TIMER_MS);
 }
 
 /** The delay a 1012/1013/4004 close reason asks for, in ms, or null for free text. */

@@ -4,7 +4,7 @@
  * dead, and the connection drops it instead of waiting for the browser to notice.
  */
 
-const MAX_TIMER_MS = 2 ** 31 - 1;
+import { later } from "./timers.js";
 
 /** Watches a connection's current socket. */
 export class Watchdog {
@@ -34,11 +34,11 @@ export class Watchdog {
     if (!ws || !(intervalMs > 0) || !(probeTimeoutMs > 0)) return;
     const idle = Date.now() - this.#lastSeen;
     if (idle < intervalMs) {
-      this.#timer = setTimeout(() => this.watch(), Math.min(intervalMs - idle, MAX_TIMER_MS));
+      this.#timer = later(() => this.watch(), intervalMs - idle);
     } else if (!this.#probing) {
       this.#probing = true;
       ws.send('{"type":"ping"}');
-      this.#timer = setTimeout(() => this.watch(), probeTimeoutMs);
+      this.#timer = later(() => this.watch(), probeTimeoutMs);  // (Infinity: waits for good)
     } else {
       this.#dead(ws);
     }

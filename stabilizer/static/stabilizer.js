@@ -31,6 +31,9 @@
  *   maxAdviceMs      upper bound on the server's {"retry_ms": N} close-reason advice (60000)
  *   probeTimeoutMs   after 1.5 heartbeat intervals of silence the client sends {"type":"ping"};
  *                    no frame within this many ms: the link is dead, reconnect (10000; 0: off)
+ *   connectTimeoutMs a socket not open (no session frame, nor any frame) this many ms after
+ *                    it was made is closed, an attempt that failed (code 1006): a browser may
+ *                    wait for good for the answer to an upgrade (10000; 0 or Infinity: none)
  *   protocols        WebSocket subprotocols
  *   protocol         2 speaks protocol v2 (section 6); 1, the default, the plain protocol
  *   getToken         v2: a function returning the access token (a string, null for none, or

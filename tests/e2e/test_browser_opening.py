@@ -1,5 +1,7 @@
 """The browser client while a socket opens, in headless Chromium: the resume positions it
-puts in a protocol-1 URL stay under what servers read in a handshake line."""
+puts in a protocol-1 URL stay under what servers read in a handshake line, and a socket that
+does not open within connectTimeoutMs (no answer to the upgrade, or no session frame after
+it) is dropped and counts as a failed attempt."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.test_browser import Tab
+from tests.e2e.test_browser import Tab, query, session_frame
+from tests.e2e.test_browser_v2 import ScriptedV2Server, frame_of
+from tests.e2e.test_browser_v2 import Tab as V2Tab
 from tests.support.browser import Page, ScriptedServer
 from tests.support.uvicorn_proc import UvicornProcess
 
@@ -104,3 +108,94 @@ async def test_positions_too_long_for_a_handshake_line_stay_home_and_none_is_los
         assert Counter(texts) == Counter(
             ["after", *(f"{when} {n}" for when in ("before", "away") for n in range(64))])
         await page.evaluate("window.conn.close()")
+
+
+class Unanswering:
+    """A TCP server that reads a WebSocket upgrade and never answers it, nor closes: what
+    uvicorn does with a handshake line over its limit. `accepted` gets each connection."""
+
+    def __init__(self) -> None:
+        self.accepted: asyncio.Queue[None] = asyncio.Queue()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        await self.accepted.put(None)
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    @property
+    def ws(self) -> str:
+        assert self._server is not None
+        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> Unanswering:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        for writer in self._writers:
+            writer.close()
+            await writer.wait_closed()
+
+
+async def test_an_upgrade_never_answered_fails_the_attempt_after_connect_timeout(
+        page: Page) -> None:
+    """Chromium waits for an upgrade's answer without end: the page stayed "connecting"
+    and maxAttempts never counted."""
+    async with ScriptedServer() as pages, Unanswering() as unanswering:
+        tab = await Tab.open(page, pages, f"{unanswering.ws}/ws/alice", connectTimeoutMs=300,
+                             backoffBaseMs=10, maxAttempts=3)
+        for _ in range(3):
+            async with asyncio.timeout(10):
+                await unanswering.accepted.get()
+        await tab.wait_state("closed")
+        [(state, info)] = await tab.events("state")
+        assert (state, info["code"]) == ("closed", 1006)
+        assert info["reason"] == "3 attempts in a row failed: not open within 300 ms"
+
+
+async def test_a_server_that_upgrades_and_says_nothing_is_left_after_connect_timeout(
+    page: Page,
+) -> None:
+    """A protocol-1 socket that opened but got no frame: before, "connecting" for good."""
+    async with ScriptedServer() as server:
+        tab = await Tab.open(page, server, connectTimeoutMs=300, backoffBaseMs=10,
+                             token="t0")
+        first = await server.accept()
+        await asyncio.wait_for(first.wait_closed(), 10)  # the page left it: a failed attempt
+        again = await server.accept()
+        assert query(again) == {"token": "t0"}  # (a failed attempt keeps the token)
+        await again.send(session_frame("t1"))
+        await tab.wait_state("open")  # the deadline ends with the session
+        await again.send("hello")
+        await tab.wait_events("message", 1)
+        assert await tab.events("state") == [["open", None]]  # (it was "connecting")
+
+
+async def test_a_v2_socket_without_a_session_frame_is_left_after_connect_timeout(
+    page: Page,
+) -> None:
+    async with ScriptedV2Server() as server:
+        tab = await V2Tab.open(page, server.base, f"{server.ws}/ws", scripted=True,
+                               device="tab-1", connectTimeoutMs=300, backoffBaseMs=10,
+                               maxAttempts=2)
+        for token in ("jwt-1", "jwt-2"):
+            ws = await server.accept()
+            assert (await frame_of(ws))["token"] == token  # connect: then nothing
+            await asyncio.wait_for(ws.wait_closed(), 10)
+        await tab.wait_state("closed")
+        [(state, info)] = await tab.events("state")
+        assert (state, info["code"]) == ("closed", 1006)
+        assert info["reason"] == "2 attempts in a row failed: not open within 300 ms"
+
+
+async def test_connect_timeout_is_ten_seconds_unless_set(page: Page) -> None:
+    async with ScriptedServer() as server:
+        await page.goto(server.base + "/")
+        assert await page.evaluate("""async () =>
+          (await import("/stabilizer/options.js")).DEFAULTS.connectTimeoutMs""") == 10_000

@@ -98,6 +98,7 @@ async def longest_timer(page: Page) -> Any:
     ({"maxAttempts": 2.5}, "maxAttempts"),
     ({"maxAdviceMs": None}, "maxAdviceMs"),
     ({"probeTimeoutMs": -1}, "probeTimeoutMs"),
+    ({"connectTimeoutMs": "10s"}, "connectTimeoutMs"),
 ])
 async def test_a_numeric_option_that_is_no_such_number_is_refused(
         page: Page, options: dict[str, Any], named: str) -> None:
@@ -118,7 +119,8 @@ async def test_infinity_is_taken_where_it_means_no_bound(page: Page) -> None:
     async with ScriptedServer() as server:
         tab = await Tab.open(page, server, maxQueue=INFINITY, backoffCapMs=INFINITY,
                              stableAfterMs=INFINITY, maxAttempts=INFINITY,
-                             maxAdviceMs=INFINITY, probeTimeoutMs=INFINITY, backoffBaseMs=0)
+                             maxAdviceMs=INFINITY, probeTimeoutMs=INFINITY,
+                             connectTimeoutMs=INFINITY, backoffBaseMs=0)
         ws = await server.accept()
         await ws.send(session_frame("t1"))
         await tab.wait_state("open")

@@ -32,8 +32,8 @@ export class Connection {
   #watchdog = new Watchdog(() => ({
     ws: this.#ws, probeTimeoutMs: this.#options.probeTimeoutMs,
     intervalMs: Number(this.#session?.heartbeat_interval) * 1500,  // pings are due by then
-  }), (ws) => {
-    this.#closed(ws, 1006, "no answer to a ping");  // the link is dead: do not wait for it
+  }), (ws, reason) => {
+    this.#closed(ws, 1006, reason);  // the link is dead: do not wait for it
     ws.close();
   });
 
@@ -155,6 +155,7 @@ export class Connection {
     ws.onmessage = (event) => this.#receive(ws, event.data);
     ws.onclose = (event) => this.#closed(ws, event.code, event.reason);
     this.#ws = ws;
+    this.#watchdog.opening(ws, this.#options.connectTimeoutMs);
   }
 
   /** v2: claim the device and get a token, then open the socket (no credentials in it). */
@@ -184,6 +185,7 @@ export class Connection {
     ws.onmessage = (event) => this.#receive(ws, event.data);
     ws.onclose = (event) => this.#closed(ws, event.code, event.reason);
     this.#ws = ws;
+    this.#watchdog.opening(ws, this.#options.connectTimeoutMs);
   }
 
   /** v2: the first frame, once the server has chosen stabilizer.v2. */

@@ -7,13 +7,14 @@ import { DEVICE } from "./device.js";
 
 export const DEFAULTS = {
   token: null, maxQueue: 100, backoffBaseMs: 250, backoffCapMs: 30000, stableAfterMs: 5000,
-  maxAttempts: Infinity, maxAdviceMs: 60000, probeTimeoutMs: 10000, protocols: undefined,
-  protocol: 1, getToken: null, device: null, params: null,
+  maxAttempts: Infinity, maxAdviceMs: 60000, probeTimeoutMs: 10000, connectTimeoutMs: 10000,
+  protocols: undefined, protocol: 1, getToken: null, device: null, params: null,
 };
 
 // the numeric options: each a number >= 0, Infinity for no bound but where it means nothing
 const COUNTS = ["maxQueue", "maxAttempts"];  // (whole numbers)
-const WAITS = ["backoffCapMs", "stableAfterMs", "maxAdviceMs", "probeTimeoutMs"];
+const WAITS = ["backoffCapMs", "stableAfterMs", "maxAdviceMs", "probeTimeoutMs",
+               "connectTimeoutMs"];
 
 export function checkOptions(options) {
   const { protocol, getToken, device, params } = options;

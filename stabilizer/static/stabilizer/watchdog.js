@@ -1,7 +1,9 @@
 /**
  * stabilizer/watchdog.js: the silent-link watchdog. A socket that sent nothing for 1.5
  * heartbeat intervals gets a ping; one that answers nothing within probeTimeoutMs either is
- * dead, and the connection drops it instead of waiting for the browser to notice.
+ * dead, and the connection drops it instead of waiting for the browser to notice. So is one
+ * that does not open within connectTimeoutMs: a browser may wait for good for the answer to
+ * an upgrade, and a server may say nothing after it.
  */
 
 import { later } from "./timers.js";
@@ -10,7 +12,7 @@ import { later } from "./timers.js";
 export class Watchdog {
   #timer = null; #lastSeen = 0; #probing = false;
   #link;  // () => {ws, intervalMs, probeTimeoutMs}: the socket to watch now, and its bounds
-  #dead;  // (ws) => void: `ws` answered no probe
+  #dead;  // (ws, reason) => void: `ws` did not open in time, or answered no probe
 
   constructor(link, dead) {
     this.#link = link;
@@ -27,6 +29,14 @@ export class Watchdog {
     clearTimeout(this.#timer);
   }
 
+  /** Drop `ws`, a socket being opened, unless watch() begins within `timeoutMs` (0 or
+   * Infinity: no deadline). */
+  opening(ws, timeoutMs) {
+    clearTimeout(this.#timer);
+    if (!(timeoutMs > 0)) return;
+    this.#timer = later(() => this.#dead(ws, `not open within ${timeoutMs} ms`), timeoutMs);
+  }
+
   /** Probe a silent link with a ping; drop it when the probe gets no answer either. */
   watch() {
     clearTimeout(this.#timer);
@@ -40,7 +50,7 @@ export class Watchdog {
       ws.send('{"type":"ping"}');
       this.#timer = later(() => this.watch(), probeTimeoutMs);  // (Infinity: waits for good)
     } else {
-      this.#dead(ws);
+      this.#dead(ws, "no answer to a ping");
     }
   }
 }

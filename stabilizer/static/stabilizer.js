@@ -69,7 +69,8 @@
  * onUnsubscribed(reason) is told when the server ends a subscription, or refuses one
  * made again; one made again and answered "try later" (unavailable, overloaded,
  * rate_limited, timeout) is asked again after the backoff until the server decides, the
- * page leaves the channel or the socket closes), .unsubscribe(channel) and
+ * page leaves the channel or the socket closes), .unsubscribe(channel) (v2: the channel's
+ * messages read before its reply, sent before the leave, still go to onMessage) and
  * .publish(channel, data) (v2: through the server's on_publish hook); the three are Promises
  * rejected with an RPCError as rpc is.
  *

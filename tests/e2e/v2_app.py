@@ -146,6 +146,32 @@ async def send_group(group: str, body: dict[str, Any] = Body(...)) -> dict[str, 
     return {"local": (await manager.send_to_group(group, body["message"])).succeeded}
 
 
+pumps: dict[str, Any] = {"task": None, "sent": 0}  # the one /admin/pump running
+
+
+@app.post("/admin/pump/{group}")
+async def pump(group: str) -> dict[str, bool]:
+    """Send "tick-<n>" to `group` about every millisecond until /admin/pump_stop."""
+    async def run() -> None:
+        while True:
+            await manager.send_to_group(group, f"tick-{pumps['sent']}")
+            pumps["sent"] += 1
+            await asyncio.sleep(0.001)
+
+    assert pumps["task"] is None, "one pump at a time"
+    pumps["sent"], pumps["task"] = 0, asyncio.create_task(run(), name="v2-app-pump")
+    return {"pumping": True}
+
+
+@app.post("/admin/pump_stop")
+async def pump_stop() -> dict[str, int]:
+    """Stop the pump; how many messages it sent."""
+    task, pumps["task"] = pumps["task"], None
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return {"sent": pumps["sent"]}
+
+
 @app.post("/admin/send_group_bytes/{group}")
 async def send_group_bytes(group: str, body: dict[str, Any] = Body(...)) -> dict[str, int]:
     """Send the bytes listed in ``body["bytes"]`` to `group` as one binary message."""

@@ -6,6 +6,12 @@
  * ends itself (an "unsubscribed" frame, also for a leave made while the client was away)
  * or refuses when subscribed again is forgotten, and its onUnsubscribed told; one answered
  * "try later" is asked again after the connection's backoff.
+ *
+ * A channel's messages go to its subscription's onMessage from the moment the subscribe's
+ * reply is read (the subscription is recorded in that reply's task, before the next frame
+ * is handled) until the reply to the page's unsubscribe is read: the server sent those
+ * before the leave. One read after that reply is another membership's (the application's
+ * join) and goes to the "message" listeners.
  */
 import { Presence } from "./presence.js";
 
@@ -49,6 +55,9 @@ export class Channels {
   #left = new Map();  // channel -> the number of its last unsubscribe
   #ended = new Map();  // channel -> [that number, reason] when the server ended it
   #leaving = new Map();  // channel -> the client's own unsubscribes on their way
+  // channel -> the onMessage of the subscription the page's unsubscribe ended: the
+  // channel's messages go there until the last of those unsubscribes is answered
+  #leavingRoutes = new Map();
 
   constructor(request, forgetPosition, backoff = () => null) {
     this.#request = request;
@@ -79,8 +88,15 @@ export class Channels {
     this.subscribed(channel, number, { onMessage, params, onUnsubscribed });
   }
 
-  /** Leave `channel` (Connection.unsubscribe). */
+  /** Leave `channel` (Connection.unsubscribe); its messages read before the reply still
+   * go to the subscription's onMessage (see `handler`). */
   unsubscribe(channel, timeoutMs) {
+    const entry = this.#channels.get(channel);
+    if (entry?.onMessage) {
+      this.#leavingRoutes.set(channel, entry.onMessage);
+    } else if (entry) {
+      this.#leavingRoutes.delete(channel);  // (the subscription it ends has none)
+    }
     this.unsubscribing(channel);
     return this.#leave(channel, timeoutMs);
   }
@@ -97,9 +113,14 @@ export class Channels {
     } catch (err) {
       if (this.#channels.has(channel)) restore();
       throw err;
-    } finally {
+    } finally {  // (in the reply's task: before the frames behind it are handled)
       const still = this.#leaving.get(channel) - 1;
-      if (still) this.#leaving.set(channel, still); else this.#leaving.delete(channel);
+      if (still) {
+        this.#leaving.set(channel, still);
+      } else {  // a message of the channel from now on is a new membership's
+        this.#leaving.delete(channel);
+        this.#leavingRoutes.delete(channel);
+      }
     }
   }
 
@@ -163,6 +184,7 @@ export class Channels {
     const reason = typeof frame.reason === "string" ? frame.reason : "server";
     const entry = this.#channels.get(channel);
     this.unsubscribing(channel);
+    this.#leavingRoutes.delete(channel);  // (no message of that membership follows)
     if (this.#subscribing.has(channel)) this.#ended.set(channel, [this.#left.get(channel), reason]);
     tell(entry?.onUnsubscribed, channel, reason);
   }
@@ -179,9 +201,12 @@ export class Channels {
     this.#presences.get(frame.channel)?.apply(frame);
   }
 
-  /** The function that gets `channel`'s messages instead of the "message" listeners. */
+  /** The function that gets `channel`'s messages instead of the "message" listeners: its
+   * subscription's onMessage, or that of the one the page is leaving, until the reply. */
   handler(channel) {
-    return channel === null ? null : this.#channels.get(channel)?.onMessage;
+    if (channel === null) return null;
+    const entry = this.#channels.get(channel);
+    return (entry ? entry.onMessage : this.#leavingRoutes.get(channel)) ?? null;
   }
 
   /** The socket closed: a round of subscribing again stops (the next reconnect starts its

@@ -61,7 +61,9 @@
  * twice), or "closed" (closed for good before it was sent)). A v2 message frame that asks to be
  * acknowledged (the server's send_to_client(..., ack=True)) is acknowledged once the
  * listeners it went to returned. .subscribe(channel, onMessage = null,
- * {params, timeoutMs}) (v2: join `channel` if the server's on_subscribe hook allows;
+ * {params, presence, onUnsubscribed, timeoutMs}) (v2: join `channel` if the server's
+ * on_subscribe hook allows (one refused or failed changes nothing held: a channel held
+ * already keeps its onMessage, and follows presence, .presence(channel), only if it did);
  * onMessage(data, position) then gets its messages instead of the "message" listeners; after
  * a reconnect that kept no memberships (no history, or a fresh session) it subscribes again;
  * after one that kept them, to the channels that follow presence, once the resume frame

@@ -8,6 +8,7 @@ The JWT secret comes from ``V2_APP_JWT_SECRET``; STABILIZER_* variables configur
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from typing import Any
 
@@ -17,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from stabilizer import (
     AckTimeoutError,
     AckUnsupportedError,
+    ChannelOptions,
     PublishRequest,
     RPCCall,
     RPCError,
@@ -28,7 +30,12 @@ from stabilizer.auth import JWTAuthenticator
 from stabilizer.fastapi import lifespan, router, session
 
 authenticator = JWTAuthenticator(secret=os.environ["V2_APP_JWT_SECRET"])
-manager = WebSocketConnectionManager(WebSocketConfig.from_env(), authenticator=authenticator)
+config = WebSocketConfig.from_env()
+# stats:* channels have no presence (a subscribe with presence gets bad_request), besides
+# the namespaces STABILIZER_CHANNEL_NAMESPACES sets
+config = dataclasses.replace(config, channel_namespaces={
+    "stats:": ChannelOptions(presence=False), **config.channel_namespaces})
+manager = WebSocketConnectionManager(config, authenticator=authenticator)
 app = FastAPI(lifespan=lifespan(manager))
 app.include_router(router(manager))
 
@@ -110,7 +117,7 @@ asked: list[str] = []  # every channel on_subscribe was asked about, in order
 
 @manager.on_subscribe
 async def may_subscribe(request: SubscribeRequest) -> bool | dict[str, Any]:
-    """public:* for everyone, private:<user> for that user, readonly:* for everyone,
+    """public:*, readonly:* and stats:* for everyone, private:<user> for that user,
     presence:* for everyone with the presence metadata {"name": user}; "boom" is a bug in
     the hook; anything else is refused with the hook's own code."""
     asked.append(request.channel)
@@ -121,7 +128,7 @@ async def may_subscribe(request: SubscribeRequest) -> bool | dict[str, Any]:
         return {"name": request.user_id}
     if channel.startswith("private:"):
         return channel == f"private:{request.user_id}"
-    if channel.startswith(("public:", "readonly:")):
+    if channel.startswith(("public:", "readonly:", "stats:")):
         return True
     raise RPCError("no_such_channel", f"{channel} does not exist", {"channel": channel})
 

@@ -45,8 +45,10 @@ function tell(onUnsubscribed, channel, reason) {
 export class Channels {
   #request; #forgetPosition; #backoff;
   #round = 0;  // the current round of subscribing again; a lost socket ends it
-  #channels = new Map();  // subscribed channel -> {onMessage, params}
-  #presences = new Map();  // channel -> Presence, for those that follow it
+  // subscribed channel -> {onMessage, params, presence, onUnsubscribed}; presence: it
+  // follows the channel's presence (a subscribe with presence succeeded)
+  #channels = new Map();
+  #presences = new Map();  // channel -> Presence, for those held that follow it
   // The server takes a channel's requests in the order sent, so a subscribe answered after
   // an unsubscribe sent later is undone by it: each request gets a number, and the last
   // unsubscribe's is kept while subscribes of its channel are in flight.
@@ -70,14 +72,14 @@ export class Channels {
   /** The subscribed channels, sorted (a resume names them). */
   get names() { return [...this.#channels.keys()].sort(); }
 
-  get followsPresence() { return this.#presences.size > 0; }
+  get followsPresence() { return [...this.#channels.values()].some((entry) => entry.presence); }
 
   has(channel) { return this.#channels.has(channel); }
 
-  /** Join `channel` (Connection.subscribe). */
+  /** Join `channel` (Connection.subscribe). One that fails changes nothing held: a
+   * channel subscribed already keeps its onMessage, and follows presence only if it did. */
   async subscribe(channel, onMessage, { params = null, presence = false, onUnsubscribed = null,
                                         timeoutMs = 30000 } = {}) {
-    if (presence) this.presence(channel, true);
     const number = this.subscribing(channel);
     try {
       await this.#request(subscribeFrame(channel, params, presence), timeoutMs);
@@ -85,7 +87,8 @@ export class Channels {
       this.subscribed(channel, number);
       throw err;
     }
-    this.subscribed(channel, number, { onMessage, params, onUnsubscribed });
+    this.subscribed(channel, number, { onMessage, params, presence: Boolean(presence),
+                                       onUnsubscribed });
   }
 
   /** Leave `channel` (Connection.unsubscribe); its messages read before the reply still
@@ -139,8 +142,10 @@ export class Channels {
     return ++this.#numbers;
   }
 
-  /** The subscribe `number` ended: with `entry` ({onMessage, params}) when it succeeded; it
-   * counts only when no unsubscribe of its channel was sent after it. */
+  /** The subscribe `number` ended: with `entry` when it succeeded; it counts only when no
+   * unsubscribe of its channel was sent after it. One that follows presence gets the
+   * channel's presence copy, made now (in the reply's task: the state comes right behind
+   * it); a channel that follows it already goes on doing so (as the server does). */
   subscribed(channel, number, entry = null) {
     const leftAt = this.#left.get(channel) ?? 0;
     const left = leftAt > number;
@@ -153,13 +158,17 @@ export class Channels {
       this.#left.delete(channel);
       this.#ended.delete(channel);
     }
-    if (entry !== null && left && ended?.[0] === leftAt) {
-      tell(entry.onUnsubscribed, channel, ended[1]);  // the server undid it at once
+    if (entry === null) return;
+    if (left) {
+      if (ended?.[0] === leftAt) {
+        tell(entry.onUnsubscribed, channel, ended[1]);  // the server undid it at once
+      }
+      return;
     }
-    if (entry !== null && !left) {
-      this.#channels.set(channel, entry);
-    } else if (!this.#channels.has(channel) && !still) {
-      this.#presences.delete(channel);  // (the copy its subscribe made)
+    const follows = entry.presence || this.#channels.get(channel)?.presence === true;
+    this.#channels.set(channel, follows === entry.presence ? entry : { ...entry, presence: true });
+    if (follows && !this.#presences.has(channel)) {
+      this.#presences.set(channel, new Presence(channel));
     }
   }
 
@@ -189,10 +198,8 @@ export class Channels {
     tell(entry?.onUnsubscribed, channel, reason);
   }
 
-  /** The presence of `channel`, made on first use (before the subscribe is sent: its
-   * state follows the reply at once). */
-  presence(channel, create = false) {
-    if (create && !this.#presences.has(channel)) this.#presences.set(channel, new Presence(channel));
+  /** The presence of `channel`, held with presence (else null). */
+  presence(channel) {
     return this.#presences.get(channel) ?? null;
   }
 
@@ -224,8 +231,7 @@ export class Channels {
    * again). */
   async subscribeAgain(presenceOnly = false) {
     const round = ++this.#round;
-    let asking = [...this.#channels].filter(([channel]) => !presenceOnly
-                                            || this.#presences.has(channel));
+    let asking = [...this.#channels].filter(([, entry]) => !presenceOnly || entry.presence);
     let warnedAt = -Infinity;
     for (let failures = 1; asking.length; failures += 1) {
       const later = await this.#askEach(asking, presenceOnly, round);
@@ -258,7 +264,7 @@ export class Channels {
     for (const [channel, entry] of asking) {
       if (round !== this.#round) return null;
       if (this.#channels.get(channel) !== entry) continue;  // unsubscribed (or anew) meanwhile
-      const err = await this.#askAgain(channel, entry, this.#presences.has(channel));
+      const err = await this.#askAgain(channel, entry);
       if (round !== this.#round || LOST.has(err?.code)) return null;
       if (TRY_LATER.has(err?.code)) later.push([channel, entry, err]);
       else if (err) await this.#refused(channel, entry, err, kept);
@@ -266,10 +272,11 @@ export class Channels {
     return later;
   }
 
-  /** Subscribe to `channel` again: the error it was answered with, or null (allowed). */
-  async #askAgain(channel, entry, presence) {
+  /** Subscribe to `channel` again as `entry` holds it (with presence only when a presence
+   * subscribe of it succeeded): the error it was answered with, or null (allowed). */
+  async #askAgain(channel, entry) {
     try {
-      await this.#request(subscribeFrame(channel, entry.params, presence), 30000);
+      await this.#request(subscribeFrame(channel, entry.params, entry.presence), 30000);
     } catch (err) {
       return err;
     }

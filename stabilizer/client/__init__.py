@@ -20,7 +20,10 @@ What it does for you:
   (``RetryPolicy``). With several URLs, each attempt uses the next one (failover);
 - resumes with the newest reconnect token, and with history sends ``positions``, drops
   duplicates and unwraps ``data``/``data_b64``; after 4501/4502 it retries once without the
-  token (a fresh session);
+  token (a fresh session). (Protocol 1 puts positions in the URL only while its path and
+  query stay within 6 KiB, as servers read handshake lines of 8 KiB; beyond, the token
+  alone resumes, the server replays from the session's start and the client drops what
+  it had);
 - after every reconnect calls ``on_resume`` (also ``conn.last_resume``): ``recovered`` false
   means messages were missed (``failed`` streams, or no history, or ``session_resumed``
   false: the server forgot the session) and the application must resync.

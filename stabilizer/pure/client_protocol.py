@@ -37,6 +37,10 @@ LOST: Final = 1006  # the code a dropped connection reports (no close frame)
 #: streams, and their JSON text (less a margin: a server counts the text its own way).
 MAX_RESUME_STREAMS: Final = MAX_POSITIONS
 MAX_RESUME_TEXT: Final = MAX_POSITIONS_TEXT - 1024
+#: Protocol 1: the longest path and query (percent-encoded, in bytes) a URL may have with
+#: ``positions`` in it. ASGI servers and proxies commonly read handshake lines of at most
+#: 8 KiB (uvicorn's default WebSocket implementation never answers a longer one).
+MAX_RESUME_URL: Final = 6 * 1024
 
 
 class ClientError(WebSocketStabilizerError):
@@ -264,6 +268,9 @@ def build_url(url: str, *, token: str | None = None, positions: str | None = Non
     """Merge the client's token and positions into `url`'s query string.
 
     Other parameters are kept as written; a stale ``token`` or ``positions`` is replaced.
+    `positions` is left out when the path and query would pass MAX_RESUME_URL with it: the
+    server then replays each stream from where the session began (or the client joined
+    its group), and the client drops what it had already (Positions.seen).
     """
     parts = urlsplit(url)
     kept = [pair for pair in parts.query.split("&")
@@ -271,7 +278,10 @@ def build_url(url: str, *, token: str | None = None, positions: str | None = Non
     if token is not None:
         kept.append("token=" + quote(token, safe=""))
     if positions is not None:
-        kept.append("positions=" + quote(positions, safe=""))
+        with_positions = [*kept, "positions=" + quote(positions, safe="")]
+        query = "&".join(with_positions)
+        if len(f"{parts.path}?{query}".encode()) <= MAX_RESUME_URL:
+            kept = with_positions
     return urlunsplit(parts._replace(query="&".join(kept)))
 
 

@@ -25,6 +25,7 @@ from stabilizer.client import (
 from stabilizer.client.frames import Frames
 from stabilizer.client.inbox import FELL_BEHIND, Inbox
 from stabilizer.errors import ConfigError, WireError
+from stabilizer.pure.client_protocol import MAX_RESUME_URL
 from stabilizer.pure.client_retry import plan_retry, resubscribe_delay
 
 
@@ -122,6 +123,24 @@ def test_url_keeps_its_own_query_and_replaces_stale_client_params() -> None:
     assert url == "wss://h/ws/a?v=2&lang=en%20gb&flag&token=new"
     assert build_url("ws://h/ws/a?token=old") == "ws://h/ws/a"
     assert build_url("ws://h/ws/a") == "ws://h/ws/a"
+
+
+def test_url_carries_positions_only_while_its_path_and_query_stay_within_6_kib() -> None:
+    """Servers read handshake lines of 8 KiB at most (uvicorn never answers a longer one):
+    longer positions stay home and the token alone resumes (the server replays from the
+    session's start; the client drops what it had)."""
+    def positions(count: int) -> str:
+        value = {f"g:room-{n}-" + "x" * 40: [n + 1, "AbCdEfGh"] for n in range(count)}
+        return json.dumps(value, separators=(",", ":"))
+
+    base = "ws://h/ws/alice?room=1"
+    few = build_url(base, token="s1.tok", positions=positions(10))
+    assert len(json.loads(_query(few)["positions"][0])) == 10
+    many = build_url(base, token="s1.tok", positions=positions(200))
+    assert _query(many) == {"room": ["1"], "token": ["s1.tok"]}
+    for url in (few, many):
+        parts = urlsplit(url)
+        assert len(f"{parts.path}?{parts.query}") <= MAX_RESUME_URL
 
 
 def test_positions_track_the_last_offset_per_stream_and_drop_duplicates() -> None:

@@ -141,8 +141,8 @@ class Maintenance:
         if liveness.reaped:
             logger.warning("reaped presence of dead nodes %s", ", ".join(liveness.reaped))
         if liveness.rejoined and self._joined:
-            logger.warning("node %s had vanished from the registry; re-registering",
-                           ctx.node_id)
+            logger.warning("node %s had vanished from the registry (or is being reaped); "
+                           "re-registering", ctx.node_id)
             ctx.want_resync()
             self._restore_groups = True
         self._joined = True

@@ -50,6 +50,7 @@ class Scripts:
         self.away_at = register(lua.AWAY_AT)
         self.count_groups = register(lua.COUNT_GROUPS)
         self.keepalive = register(liveness_lua.KEEPALIVE)
+        self.reap_done = register(liveness_lua.REAP_DONE)
         self.reap = register(liveness_lua.REAP_BATCH)
         self.live_nodes = register(liveness_lua.LIVE_NODES)
         self.resync = register(liveness_lua.RESYNC)

@@ -170,6 +170,12 @@ class KeyLayout:
         return f"{self.tag}:nodes"
 
     @property
+    def reaped(self) -> str:
+        """Sorted set: node_id -> until when (ms, Redis clock) a reaper holds its claim on
+        the node; the node reads it at each keepalive (it was reaped, perhaps alive)."""
+        return f"{self.tag}:reaped"
+
+    @property
     def node_reports(self) -> str:
         """Hash: node_id -> the node's latest report (JSON, see NodeReport), written with
         its keepalive and removed when it unregisters or is reaped."""

@@ -44,20 +44,22 @@ class RedisLiveness:
         """Refresh our deadline and reap nodes whose deadline passed.
 
         ``rejoined`` is True when our own entry had vanished (Redis restarted empty, or we
-        were reaped after a long pause): the caller must re-register its presence.
+        were reaped after a long pause) or a reaper claimed us and has not finished: the
+        caller must re-register its presence and give back its memberships.
         """
         core = self._core
+        keys = core.keys
         core.orphan_grace_ms = int(node_ttl * ORPHAN_GRACE_TTLS * 1000)
         reply = await core.call(core.scripts.keepalive(
-            keys=[core.keys.nodes], args=[core.node_id, int(node_ttl * 1000)],
+            keys=[keys.nodes, keys.reaped], args=[core.node_id, int(node_ttl * 1000)],
         ), "keepalive")
-        added, expired = int(reply[0]), [text(node) for node in reply[1:]]
+        rejoined, claimed = int(reply[0]), [text(node) for node in reply[1:]]
         reaped: list[str] = []
-        for node in expired:
+        for node in claimed:
             if node != core.node_id:
                 await self._reap_node(node, session_ttl)
                 reaped.append(node)
-        return Liveness(tuple(reaped), bool(added))
+        return Liveness(tuple(reaped), bool(rejoined))
 
     async def incarnation(self) -> str | None:
         """Each master's run id (new with every start of the process) and replication id
@@ -99,14 +101,17 @@ class RedisLiveness:
         return {"": server}, {"": replicas}
 
     async def _reap_node(self, node: str, session_ttl: float) -> None:
-        """Remove a node found expired: its presence entries, then its liveness entry, even
-        when it refreshed that meanwhile (it was paused, not dead, and may have registered
-        its clients again before the entries went): its next keepalive then finds itself
-        gone and registers its connections again (``rejoined``)."""
+        """Remove a node our keepalive claimed (found expired): its presence entries, then
+        its liveness entry and claim, even when it refreshed that meanwhile (it was paused,
+        not dead). The claim came first, so its keepalives while the reap runs report it
+        rejoined (its clients' sessions and memberships may be going: it gives them back);
+        the entry's removal last makes its next keepalive do so again, for the entries
+        removed after it re-registered."""
         core = self._core
+        keys = core.keys
         removed = await self._reap_clients(node, session_ttl)
-        await core.call(core.client.zrem(core.keys.nodes, node), "reap")
-        await core.call(core.client.hdel(core.keys.node_reports, node), "reap")
+        await core.call(core.scripts.reap_done(
+            keys=[keys.nodes, keys.reaped, keys.node_reports], args=[node]), "reap")
         logger.warning("reaped node %s: %d stale presence entries removed", node, removed)
 
     async def _reap_clients(self, node: str, session_ttl: float) -> int:
@@ -229,8 +234,9 @@ class RedisLiveness:
                     args=[core.node_id, _REAP_BATCH, *core.seat_args()],
                 ), "unregister_node")
                 await core.follow_seats(_drops(later), "unregister_node")
-        await core.call(core.client.zrem(keys.nodes, core.node_id), "unregister_node")
-        await core.call(core.client.hdel(keys.node_reports, core.node_id), "unregister_node")
+        await core.call(core.scripts.reap_done(
+            keys=[keys.nodes, keys.reaped, keys.node_reports], args=[core.node_id],
+        ), "unregister_node")
 
     async def nodes(self) -> list[str]:
         """Live node ids by the Redis clock."""

@@ -12,15 +12,43 @@ from typing import Final
 
 from stabilizer.backends.redis.user_scripts import SEAT_LIMIT_LIB, SEATS_LIB
 
-# KEYS: nodes zset. ARGV: node_id, ttl_ms.
-# Returns {1 if this node was (re)added rather than refreshed, expired node ids...}.
+# KEYS: nodes zset, reaped zset. ARGV: node_id, ttl_ms.
+# Refreshes this node's deadline and claims the nodes whose deadline passed: each goes in
+# the reaped zset (until when the claim holds: this node's ttl) before anything of it is
+# removed, so that it learns of the reap at its next keepalive, whenever that lands. A
+# node claimed by another reaper whose claim still holds is left to it. A node finds its
+# own claim until the reap ends (REAP_DONE), or drops it once it lapsed (its reaper died).
+# Returns {1 if this node was (re)added or is being reaped, claimed node ids...}.
 KEEPALIVE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)
-table.insert(expired, 1, added)
-return expired
+local ttl = tonumber(ARGV[2])
+local rejoined = redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+local held = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if held then
+  rejoined = 1
+  if tonumber(held) <= now then redis.call('ZREM', KEYS[2], ARGV[1]) end
+end
+local claimed = {rejoined}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)) do
+  local claim = redis.call('ZSCORE', KEYS[2], node)
+  if node ~= ARGV[1] and not (claim and tonumber(claim) > now) then
+    redis.call('ZADD', KEYS[2], now + ttl, node)
+    table.insert(claimed, node)
+  end
+end
+return claimed
+"""
+
+# KEYS: nodes zset, reaped zset, node reports hash. ARGV: node id.
+# Ends a reap (or a clean shutdown): the node's liveness entry, claim and report go
+# together, so a reaped node that refreshed meanwhile finds itself gone at its next
+# keepalive (its presence may have been removed after it re-registered).
+REAP_DONE: Final = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
 """
 
 # Drops what a removed presence entry held among its user's seats: at once when the user

@@ -10,8 +10,8 @@ nothing but cancellation ends the loop.
 An outage is settled when it is noticed, and again once the node's subscription is back,
 because a kick or a MEMBERSHIP envelope published in between reached nobody. Settling makes
 the local group memberships agree with the backend's (first giving the backend back the
-memberships it lost, when it restarted empty or reaped this node), then re-registers
-presence (closing sockets another node took meanwhile).
+memberships it lost, when it restarted or failed over, or reaped this node), then
+re-registers presence (closing sockets another node took meanwhile).
 
 A step that fails is not an outage by itself: under a burst of connects a busy loop reads a
 reply late. Writes that failed asked for a resync each (a membership change that failed or
@@ -167,14 +167,17 @@ class Maintenance:
 
     async def _check_incarnation(self) -> None:
         """Ask for a resync when the store may have lost writes since the last step: it
-        restarted, or a replica took over. A step that merely failed (a reply too slow for
-        a busy loop, an outage of the same store) asks for none: each write that failed
-        asked for its own."""
+        restarted, or a replica took over. Such a store may hold older data rather than
+        none (a snapshot, a lagging replica), so the settle gives back the memberships it
+        lacks, as after an empty restart, instead of taking it for the truth. A step that
+        merely failed (a reply too slow for a busy loop, an outage of the same store) asks
+        for none: each write that failed asked for its own."""
         ctx = self._ctx
         seen = await ctx.ask(ctx.backend.liveness.incarnation())
         if self._incarnation is not None and seen != self._incarnation:
             logger.warning("the backend restarted or failed over; re-registering presence")
             ctx.want_resync()
+            self._restore_groups = True
             self._keys_due = True
         elif seen is None:
             self._keys_due = True

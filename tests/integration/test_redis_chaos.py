@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from stabilizer import BackendUnavailable, WebSocketConfig, WebSocketConnectionManager
+from stabilizer.backends.base import Resynced
 from tests.support.fakes import FakeSocket
 from tests.support.redis_server import RedisClusterServers, RedisSentinelSetup, RedisServer
 
@@ -256,6 +258,60 @@ async def test_sentinel_failover_under_live_sockets(namespace: str) -> None:
             await a.graceful_shutdown(timeout=2)
             await b.graceful_shutdown(timeout=2)
 
+
+
+async def test_a_sentinel_failover_to_a_lagging_replica_gives_back_lost_memberships(
+    namespace: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The replica stops applying its master's stream (CLIENT PAUSE WRITE: it still answers
+    the sentinel, its link looks up); a join the master acknowledged then dies with the
+    master. The promoted replica lacks it: the nodes see a new incarnation and give the
+    membership back instead of dropping it locally."""
+    with RedisSentinelSetup() as setup:
+        options = {"redis_url": setup.url, "namespace": namespace, "node_ttl": 3.0,
+                   "op_timeout": 1.0, **QUIET}
+        a = WebSocketConnectionManager(WebSocketConfig(node_id="a", **options))  # type: ignore[arg-type]
+        b = WebSocketConnectionManager(WebSocketConfig(node_id="b", **options))  # type: ignore[arg-type]
+        master = Redis(port=setup.master.port)
+        replica = Redis(port=setup.replica.port)
+        alice = FakeSocket("alice")
+        try:
+            await a.start()
+            await b.start()
+            await b.connect("alice", alice)
+            await b.join_group("alice", "room")
+            assert await master.execute_command("WAIT", 1, 10000) == 1  # the replica has it
+            await replica.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+            await b.join_group("alice", "news")  # acknowledged by the master alone
+            ended: asyncio.Queue[None] = asyncio.Queue()
+            resync = b.backend.liveness.resync
+
+            async def watched(*args: Any, **kwargs: Any) -> Resynced:
+                result = await resync(*args, **kwargs)
+                ended.put_nowait(None)
+                return result
+
+            monkeypatch.setattr(b.backend.liveness, "resync", watched)
+            setup.master.stop(kill=True)
+
+            await eventually(lambda: _promoted(setup), timeout=40)
+            async with asyncio.timeout(20):  # b's settle against the new master
+                await ended.get()
+            assert await a.get_group_members("news") == ["alice"]
+            assert await a.get_client_groups("alice") == ["news", "room"]
+            connection = b.get_connection("alice")
+            assert connection is not None
+            assert connection.groups == {"news", "room"}
+            assert alice.closed is None
+        finally:
+            await master.aclose()
+            await replica.aclose()
+            await a.graceful_shutdown(timeout=2)
+            await b.graceful_shutdown(timeout=2)
+
+
+async def _promoted(setup: RedisSentinelSetup) -> bool:
+    return await asyncio.to_thread(setup.current_master_port) == setup.replica.port
 
 async def test_a_burst_of_connects_waits_for_redis_connections_instead_of_failing(
     redis_url: str, namespace: str,

@@ -152,9 +152,14 @@ def _sentinel_client(config: WebSocketConfig, url: str) -> tuple[Redis, list[Any
     from redis.asyncio.sentinel import Sentinel
 
     hosts, service, db, password = sentinel_address(url)
+    # redis-py asks the sentinels in turn for the master (at every new connection) and puts
+    # first only one that answered: each gets a share of one call's op_timeout, so that a
+    # sentinel that accepts and never answers, listed first, leaves time to ask the others
+    per_sentinel = config.op_timeout / (len(hosts) + 1)
     sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py lacks hints here
         hosts, socket_timeout=config.op_timeout,
-        sentinel_kwargs={"socket_timeout": config.op_timeout},
+        sentinel_kwargs={"socket_timeout": per_sentinel, "socket_connect_timeout": per_sentinel,
+                         "retry": NO_RETRY},
     )
     master: Redis = sentinel.master_for(service, db=db, password=password,
                                         socket_connect_timeout=config.op_timeout,

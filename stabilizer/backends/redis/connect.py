@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -124,19 +125,36 @@ def check_url(url: str) -> None:
         raise ConfigError(f"redis_url does not parse: {exc}") from exc
 
 
-def sentinel_address(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:
-    """The sentinels, service, db and password of a
-    ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]`` URL.
+@dataclass(frozen=True, slots=True)
+class SentinelAddress:
+    """What a redis+sentinel:// URL names: the sentinels, the service and db, the master's
+    credentials and the sentinels' own."""
+
+    hosts: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+
+#: The query parameters a redis+sentinel:// URL may carry: the sentinels' own credentials.
+_SENTINEL_QUERY: Final = frozenset({"sentinel_username", "sentinel_password"})
+
+
+def sentinel_address(url: str) -> SentinelAddress:
+    """Parse ``redis+sentinel://[user:password@]host[:port][,host[:port]...]/service[/db]``
+    with ``?sentinel_username=...&sentinel_password=...`` for sentinels that require AUTH.
+    The credentials are percent-decoded, as in a redis:// URL; an IPv6 host is bracketed.
 
     Raises:
-        ConfigError: no service name, or a port or db that is not a number.
+        ConfigError: no service name, a port or db that is not a number, an unclosed
+            bracket, or a query parameter other than those two (or one given twice).
     """
-    parts = urlsplit(url)
-    hosts = []
     try:
-        for item in parts.netloc.rsplit("@", 1)[-1].split(","):
-            host, _, port = item.rpartition(":")
-            hosts.append((host or "127.0.0.1", int(port or 26379)))
+        parts = urlsplit(url)
+        hosts = tuple(_host_port(item) for item in parts.netloc.rpartition("@")[2].split(","))
         path = [segment for segment in parts.path.split("/") if segment]
         if not path:
             raise ConfigError("redis+sentinel:// URLs need the service name: .../mymaster[/db]")
@@ -145,23 +163,54 @@ def sentinel_address(url: str) -> tuple[list[tuple[str, int]], str, int, str | N
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"redis+sentinel:// URL does not parse: {exc}") from exc
-    return hosts, path[0], db, parts.password
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - _SENTINEL_QUERY)
+    if unknown or any(len(values) > 1 for values in query.values()):
+        raise ConfigError(f"redis+sentinel:// URL query takes sentinel_username and "
+                          f"sentinel_password once each, not {parts.query!r}")
+    return SentinelAddress(hosts, path[0], db, _decoded(parts.username),
+                           _decoded(parts.password),
+                           query.get("sentinel_username", [None])[0] or None,
+                           query.get("sentinel_password", [None])[0] or None)
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    """One ``host[:port]`` of the list (``[v6 address][:port]`` for IPv6), port 26379 when
+    none is given."""
+    if item.startswith("["):
+        host, bracket, port = item[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise ValueError(f"bad IPv6 sentinel address {item!r}")
+        port = port[1:]
+    else:
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+    return host or "127.0.0.1", int(port or 26379)
+
+
+def _decoded(value: str | None) -> str | None:
+    """A URL's username or password as redis:// gives it to redis-py (None when empty)."""
+    return unquote(value) if value else None
 
 
 def _sentinel_client(config: WebSocketConfig, url: str) -> tuple[Redis, list[Any]]:
     from redis.asyncio.sentinel import Sentinel
 
-    hosts, service, db, password = sentinel_address(url)
+    address = sentinel_address(url)
     # redis-py asks the sentinels in turn for the master (at every new connection) and puts
     # first only one that answered: each gets a share of one call's op_timeout, so that a
     # sentinel that accepts and never answers, listed first, leaves time to ask the others
-    per_sentinel = config.op_timeout / (len(hosts) + 1)
+    per_sentinel = config.op_timeout / (len(address.hosts) + 1)
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": per_sentinel, "socket_connect_timeout": per_sentinel,
+        "retry": NO_RETRY, "username": address.sentinel_username,
+        "password": address.sentinel_password,
+    }
     sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py lacks hints here
-        hosts, socket_timeout=config.op_timeout,
-        sentinel_kwargs={"socket_timeout": per_sentinel, "socket_connect_timeout": per_sentinel,
-                         "retry": NO_RETRY},
+        list(address.hosts), socket_timeout=config.op_timeout,
+        sentinel_kwargs=sentinel_kwargs,
     )
-    master: Redis = sentinel.master_for(service, db=db, password=password,
+    master: Redis = sentinel.master_for(address.service, db=address.db,
+                                        username=address.username, password=address.password,
                                         socket_connect_timeout=config.op_timeout,
                                         retry=NO_RETRY, **_checked_at_checkout())
     return master, list(sentinel.sentinels)

@@ -1,0 +1,53 @@
+"""How a redis+sentinel:// URL is read: credentials as redis:// reads them (percent-decoded,
+with an ACL user), bracketed IPv6 sentinels, and the sentinels' own credentials."""
+
+from __future__ import annotations
+
+import pytest
+
+from stabilizer import WebSocketConfig
+from stabilizer.backends.redis.connect import SentinelAddress, client_for, sentinel_address
+from stabilizer.errors import ConfigError
+
+
+def test_the_credentials_are_percent_decoded_as_in_a_redis_url() -> None:
+    address = sentinel_address("redis+sentinel://app%2F1:p%40ss%2Fw%3Ax@h:26379/mymaster")
+    assert (address.username, address.password) == ("app/1", "p@ss/w:x")
+    assert sentinel_address("redis+sentinel://:s%23cret@h/mymaster").password == "s#cret"
+    bare = sentinel_address("redis+sentinel://h:26379/mymaster")
+    assert (bare.username, bare.password) == (None, None)
+
+
+def test_sentinels_service_and_db() -> None:
+    assert sentinel_address("redis+sentinel://a:1,b,[::1]:26380,[fe80::2]/svc/3") == \
+        SentinelAddress(hosts=(("a", 1), ("b", 26379), ("::1", 26380), ("fe80::2", 26379)),
+                        service="svc", db=3)
+
+
+def test_the_sentinels_own_credentials_are_query_parameters() -> None:
+    address = sentinel_address(
+        "redis+sentinel://:m@h/svc?sentinel_username=watch&sentinel_password=w%40tch%26x")
+    assert (address.sentinel_username, address.sentinel_password) == ("watch", "w@tch&x")
+    assert (address.username, address.password) == (None, "m")
+
+
+@pytest.mark.parametrize("url", [
+    "redis+sentinel://h:26379",
+    "redis+sentinel://h:port/svc",
+    "redis+sentinel://h/svc/db",
+    "redis+sentinel://[::1/svc",
+    "redis+sentinel://h/svc?sentinel_pasword=x",
+    "redis+sentinel://h/svc?sentinel_password=a&sentinel_password=b",
+])
+def test_a_url_that_does_not_say_what_it_means_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError):
+        sentinel_address(url)
+
+
+def test_the_master_connections_carry_the_user_and_the_decoded_password() -> None:
+    client, sentinels = client_for(WebSocketConfig(
+        redis_url="redis+sentinel://app:p%40ss@[::1]:26379,h2/svc/2?sentinel_password=s%2F1"))
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"], kwargs["db"]) == ("app", "p@ss", 2)
+    first = sentinels[0].connection_pool.connection_kwargs
+    assert (first["host"], first["port"], first["password"]) == ("::1", 26379, "s/1")

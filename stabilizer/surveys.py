@@ -88,9 +88,15 @@ class ClusterCache:
             async with asyncio.timeout(manager.config.op_timeout), self._lock:
                 if self._is_fresh():  # another scrape fetched while this one waited
                     return
-                self._fetched_at = self._clock()  # a failing store is retried after max_age
-                self.value = None
-                self.value = ClusterView(await manager.get_cluster_connection_count(),
-                                         len(await manager.get_nodes()))
+                # the gauges stay as they were while they are fetched (a scrape meanwhile
+                # reads them, or waits here for the fetch); a failing store is retried
+                # after max_age
+                try:
+                    view = ClusterView(await manager.get_cluster_connection_count(),
+                                       len(await manager.get_nodes()))
+                except BaseException:
+                    self.value, self._fetched_at = None, self._clock()
+                    raise
+                self.value, self._fetched_at = view, self._clock()
         except (BackendUnavailable, TimeoutError) as exc:
             logger.debug("cluster gauges not refreshed: %s", exc or type(exc).__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 from typing import Any, Final, NoReturn, TextIO
-from urllib.parse import urlsplit
 
 PROG: Final = "python -m stabilizer"
 EXIT_OK: Final = 0
@@ -42,12 +42,21 @@ def show(text: str) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
+#: A query parameter whose value is a secret (a sentinel's password).
+_PASSWORD_PARAMETER: Final = re.compile(r"([?&][a-z_]*password=)[^&#]*")
+
+
 def redacted(url: str) -> str:
-    """`url` without its credentials."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    """`url` without its credentials: all before the last '@' of what follows the scheme
+    (a password that holds a '/' or '#' unencoded ends a parser's authority early), and
+    the value of any ``password`` parameter (a sentinel's)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
         return url
-    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+    _, at, host = rest.rpartition("@")
+    if at:
+        rest = "***@" + host
+    return scheme + separator + _PASSWORD_PARAMETER.sub(r"\1***", rest)
 
 
 def emit(out: TextIO, data: list[Row] | Row, columns: list[str], as_json: bool) -> None:

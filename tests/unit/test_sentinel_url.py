@@ -1,12 +1,19 @@
 """How a redis+sentinel:// URL is read: credentials as redis:// reads them (percent-decoded,
-with an ACL user), bracketed IPv6 sentinels, and the sentinels' own credentials."""
+with an ACL user), bracketed IPv6 sentinels, and the sentinels' own credentials; and how
+a Redis URL's secrets stay out of errors and the CLI's output."""
 
 from __future__ import annotations
 
 import pytest
 
 from stabilizer import WebSocketConfig
-from stabilizer.backends.redis.connect import SentinelAddress, client_for, sentinel_address
+from stabilizer.backends.redis.connect import (
+    SentinelAddress,
+    check_url,
+    client_for,
+    sentinel_address,
+)
+from stabilizer.cli.common import redacted
 from stabilizer.errors import ConfigError
 
 
@@ -51,3 +58,30 @@ def test_the_master_connections_carry_the_user_and_the_decoded_password() -> Non
     assert (kwargs["username"], kwargs["password"], kwargs["db"]) == ("app", "p@ss", 2)
     first = sentinels[0].connection_pool.connection_kwargs
     assert (first["host"], first["port"], first["password"]) == ("::1", 26379, "s/1")
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:s3cr3t#Pa55@redis:6379/0",  # a '#' ends the authority at the password
+    "redis://user:s3cr3t/Pa55@127.0.0.1:1/0",  # so does a '/'
+    "redis+sentinel://:s3cr3t/Pa55@h1:26379,h2:26379/mymaster",
+    "redis+sentinel://app:s3cr3t#x@h1:26379/mymaster",
+])
+def test_a_url_that_does_not_parse_is_refused_without_its_password(url: str) -> None:
+    """The parser's own message names what it found where the port should be, which for a
+    password holding '#' or '/' (common in base64) is the password."""
+    with pytest.raises(ConfigError) as info:
+        check_url(url)  # (as the manager and the CLI check the URL before they connect)
+    assert "s3cr3t" not in str(info.value)
+    assert "percent-encode" in str(info.value)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://user:s3cr3t@127.0.0.1:1/0", "redis://***@127.0.0.1:1/0"),
+    ("redis://user:s3cr3t/x@127.0.0.1:1/0", "redis://***@127.0.0.1:1/0"),
+    ("redis://:s3cr3t#x@127.0.0.1:1/0", "redis://***@127.0.0.1:1/0"),
+    ("redis+sentinel://h1,h2/svc?sentinel_password=s3cr3t", "redis+sentinel://h1,h2/svc"
+                                                          "?sentinel_password=***"),
+    ("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/0"),
+])
+def test_the_cli_shows_a_url_without_its_secrets(url: str, shown: str) -> None:
+    assert redacted(url) == shown

@@ -122,7 +122,18 @@ def check_url(url: str) -> None:
     try:
         parse_url(url)
     except ValueError as exc:
-        raise ConfigError(f"redis_url does not parse: {exc}") from exc
+        raise _unparsable("redis_url", url, exc) from exc
+
+
+def _unparsable(what: str, url: str, exc: ValueError) -> ConfigError:
+    """The error for a URL that does not parse. The parser's own words name what it found
+    where a port should be, which is a password that holds a '/', '#' or '?' (the URL
+    ends its authority there): with credentials in the URL, they are left out."""
+    if "@" not in url:
+        return ConfigError(f"{what} does not parse: {exc}")
+    return ConfigError(f"{what} does not parse; percent-encode any '@', ':', '/', '#' or "
+                       "'?' in its user name or password (as urllib.parse.quote(password, "
+                       "safe='') does)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +165,8 @@ def sentinel_address(url: str) -> SentinelAddress:
     """
     try:
         parts = urlsplit(url)
+        if "@" in url and "@" not in parts.netloc:  # credentials cut short by a delimiter
+            raise ValueError("the credentials hold a delimiter")
         hosts = tuple(_host_port(item) for item in parts.netloc.rpartition("@")[2].split(","))
         path = [segment for segment in parts.path.split("/") if segment]
         if not path:
@@ -162,12 +175,12 @@ def sentinel_address(url: str) -> SentinelAddress:
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError(f"redis+sentinel:// URL does not parse: {exc}") from exc
+        raise _unparsable("redis+sentinel:// URL", url, exc) from exc
     query = parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(query) - _SENTINEL_QUERY)
     if unknown or any(len(values) > 1 for values in query.values()):
         raise ConfigError(f"redis+sentinel:// URL query takes sentinel_username and "
-                          f"sentinel_password once each, not {parts.query!r}")
+                          f"sentinel_password once each, not {sorted(query)}")
     return SentinelAddress(hosts, path[0], db, _decoded(parts.username),
                            _decoded(parts.password),
                            query.get("sentinel_username", [None])[0] or None,

@@ -249,6 +249,9 @@ async def test_an_expired_token_is_credentials_expired(hs: JWTAuthenticator) -> 
         ({}, {"audience": "app"}, "'aud'"),
         ({"aud": "app"}, {}, "another audience"),  # a token for someone: not for us
         ({"iss": "https://evil"}, {"issuer": "https://idp"}, "another issuer"),
+        # (a part of the issuer: PyJWT 2.10.0 tested a string issuer with `in`)
+        ({"iss": "https://id"}, {"issuer": "https://idp"}, "another issuer"),
+        ({"iss": ""}, {"issuer": "https://idp"}, "another issuer"),
         ({}, {"issuer": "https://idp"}, "'iss'"),
     ],
 )
@@ -551,3 +554,15 @@ def test_importing_stabilizer_auth_does_not_import_pyjwt() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
                             text=True, check=True, env={"PYTHONPATH": str(root)})
     assert result.stdout.strip() == "[]"
+
+
+def test_the_declared_pyjwt_floor_excludes_the_release_that_took_a_substring_issuer() -> None:
+    """PyJWT 2.10.0 accepted any token whose ``iss`` was a substring of a string issuer
+    (CVE-2024-53861), and releases before it lack exceptions the authenticator imports."""
+    import tomllib
+
+    pyproject = Path(__file__).parents[2] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    [requirement] = [r for r in extras["jwt"] if r.lower().startswith("pyjwt")]
+    floor = requirement.split(">=", 1)[1].split(",")[0].strip()
+    assert tuple(int(part) for part in floor.split(".")) >= (2, 10, 1)

@@ -159,7 +159,8 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
         """Stop admitting, drain outboxes until the deadline, close every socket (1001, or
         1012 when restarting), stop the loops, drop presence. A call while one runs waits for
         it and returns its report (or raises its error); a call after it does nothing, as
-        does one after the node's event loop closed (its sockets ended with it).
+        does one after the node's event loop closed (its sockets ended with it). A caller
+        cancelled meanwhile (asyncio.wait_for) leaves the stop running to its end.
 
         Raises:
             ConfigError: `timeout` is not a finite number of seconds, 0 or more.

@@ -81,7 +81,7 @@ class Lifecycle:
         self._loops = loops  # the node's loops by name, started once
         self._acks = acks
         self._starting: asyncio.Future[None] | None = None
-        self._stopping: asyncio.Future[ShutdownReport] | None = None  # while draining
+        self._stopping: asyncio.Task[ShutdownReport] | None = None  # until stopped
         self._backend_log = RateLimitedLog(logger)
 
     async def start(self) -> None:
@@ -183,31 +183,39 @@ class Lifecycle:
 
     async def shutdown(self, timeout: float, restart: bool | None) -> ShutdownReport:
         """Drain and close every socket, stop everything; idempotent (a call while another
-        runs waits for it and returns its report; one after it an empty report).
+        runs waits for it and returns its report; one after it an empty report). The stop
+        runs in a task of its own, to its end even when every caller is cancelled.
 
         Raises:
             ShutdownError: a task or the backend failed to stop (after everything else).
         """
         ctx = self._ctx
-        if self._stopping is not None:  # the lifespan's signal drain and its exit, say
-            return await asyncio.shield(self._stopping)
-        if ctx.phase in (Phase.DRAINING, Phase.STOPPED):
-            return ShutdownReport(0, 0, 0.0, close_code=int(ctx.shutdown_code))
-        stopping = self._stopping = asyncio.get_running_loop().create_future()
-        try:
-            report = await self._shut_down(timeout, restart)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                stopping.cancel()
-            else:
-                stopping.set_exception(exc)
-                stopping.exception()  # retrieved: only the other callers raise it again
-            raise
-        else:
-            stopping.set_result(report)
-        finally:
-            self._stopping = None
-        return report
+        stopping = self._stopping
+        if stopping is None:
+            if ctx.phase is Phase.STOPPED:
+                return ShutdownReport(0, 0, 0.0, close_code=int(ctx.shutdown_code))
+            if restart is not None:
+                ctx.shutdown_code = (CloseCode.SERVICE_RESTART if restart
+                                     else CloseCode.GOING_AWAY)
+            ctx.phase = Phase.DRAINING  # refused from now on, not from the task's first step
+            # what each socket has queued at the call (what its writer sends before the stop
+            # task's first step was queued then too: drained, not lost)
+            queued = [(conn, len(conn.outbox) + (1 if conn.writing else 0))
+                      for conn in ctx.pool.connections()]
+            loop = asyncio.get_running_loop()
+            # not one of the node's tasks: the stop cancels those, and must outlive them
+            stopping = self._stopping = loop.create_task(
+                self._shut_down(queued, loop.time() + timeout),
+                name=f"stabilizer-shutdown:{ctx.node_id}")
+            stopping.add_done_callback(self._stopped)
+        return await asyncio.shield(stopping)  # the lifespan's signal drain and its exit
+
+    def _stopped(self, stopping: asyncio.Task[ShutdownReport]) -> None:
+        """The stop ended: a later call finds the node stopped (or, after a stop that failed
+        before it got there, stops it again)."""
+        self._stopping = None
+        if not stopping.cancelled():
+            stopping.exception()  # retrieved: those still awaiting it raise it
 
     def ended_with_its_loop(self, restart: bool | None) -> ShutdownReport:
         """Stop a node whose event loop has closed under it: its sockets, tasks and backend
@@ -221,18 +229,15 @@ class Lifecycle:
                     "(other nodes reap its presence after node_ttl)", ctx.node_id)
         return ShutdownReport(0, 0, 0.0, close_code=int(ctx.shutdown_code))
 
-    async def _shut_down(self, timeout: float, restart: bool | None) -> ShutdownReport:
+    async def _shut_down(self, queued: list[tuple[Connection, int]],
+                         deadline: float) -> ShutdownReport:
         ctx = self._ctx
         started = time.monotonic()
-        if restart is not None:
-            ctx.shutdown_code = CloseCode.SERVICE_RESTART if restart else CloseCode.GOING_AWAY
         code = ctx.shutdown_code
-        ctx.phase = Phase.DRAINING
         logger.info("node %s shutting down: %d connections, close code %d", ctx.node_id,
-                    len(ctx.pool), code)
-        deadline = asyncio.get_running_loop().time() + timeout
+                    len(queued), code)
         outcomes = await asyncio.gather(
-            *(self._close_one(conn, int(code), deadline) for conn in list(ctx.pool.connections())))
+            *(self._close_one(conn, int(code), deadline, frames) for conn, frames in queued))
         await self._acks.drain(deadline)  # the listener still runs: they are heard
         problems = await self._stop_everything(deadline)
         report = ShutdownReport(
@@ -246,19 +251,20 @@ class Lifecycle:
         ctx.phase = Phase.STOPPED
         logger.info("node %s stopped: closed=%d failed=%d in %.2fs", ctx.node_id,
                     report.closed_count, report.failed_count, report.duration_seconds)
-        if problems:
+        if problems:  # (logged too: every caller of the stop may have been cancelled)
+            logger.warning("node %s stopped with errors: %s", ctx.node_id, "; ".join(problems))
             raise ShutdownError("shutdown finished with errors: " + "; ".join(problems))
         return report
 
-    async def _close_one(self, conn: Connection, code: int,
-                         deadline: float) -> tuple[bool, int, int]:
-        """Let the session of `conn` read what its client sent, drain its outbox until the
-        deadline, then close it: (clean, drained, dropped)."""
+    async def _close_one(self, conn: Connection, code: int, deadline: float,
+                         queued: int) -> tuple[bool, int, int]:
+        """Let the session of `conn` read what its client sent, drain its outbox (`queued`
+        frames when the shutdown began) until the deadline, then close it: (clean, drained,
+        dropped)."""
         closing = self._closing
         # (outside the slots: a handler still busy with what its client sent holds no slot)
         await closing.read_out(conn, deadline)
         async with closing.slots:
-            queued = len(conn.outbox) + (1 if conn.writing else 0)
             left = await conn.flush(deadline)
             if not closing.detach(conn):
                 return True, 0, 0

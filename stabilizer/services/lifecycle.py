@@ -260,7 +260,10 @@ class Lifecycle:
                          queued: int) -> tuple[bool, int, int]:
         """Let the session of `conn` read what its client sent, drain its outbox (`queued`
         frames when the shutdown began) until the deadline, then close it: (clean, drained,
-        dropped)."""
+        dropped). Its settlement (the store's bookkeeping, the on_disconnect hooks) goes on
+        in a closer task of the node, which the stop waits for until the deadline: it holds
+        neither a cleanup slot, which the other sockets' closes wait for, nor the shutdown
+        past its timeout."""
         closing = self._closing
         # (outside the slots: a handler still busy with what its client sent holds no slot)
         await closing.read_out(conn, deadline)
@@ -283,8 +286,10 @@ class Lifecycle:
             except TimeoutError:
                 abort_transport(conn.socket)
                 clean = False
-            await closing.settle(conn, code, "shutdown", None, unregistered=unregistered)
-            return clean, max(queued - left, 0), left
+        self._ctx.tasks.spawn(closing.settle(conn, code, "shutdown", None,
+                                             unregistered=unregistered),
+                              name=f"{_CLOSER_PREFIX}{conn.conn_id}")
+        return clean, max(queued - left, 0), left
 
     async def _stop_everything(self, deadline: float) -> list[str]:
         ctx = self._ctx

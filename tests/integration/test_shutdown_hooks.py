@@ -1,0 +1,79 @@
+"""graceful_shutdown(timeout) is bounded by its timeout whatever the on_disconnect hooks do,
+and every socket gets its close frame without waiting for anyone's hook. Before, the
+shutdown awaited each hook inside the cleanup slot its close had taken: a hook that hung
+(a stalled database write) held the shutdown for good (a uvicorn lifespan with
+shutdown_timeout=3 never exited), and with more clients than max_concurrent_cleanup the
+later sockets waited for the earlier ones' hooks to get their close frames."""
+
+from __future__ import annotations
+
+import asyncio
+
+from stabilizer import ConnectionEvent, WebSocketConfig, WebSocketConnectionManager
+from tests.conftest import ManagerFactory
+from tests.support.fakes import FakeSocket
+
+QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
+BOUND = 10.0
+
+
+class StalledHook:
+    """An on_disconnect hook that waits until `release` is set (forever, if never)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered: list[str] = []
+        self.finished: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def __call__(self, event: ConnectionEvent) -> None:
+        self.entered.append(event.client_id)
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(event.client_id)
+            raise
+        self.finished.append(event.client_id)
+
+
+async def connected(manager: WebSocketConnectionManager, count: int) -> list[FakeSocket]:
+    sockets = [FakeSocket(f"c{index}") for index in range(count)]
+    for index, sock in enumerate(sockets):
+        await manager.connect(f"c{index}", sock)
+    return sockets
+
+
+async def test_a_hook_that_never_returns_does_not_hold_the_shutdown_past_its_timeout(
+        make_manager: ManagerFactory, config: WebSocketConfig) -> None:
+    manager = make_manager(config.replace(close_timeout=0.5))
+    hook = StalledHook()
+    manager.on_disconnect(hook)
+    sockets = await connected(manager, 3)
+    try:
+        async with asyncio.timeout(BOUND):  # a bound: the hooks never return by themselves
+            report = await manager.graceful_shutdown(timeout=0.5)
+    finally:
+        hook.release.set()  # (if the shutdown waited for them, it ends now)
+    assert (report.closed_count, report.failed_count) == (3, 0)
+    assert [sock.closed for sock in sockets] == [(1001, "server shutting down")] * 3
+    assert sorted(hook.cancelled) == ["c0", "c1", "c2"]  # stopped with the node's tasks
+    assert hook.finished == []
+
+
+async def test_every_socket_gets_its_close_frame_while_the_hooks_still_run(
+        make_manager: ManagerFactory, config: WebSocketConfig) -> None:
+    manager = make_manager(config.replace(max_concurrent_cleanup=1))
+    hook = StalledHook()
+    manager.on_disconnect(hook)
+    sockets = await connected(manager, 3)
+    stopping = asyncio.create_task(manager.graceful_shutdown(timeout=BOUND))
+    try:
+        closes = await asyncio.gather(*(sock.wait_closed(timeout=BOUND) for sock in sockets))
+        assert closes == [(1001, "server shutting down")] * 3
+        assert hook.finished == []  # none of the hooks has returned yet
+    finally:
+        hook.release.set()
+    async with asyncio.timeout(BOUND):
+        report = await stopping
+    assert (report.closed_count, report.failed_count) == (3, 0)
+    assert sorted(hook.finished) == ["c0", "c1", "c2"]  # within the deadline, each ran out

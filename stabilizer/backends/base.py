@@ -356,5 +356,6 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None:
-        """Release connections and subscriptions; idempotent."""
+        """Release connections and subscriptions; idempotent. From then on every call
+        raises BackendNotReached: a closed backend reaches nothing (nor connects again)."""
         ...

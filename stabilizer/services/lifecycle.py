@@ -155,7 +155,12 @@ class Lifecycle:
             self._backend_log.warning("backend %s unreachable at start; node runs locally and "
                                       "retries", ctx.backend.name, exc=exc)
         else:
-            await self._forget_predecessor()
+            if ctx.phase is Phase.RUNNING:
+                await self._forget_predecessor()
+        # a shutdown that began meanwhile waits for this start to end before it closes the
+        # backend: ask the backend nothing more, or it would be asked while it closes
+        if ctx.phase is not Phase.RUNNING:
+            return
         await self._tokens.sync_shared_keys()
         if not ctx.config.token_keys and not ctx.backend.is_shared:
             logger.info("no token_secret configured: reconnect tokens are valid only until "
@@ -233,6 +238,10 @@ class Lifecycle:
                          deadline: float) -> ShutdownReport:
         ctx = self._ctx
         started = time.monotonic()
+        if self._starting is not None:  # a start under way calls the backend until it ends
+            # (bounded: each of its backend calls, and its wait for the subscription, has a
+            # timeout; it spawns nothing once the node drains)
+            await asyncio.shield(self._starting)
         code = ctx.shutdown_code
         logger.info("node %s shutting down: %d connections, close code %d", ctx.node_id,
                     len(queued), code)

@@ -12,6 +12,7 @@ import pytest
 from stabilizer import ConnectionLimitExceededError, MemoryBackend, MemoryHub, Presence
 from stabilizer.backends.base import Backend, Resynced
 from stabilizer.backends.redis import RedisBackend
+from stabilizer.errors import BackendNotReached
 from stabilizer.node.tasks import TaskOwner
 from stabilizer.pure.keyring import new_shared_key
 from stabilizer.pure.wire import Envelope, Kind, decode, encode
@@ -279,3 +280,25 @@ async def test_resync_forgets_entries_the_node_no_longer_holds(open_node: NodeFa
     assert moved is not None
     assert moved.node_id == "node-b"
     assert await a.presence.count() == 2
+
+
+async def test_a_closed_backend_refuses_every_call(open_node: NodeFactory) -> None:
+    """Once closed, a backend reaches nothing (BackendNotReached: nothing took effect). A
+    Redis client reconnects on demand: a call let through would open a connection that
+    nothing closes any more."""
+    a = await open_node("node-a")
+    await a.presence.register(presence("alice", "node-a"), max_cluster=None)
+    await a.aclose()
+    envelope = encode(Envelope(Kind.BROADCAST, "node-a", None, "late"))
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: a.presence.count(), lambda: a.presence.locate("alice"),
+        lambda: a.routing.publish(envelope), lambda: a.routing.route("alice", envelope),
+        lambda: a.tokens.share_keys(new_shared_key(), {}), lambda: a.liveness.nodes(),
+        lambda: a.presence.register(presence("bob", "node-a"), max_cluster=None),
+    ]
+    for call in calls:
+        with pytest.raises(BackendNotReached):
+            await call()
+    with pytest.raises(BackendNotReached):
+        await anext(aiter(a.routing.deliveries()))
+    assert a.available is False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from typing import Any
 
 import pytest
 from fastapi import FastAPI, WebSocket
@@ -168,14 +169,57 @@ async def test_a_shutdown_during_the_start_leaves_no_loop_running() -> None:
     starting = asyncio.ensure_future(manager.start())
     async with asyncio.timeout(5.0):
         await opened.wait()
-    async with asyncio.timeout(5.0):  # (the shutdown has nothing to wait for: it ends)
-        await manager.graceful_shutdown(timeout=2.0)
-    assert manager.phase is Phase.STOPPED
-    release.set()
+    stopping = asyncio.ensure_future(manager.graceful_shutdown(timeout=2.0))
+    release.set()  # (the shutdown lets the start end before it closes the backend)
     async with asyncio.timeout(5.0):
+        await stopping
         await starting
     assert manager.phase is Phase.STOPPED
     assert manager._node.ctx.tasks.running() == []
+
+
+class StallsAfterOpening(MemoryBackend):
+    """A backend whose node's start stalls in forgetting a predecessor (until the start's
+    own bound on a backend call, op_timeout per round trip, gives up on it); it records
+    what is asked of it once closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled = asyncio.Event()
+        self.asked_once_closed: list[str] = []
+        share_keys = self.tokens.share_keys
+
+        async def stall(session_ttl: float = 0.0) -> int:
+            self.stalled.set()
+            await asyncio.Event().wait()
+            return 0
+
+        async def share(offer: bytes, held: Any) -> Any:
+            if not self.available:
+                self.asked_once_closed.append("share_keys")
+            return await share_keys(offer, held)
+
+        self.liveness.forget_predecessor = stall  # type: ignore[method-assign]
+        self.tokens.share_keys = share  # type: ignore[method-assign]
+
+
+async def test_a_shutdown_during_the_start_closes_the_backend_once_the_start_ended() -> None:
+    """The start goes on calling its backend after an await (a stalled one gives up at its
+    bound): a shutdown that lands meanwhile lets the start end, and the start, finding the
+    node draining, asks nothing more of it. Before, the shutdown closed the backend under
+    the start, which then went on calling it (on Redis, reconnecting for good)."""
+    backend = StallsAfterOpening()
+    manager = WebSocketConnectionManager(WebSocketConfig(op_timeout=0.05, **QUIET),
+                                         backend=backend)
+    starting = asyncio.ensure_future(manager.start())
+    async with asyncio.timeout(5.0):
+        await backend.stalled.wait()
+        await manager.graceful_shutdown(timeout=5.0)
+        await starting
+    assert manager.phase is Phase.STOPPED
+    assert manager._node.ctx.tasks.running() == []
+    assert backend.asked_once_closed == []
+    assert backend.available is False
 
 
 async def test_a_start_whose_backend_fails_to_open_can_be_tried_again() -> None:

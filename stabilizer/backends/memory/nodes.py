@@ -337,6 +337,7 @@ class MemoryLiveness:
 
     async def unregister_node(self) -> None:
         """Remove this node and its presence."""
+        self._node.check()
         hub = self._node.hub
         me = self._node.node_id
         for client_id in list(hub.node_clients.get(me, ())):
@@ -349,6 +350,7 @@ class MemoryLiveness:
 
     async def nodes(self) -> list[str]:
         """Nodes that joined the hub and were not reaped."""
+        self._node.check()
         return sorted(self._node.hub.node_deadlines)
 
     async def report(self, report: NodeReport) -> None:

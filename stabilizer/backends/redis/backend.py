@@ -128,7 +128,9 @@ class RedisBackend:
         task owner, which stops them first). The application's own client stays open; its
         idle pooled connections are closed, in the loop they belong to: the manager may
         start again in another loop (a second TestClient), where they could be neither
-        used nor closed."""
+        used nor closed. From now on every call raises BackendNotReached: redis-py would
+        connect again for it, and nothing would close that connection."""
+        self._core.closed = True
         self._core.available = False
         if not self._owns_client:
             pool = getattr(self._core.client, "connection_pool", None)  # (not on a Cluster)

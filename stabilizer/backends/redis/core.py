@@ -112,13 +112,21 @@ class RedisCore:
         # client's presence before the sweep ends it (twice node_ttl: keepalive updates it)
         self.orphan_grace_ms = 20_000
         self.available = False
+        self.closed = False  # for good: a call would make the client connect again
         self.tasks: TaskSpawner | None = None
         self._in_flight = asyncio.Semaphore(pool_size)
 
+    def check_open(self) -> None:
+        """Raise BackendNotReached once the backend is closed."""
+        if self.closed:
+            raise BackendNotReached("redis backend is closed (its node or emitter stopped); "
+                                    "nothing was sent")
+
     def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
         """Start a helper task owned by the node (open() must have run)."""
-        if self.tasks is None:
+        if self.tasks is None or self.closed:
             coro.close()
+            self.check_open()
             raise BackendUnavailable("the backend is not open")
         return self.tasks.spawn(coro, name=name)
 
@@ -126,6 +134,7 @@ class RedisCore:
         """Await one Redis command or script as operation `op`; translate failures.
 
         Raises:
+            BackendNotReached: the backend is closed: nothing was sent.
             BackendRefused: Redis answered with an error a retry will not get past.
             BackendUnavailable: Redis failed, or did not answer within op_timeout.
         """
@@ -133,6 +142,7 @@ class RedisCore:
         awaited = False
         try:
             async with asyncio.timeout(self.op_timeout), self._in_flight:
+                self.check_open()  # (also after waiting for a slot: it may have closed then)
                 awaited = True
                 result = await awaitable
         # RedisClusterException: a Cluster client that could reach none of its nodes

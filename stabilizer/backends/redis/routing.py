@@ -77,6 +77,7 @@ class RedisRouting:
     async def deliveries(self) -> AsyncIterator[bytes]:
         """Subscribe to every channel of this node; yield envelopes."""
         core = self._core
+        core.check_open()
         channels = self._channels()
         if core.cluster and self._lost_subscription:
             await self._refresh_topology()

@@ -192,9 +192,10 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
             InvalidClientIdError: the id is empty, too long or not text.
             ConnectionLimitExceededError: max_connections or max_cluster_connections reached.
             MemoryLimitExceededError: the metadata or the node would exceed a memory limit.
-            ShutdownError: the node is shutting down.
+            ShutdownError: the node is shutting down (it closed the socket first, with its
+                shutdown code and retry advice, as session() does).
         """
-        await self._node.admission.admit(client_id, websocket, metadata)
+        await self._node.admission.connect(client_id, websocket, metadata)
 
     async def disconnect(self, client_id: str, *, code: int = CloseCode.NORMAL,
                          reason: str = "normal closure") -> None:

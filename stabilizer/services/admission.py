@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
-from stabilizer.backends.base import Presence, Registration, Seat, SessionTaken
+from stabilizer.backends.base import Presence, Registration, Seat
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import SocketLike, accept_if_needed
@@ -31,7 +31,7 @@ from stabilizer.errors import (
     UserConnectionLimitError,
 )
 from stabilizer.logs import RateLimitedLog
-from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
+from stabilizer.node.context import NodeContext
 from stabilizer.pure.rate import TokenBucket
 from stabilizer.pure.text import check_client_id
 from stabilizer.pure.wire import Envelope
@@ -40,6 +40,7 @@ from stabilizer.services.delivery.router import Router
 from stabilizer.services.events import Events
 from stabilizer.services.liveness import Liveness
 from stabilizer.services.memory import MemoryGuard
+from stabilizer.services.opening import Opening
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Admission:
         self._memory = memory
         self._events = events
         self._router = router
+        self._opening = Opening(ctx)
         self._ensure_started = ensure_started
         # client id -> None while one admission of it runs, or the future it resolves when
         # it ends once another admission of the same id waits for it
@@ -166,6 +168,21 @@ class Admission:
                 for envelope in deferred:  # (with no connection admitted they go unused)
                     self._apply_membership(envelope)
 
+    async def connect(self, client_id: str, websocket: SocketLike,
+                      metadata: dict[str, Any] | None = None) -> None:
+        """admit() for the seed's connect(): refused because the node shuts down, the socket
+        is closed first, with the shutdown's code and retry advice as session() closes it
+        (the caller only sees the error: its client would get no code, nor the advice).
+
+        Raises:
+            ShutdownError: the node is shutting down; and whatever admit() raises.
+        """
+        try:
+            await self.admit(client_id, websocket, metadata)
+        except ShutdownError:
+            await self._closing.refuse_for_shutdown(websocket, client_id)
+            raise
+
     async def _wait_turn(self, client_id: str) -> None:
         turns = self._turns
         while client_id in turns:
@@ -208,17 +225,10 @@ class Admission:
                       registration: Registration | None) -> dict[str, tuple[int, str]]:
         """Settle what the client had before in the shared store; return the baselines of
         a fresh session's streams (with history)."""
-        ctx = self._ctx
-        history = ctx.config.history_enabled
-        baselines: dict[str, tuple[int, str]] = {}
-        if history and not resuming:  # a fresh session: whatever the client had ends
-            baselines = await self._start_session(
-                conn, None if registration is None else registration.positions)
-        elif registration is not None and not (history or registration.groups_ended):
-            # without history a connection begins with no groups: a replaced connection's
-            # end, as after a disconnect, or what a reaped node's late join wrote
-            await self._end_memberships(conn)
-        if not ctx.is_accepting:  # shutdown began while we waited on the backend
+        baselines, taken = await self._opening.settle(conn, resuming, registration)
+        if taken:  # a newer socket opened the session first: closed once admitted
+            self._retired[conn.conn_id] = _REPLACED
+        if not self._ctx.is_accepting:  # shutdown began while we waited on the backend
             await self._closing.unregister(conn)
             raise ShutdownError("node is shutting down; connect to another node")
         return baselines
@@ -351,37 +361,3 @@ class Admission:
             presence, max_cluster=ctx.config.max_cluster_connections,
             end_groups=not history, seat=seat,
             baselines=history and not resuming, abandoned=partial(self._abandon, conn))
-
-    async def _end_memberships(self, conn: Connection) -> None:
-        ctx = self._ctx
-        try:
-            await ctx.ask(ctx.backend.sessions.end(conn.client_id, conn_id=conn.conn_id,
-                                                   opening=True),
-                          round_trips=SESSION_ROUND_TRIPS)
-        except BackendUnavailable as exc:
-            self._backend_log.warning("earlier groups of %r not left (backend unavailable)",
-                                      conn.client_id, exc=exc)
-
-    async def _start_session(
-        self, conn: Connection, since: dict[str, tuple[int, str]] | None,
-    ) -> dict[str, tuple[int, str]]:
-        """Open a fresh session from where its streams stood at the registration (`since`;
-        None when it was not recorded: from where they stand at the open)."""
-        ctx = self._ctx
-        try:
-            return await ctx.ask(ctx.backend.sessions.activate(conn.client_id, fresh=True,
-                                                               user_id=conn.user_id,
-                                                               conn_id=conn.conn_id,
-                                                               since=since),
-                                 round_trips=SESSION_ROUND_TRIPS)
-        except BackendUnavailable as exc:
-            self._backend_log.warning("session of %r not opened (backend unavailable)",
-                                      conn.client_id, exc=exc)
-            return {}
-        except SessionTaken:
-            # a newer socket registered after this one and opened first: this one is
-            # replaced (its kick may be lost), and must not end that socket's session
-            logger.info("client %r (conn %s) was replaced before its session opened",
-                        conn.client_id, conn.conn_id)
-            self._retired[conn.conn_id] = _REPLACED
-            return {}

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection, State
-from stabilizer.connection.sockets import abort_transport
+from stabilizer.connection.sockets import SocketLike, abort_transport, accept_if_needed
 from stabilizer.errors import ConnectionNotFoundError
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.text import retry_advice, truncate_reason
@@ -28,6 +28,13 @@ logger = logging.getLogger(__name__)
 #: create_task is still that handler's code).
 _HANDLER: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar(
     "stabilizer_handler", default=None)
+
+
+def shutdown_reason(code: int, jitter: float) -> str:
+    """The close reason of a shutdown: retry advice when the node restarts."""
+    if code == CloseCode.SERVICE_RESTART:
+        return retry_advice(jitter)
+    return "server shutting down"
 
 
 def become_handler() -> asyncio.Task[Any] | None:
@@ -235,6 +242,28 @@ class Closing:
     def kick(self, conn: Connection) -> None:
         """Another node (or a resync) found a newer connection of this client."""
         self.retire(conn, CloseCode.REPLACED, "replaced by a connection on another node")
+
+    async def refuse(self, websocket: SocketLike, client_id: str | None, code: int,
+                     reason: str) -> None:
+        """Close a socket the node does not admit with `code` and `reason`, within
+        close_timeout, accepting it first if nobody had (its client then reads them, not a
+        failed handshake); a peer already gone is no error."""
+        ctx = self._ctx
+        ctx.stats.refused_connections += 1
+        logger.info("refused client %r: %s (close %d)", client_id, reason, int(code))
+        try:
+            await accept_if_needed(websocket)
+            async with asyncio.timeout(ctx.config.close_timeout):
+                await websocket.close(code=int(code), reason=truncate_reason(reason))
+        except Exception:
+            logger.debug("refusal close failed; peer gone", exc_info=True)
+
+    async def refuse_for_shutdown(self, websocket: SocketLike, client_id: str | None) -> None:
+        """Refuse a socket because the node shuts down: the shutdown's code, with retry
+        advice when the node restarts."""
+        code = self._ctx.shutdown_code
+        await self.refuse(websocket, client_id, code,
+                          shutdown_reason(code, self._ctx.config.retry_jitter))
 
     # The steps of a close, in order: unregister, close_socket, settle (the shutdown runs
     # them itself, under its deadline; an admission that lost to it unregisters).

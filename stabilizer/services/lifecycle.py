@@ -27,9 +27,8 @@ from stabilizer.connection.sockets import abort_transport
 from stabilizer.errors import BackendUnavailable, ShutdownError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext, Phase
-from stabilizer.pure.text import retry_advice
 from stabilizer.results import ShutdownReport
-from stabilizer.services.closing import Closing
+from stabilizer.services.closing import Closing, shutdown_reason
 from stabilizer.services.settlement import Unregistered
 from stabilizer.services.tokens import TokenService
 
@@ -51,13 +50,6 @@ def sibling_workers() -> str | None:
     if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
         return "several"
     return None
-
-
-def shutdown_reason(code: int, jitter: float) -> str:
-    """The close reason of a shutdown: retry advice when the node restarts."""
-    if code == CloseCode.SERVICE_RESTART:
-        return retry_advice(jitter)
-    return "server shutting down"
 
 
 class AwaitedAcks(Protocol):

@@ -18,7 +18,7 @@ from stabilizer.node.context import NodeContext
 from stabilizer.pure.positions import PositionsError
 from stabilizer.pure.text import retry_advice
 from stabilizer.pure.v2 import FrameTooBigError, ProtocolError
-from stabilizer.services.lifecycle import shutdown_reason
+from stabilizer.services.closing import shutdown_reason
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any, Self, cast
 from stabilizer.auth.identity import Identity
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
-from stabilizer.connection.sockets import Frame, accept_if_needed
+from stabilizer.connection.sockets import Frame
 from stabilizer.errors import (
     AuthenticationError,
     BackendUnavailable,
@@ -47,7 +47,6 @@ from stabilizer.pure.text import (
     check_client_id,
     encode_message,
     json_value,
-    truncate_reason,
 )
 from stabilizer.pure.tokens import TokenClaims
 from stabilizer.pure.users import info_json
@@ -227,14 +226,7 @@ class Session:
 
     async def _refuse(self, code: CloseCode, reason: str) -> None:
         self.refused = code
-        self._ctx.stats.refused_connections += 1
-        logger.info("refused client %r: %s (close %d)", self.client_id, reason, int(code))
-        try:
-            await accept_if_needed(self.websocket)
-            async with asyncio.timeout(self._ctx.config.close_timeout):
-                await self.websocket.close(code=int(code), reason=truncate_reason(reason))
-        except Exception:
-            logger.debug("refusal close failed; peer gone", exc_info=True)
+        await self._services.closing.refuse(self.websocket, self.client_id, code, reason)
 
     async def __aexit__(
         self,

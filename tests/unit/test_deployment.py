@@ -72,3 +72,25 @@ def test_run_hands_the_server_the_options_the_config_asks_for(
                                                          max_message_size=4096))
     run(object(), manager, port=9000, ws_max_size=10_000)
     assert seen == {"ws_per_message_deflate": False, "ws_max_size": 10_000, "port": 9000}
+
+
+def test_every_replica_signs_logins_with_the_same_secret() -> None:
+    """The chat example makes a random JWT secret per process unless CHAT_JWT_SECRET is
+    set; behind nginx's round robin a login and its socket land on different replicas, so
+    without one shared secret every socket was refused with 4505."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    secrets = {str(svc["environment"].get("CHAT_JWT_SECRET"))
+               for name, svc in compose["services"].items() if name.startswith("replica-")}
+    assert len(secrets) == 1
+    assert secrets != {"None"}
+
+
+def test_the_replica_image_installs_what_the_chat_example_imports() -> None:
+    """The example authenticates with JWTAuthenticator, which needs PyJWT (the jwt extra,
+    which the examples extra includes)."""
+    dockerfile = (ROOT / "examples/cluster/Dockerfile").read_text()
+    [install] = [line for line in dockerfile.splitlines() if "pip install" in line]
+    extras = re.search(r"'\.\[([a-z,]+)\]'", install)
+    assert extras is not None
+    assert {"redis"} <= set(extras.group(1).split(","))
+    assert {"jwt", "examples"} & set(extras.group(1).split(","))

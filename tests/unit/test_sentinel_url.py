@@ -85,3 +85,25 @@ def test_a_url_that_does_not_parse_is_refused_without_its_password(url: str) -> 
 ])
 def test_the_cli_shows_a_url_without_its_secrets(url: str, shown: str) -> None:
     assert redacted(url) == shown
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:1/0?foo=bar",
+    "rediss://127.0.0.1:1/0?socket_timout=3",  # a typo
+    "unix:///tmp/redis.sock?db=0&nonsense=1",
+])
+def test_an_option_redis_py_does_not_know_is_refused_before_anything_connects(
+        url: str) -> None:
+    """redis-py's URL parser passes unknown query keys through to the connection class,
+    which raised a bare TypeError at the first call (the CLI printed a traceback)."""
+    with pytest.raises(ConfigError, match="option"):
+        check_url(url)
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:1/0?client_name=web&protocol=3",
+    "rediss://127.0.0.1:1/0?ssl_cert_reqs=none",
+    "unix:///tmp/redis.sock?db=1",
+])
+def test_the_options_redis_py_knows_are_taken(url: str) -> None:
+    check_url(url)

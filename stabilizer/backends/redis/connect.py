@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
@@ -123,6 +123,10 @@ def check_url(url: str) -> None:
         parse_url(url)
     except ValueError as exc:
         raise _unparsable("redis_url", url, exc) from exc
+    try:  # (the parser passes query keys it does not know on to the connection class)
+        ConnectionPool.from_url(url).make_connection()  # made, not connected
+    except TypeError as exc:
+        raise ConfigError(f"redis_url has an option redis-py does not know: {exc}") from exc
 
 
 def _unparsable(what: str, url: str, exc: ValueError) -> ConfigError:

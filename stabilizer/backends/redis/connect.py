@@ -123,8 +123,8 @@ def check_url(url: str) -> None:
         parse_url(url)
     except ValueError as exc:
         raise _unparsable("redis_url", url, exc) from exc
-    try:  # (the parser passes query keys it does not know on to the connection class)
-        ConnectionPool.from_url(url).make_connection()  # made, not connected
+    try:  # the parser passes keys it does not know on to the connection (made, not opened)
+        ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
     except TypeError as exc:
         raise ConfigError(f"redis_url has an option redis-py does not know: {exc}") from exc
 

@@ -293,8 +293,9 @@ class Closing:
     async def settle(self, conn: Connection, code: int, reason: str,
                      keep_session: bool | None, *,
                      unregistered: Unregistered = Unregistered.KEPT,
-                     client_code: int | None = None) -> None:
+                     client_code: int | None = None, by: float | None = None) -> None:
         """Once the socket of `conn` is closed, settle its end with the store and the
         application, once (Settlement.settle)."""
         await self._settlement.settle(conn, code, reason, keep_session,
-                                      unregistered=unregistered, client_code=client_code)
+                                      unregistered=unregistered, client_code=client_code,
+                                      by=by)

@@ -288,7 +288,7 @@ class Lifecycle:
                 abort_transport(conn.socket)
                 clean = False
         self._ctx.tasks.spawn(closing.settle(conn, code, "shutdown", None,
-                                             unregistered=unregistered),
+                                             unregistered=unregistered, by=deadline),
                               name=f"{_CLOSER_PREFIX}{conn.conn_id}")
         return clean, max(queued - left, 0), left
 
@@ -298,7 +298,9 @@ class Lifecycle:
         tasks = ctx.tasks
         problems = await tasks.stop(grace, prefix=_LOOP_PREFIX)
         self._acks.stop_listening()  # the listener is gone: no acknowledgement comes now
-        remaining = max(deadline - asyncio.get_running_loop().time(), 0.1)
+        # the closers' store work ends at the deadline (Settlement.settle's `by`); their
+        # on_disconnect hooks get close_timeout more, then are cancelled with the rest
+        remaining = max(deadline - asyncio.get_running_loop().time(), 0.0) + grace
         await tasks.wait(tasks.running(_CLOSER_PREFIX), remaining)
         problems += await tasks.stop(grace)
         try:

@@ -6,6 +6,7 @@ closes its socket; it runs the two steps here around that close."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 
@@ -92,17 +93,31 @@ class Settlement:
     async def settle(self, conn: Connection, code: int, reason: str,
                      keep_session: bool | None, *,
                      unregistered: Unregistered = Unregistered.KEPT,
-                     client_code: int | None = None) -> None:
+                     client_code: int | None = None, by: float | None = None) -> None:
         """Bookkeeping once a socket is closed: groups, session, hooks, events (once).
         `unregistered`: what the close's unregister did (it may have ended the client's
         memberships already). `client_code`: the client closed first, with that code (what
-        the log and the hooks report; `code` is what the server closed with)."""
+        the log and the hooks report; `code` is what the server closed with). `by` (the
+        loop's clock; a shutdown's deadline): the store's part stops then, unfinished (as
+        when the store cannot be reached), and the hooks run all the same."""
         conn.finish_close()
         self._ctx.stats.disconnects += 1
         reported, said = (code, reason) if client_code is None else (client_code,
                                                                      "client closed")
         logger.info("client %r disconnected (conn %s, code %d)", conn.client_id, conn.conn_id,
                     reported)
+        try:
+            async with asyncio.timeout_at(by):
+                await self._bookkeeping(conn, code, keep_session, unregistered)
+        except TimeoutError:  # (only a shutdown sets `by`)
+            self._backend_log.warning("bookkeeping of %r unfinished at the shutdown's "
+                                      "deadline", conn.client_id)
+        await self._events.disconnected(conn, reported, said,
+                                        replaced=code == CloseCode.REPLACED)
+
+    async def _bookkeeping(self, conn: Connection, code: int, keep_session: bool | None,
+                           unregistered: Unregistered) -> None:
+        """The store's part of a close: the client's groups and session."""
         # a join or leave in flight finishes first: its backend write must not land after
         # the session's end (the client would stay a member for good)
         async with self._membership.turn(conn.client_id):
@@ -135,8 +150,6 @@ class Settlement:
             # told of: it was admitted while the store was unreachable): what this socket
             # joined or left is the live one's, wherever it is (a replaced one: Closing.retire())
             await self._membership.hand_over(conn.client_id)
-        await self._events.disconnected(conn, reported, said,
-                                        replaced=code == CloseCode.REPLACED)
 
     async def _settle_session(self, conn: Connection, code: int, keep_session: bool | None,
                               had_groups: bool) -> bool:

@@ -77,3 +77,28 @@ async def test_every_socket_gets_its_close_frame_while_the_hooks_still_run(
         report = await stopping
     assert (report.closed_count, report.failed_count) == (3, 0)
     assert sorted(hook.finished) == ["c0", "c1", "c2"]  # within the deadline, each ran out
+
+
+async def test_every_hook_runs_when_the_store_stalls_the_bookkeeping_past_the_deadline(
+        make_manager: ManagerFactory, config: WebSocketConfig) -> None:
+    """The closer did the store's bookkeeping (the client's groups and session) before the
+    hooks, and was cancelled at the deadline: with a store slower than that (a Redis
+    hiccup during a deploy), no hook ran at all. The bookkeeping now ends at the deadline
+    and the hooks run after it, within close_timeout."""
+    manager = make_manager(config.replace(close_timeout=1.0, history_size=10))
+    called: list[str] = []
+    manager.on_disconnect(lambda event: called.append(event.client_id))
+    await connected(manager, 3)
+    sessions = manager._node.ctx.backend.sessions
+    stalled = asyncio.Event()
+
+    async def never_answered(*args: object, **kwargs: object) -> None:
+        stalled.set()
+        await asyncio.Event().wait()
+
+    sessions.suspend = never_answered  # type: ignore[method-assign]  # (1001 keeps them)
+    async with asyncio.timeout(BOUND):
+        report = await manager.graceful_shutdown(timeout=0.3)
+    assert stalled.is_set()
+    assert (report.closed_count, report.failed_count) == (3, 0)
+    assert sorted(called) == ["c0", "c1", "c2"]

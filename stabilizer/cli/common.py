@@ -43,7 +43,7 @@ def show(text: str) -> str:
 
 
 #: A query parameter whose value is a secret (a sentinel's password).
-_PASSWORD_PARAMETER: Final = re.compile(r"([?&][a-z_]*password=)[^&#]*")
+_PASSWORD_PARAMETER: Final = re.compile(r"([?&][a-z_]*password=)[^&]*")
 
 
 def redacted(url: str) -> str:
@@ -53,10 +53,9 @@ def redacted(url: str) -> str:
     scheme, separator, rest = url.partition("://")
     if not separator:
         return url
+    rest = _PASSWORD_PARAMETER.sub(r"\1***", rest)  # first: its value may hold an '@'
     _, at, host = rest.rpartition("@")
-    if at:
-        rest = "***@" + host
-    return scheme + separator + _PASSWORD_PARAMETER.sub(r"\1***", rest)
+    return scheme + separator + ("***@" + host if at else rest)
 
 
 def emit(out: TextIO, data: list[Row] | Row, columns: list[str], as_json: bool) -> None:

@@ -82,6 +82,9 @@ def test_a_url_that_does_not_parse_is_refused_without_its_password(url: str) -> 
     ("redis+sentinel://h1,h2/svc?sentinel_password=s3cr3t", "redis+sentinel://h1,h2/svc"
                                                           "?sentinel_password=***"),
     ("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/0"),
+    # an '@' in a query value is no user info's end
+    ("redis+sentinel://:masterpw@127.0.0.1:1/mymaster?sentinel_password=Hunter@2024-S3cret",
+     "redis+sentinel://***@127.0.0.1:1/mymaster?sentinel_password=***"),
 ])
 def test_the_cli_shows_a_url_without_its_secrets(url: str, shown: str) -> None:
     assert redacted(url) == shown
@@ -107,3 +110,17 @@ def test_an_option_redis_py_does_not_know_is_refused_before_anything_connects(
 ])
 def test_the_options_redis_py_knows_are_taken(url: str) -> None:
     check_url(url)
+
+
+def test_an_at_sign_in_the_sentinels_password_parameter_is_no_credential() -> None:
+    """The URL has no user info: an '@' in a query value was taken for one cut short."""
+    address = sentinel_address("redis+sentinel://127.0.0.1:26379/mymaster"
+                               "?sentinel_password=s3cr@t")
+    assert (address.password, address.sentinel_password) == (None, "s3cr@t")
+
+
+def test_a_password_with_a_question_mark_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        sentinel_address("redis+sentinel://:pa?ss3cr3t@h1:26379/mymaster")
+    assert "ss3cr3t" not in str(info.value)
+    assert "percent-encode" in str(info.value)

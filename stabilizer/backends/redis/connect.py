@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -156,6 +157,7 @@ class SentinelAddress:
 
 #: The query parameters a redis+sentinel:// URL may carry: the sentinels' own credentials.
 _SENTINEL_QUERY: Final = frozenset({"sentinel_username", "sentinel_password"})
+_SENTINEL_PARAMETER: Final = re.compile(r"[?&]sentinel_(?:username|password)=[^&]*")
 
 
 def sentinel_address(url: str) -> SentinelAddress:
@@ -169,7 +171,8 @@ def sentinel_address(url: str) -> SentinelAddress:
     """
     try:
         parts = urlsplit(url)
-        if "@" in url and "@" not in parts.netloc:  # credentials cut short by a delimiter
+        # credentials cut short by a delimiter ('@' in a parameter's value is no sign)
+        if "@" in _SENTINEL_PARAMETER.sub("", url) and "@" not in parts.netloc:
             raise ValueError("the credentials hold a delimiter")
         hosts = tuple(_host_port(item) for item in parts.netloc.rpartition("@")[2].split(","))
         path = [segment for segment in parts.path.split("/") if segment]

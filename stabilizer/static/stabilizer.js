@@ -14,7 +14,7 @@
  *   conn.on("error", (frame) => {});         // {code, detail}: the server dropped a message
  *   conn.send("hi");                         // queued while not open; throws once closed
  *   await conn.rpc("add", {a: 1, b: 2});     // v2: the server procedure's result, or an
- *                                            //   RPCError {code, message, data}
+ *                                            //   RPCError {code, message, detail, data}
  *   conn.close();                            // for good: state "closed", no reconnect
  *
  * connect(url, options) returns a Connection; `url` is ws:, wss:, http:, https: or relative.

@@ -148,6 +148,9 @@ async def test_rpc_returns_values_and_errors_and_fails_calls_a_lost_socket_carri
         "ok", {"client_id": f"alice/{device}", "user_id": "alice", "params": None}]
     assert await page.evaluate(CALL, ["refuse", None, {}]) == [
         "error", "RPCError", "forbidden", "forbidden: not for you", {"needed": "admin"}]
+    # the server's message alone, as the Python client's RPCError.message has it
+    assert await page.evaluate(
+        "window.conn.rpc('refuse').then(() => 'ok', (err) => err.detail)") == "not for you"
     assert (await page.evaluate(CALL, ["crash", None, {}]))[2] == "internal"
     assert (await page.evaluate(CALL, ["hold", None, {"timeoutMs": 200}]))[2] == "timeout"
 

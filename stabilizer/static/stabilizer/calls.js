@@ -14,6 +14,7 @@ export class RPCError extends Error {
     super(message ? `${code}: ${message}` : code);
     this.name = "RPCError";
     this.code = code;
+    this.detail = message;  // the server's message alone (`message` leads with the code)
     this.data = data;
   }
 }

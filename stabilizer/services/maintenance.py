@@ -206,18 +206,22 @@ class Maintenance:
     async def _settle(self) -> None:
         """Groups first (restored before the presence that tells a client is back), then
         presence: a socket another node took closes and hands its memberships over."""
+        restore = self._restore_groups
         if self._settle_groups is not None:
-            restore = self._restore_groups
             try:
                 await self._settle_groups(list(self._ctx.pool.connections()), restore)
             except BaseException:
                 self._ctx.want_resync()
                 raise
-            if restore:
-                self._restore_groups = False
-        await self._resync()
+        await self._resync(claim_all=restore)
+        if restore:  # (a settle that failed gives back and claims again: both idempotent)
+            self._restore_groups = False
 
-    async def _resync(self) -> None:
+    async def _resync(self, *, claim_all: bool = False) -> None:
+        """Register the local connections' presence again. `claim_all`: the store lost
+        writes (it restarted or failed over, or reaped this node), so an entry of another
+        node may be older than the one it overwrote here: every local connection claims its
+        client (the newer connection keeps it)."""
         ctx = self._ctx
         listed_at = time.time()  # connections created from now on are not in the list
         conns = self._connections()
@@ -225,7 +229,8 @@ class Maintenance:
                           parse_info(c.info)) for c in conns]
         # a connection the store never recorded (admitted while it was unreachable) may take
         # its client back from an older connection elsewhere; a recorded one was overwritten
-        claims = {c.client_id for c in conns if not c.registered}
+        # (unless the store lost that write: claim_all)
+        claims = {c.client_id for c in conns if claim_all or not c.registered}
         limit = ctx.config.max_connections_per_user
         try:
             resynced = await ctx.ask(ctx.backend.liveness.resync(

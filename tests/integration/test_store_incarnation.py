@@ -335,3 +335,38 @@ async def test_memberships_a_failover_to_a_lagging_replica_lost_are_given_back(
     finally:
         await store.aclose()
         await replica.aclose()
+
+
+async def test_a_live_socket_is_not_closed_for_a_connection_an_older_snapshot_names(
+    private_redis: RedisServer, namespace: str, make_manager: ManagerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The snapshot names the client's older connection, on another node: the resync took
+    that for the client's live one elsewhere and closed the live socket here with 4500
+    (final for the bundled clients), and the client was connected nowhere. After an
+    incarnation change every local connection claims its client: the newer one wins."""
+    options: dict[str, Any] = {"redis_url": private_redis.url, "namespace": namespace,
+                               "node_ttl": 3.0, "op_timeout": 0.5, **QUIET}
+    a = make_manager(WebSocketConfig(node_id="a", **options))
+    b = make_manager(WebSocketConfig(node_id="b", **options))
+    store = Redis.from_url(private_redis.url)
+    try:
+        await a.start()
+        await b.start()
+        first, moved = FakeSocket("first"), FakeSocket("moved")
+        await a.connect("mover", first)
+        await store.save()  # what the restart loads: mover on a
+        await b.connect("mover", moved)  # the client moves to b (a's socket replaced)
+        await first.wait_closed(timeout=5.0)
+        await a.graceful_shutdown(timeout=2.0)  # (a is gone: only b settles)
+        ended = resyncs(b, monkeypatch)
+
+        await asyncio.to_thread(private_redis.restart)
+        async with asyncio.timeout(15.0):
+            await ended.get()
+
+        assert moved.closed is None
+        assert b.is_connected("mover")
+        assert await b.locate_client("mover") == "b"
+    finally:
+        await store.aclose()

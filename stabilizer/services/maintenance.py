@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from stabilizer.backends.base import Presence, UserLimit
+from stabilizer.backends.base import Presence, SessionGone, SessionTaken, UserLimit
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable
@@ -243,18 +243,54 @@ class Maintenance:
         logger.info("presence of %d local clients re-registered", len(local))
         kept = set(resynced.lost)
         over = set(resynced.over_limit)
+        back: list[Connection] = []
         for conn in conns:
             if conn.client_id in kept:
                 self._kick(conn.client_id, conn.conn_id)
             elif (conn.client_id, conn.conn_id) not in over:
                 conn.mark_registered(by_resync=True)
+                back.append(conn)
         if resynced.over_limit:
             logger.warning("closing %d connections whose users hold max_connections_per_user "
                            "(%s) older ones", len(resynced.over_limit), limit)
         for client_id, conn_id in resynced.over_limit:
             logger.info("client %r (conn %s) is past its user's limit", client_id, conn_id)
             self._close_client(client_id, CloseCode.USER_LIMIT, self._retry_advice(), conn_id)
+        if claim_all and ctx.config.history_enabled:
+            await self._hold_sessions(back)
         await self._forget_departed(conns)
+
+    async def _hold_sessions(self, conns: list[Connection]) -> None:
+        """Hold the sessions of connections registered again after the store lost writes
+        (or this node was reaped) as their open did: a reaper's suspend left each an expiry
+        and a place on the away list, a store that lost writes may hold an older holder or
+        expiry, while their clients are still connected here. Only the pool's connections
+        (whose sessions are open: one still being admitted opens its own); one that leaves
+        meanwhile has its session suspended again, in case its close's came first."""
+        ctx = self._ctx
+        sessions = ctx.backend.sessions
+        pooled = {conn.conn_id for conn in ctx.pool.connections()}
+        held = [conn for conn in conns if conn.conn_id in pooled]
+        outcomes = await asyncio.gather(*(  # (the backend batches them: batcher.py)
+            ctx.ask(sessions.activate(conn.client_id, fresh=False, user_id=conn.user_id,
+                                      conn_id=conn.conn_id), round_trips=SESSION_ROUND_TRIPS)
+            for conn in held), return_exceptions=True)
+        lost = [conn.client_id for conn, outcome in zip(held, outcomes, strict=True)
+                if isinstance(outcome, SessionGone)]
+        if lost:  # (its client's next resume begins afresh)
+            logger.warning("the sessions of %d connected clients were lost (e.g. %r)",
+                           len(lost), lost[0])
+        failed = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)
+                       and not isinstance(outcome, (SessionGone, SessionTaken))), None)
+        here = {conn.conn_id for conn in ctx.pool.connections()}
+        ttl = self._session_ttl()
+        for conn in held:
+            if conn.conn_id not in here:
+                await ctx.ask(sessions.suspend(conn.client_id, ttl, conn_id=conn.conn_id),
+                              round_trips=SESSION_ROUND_TRIPS)
+        if failed is not None:
+            ctx.want_resync()  # (the settle runs again, the hold with it)
+            raise failed
 
     def _retry_advice(self) -> str:
         """The close reason of a connection past its user's limit: as a refused connect's."""

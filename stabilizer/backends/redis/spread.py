@@ -71,6 +71,10 @@ class SpreadSteps(SlotSteps):
         # an end's first step, which every connect without history also runs (a storm's
         # share one round trip)
         self._first_ends = ScriptBatcher(core, core.scripts.client_end, "end_session")
+        # an open's first step and a revived session's own (a resume storm's, and a settle
+        # holding every session of its node again, share round trips)
+        self._positions = ScriptBatcher(core, core.scripts.positions, "open_session")
+        self._revives = ScriptBatcher(core, core.scripts.client_open, "open_session")
 
     @property
     def lease_ms(self) -> int:
@@ -317,16 +321,13 @@ class SpreadSteps(SlotSteps):
         streams = [ALL, client_stream(client_id)] if fresh else []
         if fresh and user_id is not None:
             streams.append(user_stream(user_id))
-        positions = await core.call(core.scripts.positions(
-            keys=[keys.away, *(keys.stream_meta(s) for s in streams), *guard],
-            args=[client_id, conn_id, "1" if guard else "0"],
-        ), "open_session")
+        positions = await self._positions.submit(
+            [keys.away, *(keys.stream_meta(s) for s in streams), *guard],
+            [client_id, conn_id, "1" if guard else "0"])
         if positions is None:
             return None
         if not fresh:
-            if not int(await core.call(core.scripts.client_open(keys=session,
-                                                                args=[conn_id, "0"]),
-                                       "open_session")):
+            if not int(await self._revives.submit(session, [conn_id, "0"])):
                 raise SessionGone(client_id)
             return {}
         given = [*given, *[""] * len(streams)][:len(streams)]

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.e2e.test_browser_resubscribe import asked, next_is_the_pages_message, reply
 from tests.e2e.test_browser_v2 import (
-    SECRET,
     ScriptedV2Server,
     Tab,
     frame_of,
@@ -25,6 +23,7 @@ from tests.e2e.test_browser_v2 import (
     opened_with_history,
     session_frame,
 )
+from tests.e2e.test_browser_v2 import v2_server as v2_server  # (the fixture)
 from tests.support.browser import Page
 from tests.support.uvicorn_proc import UvicornProcess
 
@@ -42,14 +41,6 @@ SUBSCRIBE = """([channel, options]) => {
     { ...options, onUnsubscribed: (reason) => window.ended.push([channel, reason]) },
   ).then(() => "ok", (err) => err.code);
 }"""
-
-
-@pytest.fixture
-def v2_server() -> Iterator[UvicornProcess]:
-    env = {"V2_APP_JWT_SECRET": SECRET, "STABILIZER_HEARTBEAT_INTERVAL": "3600",
-           "STABILIZER_HEARTBEAT_TIMEOUT": "3600"}
-    with UvicornProcess(app="tests.e2e.v2_app:app", env=env) as proc:
-        yield proc
 
 
 async def answered(page: Page, ws: Any, channel: str, options: dict[str, Any],

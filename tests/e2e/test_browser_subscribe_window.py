@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection
 
 from tests.e2e.test_browser_v2 import (
-    SECRET,
     ScriptedV2Server,
     Tab,
     frame_of,
     opened_tab,
     opened_with_history,
 )
+from tests.e2e.test_browser_v2 import v2_server as v2_server  # (the fixture)
 from tests.support.browser import Page
 from tests.support.uvicorn_proc import UvicornProcess
 
@@ -38,14 +37,6 @@ SUBSCRIBE = """([channel, presence]) => {
   window.subscribing = window.conn.subscribe(channel, (data) => window.routed.push(data),
                                              { presence });
 }"""
-
-
-@pytest.fixture
-def v2_server() -> Iterator[UvicornProcess]:
-    env = {"V2_APP_JWT_SECRET": SECRET, "STABILIZER_HEARTBEAT_INTERVAL": "3600",
-           "STABILIZER_HEARTBEAT_TIMEOUT": "3600"}
-    with UvicornProcess(app="tests.e2e.v2_app:app", env=env) as proc:
-        yield proc
 
 
 def reply(request: dict[str, Any]) -> str:

@@ -34,13 +34,19 @@ class Store:
         return ["a", "b"]
 
 
-async def test_a_request_during_a_fetch_reads_the_gauges_it_had_not_none() -> None:
+async def warmed() -> tuple[list[float], ClusterCache, Store]:
+    """A cache (5 s) that fetched once at time 0, its clock, and its store."""
     now = [0.0]
     cache = ClusterCache(5.0, lambda: now[0])
     store = Store()
     store.release.set()
     await cache.refresh(store)  # type: ignore[arg-type]
     assert cache.value == ClusterView(1, 2)
+    return now, cache, store
+
+
+async def test_a_request_during_a_fetch_reads_the_gauges_it_had_not_none() -> None:
+    now, cache, store = await warmed()
     now[0] = 10.0  # stale: the next request fetches again
     store.release.clear()
     store.asked.clear()
@@ -55,11 +61,7 @@ async def test_a_request_during_a_fetch_reads_the_gauges_it_had_not_none() -> No
 
 
 async def test_a_failed_fetch_leaves_the_gauges_out_until_one_succeeds() -> None:
-    now = [0.0]
-    cache = ClusterCache(5.0, lambda: now[0])
-    store = Store()
-    store.release.set()
-    await cache.refresh(store)  # type: ignore[arg-type]
+    now, cache, store = await warmed()
     now[0] = 10.0
     store.fails = True
     await cache.refresh(store)  # type: ignore[arg-type]

@@ -272,8 +272,8 @@ async def test_a_sentinel_failover_to_a_lagging_replica_gives_back_lost_membersh
                    "op_timeout": 1.0, **QUIET}
         a = WebSocketConnectionManager(WebSocketConfig(node_id="a", **options))  # type: ignore[arg-type]
         b = WebSocketConnectionManager(WebSocketConfig(node_id="b", **options))  # type: ignore[arg-type]
-        master = Redis(port=setup.master.port)
-        replica = Redis(port=setup.replica.port)
+        master = Redis(host="127.0.0.1", port=setup.master.port)
+        replica = Redis(host="127.0.0.1", port=setup.replica.port)
         alice = FakeSocket("alice")
         try:
             await a.start()

@@ -54,7 +54,7 @@ async def test_a_hung_sentinel_listed_first_does_not_cut_the_node_off(
 @contextlib.asynccontextmanager
 async def acl_user(ports: list[int], user: str, password: str) -> AsyncIterator[None]:
     """An ACL user on each server of `ports` (ACLs are not replicated), removed after."""
-    clients = [Redis(port=port) for port in ports]
+    clients = [Redis(host="127.0.0.1", port=port) for port in ports]
     try:
         for client in clients:
             await client.execute_command("ACL", "SETUSER", user, "on", f">{password}",
@@ -68,7 +68,7 @@ async def acl_user(ports: list[int], user: str, password: str) -> AsyncIterator[
 
 async def users_of(port: int) -> set[str]:
     """The users of the connections open on the server at `port`."""
-    client = Redis(port=port)
+    client = Redis(host="127.0.0.1", port=port)
     try:
         return {entry["user"] for entry in await client.client_list()}
     finally:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -170,12 +170,18 @@ def sentinel_address(url: str) -> SentinelAddress:
             bracket, or a query parameter other than those two (or one given twice).
     """
     try:
-        parts = urlsplit(url)
+        # split by hand: urlsplit's checks of bracketed hosts differ between Python
+        # releases (3.11.2 refuses a list of them), and a list of hosts is no one netloc
+        rest = url.partition("://")[2]
+        cut = min((at for at in map(rest.find, "/?#") if at >= 0), default=len(rest))
+        netloc, (path_text, _, query_text) = rest[:cut], rest[cut:].partition("#")[0].partition("?")
         # credentials cut short by a delimiter ('@' in a parameter's value is no sign)
-        if "@" in _SENTINEL_PARAMETER.sub("", url) and "@" not in parts.netloc:
+        if "@" in _SENTINEL_PARAMETER.sub("", url) and "@" not in netloc:
             raise ValueError("the credentials hold a delimiter")
-        hosts = tuple(_host_port(item) for item in parts.netloc.rpartition("@")[2].split(","))
-        path = [segment for segment in parts.path.split("/") if segment]
+        userinfo, at, host_list = netloc.rpartition("@")
+        username, colon, password = userinfo.partition(":")
+        hosts = tuple(_host_port(item) for item in host_list.split(","))
+        path = [segment for segment in path_text.split("/") if segment]
         if not path:
             raise ConfigError("redis+sentinel:// URLs need the service name: .../mymaster[/db]")
         db = int(path[1]) if len(path) > 1 else 0
@@ -183,13 +189,13 @@ def sentinel_address(url: str) -> SentinelAddress:
         if isinstance(exc, ConfigError):
             raise
         raise _unparsable("redis+sentinel:// URL", url, exc) from exc
-    query = parse_qs(parts.query, keep_blank_values=True)
+    query = parse_qs(query_text, keep_blank_values=True)
     unknown = sorted(set(query) - _SENTINEL_QUERY)
     if unknown or any(len(values) > 1 for values in query.values()):
         raise ConfigError(f"redis+sentinel:// URL query takes sentinel_username and "
                           f"sentinel_password once each, not {sorted(query)}")
-    return SentinelAddress(hosts, path[0], db, _decoded(parts.username),
-                           _decoded(parts.password),
+    return SentinelAddress(hosts, path[0], db, _decoded(username if at else None),
+                           _decoded(password if colon else None),
                            query.get("sentinel_username", [None])[0] or None,
                            query.get("sentinel_password", [None])[0] or None)
 

@@ -65,6 +65,23 @@ async def assert_gone(a: WebSocketConnectionManager, b: WebSocketConnectionManag
         assert not await b.send_to_client("ghost", "anyone there?")
 
 
+def held_before_sending(registers: Any, then: Callable[[Any], Any] | None = None,
+                        ) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make each batch of the register batcher wait, once taken, until `release` is set,
+    then go to Redis; `then(calls)` (when given) stands for its answer: (taken, release)."""
+    real_send = registers._send
+    taken, release = asyncio.Event(), asyncio.Event()
+
+    async def held(calls: Any) -> Any:
+        taken.set()
+        await release.wait()
+        answer = await real_send(calls)
+        return answer if then is None else then(calls)
+
+    registers._send = held
+    return taken, release
+
+
 def blocked(target: Any, name: str) -> tuple[asyncio.Event, asyncio.Event]:
     """Make the coroutine method `target.name` run, then wait before it returns: (ran,
     release)."""
@@ -118,15 +135,7 @@ async def test_a_registration_that_lands_after_the_removal_of_its_cancelled_conn
     lands. Its answer, which no caller waits for any more, removes it."""
     a, b = await pair(cluster)
     registers = a._node.ctx.backend.presence._registers  # type: ignore[attr-defined]
-    real_send = registers._send
-    taken, release = asyncio.Event(), asyncio.Event()
-
-    async def held_before_sending(calls: Any) -> Any:
-        taken.set()
-        await release.wait()
-        return await real_send(calls)
-
-    registers._send = held_before_sending
+    taken, release = held_before_sending(registers)
     connecting = ghost_connecting(a)
     await taken.wait()
     await cancelled(connecting)
@@ -146,18 +155,14 @@ async def test_a_registration_whose_reply_is_lost_after_its_connect_was_cancelle
     its undo was dropped, so the ghost stayed until some resync."""
     a, b = await pair(cluster)
     registers = a._node.ctx.backend.presence._registers  # type: ignore[attr-defined]
-    real_send = registers._send
-    taken, release = asyncio.Event(), asyncio.Event()
 
-    async def ran_then_lost(calls: Any) -> Any:
-        taken.set()
-        await release.wait()
-        await real_send(calls)
+    def lost_reply(calls: Any) -> Any:
         if lost == "one reply":
             return [BackendUnavailable("the reply was lost") for _ in calls]
         raise BackendUnavailable("the reply was lost")
 
-    registers._send = ran_then_lost
+    real_send = registers._send
+    taken, release = held_before_sending(registers, then=lost_reply)
     connecting = ghost_connecting(a)
     await taken.wait()
     await cancelled(connecting)

@@ -93,6 +93,7 @@ class GroupStore(Protocol):
     async def reconcile(self, local: Mapping[str, Collection[str]], *,
                         restore: bool = False,
                         presence: Mapping[str, Mapping[str, str]] | None = None,
+                        opened: Mapping[str, float] | None = None,
                         ) -> dict[str, list[str]]:
         """Return the groups each client of `local` belongs to, for many clients at once
         (a round trip per few hundred). With `restore` (the store lost this node's state:
@@ -103,7 +104,11 @@ class GroupStore(Protocol):
         same step, each of those memberships that `presence` gives an entry for (client id
         -> group -> entry text) and that has none in the store gets it back, published as
         any presence change is (a join to the group's followers); an entry the store still
-        has stays as it is."""
+        has stays as it is. A client `opened` names (client id -> when this node's
+        connection of it opened) gets nothing back while presence places it on another
+        node through a connection opened at that time or later: that connection holds the
+        client now, with the memberships the store lists for it (the resync that follows
+        closes the local one, as it would not claim the client)."""
         ...
 
     async def presence_entries(self, client_id: str,

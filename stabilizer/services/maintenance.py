@@ -10,8 +10,9 @@ nothing but cancellation ends the loop.
 An outage is settled when it is noticed, and again once the node's subscription is back,
 because a kick or a MEMBERSHIP envelope published in between reached nobody. Settling makes
 the local group memberships agree with the backend's (first giving the backend back the
-memberships it lost, when it restarted or failed over, or reaped this node), then
-re-registers presence (closing sockets another node took meanwhile).
+memberships it lost, when it restarted or failed over, or reaped this node, but not those
+of a client a newer connection on another node holds), then re-registers presence (closing
+sockets another node took meanwhile).
 
 A step that fails is not an outage by itself: under a burst of connects a busy loop reads a
 reply late. Writes that failed asked for a resync each (a membership change that failed or
@@ -205,7 +206,9 @@ class Maintenance:
 
     async def _settle(self) -> None:
         """Groups first (restored before the presence that tells a client is back), then
-        presence: a socket another node took closes and hands its memberships over."""
+        presence: a socket another node took closes and hands its memberships over. The
+        restore leaves out the clients the resync will not claim (a newer connection on
+        another node holds them): what it handed over would be the old memberships."""
         restore = self._restore_groups
         if self._settle_groups is not None:
             try:

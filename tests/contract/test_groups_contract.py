@@ -6,10 +6,11 @@ stands; and of count_members, the dashboard's member counts."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from stabilizer.backends.base import Backend, MembershipChange
+from stabilizer.backends.base import Backend, MembershipChange, Presence
 from stabilizer.pure.presence import parse_entry
 from stabilizer.pure.wire import Envelope, Kind, encode
 from tests.contract.test_backend_contract import Inbox, NodeFactory, open_node, presence
@@ -96,6 +97,29 @@ async def test_reconcile_with_restore_gives_back_the_missing_presence_entries(
                                     presence={"alice": {GROUP: entry("alice", "New")}}) == {
         "alice": ["hall", GROUP]}  # without restore, nothing is written
     assert (await a.groups.presence_state(GROUP))[1]["alice"] == entry("alice", "Alice", "u1")
+
+
+async def test_reconcile_with_restore_leaves_a_client_a_connection_as_new_holds_elsewhere(
+    open_node: NodeFactory,
+) -> None:
+    a, b = await open_node("node-a"), await open_node("node-b")
+    now = time.time()
+    for client_id, node, since in [("alice", "node-b", now), ("erin", "node-b", now - 5),
+                                   ("bob", "node-b", now - 10), ("carol", "node-a", now)]:
+        backend = b if node == "node-b" else a
+        await backend.presence.register(Presence(client_id, node, f"c-{client_id}", since),
+                                        max_cluster=None)
+    local = {c: {GROUP} for c in ("alice", "erin", "bob", "carol", "dave")}
+    listed = await a.groups.reconcile(
+        local, restore=True, presence={"alice": {GROUP: entry("alice", "Old")}},
+        opened=dict.fromkeys(local, now - 5))
+    # alice and erin came back on node-b (newer, or as new): their groups are node-b's; bob
+    # is older there (the store lost writes: node-a claims him), carol is node-a's own, and
+    # dave has no presence at all
+    assert listed == {"alice": [], "erin": [], "bob": [GROUP], "carol": [GROUP],
+                      "dave": [GROUP]}
+    assert await b.groups.members(GROUP) == ["bob", "carol", "dave"]
+    assert await b.groups.presence_entries("alice", [GROUP]) == {}
 
 
 async def test_presence_entries_reads_a_client_s_entries_in_the_groups_asked(

@@ -4,12 +4,19 @@ closed as replaced" (README, Redis outages), and one client keeps one socket.
 One node is cut off from Redis by a proxy while Redis and the other node carry on, so the
 other node can really take the client meanwhile: its register script sends the kick to a
 node that is not listening.
+
+Cut off past node_ttl, the node is reaped, and its settle gives the store back the
+memberships it lost. It gave them back for every local connection, also for a client that
+had connected again elsewhere meanwhile (a fresh session, in no group): the stale socket's
+close then handed them over, and the fresh session found itself in the old one's groups,
+listed in their presence with the old metadata.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -27,7 +34,12 @@ FAST = {"node_ttl": 1.5, "op_timeout": 0.5}
 #: Bounds, not waits: recovery takes about a second; a loaded machine gets the rest.
 RECOVERY = 20.0
 
-Node = Callable[[str, str], WebSocketConnectionManager]
+Node = Callable[..., WebSocketConnectionManager]
+
+#: The key layouts whose restore differs: the namespace's slot (one script reads presence
+#: and restores), presence over two buckets, and spread keys (steps over several slots).
+LAYOUTS: dict[str, dict[str, Any]] = {"namespace": {}, "buckets": {"presence_buckets": 2},
+                                      "spread": {"redis_spread_keys": True}}
 
 
 @pytest.fixture
@@ -38,10 +50,25 @@ async def proxy(private_redis: RedisServer) -> AsyncIterator[TcpProxy]:
 
 @pytest.fixture
 def node(namespace: str, make_manager: ManagerFactory) -> Node:
-    def build(node_id: str, redis_url: str) -> WebSocketConnectionManager:
+    def build(node_id: str, redis_url: str, **options: Any) -> WebSocketConnectionManager:
         return make_manager(WebSocketConfig(redis_url=redis_url, namespace=namespace,
-                                            node_id=node_id, **QUIET, **FAST))
+                                            node_id=node_id, **QUIET, **FAST, **options))
     return build
+
+
+def reap_watched(reaper: WebSocketConnectionManager,
+                 monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """An event set once `reaper` has reaped a node."""
+    reaped = asyncio.Event()
+    liveness: Any = reaper.backend.liveness
+    reap_node = liveness._reap_node
+
+    async def reap(node_id: str, session_ttl: float) -> None:
+        await reap_node(node_id, session_ttl)
+        reaped.set()
+
+    monkeypatch.setattr(liveness, "_reap_node", reap)
+    return reaped
 
 
 async def test_a_client_taken_over_while_its_node_was_cut_off_is_closed_there_as_replaced(
@@ -96,3 +123,32 @@ async def test_a_client_admitted_while_its_node_was_cut_off_keeps_the_newer_sock
     assert closes[0].result()[0] == CloseCode.REPLACED
     assert fresh.closed is None
     assert await a.locate_client("alice") == "b"
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+async def test_a_client_back_elsewhere_gets_none_of_the_groups_its_reaped_node_gives_back(
+    private_redis: RedisServer, proxy: TcpProxy, node: Node, layout: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x = node("x", proxy.url, **LAYOUTS[layout])  # cut off past node_ttl: y reaps it
+    y = node("y", private_redis.url, **LAYOUTS[layout])
+    await x.start()
+    await y.start()
+    stale = FakeSocket("stale")
+    await x.connect("k", stale)
+    await x.join_group("k", "secret", presence={"role": "old"})
+    reaped = reap_watched(y, monkeypatch)
+
+    await proxy.cut()
+    async with asyncio.timeout(RECOVERY):
+        await reaped.wait()
+    fresh = FakeSocket("fresh")
+    await y.connect("k", fresh)  # a fresh session; its kick goes nowhere
+    await proxy.restore()
+    code, _ = await stale.wait_closed(timeout=RECOVERY)  # after x's settle gave groups back
+
+    assert code == CloseCode.REPLACED
+    assert fresh.closed is None
+    assert await y.get_group_members("secret") == []
+    assert await y.get_presence("secret") == {}
+    assert await y.locate_client("k") == "y"

@@ -149,14 +149,21 @@ class MemoryGroups:
     async def reconcile(self, local: Mapping[str, Collection[str]], *,
                         restore: bool = False,
                         presence: Mapping[str, Mapping[str, str]] | None = None,
+                        opened: Mapping[str, float] | None = None,
                         ) -> dict[str, list[str]]:
         """Groups of each client of `local`, after adding it back to its local groups
         with `restore` (no events, no baselines; the missing presence entries `presence`
-        gives, published)."""
+        gives, published), unless a connection on another node opened no earlier than
+        this node's (`opened`) holds it."""
         self._node.check()
         hub = self._node.hub
         if restore:
             for client_id, groups in local.items():
+                held = hub.presence.get(client_id)
+                mine = (opened or {}).get(client_id)
+                if (held is not None and mine is not None
+                        and held.node_id != self._node.node_id and held.since >= mine):
+                    continue
                 entries = (presence or {}).get(client_id, {})
                 for group in groups:
                     hub.groups.setdefault(group, set()).add(client_id)

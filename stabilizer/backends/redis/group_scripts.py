@@ -7,31 +7,45 @@ from typing import Final
 
 from stabilizer.backends.redis.scripts import PRESENCE_LIB
 
-# KEYS: the away zset, then the group set of each client of the batch, in order.
+# KEYS: the away zset, the presence hash when ARGV[6] is '1' (presence shares the slot),
+#       then the group set of each client of the batch, in order.
 # ARGV: 1 group-set prefix, 2 '1' to restore, 3 grace ms, 4 node id, 5 publish command,
-#       then per client: client id, n, n (group, presence entry or '') pairs (n is 0
-#       without restore).
+#       6 '1' when KEYS[2] is the presence hash, then per client: client id, since_us of
+#       this node's connection of it ('' unknown), n, n (group, presence entry or '')
+#       pairs (n is 0 without restore).
 # With restore, each client becomes a member of its n groups again (the store lost them);
-# no events, no baselines. A membership given an entry gets it back when its group's
-# presence hash has none for the client (PRESENCE_LIB: the change is published, a join for
-# the followers); one the store still has stays. A restored client is also put on the away
-# list, due after the grace unless it already is: its node registers its presence right
-# after this, and if the node dies first, the sweep ends what this wrote. Returns, per
-# client in order, the groups it belongs to.
+# no events, no baselines. Not a client that presence places on another node through a
+# connection as new as ours or newer: that one holds it now (it began a session of its
+# own, or resumed this one), with the groups its set lists; RESYNC, which follows, keeps
+# it there and this node closes its older socket. A membership given an entry gets it back
+# when its group's presence hash has none for the client (PRESENCE_LIB: the change is
+# published, a join for the followers); one the store still has stays. A restored client is
+# also put on the away list, due after the grace unless it already is: its node registers
+# its presence right after this, and if the node dies first, the sweep ends what this
+# wrote. Returns, per client in order, the groups it belongs to.
 RECONCILE_GROUPS: Final = PRESENCE_LIB + """
 local prefix, restore = ARGV[1], ARGV[2] == '1'
 local base = string.sub(prefix, 1, -3)
+local first = ARGV[6] == '1' and 3 or 2
 local due = 0
 if restore then
   local t = redis.call('TIME')
   due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
 end
+local function held_elsewhere(cid, mine)
+  if first == 2 or mine == '' then return false end
+  local cur = redis.call('HGET', KEYS[2], cid)
+  if not cur then return false end
+  local node, since = string.match(cur, '^([^|]*)|[^|]*|(%d+)')
+  return node ~= nil and node ~= ARGV[4] and since ~= nil
+    and tonumber(since) >= tonumber(mine)
+end
 local listed = {}
-local i = 6
-for k = 2, #KEYS do
-  local cid, n = ARGV[i], tonumber(ARGV[i + 1])
-  if restore then
-    for j = i + 2, i + 2 * n, 2 do
+local i = 7
+for k = first, #KEYS do
+  local cid, n = ARGV[i], tonumber(ARGV[i + 2])
+  if restore and n > 0 and not held_elsewhere(cid, ARGV[i + 1]) then
+    for j = i + 3, i + 1 + 2 * n, 2 do
       local g, entry = ARGV[j], ARGV[j + 1]
       redis.call('SADD', prefix .. g, cid)
       redis.call('SADD', KEYS[k], g)
@@ -39,10 +53,10 @@ for k = 2, #KEYS do
         presence_set(prefix, g, cid, entry, ARGV[4], ARGV[5])
       end
     end
-    if n > 0 then redis.call('ZADD', KEYS[1], 'NX', due, cid) end
+    redis.call('ZADD', KEYS[1], 'NX', due, cid)
   end
-  listed[k - 1] = redis.call('SMEMBERS', KEYS[k])
-  i = i + 2 + 2 * n
+  listed[k - first + 1] = redis.call('SMEMBERS', KEYS[k])
+  i = i + 3 + 2 * n
 end
 return listed
 """

@@ -8,6 +8,7 @@ from typing import Final
 
 from stabilizer.backends.records import MembershipChange
 from stabilizer.backends.redis.core import RedisCore, now_ms, text
+from stabilizer.backends.redis.keys import since_us
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.backends.redis.routing import RedisRouting
 from stabilizer.backends.redis.spread import CHANGE_ROUND_TRIPS, SpreadSteps, claims_remote
@@ -160,27 +161,39 @@ class RedisGroups:
     async def reconcile(self, local: Mapping[str, Collection[str]], *,
                         restore: bool = False,
                         presence: Mapping[str, Mapping[str, str]] | None = None,
+                        opened: Mapping[str, float] | None = None,
                         ) -> dict[str, list[str]]:
         """One script per batch of clients: SMEMBERS of each client's group set, after
-        SADDs of its local groups (and the missing presence entries) with `restore`."""
+        SADDs of its local groups (and the missing presence entries) with `restore`, but
+        for a client a newer connection on another node holds (`opened`). The script reads
+        presence when it shares the namespace's slot; in other slots, a read before it."""
         core = self._core
         keys = core.keys
+        opened = opened or {}
         if keys.spread:
-            return await self._spread.reconcile(local, restore, presence or {})
+            return await self._spread.reconcile(local, restore, presence or {}, opened)
+        in_script = keys.buckets == 1
+        if restore and not in_script:
+            held = await self._presence.held_elsewhere(
+                {c: since for c, since in opened.items() if local.get(c)})
+            local = {c: () if c in held else groups for c, groups in local.items()}
         clients = sorted(local)
         listed: dict[str, list[str]] = {}
         for start in range(0, len(clients), _RECONCILE_BATCH):
             batch = clients[start:start + _RECONCILE_BATCH]
             args: list[str | int] = [keys.group_prefix, "1" if restore else "0",
-                                     core.orphan_grace_ms, core.node_id, core.publish_command]
+                                     core.orphan_grace_ms, core.node_id, core.publish_command,
+                                     "1" if in_script else "0"]
             for client_id in batch:
                 groups = sorted(local[client_id]) if restore else []
                 entries = (presence or {}).get(client_id, {})
-                args += [client_id, str(len(groups))]
+                since = opened.get(client_id)
+                args += [client_id, "" if since is None else since_us(since), len(groups)]
                 for group in groups:
                     args += [group, entries.get(group, "")]
             reply = await core.call(core.scripts.reconcile_groups(
-                keys=[keys.away, *(keys.client_groups(client_id) for client_id in batch)],
+                keys=[keys.away, *([keys.presence(0)] if in_script else []),
+                      *(keys.client_groups(client_id) for client_id in batch)],
                 args=args,
             ), "reconcile_groups")
             for client_id, groups in zip(batch, reply, strict=True):

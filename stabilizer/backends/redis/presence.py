@@ -4,7 +4,8 @@ also keeps the user hashes (users.py) when they share the slot."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -17,6 +18,7 @@ from stabilizer.backends.redis.keys import (
     parse_entry,
     parse_position,
     seat_of,
+    since_us,
 )
 from stabilizer.errors import ConfigError, ConnectionLimitExceededError, UserConnectionLimitError
 from stabilizer.pure.streams import session_streams
@@ -198,6 +200,24 @@ class RedisPresence:
         key = core.keys.presence(core.keys.bucket_of(client_id))
         raw = await core.call(core.client.hget(key, client_id), "locate")
         return None if raw is None else parse_entry(client_id, raw)
+
+    async def held_elsewhere(self, opened: Mapping[str, float]) -> set[str]:
+        """The clients of `opened` (client id -> when this node's connection of it opened)
+        that presence places on another node through a connection opened then or later
+        (as RESYNC compares them: that node keeps the client). One HGET each, at once."""
+        core = self._core
+        keys = core.keys
+        clients = sorted(opened)
+        found = await asyncio.gather(*(core.call(core.client.hget(
+            keys.presence(keys.bucket_of(client_id)), client_id), "reconcile_groups")
+            for client_id in clients))
+        held: set[str] = set()
+        for client_id, raw in zip(clients, found, strict=True):
+            parts = [] if raw is None else text(raw).split("|", 3)
+            if (len(parts) >= 3 and parts[0] not in ("", core.node_id) and parts[2].isdigit()
+                    and int(parts[2]) >= since_us(opened[client_id])):
+                held.add(client_id)
+        return held
 
 
 def _seat_moves(presence: Presence, value: str, before: Presence | None) -> list[str]:

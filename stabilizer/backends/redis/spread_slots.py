@@ -89,15 +89,21 @@ class SlotSteps:
     # --- reading and restoring ------------------------------------------------------------
 
     async def reconcile(self, local: Mapping[str, Collection[str]], restore: bool,
-                        presence: Mapping[str, Mapping[str, str]]) -> dict[str, list[str]]:
+                        presence: Mapping[str, Mapping[str, str]],
+                        opened: Mapping[str, float]) -> dict[str, list[str]]:
         """RECONCILE_GROUPS: each client's group set (after adding its local groups, with
-        `restore`); restored memberships go back to their groups' sets (with the entries
-        their presence hashes lost), and the restored clients on the away list. Then every
-        group a client's set lists gets the client too (`_complete`)."""
+        `restore`, unless presence, read first, has a newer connection on another node
+        hold the client: see `opened` in GroupStore.reconcile); restored memberships go
+        back to their groups' sets (with the entries their presence hashes lost), and the
+        restored clients on the away list. Then every group a client's set lists gets the
+        client too (`_complete`)."""
         core = self._core
         keys = core.keys
         clients = sorted(local)
         if restore:
+            held = await self._presence.held_elsewhere(
+                {c: since for c, since in opened.items() if local.get(c)})
+            local = {c: () if c in held else groups for c, groups in local.items()}
             await asyncio.gather(*(core.call(core.client.sadd(keys.client_groups(c),
                                                               *sorted(local[c])),
                                              "reconcile_groups")

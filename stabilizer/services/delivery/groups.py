@@ -298,7 +298,9 @@ class Membership:
         """Make the local memberships of `conns` agree with the groups the backend lists
         for their clients (one round trip per batch). With `restore` (the backend lost this
         node's state: it restarted empty, or reaped the node), the backend first takes the
-        local memberships back, with the presence entries this node knows of them. A
+        local memberships back, with the presence entries this node knows of them, except
+        those of a client a newer connection on another node holds (it came back there
+        while this node was cut off: the resync closes the local socket). A
         `node_wide` settle (of every local connection) that began while subscribed ends the
         doubt of the subscription losses before it; it takes the doubted clients too. Each
         client in `doubted` is settled wherever it is now (taken from the doubts: they get
@@ -321,9 +323,11 @@ class Membership:
                 async with self._turns.hold(*local):
                     presence = ({conn.client_id: self._entries(conn) for conn in open_conns}
                                 if restore else None)
+                    opened = ({conn.client_id: conn.created_at for conn in open_conns}
+                              if restore else None)
                     listed = await ctx.ask(
                         ctx.backend.groups.reconcile(local, restore=restore,
-                                                     presence=presence),
+                                                     presence=presence, opened=opened),
                         round_trips=_SETTLE_ROUND_TRIPS + len(local) // _SETTLE_BATCH)
                     for conn in open_conns:
                         await self._agree(conn, listed.get(conn.client_id, []))

@@ -92,12 +92,6 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
     users = Users(ctx, router, closing, admission.retire_pending)
     acks = Acks(ctx, router)
     fanout.on_unackable = acks.unackable
-    listener = Listener(ctx, router, membership, events, on_kick=admission.kick,
-                        on_user_close=users.close_local, on_client_close=users.close_client_local,
-                        on_ack=acks.settle,
-                        on_presence=lambda envelope: _presence(membership, watch, envelope),
-                        on_resubscribing=watch.resubscribing,
-                        keeps_membership=admission.defer_membership)
     reporter = Reporter(ctx, membership.local_groups)
     maintenance = Maintenance(ctx, memory, tokens, connections=admission.connections,
                               kick=admission.kick, close_client=users.close_client_local,
@@ -105,6 +99,12 @@ def assemble(config: WebSocketConfig, backend: Backend, *,
                                   conns, restore=restore, node_wide=True),
                               settle_doubted=membership.settle_doubted,
                               reporter=reporter)
+    listener = Listener(ctx, router, membership, events, on_kick=admission.kick,
+                        on_user_close=users.close_local, on_client_close=users.close_client_local,
+                        on_ack=acks.settle,
+                        on_presence=lambda envelope: _presence(membership, watch, envelope),
+                        on_resubscribing=lambda: _resubscribing(watch, maintenance),
+                        keeps_membership=admission.defer_membership)
     # the listener runs on one node alone too: the backend hands it its own presence
     # changes, in the backend's order (on one node, nothing else arrives)
     loops: dict[str, Loop] = {"heartbeat": liveness.run, "maintenance": maintenance.run,
@@ -132,6 +132,11 @@ def reassemble(earlier: Node, backend: Backend, *, authenticator: Authenticator 
     node.sessions.procedures.adopt(earlier.sessions.procedures)
     node.sessions.channels.adopt(earlier.sessions.channels)
     return node
+
+
+def _resubscribing(watch: PresenceWatch, maintenance: Maintenance) -> None:
+    watch.resubscribing()
+    maintenance.resubscribing()  # (its settle follows as soon as the subscription is back)
 
 
 def _presence(membership: Membership, watch: PresenceWatch, envelope: Envelope) -> None:

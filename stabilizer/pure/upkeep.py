@@ -4,9 +4,11 @@ loop that acts on it.
 
 The upkeep (keepalive, the node's report, the session sweep) is due at once, then every
 ``node_ttl / 3`` after the last one ended, or sooner after a failure (a backoff, never
-longer than the period). The memory check is due every ``memory_check_interval``. A loop
-that woke for one does not run the other: a memory check every 50 ms leaves the upkeep at
-its own pace (each upkeep walks every local connection for the report).
+longer than the period) or when the loop hurries it (a subscription back after a loss: the
+settle that follows must not wait for the period). The memory check is due every
+``memory_check_interval``. A loop that woke for one does not run the other: a memory check
+every 50 ms leaves the upkeep at its own pace (each upkeep walks every local connection for
+the report).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class UpkeepSchedule:
         if retry_in is not None:
             wait = min(wait, max(RETRY_FLOOR, retry_in))
         self.next_upkeep = now + wait
+
+    def hurry(self, now: float) -> None:
+        """The upkeep is due at `now`, whenever it was due before."""
+        self.next_upkeep = min(self.next_upkeep, now)
 
     def checked(self, now: float) -> None:
         """A memory check ran at `now`."""

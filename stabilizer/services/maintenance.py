@@ -81,6 +81,7 @@ class Maintenance:
         self._keys_due = False  # sync the shared token keys at the next step
         self._settle_due = False  # settle again once the subscription is back
         self._restore_groups = False  # the backend lost our memberships: give them back
+        self._resubscribing = asyncio.Event()  # the listener lost its subscription
         self._backend_log = RateLimitedLog(logger)
 
     async def run(self) -> None:
@@ -102,7 +103,28 @@ class Maintenance:
                     self._memory.check()
                 except Exception:
                     logger.exception("memory check failed; the loop goes on")
-            await asyncio.sleep(max(0.0, schedule.next_wake() - loop.time()))
+            if await self._pause(max(0.0, schedule.next_wake() - loop.time())):
+                schedule.hurry(loop.time())
+
+    def resubscribing(self) -> None:
+        """The listener lost its subscription and subscribes again: the next upkeep runs as
+        soon as it is back, so that its settle carries out the membership changes lost with
+        it (MEMBERSHIP envelopes published to nobody) now rather than at the upkeep's time."""
+        self._resubscribing.set()
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep `seconds`; True, sooner, once the subscription is back after a loss."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._resubscribing.wait()
+                if self._ctx.follows_others:
+                    await self._ctx.backend.routing.subscribed.wait()
+        except TimeoutError:
+            return False
+        self._resubscribing.clear()
+        if not self._is_subscribed():  # (lost again since: wait for it once more)
+            self._resubscribing.set()
+        return True
 
     async def _upkeep(self, failures: int) -> int:
         """Run one step; return the failures in a row since the last that succeeded."""

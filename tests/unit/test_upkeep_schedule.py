@@ -54,3 +54,15 @@ def test_the_upkeep_is_due_at_start_and_the_check_a_period_later() -> None:
     schedule.upkept(100.2)
     assert schedule.next_wake() == 100.5
     assert schedule.due(100.5) == (False, True)
+
+
+def test_a_hurried_upkeep_is_due_at_once_and_then_keeps_its_period() -> None:
+    schedule = UpkeepSchedule(3.0, 60.0, now=0.0)
+    schedule.upkept(0.1)
+    schedule.hurry(1.0)  # a subscription back after a loss
+    assert schedule.due(1.0) == (True, False)
+    schedule.upkept(1.2)
+    assert schedule.next_wake() == 4.2
+    schedule.upkept(2.0, retry_in=0.5)
+    schedule.hurry(3.0)  # never later than it was due
+    assert schedule.next_wake() == 2.5

@@ -231,7 +231,8 @@ class NodeRegistry(Protocol):
         client id); one that finds its user full takes the seat of the user's newest
         connection if that is newer than itself (its node gets a CLIENT_CLOSE naming it,
         USER_LIMIT; this node's own come back in ``over_limit``), else it gets none and is
-        not registered. A connection's seat already recorded stays without a check.
+        not registered. A connection's seat already recorded stays without a check, and so
+        does one in ``user_limit.seated`` (the store admitted it, then lost writes).
 
         Returns the client ids another node keeps (their local sockets are stale: the
         caller closes them as replaced) and this node's connections past their user's

@@ -147,10 +147,14 @@ class Liveness:
 class UserLimit:
     """max_connections_per_user as a resync keeps it: each user's oldest connections (by
     ``since``, then client id) keep their seats; a newer one past the limit closes with
-    USER_LIMIT, on another node with `reason` (its retry advice)."""
+    USER_LIMIT, on another node with `reason` (its retry advice). The connections in
+    `seated` (conn ids) were admitted by a store that has since lost writes: they take a
+    seat again without the check, since a seat the older data restored may name a
+    connection that is long gone, and only its node can tell."""
 
     max_connections: int
     reason: str = ""
+    seated: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

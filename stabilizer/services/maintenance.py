@@ -82,6 +82,7 @@ class Maintenance:
         self._settle_due = False  # settle again once the subscription is back
         self._restore_groups = False  # the backend lost our memberships: give them back
         self._resubscribing = asyncio.Event()  # the listener lost its subscription
+        self._lost_writes = False  # the store restarted or failed over since the last settle
         self._backend_log = RateLimitedLog(logger)
 
     async def run(self) -> None:
@@ -201,6 +202,7 @@ class Maintenance:
             logger.warning("the backend restarted or failed over; re-registering presence")
             ctx.want_resync()
             self._restore_groups = True
+            self._lost_writes = True
             self._keys_due = True
         elif seen is None:
             self._keys_due = True
@@ -241,6 +243,7 @@ class Maintenance:
         await self._resync(claim_all=restore)
         if restore:  # (a settle that failed gives back and claims again: both idempotent)
             self._restore_groups = False
+            self._lost_writes = False
 
     async def _resync(self, *, claim_all: bool = False) -> None:
         """Register the local connections' presence again. `claim_all`: the store lost
@@ -257,10 +260,14 @@ class Maintenance:
         # (unless the store lost that write: claim_all)
         claims = {c.client_id for c in conns if claim_all or not c.registered}
         limit = ctx.config.max_connections_per_user
+        # a store that lost writes may hold seats of connections gone since (older data):
+        # those it had admitted keep their seats rather than close for such a seat
+        seated = frozenset(c.conn_id for c in conns if c.registered and self._lost_writes)
         try:
             resynced = await ctx.ask(ctx.backend.liveness.resync(
                 local, claims=claims, session_ttl=self._session_ttl(), listed_at=listed_at,
-                user_limit=None if limit is None else UserLimit(limit, self._retry_advice())),
+                user_limit=None if limit is None else UserLimit(
+                    limit, self._retry_advice(), seated)),
                 round_trips=4 + len(local) // 200)
         except BaseException:
             ctx.want_resync()

@@ -263,6 +263,25 @@ async def test_a_resync_past_the_limit_returns_a_newer_connection_of_its_own_nod
     assert seated_again == Resynced()  # a recorded seat stays without a check
 
 
+async def test_a_resync_seats_a_connection_the_store_admitted_before_it_lost_writes(
+    open_node: NodeFactory,
+) -> None:
+    """A store restored from older data holds the seat of a tab gone since (on node b,
+    older): a's newer tab, which the store had admitted, is `seated`: it keeps its seat
+    instead of closing for one no connection holds, and b's is left to b."""
+    a, b = await open_node("node-a", buckets=1), await open_node("node-b", buckets=1)
+    start = time.time()
+    await b.presence.register(tab_at("ann/gone", "node-b", start), max_cluster=None,
+                              seat=Seat("", 1))
+    live = tab_at("ann/live", "node-a", start + 1)
+    resynced = await a.liveness.resync(
+        [live], user_limit=UserLimit(1, seated=frozenset({live.conn_id})))
+    assert resynced == Resynced()
+    assert [p.client_id for p in await a.users.connections("ann")] == ["ann/gone",
+                                                                        "ann/live"]
+    assert await a.liveness.resync([live], user_limit=UserLimit(1)) == Resynced()
+
+
 async def test_a_resync_without_a_limit_seats_every_connection(
     open_node: NodeFactory,
 ) -> None:

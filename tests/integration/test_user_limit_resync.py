@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from stabilizer import CloseCode, Identity, WebSocketConfig, WebSocketConnectionManager
 from stabilizer.pure.wire import Envelope, Kind, close_body, encode
 from tests.conftest import ManagerFactory
 from tests.integration.test_emitter import until
+from tests.integration.test_store_incarnation import resyncs
 from tests.integration.test_users import Tab
 from tests.support.fakes import FakeSocket
 from tests.support.redis_server import RedisServer
@@ -167,3 +169,39 @@ async def test_a_close_naming_an_earlier_connection_leaves_the_clients_newer_one
     assert await b.backend.routing.route("alice", close("an-earlier-conn", "not this one"))
     assert await b.backend.routing.route("alice", close(located.conn_id, "this one"))
     assert await socket.wait_closed() == (CloseCode.USER_LIMIT, "this one")
+
+
+async def test_a_seat_an_older_snapshot_names_does_not_close_the_users_live_tab(
+    private_redis: RedisServer, namespace: str, make_manager: ManagerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis restarts from a snapshot taken while the user's first tab (since closed) was
+    on a: the seat it restores names a connection that is gone. b's resync after the
+    incarnation change re-registers the tab the store had admitted in its place: the stale
+    seat must not count against it, or the user's only live tab closes with USER_LIMIT."""
+    options: dict[str, Any] = {"redis_url": private_redis.url, "namespace": namespace,
+                               "max_connections_per_user": 1, "op_timeout": 0.5, **QUIET}
+    # a's liveness entry outlives the test: no reap drops the stale seat before b resyncs
+    a = make_manager(WebSocketConfig(node_id="a", node_ttl=60.0, **options))
+    b = make_manager(WebSocketConfig(node_id="b", node_ttl=1.5, **options))
+    store = Redis.from_url(private_redis.url)
+    try:
+        await a.start()
+        await b.start()
+        first = await tab(a, "ann/1")
+        await store.save()  # what the restart loads: ann/1 seated on a
+        await leave(first)
+        live = await tab(b, "ann/2")
+        await a.graceful_shutdown(timeout=2.0)  # (only b settles: the stale seat stays)
+        ended = resyncs(b, monkeypatch)
+
+        await asyncio.to_thread(private_redis.restart)
+        async with asyncio.timeout(RECOVERY):
+            await ended.get()
+
+        assert b.is_connected("ann/2")
+        assert live.ws.closed is None
+        assert "ann/2" in await seats(b)
+        await leave(live)
+    finally:
+        await store.aclose()

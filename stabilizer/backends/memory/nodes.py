@@ -322,7 +322,8 @@ class MemoryLiveness:
                                           presence.since <= elsewhere.since):
                 lost.append(presence.client_id)
                 continue
-            if user_limit is not None and not seat_room(hub, me, presence, user_limit, over):
+            if (user_limit is not None and presence.conn_id not in user_limit.seated
+                    and not seat_room(hub, me, presence, user_limit, over)):
                 over[(presence.client_id, presence.conn_id)] = None
                 if current is not None and elsewhere is None and (
                         current.conn_id != presence.conn_id):  # one it replaced here

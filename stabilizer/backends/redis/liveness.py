@@ -177,6 +177,7 @@ class RedisLiveness:
         for presence in sorted(local, key=lambda p: (since_us(p.since), p.client_id)):
             by_bucket.setdefault(keys.bucket_of(presence.client_id), []).append(presence)
         limit = user_limit.max_connections if user_limit is not None else 0
+        seated = user_limit.seated if user_limit is not None else frozenset()
         close = pack_str(close_body(int(CloseCode.USER_LIMIT),
                                     user_limit.reason if user_limit is not None else ""))
         for bucket, entries in by_bucket.items():
@@ -189,7 +190,8 @@ class RedisLiveness:
                 for presence in batch:
                     args += [presence.client_id, entry_of(presence),
                              kick_prefix(core.node_id, presence.client_id),
-                             "1" if presence.client_id in claims else "0", _seat(presence)]
+                             "1" if presence.client_id in claims else "0", _seat(presence),
+                             "1" if presence.conn_id in seated else "0"]
                 kept, refused = await core.call(core.scripts.resync(
                     keys=[keys.presence(bucket), keys.node_set(bucket, core.node_id)],
                     args=args,

@@ -142,7 +142,8 @@ return {removed, later}
 #       prefix, 6 users set, 7 '1' when the user hashes share this slot, 8 the users'
 #       connection limit (0 = none; only with 7), 9 CLIENT_CLOSE prefix (wire.py), 10 the
 #       packed close body of a connection past the limit, then (client_id, entry, kick
-#       envelope prefix, '1' if it may claim, user seat or '') quintuples, oldest first.
+#       envelope prefix, '1' if it may claim, user seat or '', '1' if it is seated without
+#       the limit) sextuples, oldest first.
 # Re-registers entries that are absent or still ours (and their users' seats). Where
 # another node holds a client, that entry stays, unless ours may claim (it was admitted
 # while this node was cut off, so it never overwrote anything) and connected later: then
@@ -150,7 +151,9 @@ return {removed, later}
 # of this node naming a newer connection (admitted while the caller listed its connections)
 # stays as it is. A connection that needs a seat of a user holding the limit gets one only
 # by taking a newer connection's (seat_room); else it is not registered (and an entry of
-# this node for an earlier connection of its client, which it replaced here, goes).
+# this node for an earlier connection of its client, which it replaced here, goes). One
+# seated without the limit (the store admitted it, then lost writes: a seat the older
+# data restored may name a connection that is gone) gets its seat back unchecked.
 # Returns {client ids another node keeps (our local sockets of them are stale and must
 # close), {client id, conn id, ...} of our connections past their user's limit}.
 RESYNC: Final = SEATS_LIB + SEAT_LIMIT_LIB + """
@@ -158,7 +161,7 @@ local lost = {}
 local seats, ulimit = ARGV[7] == '1', tonumber(ARGV[8])
 local lim = {node = ARGV[1], over = {}, publish = ARGV[4], channels = ARGV[3],
              head = ARGV[9], body = ARGV[10]}
-for i = 11, #ARGV, 5 do
+for i = 11, #ARGV, 6 do
   local cid, entry = ARGV[i], ARGV[i + 1]
   local cur = redis.call('HGET', KEYS[1], cid)
   local node, conn, since
@@ -171,7 +174,7 @@ for i = 11, #ARGV, 5 do
   local claim = not take and ARGV[i + 3] == '1' and node and since and mine
     and mine > tonumber(since)
   local user = entry_user(entry)
-  if (take or claim) and seats and user
+  if (take or claim) and seats and user and ARGV[i + 5] ~= '1'
       and not seat_room(ARGV[5], ARGV[6], user, cid, mine, ulimit, lim) then
     table.insert(lim.over, cid)
     table.insert(lim.over, mconn)

@@ -85,7 +85,7 @@ class RedisInspector:
         """Every group with members: SCAN MATCH on the group sets, then SCARD in batches."""
         client = self._client
         prefix, suffix = self._keys.group_key_bounds
-        pattern = _escaped(prefix) + "*" + _escaped(suffix)
+        pattern = self._keys.group_key_pattern
         keys: dict[str, bytes] = {}
         # scan_iter: one SCAN cursor, or one per master of a Cluster (redis-py walks them)
         found = client.scan_iter(match=pattern, count=1000)
@@ -117,8 +117,3 @@ class RedisInspector:
             return None if raw is None else int(raw)
         except ValueError:  # (not what a node writes: a damaged or foreign key)
             return None
-
-
-def _escaped(literal: str) -> str:
-    """`literal` as a SCAN MATCH pattern that matches only itself."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in literal)

@@ -285,6 +285,12 @@ class KeyLayout:
             return f"{{{self.namespace}:g:", "}:m"
         return self.group_prefix, ""
 
+    @property
+    def group_key_pattern(self) -> str:
+        """A SCAN MATCH pattern of every group member set's key (the namespace escaped)."""
+        prefix, suffix = self.group_key_bounds
+        return _escaped(prefix) + "*" + _escaped(suffix)
+
     def client_groups(self, client_id: str) -> str:
         """Set: the groups of `client_id`."""
         if self.spread:
@@ -341,3 +347,8 @@ class KeyLayout:
 
     def _group_of(self, stream: str) -> str | None:
         return stream[2:] if self.spread and stream.startswith("g:") else None
+
+
+def _escaped(literal: str) -> str:
+    """`literal` as a SCAN MATCH pattern that matches only itself."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in literal)

@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from stabilizer.backends.redis.core import RedisCore, now_ms, text
 from stabilizer.backends.redis.presence import RedisPresence
 from stabilizer.pure.streams import group_stream
 from stabilizer.pure.wire import Envelope, Kind, encode, event_body
 from stabilizer.results import ClusterEvent
+
+#: Group sets read at once while looking for memberships a restarted master gave back.
+_GROUP_BATCH: Final = 200
 
 
 class SlotSteps:
@@ -94,9 +97,10 @@ class SlotSteps:
         """RECONCILE_GROUPS: each client's group set (after adding its local groups, with
         `restore`, unless presence, read first, has a newer connection on another node
         hold the client: see `opened` in GroupStore.reconcile); restored memberships go
-        back to their groups' sets (with the entries their presence hashes lost), and the
-        restored clients on the away list. Then every group a client's set lists gets the
-        client too (`_complete`)."""
+        back to their groups' sets (with the entries their presence hashes lost), the
+        restored clients on the away list, and what a group's set lists beyond its
+        client's set goes (`_unlist_returned`). Then every group a client's set lists gets
+        the client too (`_complete`)."""
         core = self._core
         keys = core.keys
         clients = sorted(local)
@@ -118,6 +122,7 @@ class SlotSteps:
             due = now_ms() + core.orphan_grace_ms
             await asyncio.gather(*(self._away(c, due, "reconcile_groups", only_new=True)
                                    for c in clients if local[c]))
+            await self._unlist_returned(local)
         replies = await asyncio.gather(*(core.call(core.scripts.client_list(
             keys=[keys.client_groups(c), keys.leaving(c)], args=[]), "reconcile_groups")
             for c in clients))
@@ -128,6 +133,74 @@ class SlotSteps:
         await self._complete(listed)
         await self._finish_leaving(leaving)
         return listed
+
+    async def _unlist_returned(self, local: Mapping[str, Collection[str]]) -> None:
+        """After the store lost writes: take the clients of `local` out of every group whose
+        set lists one of them while neither its connection here nor its own group set does
+        (a group's master restarted from data older than a leave its client's master kept:
+        nothing else would ever take it out). Every group set is looked at (a SCAN of each
+        master), each one read only as far as it may hold these clients; a membership
+        taken out goes back where the client's set lists its group by then (a join ran
+        meanwhile), as `_complete` does the other way round."""
+        clients = sorted(local)
+        if not clients:
+            return
+        listing: dict[str, list[str]] = defaultdict(list)  # client -> groups listing it
+        names = await self._group_names()
+        for start in range(0, len(names), _GROUP_BATCH):
+            chunk = names[start:start + _GROUP_BATCH]
+            held = await asyncio.gather(*(self._members_among(g, clients) for g in chunk))
+            for group, members in zip(chunk, held, strict=True):
+                for client_id in members:
+                    if group not in local[client_id]:
+                        listing[client_id].append(group)
+        returned = await self._unlisted(listing)
+        await asyncio.gather(*(self._group(g, "leave", sorted(returned[g]))
+                               for g in sorted(returned)))
+        joined = await self._unlisted(_by_client(returned), listed=True)
+        await asyncio.gather(*(self._group(g, "restore", [part for c in sorted(joined[g])
+                                                          for part in (c, "")])
+                               for g in sorted(joined)))
+
+    async def _group_names(self) -> list[str]:
+        """The name of every group with a member set (SCAN MATCH, on each master)."""
+        core = self._core
+        prefix, suffix = core.keys.group_key_bounds
+        found = core.client.scan_iter(match=core.keys.group_key_pattern, count=1000,
+                                      _type="set")
+        names: set[str] = set()
+        while True:
+            try:
+                key = text(await core.call(anext(found), "reconcile_groups"))
+            except StopAsyncIteration:
+                return sorted(names)
+            names.add(key[len(prefix):len(key) - len(suffix)])
+
+    async def _members_among(self, group: str, clients: list[str]) -> list[str]:
+        """Which of `clients` the group's set lists: its members read when fewer, else
+        SMISMEMBER of the clients."""
+        core = self._core
+        key = core.keys.group(group)
+        if int(await core.call(core.client.scard(key), "reconcile_groups")) <= len(clients):
+            wanted = set(clients)
+            return [m for m in await core.scan_set(key, "reconcile_groups") if m in wanted]
+        flags = await core.call(core.client.smismember(key, clients), "reconcile_groups")
+        return [c for c, member in zip(clients, flags, strict=True) if int(member)]
+
+    async def _unlisted(self, groups_of: Mapping[str, Collection[str]], *,
+                        listed: bool = False) -> dict[str, set[str]]:
+        """By group, the clients whose own group set does not list it (`listed`: does)."""
+        core = self._core
+        clients = sorted(c for c, groups in groups_of.items() if groups)
+        asked = {c: sorted(groups_of[c]) for c in clients}
+        flags = await asyncio.gather(*(core.call(core.client.smismember(
+            core.keys.client_groups(c), asked[c]), "reconcile_groups") for c in clients))
+        found: dict[str, set[str]] = defaultdict(set)
+        for client_id, marks in zip(clients, flags, strict=True):
+            for group, mark in zip(asked[client_id], marks, strict=True):
+                if bool(int(mark)) == listed:
+                    found[group].add(client_id)
+        return found
 
     async def _finish_leaving(self, leaving: Mapping[str, Collection[str]]) -> None:
         """Leave what an end that was cut short still lists in a client's leaving set (one
@@ -198,3 +271,12 @@ class SlotSteps:
         found = await asyncio.gather(*(core.call(core.client.hget(
             core.keys.group_presence(g), client_id), "presence_entries") for g in wanted))
         return {g: text(raw) for g, raw in zip(wanted, found, strict=True) if raw}
+
+
+def _by_client(by_group: Mapping[str, Collection[str]]) -> dict[str, list[str]]:
+    """{group: clients} turned into {client: groups}."""
+    by_client: dict[str, list[str]] = defaultdict(list)
+    for group, clients in by_group.items():
+        for client_id in clients:
+            by_client[client_id].append(group)
+    return by_client

@@ -58,10 +58,12 @@ class PresenceStore(Protocol):
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
                        end_groups: bool = False, seat: Seat | None = None,
-                       baselines: bool = False,
+                       baselines: bool = False, fresh: bool = False,
                        abandoned: Callable[[], None] | None = None) -> Registration:
         """Record `presence` in one round trip; tell a previous owner node (another one) to
-        close its socket of the client with a KICK naming that socket's conn id. With
+        close its socket of the client with a KICK naming that socket's conn id (`fresh`:
+        the connection does not resume the client's session, and the KICK says so: no
+        replay will carry what that socket awaits to the client again). With
         `end_groups`, whatever group memberships the client has end too (a connection
         without history begins with none: a previous connection's, or one an earlier
         connection's node wrote after its client was swept), in the same step when the

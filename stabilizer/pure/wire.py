@@ -27,6 +27,8 @@ from stabilizer.results import ClusterEvent
 
 WIRE_VERSION: Final = 1
 _FIELDS: Final = 7
+#: The payload of a KICK whose replacing connection began a fresh session.
+FRESH: Final = "fresh"
 #: How deep the JSON payload of an EVENT, USER_CLOSE or CLIENT_CLOSE may nest (one level).
 _PAYLOAD_DEPTH: Final = 2
 
@@ -36,7 +38,9 @@ class Kind(IntEnum):
 
     BROADCAST = 1  # deliver `payload` to every local client except `exclude`
     DIRECT = 2  # deliver `payload` to local client `target`
-    KICK = 3  # close local client `target` if its conn_id is `ref` (it was replaced)
+    KICK = 3  # close local client `target` if its conn_id is `ref` (it was replaced);
+    # `payload` FRESH when the replacing connection began a fresh session (nil: it resumed
+    # the session, or its node is of an older version, which does not say)
     GROUP = 4  # deliver `payload` to local members of group `target` except `exclude`
     EVENT = 5  # a cluster event; `payload` is its JSON text
     MEMBERSHIP = 6  # local client `target` joins (`ref` "join") or leaves group `payload`;
@@ -122,10 +126,11 @@ def sequenced_prefix(envelope: Envelope) -> bytes:
     return array_prefix(_fields(envelope), _FIELDS + 2)
 
 
-def kick_prefix(origin: str, client_id: str) -> bytes:
-    """A KICK envelope up to its last field, the replaced conn id, which only Redis knows.
-    (One per connect: the part before the client id is the node's, packed once.)"""
-    return _kick_head(origin) + pack_str(client_id) + _TWO_NILS
+def kick_prefix(origin: str, client_id: str, *, fresh: bool = False) -> bytes:
+    """A KICK envelope up to its last field, the replaced conn id, which only Redis knows;
+    `fresh`: the replacing connection begins a fresh session (its payload says so). (One
+    per connect: the part before the client id is the node's, packed once.)"""
+    return _kick_head(origin) + pack_str(client_id) + (_FRESH_NIL if fresh else _TWO_NILS)
 
 
 def pack_str(value: str) -> bytes:
@@ -147,6 +152,7 @@ def pack_str(value: str) -> bytes:
 
 
 _TWO_NILS: Final[bytes] = msgpack.packb(None) * 2
+_FRESH_NIL: Final[bytes] = pack_str(FRESH) + msgpack.packb(None)
 
 
 @functools.lru_cache(maxsize=16)

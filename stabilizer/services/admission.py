@@ -57,6 +57,9 @@ class Seated:
 
 ANONYMOUS: Final = Seated()  # an anonymous plain client
 _REPLACED: Final = (int(CloseCode.REPLACED), "replaced by a connection on another node")
+#: A pending connection's close once admitted: (code, reason, True when replaced by a
+#: connection that began a fresh session: Closing.retire's `afresh`).
+Retired = tuple[int, str, bool]
 _MAX_DEFERRED: Final = 64  # MEMBERSHIP envelopes kept per client being admitted
 #: What ends an admission with nothing of it left in the store: a registration refused, or
 #: a settle that unregistered it (a shutdown began meanwhile).
@@ -92,7 +95,7 @@ class Admission:
         self._pending: dict[str, Connection] = {}  # by conn id, until admitted or refused
         # pending conn ids closed meanwhile (replaced on another node, or a disconnect of
         # their client or user), with the close they get once admitted
-        self._retired: dict[str, tuple[int, str]] = {}
+        self._retired: dict[str, Retired] = {}
         # conn ids in the pool whose admission has not announced them yet (a fresh
         # session's catch-up, the connect hooks): a kick of one is kept like a pending one's
         self._entering: set[str] = set()
@@ -227,7 +230,7 @@ class Admission:
         a fresh session's streams (with history)."""
         baselines, taken = await self._opening.settle(conn, resuming, registration)
         if taken:  # a newer socket opened the session first: closed once admitted
-            self._retired[conn.conn_id] = _REPLACED
+            self._retired[conn.conn_id] = (*_REPLACED, False)
         if not self._ctx.is_accepting:  # shutdown began while we waited on the backend
             await self._closing.unregister(conn)
             raise ShutdownError("node is shutting down; connect to another node")
@@ -245,7 +248,7 @@ class Admission:
         replaced = ctx.pool.put(conn)
         if replaced is not None:
             self._closing.retire(replaced, CloseCode.REPLACED, "replaced by a newer connection",
-                                 in_pool=False)
+                                 in_pool=False, afresh=self._afresh(resuming))
         for stream, (offset, epoch) in baselines.items():
             # the node follows the client's streams from where its session begins, so that
             # a catch-up after a lost subscription covers them (its forget() unfollows them)
@@ -266,10 +269,10 @@ class Admission:
             self._entering.discard(conn.conn_id)
         retired = self._retired.pop(conn.conn_id, None)
         if retired is not None and conn.is_open:
-            code, reason = retired
+            code, reason, afresh = retired
             logger.info("client %r (conn %s) was closed (code %d) while admitted here",
                         conn.client_id, conn.conn_id, code)
-            self._closing.retire(conn, code, reason)
+            self._closing.retire(conn, code, reason, afresh=afresh)
         return conn
 
     async def _announce(self, conn: Connection, resuming: bool) -> None:
@@ -323,24 +326,25 @@ class Admission:
         would report them closed and leave them open."""
         doomed = [conn for conn in self._pending.values() if match(conn)]
         for conn in doomed:
-            self._retired.setdefault(conn.conn_id, (code, reason))
+            self._retired.setdefault(conn.conn_id, (code, reason, False))
         return len(doomed)
 
-    def kick(self, client_id: str, conn_id: str | None) -> None:
+    def kick(self, client_id: str, conn_id: str | None, afresh: bool = False) -> None:
         """Another node registered `client_id`: close our connection `conn_id` of it, now
         or as soon as its admission completes (it may be in the pool already, catching up
-        or running its connect hooks: it is announced connected first)."""
+        or running its connect hooks: it is announced connected first). `afresh`: the
+        newer connection began a fresh session (the KICK said so)."""
         pending = self._pending.get(conn_id) if conn_id is not None else None
         if pending is not None and pending.client_id == client_id:
-            self._retired[pending.conn_id] = _REPLACED
+            self._retired[pending.conn_id] = (*_REPLACED, afresh)
             return
         conn = self._ctx.pool.get(client_id)
         if conn is None or conn_id not in (None, conn.conn_id):
             return
         if conn.conn_id in self._entering:  # carried out once announced, as a pending one's
-            self._retired[conn.conn_id] = _REPLACED
+            self._retired[conn.conn_id] = (*_REPLACED, afresh)
         else:
-            self._closing.kick(conn)
+            self._closing.kick(conn, afresh=afresh)
 
     def _registering(self, conn: Connection, resuming: bool) -> Awaitable[Registration]:
         """The backend's register call for `conn` (without history, a connection begins with
@@ -359,5 +363,10 @@ class Admission:
         history = ctx.config.history_enabled
         return ctx.backend.presence.register(
             presence, max_cluster=ctx.config.max_cluster_connections,
-            end_groups=not history, seat=seat,
-            baselines=history and not resuming, abandoned=partial(self._abandon, conn))
+            end_groups=not history, seat=seat, baselines=history and not resuming,
+            fresh=self._afresh(resuming), abandoned=partial(self._abandon, conn))
+
+    def _afresh(self, resuming: bool) -> bool:
+        """Whether a connection admitted so begins afresh: no replay of the session it
+        replaces carries what the replaced socket awaits to its client again."""
+        return not (resuming and self._ctx.config.history_enabled)

@@ -151,7 +151,7 @@ class Closing:
 
     async def _close_and_settle(self, conn: Connection, code: int, reason: str,
                                 keep_session: bool | None, *, unregister: bool = True,
-                                client_code: int | None = None) -> None:
+                                client_code: int | None = None, afresh: bool = False) -> None:
         unregistered = Unregistered.KEPT
         try:
             async with self._slots:
@@ -161,7 +161,7 @@ class Closing:
         finally:  # cancelled before the close: nobody may wait for a close that never comes
             conn.socket_done()
         await self.settle(conn, code, reason, keep_session, unregistered=unregistered,
-                          client_code=client_code)
+                          client_code=client_code, afresh=afresh)
 
     def detach(self, conn: Connection, *, in_pool: bool = True) -> bool:
         """Synchronously take `conn` out of service; False if it already was."""
@@ -181,11 +181,12 @@ class Closing:
             self._departed.setdefault(owner, set()).add(conn.client_id)
 
     def retire(self, conn: Connection, code: int, reason: str, *, in_pool: bool = True,
-               client_code: int | None = None) -> None:
+               client_code: int | None = None, afresh: bool = False) -> None:
         """The node closes `conn` (replaced, timed out, evicted, failed, its client gone):
         take it out of service now and close its socket in a task of the node. Its handler's
         later disconnect() of the client does nothing. `client_code`: the client closed
-        first, with that code (its session stays resumable)."""
+        first, with that code (its session stays resumable). `afresh`: replaced by a
+        connection that began a fresh session (Settlement.settle)."""
         if not self.detach(conn, in_pool=in_pool):
             return
         self._departed_from(conn)
@@ -202,7 +203,7 @@ class Closing:
         self._ctx.tasks.spawn(
             self._close_and_settle(conn, code, reason, True if client_code is not None else None,
                                    unregister=code != CloseCode.REPLACED or conn.resynced,
-                                   client_code=client_code),
+                                   client_code=client_code, afresh=afresh),
             name=f"stabilizer-close-{conn.conn_id}")
 
     def on_conn_failed(self, conn: Connection, code: CloseCode, reason: str) -> None:
@@ -239,9 +240,11 @@ class Closing:
             logger.info("closing client %r on request (code %d)", client_id, code)
             self.retire(conn, code, reason)
 
-    def kick(self, conn: Connection) -> None:
-        """Another node (or a resync) found a newer connection of this client."""
-        self.retire(conn, CloseCode.REPLACED, "replaced by a connection on another node")
+    def kick(self, conn: Connection, *, afresh: bool = False) -> None:
+        """Another node (or a resync) found a newer connection of this client (`afresh`:
+        one that began a fresh session)."""
+        self.retire(conn, CloseCode.REPLACED, "replaced by a connection on another node",
+                    afresh=afresh)
 
     async def refuse(self, websocket: SocketLike, client_id: str | None, code: int,
                      reason: str) -> None:
@@ -293,9 +296,10 @@ class Closing:
     async def settle(self, conn: Connection, code: int, reason: str,
                      keep_session: bool | None, *,
                      unregistered: Unregistered = Unregistered.KEPT,
-                     client_code: int | None = None, by: float | None = None) -> None:
+                     client_code: int | None = None, by: float | None = None,
+                     afresh: bool = False) -> None:
         """Once the socket of `conn` is closed, settle its end with the store and the
         application, once (Settlement.settle)."""
         await self._settlement.settle(conn, code, reason, keep_session,
                                       unregistered=unregistered, client_code=client_code,
-                                      by=by)
+                                      by=by, afresh=afresh)

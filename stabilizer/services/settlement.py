@@ -93,13 +93,16 @@ class Settlement:
     async def settle(self, conn: Connection, code: int, reason: str,
                      keep_session: bool | None, *,
                      unregistered: Unregistered = Unregistered.KEPT,
-                     client_code: int | None = None, by: float | None = None) -> None:
+                     client_code: int | None = None, by: float | None = None,
+                     afresh: bool = False) -> None:
         """Bookkeeping once a socket is closed: groups, session, hooks, events (once).
         `unregistered`: what the close's unregister did (it may have ended the client's
         memberships already). `client_code`: the client closed first, with that code (what
         the log and the hooks report; `code` is what the server closed with). `by` (the
         loop's clock; a shutdown's deadline): the store's part stops then, unfinished (as
-        when the store cannot be reached), and the hooks run all the same."""
+        when the store cannot be reached), and the hooks run all the same. `afresh`: it
+        was replaced by a connection that began a fresh session (not a resume): with
+        history too, no replay carries the tokens it awaited to the client again."""
         conn.finish_close()
         self._ctx.stats.disconnects += 1
         reported, said = (code, reason) if client_code is None else (client_code,
@@ -108,7 +111,7 @@ class Settlement:
                     reported)
         try:
             async with asyncio.timeout_at(by):
-                await self._bookkeeping(conn, code, keep_session, unregistered)
+                await self._bookkeeping(conn, code, keep_session, unregistered, afresh)
         except TimeoutError:  # (only a shutdown sets `by`)
             self._backend_log.warning("bookkeeping of %r unfinished at the shutdown's "
                                       "deadline", conn.client_id)
@@ -116,7 +119,7 @@ class Settlement:
                                         replaced=code == CloseCode.REPLACED)
 
     async def _bookkeeping(self, conn: Connection, code: int, keep_session: bool | None,
-                           unregistered: Unregistered) -> None:
+                           unregistered: Unregistered, afresh: bool) -> None:
         """The store's part of a close: the client's groups and session."""
         # a join or leave in flight finishes first: its backend write must not land after
         # the session's end (the client would stay a member for good)
@@ -138,8 +141,10 @@ class Settlement:
             # end what the newer socket joined, as a replacement's would
             newer = self._ctx.pool.get(conn.client_id) not in (None, conn)
             # without history nothing carries its tokens again; with, a replay to the
-            # session does (to a newer socket too), unless this socket held it and ended it
-            ended = not self._ctx.config.history_enabled
+            # session does (to a newer socket too), unless this socket held it and ended it,
+            # or a newer socket began a fresh session instead of resuming it (it replays
+            # nothing from before it began)
+            ended = not self._ctx.config.history_enabled or afresh
             if code != CloseCode.REPLACED and not newer:
                 closed = await self._settle_session(conn, code, keep_session, had_groups)
                 ended = ended or (closed and unregistered is not Unregistered.KEPT)

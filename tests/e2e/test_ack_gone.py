@@ -149,3 +149,22 @@ async def test_a_plain_client_replayed_the_message_on_its_return_fails_the_send(
                                                                               True)
         async with asyncio.timeout(15):
             assert await sending == {"error": "AckUnsupportedError"}
+
+
+async def test_a_send_fails_once_a_fresh_session_of_its_client_replaced_the_socket(
+    v2_replicas: V2Replicas,
+) -> None:
+    """Found by review: with history, the client came back without its reconnect token (a
+    fresh session, on another replica) while the socket it got the message on was open.
+    The replaced socket's replica was not told how the newer one began, so it kept waiting
+    for a replay that a fresh session never sends: the send waited out its timeout."""
+    asking, holding = v2_replicas(2, history_size=100, session_ttl=60)
+    ws, welcome = await v2_tab(holding, "d1")
+    sending = send_acked(asking, welcome["client_id"], "never handled", timeout=LONG)
+    await next_frame(ws, "message")
+    fresh, again = await v2_tab(asking, "d1")
+    assert (again["client_id"], again["resumed"]) == (welcome["client_id"], False)
+    async with asyncio.timeout(15):
+        assert await sending == {"error": "AckTimeoutError"}
+    await fresh.close()
+    await ws.close()

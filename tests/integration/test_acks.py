@@ -62,6 +62,7 @@ class Tab:
         self.ws = ws
         self.token: str = welcome["token"]
         self.client_id: str = welcome["client_id"]
+        self.resumed: bool = welcome["resumed"]
 
     @classmethod
     async def open(cls, url: str, device: str, **resume: Any) -> Tab:

@@ -29,6 +29,7 @@ from stabilizer.pure.streams import (
     group_stream,
 )
 from stabilizer.pure.wire import (
+    FRESH,
     WIRE_VERSION,
     Envelope,
     Kind,
@@ -182,6 +183,16 @@ def test_a_kick_prefix_completed_with_the_old_conn_id_decodes() -> None:
     kick = complete(kick_prefix("node-b", "alice"), "conn-7")
     assert (kick.kind, kick.origin, kick.target, kick.ref) == (Kind.KICK, "node-b", "alice",
                                                               "conn-7")
+    assert kick.payload is None  # as an older node's: the replacement resumed, or may have
+
+
+def test_a_fresh_kick_says_so_in_its_payload_and_is_an_ordinary_kick_otherwise() -> None:
+    """An older node reads a KICK's target and ref only: the flag changes nothing there."""
+    fields = [WIRE_VERSION, int(Kind.KICK), "node-b", "alice", FRESH, None]
+    assert kick_prefix("node-b", "alice", fresh=True) == array_prefix(fields, 7)
+    kick = complete(kick_prefix("node-b", "alice", fresh=True), "conn-7")
+    assert (kick.kind, kick.target, kick.payload, kick.ref) == (Kind.KICK, "alice", FRESH,
+                                                               "conn-7")
 
 
 def test_an_event_prefix_completed_with_a_body_and_two_nils_decodes() -> None:

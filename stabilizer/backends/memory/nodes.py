@@ -28,7 +28,7 @@ from stabilizer.errors import (
 )
 from stabilizer.pure.streams import session_streams
 from stabilizer.pure.users import parse_info
-from stabilizer.pure.wire import Envelope, Kind, encode, event_body
+from stabilizer.pure.wire import FRESH, Envelope, Kind, encode, event_body
 from stabilizer.results import ClusterEvent
 
 
@@ -70,9 +70,10 @@ class MemoryPresence:
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
                        end_groups: bool = False, seat: Seat | None = None,
-                       baselines: bool = False,
+                       baselines: bool = False, fresh: bool = False,
                        abandoned: Callable[[], None] | None = None) -> Registration:
-        """Record presence (and the user's seat); kick a previous socket on another node;
+        """Record presence (and the user's seat); kick a previous socket on another node
+        (saying whether the connection is `fresh`);
         with `end_groups`, whatever groups the client had end in the same step; with
         `baselines`, where the client's session streams stand then. (It never awaits: a
         caller cannot give up while it works, so `abandoned` is never called.)"""
@@ -89,7 +90,7 @@ class MemoryPresence:
             hub.drop_presence(previous.client_id)
             if previous.node_id != presence.node_id:
                 kick = Envelope(Kind.KICK, presence.node_id, presence.client_id,
-                                ref=previous.conn_id)
+                                FRESH if fresh else None, ref=previous.conn_id)
                 hub.deliver(previous.node_id, encode(kick))
         if end_groups:
             for group in hub.leave_groups(presence.client_id, presence.node_id):

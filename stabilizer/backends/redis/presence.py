@@ -49,13 +49,14 @@ class RedisPresence:
 
     async def register(self, presence: Presence, *, max_cluster: int | None,
                        end_groups: bool = False, seat: Seat | None = None,
-                       baselines: bool = False,
+                       baselines: bool = False, fresh: bool = False,
                        abandoned: Callable[[], None] | None = None) -> Registration:
         """One script: record presence (and the user's seat), enforce the limits, and publish
-        a KICK naming the previous conn id to the previous owner node, if that is another
-        node; with `end_groups` and one presence bucket (the group sets share the slot),
-        whatever groups the client's set lists end in the same script. With several
-        buckets the seat follows in a second script, and no user limit can be enforced.
+        a KICK naming the previous conn id (and saying whether the connection is `fresh`) to
+        the previous owner node, if that is another node; with `end_groups` and one
+        presence bucket (the group sets share the slot), whatever groups the client's set
+        lists end in the same script. With several buckets the seat follows in a second
+        script, and no user limit can be enforced.
         With `baselines`, the client's session streams are read in the script where
         presence shares their slot (one bucket), else in a script just before it.
 
@@ -78,7 +79,8 @@ class RedisPresence:
             read = await self._positions.submit(_metas(keys, presence), [])
         # (the call's lists go straight to the batch: this frame keeps none while it waits)
         status, previous, *raw = await self._registers.submit(*self._register_call(
-            presence, max_cluster, in_script, value, user_limit, baselines and read is None),
+            presence, max_cluster, in_script, value, user_limit, baselines and read is None,
+            fresh),
             undo=None if abandoned is None else partial(_recorded_then, abandoned))
         if int(status) == -1:
             raise ConnectionLimitExceededError(f"cluster connection limit ({max_cluster}) reached")
@@ -97,7 +99,7 @@ class RedisPresence:
 
     def _register_call(self, presence: Presence, max_cluster: int | None, in_script: bool,
                        value: str, user_limit: int | None,
-                       baselines: bool) -> tuple[list[str], list[Any]]:
+                       baselines: bool, fresh: bool) -> tuple[list[str], list[Any]]:
         """REGISTER's keys and arguments."""
         core = self._core
         bucket = core.keys.bucket_of(presence.client_id)
@@ -111,7 +113,7 @@ class RedisPresence:
         script_keys += metas
         return script_keys, [
             presence.client_id, entry_of(presence), presence.node_id, max_cluster or 0,
-            *shared.node_prefixes, kick_prefix(presence.node_id, presence.client_id),
+            *shared.node_prefixes, kick_prefix(presence.node_id, presence.client_id, fresh=fresh),
             core.publish_command, "1" if in_script else "0", *shared.groups_and_events,
             presence.user_id or "", value, user_limit or 0, *shared.seats, len(metas)]
 

@@ -99,13 +99,15 @@ end
 # KEYS: presence hash, own node set[, client's group set (when ARGV[9] is '1')], then the
 #       stream meta hashes ARGV[19] counts.
 # ARGV: 1 client_id, 2 entry, 3 node_id, 4 max_cluster (0 = none), 5 node-set prefix,
-#       6 node-channel prefix, 7 kick envelope prefix, 8 publish command, 9 '1' to end
-#       whatever groups the client's set lists (history off, one slot: a connection begins
-#       with none, whether a replaced connection left them or a late write put them
-#       there), 10 group-set prefix, 11 events channel, 12 event prefix, 13 user id ('' =
-#       none), 14 the user seat, 15 the user's connection limit (0 = none), 16 user-hash
-#       prefix, 17 users set, 18 '1' when the user hashes share this slot, 19 how many
-#       stream meta hashes end KEYS (a fresh session's streams, in this slot).
+#       6 node-channel prefix, 7 kick envelope prefix (up to the old conn id, which the
+#       script appends; its payload says whether the connection is fresh), 8 publish
+#       command, 9 '1' to end whatever groups the client's set lists (history off, one
+#       slot: a connection begins with none, whether a replaced connection left them or a
+#       late write put them there), 10 group-set prefix, 11 events channel, 12 event
+#       prefix, 13 user id ('' = none), 14 the user seat, 15 the user's connection limit
+#       (0 = none), 16 user-hash prefix, 17 users set, 18 '1' when the user hashes share
+#       this slot, 19 how many stream meta hashes end KEYS (a fresh session's streams, in
+#       this slot).
 # Returns {status, previous entry or false, "offset|epoch" of each stream meta}; status -1
 # = cluster limit reached, -2 = the user's limit reached.
 REGISTER: Final = LEAVE_ALL + SEATS_LIB + """

@@ -14,15 +14,16 @@ from stabilizer.errors import BackendUnavailable, WireError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.text import backoff_delay
-from stabilizer.pure.wire import Envelope, Kind, close_of, decode
+from stabilizer.pure.wire import FRESH, Envelope, Kind, close_of, decode
 from stabilizer.services.delivery.groups import Membership
 from stabilizer.services.delivery.router import Router
 from stabilizer.services.events import Events
 
 logger = logging.getLogger(__name__)
 
-#: Closes the local connection of a client if its conn id matches (a replacement elsewhere).
-KickHandler = Callable[[str, str | None], None]
+#: Closes the local connection of a client if its conn id matches (a replacement elsewhere);
+#: True when the replacing connection began a fresh session.
+KickHandler = Callable[[str, str | None, bool], None]
 
 #: Closes the local connections of a user with (code, reason) (disconnect_user elsewhere).
 UserCloseHandler = Callable[[str, int, str], object]
@@ -131,7 +132,7 @@ class Listener:
         elif envelope.origin == self._ctx.node_id:
             return
         elif kind is Kind.KICK and envelope.target:
-            self._on_kick(envelope.target, envelope.ref)
+            self._on_kick(envelope.target, envelope.ref, envelope.payload == FRESH)
         elif kind is Kind.EVENT and isinstance(envelope.payload, str):
             self._events.received(envelope.payload)
         elif kind is Kind.USER_CLOSE and envelope.target and isinstance(envelope.payload, str):

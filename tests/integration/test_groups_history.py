@@ -530,3 +530,20 @@ async def test_a_resume_whose_session_cannot_be_taken_over_comes_back_later(
     _back, (recovered, replayed, failed_streams) = await resume_on(a, "alice", {})
     assert (recovered, replayed, failed_streams) == (True, 1, [])
     assert await a.get_group_members("room") == ["alice"]
+
+
+async def test_remote_nodes_of_a_sequenced_group_message_counts_only_other_nodes(
+    cluster: Cluster,
+) -> None:
+    a, b, c = cluster("a", **HISTORY), cluster("b", **HISTORY), cluster("c", **HISTORY)
+    await started(a, b, c)
+    await a.connect("on-a", FakeSocket("on-a"))
+    await b.connect("on-b", FakeSocket("on-b"))
+    for member in ("on-a", "on-b"):
+        await a.join_group(member, "room")
+    async with asyncio.timeout(5):
+        while await subscribers(a, "room") != 2:
+            await asyncio.sleep(0.02)
+    # c has no member, so both receiving nodes are other nodes; a is one of the two
+    assert (await c.send_to_group("room", "from c")).remote_nodes == 2
+    assert (await a.send_to_group("room", "from a")).remote_nodes == 1

@@ -70,6 +70,10 @@ class Membership:
         """The local members of `group` (empty when there are none)."""
         return self._local.members(group)
 
+    def follows(self, group: str) -> bool:
+        """True while this node receives `group`'s channel (it has or is adding a member)."""
+        return self._local.follows(group)
+
     def local_groups(self) -> list[tuple[str, set[Connection]]]:
         """Every group with local members (or a first one joining), with them, as of now."""
         return self._local.indexed()

@@ -150,8 +150,10 @@ class SequencedRouter:
             return result
         result = BroadcastResult(0, 0, 0)
         result.offset, result.epoch = done.offset, done.epoch
-        result.remote_nodes = done.receivers if target.kind in ("client", "user") else max(
-            done.receivers - 1, 0)
+        # every node follows "all", this one included; a group only where it has members
+        own = target.kind == "all" or (target.kind == "group"
+                                       and self._membership.follows(target.name))
+        result.remote_nodes = max(done.receivers - own, 0)
         if reached is not None:
             reached.extend(done.clients)
         return result

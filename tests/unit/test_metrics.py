@@ -6,7 +6,6 @@ import asyncio
 import gc
 import importlib
 import sys
-import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -182,7 +181,7 @@ async def test_cluster_gauges_are_cached_between_scrapes(make_manager: ManagerFa
     assert value(refreshed, "stabilizer_connections") == 1
 
 
-async def test_a_hanging_store_holds_a_scrape_no_longer_than_op_timeout(
+async def test_a_hanging_store_gives_up_on_the_cluster_gauges_after_op_timeout(
     make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     backend = MemoryBackend(MemoryHub())
@@ -194,10 +193,9 @@ async def test_a_hanging_store_holds_a_scrape_no_longer_than_op_timeout(
         raise AssertionError("unreachable")
 
     monkeypatch.setattr(backend.presence, "count", never_answers)
-    started = time.monotonic()
-    scraped = samples(await metrics_response(manager))
+    async with asyncio.timeout(30):  # hang guard: op_timeout (0.05 s) must end the wait
+        scraped = samples(await metrics_response(manager))
 
-    assert time.monotonic() - started < 1.0
     assert value(scraped, "stabilizer_cluster_connections") is None  # absent, not stale
     assert value(scraped, "stabilizer_connections") == 1
 

@@ -10,6 +10,7 @@ fix turns it into an XPASS failure and the marker must then be removed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +36,7 @@ RECOVERY = 6.0  # a bound: recovery takes about a second (maintenance every 0.5 
 NOTICE = 15.0  # a node notices a silently dropped pub/sub connection at its next idle ping
 
 Node = Callable[..., WebSocketConnectionManager]
+PROBES = itertools.count()  # numbers each probe's text: a late probe satisfies no later one
 
 
 def defect(summary: str) -> pytest.MarkDecorator:
@@ -251,9 +253,10 @@ async def test_a_remote_join_lost_with_the_owners_subscription_is_not_half_done(
     assert await until(lambda: _subscribed(private_redis.url, channel))
 
     async def consistent() -> bool:
-        await b.send_to_group("room", "hello room")
+        text = f"hello room #{next(PROBES)}"
+        await b.send_to_group("room", text)
         try:
-            await alice.expect("hello room", timeout=0.5)
+            await alice.expect(text, timeout=0.5)
             received = True
         except TimeoutError:
             received = False
@@ -332,9 +335,10 @@ async def test_a_join_that_lands_on_a_replaced_socket_reaches_the_live_one(
     proxy.restore()
 
     async def consistent() -> bool:
-        await b.send_to_group("room", "hello room")
+        text = f"hello room #{next(PROBES)}"
+        await b.send_to_group("room", text)
         try:
-            await live.expect("hello room", timeout=0.5)
+            await live.expect(text, timeout=0.5)
             received = True
         except TimeoutError:
             received = False

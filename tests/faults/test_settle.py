@@ -13,6 +13,7 @@ from stabilizer import WebSocketConnectionManager
 from stabilizer.errors import BackendUnavailable
 from tests.faults.test_regressions import (
     NOTICE,
+    PROBES,
     Node,
     _subscribed,
     _true,
@@ -32,7 +33,9 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 async def agree(sender: WebSocketConnectionManager, socket: FakeSocket, text: str) -> bool:
     """True when `socket` receives the room's messages exactly if Redis lists alice (with
-    history, a frame carries the text as its data)."""
+    history, a frame carries the text as its data). Each probe numbers its text, so a
+    frame of an earlier probe that arrives late is skipped, not taken for this one."""
+    text = f"{text} #{next(PROBES)}"
     await sender.send_to_group("room", text)
     try:
         async with asyncio.timeout(0.5):

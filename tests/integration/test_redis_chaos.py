@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -79,12 +80,15 @@ async def test_redis_outage_keeps_local_sockets_and_recovers_by_itself(
 
     private_redis.start()  # empty: every key is gone
 
+    probes = itertools.count()  # each probe its own text: a late one satisfies no other
+
     async def delivered_again() -> bool:
-        await a.broadcast("after")
+        text = f"after-{next(probes)}"
+        await a.broadcast(text)
         try:
             while True:
                 frame = await remote.next(timeout=0.2)
-                if frame == "after":
+                if frame == text:
                     return True
         except TimeoutError:
             return False
@@ -194,11 +198,14 @@ async def test_cluster_master_failover_under_live_sockets(namespace: str) -> Non
 
             servers.master_of(f"{{{namespace}}}").stop(kill=True)  # the namespace's slot
 
+            probes = itertools.count()  # each probe its own text: a late one satisfies no other
+
             async def broadcast_arrives() -> bool:
+                text = f"after-{next(probes)}"
                 with contextlib.suppress(Exception):
-                    await a.broadcast("after")
+                    await a.broadcast(text)
                 try:
-                    await on_b.expect("after", timeout=0.5)
+                    await on_b.expect(text, timeout=0.5)
                     return True
                 except TimeoutError:
                     return False
@@ -206,9 +213,10 @@ async def test_cluster_master_failover_under_live_sockets(namespace: str) -> Non
             await eventually(broadcast_arrives, timeout=40)
 
             async def direct_arrives() -> bool:
+                text = f"direct-{next(probes)}"
                 with contextlib.suppress(Exception):
-                    if await a.send_to_client("on-b", "direct"):
-                        await on_b.expect("direct", timeout=0.5)
+                    if await a.send_to_client("on-b", text):
+                        await on_b.expect(text, timeout=0.5)
                         return True
                 return False
 
@@ -240,11 +248,14 @@ async def test_sentinel_failover_under_live_sockets(namespace: str) -> None:
 
             setup.master.stop(kill=True)
 
+            probes = itertools.count()  # each probe its own text: a late one satisfies no other
+
             async def broadcast_arrives() -> bool:
+                text = f"after-{next(probes)}"
                 with contextlib.suppress(Exception):
-                    await a.broadcast("after")
+                    await a.broadcast(text)
                 try:
-                    await on_b.expect("after", timeout=0.5)
+                    await on_b.expect(text, timeout=0.5)
                     return True
                 except TimeoutError:
                     return False

@@ -303,8 +303,13 @@ async def test_the_emitter_registers_nothing(replicas: Build, redis_url: str, na
     await emitter.get_cluster_connection_count()
     client = Redis.from_url(redis_url)
     try:
-        names = [key.decode() async for key in client.scan_iter(match=f"{{{namespace}}}*")]
-        assert not [name for name in names if "emitter" in name]
+        tag = f"{{{namespace}}}:"
+        names = {key.decode().removeprefix(tag) async for key in client.scan_iter(match=f"{tag}*")}
+        made = {"secret", "nodes", "p", "nc:node-b", "cg:bob", "g:room"}  # by the replicas
+        if settings:  # the streams of "all" and of bob, and bob's session
+            made |= {"h:all", "hm:all", "h:c:bob", "hm:c:bob", "s:bob"}
+        assert names - {"nodereports"} == made  # (reports come with a replica's keepalive)
+        assert set(await client.hkeys(f"{tag}nodereports")) <= {b"node-a", b"node-b"}
         nodes = await client.zrange(f"{{{namespace}}}:nodes", 0, -1)
         assert sorted(nodes) == [b"node-a", b"node-b"]
         assert await client.hkeys(f"{{{namespace}}}:p") == [b"bob"]

@@ -8,8 +8,8 @@ import json
 import urllib.parse
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from stabilizer import CloseCode
 from tests.e2e.conftest import Replicas
@@ -122,6 +122,44 @@ async def test_through_nginx_clients_spread_and_all_receive(replicas: Replicas) 
         for ws in clients:
             await ws.close()
         proxy.stop()
+
+
+async def test_the_cluster_limit_holds_when_connects_race_across_replicas(
+    replicas: Replicas,
+) -> None:
+    """Sixteen clients connect at once, half to each replica: exactly max_cluster_connections
+    are admitted cluster-wide, the others are closed with 1013 and retry advice, and
+    presence is empty once the admitted ones leave."""
+    a, b = replicas(2, max_cluster_connections=5)
+
+    async def attempt(index: int) -> ClientConnection | tuple[int, str]:
+        ws = await connect(f"{(a, b)[index % 2].ws}/ws/c{index}", open_timeout=10)
+        try:
+            welcome = await recv_json(ws, timeout=10)
+        except ConnectionClosed as exc:  # refused: the close frame's code and reason
+            return (1006, "") if exc.rcvd is None else (exc.rcvd.code, exc.rcvd.reason)
+        assert welcome["type"] == "session", welcome
+        return ws
+
+    outcomes = await asyncio.gather(*(attempt(index) for index in range(16)))
+    admitted = [ws for ws in outcomes if isinstance(ws, ClientConnection)]
+    refused = [closed for closed in outcomes if not isinstance(closed, ClientConnection)]
+    try:
+        assert len(admitted) == 5
+        assert {code for code, _ in refused} == {CloseCode.TRY_AGAIN_LATER}
+        assert all("retry_ms" in json.loads(reason or "{}") for _, reason in refused)
+        view = await cluster_view(b)
+        assert view["count"] == 5
+        assert isinstance(view["clients"], dict)
+        assert len(view["clients"]) == 5
+    finally:
+        for ws in admitted:
+            await ws.close()
+    async with asyncio.timeout(20):
+        while (view := await cluster_view(a))["count"] != 0 or view["clients"]:
+            await asyncio.sleep(0.1)  # bounded poll: each release is another process's
+    for proc in (a, b):
+        assert "Traceback" not in proc.log(), proc.log()[-3000:]
 
 
 async def test_a_sigkilled_replica_disappears_from_presence(replicas: Replicas) -> None:

@@ -60,7 +60,9 @@ class JWTAuthenticator:
     ``kid``, cached ``jwks_lifespan`` seconds, at most one fetch per
     ``jwks_refetch_interval``, each bounded by ``jwks_timeout``; ``clock`` drives the cache;
     a token the keys that can be fetched do not verify is refused, one that cannot be
-    checked while the JWKS is out of reach raises AuthUnavailable: come back later).
+    checked while the JWKS is out of reach raises AuthUnavailable: come back later; a
+    published key verifies the "alg" its JWK names, or, naming none, any of ``algorithms``
+    of its type: RS*/PS* for RSA, the curve's ES* for EC, EdDSA for Ed25519).
     ``algorithms`` defaults to what the keys imply. Claims: ``exp`` is required (``require``
     lists the claims a token must carry; ``()`` admits tokens that never expire); ``nbf``
     and ``iat`` are checked when present, ``aud`` and ``iss`` when configured (a token with
@@ -236,8 +238,8 @@ class JWTAuthenticator:
             if not keys:
                 raise
             found, outage = None, exc  # the PEM keys may still verify
-        if found is not None and found.key_type == kty:
-            keys.append(found)
+        if found is not None and (verifier := found.verifier(alg)) is not None:
+            keys.append(verifier)
         if not keys:
             raise AuthenticationError("token is signed with a key the JWKS does not publish")
         return keys, outage

@@ -39,6 +39,26 @@ class PublicKey(NamedTuple):
     key: Any  # a cryptography public key
 
 
+class PublishedKey(NamedTuple):
+    """A JWKS signing key, and whether its JWK names the one algorithm it verifies."""
+
+    jwk: jwt.PyJWK  # bound to the algorithm it names, else PyJWT's default for its type
+    named: bool  # its JWK carries the optional "alg" member
+
+    def verifier(self, alg: str) -> Any:
+        """What verifies an `alg` token with this key (None: its type verifies no `alg`).
+
+        A key that names its algorithm verifies only that one (PyJWT refuses any other).
+        One that names none verifies every RSA algorithm when it is an RSA key (its raw
+        key, as for a PEM); an EC key's curve and an OKP key's type fix its algorithm.
+        """
+        if ALGORITHM_KEY_TYPES.get(alg) != self.jwk.key_type:
+            return None  # never an HS token against a public key (algorithm confusion)
+        if not self.named and self.jwk.key_type == "RSA":
+            return self.jwk.key
+        return self.jwk
+
+
 def _over_tls_or_loopback(url: str) -> bool:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() == "https":
@@ -78,7 +98,7 @@ class JWKS:
         self._url = url
         self._lifespan, self._interval, self._timeout = lifespan, refetch_interval, timeout
         self._clock = clock
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, PublishedKey] = {}
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last fetch, successful or not
         self._failing = False  # the last fetch failed
@@ -87,7 +107,7 @@ class JWKS:
     def _age(self, now: float) -> float:
         return float("inf") if self._fetched_at is None else now - self._fetched_at
 
-    async def key(self, kid: str) -> jwt.PyJWK | None:
+    async def key(self, kid: str) -> PublishedKey | None:
         """The published key named `kid`, or None when the JWKS answered without it.
 
         Raises:
@@ -119,17 +139,28 @@ class JWKS:
         self._keys, self._fetched_at, self._failing = keys, now, False
         logger.info("JWKS fetched from %s: %d signing keys", self._url, len(keys))
 
-    def _fetch(self) -> dict[str, jwt.PyJWK]:
+    def _fetch(self) -> dict[str, PublishedKey]:
         """Blocking: the asymmetric signing keys with a kid, first of each kid wins."""
-        keys: dict[str, jwt.PyJWK] = {}
-        for jwk in self._client.get_jwk_set().keys:
+        members = self._client.fetch_data().get("keys")
+        if not isinstance(members, list):
+            raise jwt.PyJWKSetError("the JWKS has no list of keys")
+        keys: dict[str, PublishedKey] = {}
+        for member in members:
+            if not isinstance(member, dict):
+                continue
+            try:  # PyJWKSet's rule: a key PyJWT cannot read is skipped
+                jwk = jwt.PyJWK(member)
+            except jwt.exceptions.MissingCryptographyError:
+                raise
+            except jwt.PyJWTError:
+                continue
             kid, usable = jwk.key_id, jwk.public_key_use in ("sig", None)
             if not kid or not usable or jwk.key_type not in ("RSA", "EC", "OKP"):
                 continue  # never take a symmetric (oct) key from a published set
             if (weak := jwk.Algorithm.check_key_length(jwk.key)) is not None:
                 logger.warning("JWKS key %r ignored: %s", kid, weak)
                 continue
-            keys.setdefault(kid, jwk)
+            keys.setdefault(kid, PublishedKey(jwk, named=bool(member.get("alg"))))
         if not keys:
             raise jwt.PyJWKSetError("the JWKS has no usable asymmetric signing key")
         return keys

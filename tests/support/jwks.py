@@ -11,8 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+_CURVES: dict[str, ec.EllipticCurve] = {
+    "ES256": ec.SECP256R1(), "ES384": ec.SECP384R1(), "ES512": ec.SECP521R1()}
 
 
 class Clock:
@@ -81,19 +84,29 @@ class JWKSServer:
 
 
 class Key:
-    """A signing key pair with a kid, its public JWK, and tokens it signs."""
+    """A signing key pair with a kid, its public JWK, and tokens it signs.
 
-    def __init__(self, alg: str = "RS256") -> None:
+    `alg` picks the key's type (RS*/PS*: RSA 2048, ES*: the curve of the algorithm, EdDSA:
+    Ed25519) and the algorithm its tokens use; `named=False` publishes the JWK without its
+    optional "alg" member, as many identity providers do.
+    """
+
+    def __init__(self, alg: str = "RS256", *, named: bool = True) -> None:
         self.alg, self.kid = alg, uuid.uuid4().hex
-        if alg == "RS256":
+        if alg.startswith(("RS", "PS")):
             self.private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             jwk = RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
+        elif alg == "EdDSA":
+            self.private = ed25519.Ed25519PrivateKey.generate()
+            jwk = OKPAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
         else:
-            self.private = ec.generate_private_key(ec.SECP256R1())
+            self.private = ec.generate_private_key(_CURVES[alg])
             jwk = ECAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
-        self.jwk = {**jwk, "kid": self.kid, "use": "sig", "alg": alg}
+        self.jwk = {**jwk, "kid": self.kid, "use": "sig"} | ({"alg": alg} if named else {})
 
-    def token(self, sub: str = "alice", *, kid: str | None = None, **extra: Any) -> str:
+    def token(self, sub: str = "alice", *, kid: str | None = None, alg: str | None = None,
+              **extra: Any) -> str:
+        """A token for `sub` signed with this key, by its own algorithm or `alg`."""
         claims = {"sub": sub, "exp": int(time.time()) + 3600, **extra}
-        return jwt.encode(claims, self.private, algorithm=self.alg,
+        return jwt.encode(claims, self.private, algorithm=alg or self.alg,
                           headers={"kid": self.kid if kid is None else kid})

@@ -14,7 +14,7 @@ from typing import Any, Final, get_type_hints
 
 from stabilizer.channel_options import ChannelNamespaces, ChannelOptions, check_namespaces
 from stabilizer.config_env import settings_from_env
-from stabilizer.config_limits import check_numbers, check_seconds
+from stabilizer.config_limits import MIN_CLIENT_ID_LENGTH, check_numbers, check_seconds
 from stabilizer.errors import ConfigError
 
 _NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -168,7 +168,8 @@ class WebSocketConfig:
     write_timeout: float = 10.0
     close_timeout: float = 2.0
     shutdown_mode: ShutdownMode = ShutdownMode.STOP
-    max_client_id_length: int = 256
+    # room for the longest derived client id, <user_id>/<device>: 256 + 1 + 64 (the least)
+    max_client_id_length: int = MIN_CLIENT_ID_LENGTH
     retry_jitter: float = 5.0
     token_secret: str | tuple[str, ...] | None = field(default=None, repr=False)
     # how far apart the replicas' wall clocks may be: each checks a token's expiry on its

@@ -34,6 +34,14 @@ OPTIONAL_LIMITS: Final = frozenset({
     "max_cluster_connections", "rate_limit_messages", "max_connections_per_user",
     "max_channels_per_connection"})
 
+#: The longest user id and device id (pure/users.py holds their other rules). The client id
+#: the server derives for an authenticated connection, ``<user_id>/<device>``, takes up to
+#: MIN_CLIENT_ID_LENGTH characters: max_client_id_length may not be lower, or an identity
+#: the authenticator accepted could never connect.
+MAX_USER_ID_LENGTH: Final = 256
+MAX_DEVICE_LENGTH: Final = 64
+MIN_CLIENT_ID_LENGTH: Final = MAX_USER_ID_LENGTH + len("/") + MAX_DEVICE_LENGTH
+
 #: The largest count Redis is asked to keep or compare (a stream's length, seats in the
 #: cluster or per user): far above what one Redis holds, and far below where a Lua number
 #: stops being an integer Redis accepts (1e17 is written "1e+17").
@@ -112,6 +120,11 @@ def check_numbers(config: WebSocketConfig) -> None:
         value = getattr(config, name)
         if value is not None and value > maximum:
             raise ConfigError(f"{name} must be at most {maximum} ({what}), got {value!r}")
+    if config.max_client_id_length < MIN_CLIENT_ID_LENGTH:
+        raise ConfigError(
+            f"max_client_id_length must be at least {MIN_CLIENT_ID_LENGTH}: a client id "
+            f"<user_id>/<device> takes up to {MAX_USER_ID_LENGTH} + 1 + {MAX_DEVICE_LENGTH} "
+            f"characters; got {config.max_client_id_length!r}")
     if config.node_ttl < 1.0:
         raise ConfigError("node_ttl must be at least 1 second")
     for limit in ("max_cluster_connections", "max_connections_per_user"):

@@ -15,18 +15,17 @@ import secrets
 from collections.abc import Mapping
 from typing import Any, Final
 
+from stabilizer.config_limits import MAX_DEVICE_LENGTH, MAX_USER_ID_LENGTH
 from stabilizer.errors import AuthenticationError
 from stabilizer.pure.json_input import loads
 
-MAX_USER_ID_LENGTH: Final = 256
 #: The largest identity ``info`` (as compact JSON): stored with each of the user's
 #: connections, so it stays small.
 MAX_INFO_BYTES: Final = 2048
 #: How deep stored info is read back (info_json bounds its size, which bounds this).
 _INFO_DEPTH: Final = MAX_INFO_BYTES // 2
-MAX_DEVICE_LENGTH: Final = 64
 DEVICE_SEPARATOR: Final = "/"
-_DEVICE: Final = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+_DEVICE: Final = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_DEVICE_LENGTH}}}")
 
 
 def is_user_id(user_id: object) -> bool:

@@ -246,7 +246,7 @@ async def test_watch_stops_cleanly_on_ctrl_c(replicas: Replicas) -> None:
 
 @pytest.mark.parametrize("args", [
     pytest.param(["send", "", "hi"], id="empty-client-id"),
-    pytest.param(["send", "x" * 300, "hi"], id="client-id-too-long"),
+    pytest.param(["send", "x" * 322, "hi"], id="client-id-too-long"),
     pytest.param(["kick", ""], id="kick-empty-client-id"),
     pytest.param(["locate", ""], id="locate-empty-client-id"),
     pytest.param(["kick", "bob", "--code", "999"], id="unsendable-code"),

@@ -10,7 +10,10 @@ import pytest
 
 from stabilizer.backends.redis import RedisBackend
 from stabilizer.config import WebSocketConfig
+from stabilizer.config_limits import MAX_DEVICE_LENGTH, MAX_USER_ID_LENGTH, MIN_CLIENT_ID_LENGTH
 from stabilizer.errors import ConfigError
+from stabilizer.pure.text import check_client_id
+from stabilizer.pure.users import client_id_of
 
 TOO_LARGE = [
     # history_size above 2**63-1 passed, then every sequenced send failed in the SEQUENCE
@@ -44,6 +47,21 @@ def test_a_value_too_large_for_redis_is_refused_on_creation(name: str, value: ob
 def test_the_largest_value_is_accepted(name: str, value: object) -> None:
     config = WebSocketConfig(**{name: value})  # type: ignore[arg-type]
     assert getattr(config, name) == value
+
+
+def test_client_ids_leave_room_for_the_longest_user_id_and_device() -> None:
+    """A 256-character user id on a 64-character device is a 321-character client id: a
+    lower limit refused every such identity at connect (4503) after accepting it."""
+    longest = client_id_of("u" * MAX_USER_ID_LENGTH, "d" * MAX_DEVICE_LENGTH)
+    assert len(longest) == MIN_CLIENT_ID_LENGTH == 321
+    assert WebSocketConfig().max_client_id_length == MIN_CLIENT_ID_LENGTH
+    assert WebSocketConfig(max_client_id_length=321).max_client_id_length == 321
+    assert check_client_id(longest, WebSocketConfig().max_client_id_length) == longest
+    for short in (320, 256, 1):
+        with pytest.raises(ConfigError, match="max_client_id_length must be at least 321"):
+            WebSocketConfig(max_client_id_length=short)
+    with pytest.raises(ConfigError, match="at least 321"):
+        WebSocketConfig.from_env({"STABILIZER_MAX_CLIENT_ID_LENGTH": "256"})
 
 
 def test_the_environment_is_held_to_the_same_bounds() -> None:

@@ -392,7 +392,7 @@ async def test_a_socket_replaced_after_a_resync_wrote_it_back_leaves_no_presence
     late: list[Any] = []
     kicked = asyncio.Event()
 
-    def held_kick(conn: Any) -> None:
+    def held_kick(conn: Any, *, afresh: bool = False) -> None:
         late.append(conn)
         kicked.set()
 

@@ -44,9 +44,11 @@ def entry_of(presence: Presence) -> str:
     return entry if presence.user_id is None else f"{entry}|{presence.user_id}"
 
 
-def seat_of(presence: Presence, info: str) -> str:
-    """The value of a connection in its user's hash: ``node|conn|since_us|info_json``."""
-    return f"{presence.node_id}|{presence.conn_id}|{since_us(presence.since)}|{info}"
+def seat_of(presence: Presence, info: str, stamp: int | None = None) -> str:
+    """The value of a connection in its user's hash: ``node|conn|since_us|info_json``
+    (`stamp`: the since_us REGISTER stored for it, if it raised the connection's)."""
+    since = since_us(presence.since) if stamp is None else stamp
+    return f"{presence.node_id}|{presence.conn_id}|{since}|{info}"
 
 
 def since_us(since: float) -> int:

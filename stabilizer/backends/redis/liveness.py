@@ -192,7 +192,7 @@ class RedisLiveness:
                              kick_prefix(core.node_id, presence.client_id),
                              "1" if presence.client_id in claims else "0", _seat(presence),
                              "1" if presence.conn_id in seated else "0"]
-                kept, refused = await core.call(core.scripts.resync(
+                kept, refused, later = await core.call(core.scripts.resync(
                     keys=[keys.presence(bucket), keys.node_set(bucket, core.node_id)],
                     args=args,
                 ), "resync")
@@ -200,7 +200,8 @@ class RedisLiveness:
                 pairs = [text(item) for item in refused]
                 over += zip(pairs[::2], pairs[1::2], strict=True)
                 if not keys.seats_here:  # (no limit there: config refuses one)
-                    await core.follow_seats(_seat_sets(batch, set(lost)), "resync")
+                    await core.follow_seats(
+                        _drops(later) + _seat_sets(batch, set(lost)), "resync")
         return Resynced(tuple(lost), tuple(dict.fromkeys(over)))
 
     async def _prune_stale(self, local: set[str], session_ttl: float,

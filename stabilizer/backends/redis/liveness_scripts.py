@@ -154,10 +154,14 @@ return {removed, later}
 # this node for an earlier connection of its client, which it replaced here, goes). One
 # seated without the limit (the store admitted it, then lost writes: a seat the older
 # data restored may name a connection that is gone) gets its seat back unchecked.
+# Where the user hashes live elsewhere (7 is '0'), our entry keeps the stamp of one of the
+# same connection that REGISTER raised (SEATS orders seats by it), and the seats of another
+# user's entries replaced here are left to drop.
 # Returns {client ids another node keeps (our local sockets of them are stale and must
-# close), {client id, conn id, ...} of our connections past their user's limit}.
-RESYNC: Final = SEATS_LIB + SEAT_LIMIT_LIB + """
-local lost = {}
+# close), {client id, conn id, ...} of our connections past their user's limit,
+# {user, client, conn} seats left to drop}.
+RESYNC: Final = _DROP_SEAT + SEAT_LIMIT_LIB + """
+local lost, later = {}, {}
 local seats, ulimit = ARGV[7] == '1', tonumber(ARGV[8])
 local lim = {node = ARGV[1], over = {}, publish = ARGV[4], channels = ARGV[3],
              head = ARGV[9], body = ARGV[10]}
@@ -189,16 +193,16 @@ for i = 11, #ARGV, 6 do
       redis.call('SREM', ARGV[2] .. node, cid)
       redis.call(ARGV[4], ARGV[3] .. node, ARGV[i + 2] .. cmsgpack.pack(conn))
     end
+    if not seats and conn == mconn then entry = stamped(entry, tonumber(since)) end
     redis.call('HSET', KEYS[1], cid, entry)
     redis.call('SADD', KEYS[2], cid)
-    if seats then
-      local old = cur and entry_user(cur)
-      if old and old ~= user then seat_drop(ARGV[5], ARGV[6], old, cid, conn or '') end
-      if user then seat_set(ARGV[5], ARGV[6], user, cid, ARGV[i + 4]) end
+    if cur and entry_user(cur) ~= user then
+      drop_seat(cur, cid, ARGV[5], ARGV[6], seats, later)
     end
+    if seats and user then seat_set(ARGV[5], ARGV[6], user, cid, ARGV[i + 4]) end
   elseif not newer_here then
     table.insert(lost, cid)
   end
 end
-return {lost, lim.over}
+return {lost, lim.over, later}
 """

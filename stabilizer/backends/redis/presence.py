@@ -56,7 +56,8 @@ class RedisPresence:
         the previous owner node, if that is another node; with `end_groups` and one
         presence bucket (the group sets share the slot), whatever groups the client's set
         lists end in the same script. With several buckets the seat follows in a second
-        script, and no user limit can be enforced.
+        script, which leaves a seat of a connection registered later in place, and no
+        user limit can be enforced.
         With `baselines`, the client's session streams are read in the script where
         presence shares their slot (one bucket), else in a script just before it.
 
@@ -78,7 +79,7 @@ class RedisPresence:
         if baselines and keys.buckets != 1:
             read = await self._positions.submit(_metas(keys, presence), [])
         # (the call's lists go straight to the batch: this frame keeps none while it waits)
-        status, previous, *raw = await self._registers.submit(*self._register_call(
+        status, previous, stamp, *raw = await self._registers.submit(*self._register_call(
             presence, max_cluster, in_script, value, user_limit, baselines and read is None,
             fresh),
             undo=None if abandoned is None else partial(_recorded_then, abandoned))
@@ -89,6 +90,9 @@ class RedisPresence:
                 f"user {presence.user_id!r} already holds {user_limit} connections")
         before = parse_entry(presence.client_id, previous) if previous else None
         if not keys.seats_here:
+            if value and stamp:  # the seat carries the since REGISTER stored (SEATS)
+                value = seat_of(presence, seat.info if seat is not None else "",
+                                stamp=int(stamp))
             await core.follow_seats(_seat_moves(presence, value, before), "register")
         positions = None
         if baselines:

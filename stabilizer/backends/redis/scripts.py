@@ -108,8 +108,11 @@ end
 #       (0 = none), 16 user-hash prefix, 17 users set, 18 '1' when the user hashes share
 #       this slot, 19 how many stream meta hashes end KEYS (a fresh session's streams, in
 #       this slot).
-# Returns {status, previous entry or false, "offset|epoch" of each stream meta}; status -1
-# = cluster limit reached, -2 = the user's limit reached.
+# Where the user hashes live elsewhere (18 is '0'), an entry that replaces another is
+# stored with a since_us later than the replaced one's (the nodes' clocks may disagree):
+# the stamp SEATS orders the client's seats by.
+# Returns {status, previous entry or false, the since_us stored, "offset|epoch" of each
+# stream meta}; status -1 = cluster limit reached, -2 = the user's limit reached.
 REGISTER: Final = LEAVE_ALL + SEATS_LIB + """
 local cid, user, seats = ARGV[1], ARGV[13], ARGV[18] == '1'
 local prev = redis.call('HGET', KEYS[1], cid)
@@ -117,16 +120,21 @@ local ulimit = tonumber(ARGV[15])
 if user ~= '' and seats and ulimit > 0 then
   local ukey = ARGV[16] .. user
   if redis.call('HEXISTS', ukey, cid) == 0 and redis.call('HLEN', ukey) >= ulimit then
-    return {-2, false}
+    return {-2, false, false}
   end
 end
 if not prev then
   local limit = tonumber(ARGV[4])
   if limit > 0 and redis.call('HLEN', KEYS[1]) >= limit then
-    return {-1, false}
+    return {-1, false, false}
   end
 end
-redis.call('HSET', KEYS[1], cid, ARGV[2])
+local entry = ARGV[2]
+if prev and not seats then
+  local before = tonumber(string.match(prev, '^[^|]*|[^|]*|(%d+)'))
+  entry = stamped(entry, before and before + 1)
+end
+redis.call('HSET', KEYS[1], cid, entry)
 redis.call('SADD', KEYS[2], cid)
 if user ~= '' and seats then seat_set(ARGV[16], ARGV[17], user, cid, ARGV[14]) end
 if prev then
@@ -143,7 +151,8 @@ end
 if ARGV[9] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
   leave_all(KEYS[3], ARGV[10], cid, ARGV[11], ARGV[12], ARGV[3], ARGV[8])
 end
-local out = prev and {1, prev} or {0, false}
+local out = {prev and 1 or 0, prev or false,
+             string.match(entry, '^[^|]*|[^|]*|(%d+)') or false}
 for k = #KEYS - tonumber(ARGV[19]) + 1, #KEYS do
   local epoch = redis.call('HGET', KEYS[k], 'epoch')
   table.insert(out, (redis.call('HGET', KEYS[k], 'offset') or '0') .. '|' .. (epoch or ''))

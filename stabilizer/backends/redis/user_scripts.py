@@ -12,9 +12,16 @@ from typing import Final
 # seat_drop: remove client `cid` from `user`'s hash if its seat names `conn` ('' = any), and
 # the user from the users set once it has no connection left.
 # seat_set: record client `cid` in `user`'s hash.
+# stamped: `entry` (a presence entry or a seat, ``node|conn|since_us...``) with its
+# since_us raised to `floor` (a number) where it is lower.
 SEATS_LIB: Final = """
 local function entry_user(entry)
   return string.match(entry, '^[^|]*|[^|]*|%d+|(.+)$')
+end
+local function stamped(entry, floor)
+  local head, since, tail = string.match(entry, '^([^|]*|[^|]*|)(%d+)(.*)$')
+  if not head or not floor or tonumber(since) >= floor then return entry end
+  return head .. string.format('%.0f', floor) .. tail
 end
 local function seat_drop(uprefix, users, user, cid, conn)
   local ukey = uprefix .. user
@@ -75,12 +82,25 @@ end
 """
 
 # KEYS: users set. ARGV: user-hash prefix, then (op, user, client id, arg) quadruples: op
-# 's' records the seat `arg`, op 'd' drops the seat if it names conn `arg` ('' = any).
-# The follow-up of the presence scripts when presence lives in other slots.
+# 's' records the seat `arg` unless the client's seat names another connection with a
+# later since_us, op 'd' drops the seat if it names conn `arg` ('' = any).
+# The follow-up of the presence scripts when presence lives in other slots. Nothing orders
+# two nodes' follow-ups for one client, so the seats' stamps do: a REGISTER that replaces
+# an entry stores a later since_us than the entry's, and a seat gets the stamp of its
+# entry, so a replaced connection's seat that lands last leaves the newer one in place.
 SEATS: Final = SEATS_LIB + """
+local function seat_newer(uprefix, users, user, cid, value)
+  local cur = redis.call('HGET', uprefix .. user, cid)
+  if cur then
+    local conn, since = string.match(cur, '^[^|]*|([^|]*)|(%d+)')
+    local mine, stamp = string.match(value, '^[^|]*|([^|]*)|(%d+)')
+    if conn and stamp and conn ~= mine and tonumber(since) > tonumber(stamp) then return end
+  end
+  seat_set(uprefix, users, user, cid, value)
+end
 for i = 2, #ARGV, 4 do
   if ARGV[i] == 's' then
-    seat_set(ARGV[1], KEYS[1], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    seat_newer(ARGV[1], KEYS[1], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
   else
     seat_drop(ARGV[1], KEYS[1], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
   end

@@ -31,7 +31,7 @@ from stabilizer.facets.presence import PresenceFacet
 from stabilizer.facets.users import UsersFacet
 from stabilizer.node.context import Phase
 from stabilizer.pure.streams import Target
-from stabilizer.pure.text import Message, encode_message, is_text, json_value
+from stabilizer.pure.text import Message, encode_message, json_value
 from stabilizer.pure.waits import wait_seconds
 from stabilizer.results import BroadcastResult, ShutdownReport
 from stabilizer.rpc import RPCHandler
@@ -207,13 +207,13 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
         Raises:
             ConnectionNotFoundError: no connection of `client_id` exists on this node.
         """
-        if not is_text(client_id):
+        if not self._is_client_id(client_id):
             raise ConnectionNotFoundError(f"client {client_id!r} is not connected to this node")
         await self._node.closing.disconnect(client_id, code, reason)
 
     def get_connection(self, client_id: str) -> Connection | None:
         """Return the local Connection of `client_id`, or None."""
-        return self._ctx.pool.get(client_id) if is_text(client_id) else None
+        return self._ctx.pool.get(client_id) if self._is_client_id(client_id) else None
 
     def is_connected(self, client_id: str) -> bool:
         """True if `client_id` is connected to this node."""
@@ -245,7 +245,7 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
         """
         payload = encode_message(message)
         timeout = wait_seconds("timeout", timeout)
-        if not is_text(client_id) or not client_id:
+        if not self._is_client_id(client_id):
             return False
         if ack:
             return await self._node.sessions.acks.send(client_id, payload, json_value(message),
@@ -254,13 +254,15 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
 
     async def broadcast(self, message: Message,
                         exclude_client: str | None = None) -> BroadcastResult:
-        """Send to every client on every node except `exclude_client`; serialize once.
+        """Send to every client on every node except `exclude_client` (an id no client can
+        have excludes nobody); serialize once.
 
         Raises:
             BroadcastFailedError: there were recipients and the message reached none of them.
         """
         result = await self._node.router.publish(Target("all"), encode_message(message),
-                                            exclude_client, json_value(message))
+                                                 self._excluded(exclude_client),
+                                                 json_value(message))
         self._ctx.stats.broadcasts += 1
         if result.total > 0 and result.succeeded == 0 and result.remote_nodes == 0:
             raise BroadcastFailedError(
@@ -269,7 +271,7 @@ class WebSocketConnectionManager(GroupsFacet, PresenceFacet, ClusterFacet, Users
 
     async def handle_pong(self, client_id: str) -> None:
         """Record a pong from `client_id` (unknown ids are ignored)."""
-        if is_text(client_id):
+        if self._is_client_id(client_id):
             self._node.liveness.pong(client_id)
 
     async def ping(self, client_id: str, timeout: float | None = None) -> float:

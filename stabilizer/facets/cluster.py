@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from stabilizer.backends.base import NodeReport, Presence
 from stabilizer.config import CloseCode
 from stabilizer.facets.base import Facet
-from stabilizer.pure.text import check_batch, is_text
+from stabilizer.pure.text import check_batch
 
 
 class ClusterFacet(Facet):
@@ -36,7 +36,7 @@ class ClusterFacet(Facet):
         Raises:
             BackendUnavailable: the shared store cannot be reached.
         """
-        if not is_text(client_id) or not client_id:
+        if not self._is_client_id(client_id):
             return None
         presence = await self._ctx.ask(self._ctx.backend.presence.locate(client_id))
         return None if presence is None else presence.node_id
@@ -47,7 +47,7 @@ class ClusterFacet(Facet):
         Raises:
             BackendUnavailable: the shared store cannot be reached.
         """
-        if not is_text(client_id) or not client_id:
+        if not self._is_client_id(client_id):
             return None
         return await self._ctx.ask(self._ctx.backend.presence.locate(client_id))
 

@@ -21,15 +21,17 @@ class GroupsFacet(Facet):
 
     async def send_to_group(self, group: str, message: Message,
                             exclude_client: str | None = None) -> BroadcastResult:
-        """Send to every member of `group` on every node; the result counts local members
-        (with history: sequenced, unless the group's namespace keeps no history).
+        """Send to every member of `group` on every node except `exclude_client` (an id no
+        client can have excludes nobody); the result counts local members (with history:
+        sequenced, unless the group's namespace keeps no history).
 
         Raises:
             ValueError: the group name is not usable.
         """
         payload = encode_message(message)
         return await self._node.router.publish(Target("group", check_group(group)), payload,
-                                               exclude_client, json_value(message))
+                                               self._excluded(exclude_client),
+                                               json_value(message))
 
     async def join_group(self, client_id: str, group: str,
                          presence: dict[str, Any] | None = None) -> None:
@@ -87,9 +89,12 @@ class GroupsFacet(Facet):
         return await self._ctx.ask(self._ctx.backend.groups.count_members(names))
 
     async def get_client_groups(self, client_id: str) -> list[str]:
-        """Return the groups `client_id` belongs to (cluster-wide).
+        """Return the groups `client_id` belongs to (cluster-wide); [] for an unknown or
+        invalid client.
 
         Raises:
             BackendUnavailable: the shared store cannot be reached.
         """
+        if not self._is_client_id(client_id):
+            return []
         return await self._ctx.ask(self._ctx.backend.groups.of_client(client_id))

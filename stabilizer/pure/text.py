@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeGuard
 
 from stabilizer.errors import InvalidClientIdError
 
@@ -18,18 +18,35 @@ MAX_CLOSE_REASON_BYTES: Final = 123
 MAX_GROUP_LENGTH: Final = 256
 
 
-def is_text(value: object) -> bool:
-    """True for a str (client ids come from users; the annotation is not a guarantee)."""
-    return isinstance(value, str)
+def is_usable_id(value: object, max_length: int) -> TypeGuard[str]:
+    """True for an id the API can look up: a non-empty str of at most `max_length`
+    characters that UTF-8 can encode (ids often come from clients, so the annotation is no
+    guarantee, and a lone surrogate from a JSON "\\ud800" escape is a str no store can key).
+
+    ASCII text, the usual id, is decided without an encode attempt.
+    """
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        return False
+    return value.isascii() or _encodes(value)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_client_id(client_id: object, max_length: int) -> str:
-    """Return `client_id` if usable as a client id.
+    """Return `client_id` if usable as a client id (see is_usable_id).
 
     Raises:
         InvalidClientIdError: not a string, empty, longer than `max_length` characters, or
             not encodable as UTF-8 (lone surrogates).
     """
+    if is_usable_id(client_id, max_length):
+        return client_id
     if not isinstance(client_id, str):
         raise InvalidClientIdError(f"client_id must be a string, got {type(client_id).__name__}")
     if not client_id:
@@ -38,12 +55,8 @@ def check_client_id(client_id: object, max_length: int) -> str:
         raise InvalidClientIdError(
             f"client_id is {len(client_id)} characters; the limit is {max_length}"
         )
-    if not client_id.isascii():
-        try:
-            client_id.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidClientIdError("client_id is not valid Unicode text") from exc
-    return client_id
+    raise InvalidClientIdError("client_id is not valid Unicode text (it holds a lone "
+                               "surrogate, which UTF-8 cannot encode)")
 
 
 def check_group(group: object) -> str:

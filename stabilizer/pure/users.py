@@ -18,6 +18,7 @@ from typing import Any, Final
 from stabilizer.config_limits import MAX_DEVICE_LENGTH, MAX_USER_ID_LENGTH
 from stabilizer.errors import AuthenticationError
 from stabilizer.pure.json_input import loads
+from stabilizer.pure.text import is_usable_id
 
 #: The largest identity ``info`` (as compact JSON): stored with each of the user's
 #: connections, so it stays small.
@@ -29,8 +30,9 @@ _DEVICE: Final = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_DEVICE_LENGTH}}}")
 
 
 def is_user_id(user_id: object) -> bool:
-    """True for a string a user id can be (what the API accepts without raising)."""
-    return isinstance(user_id, str) and 0 < len(user_id) <= MAX_USER_ID_LENGTH
+    """True for a string a user id can be (what the API accepts without raising): the
+    rules check_user_id enforces, decided without raising."""
+    return is_usable_id(user_id, MAX_USER_ID_LENGTH)
 
 
 def check_user_id(user_id: object) -> str:

@@ -20,6 +20,7 @@ from stabilizer.errors import (
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.sizes import estimate_size
+from stabilizer.pure.text import is_usable_id
 from stabilizer.services.closing import Closing
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class MemoryGuard:
             TypeError: with history, the value is not msgpack-serializable.
         """
         ctx = self._ctx
-        conn = ctx.pool.get(client_id)
+        conn = self._connection(client_id)
         if conn is None:
             raise ConnectionNotFoundError(f"client {client_id!r} is not connected to this node")
         new_size = estimate_size(key) + estimate_size(value)
@@ -167,5 +168,12 @@ class MemoryGuard:
 
     def get_user_data(self, client_id: str, key: str) -> Any | None:
         """The value stored under `key` for the client on this node, or None."""
-        conn = self._ctx.pool.get(client_id)
+        conn = self._connection(client_id)
         return None if conn is None else conn.user_data.get(key)
+
+    def _connection(self, client_id: object) -> Connection | None:
+        """The local connection of `client_id`; None for an id no client can have (a list
+        is no dict key)."""
+        if not is_usable_id(client_id, self._ctx.config.max_client_id_length):
+            return None
+        return self._ctx.pool.get(client_id)

@@ -19,7 +19,7 @@ from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
-from stabilizer.pure.text import check_close_code, is_text
+from stabilizer.pure.text import check_close_code, is_usable_id
 from stabilizer.pure.users import is_user_id
 from stabilizer.pure.wire import Envelope, Kind, close_body, encode
 from stabilizer.services.closing import Closing
@@ -81,7 +81,7 @@ class Users:
             BackendUnavailable: the client is not here and the store cannot be reached.
         """
         check_close_code(code)
-        if not is_text(client_id) or not client_id:
+        if not is_usable_id(client_id, self._ctx.config.max_client_id_length):
             return False
         ctx = self._ctx
         if self.close_client_local(client_id, code, reason):

@@ -21,7 +21,7 @@ from stabilizer.pure.text import (
     backoff_delay,
     check_client_id,
     encode_message,
-    is_text,
+    is_usable_id,
     truncate_reason,
 )
 
@@ -60,10 +60,11 @@ def test_invalid_client_id_is_caught_by_the_seeds_except_clauses() -> None:
         check_client_id("", 256)
 
 
-def test_is_text_only_for_str() -> None:
-    assert is_text("x")
-    assert not is_text(b"x")
-    assert not is_text(None)
+def test_a_usable_id_is_short_nonempty_text_that_utf8_encodes() -> None:
+    assert is_usable_id("x", 3)
+    assert is_usable_id("h\u00e9\U0001f600", 3)  # non-ASCII that UTF-8 encodes
+    for unusable in (b"x", None, 7, ["x"], "", "xxxx", "\ud800", "a\udc80"):
+        assert not is_usable_id(unusable, 3), unusable
 
 
 def test_default_node_id_is_unique_per_call_and_short() -> None:

@@ -28,9 +28,9 @@ BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.redis),
             pytest.param("redis-history", marks=pytest.mark.redis)]
 
 LONE_SURROGATE = json.loads('"\\ud800"')
-#: Each unusable as a client id (default limit 256), a user id (256) and a group (256).
+#: Each unusable as a client id (default limit 321), a user id (256) and a group (256).
 UNUSABLE: list[object] = [LONE_SURROGATE, f"ann/{LONE_SURROGATE}", None, 7, ["a"], "",
-                          "x" * 257]
+                          "x" * 322]
 
 Call = Callable[[WebSocketConnectionManager, Any], Awaitable[object]]
 

@@ -32,11 +32,17 @@ class Pool:
         return self._conns.get(client_id)
 
     def put(self, conn: Connection) -> Connection | None:
-        """Add `conn`, returning the connection it replaces (same client id), if any."""
-        previous = self._conns.get(conn.client_id)
+        """Add `conn`, returning the connection it replaces (same client id), if any.
+
+        A connection that began to close is not added (its close, past, took nothing out:
+        no later one would), but what it replaces is taken out all the same: the client
+        opened a newer socket, if only to close it.
+        """
+        previous = self._conns.pop(conn.client_id, None)
         if previous is not None:  # the newcomer takes the end of the order
-            del self._conns[conn.client_id]
             self._unseat(previous)
+        if not conn.is_open:
+            return previous
         self._conns[conn.client_id] = conn
         if conn.user_id is not None:
             self._users.setdefault(conn.user_id, {})[conn.client_id] = conn

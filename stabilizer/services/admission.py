@@ -241,14 +241,20 @@ class Admission:
                      welcome: Callable[[Connection], None] | None) -> Connection:
         """Put a recorded connection in the pool and announce it; one closed meanwhile (a
         disconnect on this node, a failed send of its catch-up) is returned closed, not
-        watched and never announced: its close has run the disconnect hooks already."""
+        watched and never announced: its close has run the disconnect hooks already.
+        One closed before it joins the pool (the welcome's send found its client gone, and
+        closed and settled it) never joins it, as no later close would take it out again;
+        the older connection it replaces is closed all the same."""
         ctx = self._ctx
         if welcome is not None:
             welcome(conn)
-        replaced = ctx.pool.put(conn)
+        replaced = ctx.pool.put(conn)  # (adds no closed connection, replaces all the same)
         if replaced is not None:
             self._closing.retire(replaced, CloseCode.REPLACED, "replaced by a newer connection",
                                  in_pool=False, afresh=self._afresh(resuming))
+        if not conn.is_open:  # (a kick kept for it has nothing left to close)
+            self._retired.pop(conn.conn_id, None)
+            return conn
         for stream, (offset, epoch) in baselines.items():
             # the node follows the client's streams from where its session begins, so that
             # a catch-up after a lost subscription covers them (its forget() unfollows them)

@@ -7,6 +7,10 @@ import json
 from collections.abc import MutableMapping
 from typing import Any
 
+import pytest
+
+from stabilizer.connection import connection
+
 
 class FakeSocket:
     """Records frames; `gate` (when cleared) makes send() block like a paused transport."""
@@ -112,3 +116,45 @@ class FakeWebSocket(FakeSocket):
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         await super().close(code, reason)
         self.client_leaves(code)
+
+
+class GoneTransport:
+    """A prepared write (connection/transports.py) whose client has closed: it writes
+    nothing, and reports the connection closed with `code`, as uvicorn's adapters do once
+    the client's close frame came."""
+
+    kind = "gone"
+    server = None
+
+    def __init__(self, code: int = 1000) -> None:
+        self.code = code
+
+    def write(self, frame: object) -> bool:
+        return False
+
+    def closed(self) -> bool:
+        return True
+
+    def close_code(self) -> int | None:
+        return self.code
+
+
+class ClosedByClient(FakeWebSocket):
+    """A FakeWebSocket whose client closed right after its handshake: its server's prepared
+    write finds the transport closed (give it to connections with `prepared_by_socket`)."""
+
+    def __init__(self, name: str = "closed-by-client", code: int = 1000) -> None:
+        super().__init__(name)
+        self.prepared = GoneTransport(code)
+        self.client_leaves(code)  # what the application would read next
+
+
+def prepared_by_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a connection take its socket's own `prepared` write when the socket has one
+    (a ClosedByClient), and the real lookup's otherwise."""
+    found = connection.prepared_writer
+
+    def prepared_writer(socket: Any) -> Any:
+        return getattr(socket, "prepared", None) or found(socket)
+
+    monkeypatch.setattr(connection, "prepared_writer", prepared_writer)

@@ -40,8 +40,10 @@ class RawClient:
 
     @classmethod
     async def connect(cls, port: int, path: str, *, deflate: bool = False,
-                      receive_buffer: int | None = None) -> RawClient:
-        """Open the handshake (offering permessage-deflate if asked); the server must accept."""
+                      receive_buffer: int | None = None,
+                      subprotocol: str | None = None) -> RawClient:
+        """Open the handshake (offering permessage-deflate and `subprotocol` if asked); the
+        server must accept."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer is not None:  # before connect: it bounds the advertised window
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
@@ -54,6 +56,8 @@ class RawClient:
                  "Sec-WebSocket-Version: 13"]
         if deflate:
             lines.append("Sec-WebSocket-Extensions: permessage-deflate")
+        if subprotocol is not None:
+            lines.append(f"Sec-WebSocket-Protocol: {subprotocol}")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
         response = await reader.readuntil(b"\r\n\r\n")
         if not response.startswith(b"HTTP/1.1 101"):
@@ -78,12 +82,14 @@ class RawClient:
                          payload)
 
     def send_frame(self, opcode: int, body: bytes, *, fin: bool = True) -> None:
-        """Write one masked frame (a body under 126 bytes)."""
-        assert len(body) < 126
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
-        self.writer.write(bytes(((0x80 if fin else 0) | opcode, 0x80 | len(body))) + mask
-                          + masked)
+        """Write one masked frame (a body under 64 KiB)."""
+        self.writer.write(masked_frame(opcode, body, fin=fin))
+
+    def send_text_and_close(self, text: str, code: int = 1000) -> None:
+        """Write a text message and a close frame in one write: the server reads
+        both at once, before its application has the text."""
+        self.writer.write(masked_frame(0x1, text.encode())
+                          + masked_frame(0x8, struct.pack("!H", code)))
 
     def send_text(self, text: str) -> None:
         """Write a short text message in one frame."""
@@ -102,3 +108,14 @@ class RawClient:
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
+
+
+def masked_frame(opcode: int, body: bytes, *, fin: bool = True) -> bytes:
+    """One frame as a client writes it, masked (a body under 64 KiB)."""
+    assert len(body) < 65_536
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+    head = bytes(((0x80 if fin else 0) | opcode,))
+    length = (bytes((0x80 | len(body),)) if len(body) < 126
+              else bytes((0x80 | 126,)) + struct.pack("!H", len(body)))
+    return head + length + mask + masked

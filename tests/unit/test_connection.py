@@ -153,6 +153,19 @@ def test_put_replaces_and_returns_the_previous_connection() -> None:
     assert pool.get("alice") is new
 
 
+def test_put_adds_no_connection_that_began_to_close() -> None:
+    """No close would take it out again: every one of them takes out only an open one."""
+    pool = Pool(4)
+    old, closed = make_conn("alice"), Connection(
+        "alice", FakeSocket(), OutboxLimits(4, None, 1.0), Failures(), user_id="ann")
+    pool.put(old)
+    closed.begin_close()
+    assert pool.put(closed) is old  # the newer socket replaces it all the same
+    assert pool.get("alice") is None
+    assert len(pool) == 0
+    assert pool.of_user("ann") == []
+
+
 def test_remove_only_removes_the_registered_connection() -> None:
     pool = Pool(4)
     old, new = make_conn("alice"), make_conn("alice")

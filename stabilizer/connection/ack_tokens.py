@@ -33,6 +33,11 @@ class AckTokens:
         """Approximate bytes the remembered tokens hold (the forgotten ones included)."""
         return self._bytes
 
+    @property
+    def awaiting(self) -> bool:
+        """True while a token is awaited."""
+        return bool(self._tokens)
+
     def expect(self, token: str) -> None:
         """A frame carrying `token` was sent."""
         tokens = self._tokens

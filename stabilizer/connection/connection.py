@@ -252,13 +252,16 @@ class Connection(SocketWriter):
     def take_forgotten(self, *, awaited: bool = False) -> list[str]:
         """The ack tokens forgotten since the last call (over the MAX_ACKS it keeps), with
         `awaited` all those still awaited too (it ended): their senders must be told."""
-        acks = self._acks
-        return acks.take_forgotten(awaited=awaited) if acks is not None else []
+        return self._acks.take_forgotten(awaited=awaited) if self._acks is not None else []
 
     def take_ack(self, token: str) -> bool:
-        """The client acknowledged `token`: True if it was sent a frame carrying it (each
-        token is taken once)."""
+        """The client acknowledged `token`: True if a frame it was sent carried it (once)."""
         return self._acks is not None and self._acks.take(token)
+
+    def acked_positions(self, streams: Iterable[str]) -> dict[str, tuple[int, str]] | None:
+        """While it awaits ack tokens, what its client holds on `streams` (else None)."""
+        awaiting = self._acks is not None and self._acks.awaiting
+        return self._held_positions().holding(streams) if awaiting else None
 
     def _held_positions(self) -> ClientPositions:
         if self._positions is None:

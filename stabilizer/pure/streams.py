@@ -11,6 +11,7 @@ soon as a later message arrives, and fills it from history.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Literal
@@ -206,3 +207,18 @@ class ClientPositions:
         """(offset, epoch) held on `stream`, if any."""
         last = self._held.get(stream)
         return None if last is None else (last.offset, last.epoch)
+
+    def holding(self, streams: Iterable[str]) -> dict[str, tuple[int, str]]:
+        """(offset, epoch) held on each of `streams` that has one."""
+        return {stream: at for stream in streams if (at := self.held(stream)) is not None}
+
+
+def begun_since(baselines: Mapping[str, tuple[int, str]],
+                held: Mapping[str, tuple[int, str]]) -> bool:
+    """Whether a session with `baselines` began after a connection was sent `held` (its
+    client's position per stream): on every stream both name the baseline is at or past
+    the position, in the same epoch, so a replay of that session carries nothing the
+    connection was sent on them. False when no stream tells (none shared, another epoch):
+    a session resumed since began before everything its connections were sent."""
+    shared = [(baselines[stream], at) for stream, at in held.items() if stream in baselines]
+    return bool(shared) and all(base[1] == at[1] and base[0] >= at[0] for base, at in shared)

@@ -16,6 +16,7 @@ from stabilizer.connection.connection import Connection
 from stabilizer.errors import BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import SESSION_ROUND_TRIPS, NodeContext
+from stabilizer.pure.streams import begun_since, client_stream, user_stream
 from stabilizer.services.delivery.fanout import FanOut
 from stabilizer.services.delivery.groups import Membership
 from stabilizer.services.events import Events
@@ -148,6 +149,8 @@ class Settlement:
             if code != CloseCode.REPLACED and not newer:
                 closed = await self._settle_session(conn, code, keep_session, had_groups)
                 ended = ended or (closed and unregistered is not Unregistered.KEPT)
+        if code == CloseCode.REPLACED and not ended:
+            ended = await self._session_replaced(conn)
         if ended:  # the acknowledgements it awaits will not come: their sends fail now
             self._fanout.ended(conn)
         if changed and unregistered is Unregistered.KEPT and code != CloseCode.REPLACED:
@@ -155,6 +158,26 @@ class Settlement:
             # told of: it was admitted while the store was unreachable): what this socket
             # joined or left is the live one's, wherever it is (a replaced one: Closing.retire())
             await self._membership.hand_over(conn.client_id)
+
+    async def _session_replaced(self, conn: Connection) -> bool:
+        """Whether the session a replaced `conn` held is gone from the store, or a session
+        that began after what `conn` was sent took its place (its client came back afresh),
+        so that no replay carries the ack tokens `conn` awaits again. Its replacement said
+        nothing of how it began: a resync found it, or the KICK saying so was lost. Asked
+        only while `conn` awaits some (an ordinary replacement costs no round trip); a store
+        that does not answer leaves them to their timeouts."""
+        streams = [client_stream(conn.client_id)]
+        if conn.user_id is not None:
+            streams.append(user_stream(conn.user_id))
+        held = conn.acked_positions(streams)  # (its acknowledged sends come on these)
+        if held is None:
+            return False
+        ctx = self._ctx
+        try:
+            state = await ctx.ask(ctx.backend.sessions.load(conn.client_id))
+        except BackendUnavailable:
+            return False
+        return state is None or begun_since(state.baselines, held)
 
     async def _settle_session(self, conn: Connection, code: int, keep_session: bool | None,
                               had_groups: bool) -> bool:

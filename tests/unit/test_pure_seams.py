@@ -25,6 +25,7 @@ from stabilizer.pure.streams import (
     Step,
     StreamOrder,
     Target,
+    begun_since,
     client_stream,
     group_stream,
 )
@@ -84,6 +85,20 @@ def test_a_new_epoch_starts_a_client_position_again() -> None:
     assert positions.admit("all", 1, "old")  # streams are independent
     assert positions.held("g:room") == (1, "new")
     assert positions.held("c:bob") is None
+
+
+def test_a_session_begun_since_a_connection_has_baselines_past_all_it_was_sent() -> None:
+    positions = ClientPositions()
+    positions.admit("c:bob", 7, "e1")
+    positions.admit("u:ann", 3, "e2")
+    held = positions.holding(["c:bob", "u:ann", "all"])
+    assert held == {"c:bob": (7, "e1"), "u:ann": (3, "e2")}
+    # a fresh session: its baselines were read after the connection was sent those
+    assert begun_since({"all": (1, "e0"), "c:bob": (7, "e1"), "u:ann": (4, "e2")}, held)
+    # the session the connection held (resumed since): it began before what it was sent
+    assert not begun_since({"c:bob": (5, "e1"), "u:ann": (3, "e2")}, held)
+    assert not begun_since({"c:bob": (9, "e3"), "u:ann": (3, "e2")}, held)  # another epoch
+    assert not begun_since({"all": (9, "e0")}, held)  # no stream tells
 
 
 def test_a_node_starts_following_a_stream_only_where_it_does_not_yet() -> None:

@@ -211,7 +211,7 @@ async def test_a_presence_call_waiting_for_its_round_trip_holds_bytes_not_lists(
         batches.append(batch)
         in_flight.set()
         await release.wait()
-        return [[1, None] if call == "register" else b"n1|c1|1000000"] * len(batch)
+        return [[1, None, b"1000000"] if call == "register" else b"n1|c1|1000000"] * len(batch)
 
     batcher = presence._registers if call == "register" else presence._unregisters
     batcher._pipelined = held  # type: ignore[method-assign]

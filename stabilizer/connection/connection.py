@@ -1,11 +1,12 @@
 """Connection: one local socket with its identity, bounded outbox, writer and state machine.
 
 Writing never makes the caller wait on a socket: the outbox and writer are in
-connection/writer.py.
+connection/writer.py, the frames it holds back (during a resume replay, or of a channel
+whose subscribe is in flight) in connection/holding.py.
 
-Every change of a connection's state is a method here: open -> closing -> closed, held
-during a resume replay -> released, pong waiters, group membership, user data. Other
-modules read these fields; none assigns them.
+Every change of a connection's state is a method here or there: open -> closing -> closed,
+held -> released, pong waiters, group membership, user data. Other modules read these
+fields; none assigns them.
 
 A write that finds the socket closed by the client is no failure of the server's where a
 reader may read the client's close (a session's: ``reads_close``): the connection takes no
@@ -26,12 +27,12 @@ from typing import Any, Final
 
 from stabilizer.config import CloseCode
 from stabilizer.connection.ack_tokens import AckTokens
-from stabilizer.connection.sockets import Frame, SocketLike, method_sender, sends_asgi
+from stabilizer.connection.holding import Held, HoldingWriter
+from stabilizer.connection.sockets import SocketLike, method_sender, sends_asgi
 from stabilizer.connection.transports import prepared_writer
-from stabilizer.connection.writer import OutboxLimits, SocketWriter, State
+from stabilizer.connection.writer import OutboxLimits, State
 from stabilizer.pure.rate import TokenBucket
 from stabilizer.pure.sizes import estimate_size
-from stabilizer.pure.streams import ClientPositions
 
 __all__ = ["Connection", "FailHandler", "Held", "OutboxLimits", "State", "new_conn_id"]
 
@@ -54,11 +55,7 @@ def new_conn_id() -> str:
 #: Called when a connection's outbox overflows or its socket fails (or, ``client_gone`` set,
 #: a write found the client gone: the code is then what the node closes with).
 FailHandler = Callable[["Connection", CloseCode, str], None]
-#: A frame waiting out a replay, with the (stream, offset, epoch) it carries, if sequenced.
-Held = tuple[str | None, int | None, str | None, Frame]
-
-
-class Connection(SocketWriter):
+class Connection(HoldingWriter):
     """One local socket: identity, bounded outbox, writer, liveness, groups and user data."""
 
     __slots__ = (
@@ -67,11 +64,9 @@ class Connection(SocketWriter):
         "_changed_groups",
         "_close_waiter",
         "_groups",
-        "_held",
         "_metadata_size",
         "_on_fail",
         "_pong_waiters",
-        "_positions",
         "_reads_close",
         "_registered",
         "_socket_closed",
@@ -141,10 +136,11 @@ class Connection(SocketWriter):
         self._changed_groups = False
         # While a resuming client is replayed its history, live frames wait here so that
         # none is delivered twice or out of order.
-        self._held: list[Held] | None = [] if hold else None
+        self._held = [] if hold else None
+        self._joining = None  # (channels whose subscribe is in flight: see holding.py)
         # The position the client holds per stream (from its first sequenced frame, or its
         # resume): nothing at or before it is sent again, however late the node delivers it.
-        self._positions: ClientPositions | None = None
+        self._positions = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id!r} {self.conn_id} {self._state.name}>"
@@ -190,11 +186,6 @@ class Connection(SocketWriter):
         return frozenset(self._groups) if self._groups else frozenset()
 
     @property
-    def holding(self) -> bool:
-        """True while its live frames wait for a replay to end (release_held)."""
-        return self._held is not None
-
-    @property
     def group_count(self) -> int:
         """How many groups this connection is a local member of."""
         return len(self._groups) if self._groups else 0
@@ -217,7 +208,7 @@ class Connection(SocketWriter):
 
     def memory_estimate(self) -> int:
         """Approximate bytes this connection holds: bookkeeping, metadata (as given), user
-        data, outbox (frames held during a replay included), ack tokens awaiting acks."""
+        data, outbox (frames held back included), ack tokens awaiting acks."""
         return (
             _BASE_CONNECTION_BYTES + len(self.client_id) + self._user_data_bytes
             + self._queued_bytes + self._metadata_size
@@ -225,24 +216,6 @@ class Connection(SocketWriter):
         )
 
     # ------------------------------------------------------------------ writing
-
-    def deliver(self, frame: Frame, now: float, stream: str | None = None,
-                offset: int | None = None, epoch: str | None = None) -> bool:
-        """Like offer(), but a frame arriving during a resume replay waits its turn, and a
-        sequenced frame at or before the position the client holds on its stream (same
-        epoch) is not sent: the client has it (True is returned, as for a frame sent)."""
-        held = self._held
-        if held is not None and self._state is State.OPEN:
-            # held frames are the outbox in waiting: they count against its bounds
-            if not self._room_for(frame, len(held) + len(self.outbox)):
-                return False
-            held.append((stream, offset, epoch, frame))
-            self._queued_bytes += frame.size
-            return True
-        if (stream is not None and offset is not None and epoch is not None
-                and not self._held_positions().admit(stream, offset, epoch)):
-            return True
-        return self.offer(frame, now)
 
     def _expect_ack(self, token: str) -> None:
         if self._acks is None:
@@ -263,11 +236,6 @@ class Connection(SocketWriter):
         awaiting = self._acks is not None and self._acks.awaiting
         return self._held_positions().holding(streams) if awaiting else None
 
-    def _held_positions(self) -> ClientPositions:
-        if self._positions is None:
-            self._positions = ClientPositions()
-        return self._positions
-
     def _fail(self, code: CloseCode, reason: str) -> None:
         if self._state is State.OPEN:
             self._on_fail(self, code, reason)
@@ -285,7 +253,7 @@ class Connection(SocketWriter):
         self._gone = True
         self._outbox = None
         self._queued_bytes = 0
-        self._held = None
+        self._drop_held()
         self._stop_writer()
         self._on_fail(self, CloseCode.NORMAL, reason)
 
@@ -298,7 +266,7 @@ class Connection(SocketWriter):
         dropped = len(self.outbox)
         self._outbox = None
         self._queued_bytes = 0
-        self._held = None
+        self._drop_held()
         self._stop_writer()
         if self._pong_waiters:
             for waiter in self._pong_waiters:
@@ -333,17 +301,6 @@ class Connection(SocketWriter):
         """Closing -> closed: the socket is closed and the node's bookkeeping done."""
         self._state = State.CLOSED
         self.socket_done()
-
-    def release_held(self, positions: Mapping[str, tuple[int, str]], now: float) -> None:
-        """End a replay: the client now holds `positions`, (offset, epoch) per stream (its
-        own, advanced by the replay); deliver the live frames held meanwhile, in order,
-        skipping those at or before them."""
-        held, self._held = self._held or [], None
-        for name, (last, since) in positions.items():
-            self._held_positions().admit(name, last, since)
-        for stream, offset, epoch, frame in held:
-            self._queued_bytes -= frame.size  # (counted again if it is queued)
-            self.deliver(frame, now, stream, offset, epoch)
 
     def heard(self, now: float) -> None:
         """Inbound traffic at monotonic time `now`: answers every pending ping()."""

@@ -88,7 +88,8 @@ class Calls:
                 "or waiting behind one on their channel); wait for a reply first"))
         else:
             before = self._newest.get(channel) if channel is not None else None
-            task = ctx.tasks.spawn(self._answer(conn, kind, ident, work, before),
+            joining = channel if kind == "subscribe" else None
+            task = ctx.tasks.spawn(self._answer(conn, kind, ident, work, before, joining),
                                    name=f"stabilizer-{kind}-{conn.conn_id}")
             self._running[ident] = task
             if channel is not None:
@@ -126,12 +127,29 @@ class Calls:
 
     async def _answer(self, conn: Connection, kind: str, ident: CallId,
                       work: Callable[[], Awaitable[str | list[str]]],
-                      before: asyncio.Task[None] | None) -> None:
+                      before: asyncio.Task[None] | None, joining: str | None) -> None:
         """Run a request (once `before`, the one sent before it on its channel, ended) and
         send its reply: every request whose id could be read gets one, even when something
-        of ours failed under it (logged here, not sent)."""
+        of ours failed under it (logged here, not sent).
+
+        A subscribe of a channel the connection is not in (`joining`) holds the channel's
+        frames back until its reply is sent: the connection receives them from its local
+        join on, before the backend has the membership (which may then fail). They follow
+        the reply if the connection is in the channel by then, and are dropped if not."""
         if before is not None and not before.done():
             await asyncio.wait([before])  # (its outcome, even its cancellation, is its own)
+        if joining is not None and joining in conn.groups:
+            joining = None  # a member already: its messages flow as they did
+        if joining is not None:
+            conn.hold_channel(joining)
+        try:
+            await self._run(conn, kind, ident, work)
+        finally:
+            if joining is not None:
+                conn.release_channel(joining, time.monotonic(), member=joining in conn.groups)
+
+    async def _run(self, conn: Connection, kind: str, ident: CallId,
+                   work: Callable[[], Awaitable[str | list[str]]]) -> None:
         try:
             answer = await work()  # (the reply first; a subscribe may add frames after it)
         except asyncio.CancelledError:

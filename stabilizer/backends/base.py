@@ -29,7 +29,12 @@ from stabilizer.backends.records import (
     UserLimit,
     UserRoute,
 )
-from stabilizer.backends.stream_roles import GroupStore, HistoryStore, SessionStore
+from stabilizer.backends.stream_roles import (
+    UNLIST_ROUND_TRIPS,
+    GroupStore,
+    HistoryStore,
+    SessionStore,
+)
 from stabilizer.pure.keyring import SharedKeys
 from stabilizer.results import ClusterEvent
 from stabilizer.stats import BackendStats
@@ -39,8 +44,8 @@ from stabilizer.stats import BackendStats
 ORPHAN_GRACE_TTLS = 2.0
 
 __all__ = [
-    "Backend", "EventBus", "GroupStore", "History", "HistoryStore", "Liveness",
-    "MembershipChange", "NodeRegistry", "NodeReport", "Presence", "PresenceStore",
+    "UNLIST_ROUND_TRIPS", "Backend", "EventBus", "GroupStore", "History", "HistoryStore",
+    "Liveness", "MembershipChange", "NodeRegistry", "NodeReport", "Presence", "PresenceStore",
     "Registration", "Resynced", "Routing", "Seat", "Sequenced", "SessionGone", "SessionState",
     "SessionStore", "SessionTaken", "SharedKeys",
     "TaskSpawner", "TokenStore", "UserLimit", "UserRoute", "UserStore",

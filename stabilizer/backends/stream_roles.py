@@ -3,14 +3,19 @@ sessions (re-exported by ``stabilizer.backends.base`` with the other roles)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from typing import Protocol
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
+from typing import Final, Protocol
 
 from stabilizer.backends.records import History, MembershipChange, Sequenced, SessionState
 from stabilizer.pure.streams import Target
 from stabilizer.pure.wire import Envelope
 
-__all__ = ["GroupStore", "HistoryStore", "SessionStore"]
+__all__ = ["UNLIST_ROUND_TRIPS", "GroupStore", "HistoryStore", "SessionStore"]
+
+#: Round trips one step of GroupStore.unlist_returned takes at most: a SCAN of each master,
+#: the sizes and the members of the group sets it found, then the clients' own sets, the
+#: leaves, the clients' sets again and the memberships a join listed meanwhile.
+UNLIST_ROUND_TRIPS: Final = 7
 
 
 class GroupStore(Protocol):
@@ -109,6 +114,18 @@ class GroupStore(Protocol):
         node through a connection opened at that time or later: that connection holds the
         client now, with the memberships the store lists for it (the resync that follows
         closes the local one, as it would not claim the client)."""
+        ...
+
+    def unlist_returned(self, local: Mapping[str, Collection[str]],
+                        ) -> AsyncGenerator[int, None]:
+        """After the store lost writes (and reconcile gave the memberships back), take
+        each client of `local` (client id -> its groups on this node) out of every group
+        that lists it while neither `local` nor the client's own groups do: a store whose
+        parts restart apart (a Cluster's masters, in the spread layout) can give back a
+        membership on the group's side only. It reads every group in batches; each step
+        takes at most UNLIST_ROUND_TRIPS round trips and yields how many memberships it
+        took out. A store whose group sets roll back with the clients' own (in one slot,
+        or in memory) yields nothing."""
         ...
 
     async def presence_entries(self, client_id: str,

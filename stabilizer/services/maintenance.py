@@ -41,6 +41,7 @@ from stabilizer.pure.users import parse_info
 from stabilizer.services.memory import MemoryGuard
 from stabilizer.services.reports import Reporter
 from stabilizer.services.tokens import TokenService
+from stabilizer.services.unlisting import Unlisting
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Maintenance:
         self._resubscribing = asyncio.Event()  # the listener lost its subscription
         self._lost_writes = False  # the store restarted or failed over since the last settle
         self._backend_log = RateLimitedLog(logger)
+        self._unlisting = Unlisting(ctx, self._backend_log)  # after the settle's resync
 
     async def run(self) -> None:
         """Run until cancelled: the upkeep (step) and the memory check, each on its own
@@ -188,6 +190,7 @@ class Maintenance:
             # this node holds goes back to a store that lost it; a key another node gives
             # back later is learned when a token names it
             self._keys_due = not await self._tokens.sync_shared_keys()
+        await self._unlisting.step()  # (last: it logs its own failures)
 
     async def _check_incarnation(self) -> None:
         """Ask for a resync when the store may have lost writes since the last step: it
@@ -232,7 +235,10 @@ class Maintenance:
         """Groups first (restored before the presence that tells a client is back), then
         presence: a socket another node took closes and hands its memberships over. The
         restore leaves out the clients the resync will not claim (a newer connection on
-        another node holds them): what it handed over would be the old memberships."""
+        another node holds them): what it handed over would be the old memberships. After
+        the store lost writes, the check for memberships it gave back on the groups' side
+        only follows, at this step and the next ones (unlisting.py): reading every group,
+        it never stands between the node and its presence."""
         restore = self._restore_groups
         if self._settle_groups is not None:
             try:
@@ -241,6 +247,8 @@ class Maintenance:
                 self._ctx.want_resync()
                 raise
         await self._resync(claim_all=restore)
+        if self._lost_writes:  # (not after a reap: it takes memberships away, gives none)
+            self._unlisting.begin()
         if restore:  # (a settle that failed gives back and claims again: both idempotent)
             self._restore_groups = False
             self._lost_writes = False

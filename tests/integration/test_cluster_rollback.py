@@ -2,8 +2,9 @@
 key layout (each group's keys in the group's slot, each client's group set in the
 client's): the group's master gives back a membership that was left since, while the
 client's master (not restarted) still has the leave. The settle after the incarnation
-change must take the member out of the group again, or it stays listed for good (by
-get_group_members and get_presence) while its node delivers it nothing.
+change (its check for memberships given back, after the presence resync) must take the
+member out of the group again, or it stays listed for good (by get_group_members and
+get_presence) while its node delivers it nothing.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from redis.asyncio import Redis
 from stabilizer import WebSocketConfig, WebSocketConnectionManager
 from stabilizer.backends.redis.keys import KeyLayout
 from tests.conftest import ManagerFactory
-from tests.integration.test_store_incarnation import resyncs
+from tests.integration.test_spread_unlist import UNLISTED
+from tests.integration.test_store_incarnation import LogWatch, log
 from tests.support.fakes import FakeSocket
 from tests.support.redis_server import RedisClusterServers, RedisServer, cluster_cli
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+__all__ = ["log"]  # (a fixture)
 
 QUIET: dict[str, Any] = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 3600.0}
 #: A bound, not a wait: the restart and the next step take a few seconds.
@@ -55,7 +59,7 @@ def restart(cluster: RedisClusterServers, master: RedisServer) -> None:
 
 async def test_a_membership_a_restarted_group_master_gives_back_is_left_again(
     private_cluster: RedisClusterServers, namespace: str, make_manager: ManagerFactory,
-    monkeypatch: pytest.MonkeyPatch,
+    log: LogWatch,
 ) -> None:
     manager: WebSocketConnectionManager = make_manager(WebSocketConfig(
         redis_url=private_cluster.url, redis_cluster=True, namespace=namespace,
@@ -75,11 +79,9 @@ async def test_a_membership_a_restarted_group_master_gives_back_is_left_again(
         await store.aclose()
     await manager.leave_group(client, group)
     assert await manager.get_group_members(group) == ["stays"]
-    ended = resyncs(manager, monkeypatch)
 
     await asyncio.to_thread(restart, private_cluster, master)
-    async with asyncio.timeout(RECOVERY):
-        await ended.get()  # (the group settle ran before it)
+    await log.until(UNLISTED, RECOVERY)
 
     assert await manager.get_group_members(group) == ["stays"]
     assert await manager.get_presence(group) == {

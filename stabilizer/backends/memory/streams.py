@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 
 from stabilizer.backends.base import (
     History,
@@ -174,6 +174,12 @@ class MemoryGroups:
                 if groups:  # its presence is registered next (see RECONCILE_GROUPS)
                     self._await_claim(client_id)
         return {client_id: sorted(hub.client_groups.get(client_id, ())) for client_id in local}
+
+    async def unlist_returned(self, local: Mapping[str, Collection[str]],
+                              ) -> AsyncGenerator[int, None]:
+        """Nothing to take out: the hub keeps both sides of a membership together."""
+        for _ in ():
+            yield 0
 
     async def presence_entries(self, client_id: str,
                                groups: Collection[str]) -> dict[str, str]:

@@ -3,7 +3,7 @@ each way; a group's messages go over its own channel to the nodes that follow it
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from typing import Final
 
 from stabilizer.backends.records import MembershipChange
@@ -199,6 +199,15 @@ class RedisGroups:
             for client_id, groups in zip(batch, reply, strict=True):
                 listed[client_id] = sorted(text(group) for group in groups)
         return listed
+
+    async def unlist_returned(self, local: Mapping[str, Collection[str]],
+                              ) -> AsyncGenerator[int, None]:
+        """Spread, in batches (SlotSteps.unlist_returned); in the other layouts every group
+        set lives in the namespace's slot, which rolls back with the clients' sets:
+        nothing."""
+        if self._core.keys.spread:
+            async for taken in self._spread.unlist_returned(local):
+                yield taken
 
     async def presence_entries(self, client_id: str,
                                groups: Collection[str]) -> dict[str, str]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import AsyncGenerator, Collection, Iterable, Mapping
 from typing import Any, Final
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from stabilizer.backends.redis.core import RedisCore, now_ms, text
 from stabilizer.backends.redis.presence import RedisPresence
@@ -17,8 +19,11 @@ from stabilizer.pure.streams import group_stream
 from stabilizer.pure.wire import Envelope, Kind, encode, event_body
 from stabilizer.results import ClusterEvent
 
-#: Group sets read at once while looking for memberships a restarted master gave back.
-_GROUP_BATCH: Final = 200
+#: Keys one SCAN call looks at (a hint) while looking for memberships a restarted master
+#: gave back: about the most group sets one batch of `unlist_returned` reads.
+_SCAN_COUNT: Final = 500
+#: Local clients up to which that batch asks each group set about all of them at once.
+_ASK_ALL: Final = 64
 
 
 class SlotSteps:
@@ -98,9 +103,9 @@ class SlotSteps:
         `restore`, unless presence, read first, has a newer connection on another node
         hold the client: see `opened` in GroupStore.reconcile); restored memberships go
         back to their groups' sets (with the entries their presence hashes lost), the
-        restored clients on the away list, and what a group's set lists beyond its
-        client's set goes (`_unlist_returned`). Then every group a client's set lists gets
-        the client too (`_complete`)."""
+        restored clients on the away list. Then every group a client's set lists gets the
+        client too (`_complete`). What a group's set lists beyond its client's set is left
+        to `unlist_returned`, after the presence resync."""
         core = self._core
         keys = core.keys
         clients = sorted(local)
@@ -122,7 +127,6 @@ class SlotSteps:
             due = now_ms() + core.orphan_grace_ms
             await asyncio.gather(*(self._away(c, due, "reconcile_groups", only_new=True)
                                    for c in clients if local[c]))
-            await self._unlist_returned(local)
         replies = await asyncio.gather(*(core.call(core.scripts.client_list(
             keys=[keys.client_groups(c), keys.leaving(c)], args=[]), "reconcile_groups")
             for c in clients))
@@ -134,26 +138,90 @@ class SlotSteps:
         await self._finish_leaving(leaving)
         return listed
 
-    async def _unlist_returned(self, local: Mapping[str, Collection[str]]) -> None:
+    async def unlist_returned(self, local: Mapping[str, Collection[str]],
+                              ) -> AsyncGenerator[int, None]:
         """After the store lost writes: take the clients of `local` out of every group whose
-        set lists one of them while neither its connection here nor its own group set does
-        (a group's master restarted from data older than a leave its client's master kept:
-        nothing else would ever take it out). Every group set is looked at (a SCAN of each
-        master), each one read only as far as it may hold these clients; a membership
-        taken out goes back where the client's set lists its group by then (a join ran
-        meanwhile), as `_complete` does the other way round."""
+        set lists one of them while neither `local` nor the client's own group set does (a
+        group's master restarted from data older than a leave its client's master kept:
+        nothing else would ever take it out). Every group set is looked at, in batches:
+        one SCAN call on each master whose walk is not over, then the sets it found, read
+        in one pipeline (two with many clients: `_listing`); each batch yields how many
+        memberships it took out. A membership taken out goes back where the client's set
+        lists its group by then (a join ran meanwhile), as `_complete` does the other way
+        round."""
         clients = sorted(local)
         if not clients:
             return
-        listing: dict[str, list[str]] = defaultdict(list)  # client -> groups listing it
-        names = await self._group_names()
-        for start in range(0, len(names), _GROUP_BATCH):
-            chunk = names[start:start + _GROUP_BATCH]
-            held = await asyncio.gather(*(self._members_among(g, clients) for g in chunk))
-            for group, members in zip(chunk, held, strict=True):
-                for client_id in members:
-                    if group not in local[client_id]:
-                        listing[client_id].append(group)
+        client = self._core.client
+        walks: list[tuple[ClusterNode | None, int]] = (
+            [(node, 0) for node in client.get_primaries()]
+            if isinstance(client, RedisCluster) else [(None, 0)])
+        while walks:
+            found = await asyncio.gather(*(self._scan(node, cursor) for node, cursor in walks))
+            walks = [(node, cursor) for (node, _), (cursor, _) in zip(walks, found, strict=True)
+                     if cursor]
+            yield await self._unlist(await self._listing(
+                sorted({name for _, names in found for name in names}), local))
+
+    async def _scan(self, node: ClusterNode | None, cursor: int) -> tuple[int, list[str]]:
+        """One SCAN call for group member sets (on `node`, a Cluster's master): the next
+        cursor (0: the walk is over) and the names of the groups found."""
+        core = self._core
+        client = core.client
+        prefix, suffix = core.keys.group_key_bounds
+        options: dict[str, Any] = {"match": core.keys.group_key_pattern,
+                                   "count": _SCAN_COUNT, "_type": "set"}
+        if isinstance(client, RedisCluster) and node is not None:
+            cursors, keys = await core.call(client.scan(cursor, target_nodes=node, **options),
+                                            "unlist_returned")
+            cursor = cursors[node.name]
+        else:
+            cursor, keys = await core.call(client.scan(cursor, **options), "unlist_returned")
+        return int(cursor), [text(key)[len(prefix):len(text(key)) - len(suffix)]
+                             for key in keys]
+
+    async def _listing(self, groups: list[str], local: Mapping[str, Collection[str]],
+                       ) -> dict[str, list[str]]:
+        """By client of `local`, the groups among `groups` whose set lists it while `local`
+        does not. Each set is asked about every client at once (SMISMEMBER, in one
+        pipeline); with more than _ASK_ALL clients, the sizes are read first (another
+        pipeline), a set no larger than the clients read whole instead and an empty one
+        skipped."""
+        core = self._core
+        clients = sorted(local)
+        sizes = await self._sizes(groups) if groups and len(clients) > _ASK_ALL else None
+        whole = {g for g in groups if sizes is not None and sizes[g] <= len(clients)}
+        asked = [g for g in groups if sizes is None or sizes[g]]
+        pipe = core.client.pipeline(transaction=False)
+        for group in asked:
+            if group in whole:
+                pipe.smembers(core.keys.group(group))
+            else:
+                pipe.smismember(core.keys.group(group), clients)
+        replies = await core.call(pipe.execute(), "unlist_returned") if asked else []
+        listing: dict[str, list[str]] = defaultdict(list)
+        for group, reply in zip(asked, replies, strict=True):
+            members = ([c for c in map(text, reply) if c in local] if group in whole
+                       else [c for c, flag in zip(clients, reply, strict=True) if int(flag)])
+            for client_id in members:
+                if group not in local[client_id]:
+                    listing[client_id].append(group)
+        return listing
+
+    async def _sizes(self, groups: list[str]) -> dict[str, int]:
+        """SCARD of each group's member set, in one pipeline."""
+        core = self._core
+        pipe = core.client.pipeline(transaction=False)
+        for group in groups:
+            pipe.scard(core.keys.group(group))
+        counts = await core.call(pipe.execute(), "unlist_returned")
+        return {group: int(count) for group, count in zip(groups, counts, strict=True)}
+
+    async def _unlist(self, listing: Mapping[str, Collection[str]]) -> int:
+        """Take each client out of the groups `listing` names for it that its own group set
+        does not list, then put back those it lists by then; return how many stayed out."""
+        if not listing:
+            return 0
         returned = await self._unlisted(listing)
         await asyncio.gather(*(self._group(g, "leave", sorted(returned[g]))
                                for g in sorted(returned)))
@@ -161,31 +229,8 @@ class SlotSteps:
         await asyncio.gather(*(self._group(g, "restore", [part for c in sorted(joined[g])
                                                           for part in (c, "")])
                                for g in sorted(joined)))
-
-    async def _group_names(self) -> list[str]:
-        """The name of every group with a member set (SCAN MATCH, on each master)."""
-        core = self._core
-        prefix, suffix = core.keys.group_key_bounds
-        found = core.client.scan_iter(match=core.keys.group_key_pattern, count=1000,
-                                      _type="set")
-        names: set[str] = set()
-        while True:
-            try:
-                key = text(await core.call(anext(found), "reconcile_groups"))
-            except StopAsyncIteration:
-                return sorted(names)
-            names.add(key[len(prefix):len(key) - len(suffix)])
-
-    async def _members_among(self, group: str, clients: list[str]) -> list[str]:
-        """Which of `clients` the group's set lists: its members read when fewer, else
-        SMISMEMBER of the clients."""
-        core = self._core
-        key = core.keys.group(group)
-        if int(await core.call(core.client.scard(key), "reconcile_groups")) <= len(clients):
-            wanted = set(clients)
-            return [m for m in await core.scan_set(key, "reconcile_groups") if m in wanted]
-        flags = await core.call(core.client.smismember(key, clients), "reconcile_groups")
-        return [c for c, member in zip(clients, flags, strict=True) if int(member)]
+        return (sum(len(clients) for clients in returned.values())
+                - sum(len(clients) for clients in joined.values()))
 
     async def _unlisted(self, groups_of: Mapping[str, Collection[str]], *,
                         listed: bool = False) -> dict[str, set[str]]:

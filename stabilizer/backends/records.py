@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stabilizer.pure.json_input import loads
+from stabilizer.pure.streams import Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,20 @@ class SessionState:
     groups: list[str] = field(default_factory=list)
     user_data: dict[str, bytes] = field(default_factory=dict)
     baselines: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def user_id(self) -> str | None:
+        """The user the session was opened for; None for an anonymous client.
+
+        A fresh session records a baseline for its user's stream and for no other user's
+        (every backend, every version that knew users), so the baselines name its user:
+        a session written before this was read needs no field of its own.
+        """
+        for stream in self.baselines:
+            target = Target.of_stream(stream)
+            if target is not None and target.kind == "user":
+                return target.name
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,14 +102,22 @@ class Resume:
         self, conn: Connection,
     ) -> tuple[SessionState | None, dict[str, tuple[int, str]]]:
         """Load the client's session and take it over, its groups joined here; or open a
-        fresh one when there is none: (None, its baselines). In the client's membership
-        turn: a join or leave written meanwhile for the session's earlier holder reaches
-        `conn` after this, settled from what the backend lists then."""
+        fresh one when there is none, or it is not `conn`'s user's (another user's, or
+        anonymous and `conn` a user's, or the reverse): (None, its baselines). In the
+        client's membership turn: a join or leave written meanwhile for the session's
+        earlier holder reaches `conn` after this, settled from what the backend lists
+        then."""
         ctx = self._ctx
         async with self._membership.turn(conn.client_id):
             try:
                 state = await ctx.ask(ctx.backend.sessions.load(conn.client_id))
             except BackendUnavailable:
+                state = None
+            if state is not None and state.user_id != conn.user_id:
+                # another user on the client id (a shared device) holds its token: the
+                # session, the earlier user's groups, data and history, is not theirs
+                logger.info("session of %r was another user's: it begins afresh",
+                            conn.client_id)
                 state = None
             if state is not None:
                 try:

@@ -120,6 +120,27 @@ async def test_a_fresh_session_returns_the_baselines_it_records(
     assert await a.sessions.activate("ann/1", fresh=False, user_id="ann") == {}  # revived
 
 
+async def test_a_loaded_session_names_the_user_it_was_opened_for(
+    open_node: NodeFactory,
+) -> None:
+    """A resume checks it against the returning client's (see test_resume_user.py)."""
+    a = await open_node("node-a")
+    await a.sessions.activate("kiosk-1", fresh=True, user_id="alice", conn_id="conn-1")
+    await a.sessions.activate("kiosk-2", fresh=True, conn_id="conn-2")  # anonymous
+    for client_id, user_id in (("kiosk-1", "alice"), ("kiosk-2", None)):
+        state = await a.sessions.load(client_id)
+        assert state is not None
+        assert state.user_id == user_id
+    await a.sessions.activate("kiosk-1", fresh=False, user_id="alice", conn_id="conn-3")
+    revived = await a.sessions.load("kiosk-1")
+    assert revived is not None
+    assert revived.user_id == "alice"
+    await a.sessions.activate("kiosk-1", fresh=True, user_id="bob", conn_id="conn-4")
+    taken = await a.sessions.load("kiosk-1")
+    assert taken is not None
+    assert taken.user_id == "bob"  # a fresh session is the new user's
+
+
 async def test_group_membership_is_cluster_wide(open_node: NodeFactory) -> None:
     a, b = await open_node("node-a"), await open_node("node-b")
     assert (await a.groups.join("alice", "room:1*")).changed is True

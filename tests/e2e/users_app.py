@@ -1,6 +1,7 @@
 """The app the identity end-to-end tests run under uvicorn: JWT authentication (a shared
-secret, or a JWKS URL from USERS_APP_JWKS_URL), v2 and plain clients on /ws, an admin API
-for users, and ops endpoints guarded by a header."""
+secret, or a JWKS URL from USERS_APP_JWKS_URL), v2 and plain clients on /ws, plain ones
+under a client id the app names on /kiosk/{client_id}, an admin API for users and groups,
+and ops endpoints guarded by a header."""
 
 from __future__ import annotations
 
@@ -48,6 +49,30 @@ async def chat(websocket: WebSocket) -> None:
                 await manager.broadcast(message[4:])
             else:
                 await conn.send({"echo": message})
+
+
+@app.websocket("/kiosk/{client_id}")
+async def kiosk(websocket: WebSocket, client_id: str) -> None:
+    """A client id the application names (a shared device): its user is whoever signs in."""
+    async with session(manager, websocket, client_id) as conn:
+        async for _message in conn:
+            pass
+
+
+@app.post("/admin/join/{group}/{client_id}")
+async def join(group: str, client_id: str) -> dict[str, bool]:
+    await manager.join_group(client_id, group)
+    return {"joined": True}
+
+
+@app.post("/admin/send_to_group/{group}")
+async def send_to_group(group: str, body: dict[str, Any] = Body(...)) -> dict[str, int]:
+    return {"offset": (await manager.send_to_group(group, body["message"])).offset or 0}
+
+
+@app.get("/admin/members/{group}")
+async def members(group: str) -> list[str]:
+    return await manager.get_group_members(group)
 
 
 @app.post("/admin/send_to_user/{user_id}")

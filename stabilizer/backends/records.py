@@ -112,12 +112,16 @@ class History:
     reads as covered (nothing was published since: the stream expired, which takes longer
     than a session lasts) unless the reader knows the stream existed too recently to have
     expired: then the store lost it.
+
+    ``last`` is the stream's last offset when it was read (0 unless covered and present):
+    a read bounded to a page stopped short of it when its envelopes end before it.
     """
 
     envelopes: list[bytes]
     covered: bool
     epoch: str | None = None
     absent: bool = False
+    last: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,9 +165,15 @@ class HistoryStore(Protocol):
         """
         ...
 
-    async def read(self, stream: str, after: int, epoch: str) -> History:
+    async def read(self, stream: str, after: int, epoch: str, *, max_entries: int = 0,
+                   max_bytes: int = 0) -> History:
         """Return the envelopes of `stream` with offsets after `after` in `epoch` (an empty
-        epoch with `after` 0 asks for everything the stream still holds)."""
+        epoch with `after` 0 asks for everything the stream still holds).
+
+        A page: at most `max_entries` of them, and no more than `max_bytes` bytes of them but
+        for the first (0: no bound). The next page is the read after the last envelope's
+        offset, which is `after` plus how many came (a stream's offsets follow each other).
+        """
         ...
 
 

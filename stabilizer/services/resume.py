@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator
+from typing import Final
 
 import msgpack
 
@@ -29,6 +30,11 @@ from stabilizer.services.delivery.sequenced import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: the entries of a stream one read of a replay asks for at most (one page)
+HISTORY_PAGE: Final = 500
+#: and the bytes of them (but for the first): a page's share of Redis's time and of memory
+HISTORY_PAGE_BYTES: Final = 1 << 20
 
 
 class Resume:
@@ -187,8 +193,8 @@ class Resume:
         for its registration and its session): send it those, then the live frames held
         meanwhile. What the store cannot give back, the client is told of (a ``resume``
         frame naming the stream, as when a node loses part of a stream)."""
+        _, failed, held, _ = await self._send_missed(conn, starts)
         now = time.monotonic()
-        _, failed, held, _ = await self._send_missed(conn, starts, now)
         if failed:
             conn.offer(Frame.text(resume_frame(0, failed)), now)
         conn.release_held(held, now)
@@ -197,8 +203,8 @@ class Resume:
                       starts: dict[str, tuple[int, str]]) -> tuple[int, list[str]]:
         """Send what `conn` missed on each stream after its start, then the resume frame,
         then the live frames held meanwhile (none at or before the start or the replay)."""
+        replayed, failed, held, unknown = await self._send_missed(conn, starts)
         now = time.monotonic()
-        replayed, failed, held, unknown = await self._send_missed(conn, starts, now)
         conn.offer(Frame.text(resume_frame(replayed, failed)), now)
         # (a stream it was told it lost starts again with its next message; one the store
         # holds nothing of is followed from before its next epoch, whatever the client said)
@@ -208,41 +214,25 @@ class Resume:
         return replayed, failed
 
     async def _send_missed(
-        self, conn: Connection, starts: dict[str, tuple[int, str]], now: float,
+        self, conn: Connection, starts: dict[str, tuple[int, str]],
     ) -> tuple[int, list[str], dict[str, tuple[int, str]], set[str]]:
         """Send what `conn` missed on each stream after its start: (how many frames, the
         streams the store could not give back, what the client holds after them, the
         streams the store holds nothing of). A stream it holds nothing of is one it could
         not give back unless it still holds the session `conn` took, read after it."""
-        ctx = self._ctx
         replayed = 0
         failed: list[str] = []
         held = dict(starts)  # what the client holds: its start, then what it is replayed
         unknown: set[str] = set()  # streams the store holds nothing of: epochs unvouched
         for stream in sorted(starts):
-            after, epoch = starts[stream]
-            try:
-                found = await ctx.ask(ctx.backend.history.read(stream, after, epoch))
-            except BackendUnavailable:
-                failed.append(stream)
-                continue
-            if not found.covered:
-                failed.append(stream)
-                continue
-            if found.absent:
+            if not conn.is_open:  # (closed meanwhile: the rest would go nowhere)
+                break
+            sent, whole = await self._send_stream(conn, stream, held)
+            replayed += sent
+            if whole is None:
                 unknown.add(stream)
-            for raw in found.envelopes:
-                missed = stored_envelope(raw)
-                if missed is None:
-                    continue
-                assert missed.offset is not None
-                assert missed.epoch is not None
-                held[stream] = (missed.offset, missed.epoch)
-                # (as a live delivery does: a plain client cannot acknowledge, and a token
-                # the connection forgets to take this one's is reported)
-                if missed.exclude != conn.client_id and self._fanout.hand(
-                        conn, history_frame(stream, missed), now):
-                    replayed += 1
+            elif not whole:
+                failed.append(stream)
         if unknown and not await self._holds_session(conn):
             # a stream the store holds nothing of expired (nothing was sent on it for
             # longer than a session lives) only in the store that kept the session: one
@@ -251,6 +241,54 @@ class Resume:
             failed = sorted({*failed, *unknown})
             unknown.clear()
         return replayed, failed, held, unknown
+
+    async def _send_stream(self, conn: Connection, stream: str,
+                           held: dict[str, tuple[int, str]]) -> tuple[int, bool | None]:
+        """Send what `conn` missed on `stream` after held[stream], a page at a time, each
+        page's frames handed over before the next is read (held[stream] follows): (how many
+        frames, whether the store gave it all back; None when it holds nothing of it).
+
+        A page is one bounded read with a timeout of its own, so a long history blocks
+        the store no longer than a page does, and the node holds one page of it at a time.
+        The replay ends at the stream's last offset as the first page found it: what came
+        after reaches `conn` live (held until the replay ends). A later page that finds the
+        stream trimmed past where the last one ended, or gone, or in another epoch, is a
+        stream not given back, never a gap skipped."""
+        ctx = self._ctx
+        after, epoch = held[stream]
+        end: int | None = None  # the stream's last offset when its first page was read
+        replayed = 0
+        while end is None or (after < end and conn.is_open):
+            most = HISTORY_PAGE if end is None else min(HISTORY_PAGE, end - after)
+            try:
+                found = await ctx.ask(ctx.backend.history.read(
+                    stream, after, epoch, max_entries=most, max_bytes=HISTORY_PAGE_BYTES))
+            except BackendUnavailable:
+                return replayed, False
+            if not found.covered or (found.absent and end is not None):
+                return replayed, False
+            if found.absent:
+                return replayed, None
+            if end is None:
+                end = found.last
+            elif not found.envelopes:  # (covered, yet short of the end: never so)
+                return replayed, False
+            after += len(found.envelopes)
+            now = time.monotonic()
+            for raw in found.envelopes:
+                missed = stored_envelope(raw)
+                if missed is None:
+                    continue
+                assert missed.offset is not None
+                assert missed.epoch is not None
+                epoch = missed.epoch  # (what a read from the start asks for next)
+                held[stream] = (missed.offset, epoch)
+                # (as a live delivery does: a plain client cannot acknowledge, and a token
+                # the connection forgets to take this one's is reported)
+                if missed.exclude != conn.client_id and self._fanout.hand(
+                        conn, history_frame(stream, missed), now):
+                    replayed += 1
+        return replayed, True
 
     async def _holds_session(self, conn: Connection) -> bool:
         """Whether the store still holds the session `conn` took over or opened (read after

@@ -312,3 +312,31 @@ async def test_history_size_bounds_every_stream(open_node: NodeFactory, size: in
     assert found.covered
     assert len(found.envelopes) == size
     assert not (await a.history.read("all", 10 - size - 1, epoch)).covered
+
+
+async def test_a_bounded_read_gives_back_one_page_and_where_the_stream_ends(
+    open_node: NodeFactory,
+) -> None:
+    """A replay reads a long stream a page at a time: at most so many entries, and no more
+    bytes than allowed but for the first; each page is checked as the first is."""
+    a = await open_node("node-a")
+    epoch = ""
+    for i in range(1, 6):
+        epoch = (await a.history.sequence(Target("all"), env(Kind.BROADCAST, None, f"m{i}"),
+                                          **OPTS)).epoch
+    first = await a.history.read("all", 0, epoch, max_entries=2)
+    assert (first.covered, first.last) == (True, 5)
+    assert [decode(raw).offset for raw in first.envelopes] == [1, 2]
+    one = await a.history.read("all", 2, epoch, max_entries=2, max_bytes=1)
+    assert [decode(raw).offset for raw in one.envelopes] == [3]  # (never an empty page)
+    size = len(one.envelopes[0])
+    two = await a.history.read("all", 2, epoch, max_bytes=2 * size)
+    assert [decode(raw).offset for raw in two.envelopes] == [3, 4]
+    rest = await a.history.read("all", 4, epoch, max_entries=2)
+    assert [decode(raw).offset for raw in rest.envelopes] == [5]
+    done = await a.history.read("all", 5, epoch, max_entries=2)
+    assert (done.envelopes, done.covered, done.last) == ([], True, 5)
+    for i in range(6, 12):  # size 5: the next page's entries are trimmed away
+        await a.history.sequence(Target("all"), env(Kind.BROADCAST, None, f"m{i}"), **OPTS)
+    gone = await a.history.read("all", 2, epoch, max_entries=2)
+    assert (gone.envelopes, gone.covered) == ([], False)

@@ -39,11 +39,11 @@ def hold_catch_up(manager: WebSocketConnectionManager, client_id: str,
     read = history.read
     reading, release = asyncio.Event(), asyncio.Event()
 
-    async def held_read(stream: str, after: int, epoch: str) -> object:
+    async def held_read(stream: str, after: int, epoch: str, **bounds: int) -> object:
         if stream == client_stream(client_id) and not reading.is_set():
             reading.set()
             await release.wait()
-        return await read(stream, after, epoch)
+        return await read(stream, after, epoch, **bounds)
 
     monkeypatch.setattr(history, "read", held_read)
     return reading, release

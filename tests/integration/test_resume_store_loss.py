@@ -89,11 +89,12 @@ def lose_store_before_reading(monkeypatch: pytest.MonkeyPatch,
     read = history.read
     streams_read: list[str] = []
 
-    async def read_after_a_restart(name: str, after: int, epoch: str) -> History:
+    async def read_after_a_restart(name: str, after: int, epoch: str,
+                                   **bounds: int) -> History:
         if name == stream and stream not in streams_read:
             await restart_empty(manager, namespace)
         streams_read.append(name)
-        return await read(name, after, epoch)
+        return await read(name, after, epoch, **bounds)
 
     monkeypatch.setattr(history, "read", read_after_a_restart)
     return streams_read
@@ -148,8 +149,8 @@ async def test_a_stream_the_store_holds_nothing_of_is_recovered_while_it_keeps_t
     read = history.read
     found: dict[str, History] = {}
 
-    async def recorded(name: str, after: int, epoch: str) -> History:
-        found[name] = await read(name, after, epoch)
+    async def recorded(name: str, after: int, epoch: str, **bounds: int) -> History:
+        found[name] = await read(name, after, epoch, **bounds)
         return found[name]
 
     monkeypatch.setattr(history, "read", recorded)

@@ -140,8 +140,9 @@ async def test_live_messages_during_a_replay_follow_the_resume_frame(
     await a.broadcast("missed")
     read = b.backend.history.read
 
-    async def live_traffic_after_the_read(stream: str, after: int, epoch: str) -> Any:
-        found = await read(stream, after, epoch)
+    async def live_traffic_after_the_read(stream: str, after: int, epoch: str,
+                                          **bounds: int) -> Any:
+        found = await read(stream, after, epoch, **bounds)
         if stream == "all":
             await a.broadcast("live")  # after the replay read it: held for alice on b
             while hub.inboxes["b"].qsize():

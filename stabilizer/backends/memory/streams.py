@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
-from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Iterable, Mapping, Sequence
 
 from stabilizer.backends.base import (
     History,
@@ -241,8 +242,10 @@ class MemoryHistory:
         reached = sum(1 for node in nodes if hub.deliver_kept(node, raw))
         return Sequenced(state.offset, state.epoch, reached)
 
-    async def read(self, stream: str, after: int, epoch: str) -> History:
-        """Entries after `after`, if the stream still holds all of them."""
+    async def read(self, stream: str, after: int, epoch: str, *, max_entries: int = 0,
+                   max_bytes: int = 0) -> History:
+        """Entries after `after`, if the stream still holds all of them (a page of them,
+        bounded as Redis bounds it)."""
         self._node.check()
         state = self._node.hub.stream(stream, time.time())
         if state is None:  # expired (nothing was published since) or lost
@@ -252,10 +255,28 @@ class MemoryHistory:
         if after > state.offset:
             return History([], False)
         if after == state.offset:
-            return History([], True)
-        entries = [raw for offset, raw in state.entries if offset > after]
+            return History([], True, last=state.offset)
         first = state.entries[0][0] if state.entries else state.offset + 1
-        return History(entries, first <= after + 1)
+        if first > after + 1:
+            return History([], False)
+        # (the offsets it holds follow each other: the one after `after` is at after + 1 - first)
+        entries = itertools.islice(state.entries, after + 1 - first, None)
+        return History(_page(entries, max_entries, max_bytes), True, last=state.offset)
+
+
+def _page(entries: Iterable[tuple[int, bytes]], max_entries: int, max_bytes: int,
+          ) -> list[bytes]:
+    """The envelopes of `entries` a page holds: at most `max_entries`, and no more than
+    `max_bytes` bytes but for the first (0: no bound)."""
+    page: list[bytes] = []
+    size = 0
+    for _, raw in entries:
+        if page and ((max_entries and len(page) >= max_entries)
+                     or (max_bytes and size + len(raw) > max_bytes)):
+            break
+        page.append(raw)
+        size += len(raw)
+    return page
 
 
 class MemorySessions:

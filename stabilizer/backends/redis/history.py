@@ -96,14 +96,16 @@ class RedisHistory:
             raise BackendNotReached(str(exc)) from exc
         return "1" if int(exists) else ""
 
-    async def read(self, stream: str, after: int, epoch: str) -> History:
-        """One script: check the epoch and coverage, return the entries after `after`."""
+    async def read(self, stream: str, after: int, epoch: str, *, max_entries: int = 0,
+                   max_bytes: int = 0) -> History:
+        """One script: check the epoch and coverage, return the entries after `after` (a
+        page of them, when bounded)."""
         keys = self._core.keys
         reply = await self._reads.submit([keys.stream(stream), keys.stream_meta(stream)],
-                                         [after, epoch])
+                                         [after, epoch, max_entries, max_bytes])
         status = int(reply[0])
         if not status:
             return History([], False, text(reply[1]) if len(reply) > 1 else None)
         if status == _ABSENT:
             return History([], True, absent=True)
-        return History([bytes(raw) for raw in reply[1:]], True)
+        return History([bytes(raw) for raw in reply[2:]], True, last=int(reply[1]))

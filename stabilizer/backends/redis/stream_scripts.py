@@ -303,10 +303,14 @@ reply[3] = receivers
 return reply
 """
 
-# KEYS: stream, meta hash. ARGV: after offset, epoch ('' with offset 0: from the start).
-# Returns {1, envelopes...} when the stream covers everything after `after`, {2} when it has
-# no meta at all (expired or lost: a truthy status, so that it still reads as covered),
-# {0, epoch} when the stream is in another epoch than the one asked for, else {0}.
+# KEYS: stream, meta hash. ARGV: after offset, epoch ('' with offset 0: from the start), at
+# most how many entries, at most how many bytes of them past the first (0: no bound).
+# Returns {1, last offset, envelopes...} when the stream covers everything after `after`
+# (the envelopes from after + 1 on, as many as the bounds let through), {2} when it has no
+# meta at all (expired or lost: a truthy status, so that it still reads as covered),
+# {0, epoch} when the stream is in another epoch than the one asked for, else {0}. The
+# entries are fetched a few at a time, so that the script holds no more of a long stream
+# than its bounds let out (one XRANGE of it all blocked Redis for seconds).
 HISTORY: Final = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then return {2} end
@@ -314,11 +318,24 @@ if ARGV[2] ~= '' and epoch ~= ARGV[2] then return {0, epoch} end
 local last = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
 local after = tonumber(ARGV[1])
 if after > last then return {0} end
-if after == last then return {1} end
-local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+')
-if #entries == 0 or entries[1][1] ~= string.format('%d-0', after + 1) then return {0} end
-local out = {1}
-for _, entry in ipairs(entries) do table.insert(out, entry[2][2]) end
+local out = {1, last}
+if after == last then return out end
+local most, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+local from, size, count = '(' .. ARGV[1] .. '-0', 0, 32
+repeat
+  if most > 0 then count = math.min(count, most - (#out - 2)) end
+  local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', count)
+  if #out == 2 and (#entries == 0 or entries[1][1] ~= string.format('%d-0', after + 1)) then
+    return {0}
+  end
+  for _, entry in ipairs(entries) do
+    local env = entry[2][2]
+    if budget > 0 and #out > 2 and size + #env > budget then return out end
+    size = size + #env
+    table.insert(out, env)
+    from = '(' .. entry[1]
+  end
+until #entries < count or (most > 0 and #out - 2 >= most)
 return out
 """
 

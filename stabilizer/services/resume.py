@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator
-from typing import Final
+from contextlib import aclosing
 
 import msgpack
 
@@ -23,18 +23,10 @@ from stabilizer.pure.streams import ALL, Target, client_stream, group_stream, us
 from stabilizer.pure.text import retry_advice
 from stabilizer.services.delivery.fanout import FanOut
 from stabilizer.services.delivery.groups import Membership
-from stabilizer.services.delivery.sequenced import (
-    SequencedRouter,
-    history_frame,
-    stored_envelope,
-)
+from stabilizer.services.delivery.history_pages import history_pages
+from stabilizer.services.delivery.sequenced import SequencedRouter, history_frame
 
 logger = logging.getLogger(__name__)
-
-#: the entries of a stream one read of a replay asks for at most (one page)
-HISTORY_PAGE: Final = 500
-#: and the bytes of them (but for the first): a page's share of Redis's time and of memory
-HISTORY_PAGE_BYTES: Final = 1 << 20
 
 
 class Resume:
@@ -254,40 +246,25 @@ class Resume:
         after reaches `conn` live (held until the replay ends). A later page that finds the
         stream trimmed past where the last one ended, or gone, or in another epoch, is a
         stream not given back, never a gap skipped."""
-        ctx = self._ctx
-        after, epoch = held[stream]
-        end: int | None = None  # the stream's last offset when its first page was read
         replayed = 0
-        while end is None or (after < end and conn.is_open):
-            most = HISTORY_PAGE if end is None else min(HISTORY_PAGE, end - after)
-            try:
-                found = await ctx.ask(ctx.backend.history.read(
-                    stream, after, epoch, max_entries=most, max_bytes=HISTORY_PAGE_BYTES))
-            except BackendUnavailable:
-                return replayed, False
-            if not found.covered or (found.absent and end is not None):
-                return replayed, False
-            if found.absent:
-                return replayed, None
-            if end is None:
-                end = found.last
-            elif not found.envelopes:  # (covered, yet short of the end: never so)
-                return replayed, False
-            after += len(found.envelopes)
-            now = time.monotonic()
-            for raw in found.envelopes:
-                missed = stored_envelope(raw)
-                if missed is None:
-                    continue
-                assert missed.offset is not None
-                assert missed.epoch is not None
-                epoch = missed.epoch  # (what a read from the start asks for next)
-                held[stream] = (missed.offset, epoch)
-                # (as a live delivery does: a plain client cannot acknowledge, and a token
-                # the connection forgets to take this one's is reported)
-                if missed.exclude != conn.client_id and self._fanout.hand(
-                        conn, history_frame(stream, missed), now):
-                    replayed += 1
+        async with aclosing(history_pages(self._ctx, stream, *held[stream])) as pages:
+            async for page in pages:
+                if page.found.absent:  # (only a first page comes absent)
+                    return replayed, None
+                if not page.found.covered:
+                    return replayed, False
+                now = time.monotonic()
+                for missed in page.envelopes:
+                    assert missed.offset is not None
+                    assert missed.epoch is not None
+                    held[stream] = (missed.offset, missed.epoch)
+                    # (as a live delivery does: a plain client cannot acknowledge, and a
+                    # token the connection forgets to take this one's is reported)
+                    if missed.exclude != conn.client_id and self._fanout.hand(
+                            conn, history_frame(stream, missed), now):
+                        replayed += 1
+                if not conn.is_open:  # (closed meanwhile: the rest would go nowhere)
+                    break
         return replayed, True
 
     async def _holds_session(self, conn: Connection) -> bool:

@@ -62,7 +62,7 @@ def replayed_frames(sent: list[str | bytes]) -> list[dict[str, Any]]:
 def read_pages(manager: WebSocketConnectionManager, monkeypatch: pytest.MonkeyPatch,
                ) -> list[History]:
     """Give the replay PAGE-entry pages; return what each read of the room's stream gave."""
-    monkeypatch.setattr("stabilizer.services.resume.HISTORY_PAGE", PAGE, raising=False)
+    monkeypatch.setattr("stabilizer.services.delivery.history_pages.HISTORY_PAGE", PAGE)
     history = manager.backend.history
     read = history.read
     pages: list[History] = []

@@ -21,35 +21,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack, aclosing
 
 from stabilizer.backends.base import History
 from stabilizer.config import WebSocketConfig
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
-from stabilizer.errors import BackendNotReached, BackendUnavailable, WireError
+from stabilizer.errors import BackendNotReached, BackendUnavailable
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.acks import ack_token
 from stabilizer.pure.frames import message_frame, resume_frame
 from stabilizer.pure.streams import Step, StreamOrder, Target
-from stabilizer.pure.wire import Envelope, Kind, decode, encode
+from stabilizer.pure.wire import Envelope, Kind, encode
 from stabilizer.results import BroadcastResult
 from stabilizer.services.delivery.fanout import FanOut
 from stabilizer.services.delivery.groups import Membership
+from stabilizer.services.delivery.history_pages import Page, history_pages
 
 logger = logging.getLogger(__name__)
-
-
-def stored_envelope(raw: bytes) -> Envelope | None:
-    """Decode a history entry; None (logged) when the store holds something foreign."""
-    try:
-        envelope = decode(raw)
-    except WireError:
-        logger.warning("undecodable history entry skipped")
-        return None
-    if envelope.offset is None or envelope.epoch is None or envelope.payload is None:
-        return None
-    return envelope
 
 
 def stream_meta_ttl(config: WebSocketConfig) -> float:
@@ -224,8 +215,8 @@ class SequencedRouter:
     async def _fill(self, stream: str, *, before: int | None = None,
                     epoch: str | None = None) -> None:
         """Deliver what `stream` holds after the last offset delivered here (up to `before`,
-        when a message of `epoch` revealed the gap); tell the stream's local clients to
-        resync when the history does not cover it."""
+        when a message of `epoch` revealed the gap), a page at a time; tell the stream's
+        local clients to resync when the history does not cover it."""
         last = self.order.last(stream)
         if last is None:
             return
@@ -233,30 +224,26 @@ class SequencedRouter:
         if epoch is not None and last[1] not in ("", epoch):
             ended = True  # part of a new epoch was missed: the old one's end may have been
             self._epoch_ended(stream, last, epoch)
-        found = await self._read(stream)
-        if found is not None and found.epoch is not None and not ended:
-            ended = True
-            self._epoch_ended(stream, last, found.epoch)
-            found = await self._read(stream)
-        if found is not None and found.absent and not ended and self._lost(stream, last):
+        through = None if before is None else before - 1
+        async with AsyncExitStack() as stack:
+            pages = await stack.enter_async_context(aclosing(self._pages(stream, through)))
+            found = (page := await anext(pages)).found
+            if found.epoch is not None and not ended:
+                ended = True
+                self._epoch_ended(stream, last, found.epoch)
+                pages = await stack.enter_async_context(aclosing(self._pages(stream, through)))
+                found = (page := await anext(pages)).found
+            if found.absent and not ended and self._lost(stream, last):
+                return
+            if not found.covered:
+                if not ended:  # (the clients were told already)
+                    logger.warning("stream %s after offset %d could not be recovered",
+                                   stream, last[0])
+                    self._tell_to_resync(stream)
+                return
+            filled = await self._deliver_pages(stream, page, pages, before)
+        if filled is None:
             return
-        if found is None or not found.covered:
-            if not ended:  # (the clients were told already)
-                logger.warning("stream %s after offset %d could not be recovered", stream,
-                               last[0])
-                self._tell_to_resync(stream)
-            return
-        filled = 0
-        for raw in found.envelopes:
-            missed = stored_envelope(raw)
-            if missed is None or (before is not None and missed.offset is not None
-                                  and missed.offset >= before):
-                continue
-            assert missed.offset is not None
-            assert missed.epoch is not None
-            if self.order.classify(stream, missed.offset, missed.epoch) is Step.DELIVER:
-                await self._deliver_in_order(stream, missed)
-                filled += 1
         reached = self.order.last(stream)
         if (before is not None and reached is not None and reached[1] == epoch
                 and reached[0] < before - 1):
@@ -269,13 +256,44 @@ class SequencedRouter:
         if before is not None or filled:
             self._ctx.stats.gaps_filled += 1
 
+    def _pages(self, stream: str, through: int | None) -> AsyncGenerator[Page, None]:
+        """The history of `stream` after its last offset delivered here, page by page."""
+        last = self.order.last(stream)
+        assert last is not None
+        return history_pages(self._ctx, stream, *last, through=through)
+
+    async def _deliver_pages(self, stream: str, first: Page, rest: AsyncGenerator[Page, None],
+                             before: int | None) -> int | None:
+        """Deliver what `first` (a page that gave the stream back) and the pages after it
+        hold next (before `before`), a page before the next is read: how many; None (its
+        clients told to resync) when a later page did not give the stream back."""
+        filled = 0
+        page: Page | None = first
+        while page is not None and self.order.last(stream) is not None:  # (or unfollowed)
+            if not page.found.covered:
+                logger.warning("stream %s after offset %d could not be recovered (read a "
+                               "page at a time)", stream, (self.order.last(stream) or (0,))[0])
+                self._tell_to_resync(stream)
+                return None
+            for missed in page.envelopes:
+                assert missed.offset is not None
+                assert missed.epoch is not None
+                if before is not None and missed.offset >= before:
+                    continue
+                if self.order.classify(stream, missed.offset, missed.epoch) is Step.DELIVER:
+                    await self._deliver_in_order(stream, missed)
+                    filled += 1
+            page = await anext(rest, None)
+        return filled
+
     async def _read(self, stream: str) -> History | None:
-        """The history of `stream` after its last offset delivered here; None when the
-        backend did not answer."""
+        """What the store holds of `stream` after its last offset delivered here, one entry
+        at most (enough to tell its epoch); None when the backend did not answer."""
         last = self.order.last(stream)
         assert last is not None
         try:
-            return await self._ctx.ask(self._ctx.backend.history.read(stream, *last))
+            return await self._ctx.ask(self._ctx.backend.history.read(stream, *last,
+                                                                      max_entries=1))
         except BackendUnavailable:
             return None
 

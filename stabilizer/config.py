@@ -45,8 +45,10 @@ class CompressionMode(StrEnum):
 class MemoryEvictionPolicy(StrEnum):
     """Which connection goes first when max_total_memory is exceeded.
 
-    LRU: least recent inbound or outbound activity. FIFO and OLDEST: earliest connected
-    (the seed treats them alike; so do we).
+    LRU: least recent frame received or written (a frame waiting in the outbox is not
+    written yet). FIFO and OLDEST: earliest connected (the seed treats them alike; so do
+    we). Either way a connection that would free under 1/16 of the largest holding left
+    waits until that holder is gone (pure/eviction.py).
     """
 
     LRU = "lru"

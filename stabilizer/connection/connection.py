@@ -177,7 +177,8 @@ class Connection(HoldingWriter):
 
     @property
     def last_activity(self) -> float:
-        """Monotonic time of the last frame in or out."""
+        """Monotonic time of the last frame received or written to the socket (one that
+        only waits in the outbox behind a slow send is not written yet)."""
         return self._last_activity
 
     @property

@@ -15,6 +15,10 @@ lost connection, or the send raises as the server does then: OSError, WebSocketD
 is no failure of the server's: the connection decides what a client's close means
 (``_client_gone``; ``client_close_code`` tells the code the client closed with). Any other
 exception fails the connection with 1011.
+
+``last_activity`` moves when a frame is written (prepared bytes handed to the transport, or
+an ASGI send finished), not when it is offered: a frame that waits in the outbox behind a
+stalled send is no activity, so a slow reader's clock stops where its socket did.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from enum import Enum
+from time import monotonic
 from typing import Any, Final
 
 from stabilizer.config import CloseCode
@@ -133,7 +138,6 @@ class SocketWriter:
         """
         if self._state is not _OPEN or self._gone:
             return False
-        self._last_activity = now
         if self._wraps:
             frame = frame.wrapped()
             if frame.ack is not None:
@@ -144,6 +148,7 @@ class SocketWriter:
         try:
             if prepared is not None:
                 if prepared.write(frame):
+                    self._last_activity = now
                     return True
                 if prepared.closed():
                     self._client_gone("send failed: the client closed")
@@ -152,7 +157,9 @@ class SocketWriter:
         except Exception as exc:
             self._send_failed(exc)
             return False
-        if suspended is not None:
+        if suspended is None:
+            self._last_activity = now
+        else:
             self._start_writer(suspended)
         return True
 
@@ -216,18 +223,21 @@ class SocketWriter:
         try:
             async with asyncio.timeout(timeout):
                 await finish_send(suspended)
+            self._last_activity = monotonic()
             while self._outbox and self._state is _OPEN:
                 frame = self._outbox.popleft()
                 self._queued_bytes -= frame.size
                 prepared = self._prepared
                 if prepared is not None:
                     if prepared.write(frame):
+                        self._last_activity = monotonic()
                         continue
                     if prepared.closed():
                         self._client_gone("send failed: the client closed")
                         return
                 async with asyncio.timeout(timeout):
                     await self._sending(frame)
+                self._last_activity = monotonic()
         except TimeoutError:
             self._fail(CloseCode.TRY_AGAIN_LATER, f"too slow: a write took over {timeout:g}s")
         except Exception as exc:

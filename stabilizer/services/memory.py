@@ -19,6 +19,7 @@ from stabilizer.errors import (
 )
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext
+from stabilizer.pure.eviction import eviction_order
 from stabilizer.pure.sizes import estimate_size
 from stabilizer.pure.text import is_usable_id
 from stabilizer.services.closing import Closing
@@ -112,7 +113,11 @@ class MemoryGuard:
         return self._evict(total - limit) if total > limit else 0
 
     def _evict(self, needed: int) -> int:
-        """Close connections by the eviction policy until `needed` bytes are freed."""
+        """Close connections until `needed` bytes are freed, in the eviction policy's order
+        (lru: least recent frame received or written; fifo/oldest: earliest connected) among
+        those whose eviction frees at least 1/16 of the largest holding left: the healthy
+        clients ahead of a stalled reader that holds the node's bytes in its outbox stay
+        (pure/eviction.py)."""
         policy = self._ctx.config.memory_eviction_policy
         conns = self._ctx.pool.connections()
         if policy is MemoryEvictionPolicy.LRU:
@@ -120,7 +125,7 @@ class MemoryGuard:
         else:
             order = sorted(conns, key=lambda c: c.created_at)
         freed = 0
-        for conn in order:
+        for conn in eviction_order([(conn, conn.memory_estimate()) for conn in order]):
             if freed >= needed:
                 break
             freed += conn.memory_estimate()

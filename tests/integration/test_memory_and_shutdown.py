@@ -52,6 +52,37 @@ async def test_the_memory_check_loop_evicts_a_node_that_grew_over_its_limit(
     assert manager.stats.memory_evictions == 1
 
 
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+async def test_a_stalled_reader_holding_the_memory_is_evicted_before_healthy_clients(
+    make_manager: ManagerFactory, policy: str
+) -> None:
+    """Five healthy clients connected first, then one that stopped reading; a broadcast
+    storm fills only the stalled one's outbox, and the last frame it is offered takes the
+    node over its limit. Closing the healthy ones would free a few hundred bytes each."""
+    manager = make_manager(WebSocketConfig(
+        max_total_memory=20_000, memory_check_interval=0.05, max_queue_size=1000,
+        memory_eviction_policy=policy, **QUIET))
+    healthy = [FakeSocket(f"good{n}") for n in range(5)]
+    for sock in healthy:
+        await manager.connect(sock.name, sock)
+    hog = FakeSocket("hog")
+    await manager.connect("hog", hog)
+    hog.gate.clear()  # its first send waits; the frames after it queue in its outbox
+
+    for n in range(20):
+        await manager.broadcast(f"{n:03d}" + "x" * 500)
+    for sock in healthy:
+        await sock.expect(f"{19:03d}" + "x" * 500)
+    assert manager.get_memory_usage()["total_memory"] < 20_000  # no check evicts yet
+    await manager.send_to_client("hog", "y" * 10_000)  # only queued: no activity
+
+    code, _ = await hog.wait_closed(timeout=10.0)  # a bound: the check runs every 0.05 s
+    assert code == CloseCode.MEMORY_EVICTED
+    assert [sock.closed for sock in healthy] == [None] * 5
+    assert sorted(manager.get_active_connections()) == [sock.name for sock in healthy]
+    assert manager.stats.memory_evictions == 1
+
+
 # ----------------------------------------------------------------------------- shutdown
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -241,6 +242,21 @@ async def test_blocked_send_returns_at_once_and_later_frames_queue_in_order() ->
     assert await flushed(conn) == 0
     assert socket.texts() == ["a", "b", "c", "d"]
     assert failures.calls == []
+
+
+async def test_a_frame_that_only_waits_is_no_activity_and_its_write_is() -> None:
+    """last_activity is the last frame in or out: offered behind a stalled send, a frame has
+    not gone out yet (a slow reader must not look busy to the lru eviction)."""
+    socket = FakeSocket(blocked=True)
+    conn = connect(socket, Failures())
+    idle_since = conn.last_activity
+    assert conn.offer(Frame.text("a"), now=idle_since + 100.0)  # the send suspends
+    assert conn.offer(Frame.text("b"), now=idle_since + 200.0)  # queued behind it
+    assert conn.last_activity == idle_since
+    written_after = time.monotonic()
+    socket.gate.set()
+    assert await flushed(conn) == 0
+    assert written_after <= conn.last_activity < idle_since + 100.0
 
 
 async def test_after_the_backlog_drains_sends_are_synchronous_again() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from stabilizer import AckTimeoutError, CloseCode
+from stabilizer import AckTimeoutError, CloseCode, WebSocketConnectionManager
 from tests.integration import test_acks
 from tests.integration.test_acks import Nodes, Tab, next_frame, tabs_of_ann
 from tests.integration.test_emitter import until
@@ -33,15 +33,14 @@ WHERE = pytest.mark.parametrize("same_node", [True, False], ids=["same-node", "o
 
 
 @contextlib.asynccontextmanager
-async def sent_to(nodes: Nodes) -> AsyncIterator[tuple[Tab, dict[str, Any],
-                                                       asyncio.Task[bool]]]:
-    """A tab on the second node, an acknowledged send to it from the first, and the frame
-    the tab got (not acknowledged); the send is cancelled if the test leaves it waiting."""
-    (origin, _), (_, holding_url) = nodes
-    tab = await Tab.open(holding_url, "tab")
-    await until(tabs_of_ann(origin, 1))
-    asking = asyncio.create_task(origin.send_to_client(tab.client_id, "hi", ack=True,
-                                                       timeout=LONG))
+async def awaiting(asker: WebSocketConnectionManager, url: str,
+                   ) -> AsyncIterator[tuple[Tab, dict[str, Any], asyncio.Task[bool]]]:
+    """A tab served at `url`, an acknowledged send to it from `asker` and the frame it got
+    (not acknowledged); the send is cancelled if the test leaves it waiting."""
+    tab = await Tab.open(url, "tab")
+    await until(tabs_of_ann(asker, 1))
+    asking = asyncio.create_task(asker.send_to_client(tab.client_id, "hi", ack=True,
+                                                      timeout=LONG))
     try:
         sent = await tab.message()
         assert sent["data"] == "hi"
@@ -50,6 +49,13 @@ async def sent_to(nodes: Nodes) -> AsyncIterator[tuple[Tab, dict[str, Any],
         asking.cancel()
         with contextlib.suppress(asyncio.CancelledError, AckTimeoutError):
             await asking
+
+
+def sent_to(nodes: Nodes) -> contextlib.AbstractAsyncContextManager[
+        tuple[Tab, dict[str, Any], asyncio.Task[bool]]]:
+    """`awaiting` with the tab on the second node and the send from the first."""
+    (origin, _), (_, holding_url) = nodes
+    return awaiting(origin, holding_url)
 
 
 async def replaced(tab: Tab) -> int | None:

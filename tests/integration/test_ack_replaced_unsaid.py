@@ -28,9 +28,8 @@ from stabilizer import (
     WebSocketConnectionManager,
 )
 from stabilizer.pure.wire import Kind, decode
-from tests.integration.test_ack_replaced import BOUND, LONG, replaced
-from tests.integration.test_acks import ANN, HISTORY, Nodes, Tab, tabs_of_ann
-from tests.integration.test_emitter import until
+from tests.integration.test_ack_replaced import BOUND, awaiting, replaced
+from tests.integration.test_acks import ANN, HISTORY, Nodes, Tab
 from tests.support.apps import session_app
 from tests.support.inproc_uvicorn import served
 from tests.support.redis_server import RedisServer
@@ -55,25 +54,6 @@ async def nodes_of(configs: list[WebSocketConfig], monkeypatch: pytest.MonkeyPat
                 served(session_app(manager, ANN), "websockets-sansio", monkeypatch))
             nodes.append((manager, f"ws://127.0.0.1:{server.port}/ws"))
         yield nodes
-
-
-@contextlib.asynccontextmanager
-async def awaiting(holder: WebSocketConnectionManager, url: str,
-                   ) -> AsyncIterator[tuple[Tab, dict[str, Any], asyncio.Task[bool]]]:
-    """A tab on `holder`, an acknowledged send to it from there and the frame it got (not
-    acknowledged); the send is cancelled if the test leaves it waiting."""
-    tab = await Tab.open(url, "tab")
-    await until(tabs_of_ann(holder, 1))
-    asking = asyncio.create_task(holder.send_to_client(tab.client_id, "hi", ack=True,
-                                                       timeout=LONG))
-    try:
-        sent = await tab.message()
-        assert sent["data"] == "hi"
-        yield tab, sent, asking
-    finally:
-        asking.cancel()
-        with contextlib.suppress(asyncio.CancelledError, AckTimeoutError):
-            await asking
 
 
 async def replacement(url: str, tab: Tab, sent: dict[str, Any], fresh: bool) -> Tab:

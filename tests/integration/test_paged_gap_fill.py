@@ -21,12 +21,12 @@ from stabilizer.pure.streams import ALL
 from stabilizer.pure.wire import Envelope, Kind
 from tests.integration.test_cluster import Cluster, cluster, started
 from tests.integration.test_groups_history import HISTORY
+from tests.integration.test_paged_replay import PAGE, read_pages
 from tests.integration.test_stale_epochs import intercept
 from tests.support.fakes import FakeSocket
 
 __all__ = ["cluster"]
 
-PAGE = 3  # entries a page holds at most in these tests
 MISSED = 10  # messages of ``all`` node b's listener never hears
 
 
@@ -53,24 +53,6 @@ async def bob_behind(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, **option
     return a, b, bob
 
 
-def read_pages(manager: WebSocketConnectionManager, monkeypatch: pytest.MonkeyPatch,
-               ) -> list[History]:
-    """Give reads of history PAGE-entry pages; return what each read of ``all`` gave."""
-    monkeypatch.setattr("stabilizer.services.delivery.history_pages.HISTORY_PAGE", PAGE)
-    history = manager.backend.history
-    read = history.read
-    pages: list[History] = []
-
-    async def recorded(stream: str, after: int, epoch: str, **bounds: int) -> History:
-        found = await read(stream, after, epoch, **bounds)
-        if stream == ALL:
-            pages.append(found)
-        return found
-
-    monkeypatch.setattr(history, "read", recorded)
-    return pages
-
-
 async def frames_until(sock: FakeSocket, data: str) -> list[dict[str, Any]]:
     """The frames `sock` is sent up to and including the message carrying `data`."""
     frames: list[dict[str, Any]] = []
@@ -82,7 +64,7 @@ async def frames_until(sock: FakeSocket, data: str) -> list[dict[str, Any]]:
 async def test_a_gap_longer_than_a_page_is_filled_whole_once_and_in_order(
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b, bob = await bob_behind(cluster, monkeypatch)
-    pages = read_pages(b, monkeypatch)
+    pages = read_pages(b, monkeypatch, ALL)
     await a.broadcast("after")  # reveals the gap to b
     frames = await frames_until(bob, "after")
     assert [(f["data"], f["offset"]) for f in frames] == [
@@ -98,7 +80,7 @@ async def test_a_catch_up_longer_than_a_page_is_filled_whole_once_and_in_order(
     """The last messages before a lost subscription have no successor to reveal them: the
     catch-up after it reads them up to the stream's end, a page at a time."""
     a, b, bob = await bob_behind(cluster, monkeypatch)
-    pages = read_pages(b, monkeypatch)
+    pages = read_pages(b, monkeypatch, ALL)
     b._node.router.resubscribing()  # (the subscription itself is up: caught up at once)
     frames = [await bob.next_json() for _ in range(MISSED)]
     assert [(f["data"], f["offset"]) for f in frames] == [
@@ -114,7 +96,7 @@ async def test_a_gap_too_long_for_one_read_in_time_is_filled_page_by_page(
     at once (a read that returns more never answers in time): read a page at a time, the
     gap is still filled, and the clients are not told to resync."""
     a, b, bob = await bob_behind(cluster, monkeypatch, op_timeout=0.5)
-    pages = read_pages(b, monkeypatch)
+    pages = read_pages(b, monkeypatch, ALL)
     read = b.backend.history.read
 
     async def slow_past_a_page(stream: str, after: int, epoch: str, **bounds: int) -> History:
@@ -138,7 +120,7 @@ async def test_a_stream_trimmed_between_two_pages_makes_its_clients_resync(
     to resync (before the message that revealed the gap), never the gap skipped silently."""
     small = {"history_size": MISSED + 2}
     a, b, bob = await bob_behind(cluster, monkeypatch, **small)
-    pages = read_pages(b, monkeypatch)
+    pages = read_pages(b, monkeypatch, ALL)
     read = b.backend.history.read
 
     async def trimmed_after_the_first_page(stream: str, after: int, epoch: str,

@@ -60,8 +60,9 @@ def replayed_frames(sent: list[str | bytes]) -> list[dict[str, Any]]:
 
 
 def read_pages(manager: WebSocketConnectionManager, monkeypatch: pytest.MonkeyPatch,
-               ) -> list[History]:
-    """Give the replay PAGE-entry pages; return what each read of the room's stream gave."""
+               of: str = ROOM) -> list[History]:
+    """Give reads of history PAGE-entry pages; return what each read of stream `of` gave
+    (the room's by default)."""
     monkeypatch.setattr("stabilizer.services.delivery.history_pages.HISTORY_PAGE", PAGE)
     history = manager.backend.history
     read = history.read
@@ -69,7 +70,7 @@ def read_pages(manager: WebSocketConnectionManager, monkeypatch: pytest.MonkeyPa
 
     async def recorded(stream: str, after: int, epoch: str, **bounds: int) -> History:
         found = await read(stream, after, epoch, **bounds)
-        if stream == ROOM:
+        if stream == of:
             pages.append(found)
         return found
 

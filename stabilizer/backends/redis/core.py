@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -227,6 +227,17 @@ class RedisCore:
             found.extend(text(member) for member in batch)
             if int(cursor) == 0:
                 return sorted(found)
+
+    async def group_sizes(self, groups: Sequence[str], op: str) -> dict[str, int]:
+        """SCARD of each group's member set, in one pipeline (on a Cluster, redis-py sends
+        each master its share at once)."""
+        if not groups:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for group in groups:
+            pipe.scard(self.keys.group(group))
+        counts = await self.call(pipe.execute(), op)
+        return {group: int(count) for group, count in zip(groups, counts, strict=True)}
 
     def seat_args(self) -> list[str]:
         """What the presence scripts need to keep the user hashes: the user-hash prefix, the

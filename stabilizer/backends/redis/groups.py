@@ -143,16 +143,8 @@ class RedisGroups:
         return await self._core.scan_set(self._core.keys.group(group), "members")
 
     async def count_members(self, groups: Sequence[str]) -> dict[str, int]:
-        """SCARD of each group's member set, in one pipeline (on a Cluster, redis-py sends
-        each master its share at once)."""
-        if not groups:
-            return {}
-        core = self._core
-        pipe = core.client.pipeline(transaction=False)
-        for group in groups:
-            pipe.scard(core.keys.group(group))
-        counts = await core.call(pipe.execute(), "count_members")
-        return {group: int(count) for group, count in zip(groups, counts, strict=True)}
+        """SCARD of each group's member set, in one pipeline (RedisCore.group_sizes)."""
+        return await self._core.group_sizes(groups, "count_members")
 
     async def of_client(self, client_id: str) -> list[str]:
         """SSCAN the client's group set."""

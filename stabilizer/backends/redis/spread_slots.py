@@ -189,7 +189,8 @@ class SlotSteps:
         skipped."""
         core = self._core
         clients = sorted(local)
-        sizes = await self._sizes(groups) if groups and len(clients) > _ASK_ALL else None
+        sizes = (await core.group_sizes(groups, "unlist_returned")
+                 if len(clients) > _ASK_ALL else None)
         whole = {g for g in groups if sizes is not None and sizes[g] <= len(clients)}
         asked = [g for g in groups if sizes is None or sizes[g]]
         pipe = core.client.pipeline(transaction=False)
@@ -207,15 +208,6 @@ class SlotSteps:
                 if group not in local[client_id]:
                     listing[client_id].append(group)
         return listing
-
-    async def _sizes(self, groups: list[str]) -> dict[str, int]:
-        """SCARD of each group's member set, in one pipeline."""
-        core = self._core
-        pipe = core.client.pipeline(transaction=False)
-        for group in groups:
-            pipe.scard(core.keys.group(group))
-        counts = await core.call(pipe.execute(), "unlist_returned")
-        return {group: int(count) for group, count in zip(groups, counts, strict=True)}
 
     async def _unlist(self, listing: Mapping[str, Collection[str]]) -> int:
         """Take each client out of the groups `listing` names for it that its own group set

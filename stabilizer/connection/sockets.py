@@ -207,14 +207,22 @@ def abort_transport(socket: object) -> bool:
     may raise (one closed with data buffered and lost once the buffer drained has no loop
     any more): that is not an error here.
     """
+    transport = transport_of(socket)
+    if transport is None:
+        return False
+    try:
+        transport.abort()
+    except Exception:  # (already lost: nothing left to drop)
+        logger.debug("abort of a transport already lost raised", exc_info=True)
+    return True
+
+
+def transport_of(socket: object) -> Any:
+    """The transport under a socket, found as abort_transport() says (one with a callable
+    ``abort``); None when it is not reachable."""
     for name in ("_receive", "_send"):
         owner = getattr(getattr(socket, name, None), "__self__", None)
         transport = getattr(owner, "transport", None)
-        abort = getattr(transport, "abort", None)
-        if callable(abort):
-            try:
-                abort()
-            except Exception:  # (already lost: nothing left to drop)
-                logger.debug("abort of a transport already lost raised", exc_info=True)
-            return True
-    return False
+        if callable(getattr(transport, "abort", None)):
+            return transport
+    return None

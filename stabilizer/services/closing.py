@@ -12,8 +12,9 @@ import weakref
 from typing import Any, Protocol
 
 from stabilizer.config import CloseCode
+from stabilizer.connection.closer import close_within
 from stabilizer.connection.connection import Connection, State
-from stabilizer.connection.sockets import SocketLike, abort_transport, accept_if_needed
+from stabilizer.connection.sockets import SocketLike, accept_if_needed
 from stabilizer.errors import ConnectionNotFoundError
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.text import retry_advice, truncate_reason
@@ -256,10 +257,11 @@ class Closing:
         logger.info("refused client %r: %s (close %d)", client_id, reason, int(code))
         try:
             await accept_if_needed(websocket)
-            async with asyncio.timeout(ctx.config.close_timeout):
-                await websocket.close(code=int(code), reason=truncate_reason(reason))
         except Exception:
-            logger.debug("refusal close failed; peer gone", exc_info=True)
+            logger.debug("refusal accept failed; peer gone", exc_info=True)
+            return
+        await close_within(websocket, int(code), truncate_reason(reason),
+                           ctx.config.close_timeout)
 
     async def refuse_for_shutdown(self, websocket: SocketLike, client_id: str | None) -> None:
         """Refuse a socket because the node shuts down: the shutdown's code, with retry
@@ -275,23 +277,17 @@ class Closing:
         """Drop the presence of `conn` before its socket closes (Settlement.unregister)."""
         return await self._settlement.unregister(conn)
 
-    async def close_socket(self, conn: Connection, code: int, reason: str) -> bool:
-        """Send a close frame within close_timeout; abort the transport if it cannot go.
-        False when the close frame did not go out (aborted, or the socket raised)."""
+    async def close_socket(self, conn: Connection, code: int, reason: str,
+                           timeout: float | None = None) -> bool:
+        """Send a close frame within close_timeout (or `timeout`, if shorter), the TCP
+        connection dropped if it cannot go out (connection/closer.py). False when the frame
+        did not leave (aborted, the socket raised, or it waits behind unread data)."""
+        bound = self._ctx.config.close_timeout
         try:
-            async with asyncio.timeout(self._ctx.config.close_timeout):
-                await conn.socket.close(code=int(code), reason=truncate_reason(reason))
-        except TimeoutError:
-            abort_transport(conn.socket)
-            return False
-        except Exception:  # typically the peer is already gone; if it is not, the close
-            # frame may not have gone out: drop the TCP connection rather than leave it
-            logger.debug("close of %s raised", conn.conn_id, exc_info=True)
-            abort_transport(conn.socket)
-            return False
+            return await close_within(conn.socket, int(code), truncate_reason(reason),
+                                      bound if timeout is None else min(bound, timeout))
         finally:
             conn.socket_done()
-        return True
 
     async def settle(self, conn: Connection, code: int, reason: str,
                      keep_session: bool | None, *,

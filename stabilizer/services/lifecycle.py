@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 from stabilizer.config import CloseCode
 from stabilizer.connection.connection import Connection
-from stabilizer.connection.sockets import abort_transport
 from stabilizer.errors import BackendUnavailable, ShutdownError
 from stabilizer.logs import RateLimitedLog
 from stabilizer.node.context import NodeContext, Phase
@@ -281,12 +280,8 @@ class Lifecycle:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(deadline - loop.time(), 0.05)):
                     unregistered = await closing.unregister(conn)
-            try:
-                async with asyncio.timeout(max(deadline - loop.time(), 0.05)):
-                    clean = await closing.close_socket(conn, code, reason)
-            except TimeoutError:
-                abort_transport(conn.socket)
-                clean = False
+            clean = await closing.close_socket(conn, code, reason,
+                                               max(deadline - loop.time(), 0.05))
         self._ctx.tasks.spawn(closing.settle(conn, code, "shutdown", None,
                                              unregistered=unregistered, by=deadline),
                               name=f"{_CLOSER_PREFIX}{conn.conn_id}")

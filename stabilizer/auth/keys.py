@@ -152,7 +152,10 @@ class JWKS:
                 jwk = jwt.PyJWK(member)
             except jwt.exceptions.MissingCryptographyError:
                 raise
-            except jwt.PyJWTError:
+            except (jwt.PyJWTError, NotImplementedError) as exc:  # ("alg": "none" raises
+                # NotImplementedError: one such member must not fail the whole set)
+                logger.warning("JWKS member %r skipped: %s", member.get("kid"),
+                               exc or type(exc).__name__)
                 continue
             kid, usable = jwk.key_id, jwk.public_key_use in ("sig", None)
             if not kid or not usable or jwk.key_type not in ("RSA", "EC", "OKP"):

@@ -131,3 +131,16 @@ async def test_an_unnamed_ec_key_refuses_a_token_of_another_curves_algorithm(
     mislabelled = lax.encode(payload, key.private, algorithm="ES256", headers={"kid": key.kid})
     assert "does not match its key" in await refused(auth, mislabelled)
     assert await user_of(auth, key.token("ann")) == "ann"
+
+
+@pytest.mark.parametrize("odd_alg", ["none", "XX512"])
+async def test_a_member_pyjwt_cannot_read_is_skipped_and_the_others_still_verify(
+    server: JWKSServer, odd_alg: str
+) -> None:
+    """One member naming an algorithm PyJWT has no implementation of (PyJWK raises
+    NotImplementedError for "none") is skipped as an unreadable key is, not taken for a
+    broken key set that refuses every token."""
+    good, odd = Key("RS256"), Key("RS256")
+    odd.jwk = dict(odd.jwk, alg=odd_alg)
+    server.publish(good, odd)
+    assert await user_of(authenticator(server, "RS256"), good.token("alice")) == "alice"

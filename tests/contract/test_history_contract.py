@@ -184,6 +184,21 @@ async def test_sessions_keep_groups_and_user_data_until_they_end(
     assert await a.groups.members("room") == []
 
 
+async def test_user_data_of_a_client_without_a_session_is_not_kept(
+    open_node: NodeFactory,
+) -> None:
+    """A session whose open failed (the store was unreachable) does not come into being
+    when the application then saves the client's user data: a session made of user data
+    alone would record no baselines, and a resume would take it for an anonymous one."""
+    a = await open_node("node-a")
+    await a.sessions.save_user_data("kiosk", "card", b"\xa7alice's")
+    assert await a.sessions.load("kiosk") is None
+    await a.sessions.activate("kiosk", fresh=True, user_id="alice", conn_id="conn-1")
+    state = await a.sessions.load("kiosk")
+    assert state is not None
+    assert (state.user_data, state.user_id) == ({}, "alice")
+
+
 async def test_a_closing_connection_leaves_a_newer_connections_session_alone(
     open_node: NodeFactory,
 ) -> None:

@@ -8,11 +8,14 @@ earlier groups are left, the resume frame says ``fresh``, nothing is replayed.""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
 
 from stabilizer import Identity, WebSocketConfig, WebSocketConnectionManager
+from stabilizer.errors import BackendUnavailable
 from stabilizer.session.session import Session
 from tests.conftest import ManagerFactory
 from tests.support.fakes import FakeWebSocket
@@ -51,12 +54,12 @@ async def first_user_leaves_a_session(manager: WebSocketConnectionManager,
     return str(welcome["token"])
 
 
-async def resumed_as(manager: WebSocketConnectionManager, token: str,
-                     user: str | None) -> tuple[list[Any], dict[str, Any], Session]:
+async def resumed_as(manager: WebSocketConnectionManager, token: str, user: str | None,
+                     positions: str = "{}") -> tuple[list[Any], dict[str, Any], Session]:
     """`user` comes back on the client with its token: (the frames before the resume
     frame, the resume frame, the session, still open)."""
     ws = FakeWebSocket("again")
-    session = manager.open_session(ws, CLIENT, token=token, positions="{}",
+    session = manager.open_session(ws, CLIENT, token=token, positions=positions,
                                    identity=identity_of(user))
     await session.__aenter__()
     assert session.refused is None
@@ -99,3 +102,69 @@ async def test_the_same_user_still_resumes_its_session(
         assert await manager.get_user_data(CLIENT, "card") == "the first user's"
     finally:
         await session.__aexit__(None, None, None)
+
+
+def open_fails_once(manager: WebSocketConnectionManager,
+                    monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The client's first session open fails as in an outage (the store did not answer);
+    the store answers again from then on. The event is set once it failed."""
+    sessions = manager.backend.sessions
+    activate = sessions.activate
+    failed = asyncio.Event()
+
+    async def unreachable_once(client_id: str, **options: Any) -> dict[str, tuple[int, str]]:
+        if client_id == CLIENT and not failed.is_set():
+            failed.set()
+            raise BackendUnavailable("redis unavailable: no answer (as in an outage)")
+        return await activate(client_id, **options)
+
+    monkeypatch.setattr(sessions, "activate", unreachable_once)
+    return failed
+
+
+async def used_after_a_failed_open(manager: WebSocketConnectionManager, user: str | None,
+                                   monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """`user` connects on the client while its session cannot be opened; then the
+    application saves user data and sends it a message (on the user's stream for a user,
+    else on the client's), the client drops, and one more is sent while it is away.
+    Returns (the client's token, the positions it holds)."""
+    failed = open_fails_once(manager, monkeypatch)
+
+    async def send(text: str) -> None:
+        if user is None:
+            await manager.send_to_client(CLIENT, text)
+        else:
+            await manager.send_to_user(user, text)
+
+    ws = FakeWebSocket("first")
+    async with manager.open_session(ws, CLIENT, identity=identity_of(user)) as session:
+        welcome = await ws.next_json()
+        assert failed.is_set()
+        await manager.set_user_data(CLIENT, "card", "kept")
+        await send("while-connected")
+        got = await ws.next_json()
+        await goes_away(ws, session)
+    await send("while-away")
+    return str(welcome["token"]), json.dumps({got["stream"]: [got["offset"], got["epoch"]]})
+
+
+@pytest.mark.parametrize("user", ["alice", None])
+async def test_user_data_saved_after_a_failed_open_makes_no_session(
+        config: WebSocketConfig, make_manager: ManagerFactory,
+        monkeypatch: pytest.MonkeyPatch, user: str | None) -> None:
+    """A reviewer's scenario: the session of the client never opened, so its resume
+    begins afresh and says what it could not bring back, on every backend. Redis used to
+    make a session of the user data alone (no baselines): an anonymous client's resume
+    then claimed a recovery that replayed nothing of what was sent while it was away, and
+    a user's was taken for another user's."""
+    manager = make_manager(with_history(config))
+    token, _ = await used_after_a_failed_open(manager, user, monkeypatch)
+    frames, resume, session = await resumed_as(manager, token, user)
+    try:
+        assert resume == {"type": "resume", "recovered": False, "replayed": 0,
+                          "failed": ["*"], "fresh": True}
+        assert [f for f in frames if "data" in f] == []
+        assert await manager.get_user_data(CLIENT, "card") is None
+    finally:
+        await session.__aexit__(None, None, None)
+

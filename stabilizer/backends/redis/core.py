@@ -60,6 +60,7 @@ class Scripts:
         self.suspend_session = register(streams_lua.SUSPEND_SESSION)
         self.load_session = register(streams_lua.LOAD_SESSION)
         self.session_holder = register(streams_lua.SESSION_HOLDER)
+        self.save_user_data = register(streams_lua.SAVE_USER_DATA)
         self.stream_positions = register(streams_lua.STREAM_POSITIONS)
         self.open_session = register(streams_lua.OPEN_SESSION)
         self.end_session = register(streams_lua.END_SESSION)

@@ -103,10 +103,11 @@ class RedisSessions:
         return holder is not None and text(holder) == conn_id
 
     async def save_user_data(self, client_id: str, key: str, value: bytes) -> None:
-        """HSET one user-data field."""
+        """One script: set one user-data field of the session, if it exists (as the
+        memory backend does: nothing for a client whose session never opened)."""
         core = self._core
-        await core.call(core.client.hset(core.keys.session(client_id), f"u:{key}", value),
-                        "save_user_data")
+        await core.call(core.scripts.save_user_data(
+            keys=[core.keys.session(client_id)], args=[f"u:{key}", value]), "save_user_data")
 
     async def suspend(self, client_id: str, ttl: float, *, conn_id: str | None = None) -> None:
         """Expire the session after `ttl` and put the client on the away list; with

@@ -152,6 +152,16 @@ SESSION_HOLDER: Final = """
 return redis.call('HGET', KEYS[1], '_')
 """
 
+# KEYS: session hash (its own slot: any layout). ARGV: field ("u:<key>"), value.
+# Sets one user-data field of a session that exists; 0, and nothing written, otherwise
+# (its open failed, or it ended): a hash of user data alone would be a session that
+# recorded no baselines, which no open makes. Returns 1 when written.
+SAVE_USER_DATA: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 # KEYS: away zset, presence hash. ARGV: limit, client-group-set prefix, group-set prefix,
 #       session prefix, events channel ('' = none), event prefix, node id, publish command.
 # Ends the sessions whose deadline passed (unless the client is back), leaving their groups

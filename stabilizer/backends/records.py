@@ -139,7 +139,8 @@ class SessionState:
 
     @property
     def user_id(self) -> str | None:
-        """The user the session was opened for; None for an anonymous client.
+        """The user the session was opened for; None for an anonymous client, and for a
+        session whose user is not known (`user_known` tells the two apart).
 
         A fresh session records a baseline for its user's stream and for no other user's
         (every backend, every version that knew users), so the baselines name its user:
@@ -150,6 +151,21 @@ class SessionState:
             if target is not None and target.kind == "user":
                 return target.name
         return None
+
+    @property
+    def user_known(self) -> bool:
+        """Whether the baselines tell the session's user: every open records ``all`` and
+        the client's own stream with its user's. A session without them was never opened
+        (a Redis node of an earlier version saved the user data of a client whose open
+        had failed into a hash of its own): no user's baseline there says nothing."""
+        kinds = {target.kind for stream in self.baselines
+                 if (target := Target.of_stream(stream)) is not None}
+        return {"all", "client"} <= kinds
+
+    def is_for(self, user_id: str | None) -> bool:
+        """Whether a connection of `user_id` (None: anonymous) may resume the session: it
+        was opened for that user, or its user is not known."""
+        return not self.user_known or self.user_id == user_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,8 @@ class Resume:
     ) -> tuple[SessionState | None, dict[str, tuple[int, str]]]:
         """Load the client's session and take it over, its groups joined here; or open a
         fresh one when there is none, or it is not `conn`'s user's (another user's, or
-        anonymous and `conn` a user's, or the reverse): (None, its baselines). In the
+        anonymous and `conn` a user's, or the reverse; one whose user is not known is
+        resumed, as before sessions were checked): (None, its baselines). In the
         client's membership turn: a join or leave written meanwhile for the session's
         earlier holder reaches `conn` after this, settled from what the backend lists
         then."""
@@ -111,7 +112,7 @@ class Resume:
                 state = await ctx.ask(ctx.backend.sessions.load(conn.client_id))
             except BackendUnavailable:
                 state = None
-            if state is not None and state.user_id != conn.user_id:
+            if state is not None and not state.is_for(conn.user_id):
                 # another user on the client id (a shared device) holds its token: the
                 # session, the earlier user's groups, data and history, is not theirs
                 logger.info("session of %r was another user's: it begins afresh",

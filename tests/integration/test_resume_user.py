@@ -13,8 +13,10 @@ import json
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from stabilizer import Identity, WebSocketConfig, WebSocketConnectionManager
+from stabilizer.backends.redis.keys import KeyLayout
 from stabilizer.errors import BackendUnavailable
 from stabilizer.session.session import Session
 from tests.conftest import ManagerFactory
@@ -168,3 +170,32 @@ async def test_user_data_saved_after_a_failed_open_makes_no_session(
     finally:
         await session.__aexit__(None, None, None)
 
+
+@pytest.mark.redis
+async def test_a_session_an_earlier_version_made_of_user_data_alone_is_resumed(
+        redis_url: str, namespace: str, make_manager: ManagerFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reviewer's scenario with a node of an earlier version saving the user data: it
+    wrote the field whatever the session, into a hash of its own (no baselines). Such a
+    session tells nothing of its user: the user's resume takes it over, as before
+    sessions were checked (the message sent while away is replayed, the data kept)."""
+    manager = make_manager(with_history(WebSocketConfig(
+        redis_url=redis_url, namespace=namespace, heartbeat_interval=60,
+        heartbeat_timeout=120)))
+    store = Redis.from_url(redis_url)
+
+    async def saved_as_before(client_id: str, key: str, value: bytes) -> None:
+        await store.hset(KeyLayout(namespace).session(client_id), f"u:{key}", value)
+
+    monkeypatch.setattr(manager.backend.sessions, "save_user_data", saved_as_before)
+    try:
+        token, positions = await used_after_a_failed_open(manager, "alice", monkeypatch)
+    finally:
+        await store.aclose()
+    frames, resume, session = await resumed_as(manager, token, "alice", positions)
+    try:
+        assert (resume["recovered"], resume["failed"], "fresh" in resume) == (True, [], False)
+        assert [f["data"] for f in frames if "data" in f] == ["while-away"]
+        assert await manager.get_user_data(CLIENT, "card") == "kept"
+    finally:
+        await session.__aexit__(None, None, None)

@@ -138,6 +138,7 @@ class Connection(HoldingWriter):
         # none is delivered twice or out of order.
         self._held = [] if hold else None
         self._joining = None  # (channels whose subscribe is in flight: see holding.py)
+        self._overflowed = None
         # The position the client holds per stream (from its first sequenced frame, or its
         # resume): nothing at or before it is sent again, however late the node delivers it.
         self._positions = None

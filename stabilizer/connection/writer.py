@@ -206,16 +206,23 @@ class SocketWriter:
     def _room_for(self, frame: Frame, waiting: int) -> bool:
         """Whether `frame` may wait behind `waiting` frames within the outbox's bounds; if
         not, the connection is failed (1013: too slow) and False returned."""
+        over = self._over_bounds(frame, waiting)
+        if over is not None:
+            self._fail(CloseCode.TRY_AGAIN_LATER, over)
+            return False
+        return True
+
+    def _over_bounds(self, frame: Frame, waiting: int) -> str | None:
+        """Why `frame` cannot wait behind `waiting` frames (which bound it would pass), or
+        None when it can."""
         limits = self._limits
         if waiting >= limits.max_frames:
-            self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox full")
-            return False
+            return "too slow: outbox full"
         if limits.max_bytes is not None and (
             self._queued_bytes + frame.size + self._user_data_bytes > limits.max_bytes
         ):
-            self._fail(CloseCode.TRY_AGAIN_LATER, "too slow: outbox over memory limit")
-            return False
-        return True
+            return "too slow: outbox over memory limit"
+        return None
 
     async def _drain(self, suspended: Suspended) -> None:
         """Finish the suspended send, then write queued frames in order until none is left."""

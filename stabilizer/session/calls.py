@@ -28,7 +28,8 @@ from typing import Any, Final
 from stabilizer.connection.connection import Connection
 from stabilizer.connection.sockets import Frame
 from stabilizer.node.context import NodeContext
-from stabilizer.pure.frames import error_frame, reply_error_frame
+from stabilizer.pure.frames import error_frame, reply_error_frame, resume_frame
+from stabilizer.pure.streams import group_stream
 from stabilizer.pure.v2 import (
     BadCallError,
     CallId,
@@ -135,7 +136,9 @@ class Calls:
         A subscribe of a channel the connection is not in (`joining`) holds the channel's
         frames back until its reply is sent: the connection receives them from its local
         join on, before the backend has the membership (which may then fail). They follow
-        the reply if the connection is in the channel by then, and are dropped if not."""
+        the reply if the connection is in the channel by then, and are dropped if not.
+        When more came than the outbox holds, those were dropped, not the connection: a
+        member is then told so after the reply (``_lost``)."""
         if before is not None and not before.done():
             await asyncio.wait([before])  # (its outcome, even its cancellation, is its own)
         if joining is not None and joining in conn.groups:
@@ -146,7 +149,16 @@ class Calls:
             await self._run(conn, kind, ident, work)
         finally:
             if joining is not None:
-                conn.release_channel(joining, time.monotonic(), member=joining in conn.groups)
+                conn.release_channel(joining, time.monotonic(), member=joining in conn.groups,
+                                     lost=self._lost(joining))
+
+    def _lost(self, channel: str) -> Frame | None:
+        """What a member is told when messages of `channel` held for its subscribe were
+        dropped: with history, the notice of a stream whose gap cannot be filled (the client
+        resyncs); without, nothing (live delivery is at most once)."""
+        if not self._ctx.config.keeps_history(channel):
+            return None
+        return Frame.text(resume_frame(0, [group_stream(channel)]))
 
     async def _run(self, conn: Connection, kind: str, ident: CallId,
                    work: Callable[[], Awaitable[str | list[str]]]) -> None:

@@ -150,3 +150,39 @@ async def test_another_nodes_messages_wait_for_the_reply_too(
             frame = await next_frame(x)
         assert (frame["type"], frame["data"]) == ("message", "direct")
         await x.close()
+
+
+@pytest.mark.parametrize("history", [False, True], ids=["live", "history"])
+async def test_a_busy_channel_during_a_slow_join_does_not_close_a_client_that_reads(
+        config: WebSocketConfig, history: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More of the channel's messages than the outbox holds arrive while the join is
+    written: x, reading all along, keeps its socket; it gets the reply, then (with history)
+    the notice that messages of the channel's stream were lost, then later messages."""
+    config = config.replace(max_queue_size=8)
+    async with server(config, history, monkeypatch) as (url, manager):
+        witness = await subscribed_witness(url)
+        held = HeldJoin(manager, "x")
+        x = await v2_client(url, "x")
+        await send(x, type="subscribe", id=7, channel=CHANNEL)
+        async with asyncio.timeout(5):
+            await held.entered.wait()
+        for i in range(20):  # (x's turn in each fan-out came once the witness has it)
+            await manager.send_to_group(CHANNEL, f"m{i}")
+            frame = await next_frame(witness)
+            assert frame["data"] == f"m{i}"
+        held.release.set()
+        first = await next_frame(x)
+        assert first == {"type": "reply", "id": 7, "result": {"channel": CHANNEL}}
+        if history:
+            assert await next_frame(x) == {"type": "resume", "recovered": False,
+                                           "replayed": 0, "failed": [f"g:{CHANNEL}"]}
+        await manager.send_to_group(CHANNEL, "later")
+        seen: list[int] = []
+        while (frame := await next_frame(x))["data"] != "later":  # held after the loss
+            assert frame["type"] == "message", frame
+            seen.append(int(frame["data"][1:]))
+        assert seen, "the messages held since the drop follow the reply"
+        assert seen == list(range(seen[0], 20))  # the newest, in order
+        assert manager.get_connection("x") is not None
+        await witness.close()
+        await x.close()

@@ -24,6 +24,7 @@ from stabilizer.pure.client_protocol import (
     finite_number,
 )
 from stabilizer.pure.client_v2 import (
+    ADVISED_CLOSES,
     check_size,
     checked_token,
     connect_frame,
@@ -113,14 +114,32 @@ class ProtocolV2:
 
         Raises:
             HandshakeRejectedError: the server does not speak v2.
-            ConnectionClosed, TimeoutError: the socket went away meanwhile.
+            ConnectionClosed, TimeoutError: the socket went away meanwhile, or the server
+                chose no subprotocol only to refuse the socket with retry advice.
         """
+        if ws.subprotocol != SUBPROTOCOL:
+            await self._refused_with_advice(ws)
         require_v2(ws.subprotocol, url)
         frame = connect_frame(token=token, device=self.device, reconnect_token=reconnect_token,
                               positions=positions, params=self._params, channels=channels,
                               max_size=self.max_message_size)
         async with asyncio.timeout(self._timeout):
             await ws.send(frame)
+
+    async def _refused_with_advice(self, ws: WebSocket) -> None:
+        """Raise the close of a socket the server accepted without v2 only to refuse it with
+        retry advice (an older server that drains does): the client follows the advice
+        rather than give up on a server that speaks v2. Return when the server sends a
+        frame, closes otherwise or stays silent for the open timeout: it does not speak v2.
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                await ws.recv()
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None and exc.rcvd.code in ADVISED_CLOSES:
+                raise
+        except TimeoutError:
+            pass
 
     def on_session(self, info: SessionInfo) -> None:
         """Keep the device the server uses (sent again on reconnect), the expiry, and the

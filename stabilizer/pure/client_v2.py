@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import Final
 
+from stabilizer.config import CloseCode
 from stabilizer.errors import RPCError
 from stabilizer.pure.client_protocol import (
     MAX_RESUME_TEXT,
@@ -33,6 +35,11 @@ def require_v2(subprotocol: str | None, url: str) -> None:
             f"{url} does not speak stabilizer protocol v2 (it selected subprotocol "
             f"{subprotocol!r}, not {SUBPROTOCOL!r}); upgrade the server or connect with "
             "protocol=1", reason="protocol v2 not supported")
+
+
+#: The closes that carry retry advice: a server that accepts a socket only to close it with
+#: one of them (an older one draining) refuses it for now, whatever subprotocol it chose.
+ADVISED_CLOSES: Final = frozenset({CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER})
 
 
 def checked_token(value: object) -> str | None:

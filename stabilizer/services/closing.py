@@ -14,10 +14,11 @@ from typing import Any, Protocol
 from stabilizer.config import CloseCode
 from stabilizer.connection.closer import close_within
 from stabilizer.connection.connection import Connection, State
-from stabilizer.connection.sockets import SocketLike, accept_if_needed
+from stabilizer.connection.sockets import SocketLike, accept_if_needed, offers_subprotocol
 from stabilizer.errors import ConnectionNotFoundError
 from stabilizer.node.context import NodeContext
 from stabilizer.pure.text import retry_advice, truncate_reason
+from stabilizer.pure.v2 import SUBPROTOCOL
 from stabilizer.services.delivery.groups import Membership
 from stabilizer.services.liveness import Liveness
 from stabilizer.services.settlement import Settlement, Unregistered
@@ -251,12 +252,15 @@ class Closing:
                      reason: str) -> None:
         """Close a socket the node does not admit with `code` and `reason`, within
         close_timeout, accepting it first if nobody had (its client then reads them, not a
-        failed handshake); a peer already gone is no error."""
+        failed handshake); a peer already gone is no error. A v2 client's socket is accepted
+        with the v2 subprotocol: without it the client would take the refusal for a server
+        that does not speak v2 and give up, whatever retry advice the close carries."""
         ctx = self._ctx
         ctx.stats.refused_connections += 1
         logger.info("refused client %r: %s (close %d)", client_id, reason, int(code))
+        offered = offers_subprotocol(websocket, SUBPROTOCOL)
         try:
-            await accept_if_needed(websocket)
+            await accept_if_needed(websocket, SUBPROTOCOL if offered else None)
         except Exception:
             logger.debug("refusal accept failed; peer gone", exc_info=True)
             return

@@ -62,7 +62,9 @@ class Nginx:
     def __init__(self, upstream_ports: list[int]) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="stabilizer-nginx-"))
-        servers = "\n".join(f"        server 127.0.0.1:{p};" for p in upstream_ports)
+        # max_fails=0 as in examples/cluster/nginx.conf (its comment says why)
+        servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=0;"
+                             for p in upstream_ports)
         self.conf = self.dir / "nginx.conf"
         self.conf.write_text(TEMPLATE.format(dir=self.dir, port=self.port, servers=servers))
         self.process: subprocess.Popen[bytes] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,21 @@ def test_the_replica_image_installs_what_the_chat_example_imports() -> None:
     assert extras is not None
     assert {"redis"} <= set(extras.group(1).split(","))
     assert {"jwt", "examples"} & set(extras.group(1).split(","))
+
+
+def test_nginx_never_marks_a_replica_failed() -> None:
+    """With nginx's default max_fails=1, a connect refused while a replica restarts marks it
+    failed, and only a finished request clears the mark: a WebSocket does not finish while
+    open, so after a rolling restart every replica stayed marked and clients got 502 for
+    minutes (tests/e2e/test_rolling_restart_proxy.py shows it through a real nginx)."""
+    from tests.support.nginx import Nginx
+
+    proxy = Nginx([1, 2, 3])  # writes its config; never started
+    generated = proxy.conf.read_text()
+    shutil.rmtree(proxy.dir, ignore_errors=True)
+    for text in ((ROOT / "examples/cluster/nginx.conf").read_text(), generated):
+        [upstream] = re.findall(r"upstream replicas \{(.*?)\}", text, re.DOTALL)
+        servers = [line.strip() for line in upstream.splitlines()
+                   if line.strip().startswith("server ")]
+        assert len(servers) == 3
+        assert all(re.search(r"\smax_fails=0[\s;]", line) for line in servers), servers

@@ -71,15 +71,21 @@ async def test_a_v2_client_refused_by_a_draining_node_reconnects_to_another(
         served(session_app(staying), "websockets-sansio", monkeypatch) as second,
     ):
         await draining.graceful_shutdown(timeout=BOUND, restart=True)
-        client = connect([f"ws://127.0.0.1:{first.port}/ws", f"ws://127.0.0.1:{second.port}/ws"],
-                         protocol=2, retry=FAST, on_state=states.append)
-        try:
-            async with asyncio.timeout(BOUND):
-                await client.start()
-            assert client.node_id == "staying"
-        finally:
-            await client.aclose()
+        await opens_on_the_second(first.port, second.port, states)
     assert refusals(states) == [CloseCode.SERVICE_RESTART]
+
+
+async def opens_on_the_second(first: int, second: int, states: list[StateChange]) -> None:
+    """A v2 client given the nodes on ports `first` and `second`, in that order, opens on
+    the second ("staying"); its state changes go to `states`."""
+    client = connect([f"ws://127.0.0.1:{first}/ws", f"ws://127.0.0.1:{second}/ws"],
+                     protocol=2, retry=FAST, on_state=states.append)
+    try:
+        async with asyncio.timeout(BOUND):
+            await client.start()
+        assert client.node_id == "staying"
+    finally:
+        await client.aclose()
 
 
 def older_node() -> FastAPI:
@@ -103,14 +109,7 @@ async def test_a_v2_client_follows_the_advice_of_an_older_node_that_refuses_with
         served(older_node(), "websockets-sansio", monkeypatch) as old,
         served(session_app(manager), "websockets-sansio", monkeypatch) as new,
     ):
-        client = connect([f"ws://127.0.0.1:{old.port}/ws", f"ws://127.0.0.1:{new.port}/ws"],
-                         protocol=2, retry=FAST, on_state=states.append)
-        try:
-            async with asyncio.timeout(BOUND):
-                await client.start()
-            assert client.node_id == "staying"
-        finally:
-            await client.aclose()
+        await opens_on_the_second(old.port, new.port, states)
     assert refusals(states) == [CloseCode.SERVICE_RESTART]
 
 

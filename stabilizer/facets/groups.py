@@ -70,6 +70,7 @@ class GroupsFacet(Facet):
         a member).
 
         Raises:
+            ValueError: the group name is not usable.
             BackendUnavailable: the shared store cannot be reached.
         """
         return await self._ctx.ask(self._ctx.backend.groups.members(check_group(group)))

@@ -72,7 +72,7 @@ async def test_a_membership_a_restarted_group_master_gives_back_is_left_again(
     await manager.join_group(client, group, presence={"here": True})
     await manager.connect("stays", FakeSocket("stays"))
     await manager.join_group("stays", group, presence={"still": True})
-    store = Redis(port=master.port)
+    store = Redis(host="127.0.0.1", port=master.port)
     try:
         await store.save()  # what the restart loads: the client is a member
     finally:

@@ -230,12 +230,13 @@ async def test_a_node_acts_on_a_membership_envelope_it_sent_itself(
     remote join's path: the node sends itself the MEMBERSHIP envelope, which may arrive
     once the admission is over (seed 1756799326 replayed 2 of 3 on the fix that only kept
     envelopes during the admission). A node used to drop every envelope it sent itself."""
-    a, _b = await pair(make_manager, redis_url, namespace)
+    a, b = await pair(make_manager, redis_url, namespace)
     sock = FakeSocket("c1")
     await a.connect("c1", sock)
     conn = a.get_connection("c1")
     assert conn is not None
     keys = KeyLayout(namespace)
+    await b.backend.groups.join("c1", "room")  # (the join's write; its envelope follows)
     envelope = encode(Envelope(Kind.MEMBERSHIP, a.node_id, "c1", "room", ref="join",
                                holder=conn.conn_id))
     redis = Redis.from_url(redis_url)

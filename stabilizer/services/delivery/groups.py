@@ -1,13 +1,11 @@
 """Group membership: cluster-wide in the backend, local in a table of connections per group.
 
 The local table (local_groups.py) follows a group's channel while the group has local
-members. A client on another node joins or leaves through a MEMBERSHIP envelope routed to
-its node, while the change still stands in the backend. The envelope names the connection
-that held the client's memberships when the backend wrote the change (its session's
-holder, or the one presence named): the client's node carries the change out as it says
-only for that connection. For another one (a newer connection whose start, or a fresh
-session, may have undone the change since) it takes what the backend lists, a round trip
-that only a change racing a new connection costs.
+members. A client on another node joins or leaves through a MEMBERSHIP envelope routed to its
+node, while the change still stands in the backend. The envelope may be stale when it
+arrives (a change on the client's node may have undone it meanwhile), so the client's node
+does not take its word: in the client's turn it makes the connection's groups the ones the
+backend lists then, one round trip per remote change.
 
 The backend is the truth; local membership follows it. Where the two can part (a MEMBERSHIP
 envelope lost with a subscription, a join that lands on a socket another one replaces, a
@@ -225,24 +223,30 @@ class Membership:
         if envelope.ref == _SETTLE:
             self._ctx.tasks.spawn(self._settle_quietly(conn), name="stabilizer-settle")
         elif envelope.ref in (_JOIN, _LEAVE):
-            self._ctx.tasks.spawn(self._carry_out(conn, group, envelope.ref, envelope.holder),
+            self._ctx.tasks.spawn(self._carry_out(conn, group, envelope.ref),
                                   name=f"stabilizer-{envelope.ref}")
 
-    async def _carry_out(self, conn: Connection, group: str, action: str,
-                         holder: str | None) -> None:
-        """A join or leave another node wrote: as it says when it was written for `conn`
-        (or for no connection the sender could tell: presence in other slots, an older
-        version); else what the backend lists now."""
-        if holder is not None and holder != conn.conn_id:
-            logger.debug("a %s of %r in %r was written for connection %r, not %s: settling",
-                         action, conn.client_id, group, holder, conn.conn_id)
-            await self._settle_quietly(conn)
+    async def _carry_out(self, conn: Connection, group: str, action: str) -> None:
+        """A join or leave another node wrote: `conn` takes the groups the backend lists
+        now, in its client's turn. What the envelope says may be stale by the time it is
+        here (a change of the client on this node may have undone it since it was written,
+        or been written just before its sender checked it), so only the backend tells: a
+        read of the client's groups, which writes nothing (a settle's repairs of changes cut
+        short, spread, would briefly list a member that a leave in flight takes out). If
+        the backend does not answer, the client is in doubt: the next settle of the doubted
+        clients reconciles it."""
+        client_id = conn.client_id
+        if not conn.is_open:
             return
-        async with self._turns.hold(conn.client_id):  # after a change of it in flight here
-            if action == _JOIN:
-                await self._join_written(conn, group)
-            else:
-                await self.leave_local(conn, group)
+        try:
+            async with self._turns.hold(client_id):  # after a change of it in flight here
+                listed = await self._ctx.ask(self._ctx.backend.groups.of_client(client_id))
+                await self._agree(conn, listed, expected=True)
+        except BackendUnavailable as exc:
+            self._doubts.change_failed(client_id)
+            self._backend_log.warning("%s of %r in %r not carried out (backend down); the "
+                                      "next settle of doubted clients does", action,
+                                      client_id, group, exc=exc)
 
     async def _join_written(self, conn: Connection, group: str) -> None:
         """Join `conn` locally to a group another node (or a lost envelope) made it a member
@@ -348,7 +352,10 @@ class Membership:
         return {group: entry for group, entry in self._book.entries(conn).items()
                 if group in conn.groups}
 
-    async def _agree(self, conn: Connection, listed: list[str], *, tell: bool = True) -> None:
+    async def _agree(self, conn: Connection, listed: list[str], *, tell: bool = True,
+                     expected: bool = False) -> None:
+        """`conn`'s local groups become `listed`; a difference is a warning unless it is
+        `expected` (a change another node wrote)."""
         wanted = set(listed)
         joined = sorted(wanted - conn.groups)
         left = sorted(conn.groups - wanted)
@@ -356,7 +363,7 @@ class Membership:
             await self._join_written(conn, group)
         for group in left:
             await self.leave_local(conn, group, tell=tell)
-        if joined or left:
+        if (joined or left) and not expected:
             logger.warning("memberships of %r disagreed with the backend: joined %s, left %s",
                            conn.client_id, joined, left)
 

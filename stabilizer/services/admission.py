@@ -158,6 +158,7 @@ class Admission:
             except BaseException:  # cancelled (or failed) before it entered the pool
                 self._retired.pop(conn.conn_id, None)
                 self._abandon(conn)
+                self._orphaned(conn, resuming)
                 raise
             finally:
                 del self._pending[conn.conn_id]
@@ -218,6 +219,16 @@ class Admission:
         self._ctx.tasks.spawn(self._closing.unregister(conn),
                               name="stabilizer-unregister-abandoned")
 
+    def _orphaned(self, conn: Connection, resuming: bool) -> None:
+        """`conn` will not enter, and its presence goes with it: close the older open
+        connection of its client on this node as replaced, as a KICK would on another node.
+        The registration of `conn` took the client's presence and seat from it, and no
+        resync gives them back, so it would stay open with neither."""
+        older = self._ctx.pool.get(conn.client_id)
+        if older is not None and older is not conn and older.is_open:
+            self._closing.retire(older, CloseCode.REPLACED, "replaced by a newer connection",
+                                 afresh=self._afresh(resuming), unregister=True)
+
     def _unrecorded(self, conn: Connection, exc: BackendUnavailable) -> None:
         """Degrade: the socket works locally; presence is registered again at the resync."""
         self._ctx.want_resync()
@@ -233,6 +244,7 @@ class Admission:
             self._retired[conn.conn_id] = (*_REPLACED, False)
         if not self._ctx.is_accepting:  # shutdown began while we waited on the backend
             await self._closing.unregister(conn)
+            self._orphaned(conn, resuming)
             raise ShutdownError("node is shutting down; connect to another node")
         return baselines
 

@@ -183,12 +183,14 @@ class Closing:
             self._departed.setdefault(owner, set()).add(conn.client_id)
 
     def retire(self, conn: Connection, code: int, reason: str, *, in_pool: bool = True,
-               client_code: int | None = None, afresh: bool = False) -> None:
+               client_code: int | None = None, afresh: bool = False,
+               unregister: bool = False) -> None:
         """The node closes `conn` (replaced, timed out, evicted, failed, its client gone):
         take it out of service now and close its socket in a task of the node. Its handler's
         later disconnect() of the client does nothing. `client_code`: the client closed
         first, with that code (its session stays resumable). `afresh`: replaced by a
-        connection that began a fresh session (Settlement.settle)."""
+        connection that began a fresh session (Settlement.settle). `unregister`: remove its
+        presence even when replaced (the replacement may never have reached the store)."""
         if not self.detach(conn, in_pool=in_pool):
             return
         self._departed_from(conn)
@@ -204,7 +206,8 @@ class Closing:
         # socket) costs a round trip, which an ordinary takeover does not pay
         self._ctx.tasks.spawn(
             self._close_and_settle(conn, code, reason, True if client_code is not None else None,
-                                   unregister=code != CloseCode.REPLACED or conn.resynced,
+                                   unregister=(unregister or code != CloseCode.REPLACED
+                                               or conn.resynced),
                                    client_code=client_code, afresh=afresh),
             name=f"stabilizer-close-{conn.conn_id}")
 

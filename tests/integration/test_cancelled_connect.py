@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stabilizer import BackendUnavailable, Identity, WebSocketConnectionManager
+from stabilizer import BackendUnavailable, CloseCode, Identity, WebSocketConnectionManager
 from tests.integration.test_cluster import Cluster, started
 from tests.integration.test_cluster import cluster as cluster  # (the fixture)
 from tests.integration.test_emitter import until
@@ -244,3 +244,48 @@ async def test_a_reconnect_cancelled_in_flight_leaves_its_session_to_the_sweep(
         return await b.get_group_members("room") == []
 
     await until(swept, timeout=15.0)  # (a bound: the session's time, then a sweep step)
+
+
+@pytest.mark.parametrize("cluster", ["memory", pytest.param("redis", marks=pytest.mark.redis)],
+                         indirect=True)
+async def test_a_reconnect_cancelled_on_the_same_node_leaves_no_socket_without_presence(
+        cluster: Nodes) -> None:
+    """Client c reconnects on the node that holds it, and the new connect is cancelled
+    after its registration made the store name the new socket. Removing that entry (by the
+    new conn id) left the client with no presence and its user with no seat, while the old
+    socket stayed open in the pool: another node could not reach it, and the user could
+    open one connection more than max_connections_per_user. The old socket is now closed
+    as replaced, as the KICK closes it when the reconnect went to another node."""
+    a, b = await pair(cluster, max_connections_per_user=1)
+    admitted: dict[str, asyncio.Event] = {}
+
+    async def serve(ws: FakeWebSocket, client_id: str) -> None:
+        async with a.open_session(ws, client_id, identity=Identity("ann")) as session:
+            admitted.setdefault(client_id, asyncio.Event()).set()
+            while await session.receive() is not None:
+                pass
+
+    first = FakeWebSocket("c")
+    serving = asyncio.create_task(serve(first, "c"))
+    await until(lambda: asyncio.sleep(0, "c" in admitted))
+    ran, release = blocked(a._node.admission._opening, "settle")
+    again = asyncio.create_task(serve(FakeWebSocket("c-again"), "c"))
+    await ran.wait()  # registered: the store names the new socket
+    await cancelled(again)
+    release.set()  # (later admissions settle at once)
+    await cleanups_done(a)
+    assert not a.is_connected("c")
+    assert (await first.wait_closed())[0] == CloseCode.REPLACED
+    await serving
+    assert await b.locate_client("c") is None
+    assert await b.get_user_connections("ann") == []
+    # the user's one seat is free again, and taken by the next client: a second is refused
+    other = FakeWebSocket("d")
+    serving = asyncio.create_task(serve(other, "d"))
+    await until(lambda: asyncio.sleep(0, "d" in admitted))
+    assert [p.client_id for p in await b.get_user_connections("ann")] == ["d"]
+    refused = a.open_session(FakeWebSocket("e"), "e", identity=Identity("ann"))
+    async with refused as session:
+        assert session.refused is not None
+    other.client_leaves()
+    await serving

@@ -98,7 +98,7 @@ class Admission:
         self._retired: dict[str, Retired] = {}
         # conn ids in the pool whose admission has not announced them yet (a fresh
         # session's catch-up, the connect hooks): a kick of one is kept like a pending one's
-        self._entering: set[str] = set()
+        self._entering: dict[str, Connection] = {}
         # client id -> MEMBERSHIP envelopes that came while it had no connection in the pool
         # and one being admitted: acted on once that admission ends
         self._deferred: dict[str, list[Envelope]] = {}
@@ -272,7 +272,7 @@ class Admission:
             # a catch-up after a lost subscription covers them (its forget() unfollows them)
             self._router.follow(stream, offset, epoch)
         # in the pool, and not announced until the awaits below end: a kick waits for them
-        self._entering.add(conn.conn_id)
+        self._entering[conn.conn_id] = conn
         try:
             if not resuming and conn.holding:  # (a resume's replay releases it)
                 await self._caught_up(conn, baselines)
@@ -284,7 +284,7 @@ class Admission:
                                         reason="server error")
             raise
         finally:
-            self._entering.discard(conn.conn_id)
+            self._entering.pop(conn.conn_id, None)
         retired = self._retired.pop(conn.conn_id, None)
         if retired is not None and conn.is_open:
             code, reason, afresh = retired
@@ -337,15 +337,18 @@ class Admission:
         return True
 
     def retire_pending(self, match: Callable[[Connection], bool], code: int,
-                       reason: str) -> int:
+                       reason: str) -> set[str]:
         """Close the connections still being admitted that `match` (a disconnect of their
-        client or user) as soon as each admission completes; return how many. Registered
-        already, they are what the rest of the cluster sees: a disconnect that skipped them
-        would report them closed and leave them open."""
-        doomed = [conn for conn in self._pending.values() if match(conn)]
+        client or user) as soon as each admission completes; return their conn ids. Those
+        registered already are what the rest of the cluster sees: a disconnect that skipped
+        them would report them closed and leave them open. Those entering (in the pool) are
+        closed once announced, as a kick of one is: their disconnect hooks and events
+        follow their connect ones."""
+        doomed = [conn for conn in (*self._pending.values(), *self._entering.values())
+                  if match(conn)]
         for conn in doomed:
             self._retired.setdefault(conn.conn_id, (code, reason, False))
-        return len(doomed)
+        return {conn.conn_id for conn in doomed}
 
     def kick(self, client_id: str, conn_id: str | None, afresh: bool = False) -> None:
         """Another node registered `client_id`: close our connection `conn_id` of it, now

@@ -27,8 +27,9 @@ from stabilizer.services.delivery.router import Router
 
 logger = logging.getLogger(__name__)
 
-#: Close the connections still being admitted that match; return how many.
-RetirePending: TypeAlias = Callable[[Callable[[Connection], bool], int, str], int]
+#: Close the connections still being admitted (or entering) that match once admitted;
+#: return their conn ids.
+RetirePending: TypeAlias = Callable[[Callable[[Connection], bool], int, str], set[str]]
 
 
 class Users:
@@ -94,14 +95,14 @@ class Users:
 
     def close_local(self, user_id: str, code: int, reason: str) -> int:
         """Close this node's connections of `user_id` (a USER_CLOSE from another node too),
-        those still being admitted included."""
-        conns = self._ctx.pool.of_user(user_id)
+        those still being admitted included (closed once announced)."""
+        held = (self._retire_pending(lambda conn: conn.user_id == user_id, code, reason)
+                if self._retire_pending is not None else set())
+        conns = [conn for conn in self._ctx.pool.of_user(user_id) if conn.conn_id not in held]
         for conn in conns:
             logger.info("closing client %r of user %r (code %d)", conn.client_id, user_id, code)
             self._closing.retire(conn, code, reason)
-        pending = (self._retire_pending(lambda conn: conn.user_id == user_id, code, reason)
-                   if self._retire_pending is not None else 0)
-        return len(conns) + pending
+        return len(conns) + len(held)
 
     def close_client_local(self, client_id: str, code: int, reason: str,
                            conn_id: str | None = None) -> bool:
@@ -111,13 +112,13 @@ class Users:
         def named(conn: Connection) -> bool:
             return conn.client_id == client_id and conn_id in (None, conn.conn_id)
 
-        pending = (self._retire_pending(named, code, reason)
-                   if self._retire_pending is not None else 0)
+        held = (self._retire_pending(named, code, reason)
+                if self._retire_pending is not None else set())
         conn = self._ctx.pool.get(client_id)
-        if conn is not None and named(conn):
+        if conn is not None and named(conn) and conn.conn_id not in held:
             self._closing.close_client(client_id, code, reason)
             return True
-        return pending > 0
+        return bool(held)
 
     async def connections(self, user_id: str) -> list[Presence]:
         """Every connection of `user_id` on every node, oldest first.

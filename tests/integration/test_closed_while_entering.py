@@ -19,7 +19,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from stabilizer import CloseCode, WebSocketConfig, WebSocketConnectionManager
+from stabilizer import (
+    CloseCode,
+    ConnectionEvent,
+    WebSocketConfig,
+    WebSocketConnectionManager,
+)
 from stabilizer.pure.streams import client_stream
 from tests.conftest import ManagerFactory
 from tests.integration.test_cluster import Cluster, cluster, started
@@ -151,3 +156,63 @@ async def test_the_heartbeat_schedule_refuses_a_connection_that_is_closing(
     await manager.disconnect("c1")
     manager._node.liveness.track(conn)
     assert watched(manager) == 0
+
+
+@pytest.mark.parametrize("cluster", ["memory", pytest.param("redis", marks=pytest.mark.redis)],
+                         indirect=True)
+@pytest.mark.parametrize("close", ["client here", "client there"])
+async def test_a_disconnect_during_the_connect_hooks_waits_for_them(
+        cluster: Cluster, close: str) -> None:
+    """disconnect_client (here, or from another node: a CLIENT_CLOSE) while c1's on_connect
+    runs closed it at once: on_disconnect ran before on_connect ended, and the other nodes
+    heard "disconnect" before "connect". Such a close now waits for the connection to be
+    announced, as a KICK does."""
+    a = cluster("a", cluster_events=True)
+    b = cluster("b", cluster_events=True)
+    heard: list[str] = []
+    b.on_cluster_event(lambda event: heard.append(event.event)
+                       if event.client_id == "c1" else None)
+    seen: list[str] = []
+    hooking, gate = asyncio.Event(), asyncio.Event()
+
+    async def on_connect(event: ConnectionEvent) -> None:
+        if event.client_id != "c1":  # (the witness)
+            return
+        seen.append("connect-start")
+        hooking.set()
+        await gate.wait()
+        seen.append("connect-end")
+
+    a.on_connect(on_connect)
+    a.on_disconnect(lambda event: seen.append("disconnect") if event.client_id == "c1" else None)
+    await started(a, b)
+    witness = FakeSocket("witness")
+    await a.connect("witness", witness)
+    ws = FakeSocket("c1")
+    serving = asyncio.create_task(a.connect("c1", ws))
+    await hooking.wait()
+    entering = a.get_connection("c1")
+    assert entering is not None
+    closer = a if close.endswith("here") else b
+    assert await closer.disconnect_client("c1", code=4403, reason="banned")
+    # a broadcast after the close reaches A once A's listener handled it (in order)
+    await closer.broadcast("marker")
+    await witness.expect("marker")
+    closes = a._node.ctx.tasks.running(f"stabilizer-close-{entering.conn_id}")
+    await asyncio.gather(*closes)  # (none: the close waits for the hooks)
+    assert seen == ["connect-start"]
+    gate.set()
+    await serving
+    assert (await ws.wait_closed())[0] == 4403
+
+    async def closed() -> bool:
+        return "disconnect" in seen
+
+    await until(closed)
+    assert seen == ["connect-start", "connect-end", "disconnect"]
+
+    async def both_heard() -> bool:
+        return len(heard) >= 2
+
+    await until(both_heard)
+    assert heard == ["connect", "disconnect"]

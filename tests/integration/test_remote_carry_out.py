@@ -53,6 +53,18 @@ class HeldDelivery:
             await self.done.wait()
 
 
+async def alice_on_a(cluster: Cluster, layout: dict[str, Any],
+                     monkeypatch: pytest.MonkeyPatch,
+                     ) -> tuple[WebSocketConnectionManager, WebSocketConnectionManager,
+                                FakeSocket, HeldDelivery]:
+    """Nodes a and b started, alice connected to a, and a's MEMBERSHIP deliveries held."""
+    a, b = cluster("a", **layout), cluster("b", **layout)
+    await started(a, b)
+    socket = FakeSocket("alice")
+    await a.connect("alice", socket)
+    return a, b, socket, HeldDelivery(a, monkeypatch)
+
+
 async def reaches(sender: WebSocketConnectionManager, socket: FakeSocket,
                   client_id: str) -> bool:
     """Whether a message `sender` sends to "room" reaches `client_id`: a direct message
@@ -68,11 +80,7 @@ async def test_a_leave_on_the_clients_node_sticks_after_a_join_from_another_node
     """b joins alice, then a (alice's node) makes her leave, one after the other. b's join
     returned once its envelope was published; a carried it out after the leave: it used to
     join alice locally again, so the room reached her though no listing named her."""
-    a, b = cluster("a", **layout), cluster("b", **layout)
-    await started(a, b)
-    socket = FakeSocket("alice")
-    await a.connect("alice", socket)
-    delivery = HeldDelivery(a, monkeypatch)
+    a, b, socket, delivery = await alice_on_a(cluster, layout, monkeypatch)
 
     await b.join_group("alice", "room")
     async with asyncio.timeout(5.0):
@@ -95,11 +103,7 @@ async def test_a_join_on_the_clients_node_stands_after_a_leave_from_another_node
     presence: b's leave is written first and routed as a leave; a's join lands after it.
     a carried the leave out as it said and dropped the room locally, though the store
     listed alice in it with her presence: nothing of the room reached her."""
-    a, b = cluster("a", **layout), cluster("b", **layout)
-    await started(a, b)
-    socket = FakeSocket("alice")
-    await a.connect("alice", socket)
-    delivery = HeldDelivery(a, monkeypatch)
+    a, b, socket, delivery = await alice_on_a(cluster, layout, monkeypatch)
 
     await b.leave_group("alice", "room")
     async with asyncio.timeout(5.0):
@@ -121,11 +125,7 @@ async def test_a_remote_change_whose_read_fails_is_settled_with_the_doubted_clie
     """The client's node cannot read the client's groups when b's join arrives: the
     client is in doubt, and the settle of the doubted clients (each maintenance step) joins
     it as the store lists it."""
-    a, b = cluster("a", **layout), cluster("b", **layout)
-    await started(a, b)
-    socket = FakeSocket("alice")
-    await a.connect("alice", socket)
-    delivery = HeldDelivery(a, monkeypatch)
+    a, b, socket, delivery = await alice_on_a(cluster, layout, monkeypatch)
     groups: Any = a.backend.groups
 
     async def unreachable(client_id: str) -> list[str]:
